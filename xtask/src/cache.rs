@@ -1,0 +1,1 @@
+//! The content-addressed download cache. (Filled in by issue 2.)

@@ -1,0 +1,182 @@
+//! The host check: every tool the project runs, what is missing, and how to install it.
+//!
+//! `cargo xtask doctor` only reports. The main job (`image`, `build`, `test`) calls
+//! [`ensure`], which installs missing Debian packages itself on a Debian-family host (saying
+//! what it installs) and elsewhere stops with the exact command.
+
+use std::path::Path;
+use std::process::Command;
+
+/// One thing the host must provide.
+#[derive(Debug, Clone, Copy)]
+pub struct Requirement {
+    /// What we run or read, as a path or a command name on PATH.
+    pub probe: &'static str,
+    /// The Debian package that provides it.
+    pub package: &'static str,
+    /// Why the project needs it.
+    pub why: &'static str,
+}
+
+/// Which jobs need which requirements. `Need::All` is what `doctor` and CI check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    Fetch,
+    Build,
+    Image,
+    Run,
+    Test,
+}
+
+const R: &[(Need, Requirement)] = &[
+    (Need::Fetch, Requirement { probe: "apt-get", package: "apt", why: "fetch sources from Debian's archive" }),
+    (Need::Fetch, Requirement { probe: "dpkg-deb", package: "dpkg", why: "unpack Debian binary packages" }),
+    (Need::Build, Requirement { probe: "make", package: "make", why: "kernel and busybox builds" }),
+    (Need::Build, Requirement { probe: "gcc", package: "gcc", why: "kernel build" }),
+    (Need::Build, Requirement { probe: "musl-gcc", package: "musl-tools", why: "static C packages (busybox)" }),
+    (Need::Build, Requirement { probe: "bc", package: "bc", why: "kernel build" }),
+    (Need::Build, Requirement { probe: "flex", package: "flex", why: "kernel build (kconfig)" }),
+    (Need::Build, Requirement { probe: "bison", package: "bison", why: "kernel build (kconfig)" }),
+    (Need::Build, Requirement { probe: "/usr/include/libelf.h", package: "libelf-dev", why: "kernel build (objtool)" }),
+    (Need::Build, Requirement { probe: "/usr/include/openssl/ssl.h", package: "libssl-dev", why: "kernel build (sign-file, certs)" }),
+    (Need::Build, Requirement { probe: "xz", package: "xz-utils", why: "unpack the kernel source" }),
+    (Need::Build, Requirement { probe: "bzip2", package: "bzip2", why: "unpack busybox" }),
+    (Need::Build, Requirement { probe: "cpio", package: "cpio", why: "kernel build (kheaders)" }),
+    (Need::Image, Requirement { probe: "mke2fs", package: "e2fsprogs", why: "the ext4 data partition (mke2fs -d, no root)" }),
+    (Need::Image, Requirement { probe: "grub-mkimage", package: "grub-common", why: "boot loader images for BIOS and UEFI" }),
+    (Need::Image, Requirement { probe: "/usr/lib/grub/i386-pc/boot.img", package: "grub-pc-bin", why: "legacy BIOS boot" }),
+    (Need::Image, Requirement { probe: "/usr/lib/grub/x86_64-efi/linux.mod", package: "grub-efi-amd64-bin", why: "UEFI boot" }),
+    (Need::Image, Requirement { probe: "xorriso", package: "xorriso", why: "the hybrid ISO (El Torito)" }),
+    (Need::Run, Requirement { probe: "qemu-system-x86_64", package: "qemu-system-x86", why: "boot images" }),
+    (Need::Run, Requirement { probe: "/usr/share/OVMF/OVMF_CODE_4M.fd", package: "ovmf", why: "UEFI firmware for QEMU" }),
+    (Need::Run, Requirement { probe: "qemu-img", package: "qemu-utils", why: "check and convert disk images" }),
+    (Need::Test, Requirement { probe: "fsck.vfat", package: "dosfstools", why: "check the ESP in tests" }),
+    (Need::Test, Requirement { probe: "docker-registry", package: "docker-registry", why: "a real registry on 127.0.0.1 for tests" }),
+    (Need::Test, Requirement { probe: "openssl", package: "openssl", why: "TLS certificates in tests" }),
+];
+
+/// The requirements for a set of jobs.
+pub fn requirements(needs: &[Need]) -> Vec<Requirement> {
+    R.iter().filter(|(n, _)| needs.contains(n)).map(|(_, r)| *r).collect()
+}
+
+pub fn all_needs() -> Vec<Need> {
+    vec![Need::Fetch, Need::Build, Need::Image, Need::Run, Need::Test]
+}
+
+pub fn is_present(r: &Requirement) -> bool {
+    if r.probe.starts_with('/') {
+        return Path::new(r.probe).exists();
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    // sbin is not on a normal user's PATH on Debian, but mke2fs lives there.
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(Into::into))
+        .any(|d| d.join(r.probe).is_file())
+}
+
+pub fn missing(needs: &[Need]) -> Vec<Requirement> {
+    requirements(needs).into_iter().filter(|r| !is_present(r)).collect()
+}
+
+fn install_command(packages: &[&str]) -> String {
+    format!("sudo apt-get install -y {}", packages.join(" "))
+}
+
+fn is_debian_family() -> bool {
+    std::fs::read_to_string("/etc/os-release")
+        .map(|s| s.lines().any(|l| (l.starts_with("ID=") || l.starts_with("ID_LIKE=")) && l.contains("debian")))
+        .unwrap_or(false)
+}
+
+/// `cargo xtask doctor`: a report of every requirement. Returns false when something is missing.
+pub fn report() -> bool {
+    let mut ok = true;
+    for r in requirements(&all_needs()) {
+        let present = is_present(&r);
+        ok &= present;
+        println!("{} {:38} {:20} {}", if present { "ok     " } else { "MISSING" }, r.probe, r.package, r.why);
+    }
+    let missing = missing(&all_needs());
+    if missing.is_empty() {
+        println!("\nEverything the project needs is installed.");
+    } else {
+        let mut pkgs: Vec<&str> = missing.iter().map(|r| r.package).collect();
+        pkgs.sort();
+        pkgs.dedup();
+        println!("\nMissing. Install with:\n  {}", install_command(&pkgs));
+    }
+    ok
+}
+
+/// Makes sure the host has what these jobs need: installs it with apt on a Debian-family
+/// host, or stops with the command to run.
+pub fn ensure(needs: &[Need]) -> anyhow::Result<()> {
+    let missing = missing(needs);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut pkgs: Vec<&str> = missing.iter().map(|r| r.package).collect();
+    pkgs.sort();
+    pkgs.dedup();
+    if !is_debian_family() {
+        anyhow::bail!("missing host tools ({}); on Debian: {}", pkgs.join(", "), install_command(&pkgs));
+    }
+    let root = rustix_is_root();
+    eprintln!("Installing missing host packages: {}", pkgs.join(" "));
+    let mut cmd = if root { Command::new("apt-get") } else {
+        let mut c = Command::new("sudo");
+        c.arg("apt-get");
+        c
+    };
+    cmd.env("DEBIAN_FRONTEND", "noninteractive").args(["install", "-y", "--no-install-recommends"]).args(&pkgs);
+    let status = cmd.status().map_err(|e| anyhow::anyhow!("cannot run apt-get: {e}; install by hand: {}", install_command(&pkgs)))?;
+    if !status.success() {
+        // A stale package list is the usual reason: refresh once and try again.
+        let mut update = if root { Command::new("apt-get") } else {
+            let mut c = Command::new("sudo");
+            c.arg("apt-get");
+            c
+        };
+        let _ = update.arg("update").status();
+        let status = cmd.status()?;
+        if !status.success() {
+            anyhow::bail!("apt-get could not install {}; try: {}", pkgs.join(" "), install_command(&pkgs));
+        }
+    }
+    let still = self::missing(needs);
+    if !still.is_empty() {
+        anyhow::bail!("still missing after install: {}", still.iter().map(|r| r.probe).collect::<Vec<_>>().join(", "));
+    }
+    Ok(())
+}
+
+fn rustix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc_geteuid() == 0 }
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_requirement_names_a_package_and_a_reason() {
+        for r in requirements(&all_needs()) {
+            assert!(!r.package.is_empty() && !r.why.is_empty(), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn a_missing_tool_is_detected() {
+        let fake = Requirement { probe: "/nonexistent/axion-tool", package: "x", why: "y" };
+        assert!(!is_present(&fake));
+        let real = Requirement { probe: "sh", package: "dash", why: "y" };
+        assert!(is_present(&real));
+    }
+}

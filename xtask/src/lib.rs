@@ -1,0 +1,14 @@
+//! axion's build tool as a library: recipe → source → package build → root filesystem →
+//! image formats → publish. Each module takes the previous one's output and knows nothing of
+//! the next one. `main.rs` is only the command line on top.
+
+pub mod build;
+pub mod cache;
+pub mod doctor;
+pub mod fetch;
+pub mod image;
+pub mod layout;
+pub mod profile;
+pub mod recipe;
+pub mod rootfs;
+pub mod ui;

@@ -1,0 +1,183 @@
+//! `cargo xtask`: the command line of axion's build tool. It only parses flags and hands each
+//! subcommand to its module in the library; the tasks never parse arguments themselves.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use xtask::layout::Layout;
+use xtask::profile::{self, Format};
+use xtask::recipe::RecipeSet;
+use xtask::{doctor, fetch};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test axion images", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// List recipes and image profiles with their versions and licenses.
+    List,
+    /// Fetch and verify sources into the download cache.
+    Fetch {
+        /// Packages to fetch (default: all).
+        packages: Vec<String>,
+        /// Fetch the sources of every recipe.
+        #[arg(long)]
+        all: bool,
+        /// Use only the cache; list exactly what is missing.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Check the host for every tool the project needs.
+    Doctor,
+    /// Build packages into staged trees (default: every package of the default profile).
+    Build {
+        packages: Vec<String>,
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Assemble an image.
+    Image {
+        #[arg(long, default_value = "qemu")]
+        profile: String,
+        /// Formats to write (default: the profile's list).
+        #[arg(long, value_delimiter = ',')]
+        format: Vec<Format>,
+        /// Output folder (default: out/PROFILE).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Boot an image in QEMU with the serial console on this terminal.
+    Run {
+        #[arg(long, default_value = "qemu")]
+        profile: String,
+        #[arg(long)]
+        format: Option<Format>,
+        /// Boot in the background, wait for the ready line, print `export` lines.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Power off a VM started with `run --detach`, through the ACPI power button.
+    Stop {
+        #[arg(long, default_value = "qemu")]
+        profile: String,
+    },
+    /// Run the test suite: unit tests, then end-to-end tests that boot images in QEMU.
+    Test {
+        /// Only the unit tests (no kernel build, no QEMU).
+        #[arg(long)]
+        unit: bool,
+        /// Extra arguments for the test harness (a filter).
+        args: Vec<String>,
+    },
+    /// Remove build outputs (`out/`); `--cache` also empties the download and build cache.
+    Clean {
+        #[arg(long)]
+        cache: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let layout = Layout::discover();
+    std::env::set_current_dir(&layout.root).with_context(|| format!("cannot enter {}", layout.root.display()))?;
+    match cli.command {
+        Cmd::List => list(&layout),
+        Cmd::Doctor => {
+            if doctor::report() {
+                Ok(())
+            } else {
+                bail!("some host tools are missing (see above)")
+            }
+        }
+        Cmd::Fetch { packages, all, offline } => {
+            doctor::ensure(&[doctor::Need::Fetch])?;
+            let recipes = RecipeSet::load(&layout.recipes())?;
+            let names: Vec<String> = if all || packages.is_empty() { recipes.recipes.keys().cloned().collect() } else { packages };
+            fetch::fetch_packages(&layout, &recipes, &names, fetch::Mode::from_offline(offline))?;
+            Ok(())
+        }
+        Cmd::Build { .. } | Cmd::Image { .. } | Cmd::Run { .. } | Cmd::Stop { .. } => {
+            bail!("not built yet: see issues 3 and 5")
+        }
+        Cmd::Test { unit, args } => test(&layout, unit, &args),
+        Cmd::Clean { cache } => {
+            let out = layout.root.join("out");
+            if out.exists() {
+                std::fs::remove_dir_all(&out).with_context(|| format!("cannot remove {}", out.display()))?;
+            }
+            if cache && layout.cache.exists() {
+                std::fs::remove_dir_all(&layout.cache).with_context(|| format!("cannot remove {}", layout.cache.display()))?;
+                eprintln!("removed {}", layout.cache.display());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn list(layout: &Layout) -> Result<()> {
+    let recipes = RecipeSet::load(&layout.recipes())?;
+    println!("Recipes:");
+    for r in recipes.recipes.values() {
+        let m = &r.spec.package;
+        let kind = match &r.spec.build {
+            xtask::recipe::Build::Kbuild(_) => "kbuild",
+            xtask::recipe::Build::Make(_) => "make",
+            xtask::recipe::Build::Cargo(_) => "cargo",
+        };
+        println!("  {:12} {:16} {:7} {:28} {}", m.name, m.version, kind, m.license, m.summary);
+    }
+    println!("\nProfiles:");
+    for (name, p) in profile::load_all(&layout.root, &recipes)? {
+        let formats: Vec<&str> = p.spec.profile.formats.iter().map(|f| f.name()).collect();
+        println!("  {:12} {:40} formats: {}", name, p.spec.profile.description, formats.join(", "));
+    }
+    Ok(())
+}
+
+/// `cargo xtask test`: the one gate. Unit tests first (fast, no external resources), then the
+/// end-to-end tests in tests/ that build images and boot them in QEMU.
+fn test(layout: &Layout, unit_only: bool, args: &[String]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(&cargo)
+        .current_dir(&layout.root)
+        .args(["test", "--workspace", "--exclude", "axion-tests"])
+        .args(args)
+        .status()
+        .context("cannot run cargo test")?;
+    if !status.success() {
+        bail!("unit tests failed");
+    }
+    if unit_only {
+        return Ok(());
+    }
+    doctor::ensure(&doctor::all_needs())?;
+    let status = std::process::Command::new(&cargo)
+        .current_dir(&layout.root)
+        .args(["test", "--package", "axion-tests", "--", "--test-threads=1"])
+        .args(args)
+        .status()
+        .context("cannot run cargo test")?;
+    if !status.success() {
+        bail!("end-to-end tests failed");
+    }
+    Ok(())
+}

@@ -1,0 +1,41 @@
+//! Progress output: indicatif bars on a terminal, plain lines otherwise (CI, logs).
+
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+pub fn is_terminal() -> bool {
+    std::io::stderr().is_terminal()
+}
+
+/// A byte counter for a download; hidden when not on a terminal (a plain line is printed
+/// at the start and end instead).
+pub fn bytes_bar(total: Option<u64>, label: &str) -> ProgressBar {
+    if !is_terminal() {
+        eprintln!("{label}");
+        return ProgressBar::hidden();
+    }
+    let bar = match total {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::new_spinner(),
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{msg:40!} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(label.to_owned());
+    bar
+}
+
+/// A spinner for a step of unknown length (a build); plain line when not on a terminal.
+pub fn step(label: &str) -> ProgressBar {
+    if !is_terminal() {
+        eprintln!("{label}");
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+    bar.set_message(label.to_owned());
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
