@@ -11,4 +11,5 @@ pub mod layout;
 pub mod profile;
 pub mod recipe;
 pub mod rootfs;
+pub mod run;
 pub mod ui;

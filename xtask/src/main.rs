@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use xtask::layout::Layout;
 use xtask::profile::{self, Format};
 use xtask::recipe::RecipeSet;
-use xtask::{doctor, fetch};
+use xtask::{doctor, fetch, run};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Build, run and test axion images", version)]
@@ -64,6 +64,12 @@ enum Cmd {
         /// Boot in the background, wait for the ready line, print `export` lines.
         #[arg(long)]
         detach: bool,
+        /// Host port forwarded to the guest's SSH (default 2222, or a free one if busy).
+        #[arg(long)]
+        ssh_port: Option<u16>,
+        /// Host port forwarded to the guest's Docker API (default 2376, or a free one if busy).
+        #[arg(long)]
+        docker_port: Option<u16>,
     },
     /// Power off a VM started with `run --detach`, through the ACPI power button.
     Stop {
@@ -115,9 +121,13 @@ fn run(cli: Cli) -> Result<()> {
             fetch::fetch_packages(&layout, &recipes, &names, fetch::Mode::from_offline(offline))?;
             Ok(())
         }
-        Cmd::Build { .. } | Cmd::Image { .. } | Cmd::Run { .. } | Cmd::Stop { .. } => {
+        Cmd::Build { .. } | Cmd::Image { .. } => {
             bail!("not built yet: see issues 3 and 5")
         }
+        Cmd::Run { profile, format, detach, ssh_port, docker_port } => {
+            run::run(&layout, &run::RunOptions { profile, format, detach, ssh_port, docker_port })
+        }
+        Cmd::Stop { profile } => run::stop(&layout, &profile),
         Cmd::Test { unit, args } => test(&layout, unit, &args),
         Cmd::Clean { cache } => {
             let out = layout.root.join("out");
