@@ -35,6 +35,8 @@
 
 pub mod apt;
 pub mod http;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -169,11 +171,15 @@ fn fetch_one(layout: &Layout, recipe: &Recipe, source: &Source, mode: Mode) -> R
     }
     let label = format!("{}: {}", recipe.name(), source.file);
     let mut attempts = Vec::new();
-    for origin in origins(recipe, source) {
-        match fetch_from(layout, &cache, recipe, source, &origin, &label) {
+    let origins = origins(recipe, source);
+    let last = origins.len().saturating_sub(1);
+    for (i, origin) in origins.iter().enumerate() {
+        match fetch_from(layout, &cache, recipe, source, origin, &label) {
             Ok(p) => return Ok(p),
             Err(e) => {
-                progress::note(&format!("{label}: {e}; trying the next source"));
+                if i < last {
+                    progress::note(&format!("{label}: {e}; trying the next source"));
+                }
                 attempts.push(e.to_string().replace('\n', "\n    "));
             }
         }
@@ -320,7 +326,10 @@ pub(crate) mod progress {
 
     pub fn bytes(total: Option<u64>, label: &str, position: u64) -> ProgressBar {
         if !crate::ui::is_terminal() {
-            eprintln!("{label}: downloading");
+            match position {
+                0 => eprintln!("{label}: downloading"),
+                n => eprintln!("{label}: resuming at byte {n}"),
+            }
             return ProgressBar::hidden();
         }
         let bar = match total {

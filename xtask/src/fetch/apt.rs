@@ -394,7 +394,7 @@ fn run_with_progress(mut c: Command, cwd: &Path, what: &str, label: &str) -> Res
         .stderr(f2)
         .spawn()
         .map_err(|e| FetchError::Apt { command: what.into(), message: format!("cannot run apt ({e}); is this a Debian host?") })?;
-    let bar = super::progress::bytes(None, label, 0);
+    let bar = super::progress::bytes(None, &format!("{label} ({what})"), 0);
     let status = loop {
         match child.try_wait() {
             Ok(Some(s)) => break s,
