@@ -10,7 +10,8 @@
 //! downloads/<sha256>            verified entries (the only thing other modules read)
 //! downloads/.verified/<sha256>  stamp: size, inode, mtime and ctime seen when last hashed
 //! downloads/.partial/<sha256>   an interrupted HTTP download, resumed next time (Range)
-//! downloads/.partial/tmp-*      scratch directories (apt downloads), removed when done
+//! downloads/.partial/tmp-*      scratch directories (apt downloads), removed when done (and
+//!                               by the next fetch if a killed process left one)
 //! downloads/.lock               held (flock) while one source is fetched
 //! ```
 //!
@@ -107,6 +108,17 @@ impl Cache {
         let f = File::options().create(true).truncate(false).write(true).open(&path).map_err(io_err("open", &path))?;
         f.lock().map_err(io_err("lock", &path))?;
         Ok(f)
+    }
+
+    /// Removes scratch directories left by a process that was killed mid-fetch. Call only
+    /// while holding [`Cache::lock`]: every live scratch directory belongs to its holder.
+    pub fn remove_stale_scratch(&self) {
+        let Ok(rd) = std::fs::read_dir(self.partial_dir()) else { return };
+        for e in rd.flatten() {
+            if e.file_name().to_str().is_some_and(|n| n.starts_with("tmp-")) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
     }
 
     /// Checks the entry for `sha256`: by its stamp when the file is unchanged since it was

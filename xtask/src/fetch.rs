@@ -165,6 +165,7 @@ fn fetch_one(layout: &Layout, recipe: &Recipe, source: &Source, mode: Mode) -> R
         return Err(FetchError::Missing { cache: cache.dir().to_owned(), missing: vec![missing(recipe, source)] });
     }
     let _lock = cache.lock()?;
+    cache.remove_stale_scratch();
     // Another process may have fetched it while we waited for the lock.
     if let Lookup::Hit(p) = check(&cache, recipe, source)? {
         return Ok(p);
@@ -324,11 +325,12 @@ pub(crate) mod progress {
     use indicatif::{ProgressBar, ProgressStyle};
     use std::time::Instant;
 
-    pub fn bytes(total: Option<u64>, label: &str, position: u64) -> ProgressBar {
+    /// A byte counter for `label`; `detail` (where from) goes only into the plain line.
+    pub fn bytes(total: Option<u64>, label: &str, detail: &str, position: u64) -> ProgressBar {
         if !crate::ui::is_terminal() {
             match position {
-                0 => eprintln!("{label}: downloading"),
-                n => eprintln!("{label}: resuming at byte {n}"),
+                0 => eprintln!("{label}: downloading {detail}"),
+                n => eprintln!("{label}: resuming at byte {n}: {detail}"),
             }
             return ProgressBar::hidden();
         }

@@ -306,9 +306,12 @@ impl Apt {
         let dscs = files_with(into, |n| n.ends_with(".dsc"));
         let substituted = match dscs.iter().find(|p| p.file_name().is_some_and(|n| n == want_dsc.as_str())) {
             Some(_) => None,
-            None => dscs
-                .first()
-                .and_then(|p| p.file_name()?.to_str()?.strip_suffix(".dsc")?.split_once('_').map(|(_, v)| v.to_owned())),
+            // The .dsc's name lacks the epoch; its Version field has it.
+            None => dscs.first().and_then(|p| {
+                let text = std::fs::read_to_string(p).ok()?;
+                let v = text.lines().find_map(|l| l.strip_prefix("Version:"))?.trim().to_owned();
+                Some(v)
+            }),
         };
         let path = into.join(file);
         if path.is_file() {
@@ -394,7 +397,7 @@ fn run_with_progress(mut c: Command, cwd: &Path, what: &str, label: &str) -> Res
         .stderr(f2)
         .spawn()
         .map_err(|e| FetchError::Apt { command: what.into(), message: format!("cannot run apt ({e}); is this a Debian host?") })?;
-    let bar = super::progress::bytes(None, &format!("{label} ({what})"), 0);
+    let bar = super::progress::bytes(None, label, &format!("with {what}"), 0);
     let status = loop {
         match child.try_wait() {
             Ok(Some(s)) => break s,

@@ -106,7 +106,7 @@ pub fn download(url: &str, part: &Path, label: &str) -> Result<u64, FetchError> 
         }
         .map_err(|source| FetchError::Io { action: "write", path: part.to_owned(), source })?;
         let from = if append { have } else { 0 };
-        let bar = super::progress::bytes(total, &format!("{label} from {url}"), from);
+        let bar = super::progress::bytes(total, label, &format!("from {url}"), from);
         let mut buf = vec![0u8; 256 * 1024];
         let mut got = from;
         let result = loop {

@@ -438,7 +438,37 @@ fn apt_backend_fetches_real_packages_from_debian() {
     });
     assert!(env.layout.cache.join("apt/lists").read_dir().unwrap().count() > 1);
 
-    // A version the archive does not have: said plainly, with what it has now.
+    // A source revision the archive no longer has, whose upstream tarball is still there
+    // with the same bytes (apt takes the current revision by itself): the pinned hash
+    // decides, so this works (with a warning), or at least says plainly what is there now.
+    std::fs::remove_file(&p).unwrap();
+    let old = env.recipe(
+        "busybox-old",
+        &format!(
+            "file = \"{}\"\nsha256 = \"{}\"\ndebian-source = {{ package = \"busybox\", version = \"1:1.35.0-4\", file = \"{}\" }}",
+            src.file, src.sha256, deb_src.file
+        ),
+    );
+    match fetch(&env, &old, Mode::Online) {
+        Ok(p) => assert_eq!(cache::sha256_file(&p).unwrap(), src.sha256),
+        Err(e) => {
+            let e = format!("{e:#}");
+            assert!(e.contains("busybox=1:1.35.0-4 is no longer in the archive; available now: 1:"), "{e}");
+        }
+    }
+    // An old revision whose file is not in the current one: said plainly.
+    let ancient = env.recipe(
+        "busybox-ancient",
+        &format!(
+            "file = \"busybox_1.30.1.orig.tar.bz2\"\nsha256 = \"{}\"\n\
+             debian-source = {{ package = \"busybox\", version = \"1:1.30.1-1\", file = \"busybox_1.30.1.orig.tar.bz2\" }}",
+            sha256_bytes(b"ancient")
+        ),
+    );
+    let e = err(fetch(&env, &ancient, Mode::Online));
+    assert!(e.contains("busybox=1:1.30.1-1 is no longer in the archive; available now: 1:"), "{e}");
+
+    // A binary version the archive does not have: said plainly, with what it has now.
     let gone_sha = sha256_bytes(b"gone");
     let r = env.recipe(
         "gone",
