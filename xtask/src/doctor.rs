@@ -46,6 +46,7 @@ const R: &[(Need, Requirement)] = &[
     (Need::Image, Requirement { probe: "grub-mkimage", package: "grub-common", why: "boot loader images for BIOS and UEFI" }),
     (Need::Image, Requirement { probe: "/usr/lib/grub/i386-pc/boot.img", package: "grub-pc-bin", why: "legacy BIOS boot" }),
     (Need::Image, Requirement { probe: "/usr/lib/grub/x86_64-efi/linux.mod", package: "grub-efi-amd64-bin", why: "UEFI boot" }),
+    (Need::Image, Requirement { probe: "mformat", package: "mtools", why: "FAT images: the ESP and the ISO's EFI image" }),
     (Need::Image, Requirement { probe: "xorriso", package: "xorriso", why: "the hybrid ISO (El Torito)" }),
     (Need::Run, Requirement { probe: "qemu-system-x86_64", package: "qemu-system-x86", why: "boot images" }),
     (Need::Run, Requirement { probe: "/usr/share/OVMF/OVMF_CODE_4M.fd", package: "ovmf", why: "UEFI firmware for QEMU" }),

@@ -121,7 +121,8 @@ fn run(cli: Cli) -> Result<()> {
             fetch::fetch_packages(&layout, &recipes, &names, fetch::Mode::from_offline(offline))?;
             Ok(())
         }
-        Cmd::Build { .. } | Cmd::Image { .. } => {
+        Cmd::Image { profile, format, out, offline } => image(&layout, &profile, &format, out, offline),
+        Cmd::Build { .. } => {
             bail!("not built yet: see issues 3 and 5")
         }
         Cmd::Run { profile, format, detach, ssh_port, docker_port } => {
@@ -141,6 +142,44 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `cargo xtask image`: build the profile's packages, then assemble the formats.
+fn image(layout: &Layout, name: &str, formats: &[Format], out: Option<PathBuf>, offline: bool) -> Result<()> {
+    doctor::ensure(&[doctor::Need::Image])?;
+    let recipes = RecipeSet::load(&layout.recipes())?;
+    let profile = profile::load_profile(&layout.root, name, &recipes)?;
+    let formats = if formats.is_empty() { profile.spec.profile.formats.clone() } else { formats.to_vec() };
+    let out = out.unwrap_or_else(|| layout.out(profile.name()));
+    let packages = staged_packages(layout, &recipes, &profile, offline)?;
+    let step = xtask::ui::step(&format!("assembling {} for profile {}", formats.iter().map(|f| f.name()).collect::<Vec<_>>().join(", "), profile.name()));
+    let written = xtask::image::assemble(layout, &profile, &packages, &formats, &out)?;
+    step.finish_and_clear();
+    for path in written {
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        println!("{:>10}  {}", human_size(size), path.display());
+    }
+    Ok(())
+}
+
+/// The staged trees of the profile's packages, from the package builds.
+fn staged_packages(_layout: &Layout, _recipes: &RecipeSet, profile: &profile::Profile, _offline: bool) -> Result<Vec<xtask::rootfs::PackageTree>> {
+    bail!(
+        "cannot build the packages of profile {} ({}): package builds (issue 3, build::build_packages) are not on this branch yet",
+        profile.name(),
+        profile.spec.profile.packages.join(", ")
+    )
+}
+
+fn human_size(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }
 
 fn list(layout: &Layout) -> Result<()> {
