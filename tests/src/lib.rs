@@ -1,1 +1,186 @@
-//! Shared helpers for the end-to-end tests in `e2e/`.
+//! Shared helpers for the end-to-end tests in `e2e/`: find or build what a test boots, boot it
+//! with the serial console captured, run `cargo xtask` as a user would, and skip loudly when
+//! the host cannot run a test. Thin on purpose: booting and QMP live in the `qemu` crate.
+//!
+//! The tests run single-threaded (`cargo xtask test` passes `--test-threads=1`): they boot VMs
+//! on a 2-core machine and share `out/`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+pub use qemu;
+pub use xtask::layout::Layout;
+
+/// How long a boot under TCG may take to reach init's ready line (`AXION_READY_TIMEOUT`
+/// seconds overrides; default 120).
+pub fn ready_timeout() -> Duration {
+    let secs = std::env::var("AXION_READY_TIMEOUT").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
+    Duration::from_secs(secs)
+}
+
+/// Skips the calling test (returns from it) with a loud "skip: because ..." line.
+///
+/// ```ignore
+/// axion_tests::require!(axion_tests::have_qemu(), "qemu-system-x86_64 is not installed");
+/// ```
+#[macro_export]
+macro_rules! require {
+    ($cond:expr, $($why:tt)+) => {
+        if !$cond {
+            eprintln!("skip: because {}", format!($($why)+));
+            return;
+        }
+    };
+}
+
+/// The checkout and cache this test run uses.
+pub fn layout() -> Layout {
+    Layout::discover()
+}
+
+/// Is QEMU installed?
+pub fn have_qemu() -> bool {
+    Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The kernel the build stages under `$AXION_CACHE/packages/linux-*/tree/boot/vmlinuz`
+/// (the newest one), if it was built.
+pub fn staged_kernel() -> Option<PathBuf> {
+    xtask::run::staged_kernel(&layout())
+}
+
+/// The kernel, building it with `cargo xtask build linux` when it is not staged yet.
+pub fn kernel() -> Result<PathBuf> {
+    if let Some(k) = staged_kernel() {
+        return Ok(k);
+    }
+    xtask_ok(&["build", "linux"], Duration::from_secs(3600))?;
+    staged_kernel().context("`cargo xtask build linux` succeeded but no linux-*/tree/boot/vmlinuz is staged")
+}
+
+/// A built image of `profile` in `format` under out/PROFILE/, built with
+/// `cargo xtask image --profile P --format F` when missing (the real path, no shortcuts).
+pub fn image(profile: &str, format: xtask::profile::Format) -> Result<xtask::run::Bootable> {
+    let out = layout().out(profile);
+    if let Some(b) = xtask::run::find_bootable(&out, profile, format) {
+        return Ok(b);
+    }
+    xtask_ok(&["image", "--profile", profile, "--format", format.name()], Duration::from_secs(3600))?;
+    xtask::run::find_bootable(&out, profile, format)
+        .with_context(|| format!("`cargo xtask image --profile {profile} --format {format}` succeeded but left no {format} image in {}", out.display()))
+}
+
+/// The accelerator for test VMs (TCG unless the KVM probe boots the staged kernel), and why.
+pub fn accel() -> (qemu::Accel, String) {
+    qemu::choose_accel(staged_kernel().as_deref())
+}
+
+/// Starts a VM (serial console captured to a file, QMP connected) and waits for init's ready
+/// line. The VM is killed when the returned handle is dropped.
+pub fn boot_ready(config: qemu::VmConfig) -> Result<(qemu::Vm, qemu::Ready)> {
+    let mut vm = qemu::Vm::spawn(config)?;
+    let ready = vm.wait_ready(ready_timeout())?;
+    eprintln!("{} (host: {:.2} s since QEMU started)", ready.line, ready.host.as_secs_f64());
+    Ok((vm, ready))
+}
+
+/// Runs `cargo xtask ARGS` in the checkout, like a user. Fails if it does not finish within
+/// `timeout`, or if its stdout or stderr stay open after it exited (a process it left behind
+/// holds them: a detached QEMU must not, or `$(cargo xtask run --detach)` would hang).
+pub fn xtask(args: &[&str], timeout: Duration) -> Result<Output> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.arg("xtask").args(args).current_dir(&layout().root);
+    run_with_timeout(cmd, timeout).with_context(|| format!("cargo xtask {}", args.join(" ")))
+}
+
+/// [`xtask`], failing with its stderr if it did not succeed; prints its stderr either way.
+pub fn xtask_ok(args: &[&str], timeout: Duration) -> Result<Output> {
+    let out = xtask(args, timeout)?;
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        bail!("`cargo xtask {}` failed ({}):\n{}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(out)
+}
+
+/// Runs a command with piped stdout/stderr and a deadline (see [`xtask`]).
+pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Output> {
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("cannot start")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (i, mut pipe) in [Box::new(child.stdout.take().expect("piped")) as Box<dyn Read + Send>, Box::new(child.stderr.take().expect("piped"))]
+        .into_iter()
+        .enumerate()
+    {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            let _ = tx.send((i, buf));
+        });
+    }
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("did not finish within {} s", timeout.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut outs = [Vec::new(), Vec::new()];
+    for _ in 0..2 {
+        let (i, buf) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|_| anyhow::anyhow!("exited ({status}) but its stdout/stderr stayed open: a process it started still holds them"))?;
+        outs[i] = buf;
+    }
+    let [stdout, stderr] = outs;
+    Ok(Output { status, stdout, stderr })
+}
+
+/// `export NAME=VALUE` lines (as `run --detach` prints them) evaluated by a real shell.
+pub fn eval_exports(exports: &str, names: &[&str]) -> Result<Vec<String>> {
+    let mut script = exports.to_string();
+    script.push('\n');
+    for n in names {
+        script.push_str(&format!("printf '%s\\n' \"${n}\"\n"));
+    }
+    let out = Command::new("sh").arg("-c").arg(&script).output().context("cannot run sh")?;
+    if !out.status.success() {
+        bail!("sh could not evaluate the export lines:\n{exports}\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect())
+}
+
+/// Kills a QEMU by pid when dropped unless it is gone already: a failing test must not leave
+/// a detached VM running.
+pub struct KillOnDrop(pub u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if xtask::run::is_running_qemu(self.0) {
+            eprintln!("cleanup: killing QEMU pid {}", self.0);
+            let _ = Command::new("kill").args(["-KILL", &self.0.to_string()]).status();
+        }
+    }
+}
+
+/// The last `n` lines of a file, for failure messages.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

@@ -1,0 +1,79 @@
+//! `cargo xtask run --detach` boots the default profile's image in the background, waits for
+//! init's ready line and prints `export` lines a shell can eval; `cargo xtask stop` powers it
+//! off through the ACPI power button and cleans up. Builds the image first if it is missing.
+
+use std::net::TcpStream;
+use std::time::Duration;
+
+use axion_tests::{eval_exports, layout, require, xtask, xtask_ok, KillOnDrop};
+use xtask::profile::Format;
+use xtask::run::{is_running_qemu, RunDir};
+
+const PROFILE: &str = "qemu";
+
+#[test]
+fn run_detach_then_stop() {
+    require!(axion_tests::have_qemu(), "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
+    axion_tests::image(PROFILE, Format::Qcow2).expect("the qemu profile's qcow2 image");
+    let run = RunDir::new(&layout(), PROFILE);
+    // A VM left over from an earlier run would make `run` refuse.
+    xtask_ok(&["stop", "--profile", PROFILE], Duration::from_secs(120)).unwrap();
+
+    let ssh = qemu::free_port().unwrap();
+    let docker = loop {
+        let p = qemu::free_port().unwrap();
+        if p != ssh {
+            break p;
+        }
+    };
+    let (ssh_s, docker_s) = (ssh.to_string(), docker.to_string());
+    let out = xtask(
+        &["run", "--profile", PROFILE, "--format", "qcow2", "--detach", "--ssh-port", &ssh_s, "--docker-port", &docker_s],
+        Duration::from_secs(300),
+    )
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    eprintln!("--- run --detach stderr:\n{stderr}--- stdout:\n{stdout}---");
+    // Whatever happens next, no QEMU survives this test.
+    let pid_guard = std::fs::read_to_string(run.pid_file()).ok().and_then(|s| s.trim().parse().ok()).map(KillOnDrop);
+    assert!(out.status.success(), "run --detach failed: {stderr}");
+
+    // stdout is shell code only; the human messages went to stderr.
+    assert!(!stdout.trim().is_empty());
+    for line in stdout.lines() {
+        assert!(line.starts_with("export ") && line.contains('='), "not an export line on stdout: {line:?}");
+    }
+    assert!(stderr.contains("ready"), "{stderr}");
+    let v = eval_exports(&stdout, &["AXION_PROFILE", "AXION_PID", "AXION_SSH_PORT", "AXION_DOCKER_PORT", "AXION_SERIAL_LOG", "AXION_QMP_SOCKET"])
+        .unwrap();
+    assert_eq!(v[0], PROFILE);
+    let pid: u32 = v[1].parse().unwrap();
+    assert_eq!(pid_guard.as_ref().map(|g| g.0), Some(pid), "pid file and AXION_PID differ");
+    assert_eq!(v[2], ssh_s);
+    assert_eq!(v[3], docker_s);
+    assert_eq!(v[4], run.serial_log().to_string_lossy());
+    assert_eq!(v[5], run.qmp_socket().to_string_lossy());
+
+    // It really runs in the background, booted to init's ready line, with the forwards open.
+    assert!(is_running_qemu(pid), "QEMU {pid} is not running after run --detach");
+    let serial = std::fs::read_to_string(run.serial_log()).unwrap();
+    assert!(serial.lines().any(|l| qemu::parse_ready_line(l).is_some()), "no ready line in the serial log:\n{serial}");
+    for port in [ssh, docker] {
+        TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("nothing listens on the forwarded port {port}: {e}"));
+    }
+    // A second run of the same profile is refused while this one runs.
+    let again = xtask(&["run", "--profile", PROFILE, "--detach"], Duration::from_secs(120)).unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already running"), "{}", String::from_utf8_lossy(&again.stderr));
+
+    // stop: the power button; the guest powers off by itself (no kill) and the files go.
+    let stop = xtask(&["stop", "--profile", PROFILE], Duration::from_secs(120)).unwrap();
+    let stop_err = String::from_utf8_lossy(&stop.stderr);
+    assert!(stop.status.success(), "stop failed: {stop_err}\nserial:\n{}", axion_tests::tail(&run.serial_log(), 30));
+    assert!(stop_err.contains("powered off"), "{stop_err}");
+    assert!(!is_running_qemu(pid), "QEMU {pid} still runs after stop");
+    assert!(!run.pid_file().exists(), "{} left behind", run.pid_file().display());
+    assert!(!run.qmp_socket().exists(), "{} left behind", run.qmp_socket().display());
+    drop(pid_guard);
+}
