@@ -1,0 +1,600 @@
+//! End-to-end tests of axion's PID 1 (packages/init): direct kernel boot under QEMU TCG with
+//! a test initramfs (our init, a static busybox, test services) and a virtio disk holding a
+//! GPT partition labelled `axion-data`.
+//!
+//! What they assert: the ready line; a crashing service is restarted with backoff; an
+//! orphaned child that exits is reaped; DHCP on QEMU's user network gives 10.0.2.15 and DNS
+//! 10.0.2.3; a static address from the kernel command line; the power button (QMP
+//! `system_powerdown`) stops services, unmounts cleanly (e2fsck -fn is happy) and powers off,
+//! and a file written before it is there on the next boot; busybox `reboot` (SIGTERM) works;
+//! without the data partition the system still boots and says so.
+//!
+//! Needs: the kernel built by `cargo xtask build linux` (found in
+//! `$AXION_CACHE/packages/linux-*/tree/boot/vmlinuz`, or set `AXION_TEST_KERNEL`), a static
+//! busybox (`$AXION_CACHE/packages/busybox-*/tree/bin/busybox`, else the host's
+//! `/bin/busybox` from busybox-static), qemu-system-x86_64, mkfs.ext4 and e2fsck. Missing
+//! pieces make the tests print "skip: because ..." and return.
+//!
+//! For experiments with a distribution kernel whose drivers are modules, set
+//! `AXION_TEST_MODULES` to a colon-separated list of `.ko` files: they are put in the
+//! initramfs and loaded by a tiny `/sbin/preinit` that then execs init as PID 1.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// QEMU boots are serialised: the machine has 2 cores and TCG is CPU-bound.
+static QEMU_LOCK: Mutex<()> = Mutex::new(());
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+// ---- locating inputs -------------------------------------------------------------------
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+fn cache_dir() -> PathBuf {
+    if let Ok(c) = std::env::var("AXION_CACHE") {
+        return PathBuf::from(c);
+    }
+    PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/axion")
+}
+
+/// The newest `$AXION_CACHE/packages/<prefix>*/tree/<rel>`.
+fn newest_staged(prefix: &str, rel: &str) -> Option<PathBuf> {
+    let dir = cache_dir().join("packages");
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .map(|e| e.path().join("tree").join(rel))
+        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+        .collect();
+    found.sort();
+    found.pop().map(|(_, p)| p)
+}
+
+fn kernel() -> Result<PathBuf, String> {
+    if let Ok(k) = std::env::var("AXION_TEST_KERNEL") {
+        return Ok(PathBuf::from(k));
+    }
+    newest_staged("linux-", "boot/vmlinuz").ok_or_else(|| {
+        format!("no kernel in {}/packages/linux-*/tree/boot/vmlinuz (run `cargo xtask build linux`)", cache_dir().display())
+    })
+}
+
+fn busybox() -> Result<PathBuf, String> {
+    if let Some(b) = newest_staged("busybox-", "bin/busybox") {
+        return Ok(b);
+    }
+    let host = PathBuf::from("/bin/busybox");
+    if host.exists() {
+        return Ok(host);
+    }
+    Err("no static busybox (cargo xtask build busybox, or apt-get install busybox-static)".into())
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {tool} >/dev/null || test -x /usr/sbin/{tool} || test -x /sbin/{tool}")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn build_init() -> PathBuf {
+    let root = workspace_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let st = Command::new(cargo)
+        .current_dir(&root)
+        .args(["build", "--release", "--target", "x86_64-unknown-linux-musl", "-p", "init"])
+        .status()
+        .expect("run cargo build for init");
+    assert!(st.success(), "cargo build -p init failed");
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    target.join("x86_64-unknown-linux-musl/release/init")
+}
+
+/// Everything needed to boot, or the reason to skip.
+struct Inputs {
+    kernel: PathBuf,
+    busybox: PathBuf,
+    init: PathBuf,
+}
+
+fn inputs(test: &str) -> Option<Inputs> {
+    let check = || -> Result<(PathBuf, PathBuf), String> {
+        let k = kernel()?;
+        let b = busybox()?;
+        for t in ["qemu-system-x86_64", "mkfs.ext4", "e2fsck"] {
+            if !have(t) {
+                return Err(format!("{t} is not installed"));
+            }
+        }
+        Ok((k, b))
+    };
+    match check() {
+        Ok((kernel, busybox)) => Some(Inputs { kernel, busybox, init: build_init() }),
+        Err(why) => {
+            eprintln!("\n*** skip: {test}: because {why} ***\n");
+            None
+        }
+    }
+}
+
+fn workdir(name: &str) -> PathBuf {
+    let d = workspace_root().join("target/e2e-init").join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("create test work dir");
+    d
+}
+
+// ---- newc cpio -------------------------------------------------------------------------
+
+struct Cpio {
+    out: Vec<u8>,
+    ino: u32,
+}
+
+impl Cpio {
+    fn new() -> Cpio {
+        Cpio { out: Vec::new(), ino: 1 }
+    }
+
+    fn entry(&mut self, name: &str, mode: u32, data: &[u8], rdev: (u32, u32)) {
+        let name = name.trim_start_matches('/');
+        let fields = [self.ino, mode, 0, 0, 1, 0, data.len() as u32, 0, 0, rdev.0, rdev.1, name.len() as u32 + 1, 0];
+        self.ino += 1;
+        self.out.extend_from_slice(b"070701");
+        for f in fields {
+            self.out.extend_from_slice(format!("{f:08X}").as_bytes());
+        }
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.push(0);
+        while self.out.len() % 4 != 0 {
+            self.out.push(0);
+        }
+        self.out.extend_from_slice(data);
+        while self.out.len() % 4 != 0 {
+            self.out.push(0);
+        }
+    }
+
+    fn dir(&mut self, name: &str) {
+        self.entry(name, 0o040755, b"", (0, 0));
+    }
+    fn file(&mut self, name: &str, mode: u32, data: &[u8]) {
+        self.entry(name, 0o100000 | mode, data, (0, 0));
+    }
+    fn symlink(&mut self, name: &str, to: &str) {
+        self.entry(name, 0o120777, to.as_bytes(), (0, 0));
+    }
+    fn chardev(&mut self, name: &str, major: u32, minor: u32) {
+        self.entry(name, 0o020600, b"", (major, minor));
+    }
+    fn finish(mut self) -> Vec<u8> {
+        self.entry("TRAILER!!!", 0, b"", (0, 0));
+        self.out
+    }
+}
+
+// ---- GPT disk with one partition -------------------------------------------------------
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xffff_ffffu32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+/// Writes a raw disk of `total_mib` with a GPT whose single partition (LBA 2048 to the end)
+/// is named `label` and holds `fs` (an ext4 image).
+fn gpt_disk(path: &Path, total_mib: u64, label: &str, fs: &[u8]) {
+    const SECTOR: u64 = 512;
+    let sectors = total_mib * 1024 * 1024 / SECTOR;
+    let first = 2048u64;
+    let last = sectors - 34;
+    assert!(fs.len() as u64 <= (last - first + 1) * SECTOR, "filesystem larger than the partition");
+    let mut disk = vec![0u8; (sectors * SECTOR) as usize];
+    // Protective MBR.
+    disk[446 + 4] = 0xee;
+    disk[446 + 8..446 + 12].copy_from_slice(&1u32.to_le_bytes());
+    disk[446 + 12..446 + 16].copy_from_slice(&((sectors - 1).min(u32::MAX as u64) as u32).to_le_bytes());
+    disk[446 + 1..446 + 4].copy_from_slice(&[0, 2, 0]);
+    disk[446 + 5..446 + 8].copy_from_slice(&[0xff, 0xff, 0xff]);
+    disk[510] = 0x55;
+    disk[511] = 0xaa;
+    // One entry: Linux filesystem data type GUID 0FC63DAF-8483-4772-8E79-3D69D8477DE4.
+    let mut entries = vec![0u8; 128 * 128];
+    entries[0..16].copy_from_slice(&[0xaf, 0x3d, 0xc6, 0x0f, 0x83, 0x84, 0x72, 0x47, 0x8e, 0x79, 0x3d, 0x69, 0xd8, 0x47, 0x7d, 0xe4]);
+    entries[16..32].copy_from_slice(&[0x11; 16]);
+    entries[32..40].copy_from_slice(&first.to_le_bytes());
+    entries[40..48].copy_from_slice(&last.to_le_bytes());
+    for (i, u) in label.encode_utf16().enumerate() {
+        entries[56 + 2 * i..58 + 2 * i].copy_from_slice(&u.to_le_bytes());
+    }
+    let entries_crc = crc32(&entries);
+    let header = |current: u64, backup: u64, entries_lba: u64| {
+        let mut h = vec![0u8; 92];
+        h[0..8].copy_from_slice(b"EFI PART");
+        h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
+        h[12..16].copy_from_slice(&92u32.to_le_bytes());
+        h[24..32].copy_from_slice(&current.to_le_bytes());
+        h[32..40].copy_from_slice(&backup.to_le_bytes());
+        h[40..48].copy_from_slice(&34u64.to_le_bytes());
+        h[48..56].copy_from_slice(&last.to_le_bytes());
+        h[56..72].copy_from_slice(&[0x22; 16]);
+        h[72..80].copy_from_slice(&entries_lba.to_le_bytes());
+        h[80..84].copy_from_slice(&128u32.to_le_bytes());
+        h[84..88].copy_from_slice(&128u32.to_le_bytes());
+        h[88..92].copy_from_slice(&entries_crc.to_le_bytes());
+        let c = crc32(&h);
+        h[16..20].copy_from_slice(&c.to_le_bytes());
+        h
+    };
+    let at = |lba: u64| (lba * SECTOR) as usize;
+    let primary = header(1, sectors - 1, 2);
+    disk[at(1)..at(1) + 92].copy_from_slice(&primary);
+    disk[at(2)..at(2) + entries.len()].copy_from_slice(&entries);
+    let backup = header(sectors - 1, 1, sectors - 33);
+    disk[at(sectors - 33)..at(sectors - 33) + entries.len()].copy_from_slice(&entries);
+    disk[at(sectors - 1)..at(sectors - 1) + 92].copy_from_slice(&backup);
+    disk[at(first)..at(first) + fs.len()].copy_from_slice(fs);
+    std::fs::write(path, disk).expect("write disk image");
+}
+
+const DATA_FIRST_BYTE: u64 = 2048 * 512;
+
+/// A disk with an empty ext4 `axion-data` partition.
+fn data_disk(dir: &Path) -> PathBuf {
+    let fs_img = dir.join("data.ext4");
+    let st = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "axion-data"])
+        .arg(&fs_img)
+        .arg("30M")
+        .status()
+        .expect("run mkfs.ext4");
+    assert!(st.success(), "mkfs.ext4 failed");
+    let fs = std::fs::read(&fs_img).expect("read ext4 image");
+    let disk = dir.join("disk.raw");
+    gpt_disk(&disk, 32, "axion-data", &fs);
+    disk
+}
+
+/// Runs `e2fsck -fn` on the data partition of `disk`; returns (success, output).
+fn fsck_data(disk: &Path, dir: &Path) -> (bool, String) {
+    let bytes = std::fs::read(disk).expect("read disk");
+    let part = dir.join("data-after.ext4");
+    std::fs::write(&part, &bytes[DATA_FIRST_BYTE as usize..(bytes.len() - 34 * 512)]).expect("write partition copy");
+    let out = Command::new("e2fsck").arg("-fn").arg(&part).output().expect("run e2fsck");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+// ---- the test initramfs ----------------------------------------------------------------
+
+/// Shell snippets run as services (each a file in /etc/axion/services).
+fn service(name: &str, script: &str, extra: &str) -> (String, String) {
+    let script = script.replace('\\', "\\\\").replace('"', "\\\"");
+    (name.to_string(), format!("command = \"/bin/sh\"\nargs = [\"-c\", \"{script}\"]\n{extra}\n"))
+}
+
+fn initramfs(inp: &Inputs, dir: &Path, services: &[(String, String)]) -> PathBuf {
+    let mut c = Cpio::new();
+    for d in ["bin", "sbin", "dev", "proc", "sys", "run", "tmp", "var", "var/lib", "var/log", "etc", "etc/axion", "etc/axion/services", "root", "lib", "lib/modules"] {
+        c.dir(d);
+    }
+    c.chardev("dev/console", 5, 1);
+    c.chardev("dev/null", 1, 3);
+    c.file("sbin/init", 0o755, &std::fs::read(&inp.init).expect("read init binary"));
+    c.file("bin/busybox", 0o755, &std::fs::read(&inp.busybox).expect("read busybox"));
+    for applet in ["sh", "cat", "echo", "sleep", "ip", "grep", "ls", "mkdir", "sync", "test", "cut", "ps", "poweroff", "reboot", "halt", "insmod", "wc", "dmesg", "mount"] {
+        c.symlink(&format!("bin/{applet}"), "busybox");
+    }
+    c.file("etc/hostname", 0o644, b"axion-test\n");
+    c.symlink("etc/resolv.conf", "../run/resolv.conf");
+    for (name, text) in services {
+        c.file(&format!("etc/axion/services/{name}.toml"), 0o644, text.as_bytes());
+    }
+    if let Ok(mods) = std::env::var("AXION_TEST_MODULES") {
+        let mut script = String::from("#!/bin/sh\n");
+        for m in mods.split(':').filter(|m| !m.is_empty()) {
+            let base = Path::new(m).file_name().expect("module file name").to_string_lossy().into_owned();
+            c.file(&format!("lib/modules/{base}"), 0o644, &std::fs::read(m).expect("read module"));
+            script.push_str(&format!("insmod /lib/modules/{base}\n"));
+        }
+        script.push_str("exec /sbin/init\n");
+        c.file("sbin/preinit", 0o755, script.as_bytes());
+    }
+    let path = dir.join("initramfs.cpio");
+    std::fs::write(&path, c.finish()).expect("write initramfs");
+    path
+}
+
+// ---- QEMU ------------------------------------------------------------------------------
+
+struct Vm {
+    child: Child,
+    serial: Arc<Mutex<String>>,
+    qmp: PathBuf,
+    started: Instant,
+}
+
+impl Vm {
+    fn boot(inp: &Inputs, dir: &Path, initrd: &Path, disk: Option<&Path>, append: &str) -> Vm {
+        let qmp = dir.join("qmp.sock");
+        let _ = std::fs::remove_file(&qmp);
+        let rdinit = if std::env::var("AXION_TEST_MODULES").is_ok() { "/sbin/preinit" } else { "/sbin/init" };
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-nodefaults", "-no-user-config", "-machine", "pc", "-accel", "tcg", "-m", "256"])
+            .args(["-display", "none", "-serial", "stdio", "-no-reboot"])
+            .arg("-kernel")
+            .arg(&inp.kernel)
+            .arg("-initrd")
+            .arg(initrd)
+            .arg("-append")
+            .arg(format!("console=ttyS0 panic=-1 rdinit={rdinit} {append}"))
+            .args(["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp.display()));
+        if let Some(d) = disk {
+            cmd.arg("-drive").arg(format!("file={},format=raw,if=virtio", d.display()));
+        }
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("start qemu-system-x86_64");
+        let serial = Arc::new(Mutex::new(String::new()));
+        let out = child.stdout.take().expect("qemu stdout");
+        let s2 = serial.clone();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(out);
+            let mut line = Vec::new();
+            while r.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+                let text = String::from_utf8_lossy(&line).replace('\r', "");
+                eprint!("serial| {text}");
+                s2.lock().expect("serial lock").push_str(&text);
+                line.clear();
+            }
+        });
+        Vm { child, serial, qmp, started: Instant::now() }
+    }
+
+    fn text(&self) -> String {
+        self.serial.lock().expect("serial lock").clone()
+    }
+
+    /// Waits until `pred(serial)` holds; panics with the serial log after TIMEOUT or if QEMU
+    /// exits first.
+    fn wait_for(&mut self, what: &str, pred: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if pred(&self.text()) {
+                return;
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(200));
+                if pred(&self.text()) {
+                    return;
+                }
+                panic!("QEMU exited ({st}) before: {what}");
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("timed out after {TIMEOUT:?} waiting for: {what}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_line(&mut self, needle: &str) {
+        let n = needle.to_string();
+        self.wait_for(needle, move |s| s.contains(&n));
+    }
+
+    /// A minimal QMP client: capabilities handshake, then one command.
+    fn qmp(&self, command: &str) {
+        let mut s = UnixStream::connect(&self.qmp).expect("connect QMP socket");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("QMP timeout");
+        let mut r = BufReader::new(s.try_clone().expect("clone QMP socket"));
+        let mut line = String::new();
+        r.read_line(&mut line).expect("QMP greeting");
+        assert!(line.contains("QMP"), "unexpected QMP greeting: {line}");
+        for cmd in ["qmp_capabilities", command] {
+            writeln!(s, "{{\"execute\":\"{cmd}\"}}").expect("write QMP command");
+            loop {
+                line.clear();
+                r.read_line(&mut line).expect("QMP reply");
+                if line.contains("\"return\"") {
+                    break;
+                }
+                assert!(!line.contains("\"error\""), "QMP {cmd} failed: {line}");
+                assert!(!line.is_empty(), "QMP closed during {cmd}");
+            }
+        }
+    }
+
+    /// Waits for QEMU to exit by itself; returns whether it did so in time.
+    fn wait_exit(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(200));
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        false
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ready_lines(s: &str) -> Vec<String> {
+    s.lines().filter(|l| l.contains("axion: ready in")).map(str::to_string).collect()
+}
+
+/// Asserts exactly one ready line of the documented form and returns its seconds.
+fn assert_ready_line(s: &str) -> f64 {
+    let lines = ready_lines(s);
+    assert_eq!(lines.len(), 1, "expected exactly one ready line, got {lines:?}");
+    let l = lines[0].trim();
+    let rest = l.strip_prefix("axion: ready in ").unwrap_or_else(|| panic!("ready line does not start the line: {l:?}"));
+    let num = rest.strip_suffix(" s").unwrap_or_else(|| panic!("ready line does not end with ' s': {l:?}"));
+    let (int, frac) = num.split_once('.').unwrap_or_else(|| panic!("no decimals in {l:?}"));
+    assert!(!int.is_empty() && int.bytes().all(|b| b.is_ascii_digit()), "{l:?}");
+    assert!(frac.len() == 3 && frac.bytes().all(|b| b.is_ascii_digit()), "{l:?}");
+    num.parse().expect("ready seconds")
+}
+
+// ---- the tests -------------------------------------------------------------------------
+
+fn test_services(token: &str) -> Vec<(String, String)> {
+    vec![
+        // Exits at once, forever: must be restarted with backoff.
+        service("crasher", "echo crasher-run; exit 3", ""),
+        // Orphans a child (reparented to init) that exits a second later; then checks that
+        // it is gone from /proc (a zombie stays there in state Z until init reaps it).
+        service(
+            "orphan",
+            "sh -c 'sleep 1 & echo orphan-pid $!' > /tmp/orphan; cat /tmp/orphan; read x pid < /tmp/orphan; \
+             sleep 3; if test -e /proc/$pid; then echo zombie-check: pid $pid still there: $(cut -d' ' -f3 /proc/$pid/stat); \
+             else echo zombie-check: pid $pid reaped; fi; echo zombies-total: $(cat /proc/[0-9]*/stat 2>/dev/null | grep -c ') Z ')",
+            "restart = \"never\"",
+        ),
+        // Reports the address and DNS once the network is up.
+        service(
+            "netcheck",
+            "ip -4 addr show | grep inet; cat /etc/resolv.conf; hostname 2>/dev/null || cat /proc/sys/kernel/hostname",
+            "after = [\"network\"]\nrestart = \"never\"",
+        ),
+        // Writes a marker on the data partition on the first boot, reports it on later ones.
+        service(
+            "persist",
+            &format!(
+                "if test -f /var/lib/test/marker; then echo persist-found: $(cat /var/lib/test/marker); \
+                 else mkdir -p /var/lib/test && echo {token} > /var/lib/test/marker && echo persist-wrote; fi; \
+                 mount | grep /var/lib"
+            ),
+            "restart = \"never\"",
+        ),
+        // A long-running service that says goodbye on SIGTERM.
+        service(
+            "sleeper",
+            "trap 'echo sleeper-got-term; exit 0' TERM; while true; do sleep 0.2; done",
+            "stop-timeout = 5",
+        ),
+    ]
+}
+
+#[test]
+fn init_boots_supervises_reaps_and_powers_off_cleanly() {
+    let _guard = QEMU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(inp) = inputs("init_boots_supervises_reaps_and_powers_off_cleanly") else { return };
+    let dir = workdir("main");
+    let token = format!("token-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos());
+    let initrd = initramfs(&inp, &dir, &test_services(&token));
+    let disk = data_disk(&dir);
+
+    // Boot 1.
+    let mut vm = Vm::boot(&inp, &dir, &initrd, Some(&disk), "");
+    vm.wait_line("axion: ready in");
+    let boot_secs = assert_ready_line(&vm.text());
+    eprintln!("boot 1: ready in {boot_secs:.3} s (guest CLOCK_BOOTTIME), {:.1} s wall clock", vm.started.elapsed().as_secs_f64());
+
+    // DHCP from QEMU's user network.
+    vm.wait_line("netcheck: axion-test");
+    let t = vm.text();
+    assert!(t.contains("inet 10.0.2.15/24"), "no DHCP address 10.0.2.15/24 in:\n{t}");
+    assert!(t.contains("DHCP lease 10.0.2.15/24"), "init did not report the lease");
+    assert!(t.contains("netcheck: nameserver 10.0.2.3"), "DNS from DHCP not in /etc/resolv.conf:\n{t}");
+
+    // The crashing service is restarted, with growing delays.
+    vm.wait_for("crasher started 3 times", |s| s.matches("crasher: crasher-run").count() >= 3);
+    let t = vm.text();
+    assert!(t.contains("service crasher exited (exit status 3)"), "no restart message");
+    assert!(t.contains("restarting in 0.25 s") && t.contains("restarting in 0.50 s"), "no backoff in:\n{t}");
+
+    // The orphan was reaped.
+    vm.wait_line("zombies-total:");
+    let t = vm.text();
+    assert!(t.contains("orphan: orphan-pid"), "orphan service did not run");
+    assert!(t.contains("zombie-check: pid") && t.contains(" reaped"), "orphan not reaped:\n{t}");
+    assert!(t.contains("orphan: zombies-total: 0"), "zombies left:\n{t}");
+
+    // Data partition mounted and written.
+    vm.wait_line("persist: persist-wrote");
+    assert!(vm.text().contains("data partition /dev/vda1 mounted on /var/lib"));
+
+    // Power button.
+    vm.qmp("system_powerdown");
+    assert!(vm.wait_exit(Duration::from_secs(60)), "QEMU did not power off within 60 s after system_powerdown");
+    let t = vm.text();
+    assert!(t.contains("init: power button pressed"), "power button not seen:\n{t}");
+    assert!(t.contains("sleeper: sleeper-got-term"), "service did not get SIGTERM");
+    assert!(t.contains("init: powering off"), "no power-off message");
+    assert!(!t.contains("WARNING: unmount"), "unclean unmount:\n{t}");
+    drop(vm);
+
+    let (clean, out) = fsck_data(&disk, &dir);
+    assert!(clean, "e2fsck -fn after power-off is unhappy:\n{out}");
+
+    // Boot 2 from the same disk: the marker is there.
+    let mut vm = Vm::boot(&inp, &dir, &initrd, Some(&disk), "");
+    vm.wait_line("axion: ready in");
+    let secs2 = assert_ready_line(&vm.text());
+    eprintln!("boot 2: ready in {secs2:.3} s");
+    vm.wait_line("persist: persist-found");
+    assert!(vm.text().contains(&format!("persist: persist-found: {token}")), "marker lost");
+    vm.qmp("system_powerdown");
+    assert!(vm.wait_exit(Duration::from_secs(60)), "second power-off failed");
+}
+
+#[test]
+fn static_ip_reboot_command_and_missing_data_partition() {
+    let _guard = QEMU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(inp) = inputs("static_ip_reboot_command_and_missing_data_partition") else { return };
+    let dir = workdir("static");
+    let services = vec![
+        service(
+            "netcheck",
+            "ip -4 addr show | grep inet; ip route | grep default; cat /etc/resolv.conf; cat /proc/sys/kernel/hostname; cat /run/axion/authorized_keys",
+            "after = [\"network\"]\nrestart = \"never\"",
+        ),
+        // busybox `reboot` signals PID 1 with SIGTERM.
+        service("rebooter", "sleep 2; echo calling-reboot; reboot", "after = [\"netcheck\"]\nrestart = \"never\""),
+    ];
+    let initrd = initramfs(&inp, &dir, &services);
+    let mut vm = Vm::boot(
+        &inp,
+        &dir,
+        &initrd,
+        None,
+        "axion.ip=10.0.2.20/24,10.0.2.2,10.0.2.3 axion.hostname=static-host axion.ssh_key=\"ssh-ed25519 AAAAtest me@host\" axion.frobnicate=1",
+    );
+    vm.wait_line("axion: ready in");
+    assert_ready_line(&vm.text());
+    let t = vm.text();
+    assert!(t.contains("NOTHING WILL PERSIST"), "missing data partition not reported loudly:\n{t}");
+    assert!(t.contains("unknown kernel parameter axion.frobnicate"), "bad parameter not reported");
+    vm.wait_line("netcheck: ssh-ed25519 AAAAtest me@host");
+    assert!(vm.text().contains("netcheck: static-host"), "hostname from the kernel command line not set");
+    let t = vm.text();
+    assert!(t.contains("inet 10.0.2.20/24"), "static address not set:\n{t}");
+    assert!(t.contains("default via 10.0.2.2"), "default route not set:\n{t}");
+    assert!(t.contains("netcheck: nameserver 10.0.2.3"), "DNS not written");
+    vm.wait_line("calling-reboot");
+    assert!(vm.wait_exit(Duration::from_secs(60)), "reboot (SIGTERM) did not end the VM (-no-reboot)");
+    let t = vm.text();
+    assert!(t.contains("shutting down (reboot)") && t.contains("init: rebooting"), "reboot path not taken:\n{t}");
+}
