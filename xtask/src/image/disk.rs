@@ -64,7 +64,7 @@ pub fn write(path: &Path, c: &Contents, guids: Guids) -> Result<()> {
     }
     file.write_all_at(&core, BIOS_BOOT_LBA * SECTOR)?;
     sparse::copy_into(&file, ESP_LBA * SECTOR, c.esp)?;
-    sparse::copy_into(&file, data_lba * SECTOR, std::io::BufReader::with_capacity(1 << 20, data))
+    sparse::copy_file_into(&file, data_lba * SECTOR, &data)
         .with_context(|| format!("cannot copy {} into {}", c.data.display(), path.display()))?;
 
     let mut parts = BTreeMap::new();

@@ -13,6 +13,13 @@ extern "C" {
     fn lseek(fd: i32, offset: i64, whence: i32) -> i64;
 }
 
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
+/// Is `b` all zero? (Compared against zeros with memcmp: fast even in a debug build.)
+pub fn is_zero(b: &[u8]) -> bool {
+    b.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
+}
+
 /// The (start, end) byte ranges of `f` that may hold data; the whole file if the file system
 /// cannot tell.
 pub fn data_ranges(f: &File) -> io::Result<Vec<(u64, u64)>> {
@@ -57,7 +64,7 @@ pub fn for_each_nonzero_block(file: &File, block_size: u64, mut f: impl FnMut(u6
                 buf.fill(0);
                 let n = (len - block).min(block_size) as usize;
                 file.read_exact_at(&mut buf[..n], block)?;
-                if buf.iter().any(|&b| b != 0) {
+                if !is_zero(&buf) {
                     f(block, &buf)?;
                 }
                 last_done = Some(block);
@@ -84,11 +91,20 @@ pub fn copy_into(dst: &File, offset: u64, mut src: impl Read) -> io::Result<u64>
         if n == 0 {
             return Ok(done);
         }
-        if buf[..n].iter().any(|&b| b != 0) {
+        if !is_zero(&buf[..n]) {
             dst.write_all_at(&buf[..n], offset + done)?;
         }
         done += n as u64;
     }
+}
+
+/// Copies the data of sparse file `src` into `dst` at `offset`, visiting only the ranges the
+/// file system says hold data and skipping zero blocks there too.
+pub fn copy_file_into(dst: &File, offset: u64, src: &File) -> io::Result<()> {
+    for_each_nonzero_block(src, 64 * 1024, |off, block| {
+        let len = (src.metadata()?.len() - off).min(block.len() as u64) as usize;
+        dst.write_all_at(&block[..len], offset + off)
+    })
 }
 
 #[cfg(test)]
