@@ -51,6 +51,7 @@ const R: &[(Need, Requirement)] = &[
     (Need::Run, Requirement { probe: "qemu-system-x86_64", package: "qemu-system-x86", why: "boot images" }),
     (Need::Run, Requirement { probe: "/usr/share/OVMF/OVMF_CODE_4M.fd", package: "ovmf", why: "UEFI firmware for QEMU" }),
     (Need::Run, Requirement { probe: "qemu-img", package: "qemu-utils", why: "check and convert disk images" }),
+    (Need::Test, Requirement { probe: "sgdisk", package: "gdisk", why: "verify the GPT of disk images in tests" }),
     (Need::Test, Requirement { probe: "fsck.vfat", package: "dosfstools", why: "check the ESP in tests" }),
     (Need::Test, Requirement { probe: "docker-registry", package: "docker-registry", why: "a real registry on 127.0.0.1 for tests" }),
     (Need::Test, Requirement { probe: "openssl", package: "openssl", why: "TLS certificates in tests" }),
