@@ -10,6 +10,8 @@
 //! - Two packages staging the same path is an error naming both (a directory both create is
 //!   fine). Overlays (`overlays/NAME`, in profile order) are meant to replace files, so an
 //!   overlay file wins over a package file or an earlier overlay's file.
+//! - Overlay files get the modes git can record, whatever the checkout's umask: 0755 when the
+//!   owner may execute, else 0644; directories 0755. Two checkouts give the same image.
 //! - The standard directories (`dev`, `proc`, `sys`, `run`, `tmp`, `var/lib`, …), the device
 //!   nodes the kernel needs before any devtmpfs is mounted (`dev/console`, `dev/null`) and
 //!   `/init → /sbin/init` (the kernel runs `/init` from an initramfs) are always there.
@@ -132,7 +134,13 @@ impl Rootfs {
             }
         }
         for (name, dir) in overlays {
-            for entry in scan(dir, &format!("overlay:{name}"))? {
+            for mut entry in scan(dir, &format!("overlay:{name}"))? {
+                entry.perm = match entry.node {
+                    Node::Dir => 0o755,
+                    Node::File { .. } if entry.perm & 0o100 != 0 => 0o755,
+                    Node::File { .. } => 0o644,
+                    _ => entry.perm,
+                };
                 fs.add(entry, true)?;
             }
         }
@@ -275,12 +283,17 @@ pub(crate) mod tests {
         std::fs::create_dir_all(ov.join("etc")).unwrap();
         std::fs::write(ov.join("etc/hostname"), "axion\n").unwrap();
         std::fs::write(ov.join("a-file"), "x").unwrap();
+        std::fs::set_permissions(ov.join("a-file"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(ov.join("etc/hostname"), std::fs::Permissions::from_mode(0o600)).unwrap();
         let fs = Rootfs::assemble(&[a, b], &[("base".into(), ov)], 42).unwrap();
         let e = &fs.entries["bin/a"];
         assert_eq!(e.mode(), 0o104755);
         assert_eq!(fs.entries["bin/b-link"].node, Node::Symlink("b".into()));
         assert!(!fs.entries.keys().any(|p| p.starts_with("boot")), "boot/ must not be in the rootfs");
         assert_eq!(fs.entries["etc/hostname"].origin, "overlay:base");
+        // Overlay modes as git records them, whatever the checkout's umask.
+        assert_eq!(fs.entries["etc/hostname"].mode(), 0o100644);
+        assert_eq!(fs.entries["a-file"].mode(), 0o100755);
         assert_eq!(fs.entries["tmp"].mode(), 0o041777);
         assert_eq!(fs.entries["init"].node, Node::Symlink("/sbin/init".into()));
         assert_eq!(fs.entries["dev/console"].node, Node::CharDev { major: 5, minor: 1 });
