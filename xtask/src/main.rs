@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use xtask::layout::Layout;
 use xtask::profile::{self, Format};
 use xtask::recipe::RecipeSet;
-use xtask::{doctor, fetch, run};
+use xtask::{build, doctor, fetch, run};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Build, run and test axion images", version)]
@@ -122,8 +122,18 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Image { profile, format, out, offline } => image(&layout, &profile, &format, out, offline),
-        Cmd::Build { .. } => {
-            bail!("not built yet: see issues 3 and 5")
+        Cmd::Build { packages, offline } => {
+            let recipes = RecipeSet::load(&layout.recipes())?;
+            let names = if packages.is_empty() {
+                profile::load_profile(&layout.root, "qemu", &recipes)?.spec.profile.packages
+            } else {
+                packages
+            };
+            let opts = build::BuildOptions { offline, ..Default::default() };
+            let started = std::time::Instant::now();
+            let staged = build::build_packages(&layout, &recipes, &names, &opts)?;
+            eprintln!("{} package(s) ready in {:.2} s under {}", staged.len(), started.elapsed().as_secs_f64(), layout.packages().display());
+            Ok(())
         }
         Cmd::Run { profile, format, detach, ssh_port, docker_port } => {
             run::run(&layout, &run::RunOptions { profile, format, detach, ssh_port, docker_port })
@@ -163,12 +173,11 @@ fn image(layout: &Layout, name: &str, formats: &[Format], out: Option<PathBuf>, 
 }
 
 /// The staged trees of the profile's packages, from the package builds.
-fn staged_packages(_layout: &Layout, _recipes: &RecipeSet, profile: &profile::Profile, _offline: bool) -> Result<Vec<xtask::rootfs::PackageTree>> {
-    bail!(
-        "cannot build the packages of profile {} ({}): package builds (issue 3, build::build_packages) are not on this branch yet",
-        profile.name(),
-        profile.spec.profile.packages.join(", ")
-    )
+fn staged_packages(layout: &Layout, recipes: &RecipeSet, profile: &profile::Profile, offline: bool) -> Result<Vec<xtask::rootfs::PackageTree>> {
+    let opts = build::BuildOptions { offline, ..Default::default() };
+    let staged = build::build_packages(layout, recipes, &profile.spec.profile.packages, &opts)
+        .with_context(|| format!("cannot build the packages of profile {}", profile.name()))?;
+    Ok(staged.into_iter().map(|s| xtask::rootfs::PackageTree { name: s.name, tree: s.tree }).collect())
 }
 
 fn human_size(n: u64) -> String {
