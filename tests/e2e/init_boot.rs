@@ -293,7 +293,7 @@ fn initramfs(inp: &Inputs, dir: &Path, services: &[(String, String)]) -> PathBuf
     c.chardev("dev/null", 1, 3);
     c.file("sbin/init", 0o755, &std::fs::read(&inp.init).expect("read init binary"));
     c.file("bin/busybox", 0o755, &std::fs::read(&inp.busybox).expect("read busybox"));
-    for applet in ["sh", "cat", "echo", "sleep", "ip", "grep", "ls", "mkdir", "sync", "test", "cut", "ps", "poweroff", "reboot", "halt", "insmod", "wc", "dmesg", "mount"] {
+    for applet in ["sh", "cat", "echo", "sleep", "ip", "grep", "ls", "mkdir", "sync", "test", "cut", "ps", "poweroff", "reboot", "halt", "insmod", "wc", "dmesg", "mount", "touch"] {
         c.symlink(&format!("bin/{applet}"), "busybox");
     }
     c.file("etc/hostname", 0o644, b"axion-test\n");
@@ -395,6 +395,13 @@ impl Vm {
         self.wait_for(needle, move |s| s.contains(&n));
     }
 
+    /// Types a line on the serial console.
+    fn type_line(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().expect("qemu stdin");
+        stdin.write_all(format!("{line}\n").as_bytes()).expect("write to the serial console");
+        stdin.flush().expect("flush serial input");
+    }
+
     /// A minimal QMP client: capabilities handshake, then one command.
     fn qmp(&self, command: &str) {
         let mut s = UnixStream::connect(&self.qmp).expect("connect QMP socket");
@@ -484,7 +491,7 @@ fn test_services(token: &str) -> Vec<(String, String)> {
             &format!(
                 "if test -f /var/lib/test/marker; then echo persist-found: $(cat /var/lib/test/marker); \
                  else mkdir -p /var/lib/test && echo {token} > /var/lib/test/marker && echo persist-wrote; fi; \
-                 mount | grep /var/lib"
+                 mount | grep /var/lib; echo crasher-log-lines: $(grep -c crasher-run /var/log/crasher.log)"
             ),
             "restart = \"never\"",
         ),
@@ -556,6 +563,15 @@ fn init_boots_supervises_reaps_and_powers_off_cleanly() {
     eprintln!("boot 2: ready in {secs2:.3} s");
     vm.wait_line("persist: persist-found");
     assert!(vm.text().contains(&format!("persist: persist-found: {token}")), "marker lost");
+    // The crasher's log from boot 1 (at least 3 runs) survived in /var/log/crasher.log.
+    vm.wait_line("persist: crasher-log-lines:");
+    let t = vm.text();
+    let n: u32 = t
+        .lines()
+        .find_map(|l| l.strip_prefix("persist: crasher-log-lines: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(n >= 3, "/var/log/crasher.log did not keep boot 1's output (count {n})");
     vm.qmp("system_powerdown");
     assert!(vm.wait_exit(Duration::from_secs(60)), "second power-off failed");
 }
@@ -571,8 +587,8 @@ fn static_ip_reboot_command_and_missing_data_partition() {
             "ip -4 addr show | grep inet; ip route | grep default; cat /etc/resolv.conf; cat /proc/sys/kernel/hostname; cat /run/axion/authorized_keys",
             "after = [\"network\"]\nrestart = \"never\"",
         ),
-        // busybox `reboot` signals PID 1 with SIGTERM.
-        service("rebooter", "sleep 2; echo calling-reboot; reboot", "after = [\"netcheck\"]\nrestart = \"never\""),
+        // busybox `reboot` signals PID 1 with SIGTERM; it waits for the debug shell test.
+        service("rebooter", "while ! test -f /tmp/go; do sleep 0.2; done; echo calling-reboot; reboot", "after = [\"netcheck\"]\nrestart = \"never\""),
     ];
     let initrd = initramfs(&inp, &dir, &services);
     let mut vm = Vm::boot(
@@ -580,7 +596,7 @@ fn static_ip_reboot_command_and_missing_data_partition() {
         &dir,
         &initrd,
         None,
-        "axion.ip=10.0.2.20/24,10.0.2.2,10.0.2.3 axion.hostname=static-host axion.ssh_key=\"ssh-ed25519 AAAAtest me@host\" axion.frobnicate=1",
+        "axion.ip=10.0.2.20/24,10.0.2.2,10.0.2.3 axion.hostname=static-host axion.ssh_key=\"ssh-ed25519 AAAAtest me@host\" axion.frobnicate=1 axion.debug_shell",
     );
     vm.wait_line("axion: ready in");
     assert_ready_line(&vm.text());
@@ -593,6 +609,9 @@ fn static_ip_reboot_command_and_missing_data_partition() {
     assert!(t.contains("inet 10.0.2.20/24"), "static address not set:\n{t}");
     assert!(t.contains("default via 10.0.2.2"), "default route not set:\n{t}");
     assert!(t.contains("netcheck: nameserver 10.0.2.3"), "DNS not written");
+    // The debug shell answers on the serial console.
+    vm.type_line("echo shell-$((6*7)); touch /tmp/go");
+    vm.wait_line("shell-42");
     vm.wait_line("calling-reboot");
     assert!(vm.wait_exit(Duration::from_secs(60)), "reboot (SIGTERM) did not end the VM (-no-reboot)");
     let t = vm.text();

@@ -9,7 +9,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-static CONSOLES: Mutex<Vec<File>> = Mutex::new(Vec::new());
+/// (device path, open file). The path is kept to reopen the device after a hangup: when a
+/// session leader with the serial line as controlling tty exits (the debug shell), the
+/// kernel hangs the tty up and every open file on it then fails with EIO.
+static CONSOLES: Mutex<Vec<(String, File)>> = Mutex::new(Vec::new());
 static DEBUG: AtomicBool = AtomicBool::new(false);
 
 pub fn set_debug(on: bool) {
@@ -31,13 +34,13 @@ pub fn open_consoles(names: &[String]) {
             continue;
         }
         if let Ok(f) = open_tty(&path) {
-            files.push(f);
+            files.push((path.clone(), f));
             seen.push(path);
         }
     }
     if files.is_empty() {
         if let Ok(f) = open_tty("/dev/console") {
-            files.push(f);
+            files.push(("/dev/console".to_string(), f));
         }
     }
     if let Ok(mut c) = CONSOLES.lock() {
@@ -59,8 +62,15 @@ pub fn console_write(bytes: &[u8]) {
         let _ = std::io::stderr().write_all(bytes);
         return;
     }
-    for c in consoles.iter_mut() {
-        let _ = c.write_all(bytes);
+    for (path, f) in consoles.iter_mut() {
+        if let Err(e) = f.write_all(bytes) {
+            if e.raw_os_error() == Some(libc::EIO) {
+                if let Ok(new) = open_tty(path) {
+                    *f = new;
+                    let _ = f.write_all(bytes);
+                }
+            }
+        }
     }
 }
 

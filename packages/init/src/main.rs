@@ -116,6 +116,7 @@ struct Init {
     pipes: HashMap<RawFd, (OwnedFd, LogSink)>,
     buttons: Vec<File>,
     ready: bool,
+    debug_shell: Option<services::Service>,
     shutdown: Option<(Final, Phase)>,
 }
 
@@ -219,14 +220,13 @@ fn boot() -> Init {
     for e in errors {
         error!("{e}");
     }
-    let (mut ordered, msgs) = services::order(loaded);
+    let (ordered, msgs) = services::order(loaded);
     for m in msgs {
         warn!("{m}");
     }
-    if settings.debug_shell {
-        ordered.insert(0, debug_shell(&cmdline.consoles));
-    }
     info!("{} service(s) configured", ordered.len());
+    // Started right after the ready line, so its prompt cannot share that line.
+    let debug_shell = settings.debug_shell.then(|| debug_shell(&cmdline.consoles));
     let sup = Supervisor::new(OsSpawner, ordered);
 
     let buttons = input::open_power_buttons();
@@ -250,6 +250,7 @@ fn boot() -> Init {
         pipes: HashMap::new(),
         buttons,
         ready: false,
+        debug_shell,
         shutdown: None,
     }
 }
@@ -306,6 +307,8 @@ impl Init {
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
+            // Output pipes first, so a service's last words come before the news of its exit.
+            tokens.sort_by_key(|t| if t & TOKEN_PIPE != 0 { 0 } else { 1 });
             for &t in &tokens {
                 self.dispatch(t);
             }
@@ -370,6 +373,11 @@ impl Init {
                 self.ready = true;
                 let t = sys::boottime();
                 log::line(&format!("axion: ready in {}.{:03} s", t.as_secs(), t.subsec_millis()));
+                if let Some(shell) = self.debug_shell.take() {
+                    self.sup.add(shell);
+                    let started = self.sup.start_pending(now, self.network_ready);
+                    self.watch(started);
+                }
             }
         } else {
             self.shutdown_step(now);
@@ -486,7 +494,9 @@ impl Init {
             Final::Halt => "halt",
         };
         info!("shutting down ({what}): stopping services");
-        let deadline = self.sup.stop_all(now);
+        // Each service gets SIGKILL at its own stop-timeout (stop_timer); this deadline is the
+        // backstop for one that does not even die of that.
+        let deadline = self.sup.stop_all(now) + KILL_WAIT;
         self.shutdown = Some((how, Phase::StopServices { deadline }));
     }
 
@@ -494,9 +504,11 @@ impl Init {
         let Some((how, phase)) = self.shutdown else { return };
         match phase {
             Phase::StopServices { deadline } => {
+                self.sup.stop_timer(now);
                 if self.sup.running() > 0 && now < deadline {
                     return;
                 }
+                // Only services stuck in the kernel (D state) survive SIGKILL this long.
                 self.sup.kill_remaining();
                 info!("sending SIGTERM to all processes");
                 let _ = sys::kill(-1, libc::SIGTERM);

@@ -209,7 +209,9 @@ pub struct Nic {
 pub struct Network {
     pub nic: Option<Nic>,
     pub dhcp: Option<Client>,
-    sock: Option<(OwnedFd, bool)>, // (fd, raw?)
+    sock: Option<(OwnedFd, bool)>, // (fd, is it the packet socket?)
+    /// The kernel has no AF_PACKET (CONFIG_PACKET): discovery goes over UDP instead.
+    no_packet: bool,
     /// Set once the static address is configured or DHCP got its first lease.
     pub configured: bool,
 }
@@ -255,7 +257,7 @@ impl Network {
         if let Err(e) = link_up("lo") {
             crate::error!("bring up lo: {e}");
         }
-        let mut net = Network { nic: None, dhcp: None, sock: None, configured: false };
+        let mut net = Network { nic: None, dhcp: None, sock: None, no_packet: false, configured: false };
         let Some(name) = find_nic(Path::new("/sys/class/net")) else {
             crate::warn!("no ethernet NIC found in /sys/class/net; networking is loopback only");
             return net;
@@ -355,22 +357,36 @@ impl Network {
     }
 
     fn ensure_socket(&mut self, raw: bool) {
+        let raw = raw && !self.no_packet;
         if matches!(&self.sock, Some((_, r)) if *r == raw) {
             return;
         }
         self.sock = None;
         let Some(nic) = &self.nic else { return };
-        let s = if raw { raw_socket(nic.ifindex) } else { udp_socket(&nic.name) };
-        match s {
-            Ok(s) => self.sock = Some((s, raw)),
-            Err(e) => crate::error!("{}: DHCP {} socket: {e}", nic.name, if raw { "packet" } else { "UDP" }),
+        if raw {
+            match raw_socket(nic.ifindex) {
+                Ok(s) => {
+                    self.sock = Some((s, true));
+                    return;
+                }
+                Err(e) => {
+                    // Without CONFIG_PACKET: a UDP socket bound to the device can still send
+                    // from 0.0.0.0 to 255.255.255.255 and receive broadcast replies.
+                    crate::warn!("{}: DHCP packet socket: {e}; using a UDP socket for discovery", nic.name);
+                    self.no_packet = true;
+                }
+            }
+        }
+        match udp_socket(&nic.name) {
+            Ok(s) => self.sock = Some((s, false)),
+            Err(e) => crate::error!("{}: DHCP UDP socket: {e}", nic.name),
         }
     }
 
     fn send(&mut self, dest: &Dest, m: &Message) {
-        let raw = matches!(dest, Dest::RawBroadcast);
-        self.ensure_socket(raw);
-        let (Some((sock, _)), Some(nic)) = (&self.sock, &self.nic) else { return };
+        self.ensure_socket(matches!(dest, Dest::RawBroadcast));
+        let (Some((sock, raw)), Some(nic)) = (&self.sock, &self.nic) else { return };
+        let raw = *raw;
         let payload = m.encode();
         let fd = sock.as_raw_fd();
         let r = if raw {

@@ -44,6 +44,8 @@ pub struct Unit {
     /// Consecutive quick failures: the backoff exponent.
     pub step: u32,
     pub starts: u32,
+    /// During shutdown: when SIGKILL follows the SIGTERM (its own stop-timeout).
+    pub kill_at: Option<Instant>,
 }
 
 /// A service output pipe to watch, returned when a service starts.
@@ -68,7 +70,7 @@ pub fn backoff(step: u32) -> Duration {
 impl<S: Spawner> Supervisor<S> {
     /// `services` must already be in start order (see `services::order`).
     pub fn new(spawner: S, services: Vec<Service>) -> Self {
-        let units = services.into_iter().map(|svc| Unit { svc, state: State::Pending, step: 0, starts: 0 }).collect();
+        let units = services.into_iter().map(|svc| Unit { svc, state: State::Pending, step: 0, starts: 0, kill_at: None }).collect();
         Supervisor { spawner, units, stopping: false }
     }
 
@@ -100,6 +102,11 @@ impl<S: Spawner> Supervisor<S> {
                 unit.state = State::Backoff { until: now + delay };
             }
         }
+    }
+
+    /// Adds a service after the others (started by the next `start_pending`).
+    pub fn add(&mut self, svc: Service) {
+        self.units.push(Unit { svc, state: State::Pending, step: 0, starts: 0, kill_at: None });
     }
 
     /// Starts every pending service whose dependencies are met (one pass suffices: the units
@@ -179,34 +186,47 @@ impl<S: Spawner> Supervisor<S> {
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        if self.stopping {
-            return None;
-        }
         self.units
             .iter()
             .filter_map(|u| match u.state {
-                State::Backoff { until } => Some(until),
+                State::Backoff { until } if !self.stopping => Some(until),
+                State::Running { .. } if self.stopping => u.kill_at,
                 _ => None,
             })
             .min()
     }
 
-    /// Begins shutdown: SIGTERM to every running service, no more restarts. Returns the
-    /// deadline after which the rest get SIGKILL (the longest stop-timeout of the running).
+    /// Begins shutdown: SIGTERM to every running service, no more restarts. Each gets SIGKILL
+    /// from `stop_timer` once its own stop-timeout has passed. Returns the latest such time.
     pub fn stop_all(&mut self, now: Instant) -> Instant {
         self.stopping = true;
-        let mut deadline = now;
+        let mut latest = now;
         for u in &mut self.units {
             match u.state {
                 State::Running { pid, .. } => {
                     self.spawner.signal(pid, libc::SIGTERM);
-                    deadline = deadline.max(now + u.svc.stop_timeout);
+                    let at = now + u.svc.stop_timeout;
+                    u.kill_at = Some(at);
+                    latest = latest.max(at);
                 }
                 State::Pending | State::Backoff { .. } => u.state = State::Done,
                 State::Done => {}
             }
         }
-        deadline
+        latest
+    }
+
+    /// During shutdown: SIGKILL to services whose stop-timeout has passed.
+    pub fn stop_timer(&mut self, now: Instant) {
+        for u in &mut self.units {
+            if let (State::Running { pid, .. }, Some(at)) = (u.state, u.kill_at) {
+                if at <= now {
+                    crate::warn!("service {} did not stop in {} s; killing it", u.svc.name, u.svc.stop_timeout.as_secs());
+                    self.spawner.signal(pid, libc::SIGKILL);
+                    u.kill_at = None;
+                }
+            }
+        }
     }
 
     pub fn running(&self) -> usize {
@@ -215,10 +235,10 @@ impl<S: Spawner> Supervisor<S> {
 
     /// SIGKILL to every service still running.
     pub fn kill_remaining(&mut self) {
-        for u in &self.units {
+        for u in &mut self.units {
             if let State::Running { pid, .. } = u.state {
-                crate::warn!("service {} did not stop in {} s; killing it", u.svc.name, u.svc.stop_timeout.as_secs());
                 self.spawner.signal(pid, libc::SIGKILL);
+                u.kill_at = None;
             }
         }
     }
@@ -344,26 +364,47 @@ mod tests {
     }
 
     #[test]
-    fn shutdown_terms_then_kills_and_never_restarts() {
+    fn shutdown_terms_then_kills_each_at_its_own_timeout_and_never_restarts() {
         let t0 = Instant::now();
         let mut s = Supervisor::new(
             Fake::default(),
-            vec![svc("a", "stop-timeout = 2"), svc("b", "stop-timeout = 5"), svc("c", "")],
+            vec![svc("a", "stop-timeout = 2"), svc("b", "stop-timeout = 5"), svc("c", ""), svc("d", "stop-timeout = 1")],
         );
         s.start_pending(t0, true);
         let pids: Vec<i32> = s.spawner.spawned.iter().map(|x| x.1).collect();
         // c crashed just before shutdown and waits in backoff.
         s.on_exit(pids[2], ExitStatus::Exited(1), t0);
-        let deadline = s.stop_all(t0);
-        assert_eq!(deadline, t0 + Duration::from_secs(5));
-        assert_eq!(s.spawner.signals, vec![(pids[0], libc::SIGTERM), (pids[1], libc::SIGTERM)]);
-        assert_eq!(s.running(), 2);
+        let latest = s.stop_all(t0);
+        assert_eq!(latest, t0 + Duration::from_secs(5));
+        assert_eq!(
+            s.spawner.signals,
+            vec![(pids[0], libc::SIGTERM), (pids[1], libc::SIGTERM), (pids[3], libc::SIGTERM)]
+        );
+        assert_eq!(s.running(), 3);
         assert!(s.on_exit(pids[0], ExitStatus::Signaled(15), t0));
-        assert_eq!(s.running(), 1);
+        assert_eq!(s.running(), 2);
+        // d ignores SIGTERM: killed after its own 1 s, not b's 5 s.
+        assert_eq!(s.next_deadline(), Some(t0 + Duration::from_secs(1)));
+        s.stop_timer(t0 + Duration::from_secs(1));
+        assert_eq!(s.spawner.signals.last(), Some(&(pids[3], libc::SIGKILL)));
+        assert_eq!(s.next_deadline(), Some(t0 + Duration::from_secs(5)));
+        assert!(s.on_exit(pids[3], ExitStatus::Signaled(9), t0 + Duration::from_secs(1)));
+        // No restarts while stopping.
         assert!(s.on_timer(t0 + Duration::from_secs(60)).is_empty());
         assert!(s.start_pending(t0, true).is_empty());
         s.kill_remaining();
         assert_eq!(s.spawner.signals.last(), Some(&(pids[1], libc::SIGKILL)));
-        assert_eq!(s.spawner.spawned.len(), 3);
+        assert_eq!(s.spawner.spawned.len(), 4);
+    }
+
+    #[test]
+    fn services_added_later_start_on_the_next_pass() {
+        let t0 = Instant::now();
+        let mut s = Supervisor::new(Fake::default(), vec![svc("a", "")]);
+        s.start_pending(t0, true);
+        s.add(svc("shell", ""));
+        assert!(!s.all_started());
+        assert_eq!(s.start_pending(t0, true).len(), 1);
+        assert_eq!(names(&s.spawner), vec!["a", "shell"]);
     }
 }
