@@ -20,6 +20,7 @@
 //! from `qemu::choose_accel` (TCG unless a KVM probe boots a kernel; `AXION_ACCEL=tcg` skips
 //! the probe).
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -149,12 +150,80 @@ pub fn choose_bootable(out: &Path, profile: &str, format: Option<Format>) -> Res
     }
 }
 
-/// Makes sure an image of the profile exists, building it when missing.
+/// Makes sure an image of the profile exists and is not older than its inputs, building it
+/// with `cargo xtask image` when it is missing or stale. A stale image whose rebuild fails is
+/// booted anyway, with a warning.
 fn ensure_image(layout: &Layout, profile: &Profile, format: Option<Format>) -> Result<(Format, Bootable)> {
     let out = layout.out(profile.name());
-    // IMAGE: when image assembly can be called as a library (issue 5), call it here for the
-    // wanted format so a missing or stale image is (re)built; it is a no-op when up to date.
-    choose_bootable(&out, profile.name(), format)
+    let name = profile.name();
+    let found = choose_bootable(&out, name, format);
+    let (wanted, reason) = match &found {
+        Ok((f, b)) => match stale_reason(layout, profile, b) {
+            None => return found,
+            Some(why) => (*f, format!("the {f} image is older than {why}")),
+        },
+        Err(_) => {
+            let f = format.unwrap_or_else(|| default_format(profile));
+            (f, format!("there is no {f} image yet"))
+        }
+    };
+    eprintln!("{reason}: building it with `cargo xtask image --profile {name} --format {wanted}`");
+    match build_image(name, wanted) {
+        Ok(()) => choose_bootable(&out, name, Some(wanted)),
+        Err(e) if found.is_ok() => {
+            eprintln!("warning: rebuilding failed ({e:#}); booting the existing image");
+            found
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The format to build when none is asked for and none is built: the first of the profile's
+/// formats that `run` can boot, in [`PREFERENCE`] order.
+fn default_format(profile: &Profile) -> Format {
+    let fs = &profile.spec.profile.formats;
+    PREFERENCE.into_iter().find(|f| fs.contains(f)).unwrap_or(Format::Qcow2)
+}
+
+/// Runs `cargo xtask image` (this same binary) with its stdout sent to our stderr, so that
+/// `run --detach` keeps stdout for the export lines.
+fn build_image(profile: &str, format: Format) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot find the xtask binary")?;
+    let stderr = std::io::stderr().as_fd().try_clone_to_owned().context("cannot duplicate stderr")?;
+    let status = std::process::Command::new(exe)
+        .args(["image", "--profile", profile, "--format", format.name()])
+        .stdout(std::process::Stdio::from(stderr))
+        .status()
+        .context("cannot run `cargo xtask image`")?;
+    if !status.success() {
+        bail!("`cargo xtask image --profile {profile} --format {format}` failed ({status})");
+    }
+    Ok(())
+}
+
+/// Why a built image is stale: the newest input (the profile, recipes, overlays, package
+/// sources, staged package trees in the cache) that is newer than it, or `None`.
+pub fn stale_reason(layout: &Layout, profile: &Profile, bootable: &Bootable) -> Option<String> {
+    let image = match bootable {
+        Bootable::Disk { path, .. } | Bootable::Iso(path) => path,
+        Bootable::Kernel { initrd, .. } => initrd,
+    };
+    let built = std::fs::metadata(image).and_then(|m| m.modified()).ok()?;
+    let mut inputs: Vec<PathBuf> = vec![profile.path.clone(), layout.recipes(), layout.root.join("overlays"), layout.root.join("packages")];
+    if let Ok(rd) = std::fs::read_dir(layout.packages()) {
+        inputs.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()));
+    }
+    for input in inputs {
+        let walk = walkdir::WalkDir::new(&input).max_depth(if input.starts_with(layout.packages()) { 0 } else { 20 });
+        for entry in walk.into_iter().filter_entry(|e| e.file_name() != "target").filter_map(|e| e.ok()) {
+            let newer = entry.metadata().ok().and_then(|m| m.modified().ok()).is_some_and(|t| t > built);
+            if newer {
+                let p = entry.path();
+                return Some(p.strip_prefix(&layout.root).unwrap_or(p).display().to_string());
+            }
+        }
+    }
+    None
 }
 
 /// Creates (or keeps) the copy-on-write overlay over `image` in the run directory. If the
@@ -162,9 +231,7 @@ fn ensure_image(layout: &Layout, profile: &Profile, format: Option<Format>) -> R
 /// longer match the new base. Returns whether a new overlay was made.
 pub fn ensure_overlay(run: &RunDir, image: &Path, format: qemu::DiskFormat) -> Result<bool> {
     let image = image.canonicalize().with_context(|| format!("cannot resolve {}", image.display()))?;
-    let meta = std::fs::metadata(&image).with_context(|| format!("cannot read {}", image.display()))?;
-    let mtime = meta.modified().ok().and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
-    let identity = format!("{}\n{}\n{}\n", image.display(), meta.len(), mtime);
+    let identity = image_identity(&image)?;
     let overlay = run.overlay();
     if overlay.exists() && std::fs::read_to_string(run.overlay_base()).ok().as_deref() == Some(identity.as_str()) {
         return Ok(false);
@@ -181,6 +248,27 @@ pub fn ensure_overlay(run: &RunDir, image: &Path, format: qemu::DiskFormat) -> R
     }
     std::fs::write(run.overlay_base(), identity).with_context(|| format!("cannot write {}", run.overlay_base().display()))?;
     Ok(true)
+}
+
+/// What identifies an image's bytes: its sha256 from the SHA256SUMS file image assembly
+/// writes beside it (so a bit-identical rebuild keeps the overlay), else size and mtime.
+fn image_identity(image: &Path) -> Result<String> {
+    let meta = std::fs::metadata(image).with_context(|| format!("cannot read {}", image.display()))?;
+    let name = image.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let sums = image.with_file_name("SHA256SUMS");
+    let hash = std::fs::read_to_string(&sums).ok().and_then(|text| {
+        text.lines().find_map(|l| {
+            let (h, n) = l.split_once(char::is_whitespace)?;
+            (n.trim_start().trim_start_matches('*') == name).then(|| h.to_string())
+        })
+    });
+    Ok(match hash {
+        Some(h) => format!("{}\nsha256 {h}\n", image.display()),
+        None => {
+            let mtime = meta.modified().ok().and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
+            format!("{}\nsize {} mtime {mtime}\n", image.display(), meta.len())
+        }
+    })
 }
 
 /// The newest staged kernel (`$AXION_CACHE/packages/linux-*/tree/boot/vmlinuz`), for the KVM
@@ -534,6 +622,36 @@ vmware-hardware-version = 14
         assert!(!ensure_overlay(&run, &image, qemu::DiskFormat::Raw).unwrap());
         std::fs::write(&image, vec![1u8; 2 << 20]).unwrap();
         assert!(ensure_overlay(&run, &image, qemu::DiskFormat::Raw).unwrap());
+        // With SHA256SUMS beside it, a bit-identical rebuild (new mtime) keeps the overlay.
+        std::fs::write(dir.path().join("SHA256SUMS"), "abc123  axion-qemu-0.1.0.raw\n").unwrap();
+        assert!(ensure_overlay(&run, &image, qemu::DiskFormat::Raw).unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&image, vec![1u8; 2 << 20]).unwrap();
+        assert!(!ensure_overlay(&run, &image, qemu::DiskFormat::Raw).unwrap());
+    }
+
+    #[test]
+    fn stale_when_an_input_is_newer() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        for d in ["recipes", "overlays/base", "packages/init/src", "packages/init/target", "image-profiles", "out/qemu"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::write(root.join("image-profiles/qemu.toml"), QEMU_PROFILE).unwrap();
+        let mut p = profile(QEMU_PROFILE);
+        p.path = root.join("image-profiles/qemu.toml");
+        let layout = Layout::with_cache(root.clone(), dir.path().join("cache"));
+        std::thread::sleep(Duration::from_millis(20));
+        let img = touch(&root.join("out/qemu"), "axion-qemu-0.1.0.raw");
+        let b = Bootable::Disk { path: img, format: qemu::DiskFormat::Raw };
+        assert_eq!(stale_reason(&layout, &p, &b), None);
+        std::thread::sleep(Duration::from_millis(20));
+        touch(&root.join("packages/init/target"), "ignored.o"); // build output is not an input
+        assert_eq!(stale_reason(&layout, &p, &b), None);
+        touch(&root.join("packages/init/src"), "main.rs");
+        // The folder counts too (a deleted file changes only its folder).
+        let why = stale_reason(&layout, &p, &b).unwrap();
+        assert!(why.starts_with("packages/init/src"), "{why}");
     }
 
     #[test]
