@@ -19,11 +19,9 @@
 //! `AXION_TEST_MODULES` to a colon-separated list of `.ko` files: they are put in the
 //! initramfs and loaded by a tiny `/sbin/preinit` that then execs init as PID 1.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// QEMU boots are serialised: the machine has 2 cores and TCG is CPU-bound.
@@ -293,7 +291,7 @@ fn initramfs(inp: &Inputs, dir: &Path, services: &[(String, String)]) -> PathBuf
     c.chardev("dev/null", 1, 3);
     c.file("sbin/init", 0o755, &std::fs::read(&inp.init).expect("read init binary"));
     c.file("bin/busybox", 0o755, &std::fs::read(&inp.busybox).expect("read busybox"));
-    for applet in ["sh", "cat", "echo", "sleep", "ip", "grep", "ls", "mkdir", "sync", "test", "cut", "ps", "poweroff", "reboot", "halt", "insmod", "wc", "dmesg", "mount", "touch"] {
+    for applet in ["sh", "cat", "echo", "sleep", "ip", "grep", "ls", "mkdir", "sync", "test", "cut", "ps", "poweroff", "reboot", "halt", "insmod", "wc", "dmesg", "mount", "touch", "readlink", "seq", "kill"] {
         c.symlink(&format!("bin/{applet}"), "busybox");
     }
     c.file("etc/hostname", 0o644, b"axion-test\n");
@@ -316,134 +314,82 @@ fn initramfs(inp: &Inputs, dir: &Path, services: &[(String, String)]) -> PathBuf
     path
 }
 
-// ---- QEMU ------------------------------------------------------------------------------
+// ---- QEMU (through the shared `qemu` crate) ---------------------------------------------
 
-struct Vm {
-    child: Child,
-    serial: Arc<Mutex<String>>,
-    qmp: PathBuf,
-    started: Instant,
+/// One boot: the VM, and its serial console log (read whole for the assertions).
+struct Boot {
+    vm: qemu::Vm,
+    log: PathBuf,
 }
 
-impl Vm {
-    fn boot(inp: &Inputs, dir: &Path, initrd: &Path, disk: Option<&Path>, append: &str) -> Vm {
-        let qmp = dir.join("qmp.sock");
-        let _ = std::fs::remove_file(&qmp);
-        let rdinit = if std::env::var("AXION_TEST_MODULES").is_ok() { "/sbin/preinit" } else { "/sbin/init" };
-        let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(["-nodefaults", "-no-user-config", "-machine", "pc", "-accel", "tcg", "-m", "256"])
-            .args(["-display", "none", "-serial", "stdio", "-no-reboot"])
-            .arg("-kernel")
-            .arg(&inp.kernel)
-            .arg("-initrd")
-            .arg(initrd)
-            .arg("-append")
-            .arg(format!("console=ttyS0 panic=-1 rdinit={rdinit} {append}"))
-            .args(["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"])
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", qmp.display()));
-        if let Some(d) = disk {
-            cmd.arg("-drive").arg(format!("file={},format=raw,if=virtio", d.display()));
-        }
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
-        let mut child = cmd.spawn().expect("start qemu-system-x86_64");
-        let serial = Arc::new(Mutex::new(String::new()));
-        let out = child.stdout.take().expect("qemu stdout");
-        let s2 = serial.clone();
-        std::thread::spawn(move || {
-            let mut r = BufReader::new(out);
-            let mut line = Vec::new();
-            while r.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
-                let text = String::from_utf8_lossy(&line).replace('\r', "");
-                eprint!("serial| {text}");
-                s2.lock().expect("serial lock").push_str(&text);
-                line.clear();
-            }
-        });
-        Vm { child, serial, qmp, started: Instant::now() }
+fn boot(inp: &Inputs, dir: &Path, tag: &str, initrd: &Path, disk: Option<&Path>, append: &str) -> Boot {
+    let rdinit = if std::env::var("AXION_TEST_MODULES").is_ok() { "/sbin/preinit" } else { "/sbin/init" };
+    let log = dir.join(format!("serial-{tag}.log"));
+    // The KVM probe takes seconds when KVM does not work: ask once per test run.
+    static ACCEL: std::sync::OnceLock<(qemu::Accel, String)> = std::sync::OnceLock::new();
+    let (accel, why) = ACCEL.get_or_init(|| {
+        let a = axion_tests::accel();
+        eprintln!("accelerator: {}", a.1);
+        a
+    });
+    let _ = why;
+    let accel = *accel;
+    let mut cfg = qemu::VmConfig::new()
+        .machine(qemu::Machine::Pc)
+        .accel(accel)
+        .memory_mib(256)
+        .kernel(&inp.kernel, Some(initrd.to_path_buf()), format!("console=ttyS0 panic=-1 rdinit={rdinit} {append}"))
+        .user_net(qemu::NicModel::VirtioNet, Vec::new())
+        .serial_file(&log)
+        .run_dir(dir.join(format!("vm-{tag}")))
+        .no_reboot(true);
+    if let Some(d) = disk {
+        cfg = cfg.drive(qemu::Drive::disk(d, qemu::DiskFormat::Raw));
     }
+    let vm = qemu::Vm::spawn(cfg).unwrap_or_else(|e| panic!("start QEMU: {e}"));
+    Boot { vm, log }
+}
 
+impl Boot {
     fn text(&self) -> String {
-        self.serial.lock().expect("serial lock").clone()
+        std::fs::read_to_string(&self.log).unwrap_or_default().replace('\r', "")
     }
 
-    /// Waits until `pred(serial)` holds; panics with the serial log after TIMEOUT or if QEMU
-    /// exits first.
-    fn wait_for(&mut self, what: &str, pred: impl Fn(&str) -> bool) {
+    /// Waits until `pred(serial console so far)` holds; panics with the console's end if
+    /// QEMU exits first or TIMEOUT passes.
+    fn wait(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + TIMEOUT;
         loop {
-            if pred(&self.text()) {
-                return;
+            let t = self.text();
+            if pred(&t) {
+                return t;
             }
-            if let Ok(Some(st)) = self.child.try_wait() {
-                std::thread::sleep(Duration::from_millis(200));
-                if pred(&self.text()) {
-                    return;
+            let tail: Vec<&str> = t.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+            if let Some(st) = self.vm.try_exit_status() {
+                std::thread::sleep(Duration::from_millis(100));
+                let t = self.text();
+                if pred(&t) {
+                    return t;
                 }
-                panic!("QEMU exited ({st}) before: {what}");
+                panic!("QEMU exited ({st}) before: {what}\n--- serial console ---\n{}", tail.join("\n"));
             }
             if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("timed out after {TIMEOUT:?} waiting for: {what}");
+                panic!("timed out after {TIMEOUT:?} waiting for: {what}\n--- serial console ---\n{}", tail.join("\n"));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
-    fn wait_line(&mut self, needle: &str) {
+    fn wait_line(&mut self, needle: &str) -> String {
         let n = needle.to_string();
-        self.wait_for(needle, move |s| s.contains(&n));
+        self.wait(needle, move |s| s.contains(&n))
     }
 
-    /// Types a line on the serial console.
-    fn type_line(&mut self, line: &str) {
-        let stdin = self.child.stdin.as_mut().expect("qemu stdin");
-        stdin.write_all(format!("{line}\n").as_bytes()).expect("write to the serial console");
-        stdin.flush().expect("flush serial input");
-    }
-
-    /// A minimal QMP client: capabilities handshake, then one command.
-    fn qmp(&self, command: &str) {
-        let mut s = UnixStream::connect(&self.qmp).expect("connect QMP socket");
-        s.set_read_timeout(Some(Duration::from_secs(10))).expect("QMP timeout");
-        let mut r = BufReader::new(s.try_clone().expect("clone QMP socket"));
-        let mut line = String::new();
-        r.read_line(&mut line).expect("QMP greeting");
-        assert!(line.contains("QMP"), "unexpected QMP greeting: {line}");
-        for cmd in ["qmp_capabilities", command] {
-            writeln!(s, "{{\"execute\":\"{cmd}\"}}").expect("write QMP command");
-            loop {
-                line.clear();
-                r.read_line(&mut line).expect("QMP reply");
-                if line.contains("\"return\"") {
-                    break;
-                }
-                assert!(!line.contains("\"error\""), "QMP {cmd} failed: {line}");
-                assert!(!line.is_empty(), "QMP closed during {cmd}");
-            }
-        }
-    }
-
-    /// Waits for QEMU to exit by itself; returns whether it did so in time.
-    fn wait_exit(&mut self, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                std::thread::sleep(Duration::from_millis(200));
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        false
-    }
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// Waits for the ready line; checks its form; returns init's seconds.
+    fn ready(&mut self) -> f64 {
+        let r = self.vm.wait_ready(TIMEOUT).unwrap_or_else(|e| panic!("no ready line: {e}"));
+        eprintln!("{} ({:.1} s after QEMU started)", r.line, r.host.as_secs_f64());
+        assert_ready_line(&self.text())
     }
 }
 
@@ -509,77 +455,73 @@ fn init_boots_supervises_reaps_and_powers_off_cleanly() {
     let _guard = QEMU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let Some(inp) = inputs("init_boots_supervises_reaps_and_powers_off_cleanly") else { return };
     let dir = workdir("main");
-    let token = format!("token-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos());
+    let token = format!("token-{}-{:?}", std::process::id(), std::time::SystemTime::now());
+    let token = token.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "");
     let initrd = initramfs(&inp, &dir, &test_services(&token));
     let disk = data_disk(&dir);
 
     // Boot 1.
-    let mut vm = Vm::boot(&inp, &dir, &initrd, Some(&disk), "");
-    vm.wait_line("axion: ready in");
-    let boot_secs = assert_ready_line(&vm.text());
-    eprintln!("boot 1: ready in {boot_secs:.3} s (guest CLOCK_BOOTTIME), {:.1} s wall clock", vm.started.elapsed().as_secs_f64());
+    let mut b = boot(&inp, &dir, "1", &initrd, Some(&disk), "");
+    let secs = b.ready();
+    eprintln!("boot 1: init reported ready at {secs:.3} s after the kernel started");
 
     // DHCP from QEMU's user network.
-    vm.wait_line("netcheck: axion-test");
-    let t = vm.text();
-    assert!(t.contains("inet 10.0.2.15/24"), "no DHCP address 10.0.2.15/24 in:\n{t}");
-    assert!(t.contains("DHCP lease 10.0.2.15/24"), "init did not report the lease");
+    let t = b.wait_line("netcheck: axion-test");
+    assert!(t.contains("netcheck:     inet 10.0.2.15/24"), "no DHCP address 10.0.2.15/24 in:\n{t}");
+    assert!(t.contains("init: eth0: DHCP lease 10.0.2.15/24"), "init did not report the lease");
     assert!(t.contains("netcheck: nameserver 10.0.2.3"), "DNS from DHCP not in /etc/resolv.conf:\n{t}");
 
     // The crashing service is restarted, with growing delays.
-    vm.wait_for("crasher started 3 times", |s| s.matches("crasher: crasher-run").count() >= 3);
-    let t = vm.text();
+    let t = b.wait("the crasher's third run", |s| s.matches("crasher: crasher-run").count() >= 3);
     assert!(t.contains("service crasher exited (exit status 3)"), "no restart message");
     assert!(t.contains("restarting in 0.25 s") && t.contains("restarting in 0.50 s"), "no backoff in:\n{t}");
 
     // The orphan was reaped.
-    vm.wait_line("zombies-total:");
-    let t = vm.text();
+    let t = b.wait_line("orphan: zombies-total:");
     assert!(t.contains("orphan: orphan-pid"), "orphan service did not run");
-    assert!(t.contains("zombie-check: pid") && t.contains(" reaped"), "orphan not reaped:\n{t}");
+    assert!(t.contains("orphan: zombie-check: pid") && t.contains(" reaped"), "orphan not reaped:\n{t}");
     assert!(t.contains("orphan: zombies-total: 0"), "zombies left:\n{t}");
 
     // Data partition mounted and written.
-    vm.wait_line("persist: persist-wrote");
-    assert!(vm.text().contains("data partition /dev/vda1 mounted on /var/lib"));
+    let t = b.wait_line("persist: persist-wrote");
+    assert!(t.contains("init: data partition /dev/vda1 mounted on /var/lib"), "data partition not mounted:\n{t}");
 
-    // Power button.
-    vm.qmp("system_powerdown");
-    assert!(vm.wait_exit(Duration::from_secs(60)), "QEMU did not power off within 60 s after system_powerdown");
-    let t = vm.text();
+    // The power button: services stopped, file systems clean, power off.
+    b.vm.powerdown_and_wait(Duration::from_secs(60)).unwrap_or_else(|e| panic!("power button: {e}"));
+    let t = b.text();
     assert!(t.contains("init: power button pressed"), "power button not seen:\n{t}");
     assert!(t.contains("sleeper: sleeper-got-term"), "service did not get SIGTERM");
     assert!(t.contains("init: powering off"), "no power-off message");
     assert!(!t.contains("WARNING: unmount"), "unclean unmount:\n{t}");
-    drop(vm);
-
+    drop(b);
     let (clean, out) = fsck_data(&disk, &dir);
     assert!(clean, "e2fsck -fn after power-off is unhappy:\n{out}");
 
-    // Boot 2 from the same disk: the marker is there.
-    let mut vm = Vm::boot(&inp, &dir, &initrd, Some(&disk), "");
-    vm.wait_line("axion: ready in");
-    let secs2 = assert_ready_line(&vm.text());
-    eprintln!("boot 2: ready in {secs2:.3} s");
-    vm.wait_line("persist: persist-found");
-    assert!(vm.text().contains(&format!("persist: persist-found: {token}")), "marker lost");
-    // The crasher's log from boot 1 (at least 3 runs) survived in /var/log/crasher.log.
-    vm.wait_line("persist: crasher-log-lines:");
-    let t = vm.text();
+    // Boot 2 from the same disk: the marker and boot 1's service log are there.
+    let mut b = boot(&inp, &dir, "2", &initrd, Some(&disk), "");
+    let secs = b.ready();
+    eprintln!("boot 2: init reported ready at {secs:.3} s after the kernel started");
+    let t = b.wait_line("persist: crasher-log-lines:");
+    assert!(t.contains(&format!("persist: persist-found: {token}")), "marker lost:\n{t}");
     let n: u32 = t
         .lines()
         .find_map(|l| l.strip_prefix("persist: crasher-log-lines: "))
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0);
     assert!(n >= 3, "/var/log/crasher.log did not keep boot 1's output (count {n})");
-    vm.qmp("system_powerdown");
-    assert!(vm.wait_exit(Duration::from_secs(60)), "second power-off failed");
+    b.vm.powerdown_and_wait(Duration::from_secs(60)).unwrap_or_else(|e| panic!("second power-off: {e}"));
+    drop(b);
+    let (clean, out) = fsck_data(&disk, &dir);
+    assert!(clean, "e2fsck -fn after the second power-off is unhappy:\n{out}");
 }
 
+/// The pid of a `sh` whose stdin is the serial console (the debug shell), as shell code.
+const FIND_SHELL: &str = "for f in /proc/[0-9]*; do if test \"$(readlink $f/fd/0)\" = /dev/ttyS0 && test \"$(cat $f/comm)\" = sh; then echo ${f#/proc/}; fi; done";
+
 #[test]
-fn static_ip_reboot_command_and_missing_data_partition() {
+fn static_ip_debug_shell_reboot_command_and_missing_data_partition() {
     let _guard = QEMU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(inp) = inputs("static_ip_reboot_command_and_missing_data_partition") else { return };
+    let Some(inp) = inputs("static_ip_debug_shell_reboot_command_and_missing_data_partition") else { return };
     let dir = workdir("static");
     let services = vec![
         service(
@@ -587,33 +529,45 @@ fn static_ip_reboot_command_and_missing_data_partition() {
             "ip -4 addr show | grep inet; ip route | grep default; cat /etc/resolv.conf; cat /proc/sys/kernel/hostname; cat /run/axion/authorized_keys",
             "after = [\"network\"]\nrestart = \"never\"",
         ),
-        // busybox `reboot` signals PID 1 with SIGTERM; it waits for the debug shell test.
-        service("rebooter", "while ! test -f /tmp/go; do sleep 0.2; done; echo calling-reboot; reboot", "after = [\"netcheck\"]\nrestart = \"never\""),
+        // Finds the debug shell on ttyS0, kills it, finds its replacement, then reboots with
+        // busybox `reboot` (which signals PID 1 with SIGTERM).
+        service(
+            "shellcheck",
+            &format!(
+                "for i in $(seq 100); do p1=$({FIND_SHELL}); test -n \"$p1\" && break; sleep 0.1; done; echo shell-1: $p1; kill -9 $p1; \
+                 for i in $(seq 100); do p2=$({FIND_SHELL}); test -n \"$p2\" && test \"$p2\" != \"$p1\" && break; sleep 0.1; done; \
+                 echo shell-2: $p2; echo calling-reboot; reboot"
+            ),
+            "after = [\"netcheck\"]\nrestart = \"never\"",
+        ),
     ];
     let initrd = initramfs(&inp, &dir, &services);
-    let mut vm = Vm::boot(
+    let mut b = boot(
         &inp,
         &dir,
+        "1",
         &initrd,
         None,
         "axion.ip=10.0.2.20/24,10.0.2.2,10.0.2.3 axion.hostname=static-host axion.ssh_key=\"ssh-ed25519 AAAAtest me@host\" axion.frobnicate=1 axion.debug_shell",
     );
-    vm.wait_line("axion: ready in");
-    assert_ready_line(&vm.text());
-    let t = vm.text();
+    b.ready();
+    let t = b.wait_line("netcheck: ssh-ed25519 AAAAtest me@host");
     assert!(t.contains("NOTHING WILL PERSIST"), "missing data partition not reported loudly:\n{t}");
     assert!(t.contains("unknown kernel parameter axion.frobnicate"), "bad parameter not reported");
-    vm.wait_line("netcheck: ssh-ed25519 AAAAtest me@host");
-    assert!(vm.text().contains("netcheck: static-host"), "hostname from the kernel command line not set");
-    let t = vm.text();
-    assert!(t.contains("inet 10.0.2.20/24"), "static address not set:\n{t}");
-    assert!(t.contains("default via 10.0.2.2"), "default route not set:\n{t}");
+    assert!(t.contains("netcheck: static-host"), "hostname from the kernel command line not set");
+    assert!(t.contains("netcheck:     inet 10.0.2.20/24"), "static address not set:\n{t}");
+    assert!(t.contains("netcheck: default via 10.0.2.2"), "default route not set:\n{t}");
     assert!(t.contains("netcheck: nameserver 10.0.2.3"), "DNS not written");
-    // The debug shell answers on the serial console.
-    vm.type_line("echo shell-$((6*7)); touch /tmp/go");
-    vm.wait_line("shell-42");
-    vm.wait_line("calling-reboot");
-    assert!(vm.wait_exit(Duration::from_secs(60)), "reboot (SIGTERM) did not end the VM (-no-reboot)");
-    let t = vm.text();
+
+    // The debug shell runs on ttyS0 and is respawned after it dies.
+    let t = b.wait_line("shellcheck: calling-reboot");
+    // The shell's prompt may share a line with service output: look inside lines.
+    let pid = |tag: &str| t.lines().find_map(|l| l.find(tag).map(|i| l[i + tag.len()..].trim().to_string())).unwrap_or_default();
+    let (p1, p2) = (pid("shellcheck: shell-1: "), pid("shellcheck: shell-2: "));
+    assert!(!p1.is_empty() && !p2.is_empty() && p1 != p2, "debug shell not found or not respawned: {p1:?} then {p2:?}\n{t}");
+    assert!(t.contains("service debug-shell exited (killed by signal 9)"), "init's console died with the shell's tty:\n{t}");
+
+    b.vm.wait_exit(Duration::from_secs(60)).unwrap_or_else(|e| panic!("reboot (SIGTERM) did not end the VM (-no-reboot): {e}"));
+    let t = b.text();
     assert!(t.contains("shutting down (reboot)") && t.contains("init: rebooting"), "reboot path not taken:\n{t}");
 }
