@@ -431,6 +431,18 @@ fn test_services(token: &str) -> Vec<(String, String)> {
             "ip -4 addr show | grep inet; cat /etc/resolv.conf; hostname 2>/dev/null || cat /proc/sys/kernel/hostname",
             "after = [\"network\"]\nrestart = \"never\"",
         ),
+        // The rest of the system as services see it: mounts, cgroups, IPv6, environment,
+        // the RNG seed.
+        service(
+            "syscheck",
+            "for m in /proc /sys /dev /dev/pts /dev/shm /run /tmp /sys/fs/cgroup /var/lib /var/log; do \
+             grep -q \" $m \" /proc/mounts || echo missing-mount $m; done; \
+             echo controllers: $(cat /sys/fs/cgroup/cgroup.subtree_control); echo cgroup: $(cat /proc/self/cgroup); \
+             echo greeting: $GREETING; echo seed-bytes: $(wc -c < /var/lib/axion/random-seed); \
+             for i in $(seq 50); do ip -6 addr show dev eth0 | grep -q 'inet6 fe80::' && break; sleep 0.1; done; \
+             ip -6 addr show dev eth0 | grep inet6; echo syscheck-done",
+            "after = [\"network\"]\nrestart = \"never\"\nenvironment = { GREETING = \"hello from TOML\" }",
+        ),
         // Writes a marker on the data partition on the first boot, reports it on later ones.
         service(
             "persist",
@@ -470,6 +482,18 @@ fn init_boots_supervises_reaps_and_powers_off_cleanly() {
     assert!(t.contains("netcheck:     inet 10.0.2.15/24"), "no DHCP address 10.0.2.15/24 in:\n{t}");
     assert!(t.contains("init: eth0: DHCP lease 10.0.2.15/24"), "init did not report the lease");
     assert!(t.contains("netcheck: nameserver 10.0.2.3"), "DNS from DHCP not in /etc/resolv.conf:\n{t}");
+
+    // Mounts, cgroup delegation, service environment, RNG seed, IPv6 link-local.
+    let t = b.wait_line("syscheck: syscheck-done");
+    assert!(!t.contains("missing-mount"), "API file systems missing:\n{t}");
+    let controllers = t.lines().find_map(|l| l.split_once("syscheck: controllers: ").map(|x| x.1.to_string())).unwrap_or_default();
+    for c in ["cpu", "memory", "pids", "io", "cpuset"] {
+        assert!(controllers.split_whitespace().any(|x| x == c), "cgroup controller {c} not delegated: {controllers:?}");
+    }
+    assert!(t.contains("syscheck: cgroup: 0::/init"), "services do not run in the init cgroup:\n{t}");
+    assert!(t.contains("syscheck: greeting: hello from TOML"), "service environment not set");
+    assert!(t.contains("syscheck: seed-bytes: 512"), "no RNG seed on the data partition");
+    assert!(t.contains("syscheck:     inet6 fe80::"), "no IPv6 link-local address:\n{t}");
 
     // The crashing service is restarted, with growing delays.
     let t = b.wait("the crasher's third run", |s| s.matches("crasher: crasher-run").count() >= 3);
