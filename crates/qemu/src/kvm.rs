@@ -116,28 +116,73 @@ fn first_line(s: &str) -> String {
 }
 
 /// Which accelerator to use, and why. `AXION_ACCEL=tcg|kvm|auto` overrides; `auto` (the
-/// default) runs [`probe_kvm`] once per process and kernel (at most 5 + 20 s) and picks KVM
-/// only if it passed.
+/// default) runs [`probe_kvm`] (at most 5 + 20 s) and picks KVM only if it passed. The verdict
+/// is remembered in this process and, until the host reboots, in a file in the temporary
+/// directory (keyed by boot id, QEMU binary and kernel), so each `cargo xtask run` does not
+/// pay for the probe again.
 pub fn choose_accel(kernel: Option<&Path>) -> (Accel, String) {
-    static CACHE: Mutex<Vec<(Option<PathBuf>, Accel, String)>> = Mutex::new(Vec::new());
+    static CACHE: Mutex<Vec<(String, Accel, String)>> = Mutex::new(Vec::new());
     match std::env::var("AXION_ACCEL").unwrap_or_default().as_str() {
         "tcg" => return (Accel::Tcg, "TCG (AXION_ACCEL=tcg)".into()),
         "kvm" => return (Accel::Kvm, "KVM (AXION_ACCEL=kvm, not probed)".into()),
         _ => {}
     }
-    let key = kernel.map(Path::to_owned);
+    let key = probe_key(kernel);
     let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, a, why)) = cache.iter().find(|(k, _, _)| *k == key) {
         return (*a, why.clone());
     }
-    let p = probe_kvm(kernel, Duration::from_secs(20));
-    let (accel, why) = if p.usable {
-        (Accel::Kvm, format!("KVM: probe passed in {:.1?}: {}", p.took, p.detail))
-    } else {
-        (Accel::Tcg, format!("TCG: KVM probe failed in {:.1?}: {}", p.took, p.detail))
-    };
+    let file = std::env::temp_dir().join(format!("axion-kvm-probe-{}.txt", current_uid()));
+    let remembered = std::fs::read_to_string(&file).ok().and_then(|text| {
+        let mut lines = text.lines();
+        (lines.next()? == key).then_some(())?;
+        let accel = match lines.next()? {
+            "kvm" => Accel::Kvm,
+            "tcg" => Accel::Tcg,
+            _ => return None,
+        };
+        Some((accel, format!("{} (remembered in {})", lines.next()?, file.display())))
+    });
+    let (accel, why) = remembered.unwrap_or_else(|| {
+        let p = probe_kvm(kernel, Duration::from_secs(20));
+        let verdict = if p.usable {
+            (Accel::Kvm, format!("KVM: probe passed in {:.1?}: {}", p.took, p.detail))
+        } else {
+            (Accel::Tcg, format!("TCG: KVM probe failed in {:.1?}: {}", p.took, p.detail))
+        };
+        let _ = std::fs::write(&file, format!("{key}\n{}\n{}\n", verdict.0.name(), verdict.1));
+        verdict
+    });
     cache.push((key, accel, why.clone()));
     (accel, why)
+}
+
+/// What a probe verdict depends on: this boot of the host, the QEMU binary, the kernel.
+fn probe_key(kernel: Option<&Path>) -> String {
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let stamp = |p: &Path| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    };
+    let qemu = which("qemu-system-x86_64").map(|p| format!("{}@{}", p.display(), stamp(&p))).unwrap_or_default();
+    let kernel = kernel.map(|k| format!("{}@{}", k.display(), stamp(k))).unwrap_or_else(|| "-".into());
+    format!("boot {} qemu {qemu} kernel {kernel}", boot_id.trim())
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(program)).find(|p| p.is_file())
+}
+
+/// The user id, from /proc (keeps the crate free of libc); separates users' verdict files.
+fn current_uid() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(1)).map(str::to_string))
+        .unwrap_or_else(|| "0".into())
 }
 
 #[cfg(test)]

@@ -159,3 +159,21 @@ fn kvm_probe_without_a_kernel_never_picks_kvm_and_leaves_nothing_running() {
     // the verdict says why KVM is not chosen.
     assert!(p.detail.contains("/dev/kvm") || p.detail.contains("boot sector"), "{p:?}");
 }
+
+#[test]
+fn choose_accel_remembers_its_verdict() {
+    if !have_qemu() {
+        return;
+    }
+    if std::env::var_os("AXION_ACCEL").is_some() {
+        eprintln!("skip: because AXION_ACCEL is set, so choose_accel does not probe");
+        return;
+    }
+    let (a1, why1) = qemu::choose_accel(None);
+    // No kernel to prove Linux boots: never KVM.
+    assert_eq!(a1, qemu::Accel::Tcg, "{why1}");
+    let start = std::time::Instant::now();
+    let (a2, why2) = qemu::choose_accel(None);
+    assert_eq!((a1, &why1), (a2, &why2));
+    assert!(start.elapsed() < Duration::from_secs(1), "the second call probed again");
+}
