@@ -1,0 +1,518 @@
+//! The HTTP side: one hyper service over any back end, served on unix sockets and TCP
+//! (optionally with mutual TLS). Streams go out as chunked bodies; attach and exec start
+//! hijack the connection when the client asks for `Upgrade: tcp`.
+
+use crate::error::{ApiError, ApiResult};
+use crate::route::{route, ContainerOp, Route};
+use crate::stdcopy::{self, Frame};
+use crate::types::*;
+use crate::{version, AttachIo, AttachOptions, Backend, LogsOptions, RegistryAuth, WaitCondition};
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::{Body as HttpBody, Frame as BodyFrame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::mpsc;
+
+/// Largest JSON request body we read.
+pub const MAX_JSON_BODY: usize = 1 << 20;
+/// Largest archive upload (`docker cp` into a container).
+pub const MAX_ARCHIVE_BODY: usize = 512 << 20;
+
+/// Response body: a whole buffer, or chunks from a channel until it closes.
+pub enum Body {
+    Full(Option<Bytes>),
+    Channel(mpsc::Receiver<Bytes>),
+}
+
+impl HttpBody for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<BodyFrame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(BodyFrame::data(b)))),
+            Body::Channel(rx) => rx.poll_recv(cx).map(|o| o.map(|b| Ok(BodyFrame::data(b)))),
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        matches!(self, Body::Full(None))
+    }
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Body::Full(None) => SizeHint::with_exact(0),
+            Body::Channel(_) => SizeHint::default(),
+        }
+    }
+}
+
+type Resp = Response<Body>;
+
+fn base(status: StatusCode) -> http::response::Builder {
+    Response::builder()
+        .status(status)
+        .header("Api-Version", version::API_VERSION)
+        .header("Ostype", "linux")
+        .header("Docker-Experimental", "false")
+        .header(header::SERVER, "Docker/axion-engine (linux)")
+}
+
+fn json<T: Serialize>(status: StatusCode, v: &T) -> Resp {
+    let body = serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec());
+    base(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::Full(Some(body.into())))
+        .expect("static response parts")
+}
+
+fn empty(status: StatusCode) -> Resp {
+    base(status).body(Body::Full(None)).expect("static response parts")
+}
+
+fn error_response(e: &ApiError) -> Resp {
+    if e.status == StatusCode::NOT_MODIFIED {
+        return empty(e.status);
+    }
+    base(e.status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::Full(Some(e.body().into())))
+        .expect("static response parts")
+}
+
+struct Query(HashMap<String, String>);
+
+impl Query {
+    fn parse(q: Option<&str>) -> Self {
+        Query(form_urlencoded::parse(q.unwrap_or("").as_bytes()).into_owned().collect())
+    }
+    fn get(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(String::as_str).filter(|s| !s.is_empty())
+    }
+    fn flag(&self, k: &str) -> bool {
+        matches!(self.get(k), Some("1" | "true" | "True" | "TRUE"))
+    }
+    fn int<T: std::str::FromStr>(&self, k: &str) -> ApiResult<Option<T>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| ApiError::bad_request(format!("invalid value for {k}: {v:?}"))),
+        }
+    }
+}
+
+async fn read_body(body: Incoming, limit: usize) -> ApiResult<Bytes> {
+    let limited = http_body_util::Limited::new(body, limit);
+    match limited.collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "could not read request body (limit {limit} bytes): {e}"
+        ))),
+    }
+}
+
+async fn read_json<T: serde::de::DeserializeOwned + Default>(body: Incoming) -> ApiResult<T> {
+    let b = read_body(body, MAX_JSON_BODY).await?;
+    if b.iter().all(|c| c.is_ascii_whitespace()) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&b).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// Handles one request; never panics on bad input.
+pub async fn handle<B: Backend>(backend: Arc<B>, req: Request<Incoming>) -> Resp {
+    match dispatch(backend, req).await {
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn dispatch<B: Backend>(b: Arc<B>, req: Request<Incoming>) -> ApiResult<Resp> {
+    let routed = route(req.method(), req.uri().path())?;
+    let q = Query::parse(req.uri().query());
+    let is_head = req.method() == Method::HEAD;
+    Ok(match routed.route {
+        Route::Ping => {
+            let r = base(StatusCode::OK)
+                .header(header::CACHE_CONTROL, "no-cache, no-store, must-revalidate")
+                .header(header::PRAGMA, "no-cache")
+                .header("Builder-Version", "1")
+                .header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
+            let body = if is_head { Body::Full(None) } else { Body::Full(Some("OK".into())) };
+            r.body(body).expect("static response parts")
+        }
+        Route::Version => json(StatusCode::OK, &b.version().await?),
+        Route::Info => json(StatusCode::OK, &b.info().await?),
+        Route::ImagesList => json(StatusCode::OK, &b.images().await?),
+        Route::ImageInspect(n) => json(StatusCode::OK, &b.image_inspect(&n).await?),
+        Route::ImageTag(n) => {
+            let repo = q.get("repo").ok_or_else(|| ApiError::bad_request("repo is required"))?;
+            b.image_tag(&n, repo, q.get("tag").unwrap_or("latest")).await?;
+            empty(StatusCode::CREATED)
+        }
+        Route::ImageDelete(n) => json(StatusCode::OK, &b.image_remove(&n, q.flag("force")).await?),
+        Route::ImagesCreate => {
+            if q.get("fromSrc").is_some() {
+                return Err(ApiError::not_implemented("image import (fromSrc)"));
+            }
+            let image = q
+                .get("fromImage")
+                .ok_or_else(|| ApiError::bad_request("fromImage is required"))?;
+            let auth = req
+                .headers()
+                .get("X-Registry-Auth")
+                .and_then(|v| v.to_str().ok())
+                .and_then(decode_auth);
+            let mut rx = b.image_pull(image, q.get("tag").unwrap_or(""), auth).await?;
+            let (tx, body_rx) = mpsc::channel(16);
+            tokio::spawn(async move {
+                while let Some(m) = rx.recv().await {
+                    let mut line = serde_json::to_vec(&m).unwrap_or_default();
+                    line.extend_from_slice(b"\r\n");
+                    if tx.send(line.into()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            base(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::Channel(body_rx))
+                .expect("static response parts")
+        }
+        Route::ContainersList => json(StatusCode::OK, &b.containers(q.flag("all")).await?),
+        Route::ContainersPrune => {
+            let deleted = b.container_prune().await?;
+            json(
+                StatusCode::OK,
+                &serde_json::json!({"ContainersDeleted": deleted, "SpaceReclaimed": 0}),
+            )
+        }
+        Route::ContainerCreate => {
+            let name = q.get("name").map(str::to_string);
+            let body: ContainerCreateRequest = read_json(req.into_body()).await?;
+            json(StatusCode::CREATED, &b.container_create(name, body).await?)
+        }
+        Route::ExecStart(id) => {
+            let upgrade = wants_upgrade(&req);
+            let (parts, body) = req.into_parts();
+            let start: ExecStartRequest = read_json(body).await?;
+            let io = b.exec_start(&id, start.clone()).await?;
+            if start.detach {
+                drop(io);
+                return Ok(empty(StatusCode::OK));
+            }
+            stream_io(Request::from_parts(parts, ()), upgrade, io)?
+        }
+        Route::ExecInspect(id) => json(StatusCode::OK, &b.exec_inspect(&id).await?),
+        Route::ExecResize(id) => {
+            b.exec_resize(&id, q.int("h")?.unwrap_or(24), q.int("w")?.unwrap_or(80)).await?;
+            empty(StatusCode::OK)
+        }
+        Route::Container(id, op) => container(b, req, q, id, op).await?,
+    })
+}
+
+async fn container<B: Backend>(
+    b: Arc<B>,
+    req: Request<Incoming>,
+    q: Query,
+    id: String,
+    op: ContainerOp,
+) -> ApiResult<Resp> {
+    use ContainerOp::*;
+    Ok(match op {
+        Inspect => json(StatusCode::OK, &b.container_inspect(&id).await?),
+        Start => {
+            b.container_start(&id).await?;
+            empty(StatusCode::NO_CONTENT)
+        }
+        Stop => {
+            let t = match q.int("t")? {
+                Some(t) => Some(t),
+                None => q.int("timeout")?,
+            };
+            b.container_stop(&id, t, q.get("signal").map(str::to_string)).await?;
+            empty(StatusCode::NO_CONTENT)
+        }
+        Kill => {
+            b.container_kill(&id, q.get("signal").map(str::to_string)).await?;
+            empty(StatusCode::NO_CONTENT)
+        }
+        Restart => {
+            b.container_restart(&id, q.int("t")?).await?;
+            empty(StatusCode::NO_CONTENT)
+        }
+        Delete => {
+            b.container_remove(&id, q.flag("force"), q.flag("v")).await?;
+            empty(StatusCode::NO_CONTENT)
+        }
+        Wait => {
+            let cond = match q.get("condition") {
+                None | Some("not-running") => WaitCondition::NotRunning,
+                Some("next-exit") => WaitCondition::NextExit,
+                Some("removed") => WaitCondition::Removed,
+                Some(c) => return Err(ApiError::bad_request(format!("invalid condition: {c:?}"))),
+            };
+            json(StatusCode::OK, &b.container_wait(&id, cond).await?)
+        }
+        Logs => {
+            let opts = LogsOptions {
+                follow: q.flag("follow"),
+                stdout: q.flag("stdout"),
+                stderr: q.flag("stderr"),
+                timestamps: q.flag("timestamps"),
+                tail: match q.get("tail") {
+                    None | Some("all") => None,
+                    Some(_) => q.int("tail")?,
+                },
+            };
+            if !opts.stdout && !opts.stderr {
+                return Err(ApiError::bad_request(
+                    "Bad parameters: you must choose at least one stream",
+                ));
+            }
+            let (tty, rx) = b.container_logs(&id, opts).await?;
+            stream_frames(tty, rx)
+        }
+        Attach => {
+            let opts = AttachOptions {
+                stream: q.flag("stream"),
+                stdin: q.flag("stdin"),
+                stdout: q.flag("stdout"),
+                stderr: q.flag("stderr"),
+                logs: q.flag("logs"),
+            };
+            let upgrade = wants_upgrade(&req);
+            let io = b.container_attach(&id, opts).await?;
+            let (parts, _) = req.into_parts();
+            stream_io(Request::from_parts(parts, ()), upgrade, io)?
+        }
+        Resize => {
+            b.container_resize(&id, q.int("h")?.unwrap_or(24), q.int("w")?.unwrap_or(80)).await?;
+            empty(StatusCode::OK)
+        }
+        ExecCreate => {
+            let body: ExecCreateRequest = read_json(req.into_body()).await?;
+            if body.cmd.is_empty() {
+                return Err(ApiError::bad_request("No exec command specified"));
+            }
+            json(StatusCode::CREATED, &IdResponse { id: b.exec_create(&id, body).await? })
+        }
+        ArchiveHead => {
+            let path = q.get("path").ok_or_else(|| ApiError::bad_request("path is required"))?;
+            let stat = b.archive_stat(&id, path).await?;
+            base(StatusCode::OK)
+                .header("X-Docker-Container-Path-Stat", stat_header(&stat))
+                .body(Body::Full(None))
+                .expect("static response parts")
+        }
+        ArchiveGet => {
+            let path = q.get("path").ok_or_else(|| ApiError::bad_request("path is required"))?;
+            let (stat, rx) = b.archive_get(&id, path).await?;
+            base(StatusCode::OK)
+                .header("X-Docker-Container-Path-Stat", stat_header(&stat))
+                .header(header::CONTENT_TYPE, "application/x-tar")
+                .body(Body::Channel(rx))
+                .expect("static response parts")
+        }
+        ArchivePut => {
+            let path = q.get("path").ok_or_else(|| ApiError::bad_request("path is required"))?.to_string();
+            let tar = read_body(req.into_body(), MAX_ARCHIVE_BODY).await?;
+            b.archive_put(&id, &path, tar).await?;
+            empty(StatusCode::OK)
+        }
+    })
+}
+
+fn stat_header(stat: &PathStat) -> HeaderValue {
+    let j = serde_json::to_vec(stat).unwrap_or_default();
+    HeaderValue::from_str(&base64::engine::general_purpose::STANDARD.encode(j))
+        .expect("base64 is a valid header value")
+}
+
+fn decode_auth(v: &str) -> Option<RegistryAuth> {
+    let raw = base64::engine::general_purpose::URL_SAFE
+        .decode(v.trim())
+        .or_else(|_| base64::engine::general_purpose::STANDARD.decode(v.trim()))
+        .ok()?;
+    serde_json::from_slice(&raw).ok()
+}
+
+fn wants_upgrade<T>(req: &Request<T>) -> bool {
+    req.headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.eq_ignore_ascii_case("tcp"))
+        .unwrap_or(false)
+}
+
+fn stream_frames(tty: bool, mut rx: mpsc::Receiver<Frame>) -> Resp {
+    let (tx, body_rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Some(f) = rx.recv().await {
+            if tx.send(stdcopy::encode(&f, tty)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let ct = if tty {
+        "application/vnd.docker.raw-stream"
+    } else {
+        "application/vnd.docker.multiplexed-stream"
+    };
+    base(StatusCode::OK)
+        .header(header::CONTENT_TYPE, ct)
+        .body(Body::Channel(body_rx))
+        .expect("static response parts")
+}
+
+/// Answers attach/exec start: hijacks the connection (101, `Upgrade: tcp`) when asked,
+/// otherwise streams the output as the response body.
+fn stream_io(req: Request<()>, upgrade: bool, io: AttachIo) -> ApiResult<Resp> {
+    if !upgrade {
+        return Ok(stream_frames(io.tty, io.output));
+    }
+    let tty = io.tty;
+    let mut req = req;
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => pump(TokioIo::new(upgraded), io).await,
+            Err(e) => eprintln!("engine api: connection upgrade failed: {e}"),
+        }
+    });
+    let ct = if tty { "application/vnd.docker.raw-stream" } else { "application/vnd.docker.multiplexed-stream" };
+    Ok(base(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONTENT_TYPE, ct)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "tcp")
+        .body(Body::Full(None))
+        .expect("static response parts"))
+}
+
+/// Copies container output to the hijacked connection and the client's input to stdin.
+async fn pump<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(conn: S, io: AttachIo) {
+    let (mut rd, mut wr) = tokio::io::split(conn);
+    let AttachIo { tty, mut output, stdin } = io;
+    let input = tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if let Some(tx) = &stdin {
+                        if tx.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        // Dropping the sender is EOF for the container's stdin.
+        drop(stdin);
+    });
+    while let Some(f) = output.recv().await {
+        if wr.write_all(&stdcopy::encode(&f, tty)).await.is_err() {
+            break;
+        }
+        let _ = wr.flush().await;
+    }
+    let _ = wr.shutdown().await;
+    input.abort();
+}
+
+/// Serves one connection (any byte stream) until it closes.
+pub async fn serve_connection<B, S>(backend: Arc<B>, io: S)
+where
+    B: Backend,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let b = backend.clone();
+        async move { Ok::<_, Infallible>(handle(b, req).await) }
+    });
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades()
+        .await
+    {
+        if !e.is_incomplete_message() {
+            eprintln!("engine api: connection error: {e}");
+        }
+    }
+}
+
+/// Serves the API on a unix socket (replacing a stale socket file), mode 0660.
+pub async fn serve_unix<B: Backend>(backend: Arc<B>, path: &Path) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    }
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("engine api: accept on {}: {e}", path.display());
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        tokio::spawn(serve_connection(backend.clone(), stream));
+    }
+}
+
+/// Serves the API on TCP; with `tls`, every connection must complete a TLS handshake
+/// (with the client certificate checks the config carries) first.
+pub async fn serve_tcp<B: Backend>(
+    backend: Arc<B>,
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> std::io::Result<()> {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("engine api: tcp accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let b = backend.clone();
+        match &acceptor {
+            None => {
+                tokio::spawn(serve_connection(b, stream));
+            }
+            Some(acc) => {
+                let acc = acc.clone();
+                tokio::spawn(async move {
+                    match acc.accept(stream).await {
+                        Ok(tls) => serve_connection(b, tls).await,
+                        Err(e) => eprintln!("engine api: TLS handshake with {peer} failed: {e}"),
+                    }
+                });
+            }
+        }
+    }
+}

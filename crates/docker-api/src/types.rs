@@ -1,0 +1,424 @@
+//! Request and response bodies of the Docker Engine API (the subset this engine serves).
+//! Field names follow the API's PascalCase; unknown request fields are ignored, as the
+//! daemon does, because the CLI sends many we do not use.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct Version {
+    pub version: String,
+    pub api_version: String,
+    #[serde(rename = "MinAPIVersion")]
+    pub min_api_version: String,
+    pub git_commit: String,
+    pub go_version: String,
+    pub os: String,
+    pub arch: String,
+    pub kernel_version: String,
+    pub build_time: String,
+    pub components: Vec<Component>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct Component {
+    pub name: String,
+    pub version: String,
+    /// ApiVersion, MinAPIVersion, GitCommit, GoVersion, Os, Arch, KernelVersion, ...
+    pub details: BTreeMap<String, String>,
+}
+
+/// `/info`. Only what the CLI prints; the rest defaults.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct Info {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub containers: i64,
+    pub containers_running: i64,
+    pub containers_paused: i64,
+    pub containers_stopped: i64,
+    pub images: i64,
+    pub driver: String,
+    pub docker_root_dir: String,
+    pub kernel_version: String,
+    pub operating_system: String,
+    #[serde(rename = "OSType")]
+    pub os_type: String,
+    pub architecture: String,
+    #[serde(rename = "NCPU")]
+    pub ncpu: i64,
+    pub mem_total: i64,
+    pub name: String,
+    pub server_version: String,
+    pub cgroup_driver: String,
+    pub cgroup_version: String,
+    pub logging_driver: String,
+    pub default_runtime: String,
+    pub security_options: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// `POST /containers/create` body: the container config plus `HostConfig`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ContainerConfig {
+    pub hostname: String,
+    pub domainname: String,
+    pub user: String,
+    pub attach_stdin: bool,
+    pub attach_stdout: bool,
+    pub attach_stderr: bool,
+    pub exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
+    pub tty: bool,
+    pub open_stdin: bool,
+    pub stdin_once: bool,
+    pub env: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    pub image: String,
+    pub volumes: Option<BTreeMap<String, serde_json::Value>>,
+    pub working_dir: String,
+    pub entrypoint: Option<Vec<String>>,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub stop_signal: Option<String>,
+    pub stop_timeout: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ContainerCreateRequest {
+    #[serde(flatten)]
+    pub config: ContainerConfig,
+    pub host_config: HostConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct HostConfig {
+    pub binds: Option<Vec<String>>,
+    pub network_mode: String,
+    pub port_bindings: Option<BTreeMap<String, Option<Vec<PortBinding>>>>,
+    pub restart_policy: RestartPolicy,
+    pub auto_remove: bool,
+    pub privileged: bool,
+    pub memory: i64,
+    pub nano_cpus: i64,
+    pub cpu_quota: i64,
+    pub cpu_period: i64,
+    pub pids_limit: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct PortBinding {
+    pub host_ip: String,
+    pub host_port: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct RestartPolicy {
+    pub name: String,
+    pub maximum_retry_count: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerCreateResponse {
+    pub id: String,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct Port {
+    #[serde(rename = "IP", skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    pub private_port: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_port: Option<u16>,
+    #[serde(rename = "Type")]
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerSummary {
+    pub id: String,
+    pub names: Vec<String>,
+    pub image: String,
+    #[serde(rename = "ImageID")]
+    pub image_id: String,
+    pub command: String,
+    pub created: i64,
+    pub ports: Vec<Port>,
+    pub labels: BTreeMap<String, String>,
+    pub state: String,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerState {
+    pub status: String,
+    pub running: bool,
+    pub paused: bool,
+    pub restarting: bool,
+    #[serde(rename = "OOMKilled")]
+    pub oom_killed: bool,
+    pub dead: bool,
+    pub pid: i64,
+    pub exit_code: i64,
+    pub error: String,
+    pub started_at: String,
+    pub finished_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct MountPoint {
+    #[serde(rename = "Type")]
+    pub kind: String,
+    pub name: String,
+    pub source: String,
+    pub destination: String,
+    pub mode: String,
+    #[serde(rename = "RW")]
+    pub rw: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerInspect {
+    pub id: String,
+    pub created: String,
+    pub path: String,
+    pub args: Vec<String>,
+    pub state: ContainerState,
+    pub image: String,
+    pub name: String,
+    pub restart_count: i64,
+    pub driver: String,
+    pub platform: String,
+    pub host_config: HostConfig,
+    pub config: ContainerConfig,
+    pub mounts: Vec<MountPoint>,
+    pub network_settings: NetworkSettings,
+    pub log_path: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkSettings {
+    #[serde(rename = "IPAddress")]
+    pub ip_address: String,
+    pub gateway: String,
+    pub ports: BTreeMap<String, Option<Vec<PortBinding>>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct WaitResponse {
+    pub status_code: i64,
+    pub error: Option<WaitError>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct WaitError {
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageSummary {
+    pub id: String,
+    pub parent_id: String,
+    pub repo_tags: Vec<String>,
+    pub repo_digests: Vec<String>,
+    pub created: i64,
+    pub size: i64,
+    pub shared_size: i64,
+    pub labels: BTreeMap<String, String>,
+    pub containers: i64,
+}
+
+/// The image config (`Config` inside an image inspect) as stored in OCI image configs.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ImageRunConfig {
+    pub user: String,
+    pub env: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    pub entrypoint: Option<Vec<String>>,
+    pub working_dir: String,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
+    pub volumes: Option<BTreeMap<String, serde_json::Value>>,
+    pub stop_signal: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageInspect {
+    pub id: String,
+    pub repo_tags: Vec<String>,
+    pub repo_digests: Vec<String>,
+    pub parent: String,
+    pub created: String,
+    pub architecture: String,
+    pub os: String,
+    pub size: i64,
+    pub config: ImageRunConfig,
+    #[serde(rename = "RootFS")]
+    pub root_fs: RootFs,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct RootFs {
+    #[serde(rename = "Type")]
+    pub kind: String,
+    pub layers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageDeleteItem {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub untagged: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<String>,
+}
+
+/// One line of a pull's JSON progress stream.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgressMessage {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_detail: Option<ErrorDetail>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
+pub struct ErrorDetail {
+    pub message: String,
+}
+
+impl ProgressMessage {
+    pub fn status(id: Option<&str>, status: impl Into<String>) -> Self {
+        ProgressMessage {
+            status: Some(status.into()),
+            id: id.map(str::to_string),
+            ..Default::default()
+        }
+    }
+    pub fn error(message: impl Into<String>) -> Self {
+        let message = message.into();
+        ProgressMessage {
+            error: Some(message.clone()),
+            error_detail: Some(ErrorDetail { message }),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ExecCreateRequest {
+    pub attach_stdin: bool,
+    pub attach_stdout: bool,
+    pub attach_stderr: bool,
+    pub tty: bool,
+    pub env: Option<Vec<String>>,
+    pub cmd: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+    pub privileged: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ExecStartRequest {
+    pub detach: bool,
+    pub tty: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct IdResponse {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct ExecInspect {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub running: bool,
+    pub exit_code: Option<i64>,
+    #[serde(rename = "ContainerID")]
+    pub container_id: String,
+    pub open_stdin: bool,
+    pub open_stdout: bool,
+    pub open_stderr: bool,
+    pub pid: i64,
+}
+
+/// `X-Docker-Container-Path-Stat` for the archive endpoints (lowercase keys).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct PathStat {
+    pub name: String,
+    pub size: i64,
+    pub mode: u32,
+    pub mtime: String,
+    #[serde(rename = "linkTarget")]
+    pub link_target: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_request_from_cli_json() {
+        let body = r#"{"Hostname":"","User":"","AttachStdout":true,"Tty":false,
+            "Env":["A=1"],"Cmd":["echo","hi"],"Image":"busybox","WorkingDir":"/tmp",
+            "Entrypoint":null,"Unknown":{"x":1},
+            "HostConfig":{"Binds":["/a:/b:ro"],"AutoRemove":true,
+              "RestartPolicy":{"Name":"always","MaximumRetryCount":0},
+              "PortBindings":{"80/tcp":[{"HostIp":"","HostPort":"8080"}]}},
+            "NetworkingConfig":{"EndpointsConfig":{}}}"#;
+        let r: ContainerCreateRequest = serde_json::from_str(body).unwrap();
+        assert_eq!(r.config.image, "busybox");
+        assert_eq!(r.config.cmd.as_deref(), Some(&["echo".to_string(), "hi".into()][..]));
+        assert!(r.config.entrypoint.is_none());
+        assert!(r.host_config.auto_remove);
+        assert_eq!(r.host_config.restart_policy.name, "always");
+        let pb = r.host_config.port_bindings.unwrap();
+        assert_eq!(pb["80/tcp"].as_ref().unwrap()[0].host_port, "8080");
+    }
+
+    #[test]
+    fn progress_error_shape() {
+        let s = serde_json::to_string(&ProgressMessage::error("boom")).unwrap();
+        assert_eq!(s, r#"{"error":"boom","errorDetail":{"message":"boom"}}"#);
+    }
+
+    #[test]
+    fn version_field_names() {
+        let v = serde_json::to_value(Version { api_version: "1.47".into(), ..Default::default() })
+            .unwrap();
+        assert_eq!(v["ApiVersion"], "1.47");
+        assert!(v.get("MinAPIVersion").is_some());
+    }
+}

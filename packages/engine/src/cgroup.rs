@@ -1,0 +1,63 @@
+//! cgroup v2 limits under /sys/fs/cgroup/axion/<id> (memory.max, cpu.max, pids.max).
+//! Hosts without a unified hierarchy at /sys/fs/cgroup (cgroup v1 or hybrid) run
+//! containers without limits; the engine says so in `docker info` warnings.
+
+use docker_api::types::HostConfig;
+use std::path::{Path, PathBuf};
+
+const ROOT: &str = "/sys/fs/cgroup";
+
+pub fn available() -> bool {
+    Path::new(ROOT).join("cgroup.controllers").exists()
+}
+
+fn enable(dir: &Path) {
+    for c in ["+memory", "+cpu", "+pids"] {
+        let _ = std::fs::write(dir.join("cgroup.subtree_control"), c);
+    }
+}
+
+/// Creates the container's cgroup with its limits; None when cgroup v2 is unavailable.
+pub fn create(id: &str, hc: &HostConfig) -> std::io::Result<Option<PathBuf>> {
+    if !available() {
+        return Ok(None);
+    }
+    let root = Path::new(ROOT);
+    let parent = root.join("axion");
+    enable(root);
+    std::fs::create_dir_all(&parent)?;
+    enable(&parent);
+    let dir = parent.join(id);
+    std::fs::create_dir_all(&dir)?;
+    let write = |f: &str, v: String| {
+        std::fs::write(dir.join(f), &v).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("writing {v:?} to {}: {e}", dir.join(f).display()))
+        })
+    };
+    if hc.memory > 0 {
+        write("memory.max", hc.memory.to_string())?;
+    }
+    let period = if hc.cpu_period > 0 { hc.cpu_period } else { 100_000 };
+    if hc.nano_cpus > 0 {
+        write("cpu.max", format!("{} {period}", hc.nano_cpus * period / 1_000_000_000))?;
+    } else if hc.cpu_quota > 0 {
+        write("cpu.max", format!("{} {period}", hc.cpu_quota))?;
+    }
+    if let Some(p) = hc.pids_limit.filter(|p| *p > 0) {
+        write("pids.max", p.to_string())?;
+    }
+    Ok(Some(dir))
+}
+
+pub fn add(dir: &Path, pid: i32) -> std::io::Result<()> {
+    std::fs::write(dir.join("cgroup.procs"), pid.to_string())
+}
+
+pub fn remove(dir: &Path) {
+    for _ in 0..20 {
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+}

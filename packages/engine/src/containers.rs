@@ -1,0 +1,145 @@
+//! Container records (persisted as `containers/<id>/state.json`) and their live parts:
+//! the output broadcast that attach subscribes to, the state watch that wait uses, stdin.
+
+use crate::runtime::Bind;
+use docker_api::types::{ContainerConfig, HostConfig, MountPoint};
+use docker_api::Frame;
+use serde::{Deserialize, Serialize};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use tokio::sync::{broadcast, watch};
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Record {
+    pub id: String,
+    pub name: String,
+    pub created: i128,
+    pub image: String,
+    pub image_id: String,
+    pub config: ContainerConfig,
+    pub host_config: HostConfig,
+    pub path: String,
+    pub args: Vec<String>,
+    pub status: String,
+    pub pid: i32,
+    pub exit_code: i64,
+    pub error: String,
+    pub started_at: i128,
+    pub finished_at: i128,
+    pub restart_count: i64,
+    pub binds: Vec<Bind>,
+    pub mounts: Vec<MountPoint>,
+    pub stopped_by_user: bool,
+    pub cgroup: Option<PathBuf>,
+}
+
+/// What `wait` watches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Events {
+    pub exits: u64,
+    pub exit_code: i64,
+    pub running: bool,
+    pub removed: bool,
+}
+
+pub struct Container {
+    pub dir: PathBuf,
+    pub rec: Mutex<Record>,
+    /// Output of the current run; `None` marks the end of a run.
+    pub output: broadcast::Sender<Option<Frame>>,
+    pub events: watch::Sender<Events>,
+    pub stdin: Mutex<Option<std::fs::File>>,
+    pub pty: Mutex<Option<OwnedFd>>,
+    pub proxies: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Serialises start/stop/remove of this container.
+    pub op: tokio::sync::Mutex<()>,
+}
+
+impl Container {
+    pub fn new(dir: PathBuf, rec: Record) -> Self {
+        let (output, _) = broadcast::channel(1024);
+        let (events, _) = watch::channel(Events { running: rec.status == "running", exit_code: rec.exit_code, ..Default::default() });
+        Container {
+            dir,
+            rec: Mutex::new(rec),
+            output,
+            events,
+            stdin: Mutex::new(None),
+            pty: Mutex::new(None),
+            proxies: Mutex::new(Vec::new()),
+            op: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn snapshot(&self) -> Record {
+        self.rec.lock().unwrap().clone()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        let id = self.rec.lock().unwrap().id.clone();
+        self.dir.join(format!("{id}-json.log"))
+    }
+
+    pub fn save(&self) {
+        let rec = self.snapshot();
+        let tmp = self.dir.join("state.json.tmp");
+        if std::fs::write(&tmp, serde_json::to_vec_pretty(&rec).unwrap_or_default()).is_ok() {
+            let _ = std::fs::rename(&tmp, self.dir.join("state.json"));
+        }
+    }
+
+    pub fn load(dir: &Path) -> Option<Record> {
+        serde_json::from_slice(&std::fs::read(dir.join("state.json")).ok()?).ok()
+    }
+
+    pub fn is_running(&self) -> bool {
+        matches!(self.rec.lock().unwrap().status.as_str(), "running")
+    }
+}
+
+/// Parses a signal name or number (`KILL`, `SIGTERM`, `9`).
+pub fn parse_signal(s: &str) -> Option<nix::sys::signal::Signal> {
+    use std::str::FromStr;
+    if let Ok(n) = s.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(n).ok();
+    }
+    let up = s.to_ascii_uppercase();
+    let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
+    nix::sys::signal::Signal::from_str(&name).ok()
+}
+
+const LEFT: &[&str] = &["brave", "calm", "eager", "gentle", "happy", "jolly", "keen", "lucid", "quiet", "swift", "witty", "zen"];
+const RIGHT: &[&str] = &["babbage", "curie", "darwin", "euler", "franklin", "gauss", "hopper", "lovelace", "noether", "turing"];
+
+pub fn random_name() -> String {
+    use rand::seq::SliceRandom;
+    let mut r = rand::thread_rng();
+    format!("{}_{}", LEFT.choose(&mut r).unwrap_or(&"x"), RIGHT.choose(&mut r).unwrap_or(&"y"))
+}
+
+pub fn valid_name(n: &str) -> bool {
+    let n = n.strip_prefix('/').unwrap_or(n);
+    n.len() >= 2
+        && n.len() <= 128
+        && n.as_bytes()[0].is_ascii_alphanumeric()
+        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn signals_and_names() {
+        use nix::sys::signal::Signal;
+        assert_eq!(parse_signal("KILL"), Some(Signal::SIGKILL));
+        assert_eq!(parse_signal("sigterm"), Some(Signal::SIGTERM));
+        assert_eq!(parse_signal("9"), Some(Signal::SIGKILL));
+        assert_eq!(parse_signal("NOPE"), None);
+        assert!(valid_name("web-1"));
+        assert!(valid_name("/web_1"));
+        assert!(!valid_name("a"));
+        assert!(!valid_name("bad name"));
+        assert!(!valid_name("../x"));
+    }
+}

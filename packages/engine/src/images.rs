@@ -1,0 +1,363 @@
+//! The image store under `<data-root>/images`:
+//! - `blobs/sha256/<hex>`: manifests and image configs (content-addressed);
+//! - `layers/<diff-id hex>/`: unpacked layers (overlayfs lower dirs), renamed into place
+//!   only after the whole layer unpacked and its diff-id matched;
+//! - `refs.json`: `name:tag` → image id (the config digest) and repo digests.
+
+use crate::reference::Reference;
+use crate::registry::{self, Session};
+use crate::unpack;
+use docker_api::types::{ImageRunConfig, ProgressMessage};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use tokio::sync::mpsc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
+    #[error("layer {digest}: {source}")]
+    Unpack { digest: String, source: unpack::UnpackError },
+    #[error("layer {digest}: uncompressed content has diff-id {actual}, config says {expected}")]
+    DiffId { digest: String, expected: String, actual: String },
+    #[error("image config {digest}: {msg}")]
+    Config { digest: String, msg: String },
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+}
+
+fn io_err(p: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
+    move |source| ImageError::Io { path: p.display().to_string(), source }
+}
+
+/// The parts of an OCI image config we use.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct ImageConfig {
+    #[serde(default)]
+    pub architecture: String,
+    #[serde(default)]
+    pub os: String,
+    #[serde(default)]
+    pub created: Option<String>,
+    #[serde(default)]
+    pub config: ImageRunConfig,
+    pub rootfs: RootFs,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct RootFs {
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub diff_ids: Vec<String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Refs {
+    /// "name:tag" → image id
+    tags: BTreeMap<String, String>,
+    /// image id → ["name@sha256:manifest"]
+    digests: BTreeMap<String, Vec<String>>,
+}
+
+pub struct Store {
+    root: PathBuf,
+    refs: Mutex<Refs>,
+}
+
+pub struct Image {
+    pub id: String,
+    pub config: ImageConfig,
+    pub tags: Vec<String>,
+    pub digests: Vec<String>,
+    pub size: i64,
+}
+
+fn hex_of(d: &str) -> &str {
+    d.strip_prefix("sha256:").unwrap_or(d)
+}
+
+impl Store {
+    pub fn open(root: &Path) -> Result<Self, ImageError> {
+        for d in ["blobs/sha256", "layers", "tmp"] {
+            let p = root.join(d);
+            std::fs::create_dir_all(&p).map_err(io_err(&p))?;
+        }
+        // Leftovers of interrupted pulls never count as layers.
+        let tmp = root.join("tmp");
+        if let Ok(rd) = std::fs::read_dir(&tmp) {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
+            }
+        }
+        let refs_path = root.join("refs.json");
+        let refs = match std::fs::read(&refs_path) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
+            Err(_) => Refs::default(),
+        };
+        Ok(Store { root: root.to_path_buf(), refs: Mutex::new(refs) })
+    }
+
+    fn save(&self, refs: &Refs) -> Result<(), ImageError> {
+        let p = self.root.join("refs.json");
+        let tmp = self.root.join("refs.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(refs).unwrap_or_default()).map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, &p).map_err(io_err(&p))
+    }
+
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        self.root.join("blobs/sha256").join(hex_of(digest))
+    }
+
+    pub fn layer_path(&self, diff_id: &str) -> PathBuf {
+        self.root.join("layers").join(hex_of(diff_id))
+    }
+
+    pub fn config(&self, id: &str) -> Option<ImageConfig> {
+        let b = std::fs::read(self.blob_path(id)).ok()?;
+        serde_json::from_slice(&b).ok()
+    }
+
+    /// Resolves a user's name for an image: `name[:tag]`, a full or short id.
+    pub fn resolve(&self, name: &str) -> Option<String> {
+        let refs = self.refs.lock().unwrap();
+        if let Ok(r) = Reference::parse(name) {
+            if let Some(t) = r.tagged() {
+                if r.digest.is_none() {
+                    if let Some(id) = refs.tags.get(&t) {
+                        return Some(id.clone());
+                    }
+                }
+            }
+            if let Some(d) = &r.digest {
+                let want = format!("{}@{d}", r.familiar_name());
+                for (id, ds) in &refs.digests {
+                    if ds.contains(&want) {
+                        return Some(id.clone());
+                    }
+                }
+            }
+        }
+        let h = name.strip_prefix("sha256:").unwrap_or(name);
+        if h.len() >= 4 && h.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let mut ids: Vec<String> = refs.tags.values().chain(refs.digests.keys()).cloned().collect();
+            ids.sort();
+            ids.dedup();
+            let m: Vec<_> = ids.into_iter().filter(|id| hex_of(id).starts_with(h)).collect();
+            if m.len() == 1 {
+                return Some(m[0].clone());
+            }
+        }
+        None
+    }
+
+    pub fn image(&self, id: &str) -> Option<Image> {
+        let config = self.config(id)?;
+        let refs = self.refs.lock().unwrap();
+        let tags = refs.tags.iter().filter(|(_, v)| *v == id).map(|(k, _)| k.clone()).collect();
+        let digests = refs.digests.get(id).cloned().unwrap_or_default();
+        drop(refs);
+        let size = config.rootfs.diff_ids.iter().map(|d| dir_size(&self.layer_path(d))).sum();
+        Some(Image { id: id.to_string(), config, tags, digests, size })
+    }
+
+    pub fn list(&self) -> Vec<Image> {
+        let ids: Vec<String> = {
+            let refs = self.refs.lock().unwrap();
+            let mut v: Vec<String> = refs.tags.values().chain(refs.digests.keys()).cloned().collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        ids.iter().filter_map(|id| self.image(id)).collect()
+    }
+
+    /// Lower dirs for overlayfs, top layer first.
+    pub fn lowers(&self, id: &str) -> Option<Vec<PathBuf>> {
+        let c = self.config(id)?;
+        let v: Vec<PathBuf> = c.rootfs.diff_ids.iter().rev().map(|d| self.layer_path(d)).collect();
+        v.iter().all(|p| p.is_dir()).then_some(v)
+    }
+
+    pub fn tag(&self, id: &str, tagged: &str) -> Result<(), ImageError> {
+        let mut refs = self.refs.lock().unwrap();
+        refs.tags.insert(tagged.to_string(), id.to_string());
+        self.save(&refs)
+    }
+
+    /// Removes a tag; returns whether the image id is now unreferenced.
+    pub fn untag(&self, tagged: &str) -> Result<Option<(String, bool)>, ImageError> {
+        let mut refs = self.refs.lock().unwrap();
+        let Some(id) = refs.tags.remove(tagged) else { return Ok(None) };
+        let orphan = !refs.tags.values().any(|v| *v == id);
+        if orphan {
+            refs.digests.remove(&id);
+        }
+        self.save(&refs)?;
+        Ok(Some((id, orphan)))
+    }
+
+    /// Drops an image id entirely (all tags) and its layers not used by other images.
+    pub fn delete(&self, id: &str) -> Result<Vec<String>, ImageError> {
+        let mut refs = self.refs.lock().unwrap();
+        let untagged: Vec<String> = refs.tags.iter().filter(|(_, v)| *v == id).map(|(k, _)| k.clone()).collect();
+        for t in &untagged {
+            refs.tags.remove(t);
+        }
+        refs.digests.remove(id);
+        self.save(&refs)?;
+        let others: Vec<String> = refs.tags.values().cloned().collect();
+        drop(refs);
+        let mut keep = std::collections::HashSet::new();
+        for o in others {
+            if let Some(c) = self.config(&o) {
+                keep.extend(c.rootfs.diff_ids);
+            }
+        }
+        if let Some(c) = self.config(id) {
+            for d in c.rootfs.diff_ids {
+                if !keep.contains(&d) {
+                    let _ = std::fs::remove_dir_all(self.layer_path(&d));
+                }
+            }
+        }
+        let _ = std::fs::remove_file(self.blob_path(id));
+        Ok(untagged)
+    }
+
+    /// Pulls `r`, reporting progress; returns the image id.
+    pub async fn pull(
+        &self,
+        session: &mut Session<'_>,
+        r: &Reference,
+        tx: &mpsc::Sender<ProgressMessage>,
+    ) -> Result<(String, bool), ImageError> {
+        let say = |id: Option<&str>, s: String| {
+            let _ = tx.try_send(ProgressMessage::status(id, s));
+        };
+        say(r.tag.as_deref().or(r.digest.as_deref()), format!("Pulling from {}", r.familiar_name()));
+        let (manifest, mbytes, mdigest) = session.manifest(r.object()).await?;
+        let cdesc = manifest.config.clone().expect("checked by manifest()");
+        let cbytes = session.blob_bytes(&cdesc).await?;
+        let config: ImageConfig = serde_json::from_slice(&cbytes)
+            .map_err(|e| ImageError::Config { digest: cdesc.digest.clone(), msg: e.to_string() })?;
+        if config.rootfs.diff_ids.len() != manifest.layers.len() {
+            return Err(ImageError::Config {
+                digest: cdesc.digest.clone(),
+                msg: format!("{} diff_ids for {} layers", config.rootfs.diff_ids.len(), manifest.layers.len()),
+            });
+        }
+        let id = cdesc.digest.clone();
+        let existed = self.config(&id).is_some() && self.lowers(&id).is_some();
+        let mut lowers: Vec<PathBuf> = Vec::new();
+        for (layer, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
+            let short = &hex_of(&layer.digest)[..12.min(hex_of(&layer.digest).len())];
+            let dest = self.layer_path(diff_id);
+            if dest.is_dir() {
+                say(Some(short), "Already exists".into());
+                lowers.insert(0, dest);
+                continue;
+            }
+            say(Some(short), "Pulling fs layer".into());
+            let tmp_blob = self.root.join("tmp").join(format!("blob-{}", hex_of(&layer.digest)));
+            say(Some(short), "Downloading".into());
+            let res = session.blob_to_file(layer, &tmp_blob).await;
+            if let Err(e) = res {
+                let _ = std::fs::remove_file(&tmp_blob);
+                return Err(e.into());
+            }
+            say(Some(short), "Verifying Checksum".into());
+            say(Some(short), "Download complete".into());
+            say(Some(short), "Extracting".into());
+            let (blob, diff, dest2, lw, digest) =
+                (tmp_blob.clone(), diff_id.clone(), dest.clone(), lowers.clone(), layer.digest.clone());
+            let tmp_dir = self.root.join("tmp").join(format!("layer-{}", hex_of(diff_id)));
+            let r = tokio::task::spawn_blocking(move || unpack_verified(&blob, &tmp_dir, &dest2, &diff, &lw, &digest))
+                .await
+                .unwrap_or_else(|e| Err(ImageError::Config { digest: layer.digest.clone(), msg: format!("unpack task: {e}") }));
+            let _ = std::fs::remove_file(&tmp_blob);
+            r?;
+            say(Some(short), "Pull complete".into());
+            lowers.insert(0, dest);
+        }
+        let cpath = self.blob_path(&id);
+        std::fs::write(&cpath, &cbytes).map_err(io_err(&cpath))?;
+        let mpath = self.blob_path(&mdigest);
+        std::fs::write(&mpath, &mbytes).map_err(io_err(&mpath))?;
+        {
+            let mut refs = self.refs.lock().unwrap();
+            if let Some(t) = r.tagged() {
+                refs.tags.insert(t, id.clone());
+            }
+            let rd = format!("{}@{mdigest}", r.familiar_name());
+            let ds = refs.digests.entry(id.clone()).or_default();
+            if !ds.contains(&rd) {
+                ds.push(rd);
+            }
+            self.save(&refs)?;
+        }
+        say(None, format!("Digest: {mdigest}"));
+        Ok((id, existed))
+    }
+}
+
+/// Decompresses and unpacks a verified blob into `tmp`, checks the diff-id, then renames
+/// `tmp` to `dest`. On any failure nothing is left at `dest`.
+fn unpack_verified(blob: &Path, tmp: &Path, dest: &Path, diff_id: &str, lowers: &[PathBuf], digest: &str) -> Result<(), ImageError> {
+    let _ = std::fs::remove_dir_all(tmp);
+    std::fs::create_dir_all(tmp).map_err(io_err(tmp))?;
+    let result = (|| {
+        let f = std::fs::File::open(blob).map_err(io_err(blob))?;
+        let uerr = |source| ImageError::Unpack { digest: digest.to_string(), source };
+        let rd = unpack::decompress(std::io::BufReader::new(f)).map_err(|e| uerr(unpack::UnpackError::Read(e)))?;
+        let mut hashing = HashingReader { inner: rd, h: Sha256::new() };
+        unpack::unpack(&mut hashing, tmp, lowers).map_err(uerr)?;
+        // The diff-id covers the whole stream, including the tar's trailing padding.
+        std::io::copy(&mut hashing, &mut std::io::sink()).map_err(|e| uerr(unpack::UnpackError::Read(e)))?;
+        let actual = format!("sha256:{}", hex::encode(hashing.h.finalize()));
+        if actual != diff_id {
+            return Err(ImageError::DiffId { digest: digest.into(), expected: diff_id.into(), actual });
+        }
+        std::fs::rename(tmp, dest).map_err(io_err(dest))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(tmp);
+    }
+    result
+}
+
+struct HashingReader<R> {
+    inner: R,
+    h: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.h.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+pub fn dir_size(p: &Path) -> i64 {
+    let mut total = 0i64;
+    let mut stack = vec![p.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            for e in rd.flatten() {
+                if let Ok(m) = e.path().symlink_metadata() {
+                    if m.is_dir() {
+                        stack.push(e.path());
+                    } else {
+                        total += m.len() as i64;
+                    }
+                }
+            }
+        }
+    }
+    total
+}

@@ -1,0 +1,113 @@
+//! axion's container engine: serves the Docker Engine API (crate `docker-api`) on a unix
+//! socket and on TCP with mutual TLS, and runs containers with its own small runtime
+//! (namespaces, overlayfs, cgroup v2) — see `runtime`.
+//!
+//! Decisions (see also each module's top comment):
+//! - Data root (default /var/lib/axion-engine): `images/` (content-addressed blobs and
+//!   unpacked layers), `containers/<id>/`, `volumes/<name>/_data`, `tls/`.
+//! - The runtime is our own rather than youki's libcontainer: a few hundred lines over
+//!   `nix` that build static with musl; the engine binary re-executes itself as the
+//!   per-container shim (`engine __run`, `engine __exec`).
+//! - Plain TCP is served only with `--tcp-insecure`; `tcp://` hosts use mutual TLS.
+
+mod args;
+mod backend;
+mod certs;
+mod cgroup;
+mod containers;
+mod images;
+mod logs;
+mod netproxy;
+mod reference;
+mod registry;
+mod runtime;
+mod timefmt;
+mod unpack;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use std::sync::Arc;
+
+fn main() -> Result<()> {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(|s| s.starts_with("__")).unwrap_or(false) {
+        // The per-container shim: single-threaded, no tokio.
+        std::process::exit(runtime::shim::main(&argv[1..]));
+    }
+    let args = args::Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(serve(args))
+}
+
+async fn serve(args: args::Args) -> Result<()> {
+    std::fs::create_dir_all(&args.data_root)
+        .with_context(|| format!("creating data root {}", args.data_root.display()))?;
+    let backend = Arc::new(backend::Engine::open(&args).context("opening the engine state")?);
+    backend.clone().restore().await;
+    let hosts = if args.hosts.is_empty() {
+        vec!["unix:///run/docker.sock".to_string()]
+    } else {
+        args.hosts.clone()
+    };
+    let mut tasks = Vec::new();
+    for h in hosts {
+        if let Some(path) = h.strip_prefix("unix://") {
+            let b = backend.clone();
+            let path = std::path::PathBuf::from(path);
+            eprintln!("engine: API listening on unix://{}", path.display());
+            tasks.push(tokio::spawn(async move {
+                docker_api::server::serve_unix(b, &path)
+                    .await
+                    .with_context(|| format!("serving on unix socket {}", path.display()))
+            }));
+        } else if let Some(addr) = h.strip_prefix("tcp://") {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding TCP listener {addr}"))?;
+            let tls = if args.tcp_insecure {
+                eprintln!("engine: WARNING: plain TCP API on {addr} without TLS (--tcp-insecure)");
+                None
+            } else {
+                let paths = certs::ensure(&args)?;
+                eprintln!("engine: API listening on tcp://{addr} (mutual TLS)");
+                Some(docker_api::tls::server_config(&paths.cert, &paths.key, &paths.client_ca)?)
+            };
+            let b = backend.clone();
+            tasks.push(tokio::spawn(async move {
+                docker_api::server::serve_tcp(b, listener, tls)
+                    .await
+                    .context("serving on TCP")
+            }));
+        } else {
+            bail!("unsupported host {h:?}: use unix:///path or tcp://addr:port");
+        }
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => eprintln!("engine: SIGTERM, stopping containers"),
+        _ = tokio::signal::ctrl_c() => eprintln!("engine: interrupted, stopping containers"),
+        r = futures_first(tasks) => { r?; }
+    }
+    backend.shutdown().await;
+    Ok(())
+}
+
+async fn futures_first(tasks: Vec<tokio::task::JoinHandle<Result<()>>>) -> Result<()> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(tasks.len().max(1));
+    for t in tasks {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let r = match t.await {
+                Ok(r) => r,
+                Err(e) => Err(anyhow::anyhow!("listener task failed: {e}")),
+            };
+            let _ = tx.send(r).await;
+        });
+    }
+    drop(tx);
+    rx.recv().await.unwrap_or(Ok(()))
+}

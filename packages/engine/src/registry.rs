@@ -1,0 +1,442 @@
+//! Registry API v2 client: manifests (Docker schema 2, OCI, indexes/manifest lists, picking
+//! linux/amd64), blobs streamed to disk with size limits and sha256 verification, anonymous
+//! and bearer-token auth from the `WWW-Authenticate` challenge (and basic auth when
+//! credentials are given). Plain HTTP for localhost/127.0.0.0/8 and `--insecure-registry`.
+
+use crate::reference::{valid_digest, Reference, DOCKER_HUB};
+use base64::Engine as _;
+use docker_api::RegistryAuth;
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+pub const MT_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const MT_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// Manifests and configs larger than this are refused.
+pub const MAX_MANIFEST: u64 = 4 << 20;
+/// Layers larger than this are refused.
+pub const MAX_BLOB: u64 = 8 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("request to {url} failed: {source}")]
+    Http { url: String, source: reqwest::Error },
+    #[error("{url}: registry answered {status}: {body}")]
+    Status { url: String, status: u16, body: String },
+    #[error("{url}: manifest unknown (404)")]
+    NotFound { url: String },
+    #[error("authentication challenge from {url} not understood: {challenge:?}")]
+    Challenge { url: String, challenge: String },
+    #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
+    Digest { what: String, expected: String, actual: String },
+    #[error("{what} is larger than allowed ({limit} bytes)")]
+    TooLarge { what: String, limit: u64 },
+    #[error("{what} has {actual} bytes, descriptor says {expected}")]
+    Size { what: String, expected: u64, actual: u64 },
+    #[error("unsupported digest {0:?} (only sha256 is supported)")]
+    BadDigest(String),
+    #[error("invalid manifest from {url}: {msg}")]
+    Manifest { url: String, msg: String },
+    #[error("no linux/amd64 image in the index of {0}")]
+    NoPlatform(String),
+    #[error("writing {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Platform {
+    #[serde(default)]
+    pub architecture: String,
+    #[serde(default)]
+    pub os: String,
+    #[serde(default)]
+    pub variant: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    #[serde(default)]
+    pub media_type: String,
+    pub digest: String,
+    pub size: u64,
+    #[serde(default)]
+    pub platform: Option<Platform>,
+}
+
+/// A manifest or an index (both shapes in one struct; which one by `mediaType`/fields).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    pub schema_version: u32,
+    #[serde(default)]
+    pub media_type: Option<String>,
+    #[serde(default)]
+    pub config: Option<Descriptor>,
+    #[serde(default)]
+    pub layers: Vec<Descriptor>,
+    #[serde(default)]
+    pub manifests: Option<Vec<Descriptor>>,
+    #[serde(default)]
+}
+
+impl Manifest {
+    pub fn is_index(&self, content_type: &str) -> bool {
+        let mt = self.media_type.as_deref().unwrap_or(content_type);
+        mt == MT_OCI_INDEX || mt == MT_DOCKER_LIST || (self.manifests.is_some() && self.config.is_none())
+    }
+}
+
+/// Picks linux/amd64 from an index (a variant-less entry first).
+pub fn select_platform(manifests: &[Descriptor]) -> Option<&Descriptor> {
+    let amd64 = |d: &&Descriptor| {
+        d.platform.as_ref().map(|p| p.os == "linux" && p.architecture == "amd64").unwrap_or(false)
+    };
+    manifests
+        .iter()
+        .filter(amd64)
+        .find(|d| d.platform.as_ref().and_then(|p| p.variant.as_ref()).is_none())
+        .or_else(|| manifests.iter().find(amd64))
+}
+
+pub fn sha256_digest(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+pub fn verify(what: &str, expected: &str, data: &[u8]) -> Result<(), RegistryError> {
+    if !valid_digest(expected) {
+        return Err(RegistryError::BadDigest(expected.to_string()));
+    }
+    let actual = sha256_digest(data);
+    if actual != expected {
+        return Err(RegistryError::Digest { what: what.into(), expected: expected.into(), actual });
+    }
+    Ok(())
+}
+
+/// A parsed `WWW-Authenticate` challenge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    pub scheme: String,
+    pub params: BTreeMap<String, String>,
+}
+
+pub fn parse_challenge(h: &str) -> Option<Challenge> {
+    let h = h.trim();
+    let (scheme, rest) = h.split_once(' ').unwrap_or((h, ""));
+    let mut params = BTreeMap::new();
+    let mut chars = rest.chars().peekable();
+    loop {
+        while matches!(chars.peek(), Some(' ' | ',')) {
+            chars.next();
+        }
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        if key.is_empty() {
+            break;
+        }
+        if chars.next() != Some('=') {
+            return None;
+        }
+        let mut val = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    None => return None,
+                    Some('"') => break,
+                    Some('\\') => val.push(chars.next()?),
+                    Some(c) => val.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ',' {
+                    break;
+                }
+                val.push(c);
+                chars.next();
+            }
+        }
+        params.insert(key.trim().to_ascii_lowercase(), val);
+    }
+    Some(Challenge { scheme: scheme.to_ascii_lowercase(), params })
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    insecure: Vec<String>,
+}
+
+/// One repository on one registry, with the auth it negotiated.
+pub struct Session<'a> {
+    client: &'a Client,
+    base: String,
+    repo: String,
+    auth: Option<RegistryAuth>,
+    authorization: Option<String>,
+}
+
+impl Client {
+    pub fn new(insecure: Vec<String>) -> Self {
+        let http = reqwest::Client::builder()
+            .user_agent("axion-engine/0.1")
+            .connect_timeout(std::time::Duration::from_secs(15))
+            .build()
+            .expect("reqwest client with rustls");
+        Client { http, insecure }
+    }
+
+    fn scheme(&self, host: &str) -> &'static str {
+        let h = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+        if h == "localhost" || h.starts_with("127.") || h == "[::1]" || self.insecure.iter().any(|i| i == host || i == h) {
+            "http"
+        } else {
+            "https"
+        }
+    }
+
+    pub fn session(&self, r: &Reference, auth: Option<RegistryAuth>) -> Session<'_> {
+        let host = if r.registry == DOCKER_HUB { "registry-1.docker.io" } else { r.registry.as_str() };
+        Session {
+            client: self,
+            base: format!("{}://{host}", self.scheme(host)),
+            repo: r.repository.clone(),
+            auth,
+            authorization: None,
+        }
+    }
+}
+
+impl Session<'_> {
+    async fn get(&mut self, url: &str, accept: &str) -> Result<reqwest::Response, RegistryError> {
+        for attempt in 0..2 {
+            let mut rb = self.client.http.get(url).header("Accept", accept);
+            if let Some(a) = &self.authorization {
+                rb = rb.header("Authorization", a);
+            }
+            let resp = rb.send().await.map_err(|source| RegistryError::Http { url: url.into(), source })?;
+            if resp.status().as_u16() == 401 && attempt == 0 {
+                let ch = resp
+                    .headers()
+                    .get("www-authenticate")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                self.authenticate(url, &ch).await?;
+                continue;
+            }
+            if resp.status().as_u16() == 404 {
+                return Err(RegistryError::NotFound { url: url.into() });
+            }
+            if !resp.status().is_success() {
+                let status = resp.status().as_u16();
+                let body = resp.text().await.unwrap_or_default();
+                return Err(RegistryError::Status { url: url.into(), status, body: body.chars().take(300).collect() });
+            }
+            return Ok(resp);
+        }
+        unreachable!("loop returns")
+    }
+
+    async fn authenticate(&mut self, url: &str, header: &str) -> Result<(), RegistryError> {
+        let bad = || RegistryError::Challenge { url: url.into(), challenge: header.into() };
+        let ch = parse_challenge(header).ok_or_else(bad)?;
+        let basic = self.auth.as_ref().filter(|a| !a.username.is_empty()).map(|a| {
+            base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", a.username, a.password))
+        });
+        match ch.scheme.as_str() {
+            "basic" => {
+                self.authorization = Some(format!("Basic {}", basic.ok_or_else(|| RegistryError::Status {
+                    url: url.into(),
+                    status: 401,
+                    body: "registry wants basic auth and no credentials were given (docker login)".into(),
+                })?));
+                Ok(())
+            }
+            "bearer" => {
+                let realm = ch.params.get("realm").ok_or_else(bad)?;
+                let mut q: Vec<(&str, String)> = Vec::new();
+                if let Some(s) = ch.params.get("service") {
+                    q.push(("service", s.clone()));
+                }
+                let scope = ch.params.get("scope").cloned().unwrap_or_else(|| format!("repository:{}:pull", self.repo));
+                q.push(("scope", scope));
+                let mut rb = self.client.http.get(realm).query(&q);
+                if let Some(b) = basic {
+                    rb = rb.header("Authorization", format!("Basic {b}"));
+                }
+                let resp = rb.send().await.map_err(|source| RegistryError::Http { url: realm.clone(), source })?;
+                if !resp.status().is_success() {
+                    return Err(RegistryError::Status { url: realm.clone(), status: resp.status().as_u16(), body: "token request refused".into() });
+                }
+                #[derive(Deserialize)]
+                struct Token {
+                    token: Option<String>,
+                    access_token: Option<String>,
+                }
+                let body = read_limited(resp, realm, MAX_MANIFEST).await?;
+                let t: Token = serde_json::from_slice(&body).map_err(|_| bad())?;
+                let token = t.token.or(t.access_token).ok_or_else(bad)?;
+                self.authorization = Some(format!("Bearer {token}"));
+                Ok(())
+            }
+            _ => Err(bad()),
+        }
+    }
+
+    /// Fetches a manifest (following an index to linux/amd64). Returns the manifest, its
+    /// bytes and its digest (verified against the reference or descriptor when known).
+    pub async fn manifest(&mut self, object: &str) -> Result<(Manifest, Vec<u8>, String), RegistryError> {
+        let accept = [MT_OCI_INDEX, MT_DOCKER_LIST, MT_OCI_MANIFEST, MT_DOCKER_MANIFEST].join(", ");
+        let mut object = object.to_string();
+        for _ in 0..2 {
+            let url = format!("{}/v2/{}/manifests/{object}", self.base, self.repo);
+            let resp = self.get(&url, &accept).await?;
+            let ct = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            let body = read_limited(resp, &url, MAX_MANIFEST).await?;
+            let digest = if object.starts_with("sha256:") {
+                verify(&url, &object, &body)?;
+                object.clone()
+            } else {
+                sha256_digest(&body)
+            };
+            let m: Manifest = serde_json::from_slice(&body)
+                .map_err(|e| RegistryError::Manifest { url: url.clone(), msg: e.to_string() })?;
+            if m.schema_version != 2 {
+                return Err(RegistryError::Manifest { url, msg: format!("schemaVersion {} is not supported", m.schema_version) });
+            }
+            if m.is_index(&ct) {
+                let d = select_platform(m.manifests.as_deref().unwrap_or(&[]))
+                    .ok_or_else(|| RegistryError::NoPlatform(url.clone()))?;
+                object = d.digest.clone();
+                continue;
+            }
+            if m.config.is_none() {
+                return Err(RegistryError::Manifest { url, msg: "no config descriptor".into() });
+            }
+            return Ok((m, body, digest));
+        }
+        Err(RegistryError::Manifest { url: self.base.clone(), msg: "index points to another index".into() })
+    }
+
+    /// Downloads a small blob (config) into memory, verified.
+    pub async fn blob_bytes(&mut self, d: &Descriptor) -> Result<Vec<u8>, RegistryError> {
+        if d.size > MAX_MANIFEST {
+            return Err(RegistryError::TooLarge { what: d.digest.clone(), limit: MAX_MANIFEST });
+        }
+        let url = format!("{}/v2/{}/blobs/{}", self.base, self.repo, d.digest);
+        let resp = self.get(&url, "*/*").await?;
+        let body = read_limited(resp, &url, d.size).await?;
+        verify(&url, &d.digest, &body)?;
+        Ok(body)
+    }
+
+    /// Streams a blob into `dest`, enforcing the descriptor's size and verifying its digest.
+    pub async fn blob_to_file(&mut self, d: &Descriptor, dest: &Path) -> Result<(), RegistryError> {
+        if !valid_digest(&d.digest) {
+            return Err(RegistryError::BadDigest(d.digest.clone()));
+        }
+        if d.size > MAX_BLOB {
+            return Err(RegistryError::TooLarge { what: d.digest.clone(), limit: MAX_BLOB });
+        }
+        let url = format!("{}/v2/{}/blobs/{}", self.base, self.repo, d.digest);
+        let mut resp = self.get(&url, "*/*").await?;
+        let io = |source| RegistryError::Io { path: dest.display().to_string(), source };
+        let mut f = std::fs::File::create(dest).map_err(io)?;
+        let mut h = Sha256::new();
+        let mut n = 0u64;
+        while let Some(chunk) = resp.chunk().await.map_err(|source| RegistryError::Http { url: url.clone(), source })? {
+            n += chunk.len() as u64;
+            if n > d.size {
+                return Err(RegistryError::Size { what: url, expected: d.size, actual: n });
+            }
+            h.update(&chunk);
+            f.write_all(&chunk).map_err(io)?;
+        }
+        if n != d.size {
+            return Err(RegistryError::Size { what: url, expected: d.size, actual: n });
+        }
+        let actual = format!("sha256:{}", hex::encode(h.finalize()));
+        if actual != d.digest {
+            return Err(RegistryError::Digest { what: url, expected: d.digest.clone(), actual });
+        }
+        f.sync_all().map_err(io)?;
+        Ok(())
+    }
+}
+
+async fn read_limited(mut resp: reqwest::Response, url: &str, limit: u64) -> Result<Vec<u8>, RegistryError> {
+    let mut out = Vec::new();
+    while let Some(c) = resp.chunk().await.map_err(|source| RegistryError::Http { url: url.into(), source })? {
+        if (out.len() + c.len()) as u64 > limit {
+            return Err(RegistryError::TooLarge { what: url.into(), limit });
+        }
+        out.extend_from_slice(&c);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_challenge() {
+        let c = parse_challenge(
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:library/busybox:pull,push""#,
+        )
+        .unwrap();
+        assert_eq!(c.scheme, "bearer");
+        assert_eq!(c.params["realm"], "https://auth.example/token");
+        assert_eq!(c.params["scope"], "repository:library/busybox:pull,push");
+        assert_eq!(c.params["service"], "registry.example");
+        let b = parse_challenge(r#"Basic realm="basic-realm""#).unwrap();
+        assert_eq!(b.scheme, "basic");
+        assert!(parse_challenge(r#"Bearer realm="unterminated"#).is_none());
+    }
+
+    fn desc(arch: &str, variant: Option<&str>, d: char) -> Descriptor {
+        Descriptor {
+            media_type: MT_OCI_MANIFEST.into(),
+            digest: format!("sha256:{}", d.to_string().repeat(64)),
+            size: 1,
+            platform: Some(Platform { architecture: arch.into(), os: "linux".into(), variant: variant.map(Into::into) }),
+        }
+    }
+
+    #[test]
+    fn picks_linux_amd64() {
+        let list = vec![desc("arm64", Some("v8"), 'a'), desc("amd64", Some("v3"), 'b'), desc("amd64", None, 'c')];
+        assert!(select_platform(&list).unwrap().digest.ends_with('c'));
+        assert!(select_platform(&list[..2]).unwrap().digest.ends_with('b'));
+        assert!(select_platform(&list[..1]).is_none());
+    }
+
+    #[test]
+    fn index_detection_and_parse() {
+        let idx: Manifest = serde_json::from_str(r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#).unwrap();
+        assert!(idx.is_index(""));
+        let m: Manifest = serde_json::from_str(r#"{"schemaVersion":2,"config":{"mediaType":"x","digest":"sha256:00","size":1},"layers":[]}"#).unwrap();
+        assert!(!m.is_index(MT_DOCKER_MANIFEST));
+    }
+
+    #[test]
+    fn digest_verification() {
+        let d = sha256_digest(b"hello");
+        assert!(verify("x", &d, b"hello").is_ok());
+        assert!(matches!(verify("x", &d, b"hellO"), Err(RegistryError::Digest { .. })));
+        assert!(matches!(verify("x", "md5:abc", b"hello"), Err(RegistryError::BadDigest(_))));
+    }
+}

@@ -1,0 +1,419 @@
+//! The shim side (runs in a fresh single-threaded process, no async runtime).
+//! `__run`: unshare mount/uts/ipc/pid (+net) namespaces, fork PID 1, which mounts the
+//! overlay root, /proc, /dev, /sys, binds, pivots into the root, drops to the user and
+//! execs. `__exec`: setns into an existing container's namespaces, fork, exec.
+
+use super::{ExecSpec, Process, RunSpec};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+use std::ffi::CString;
+use std::fs;
+use std::io::Write;
+use std::os::fd::FromRawFd;
+use std::path::{Path, PathBuf};
+
+const STATUS_FD: i32 = 3;
+const RELEASE_FD: i32 = 4;
+
+fn report(msg: &str) {
+    // SAFETY: fd 3 is the status pipe the engine gave us; ManuallyDrop keeps it open.
+    let mut f = std::mem::ManuallyDrop::new(unsafe { fs::File::from_raw_fd(STATUS_FD) });
+    let _ = f.write_all(msg.as_bytes());
+}
+
+fn close(fd: i32) {
+    // SAFETY: closing a descriptor number we own.
+    unsafe {
+        libc::close(fd);
+    }
+}
+
+fn set_cloexec(fd: i32) {
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+    }
+}
+
+pub fn main(argv: &[String]) -> i32 {
+    let (mode, spec) = match argv {
+        [m, s] => (m.as_str(), s.as_str()),
+        _ => {
+            eprintln!("engine shim: usage: engine __run|__exec SPEC");
+            return 125;
+        }
+    };
+    let data = match fs::read(spec) {
+        Ok(d) => d,
+        Err(e) => {
+            report(&format!("error reading spec {spec}: {e}\n"));
+            return 125;
+        }
+    };
+    match mode {
+        "__run" => match serde_json::from_slice::<RunSpec>(&data) {
+            Ok(s) => run(s),
+            Err(e) => {
+                report(&format!("error bad spec {spec}: {e}\n"));
+                125
+            }
+        },
+        "__exec" => match serde_json::from_slice::<ExecSpec>(&data) {
+            Ok(s) => exec(s),
+            Err(e) => {
+                report(&format!("error bad spec {spec}: {e}\n"));
+                125
+            }
+        },
+        _ => 125,
+    }
+}
+
+/// Waits for the child and turns its status into an exit code (128+signal if killed).
+fn wait_for(child: Pid) -> i32 {
+    loop {
+        match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, c)) => return c,
+            Ok(WaitStatus::Signaled(_, s, _)) => return 128 + s as i32,
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return 255,
+        }
+    }
+}
+
+fn run(spec: RunSpec) -> i32 {
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWPID;
+    if spec.new_netns {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    if let Err(e) = unshare(flags) {
+        report(&format!("error creating namespaces: {e}\n"));
+        return 125;
+    }
+    // SAFETY: this process is single-threaded (a fresh exec of the engine in shim mode).
+    match unsafe { fork() } {
+        Err(e) => {
+            report(&format!("error fork: {e}\n"));
+            125
+        }
+        Ok(ForkResult::Child) => {
+            set_cloexec(STATUS_FD);
+            let mut b = [0u8; 1];
+            // SAFETY: reading one byte from the release pipe into a valid buffer.
+            let n = unsafe { libc::read(RELEASE_FD, b.as_mut_ptr().cast(), 1) };
+            close(RELEASE_FD);
+            if n != 1 {
+                // SAFETY: _exit is always safe.
+                unsafe { libc::_exit(125) };
+            }
+            let code = match container_init(&spec) {
+                Ok(never) => match never {},
+                Err((code, msg)) => {
+                    report(&format!("error {msg}\n"));
+                    code
+                }
+            };
+            // SAFETY: _exit is always safe.
+            unsafe { libc::_exit(code) }
+        }
+        Ok(ForkResult::Parent { child }) => {
+            report(&format!("pid {child}\n"));
+            close(STATUS_FD);
+            close(RELEASE_FD);
+            close(0);
+            close(1);
+            close(2);
+            wait_for(child)
+        }
+    }
+}
+
+type Fail = (i32, String);
+
+fn err<E: std::fmt::Display>(what: impl Into<String>) -> impl FnOnce(E) -> Fail {
+    let what = what.into();
+    move |e| (125, format!("{what}: {e}"))
+}
+
+/// Joins a path inside the container root (the path is already absolute in the container).
+fn inside(root: &Path, p: &str) -> PathBuf {
+    let rel: PathBuf = Path::new(p)
+        .components()
+        .filter(|c| matches!(c, std::path::Component::Normal(_)))
+        .collect();
+    root.join(rel)
+}
+
+fn mount_at(src: &str, target: &Path, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<(), Fail> {
+    fs::create_dir_all(target).map_err(err(format!("mkdir {}", target.display())))?;
+    mount(Some(src), target, Some(fstype), flags, data).map_err(err(format!("mount {fstype} on {}", target.display())))
+}
+
+fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .map_err(err("making / private"))?;
+    let root = &spec.rootfs;
+    let lowers: Vec<String> = spec.lowers.iter().map(|p| p.display().to_string()).collect();
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowers.join(":"),
+        spec.upper.display(),
+        spec.work.display()
+    );
+    mount_at("overlay", root, "overlay", MsFlags::empty(), Some(&opts))?;
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount_at("proc", &root.join("proc"), "proc", nosuid, None)?;
+    mount_at("tmpfs", &root.join("dev"), "tmpfs", MsFlags::MS_NOSUID, Some("mode=755,size=65536k"))?;
+    for d in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let t = root.join("dev").join(d);
+        fs::write(&t, b"").map_err(err(format!("creating {}", t.display())))?;
+        mount(Some(&Path::new("/dev").join(d)), &t, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(err(format!("binding /dev/{d}")))?;
+    }
+    mount_at("devpts", &root.join("dev/pts"), "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"))?;
+    let _ = std::os::unix::fs::symlink("pts/ptmx", root.join("dev/ptmx"));
+    mount_at("shm", &root.join("dev/shm"), "tmpfs", nosuid, Some("mode=1777,size=65536k"))?;
+    for (l, t) in [("/proc/self/fd", "fd"), ("/proc/self/fd/0", "stdin"), ("/proc/self/fd/1", "stdout"), ("/proc/self/fd/2", "stderr")] {
+        let _ = std::os::unix::fs::symlink(l, root.join("dev").join(t));
+    }
+    if spec.new_netns {
+        mount_at("sysfs", &root.join("sys"), "sysfs", nosuid | MsFlags::MS_RDONLY, None)?;
+    } else {
+        fs::create_dir_all(root.join("sys")).ok();
+        mount(Some("/sys"), &root.join("sys"), None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+            .map_err(err("binding /sys"))?;
+    }
+    for (src, dst) in &spec.etc_files {
+        let t = inside(root, dst);
+        if let Some(p) = t.parent() {
+            fs::create_dir_all(p).ok();
+        }
+        if fs::symlink_metadata(&t).map(|m| m.file_type().is_symlink()).unwrap_or(false) {
+            fs::remove_file(&t).ok();
+        }
+        if !t.exists() {
+            fs::write(&t, b"").map_err(err(format!("creating {}", t.display())))?;
+        }
+        mount(Some(src.as_path()), &t, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(err(format!("binding {dst}")))?;
+    }
+    for b in &spec.binds {
+        let t = inside(root, &b.dest);
+        if b.source.is_dir() {
+            fs::create_dir_all(&t).map_err(err(format!("mkdir {}", t.display())))?;
+        } else {
+            if let Some(p) = t.parent() {
+                fs::create_dir_all(p).ok();
+            }
+            if !t.exists() {
+                fs::write(&t, b"").map_err(err(format!("creating {}", t.display())))?;
+            }
+        }
+        mount(Some(b.source.as_path()), &t, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+            .map_err(err(format!("bind mount {} on {}", b.source.display(), b.dest)))?;
+        if b.readonly {
+            mount(None::<&str>, &t, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC, None::<&str>)
+                .map_err(err(format!("read-only remount of {}", b.dest)))?;
+        }
+    }
+    if !spec.process.cwd.is_empty() {
+        fs::create_dir_all(inside(root, &spec.process.cwd)).ok();
+    }
+    std::env::set_current_dir(root).map_err(err("chdir to root"))?;
+    nix::unistd::pivot_root(".", ".").map_err(err("pivot_root"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(err("detaching old root"))?;
+    std::env::set_current_dir("/").map_err(err("chdir /"))?;
+    if !spec.hostname.is_empty() {
+        nix::unistd::sethostname(&spec.hostname).map_err(err("sethostname"))?;
+    }
+    if spec.new_netns {
+        loopback_up();
+    }
+    start_process(&spec.process)
+}
+
+/// Brings `lo` up in the new network namespace.
+fn loopback_up() {
+    // SAFETY: plain socket + ioctl with a zeroed, correctly sized ifreq.
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if s < 0 {
+            return;
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo\0".iter().enumerate() {
+            ifr.ifr_name[i] = *b as libc::c_char;
+        }
+        if libc::ioctl(s, libc::SIOCGIFFLAGS, &mut ifr) == 0 {
+            ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            libc::ioctl(s, libc::SIOCSIFFLAGS, &ifr);
+        }
+        libc::close(s);
+    }
+}
+
+struct Ids {
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
+    home: String,
+}
+
+/// Resolves `user[:group]` (names or numbers) against the container's /etc/passwd and
+/// /etc/group (already the container's root).
+fn resolve_user(spec: &str) -> Result<Ids, Fail> {
+    let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let group = fs::read_to_string("/etc/group").unwrap_or_default();
+    let (u, g) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let u = if u.is_empty() { "0" } else { u };
+    let mut ids = Ids { uid: 0, gid: 0, groups: vec![], home: "/".into() };
+    let entry = passwd.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| {
+        f.len() >= 7 && (f[0] == u || f[2] == u)
+    });
+    match (entry.as_ref(), u.parse::<u32>()) {
+        (Some(f), _) => {
+            ids.uid = f[2].parse().unwrap_or(0);
+            ids.gid = f[3].parse().unwrap_or(0);
+            ids.home = f[5].to_string();
+        }
+        (None, Ok(n)) => {
+            ids.uid = n;
+            ids.gid = n;
+        }
+        (None, Err(_)) => return Err((125, format!("unable to find user {u}: no matching entries in passwd file"))),
+    }
+    if let Some(g) = g {
+        ids.gid = match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => group
+                .lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|f| f.len() >= 3 && f[0] == g)
+                .and_then(|f| f[2].parse().ok())
+                .ok_or_else(|| (125, format!("unable to find group {g}: no matching entries in group file")))?,
+        };
+    }
+    let name = entry.map(|f| f[0].to_string());
+    for l in group.lines() {
+        let f: Vec<&str> = l.split(':').collect();
+        if f.len() >= 4 {
+            if let Some(n) = &name {
+                if f[3].split(',').any(|m| m == n) {
+                    if let Ok(gid) = f[2].parse() {
+                        ids.groups.push(gid);
+                    }
+                }
+            }
+        }
+    }
+    Ok(ids)
+}
+
+fn find_program(arg0: &str, env: &[String]) -> Option<PathBuf> {
+    if arg0.contains('/') {
+        return Some(PathBuf::from(arg0));
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    path.split(':').map(|d| Path::new(d).join(arg0)).find(|p| {
+        fs::metadata(p).map(|m| m.is_file()).unwrap_or(false)
+    })
+}
+
+/// Sets identity, session, directory and environment, then execs (never returns Ok).
+fn start_process(p: &Process) -> Result<std::convert::Infallible, Fail> {
+    let ids = resolve_user(&p.user)?;
+    let mut env = p.env.clone();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", ids.home));
+    }
+    nix::unistd::setsid().ok();
+    if p.tty {
+        // SAFETY: stdin is the pty slave; make it our controlling terminal.
+        unsafe {
+            libc::ioctl(0, libc::TIOCSCTTY, 0);
+        }
+    }
+    let groups: Vec<nix::unistd::Gid> = ids.groups.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
+    nix::unistd::setgroups(&groups).map_err(err("setgroups"))?;
+    nix::unistd::setgid(nix::unistd::Gid::from_raw(ids.gid)).map_err(err("setgid"))?;
+    nix::unistd::setuid(nix::unistd::Uid::from_raw(ids.uid)).map_err(err("setuid"))?;
+    let cwd = if p.cwd.is_empty() { "/" } else { p.cwd.as_str() };
+    std::env::set_current_dir(cwd).map_err(|e| (125, format!("chdir to cwd (\"{cwd}\") set in config.json failed: {e}")))?;
+    if p.args.is_empty() {
+        return Err((125, "no command specified".into()));
+    }
+    let prog = find_program(&p.args[0], &env).ok_or_else(|| {
+        (127, format!("exec: \"{}\": executable file not found in $PATH", p.args[0]))
+    })?;
+    let cprog = CString::new(prog.as_os_str().as_encoded_bytes()).map_err(err("program path"))?;
+    let argv: Vec<CString> = p.args.iter().filter_map(|a| CString::new(a.as_bytes()).ok()).collect();
+    let envp: Vec<CString> = env.iter().filter_map(|a| CString::new(a.as_bytes()).ok()).collect();
+    let e = nix::unistd::execve(&cprog, &argv, &envp).unwrap_err();
+    let code = if e == nix::errno::Errno::ENOENT { 127 } else { 126 };
+    Err((code, format!("exec {}: {e}", prog.display())))
+}
+
+fn exec(spec: ExecSpec) -> i32 {
+    close(RELEASE_FD);
+    if let Some(cg) = &spec.cgroup {
+        let _ = fs::write(cg.join("cgroup.procs"), std::process::id().to_string());
+    }
+    let mut fds = Vec::new();
+    for ns in ["ipc", "uts", "net", "pid", "mnt"] {
+        let p = format!("/proc/{}/ns/{ns}", spec.pid);
+        match fs::File::open(&p) {
+            Ok(f) => fds.push((ns, f)),
+            Err(e) => {
+                report(&format!("error opening {p}: {e}\n"));
+                return 125;
+            }
+        }
+    }
+    for (ns, f) in &fds {
+        if let Err(e) = nix::sched::setns(f, CloneFlags::empty()) {
+            report(&format!("error joining {ns} namespace: {e}\n"));
+            return 125;
+        }
+    }
+    drop(fds);
+    // SAFETY: single-threaded shim process.
+    match unsafe { fork() } {
+        Err(e) => {
+            report(&format!("error fork: {e}\n"));
+            125
+        }
+        Ok(ForkResult::Child) => {
+            set_cloexec(STATUS_FD);
+            let code = match start_process(&spec.process) {
+                Ok(never) => match never {},
+                Err((code, msg)) => {
+                    report(&format!("error {msg}\n"));
+                    code
+                }
+            };
+            // SAFETY: _exit is always safe.
+            unsafe { libc::_exit(code) }
+        }
+        Ok(ForkResult::Parent { child }) => {
+            report(&format!("pid {child}\n"));
+            close(STATUS_FD);
+            close(0);
+            close(1);
+            close(2);
+            wait_for(child)
+        }
+    }
+}
