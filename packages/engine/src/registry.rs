@@ -82,7 +82,6 @@ pub struct Manifest {
     pub layers: Vec<Descriptor>,
     #[serde(default)]
     pub manifests: Option<Vec<Descriptor>>,
-    #[serde(default)]
 }
 
 impl Manifest {

@@ -1,0 +1,251 @@
+//! End-to-end: the engine runs ON THIS HOST (as root) and the real `docker` CLI drives it,
+//! against a real registry on 127.0.0.1 holding a busybox image the test builds itself.
+//! Tests skip loudly when not root or when the kernel lacks overlayfs/namespaces.
+
+use axion_tests::registry::{free_port, Compression, Registry};
+#[allow(unused_imports)]
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Builds the engine (debug) once and returns its path.
+fn engine_binary() -> PathBuf {
+    static ONCE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "engine"])
+            .current_dir(workspace())
+            .status()
+            .expect("cargo build -p engine");
+        assert!(st.success(), "building the engine failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target"));
+        target.join("debug/engine")
+    })
+    .clone()
+}
+
+fn skip_reason() -> Option<String> {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc_getuid() } != 0 {
+        return Some("not root (the engine needs namespaces, mounts and overlayfs)".into());
+    }
+    let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    if !fs.contains("overlay") {
+        return Some("the kernel has no overlayfs".into());
+    }
+    if !Path::new("/proc/self/ns/pid").exists() {
+        return Some("the kernel has no PID namespaces".into());
+    }
+    if Command::new("docker").arg("--version").output().is_err() {
+        return Some("the docker CLI is not installed".into());
+    }
+    None
+}
+
+extern "C" {
+    #[link_name = "getuid"]
+    fn libc_getuid() -> u32;
+}
+
+macro_rules! skip_unless_capable {
+    () => {
+        if let Some(why) = skip_reason() {
+            eprintln!("skip: because {why}");
+            return;
+        }
+    };
+}
+
+struct Engine {
+    child: Child,
+    host: String,
+    root: tempfile::TempDir,
+    config: tempfile::TempDir,
+    log: PathBuf,
+    extra_env: Vec<(String, String)>,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // SIGTERM lets it stop its containers.
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Engine {
+    fn start(extra: &[&str]) -> Engine {
+        let root = tempfile::tempdir().unwrap();
+        let sock = root.path().join("docker.sock");
+        let log = root.path().join("engine.log");
+        let mut args = vec!["--data-root".to_string(), root.path().join("data").display().to_string(), "-H".into(), format!("unix://{}", sock.display())];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = Command::new(engine_binary())
+            .args(&args)
+            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .stderr(Stdio::from(std::fs::File::create(root.path().join("engine.err")).unwrap()))
+            .spawn()
+            .expect("start engine");
+        let e = Engine { child, host: format!("unix://{}", sock.display()), root, config: tempfile::tempdir().unwrap(), log, extra_env: vec![] };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !sock.exists() {
+            assert!(Instant::now() < deadline, "engine socket did not appear; stderr: {}", e.stderr());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        e
+    }
+
+    fn stderr(&self) -> String {
+        let _ = &self.log;
+        std::fs::read_to_string(self.root.path().join("engine.err")).unwrap_or_default()
+    }
+
+    fn docker_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("docker");
+        c.args(args).env("DOCKER_HOST", &self.host).env("DOCKER_CONFIG", self.config.path()).env_remove("DOCKER_TLS_VERIFY").env_remove("DOCKER_CERT_PATH");
+        for (k, v) in &self.extra_env {
+            c.env(k, v);
+        }
+        c.stdin(Stdio::null());
+        c
+    }
+
+    fn docker(&self, args: &[&str]) -> Output {
+        self.docker_cmd(args).output().expect("run docker")
+    }
+
+    /// Runs docker and asserts success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.docker(args);
+        assert!(
+            o.status.success(),
+            "docker {args:?} failed ({:?}):\nstdout: {}\nstderr: {}\nengine: {}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+            self.stderr()
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn data(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+}
+
+/// A raw HTTP/1.1 request on the engine's unix socket; returns (status, body).
+fn raw(e: &Engine, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    let sock = e.host.strip_prefix("unix://").unwrap();
+    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = write!(s, "{method} {path} HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    let _ = s.write_all(body); // the engine may answer (and close) before reading it all
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+#[test]
+fn version_info_and_bad_input() {
+    skip_unless_capable!();
+    let e = Engine::start(&[]);
+    let v = e.ok(&["version"]);
+    assert!(v.contains("API version:       1.47"), "{v}");
+    assert!(v.contains("Engine:"), "{v}");
+    let v = e.ok(&["version", "--format", "{{.Server.APIVersion}} {{.Server.MinAPIVersion}}"]);
+    assert_eq!(v.trim(), "1.47 1.24");
+    let i = e.ok(&["info", "--format", "{{.OSType}} {{.Driver}} {{.Containers}}"]);
+    assert_eq!(i.trim(), "linux overlay2 0");
+
+    let (s, b) = raw(&e, "GET", "/_ping", b"");
+    assert_eq!((s, b.as_str()), (200, "OK"));
+    let (s, b) = raw(&e, "GET", "/v1.47/swarm", b"");
+    assert_eq!(s, 404);
+    assert!(b.contains("\"message\""), "{b}");
+    let (s, b) = raw(&e, "GET", "/v9.99/version", b"");
+    assert_eq!(s, 400, "{b}");
+    let (s, b) = raw(&e, "POST", "/v1.47/containers/create", b"{not json");
+    assert_eq!(s, 400, "{b}");
+    assert!(b.contains("invalid JSON"), "{b}");
+    let big = vec![b' '; 3 << 20];
+    let (s, _) = raw(&e, "POST", "/v1.47/containers/create", &big);
+    assert_eq!(s, 400);
+    let (s, b) = raw(&e, "GET", "/v1.47/containers/nope/json", b"");
+    assert_eq!(s, 404, "{b}");
+    let (s, _) = raw(&e, "POST", "/v1.47/containers/create?name=bad%20name", br#"{"Image":"x"}"#);
+    assert_eq!(s, 400);
+    let (s, _) = raw(&e, "POST", "/v1.47/images/create?fromImage=UPPER", b"");
+    assert_eq!(s, 400);
+    // Still serving.
+    assert_eq!(raw(&e, "GET", "/_ping", b"").0, 200);
+}
+
+fn registry_with_busybox() -> (Registry, String) {
+    let reg = Registry::start().expect("start registry");
+    reg.push_busybox("busybox", "latest", Compression::Gzip).expect("push busybox");
+    let host = reg.host();
+    (reg, host)
+}
+
+#[test]
+fn pull_images_inspect_tag_rmi() {
+    skip_unless_capable!();
+    let (reg, host) = registry_with_busybox();
+    let zd = reg.push_busybox("bbzstd", "v1", Compression::Zstd).unwrap();
+    reg.push_index("bbindex", "multi", &reg.push_busybox("bbindex", "single", Compression::Gzip).unwrap()).unwrap();
+    let _ = zd;
+    let e = Engine::start(&[]);
+    let img = format!("{host}/busybox:latest");
+    let out = e.ok(&["pull", &img]);
+    assert!(out.contains("Downloaded newer image"), "{out}");
+    assert!(out.contains("Digest: sha256:"), "{out}");
+    let out = e.ok(&["pull", &img]);
+    assert!(out.contains("Image is up to date"), "{out}");
+    let list = e.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert!(list.contains(&img), "{list}");
+    let arch = e.ok(&["image", "inspect", "--format", "{{.Os}}/{{.Architecture}} {{.Config.Cmd}}", &img]);
+    assert_eq!(arch.trim(), "linux/amd64 [sh]");
+    e.ok(&["tag", &img, "mine/bb:v2"]);
+    let list = e.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert!(list.contains("mine/bb:v2"), "{list}");
+    let out = e.ok(&["inspect", "--format", "{{.Id}}", "mine/bb:v2"]);
+    assert!(out.trim().starts_with("sha256:"), "{out}");
+    let out = e.ok(&["rmi", "mine/bb:v2"]);
+    assert!(out.contains("Untagged: mine/bb:v2"), "{out}");
+    assert!(!out.contains("Deleted"), "image still tagged elsewhere: {out}");
+    // zstd layers and an index picking linux/amd64.
+    let out = e.ok(&["pull", &format!("{host}/bbzstd:v1")]);
+    assert!(out.contains("Downloaded newer image"), "{out}");
+    let out = e.ok(&["pull", &format!("{host}/bbindex:multi")]);
+    assert!(out.contains("Downloaded newer image"), "{out}");
+    let arch = e.ok(&["image", "inspect", "--format", "{{.Architecture}}", &format!("{host}/bbindex:multi")]);
+    assert_eq!(arch.trim(), "amd64");
+    // Missing image and registry errors are errors.
+    let o = e.docker(&["pull", &format!("{host}/nothere:latest")]);
+    assert!(!o.status.success());
+    let o = e.docker(&["image", "inspect", "nothere"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("No such image"), "{o:?}");
+    let out = e.ok(&["rmi", &img]);
+    assert!(out.contains("Deleted: sha256:"), "{out}");
+    let list = e.ok(&["images", "-q"]);
+    assert_eq!(list.lines().count(), 2, "{list}");
+    // Layers of the removed image are gone, other images keep theirs.
+    let layers = std::fs::read_dir(e.data().join("images/layers")).unwrap().count();
+    assert!(layers >= 1, "layers of remaining images must stay");
+}
