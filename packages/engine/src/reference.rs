@@ -71,6 +71,11 @@ impl Reference {
             if r.is_empty() || r.chars().any(|c| c.is_whitespace() || c == '@') {
                 return Err(bad());
             }
+            if let Some((_, port)) = r.rsplit_once(':') {
+                if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(bad());
+                }
+            }
             r.to_string()
         } else {
             DOCKER_HUB.to_string()
