@@ -71,10 +71,13 @@ impl Reference {
             if r.is_empty() || r.chars().any(|c| c.is_whitespace() || c == '@') {
                 return Err(bad());
             }
-            if let Some((_, port)) = r.rsplit_once(':') {
-                if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(bad());
-                }
+            let (host, port) = r.rsplit_once(':').unwrap_or((r, "0"));
+            if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            let hb = host.as_bytes();
+            if hb.is_empty() || !hb[0].is_ascii_alphanumeric() || !hb.iter().all(|b| b.is_ascii_alphanumeric() || b".-".contains(b)) {
+                return Err(bad());
             }
             r.to_string()
         } else {
