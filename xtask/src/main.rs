@@ -71,6 +71,27 @@ enum Cmd {
         #[arg(long)]
         docker_port: Option<u16>,
     },
+    /// Build a profile's images and write them with SHA256SUMS, an SPDX SBOM, license texts
+    /// and a build manifest into a folder; optionally push them to an OCI registry.
+    Publish {
+        #[arg(long, default_value = "vsphere")]
+        profile: String,
+        /// The folder to write into.
+        #[arg(long)]
+        out: PathBuf,
+        /// Also push everything as one OCI artifact: REGISTRY/REPOSITORY:TAG.
+        #[arg(long)]
+        push: Option<String>,
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Get artifacts pushed by `publish --push` back from a registry, verified.
+    Pull {
+        /// REGISTRY/REPOSITORY:TAG
+        reference: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Power off a VM started with `run --detach`, through the ACPI power button.
     Stop {
         #[arg(long, default_value = "qemu")]
@@ -138,6 +159,13 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Run { profile, format, detach, ssh_port, docker_port } => {
             run::run(&layout, &run::RunOptions { profile, format, detach, ssh_port, docker_port })
         }
+        Cmd::Publish { profile, out, push, offline } => publish(&layout, &profile, &out, push.as_deref(), offline),
+        Cmd::Pull { reference, out } => {
+            let files = xtask::publish::oci::pull(&reference, &out)?;
+            let checked = xtask::publish::verify_sums(&out)?;
+            eprintln!("{} file(s) pulled into {}, {checked} checked against SHA256SUMS", files.len(), out.display());
+            Ok(())
+        }
         Cmd::Stop { profile } => run::stop(&layout, &profile),
         Cmd::Test { unit, args } => test(&layout, unit, &args),
         Cmd::Clean { cache } => {
@@ -168,6 +196,49 @@ fn image(layout: &Layout, name: &str, formats: &[Format], out: Option<PathBuf>, 
     for path in written {
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         println!("{:>10}  {}", human_size(size), path.display());
+    }
+    Ok(())
+}
+
+/// `cargo xtask publish`: every format of the profile, plus SBOM, licenses, build manifest.
+fn publish(layout: &Layout, name: &str, dir: &std::path::Path, push: Option<&str>, offline: bool) -> Result<()> {
+    doctor::ensure(&[doctor::Need::Image])?;
+    let recipes = RecipeSet::load(&layout.recipes())?;
+    let profile = profile::load_profile(&layout.root, name, &recipes)?;
+    let opts = build::BuildOptions { offline, ..Default::default() };
+    let staged = build::build_packages(layout, &recipes, &profile.spec.profile.packages, &opts)
+        .with_context(|| format!("cannot build the packages of profile {}", profile.name()))?;
+    let trees: Vec<_> = staged.iter().map(|s| xtask::rootfs::PackageTree { name: s.name.clone(), tree: s.tree.clone() }).collect();
+    let images = layout.out(profile.name());
+    let written = xtask::image::assemble(layout, &profile, &trees, &profile.spec.profile.formats, &images)?;
+    let artifacts: Vec<PathBuf> = written.into_iter().filter(|p| !p.ends_with("SHA256SUMS")).collect();
+    let mut toolchains = build::key::Toolchains::new(layout.root.clone());
+    let mut toolchain = Vec::new();
+    for kind in ["kbuild", "make", "cargo"] {
+        toolchain.push((kind.to_owned(), toolchains.describe(kind)?));
+    }
+    let input = xtask::publish::PublishInput {
+        root: &layout.root,
+        profile: profile.name(),
+        version: xtask::image::VERSION,
+        source_date_epoch: xtask::rootfs::source_date_epoch(&layout.root)?,
+        recipes: recipes.closure(&profile.spec.profile.packages)?,
+        staged: &staged,
+        artifacts: &artifacts,
+        toolchain,
+    };
+    let files = xtask::publish::publish(&input, dir)?;
+    for f in &files {
+        let size = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+        println!("{:>10}  {}", human_size(size), f.display());
+    }
+    if let Some(reference) = push {
+        let annotations = vec![
+            ("org.opencontainers.image.version".to_owned(), xtask::image::VERSION.to_owned()),
+            ("org.opencontainers.image.title".to_owned(), format!("axion-{}", profile.name())),
+        ];
+        let digest = xtask::publish::oci::push(reference, &files, &annotations)?;
+        println!("pushed {reference} ({digest})");
     }
     Ok(())
 }

@@ -184,7 +184,8 @@ pub fn pull(reference: &str, dir: &Path) -> Result<Vec<PathBuf>, OciError> {
         &url,
         c.get(&url).header(reqwest::header::ACCEPT, MANIFEST_TYPE).send().map_err(|source| OciError::Http { url: url.clone(), source })?,
     )?;
-    let manifest: Value = resp.json().map_err(|source| OciError::Http { url: url.clone(), source })?;
+    let body = resp.bytes().map_err(|source| OciError::Http { url: url.clone(), source })?;
+    let manifest: Value = serde_json::from_slice(&body).map_err(|e| OciError::NotAnArtifact(url.clone(), e.to_string()))?;
     if manifest["artifactType"] != ARTIFACT_TYPE {
         return Err(OciError::NotAnArtifact(url, format!("artifactType is {}", manifest["artifactType"])));
     }
