@@ -26,7 +26,12 @@
 //!
 //! Kind-specific keys of `[build]`:
 //! - `kbuild`: `config` (fragment, required), `base` ("tinyconfig" or "defconfig").
-//! - `make`: `config` (optional), `targets` (make targets, default `["all"]`).
+//! - `make`: `config` (optional, a Kconfig `.config`), `targets` (make targets, default
+//!   `["all"]`), `configure` (if present, `./configure --host=x86_64-linux-musl --prefix=/usr`
+//!   runs first with these extra arguments), `files` (`{ "name-in-source" = "recipe/file" }`,
+//!   copied into the source tree before building, e.g. a `localoptions.h`), `make-args`
+//!   (extra `VAR=value` arguments for every make call), `install` (`{ "built/file" =
+//!   "/path/in/image" }`: copy these instead of running `make install`).
 //! - `cargo`: `crate` (a package under packages/, defaults to the recipe name),
 //!   `binaries` (bins to install, default: all), `install-dir` (default "/sbin").
 //!
@@ -136,6 +141,14 @@ pub struct MakeSpec {
     pub config: Option<String>,
     #[serde(default)]
     pub targets: Vec<String>,
+    #[serde(default)]
+    pub configure: Option<Vec<String>>,
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+    #[serde(default)]
+    pub make_args: Vec<String>,
+    #[serde(default)]
+    pub install: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -173,7 +186,10 @@ impl Recipe {
         let mut files = Vec::new();
         match &self.spec.build {
             Build::Kbuild(k) => files.push(self.dir.join(&k.config)),
-            Build::Make(m) => files.extend(m.config.iter().map(|c| self.dir.join(c))),
+            Build::Make(m) => {
+                files.extend(m.config.iter().map(|c| self.dir.join(c)));
+                files.extend(m.files.values().map(|f| self.dir.join(f)));
+            }
             Build::Cargo(_) => {}
         }
         files.extend(self.spec.sources.iter().filter_map(|s| s.path.as_ref()).map(|p| self.dir.join(p)));
@@ -243,6 +259,18 @@ fn validate_recipe(r: &Recipe) -> Result<(), RecipeError> {
             return Err(invalid(p, local_file_key(r, &f), format!("file '{}' does not exist", f.display())));
         }
     }
+    if let Build::Make(m) = &r.spec.build {
+        for (name, to) in &m.install {
+            if !to.starts_with('/') || to.split('/').any(|c| c == "..") || name.starts_with('/') || name.split('/').any(|c| c == "..") {
+                return Err(invalid(p, format!("build.install.{name}"), format!("'{name}' = '{to}': a path in the build tree and an absolute path in the image, without '..'")));
+            }
+        }
+        for name in m.files.keys() {
+            if name.starts_with('/') || name.split('/').any(|c| c == "..") {
+                return Err(invalid(p, format!("build.files.{name}"), "must be a relative path inside the source tree"));
+            }
+        }
+    }
     for d in &meta.depends {
         if d == &meta.name {
             return Err(RecipeError::Cycle { path: p.clone(), cycle: format!("{d} -> {d}") });
@@ -255,6 +283,10 @@ fn local_file_key(r: &Recipe, f: &Path) -> String {
     match &r.spec.build {
         Build::Kbuild(k) if r.dir.join(&k.config) == f => "build.config".into(),
         Build::Make(m) if m.config.as_ref().map(|c| r.dir.join(c)).as_deref() == Some(f) => "build.config".into(),
+        Build::Make(m) if m.files.values().any(|x| r.dir.join(x) == f) => {
+            let name = m.files.iter().find(|(_, x)| r.dir.join(x) == f).map(|(k, _)| k.clone()).unwrap_or_default();
+            format!("build.files.{name}")
+        }
         _ => r
             .spec
             .sources
@@ -463,6 +495,14 @@ kind = "cargo"
         let e = err_of(&text);
         assert!(e.contains("build.config"), "{e}");
         assert!(e.contains("nope.config"), "{e}");
+    }
+
+    #[test]
+    fn make_install_paths_must_stay_inside() {
+        let e = err_of(&GOOD.replace("kind = \"cargo\"", "kind = \"make\"\ninstall = { \"x\" = \"../etc/passwd\" }"));
+        assert!(e.contains("build.install.x"), "{e}");
+        let e = err_of(&GOOD.replace("kind = \"cargo\"", "kind = \"make\"\nfiles = { \"opts.h\" = \"missing.h\" }"));
+        assert!(e.contains("build.files.opts.h") && e.contains("missing.h"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `make`: C packages with a Kconfig-style build (busybox), static against Debian's musl.
 //!
-//! 1. Unpack the first source (a tarball) into the scratch directory.
+//! 1. Unpack the first source (a tarball) into the scratch directory; copy the recipe's
+//!    `files` into it; with `configure`, run `./configure --host=x86_64-linux-musl
+//!    --prefix=/usr` plus the recipe's arguments (autoconf packages such as dropbear).
 //! 2. With `config`: copy it to `.config` and run `make oldconfig` (stdin closed: the kept
 //!    config must be complete, so nothing is asked).
 //! 3. `make -jN <targets>` (default `all`) with `CC=musl-gcc HOSTCC=gcc` and
@@ -8,7 +10,8 @@
 //!    directory of links to the host's linux, asm and asm-generic headers) and
 //!    `-ffile-prefix-map` so the scratch path does not reach the binary.
 //! 4. `make install` with `CONFIG_PREFIX` and `DESTDIR` both the staging tree (busybox
-//!    honours the first: /bin/busybox plus relative links for every applet).
+//!    honours the first: /bin/busybox plus relative links for every applet), or, when the
+//!    recipe has `install`, just those files copied to their places (mode 0755).
 //! 5. Every ELF executable in the tree must be static (no program interpreter).
 
 use std::path::Path;
@@ -38,11 +41,25 @@ pub fn build(ctx: &BuildCtx, spec: &MakeSpec) -> Result<()> {
             bail!("{target} is missing: install linux-libc-dev (kernel headers for musl builds)");
         }
     }
-    let vars = [
+    for (name, from) in &spec.files {
+        let from = ctx.recipe.dir.join(from);
+        std::fs::copy(&from, src.join(name)).with_context(|| format!("cannot copy {} into the source tree", from.display()))?;
+    }
+    let cflags = format!("-Os -isystem {} -ffile-prefix-map={}=/usr/src/{}", include.display(), src.display(), ctx.recipe.name());
+    if let Some(extra) = &spec.configure {
+        let mut c = ctx.command("./configure", &src);
+        c.args(["--host=x86_64-linux-musl", "--build=x86_64-linux-gnu", "--prefix=/usr", "CC=musl-gcc"])
+            .arg(format!("CFLAGS={cflags}"))
+            .arg("LDFLAGS=-static -s")
+            .args(extra);
+        ctx.run("configure", &mut c)?;
+    }
+    let mut vars = vec![
         "CC=musl-gcc".to_owned(),
         "HOSTCC=gcc".to_owned(),
-        format!("EXTRA_CFLAGS=-isystem {} -ffile-prefix-map={}=/usr/src/{}", include.display(), src.display(), ctx.recipe.name()),
+        format!("EXTRA_CFLAGS={cflags}"),
     ];
+    vars.extend(spec.make_args.iter().cloned());
     let make = |args: &[&str]| {
         let mut c = ctx.command("make", &src);
         c.args(&vars).args(args);
@@ -61,9 +78,19 @@ pub fn build(ctx: &BuildCtx, spec: &MakeSpec) -> Result<()> {
     let mut args = vec![jobs.as_str()];
     args.extend(&targets);
     ctx.run(&format!("make {}", targets.join(" ")), &mut make(&args))?;
-    let prefix = format!("CONFIG_PREFIX={}", ctx.tree.display());
-    let destdir = format!("DESTDIR={}", ctx.tree.display());
-    ctx.run("make install", &mut make(&[&prefix, &destdir, "install"]))?;
+    if spec.install.is_empty() {
+        let prefix = format!("CONFIG_PREFIX={}", ctx.tree.display());
+        let destdir = format!("DESTDIR={}", ctx.tree.display());
+        ctx.run("make install", &mut make(&[&prefix, &destdir, "install"]))?;
+    } else {
+        for (built, to) in &spec.install {
+            let from = src.join(built);
+            let dest = ctx.tree.join(to.trim_start_matches('/'));
+            std::fs::create_dir_all(dest.parent().unwrap_or(&ctx.tree))?;
+            std::fs::copy(&from, &dest).with_context(|| format!("cannot install {} (named in build.install)", from.display()))?;
+            std::fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        }
+    }
     check_static(&ctx.tree)
 }
 
