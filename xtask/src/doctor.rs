@@ -54,6 +54,8 @@ const R: &[(Need, Requirement)] = &[
     (Need::Test, Requirement { probe: "sgdisk", package: "gdisk", why: "verify the GPT of disk images in tests" }),
     (Need::Test, Requirement { probe: "fsck.vfat", package: "dosfstools", why: "check the ESP in tests" }),
     (Need::Test, Requirement { probe: "docker-registry", package: "docker-registry", why: "a real registry on 127.0.0.1 for tests" }),
+    (Need::Test, Requirement { probe: "ssh", package: "openssh-client", why: "log into test VMs" }),
+    (Need::Test, Requirement { probe: "ssh-keygen", package: "openssh-client", why: "keys for test VMs" }),
     (Need::Test, Requirement { probe: "openssl", package: "openssl", why: "TLS certificates in tests" }),
 ];
 
