@@ -42,7 +42,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::doctor::{self, Need};
 use crate::layout::Layout;
-use crate::recipe::{Build, Recipe, RecipeSet, Source};
+use crate::recipe::{Build, Recipe, RecipeSet};
 
 /// Every build sees this as `SOURCE_DATE_EPOCH` (2025-01-01 00:00:00 UTC): timestamps that
 /// end up in outputs (the kernel's version string, busybox's banner) are this date, never the
@@ -237,41 +237,20 @@ pub fn kind_name(b: &Build) -> &'static str {
     }
 }
 
-/// The verified files of a recipe's sources, in recipe order.
+/// The verified files of a recipe's sources, in recipe order, through the fetch module: from
+/// the download cache when it is there and intact, otherwise fetched now (or, offline, an
+/// error listing what is missing).
 fn source_files(layout: &Layout, recipe: &Recipe, opts: &BuildOptions) -> Result<Vec<PathBuf>> {
-    let mut missing = false;
-    for s in &recipe.spec.sources {
-        if source_in_cache(layout, recipe, s).is_none() {
-            missing = true;
-        }
-    }
-    if missing {
-        crate::fetch::fetch_packages(layout, &single(recipe), &[recipe.name().to_owned()], crate::fetch::Mode::from_offline(opts.offline))
-            .with_context(|| format!("cannot fetch the sources of '{}'", recipe.name()))?;
-    }
+    let mode = crate::fetch::Mode::from_offline(opts.offline);
     recipe
         .spec
         .sources
         .iter()
         .map(|s| {
-            let p = source_in_cache(layout, recipe, s)
-                .with_context(|| format!("{}: source '{}' (sha256 {}) is not in {}", recipe.path.display(), s.file, s.sha256, layout.downloads().display()))?;
-            verify_sha256(&p, &s.sha256)?;
-            Ok(p)
+            crate::fetch::fetch_source(layout, recipe, s, mode)
+                .with_context(|| format!("{}: cannot get source '{}' (sha256 {})", recipe.path.display(), s.file, s.sha256))
         })
         .collect()
-}
-
-fn single(recipe: &Recipe) -> RecipeSet {
-    RecipeSet { recipes: [(recipe.name().to_owned(), recipe.clone())].into_iter().collect() }
-}
-
-fn source_in_cache(layout: &Layout, recipe: &Recipe, s: &Source) -> Option<PathBuf> {
-    if let Some(p) = &s.path {
-        return Some(recipe.dir.join(p));
-    }
-    let p = layout.downloads().join(&s.sha256);
-    p.is_file().then_some(p)
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {
@@ -287,14 +266,6 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         h.update(&buf[..n]);
     }
     Ok(hex::encode(h.finalize()))
-}
-
-fn verify_sha256(path: &Path, want: &str) -> Result<()> {
-    let got = sha256_file(path)?;
-    if got != want {
-        bail!("{} has sha256 {got}, the recipe pins {want}; remove it and fetch again (`cargo xtask fetch`)", path.display());
-    }
-    Ok(())
 }
 
 /// What a build kind gets to work with.

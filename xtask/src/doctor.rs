@@ -42,6 +42,7 @@ const R: &[(Need, Requirement)] = &[
     (Need::Build, Requirement { probe: "xz", package: "xz-utils", why: "unpack the kernel source" }),
     (Need::Build, Requirement { probe: "bzip2", package: "bzip2", why: "unpack busybox" }),
     (Need::Build, Requirement { probe: "cpio", package: "cpio", why: "kernel build (kheaders)" }),
+    (Need::Build, Requirement { probe: "/usr/include/linux/version.h", package: "linux-libc-dev", why: "kernel headers for musl builds (busybox)" }),
     (Need::Image, Requirement { probe: "mke2fs", package: "e2fsprogs", why: "the ext4 data partition (mke2fs -d, no root)" }),
     (Need::Image, Requirement { probe: "grub-mkimage", package: "grub-common", why: "boot loader images for BIOS and UEFI" }),
     (Need::Image, Requirement { probe: "/usr/lib/grub/i386-pc/boot.img", package: "grub-pc-bin", why: "legacy BIOS boot" }),
