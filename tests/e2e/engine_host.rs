@@ -249,3 +249,89 @@ fn pull_images_inspect_tag_rmi() {
     let layers = std::fs::read_dir(e.data().join("images/layers")).unwrap().count();
     assert!(layers >= 1, "layers of remaining images must stay");
 }
+
+/// An engine with the test busybox pulled; returns the image name.
+fn engine_with_busybox(extra: &[&str]) -> (Registry, Engine, String) {
+    let (reg, host) = registry_with_busybox();
+    let e = Engine::start(extra);
+    let img = format!("{host}/busybox:latest");
+    e.ok(&["pull", "-q", &img]);
+    (reg, e, img)
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn run_attached_detached_and_lifecycle() {
+    skip_unless_capable!();
+    let (_reg, e, img) = engine_with_busybox(&[]);
+    // Attached: output and exit code.
+    let out = e.ok(&["run", "--rm", &img, "echo", "hello from axion"]);
+    assert_eq!(out, "hello from axion\n");
+    let o = e.docker(&["run", "--rm", &img, "sh", "-c", "echo out; echo err >&2; exit 3"]);
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "err\n");
+    // --rm removed it.
+    assert_eq!(e.ok(&["ps", "-aq"]).trim(), "");
+    // -e, -w, --entrypoint, --name, PID 1, hostname.
+    let out = e.ok(&["run", "--name", "envtest", "-e", "FOO=bar", "-w", "/tmp", &img, "sh", "-c", "echo $FOO $(pwd) $$"]);
+    assert_eq!(out, "bar /tmp 1\n");
+    let out = e.ok(&["run", "--rm", "--entrypoint", "/bin/echo", &img, "via", "entrypoint"]);
+    assert_eq!(out, "via entrypoint\n");
+    let out = e.ok(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
+    assert!(out.contains("envtest Exited (0)"), "{out}");
+    // Missing executable: 127 and a message.
+    let o = e.docker(&["run", "--rm", &img, "no-such-binary"]);
+    assert_eq!(o.status.code(), Some(127), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("executable file not found"), "{o:?}");
+    // Detached, ps, logs, stop, start, restart, kill, wait, rm -f.
+    let id = e.ok(&["run", "-d", "--name", "ticker", &img, "sh", "-c", "trap 'echo bye; exit 0' TERM; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done"]);
+    let id = id.trim().to_string();
+    assert_eq!(id.len(), 64, "{id}");
+    let ps = e.ok(&["ps", "--format", "{{.Names}} {{.Status}}"]);
+    assert!(ps.contains("ticker Up"), "{ps}");
+    wait_until("two ticks in the logs", || e.ok(&["logs", "ticker"]).contains("tick 1"));
+    let tail = e.ok(&["logs", "--tail", "1", "ticker"]);
+    assert_eq!(tail.lines().count(), 1, "{tail}");
+    // logs -f follows until the container stops.
+    let mut follow = e.docker_cmd(&["logs", "-f", "ticker"]).stdout(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    e.ok(&["stop", "ticker"]);
+    let mut followed = String::new();
+    follow.stdout.take().unwrap().read_to_string(&mut followed).unwrap();
+    assert!(follow.wait().unwrap().success());
+    assert!(followed.contains("tick 3") && followed.contains("bye"), "{followed}");
+    let code = e.ok(&["wait", "ticker"]);
+    assert_eq!(code.trim(), "0");
+    let st = e.ok(&["inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", "ticker"]);
+    assert_eq!(st.trim(), "exited 0");
+    e.ok(&["start", "ticker"]);
+    assert_eq!(e.ok(&["inspect", "--format", "{{.State.Running}}", "ticker"]).trim(), "true");
+    e.ok(&["restart", "-t", "1", "ticker"]);
+    assert_eq!(e.ok(&["inspect", "--format", "{{.State.Running}}", "ticker"]).trim(), "true");
+    e.ok(&["kill", "ticker"]);
+    assert_eq!(e.ok(&["wait", "ticker"]).trim(), "137");
+    let o = e.docker(&["kill", "ticker"]);
+    assert!(!o.status.success(), "kill of a stopped container must fail");
+    e.ok(&["start", "ticker"]);
+    let o = e.docker(&["rm", "ticker"]);
+    assert!(!o.status.success(), "rm of a running container must fail without -f");
+    e.ok(&["rm", "-f", "ticker"]);
+    let ps = e.ok(&["ps", "-a", "--format", "{{.Names}}"]);
+    assert!(!ps.contains("ticker"), "{ps}");
+    assert!(e.docker(&["inspect", &id]).status.code() != Some(0));
+    e.ok(&["rm", "envtest"]);
+    // Stdin piped into `run -i`.
+    let mut c = e.docker_cmd(&["run", "--rm", "-i", &img, "sh", "-c", "tr a-z A-Z"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    c.stdin.take().unwrap().write_all(b"shout\n").unwrap();
+    let o = c.wait_with_output().unwrap();
+    assert!(o.status.success());
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "SHOUT\n");
+}

@@ -172,7 +172,7 @@ pub fn busybox_layer(marker: &str) -> Result<Vec<u8>> {
     let data = std::fs::read(&bb).context("reading /bin/busybox (apt-get install busybox-static)")?;
     let list = Command::new(&bb).arg("--list").output().context("busybox --list")?;
     let mut b = tar::Builder::new(Vec::new());
-    let mut dir = |b: &mut tar::Builder<Vec<u8>>, p: &str, mode: u32| -> Result<()> {
+    let dir = |b: &mut tar::Builder<Vec<u8>>, p: &str, mode: u32| -> Result<()> {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Directory);
         h.set_mode(mode);
@@ -184,7 +184,7 @@ pub fn busybox_layer(marker: &str) -> Result<Vec<u8>> {
     for (d, m) in [("bin/", 0o755), ("etc/", 0o755), ("tmp/", 0o1777), ("root/", 0o700), ("home/", 0o755)] {
         dir(&mut b, d, m)?;
     }
-    let mut file = |b: &mut tar::Builder<Vec<u8>>, p: &str, mode: u32, content: &[u8]| -> Result<()> {
+    let file = |b: &mut tar::Builder<Vec<u8>>, p: &str, mode: u32, content: &[u8]| -> Result<()> {
         let mut h = tar::Header::new_gnu();
         h.set_mode(mode);
         h.set_size(content.len() as u64);

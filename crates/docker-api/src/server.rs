@@ -268,7 +268,23 @@ async fn container<B: Backend>(
                 Some("removed") => WaitCondition::Removed,
                 Some(c) => return Err(ApiError::bad_request(format!("invalid condition: {c:?}"))),
             };
-            json(StatusCode::OK, &b.container_wait(&id, cond).await?)
+            // The CLI waits for the response headers before it starts the container, so
+            // they go out now and the body when the condition is met (as dockerd does).
+            b.container_inspect(&id).await?;
+            let (tx, body_rx) = mpsc::channel(1);
+            tokio::spawn(async move {
+                let r = match b.container_wait(&id, cond).await {
+                    Ok(r) => r,
+                    Err(e) => WaitResponse { status_code: -1, error: Some(WaitError { message: e.message }) },
+                };
+                let mut body = serde_json::to_vec(&r).unwrap_or_default();
+                body.push(b'\n');
+                let _ = tx.send(Bytes::from(body)).await;
+            });
+            base(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::Channel(body_rx))
+                .expect("static response parts")
         }
         Logs => {
             let opts = LogsOptions {

@@ -897,7 +897,23 @@ impl Backend for Engine {
         let c = self.find(id)?;
         let _g = c.op.lock().await;
         c.rec.lock().unwrap().stopped_by_user = false;
-        self.start_inner(&c).await
+        let r = self.start_inner(&c).await;
+        if let Err(e) = &r {
+            if e.status != http::StatusCode::NOT_MODIFIED {
+                // Attach and wait see the failed start as an exit with its code.
+                let _ = c.output.send(None);
+                let code = c.rec.lock().unwrap().exit_code;
+                c.events.send_modify(|ev| {
+                    ev.exits += 1;
+                    ev.exit_code = code;
+                    ev.running = false;
+                });
+                if c.rec.lock().unwrap().host_config.auto_remove {
+                    let _ = self.remove_inner(&c).await;
+                }
+            }
+        }
+        r
     }
 
     async fn container_stop(&self, id: &str, timeout: Option<i64>, signal: Option<String>) -> ApiResult<()> {
