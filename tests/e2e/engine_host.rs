@@ -335,3 +335,55 @@ fn run_attached_detached_and_lifecycle() {
     assert!(o.status.success());
     assert_eq!(String::from_utf8_lossy(&o.stdout), "SHOUT\n");
 }
+
+#[test]
+fn tcp_with_mutual_tls() {
+    skip_unless_capable!();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut e = Engine::start(&["-H", &format!("tcp://{addr}")]);
+    let certs = e.data().join("tls/client");
+    wait_until("generated client certificates", || certs.join("key.pem").exists());
+    e.extra_env = vec![
+        ("DOCKER_HOST".into(), format!("tcp://{addr}")),
+        ("DOCKER_TLS_VERIFY".into(), "1".into()),
+        ("DOCKER_CERT_PATH".into(), certs.display().to_string()),
+    ];
+    let v = e.ok(&["version", "--format", "{{.Server.APIVersion}}"]);
+    assert_eq!(v.trim(), "1.47");
+    // A client without a certificate is refused by the server.
+    let nocert = tempfile::tempdir().unwrap();
+    std::fs::copy(certs.join("ca.pem"), nocert.path().join("ca.pem")).unwrap();
+    let o = e
+        .docker_cmd(&["version"])
+        .env("DOCKER_TLS_VERIFY", "")
+        .env_remove("DOCKER_CERT_PATH")
+        .env("DOCKER_TLS", "1")
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("1.47"), "served a client without certificate: {o:?}");
+    // Plain HTTP on the TLS port gets nothing useful.
+    let o = e.docker_cmd(&["version", "--format", "{{.Server.APIVersion}}"]).env_remove("DOCKER_TLS_VERIFY").env_remove("DOCKER_CERT_PATH").output().unwrap();
+    assert!(!o.status.success(), "{o:?}");
+    // Keep the client certificate; a second engine trusts its CA via --tlscacert.
+    let keep = tempfile::tempdir().unwrap();
+    for f in ["cert.pem", "key.pem"] {
+        std::fs::copy(certs.join(f), keep.path().join(f)).unwrap();
+    }
+    let client_ca = keep.path().join("client-ca.pem");
+    std::fs::copy(e.data().join("tls/client-ca.pem"), &client_ca).unwrap();
+    drop(e);
+    let port2 = free_port();
+    let mut e2 = Engine::start(&["-H", &format!("tcp://127.0.0.1:{port2}"), "--tlscacert", client_ca.to_str().unwrap()]);
+    wait_until("server certificate", || e2.data().join("tls/ca.pem").exists());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!e2.data().join("tls/client").exists(), "no client CA is generated when one is given");
+    std::fs::copy(e2.data().join("tls/ca.pem"), keep.path().join("ca.pem")).unwrap();
+    e2.extra_env = vec![
+        ("DOCKER_HOST".into(), format!("tcp://127.0.0.1:{port2}")),
+        ("DOCKER_TLS_VERIFY".into(), "1".into()),
+        ("DOCKER_CERT_PATH".into(), keep.path().display().to_string()),
+    ];
+    let v = e2.ok(&["version", "--format", "{{.Server.APIVersion}}"]);
+    assert_eq!(v.trim(), "1.47");
+}

@@ -53,7 +53,7 @@ fn set_winsize(fd: &OwnedFd, h: u16, w: u16) {
     let ws = libc::winsize { ws_row: h, ws_col: w, ws_xpixel: 0, ws_ypixel: 0 };
     // SAFETY: TIOCSWINSZ on a pty master with a valid winsize.
     unsafe {
-        libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws);
+        libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ as _, &ws);
     }
 }
 

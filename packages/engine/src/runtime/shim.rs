@@ -251,9 +251,9 @@ fn loopback_up() {
         for (i, b) in b"lo\0".iter().enumerate() {
             ifr.ifr_name[i] = *b as libc::c_char;
         }
-        if libc::ioctl(s, libc::SIOCGIFFLAGS, &mut ifr) == 0 {
+        if libc::ioctl(s, libc::SIOCGIFFLAGS as _, &mut ifr) == 0 {
             ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            libc::ioctl(s, libc::SIOCSIFFLAGS, &ifr);
+            libc::ioctl(s, libc::SIOCSIFFLAGS as _, &ifr);
         }
         libc::close(s);
     }
@@ -343,7 +343,7 @@ fn start_process(p: &Process) -> Result<std::convert::Infallible, Fail> {
     if p.tty {
         // SAFETY: stdin is the pty slave; make it our controlling terminal.
         unsafe {
-            libc::ioctl(0, libc::TIOCSCTTY, 0);
+            libc::ioctl(0, libc::TIOCSCTTY as _, 0);
         }
     }
     let groups: Vec<nix::unistd::Gid> = ids.groups.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
