@@ -29,7 +29,7 @@ fn run_detach_then_stop() {
     let (ssh_s, docker_s) = (ssh.to_string(), docker.to_string());
     let out = xtask(
         &["run", "--profile", PROFILE, "--format", "qcow2", "--detach", "--ssh-port", &ssh_s, "--docker-port", &docker_s],
-        Duration::from_secs(300),
+        Duration::from_secs(1800), // includes a rebuild if an input changed
     )
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
