@@ -342,7 +342,7 @@ pub fn vm_config(profile: &Profile, bootable: &Bootable, run: &RunDir, ports: Po
 /// The `export` lines `run --detach` prints for `eval "$(cargo xtask run --detach)"`.
 pub fn export_lines(profile: &Profile, run: &RunDir, pid: u32, ports: Ports) -> Vec<String> {
     let q = |s: &str| qemu::shell_quote(s);
-    let mut lines = vec![
+    let lines = vec![
         format!("export AXION_PROFILE={}", q(profile.name())),
         format!("export AXION_PID={pid}"),
         format!("export AXION_SSH_PORT={}", ports.ssh),
@@ -350,13 +350,15 @@ pub fn export_lines(profile: &Profile, run: &RunDir, pid: u32, ports: Ports) -> 
         format!("export AXION_SERIAL_LOG={}", q(&run.serial_log().to_string_lossy())),
         format!("export AXION_QMP_SOCKET={}", q(&run.qmp_socket().to_string_lossy())),
     ];
-    // ENGINE: once the container engine serves the Docker API on TCP (issue: engine), add
+    // ENGINE: the engine serves the Docker API on TCP with mutual TLS only, and its client
+    // certificate is generated inside the guest (<data-root>/tls/client/). Once the host can
+    // hand the guest a client CA as a first-boot setting (fw_cfg opt/axion/..., the engine's
+    // --tlscacert), generate the CA and a client certificate in out/P/run/docker-certs/, pass
+    // the CA with `VmConfig::fw_cfg_file`, and add here:
     //   export DOCKER_HOST=tcp://127.0.0.1:{ports.docker}
-    // and, with mutual TLS, DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH=<client certs>. Until
-    // then a DOCKER_HOST would point the user's docker CLI at nothing.
-    if profile.spec.profile.packages.iter().any(|p| p == "engine") {
-        lines.push(format!("export DOCKER_HOST=tcp://127.0.0.1:{}", ports.docker));
-    }
+    //   export DOCKER_TLS_VERIFY=1
+    //   export DOCKER_CERT_PATH=<out/P/run/docker-certs>
+    // Until then a DOCKER_HOST would point the docker CLI at a server that refuses it.
     lines
 }
 
@@ -599,9 +601,6 @@ vmware-hardware-version = 14
         assert!(lines.contains(&"export AXION_SSH_PORT=1".to_string()), "{lines:?}");
         assert!(lines.contains(&"export AXION_SERIAL_LOG='/o o/run/serial.log'".to_string()), "{lines:?}");
         assert!(lines.iter().all(|l| l.starts_with("export AXION_")), "{lines:?}");
-        let with_engine = profile(&QEMU_PROFILE.replace(r#"["linux"]"#, r#"["linux", "engine"]"#));
-        let lines = export_lines(&with_engine, &run, 42, Ports { ssh: 1, docker: 2 });
-        assert!(lines.contains(&"export DOCKER_HOST=tcp://127.0.0.1:2".to_string()), "{lines:?}");
     }
 
     #[test]
