@@ -387,3 +387,80 @@ fn tcp_with_mutual_tls() {
     let v = e2.ok(&["version", "--format", "{{.Server.APIVersion}}"]);
     assert_eq!(v.trim(), "1.47");
 }
+
+#[test]
+fn ports_volumes_exec_tty() {
+    skip_unless_capable!();
+    let (_reg, e, img) = engine_with_busybox(&[]);
+    // -v: a bind mount and a named volume.
+    let host_dir = tempfile::tempdir().unwrap();
+    std::fs::write(host_dir.path().join("in.txt"), "from host\n").unwrap();
+    let bind = format!("{}:/data", host_dir.path().display());
+    let out = e.ok(&["run", "--rm", "-v", &bind, &img, "sh", "-c", "cat /data/in.txt; echo from container > /data/out.txt"]);
+    assert_eq!(out, "from host\n");
+    assert_eq!(std::fs::read_to_string(host_dir.path().join("out.txt")).unwrap(), "from container\n");
+    let ro = format!("{}:/data:ro", host_dir.path().display());
+    let o = e.docker(&["run", "--rm", "-v", &ro, &img, "sh", "-c", "echo x > /data/nope"]);
+    assert!(!o.status.success(), "write to a read-only bind must fail");
+    e.ok(&["run", "--rm", "-v", "vol1:/v", &img, "sh", "-c", "echo kept > /v/f"]);
+    assert_eq!(e.ok(&["run", "--rm", "-v", "vol1:/v", &img, "cat", "/v/f"]), "kept\n");
+    // The image's root is untouched by a container's writes (overlay upper layer).
+    e.ok(&["run", "--rm", &img, "sh", "-c", "rm /bin/ls; echo changed > /etc/axion-test-image"]);
+    assert!(e.ok(&["run", "--rm", &img, "cat", "/etc/axion-test-image"]).contains("busybox:latest"));
+    // -p: published port through the userland proxy.
+    let port = free_port();
+    e.ok(&["run", "-d", "--name", "web", "-p", &format!("127.0.0.1:{port}:8080"), &img, "sh", "-c",
+        "echo -e 'HTTP/1.0 200 OK\\r\\n\\r\\nhello-port' > /tmp/r; while true; do nc -l -p 8080 < /tmp/r; done"]);
+    let mut got = String::new();
+    wait_until("the published port to answer", || {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+            got.clear();
+            let _ = s.read_to_string(&mut got);
+        }
+        got.contains("hello-port")
+    });
+    let ps = e.ok(&["ps", "--format", "{{.Ports}}"]);
+    assert!(ps.contains(&format!("127.0.0.1:{port}->8080/tcp")), "{ps}");
+    // exec: output, exit code, env, working dir, same namespaces.
+    let out = e.ok(&["exec", "web", "sh", "-c", "echo $$ > /dev/null; hostname; cat /proc/1/cmdline | tr '\\0' ' '"]);
+    let mut lines = out.lines();
+    let hostname = lines.next().unwrap_or("");
+    assert_eq!(hostname.len(), 12, "{out}");
+    assert!(lines.next().unwrap_or("").starts_with("sh -c"), "{out}");
+    let o = e.docker(&["exec", "web", "sh", "-c", "exit 7"]);
+    assert_eq!(o.status.code(), Some(7), "{o:?}");
+    let out = e.ok(&["exec", "-e", "X=1", "-w", "/tmp", "web", "sh", "-c", "echo $X $(pwd)"]);
+    assert_eq!(out, "1 /tmp\n");
+    let mut c = e.docker_cmd(&["exec", "-i", "web", "cat"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    c.stdin.take().unwrap().write_all(b"piped into exec\n").unwrap();
+    assert_eq!(String::from_utf8_lossy(&c.wait_with_output().unwrap().stdout), "piped into exec\n");
+    // -t: a TTY (raw stream, no stdcopy framing).
+    // (isatty, not ttyname: the pty comes from the engine's devpts, see the engine's README.)
+    let out = e.ok(&["run", "--rm", "-t", &img, "sh", "-c", "test -t 0 && test -t 1 && echo tty-ok"]);
+    assert_eq!(out, "tty-ok\r\n", "{out:?}");
+    let out = e.ok(&["exec", "-t", "web", "sh", "-c", "test -t 1 && echo exec-tty"]);
+    assert_eq!(out, "exec-tty\r\n", "{out:?}");
+    // -it under a pseudo-terminal made by `script`.
+    if Path::new("/usr/bin/script").exists() {
+        let cmd = format!("docker run --rm -it {img} sh -c 'read x; echo got-$x'");
+        let mut s = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .env("DOCKER_HOST", &e.host)
+            .env("DOCKER_CONFIG", e.config.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = s.stdin.take().unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        stdin.write_all(b"typed\r").unwrap();
+        let o = s.wait_with_output().unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("got-typed"), "{out:?}");
+    } else {
+        eprintln!("skip: because `script` (util-linux) is missing, -it is not exercised");
+    }
+    e.ok(&["rm", "-f", "web"]);
+}
