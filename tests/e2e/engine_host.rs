@@ -72,6 +72,12 @@ struct Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+impl Engine {
+    fn terminate(&mut self) {
         // SIGTERM lets it stop its containers.
         let _ = Command::new("kill").arg(self.child.id().to_string()).status();
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -84,9 +90,27 @@ impl Drop for Engine {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
 
-impl Engine {
+    /// Stops the engine (SIGTERM) and starts it again on the same data root, as a reboot does.
+    fn restart(&mut self, extra: &[&str]) {
+        self.terminate();
+        let sock = self.root.path().join("docker.sock");
+        let _ = std::fs::remove_file(&sock);
+        let mut args = vec!["--data-root".to_string(), self.data().display().to_string(), "-H".into(), format!("unix://{}", sock.display())];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.child = Command::new(engine_binary())
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::OpenOptions::new().append(true).open(self.root.path().join("engine.err")).unwrap()))
+            .spawn()
+            .expect("restart engine");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !sock.exists() {
+            assert!(Instant::now() < deadline, "engine socket did not reappear");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn start(extra: &[&str]) -> Engine {
         let root = tempfile::tempdir().unwrap();
         let sock = root.path().join("docker.sock");
@@ -463,4 +487,51 @@ fn ports_volumes_exec_tty() {
         eprintln!("skip: because `script` (util-linux) is missing, -it is not exercised");
     }
     e.ok(&["rm", "-f", "web"]);
+}
+
+#[test]
+fn restart_policies_cp_and_engine_restart() {
+    skip_unless_capable!();
+    let (_reg, mut e, img) = engine_with_busybox(&[]);
+    let count = |e: &Engine, n: &str| -> i64 {
+        e.ok(&["inspect", "--format", "{{.RestartCount}}", n]).trim().parse().unwrap_or(-1)
+    };
+    e.ok(&["run", "-d", "--restart", "always", "--name", "again", &img, "sh", "-c", "echo run; sleep 0.2; exit 1"]);
+    wait_until("two restarts", || count(&e, "again") >= 2);
+    e.ok(&["run", "-d", "--restart", "on-failure:2", "--name", "twice", &img, "sh", "-c", "exit 4"]);
+    wait_until("on-failure to give up", || {
+        e.ok(&["inspect", "--format", "{{.State.Status}} {{.RestartCount}}", "twice"]).trim() == "exited 2"
+    });
+    assert_eq!(e.ok(&["wait", "twice"]).trim(), "4");
+    e.ok(&["run", "-d", "--restart", "always", "--name", "svc", &img, "sleep", "1000"]);
+    e.ok(&["run", "-d", "--restart", "unless-stopped", "--name", "held", &img, "sleep", "1000"]);
+    e.ok(&["stop", "-t", "1", "held"]);
+    e.ok(&["stop", "-t", "1", "again"]);
+    let c = count(&e, "again");
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(count(&e, "again"), c, "a stopped container must not be restarted");
+    assert_eq!(e.ok(&["inspect", "--format", "{{.State.Status}}", "again"]).trim(), "exited");
+    // cp in both directions (running container).
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("up.txt"), "uploaded\n").unwrap();
+    e.ok(&["cp", d.path().join("up.txt").to_str().unwrap(), "svc:/tmp/"]);
+    assert_eq!(e.ok(&["exec", "svc", "cat", "/tmp/up.txt"]), "uploaded\n");
+    e.ok(&["cp", "svc:/etc/axion-test-image", d.path().join("down.txt").to_str().unwrap()]);
+    assert!(std::fs::read_to_string(d.path().join("down.txt")).unwrap().contains("busybox:latest"));
+    // Engine restart (a reboot): images, stopped containers, logs survive; "always" restarts.
+    e.ok(&["run", "--name", "keep", &img, "echo", "kept output"]);
+    e.restart(&[]);
+    let imgs = e.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert!(imgs.contains(&img), "{imgs}");
+    let ps = e.ok(&["ps", "-a", "--format", "{{.Names}} {{.State}}"]);
+    assert!(ps.contains("keep exited"), "{ps}");
+    assert_eq!(e.ok(&["logs", "keep"]), "kept output\n");
+    wait_until("the always container to run again", || {
+        e.ok(&["inspect", "--format", "{{.State.Status}}", "svc"]).trim() == "running"
+    });
+    // Docker's rule: "always" restarts on daemon start even after a manual stop.
+    assert_ne!(e.ok(&["inspect", "--format", "{{.State.Status}}", "again"]).trim(), "created");
+    assert_eq!(e.ok(&["inspect", "--format", "{{.State.Status}}", "held"]).trim(), "exited", "unless-stopped + stopped: stays stopped");
+    assert_eq!(e.ok(&["start", "-a", "keep"]), "kept output\n");
+    e.ok(&["rm", "-f", "svc", "again", "twice", "keep", "held"]);
 }
