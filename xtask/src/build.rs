@@ -197,14 +197,17 @@ fn build_one(layout: &Layout, recipe: &Recipe, key: &key::Key, deps: &[Staged], 
     sync_dir(&tmp);
     std::fs::rename(&tmp, &entry).with_context(|| format!("cannot move {} to {}", tmp.display(), entry.display()))?;
     sync_dir(&packages);
+    // Waiters may go on: the entry is in place. The scratch tree (1.5 GB for the kernel) is
+    // ours alone, named by our pid.
+    drop(lock);
     let _ = std::fs::remove_dir_all(&work);
     eprintln!("{label}: built in {:.1} s ({})", started.elapsed().as_secs_f64(), &key.hex[..12]);
-    drop(lock);
     Ok(staged_at(recipe, key, &entry))
 }
 
 /// Removes what killed runs of this package left: `.tmp-<name>-*` entries and
-/// `work/<name>-*` scratch directories. Only called with the package's lock held.
+/// `work/<name>-*` scratch directories of processes that are gone. Only called with the
+/// package's lock held.
 fn clean_stale(layout: &Layout, name: &str) -> Result<()> {
     let stale = |dir: &Path, prefix: &str| -> Result<()> {
         let Ok(rd) = std::fs::read_dir(dir) else { return Ok(()) };
@@ -212,7 +215,9 @@ fn clean_stale(layout: &Layout, name: &str) -> Result<()> {
             let file_name = e.file_name();
             let Some(n) = file_name.to_str() else { continue };
             let Some(rest) = n.strip_prefix(prefix) else { continue };
-            if rest.bytes().all(|b| b.is_ascii_digit()) && !rest.is_empty() {
+            // A live process may still be removing its own scratch after publishing.
+            let alive = rest != std::process::id().to_string() && Path::new("/proc").join(rest).exists();
+            if rest.bytes().all(|b| b.is_ascii_digit()) && !rest.is_empty() && !alive {
                 eprintln!("{name}: removing what an interrupted build left: {}", e.path().display());
                 std::fs::remove_dir_all(e.path()).with_context(|| format!("cannot remove {}", e.path().display()))?;
             }
@@ -467,16 +472,18 @@ mod tests {
         let layout = Layout::with_cache(d.path().join("root"), d.path().join("cache"));
         let p = layout.packages();
         let w = layout.work();
-        for dir in [p.join(".tmp-busybox-123"), p.join(".tmp-busybox-x-9"), p.join("busybox-abc"), w.join("busybox-77"), w.join("busybox-x-1"), w.join("linux-77")] {
+        // pid 1 is alive: its scratch is left alone.
+        for dir in [w.join("busybox-1"), p.join(".tmp-busybox-999999123"), p.join(".tmp-busybox-x-9"), p.join("busybox-abc"), w.join("busybox-999999077"), w.join("busybox-x-1"), w.join("linux-77")] {
             std::fs::create_dir_all(dir.join("tree")).unwrap();
         }
         clean_stale(&layout, "busybox").unwrap();
-        assert!(!p.join(".tmp-busybox-123").exists());
-        assert!(!w.join("busybox-77").exists());
+        assert!(!p.join(".tmp-busybox-999999123").exists());
+        assert!(!w.join("busybox-999999077").exists());
         // Another package whose name starts the same ("busybox-x"), entries and other packages stay.
         assert!(p.join(".tmp-busybox-x-9").exists());
         assert!(w.join("busybox-x-1").exists());
         assert!(p.join("busybox-abc").exists());
         assert!(w.join("linux-77").exists());
+        assert!(w.join("busybox-1").exists());
     }
 }
