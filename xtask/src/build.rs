@@ -180,6 +180,7 @@ fn build_one(layout: &Layout, recipe: &Recipe, key: &key::Key, deps: &[Staged], 
         let m = manifest::Manifest::scan(recipe, &key.hex, &tree)?;
         m.write(&tmp.join("manifest.json"))?;
         std::fs::write(tmp.join("inputs.txt"), &key.inputs).context("cannot write inputs.txt")?;
+        ctx.note(&format!("== built in {:.1} s with -j{}\n", started.elapsed().as_secs_f64(), ctx.jobs));
         Ok(())
     })();
     drop(tail);
