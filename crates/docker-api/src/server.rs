@@ -532,3 +532,74 @@ pub async fn serve_tcp<B: Backend>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A back end that implements only the required methods and an inspect that knows
+    /// container "c1", so the rest answer 501 and unknown ids 404.
+    struct Fake;
+    impl Backend for Fake {
+        async fn version(&self) -> ApiResult<Version> {
+            Ok(Version { api_version: version::API_VERSION.into(), ..Default::default() })
+        }
+        async fn info(&self) -> ApiResult<Info> {
+            Ok(Info::default())
+        }
+        async fn container_inspect(&self, id: &str) -> ApiResult<ContainerInspect> {
+            if id == "c1" {
+                Ok(ContainerInspect { id: "c1".into(), ..Default::default() })
+            } else {
+                Err(ApiError::not_found(format!("No such container: {id}")))
+            }
+        }
+    }
+
+    async fn request(raw: &str) -> String {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        tokio::spawn(serve_connection(Arc::new(Fake), server));
+        let (mut rd, mut wr) = tokio::io::split(client);
+        wr.write_all(raw.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(5), rd.read(&mut buf)).await.unwrap().unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn ping_has_api_version_header() {
+        let r = request("GET /_ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert!(r.to_ascii_lowercase().contains("api-version: 1.47"), "{r}");
+        assert!(r.ends_with("OK"), "{r}");
+    }
+
+    #[tokio::test]
+    async fn unimplemented_is_501_and_unknown_is_404() {
+        let r = request("GET /v1.47/images/json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 501"), "{r}");
+        assert!(r.contains(r#"{"message":"listing images is not implemented by this engine"}"#), "{r}");
+        let r = request("GET /v1.47/containers/zz/json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+        let r = request("POST /v1.47/containers/zz/wait HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+    }
+
+    #[tokio::test]
+    async fn bad_json_and_bad_query_are_400() {
+        let body = "{oops";
+        let r = request(&format!("POST /containers/create HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len())).await;
+        assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+        let r = request("POST /containers/c1/stop?t=abc HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+        let r = request("POST /containers/c1/wait?condition=whenever HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    }
+}
