@@ -291,7 +291,7 @@ fn initramfs(inp: &Inputs, dir: &Path, services: &[(String, String)]) -> PathBuf
     c.chardev("dev/null", 1, 3);
     c.file("sbin/init", 0o755, &std::fs::read(&inp.init).expect("read init binary"));
     c.file("bin/busybox", 0o755, &std::fs::read(&inp.busybox).expect("read busybox"));
-    for applet in ["sh", "cat", "echo", "sleep", "ip", "grep", "ls", "mkdir", "sync", "test", "cut", "ps", "poweroff", "reboot", "halt", "insmod", "wc", "dmesg", "mount", "touch", "readlink", "seq", "kill"] {
+    for applet in ["sh", "cat", "echo", "sleep", "ip", "grep", "ls", "mkdir", "sync", "test", "cut", "ps", "poweroff", "reboot", "halt", "insmod", "wc", "dmesg", "mount", "touch", "readlink", "seq", "kill", "basename"] {
         c.symlink(&format!("bin/{applet}"), "busybox");
     }
     c.file("etc/hostname", 0o644, b"axion-test\n");
@@ -323,6 +323,20 @@ struct Boot {
 }
 
 fn boot(inp: &Inputs, dir: &Path, tag: &str, initrd: &Path, disk: Option<&Path>, append: &str) -> Boot {
+    boot_on(inp, dir, tag, initrd, disk, append, qemu::NicModel::VirtioNet, qemu::DiskInterface::Virtio)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn boot_on(
+    inp: &Inputs,
+    dir: &Path,
+    tag: &str,
+    initrd: &Path,
+    disk: Option<&Path>,
+    append: &str,
+    nic: qemu::NicModel,
+    disk_if: qemu::DiskInterface,
+) -> Boot {
     let rdinit = if std::env::var("AXION_TEST_MODULES").is_ok() { "/sbin/preinit" } else { "/sbin/init" };
     let log = dir.join(format!("serial-{tag}.log"));
     // The KVM probe takes seconds when KVM does not work: ask once per test run.
@@ -339,12 +353,12 @@ fn boot(inp: &Inputs, dir: &Path, tag: &str, initrd: &Path, disk: Option<&Path>,
         .accel(accel)
         .memory_mib(256)
         .kernel(&inp.kernel, Some(initrd.to_path_buf()), format!("console=ttyS0 panic=-1 rdinit={rdinit} {append}"))
-        .user_net(qemu::NicModel::VirtioNet, Vec::new())
+        .user_net(nic, Vec::new())
         .serial_file(&log)
         .run_dir(dir.join(format!("vm-{tag}")))
         .no_reboot(true);
     if let Some(d) = disk {
-        cfg = cfg.drive(qemu::Drive::disk(d, qemu::DiskFormat::Raw));
+        cfg = cfg.drive(qemu::Drive::disk(d, qemu::DiskFormat::Raw).interface(disk_if));
     }
     let vm = qemu::Vm::spawn(cfg).unwrap_or_else(|e| panic!("start QEMU: {e}"));
     Boot { vm, log }
@@ -594,4 +608,31 @@ fn static_ip_debug_shell_reboot_command_and_missing_data_partition() {
     b.vm.wait_exit(Duration::from_secs(60)).unwrap_or_else(|e| panic!("reboot (SIGTERM) did not end the VM (-no-reboot): {e}"));
     let t = b.text();
     assert!(t.contains("shutting down (reboot)") && t.contains("init: rebooting"), "reboot path not taken:\n{t}");
+}
+
+/// vSphere's virtual hardware as QEMU emulates it: a vmxnet3 NIC and the data disk on a
+/// PVSCSI controller (whose disks are probed asynchronously by the kernel).
+#[test]
+fn vsphere_hardware_vmxnet3_and_pvscsi() {
+    let _guard = QEMU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(inp) = inputs("vsphere_hardware_vmxnet3_and_pvscsi") else { return };
+    let dir = workdir("vsphere");
+    let services = vec![service(
+        "netcheck",
+        "ip -4 addr show | grep inet; echo driver: $(basename $(readlink /sys/class/net/eth0/device/driver)); mount | grep /var/lib",
+        "after = [\"network\"]\nrestart = \"never\"",
+    )];
+    let initrd = initramfs(&inp, &dir, &services);
+    let disk = data_disk(&dir);
+    let mut b = boot_on(&inp, &dir, "1", &initrd, Some(&disk), "", qemu::NicModel::Vmxnet3, qemu::DiskInterface::Pvscsi);
+    b.ready();
+    let t = b.wait_line("netcheck: driver:");
+    assert!(t.contains("netcheck: driver: vmxnet3"), "NIC is not vmxnet3:\n{t}");
+    assert!(t.contains("netcheck:     inet 10.0.2.15/24"), "no DHCP lease on vmxnet3:\n{t}");
+    let t = b.wait_line("on /var/lib type ext4");
+    assert!(t.contains("init: data partition /dev/sda1 mounted on /var/lib"), "data partition on PVSCSI not mounted:\n{t}");
+    b.vm.powerdown_and_wait(Duration::from_secs(60)).unwrap_or_else(|e| panic!("power button: {e}"));
+    drop(b);
+    let (clean, out) = fsck_data(&disk, &dir);
+    assert!(clean, "e2fsck -fn after power-off is unhappy:\n{out}");
 }

@@ -6,6 +6,11 @@
 //! is a bind mount of `/var/lib/log`, so logs persist too. When the partition is missing or
 //! does not mount, `/var/lib` becomes a tmpfs and init says so loudly: the system boots, but
 //! nothing persists.
+//!
+//! init looks once and does not wait for the disk: the kernel finishes its asynchronous
+//! probing (SCSI scans, `sd` probes, virtio) before it starts PID 1 (`async_synchronize_full`
+//! in `kernel_init`), so a disk that is attached at boot is there. Waiting "just in case"
+//! would slow every boot without a data disk (an initramfs-only boot).
 
 use std::fs;
 use std::io::Write;
