@@ -535,3 +535,25 @@ fn restart_policies_cp_and_engine_restart() {
     assert_eq!(e.ok(&["start", "-a", "keep"]), "kept output\n");
     e.ok(&["rm", "-f", "svc", "again", "twice", "keep", "held"]);
 }
+
+/// Benchmark, not a test (run with `--ignored --nocapture`): `docker run --rm` of a cached
+/// image to exit, and the engine's resident memory at idle.
+#[test]
+#[ignore]
+fn bench_run_rm_and_idle_memory() {
+    skip_unless_capable!();
+    let (_reg, e, img) = engine_with_busybox(&[]);
+    e.ok(&["run", "--rm", &img, "true"]);
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        e.ok(&["run", "--rm", &img, "true"]);
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    std::thread::sleep(Duration::from_secs(1));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", e.child.id())).unwrap_or_default();
+    let rss = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: ?").to_string();
+    eprintln!("bench: docker run --rm busybox true: median {:.3} s (min {:.3}, max {:.3}) over 5 runs", times[2], times[0], times[4]);
+    eprintln!("bench: engine idle memory {rss}");
+}
