@@ -16,6 +16,10 @@ fn run_detach_then_stop() {
     require!(axion_tests::have_qemu(), "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
     axion_tests::image(PROFILE, Format::Qcow2).expect("the qemu profile's qcow2 image");
     let run = RunDir::new(&layout(), PROFILE);
+    // TCG on a shared 2-core machine: give the boot more than run's default 120 s.
+    if std::env::var_os("AXION_READY_TIMEOUT").is_none() {
+        std::env::set_var("AXION_READY_TIMEOUT", "300");
+    }
     // A VM left over from an earlier run would make `run` refuse.
     xtask_ok(&["stop", "--profile", PROFILE], Duration::from_secs(120)).unwrap();
 
