@@ -518,6 +518,13 @@ fn restart_policies_cp_and_engine_restart() {
     assert_eq!(e.ok(&["exec", "svc", "cat", "/tmp/up.txt"]), "uploaded\n");
     e.ok(&["cp", "svc:/etc/axion-test-image", d.path().join("down.txt").to_str().unwrap()]);
     assert!(std::fs::read_to_string(d.path().join("down.txt")).unwrap().contains("busybox:latest"));
+    // cp with a stopped container.
+    e.ok(&["run", "--name", "stopped", &img, "sh", "-c", "echo inside > /made-here"]);
+    e.ok(&["cp", "stopped:/made-here", d.path().join("made.txt").to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(d.path().join("made.txt")).unwrap(), "inside\n");
+    e.ok(&["cp", d.path().join("up.txt").to_str().unwrap(), "stopped:/"]);
+    assert_eq!(e.ok(&["start", "-a", "stopped"]), "");
+    e.ok(&["rm", "stopped"]);
     // Engine restart (a reboot): images, stopped containers, logs survive; "always" restarts.
     e.ok(&["run", "--name", "keep", &img, "echo", "kept output"]);
     e.restart(&[]);

@@ -565,15 +565,37 @@ impl Engine {
         }
     }
 
-    fn in_container(&self, c: &Container, path: &str) -> ApiResult<PathBuf> {
-        let pid = c.rec.lock().unwrap().pid;
-        if pid <= 0 {
-            return Err(ApiError::not_implemented("docker cp on a stopped container"));
-        }
+    /// Where `path` of the container is visible to the engine: through /proc/PID/root while
+    /// it runs, else through a temporary overlay mount of its root (unmounted on drop).
+    fn in_container(&self, c: &Container, path: &str) -> ApiResult<(PathBuf, Option<RootMount>)> {
         if path.split('/').any(|s| s == "..") {
             return Err(ApiError::bad_request(format!("invalid path {path:?}")));
         }
-        Ok(PathBuf::from(format!("/proc/{pid}/root/{}", path.trim_start_matches('/'))))
+        let rel = path.trim_start_matches('/');
+        let r = c.snapshot();
+        if r.pid > 0 {
+            return Ok((PathBuf::from(format!("/proc/{}/root/{rel}", r.pid)), None));
+        }
+        let lowers = self.images.lowers(&r.image_id).ok_or_else(|| ApiError::internal("image layers missing"))?;
+        let root = c.dir.join("rootfs");
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lowers.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":"),
+            c.dir.join("upper").display(),
+            c.dir.join("work").display()
+        );
+        nix::mount::mount(Some("overlay"), &root, Some("overlay"), nix::mount::MsFlags::empty(), Some(opts.as_str()))
+            .map_err(|e| ApiError::conflict(format!("cannot mount the stopped container's root: {e}")))?;
+        Ok((root.join(rel), Some(RootMount(root))))
+    }
+}
+
+/// A temporary mount of a stopped container's root.
+pub struct RootMount(PathBuf);
+
+impl Drop for RootMount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 
@@ -1230,17 +1252,18 @@ impl Backend for Engine {
 
     async fn archive_stat(&self, id: &str, path: &str) -> ApiResult<PathStat> {
         let c = self.find(id)?;
-        let p = self.in_container(&c, path)?;
+        let (p, _m) = self.in_container(&c, path)?;
         stat_of(&p, path)
     }
 
     async fn archive_get(&self, id: &str, path: &str) -> ApiResult<(PathStat, mpsc::Receiver<Bytes>)> {
         let c = self.find(id)?;
-        let p = self.in_container(&c, path)?;
+        let (p, m) = self.in_container(&c, path)?;
         let stat = stat_of(&p, path)?;
         let (tx, rx) = mpsc::channel(16);
         let name = stat.name.clone();
         std::thread::spawn(move || {
+            let _m = m;
             struct W(mpsc::Sender<Bytes>);
             impl Write for W {
                 fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
@@ -1263,11 +1286,14 @@ impl Backend for Engine {
 
     async fn archive_put(&self, id: &str, path: &str, tar: Bytes) -> ApiResult<()> {
         let c = self.find(id)?;
-        let p = self.in_container(&c, path)?;
+        let (p, m) = self.in_container(&c, path)?;
         if !p.is_dir() {
             return Err(ApiError::bad_request(format!("extraction point is not a directory: {path}")));
         }
-        tokio::task::spawn_blocking(move || crate::unpack::unpack(&tar[..], &p, &[]))
+        tokio::task::spawn_blocking(move || {
+            let _m = m;
+            crate::unpack::unpack(&tar[..], &p, &[])
+        })
             .await
             .map_err(internal("copy task"))?
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
