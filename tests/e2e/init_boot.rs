@@ -586,7 +586,7 @@ fn static_ip_debug_shell_reboot_command_and_missing_data_partition() {
         "1",
         &initrd,
         None,
-        "axion.ip=10.0.2.20/24,10.0.2.2,10.0.2.3 axion.hostname=static-host axion.ssh_key=\"ssh-ed25519 AAAAtest me@host\" axion.frobnicate=1 axion.debug_shell",
+        "axion.ip=10.0.2.20/24,10.0.2.2,10.0.2.3 axion.hostname=static-host axion.ssh_key=\"ssh-ed25519 AAAAtest me@host\" axion.frobnicate=1 axion.debug_shell axion.debug",
     );
     b.ready();
     let t = b.wait_line("netcheck: ssh-ed25519 AAAAtest me@host");

@@ -97,11 +97,13 @@ macro_rules! error {
     ($($arg:tt)*) => { $crate::log::line(&format!("init: ERROR: {}", format_args!($($arg)*))) };
 }
 
+/// With `axion.debug`: verbose messages stamped with seconds since boot, for profiling.
 #[macro_export]
 macro_rules! debug {
     ($($arg:tt)*) => {
         if $crate::log::debug_enabled() {
-            $crate::log::line(&format!("init: debug: {}", format_args!($($arg)*)))
+            let t = $crate::sys::boottime();
+            $crate::log::line(&format!("init: debug: [{}.{:03}] {}", t.as_secs(), t.subsec_millis(), format_args!($($arg)*)))
         }
     };
 }

@@ -191,6 +191,7 @@ fn boot() -> Init {
         warn!("{e}");
     }
 
+    debug!("API file systems, settings, hostname and cgroups done");
     let data_state = data::mount_data();
     data::seed_rng(matches!(data_state, data::DataState::Persistent { .. }));
 
@@ -211,11 +212,13 @@ fn boot() -> Init {
         }
     }
 
+    debug!("data partition and RNG seed done");
     let now = Instant::now();
     let net = net::Network::start(&settings.network, &settings.hostname, now);
     let network_ready = net.configured || net.dhcp.is_none();
     let dhcp_deadline = net.dhcp.as_ref().map(|_| now + DHCP_WAIT);
 
+    debug!("network started");
     let (loaded, errors) = services::load_dir(Path::new(services::SERVICE_DIR));
     for e in errors {
         error!("{e}");
