@@ -269,6 +269,12 @@ fn pull_images_inspect_tag_rmi() {
     assert!(out.contains("Deleted: sha256:"), "{out}");
     let list = e.ok(&["images", "-q"]);
     assert_eq!(list.lines().count(), 2, "{list}");
+    // `docker run` of a missing image pulls it first (create answers 404, the CLI pulls).
+    let o = e.docker(&["run", "--rm", &img, "echo", "auto-pulled"]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stdout).ends_with("auto-pulled\n"), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("Unable to find image"), "{o:?}");
+    e.ok(&["rmi", &img]);
     // Layers of the removed image are gone, other images keep theirs.
     let layers = std::fs::read_dir(e.data().join("images/layers")).unwrap().count();
     assert!(layers >= 1, "layers of remaining images must stay");
