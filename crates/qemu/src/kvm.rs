@@ -89,7 +89,7 @@ pub fn probe_kvm(kernel: Option<&Path>, timeout: Duration) -> KvmProbe {
     }
     let base = VmConfig::new().accel(Accel::Kvm).cpus(1).memory_mib(128).no_reboot(true);
 
-    let boot_sector = base.clone().run_dir(dir.path().join("stage1")).drive(Drive::disk(&disk, DiskFormat::Raw));
+    let boot_sector = base.run_dir(dir.path().join("stage1")).drive(Drive::disk(&disk, DiskFormat::Raw));
     match run_to_marker(boot_sector, &[BOOT_SECTOR_MARKER], timeout.min(BOOT_SECTOR_TIMEOUT)) {
         Ok(_) => {}
         Err(e) => return verdict(false, format!("a boot sector did not run under KVM: {e}")),
@@ -97,11 +97,25 @@ pub fn probe_kvm(kernel: Option<&Path>, timeout: Duration) -> KvmProbe {
     let Some(kernel) = kernel else {
         return verdict(false, "KVM runs a boot sector, but no kernel was given to prove that Linux boots under it".into());
     };
-    let linux = base.run_dir(dir.path().join("stage2")).cpus(2).kernel(kernel, None, "console=ttyS0 panic=-1 loglevel=7");
-    match run_to_marker(linux, &KERNEL_MARKERS, timeout) {
+    match kernel_boots(kernel, Accel::Kvm, timeout) {
         Ok(line) => verdict(true, format!("KVM boots {} (\"{line}\")", kernel.display())),
         Err(e) => verdict(false, format!("{} did not boot under KVM: {e}", kernel.display())),
     }
+}
+
+/// Boots `kernel` (no initramfs, no root disk) under `accel` until it shows it finished
+/// initialising (see the module comment); returns that line. Stage 3 of the probe, public so
+/// the markers can be tested against the real kernel under TCG.
+pub fn kernel_boots(kernel: &Path, accel: Accel, timeout: Duration) -> Result<String, String> {
+    let dir = tempfile::Builder::new().prefix("axion-kernel-probe-").tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+    let config = VmConfig::new()
+        .accel(accel)
+        .cpus(2)
+        .memory_mib(256)
+        .no_reboot(true)
+        .run_dir(dir.path())
+        .kernel(kernel, None, "console=ttyS0 panic=-1 loglevel=7");
+    run_to_marker(config, &KERNEL_MARKERS, timeout)
 }
 
 fn run_to_marker(config: VmConfig, markers: &[&str], timeout: Duration) -> Result<String, String> {

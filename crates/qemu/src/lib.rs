@@ -29,7 +29,7 @@ pub use config::{
     PortForward, Protocol, Serial, UserNet, VmConfig, OVMF_CODE, OVMF_VARS,
 };
 pub use error::{Error, QmpError, Result};
-pub use kvm::{boot_sector_image, choose_accel, probe_kvm, KvmProbe, BOOT_SECTOR_MARKER};
+pub use kvm::{boot_sector_image, choose_accel, kernel_boots, probe_kvm, KvmProbe, BOOT_SECTOR_MARKER};
 pub use qmp::{Event, Qmp, Status};
 pub use vm::{Detached, SerialLine, Vm};
 
