@@ -26,6 +26,8 @@ pub enum Need {
     Image,
     Run,
     Test,
+    /// `cargo xtask bench`: the Debian peer and the kernel floor.
+    Bench,
 }
 
 const R: &[(Need, Requirement)] = &[
@@ -57,6 +59,8 @@ const R: &[(Need, Requirement)] = &[
     (Need::Test, Requirement { probe: "docker-registry", package: "docker-registry", why: "a real registry on 127.0.0.1 for tests" }),
     (Need::Test, Requirement { probe: "ssh", package: "openssh-client", why: "log into test VMs" }),
     (Need::Test, Requirement { probe: "ssh-keygen", package: "openssh-client", why: "keys for test VMs" }),
+    (Need::Bench, Requirement { probe: "debootstrap", package: "debootstrap", why: "bench: build the Debian peer from Debian's archive" }),
+    (Need::Bench, Requirement { probe: "/bin/busybox", package: "busybox-static", why: "bench: the kernel floor's trivial init and the busybox test image" }),
     (Need::Test, Requirement { probe: "openssl", package: "openssl", why: "TLS certificates in tests" }),
 ];
 
@@ -66,7 +70,7 @@ pub fn requirements(needs: &[Need]) -> Vec<Requirement> {
 }
 
 pub fn all_needs() -> Vec<Need> {
-    vec![Need::Fetch, Need::Build, Need::Image, Need::Run, Need::Test]
+    vec![Need::Fetch, Need::Build, Need::Image, Need::Run, Need::Test, Need::Bench]
 }
 
 pub fn is_present(r: &Requirement) -> bool {

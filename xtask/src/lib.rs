@@ -2,6 +2,7 @@
 //! image formats → publish. Each module takes the previous one's output and knows nothing of
 //! the next one. `main.rs` is only the command line on top.
 
+pub mod bench;
 pub mod build;
 pub mod cache;
 pub mod doctor;

@@ -105,6 +105,19 @@ enum Cmd {
         /// Extra arguments for the test harness (a filter).
         args: Vec<String>,
     },
+    /// Measure build, size, boot and container figures against a Debian peer and the kernel
+    /// floor; a table on stdout, JSON and an SVG chart under out/bench/.
+    Bench {
+        /// Fewer runs; skip clean builds and the peer build when it is not cached.
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the JSON (default out/bench/bench.json).
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Only build (or find) the Debian peer, measure nothing.
+        #[arg(long)]
+        prepare: bool,
+    },
     /// Remove build outputs (`out/`); `--cache` also empties the download and build cache.
     Clean {
         #[arg(long)]
@@ -168,6 +181,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Stop { profile } => run::stop(&layout, &profile),
         Cmd::Test { unit, args } => test(&layout, unit, &args),
+        Cmd::Bench { quick, json, prepare } => xtask::bench::bench(&layout, &xtask::bench::Options { quick, json, prepare }),
         Cmd::Clean { cache } => {
             let out = layout.root.join("out");
             if out.exists() {

@@ -1,0 +1,728 @@
+//! `cargo xtask bench [--quick] [--json FILE]`: build, size, boot and container figures of
+//! axion, side by side with a conventional container host (the Debian peer, [`peer`]) and the
+//! kernel floor ([`floor`]), all booted by the same QEMU settings in the same run.
+//!
+//! Each figure is the median of several runs with min and max (`--quick`: fewer runs, no
+//! clean builds, and the peer only if it is cached already). Outputs: a Markdown table on
+//! stdout, JSON (`--json FILE`, default `out/bench/bench.json`) and an SVG bar chart of the
+//! boot times (`out/bench/bench.svg`). Nothing is invented: a figure that cannot be taken is
+//! `n/a (why)`.
+//!
+//! How each figure is taken:
+//! - Clean build: each package of the qemu profile built once into an empty temporary
+//!   `$AXION_CACHE` that shares only the verified downloads (full run only; the kernel alone
+//!   is ~8 min on 2 cores). No-op build: `cargo xtask build` run as a user would, with
+//!   everything cached (the goal is under 2 s).
+//! - Image assembly: `image::assemble` of each profile's formats with the packages cached.
+//! - Sizes: every file of every format of the qemu and vsphere profiles: apparent size, and
+//!   bytes on disk (allocated blocks) where they differ (the sparse raw disk).
+//! - Boot: wall time from starting QEMU to a line on the serial console, polled every 20 ms.
+//!   axion: init's ready line (host-measured, and init's own CLOCK_BOOTTIME figure), by direct
+//!   kernel boot of the initramfs format (as the peer and the floor boot) and from the qcow2
+//!   disk through the profile's firmware and GRUB. Peer: multi-user.target reached and
+//!   `docker info` answering (marker units on ttyS0). Docker API: the host's first
+//!   `GET /_ping` answered 200 through the forwarded port.
+//! - Memory: MemTotal − MemAvailable from the guest's /proc/meminfo, 5 s after the system is
+//!   up: axion over SSH (dropbear, key on the kernel command line), the peer by a unit that
+//!   prints it on ttyS0 5 s after `docker info` answered.
+//! - `docker run --rm busybox true`: the host's docker CLI against the guest's API, after
+//!   `docker load` of a one-layer busybox image made here from the host's static busybox (no
+//!   registry needed).
+//! - The VMs: the qemu profile's virtual hardware for all three (2 vCPU, 1 GiB, its firmware
+//!   and NIC), TCG unless the KVM probe shows a guest running.
+
+pub mod floor;
+pub mod peer;
+pub mod report;
+pub mod stats;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::build;
+use crate::layout::Layout;
+use crate::profile::{self, Format, Profile};
+use crate::recipe::RecipeSet;
+use crate::run::{self, Bootable, Ports, RunDir};
+use report::{Meta, Report, Row};
+use stats::{Unit, Value};
+
+/// What `cargo xtask bench` was asked for.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub quick: bool,
+    pub json: Option<PathBuf>,
+    /// Only build (or find) the peer, measure nothing.
+    pub prepare: bool,
+}
+
+struct Runs {
+    boot: usize,
+    peer: usize,
+    noop: usize,
+    docker_run: usize,
+}
+
+impl Runs {
+    fn for_opts(opts: &Options) -> Runs {
+        if opts.quick {
+            Runs { boot: 2, peer: 1, noop: 2, docker_run: 2 }
+        } else {
+            Runs { boot: 5, peer: 3, noop: 5, docker_run: 5 }
+        }
+    }
+}
+
+const PROFILES: [&str; 2] = ["qemu", "vsphere"];
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub fn bench(layout: &Layout, opts: &Options) -> Result<()> {
+    if opts.prepare {
+        let (peer, built) = peer::ensure(layout)?;
+        eprintln!("bench: peer {} {}", if built { "built in" } else { "cached in" }, peer.dir.display());
+        return Ok(());
+    }
+    crate::doctor::ensure(&[crate::doctor::Need::Image, crate::doctor::Need::Run, crate::doctor::Need::Bench])?;
+    let runs = Runs::for_opts(opts);
+    let out = layout.root.join("out").join("bench");
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let recipes = RecipeSet::load(&layout.recipes())?;
+    let qemu_profile = profile::load_profile(&layout.root, "qemu", &recipes)?;
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+
+    // Builds: make sure everything is cached first (that is not a figure), then measure.
+    let step = crate::ui::step("bench: package builds");
+    let staged = build::build_packages(layout, &recipes, &qemu_profile.spec.profile.packages, &build::BuildOptions::default())?;
+    step.finish_and_clear();
+    if opts.quick {
+        rows.push(Row::new("build", "clean build, every package", Unit::Seconds, Value::na("skipped in --quick; the kernel alone takes ~8 min"), Value::None));
+    } else {
+        for (name, v) in clean_builds(layout, &recipes, &qemu_profile.spec.profile.packages)? {
+            rows.push(Row::new("build", &format!("clean build: {name} (1 run)"), Unit::Seconds, v, Value::None));
+        }
+    }
+    let noop = noop_builds(layout, runs.noop)?;
+    rows.push(Row::new("build", "no-op `cargo xtask build` (goal < 2 s)", Unit::Seconds, noop, Value::None));
+
+    // Images, assembled when missing or stale (always, timed, in a full run).
+    for name in PROFILES {
+        let p = profile::load_profile(&layout.root, name, &recipes)?;
+        let t = ensure_images(layout, &recipes, &p, !opts.quick)?;
+        if let Some(secs) = t {
+            rows.push(Row::new("build", &format!("image assembly: {name} ({})", formats_of(&p)), Unit::Seconds, Value::one(secs), Value::None));
+        }
+    }
+
+    // The peer: built now unless --quick (then only if cached).
+    let peer = if opts.quick {
+        match peer::cached(layout)? {
+            Some(p) => Some(p),
+            None => {
+                notes.push("the Debian peer is not built yet and --quick does not build it: run `cargo xtask bench` (or `--prepare`) once".into());
+                None
+            }
+        }
+    } else {
+        Some(peer::ensure(layout)?.0)
+    };
+
+    // Sizes.
+    for name in PROFILES {
+        let p = profile::load_profile(&layout.root, name, &recipes)?;
+        for (file, apparent, on_disk) in image_sizes(&layout.out(p.name()), p.name())? {
+            let ext = file.rsplit_once('.').map(|(_, e)| e).unwrap_or(&file).to_owned();
+            let peer_v = match (ext.as_str(), &peer) {
+                ("qcow2", Some(pe)) if name == "qemu" => Value::one(std::fs::metadata(&pe.qcow2)?.len() as f64),
+                _ => Value::None,
+            };
+            rows.push(Row::new("size", &format!("{name}: {file}"), Unit::Bytes, Value::one(apparent as f64), peer_v));
+            if on_disk != apparent {
+                rows.push(Row::new("size", &format!("{name}: {file} on disk (sparse)"), Unit::Bytes, Value::one(on_disk as f64), Value::None));
+            }
+        }
+    }
+    if let Some(pe) = &peer {
+        let meta = std::fs::metadata(&pe.qcow2)?;
+        rows.push(Row::new("size", "peer: peer.qcow2 (ext4 root made by mke2fs -d)", Unit::Bytes, Value::None, Value::one(meta.len() as f64)));
+    }
+
+    // Boots.
+    let bootable = run::find_bootable(&layout.out("qemu"), "qemu", Format::Initramfs).context("the qemu profile's initramfs format is missing from out/qemu")?;
+    let Bootable::Kernel { kernel, .. } = &bootable else { bail!("the initramfs format is not a kernel and an initramfs") };
+    let (accel, accel_reason) = qemu::choose_accel(Some(kernel));
+    eprintln!("bench: accelerator {} ({accel_reason})", accel.name());
+    let busybox_tar = out.join("busybox-image.tar");
+    write_busybox_image(&busybox_tar)?;
+    let docker_cli = which("docker");
+    let bench = Bench { layout, profile: &qemu_profile, bootable: bootable.clone(), accel, out: out.clone(), busybox_tar, docker_cli };
+
+    let floor = bench.floor(runs.boot)?;
+    let floor_median = floor.median();
+    rows.push(Row::new("boot", "kernel floor (QEMU start → exit, init powers off)", Unit::Seconds, floor, Value::None).boot());
+
+    let engine = qemu_profile.spec.profile.packages.iter().any(|p| p.contains("engine"));
+    let ax = bench.axion_direct(runs.boot, runs.docker_run, engine)?;
+    let disk = bench.axion_disk(runs.boot)?;
+    let pe = match &peer {
+        Some(p) => Some(bench.peer(p, runs.peer, runs.docker_run)?),
+        None => None,
+    };
+    let peer_or = |f: &dyn Fn(&PeerFigures) -> Value| match &pe {
+        Some(x) => f(x),
+        None => Value::na("peer not built"),
+    };
+    rows.push(Row::new("boot", "ready (direct kernel boot; peer: multi-user.target)", Unit::Seconds, ax.ready_host.clone(), peer_or(&|p| p.multi_user.clone())).boot());
+    rows.push(Row::new("boot", "ready, guest's own clock (CLOCK_BOOTTIME / uptime)", Unit::Seconds, ax.ready_guest.clone(), peer_or(&|p| p.multi_user_guest.clone())));
+    rows.push(Row::new("boot", "ready from the qcow2 disk (firmware + GRUB)", Unit::Seconds, disk, Value::None).boot());
+    rows.push(Row::new("boot", "Docker API answers /_ping", Unit::Seconds, ax.api.clone(), peer_or(&|p| p.api.clone())).boot());
+    rows.push(Row::new("boot", "`docker info` answers in the guest", Unit::Seconds, Value::None, peer_or(&|p| p.docker_info.clone())).boot());
+    rows.push(Row::new("run", "memory used after boot (MemTotal − MemAvailable)", Unit::Mib, ax.mem.clone(), peer_or(&|p| p.mem.clone())));
+    rows.push(Row::new("run", "`docker run --rm busybox true`", Unit::Seconds, ax.docker_run.clone(), peer_or(&|p| p.docker_run.clone())));
+    rows.push(Row::new("run", "VM per container (issue 8)", Unit::Seconds, Value::na("not implemented yet"), Value::None));
+
+    notes.push(format!(
+        "boot figures are wall time from starting QEMU; \"= N× floor\" divides by the kernel floor ({}); the peer boots its own Debian kernel and initrd by direct kernel boot",
+        floor_median.map(|f| Unit::Seconds.format(f)).unwrap_or_else(|| "n/a".into())
+    ));
+    notes.push(format!("VMs: the qemu profile's hardware for all three ({}); accelerator: {}", vm_description(&qemu_profile), accel_reason));
+    if let Some(p) = &peer {
+        notes.push(format!("peer: Debian {} minbase + {} (debootstrap, cached in {})", peer::SUITE, peer::PACKAGES.join(", "), p.dir.display()));
+    }
+    if !staged.is_empty() {
+        notes.push(format!("packages: {}", staged.iter().map(|s| format!("{} {}", s.name, s.version)).collect::<Vec<_>>().join(", ")));
+    }
+
+    let report = Report { meta: meta(accel, &accel_reason, &qemu_profile, opts.quick), floor_seconds: floor_median, rows, notes };
+    print!("{}", report.table());
+    let json = opts.json.clone().unwrap_or_else(|| out.join("bench.json"));
+    crate::image::write_atomic(&json, report.json().as_bytes())?;
+    let svg = out.join("bench.svg");
+    crate::image::write_atomic(&svg, report.svg().as_bytes())?;
+    eprintln!("bench: wrote {} and {}", json.display(), svg.display());
+    Ok(())
+}
+
+fn formats_of(p: &Profile) -> String {
+    p.spec.profile.formats.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
+}
+
+fn vm_description(p: &Profile) -> String {
+    let hw = &p.spec.hardware;
+    format!("{} vCPU, {} MiB, {:?} firmware, {:?} NIC", hw.cpus, hw.memory_mib, hw.firmware, hw.nic).to_lowercase()
+}
+
+fn meta(accel: qemu::Accel, reason: &str, p: &Profile, quick: bool) -> Meta {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo.lines().find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_owned())).unwrap_or_else(|| "unknown CPU".into());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:")).and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let qemu = command_line("qemu-system-x86_64", &["--version"])
+        .and_then(|s| s.lines().next().and_then(|l| l.split("version ").nth(1)).map(|v| v.split_whitespace().next().unwrap_or(v).to_owned()))
+        .unwrap_or_else(|| "unknown".into());
+    Meta {
+        date: command_line("date", &["-u", "+%Y-%m-%d %H:%M"]).map(|s| s.trim().to_owned()).unwrap_or_default(),
+        cpu,
+        cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        memory_gib: mem_kib / 1024.0 / 1024.0,
+        host_kernel: command_line("uname", &["-r"]).map(|s| s.trim().to_owned()).unwrap_or_default(),
+        qemu,
+        accel: accel.name().to_uppercase(),
+        accel_reason: reason.to_owned(),
+        vm: vm_description(p),
+        quick,
+    }
+}
+
+fn command_line(program: &str, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new(program).args(args).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(program)).find(|p| p.is_file())
+}
+
+/// Each package built once into an empty cache that shares only the downloads.
+fn clean_builds(layout: &Layout, recipes: &RecipeSet, names: &[String]) -> Result<Vec<(String, Value)>> {
+    let tmp = tempfile::Builder::new().prefix("bench-cache-").tempdir_in(&layout.cache).with_context(|| format!("cannot make a temporary cache in {}", layout.cache.display()))?;
+    std::os::unix::fs::symlink(layout.downloads(), tmp.path().join("downloads")).context("cannot link the downloads into the temporary cache")?;
+    let clean = Layout::with_cache(layout.root.clone(), tmp.path().to_owned());
+    let mut out = Vec::new();
+    // Dependencies first: build_packages builds what a package needs, so time in closure order.
+    let order = recipes.closure(names)?;
+    for r in order {
+        let name = r.spec.package.name.clone();
+        eprintln!("bench: clean build of {name}");
+        let started = Instant::now();
+        let v = match build::build_packages(&clean, recipes, std::slice::from_ref(&name), &build::BuildOptions { offline: true, ..Default::default() }) {
+            Ok(_) => Value::one(started.elapsed().as_secs_f64()),
+            Err(e) => Value::na(format!("failed: {}", first_line(&format!("{e:#}")))),
+        };
+        out.push((name, v));
+    }
+    Ok(out)
+}
+
+fn first_line(s: &str) -> String {
+    let l = s.lines().next().unwrap_or("").to_owned();
+    if l.len() > 100 { format!("{}…", &l[..l.char_indices().nth(100).map(|(i, _)| i).unwrap_or(l.len())]) } else { l }
+}
+
+/// `cargo xtask build` as a user runs it, with everything cached.
+fn noop_builds(layout: &Layout, n: usize) -> Result<Value> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut samples = Vec::new();
+    for _ in 0..n {
+        let started = Instant::now();
+        let out = std::process::Command::new(&cargo).arg("xtask").arg("build").current_dir(&layout.root).output().context("cannot run cargo xtask build")?;
+        let secs = started.elapsed().as_secs_f64();
+        if !out.status.success() {
+            return Ok(Value::na(format!("cargo xtask build failed: {}", first_line(&String::from_utf8_lossy(&out.stderr)))));
+        }
+        samples.push(secs);
+    }
+    Ok(Value::from_samples(&samples, "no runs"))
+}
+
+/// Assembles the profile's formats into out/PROFILE when missing or stale, or always when
+/// `always`; returns the time it took when it ran.
+fn ensure_images(layout: &Layout, recipes: &RecipeSet, p: &Profile, always: bool) -> Result<Option<f64>> {
+    let out = layout.out(p.name());
+    let fresh = p.spec.profile.formats.iter().all(|f| match run::find_bootable(&out, p.name(), *f) {
+        Some(b) => run::stale_reason(layout, p, &b).is_none(),
+        None => *f == Format::Ova && std::fs::read_dir(&out).is_ok_and(|rd| rd.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().ends_with(".ova"))),
+    });
+    if fresh && !always {
+        return Ok(None);
+    }
+    let staged = build::build_packages(layout, recipes, &p.spec.profile.packages, &build::BuildOptions::default())?;
+    let trees: Vec<_> = staged.into_iter().map(|s| crate::rootfs::PackageTree { name: s.name, tree: s.tree }).collect();
+    let step = crate::ui::step(&format!("bench: assembling {} for profile {}", formats_of(p), p.name()));
+    let started = Instant::now();
+    crate::image::assemble(layout, p, &trees, &p.spec.profile.formats, &out)?;
+    step.finish_and_clear();
+    Ok(Some(started.elapsed().as_secs_f64()))
+}
+
+/// (file name, apparent size, bytes on disk) of every image file of a profile.
+fn image_sizes(dir: &Path, profile: &str) -> Result<Vec<(String, u64, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    let prefix = format!("axion-{profile}-");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(&prefix) {
+            continue;
+        }
+        let m = e.metadata()?;
+        if m.is_file() {
+            out.push((name, m.len(), m.blocks() * 512));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// A one-layer `docker save` archive of busybox:latest from the host's static busybox, so
+/// both guests can `docker load` it without a registry.
+pub fn busybox_image_tar(busybox: &[u8]) -> Result<Vec<u8>> {
+    use sha2::{Digest, Sha256};
+    let mut layer = tar::Builder::new(Vec::new());
+    let mut dir = tar::Header::new_ustar();
+    dir.set_entry_type(tar::EntryType::Directory);
+    dir.set_mode(0o755);
+    dir.set_size(0);
+    dir.set_mtime(0);
+    layer.append_data(&mut dir, "bin/", std::io::empty())?;
+    let mut h = tar::Header::new_ustar();
+    h.set_mode(0o755);
+    h.set_size(busybox.len() as u64);
+    h.set_mtime(0);
+    layer.append_data(&mut h, "bin/busybox", busybox)?;
+    for applet in ["sh", "true", "echo", "sleep"] {
+        let mut l = tar::Header::new_ustar();
+        l.set_entry_type(tar::EntryType::Symlink);
+        l.set_mode(0o777);
+        l.set_size(0);
+        l.set_mtime(0);
+        layer.append_link(&mut l, format!("bin/{applet}"), "busybox")?;
+    }
+    let layer = layer.into_inner()?;
+    let layer_id = hex::encode(Sha256::digest(&layer));
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "1970-01-01T00:00:00Z",
+        "config": { "Cmd": ["sh"], "Env": ["PATH=/bin"] },
+        "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{layer_id}")] },
+        "history": [{ "created": "1970-01-01T00:00:00Z", "created_by": "axion bench: the host's static busybox" }]
+    })
+    .to_string();
+    let config_id = hex::encode(Sha256::digest(config.as_bytes()));
+    let manifest = serde_json::json!([{ "Config": format!("{config_id}.json"), "RepoTags": ["busybox:latest"], "Layers": [format!("{layer_id}/layer.tar")] }]).to_string();
+    let mut t = tar::Builder::new(Vec::new());
+    let mut add = |name: &str, data: &[u8]| -> std::io::Result<()> {
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        h.set_mtime(0);
+        t.append_data(&mut h, name, data)
+    };
+    add(&format!("{layer_id}/layer.tar"), &layer)?;
+    add(&format!("{config_id}.json"), config.as_bytes())?;
+    add("manifest.json", manifest.as_bytes())?;
+    Ok(t.into_inner()?)
+}
+
+fn write_busybox_image(path: &Path) -> Result<()> {
+    let busybox = std::fs::read(floor::HOST_BUSYBOX).with_context(|| format!("cannot read {}", floor::HOST_BUSYBOX))?;
+    crate::image::write_atomic(path, &busybox_image_tar(&busybox)?)
+}
+
+/// Does a Docker API answer `GET /_ping` with 200 on 127.0.0.1:port?
+pub fn api_answers(port: u16) -> bool {
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /_ping HTTP/1.0\r\nHost: localhost\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    let mut got = Vec::new();
+    while got.len() < 12 {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&got);
+    head.starts_with("HTTP/1.") && head.get(9..12) == Some("200")
+}
+
+struct AxionFigures {
+    ready_host: Value,
+    ready_guest: Value,
+    api: Value,
+    mem: Value,
+    docker_run: Value,
+}
+
+struct PeerFigures {
+    multi_user: Value,
+    multi_user_guest: Value,
+    docker_info: Value,
+    api: Value,
+    mem: Value,
+    docker_run: Value,
+}
+
+struct Bench<'a> {
+    layout: &'a Layout,
+    profile: &'a Profile,
+    bootable: Bootable,
+    accel: qemu::Accel,
+    out: PathBuf,
+    busybox_tar: PathBuf,
+    docker_cli: Option<PathBuf>,
+}
+
+impl Bench<'_> {
+    /// The qemu profile's VM for `bootable` in a bench run directory, with fresh ports.
+    fn config(&self, bootable: &Bootable, dir: &str) -> Result<(qemu::VmConfig, Ports)> {
+        let run = RunDir { dir: self.out.join(dir) };
+        std::fs::create_dir_all(&run.dir).with_context(|| format!("cannot create {}", run.dir.display()))?;
+        // A fresh UEFI variable store each boot: every run starts from the same state.
+        let _ = std::fs::remove_file(run.uefi_vars());
+        let ports = Ports { ssh: qemu::free_port()?, docker: qemu::free_port()? };
+        Ok((run::vm_config(self.profile, bootable, &run, ports, self.accel), ports))
+    }
+
+    fn floor(&self, n: usize) -> Result<Value> {
+        let Bootable::Kernel { kernel, .. } = &self.bootable else { unreachable!("checked by the caller") };
+        let initrd = self.out.join("floor-initramfs.cpio");
+        floor::write_initramfs(&initrd)?;
+        let mut samples = Vec::new();
+        for i in 0..n {
+            let (mut cfg, _) = self.config(&Bootable::Kernel { kernel: kernel.clone(), initrd: initrd.clone() }, "run-floor")?;
+            cfg.no_reboot = true;
+            let mut vm = qemu::Vm::spawn(cfg)?;
+            let started = Instant::now();
+            vm.wait_exit(BOOT_TIMEOUT).with_context(|| format!("the kernel floor did not power off; serial log: {:?}", vm.serial_log()))?;
+            // Vm::elapsed counts from spawning QEMU; the loop above polls every 20 ms.
+            let secs = vm.elapsed().as_secs_f64().min(started.elapsed().as_secs_f64() + 60.0);
+            eprintln!("bench: floor run {}: {secs:.2} s", i + 1);
+            samples.push(secs);
+        }
+        Ok(Value::from_samples(&samples, "no runs"))
+    }
+
+    fn axion_direct(&self, n: usize, docker_runs: usize, engine: bool) -> Result<AxionFigures> {
+        let keydir = tempfile::tempdir()?;
+        let key = keydir.path().join("bench");
+        let ssh_ok = which("ssh").is_some()
+            && std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "bench", "-f"]).arg(&key).status().is_ok_and(|s| s.success());
+        let public = std::fs::read_to_string(key.with_extension("pub")).unwrap_or_default().trim().to_owned();
+        let (mut host, mut guest, mut api, mut mem, mut drun) = (vec![], vec![], vec![], vec![], vec![]);
+        let mut api_reason = "engine not in the image".to_owned();
+        let mut mem_reason = if ssh_ok { "no SSH answer".to_owned() } else { "no ssh/ssh-keygen on the host".to_owned() };
+        let mut run_reason = api_reason.clone();
+        for i in 0..n {
+            let (mut cfg, ports) = self.config(&self.bootable, "run-axion")?;
+            if let (true, Some(k)) = (ssh_ok, cfg.kernel.as_mut()) {
+                k.append = format!("{} axion.ssh_key=\"{public}\"", k.append);
+            }
+            let mut vm = qemu::Vm::spawn(cfg)?;
+            let ready = vm.wait_ready(BOOT_TIMEOUT)?;
+            eprintln!("bench: axion run {}: ready {:.2} s (guest {:.2} s)", i + 1, ready.host.as_secs_f64(), ready.guest.as_secs_f64());
+            host.push(ready.host.as_secs_f64());
+            guest.push(ready.guest.as_secs_f64());
+            // The Docker API: only worth waiting for when the engine is in the image.
+            let wait = if engine { Duration::from_secs(120) } else { Duration::from_secs(0) };
+            let deadline = Instant::now() + wait;
+            let mut answered = None;
+            loop {
+                if api_answers(ports.docker) {
+                    answered = Some(vm.elapsed().as_secs_f64());
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            match answered {
+                Some(t) => api.push(t),
+                None if engine => api_reason = format!("engine in the image but no answer on 127.0.0.1:{} within {} s", ports.docker, wait.as_secs()),
+                None => {}
+            }
+            if ssh_ok {
+                std::thread::sleep(Duration::from_secs(5));
+                match ssh_meminfo(&key, ports.ssh) {
+                    Ok(kib) => mem.push(kib as f64 / 1024.0),
+                    Err(e) => mem_reason = first_line(&format!("{e:#}")),
+                }
+            }
+            if answered.is_some() && i == 0 {
+                match self.docker_runs(ports.docker, docker_runs) {
+                    Ok(s) => drun.extend(s),
+                    Err(e) => run_reason = first_line(&format!("{e:#}")),
+                }
+            }
+            let _ = vm.kill();
+        }
+        Ok(AxionFigures {
+            ready_host: Value::from_samples(&host, "no runs"),
+            ready_guest: Value::from_samples(&guest, "no runs"),
+            api: Value::from_samples(&api, &api_reason),
+            mem: Value::from_samples(&mem, &mem_reason),
+            docker_run: Value::from_samples(&drun, &run_reason),
+        })
+    }
+
+    fn axion_disk(&self, n: usize) -> Result<Value> {
+        let Some(disk) = run::find_bootable(&self.layout.out("qemu"), "qemu", Format::Qcow2) else { return Ok(Value::na("no qcow2 in out/qemu")) };
+        let Bootable::Disk { path, format } = &disk else { return Ok(Value::na("the qcow2 format is not a disk")) };
+        let mut samples = Vec::new();
+        for i in 0..n {
+            let (mut cfg, _) = self.config(&disk, "run-axion-disk")?;
+            // Boot the built image itself; -snapshot keeps it pristine.
+            let interface = cfg.drives.first().map(|d| d.interface).unwrap_or(qemu::DiskInterface::Virtio);
+            cfg.drives = vec![qemu::Drive::disk(path, *format).interface(interface)];
+            cfg.snapshot = true;
+            let mut vm = qemu::Vm::spawn(cfg)?;
+            let ready = vm.wait_ready(BOOT_TIMEOUT)?;
+            eprintln!("bench: axion disk run {}: ready {:.2} s", i + 1, ready.host.as_secs_f64());
+            samples.push(ready.host.as_secs_f64());
+            let _ = vm.kill();
+        }
+        Ok(Value::from_samples(&samples, "no runs"))
+    }
+
+    fn peer(&self, p: &peer::Peer, n: usize, docker_runs: usize) -> Result<PeerFigures> {
+        let (mut mu, mut mu_guest, mut info, mut api, mut mem, mut drun) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let mut run_reason = String::from("no runs");
+        let mut api_reason = String::from("no answer");
+        for i in 0..n {
+            // The same VM as axion's (firmware, CPUs, memory, NIC); the peer's kernel, initrd
+            // and disk, and a forward to its dockerd's TCP port.
+            let (mut cfg, ports) = self.config(&Bootable::Kernel { kernel: p.kernel.clone(), initrd: p.initrd.clone() }, "run-peer")?;
+            if let Some(k) = cfg.kernel.as_mut() {
+                k.append = peer::CMDLINE.into();
+            }
+            let interface = qemu::DiskInterface::Virtio;
+            cfg.drives = vec![qemu::Drive::disk(&p.qcow2, qemu::DiskFormat::Qcow2).interface(interface)];
+            cfg.snapshot = true;
+            if let Some(net) = cfg.net.as_mut() {
+                net.forwards = vec![qemu::PortForward::tcp(ports.docker, peer::GUEST_DOCKER_PORT)];
+            }
+            let mut vm = qemu::Vm::spawn(cfg)?;
+            let line = vm.wait_for_line(peer::MARK_MULTI_USER, BOOT_TIMEOUT).context("the peer did not reach multi-user.target")?;
+            mu.push(line.elapsed.as_secs_f64());
+            if let Some(up) = line.line.rsplit(' ').next().and_then(|v| v.trim().parse::<f64>().ok()) {
+                mu_guest.push(up);
+            }
+            // API from the host, and the guest's own `docker info` marker, whichever first.
+            let deadline = Instant::now() + BOOT_TIMEOUT;
+            let mut got_api = None;
+            let mut got_info = None;
+            let mut got_mem = None;
+            while Instant::now() < deadline && (got_api.is_none() || got_info.is_none() || got_mem.is_none()) {
+                if got_api.is_none() && api_answers(ports.docker) {
+                    got_api = Some(vm.elapsed().as_secs_f64());
+                }
+                for l in drain_serial(&mut vm) {
+                    if l.contains(peer::MARK_DOCKER) {
+                        got_info = Some(vm.elapsed().as_secs_f64());
+                    } else if let Some(v) = l.split(peer::MARK_MEM).nth(1) {
+                        got_mem = v.trim().parse::<f64>().ok();
+                    }
+                }
+                if vm.try_exit_status().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            eprintln!("bench: peer run {}: multi-user {:.1} s, API {:?}, docker info {:?}, mem {:?} KiB", i + 1, line.elapsed.as_secs_f64(), got_api, got_info, got_mem);
+            match got_api {
+                Some(t) => api.push(t),
+                None => api_reason = format!("no answer on 127.0.0.1:{} within {} s", ports.docker, BOOT_TIMEOUT.as_secs()),
+            }
+            info.extend(got_info);
+            mem.extend(got_mem.map(|k| k / 1024.0));
+            if got_api.is_some() && i == 0 {
+                match self.docker_runs(ports.docker, docker_runs) {
+                    Ok(s) => drun.extend(s),
+                    Err(e) => run_reason = first_line(&format!("{e:#}")),
+                }
+            }
+            let _ = vm.kill();
+        }
+        Ok(PeerFigures {
+            multi_user: Value::from_samples(&mu, "no runs"),
+            multi_user_guest: Value::from_samples(&mu_guest, "no marker"),
+            docker_info: Value::from_samples(&info, "no marker"),
+            api: Value::from_samples(&api, &api_reason),
+            mem: Value::from_samples(&mem, "no marker"),
+            docker_run: Value::from_samples(&drun, &run_reason),
+        })
+    }
+
+    /// `docker load` of the busybox image, then `n` timed `docker run --rm busybox true`.
+    fn docker_runs(&self, port: u16, n: usize) -> Result<Vec<f64>> {
+        let Some(cli) = &self.docker_cli else { bail!("no docker CLI on the host") };
+        let host = format!("tcp://127.0.0.1:{port}");
+        let docker = |args: &[&str]| -> Result<std::process::Output> {
+            let out = std::process::Command::new(cli).arg("-H").arg(&host).args(args).env("DOCKER_API_VERSION", "1.41").output().context("cannot run docker")?;
+            if !out.status.success() {
+                bail!("docker {} failed: {}", args.join(" "), first_line(String::from_utf8_lossy(&out.stderr).trim()));
+            }
+            Ok(out)
+        };
+        docker(&["load", "-i", &self.busybox_tar.to_string_lossy()])?;
+        let mut samples = Vec::new();
+        for _ in 0..n {
+            let started = Instant::now();
+            docker(&["run", "--rm", "busybox", "true"])?;
+            samples.push(started.elapsed().as_secs_f64());
+        }
+        eprintln!("bench: docker run --rm busybox true: {samples:.2?}");
+        Ok(samples)
+    }
+}
+
+/// The serial lines that arrived since the last look (consumed).
+fn drain_serial(vm: &mut qemu::Vm) -> Vec<String> {
+    let mut lines = Vec::new();
+    while let Ok(l) = vm.wait_for(|_| true, "a serial line", Duration::from_millis(0)) {
+        lines.push(l.line);
+    }
+    lines
+}
+
+/// MemTotal − MemAvailable (KiB) of the guest over SSH, retrying while sshd starts.
+fn ssh_meminfo(key: &Path, port: u16) -> Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let out = std::process::Command::new("ssh")
+            .arg("-i")
+            .arg(key)
+            .args(["-p", &port.to_string()])
+            .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR"])
+            .arg("root@127.0.0.1")
+            .arg("cat /proc/meminfo")
+            .output()
+            .context("cannot run ssh")?;
+        if out.status.success() {
+            return used_kib(&String::from_utf8_lossy(&out.stdout)).context("no MemTotal/MemAvailable in the guest's /proc/meminfo");
+        }
+        last = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    bail!("ssh to the guest failed: {last}")
+}
+
+/// MemTotal − MemAvailable from /proc/meminfo text.
+pub fn used_kib(meminfo: &str) -> Option<u64> {
+    let field = |name: &str| meminfo.lines().find_map(|l| l.strip_prefix(name)).and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse::<u64>().ok());
+    Some(field("MemTotal:")?.saturating_sub(field("MemAvailable:")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meminfo_used() {
+        let text = "MemTotal:        1012345 kB\nMemFree:          900000 kB\nMemAvailable:     950000 kB\n";
+        assert_eq!(used_kib(text), Some(62345));
+        assert_eq!(used_kib("MemTotal: 5 kB\n"), None);
+    }
+
+    #[test]
+    fn busybox_image_is_a_docker_save_archive() {
+        let bytes = busybox_image_tar(b"\x7fELF fake busybox").unwrap();
+        let mut names = Vec::new();
+        let mut manifest = String::new();
+        let mut a = tar::Archive::new(&bytes[..]);
+        for e in a.entries().unwrap() {
+            let mut e = e.unwrap();
+            let name = e.path().unwrap().to_string_lossy().into_owned();
+            if name == "manifest.json" {
+                e.read_to_string(&mut manifest).unwrap();
+            }
+            names.push(name);
+        }
+        let m: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+        assert_eq!(m[0]["RepoTags"][0], "busybox:latest");
+        let layer = m[0]["Layers"][0].as_str().unwrap();
+        assert!(names.iter().any(|n| n == layer), "{names:?}");
+        assert!(names.iter().any(|n| n == m[0]["Config"].as_str().unwrap()));
+        // Same input, same bytes.
+        assert_eq!(bytes, busybox_image_tar(b"\x7fELF fake busybox").unwrap());
+    }
+
+    #[test]
+    fn ping_of_a_closed_port_is_false() {
+        let port = qemu::free_port().unwrap();
+        assert!(!api_answers(port));
+    }
+
+    #[test]
+    fn ping_of_a_docker_like_server_is_true() {
+        let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 256];
+            let _ = s.read(&mut buf);
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK").unwrap();
+        });
+        assert!(api_answers(port));
+        t.join().unwrap();
+    }
+}
