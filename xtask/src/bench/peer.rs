@@ -13,7 +13,8 @@
 //!   `vmlinuz` and `initrd.img` with `root=/dev/vda`, like axion's initramfs format and the
 //!   kernel floor, so no boot loader or firmware differs between the three.
 //! - Markers on ttyS0 (printed by small units): `bench-peer: multi-user` when
-//!   multi-user.target is reached, `bench-peer: docker-info` when `docker info` first answers
+//!   multi-user.target is reached (Debian's docker.service is part of it: Type=notify, so
+//!   the target waits until dockerd says it is ready), `bench-peer: docker-info` when `docker info` first answers
 //!   inside the guest, then `bench-peer: mem-used-kib N` (MemTotal - MemAvailable). journald
 //!   forwards errors to ttyS0 too.
 //! - dockerd also listens on TCP 2375 (no TLS, only reachable through QEMU's user-mode
@@ -34,7 +35,7 @@ use sha2::{Digest, Sha256};
 use crate::layout::Layout;
 
 /// Bumped whenever the way the peer is built changes.
-const RECIPE_VERSION: &str = "peer-3";
+const RECIPE_VERSION: &str = "peer-4";
 pub const SUITE: &str = "bookworm";
 /// Fixed so two builds of the same archive state give the same bytes.
 pub const SOURCE_DATE_EPOCH: u64 = 1_700_000_000;
@@ -64,7 +65,7 @@ fn files() -> Vec<(&'static str, u32, String)> {
             "/etc/systemd/system/bench-multi-user.service",
             0o644,
             format!(
-                "[Unit]\nDescription=bench marker: multi-user.target reached\nAfter=multi-user.target\n\n[Service]\nType=oneshot\n\
+                "[Unit]\nDescription=bench marker: multi-user.target reached\n# No default dependencies: else the target would also be ordered after this unit.\nDefaultDependencies=no\nAfter=multi-user.target\n\n[Service]\nType=oneshot\n\
                  ExecStart=/bin/sh -c 'read up idle < /proc/uptime; echo \"{MARK_MULTI_USER} $up\" > /dev/ttyS0'\n\n[Install]\nWantedBy=multi-user.target\n"
             ),
         ),
@@ -72,7 +73,7 @@ fn files() -> Vec<(&'static str, u32, String)> {
             "/etc/systemd/system/bench-docker.service",
             0o644,
             format!(
-                "[Unit]\nDescription=bench marker: docker info answers\nAfter=docker.service\nWants=docker.service\n\n[Service]\nType=oneshot\n\
+                "[Unit]\nDescription=bench marker: docker info answers\nAfter=docker.service\nWants=docker.service\n\n# simple: multi-user.target does not wait for this loop.\n[Service]\nType=simple\n\
                  ExecStart=/bin/sh /usr/local/sbin/bench-docker\n\n[Install]\nWantedBy=multi-user.target\n"
             ),
         ),
