@@ -87,6 +87,7 @@ pub fn bench(layout: &Layout, opts: &Options) -> Result<()> {
     }
     crate::doctor::ensure(&[crate::doctor::Need::Image, crate::doctor::Need::Run, crate::doctor::Need::Bench])?;
     let runs = Runs::for_opts(opts);
+    let load_at_start = std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| l.split_whitespace().next().map(str::to_owned)).unwrap_or_default();
     let out = layout.root.join("out").join("bench");
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let recipes = RecipeSet::load(&layout.recipes())?;
@@ -159,10 +160,6 @@ pub fn bench(layout: &Layout, opts: &Options) -> Result<()> {
             }
         }
     }
-    if let Some(pe) = &peer {
-        let meta = std::fs::metadata(&pe.qcow2)?;
-        rows.push(Row::new("size", "peer: peer.qcow2 (ext4 root made by mke2fs -d)", Unit::Bytes, Value::None, Value::one(meta.len() as f64)));
-    }
 
     // Boots.
     let bootable = run::find_bootable(&layout.out("qemu"), "qemu", Format::Initramfs).context("the qemu profile's initramfs format is missing from out/qemu")?;
@@ -204,13 +201,13 @@ pub fn bench(layout: &Layout, opts: &Options) -> Result<()> {
     ));
     notes.push(format!("VMs: the qemu profile's hardware for all three ({}); accelerator: {}", vm_description(&qemu_profile), accel_reason));
     if let Some(p) = &peer {
-        notes.push(format!("peer: Debian {} minbase + {} (debootstrap, cached in {})", peer::SUITE, peer::PACKAGES.join(", "), p.dir.display()));
+        notes.push(format!("peer: Debian {} minbase + {} (debootstrap; one ext4 root made by mke2fs -d, as qcow2; cached in {})", peer::SUITE, peer::PACKAGES.join(", "), p.dir.display()));
     }
     if !staged.is_empty() {
         notes.push(format!("packages: {}", staged.iter().map(|s| format!("{} {}", s.name, s.version)).collect::<Vec<_>>().join(", ")));
     }
 
-    let report = Report { meta: meta(accel, &accel_reason, &qemu_profile, opts.quick), floor_seconds: floor_median, rows, notes };
+    let report = Report { meta: Meta { load_average: load_at_start, ..meta(accel, &accel_reason, &qemu_profile, opts.quick) }, floor_seconds: floor_median, rows, notes };
     print!("{}", report.table());
     let json = opts.json.clone().unwrap_or_else(|| out.join("bench.json"));
     crate::image::write_atomic(&json, report.json().as_bytes())?;
@@ -248,6 +245,7 @@ fn meta(accel: qemu::Accel, reason: &str, p: &Profile, quick: bool) -> Meta {
         accel_reason: reason.to_owned(),
         vm: vm_description(p),
         quick,
+        load_average: std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| l.split_whitespace().next().map(str::to_owned)).unwrap_or_default(),
     }
 }
 
@@ -478,6 +476,8 @@ impl Bench<'_> {
             vm.wait_exit(BOOT_TIMEOUT).with_context(|| format!("the kernel floor did not power off; serial log: {:?}", vm.serial_log()))?;
             // Vm::elapsed counts from spawning QEMU; wait_exit polls every 20 ms.
             let secs = vm.elapsed().as_secs_f64();
+            // A panic would also end QEMU (panic=-1, -no-reboot): only a power-off counts.
+            vm.wait_for_line("reboot: Power down", Duration::ZERO).context("the kernel floor's QEMU exited without the kernel's power-off line (see the serial log)")?;
             eprintln!("bench: floor run {}: {secs:.2} s", i + 1);
             samples.push(secs);
         }

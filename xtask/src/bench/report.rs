@@ -21,6 +21,8 @@ pub struct Meta {
     /// The guests' virtual hardware (the same for axion, the peer and the floor).
     pub vm: String,
     pub quick: bool,
+    /// The host's 1-minute load average when the bench started (the machine may be shared).
+    pub load_average: String,
 }
 
 /// One line of the table.
@@ -69,11 +71,12 @@ impl Report {
     pub fn table(&self) -> String {
         let m = &self.meta;
         let mut out = format!(
-            "{} UTC · {} ({} cores, {:.0} GiB) · host kernel {} · {} · QEMU {} · guests: {}{}\n\n",
+            "{} UTC · {} ({} cores, {:.0} GiB, load average {} at start) · host kernel {} · {} · QEMU {} · guests: {}{}\n\n",
             m.date,
             m.cpu,
             m.cores,
             m.memory_gib,
+            m.load_average,
             m.host_kernel,
             m.accel,
             m.qemu,
@@ -190,6 +193,7 @@ mod tests {
                 accel_reason: "test".into(),
                 vm: "2 vCPU, 1024 MiB".into(),
                 quick: true,
+                load_average: "0.50".into(),
             },
             floor_seconds: Some(1.0),
             rows: vec![
