@@ -101,13 +101,18 @@ pub fn bench(layout: &Layout, opts: &Options) -> Result<()> {
     step.finish_and_clear();
     let recorded_path = layout.cache.join("bench").join("clean-builds.json");
     if opts.quick {
-        match read_recorded(&recorded_path) {
-            Some(rec) => {
-                for (name, secs) in &rec.seconds {
-                    rows.push(Row::new("build", &format!("clean build: {name} (recorded {})", rec.date), Unit::Seconds, Value::one(*secs), Value::None));
-                }
-            }
-            None => rows.push(Row::new("build", "clean build, every package", Unit::Seconds, Value::na("skipped in --quick and none recorded by a full run; the kernel alone takes ~8 min"), Value::None)),
+        // The cached entries' own build logs end with `== built in N s`; else what the last
+        // full run recorded.
+        let recorded = read_recorded(&recorded_path);
+        for s in &staged {
+            let from_log = s.tree.parent().and_then(|d| std::fs::read_to_string(d.join("build.log")).ok()).and_then(|t| logged_build_seconds(&t));
+            let from_run = recorded.as_ref().and_then(|r| r.seconds.iter().find(|(n, _)| *n == s.name).map(|(_, v)| (*v, r.date.clone())));
+            let (label, v) = match (from_log, from_run) {
+                (Some(secs), _) => (format!("clean build: {} (from its build log)", s.name), Value::one(secs)),
+                (None, Some((secs, date))) => (format!("clean build: {} (full bench run {date})", s.name), Value::one(secs)),
+                (None, None) => (format!("clean build: {}", s.name), Value::na("not rebuilt in --quick; its build log has no duration")),
+            };
+            rows.push(Row::new("build", &label, Unit::Seconds, v, Value::None));
         }
     } else {
         let measured = clean_builds(layout, &recipes, &qemu_profile.spec.profile.packages)?;
@@ -290,6 +295,11 @@ fn first_line(s: &str) -> String {
 struct Recorded {
     date: String,
     seconds: Vec<(String, f64)>,
+}
+
+/// The duration a package build log ends with: `== built in 123.4 s with -j2`.
+pub fn logged_build_seconds(log: &str) -> Option<f64> {
+    log.lines().rev().find_map(|l| l.strip_prefix("== built in ")).and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse().ok())
 }
 
 fn read_recorded(path: &Path) -> Option<Recorded> {
@@ -699,6 +709,12 @@ pub fn used_kib(meminfo: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn build_log_duration() {
+        assert_eq!(logged_build_seconds("== work /x\nmake ...\n== built in 451.2 s with -j2\n"), Some(451.2));
+        assert_eq!(logged_build_seconds("== built init: /x/init\n"), None);
+    }
 
     #[test]
     fn meminfo_used() {
