@@ -3,12 +3,10 @@
 //! under both, the VMDK taken out of the OVA and converted with `qemu-img` under OVMF, and
 //! the initramfs by direct kernel boot.
 //!
-//! Inputs: the staged trees in `$AXION_CACHE/packages/` (newest `linux-*`, `busybox-*`,
-//! `init-*`), or `AXION_TEST_KERNEL=path/to/vmlinuz` for the kernel. Until the init package
-//! is built, a stand-in `/sbin/init` (a shell script run by the host's static busybox) prints
-//! the ready line and powers off; the test says so. Without a kernel it skips loudly.
+//! A second test shows state on `/var/lib` (the data partition) surviving a reboot.
+//! Inputs: see [`inputs`].
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -27,73 +25,48 @@ data-size-mib = 64
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 
-/// The newest `$AXION_CACHE/packages/NAME-*/tree` that holds `file`.
-fn staged(name: &str, file: &str) -> Option<PathBuf> {
-    let dir = xtask::layout::default_cache_dir().join("packages");
-    let mut found: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{name}-")))
-        .map(|e| e.path().join("tree"))
-        .filter(|t| t.join(file).exists())
-        .filter_map(|t| Some((std::fs::metadata(&t).ok()?.modified().ok()?, t)))
-        .collect();
-    found.sort();
-    found.pop().map(|(_, t)| t)
-}
-
 struct Inputs {
     _tmp: tempfile::TempDir,
     packages: Vec<PackageTree>,
-    note: Vec<String>,
+    /// The real init (not the stand-in): it mounts the data partition and runs services.
+    real_init: bool,
 }
 
-fn inputs() -> Option<Inputs> {
+/// The packages the images are made of: `linux`, `busybox` and `init` from the package builds
+/// (`build::build_packages`, a no-op when cached; the kernel takes minutes the first time).
+/// `AXION_TEST_KERNEL=path/to/vmlinuz` instead boots that kernel with a stand-in init (a
+/// script run by the host's static busybox that prints the ready line and powers off), for
+/// working on the image formats without building anything.
+fn inputs() -> Inputs {
     let tmp = tempfile::tempdir().unwrap();
-    let mut note = Vec::new();
-    let mut packages = Vec::new();
-    let linux = if let Some(k) = std::env::var_os("AXION_TEST_KERNEL") {
+    if let Some(k) = std::env::var_os("AXION_TEST_KERNEL") {
+        eprintln!("note: kernel from AXION_TEST_KERNEL={}, STAND-IN init (busybox script)", Path::new(&k).display());
         let t = tmp.path().join("linux");
         std::fs::create_dir_all(t.join("boot")).unwrap();
         std::fs::copy(&k, t.join("boot/vmlinuz")).unwrap_or_else(|e| panic!("AXION_TEST_KERNEL={}: {e}", Path::new(&k).display()));
-        note.push(format!("kernel from AXION_TEST_KERNEL={}", Path::new(&k).display()));
-        t
-    } else if let Some(t) = staged("linux", "boot/vmlinuz") {
-        note.push(format!("kernel from {}", t.display()));
-        t
-    } else {
-        eprintln!("\n*** skip: because no kernel is built (no $AXION_CACHE/packages/linux-*/tree/boot/vmlinuz; run `cargo xtask build linux` or set AXION_TEST_KERNEL) ***\n");
-        return None;
-    };
-    packages.push(PackageTree { name: "linux".into(), tree: linux });
-    match (staged("init", "sbin/init"), staged("busybox", "bin/busybox")) {
-        (Some(init), Some(bb)) => {
-            note.push(format!("init from {}, busybox from {}", init.display(), bb.display()));
-            packages.push(PackageTree { name: "busybox".into(), tree: bb });
-            packages.push(PackageTree { name: "init".into(), tree: init });
-        }
-        _ => {
-            let host_bb = Path::new("/bin/busybox");
-            if !host_bb.exists() {
-                eprintln!("\n*** skip: because neither the init package nor the host's busybox-static is there ***\n");
-                return None;
-            }
-            note.push("STAND-IN init: a busybox script prints the ready line (the init package is not built yet)".into());
-            let t = tmp.path().join("standin");
-            std::fs::create_dir_all(t.join("bin")).unwrap();
-            std::fs::create_dir_all(t.join("sbin")).unwrap();
-            std::fs::copy(host_bb, t.join("bin/busybox")).unwrap();
-            let script = "#!/bin/busybox sh\n\
-                /bin/busybox mount -t proc proc /proc\n\
-                /bin/busybox echo \"axion: ready in $(/bin/busybox cut -d' ' -f1 /proc/uptime) s\"\n\
-                /bin/busybox poweroff -f\n";
-            std::fs::write(t.join("sbin/init"), script).unwrap();
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(t.join("sbin/init"), std::fs::Permissions::from_mode(0o755)).unwrap();
-            packages.push(PackageTree { name: "standin".into(), tree: t });
-        }
+        let s = tmp.path().join("standin");
+        std::fs::create_dir_all(s.join("bin")).unwrap();
+        std::fs::create_dir_all(s.join("sbin")).unwrap();
+        std::fs::copy("/bin/busybox", s.join("bin/busybox")).expect("the stand-in init needs Debian's busybox-static at /bin/busybox");
+        let script = "#!/bin/busybox sh\n\
+            /bin/busybox mount -t proc proc /proc\n\
+            /bin/busybox echo \"axion: ready in $(/bin/busybox cut -d' ' -f1 /proc/uptime) s\"\n\
+            /bin/busybox poweroff -f\n";
+        std::fs::write(s.join("sbin/init"), script).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(s.join("sbin/init"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let packages = vec![PackageTree { name: "linux".into(), tree: t }, PackageTree { name: "standin".into(), tree: s }];
+        return Inputs { _tmp: tmp, packages, real_init: false };
     }
-    Some(Inputs { _tmp: tmp, packages, note })
+    let layout = xtask::layout::Layout::discover();
+    let recipes = xtask::recipe::RecipeSet::load(&layout.recipes()).expect("recipes");
+    let names: Vec<String> = ["linux", "busybox", "init"].map(String::from).to_vec();
+    let staged = xtask::build::build_packages(&layout, &recipes, &names, &Default::default()).expect("build linux, busybox, init");
+    for s in &staged {
+        eprintln!("note: {} {} from {}", s.name, s.version, s.tree.display());
+    }
+    let packages = staged.into_iter().map(|s| PackageTree { name: s.name, tree: s.tree }).collect();
+    Inputs { _tmp: tmp, packages, real_init: true }
 }
 
 fn boot(what: &str, config: qemu::VmConfig) {
@@ -108,10 +81,8 @@ fn boot(what: &str, config: qemu::VmConfig) {
 
 #[test]
 fn every_format_boots_to_the_ready_line() {
-    let Some(inputs) = inputs() else { return };
-    for n in &inputs.note {
-        eprintln!("note: {n}");
-    }
+    axion_tests::require!(axion_tests::have_qemu(), "qemu-system-x86_64 is not installed");
+    let inputs = inputs();
     let out = tempfile::tempdir().unwrap();
     let profile = parse_profile(Path::new("image-profiles/e2e.toml"), PROFILE).unwrap();
     xtask::image::assemble_with(&profile, &inputs.packages, &[], &Format::ALL, out.path(), 1_700_000_000).expect("assemble");
@@ -143,4 +114,57 @@ fn every_format_boots_to_the_ready_line() {
     boot("ISO as USB stick (disk), OVMF", vm().firmware(Firmware::ovmf()).drive(Drive::disk(f("iso"), DiskFormat::Raw)));
     boot("ISO as USB stick (disk), SeaBIOS", vm().drive(Drive::disk(f("iso"), DiskFormat::Raw)));
     boot("VMDK from the OVA, OVMF", vm().firmware(Firmware::ovmf()).drive(Drive::disk(&from_ova, DiskFormat::Qcow2)));
+}
+
+/// A file written to /var/lib in one boot is there in the next: the data partition of the
+/// disk image is found, mounted and kept. Needs the real init (it mounts `axion-data` and runs
+/// services) and the built kernel (drivers built in).
+#[test]
+fn state_on_var_lib_survives_a_reboot() {
+    axion_tests::require!(axion_tests::have_qemu(), "qemu-system-x86_64 is not installed");
+    let inputs = inputs();
+    axion_tests::require!(inputs.real_init, "AXION_TEST_KERNEL's stand-in init does not mount /var/lib");
+    let tmp = tempfile::tempdir().unwrap();
+    // A one-shot service that shows what the last boot left and adds a line.
+    let svc = tmp.path().join("overlay/etc/axion/services");
+    std::fs::create_dir_all(&svc).unwrap();
+    std::fs::write(
+        svc.join("e2e-state.toml"),
+        "command = \"/bin/busybox\"\n\
+         args = [\"sh\", \"-c\", \"echo state: $(cat /var/lib/e2e-state 2>/dev/null || echo none); echo booted >> /var/lib/e2e-state; sync\"]\n\
+         restart = \"never\"\n",
+    )
+    .unwrap();
+    let packages = inputs.packages.clone();
+    let profile = parse_profile(Path::new("image-profiles/e2e.toml"), PROFILE).unwrap();
+    let out = tmp.path().join("out");
+    xtask::image::assemble_with(&profile, &packages, &[("e2e".into(), tmp.path().join("overlay"))], &[Format::Qcow2], &out, 1_700_000_000)
+        .expect("assemble");
+    let disk = out.join(format!("axion-e2e-{}.qcow2", xtask::image::VERSION));
+
+    use qemu::{DiskFormat, Drive, Firmware, VmConfig};
+    for (boot, expect) in [(1, "state: none"), (2, "state: booted")] {
+        let config = VmConfig::new().memory_mib(512).firmware(Firmware::ovmf()).drive(Drive::disk(&disk, DiskFormat::Qcow2));
+        let mut vm = qemu::Vm::spawn(config).unwrap_or_else(|e| panic!("boot {boot}: cannot start QEMU: {e}"));
+        // The service may print before or after init's ready line: wait for both.
+        let (mut state, mut ready) = (None::<String>, false);
+        let waited = vm.wait_for(
+            |l| {
+                if l.contains("state: ") && state.is_none() {
+                    state = Some(l.to_owned());
+                }
+                ready |= qemu::parse_ready_line(l).is_some();
+                state.is_some() && ready
+            },
+            "the e2e-state service's line and init's ready line",
+            BOOT_TIMEOUT,
+        );
+        if let Err(e) = waited {
+            panic!("boot {boot}: {e}\nserial tail:\n{}", vm.serial_tail().join("\n"));
+        }
+        let line = state.expect("seen");
+        assert!(line.contains(expect), "boot {boot}: expected '{expect}', got '{line}'");
+        let status = vm.powerdown_and_wait(Duration::from_secs(120)).unwrap_or_else(|e| panic!("boot {boot}: power button: {e}"));
+        eprintln!("boot {boot}: '{}', powered off ({status})", line.trim());
+    }
 }
