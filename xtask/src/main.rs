@@ -251,7 +251,7 @@ fn publish(layout: &Layout, name: &str, dir: &std::path::Path, push: Option<&str
             ("org.opencontainers.image.version".to_owned(), xtask::image::VERSION.to_owned()),
             ("org.opencontainers.image.title".to_owned(), format!("axion-{}", profile.name())),
         ];
-        let digest = xtask::publish::oci::push(reference, &files, &annotations)?;
+        let digest = xtask::publish::oci::push(reference, dir, &files, &annotations)?;
         println!("pushed {reference} ({digest})");
     }
     Ok(())

@@ -136,8 +136,9 @@ fn upload_blob(c: &reqwest::blocking::Client, r: &Reference, digest: &str, size:
     Ok(())
 }
 
-/// Pushes `files` as one artifact; returns the manifest digest.
-pub fn push(reference: &str, files: &[PathBuf], annotations: &[(String, String)]) -> Result<String, OciError> {
+/// Pushes `files` (all inside `base`) as one artifact; each layer's title is the file's path
+/// relative to `base`, so a pull recreates the folder. Returns the manifest digest.
+pub fn push(reference: &str, base: &Path, files: &[PathBuf], annotations: &[(String, String)]) -> Result<String, OciError> {
     let r = Reference::parse(reference)?;
     let c = client()?;
     let empty = b"{}";
@@ -145,7 +146,7 @@ pub fn push(reference: &str, files: &[PathBuf], annotations: &[(String, String)]
     upload_blob(&c, &r, &empty_digest, 2, reqwest::blocking::Body::from(empty.to_vec()))?;
     let mut layers = Vec::new();
     for f in files {
-        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        let name = f.strip_prefix(base).unwrap_or(f).to_string_lossy().into_owned();
         let (digest, size) = sha256_of(f)?;
         eprintln!("push {name} ({size} bytes)");
         let file = File::open(f).map_err(|source| OciError::Io { action: "open", path: f.clone(), source })?;
@@ -193,8 +194,9 @@ pub fn pull(reference: &str, dir: &Path) -> Result<Vec<PathBuf>, OciError> {
     let mut out = Vec::new();
     for layer in manifest["layers"].as_array().cloned().unwrap_or_default() {
         let name = layer["annotations"][TITLE].as_str().unwrap_or_default();
-        // A title is a plain file name: never let a manifest write outside `dir`.
-        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        // A title is a relative path of plain components: never let a manifest write
+        // outside `dir`.
+        if !is_safe_relative(name) {
             return Err(OciError::NotAnArtifact(url, format!("bad layer title '{name}'")));
         }
         let digest = layer["digest"].as_str().unwrap_or_default().to_owned();
@@ -202,7 +204,9 @@ pub fn pull(reference: &str, dir: &Path) -> Result<Vec<PathBuf>, OciError> {
         let blob = format!("{}/blobs/{digest}", r.base());
         let mut resp = check(&blob, c.get(&blob).send().map_err(|source| OciError::Http { url: blob.clone(), source })?)?;
         let dest = dir.join(name);
-        let tmp = dir.join(format!(".{name}.part"));
+        let parent = dest.parent().unwrap_or(dir).to_owned();
+        std::fs::create_dir_all(&parent).map_err(|source| OciError::Io { action: "create", path: parent.clone(), source })?;
+        let tmp = parent.join(format!(".{}.part", dest.file_name().and_then(|n| n.to_str()).unwrap_or("blob")));
         let mut f = File::create(&tmp).map_err(|source| OciError::Io { action: "create", path: tmp.clone(), source })?;
         let mut h = Sha256::new();
         let mut buf = vec![0u8; 1 << 16];
@@ -229,9 +233,23 @@ pub fn pull(reference: &str, dir: &Path) -> Result<Vec<PathBuf>, OciError> {
     Ok(out)
 }
 
+/// `a/b/c`: no empty, `.` or `..` component, not absolute, no hidden first component.
+fn is_safe_relative(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with('/') && !name.starts_with('.') && name.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layer_titles_cannot_escape() {
+        assert!(is_safe_relative("licenses/linux/COPYING"));
+        assert!(is_safe_relative("axion-qemu-0.1.0.raw"));
+        for bad in ["", "/etc/passwd", "../x", "a/../../x", "a//b", ".hidden", "a/./b"] {
+            assert!(!is_safe_relative(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn references() {
