@@ -21,6 +21,7 @@ use serde_json::json;
 
 use crate::build::Staged;
 use crate::cache::sha256_file;
+use crate::image::write_atomic;
 use crate::recipe::{Build, Recipe};
 use crate::sbom::{self, Artifact, SbomInput};
 
@@ -189,14 +190,6 @@ fn license_texts(root: &Path, r: &Recipe, staged: &[Staged]) -> Result<Vec<(Stri
     Ok(out)
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::Write::write_all(&mut tmp, bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
-}
 
 fn copy_atomic(from: &Path, to: &Path) -> Result<()> {
     let dir = to.parent().unwrap_or(Path::new("."));

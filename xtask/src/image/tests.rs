@@ -2,6 +2,7 @@
 //! different folders giving identical bytes. Uses hand-made staged trees and a stand-in
 //! kernel (booting is the end-to-end tests' job, in tests/).
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
