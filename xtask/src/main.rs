@@ -297,12 +297,13 @@ fn list(layout: &Layout) -> Result<()> {
 }
 
 /// `cargo xtask test`: the one gate. Unit tests first (fast, no external resources), then the
-/// end-to-end tests in tests/ that build images and boot them in QEMU.
+/// end-to-end tests in tests/ that build images and boot them in QEMU. `--no-fail-fast`: one
+/// failing test binary must not hide how the others fare.
 fn test(layout: &Layout, unit_only: bool, args: &[String]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = std::process::Command::new(&cargo)
         .current_dir(&layout.root)
-        .args(["test", "--workspace", "--exclude", "axion-tests"])
+        .args(["test", "--no-fail-fast", "--workspace", "--exclude", "axion-tests"])
         .args(args)
         .status()
         .context("cannot run cargo test")?;
@@ -315,7 +316,7 @@ fn test(layout: &Layout, unit_only: bool, args: &[String]) -> Result<()> {
     doctor::ensure(&doctor::all_needs())?;
     let status = std::process::Command::new(&cargo)
         .current_dir(&layout.root)
-        .args(["test", "--package", "axion-tests", "--", "--test-threads=1"])
+        .args(["test", "--no-fail-fast", "--package", "axion-tests", "--", "--test-threads=1"])
         .args(args)
         .status()
         .context("cannot run cargo test")?;
