@@ -112,15 +112,7 @@ fn run(spec: RunSpec) -> i32 {
                 // SAFETY: _exit is always safe.
                 unsafe { libc::_exit(125) };
             }
-            let code = match container_init(&spec) {
-                Ok(never) => match never {},
-                Err((code, msg)) => {
-                    report(&format!("error {msg}\n"));
-                    code
-                }
-            };
-            // SAFETY: _exit is always safe.
-            unsafe { libc::_exit(code) }
+            exit_child(container_init(&spec))
         }
         Ok(ForkResult::Parent { child }) => {
             report(&format!("pid {child}\n"));
@@ -153,6 +145,20 @@ fn inside(root: &Path, p: &str) -> PathBuf {
 fn mount_at(src: &str, target: &Path, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<(), Fail> {
     fs::create_dir_all(target).map_err(err(format!("mkdir {}", target.display())))?;
     mount(Some(src), target, Some(fstype), flags, data).map_err(err(format!("mount {fstype} on {}", target.display())))
+}
+
+/// Ends a forked child that failed to become the container's process: reports why on the
+/// status pipe and exits with the code Docker uses for that failure.
+fn exit_child(result: Result<std::convert::Infallible, Fail>) -> ! {
+    let code = match result {
+        Ok(never) => match never {},
+        Err((code, msg)) => {
+            report(&format!("error {msg}\n"));
+            code
+        }
+    };
+    // SAFETY: _exit is always safe.
+    unsafe { libc::_exit(code) }
 }
 
 fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
@@ -397,15 +403,7 @@ fn exec(spec: ExecSpec) -> i32 {
         }
         Ok(ForkResult::Child) => {
             set_cloexec(STATUS_FD);
-            let code = match start_process(&spec.process) {
-                Ok(never) => match never {},
-                Err((code, msg)) => {
-                    report(&format!("error {msg}\n"));
-                    code
-                }
-            };
-            // SAFETY: _exit is always safe.
-            unsafe { libc::_exit(code) }
+            exit_child(start_process(&spec.process))
         }
         Ok(ForkResult::Parent { child }) => {
             report(&format!("pid {child}\n"));
