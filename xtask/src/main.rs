@@ -70,6 +70,13 @@ enum Cmd {
         /// Host port forwarded to the guest's Docker API (default 2376, or a free one if busy).
         #[arg(long)]
         docker_port: Option<u16>,
+        /// SSH public key for root in the guest (default: ~/.ssh/id_ed25519.pub, id_ecdsa.pub
+        /// or id_rsa.pub, the first that exists).
+        #[arg(long)]
+        ssh_key: Option<PathBuf>,
+        /// Host name for the guest (a first-boot setting).
+        #[arg(long)]
+        hostname: Option<String>,
     },
     /// Build a profile's images and write them with SHA256SUMS, an SPDX SBOM, license texts
     /// and a build manifest into a folder; optionally push them to an OCI registry.
@@ -169,8 +176,8 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("{} package(s) ready in {:.2} s under {}", staged.len(), started.elapsed().as_secs_f64(), layout.packages().display());
             Ok(())
         }
-        Cmd::Run { profile, format, detach, ssh_port, docker_port } => {
-            run::run(&layout, &run::RunOptions { profile, format, detach, ssh_port, docker_port })
+        Cmd::Run { profile, format, detach, ssh_port, docker_port, ssh_key, hostname } => {
+            run::run(&layout, &run::RunOptions { profile, format, detach, ssh_port, docker_port, ssh_key, hostname })
         }
         Cmd::Publish { profile, out, push, offline } => publish(&layout, &profile, &out, push.as_deref(), offline),
         Cmd::Pull { reference, out } => {

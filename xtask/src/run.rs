@@ -12,6 +12,8 @@
 //! | `qmp.sock`      | QMP monitor socket (`stop` uses it, for interactive runs too)          |
 //! | `qemu.pid`      | QEMU's process id while it runs                                       |
 //! | `qemu.log`      | QEMU's own messages (detached runs)                                    |
+//! | `docker/`       | the Docker TLS certificates: a CA, the engine's server certificate, and the client side (`DOCKER_CERT_PATH`) |
+//! | `first-boot/`   | `user-data` and `meta-data`, handed to the guest through fw_cfg         |
 //!
 //! Decisions: the format defaults to qcow2 if built, else raw, iso, vmdk, initramfs; an ISO
 //! boots as a read-only CD-ROM (no persistent state); initramfs by direct kernel boot with the
@@ -19,6 +21,11 @@
 //! (Docker API), a free port instead when one is taken (and we say so). The accelerator comes
 //! from `qemu::choose_accel` (TCG unless a KVM probe boots a kernel; `AXION_ACCEL=tcg` skips
 //! the probe).
+//!
+//! First-boot settings ([`first_boot`]): the host name (`--hostname`), an SSH key
+//! (`--ssh-key`, else the user's own public key) and the engine's TLS material go to the guest
+//! through fw_cfg, so `run --detach` can print DOCKER_HOST/DOCKER_TLS_VERIFY/DOCKER_CERT_PATH
+//! and the next `docker` command on the host reaches the VM over mutual TLS.
 
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -30,6 +37,9 @@ use crate::layout::Layout;
 use crate::profile::{self, DiskController, Firmware, Format, Nic, Profile};
 use crate::recipe::RecipeSet;
 
+pub mod docker_certs;
+pub mod first_boot;
+
 /// What `cargo xtask run` was asked for.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -40,6 +50,10 @@ pub struct RunOptions {
     pub ssh_port: Option<u16>,
     /// Host port for the guest's Docker API (default 2376).
     pub docker_port: Option<u16>,
+    /// SSH public key for root in the guest (default: the user's own, if any).
+    pub ssh_key: Option<PathBuf>,
+    /// The guest's host name (default: the image's).
+    pub hostname: Option<String>,
 }
 
 const DEFAULT_SSH_PORT: u16 = 2222;
@@ -74,6 +88,13 @@ impl RunDir {
     }
     pub fn pid_file(&self) -> PathBuf {
         self.dir.join("qemu.pid")
+    }
+    /// The Docker TLS certificates; the client side of them is a `DOCKER_CERT_PATH`.
+    pub fn docker_certs(&self) -> PathBuf {
+        self.dir.join("docker")
+    }
+    pub fn first_boot(&self) -> PathBuf {
+        self.dir.join("first-boot")
     }
 
     /// The pid of a QEMU that is running for this profile, if any; removes stale files.
@@ -339,10 +360,11 @@ pub fn vm_config(profile: &Profile, bootable: &Bootable, run: &RunDir, ports: Po
     c.user_net(nic, vec![qemu::PortForward::tcp(ports.ssh, GUEST_SSH_PORT), qemu::PortForward::tcp(ports.docker, GUEST_DOCKER_PORT)])
 }
 
-/// The `export` lines `run --detach` prints for `eval "$(cargo xtask run --detach)"`.
-pub fn export_lines(profile: &Profile, run: &RunDir, pid: u32, ports: Ports) -> Vec<String> {
+/// The `export` lines `run --detach` prints for `eval "$(cargo xtask run --detach)"`: the
+/// VM's facts, and the docker CLI's variables when the image has the engine.
+pub fn export_lines(profile: &Profile, run: &RunDir, pid: u32, ports: Ports, docker: bool) -> Vec<String> {
     let q = |s: &str| qemu::shell_quote(s);
-    let lines = vec![
+    let mut lines = vec![
         format!("export AXION_PROFILE={}", q(profile.name())),
         format!("export AXION_PID={pid}"),
         format!("export AXION_SSH_PORT={}", ports.ssh),
@@ -350,15 +372,11 @@ pub fn export_lines(profile: &Profile, run: &RunDir, pid: u32, ports: Ports) -> 
         format!("export AXION_SERIAL_LOG={}", q(&run.serial_log().to_string_lossy())),
         format!("export AXION_QMP_SOCKET={}", q(&run.qmp_socket().to_string_lossy())),
     ];
-    // ENGINE: the engine serves the Docker API on TCP with mutual TLS only, and its client
-    // certificate is generated inside the guest (<data-root>/tls/client/). Once the host can
-    // hand the guest a client CA as a first-boot setting (fw_cfg opt/axion/..., the engine's
-    // --tlscacert), generate the CA and a client certificate in out/P/run/docker-certs/, pass
-    // the CA with `VmConfig::fw_cfg_file`, and add here:
-    //   export DOCKER_HOST=tcp://127.0.0.1:{ports.docker}
-    //   export DOCKER_TLS_VERIFY=1
-    //   export DOCKER_CERT_PATH=<out/P/run/docker-certs>
-    // Until then a DOCKER_HOST would point the docker CLI at a server that refuses it.
+    if docker {
+        lines.push(format!("export DOCKER_HOST=tcp://127.0.0.1:{}", ports.docker));
+        lines.push("export DOCKER_TLS_VERIFY=1".to_string());
+        lines.push(format!("export DOCKER_CERT_PATH={}", q(&run.docker_certs().to_string_lossy())));
+    }
     lines
 }
 
@@ -408,12 +426,27 @@ pub fn run(layout: &Layout, opts: &RunOptions) -> Result<()> {
     };
     eprintln!("booting {image_desc} ({format}, {firmware}, {why})");
     eprintln!("forwarded: SSH 127.0.0.1:{} -> 22, Docker API 127.0.0.1:{} -> 2376", ports.ssh, ports.docker);
-    let config = vm_config(&profile, &bootable, &run, ports, accel);
+    let mut config = vm_config(&profile, &bootable, &run, ports, accel);
+    let has_engine = profile.spec.profile.packages.iter().any(|p| p == "engine");
+    for (name, file) in first_boot_settings(&run, opts, has_engine)?.write(&run.first_boot())? {
+        config = config.fw_cfg_file(name, file);
+    }
     if opts.detach {
-        detach(&profile, &run, config, ports)
+        detach(&profile, &run, config, ports, has_engine)
     } else {
         foreground(&run, config)
     }
+}
+
+/// The settings this run hands the guest: see [`first_boot`].
+fn first_boot_settings(run: &RunDir, opts: &RunOptions, has_engine: bool) -> Result<first_boot::FirstBoot> {
+    let key = first_boot::ssh_key(opts.ssh_key.as_deref())?;
+    match &key {
+        Some(k) => eprintln!("SSH: root may log in with {}", k.split_whitespace().take(3).collect::<Vec<_>>().join(" ")),
+        None => eprintln!("SSH: no public key found in ~/.ssh (id_ed25519.pub, id_ecdsa.pub, id_rsa.pub); pass --ssh-key FILE to log in"),
+    }
+    let docker = if has_engine { Some(docker_certs::ensure(&run.docker_certs())?) } else { None };
+    Ok(first_boot::FirstBoot { hostname: opts.hostname.clone(), ssh_authorized_keys: key.into_iter().collect(), docker })
 }
 
 fn foreground(run: &RunDir, config: qemu::VmConfig) -> Result<()> {
@@ -430,7 +463,7 @@ fn foreground(run: &RunDir, config: qemu::VmConfig) -> Result<()> {
     Ok(())
 }
 
-fn detach(profile: &Profile, run: &RunDir, config: qemu::VmConfig, ports: Ports) -> Result<()> {
+fn detach(profile: &Profile, run: &RunDir, config: qemu::VmConfig, ports: Ports, docker: bool) -> Result<()> {
     let config = config.serial_file(run.serial_log());
     let mut vm = qemu::Vm::spawn(config)?;
     std::fs::write(run.pid_file(), vm.pid().to_string()).with_context(|| format!("cannot write {}", run.pid_file().display()))?;
@@ -452,7 +485,7 @@ fn detach(profile: &Profile, run: &RunDir, config: qemu::VmConfig, ports: Ports)
         ready.host.as_secs_f64(),
         profile.name()
     );
-    for line in export_lines(profile, run, pid, ports) {
+    for line in export_lines(profile, run, pid, ports, docker) {
         println!("{line}");
     }
     Ok(())
@@ -597,10 +630,14 @@ vmware-hardware-version = 14
     fn export_lines_are_shell_code() {
         let p = profile(QEMU_PROFILE);
         let run = RunDir { dir: "/o o/run".into() };
-        let lines = export_lines(&p, &run, 42, Ports { ssh: 1, docker: 2 });
+        let lines = export_lines(&p, &run, 42, Ports { ssh: 1, docker: 2 }, false);
         assert!(lines.contains(&"export AXION_SSH_PORT=1".to_string()), "{lines:?}");
         assert!(lines.contains(&"export AXION_SERIAL_LOG='/o o/run/serial.log'".to_string()), "{lines:?}");
         assert!(lines.iter().all(|l| l.starts_with("export AXION_")), "{lines:?}");
+        let lines = export_lines(&p, &run, 42, Ports { ssh: 1, docker: 2 }, true);
+        assert!(lines.contains(&"export DOCKER_HOST=tcp://127.0.0.1:2".to_string()), "{lines:?}");
+        assert!(lines.contains(&"export DOCKER_TLS_VERIFY=1".to_string()), "{lines:?}");
+        assert!(lines.contains(&"export DOCKER_CERT_PATH='/o o/run/docker'".to_string()), "{lines:?}");
     }
 
     #[test]
