@@ -280,6 +280,28 @@ fn pull_images_inspect_tag_rmi() {
     assert!(layers >= 1, "layers of remaining images must stay");
 }
 
+#[test]
+fn load_a_saved_image_and_refuse_broken_archives() {
+    skip_unless_capable!();
+    let busybox = std::fs::read(xtask::bench::floor::HOST_BUSYBOX).expect("the host's static busybox (apt-get install busybox-static)");
+    let archive = xtask::bench::busybox_image_tar(&busybox).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("busybox.tar");
+    std::fs::write(&good, &archive).unwrap();
+    let e = Engine::start(&[]);
+    // A truncated archive: a clear error, nothing listed, the engine keeps serving.
+    let cut = dir.path().join("cut.tar");
+    std::fs::write(&cut, &archive[..archive.len() / 2]).unwrap();
+    let o = e.docker(&["load", "-i", cut.to_str().unwrap()]);
+    assert!(!o.status.success(), "a truncated archive loaded: {o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot load the archive"), "{o:?}");
+    assert_eq!(e.ok(&["images", "-q"]).trim(), "");
+    let out = e.ok(&["load", "-i", good.to_str().unwrap()]);
+    assert!(out.contains("Loaded image: busybox:latest"), "{out}");
+    let out = e.ok(&["run", "--rm", "busybox", "echo", "from a saved image"]);
+    assert_eq!(out, "from a saved image\n");
+}
+
 /// An engine with the test busybox pulled; returns the image name.
 fn engine_with_busybox(extra: &[&str]) -> (Registry, Engine, String) {
     let (reg, host) = registry_with_busybox();

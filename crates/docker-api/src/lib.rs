@@ -99,6 +99,11 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = ApiResult<mpsc::Receiver<ProgressMessage>>> + Send {
         nyi("image pull")
     }
+    /// Loads a `docker save` archive (tar), streamed in as it arrives; returns the names
+    /// (or ids) of the loaded images. The stream ends early if the request body breaks.
+    fn image_load(&self, _tar: mpsc::Receiver<Bytes>) -> impl Future<Output = ApiResult<Vec<String>>> + Send {
+        nyi("image load")
+    }
     fn image_tag(
         &self,
         _name: &str,

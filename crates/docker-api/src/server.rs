@@ -194,6 +194,39 @@ async fn dispatch<B: Backend>(b: Arc<B>, req: Request<Incoming>) -> ApiResult<Re
                 .body(Body::Channel(body_rx))
                 .expect("static response parts")
         }
+        Route::ImagesLoad => {
+            // The archive streams to the back end as it arrives (it may be larger than memory).
+            let (tx, rx) = mpsc::channel::<Bytes>(16);
+            let mut body = req.into_body();
+            let feed = tokio::spawn(async move {
+                while let Some(frame) = body.frame().await {
+                    let Ok(frame) = frame else { return false };
+                    if let Ok(data) = frame.into_data() {
+                        if tx.send(data).await.is_err() {
+                            return true;
+                        }
+                    }
+                }
+                true
+            });
+            let loaded = b.image_load(rx).await;
+            let complete = feed.await.unwrap_or(false);
+            let loaded = match (loaded, complete) {
+                (Ok(_), false) => return Err(ApiError::bad_request("the request body broke off before the archive ended")),
+                (r, _) => r?,
+            };
+            // dockerd's answer: a JSON message stream, one "Loaded image" line per image.
+            let mut out = Vec::new();
+            for name in loaded {
+                let what = if name.starts_with("sha256:") { "Loaded image ID" } else { "Loaded image" };
+                out.extend(serde_json::to_vec(&serde_json::json!({ "stream": format!("{what}: {name}\n") })).unwrap_or_default());
+                out.extend_from_slice(b"\r\n");
+            }
+            base(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::Full(Some(out.into())))
+                .expect("static response parts")
+        }
         Route::ContainersList => json(StatusCode::OK, &b.containers(q.flag("all")).await?),
         Route::ContainersPrune => {
             let deleted = b.container_prune().await?;

@@ -740,6 +740,32 @@ impl Backend for Engine {
         Ok(rx)
     }
 
+    async fn image_load(&self, mut tar: mpsc::Receiver<Bytes>) -> ApiResult<Vec<String>> {
+        use tokio::io::AsyncWriteExt;
+        let path = self.images.scratch("load-archive");
+        let spool = async {
+            let mut f = tokio::fs::File::create(&path).await?;
+            while let Some(chunk) = tar.recv().await {
+                f.write_all(&chunk).await?;
+            }
+            f.flush().await
+        };
+        if let Err(e) = spool.await {
+            let _ = std::fs::remove_file(&path);
+            return Err(ApiError::internal(format!("cannot store the archive at {}: {e}", path.display())));
+        }
+        let me = self.arc().ok_or_else(|| ApiError::internal("engine is shutting down"))?;
+        let p = path.clone();
+        let r = tokio::task::spawn_blocking(move || me.images.load(&p)).await;
+        let _ = std::fs::remove_file(&path);
+        match r {
+            Ok(Ok(loaded)) => Ok(loaded),
+            Ok(Err(e @ images::ImageError::Io { .. })) => Err(ApiError::internal(e.to_string())),
+            Ok(Err(e)) => Err(ApiError::bad_request(format!("cannot load the archive: {e}"))),
+            Err(e) => Err(ApiError::internal(format!("load task: {e}"))),
+        }
+    }
+
     async fn image_tag(&self, name: &str, repo: &str, tag: &str) -> ApiResult<()> {
         let id = self.resolve_image(name)?;
         let r = Reference::parse(&format!("{repo}:{tag}")).map_err(|e| ApiError::bad_request(e.to_string()))?;

@@ -4,6 +4,8 @@
 //!   only after the whole layer unpacked and its diff-id matched;
 //! - `refs.json`: `name:tag` → image id (the config digest) and repo digests.
 
+mod load;
+
 use crate::reference::Reference;
 use crate::registry::{self, Session};
 use crate::unpack;
