@@ -21,7 +21,9 @@
 //!   kernel boot of the initramfs format (as the peer and the floor boot) and from the qcow2
 //!   disk through the profile's firmware and GRUB. Peer: multi-user.target reached and
 //!   `docker info` answering (marker units on ttyS0). Docker API: the host's first
-//!   `GET /_ping` answered 200 through the forwarded port.
+//!   `GET /_ping` answered 200 through the forwarded port (axion: over mutual TLS, with
+//!   certificates handed to the guest as first-boot settings through fw_cfg, as `run` does;
+//!   the peer's dockerd: plain TCP).
 //! - Memory: MemTotal − MemAvailable from the guest's /proc/meminfo, 5 s after the system is
 //!   up: axion over SSH (dropbear, key on the kernel command line), the peer by a unit that
 //!   prints it on ttyS0 5 s after `docker info` answered.
@@ -420,7 +422,47 @@ fn write_busybox_image(path: &Path) -> Result<()> {
     crate::image::write_atomic(path, &busybox_image_tar(&busybox)?)
 }
 
-/// Does a Docker API answer `GET /_ping` with 200 on 127.0.0.1:port?
+/// A Docker API on 127.0.0.1: plain TCP (the peer's dockerd), or mutual TLS with the
+/// client side of [`run::docker_certs`] (axion's engine).
+struct Endpoint {
+    port: u16,
+    tls: Option<run::docker_certs::DockerCerts>,
+}
+
+impl Endpoint {
+    fn answers(&self) -> bool {
+        match &self.tls {
+            None => api_answers(self.port),
+            Some(certs) => tls_api_answers(self.port, certs).unwrap_or(false),
+        }
+    }
+
+    /// Arguments for the docker CLI to reach this endpoint.
+    fn cli_args(&self) -> Vec<String> {
+        let mut args = vec!["-H".to_string(), format!("tcp://127.0.0.1:{}", self.port)];
+        if let Some(c) = &self.tls {
+            let f = |n: &str| c.client_dir.join(n).to_string_lossy().into_owned();
+            args.extend(["--tlsverify".into(), "--tlscacert".into(), f("ca.pem"), "--tlscert".into(), f("cert.pem"), "--tlskey".into(), f("key.pem")]);
+        }
+        args
+    }
+}
+
+/// `GET /_ping` → 200 over mutual TLS.
+fn tls_api_answers(port: u16, certs: &run::docker_certs::DockerCerts) -> Result<bool> {
+    let read = |n: &str| std::fs::read(certs.client_dir.join(n)).with_context(|| format!("cannot read {n} in {}", certs.client_dir.display()));
+    let mut identity = read("cert.pem")?;
+    identity.extend(read("key.pem")?);
+    let client = reqwest::blocking::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(certs.ca_pem.as_bytes())?)
+        .identity(reqwest::Identity::from_pem(&identity)?)
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    Ok(client.get(format!("https://127.0.0.1:{port}/_ping")).send().is_ok_and(|r| r.status().is_success()))
+}
+
+/// Does a Docker API answer `GET /_ping` with 200 on 127.0.0.1:port (plain HTTP)?
 pub fn api_answers(port: u16) -> bool {
     let Ok(mut s) = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500)) else { return false };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
@@ -503,15 +545,24 @@ impl Bench<'_> {
         let ssh_ok = which("ssh").is_some()
             && std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "bench", "-f"]).arg(&key).status().is_ok_and(|s| s.success());
         let public = std::fs::read_to_string(key.with_extension("pub")).unwrap_or_default().trim().to_owned();
+        // The engine's TLS material and the SSH key as first-boot settings, as `run` gives them.
+        let certs = if engine { Some(run::docker_certs::ensure(&self.out.join("docker"))?) } else { None };
+        let settings = run::first_boot::FirstBoot {
+            hostname: None,
+            ssh_authorized_keys: if ssh_ok { vec![public.clone()] } else { vec![] },
+            docker: certs.clone(),
+        };
+        let fw_cfg = settings.write(&self.out.join("first-boot"))?;
         let (mut host, mut guest, mut api, mut mem, mut drun) = (vec![], vec![], vec![], vec![], vec![]);
         let mut api_reason = "engine not in the image".to_owned();
         let mut mem_reason = if ssh_ok { "no SSH answer".to_owned() } else { "no ssh/ssh-keygen on the host".to_owned() };
         let mut run_reason = api_reason.clone();
         for i in 0..n {
             let (mut cfg, ports) = self.config(&self.bootable, "run-axion")?;
-            if let (true, Some(k)) = (ssh_ok, cfg.kernel.as_mut()) {
-                k.append = format!("{} axion.ssh_key=\"{public}\"", k.append);
+            for (name, file) in &fw_cfg {
+                cfg = cfg.fw_cfg_file(name.clone(), file.clone());
             }
+            let endpoint = Endpoint { port: ports.docker, tls: certs.clone() };
             let mut vm = qemu::Vm::spawn(cfg)?;
             let ready = vm.wait_ready(BOOT_TIMEOUT)?;
             eprintln!("bench: axion run {}: ready {:.2} s (guest {:.2} s)", i + 1, ready.host.as_secs_f64(), ready.guest.as_secs_f64());
@@ -522,7 +573,7 @@ impl Bench<'_> {
             let deadline = Instant::now() + wait;
             let mut answered = None;
             loop {
-                if api_answers(ports.docker) {
+                if endpoint.answers() {
                     answered = Some(vm.elapsed().as_secs_f64());
                     break;
                 }
@@ -544,7 +595,7 @@ impl Bench<'_> {
                 }
             }
             if answered.is_some() && i == 0 {
-                match self.docker_runs(ports.docker, docker_runs) {
+                match self.docker_runs(&endpoint, docker_runs) {
                     Ok(s) => drun.extend(s),
                     Err(e) => run_reason = first_line(&format!("{e:#}")),
                 }
@@ -631,7 +682,7 @@ impl Bench<'_> {
             info.extend(got_info);
             mem.extend(got_mem.map(|k| k / 1024.0));
             if got_api.is_some() && i == 0 {
-                match self.docker_runs(ports.docker, docker_runs) {
+                match self.docker_runs(&Endpoint { port: ports.docker, tls: None }, docker_runs) {
                     Ok(s) => drun.extend(s),
                     Err(e) => run_reason = first_line(&format!("{e:#}")),
                 }
@@ -649,11 +700,10 @@ impl Bench<'_> {
     }
 
     /// `docker load` of the busybox image, then `n` timed `docker run --rm busybox true`.
-    fn docker_runs(&self, port: u16, n: usize) -> Result<Vec<f64>> {
+    fn docker_runs(&self, endpoint: &Endpoint, n: usize) -> Result<Vec<f64>> {
         let Some(cli) = &self.docker_cli else { bail!("no docker CLI on the host") };
-        let host = format!("tcp://127.0.0.1:{port}");
         let docker = |args: &[&str]| -> Result<std::process::Output> {
-            let out = std::process::Command::new(cli).arg("-H").arg(&host).args(args).output().context("cannot run docker")?;
+            let out = std::process::Command::new(cli).args(endpoint.cli_args()).args(args).output().context("cannot run docker")?;
             if !out.status.success() {
                 bail!("docker {} failed: {}", args.join(" "), first_line(String::from_utf8_lossy(&out.stderr).trim()));
             }
