@@ -115,12 +115,14 @@ pub fn mount_data() -> DataState {
 const RNDADDENTROPY: libc::c_ulong = 0x4008_5203; // _IOW('R', 0x03, int[2])
 const SEED_LEN: usize = 512;
 
-/// Feeds the saved seed to the kernel RNG, crediting it only when it came from persistent
-/// storage, then replaces it at once so the same seed is never credited twice.
-pub fn seed_rng(persistent: bool) {
+/// Feeds the saved seed to the kernel RNG (credited only when `credit`; init passes false:
+/// a seed on a cloned disk is shared with the template and its siblings, so it is mixed in
+/// but never counted as entropy), then replaces it at once with a fresh one. The identity
+/// step deletes a template's seed before this runs; shutdown saves a fresh one again.
+pub fn seed_rng(credit: bool) {
     match fs::read(SEED_FILE) {
         Ok(seed) if seed.len() >= 32 => {
-            let credit = if persistent { seed.len() * 8 } else { 0 };
+            let credit = if credit { seed.len() * 8 } else { 0 };
             match add_entropy(&seed, credit) {
                 Ok(()) => crate::debug!("seeded the RNG from {SEED_FILE} ({} bits credited)", credit),
                 Err(e) => crate::warn!("RNDADDENTROPY from {SEED_FILE}: {e}"),

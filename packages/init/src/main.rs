@@ -7,15 +7,24 @@
 //! 2. Mounts /proc, /sys, /dev (devtmpfs), /dev/pts, /dev/shm, /run, /tmp and cgroup2 at
 //!    /sys/fs/cgroup; moves itself into the `init` cgroup and delegates the cpu, memory,
 //!    pids, io and cpuset controllers (`mounts`).
-//! 3. Reads the first-boot settings (`settings`: defaults < /etc/hostname < kernel command
-//!    line) and opens every `console=` device for its messages (`log`).
+//! 3. Reads the first-boot settings and merges them, lowest priority first: defaults <
+//!    /etc/hostname < OVF environment (`ovf-env.xml` on an ISO 9660 CD, vSphere's ISO
+//!    transport) < NoCloud (`cidata` volume) < QEMU fw_cfg (`opt/axion/*`) < kernel command
+//!    line (`settings`, `sources`, `cloudinit`, `ovfenv`). Opens every `console=` device
+//!    for its messages (`log`). Bad settings are reported as `axion: settings: SOURCE: ...`
+//!    and ignored.
 //! 4. Sets the hostname; writes the ssh keys from the settings to
 //!    `/run/axion/authorized_keys` for the ssh service.
 //! 5. Mounts the `axion-data` partition at /var/lib (tmpfs, loudly, if missing or broken),
-//!    binds /var/log to /var/lib/log, seeds the RNG from /var/lib/axion/random-seed (`data`).
+//!    binds /var/log to /var/lib/log (`data`). Per-clone identity (`identity`): on the first
+//!    boot of an instance id, new machine-id, SSH host keys, engine TLS and RNG seed, with
+//!    one `axion: identity regenerated (...)` line. Writes `write_files` (`firstboot`), then
+//!    seeds the RNG from /var/lib/axion/random-seed (without crediting it).
 //! 6. Network (`net`): loopback, the first ethernet NIC, static address or DHCPv4.
 //! 7. Services from /etc/axion/services/*.toml (`services`, schema documented there), plus
-//!    a respawned root shell on the serial console with `axion.debug_shell`.
+//!    busybox ntpd when the settings name NTP servers, a respawned root shell on the serial
+//!    console with `axion.debug_shell`, and the settings' `runcmd` (once per instance,
+//!    after the ready line).
 //! 8. Runs the event loop: signalfd (SIGCHLD reaps every zombie), power button devices,
 //!    the DHCP socket, service output pipes, with the nearest timer as epoll's timeout. No
 //!    polling, no sleeps.
@@ -59,13 +68,18 @@
 //! Every error is logged on the console and handled; the release profile aborts on panic, so
 //! the code avoids anything that can panic on bad input.
 
+mod cloudinit;
 mod data;
+mod firstboot;
+mod identity;
 mod input;
 mod log;
 mod mounts;
 mod net;
+mod ovfenv;
 mod services;
 mod settings;
+mod sources;
 mod sys;
 
 use std::collections::HashMap;
@@ -117,6 +131,8 @@ struct Init {
     buttons: Vec<File>,
     ready: bool,
     debug_shell: Option<services::Service>,
+    /// `runcmd` from the settings: started once, right after the ready line (`firstboot`).
+    runcmd: Option<services::Service>,
     shutdown: Option<(Final, Phase)>,
 }
 
@@ -177,6 +193,10 @@ fn boot() -> Init {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => warn!("/etc/hostname: {e}"),
     }
+    let (ovf, nocloud) = sources::volumes(Path::new("/sys/class/block"));
+    layers.extend(ovf);
+    layers.extend(nocloud);
+    layers.extend(sources::fw_cfg(Path::new(sources::FW_CFG_DIR)));
     layers.push(cmdline.layer.clone());
     let settings = Settings::merge(&layers);
     log::set_debug(settings.debug);
@@ -193,7 +213,17 @@ fn boot() -> Init {
 
     debug!("API file systems, settings, hostname and cgroups done");
     let data_state = data::mount_data();
-    data::seed_rng(matches!(data_state, data::DataState::Persistent { .. }));
+    if let data::DataState::Volatile { .. } = data_state {
+        debug!("/var/lib is a tmpfs: every boot is a first boot");
+    }
+    let identity = identity::ensure(settings.instance_id.as_deref());
+    let first_boot = identity.regenerate.is_some();
+    let written = firstboot::write_files(&settings.write_files, first_boot);
+    if written > 0 {
+        info!("settings: {written} file(s) written (write_files)");
+    }
+    // Credit-free: the seed may be a template's that clones share (see data::seed_rng).
+    data::seed_rng(false);
 
     let epoll = match sys::Epoll::new() {
         Ok(e) => e,
@@ -219,10 +249,12 @@ fn boot() -> Init {
     let dhcp_deadline = net.dhcp.as_ref().map(|_| now + DHCP_WAIT);
 
     debug!("network started");
-    let (loaded, errors) = services::load_dir(Path::new(services::SERVICE_DIR));
+    let (mut loaded, errors) = services::load_dir(Path::new(services::SERVICE_DIR));
     for e in errors {
         error!("{e}");
     }
+    loaded.extend(firstboot::ntpd_service(&settings.ntp_servers));
+    let runcmd = firstboot::runcmd_service(&settings.runcmd, &identity.instance_id);
     let (ordered, msgs) = services::order(loaded);
     for m in msgs {
         warn!("{m}");
@@ -254,6 +286,7 @@ fn boot() -> Init {
         buttons,
         ready: false,
         debug_shell,
+        runcmd,
         shutdown: None,
     }
 }
@@ -376,8 +409,8 @@ impl Init {
                 self.ready = true;
                 let t = sys::boottime();
                 log::line(&format!("axion: ready in {}.{:03} s", t.as_secs(), t.subsec_millis()));
-                if let Some(shell) = self.debug_shell.take() {
-                    self.sup.add(shell);
+                for s in [self.debug_shell.take(), self.runcmd.take()].into_iter().flatten() {
+                    self.sup.add(s);
                     let started = self.sup.start_pending(now, self.network_ready);
                     self.watch(started);
                 }

@@ -1,15 +1,27 @@
 //! The first-boot settings model and its sources.
 //!
 //! One [`Settings`] value describes what the machine should be: hostname, network, ssh keys,
-//! debug switches. It is built by merging [`Layer`]s, lowest priority first:
+//! files to write, commands to run, NTP servers, the instance id, debug switches. It is
+//! built by merging [`Layer`]s, lowest priority first:
 //!
 //! 1. built-in defaults (hostname `axion`, DHCP on the first ethernet NIC),
 //! 2. the image (`/etc/hostname`),
-//! 3. (planned, VM-template issue) QEMU fw_cfg, NoCloud `cidata`, the OVF environment,
-//! 4. the kernel command line (`axion.*` keys), the most explicit per-boot choice.
+//! 3. the OVF environment (vSphere ISO transport, `ovf-env.xml`; see `ovfenv`): its
+//!    embedded `user-data`, then its `network-config`, then its plain properties,
+//! 4. NoCloud: a `cidata` volume (vfat or ISO 9660): `meta-data`, then `user-data`
+//!    (#cloud-config), then `network-config` v2 (see `cloudinit`, `sources`),
+//! 5. QEMU fw_cfg `opt/axion/meta-data`, `opt/axion/user-data`, `opt/axion/network-config`
+//!    (the NoCloud formats) and `opt/axion/cmdline` (`axion.*` keys as below),
+//! 6. the kernel command line (`axion.*` keys), the most explicit per-boot choice.
 //!
-//! A later layer replaces a scalar of an earlier one (hostname, network, debug switches);
-//! ssh keys accumulate over all layers (duplicates dropped).
+//! The platform's channel comes first and what a person types for one boot last: a
+//! vSphere template's properties are the base, a seed volume or QEMU option attached to
+//! this VM overrides them, the kernel command line overrides everything.
+//!
+//! A later layer replaces a scalar of an earlier one (hostname, network, instance id,
+//! debug switches) and a list that is one setting (`runcmd`, `ntp` servers); ssh keys
+//! accumulate over all layers (duplicates dropped) and so do `write_files` (written in
+//! layer order, so the later one of two files with the same path wins).
 //!
 //! Kernel command line keys (values with spaces in double quotes, as the kernel allows):
 //!
@@ -34,6 +46,33 @@ pub struct Settings {
     pub ssh_keys: Vec<String>,
     pub debug_shell: bool,
     pub debug: bool,
+    /// The instance id of the highest source that has one (see `identity`).
+    pub instance_id: Option<String>,
+    /// Files to write before services start, in layer order (a later one for the same path
+    /// is written after, so it wins).
+    pub write_files: Vec<WriteFile>,
+    /// Commands to run once per instance, after the ready line (highest layer that has any).
+    pub runcmd: Vec<RunCmd>,
+    /// NTP servers (highest layer that has any); busybox ntpd is started for them.
+    pub ntp_servers: Vec<String>,
+}
+
+/// One `write_files` entry of a #cloud-config document, content already decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteFile {
+    pub path: String,
+    pub content: Vec<u8>,
+    pub mode: u32,
+    pub append: bool,
+    /// Where it came from, for messages (`nocloud user-data`).
+    pub source: String,
+}
+
+/// One `runcmd` entry: a string goes to `sh -c`, a list is an argument vector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunCmd {
+    Shell(String),
+    Argv(Vec<String>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +97,10 @@ pub struct Layer {
     pub ssh_keys: Vec<String>,
     pub debug_shell: Option<bool>,
     pub debug: Option<bool>,
+    pub instance_id: Option<String>,
+    pub write_files: Vec<WriteFile>,
+    pub runcmd: Option<Vec<RunCmd>>,
+    pub ntp_servers: Option<Vec<String>>,
 }
 
 impl Default for Settings {
@@ -68,6 +111,10 @@ impl Default for Settings {
             ssh_keys: Vec::new(),
             debug_shell: false,
             debug: false,
+            instance_id: None,
+            write_files: Vec::new(),
+            runcmd: Vec::new(),
+            ntp_servers: Vec::new(),
         }
     }
 }
@@ -93,6 +140,16 @@ impl Settings {
             }
             if let Some(d) = l.debug {
                 s.debug = d;
+            }
+            if let Some(i) = &l.instance_id {
+                s.instance_id = Some(i.clone());
+            }
+            s.write_files.extend(l.write_files.iter().cloned());
+            if let Some(r) = &l.runcmd {
+                s.runcmd = r.clone();
+            }
+            if let Some(n) = &l.ntp_servers {
+                s.ntp_servers = n.clone();
             }
         }
         s
@@ -177,6 +234,13 @@ pub fn valid_hostname(h: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// An authorized_keys line: `TYPE BASE64 [COMMENT]` (options before the type are allowed
+/// by sshd but not needed here; such a line has at least two fields too).
+pub fn valid_ssh_key(k: &str) -> bool {
+    let k = k.trim();
+    k.split_whitespace().count() >= 2 && !k.contains('\n')
+}
+
 /// Parses `ADDR/PREFIX[,GATEWAY[,DNS...]]` or `dhcp`.
 pub fn parse_ip(v: &str) -> Result<Network, String> {
     if v.eq_ignore_ascii_case("dhcp") {
@@ -234,7 +298,7 @@ pub fn parse_cmdline(s: &str) -> Cmdline {
                 None => Err("axion.ip needs a value".into()),
             },
             "axion.ssh_key" => match val {
-                Some(k) if k.split_whitespace().count() >= 2 => {
+                Some(k) if valid_ssh_key(k) => {
                     c.layer.ssh_keys.push(k.trim().to_string());
                     Ok(())
                 }
