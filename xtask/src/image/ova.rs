@@ -2,8 +2,14 @@
 //! then the manifest (`SHA256(file)= hex` lines), as vSphere and ovftool expect. Headers
 //! are deterministic (mtime `SOURCE_DATE_EPOCH`, owner 0:0, mode 0644).
 //!
-//! [`ovf`] is the one place the OVF descriptor is made; OVF properties for first-boot
-//! settings are added there.
+//! [`ovf`] is the one place the OVF descriptor is made. It declares the OVF properties that
+//! init reads back from the OVF environment (packages/init/src/ovfenv.rs): `hostname`,
+//! `instance-id`, `ssh-key`, `ip`, `netmask`, `gateway`, `dns`, `user-data` (base64
+//! #cloud-config), all `ovf:userConfigurable="true"` with empty defaults, and asks for the
+//! ISO transport (`ovf:transport="iso"` on the VirtualHardwareSection): at power-on vSphere
+//! attaches `ovf-env.xml` on an ISO to the VM's CD-ROM, which is why the hardware has an IDE
+//! controller with a CD-ROM drive (ATA_PIIX and BLK_DEV_SR are in the kernel).
+//! The `com.vmware.guestInfo` transport is not declared: reading it needs VMware Tools' RPC.
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
@@ -75,7 +81,7 @@ pub fn ovf(i: &OvfInput) -> String {
     <OperatingSystemSection ovf:id="100" vmw:osType="{os_type}">
       <Info>The kind of installed guest operating system</Info>
     </OperatingSystemSection>
-    <VirtualHardwareSection>
+    <VirtualHardwareSection ovf:transport="iso">
       <Info>Virtual hardware requirements</Info>
       <System>
         <vssd:ElementName>Virtual Hardware Family</vssd:ElementName>
@@ -131,19 +137,37 @@ pub fn ovf(i: &OvfInput) -> String {
         <rasd:InstanceID>6</rasd:InstanceID>
         <rasd:ResourceType>24</rasd:ResourceType>
       </Item>
+      <Item>
+        <rasd:Address>0</rasd:Address>
+        <rasd:Description>IDE Controller</rasd:Description>
+        <rasd:ElementName>VirtualIDEController 0</rasd:ElementName>
+        <rasd:InstanceID>7</rasd:InstanceID>
+        <rasd:ResourceType>5</rasd:ResourceType>
+      </Item>
+      <Item ovf:required="false">
+        <rasd:AddressOnParent>0</rasd:AddressOnParent>
+        <rasd:AutomaticAllocation>false</rasd:AutomaticAllocation>
+        <rasd:Description>CD-ROM for the OVF environment (ISO transport)</rasd:Description>
+        <rasd:ElementName>CD-ROM 1</rasd:ElementName>
+        <rasd:InstanceID>8</rasd:InstanceID>
+        <rasd:Parent>7</rasd:Parent>
+        <rasd:ResourceSubType>vmware.cdrom.remotepassthrough</rasd:ResourceSubType>
+        <rasd:ResourceType>15</rasd:ResourceType>
+      </Item>
       <vmw:Config ovf:required="false" vmw:key="firmware" vmw:value="{firmware}"/>
       <vmw:Config ovf:required="false" vmw:key="bootOptions.efiSecureBootEnabled" vmw:value="false"/>
       <vmw:Config ovf:required="false" vmw:key="powerOpInfo.powerOffType" vmw:value="soft"/>
       <vmw:Config ovf:required="false" vmw:key="powerOpInfo.resetType" vmw:value="soft"/>
     </VirtualHardwareSection>
-    <ProductSection>
-      <Info>Information about the installed software</Info>
+    <ProductSection ovf:required="false">
+      <Info>Information about the installed software, and the first-boot settings</Info>
       <Product>axion</Product>
       <Vendor>axion</Vendor>
       <Version>{version}</Version>
       <FullVersion>{version} ({profile})</FullVersion>
       <ProductUrl>{url}</ProductUrl>
-    </ProductSection>
+      <VendorUrl>{url}</VendorUrl>
+{properties}    </ProductSection>
     <AnnotationSection>
       <Info>A human-readable annotation</Info>
       <Annotation>{desc}</Annotation>
@@ -162,7 +186,39 @@ pub fn ovf(i: &OvfInput) -> String {
         profile = xml_escape(&p.profile.name),
         url = "https://github.com/axion-os/axion",
         desc = xml_escape(&p.profile.description),
+        properties = properties(),
     );
+    s
+}
+
+/// (category, key, label, description) of each OVF property; init's `ovfenv` reads them.
+pub const PROPERTIES: &[(&str, &str, &str, &str)] = &[
+    ("System", "hostname", "Hostname", "Host name of this VM (letters, digits, hyphens; dots between labels). Empty: the image's default."),
+    ("System", "instance-id", "Instance ID", "Identifies this VM: a new value gives it a new machine-id, SSH host keys, engine TLS certificates and RNG seed. Empty: vCenter's VM id."),
+    ("System", "ssh-key", "SSH public key", "Public key(s) allowed to log in as root over SSH, e.g. ssh-ed25519 AAAA... me@host."),
+    ("Network", "ip", "IPv4 address", "Static address (ADDR or ADDR/PREFIX) of the first NIC. Empty or dhcp: DHCP."),
+    ("Network", "netmask", "Netmask", "Netmask (255.255.255.0) or prefix length (24) for a static address."),
+    ("Network", "gateway", "Gateway", "Default gateway for a static address."),
+    ("Network", "dns", "DNS servers", "Name servers, separated by commas."),
+    ("Advanced", "user-data", "cloud-init user-data (base64)", "A #cloud-config document, base64 encoded: hostname, ssh_authorized_keys, write_files, runcmd, ntp."),
+];
+
+fn properties() -> String {
+    let mut s = String::new();
+    let mut category = "";
+    for (cat, key, label, desc) in PROPERTIES {
+        if *cat != category {
+            let _ = writeln!(s, "      <Category>{}</Category>", xml_escape(cat));
+            category = cat;
+        }
+        let _ = writeln!(
+            s,
+            "      <Property ovf:key=\"{}\" ovf:type=\"string\" ovf:userConfigurable=\"true\" ovf:value=\"\">\n        <Label>{}</Label>\n        <Description>{}</Description>\n      </Property>",
+            xml_escape(key),
+            xml_escape(label),
+            xml_escape(desc)
+        );
+    }
     s
 }
 

@@ -202,6 +202,24 @@ fn every_format_passes_its_checker_and_is_reproducible() {
     assert!(ovf_text.contains("<vssd:VirtualSystemType>vmx-14</vssd:VirtualSystemType>"));
     assert!(ovf_text.contains(r#"vmw:key="firmware" vmw:value="efi""#));
     assert!(ovf_text.contains("unit test &lt;profile&gt; &amp; co"));
+    // First-boot settings: the ISO transport, a CD-ROM for it, and the OVF properties that
+    // init's ovfenv reads, all user-configurable.
+    let hw = doc.descendants().find(|n| n.has_tag_name((ovf_ns, "VirtualHardwareSection"))).unwrap();
+    assert_eq!(hw.attribute((ovf_ns, "transport")), Some("iso"));
+    assert!(text_of("ResourceType").contains(&"15".to_string()), "a CD-ROM drive");
+    let product = doc.descendants().find(|n| n.has_tag_name((ovf_ns, "ProductSection"))).unwrap();
+    let child = |tag: &str| product.children().find(|n| n.has_tag_name((ovf_ns, tag))).and_then(|n| n.text()).unwrap_or("").to_owned();
+    assert_eq!(child("Product"), "axion");
+    assert_eq!(child("Vendor"), "axion");
+    assert!(!child("Version").is_empty() && child("ProductUrl").starts_with("https://"));
+    let props: Vec<(String, String)> = product
+        .children()
+        .filter(|n| n.has_tag_name((ovf_ns, "Property")))
+        .map(|n| (n.attribute((ovf_ns, "key")).unwrap().to_owned(), n.attribute((ovf_ns, "userConfigurable")).unwrap().to_owned()))
+        .collect();
+    for key in ["hostname", "instance-id", "ssh-key", "ip", "netmask", "gateway", "dns", "user-data"] {
+        assert!(props.contains(&(key.to_string(), "true".to_string())), "property {key} missing: {props:?}");
+    }
 
     // ISO: El Torito for BIOS and UEFI.
     let report = iso::el_torito_report(&a("iso")).unwrap();
