@@ -152,14 +152,14 @@ struct Seen {
 /// Boots, logs in with `key`, and collects what differs between clones.
 fn boot_and_look(config: VmConfig, key: &Path, port: u16, extra: &str) -> Result<(Seen, String)> {
     let (mut vm, _ready) = boot_ready(config)?;
-    let out = ssh_retry(&vm, key, port, &format!("hostname; cat /etc/machine-id; ip -4 addr show; {extra}"))?;
+    let out = ssh_retry(&vm, key, port, &format!("hostname; cat /etc/machine-id; echo @@; ip -4 addr show; echo @@; {extra}"))?;
     let host_key = host_key(port)?;
-    let mut lines = out.lines();
+    let parts: Vec<&str> = out.split("@@\n").collect();
+    let [ids, addrs, extra_out] = parts[..] else { bail!("unexpected ssh output:\n{out}") };
+    let mut lines = ids.lines();
     let hostname = lines.next().unwrap_or("").to_owned();
     let machine_id = lines.next().unwrap_or("").to_owned();
-    let rest: Vec<&str> = lines.collect();
-    let addrs = rest.iter().filter(|l| l.contains("inet ")).cloned().collect::<Vec<_>>().join("\n");
-    let extra_out = rest.iter().filter(|l| !l.contains("inet ")).cloned().collect::<Vec<_>>().join("\n");
+    let (addrs, extra_out) = (addrs.to_owned(), extra_out.trim_end().to_owned());
     let console = serial(&vm);
     vm.powerdown_and_wait(Duration::from_secs(60)).context("clean power-off")?;
     Ok((Seen { hostname, addrs, machine_id, host_key, console }, extra_out))
@@ -167,7 +167,7 @@ fn boot_and_look(config: VmConfig, key: &Path, port: u16, extra: &str) -> Result
 
 fn user_data(host: &str, key: &str) -> String {
     format!(
-        "#cloud-config\nhostname: {host}\nusers:\n  - default\n  - name: root\n    ssh_authorized_keys:\n      - {key}\nwrite_files:\n  - path: /etc/axion-test/greeting\n    content: hello from {host}\n    permissions: '0600'\nruncmd:\n  - echo runcmd-ran-on-$(hostname) > /var/lib/runcmd-flag\n"
+        "#cloud-config\nhostname: {host}\nusers:\n  - default\n  - name: root\n    ssh_authorized_keys:\n      - {key}\nwrite_files:\n  - path: /etc/axion-test/greeting\n    content: |\n      hello from {host}\n    permissions: '0600'\nruncmd:\n  - echo runcmd-ran-on-$(hostname) > /var/lib/runcmd-flag\n"
     )
 }
 
@@ -314,7 +314,7 @@ fn fw_cfg() -> Result<()> {
         .fw_cfg_file("opt/axion/cmdline", &cmd)
         .device(net_to(port, None));
     let (mut vm, _ready) = boot_ready(config)?;
-    let out = ssh_retry(&vm, &key, port, "hostname; cat /etc/axion-test/greeting; cat /var/lib/axion-engine/tls/client-ca.pem")?;
+    let out = ssh_retry(&vm, &key, port, "hostname; cat /etc/axion-test/greeting; echo; cat /var/lib/axion-engine/tls/client-ca.pem; echo")?;
     assert_eq!(out.lines().collect::<Vec<_>>(), ["from-fwcfg", "hello from fw_cfg", "not really a CA"], "fw_cfg user-data over NoCloud's");
     // Keys accumulate over the sources: NoCloud's key works too.
     let nc = ssh(&nc_key, port, "true");

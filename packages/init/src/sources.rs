@@ -295,6 +295,28 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// The documented order: OVF environment < NoCloud < fw_cfg < kernel command line.
+    #[test]
+    fn merge_order_across_sources() {
+        let (ovf, problems) = crate::ovfenv::parse(
+            r#"<Environment xmlns:oe="http://schemas.dmtf.org/ovf/environment/1" oe:id="ovf-id"><PropertySection>
+            <Property oe:key="hostname" oe:value="from-ovf"/><Property oe:key="ssh-key" oe:value="ssh-ed25519 K1 ovf"/>
+            <Property oe:key="network" oe:value="10.1.1.1/24"/></PropertySection></Environment>"#,
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        let nocloud = nocloud_layers("nocloud", Some("instance-id: nc-id\n"), Some("#cloud-config\nhostname: from-nocloud\nssh_authorized_keys: [ssh-ed25519 K2 nc]\n"), None);
+        let fw = nocloud_layers("fw_cfg", None, Some("#cloud-config\nhostname: from-fwcfg\n"), None);
+        let cmdline = parse_cmdline("axion.ssh_key=\"ssh-ed25519 K3 cmd\"").layer;
+        let layers: Vec<Layer> = ovf.iter().chain(&nocloud).chain(&fw).cloned().chain([cmdline.clone()]).collect();
+        let s = crate::settings::Settings::merge(&layers);
+        assert_eq!(s.hostname, "from-fwcfg");
+        assert_eq!(s.instance_id.as_deref(), Some("nc-id"));
+        assert_eq!(s.ssh_keys, ["ssh-ed25519 K1 ovf", "ssh-ed25519 K2 nc", "ssh-ed25519 K3 cmd"]);
+        assert!(matches!(s.network, crate::settings::Network::Static(_)), "OVF's network stays when nobody overrides it");
+        let with_cmd_host: Vec<Layer> = layers.into_iter().chain([parse_cmdline("axion.hostname=from-cmdline").layer]).collect();
+        assert_eq!(crate::settings::Settings::merge(&with_cmd_host).hostname, "from-cmdline");
+    }
+
     #[test]
     fn fw_cfg_documents_in_a_fake_sysfs() {
         let dir = std::env::temp_dir().join(format!("axion-fwcfg-{}", std::process::id()));
