@@ -49,11 +49,11 @@ pub fn usable_uuid(s: &str) -> Option<String> {
 /// no other.
 pub fn decide(from_settings: Option<&str>, dmi_uuid: Option<&str>, stored: Option<&str>, random: impl FnOnce() -> String) -> Decision {
     let stored = stored.map(str::trim).filter(|s| !s.is_empty());
-    let current = from_settings.map(|s| (s.to_string(), "settings")).or_else(|| dmi_uuid.and_then(usable_uuid).map(|u| (u, "DMI product UUID")));
+    let current = from_settings.map(|s| (s.to_string(), "the settings")).or_else(|| dmi_uuid.and_then(usable_uuid).map(|u| (u, "the DMI product UUID")));
     match (current, stored) {
         (Some((id, _)), Some(old)) if id == old => Decision { instance_id: id, regenerate: None },
-        (Some((id, from)), Some(old)) => Decision { regenerate: Some(format!("instance id changed from {old} to {id} ({from})")), instance_id: id },
-        (Some((id, from)), None) => Decision { regenerate: Some(format!("first boot of instance {id} ({from})")), instance_id: id },
+        (Some((id, from)), Some(old)) => Decision { regenerate: Some(format!("instance id changed from {old} to {id}, from {from}")), instance_id: id },
+        (Some((id, from)), None) => Decision { regenerate: Some(format!("first boot of instance {id}, from {from}")), instance_id: id },
         (None, Some(old)) => Decision { instance_id: old.to_string(), regenerate: None },
         (None, None) => {
             let id = random();
