@@ -57,8 +57,10 @@ pub struct Settings {
     pub ntp_servers: Vec<String>,
 }
 
-/// One `write_files` entry of a #cloud-config document, content already decoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One `write_files` entry of a #cloud-config document, content already decoded. Its
+/// `Debug` shows the length, not the content (it may be a private key, and `axion.debug`
+/// prints the settings on the console).
+#[derive(Clone, PartialEq, Eq)]
 pub struct WriteFile {
     pub path: String,
     pub content: Vec<u8>,
@@ -66,6 +68,18 @@ pub struct WriteFile {
     pub append: bool,
     /// Where it came from, for messages (`nocloud user-data`).
     pub source: String,
+}
+
+impl std::fmt::Debug for WriteFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteFile")
+            .field("path", &self.path)
+            .field("bytes", &self.content.len())
+            .field("mode", &format_args!("{:o}", self.mode))
+            .field("append", &self.append)
+            .field("source", &self.source)
+            .finish()
+    }
 }
 
 /// One `runcmd` entry: a string goes to `sh -c`, a list is an argument vector.
@@ -396,6 +410,13 @@ mod tests {
         assert_eq!(s.network, Network::Dhcp);
         assert_eq!(Settings::merge([&image]).hostname, "img");
         assert_eq!(Settings::merge([]).hostname, "axion");
+    }
+
+    #[test]
+    fn write_files_debug_hides_the_content() {
+        let f = WriteFile { path: "/k".into(), content: b"SECRET".to_vec(), mode: 0o600, append: false, source: "t".into() };
+        let d = format!("{f:?}");
+        assert!(!d.contains("SECRET") && d.contains("bytes: 6") && d.contains("mode: 600"), "{d}");
     }
 
     #[test]
