@@ -11,7 +11,7 @@ use nix::unistd::{fork, ForkResult, Pid};
 use std::ffi::CString;
 use std::fs;
 use std::io::Write;
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 
 const STATUS_FD: i32 = 3;
@@ -233,8 +233,17 @@ fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
         fs::create_dir_all(inside(root, &spec.process.cwd)).ok();
     }
     std::env::set_current_dir(root).map_err(err("chdir to root"))?;
-    nix::unistd::pivot_root(".", ".").map_err(err("pivot_root"))?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(err("detaching old root"))?;
+    match nix::unistd::pivot_root(".", ".") {
+        Ok(()) => umount2(".", MntFlags::MNT_DETACH).map_err(err("detaching old root"))?,
+        // The host's root is the initramfs (rootfs), which cannot be pivoted away from
+        // (an image booted from kernel + initramfs): move the new root over / and chroot
+        // into it instead, as runc's --no-pivot does.
+        Err(nix::errno::Errno::EINVAL) => {
+            mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(err("moving the new root over / (no pivot_root on rootfs)"))?;
+            nix::unistd::chroot(".").map_err(err("chroot"))?;
+        }
+        Err(e) => return Err(err("pivot_root")(e)),
+    }
     std::env::set_current_dir("/").map_err(err("chdir /"))?;
     if !spec.hostname.is_empty() {
         nix::unistd::sethostname(&spec.hostname).map_err(err("sethostname"))?;
@@ -388,6 +397,16 @@ fn exec(spec: ExecSpec) -> i32 {
             }
         }
     }
+    // The container's root as its process sees it: after joining the mount namespace this
+    // is the root to chroot into (the same as the namespace's root after pivot_root; the
+    // moved-over root when the host root is the initramfs, see `run`).
+    let root = match fs::File::open(format!("/proc/{}/root", spec.pid)) {
+        Ok(f) => f,
+        Err(e) => {
+            report(&format!("error opening /proc/{}/root: {e}\n", spec.pid));
+            return 125;
+        }
+    };
     for (ns, f) in &fds {
         if let Err(e) = nix::sched::setns(f, CloneFlags::empty()) {
             report(&format!("error joining {ns} namespace: {e}\n"));
@@ -395,6 +414,12 @@ fn exec(spec: ExecSpec) -> i32 {
         }
     }
     drop(fds);
+    if let Err(e) = nix::unistd::fchdir(root.as_raw_fd()).and_then(|()| nix::unistd::chroot(".")) {
+        report(&format!("error entering the container's root: {e}\n"));
+        return 125;
+    }
+    drop(root);
+    let _ = std::env::set_current_dir("/");
     // SAFETY: single-threaded shim process.
     match unsafe { fork() } {
         Err(e) => {
