@@ -16,3 +16,4 @@ pub mod rootfs;
 pub mod sbom;
 pub mod run;
 pub mod ui;
+pub mod vmd;

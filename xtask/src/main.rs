@@ -125,6 +125,16 @@ enum Cmd {
         #[arg(long)]
         prepare: bool,
     },
+    /// Serve a Docker endpoint on the host where every container runs in its own VM cloned
+    /// from a saved template (crates/vmd); prints `export DOCKER_HOST=...`.
+    Vmd {
+        /// Run in the background; print the export line once it serves.
+        #[arg(long)]
+        detach: bool,
+        /// Stop a detached daemon (and every VM it runs).
+        #[arg(long)]
+        stop: bool,
+    },
     /// Remove build outputs (`out/`); `--cache` also empties the download and build cache.
     Clean {
         #[arg(long)]
@@ -189,6 +199,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Stop { profile } => run::stop(&layout, &profile),
         Cmd::Test { unit, args } => test(&layout, unit, &args),
         Cmd::Bench { quick, json, prepare } => xtask::bench::bench(&layout, &xtask::bench::Options { quick, json, prepare }),
+        Cmd::Vmd { detach, stop } => xtask::vmd::vmd(&layout, &xtask::vmd::Options { detach, stop }),
         Cmd::Clean { cache } => {
             let out = layout.root.join("out");
             if out.exists() {

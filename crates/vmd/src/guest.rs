@@ -1,0 +1,192 @@
+//! What the daemon adds to the image for VM-per-container mode, without rebuilding it: a
+//! second, uncompressed newc archive appended to the profile's initramfs. Linux unpacks
+//! concatenated archives in order and later files replace earlier ones, so the image stays
+//! the same bytes and this mode needs no guest code of its own:
+//!
+//! - `/etc/axion/services/docker.toml` (replaces the image's): the engine on TCP 2376 with
+//!   mutual TLS using the daemon's certificates, and `--insecure-registry 10.0.2.2`
+//!   (the host's 127.0.0.1 as QEMU's user network shows it);
+//! - `/etc/axion/vmd/*.pem`: the server certificate and key, and the CA of the daemon's
+//!   client certificate;
+//! - `/etc/axion/services/vmd-agent.toml` + `/etc/axion/vmd/agent.sh`: the clone agent, a
+//!   busybox shell loop on the virtio-serial port `axion.vmd` (see [`AGENT_SH`]).
+
+use std::path::Path;
+
+/// The virtio-serial port name of the clone agent (/dev/virtio-ports/axion.vmd).
+pub const AGENT_PORT: &str = "axion.vmd";
+/// The engine's TCP port in the guest.
+pub const ENGINE_PORT: u16 = 2376;
+
+/// The clone agent. After a restore, the daemon connects to the port's socket and sends one
+/// line `clone HOSTNAME EPOCH MAC SEED`; the agent sets the host name, the clock (the saved
+/// guest's clock is the template's), a new MAC on the NIC (live, as virtio-net allows; the
+/// address stays 10.0.2.15 because every clone has its own private user network), mixes the
+/// host's random SEED into the kernel's pool (every clone starts from the same RNG state),
+/// and answers `ok HOSTNAME`. A read on a port with no host connected returns EOF at once,
+/// so the loop sleeps 0.1 s between attempts (the template is saved in that loop).
+pub const AGENT_SH: &str = r#"#!/bin/sh
+# axion vmd clone agent (written by crates/vmd/src/guest.rs)
+# No udev: find the port by its name in sysfs (/dev/virtio-ports/NAME is a udev link).
+port=
+while [ -z "$port" ]; do
+  for p in /sys/class/virtio-ports/*; do
+    [ "$(cat "$p/name" 2>/dev/null)" = axion.vmd ] && port=/dev/${p##*/}
+  done
+  [ -z "$port" ] && sleep 1
+done
+exec 3<>"$port"
+echo "vmd-agent: waiting on $port"
+while true; do
+  if read -r cmd name epoch mac seed <&3; then
+    case "$cmd" in
+      clone)
+        hostname "$name"
+        echo "$name" > /etc/hostname
+        date -s "@$epoch" >/dev/null 2>&1
+        echo "$seed" > /dev/urandom
+        for nic in /sys/class/net/*; do
+          n=${nic##*/}
+          [ "$n" = lo ] && continue
+          ip link set dev "$n" address "$mac" 2>/dev/null || echo "vmd-agent: cannot change the MAC of $n"
+          break
+        done
+        echo "vmd-agent: clone $name"
+        echo "ok $name" >&3
+        ;;
+      ping) echo "pong" >&3 ;;
+      *) echo "vmd-agent: unknown command: $cmd" ;;
+    esac
+  else
+    usleep 100000
+  fi
+done
+"#;
+
+fn docker_toml() -> String {
+    r#"# VM-per-container mode (crates/vmd): the engine serves the daemon only, over TCP with
+# mutual TLS (the daemon's certificates), and reaches the host's registries at 10.0.2.2.
+command = "/usr/bin/engine"
+args = ["--data-root", "/var/lib/axion-engine", "-H", "unix:///run/docker.sock", "-H", "tcp://0.0.0.0:2376",
+        "--tlscacert", "/etc/axion/vmd/client-ca.pem", "--tlscert", "/etc/axion/vmd/server-cert.pem",
+        "--tlskey", "/etc/axion/vmd/server-key.pem", "--insecure-registry", "10.0.2.2"]
+after = ["network"]
+restart = "always"
+stop-timeout = 5
+"#
+    .to_string()
+}
+
+const AGENT_TOML: &str = r#"# VM-per-container mode: the clone agent (crates/vmd/src/guest.rs).
+command = "/bin/sh"
+args = ["/etc/axion/vmd/agent.sh"]
+restart = "always"
+stop-timeout = 1
+"#;
+
+/// The files of the appended archive: (path without leading slash, mode, contents).
+pub fn overlay_files(server_cert: &str, server_key: &str, client_ca: &str) -> Vec<(String, u32, Vec<u8>)> {
+    vec![
+        ("etc/axion/services/docker.toml".into(), 0o644, docker_toml().into_bytes()),
+        ("etc/axion/services/vmd-agent.toml".into(), 0o644, AGENT_TOML.as_bytes().to_vec()),
+        ("etc/axion/vmd/agent.sh".into(), 0o755, AGENT_SH.as_bytes().to_vec()),
+        ("etc/axion/vmd/server-cert.pem".into(), 0o644, server_cert.as_bytes().to_vec()),
+        ("etc/axion/vmd/server-key.pem".into(), 0o600, server_key.as_bytes().to_vec()),
+        ("etc/axion/vmd/client-ca.pem".into(), 0o644, client_ca.as_bytes().to_vec()),
+    ]
+}
+
+/// A newc ("070701") archive of `files`, with the directories they need, ending in TRAILER!!!.
+pub fn newc(files: &[(String, u32, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut ino = 1u32;
+    let mut dirs: Vec<String> = Vec::new();
+    for (path, _, _) in files {
+        let mut acc = String::new();
+        let parts: Vec<&str> = path.split('/').collect();
+        for p in &parts[..parts.len() - 1] {
+            if !acc.is_empty() {
+                acc.push('/');
+            }
+            acc.push_str(p);
+            if !dirs.contains(&acc) {
+                dirs.push(acc.clone());
+            }
+        }
+    }
+    for d in &dirs {
+        entry(&mut out, ino, d, 0o040755, 2, &[]);
+        ino += 1;
+    }
+    for (path, mode, data) in files {
+        entry(&mut out, ino, path, 0o100000 | mode, 1, data);
+        ino += 1;
+    }
+    entry(&mut out, 0, "TRAILER!!!", 0, 1, &[]);
+    while out.len() % 512 != 0 {
+        out.push(0);
+    }
+    out
+}
+
+fn entry(out: &mut Vec<u8>, ino: u32, name: &str, mode: u32, nlink: u32, data: &[u8]) {
+    let namesize = name.len() + 1;
+    let fields = [ino, mode, 0, 0, nlink, 0, data.len() as u32, 0, 0, 0, 0, namesize as u32, 0];
+    out.extend_from_slice(b"070701");
+    for f in fields {
+        out.extend_from_slice(format!("{f:08X}").as_bytes());
+    }
+    out.extend_from_slice(name.as_bytes());
+    out.push(0);
+    pad4(out);
+    out.extend_from_slice(data);
+    pad4(out);
+}
+
+fn pad4(out: &mut Vec<u8>) {
+    while out.len() % 4 != 0 {
+        out.push(0);
+    }
+}
+
+/// Writes `base` followed by `extra` (4-byte aligned, as the kernel expects the next
+/// archive) to `dest`.
+pub fn append_initramfs(base: &Path, extra: &[u8], dest: &Path) -> std::io::Result<()> {
+    let mut data = std::fs::read(base)?;
+    while data.len() % 4 != 0 {
+        data.push(0);
+    }
+    data.extend_from_slice(extra);
+    std::fs::write(dest, data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newc_layout() {
+        let a = newc(&[("etc/x/f".into(), 0o644, b"hi".to_vec())]);
+        assert!(a.starts_with(b"070701"));
+        assert_eq!(a.len() % 512, 0);
+        let text = String::from_utf8_lossy(&a);
+        // Directories first, then the file, then the trailer.
+        let (e, x, f, t) = (text.find("etc\0").unwrap(), text.find("etc/x\0").unwrap(), text.find("etc/x/f\0").unwrap(), text.find("TRAILER!!!").unwrap());
+        assert!(e < x && x < f && f < t);
+        // The file's header: mode 0100644, size 2; its data follows the 4-aligned name.
+        let hdr = &a[f - 110..f];
+        assert_eq!(&hdr[14..22], b"000081A4");
+        assert_eq!(&hdr[54..62], b"00000002");
+        let data_at = (f + "etc/x/f\0".len()).div_ceil(4) * 4;
+        assert_eq!(&a[data_at..data_at + 2], b"hi");
+    }
+
+    #[test]
+    fn overlay_replaces_the_engine_service() {
+        let files = overlay_files("C", "K", "CA");
+        let docker = files.iter().find(|f| f.0 == "etc/axion/services/docker.toml").unwrap();
+        let s = String::from_utf8_lossy(&docker.2);
+        assert!(s.contains("--tlscacert") && s.contains("10.0.2.2"), "{s}");
+        assert!(!s.contains("tcp-insecure"));
+    }
+}

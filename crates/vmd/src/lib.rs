@@ -1,0 +1,859 @@
+//! axion-vmd: a Docker Engine API endpoint on the host where every container runs in its
+//! own VM, instantly cloned from a saved template VM (Project Bonneville's idea, on QEMU).
+//!
+//! # How it works
+//!
+//! - The front end is `docker-api` (the same library the guest engine uses); [`Daemon`] is
+//!   its second back end.
+//! - [`template`]: the qemu profile's kernel + initramfs (+ an appended archive, [`guest`])
+//!   is booted once to the point where its engine answers, then saved (QMP migrate to a
+//!   file) with its disk overlay kept as the clones' read-only backing file.
+//! - `docker create` clones: a new QEMU `-incoming` from the state file with its own qcow2
+//!   overlay and forwards; the clone agent in the guest gets a new host name, clock, MAC
+//!   and entropy over virtio-serial; then the daemon pulls the image and creates the
+//!   container in that VM through the guest engine's API, and starts, waits, stops, kills
+//!   and streams output through it. When the container exits, its logs are copied to the
+//!   host and its VM quits; `rm` deletes the VM's directory (overlay, sockets, logs).
+//!
+//! # Decisions
+//!
+//! - Channel to the guest engine: QEMU user-mode networking with a forward from a free port
+//!   on the host's 127.0.0.1 to the guest's 2376, with mutual TLS ([`tls`]): any local user
+//!   can connect to that port, but only the daemon holds the client key. A virtio-serial
+//!   port would be private by file permissions, but it is one byte stream per port and
+//!   attach and wait need several concurrent HTTP connections (a multiplexer in the guest
+//!   is the next step); vsock needs /dev/vhost-vsock, which this host lacks.
+//! - The guest side of this mode is only configuration: an archive appended to the
+//!   initramfs replaces the engine's service file and adds the clone agent (a busybox shell
+//!   loop). No change to init or the engine was needed.
+//! - Images: `pull` resolves the manifest on the host (so errors, `images`, `inspect` need
+//!   no VM); each clone's engine fetches the layers from the registry itself, a registry on
+//!   the host's loopback being 10.0.2.2 from inside ([`images::guest_ref`]). NOT YET: a
+//!   host-side content-addressed layer store shared read-only over 9p (mounted after the
+//!   restore, since a 9p mount blocks migration).
+//! - Memory (`-m`) and CPU (`--cpus`) limits are put on each QEMU process with cgroup v2
+//!   (`/sys/fs/cgroup/axion-vmd/<id>`) when /sys/fs/cgroup is a unified hierarchy; otherwise
+//!   `docker info` and the daemon's log say that limits are not applied.
+//! - Containers do not survive the daemon (their VMs are killed when it stops), and an
+//!   exited container cannot be started again (its VM is gone; `start` answers 409).
+//! - `-p HOST:CONTAINER` forwards 127.0.0.1:HOST (QEMU's user network binds loopback only)
+//!   to the same port in the VM, where the guest engine publishes the container's port.
+
+pub mod client;
+pub mod guest;
+pub mod images;
+pub mod template;
+pub mod tls;
+
+mod server;
+pub use server::{bench_docker_run, Server};
+
+use client::GuestClient;
+use docker_api::types::*;
+use docker_api::{ApiError, ApiResult, AttachIo, AttachOptions, Backend, Frame, FrameRx, LogsOptions, RegistryAuth, WaitCondition};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::{mpsc, watch, Notify};
+
+/// Daemon settings.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub state_dir: PathBuf,
+    pub image: template::ImageFiles,
+    pub memory_mib: u64,
+    pub cpus: u32,
+    pub accel: qemu::Accel,
+    /// Boot every container's VM from scratch instead of cloning the saved template (the
+    /// benchmark's baseline).
+    pub cold_boot: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Created,
+    Running,
+    Exited,
+    Removed,
+}
+
+#[derive(Debug, Clone, Default)]
+struct State {
+    exit_code: i64,
+    error: String,
+    started_at: String,
+    finished_at: String,
+    pid: u32,
+}
+
+struct Ctr {
+    id: String,
+    name: String,
+    created: String,
+    created_unix: i64,
+    image_id: String,
+    req: ContainerCreateRequest,
+    dir: PathBuf,
+    /// (container port spec like "80/tcp", host port)
+    ports: Vec<(String, u16)>,
+    state: Mutex<State>,
+    phase: watch::Sender<Phase>,
+    vm: Mutex<Option<qemu::Vm>>,
+    guest: GuestClient,
+    gid: String,
+    finished: AtomicBool,
+    quitting: AtomicBool,
+    attached: AtomicUsize,
+    detached: Notify,
+    cgroup: Option<PathBuf>,
+}
+
+
+impl Ctr {
+    fn phase(&self) -> Phase {
+        *self.phase.borrow()
+    }
+    fn status(&self) -> &'static str {
+        match self.phase() {
+            Phase::Created => "created",
+            Phase::Running => "running",
+            Phase::Exited => "exited",
+            Phase::Removed => "removing",
+        }
+    }
+    fn short(&self) -> &str {
+        &self.id[..12]
+    }
+}
+
+pub struct Daemon {
+    opts: Options,
+    certs: tls::Certs,
+    template: template::Template,
+    images: images::Images,
+    containers: Mutex<HashMap<String, Arc<Ctr>>>,
+    cgroup_root: Option<PathBuf>,
+    warnings: Vec<String>,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil from days (H. Hinnant).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z", rem / 3600, rem % 3600 / 60, rem % 60, d.subsec_nanos())
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn ago(secs: i64) -> String {
+    let s = (now_unix() - secs).max(0);
+    match s {
+        0..=1 => "Less than a second".into(),
+        2..=59 => format!("{s} seconds"),
+        60..=3599 => format!("{} minutes", s / 60),
+        _ => format!("{} hours", s / 3600),
+    }
+}
+
+fn internal(what: &str) -> impl FnOnce(anyhow::Error) -> ApiError + '_ {
+    move |e| ApiError::internal(format!("{what}: {e:#}"))
+}
+
+/// cgroup v2 for the VMs, if this host has a unified hierarchy we may use.
+fn cgroup_setup(warnings: &mut Vec<String>) -> Option<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    if !root.join("cgroup.controllers").exists() {
+        let w = "WARNING: /sys/fs/cgroup is not a cgroup v2 (unified) hierarchy on this host: per-container memory and CPU limits (-m, --cpus) are NOT applied to the VMs".to_string();
+        eprintln!("vmd: {w}");
+        warnings.push(w);
+        return None;
+    }
+    let dir = root.join("axion-vmd");
+    let r = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(root.join("cgroup.subtree_control"), "+memory +cpu"))
+        .and_then(|()| std::fs::write(dir.join("cgroup.subtree_control"), "+memory +cpu"));
+    match r {
+        Ok(()) => Some(dir),
+        Err(e) => {
+            let w = format!("WARNING: cannot set up cgroup {} ({e}): -m and --cpus are NOT applied to the VMs", dir.display());
+            eprintln!("vmd: {w}");
+            warnings.push(w);
+            None
+        }
+    }
+}
+
+impl Daemon {
+    /// Opens the state directory, makes the certificates and the template (booting and
+    /// saving it when needed: blocking, tens of seconds under TCG).
+    pub fn open(opts: Options) -> anyhow::Result<Daemon> {
+        std::fs::create_dir_all(&opts.state_dir)?;
+        let certs = tls::ensure(&opts.state_dir.join("tls"))?;
+        let template = template::Template::ensure(&opts.state_dir, &opts.image, &certs, opts.memory_mib, opts.cpus, opts.accel)?;
+        // Containers of an earlier run are gone with their VMs.
+        let cdir = opts.state_dir.join("c");
+        let _ = std::fs::remove_dir_all(&cdir);
+        std::fs::create_dir_all(&cdir)?;
+        let images = images::Images::open(opts.state_dir.join("images.json"));
+        let mut warnings = Vec::new();
+        let cgroup_root = cgroup_setup(&mut warnings);
+        Ok(Daemon { opts, certs, template, images, containers: Mutex::new(HashMap::new()), cgroup_root, warnings })
+    }
+
+    pub fn template(&self) -> &template::Template {
+        &self.template
+    }
+
+    fn get(&self, id: &str) -> ApiResult<Arc<Ctr>> {
+        let map = self.containers.lock().expect("containers lock");
+        if let Some(c) = map.get(id) {
+            return Ok(c.clone());
+        }
+        let name = id.trim_start_matches('/');
+        if let Some(c) = map.values().find(|c| c.name == name) {
+            return Ok(c.clone());
+        }
+        let matches: Vec<_> = map.values().filter(|c| c.id.starts_with(id)).collect();
+        match matches.len() {
+            1 => Ok(matches[0].clone()),
+            0 => Err(ApiError::not_found(format!("No such container: {id}"))),
+            _ => Err(ApiError::bad_request(format!("multiple containers match {id}"))),
+        }
+    }
+
+    /// Kills every VM (daemon shutdown) and removes the containers' directories.
+    pub fn shutdown(&self) {
+        let all: Vec<_> = self.containers.lock().expect("containers lock").drain().map(|(_, c)| c).collect();
+        for c in all {
+            c.quitting.store(true, Ordering::SeqCst);
+            if let Some(mut vm) = c.vm.lock().expect("vm lock").take() {
+                let _ = vm.kill();
+            }
+            self.cleanup_cgroup(&c);
+            let _ = std::fs::remove_dir_all(&c.dir);
+        }
+    }
+
+    fn cleanup_cgroup(&self, c: &Ctr) {
+        if let Some(cg) = &c.cgroup {
+            let _ = std::fs::remove_dir(cg);
+        }
+    }
+
+    fn limit(&self, id: &str, pid: u32, hc: &HostConfig) -> Option<PathBuf> {
+        let root = self.cgroup_root.as_ref()?;
+        if hc.memory <= 0 && hc.nano_cpus <= 0 && hc.cpu_quota <= 0 {
+            return None;
+        }
+        let dir = root.join(&id[..12]);
+        let mut r = std::fs::create_dir_all(&dir);
+        if r.is_ok() && hc.memory > 0 {
+            r = std::fs::write(dir.join("memory.max"), hc.memory.to_string());
+        }
+        if r.is_ok() && (hc.nano_cpus > 0 || hc.cpu_quota > 0) {
+            let period = 100_000i64;
+            let quota = if hc.nano_cpus > 0 { hc.nano_cpus * period / 1_000_000_000 } else { hc.cpu_quota };
+            r = std::fs::write(dir.join("cpu.max"), format!("{quota} {period}"));
+        }
+        if r.is_ok() {
+            r = std::fs::write(dir.join("cgroup.procs"), pid.to_string());
+        }
+        match r {
+            Ok(()) => Some(dir),
+            Err(e) => {
+                eprintln!("vmd: WARNING: cgroup limits for {} not applied: {e}", &id[..12]);
+                None
+            }
+        }
+    }
+
+    /// Called once when the container is over: keeps its logs, quits its VM, and removes it
+    /// when it was created with --rm.
+    async fn finish(self: &Arc<Self>, c: &Arc<Ctr>, code: i64, error: Option<String>) {
+        if c.finished.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Let attach streams deliver the last output.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while c.attached.load(Ordering::SeqCst) > 0 {
+            if tokio::time::timeout_at(deadline, c.detached.notified()).await.is_err() {
+                break;
+            }
+        }
+        if error.is_none() {
+            if let Ok(Ok(raw)) = tokio::time::timeout(Duration::from_secs(10), c.guest.logs_raw(&c.gid)).await {
+                let _ = std::fs::write(c.dir.join("logs"), &raw);
+            }
+        }
+        c.quitting.store(true, Ordering::SeqCst);
+        let vm = c.vm.lock().expect("vm lock").take();
+        if let Some(mut vm) = vm {
+            let _ = tokio::task::spawn_blocking(move || {
+                let _ = vm.qmp().map(|q| q.quit());
+                let _ = vm.wait_exit(Duration::from_secs(10));
+                drop(vm);
+            })
+            .await;
+        }
+        self.cleanup_cgroup(c);
+        {
+            let mut st = c.state.lock().expect("state lock");
+            st.exit_code = code;
+            st.error = error.unwrap_or_default();
+            st.finished_at = rfc3339(SystemTime::now());
+            st.pid = 0;
+        }
+        let _ = c.phase.send(Phase::Exited);
+        if c.req.host_config.auto_remove {
+            self.remove_now(c);
+        }
+    }
+
+    fn remove_now(&self, c: &Arc<Ctr>) {
+        self.containers.lock().expect("containers lock").remove(&c.id);
+        let _ = std::fs::remove_dir_all(&c.dir);
+        let _ = c.phase.send(Phase::Removed);
+    }
+
+    /// Watches QEMU: if it exits while the daemon did not ask it to, the container ends
+    /// with an error (rather than hanging its API calls).
+    fn watch_vm(self: &Arc<Self>, c: Arc<Ctr>) {
+        let d = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                if c.finished.load(Ordering::SeqCst) || c.quitting.load(Ordering::SeqCst) {
+                    return;
+                }
+                let exited = {
+                    let mut g = c.vm.lock().expect("vm lock");
+                    match g.as_mut() {
+                        None => return,
+                        Some(vm) => vm.try_exit_status().map(|st| (st, tail(vm.qemu_log(), 5), vm.serial_log().map(|p| tail(p, 5)).unwrap_or_default())),
+                    }
+                };
+                if let Some((st, qlog, serial)) = exited {
+                    if c.quitting.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let msg = format!("the container's VM (QEMU) exited unexpectedly ({st}); QEMU said: {qlog}; last console lines: {serial}");
+                    eprintln!("vmd: {}: {msg}", c.short());
+                    d.finish(&c, 255, Some(msg)).await;
+                    return;
+                }
+            }
+        });
+    }
+}
+
+fn tail(p: &Path, n: usize) -> String {
+    let t = std::fs::read_to_string(p).unwrap_or_default();
+    let lines: Vec<&str> = t.lines().filter(|l| !l.starts_with("# ") && !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+fn random_hex(n: usize) -> String {
+    let mut s = String::new();
+    while s.len() < n {
+        let b: [u8; 32] = rand::random();
+        s.push_str(&hex::encode(b));
+    }
+    s.truncate(n);
+    s
+}
+
+fn valid_name(n: &str) -> bool {
+    let mut chars = n.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric()) && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+fn saved_frames(dir: &Path, tty: bool) -> Vec<Frame> {
+    let raw = std::fs::read(dir.join("logs")).unwrap_or_default();
+    client::Decoder::new(tty).push(&raw)
+}
+
+fn tail_frames(frames: Vec<Frame>, n: Option<usize>) -> Vec<Frame> {
+    let Some(n) = n else { return frames };
+    // One frame is one line or more; keep the frames holding the last n lines.
+    let mut lines = 0;
+    let mut start = frames.len();
+    while start > 0 && lines < n {
+        start -= 1;
+        lines += frames[start].data.iter().filter(|&&b| b == b'\n').count().max(1);
+    }
+    frames[start..].to_vec()
+}
+
+/// The Docker API back end over a shared [`Daemon`].
+pub struct Api(pub Arc<Daemon>);
+
+impl std::ops::Deref for Api {
+    type Target = Arc<Daemon>;
+    fn deref(&self) -> &Arc<Daemon> {
+        &self.0
+    }
+}
+
+impl Backend for Api {
+    async fn version(&self) -> ApiResult<Version> {
+        let v = env!("CARGO_PKG_VERSION").to_string();
+        Ok(Version {
+            version: v.clone(),
+            api_version: docker_api::version::API_VERSION.into(),
+            min_api_version: docker_api::version::MIN_API_VERSION.into(),
+            git_commit: String::new(),
+            go_version: "rust".into(),
+            os: "linux".into(),
+            arch: "amd64".into(),
+            kernel_version: String::new(),
+            build_time: String::new(),
+            components: vec![Component { name: "axion-vmd (one VM per container)".into(), version: v, details: Default::default() }],
+        })
+    }
+
+    async fn info(&self) -> ApiResult<Info> {
+        let cs: Vec<Arc<Ctr>> = self.containers.lock().expect("containers lock").values().cloned().collect();
+        let running = cs.iter().filter(|c| c.phase() == Phase::Running).count() as i64;
+        let mut warnings = self.warnings.clone();
+        warnings.push(format!("each container runs in its own QEMU VM ({} MiB, {} vCPU, {}) cloned from {}", self.opts.memory_mib, self.opts.cpus, self.opts.accel.name(), self.template.dir.display()));
+        Ok(Info {
+            id: "axion-vmd".into(),
+            containers: cs.len() as i64,
+            containers_running: running,
+            containers_stopped: cs.len() as i64 - running,
+            images: self.images.all().len() as i64,
+            driver: "qemu-clone".into(),
+            docker_root_dir: self.opts.state_dir.display().to_string(),
+            operating_system: "axion vmd (VM per container)".into(),
+            os_type: "linux".into(),
+            architecture: "x86_64".into(),
+            ncpu: std::thread::available_parallelism().map(|n| n.get() as i64).unwrap_or(1),
+            name: "axion-vmd".into(),
+            server_version: env!("CARGO_PKG_VERSION").into(),
+            cgroup_driver: if self.cgroup_root.is_some() { "cgroupfs".into() } else { "none".into() },
+            cgroup_version: if self.cgroup_root.is_some() { "2".into() } else { "1".into() },
+            logging_driver: "json-file".into(),
+            default_runtime: "qemu".into(),
+            warnings,
+            ..Default::default()
+        })
+    }
+
+    async fn images(&self) -> ApiResult<Vec<ImageSummary>> {
+        Ok(self
+            .images
+            .all()
+            .into_iter()
+            .map(|i| ImageSummary {
+                id: i.id.clone(),
+                repo_tags: vec![i.name.clone()],
+                repo_digests: vec![format!("{}@{}", i.name.rsplit_once(':').map(|(r, _)| r).unwrap_or(&i.name), i.digest)],
+                size: i.size,
+                containers: -1,
+                shared_size: -1,
+                ..Default::default()
+            })
+            .collect())
+    }
+
+    async fn image_inspect(&self, name: &str) -> ApiResult<ImageInspect> {
+        let i = self.images.find(name).ok_or_else(|| ApiError::not_found(format!("No such image: {name}")))?;
+        Ok(ImageInspect {
+            id: i.id.clone(),
+            repo_tags: vec![i.name.clone()],
+            repo_digests: vec![i.digest.clone()],
+            created: i.created.clone(),
+            architecture: "amd64".into(),
+            os: "linux".into(),
+            size: i.size,
+            config: i.config.clone(),
+            root_fs: RootFs { kind: "layers".into(), layers: i.layers.clone() },
+            ..Default::default()
+        })
+    }
+
+    async fn image_pull(&self, image: &str, tag: &str, _auth: Option<RegistryAuth>) -> ApiResult<mpsc::Receiver<ProgressMessage>> {
+        let name = if tag.is_empty() { image.to_string() } else if tag.starts_with("sha256:") { format!("{image}@{tag}") } else { format!("{image}:{tag}") };
+        let (tx, rx) = mpsc::channel(8);
+        let d = self.0.clone();
+        // Resolve first so that a missing image is a 404 (the CLI's "not found").
+        let rec = d.images.pull(&name).await?;
+        tokio::spawn(async move {
+            let _ = tx.send(ProgressMessage::status(Some(&rec.name), "Resolved on the host; layers are fetched by each container's VM")).await;
+            let _ = tx.send(ProgressMessage::status(None, format!("Digest: {}", rec.digest))).await;
+            let _ = tx.send(ProgressMessage::status(None, format!("Status: Image is up to date for {}", rec.name))).await;
+        });
+        Ok(rx)
+    }
+
+    async fn image_remove(&self, name: &str, _force: bool) -> ApiResult<Vec<ImageDeleteItem>> {
+        let rec = self.images.remove(name).ok_or_else(|| ApiError::not_found(format!("No such image: {name}")))?;
+        Ok(vec![ImageDeleteItem { untagged: Some(rec.name), deleted: None }, ImageDeleteItem { untagged: None, deleted: Some(rec.id) }])
+    }
+
+    async fn containers(&self, all: bool) -> ApiResult<Vec<ContainerSummary>> {
+        let cs: Vec<Arc<Ctr>> = self.containers.lock().expect("containers lock").values().cloned().collect();
+        let mut out: Vec<ContainerSummary> = cs
+            .iter()
+            .filter(|c| all || c.phase() == Phase::Running)
+            .map(|c| {
+                let st = c.state.lock().expect("state lock").clone();
+                let status = match c.phase() {
+                    Phase::Created => "Created".to_string(),
+                    Phase::Running => format!("Up {} (VM pid {})", ago(c.created_unix), st.pid),
+                    Phase::Exited | Phase::Removed => format!("Exited ({}) {} ago", st.exit_code, ago(c.created_unix)),
+                };
+                let cmd = c.req.config.cmd.clone().unwrap_or_default().join(" ");
+                ContainerSummary {
+                    id: c.id.clone(),
+                    names: vec![format!("/{}", c.name)],
+                    image: c.req.config.image.clone(),
+                    image_id: c.image_id.clone(),
+                    command: cmd,
+                    created: c.created_unix,
+                    ports: c
+                        .ports
+                        .iter()
+                        .map(|(spec, hp)| {
+                            let (p, proto) = spec.split_once('/').unwrap_or((spec, "tcp"));
+                            Port { ip: Some("127.0.0.1".into()), private_port: p.parse().unwrap_or(0), public_port: Some(*hp), kind: proto.into() }
+                        })
+                        .collect(),
+                    labels: c.req.config.labels.clone().unwrap_or_default(),
+                    state: c.status().into(),
+                    status,
+                }
+            })
+            .collect();
+        out.sort_by_key(|c| -c.created);
+        Ok(out)
+    }
+
+    async fn container_create(&self, name: Option<String>, req: ContainerCreateRequest) -> ApiResult<ContainerCreateResponse> {
+        let image = self.images.find(&req.config.image).ok_or_else(|| ApiError::not_found(format!("No such image: {}", req.config.image)))?;
+        let id = random_hex(64);
+        let name = match name {
+            Some(n) => {
+                let n = n.trim_start_matches('/').to_string();
+                if !valid_name(&n) {
+                    return Err(ApiError::bad_request(format!("Invalid container name ({n}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")));
+                }
+                if self.containers.lock().expect("containers lock").values().any(|c| c.name == n) {
+                    return Err(ApiError::conflict(format!("Conflict. The container name \"/{n}\" is already in use")));
+                }
+                n
+            }
+            None => format!("vm-{}", &id[..8]),
+        };
+        // Published ports: 127.0.0.1:HOST → the same port in the VM → the container's port.
+        let mut ports = Vec::new();
+        let mut forwards = Vec::new();
+        let mut guest_bindings = std::collections::BTreeMap::new();
+        for (spec, bindings) in req.host_config.port_bindings.clone().unwrap_or_default() {
+            let proto = if spec.ends_with("/udp") { qemu::Protocol::Udp } else { qemu::Protocol::Tcp };
+            let mut gb = Vec::new();
+            for b in bindings.unwrap_or_default() {
+                let hp: u16 = if b.host_port.is_empty() {
+                    qemu::free_port().map_err(|e| ApiError::internal(format!("no free port: {e}")))?
+                } else {
+                    b.host_port.split('-').next().unwrap_or("").parse().map_err(|_| ApiError::bad_request(format!("invalid host port {:?}", b.host_port)))?
+                };
+                if hp == guest::ENGINE_PORT {
+                    return Err(ApiError::bad_request(format!("host port {hp} is used by the VM's engine; pick another")));
+                }
+                forwards.push(qemu::PortForward { protocol: proto, host: hp, guest: hp });
+                ports.push((spec.clone(), hp));
+                gb.push(PortBinding { host_ip: String::new(), host_port: hp.to_string() });
+            }
+            guest_bindings.insert(spec, Some(gb));
+        }
+        let dir = self.opts.state_dir.join("c").join(&id[..12]);
+        let hostname = if req.config.hostname.is_empty() { id[..12].to_string() } else { req.config.hostname.clone() };
+        let t = self.template.clone();
+        let (dir2, host2) = (dir.clone(), hostname.clone());
+        let cold = self.opts.cold_boot;
+        let cloned = tokio::task::spawn_blocking(move || t.clone_vm(&dir2, &host2, &forwards, cold))
+            .await
+            .map_err(|e| ApiError::internal(format!("clone task: {e}")))?;
+        let (vm, port) = match cloned {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(internal("cloning the template VM")(e));
+            }
+        };
+        let pid = vm.pid();
+        let cgroup = self.limit(&id, pid, &req.host_config);
+        let guest = GuestClient::new(&self.certs, port).map_err(internal("TLS client"))?;
+        let mut vm = Some(vm);
+        let setup = async {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while let Err(e) = guest.try_ping().await {
+                if tokio::time::Instant::now() > deadline {
+                    return Err(ApiError::internal(format!("the engine in the cloned VM did not answer within 60 s: {e}")));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let gref = images::guest_ref(&req.config.image);
+            guest.pull(&gref).await?;
+            let mut greq = req.clone();
+            greq.config.image = gref;
+            greq.config.hostname = hostname.clone();
+            greq.host_config.auto_remove = false;
+            greq.host_config.port_bindings = Some(guest_bindings.clone());
+            guest.create(&greq).await
+        };
+        let gid = match setup.await {
+            Ok(g) => g,
+            Err(e) => {
+                if let Some(mut vm) = vm.take() {
+                    let _ = tokio::task::spawn_blocking(move || vm.kill()).await;
+                }
+                if let Some(cg) = &cgroup {
+                    let _ = std::fs::remove_dir(cg);
+                }
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let now = SystemTime::now();
+        let c = Arc::new(Ctr {
+            id: id.clone(),
+            name,
+            created: rfc3339(now),
+            created_unix: now_unix(),
+            image_id: image.id.clone(),
+            req,
+            dir,
+            ports,
+            state: Mutex::new(State { pid, ..Default::default() }),
+            phase: watch::channel(Phase::Created).0,
+            vm: Mutex::new(vm),
+            guest,
+            gid,
+            finished: AtomicBool::new(false),
+            quitting: AtomicBool::new(false),
+            attached: AtomicUsize::new(0),
+            detached: Notify::new(),
+            cgroup,
+        });
+        self.containers.lock().expect("containers lock").insert(id.clone(), c.clone());
+        self.watch_vm(c);
+        Ok(ContainerCreateResponse { id, warnings: Vec::new() })
+    }
+
+    async fn container_inspect(&self, id: &str) -> ApiResult<ContainerInspect> {
+        let c = self.get(id)?;
+        let st = c.state.lock().expect("state lock").clone();
+        let phase = c.phase();
+        let mut ports = std::collections::BTreeMap::new();
+        for (spec, hp) in &c.ports {
+            ports.insert(spec.clone(), Some(vec![PortBinding { host_ip: "127.0.0.1".into(), host_port: hp.to_string() }]));
+        }
+        let (path, args) = {
+            let mut argv = c.req.config.entrypoint.clone().unwrap_or_default();
+            argv.extend(c.req.config.cmd.clone().unwrap_or_default());
+            let mut it = argv.into_iter();
+            (it.next().unwrap_or_default(), it.collect())
+        };
+        Ok(ContainerInspect {
+            id: c.id.clone(),
+            created: c.created.clone(),
+            path,
+            args,
+            state: ContainerState {
+                status: c.status().into(),
+                running: phase == Phase::Running,
+                pid: st.pid as i64,
+                exit_code: st.exit_code,
+                error: st.error.clone(),
+                started_at: if st.started_at.is_empty() { "0001-01-01T00:00:00Z".into() } else { st.started_at.clone() },
+                finished_at: if st.finished_at.is_empty() { "0001-01-01T00:00:00Z".into() } else { st.finished_at.clone() },
+                ..Default::default()
+            },
+            image: c.image_id.clone(),
+            name: format!("/{}", c.name),
+            driver: "qemu-clone".into(),
+            platform: "linux".into(),
+            host_config: c.req.host_config.clone(),
+            config: c.req.config.clone(),
+            network_settings: NetworkSettings { ports, ..Default::default() },
+            log_path: c.dir.join("logs").display().to_string(),
+            ..Default::default()
+        })
+    }
+
+    async fn container_start(&self, id: &str) -> ApiResult<()> {
+        let c = self.get(id)?;
+        match c.phase() {
+            Phase::Running => return Err(ApiError::not_modified()),
+            Phase::Exited | Phase::Removed => {
+                return Err(ApiError::conflict(format!("container {} has exited and its VM is gone; in VM-per-container mode a container runs once (docker run again)", c.short())))
+            }
+            Phase::Created => {}
+        }
+        if let Err(e) = c.guest.start(&c.gid).await {
+            // As dockerd: a container that cannot start is over (and gone with --rm).
+            self.finish(&c, 128, Some(e.message.clone())).await;
+            return Err(e);
+        }
+        c.state.lock().expect("state lock").started_at = rfc3339(SystemTime::now());
+        let _ = c.phase.send(Phase::Running);
+        let d = self.0.clone();
+        tokio::spawn(async move {
+            let r = c.guest.wait(&c.gid).await;
+            if c.finished.load(Ordering::SeqCst) {
+                return;
+            }
+            match r {
+                Ok(w) => {
+                    let err = w.error.map(|e| e.message).filter(|m| !m.is_empty());
+                    d.finish(&c, w.status_code, err).await
+                }
+                Err(e) => {
+                    // The VM died (the watcher reports that) or the channel broke.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    d.finish(&c, 255, Some(format!("lost the container's VM: {}", e.message))).await
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn container_stop(&self, id: &str, timeout: Option<i64>, signal: Option<String>) -> ApiResult<()> {
+        let c = self.get(id)?;
+        match c.phase() {
+            Phase::Running => {}
+            Phase::Created => {
+                self.finish(&c, 0, None).await;
+                return Ok(());
+            }
+            _ => return Err(ApiError::not_modified()),
+        }
+        let t = timeout.unwrap_or(10).max(0);
+        if c.guest.stop(&c.gid, Some(t), signal).await.is_err() {
+            self.finish(&c, 137, Some("the VM did not answer the stop request; it was powered off".into())).await;
+        }
+        // The waiter powers the VM off once the container is down.
+        let mut rx = c.phase.subscribe();
+        let wait = rx.wait_for(|p| *p != Phase::Running);
+        if tokio::time::timeout(Duration::from_secs(t as u64 + 30), wait).await.is_err() {
+            self.finish(&c, 137, Some("the container did not stop; its VM was powered off".into())).await;
+        }
+        Ok(())
+    }
+
+    async fn container_kill(&self, id: &str, signal: Option<String>) -> ApiResult<()> {
+        let c = self.get(id)?;
+        if c.phase() != Phase::Running {
+            return Err(ApiError::conflict(format!("Container {} is not running", c.short())));
+        }
+        c.guest.kill(&c.gid, signal).await
+    }
+
+    async fn container_remove(&self, id: &str, force: bool, _volumes: bool) -> ApiResult<()> {
+        let c = self.get(id)?;
+        match c.phase() {
+            Phase::Running if !force => {
+                return Err(ApiError::conflict(format!(
+                    "You cannot remove a running container {}. Stop the container before attempting removal or force remove",
+                    c.id
+                )))
+            }
+            Phase::Removed => return Ok(()),
+            Phase::Running | Phase::Created => {
+                // Quit the VM at once (what is left is removed with it).
+                c.quitting.store(true, Ordering::SeqCst);
+                self.finish(&c, 137, None).await;
+            }
+            Phase::Exited => {}
+        }
+        if c.phase() != Phase::Removed {
+            self.remove_now(&c);
+        }
+        Ok(())
+    }
+
+    async fn container_prune(&self) -> ApiResult<Vec<String>> {
+        let cs: Vec<Arc<Ctr>> = self.containers.lock().expect("containers lock").values().cloned().collect();
+        let mut out = Vec::new();
+        for c in cs.into_iter().filter(|c| c.phase() == Phase::Exited) {
+            self.remove_now(&c);
+            out.push(c.id.clone());
+        }
+        Ok(out)
+    }
+
+    async fn container_wait(&self, id: &str, cond: WaitCondition) -> ApiResult<WaitResponse> {
+        let c = self.get(id)?;
+        let mut rx = c.phase.subscribe();
+        let done = |p: &Phase| match cond {
+            WaitCondition::NotRunning => *p != Phase::Running,
+            WaitCondition::NextExit => matches!(p, Phase::Exited | Phase::Removed),
+            WaitCondition::Removed => *p == Phase::Removed,
+        };
+        rx.wait_for(done).await.map_err(|_| ApiError::internal("the container went away"))?;
+        let st = c.state.lock().expect("state lock").clone();
+        Ok(WaitResponse { status_code: st.exit_code, error: (!st.error.is_empty()).then(|| WaitError { message: st.error.clone() }) })
+    }
+
+    async fn container_logs(&self, id: &str, opts: LogsOptions) -> ApiResult<(bool, FrameRx)> {
+        let c = self.get(id)?;
+        let tty = c.req.config.tty;
+        let live = c.vm.lock().expect("vm lock").is_some();
+        if live {
+            if let Ok(rx) = c.guest.logs(&c.gid, &opts, tty).await {
+                return Ok((tty, rx));
+            }
+        }
+        let frames: Vec<Frame> = saved_frames(&c.dir, tty)
+            .into_iter()
+            .filter(|f| tty || (f.stream == docker_api::StdStream::Stdout && opts.stdout) || (f.stream == docker_api::StdStream::Stderr && opts.stderr))
+            .collect();
+        let frames = tail_frames(frames, opts.tail);
+        let (tx, rx) = mpsc::channel(frames.len().max(1));
+        for f in frames {
+            let _ = tx.try_send(f);
+        }
+        Ok((tty, rx))
+    }
+
+    async fn container_attach(&self, id: &str, opts: AttachOptions) -> ApiResult<AttachIo> {
+        let c = self.get(id)?;
+        let tty = c.req.config.tty;
+        let (tx, rx) = mpsc::channel(64);
+        if c.phase() == Phase::Created || c.phase() == Phase::Running {
+            let mut grx = c.guest.attach(&c.gid, &opts, tty).await?;
+            c.attached.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                while let Some(f) = grx.recv().await {
+                    if tx.send(f).await.is_err() {
+                        break;
+                    }
+                }
+                c.attached.fetch_sub(1, Ordering::SeqCst);
+                c.detached.notify_waiters();
+            });
+        } else if opts.logs {
+            for f in saved_frames(&c.dir, tty) {
+                let _ = tx.send(f).await;
+            }
+        }
+        // stdin is not forwarded yet (-i): the guest attach is not hijacked.
+        Ok(AttachIo { tty, output: rx, stdin: None })
+    }
+}

@@ -1,0 +1,103 @@
+//! `axion-vmd`: the VM-per-container Docker endpoint (see the crate documentation).
+//!
+//!     axion-vmd --kernel out/qemu/...vmlinuz --initrd out/qemu/...initramfs [--disk out/qemu/...qcow2]
+//!
+//! Prints `export DOCKER_HOST=unix://...` on stdout once the socket serves.
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser, Debug)]
+#[command(name = "axion-vmd", about = "Docker Engine API where every container runs in its own cloned QEMU VM")]
+struct Args {
+    /// Template, clones, certificates, images.json and the socket.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// The qemu profile's kernel.
+    #[arg(long)]
+    kernel: PathBuf,
+    /// The qemu profile's initramfs.
+    #[arg(long)]
+    initrd: PathBuf,
+    /// The qemu profile's qcow2 disk (its axion-data partition is the VMs' /var/lib).
+    #[arg(long)]
+    disk: Option<PathBuf>,
+    /// Memory of every VM (the template's; clones must match).
+    #[arg(long, default_value_t = 512)]
+    memory_mib: u64,
+    #[arg(long, default_value_t = 1)]
+    cpus: u32,
+    /// tcg or kvm (use kvm only where a probe showed that it works).
+    #[arg(long, default_value = "tcg")]
+    accel: String,
+    /// The API socket; default STATE_DIR/vmd.sock.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Also serve TCP at this address with mutual TLS (needs --tlscert, --tlskey, --tlscacert).
+    #[arg(long)]
+    tcp: Option<String>,
+    #[arg(long)]
+    tlscert: Option<PathBuf>,
+    #[arg(long)]
+    tlskey: Option<PathBuf>,
+    #[arg(long)]
+    tlscacert: Option<PathBuf>,
+    /// Boot every container's VM from scratch instead of cloning (benchmark baseline).
+    #[arg(long)]
+    cold_boot: bool,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let accel = match args.accel.as_str() {
+        "tcg" => qemu::Accel::Tcg,
+        "kvm" => qemu::Accel::Kvm,
+        a => bail!("--accel {a}: use tcg or kvm"),
+    };
+    let opts = vmd::Options {
+        state_dir: args.state_dir.clone(),
+        image: vmd::template::ImageFiles { kernel: args.kernel.clone(), initrd: args.initrd.clone(), disk: args.disk.clone() },
+        memory_mib: args.memory_mib,
+        cpus: args.cpus,
+        accel,
+        cold_boot: args.cold_boot,
+    };
+    let daemon = Arc::new(vmd::Daemon::open(opts).context("starting the daemon")?);
+    let socket = args.socket.clone().unwrap_or_else(|| args.state_dir.join("vmd.sock"));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async {
+        let b = Arc::new(vmd::Api(daemon.clone()));
+        let path = socket.clone();
+        let unix = tokio::spawn(async move { docker_api::server::serve_unix(b, &path).await });
+        if let Some(addr) = &args.tcp {
+            let (Some(c), Some(k), Some(ca)) = (&args.tlscert, &args.tlskey, &args.tlscacert) else {
+                bail!("--tcp needs --tlscert, --tlskey and --tlscacert (mutual TLS; plain TCP is not offered)");
+            };
+            let tls = docker_api::tls::server_config(c, k, ca)?;
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+            let b = Arc::new(vmd::Api(daemon.clone()));
+            tokio::spawn(async move { docker_api::server::serve_tcp(b, listener, Some(tls)).await });
+            eprintln!("vmd: also serving tcp://{addr} (mutual TLS)");
+        }
+        for _ in 0..100 {
+            if socket.exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        println!("export DOCKER_HOST=unix://{}", socket.display());
+        eprintln!("vmd: serving unix://{}", socket.display());
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => eprintln!("vmd: SIGTERM: stopping every VM"),
+            _ = tokio::signal::ctrl_c() => eprintln!("vmd: interrupted: stopping every VM"),
+            r = unix => eprintln!("vmd: the unix listener ended: {r:?}"),
+        }
+        Ok::<(), anyhow::Error>(())
+    })?;
+    daemon.shutdown();
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}

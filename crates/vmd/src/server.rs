@@ -1,0 +1,92 @@
+//! Running the daemon inside another program (tests, benchmarks): [`Server`] serves the
+//! API on a unix socket from its own thread and runtime, and stops every VM when dropped.
+
+use crate::{Api, Daemon, Options};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct Server {
+    pub socket: PathBuf,
+    daemon: Arc<Daemon>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Opens the daemon (building the template when needed) and serves `socket`.
+    pub fn start(opts: Options, socket: &Path) -> Result<Server> {
+        let daemon = Arc::new(Daemon::open(opts)?);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let d = daemon.clone();
+        let path = socket.to_owned();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+            rt.block_on(async move {
+                let serve = docker_api::server::serve_unix(Arc::new(Api(d)), &path);
+                tokio::select! {
+                    r = serve => eprintln!("vmd: the unix listener ended: {r:?}"),
+                    _ = rx => {}
+                }
+            });
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            if Instant::now() > deadline {
+                bail!("the daemon did not create {} within 10 s", socket.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Server { socket: socket.to_owned(), daemon, stop: Some(tx), thread: Some(thread) })
+    }
+
+    pub fn daemon(&self) -> &Arc<Daemon> {
+        &self.daemon
+    }
+
+    /// `unix:///...` for DOCKER_HOST.
+    pub fn docker_host(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.daemon.shutdown();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Times `docker run --rm IMAGE true` against `docker_host`, `runs` times (the image is
+/// pulled first, untimed). For `cargo xtask bench`: print the figures, assert nothing.
+pub fn bench_docker_run(docker_host: &str, docker_config: &Path, image: &str, runs: usize) -> Result<Vec<Duration>> {
+    let docker = |args: &[&str]| -> Result<()> {
+        let out = Command::new("docker")
+            .env("DOCKER_HOST", docker_host)
+            .env("DOCKER_CONFIG", docker_config)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .context("running the docker CLI")?;
+        if !out.status.success() {
+            bail!("docker {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    docker(&["pull", "-q", image])?;
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        docker(&["run", "--rm", image, "true"])?;
+        times.push(t.elapsed());
+    }
+    Ok(times)
+}

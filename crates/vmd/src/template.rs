@@ -1,0 +1,228 @@
+//! The template VM and its clones.
+//!
+//! The template is the qemu profile's kernel and initramfs (plus the daemon's appended
+//! archive, see [`crate::guest`]) booted once with its data disk as a qcow2 overlay, until
+//! init's ready line and a `/_ping` from the guest engine; then its state is saved to a file
+//! (QMP migrate to `exec:cat`) and QEMU quits. Its disk overlay becomes the read-only
+//! backing file of every clone's own overlay. A clone is a new QEMU with the same devices,
+//! `-incoming` from the state file, its own overlay and its own forwarded ports; after `cont`
+//! the daemon sends the clone agent its identity over virtio-serial.
+//!
+//! Everything that must be equal between the template and its clones (devices, memory,
+//! kernel, initrd, disk chain) comes from one function, [`Template::config`].
+
+use crate::guest;
+use crate::tls::Certs;
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// What the daemon boots.
+#[derive(Debug, Clone)]
+pub struct ImageFiles {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// The profile's qcow2 disk (its axion-data partition becomes /var/lib); without one
+    /// /var/lib is a tmpfs inside the saved RAM.
+    pub disk: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Template {
+    pub dir: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub disk: Option<PathBuf>,
+    pub state: PathBuf,
+    pub memory_mib: u64,
+    pub cpus: u32,
+    pub accel: qemu::Accel,
+}
+
+/// Kernel command line of the template (and so of every clone).
+pub const CMDLINE: &str = "console=ttyS0,115200 panic=-1 quiet";
+
+fn file_hash(h: &mut Sha256, p: &Path) -> Result<()> {
+    let data = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+    h.update(Sha256::digest(&data));
+    Ok(())
+}
+
+/// `qemu-img create -f qcow2 -b BACKING -F qcow2 DEST`.
+pub fn overlay(backing: &Path, dest: &Path) -> Result<()> {
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(backing)
+        .arg(dest)
+        .output()
+        .context("running qemu-img (Debian: apt-get install qemu-utils)")?;
+    if !out.status.success() {
+        bail!("qemu-img create -b {} {}: {}", backing.display(), dest.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+impl Template {
+    /// The template for these files and settings under `root/template-KEY/`, built when
+    /// missing (boot + save, tens of seconds under TCG).
+    pub fn ensure(root: &Path, image: &ImageFiles, certs: &Certs, memory_mib: u64, cpus: u32, accel: qemu::Accel) -> Result<Template> {
+        let extra = guest::newc(&guest::overlay_files(&certs.server_cert, &certs.server_key, &certs.ca));
+        let mut h = Sha256::new();
+        file_hash(&mut h, &image.kernel)?;
+        file_hash(&mut h, &image.initrd)?;
+        if let Some(d) = &image.disk {
+            file_hash(&mut h, d)?;
+        }
+        h.update(&extra);
+        h.update(format!("{memory_mib} {cpus} {} {CMDLINE} v1", accel.name()));
+        let key = hex::encode(h.finalize());
+        let dir = root.join(format!("template-{}", &key[..16]));
+        let t = Template {
+            kernel: image.kernel.clone(),
+            initrd: dir.join("initrd"),
+            disk: image.disk.as_ref().map(|_| dir.join("disk.qcow2")),
+            state: dir.join("state"),
+            dir: dir.clone(),
+            memory_mib,
+            cpus,
+            accel,
+        };
+        if dir.join("complete").exists() {
+            return Ok(t);
+        }
+        // Older templates are of no use any more.
+        if let Ok(rd) = std::fs::read_dir(root) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with("template-") {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        guest::append_initramfs(&image.initrd, &extra, &t.initrd).with_context(|| format!("writing {}", t.initrd.display()))?;
+        if let (Some(base), Some(disk)) = (&image.disk, &t.disk) {
+            let base = std::fs::canonicalize(base).with_context(|| format!("resolving {}", base.display()))?;
+            overlay(&base, disk)?;
+        }
+        eprintln!("vmd: building the template VM in {} (boot, then save)", dir.display());
+        let started = Instant::now();
+        let cfg = t.config(&dir.join("run"), 0, &[]);
+        let mut vm = qemu::Vm::spawn(cfg).context("starting the template VM")?;
+        vm.wait_ready(Duration::from_secs(300)).context("booting the template VM")?;
+        // The engine starts a moment after the ready line; save only once it answers, so
+        // a clone serves at once. Its port is forwarded only for this check.
+        let port = vm.config().net.as_ref().and_then(|n| n.forwards.first()).map(|f| f.host).context("the template VM has no engine forward")?;
+        let client = crate::client::GuestClient::new(certs, port)?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !rt.block_on(client.ping()) {
+            if Instant::now() > deadline {
+                bail!("the template VM's engine did not answer /_ping within 120 s (serial log: {})", vm.serial_log().map(|p| p.display().to_string()).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        drop(client);
+        drop(rt);
+        // Let the engine's idle connections close before the state is frozen.
+        std::thread::sleep(Duration::from_millis(500));
+        vm.save(&t.state, Duration::from_secs(300)).context("saving the template VM")?;
+        let _ = vm.qmp().and_then(|q| q.quit().map_err(Into::into));
+        let _ = vm.wait_exit(Duration::from_secs(20));
+        std::fs::write(dir.join("complete"), b"")?;
+        let size = std::fs::metadata(&t.state).map(|m| m.len()).unwrap_or(0);
+        eprintln!("vmd: template ready in {:.1} s (state {} MiB)", started.elapsed().as_secs_f64(), size >> 20);
+        Ok(t)
+    }
+
+    /// The VM configuration: the same for the template and every clone except for the run
+    /// directory, the disk overlay and the port forwards. `api_port` 0 = no forward for the
+    /// engine (a free port is taken).
+    pub fn config(&self, run_dir: &Path, api_port: u16, forwards: &[qemu::PortForward]) -> qemu::VmConfig {
+        let mut fw = Vec::new();
+        let port = if api_port == 0 { qemu::free_port().unwrap_or(0) } else { api_port };
+        fw.push(qemu::PortForward::tcp(port, guest::ENGINE_PORT));
+        fw.extend_from_slice(forwards);
+        let mut cfg = qemu::VmConfig::new()
+            .accel(self.accel)
+            .cpus(self.cpus)
+            .memory_mib(self.memory_mib)
+            .run_dir(run_dir)
+            .no_reboot(true)
+            .kernel(&self.kernel, Some(self.initrd.clone()), CMDLINE)
+            .user_net(qemu::NicModel::VirtioNet, fw)
+            .device(qemu::Device::VirtioSerialPort { name: guest::AGENT_PORT.into(), socket: run_dir.join("agent.sock") });
+        if let Some(d) = &self.disk {
+            // The clone's overlay sits at the same place in its run directory.
+            let disk = if run_dir.ends_with("run") && run_dir.parent() == Some(&self.dir) { d.clone() } else { run_dir.join("disk.qcow2") };
+            cfg = cfg.drive(qemu::Drive::disk(disk, qemu::DiskFormat::Qcow2));
+        }
+        cfg
+    }
+
+    /// Starts a clone in `run_dir`: overlay, QEMU restoring the saved state, `cont`, and the
+    /// identity handed to the clone agent. Returns the VM and the host port of its engine.
+    /// With `cold`, the VM boots from scratch instead (same files, same devices) and is
+    /// handed its identity after init's ready line: the baseline the clone is measured against.
+    pub fn clone_vm(&self, run_dir: &Path, hostname: &str, forwards: &[qemu::PortForward], cold: bool) -> Result<(qemu::Vm, u16)> {
+        std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+        if let Some(d) = &self.disk {
+            overlay(d, &run_dir.join("disk.qcow2"))?;
+        }
+        let port = qemu::free_port()?;
+        let cfg = self.config(run_dir, port, forwards);
+        let mut vm;
+        if cold {
+            vm = qemu::Vm::spawn(cfg).context("starting the VM")?;
+            vm.wait_ready(Duration::from_secs(300)).context("booting the VM")?;
+        } else {
+            vm = qemu::Vm::spawn(cfg.restore_from(&self.state)).context("starting the clone VM")?;
+            vm.wait_restored(Duration::from_secs(120)).context("restoring the template state")?;
+            vm.qmp()?.cont()?;
+        }
+        identify(&run_dir.join("agent.sock"), hostname, Duration::from_secs(60))
+            .with_context(|| format!("handing the clone its identity (serial log {})", run_dir.join("serial.log").display()))?;
+        Ok((vm, port))
+    }
+}
+
+/// A fresh locally administered unicast MAC.
+pub fn random_mac() -> String {
+    let mut b: [u8; 6] = rand::random();
+    b[0] = (b[0] & 0xfe) | 0x02;
+    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// Sends `clone HOSTNAME EPOCH MAC SEED` to the agent and waits for `ok HOSTNAME`.
+fn identify(sock: &Path, hostname: &str, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let stream = loop {
+        match UnixStream::connect(sock) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() > deadline => bail!("cannot connect to {}: {e}", sock.display()),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let seed: [u8; 32] = rand::random();
+    let line = format!("clone {hostname} {epoch} {} {}\n", random_mac(), hex::encode(seed));
+    (&stream).write_all(line.as_bytes())?;
+    stream.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let mut r = BufReader::new(&stream);
+    let mut got = String::new();
+    loop {
+        match r.read_line(&mut got) {
+            Ok(0) => bail!("the clone agent closed the channel"),
+            Ok(_) if got.trim() == format!("ok {hostname}") => return Ok(()),
+            Ok(_) => got.clear(),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if Instant::now() > deadline {
+            bail!("the clone agent did not answer within {} s", timeout.as_secs());
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! VM-per-container mode (crates/vmd): the real docker CLI against the host daemon's unix
+//! socket; every container runs in its own QEMU cloned from the saved template VM, its
+//! image from a registry on 127.0.0.1. One test, because the template (a boot and a save)
+//! is built once and shared.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use axion_tests::registry::{Compression, Registry};
+use axion_tests::{image, require};
+use xtask::profile::Format;
+
+#[test]
+fn docker_cli_runs_each_container_in_its_own_cloned_vm() {
+    require!(axion_tests::have_qemu(), "qemu-system-x86_64 is not installed");
+    require!(Command::new("docker").arg("--version").output().is_ok_and(|o| o.status.success()), "the docker CLI is not installed");
+    require!(Path::new("/usr/bin/docker-registry").exists(), "docker-registry is not installed");
+    require!(Command::new("qemu-img").arg("--version").output().is_ok_and(|o| o.status.success()), "qemu-img (qemu-utils) is not installed");
+    check().unwrap();
+}
+
+struct Cli {
+    host: String,
+    config: PathBuf,
+}
+
+impl Cli {
+    fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new("docker");
+        cmd.env("DOCKER_HOST", &self.host).env("DOCKER_CONFIG", &self.config).args(args);
+        axion_tests::run_with_timeout(cmd, Duration::from_secs(300)).unwrap_or_else(|e| panic!("docker {}: {e:#}", args.join(" ")))
+    }
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(o.status.success(), "docker {} failed ({}): {}{}", args.join(" "), o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+/// QEMU processes whose command line mentions `dir`.
+fn qemus_under(dir: &Path) -> Vec<u32> {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.starts_with("qemu-system") && cmd.contains(&needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn pid_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+fn check() -> Result<()> {
+    let xtask::run::Bootable::Kernel { kernel, initrd } = image("qemu", Format::Initramfs)? else {
+        bail!("the initramfs format is not a kernel and an initramfs");
+    };
+    let xtask::run::Bootable::Disk { path: disk, .. } = image("qemu", Format::Qcow2)? else {
+        bail!("the qcow2 format is not a disk");
+    };
+    let reg = Registry::start()?;
+    reg.push_busybox("busybox", "latest", Compression::Gzip)?;
+    let img = format!("{}/busybox:latest", reg.host());
+
+    let dir = tempfile::Builder::new().prefix("vmd-").tempdir_in("/tmp")?;
+    let state = dir.path().join("state");
+    let opts = vmd::Options {
+        state_dir: state.clone(),
+        image: vmd::template::ImageFiles { kernel, initrd, disk: Some(disk) },
+        memory_mib: 512,
+        cpus: 1,
+        accel: qemu::Accel::Tcg,
+        cold_boot: false,
+    };
+    let t = Instant::now();
+    let server = vmd::Server::start(opts, &dir.path().join("vmd.sock")).context("starting the daemon")?;
+    eprintln!("daemon up (template included) in {:.1} s", t.elapsed().as_secs_f64());
+    assert!(qemus_under(&state).is_empty(), "the template VM is still running after it was saved");
+    let cli = Cli { host: server.docker_host(), config: dir.path().join("docker-config") };
+
+    assert_eq!(cli.ok(&["version", "--format", "{{.Server.APIVersion}}"]).trim(), "1.47");
+
+    // Attached run: output and exit code come back from the VM; --rm leaves nothing.
+    let t = Instant::now();
+    let o = cli.run(&["run", "--rm", &img, "echo", "hi"]);
+    assert!(o.status.success(), "docker run failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "hi\n");
+    eprintln!("docker run --rm (pull + clone + run): {:.1} s", t.elapsed().as_secs_f64());
+    assert!(cli.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]).contains(&img));
+    let o = cli.run(&["run", "--rm", &img, "sh", "-c", "echo to-stderr >&2; exit 3"]);
+    assert_eq!(o.status.code(), Some(3), "exit code: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("to-stderr"));
+    assert_eq!(cli.ok(&["ps", "-aq"]).trim(), "", "--rm containers are still listed");
+
+    // Two containers at once, each in its own VM (own QEMU, own host name).
+    let a = cli.ok(&["run", "-d", "--name", "a", &img, "sh", "-c", "hostname; sleep 600"]).trim().to_string();
+    let b = cli.ok(&["run", "-d", "--name", "b", &img, "sh", "-c", "hostname; sleep 600"]).trim().to_string();
+    let running = cli.ok(&["ps", "--format", "{{.Names}}"]);
+    assert!(running.contains('a') && running.contains('b'), "docker ps: {running}");
+    let pa: u32 = cli.ok(&["inspect", "-f", "{{.State.Pid}}", "a"]).trim().parse()?;
+    let pb: u32 = cli.ok(&["inspect", "-f", "{{.State.Pid}}", "b"]).trim().parse()?;
+    assert!(pa != pb && pid_alive(pa) && pid_alive(pb), "pids {pa} {pb}");
+    assert_eq!(qemus_under(&state).len(), 2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (la, lb) = (cli.ok(&["logs", "a"]), cli.ok(&["logs", "b"]));
+        if la.trim() == &a[..12] && lb.trim() == &b[..12] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "host names in the VMs: {la:?} {lb:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // A published port reaches the container in its VM.
+    let port = qemu::free_port()?;
+    cli.ok(&["run", "-d", "--name", "web", "-p", &format!("{port}:8080"), &img, "sh", "-c", "while true; do echo hello-from-vm | nc -l -p 8080; done"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let got = loop {
+        let r = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
+            use std::io::Read;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut buf = String::new();
+            s.read_to_string(&mut buf)?;
+            Ok(buf)
+        });
+        match r {
+            Ok(s) if s.contains("hello-from-vm") => break s,
+            _ if Instant::now() > deadline => bail!("127.0.0.1:{port} did not reach the container: {r:?}"),
+            _ => std::thread::sleep(Duration::from_millis(500)),
+        }
+    };
+    assert_eq!(got.trim(), "hello-from-vm");
+
+    // stop powers the VM off; rm removes what is left; nothing stays behind.
+    cli.ok(&["stop", "-t", "1", "a"]);
+    assert!(!pid_alive(pa), "the VM of a stopped container is still running");
+    let st = cli.ok(&["inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", "a"]);
+    assert!(st.starts_with("exited "), "{st}");
+    assert!(cli.ok(&["logs", "a"]).contains(&a[..12]), "logs of a stopped container");
+    let o = cli.run(&["rm", "b"]);
+    assert!(!o.status.success(), "rm of a running container succeeded");
+    cli.ok(&["rm", "a"]);
+    cli.ok(&["rm", "-f", "b", "web"]);
+    assert_eq!(cli.ok(&["ps", "-aq"]).trim(), "");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !qemus_under(&state).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(qemus_under(&state).is_empty(), "QEMU processes left: {:?}", qemus_under(&state));
+    let left: Vec<_> = std::fs::read_dir(state.join("c"))?.flatten().map(|e| e.path()).collect();
+    assert!(left.is_empty(), "container directories (overlays, sockets) left: {left:?}");
+
+    // A crashed QEMU shows as an exited container with an error, not a hung API.
+    let c = cli.ok(&["run", "-d", &img, "sleep", "600"]).trim().to_string();
+    let pid: u32 = cli.ok(&["inspect", "-f", "{{.State.Pid}}", &c]).trim().parse()?;
+    Command::new("kill").args(["-KILL", &pid.to_string()]).stderr(Stdio::null()).status()?;
+    let w = cli.ok(&["wait", &c]);
+    assert_eq!(w.trim(), "255");
+    let err = cli.ok(&["inspect", "-f", "{{.State.Error}}", &c]);
+    assert!(err.contains("exited unexpectedly"), "{err}");
+    cli.ok(&["rm", &c]);
+
+    drop(server);
+    assert!(qemus_under(&state).is_empty());
+    Ok(())
+}

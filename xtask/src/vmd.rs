@@ -1,0 +1,144 @@
+//! `cargo xtask vmd [--detach] [--stop]`: the VM-per-container Docker endpoint (crates/vmd).
+//!
+//! Builds the qemu profile's initramfs and qcow2 when missing or stale, builds the
+//! `axion-vmd` binary, and runs it with its state under `$AXION_CACHE/vmd` (template VM,
+//! clones, certificates, `vmd.sock`). In the foreground the daemon prints the
+//! `export DOCKER_HOST=unix://...` line itself; with `--detach` it runs in the background
+//! (log: `$AXION_CACHE/vmd/vmd.log`, pid: `vmd.pid`) and this command prints the line once
+//! the socket answers. `--stop` ends a detached daemon (SIGTERM: every VM is stopped).
+
+use crate::layout::Layout;
+use crate::profile::Format;
+use anyhow::{bail, Context, Result};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Options {
+    pub detach: bool,
+    pub stop: bool,
+}
+
+fn state_dir(layout: &Layout) -> PathBuf {
+    layout.cache.join("vmd")
+}
+
+/// A built, fresh image of the qemu profile in `format`, building it when needed.
+fn ensure(layout: &Layout, format: Format) -> Result<crate::run::Bootable> {
+    let out = layout.out("qemu");
+    let recipes = crate::recipe::RecipeSet::load(&layout.recipes())?;
+    let profile = crate::profile::load_profile(&layout.root, "qemu", &recipes)?;
+    if let Some(b) = crate::run::find_bootable(&out, "qemu", format) {
+        if crate::run::stale_reason(layout, &profile, &b).is_none() {
+            return Ok(b);
+        }
+    }
+    eprintln!("building the qemu {format} image");
+    let exe = std::env::current_exe().context("cannot find the xtask binary")?;
+    let status = Command::new(exe)
+        .args(["image", "--profile", "qemu", "--format", format.name()])
+        .stdout(Stdio::null())
+        .status()
+        .context("running cargo xtask image")?;
+    if !status.success() {
+        bail!("`cargo xtask image --profile qemu --format {format}` failed");
+    }
+    crate::run::find_bootable(&out, "qemu", format).with_context(|| format!("no {format} image in {} after building it", out.display()))
+}
+
+fn ping(socket: &Path) -> bool {
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /_ping HTTP/1.1\r\nHost: vmd\r\nConnection: close\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.starts_with("HTTP/1.1 200")
+}
+
+pub fn vmd(layout: &Layout, opts: &Options) -> Result<()> {
+    let state = state_dir(layout);
+    let pid_file = state.join("vmd.pid");
+    let socket = state.join("vmd.sock");
+    if opts.stop {
+        let pid = std::fs::read_to_string(&pid_file).with_context(|| format!("no detached daemon ({} is missing)", pid_file.display()))?;
+        let pid = pid.trim();
+        let st = Command::new("kill").args(["-TERM", pid]).status()?;
+        let _ = std::fs::remove_file(&pid_file);
+        if !st.success() {
+            bail!("the daemon (pid {pid}) is not running");
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("axion-vmd (pid {pid}) stopped");
+        return Ok(());
+    }
+    if ping(&socket) {
+        bail!("a daemon already serves {} (cargo xtask vmd --stop ends a detached one)", socket.display());
+    }
+    let crate::run::Bootable::Kernel { kernel, initrd } = ensure(layout, Format::Initramfs)? else {
+        bail!("the initramfs format is not a kernel and an initramfs");
+    };
+    let disk = match ensure(layout, Format::Qcow2)? {
+        crate::run::Bootable::Disk { path, .. } => Some(path),
+        _ => None,
+    };
+    eprintln!("building axion-vmd");
+    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "-q", "-p", "vmd", "--bin", "axion-vmd"])
+        .current_dir(&layout.root)
+        .stdout(Stdio::null())
+        .status()
+        .context("running cargo build")?;
+    if !st.success() {
+        bail!("cargo build -p vmd failed");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| layout.root.join("target"));
+    let exe = target.join("debug/axion-vmd");
+    std::fs::create_dir_all(&state)?;
+    let mut cmd = Command::new(&exe);
+    cmd.arg("--state-dir").arg(&state).arg("--kernel").arg(&kernel).arg("--initrd").arg(&initrd).arg("--socket").arg(&socket);
+    if let Some(d) = &disk {
+        cmd.arg("--disk").arg(d);
+    }
+    if !opts.detach {
+        let st = cmd.status().with_context(|| format!("running {}", exe.display()))?;
+        if !st.success() {
+            bail!("axion-vmd exited with {st}");
+        }
+        return Ok(());
+    }
+    let log_path = state.join("vmd.log");
+    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", exe.display()))?;
+    std::fs::write(&pid_file, child.id().to_string())?;
+    eprintln!("axion-vmd starting (pid {}, log {}); the first start boots and saves the template VM", child.id(), log_path.display());
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !ping(&socket) {
+        if let Some(st) = child.try_wait()? {
+            let _ = std::fs::remove_file(&pid_file);
+            bail!("axion-vmd exited ({st}); its log:\n{}", std::fs::read_to_string(&log_path).unwrap_or_default());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("axion-vmd did not serve {} within 600 s (log {})", socket.display(), log_path.display());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("export DOCKER_HOST=unix://{}", socket.display());
+    eprintln!("stop it with: cargo xtask vmd --stop");
+    Ok(())
+}
