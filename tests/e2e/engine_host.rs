@@ -96,7 +96,9 @@ impl Engine {
         self.terminate();
         let sock = self.root.path().join("docker.sock");
         let _ = std::fs::remove_file(&sock);
-        let mut args = vec!["--data-root".to_string(), self.data().display().to_string(), "-H".into(), format!("unix://{}", sock.display())];
+        // `--bridge none`: the engine runs on the build host itself, whose network (bridges,
+        // nf_tables, ip_forward) a test must not change; bridge networking is tested in the VM.
+        let mut args = vec!["--data-root".to_string(), self.data().display().to_string(), "-H".into(), format!("unix://{}", sock.display()), "--bridge".into(), "none".into()];
         args.extend(extra.iter().map(|s| s.to_string()));
         self.child = Command::new(engine_binary())
             .args(&args)
@@ -115,7 +117,7 @@ impl Engine {
         let root = tempfile::tempdir().unwrap();
         let sock = root.path().join("docker.sock");
         let log = root.path().join("engine.log");
-        let mut args = vec!["--data-root".to_string(), root.path().join("data").display().to_string(), "-H".into(), format!("unix://{}", sock.display())];
+        let mut args = vec!["--data-root".to_string(), root.path().join("data").display().to_string(), "-H".into(), format!("unix://{}", sock.display()), "--bridge".into(), "none".into()];
         args.extend(extra.iter().map(|s| s.to_string()));
         let child = Command::new(engine_binary())
             .args(&args)

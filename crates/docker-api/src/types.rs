@@ -212,10 +212,31 @@ pub struct ContainerInspect {
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(rename_all = "PascalCase")]
 pub struct NetworkSettings {
+    pub bridge: String,
     #[serde(rename = "IPAddress")]
     pub ip_address: String,
+    #[serde(rename = "IPPrefixLen")]
+    pub ip_prefix_len: i64,
     pub gateway: String,
+    pub mac_address: String,
     pub ports: BTreeMap<String, Option<Vec<PortBinding>>>,
+    pub networks: BTreeMap<String, EndpointSettings>,
+}
+
+/// One network a container is attached to (`NetworkSettings.Networks.<name>`).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct EndpointSettings {
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    pub gateway: String,
+    #[serde(rename = "IPAddress")]
+    pub ip_address: String,
+    #[serde(rename = "IPPrefixLen")]
+    pub ip_prefix_len: i64,
+    pub mac_address: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

@@ -31,7 +31,46 @@ pub struct Args {
     /// Registries reached over plain HTTP (localhost and 127.0.0.0/8 always are).
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
-    /// Bridge name for container networking.
+    /// Bridge for containers in the default (bridge) network; `none` turns bridge
+    /// networking off (containers then get a network namespace with loopback only).
     #[arg(long, default_value = "axion0")]
     pub bridge: String,
+    /// The bridge's address and prefix length; containers get addresses from that subnet.
+    #[arg(long, default_value = "172.17.0.1/16")]
+    pub bip: String,
+}
+
+/// Settings a user can add without changing the service's command line, read from
+/// `<data-root>/daemon.json` at start (the root filesystem is immutable, so dockerd's
+/// /etc/docker/daemon.json would not be writable): `{"insecure-registries": ["host:port"],
+/// "bridge": "axion0", "bip": "172.17.0.1/16"}`. Values there add to (registries) or
+/// override (bridge, bip) the flags.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct DaemonJson {
+    #[serde(default)]
+    pub insecure_registries: Vec<String>,
+    pub bridge: Option<String>,
+    pub bip: Option<String>,
+}
+
+impl Args {
+    /// Merges `<data-root>/daemon.json` into the flags; a malformed file is an error.
+    pub fn with_daemon_json(mut self) -> anyhow::Result<Args> {
+        let path = self.data_root.join("daemon.json");
+        let data = match std::fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(self),
+            Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+        };
+        let d: DaemonJson = serde_json::from_slice(&data).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        self.insecure_registries.extend(d.insecure_registries);
+        if let Some(b) = d.bridge {
+            self.bridge = b;
+        }
+        if let Some(b) = d.bip {
+            self.bip = b;
+        }
+        Ok(self)
+    }
 }

@@ -7,7 +7,7 @@ use crate::reference::Reference;
 use crate::registry;
 use crate::runtime::{self, Bind, ExecSpec, Process, RunSpec, Stdio3};
 use crate::timefmt::{human, now_nanos, rfc3339, since};
-use crate::{cgroup, logs, netproxy};
+use crate::{cgroup, logs, net, netproxy};
 use bytes::Bytes;
 use docker_api::types::*;
 use docker_api::{ApiError, ApiResult, AttachIo, AttachOptions, Backend, Frame, FrameRx, LogsOptions, RegistryAuth, StdStream, WaitCondition};
@@ -26,6 +26,8 @@ pub struct Engine {
     execs: Mutex<HashMap<String, Arc<Exec>>>,
     me: OnceLock<Weak<Engine>>,
     shutting_down: std::sync::atomic::AtomicBool,
+    /// Bridge networking, when enabled and set up; else why not.
+    bridge: Result<(net::Bridge, net::Ipam), String>,
 }
 
 pub struct Exec {
@@ -105,6 +107,22 @@ impl Engine {
         for d in ["containers", "volumes"] {
             std::fs::create_dir_all(root.join(d))?;
         }
+        let bridge = if args.bridge == "none" {
+            Err("bridge networking is off (--bridge none)".to_string())
+        } else {
+            let b = net::Bridge::new(&args.bridge, &args.bip).map_err(anyhow::Error::msg)?;
+            match net::setup_host(&b) {
+                Ok(()) => {
+                    eprintln!("engine: bridge {} at {}/{} (NAT for {})", b.name, b.gateway, b.prefix, b.subnet());
+                    let ipam = net::Ipam::open(&root.join("network/ipam.json"), &b);
+                    Ok((b, ipam))
+                }
+                Err(e) => {
+                    eprintln!("engine: WARNING: bridge networking unavailable: {e}");
+                    Err(format!("bridge networking unavailable: {e}"))
+                }
+            }
+        };
         Ok(Engine {
             root,
             images,
@@ -113,6 +131,7 @@ impl Engine {
             execs: Mutex::new(HashMap::new()),
             me: OnceLock::new(),
             shutting_down: false.into(),
+            bridge,
         })
     }
 
@@ -142,6 +161,9 @@ impl Engine {
                 }
                 self.containers.lock().unwrap().insert(rec.id.clone(), c);
             }
+        }
+        if let Ok((_, ipam)) = &self.bridge {
+            ipam.retain(&self.containers.lock().unwrap().keys().cloned().collect());
         }
         for id in to_start {
             if let Err(e) = self.container_start(&id).await {
@@ -237,6 +259,15 @@ impl Engine {
             ApiError::internal(format!("image {} of container {} is missing its layers", r.image, r.id))
         })?;
         let spec = self.spec_for(c, &r, lowers);
+        // Bridge network: the container's address, and /etc/hosts naming it.
+        let attach = match (r.host_config.network_mode.as_str(), &self.bridge) {
+            ("bridge", Ok((b, ipam))) => {
+                let ep = ipam.allocate(&r.id, b).map_err(internal("allocating an address"))?;
+                self.write_hosts(&c.dir, &r.config.hostname, Some(ep.ip)).map_err(internal("writing /etc/hosts"))?;
+                Some((b.clone(), ep))
+            }
+            _ => None,
+        };
         let spec_path = c.dir.join("spec.json");
         std::fs::write(&spec_path, serde_json::to_vec(&spec).unwrap_or_default()).map_err(internal("writing spec"))?;
         let cg = cgroup::create(&r.id, &r.host_config).map_err(internal("creating cgroup"))?;
@@ -247,10 +278,18 @@ impl Engine {
             (Stdio3::Pipes { stdin: r.config.open_stdin }, None)
         };
         let cgc = cg.clone();
+        let (id, att) = (r.id.clone(), attach.clone());
         let spawned = tokio::task::spawn_blocking(move || {
             let mut s = runtime::spawn("__run", &spec_path, stdio)?;
             if let Some(cg) = &cgc {
                 let _ = cgroup::add(cg, s.pid);
+            }
+            // The process waits for the release: its network is ready before it runs.
+            if let Some((b, ep)) = &att {
+                if let Err(e) = net::attach(b, &id, s.pid, ep) {
+                    s.cancel();
+                    return Ok((s, Err(runtime::SpawnError::Start(format!("network setup: {e}")))));
+                }
             }
             let res = s.release();
             Ok::<_, runtime::SpawnError>((s, res))
@@ -285,6 +324,8 @@ impl Engine {
             rec.started_at = now_nanos();
             rec.error.clear();
             rec.cgroup = cg.clone();
+            rec.oom_killed = false;
+            rec.endpoint = attach.map(|(_, ep)| ep);
         }
         c.save();
         c.events.send_modify(|e| e.running = true);
@@ -372,6 +413,7 @@ impl Engine {
             rec.pid = 0;
             rec.finished_at = now_nanos();
             if let Some(cg) = rec.cgroup.take() {
+                rec.oom_killed = cgroup::oom_killed(&cg);
                 cgroup::remove(&cg);
             }
             rec.clone()
@@ -419,6 +461,9 @@ impl Engine {
     async fn remove_inner(&self, c: &Arc<Container>) -> ApiResult<()> {
         let id = c.snapshot().id;
         self.containers.lock().unwrap().remove(&id);
+        if let Ok((_, ipam)) = &self.bridge {
+            ipam.release(&id);
+        }
         let dir = c.dir.clone();
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
         c.events.send_modify(|e| e.removed = true);
@@ -476,16 +521,24 @@ impl Engine {
         Ok(())
     }
 
-    fn make_dirs(&self, dir: &Path, hostname: &str) -> std::io::Result<()> {
+    fn write_hosts(&self, dir: &Path, hostname: &str, ip: Option<std::net::Ipv4Addr>) -> std::io::Result<()> {
+        let own = ip.map(|ip| ip.to_string()).unwrap_or_else(|| "127.0.1.1".into());
+        std::fs::write(
+            dir.join("hosts"),
+            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{own}\t{hostname}\n"),
+        )
+    }
+
+    fn make_dirs(&self, dir: &Path, hostname: &str, network_mode: &str) -> std::io::Result<()> {
         for d in ["upper", "work", "rootfs"] {
             std::fs::create_dir_all(dir.join(d))?;
         }
         std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
-        std::fs::write(
-            dir.join("hosts"),
-            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"),
-        )?;
-        let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+        self.write_hosts(dir, hostname, None)?;
+        // The host's resolv.conf (init writes the DHCP servers there); inside a private
+        // network namespace loopback resolvers would not answer, so they are left out.
+        let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let resolv = if network_mode == "host" { host } else { net::container_resolv_conf(&host) };
         std::fs::write(dir.join("resolv.conf"), resolv)
     }
 
@@ -547,6 +600,7 @@ impl Engine {
                 restarting: r.status == "restarting",
                 pid: r.pid as i64,
                 exit_code: r.exit_code,
+                oom_killed: r.oom_killed,
                 error: r.error.clone(),
                 started_at: rfc3339(r.started_at),
                 finished_at: rfc3339(r.finished_at),
@@ -560,7 +614,30 @@ impl Engine {
             host_config: r.host_config.clone(),
             config: r.config.clone(),
             mounts: r.mounts.clone(),
-            network_settings: NetworkSettings { ports, ..Default::default() },
+            network_settings: {
+                let mut ns = NetworkSettings { ports, ..Default::default() };
+                if let (Some(ep), "running") = (&r.endpoint, r.status.as_str()) {
+                    ns.ip_address = ep.ip.to_string();
+                    ns.gateway = ep.gateway.to_string();
+                    ns.mac_address = ep.mac.clone();
+                    ns.ip_prefix_len = ep.prefix as i64;
+                    if let Ok((b, _)) = &self.bridge {
+                        ns.bridge = b.name.clone();
+                    }
+                    ns.networks.insert(
+                        "bridge".into(),
+                        EndpointSettings {
+                            ip_address: ns.ip_address.clone(),
+                            gateway: ns.gateway.clone(),
+                            mac_address: ns.mac_address.clone(),
+                            ip_prefix_len: ns.ip_prefix_len,
+                            network_id: "bridge".into(),
+                            endpoint_id: r.id.clone(),
+                        },
+                    );
+                }
+                ns
+            },
             log_path: c.log_path().display().to_string(),
         }
     }
@@ -646,7 +723,9 @@ impl Backend for Engine {
         if !v2 {
             warnings.push("WARNING: no cgroup v2 hierarchy at /sys/fs/cgroup: memory, CPU and pids limits are not applied".into());
         }
-        warnings.push("WARNING: containers get a private network namespace with loopback only (no bridge/NAT yet); use -p to publish ports or --network host".into());
+        if let Err(why) = &self.bridge {
+            warnings.push(format!("WARNING: {why}: containers in the default network get loopback only; use -p to publish ports or --network host"));
+        }
         Ok(Info {
             id: hex::encode(&nix::unistd::gethostname().map(|h| h.to_string_lossy().as_bytes().to_vec()).unwrap_or_default()),
             containers: cs.len() as i64,
@@ -905,6 +984,9 @@ impl Backend for Engine {
         if hc.network_mode.is_empty() || hc.network_mode == "default" {
             hc.network_mode = "bridge".into();
         }
+        if !matches!(hc.network_mode.as_str(), "bridge" | "host" | "none") {
+            return Err(ApiError::not_found(format!("network {} not found (networks: bridge, host, none)", hc.network_mode)));
+        }
         if !matches!(hc.restart_policy.name.as_str(), "" | "no" | "always" | "unless-stopped" | "on-failure") {
             return Err(ApiError::bad_request(format!("invalid restart policy {:?}", hc.restart_policy.name)));
         }
@@ -913,7 +995,7 @@ impl Backend for Engine {
         }
         let (binds, mounts) = self.parse_binds(&hc.binds.clone().unwrap_or_default())?;
         let dir = self.root.join("containers").join(&id);
-        self.make_dirs(&dir, &cfg.hostname).map_err(internal("creating container directory"))?;
+        self.make_dirs(&dir, &cfg.hostname, &hc.network_mode).map_err(internal("creating container directory"))?;
         let path = argv.remove(0);
         let rec = Record {
             id: id.clone(),

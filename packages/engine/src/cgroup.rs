@@ -53,6 +53,14 @@ pub fn add(dir: &Path, pid: i32) -> std::io::Result<()> {
     std::fs::write(dir.join("cgroup.procs"), pid.to_string())
 }
 
+/// Did the OOM killer kill a process of this cgroup (memory.events `oom_kill`)?
+pub fn oom_killed(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("memory.events"))
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse::<u64>().ok()).is_some_and(|n| n > 0))
+}
+
 pub fn remove(dir: &Path) {
     for _ in 0..20 {
         if std::fs::remove_dir(dir).is_ok() || !dir.exists() {

@@ -32,6 +32,12 @@ pub struct Record {
     pub mounts: Vec<MountPoint>,
     pub stopped_by_user: bool,
     pub cgroup: Option<PathBuf>,
+    /// The address on the bridge (held from the first start until removal).
+    #[serde(default)]
+    pub endpoint: Option<crate::net::Endpoint>,
+    /// The last run ended because the memory limit's OOM killer struck.
+    #[serde(default)]
+    pub oom_killed: bool,
 }
 
 /// What `wait` watches.

@@ -17,6 +17,7 @@ mod cgroup;
 mod containers;
 mod images;
 mod logs;
+mod net;
 mod netproxy;
 mod reference;
 mod registry;
@@ -34,7 +35,7 @@ fn main() -> Result<()> {
         // The per-container shim: single-threaded, no tokio.
         std::process::exit(runtime::shim::main(&argv[1..]));
     }
-    let args = args::Args::parse();
+    let args = args::Args::parse().with_daemon_json()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -132,6 +132,12 @@ pub fn spawn(mode: &str, spec_path: &std::path::Path, stdio: Stdio3) -> Result<S
 }
 
 impl Spawned {
+    /// Gives up on the container before it runs: closing the release pipe unblocks the
+    /// child, which exits with 125 (the caller still waits for the shim).
+    pub fn cancel(&mut self) {
+        self.release = None;
+    }
+
     /// Lets the container process continue, then waits until it exec'd its program
     /// (Ok) or failed to (Err with the reason).
     pub fn release(&mut self) -> Result<(), SpawnError> {

@@ -1,0 +1,289 @@
+//! The engine's container networking, cgroup limits and persistence inside a booted qemu
+//! image, driven by the real docker CLI on the host over mutual TLS:
+//! - bridge + veth + NAT: a container reaches the host's registry at 10.0.2.2 (QEMU user
+//!   net's address of the host), two containers reach each other by IP, a published port is
+//!   reached from the host, `--network none` has no route;
+//! - cgroup v2: `-m`, `--cpus`, `--pids-limit` land in the container's cgroup files, and a
+//!   container over its memory limit is OOM-killed (exit 137, State.OOMKilled);
+//! - a pulled image and a stopped container survive a reboot (the data partition persists
+//!   /var/lib), and `docker start -a` of the old container works.
+//!
+//! The VM boots the image's kernel and initramfs (so the test can pass its SSH key on the
+//! command line) with a copy-on-write overlay of the image's qcow2 disk as its data disk.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use axion_tests::registry::{Compression, Registry};
+use axion_tests::{boot_ready, image, qemu, require};
+use xtask::profile::Format;
+
+#[test]
+fn bridge_nat_cgroups_and_reboot_in_the_vm() {
+    require!(axion_tests::have_qemu(), "qemu-system-x86_64 is not installed");
+    require!(Path::new("/usr/bin/ssh").exists(), "the ssh client (openssh-client) is not installed");
+    require!(Path::new("/usr/bin/docker-registry").exists(), "docker-registry is not installed");
+    require!(Command::new("qemu-img").arg("--version").output().is_ok_and(|o| o.status.success()), "qemu-img is not installed");
+    require!(Command::new("docker").arg("--version").output().is_ok_and(|o| o.status.success()), "the docker CLI is not installed");
+    check().unwrap();
+}
+
+struct Guest {
+    vm: qemu::Vm,
+    dir: PathBuf,
+    key: PathBuf,
+    ssh_port: u16,
+    docker_port: u16,
+    web_port: u16,
+}
+
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn both(o: &Output) -> String {
+    format!("stdout: {}\nstderr: {}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+impl Guest {
+    fn boot(dir: &Path, kernel: &Path, initrd: &Path, disk: &Path, key: &Path, boot: u32) -> Result<Guest> {
+        let public = std::fs::read_to_string(key.with_extension("pub"))?.trim().to_owned();
+        let (ssh_port, docker_port, web_port) = (qemu::free_port()?, qemu::free_port()?, qemu::free_port()?);
+        let (accel, _) = axion_tests::accel();
+        let config = qemu::VmConfig::new()
+            .accel(accel)
+            .memory_mib(1024)
+            .cpus(2)
+            .run_dir(dir.join(format!("vm{boot}")))
+            .kernel(kernel, Some(initrd.to_path_buf()), format!("console=ttyS0,115200 panic=-1 axion.ssh_key=\"{public}\""))
+            .drive(qemu::Drive::disk(disk, qemu::DiskFormat::Qcow2))
+            .user_net(
+                qemu::NicModel::VirtioNet,
+                vec![qemu::PortForward::tcp(ssh_port, 22), qemu::PortForward::tcp(docker_port, 2376), qemu::PortForward::tcp(web_port, 8080)],
+            );
+        let (vm, _ready) = boot_ready(config)?;
+        Ok(Guest { vm, dir: dir.to_path_buf(), key: key.to_path_buf(), ssh_port, docker_port, web_port })
+    }
+
+    fn serial(&self) -> String {
+        self.vm.serial_log().map(|p| axion_tests::tail(p, 60)).unwrap_or_default()
+    }
+
+    fn ssh(&self, cmd: &str) -> Result<Output> {
+        Command::new("ssh")
+            .arg("-i")
+            .arg(&self.key)
+            .args(["-p", &self.ssh_port.to_string(), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=20", "root@127.0.0.1"])
+            .arg(cmd)
+            .output()
+            .context("running ssh")
+    }
+
+    fn certs(&self) -> PathBuf {
+        self.dir.join("certs")
+    }
+
+    /// Waits until the engine's client certificate exists and copies it to `certs()`.
+    fn fetch_certs(&self) -> Result<()> {
+        std::fs::create_dir_all(self.certs())?;
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let mut all = true;
+            for f in ["ca", "cert", "key"] {
+                let out = self.ssh(&format!("cat /var/lib/axion-engine/tls/client/{f}.pem"))?;
+                if !out.status.success() || out.stdout.is_empty() {
+                    all = false;
+                    break;
+                }
+                std::fs::write(self.certs().join(format!("{f}.pem")), &out.stdout)?;
+            }
+            if all {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the engine's client certificate did not appear within 180 s\nserial:\n{}", self.serial());
+            }
+            std::thread::sleep(Duration::from_secs(3));
+        }
+    }
+
+    fn docker(&self, args: &[&str]) -> Result<Output> {
+        eprintln!("$ docker {}", args.join(" "));
+        let o = Command::new("docker")
+            .env("DOCKER_HOST", format!("tcp://127.0.0.1:{}", self.docker_port))
+            .env("DOCKER_TLS_VERIFY", "1")
+            .env("DOCKER_CERT_PATH", self.certs())
+            .env("DOCKER_CONFIG", self.dir.join("docker-config"))
+            .args(args)
+            .output()
+            .context("running docker")?;
+        Ok(o)
+    }
+
+    /// `docker ARGS`, which must succeed; returns its trimmed stdout.
+    fn docker_ok(&self, args: &[&str]) -> Result<String> {
+        let o = self.docker(args)?;
+        if !o.status.success() {
+            bail!("docker {} failed ({}):\n{}\nserial:\n{}", args.join(" "), o.status, both(&o), self.serial());
+        }
+        Ok(text(&o))
+    }
+
+    /// Waits until the engine answers over TLS.
+    fn wait_engine(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let o = self.docker(&["version", "--format", "{{.Server.APIVersion}}"])?;
+            if o.status.success() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the engine did not answer within 120 s: {}\nserial:\n{}", both(&o), self.serial());
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+}
+
+fn check() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let key = dir.path().join("id");
+    let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status()?;
+    if !st.success() {
+        bail!("ssh-keygen failed");
+    }
+    let xtask::run::Bootable::Kernel { kernel, initrd } = image("qemu", Format::Initramfs)? else {
+        bail!("the initramfs format is not a kernel and an initramfs");
+    };
+    let xtask::run::Bootable::Disk { path: base, .. } = image("qemu", Format::Qcow2)? else {
+        bail!("the qcow2 format is not a disk");
+    };
+    // The image's disk stays untouched: the VM writes to an overlay.
+    let disk = dir.path().join("disk.qcow2");
+    let st = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"]).arg(&base).arg(&disk).status()?;
+    if !st.success() {
+        bail!("qemu-img create (overlay of {}) failed", base.display());
+    }
+    let registry = Registry::start()?;
+    registry.push_busybox("busybox", "latest", Compression::Gzip)?;
+    let reg = format!("10.0.2.2:{}", registry.port);
+
+    let mut g = Guest::boot(dir.path(), &kernel, &initrd, &disk, &key, 1)?;
+    g.fetch_certs()?;
+    g.wait_engine()?;
+    // QEMU's user network shows the host's 127.0.0.1 as 10.0.2.2: a plain-HTTP registry there
+    // must be declared insecure (daemon.json on the data partition, read at engine start).
+    let o = g.ssh(&format!(
+        "printf '%s' '{{\"insecure-registries\": [\"{reg}\"]}}' > /var/lib/axion-engine/daemon.json && kill $(pidof engine)"
+    ))?;
+    assert!(o.status.success(), "writing daemon.json and restarting the engine: {}", both(&o));
+    std::thread::sleep(Duration::from_secs(2));
+    g.wait_engine()?;
+
+    let image = format!("{reg}/busybox:latest");
+    g.docker_ok(&["pull", &image])?;
+    g.docker_ok(&["tag", &image, "busybox"])?;
+
+    // --- Bridge, NAT, DNS configuration -------------------------------------------------------
+    let out = g.docker_ok(&["run", "--rm", "busybox", "wget", "-q", "-O-", &format!("http://{reg}/v2/")])?;
+    assert_eq!(out, "{}", "the registry's /v2/ through the bridge and NAT");
+    let out = g.docker_ok(&["run", "--rm", "busybox", "ip", "route"])?;
+    assert!(out.contains("default via 172.17.0.1 dev eth0"), "route in a bridged container: {out}");
+    let out = g.docker_ok(&["run", "--rm", "busybox", "cat", "/etc/resolv.conf"])?;
+    assert!(out.contains("nameserver 10.0.2.3"), "resolv.conf in a container: {out}");
+    assert!(!out.contains("nameserver 127."), "resolv.conf in a container: {out}");
+
+    // Two containers over the bridge, by IP.
+    let web = "mkdir -p /www && echo hello-from-$(hostname) > /www/index.html && exec httpd -f -p 80 -h /www";
+    g.docker_ok(&["run", "-d", "--name", "srv", "--hostname", "srv", "busybox", "sh", "-c", web])?;
+    let fmt = "{{.NetworkSettings.IPAddress}} {{.NetworkSettings.Gateway}} {{.NetworkSettings.MacAddress}} {{.NetworkSettings.IPPrefixLen}}";
+    let ins = g.docker_ok(&["inspect", "-f", fmt, "srv"])?;
+    let f: Vec<&str> = ins.split_whitespace().collect();
+    assert_eq!(f.len(), 4, "inspect: {ins}");
+    let ip = f[0];
+    assert!(ip.starts_with("172.17.0."), "IPAddress: {ins}");
+    assert_eq!(f[1], "172.17.0.1", "Gateway: {ins}");
+    let o: Vec<u8> = ip.split('.').map(|p| p.parse().unwrap()).collect();
+    assert_eq!(f[2], format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]), "MacAddress: {ins}");
+    assert_eq!(f[3], "16");
+    let mut body = String::new();
+    for _ in 0..20 {
+        let o = g.docker(&["run", "--rm", "busybox", "wget", "-q", "-O-", &format!("http://{ip}/")])?;
+        body = text(&o);
+        if o.status.success() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(body, "hello-from-srv", "container to container over the bridge");
+
+    // A published port, reached from the host (QEMU forwards host:web_port → guest:8080).
+    g.docker_ok(&["run", "-d", "--name", "pub", "--hostname", "pub", "-p", "8080:80", "busybox", "sh", "-c", web])?;
+    let url = format!("http://127.0.0.1:{}/", g.web_port);
+    let mut got = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(r) = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build()?.get(&url).send() {
+            got = r.text().unwrap_or_default();
+            if got.trim() == "hello-from-pub" {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(got.trim(), "hello-from-pub", "GET {url} (published port)");
+
+    // --network none: loopback only, no route out.
+    let out = g.docker_ok(&["run", "--rm", "--network", "none", "busybox", "sh", "-c", "ip route; ip -o link | cut -d: -f2"])?;
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), vec!["lo"], "--network none has only lo and no routes: {out}");
+    let o = g.docker(&["run", "--rm", "--network", "none", "busybox", "wget", "-q", "-T", "3", "-O-", &format!("http://{reg}/v2/")])?;
+    assert!(!o.status.success(), "--network none reached the registry: {}", both(&o));
+    // --network host still sees the VM's interfaces.
+    let out = g.docker_ok(&["run", "--rm", "--network", "host", "busybox", "ip", "-o", "link"])?;
+    assert!(out.contains("axion0"), "--network host sees the bridge: {out}");
+    g.docker_ok(&["rm", "-f", "srv", "pub"])?;
+
+    // --- cgroup v2 limits ---------------------------------------------------------------------
+    let o = g.ssh("cat /sys/fs/cgroup/cgroup.subtree_control /sys/fs/cgroup/axion/cgroup.subtree_control")?;
+    eprintln!("subtree_control (root, axion): {}", text(&o).replace('\n', " | "));
+    let id = g.docker_ok(&["run", "-d", "--name", "lim", "-m", "32m", "--cpus", "0.5", "--pids-limit", "20", "busybox", "sleep", "300"])?;
+    let o = g.ssh(&format!("cd /sys/fs/cgroup/axion/{id} && cat memory.max cpu.max pids.max && grep -c . cgroup.procs"))?;
+    assert!(o.status.success(), "reading the container's cgroup: {}\nserial:\n{}", both(&o), g.serial());
+    let lines: Vec<String> = text(&o).lines().map(str::to_string).collect();
+    assert_eq!(lines, vec!["33554432", "50000 100000", "20", "1"], "memory.max, cpu.max, pids.max, process count");
+    // pids.max holds inside the container: 30 background sleeps cannot all start.
+    let o = g.docker(&["exec", "lim", "sh", "-c", "for i in $(seq 30); do sleep 60 & done 2>/dev/null; true"])?;
+    let o2 = g.ssh(&format!("cat /sys/fs/cgroup/axion/{id}/pids.events"))?;
+    assert!(text(&o2).contains("max ") && !text(&o2).contains("max 0"), "pids.events after 30 forks: {} ({})", text(&o2), both(&o));
+    g.docker_ok(&["rm", "-f", "lim"])?;
+    // Over its memory limit, the container is OOM-killed.
+    let o = g.docker(&["run", "--name", "oom", "-m", "16m", "busybox", "tail", "/dev/zero"])?;
+    assert_eq!(o.status.code(), Some(137), "a container over its memory limit: {}", both(&o));
+    let out = g.docker_ok(&["inspect", "-f", "{{.State.OOMKilled}} {{.State.ExitCode}}", "oom"])?;
+    assert_eq!(out, "true 137");
+    g.docker_ok(&["rm", "oom"])?;
+
+    // --- Persistence across a reboot ----------------------------------------------------------
+    let out = g.docker_ok(&["run", "--name", "keep", "busybox", "echo", "kept"])?;
+    assert_eq!(out, "kept");
+    let st = g.vm.powerdown_and_wait(Duration::from_secs(120)).with_context(|| format!("power button\nserial:\n{}", g.serial()))?;
+    eprintln!("first boot powered off ({st})");
+    drop(g);
+    let g = Guest::boot(dir.path(), &kernel, &initrd, &disk, &key, 2)?;
+    g.fetch_certs()?;
+    g.wait_engine()?;
+    let out = g.docker_ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"])?;
+    assert!(out.lines().any(|l| l == "busybox:latest"), "docker images after the reboot: {out}");
+    assert!(out.lines().any(|l| l == image), "docker images after the reboot: {out}");
+    let out = g.docker_ok(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"])?;
+    assert!(out.lines().any(|l| l.starts_with("keep Exited (0)")), "docker ps -a after the reboot: {out}");
+    let out = g.docker_ok(&["start", "-a", "keep"])?;
+    assert_eq!(out, "kept", "docker start -a of the container made before the reboot");
+    // Networking comes back with the engine: NAT still works after the reboot.
+    let out = g.docker_ok(&["run", "--rm", "busybox", "wget", "-q", "-O-", &format!("http://{reg}/v2/")])?;
+    assert_eq!(out, "{}");
+    drop(registry);
+    Ok(())
+}
