@@ -108,6 +108,9 @@ pub struct HostConfig {
     pub cpu_quota: i64,
     pub cpu_period: i64,
     pub pids_limit: Option<i64>,
+    pub cap_add: Option<Vec<String>>,
+    pub cap_drop: Option<Vec<String>>,
+    pub security_opt: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]

@@ -87,6 +87,12 @@ fn stdin_thread(mut w: std::fs::File, mut rx: mpsc::Receiver<Bytes>, on_eof: imp
     });
 }
 
+/// Capabilities, seccomp and no_new_privs for a container (runtime::confine).
+fn confinement(hc: &HostConfig) -> Result<runtime::confine::Confinement, String> {
+    let v = |o: &Option<Vec<String>>| o.clone().unwrap_or_default();
+    runtime::confine::for_container(hc.privileged, &v(&hc.cap_add), &v(&hc.cap_drop), &v(&hc.security_opt))
+}
+
 fn parse_created(s: &str) -> i64 {
     // "YYYY-MM-DDTHH:MM:SS..." → unix seconds (0 if unparsable).
     let p = |a: usize, b: usize| s.get(a..b).and_then(|x| x.parse::<i64>().ok());
@@ -241,7 +247,14 @@ impl Engine {
             ],
             hostname: r.config.hostname.clone(),
             new_netns: r.host_config.network_mode != "host",
-            process: Process { args, env, cwd: r.config.working_dir.clone(), user: r.config.user.clone(), tty: r.config.tty },
+            process: Process {
+                args,
+                env,
+                cwd: r.config.working_dir.clone(),
+                user: r.config.user.clone(),
+                tty: r.config.tty,
+                confine: confinement(&r.host_config).unwrap_or_default(),
+            },
         }
     }
 
@@ -993,6 +1006,7 @@ impl Backend for Engine {
         if hc.auto_remove && !matches!(hc.restart_policy.name.as_str(), "" | "no") {
             return Err(ApiError::bad_request("conflicting options: cannot specify both --restart and --rm"));
         }
+        confinement(&hc).map_err(ApiError::bad_request)?;
         let (binds, mounts) = self.parse_binds(&hc.binds.clone().unwrap_or_default())?;
         let dir = self.root.join("containers").join(&id);
         self.make_dirs(&dir, &cfg.hostname, &hc.network_mode).map_err(internal("creating container directory"))?;
@@ -1262,6 +1276,7 @@ impl Backend for Engine {
                 cwd: if ex.req.working_dir.is_empty() { r.config.working_dir.clone() } else { ex.req.working_dir.clone() },
                 user: if ex.req.user.is_empty() { r.config.user.clone() } else { ex.req.user.clone() },
                 tty: ex.req.tty,
+                confine: confinement(&r.host_config).map_err(ApiError::bad_request)?,
             },
         };
         let spec_path = c.dir.join(format!("exec-{}.json", ex.id));

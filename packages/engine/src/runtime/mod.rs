@@ -6,6 +6,7 @@
 //! For `__run`, fd 4 (engine → child) releases the child (one byte) after the engine has
 //! put it into its cgroup.
 
+pub mod confine;
 pub mod shim;
 
 use serde::{Deserialize, Serialize};
@@ -44,6 +45,8 @@ pub struct Process {
     pub cwd: String,
     pub user: String,
     pub tty: bool,
+    #[serde(default)]
+    pub confine: confine::Confinement,
 }
 
 /// For `engine __exec`: join the namespaces of `pid` and run `process`.

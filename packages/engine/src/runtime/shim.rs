@@ -361,6 +361,7 @@ fn start_process(p: &Process) -> Result<std::convert::Infallible, Fail> {
             libc::ioctl(0, libc::TIOCSCTTY as _, 0);
         }
     }
+    super::confine::apply(&p.confine).map_err(|e| (125, e))?;
     let groups: Vec<nix::unistd::Gid> = ids.groups.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
     nix::unistd::setgroups(&groups).map_err(err("setgroups"))?;
     nix::unistd::setgid(nix::unistd::Gid::from_raw(ids.gid)).map_err(err("setgid"))?;
