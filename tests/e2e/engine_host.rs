@@ -491,11 +491,22 @@ fn ports_volumes_exec_tty() {
     c.stdin.take().unwrap().write_all(b"piped into exec\n").unwrap();
     assert_eq!(String::from_utf8_lossy(&c.wait_with_output().unwrap().stdout), "piped into exec\n");
     // -t: a TTY (raw stream, no stdcopy framing).
-    // (isatty, not ttyname: the pty comes from the engine's devpts, see the engine's README.)
-    let out = e.ok(&["run", "--rm", "-t", &img, "sh", "-c", "test -t 0 && test -t 1 && echo tty-ok"]);
-    assert_eq!(out, "tty-ok\r\n", "{out:?}");
-    let out = e.ok(&["exec", "-t", "web", "sh", "-c", "test -t 1 && echo exec-tty"]);
-    assert_eq!(out, "exec-tty\r\n", "{out:?}");
+    // The pty comes from the container's own devpts: `tty` names a device that exists there.
+    let out = e.ok(&["run", "--rm", "-t", &img, "sh", "-c", "test -t 0 && test -t 1 && tty && echo tty-ok"]);
+    assert_eq!(out, "/dev/pts/0\r\ntty-ok\r\n", "{out:?}");
+    let out = e.ok(&["exec", "-t", "web", "sh", "-c", "test -t 1 && tty && echo exec-tty"]);
+    assert!(out.starts_with("/dev/pts/") && out.ends_with("\r\nexec-tty\r\n"), "{out:?}");
+    // Docker's default capabilities, a seccomp filter; --privileged keeps everything.
+    let out = e.ok(&["run", "--rm", &img, "sh", "-c", "grep -E '^(CapBnd|CapEff|Seccomp):' /proc/self/status | tr -s '\\t ' ' '"]);
+    assert_eq!(out, "CapEff: 00000000a80425fb\nCapBnd: 00000000a80425fb\nSeccomp: 2\n", "{out:?}");
+    let out = e.ok(&["exec", "web", "sh", "-c", "grep -E '^CapBnd:' /proc/self/status | tr -s '\\t ' ' '"]);
+    assert_eq!(out, "CapBnd: 00000000a80425fb\n", "{out:?}");
+    let out = e.ok(&["run", "--rm", "--cap-drop", "ALL", "--cap-add", "NET_ADMIN", &img, "sh", "-c", "grep -E '^CapBnd:' /proc/self/status | tr -s '\\t ' ' '"]);
+    assert_eq!(out, "CapBnd: 0000000000001000\n", "{out:?}");
+    let out = e.ok(&["run", "--rm", "--privileged", &img, "sh", "-c", "grep -E '^Seccomp:' /proc/self/status | tr -s '\\t ' ' '"]);
+    assert_eq!(out, "Seccomp: 0\n", "{out:?}");
+    let out = e.docker(&["run", "--rm", "--cap-add", "SYS_ADMIN", &img, "mount", "-t", "tmpfs", "none", "/mnt"]);
+    assert!(!out.status.success(), "mount is refused by the seccomp filter even with CAP_SYS_ADMIN");
     // -it under a pseudo-terminal made by `script`.
     if Path::new("/usr/bin/script").exists() {
         let cmd = format!("docker run --rm -it {img} sh -c 'read x; echo got-$x'");

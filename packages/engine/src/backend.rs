@@ -284,12 +284,7 @@ impl Engine {
         let spec_path = c.dir.join("spec.json");
         std::fs::write(&spec_path, serde_json::to_vec(&spec).unwrap_or_default()).map_err(internal("writing spec"))?;
         let cg = cgroup::create(&r.id, &r.host_config).map_err(internal("creating cgroup"))?;
-        let (stdio, master) = if r.config.tty {
-            let pty = nix::pty::openpty(None, None).map_err(internal("openpty"))?;
-            (Stdio3::Pty(pty.slave), Some(pty.master))
-        } else {
-            (Stdio3::Pipes { stdin: r.config.open_stdin }, None)
-        };
+        let stdio = if r.config.tty { Stdio3::Console } else { Stdio3::Pipes { stdin: r.config.open_stdin } };
         let cgc = cg.clone();
         let (id, att) = (r.id.clone(), attach.clone());
         let spawned = tokio::task::spawn_blocking(move || {
@@ -304,7 +299,7 @@ impl Engine {
                     return Ok((s, Err(runtime::SpawnError::Start(format!("network setup: {e}")))));
                 }
             }
-            let res = s.release();
+            let res = s.release().and_then(|()| s.take_console());
             Ok::<_, runtime::SpawnError>((s, res))
         })
         .await
@@ -325,11 +320,14 @@ impl Engine {
             Ok(v) => v,
             Err(e) => return Err(fail(e.to_string(), 128)),
         };
-        if let Err(e) = res {
-            let _ = s.child.wait();
-            let code = if e.to_string().contains("executable file not found") { 127 } else { 126 };
-            return Err(fail(e.to_string(), code));
-        }
+        let master = match res {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = s.child.wait();
+                let code = if e.to_string().contains("executable file not found") { 127 } else { 126 };
+                return Err(fail(e.to_string(), code));
+            }
+        };
         {
             let mut rec = c.rec.lock().unwrap();
             rec.status = "running".into();
@@ -1281,16 +1279,11 @@ impl Backend for Engine {
         };
         let spec_path = c.dir.join(format!("exec-{}.json", ex.id));
         std::fs::write(&spec_path, serde_json::to_vec(&spec).unwrap_or_default()).map_err(internal("writing exec spec"))?;
-        let (stdio, master) = if ex.req.tty {
-            let pty = nix::pty::openpty(None, None).map_err(internal("openpty"))?;
-            (Stdio3::Pty(pty.slave), Some(pty.master))
-        } else {
-            (Stdio3::Pipes { stdin: ex.req.attach_stdin }, None)
-        };
+        let stdio = if ex.req.tty { Stdio3::Console } else { Stdio3::Pipes { stdin: ex.req.attach_stdin } };
         let sp = spec_path.clone();
         let res = tokio::task::spawn_blocking(move || {
             let mut s = runtime::spawn("__exec", &sp, stdio)?;
-            let r = s.release();
+            let r = s.release().and_then(|()| s.take_console());
             Ok::<_, runtime::SpawnError>((s, r))
         })
         .await
@@ -1298,12 +1291,15 @@ impl Backend for Engine {
         let _ = std::fs::remove_file(&spec_path);
         let (mut s, started) = res.map_err(|e| ApiError::internal(e.to_string()))?;
         let (tx, rx) = mpsc::channel::<Frame>(256);
-        if let Err(e) = started {
-            let _ = s.child.wait();
-            *ex.state.lock().unwrap() = (false, Some(126), 0);
-            let _ = tx.try_send(Frame::stderr(format!("OCI runtime exec failed: {e}\n")));
-            return Ok(AttachIo { tty: ex.req.tty, output: rx, stdin: None });
-        }
+        let master = match started {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = s.child.wait();
+                *ex.state.lock().unwrap() = (false, Some(126), 0);
+                let _ = tx.try_send(Frame::stderr(format!("OCI runtime exec failed: {e}\n")));
+                return Ok(AttachIo { tty: ex.req.tty, output: rx, stdin: None });
+            }
+        };
         *ex.state.lock().unwrap() = (true, None, s.pid);
         let mut readers = Vec::new();
         let fwd = |stream: StdStream| {

@@ -57,10 +57,65 @@ pub struct ExecSpec {
     pub process: Process,
 }
 
-/// The container's standard streams: pipes, or a pty slave for all three.
+/// The container's standard streams: pipes, or a terminal that the container's process
+/// creates in its own devpts and whose master it sends back (fd 5, see shim::console).
 pub enum Stdio3 {
     Pipes { stdin: bool },
-    Pty(OwnedFd),
+    Console,
+}
+
+/// Sends `fd` over the unix socket `sock` (SCM_RIGHTS).
+pub fn send_fd(sock: i32, fd: i32) -> std::io::Result<()> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    // SAFETY: msghdr is plain data; the buffers it points to live until sendmsg returns.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), fd);
+        if libc::sendmsg(sock, &msg, 0) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Receives one descriptor sent with [`send_fd`]; None at EOF (nothing was sent).
+pub fn recv_fd(sock: i32) -> std::io::Result<Option<OwnedFd>> {
+    use std::os::fd::FromRawFd;
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    // SAFETY: as in send_fd; a received descriptor is owned right away.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let n = libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC);
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        if n == 0 || c.is_null() || (*c).cmsg_type != libc::SCM_RIGHTS {
+            return Ok(None);
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<i32>());
+        Ok(Some(OwnedFd::from_raw_fd(fd)))
+    }
 }
 
 pub struct Spawned {
@@ -70,6 +125,8 @@ pub struct Spawned {
     /// Reader of fd 3 after the pid line (errors and EOF).
     status: BufReader<std::fs::File>,
     release: Option<std::fs::File>,
+    /// The engine's end of the console socket (TTY sessions).
+    console: Option<std::os::unix::net::UnixStream>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,22 +152,29 @@ pub fn spawn(mode: &str, spec_path: &std::path::Path, stdio: Stdio3) -> Result<S
     let (release_r, release_w) = pipe().map_err(io)?;
     let mut cmd = Command::new(&exe);
     cmd.arg(mode).arg(spec_path).env_clear();
+    let mut console = None;
+    let mut console_child: Option<OwnedFd> = None;
     match stdio {
         Stdio3::Pipes { stdin } => {
             cmd.stdin(if stdin { Stdio::piped() } else { Stdio::null() });
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         }
-        Stdio3::Pty(slave) => {
-            let a = slave.try_clone().map_err(io)?;
-            let b = slave.try_clone().map_err(io)?;
-            cmd.stdin(Stdio::from(slave)).stdout(Stdio::from(a)).stderr(Stdio::from(b));
+        Stdio3::Console => {
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+            let (a, b) = std::os::unix::net::UnixStream::pair().map_err(io)?;
+            console = Some(a);
+            console_child = Some(OwnedFd::from(b));
         }
     }
     let (sw, rr) = (status_w.as_raw_fd(), release_r.as_raw_fd());
+    let cc = console_child.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
     // SAFETY: between fork and exec we only call async-signal-safe functions (dup2, setsid).
     unsafe {
         cmd.pre_exec(move || {
             if libc::dup2(sw, 3) < 0 || libc::dup2(rr, 4) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if cc >= 0 && libc::dup2(cc, 5) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             libc::setsid();
@@ -120,6 +184,7 @@ pub fn spawn(mode: &str, spec_path: &std::path::Path, stdio: Stdio3) -> Result<S
     let child = cmd.spawn().map_err(io)?;
     drop(status_w);
     drop(release_r);
+    drop(console_child);
     let mut status = BufReader::new(status_r);
     let mut line = String::new();
     status.read_line(&mut line).map_err(|e| SpawnError::Protocol(e.to_string()))?;
@@ -131,12 +196,25 @@ pub fn spawn(mode: &str, spec_path: &std::path::Path, stdio: Stdio3) -> Result<S
         .strip_prefix("pid ")
         .and_then(|p| p.parse().ok())
         .ok_or_else(|| SpawnError::Protocol(format!("expected `pid N` from the shim, got {line:?}")))?;
-    Ok(Spawned { child, pid, status, release: Some(release_w) })
+    Ok(Spawned { child, pid, status, release: Some(release_w), console })
 }
 
 impl Spawned {
     /// Gives up on the container before it runs: closing the release pipe unblocks the
     /// child, which exits with 125 (the caller still waits for the shim).
+    /// The terminal's master, which the container's process sent before it exec'd (call
+    /// after a successful [`Spawned::release`]).
+    pub fn take_console(&mut self) -> Result<Option<OwnedFd>, SpawnError> {
+        match self.console.take() {
+            None => Ok(None),
+            Some(s) => match recv_fd(s.as_raw_fd()) {
+                Ok(Some(fd)) => Ok(Some(fd)),
+                Ok(None) => Err(SpawnError::Start("the container did not send its terminal".into())),
+                Err(e) => Err(SpawnError::Start(format!("receiving the container's terminal: {e}"))),
+            },
+        }
+    }
+
     pub fn cancel(&mut self) {
         self.release = None;
     }

@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 const STATUS_FD: i32 = 3;
 const RELEASE_FD: i32 = 4;
+/// For TTY containers and exec sessions: where the pty master goes (see `console`).
+const CONSOLE_FD: i32 = 5;
 
 fn report(msg: &str) {
     // SAFETY: fd 3 is the status pipe the engine gave us; ManuallyDrop keeps it open.
@@ -104,6 +106,7 @@ fn run(spec: RunSpec) -> i32 {
         }
         Ok(ForkResult::Child) => {
             set_cloexec(STATUS_FD);
+            set_cloexec(CONSOLE_FD);
             let mut b = [0u8; 1];
             // SAFETY: reading one byte from the release pipe into a valid buffer.
             let n = unsafe { libc::read(RELEASE_FD, b.as_mut_ptr().cast(), 1) };
@@ -118,6 +121,7 @@ fn run(spec: RunSpec) -> i32 {
             report(&format!("pid {child}\n"));
             close(STATUS_FD);
             close(RELEASE_FD);
+            close(CONSOLE_FD);
             close(0);
             close(1);
             close(2);
@@ -235,13 +239,8 @@ fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
     std::env::set_current_dir(root).map_err(err("chdir to root"))?;
     match nix::unistd::pivot_root(".", ".") {
         Ok(()) => umount2(".", MntFlags::MNT_DETACH).map_err(err("detaching old root"))?,
-        // The host's root is the initramfs (rootfs), which cannot be pivoted away from
-        // (an image booted from kernel + initramfs): move the new root over / and chroot
-        // into it instead, as runc's --no-pivot does.
-        Err(nix::errno::Errno::EINVAL) => {
-            mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(err("moving the new root over / (no pivot_root on rootfs)"))?;
-            nix::unistd::chroot(".").map_err(err("chroot"))?;
-        }
+        // The host's root is the initramfs (rootfs), which pivot_root cannot leave.
+        Err(nix::errno::Errno::EINVAL) => move_root(root)?,
         Err(e) => return Err(err("pivot_root")(e)),
     }
     std::env::set_current_dir("/").map_err(err("chdir /"))?;
@@ -252,6 +251,46 @@ fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
         loopback_up();
     }
     start_process(&spec.process)
+}
+
+/// Mount points listed in /proc/self/mountinfo (field 5, octal escapes undone).
+fn mount_points(info: &str) -> Vec<PathBuf> {
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| {
+            let b = p.as_bytes();
+            let mut out = Vec::with_capacity(b.len());
+            let mut i = 0;
+            while i < b.len() {
+                if b[i] == b'\\' && i + 3 < b.len() {
+                    if let Ok(v) = u8::from_str_radix(&p[i + 1..i + 4], 8) {
+                        out.push(v);
+                        i += 4;
+                        continue;
+                    }
+                }
+                out.push(b[i]);
+                i += 1;
+            }
+            PathBuf::from(String::from_utf8_lossy(&out).into_owned())
+        })
+        .collect()
+}
+
+/// Enters the container root without pivot_root, as runc's --no-pivot does for roots on a
+/// ramdisk: first every other mount of this (private) mount namespace is detached, so that
+/// nothing of the host but the initramfs files stays below the container's root; then the
+/// root is moved onto `/` and chrooted into (cwd is `root`).
+fn move_root(root: &Path) -> Result<(), Fail> {
+    let info = fs::read_to_string("/proc/self/mountinfo").map_err(err("reading /proc/self/mountinfo"))?;
+    let mut points: Vec<PathBuf> = mount_points(&info).into_iter().filter(|p| p != Path::new("/") && !p.starts_with(root)).collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        let _ = umount2(&p, MntFlags::MNT_DETACH);
+    }
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(err("moving the container root onto /"))?;
+    nix::unistd::chroot(".").map_err(err("chroot into the container root"))?;
+    Ok(())
 }
 
 /// Brings `lo` up in the new network namespace.
@@ -347,12 +386,50 @@ fn find_program(arg0: &str, env: &[String]) -> Option<PathBuf> {
     })
 }
 
+/// The container's terminal: a pty from the container's own devpts (so `tty` and `ttyname`
+/// name a device that exists inside), its slave on fds 0-2, its master sent to the engine
+/// over the console socket (fd 5, SCM_RIGHTS), as runc's console socket does.
+fn console() -> Result<(), Fail> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: open/ioctl on paths and descriptors we own; the fds are owned right away.
+    unsafe {
+        let m = libc::open(c"/dev/pts/ptmx".as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        if m < 0 {
+            return Err((125, format!("opening /dev/pts/ptmx: {}", std::io::Error::last_os_error())));
+        }
+        let master = OwnedFd::from_raw_fd(m);
+        let unlock: libc::c_int = 0;
+        let mut n: libc::c_uint = 0;
+        if libc::ioctl(m, libc::TIOCSPTLCK as _, &unlock) != 0 || libc::ioctl(m, libc::TIOCGPTN as _, &mut n) != 0 {
+            return Err((125, format!("setting up the pty: {}", std::io::Error::last_os_error())));
+        }
+        let path = std::ffi::CString::new(format!("/dev/pts/{n}")).map_err(err("pty path"))?;
+        let sl = libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
+        if sl < 0 {
+            return Err((125, format!("opening /dev/pts/{n}: {}", std::io::Error::last_os_error())));
+        }
+        super::send_fd(CONSOLE_FD, master.as_raw_fd()).map_err(err("sending the pty to the engine"))?;
+        drop(master);
+        close(CONSOLE_FD);
+        for fd in 0..3 {
+            libc::dup2(sl, fd);
+        }
+        if sl > 2 {
+            close(sl);
+        }
+    }
+    Ok(())
+}
+
 /// Sets identity, session, directory and environment, then execs (never returns Ok).
 fn start_process(p: &Process) -> Result<std::convert::Infallible, Fail> {
     let ids = resolve_user(&p.user)?;
     let mut env = p.env.clone();
     if !env.iter().any(|e| e.starts_with("HOME=")) {
         env.push(format!("HOME={}", ids.home));
+    }
+    if p.tty {
+        console()?;
     }
     nix::unistd::setsid().ok();
     if p.tty {
@@ -429,15 +506,30 @@ fn exec(spec: ExecSpec) -> i32 {
         }
         Ok(ForkResult::Child) => {
             set_cloexec(STATUS_FD);
+            set_cloexec(CONSOLE_FD);
             exit_child(start_process(&spec.process))
         }
         Ok(ForkResult::Parent { child }) => {
             report(&format!("pid {child}\n"));
             close(STATUS_FD);
+            close(CONSOLE_FD);
             close(0);
             close(1);
             close(2);
             wait_for(child)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_points_from_mountinfo() {
+        let info = "22 1 0:20 / / rw - rootfs rootfs rw\n\
+                    23 22 0:21 / /proc rw,nosuid - proc proc rw\n\
+                    40 22 8:2 / /var/lib/with\\040space rw - ext4 /dev/vda2 rw\n";
+        assert_eq!(mount_points(info), vec![PathBuf::from("/"), PathBuf::from("/proc"), PathBuf::from("/var/lib/with space")]);
     }
 }
