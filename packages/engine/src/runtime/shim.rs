@@ -278,17 +278,21 @@ fn mount_points(info: &str) -> Vec<PathBuf> {
 }
 
 /// Enters the container root without pivot_root, as runc's --no-pivot does for roots on a
-/// ramdisk: first every other mount of this (private) mount namespace is detached, so that
-/// nothing of the host but the initramfs files stays below the container's root; then the
-/// root is moved onto `/` and chrooted into (cwd is `root`).
+/// ramdisk: the root (cwd) is moved onto `/`, every other mount of this (private) mount
+/// namespace is detached, so that nothing of the host but the initramfs files stays below
+/// the container's root, and the process chroots into it. The host mounts are listed before
+/// the move and detached after it: an ancestor of the root (/var/lib) no longer holds the
+/// root then, and paths still resolve from the old root (the moved mount is entered only by
+/// the chroot).
 fn move_root(root: &Path) -> Result<(), Fail> {
     let info = fs::read_to_string("/proc/self/mountinfo").map_err(err("reading /proc/self/mountinfo"))?;
     let mut points: Vec<PathBuf> = mount_points(&info).into_iter().filter(|p| p != Path::new("/") && !p.starts_with(root)).collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(err("moving the container root onto /"))?;
     for p in points {
         let _ = umount2(&p, MntFlags::MNT_DETACH);
     }
-    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(err("moving the container root onto /"))?;
     nix::unistd::chroot(".").map_err(err("chroot into the container root"))?;
     Ok(())
 }
