@@ -1,9 +1,12 @@
 //! `cargo xtask run --detach` boots the default profile's image in the background, waits for
 //! init's ready line and prints `export` lines a shell can eval; `cargo xtask stop` powers it
 //! off through the ACPI power button and cleans up. Builds the image first if it is missing.
+//! The first-boot settings `run` passes through fw_cfg take effect: the host name, the SSH
+//! key, and the Docker TLS material, so the exported DOCKER_* variables work as they are.
 
 use std::net::TcpStream;
-use std::time::Duration;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use axion_tests::{eval_exports, layout, require, xtask, xtask_ok, KillOnDrop};
 use xtask::profile::Format;
@@ -31,8 +34,16 @@ fn run_detach_then_stop() {
         }
     };
     let (ssh_s, docker_s) = (ssh.to_string(), docker.to_string());
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("id");
+    let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "run-detach", "-f"]).arg(&key).status().unwrap();
+    assert!(st.success(), "ssh-keygen failed");
+    let public = key.with_extension("pub");
     let out = xtask(
-        &["run", "--profile", PROFILE, "--format", "qcow2", "--detach", "--ssh-port", &ssh_s, "--docker-port", &docker_s],
+        &[
+            "run", "--profile", PROFILE, "--format", "qcow2", "--detach", "--ssh-port", &ssh_s, "--docker-port", &docker_s,
+            "--ssh-key", public.to_str().unwrap(), "--hostname", "rundetach",
+        ],
         Duration::from_secs(1800), // includes a rebuild if an input changed
     )
     .unwrap();
@@ -49,8 +60,14 @@ fn run_detach_then_stop() {
         assert!(line.starts_with("export ") && line.contains('='), "not an export line on stdout: {line:?}");
     }
     assert!(stderr.contains("ready"), "{stderr}");
-    let v = eval_exports(&stdout, &["AXION_PROFILE", "AXION_PID", "AXION_SSH_PORT", "AXION_DOCKER_PORT", "AXION_SERIAL_LOG", "AXION_QMP_SOCKET"])
-        .unwrap();
+    let v = eval_exports(
+        &stdout,
+        &[
+            "AXION_PROFILE", "AXION_PID", "AXION_SSH_PORT", "AXION_DOCKER_PORT", "AXION_SERIAL_LOG", "AXION_QMP_SOCKET",
+            "DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH",
+        ],
+    )
+    .unwrap();
     assert_eq!(v[0], PROFILE);
     let pid: u32 = v[1].parse().unwrap();
     assert_eq!(pid_guard.as_ref().map(|g| g.0), Some(pid), "pid file and AXION_PID differ");
@@ -66,6 +83,48 @@ fn run_detach_then_stop() {
     for port in [ssh, docker] {
         TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("nothing listens on the forwarded port {port}: {e}"));
     }
+    // The docker CLI works with exactly the exported variables: mutual TLS with the
+    // certificates the host made and the guest got through fw_cfg. The engine may still be
+    // starting just after the ready line.
+    assert_eq!(v[6], format!("tcp://127.0.0.1:{docker}"));
+    assert_eq!(v[7], "1");
+    assert_eq!(v[8], run.docker_certs().to_string_lossy());
+    let docker_config = tempfile::tempdir().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let version = loop {
+        let out = Command::new("docker")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("DOCKER_HOST", &v[6])
+            .env("DOCKER_TLS_VERIFY", &v[7])
+            .env("DOCKER_CERT_PATH", &v[8])
+            .env("DOCKER_CONFIG", docker_config.path())
+            .args(["version", "--format", "{{.Server.Os}}/{{.Server.Arch}}"])
+            .output()
+            .expect("the docker CLI runs");
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    assert!(
+        version.status.success(),
+        "docker version with the exported variables failed: {}\nserial:\n{}",
+        String::from_utf8_lossy(&version.stderr),
+        axion_tests::tail(&run.serial_log(), 40)
+    );
+    assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), "linux/amd64");
+    // The SSH key and host name from the first-boot settings.
+    let ssh_out = Command::new("ssh")
+        .arg("-i")
+        .arg(&key)
+        .args(["-p", &ssh_s, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
+        .args(["-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=30", "root@127.0.0.1", "hostname"])
+        .output()
+        .expect("ssh runs");
+    assert!(ssh_out.status.success(), "ssh with the --ssh-key key failed: {}", String::from_utf8_lossy(&ssh_out.stderr));
+    assert_eq!(String::from_utf8_lossy(&ssh_out.stdout).trim(), "rundetach");
+
     // A second run of the same profile is refused while this one runs.
     let again = xtask(&["run", "--profile", PROFILE, "--detach"], Duration::from_secs(120)).unwrap();
     assert!(!again.status.success());
