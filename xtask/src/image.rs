@@ -50,6 +50,31 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 const MIB: u64 = 1024 * 1024;
 
+/// `cargo xtask image`: builds (or finds cached) the packages of profile `name`, then
+/// assembles `formats` (default: the profile's) into `out` (default `out/NAME/`); returns
+/// the paths written.
+pub fn build_profile(layout: &Layout, name: &str, formats: &[Format], out: Option<PathBuf>, offline: bool) -> Result<Vec<PathBuf>> {
+    crate::doctor::ensure(&[crate::doctor::Need::Image])?;
+    let recipes = crate::recipe::RecipeSet::load(&layout.recipes())?;
+    let profile = crate::profile::load_profile(&layout.root, name, &recipes)?;
+    let formats = if formats.is_empty() { profile.spec.profile.formats.clone() } else { formats.to_vec() };
+    let out = out.unwrap_or_else(|| layout.out(profile.name()));
+    let staged = profile_packages(layout, &recipes, &profile, offline)?;
+    let trees: Vec<PackageTree> = staged.into_iter().map(|s| PackageTree { name: s.name, tree: s.tree }).collect();
+    let names: Vec<&str> = formats.iter().map(|f| f.name()).collect();
+    let step = crate::ui::step(&format!("assembling {} for profile {}", names.join(", "), profile.name()));
+    let written = assemble(layout, &profile, &trees, &formats, &out)?;
+    step.finish_and_clear();
+    Ok(written)
+}
+
+/// The profile's packages, built now unless the cache has them.
+pub fn profile_packages(layout: &Layout, recipes: &crate::recipe::RecipeSet, profile: &Profile, offline: bool) -> Result<Vec<crate::build::Staged>> {
+    let opts = crate::build::BuildOptions { offline, ..Default::default() };
+    crate::build::build_packages(layout, recipes, &profile.spec.profile.packages, &opts)
+        .with_context(|| format!("cannot build the packages of profile {}", profile.name()))
+}
+
 /// Assembles `formats` of `profile` from the staged `packages` into `out` and returns the
 /// paths written (SHA256SUMS last). `SOURCE_DATE_EPOCH` comes from the environment or the
 /// checkout's last commit; overlays from `overlays/` of the checkout.

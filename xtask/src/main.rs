@@ -214,73 +214,26 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// `cargo xtask image`: build the profile's packages, then assemble the formats.
+/// `cargo xtask image`: the written files with their sizes.
 fn image(layout: &Layout, name: &str, formats: &[Format], out: Option<PathBuf>, offline: bool) -> Result<()> {
-    doctor::ensure(&[doctor::Need::Image])?;
-    let recipes = RecipeSet::load(&layout.recipes())?;
-    let profile = profile::load_profile(&layout.root, name, &recipes)?;
-    let formats = if formats.is_empty() { profile.spec.profile.formats.clone() } else { formats.to_vec() };
-    let out = out.unwrap_or_else(|| layout.out(profile.name()));
-    let packages = staged_packages(layout, &recipes, &profile, offline)?;
-    let step = xtask::ui::step(&format!("assembling {} for profile {}", formats.iter().map(|f| f.name()).collect::<Vec<_>>().join(", "), profile.name()));
-    let written = xtask::image::assemble(layout, &profile, &packages, &formats, &out)?;
-    step.finish_and_clear();
-    for path in written {
+    for path in xtask::image::build_profile(layout, name, formats, out, offline)? {
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         println!("{:>10}  {}", human_size(size), path.display());
     }
     Ok(())
 }
 
-/// `cargo xtask publish`: every format of the profile, plus SBOM, licenses, build manifest.
+/// `cargo xtask publish`: the published files with their sizes, and the pushed digest.
 fn publish(layout: &Layout, name: &str, dir: &std::path::Path, push: Option<&str>, offline: bool) -> Result<()> {
-    doctor::ensure(&[doctor::Need::Image])?;
-    let recipes = RecipeSet::load(&layout.recipes())?;
-    let profile = profile::load_profile(&layout.root, name, &recipes)?;
-    let opts = build::BuildOptions { offline, ..Default::default() };
-    let staged = build::build_packages(layout, &recipes, &profile.spec.profile.packages, &opts)
-        .with_context(|| format!("cannot build the packages of profile {}", profile.name()))?;
-    let trees: Vec<_> = staged.iter().map(|s| xtask::rootfs::PackageTree { name: s.name.clone(), tree: s.tree.clone() }).collect();
-    let images = layout.out(profile.name());
-    let written = xtask::image::assemble(layout, &profile, &trees, &profile.spec.profile.formats, &images)?;
-    let artifacts: Vec<PathBuf> = written.into_iter().filter(|p| !p.ends_with("SHA256SUMS")).collect();
-    let mut toolchains = build::key::Toolchains::new(layout.root.clone());
-    let mut toolchain = Vec::new();
-    for kind in ["kbuild", "make", "cargo"] {
-        toolchain.push((kind.to_owned(), toolchains.describe(kind)?));
-    }
-    let input = xtask::publish::PublishInput {
-        root: &layout.root,
-        profile: profile.name(),
-        version: xtask::image::VERSION,
-        source_date_epoch: xtask::rootfs::source_date_epoch(&layout.root)?,
-        recipes: recipes.closure(&profile.spec.profile.packages)?,
-        staged: &staged,
-        artifacts: &artifacts,
-        toolchain,
-    };
-    let files = xtask::publish::publish(&input, dir)?;
-    for f in &files {
+    let published = xtask::publish::publish_profile(layout, name, dir, push, offline)?;
+    for f in &published.files {
         let size = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
         println!("{:>10}  {}", human_size(size), f.display());
     }
-    if let Some(reference) = push {
-        let annotations = vec![
-            ("org.opencontainers.image.version".to_owned(), xtask::image::VERSION.to_owned()),
-            ("org.opencontainers.image.title".to_owned(), format!("axion-{}", profile.name())),
-        ];
-        let digest = xtask::publish::oci::push(reference, dir, &files, &annotations)?;
+    if let (Some(reference), Some(digest)) = (push, published.pushed) {
         println!("pushed {reference} ({digest})");
     }
     Ok(())
-}
-
-/// The staged trees of the profile's packages, from the package builds.
-fn staged_packages(layout: &Layout, recipes: &RecipeSet, profile: &profile::Profile, offline: bool) -> Result<Vec<xtask::rootfs::PackageTree>> {
-    let opts = build::BuildOptions { offline, ..Default::default() };
-    let staged = build::build_packages(layout, recipes, &profile.spec.profile.packages, &opts)
-        .with_context(|| format!("cannot build the packages of profile {}", profile.name()))?;
-    Ok(staged.into_iter().map(|s| xtask::rootfs::PackageTree { name: s.name, tree: s.tree }).collect())
 }
 
 fn human_size(n: u64) -> String {

@@ -25,6 +25,54 @@ use crate::image::write_atomic;
 use crate::recipe::{Build, Recipe};
 use crate::sbom::{self, Artifact, SbomInput};
 
+/// What [`publish_profile`] wrote (and pushed).
+pub struct Published {
+    pub files: Vec<PathBuf>,
+    /// The manifest digest, when pushed.
+    pub pushed: Option<String>,
+}
+
+/// `cargo xtask publish`: builds every format of profile `name`, writes the artifacts with
+/// SBOM, licenses and build manifest into `dir`, and pushes them when `push` names a
+/// reference.
+pub fn publish_profile(layout: &crate::layout::Layout, name: &str, dir: &Path, push: Option<&str>, offline: bool) -> Result<Published> {
+    crate::doctor::ensure(&[crate::doctor::Need::Image])?;
+    let recipes = crate::recipe::RecipeSet::load(&layout.recipes())?;
+    let profile = crate::profile::load_profile(&layout.root, name, &recipes)?;
+    let staged = crate::image::profile_packages(layout, &recipes, &profile, offline)?;
+    let trees: Vec<_> = staged.iter().map(|s| crate::rootfs::PackageTree { name: s.name.clone(), tree: s.tree.clone() }).collect();
+    let images = layout.out(profile.name());
+    let written = crate::image::assemble(layout, &profile, &trees, &profile.spec.profile.formats, &images)?;
+    let artifacts: Vec<PathBuf> = written.into_iter().filter(|p| !p.ends_with("SHA256SUMS")).collect();
+    let mut toolchains = crate::build::key::Toolchains::new(layout.root.clone());
+    let mut toolchain = Vec::new();
+    for kind in ["kbuild", "make", "cargo"] {
+        toolchain.push((kind.to_owned(), toolchains.describe(kind)?));
+    }
+    let input = PublishInput {
+        root: &layout.root,
+        profile: profile.name(),
+        version: crate::image::VERSION,
+        source_date_epoch: crate::rootfs::source_date_epoch(&layout.root)?,
+        recipes: recipes.closure(&profile.spec.profile.packages)?,
+        staged: &staged,
+        artifacts: &artifacts,
+        toolchain,
+    };
+    let files = publish(&input, dir)?;
+    let pushed = match push {
+        Some(reference) => {
+            let annotations = vec![
+                ("org.opencontainers.image.version".to_owned(), crate::image::VERSION.to_owned()),
+                ("org.opencontainers.image.title".to_owned(), format!("axion-{}", profile.name())),
+            ];
+            Some(oci::push(reference, dir, &files, &annotations)?)
+        }
+        None => None,
+    };
+    Ok(Published { files, pushed })
+}
+
 pub struct PublishInput<'a> {
     pub root: &'a Path,
     pub profile: &'a str,

@@ -27,7 +27,6 @@
 //! through fw_cfg, so `run --detach` can print DOCKER_HOST/DOCKER_TLS_VERIFY/DOCKER_CERT_PATH
 //! and the next `docker` command on the host reaches the VM over mutual TLS.
 
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -189,7 +188,7 @@ fn ensure_image(layout: &Layout, profile: &Profile, format: Option<Format>) -> R
         }
     };
     eprintln!("{reason}: building it with `cargo xtask image --profile {name} --format {wanted}`");
-    match build_image(name, wanted) {
+    match build_image(layout, name, wanted) {
         Ok(()) => choose_bootable(&out, name, Some(wanted)),
         Err(e) if found.is_ok() => {
             eprintln!("warning: rebuilding failed ({e:#}); booting the existing image");
@@ -206,19 +205,11 @@ fn default_format(profile: &Profile) -> Format {
     PREFERENCE.into_iter().find(|f| fs.contains(f)).unwrap_or(Format::Qcow2)
 }
 
-/// Runs `cargo xtask image` (this same binary) with its stdout sent to our stderr, so that
-/// `run --detach` keeps stdout for the export lines.
-fn build_image(profile: &str, format: Format) -> Result<()> {
-    let exe = std::env::current_exe().context("cannot find the xtask binary")?;
-    let stderr = std::io::stderr().as_fd().try_clone_to_owned().context("cannot duplicate stderr")?;
-    let status = std::process::Command::new(exe)
-        .args(["image", "--profile", profile, "--format", format.name()])
-        .stdout(std::process::Stdio::from(stderr))
-        .status()
-        .context("cannot run `cargo xtask image`")?;
-    if !status.success() {
-        bail!("`cargo xtask image --profile {profile} --format {format}` failed ({status})");
-    }
+/// Builds the profile's image in `format` (its messages go to stderr, so that `run --detach`
+/// keeps stdout for the export lines).
+fn build_image(layout: &Layout, profile: &str, format: Format) -> Result<()> {
+    crate::image::build_profile(layout, profile, &[format], None, false)
+        .with_context(|| format!("`cargo xtask image --profile {profile} --format {format}` failed"))?;
     Ok(())
 }
 
