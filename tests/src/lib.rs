@@ -192,4 +192,5 @@ pub fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-pub mod registry;
+/// The registry helpers live in xtask (the bench uses them too).
+pub use xtask::registry;

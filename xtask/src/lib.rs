@@ -12,6 +12,7 @@ pub mod layout;
 pub mod profile;
 pub mod publish;
 pub mod recipe;
+pub mod registry;
 pub mod rootfs;
 pub mod sbom;
 pub mod run;

@@ -1,6 +1,6 @@
-//! A real registry on 127.0.0.1 (Debian's `docker-registry`) and test images built from the
+//! A real registry on 127.0.0.1 (Debian's `docker-registry`) and images built from the
 //! host's static busybox, pushed over the registry HTTP API (OCI manifests, gzip or zstd
-//! layers, and an image index) — no other registry is reachable from tests.
+//! layers, and an image index) — for the tests and the bench; no other registry is reachable here.
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
