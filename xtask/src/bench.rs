@@ -30,6 +30,9 @@
 //! - `docker run --rm busybox true`: the host's docker CLI against the guest's API, after
 //!   `docker load` of a one-layer busybox image made here from the host's static busybox (no
 //!   registry needed).
+//! - VM per container ([`vmd`]): `docker run --rm busybox true` against `axion-vmd`, each
+//!   container's VM cloned from the saved template, and booted cold as the baseline; the
+//!   image from a docker-registry on 127.0.0.1. Also the daemon's start (template boot + save).
 //! - The VMs: the qemu profile's virtual hardware for all three (2 vCPU, 1 GiB, its firmware
 //!   and NIC), TCG unless the KVM probe shows a guest running.
 
@@ -37,6 +40,7 @@ pub mod floor;
 pub mod peer;
 pub mod report;
 pub mod stats;
+pub mod vmd;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -186,6 +190,22 @@ pub fn bench(layout: &Layout, opts: &Options) -> Result<()> {
     let engine = qemu_profile.spec.profile.packages.iter().any(|p| p.contains("engine"));
     let ax = bench.axion_direct(runs.boot, runs.docker_run, engine)?;
     let disk = bench.axion_disk(runs.boot)?;
+    let vm_per_container = {
+        let disk = run::find_bootable(&layout.out("qemu"), "qemu", Format::Qcow2);
+        let disk_path = match &disk {
+            Some(Bootable::Disk { path, .. }) => Some(path.as_path()),
+            _ => None,
+        };
+        let Bootable::Kernel { kernel, initrd } = &bootable else { unreachable!("checked above") };
+        let guest = vmd::Guest { kernel, initrd, disk: disk_path, accel };
+        match vmd::measure(layout, &guest, &out, runs.docker_run) {
+            Ok(f) => f,
+            Err(e) => {
+                let why = first_line(&format!("{e:#}"));
+                vmd::VmdFigures { start: Value::na(why.clone()), clone_run: Value::na(why.clone()), cold_run: Value::na(why) }
+            }
+        }
+    };
     let pe = match &peer {
         Some(p) => Some(bench.peer(p, runs.peer, runs.docker_run)?),
         None => None,
@@ -201,7 +221,12 @@ pub fn bench(layout: &Layout, opts: &Options) -> Result<()> {
     rows.push(Row::new("boot", "`docker info` answers in the guest", Unit::Seconds, Value::None, peer_or(&|p| p.docker_info.clone())).boot());
     rows.push(Row::new("run", "memory used after boot (MemTotal − MemAvailable)", Unit::Mib, ax.mem.clone(), peer_or(&|p| p.mem.clone())));
     rows.push(Row::new("run", "`docker run --rm busybox true`", Unit::Seconds, ax.docker_run.clone(), peer_or(&|p| p.docker_run.clone())));
-    rows.push(Row::new("run", "VM per container (issue 8)", Unit::Seconds, Value::na("not implemented yet"), Value::None));
+    rows.push(Row::new("vmd", "VM per container: daemon start (template boot + save)", Unit::Seconds, vm_per_container.start, Value::None));
+    rows.push(Row::new("vmd", "VM per container: `docker run --rm busybox true`, cloned VM", Unit::Seconds, vm_per_container.clone_run.clone(), Value::None));
+    rows.push(Row::new("vmd", "VM per container: `docker run --rm busybox true`, cold-booted VM", Unit::Seconds, vm_per_container.cold_run.clone(), Value::None));
+    if let (Some(clone), Some(cold)) = (vm_per_container.clone_run.median(), vm_per_container.cold_run.median()) {
+        notes.push(format!("VM per container: a clone runs a container {:.1}× faster than a cold boot (goal: at least 5×)", cold / clone));
+    }
 
     notes.push(format!(
         "boot figures are wall time from starting QEMU; \"= N× floor\" divides by the kernel floor ({}); the peer boots its own Debian kernel and initrd by direct kernel boot",

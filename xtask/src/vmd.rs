@@ -58,6 +58,27 @@ fn ping(socket: &Path) -> bool {
     buf.starts_with("HTTP/1.1 200")
 }
 
+/// Builds the `axion-vmd` binary (debug, like the rest of xtask) and returns its path.
+pub fn build_daemon(layout: &Layout) -> Result<PathBuf> {
+    eprintln!("building axion-vmd");
+    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "-q", "-p", "vmd", "--bin", "axion-vmd"])
+        .current_dir(&layout.root)
+        .stdout(Stdio::null())
+        .status()
+        .context("running cargo build")?;
+    if !st.success() {
+        bail!("cargo build -p vmd failed");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| layout.root.join("target"));
+    Ok(target.join("debug/axion-vmd"))
+}
+
+/// Does the daemon answer `GET /_ping` on its socket?
+pub fn answers(socket: &Path) -> bool {
+    ping(socket)
+}
+
 pub fn vmd(layout: &Layout, opts: &Options) -> Result<()> {
     let state = state_dir(layout);
     let pid_file = state.join("vmd.pid");
@@ -87,18 +108,7 @@ pub fn vmd(layout: &Layout, opts: &Options) -> Result<()> {
         crate::run::Bootable::Disk { path, .. } => Some(path),
         _ => None,
     };
-    eprintln!("building axion-vmd");
-    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "-q", "-p", "vmd", "--bin", "axion-vmd"])
-        .current_dir(&layout.root)
-        .stdout(Stdio::null())
-        .status()
-        .context("running cargo build")?;
-    if !st.success() {
-        bail!("cargo build -p vmd failed");
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| layout.root.join("target"));
-    let exe = target.join("debug/axion-vmd");
+    let exe = build_daemon(layout)?;
     std::fs::create_dir_all(&state)?;
     let mut cmd = Command::new(&exe);
     cmd.arg("--state-dir").arg(&state).arg("--kernel").arg(&kernel).arg("--initrd").arg(&initrd).arg("--socket").arg(&socket);
