@@ -253,6 +253,12 @@ fn check() -> Result<()> {
     assert!(o.status.success(), "reading the container's cgroup: {}\nserial:\n{}", both(&o), g.serial());
     let lines: Vec<String> = text(&o).lines().map(str::to_string).collect();
     assert_eq!(lines, vec!["33554432", "50000 100000", "20", "1"], "memory.max, cpu.max, pids.max, process count");
+    // On the initramfs root (no pivot_root): exec, a TTY from the container's devpts, and the
+    // confinement (Docker's default capabilities, seccomp) all hold.
+    let out = g.docker_ok(&["exec", "-t", "lim", "sh", "-c", "tty; grep -E '^(CapBnd|Seccomp):' /proc/self/status | tr -s '\\t ' ' '"])?;
+    assert_eq!(out.replace('\r', ""), "/dev/pts/0\nCapBnd: 00000000a80425fb\nSeccomp: 2", "exec -t in the VM");
+    let out = g.docker_ok(&["run", "--rm", "-t", "busybox", "tty"])?;
+    assert_eq!(out, "/dev/pts/0", "run -t in the VM");
     // pids.max holds inside the container: 30 background sleeps cannot all start.
     let o = g.docker(&["exec", "lim", "sh", "-c", "for i in $(seq 30); do sleep 60 & done 2>/dev/null; true"])?;
     let o2 = g.ssh(&format!("cat /sys/fs/cgroup/axion/{id}/pids.events"))?;
