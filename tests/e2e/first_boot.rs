@@ -6,7 +6,8 @@
 //!   keys, two machine ids; an SSH login with the key from user-data runs a command, runcmd
 //!   ran, write_files wrote; a reboot of a clone keeps its identity;
 //! - the same with an `ovf-env.xml` ISO, as vSphere's ISO transport attaches it;
-//! - QEMU fw_cfg (`opt/axion/*`) wins over a NoCloud volume attached at the same time;
+//! - QEMU fw_cfg (`opt/axion/*`) wins over a NoCloud volume attached at the same time, and
+//!   the kernel command line wins over fw_cfg;
 //! - malformed user-data: the VM still reaches the ready line and says what was wrong.
 //!
 //! Static addresses on QEMU's user network: the guest takes 10.0.2.x itself, and the port
@@ -284,7 +285,7 @@ fn ovf_clone() -> Result<()> {
 }
 
 #[test]
-fn fw_cfg_wins_over_nocloud() {
+fn fw_cfg_wins_over_nocloud_and_loses_to_the_kernel_command_line() {
     require!(preflight(), "host tools are missing (see above)");
     fw_cfg().unwrap();
 }
@@ -301,14 +302,19 @@ fn fw_cfg() -> Result<()> {
     std::fs::write(&md, "instance-id: fw-1\n")?;
     let cmd = dir.path().join("cmdline");
     std::fs::write(&cmd, "axion.debug=0 axion.frobnicate=1")?;
+    // fw_cfg asks for a static address; the kernel command line (higher) says DHCP, and the
+    // port forward only reaches the DHCP address (10.0.2.15).
+    let net = dir.path().join("network-config");
+    std::fs::write(&net, network("10.0.2.50"))?;
     let port = qemu::free_port()?;
     let (accel, _) = axion_tests::accel();
     let config = VmConfig::new()
         .accel(accel)
         .memory_mib(512)
         .run_dir(dir.path().join("vm"))
-        .kernel(&kernel, Some(initrd), "console=ttyS0,115200 panic=-1")
+        .kernel(&kernel, Some(initrd), "console=ttyS0,115200 panic=-1 axion.ip=dhcp")
         .drive(Drive::cdrom(&seed))
+        .fw_cfg_file("opt/axion/network-config", &net)
         .fw_cfg_file("opt/axion/user-data", &ud)
         .fw_cfg_file("opt/axion/meta-data", &md)
         .fw_cfg_file("opt/axion/cmdline", &cmd)
@@ -322,6 +328,7 @@ fn fw_cfg() -> Result<()> {
     let console = serial(&vm);
     assert!(console.contains("axion: identity regenerated (first boot of instance fw-1"), "{console}");
     assert!(console.contains("axion: settings: fw_cfg cmdline: unknown kernel parameter axion.frobnicate"), "{console}");
+    assert!(console.contains("DHCP lease 10.0.2.15/24") && !console.contains("static address 10.0.2.50"), "the kernel command line's axion.ip=dhcp wins over fw_cfg's network-config:\n{console}");
     vm.powerdown_and_wait(Duration::from_secs(60))?;
     Ok(())
 }
