@@ -197,6 +197,8 @@ fn version_info_and_bad_input() {
     assert_eq!(v.trim(), "1.47 1.24");
     let i = e.ok(&["info", "--format", "{{.OSType}} {{.Driver}} {{.Containers}}"]);
     assert_eq!(i.trim(), "linux overlay2 0");
+    let i = e.ok(&["info", "--format", "{{.SecurityOptions}}"]);
+    assert_eq!(i.trim(), "[name=seccomp,profile=builtin]");
 
     let (s, b) = raw(&e, "GET", "/_ping", b"");
     assert_eq!((s, b.as_str()), (200, "OK"));

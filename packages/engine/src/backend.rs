@@ -757,7 +757,7 @@ impl Backend for Engine {
             cgroup_version: if v2 { "2".into() } else { "1".into() },
             logging_driver: "json-file".into(),
             default_runtime: "axion".into(),
-            security_options: vec![],
+            security_options: vec!["name=seccomp,profile=builtin".into()],
             warnings,
             ..Default::default()
         })
