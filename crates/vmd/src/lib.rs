@@ -84,6 +84,7 @@ struct State {
     exit_code: i64,
     error: String,
     started_at: String,
+    started_unix: i64,
     finished_at: String,
     pid: u32,
 }
@@ -360,6 +361,13 @@ impl Daemon {
     }
 }
 
+/// Progress lines on stderr with VMD_DEBUG set.
+fn debug(msg: &str) {
+    if std::env::var_os("VMD_DEBUG").is_some() {
+        eprintln!("vmd: {msg}");
+    }
+}
+
 fn tail(p: &Path, n: usize) -> String {
     let t = std::fs::read_to_string(p).unwrap_or_default();
     let lines: Vec<&str> = t.lines().filter(|l| !l.starts_with("# ") && !l.trim().is_empty()).collect();
@@ -514,7 +522,7 @@ impl Backend for Api {
                 let st = c.state.lock().expect("state lock").clone();
                 let status = match c.phase() {
                     Phase::Created => "Created".to_string(),
-                    Phase::Running => format!("Up {} (VM pid {})", ago(c.created_unix), st.pid),
+                    Phase::Running => format!("Up {} (VM pid {})", ago(st.started_unix), st.pid),
                     Phase::Exited | Phase::Removed => format!("Exited ({}) {} ago", st.exit_code, ago(c.created_unix)),
                 };
                 let cmd = c.req.config.cmd.clone().unwrap_or_default().join(" ");
@@ -586,6 +594,7 @@ impl Backend for Api {
         let t = self.template.clone();
         let (dir2, host2) = (dir.clone(), hostname.clone());
         let cold = self.opts.cold_boot;
+        let t0 = std::time::Instant::now();
         let cloned = tokio::task::spawn_blocking(move || t.clone_vm(&dir2, &host2, &forwards, cold))
             .await
             .map_err(|e| ApiError::internal(format!("clone task: {e}")))?;
@@ -597,6 +606,7 @@ impl Backend for Api {
             }
         };
         let pid = vm.pid();
+        debug(&format!("{}: VM {} in {:.2} s", &id[..12], if cold { "booted" } else { "cloned" }, t0.elapsed().as_secs_f64()));
         let cgroup = self.limit(&id, pid, &req.host_config);
         let guest = GuestClient::new(&self.certs, port).map_err(internal("TLS client"))?;
         let mut vm = Some(vm);
@@ -608,8 +618,10 @@ impl Backend for Api {
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+            debug(&format!("{}: engine answers after {:.2} s", &id[..12], t0.elapsed().as_secs_f64()));
             let gref = images::guest_ref(&req.config.image);
             guest.pull(&gref).await?;
+            debug(&format!("{}: image pulled in the VM after {:.2} s", &id[..12], t0.elapsed().as_secs_f64()));
             let mut greq = req.clone();
             greq.config.image = gref;
             greq.config.hostname = hostname.clone();
@@ -711,7 +723,11 @@ impl Backend for Api {
             self.finish(&c, 128, Some(e.message.clone())).await;
             return Err(e);
         }
-        c.state.lock().expect("state lock").started_at = rfc3339(SystemTime::now());
+        {
+            let mut st = c.state.lock().expect("state lock");
+            st.started_at = rfc3339(SystemTime::now());
+            st.started_unix = now_unix();
+        }
         let _ = c.phase.send(Phase::Running);
         let d = self.0.clone();
         tokio::spawn(async move {
