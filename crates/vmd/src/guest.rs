@@ -20,8 +20,8 @@ pub const ENGINE_PORT: u16 = 2376;
 
 /// The clone agent. After a restore, the daemon connects to the port's socket and sends one
 /// line `clone HOSTNAME EPOCH MAC SEED`; the agent sets the host name, the clock (the saved
-/// guest's clock is the template's), a new MAC on the NIC (live, as virtio-net allows; the
-/// address stays 10.0.2.15 because every clone has its own private user network), mixes the
+/// guest's clock is the template's), a new MAC on the NIC (live, as virtio-net allows, then an ARP request so that QEMU's user
+/// network learns it; the address stays 10.0.2.15 because every clone has its own private user network), mixes the
 /// host's random SEED into the kernel's pool (every clone starts from the same RNG state),
 /// and answers `ok HOSTNAME`. A read on a port with no host connected returns EOF at once,
 /// so the loop sleeps 0.1 s between attempts (the template is saved in that loop).
@@ -49,6 +49,10 @@ while true; do
           n=${nic##*/}
           [ "$n" = lo ] && continue
           ip link set dev "$n" address "$mac" 2>/dev/null || echo "vmd-agent: cannot change the MAC of $n"
+          # QEMU's user network sends to the MAC it learnt: an ARP request from the new
+          # one teaches it (otherwise forwarded connections stall).
+          ip neigh flush dev "$n" 2>/dev/null
+          arping -c 1 -w 1 -I "$n" 10.0.2.2 >/dev/null 2>&1
           break
         done
         echo "vmd-agent: clone $name"
