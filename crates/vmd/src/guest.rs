@@ -51,7 +51,7 @@ while true; do
           ip link set dev "$n" address "$mac" 2>/dev/null || echo "vmd-agent: cannot change the MAC of $n"
           # QEMU's user network sends to the MAC it learnt: an ARP request from the new
           # one teaches it (otherwise forwarded connections stall).
-          ip neigh flush dev "$n" 2>/dev/null
+          ip neigh flush dev "$n" >/dev/null 2>&1
           arping -c 1 -w 1 -I "$n" 10.0.2.2 >/dev/null 2>&1
           break
         done
