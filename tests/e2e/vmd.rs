@@ -94,7 +94,7 @@ fn check() -> Result<()> {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "hi\n");
     eprintln!("docker run --rm (pull + clone + run): {:.1} s", t.elapsed().as_secs_f64());
     assert!(cli.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]).contains(&img));
-    let o = cli.run(&["run", "--rm", &img, "sh", "-c", "echo to-stderr >&2; exit 3"]);
+    let o = cli.run(&["run", "--rm", "-e", "CODE=3", &img, "sh", "-c", "echo to-stderr >&2; exit $CODE"]);
     assert_eq!(o.status.code(), Some(3), "exit code: {}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("to-stderr"));
     assert_eq!(cli.ok(&["ps", "-aq"]).trim(), "", "--rm containers are still listed");
