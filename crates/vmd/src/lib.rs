@@ -39,6 +39,21 @@
 //! - `-p HOST:CONTAINER` forwards 127.0.0.1:HOST (QEMU's user network binds loopback only)
 //!   to the same port in the VM, where the guest engine publishes the container's port.
 
+//!
+//! # Not yet (next steps)
+//!
+//! - Layers from a host-side content-addressed store: the guest engine now has `docker
+//!   load`; the simplest next step is to pull once on the host and load into each VM, the
+//!   Bonneville step is a read-only 9p/virtio-fs share of unpacked layers used directly as
+//!   overlay lower dirs (the 9p device may be present at save time; mount it only after the
+//!   restore, since a mounted 9p blocks migration). The pull inside the VM is about a third
+//!   of a clone's `docker run` here.
+//! - stdin (`-i`, `-t`): the guest attach is not hijacked; a raw TLS connection with
+//!   `Upgrade: tcp` would carry stdin too. No `exec`, `cp`, `restart`/`start` after exit.
+//! - QEMU is not tied to the daemon's life: if the daemon is SIGKILLed its VMs stay (a
+//!   clean stop kills them). `-m` is the QEMU process's memory.max (guest RAM touched plus
+//!   QEMU's own), so a small `-m` kills the VM, which then shows as exited with an error.
+
 pub mod client;
 pub mod guest;
 pub mod images;

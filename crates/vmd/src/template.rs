@@ -78,6 +78,9 @@ impl Template {
             file_hash(&mut h, d)?;
         }
         h.update(&extra);
+        // A saved state only loads into the QEMU that wrote it.
+        let qv = Command::new("qemu-system-x86_64").arg("--version").output().map(|o| o.stdout).unwrap_or_default();
+        h.update(&qv);
         h.update(format!("{memory_mib} {cpus} {} {CMDLINE} v1", accel.name()));
         let key = hex::encode(h.finalize());
         let dir = root.join(format!("template-{}", &key[..16]));
