@@ -81,7 +81,8 @@ pub fn document(input: &SbomInput) -> Value {
         "licenseConcluded": "NOASSERTION",
         "licenseDeclared": "NOASSERTION",
         "copyrightText": "NOASSERTION",
-        "primaryPackagePurpose": "OPERATING-SYSTEM",
+        // The JSON schema spells it with an underscore (tag-value: OPERATING-SYSTEM).
+        "primaryPackagePurpose": "OPERATING_SYSTEM",
         "summary": format!("axion image, profile {}", input.profile),
         "comment": format!(
             "Artifacts: {}",
