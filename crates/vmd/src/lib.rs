@@ -101,6 +101,7 @@ struct State {
     started_at: String,
     started_unix: i64,
     finished_at: String,
+    finished_unix: i64,
     pid: u32,
 }
 
@@ -169,6 +170,17 @@ fn rfc3339(t: SystemTime) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z", rem / 3600, rem % 3600 / 60, rem % 60, d.subsec_nanos())
+}
+
+/// "YYYY-MM-DDTHH:MM:SS..." (UTC) → seconds since the epoch; 0 when unparsable.
+fn unix_from_rfc3339(s: &str) -> i64 {
+    let p = |a: usize, b: usize| s.get(a..b).and_then(|x| x.parse::<i64>().ok());
+    let (Some(y), Some(m), Some(d), Some(hh), Some(mm), Some(ss)) = (p(0, 4), p(5, 7), p(8, 10), p(11, 13), p(14, 16), p(17, 19)) else { return 0 };
+    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + (153 * m + 2) / 5 + d - 1;
+    (era * 146_097 + doe - 719_468) * 86_400 + hh * 3600 + mm * 60 + ss
 }
 
 fn now_unix() -> i64 {
@@ -331,6 +343,7 @@ impl Daemon {
             st.exit_code = code;
             st.error = error.unwrap_or_default();
             st.finished_at = rfc3339(SystemTime::now());
+            st.finished_unix = now_unix();
             st.pid = 0;
         }
         let _ = c.phase.send(Phase::Exited);
@@ -484,6 +497,7 @@ impl Backend for Api {
             .map(|i| ImageSummary {
                 id: i.id.clone(),
                 repo_tags: vec![i.name.clone()],
+                created: unix_from_rfc3339(&i.created),
                 repo_digests: vec![format!("{}@{}", i.name.rsplit_once(':').map(|(r, _)| r).unwrap_or(&i.name), i.digest)],
                 size: i.size,
                 containers: -1,
@@ -538,7 +552,7 @@ impl Backend for Api {
                 let status = match c.phase() {
                     Phase::Created => "Created".to_string(),
                     Phase::Running => format!("Up {} (VM pid {})", ago(st.started_unix), st.pid),
-                    Phase::Exited | Phase::Removed => format!("Exited ({}) {} ago", st.exit_code, ago(c.created_unix)),
+                    Phase::Exited | Phase::Removed => format!("Exited ({}) {} ago", st.exit_code, ago(st.finished_unix)),
                 };
                 let cmd = c.req.config.cmd.clone().unwrap_or_default().join(" ");
                 ContainerSummary {
@@ -886,5 +900,28 @@ impl Backend for Api {
         }
         // stdin is not forwarded yet (-i): the guest attach is not hijacked.
         Ok(AttachIo { tty, output: rx, stdin: None })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_round_trip() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_734_895);
+        let s = rfc3339(t);
+        assert_eq!(&s[..19], "2026-11-26T23:14:55");
+        assert_eq!(unix_from_rfc3339(&s), 1_795_734_895);
+        assert_eq!(unix_from_rfc3339("2024-01-01T00:00:00Z"), 1_704_067_200);
+        assert_eq!(unix_from_rfc3339("nonsense"), 0);
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        let f = vec![Frame::stdout("a\nb\n"), Frame::stdout("c\n"), Frame::stderr("d\n")];
+        assert_eq!(tail_frames(f.clone(), Some(2)).len(), 2);
+        assert_eq!(tail_frames(f.clone(), None).len(), 3);
+        assert_eq!(tail_frames(f, Some(10)).len(), 3);
     }
 }
