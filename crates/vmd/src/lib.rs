@@ -50,8 +50,8 @@
 //!   of a clone's `docker run` here.
 //! - stdin (`-i`, `-t`): the guest attach is not hijacked; a raw TLS connection with
 //!   `Upgrade: tcp` would carry stdin too. No `exec`, `cp`, `restart`/`start` after exit.
-//! - QEMU is not tied to the daemon's life: if the daemon is SIGKILLed its VMs stay (a
-//!   clean stop kills them). `-m` is the QEMU process's memory.max (guest RAM touched plus
+//! - QEMU is not tied to the daemon's life: if the daemon is SIGKILLed its VMs stay until
+//!   the next start stops them (a clean stop kills them at once). `-m` is the QEMU process's memory.max (guest RAM touched plus
 //!   QEMU's own), so a small `-m` kills the VM, which then shows as exited with an error.
 
 pub mod client;
@@ -232,8 +232,14 @@ impl Daemon {
         std::fs::create_dir_all(&opts.state_dir)?;
         let certs = tls::ensure(&opts.state_dir.join("tls"))?;
         let template = template::Template::ensure(&opts.state_dir, &opts.image, &certs, opts.memory_mib, opts.cpus, opts.accel)?;
-        // Containers of an earlier run are gone with their VMs.
+        // Containers of an earlier run are gone with their VMs; VMs a killed daemon left
+        // running are stopped now.
         let cdir = opts.state_dir.join("c");
+        for pid in orphan_vms(&cdir) {
+            eprintln!("vmd: stopping QEMU pid {pid} left by an earlier daemon");
+            // SAFETY: kill(2) on a pid whose command line names our own state directory.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
         let _ = std::fs::remove_dir_all(&cdir);
         std::fs::create_dir_all(&cdir)?;
         let images = images::Images::open(opts.state_dir.join("images.json"));
@@ -387,6 +393,21 @@ impl Daemon {
             }
         });
     }
+}
+
+/// QEMU processes whose command line names a path under `dir` (this daemon's clones).
+fn orphan_vms(dir: &Path) -> Vec<u32> {
+    let needle = format!("{}/", dir.display());
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.starts_with("qemu-system") && cmd.contains(&needle) {
+            out.push(pid);
+        }
+    }
+    out
 }
 
 /// Progress lines on stderr with VMD_DEBUG set.
