@@ -35,15 +35,8 @@ fn ensure(layout: &Layout, format: Format) -> Result<crate::run::Bootable> {
         }
     }
     eprintln!("building the qemu {format} image");
-    let exe = std::env::current_exe().context("cannot find the xtask binary")?;
-    let status = Command::new(exe)
-        .args(["image", "--profile", "qemu", "--format", format.name()])
-        .stdout(Stdio::null())
-        .status()
-        .context("running cargo xtask image")?;
-    if !status.success() {
-        bail!("`cargo xtask image --profile qemu --format {format}` failed");
-    }
+    crate::image::build_profile(layout, "qemu", &[format], None, false)
+        .with_context(|| format!("`cargo xtask image --profile qemu --format {format}` failed"))?;
     crate::run::find_bootable(&out, "qemu", format).with_context(|| format!("no {format} image in {} after building it", out.display()))
 }
 
