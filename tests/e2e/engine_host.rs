@@ -287,7 +287,7 @@ fn pull_images_inspect_tag_rmi() {
 #[test]
 fn load_a_saved_image_and_refuse_broken_archives() {
     skip_unless_capable!();
-    let busybox = std::fs::read(xtask::bench::floor::HOST_BUSYBOX).expect("the host's static busybox (apt-get install busybox-static)");
+    let busybox = std::fs::read(xtask::registry::project_busybox().unwrap()).unwrap();
     let archive = xtask::bench::busybox_image_tar(&busybox).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("busybox.tar");

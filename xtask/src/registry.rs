@@ -1,5 +1,5 @@
 //! A real registry on 127.0.0.1 (Debian's `docker-registry`) and images built from the
-//! host's static busybox, pushed over the registry HTTP API (OCI manifests, gzip or zstd
+//! project's own busybox package, pushed over the registry HTTP API (OCI manifests, gzip or zstd
 //! layers, and an image index) — for the tests and the bench; no other registry is reachable here.
 
 use anyhow::{bail, Context, Result};
@@ -165,12 +165,32 @@ pub enum Compression {
     Zstd,
 }
 
-/// A root filesystem: /bin/busybox from the host plus applet symlinks, /etc/passwd, /tmp,
-/// and /etc/axion-test-image holding `marker` (so each test image has its own layer).
+/// The project's own busybox: the `busybox` package's staged binary (static, musl), built
+/// now unless the cache has it.
+pub fn project_busybox() -> Result<PathBuf> {
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(p) = PATH.get() {
+        return Ok(p.clone());
+    }
+    let layout = crate::layout::Layout::discover();
+    let recipes = crate::recipe::RecipeSet::load(&layout.recipes())?;
+    let staged = crate::build::build_packages(&layout, &recipes, &["busybox".to_string()], &crate::build::BuildOptions::default())
+        .context("building the project's busybox for the test images")?;
+    let tree = staged.into_iter().find(|s| s.name == "busybox").context("the busybox package staged nothing")?.tree;
+    let path = tree.join("bin/busybox");
+    if !path.is_file() {
+        bail!("the busybox package has no {}", path.display());
+    }
+    Ok(PATH.get_or_init(|| path).clone())
+}
+
+/// A root filesystem: the project's busybox ([`project_busybox`]) plus applet symlinks,
+/// /etc/passwd, /tmp, and /etc/axion-test-image holding `marker` (so each test image has its
+/// own layer).
 pub fn busybox_layer(marker: &str) -> Result<Vec<u8>> {
-    let bb = PathBuf::from("/bin/busybox");
-    let data = std::fs::read(&bb).context("reading /bin/busybox (apt-get install busybox-static)")?;
-    let list = Command::new(&bb).arg("--list").output().context("busybox --list")?;
+    let bb = project_busybox()?;
+    let data = std::fs::read(&bb).with_context(|| format!("reading {}", bb.display()))?;
+    let list = Command::new(&bb).arg("--list").output().with_context(|| format!("{} --list", bb.display()))?;
     let mut b = tar::Builder::new(Vec::new());
     let dir = |b: &mut tar::Builder<Vec<u8>>, p: &str, mode: u32| -> Result<()> {
         let mut h = tar::Header::new_gnu();
