@@ -149,11 +149,7 @@ impl Guest {
 
 fn check() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let key = dir.path().join("id");
-    let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status()?;
-    if !st.success() {
-        bail!("ssh-keygen failed");
-    }
+    let (key, _) = axion_tests::ssh_keygen(dir.path(), "id")?;
     let xtask::run::Bootable::Kernel { kernel, initrd } = image("qemu", Format::Initramfs)? else {
         bail!("the initramfs format is not a kernel and an initramfs");
     };

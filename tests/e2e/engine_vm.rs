@@ -19,12 +19,7 @@ fn docker_cli_talks_to_the_engine_in_the_vm() {
 
 fn check() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let key = dir.path().join("id");
-    let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status()?;
-    if !st.success() {
-        bail!("ssh-keygen failed");
-    }
-    let public = std::fs::read_to_string(key.with_extension("pub"))?.trim().to_owned();
+    let (key, public) = axion_tests::ssh_keygen(dir.path(), "id")?;
     let xtask::run::Bootable::Kernel { kernel, initrd } = image("qemu", Format::Initramfs)? else {
         bail!("the initramfs format is not a kernel and an initramfs");
     };

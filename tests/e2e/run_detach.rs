@@ -35,9 +35,7 @@ fn run_detach_then_stop() {
     };
     let (ssh_s, docker_s) = (ssh.to_string(), docker.to_string());
     let keys = tempfile::tempdir().unwrap();
-    let key = keys.path().join("id");
-    let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "run-detach", "-f"]).arg(&key).status().unwrap();
-    assert!(st.success(), "ssh-keygen failed");
+    let (key, _) = axion_tests::ssh_keygen(keys.path(), "run-detach").unwrap();
     let public = key.with_extension("pub");
     let out = xtask(
         &[

@@ -21,15 +21,7 @@ fn ssh(key: &std::path::Path, port: u16, extra: &[&str], command: &str) -> std::
         .expect("ssh runs")
 }
 
-fn keygen(dir: &std::path::Path, name: &str) -> Result<(std::path::PathBuf, String)> {
-    let key = dir.join(name);
-    let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"]).arg(&key).status()?;
-    if !st.success() {
-        bail!("ssh-keygen failed");
-    }
-    let public = std::fs::read_to_string(key.with_extension("pub"))?.trim().to_owned();
-    Ok((key, public))
-}
+use axion_tests::ssh_keygen as keygen;
 
 #[test]
 fn key_login_works_and_nothing_else_does() {

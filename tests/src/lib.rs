@@ -194,3 +194,15 @@ pub fn tail(path: &Path, n: usize) -> String {
 
 /// The registry helpers live in xtask (the bench uses them too).
 pub use xtask::registry;
+
+/// A fresh ed25519 key pair without a passphrase at DIR/NAME (and NAME.pub); returns the
+/// private key's path and the public key line.
+pub fn ssh_keygen(dir: &Path, name: &str) -> Result<(PathBuf, String)> {
+    let key = dir.join(name);
+    let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"]).arg(&key).status().context("running ssh-keygen")?;
+    if !st.success() {
+        bail!("ssh-keygen failed ({st})");
+    }
+    let public = std::fs::read_to_string(key.with_extension("pub")).context("reading the new public key")?.trim().to_owned();
+    Ok((key, public))
+}
