@@ -58,6 +58,38 @@ fn pid_alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
 
+/// Checks that `pid` sits in cgroups named `name` with exactly these limits; returns the
+/// cgroup directories.
+fn check_limits(pid: u32, name: &str, memory: i64, (quota, period): (i64, i64)) -> Result<Vec<PathBuf>> {
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    let root = Path::new("/sys/fs/cgroup");
+    let path_of = |controller: &str| -> Result<PathBuf> {
+        let line = own
+            .lines()
+            .find(|l| l.splitn(3, ':').nth(1).is_some_and(|c| c.split(',').any(|c| c == controller)))
+            .with_context(|| format!("no {controller:?} line in /proc/{pid}/cgroup: {own}"))?;
+        let p = line.splitn(3, ':').nth(2).unwrap_or_default();
+        assert!(p.ends_with(&format!("/axion-vmd/{name}")), "QEMU's {controller:?} cgroup is {p}, not axion-vmd/{name}");
+        Ok(PathBuf::from(p.trim_start_matches('/')))
+    };
+    let read = |p: PathBuf| -> Result<String> { Ok(std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?.trim().to_string()) };
+    if root.join("cgroup.controllers").exists() {
+        eprintln!("cgroup v2 host");
+        let d = root.join(path_of("")?);
+        assert_eq!(read(d.join("memory.max"))?, memory.to_string());
+        assert_eq!(read(d.join("cpu.max"))?, format!("{quota} {period}"));
+        Ok(vec![d])
+    } else {
+        eprintln!("cgroup v1 host");
+        let m = root.join("memory").join(path_of("memory")?);
+        let c = root.join("cpu").join(path_of("cpu")?);
+        assert_eq!(read(m.join("memory.limit_in_bytes"))?, memory.to_string());
+        assert_eq!(read(c.join("cpu.cfs_quota_us"))?, quota.to_string());
+        assert_eq!(read(c.join("cpu.cfs_period_us"))?, period.to_string());
+        Ok(vec![m, c])
+    }
+}
+
 fn check() -> Result<()> {
     let xtask::run::Bootable::Kernel { kernel, initrd } = image("qemu", Format::Initramfs)? else {
         bail!("the initramfs format is not a kernel and an initramfs");
@@ -117,6 +149,16 @@ fn check() -> Result<()> {
         assert!(Instant::now() < deadline, "host names in the VMs: {la:?} {lb:?}");
         std::thread::sleep(Duration::from_millis(500));
     }
+
+    // Limits: -m and --cpus put the container's QEMU into its own cgroup(s) on the host
+    // (v2 or v1, whichever the host has), removed with the container.
+    let l = cli.ok(&["run", "-d", "-m", "256m", "--cpus", "0.5", &img, "sleep", "600"]).trim().to_string();
+    let lpid: u32 = cli.ok(&["inspect", "-f", "{{.State.Pid}}", &l]).trim().parse()?;
+    let dirs = check_limits(lpid, &l[..12], 256 << 20, (50_000, 100_000))?;
+    cli.ok(&["rm", "-f", &l]);
+    assert!(!pid_alive(lpid), "the VM of a removed container is still running");
+    let left: Vec<_> = dirs.iter().filter(|d| d.exists()).collect();
+    assert!(left.is_empty(), "cgroups left after rm -f: {left:?}");
 
     // A published port reaches the container in its VM.
     let port = qemu::free_port()?;

@@ -31,9 +31,14 @@
 //!   the host's loopback being 10.0.2.2 from inside ([`images::guest_ref`]). NOT YET: a
 //!   host-side content-addressed layer store shared read-only over 9p (mounted after the
 //!   restore, since a 9p mount blocks migration).
-//! - Memory (`-m`) and CPU (`--cpus`) limits are put on each QEMU process with cgroup v2
-//!   (`/sys/fs/cgroup/axion-vmd/<id>`) when /sys/fs/cgroup is a unified hierarchy; otherwise
-//!   `docker info` and the daemon's log say that limits are not applied.
+//! - Memory (`-m`) and CPU (`--cpus`, `--cpu-quota`) limits are put on each QEMU process
+//!   in its own cgroup ([`cgroup`]): cgroup v2 (`/sys/fs/cgroup/axion-vmd/<id>`) or v1
+//!   (`/sys/fs/cgroup/{memory,cpu}/<daemon's cgroup>/axion-vmd/<id>`), whichever the host
+//!   has; removed when the VM is gone. `-m` bounds the whole QEMU process (guest RAM it has
+//!   touched plus QEMU's own), not the guest's RAM size (every clone has the template's RAM):
+//!   a limit below the VM's RAM is accepted with a warning, and a guest that touches more
+//!   gets its VM killed (the container then shows as exited with an error). Only when
+//!   neither cgroup layout works do `docker info` and the daemon's log warn.
 //! - Containers do not survive the daemon (their VMs are killed when it stops), and an
 //!   exited container cannot be started again (its VM is gone; `start` answers 409).
 //! - `-p HOST:CONTAINER` forwards 127.0.0.1:HOST (QEMU's user network binds loopback only)
@@ -54,6 +59,7 @@
 //!   the next start stops them (a clean stop kills them at once). `-m` is the QEMU process's memory.max (guest RAM touched plus
 //!   QEMU's own), so a small `-m` kills the VM, which then shows as exited with an error.
 
+pub mod cgroup;
 pub mod client;
 pub mod guest;
 pub mod images;
@@ -124,7 +130,7 @@ struct Ctr {
     quitting: AtomicBool,
     attached: AtomicUsize,
     detached: Notify,
-    cgroup: Option<PathBuf>,
+    cgroup: Vec<PathBuf>,
 }
 
 
@@ -151,7 +157,7 @@ pub struct Daemon {
     template: template::Template,
     images: images::Images,
     containers: Mutex<HashMap<String, Arc<Ctr>>>,
-    cgroup_root: Option<PathBuf>,
+    cgroups: Option<cgroup::Cgroups>,
     warnings: Vec<String>,
 }
 
@@ -201,30 +207,6 @@ fn internal(what: &str) -> impl FnOnce(anyhow::Error) -> ApiError + '_ {
     move |e| ApiError::internal(format!("{what}: {e:#}"))
 }
 
-/// cgroup v2 for the VMs, if this host has a unified hierarchy we may use.
-fn cgroup_setup(warnings: &mut Vec<String>) -> Option<PathBuf> {
-    let root = Path::new("/sys/fs/cgroup");
-    if !root.join("cgroup.controllers").exists() {
-        let w = "WARNING: /sys/fs/cgroup is not a cgroup v2 (unified) hierarchy on this host: per-container memory and CPU limits (-m, --cpus) are NOT applied to the VMs".to_string();
-        eprintln!("vmd: {w}");
-        warnings.push(w);
-        return None;
-    }
-    let dir = root.join("axion-vmd");
-    let r = std::fs::create_dir_all(&dir)
-        .and_then(|()| std::fs::write(root.join("cgroup.subtree_control"), "+memory +cpu"))
-        .and_then(|()| std::fs::write(dir.join("cgroup.subtree_control"), "+memory +cpu"));
-    match r {
-        Ok(()) => Some(dir),
-        Err(e) => {
-            let w = format!("WARNING: cannot set up cgroup {} ({e}): -m and --cpus are NOT applied to the VMs", dir.display());
-            eprintln!("vmd: {w}");
-            warnings.push(w);
-            None
-        }
-    }
-}
-
 impl Daemon {
     /// Opens the state directory, makes the certificates and the template (booting and
     /// saving it when needed: blocking, tens of seconds under TCG).
@@ -244,8 +226,16 @@ impl Daemon {
         std::fs::create_dir_all(&cdir)?;
         let images = images::Images::open(opts.state_dir.join("images.json"));
         let mut warnings = Vec::new();
-        let cgroup_root = cgroup_setup(&mut warnings);
-        Ok(Daemon { opts, certs, template, images, containers: Mutex::new(HashMap::new()), cgroup_root, warnings })
+        let cgroups = match cgroup::Cgroups::setup() {
+            Ok(c) => Some(c),
+            Err(why) => {
+                let w = format!("WARNING: {why}: per-container memory and CPU limits (-m, --cpus) are NOT applied to the VMs");
+                eprintln!("vmd: {w}");
+                warnings.push(w);
+                None
+            }
+        };
+        Ok(Daemon { opts, certs, template, images, containers: Mutex::new(HashMap::new()), cgroups, warnings })
     }
 
     pub fn template(&self) -> &template::Template {
@@ -283,34 +273,37 @@ impl Daemon {
     }
 
     fn cleanup_cgroup(&self, c: &Ctr) {
-        if let Some(cg) = &c.cgroup {
-            let _ = std::fs::remove_dir(cg);
-        }
+        cgroup::remove(&c.cgroup);
     }
 
-    fn limit(&self, id: &str, pid: u32, hc: &HostConfig) -> Option<PathBuf> {
-        let root = self.cgroup_root.as_ref()?;
-        if hc.memory <= 0 && hc.nano_cpus <= 0 && hc.cpu_quota <= 0 {
-            return None;
+    /// What `docker run` prints about the limits it was given.
+    fn limit_warnings(&self, hc: &HostConfig) -> Vec<String> {
+        let limits = cgroup::Limits::from_host_config(hc);
+        let mut w = Vec::new();
+        if !limits.is_empty() && self.cgroups.is_none() {
+            w.push("this host has no usable cgroups: the memory and CPU limits are not applied to the container's VM".to_string());
         }
-        let dir = root.join(&id[..12]);
-        let mut r = std::fs::create_dir_all(&dir);
-        if r.is_ok() && hc.memory > 0 {
-            r = std::fs::write(dir.join("memory.max"), hc.memory.to_string());
+        if let Some(m) = limits.memory {
+            if m < (self.opts.memory_mib as i64) << 20 {
+                w.push(format!(
+                    "the memory limit ({} MiB) is below the VM's RAM ({} MiB): it bounds the whole QEMU process, so the VM is killed when the guest touches more",
+                    m >> 20,
+                    self.opts.memory_mib
+                ));
+            }
         }
-        if r.is_ok() && (hc.nano_cpus > 0 || hc.cpu_quota > 0) {
-            let period = 100_000i64;
-            let quota = if hc.nano_cpus > 0 { hc.nano_cpus * period / 1_000_000_000 } else { hc.cpu_quota };
-            r = std::fs::write(dir.join("cpu.max"), format!("{quota} {period}"));
-        }
-        if r.is_ok() {
-            r = std::fs::write(dir.join("cgroup.procs"), pid.to_string());
-        }
-        match r {
-            Ok(()) => Some(dir),
+        w
+    }
+
+    /// Puts the VM's QEMU into its own cgroups with the container's limits.
+    fn limit(&self, id: &str, pid: u32, hc: &HostConfig) -> Vec<PathBuf> {
+        let limits = cgroup::Limits::from_host_config(hc);
+        let Some(cg) = self.cgroups.as_ref().filter(|_| !limits.is_empty()) else { return Vec::new() };
+        match cg.apply(&id[..12], pid, &limits) {
+            Ok(dirs) => dirs,
             Err(e) => {
                 eprintln!("vmd: WARNING: cgroup limits for {} not applied: {e}", &id[..12]);
-                None
+                Vec::new()
             }
         }
     }
@@ -501,8 +494,8 @@ impl Backend for Api {
             ncpu: std::thread::available_parallelism().map(|n| n.get() as i64).unwrap_or(1),
             name: "axion-vmd".into(),
             server_version: env!("CARGO_PKG_VERSION").into(),
-            cgroup_driver: if self.cgroup_root.is_some() { "cgroupfs".into() } else { "none".into() },
-            cgroup_version: if self.cgroup_root.is_some() { "2".into() } else { "1".into() },
+            cgroup_driver: if self.cgroups.is_some() { "cgroupfs".into() } else { "none".into() },
+            cgroup_version: self.cgroups.as_ref().map(|c| c.version()).unwrap_or("").into(),
             logging_driver: "json-file".into(),
             default_runtime: "qemu".into(),
             warnings,
@@ -685,9 +678,7 @@ impl Backend for Api {
                 if let Some(mut vm) = vm.take() {
                     let _ = tokio::task::spawn_blocking(move || vm.kill()).await;
                 }
-                if let Some(cg) = &cgroup {
-                    let _ = std::fs::remove_dir(cg);
-                }
+                cgroup::remove(&cgroup);
                 let _ = std::fs::remove_dir_all(&dir);
                 return Err(e);
             }
@@ -714,8 +705,9 @@ impl Backend for Api {
             cgroup,
         });
         self.containers.lock().expect("containers lock").insert(id.clone(), c.clone());
+        let warnings = self.limit_warnings(&c.req.host_config);
         self.watch_vm(c);
-        Ok(ContainerCreateResponse { id, warnings: Vec::new() })
+        Ok(ContainerCreateResponse { id, warnings })
     }
 
     async fn container_inspect(&self, id: &str) -> ApiResult<ContainerInspect> {
