@@ -11,7 +11,11 @@
 //! - Whiteouts `.wh.NAME` become overlayfs whiteouts (0:0 character devices) and
 //!   `.wh..wh..opq` marks the directory opaque (`trusted.overlay.opaque=y`).
 //! - Any read error (corrupt compression, truncated tar) fails the layer; callers unpack
-//!   into a temporary directory and rename it into place only on success.
+//!   into a temporary directory and rename it into place only on success
+//!   ([`unpack_layer`] does all of that and checks the diff-id).
+//!
+//! Used twice: by the guest engine (pull, `docker load`) and by axion-vmd's host-side
+//! layer store (crates/vmd), whose unpacked layers the VMs use over a read-only 9p share.
 
 use std::ffi::CString;
 use std::fs;
@@ -19,6 +23,56 @@ use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+
+/// Errors of [`unpack_layer`].
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    #[error(transparent)]
+    Unpack(#[from] UnpackError),
+    #[error("uncompressed content has diff-id {actual}, the image config says {expected}")]
+    DiffId { expected: String, actual: String },
+}
+
+/// Decompresses and unpacks the layer blob `blob` into `tmp`, checks that the uncompressed
+/// stream hashes to `diff_id` (`sha256:HEX`), then renames `tmp` to `dest`. On any failure
+/// nothing is left at `dest` (nor at `tmp`). `lowers`: the layers below, top first.
+pub fn unpack_layer(blob: &Path, tmp: &Path, dest: &Path, diff_id: &str, lowers: &[PathBuf]) -> Result<Stats, LayerError> {
+    use sha2::Digest as _;
+    let _ = fs::remove_dir_all(tmp);
+    fs::create_dir_all(tmp).map_err(|e| io_err(tmp, e))?;
+    let result = (|| {
+        let f = fs::File::open(blob).map_err(|e| io_err(blob, e))?;
+        let rd = decompress(io::BufReader::new(f)).map_err(UnpackError::Read)?;
+        let mut hashing = HashingReader { inner: rd, h: sha2::Sha256::new() };
+        let stats = unpack(&mut hashing, tmp, lowers)?;
+        // The diff-id covers the whole stream, including the tar's trailing padding.
+        io::copy(&mut hashing, &mut io::sink()).map_err(UnpackError::Read)?;
+        let actual = format!("sha256:{}", hex::encode(hashing.h.finalize()));
+        if actual != diff_id {
+            return Err(LayerError::DiffId { expected: diff_id.into(), actual });
+        }
+        fs::rename(tmp, dest).map_err(|e| io_err(dest, e))?;
+        Ok(stats)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_dir_all(tmp);
+    }
+    result
+}
+
+struct HashingReader<R> {
+    inner: R,
+    h: sha2::Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use sha2::Digest as _;
+        let n = self.inner.read(buf)?;
+        self.h.update(&buf[..n]);
+        Ok(n)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
@@ -422,6 +476,28 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let r = decompress(&gz[..]).map_err(UnpackError::Read).and_then(|rd| unpack(rd, d.path(), &[]));
         assert!(r.is_err(), "corrupt gzip must fail");
+    }
+
+    #[test]
+    fn unpack_layer_checks_the_diff_id_and_leaves_nothing_on_failure() {
+        use sha2::Digest as _;
+        let mut b = Vec::new();
+        entry(&mut b, "f", tar::EntryType::Regular, "", b"data");
+        let full = finish(b);
+        let diff_id = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&full)));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &full).unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let blob = d.path().join("blob");
+        fs::write(&blob, gz.finish().unwrap()).unwrap();
+        let (tmp, dest) = (d.path().join("tmp"), d.path().join("layer"));
+        let wrong = format!("sha256:{}", "0".repeat(64));
+        let e = unpack_layer(&blob, &tmp, &dest, &wrong, &[]).unwrap_err();
+        assert!(matches!(e, LayerError::DiffId { .. }), "{e}");
+        assert!(!dest.exists() && !tmp.exists());
+        unpack_layer(&blob, &tmp, &dest, &diff_id, &[]).unwrap();
+        assert_eq!(fs::read(dest.join("f")).unwrap(), b"data");
+        assert!(!tmp.exists());
     }
 
     #[test]

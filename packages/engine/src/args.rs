@@ -38,6 +38,10 @@ pub struct Args {
     /// The bridge's address and prefix length; containers get addresses from that subnet.
     #[arg(long, default_value = "172.17.0.1/16")]
     pub bip: String,
+    /// A read-only image store shared by the host (axion-vmd mounts its layer store here
+    /// over 9p): image ids whose config is there run without a pull, on its unpacked layers.
+    #[arg(long)]
+    pub image_share: Option<PathBuf>,
 }
 
 /// Settings a user can add without changing the service's command line, read from

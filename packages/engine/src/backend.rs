@@ -109,7 +109,7 @@ fn parse_created(s: &str) -> i64 {
 impl Engine {
     pub fn open(args: &Args) -> anyhow::Result<Self> {
         let root = args.data_root.clone();
-        let images = Store::open(&root.join("images"))?;
+        let images = Store::open(&root.join("images"))?.with_share(args.image_share.clone());
         for d in ["containers", "volumes"] {
             std::fs::create_dir_all(root.join(d))?;
         }

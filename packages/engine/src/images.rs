@@ -3,6 +3,12 @@
 //! - `layers/<diff-id hex>/`: unpacked layers (overlayfs lower dirs), renamed into place
 //!   only after the whole layer unpacked and its diff-id matched;
 //! - `refs.json`: `name:tag` → image id (the config digest) and repo digests.
+//!
+//! A second, read-only store may be shared by the host (`--image-share DIR`: axion-vmd's
+//! layer store over 9p, see crates/vmd): `DIR/blobs/sha256/<hex>` (image configs, layer
+//! blobs) and `DIR/layers/<diff-id hex>/` (unpacked layers, verified by the host). An image
+//! id (`sha256:<config digest>`) whose config is there resolves without a pull, and its
+//! layers are used in place as overlayfs lower dirs; a layer unpacked locally wins.
 
 mod load;
 
@@ -13,7 +19,6 @@ use docker_api::types::{ImageRunConfig, ProgressMessage};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use tokio::sync::mpsc;
@@ -69,6 +74,8 @@ struct Refs {
 pub struct Store {
     root: PathBuf,
     refs: Mutex<Refs>,
+    /// The host's read-only shared store, if any.
+    shared: Option<PathBuf>,
 }
 
 pub struct Image {
@@ -84,6 +91,12 @@ fn hex_of(d: &str) -> &str {
 }
 
 impl Store {
+    /// With a host's shared read-only store (see the module doc).
+    pub fn with_share(mut self, shared: Option<PathBuf>) -> Self {
+        self.shared = shared;
+        self
+    }
+
     pub fn open(root: &Path) -> Result<Self, ImageError> {
         for d in ["blobs/sha256", "layers", "tmp"] {
             let p = root.join(d);
@@ -101,7 +114,7 @@ impl Store {
             Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
             Err(_) => Refs::default(),
         };
-        Ok(Store { root: root.to_path_buf(), refs: Mutex::new(refs) })
+        Ok(Store { root: root.to_path_buf(), refs: Mutex::new(refs), shared: None })
     }
 
     fn save(&self, refs: &Refs) -> Result<(), ImageError> {
@@ -119,9 +132,28 @@ impl Store {
         self.root.join("layers").join(hex_of(diff_id))
     }
 
+    /// The unpacked layer: the local one, else the host's shared one.
+    fn lower_path(&self, diff_id: &str) -> PathBuf {
+        let local = self.layer_path(diff_id);
+        match &self.shared {
+            Some(s) if !local.is_dir() => s.join("layers").join(hex_of(diff_id)),
+            _ => local,
+        }
+    }
+
     pub fn config(&self, id: &str) -> Option<ImageConfig> {
-        let b = std::fs::read(self.blob_path(id)).ok()?;
+        let b = std::fs::read(self.blob_path(id)).ok().or_else(|| self.shared_config(id))?;
         serde_json::from_slice(&b).ok()
+    }
+
+    /// The config bytes of image `id` from the host's share, if there and intact.
+    fn shared_config(&self, id: &str) -> Option<Vec<u8>> {
+        let h = hex_of(id);
+        if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let b = std::fs::read(self.shared.as_ref()?.join("blobs/sha256").join(h)).ok()?;
+        (hex::encode(Sha256::digest(&b)) == h).then_some(b)
     }
 
     /// Resolves a user's name for an image: `name[:tag]`, a full or short id.
@@ -145,6 +177,10 @@ impl Store {
             }
         }
         let h = name.strip_prefix("sha256:").unwrap_or(name);
+        // A full id of an image in the host's share.
+        if self.shared_config(h).is_some() {
+            return Some(format!("sha256:{h}"));
+        }
         if h.len() >= 4 && h.bytes().all(|b| b.is_ascii_hexdigit()) {
             let mut ids: Vec<String> = refs.tags.values().chain(refs.digests.keys()).cloned().collect();
             ids.sort();
@@ -163,7 +199,7 @@ impl Store {
         let tags = refs.tags.iter().filter(|(_, v)| *v == id).map(|(k, _)| k.clone()).collect();
         let digests = refs.digests.get(id).cloned().unwrap_or_default();
         drop(refs);
-        let size = config.rootfs.diff_ids.iter().map(|d| dir_size(&self.layer_path(d))).sum();
+        let size = config.rootfs.diff_ids.iter().map(|d| dir_size(&self.lower_path(d))).sum();
         Some(Image { id: id.to_string(), config, tags, digests, size })
     }
 
@@ -181,7 +217,7 @@ impl Store {
     /// Lower dirs for overlayfs, top layer first.
     pub fn lowers(&self, id: &str) -> Option<Vec<PathBuf>> {
         let c = self.config(id)?;
-        let v: Vec<PathBuf> = c.rootfs.diff_ids.iter().rev().map(|d| self.layer_path(d)).collect();
+        let v: Vec<PathBuf> = c.rootfs.diff_ids.iter().rev().map(|d| self.lower_path(d)).collect();
         v.iter().all(|p| p.is_dir()).then_some(v)
     }
 
@@ -259,9 +295,11 @@ impl Store {
         for (layer, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
             let short = &hex_of(&layer.digest)[..12.min(hex_of(&layer.digest).len())];
             let dest = self.layer_path(diff_id);
-            if dest.is_dir() {
+            // Unpacked here already, or in the host's share.
+            let have = self.lower_path(diff_id);
+            if have.is_dir() {
                 say(Some(short), "Already exists".into());
-                lowers.insert(0, dest);
+                lowers.insert(0, have);
                 continue;
             }
             say(Some(short), "Pulling fs layer".into());
@@ -310,39 +348,10 @@ impl Store {
 /// Decompresses and unpacks a verified blob into `tmp`, checks the diff-id, then renames
 /// `tmp` to `dest`. On any failure nothing is left at `dest`.
 fn unpack_verified(blob: &Path, tmp: &Path, dest: &Path, diff_id: &str, lowers: &[PathBuf], digest: &str) -> Result<(), ImageError> {
-    let _ = std::fs::remove_dir_all(tmp);
-    std::fs::create_dir_all(tmp).map_err(io_err(tmp))?;
-    let result = (|| {
-        let f = std::fs::File::open(blob).map_err(io_err(blob))?;
-        let uerr = |source| ImageError::Unpack { digest: digest.to_string(), source };
-        let rd = unpack::decompress(std::io::BufReader::new(f)).map_err(|e| uerr(unpack::UnpackError::Read(e)))?;
-        let mut hashing = HashingReader { inner: rd, h: Sha256::new() };
-        unpack::unpack(&mut hashing, tmp, lowers).map_err(uerr)?;
-        // The diff-id covers the whole stream, including the tar's trailing padding.
-        std::io::copy(&mut hashing, &mut std::io::sink()).map_err(|e| uerr(unpack::UnpackError::Read(e)))?;
-        let actual = format!("sha256:{}", hex::encode(hashing.h.finalize()));
-        if actual != diff_id {
-            return Err(ImageError::DiffId { digest: digest.into(), expected: diff_id.into(), actual });
-        }
-        std::fs::rename(tmp, dest).map_err(io_err(dest))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(tmp);
-    }
-    result
-}
-
-struct HashingReader<R> {
-    inner: R,
-    h: Sha256,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.h.update(&buf[..n]);
-        Ok(n)
-    }
+    unpack::unpack_layer(blob, tmp, dest, diff_id, lowers).map(|_| ()).map_err(|e| match e {
+        unpack::LayerError::Unpack(source) => ImageError::Unpack { digest: digest.to_string(), source },
+        unpack::LayerError::DiffId { expected, actual } => ImageError::DiffId { digest: digest.to_string(), expected, actual },
+    })
 }
 
 pub fn dir_size(p: &Path) -> i64 {

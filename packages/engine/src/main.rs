@@ -23,7 +23,8 @@ mod reference;
 mod registry;
 mod runtime;
 mod timefmt;
-mod unpack;
+/// Safe layer unpacking lives in crates/layer-unpack (the host daemon uses it too).
+use layer_unpack as unpack;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
