@@ -2,7 +2,8 @@
 //! a test initramfs (our init, a static busybox, test services) and a virtio disk holding a
 //! GPT partition labelled `axion-data`.
 //!
-//! What they assert: the ready line; a crashing service is restarted with backoff; an
+//! What they assert: the ready line; `/` is a tmpfs copy of the initramfs (not rootfs) and
+//! init re-executed itself from it; a crashing service is restarted with backoff; an
 //! orphaned child that exits is reaped; DHCP on QEMU's user network gives 10.0.2.15 and DNS
 //! 10.0.2.3; a static address from the kernel command line; the power button (QMP
 //! `system_powerdown`) stops services, unmounts cleanly (e2fsck -fn is happy) and powers off,
@@ -454,7 +455,9 @@ fn test_services(token: &str) -> Vec<(String, String)> {
              echo controllers: $(cat /sys/fs/cgroup/cgroup.subtree_control); echo cgroup: $(cat /proc/self/cgroup); \
              echo greeting: $GREETING; echo seed-bytes: $(wc -c < /var/lib/axion/random-seed); \
              for i in $(seq 50); do ip -6 addr show dev eth0 | grep -q 'inet6 fe80::' && break; sleep 0.1; done; \
-             ip -6 addr show dev eth0 | grep inet6; echo syscheck-done",
+             ip -6 addr show dev eth0 | grep inet6; \
+             echo root-mount: $(grep ' / / ' /proc/self/mountinfo); echo rootfs-entries: $(grep -c rootfs /proc/self/mountinfo); \
+             echo init-exe: $(readlink /proc/1/exe); echo syscheck-done",
             "after = [\"network\"]\nrestart = \"never\"\nenvironment = { GREETING = \"hello from TOML\" }",
         ),
         // Writes a marker on the data partition on the first boot, reports it on later ones.
@@ -508,6 +511,15 @@ fn init_boots_supervises_reaps_and_powers_off_cleanly() {
     assert!(t.contains("syscheck: greeting: hello from TOML"), "service environment not set");
     assert!(t.contains("syscheck: seed-bytes: 512"), "no RNG seed on the data partition");
     assert!(t.contains("syscheck:     inet6 fe80::"), "no IPv6 link-local address:\n{t}");
+
+    // The root is a tmpfs copy of the initramfs, not rootfs (which pivot_root cannot leave),
+    // and init re-executed itself from it (the old root's binary is gone, not "(deleted)").
+    let root_mount = t.lines().find_map(|l| l.split_once("syscheck: root-mount: ").map(|x| x.1.to_string())).unwrap_or_default();
+    assert!(root_mount.contains(" / / ") && root_mount.contains(" - tmpfs "), "/ is not a tmpfs: {root_mount:?}\n{t}");
+    assert!(t.contains("syscheck: rootfs-entries: 0"), "rootfs still visible in /proc/self/mountinfo:\n{t}");
+    assert!(t.contains("syscheck: init-exe: /sbin/init\n"), "init was not re-executed from the new root:\n{t}");
+    assert!(t.contains("init: root moved from the initramfs to a tmpfs ("), "no root switch message:\n{t}");
+    assert!(!t.contains("root switch:"), "root switch error:\n{t}");
 
     // The crashing service is restarted, with growing delays.
     let t = b.wait("the crasher's third run", |s| s.matches("crasher: crasher-run").count() >= 3);

@@ -2,6 +2,10 @@
 //!
 //! # What it does, in boot order
 //!
+//! 0. When `/` is the initramfs (rootfs), copies it to a tmpfs, moves that onto `/`, frees
+//!    the old files and re-executes itself there (`rootswitch`, as busybox's switch_root
+//!    does), so that the container engine can `pivot_root`. A failure is logged and boot
+//!    goes on, on rootfs.
 //! 1. Blocks every signal and opens one signalfd: all signals are handled in one place, the
 //!    event loop. Ctrl-Alt-Del is turned into SIGINT.
 //! 2. Mounts /proc, /sys, /dev (devtmpfs), /dev/pts, /dev/shm, /run, /tmp and cgroup2 at
@@ -77,6 +81,7 @@ mod log;
 mod mounts;
 mod net;
 mod ovfenv;
+mod rootswitch;
 mod services;
 mod settings;
 mod sources;
@@ -141,7 +146,10 @@ fn main() {
         eprintln!("init: axion's PID 1; refusing to run as pid {}", std::process::id());
         std::process::exit(2);
     }
-    let mut init = boot();
+    // Before anything else: leave the initramfs (rootfs) for a tmpfs root, so that
+    // pivot_root works for containers. Re-executes init when it switched.
+    let root_note = rootswitch::switch_if_initramfs();
+    let mut init = boot(root_note);
     init.run();
 }
 
@@ -160,7 +168,7 @@ fn fix_stdio() {
     }
 }
 
-fn boot() -> Init {
+fn boot(root_note: rootswitch::Note) -> Init {
     let sigfd = match sys::block_signals_signalfd() {
         Ok(fd) => Some(fd),
         Err(e) => {
@@ -177,6 +185,14 @@ fn boot() -> Init {
     let cmdline = settings::parse_cmdline(&cmdline_text);
     log::open_consoles(&cmdline.consoles);
     info!("axion init {} starting", env!("CARGO_PKG_VERSION"));
+    match root_note {
+        rootswitch::Note::None => {}
+        rootswitch::Note::Info(m) => info!("{m}"),
+        rootswitch::Note::Error(m) => {
+            error!("{m}");
+            error!("/ is still the initramfs (rootfs): pivot_root cannot work, the container engine will refuse to start containers");
+        }
+    }
     for e in &mount_errors {
         error!("{e}");
     }

@@ -68,7 +68,7 @@ pub struct MountEntry {
 }
 
 /// Undoes the octal escapes (`\040` for space) the kernel writes in /proc/mounts.
-fn unescape(s: &str) -> String {
+pub(crate) fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

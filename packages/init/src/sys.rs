@@ -321,3 +321,139 @@ pub fn if_nametoindex(name: &str) -> io::Result<u32> {
         Ok(i)
     }
 }
+
+/// mknod(2): a device node, FIFO or socket with `mode` (type and permission bits).
+pub fn mknod(path: &Path, mode: u32, dev: u64) -> io::Result<()> {
+    let p = path_cstr(path)?;
+    // SAFETY: p is a valid NUL-terminated string; mode and dev are plain integers.
+    check(unsafe { libc::mknod(p.as_ptr(), mode as libc::mode_t, dev as libc::dev_t) })?;
+    Ok(())
+}
+
+/// utimensat(2) with AT_SYMLINK_NOFOLLOW: sets a path's access and modification times
+/// (seconds, nanoseconds) without following a final symlink.
+pub fn set_times_nofollow(path: &Path, atime: (i64, i64), mtime: (i64, i64)) -> io::Result<()> {
+    let p = path_cstr(path)?;
+    let ts = [
+        libc::timespec { tv_sec: atime.0 as _, tv_nsec: atime.1 as _ },
+        libc::timespec { tv_sec: mtime.0 as _, tv_nsec: mtime.1 as _ },
+    ];
+    // SAFETY: p is a valid string, ts an array of two timespecs as utimensat expects.
+    check(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })?;
+    Ok(())
+}
+
+pub fn chroot(path: &Path) -> io::Result<()> {
+    let p = path_cstr(path)?;
+    // SAFETY: p is a valid NUL-terminated string.
+    check(unsafe { libc::chroot(p.as_ptr()) })?;
+    Ok(())
+}
+
+/// Bytes in use on the filesystem holding `path` (statfs: blocks minus free blocks).
+pub fn statfs_used(path: &Path) -> io::Result<u64> {
+    let p = path_cstr(path)?;
+    // SAFETY: st is plain data filled by statfs; p is a valid string.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::statfs(p.as_ptr(), &mut st) })?;
+    Ok((st.f_blocks as u64).saturating_sub(st.f_bfree as u64) * st.f_bsize as u64)
+}
+
+/// execve(2). Only returns on error.
+pub fn execve(path: &Path, args: &[std::ffi::OsString], env: &[(std::ffi::OsString, std::ffi::OsString)]) -> io::Error {
+    use std::os::unix::ffi::OsStrExt;
+    let build = || -> io::Result<(CString, Vec<CString>, Vec<CString>)> {
+        let p = path_cstr(path)?;
+        let mut a = Vec::with_capacity(args.len());
+        for x in args {
+            a.push(CString::new(x.as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in argument"))?);
+        }
+        let mut e = Vec::with_capacity(env.len());
+        for (k, v) in env {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            e.push(CString::new(kv).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in environment"))?);
+        }
+        Ok((p, a, e))
+    };
+    let (p, a, e) = match build() {
+        Ok(x) => x,
+        Err(err) => return err,
+    };
+    let mut argv: Vec<*const libc::c_char> = a.iter().map(|s| s.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = e.iter().map(|s| s.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    // SAFETY: p, argv and envp are valid NUL-terminated strings and NULL-terminated arrays
+    // of them, all alive for the call.
+    unsafe { libc::execve(p.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    io::Error::last_os_error()
+}
+
+fn name_cstr(name: &std::ffi::OsStr) -> io::Result<CString> {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(name.as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in name"))
+}
+
+/// fstatat(2) with AT_SYMLINK_NOFOLLOW: `name` in directory `dir`.
+pub fn lstat_at(dir: RawFd, name: &std::ffi::OsStr) -> io::Result<libc::stat> {
+    let n = name_cstr(name)?;
+    // SAFETY: st is plain data filled by fstatat; n is a valid string.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::fstatat(dir, n.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) })?;
+    Ok(st)
+}
+
+/// Opens the directory `name` in `dir` without following a symlink.
+pub fn open_dir_at(dir: RawFd, name: &std::ffi::OsStr) -> io::Result<OwnedFd> {
+    let n = name_cstr(name)?;
+    // SAFETY: n is a valid string; the result is a fresh fd we own.
+    let fd = check(unsafe {
+        libc::openat(dir, n.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+    })?;
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// unlinkat(2); `flags` 0 or AT_REMOVEDIR.
+pub fn unlink_at(dir: RawFd, name: &std::ffi::OsStr, flags: libc::c_int) -> io::Result<()> {
+    let n = name_cstr(name)?;
+    // SAFETY: n is a valid string.
+    check(unsafe { libc::unlinkat(dir, n.as_ptr(), flags) })?;
+    Ok(())
+}
+
+/// The entry names of the open directory `dir` (without `.` and `..`).
+pub fn dir_names(dir: RawFd) -> io::Result<Vec<std::ffi::OsString>> {
+    use std::os::unix::ffi::OsStrExt;
+    // fdopendir takes the descriptor over: give it a duplicate, rewound.
+    // SAFETY: plain integer arguments; the duplicate is owned by the DIR stream below.
+    let dup = check(unsafe { libc::fcntl(dir, libc::F_DUPFD_CLOEXEC, 0) })?;
+    // SAFETY: dup is a valid directory fd we own; on failure we close it ourselves.
+    let d = unsafe { libc::fdopendir(dup) };
+    if d.is_null() {
+        let e = io::Error::last_os_error();
+        // SAFETY: dup is ours and not owned by a DIR stream.
+        unsafe { libc::close(dup) };
+        return Err(e);
+    }
+    // SAFETY: d is a valid DIR stream until closedir; each dirent is read before the next
+    // readdir call.
+    let mut names = Vec::new();
+    unsafe {
+        libc::rewinddir(d);
+        loop {
+            let ent = libc::readdir(d);
+            if ent.is_null() {
+                break;
+            }
+            let name = std::ffi::CStr::from_ptr((*ent).d_name.as_ptr());
+            let b = name.to_bytes();
+            if b != b"." && b != b".." {
+                names.push(std::ffi::OsStr::from_bytes(b).to_os_string());
+            }
+        }
+        libc::closedir(d);
+    }
+    Ok(names)
+}
