@@ -124,6 +124,7 @@ fn switch(exe: Option<PathBuf>, others: &[PathBuf], started: Instant) -> Result<
         format!("{why}; staying on the initramfs root")
     };
     let stats = copy_tree(Path::new("/"), new, &[new]).map_err(|e| undo(format!("copying the root to the tmpfs: {e}")))?;
+    let copied_ms = started.elapsed().as_millis();
     let used = sys::statfs_used(new).unwrap_or(stats.bytes);
     let limit = used + HEADROOM;
     let mut warnings = Vec::new();
@@ -146,6 +147,7 @@ fn switch(exe: Option<PathBuf>, others: &[PathBuf], started: Instant) -> Result<
         return Ok(format!("WARNING: the tmpfs is mounted on / but chroot into it failed: {e}; init stays on the initramfs root"));
     }
     let _ = std::env::set_current_dir("/");
+    let moved_ms = started.elapsed().as_millis();
     let mut removed = 0u64;
     let mut errors = Vec::new();
     remove_contents(old.as_raw_fd(), old_dev, Path::new("(old root)"), &mut removed, &mut errors);
@@ -155,16 +157,18 @@ fn switch(exe: Option<PathBuf>, others: &[PathBuf], started: Instant) -> Result<
     }
     reopen_stdio();
     let mut msg = format!(
-        "{} files ({:.1} MiB), {} directories, {} symlinks, {} hard links, {} device nodes copied in {} ms; size limit {} MiB; {} old entries freed",
+        "{} files ({:.1} MiB), {} directories, {} symlinks, {} hard links, {} device nodes copied in {} ms; size limit {} MiB; moved at {} ms; {} old entries freed at {} ms",
         stats.files,
         stats.bytes as f64 / (1 << 20) as f64,
         stats.dirs,
         stats.symlinks,
         stats.hardlinks,
         stats.nodes,
-        started.elapsed().as_millis(),
+        copied_ms,
         limit >> 20,
-        removed
+        moved_ms,
+        removed,
+        started.elapsed().as_millis()
     );
     for w in &warnings {
         msg.push_str("; ");
