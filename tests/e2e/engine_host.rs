@@ -507,8 +507,10 @@ fn ports_volumes_exec_tty() {
     assert_eq!(out, "CapBnd: 0000000000001000\n", "{out:?}");
     let out = e.ok(&["run", "--rm", "--privileged", &img, "sh", "-c", "grep -E '^Seccomp:' /proc/self/status | tr -s '\\t ' ' '"]);
     assert_eq!(out, "Seccomp: 0\n", "{out:?}");
-    let out = e.docker(&["run", "--rm", "--cap-add", "SYS_ADMIN", &img, "mount", "-t", "tmpfs", "none", "/mnt"]);
-    assert!(!out.status.success(), "mount is refused by the seccomp filter even with CAP_SYS_ADMIN");
+    // Docker's seccomp profile follows the capabilities: CAP_SYS_ADMIN unlocks mount.
+    let out = e.docker(&["run", "--rm", &img, "mount", "-t", "tmpfs", "none", "/mnt"]);
+    assert!(!out.status.success(), "mount without CAP_SYS_ADMIN: {out:?}");
+    e.ok(&["run", "--rm", "--cap-add", "SYS_ADMIN", &img, "mount", "-t", "tmpfs", "none", "/mnt"]);
     // -it under a pseudo-terminal made by `script`.
     if Path::new("/usr/bin/script").exists() {
         let cmd = format!("docker run --rm -it {img} sh -c 'read x; echo got-$x'");
@@ -530,6 +532,61 @@ fn ports_volumes_exec_tty() {
         eprintln!("skip: because `script` (util-linux) is missing, -it is not exercised");
     }
     e.ok(&["rm", "-f", "web"]);
+}
+
+/// Docker's default seccomp profile (an allow-list), `seccomp=unconfined`, and a custom profile
+/// file (the docker CLI reads it and sends its contents).
+#[test]
+fn seccomp_default_unconfined_and_custom_profiles() {
+    skip_unless_capable!();
+    let (_reg, e, img) = engine_with_busybox(&[]);
+    let status = "grep -E '^Seccomp:' /proc/self/status | tr -s '\\t ' ' '";
+    // An ordinary workload runs under the filter: fork/exec, mkdir, ps, a server and a client.
+    let work = "echo ok; mkdir /made && echo made; ps -o pid,comm | grep -c ps; \
+                mkdir /www && echo served > /www/i && httpd -p 127.0.0.1:8080 -h /www && \
+                wget -q -O - http://127.0.0.1:8080/i";
+    let out = e.ok(&["run", "--rm", &img, "sh", "-c", work]);
+    assert_eq!(out, "ok\nmade\n1\nserved\n", "{out:?}");
+    assert_eq!(e.ok(&["run", "--rm", &img, "sh", "-c", status]), "Seccomp: 2\n");
+    // Refused by the default profile whatever the capabilities say: a user namespace,
+    // personality flags other than the few Docker allows.
+    let o = e.docker(&["run", "--rm", &img, "unshare", "-U", "true"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("Operation not permitted"), "unshare -U: {o:?}");
+    e.ok(&["run", "--rm", &img, "setarch", "linux32", "true"]);
+    let o = e.docker(&["run", "--rm", &img, "setarch", "linux32", "-R", "true"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("Operation not permitted"), "personality(0x40008): {o:?}");
+    // exec sessions get the same filter.
+    e.ok(&["run", "-d", "--name", "confined", &img, "sleep", "1000"]);
+    let o = e.docker(&["exec", "confined", "unshare", "-U", "true"]);
+    assert!(!o.status.success(), "unshare -U in exec: {o:?}");
+    assert_eq!(e.ok(&["exec", "confined", "sh", "-c", status]), "Seccomp: 2\n");
+    e.ok(&["rm", "-f", "confined"]);
+    // seccomp=unconfined lifts it.
+    let out = e.ok(&["run", "--rm", "--security-opt", "seccomp=unconfined", &img, "sh", "-c", &format!("{status}; setarch linux32 -R true && echo personality-ok")]);
+    assert_eq!(out, "Seccomp: 0\npersonality-ok\n", "{out:?}");
+    // A custom profile: everything allowed but mkdir/mkdirat.
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("no-mkdir.json");
+    std::fs::write(&profile, r#"{
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [ { "names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1 } ]
+    }"#).unwrap();
+    let opt = format!("seccomp={}", profile.display());
+    let o = e.docker(&["run", "--rm", "--security-opt", &opt, &img, "sh", "-c", "echo before; mkdir /x"]);
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(!o.status.success() && out == "before\n" && err.contains("Operation not permitted"), "{o:?}");
+    // ... and it replaces the default: a user namespace is fine there.
+    let out = e.ok(&["run", "--rm", "--security-opt", &opt, &img, "sh", "-c", &format!("{status}; unshare -U true && echo userns-ok")]);
+    assert_eq!(out, "Seccomp: 2\nuserns-ok\n", "{out:?}");
+    // A broken profile is the client's error at create, with the reason.
+    std::fs::write(&profile, r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_SOMETIMES"}]}"#).unwrap();
+    let o = e.docker(&["create", "--security-opt", &opt, &img, "true"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("unknown action \"SCMP_ACT_SOMETIMES\""), "{o:?}");
+    // --privileged: no filter.
+    assert_eq!(e.ok(&["run", "--rm", "--privileged", &img, "sh", "-c", status]), "Seccomp: 0\n");
 }
 
 #[test]

@@ -223,7 +223,7 @@ impl Engine {
         }
     }
 
-    fn spec_for(&self, c: &Container, r: &Record, lowers: Vec<PathBuf>) -> RunSpec {
+    fn spec_for(&self, c: &Container, r: &Record, lowers: Vec<PathBuf>) -> ApiResult<RunSpec> {
         let mut env = r.config.env.clone().unwrap_or_default();
         if !env.iter().any(|e| e.starts_with("PATH=")) {
             env.insert(0, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
@@ -234,7 +234,7 @@ impl Engine {
         }
         let mut args = vec![r.path.clone()];
         args.extend(r.args.iter().cloned());
-        RunSpec {
+        Ok(RunSpec {
             rootfs: c.dir.join("rootfs"),
             lowers,
             upper: c.dir.join("upper"),
@@ -253,9 +253,9 @@ impl Engine {
                 cwd: r.config.working_dir.clone(),
                 user: r.config.user.clone(),
                 tty: r.config.tty,
-                confine: confinement(&r.host_config).unwrap_or_default(),
+                confine: confinement(&r.host_config).map_err(ApiError::bad_request)?,
             },
-        }
+        })
     }
 
     /// Boxed because the exit handler restarts containers through it (a recursive future).
@@ -271,7 +271,7 @@ impl Engine {
         let lowers = self.images.lowers(&r.image_id).ok_or_else(|| {
             ApiError::internal(format!("image {} of container {} is missing its layers", r.image, r.id))
         })?;
-        let spec = self.spec_for(c, &r, lowers);
+        let spec = self.spec_for(c, &r, lowers)?;
         // Bridge network: the container's address, and /etc/hosts naming it.
         let attach = match (r.host_config.network_mode.as_str(), &self.bridge) {
             ("bridge", Ok((b, ipam))) => {

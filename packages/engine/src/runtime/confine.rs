@@ -2,10 +2,13 @@
 //! mounts, `pivot_root` and `setns`, which the filter below would refuse):
 //! - capabilities: Docker's default set (bounding set trimmed; inheritable and ambient
 //!   cleared), adjusted by `--cap-add`/`--cap-drop`; `--privileged` keeps them all;
-//! - a seccomp filter that refuses (EPERM) the syscalls Docker's default profile blocks for
-//!   an unprivileged container (kernel modules, kexec, keyrings, bpf, perf, mount and
-//!   namespace changes, clock setting, swap, reboot, ...), and refuses the x32 and i386 ABIs;
-//!   a deny-list rather than Docker's allow-list, to stay small;
+//! - seccomp: Docker's default profile (an allow-list, see runtime::seccomp), compiled for the
+//!   container's effective capabilities, so `--cap-add SYS_ADMIN` also unlocks mount, unshare,
+//!   setns...; `--security-opt seccomp=unconfined` and `--privileged` turn it off;
+//!   `--security-opt seccomp=FILE` uses the profile in FILE (the docker CLI reads the file and
+//!   sends its contents as `seccomp=<json>`; the engine never reads a path). The profile is
+//!   compiled by the engine when the container is created (a bad profile is an error for the
+//!   client there) and again at each start, and the program travels to the shim in its spec;
 //! - `no_new_privs` with `--security-opt no-new-privileges`.
 
 use serde::{Deserialize, Serialize};
@@ -14,7 +17,8 @@ use serde::{Deserialize, Serialize};
 pub struct Confinement {
     /// Capabilities kept (numbers); None keeps all (privileged).
     pub capabilities: Option<Vec<u32>>,
-    pub seccomp: bool,
+    /// The seccomp program (classic BPF, packed by seccomp::pack); None: unconfined.
+    pub seccomp: Option<Vec<u64>>,
     pub no_new_privs: bool,
 }
 
@@ -39,12 +43,32 @@ fn cap_number(name: &str) -> Option<u32> {
     CAP_NAMES.iter().position(|c| *c == n).map(|i| i as u32)
 }
 
-/// The confinement for a container from its HostConfig fields.
+/// "CAP_SYS_ADMIN" for 21.
+pub fn cap_name(n: u32) -> Option<String> {
+    CAP_NAMES.get(n as usize).map(|c| format!("CAP_{c}"))
+}
+
+/// Which seccomp profile `--security-opt` asks for: None = unconfined, else the JSON text
+/// (the last `seccomp=` option wins; `seccomp:` is the old separator).
+fn seccomp_profile(security_opt: &[String]) -> Option<&str> {
+    let mut profile = Some(super::seccomp::DEFAULT_PROFILE);
+    for o in security_opt {
+        let Some(v) = o.strip_prefix("seccomp=").or_else(|| o.strip_prefix("seccomp:")) else { continue };
+        profile = match v.trim() {
+            "unconfined" => None,
+            "" | "builtin" => Some(super::seccomp::DEFAULT_PROFILE),
+            json => Some(json),
+        };
+    }
+    profile
+}
+
+/// The confinement for a container from its HostConfig fields. Errors (unknown capability,
+/// malformed seccomp profile) are meant for the API client.
 pub fn for_container(privileged: bool, cap_add: &[String], cap_drop: &[String], security_opt: &[String]) -> Result<Confinement, String> {
     let no_new_privs = security_opt.iter().any(|o| matches!(o.as_str(), "no-new-privileges" | "no-new-privileges=true" | "no-new-privileges:true"));
-    let seccomp = !privileged && !security_opt.iter().any(|o| o == "seccomp=unconfined" || o == "seccomp:unconfined");
     if privileged {
-        return Ok(Confinement { capabilities: None, seccomp, no_new_privs });
+        return Ok(Confinement { capabilities: None, seccomp: None, no_new_privs });
     }
     let all = || (0..CAP_NAMES.len() as u32).collect::<Vec<_>>();
     let mut caps: Vec<u32> = DEFAULT_CAPS.iter().filter_map(|c| cap_number(c)).collect();
@@ -67,55 +91,15 @@ pub fn for_container(privileged: bool, cap_add: &[String], cap_drop: &[String], 
         }
     }
     caps.sort_unstable();
+    let seccomp = match seccomp_profile(security_opt) {
+        None => None,
+        Some(json) => {
+            let names: Vec<String> = caps.iter().filter_map(|c| cap_name(*c)).collect();
+            let target = super::seccomp::Target { caps: &names, kernel: super::seccomp::kernel_version() };
+            super::seccomp::compile(json, &target)?.map(|p| super::seccomp::pack(&p))
+        }
+    };
     Ok(Confinement { capabilities: Some(caps), seccomp, no_new_privs })
-}
-
-/// Syscalls refused with EPERM (x86_64 numbers from libc).
-const DENIED: &[libc::c_long] = &[
-    libc::SYS_acct, libc::SYS_add_key, libc::SYS_bpf, libc::SYS_clock_adjtime, libc::SYS_clock_settime,
-    libc::SYS_delete_module, libc::SYS_finit_module,
-    libc::SYS_init_module, libc::SYS_ioperm, libc::SYS_iopl, libc::SYS_kcmp, libc::SYS_kexec_file_load,
-    libc::SYS_kexec_load, libc::SYS_keyctl, libc::SYS_lookup_dcookie, libc::SYS_mount, libc::SYS_move_mount,
-    libc::SYS_fsopen, libc::SYS_fsconfig, libc::SYS_fsmount, libc::SYS_fspick, libc::SYS_open_tree,
-    libc::SYS_name_to_handle_at, libc::SYS_nfsservctl, libc::SYS_open_by_handle_at, libc::SYS_perf_event_open,
-    libc::SYS_pivot_root, libc::SYS_quotactl, libc::SYS_reboot, libc::SYS_request_key,
-    libc::SYS_setns, libc::SYS_settimeofday, libc::SYS_swapon, libc::SYS_swapoff, libc::SYS_sysfs,
-    libc::SYS__sysctl, libc::SYS_umount2, libc::SYS_unshare, libc::SYS_uselib, libc::SYS_userfaultfd,
-    libc::SYS_ustat, libc::SYS_vhangup,
-];
-
-const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
-const X32_SYSCALL_BIT: u32 = 0x4000_0000;
-
-fn stmt(code: u16, k: u32) -> libc::sock_filter {
-    libc::sock_filter { code, jt: 0, jf: 0, k }
-}
-
-fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
-    libc::sock_filter { code, jt, jf, k }
-}
-
-/// The classic-BPF program: wrong architecture → kill; x32 → EPERM; denied → EPERM; else allow.
-pub fn filter() -> Vec<libc::sock_filter> {
-    const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
-    const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
-    const JGE_K: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
-    const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
-    let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
-    let mut p = vec![
-        stmt(LD_W_ABS, 4), // seccomp_data.arch
-        jump(JEQ_K, AUDIT_ARCH_X86_64, 1, 0),
-        stmt(RET_K, libc::SECCOMP_RET_KILL_PROCESS),
-        stmt(LD_W_ABS, 0), // seccomp_data.nr
-        jump(JGE_K, X32_SYSCALL_BIT, 0, 1),
-        stmt(RET_K, eperm),
-    ];
-    for nr in DENIED {
-        p.push(jump(JEQ_K, *nr as u32, 0, 1));
-        p.push(stmt(RET_K, eperm));
-    }
-    p.push(stmt(RET_K, libc::SECCOMP_RET_ALLOW));
-    p
 }
 
 fn os_err(what: &str) -> String {
@@ -124,17 +108,10 @@ fn os_err(what: &str) -> String {
 
 /// Applies `c` to the calling process (the shim's child, just before it drops to the user).
 pub fn apply(c: &Confinement) -> Result<(), String> {
-    // SAFETY: prctl calls with integer arguments; the seccomp program outlives the call.
+    // SAFETY: prctl and capget/capset on our own process, with integers and structs we own.
     unsafe {
         if c.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             return Err(os_err("setting no_new_privs"));
-        }
-        if c.seccomp {
-            let prog = filter();
-            let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_ptr() as *mut _ };
-            if libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &fprog as *const libc::sock_fprog) != 0 {
-                return Err(os_err("installing the seccomp filter"));
-            }
         }
         if let Some(keep) = &c.capabilities {
             let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
@@ -163,6 +140,13 @@ pub fn apply(c: &Confinement) -> Result<(), String> {
             }
         }
     }
+    // Last, so a custom profile that refuses prctl or capset cannot break the steps above;
+    // the shim's remaining calls (setgroups, setgid, setuid, chdir, execve) must be allowed by
+    // the profile, as with runc. Root still holds CAP_SYS_ADMIN here, so no_new_privs is not
+    // required to install it.
+    if let Some(p) = &c.seccomp {
+        super::seccomp::install(&super::seccomp::unpack(p)).map_err(|e| format!("installing the seccomp filter: {e}"))?;
+    }
     Ok(())
 }
 
@@ -190,7 +174,7 @@ mod tests {
         let caps = c.capabilities.unwrap();
         assert_eq!(caps.len(), DEFAULT_CAPS.len());
         assert!(caps.contains(&0) && !caps.contains(&21), "CHOWN kept, SYS_ADMIN dropped");
-        assert!(c.seccomp && !c.no_new_privs);
+        assert!(c.seccomp.is_some() && !c.no_new_privs);
         let c = for_container(false, &["NET_ADMIN".into()], &["cap_chown".into()], &["no-new-privileges".into()]).unwrap();
         let caps = c.capabilities.unwrap();
         assert!(caps.contains(&12) && !caps.contains(&0));
@@ -199,15 +183,30 @@ mod tests {
         assert_eq!(c.capabilities, Some(vec![]));
         let c = for_container(true, &[], &[], &[]).unwrap();
         assert_eq!(c.capabilities, None);
-        assert!(!c.seccomp);
+        assert!(c.seccomp.is_none());
         assert!(for_container(false, &["NOPE".into()], &[], &[]).is_err());
-        assert!(!for_container(false, &[], &[], &["seccomp=unconfined".into()]).unwrap().seccomp);
     }
 
     #[test]
-    fn filter_shape() {
-        let f = filter();
-        assert_eq!(f.len(), 6 + 2 * DENIED.len() + 1);
-        assert_eq!(f.last().unwrap().k, libc::SECCOMP_RET_ALLOW);
+    fn seccomp_options() {
+        let prog = |opts: &[&str], add: &[&str]| {
+            let opts: Vec<String> = opts.iter().map(|s| s.to_string()).collect();
+            let add: Vec<String> = add.iter().map(|s| s.to_string()).collect();
+            for_container(false, &add, &[], &opts).map(|c| c.seccomp)
+        };
+        let default = prog(&[], &[]).unwrap().expect("the default profile");
+        assert_eq!(prog(&["seccomp=builtin"], &[]).unwrap().as_ref(), Some(&default));
+        assert_ne!(prog(&[], &["SYS_ADMIN"]).unwrap().as_ref(), Some(&default), "capabilities change the program");
+        assert_eq!(prog(&["seccomp=unconfined"], &[]).unwrap(), None);
+        assert_eq!(prog(&["seccomp:unconfined"], &[]).unwrap(), None);
+        // The docker CLI sends the profile file's contents.
+        let custom = prog(&[r#"seccomp={"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ERRNO"}]}"#], &[]).unwrap().unwrap();
+        assert!(custom.len() < 12, "{custom:?}");
+        let e = prog(&[r#"seccomp={"defaultAction":"SCMP_ACT_NOPE"}"#], &[]).unwrap_err();
+        assert!(e.contains("unknown action"), "{e}");
+        let e = prog(&["seccomp=/etc/profile.json"], &[]).unwrap_err();
+        assert!(e.contains("decoding seccomp profile failed"), "{e}");
+        let c = for_container(true, &[], &[], &[r#"seccomp={"defaultAction":"SCMP_ACT_ALLOW"}"#.into()]).unwrap();
+        assert_eq!(c.seccomp, None, "--privileged: unconfined");
     }
 }

@@ -7,6 +7,7 @@
 //! put it into its cgroup.
 
 pub mod confine;
+pub mod seccomp;
 pub mod shim;
 
 use serde::{Deserialize, Serialize};
