@@ -126,6 +126,21 @@ fn check() -> Result<()> {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "hi\n");
     eprintln!("docker run --rm (pull + clone + run): {:.1} s", t.elapsed().as_secs_f64());
     assert!(cli.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]).contains(&img));
+
+    // The pull stored the layer on the host: its blob (verified) and its unpacked tree.
+    let store = state.join("store");
+    let blob = largest_file(&store.join("blobs/sha256"))?;
+    let layers: Vec<PathBuf> = std::fs::read_dir(store.join("layers"))?.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    assert_eq!(layers.len(), 1, "unpacked layers in the store: {layers:?}");
+    assert!(layers[0].join("bin/busybox").is_file(), "no bin/busybox in {}", layers[0].display());
+    let digest = blob.file_name().unwrap().to_string_lossy().into_owned();
+    // A corrupted blob is found before the next container uses the store, and fetched again.
+    std::fs::write(&blob, b"not the layer")?;
+    assert_eq!(cli.ok(&["run", "--rm", &img, "echo", "again"]), "again\n");
+    assert_eq!(sha256_file(&blob)?, digest, "the corrupted blob was not fetched again");
+
+    // From now on the registry is gone: every container runs from the host's store.
+    drop(reg);
     let o = cli.run(&["run", "--rm", "-e", "CODE=3", &img, "sh", "-c", "echo to-stderr >&2; exit $CODE"]);
     assert_eq!(o.status.code(), Some(3), "exit code: {}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("to-stderr"));
@@ -209,7 +224,30 @@ fn check() -> Result<()> {
     assert!(err.contains("exited unexpectedly"), "{err}");
     cli.ok(&["rm", &c]);
 
+    // A changed file in an unpacked layer (the registry is gone, so it cannot be fetched
+    // again): refused with a clear error, never handed to a VM.
+    let tool = layers[0].join("bin/busybox");
+    let mut data = std::fs::read(&tool)?;
+    data.extend_from_slice(b"tampered");
+    std::fs::write(&tool, data)?;
+    let o = cli.run(&["run", "--rm", &img, "true"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a run from a tampered store succeeded");
+    assert!(err.contains("damaged") && err.contains("changed after it was unpacked") && err.contains("fetching the image again failed"), "{err}");
+    assert!(qemus_under(&state).is_empty(), "a VM was left after the refused run");
+
     drop(server);
     assert!(qemus_under(&state).is_empty());
     Ok(())
+}
+
+fn largest_file(dir: &Path) -> Result<PathBuf> {
+    let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)?.flatten().filter_map(|e| Some((e.metadata().ok()?.len(), e.path()))).collect();
+    files.sort();
+    files.pop().map(|f| f.1).with_context(|| format!("no files in {}", dir.display()))
+}
+
+fn sha256_file(p: &Path) -> Result<String> {
+    use sha2::Digest;
+    Ok(hex::encode(sha2::Sha256::digest(std::fs::read(p)?)))
 }

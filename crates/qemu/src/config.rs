@@ -213,8 +213,35 @@ pub enum Device {
     VirtioSerialPort { name: String, socket: PathBuf },
     /// vhost-vsock with the given guest CID (needs /dev/vhost-vsock on the host).
     Vsock { guest_cid: u32 },
+    /// The host directory `path` shared over 9p (virtio-9p-pci); the guest mounts it with
+    /// `mount -t 9p -o trans=virtio,version=9p2000.L TAG DIR`. `readonly` makes QEMU refuse
+    /// every write. Note: while the guest has it mounted, QEMU refuses to migrate (save) the
+    /// VM; a device that is present but not mounted does not block a save.
+    Virtio9p { tag: String, path: PathBuf, readonly: bool, security: Security9p },
     /// Anything else, as raw arguments.
     Args(Vec<String>),
+}
+
+/// How a 9p share maps ownership and modes (QEMU's `security_model`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security9p {
+    /// The host's own owners and modes, as they are (QEMU must be able to read the files;
+    /// creating files as other users needs QEMU to run as root).
+    Passthrough,
+    /// Owners and modes kept in `user.virtfs.*` xattrs of files QEMU owns.
+    MappedXattr,
+    /// Like passthrough, but failures to set ownership are ignored.
+    None,
+}
+
+impl Security9p {
+    fn name(self) -> &'static str {
+        match self {
+            Security9p::Passthrough => "passthrough",
+            Security9p::MappedXattr => "mapped-xattr",
+            Security9p::None => "none",
+        }
+    }
 }
 
 /// Direct kernel boot.
@@ -593,6 +620,7 @@ impl VmConfig {
         }
 
         let mut vser = 0;
+        let mut fsdev = 0;
         for d in &self.devices {
             match d {
                 Device::VirtioSerialPort { name, socket } => {
@@ -608,6 +636,15 @@ impl VmConfig {
                         return Err(Error::Config(format!("vsock guest CID {guest_cid} is reserved (use 3 or more)")));
                     }
                     a.push(["-device", &format!("vhost-vsock-pci,guest-cid={guest_cid}")]);
+                }
+                Device::Virtio9p { tag, path: dir, readonly, security } => {
+                    if tag.is_empty() || tag.len() > 31 || tag.contains(',') {
+                        return Err(Error::Config(format!("9p mount tag {tag:?} must be 1 to 31 characters without commas")));
+                    }
+                    let ro = if *readonly { ",readonly=on" } else { "" };
+                    a.push(["-fsdev", &format!("local,id=fsdev{fsdev},path={},security_model={}{ro}", path(dir)?, security.name())]);
+                    a.push(["-device", &format!("virtio-9p-pci,fsdev=fsdev{fsdev},mount_tag={tag}")]);
+                    fsdev += 1;
                 }
                 Device::Args(args) => a.0.extend(args.iter().cloned()),
             }
@@ -764,6 +801,7 @@ mod tests {
             .fw_cfg_file("opt/axion/settings", "/s.toml")
             .device(Device::VirtioSerialPort { name: "org.axion.agent".into(), socket: "/agent.sock".into() })
             .device(Device::Vsock { guest_cid: 3 })
+            .device(Device::Virtio9p { tag: "store".into(), path: "/s,t".into(), readonly: true, security: Security9p::Passthrough })
             .snapshot(true)
             .paused(true)
             .restore_from(Path::new("/saved state"))
@@ -783,7 +821,9 @@ mod tests {
              -fw_cfg name=opt/axion/hostname,string=a,,b -fw_cfg name=opt/axion/settings,file=/s.toml \
              -device virtio-serial-pci,id=vser0 -chardev socket,id=vser0,path=/agent.sock,server=on,wait=off \
              -device virtserialport,bus=vser0.0,chardev=vser0,name=org.axion.agent \
-             -device vhost-vsock-pci,guest-cid=3 -snapshot -S -incoming",
+             -device vhost-vsock-pci,guest-cid=3 \
+             -fsdev local,id=fsdev0,path=/s,,t,security_model=passthrough,readonly=on -device virtio-9p-pci,fsdev=fsdev0,mount_tag=store \
+             -snapshot -S -incoming",
         ));
         expected.push("exec:cat '/saved state'".into());
         expected.extend(words("-rtc base=utc"));

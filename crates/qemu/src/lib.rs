@@ -26,7 +26,7 @@ use std::time::Duration;
 
 pub use config::{
     shell_quote, Accel, Device, DirectKernel, DiskFormat, DiskInterface, Drive, Firmware, FwCfg, FwCfgValue, Machine, Media, NicModel,
-    PortForward, Protocol, Serial, UserNet, VmConfig, OVMF_CODE, OVMF_VARS,
+    PortForward, Protocol, Security9p, Serial, UserNet, VmConfig, OVMF_CODE, OVMF_VARS,
 };
 pub use error::{Error, QmpError, Result};
 pub use kvm::{boot_sector_image, choose_accel, kernel_boots, probe_kvm, KvmProbe, BOOT_SECTOR_MARKER};

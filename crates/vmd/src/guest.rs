@@ -4,7 +4,8 @@
 //! the same bytes and this mode needs no guest code of its own:
 //!
 //! - `/etc/axion/services/docker.toml` (replaces the image's): the engine on TCP 2376 with
-//!   mutual TLS using the daemon's certificates, and `--insecure-registry 10.0.2.2`
+//!   mutual TLS using the daemon's certificates, `--image-share /run/axion-store` (the
+//!   host's layer store, mounted by the agent) and `--insecure-registry 10.0.2.2`
 //!   (the host's 127.0.0.1 as QEMU's user network shows it);
 //! - `/etc/axion/vmd/*.pem`: the server certificate and key, and the CA of the daemon's
 //!   client certificate;
@@ -23,7 +24,8 @@ pub const ENGINE_PORT: u16 = 2376;
 /// guest's clock is the template's), a new MAC on the NIC (live, as virtio-net allows, then an ARP request so that QEMU's user
 /// network learns it; the address stays 10.0.2.15 because every clone has its own private user network), mixes the
 /// host's random SEED into the kernel's pool (every clone starts from the same RNG state),
-/// and answers `ok HOSTNAME`. A read on a port with no host connected returns EOF at once,
+/// mounts the host's layer store (9p tag `axion.store`) read-only at /run/axion-store, and
+/// answers `ok HOSTNAME`. A read on a port with no host connected returns EOF at once,
 /// so the loop sleeps 0.1 s between attempts (the template is saved in that loop).
 pub const AGENT_SH: &str = r#"#!/bin/sh
 # axion vmd clone agent (written by crates/vmd/src/guest.rs)
@@ -55,6 +57,10 @@ while true; do
           arping -c 1 -w 1 -I "$n" 10.0.2.2 >/dev/null 2>&1
           break
         done
+        # The host's layer store (read-only 9p): mounted only now, after the restore,
+        # since a mounted 9p export blocks saving the template.
+        mkdir -p /run/axion-store
+        grep -q " /run/axion-store " /proc/mounts || mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=262144 axion.store /run/axion-store || echo "vmd-agent: cannot mount the layer store"
         echo "vmd-agent: clone $name"
         echo "ok $name" >&3
         ;;
@@ -73,7 +79,8 @@ fn docker_toml() -> String {
 command = "/usr/bin/engine"
 args = ["--data-root", "/var/lib/axion-engine", "-H", "unix:///run/docker.sock", "-H", "tcp://0.0.0.0:2376",
         "--tlscacert", "/etc/axion/vmd/client-ca.pem", "--tlscert", "/etc/axion/vmd/server-cert.pem",
-        "--tlskey", "/etc/axion/vmd/server-key.pem", "--insecure-registry", "10.0.2.2"]
+        "--tlskey", "/etc/axion/vmd/server-key.pem", "--insecure-registry", "10.0.2.2",
+        "--image-share", "/run/axion-store"]
 after = ["network"]
 restart = "always"
 stop-timeout = 5
@@ -190,7 +197,9 @@ mod tests {
         let files = overlay_files("C", "K", "CA");
         let docker = files.iter().find(|f| f.0 == "etc/axion/services/docker.toml").unwrap();
         let s = String::from_utf8_lossy(&docker.2);
-        assert!(s.contains("--tlscacert") && s.contains("10.0.2.2"), "{s}");
+        assert!(s.contains("--tlscacert") && s.contains("10.0.2.2") && s.contains(crate::store::GUEST_DIR), "{s}");
+        let agent = String::from_utf8_lossy(&files.iter().find(|f| f.0 == "etc/axion/vmd/agent.sh").unwrap().2).into_owned();
+        assert!(agent.contains(&format!("{} {}", crate::store::TAG, crate::store::GUEST_DIR)), "the agent mounts the store");
         assert!(!s.contains("tcp-insecure"));
     }
 }

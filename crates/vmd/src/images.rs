@@ -1,9 +1,11 @@
 //! The daemon's image list. `docker pull` resolves the reference on the host (manifest,
-//! image index → linux/amd64, config blob) so that pull errors, `images` and `inspect`
-//! answer without a VM; the layers are fetched by each VM's engine from the same registry
-//! (a registry on the host's 127.0.0.1 is 10.0.2.2 from inside a VM, see [`guest_ref`]).
-//! Records live in `images.json` in the state directory.
+//! image index → linux/amd64, config blob), fetches every layer blob into the host's
+//! [`LayerStore`] and unpacks it there once; the VMs use those layers over 9p. Records
+//! live in `images.json` in the state directory. (A VM's engine can still pull from the
+//! registry itself, a registry on the host's 127.0.0.1 being 10.0.2.2 from inside, see
+//! [`guest_ref`]: the daemon falls back to that only for a record from before the store.)
 
+use crate::store::LayerStore;
 use docker_api::types::*;
 use docker_api::{ApiError, ApiResult};
 use serde::{Deserialize, Serialize};
@@ -21,7 +23,12 @@ pub struct ImageRecord {
     pub created: String,
     pub size: i64,
     pub config: ImageRunConfig,
+    /// Layer blob digests (compressed), bottom first.
     pub layers: Vec<String>,
+    /// The config's diff-ids (uncompressed layer digests), bottom first; empty for a
+    /// record from before the layer store.
+    #[serde(default)]
+    pub diff_ids: Vec<String>,
 }
 
 /// A parsed `[registry/]repo[:tag|@digest]`.
@@ -83,15 +90,18 @@ pub struct Images {
     path: PathBuf,
     list: Mutex<Vec<ImageRecord>>,
     http: reqwest::Client,
+    pub store: LayerStore,
+    /// One pull at a time: two pulls of images sharing a layer would unpack it twice.
+    pulling: tokio::sync::Mutex<()>,
 }
 
 const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
 
 impl Images {
-    pub fn open(path: PathBuf) -> Images {
+    pub fn open(path: PathBuf, store: LayerStore) -> Images {
         let list = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
         let http = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(15)).build().expect("reqwest client");
-        Images { path, list: Mutex::new(list), http }
+        Images { path, list: Mutex::new(list), http, store, pulling: tokio::sync::Mutex::new(()) }
     }
 
     fn save(&self, list: &[ImageRecord]) {
@@ -144,8 +154,10 @@ impl Images {
         }
     }
 
-    /// Resolves `name` at its registry and records it.
+    /// Resolves `name` at its registry, stores its config and layers (fetched, verified,
+    /// unpacked; what is stored and intact already is kept) and records it.
     pub async fn pull(&self, name: &str) -> ApiResult<ImageRecord> {
+        let _one = self.pulling.lock().await;
         let r = Ref::parse(name).ok_or_else(|| ApiError::bad_request(format!("invalid reference format: {name:?}")))?;
         let scheme = if r.is_local() { "http" } else { "https" };
         let host = if r.registry == "docker.io" { "registry-1.docker.io" } else { r.registry.as_str() };
@@ -169,7 +181,24 @@ impl Images {
         let layers: Vec<String> = manifest["layers"].as_array().map(|a| a.iter().filter_map(|l| l["digest"].as_str().map(str::to_string)).collect()).unwrap_or_default();
         let size = manifest["layers"].as_array().map(|a| a.iter().filter_map(|l| l["size"].as_i64()).sum()).unwrap_or(0);
         let curl = format!("{base}/blobs/{config_digest}");
-        let config: serde_json::Value = self.get(&curl, "*/*").await?.json().await.map_err(|e| ApiError::internal(format!("{curl}: {e}")))?;
+        let cbytes = self.get(&curl, "*/*").await?.bytes().await.map_err(|e| ApiError::internal(format!("{curl}: {e}")))?;
+        self.store.put_bytes(&config_digest, &cbytes).map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        let config: serde_json::Value = serde_json::from_slice(&cbytes).map_err(|e| ApiError::internal(format!("{curl}: {e}")))?;
+        let diff_ids: Vec<String> = config["rootfs"]["diff_ids"].as_array().map(|a| a.iter().filter_map(|d| d.as_str().map(str::to_string)).collect()).unwrap_or_default();
+        if diff_ids.len() != layers.len() {
+            return Err(ApiError::internal(format!("{curl}: {} diff_ids for {} layers", diff_ids.len(), layers.len())));
+        }
+        let mut lowers: Vec<PathBuf> = Vec::new();
+        for (digest, diff_id) in layers.iter().zip(&diff_ids) {
+            let burl = format!("{base}/blobs/{digest}");
+            self.store.fetch_blob(&self.http, &burl, digest).await.map_err(|e| ApiError::internal(format!("{e:#}")))?;
+            let (st, d, di, lw) = (self.store.clone(), digest.clone(), diff_id.clone(), lowers.clone());
+            tokio::task::spawn_blocking(move || st.unpack(&d, &di, &lw))
+                .await
+                .map_err(|e| ApiError::internal(format!("unpack task: {e}")))?
+                .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+            lowers.insert(0, self.store.layer_path(diff_id));
+        }
         let rec = ImageRecord {
             name: r.display(),
             digest: digest.unwrap_or_default(),
@@ -178,6 +207,7 @@ impl Images {
             size,
             config: serde_json::from_value(config["config"].clone()).unwrap_or_default(),
             layers,
+            diff_ids,
         };
         let mut list = self.list.lock().expect("images lock");
         list.retain(|i| i.name != rec.name);

@@ -10,8 +10,9 @@
 //!   file) with its disk overlay kept as the clones' read-only backing file.
 //! - `docker create` clones: a new QEMU `-incoming` from the state file with its own qcow2
 //!   overlay and forwards; the clone agent in the guest gets a new host name, clock, MAC
-//!   and entropy over virtio-serial; then the daemon pulls the image and creates the
-//!   container in that VM through the guest engine's API, and starts, waits, stops, kills
+//!   and entropy over virtio-serial and mounts the host's layer store ([`store`]) read-only
+//!   over 9p; then the daemon creates the container in that VM through the guest engine's
+//!   API (the engine finds the image in the share: no pull), and starts, waits, stops, kills
 //!   and streams output through it. When the container exits, its logs are copied to the
 //!   host and its VM quits; `rm` deletes the VM's directory (overlay, sockets, logs).
 //!
@@ -25,12 +26,33 @@
 //!   is the next step); vsock needs /dev/vhost-vsock, which this host lacks.
 //! - The guest side of this mode is only configuration: an archive appended to the
 //!   initramfs replaces the engine's service file and adds the clone agent (a busybox shell
-//!   loop). No change to init or the engine was needed.
-//! - Images: `pull` resolves the manifest on the host (so errors, `images`, `inspect` need
-//!   no VM); each clone's engine fetches the layers from the registry itself, a registry on
-//!   the host's loopback being 10.0.2.2 from inside ([`images::guest_ref`]). NOT YET: a
-//!   host-side content-addressed layer store shared read-only over 9p (mounted after the
-//!   restore, since a 9p mount blocks migration).
+//!   loop). The engine gained one flag for it, `--image-share DIR` (below).
+//! - Images ([`images`], [`store`]): `docker pull` happens on the host only: manifest and
+//!   config are resolved there, every layer blob is fetched into a content-addressed store
+//!   (`<state>/store/blobs/sha256/<hex>`: temp file, digest check, fsync, rename) and
+//!   unpacked there once (`<state>/store/layers/<diff-id>/`) with the engine's own rules,
+//!   now the `layer-unpack` crate (hostile-tar checks, whiteouts, diff-id check). The store
+//!   is one 9p export (`security_model=passthrough,readonly=on`, QEMU runs as root here so
+//!   the guest sees the layers' real owners and modes). The 9p device is in the template
+//!   too (the device set must match the saved state) but is mounted by the clone agent only
+//!   after the restore (a mounted 9p export blocks QEMU's migration, i.e. the save). The
+//!   guest engine (`--image-share /run/axion-store`) resolves the image id there, checks the
+//!   config's digest and uses the unpacked layers in place as overlayfs lower dirs (the
+//!   container's upper dir is on the VM's own disk). Why unpacked trees rather than blobs
+//!   the guest imports (like `docker load`): a clone then does no decompression, hashing
+//!   or unpacking at all, which under TCG is the expensive part (the in-VM pull was about a
+//!   third of a clone's `docker run`), and the layers take no space in the VMs; the cost is
+//!   reading files over 9p (small for container start-up) and unpacking on the host as root
+//!   (device nodes are skipped; whiteouts need mknod, so the daemon must be root, as QEMU's
+//!   passthrough model needs anyway). Safety: the store is 0700 (the trees hold the images'
+//!   setuid files), QEMU refuses guest writes, and before each container the daemon
+//!   re-hashes the image's blobs and trees against their digests (the tree digest is taken
+//!   at unpack time: names, types, modes, owners, contents); anything damaged is dropped and
+//!   fetched again, or the run is refused with an error saying what is damaged: a damaged
+//!   layer never reaches a VM. The check reads every byte of the image (fine for small
+//!   images; large ones would want a cheaper seal) and runs while the VM is being cloned.
+//!   Fallback: an image record from before the store (no diff-ids) is still pulled by the
+//!   VM's engine from the registry (10.0.2.2 is the host's loopback, [`images::guest_ref`]).
 //! - Memory (`-m`) and CPU (`--cpus`, `--cpu-quota`) limits are put on each QEMU process
 //!   in its own cgroup ([`cgroup`]): cgroup v2 (`/sys/fs/cgroup/axion-vmd/<id>`) or v1
 //!   (`/sys/fs/cgroup/{memory,cpu}/<daemon's cgroup>/axion-vmd/<id>`), whichever the host
@@ -47,22 +69,22 @@
 //!
 //! # Not yet (next steps)
 //!
-//! - Layers from a host-side content-addressed store: the guest engine now has `docker
-//!   load`; the simplest next step is to pull once on the host and load into each VM, the
-//!   Bonneville step is a read-only 9p/virtio-fs share of unpacked layers used directly as
-//!   overlay lower dirs (the 9p device may be present at save time; mount it only after the
-//!   restore, since a mounted 9p blocks migration). The pull inside the VM is about a third
-//!   of a clone's `docker run` here.
+//! - The layer store has no garbage collection: `docker rmi` forgets the record but keeps
+//!   the blobs and trees (other images may share them). Registries that want a token
+//!   (Docker Hub) are not supported by the host-side pull yet. virtio-fs (with DAX) would
+//!   be faster than 9p but needs a virtiofsd on the host.
 //! - stdin (`-i`, `-t`): the guest attach is not hijacked; a raw TLS connection with
 //!   `Upgrade: tcp` would carry stdin too. No `exec`, `cp`, `restart`/`start` after exit.
 //! - QEMU is not tied to the daemon's life: if the daemon is SIGKILLed its VMs stay until
-//!   the next start stops them (a clean stop kills them at once). `-m` is the QEMU process's memory.max (guest RAM touched plus
-//!   QEMU's own), so a small `-m` kills the VM, which then shows as exited with an error.
+//!   the next start stops them (a clean stop kills them at once).
+//! - `-m` does not size the guest (all clones share the template's RAM size): a template
+//!   per memory size would make `-m` the VM's RAM.
 
 pub mod cgroup;
 pub mod client;
 pub mod guest;
 pub mod images;
+pub mod store;
 pub mod template;
 pub mod tls;
 
@@ -213,7 +235,8 @@ impl Daemon {
     pub fn open(opts: Options) -> anyhow::Result<Daemon> {
         std::fs::create_dir_all(&opts.state_dir)?;
         let certs = tls::ensure(&opts.state_dir.join("tls"))?;
-        let template = template::Template::ensure(&opts.state_dir, &opts.image, &certs, opts.memory_mib, opts.cpus, opts.accel)?;
+        let store = store::LayerStore::open(&opts.state_dir.join("store"))?;
+        let template = template::Template::ensure(&opts.state_dir, &opts.image, &certs, opts.memory_mib, opts.cpus, opts.accel, store.root())?;
         // Containers of an earlier run are gone with their VMs; VMs a killed daemon left
         // running are stopped now.
         let cdir = opts.state_dir.join("c");
@@ -224,7 +247,7 @@ impl Daemon {
         }
         let _ = std::fs::remove_dir_all(&cdir);
         std::fs::create_dir_all(&cdir)?;
-        let images = images::Images::open(opts.state_dir.join("images.json"));
+        let images = images::Images::open(opts.state_dir.join("images.json"), store);
         let mut warnings = Vec::new();
         let cgroups = match cgroup::Cgroups::setup() {
             Ok(c) => Some(c),
@@ -274,6 +297,28 @@ impl Daemon {
 
     fn cleanup_cgroup(&self, c: &Ctr) {
         cgroup::remove(&c.cgroup);
+    }
+
+    /// Given what [`store::LayerStore::check`] found wrong with `image` in the host store,
+    /// the record to run: `image` itself when nothing was, else the image fetched again
+    /// from its registry (the damaged files are dropped first); an error when that fails, so
+    /// a damaged layer never reaches a VM.
+    async fn repair(&self, image: &images::ImageRecord, damage: Vec<store::Damage>) -> ApiResult<images::ImageRecord> {
+        if damage.is_empty() {
+            return Ok(image.clone());
+        }
+        let what = damage.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("; ");
+        eprintln!("vmd: image {}: damaged in the host's layer store ({what}); fetching it again", image.name);
+        self.images.store.discard(&damage);
+        let rec = self.images.pull(&image.name).await.map_err(|e| {
+            ApiError::internal(format!("image {}: the host's layer store is damaged ({what}) and fetching the image again failed: {}", image.name, e.message))
+        })?;
+        let (st, r) = (self.images.store.clone(), rec.clone());
+        let again = tokio::task::spawn_blocking(move || st.check(&r.id, &r.layers, &r.diff_ids)).await.map_err(|e| ApiError::internal(format!("store check task: {e}")))?;
+        if let Some(d) = again.first() {
+            return Err(ApiError::internal(format!("image {}: still damaged in the host's layer store after fetching it again: {d}", image.name)));
+        }
+        Ok(rec)
     }
 
     /// What `docker run` prints about the limits it was given.
@@ -544,7 +589,7 @@ impl Backend for Api {
         // Resolve first so that a missing image is a 404 (the CLI's "not found").
         let rec = d.images.pull(&name).await?;
         tokio::spawn(async move {
-            let _ = tx.send(ProgressMessage::status(Some(&rec.name), "Resolved on the host; layers are fetched by each container's VM")).await;
+            let _ = tx.send(ProgressMessage::status(Some(&rec.name), "Layers stored and unpacked on the host, shared read-only with the VMs")).await;
             let _ = tx.send(ProgressMessage::status(None, format!("Digest: {}", rec.digest))).await;
             let _ = tx.send(ProgressMessage::status(None, format!("Status: Image is up to date for {}", rec.name))).await;
         });
@@ -632,6 +677,11 @@ impl Backend for Api {
             }
             guest_bindings.insert(spec, Some(gb));
         }
+        // The image's layers in the host store are checked while the VM is cloned.
+        let check = (!image.diff_ids.is_empty()).then(|| {
+            let (st, rec) = (self.images.store.clone(), image.clone());
+            tokio::task::spawn_blocking(move || st.check(&rec.id, &rec.layers, &rec.diff_ids))
+        });
         let dir = self.opts.state_dir.join("c").join(&id[..12]);
         let hostname = if req.config.hostname.is_empty() { id[..12].to_string() } else { req.config.hostname.clone() };
         let t = self.template.clone();
@@ -662,11 +712,20 @@ impl Backend for Api {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             debug(&format!("{}: engine answers after {:.2} s", &id[..12], t0.elapsed().as_secs_f64()));
-            let gref = images::guest_ref(&req.config.image);
-            guest.pull(&gref).await?;
-            debug(&format!("{}: image pulled in the VM after {:.2} s", &id[..12], t0.elapsed().as_secs_f64()));
             let mut greq = req.clone();
-            greq.config.image = gref;
+            if let Some(check) = check {
+                // The VM's engine finds the image in the host store it has mounted.
+                let damage = check.await.map_err(|e| ApiError::internal(format!("store check task: {e}")))?;
+                let rec = self.repair(&image, damage).await?;
+                debug(&format!("{}: image checked in the host store after {:.2} s", &id[..12], t0.elapsed().as_secs_f64()));
+                greq.config.image = rec.id;
+            } else {
+                // A record from before the store: the VM's engine pulls from the registry.
+                let gref = images::guest_ref(&req.config.image);
+                guest.pull(&gref).await?;
+                debug(&format!("{}: image pulled in the VM after {:.2} s", &id[..12], t0.elapsed().as_secs_f64()));
+                greq.config.image = gref;
+            }
             greq.config.hostname = hostname.clone();
             greq.host_config.auto_remove = false;
             greq.host_config.port_bindings = Some(guest_bindings.clone());

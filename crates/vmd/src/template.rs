@@ -41,6 +41,8 @@ pub struct Template {
     pub memory_mib: u64,
     pub cpus: u32,
     pub accel: qemu::Accel,
+    /// The host's layer store, shared read-only over 9p ([`crate::store`]).
+    pub store: PathBuf,
 }
 
 /// Kernel command line of the template (and so of every clone).
@@ -69,7 +71,7 @@ pub fn overlay(backing: &Path, dest: &Path) -> Result<()> {
 impl Template {
     /// The template for these files and settings under `root/template-KEY/`, built when
     /// missing (boot + save, tens of seconds under TCG).
-    pub fn ensure(root: &Path, image: &ImageFiles, certs: &Certs, memory_mib: u64, cpus: u32, accel: qemu::Accel) -> Result<Template> {
+    pub fn ensure(root: &Path, image: &ImageFiles, certs: &Certs, memory_mib: u64, cpus: u32, accel: qemu::Accel, store: &Path) -> Result<Template> {
         let extra = guest::newc(&guest::overlay_files(&certs.server_cert, &certs.server_key, &certs.ca));
         let mut h = Sha256::new();
         file_hash(&mut h, &image.kernel)?;
@@ -81,7 +83,7 @@ impl Template {
         // A saved state only loads into the QEMU that wrote it.
         let qv = Command::new("qemu-system-x86_64").arg("--version").output().map(|o| o.stdout).unwrap_or_default();
         h.update(&qv);
-        h.update(format!("{memory_mib} {cpus} {} {CMDLINE} v1", accel.name()));
+        h.update(format!("{memory_mib} {cpus} {} {CMDLINE} v2 9p", accel.name()));
         let key = hex::encode(h.finalize());
         let dir = root.join(format!("template-{}", &key[..16]));
         let t = Template {
@@ -93,6 +95,7 @@ impl Template {
             memory_mib,
             cpus,
             accel,
+            store: store.to_path_buf(),
         };
         if dir.join("complete").exists() {
             return Ok(t);
@@ -157,7 +160,10 @@ impl Template {
             .no_reboot(true)
             .kernel(&self.kernel, Some(self.initrd.clone()), CMDLINE)
             .user_net(qemu::NicModel::VirtioNet, fw)
-            .device(qemu::Device::VirtioSerialPort { name: guest::AGENT_PORT.into(), socket: run_dir.join("agent.sock") });
+            .device(qemu::Device::VirtioSerialPort { name: guest::AGENT_PORT.into(), socket: run_dir.join("agent.sock") })
+            // Present in the template too (the device set must match the saved state), but
+            // mounted only by a clone's agent: a mounted 9p export blocks the save.
+            .device(qemu::Device::Virtio9p { tag: crate::store::TAG.into(), path: self.store.clone(), readonly: true, security: qemu::Security9p::Passthrough });
         if let Some(d) = &self.disk {
             // The clone's overlay sits at the same place in its run directory.
             let disk = if run_dir.ends_with("run") && run_dir.parent() == Some(&self.dir) { d.clone() } else { run_dir.join("disk.qcow2") };

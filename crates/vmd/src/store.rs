@@ -1,0 +1,334 @@
+//! The host's layer store, shared read-only with every VM over 9p (see the crate doc for
+//! why unpacked layers rather than blobs).
+//!
+//! Under `<state>/store/` (mode 0700: the trees hold the images' setuid files):
+//! - `blobs/sha256/<hex>`: layer blobs and image configs as the registry served them,
+//!   written to `tmp/`, verified against their digest, fsynced and renamed into place;
+//! - `layers/<diff-id hex>/`: each layer unpacked with the engine's rules
+//!   ([`layer_unpack::unpack_layer`]: hostile-tar checks, whiteouts, diff-id check) and
+//!   renamed into place only when complete; `layers/<diff-id hex>.tree` holds the digest of
+//!   the tree as unpacked ([`tree_digest`]: names, types, modes, owners, contents).
+//!
+//! In the VM the clone agent mounts the store at /run/axion-store and the guest engine
+//! (`--image-share`) resolves an image id there and uses its layers as overlayfs lower dirs.
+//! Before each container is created the daemon checks the image's blobs and trees
+//! ([`LayerStore::check`]): a damaged one is never handed to a VM.
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// The 9p mount tag of the store, and where the guest mounts it.
+pub const TAG: &str = "axion.store";
+pub const GUEST_DIR: &str = "/run/axion-store";
+
+#[derive(Debug, Clone)]
+pub struct LayerStore {
+    root: PathBuf,
+}
+
+fn hex_of(d: &str) -> &str {
+    d.strip_prefix("sha256:").unwrap_or(d)
+}
+
+/// `sha256:HEX` with 64 hex digits (a digest we may use as a file name).
+fn valid(d: &str) -> bool {
+    d.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+}
+
+/// What is wrong with a stored image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Damage {
+    /// A blob is missing or does not hash to its digest.
+    Blob { digest: String, why: String },
+    /// An unpacked layer is missing or differs from what was unpacked.
+    Tree { diff_id: String, why: String },
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Damage::Blob { digest, why } => write!(f, "blob {digest}: {why}"),
+            Damage::Tree { diff_id, why } => write!(f, "unpacked layer {diff_id}: {why}"),
+        }
+    }
+}
+
+impl LayerStore {
+    pub fn open(root: &Path) -> Result<LayerStore> {
+        for d in ["blobs/sha256", "layers", "tmp"] {
+            let p = root.join(d);
+            std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        }
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("chmod {}", root.display()))?;
+        if let Ok(rd) = std::fs::read_dir(root.join("tmp")) {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
+            }
+        }
+        Ok(LayerStore { root: root.to_path_buf() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        self.root.join("blobs/sha256").join(hex_of(digest))
+    }
+
+    pub fn layer_path(&self, diff_id: &str) -> PathBuf {
+        self.root.join("layers").join(hex_of(diff_id))
+    }
+
+    fn tree_file(&self, diff_id: &str) -> PathBuf {
+        self.root.join("layers").join(format!("{}.tree", hex_of(diff_id)))
+    }
+
+    fn scratch(&self, what: &str) -> PathBuf {
+        self.root.join("tmp").join(format!("{what}-{}", crate::random_hex(12)))
+    }
+
+    /// Whether the blob is there and hashes to its digest.
+    pub fn blob_ok(&self, digest: &str) -> Result<(), String> {
+        if !valid(digest) {
+            return Err(format!("{digest:?} is not a sha256 digest"));
+        }
+        let p = self.blob_path(digest);
+        let actual = file_sha256(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        if actual != hex_of(digest) {
+            return Err(format!("{} is corrupt: its content hashes to sha256:{actual}", p.display()));
+        }
+        Ok(())
+    }
+
+    /// Stores `bytes` (a config) as the blob `digest`, after checking it.
+    pub fn put_bytes(&self, digest: &str, bytes: &[u8]) -> Result<()> {
+        let actual = hex::encode(Sha256::digest(bytes));
+        if !valid(digest) || actual != hex_of(digest) {
+            bail!("blob {digest}: the registry sent content with digest sha256:{actual}");
+        }
+        if self.blob_ok(digest).is_ok() {
+            return Ok(());
+        }
+        let tmp = self.scratch("blob");
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, self.blob_path(digest)).with_context(|| format!("storing blob {digest}"))
+    }
+
+    /// Downloads the blob `digest` from `url` unless a good copy is stored: to a temporary
+    /// file, hashed on the way, fsynced, renamed into place only when the digest matches.
+    pub async fn fetch_blob(&self, http: &reqwest::Client, url: &str, digest: &str) -> Result<()> {
+        if !valid(digest) {
+            bail!("{url}: {digest:?} is not a sha256 digest");
+        }
+        if self.blob_ok(digest).is_ok() {
+            return Ok(());
+        }
+        let tmp = self.scratch("blob");
+        let r = async {
+            let mut resp = http.get(url).send().await.with_context(|| format!("GET {url}"))?;
+            if !resp.status().is_success() {
+                bail!("GET {url}: HTTP {}", resp.status());
+            }
+            let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            let mut h = Sha256::new();
+            while let Some(chunk) = resp.chunk().await.with_context(|| format!("GET {url}"))? {
+                h.update(&chunk);
+                f.write_all(&chunk).with_context(|| format!("writing {}", tmp.display()))?;
+            }
+            let actual = hex::encode(h.finalize());
+            if actual != hex_of(digest) {
+                bail!("GET {url}: the content has digest sha256:{actual}, not {digest}");
+            }
+            f.sync_all()?;
+            std::fs::rename(&tmp, self.blob_path(digest)).with_context(|| format!("storing blob {digest}"))
+        }
+        .await;
+        if r.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        r
+    }
+
+    /// Unpacks the (verified) blob `digest` as layer `diff_id` unless a good tree is there;
+    /// `lowers`: the layers below, top first. Blocking.
+    pub fn unpack(&self, digest: &str, diff_id: &str, lowers: &[PathBuf]) -> Result<()> {
+        if !valid(diff_id) {
+            bail!("{diff_id:?} is not a sha256 diff-id");
+        }
+        if self.tree_ok(diff_id).is_ok() {
+            return Ok(());
+        }
+        self.blob_ok(digest).map_err(anyhow::Error::msg)?;
+        let dest = self.layer_path(diff_id);
+        // A damaged or half-made tree goes aside first (a running VM may still read it).
+        if dest.exists() {
+            let old = self.scratch("old-layer");
+            std::fs::rename(&dest, &old).with_context(|| format!("moving {} aside", dest.display()))?;
+            let _ = std::fs::remove_dir_all(&old);
+        }
+        let tmp = self.scratch("layer");
+        layer_unpack::unpack_layer(&self.blob_path(digest), &tmp, &tmp.with_extension("done"), diff_id, lowers).with_context(|| format!("layer {digest}"))?;
+        let done = tmp.with_extension("done");
+        let d = tree_digest(&done).with_context(|| format!("hashing {}", done.display()))?;
+        std::fs::write(self.tree_file(diff_id), &d)?;
+        std::fs::rename(&done, &dest).with_context(|| format!("storing layer {diff_id}"))?;
+        Ok(())
+    }
+
+    /// Whether the unpacked layer is there and is what was unpacked.
+    pub fn tree_ok(&self, diff_id: &str) -> Result<(), String> {
+        let dest = self.layer_path(diff_id);
+        let want = std::fs::read_to_string(self.tree_file(diff_id)).map_err(|_| "not unpacked".to_string())?;
+        if !dest.is_dir() {
+            return Err("not unpacked".into());
+        }
+        let got = tree_digest(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+        if got != want.trim() {
+            return Err(format!("{} was changed after it was unpacked (tree digest {got}, recorded {})", dest.display(), want.trim()));
+        }
+        Ok(())
+    }
+
+    /// Checks everything an image needs: its config, its layer blobs and its unpacked
+    /// layers. Blocking (reads every byte).
+    pub fn check(&self, config: &str, layers: &[String], diff_ids: &[String]) -> Vec<Damage> {
+        let mut out = Vec::new();
+        for d in std::iter::once(config).chain(layers.iter().map(String::as_str)) {
+            if let Err(why) = self.blob_ok(d) {
+                out.push(Damage::Blob { digest: d.to_string(), why });
+            }
+        }
+        if layers.len() != diff_ids.len() {
+            out.push(Damage::Tree { diff_id: String::new(), why: format!("{} layers for {} diff-ids", layers.len(), diff_ids.len()) });
+            return out;
+        }
+        for d in diff_ids {
+            if let Err(why) = self.tree_ok(d) {
+                out.push(Damage::Tree { diff_id: d.clone(), why });
+            }
+        }
+        out
+    }
+
+    /// Drops what [`check`](Self::check) found damaged, so that the next pull fetches and
+    /// unpacks it again.
+    pub fn discard(&self, damage: &[Damage]) {
+        for d in damage {
+            match d {
+                Damage::Blob { digest, .. } if valid(digest) => {
+                    let _ = std::fs::remove_file(self.blob_path(digest));
+                }
+                Damage::Tree { diff_id, .. } if valid(diff_id) => {
+                    let _ = std::fs::remove_file(self.tree_file(diff_id));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn file_sha256(p: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(p)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// A digest of a directory tree: every entry's relative name, type, mode, owner and
+/// content (file bytes, link target, device number), in name order.
+pub fn tree_digest(dir: &Path) -> std::io::Result<String> {
+    let mut h = Sha256::new();
+    walk(dir, Path::new(""), &mut h)?;
+    Ok(format!("sha256:{}", hex::encode(h.finalize())))
+}
+
+fn walk(root: &Path, rel: &Path, h: &mut Sha256) -> std::io::Result<()> {
+    let mut names: Vec<_> = std::fs::read_dir(root.join(rel))?.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()?;
+    names.sort();
+    for n in names {
+        let r = rel.join(&n);
+        let p = root.join(&r);
+        let m = std::fs::symlink_metadata(&p)?;
+        h.update(r.as_os_str().as_encoded_bytes());
+        h.update(format!("\0{:o} {} {} {}\0", m.mode(), m.uid(), m.gid(), m.rdev()).as_bytes());
+        let ft = m.file_type();
+        if ft.is_symlink() {
+            h.update(std::fs::read_link(&p)?.as_os_str().as_encoded_bytes());
+        } else if ft.is_file() {
+            h.update(file_sha256(&p)?.as_bytes());
+        } else if ft.is_dir() {
+            walk(root, &r, h)?;
+        }
+        h.update(b"\n");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer() -> (Vec<u8>, String, String) {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut hd = tar::Header::new_gnu();
+        hd.set_size(3);
+        hd.set_mode(0o755);
+        hd.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut hd, "bin/tool", &b"abc"[..]).unwrap();
+        let tar = b.into_inner().unwrap();
+        let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&tar)));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        let blob = gz.finish().unwrap();
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&blob)));
+        (blob, digest, diff_id)
+    }
+
+    #[test]
+    fn blobs_and_trees_are_checked_and_damage_is_found() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LayerStore::open(&d.path().join("store")).unwrap();
+        let (blob, digest, diff_id) = layer();
+        // A wrong digest never enters the store.
+        let other = format!("sha256:{}", "a".repeat(64));
+        assert!(s.put_bytes(&other, &blob).is_err());
+        assert!(!s.blob_path(&other).exists());
+        s.put_bytes(&digest, &blob).unwrap();
+        s.unpack(&digest, &diff_id, &[]).unwrap();
+        assert_eq!(std::fs::read(s.layer_path(&diff_id).join("bin/tool")).unwrap(), b"abc");
+        let config = format!("sha256:{}", hex::encode(Sha256::digest(b"{}")));
+        s.put_bytes(&config, b"{}").unwrap();
+        let layers = vec![digest.clone()];
+        let diffs = vec![diff_id.clone()];
+        assert_eq!(s.check(&config, &layers, &diffs), vec![]);
+        // A corrupted blob.
+        std::fs::write(s.blob_path(&digest), b"garbage").unwrap();
+        let damage = s.check(&config, &layers, &diffs);
+        assert!(matches!(&damage[..], [Damage::Blob { digest: d, why }] if *d == digest && why.contains("corrupt")), "{damage:?}");
+        s.discard(&damage);
+        assert!(!s.blob_path(&digest).exists());
+        s.put_bytes(&digest, &blob).unwrap();
+        // A changed file in the unpacked tree; unpacking again repairs it.
+        std::fs::write(s.layer_path(&diff_id).join("bin/tool"), b"evil").unwrap();
+        let damage = s.check(&config, &layers, &diffs);
+        assert!(matches!(&damage[..], [Damage::Tree { why, .. }] if why.contains("changed")), "{damage:?}");
+        s.discard(&damage);
+        s.unpack(&digest, &diff_id, &[]).unwrap();
+        assert_eq!(std::fs::read(s.layer_path(&diff_id).join("bin/tool")).unwrap(), b"abc");
+        assert_eq!(s.check(&config, &layers, &diffs), vec![]);
+        assert_eq!(std::fs::read_dir(d.path().join("store/tmp")).unwrap().count(), 0);
+    }
+}
