@@ -25,8 +25,10 @@
 //!   certificates handed to the guest as first-boot settings through fw_cfg, as `run` does;
 //!   the peer's dockerd: plain TCP).
 //! - Memory: MemTotal − MemAvailable from the guest's /proc/meminfo, 5 s after the system is
-//!   up: axion over SSH (dropbear, key on the kernel command line), the peer by a unit that
-//!   prints it on ttyS0 5 s after `docker info` answered.
+//!   up: axion over SSH (dropbear, key as a first-boot setting through fw_cfg), the peer by a
+//!   unit that prints it on ttyS0 5 s after `docker info` answered. At the same moment the
+//!   container engine's own resident memory (VmRSS): axion's `engine`, the peer's `dockerd`
+//!   plus `containerd` (the daemons a `docker run` needs there).
 //! - `docker run --rm busybox true`: the host's docker CLI against the guest's API, after
 //!   `docker load` of a one-layer busybox image made here from the host's static busybox (no
 //!   registry needed).
@@ -220,6 +222,7 @@ pub fn bench(layout: &Layout, opts: &Options) -> Result<()> {
     rows.push(Row::new("boot", "Docker API answers /_ping", Unit::Seconds, ax.api.clone(), peer_or(&|p| p.api.clone())).boot());
     rows.push(Row::new("boot", "`docker info` answers in the guest", Unit::Seconds, Value::None, peer_or(&|p| p.docker_info.clone())).boot());
     rows.push(Row::new("run", "memory used after boot (MemTotal − MemAvailable)", Unit::Mib, ax.mem.clone(), peer_or(&|p| p.mem.clone())));
+    rows.push(Row::new("run", "container engine's memory at idle (VmRSS; peer: dockerd + containerd)", Unit::Mib, ax.engine_rss.clone(), peer_or(&|p| p.daemon_rss.clone())));
     rows.push(Row::new("run", "`docker run --rm busybox true`", Unit::Seconds, ax.docker_run.clone(), peer_or(&|p| p.docker_run.clone())));
     rows.push(Row::new("vmd", "VM per container: daemon start (template boot + save)", Unit::Seconds, vm_per_container.start, Value::None));
     rows.push(Row::new("vmd", "VM per container: `docker run --rm busybox true`, cloned VM", Unit::Seconds, vm_per_container.clone_run.clone(), Value::None));
@@ -511,6 +514,8 @@ struct AxionFigures {
     ready_guest: Value,
     api: Value,
     mem: Value,
+    /// The engine's VmRSS at idle after boot (MiB).
+    engine_rss: Value,
     docker_run: Value,
 }
 
@@ -520,6 +525,8 @@ struct PeerFigures {
     docker_info: Value,
     api: Value,
     mem: Value,
+    /// dockerd + containerd VmRSS at idle after boot (MiB).
+    daemon_rss: Value,
     docker_run: Value,
 }
 
@@ -578,9 +585,10 @@ impl Bench<'_> {
             docker: certs.clone(),
         };
         let fw_cfg = settings.write(&self.out.join("first-boot"))?;
-        let (mut host, mut guest, mut api, mut mem, mut drun) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut host, mut guest, mut api, mut mem, mut rss, mut drun) = (vec![], vec![], vec![], vec![], vec![], vec![]);
         let mut api_reason = "engine not in the image".to_owned();
         let mut mem_reason = if ssh_ok { "no SSH answer".to_owned() } else { "no ssh/ssh-keygen on the host".to_owned() };
+        let mut rss_reason = mem_reason.clone();
         let mut run_reason = api_reason.clone();
         for i in 0..n {
             let (mut cfg, ports) = self.config(&self.bootable, "run-axion")?;
@@ -614,9 +622,18 @@ impl Bench<'_> {
             }
             if ssh_ok {
                 std::thread::sleep(Duration::from_secs(5));
-                match ssh_meminfo(&key, ports.ssh) {
-                    Ok(kib) => mem.push(kib as f64 / 1024.0),
-                    Err(e) => mem_reason = first_line(&format!("{e:#}")),
+                match ssh_memory(&key, ports.ssh) {
+                    Ok(m) => {
+                        mem.push(m.used_kib as f64 / 1024.0);
+                        match m.engine_rss_kib {
+                            Some(kib) => rss.push(kib as f64 / 1024.0),
+                            None => rss_reason = "no engine process in the guest".to_owned(),
+                        }
+                    }
+                    Err(e) => {
+                        mem_reason = first_line(&format!("{e:#}"));
+                        rss_reason = mem_reason.clone();
+                    }
                 }
             }
             if answered.is_some() && i == 0 {
@@ -632,6 +649,7 @@ impl Bench<'_> {
             ready_guest: Value::from_samples(&guest, "no runs"),
             api: Value::from_samples(&api, &api_reason),
             mem: Value::from_samples(&mem, &mem_reason),
+            engine_rss: Value::from_samples(&rss, &rss_reason),
             docker_run: Value::from_samples(&drun, &run_reason),
         })
     }
@@ -656,7 +674,7 @@ impl Bench<'_> {
     }
 
     fn peer(&self, p: &peer::Peer, n: usize, docker_runs: usize) -> Result<PeerFigures> {
-        let (mut mu, mut mu_guest, mut info, mut api, mut mem, mut drun) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let (mut mu, mut mu_guest, mut info, mut api, mut mem, mut rss, mut drun) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
         let mut run_reason = String::from("no runs");
         let mut api_reason = String::from("no answer");
         for i in 0..n {
@@ -683,7 +701,8 @@ impl Bench<'_> {
             let mut got_api = None;
             let mut got_info = None;
             let mut got_mem = None;
-            while Instant::now() < deadline && (got_api.is_none() || got_info.is_none() || got_mem.is_none()) {
+            let mut got_rss = None;
+            while Instant::now() < deadline && (got_api.is_none() || got_info.is_none() || got_mem.is_none() || got_rss.is_none()) {
                 if got_api.is_none() && api_answers(ports.docker) {
                     got_api = Some(vm.elapsed().as_secs_f64());
                 }
@@ -692,6 +711,8 @@ impl Bench<'_> {
                         got_info = Some(vm.elapsed().as_secs_f64());
                     } else if let Some(v) = l.split(peer::MARK_MEM).nth(1) {
                         got_mem = v.trim().parse::<f64>().ok();
+                    } else if let Some(v) = l.split(peer::MARK_DAEMON_RSS).nth(1) {
+                        got_rss = v.trim().parse::<f64>().ok();
                     }
                 }
                 if vm.try_exit_status().is_some() {
@@ -699,13 +720,14 @@ impl Bench<'_> {
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            eprintln!("bench: peer run {}: multi-user {:.1} s, API {:?}, docker info {:?}, mem {:?} KiB", i + 1, line.elapsed.as_secs_f64(), got_api, got_info, got_mem);
+            eprintln!("bench: peer run {}: multi-user {:.1} s, API {:?}, docker info {:?}, mem {:?} KiB, daemons {:?} KiB", i + 1, line.elapsed.as_secs_f64(), got_api, got_info, got_mem, got_rss);
             match got_api {
                 Some(t) => api.push(t),
                 None => api_reason = format!("no answer on 127.0.0.1:{} within {} s", ports.docker, BOOT_TIMEOUT.as_secs()),
             }
             info.extend(got_info);
             mem.extend(got_mem.map(|k| k / 1024.0));
+            rss.extend(got_rss.map(|k| k / 1024.0));
             if got_api.is_some() && i == 0 {
                 match self.docker_runs(&Endpoint { port: ports.docker, tls: None }, docker_runs) {
                     Ok(s) => drun.extend(s),
@@ -720,6 +742,7 @@ impl Bench<'_> {
             docker_info: Value::from_samples(&info, "no marker"),
             api: Value::from_samples(&api, &api_reason),
             mem: Value::from_samples(&mem, "no marker"),
+            daemon_rss: Value::from_samples(&rss, "no marker"),
             docker_run: Value::from_samples(&drun, &run_reason),
         })
     }
@@ -755,8 +778,11 @@ fn drain_serial(vm: &mut qemu::Vm) -> Vec<String> {
     lines
 }
 
-/// MemTotal − MemAvailable (KiB) of the guest over SSH, retrying while sshd starts.
-fn ssh_meminfo(key: &Path, port: u16) -> Result<u64> {
+/// Memory of the idle guest over SSH, retrying while sshd starts: MemTotal − MemAvailable
+/// and the engine's resident set (VmRSS), both in KiB.
+fn ssh_memory(key: &Path, port: u16) -> Result<GuestMemory> {
+    // One command, so both figures come from the same moment.
+    const SCRIPT: &str = "cat /proc/meminfo; echo ---; for p in $(pidof engine); do cat /proc/$p/status; done";
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = String::new();
     while Instant::now() < deadline {
@@ -766,16 +792,33 @@ fn ssh_meminfo(key: &Path, port: u16) -> Result<u64> {
             .args(["-p", &port.to_string()])
             .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR"])
             .arg("root@127.0.0.1")
-            .arg("cat /proc/meminfo")
+            .arg(SCRIPT)
             .output()
             .context("cannot run ssh")?;
         if out.status.success() {
-            return used_kib(&String::from_utf8_lossy(&out.stdout)).context("no MemTotal/MemAvailable in the guest's /proc/meminfo");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let (meminfo, status) = text.split_once("\n---\n").unwrap_or((&text, ""));
+            return Ok(GuestMemory {
+                used_kib: used_kib(meminfo).context("no MemTotal/MemAvailable in the guest's /proc/meminfo")?,
+                engine_rss_kib: rss_kib(status),
+            });
         }
         last = String::from_utf8_lossy(&out.stderr).trim().to_owned();
         std::thread::sleep(Duration::from_millis(500));
     }
     bail!("ssh to the guest failed: {last}")
+}
+
+struct GuestMemory {
+    used_kib: u64,
+    /// None when no `engine` process runs (an image without the engine).
+    engine_rss_kib: Option<u64>,
+}
+
+/// The sum of the VmRSS lines of /proc/PID/status texts, None when there is none.
+pub fn rss_kib(status: &str) -> Option<u64> {
+    let values: Vec<u64> = status.lines().filter_map(|l| l.strip_prefix("VmRSS:")).filter_map(|r| r.split_whitespace().next()?.parse().ok()).collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 /// MemTotal − MemAvailable from /proc/meminfo text.
@@ -792,6 +835,14 @@ mod tests {
     fn build_log_duration() {
         assert_eq!(logged_build_seconds("== work /x\nmake ...\n== built in 451.2 s with -j2\n"), Some(451.2));
         assert_eq!(logged_build_seconds("== built init: /x/init\n"), None);
+    }
+
+    #[test]
+    fn engine_rss_from_status() {
+        let status = "Name:\tengine\nVmPeak:\t  9000 kB\nVmRSS:\t    7168 kB\nThreads:\t3\n";
+        assert_eq!(rss_kib(status), Some(7168));
+        assert_eq!(rss_kib(&format!("{status}{status}")), Some(14336), "two processes are summed");
+        assert_eq!(rss_kib("Name:\tengine\n"), None);
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //! - Markers on ttyS0 (printed by small units): `bench-peer: multi-user` when
 //!   multi-user.target is reached (Debian's docker.service is part of it: Type=notify, so
 //!   the target waits until dockerd says it is ready), `bench-peer: docker-info` when `docker info` first answers
-//!   inside the guest, then `bench-peer: mem-used-kib N` (MemTotal - MemAvailable). journald
+//!   inside the guest, then `bench-peer: mem-used-kib N` (MemTotal - MemAvailable) and
+//!   `bench-peer: daemon-rss-kib N` (VmRSS of dockerd + containerd). journald
 //!   forwards errors to ttyS0 too.
 //! - dockerd also listens on TCP 2375 (no TLS, only reachable through QEMU's user-mode
 //!   forward on 127.0.0.1), so the host measures the API and `docker run` like for axion.
@@ -46,6 +47,8 @@ pub const GUEST_DOCKER_PORT: u16 = 2375;
 pub const MARK_MULTI_USER: &str = "bench-peer: multi-user";
 pub const MARK_DOCKER: &str = "bench-peer: docker-info";
 pub const MARK_MEM: &str = "bench-peer: mem-used-kib ";
+/// Resident memory of the container daemons at idle: dockerd + containerd (KiB).
+pub const MARK_DAEMON_RSS: &str = "bench-peer: daemon-rss-kib ";
 pub const CMDLINE: &str = "root=/dev/vda rw console=ttyS0,115200 panic=-1";
 
 /// Files written into the bootstrap tree: (path, mode, text).
@@ -87,7 +90,9 @@ fn files() -> Vec<(&'static str, u32, String)> {
                  echo \"{MARK_DOCKER} $up\" > /dev/ttyS0\n\
                  sleep 5\n\
                  while read k v u; do case $k in MemTotal:) t=$v;; MemAvailable:) a=$v;; esac; done < /proc/meminfo\n\
-                 echo \"{MARK_MEM}$((t - a))\" > /dev/ttyS0\n"
+                 echo \"{MARK_MEM}$((t - a))\" > /dev/ttyS0\n\
+                 r=0; for p in $(pgrep -x dockerd) $(pgrep -x containerd); do while read k v u; do [ \"$k\" = VmRSS: ] && r=$((r + v)); done < /proc/$p/status; done\n\
+                 echo \"{MARK_DAEMON_RSS}$r\" > /dev/ttyS0\n"
             ),
         ),
     ]
