@@ -251,6 +251,11 @@ fn pull_images_inspect_tag_rmi() {
     e.ok(&["tag", &img, "mine/bb:v2"]);
     let list = e.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
     assert!(list.contains("mine/bb:v2"), "{list}");
+    // Filters: a reference glob narrows the tags listed; an unknown filter is refused.
+    assert_eq!(e.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}", "-f", "reference=mine/*"]), "mine/bb:v2\n");
+    assert_eq!(e.ok(&["images", "-q", "-f", "dangling=true"]), "");
+    let o = e.docker(&["images", "-f", "colour=red"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("invalid filter 'colour'"), "{o:?}");
     let out = e.ok(&["inspect", "--format", "{{.Id}}", "mine/bb:v2"]);
     assert!(out.trim().starts_with("sha256:"), "{out}");
     let out = e.ok(&["rmi", "mine/bb:v2"]);
@@ -374,6 +379,14 @@ fn run_attached_detached_and_lifecycle() {
     assert_eq!(e.ok(&["inspect", "--format", "{{.State.Running}}", "ticker"]).trim(), "true");
     e.ok(&["kill", "ticker"]);
     assert_eq!(e.ok(&["wait", "ticker"]).trim(), "137");
+    // ps filters and -l, as scripts use them (newest first).
+    assert_eq!(e.ok(&["ps", "--format", "{{.Names}}", "-f", "status=exited"]), "ticker\nenvtest\n");
+    assert_eq!(e.ok(&["ps", "-a", "--format", "{{.Names}}", "-f", "exited=137"]), "ticker\n");
+    assert_eq!(e.ok(&["ps", "-a", "--format", "{{.Names}}", "-f", "name=^env"]), "envtest\n");
+    assert_eq!(e.ok(&["ps", "-l", "--format", "{{.Names}}"]), "ticker\n");
+    assert_eq!(e.ok(&["ps", "-q"]), "", "nothing runs");
+    let o = e.docker(&["ps", "-f", "colour=red"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("invalid filter 'colour'"), "{o:?}");
     let o = e.docker(&["kill", "ticker"]);
     assert!(!o.status.success(), "kill of a stopped container must fail");
     e.ok(&["start", "ticker"]);
@@ -479,6 +492,30 @@ fn ports_volumes_exec_tty() {
     });
     let ps = e.ok(&["ps", "--format", "{{.Ports}}"]);
     assert!(ps.contains(&format!("127.0.0.1:{port}->8080/tcp")), "{ps}");
+    // A taken host port fails the start with Docker's message; the engine keeps serving.
+    let o = e.docker(&["run", "-d", "--name", "web-twice", "-p", &format!("127.0.0.1:{port}:8080"), &img, "sleep", "60"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains(&format!("Bind for 127.0.0.1:{port} failed: port is already allocated")), "{o:?}");
+    e.ok(&["rm", "web-twice"]);
+    // -p .../udp: one reply per datagram from a udpsvd server in the container (dd reads
+    // the whole datagram in one read; `read` would take one byte and drop the rest).
+    let uport = free_port();
+    e.ok(&["run", "-d", "--name", "dns-like", "-p", &format!("127.0.0.1:{uport}:5353/udp"), &img, "udpsvd", "0", "5353", "sh", "-c", "l=$(dd bs=512 count=1 2>/dev/null); echo udp-$l"]);
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let reply = loop {
+        let _ = client.send_to(b"ping\n", ("127.0.0.1", uport));
+        let mut buf = [0u8; 64];
+        if let Ok(n) = client.recv(&mut buf) {
+            break String::from_utf8_lossy(&buf[..n]).into_owned();
+        }
+        let logs = e.docker(&["logs", "dns-like"]);
+        assert!(Instant::now() < deadline, "no UDP answer on 127.0.0.1:{uport}; container logs: {logs:?}\nengine: {}", e.stderr());
+    };
+    assert_eq!(reply, "udp-ping\n");
+    assert_eq!(e.ok(&["ps", "--format", "{{.Ports}}", "-f", "name=^dns-like$"]), format!("127.0.0.1:{uport}->5353/udp\n"));
+    e.ok(&["rm", "-f", "dns-like"]);
     // exec: output, exit code, env, working dir, same namespaces.
     let out = e.ok(&["exec", "web", "sh", "-c", "echo $$ > /dev/null; hostname; cat /proc/1/cmdline | tr '\\0' ' '"]);
     let mut lines = out.lines();

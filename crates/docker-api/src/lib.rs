@@ -10,6 +10,7 @@
 //! mutual TLS, plain TCP). Endpoints we do not serve answer 404/501 with a message.
 
 pub mod error;
+pub mod filters;
 pub mod route;
 pub mod server;
 pub mod stdcopy;

@@ -4,6 +4,7 @@
 
 use crate::error::{ApiError, ApiResult};
 use crate::route::{route, ContainerOp, Route};
+use crate::filters::Filters;
 use crate::stdcopy::{self, Frame};
 use crate::types::*;
 use crate::{version, AttachIo, AttachOptions, Backend, LogsOptions, RegistryAuth, WaitCondition};
@@ -158,7 +159,10 @@ async fn dispatch<B: Backend>(b: Arc<B>, req: Request<Incoming>) -> ApiResult<Re
         }
         Route::Version => json(StatusCode::OK, &b.version().await?),
         Route::Info => json(StatusCode::OK, &b.info().await?),
-        Route::ImagesList => json(StatusCode::OK, &b.images().await?),
+        Route::ImagesList => {
+            let filters = Filters::parse(q.get("filters"))?;
+            json(StatusCode::OK, &filters.images(b.images().await?)?)
+        }
         Route::ImageInspect(n) => json(StatusCode::OK, &b.image_inspect(&n).await?),
         Route::ImageTag(n) => {
             let repo = q.get("repo").ok_or_else(|| ApiError::bad_request("repo is required"))?;
@@ -227,7 +231,18 @@ async fn dispatch<B: Backend>(b: Arc<B>, req: Request<Incoming>) -> ApiResult<Re
                 .body(Body::Full(Some(out.into())))
                 .expect("static response parts")
         }
-        Route::ContainersList => json(StatusCode::OK, &b.containers(q.flag("all")).await?),
+        Route::ContainersList => {
+            // `-n N`/`-l` (limit) and a status filter look at every container, as in Docker.
+            let filters = Filters::parse(q.get("filters"))?;
+            let limit: Option<usize> = q.int::<i64>("limit")?.filter(|&n| n > 0).map(|n| n as usize);
+            let all = q.flag("all") || limit.is_some() || filters.has("status") || filters.has("exited");
+            let mut list = filters.containers(b.containers(all).await?)?;
+            list.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| a.id.cmp(&b.id)));
+            if let Some(n) = limit {
+                list.truncate(n);
+            }
+            json(StatusCode::OK, &list)
+        }
         Route::ContainersPrune => {
             let deleted = b.container_prune().await?;
             json(

@@ -60,6 +60,18 @@ fn set_winsize(fd: &OwnedFd, h: u16, w: u16) {
 }
 
 /// Reads `r` in a thread, handing each chunk to `f` until EOF or error.
+/// Binds the host side of every `-p` of a container (TCP and UDP).
+async fn publish_ports(r: &Record) -> Result<Vec<netproxy::Bound>, String> {
+    let mut bound = Vec::new();
+    for (key, binds) in r.host_config.port_bindings.clone().unwrap_or_default() {
+        let pairs: Vec<(String, String)> = binds.unwrap_or_default().into_iter().map(|b| (b.host_ip, b.host_port)).collect();
+        for b in netproxy::parse_bindings(&key, &pairs)? {
+            bound.push(netproxy::bind(&b).await?);
+        }
+    }
+    Ok(bound)
+}
+
 fn reader_thread<R: Read + Send + 'static>(mut r: R, mut f: impl FnMut(Bytes) + Send + 'static) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 32 * 1024];
@@ -272,6 +284,8 @@ impl Engine {
             ApiError::internal(format!("image {} of container {} is missing its layers", r.image, r.id))
         })?;
         let spec = self.spec_for(c, &r, lowers)?;
+        // Published ports first: a taken host port fails the start, as in Docker.
+        let published = publish_ports(&r).await.map_err(|e| ApiError::internal(format!("driver failed programming external connectivity on endpoint {} ({}): {e}", r.name.trim_start_matches('/'), r.id)))?;
         // Bridge network: the container's address, and /etc/hosts naming it.
         let attach = match (r.host_config.network_mode.as_str(), &self.bridge) {
             ("bridge", Ok((b, ipam))) => {
@@ -368,25 +382,8 @@ impl Engine {
                 *c.stdin.lock().unwrap() = Some(std::fs::File::from(OwnedFd::from(i)));
             }
         }
-        // Published ports.
-        let mut proxies = Vec::new();
-        for (cport, binds) in r.host_config.port_bindings.clone().unwrap_or_default() {
-            let Some(port) = cport.split('/').next().and_then(|p| p.parse::<u16>().ok()) else { continue };
-            if !cport.ends_with("/tcp") && cport.contains('/') {
-                continue;
-            }
-            for b in binds.unwrap_or_default() {
-                let ip = if b.host_ip.is_empty() { "0.0.0.0" } else { b.host_ip.as_str() };
-                let hp = if b.host_port.is_empty() { port.to_string() } else { b.host_port.clone() };
-                match format!("{ip}:{hp}").parse() {
-                    Ok(addr) => match netproxy::listen(addr, s.pid, port).await {
-                        Ok(h) => proxies.push(h),
-                        Err(e) => eprintln!("engine: publishing {addr} for {}: {e}", r.id),
-                    },
-                    Err(_) => eprintln!("engine: bad port binding {ip}:{hp}"),
-                }
-            }
-        }
+        // Published ports: the host sockets were bound before the start.
+        let proxies: Vec<_> = published.into_iter().map(|b| b.serve(s.pid)).collect();
         *c.proxies.lock().unwrap() = proxies;
         // Exit handling.
         let me = self.arc();
