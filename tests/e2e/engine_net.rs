@@ -255,6 +255,12 @@ fn check() -> Result<()> {
     assert_eq!(out.replace('\r', ""), "/dev/pts/0\nCapBnd: 00000000a80425fb\nSeccomp: 2", "exec -t in the VM");
     let out = g.docker_ok(&["run", "--rm", "-t", "busybox", "tty"])?;
     assert_eq!(out, "/dev/pts/0", "run -t in the VM");
+    // Docker's default seccomp profile on the VM's kernel: personality flags beyond the few
+    // Docker allows are refused; CAP_SYS_ADMIN unlocks mount.
+    let o = g.docker(&["run", "--rm", "busybox", "setarch", "linux32", "-R", "true"])?;
+    assert!(!o.status.success() && both(&o).contains("Operation not permitted"), "personality(0x40008) in the VM: {}", both(&o));
+    let out = g.docker_ok(&["run", "--rm", "--cap-add", "SYS_ADMIN", "busybox", "sh", "-c", "mkdir -p /mnt && mount -t tmpfs none /mnt && echo mounted"])?;
+    assert_eq!(out, "mounted", "mount with CAP_SYS_ADMIN in the VM");
     // pids.max holds inside the container: 30 background sleeps cannot all start.
     let o = g.docker(&["exec", "lim", "sh", "-c", "for i in $(seq 30); do sleep 60 & done 2>/dev/null; true"])?;
     let o2 = g.ssh(&format!("cat /sys/fs/cgroup/axion/{id}/pids.events"))?;
