@@ -134,6 +134,13 @@ enum Cmd {
         /// Stop a detached daemon (and every VM it runs).
         #[arg(long)]
         stop: bool,
+        /// Also serve TCP with mutual TLS on this loopback address (e.g. 127.0.0.1:2377);
+        /// certificates are made in STATE/docker and exported as DOCKER_CERT_PATH.
+        #[arg(long, value_name = "ADDR")]
+        tcp: Option<String>,
+        /// The daemon's state (template, clones, socket); default $AXION_CACHE/vmd.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
     },
     /// Remove build outputs (`out/`); `--cache` also empties the download and build cache.
     Clean {
@@ -199,7 +206,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Stop { profile } => run::stop(&layout, &profile),
         Cmd::Test { unit, args } => test(&layout, unit, &args),
         Cmd::Bench { quick, json, prepare } => xtask::bench::bench(&layout, &xtask::bench::Options { quick, json, prepare }),
-        Cmd::Vmd { detach, stop } => xtask::vmd::vmd(&layout, &xtask::vmd::Options { detach, stop }),
+        Cmd::Vmd { detach, stop, tcp, state_dir } => xtask::vmd::vmd(&layout, &xtask::vmd::Options { detach, stop, tcp, state_dir }),
         Cmd::Clean { cache } => {
             let out = layout.root.join("out");
             if out.exists() {

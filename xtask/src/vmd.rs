@@ -1,11 +1,19 @@
-//! `cargo xtask vmd [--detach] [--stop]`: the VM-per-container Docker endpoint (crates/vmd).
+//! `cargo xtask vmd [--detach] [--stop] [--tcp ADDR] [--state-dir DIR]`: the
+//! VM-per-container Docker endpoint (crates/vmd).
 //!
 //! Builds the qemu profile's initramfs and qcow2 when missing or stale, builds the
-//! `axion-vmd` binary, and runs it with its state under `$AXION_CACHE/vmd` (template VM,
-//! clones, certificates, `vmd.sock`). In the foreground the daemon prints the
+//! `axion-vmd` binary, and runs it with its state under `$AXION_CACHE/vmd` or `--state-dir`
+//! (template VM, clones, certificates, `vmd.sock`). In the foreground the daemon prints the
 //! `export DOCKER_HOST=unix://...` line itself; with `--detach` it runs in the background
-//! (log: `$AXION_CACHE/vmd/vmd.log`, pid: `vmd.pid`) and this command prints the line once
-//! the socket answers. `--stop` ends a detached daemon (SIGTERM: every VM is stopped).
+//! (log: `STATE/vmd.log`, pid: `vmd.pid`) and this command prints the export lines once the
+//! socket answers. `--stop` ends a detached daemon (SIGTERM: every VM is stopped).
+//!
+//! `--tcp 127.0.0.1:PORT` also serves TCP with mutual TLS, as the engine in a VM does: a CA,
+//! a server certificate for 127.0.0.1/localhost and a client certificate are made in
+//! `STATE/docker/` (kept between starts), and the exports are DOCKER_HOST=tcp://...,
+//! DOCKER_TLS_VERIFY and DOCKER_CERT_PATH. Only loopback addresses: the made certificate
+//! names nothing else; for another address run `axion-vmd --tcp` with your own
+//! `--tlscert/--tlskey/--tlscacert`.
 
 use crate::layout::Layout;
 use crate::profile::Format;
@@ -18,10 +26,32 @@ use std::time::{Duration, Instant};
 pub struct Options {
     pub detach: bool,
     pub stop: bool,
+    /// Also serve TCP with mutual TLS on this loopback address.
+    pub tcp: Option<String>,
+    /// Instead of `$AXION_CACHE/vmd`.
+    pub state_dir: Option<PathBuf>,
 }
 
-fn state_dir(layout: &Layout) -> PathBuf {
-    layout.cache.join("vmd")
+fn state_dir(layout: &Layout, opts: &Options) -> PathBuf {
+    // Absolute: the daemon, its socket and `--stop` must agree whatever the working directory.
+    opts.state_dir.as_deref().and_then(|d| std::path::absolute(d).ok()).unwrap_or_else(|| layout.cache.join("vmd"))
+}
+
+/// The `--tcp` address, refused unless it is a loopback `IP:PORT`.
+fn loopback_addr(addr: &str) -> Result<std::net::SocketAddr> {
+    let parsed: std::net::SocketAddr = addr.parse().with_context(|| format!("--tcp {addr:?}: expected IP:PORT, e.g. 127.0.0.1:2377"))?;
+    if !parsed.ip().is_loopback() {
+        bail!("--tcp {addr}: only loopback addresses (the certificate made here names 127.0.0.1 and localhost); for another address run axion-vmd --tcp with your own --tlscert/--tlskey/--tlscacert");
+    }
+    Ok(parsed)
+}
+
+/// The shell lines that point the docker CLI at the daemon.
+fn exports(socket: &Path, tcp: Option<(&std::net::SocketAddr, &Path)>) -> Vec<String> {
+    match tcp {
+        Some((addr, certs)) => vec![format!("export DOCKER_HOST=tcp://{addr}"), "export DOCKER_TLS_VERIFY=1".into(), format!("export DOCKER_CERT_PATH={}", certs.display())],
+        None => vec![format!("export DOCKER_HOST=unix://{}", socket.display())],
+    }
 }
 
 /// A built, fresh image of the qemu profile in `format`, building it when needed.
@@ -73,7 +103,7 @@ pub fn answers(socket: &Path) -> bool {
 }
 
 pub fn vmd(layout: &Layout, opts: &Options) -> Result<()> {
-    let state = state_dir(layout);
+    let state = state_dir(layout, opts);
     let pid_file = state.join("vmd.pid");
     let socket = state.join("vmd.sock");
     if opts.stop {
@@ -94,6 +124,7 @@ pub fn vmd(layout: &Layout, opts: &Options) -> Result<()> {
     if ping(&socket) {
         bail!("a daemon already serves {} (cargo xtask vmd --stop ends a detached one)", socket.display());
     }
+    let tcp = opts.tcp.as_deref().map(loopback_addr).transpose()?;
     let crate::run::Bootable::Kernel { kernel, initrd } = ensure(layout, Format::Initramfs)? else {
         bail!("the initramfs format is not a kernel and an initramfs");
     };
@@ -108,7 +139,17 @@ pub fn vmd(layout: &Layout, opts: &Options) -> Result<()> {
     if let Some(d) = &disk {
         cmd.arg("--disk").arg(d);
     }
+    let certs_dir = state.join("docker");
+    if let Some(addr) = &tcp {
+        crate::run::docker_certs::ensure(&certs_dir)?;
+        cmd.arg("--tcp").arg(addr.to_string());
+        cmd.arg("--tlscert").arg(certs_dir.join("server-cert.pem")).arg("--tlskey").arg(certs_dir.join("server-key.pem")).arg("--tlscacert").arg(certs_dir.join("ca.pem"));
+    }
+    let exports = exports(&socket, tcp.as_ref().map(|a| (a, certs_dir.as_path())));
     if !opts.detach {
+        if tcp.is_some() {
+            eprintln!("for the TCP endpoint:\n{}", exports.join("\n"));
+        }
         let st = cmd.status().with_context(|| format!("running {}", exe.display()))?;
         if !st.success() {
             bail!("axion-vmd exited with {st}");
@@ -141,7 +182,37 @@ pub fn vmd(layout: &Layout, opts: &Options) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    println!("export DOCKER_HOST=unix://{}", socket.display());
-    eprintln!("stop it with: cargo xtask vmd --stop");
+    for line in &exports {
+        println!("{line}");
+    }
+    let stop = match &opts.state_dir {
+        Some(d) => format!("cargo xtask vmd --stop --state-dir {}", d.display()),
+        None => "cargo xtask vmd --stop".into(),
+    };
+    eprintln!("stop it with: {stop}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_only_on_loopback() {
+        assert_eq!(loopback_addr("127.0.0.1:2377").unwrap().port(), 2377);
+        assert!(loopback_addr("[::1]:2377").is_ok());
+        assert!(loopback_addr("0.0.0.0:2377").unwrap_err().to_string().contains("only loopback"));
+        assert!(loopback_addr("localhost").unwrap_err().to_string().contains("IP:PORT"));
+    }
+
+    #[test]
+    fn export_lines() {
+        let sock = Path::new("/s/vmd.sock");
+        assert_eq!(exports(sock, None), ["export DOCKER_HOST=unix:///s/vmd.sock"]);
+        let addr: std::net::SocketAddr = "127.0.0.1:2377".parse().unwrap();
+        assert_eq!(
+            exports(sock, Some((&addr, Path::new("/s/docker")))),
+            ["export DOCKER_HOST=tcp://127.0.0.1:2377", "export DOCKER_TLS_VERIFY=1", "export DOCKER_CERT_PATH=/s/docker"]
+        );
+    }
 }
