@@ -5,6 +5,8 @@
 //!   reached from the host, `--network none` has no route;
 //! - cgroup v2: `-m`, `--cpus`, `--pids-limit` land in the container's cgroup files, and a
 //!   container over its memory limit is OOM-killed (exit 137, State.OOMKilled);
+//! - the container's `/` is its overlay (pivot_root; the VM's root is a tmpfs, not the
+//!   initramfs), and a root process that escapes a chroot finds no VM files;
 //! - a pulled image and a stopped container survive a reboot (the data partition persists
 //!   /var/lib), and `docker start -a` of the old container works.
 //!
@@ -147,6 +149,73 @@ impl Guest {
     }
 }
 
+/// Escapes a chroot the classic way (chroot into a subdirectory while the working directory
+/// stays outside it, `..` up to the mount tree's root, chroot there) and lists what it finds.
+/// Docker's default capabilities include CAP_SYS_CHROOT, so a container's root can do this.
+const CHROOT_ESCAPE_C: &str = r#"
+#include <dirent.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+int main(void) {
+    mkdir("/chroot-escape", 0755);
+    if (chroot("/chroot-escape") != 0) { perror("chroot"); return 1; }
+    for (int i = 0; i < 64; i++) chdir("..");
+    if (chroot(".") != 0) { perror("chroot ."); return 1; }
+    DIR *d = opendir("/");
+    if (!d) { perror("opendir"); return 1; }
+    struct dirent *e;
+    while ((e = readdir(d))) printf("escaped: %s\n", e->d_name);
+    return 0;
+}
+"#;
+
+/// In a container run by the engine in the VM: `/` in /proc/self/mountinfo is the overlay,
+/// there is no `rootfs` and no mount of the VM's own paths; and a chroot escape ends in an
+/// empty directory (the initramfs' files were freed by init's root switch). Before the
+/// switch the engine moved the overlay over the initramfs and chrooted: the escape listed
+/// the VM's /bin, /etc, /sbin ...
+fn container_root_is_its_own(g: &Guest, dir: &Path) -> Result<()> {
+    let info = g.docker_ok(&["run", "--rm", "busybox", "cat", "/proc/self/mountinfo"])?;
+    eprintln!("container mountinfo:\n{info}");
+    let roots: Vec<&str> = info.lines().filter(|l| l.split(' ').nth(4) == Some("/")).collect();
+    assert_eq!(roots.len(), 1, "one mount on / in the container:\n{info}");
+    assert!(roots[0].contains(" - overlay "), "the container's / is not its overlay: {}\n{info}", roots[0]);
+    assert!(!info.contains("rootfs"), "rootfs visible in the container:\n{info}");
+    for l in info.lines() {
+        let point = l.split(' ').nth(4).unwrap_or("");
+        for vm_path in ["/var/lib", "/.axion-root", "/run/axion", "/sbin", "/usr"] {
+            assert!(!point.starts_with(vm_path), "a VM path is mounted in the container: {l}\n{info}");
+        }
+    }
+
+    if Command::new("musl-gcc").arg("--version").output().is_err() {
+        eprintln!("skip: because musl-gcc (musl-tools) is not installed: the chroot escape part is not run");
+        return Ok(());
+    }
+    let src = dir.join("escape.c");
+    let bin = dir.join("escape");
+    std::fs::write(&src, CHROOT_ESCAPE_C)?;
+    let st = Command::new("musl-gcc").args(["-static", "-Os", "-o"]).arg(&bin).arg(&src).status()?;
+    if !st.success() {
+        bail!("musl-gcc could not build the chroot escape test program");
+    }
+    let o = Command::new("ssh")
+        .arg("-i")
+        .arg(&g.key)
+        .args(["-p", &g.ssh_port.to_string(), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=20", "root@127.0.0.1"])
+        .arg("mkdir -p /var/lib/escape-test && cat > /var/lib/escape-test/escape && chmod 755 /var/lib/escape-test/escape")
+        .stdin(std::fs::File::open(&bin)?)
+        .output()
+        .context("copying the escape program into the VM")?;
+    assert!(o.status.success(), "copying the escape program into the VM: {}", both(&o));
+    let out = g.docker_ok(&["run", "--rm", "-v", "/var/lib/escape-test:/escape-test:ro", "busybox", "/escape-test/escape"])?;
+    let found: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("escaped: ")).filter(|n| *n != "." && *n != "..").collect();
+    assert!(out.contains("escaped: ."), "the escape program did not list anything: {out}");
+    assert!(found.is_empty(), "a chroot escape from a container reaches files: {found:?}");
+    Ok(())
+}
+
 fn check() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (key, _) = axion_tests::ssh_keygen(dir.path(), "id")?;
@@ -181,6 +250,9 @@ fn check() -> Result<()> {
     let image = format!("{reg}/busybox:latest");
     g.docker_ok(&["pull", &image])?;
     g.docker_ok(&["tag", &image, "busybox"])?;
+
+    // --- The container's root: pivot_root into its overlay, nothing of the VM's root ----------
+    container_root_is_its_own(&g, dir.path())?;
 
     // --- Bridge, NAT, DNS configuration -------------------------------------------------------
     let out = g.docker_ok(&["run", "--rm", "busybox", "wget", "-q", "-O-", &format!("http://{reg}/v2/")])?;
@@ -249,8 +321,8 @@ fn check() -> Result<()> {
     assert!(o.status.success(), "reading the container's cgroup: {}\nserial:\n{}", both(&o), g.serial());
     let lines: Vec<String> = text(&o).lines().map(str::to_string).collect();
     assert_eq!(lines, vec!["33554432", "50000 100000", "20", "1"], "memory.max, cpu.max, pids.max, process count");
-    // On the initramfs root (no pivot_root): exec, a TTY from the container's devpts, and the
-    // confinement (Docker's default capabilities, seccomp) all hold.
+    // exec, a TTY from the container's devpts, and the confinement (Docker's default
+    // capabilities, seccomp) all hold.
     let out = g.docker_ok(&["exec", "-t", "lim", "sh", "-c", "tty; grep -E '^(CapBnd|Seccomp):' /proc/self/status | tr -s '\\t ' ' '"])?;
     assert_eq!(out.replace('\r', ""), "/dev/pts/0\nCapBnd: 00000000a80425fb\nSeccomp: 2", "exec -t in the VM");
     let out = g.docker_ok(&["run", "--rm", "-t", "busybox", "tty"])?;

@@ -237,11 +237,14 @@ fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
         fs::create_dir_all(inside(root, &spec.process.cwd)).ok();
     }
     std::env::set_current_dir(root).map_err(err("chdir to root"))?;
+    // pivot_root and nothing else: a chroot (runc's --no-pivot) can be climbed out of by a
+    // process that keeps CAP_SYS_CHROOT. The host root must be a real mount: axion's init
+    // moves itself off the initramfs (rootfs, which pivot_root cannot leave) onto a tmpfs at
+    // boot; if that failed, containers do not start.
     match nix::unistd::pivot_root(".", ".") {
         Ok(()) => umount2(".", MntFlags::MNT_DETACH).map_err(err("detaching old root"))?,
-        // The host's root is the initramfs (rootfs), which pivot_root cannot leave.
-        Err(nix::errno::Errno::EINVAL) => move_root(root)?,
-        Err(e) => return Err(err("pivot_root")(e)),
+        Err(nix::errno::Errno::EINVAL) => return Err(pivot_refused()),
+        Err(e) => return Err(err("pivot_root into the container root")(e)),
     }
     std::env::set_current_dir("/").map_err(err("chdir /"))?;
     if !spec.hostname.is_empty() {
@@ -253,48 +256,14 @@ fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
     start_process(&spec.process)
 }
 
-/// Mount points listed in /proc/self/mountinfo (field 5, octal escapes undone).
-fn mount_points(info: &str) -> Vec<PathBuf> {
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| {
-            let b = p.as_bytes();
-            let mut out = Vec::with_capacity(b.len());
-            let mut i = 0;
-            while i < b.len() {
-                if b[i] == b'\\' && i + 3 < b.len() {
-                    if let Ok(v) = u8::from_str_radix(&p[i + 1..i + 4], 8) {
-                        out.push(v);
-                        i += 4;
-                        continue;
-                    }
-                }
-                out.push(b[i]);
-                i += 1;
-            }
-            PathBuf::from(String::from_utf8_lossy(&out).into_owned())
-        })
-        .collect()
-}
-
-/// Enters the container root without pivot_root, as runc's --no-pivot does for roots on a
-/// ramdisk: the root (cwd) is moved onto `/`, every other mount of this (private) mount
-/// namespace is detached, so that nothing of the host but the initramfs files stays below
-/// the container's root, and the process chroots into it. The host mounts are listed before
-/// the move and detached after it: an ancestor of the root (/var/lib) no longer holds the
-/// root then, and paths still resolve from the old root (the moved mount is entered only by
-/// the chroot).
-fn move_root(root: &Path) -> Result<(), Fail> {
-    let info = fs::read_to_string("/proc/self/mountinfo").map_err(err("reading /proc/self/mountinfo"))?;
-    let mut points: Vec<PathBuf> = mount_points(&info).into_iter().filter(|p| p != Path::new("/") && !p.starts_with(root)).collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    points.dedup();
-    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(err("moving the container root onto /"))?;
-    for p in points {
-        let _ = umount2(&p, MntFlags::MNT_DETACH);
-    }
-    nix::unistd::chroot(".").map_err(err("chroot into the container root"))?;
-    Ok(())
+/// The error for a host root that pivot_root cannot leave.
+fn pivot_refused() -> Fail {
+    (
+        125,
+        "pivot_root into the container root failed (EINVAL): the host root is not pivotable (initramfs?); \
+         refusing the chroot fallback, which is escapable"
+            .into(),
+    )
 }
 
 /// Brings `lo` up in the new network namespace.
@@ -480,8 +449,8 @@ fn exec(spec: ExecSpec) -> i32 {
         }
     }
     // The container's root as its process sees it: after joining the mount namespace this
-    // is the root to chroot into (the same as the namespace's root after pivot_root; the
-    // moved-over root when the host root is the initramfs, see `run`).
+    // is the root to chroot into (the namespace's root after pivot_root; setns into a mount
+    // namespace leaves the caller's root at the namespace's root, and the chroot makes sure).
     let root = match fs::File::open(format!("/proc/{}/root", spec.pid)) {
         Ok(f) => f,
         Err(e) => {
@@ -522,18 +491,5 @@ fn exec(spec: ExecSpec) -> i32 {
             close(2);
             wait_for(child)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mount_points_from_mountinfo() {
-        let info = "22 1 0:20 / / rw - rootfs rootfs rw\n\
-                    23 22 0:21 / /proc rw,nosuid - proc proc rw\n\
-                    40 22 8:2 / /var/lib/with\\040space rw - ext4 /dev/vda2 rw\n";
-        assert_eq!(mount_points(info), vec![PathBuf::from("/"), PathBuf::from("/proc"), PathBuf::from("/var/lib/with space")]);
     }
 }
