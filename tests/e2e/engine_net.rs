@@ -6,7 +6,7 @@
 //! - cgroup v2: `-m`, `--cpus`, `--pids-limit` land in the container's cgroup files, and a
 //!   container over its memory limit is OOM-killed (exit 137, State.OOMKilled);
 //! - the container's `/` is its overlay (pivot_root; the VM's root is a tmpfs, not the
-//!   initramfs), and a root process that escapes a chroot finds no VM files;
+//!   initramfs), and a root process's chroot escape stays in the container's root;
 //! - a pulled image and a stopped container survive a reboot (the data partition persists
 //!   /var/lib), and `docker start -a` of the old container works.
 //!
@@ -149,32 +149,43 @@ impl Guest {
     }
 }
 
-/// Escapes a chroot the classic way (chroot into a subdirectory while the working directory
-/// stays outside it, `..` up to the mount tree's root, chroot there) and lists what it finds.
-/// Docker's default capabilities include CAP_SYS_CHROOT, so a container's root can do this.
+/// Tries the classic chroot escape (chroot into a subdirectory while the working directory
+/// stays outside it, `..` up as far as the kernel allows, chroot there) and lists `/` before
+/// and after. Docker's default capabilities include CAP_SYS_CHROOT, so a container's root
+/// process can do this.
 const CHROOT_ESCAPE_C: &str = r#"
 #include <dirent.h>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
-int main(void) {
-    mkdir("/chroot-escape", 0755);
-    if (chroot("/chroot-escape") != 0) { perror("chroot"); return 1; }
-    for (int i = 0; i < 64; i++) chdir("..");
-    if (chroot(".") != 0) { perror("chroot ."); return 1; }
+static int list(const char *tag) {
     DIR *d = opendir("/");
     if (!d) { perror("opendir"); return 1; }
     struct dirent *e;
-    while ((e = readdir(d))) printf("escaped: %s\n", e->d_name);
+    while ((e = readdir(d))) printf("%s: %s\n", tag, e->d_name);
+    closedir(d);
     return 0;
+}
+int main(void) {
+    mkdir("/chroot-escape", 0755);
+    if (list("before")) return 1;
+    if (chroot("/chroot-escape") != 0) { perror("chroot"); return 1; }
+    for (int i = 0; i < 64; i++) chdir("..");
+    if (chroot(".") != 0) { perror("chroot ."); return 1; }
+    return list("escaped");
 }
 "#;
 
 /// In a container run by the engine in the VM: `/` in /proc/self/mountinfo is the overlay,
-/// there is no `rootfs` and no mount of the VM's own paths; and a chroot escape ends in an
-/// empty directory (the initramfs' files were freed by init's root switch). Before the
-/// switch the engine moved the overlay over the initramfs and chrooted: the escape listed
-/// the VM's /bin, /etc, /sbin ...
+/// there is no `rootfs` and no mount of the VM's own paths, and a chroot escape ends where
+/// it started, in the container's root.
+///
+/// Measured by hand on the image before the root switch (move the root over the initramfs
+/// and chroot, as the old fallback did): the same mountinfo and the same failed escape,
+/// because the container's root is mounted on the namespace's very root, where the kernel
+/// stops `..`. What differs is what lies under that mount: the VM's files then, an emptied
+/// rootfs now (init's root switch frees it). These checks guard the result; init_boot
+/// checks the switch itself.
 fn container_root_is_its_own(g: &Guest, dir: &Path) -> Result<()> {
     let info = g.docker_ok(&["run", "--rm", "busybox", "cat", "/proc/self/mountinfo"])?;
     eprintln!("container mountinfo:\n{info}");
@@ -210,9 +221,14 @@ fn container_root_is_its_own(g: &Guest, dir: &Path) -> Result<()> {
         .context("copying the escape program into the VM")?;
     assert!(o.status.success(), "copying the escape program into the VM: {}", both(&o));
     let out = g.docker_ok(&["run", "--rm", "-v", "/var/lib/escape-test:/escape-test:ro", "busybox", "/escape-test/escape"])?;
-    let found: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("escaped: ")).filter(|n| *n != "." && *n != "..").collect();
-    assert!(out.contains("escaped: ."), "the escape program did not list anything: {out}");
-    assert!(found.is_empty(), "a chroot escape from a container reaches files: {found:?}");
+    let names = |tag: &str| -> Vec<String> {
+        let mut v: Vec<String> = out.lines().filter_map(|l| l.strip_prefix(tag)).map(str::to_string).collect();
+        v.sort();
+        v
+    };
+    let (before, after) = (names("before: "), names("escaped: "));
+    assert!(before.iter().any(|n| n == "escape-test") && before.iter().any(|n| n == "bin"), "the container's root as the container sees it: {out}");
+    assert_eq!(after, before, "a chroot escape from a container left the container's root:\n{out}");
     Ok(())
 }
 
