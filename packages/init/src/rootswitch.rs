@@ -5,10 +5,11 @@
 //!
 //! The kernel unpacks the initramfs into `rootfs`, the root of the whole mount tree, and
 //! `pivot_root(2)` cannot move that (EINVAL). A container runtime on such a root can only
-//! `chroot` into its containers (runc's `--no-pivot`), and a container process that keeps
-//! CAP_SYS_CHROOT can climb out of a chroot and see the host's root. On a tmpfs mounted over
-//! `/`, pivot_root works; the engine refuses to start containers without it
-//! (packages/engine, `runtime::shim`).
+//! `chroot` into its containers (runc's `--no-pivot`), which is no security boundary and
+//! leaves the host's root files under every container's root. On a tmpfs mounted over `/`,
+//! pivot_root works; the engine refuses to start containers without it (packages/engine,
+//! `runtime::shim`). Deleting the old files (step 5) matters as much as the move: rootfs
+//! stays the root of every mount namespace, under the containers' roots, and must be empty.
 //!
 //! # How (the very first step of boot, before anything else is mounted)
 //!

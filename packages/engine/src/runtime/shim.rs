@@ -237,10 +237,11 @@ fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
         fs::create_dir_all(inside(root, &spec.process.cwd)).ok();
     }
     std::env::set_current_dir(root).map_err(err("chdir to root"))?;
-    // pivot_root and nothing else: a chroot (runc's --no-pivot) can be climbed out of by a
-    // process that keeps CAP_SYS_CHROOT. The host root must be a real mount: axion's init
-    // moves itself off the initramfs (rootfs, which pivot_root cannot leave) onto a tmpfs at
-    // boot; if that failed, containers do not start.
+    // pivot_root and nothing else: a chroot is no security boundary, and runc's --no-pivot
+    // (move over `/`, chroot) keeps the host's root files under the container's root. The
+    // host root must be a real mount: axion's init moves itself off the initramfs (rootfs,
+    // which pivot_root cannot leave) onto a tmpfs at boot; if that failed, containers do
+    // not start (README, "pivot_root only").
     match nix::unistd::pivot_root(".", ".") {
         Ok(()) => umount2(".", MntFlags::MNT_DETACH).map_err(err("detaching old root"))?,
         Err(nix::errno::Errno::EINVAL) => return Err(pivot_refused()),
