@@ -188,12 +188,16 @@ impl Template {
             vm = qemu::Vm::spawn(cfg).context("starting the VM")?;
             vm.wait_ready(Duration::from_secs(300)).context("booting the VM")?;
         } else {
+            let t0 = Instant::now();
             vm = qemu::Vm::spawn(cfg.restore_from(&self.state)).context("starting the clone VM")?;
             vm.wait_restored(Duration::from_secs(120)).context("restoring the template state")?;
             vm.qmp()?.cont()?;
+            crate::debug(&format!("{hostname}: QEMU restored the template in {:.2} s", t0.elapsed().as_secs_f64()));
         }
+        let t0 = Instant::now();
         identify(&run_dir.join("agent.sock"), hostname, Duration::from_secs(60))
             .with_context(|| format!("handing the clone its identity (serial log {})", run_dir.join("serial.log").display()))?;
+        crate::debug(&format!("{hostname}: the clone agent took its identity (and mounted the store) in {:.2} s", t0.elapsed().as_secs_f64()));
         Ok((vm, port))
     }
 }
