@@ -52,9 +52,10 @@ while true; do
           [ "$n" = lo ] && continue
           ip link set dev "$n" address "$mac" 2>/dev/null || echo "vmd-agent: cannot change the MAC of $n"
           # QEMU's user network sends to the MAC it learnt: an ARP request from the new
-          # one teaches it (otherwise forwarded connections stall).
+          # one teaches it (otherwise forwarded connections stall). The request goes out
+          # at once; busybox arping then waits out its 1 s, so it runs in the background.
           ip neigh flush dev "$n" >/dev/null 2>&1
-          arping -c 1 -w 1 -I "$n" 10.0.2.2 >/dev/null 2>&1
+          arping -c 1 -w 1 -I "$n" 10.0.2.2 >/dev/null 2>&1 &
           break
         done
         # The host's layer store (read-only 9p): mounted only now, after the restore,
