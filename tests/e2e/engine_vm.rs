@@ -41,12 +41,7 @@ fn check() -> Result<()> {
     'fetch: loop {
         let mut all = true;
         for f in ["ca", "cert", "key"] {
-            let out = Command::new("ssh")
-                .arg("-i")
-                .arg(&key)
-                .args(["-p", &ssh_port.to_string(), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "root@127.0.0.1"])
-                .arg(format!("cat /var/lib/axion-engine/tls/client/{f}.pem"))
-                .output()?;
+            let out = axion_tests::ssh(&key, ssh_port, &[], &format!("cat /var/lib/axion-engine/tls/client/{f}.pem")).output()?;
             if !out.status.success() || out.stdout.is_empty() {
                 all = false;
                 break;

@@ -34,23 +34,10 @@ fn run(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn keygen(dir: &Path, name: &str) -> Result<(PathBuf, String)> {
-    let key = dir.join(name);
-    run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"]).arg(&key))?;
-    let public = std::fs::read_to_string(key.with_extension("pub"))?.trim().to_owned();
-    Ok((key, public))
-}
+use axion_tests::ssh_keygen as keygen;
 
 fn ssh(key: &Path, port: u16, command: &str) -> std::process::Output {
-    Command::new("ssh")
-        .arg("-i")
-        .arg(key)
-        .args(["-p", &port.to_string()])
-        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=20", "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR"])
-        .arg("root@127.0.0.1")
-        .arg(command)
-        .output()
-        .expect("ssh runs")
+    axion_tests::ssh(key, port, &[], command).output().expect("ssh runs")
 }
 
 /// Runs `command` over SSH, retrying while sshd comes up (it starts after the network and
@@ -140,6 +127,13 @@ fn serial(vm: &qemu::Vm) -> String {
 fn disk_vm(run_dir: PathBuf, disk: &Path, port: u16, ip: Option<&str>) -> VmConfig {
     let (accel, _) = axion_tests::accel();
     VmConfig::new().accel(accel).memory_mib(768).run_dir(run_dir).drive(Drive::disk(disk, DiskFormat::Qcow2)).device(net_to(port, ip))
+}
+
+/// The qemu profile's kernel and initramfs with the serial console and `extra` parameters.
+fn initramfs_vm(run_dir: PathBuf, kernel: &Path, initrd: &Path, extra: &str) -> VmConfig {
+    let (accel, _) = axion_tests::accel();
+    let cmdline = format!("console=ttyS0,115200 panic=-1 {extra}");
+    VmConfig::new().accel(accel).memory_mib(512).run_dir(run_dir).kernel(kernel, Some(initrd.to_path_buf()), cmdline.trim_end())
 }
 
 struct Seen {
@@ -307,12 +301,7 @@ fn fw_cfg() -> Result<()> {
     let net = dir.path().join("network-config");
     std::fs::write(&net, network("10.0.2.50"))?;
     let port = qemu::free_port()?;
-    let (accel, _) = axion_tests::accel();
-    let config = VmConfig::new()
-        .accel(accel)
-        .memory_mib(512)
-        .run_dir(dir.path().join("vm"))
-        .kernel(&kernel, Some(initrd), "console=ttyS0,115200 panic=-1 axion.ip=dhcp")
+    let config = initramfs_vm(dir.path().join("vm"), &kernel, &initrd, "axion.ip=dhcp")
         .drive(Drive::cdrom(&seed))
         .fw_cfg_file("opt/axion/network-config", &net)
         .fw_cfg_file("opt/axion/user-data", &ud)
@@ -352,12 +341,7 @@ fn malformed() -> Result<()> {
             ("network-config", "version: 1\nconfig: []\n"),
         ],
     )?;
-    let (accel, _) = axion_tests::accel();
-    let config = VmConfig::new()
-        .accel(accel)
-        .memory_mib(512)
-        .run_dir(dir.path().join("vm"))
-        .kernel(&kernel, Some(initrd), "console=ttyS0,115200 panic=-1")
+    let config = initramfs_vm(dir.path().join("vm"), &kernel, &initrd, "")
         .drive(Drive::disk(&seed, DiskFormat::Raw))
         .user_net(qemu::NicModel::VirtioNet, Vec::new());
     let (mut vm, _ready) = boot_ready(config)?;

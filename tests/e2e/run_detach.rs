@@ -113,13 +113,7 @@ fn run_detach_then_stop() {
     );
     assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), "linux/amd64");
     // The SSH key and host name from the first-boot settings.
-    let ssh_out = Command::new("ssh")
-        .arg("-i")
-        .arg(&key)
-        .args(["-p", &ssh_s, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
-        .args(["-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=30", "root@127.0.0.1", "hostname"])
-        .output()
-        .expect("ssh runs");
+    let ssh_out = axion_tests::ssh(&key, ssh, &[], "hostname").output().expect("ssh runs");
     assert!(ssh_out.status.success(), "ssh with the --ssh-key key failed: {}", String::from_utf8_lossy(&ssh_out.stderr));
     assert_eq!(String::from_utf8_lossy(&ssh_out.stdout).trim(), "rundetach");
 

@@ -1,7 +1,6 @@
 //! SSH into a booted qemu-profile image: dropbear accepts the key given in the first-boot
 //! settings (kernel command line), and refuses another key and passwords.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -9,16 +8,7 @@ use axion_tests::{boot_ready, image, qemu, require};
 use xtask::profile::Format;
 
 fn ssh(key: &std::path::Path, port: u16, extra: &[&str], command: &str) -> std::process::Output {
-    Command::new("ssh")
-        .args(["-i"])
-        .arg(key)
-        .args(["-p", &port.to_string()])
-        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=20", "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR"])
-        .args(extra)
-        .arg("root@127.0.0.1")
-        .arg(command)
-        .output()
-        .expect("ssh runs")
+    axion_tests::ssh(key, port, extra, command).output().expect("ssh runs")
 }
 
 use axion_tests::ssh_keygen as keygen;

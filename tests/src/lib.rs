@@ -195,6 +195,17 @@ pub fn tail(path: &Path, n: usize) -> String {
 /// The registry helpers live in xtask (the bench uses them too).
 pub use xtask::registry;
 
+/// `ssh` as root to a guest's forwarded port on 127.0.0.1 with KEY only: no host-key checks
+/// (every instance makes its own host keys), no agent keys, no prompts. `extra` options go
+/// before the destination; add nothing after it, the command is already there.
+pub fn ssh(key: &Path, port: u16, extra: &[&str], command: &str) -> Command {
+    let mut c = Command::new("ssh");
+    c.arg("-i").arg(key).args(["-p", &port.to_string()]);
+    c.args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=30", "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR"]);
+    c.args(extra).arg("root@127.0.0.1").arg(command);
+    c
+}
+
 /// A fresh ed25519 key pair without a passphrase at DIR/NAME (and NAME.pub); returns the
 /// private key's path and the public key line.
 pub fn ssh_keygen(dir: &Path, name: &str) -> Result<(PathBuf, String)> {
