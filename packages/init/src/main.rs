@@ -349,6 +349,9 @@ fn write_ssh_keys(s: &Settings) {
 
 impl Init {
     fn run(&mut self) -> ! {
+        // Children from before the signalfd existed (the root switch's cleaner) whose
+        // SIGCHLD was lost.
+        self.reap(Instant::now());
         let mut tokens = Vec::new();
         loop {
             let now = Instant::now();

@@ -27,7 +27,8 @@
 //! 4. Open the old root, `mount --move` the tmpfs onto `/`, `chroot(".")`, `chdir("/")`.
 //! 5. Delete the old root's files through the open directory, without crossing into other
 //!    filesystems ([`remove_contents`]), so their memory returns to the system, as busybox's
-//!    switch_root does.
+//!    switch_root does. A forked child does it (about 1 ms per entry under TCG, 0.4 s for
+//!    the qemu image) while init re-executes and boots; init reaps it.
 //! 6. Point stdio at the new root's /dev/console and exec init again (the path
 //!    /proc/self/exe named) with the same arguments and [`GUARD`] added to the environment.
 //!    The new image sees the guard, reports the switch and removes the variable, so no
@@ -149,16 +150,40 @@ fn switch(exe: Option<PathBuf>, others: &[PathBuf], started: Instant) -> Result<
     }
     let _ = std::env::set_current_dir("/");
     let moved_ms = started.elapsed().as_millis();
-    let mut removed = 0u64;
-    let mut errors = Vec::new();
-    remove_contents(old.as_raw_fd(), old_dev, Path::new("(old root)"), &mut removed, &mut errors);
-    drop(old);
-    if !errors.is_empty() {
-        warnings.push(format!("{} file(s) of the old root not deleted, first: {}", errors.len(), errors[0]));
-    }
     reopen_stdio();
+    // Freeing the old files costs about 1 ms per entry under TCG: a child does it while boot
+    // goes on (the re-executed init reaps it). Inline when fork fails.
+    // SAFETY: PID 1 is single-threaded here; the child only deletes through `old`, writes
+    // to stderr and exits with _exit.
+    let freed = match unsafe { libc::fork() } {
+        0 => {
+            let t = Instant::now();
+            let mut removed = 0u64;
+            let mut errors = Vec::new();
+            remove_contents(old.as_raw_fd(), old_dev, Path::new("(old root)"), &mut removed, &mut errors);
+            for e in errors.iter().take(5) {
+                eprintln!("init: WARNING: root switch: old root not freed: {e}");
+            }
+            if crate::log::debug_enabled() || !errors.is_empty() {
+                eprintln!("init: root switch: {removed} old entries freed in {} ms, {} error(s)", t.elapsed().as_millis(), errors.len());
+            }
+            // SAFETY: _exit ends the child without running the parent's destructors.
+            unsafe { libc::_exit(if errors.is_empty() { 0 } else { 1 }) }
+        }
+        pid if pid > 0 => format!("old files freed by child {pid}"),
+        _ => {
+            let mut removed = 0u64;
+            let mut errors = Vec::new();
+            remove_contents(old.as_raw_fd(), old_dev, Path::new("(old root)"), &mut removed, &mut errors);
+            if !errors.is_empty() {
+                warnings.push(format!("{} file(s) of the old root not deleted, first: {}", errors.len(), errors[0]));
+            }
+            format!("{removed} old entries freed at {} ms", started.elapsed().as_millis())
+        }
+    };
+    drop(old);
     let mut msg = format!(
-        "{} files ({:.1} MiB), {} directories, {} symlinks, {} hard links, {} device nodes copied in {} ms; size limit {} MiB; moved at {} ms; {} old entries freed at {} ms",
+        "{} files ({:.1} MiB), {} directories, {} symlinks, {} hard links, {} device nodes copied in {} ms; size limit {} MiB; moved at {} ms; {}",
         stats.files,
         stats.bytes as f64 / (1 << 20) as f64,
         stats.dirs,
@@ -168,8 +193,7 @@ fn switch(exe: Option<PathBuf>, others: &[PathBuf], started: Instant) -> Result<
         copied_ms,
         limit >> 20,
         moved_ms,
-        removed,
-        started.elapsed().as_millis()
+        freed
     );
     for w in &warnings {
         msg.push_str("; ");
