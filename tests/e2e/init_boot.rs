@@ -457,7 +457,7 @@ fn test_services(token: &str) -> Vec<(String, String)> {
              for i in $(seq 50); do ip -6 addr show dev eth0 | grep -q 'inet6 fe80::' && break; sleep 0.1; done; \
              ip -6 addr show dev eth0 | grep inet6; \
              echo root-mount: $(grep ' / / ' /proc/self/mountinfo); echo rootfs-entries: $(grep -c rootfs /proc/self/mountinfo); \
-             echo init-exe: $(readlink /proc/1/exe); echo syscheck-done",
+             echo init-exe: $(readlink /proc/1/exe); echo shmem: $(grep Shmem: /proc/meminfo); echo syscheck-done",
             "after = [\"network\"]\nrestart = \"never\"\nenvironment = { GREETING = \"hello from TOML\" }",
         ),
         // Writes a marker on the data partition on the first boot, reports it on later ones.
@@ -520,6 +520,16 @@ fn init_boots_supervises_reaps_and_powers_off_cleanly() {
     assert!(t.contains("syscheck: init-exe: /sbin/init\n"), "init was not re-executed from the new root:\n{t}");
     assert!(t.contains("init: root moved from the initramfs to a tmpfs ("), "no root switch message:\n{t}");
     assert!(!t.contains("root switch:"), "root switch error:\n{t}");
+    // The initramfs' files were freed: shared memory (tmpfs pages, the root's copy among
+    // them) is well below twice the initramfs, which it would be with both copies alive.
+    let shmem_kb: u64 = t
+        .lines()
+        .find_map(|l| l.split_once("syscheck: shmem: Shmem: ").map(|x| x.1.trim().trim_end_matches("kB").trim().to_string()))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no Shmem figure:\n{t}"));
+    let cpio_kb = std::fs::metadata(&initrd).map(|m| m.len() / 1024).unwrap_or(0);
+    eprintln!("Shmem {shmem_kb} kB, initramfs {cpio_kb} kB");
+    assert!(shmem_kb * 2 < cpio_kb * 3, "Shmem {shmem_kb} kB for a {cpio_kb} kB initramfs: the old root's files were not freed");
 
     // The crashing service is restarted, with growing delays.
     let t = b.wait("the crasher's third run", |s| s.matches("crasher: crasher-run").count() >= 3);
