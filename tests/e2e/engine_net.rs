@@ -74,13 +74,7 @@ impl Guest {
     }
 
     fn ssh(&self, cmd: &str) -> Result<Output> {
-        Command::new("ssh")
-            .arg("-i")
-            .arg(&self.key)
-            .args(["-p", &self.ssh_port.to_string(), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=20", "root@127.0.0.1"])
-            .arg(cmd)
-            .output()
-            .context("running ssh")
+        axion_tests::ssh(&self.key, self.ssh_port, &[], cmd).output().context("running ssh")
     }
 
     fn certs(&self) -> PathBuf {
@@ -211,11 +205,7 @@ fn container_root_is_its_own(g: &Guest, dir: &Path) -> Result<()> {
     if !st.success() {
         bail!("musl-gcc could not build the chroot escape test program");
     }
-    let o = Command::new("ssh")
-        .arg("-i")
-        .arg(&g.key)
-        .args(["-p", &g.ssh_port.to_string(), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=20", "root@127.0.0.1"])
-        .arg("mkdir -p /var/lib/escape-test && cat > /var/lib/escape-test/escape && chmod 755 /var/lib/escape-test/escape")
+    let o = axion_tests::ssh(&g.key, g.ssh_port, &[], "mkdir -p /var/lib/escape-test && cat > /var/lib/escape-test/escape && chmod 755 /var/lib/escape-test/escape")
         .stdin(std::fs::File::open(&bin)?)
         .output()
         .context("copying the escape program into the VM")?;
