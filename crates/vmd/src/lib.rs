@@ -150,6 +150,8 @@ struct Ctr {
     state: Mutex<State>,
     phase: watch::Sender<Phase>,
     vm: Mutex<Option<qemu::Vm>>,
+    /// The clone agent's channel, kept connected while the VM runs (see `clone_vm`).
+    agent: Mutex<Option<std::os::unix::net::UnixStream>>,
     guest: GuestClient,
     gid: String,
     finished: AtomicBool,
@@ -375,8 +377,10 @@ impl Daemon {
                 let _ = std::fs::write(c.dir.join("logs"), &raw);
             }
         }
+        debug(&format!("{}: exit code {code}, logs saved", c.short()));
         c.quitting.store(true, Ordering::SeqCst);
         let vm = c.vm.lock().expect("vm lock").take();
+        drop(c.agent.lock().expect("agent lock").take());
         if let Some(mut vm) = vm {
             let _ = tokio::task::spawn_blocking(move || {
                 let _ = vm.qmp().map(|q| q.quit());
@@ -385,6 +389,7 @@ impl Daemon {
             })
             .await;
         }
+        debug(&format!("{}: VM gone", c.short()));
         self.cleanup_cgroup(c);
         {
             let mut st = c.state.lock().expect("state lock");
@@ -455,6 +460,8 @@ fn orphan_vms(dir: &Path) -> Vec<u32> {
 /// Progress lines on stderr with VMD_DEBUG set.
 fn debug(msg: &str) {
     if std::env::var_os("VMD_DEBUG").is_some() {
+        let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        eprint!("[{}.{:03}] ", t.as_secs() % 1000, t.subsec_millis());
         eprintln!("vmd: {msg}");
     }
 }
@@ -695,7 +702,7 @@ impl Backend for Api {
         let cloned = tokio::task::spawn_blocking(move || t.clone_vm(&dir2, &host2, &forwards, cold))
             .await
             .map_err(|e| ApiError::internal(format!("clone task: {e}")))?;
-        let (vm, port) = match cloned {
+        let (vm, port, agent) = match cloned {
             Ok(x) => x,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -713,7 +720,7 @@ impl Backend for Api {
                 if tokio::time::Instant::now() > deadline {
                     return Err(ApiError::internal(format!("the engine in the cloned VM did not answer within 60 s: {e}")));
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
             debug(&format!("{}: engine answers after {:.2} s", &id[..12], t0.elapsed().as_secs_f64()));
             let mut greq = req.clone();
@@ -733,7 +740,9 @@ impl Backend for Api {
             greq.config.hostname = hostname.clone();
             greq.host_config.auto_remove = false;
             greq.host_config.port_bindings = Some(guest_bindings.clone());
-            guest.create(&greq).await
+            let r = guest.create(&greq).await;
+            debug(&format!("{}: created in the VM after {:.2} s", &id[..12], t0.elapsed().as_secs_f64()));
+            r
         };
         let gid = match setup.await {
             Ok(g) => g,
@@ -759,6 +768,7 @@ impl Backend for Api {
             state: Mutex::new(State { pid, ..Default::default() }),
             phase: watch::channel(Phase::Created).0,
             vm: Mutex::new(vm),
+            agent: Mutex::new(Some(agent)),
             guest,
             gid,
             finished: AtomicBool::new(false),
@@ -834,9 +844,11 @@ impl Backend for Api {
             st.started_unix = now_unix();
         }
         let _ = c.phase.send(Phase::Running);
+        debug(&format!("{}: started in the VM", c.short()));
         let d = self.0.clone();
         tokio::spawn(async move {
             let r = c.guest.wait(&c.gid).await;
+            debug(&format!("{}: the guest's wait returned", c.short()));
             if c.finished.load(Ordering::SeqCst) {
                 return;
             }

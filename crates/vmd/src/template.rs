@@ -176,10 +176,17 @@ impl Template {
     /// identity handed to the clone agent. Returns the VM and the host port of its engine.
     /// With `cold`, the VM boots from scratch instead (same files, same devices) and is
     /// handed its identity after init's ready line: the baseline the clone is measured against.
-    pub fn clone_vm(&self, run_dir: &Path, hostname: &str, forwards: &[qemu::PortForward], cold: bool) -> Result<(qemu::Vm, u16)> {
+    ///
+    /// Also returns the agent's channel, still connected: hold it for the VM's life. While
+    /// the host end is connected, the agent's read blocks; with it closed, the read returns
+    /// EOF at once and the agent polls (a fork of `usleep` ten times a second, which under
+    /// TCG takes CPU from the container's start).
+    pub fn clone_vm(&self, run_dir: &Path, hostname: &str, forwards: &[qemu::PortForward], cold: bool) -> Result<(qemu::Vm, u16, UnixStream)> {
         std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
         if let Some(d) = &self.disk {
+            let t0 = Instant::now();
             overlay(d, &run_dir.join("disk.qcow2"))?;
+            crate::debug(&format!("{hostname}: overlay created in {:.3} s", t0.elapsed().as_secs_f64()));
         }
         let port = qemu::free_port()?;
         let cfg = self.config(run_dir, port, forwards);
@@ -195,10 +202,10 @@ impl Template {
             crate::debug(&format!("{hostname}: QEMU restored the template in {:.2} s", t0.elapsed().as_secs_f64()));
         }
         let t0 = Instant::now();
-        identify(&run_dir.join("agent.sock"), hostname, Duration::from_secs(60))
+        let agent = identify(&run_dir.join("agent.sock"), hostname, Duration::from_secs(60))
             .with_context(|| format!("handing the clone its identity (serial log {})", run_dir.join("serial.log").display()))?;
         crate::debug(&format!("{hostname}: the clone agent took its identity (and mounted the store) in {:.2} s", t0.elapsed().as_secs_f64()));
-        Ok((vm, port))
+        Ok((vm, port, agent))
     }
 }
 
@@ -209,8 +216,9 @@ pub fn random_mac() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":")
 }
 
-/// Sends `clone HOSTNAME EPOCH MAC SEED` to the agent and waits for `ok HOSTNAME`.
-fn identify(sock: &Path, hostname: &str, timeout: Duration) -> Result<()> {
+/// Sends `clone HOSTNAME EPOCH MAC SEED` to the agent and waits for `ok HOSTNAME`; returns
+/// the connected channel.
+fn identify(sock: &Path, hostname: &str, timeout: Duration) -> Result<UnixStream> {
     let deadline = Instant::now() + timeout;
     let stream = loop {
         match UnixStream::connect(sock) {
@@ -229,7 +237,7 @@ fn identify(sock: &Path, hostname: &str, timeout: Duration) -> Result<()> {
     loop {
         match r.read_line(&mut got) {
             Ok(0) => bail!("the clone agent closed the channel"),
-            Ok(_) if got.trim() == format!("ok {hostname}") => return Ok(()),
+            Ok(_) if got.trim() == format!("ok {hostname}") => break,
             Ok(_) => got.clear(),
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
             Err(e) => return Err(e.into()),
@@ -238,4 +246,6 @@ fn identify(sock: &Path, hostname: &str, timeout: Duration) -> Result<()> {
             bail!("the clone agent did not answer within {} s", timeout.as_secs());
         }
     }
+    drop(r);
+    Ok(stream)
 }
