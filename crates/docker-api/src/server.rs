@@ -237,7 +237,9 @@ async fn dispatch<B: Backend>(b: Arc<B>, req: Request<Incoming>) -> ApiResult<Re
             let limit: Option<usize> = q.int::<i64>("limit")?.filter(|&n| n > 0).map(|n| n as usize);
             let all = q.flag("all") || limit.is_some() || filters.has("status") || filters.has("exited");
             let mut list = filters.containers(b.containers(all).await?)?;
-            list.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| a.id.cmp(&b.id)));
+            // Newest first. Stable: `Created` is in seconds, and a back end lists same-second
+            // containers in its own finer order (the engine sorts by nanoseconds).
+            list.sort_by(|a, b| b.created.cmp(&a.created));
             if let Some(n) = limit {
                 list.truncate(n);
             }
