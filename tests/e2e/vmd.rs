@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use axion_tests::registry::{Compression, Registry};
-use axion_tests::{image, require};
+use axion_tests::{image, qemus_under, require};
 use xtask::profile::Format;
 
 #[test]
@@ -37,21 +37,6 @@ impl Cli {
         assert!(o.status.success(), "docker {} failed ({}): {}{}", args.join(" "), o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
-}
-
-/// QEMU processes whose command line mentions `dir`.
-fn qemus_under(dir: &Path) -> Vec<u32> {
-    let needle = dir.to_string_lossy().into_owned();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.starts_with("qemu-system") && cmd.contains(&needle) {
-            out.push(pid);
-        }
-    }
-    out
 }
 
 fn pid_alive(pid: u32) -> bool {

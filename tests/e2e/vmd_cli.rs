@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use axion_tests::registry::{free_port, Compression, Registry};
-use axion_tests::{eval_exports, require, xtask, xtask_ok};
+use axion_tests::{eval_exports, qemus_under, require, xtask, xtask_ok};
 use xtask::profile::Format;
 
 /// Stops the daemon when the test ends, however it ends.
@@ -19,22 +19,6 @@ impl Drop for StopOnDrop {
     fn drop(&mut self) {
         let _ = xtask(&["vmd", "--stop", "--state-dir", &self.0], Duration::from_secs(120));
     }
-}
-
-/// QEMU processes whose command line names `dir` (the daemon's template and clones).
-fn qemus_under(dir: &Path) -> Vec<u32> {
-    let needle = dir.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd);
-            cmd.contains("qemu-system") && cmd.contains(&needle)
-        })
-        .collect()
 }
 
 fn docker(env: &[(&str, &str)], config: &Path, args: &[&str]) -> Output {

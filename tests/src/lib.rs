@@ -195,6 +195,23 @@ pub fn tail(path: &Path, n: usize) -> String {
 /// The registry helpers live in xtask (the bench uses them too).
 pub use xtask::registry;
 
+/// QEMU processes whose command line mentions `dir` (a VM-per-container daemon's state: its
+/// template and clones). Found from /proc here, independently of the daemon's own scan, so a
+/// test can tell what the daemon left behind.
+pub fn qemus_under(dir: &Path) -> Vec<u32> {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.starts_with("qemu-system") && cmd.contains(&needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
 /// `ssh` as root to a guest's forwarded port on 127.0.0.1 with KEY only: no host-key checks
 /// (every instance makes its own host keys), no agent keys, no prompts. `extra` options go
 /// before the destination; add nothing after it, the command is already there.
