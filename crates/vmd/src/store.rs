@@ -16,7 +16,7 @@
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -234,16 +234,8 @@ impl LayerStore {
 }
 
 fn file_sha256(p: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(p)?;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
+    std::io::copy(&mut std::fs::File::open(p)?, &mut h)?;
     Ok(hex::encode(h.finalize()))
 }
 
