@@ -14,6 +14,7 @@ pub mod filters;
 pub mod route;
 pub mod server;
 pub mod stdcopy;
+pub mod time;
 pub mod tls;
 pub mod types;
 pub mod version;

@@ -117,6 +117,7 @@ pub use server::{bench_docker_run, Server};
 
 use client::GuestClient;
 use docker_api::types::*;
+use docker_api::time::{human, now_nanos, rfc3339, since, unix_from_rfc3339};
 use docker_api::{ApiError, ApiResult, AttachIo, AttachOptions, Backend, Frame, FrameRx, LogsOptions, RegistryAuth, WaitCondition};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -151,9 +152,10 @@ struct State {
     exit_code: i64,
     error: String,
     started_at: String,
-    started_unix: i64,
+    /// Nanoseconds since the epoch.
+    started_ns: i128,
     finished_at: String,
-    finished_unix: i64,
+    finished_ns: i128,
     pid: u32,
 }
 
@@ -207,48 +209,6 @@ pub struct Daemon {
     containers: Mutex<HashMap<String, Arc<Ctr>>>,
     cgroups: Option<cgroup::Cgroups>,
     warnings: Vec<String>,
-}
-
-fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil from days (H. Hinnant).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z", rem / 3600, rem % 3600 / 60, rem % 60, d.subsec_nanos())
-}
-
-/// "YYYY-MM-DDTHH:MM:SS..." (UTC) → seconds since the epoch; 0 when unparsable.
-fn unix_from_rfc3339(s: &str) -> i64 {
-    let p = |a: usize, b: usize| s.get(a..b).and_then(|x| x.parse::<i64>().ok());
-    let (Some(y), Some(m), Some(d), Some(hh), Some(mm), Some(ss)) = (p(0, 4), p(5, 7), p(8, 10), p(11, 13), p(14, 16), p(17, 19)) else { return 0 };
-    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + (153 * m + 2) / 5 + d - 1;
-    (era * 146_097 + doe - 719_468) * 86_400 + hh * 3600 + mm * 60 + ss
-}
-
-fn now_unix() -> i64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
-
-fn ago(secs: i64) -> String {
-    let s = (now_unix() - secs).max(0);
-    match s {
-        0..=1 => "Less than a second".into(),
-        2..=59 => format!("{s} seconds"),
-        60..=3599 => format!("{} minutes", s / 60),
-        _ => format!("{} hours", s / 3600),
-    }
 }
 
 fn internal(what: &str) -> impl FnOnce(anyhow::Error) -> ApiError + '_ {
@@ -415,8 +375,8 @@ impl Daemon {
             let mut st = c.state.lock().expect("state lock");
             st.exit_code = code;
             st.error = error.unwrap_or_default();
-            st.finished_at = rfc3339(SystemTime::now());
-            st.finished_unix = now_unix();
+            st.finished_ns = now_nanos();
+            st.finished_at = rfc3339(st.finished_ns);
             st.pid = 0;
         }
         let _ = c.phase.send(Phase::Exited);
@@ -641,8 +601,8 @@ impl Backend for Api {
                 let st = c.state.lock().expect("state lock").clone();
                 let status = match c.phase() {
                     Phase::Created => "Created".to_string(),
-                    Phase::Running => format!("Up {} (VM pid {})", ago(st.started_unix), st.pid),
-                    Phase::Exited | Phase::Removed => format!("Exited ({}) {} ago", st.exit_code, ago(st.finished_unix)),
+                    Phase::Running => format!("Up {} (VM pid {})", human(since(st.started_ns)), st.pid),
+                    Phase::Exited | Phase::Removed => format!("Exited ({}) {} ago", st.exit_code, human(since(st.finished_ns))),
                 };
                 let cmd = c.req.config.cmd.clone().unwrap_or_default().join(" ");
                 ContainerSummary {
@@ -775,12 +735,12 @@ impl Backend for Api {
                 return Err(e);
             }
         };
-        let now = SystemTime::now();
+        let now = now_nanos();
         let c = Arc::new(Ctr {
             id: id.clone(),
             name,
             created: rfc3339(now),
-            created_unix: now_unix(),
+            created_unix: (now / 1_000_000_000) as i64,
             image_id: image.id.clone(),
             req,
             dir,
@@ -860,8 +820,8 @@ impl Backend for Api {
         }
         {
             let mut st = c.state.lock().expect("state lock");
-            st.started_at = rfc3339(SystemTime::now());
-            st.started_unix = now_unix();
+            st.started_ns = now_nanos();
+            st.started_at = rfc3339(st.started_ns);
         }
         let _ = c.phase.send(Phase::Running);
         debug(&format!("{}: started in the VM", c.short()));
@@ -1014,16 +974,6 @@ impl Backend for Api {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn time_round_trip() {
-        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_734_895);
-        let s = rfc3339(t);
-        assert_eq!(&s[..19], "2026-11-26T23:14:55");
-        assert_eq!(unix_from_rfc3339(&s), 1_795_734_895);
-        assert_eq!(unix_from_rfc3339("2024-01-01T00:00:00Z"), 1_704_067_200);
-        assert_eq!(unix_from_rfc3339("nonsense"), 0);
-    }
 
     #[test]
     fn tail_keeps_the_last_lines() {

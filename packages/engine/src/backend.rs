@@ -6,7 +6,7 @@ use crate::images::{self, Store};
 use crate::reference::Reference;
 use crate::registry;
 use crate::runtime::{self, Bind, ExecSpec, Process, RunSpec, Stdio3};
-use crate::timefmt::{human, now_nanos, rfc3339, since};
+use docker_api::time::{human, now_nanos, rfc3339, since, unix_from_rfc3339};
 use crate::{cgroup, logs, net, netproxy};
 use bytes::Bytes;
 use docker_api::types::*;
@@ -103,19 +103,6 @@ fn stdin_thread(mut w: std::fs::File, mut rx: mpsc::Receiver<Bytes>, on_eof: imp
 fn confinement(hc: &HostConfig) -> Result<runtime::confine::Confinement, String> {
     let v = |o: &Option<Vec<String>>| o.clone().unwrap_or_default();
     runtime::confine::for_container(hc.privileged, &v(&hc.cap_add), &v(&hc.cap_drop), &v(&hc.security_opt))
-}
-
-fn parse_created(s: &str) -> i64 {
-    // "YYYY-MM-DDTHH:MM:SS..." → unix seconds (0 if unparsable).
-    let p = |a: usize, b: usize| s.get(a..b).and_then(|x| x.parse::<i64>().ok());
-    let (Some(y), Some(m), Some(d), Some(hh), Some(mm), Some(ss)) = (p(0, 4), p(5, 7), p(8, 10), p(11, 13), p(14, 16), p(17, 19)) else { return 0 };
-    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    days * 86_400 + hh * 3600 + mm * 60 + ss
 }
 
 impl Engine {
@@ -769,7 +756,7 @@ impl Backend for Engine {
                 id: i.id.clone(),
                 repo_tags: i.tags,
                 repo_digests: i.digests,
-                created: i.config.created.as_deref().map(parse_created).unwrap_or(0),
+                created: i.config.created.as_deref().map(unix_from_rfc3339).unwrap_or(0),
                 size: i.size,
                 shared_size: -1,
                 containers: -1,

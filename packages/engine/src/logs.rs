@@ -28,7 +28,7 @@ pub fn encode(f: &Frame, time: &str) -> Vec<u8> {
 
 pub fn append(path: &Path, f: &Frame) -> std::io::Result<()> {
     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-    file.write_all(&encode(f, &crate::timefmt::rfc3339(crate::timefmt::now_nanos())))
+    file.write_all(&encode(f, &docker_api::time::rfc3339(docker_api::time::now_nanos())))
 }
 
 /// Parses log lines into frames, honouring stream selection and timestamps.

@@ -22,7 +22,6 @@ mod netproxy;
 mod reference;
 mod registry;
 mod runtime;
-mod timefmt;
 /// Safe layer unpacking lives in crates/layer-unpack (the host daemon uses it too).
 use layer_unpack as unpack;
 
