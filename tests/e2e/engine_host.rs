@@ -114,13 +114,20 @@ impl Engine {
     }
 
     fn start(extra: &[&str]) -> Engine {
+        Engine::start_under(&[], extra)
+    }
+
+    /// Starts the engine behind `wrapper` (a command that ends by exec'ing its arguments, so
+    /// the child's pid stays the engine's).
+    fn start_under(wrapper: &[&str], extra: &[&str]) -> Engine {
         let root = tempfile::tempdir().unwrap();
         let sock = root.path().join("docker.sock");
         let log = root.path().join("engine.log");
-        let mut args = vec!["--data-root".to_string(), root.path().join("data").display().to_string(), "-H".into(), format!("unix://{}", sock.display()), "--bridge".into(), "none".into()];
+        let mut args: Vec<String> = wrapper.iter().map(|s| s.to_string()).collect();
+        args.extend([engine_binary().display().to_string(), "--data-root".to_string(), root.path().join("data").display().to_string(), "-H".into(), format!("unix://{}", sock.display()), "--bridge".into(), "none".into()]);
         args.extend(extra.iter().map(|s| s.to_string()));
-        let child = Command::new(engine_binary())
-            .args(&args)
+        let child = Command::new(&args[0])
+            .args(&args[1..])
             .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
             .stderr(Stdio::from(std::fs::File::create(root.path().join("engine.err")).unwrap()))
             .spawn()
@@ -403,6 +410,50 @@ fn run_attached_detached_and_lifecycle() {
     let o = c.wait_with_output().unwrap();
     assert!(o.status.success());
     assert_eq!(String::from_utf8_lossy(&o.stdout), "SHOUT\n");
+}
+
+/// Puts the engine in its own mount namespace, chrooted into a directory that is not a mount
+/// point (each top-level directory of the host bound under it, so every path stays the
+/// same): a root that pivot_root cannot leave. (The VM's initramfs, had init's root switch
+/// failed, is the other such root; only a VM can show that one.) Arguments: the jail's base
+/// directory, then the command to exec.
+const UNPIVOTABLE_ROOT: &str = r#"set -e
+base=$1; shift
+mount -t tmpfs jail "$base"
+jail=$base/root
+mkdir "$jail"
+for d in /*; do
+  n=${d#/}
+  if [ -L "$d" ]; then ln -s "$(readlink "$d")" "$jail/$n"
+  elif [ -d "$d" ]; then mkdir "$jail/$n"; mount --rbind "$d" "$jail/$n"
+  fi
+done
+exec chroot "$jail" "$@"
+"#;
+
+#[test]
+fn refuses_a_root_pivot_root_cannot_leave() {
+    skip_unless_capable!();
+    if Command::new("unshare").arg("--version").output().is_err() {
+        eprintln!("skip: because util-linux's unshare is not installed");
+        return;
+    }
+    let (_reg, host) = registry_with_busybox();
+    let base = tempfile::tempdir().unwrap();
+    let base_arg = base.path().display().to_string();
+    let e = Engine::start_under(&["unshare", "--mount", "--propagation", "private", "sh", "-c", UNPIVOTABLE_ROOT, "sh", &base_arg], &[]);
+    let img = format!("{host}/busybox:latest");
+    e.ok(&["pull", "-q", &img]);
+    // The container does not start, the error says why, and nothing falls back to chroot.
+    let o = e.docker(&["run", "--name", "stuck", &img, "echo", "escaped"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{o:?}");
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("escaped"), "{o:?}");
+    assert!(err.contains("the host root is not a mount point (chroot?); refusing the chroot fallback"), "{err}");
+    // The engine keeps serving, and the container stays a created one that never ran.
+    assert_eq!(e.ok(&["inspect", "--format", "{{.State.Status}} {{.State.Running}}", "stuck"]).trim(), "created false");
+    e.ok(&["rm", "stuck"]);
+    assert_eq!(e.ok(&["ps", "-aq"]).trim(), "");
 }
 
 #[test]

@@ -166,8 +166,12 @@ fn exit_child(result: Result<std::convert::Infallible, Fail>) -> ! {
 }
 
 fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .map_err(err("making / private"))?;
+    match mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>) {
+        Ok(()) => {}
+        // `/` is not a mount point: the engine runs chrooted, and pivot_root would fail too.
+        Err(nix::errno::Errno::EINVAL) => return Err(pivot_refused("making / private failed (EINVAL): the host root is not a mount point (chroot?)")),
+        Err(e) => return Err(err("making / private")(e)),
+    }
     let root = &spec.rootfs;
     let lowers: Vec<String> = spec.lowers.iter().map(|p| p.display().to_string()).collect();
     let opts = format!(
@@ -244,7 +248,7 @@ fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
     // not start (README, "pivot_root only").
     match nix::unistd::pivot_root(".", ".") {
         Ok(()) => umount2(".", MntFlags::MNT_DETACH).map_err(err("detaching old root"))?,
-        Err(nix::errno::Errno::EINVAL) => return Err(pivot_refused()),
+        Err(nix::errno::Errno::EINVAL) => return Err(pivot_refused("pivot_root into the container root failed (EINVAL): the host root is not pivotable (initramfs?)")),
         Err(e) => return Err(err("pivot_root into the container root")(e)),
     }
     std::env::set_current_dir("/").map_err(err("chdir /"))?;
@@ -258,13 +262,8 @@ fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
 }
 
 /// The error for a host root that pivot_root cannot leave.
-fn pivot_refused() -> Fail {
-    (
-        125,
-        "pivot_root into the container root failed (EINVAL): the host root is not pivotable (initramfs?); \
-         refusing the chroot fallback, which is escapable"
-            .into(),
-    )
+fn pivot_refused(why: &str) -> Fail {
+    (125, format!("{why}; refusing the chroot fallback, which is escapable"))
 }
 
 /// Brings `lo` up in the new network namespace.
