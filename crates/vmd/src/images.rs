@@ -1,13 +1,15 @@
-//! The daemon's image list. `docker pull` resolves the reference on the host (manifest,
-//! image index → linux/amd64, config blob), fetches every layer blob into the host's
-//! [`LayerStore`] and unpacks it there once; the VMs use those layers over 9p. Records
+//! The daemon's image list. `docker pull` resolves the reference on the host with the
+//! shared registry client (crates/registry, the guest engine's: anonymous, bearer-token and
+//! basic auth, manifest, image index → linux/amd64, config blob, digests), fetches every
+//! layer blob into the host's [`LayerStore`] and unpacks it there once; the VMs use those layers over 9p. Records
 //! live in `images.json` in the state directory. (A VM's engine can still pull from the
 //! registry itself, a registry on the host's 127.0.0.1 being 10.0.2.2 from inside, see
 //! [`guest_ref`]: the daemon falls back to that only for a record from before the store.)
 
 use crate::store::LayerStore;
 use docker_api::types::*;
-use docker_api::{ApiError, ApiResult};
+use docker_api::{ApiError, ApiResult, RegistryAuth};
+use registry::{Reference, RegistryError};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -31,77 +33,60 @@ pub struct ImageRecord {
     pub diff_ids: Vec<String>,
 }
 
-/// A parsed `[registry/]repo[:tag|@digest]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ref {
-    pub registry: String,
-    pub repo: String,
-    pub tag: String,
+/// The name a record is kept under: `name:tag` as `docker images` shows it (`busybox:latest`,
+/// `127.0.0.1:5000/busybox:1`), or `name@sha256:...` for a pull by digest.
+pub fn record_name(r: &Reference) -> String {
+    match (r.tagged(), &r.digest) {
+        (Some(t), _) => t,
+        (None, Some(d)) => format!("{}@{d}", r.familiar_name()),
+        (None, None) => format!("{}:latest", r.familiar_name()),
+    }
 }
 
-impl Ref {
-    pub fn parse(s: &str) -> Option<Ref> {
-        if s.is_empty() || s.contains(char::is_whitespace) {
-            return None;
-        }
-        let (registry, rest) = match s.split_once('/') {
-            Some((first, rest)) if first.contains('.') || first.contains(':') || first == "localhost" => (first.to_string(), rest.to_string()),
-            _ => ("docker.io".to_string(), s.to_string()),
-        };
-        let (repo, tag) = if let Some((r, d)) = rest.split_once('@') {
-            (r.to_string(), d.to_string())
-        } else {
-            match rest.rsplit_once(':') {
-                Some((r, t)) if !t.contains('/') => (r.to_string(), t.to_string()),
-                _ => (rest.clone(), "latest".to_string()),
-            }
-        };
-        let repo = if registry == "docker.io" && !repo.contains('/') { format!("library/{repo}") } else { repo };
-        Some(Ref { registry, repo, tag })
-    }
-
-    /// The name as `docker images` shows it.
-    pub fn display(&self) -> String {
-        let repo = if self.registry == "docker.io" { self.repo.trim_start_matches("library/").to_string() } else { format!("{}/{}", self.registry, self.repo) };
-        let sep = if self.tag.starts_with("sha256:") { '@' } else { ':' };
-        format!("{repo}{sep}{}", self.tag)
-    }
-
-    fn is_local(&self) -> bool {
-        let h = self.registry.rsplit_once(':').map(|(h, _)| h).unwrap_or(&self.registry);
-        h == "localhost" || h.starts_with("127.")
-    }
+/// A registry on this host's loopback (reached over plain HTTP, and as 10.0.2.2 from a VM).
+fn is_local(registry: &str) -> bool {
+    let h = registry.rsplit_once(':').map(|(h, _)| h).unwrap_or(registry);
+    h == "localhost" || h.starts_with("127.")
 }
 
 /// The reference as the VM's engine must pull it: a registry on the host's loopback is
 /// 10.0.2.2 on QEMU's user network.
 pub fn guest_ref(name: &str) -> String {
-    match Ref::parse(name) {
-        Some(r) if r.is_local() => {
+    match Reference::parse(name) {
+        Ok(r) if is_local(&r.registry) => {
             let port = r.registry.rsplit_once(':').map(|(_, p)| format!(":{p}")).unwrap_or_default();
-            let sep = if r.tag.starts_with("sha256:") { '@' } else { ':' };
-            format!("10.0.2.2{port}/{}{sep}{}", r.repo, r.tag)
+            let tag = r.tag.as_ref().map(|t| format!(":{t}")).unwrap_or_default();
+            let digest = r.digest.as_ref().map(|d| format!("@{d}")).unwrap_or_default();
+            format!("10.0.2.2{port}/{}{tag}{digest}", r.repository)
         }
         _ => name.to_string(),
+    }
+}
+
+/// A registry client error as the API answers it: a missing manifest is a 404 (the CLI's
+/// "not found"), a refused login a 401.
+fn api_error(name: &str, e: RegistryError) -> ApiError {
+    match &e {
+        RegistryError::NotFound { .. } => ApiError::not_found(format!("manifest for {name} not found: manifest unknown: {e}")),
+        RegistryError::Status { status: 401, .. } => ApiError::new(http::StatusCode::UNAUTHORIZED, e.to_string()),
+        _ => ApiError::internal(format!("pulling {name}: {e}")),
     }
 }
 
 pub struct Images {
     path: PathBuf,
     list: Mutex<Vec<ImageRecord>>,
-    http: reqwest::Client,
+    registry: registry::Client,
     pub store: LayerStore,
     /// One pull at a time: two pulls of images sharing a layer would unpack it twice.
     pulling: tokio::sync::Mutex<()>,
 }
 
-const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
-
 impl Images {
     pub fn open(path: PathBuf, store: LayerStore) -> Images {
         let list = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-        let http = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(15)).build().expect("reqwest client");
-        Images { path, list: Mutex::new(list), http, store, pulling: tokio::sync::Mutex::new(()) }
+        // A registry on 127.0.0.1/localhost is plain HTTP (the client's rule); no others.
+        Images { path, list: Mutex::new(list), registry: registry::Client::new(Vec::new()), store, pulling: tokio::sync::Mutex::new(()) }
     }
 
     fn save(&self, list: &[ImageRecord]) {
@@ -120,7 +105,7 @@ impl Images {
     /// The record for a name, a full or short id.
     pub fn find(&self, name: &str) -> Option<ImageRecord> {
         let list = self.list.lock().expect("images lock");
-        let normalized = Ref::parse(name).map(|r| r.display());
+        let normalized = Reference::parse(name).ok().map(|r| record_name(&r));
         list.iter()
             .find(|i| Some(&i.name) == normalized.as_ref() || i.name == name)
             .or_else(|| {
@@ -138,61 +123,30 @@ impl Images {
         Some(rec)
     }
 
-    async fn get(&self, url: &str, accept: &str) -> ApiResult<reqwest::Response> {
-        let r = self
-            .http
-            .get(url)
-            .header("Accept", accept)
-            .send()
-            .await
-            .map_err(|e| ApiError::internal(format!("GET {url}: {e}")))?;
-        match r.status().as_u16() {
-            200 => Ok(r),
-            404 => Err(ApiError::not_found(format!("manifest unknown: {url} was not found"))),
-            401 => Err(ApiError::new(http::StatusCode::UNAUTHORIZED, format!("{url}: the registry wants credentials; this daemon pulls anonymously only"))),
-            s => Err(ApiError::internal(format!("GET {url}: HTTP {s}"))),
-        }
-    }
-
-    /// Resolves `name` at its registry, stores its config and layers (fetched, verified,
-    /// unpacked; what is stored and intact already is kept) and records it.
-    pub async fn pull(&self, name: &str) -> ApiResult<ImageRecord> {
+    /// Resolves `name` at its registry (with the client's credentials, if any), stores its
+    /// config and layers (fetched, verified, unpacked; what is stored and intact already is
+    /// kept) and records it.
+    pub async fn pull(&self, name: &str, auth: Option<RegistryAuth>) -> ApiResult<ImageRecord> {
         let _one = self.pulling.lock().await;
-        let r = Ref::parse(name).ok_or_else(|| ApiError::bad_request(format!("invalid reference format: {name:?}")))?;
-        let scheme = if r.is_local() { "http" } else { "https" };
-        let host = if r.registry == "docker.io" { "registry-1.docker.io" } else { r.registry.as_str() };
-        let base = format!("{scheme}://{host}/v2/{}", r.repo);
-        let mut url = format!("{base}/manifests/{}", r.tag);
-        let mut resp = self.get(&url, ACCEPT).await?;
-        let mut digest = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(str::to_string);
-        let mut manifest: serde_json::Value = resp.json().await.map_err(|e| ApiError::internal(format!("{url}: {e}")))?;
-        if let Some(ms) = manifest["manifests"].as_array() {
-            let m = ms
-                .iter()
-                .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == "amd64")
-                .ok_or_else(|| ApiError::not_found(format!("{name}: no linux/amd64 image in the index")))?;
-            let d = m["digest"].as_str().unwrap_or_default().to_string();
-            url = format!("{base}/manifests/{d}");
-            resp = self.get(&url, ACCEPT).await?;
-            digest = Some(d);
-            manifest = resp.json().await.map_err(|e| ApiError::internal(format!("{url}: {e}")))?;
-        }
-        let config_digest = manifest["config"]["digest"].as_str().ok_or_else(|| ApiError::internal(format!("{url}: manifest without a config")))?.to_string();
-        let layers: Vec<String> = manifest["layers"].as_array().map(|a| a.iter().filter_map(|l| l["digest"].as_str().map(str::to_string)).collect()).unwrap_or_default();
-        let size = manifest["layers"].as_array().map(|a| a.iter().filter_map(|l| l["size"].as_i64()).sum()).unwrap_or(0);
-        let curl = format!("{base}/blobs/{config_digest}");
-        let cbytes = self.get(&curl, "*/*").await?.bytes().await.map_err(|e| ApiError::internal(format!("{curl}: {e}")))?;
-        self.store.put_bytes(&config_digest, &cbytes).map_err(|e| ApiError::internal(format!("{e:#}")))?;
-        let config: serde_json::Value = serde_json::from_slice(&cbytes).map_err(|e| ApiError::internal(format!("{curl}: {e}")))?;
+        let r = Reference::parse(name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let err = |e| api_error(name, e);
+        let mut s = self.registry.session(&r, auth);
+        let (manifest, _, digest) = s.manifest(r.object()).await.map_err(err)?;
+        let cdesc = manifest.config.clone().ok_or_else(|| ApiError::internal(format!("{name}: manifest without a config")))?;
+        let cbytes = s.blob_bytes(&cdesc).await.map_err(err)?;
+        self.store.put_bytes(&cdesc.digest, &cbytes).map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        let config: serde_json::Value = serde_json::from_slice(&cbytes).map_err(|e| ApiError::internal(format!("image config {}: {e}", cdesc.digest)))?;
         let diff_ids: Vec<String> = config["rootfs"]["diff_ids"].as_array().map(|a| a.iter().filter_map(|d| d.as_str().map(str::to_string)).collect()).unwrap_or_default();
-        if diff_ids.len() != layers.len() {
-            return Err(ApiError::internal(format!("{curl}: {} diff_ids for {} layers", diff_ids.len(), layers.len())));
+        if diff_ids.len() != manifest.layers.len() {
+            return Err(ApiError::internal(format!("image config {}: {} diff_ids for {} layers", cdesc.digest, diff_ids.len(), manifest.layers.len())));
         }
         let mut lowers: Vec<PathBuf> = Vec::new();
-        for (digest, diff_id) in layers.iter().zip(&diff_ids) {
-            let burl = format!("{base}/blobs/{digest}");
-            self.store.fetch_blob(&self.http, &burl, digest).await.map_err(|e| ApiError::internal(format!("{e:#}")))?;
-            let (st, d, di, lw) = (self.store.clone(), digest.clone(), diff_id.clone(), lowers.clone());
+        for (layer, diff_id) in manifest.layers.iter().zip(&diff_ids) {
+            self.store.fetch_blob(&mut s, layer).await.map_err(|e| match e.downcast::<RegistryError>() {
+                Ok(e) => err(e),
+                Err(e) => ApiError::internal(format!("{e:#}")),
+            })?;
+            let (st, d, di, lw) = (self.store.clone(), layer.digest.clone(), diff_id.clone(), lowers.clone());
             tokio::task::spawn_blocking(move || st.unpack(&d, &di, &lw))
                 .await
                 .map_err(|e| ApiError::internal(format!("unpack task: {e}")))?
@@ -200,13 +154,13 @@ impl Images {
             lowers.insert(0, self.store.layer_path(diff_id));
         }
         let rec = ImageRecord {
-            name: r.display(),
-            digest: digest.unwrap_or_default(),
-            id: config_digest,
+            name: record_name(&r),
+            digest,
+            id: cdesc.digest.clone(),
             created: config["created"].as_str().unwrap_or_default().to_string(),
-            size,
+            size: manifest.layers.iter().map(|l| l.size as i64).sum(),
             config: serde_json::from_value(config["config"].clone()).unwrap_or_default(),
-            layers,
+            layers: manifest.layers.iter().map(|l| l.digest.clone()).collect(),
             diff_ids,
         };
         let mut list = self.list.lock().expect("images lock");
@@ -223,13 +177,133 @@ mod tests {
 
     #[test]
     fn refs() {
-        let r = Ref::parse("127.0.0.1:5000/busybox").unwrap();
-        assert_eq!((r.registry.as_str(), r.repo.as_str(), r.tag.as_str()), ("127.0.0.1:5000", "busybox", "latest"));
-        assert_eq!(r.display(), "127.0.0.1:5000/busybox:latest");
-        assert_eq!(Ref::parse("busybox:1").unwrap().display(), "busybox:1");
-        assert_eq!(Ref::parse("busybox").unwrap().repo, "library/busybox");
+        let name = |s: &str| record_name(&Reference::parse(s).unwrap());
+        assert_eq!(name("127.0.0.1:5000/busybox"), "127.0.0.1:5000/busybox:latest");
+        assert_eq!(name("busybox:1"), "busybox:1");
+        let d = format!("sha256:{}", "a".repeat(64));
+        assert_eq!(name(&format!("busybox@{d}")), format!("busybox@{d}"));
+        assert_eq!(guest_ref(&format!("127.0.0.1:5000/a@{d}")), format!("10.0.2.2:5000/a@{d}"));
         assert_eq!(guest_ref("127.0.0.1:5000/a/b:v2"), "10.0.2.2:5000/a/b:v2");
         assert_eq!(guest_ref("localhost:5000/a"), "10.0.2.2:5000/a:latest");
         assert_eq!(guest_ref("example.org/a:1"), "example.org/a:1");
+    }
+
+    /// A registry on 127.0.0.1 that wants a bearer token (as Docker Hub does): every /v2/
+    /// request without `Authorization: Bearer <TOKEN>` gets a 401 with a challenge naming
+    /// the token endpoint, which hands out the token for the scope asked. It serves an OCI
+    /// index whose linux/amd64 entry is a one-layer image.
+    struct TokenRegistry {
+        port: u16,
+        /// Query strings the token endpoint was called with.
+        token_requests: std::sync::Arc<Mutex<Vec<String>>>,
+        config_digest: String,
+        layer: (Vec<u8>, String, String),
+    }
+
+    const TOKEN: &str = "t0ken-for-pull";
+
+    fn sha(b: &[u8]) -> String {
+        use sha2::Digest;
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)))
+    }
+
+    impl TokenRegistry {
+        async fn start() -> TokenRegistry {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let layer = crate::store::tests::test_layer("etc/motd", b"hello from a token registry\n");
+            let config = serde_json::to_vec(&serde_json::json!({
+                "architecture": "amd64", "os": "linux", "created": "2024-01-01T00:00:00Z",
+                "config": {"Cmd": ["cat", "/etc/motd"]},
+                "rootfs": {"type": "layers", "diff_ids": [layer.2]},
+            }))
+            .unwrap();
+            let config_digest = sha(&config);
+            let manifest = serde_json::to_vec(&serde_json::json!({
+                "schemaVersion": 2, "mediaType": registry::client::MT_DOCKER_MANIFEST,
+                "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": config_digest, "size": config.len()},
+                "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": layer.1, "size": layer.0.len()}],
+            }))
+            .unwrap();
+            let mdigest = sha(&manifest);
+            let index = serde_json::to_vec(&serde_json::json!({
+                "schemaVersion": 2, "mediaType": registry::client::MT_OCI_INDEX,
+                "manifests": [
+                    {"mediaType": registry::client::MT_DOCKER_MANIFEST, "digest": sha(b"other"), "size": 5, "platform": {"architecture": "arm64", "os": "linux"}},
+                    {"mediaType": registry::client::MT_DOCKER_MANIFEST, "digest": mdigest, "size": manifest.len(), "platform": {"architecture": "amd64", "os": "linux"}},
+                ],
+            }))
+            .unwrap();
+            let mut routes: std::collections::HashMap<String, (&'static str, Vec<u8>)> = std::collections::HashMap::new();
+            routes.insert("/v2/team/app/manifests/latest".into(), (registry::client::MT_OCI_INDEX, index));
+            routes.insert(format!("/v2/team/app/manifests/{mdigest}"), (registry::client::MT_DOCKER_MANIFEST, manifest));
+            routes.insert(format!("/v2/team/app/blobs/{config_digest}"), ("application/octet-stream", config));
+            routes.insert(format!("/v2/team/app/blobs/{}", layer.1), ("application/octet-stream", layer.0.clone()));
+            let token_requests = std::sync::Arc::new(Mutex::new(Vec::new()));
+            let seen = token_requests.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut sock, _)) = listener.accept().await else { return };
+                    let (routes, seen) = (routes.clone(), seen.clone());
+                    tokio::spawn(async move {
+                        let mut req = Vec::new();
+                        let mut buf = [0u8; 4096];
+                        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match sock.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => req.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let head = String::from_utf8_lossy(&req).to_string();
+                        let target = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                        let authorized = head.lines().any(|l| l.to_ascii_lowercase().starts_with("authorization:") && l.ends_with(&format!("Bearer {TOKEN}")));
+                        let (status, ctype, body, extra) = if let Some(q) = target.strip_prefix("/token?") {
+                            seen.lock().unwrap().push(q.to_string());
+                            ("200 OK", "application/json", format!("{{\"token\":\"{TOKEN}\"}}").into_bytes(), String::new())
+                        } else if !authorized {
+                            let ch = format!("WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"test-registry\",scope=\"repository:team/app:pull\"\r\n");
+                            ("401 Unauthorized", "application/json", b"{\"errors\":[{\"code\":\"UNAUTHORIZED\"}]}".to_vec(), ch)
+                        } else if let Some((ct, b)) = routes.get(&target) {
+                            ("200 OK", *ct, b.clone(), String::new())
+                        } else {
+                            ("404 Not Found", "application/json", b"{}".to_vec(), String::new())
+                        };
+                        let head = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n", body.len());
+                        let _ = sock.write_all(head.as_bytes()).await;
+                        let _ = sock.write_all(&body).await;
+                        let _ = sock.shutdown().await;
+                    });
+                }
+            });
+            TokenRegistry { port, token_requests, config_digest, layer }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pulls_from_a_registry_that_wants_a_bearer_token() {
+        let reg = TokenRegistry::start().await;
+        let d = tempfile::tempdir().unwrap();
+        let store = LayerStore::open(&d.path().join("store")).unwrap();
+        let images = Images::open(d.path().join("images.json"), store.clone());
+        let name = format!("127.0.0.1:{}/team/app", reg.port);
+        let rec = images.pull(&name, None).await.unwrap_or_else(|e| panic!("pull: {}", e.message));
+        // The token was asked for the repository's pull scope, at the challenge's service.
+        let asked = reg.token_requests.lock().unwrap().clone();
+        assert!(!asked.is_empty(), "the token endpoint was never called");
+        assert!(asked[0].contains("service=test-registry") && asked[0].contains("scope=repository%3Ateam%2Fapp%3Apull"), "{asked:?}");
+        // The index was resolved to linux/amd64, and everything landed in the store.
+        assert_eq!(rec.name, format!("{name}:latest"));
+        assert_eq!(rec.id, reg.config_digest);
+        assert_eq!(rec.layers, vec![reg.layer.1.clone()]);
+        assert_eq!(rec.diff_ids, vec![reg.layer.2.clone()]);
+        assert_eq!(rec.config.cmd, Some(vec!["cat".to_string(), "/etc/motd".to_string()]));
+        assert_eq!(std::fs::read(store.layer_path(&reg.layer.2).join("etc/motd")).unwrap(), b"hello from a token registry\n");
+        assert_eq!(store.check(&rec.id, &rec.layers, &rec.diff_ids), vec![]);
+        assert_eq!(images.find(&name).map(|r| r.id), Some(rec.id.clone()));
+        // A missing tag is a 404 with Docker's wording.
+        let e = images.pull(&format!("{name}:nope"), None).await.unwrap_err();
+        assert_eq!(e.status, http::StatusCode::NOT_FOUND, "{}", e.message);
+        assert!(e.message.contains("manifest unknown"), "{}", e.message);
     }
 }

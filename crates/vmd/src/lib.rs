@@ -27,8 +27,9 @@
 //! - The guest side of this mode is only configuration: an archive appended to the
 //!   initramfs replaces the engine's service file and adds the clone agent (a busybox shell
 //!   loop). The engine gained one flag for it, `--image-share DIR` (below).
-//! - Images ([`images`], [`store`]): `docker pull` happens on the host only: manifest and
-//!   config are resolved there, every layer blob is fetched into a content-addressed store
+//! - Images ([`images`], [`store`]): `docker pull` happens on the host only, with the
+//!   engine's registry client (the `registry` crate: token auth, indexes, digest checks):
+//!   manifest and config are resolved there, every layer blob is fetched into a content-addressed store
 //!   (`<state>/store/blobs/sha256/<hex>`: temp file, digest check, fsync, rename) and
 //!   unpacked there once (`<state>/store/layers/<diff-id>/`) with the engine's own rules,
 //!   now the `layer-unpack` crate (hostile-tar checks, whiteouts, diff-id check). The store
@@ -94,9 +95,8 @@
 //! # Not yet (next steps)
 //!
 //! - The layer store has no garbage collection: `docker rmi` forgets the record but keeps
-//!   the blobs and trees (other images may share them). Registries that want a token
-//!   (Docker Hub) are not supported by the host-side pull yet. virtio-fs (with DAX) would
-//!   be faster than 9p but needs a virtiofsd on the host.
+//!   the blobs and trees (other images may share them). virtio-fs (with DAX) would be
+//!   faster than 9p but needs a virtiofsd on the host.
 //! - stdin (`-i`, `-t`): the guest attach is not hijacked; a raw TLS connection with
 //!   `Upgrade: tcp` would carry stdin too. No `exec`, `cp`, `restart`/`start` after exit.
 //! - QEMU is not tied to the daemon's life: if the daemon is SIGKILLed its VMs stay until
@@ -296,7 +296,7 @@ impl Daemon {
         let what = damage.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("; ");
         eprintln!("vmd: image {}: damaged in the host's layer store ({what}); fetching it again", image.name);
         self.images.store.discard(&damage);
-        let rec = self.images.pull(&image.name).await.map_err(|e| {
+        let rec = self.images.pull(&image.name, None).await.map_err(|e| {
             ApiError::internal(format!("image {}: the host's layer store is damaged ({what}) and fetching the image again failed: {}", image.name, e.message))
         })?;
         let (st, r) = (self.images.store.clone(), rec.clone());
@@ -573,12 +573,12 @@ impl Backend for Api {
         })
     }
 
-    async fn image_pull(&self, image: &str, tag: &str, _auth: Option<RegistryAuth>) -> ApiResult<mpsc::Receiver<ProgressMessage>> {
+    async fn image_pull(&self, image: &str, tag: &str, auth: Option<RegistryAuth>) -> ApiResult<mpsc::Receiver<ProgressMessage>> {
         let name = if tag.is_empty() { image.to_string() } else if tag.starts_with("sha256:") { format!("{image}@{tag}") } else { format!("{image}:{tag}") };
         let (tx, rx) = mpsc::channel(8);
         let d = self.0.clone();
         // Resolve first so that a missing image is a 404 (the CLI's "not found").
-        let rec = d.images.pull(&name).await?;
+        let rec = d.images.pull(&name, auth).await?;
         tokio::spawn(async move {
             let _ = tx.send(ProgressMessage::status(Some(&rec.name), "Layers stored and unpacked on the host, shared read-only with the VMs")).await;
             let _ = tx.send(ProgressMessage::status(None, format!("Digest: {}", rec.digest))).await;

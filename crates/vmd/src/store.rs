@@ -120,39 +120,22 @@ impl LayerStore {
         std::fs::rename(&tmp, self.blob_path(digest)).with_context(|| format!("storing blob {digest}"))
     }
 
-    /// Downloads the blob `digest` from `url` unless a good copy is stored: to a temporary
-    /// file, hashed on the way, fsynced, renamed into place only when the digest matches.
-    pub async fn fetch_blob(&self, http: &reqwest::Client, url: &str, digest: &str) -> Result<()> {
-        if !valid(digest) {
-            bail!("{url}: {digest:?} is not a sha256 digest");
+    /// Downloads the blob `d` through the registry `session` unless a good copy is stored:
+    /// to a temporary file (the client checks its size and digest and fsyncs it), renamed
+    /// into place only when it is right.
+    pub async fn fetch_blob(&self, session: &mut registry::Session<'_>, d: &registry::Descriptor) -> Result<()> {
+        if !valid(&d.digest) {
+            bail!("{:?} is not a sha256 digest", d.digest);
         }
-        if self.blob_ok(digest).is_ok() {
+        if self.blob_ok(&d.digest).is_ok() {
             return Ok(());
         }
         let tmp = self.scratch("blob");
-        let r = async {
-            let mut resp = http.get(url).send().await.with_context(|| format!("GET {url}"))?;
-            if !resp.status().is_success() {
-                bail!("GET {url}: HTTP {}", resp.status());
-            }
-            let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-            let mut h = Sha256::new();
-            while let Some(chunk) = resp.chunk().await.with_context(|| format!("GET {url}"))? {
-                h.update(&chunk);
-                f.write_all(&chunk).with_context(|| format!("writing {}", tmp.display()))?;
-            }
-            let actual = hex::encode(h.finalize());
-            if actual != hex_of(digest) {
-                bail!("GET {url}: the content has digest sha256:{actual}, not {digest}");
-            }
-            f.sync_all()?;
-            std::fs::rename(&tmp, self.blob_path(digest)).with_context(|| format!("storing blob {digest}"))
-        }
-        .await;
-        if r.is_err() {
+        if let Err(e) = session.blob_to_file(d, &tmp).await {
             let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
         }
-        r
+        std::fs::rename(&tmp, self.blob_path(&d.digest)).with_context(|| format!("storing blob {}", d.digest))
     }
 
     /// Unpacks the (verified) blob `digest` as layer `diff_id` unless a good tree is there;
@@ -270,16 +253,21 @@ fn walk(root: &Path, rel: &Path, h: &mut Sha256) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn layer() -> (Vec<u8>, String, String) {
+        test_layer("bin/tool", b"abc")
+    }
+
+    /// A gzipped layer holding one file: (blob, digest, diff-id).
+    pub(crate) fn test_layer(path: &str, content: &[u8]) -> (Vec<u8>, String, String) {
         let mut b = tar::Builder::new(Vec::new());
         let mut hd = tar::Header::new_gnu();
-        hd.set_size(3);
+        hd.set_size(content.len() as u64);
         hd.set_mode(0o755);
         hd.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut hd, "bin/tool", &b"abc"[..]).unwrap();
+        b.append_data(&mut hd, path, content).unwrap();
         let tar = b.into_inner().unwrap();
         let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&tar)));
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());

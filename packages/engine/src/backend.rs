@@ -3,8 +3,7 @@
 use crate::args::Args;
 use crate::containers::{parse_signal, random_name, valid_name, Container, Events, Record};
 use crate::images::{self, Store};
-use crate::reference::Reference;
-use crate::registry;
+use registry::Reference;
 use crate::runtime::{self, Bind, ExecSpec, Process, RunSpec, Stdio3};
 use docker_api::time::{human, now_nanos, rfc3339, since, unix_from_rfc3339};
 use crate::{cgroup, logs, net, netproxy};

@@ -12,8 +12,7 @@
 
 mod load;
 
-use crate::reference::Reference;
-use crate::registry::{self, Session};
+use registry::{Reference, Session};
 use crate::unpack;
 use docker_api::types::{ImageRunConfig, ProgressMessage};
 use serde::{Deserialize, Serialize};

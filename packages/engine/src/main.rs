@@ -19,8 +19,6 @@ mod images;
 mod logs;
 mod net;
 mod netproxy;
-mod reference;
-mod registry;
 mod runtime;
 /// Safe layer unpacking lives in crates/layer-unpack (the host daemon uses it too).
 use layer_unpack as unpack;

@@ -9,7 +9,7 @@
 //! does not match its config is refused and nothing half-loaded stays in the store.
 
 use super::{hex_of, io_err, unpack_verified, ImageConfig, ImageError, Store};
-use crate::reference::Reference;
+use registry::Reference;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;

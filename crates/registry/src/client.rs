@@ -1,4 +1,4 @@
-//! Registry API v2 client: manifests (Docker schema 2, OCI, indexes/manifest lists, picking
+//! The client: manifests (Docker schema 2, OCI, indexes/manifest lists, picking
 //! linux/amd64), blobs streamed to disk with size limits and sha256 verification, anonymous
 //! and bearer-token auth from the `WWW-Authenticate` challenge (and basic auth when
 //! credentials are given). Plain HTTP for localhost/127.0.0.0/8 and `--insecure-registry`.
