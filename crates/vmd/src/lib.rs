@@ -163,7 +163,8 @@ struct Ctr {
     id: String,
     name: String,
     created: String,
-    created_unix: i64,
+    /// Creation time in nanoseconds since the epoch: the list's order (see [`newest_first`]).
+    created_ns: i128,
     image_id: String,
     req: ContainerCreateRequest,
     dir: PathBuf,
@@ -484,6 +485,16 @@ fn tail_frames(frames: Vec<Frame>, n: Option<usize>) -> Vec<Frame> {
     frames[start..].to_vec()
 }
 
+/// Sorts containers newest first by their creation time in nanoseconds (ties, if any, by
+/// id), so that two created within one second keep their order: the map they come from
+/// has none, and the API front end only re-sorts stably by whole seconds.
+fn newest_first<T>(v: &mut [T], key: impl Fn(&T) -> (i128, &str)) {
+    v.sort_by(|a, b| {
+        let (ka, kb) = (key(a), key(b));
+        kb.0.cmp(&ka.0).then_with(|| ka.1.cmp(kb.1))
+    });
+}
+
 /// The Docker API back end over a shared [`Daemon`].
 pub struct Api(pub Arc<Daemon>);
 
@@ -593,8 +604,9 @@ impl Backend for Api {
     }
 
     async fn containers(&self, all: bool) -> ApiResult<Vec<ContainerSummary>> {
-        let cs: Vec<Arc<Ctr>> = self.containers.lock().expect("containers lock").values().cloned().collect();
-        let mut out: Vec<ContainerSummary> = cs
+        let mut cs: Vec<Arc<Ctr>> = self.containers.lock().expect("containers lock").values().cloned().collect();
+        newest_first(&mut cs, |c| (c.created_ns, &c.id));
+        let out: Vec<ContainerSummary> = cs
             .iter()
             .filter(|c| all || c.phase() == Phase::Running)
             .map(|c| {
@@ -611,7 +623,7 @@ impl Backend for Api {
                     image: c.req.config.image.clone(),
                     image_id: c.image_id.clone(),
                     command: cmd,
-                    created: c.created_unix,
+                    created: (c.created_ns / 1_000_000_000) as i64,
                     ports: c
                         .ports
                         .iter()
@@ -626,7 +638,6 @@ impl Backend for Api {
                 }
             })
             .collect();
-        out.sort_by_key(|c| -c.created);
         Ok(out)
     }
 
@@ -740,7 +751,7 @@ impl Backend for Api {
             id: id.clone(),
             name,
             created: rfc3339(now),
-            created_unix: (now / 1_000_000_000) as i64,
+            created_ns: now,
             image_id: image.id.clone(),
             req,
             dir,
@@ -974,6 +985,20 @@ impl Backend for Api {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn list_is_newest_first_within_a_second() {
+        // Three containers created in one second (and one earlier), in hash-map order.
+        let base: i128 = 1_795_734_895 * 1_000_000_000;
+        let mut v = vec![(base + 300, "c"), (base + 900_000_000, "d"), (base - 5_000_000_000, "old"), (base + 1, "b"), (base + 1, "a")];
+        newest_first(&mut v, |x| (x.0, x.1));
+        let names: Vec<&str> = v.iter().map(|x| x.1).collect();
+        assert_eq!(names, ["d", "c", "a", "b", "old"]);
+        // The front end's stable sort on whole seconds (docker-api's server) keeps it.
+        let mut secs: Vec<(i64, &str)> = v.iter().map(|x| ((x.0 / 1_000_000_000) as i64, x.1)).collect();
+        secs.sort_by(|a, b| b.0.cmp(&a.0));
+        assert_eq!(secs.iter().map(|x| x.1).collect::<Vec<_>>(), names);
+    }
 
     #[test]
     fn tail_keeps_the_last_lines() {
