@@ -140,6 +140,18 @@ fn check() -> Result<()> {
     let pb: u32 = cli.ok(&["inspect", "-f", "{{.State.Pid}}", "b"]).trim().parse()?;
     assert!(pa != pb && pid_alive(pa) && pid_alive(pb), "pids {pa} {pb}");
     assert_eq!(qemus_under(&state).len(), 2);
+    // The daemon talks to the engine in each VM over virtio-serial only: QEMU has the
+    // engine's port with its socket in the VM's directory and forwards no TCP port to it.
+    let cmd = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pa}/cmdline"))?).replace('\0', " ");
+    assert!(cmd.contains("virtserialport,") && cmd.contains("name=axion.engine"), "no axion.engine port: {cmd}");
+    assert!(cmd.contains(&format!("{}/engine.sock", &a[..12])), "the engine's socket is not in the VM's directory: {cmd}");
+    assert!(!cmd.contains("hostfwd"), "a clone without -p has a TCP forward: {cmd}");
+    // ...and the guest engine listens on no TCP port (the old channel was TCP 2376 with
+    // mutual TLS): /proc/net/tcp of the VM, seen from a container in its network namespace.
+    let tcp = cli.ok(&["run", "--rm", "--network", "host", &img, "sh", "-c", "cat /proc/net/tcp; cat /proc/net/tcp6 2>/dev/null; true"]);
+    assert!(tcp.contains("local_address"), "{tcp}");
+    let engine: Vec<&str> = tcp.lines().filter(|l| l.split_whitespace().nth(1).is_some_and(|a| a.ends_with(":0948")) && l.split_whitespace().nth(3) == Some("0A")).collect();
+    assert!(engine.is_empty(), "something listens on TCP 2376 in the VM: {engine:?}\n{tcp}");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (la, lb) = (cli.ok(&["logs", "a"]), cli.ok(&["logs", "b"]));

@@ -1,50 +1,97 @@
-//! A Docker API client for the engine inside one VM: HTTPS with the daemon's client
-//! certificate to the clone's forwarded port on 127.0.0.1.
+//! A Docker API client for the engine inside one VM: HTTP/1.1 over the VM's virtio-serial
+//! port `axion.engine` (QEMU's unix socket in the VM's directory), one multiplexed stream per
+//! request ([`vchan`]), with hyper's client connection API (reqwest takes no custom
+//! transports).
+//!
+//! The session is opened on first use and never again: a session starts at the first byte
+//! the host sends after it connects, so a second connection to a running guest could be
+//! read as the rest of the first (see `vchan::port`). When QEMU exits, the session ends:
+//! open streams fail and every later call fails at once ("the container's VM did not
+//! answer"), never hangs.
 
-use crate::tls::Certs;
 use bytes::{Buf, Bytes, BytesMut};
 use docker_api::types::*;
 use docker_api::{ApiError, ApiResult, Frame, StdStream};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OnceCell};
 
 #[derive(Clone)]
 pub struct GuestClient {
-    http: reqwest::Client,
-    base: String,
+    socket: PathBuf,
+    session: Arc<OnceCell<vchan::Client>>,
 }
 
 fn unreachable_err(what: &str, e: impl std::fmt::Display) -> ApiError {
     ApiError::internal(format!("the container's VM did not answer ({what}): {e}"))
 }
 
+/// `a=b&c=d`, form-encoded.
+fn query(q: &[(&str, String)]) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in q {
+        s.append_pair(k, v);
+    }
+    s.finish()
+}
+
+/// An error and its sources, one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    msg
+}
+
 impl GuestClient {
-    pub fn new(certs: &Certs, port: u16) -> anyhow::Result<GuestClient> {
-        let mut id = certs.client_cert.clone().into_bytes();
-        id.extend_from_slice(certs.client_key.as_bytes());
-        let http = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(certs.ca.as_bytes())?)
-            .identity(reqwest::Identity::from_pem(&id)?)
-            .connect_timeout(Duration::from_secs(10))
-            .pool_max_idle_per_host(2)
-            .build()?;
-        Ok(GuestClient { http, base: format!("https://127.0.0.1:{port}/v1.47") })
+    /// A client for the engine behind `socket` (QEMU's end of the VM's `axion.engine` port).
+    pub fn new(socket: &Path) -> GuestClient {
+        GuestClient { socket: socket.to_path_buf(), session: Arc::new(OnceCell::new()) }
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+    /// One request on a new stream: the response with its headers (the body follows).
+    async fn send(&self, what: &str, method: http::Method, path: &str, q: &[(&str, String)], body: Option<Vec<u8>>) -> ApiResult<http::Response<Incoming>> {
+        let mux = self
+            .session
+            .get_or_try_init(|| vchan::Client::connect(&self.socket))
+            .await
+            .map_err(|e| unreachable_err(what, format!("connecting to {}: {e}", self.socket.display())))?;
+        let stream = mux.open().await.map_err(|e| unreachable_err(what, e))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| unreachable_err(what, chain(&e)))?;
+        // The connection runs until the response body is read (or dropped), then closes.
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut uri = format!("/v1.47{path}");
+        if !q.is_empty() {
+            uri.push('?');
+            uri.push_str(&query(q));
+        }
+        let mut req = http::Request::builder().method(method).uri(uri).header(http::header::HOST, "guest-engine");
+        if body.is_some() {
+            req = req.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).map_err(|e| ApiError::internal(format!("{what}: {e}")))?;
+        sender.send_request(req).await.map_err(|e| unreachable_err(what, chain(&e)))
     }
 
-    async fn check(&self, what: &str, r: reqwest::Result<reqwest::Response>) -> ApiResult<reqwest::Response> {
-        let r = r.map_err(|e| unreachable_err(what, e))?;
+    /// [`Self::send`], and a status other than 2xx/304 becomes the engine's error.
+    async fn call(&self, what: &str, method: http::Method, path: &str, q: &[(&str, String)], body: Option<Vec<u8>>) -> ApiResult<http::Response<Incoming>> {
+        let r = self.send(what, method, path, q, body).await?;
         if r.status().is_success() || r.status().as_u16() == 304 {
             return Ok(r);
         }
-        let status = http::StatusCode::from_u16(r.status().as_u16()).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-        let body = r.text().await.unwrap_or_default();
+        let status = r.status();
+        let body = r.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = String::from_utf8_lossy(&body).into_owned();
         let msg = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v["message"].as_str().map(str::to_string))
@@ -52,9 +99,13 @@ impl GuestClient {
         Err(ApiError::new(status, msg))
     }
 
-    async fn json<T: DeserializeOwned>(&self, what: &str, r: reqwest::Result<reqwest::Response>) -> ApiResult<T> {
-        let r = self.check(what, r).await?;
-        let b = r.bytes().await.map_err(|e| unreachable_err(what, e))?;
+    async fn bytes(what: &str, r: http::Response<Incoming>) -> ApiResult<Bytes> {
+        r.into_body().collect().await.map(|b| b.to_bytes()).map_err(|e| unreachable_err(what, chain(&e)))
+    }
+
+    async fn json<T: DeserializeOwned>(&self, what: &str, method: http::Method, path: &str, q: &[(&str, String)], body: Option<Vec<u8>>) -> ApiResult<T> {
+        let r = self.call(what, method, path, q, body).await?;
+        let b = Self::bytes(what, r).await?;
         serde_json::from_slice(&b).map_err(|e| ApiError::internal(format!("{what}: bad answer from the guest engine: {e}")))
     }
 
@@ -63,30 +114,28 @@ impl GuestClient {
         self.try_ping().await.is_ok()
     }
 
-    /// `/_ping` once; the error says why it failed.
+    /// `/_ping` once (5 s at most); the error says why it failed.
     pub async fn try_ping(&self) -> Result<(), String> {
-        let r = self.http.get(self.url("/_ping")).timeout(Duration::from_secs(5)).send().await;
+        let r = tokio::time::timeout(Duration::from_secs(5), async {
+            let r = self.send("ping", http::Method::GET, "/_ping", &[], None).await?;
+            let status = r.status();
+            Self::bytes("ping", r).await?;
+            Ok::<_, ApiError>(status)
+        })
+        .await;
         match r {
-            Ok(r) if r.status().is_success() => Ok(()),
-            Ok(r) => Err(format!("HTTP {}", r.status())),
-            Err(e) => {
-                let mut msg = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    msg.push_str(&format!(": {s}"));
-                    src = s.source();
-                }
-                Err(msg)
-            }
+            Ok(Ok(s)) if s.is_success() => Ok(()),
+            Ok(Ok(s)) => Err(format!("HTTP {s}")),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer within 5 s".into()),
         }
     }
 
     /// Pulls `image` in the guest and waits for the end of the progress stream; a progress
     /// line with an error fails the pull.
     pub async fn pull(&self, image: &str) -> ApiResult<()> {
-        let r = self.http.post(self.url("/images/create")).query(&[("fromImage", image)]).send().await;
-        let r = self.check("pull", r).await?;
-        let body = r.bytes().await.map_err(|e| unreachable_err("pull", e))?;
+        let r = self.call("pull", http::Method::POST, "/images/create", &[("fromImage", image.to_string())], None).await?;
+        let body = Self::bytes("pull", r).await?;
         for line in body.split(|&b| b == b'\n') {
             if let Ok(m) = serde_json::from_slice::<ProgressMessage>(line) {
                 if let Some(e) = m.error {
@@ -98,14 +147,14 @@ impl GuestClient {
     }
 
     pub async fn create(&self, req: &ContainerCreateRequest) -> ApiResult<String> {
-        let r = self.http.post(self.url("/containers/create")).json(req).send().await;
-        let c: ContainerCreateResponse = self.json("create", r).await?;
+        let body = serde_json::to_vec(req).map_err(|e| ApiError::internal(format!("create: {e}")))?;
+        let c: ContainerCreateResponse = self.json("create", http::Method::POST, "/containers/create", &[], Some(body)).await?;
         Ok(c.id)
     }
 
     pub async fn start(&self, id: &str) -> ApiResult<()> {
-        let r = self.http.post(self.url(&format!("/containers/{id}/start"))).send().await;
-        self.check("start", r).await.map(drop)
+        let r = self.call("start", http::Method::POST, &format!("/containers/{id}/start"), &[], None).await?;
+        Self::bytes("start", r).await.map(drop)
     }
 
     pub async fn stop(&self, id: &str, timeout: Option<i64>, signal: Option<String>) -> ApiResult<()> {
@@ -116,63 +165,57 @@ impl GuestClient {
         if let Some(s) = signal {
             q.push(("signal", s));
         }
-        let r = self.http.post(self.url(&format!("/containers/{id}/stop"))).query(&q).send().await;
-        self.check("stop", r).await.map(drop)
+        let r = self.call("stop", http::Method::POST, &format!("/containers/{id}/stop"), &q, None).await?;
+        Self::bytes("stop", r).await.map(drop)
     }
 
     pub async fn kill(&self, id: &str, signal: Option<String>) -> ApiResult<()> {
         let q: Vec<(&str, String)> = signal.map(|s| ("signal", s)).into_iter().collect();
-        let r = self.http.post(self.url(&format!("/containers/{id}/kill"))).query(&q).send().await;
-        self.check("kill", r).await.map(drop)
+        let r = self.call("kill", http::Method::POST, &format!("/containers/{id}/kill"), &q, None).await?;
+        Self::bytes("kill", r).await.map(drop)
     }
 
     pub async fn inspect(&self, id: &str) -> ApiResult<ContainerInspect> {
-        let r = self.http.get(self.url(&format!("/containers/{id}/json"))).send().await;
-        self.json("inspect", r).await
+        self.json("inspect", http::Method::GET, &format!("/containers/{id}/json"), &[], None).await
     }
 
     /// Waits until the container is not running; its exit code.
     pub async fn wait(&self, id: &str) -> ApiResult<WaitResponse> {
-        let r = self.http.post(self.url(&format!("/containers/{id}/wait"))).query(&[("condition", "not-running")]).send().await;
-        self.json("wait", r).await
+        self.json("wait", http::Method::POST, &format!("/containers/{id}/wait"), &[("condition", "not-running".into())], None).await
     }
 
     /// All of the container's logs as the raw (stdcopy or tty) stream.
     pub async fn logs_raw(&self, id: &str) -> ApiResult<Bytes> {
-        let r = self
-            .http
-            .get(self.url(&format!("/containers/{id}/logs")))
-            .query(&[("stdout", "1"), ("stderr", "1")])
-            .send()
-            .await;
-        let r = self.check("logs", r).await?;
-        r.bytes().await.map_err(|e| unreachable_err("logs", e))
+        let q = [("stdout", "1".to_string()), ("stderr", "1".to_string())];
+        let r = self.call("logs", http::Method::GET, &format!("/containers/{id}/logs"), &q, None).await?;
+        Self::bytes("logs", r).await
     }
 
     /// A streaming GET/POST whose body is container output: decoded into frames on `tx`.
-    async fn stream(&self, what: &'static str, rb: reqwest::RequestBuilder, tty: bool) -> ApiResult<mpsc::Receiver<Frame>> {
-        let r = self.check(what, rb.send().await).await?;
+    async fn stream(&self, what: &'static str, method: http::Method, path: &str, q: &[(&str, String)], tty: bool) -> ApiResult<mpsc::Receiver<Frame>> {
+        let r = self.call(what, method, path, q, None).await?;
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
-            let mut r = r;
+            let mut body = r.into_body();
             let mut dec = Decoder::new(tty);
             loop {
-                match r.chunk().await {
-                    Ok(Some(chunk)) => {
+                match body.frame().await {
+                    Some(Ok(f)) => {
+                        let Ok(chunk) = f.into_data() else { continue };
                         for f in dec.push(&chunk) {
                             if tx.send(f).await.is_err() {
                                 return;
                             }
                         }
                     }
-                    Ok(None) => {
+                    None => {
                         if std::env::var_os("VMD_DEBUG").is_some() {
                             eprintln!("vmd: {what} stream from the guest: end of body");
                         }
                         return;
                     }
-                    Err(e) => {
-                        eprintln!("vmd: {what} stream from the guest ended: {e}");
+                    Some(Err(e)) => {
+                        eprintln!("vmd: {what} stream from the guest ended: {}", chain(&e));
                         return;
                     }
                 }
@@ -188,20 +231,14 @@ impl GuestClient {
         if let Some(t) = opts.tail {
             q.push(("tail", t.to_string()));
         }
-        let rb = self.http.get(self.url(&format!("/containers/{id}/logs"))).query(&q);
-        self.stream("logs", rb, tty).await
+        self.stream("logs", http::Method::GET, &format!("/containers/{id}/logs"), &q, tty).await
     }
 
     /// Attaches to the output (no stdin) without hijacking: the body is the stream.
     pub async fn attach(&self, id: &str, opts: &docker_api::AttachOptions, tty: bool) -> ApiResult<mpsc::Receiver<Frame>> {
-        let q = [
-            ("stream", "1"),
-            ("stdout", if opts.stdout { "1" } else { "0" }),
-            ("stderr", if opts.stderr { "1" } else { "0" }),
-            ("logs", if opts.logs { "1" } else { "0" }),
-        ];
-        let rb = self.http.post(self.url(&format!("/containers/{id}/attach"))).query(&q);
-        self.stream("attach", rb, tty).await
+        let b = |x: bool| if x { "1".to_string() } else { "0".to_string() };
+        let q = [("stream", "1".to_string()), ("stdout", b(opts.stdout)), ("stderr", b(opts.stderr)), ("logs", b(opts.logs))];
+        self.stream("attach", http::Method::POST, &format!("/containers/{id}/attach"), &q, tty).await
     }
 }
 

@@ -3,12 +3,11 @@
 //! concatenated archives in order and later files replace earlier ones, so the image stays
 //! the same bytes and this mode needs no guest code of its own:
 //!
-//! - `/etc/axion/services/docker.toml` (replaces the image's): the engine on TCP 2376 with
-//!   mutual TLS using the daemon's certificates, `--image-share /run/axion-store` (the
-//!   host's layer store, mounted by the agent) and `--insecure-registry 10.0.2.2`
-//!   (the host's 127.0.0.1 as QEMU's user network shows it);
-//! - `/etc/axion/vmd/*.pem`: the server certificate and key, and the CA of the daemon's
-//!   client certificate;
+//! - `/etc/axion/services/docker.toml` (replaces the image's): the engine serving the
+//!   daemon on the virtio-serial port `axion.engine` (`--vmd-port`, see [`ENGINE_CHANNEL`];
+//!   no TCP listener), `--image-share /run/axion-store` (the host's layer store, mounted by
+//!   the agent) and `--insecure-registry 10.0.2.2` (the host's 127.0.0.1 as QEMU's user
+//!   network shows it);
 //! - `/etc/axion/services/vmd-agent.toml` + `/etc/axion/vmd/agent.sh`: the clone agent, a
 //!   busybox shell loop on the virtio-serial port `axion.vmd` (see [`AGENT_SH`]).
 
@@ -16,8 +15,11 @@ use std::path::Path;
 
 /// The virtio-serial port name of the clone agent (/dev/virtio-ports/axion.vmd).
 pub const AGENT_PORT: &str = "axion.vmd";
-/// The engine's TCP port in the guest.
-pub const ENGINE_PORT: u16 = 2376;
+/// The virtio-serial port the guest engine serves the daemon on (`engine --vmd-port`): a
+/// multiplexed session ([`vchan`]) per host connection, one HTTP connection per stream. Its
+/// host end is a unix socket in the VM's directory (0700 state dir), so only the daemon
+/// (root) reaches the engine: no TLS, no TCP port.
+pub const ENGINE_CHANNEL: &str = "axion.engine";
 
 /// The clone agent. After a restore, the daemon connects to the port's socket and sends one
 /// line `clone HOSTNAME EPOCH MAC SEED`; the agent sets the host name, the clock (the saved
@@ -81,18 +83,17 @@ done
 "#;
 
 fn docker_toml() -> String {
-    r#"# VM-per-container mode (crates/vmd): the engine serves the daemon only, over TCP with
-# mutual TLS (the daemon's certificates), and reaches the host's registries at 10.0.2.2.
+    format!(
+        r#"# VM-per-container mode (crates/vmd): the engine serves the daemon only, on the
+# virtio-serial port {ENGINE_CHANNEL} (no TCP), and reaches the host's registries at 10.0.2.2.
 command = "/usr/bin/engine"
-args = ["--data-root", "/var/lib/axion-engine", "-H", "unix:///run/docker.sock", "-H", "tcp://0.0.0.0:2376",
-        "--tlscacert", "/etc/axion/vmd/client-ca.pem", "--tlscert", "/etc/axion/vmd/server-cert.pem",
-        "--tlskey", "/etc/axion/vmd/server-key.pem", "--insecure-registry", "10.0.2.2",
-        "--image-share", "/run/axion-store"]
+args = ["--data-root", "/var/lib/axion-engine", "-H", "unix:///run/docker.sock", "--vmd-port", "{ENGINE_CHANNEL}",
+        "--insecure-registry", "10.0.2.2", "--image-share", "/run/axion-store"]
 after = ["network"]
 restart = "always"
 stop-timeout = 5
 "#
-    .to_string()
+    )
 }
 
 const AGENT_TOML: &str = r#"# VM-per-container mode: the clone agent (crates/vmd/src/guest.rs).
@@ -103,14 +104,11 @@ stop-timeout = 1
 "#;
 
 /// The files of the appended archive: (path without leading slash, mode, contents).
-pub fn overlay_files(server_cert: &str, server_key: &str, client_ca: &str) -> Vec<(String, u32, Vec<u8>)> {
+pub fn overlay_files() -> Vec<(String, u32, Vec<u8>)> {
     vec![
         ("etc/axion/services/docker.toml".into(), 0o644, docker_toml().into_bytes()),
         ("etc/axion/services/vmd-agent.toml".into(), 0o644, AGENT_TOML.as_bytes().to_vec()),
         ("etc/axion/vmd/agent.sh".into(), 0o755, AGENT_SH.as_bytes().to_vec()),
-        ("etc/axion/vmd/server-cert.pem".into(), 0o644, server_cert.as_bytes().to_vec()),
-        ("etc/axion/vmd/server-key.pem".into(), 0o600, server_key.as_bytes().to_vec()),
-        ("etc/axion/vmd/client-ca.pem".into(), 0o644, client_ca.as_bytes().to_vec()),
     ]
 }
 
@@ -201,10 +199,13 @@ mod tests {
 
     #[test]
     fn overlay_replaces_the_engine_service() {
-        let files = overlay_files("C", "K", "CA");
+        let files = overlay_files();
         let docker = files.iter().find(|f| f.0 == "etc/axion/services/docker.toml").unwrap();
         let s = String::from_utf8_lossy(&docker.2);
-        assert!(s.contains("--tlscacert") && s.contains("10.0.2.2") && s.contains(crate::store::GUEST_DIR), "{s}");
+        assert!(s.contains(r#""--vmd-port", "axion.engine""#) && s.contains("10.0.2.2") && s.contains(crate::store::GUEST_DIR), "{s}");
+        // The daemon reaches the engine over virtio-serial only: no TCP listener, no TLS files.
+        assert!(!s.contains("tcp://") && !s.contains("--tls"), "{s}");
+        assert!(files.iter().all(|f| !f.0.ends_with(".pem")), "certificates in the archive");
         let agent = String::from_utf8_lossy(&files.iter().find(|f| f.0 == "etc/axion/vmd/agent.sh").unwrap().2).into_owned();
         assert!(agent.contains(&format!("{} {}", crate::store::TAG, crate::store::GUEST_DIR)), "the agent mounts the store");
         assert!(!s.contains("tcp-insecure"));

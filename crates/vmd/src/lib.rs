@@ -110,7 +110,6 @@ pub mod guest;
 pub mod images;
 pub mod store;
 pub mod template;
-pub mod tls;
 
 mod server;
 pub use server::{bench_docker_run, Server};
@@ -204,7 +203,6 @@ impl Ctr {
 
 pub struct Daemon {
     opts: Options,
-    certs: tls::Certs,
     template: template::Template,
     images: images::Images,
     containers: Mutex<HashMap<String, Arc<Ctr>>>,
@@ -221,9 +219,8 @@ impl Daemon {
     /// saving it when needed: blocking, tens of seconds under TCG).
     pub fn open(opts: Options) -> anyhow::Result<Daemon> {
         std::fs::create_dir_all(&opts.state_dir)?;
-        let certs = tls::ensure(&opts.state_dir.join("tls"))?;
         let store = store::LayerStore::open(&opts.state_dir.join("store"))?;
-        let template = template::Template::ensure(&opts.state_dir, &opts.image, &certs, opts.memory_mib, opts.cpus, opts.accel, store.root())?;
+        let template = template::Template::ensure(&opts.state_dir, &opts.image, opts.memory_mib, opts.cpus, opts.accel, store.root())?;
         // Containers of an earlier run are gone with their VMs; VMs a killed daemon left
         // running are stopped now.
         let cdir = opts.state_dir.join("c");
@@ -245,7 +242,7 @@ impl Daemon {
                 None
             }
         };
-        Ok(Daemon { opts, certs, template, images, containers: Mutex::new(HashMap::new()), cgroups, warnings })
+        Ok(Daemon { opts, template, images, containers: Mutex::new(HashMap::new()), cgroups, warnings })
     }
 
     pub fn template(&self) -> &template::Template {
@@ -670,9 +667,6 @@ impl Backend for Api {
                 } else {
                     b.host_port.split('-').next().unwrap_or("").parse().map_err(|_| ApiError::bad_request(format!("invalid host port {:?}", b.host_port)))?
                 };
-                if hp == guest::ENGINE_PORT {
-                    return Err(ApiError::bad_request(format!("host port {hp} is used by the VM's engine; pick another")));
-                }
                 forwards.push(qemu::PortForward { protocol: proto, host: hp, guest: hp });
                 ports.push((spec.clone(), hp));
                 gb.push(PortBinding { host_ip: String::new(), host_port: hp.to_string() });
@@ -693,7 +687,7 @@ impl Backend for Api {
         let cloned = tokio::task::spawn_blocking(move || t.clone_vm(&dir2, &host2, &forwards, cold))
             .await
             .map_err(|e| ApiError::internal(format!("clone task: {e}")))?;
-        let (vm, port, agent) = match cloned {
+        let (vm, agent) = match cloned {
             Ok(x) => x,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -703,7 +697,7 @@ impl Backend for Api {
         let pid = vm.pid();
         debug(&format!("{}: VM {} in {:.2} s", &id[..12], if cold { "booted" } else { "cloned" }, t0.elapsed().as_secs_f64()));
         let cgroup = self.limit(&id, pid, &req.host_config);
-        let guest = GuestClient::new(&self.certs, port).map_err(internal("TLS client"))?;
+        let guest = GuestClient::new(&dir.join(template::ENGINE_SOCKET));
         let mut vm = Some(vm);
         let setup = async {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

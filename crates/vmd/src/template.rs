@@ -6,13 +6,14 @@
 //! (QMP migrate to `exec:cat`) and QEMU quits. Its disk overlay becomes the read-only
 //! backing file of every clone's own overlay. A clone is a new QEMU with the same devices,
 //! `-incoming` from the state file, its own overlay and its own forwarded ports; after `cont`
-//! the daemon sends the clone agent its identity over virtio-serial.
+//! the daemon sends the clone agent its identity over virtio-serial. The daemon reaches the
+//! guest engine over a second virtio-serial port, `axion.engine` ([`guest::ENGINE_CHANNEL`],
+//! socket `engine.sock` in the VM's directory); user-net forwards are only for `-p`.
 //!
 //! Everything that must be equal between the template and its clones (devices, memory,
 //! kernel, initrd, disk chain) comes from one function, [`Template::config`].
 
 use crate::guest;
-use crate::tls::Certs;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader, Write};
@@ -45,6 +46,13 @@ pub struct Template {
     pub store: PathBuf,
 }
 
+/// QEMU's end of the guest engine's virtio-serial port, in the VM's run directory.
+pub const ENGINE_SOCKET: &str = "engine.sock";
+
+fn vm_serial(run: &Path) -> String {
+    run.join("serial.log").display().to_string()
+}
+
 /// Kernel command line of the template (and so of every clone).
 pub const CMDLINE: &str = "console=ttyS0,115200 panic=-1 quiet";
 
@@ -71,8 +79,8 @@ pub fn overlay(backing: &Path, dest: &Path) -> Result<()> {
 impl Template {
     /// The template for these files and settings under `root/template-KEY/`, built when
     /// missing (boot + save, tens of seconds under TCG).
-    pub fn ensure(root: &Path, image: &ImageFiles, certs: &Certs, memory_mib: u64, cpus: u32, accel: qemu::Accel, store: &Path) -> Result<Template> {
-        let extra = guest::newc(&guest::overlay_files(&certs.server_cert, &certs.server_key, &certs.ca));
+    pub fn ensure(root: &Path, image: &ImageFiles, memory_mib: u64, cpus: u32, accel: qemu::Accel, store: &Path) -> Result<Template> {
+        let extra = guest::newc(&guest::overlay_files());
         let mut h = Sha256::new();
         file_hash(&mut h, &image.kernel)?;
         file_hash(&mut h, &image.initrd)?;
@@ -83,7 +91,7 @@ impl Template {
         // A saved state only loads into the QEMU that wrote it.
         let qv = Command::new("qemu-system-x86_64").arg("--version").output().map(|o| o.stdout).unwrap_or_default();
         h.update(&qv);
-        h.update(format!("{memory_mib} {cpus} {} {CMDLINE} v2 9p", accel.name()));
+        h.update(format!("{memory_mib} {cpus} {} {CMDLINE} v3 9p vchan", accel.name()));
         let key = hex::encode(h.finalize());
         let dir = root.join(format!("template-{}", &key[..16]));
         let t = Template {
@@ -116,25 +124,30 @@ impl Template {
         }
         eprintln!("vmd: building the template VM in {} (boot, then save)", dir.display());
         let started = Instant::now();
-        let cfg = t.config(&dir.join("run"), 0, &[]);
+        let run = dir.join("run");
+        let cfg = t.config(&run, &[]);
         let mut vm = qemu::Vm::spawn(cfg).context("starting the template VM")?;
         vm.wait_ready(Duration::from_secs(300)).context("booting the template VM")?;
         // The engine starts a moment after the ready line; save only once it answers, so
-        // a clone serves at once. Its port is forwarded only for this check.
-        let port = vm.config().net.as_ref().and_then(|n| n.forwards.first()).map(|f| f.host).context("the template VM has no engine forward")?;
-        let client = crate::client::GuestClient::new(certs, port)?;
+        // a clone serves at once. One session for all attempts (a session starts at the
+        // first byte after the host connects: vchan::port): what the host sends before the
+        // engine has opened its port waits in QEMU.
+        let serial = || vm_serial(&run);
+        let client = crate::client::GuestClient::new(&run.join(ENGINE_SOCKET));
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let deadline = Instant::now() + Duration::from_secs(120);
-        while !rt.block_on(client.ping()) {
+        while let Err(e) = rt.block_on(client.try_ping()) {
             if Instant::now() > deadline {
-                bail!("the template VM's engine did not answer /_ping within 120 s (serial log: {})", vm.serial_log().map(|p| p.display().to_string()).unwrap_or_default());
+                bail!("the template VM's engine did not answer /_ping within 120 s: {e} (serial log: {})", serial());
             }
             std::thread::sleep(Duration::from_millis(250));
         }
+        // Disconnect, and save only once the engine is back in its wait for the host: every
+        // clone resumes there, ready for a session of its own.
         drop(client);
         drop(rt);
-        // Let the engine's idle connections close before the state is frozen.
-        std::thread::sleep(Duration::from_millis(500));
+        vm.wait_for_line(vchan::port::SESSION_ENDED, Duration::from_secs(60))
+            .with_context(|| format!("the template VM's engine did not end its session with the host (serial log: {})", serial()))?;
         vm.save(&t.state, Duration::from_secs(300)).context("saving the template VM")?;
         let _ = vm.qmp().and_then(|q| q.quit().map_err(Into::into));
         let _ = vm.wait_exit(Duration::from_secs(20));
@@ -145,13 +158,8 @@ impl Template {
     }
 
     /// The VM configuration: the same for the template and every clone except for the run
-    /// directory, the disk overlay and the port forwards. `api_port` 0 = no forward for the
-    /// engine (a free port is taken).
-    pub fn config(&self, run_dir: &Path, api_port: u16, forwards: &[qemu::PortForward]) -> qemu::VmConfig {
-        let mut fw = Vec::new();
-        let port = if api_port == 0 { qemu::free_port().unwrap_or(0) } else { api_port };
-        fw.push(qemu::PortForward::tcp(port, guest::ENGINE_PORT));
-        fw.extend_from_slice(forwards);
+    /// directory (where the sockets are), the disk overlay and the port forwards (`-p`).
+    pub fn config(&self, run_dir: &Path, forwards: &[qemu::PortForward]) -> qemu::VmConfig {
         let mut cfg = qemu::VmConfig::new()
             .accel(self.accel)
             .cpus(self.cpus)
@@ -159,8 +167,9 @@ impl Template {
             .run_dir(run_dir)
             .no_reboot(true)
             .kernel(&self.kernel, Some(self.initrd.clone()), CMDLINE)
-            .user_net(qemu::NicModel::VirtioNet, fw)
+            .user_net(qemu::NicModel::VirtioNet, forwards.to_vec())
             .device(qemu::Device::VirtioSerialPort { name: guest::AGENT_PORT.into(), socket: run_dir.join("agent.sock") })
+            .device(qemu::Device::VirtioSerialPort { name: guest::ENGINE_CHANNEL.into(), socket: run_dir.join(ENGINE_SOCKET) })
             // Present in the template too (the device set must match the saved state), but
             // mounted only by a clone's agent: a mounted 9p export blocks the save.
             .device(qemu::Device::Virtio9p { tag: crate::store::TAG.into(), path: self.store.clone(), readonly: true, security: qemu::Security9p::Passthrough });
@@ -173,7 +182,8 @@ impl Template {
     }
 
     /// Starts a clone in `run_dir`: overlay, QEMU restoring the saved state, `cont`, and the
-    /// identity handed to the clone agent. Returns the VM and the host port of its engine.
+    /// identity handed to the clone agent. Returns the VM; its engine is reached through
+    /// `run_dir/`[`ENGINE_SOCKET`].
     /// With `cold`, the VM boots from scratch instead (same files, same devices) and is
     /// handed its identity after init's ready line: the baseline the clone is measured against.
     ///
@@ -181,15 +191,14 @@ impl Template {
     /// the host end is connected, the agent's read blocks; with it closed, the read returns
     /// EOF at once and the agent polls (a fork of `usleep` ten times a second, which under
     /// TCG takes CPU from the container's start).
-    pub fn clone_vm(&self, run_dir: &Path, hostname: &str, forwards: &[qemu::PortForward], cold: bool) -> Result<(qemu::Vm, u16, UnixStream)> {
+    pub fn clone_vm(&self, run_dir: &Path, hostname: &str, forwards: &[qemu::PortForward], cold: bool) -> Result<(qemu::Vm, UnixStream)> {
         std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
         if let Some(d) = &self.disk {
             let t0 = Instant::now();
             overlay(d, &run_dir.join("disk.qcow2"))?;
             crate::debug(&format!("{hostname}: overlay created in {:.3} s", t0.elapsed().as_secs_f64()));
         }
-        let port = qemu::free_port()?;
-        let cfg = self.config(run_dir, port, forwards);
+        let cfg = self.config(run_dir, forwards);
         let mut vm;
         if cold {
             vm = qemu::Vm::spawn(cfg).context("starting the VM")?;
@@ -205,7 +214,7 @@ impl Template {
         let agent = identify(&run_dir.join("agent.sock"), hostname, Duration::from_secs(60))
             .with_context(|| format!("handing the clone its identity (serial log {})", run_dir.join("serial.log").display()))?;
         crate::debug(&format!("{hostname}: the clone agent took its identity (and mounted the store) in {:.2} s", t0.elapsed().as_secs_f64()));
-        Ok((vm, port, agent))
+        Ok((vm, agent))
     }
 }
 

@@ -42,6 +42,11 @@ pub struct Args {
     /// over 9p): image ids whose config is there run without a pull, on its unpacked layers.
     #[arg(long)]
     pub image_share: Option<PathBuf>,
+    /// Also serve the API on the virtio-serial port with this name (axion-vmd's channel to
+    /// the engine in each of its VMs): one multiplexed session per host connection, each
+    /// stream one HTTP connection (crates/vchan).
+    #[arg(long, value_name = "NAME")]
+    pub vmd_port: Option<String>,
 }
 
 /// Settings a user can add without changing the service's command line, read from

@@ -1,5 +1,5 @@
 //! axion's container engine: serves the Docker Engine API (crate `docker-api`) on a unix
-//! socket and on TCP with mutual TLS, and runs containers with its own small runtime
+//! socket, on TCP with mutual TLS and, for axion-vmd, on a virtio-serial port (`--vmd-port`), and runs containers with its own small runtime
 //! (namespaces, overlayfs, cgroup v2) — see `runtime`.
 //!
 //! Decisions (see also each module's top comment):
@@ -84,6 +84,14 @@ async fn serve(args: args::Args) -> Result<()> {
         } else {
             bail!("unsupported host {h:?}: use unix:///path or tcp://addr:port");
         }
+    }
+    if let Some(name) = args.vmd_port.clone() {
+        let b = backend.clone();
+        tasks.push(tokio::spawn(async move {
+            vchan::port::serve(&name, move |s| docker_api::server::serve_connection(b.clone(), s))
+                .await
+                .with_context(|| format!("serving on virtio-serial port {name}"))
+        }));
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
