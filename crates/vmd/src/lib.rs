@@ -18,15 +18,25 @@
 //!
 //! # Decisions
 //!
-//! - Channel to the guest engine: QEMU user-mode networking with a forward from a free port
-//!   on the host's 127.0.0.1 to the guest's 2376, with mutual TLS ([`tls`]): any local user
-//!   can connect to that port, but only the daemon holds the client key. A virtio-serial
-//!   port would be private by file permissions, but it is one byte stream per port and
-//!   attach and wait need several concurrent HTTP connections (a multiplexer in the guest
-//!   is the next step); vsock needs /dev/vhost-vsock, which this host lacks.
+//! - Channel to the guest engine: a virtio-serial port, `axion.engine`, whose host end is a
+//!   unix socket in the VM's directory (the state dir is 0700: only the daemon reaches it,
+//!   so no TLS and no TCP port; user-net forwards are only for `-p`). A port is one byte
+//!   stream and the daemon needs several HTTP connections at once (attach or logs streams,
+//!   wait, create...), so it carries a yamux session ([`vchan`], libp2p's `yamux`) and each
+//!   request is an HTTP/1.1 exchange on a stream of its own (hyper's client connection
+//!   API, [`client`]); the guest engine (`--vmd-port axion.engine`) serves each stream
+//!   with `docker_api::server::serve_connection`. The guest runs one session per host
+//!   connection: with no host connected it checks every 20 ms (the template is saved in
+//!   that wait, so a clone answers within one tick of the daemon connecting), and the
+//!   daemon connects once per VM (a second connection could be read as the rest of the
+//!   first). A QEMU that exits ends the session: streams and new requests fail at once.
+//!   Before (TCP forward to the guest's 2376 with mutual TLS): a TLS handshake per
+//!   connection under TCG, certificates in the appended archive, and a host port any local
+//!   user could connect to. vsock would need /dev/vhost-vsock, which this host lacks.
 //! - The guest side of this mode is only configuration: an archive appended to the
 //!   initramfs replaces the engine's service file and adds the clone agent (a busybox shell
-//!   loop). The engine gained one flag for it, `--image-share DIR` (below).
+//!   loop). The engine gained two flags for it: `--image-share DIR` (below) and
+//!   `--vmd-port NAME` (above).
 //! - Images ([`images`], [`store`]): `docker pull` happens on the host only, with the
 //!   engine's registry client (the `registry` crate: token auth, indexes, digest checks):
 //!   manifest and config are resolved there, every layer blob is fetched into a content-addressed store
