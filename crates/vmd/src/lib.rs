@@ -33,7 +33,7 @@
 //!   Before (TCP forward to the guest's 2376 with mutual TLS): a TLS handshake per
 //!   connection under TCG, certificates in the appended archive, and a host port any local
 //!   user could connect to. vsock would need /dev/vhost-vsock, which this host lacks.
-//! - The guest side of this mode is only configuration: an archive appended to the
+//! - The guest side of this mode is configuration: an archive appended to the
 //!   initramfs replaces the engine's service file and adds the clone agent (a busybox shell
 //!   loop). The engine gained two flags for it: `--image-share DIR` (below) and
 //!   `--vmd-port NAME` (above).
