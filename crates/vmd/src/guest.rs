@@ -1,15 +1,16 @@
 //! What the daemon adds to the image for VM-per-container mode, without rebuilding it: a
 //! second, uncompressed newc archive appended to the profile's initramfs. Linux unpacks
 //! concatenated archives in order and later files replace earlier ones, so the image stays
-//! the same bytes and this mode needs no guest code of its own:
+//! the same bytes and this mode needs no guest code beyond the engine's (`--vmd-port`,
+//! `--image-share` and its `__vmd-agent` mode):
 //!
 //! - `/etc/axion/services/docker.toml` (replaces the image's): the engine serving the
 //!   daemon on the virtio-serial port `axion.engine` (`--vmd-port`, see [`ENGINE_CHANNEL`];
 //!   no TCP listener), `--image-share /run/axion-store` (the host's layer store, mounted by
 //!   the agent) and `--insecure-registry 10.0.2.2` (the host's 127.0.0.1 as QEMU's user
 //!   network shows it);
-//! - `/etc/axion/services/vmd-agent.toml` + `/etc/axion/vmd/agent.sh`: the clone agent, a
-//!   busybox shell loop on the virtio-serial port `axion.vmd` (see [`AGENT_SH`]).
+//! - `/etc/axion/services/vmd-agent.toml`: the clone agent, the engine's `__vmd-agent` mode
+//!   on the virtio-serial port `axion.vmd` (see [`AGENT_ARGS`]).
 
 use std::path::Path;
 
@@ -21,66 +22,21 @@ pub const AGENT_PORT: &str = "axion.vmd";
 /// (root) reaches the engine: no TLS, no TCP port.
 pub const ENGINE_CHANNEL: &str = "axion.engine";
 
-/// The clone agent. After a restore, the daemon connects to the port's socket and sends one
-/// line `clone HOSTNAME EPOCH MAC SEED`; the agent sets the host name, the clock (the saved
-/// guest's clock is the template's), a new MAC on the NIC (live, as virtio-net allows, then an ARP request so that QEMU's user
-/// network learns it; the address stays 10.0.2.15 because every clone has its own private user network), mixes the
-/// host's random SEED into the kernel's pool (every clone starts from the same RNG state),
-/// mounts the host's layer store (9p tag `axion.store`) read-only at /run/axion-store, and
-/// answers `ok HOSTNAME`. A read on a port with no host connected returns EOF at once,
-/// so the loop sleeps 0.02 s between attempts (the template is saved in that loop; a clone
-/// is restored in it, so this is the agent's latency); once the daemon is connected (it
-/// stays so for the VM's life) the read blocks. Each fork costs under TCG, so the agent
-/// uses shell builtins where it can (the host name through /proc, a flag for the mount).
-pub const AGENT_SH: &str = r#"#!/bin/sh
-# axion vmd clone agent (written by crates/vmd/src/guest.rs)
-# No udev: find the port by its name in sysfs (/dev/virtio-ports/NAME is a udev link).
-port=
-while [ -z "$port" ]; do
-  for p in /sys/class/virtio-ports/*; do
-    [ "$(cat "$p/name" 2>/dev/null)" = axion.vmd ] && port=/dev/${p##*/}
-  done
-  [ -z "$port" ] && sleep 1
-done
-exec 3<>"$port"
-store=
-echo "vmd-agent: waiting on $port"
-while true; do
-  if read -r cmd name epoch mac seed <&3; then
-    case "$cmd" in
-      clone)
-        echo "$name" > /proc/sys/kernel/hostname
-        echo "$name" > /etc/hostname
-        date -s "@$epoch" >/dev/null 2>&1
-        echo "$seed" > /dev/urandom
-        for nic in /sys/class/net/*; do
-          n=${nic##*/}
-          [ "$n" = lo ] && continue
-          ip link set dev "$n" address "$mac" 2>/dev/null || echo "vmd-agent: cannot change the MAC of $n"
-          # QEMU's user network sends to the MAC it learnt: an ARP request from the new
-          # one teaches it (otherwise forwarded connections stall). The request goes out
-          # at once; busybox arping then waits out its 1 s, so it runs in the background.
-          ip neigh flush dev "$n" >/dev/null 2>&1
-          arping -c 1 -w 1 -I "$n" 10.0.2.2 >/dev/null 2>&1 &
-          break
-        done
-        # The host's layer store (read-only 9p): mounted only now, after the restore,
-        # since a mounted 9p export blocks saving the template.
-        if [ -z "$store" ]; then
-          [ -d /run/axion-store ] || mkdir /run/axion-store
-          mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=262144 axion.store /run/axion-store && store=1 || echo "vmd-agent: cannot mount the layer store"
-        fi
-        echo "vmd-agent: clone $name"
-        echo "ok $name" >&3
-        ;;
-      ping) echo "pong" >&3 ;;
-      *) echo "vmd-agent: unknown command: $cmd" ;;
-    esac
-  else
-    usleep 20000
-  fi
-done
-"#;
+/// The clone agent is the guest engine's hidden `__vmd-agent` mode
+/// (packages/engine/src/vmd_agent.rs), run as a service on the port [`AGENT_PORT`]. After a
+/// restore, the daemon connects to the port's socket and sends one line
+/// `clone HOSTNAME EPOCH MAC SEED`; the agent sets the host name, the clock (the saved
+/// guest's clock is the template's), a new MAC on the NIC (live, as virtio-net allows, then
+/// an ARP request so that QEMU's user network learns it; the address stays 10.0.2.15
+/// because every clone has its own private user network), mixes the host's random SEED
+/// into the kernel's pool (every clone starts from the same RNG state), mounts the host's
+/// layer store (9p tag [`crate::store::TAG`]) read-only at [`crate::store::GUEST_DIR`], and
+/// answers `ok HOSTNAME`. A read on a port with no host connected returns EOF at once, so
+/// the agent retries every 0.01 s (the template is saved in that loop; a clone is restored
+/// in it); once the daemon is connected (it stays so for the VM's life) the read blocks.
+/// It was a busybox shell loop: under TCG each of its forks (date, ip, arping, mkdir,
+/// mount) cost the clone's single vCPU tens of milliseconds.
+const AGENT_ARGS: [&str; 2] = ["__vmd-agent", AGENT_PORT];
 
 fn docker_toml() -> String {
     format!(
@@ -96,19 +52,25 @@ stop-timeout = 5
     )
 }
 
-const AGENT_TOML: &str = r#"# VM-per-container mode: the clone agent (crates/vmd/src/guest.rs).
-command = "/bin/sh"
-args = ["/etc/axion/vmd/agent.sh"]
-restart = "always"
-stop-timeout = 1
-"#;
+fn agent_toml() -> String {
+    format!(
+        "# VM-per-container mode: the clone agent (crates/vmd/src/guest.rs).\ncommand = \"/usr/bin/engine\"\nargs = [\"{}\", \"{}\"]\nrestart = \"always\"\nstop-timeout = 1\n",
+        AGENT_ARGS[0], AGENT_ARGS[1]
+    )
+}
 
 /// The files of the appended archive: (path without leading slash, mode, contents).
+/// With `VMD_DEBUG` set, the guest engine also logs the timing of each container's start
+/// and exit (`engine: trace` lines on the VM's serial console, `<state>/c/ID/serial.log`).
 pub fn overlay_files() -> Vec<(String, u32, Vec<u8>)> {
+    let (mut docker, mut agent) = (docker_toml(), agent_toml());
+    if std::env::var_os("VMD_DEBUG").is_some() {
+        docker.push_str("environment = { AXION_ENGINE_TRACE = \"1\" }\n");
+        agent.push_str("environment = { AXION_ENGINE_TRACE = \"1\" }\n");
+    }
     vec![
-        ("etc/axion/services/docker.toml".into(), 0o644, docker_toml().into_bytes()),
-        ("etc/axion/services/vmd-agent.toml".into(), 0o644, AGENT_TOML.as_bytes().to_vec()),
-        ("etc/axion/vmd/agent.sh".into(), 0o755, AGENT_SH.as_bytes().to_vec()),
+        ("etc/axion/services/docker.toml".into(), 0o644, docker.into_bytes()),
+        ("etc/axion/services/vmd-agent.toml".into(), 0o644, agent.into_bytes()),
     ]
 }
 
@@ -206,8 +168,12 @@ mod tests {
         // The daemon reaches the engine over virtio-serial only: no TCP listener, no TLS files.
         assert!(!s.contains("tcp://") && !s.contains("--tls"), "{s}");
         assert!(files.iter().all(|f| !f.0.ends_with(".pem")), "certificates in the archive");
-        let agent = String::from_utf8_lossy(&files.iter().find(|f| f.0 == "etc/axion/vmd/agent.sh").unwrap().2).into_owned();
-        assert!(agent.contains(&format!("{} {}", crate::store::TAG, crate::store::GUEST_DIR)), "the agent mounts the store");
+        let agent = String::from_utf8_lossy(&files.iter().find(|f| f.0 == "etc/axion/services/vmd-agent.toml").unwrap().2).into_owned();
+        assert!(agent.contains(r#"command = "/usr/bin/engine""#) && agent.contains(r#"args = ["__vmd-agent", "axion.vmd"]"#), "{agent}");
+        // The agent (in the engine, a binary crate) mounts the store this daemon exports.
+        let src = include_str!("../../../packages/engine/src/vmd_agent.rs");
+        assert!(src.contains(&format!("const STORE_TAG: &str = {:?};", crate::store::TAG)), "the agent's 9p tag");
+        assert!(src.contains(&format!("const STORE_DIR: &str = {:?};", crate::store::GUEST_DIR)), "the agent's mount point");
         assert!(!s.contains("tcp-insecure"));
     }
 }

@@ -34,9 +34,11 @@
 //!   connection under TCG, certificates in the appended archive, and a host port any local
 //!   user could connect to. vsock would need /dev/vhost-vsock, which this host lacks.
 //! - The guest side of this mode is configuration: an archive appended to the
-//!   initramfs replaces the engine's service file and adds the clone agent (a busybox shell
-//!   loop). The engine gained two flags for it: `--image-share DIR` (below) and
-//!   `--vmd-port NAME` (above).
+//!   initramfs replaces the engine's service file and adds the clone agent's. The engine
+//!   gained two flags for it, `--image-share DIR` (below) and `--vmd-port NAME` (above),
+//!   and a hidden mode, `engine __vmd-agent PORT`: the clone agent (it was a busybox shell
+//!   loop, whose forks cost a clone's single vCPU tens of milliseconds each under TCG; see
+//!   "Clone latency").
 //! - Images ([`images`], [`store`]): `docker pull` happens on the host only, with the
 //!   engine's registry client (the `registry` crate: token auth, indexes, digest checks):
 //!   manifest and config are resolved there, every layer blob is fetched into a content-addressed store

@@ -104,6 +104,32 @@ fn confinement(hc: &HostConfig) -> Result<runtime::confine::Confinement, String>
     runtime::confine::for_container(hc.privileged, &v(&hc.cap_add), &v(&hc.cap_drop), &v(&hc.security_opt))
 }
 
+/// Start-up and exit timing of one container on stderr (the service log) when the engine runs
+/// with `AXION_ENGINE_TRACE` set (axion-vmd sets it in its VMs under `VMD_DEBUG`): lines
+/// `engine: trace ID12 +S.SSS s STEP`, seconds since the start request.
+struct Trace {
+    on: bool,
+    id: String,
+    t0: std::time::Instant,
+}
+
+impl Trace {
+    fn enabled() -> bool {
+        static ON: OnceLock<bool> = OnceLock::new();
+        *ON.get_or_init(|| std::env::var_os("AXION_ENGINE_TRACE").is_some())
+    }
+
+    fn new(id: &str) -> Trace {
+        Trace { on: Trace::enabled(), id: id.chars().take(12).collect(), t0: std::time::Instant::now() }
+    }
+
+    fn mark(&self, step: &str) {
+        if self.on {
+            eprintln!("engine: trace {} +{:.3} s {step}", self.id, self.t0.elapsed().as_secs_f64());
+        }
+    }
+}
+
 impl Engine {
     pub fn open(args: &Args) -> anyhow::Result<Self> {
         let root = args.data_root.clone();
@@ -245,6 +271,7 @@ impl Engine {
             ],
             hostname: r.config.hostname.clone(),
             new_netns: r.host_config.network_mode != "host",
+            trace: Trace::enabled(),
             process: Process {
                 args,
                 env,
@@ -263,6 +290,7 @@ impl Engine {
 
     async fn start_impl(&self, c: &Arc<Container>) -> ApiResult<()> {
         let r = c.snapshot();
+        let trace = Arc::new(Trace::new(&r.id));
         if r.status == "running" {
             return Err(ApiError::not_modified());
         }
@@ -270,6 +298,7 @@ impl Engine {
             ApiError::internal(format!("image {} of container {} is missing its layers", r.image, r.id))
         })?;
         let spec = self.spec_for(c, &r, lowers)?;
+        trace.mark("spec (seccomp compiled)");
         // Published ports first: a taken host port fails the start, as in Docker.
         let published = publish_ports(&r).await.map_err(|e| ApiError::internal(format!("driver failed programming external connectivity on endpoint {} ({}): {e}", r.name.trim_start_matches('/'), r.id)))?;
         // Bridge network: the container's address, and /etc/hosts naming it.
@@ -284,11 +313,14 @@ impl Engine {
         let spec_path = c.dir.join("spec.json");
         std::fs::write(&spec_path, serde_json::to_vec(&spec).unwrap_or_default()).map_err(internal("writing spec"))?;
         let cg = cgroup::create(&r.id, &r.host_config).map_err(internal("creating cgroup"))?;
+        trace.mark("ports, address, spec written, cgroup created");
         let stdio = if r.config.tty { Stdio3::Console } else { Stdio3::Pipes { stdin: r.config.open_stdin } };
         let cgc = cg.clone();
-        let (id, att) = (r.id.clone(), attach.clone());
+        let (id, att, tr) = (r.id.clone(), attach.clone(), trace.clone());
         let spawned = tokio::task::spawn_blocking(move || {
+            tr.mark("blocking task runs");
             let mut s = runtime::spawn("__run", &spec_path, stdio)?;
+            tr.mark("shim forked the container process (pid read)");
             if let Some(cg) = &cgc {
                 let _ = cgroup::add(cg, s.pid);
             }
@@ -298,8 +330,13 @@ impl Engine {
                     s.cancel();
                     return Ok((s, Err(runtime::SpawnError::Start(format!("network setup: {e}")))));
                 }
+                tr.mark("network attached");
             }
             let res = s.release().and_then(|()| s.take_console());
+            tr.mark("released: the container exec'd (or failed)");
+            for t in s.trace.drain(..) {
+                tr.mark(&t);
+            }
             Ok::<_, runtime::SpawnError>((s, res))
         })
         .await
@@ -340,6 +377,7 @@ impl Engine {
         }
         c.save();
         c.events.send_modify(|e| e.running = true);
+        trace.mark("running, state saved");
         // Output → log file + attach subscribers.
         let log = c.log_path();
         let mut readers = Vec::new();
@@ -375,25 +413,30 @@ impl Engine {
         let me = self.arc();
         let c2 = c.clone();
         let started = now_nanos();
+        trace.mark("start answered");
         tokio::spawn(async move {
             let mut child = s.child;
+            let tr = trace.clone();
             let code = tokio::task::spawn_blocking(move || {
                 let st = child.wait();
+                tr.mark("shim exited");
                 for r in readers {
                     let _ = r.join();
                 }
+                tr.mark("output drained");
                 st.map(|s| s.code().unwrap_or(255) as i64).unwrap_or(255)
             })
             .await
             .unwrap_or(255);
             if let Some(me) = me {
-                me.on_exit(c2, code, started).await;
+                me.on_exit(c2, code, started, &trace).await;
             }
+            trace.mark("exit handled");
         });
         Ok(())
     }
 
-    async fn on_exit(self: Arc<Self>, c: Arc<Container>, code: i64, started: i128) {
+    async fn on_exit(self: Arc<Self>, c: Arc<Container>, code: i64, started: i128, trace: &Trace) {
         let _ = c.output.send(None);
         for p in c.proxies.lock().unwrap().drain(..) {
             p.abort();
@@ -406,18 +449,26 @@ impl Engine {
             rec.exit_code = code;
             rec.pid = 0;
             rec.finished_at = now_nanos();
-            if let Some(cg) = rec.cgroup.take() {
-                rec.oom_killed = cgroup::oom_killed(&cg);
-                cgroup::remove(&cg);
+            let cg = rec.cgroup.take();
+            if let Some(cg) = &cg {
+                rec.oom_killed = cgroup::oom_killed(cg);
             }
-            rec.clone()
+            (rec.clone(), cg)
         };
+        let (r, cg) = r;
         c.save();
         c.events.send_modify(|e| {
             e.exits += 1;
             e.exit_code = code;
             e.running = false;
         });
+        trace.mark("saved, waiters told");
+        // Cleanup after the waiters are told (its OOM verdict is already read); before a
+        // restart, which creates the cgroup again.
+        if let Some(cg) = cg {
+            let _ = tokio::task::spawn_blocking(move || cgroup::remove(&cg)).await;
+            trace.mark("cgroup removed");
+        }
         if self.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
             return;
         }
@@ -936,8 +987,10 @@ impl Backend for Engine {
                 return Err(ApiError::conflict(format!("Conflict. The container name \"/{name}\" is already in use by container \"{id}\". You have to remove (or rename) that container to be able to reuse that name.")));
             }
         }
+        let trace = Trace::new("create");
         let image_id = self.resolve_image(&req.config.image)?;
         let img = self.images.config(&image_id).ok_or_else(|| ApiError::not_found(format!("No such image: {}", req.config.image)))?;
+        trace.mark("image resolved");
         let ic = img.config;
         let mut cfg = req.config.clone();
         // Environment: image first, request overrides by key.
@@ -988,9 +1041,11 @@ impl Backend for Engine {
             return Err(ApiError::bad_request("conflicting options: cannot specify both --restart and --rm"));
         }
         confinement(&hc).map_err(ApiError::bad_request)?;
+        trace.mark("confinement (seccomp compiled)");
         let (binds, mounts) = self.parse_binds(&hc.binds.clone().unwrap_or_default())?;
         let dir = self.root.join("containers").join(&id);
         self.make_dirs(&dir, &cfg.hostname, &hc.network_mode).map_err(internal("creating container directory"))?;
+        trace.mark("directories made");
         let path = argv.remove(0);
         let rec = Record {
             id: id.clone(),
@@ -1009,6 +1064,7 @@ impl Backend for Engine {
         };
         let c = Arc::new(Container::new(dir, rec));
         c.save();
+        trace.mark("saved");
         self.containers.lock().unwrap().insert(id.clone(), c);
         Ok(ContainerCreateResponse { id, warnings: vec![] })
     }

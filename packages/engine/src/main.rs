@@ -20,6 +20,7 @@ mod logs;
 mod net;
 mod netproxy;
 mod runtime;
+mod vmd_agent;
 /// Safe layer unpacking lives in crates/layer-unpack (the host daemon uses it too).
 use layer_unpack as unpack;
 
@@ -29,6 +30,10 @@ use std::sync::Arc;
 
 fn main() -> Result<()> {
     let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(|s| s == "__vmd-agent").unwrap_or(false) {
+        // axion-vmd's clone agent (a service in its template VM).
+        std::process::exit(vmd_agent::main(&argv[2..]));
+    }
     if argv.get(1).map(|s| s.starts_with("__")).unwrap_or(false) {
         // The per-container shim: single-threaded, no tokio.
         std::process::exit(runtime::shim::main(&argv[1..]));

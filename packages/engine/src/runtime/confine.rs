@@ -8,7 +8,8 @@
 //!   `--security-opt seccomp=FILE` uses the profile in FILE (the docker CLI reads the file and
 //!   sends its contents as `seccomp=<json>`; the engine never reads a path). The profile is
 //!   compiled by the engine when the container is created (a bad profile is an error for the
-//!   client there) and again at each start, and the program travels to the shim in its spec;
+//!   client there; compiled programs are kept for the engine's life, keyed by profile and
+//!   capabilities) and the program travels to the shim in its spec at each start;
 //! - `no_new_privs` with `--security-opt no-new-privileges`.
 
 use serde::{Deserialize, Serialize};
@@ -93,13 +94,32 @@ pub fn for_container(privileged: bool, cap_add: &[String], cap_drop: &[String], 
     caps.sort_unstable();
     let seccomp = match seccomp_profile(security_opt) {
         None => None,
-        Some(json) => {
-            let names: Vec<String> = caps.iter().filter_map(|c| cap_name(*c)).collect();
-            let target = super::seccomp::Target { caps: &names, kernel: super::seccomp::kernel_version() };
-            super::seccomp::compile(json, &target)?.map(|p| super::seccomp::pack(&p))
-        }
+        Some(json) => compiled(json, &caps)?,
     };
     Ok(Confinement { capabilities: Some(caps), seccomp, no_new_privs })
+}
+
+/// The packed program for a profile and a capability set, compiled once per engine run: the
+/// engine needs it at create (to refuse a bad profile) and at every start, and parsing plus
+/// compiling Docker's default profile is measurable under TCG. The running kernel, the other
+/// input, does not change while the engine runs. A few entries are kept (custom profiles
+/// and capability sets are rare); errors are not cached.
+fn compiled(json: &str, caps: &[u32]) -> Result<Option<Vec<u64>>, String> {
+    type Entry = (String, Vec<u32>, Option<Vec<u64>>);
+    static CACHE: std::sync::Mutex<Vec<Entry>> = std::sync::Mutex::new(Vec::new());
+    const KEEP: usize = 8;
+    if let Some(e) = CACHE.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|e| e.0 == json && e.1 == caps) {
+        return Ok(e.2.clone());
+    }
+    let names: Vec<String> = caps.iter().filter_map(|c| cap_name(*c)).collect();
+    let target = super::seccomp::Target { caps: &names, kernel: super::seccomp::kernel_version() };
+    let program = super::seccomp::compile(json, &target)?.map(|p| super::seccomp::pack(&p));
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if cache.len() >= KEEP {
+        cache.remove(0);
+    }
+    cache.push((json.to_string(), caps.to_vec(), program.clone()));
+    Ok(program)
 }
 
 fn os_err(what: &str) -> String {

@@ -37,6 +37,10 @@ pub struct RunSpec {
     pub hostname: String,
     pub new_netns: bool,
     pub process: Process,
+    /// Report the shim's step timings (`trace ...` lines on the status pipe, see
+    /// [`Spawned::trace`]); the engine asks for them with `AXION_ENGINE_TRACE`.
+    #[serde(default)]
+    pub trace: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -128,6 +132,8 @@ pub struct Spawned {
     release: Option<std::fs::File>,
     /// The engine's end of the console socket (TTY sessions).
     console: Option<std::os::unix::net::UnixStream>,
+    /// The shim's `trace` lines so far (with [`RunSpec::trace`]): steps and seconds.
+    pub trace: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -187,8 +193,16 @@ pub fn spawn(mode: &str, spec_path: &std::path::Path, stdio: Stdio3) -> Result<S
     drop(release_r);
     drop(console_child);
     let mut status = BufReader::new(status_r);
+    let mut trace = Vec::new();
     let mut line = String::new();
-    status.read_line(&mut line).map_err(|e| SpawnError::Protocol(e.to_string()))?;
+    loop {
+        line.clear();
+        status.read_line(&mut line).map_err(|e| SpawnError::Protocol(e.to_string()))?;
+        match line.trim().strip_prefix("trace ") {
+            Some(t) => trace.push(t.to_string()),
+            None => break,
+        }
+    }
     let line = line.trim();
     if let Some(msg) = line.strip_prefix("error ") {
         return Err(SpawnError::Start(msg.to_string()));
@@ -197,7 +211,7 @@ pub fn spawn(mode: &str, spec_path: &std::path::Path, stdio: Stdio3) -> Result<S
         .strip_prefix("pid ")
         .and_then(|p| p.parse().ok())
         .ok_or_else(|| SpawnError::Protocol(format!("expected `pid N` from the shim, got {line:?}")))?;
-    Ok(Spawned { child, pid, status, release: Some(release_w), console })
+    Ok(Spawned { child, pid, status, release: Some(release_w), console, trace })
 }
 
 impl Spawned {
@@ -228,6 +242,11 @@ impl Spawned {
         }
         let mut rest = String::new();
         let _ = self.status.read_to_string(&mut rest);
+        for l in rest.lines() {
+            if let Some(t) = l.strip_prefix("trace ") {
+                self.trace.push(t.to_string());
+            }
+        }
         for l in rest.lines() {
             if let Some(msg) = l.strip_prefix("error ") {
                 return Err(SpawnError::Start(msg.to_string()));

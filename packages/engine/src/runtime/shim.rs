@@ -19,6 +19,26 @@ const RELEASE_FD: i32 = 4;
 /// For TTY containers and exec sessions: where the pty master goes (see `console`).
 const CONSOLE_FD: i32 = 5;
 
+/// Step timings for [`super::RunSpec::trace`]: (step, seconds since the shim started).
+static TRACE: std::sync::Mutex<Vec<(&'static str, f64)>> = std::sync::Mutex::new(Vec::new());
+static TRACE_ON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static T0: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+fn mark(step: &'static str) {
+    if TRACE_ON.load(std::sync::atomic::Ordering::Relaxed) {
+        let t = T0.get_or_init(std::time::Instant::now).elapsed().as_secs_f64();
+        TRACE.lock().unwrap_or_else(|e| e.into_inner()).push((step, t));
+    }
+}
+
+/// Sends the steps marked so far as one `trace` line (and forgets them).
+fn report_trace(who: &str) {
+    if TRACE_ON.load(std::sync::atomic::Ordering::Relaxed) {
+        let steps: Vec<String> = TRACE.lock().unwrap_or_else(|e| e.into_inner()).drain(..).map(|(s, t)| format!("{s} +{t:.3}")).collect();
+        report(&format!("trace {who}: {}\n", steps.join(", ")));
+    }
+}
+
 fn report(msg: &str) {
     // SAFETY: fd 3 is the status pipe the engine gave us; ManuallyDrop keeps it open.
     let mut f = std::mem::ManuallyDrop::new(unsafe { fs::File::from_raw_fd(STATUS_FD) });
@@ -40,6 +60,7 @@ fn set_cloexec(fd: i32) {
 }
 
 pub fn main(argv: &[String]) -> i32 {
+    T0.get_or_init(std::time::Instant::now);
     let (mode, spec) = match argv {
         [m, s] => (m.as_str(), s.as_str()),
         _ => {
@@ -56,7 +77,11 @@ pub fn main(argv: &[String]) -> i32 {
     };
     match mode {
         "__run" => match serde_json::from_slice::<RunSpec>(&data) {
-            Ok(s) => run(s),
+            Ok(s) => {
+                TRACE_ON.store(s.trace, std::sync::atomic::Ordering::Relaxed);
+                mark("spec read");
+                run(s)
+            }
             Err(e) => {
                 report(&format!("error bad spec {spec}: {e}\n"));
                 125
@@ -98,6 +123,7 @@ fn run(spec: RunSpec) -> i32 {
         report(&format!("error creating namespaces: {e}\n"));
         return 125;
     }
+    mark("namespaces");
     // SAFETY: this process is single-threaded (a fresh exec of the engine in shim mode).
     match unsafe { fork() } {
         Err(e) => {
@@ -115,9 +141,12 @@ fn run(spec: RunSpec) -> i32 {
                 // SAFETY: _exit is always safe.
                 unsafe { libc::_exit(125) };
             }
+            mark("released");
             exit_child(container_init(&spec))
         }
         Ok(ForkResult::Parent { child }) => {
+            mark("forked");
+            report_trace("shim");
             report(&format!("pid {child}\n"));
             close(STATUS_FD);
             close(RELEASE_FD);
@@ -181,6 +210,7 @@ fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
         spec.work.display()
     );
     mount_at("overlay", root, "overlay", MsFlags::empty(), Some(&opts))?;
+    mark("overlay");
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount_at("proc", &root.join("proc"), "proc", nosuid, None)?;
     mount_at("tmpfs", &root.join("dev"), "tmpfs", MsFlags::MS_NOSUID, Some("mode=755,size=65536k"))?;
@@ -197,6 +227,7 @@ fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
     for (l, t) in [("/proc/self/fd", "fd"), ("/proc/self/fd/0", "stdin"), ("/proc/self/fd/1", "stdout"), ("/proc/self/fd/2", "stderr")] {
         let _ = std::os::unix::fs::symlink(l, root.join("dev").join(t));
     }
+    mark("proc, dev");
     if spec.new_netns {
         mount_at("sysfs", &root.join("sys"), "sysfs", nosuid | MsFlags::MS_RDONLY, None)?;
     } else {
@@ -237,6 +268,7 @@ fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
                 .map_err(err(format!("read-only remount of {}", b.dest)))?;
         }
     }
+    mark("sys, etc files, binds");
     if !spec.process.cwd.is_empty() {
         fs::create_dir_all(inside(root, &spec.process.cwd)).ok();
     }
@@ -252,6 +284,7 @@ fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
         Err(e) => return Err(err("pivot_root into the container root")(e)),
     }
     std::env::set_current_dir("/").map_err(err("chdir /"))?;
+    mark("pivot_root");
     if !spec.hostname.is_empty() {
         nix::unistd::sethostname(&spec.hostname).map_err(err("sethostname"))?;
     }
@@ -397,6 +430,7 @@ fn console() -> Result<(), Fail> {
 /// Sets identity, session, directory and environment, then execs (never returns Ok).
 fn start_process(p: &Process) -> Result<std::convert::Infallible, Fail> {
     let ids = resolve_user(&p.user)?;
+    mark("user resolved");
     let mut env = p.env.clone();
     if !env.iter().any(|e| e.starts_with("HOME=")) {
         env.push(format!("HOME={}", ids.home));
@@ -412,6 +446,7 @@ fn start_process(p: &Process) -> Result<std::convert::Infallible, Fail> {
         }
     }
     super::confine::apply(&p.confine).map_err(|e| (125, e))?;
+    mark("confined");
     let groups: Vec<nix::unistd::Gid> = ids.groups.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
     nix::unistd::setgroups(&groups).map_err(err("setgroups"))?;
     nix::unistd::setgid(nix::unistd::Gid::from_raw(ids.gid)).map_err(err("setgid"))?;
@@ -427,6 +462,8 @@ fn start_process(p: &Process) -> Result<std::convert::Infallible, Fail> {
     let cprog = CString::new(prog.as_os_str().as_encoded_bytes()).map_err(err("program path"))?;
     let argv: Vec<CString> = p.args.iter().filter_map(|a| CString::new(a.as_bytes()).ok()).collect();
     let envp: Vec<CString> = env.iter().filter_map(|a| CString::new(a.as_bytes()).ok()).collect();
+    mark("program found");
+    report_trace("container");
     let e = nix::unistd::execve(&cprog, &argv, &envp).unwrap_err();
     let code = if e == nix::errno::Errno::ENOENT { 127 } else { 126 };
     Err((code, format!("exec {}: {e}", prog.display())))

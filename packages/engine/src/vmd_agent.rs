@@ -1,0 +1,267 @@
+//! `engine __vmd-agent PORT`: the clone agent of axion-vmd's VM-per-container mode
+//! (crates/vmd/src/guest.rs runs it as a service in the template VM). It waits on the
+//! virtio-serial port named PORT for one line per restored clone, `clone HOSTNAME EPOCH MAC
+//! SEED`, and gives the clone its identity: host name (kernel and /etc/hostname), clock
+//! (the saved guest's clock is the template's), a new MAC on the NIC (set live, then an ARP
+//! request from it so that QEMU's user network learns it; changing the address also flushes
+//! the NIC's neighbour entries), the host's random SEED mixed into the kernel's pool (every
+//! clone starts from the template's RNG state), and the host's layer store mounted read-only
+//! (9p tag `axion.store` at /run/axion-store, only now: a mounted 9p export blocks saving the
+//! template). It answers `ok HOSTNAME`; `ping` answers `pong`.
+//!
+//! It was a busybox shell loop; under TCG every fork + exec of `date`, `ip`, `arping`,
+//! `mkdir` and `mount` cost tens of milliseconds of the clone's single vCPU, so the same
+//! steps are now system calls in one resident process. Errors are logged (stdout, the
+//! service log) and the agent goes on: a clone without, say, a new MAC still runs.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+const STORE_TAG: &str = "axion.store";
+const STORE_DIR: &str = "/run/axion-store";
+const STORE_OPTS: &str = "trans=virtio,version=9p2000.L,msize=262144";
+/// QEMU's user network: the host side (gateway) as the guest sees it.
+const GATEWAY: [u8; 4] = [10, 0, 2, 2];
+/// How long a read waits for the host end to connect. A read on a port with no host
+/// connected returns EOF at once; the template is saved (and every clone restored) in this
+/// loop, so this is the agent's latency. Once connected (the daemon stays so for the VM's
+/// life) reads block.
+const RETRY: Duration = Duration::from_millis(10);
+
+pub fn main(argv: &[String]) -> i32 {
+    let Some(name) = argv.first() else {
+        eprintln!("engine __vmd-agent: usage: engine __vmd-agent PORT-NAME");
+        return 2;
+    };
+    let path = loop {
+        match find_port(name) {
+            Some(p) => break p,
+            None => std::thread::sleep(Duration::from_secs(1)),
+        }
+    };
+    let mut port = match std::fs::OpenOptions::new().read(true).write(true).open(&path) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("vmd-agent: cannot open {path}: {e}");
+            return 1;
+        }
+    };
+    println!("vmd-agent: waiting on {path}");
+    let mut store = false;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        let n = match port.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                std::thread::sleep(RETRY);
+                continue;
+            }
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&buf[..n]);
+        while let Some(i) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=i).collect();
+            let line = String::from_utf8_lossy(&line);
+            let answer = command(line.trim(), &mut store);
+            if let Some(a) = answer {
+                if let Err(e) = port.write_all(a.as_bytes()) {
+                    eprintln!("vmd-agent: answering on {path}: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// The character device of the virtio-serial port called `name` (no udev here, so no
+/// /dev/virtio-ports/NAME link: the name is in sysfs).
+fn find_port(name: &str) -> Option<String> {
+    for e in std::fs::read_dir("/sys/class/virtio-ports").ok()?.flatten() {
+        if std::fs::read_to_string(e.path().join("name")).map(|n| n.trim() == name).unwrap_or(false) {
+            return Some(format!("/dev/{}", e.file_name().to_string_lossy()));
+        }
+    }
+    None
+}
+
+/// Runs one command line; the answer to send back, if any.
+fn command(line: &str, store: &mut bool) -> Option<String> {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    match f.as_slice() {
+        ["clone", name, epoch, mac, seed] => {
+            clone(name, epoch, mac, seed, store);
+            println!("vmd-agent: clone {name}");
+            Some(format!("ok {name}\n"))
+        }
+        ["ping", ..] => Some("pong\n".into()),
+        [] => None,
+        [cmd, ..] => {
+            println!("vmd-agent: unknown command: {cmd}");
+            None
+        }
+    }
+}
+
+fn clone(name: &str, epoch: &str, mac: &str, seed: &str, store: &mut bool) {
+    // With AXION_ENGINE_TRACE (axion-vmd's VMD_DEBUG): the time of each step.
+    let t0 = std::time::Instant::now();
+    let mut steps = Vec::new();
+    let mut mark = |step: &str| {
+        if std::env::var_os("AXION_ENGINE_TRACE").is_some() {
+            steps.push(format!("{step} +{:.3}", t0.elapsed().as_secs_f64()));
+        }
+    };
+    if let Err(e) = std::fs::write("/proc/sys/kernel/hostname", name) {
+        println!("vmd-agent: cannot set the host name: {e}");
+    }
+    let _ = std::fs::write("/etc/hostname", format!("{name}\n"));
+    match epoch.parse::<i64>() {
+        Ok(secs) => {
+            let ts = libc::timespec { tv_sec: secs as libc::time_t, tv_nsec: 0 };
+            // SAFETY: clock_settime reads a timespec we own.
+            if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
+                println!("vmd-agent: cannot set the clock: {}", std::io::Error::last_os_error());
+            }
+        }
+        Err(_) => println!("vmd-agent: bad time {epoch:?}"),
+    }
+    mark("host name, clock");
+    if let Err(e) = std::fs::OpenOptions::new().write(true).open("/dev/urandom").and_then(|mut f| f.write_all(format!("{seed}\n").as_bytes())) {
+        println!("vmd-agent: cannot mix the seed into /dev/urandom: {e}");
+    }
+    match nic() {
+        Some(n) => {
+            if let Err(e) = new_mac(&n, mac) {
+                println!("vmd-agent: cannot change the MAC of {n}: {e}");
+            }
+        }
+        None => println!("vmd-agent: no network interface"),
+    }
+    mark("seed, MAC, ARP");
+    if !*store {
+        let _ = std::fs::create_dir(STORE_DIR);
+        let r = nix::mount::mount(Some(STORE_TAG), STORE_DIR, Some("9p"), nix::mount::MsFlags::MS_RDONLY, Some(STORE_OPTS));
+        match r {
+            Ok(()) => *store = true,
+            Err(e) => println!("vmd-agent: cannot mount the layer store: {e}"),
+        }
+    }
+    mark("store mounted");
+    if !steps.is_empty() {
+        println!("vmd-agent: trace {}", steps.join(", "));
+    }
+}
+
+/// The first interface other than loopback (the VM has one NIC).
+fn nic() -> Option<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/sys/class/net").ok()?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n != "lo").collect();
+    names.sort();
+    names.into_iter().next()
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16)).collect::<Result<_, _>>().ok()?;
+    parts.try_into().ok()
+}
+
+fn ifreq(name: &str) -> std::io::Result<libc::ifreq> {
+    // SAFETY: ifreq is plain data; all zeroes is valid.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= ifr.ifr_name.len() {
+        return Err(std::io::Error::other(format!("interface name {name:?} too long")));
+    }
+    for (i, b) in name.bytes().enumerate() {
+        ifr.ifr_name[i] = b as libc::c_char;
+    }
+    Ok(ifr)
+}
+
+/// Sets `mac` on `nic` (live: virtio-net allows it) and sends an ARP request for the
+/// gateway from it, which teaches QEMU's user network the new address (it would otherwise
+/// keep sending to the old one, and forwarded connections would stall).
+fn new_mac(nic: &str, mac: &str) -> std::io::Result<()> {
+    let hw = parse_mac(mac).ok_or_else(|| std::io::Error::other(format!("bad MAC {mac:?}")))?;
+    // SAFETY: a socket we close on every path (OwnedFd).
+    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if s < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: s is a fresh descriptor we own.
+    let s = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(s) };
+    let mut ifr = ifreq(nic)?;
+    // SAFETY: SIOCSIFHWADDR reads the sockaddr in the ifreq we own.
+    unsafe {
+        ifr.ifr_ifru.ifru_hwaddr.sa_family = libc::ARPHRD_ETHER;
+        for (i, b) in hw.iter().enumerate() {
+            ifr.ifr_ifru.ifru_hwaddr.sa_data[i] = *b as libc::c_char;
+        }
+        if libc::ioctl(s.as_raw_fd(), libc::SIOCSIFHWADDR as _, &ifr) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    // The source address of the request: the NIC's IPv4 address (none yet: 0.0.0.0, a probe,
+    // which still teaches nothing; the VM's address comes from DHCP before the template is saved).
+    let mut ifr = ifreq(nic)?;
+    let mut ip = [0u8; 4];
+    // SAFETY: SIOCGIFADDR / SIOCGIFINDEX fill the ifreq we own.
+    let index = unsafe {
+        if libc::ioctl(s.as_raw_fd(), libc::SIOCGIFADDR as _, &mut ifr) == 0 {
+            let sin = &*(&ifr.ifr_ifru.ifru_addr as *const libc::sockaddr as *const libc::sockaddr_in);
+            ip = sin.sin_addr.s_addr.to_ne_bytes();
+        }
+        let mut ifr = ifreq(nic)?;
+        if libc::ioctl(s.as_raw_fd(), libc::SIOCGIFINDEX as _, &mut ifr) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        ifr.ifr_ifru.ifru_ifindex
+    };
+    arp_request(index, &hw, ip, GATEWAY)
+}
+
+/// Broadcasts one ARP request `who-has target tell ip` from `hw` on interface `index`.
+fn arp_request(index: i32, hw: &[u8; 6], ip: [u8; 4], target: [u8; 4]) -> std::io::Result<()> {
+    let mut frame = Vec::with_capacity(42);
+    frame.extend_from_slice(&[0xff; 6]);
+    frame.extend_from_slice(hw);
+    frame.extend_from_slice(&0x0806u16.to_be_bytes());
+    frame.extend_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 1]); // Ethernet, IPv4, sizes, request
+    frame.extend_from_slice(hw);
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&[0; 6]);
+    frame.extend_from_slice(&target);
+    // SAFETY: a packet socket we close (OwnedFd); sendto reads the frame and address we own.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, (libc::ETH_P_ARP as u16).to_be() as i32);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd);
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = (libc::ETH_P_ARP as u16).to_be();
+        addr.sll_ifindex = index;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+        let n = libc::sendto(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0, &addr as *const libc::sockaddr_ll as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_ll>() as u32);
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands() {
+        let mut store = true; // no mount attempt in a unit test
+        assert_eq!(command("ping", &mut store).as_deref(), Some("pong\n"));
+        assert_eq!(command("", &mut store), None);
+        assert_eq!(command("nonsense 1 2", &mut store), None);
+        assert_eq!(parse_mac("02:ab:00:10:ff:09"), Some([2, 0xab, 0, 0x10, 0xff, 9]));
+        assert_eq!(parse_mac("02:ab:00"), None);
+        assert_eq!(parse_mac("zz:ab:00:10:ff:09"), None);
+    }
+}
