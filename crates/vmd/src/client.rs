@@ -80,7 +80,10 @@ impl GuestClient {
             req = req.header(http::header::CONTENT_TYPE, "application/json");
         }
         let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).map_err(|e| ApiError::internal(format!("{what}: {e}")))?;
-        sender.send_request(req).await.map_err(|e| unreachable_err(what, chain(&e)))
+        let t0 = std::time::Instant::now();
+        let r = sender.send_request(req).await.map_err(|e| unreachable_err(what, chain(&e)));
+        crate::debug(&format!("guest {what}: answer (headers) in {:.3} s", t0.elapsed().as_secs_f64()));
+        r
     }
 
     /// [`Self::send`], and a status other than 2xx/304 becomes the engine's error.

@@ -448,7 +448,7 @@ fn orphan_vms(dir: &Path) -> Vec<u32> {
 }
 
 /// Progress lines on stderr with VMD_DEBUG set.
-fn debug(msg: &str) {
+pub(crate) fn debug(msg: &str) {
     if std::env::var_os("VMD_DEBUG").is_some() {
         let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
         eprint!("[{}.{:03}] ", t.as_secs() % 1000, t.subsec_millis());
