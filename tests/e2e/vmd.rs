@@ -85,6 +85,10 @@ fn check() -> Result<()> {
     let reg = Registry::start()?;
     reg.push_busybox("busybox", "latest", Compression::Gzip)?;
     let img = format!("{}/busybox:latest", reg.host());
+    // Another image with the same layer (its own config): garbage collection keeps the
+    // shared layer while either image is there.
+    reg.push_variant("busybox", "latest", "variant", "latest", "true")?;
+    let variant = format!("{}/variant:latest", reg.host());
 
     let dir = tempfile::Builder::new().prefix("vmd-").tempdir_in("/tmp")?;
     let state = dir.path().join("state");
@@ -119,6 +123,12 @@ fn check() -> Result<()> {
     assert_eq!(layers.len(), 1, "unpacked layers in the store: {layers:?}");
     assert!(layers[0].join("bin/busybox").is_file(), "no bin/busybox in {}", layers[0].display());
     let digest = blob.file_name().unwrap().to_string_lossy().into_owned();
+    cli.ok(&["pull", &variant]);
+    let variant_id = cli.ok(&["image", "inspect", "-f", "{{.Id}}", &variant]).trim().to_string();
+    let variant_config = store.join("blobs/sha256").join(variant_id.trim_start_matches("sha256:"));
+    assert!(variant_config.is_file(), "the variant's config is not in the store: {}", variant_config.display());
+    let count = |d: &str| std::fs::read_dir(store.join(d)).map(|r| r.count()).unwrap_or(0);
+    assert_eq!((count("blobs/sha256"), count("layers")), (3, 2), "two configs and one shared layer blob; one tree and its .tree record");
     // A corrupted blob is found before the next container uses the store, and fetched again.
     std::fs::write(&blob, b"not the layer")?;
     assert_eq!(cli.ok(&["run", "--rm", &img, "echo", "again"]), "again\n");
@@ -221,6 +231,22 @@ fn check() -> Result<()> {
     assert!(err.contains("exited unexpectedly"), "{err}");
     cli.ok(&["rm", &c]);
 
+    // Garbage collection: `docker rmi` of an image a running container uses keeps its files
+    // until the container's VM is gone; the layer it shares with busybox stays after that.
+    let v = cli.ok(&["run", "-d", &variant, "sleep", "600"]).trim().to_string();
+    let out = cli.ok(&["rmi", &variant]);
+    assert!(out.contains(&variant_id), "rmi output: {out}");
+    assert!(variant_config.is_file(), "the config of an image a running container uses was removed");
+    cli.ok(&["rm", "-f", &v]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while variant_config.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!variant_config.exists(), "the removed image's config is still in the store after its container went");
+    assert!(blob.is_file() && layers[0].join("bin/busybox").is_file(), "the layer busybox shares with the removed image was removed");
+    assert_eq!((count("blobs/sha256"), count("layers")), (2, 2));
+    assert_eq!(cli.ok(&["run", "--rm", &img, "echo", "still-here"]), "still-here\n");
+
     // A changed file in an unpacked layer (the registry is gone, so it cannot be fetched
     // again): refused with a clear error, never handed to a VM.
     let tool = layers[0].join("bin/busybox");
@@ -232,6 +258,13 @@ fn check() -> Result<()> {
     assert!(!o.status.success(), "a run from a tampered store succeeded");
     assert!(err.contains("damaged") && err.contains("changed after it was unpacked") && err.contains("fetching the image again failed"), "{err}");
     assert!(qemus_under(&state).is_empty(), "a VM was left after the refused run");
+
+    // rmi of the last image using them: its blobs and unpacked layers are gone.
+    cli.ok(&["rmi", &img]);
+    let left = |d: &str| -> Vec<PathBuf> { std::fs::read_dir(store.join(d)).map(|r| r.flatten().map(|e| e.path()).collect()).unwrap_or_default() };
+    assert!(left("blobs/sha256").is_empty(), "blobs left after the last rmi: {:?}", left("blobs/sha256"));
+    assert!(left("layers").is_empty(), "unpacked layers left after the last rmi: {:?}", left("layers"));
+    assert!(left("tmp").is_empty(), "scratch left after the last rmi: {:?}", left("tmp"));
 
     drop(server);
     assert!(qemus_under(&state).is_empty());

@@ -134,6 +134,38 @@ impl Registry {
         self.push_manifest(repo, tag, "application/vnd.oci.image.manifest.v1+json", &body)
     }
 
+    /// Pushes `to_repo:to_tag`: the image `repo:tag` (a manifest, not an index) with its
+    /// config's `Cmd` set to `cmd`, so that the two images share their layers but not their
+    /// id (for layer-store garbage collection tests); returns the manifest digest.
+    pub fn push_variant(&self, repo: &str, tag: &str, to_repo: &str, to_tag: &str, cmd: &str) -> Result<String> {
+        let c = reqwest::blocking::Client::new();
+        let get = |path: String, accept: &str| -> Result<Vec<u8>> {
+            let r = c.get(format!("http://{}/v2/{path}", self.host())).header("Accept", accept).send()?;
+            if !r.status().is_success() {
+                bail!("GET /v2/{path}: {}", r.status());
+            }
+            Ok(r.bytes()?.to_vec())
+        };
+        let mt = "application/vnd.oci.image.manifest.v1+json";
+        let mut manifest: serde_json::Value = serde_json::from_slice(&get(format!("{repo}/manifests/{tag}"), mt)?)?;
+        let cd = manifest["config"]["digest"].as_str().context("manifest without a config")?.to_string();
+        let mut config: serde_json::Value = serde_json::from_slice(&get(format!("{repo}/blobs/{cd}"), "*/*")?)?;
+        config["config"]["Cmd"] = serde_json::json!([cmd]);
+        let config = serde_json::to_vec(&config)?;
+        let new = self.push_blob(to_repo, &config)?;
+        if new == cd {
+            bail!("push_variant: {repo}:{tag} has Cmd [{cmd:?}] already; pick another command so the images differ");
+        }
+        manifest["config"]["digest"] = new.into();
+        manifest["config"]["size"] = config.len().into();
+        for l in manifest["layers"].as_array().context("manifest without layers")? {
+            let d = l["digest"].as_str().context("layer without a digest")?;
+            self.push_blob(to_repo, &get(format!("{repo}/blobs/{d}"), "*/*")?)?;
+        }
+        let media_type = manifest["mediaType"].as_str().unwrap_or(mt).to_string();
+        self.push_manifest(to_repo, to_tag, &media_type, &serde_json::to_vec(&manifest)?)
+    }
+
     /// Pushes an image index for `tag` pointing at an existing manifest (as linux/amd64)
     /// and an arm64 entry listed first (whose config says arm64).
     pub fn push_index(&self, repo: &str, tag: &str, amd64_manifest: &str) -> Result<String> {

@@ -6,11 +6,13 @@
 //! registry itself, a registry on the host's 127.0.0.1 being 10.0.2.2 from inside, see
 //! [`guest_ref`]: the daemon falls back to that only for a record from before the store.)
 
-use crate::store::LayerStore;
+use crate::store::{Collected, LayerStore};
 use docker_api::types::*;
 use docker_api::{ApiError, ApiResult, RegistryAuth};
 use registry::{Reference, RegistryError};
 use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -78,24 +80,55 @@ pub struct Images {
     list: Mutex<Vec<ImageRecord>>,
     registry: registry::Client,
     pub store: LayerStore,
-    /// One pull at a time: two pulls of images sharing a layer would unpack it twice.
+    /// One pull at a time: two pulls of images sharing a layer would unpack it twice. A
+    /// garbage collection holds it too (a pull's blobs are not recorded until its end).
     pulling: tokio::sync::Mutex<()>,
+    /// The images containers use, by container id, from their create until their VM is
+    /// gone: their blobs and trees are kept even when the image is removed meanwhile.
+    pins: Mutex<HashMap<String, ImageRecord>>,
+}
+
+/// A pin taken for a container being created ([`Images::find_and_pin`]): dropped unless
+/// [`kept`](Pin::keep), it releases the image again (a failed create).
+pub struct Pin<'a> {
+    images: &'a Images,
+    id: String,
+    armed: bool,
+}
+
+impl Pin<'_> {
+    /// The container exists now: its pin stays until [`Images::unpin`].
+    pub fn keep(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Pin<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.images.unpin(&self.id);
+        }
+    }
 }
 
 impl Images {
     pub fn open(path: PathBuf, store: LayerStore) -> Images {
         let list = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
         // A registry on 127.0.0.1/localhost is plain HTTP (the client's rule); no others.
-        Images { path, list: Mutex::new(list), registry: registry::Client::new(Vec::new()), store, pulling: tokio::sync::Mutex::new(()) }
+        Images { path, list: Mutex::new(list), registry: registry::Client::new(Vec::new()), store, pulling: tokio::sync::Mutex::new(()), pins: Mutex::new(HashMap::new()) }
     }
 
-    fn save(&self, list: &[ImageRecord]) {
-        if let Ok(b) = serde_json::to_vec_pretty(list) {
-            let tmp = self.path.with_extension("tmp");
-            if std::fs::write(&tmp, b).is_ok() {
-                let _ = std::fs::rename(tmp, &self.path);
-            }
-        }
+    /// Writes the records durably (temp file, fsync, rename, fsync of the directory): a
+    /// garbage collection that follows must never outlive a record on disk.
+    fn save(&self, list: &[ImageRecord]) -> std::io::Result<()> {
+        let b = serde_json::to_vec_pretty(list).map_err(std::io::Error::other)?;
+        let tmp = self.path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&b)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path)?;
+        let dir = self.path.parent().unwrap_or(std::path::Path::new("."));
+        std::fs::File::open(dir)?.sync_all()
     }
 
     pub fn all(&self) -> Vec<ImageRecord> {
@@ -104,23 +137,63 @@ impl Images {
 
     /// The record for a name, a full or short id.
     pub fn find(&self, name: &str) -> Option<ImageRecord> {
-        let list = self.list.lock().expect("images lock");
-        let normalized = Reference::parse(name).ok().map(|r| record_name(&r));
-        list.iter()
-            .find(|i| Some(&i.name) == normalized.as_ref() || i.name == name)
-            .or_else(|| {
-                let n = name.trim_start_matches("sha256:");
-                (n.len() >= 6).then(|| list.iter().find(|i| i.id.trim_start_matches("sha256:").starts_with(n))).flatten()
-            })
-            .cloned()
+        find_in(&self.list.lock().expect("images lock"), name)
     }
 
-    pub fn remove(&self, name: &str) -> Option<ImageRecord> {
-        let rec = self.find(name)?;
+    /// Like [`find`](Self::find), and pins the image for container `ctr` in the same step
+    /// (so a concurrent `rmi` and collection either sees the pin or makes the find fail).
+    pub fn find_and_pin(&self, name: &str, ctr: &str) -> Option<(ImageRecord, Pin<'_>)> {
+        let list = self.list.lock().expect("images lock");
+        let rec = find_in(&list, name)?;
+        self.pins.lock().expect("pins lock").insert(ctr.to_string(), rec.clone());
+        drop(list);
+        Some((rec, Pin { images: self, id: ctr.to_string(), armed: true }))
+    }
+
+    /// Container `ctr` no longer uses its image (its VM is gone).
+    pub fn unpin(&self, ctr: &str) {
+        self.pins.lock().expect("pins lock").remove(ctr);
+    }
+
+    /// Removes the record (durably, before anything of the store goes; see
+    /// [`collect`](Self::collect)); None when there is no such image.
+    pub fn remove(&self, name: &str) -> ApiResult<Option<ImageRecord>> {
         let mut list = self.list.lock().expect("images lock");
-        list.retain(|i| i.name != rec.name);
-        self.save(&list);
-        Some(rec)
+        let Some(rec) = find_in(&list, name) else { return Ok(None) };
+        let rest: Vec<ImageRecord> = list.iter().filter(|i| i.name != rec.name).cloned().collect();
+        self.save(&rest).map_err(|e| ApiError::internal(format!("writing {}: {e}", self.path.display())))?;
+        *list = rest;
+        Ok(Some(rec))
+    }
+
+    /// What must stay in the store: the blobs and trees of every recorded image and of
+    /// every image a container uses.
+    fn in_use(&self) -> (HashSet<String>, HashSet<String>) {
+        let list = self.list.lock().expect("images lock");
+        let pins = self.pins.lock().expect("pins lock");
+        let (mut blobs, mut layers) = (HashSet::new(), HashSet::new());
+        for r in list.iter().chain(pins.values()) {
+            blobs.insert(r.id.clone());
+            blobs.extend(r.layers.iter().cloned());
+            layers.extend(r.diff_ids.iter().cloned());
+        }
+        (blobs, layers)
+    }
+
+    /// Garbage collection: removes from the store what no image and no container uses.
+    /// Blocking; for the daemon's start, when nothing else runs.
+    pub fn collect_now(&self) -> anyhow::Result<Collected> {
+        let (blobs, layers) = self.in_use();
+        self.store.gc(&blobs, &layers)
+    }
+
+    /// Garbage collection (after `rmi`, when a container's VM is gone): waits for a pull in
+    /// progress, then removes from the store what no image and no container uses.
+    pub async fn collect(&self) -> anyhow::Result<Collected> {
+        let _one = self.pulling.lock().await;
+        let (blobs, layers) = self.in_use();
+        let st = self.store.clone();
+        tokio::task::spawn_blocking(move || st.gc(&blobs, &layers)).await.map_err(|e| anyhow::anyhow!("collection task: {e}"))?
     }
 
     /// Resolves `name` at its registry (with the client's credentials, if any), stores its
@@ -166,9 +239,22 @@ impl Images {
         let mut list = self.list.lock().expect("images lock");
         list.retain(|i| i.name != rec.name);
         list.push(rec.clone());
-        self.save(&list);
+        if let Err(e) = self.save(&list) {
+            eprintln!("vmd: WARNING: writing {}: {e} (the image {} is recorded in memory only)", self.path.display(), rec.name);
+        }
         Ok(rec)
     }
+}
+
+fn find_in(list: &[ImageRecord], name: &str) -> Option<ImageRecord> {
+    let normalized = Reference::parse(name).ok().map(|r| record_name(&r));
+    list.iter()
+        .find(|i| Some(&i.name) == normalized.as_ref() || i.name == name)
+        .or_else(|| {
+            let n = name.trim_start_matches("sha256:");
+            (n.len() >= 6).then(|| list.iter().find(|i| i.id.trim_start_matches("sha256:").starts_with(n))).flatten()
+        })
+        .cloned()
 }
 
 #[cfg(test)]
@@ -301,6 +387,26 @@ mod tests {
         assert_eq!(std::fs::read(store.layer_path(&reg.layer.2).join("etc/motd")).unwrap(), b"hello from a token registry\n");
         assert_eq!(store.check(&rec.id, &rec.layers, &rec.diff_ids), vec![]);
         assert_eq!(images.find(&name).map(|r| r.id), Some(rec.id.clone()));
+        // Garbage collection: a container's pin keeps the image's files after its rmi ...
+        let ctr = "c".repeat(64);
+        let (pinned, pin) = images.find_and_pin(&name, &ctr).unwrap();
+        assert_eq!(pinned.id, rec.id);
+        pin.keep();
+        assert_eq!(images.remove(&name).unwrap().map(|r| r.id), Some(rec.id.clone()));
+        assert!(images.find(&name).is_none());
+        assert_eq!(images.collect().await.unwrap(), Collected::default());
+        assert_eq!(store.check(&rec.id, &rec.layers, &rec.diff_ids), vec![]);
+        // ... until its VM is gone; a restarted daemon reads the removal from disk.
+        images.unpin(&ctr);
+        let got = images.collect().await.unwrap();
+        assert_eq!((got.blobs.len(), got.layers.len()), (2, 1), "{got:?}");
+        assert!(!store.blob_path(&rec.layers[0]).exists() && !store.layer_path(&rec.diff_ids[0]).exists());
+        assert!(Images::open(d.path().join("images.json"), store.clone()).all().is_empty());
+        // A pin of a failed create (dropped without keep) is released at once.
+        let rec = images.pull(&name, None).await.unwrap_or_else(|e| panic!("pull: {}", e.message));
+        drop(images.find_and_pin(&name, &ctr));
+        images.remove(&name).unwrap();
+        assert_eq!(images.collect().await.unwrap().layers, rec.diff_ids);
         // A missing tag is a 404 with Docker's wording.
         let e = images.pull(&format!("{name}:nope"), None).await.unwrap_err();
         assert_eq!(e.status, http::StatusCode::NOT_FOUND, "{}", e.message);

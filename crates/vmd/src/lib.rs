@@ -68,6 +68,9 @@
 //!   fetched again, or the run is refused with an error saying what is damaged: a damaged
 //!   layer never reaches a VM. The check reads every byte of the image (fine for small
 //!   images; large ones would want a cheaper seal) and runs while the VM is being cloned.
+//!   Garbage collection ([`store`]): after `docker rmi`, when a container's VM is gone and
+//!   at start, blobs and trees no image record and no live container (pinned from its
+//!   create until its VM is gone) uses are removed, in a crash-safe order.
 //!   Fallback: an image record from before the store (no diff-ids) is still pulled by the
 //!   VM's engine from the registry (10.0.2.2 is the host's loopback, [`images::guest_ref`]).
 //! - Memory (`-m`) and CPU (`--cpus`, `--cpu-quota`) limits are put on each QEMU process
@@ -113,9 +116,9 @@
 //!
 //! # Not yet (next steps)
 //!
-//! - The layer store has no garbage collection: `docker rmi` forgets the record but keeps
-//!   the blobs and trees (other images may share them). virtio-fs (with DAX) would be
-//!   faster than 9p but needs a virtiofsd on the host.
+//! - virtio-fs (with DAX) would be faster than 9p but needs a virtiofsd on the host.
+//! - `docker rmi` does not refuse an image that containers use (dockerd does, without
+//!   `-f`): the record goes at once, its files when the last such container's VM is gone.
 //! - stdin (`-i`, `-t`): the guest attach is not hijacked; an upgraded stream on the
 //!   channel (`Upgrade: tcp`) would carry stdin too. No `exec`, `cp`, `restart`/`start` after exit.
 //! - QEMU is not tied to the daemon's life: if the daemon is SIGKILLed its VMs stay until
@@ -251,6 +254,11 @@ impl Daemon {
         let _ = std::fs::remove_dir_all(&cdir);
         std::fs::create_dir_all(&cdir)?;
         let images = images::Images::open(opts.state_dir.join("images.json"), store);
+        // No VM runs now: what no image record uses goes (an interrupted pull or collection).
+        match images.collect_now() {
+            Ok(c) => report_collected(&c),
+            Err(e) => eprintln!("vmd: WARNING: collecting the layer store's garbage: {e:#}"),
+        }
         let mut warnings = Vec::new();
         let cgroups = match cgroup::Cgroups::setup() {
             Ok(c) => Some(c),
@@ -387,6 +395,15 @@ impl Daemon {
             .await;
         }
         debug(&format!("{}: VM gone", c.short()));
+        // Its image's files may go now if the image was removed meanwhile.
+        self.images.unpin(&c.id);
+        let d = self.clone();
+        tokio::spawn(async move {
+            match d.images.collect().await {
+                Ok(c) => report_collected(&c),
+                Err(e) => eprintln!("vmd: WARNING: collecting the layer store's garbage: {e:#}"),
+            }
+        });
         self.cleanup_cgroup(c);
         {
             let mut st = c.state.lock().expect("state lock");
@@ -452,6 +469,12 @@ fn orphan_vms(dir: &Path) -> Vec<u32> {
         }
     }
     out
+}
+
+fn report_collected(c: &store::Collected) {
+    if !c.blobs.is_empty() || !c.layers.is_empty() {
+        eprintln!("vmd: layer store: removed {} blob(s) and {} unpacked layer(s) no image uses", c.blobs.len(), c.layers.len());
+    }
 }
 
 /// Progress lines on stderr with VMD_DEBUG set.
@@ -615,8 +638,18 @@ impl Backend for Api {
     }
 
     async fn image_remove(&self, name: &str, _force: bool) -> ApiResult<Vec<ImageDeleteItem>> {
-        let rec = self.images.remove(name).ok_or_else(|| ApiError::not_found(format!("No such image: {name}")))?;
-        Ok(vec![ImageDeleteItem { untagged: Some(rec.name), deleted: None }, ImageDeleteItem { untagged: None, deleted: Some(rec.id) }])
+        let rec = self.images.remove(name)?.ok_or_else(|| ApiError::not_found(format!("No such image: {name}")))?;
+        let mut out = vec![ImageDeleteItem { untagged: Some(rec.name), deleted: None }, ImageDeleteItem { untagged: None, deleted: Some(rec.id) }];
+        // Blobs and trees nothing uses any more (those of a running container stay until
+        // its VM is gone).
+        match self.images.collect().await {
+            Ok(c) => {
+                report_collected(&c);
+                out.extend(c.layers.into_iter().map(|l| ImageDeleteItem { untagged: None, deleted: Some(l) }));
+            }
+            Err(e) => eprintln!("vmd: WARNING: collecting the layer store's garbage after removing {name}: {e:#}"),
+        }
+        Ok(out)
     }
 
     async fn containers(&self, all: bool) -> ApiResult<Vec<ContainerSummary>> {
@@ -658,8 +691,9 @@ impl Backend for Api {
     }
 
     async fn container_create(&self, name: Option<String>, req: ContainerCreateRequest) -> ApiResult<ContainerCreateResponse> {
-        let image = self.images.find(&req.config.image).ok_or_else(|| ApiError::not_found(format!("No such image: {}", req.config.image)))?;
         let id = random_hex(64);
+        // Pinned: an rmi meanwhile keeps its files until this container's VM is gone.
+        let (image, pin) = self.images.find_and_pin(&req.config.image, &id).ok_or_else(|| ApiError::not_found(format!("No such image: {}", req.config.image)))?;
         let name = match name {
             Some(n) => {
                 let n = n.trim_start_matches('/').to_string();
@@ -784,6 +818,7 @@ impl Backend for Api {
         self.containers.lock().expect("containers lock").insert(id.clone(), c.clone());
         let warnings = self.limit_warnings(&c.req.host_config);
         self.watch_vm(c);
+        pin.keep();
         Ok(ContainerCreateResponse { id, warnings })
     }
 

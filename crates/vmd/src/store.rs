@@ -13,9 +13,19 @@
 //! (`--image-share`) resolves an image id there and uses its layers as overlayfs lower dirs.
 //! Before each container is created the daemon checks the image's blobs and trees
 //! ([`LayerStore::check`]): a damaged one is never handed to a VM.
+//!
+//! Garbage collection ([`LayerStore::gc`]): after `docker rmi`, when a container's VM is
+//! gone, and when the daemon starts, blobs and trees that no image record and no container
+//! still uses are removed (the caller says what is in use; see `images::Images::collect`).
+//! Crash-safe by order: the image records are written and fsynced first; then, for a
+//! layer, its `.tree` record goes before its tree (a tree without one counts as not
+//! unpacked and is never handed to a VM), and the tree is renamed into `tmp/` (cleared on
+//! open) before it is deleted. A power-off at any point leaves no record pointing at a
+//! missing blob or tree, only garbage the next collection removes.
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
+use std::collections::HashSet;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -199,6 +209,44 @@ impl LayerStore {
         out
     }
 
+    /// Removes every blob not in `blobs` and every unpacked layer not in `layers` (digests,
+    /// `sha256:<hex>`); only names that are digests are touched. Blocking. See the module
+    /// doc for the order that makes it crash-safe.
+    pub fn gc(&self, blobs: &HashSet<String>, layers: &HashSet<String>) -> Result<Collected> {
+        let keep_blob: HashSet<&str> = blobs.iter().map(|d| hex_of(d)).collect();
+        let keep_layer: HashSet<&str> = layers.iter().map(|d| hex_of(d)).collect();
+        let mut out = Collected::default();
+        let dir = self.root.join("blobs/sha256");
+        for name in names(&dir)? {
+            if is_hex64(&name) && !keep_blob.contains(name.as_str()) {
+                let p = dir.join(&name);
+                std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+                out.blobs.push(format!("sha256:{name}"));
+            }
+        }
+        let dir = self.root.join("layers");
+        let mut garbage: Vec<String> = names(&dir)?.into_iter().map(|n| n.strip_suffix(".tree").map(str::to_string).unwrap_or(n)).filter(|h| is_hex64(h) && !keep_layer.contains(h.as_str())).collect();
+        garbage.sort();
+        garbage.dedup();
+        for h in garbage {
+            // The record first: from here on the tree counts as not unpacked.
+            let rec = dir.join(format!("{h}.tree"));
+            match std::fs::remove_file(&rec) {
+                Ok(()) => sync_dir(&dir)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", rec.display())),
+            }
+            let tree = dir.join(&h);
+            if tree.exists() {
+                let aside = self.scratch("gc-layer");
+                std::fs::rename(&tree, &aside).with_context(|| format!("moving {} aside", tree.display()))?;
+                std::fs::remove_dir_all(&aside).with_context(|| format!("removing {}", aside.display()))?;
+            }
+            out.layers.push(format!("sha256:{h}"));
+        }
+        Ok(out)
+    }
+
     /// Drops what [`check`](Self::check) found damaged, so that the next pull fetches and
     /// unpacks it again.
     pub fn discard(&self, damage: &[Damage]) {
@@ -214,6 +262,27 @@ impl LayerStore {
             }
         }
     }
+}
+
+/// What [`LayerStore::gc`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Collected {
+    pub blobs: Vec<String>,
+    pub layers: Vec<String>,
+}
+
+fn is_hex64(h: &str) -> bool {
+    h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+fn names(dir: &Path) -> Result<Vec<String>> {
+    let rd = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    Ok(rd.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
+}
+
+/// fsync(2) on a directory: makes the renames and removals in it durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir).and_then(|f| f.sync_all()).with_context(|| format!("fsync {}", dir.display()))
 }
 
 fn file_sha256(p: &Path) -> std::io::Result<String> {
@@ -310,5 +379,91 @@ pub(crate) mod tests {
         assert_eq!(std::fs::read(s.layer_path(&diff_id).join("bin/tool")).unwrap(), b"abc");
         assert_eq!(s.check(&config, &layers, &diffs), vec![]);
         assert_eq!(std::fs::read_dir(d.path().join("store/tmp")).unwrap().count(), 0);
+    }
+
+    /// An image in the store: (config digest, layer digests, diff-ids).
+    fn put_image(s: &LayerStore, files: &[(&str, &[u8])]) -> (String, Vec<String>, Vec<String>) {
+        let (mut layers, mut diffs, mut lowers) = (Vec::new(), Vec::new(), Vec::new());
+        for (path, content) in files {
+            let (blob, digest, diff_id) = test_layer(path, content);
+            s.put_bytes(&digest, &blob).unwrap();
+            s.unpack(&digest, &diff_id, &lowers).unwrap();
+            lowers.insert(0, s.layer_path(&diff_id));
+            layers.push(digest);
+            diffs.push(diff_id);
+        }
+        let cfg = serde_json::to_vec(&serde_json::json!({"rootfs": {"diff_ids": diffs}})).unwrap();
+        let config = format!("sha256:{}", hex::encode(Sha256::digest(&cfg)));
+        s.put_bytes(&config, &cfg).unwrap();
+        (config, layers, diffs)
+    }
+
+    fn keep(images: &[&(String, Vec<String>, Vec<String>)]) -> (HashSet<String>, HashSet<String>) {
+        let blobs = images.iter().flat_map(|i| std::iter::once(i.0.clone()).chain(i.1.iter().cloned())).collect();
+        let layers = images.iter().flat_map(|i| i.2.iter().cloned()).collect();
+        (blobs, layers)
+    }
+
+    #[test]
+    fn gc_removes_what_no_image_uses_and_keeps_shared_layers() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LayerStore::open(&d.path().join("store")).unwrap();
+        let a = put_image(&s, &[("bin/base", b"shared"), ("a", b"only in a")]);
+        let b = put_image(&s, &[("bin/base", b"shared"), ("b", b"only in b")]);
+        assert_eq!(a.1[0], b.1[0], "the base layer is shared");
+        // Nothing to do while both are kept.
+        let (kb, kl) = keep(&[&a, &b]);
+        assert_eq!(s.gc(&kb, &kl).unwrap(), Collected::default());
+        // `a` removed: its config, its own blob and tree go; the shared layer stays.
+        let (kb, kl) = keep(&[&b]);
+        let got = s.gc(&kb, &kl).unwrap();
+        let mut want_blobs = vec![a.0.clone(), a.1[1].clone()];
+        want_blobs.sort();
+        let mut got_blobs = got.blobs.clone();
+        got_blobs.sort();
+        assert_eq!(got_blobs, want_blobs);
+        assert_eq!(got.layers, vec![a.2[1].clone()]);
+        assert!(!s.blob_path(&a.0).exists() && !s.blob_path(&a.1[1]).exists());
+        assert!(!s.layer_path(&a.2[1]).exists() && !s.tree_file(&a.2[1]).exists());
+        assert_eq!(s.check(&b.0, &b.1, &b.2), vec![], "the remaining image is intact");
+        // Nothing left behind in tmp/, and stray names that are not digests are not touched.
+        assert_eq!(std::fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
+        std::fs::write(s.root().join("blobs/sha256/README"), b"x").unwrap();
+        // `b` removed too: the store is empty.
+        let got = s.gc(&HashSet::new(), &HashSet::new()).unwrap();
+        assert_eq!((got.blobs.len(), got.layers.len()), (3, 2));
+        assert_eq!(names(&s.root().join("blobs/sha256")).unwrap(), vec!["README".to_string()]);
+        assert_eq!(names(&s.root().join("layers")).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn gc_after_a_crash_mid_collection() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LayerStore::open(&d.path().join("store")).unwrap();
+        let a = put_image(&s, &[("x", b"a's layer")]);
+        let b = put_image(&s, &[("y", b"b's layer")]);
+        // A power-off after a layer's record was removed, before its tree went: the tree
+        // counts as not unpacked (never handed to a VM) ...
+        std::fs::remove_file(s.tree_file(&a.2[0])).unwrap();
+        assert!(matches!(&s.check(&a.0, &a.1, &a.2)[..], [Damage::Tree { why, .. }] if why == "not unpacked"));
+        // ... and one after a tree was moved aside into tmp/.
+        let aside = s.scratch("gc-layer");
+        std::fs::rename(s.layer_path(&b.2[0]), &aside).unwrap();
+        std::fs::remove_file(s.tree_file(&b.2[0])).unwrap();
+        // The next start clears tmp/ and the next collection removes the orphan tree.
+        let s = LayerStore::open(s.root()).unwrap();
+        assert!(!aside.exists());
+        let (kb, kl) = keep(&[]);
+        let got = s.gc(&kb, &kl).unwrap();
+        assert_eq!(got.layers, vec![a.2[0].clone()]);
+        assert!(!s.layer_path(&a.2[0]).exists() && !s.layer_path(&b.2[0]).exists());
+        assert_eq!(got.blobs.len(), 4, "both images' configs and layer blobs: {got:?}");
+        // A kept layer whose record is gone is not removed: unpacking it again repairs it.
+        let c = put_image(&s, &[("z", b"c's layer")]);
+        std::fs::remove_file(s.tree_file(&c.2[0])).unwrap();
+        let (kb, kl) = keep(&[&c]);
+        assert_eq!(s.gc(&kb, &kl).unwrap(), Collected::default());
+        s.unpack(&c.1[0], &c.2[0], &[]).unwrap();
+        assert_eq!(s.check(&c.0, &c.1, &c.2), vec![]);
     }
 }
