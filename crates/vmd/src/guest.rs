@@ -28,8 +28,9 @@ pub const ENGINE_CHANNEL: &str = "axion.engine";
 /// `clone HOSTNAME EPOCH MAC SEED`; the agent sets the host name, the clock (the saved
 /// guest's clock is the template's), a new MAC on the NIC (live, as virtio-net allows, then
 /// an ARP request so that QEMU's user network learns it; the address stays 10.0.2.15
-/// because every clone has its own private user network), mixes the host's random SEED
-/// into the kernel's pool (every clone starts from the same RNG state), mounts the host's
+/// because every clone has its own private user network), credits the host's random SEED
+/// to the kernel's pool and reseeds its CRNG (every clone starts from the same RNG state),
+/// mounts the host's
 /// layer store (9p tag [`crate::store::TAG`]) read-only at [`crate::store::GUEST_DIR`], and
 /// answers `ok HOSTNAME`. A read on a port with no host connected returns EOF at once, so
 /// the agent retries every 0.01 s (the template is saved in that loop; a clone is restored

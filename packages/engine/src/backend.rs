@@ -972,6 +972,7 @@ impl Backend for Engine {
         if req.config.image.is_empty() {
             return Err(ApiError::bad_request("config.Image is required"));
         }
+        let trace = Trace::new("create");
         let name = match name {
             Some(n) => {
                 if !valid_name(&n) {
@@ -987,7 +988,7 @@ impl Backend for Engine {
                 return Err(ApiError::conflict(format!("Conflict. The container name \"/{name}\" is already in use by container \"{id}\". You have to remove (or rename) that container to be able to reuse that name.")));
             }
         }
-        let trace = Trace::new("create");
+        trace.mark("named");
         let image_id = self.resolve_image(&req.config.image)?;
         let img = self.images.config(&image_id).ok_or_else(|| ApiError::not_found(format!("No such image: {}", req.config.image)))?;
         trace.mark("image resolved");

@@ -4,8 +4,8 @@
 //! SEED`, and gives the clone its identity: host name (kernel and /etc/hostname), clock
 //! (the saved guest's clock is the template's), a new MAC on the NIC (set live, then an ARP
 //! request from it so that QEMU's user network learns it; changing the address also flushes
-//! the NIC's neighbour entries), the host's random SEED mixed into the kernel's pool (every
-//! clone starts from the template's RNG state), and the host's layer store mounted read-only
+//! the NIC's neighbour entries), the host's random SEED credited to the kernel's pool and
+//! its CRNG reseeded from it (every clone starts from the template's RNG state), and the host's layer store mounted read-only
 //! (9p tag `axion.store` at /run/axion-store, only now: a mounted 9p export blocks saving the
 //! template). It answers `ok HOSTNAME`; `ping` answers `pong`.
 //!
@@ -126,8 +126,8 @@ fn clone(name: &str, epoch: &str, mac: &str, seed: &str, store: &mut bool) {
         Err(_) => println!("vmd-agent: bad time {epoch:?}"),
     }
     mark("host name, clock");
-    if let Err(e) = std::fs::OpenOptions::new().write(true).open("/dev/urandom").and_then(|mut f| f.write_all(format!("{seed}\n").as_bytes())) {
-        println!("vmd-agent: cannot mix the seed into /dev/urandom: {e}");
+    if let Err(e) = seed_kernel(seed) {
+        println!("vmd-agent: cannot seed the kernel's RNG: {e}");
     }
     match nic() {
         Some(n) => {
@@ -150,6 +150,38 @@ fn clone(name: &str, epoch: &str, mac: &str, seed: &str, store: &mut bool) {
     if !steps.is_empty() {
         println!("vmd-agent: trace {}", steps.join(", "));
     }
+}
+
+/// `RNDADDENTROPY` and `RNDRESEEDCRNG` (linux/random.h: `_IOW('R', 0x03, int[2])`, `_IO('R', 0x07)`).
+const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+
+/// Adds the host's SEED (hex) to the kernel's pool, credited as entropy, and reseeds the
+/// kernel's CRNG from it. Every clone resumes with the template's CRNG state, which the
+/// kernel would keep using until its next periodic reseed (a minute), and the template may
+/// be saved before the CRNG was ready (nothing in it asked for random bytes), in which case
+/// each clone's first `getrandom` blocked until the kernel gathered entropy itself (about
+/// 1 s of its single vCPU under TCG, seen in the first `docker create`). The host is trusted
+/// (it runs the VM) and the seed is fresh per clone. Writing it to /dev/urandom, the
+/// fallback, mixes it in without either effect.
+fn seed_kernel(seed: &str) -> std::io::Result<()> {
+    let bytes = hex::decode(seed).map_err(|e| std::io::Error::other(format!("bad seed: {e}")))?;
+    let mut f = std::fs::OpenOptions::new().write(true).open("/dev/urandom")?;
+    // struct rand_pool_info { int entropy_count (bits); int buf_size (bytes); __u32 buf[]; }
+    let mut info = Vec::with_capacity(8 + bytes.len());
+    info.extend_from_slice(&(bytes.len() as i32 * 8).to_ne_bytes());
+    info.extend_from_slice(&(bytes.len() as i32).to_ne_bytes());
+    info.extend_from_slice(&bytes);
+    // SAFETY: the kernel reads a rand_pool_info of buf_size bytes from a buffer we own.
+    let credited = unsafe { libc::ioctl(f.as_raw_fd(), RNDADDENTROPY as _, info.as_ptr()) } == 0
+        // SAFETY: RNDRESEEDCRNG takes no argument.
+        && unsafe { libc::ioctl(f.as_raw_fd(), RNDRESEEDCRNG as _, 0) } == 0;
+    if !credited {
+        let e = std::io::Error::last_os_error();
+        f.write_all(&bytes)?;
+        return Err(std::io::Error::other(format!("crediting the seed: {e} (mixed in uncredited)")));
+    }
+    Ok(())
 }
 
 /// The first interface other than loopback (the VM has one NIC).
