@@ -10,7 +10,7 @@
 //!   the agent) and `--insecure-registry 10.0.2.2` (the host's 127.0.0.1 as QEMU's user
 //!   network shows it);
 //! - `/etc/axion/services/vmd-agent.toml`: the clone agent, the engine's `__vmd-agent` mode
-//!   on the virtio-serial port `axion.vmd` (see [`AGENT_ARGS`]).
+//!   on the virtio-serial port `axion.vmd` (see `AGENT_ARGS`).
 
 use std::path::Path;
 

@@ -111,8 +111,41 @@
 //! engine answers 0.03-0.06 s after the agent is done (was 0.1-0.2 s over TCP + TLS); a
 //! request's round trip over the channel is 2-8 ms for bodies of 10 B to 9 KB (probed with
 //! POSTs the engine refuses at once), against a TLS handshake per connection before; `start`
-//! answered in 0.34-0.40 s. `create` took a steady 1.1 s in those runs: all of it inside the
-//! guest engine (the probe rules out the channel), before the engine's seccomp change.
+//! answered in 0.34-0.40 s. `create` took a steady 1.1 s in those runs, inside the guest: its
+//! first `getrandom` (a container id) waited for the kernel's CRNG, which is not ready
+//! when the template is saved once no TLS handshake runs in the template (fixed below).
+//!
+//! The guest side (06:00 runs). `VMD_DEBUG` also sets `AXION_ENGINE_TRACE` in the VMs: the
+//! guest engine logs each create/start/exit step and the shim's own steps, and the agent
+//! its steps, on the VM's serial console (`<state>/c/ID/serial.log`, kept until `rm`). A
+//! start at load ~1.6 took 0.37 s in the engine: seccomp program 0.01 s, ports + address +
+//! spec + cgroup 0.04 s, fork + exec of the shim until it reports the container's pid 0.09 s
+//! (of which reading the spec 0.013 s and unsharing the namespaces 0.023 s), network attach
+//! (veth, netlink) 0.07 s, the container process's set-up until exec 0.1 s (overlay mount
+//! 0.035 s, /proc + /dev 0.017 s, /sys + /etc files 0.013 s, user + capabilities + seccomp
+//! 0.02 s), state saved 0.02 s; the container (`true`) and the shim had exited 0.08 s after
+//! the start answered, and the waiters were told 0.02 s later. Changes:
+//! - The clone agent is the engine's `__vmd-agent` mode instead of a busybox shell loop:
+//!   system calls instead of forking `date`, `ip` (twice), `arping`, `mkdir` and `mount`;
+//!   0.25-0.6 s → 0.15-0.3 s (its own work: 0.10-0.18 s, mostly the MAC change and the 9p
+//!   mount; the rest is the restored VM getting going).
+//! - The agent credits the host's seed to the kernel's pool and reseeds the CRNG (ioctls
+//!   RNDADDENTROPY, RNDRESEEDCRNG) rather than writing it to /dev/urandom: create 1.1 s →
+//!   0.15-0.27 s, and clones no longer share the template's CRNG output until the kernel's
+//!   next periodic reseed (up to a minute).
+//! - The engine compiles a seccomp profile once per capability set (it was parsed and
+//!   compiled at create and again at every start: 0.04-0.06 s each under TCG); waiters are
+//!   told before the container's cgroup is removed; the daemon polls QEMU's restore every
+//!   10 ms (was 50 ms).
+//! Measured with `xtask::bench::vmd::measure` (what `cargo xtask bench` runs for its vmd
+//! rows), 5 runs per mode, 06:02, load ~3: clone 1.34 s (1.21-1.47 s) against 5.79 s
+//! (5.14-6.42 s) cold, 4.3x; the same measure just before these changes, with the channel
+//! (05:55, load ~1): 2.10 s (2.05-2.11 s) against 6.01 s, 2.9x. Figures swing with the
+//! machine's load (every guest step is ~2x slower at load 4 than at load 1).
+//! What is left, largest first: the engine's start (0.37-0.74 s: shim fork + exec, network
+//! attach and the container's mounts are each 0.07-0.1 s; the container's set-up could run
+//! while the engine attaches its network, and the shim could skip its own exec), the
+//! restore (0.13-0.27 s), the agent (0.15-0.3 s), the container's run and exit (0.08-0.2 s).
 //!
 //! # Not yet (next steps)
 //!
