@@ -234,7 +234,11 @@ fn check() -> Result<()> {
     // Garbage collection: `docker rmi` of an image a running container uses keeps its files
     // until the container's VM is gone; the layer it shares with busybox stays after that.
     let v = cli.ok(&["run", "-d", &variant, "sleep", "600"]).trim().to_string();
-    let out = cli.ok(&["rmi", &variant]);
+    // As dockerd: without -f, the image a container uses is refused (409).
+    let o = cli.run(&["rmi", &variant]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("(must force) - container") && err.contains(&v[..12]), "rmi of an image in use: {o:?}");
+    let out = cli.ok(&["rmi", "-f", &variant]);
     assert!(out.contains(&variant_id), "rmi output: {out}");
     assert!(variant_config.is_file(), "the config of an image a running container uses was removed");
     cli.ok(&["rm", "-f", &v]);

@@ -150,8 +150,6 @@
 //! # Not yet (next steps)
 //!
 //! - virtio-fs (with DAX) would be faster than 9p but needs a virtiofsd on the host.
-//! - `docker rmi` does not refuse an image that containers use (dockerd does, without
-//!   `-f`): the record goes at once, its files when the last such container's VM is gone.
 //! - stdin (`-i`, `-t`): the guest attach is not hijacked; an upgraded stream on the
 //!   channel (`Upgrade: tcp`) would carry stdin too. No `exec`, `cp`, `restart`/`start` after exit.
 //! - QEMU is not tied to the daemon's life: if the daemon is SIGKILLed its VMs stay until
@@ -670,7 +668,18 @@ impl Backend for Api {
         Ok(rx)
     }
 
-    async fn image_remove(&self, name: &str, _force: bool) -> ApiResult<Vec<ImageDeleteItem>> {
+    async fn image_remove(&self, name: &str, force: bool) -> ApiResult<Vec<ImageDeleteItem>> {
+        let rec = self.images.find(name).ok_or_else(|| ApiError::not_found(format!("No such image: {name}")))?;
+        // As dockerd: the last name of an image that a container (running or not) was made
+        // from is removed only with --force; the container keeps its layers either way.
+        let last = self.images.all().iter().filter(|i| i.id == rec.id).count() == 1;
+        if last && !force {
+            let user = self.containers.lock().expect("containers lock").values().find(|c| c.image_id == rec.id && c.phase() != Phase::Removed).map(|c| c.id.clone());
+            if let Some(user) = user {
+                let short = rec.id.trim_start_matches("sha256:").get(..12).unwrap_or(&rec.id).to_string();
+                return Err(ApiError::conflict(format!("conflict: unable to remove repository reference \"{name}\" (must force) - container {} is using its referenced image {short}", &user[..12])));
+            }
+        }
         let rec = self.images.remove(name)?.ok_or_else(|| ApiError::not_found(format!("No such image: {name}")))?;
         let mut out = vec![ImageDeleteItem { untagged: Some(rec.name), deleted: None }, ImageDeleteItem { untagged: None, deleted: Some(rec.id) }];
         // Blobs and trees nothing uses any more (those of a running container stay until
