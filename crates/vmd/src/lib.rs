@@ -138,10 +138,14 @@
 //!   told before the container's cgroup is removed; the daemon polls QEMU's restore every
 //!   10 ms (was 50 ms).
 //! Measured with `xtask::bench::vmd::measure` (what `cargo xtask bench` runs for its vmd
-//! rows), 5 runs per mode, 06:02, load ~3: clone 1.34 s (1.21-1.47 s) against 5.79 s
-//! (5.14-6.42 s) cold, 4.3x; the same measure just before these changes, with the channel
-//! (05:55, load ~1): 2.10 s (2.05-2.11 s) against 6.01 s, 2.9x. Figures swing with the
-//! machine's load (every guest step is ~2x slower at load 4 than at load 1).
+//! rows), 5 runs per mode, medians: just before these changes, with the channel (05:55,
+//! load ~1): 2.10 s cloned against 6.01 s cold, 2.9x; after them: 1.34 s against 5.79 s,
+//! 4.3x (06:02, load ~3); 1.62 s against 3.72 s, 2.3x (06:12, load ~0.7); 1.05 s against
+//! 4.04 s, 3.8x (06:13, load ~1). The seed fix shortens cold boots too (their engine's
+//! first `getrandom` waited as well), so the ratio moved less than the clone's time. A
+//! `cargo xtask bench --quick` at 06:09 ran beside an e2e test of this session (2 runs:
+//! 2.63 s against 8.26 s, 3.1x) and is not representative. Figures swing with the
+//! machine's load (a guest step is about 2x slower at load 4 than at load 1).
 //! What is left, largest first: the engine's start (0.37-0.74 s: shim fork + exec, network
 //! attach and the container's mounts are each 0.07-0.1 s; the container's set-up could run
 //! while the engine attaches its network, and the shim could skip its own exec), the
