@@ -132,7 +132,8 @@
 //! - The agent credits the host's seed to the kernel's pool and reseeds the CRNG (ioctls
 //!   RNDADDENTROPY, RNDRESEEDCRNG) rather than writing it to /dev/urandom: create 1.1 s →
 //!   0.15-0.27 s, and clones no longer share the template's CRNG output until the kernel's
-//!   next periodic reseed (up to a minute).
+//!   next periodic reseed (up to a minute; seen before: the guest engine gave the container
+//!   of every clone the same id, as it seeds its id generator from `getrandom`).
 //! - The engine compiles a seccomp profile once per capability set (it was parsed and
 //!   compiled at create and again at every start: 0.04-0.06 s each under TCG); waiters are
 //!   told before the container's cgroup is removed; the daemon polls QEMU's restore every
