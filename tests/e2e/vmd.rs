@@ -156,6 +156,12 @@ fn check() -> Result<()> {
     assert!(cmd.contains("virtserialport,") && cmd.contains("name=axion.engine"), "no axion.engine port: {cmd}");
     assert!(cmd.contains(&format!("{}/engine.sock", &a[..12])), "the engine's socket is not in the VM's directory: {cmd}");
     assert!(!cmd.contains("hostfwd"), "a clone without -p has a TCP forward: {cmd}");
+    // Its RAM is the template's RAM file mapped copy-on-write, and the saved state holds no
+    // RAM (only device state): nothing to copy at restore.
+    assert!(cmd.contains("memory-backend-file,") && cmd.contains("/ram,share=off"), "a clone's RAM is not the template's file, copy-on-write: {cmd}");
+    let template = std::fs::read_dir(&state)?.flatten().map(|e| e.path()).find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("template-"))).expect("a template directory");
+    let saved = std::fs::metadata(template.join("state"))?.len();
+    assert!(saved < 8 << 20, "the template's saved state holds RAM ({saved} bytes)");
     // ...and the guest engine listens on no TCP port (the old channel was TCP 2376 with
     // mutual TLS): /proc/net/tcp of the VM, seen from a container in its network namespace.
     let tcp = cli.ok(&["run", "--rm", "--network", "host", &img, "sh", "-c", "cat /proc/net/tcp; cat /proc/net/tcp6 2>/dev/null; true"]);

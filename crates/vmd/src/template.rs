@@ -10,6 +10,13 @@
 //! guest engine over a second virtio-serial port, `axion.engine` ([`guest::ENGINE_CHANNEL`],
 //! socket `engine.sock` in the VM's directory); user-net forwards are only for `-p`.
 //!
+//! RAM (as VMware's instant clone does): the template's RAM is a file in its directory
+//! (`ram`, a shared memory-backend-file), and the save leaves it out of the state (migration
+//! capability `x-ignore-shared`), so the state file holds only device state. A clone maps
+//! that file copy-on-write (`share=off`): its restore copies no RAM (0.09-0.12 s against
+//! 0.13-0.27 s when the state held the template's 54 MiB of touched RAM) and clones share
+//! the template's pages until they write them. Cold boots use anonymous RAM.
+//!
 //! Everything that must be equal between the template and its clones (devices, memory,
 //! kernel, initrd, disk chain) comes from one function, [`Template::config`].
 
@@ -39,6 +46,8 @@ pub struct Template {
     pub initrd: PathBuf,
     pub disk: Option<PathBuf>,
     pub state: PathBuf,
+    /// The template's RAM (see [`Ram`]).
+    pub ram: PathBuf,
     pub memory_mib: u64,
     pub cpus: u32,
     pub accel: qemu::Accel,
@@ -91,7 +100,7 @@ impl Template {
         // A saved state only loads into the QEMU that wrote it.
         let qv = Command::new("qemu-system-x86_64").arg("--version").output().map(|o| o.stdout).unwrap_or_default();
         h.update(&qv);
-        h.update(format!("{memory_mib} {cpus} {} {CMDLINE} v3 9p vchan", accel.name()));
+        h.update(format!("{memory_mib} {cpus} {} {CMDLINE} v3 9p vchan ram-file", accel.name()));
         let key = hex::encode(h.finalize());
         let dir = root.join(format!("template-{}", &key[..16]));
         let t = Template {
@@ -99,6 +108,7 @@ impl Template {
             initrd: dir.join("initrd"),
             disk: image.disk.as_ref().map(|_| dir.join("disk.qcow2")),
             state: dir.join("state"),
+            ram: dir.join("ram"),
             dir: dir.clone(),
             memory_mib,
             cpus,
@@ -125,7 +135,7 @@ impl Template {
         eprintln!("vmd: building the template VM in {} (boot, then save)", dir.display());
         let started = Instant::now();
         let run = dir.join("run");
-        let cfg = t.config(&run, &[]);
+        let cfg = t.config(&run, &[], Ram::TemplateWrite);
         let mut vm = qemu::Vm::spawn(cfg).context("starting the template VM")?;
         vm.wait_ready(Duration::from_secs(300)).context("booting the template VM")?;
         // The engine starts a moment after the ready line; save only once it answers, so
@@ -148,6 +158,8 @@ impl Template {
         drop(rt);
         vm.wait_for_line(vchan::port::SESSION_ENDED, Duration::from_secs(60))
             .with_context(|| format!("the template VM's engine did not end its session with the host (serial log: {})", serial()))?;
+        // The saved state then holds no RAM: the template's RAM is its file.
+        ignore_shared_ram(&mut vm).context("saving the template VM")?;
         vm.save(&t.state, Duration::from_secs(300)).context("saving the template VM")?;
         let _ = vm.qmp().and_then(|q| q.quit().map_err(Into::into));
         let _ = vm.wait_exit(Duration::from_secs(20));
@@ -158,8 +170,22 @@ impl Template {
     }
 
     /// The VM configuration: the same for the template and every clone except for the run
-    /// directory (where the sockets are), the disk overlay and the port forwards (`-p`).
-    pub fn config(&self, run_dir: &Path, forwards: &[qemu::PortForward]) -> qemu::VmConfig {
+    /// directory (where the sockets are), the disk overlay, the port forwards (`-p`) and
+    /// how the RAM is backed ([`Ram`]).
+    pub fn config(&self, run_dir: &Path, forwards: &[qemu::PortForward], ram: Ram) -> qemu::VmConfig {
+        let mut extra: Vec<String> = Vec::new();
+        if let Some(share) = match ram {
+            Ram::Anonymous => None,
+            Ram::TemplateWrite => Some("on"),
+            Ram::TemplateCopyOnWrite => Some("off"),
+        } {
+            extra.extend([
+                "-object".into(),
+                format!("memory-backend-file,id=axion-ram,size={}M,mem-path={},share={share}", self.memory_mib, self.ram.display()),
+                "-machine".into(),
+                "memory-backend=axion-ram".into(),
+            ]);
+        }
         let mut cfg = qemu::VmConfig::new()
             .accel(self.accel)
             .cpus(self.cpus)
@@ -173,6 +199,7 @@ impl Template {
             // Present in the template too (the device set must match the saved state), but
             // mounted only by a clone's agent: a mounted 9p export blocks the save.
             .device(qemu::Device::Virtio9p { tag: crate::store::TAG.into(), path: self.store.clone(), readonly: true, security: qemu::Security9p::Passthrough });
+        cfg.extra_args.extend(extra);
         if let Some(d) = &self.disk {
             // The clone's overlay sits at the same place in its run directory.
             let disk = if run_dir.ends_with("run") && run_dir.parent() == Some(&self.dir) { d.clone() } else { run_dir.join("disk.qcow2") };
@@ -198,14 +225,21 @@ impl Template {
             overlay(d, &run_dir.join("disk.qcow2"))?;
             crate::debug(&format!("{hostname}: overlay created in {:.3} s", t0.elapsed().as_secs_f64()));
         }
-        let cfg = self.config(run_dir, forwards);
         let mut vm;
         if cold {
+            let cfg = self.config(run_dir, forwards, Ram::Anonymous);
             vm = qemu::Vm::spawn(cfg).context("starting the VM")?;
             vm.wait_ready(Duration::from_secs(300)).context("booting the VM")?;
         } else {
             let t0 = Instant::now();
-            vm = qemu::Vm::spawn(cfg.restore_from(&self.state)).context("starting the clone VM")?;
+            // The capability must be on at both ends before the stream starts (QEMU 7.2 has
+            // no -global for it): wait for the stream, set it, then read the state.
+            let mut cfg = self.config(run_dir, forwards, Ram::TemplateCopyOnWrite);
+            cfg.incoming = Some("defer".into());
+            vm = qemu::Vm::spawn(cfg).context("starting the clone VM")?;
+            ignore_shared_ram(&mut vm).context("starting the clone VM")?;
+            let uri = format!("exec:cat {}", qemu::shell_quote(&self.state.to_string_lossy()));
+            vm.qmp()?.migrate_incoming(&uri).context("restoring the template state")?;
             vm.wait_restored(Duration::from_secs(120)).context("restoring the template state")?;
             vm.qmp()?.cont()?;
             crate::debug(&format!("{hostname}: QEMU restored the template in {:.2} s", t0.elapsed().as_secs_f64()));
@@ -216,6 +250,27 @@ impl Template {
         crate::debug(&format!("{hostname}: the clone agent took its identity (and mounted the store) in {:.2} s", t0.elapsed().as_secs_f64()));
         Ok((vm, agent))
     }
+}
+
+/// How a VM's RAM is backed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ram {
+    /// Ordinary anonymous memory (a cold boot).
+    Anonymous,
+    /// The template: its RAM is the file `ram` in the template's directory (a shared
+    /// mapping), so the saved state needs none of it.
+    TemplateWrite,
+    /// A clone: the template's RAM file mapped copy-on-write (private). Restoring copies no
+    /// RAM, and clones share the template's pages until they write them.
+    TemplateCopyOnWrite,
+}
+
+/// Turns on the migration capability `x-ignore-shared`: RAM in a shared memory backend is
+/// left out of the stream (the template's RAM is its file, see [`Ram`]).
+fn ignore_shared_ram(vm: &mut qemu::Vm) -> Result<()> {
+    let caps = serde_json::json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] });
+    vm.qmp()?.execute("migrate-set-capabilities", Some(caps)).context("QMP migrate-set-capabilities x-ignore-shared")?;
+    Ok(())
 }
 
 /// A fresh locally administered unicast MAC.
