@@ -416,7 +416,7 @@ impl VmConfig {
     /// Restore a VM saved with [`crate::Vm::save`] to `file`. The rest of the configuration
     /// (devices, memory, disks in the same state) must match the saved VM's.
     pub fn restore_from(mut self, file: &Path) -> Self {
-        self.incoming = Some(format!("exec:cat {}", shell_quote(&file.to_string_lossy())));
+        self.incoming = Some(restore_uri(file));
         self
     }
     pub fn fw_cfg_file(mut self, name: impl Into<String>, file: impl Into<PathBuf>) -> Self {
@@ -701,6 +701,12 @@ fn path(p: &Path) -> Result<String> {
 }
 
 /// Quotes a word for a POSIX shell (only when needed).
+/// The migration URI that reads a state saved with [`crate::Vm::save`] from `file` (for
+/// `-incoming`, or QMP `migrate-incoming` after `-incoming defer`).
+pub fn restore_uri(file: &Path) -> String {
+    format!("exec:cat {}", shell_quote(&file.to_string_lossy()))
+}
+
 pub fn shell_quote(s: &str) -> String {
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b)) {
         s.to_string()

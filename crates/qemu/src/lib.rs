@@ -25,7 +25,7 @@ mod vm;
 use std::time::Duration;
 
 pub use config::{
-    shell_quote, Accel, Device, DirectKernel, DiskFormat, DiskInterface, Drive, Firmware, FwCfg, FwCfgValue, Machine, Media, NicModel,
+    restore_uri, shell_quote, Accel, Device, DirectKernel, DiskFormat, DiskInterface, Drive, Firmware, FwCfg, FwCfgValue, Machine, Media, NicModel,
     PortForward, Protocol, Security9p, Serial, UserNet, VmConfig, OVMF_CODE, OVMF_VARS,
 };
 pub use error::{Error, QmpError, Result};

@@ -216,8 +216,8 @@ impl Template {
     ///
     /// Also returns the agent's channel, still connected: hold it for the VM's life. While
     /// the host end is connected, the agent's read blocks; with it closed, the read returns
-    /// EOF at once and the agent polls (a fork of `usleep` ten times a second, which under
-    /// TCG takes CPU from the container's start).
+    /// EOF at once and the agent polls every 10 ms, taking TCG time from the container's
+    /// start.
     pub fn clone_vm(&self, run_dir: &Path, hostname: &str, forwards: &[qemu::PortForward], cold: bool) -> Result<(qemu::Vm, UnixStream)> {
         std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
         if let Some(d) = &self.disk {
@@ -238,8 +238,7 @@ impl Template {
             cfg.incoming = Some("defer".into());
             vm = qemu::Vm::spawn(cfg).context("starting the clone VM")?;
             ignore_shared_ram(&mut vm).context("starting the clone VM")?;
-            let uri = format!("exec:cat {}", qemu::shell_quote(&self.state.to_string_lossy()));
-            vm.qmp()?.migrate_incoming(&uri).context("restoring the template state")?;
+            vm.qmp()?.migrate_incoming(&qemu::restore_uri(&self.state)).context("restoring the template state")?;
             vm.wait_restored(Duration::from_secs(120)).context("restoring the template state")?;
             vm.qmp()?.cont()?;
             crate::debug(&format!("{hostname}: QEMU restored the template in {:.2} s", t0.elapsed().as_secs_f64()));
