@@ -65,6 +65,10 @@ pub struct Options {
     pub json: Option<PathBuf>,
     /// Only build (or find) the peer, measure nothing.
     pub prepare: bool,
+    /// Only the VM-per-container figures ([`vmd`]), printed.
+    pub vmd_only: bool,
+    /// Timed `docker run`s per mode instead of the default.
+    pub runs: Option<usize>,
 }
 
 struct Runs {
@@ -76,11 +80,11 @@ struct Runs {
 
 impl Runs {
     fn for_opts(opts: &Options) -> Runs {
-        if opts.quick {
-            Runs { boot: 2, peer: 1, noop: 2, docker_run: 2 }
-        } else {
-            Runs { boot: 5, peer: 3, noop: 5, docker_run: 5 }
+        let mut runs = if opts.quick { Runs { boot: 2, peer: 1, noop: 2, docker_run: 2 } } else { Runs { boot: 5, peer: 3, noop: 5, docker_run: 5 } };
+        if let Some(n) = opts.runs {
+            runs.docker_run = n.max(1);
         }
+        runs
     }
 }
 
@@ -95,6 +99,9 @@ pub fn bench(layout: &Layout, opts: &Options) -> Result<()> {
     }
     crate::doctor::ensure(&[crate::doctor::Need::Image, crate::doctor::Need::Run, crate::doctor::Need::Bench])?;
     let runs = Runs::for_opts(opts);
+    if opts.vmd_only {
+        return vmd_only(layout, runs.docker_run);
+    }
     let load_at_start = std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| l.split_whitespace().next().map(str::to_owned)).unwrap_or_default();
     let out = layout.root.join("out").join("bench");
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
@@ -250,6 +257,34 @@ pub fn bench(layout: &Layout, opts: &Options) -> Result<()> {
     let svg = out.join("bench.svg");
     crate::image::write_atomic(&svg, report.svg().as_bytes())?;
     eprintln!("bench: wrote {} and {}", json.display(), svg.display());
+    Ok(())
+}
+
+/// `--vmd-only`: the qemu profile's image (built if missing or stale), both vmd modes, the
+/// figures and their ratio on stdout. For iterating on clone speed without the full bench.
+fn vmd_only(layout: &Layout, runs: usize) -> Result<()> {
+    let recipes = RecipeSet::load(&layout.recipes())?;
+    let p = profile::load_profile(&layout.root, "qemu", &recipes)?;
+    ensure_images(layout, &recipes, &p, false)?;
+    let out = layout.root.join("out").join("bench");
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let bootable = run::find_bootable(&layout.out("qemu"), "qemu", Format::Initramfs).context("the qemu profile's initramfs format is missing from out/qemu")?;
+    let Bootable::Kernel { kernel, initrd } = &bootable else { bail!("the initramfs format is not a kernel and an initramfs") };
+    let disk = run::find_bootable(&layout.out("qemu"), "qemu", Format::Qcow2);
+    let disk = match &disk {
+        Some(Bootable::Disk { path, .. }) => Some(path.as_path()),
+        _ => None,
+    };
+    let (accel, reason) = qemu::choose_accel(Some(kernel));
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    eprintln!("bench: vmd only, {runs} runs per mode, accelerator {} ({reason}), load {}", accel.name(), load.split_whitespace().next().unwrap_or("?"));
+    let f = vmd::measure(layout, &vmd::Guest { kernel, initrd, disk, accel }, &out, runs)?;
+    println!("daemon start (template boot + save): {}", f.start.cell(Unit::Seconds));
+    println!("docker run --rm busybox true, cloned VM: {}", f.clone_run.cell(Unit::Seconds));
+    println!("docker run --rm busybox true, cold-booted VM: {}", f.cold_run.cell(Unit::Seconds));
+    if let (Some(clone), Some(cold)) = (f.clone_run.median(), f.cold_run.median()) {
+        println!("a clone is {:.1}x faster than a cold boot (goal: at least 5x)", cold / clone);
+    }
     Ok(())
 }
 

@@ -124,6 +124,12 @@ enum Cmd {
         /// Only build (or find) the Debian peer, measure nothing.
         #[arg(long)]
         prepare: bool,
+        /// Only the VM-per-container figures (clone against cold boot), printed, not written.
+        #[arg(long)]
+        vmd_only: bool,
+        /// Timed `docker run`s per mode (default 5, or 2 with --quick).
+        #[arg(long, value_name = "N")]
+        runs: Option<usize>,
     },
     /// Serve a Docker endpoint on the host where every container runs in its own VM cloned
     /// from a saved template (crates/vmd); prints `export DOCKER_HOST=...`.
@@ -205,7 +211,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Stop { profile } => run::stop(&layout, &profile),
         Cmd::Test { unit, args } => test(&layout, unit, &args),
-        Cmd::Bench { quick, json, prepare } => xtask::bench::bench(&layout, &xtask::bench::Options { quick, json, prepare }),
+        Cmd::Bench { quick, json, prepare, vmd_only, runs } => xtask::bench::bench(&layout, &xtask::bench::Options { quick, json, prepare, vmd_only, runs }),
         Cmd::Vmd { detach, stop, tcp, state_dir } => xtask::vmd::vmd(&layout, &xtask::vmd::Options { detach, stop, tcp, state_dir }),
         Cmd::Clean { cache } => {
             let out = layout.root.join("out");
