@@ -5,7 +5,6 @@
 
 use crate::reference::{valid_digest, Reference, DOCKER_HUB};
 use base64::Engine as _;
-use docker_api::RegistryAuth;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
@@ -173,6 +172,32 @@ pub fn parse_challenge(h: &str) -> Option<Challenge> {
     Some(Challenge { scheme: scheme.to_ascii_lowercase(), params })
 }
 
+/// What a user logs in to a registry with (`docker login`): user name and password, or an
+/// identity token. The Docker API front end decodes them from `X-Registry-Auth`
+/// (`docker_api::RegistryAuth`, the header's wire form; callers convert). This type lives
+/// here rather than in docker-api because it is the registry's notion: the client must not
+/// depend on the HTTP API front end for it. `Debug` hides the secrets.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+    pub identity_token: String,
+}
+
+impl Credentials {
+    /// Nothing given (the docker CLI sends `{}` when not logged in): an anonymous pull.
+    pub fn is_empty(&self) -> bool {
+        self.username.is_empty() && self.password.is_empty() && self.identity_token.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |s: &str| if s.is_empty() { "" } else { "<hidden>" };
+        f.debug_struct("Credentials").field("username", &self.username).field("password", &hidden(&self.password)).field("identity_token", &hidden(&self.identity_token)).finish()
+    }
+}
+
 pub struct Client {
     http: reqwest::Client,
     insecure: Vec<String>,
@@ -183,14 +208,17 @@ pub struct Session<'a> {
     client: &'a Client,
     base: String,
     repo: String,
-    auth: Option<RegistryAuth>,
+    auth: Option<Credentials>,
     authorization: Option<String>,
 }
 
 impl Client {
-    pub fn new(insecure: Vec<String>) -> Self {
+    /// A client that sends `User-Agent: <user_agent>` (the calling program and its version,
+    /// e.g. `axion-engine/0.1.0`, so a registry's logs tell the pullers apart) and reaches
+    /// the `insecure` registries (and loopback) over plain HTTP.
+    pub fn new(user_agent: &str, insecure: Vec<String>) -> Self {
         let http = reqwest::Client::builder()
-            .user_agent("axion-engine/0.1")
+            .user_agent(user_agent)
             .connect_timeout(std::time::Duration::from_secs(15))
             .build()
             .expect("reqwest client with rustls");
@@ -206,7 +234,7 @@ impl Client {
         }
     }
 
-    pub fn session(&self, r: &Reference, auth: Option<RegistryAuth>) -> Session<'_> {
+    pub fn session(&self, r: &Reference, auth: Option<Credentials>) -> Session<'_> {
         let host = if r.registry == DOCKER_HUB { "registry-1.docker.io" } else { r.registry.as_str() };
         Session {
             client: self,
@@ -437,5 +465,65 @@ mod tests {
         assert!(verify("x", &d, b"hello").is_ok());
         assert!(matches!(verify("x", &d, b"hellO"), Err(RegistryError::Digest { .. })));
         assert!(matches!(verify("x", "md5:abc", b"hello"), Err(RegistryError::BadDigest(_))));
+    }
+
+    /// A registry on 127.0.0.1 that wants a bearer token: records the `User-Agent` of every
+    /// request (registry and token endpoint) and answers 404 for the manifest once the
+    /// token is presented.
+    #[tokio::test]
+    async fn sends_the_callers_user_agent_and_credentials() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, String, String)>::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else { return };
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&req).to_string();
+                    let target = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                    let header = |name: &str| head.lines().find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string())).unwrap_or_default();
+                    let (ua, authz) = (header("user-agent"), header("authorization"));
+                    log.lock().unwrap().push((target.clone(), ua, authz.clone()));
+                    let (status, body, extra) = if target.starts_with("/token?") {
+                        ("200 OK", "{\"token\":\"tok\"}".to_string(), String::new())
+                    } else if authz != "Bearer tok" {
+                        ("401 Unauthorized", "{}".to_string(), format!("WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"t\"\r\n"))
+                    } else {
+                        ("404 Not Found", "{}".to_string(), String::new())
+                    };
+                    let resp = format!("HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}", body.len());
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                    let _ = sock.shutdown().await;
+                });
+            }
+        });
+        let client = Client::new("axion-test/9.8.7", Vec::new());
+        let r = Reference::parse(&format!("127.0.0.1:{port}/team/app")).unwrap();
+        let creds = Credentials { username: "ann".into(), password: "s3cret".into(), identity_token: String::new() };
+        assert!(!format!("{creds:?}").contains("s3cret"), "Debug shows the password: {creds:?}");
+        let e = client.session(&r, Some(creds)).manifest("latest").await.unwrap_err();
+        assert!(matches!(e, RegistryError::NotFound { .. }), "{e}");
+        let seen = seen.lock().unwrap().clone();
+        let targets: Vec<&str> = seen.iter().map(|(t, _, _)| t.as_str()).collect();
+        assert_eq!(targets.len(), 3, "challenge, token, manifest: {targets:?}");
+        assert!(targets[1].starts_with("/token?") && targets[2] == "/v2/team/app/manifests/latest", "{targets:?}");
+        for (t, ua, _) in &seen {
+            assert_eq!(ua, "axion-test/9.8.7", "User-Agent of {t}");
+        }
+        // The token endpoint got the user's credentials (basic), the registry the token.
+        let basic = base64::engine::general_purpose::STANDARD.encode("ann:s3cret");
+        assert_eq!(seen[1].2, format!("Basic {basic}"));
+        assert_eq!(seen[2].2, "Bearer tok");
     }
 }

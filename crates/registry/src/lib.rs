@@ -13,5 +13,5 @@
 pub mod client;
 pub mod reference;
 
-pub use client::{select_platform, sha256_digest, verify, Challenge, Client, Descriptor, Manifest, Platform, RegistryError, Session};
+pub use client::{select_platform, sha256_digest, verify, Challenge, Client, Credentials, Descriptor, Manifest, Platform, RegistryError, Session};
 pub use reference::{valid_digest, BadReference, Reference, DOCKER_HUB};

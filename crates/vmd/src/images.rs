@@ -8,8 +8,8 @@
 
 use crate::store::{Collected, LayerStore};
 use docker_api::types::*;
-use docker_api::{ApiError, ApiResult, RegistryAuth};
-use registry::{Reference, RegistryError};
+use docker_api::{ApiError, ApiResult};
+use registry::{Credentials, Reference, RegistryError};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -75,6 +75,9 @@ fn api_error(name: &str, e: RegistryError) -> ApiError {
     }
 }
 
+/// The registry client's `User-Agent`.
+pub const USER_AGENT: &str = concat!("axion-vmd/", env!("CARGO_PKG_VERSION"));
+
 pub struct Images {
     path: PathBuf,
     list: Mutex<Vec<ImageRecord>>,
@@ -115,7 +118,7 @@ impl Images {
     pub fn open(path: PathBuf, store: LayerStore) -> Images {
         let list = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
         // A registry on 127.0.0.1/localhost is plain HTTP (the client's rule); no others.
-        Images { path, list: Mutex::new(list), registry: registry::Client::new(Vec::new()), store, pulling: tokio::sync::Mutex::new(()), pins: Mutex::new(HashMap::new()) }
+        Images { path, list: Mutex::new(list), registry: registry::Client::new(USER_AGENT, Vec::new()), store, pulling: tokio::sync::Mutex::new(()), pins: Mutex::new(HashMap::new()) }
     }
 
     /// Writes the records durably (temp file, fsync, rename, fsync of the directory): a
@@ -199,7 +202,7 @@ impl Images {
     /// Resolves `name` at its registry (with the client's credentials, if any), stores its
     /// config and layers (fetched, verified, unpacked; what is stored and intact already is
     /// kept) and records it.
-    pub async fn pull(&self, name: &str, auth: Option<RegistryAuth>) -> ApiResult<ImageRecord> {
+    pub async fn pull(&self, name: &str, auth: Option<Credentials>) -> ApiResult<ImageRecord> {
         let _one = self.pulling.lock().await;
         let r = Reference::parse(name).map_err(|e| ApiError::bad_request(e.to_string()))?;
         let err = |e| api_error(name, e);
@@ -282,6 +285,8 @@ mod tests {
         port: u16,
         /// Query strings the token endpoint was called with.
         token_requests: std::sync::Arc<Mutex<Vec<String>>>,
+        /// The `User-Agent` of every request.
+        user_agents: std::sync::Arc<Mutex<Vec<String>>>,
         config_digest: String,
         layer: (Vec<u8>, String, String),
     }
@@ -327,11 +332,12 @@ mod tests {
             routes.insert(format!("/v2/team/app/blobs/{config_digest}"), ("application/octet-stream", config));
             routes.insert(format!("/v2/team/app/blobs/{}", layer.1), ("application/octet-stream", layer.0.clone()));
             let token_requests = std::sync::Arc::new(Mutex::new(Vec::new()));
-            let seen = token_requests.clone();
+            let user_agents = std::sync::Arc::new(Mutex::new(Vec::new()));
+            let (seen, agents) = (token_requests.clone(), user_agents.clone());
             tokio::spawn(async move {
                 loop {
                     let Ok((mut sock, _)) = listener.accept().await else { return };
-                    let (routes, seen) = (routes.clone(), seen.clone());
+                    let (routes, seen, agents) = (routes.clone(), seen.clone(), agents.clone());
                     tokio::spawn(async move {
                         let mut req = Vec::new();
                         let mut buf = [0u8; 4096];
@@ -343,6 +349,7 @@ mod tests {
                         }
                         let head = String::from_utf8_lossy(&req).to_string();
                         let target = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                        agents.lock().unwrap().extend(head.lines().filter_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("user-agent")).map(|(_, v)| v.trim().to_string())));
                         let authorized = head.lines().any(|l| l.to_ascii_lowercase().starts_with("authorization:") && l.ends_with(&format!("Bearer {TOKEN}")));
                         let (status, ctype, body, extra) = if let Some(q) = target.strip_prefix("/token?") {
                             seen.lock().unwrap().push(q.to_string());
@@ -362,7 +369,7 @@ mod tests {
                     });
                 }
             });
-            TokenRegistry { port, token_requests, config_digest, layer }
+            TokenRegistry { port, token_requests, user_agents, config_digest, layer }
         }
     }
 
@@ -378,6 +385,10 @@ mod tests {
         let asked = reg.token_requests.lock().unwrap().clone();
         assert!(!asked.is_empty(), "the token endpoint was never called");
         assert!(asked[0].contains("service=test-registry") && asked[0].contains("scope=repository%3Ateam%2Fapp%3Apull"), "{asked:?}");
+        // Every request named the daemon, not the guest engine.
+        let agents = reg.user_agents.lock().unwrap().clone();
+        assert!(agents.len() >= 5, "{agents:?}");
+        assert!(agents.iter().all(|a| *a == format!("axion-vmd/{}", env!("CARGO_PKG_VERSION"))), "{agents:?}");
         // The index was resolved to linux/amd64, and everything landed in the store.
         assert_eq!(rec.name, format!("{name}:latest"));
         assert_eq!(rec.id, reg.config_digest);

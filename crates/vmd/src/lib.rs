@@ -664,7 +664,8 @@ impl Backend for Api {
         let (tx, rx) = mpsc::channel(8);
         let d = self.0.clone();
         // Resolve first so that a missing image is a 404 (the CLI's "not found").
-        let rec = d.images.pull(&name, auth).await?;
+        let creds = auth.map(|a| registry::Credentials { username: a.username, password: a.password, identity_token: a.identity_token });
+        let rec = d.images.pull(&name, creds).await?;
         tokio::spawn(async move {
             let _ = tx.send(ProgressMessage::status(Some(&rec.name), "Layers stored and unpacked on the host, shared read-only with the VMs")).await;
             let _ = tx.send(ProgressMessage::status(None, format!("Digest: {}", rec.digest))).await;

@@ -17,6 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use tokio::sync::mpsc;
 
+/// The registry client's `User-Agent`.
+pub const USER_AGENT: &str = concat!("axion-engine/", env!("CARGO_PKG_VERSION"));
+
 pub struct Engine {
     root: PathBuf,
     images: Store,
@@ -156,7 +159,7 @@ impl Engine {
         Ok(Engine {
             root,
             images,
-            registry: registry::Client::new(args.insecure_registries.clone()),
+            registry: registry::Client::new(USER_AGENT, args.insecure_registries.clone()),
             containers: Mutex::new(HashMap::new()),
             execs: Mutex::new(HashMap::new()),
             me: OnceLock::new(),
@@ -845,7 +848,8 @@ impl Backend for Engine {
         let me = self.arc().ok_or_else(|| ApiError::internal("engine is shutting down"))?;
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {
-            let mut s = me.registry.session(&r, auth);
+            let creds = auth.map(|a| registry::Credentials { username: a.username, password: a.password, identity_token: a.identity_token });
+            let mut s = me.registry.session(&r, creds);
             let shown = r.tagged().unwrap_or_else(|| format!("{}@{}", r.familiar_name(), r.object()));
             match me.images.pull(&mut s, &r, &tx).await {
                 Ok((_, existed)) => {
