@@ -89,6 +89,9 @@ pub struct Images {
     /// The images containers use, by container id, from their create until their VM is
     /// gone: their blobs and trees are kept even when the image is removed meanwhile.
     pins: Mutex<HashMap<String, ImageRecord>>,
+    /// The credentials of the last successful pull of each repository (`registry/repo`),
+    /// for fetching a damaged image again ([`repair`](Self::repair)). See [`Images::pull`].
+    credentials: Mutex<HashMap<String, Credentials>>,
 }
 
 /// A pin taken for a container being created ([`Images::find_and_pin`]): dropped unless
@@ -118,7 +121,7 @@ impl Images {
     pub fn open(path: PathBuf, store: LayerStore) -> Images {
         let list = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
         // A registry on 127.0.0.1/localhost is plain HTTP (the client's rule); no others.
-        Images { path, list: Mutex::new(list), registry: registry::Client::new(USER_AGENT, Vec::new()), store, pulling: tokio::sync::Mutex::new(()), pins: Mutex::new(HashMap::new()) }
+        Images { path, list: Mutex::new(list), registry: registry::Client::new(USER_AGENT, Vec::new()), store, pulling: tokio::sync::Mutex::new(()), pins: Mutex::new(HashMap::new()), credentials: Mutex::new(HashMap::new()) }
     }
 
     /// Writes the records durably (temp file, fsync, rename, fsync of the directory): a
@@ -202,7 +205,63 @@ impl Images {
     /// Resolves `name` at its registry (with the client's credentials, if any), stores its
     /// config and layers (fetched, verified, unpacked; what is stored and intact already is
     /// kept) and records it.
+    ///
+    /// Credentials: the daemon fetches an image again on its own when the host's copy is
+    /// damaged ([`repair`](Self::repair), before a container runs), and by then no request
+    /// carries any (`docker create`/`run` of an image that is present sends no
+    /// `X-Registry-Auth`; the CLI sends it only with a pull). A Docker user expects an image
+    /// that `docker pull` fetched with their login to keep working without logging in again,
+    /// and the daemon cannot read the CLI's `~/.docker/config.json` (another user's file,
+    /// perhaps on another machine when the CLI comes over TCP). So a successful pull's
+    /// credentials are remembered per repository, in this process's memory only: never
+    /// written to disk (images.json holds none), gone when the daemon stops, replaced by the
+    /// next successful pull's, and forgotten when a pull of that repository succeeds without
+    /// any (the user is logged out, and the registry serves it anyway). A repair that needs
+    /// credentials the daemon does not have fails with an error asking for a `docker pull`.
     pub async fn pull(&self, name: &str, auth: Option<Credentials>) -> ApiResult<ImageRecord> {
+        let auth = auth.filter(|a| !a.is_empty());
+        let rec = self.fetch(name, auth.clone()).await?;
+        let r = Reference::parse(name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let mut creds = self.credentials.lock().expect("credentials lock");
+        match auth {
+            Some(a) => creds.insert(repo_key(&r), a),
+            None => creds.remove(&repo_key(&r)),
+        };
+        Ok(rec)
+    }
+
+    /// Given what [`LayerStore::check`] found wrong with `image` in the store, the record
+    /// to run: `image` itself when nothing was, else the image fetched again from its
+    /// registry with the credentials its last pull used (the damaged files are dropped
+    /// first); an error when that fails or the store is still damaged, so a damaged layer
+    /// never reaches a VM.
+    pub async fn repair(&self, image: &ImageRecord, damage: Vec<crate::store::Damage>) -> ApiResult<ImageRecord> {
+        if damage.is_empty() {
+            return Ok(image.clone());
+        }
+        let what = damage.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("; ");
+        eprintln!("vmd: image {}: damaged in the host's layer store ({what}); fetching it again", image.name);
+        self.store.discard(&damage);
+        let auth = Reference::parse(&image.name).ok().and_then(|r| self.credentials.lock().expect("credentials lock").get(&repo_key(&r)).cloned());
+        let had_auth = auth.is_some();
+        let rec = self.fetch(&image.name, auth).await.map_err(|e| {
+            let hint = if e.status == http::StatusCode::UNAUTHORIZED && !had_auth {
+                " (the daemon keeps registry credentials in memory only, from the image's last pull: `docker pull` it again, logged in)"
+            } else {
+                ""
+            };
+            ApiError::internal(format!("image {}: the host's layer store is damaged ({what}) and fetching the image again failed: {}{hint}", image.name, e.message))
+        })?;
+        let (st, r) = (self.store.clone(), rec.clone());
+        let again = tokio::task::spawn_blocking(move || st.check(&r.id, &r.layers, &r.diff_ids)).await.map_err(|e| ApiError::internal(format!("store check task: {e}")))?;
+        if let Some(d) = again.first() {
+            return Err(ApiError::internal(format!("image {}: still damaged in the host's layer store after fetching it again: {d}", image.name)));
+        }
+        Ok(rec)
+    }
+
+    /// [`pull`](Self::pull) without touching the remembered credentials.
+    async fn fetch(&self, name: &str, auth: Option<Credentials>) -> ApiResult<ImageRecord> {
         let _one = self.pulling.lock().await;
         let r = Reference::parse(name).map_err(|e| ApiError::bad_request(e.to_string()))?;
         let err = |e| api_error(name, e);
@@ -247,6 +306,11 @@ impl Images {
         }
         Ok(rec)
     }
+}
+
+/// The key credentials are remembered under: registry and repository.
+fn repo_key(r: &Reference) -> String {
+    format!("{}/{}", r.registry, r.repository)
 }
 
 fn find_in(list: &[ImageRecord], name: &str) -> Option<ImageRecord> {
@@ -300,6 +364,14 @@ mod tests {
 
     impl TokenRegistry {
         async fn start() -> TokenRegistry {
+            TokenRegistry::start_with(None).await
+        }
+
+        /// With `login`, the token endpoint hands out a token only for those credentials
+        /// (basic auth), as a private repository's does.
+        async fn start_with(login: Option<(&'static str, &'static str)>) -> TokenRegistry {
+            use base64::Engine as _;
+            let want_basic = login.map(|(u, p)| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))));
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let port = listener.local_addr().unwrap().port();
@@ -337,7 +409,7 @@ mod tests {
             tokio::spawn(async move {
                 loop {
                     let Ok((mut sock, _)) = listener.accept().await else { return };
-                    let (routes, seen, agents) = (routes.clone(), seen.clone(), agents.clone());
+                    let (routes, seen, agents, want_basic) = (routes.clone(), seen.clone(), agents.clone(), want_basic.clone());
                     tokio::spawn(async move {
                         let mut req = Vec::new();
                         let mut buf = [0u8; 4096];
@@ -351,9 +423,17 @@ mod tests {
                         let target = head.split_whitespace().nth(1).unwrap_or("").to_string();
                         agents.lock().unwrap().extend(head.lines().filter_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("user-agent")).map(|(_, v)| v.trim().to_string())));
                         let authorized = head.lines().any(|l| l.to_ascii_lowercase().starts_with("authorization:") && l.ends_with(&format!("Bearer {TOKEN}")));
+                        let basic_ok = match &want_basic {
+                            None => true,
+                            Some(b) => head.lines().any(|l| l.to_ascii_lowercase().starts_with("authorization:") && l.ends_with(b.as_str())),
+                        };
                         let (status, ctype, body, extra) = if let Some(q) = target.strip_prefix("/token?") {
                             seen.lock().unwrap().push(q.to_string());
-                            ("200 OK", "application/json", format!("{{\"token\":\"{TOKEN}\"}}").into_bytes(), String::new())
+                            if !basic_ok {
+                                ("401 Unauthorized", "application/json", b"{\"details\":\"incorrect username or password\"}".to_vec(), String::new())
+                            } else {
+                                ("200 OK", "application/json", format!("{{\"token\":\"{TOKEN}\"}}").into_bytes(), String::new())
+                            }
                         } else if !authorized {
                             let ch = format!("WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"test-registry\",scope=\"repository:team/app:pull\"\r\n");
                             ("401 Unauthorized", "application/json", b"{\"errors\":[{\"code\":\"UNAUTHORIZED\"}]}".to_vec(), ch)
@@ -422,5 +502,56 @@ mod tests {
         let e = images.pull(&format!("{name}:nope"), None).await.unwrap_err();
         assert_eq!(e.status, http::StatusCode::NOT_FOUND, "{}", e.message);
         assert!(e.message.contains("manifest unknown"), "{}", e.message);
+    }
+
+    /// A damaged image of a private repository is fetched again with the credentials of
+    /// its pull, which the daemon keeps in memory only.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn repairs_a_private_image_with_the_credentials_of_its_pull() {
+        let reg = TokenRegistry::start_with(Some(("ann", "pa55-w0rd"))).await;
+        let d = tempfile::tempdir().unwrap();
+        let store = LayerStore::open(&d.path().join("store")).unwrap();
+        let images = Images::open(d.path().join("images.json"), store.clone());
+        let name = format!("127.0.0.1:{}/team/app", reg.port);
+        // Without credentials (or with wrong ones) the registry refuses.
+        let e = images.pull(&name, None).await.unwrap_err();
+        assert_eq!(e.status, http::StatusCode::UNAUTHORIZED, "{}", e.message);
+        let wrong = Credentials { username: "ann".into(), password: "nope".into(), identity_token: String::new() };
+        assert_eq!(images.pull(&name, Some(wrong)).await.unwrap_err().status, http::StatusCode::UNAUTHORIZED);
+        let creds = Credentials { username: "ann".into(), password: "pa55-w0rd".into(), identity_token: String::new() };
+        let rec = images.pull(&name, Some(creds.clone())).await.unwrap_or_else(|e| panic!("pull: {}", e.message));
+        // No secret on disk.
+        let on_disk = std::fs::read_to_string(d.path().join("images.json")).unwrap();
+        assert!(!on_disk.contains("pa55-w0rd") && !on_disk.contains("ann"), "{on_disk}");
+        // Damage the layer's blob and its unpacked tree, then repair (the create path's step).
+        std::fs::write(store.blob_path(&rec.layers[0]), b"garbage").unwrap();
+        std::fs::write(store.layer_path(&rec.diff_ids[0]).join("etc/motd"), b"tampered\n").unwrap();
+        let damage = store.check(&rec.id, &rec.layers, &rec.diff_ids);
+        assert_eq!(damage.len(), 2, "{damage:?}");
+        let tokens_before = reg.token_requests.lock().unwrap().len();
+        let fixed = images.repair(&rec, damage).await.unwrap_or_else(|e| panic!("repair: {}", e.message));
+        assert_eq!(fixed.id, rec.id);
+        assert!(reg.token_requests.lock().unwrap().len() > tokens_before, "the repair never asked for a token");
+        assert_eq!(store.check(&rec.id, &rec.layers, &rec.diff_ids), vec![]);
+        assert_eq!(std::fs::read(store.layer_path(&rec.diff_ids[0]).join("etc/motd")).unwrap(), b"hello from a token registry\n");
+        // Nothing damaged: nothing fetched.
+        let n = reg.token_requests.lock().unwrap().len();
+        assert_eq!(images.repair(&rec, Vec::new()).await.unwrap().id, rec.id);
+        assert_eq!(reg.token_requests.lock().unwrap().len(), n);
+        // A restarted daemon has no credentials: the repair fails, says why and what to do,
+        // and nothing damaged is left in the store.
+        let restarted = Images::open(d.path().join("images.json"), store.clone());
+        assert_eq!(restarted.find(&name).map(|r| r.id), Some(rec.id.clone()));
+        std::fs::write(store.blob_path(&rec.layers[0]), b"garbage").unwrap();
+        let damage = store.check(&rec.id, &rec.layers, &rec.diff_ids);
+        let e = restarted.repair(&rec, damage).await.unwrap_err();
+        assert!(e.message.contains("damaged") && e.message.contains("docker pull"), "{}", e.message);
+        assert!(!store.blob_path(&rec.layers[0]).exists());
+        // A pull with the credentials gives them to it again.
+        restarted.pull(&name, Some(creds)).await.unwrap_or_else(|e| panic!("pull: {}", e.message));
+        std::fs::write(store.blob_path(&rec.layers[0]), b"garbage").unwrap();
+        let damage = store.check(&rec.id, &rec.layers, &rec.diff_ids);
+        restarted.repair(&rec, damage).await.unwrap_or_else(|e| panic!("repair after a new pull: {}", e.message));
+        assert_eq!(store.check(&rec.id, &rec.layers, &rec.diff_ids), vec![]);
     }
 }

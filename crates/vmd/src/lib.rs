@@ -65,7 +65,8 @@
 //!   setuid files), QEMU refuses guest writes, and before each container the daemon
 //!   re-hashes the image's blobs and trees against their digests (the tree digest is taken
 //!   at unpack time: names, types, modes, owners, contents); anything damaged is dropped and
-//!   fetched again, or the run is refused with an error saying what is damaged: a damaged
+//!   fetched again (with the credentials of the image's last `docker pull`, which the daemon
+//!   keeps in memory only: [`images::Images::pull`] says why), or the run is refused with an error saying what is damaged: a damaged
 //!   layer never reaches a VM. The check reads every byte of the image (fine for small
 //!   images; large ones would want a cheaper seal) and runs while the VM is being cloned.
 //!   Garbage collection ([`store`]): after `docker rmi`, when a container's VM is gone and
@@ -347,25 +348,10 @@ impl Daemon {
     }
 
     /// Given what [`store::LayerStore::check`] found wrong with `image` in the host store,
-    /// the record to run: `image` itself when nothing was, else the image fetched again
-    /// from its registry (the damaged files are dropped first); an error when that fails, so
-    /// a damaged layer never reaches a VM.
+    /// the record to run: see [`images::Images::repair`] (fetched again with the
+    /// credentials of the image's last pull, which the daemon keeps in memory only).
     async fn repair(&self, image: &images::ImageRecord, damage: Vec<store::Damage>) -> ApiResult<images::ImageRecord> {
-        if damage.is_empty() {
-            return Ok(image.clone());
-        }
-        let what = damage.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("; ");
-        eprintln!("vmd: image {}: damaged in the host's layer store ({what}); fetching it again", image.name);
-        self.images.store.discard(&damage);
-        let rec = self.images.pull(&image.name, None).await.map_err(|e| {
-            ApiError::internal(format!("image {}: the host's layer store is damaged ({what}) and fetching the image again failed: {}", image.name, e.message))
-        })?;
-        let (st, r) = (self.images.store.clone(), rec.clone());
-        let again = tokio::task::spawn_blocking(move || st.check(&r.id, &r.layers, &r.diff_ids)).await.map_err(|e| ApiError::internal(format!("store check task: {e}")))?;
-        if let Some(d) = again.first() {
-            return Err(ApiError::internal(format!("image {}: still damaged in the host's layer store after fetching it again: {d}", image.name)));
-        }
-        Ok(rec)
+        self.images.repair(image, damage).await
     }
 
     /// What `docker run` prints about the limits it was given.
