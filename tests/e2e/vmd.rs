@@ -99,6 +99,7 @@ fn check() -> Result<()> {
         cpus: 1,
         accel: qemu::Accel::Tcg,
         cold_boot: false,
+        insecure_registries: vec!["10.9.0.0/16".into(), "myreg:5000".into()],
     };
     let t = Instant::now();
     let server = vmd::Server::start(opts, &dir.path().join("vmd.sock")).context("starting the daemon")?;
@@ -107,6 +108,12 @@ fn check() -> Result<()> {
     let cli = Cli { host: server.docker_host(), config: dir.path().join("docker-config") };
 
     assert_eq!(cli.ok(&["version", "--format", "{{.Server.APIVersion}}"]).trim(), "1.47");
+    // --insecure-registry reaches `docker info` as dockerd's would (the CLI prints it).
+    let info = cli.ok(&["info"]);
+    let insecure = info.split("Insecure Registries:").nth(1).unwrap_or_else(|| panic!("no Insecure Registries in docker info:\n{info}"));
+    for want in ["myreg:5000", "10.9.0.0/16", "127.0.0.0/8"] {
+        assert!(insecure.lines().any(|l| l.trim() == want), "{want} missing from docker info's Insecure Registries:\n{info}");
+    }
 
     // Attached run: output and exit code come back from the VM; --rm leaves nothing.
     let t = Instant::now();

@@ -147,6 +147,9 @@ enum Cmd {
         /// The daemon's state (template, clones, socket); default $AXION_CACHE/vmd.
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
+        /// Pull from this registry over plain HTTP (repeatable; passed on to axion-vmd).
+        #[arg(long = "insecure-registry", value_name = "HOST[:PORT]|CIDR")]
+        insecure_registries: Vec<String>,
     },
     /// Remove build outputs (`out/`); `--cache` also empties the download and build cache.
     Clean {
@@ -212,7 +215,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Stop { profile } => run::stop(&layout, &profile),
         Cmd::Test { unit, args } => test(&layout, unit, &args),
         Cmd::Bench { quick, json, prepare, vmd_only, runs } => xtask::bench::bench(&layout, &xtask::bench::Options { quick, json, prepare, vmd_only, runs }),
-        Cmd::Vmd { detach, stop, tcp, state_dir } => xtask::vmd::vmd(&layout, &xtask::vmd::Options { detach, stop, tcp, state_dir }),
+        Cmd::Vmd { detach, stop, tcp, state_dir, insecure_registries } => xtask::vmd::vmd(&layout, &xtask::vmd::Options { detach, stop, tcp, state_dir, insecure_registries }),
         Cmd::Clean { cache } => {
             let out = layout.root.join("out");
             if out.exists() {

@@ -1,5 +1,7 @@
-//! `cargo xtask vmd [--detach] [--stop] [--tcp ADDR] [--state-dir DIR]`: the
-//! VM-per-container Docker endpoint (crates/vmd).
+//! `cargo xtask vmd [--detach] [--stop] [--tcp ADDR] [--state-dir DIR]
+//! [--insecure-registry HOST[:PORT]|CIDR]...`: the VM-per-container Docker endpoint
+//! (crates/vmd). `--insecure-registry` is passed on to the daemon (plain HTTP for that
+//! registry, as dockerd's flag; localhost and 127.0.0.0/8 always are).
 //!
 //! Builds the qemu profile's initramfs and qcow2 when missing or stale, builds the
 //! `axion-vmd` binary, and runs it with its state under `$AXION_CACHE/vmd` or `--state-dir`
@@ -30,6 +32,8 @@ pub struct Options {
     pub tcp: Option<String>,
     /// Instead of `$AXION_CACHE/vmd`.
     pub state_dir: Option<PathBuf>,
+    /// Passed on as the daemon's `--insecure-registry` flags.
+    pub insecure_registries: Vec<String>,
 }
 
 fn state_dir(layout: &Layout, opts: &Options) -> PathBuf {
@@ -138,6 +142,9 @@ pub fn vmd(layout: &Layout, opts: &Options) -> Result<()> {
     cmd.arg("--state-dir").arg(&state).arg("--kernel").arg(&kernel).arg("--initrd").arg(&initrd).arg("--socket").arg(&socket);
     if let Some(d) = &disk {
         cmd.arg("--disk").arg(d);
+    }
+    for r in &opts.insecure_registries {
+        cmd.arg("--insecure-registry").arg(r);
     }
     let certs_dir = state.join("docker");
     if let Some(addr) = &tcp {

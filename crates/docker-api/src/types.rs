@@ -59,6 +59,39 @@ pub struct Info {
     pub default_runtime: String,
     pub security_options: Vec<String>,
     pub warnings: Vec<String>,
+    /// Which registries are reached over plain HTTP (`docker info`'s "Insecure Registries").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_config: Option<RegistryServiceConfig>,
+}
+
+/// `Info.RegistryConfig` as dockerd fills it: the insecure networks (loopback always), one
+/// index entry per registry given by name, plus the official index's (secure).
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct RegistryServiceConfig {
+    #[serde(rename = "InsecureRegistryCIDRs")]
+    pub insecure_registry_cidrs: Vec<String>,
+    pub index_configs: BTreeMap<String, IndexInfo>,
+    pub mirrors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct IndexInfo {
+    pub name: String,
+    pub mirrors: Vec<String>,
+    pub secure: bool,
+    pub official: bool,
+}
+
+impl RegistryServiceConfig {
+    /// From the official index's name (the registry crate's `DOCKER_HUB`), the insecure
+    /// networks (CIDRs) and the insecure registries given by name.
+    pub fn new(official: &str, insecure_cidrs: Vec<String>, insecure_registries: Vec<String>) -> Self {
+        let mut index_configs: BTreeMap<String, IndexInfo> = insecure_registries.into_iter().map(|n| (n.clone(), IndexInfo { name: n, mirrors: Vec::new(), secure: false, official: false })).collect();
+        index_configs.insert(official.into(), IndexInfo { name: official.into(), mirrors: Vec::new(), secure: true, official: true });
+        RegistryServiceConfig { insecure_registry_cidrs: insecure_cidrs, index_configs, mirrors: Vec::new() }
+    }
 }
 
 /// `POST /containers/create` body: the container config plus `HostConfig`.

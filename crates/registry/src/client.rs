@@ -198,9 +198,64 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// The networks whose registries are always reached over plain HTTP (dockerd's default
+/// `InsecureRegistryCIDRs`: loopback).
+pub const LOOPBACK_CIDRS: [&str; 2] = ["127.0.0.0/8", "::1/128"];
+
+/// One `--insecure-registry` value as dockerd takes it: `HOST[:PORT]` (an exact registry
+/// name) or a CIDR (`10.0.0.0/8`: every registry given by an address in it). A leading
+/// `http://` or `https://` is dropped (dockerd drops it with a warning), a trailing `/`
+/// too; another scheme, an empty value, a path or a bad port is an error naming the value.
+pub fn parse_insecure(entry: &str) -> Result<String, String> {
+    let e = entry.trim();
+    let lower = e.to_ascii_lowercase();
+    let e = if lower.starts_with("http://") { &e[7..] } else if lower.starts_with("https://") { &e[8..] } else { e };
+    let e = e.trim_end_matches('/');
+    if e.contains("://") {
+        return Err(format!("insecure registry {entry:?}: give HOST[:PORT] or a CIDR, without a scheme"));
+    }
+    if e.is_empty() || e.chars().any(|c| c.is_whitespace()) {
+        return Err(format!("insecure registry {entry:?}: give HOST[:PORT] or a CIDR"));
+    }
+    if let Some((net, bits)) = e.split_once('/') {
+        return match parse_cidr(e) {
+            Some(_) => Ok(e.to_string()),
+            None => Err(format!("insecure registry {entry:?}: {net}/{bits} is neither HOST[:PORT] nor a CIDR (ADDRESS/PREFIX)")),
+        };
+    }
+    let port = if e.starts_with('[') { e.split_once("]:").map(|(_, p)| p) } else { e.rsplit_once(':').map(|(_, p)| p) };
+    if let Some(p) = port {
+        if p.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(format!("insecure registry {entry:?}: bad port {p:?}"));
+        }
+    }
+    Ok(e.to_string())
+}
+
+/// `ADDRESS/PREFIX` as an address and a prefix length no longer than the address.
+fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (a, b) = s.split_once('/')?;
+    let ip: std::net::IpAddr = a.parse().ok()?;
+    let bits: u8 = b.parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    (bits <= max).then_some((ip, bits))
+}
+
+fn in_cidr(ip: std::net::IpAddr, (net, bits): (std::net::IpAddr, u8)) -> bool {
+    use std::net::IpAddr::{V4, V6};
+    match (ip, net) {
+        (V4(a), V4(n)) => bits == 0 || (u32::from(a) ^ u32::from(n)) >> (32 - bits as u32) == 0,
+        (V6(a), V6(n)) => bits == 0 || (u128::from(a) ^ u128::from(n)) >> (128 - bits as u32) == 0,
+        _ => false,
+    }
+}
+
 pub struct Client {
     http: reqwest::Client,
+    /// The `--insecure-registry` values, normalised ([`parse_insecure`]).
     insecure: Vec<String>,
+    /// Their CIDRs and loopback's.
+    insecure_nets: Vec<(std::net::IpAddr, u8)>,
 }
 
 /// One repository on one registry, with the auth it negotiated.
@@ -215,19 +270,44 @@ pub struct Session<'a> {
 impl Client {
     /// A client that sends `User-Agent: <user_agent>` (the calling program and its version,
     /// e.g. `axion-engine/0.1.0`, so a registry's logs tell the pullers apart) and reaches
-    /// the `insecure` registries (and loopback) over plain HTTP.
+    /// the `insecure` registries (`--insecure-registry` values, see [`parse_insecure`]; one
+    /// that does not parse is kept as a name, and matches only itself), `localhost` and
+    /// loopback addresses over plain HTTP.
     pub fn new(user_agent: &str, insecure: Vec<String>) -> Self {
         let http = reqwest::Client::builder()
             .user_agent(user_agent)
             .connect_timeout(std::time::Duration::from_secs(15))
             .build()
             .expect("reqwest client with rustls");
-        Client { http, insecure }
+        let mut list: Vec<String> = Vec::new();
+        for i in insecure {
+            let i = parse_insecure(&i).unwrap_or(i);
+            if !list.contains(&i) {
+                list.push(i);
+            }
+        }
+        let insecure_nets = LOOPBACK_CIDRS.iter().map(|c| *c).chain(list.iter().map(String::as_str)).filter_map(parse_cidr).collect();
+        Client { http, insecure: list, insecure_nets }
     }
 
-    fn scheme(&self, host: &str) -> &'static str {
-        let h = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
-        if h == "localhost" || h.starts_with("127.") || h == "[::1]" || self.insecure.iter().any(|i| i == host || i == h) {
+    /// The insecure registries given by name (`HOST[:PORT]`), as `docker info` lists them.
+    pub fn insecure_registries(&self) -> Vec<String> {
+        self.insecure.iter().filter(|i| parse_cidr(i).is_none()).cloned().collect()
+    }
+
+    /// The networks whose registries are insecure: loopback's, then the CIDRs given.
+    pub fn insecure_cidrs(&self) -> Vec<String> {
+        LOOPBACK_CIDRS.iter().map(|c| c.to_string()).chain(self.insecure.iter().filter(|i| parse_cidr(i).is_some()).cloned()).collect()
+    }
+
+    /// `http` for an insecure registry (given by name with or without its port, an address
+    /// in an insecure network, or `localhost`), else `https`. A name is not resolved to
+    /// match a CIDR (dockerd does; here only registries given by address match one).
+    pub fn scheme(&self, host: &str) -> &'static str {
+        let h = if host.starts_with('[') { host.split_once(']').map(|(h, _)| &h[1..]).unwrap_or(host) } else { host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host) };
+        let named = self.insecure.iter().any(|i| i == host || i == h);
+        let in_net = h.parse::<std::net::IpAddr>().map_or(false, |ip| self.insecure_nets.iter().any(|n| in_cidr(ip, *n)));
+        if h.eq_ignore_ascii_case("localhost") || named || in_net {
             "http"
         } else {
             "https"
@@ -525,5 +605,40 @@ mod tests {
         let basic = base64::engine::general_purpose::STANDARD.encode("ann:s3cret");
         assert_eq!(seen[1].2, format!("Basic {basic}"));
         assert_eq!(seen[2].2, "Bearer tok");
+    }
+
+    #[test]
+    fn insecure_registries_as_dockerd_takes_them() {
+        assert_eq!(parse_insecure("http://10.0.2.2:5000/").unwrap(), "10.0.2.2:5000");
+        assert_eq!(parse_insecure("HTTPS://myreg:5000").unwrap(), "myreg:5000");
+        assert_eq!(parse_insecure(" 10.1.0.0/16 ").unwrap(), "10.1.0.0/16");
+        assert_eq!(parse_insecure("[fd00::1]:5000").unwrap(), "[fd00::1]:5000");
+        for bad in ["", "tcp://myreg:5000", "myreg:http", "myreg:0", "10.0.0.0/33", "myreg/path", "my reg"] {
+            assert!(parse_insecure(bad).is_err(), "{bad:?} accepted");
+        }
+        let c = Client::new("t/1", vec!["myreg:5000".into(), "http://plain".into(), "10.1.0.0/16".into(), "fd00::/8".into(), "myreg:5000".into()]);
+        for (host, scheme) in [
+            ("myreg:5000", "http"),
+            ("myreg", "https"), // the port is part of the name given
+            ("plain", "http"),
+            ("plain:443", "http"), // a name without port: any port
+            ("10.1.200.3:5000", "http"),
+            ("10.2.0.1:5000", "https"),
+            ("[fd12::3]:5000", "http"),
+            ("[fe80::1]:5000", "https"),
+            ("127.0.0.1:5000", "http"),
+            ("127.8.9.1", "http"),
+            ("[::1]:5000", "http"),
+            ("localhost:5000", "http"),
+            ("127.x", "https"), // a name, not an address
+            ("other:5000", "https"),
+        ] {
+            assert_eq!(c.scheme(host), scheme, "{host}");
+        }
+        assert_eq!(c.insecure_registries(), vec!["myreg:5000", "plain"]);
+        assert_eq!(c.insecure_cidrs(), vec!["127.0.0.0/8", "::1/128", "10.1.0.0/16", "fd00::/8"]);
+        let plain = Client::new("t/1", Vec::new());
+        assert_eq!(plain.scheme("10.1.200.3:5000"), "https");
+        assert!(plain.insecure_registries().is_empty());
     }
 }

@@ -6,12 +6,13 @@
 //! manifest, config and layer checked against its digest ([`client`]).
 //!
 //! Async reqwest with rustls (no OpenSSL: the engine is a static musl binary). Plain HTTP
-//! is used for `localhost`, `127.0.0.0/8`, `[::1]` and the hosts given as insecure
-//! registries; everything else is HTTPS. Docker Hub (`docker.io`) is reached at its API
+//! is used for `localhost`, `127.0.0.0/8`, `[::1]` and the registries given as insecure
+//! (`--insecure-registry HOST[:PORT]` or `CIDR`, as dockerd takes them: [`parse_insecure`]);
+//! everything else is HTTPS. Docker Hub (`docker.io`) is reached at its API
 //! host. Errors are [`RegistryError`] values naming the URL.
 
 pub mod client;
 pub mod reference;
 
-pub use client::{select_platform, sha256_digest, verify, Challenge, Client, Credentials, Descriptor, Manifest, Platform, RegistryError, Session};
+pub use client::{parse_insecure, select_platform, sha256_digest, verify, Challenge, Client, Credentials, Descriptor, LOOPBACK_CIDRS, Manifest, Platform, RegistryError, Session};
 pub use reference::{valid_digest, BadReference, Reference, DOCKER_HUB};

@@ -118,10 +118,11 @@ impl Drop for Pin<'_> {
 }
 
 impl Images {
-    pub fn open(path: PathBuf, store: LayerStore) -> Images {
+    /// The records in `path`, the layer store, and a registry client that reaches the
+    /// `insecure` registries (`--insecure-registry`), localhost and loopback over plain HTTP.
+    pub fn open(path: PathBuf, store: LayerStore, insecure: Vec<String>) -> Images {
         let list = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-        // A registry on 127.0.0.1/localhost is plain HTTP (the client's rule); no others.
-        Images { path, list: Mutex::new(list), registry: registry::Client::new(USER_AGENT, Vec::new()), store, pulling: tokio::sync::Mutex::new(()), pins: Mutex::new(HashMap::new()), credentials: Mutex::new(HashMap::new()) }
+        Images { path, list: Mutex::new(list), registry: registry::Client::new(USER_AGENT, insecure), store, pulling: tokio::sync::Mutex::new(()), pins: Mutex::new(HashMap::new()), credentials: Mutex::new(HashMap::new()) }
     }
 
     /// Writes the records durably (temp file, fsync, rename, fsync of the directory): a
@@ -135,6 +136,11 @@ impl Images {
         std::fs::rename(&tmp, &self.path)?;
         let dir = self.path.parent().unwrap_or(std::path::Path::new("."));
         std::fs::File::open(dir)?.sync_all()
+    }
+
+    /// What `docker info` shows as `RegistryConfig` (its "Insecure Registries").
+    pub fn registry_config(&self) -> RegistryServiceConfig {
+        RegistryServiceConfig::new(registry::DOCKER_HUB, self.registry.insecure_cidrs(), self.registry.insecure_registries())
     }
 
     pub fn all(&self) -> Vec<ImageRecord> {
@@ -458,7 +464,7 @@ mod tests {
         let reg = TokenRegistry::start().await;
         let d = tempfile::tempdir().unwrap();
         let store = LayerStore::open(&d.path().join("store")).unwrap();
-        let images = Images::open(d.path().join("images.json"), store.clone());
+        let images = Images::open(d.path().join("images.json"), store.clone(), Vec::new());
         let name = format!("127.0.0.1:{}/team/app", reg.port);
         let rec = images.pull(&name, None).await.unwrap_or_else(|e| panic!("pull: {}", e.message));
         // The token was asked for the repository's pull scope, at the challenge's service.
@@ -492,7 +498,7 @@ mod tests {
         let got = images.collect().await.unwrap();
         assert_eq!((got.blobs.len(), got.layers.len()), (2, 1), "{got:?}");
         assert!(!store.blob_path(&rec.layers[0]).exists() && !store.layer_path(&rec.diff_ids[0]).exists());
-        assert!(Images::open(d.path().join("images.json"), store.clone()).all().is_empty());
+        assert!(Images::open(d.path().join("images.json"), store.clone(), Vec::new()).all().is_empty());
         // A pin of a failed create (dropped without keep) is released at once.
         let rec = images.pull(&name, None).await.unwrap_or_else(|e| panic!("pull: {}", e.message));
         drop(images.find_and_pin(&name, &ctr));
@@ -511,7 +517,7 @@ mod tests {
         let reg = TokenRegistry::start_with(Some(("ann", "pa55-w0rd"))).await;
         let d = tempfile::tempdir().unwrap();
         let store = LayerStore::open(&d.path().join("store")).unwrap();
-        let images = Images::open(d.path().join("images.json"), store.clone());
+        let images = Images::open(d.path().join("images.json"), store.clone(), Vec::new());
         let name = format!("127.0.0.1:{}/team/app", reg.port);
         // Without credentials (or with wrong ones) the registry refuses.
         let e = images.pull(&name, None).await.unwrap_err();
@@ -540,7 +546,7 @@ mod tests {
         assert_eq!(reg.token_requests.lock().unwrap().len(), n);
         // A restarted daemon has no credentials: the repair fails, says why and what to do,
         // and nothing damaged is left in the store.
-        let restarted = Images::open(d.path().join("images.json"), store.clone());
+        let restarted = Images::open(d.path().join("images.json"), store.clone(), Vec::new());
         assert_eq!(restarted.find(&name).map(|r| r.id), Some(rec.id.clone()));
         std::fs::write(store.blob_path(&rec.layers[0]), b"garbage").unwrap();
         let damage = store.check(&rec.id, &rec.layers, &rec.diff_ids);
@@ -553,5 +559,25 @@ mod tests {
         let damage = store.check(&rec.id, &rec.layers, &rec.diff_ids);
         restarted.repair(&rec, damage).await.unwrap_or_else(|e| panic!("repair after a new pull: {}", e.message));
         assert_eq!(store.check(&rec.id, &rec.layers, &rec.diff_ids), vec![]);
+    }
+
+    /// `--insecure-registry`: plain HTTP for the registries given, and `docker info`'s
+    /// `RegistryConfig` in the shape the docker CLI reads.
+    #[test]
+    fn insecure_registries() {
+        let d = tempfile::tempdir().unwrap();
+        let store = LayerStore::open(&d.path().join("store")).unwrap();
+        let images = Images::open(d.path().join("images.json"), store.clone(), vec!["myreg:5000".into(), "http://10.9.0.0/16".into()]);
+        let cfg = serde_json::to_value(images.registry_config()).unwrap();
+        assert_eq!(cfg["InsecureRegistryCIDRs"], serde_json::json!(["127.0.0.0/8", "::1/128", "10.9.0.0/16"]));
+        assert_eq!(cfg["IndexConfigs"]["myreg:5000"], serde_json::json!({"Name": "myreg:5000", "Mirrors": [], "Secure": false, "Official": false}));
+        assert_eq!(cfg["IndexConfigs"][registry::DOCKER_HUB]["Secure"], true);
+        assert_eq!(cfg["IndexConfigs"].as_object().unwrap().len(), 2, "{cfg}");
+        assert_eq!(images.registry.scheme("myreg:5000"), "http");
+        assert_eq!(images.registry.scheme("10.9.3.4:5000"), "http");
+        assert_eq!(images.registry.scheme("other:5000"), "https");
+        let none = Images::open(d.path().join("images.json"), store, Vec::new());
+        assert_eq!(none.registry.scheme("myreg:5000"), "https");
+        assert_eq!(serde_json::to_value(none.registry_config()).unwrap()["InsecureRegistryCIDRs"], serde_json::json!(["127.0.0.0/8", "::1/128"]));
     }
 }

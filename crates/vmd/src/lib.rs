@@ -195,6 +195,9 @@ pub struct Options {
     /// Boot every container's VM from scratch instead of cloning the saved template (the
     /// benchmark's baseline).
     pub cold_boot: bool,
+    /// Registries pulled from over plain HTTP besides localhost and loopback
+    /// (`--insecure-registry HOST[:PORT]` or `CIDR`, as dockerd's).
+    pub insecure_registries: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,7 +293,7 @@ impl Daemon {
         }
         let _ = std::fs::remove_dir_all(&cdir);
         std::fs::create_dir_all(&cdir)?;
-        let images = images::Images::open(opts.state_dir.join("images.json"), store);
+        let images = images::Images::open(opts.state_dir.join("images.json"), store, opts.insecure_registries.clone());
         // No VM runs now: what no image record uses goes (an interrupted pull or collection).
         match images.collect_now() {
             Ok(c) => report_collected(&c),
@@ -607,6 +610,7 @@ impl Backend for Api {
             logging_driver: "json-file".into(),
             default_runtime: "qemu".into(),
             warnings,
+            registry_config: Some(self.images.registry_config()),
             ..Default::default()
         })
     }

@@ -47,6 +47,11 @@ struct Args {
     /// Boot every container's VM from scratch instead of cloning (benchmark baseline).
     #[arg(long)]
     cold_boot: bool,
+    /// Pull from this registry over plain HTTP (repeatable), as dockerd's flag: HOST[:PORT],
+    /// or a CIDR for every registry given by an address in it. localhost and 127.0.0.0/8
+    /// always are.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]|CIDR", value_parser = registry::parse_insecure)]
+    insecure_registries: Vec<String>,
 }
 
 fn main() -> Result<()> {
@@ -63,6 +68,7 @@ fn main() -> Result<()> {
         cpus: args.cpus,
         accel,
         cold_boot: args.cold_boot,
+        insecure_registries: args.insecure_registries.clone(),
     };
     let daemon = Arc::new(vmd::Daemon::open(opts).context("starting the daemon")?);
     let socket = args.socket.clone().unwrap_or_else(|| args.state_dir.join("vmd.sock"));
@@ -100,4 +106,19 @@ fn main() -> Result<()> {
     daemon.shutdown();
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insecure_registry_flags() {
+        let base = ["axion-vmd", "--state-dir", "s", "--kernel", "k", "--initrd", "i"];
+        let a = Args::try_parse_from(base.iter().copied().chain(["--insecure-registry", "http://myreg:5000/", "--insecure-registry", "10.9.0.0/16"])).unwrap();
+        assert_eq!(a.insecure_registries, vec!["myreg:5000", "10.9.0.0/16"]);
+        assert!(Args::try_parse_from(base).unwrap().insecure_registries.is_empty());
+        let e = Args::try_parse_from(base.iter().copied().chain(["--insecure-registry", "tcp://myreg:5000"])).unwrap_err().to_string();
+        assert!(e.contains("without a scheme"), "{e}");
+    }
 }

@@ -28,8 +28,9 @@ pub struct Args {
     /// Serve tcp:// hosts without TLS (explicit opt-in, like dockerd without --tls).
     #[arg(long)]
     pub tcp_insecure: bool,
-    /// Registries reached over plain HTTP (localhost and 127.0.0.0/8 always are).
-    #[arg(long = "insecure-registry")]
+    /// Registries reached over plain HTTP (localhost and 127.0.0.0/8 always are): HOST[:PORT]
+    /// or a CIDR, as dockerd's flag.
+    #[arg(long = "insecure-registry", value_parser = registry::parse_insecure)]
     pub insecure_registries: Vec<String>,
     /// Bridge for containers in the default (bridge) network; `none` turns bridge
     /// networking off (containers then get a network namespace with loopback only).

@@ -796,6 +796,7 @@ impl Backend for Engine {
             default_runtime: "axion".into(),
             security_options: vec!["name=seccomp,profile=builtin".into()],
             warnings,
+            registry_config: Some(RegistryServiceConfig::new(registry::DOCKER_HUB, self.registry.insecure_cidrs(), self.registry.insecure_registries())),
             ..Default::default()
         })
     }
