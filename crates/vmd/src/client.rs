@@ -11,7 +11,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 use docker_api::types::*;
-use docker_api::{ApiError, ApiResult, Frame, StdStream};
+use docker_api::{ApiError, ApiResult, AttachIo, Frame, StdStream};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, OnceCell};
 
 #[derive(Clone)]
@@ -59,6 +60,12 @@ impl GuestClient {
 
     /// One request on a new stream: the response with its headers (the body follows).
     async fn send(&self, what: &str, method: http::Method, path: &str, q: &[(&str, String)], body: Option<Vec<u8>>) -> ApiResult<http::Response<Incoming>> {
+        self.request(what, method, path, q, body, false).await
+    }
+
+    /// [`Self::send`]; with `upgrade`, asks the engine to hijack the connection
+    /// (`Upgrade: tcp`, as the docker CLI does for attach and exec start).
+    async fn request(&self, what: &str, method: http::Method, path: &str, q: &[(&str, String)], body: Option<Vec<u8>>, upgrade: bool) -> ApiResult<http::Response<Incoming>> {
         let mux = self
             .session
             .get_or_try_init(|| vchan::Client::connect(&self.socket))
@@ -66,9 +73,10 @@ impl GuestClient {
             .map_err(|e| unreachable_err(what, format!("connecting to {}: {e}", self.socket.display())))?;
         let stream = mux.open().await.map_err(|e| unreachable_err(what, e))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| unreachable_err(what, chain(&e)))?;
-        // The connection runs until the response body is read (or dropped), then closes.
+        // The connection runs until the response body is read (or dropped), then closes;
+        // after a 101 it hands the stream to `hyper::upgrade::on`.
         tokio::spawn(async move {
-            let _ = conn.await;
+            let _ = conn.with_upgrades().await;
         });
         let mut uri = format!("/v1.47{path}");
         if !q.is_empty() {
@@ -78,6 +86,9 @@ impl GuestClient {
         let mut req = http::Request::builder().method(method).uri(uri).header(http::header::HOST, "guest-engine");
         if body.is_some() {
             req = req.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        if upgrade {
+            req = req.header(http::header::CONNECTION, "Upgrade").header(http::header::UPGRADE, "tcp");
         }
         let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).map_err(|e| ApiError::internal(format!("{what}: {e}")))?;
         let t0 = std::time::Instant::now();
@@ -92,6 +103,11 @@ impl GuestClient {
         if r.status().is_success() || r.status().as_u16() == 304 {
             return Ok(r);
         }
+        Err(Self::error_of(r).await)
+    }
+
+    /// The engine's error answer as an [`ApiError`] with its status and message.
+    async fn error_of(r: http::Response<Incoming>) -> ApiError {
         let status = r.status();
         let body = r.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
         let body = String::from_utf8_lossy(&body).into_owned();
@@ -99,7 +115,7 @@ impl GuestClient {
             .ok()
             .and_then(|v| v["message"].as_str().map(str::to_string))
             .unwrap_or(body);
-        Err(ApiError::new(status, msg))
+        ApiError::new(status, msg)
     }
 
     async fn bytes(what: &str, r: http::Response<Incoming>) -> ApiResult<Bytes> {
@@ -237,11 +253,96 @@ impl GuestClient {
         self.stream("logs", http::Method::GET, &format!("/containers/{id}/logs"), &q, tty).await
     }
 
-    /// Attaches to the output (no stdin) without hijacking: the body is the stream.
-    pub async fn attach(&self, id: &str, opts: &docker_api::AttachOptions, tty: bool) -> ApiResult<mpsc::Receiver<Frame>> {
+    /// Attaches to the container's output and, with `opts.stdin`, its input: a hijacked
+    /// stream, as the docker CLI's own attach.
+    pub async fn attach(&self, id: &str, opts: &docker_api::AttachOptions, tty: bool) -> ApiResult<AttachIo> {
         let b = |x: bool| if x { "1".to_string() } else { "0".to_string() };
-        let q = [("stream", "1".to_string()), ("stdout", b(opts.stdout)), ("stderr", b(opts.stderr)), ("logs", b(opts.logs))];
-        self.stream("attach", http::Method::POST, &format!("/containers/{id}/attach"), &q, tty).await
+        let q = [("stream", "1".to_string()), ("stdin", b(opts.stdin)), ("stdout", b(opts.stdout)), ("stderr", b(opts.stderr)), ("logs", b(opts.logs))];
+        self.hijack("attach", &format!("/containers/{id}/attach"), &q, None, tty, opts.stdin).await
+    }
+
+    pub async fn resize(&self, id: &str, h: u16, w: u16) -> ApiResult<()> {
+        let q = [("h", h.to_string()), ("w", w.to_string())];
+        let r = self.call("resize", http::Method::POST, &format!("/containers/{id}/resize"), &q, None).await?;
+        Self::bytes("resize", r).await.map(drop)
+    }
+
+    /// Creates an exec instance in container `id`; the engine's exec id.
+    pub async fn exec_create(&self, id: &str, req: &ExecCreateRequest) -> ApiResult<String> {
+        let body = serde_json::to_vec(req).map_err(|e| ApiError::internal(format!("exec create: {e}")))?;
+        let r: IdResponse = self.json("exec create", http::Method::POST, &format!("/containers/{id}/exec"), &[], Some(body)).await?;
+        Ok(r.id)
+    }
+
+    /// Starts exec `eid`: its output and input on a hijacked stream, or (detached) nothing.
+    pub async fn exec_start(&self, eid: &str, req: &ExecStartRequest, tty: bool, stdin: bool) -> ApiResult<AttachIo> {
+        let body = serde_json::to_vec(req).map_err(|e| ApiError::internal(format!("exec start: {e}")))?;
+        let path = format!("/exec/{eid}/start");
+        if req.detach {
+            let r = self.call("exec start", http::Method::POST, &path, &[], Some(body)).await?;
+            Self::bytes("exec start", r).await?;
+            return Ok(AttachIo { tty, output: mpsc::channel(1).1, stdin: None });
+        }
+        self.hijack("exec start", &path, &[], Some(body), tty, stdin).await
+    }
+
+    pub async fn exec_inspect(&self, eid: &str) -> ApiResult<ExecInspect> {
+        self.json("exec inspect", http::Method::GET, &format!("/exec/{eid}/json"), &[], None).await
+    }
+
+    pub async fn exec_resize(&self, eid: &str, h: u16, w: u16) -> ApiResult<()> {
+        let q = [("h", h.to_string()), ("w", w.to_string())];
+        let r = self.call("exec resize", http::Method::POST, &format!("/exec/{eid}/resize"), &q, None).await?;
+        Self::bytes("exec resize", r).await.map(drop)
+    }
+
+    /// A POST the engine answers by hijacking the stream (101): its output decoded into
+    /// frames, and (with `stdin`) a sender whose bytes go to the engine, closing it
+    /// half-closes the stream (EOF on the process's stdin, as the CLI's CloseWrite).
+    /// The front end relays both to the client's own hijacked connection: docker-api's
+    /// `AttachIo` is the one shape of an attach for the engine and for this daemon.
+    async fn hijack(&self, what: &'static str, path: &str, q: &[(&str, String)], body: Option<Vec<u8>>, tty: bool, stdin: bool) -> ApiResult<AttachIo> {
+        let mut r = self.request(what, http::Method::POST, path, q, body, true).await?;
+        if r.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+            if !r.status().is_success() {
+                return Err(Self::error_of(r).await);
+            }
+            return Err(ApiError::internal(format!("{what}: the guest engine answered {} instead of taking over the connection", r.status())));
+        }
+        let upgraded = hyper::upgrade::on(&mut r).await.map_err(|e| unreachable_err(what, chain(&e)))?;
+        let (mut rd, mut wr) = tokio::io::split(TokioIo::new(upgraded));
+        let (tx, output) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut dec = Decoder::new(tty);
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match rd.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        for f in dec.push(&buf[..n]) {
+                            if tx.send(f).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("vmd: {what} stream from the guest ended: {e}");
+                        break;
+                    }
+                }
+            }
+        });
+        let (itx, mut irx) = mpsc::channel::<Bytes>(64);
+        tokio::spawn(async move {
+            while let Some(b) = irx.recv().await {
+                if wr.write_all(&b).await.is_err() || wr.flush().await.is_err() {
+                    return;
+                }
+            }
+            let _ = wr.shutdown().await;
+        });
+        // Without stdin the sender is dropped here: the engine sees EOF at once and ignores it.
+        Ok(AttachIo { tty, output, stdin: stdin.then_some(itx) })
     }
 }
 
@@ -283,6 +384,106 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use docker_api::{AttachOptions, Backend};
+
+    /// A guest engine whose attach echoes stdin back on stdout and says "eof" when stdin
+    /// ends, and whose exec echoes on stderr; exec ids other than "e1" are unknown.
+    struct Echo;
+    impl Echo {
+        fn io(stream: StdStream, tty: bool) -> AttachIo {
+            let (itx, mut irx) = mpsc::channel::<Bytes>(4);
+            let (tx, output) = mpsc::channel(4);
+            tokio::spawn(async move {
+                while let Some(b) = irx.recv().await {
+                    let _ = tx.send(Frame { stream, data: b }).await;
+                }
+                let _ = tx.send(Frame { stream, data: Bytes::from("eof") }).await;
+            });
+            AttachIo { tty, output, stdin: Some(itx) }
+        }
+    }
+    impl Backend for Echo {
+        async fn version(&self) -> ApiResult<Version> {
+            Ok(Version::default())
+        }
+        async fn info(&self) -> ApiResult<Info> {
+            Ok(Info::default())
+        }
+        async fn container_attach(&self, id: &str, o: AttachOptions) -> ApiResult<AttachIo> {
+            assert!(o.stdin && o.stdout && o.stream, "{o:?}");
+            match id {
+                "c1" => Ok(Echo::io(StdStream::Stdout, false)),
+                "t1" => Ok(Echo::io(StdStream::Stdout, true)),
+                _ => Err(ApiError::not_found(format!("No such container: {id}"))),
+            }
+        }
+        async fn exec_start(&self, id: &str, _req: ExecStartRequest) -> ApiResult<AttachIo> {
+            match id {
+                "e1" => Ok(Echo::io(StdStream::Stderr, false)),
+                _ => Err(ApiError::not_found(format!("No such exec instance: {id}"))),
+            }
+        }
+    }
+
+    /// A GuestClient whose "VM" is `Echo` behind a unix socket, as QEMU's port would be.
+    async fn guest(dir: &Path) -> GuestClient {
+        let sock = dir.join("engine.sock");
+        let l = tokio::net::UnixListener::bind(&sock).unwrap();
+        tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let b = Arc::new(Echo);
+            let _ = vchan::serve_session(s, &move |st| docker_api::server::serve_connection(b.clone(), st)).await;
+        });
+        GuestClient::new(&sock)
+    }
+
+    async fn collect(mut rx: mpsc::Receiver<Frame>) -> Vec<Frame> {
+        let mut v = Vec::new();
+        while let Some(f) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("output within 10 s") {
+            v.push(f);
+        }
+        v
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hijacked_attach_carries_stdin_and_its_eof() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = guest(dir.path()).await;
+        let opts = AttachOptions { stream: true, stdin: true, stdout: true, stderr: true, logs: false };
+        // Multiplexed (no TTY): the stdcopy frames come back decoded.
+        let io = g.attach("c1", &opts, false).await.unwrap();
+        let stdin = io.stdin.expect("a stdin sender");
+        stdin.send(Bytes::from("hello ")).await.unwrap();
+        stdin.send(Bytes::from("world\n")).await.unwrap();
+        // Closing our end half-closes the stream: the engine sees EOF and still answers.
+        drop(stdin);
+        let out: Vec<u8> = collect(io.output).await.iter().flat_map(|f| f.data.to_vec()).collect();
+        assert_eq!(String::from_utf8_lossy(&out), "hello world\neof");
+        // Raw (TTY).
+        let io = g.attach("t1", &opts, true).await.unwrap();
+        io.stdin.unwrap().send(Bytes::from("typed")).await.unwrap();
+        let out: Vec<u8> = collect(io.output).await.iter().flat_map(|f| f.data.to_vec()).collect();
+        assert_eq!(String::from_utf8_lossy(&out), "typedeof");
+        // Errors keep the engine's status and message.
+        let e = g.attach("nope", &opts, false).await.err().expect("an error");
+        assert_eq!((e.status.as_u16(), e.message.as_str()), (404, "No such container: nope"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hijacked_exec_start_and_unknown_exec() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = guest(dir.path()).await;
+        let io = g.exec_start("e1", &ExecStartRequest::default(), false, true).await.unwrap();
+        io.stdin.unwrap().send(Bytes::from("x")).await.unwrap();
+        let frames = collect(io.output).await;
+        assert_eq!(frames, vec![Frame::stderr("x"), Frame::stderr("eof")]);
+        // Without stdin asked for, the stream is half-closed at once: EOF right away.
+        let io = g.exec_start("e1", &ExecStartRequest::default(), false, false).await.unwrap();
+        assert!(io.stdin.is_none());
+        assert_eq!(collect(io.output).await, vec![Frame::stderr("eof")]);
+        let e = g.exec_start("e2", &ExecStartRequest::default(), false, true).await.err().expect("an error");
+        assert_eq!((e.status.as_u16(), e.message.as_str()), (404, "No such exec instance: e2"));
+    }
 
     #[test]
     fn decoder_across_chunks() {

@@ -86,6 +86,19 @@
 //!   exited container cannot be started again (its VM is gone; `start` answers 409).
 //! - `-p HOST:CONTAINER` forwards 127.0.0.1:HOST (QEMU's user network binds loopback only)
 //!   to the same port in the VM, where the guest engine publishes the container's port.
+//! - Interactive use (`run -i`/`-it`, `attach`, `exec [-i] [-t]`): the client's hijacked
+//!   connection ends in docker-api's front end as an `AttachIo` (output frames, a stdin
+//!   sender), the same shape the guest engine hands its own front end; the daemon fills it
+//!   from a hijacked stream to the guest engine (`Upgrade: tcp` on a yamux stream,
+//!   [`client::GuestClient::attach`], `exec_start`), so each hop is the engine's own
+//!   attach and nothing is spliced as raw bytes. The client's EOF (the CLI's CloseWrite)
+//!   half-closes the stream to the guest, which closes the process's stdin (as dockerd:
+//!   `echo hi | docker run -i cat` ends). Resizes go to the guest as they come. Exec ids are
+//!   the daemon's own, mapped to (container, guest exec id) in `exec.rs`; the exit code is
+//!   fetched when an exec's stream ends and kept, since the CLI asks for it afterwards and
+//!   the VM may be gone by then. Exec in a container that is not running is a 409, an
+//!   unknown exec id a 404, as with dockerd. No detach keys (ctrl-p ctrl-q): the guest
+//!   engine does not implement them either.
 
 //!
 //! # Clone latency (`docker run --rm busybox true`)
@@ -156,8 +169,7 @@
 //! # Not yet (next steps)
 //!
 //! - virtio-fs (with DAX) would be faster than 9p but needs a virtiofsd on the host.
-//! - stdin (`-i`, `-t`): the guest attach is not hijacked; an upgraded stream on the
-//!   channel (`Upgrade: tcp`) would carry stdin too. No `exec`, `cp`, `restart`/`start` after exit.
+//! - No `cp`, `restart`/`start` after exit, detach keys.
 //! - QEMU is not tied to the daemon's life: if the daemon is SIGKILLed its VMs stay until
 //!   the next start stops them (a clean stop kills them at once).
 //! - `-m` does not size the guest (all clones share the template's RAM size): a template
@@ -165,6 +177,7 @@
 
 pub mod cgroup;
 pub mod client;
+mod exec;
 pub mod guest;
 pub mod images;
 pub mod store;
@@ -268,6 +281,7 @@ pub struct Daemon {
     template: template::Template,
     images: images::Images,
     containers: Mutex<HashMap<String, Arc<Ctr>>>,
+    execs: exec::Execs,
     cgroups: Option<cgroup::Cgroups>,
     warnings: Vec<String>,
 }
@@ -309,7 +323,7 @@ impl Daemon {
                 None
             }
         };
-        Ok(Daemon { opts, template, images, containers: Mutex::new(HashMap::new()), cgroups, warnings })
+        Ok(Daemon { opts, template, images, containers: Mutex::new(HashMap::new()), execs: Default::default(), cgroups, warnings })
     }
 
     pub fn template(&self) -> &template::Template {
@@ -446,6 +460,7 @@ impl Daemon {
 
     fn remove_now(&self, c: &Arc<Ctr>) {
         self.containers.lock().expect("containers lock").remove(&c.id);
+        self.execs.forget(&c.id);
         let _ = std::fs::remove_dir_all(&c.dir);
         let _ = c.phase.send(Phase::Removed);
     }
@@ -1047,7 +1062,12 @@ impl Backend for Api {
         let tty = c.req.config.tty;
         let (tx, rx) = mpsc::channel(64);
         if c.phase() == Phase::Created || c.phase() == Phase::Running {
-            let mut grx = c.guest.attach(&c.gid, &opts, tty).await?;
+            // The guest engine's own hijacked attach: output, and stdin with -i (`docker run
+            // -i` attaches before the start; the engine holds the input until the container
+            // has its stdin).
+            let stdin = opts.stdin && c.req.config.open_stdin;
+            let opts = AttachOptions { stdin, ..opts };
+            let AttachIo { output: mut grx, stdin, .. } = c.guest.attach(&c.gid, &opts, tty).await?;
             c.attached.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 while let Some(f) = grx.recv().await {
@@ -1058,13 +1078,80 @@ impl Backend for Api {
                 c.attached.fetch_sub(1, Ordering::SeqCst);
                 c.detached.notify_waiters();
             });
-        } else if opts.logs {
+            return Ok(AttachIo { tty, output: rx, stdin });
+        }
+        if opts.logs {
             for f in saved_frames(&c.dir, tty) {
                 let _ = tx.send(f).await;
             }
         }
-        // stdin is not forwarded yet (-i): the guest attach is not hijacked.
         Ok(AttachIo { tty, output: rx, stdin: None })
+    }
+
+    async fn container_resize(&self, id: &str, h: u16, w: u16) -> ApiResult<()> {
+        let c = self.get(id)?;
+        if c.phase() != Phase::Running {
+            return Err(ApiError::conflict(format!("Container {} is not running", c.short())));
+        }
+        c.guest.resize(&c.gid, h, w).await
+    }
+
+    async fn exec_create(&self, id: &str, req: ExecCreateRequest) -> ApiResult<String> {
+        let c = self.get(id)?;
+        // Checked here too: once the container has exited its VM is gone, and the guest
+        // could not say so.
+        if c.phase() != Phase::Running {
+            return Err(ApiError::conflict(format!("container {} is not running", c.id)));
+        }
+        let gid = c.guest.exec_create(&c.gid, &req).await?;
+        let e = self.execs.add(random_hex(64), c, gid, req.tty, req.attach_stdin);
+        debug(&format!("{}: exec {} created in the VM", e.ctr.short(), &e.id[..12]));
+        Ok(e.id.clone())
+    }
+
+    async fn exec_start(&self, exec_id: &str, req: ExecStartRequest) -> ApiResult<AttachIo> {
+        let e = self.execs.get(exec_id)?;
+        if e.ctr.phase() != Phase::Running {
+            return Err(ApiError::conflict(format!("container {} is not running", e.ctr.id)));
+        }
+        let io = e.ctr.guest.exec_start(&e.gid, &req, e.tty, e.stdin).await?;
+        let AttachIo { tty, output: mut grx, stdin } = io;
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            while let Some(f) = grx.recv().await {
+                if tx.send(f).await.is_err() {
+                    break;
+                }
+            }
+            // The CLI asks for the exit code once the stream ends: have it before the end
+            // reaches the CLI (the guest knows it when its stream ends; the VM may go soon).
+            match e.ctr.guest.exec_inspect(&e.gid).await {
+                Ok(i) => drop(e.record(i)),
+                Err(err) => debug(&format!("{}: exec {}: no state from the guest after its stream: {}", e.ctr.short(), &e.id[..12], err.message)),
+            }
+            drop(tx);
+        });
+        Ok(AttachIo { tty, output: rx, stdin })
+    }
+
+    async fn exec_inspect(&self, exec_id: &str) -> ApiResult<ExecInspect> {
+        let e = self.execs.get(exec_id)?;
+        let live = e.ctr.vm.lock().expect("vm lock").is_some();
+        if live {
+            if let Ok(i) = e.ctr.guest.exec_inspect(&e.gid).await {
+                return Ok(e.record(i));
+            }
+        }
+        let gone = e.ctr.vm.lock().expect("vm lock").is_none();
+        Ok(e.last(gone))
+    }
+
+    async fn exec_resize(&self, exec_id: &str, h: u16, w: u16) -> ApiResult<()> {
+        let e = self.execs.get(exec_id)?;
+        if e.ctr.phase() != Phase::Running {
+            return Err(ApiError::conflict(format!("container {} is not running", e.ctr.id)));
+        }
+        e.ctr.guest.exec_resize(&e.gid, h, w).await
     }
 }
 

@@ -1,0 +1,272 @@
+//! VM-per-container mode used interactively with the real docker CLI: `run -i` with piped
+//! stdin, `run -it` under a pseudo-terminal (with its size), `exec` (-i, -t, -d, exit
+//! codes), `attach` to a running container, and Docker's errors for an exec in a stopped
+//! container or an unknown exec id. Every stream crosses the daemon's hijacked connection
+//! and a hijacked stream to the engine in the container's VM. (tests/e2e/vmd.rs covers the
+//! rest of the daemon; this is a separate test so each stays within its time.)
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use axion_tests::registry::{Compression, Registry};
+use axion_tests::{image, qemus_under, require};
+use xtask::profile::Format;
+
+#[test]
+fn docker_cli_interactive_run_exec_attach_in_cloned_vms() {
+    require!(axion_tests::have_qemu(), "qemu-system-x86_64 is not installed");
+    require!(Command::new("docker").arg("--version").output().is_ok_and(|o| o.status.success()), "the docker CLI is not installed");
+    require!(Path::new("/usr/bin/docker-registry").exists(), "docker-registry is not installed");
+    require!(Command::new("qemu-img").arg("--version").output().is_ok_and(|o| o.status.success()), "qemu-img (qemu-utils) is not installed");
+    require!(Path::new("/usr/bin/script").exists(), "`script` (util-linux) is not installed: -it needs a terminal");
+    check().unwrap();
+}
+
+struct Cli {
+    host: String,
+    config: PathBuf,
+}
+
+impl Cli {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("docker");
+        cmd.env("DOCKER_HOST", &self.host).env("DOCKER_CONFIG", &self.config).args(args);
+        cmd
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = self.cmd(args);
+        cmd.stdin(Stdio::null());
+        axion_tests::run_with_timeout(cmd, Duration::from_secs(300)).unwrap_or_else(|e| panic!("docker {}: {e:#}", args.join(" ")))
+    }
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(o.status.success(), "docker {} failed ({}): {}{}", args.join(" "), o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+    /// `docker ARGS` with `input` on its stdin (then EOF).
+    fn piped(&self, args: &[&str], input: &str) -> Output {
+        let mut c = self.cmd(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("docker runs");
+        c.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        wait_output(c, Duration::from_secs(300)).unwrap_or_else(|e| panic!("docker {}: {e:#}", args.join(" ")))
+    }
+    /// `docker ARGS` on a pseudo-terminal of `rows` x `cols` (util-linux `script`): waits
+    /// for `ready` in its output, types `typed`, and returns the whole output and status.
+    fn on_tty(&self, args: &[&str], (rows, cols): (u16, u16), ready: &str, typed: &str) -> Result<Output> {
+        let cmd = format!("stty rows {rows} cols {cols}; exec docker {}", args.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(" "));
+        let mut s = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .env("DOCKER_HOST", &self.host)
+            .env("DOCKER_CONFIG", &self.config)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let mut so = s.stdout.take().unwrap();
+        let o2 = out.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = so.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                o2.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        let text = |o: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&o.lock().unwrap()).into_owned();
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while !text(&out).contains(ready) {
+            if Instant::now() > deadline || s.try_wait()?.is_some() {
+                let _ = s.kill();
+                bail!("no {ready:?} from docker {args:?} on a terminal; output: {:?}", text(&out));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Give the CLI's resize (sent right after the start) a moment to land.
+        std::thread::sleep(Duration::from_millis(500));
+        let mut stdin = s.stdin.take().unwrap();
+        stdin.write_all(typed.as_bytes())?;
+        let status = wait_status(&mut s, Duration::from_secs(120))?;
+        drop(stdin);
+        let _ = reader.join();
+        let mut stderr = Vec::new();
+        s.stderr.take().unwrap().read_to_end(&mut stderr)?;
+        let stdout = out.lock().unwrap().clone();
+        Ok(Output { status, stdout, stderr })
+    }
+}
+
+fn wait_status(c: &mut Child, timeout: Duration) -> Result<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(st) = c.try_wait()? {
+            return Ok(st);
+        }
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            bail!("still running after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_output(mut c: Child, timeout: Duration) -> Result<Output> {
+    let (mut so, mut se) = (c.stdout.take().unwrap(), c.stderr.take().unwrap());
+    let t1 = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = so.read_to_end(&mut v);
+        v
+    });
+    let t2 = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = se.read_to_end(&mut v);
+        v
+    });
+    let status = wait_status(&mut c, timeout)?;
+    Ok(Output { status, stdout: t1.join().unwrap(), stderr: t2.join().unwrap() })
+}
+
+/// One raw API request on the daemon's socket: (status, body).
+fn api(socket: &Path, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).with_context(|| format!("connecting to {}", socket.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(120)))?;
+    write!(s, "{method} /v1.47{path} HTTP/1.1\r\nHost: vmd\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let status: u16 = raw.split_whitespace().nth(1).and_then(|c| c.parse().ok()).with_context(|| format!("not an HTTP answer: {raw:?}"))?;
+    let body = raw.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("").to_string();
+    Ok((status, body))
+}
+
+fn check() -> Result<()> {
+    let xtask::run::Bootable::Kernel { kernel, initrd } = image("qemu", Format::Initramfs)? else {
+        bail!("the initramfs format is not a kernel and an initramfs");
+    };
+    let xtask::run::Bootable::Disk { path: disk, .. } = image("qemu", Format::Qcow2)? else {
+        bail!("the qcow2 format is not a disk");
+    };
+    let reg = Registry::start()?;
+    reg.push_busybox("busybox", "latest", Compression::Gzip)?;
+    let img = format!("{}/busybox:latest", reg.host());
+
+    let dir = tempfile::Builder::new().prefix("vmd-it-").tempdir_in("/tmp")?;
+    let state = dir.path().join("state");
+    let opts = vmd::Options {
+        state_dir: state.clone(),
+        image: vmd::template::ImageFiles { kernel, initrd, disk: Some(disk) },
+        memory_mib: 512,
+        cpus: 1,
+        accel: qemu::Accel::Tcg,
+        cold_boot: false,
+    };
+    let t = Instant::now();
+    let socket = dir.path().join("vmd.sock");
+    let server = vmd::Server::start(opts, &socket).context("starting the daemon")?;
+    eprintln!("daemon up (template included) in {:.1} s", t.elapsed().as_secs_f64());
+    let cli = Cli { host: server.docker_host(), config: dir.path().join("docker-config") };
+    cli.ok(&["pull", "-q", &img]);
+
+    // run -i: piped stdin reaches the container (and its EOF ends `cat`); output and exit
+    // code come back.
+    let t = Instant::now();
+    let o = cli.piped(&["run", "-i", "--rm", &img, "cat"], "hi\n");
+    assert!(o.status.success(), "echo hi | docker run -i cat: {o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "hi\n");
+    eprintln!("echo hi | docker run -i --rm cat: {:.1} s", t.elapsed().as_secs_f64());
+    let o = cli.piped(&["run", "-i", "--rm", &img, "sh", "-c", "tr a-z A-Z; echo done >&2; exit 5"], "shout\nagain\n");
+    assert_eq!(o.status.code(), Some(5), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "SHOUT\nAGAIN\n");
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "done\n");
+    // Without -i the container's stdin is not the client's (EOF at once: `cat` ends).
+    let o = cli.piped(&["run", "--rm", &img, "sh", "-c", "cat; echo no-input"], "not-for-you\n");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "no-input\n", "{o:?}");
+
+    // -t: the container has a terminal (raw stream).
+    let out = cli.ok(&["run", "--rm", "-t", &img, "sh", "-c", "test -t 0 && test -t 1 && tty && echo tty-ok"]);
+    assert_eq!(out, "/dev/pts/0\r\ntty-ok\r\n", "{out:?}");
+    // -it on a terminal: what is typed reaches the container, and the terminal's size
+    // reaches its pty (the CLI's POST /containers/ID/resize, forwarded to the VM).
+    let o = cli.on_tty(&["run", "--rm", "-it", &img, "sh", "-c", "echo ready; read x; stty size; echo got-$x; exit 3"], (37, 101), "ready", "typed\r")?;
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("got-typed"), "docker run -it: {out:?} {}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("37 101"), "the terminal's size did not reach the container's pty: {out:?}");
+    assert_eq!(o.status.code(), Some(3), "docker run -it exit code: {out:?}");
+
+    // exec: output, exit code, stdin, a TTY, detached; in the container's namespaces.
+    cli.ok(&["run", "-d", "--name", "box", "-e", "WHO=box", &img, "sh", "-c", "echo started > /tmp/mark; sleep 600"]);
+    let o = cli.run(&["exec", "box", "sh", "-c", "cat /tmp/mark; echo $WHO; echo to-stderr >&2; exit 7"]);
+    assert_eq!(o.status.code(), Some(7), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "started\nbox\n");
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "to-stderr\n");
+    let o = cli.piped(&["exec", "-i", "box", "sh", "-c", "cat; echo eof"], "piped into exec\n");
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "piped into exec\neof\n");
+    let out = cli.ok(&["exec", "-t", "box", "sh", "-c", "test -t 1 && tty && echo exec-tty"]);
+    assert!(out.starts_with("/dev/pts/") && out.ends_with("\r\nexec-tty\r\n"), "{out:?}");
+    let o = cli.on_tty(&["exec", "-it", "box", "sh", "-c", "echo ready; read x; stty size; echo exec-got-$x"], (21, 77), "ready", "word\r")?;
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("exec-got-word") && out.contains("21 77"), "docker exec -it (typed input, terminal size): {out:?} {}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "docker exec -it: {o:?}");
+    cli.ok(&["exec", "-d", "box", "sh", "-c", "echo detached > /tmp/d"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cli.run(&["exec", "box", "cat", "/tmp/d"]).stdout != b"detached\n" {
+        assert!(Instant::now() < deadline, "docker exec -d did not run");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let o = cli.run(&["exec", "box", "no-such-command"]);
+    assert!(matches!(o.status.code(), Some(126 | 127)), "exec of a missing command: {o:?}");
+    let o = cli.run(&["exec", "nosuch", "true"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("No such container: nosuch"), "{o:?}");
+
+    // The exec API as the CLI uses it, by hand: create, start (not hijacked: the body is
+    // the stream), inspect for the exit code; unknown ids are 404.
+    let (st, body) = api(&socket, "POST", "/containers/box/exec", r#"{"Cmd":["sh","-c","echo api; exit 9"],"AttachStdout":true}"#)?;
+    assert_eq!(st, 201, "{body}");
+    let eid = serde_json::from_str::<serde_json::Value>(&body)?["Id"].as_str().context("exec create without an Id")?.to_string();
+    let (st, body) = api(&socket, "POST", &format!("/exec/{eid}/start"), r#"{"Detach":false}"#)?;
+    assert!(st == 200 && body.contains("api\n"), "exec start: {st} {body:?}");
+    let (st, body) = api(&socket, "GET", &format!("/exec/{eid}/json"), "")?;
+    let i: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!((st, i["ExitCode"].as_i64(), i["Running"].as_bool(), i["ID"].as_str()), (200, Some(9), Some(false), Some(eid.as_str())), "{body}");
+    for (method, path) in [("GET", "/exec/nope/json"), ("POST", "/exec/nope/start"), ("POST", "/exec/nope/resize?h=1&w=1")] {
+        let (st, body) = api(&socket, method, path, "{}")?;
+        assert_eq!((st, body.as_str()), (404, r#"{"message":"No such exec instance: nope"}"#), "{method} {path}");
+    }
+
+    // attach to a running container: stdin reaches it, its output and exit code come back.
+    cli.ok(&["run", "-d", "-i", "--name", "att", &img, "sh", "-c", "read l; echo got-$l; exit 4"]);
+    let o = cli.piped(&["attach", "att"], "line\n");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "got-line\n", "{o:?}");
+    assert_eq!(o.status.code(), Some(4), "{o:?}");
+
+    // A stopped container: exec is refused (409, Docker's wording); the exec made before
+    // keeps its exit code after the VM is gone.
+    cli.ok(&["stop", "-t", "1", "box"]);
+    let o = cli.run(&["exec", "box", "true"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("is not running"), "exec in a stopped container: {o:?}");
+    let (st, body) = api(&socket, "POST", "/containers/box/exec", r#"{"Cmd":["true"]}"#)?;
+    assert!(st == 409 && body.contains("is not running"), "{st} {body}");
+    let (st, body) = api(&socket, "GET", &format!("/exec/{eid}/json"), "")?;
+    assert!(st == 200 && body.contains(r#""ExitCode":9"#), "exec inspect after the VM went: {st} {body}");
+    let (st, body) = api(&socket, "POST", "/containers/box/resize?h=10&w=10", "")?;
+    assert_eq!(st, 409, "resize of a stopped container: {body}");
+    // rm forgets its execs.
+    cli.ok(&["rm", "box", "att"]);
+    let (st, _) = api(&socket, "GET", &format!("/exec/{eid}/json"), "")?;
+    assert_eq!(st, 404, "the exec of a removed container is still known");
+
+    assert_eq!(cli.ok(&["ps", "-aq"]).trim(), "");
+    drop(server);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !qemus_under(&state).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(qemus_under(&state).is_empty(), "QEMU processes left: {:?}", qemus_under(&state));
+    Ok(())
+}
