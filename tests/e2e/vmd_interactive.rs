@@ -163,6 +163,7 @@ fn check() -> Result<()> {
         cpus: 1,
         accel: qemu::Accel::Tcg,
         cold_boot: false,
+        insecure_registries: Vec::new(),
     };
     let t = Instant::now();
     let socket = dir.path().join("vmd.sock");
