@@ -245,6 +245,12 @@ fn check() -> Result<()> {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "got-line\n", "{o:?}");
     assert_eq!(o.status.code(), Some(4), "{o:?}");
 
+    // create -i, then start -ai: the attach comes before the start, as with run -i.
+    cli.ok(&["create", "-i", "--name", "later", &img, "sh", "-c", "read l; echo start-$l; exit 6"]);
+    let o = cli.piped(&["start", "-ai", "later"], "x\n");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "start-x\n", "{o:?}");
+    assert_eq!(o.status.code(), Some(6), "{o:?}");
+
     // A stopped container: exec is refused (409, Docker's wording); the exec made before
     // keeps its exit code after the VM is gone.
     cli.ok(&["stop", "-t", "1", "box"]);
@@ -258,7 +264,7 @@ fn check() -> Result<()> {
     let (st, body) = api(&socket, "POST", "/containers/box/resize?h=10&w=10", "")?;
     assert_eq!(st, 409, "resize of a stopped container: {body}");
     // rm forgets its execs.
-    cli.ok(&["rm", "box", "att"]);
+    cli.ok(&["rm", "box", "att", "later"]);
     let (st, _) = api(&socket, "GET", &format!("/exec/{eid}/json"), "")?;
     assert_eq!(st, 404, "the exec of a removed container is still known");
 
