@@ -68,6 +68,15 @@ fn xtask_vmd_detach_over_tcp_with_mutual_tls() {
     let t = Instant::now();
     assert_eq!(ok(&["run", "--rm", &img, "echo", "over-tls"]), "over-tls\n");
     eprintln!("docker run --rm over TCP+TLS in a cloned VM: {:.1} s", t.elapsed().as_secs_f64());
+    // Piped stdin over TLS: the CLI's end of input (its CloseWrite) reaches the container.
+    let mut c = Command::new("docker");
+    c.env_remove("DOCKER_HOST").env_remove("DOCKER_TLS_VERIFY").env_remove("DOCKER_CERT_PATH").env("DOCKER_CONFIG", &config);
+    c.envs(env).args(["run", "-i", "--rm", &img, "cat"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().expect("docker runs");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"piped-over-tls\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "docker run -i over TLS: {o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "piped-over-tls\n");
 
     // TLS without the client certificate: the handshake is refused.
     let empty = dir.path().join("no-certs");
