@@ -198,6 +198,20 @@ fn check() -> Result<()> {
     assert!(out.contains("37 101"), "the terminal's size did not reach the container's pty: {out:?}");
     assert_eq!(o.status.code(), Some(3), "docker run -it exit code: {out:?}");
 
+    // ctrl-p ctrl-q (the CLI's detach keys) leaves the container running; attach again on
+    // a terminal and the session goes on.
+    let t = Instant::now();
+    let o = cli.on_tty(&["run", "-it", "--name", "det", &img, "sh", "-c", "echo ready; read x; echo after-$x; exit 2"], (24, 80), "ready", "\x10\x11")?;
+    assert_eq!(o.status.code(), Some(0), "detaching from docker run -it: {o:?}");
+    eprintln!("docker run -it, then detached: {:.1} s", t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    assert_eq!(cli.ok(&["inspect", "-f", "{{.State.Running}}", "det"]).trim(), "true", "the container stopped when the CLI detached");
+    let o = cli.on_tty(&["attach", "det"], (24, 80), "", "again\r")?;
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("after-again"), "docker attach on a terminal: {out:?} {}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(2), "docker attach exit code: {out:?}");
+    eprintln!("docker attach on a terminal until the container's exit: {:.1} s", t.elapsed().as_secs_f64());
+
     // exec: output, exit code, stdin, a TTY, detached; in the container's namespaces.
     cli.ok(&["run", "-d", "--name", "box", "-e", "WHO=box", &img, "sh", "-c", "echo started > /tmp/mark; sleep 600"]);
     let o = cli.run(&["exec", "box", "sh", "-c", "cat /tmp/mark; echo $WHO; echo to-stderr >&2; exit 7"]);
@@ -264,7 +278,7 @@ fn check() -> Result<()> {
     let (st, body) = api(&socket, "POST", "/containers/box/resize?h=10&w=10", "")?;
     assert_eq!(st, 409, "resize of a stopped container: {body}");
     // rm forgets its execs.
-    cli.ok(&["rm", "box", "att", "later"]);
+    cli.ok(&["rm", "box", "att", "later", "det"]);
     let (st, _) = api(&socket, "GET", &format!("/exec/{eid}/json"), "")?;
     assert_eq!(st, 404, "the exec of a removed container is still known");
 
