@@ -111,6 +111,16 @@ mod tests {
     }
 
     #[test]
+    fn guest_errors_name_our_container() {
+        let c = ctr(&"h".repeat(64));
+        let mut c = Arc::try_unwrap(c).ok().unwrap();
+        c.gid = "g".repeat(64);
+        let e = c.host_ids(ApiError::conflict(format!("container {} is not running ({})", c.gid, &c.gid[..12])));
+        assert_eq!(e.message, format!("container {} is not running ({})", c.id, &c.id[..12]));
+        assert_eq!(e.status.as_u16(), 409);
+    }
+
+    #[test]
     fn ids_prefixes_and_forgetting() {
         let x = Execs::default();
         let (a, b) = (ctr("aaaa"), ctr("bbbb"));

@@ -98,8 +98,11 @@
 //!   the daemon's own, mapped to (container, guest exec id) in `exec.rs`; the exit code is
 //!   fetched when an exec's stream ends and kept, since the CLI asks for it afterwards and
 //!   the VM may be gone by then. Exec in a container that is not running is a 409, an
-//!   unknown exec id a 404, as with dockerd. No detach keys (ctrl-p ctrl-q): the guest
-//!   engine does not implement them either.
+//!   unknown exec id a 404, as with dockerd. Detach keys (ctrl-p ctrl-q) on a terminal are
+//!   the CLI's own: it closes the connection and the container runs on (tty stdin is not
+//!   closed by an attach that ends); the daemon does not look for them in the input
+//!   (dockerd does, which matters only for a client without a terminal), nor does the
+//!   guest engine.
 
 //!
 //! # Clone latency (`docker run --rm busybox true`)
@@ -170,7 +173,7 @@
 //! # Not yet (next steps)
 //!
 //! - virtio-fs (with DAX) would be faster than 9p but needs a virtiofsd on the host.
-//! - No `cp`, `restart`/`start` after exit, detach keys.
+//! - No `cp`, `restart`/`start` after exit, server-side detach keys (`detachKeys`).
 //! - QEMU is not tied to the daemon's life: if the daemon is SIGKILLed its VMs stay until
 //!   the next start stops them (a clean stop kills them at once).
 //! - `-m` does not size the guest (all clones share the template's RAM size): a template
@@ -274,6 +277,14 @@ impl Ctr {
     }
     fn short(&self) -> &str {
         &self.id[..12]
+    }
+    /// The guest engine's error with its container id (full or short) replaced by ours:
+    /// the user never sees the ids inside the VM.
+    fn host_ids(&self, mut e: ApiError) -> ApiError {
+        if self.gid.len() >= 12 {
+            e.message = e.message.replace(&self.gid, &self.id).replace(&self.gid[..12], &self.id[..12]);
+        }
+        e
     }
 }
 
@@ -1068,7 +1079,7 @@ impl Backend for Api {
             // has its stdin).
             let stdin = opts.stdin && c.req.config.open_stdin;
             let opts = AttachOptions { stdin, ..opts };
-            let AttachIo { output: mut grx, stdin, .. } = c.guest.attach(&c.gid, &opts, tty).await?;
+            let AttachIo { output: mut grx, stdin, .. } = c.guest.attach(&c.gid, &opts, tty).await.map_err(|e| c.host_ids(e))?;
             c.attached.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 while let Some(f) = grx.recv().await {
@@ -1094,7 +1105,7 @@ impl Backend for Api {
         if c.phase() != Phase::Running {
             return Err(ApiError::conflict(format!("Container {} is not running", c.short())));
         }
-        c.guest.resize(&c.gid, h, w).await
+        c.guest.resize(&c.gid, h, w).await.map_err(|e| c.host_ids(e))
     }
 
     async fn exec_create(&self, id: &str, req: ExecCreateRequest) -> ApiResult<String> {
@@ -1104,7 +1115,7 @@ impl Backend for Api {
         if c.phase() != Phase::Running {
             return Err(ApiError::conflict(format!("container {} is not running", c.id)));
         }
-        let gid = c.guest.exec_create(&c.gid, &req).await?;
+        let gid = c.guest.exec_create(&c.gid, &req).await.map_err(|e| c.host_ids(e))?;
         let e = self.execs.add(random_hex(64), c, gid, req.tty, req.attach_stdin);
         debug(&format!("{}: exec {} created in the VM", e.ctr.short(), &e.id[..12]));
         Ok(e.id.clone())
@@ -1115,7 +1126,7 @@ impl Backend for Api {
         if e.ctr.phase() != Phase::Running {
             return Err(ApiError::conflict(format!("container {} is not running", e.ctr.id)));
         }
-        let io = e.ctr.guest.exec_start(&e.gid, &req, e.tty, e.stdin).await?;
+        let io = e.ctr.guest.exec_start(&e.gid, &req, e.tty, e.stdin).await.map_err(|err| e.ctr.host_ids(err))?;
         let AttachIo { tty, output: mut grx, stdin } = io;
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
@@ -1152,7 +1163,7 @@ impl Backend for Api {
         if e.ctr.phase() != Phase::Running {
             return Err(ApiError::conflict(format!("container {} is not running", e.ctr.id)));
         }
-        e.ctr.guest.exec_resize(&e.gid, h, w).await
+        e.ctr.guest.exec_resize(&e.gid, h, w).await.map_err(|err| e.ctr.host_ids(err))
     }
 }
 
