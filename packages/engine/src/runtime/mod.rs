@@ -69,58 +69,31 @@ pub enum Stdio3 {
     Console,
 }
 
-/// Sends `fd` over the unix socket `sock` (SCM_RIGHTS).
+/// Sends `fd` over the unix socket `sock` (SCM_RIGHTS, with one data byte).
 pub fn send_fd(sock: i32, fd: i32) -> std::io::Result<()> {
-    let mut byte = [0u8; 1];
-    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
-    // SAFETY: msghdr is plain data; the buffers it points to live until sendmsg returns.
-    unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), fd);
-        if libc::sendmsg(sock, &msg, 0) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds = [fd];
+    sendmsg::<()>(sock, &[std::io::IoSlice::new(&[0u8])], &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None)?;
     Ok(())
 }
 
-/// Receives one descriptor sent with [`send_fd`]; None at EOF (nothing was sent).
+/// Receives one descriptor sent with [`send_fd`] (close-on-exec); None at EOF (nothing
+/// was sent) or when the message carries no descriptor.
 pub fn recv_fd(sock: i32) -> std::io::Result<Option<OwnedFd>> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     use std::os::fd::FromRawFd;
     let mut byte = [0u8; 1];
-    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
-    // SAFETY: as in send_fd; a received descriptor is owned right away.
-    unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        let n = libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC);
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        if n == 0 || c.is_null() || (*c).cmsg_type != libc::SCM_RIGHTS {
-            return Ok(None);
-        }
-        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<i32>());
-        Ok(Some(OwnedFd::from_raw_fd(fd)))
-    }
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut cbuf = nix::cmsg_space!(std::os::fd::RawFd);
+    let msg = recvmsg::<()>(sock, &mut iov, Some(&mut cbuf), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let fds = match msg.cmsgs()?.next() {
+        Some(ControlMessageOwned::ScmRights(fds)) => fds,
+        _ => Vec::new(),
+    };
+    // SAFETY: the kernel just installed these descriptors in this process for us alone.
+    let mut owned: Vec<OwnedFd> = fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }).collect();
+    // Only the first is wanted; any others are closed here.
+    Ok(if msg.bytes == 0 || owned.is_empty() { None } else { Some(owned.swap_remove(0)) })
 }
 
 pub struct Spawned {
@@ -253,5 +226,40 @@ impl Spawned {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    /// A pipe's write end passed over a unix socket works on the far side, arrives
+    /// close-on-exec, and the sender's EOF reads as None.
+    #[test]
+    fn passes_a_descriptor_over_a_unix_socket() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        // Not a socket: an error, not a panic.
+        assert!(send_fd(r.as_raw_fd(), w.as_raw_fd()).is_err());
+        assert!(recv_fd(w.as_raw_fd()).is_err());
+        send_fd(a.as_raw_fd(), w.as_raw_fd()).unwrap();
+        drop(w);
+        let got = recv_fd(b.as_raw_fd()).unwrap().expect("a descriptor");
+        let flags = nix::fcntl::fcntl(got.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert!(flags & libc::FD_CLOEXEC != 0, "received without close-on-exec");
+        let mut wf = std::fs::File::from(got);
+        wf.write_all(b"through the socket").unwrap();
+        drop(wf);
+        let mut out = String::new();
+        std::fs::File::from(r).read_to_string(&mut out).unwrap();
+        assert_eq!(out, "through the socket");
+        // Plain data without a descriptor: no descriptor. The peer gone: None too.
+        (&a).write_all(b"x").unwrap();
+        assert!(recv_fd(b.as_raw_fd()).unwrap().is_none());
+        drop(a);
+        assert!(recv_fd(b.as_raw_fd()).unwrap().is_none());
     }
 }
