@@ -196,6 +196,15 @@ fn check() -> Result<()> {
     assert!(o.status.success(), "{o:?}");
     assert_eq!(String::from_utf8_lossy(&o.stdout).split_whitespace().next(), Some(want.as_str()), "4 MiB piped into docker run -i");
     eprintln!("4 MiB through docker run -i: {:.1} s", t.elapsed().as_secs_f64());
+    // An endless producer (`yes | docker run -i ... head -n 1`): the container's exit ends
+    // the run, whatever is still being sent.
+    let mut c = cli.cmd(&["run", "-i", "--rm", &img, "head", "-n", "1"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let mut stdin = c.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || while stdin.write_all(b"y\n").is_ok() {});
+    let o = wait_output(c, Duration::from_secs(120))?;
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "y\n");
+    feeder.join().unwrap();
     // Without -i the container's stdin is not the client's (EOF at once: `cat` ends).
     let o = cli.piped(&["run", "--rm", &img, "sh", "-c", "cat; echo no-input"], "not-for-you\n");
     assert_eq!(String::from_utf8_lossy(&o.stdout), "no-input\n", "{o:?}");

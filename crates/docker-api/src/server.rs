@@ -471,20 +471,46 @@ fn stream_io(req: Request<()>, upgrade: bool, io: AttachIo) -> ApiResult<Resp> {
         .expect("static response parts"))
 }
 
+/// How long a client may go on sending after the output has ended before the connection
+/// is closed under it (see [`pump`]).
+const DRAIN_AFTER_OUTPUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Copies container output to the hijacked connection and the client's input to stdin.
+///
+/// When the output ends while the client still sends (`yes | docker run -i IMAGE head -n 1`),
+/// its input is read and dropped until it closes the connection, which it does once it has
+/// read the end: closing first, with its bytes unread, resets the connection (unix sockets
+/// and TCP alike), and a client may read that reset instead of the end of the output (the
+/// CLI then fails with "connection reset by peer").
 async fn pump<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(conn: S, io: AttachIo) {
     let (mut rd, mut wr) = tokio::io::split(conn);
     let AttachIo { tty, mut output, stdin } = io;
+    let (ended, mut ended_rx) = tokio::sync::oneshot::channel::<()>();
     let input = tokio::spawn(async move {
+        let mut stdin = stdin;
+        let mut draining = false;
         let mut buf = vec![0u8; 32 * 1024];
         loop {
-            match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if let Some(tx) = &stdin {
-                        if tx.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
-                            break;
-                        }
+            let n = tokio::select! {
+                r = rd.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                },
+                _ = &mut ended_rx, if !draining => {
+                    draining = true;
+                    stdin = None;
+                    continue;
+                }
+            };
+            if let Some(tx) = &stdin {
+                tokio::select! {
+                    r = tx.send(Bytes::copy_from_slice(&buf[..n])) => if r.is_err() {
+                        // The process's stdin is closed: what else comes is dropped.
+                        stdin = None;
+                    },
+                    _ = &mut ended_rx, if !draining => {
+                        draining = true;
+                        stdin = None;
                     }
                 }
             }
@@ -499,7 +525,11 @@ async fn pump<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(conn: S, io: A
         let _ = wr.flush().await;
     }
     let _ = wr.shutdown().await;
-    input.abort();
+    let _ = ended.send(());
+    let abort = input.abort_handle();
+    if tokio::time::timeout(DRAIN_AFTER_OUTPUT, input).await.is_err() {
+        abort.abort();
+    }
 }
 
 /// Serves one connection (any byte stream) until it closes.
@@ -603,6 +633,64 @@ mod tests {
             } else {
                 Err(ApiError::not_found(format!("No such container: {id}")))
             }
+        }
+    }
+
+    /// A back end whose container "c1" says "bye" and exits at once, with stdin attached.
+    struct Quick;
+    impl Backend for Quick {
+        async fn version(&self) -> ApiResult<Version> {
+            Ok(Version::default())
+        }
+        async fn info(&self) -> ApiResult<Info> {
+            Ok(Info::default())
+        }
+        async fn container_attach(&self, _id: &str, _o: AttachOptions) -> ApiResult<AttachIo> {
+            let (tx, output) = mpsc::channel(1);
+            tx.send(Frame::stdout("bye\n")).await.unwrap();
+            // Its stdin is gone with it.
+            let stdin = mpsc::channel(1).0;
+            Ok(AttachIo { tty: false, output, stdin: Some(stdin) })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_still_sending_sees_the_end_of_the_output_not_a_reset() {
+        // `yes | docker run -i IMAGE head -n 1`: the container is done while the client
+        // still sends. Closing the connection with its bytes unread would reset it (on unix
+        // sockets and TCP alike), and the client could read the reset instead of the end.
+        for _ in 0..20 {
+            let (client, server) = std::os::unix::net::UnixStream::pair().unwrap();
+            server.set_nonblocking(true).unwrap();
+            tokio::spawn(serve_connection(Arc::new(Quick), tokio::net::UnixStream::from_std(server).unwrap()));
+            let mut w = client.try_clone().unwrap();
+            let mut r = client;
+            let reader = std::thread::spawn(move || {
+                use std::io::Read;
+                r.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+                let mut out = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    match r.read(&mut buf) {
+                        Ok(0) => {
+                            // Done, as the CLI is: it closes the connection.
+                            let _ = r.shutdown(std::net::Shutdown::Both);
+                            return Ok(out);
+                        }
+                        Ok(n) => out.extend_from_slice(&buf[..n]),
+                        Err(e) => return Err((e, String::from_utf8_lossy(&out).into_owned())),
+                    }
+                }
+            });
+            use std::io::Write;
+            w.write_all(b"POST /containers/c1/attach?stream=1&stdin=1&stdout=1 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n").unwrap();
+            // The endless producer, until the connection is gone.
+            let writer = std::thread::spawn(move || while w.write_all(b"y\n").is_ok() {});
+            let out = tokio::task::spawn_blocking(move || reader.join().unwrap()).await.unwrap();
+            let out = out.unwrap_or_else(|(e, got)| panic!("the client read {e} after {got:?}"));
+            let out = String::from_utf8_lossy(&out);
+            assert!(out.starts_with("HTTP/1.1 101") && out.ends_with("bye\n"), "{out:?}");
+            drop(writer);
         }
     }
 
