@@ -214,7 +214,8 @@ fn build_image(layout: &Layout, profile: &str, format: Format) -> Result<()> {
 }
 
 /// Why a built image is stale: the newest input (the profile, recipes, overlays, package
-/// sources, staged package trees in the cache) that is newer than it, or `None`.
+/// sources and the workspace crates they build from, staged package trees in the cache)
+/// that is newer than it, or `None`.
 pub fn stale_reason(layout: &Layout, profile: &Profile, bootable: &Bootable) -> Option<String> {
     let image = match bootable {
         Bootable::Disk { path, .. } | Bootable::Iso(path) => path,
@@ -232,6 +233,21 @@ pub fn stale_reason(layout: &Layout, profile: &Profile, bootable: &Bootable) -> 
             if newer {
                 let p = entry.path();
                 return Some(p.strip_prefix(&layout.root).unwrap_or(p).display().to_string());
+            }
+        }
+    }
+    // The workspace crates the image's Rust programs reach through path dependencies
+    // (crates/docker-api, vchan, registry...): their package build keys cover them, so a
+    // change there must make the image stale too (crates only the host uses do not).
+    let crates = layout.root.join("crates");
+    for e in std::fs::read_dir(layout.root.join("packages")).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !e.path().join("Cargo.toml").is_file() {
+            continue;
+        }
+        for f in crate::build::key::cargo_inputs(&layout.root, &name).unwrap_or_default() {
+            if f.starts_with(&crates) && std::fs::metadata(&f).and_then(|m| m.modified()).is_ok_and(|t| t > built) {
+                return Some(f.strip_prefix(&layout.root).unwrap_or(&f).display().to_string());
             }
         }
     }
@@ -679,6 +695,32 @@ vmware-hardware-version = 14
         // The folder counts too (a deleted file changes only its folder).
         let why = stale_reason(&layout, &p, &b).unwrap();
         assert!(why.starts_with("packages/init/src"), "{why}");
+    }
+
+    #[test]
+    fn stale_when_a_crate_a_package_builds_from_is_newer() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        for d in ["recipes", "overlays", "packages/engine/src", "crates/api/src", "crates/hostonly/src", "image-profiles", "out/qemu"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::write(root.join("Cargo.toml"), "[workspace]\nmembers = [\"packages/*\", \"crates/*\"]\n").unwrap();
+        std::fs::write(root.join("packages/engine/Cargo.toml"), "[package]\nname = \"engine\"\n[dependencies]\napi = { path = \"../../crates/api\" }\n").unwrap();
+        std::fs::write(root.join("crates/api/Cargo.toml"), "[package]\nname = \"api\"\n").unwrap();
+        std::fs::write(root.join("crates/hostonly/Cargo.toml"), "[package]\nname = \"hostonly\"\n").unwrap();
+        std::fs::write(root.join("image-profiles/qemu.toml"), QEMU_PROFILE).unwrap();
+        let mut p = profile(QEMU_PROFILE);
+        p.path = root.join("image-profiles/qemu.toml");
+        let layout = Layout::with_cache(root.clone(), dir.path().join("cache"));
+        std::thread::sleep(Duration::from_millis(20));
+        let img = touch(&root.join("out/qemu"), "axion-qemu-0.1.0.raw");
+        let b = Bootable::Disk { path: img, format: qemu::DiskFormat::Raw };
+        assert_eq!(stale_reason(&layout, &p, &b), None);
+        std::thread::sleep(Duration::from_millis(20));
+        touch(&root.join("crates/hostonly/src"), "lib.rs"); // no package builds from it
+        assert_eq!(stale_reason(&layout, &p, &b), None);
+        touch(&root.join("crates/api/src"), "lib.rs");
+        assert_eq!(stale_reason(&layout, &p, &b).as_deref(), Some("crates/api/src/lib.rs"));
     }
 
     #[test]
