@@ -289,7 +289,22 @@ fn check() -> Result<()> {
 
     // A stopped container: exec is refused (409, Docker's wording); the exec made before
     // keeps its exit code after the VM is gone.
+    // ...and an exec still running when its container stops ends with it, with the code of
+    // a killed process (137), as under dockerd.
+    let mut running = cli.cmd(&["exec", "box", "sh", "-c", "echo running; exec sleep 120"]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let mut first = running.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        let n = first.read(&mut buf).unwrap_or(0);
+        let _ = tx.send(String::from_utf8_lossy(&buf[..n]).into_owned());
+        let _ = std::io::copy(&mut first, &mut std::io::sink());
+    });
+    let got = rx.recv_timeout(Duration::from_secs(120)).context("no output from the long exec")?;
+    assert_eq!(got, "running\n");
     cli.ok(&["stop", "-t", "1", "box"]);
+    let st = wait_status(&mut running, Duration::from_secs(60))?;
+    assert_eq!(st.code(), Some(137), "docker exec whose container stopped under it");
     let o = cli.run(&["exec", "box", "true"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("is not running"), "exec in a stopped container: {o:?}");
