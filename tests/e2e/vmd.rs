@@ -175,6 +175,14 @@ fn check() -> Result<()> {
     assert!(tcp.contains("local_address"), "{tcp}");
     let engine: Vec<&str> = tcp.lines().filter(|l| l.split_whitespace().nth(1).is_some_and(|a| a.ends_with(":0948")) && l.split_whitespace().nth(3) == Some("0A")).collect();
     assert!(engine.is_empty(), "something listens on TCP 2376 in the VM: {engine:?}\n{tcp}");
+    // The container has its VM's network (the VM is its sandbox): the VM's address on eth0.
+    let addr = cli.ok(&["run", "--rm", &img, "ip", "-4", "-o", "addr", "show", "eth0"]);
+    assert!(addr.contains("inet 10.0.2.15/"), "the container does not have its VM's address: {addr}");
+    // Each VM's container ran in the shim its engine had started before the template was saved.
+    for id in [&a, &b] {
+        let serial = std::fs::read_to_string(state.join("c").join(&id[..12]).join("serial.log"))?;
+        assert!(serial.contains("runs in the pre-spawned shim"), "the container of VM {} did not use the pre-spawned shim; serial log:\n{serial}", &id[..12]);
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (la, lb) = (cli.ok(&["logs", "a"]), cli.ok(&["logs", "b"]));

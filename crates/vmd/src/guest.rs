@@ -7,8 +7,8 @@
 //! - `/etc/axion/services/docker.toml` (replaces the image's): the engine serving the
 //!   daemon on the virtio-serial port `axion.engine` (`--vmd-port`, see [`ENGINE_CHANNEL`];
 //!   no TCP listener), `--image-share /run/axion-store` (the host's layer store, mounted by
-//!   the agent) and `--insecure-registry 10.0.2.2` (the host's 127.0.0.1 as QEMU's user
-//!   network shows it);
+//!   the agent), `--insecure-registry 10.0.2.2` (the host's 127.0.0.1 as QEMU's user
+//!   network shows it) and `--bridge none` (each container has its VM's network);
 //! - `/etc/axion/services/vmd-agent.toml`: the clone agent, the engine's `__vmd-agent` mode
 //!   on the virtio-serial port `axion.vmd` (see `AGENT_ARGS`).
 
@@ -43,9 +43,10 @@ fn docker_toml() -> String {
     format!(
         r#"# VM-per-container mode (crates/vmd): the engine serves the daemon only, on the
 # virtio-serial port {ENGINE_CHANNEL} (no TCP), and reaches the host's registries at 10.0.2.2.
+# No bridge: the container has its VM's network (crates/vmd/src/lib.rs, guest_network).
 command = "/usr/bin/engine"
 args = ["--data-root", "/var/lib/axion-engine", "-H", "unix:///run/docker.sock", "--vmd-port", "{ENGINE_CHANNEL}",
-        "--insecure-registry", "10.0.2.2", "--image-share", "/run/axion-store"]
+        "--insecure-registry", "10.0.2.2", "--image-share", "/run/axion-store", "--bridge", "none"]
 after = ["network"]
 restart = "always"
 stop-timeout = 5

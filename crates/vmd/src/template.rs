@@ -208,17 +208,12 @@ impl Template {
         cfg
     }
 
-    /// Starts a clone in `run_dir`: overlay, QEMU restoring the saved state, `cont`, and the
-    /// identity handed to the clone agent. Returns the VM; its engine is reached through
-    /// `run_dir/`[`ENGINE_SOCKET`].
-    /// With `cold`, the VM boots from scratch instead (same files, same devices) and is
-    /// handed its identity after init's ready line: the baseline the clone is measured against.
-    ///
-    /// Also returns the agent's channel, still connected: hold it for the VM's life. While
-    /// the host end is connected, the agent's read blocks; with it closed, the read returns
-    /// EOF at once and the agent polls every 10 ms, taking TCG time from the container's
-    /// start.
-    pub fn clone_vm(&self, run_dir: &Path, hostname: &str, forwards: &[qemu::PortForward], cold: bool) -> Result<(qemu::Vm, UnixStream)> {
+    /// Starts a clone in `run_dir`: overlay, QEMU restoring the saved state, `cont`. Returns
+    /// the VM; its engine is reached through `run_dir/`[`ENGINE_SOCKET`], and it still needs
+    /// its identity ([`identify`]) before it runs a container.
+    /// With `cold`, the VM boots from scratch instead (same files, same devices), up to
+    /// init's ready line: the baseline the clone is measured against.
+    pub fn clone_vm(&self, run_dir: &Path, hostname: &str, forwards: &[qemu::PortForward], cold: bool) -> Result<qemu::Vm> {
         std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
         if let Some(d) = &self.disk {
             let t0 = Instant::now();
@@ -243,12 +238,24 @@ impl Template {
             vm.qmp()?.cont()?;
             crate::debug(&format!("{hostname}: QEMU restored the template in {:.2} s", t0.elapsed().as_secs_f64()));
         }
-        let t0 = Instant::now();
-        let agent = identify(&run_dir.join("agent.sock"), hostname, Duration::from_secs(60))
-            .with_context(|| format!("handing the clone its identity (serial log {})", run_dir.join("serial.log").display()))?;
-        crate::debug(&format!("{hostname}: the clone agent took its identity (and mounted the store) in {:.2} s", t0.elapsed().as_secs_f64()));
-        Ok((vm, agent))
+        Ok(vm)
     }
+}
+
+/// Hands a started clone (or cold-booted VM) in `run_dir` its identity through the clone
+/// agent (see guest.rs) and waits for its answer. The daemon runs this beside its first
+/// `/_ping` of the VM's engine, which does not need it; a container does (the layer store
+/// mounted, the RNG reseeded).
+///
+/// Returns the agent's channel, still connected: hold it for the VM's life. While the host
+/// end is connected, the agent's read blocks; with it closed, the read returns EOF at once
+/// and the agent polls every 10 ms, taking TCG time from the container's start.
+pub fn identify(run_dir: &Path, hostname: &str) -> Result<UnixStream> {
+    let t0 = Instant::now();
+    let agent = agent_exchange(&run_dir.join("agent.sock"), hostname, Duration::from_secs(60))
+        .with_context(|| format!("handing the clone its identity (serial log {})", run_dir.join("serial.log").display()))?;
+    crate::debug(&format!("{hostname}: the clone agent took its identity (and mounted the store) in {:.2} s", t0.elapsed().as_secs_f64()));
+    Ok(agent)
 }
 
 /// How a VM's RAM is backed.
@@ -281,7 +288,7 @@ pub fn random_mac() -> String {
 
 /// Sends `clone HOSTNAME EPOCH MAC SEED` to the agent and waits for `ok HOSTNAME`; returns
 /// the connected channel.
-fn identify(sock: &Path, hostname: &str, timeout: Duration) -> Result<UnixStream> {
+fn agent_exchange(sock: &Path, hostname: &str, timeout: Duration) -> Result<UnixStream> {
     let deadline = Instant::now() + timeout;
     let stream = loop {
         match UnixStream::connect(sock) {

@@ -30,6 +30,8 @@ pub struct Engine {
     shutting_down: std::sync::atomic::AtomicBool,
     /// Bridge networking, when enabled and set up; else why not.
     bridge: Result<(net::Bridge, net::Ipam), String>,
+    /// A shim waiting for the next container's spec ([`Engine::prespawn_shim`]).
+    prespawned: Mutex<Option<runtime::Prespawned>>,
 }
 
 pub struct Exec {
@@ -165,7 +167,19 @@ impl Engine {
             me: OnceLock::new(),
             shutting_down: false.into(),
             bridge,
+            prespawned: Mutex::new(None),
         })
+    }
+
+    /// Starts one shim in advance for the next container (see [`runtime::Prespawned`]):
+    /// axion-vmd's VMs run one container each and are cloned from a template saved with
+    /// this shim waiting. Not refilled after use: a refill would compete with the running
+    /// container for the VM's CPU, and a VM's one container has used it.
+    pub fn prespawn_shim(&self) {
+        match runtime::Prespawned::start() {
+            Ok(p) => *self.prespawned.lock().unwrap() = Some(p),
+            Err(e) => eprintln!("engine: cannot start a shim in advance: {e}"),
+        }
     }
 
     fn arc(&self) -> Option<Arc<Engine>> {
@@ -320,9 +334,16 @@ impl Engine {
         let stdio = if r.config.tty { Stdio3::Console } else { Stdio3::Pipes { stdin: r.config.open_stdin } };
         let cgc = cg.clone();
         let (id, att, tr) = (r.id.clone(), attach.clone(), trace.clone());
+        let ready = if runtime::Prespawned::fits(&stdio) { self.prespawned.lock().unwrap().take() } else { None };
         let spawned = tokio::task::spawn_blocking(move || {
             tr.mark("blocking task runs");
-            let mut s = runtime::spawn("__run", &spec_path, stdio)?;
+            let mut s = match ready {
+                Some(p) => {
+                    eprintln!("engine: container {} runs in the pre-spawned shim", &id[..12.min(id.len())]);
+                    p.run(&spec_path)?
+                }
+                None => runtime::spawn("__run", &spec_path, stdio)?,
+            };
             tr.mark("shim forked the container process (pid read)");
             if let Some(cg) = &cgc {
                 let _ = cgroup::add(cg, s.pid);

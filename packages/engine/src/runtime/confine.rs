@@ -99,6 +99,14 @@ pub fn for_container(privileged: bool, cap_add: &[String], cap_drop: &[String], 
     Ok(Confinement { capabilities: Some(caps), seccomp, no_new_privs })
 }
 
+/// Compiles the confinement of a container with default settings into the cache below
+/// (see its use in main.rs: axion-vmd's template).
+pub fn warm_default() {
+    if let Err(e) = for_container(false, &[], &[], &[]) {
+        eprintln!("engine: the default confinement does not compile: {e}");
+    }
+}
+
 /// The packed program for a profile and a capability set, compiled once per engine run: the
 /// engine needs it at create (to refuse a bad profile) and at every start, and parsing plus
 /// compiling Docker's default profile is measurable under TCG. The running kernel, the other

@@ -60,7 +60,6 @@ fn set_cloexec(fd: i32) {
 }
 
 pub fn main(argv: &[String]) -> i32 {
-    T0.get_or_init(std::time::Instant::now);
     let (mode, spec) = match argv {
         [m, s] => (m.as_str(), s.as_str()),
         _ => {
@@ -68,6 +67,22 @@ pub fn main(argv: &[String]) -> i32 {
             return 125;
         }
     };
+    // A pre-spawned shim (super::Prespawned) learns its spec's path only now.
+    let waited;
+    let spec = if spec == super::SPEC_ON_RELEASE_FD {
+        match read_line_from(RELEASE_FD) {
+            Some(p) => {
+                waited = p;
+                waited.as_str()
+            }
+            // The engine let it go unused (it stopped, or gave the container another shim).
+            None => return 125,
+        }
+    } else {
+        spec
+    };
+    // The trace's zero: the shim's start, or a pre-spawned one's spec.
+    T0.get_or_init(std::time::Instant::now);
     let data = match fs::read(spec) {
         Ok(d) => d,
         Err(e) => {
@@ -95,6 +110,22 @@ pub fn main(argv: &[String]) -> i32 {
             }
         },
         _ => 125,
+    }
+}
+
+/// One line from `fd`, read a byte at a time so that nothing after it is consumed (the
+/// container process reads its release byte from the same pipe); None at EOF.
+fn read_line_from(fd: i32) -> Option<String> {
+    let mut line = Vec::new();
+    loop {
+        let mut b = [0u8; 1];
+        // SAFETY: reading one byte into a valid buffer.
+        match unsafe { libc::read(fd, b.as_mut_ptr().cast(), 1) } {
+            1 if b[0] == b'\n' => return String::from_utf8(line).ok(),
+            1 => line.push(b[0]),
+            n if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
+            _ => return None,
+        }
     }
 }
 
