@@ -428,7 +428,9 @@ impl Daemon {
                 break;
             }
         }
-        if error.is_none() {
+        // The logs outlive the VM (`docker logs` of an exited container); a --rm container
+        // has none to keep.
+        if error.is_none() && !c.req.host_config.auto_remove {
             if let Ok(Ok(raw)) = tokio::time::timeout(Duration::from_secs(10), c.guest.logs_raw(&c.gid)).await {
                 let _ = std::fs::write(c.dir.join("logs"), &raw);
             }
@@ -438,12 +440,9 @@ impl Daemon {
         let vm = c.vm.lock().expect("vm lock").take();
         drop(c.agent.lock().expect("agent lock").take());
         if let Some(mut vm) = vm {
-            let _ = tokio::task::spawn_blocking(move || {
-                let _ = vm.qmp().map(|q| q.quit());
-                let _ = vm.wait_exit(Duration::from_secs(10));
-                drop(vm);
-            })
-            .await;
+            // Killed, not shut down: nothing in the VM is needed any more (the container
+            // has exited and a VM never runs again), and its overlay goes with `rm`.
+            let _ = tokio::task::spawn_blocking(move || vm.kill()).await;
         }
         debug(&format!("{}: VM gone", c.short()));
         // Its image's files may go now if the image was removed meanwhile.

@@ -97,9 +97,11 @@ async fn serve(args: args::Args) -> Result<()> {
     if let Some(name) = args.vmd_port.clone() {
         // Before the host's first session, so axion-vmd's template (saved at its end) holds
         // the compiled default seccomp program (0.06-0.13 s of every clone's create under
-        // TCG) and a shim waiting for the container (runtime::Prespawned).
+        // TCG), a shim waiting for the container (runtime::Prespawned) and a thread in the
+        // blocking pool.
         runtime::confine::warm_default();
         backend.prespawn_shim();
+        let _ = tokio::task::spawn_blocking(|| ()).await;
         let b = backend.clone();
         tasks.push(tokio::spawn(async move {
             vchan::port::serve(&name, move |s| docker_api::server::serve_connection(b.clone(), s))

@@ -20,7 +20,11 @@ use std::time::Duration;
 
 const STORE_TAG: &str = "axion.store";
 const STORE_DIR: &str = "/run/axion-store";
-const STORE_OPTS: &str = "trans=virtio,version=9p2000.L,msize=262144";
+/// `cache=loose`: the guest keeps what it read of the store in its page cache (and reads
+/// ahead), where 9p's default reads every page over the channel each time, a container's
+/// first exec included. Safe because the store never changes a file in place: layers are
+/// content-addressed trees, unpacked once and only ever removed whole (crates/vmd/src/store.rs).
+const STORE_OPTS: &str = "trans=virtio,version=9p2000.L,msize=262144,cache=loose";
 /// QEMU's user network: the host side (gateway) as the guest sees it.
 const GATEWAY: [u8; 4] = [10, 0, 2, 2];
 /// How long a read waits for the host end to connect. A read on a port with no host
