@@ -431,6 +431,35 @@ done
 exec chroot "$jail" "$@"
 "#;
 
+/// `--exec-root` (axion-vmd's VMs put it on tmpfs): a container's state and set-up files
+/// live there, its writable layer and log under the data root; `rm` removes both, and a
+/// writable layer whose state is gone (a tmpfs after a reboot) is removed at start.
+#[test]
+fn exec_root_keeps_state_apart_from_the_writable_layer() {
+    skip_unless_capable!();
+    let exec = tempfile::tempdir().unwrap();
+    let exec_arg = exec.path().display().to_string();
+    let (_reg, mut e, img) = engine_with_busybox(&["--exec-root", &exec_arg]);
+    let id = e.ok(&["run", "-d", &img, "sh", "-c", "echo written > /f; echo logged; sleep 300"]).trim().to_string();
+    let (state, data) = (exec.path().join("containers").join(&id), e.data().join("containers").join(&id));
+    wait_until("the container's file in its writable layer", || data.join("upper/f").is_file());
+    assert!(state.join("state.json").is_file() && state.join("spec.json").is_file() && state.join("hosts").is_file(), "state files not under --exec-root: {}", state.display());
+    assert!(!data.join("state.json").exists(), "state.json under the data root too");
+    wait_until("the container's log", || e.ok(&["logs", &id]) == "logged\n");
+    assert!(data.join(format!("{id}-json.log")).is_file(), "the log is not under the data root");
+    e.ok(&["rm", "-f", &id]);
+    assert!(!state.exists() && !data.exists(), "rm left {} or {}", state.display(), data.display());
+    // The exec root lost (tmpfs, reboot): the orphaned writable layer goes at start.
+    let id2 = e.ok(&["create", &img, "true"]).trim().to_string();
+    let data2 = e.data().join("containers").join(&id2);
+    assert!(data2.join("upper").is_dir());
+    e.terminate();
+    std::fs::remove_dir_all(exec.path().join("containers")).unwrap();
+    e.restart(&["--exec-root", &exec_arg]);
+    assert_eq!(e.ok(&["ps", "-aq"]).trim(), "", "a container without state is listed");
+    assert!(!data2.exists(), "the orphaned writable layer {} is still there", data2.display());
+}
+
 #[test]
 fn refuses_a_root_pivot_root_cannot_leave() {
     skip_unless_capable!();

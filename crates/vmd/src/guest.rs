@@ -8,7 +8,9 @@
 //!   daemon on the virtio-serial port `axion.engine` (`--vmd-port`, see [`ENGINE_CHANNEL`];
 //!   no TCP listener), `--image-share /run/axion-store` (the host's layer store, mounted by
 //!   the agent), `--insecure-registry 10.0.2.2` (the host's 127.0.0.1 as QEMU's user
-//!   network shows it) and `--bridge none` (each container has its VM's network);
+//!   network shows it), `--bridge none` (each container has its VM's network) and
+//!   `--exec-root /run/axion-engine` (the container's state on tmpfs; its writable layer
+//!   and log stay on the VM's disk);
 //! - `/etc/axion/services/vmd-agent.toml`: the clone agent, the engine's `__vmd-agent` mode
 //!   on the virtio-serial port `axion.vmd` (see `AGENT_ARGS`).
 
@@ -45,7 +47,8 @@ fn docker_toml() -> String {
 # virtio-serial port {ENGINE_CHANNEL} (no TCP), and reaches the host's registries at 10.0.2.2.
 # No bridge: the container has its VM's network (crates/vmd/src/lib.rs, guest_network).
 command = "/usr/bin/engine"
-args = ["--data-root", "/var/lib/axion-engine", "-H", "unix:///run/docker.sock", "--vmd-port", "{ENGINE_CHANNEL}",
+# Container state on tmpfs (--exec-root): the VM runs one container and never reboots.
+args = ["--data-root", "/var/lib/axion-engine", "--exec-root", "/run/axion-engine", "-H", "unix:///run/docker.sock", "--vmd-port", "{ENGINE_CHANNEL}",
         "--insecure-registry", "10.0.2.2", "--image-share", "/run/axion-store", "--bridge", "none"]
 after = ["network"]
 restart = "always"

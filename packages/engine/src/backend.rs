@@ -22,6 +22,8 @@ pub const USER_AGENT: &str = concat!("axion-engine/", env!("CARGO_PKG_VERSION"))
 
 pub struct Engine {
     root: PathBuf,
+    /// Where containers' state lives (`--exec-root`, else `root`).
+    exec_root: PathBuf,
     images: Store,
     registry: registry::Client,
     containers: Mutex<HashMap<String, Arc<Container>>>,
@@ -158,8 +160,11 @@ impl Engine {
                 }
             }
         };
+        let exec_root = args.exec_root.clone().unwrap_or_else(|| root.clone());
+        std::fs::create_dir_all(exec_root.join("containers"))?;
         Ok(Engine {
             root,
+            exec_root,
             images,
             registry: registry::Client::new(USER_AGENT, args.insecure_registries.clone()),
             containers: Mutex::new(HashMap::new()),
@@ -182,6 +187,12 @@ impl Engine {
         }
     }
 
+    /// A container's two directories: state and set-up files, then writable layer and log
+    /// (the same unless `--exec-root` is set).
+    fn container_dirs(&self, id: &str) -> (PathBuf, PathBuf) {
+        (self.exec_root.join("containers").join(id), self.root.join("containers").join(id))
+    }
+
     fn arc(&self) -> Option<Arc<Engine>> {
         self.me.get().and_then(Weak::upgrade)
     }
@@ -190,7 +201,16 @@ impl Engine {
     pub async fn restore(self: Arc<Self>) {
         let _ = self.me.set(Arc::downgrade(&self));
         let mut to_start = Vec::new();
-        if let Ok(rd) = std::fs::read_dir(self.root.join("containers")) {
+        if self.exec_root != self.root {
+            // Writable layers whose state went with a tmpfs exec root (a reboot): nothing
+            // can use them any more.
+            for e in std::fs::read_dir(self.root.join("containers")).into_iter().flatten().flatten() {
+                if !self.exec_root.join("containers").join(e.file_name()).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir(self.exec_root.join("containers")) {
             for e in rd.flatten() {
                 let Some(mut rec) = Container::load(&e.path()) else { continue };
                 if rec.status == "running" || rec.status == "restarting" {
@@ -201,7 +221,8 @@ impl Engine {
                 }
                 let policy = rec.host_config.restart_policy.name.clone();
                 let restart = policy == "always" || (policy == "unless-stopped" && !rec.stopped_by_user);
-                let c = Arc::new(Container::new(e.path(), rec.clone()));
+                let (dir, data) = self.container_dirs(&rec.id);
+                let c = Arc::new(Container::new(dir, data, rec.clone()));
                 c.save();
                 if restart {
                     to_start.push(rec.id.clone());
@@ -278,8 +299,8 @@ impl Engine {
         Ok(RunSpec {
             rootfs: c.dir.join("rootfs"),
             lowers,
-            upper: c.dir.join("upper"),
-            work: c.dir.join("work"),
+            upper: c.data.join("upper"),
+            work: c.data.join("work"),
             binds: r.binds.clone(),
             etc_files: vec![
                 (c.dir.join("hosts"), "/etc/hosts".into()),
@@ -533,8 +554,12 @@ impl Engine {
         if let Ok((_, ipam)) = &self.bridge {
             ipam.release(&id);
         }
-        let dir = c.dir.clone();
-        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        let (dir, data) = (c.dir.clone(), c.data.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_dir_all(&data);
+            std::fs::remove_dir_all(dir)
+        })
+        .await;
         c.events.send_modify(|e| e.removed = true);
         Ok(())
     }
@@ -598,9 +623,10 @@ impl Engine {
         )
     }
 
-    fn make_dirs(&self, dir: &Path, hostname: &str, network_mode: &str) -> std::io::Result<()> {
-        for d in ["upper", "work", "rootfs"] {
-            std::fs::create_dir_all(dir.join(d))?;
+    fn make_dirs(&self, dir: &Path, data: &Path, hostname: &str, network_mode: &str) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir.join("rootfs"))?;
+        for d in ["upper", "work"] {
+            std::fs::create_dir_all(data.join(d))?;
         }
         std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
         self.write_hosts(dir, hostname, None)?;
@@ -727,8 +753,8 @@ impl Engine {
         let opts = format!(
             "lowerdir={},upperdir={},workdir={}",
             lowers.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":"),
-            c.dir.join("upper").display(),
-            c.dir.join("work").display()
+            c.data.join("upper").display(),
+            c.data.join("work").display()
         );
         nix::mount::mount(Some("overlay"), &root, Some("overlay"), nix::mount::MsFlags::empty(), Some(opts.as_str()))
             .map_err(|e| ApiError::conflict(format!("cannot mount the stopped container's root: {e}")))?;
@@ -1070,8 +1096,8 @@ impl Backend for Engine {
         confinement(&hc).map_err(ApiError::bad_request)?;
         trace.mark("confinement (seccomp compiled)");
         let (binds, mounts) = self.parse_binds(&hc.binds.clone().unwrap_or_default())?;
-        let dir = self.root.join("containers").join(&id);
-        self.make_dirs(&dir, &cfg.hostname, &hc.network_mode).map_err(internal("creating container directory"))?;
+        let (dir, data) = self.container_dirs(&id);
+        self.make_dirs(&dir, &data, &cfg.hostname, &hc.network_mode).map_err(internal("creating container directory"))?;
         trace.mark("directories made");
         let path = argv.remove(0);
         let rec = Record {
@@ -1089,7 +1115,7 @@ impl Backend for Engine {
             mounts,
             ..Default::default()
         };
-        let c = Arc::new(Container::new(dir, rec));
+        let c = Arc::new(Container::new(dir, data, rec));
         c.save();
         trace.mark("saved");
         self.containers.lock().unwrap().insert(id.clone(), c);

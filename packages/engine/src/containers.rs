@@ -50,7 +50,10 @@ pub struct Events {
 }
 
 pub struct Container {
+    /// State (state.json), spec, /etc files, the root's mount point.
     pub dir: PathBuf,
+    /// The writable layer (upper, work) and the log.
+    pub data: PathBuf,
     pub rec: Mutex<Record>,
     /// Output of the current run; `None` marks the end of a run.
     pub output: broadcast::Sender<Option<Frame>>,
@@ -63,11 +66,14 @@ pub struct Container {
 }
 
 impl Container {
-    pub fn new(dir: PathBuf, rec: Record) -> Self {
+    /// `dir`: the state and set-up files; `data`: the writable layer and the log (the same
+    /// directory unless the engine has an `--exec-root`).
+    pub fn new(dir: PathBuf, data: PathBuf, rec: Record) -> Self {
         let (output, _) = broadcast::channel(1024);
         let (events, _) = watch::channel(Events { running: rec.status == "running", exit_code: rec.exit_code, ..Default::default() });
         Container {
             dir,
+            data,
             rec: Mutex::new(rec),
             output,
             events,
@@ -84,7 +90,7 @@ impl Container {
 
     pub fn log_path(&self) -> PathBuf {
         let id = self.rec.lock().unwrap().id.clone();
-        self.dir.join(format!("{id}-json.log"))
+        self.data.join(format!("{id}-json.log"))
     }
 
     pub fn save(&self) {
