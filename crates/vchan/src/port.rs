@@ -4,7 +4,7 @@
 //!   there is no udev in axion, so no /dev/virtio-ports/NAME link.
 //! - The driver tells whether the host side is connected: with no host, `poll` reports
 //!   POLLHUP and `read` returns 0 at once. So [`serve`] opens the port and checks every
-//!   20 ms until the host connects (a saved template waits in that loop, and so each of
+//!   5 ms until the host connects (a saved template waits in that loop, and so each of
 //!   its clones resumes in it: that is the clone's latency for this step), then runs one
 //!   session until EOF (the host went away), closes the port and starts again.
 //! - The session reads and writes the port nonblocking through tokio's `AsyncFd` (the
@@ -30,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub const SESSION_ENDED: &str = "session ended, waiting for the host";
 
 /// How often the guest checks whether the host has connected.
-pub const HOST_POLL: Duration = Duration::from_millis(20);
+pub const HOST_POLL: Duration = Duration::from_millis(5);
 
 /// The device of the port named `name` under `sys` (normally /sys/class/virtio-ports).
 pub fn find(sys: &Path, name: &str) -> Option<PathBuf> {

@@ -10,7 +10,8 @@
 //!   the agent), `--insecure-registry 10.0.2.2` (the host's 127.0.0.1 as QEMU's user
 //!   network shows it), `--bridge none` (each container has its VM's network) and
 //!   `--exec-root /run/axion-engine` (the container's state on tmpfs; its writable layer
-//!   and log stay on the VM's disk);
+//!   and log stay on the VM's disk) with `--volatile-layers` (no syncs under the writable
+//!   layer: the disk goes with the container);
 //! - `/etc/axion/services/vmd-agent.toml`: the clone agent, the engine's `__vmd-agent` mode
 //!   on the virtio-serial port `axion.vmd` (see `AGENT_ARGS`).
 
@@ -35,7 +36,7 @@ pub const ENGINE_CHANNEL: &str = "axion.engine";
 /// mounts the host's
 /// layer store (9p tag [`crate::store::TAG`]) read-only at [`crate::store::GUEST_DIR`], and
 /// answers `ok HOSTNAME`. A read on a port with no host connected returns EOF at once, so
-/// the agent retries every 0.01 s (the template is saved in that loop; a clone is restored
+/// the agent retries every 5 ms (the template is saved in that loop; a clone is restored
 /// in it); once the daemon is connected (it stays so for the VM's life) the read blocks.
 /// It was a busybox shell loop: under TCG each of its forks (date, ip, arping, mkdir,
 /// mount) cost the clone's single vCPU tens of milliseconds.
@@ -47,8 +48,9 @@ fn docker_toml() -> String {
 # virtio-serial port {ENGINE_CHANNEL} (no TCP), and reaches the host's registries at 10.0.2.2.
 # No bridge: the container has its VM's network (crates/vmd/src/lib.rs, guest_network).
 command = "/usr/bin/engine"
-# Container state on tmpfs (--exec-root): the VM runs one container and never reboots.
-args = ["--data-root", "/var/lib/axion-engine", "--exec-root", "/run/axion-engine", "-H", "unix:///run/docker.sock", "--vmd-port", "{ENGINE_CHANNEL}",
+# Container state on tmpfs (--exec-root) and a volatile writable layer: the VM runs one
+# container, never reboots, and its disk goes with the container.
+args = ["--data-root", "/var/lib/axion-engine", "--exec-root", "/run/axion-engine", "--volatile-layers", "-H", "unix:///run/docker.sock", "--vmd-port", "{ENGINE_CHANNEL}",
         "--insecure-registry", "10.0.2.2", "--image-share", "/run/axion-store", "--bridge", "none"]
 after = ["network"]
 restart = "always"

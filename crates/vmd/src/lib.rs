@@ -26,7 +26,7 @@
 //!   request is an HTTP/1.1 exchange on a stream of its own (hyper's client connection
 //!   API, [`client`]); the guest engine (`--vmd-port axion.engine`) serves each stream
 //!   with `docker_api::server::serve_connection`. The guest runs one session per host
-//!   connection: with no host connected it checks every 20 ms (the template is saved in
+//!   connection: with no host connected it checks every 5 ms (the template is saved in
 //!   that wait, so a clone answers within one tick of the daemon connecting), and the
 //!   daemon connects once per VM (a second connection could be read as the rest of the
 //!   first). A QEMU that exits ends the session: streams and new requests fail at once.

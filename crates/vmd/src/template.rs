@@ -249,7 +249,7 @@ impl Template {
 ///
 /// Returns the agent's channel, still connected: hold it for the VM's life. While the host
 /// end is connected, the agent's read blocks; with it closed, the read returns EOF at once
-/// and the agent polls every 10 ms, taking TCG time from the container's start.
+/// and the agent polls every 5 ms, taking TCG time from the container's start.
 pub fn identify(run_dir: &Path, hostname: &str) -> Result<UnixStream> {
     let t0 = Instant::now();
     let agent = agent_exchange(&run_dir.join("agent.sock"), hostname, Duration::from_secs(60))

@@ -24,6 +24,8 @@ pub struct Engine {
     root: PathBuf,
     /// Where containers' state lives (`--exec-root`, else `root`).
     exec_root: PathBuf,
+    /// `--volatile-layers`.
+    volatile_layers: bool,
     images: Store,
     registry: registry::Client,
     containers: Mutex<HashMap<String, Arc<Container>>>,
@@ -165,6 +167,7 @@ impl Engine {
         Ok(Engine {
             root,
             exec_root,
+            volatile_layers: args.volatile_layers,
             images,
             registry: registry::Client::new(USER_AGENT, args.insecure_registries.clone()),
             containers: Mutex::new(HashMap::new()),
@@ -309,6 +312,7 @@ impl Engine {
             ],
             hostname: r.config.hostname.clone(),
             new_netns: r.host_config.network_mode != "host",
+            volatile: self.volatile_layers,
             trace: Trace::enabled(),
             process: Process {
                 args,
@@ -751,10 +755,12 @@ impl Engine {
         let lowers = self.images.lowers(&r.image_id).ok_or_else(|| ApiError::internal("image layers missing"))?;
         let root = c.dir.join("rootfs");
         let opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
+            "lowerdir={},upperdir={},workdir={}{}",
             lowers.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":"),
             c.data.join("upper").display(),
-            c.data.join("work").display()
+            c.data.join("work").display(),
+            // A layer used volatile is refused without it.
+            if self.volatile_layers { ",volatile" } else { "" }
         );
         nix::mount::mount(Some("overlay"), &root, Some("overlay"), nix::mount::MsFlags::empty(), Some(opts.as_str()))
             .map_err(|e| ApiError::conflict(format!("cannot mount the stopped container's root: {e}")))?;

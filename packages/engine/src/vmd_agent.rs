@@ -31,7 +31,7 @@ const GATEWAY: [u8; 4] = [10, 0, 2, 2];
 /// connected returns EOF at once; the template is saved (and every clone restored) in this
 /// loop, so this is the agent's latency. Once connected (the daemon stays so for the VM's
 /// life) reads block.
-const RETRY: Duration = Duration::from_millis(10);
+const RETRY: Duration = Duration::from_millis(5);
 
 pub fn main(argv: &[String]) -> i32 {
     let Some(name) = argv.first() else {

@@ -36,6 +36,9 @@ pub struct RunSpec {
     pub etc_files: Vec<(PathBuf, String)>,
     pub hostname: String,
     pub new_netns: bool,
+    /// Mount the overlay `volatile` (the engine's `--volatile-layers`).
+    #[serde(default)]
+    pub volatile: bool,
     pub process: Process,
     /// Report the shim's step timings (`trace ...` lines on the status pipe, see
     /// [`Spawned::trace`]); the engine asks for them with `AXION_ENGINE_TRACE`.

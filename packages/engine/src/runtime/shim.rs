@@ -235,10 +235,11 @@ fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
     let root = &spec.rootfs;
     let lowers: Vec<String> = spec.lowers.iter().map(|p| p.display().to_string()).collect();
     let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
+        "lowerdir={},upperdir={},workdir={}{}",
         lowers.join(":"),
         spec.upper.display(),
-        spec.work.display()
+        spec.work.display(),
+        if spec.volatile { ",volatile" } else { "" }
     );
     mount_at("overlay", root, "overlay", MsFlags::empty(), Some(&opts))?;
     mark("overlay");
