@@ -86,7 +86,9 @@
 //! - Containers do not survive the daemon (their VMs are killed when it stops), and an
 //!   exited container cannot be started again (its VM is gone; `start` answers 409).
 //! - `-p HOST:CONTAINER` forwards 127.0.0.1:HOST (QEMU's user network binds loopback only)
-//!   to the same port in the VM, where the guest engine publishes the container's port.
+//!   to the container's port in the VM: the container has its VM's network namespace and
+//!   address (10.0.2.15; `bridge`, the default, and `host` both mean the VM's network,
+//!   `none` a private one with loopback only): the VM is the sandbox, as in Bonneville.
 //! - Interactive use (`run -i`/`-it`, `attach`, `exec [-i] [-t]`): the client's hijacked
 //!   connection ends in docker-api's front end as an `AttachIo` (output frames, a stdin
 //!   sender), the same shape the guest engine hands its own front end; the daemon fills it
@@ -165,10 +167,39 @@
 //! `cargo xtask bench --quick` at 06:09 ran beside an e2e test of this session (2 runs:
 //! 2.63 s against 8.26 s, 3.1x) and is not representative. Figures swing with the
 //! machine's load (a guest step is about 2x slower at load 4 than at load 1).
-//! What is left, largest first: the engine's start (0.37-0.74 s: shim fork + exec, network
-//! attach and the container's mounts are each 0.07-0.1 s; the container's set-up could run
-//! while the engine attaches its network, and the shim could skip its own exec), the
-//! restore (0.13-0.27 s), the agent (0.15-0.3 s), the container's run and exit (0.08-0.2 s).
+//!
+//! The 5× session (2026-11-27 08:00-09:35; `cargo xtask bench --vmd-only --runs N` times
+//! both modes alone). Before: 1.52 s cloned against 6.08 s cold, 4.0x (07:57, VMD_DEBUG
+//! on). The guest's trace showed where a clone's start went, and each change below took a
+//! step out (figures from VMD_DEBUG runs at load 1-3, each ±30%):
+//! - The container has its VM's network (`guest_network`; the guest engine runs with
+//!   `--bridge none`): no netns, veth, address or in-guest port proxy (0.08-0.15 s), and
+//!   `-p` forwards straight to the container's port.
+//! - The template is saved with a shim already started and waiting for its spec
+//!   (`engine::runtime::Prespawned`: no fork + exec of the shim, ~0.08 s), the default
+//!   seccomp program compiled (0.06-0.13 s of create) and a blocking-pool thread alive.
+//! - The identity goes to the agent while the engine's first `/_ping` is answered
+//!   (`template::identify` beside the ping; they were one after the other).
+//! - The container's state and set-up files are on tmpfs (`--exec-root /run/axion-engine`)
+//!   and its writable layer is mounted `volatile` (`--volatile-layers`): the ext4 writes of
+//!   the state files and the sync when the container's root is unmounted at its exit cost
+//!   0.2-0.3 s (create 0.11-0.15 s → 0.08-0.11 s, start 0.43 s → 0.36 s, exit 0.15-0.17 s →
+//!   0.06-0.1 s). Tried and dropped: `cache=unsafe` on the clone's overlay (no change: the
+//!   guest's own sync was the cost, not the host's) and warming the data root's ext4
+//!   metadata in the template (no change).
+//! - The layer store is mounted `cache=loose` (immutable trees; the container's first exec
+//!   read busybox page by page over 9p), `--rm` containers skip the log copy and every
+//!   finished VM is killed rather than shut down.
+//! - Two vCPUs (the host's cores, at most 4, as a container sees all the host's CPUs in
+//!   Docker): a second TCG thread runs the agent beside the engine. 1 vCPU, 09:20, idle:
+//!   1.27 s against 5.71 s, 4.5x (9 runs each); 2 vCPUs, 09:32, idle: **0.94 s against
+//!   4.88 s, 5.2x** (9 runs each; the cold boot gained from the second vCPU too).
+//! What is left, largest first: the guest engine's start (0.3 s: the container's mounts and
+//! confinement 0.15 s), the first `/_ping` after the restore (0.17-0.3 s of TCG-cold code,
+//! beside the agent), create (0.1 s), the restore (0.1-0.13 s), the exit (0.1 s). Under
+//! TCG every clone is a new QEMU with an empty translation cache: each kernel and engine
+//! path a container touches is translated again, which is why removing paths (netns,
+//! ext4, a fork + exec) paid more than making them faster.
 //!
 //! # Not yet (next steps)
 //!
@@ -1210,6 +1241,17 @@ mod tests {
         let mut secs: Vec<(i64, &str)> = v.iter().map(|x| ((x.0 / 1_000_000_000) as i64, x.1)).collect();
         secs.sort_by(|a, b| b.0.cmp(&a.0));
         assert_eq!(secs.iter().map(|x| x.1).collect::<Vec<_>>(), names);
+    }
+
+    #[test]
+    fn containers_get_their_vms_network() {
+        for m in ["", "default", "bridge", "host"] {
+            assert_eq!(guest_network(m).unwrap(), "host", "{m:?}");
+        }
+        assert_eq!(guest_network("none").unwrap(), "none");
+        let e = guest_network("backend").unwrap_err();
+        assert_eq!(e.status, http::StatusCode::NOT_FOUND);
+        assert!(e.message.contains("network backend not found"), "{}", e.message);
     }
 
     #[test]
