@@ -362,10 +362,16 @@ impl Engine {
         let ready = if runtime::Prespawned::fits(&stdio) { self.prespawned.lock().unwrap().take() } else { None };
         let spawned = tokio::task::spawn_blocking(move || {
             tr.mark("blocking task runs");
-            let mut s = match ready {
-                Some(p) => {
+            let mut s = match ready.map(|p| p.run(&spec_path)) {
+                Some(Ok(s)) => {
                     eprintln!("engine: container {} runs in the pre-spawned shim", &id[..12.min(id.len())]);
-                    p.run(&spec_path)?
+                    s
+                }
+                // Killed meanwhile, say: a fresh shim does the same (the container process,
+                // if any, exits without its release).
+                Some(Err(e)) => {
+                    eprintln!("engine: the pre-spawned shim failed ({e}); starting another");
+                    runtime::spawn("__run", &spec_path, stdio)?
                 }
                 None => runtime::spawn("__run", &spec_path, stdio)?,
             };

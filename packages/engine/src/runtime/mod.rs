@@ -4,7 +4,8 @@
 //! container's. Protocol with the engine: fd 3 (shim → engine) carries `pid N` and, if
 //! setting up or exec'ing fails, `error MSG`; it reaches EOF once the program is running.
 //! For `__run`, fd 4 (engine → child) releases the child (one byte) after the engine has
-//! put it into its cgroup.
+//! put it into its cgroup; a shim started before its container ([`Prespawned`], argument
+//! `-`) first reads its spec's path from fd 4 as one line.
 
 pub mod confine;
 pub mod seccomp;
