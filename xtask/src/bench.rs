@@ -34,7 +34,9 @@
 //!   registry needed).
 //! - VM per container ([`vmd`]): `docker run --rm busybox true` against `axion-vmd`, each
 //!   container's VM cloned from the saved template, and booted cold as the baseline; the
-//!   image from a docker-registry on 127.0.0.1. Also the daemon's start (template boot + save).
+//!   image from a docker-registry on 127.0.0.1; the two modes' runs alternate. Also the
+//!   daemon's start (template boot + save). The VMs have the daemon's default vCPUs (the
+//!   host's cores, at most 4) and 512 MiB.
 //! - The VMs: the qemu profile's virtual hardware for all three (2 vCPU, 1 GiB, its firmware
 //!   and NIC), TCG unless the KVM probe shows a guest running.
 

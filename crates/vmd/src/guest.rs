@@ -28,14 +28,14 @@ pub const ENGINE_CHANNEL: &str = "axion.engine";
 /// The clone agent is the guest engine's hidden `__vmd-agent` mode
 /// (packages/engine/src/vmd_agent.rs), run as a service on the port [`AGENT_PORT`]. After a
 /// restore, the daemon connects to the port's socket and sends one line
-/// `clone HOSTNAME EPOCH MAC SEED`; the agent sets the host name, the clock (the saved
-/// guest's clock is the template's), a new MAC on the NIC (live, as virtio-net allows, then
-/// an ARP request so that QEMU's user network learns it; the address stays 10.0.2.15
-/// because every clone has its own private user network), credits the host's random SEED
-/// to the kernel's pool and reseeds its CRNG (every clone starts from the same RNG state),
-/// mounts the host's
-/// layer store (9p tag [`crate::store::TAG`]) read-only at [`crate::store::GUEST_DIR`], and
-/// answers `ok HOSTNAME`. A read on a port with no host connected returns EOF at once, so
+/// `clone HOSTNAME EPOCH MAC SEED`; the agent sets the clock (the saved guest's clock is
+/// the template's), credits the host's random SEED to the kernel's pool and reseeds its
+/// CRNG (every clone starts from the same RNG state), mounts the host's layer store (9p tag
+/// [`crate::store::TAG`]) read-only at [`crate::store::GUEST_DIR`], answers `ok HOSTNAME`,
+/// and then, while the daemon creates the container, sets the host name and a new MAC on
+/// the NIC (live, as virtio-net allows, then an ARP request so that QEMU's user network
+/// learns it; the address stays 10.0.2.15 because every clone has its own private user
+/// network). A read on a port with no host connected returns EOF at once, so
 /// the agent retries every 5 ms (the template is saved in that loop; a clone is restored
 /// in it); once the daemon is connected (it stays so for the VM's life) the read blocks.
 /// It was a busybox shell loop: under TCG each of its forks (date, ip, arping, mkdir,

@@ -192,8 +192,13 @@
 //!   finished VM is killed rather than shut down.
 //! - Two vCPUs (the host's cores, at most 4, as a container sees all the host's CPUs in
 //!   Docker): a second TCG thread runs the agent beside the engine. 1 vCPU, 09:20, idle:
-//!   1.27 s against 5.71 s, 4.5x (9 runs each); 2 vCPUs, 09:32, idle: **0.94 s against
-//!   4.88 s, 5.2x** (9 runs each; the cold boot gained from the second vCPU too).
+//!   1.27 s against 5.71 s, 4.5x (9 runs each); 2 vCPUs, 09:32, idle: 0.94 s against
+//!   4.88 s, 5.2x (9 runs each; the cold boot gained from the second vCPU too). The bench
+//!   then alternated the modes' runs (a clone's, a cold boot's, ...), so that the machine's
+//!   slow and fast spells fall on both: 1.03 s against 4.98 s, 4.8x (09:49).
+//! - The agent answers once the clock, the RNG and the store are done, and sets the host
+//!   name and the MAC (+ ARP) after the answer, on the other vCPU while the daemon creates
+//!   the container: **0.91 s against 4.75 s, 5.2x** (09:55, alternating, 9 runs each).
 //! What is left, largest first: the guest engine's start (0.3 s: the container's mounts and
 //! confinement 0.15 s), the first `/_ping` after the restore (0.17-0.3 s of TCG-cold code,
 //! beside the agent), create (0.1 s), the restore (0.1-0.13 s), the exit (0.1 s). Under

@@ -7,7 +7,9 @@
 //! the NIC's neighbour entries), the host's random SEED credited to the kernel's pool and
 //! its CRNG reseeded from it (every clone starts from the template's RNG state), and the host's layer store mounted read-only
 //! (9p tag `axion.store` at /run/axion-store, only now: a mounted 9p export blocks saving the
-//! template). It answers `ok HOSTNAME`; `ping` answers `pong`.
+//! template). It answers `ok HOSTNAME` once the clock, the RNG and the store are done (what
+//! the container's create needs), and sets the host name and the MAC after the answer,
+//! while the daemon goes on. `ping` answers `pong`.
 //!
 //! It was a busybox shell loop; under TCG every fork + exec of `date`, `ip`, `arping`,
 //! `mkdir` and `mount` cost tens of milliseconds of the clone's single vCPU, so the same
@@ -67,11 +69,14 @@ pub fn main(argv: &[String]) -> i32 {
         while let Some(i) = pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = pending.drain(..=i).collect();
             let line = String::from_utf8_lossy(&line);
-            let answer = command(line.trim(), &mut store);
+            let (answer, then) = command(line.trim(), &mut store);
             if let Some(a) = answer {
                 if let Err(e) = port.write_all(a.as_bytes()) {
                     eprintln!("vmd-agent: answering on {path}: {e}");
                 }
+            }
+            if let Some(rest) = then {
+                rest.apply();
             }
         }
     }
@@ -88,25 +93,28 @@ fn find_port(name: &str) -> Option<String> {
     None
 }
 
-/// Runs one command line; the answer to send back, if any.
-fn command(line: &str, store: &mut bool) -> Option<String> {
+/// Runs one command line; the answer to send back, if any, and what to do once it is sent.
+fn command(line: &str, store: &mut bool) -> (Option<String>, Option<AfterAnswer>) {
     let f: Vec<&str> = line.split_whitespace().collect();
     match f.as_slice() {
         ["clone", name, epoch, mac, seed] => {
-            clone(name, epoch, mac, seed, store);
+            clone(epoch, seed, store);
             println!("vmd-agent: clone {name}");
-            Some(format!("ok {name}\n"))
+            (Some(format!("ok {name}\n")), Some(AfterAnswer { name: name.to_string(), mac: mac.to_string() }))
         }
-        ["ping", ..] => Some("pong\n".into()),
-        [] => None,
+        ["ping", ..] => (Some("pong\n".into()), None),
+        [] => (None, None),
         [cmd, ..] => {
             println!("vmd-agent: unknown command: {cmd}");
-            None
+            (None, None)
         }
     }
 }
 
-fn clone(name: &str, epoch: &str, mac: &str, seed: &str, store: &mut bool) {
+/// What a container needs before it is created, done before the answer: the clock (the
+/// container's time), the reseeded RNG (its id and everything it draws) and the layer store
+/// (its image).
+fn clone(epoch: &str, seed: &str, store: &mut bool) {
     // With AXION_ENGINE_TRACE (axion-vmd's VMD_DEBUG): the time of each step.
     let t0 = std::time::Instant::now();
     let mut steps = Vec::new();
@@ -115,10 +123,6 @@ fn clone(name: &str, epoch: &str, mac: &str, seed: &str, store: &mut bool) {
             steps.push(format!("{step} +{:.3}", t0.elapsed().as_secs_f64()));
         }
     };
-    if let Err(e) = std::fs::write("/proc/sys/kernel/hostname", name) {
-        println!("vmd-agent: cannot set the host name: {e}");
-    }
-    let _ = std::fs::write("/etc/hostname", format!("{name}\n"));
     match epoch.parse::<i64>() {
         Ok(secs) => {
             let ts = libc::timespec { tv_sec: secs as libc::time_t, tv_nsec: 0 };
@@ -129,19 +133,11 @@ fn clone(name: &str, epoch: &str, mac: &str, seed: &str, store: &mut bool) {
         }
         Err(_) => println!("vmd-agent: bad time {epoch:?}"),
     }
-    mark("host name, clock");
+    mark("clock");
     if let Err(e) = seed_kernel(seed) {
         println!("vmd-agent: cannot seed the kernel's RNG: {e}");
     }
-    match nic() {
-        Some(n) => {
-            if let Err(e) = new_mac(&n, mac) {
-                println!("vmd-agent: cannot change the MAC of {n}: {e}");
-            }
-        }
-        None => println!("vmd-agent: no network interface"),
-    }
-    mark("seed, MAC, ARP");
+    mark("seed");
     if !*store {
         let _ = std::fs::create_dir(STORE_DIR);
         let r = nix::mount::mount(Some(STORE_TAG), STORE_DIR, Some("9p"), nix::mount::MsFlags::MS_RDONLY, Some(STORE_OPTS));
@@ -153,6 +149,32 @@ fn clone(name: &str, epoch: &str, mac: &str, seed: &str, store: &mut bool) {
     mark("store mounted");
     if !steps.is_empty() {
         println!("vmd-agent: trace {}", steps.join(", "));
+    }
+}
+
+/// The rest of a clone's identity, done after the answer, while the daemon creates the
+/// container (the VM has a second vCPU for it; 0.07-0.1 s under TCG): the host name (the
+/// container has its own, from its create request) and the MAC, which only matters to
+/// packets from outside, and the container is not started before the create is over.
+struct AfterAnswer {
+    name: String,
+    mac: String,
+}
+
+impl AfterAnswer {
+    fn apply(self) {
+        if let Err(e) = std::fs::write("/proc/sys/kernel/hostname", &self.name) {
+            println!("vmd-agent: cannot set the host name: {e}");
+        }
+        let _ = std::fs::write("/etc/hostname", format!("{}\n", self.name));
+        match nic() {
+            Some(n) => {
+                if let Err(e) = new_mac(&n, &self.mac) {
+                    println!("vmd-agent: cannot change the MAC of {n}: {e}");
+                }
+            }
+            None => println!("vmd-agent: no network interface"),
+        }
     }
 }
 
@@ -293,9 +315,9 @@ mod tests {
     #[test]
     fn commands() {
         let mut store = true; // no mount attempt in a unit test
-        assert_eq!(command("ping", &mut store).as_deref(), Some("pong\n"));
-        assert_eq!(command("", &mut store), None);
-        assert_eq!(command("nonsense 1 2", &mut store), None);
+        assert_eq!(command("ping", &mut store).0.as_deref(), Some("pong\n"));
+        assert!(command("", &mut store).0.is_none());
+        assert!(command("nonsense 1 2", &mut store).0.is_none());
         assert_eq!(parse_mac("02:ab:00:10:ff:09"), Some([2, 0xab, 0, 0x10, 0xff, 9]));
         assert_eq!(parse_mac("02:ab:00"), None);
         assert_eq!(parse_mac("zz:ab:00:10:ff:09"), None);

@@ -28,66 +28,107 @@ pub struct Guest<'a> {
     pub accel: qemu::Accel,
 }
 
-/// Runs both modes, `runs` timed containers each. A mode that fails is `n/a (why)`.
+/// Runs both modes, `runs` timed containers each, alternating: a clone's run, then a cold
+/// boot's, and so on, with both daemons up, so that the machine's slower and faster spells
+/// (a shared host; TCG) fall on both modes alike rather than on one of them. A mode that
+/// fails is `n/a (why)`.
 pub fn measure(layout: &Layout, guest: &Guest, out: &Path, runs: usize) -> Result<VmdFigures> {
     let registry = Registry::start().context("starting docker-registry on 127.0.0.1")?;
     registry.push_busybox("bench/busybox", "latest", Compression::Gzip)?;
     let image = format!("{}/bench/busybox:latest", registry.host());
     let exe = crate::vmd::build_daemon(layout)?;
-    let mut start = Vec::new();
-    let mut result = |cold: bool| -> Value {
+    let start = |cold: bool| -> Result<Mode> {
         let mode = if cold { "cold" } else { "clone" };
-        match one_mode(&exe, guest, &out.join(format!("vmd-{mode}")), cold, &image, runs) {
-            Ok((started, samples)) => {
-                if !cold {
-                    start.push(started);
-                }
-                eprintln!("bench: vmd {mode}: started in {started:.1} s; docker run --rm: {samples:.2?}");
-                Value::from_samples(&samples, "no runs")
+        let m = Mode::start(&exe, guest, &out.join(format!("vmd-{mode}")), cold, &image).with_context(|| format!("vmd {mode}"));
+        if let Err(e) = &m {
+            eprintln!("bench: {e:#}");
+        }
+        m
+    };
+    let mut modes = [start(false), start(true)];
+    let mut samples = [Vec::new(), Vec::new()];
+    let mut failed: [Option<String>; 2] = [None, None];
+    for _ in 0..runs {
+        for (i, m) in modes.iter_mut().enumerate() {
+            let Ok(m) = m else { continue };
+            if failed[i].is_some() {
+                continue;
             }
-            Err(e) => {
-                eprintln!("bench: vmd {mode}: {e:#}");
-                Value::na(super::first_line(&format!("{e:#}")))
+            match m.time_run(&image) {
+                Ok(t) => samples[i].push(t),
+                Err(e) => {
+                    eprintln!("bench: vmd {}: {e:#}", if i == 0 { "clone" } else { "cold" });
+                    failed[i] = Some(super::first_line(&format!("{e:#}")));
+                }
+            }
+        }
+    }
+    let figure = |i: usize| -> Value {
+        match (&modes[i], &failed[i]) {
+            (Err(e), _) => Value::na(super::first_line(&format!("{e:#}"))),
+            (Ok(_), Some(why)) => Value::na(why.clone()),
+            (Ok(m), None) => {
+                eprintln!("bench: vmd {}: started in {:.1} s; docker run --rm: {:.2?}", if i == 0 { "clone" } else { "cold" }, m.up, samples[i]);
+                Value::from_samples(&samples[i], "no runs")
             }
         }
     };
-    let clone_run = result(false);
-    let cold_run = result(true);
-    Ok(VmdFigures { start: Value::from_samples(&start, "the daemon did not start"), clone_run, cold_run })
+    let (clone_run, cold_run) = (figure(0), figure(1));
+    let start = match &modes[0] {
+        Ok(m) => Value::one(m.up),
+        Err(_) => Value::na("the daemon did not start"),
+    };
+    for m in modes.iter_mut().flatten() {
+        m.daemon.stop();
+    }
+    Ok(VmdFigures { start, clone_run, cold_run })
 }
 
-/// Starts a daemon with a fresh state folder, times `docker run --rm` `runs` times, stops it.
-fn one_mode(exe: &Path, guest: &Guest, state: &Path, cold: bool, image: &str, runs: usize) -> Result<(f64, Vec<f64>)> {
-    let _ = std::fs::remove_dir_all(state);
-    std::fs::create_dir_all(state).with_context(|| format!("cannot create {}", state.display()))?;
-    let socket = state.join("vmd.sock");
-    let log = state.join("vmd.log");
-    let mut cmd = Command::new(exe);
-    cmd.arg("--state-dir").arg(state).arg("--kernel").arg(guest.kernel).arg("--initrd").arg(guest.initrd).arg("--socket").arg(&socket);
-    cmd.args(["--accel", guest.accel.name()]);
-    if let Some(d) = guest.disk {
-        cmd.arg("--disk").arg(d);
-    }
-    if cold {
-        cmd.arg("--cold-boot");
-    }
-    let logf = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
-    let started = Instant::now();
-    let child = cmd.stdin(Stdio::null()).stdout(logf.try_clone()?).stderr(logf).spawn().with_context(|| format!("cannot start {}", exe.display()))?;
-    let mut daemon = Daemon(child);
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while !crate::vmd::answers(&socket) {
-        if daemon.0.try_wait()?.is_some() || Instant::now() > deadline {
-            bail!("axion-vmd did not serve {} (log {})", socket.display(), log.display());
+/// One daemon (cloning, or booting every VM cold) with a fresh state folder and the image pulled.
+struct Mode {
+    daemon: Daemon,
+    socket: std::path::PathBuf,
+    config: tempfile::TempDir,
+    /// From starting the daemon to its API answering.
+    up: f64,
+}
+
+impl Mode {
+    fn start(exe: &Path, guest: &Guest, state: &Path, cold: bool, image: &str) -> Result<Mode> {
+        let _ = std::fs::remove_dir_all(state);
+        std::fs::create_dir_all(state).with_context(|| format!("cannot create {}", state.display()))?;
+        let socket = state.join("vmd.sock");
+        let log = state.join("vmd.log");
+        let mut cmd = Command::new(exe);
+        cmd.arg("--state-dir").arg(state).arg("--kernel").arg(guest.kernel).arg("--initrd").arg(guest.initrd).arg("--socket").arg(&socket);
+        cmd.args(["--accel", guest.accel.name()]);
+        if let Some(d) = guest.disk {
+            cmd.arg("--disk").arg(d);
         }
-        std::thread::sleep(Duration::from_millis(100));
+        if cold {
+            cmd.arg("--cold-boot");
+        }
+        let logf = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+        let started = Instant::now();
+        let child = cmd.stdin(Stdio::null()).stdout(logf.try_clone()?).stderr(logf).spawn().with_context(|| format!("cannot start {}", exe.display()))?;
+        let mut daemon = Daemon(child);
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while !crate::vmd::answers(&socket) {
+            if daemon.0.try_wait()?.is_some() || Instant::now() > deadline {
+                bail!("axion-vmd did not serve {} (log {})", socket.display(), log.display());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let up = started.elapsed().as_secs_f64();
+        let m = Mode { daemon, socket, config: tempfile::tempdir()?, up };
+        m.docker(&["pull", "-q", image])?;
+        Ok(m)
     }
-    let up = started.elapsed().as_secs_f64();
-    let config = tempfile::tempdir()?;
-    let docker = |args: &[&str]| -> Result<()> {
+
+    fn docker(&self, args: &[&str]) -> Result<()> {
         let out = Command::new("docker")
-            .env("DOCKER_HOST", format!("unix://{}", socket.display()))
-            .env("DOCKER_CONFIG", config.path())
+            .env("DOCKER_HOST", format!("unix://{}", self.socket.display()))
+            .env("DOCKER_CONFIG", self.config.path())
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -96,16 +137,14 @@ fn one_mode(exe: &Path, guest: &Guest, state: &Path, cold: bool, image: &str, ru
             bail!("docker {} failed: {}", args.join(" "), super::first_line(String::from_utf8_lossy(&out.stderr).trim()));
         }
         Ok(())
-    };
-    docker(&["pull", "-q", image])?;
-    let mut samples = Vec::new();
-    for _ in 0..runs {
-        let t = Instant::now();
-        docker(&["run", "--rm", image, "true"])?;
-        samples.push(t.elapsed().as_secs_f64());
     }
-    daemon.stop();
-    Ok((up, samples))
+
+    /// One timed `docker run --rm IMAGE true`.
+    fn time_run(&self, image: &str) -> Result<f64> {
+        let t = Instant::now();
+        self.docker(&["run", "--rm", image, "true"])?;
+        Ok(t.elapsed().as_secs_f64())
+    }
 }
 
 /// The daemon process; stopped (SIGTERM: it powers its VMs off) when dropped.
