@@ -4,39 +4,21 @@
 //! is built once and shared.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use axion_tests::registry::{Compression, Registry};
-use axion_tests::{image, qemus_under, require};
+use axion_tests::{image, qemus_under, require, DockerCli};
 use xtask::profile::Format;
 
 #[test]
 fn docker_cli_runs_each_container_in_its_own_cloned_vm() {
     require!(axion_tests::have_qemu(), "qemu-system-x86_64 is not installed");
-    require!(Command::new("docker").arg("--version").output().is_ok_and(|o| o.status.success()), "the docker CLI is not installed");
-    require!(Path::new("/usr/bin/docker-registry").exists(), "docker-registry is not installed");
-    require!(Command::new("qemu-img").arg("--version").output().is_ok_and(|o| o.status.success()), "qemu-img (qemu-utils) is not installed");
+    if let Some(why) = axion_tests::vmd_host_lacks() {
+        require!(false, "{why}");
+    }
     check().unwrap();
-}
-
-struct Cli {
-    host: String,
-    config: PathBuf,
-}
-
-impl Cli {
-    fn run(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new("docker");
-        cmd.env("DOCKER_HOST", &self.host).env("DOCKER_CONFIG", &self.config).args(args);
-        axion_tests::run_with_timeout(cmd, Duration::from_secs(300)).unwrap_or_else(|e| panic!("docker {}: {e:#}", args.join(" ")))
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(o.status.success(), "docker {} failed ({}): {}{}", args.join(" "), o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -105,7 +87,7 @@ fn check() -> Result<()> {
     let server = vmd::Server::start(opts, &dir.path().join("vmd.sock")).context("starting the daemon")?;
     eprintln!("daemon up (template included) in {:.1} s", t.elapsed().as_secs_f64());
     assert!(qemus_under(&state).is_empty(), "the template VM is still running after it was saved");
-    let cli = Cli { host: server.docker_host(), config: dir.path().join("docker-config") };
+    let cli = DockerCli { host: server.docker_host(), config: dir.path().join("docker-config") };
 
     assert_eq!(cli.ok(&["version", "--format", "{{.Server.APIVersion}}"]).trim(), "1.47");
     // --insecure-registry reaches `docker info` as dockerd's would (the CLI prints it).

@@ -6,47 +6,33 @@
 //! rest of the daemon; this is a separate test so each stays within its time.)
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use axion_tests::registry::{Compression, Registry};
-use axion_tests::{image, qemus_under, require};
+use axion_tests::{image, qemus_under, require, DockerCli};
 use xtask::profile::Format;
 
 #[test]
 fn docker_cli_interactive_run_exec_attach_in_cloned_vms() {
     require!(axion_tests::have_qemu(), "qemu-system-x86_64 is not installed");
-    require!(Command::new("docker").arg("--version").output().is_ok_and(|o| o.status.success()), "the docker CLI is not installed");
-    require!(Path::new("/usr/bin/docker-registry").exists(), "docker-registry is not installed");
-    require!(Command::new("qemu-img").arg("--version").output().is_ok_and(|o| o.status.success()), "qemu-img (qemu-utils) is not installed");
+    if let Some(why) = axion_tests::vmd_host_lacks() {
+        require!(false, "{why}");
+    }
     require!(Path::new("/usr/bin/script").exists(), "`script` (util-linux) is not installed: -it needs a terminal");
     check().unwrap();
 }
 
-struct Cli {
-    host: String,
-    config: PathBuf,
+/// What these tests do with the CLI beyond [`DockerCli`]'s run and ok.
+trait Interactive {
+    fn piped(&self, args: &[&str], input: &str) -> Output;
+    fn on_tty(&self, args: &[&str], size: (u16, u16), ready: &str, typed: &str) -> Result<Output>;
 }
 
-impl Cli {
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("docker");
-        cmd.env("DOCKER_HOST", &self.host).env("DOCKER_CONFIG", &self.config).args(args);
-        cmd
-    }
-    fn run(&self, args: &[&str]) -> Output {
-        let mut cmd = self.cmd(args);
-        cmd.stdin(Stdio::null());
-        axion_tests::run_with_timeout(cmd, Duration::from_secs(300)).unwrap_or_else(|e| panic!("docker {}: {e:#}", args.join(" ")))
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(o.status.success(), "docker {} failed ({}): {}{}", args.join(" "), o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
+impl Interactive for DockerCli {
     /// `docker ARGS` with `input` on its stdin (then EOF).
     fn piped(&self, args: &[&str], input: &str) -> Output {
         let mut c = self.cmd(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("docker runs");
@@ -169,7 +155,7 @@ fn check() -> Result<()> {
     let socket = dir.path().join("vmd.sock");
     let server = vmd::Server::start(opts, &socket).context("starting the daemon")?;
     eprintln!("daemon up (template included) in {:.1} s", t.elapsed().as_secs_f64());
-    let cli = Cli { host: server.docker_host(), config: dir.path().join("docker-config") };
+    let cli = DockerCli { host: server.docker_host(), config: dir.path().join("docker-config") };
     cli.ok(&["pull", "-q", &img]);
 
     // run -i: piped stdin reaches the container (and its EOF ends `cat`); output and exit

@@ -120,6 +120,47 @@ pub fn xtask_ok(args: &[&str], timeout: Duration) -> Result<Output> {
     Ok(out)
 }
 
+/// What the VM-per-container tests (tests/e2e/vmd*.rs) need on this host besides QEMU:
+/// the first thing missing, if any.
+pub fn vmd_host_lacks() -> Option<&'static str> {
+    let runs = |p: &str| Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success());
+    if !runs("docker") {
+        Some("the docker CLI is not installed")
+    } else if !Path::new("/usr/bin/docker-registry").exists() {
+        Some("docker-registry is not installed")
+    } else if !runs("qemu-img") {
+        Some("qemu-img (qemu-utils) is not installed")
+    } else {
+        None
+    }
+}
+
+/// The real `docker` CLI aimed at one daemon (`DOCKER_HOST`), with a config folder of its own.
+pub struct DockerCli {
+    pub host: String,
+    pub config: PathBuf,
+}
+
+impl DockerCli {
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("docker");
+        cmd.env("DOCKER_HOST", &self.host).env("DOCKER_CONFIG", &self.config).args(args);
+        cmd
+    }
+
+    /// `docker ARGS` with no stdin, 300 s at most.
+    pub fn run(&self, args: &[&str]) -> Output {
+        run_with_timeout(self.cmd(args), Duration::from_secs(300)).unwrap_or_else(|e| panic!("docker {}: {e:#}", args.join(" ")))
+    }
+
+    /// [`DockerCli::run`], asserting success; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(o.status.success(), "docker {} failed ({}): {}{}", args.join(" "), o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
 /// Runs a command with piped stdout/stderr and a deadline (see [`xtask`]).
 pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Output> {
     let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("cannot start")?;
