@@ -24,11 +24,32 @@ use xtask::profile::Format;
 
 #[test]
 fn bridge_nat_cgroups_and_reboot_in_the_vm() {
-    require!(axion_tests::have_qemu(), "qemu-system-x86_64 is not installed");
-    require!(Path::new("/usr/bin/ssh").exists(), "the ssh client (openssh-client) is not installed");
-    require!(Path::new("/usr/bin/docker-registry").exists(), "docker-registry is not installed");
-    require!(Command::new("qemu-img").arg("--version").output().is_ok_and(|o| o.status.success()), "qemu-img is not installed");
-    require!(Command::new("docker").arg("--version").output().is_ok_and(|o| o.status.success()), "the docker CLI is not installed");
+    require!(
+        axion_tests::have_qemu(),
+        "qemu-system-x86_64 is not installed"
+    );
+    require!(
+        Path::new("/usr/bin/ssh").exists(),
+        "the ssh client (openssh-client) is not installed"
+    );
+    require!(
+        Path::new("/usr/bin/docker-registry").exists(),
+        "docker-registry is not installed"
+    );
+    require!(
+        Command::new("qemu-img")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "qemu-img is not installed"
+    );
+    require!(
+        Command::new("docker")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "the docker CLI is not installed"
+    );
     check().unwrap();
 }
 
@@ -46,35 +67,69 @@ fn text(o: &Output) -> String {
 }
 
 fn both(o: &Output) -> String {
-    format!("stdout: {}\nstderr: {}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 impl Guest {
-    fn boot(dir: &Path, kernel: &Path, initrd: &Path, disk: &Path, key: &Path, boot: u32) -> Result<Guest> {
-        let public = std::fs::read_to_string(key.with_extension("pub"))?.trim().to_owned();
-        let (ssh_port, docker_port, web_port) = (qemu::free_port()?, qemu::free_port()?, qemu::free_port()?);
+    fn boot(
+        dir: &Path,
+        kernel: &Path,
+        initrd: &Path,
+        disk: &Path,
+        key: &Path,
+        boot: u32,
+    ) -> Result<Guest> {
+        let public = std::fs::read_to_string(key.with_extension("pub"))?
+            .trim()
+            .to_owned();
+        let (ssh_port, docker_port, web_port) =
+            (qemu::free_port()?, qemu::free_port()?, qemu::free_port()?);
         let (accel, _) = axion_tests::accel();
         let config = qemu::VmConfig::new()
             .accel(accel)
             .memory_mib(1024)
             .cpus(2)
             .run_dir(dir.join(format!("vm{boot}")))
-            .kernel(kernel, Some(initrd.to_path_buf()), format!("console=ttyS0,115200 panic=-1 axion.ssh_key=\"{public}\""))
+            .kernel(
+                kernel,
+                Some(initrd.to_path_buf()),
+                format!("console=ttyS0,115200 panic=-1 axion.ssh_key=\"{public}\""),
+            )
             .drive(qemu::Drive::disk(disk, qemu::DiskFormat::Qcow2))
             .user_net(
                 qemu::NicModel::VirtioNet,
-                vec![qemu::PortForward::tcp(ssh_port, 22), qemu::PortForward::tcp(docker_port, 2376), qemu::PortForward::tcp(web_port, 8080)],
+                vec![
+                    qemu::PortForward::tcp(ssh_port, 22),
+                    qemu::PortForward::tcp(docker_port, 2376),
+                    qemu::PortForward::tcp(web_port, 8080),
+                ],
             );
         let (vm, _ready) = boot_ready(config)?;
-        Ok(Guest { vm, dir: dir.to_path_buf(), key: key.to_path_buf(), ssh_port, docker_port, web_port })
+        Ok(Guest {
+            vm,
+            dir: dir.to_path_buf(),
+            key: key.to_path_buf(),
+            ssh_port,
+            docker_port,
+            web_port,
+        })
     }
 
     fn serial(&self) -> String {
-        self.vm.serial_log().map(|p| axion_tests::tail(p, 60)).unwrap_or_default()
+        self.vm
+            .serial_log()
+            .map(|p| axion_tests::tail(p, 60))
+            .unwrap_or_default()
     }
 
     fn ssh(&self, cmd: &str) -> Result<Output> {
-        axion_tests::ssh(&self.key, self.ssh_port, &[], cmd).output().context("running ssh")
+        axion_tests::ssh(&self.key, self.ssh_port, &[], cmd)
+            .output()
+            .context("running ssh")
     }
 
     fn certs(&self) -> PathBuf {
@@ -99,7 +154,10 @@ impl Guest {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("the engine's client certificate did not appear within 180 s\nserial:\n{}", self.serial());
+                bail!(
+                    "the engine's client certificate did not appear within 180 s\nserial:\n{}",
+                    self.serial()
+                );
             }
             std::thread::sleep(Duration::from_secs(3));
         }
@@ -108,7 +166,10 @@ impl Guest {
     fn docker(&self, args: &[&str]) -> Result<Output> {
         eprintln!("$ docker {}", args.join(" "));
         let o = Command::new("docker")
-            .env("DOCKER_HOST", format!("tcp://127.0.0.1:{}", self.docker_port))
+            .env(
+                "DOCKER_HOST",
+                format!("tcp://127.0.0.1:{}", self.docker_port),
+            )
             .env("DOCKER_TLS_VERIFY", "1")
             .env("DOCKER_CERT_PATH", self.certs())
             .env("DOCKER_CONFIG", self.dir.join("docker-config"))
@@ -122,7 +183,13 @@ impl Guest {
     fn docker_ok(&self, args: &[&str]) -> Result<String> {
         let o = self.docker(args)?;
         if !o.status.success() {
-            bail!("docker {} failed ({}):\n{}\nserial:\n{}", args.join(" "), o.status, both(&o), self.serial());
+            bail!(
+                "docker {} failed ({}):\n{}\nserial:\n{}",
+                args.join(" "),
+                o.status,
+                both(&o),
+                self.serial()
+            );
         }
         Ok(text(&o))
     }
@@ -136,7 +203,11 @@ impl Guest {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("the engine did not answer within 120 s: {}\nserial:\n{}", both(&o), self.serial());
+                bail!(
+                    "the engine did not answer within 120 s: {}\nserial:\n{}",
+                    both(&o),
+                    self.serial()
+                );
             }
             std::thread::sleep(Duration::from_secs(2));
         }
@@ -183,14 +254,27 @@ int main(void) {
 fn container_root_is_its_own(g: &Guest, dir: &Path) -> Result<()> {
     let info = g.docker_ok(&["run", "--rm", "busybox", "cat", "/proc/self/mountinfo"])?;
     eprintln!("container mountinfo:\n{info}");
-    let roots: Vec<&str> = info.lines().filter(|l| l.split(' ').nth(4) == Some("/")).collect();
+    let roots: Vec<&str> = info
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some("/"))
+        .collect();
     assert_eq!(roots.len(), 1, "one mount on / in the container:\n{info}");
-    assert!(roots[0].contains(" - overlay "), "the container's / is not its overlay: {}\n{info}", roots[0]);
-    assert!(!info.contains("rootfs"), "rootfs visible in the container:\n{info}");
+    assert!(
+        roots[0].contains(" - overlay "),
+        "the container's / is not its overlay: {}\n{info}",
+        roots[0]
+    );
+    assert!(
+        !info.contains("rootfs"),
+        "rootfs visible in the container:\n{info}"
+    );
     for l in info.lines() {
         let point = l.split(' ').nth(4).unwrap_or("");
         for vm_path in ["/var/lib", "/.axion-root", "/run/axion", "/sbin", "/usr"] {
-            assert!(!point.starts_with(vm_path), "a VM path is mounted in the container: {l}\n{info}");
+            assert!(
+                !point.starts_with(vm_path),
+                "a VM path is mounted in the container: {l}\n{info}"
+            );
         }
     }
 
@@ -201,7 +285,11 @@ fn container_root_is_its_own(g: &Guest, dir: &Path) -> Result<()> {
     let src = dir.join("escape.c");
     let bin = dir.join("escape");
     std::fs::write(&src, CHROOT_ESCAPE_C)?;
-    let st = Command::new("musl-gcc").args(["-static", "-Os", "-o"]).arg(&bin).arg(&src).status()?;
+    let st = Command::new("musl-gcc")
+        .args(["-static", "-Os", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .status()?;
     if !st.success() {
         bail!("musl-gcc could not build the chroot escape test program");
     }
@@ -209,16 +297,37 @@ fn container_root_is_its_own(g: &Guest, dir: &Path) -> Result<()> {
         .stdin(std::fs::File::open(&bin)?)
         .output()
         .context("copying the escape program into the VM")?;
-    assert!(o.status.success(), "copying the escape program into the VM: {}", both(&o));
-    let out = g.docker_ok(&["run", "--rm", "-v", "/var/lib/escape-test:/escape-test:ro", "busybox", "/escape-test/escape"])?;
+    assert!(
+        o.status.success(),
+        "copying the escape program into the VM: {}",
+        both(&o)
+    );
+    let out = g.docker_ok(&[
+        "run",
+        "--rm",
+        "-v",
+        "/var/lib/escape-test:/escape-test:ro",
+        "busybox",
+        "/escape-test/escape",
+    ])?;
     let names = |tag: &str| -> Vec<String> {
-        let mut v: Vec<String> = out.lines().filter_map(|l| l.strip_prefix(tag)).map(str::to_string).collect();
+        let mut v: Vec<String> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix(tag))
+            .map(str::to_string)
+            .collect();
         v.sort();
         v
     };
     let (before, after) = (names("before: "), names("escaped: "));
-    assert!(before.iter().any(|n| n == "escape-test") && before.iter().any(|n| n == "bin"), "the container's root as the container sees it: {out}");
-    assert_eq!(after, before, "a chroot escape from a container left the container's root:\n{out}");
+    assert!(
+        before.iter().any(|n| n == "escape-test") && before.iter().any(|n| n == "bin"),
+        "the container's root as the container sees it: {out}"
+    );
+    assert_eq!(
+        after, before,
+        "a chroot escape from a container left the container's root:\n{out}"
+    );
     Ok(())
 }
 
@@ -233,7 +342,11 @@ fn check() -> Result<()> {
     };
     // The image's disk stays untouched: the VM writes to an overlay.
     let disk = dir.path().join("disk.qcow2");
-    let st = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"]).arg(&base).arg(&disk).status()?;
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(&base)
+        .arg(&disk)
+        .status()?;
     if !st.success() {
         bail!("qemu-img create (overlay of {}) failed", base.display());
     }
@@ -249,7 +362,11 @@ fn check() -> Result<()> {
     let o = g.ssh(&format!(
         "printf '%s' '{{\"insecure-registries\": [\"{reg}\"]}}' > /var/lib/axion-engine/daemon.json && kill $(pidof engine)"
     ))?;
-    assert!(o.status.success(), "writing daemon.json and restarting the engine: {}", both(&o));
+    assert!(
+        o.status.success(),
+        "writing daemon.json and restarting the engine: {}",
+        both(&o)
+    );
     std::thread::sleep(Duration::from_secs(2));
     g.wait_engine()?;
 
@@ -261,17 +378,45 @@ fn check() -> Result<()> {
     container_root_is_its_own(&g, dir.path())?;
 
     // --- Bridge, NAT, DNS configuration -------------------------------------------------------
-    let out = g.docker_ok(&["run", "--rm", "busybox", "wget", "-q", "-O-", &format!("http://{reg}/v2/")])?;
+    let out = g.docker_ok(&[
+        "run",
+        "--rm",
+        "busybox",
+        "wget",
+        "-q",
+        "-O-",
+        &format!("http://{reg}/v2/"),
+    ])?;
     assert_eq!(out, "{}", "the registry's /v2/ through the bridge and NAT");
     let out = g.docker_ok(&["run", "--rm", "busybox", "ip", "route"])?;
-    assert!(out.contains("default via 172.17.0.1 dev eth0"), "route in a bridged container: {out}");
+    assert!(
+        out.contains("default via 172.17.0.1 dev eth0"),
+        "route in a bridged container: {out}"
+    );
     let out = g.docker_ok(&["run", "--rm", "busybox", "cat", "/etc/resolv.conf"])?;
-    assert!(out.contains("nameserver 10.0.2.3"), "resolv.conf in a container: {out}");
-    assert!(!out.contains("nameserver 127."), "resolv.conf in a container: {out}");
+    assert!(
+        out.contains("nameserver 10.0.2.3"),
+        "resolv.conf in a container: {out}"
+    );
+    assert!(
+        !out.contains("nameserver 127."),
+        "resolv.conf in a container: {out}"
+    );
 
     // Two containers over the bridge, by IP.
     let web = "mkdir -p /www && echo hello-from-$(hostname) > /www/index.html && exec httpd -f -p 80 -h /www";
-    g.docker_ok(&["run", "-d", "--name", "srv", "--hostname", "srv", "busybox", "sh", "-c", web])?;
+    g.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "srv",
+        "--hostname",
+        "srv",
+        "busybox",
+        "sh",
+        "-c",
+        web,
+    ])?;
     let fmt = "{{.NetworkSettings.IPAddress}} {{.NetworkSettings.Gateway}} {{.NetworkSettings.MacAddress}} {{.NetworkSettings.IPPrefixLen}}";
     let ins = g.docker_ok(&["inspect", "-f", fmt, "srv"])?;
     let f: Vec<&str> = ins.split_whitespace().collect();
@@ -280,26 +425,59 @@ fn check() -> Result<()> {
     assert!(ip.starts_with("172.17.0."), "IPAddress: {ins}");
     assert_eq!(f[1], "172.17.0.1", "Gateway: {ins}");
     let o: Vec<u8> = ip.split('.').map(|p| p.parse().unwrap()).collect();
-    assert_eq!(f[2], format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]), "MacAddress: {ins}");
+    assert_eq!(
+        f[2],
+        format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]),
+        "MacAddress: {ins}"
+    );
     assert_eq!(f[3], "16");
     let mut body = String::new();
     for _ in 0..20 {
-        let o = g.docker(&["run", "--rm", "busybox", "wget", "-q", "-O-", &format!("http://{ip}/")])?;
+        let o = g.docker(&[
+            "run",
+            "--rm",
+            "busybox",
+            "wget",
+            "-q",
+            "-O-",
+            &format!("http://{ip}/"),
+        ])?;
         body = text(&o);
         if o.status.success() {
             break;
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert_eq!(body, "hello-from-srv", "container to container over the bridge");
+    assert_eq!(
+        body, "hello-from-srv",
+        "container to container over the bridge"
+    );
 
     // A published port, reached from the host (QEMU forwards host:web_port → guest:8080).
-    g.docker_ok(&["run", "-d", "--name", "pub", "--hostname", "pub", "-p", "8080:80", "busybox", "sh", "-c", web])?;
+    g.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "pub",
+        "--hostname",
+        "pub",
+        "-p",
+        "8080:80",
+        "busybox",
+        "sh",
+        "-c",
+        web,
+    ])?;
     let url = format!("http://127.0.0.1:{}/", g.web_port);
     let mut got = String::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if let Ok(r) = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build()?.get(&url).send() {
+        if let Ok(r) = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()?
+            .get(&url)
+            .send()
+        {
             got = r.text().unwrap_or_default();
             if got.trim() == "hello-from-pub" {
                 break;
@@ -310,65 +488,211 @@ fn check() -> Result<()> {
     assert_eq!(got.trim(), "hello-from-pub", "GET {url} (published port)");
 
     // --network none: loopback only, no route out.
-    let out = g.docker_ok(&["run", "--rm", "--network", "none", "busybox", "sh", "-c", "echo routes:$(ip route | wc -l) eth0:$(ip -o link | grep -c eth0)"])?;
-    assert_eq!(out, "routes:0 eth0:0", "--network none has no eth0 and no routes");
-    let o = g.docker(&["run", "--rm", "--network", "none", "busybox", "wget", "-q", "-T", "3", "-O-", &format!("http://{reg}/v2/")])?;
-    assert!(!o.status.success(), "--network none reached the registry: {}", both(&o));
+    let out = g.docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "echo routes:$(ip route | wc -l) eth0:$(ip -o link | grep -c eth0)",
+    ])?;
+    assert_eq!(
+        out, "routes:0 eth0:0",
+        "--network none has no eth0 and no routes"
+    );
+    let o = g.docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "busybox",
+        "wget",
+        "-q",
+        "-T",
+        "3",
+        "-O-",
+        &format!("http://{reg}/v2/"),
+    ])?;
+    assert!(
+        !o.status.success(),
+        "--network none reached the registry: {}",
+        both(&o)
+    );
     // --network host still sees the VM's interfaces.
-    let out = g.docker_ok(&["run", "--rm", "--network", "host", "busybox", "ip", "-o", "link"])?;
-    assert!(out.contains("axion0"), "--network host sees the bridge: {out}");
+    let out = g.docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "busybox",
+        "ip",
+        "-o",
+        "link",
+    ])?;
+    assert!(
+        out.contains("axion0"),
+        "--network host sees the bridge: {out}"
+    );
     g.docker_ok(&["rm", "-f", "srv", "pub"])?;
 
     // --- cgroup v2 limits ---------------------------------------------------------------------
-    let o = g.ssh("cat /sys/fs/cgroup/cgroup.subtree_control /sys/fs/cgroup/axion/cgroup.subtree_control")?;
-    eprintln!("subtree_control (root, axion): {}", text(&o).replace('\n', " | "));
-    let id = g.docker_ok(&["run", "-d", "--name", "lim", "-m", "32m", "--cpus", "0.5", "--pids-limit", "20", "busybox", "sleep", "300"])?;
-    let o = g.ssh(&format!("cd /sys/fs/cgroup/axion/{id} && cat memory.max cpu.max pids.max && grep -c . cgroup.procs"))?;
-    assert!(o.status.success(), "reading the container's cgroup: {}\nserial:\n{}", both(&o), g.serial());
+    let o = g.ssh(
+        "cat /sys/fs/cgroup/cgroup.subtree_control /sys/fs/cgroup/axion/cgroup.subtree_control",
+    )?;
+    eprintln!(
+        "subtree_control (root, axion): {}",
+        text(&o).replace('\n', " | ")
+    );
+    let id = g.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "lim",
+        "-m",
+        "32m",
+        "--cpus",
+        "0.5",
+        "--pids-limit",
+        "20",
+        "busybox",
+        "sleep",
+        "300",
+    ])?;
+    let o = g.ssh(&format!(
+        "cd /sys/fs/cgroup/axion/{id} && cat memory.max cpu.max pids.max && grep -c . cgroup.procs"
+    ))?;
+    assert!(
+        o.status.success(),
+        "reading the container's cgroup: {}\nserial:\n{}",
+        both(&o),
+        g.serial()
+    );
     let lines: Vec<String> = text(&o).lines().map(str::to_string).collect();
-    assert_eq!(lines, vec!["33554432", "50000 100000", "20", "1"], "memory.max, cpu.max, pids.max, process count");
+    assert_eq!(
+        lines,
+        vec!["33554432", "50000 100000", "20", "1"],
+        "memory.max, cpu.max, pids.max, process count"
+    );
     // exec, a TTY from the container's devpts, and the confinement (Docker's default
     // capabilities, seccomp) all hold.
-    let out = g.docker_ok(&["exec", "-t", "lim", "sh", "-c", "tty; grep -E '^(CapBnd|Seccomp):' /proc/self/status | tr -s '\\t ' ' '"])?;
-    assert_eq!(out.replace('\r', ""), "/dev/pts/0\nCapBnd: 00000000a80425fb\nSeccomp: 2", "exec -t in the VM");
+    let out = g.docker_ok(&[
+        "exec",
+        "-t",
+        "lim",
+        "sh",
+        "-c",
+        "tty; grep -E '^(CapBnd|Seccomp):' /proc/self/status | tr -s '\\t ' ' '",
+    ])?;
+    assert_eq!(
+        out.replace('\r', ""),
+        "/dev/pts/0\nCapBnd: 00000000a80425fb\nSeccomp: 2",
+        "exec -t in the VM"
+    );
     let out = g.docker_ok(&["run", "--rm", "-t", "busybox", "tty"])?;
     assert_eq!(out, "/dev/pts/0", "run -t in the VM");
     // Docker's default seccomp profile on the VM's kernel: personality flags beyond the few
     // Docker allows are refused; CAP_SYS_ADMIN unlocks mount.
     let o = g.docker(&["run", "--rm", "busybox", "setarch", "linux32", "-R", "true"])?;
-    assert!(!o.status.success() && both(&o).contains("Operation not permitted"), "personality(0x40008) in the VM: {}", both(&o));
-    let out = g.docker_ok(&["run", "--rm", "--cap-add", "SYS_ADMIN", "busybox", "sh", "-c", "mkdir -p /mnt && mount -t tmpfs none /mnt && echo mounted"])?;
+    assert!(
+        !o.status.success() && both(&o).contains("Operation not permitted"),
+        "personality(0x40008) in the VM: {}",
+        both(&o)
+    );
+    let out = g.docker_ok(&[
+        "run",
+        "--rm",
+        "--cap-add",
+        "SYS_ADMIN",
+        "busybox",
+        "sh",
+        "-c",
+        "mkdir -p /mnt && mount -t tmpfs none /mnt && echo mounted",
+    ])?;
     assert_eq!(out, "mounted", "mount with CAP_SYS_ADMIN in the VM");
     // pids.max holds inside the container: 30 background sleeps cannot all start.
-    let o = g.docker(&["exec", "lim", "sh", "-c", "for i in $(seq 30); do sleep 60 & done 2>/dev/null; true"])?;
+    let o = g.docker(&[
+        "exec",
+        "lim",
+        "sh",
+        "-c",
+        "for i in $(seq 30); do sleep 60 & done 2>/dev/null; true",
+    ])?;
     let o2 = g.ssh(&format!("cat /sys/fs/cgroup/axion/{id}/pids.events"))?;
-    assert!(text(&o2).contains("max ") && !text(&o2).contains("max 0"), "pids.events after 30 forks: {} ({})", text(&o2), both(&o));
+    assert!(
+        text(&o2).contains("max ") && !text(&o2).contains("max 0"),
+        "pids.events after 30 forks: {} ({})",
+        text(&o2),
+        both(&o)
+    );
     g.docker_ok(&["rm", "-f", "lim"])?;
     // Over its memory limit, the container is OOM-killed.
-    let o = g.docker(&["run", "--name", "oom", "-m", "16m", "busybox", "tail", "/dev/zero"])?;
-    assert_eq!(o.status.code(), Some(137), "a container over its memory limit: {}", both(&o));
-    let out = g.docker_ok(&["inspect", "-f", "{{.State.OOMKilled}} {{.State.ExitCode}}", "oom"])?;
+    let o = g.docker(&[
+        "run",
+        "--name",
+        "oom",
+        "-m",
+        "16m",
+        "busybox",
+        "tail",
+        "/dev/zero",
+    ])?;
+    assert_eq!(
+        o.status.code(),
+        Some(137),
+        "a container over its memory limit: {}",
+        both(&o)
+    );
+    let out = g.docker_ok(&[
+        "inspect",
+        "-f",
+        "{{.State.OOMKilled}} {{.State.ExitCode}}",
+        "oom",
+    ])?;
     assert_eq!(out, "true 137");
     g.docker_ok(&["rm", "oom"])?;
 
     // --- Persistence across a reboot ----------------------------------------------------------
     let out = g.docker_ok(&["run", "--name", "keep", "busybox", "echo", "kept"])?;
     assert_eq!(out, "kept");
-    let st = g.vm.powerdown_and_wait(Duration::from_secs(120)).with_context(|| format!("power button\nserial:\n{}", g.serial()))?;
+    let st =
+        g.vm.powerdown_and_wait(Duration::from_secs(120))
+            .with_context(|| format!("power button\nserial:\n{}", g.serial()))?;
     eprintln!("first boot powered off ({st})");
     drop(g);
     let g = Guest::boot(dir.path(), &kernel, &initrd, &disk, &key, 2)?;
     g.fetch_certs()?;
     g.wait_engine()?;
     let out = g.docker_ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"])?;
-    assert!(out.lines().any(|l| l == "busybox:latest"), "docker images after the reboot: {out}");
-    assert!(out.lines().any(|l| l == image), "docker images after the reboot: {out}");
+    assert!(
+        out.lines().any(|l| l == "busybox:latest"),
+        "docker images after the reboot: {out}"
+    );
+    assert!(
+        out.lines().any(|l| l == image),
+        "docker images after the reboot: {out}"
+    );
     let out = g.docker_ok(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"])?;
-    assert!(out.lines().any(|l| l.starts_with("keep Exited (0)")), "docker ps -a after the reboot: {out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("keep Exited (0)")),
+        "docker ps -a after the reboot: {out}"
+    );
     let out = g.docker_ok(&["start", "-a", "keep"])?;
-    assert_eq!(out, "kept", "docker start -a of the container made before the reboot");
+    assert_eq!(
+        out, "kept",
+        "docker start -a of the container made before the reboot"
+    );
     // Networking comes back with the engine: NAT still works after the reboot.
-    let out = g.docker_ok(&["run", "--rm", "busybox", "wget", "-q", "-O-", &format!("http://{reg}/v2/")])?;
+    let out = g.docker_ok(&[
+        "run",
+        "--rm",
+        "busybox",
+        "wget",
+        "-q",
+        "-O-",
+        &format!("http://{reg}/v2/"),
+    ])?;
     assert_eq!(out, "{}");
     drop(registry);
     Ok(())

@@ -11,9 +11,21 @@ use xtask::profile::Format;
 
 #[test]
 fn docker_cli_talks_to_the_engine_in_the_vm() {
-    require!(axion_tests::have_qemu(), "qemu-system-x86_64 is not installed");
-    require!(std::path::Path::new("/usr/bin/ssh").exists(), "the ssh client (openssh-client) is not installed");
-    require!(Command::new("docker").arg("--version").output().is_ok_and(|o| o.status.success()), "the docker CLI is not installed");
+    require!(
+        axion_tests::have_qemu(),
+        "qemu-system-x86_64 is not installed"
+    );
+    require!(
+        std::path::Path::new("/usr/bin/ssh").exists(),
+        "the ssh client (openssh-client) is not installed"
+    );
+    require!(
+        Command::new("docker")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "the docker CLI is not installed"
+    );
     check().unwrap();
 }
 
@@ -29,10 +41,24 @@ fn check() -> Result<()> {
         .accel(accel)
         .memory_mib(1024)
         .run_dir(dir.path().join("vm"))
-        .kernel(&kernel, Some(initrd), format!("console=ttyS0,115200 panic=-1 axion.ssh_key=\"{public}\""))
-        .user_net(qemu::NicModel::VirtioNet, vec![qemu::PortForward::tcp(ssh_port, 22), qemu::PortForward::tcp(docker_port, 2376)]);
+        .kernel(
+            &kernel,
+            Some(initrd),
+            format!("console=ttyS0,115200 panic=-1 axion.ssh_key=\"{public}\""),
+        )
+        .user_net(
+            qemu::NicModel::VirtioNet,
+            vec![
+                qemu::PortForward::tcp(ssh_port, 22),
+                qemu::PortForward::tcp(docker_port, 2376),
+            ],
+        );
     let (vm, _ready) = boot_ready(config)?;
-    let serial = || vm.serial_log().map(|p| axion_tests::tail(p, 40)).unwrap_or_default();
+    let serial = || {
+        vm.serial_log()
+            .map(|p| axion_tests::tail(p, 40))
+            .unwrap_or_default()
+    };
 
     // The engine makes its certificates on first start; wait until the client files exist.
     let certs = dir.path().join("certs");
@@ -41,7 +67,13 @@ fn check() -> Result<()> {
     'fetch: loop {
         let mut all = true;
         for f in ["ca", "cert", "key"] {
-            let out = axion_tests::ssh(&key, ssh_port, &[], &format!("cat /var/lib/axion-engine/tls/client/{f}.pem")).output()?;
+            let out = axion_tests::ssh(
+                &key,
+                ssh_port,
+                &[],
+                &format!("cat /var/lib/axion-engine/tls/client/{f}.pem"),
+            )
+            .output()?;
             if !out.status.success() || out.stdout.is_empty() {
                 all = false;
                 break;
@@ -52,7 +84,10 @@ fn check() -> Result<()> {
             break 'fetch;
         }
         if Instant::now() > deadline {
-            bail!("the engine's client certificate did not appear within 180 s\nserial:\n{}", serial());
+            bail!(
+                "the engine's client certificate did not appear within 180 s\nserial:\n{}",
+                serial()
+            );
         }
         std::thread::sleep(Duration::from_secs(3));
     }
@@ -67,11 +102,24 @@ fn check() -> Result<()> {
             .output()
             .context("running docker")
     };
-    let out = docker(&["version", "--format", "{{.Server.APIVersion}} {{.Server.Os}}"])?;
-    assert!(out.status.success(), "docker version over TLS failed: {}\nserial:\n{}", String::from_utf8_lossy(&out.stderr), serial());
+    let out = docker(&[
+        "version",
+        "--format",
+        "{{.Server.APIVersion}} {{.Server.Os}}",
+    ])?;
+    assert!(
+        out.status.success(),
+        "docker version over TLS failed: {}\nserial:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        serial()
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1.47 linux");
     let out = docker(&["info", "--format", "{{.Containers}} {{.Images}}"])?;
-    assert!(out.status.success(), "docker info: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "docker info: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0 0");
 
     // Without the client certificate the engine refuses the connection.
@@ -80,6 +128,9 @@ fn check() -> Result<()> {
         .env("DOCKER_CONFIG", dir.path().join("docker-config"))
         .args(["version", "--format", "{{.Server.APIVersion}}"])
         .output()?;
-    assert!(!out.status.success() || String::from_utf8_lossy(&out.stdout).trim().is_empty(), "plain TCP was served");
+    assert!(
+        !out.status.success() || String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+        "plain TCP was served"
+    );
     Ok(())
 }

@@ -23,11 +23,17 @@ use qemu::{DiskFormat, Drive, VmConfig};
 use xtask::profile::Format;
 
 fn have(tool: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success())
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !out.status.success() {
         bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -37,7 +43,9 @@ fn run(cmd: &mut Command) -> Result<String> {
 use axion_tests::ssh_keygen as keygen;
 
 fn ssh(key: &Path, port: u16, command: &str) -> std::process::Output {
-    axion_tests::ssh(key, port, &[], command).output().expect("ssh runs")
+    axion_tests::ssh(key, port, &[], command)
+        .output()
+        .expect("ssh runs")
 }
 
 /// Runs `command` over SSH, retrying while sshd comes up (it starts after the network and
@@ -53,7 +61,9 @@ fn ssh_retry(vm: &qemu::Vm, key: &Path, port: u16, command: &str) -> Result<Stri
             bail!(
                 "ssh {command:?} failed: {}\nserial:\n{}",
                 String::from_utf8_lossy(&out.stderr),
-                vm.serial_log().map(|p| axion_tests::tail(p, 60)).unwrap_or_default()
+                vm.serial_log()
+                    .map(|p| axion_tests::tail(p, 60))
+                    .unwrap_or_default()
             );
         }
         std::thread::sleep(Duration::from_secs(2));
@@ -62,8 +72,19 @@ fn ssh_retry(vm: &qemu::Vm, key: &Path, port: u16, command: &str) -> Result<Stri
 
 /// The SSH server's ed25519 host key as the client sees it.
 fn host_key(port: u16) -> Result<String> {
-    let out = run(Command::new("ssh-keyscan").args(["-T", "20", "-t", "ed25519", "-p", &port.to_string(), "127.0.0.1"]))?;
-    out.lines().find(|l| l.contains("ssh-ed25519")).map(|l| l.split_whitespace().last().unwrap_or("").to_owned()).context("ssh-keyscan printed no ed25519 key")
+    let out = run(Command::new("ssh-keyscan").args([
+        "-T",
+        "20",
+        "-t",
+        "ed25519",
+        "-p",
+        &port.to_string(),
+        "127.0.0.1",
+    ]))?;
+    out.lines()
+        .find(|l| l.contains("ssh-ed25519"))
+        .map(|l| l.split_whitespace().last().unwrap_or("").to_owned())
+        .context("ssh-keyscan printed no ed25519 key")
 }
 
 /// A NoCloud seed: ISO 9660 (xorriso, like cloud-localds) or vfat (mkfs.vfat + mcopy).
@@ -75,13 +96,23 @@ fn cidata(dir: &Path, name: &str, iso: bool, docs: &[(&str, &str)]) -> Result<Pa
     }
     if iso {
         let out = dir.join(format!("{name}.iso"));
-        run(Command::new("xorriso").args(["-as", "mkisofs", "-quiet", "-V", "cidata", "-J", "-R", "-o"]).arg(&out).arg(&tree))?;
+        run(Command::new("xorriso")
+            .args(["-as", "mkisofs", "-quiet", "-V", "cidata", "-J", "-R", "-o"])
+            .arg(&out)
+            .arg(&tree))?;
         Ok(out)
     } else {
         let out = dir.join(format!("{name}.img"));
-        run(Command::new("mkfs.vfat").args(["-n", "CIDATA", "-C"]).arg(&out).arg("2048"))?;
+        run(Command::new("mkfs.vfat")
+            .args(["-n", "CIDATA", "-C"])
+            .arg(&out)
+            .arg("2048"))?;
         for (file, _) in docs {
-            run(Command::new("mcopy").arg("-i").arg(&out).arg(tree.join(file)).arg(format!("::{file}")))?;
+            run(Command::new("mcopy")
+                .arg("-i")
+                .arg(&out)
+                .arg(tree.join(file))
+                .arg(format!("::{file}")))?;
         }
         Ok(out)
     }
@@ -90,7 +121,10 @@ fn cidata(dir: &Path, name: &str, iso: bool, docs: &[(&str, &str)]) -> Result<Pa
 /// A qcow2 clone of the image (its own data partition, the image untouched).
 fn clone_of(base: &Path, dir: &Path, name: &str) -> Result<PathBuf> {
     let out = dir.join(format!("{name}.qcow2"));
-    run(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"]).arg(base).arg(&out))?;
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(base)
+        .arg(&out))?;
     Ok(out)
 }
 
@@ -121,19 +155,30 @@ fn initramfs_image() -> Result<(PathBuf, PathBuf)> {
 }
 
 fn serial(vm: &qemu::Vm) -> String {
-    vm.serial_log().map(|p| std::fs::read_to_string(p).unwrap_or_default()).unwrap_or_default()
+    vm.serial_log()
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .unwrap_or_default()
 }
 
 fn disk_vm(run_dir: PathBuf, disk: &Path, port: u16, ip: Option<&str>) -> VmConfig {
     let (accel, _) = axion_tests::accel();
-    VmConfig::new().accel(accel).memory_mib(768).run_dir(run_dir).drive(Drive::disk(disk, DiskFormat::Qcow2)).device(net_to(port, ip))
+    VmConfig::new()
+        .accel(accel)
+        .memory_mib(768)
+        .run_dir(run_dir)
+        .drive(Drive::disk(disk, DiskFormat::Qcow2))
+        .device(net_to(port, ip))
 }
 
 /// The qemu profile's kernel and initramfs with the serial console and `extra` parameters.
 fn initramfs_vm(run_dir: PathBuf, kernel: &Path, initrd: &Path, extra: &str) -> VmConfig {
     let (accel, _) = axion_tests::accel();
     let cmdline = format!("console=ttyS0,115200 panic=-1 {extra}");
-    VmConfig::new().accel(accel).memory_mib(512).run_dir(run_dir).kernel(kernel, Some(initrd.to_path_buf()), cmdline.trim_end())
+    VmConfig::new()
+        .accel(accel)
+        .memory_mib(512)
+        .run_dir(run_dir)
+        .kernel(kernel, Some(initrd.to_path_buf()), cmdline.trim_end())
 }
 
 struct Seen {
@@ -147,17 +192,34 @@ struct Seen {
 /// Boots, logs in with `key`, and collects what differs between clones.
 fn boot_and_look(config: VmConfig, key: &Path, port: u16, extra: &str) -> Result<(Seen, String)> {
     let (mut vm, _ready) = boot_ready(config)?;
-    let out = ssh_retry(&vm, key, port, &format!("hostname; cat /etc/machine-id; echo @@; ip -4 addr show; echo @@; {extra}"))?;
+    let out = ssh_retry(
+        &vm,
+        key,
+        port,
+        &format!("hostname; cat /etc/machine-id; echo @@; ip -4 addr show; echo @@; {extra}"),
+    )?;
     let host_key = host_key(port)?;
     let parts: Vec<&str> = out.split("@@\n").collect();
-    let [ids, addrs, extra_out] = parts[..] else { bail!("unexpected ssh output:\n{out}") };
+    let [ids, addrs, extra_out] = parts[..] else {
+        bail!("unexpected ssh output:\n{out}")
+    };
     let mut lines = ids.lines();
     let hostname = lines.next().unwrap_or("").to_owned();
     let machine_id = lines.next().unwrap_or("").to_owned();
     let (addrs, extra_out) = (addrs.to_owned(), extra_out.trim_end().to_owned());
     let console = serial(&vm);
-    vm.powerdown_and_wait(Duration::from_secs(60)).context("clean power-off")?;
-    Ok((Seen { hostname, addrs, machine_id, host_key, console }, extra_out))
+    vm.powerdown_and_wait(Duration::from_secs(60))
+        .context("clean power-off")?;
+    Ok((
+        Seen {
+            hostname,
+            addrs,
+            machine_id,
+            host_key,
+            console,
+        },
+        extra_out,
+    ))
 }
 
 fn user_data(host: &str, key: &str) -> String {
@@ -171,14 +233,25 @@ fn network(ip: &str) -> String {
 }
 
 fn preflight() -> bool {
-    let tools = ["qemu-img", "ssh", "ssh-keygen", "ssh-keyscan", "xorriso", "mkfs.vfat", "mcopy"];
+    let tools = [
+        "qemu-img",
+        "ssh",
+        "ssh-keygen",
+        "ssh-keyscan",
+        "xorriso",
+        "mkfs.vfat",
+        "mcopy",
+    ];
     let missing: Vec<&str> = tools.iter().copied().filter(|t| !have(t)).collect();
     if !axion_tests::have_qemu() {
         eprintln!("skip: because qemu-system-x86_64 is not installed");
         return false;
     }
     if !missing.is_empty() {
-        eprintln!("skip: because these host tools are missing: {}", missing.join(", "));
+        eprintln!(
+            "skip: because these host tools are missing: {}",
+            missing.join(", ")
+        );
         return false;
     }
     true
@@ -195,31 +268,89 @@ fn nocloud_clones() -> Result<()> {
     let (key, public) = keygen(dir.path(), "clone")?;
     let base = qcow2_image()?;
     let mut seen = Vec::new();
-    for (name, ip, iso) in [("clone-a", "10.0.2.21", true), ("clone-b", "10.0.2.22", false)] {
+    for (name, ip, iso) in [
+        ("clone-a", "10.0.2.21", true),
+        ("clone-b", "10.0.2.22", false),
+    ] {
         let seed = cidata(
             dir.path(),
             name,
             iso,
-            &[("meta-data", &format!("instance-id: iid-{name}\nlocal-hostname: meta-{name}\n")), ("user-data", &user_data(name, &public)), ("network-config", &network(ip))],
+            &[
+                (
+                    "meta-data",
+                    &format!("instance-id: iid-{name}\nlocal-hostname: meta-{name}\n"),
+                ),
+                ("user-data", &user_data(name, &public)),
+                ("network-config", &network(ip)),
+            ],
         )?;
         let disk = clone_of(&base, dir.path(), name)?;
         let port = qemu::free_port()?;
-        let config = disk_vm(dir.path().join(format!("vm-{name}")), &disk, port, Some(ip)).drive(if iso { Drive::cdrom(&seed) } else { Drive::disk(&seed, DiskFormat::Raw) });
+        let config =
+            disk_vm(dir.path().join(format!("vm-{name}")), &disk, port, Some(ip)).drive(if iso {
+                Drive::cdrom(&seed)
+            } else {
+                Drive::disk(&seed, DiskFormat::Raw)
+            });
         // runcmd runs after the ready line; give it a moment before looking.
         let (s, extra) = boot_and_look(config.clone(), &key, port, "sleep 1; cat /etc/axion-test/greeting; stat -c %a /etc/axion-test/greeting; cat /var/lib/runcmd-flag")?;
-        assert_eq!(s.hostname, name, "user-data hostname wins over meta-data local-hostname");
-        assert!(s.addrs.contains(&format!("inet {ip}/24")), "{name}: static address {ip} from network-config, got:\n{}", s.addrs);
-        assert_eq!(extra.lines().collect::<Vec<_>>(), [format!("hello from {name}"), "600".into(), format!("runcmd-ran-on-{name}")], "{name}: write_files and runcmd");
-        assert!(s.console.contains(&format!("axion: identity regenerated (first boot of instance iid-{name}")), "{name}: console:\n{}", s.console);
-        assert_eq!(s.machine_id.len(), 32, "{name}: machine-id {:?}", s.machine_id);
+        assert_eq!(
+            s.hostname, name,
+            "user-data hostname wins over meta-data local-hostname"
+        );
+        assert!(
+            s.addrs.contains(&format!("inet {ip}/24")),
+            "{name}: static address {ip} from network-config, got:\n{}",
+            s.addrs
+        );
+        assert_eq!(
+            extra.lines().collect::<Vec<_>>(),
+            [
+                format!("hello from {name}"),
+                "600".into(),
+                format!("runcmd-ran-on-{name}")
+            ],
+            "{name}: write_files and runcmd"
+        );
+        assert!(
+            s.console.contains(&format!(
+                "axion: identity regenerated (first boot of instance iid-{name}"
+            )),
+            "{name}: console:\n{}",
+            s.console
+        );
+        assert_eq!(
+            s.machine_id.len(),
+            32,
+            "{name}: machine-id {:?}",
+            s.machine_id
+        );
 
         if name == "clone-a" {
             // A reboot of the same instance keeps its identity and does not run runcmd again.
             let (again, extra) = boot_and_look(config, &key, port, "rm /var/lib/runcmd-flag; ls /var/lib/runcmd-flag 2>&1; sleep 2; ls /var/lib/runcmd-flag 2>&1 || true")?;
-            assert_eq!((again.machine_id.as_str(), again.host_key.as_str()), (s.machine_id.as_str(), s.host_key.as_str()), "same instance, same identity");
-            assert!(!again.console.contains("identity regenerated"), "{}", again.console);
-            assert!(again.console.contains("runcmd already ran for instance iid-clone-a"), "{}", again.console);
-            assert!(extra.lines().all(|l| l.contains("No such file")), "runcmd ran twice: {extra}");
+            assert_eq!(
+                (again.machine_id.as_str(), again.host_key.as_str()),
+                (s.machine_id.as_str(), s.host_key.as_str()),
+                "same instance, same identity"
+            );
+            assert!(
+                !again.console.contains("identity regenerated"),
+                "{}",
+                again.console
+            );
+            assert!(
+                again
+                    .console
+                    .contains("runcmd already ran for instance iid-clone-a"),
+                "{}",
+                again.console
+            );
+            assert!(
+                extra.lines().all(|l| l.contains("No such file")),
+                "runcmd ran twice: {extra}"
+            );
         }
         seen.push(s);
     }
@@ -235,7 +366,9 @@ fn ovf_env(props: &[(&str, &str)]) -> String {
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Environment xmlns=\"http://schemas.dmtf.org/ovf/environment/1\" xmlns:oe=\"http://schemas.dmtf.org/ovf/environment/1\" xmlns:ve=\"http://www.vmware.com/schema/ovfenv\" oe:id=\"\" ve:vCenterId=\"vm-1001\">\n  <PlatformSection>\n    <Kind>VMware ESXi</Kind>\n    <Version>7.0.3</Version>\n    <Vendor>VMware, Inc.</Vendor>\n    <Locale>en</Locale>\n  </PlatformSection>\n  <PropertySection>\n",
     );
     for (k, v) in props {
-        s.push_str(&format!("    <Property oe:key=\"{k}\" oe:value=\"{v}\"/>\n"));
+        s.push_str(&format!(
+            "    <Property oe:key=\"{k}\" oe:value=\"{v}\"/>\n"
+        ));
     }
     s.push_str("  </PropertySection>\n</Environment>\n");
     s
@@ -266,15 +399,30 @@ fn ovf_clone() -> Result<()> {
     ]);
     std::fs::write(tree.join("ovf-env.xml"), xml)?;
     let iso = dir.path().join("ovf-env.iso");
-    run(Command::new("xorriso").args(["-as", "mkisofs", "-quiet", "-V", "OVF ENV", "-J", "-R", "-o"]).arg(&iso).arg(&tree))?;
+    run(Command::new("xorriso")
+        .args([
+            "-as", "mkisofs", "-quiet", "-V", "OVF ENV", "-J", "-R", "-o",
+        ])
+        .arg(&iso)
+        .arg(&tree))?;
     let disk = clone_of(&base, dir.path(), "ovf")?;
     let port = qemu::free_port()?;
     let config = disk_vm(dir.path().join("vm"), &disk, port, Some(ip)).drive(Drive::cdrom(&iso));
     let (s, _) = boot_and_look(config, &key, port, "true")?;
     assert_eq!(s.hostname, "ovf-vm");
     assert!(s.addrs.contains(&format!("inet {ip}/24")), "{}", s.addrs);
-    assert!(s.console.contains("axion: identity regenerated (first boot of instance vm-1001"), "{}", s.console);
-    assert!(s.console.contains("axion: settings: ovf-env: unknown-thing: unknown property (ignored)"), "{}", s.console);
+    assert!(
+        s.console
+            .contains("axion: identity regenerated (first boot of instance vm-1001"),
+        "{}",
+        s.console
+    );
+    assert!(
+        s.console
+            .contains("axion: settings: ovf-env: unknown-thing: unknown property (ignored)"),
+        "{}",
+        s.console
+    );
     Ok(())
 }
 
@@ -289,7 +437,15 @@ fn fw_cfg() -> Result<()> {
     let (key, public) = keygen(dir.path(), "fw")?;
     let (nc_key, nc_public) = keygen(dir.path(), "nocloud")?;
     let (kernel, initrd) = initramfs_image()?;
-    let seed = cidata(dir.path(), "seed", true, &[("meta-data", "instance-id: nc-1\n"), ("user-data", &user_data("from-nocloud", &nc_public))])?;
+    let seed = cidata(
+        dir.path(),
+        "seed",
+        true,
+        &[
+            ("meta-data", "instance-id: nc-1\n"),
+            ("user-data", &user_data("from-nocloud", &nc_public)),
+        ],
+    )?;
     let ud = dir.path().join("user-data");
     std::fs::write(&ud, format!("#cloud-config\nhostname: from-fwcfg\nssh_authorized_keys: [\"{public}\"]\nwrite_files:\n  - path: /etc/axion-test/greeting\n    content: hello from fw_cfg\n  - path: /var/lib/axion-engine/tls/client-ca.pem\n    content: not really a CA\n"))?;
     let md = dir.path().join("meta-data");
@@ -310,14 +466,33 @@ fn fw_cfg() -> Result<()> {
         .device(net_to(port, None));
     let (mut vm, _ready) = boot_ready(config)?;
     let out = ssh_retry(&vm, &key, port, "hostname; cat /etc/axion-test/greeting; echo; cat /var/lib/axion-engine/tls/client-ca.pem; echo")?;
-    assert_eq!(out.lines().collect::<Vec<_>>(), ["from-fwcfg", "hello from fw_cfg", "not really a CA"], "fw_cfg user-data over NoCloud's");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["from-fwcfg", "hello from fw_cfg", "not really a CA"],
+        "fw_cfg user-data over NoCloud's"
+    );
     // Keys accumulate over the sources: NoCloud's key works too.
     let nc = ssh(&nc_key, port, "true");
-    assert!(nc.status.success(), "the NoCloud key was not authorized: {}", String::from_utf8_lossy(&nc.stderr));
+    assert!(
+        nc.status.success(),
+        "the NoCloud key was not authorized: {}",
+        String::from_utf8_lossy(&nc.stderr)
+    );
     let console = serial(&vm);
-    assert!(console.contains("axion: identity regenerated (first boot of instance fw-1"), "{console}");
-    assert!(console.contains("axion: settings: fw_cfg cmdline: unknown kernel parameter axion.frobnicate"), "{console}");
-    assert!(console.contains("DHCP lease 10.0.2.15/24") && !console.contains("static address 10.0.2.50"), "the kernel command line's axion.ip=dhcp wins over fw_cfg's network-config:\n{console}");
+    assert!(
+        console.contains("axion: identity regenerated (first boot of instance fw-1"),
+        "{console}"
+    );
+    assert!(
+        console
+            .contains("axion: settings: fw_cfg cmdline: unknown kernel parameter axion.frobnicate"),
+        "{console}"
+    );
+    assert!(
+        console.contains("DHCP lease 10.0.2.15/24")
+            && !console.contains("static address 10.0.2.50"),
+        "the kernel command line's axion.ip=dhcp wins over fw_cfg's network-config:\n{console}"
+    );
     vm.powerdown_and_wait(Duration::from_secs(60))?;
     Ok(())
 }
@@ -336,8 +511,14 @@ fn malformed() -> Result<()> {
         "bad",
         false,
         &[
-            ("meta-data", "instance-id: bad-1\nlocal-hostname: still-named\n"),
-            ("user-data", "#cloud-config\nhostname: [unclosed\nruncmd: {\n"),
+            (
+                "meta-data",
+                "instance-id: bad-1\nlocal-hostname: still-named\n",
+            ),
+            (
+                "user-data",
+                "#cloud-config\nhostname: [unclosed\nruncmd: {\n",
+            ),
             ("network-config", "version: 1\nconfig: []\n"),
         ],
     )?;
@@ -346,10 +527,19 @@ fn malformed() -> Result<()> {
         .user_net(qemu::NicModel::VirtioNet, Vec::new());
     let (mut vm, _ready) = boot_ready(config)?;
     let console = serial(&vm);
-    assert!(console.contains("axion: settings: nocloud user-data: not valid YAML"), "{console}");
-    assert!(console.contains("axion: settings: nocloud network-config: version: 1 is not supported"), "{console}");
+    assert!(
+        console.contains("axion: settings: nocloud user-data: not valid YAML"),
+        "{console}"
+    );
+    assert!(
+        console.contains("axion: settings: nocloud network-config: version: 1 is not supported"),
+        "{console}"
+    );
     // What was fine still applies: meta-data (the instance id).
-    assert!(console.contains("identity regenerated (first boot of instance bad-1"), "{console}");
+    assert!(
+        console.contains("identity regenerated (first boot of instance bad-1"),
+        "{console}"
+    );
     vm.powerdown_and_wait(Duration::from_secs(60))?;
     Ok(())
 }

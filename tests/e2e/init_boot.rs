@@ -33,7 +33,10 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 // ---- locating inputs -------------------------------------------------------------------
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 fn cache_dir() -> PathBuf {
@@ -62,7 +65,10 @@ fn kernel() -> Result<PathBuf, String> {
         return Ok(PathBuf::from(k));
     }
     newest_staged("linux-", "boot/vmlinuz").ok_or_else(|| {
-        format!("no kernel in {}/packages/linux-*/tree/boot/vmlinuz (run `cargo xtask build linux`)", cache_dir().display())
+        format!(
+            "no kernel in {}/packages/linux-*/tree/boot/vmlinuz (run `cargo xtask build linux`)",
+            cache_dir().display()
+        )
     })
 }
 
@@ -78,7 +84,13 @@ fn busybox() -> Result<PathBuf, String> {
 }
 
 fn have(tool: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {tool} >/dev/null || test -x /usr/sbin/{tool} || test -x /sbin/{tool}")])
+    Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "command -v {tool} >/dev/null || test -x /usr/sbin/{tool} || test -x /sbin/{tool}"
+            ),
+        ])
         .status()
         .is_ok_and(|s| s.success())
 }
@@ -88,11 +100,20 @@ fn build_init() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let st = Command::new(cargo)
         .current_dir(&root)
-        .args(["build", "--release", "--target", "x86_64-unknown-linux-musl", "-p", "init"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "x86_64-unknown-linux-musl",
+            "-p",
+            "init",
+        ])
         .status()
         .expect("run cargo build for init");
     assert!(st.success(), "cargo build -p init failed");
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
     target.join("x86_64-unknown-linux-musl/release/init")
 }
 
@@ -115,7 +136,11 @@ fn inputs(test: &str) -> Option<Inputs> {
         Ok((k, b))
     };
     match check() {
-        Ok((kernel, busybox)) => Some(Inputs { kernel, busybox, init: build_init() }),
+        Ok((kernel, busybox)) => Some(Inputs {
+            kernel,
+            busybox,
+            init: build_init(),
+        }),
         Err(why) => {
             eprintln!("\n*** skip: {test}: because {why} ***\n");
             None
@@ -139,12 +164,29 @@ struct Cpio {
 
 impl Cpio {
     fn new() -> Cpio {
-        Cpio { out: Vec::new(), ino: 1 }
+        Cpio {
+            out: Vec::new(),
+            ino: 1,
+        }
     }
 
     fn entry(&mut self, name: &str, mode: u32, data: &[u8], rdev: (u32, u32)) {
         let name = name.trim_start_matches('/');
-        let fields = [self.ino, mode, 0, 0, 1, 0, data.len() as u32, 0, 0, rdev.0, rdev.1, name.len() as u32 + 1, 0];
+        let fields = [
+            self.ino,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len() as u32,
+            0,
+            0,
+            rdev.0,
+            rdev.1,
+            name.len() as u32 + 1,
+            0,
+        ];
         self.ino += 1;
         self.out.extend_from_slice(b"070701");
         for f in fields {
@@ -186,7 +228,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= b as u32;
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -199,19 +245,26 @@ fn gpt_disk(path: &Path, total_mib: u64, label: &str, fs: &[u8]) {
     let sectors = total_mib * 1024 * 1024 / SECTOR;
     let first = 2048u64;
     let last = sectors - 34;
-    assert!(fs.len() as u64 <= (last - first + 1) * SECTOR, "filesystem larger than the partition");
+    assert!(
+        fs.len() as u64 <= (last - first + 1) * SECTOR,
+        "filesystem larger than the partition"
+    );
     let mut disk = vec![0u8; (sectors * SECTOR) as usize];
     // Protective MBR.
     disk[446 + 4] = 0xee;
     disk[446 + 8..446 + 12].copy_from_slice(&1u32.to_le_bytes());
-    disk[446 + 12..446 + 16].copy_from_slice(&((sectors - 1).min(u32::MAX as u64) as u32).to_le_bytes());
+    disk[446 + 12..446 + 16]
+        .copy_from_slice(&((sectors - 1).min(u32::MAX as u64) as u32).to_le_bytes());
     disk[446 + 1..446 + 4].copy_from_slice(&[0, 2, 0]);
     disk[446 + 5..446 + 8].copy_from_slice(&[0xff, 0xff, 0xff]);
     disk[510] = 0x55;
     disk[511] = 0xaa;
     // One entry: Linux filesystem data type GUID 0FC63DAF-8483-4772-8E79-3D69D8477DE4.
     let mut entries = vec![0u8; 128 * 128];
-    entries[0..16].copy_from_slice(&[0xaf, 0x3d, 0xc6, 0x0f, 0x83, 0x84, 0x72, 0x47, 0x8e, 0x79, 0x3d, 0x69, 0xd8, 0x47, 0x7d, 0xe4]);
+    entries[0..16].copy_from_slice(&[
+        0xaf, 0x3d, 0xc6, 0x0f, 0x83, 0x84, 0x72, 0x47, 0x8e, 0x79, 0x3d, 0x69, 0xd8, 0x47, 0x7d,
+        0xe4,
+    ]);
     entries[16..32].copy_from_slice(&[0x11; 16]);
     entries[32..40].copy_from_slice(&first.to_le_bytes());
     entries[40..48].copy_from_slice(&last.to_le_bytes());
@@ -270,9 +323,24 @@ fn data_disk(dir: &Path) -> PathBuf {
 fn fsck_data(disk: &Path, dir: &Path) -> (bool, String) {
     let bytes = std::fs::read(disk).expect("read disk");
     let part = dir.join("data-after.ext4");
-    std::fs::write(&part, &bytes[DATA_FIRST_BYTE as usize..(bytes.len() - 34 * 512)]).expect("write partition copy");
-    let out = Command::new("e2fsck").arg("-fn").arg(&part).output().expect("run e2fsck");
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    std::fs::write(
+        &part,
+        &bytes[DATA_FIRST_BYTE as usize..(bytes.len() - 34 * 512)],
+    )
+    .expect("write partition copy");
+    let out = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&part)
+        .output()
+        .expect("run e2fsck");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 // ---- the test initramfs ----------------------------------------------------------------
@@ -280,31 +348,75 @@ fn fsck_data(disk: &Path, dir: &Path) -> (bool, String) {
 /// Shell snippets run as services (each a file in /etc/axion/services).
 fn service(name: &str, script: &str, extra: &str) -> (String, String) {
     let script = script.replace('\\', "\\\\").replace('"', "\\\"");
-    (name.to_string(), format!("command = \"/bin/sh\"\nargs = [\"-c\", \"{script}\"]\n{extra}\n"))
+    (
+        name.to_string(),
+        format!("command = \"/bin/sh\"\nargs = [\"-c\", \"{script}\"]\n{extra}\n"),
+    )
 }
 
 fn initramfs(inp: &Inputs, dir: &Path, services: &[(String, String)]) -> PathBuf {
     let mut c = Cpio::new();
-    for d in ["bin", "sbin", "dev", "proc", "sys", "run", "tmp", "var", "var/lib", "var/log", "etc", "etc/axion", "etc/axion/services", "root", "lib", "lib/modules"] {
+    for d in [
+        "bin",
+        "sbin",
+        "dev",
+        "proc",
+        "sys",
+        "run",
+        "tmp",
+        "var",
+        "var/lib",
+        "var/log",
+        "etc",
+        "etc/axion",
+        "etc/axion/services",
+        "root",
+        "lib",
+        "lib/modules",
+    ] {
         c.dir(d);
     }
     c.chardev("dev/console", 5, 1);
     c.chardev("dev/null", 1, 3);
-    c.file("sbin/init", 0o755, &std::fs::read(&inp.init).expect("read init binary"));
-    c.file("bin/busybox", 0o755, &std::fs::read(&inp.busybox).expect("read busybox"));
-    for applet in ["sh", "cat", "echo", "sleep", "ip", "grep", "ls", "mkdir", "sync", "test", "cut", "ps", "poweroff", "reboot", "halt", "insmod", "wc", "dmesg", "mount", "touch", "readlink", "seq", "kill", "basename"] {
+    c.file(
+        "sbin/init",
+        0o755,
+        &std::fs::read(&inp.init).expect("read init binary"),
+    );
+    c.file(
+        "bin/busybox",
+        0o755,
+        &std::fs::read(&inp.busybox).expect("read busybox"),
+    );
+    for applet in [
+        "sh", "cat", "echo", "sleep", "ip", "grep", "ls", "mkdir", "sync", "test", "cut", "ps",
+        "poweroff", "reboot", "halt", "insmod", "wc", "dmesg", "mount", "touch", "readlink", "seq",
+        "kill", "basename",
+    ] {
         c.symlink(&format!("bin/{applet}"), "busybox");
     }
     c.file("etc/hostname", 0o644, b"axion-test\n");
     c.symlink("etc/resolv.conf", "../run/resolv.conf");
     for (name, text) in services {
-        c.file(&format!("etc/axion/services/{name}.toml"), 0o644, text.as_bytes());
+        c.file(
+            &format!("etc/axion/services/{name}.toml"),
+            0o644,
+            text.as_bytes(),
+        );
     }
     if let Ok(mods) = std::env::var("AXION_TEST_MODULES") {
         let mut script = String::from("#!/bin/sh\n");
         for m in mods.split(':').filter(|m| !m.is_empty()) {
-            let base = Path::new(m).file_name().expect("module file name").to_string_lossy().into_owned();
-            c.file(&format!("lib/modules/{base}"), 0o644, &std::fs::read(m).expect("read module"));
+            let base = Path::new(m)
+                .file_name()
+                .expect("module file name")
+                .to_string_lossy()
+                .into_owned();
+            c.file(
+                &format!("lib/modules/{base}"),
+                0o644,
+                &std::fs::read(m).expect("read module"),
+            );
             script.push_str(&format!("insmod /lib/modules/{base}\n"));
         }
         script.push_str("exec /sbin/init\n");
@@ -323,8 +435,24 @@ struct Boot {
     log: PathBuf,
 }
 
-fn boot(inp: &Inputs, dir: &Path, tag: &str, initrd: &Path, disk: Option<&Path>, append: &str) -> Boot {
-    boot_on(inp, dir, tag, initrd, disk, append, qemu::NicModel::VirtioNet, qemu::DiskInterface::Virtio)
+fn boot(
+    inp: &Inputs,
+    dir: &Path,
+    tag: &str,
+    initrd: &Path,
+    disk: Option<&Path>,
+    append: &str,
+) -> Boot {
+    boot_on(
+        inp,
+        dir,
+        tag,
+        initrd,
+        disk,
+        append,
+        qemu::NicModel::VirtioNet,
+        qemu::DiskInterface::Virtio,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -338,7 +466,11 @@ fn boot_on(
     nic: qemu::NicModel,
     disk_if: qemu::DiskInterface,
 ) -> Boot {
-    let rdinit = if std::env::var("AXION_TEST_MODULES").is_ok() { "/sbin/preinit" } else { "/sbin/init" };
+    let rdinit = if std::env::var("AXION_TEST_MODULES").is_ok() {
+        "/sbin/preinit"
+    } else {
+        "/sbin/init"
+    };
     let log = dir.join(format!("serial-{tag}.log"));
     // The KVM probe takes seconds when KVM does not work: ask once per test run.
     static ACCEL: std::sync::OnceLock<(qemu::Accel, String)> = std::sync::OnceLock::new();
@@ -353,7 +485,11 @@ fn boot_on(
         .machine(qemu::Machine::Pc)
         .accel(accel)
         .memory_mib(256)
-        .kernel(&inp.kernel, Some(initrd.to_path_buf()), format!("console=ttyS0 panic=-1 rdinit={rdinit} {append}"))
+        .kernel(
+            &inp.kernel,
+            Some(initrd.to_path_buf()),
+            format!("console=ttyS0 panic=-1 rdinit={rdinit} {append}"),
+        )
         .user_net(nic, Vec::new())
         .serial_file(&log)
         .run_dir(dir.join(format!("vm-{tag}")))
@@ -367,7 +503,9 @@ fn boot_on(
 
 impl Boot {
     fn text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default().replace('\r', "")
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .replace('\r', "")
     }
 
     /// Waits until `pred(serial console so far)` holds; panics with the console's end if
@@ -379,17 +517,30 @@ impl Boot {
             if pred(&t) {
                 return t;
             }
-            let tail: Vec<&str> = t.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+            let tail: Vec<&str> = t
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
             if let Some(st) = self.vm.try_exit_status() {
                 std::thread::sleep(Duration::from_millis(100));
                 let t = self.text();
                 if pred(&t) {
                     return t;
                 }
-                panic!("QEMU exited ({st}) before: {what}\n--- serial console ---\n{}", tail.join("\n"));
+                panic!(
+                    "QEMU exited ({st}) before: {what}\n--- serial console ---\n{}",
+                    tail.join("\n")
+                );
             }
             if Instant::now() > deadline {
-                panic!("timed out after {TIMEOUT:?} waiting for: {what}\n--- serial console ---\n{}", tail.join("\n"));
+                panic!(
+                    "timed out after {TIMEOUT:?} waiting for: {what}\n--- serial console ---\n{}",
+                    tail.join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -402,26 +553,52 @@ impl Boot {
 
     /// Waits for the ready line; checks its form; returns init's seconds.
     fn ready(&mut self) -> f64 {
-        let r = self.vm.wait_ready(TIMEOUT).unwrap_or_else(|e| panic!("no ready line: {e}"));
-        eprintln!("{} ({:.1} s after QEMU started)", r.line, r.host.as_secs_f64());
+        let r = self
+            .vm
+            .wait_ready(TIMEOUT)
+            .unwrap_or_else(|e| panic!("no ready line: {e}"));
+        eprintln!(
+            "{} ({:.1} s after QEMU started)",
+            r.line,
+            r.host.as_secs_f64()
+        );
         assert_ready_line(&self.text())
     }
 }
 
 fn ready_lines(s: &str) -> Vec<String> {
-    s.lines().filter(|l| l.contains("axion: ready in")).map(str::to_string).collect()
+    s.lines()
+        .filter(|l| l.contains("axion: ready in"))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Asserts exactly one ready line of the documented form and returns its seconds.
 fn assert_ready_line(s: &str) -> f64 {
     let lines = ready_lines(s);
-    assert_eq!(lines.len(), 1, "expected exactly one ready line, got {lines:?}");
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected exactly one ready line, got {lines:?}"
+    );
     let l = lines[0].trim();
-    let rest = l.strip_prefix("axion: ready in ").unwrap_or_else(|| panic!("ready line does not start the line: {l:?}"));
-    let num = rest.strip_suffix(" s").unwrap_or_else(|| panic!("ready line does not end with ' s': {l:?}"));
-    let (int, frac) = num.split_once('.').unwrap_or_else(|| panic!("no decimals in {l:?}"));
-    assert!(!int.is_empty() && int.bytes().all(|b| b.is_ascii_digit()), "{l:?}");
-    assert!(frac.len() == 3 && frac.bytes().all(|b| b.is_ascii_digit()), "{l:?}");
+    let rest = l
+        .strip_prefix("axion: ready in ")
+        .unwrap_or_else(|| panic!("ready line does not start the line: {l:?}"));
+    let num = rest
+        .strip_suffix(" s")
+        .unwrap_or_else(|| panic!("ready line does not end with ' s': {l:?}"));
+    let (int, frac) = num
+        .split_once('.')
+        .unwrap_or_else(|| panic!("no decimals in {l:?}"));
+    assert!(
+        !int.is_empty() && int.bytes().all(|b| b.is_ascii_digit()),
+        "{l:?}"
+    );
+    assert!(
+        frac.len() == 3 && frac.bytes().all(|b| b.is_ascii_digit()),
+        "{l:?}"
+    );
     num.parse().expect("ready seconds")
 }
 
@@ -482,9 +659,15 @@ fn test_services(token: &str) -> Vec<(String, String)> {
 #[test]
 fn init_boots_supervises_reaps_and_powers_off_cleanly() {
     let _guard = QEMU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(inp) = inputs("init_boots_supervises_reaps_and_powers_off_cleanly") else { return };
+    let Some(inp) = inputs("init_boots_supervises_reaps_and_powers_off_cleanly") else {
+        return;
+    };
     let dir = workdir("main");
-    let token = format!("token-{}-{:?}", std::process::id(), std::time::SystemTime::now());
+    let token = format!(
+        "token-{}-{:?}",
+        std::process::id(),
+        std::time::SystemTime::now()
+    );
     let token = token.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "");
     let initrd = initramfs(&inp, &dir, &test_services(&token));
     let disk = data_disk(&dir);
@@ -496,61 +679,144 @@ fn init_boots_supervises_reaps_and_powers_off_cleanly() {
 
     // DHCP from QEMU's user network.
     let t = b.wait_line("netcheck: axion-test");
-    assert!(t.contains("netcheck:     inet 10.0.2.15/24"), "no DHCP address 10.0.2.15/24 in:\n{t}");
-    assert!(t.contains("init: eth0: DHCP lease 10.0.2.15/24"), "init did not report the lease");
-    assert!(t.contains("netcheck: nameserver 10.0.2.3"), "DNS from DHCP not in /etc/resolv.conf:\n{t}");
+    assert!(
+        t.contains("netcheck:     inet 10.0.2.15/24"),
+        "no DHCP address 10.0.2.15/24 in:\n{t}"
+    );
+    assert!(
+        t.contains("init: eth0: DHCP lease 10.0.2.15/24"),
+        "init did not report the lease"
+    );
+    assert!(
+        t.contains("netcheck: nameserver 10.0.2.3"),
+        "DNS from DHCP not in /etc/resolv.conf:\n{t}"
+    );
 
     // Mounts, cgroup delegation, service environment, RNG seed, IPv6 link-local.
     let t = b.wait_line("syscheck: syscheck-done");
-    assert!(!t.contains("missing-mount"), "API file systems missing:\n{t}");
-    let controllers = t.lines().find_map(|l| l.split_once("syscheck: controllers: ").map(|x| x.1.to_string())).unwrap_or_default();
+    assert!(
+        !t.contains("missing-mount"),
+        "API file systems missing:\n{t}"
+    );
+    let controllers = t
+        .lines()
+        .find_map(|l| {
+            l.split_once("syscheck: controllers: ")
+                .map(|x| x.1.to_string())
+        })
+        .unwrap_or_default();
     for c in ["cpu", "memory", "pids", "io", "cpuset"] {
-        assert!(controllers.split_whitespace().any(|x| x == c), "cgroup controller {c} not delegated: {controllers:?}");
+        assert!(
+            controllers.split_whitespace().any(|x| x == c),
+            "cgroup controller {c} not delegated: {controllers:?}"
+        );
     }
-    assert!(t.contains("syscheck: cgroup: 0::/init"), "services do not run in the init cgroup:\n{t}");
-    assert!(t.contains("syscheck: greeting: hello from TOML"), "service environment not set");
-    assert!(t.contains("syscheck: seed-bytes: 512"), "no RNG seed on the data partition");
-    assert!(t.contains("syscheck:     inet6 fe80::"), "no IPv6 link-local address:\n{t}");
+    assert!(
+        t.contains("syscheck: cgroup: 0::/init"),
+        "services do not run in the init cgroup:\n{t}"
+    );
+    assert!(
+        t.contains("syscheck: greeting: hello from TOML"),
+        "service environment not set"
+    );
+    assert!(
+        t.contains("syscheck: seed-bytes: 512"),
+        "no RNG seed on the data partition"
+    );
+    assert!(
+        t.contains("syscheck:     inet6 fe80::"),
+        "no IPv6 link-local address:\n{t}"
+    );
 
     // The root is a tmpfs copy of the initramfs, not rootfs (which pivot_root cannot leave),
     // and init re-executed itself from it (the old root's binary is gone, not "(deleted)").
-    let root_mount = t.lines().find_map(|l| l.split_once("syscheck: root-mount: ").map(|x| x.1.to_string())).unwrap_or_default();
-    assert!(root_mount.contains(" / / ") && root_mount.contains(" - tmpfs "), "/ is not a tmpfs: {root_mount:?}\n{t}");
-    assert!(t.contains("syscheck: rootfs-entries: 0"), "rootfs still visible in /proc/self/mountinfo:\n{t}");
-    assert!(t.contains("syscheck: init-exe: /sbin/init\n"), "init was not re-executed from the new root:\n{t}");
-    assert!(t.contains("init: root moved from the initramfs to a tmpfs ("), "no root switch message:\n{t}");
+    let root_mount = t
+        .lines()
+        .find_map(|l| {
+            l.split_once("syscheck: root-mount: ")
+                .map(|x| x.1.to_string())
+        })
+        .unwrap_or_default();
+    assert!(
+        root_mount.contains(" / / ") && root_mount.contains(" - tmpfs "),
+        "/ is not a tmpfs: {root_mount:?}\n{t}"
+    );
+    assert!(
+        t.contains("syscheck: rootfs-entries: 0"),
+        "rootfs still visible in /proc/self/mountinfo:\n{t}"
+    );
+    assert!(
+        t.contains("syscheck: init-exe: /sbin/init\n"),
+        "init was not re-executed from the new root:\n{t}"
+    );
+    assert!(
+        t.contains("init: root moved from the initramfs to a tmpfs ("),
+        "no root switch message:\n{t}"
+    );
     assert!(!t.contains("root switch:"), "root switch error:\n{t}");
     // The initramfs' files were freed: shared memory (tmpfs pages, the root's copy among
     // them) is well below twice the initramfs, which it would be with both copies alive.
     let shmem_kb: u64 = t
         .lines()
-        .find_map(|l| l.split_once("syscheck: shmem: Shmem: ").map(|x| x.1.trim().trim_end_matches("kB").trim().to_string()))
+        .find_map(|l| {
+            l.split_once("syscheck: shmem: Shmem: ")
+                .map(|x| x.1.trim().trim_end_matches("kB").trim().to_string())
+        })
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no Shmem figure:\n{t}"));
-    let cpio_kb = std::fs::metadata(&initrd).map(|m| m.len() / 1024).unwrap_or(0);
+    let cpio_kb = std::fs::metadata(&initrd)
+        .map(|m| m.len() / 1024)
+        .unwrap_or(0);
     eprintln!("Shmem {shmem_kb} kB, initramfs {cpio_kb} kB");
-    assert!(shmem_kb * 2 < cpio_kb * 3, "Shmem {shmem_kb} kB for a {cpio_kb} kB initramfs: the old root's files were not freed");
+    assert!(
+        shmem_kb * 2 < cpio_kb * 3,
+        "Shmem {shmem_kb} kB for a {cpio_kb} kB initramfs: the old root's files were not freed"
+    );
 
     // The crashing service is restarted, with growing delays.
-    let t = b.wait("the crasher's third run", |s| s.matches("crasher: crasher-run").count() >= 3);
-    assert!(t.contains("service crasher exited (exit status 3)"), "no restart message");
-    assert!(t.contains("restarting in 0.25 s") && t.contains("restarting in 0.50 s"), "no backoff in:\n{t}");
+    let t = b.wait("the crasher's third run", |s| {
+        s.matches("crasher: crasher-run").count() >= 3
+    });
+    assert!(
+        t.contains("service crasher exited (exit status 3)"),
+        "no restart message"
+    );
+    assert!(
+        t.contains("restarting in 0.25 s") && t.contains("restarting in 0.50 s"),
+        "no backoff in:\n{t}"
+    );
 
     // The orphan was reaped.
     let t = b.wait_line("orphan: zombies-total:");
-    assert!(t.contains("orphan: orphan-pid"), "orphan service did not run");
-    assert!(t.contains("orphan: zombie-check: pid") && t.contains(" reaped"), "orphan not reaped:\n{t}");
+    assert!(
+        t.contains("orphan: orphan-pid"),
+        "orphan service did not run"
+    );
+    assert!(
+        t.contains("orphan: zombie-check: pid") && t.contains(" reaped"),
+        "orphan not reaped:\n{t}"
+    );
     assert!(t.contains("orphan: zombies-total: 0"), "zombies left:\n{t}");
 
     // Data partition mounted and written.
     let t = b.wait_line("persist: persist-wrote");
-    assert!(t.contains("init: data partition /dev/vda1 mounted on /var/lib"), "data partition not mounted:\n{t}");
+    assert!(
+        t.contains("init: data partition /dev/vda1 mounted on /var/lib"),
+        "data partition not mounted:\n{t}"
+    );
 
     // The power button: services stopped, file systems clean, power off.
-    b.vm.powerdown_and_wait(Duration::from_secs(60)).unwrap_or_else(|e| panic!("power button: {e}"));
+    b.vm.powerdown_and_wait(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("power button: {e}"));
     let t = b.text();
-    assert!(t.contains("init: power button pressed"), "power button not seen:\n{t}");
-    assert!(t.contains("sleeper: sleeper-got-term"), "service did not get SIGTERM");
+    assert!(
+        t.contains("init: power button pressed"),
+        "power button not seen:\n{t}"
+    );
+    assert!(
+        t.contains("sleeper: sleeper-got-term"),
+        "service did not get SIGTERM"
+    );
     assert!(t.contains("init: powering off"), "no power-off message");
     assert!(!t.contains("WARNING: unmount"), "unclean unmount:\n{t}");
     drop(b);
@@ -562,17 +828,27 @@ fn init_boots_supervises_reaps_and_powers_off_cleanly() {
     let secs = b.ready();
     eprintln!("boot 2: init reported ready at {secs:.3} s after the kernel started");
     let t = b.wait_line("persist: crasher-log-lines:");
-    assert!(t.contains(&format!("persist: persist-found: {token}")), "marker lost:\n{t}");
+    assert!(
+        t.contains(&format!("persist: persist-found: {token}")),
+        "marker lost:\n{t}"
+    );
     let n: u32 = t
         .lines()
         .find_map(|l| l.strip_prefix("persist: crasher-log-lines: "))
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0);
-    assert!(n >= 3, "/var/log/crasher.log did not keep boot 1's output (count {n})");
-    b.vm.powerdown_and_wait(Duration::from_secs(60)).unwrap_or_else(|e| panic!("second power-off: {e}"));
+    assert!(
+        n >= 3,
+        "/var/log/crasher.log did not keep boot 1's output (count {n})"
+    );
+    b.vm.powerdown_and_wait(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("second power-off: {e}"));
     drop(b);
     let (clean, out) = fsck_data(&disk, &dir);
-    assert!(clean, "e2fsck -fn after the second power-off is unhappy:\n{out}");
+    assert!(
+        clean,
+        "e2fsck -fn after the second power-off is unhappy:\n{out}"
+    );
 }
 
 /// The pid of a `sh` whose stdin is the serial console (the debug shell), as shell code.
@@ -581,7 +857,10 @@ const FIND_SHELL: &str = "for f in /proc/[0-9]*; do if test \"$(readlink $f/fd/0
 #[test]
 fn static_ip_debug_shell_reboot_command_and_missing_data_partition() {
     let _guard = QEMU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(inp) = inputs("static_ip_debug_shell_reboot_command_and_missing_data_partition") else { return };
+    let Some(inp) = inputs("static_ip_debug_shell_reboot_command_and_missing_data_partition")
+    else {
+        return;
+    };
     let dir = workdir("static");
     let services = vec![
         service(
@@ -612,24 +891,56 @@ fn static_ip_debug_shell_reboot_command_and_missing_data_partition() {
     );
     b.ready();
     let t = b.wait_line("netcheck: ssh-ed25519 AAAAtest me@host");
-    assert!(t.contains("NOTHING WILL PERSIST"), "missing data partition not reported loudly:\n{t}");
-    assert!(t.contains("unknown kernel parameter axion.frobnicate"), "bad parameter not reported");
-    assert!(t.contains("netcheck: static-host"), "hostname from the kernel command line not set");
-    assert!(t.contains("netcheck:     inet 10.0.2.20/24"), "static address not set:\n{t}");
-    assert!(t.contains("netcheck: default via 10.0.2.2"), "default route not set:\n{t}");
-    assert!(t.contains("netcheck: nameserver 10.0.2.3"), "DNS not written");
+    assert!(
+        t.contains("NOTHING WILL PERSIST"),
+        "missing data partition not reported loudly:\n{t}"
+    );
+    assert!(
+        t.contains("unknown kernel parameter axion.frobnicate"),
+        "bad parameter not reported"
+    );
+    assert!(
+        t.contains("netcheck: static-host"),
+        "hostname from the kernel command line not set"
+    );
+    assert!(
+        t.contains("netcheck:     inet 10.0.2.20/24"),
+        "static address not set:\n{t}"
+    );
+    assert!(
+        t.contains("netcheck: default via 10.0.2.2"),
+        "default route not set:\n{t}"
+    );
+    assert!(
+        t.contains("netcheck: nameserver 10.0.2.3"),
+        "DNS not written"
+    );
 
     // The debug shell runs on ttyS0 and is respawned after it dies.
     let t = b.wait_line("shellcheck: calling-reboot");
     // The shell's prompt may share a line with service output: look inside lines.
-    let pid = |tag: &str| t.lines().find_map(|l| l.find(tag).map(|i| l[i + tag.len()..].trim().to_string())).unwrap_or_default();
+    let pid = |tag: &str| {
+        t.lines()
+            .find_map(|l| l.find(tag).map(|i| l[i + tag.len()..].trim().to_string()))
+            .unwrap_or_default()
+    };
     let (p1, p2) = (pid("shellcheck: shell-1: "), pid("shellcheck: shell-2: "));
-    assert!(!p1.is_empty() && !p2.is_empty() && p1 != p2, "debug shell not found or not respawned: {p1:?} then {p2:?}\n{t}");
-    assert!(t.contains("service debug-shell exited (killed by signal 9)"), "init's console died with the shell's tty:\n{t}");
+    assert!(
+        !p1.is_empty() && !p2.is_empty() && p1 != p2,
+        "debug shell not found or not respawned: {p1:?} then {p2:?}\n{t}"
+    );
+    assert!(
+        t.contains("service debug-shell exited (killed by signal 9)"),
+        "init's console died with the shell's tty:\n{t}"
+    );
 
-    b.vm.wait_exit(Duration::from_secs(60)).unwrap_or_else(|e| panic!("reboot (SIGTERM) did not end the VM (-no-reboot): {e}"));
+    b.vm.wait_exit(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("reboot (SIGTERM) did not end the VM (-no-reboot): {e}"));
     let t = b.text();
-    assert!(t.contains("shutting down (reboot)") && t.contains("init: rebooting"), "reboot path not taken:\n{t}");
+    assert!(
+        t.contains("shutting down (reboot)") && t.contains("init: rebooting"),
+        "reboot path not taken:\n{t}"
+    );
 }
 
 /// vSphere's virtual hardware as QEMU emulates it: a vmxnet3 NIC and the data disk on a
@@ -637,7 +948,9 @@ fn static_ip_debug_shell_reboot_command_and_missing_data_partition() {
 #[test]
 fn vsphere_hardware_vmxnet3_and_pvscsi() {
     let _guard = QEMU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(inp) = inputs("vsphere_hardware_vmxnet3_and_pvscsi") else { return };
+    let Some(inp) = inputs("vsphere_hardware_vmxnet3_and_pvscsi") else {
+        return;
+    };
     let dir = workdir("vsphere");
     let services = vec![service(
         "netcheck",
@@ -646,14 +959,33 @@ fn vsphere_hardware_vmxnet3_and_pvscsi() {
     )];
     let initrd = initramfs(&inp, &dir, &services);
     let disk = data_disk(&dir);
-    let mut b = boot_on(&inp, &dir, "1", &initrd, Some(&disk), "", qemu::NicModel::Vmxnet3, qemu::DiskInterface::Pvscsi);
+    let mut b = boot_on(
+        &inp,
+        &dir,
+        "1",
+        &initrd,
+        Some(&disk),
+        "",
+        qemu::NicModel::Vmxnet3,
+        qemu::DiskInterface::Pvscsi,
+    );
     b.ready();
     let t = b.wait_line("netcheck: driver:");
-    assert!(t.contains("netcheck: driver: vmxnet3"), "NIC is not vmxnet3:\n{t}");
-    assert!(t.contains("netcheck:     inet 10.0.2.15/24"), "no DHCP lease on vmxnet3:\n{t}");
+    assert!(
+        t.contains("netcheck: driver: vmxnet3"),
+        "NIC is not vmxnet3:\n{t}"
+    );
+    assert!(
+        t.contains("netcheck:     inet 10.0.2.15/24"),
+        "no DHCP lease on vmxnet3:\n{t}"
+    );
     let t = b.wait_line("on /var/lib type ext4");
-    assert!(t.contains("init: data partition /dev/sda1 mounted on /var/lib"), "data partition on PVSCSI not mounted:\n{t}");
-    b.vm.powerdown_and_wait(Duration::from_secs(60)).unwrap_or_else(|e| panic!("power button: {e}"));
+    assert!(
+        t.contains("init: data partition /dev/sda1 mounted on /var/lib"),
+        "data partition on PVSCSI not mounted:\n{t}"
+    );
+    b.vm.powerdown_and_wait(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("power button: {e}"));
     drop(b);
     let (clean, out) = fsck_data(&disk, &dir);
     assert!(clean, "e2fsck -fn after power-off is unhappy:\n{out}");

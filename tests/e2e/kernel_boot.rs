@@ -34,7 +34,21 @@ struct Cpio {
 impl Cpio {
     fn entry(&mut self, name: &str, mode: u32, data: &[u8], rdev: (u32, u32)) {
         self.ino += 1;
-        let fields = [self.ino, mode, 0, 0, 1, 0, data.len() as u32, 0, 0, rdev.0, rdev.1, name.len() as u32 + 1, 0];
+        let fields = [
+            self.ino,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len() as u32,
+            0,
+            0,
+            rdev.0,
+            rdev.1,
+            name.len() as u32 + 1,
+            0,
+        ];
         self.out.extend_from_slice(b"070701");
         for f in fields {
             self.out.extend_from_slice(format!("{f:08x}").as_bytes());
@@ -59,7 +73,8 @@ impl Cpio {
 }
 
 fn initramfs(busybox: &Path) -> Result<Vec<u8>> {
-    let bb = std::fs::read(busybox).with_context(|| format!("cannot read {}", busybox.display()))?;
+    let bb =
+        std::fs::read(busybox).with_context(|| format!("cannot read {}", busybox.display()))?;
     let mut c = Cpio::default();
     for dir in ["dev", "proc", "sys", "bin"] {
         c.entry(dir, 0o040755, &[], (0, 0));
@@ -76,8 +91,20 @@ fn built_kernel_boots_to_a_trivial_init_under_tcg() {
     let layout = layout();
     let recipes = RecipeSet::load(&layout.recipes()).expect("recipes load");
     // Builds the kernel (about 7.5 min on 2 cores) and busybox when they are not cached yet.
-    let staged = build_packages(&layout, &recipes, &["linux".into(), "busybox".into()], &BuildOptions::default()).expect("linux and busybox build");
-    let tree = |name: &str| staged.iter().find(|s| s.name == name).map(|s| s.tree.clone()).expect("staged");
+    let staged = build_packages(
+        &layout,
+        &recipes,
+        &["linux".into(), "busybox".into()],
+        &BuildOptions::default(),
+    )
+    .expect("linux and busybox build");
+    let tree = |name: &str| {
+        staged
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.tree.clone())
+            .expect("staged")
+    };
     let kernel = tree("linux").join("boot/vmlinuz");
     let busybox = tree("busybox").join("bin/busybox");
 
@@ -86,26 +113,59 @@ fn built_kernel_boots_to_a_trivial_init_under_tcg() {
     std::fs::write(&initrd, initramfs(&busybox).unwrap()).unwrap();
 
     let mut qemu = Command::new("qemu-system-x86_64");
-    qemu.args(["-accel", "tcg", "-m", "256", "-smp", "2", "-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot"])
-        .arg("-kernel")
-        .arg(&kernel)
-        .arg("-initrd")
-        .arg(&initrd)
-        .args(["-append", "console=ttyS0 panic=-1"]);
+    qemu.args([
+        "-accel",
+        "tcg",
+        "-m",
+        "256",
+        "-smp",
+        "2",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+    ])
+    .arg("-kernel")
+    .arg(&kernel)
+    .arg("-initrd")
+    .arg(&initrd)
+    .args(["-append", "console=ttyS0 panic=-1"]);
     let started = Instant::now();
-    let out = run_with_timeout(qemu, Duration::from_secs(240)).expect("QEMU powers off by itself within 240 s");
+    let out = run_with_timeout(qemu, Duration::from_secs(240))
+        .expect("QEMU powers off by itself within 240 s");
     let console = String::from_utf8_lossy(&out.stdout);
     let marker = console.lines().find(|l| l.contains("AXION-KERNEL-OK"));
     let Some(marker) = marker else {
-        panic!("no marker on the serial console ({}); console:\n{console}\nstderr:\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        panic!(
+            "no marker on the serial console ({}); console:\n{console}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
-    eprintln!("{marker} (QEMU ran {:.1} s)", started.elapsed().as_secs_f64());
+    eprintln!(
+        "{marker} (QEMU ran {:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
     assert!(out.status.success(), "QEMU exited with {}", out.status);
-    assert!(marker.contains("release=6.1.") && marker.contains("-axion"), "{marker}");
+    assert!(
+        marker.contains("release=6.1.") && marker.contains("-axion"),
+        "{marker}"
+    );
     assert!(marker.contains("arch=x86_64"), "{marker}");
     assert!(marker.contains("cpus=2"), "SMP: {marker}");
-    for fs in ["overlay", "cgroup2", "ext4", "vfat", "iso9660", "squashfs", "erofs", "9p", "virtiofs"] {
-        assert!(marker.contains(fs), "{fs} missing from /proc/filesystems: {marker}");
+    for fs in [
+        "overlay", "cgroup2", "ext4", "vfat", "iso9660", "squashfs", "erofs", "9p", "virtiofs",
+    ] {
+        assert!(
+            marker.contains(fs),
+            "{fs} missing from /proc/filesystems: {marker}"
+        );
     }
-    assert!(console.contains("reboot: Power down"), "the kernel powered off: {console}");
+    assert!(
+        console.contains("reboot: Power down"),
+        "the kernel powered off: {console}"
+    );
 }

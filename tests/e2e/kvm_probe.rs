@@ -8,9 +8,19 @@ use axion_tests::require;
 
 #[test]
 fn staged_kernel_reaches_the_probe_marker_under_tcg() {
-    require!(axion_tests::have_qemu(), "qemu-system-x86_64 is not installed");
+    require!(
+        axion_tests::have_qemu(),
+        "qemu-system-x86_64 is not installed"
+    );
     let kernel = axion_tests::kernel().expect("the staged kernel");
-    let line = qemu::kernel_boots(&kernel, qemu::Accel::Tcg, Duration::from_secs(180)).unwrap_or_else(|e| panic!("{}: {e}", kernel.display()));
+    let line = qemu::kernel_boots(&kernel, qemu::Accel::Tcg, Duration::from_secs(180))
+        .unwrap_or_else(|e| panic!("{}: {e}", kernel.display()));
     eprintln!("marker: {line}");
-    assert!(line.contains("VFS: Unable to mount root") || line.contains("Freeing unused kernel") || line.contains("Run /init") || line.contains("No working init"), "{line}");
+    assert!(
+        line.contains("VFS: Unable to mount root")
+            || line.contains("Freeing unused kernel")
+            || line.contains("Run /init")
+            || line.contains("No working init"),
+        "{line}"
+    );
 }

@@ -8,15 +8,23 @@ use axion_tests::{boot_ready, image, qemu, require};
 use xtask::profile::Format;
 
 fn ssh(key: &std::path::Path, port: u16, extra: &[&str], command: &str) -> std::process::Output {
-    axion_tests::ssh(key, port, extra, command).output().expect("ssh runs")
+    axion_tests::ssh(key, port, extra, command)
+        .output()
+        .expect("ssh runs")
 }
 
 use axion_tests::ssh_keygen as keygen;
 
 #[test]
 fn key_login_works_and_nothing_else_does() {
-    require!(axion_tests::have_qemu(), "qemu-system-x86_64 is not installed");
-    require!(std::path::Path::new("/usr/bin/ssh").exists(), "the ssh client (openssh-client) is not installed");
+    require!(
+        axion_tests::have_qemu(),
+        "qemu-system-x86_64 is not installed"
+    );
+    require!(
+        std::path::Path::new("/usr/bin/ssh").exists(),
+        "the ssh client (openssh-client) is not installed"
+    );
     login_checks().unwrap();
 }
 
@@ -31,13 +39,18 @@ fn login_checks() -> Result<()> {
     let port = qemu::free_port()?;
     let (accel, why) = axion_tests::accel();
     eprintln!("accelerator: {why}");
-    let cmdline = format!("console=ttyS0,115200 panic=-1 axion.hostname=sshtest axion.ssh_key=\"{good_pub}\"");
+    let cmdline = format!(
+        "console=ttyS0,115200 panic=-1 axion.hostname=sshtest axion.ssh_key=\"{good_pub}\""
+    );
     let config = qemu::VmConfig::new()
         .accel(accel)
         .memory_mib(512)
         .run_dir(dir.path().join("vm"))
         .kernel(&kernel, Some(initrd), cmdline)
-        .user_net(qemu::NicModel::VirtioNet, vec![qemu::PortForward::tcp(port, 22)]);
+        .user_net(
+            qemu::NicModel::VirtioNet,
+            vec![qemu::PortForward::tcp(port, 22)],
+        );
     let (vm, _ready) = boot_ready(config)?;
 
     // sshd starts after the network; give it a moment to listen (and to make host keys).
@@ -50,13 +63,36 @@ fn login_checks() -> Result<()> {
         std::thread::sleep(Duration::from_secs(2));
     };
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "ssh with the configured key failed: {}\nserial:\n{}", String::from_utf8_lossy(&out.stderr), vm.serial_log().map(|p| axion_tests::tail(p, 40)).unwrap_or_default());
+    assert!(
+        out.status.success(),
+        "ssh with the configured key failed: {}\nserial:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        vm.serial_log()
+            .map(|p| axion_tests::tail(p, 40))
+            .unwrap_or_default()
+    );
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines, ["sshtest", "0", "init"], "{stdout}");
 
     let out = ssh(&bad, port, &[], "true");
-    assert!(!out.status.success(), "a key that is not configured was accepted");
-    let out = ssh(&good, port, &["-o", "PreferredAuthentications=password,keyboard-interactive", "-o", "PubkeyAuthentication=no"], "true");
-    assert!(!out.status.success(), "password login was offered and accepted");
+    assert!(
+        !out.status.success(),
+        "a key that is not configured was accepted"
+    );
+    let out = ssh(
+        &good,
+        port,
+        &[
+            "-o",
+            "PreferredAuthentications=password,keyboard-interactive",
+            "-o",
+            "PubkeyAuthentication=no",
+        ],
+        "true",
+    );
+    assert!(
+        !out.status.success(),
+        "password login was offered and accepted"
+    );
     Ok(())
 }

@@ -14,7 +14,10 @@ use xtask::profile::Format;
 
 #[test]
 fn docker_cli_runs_each_container_in_its_own_cloned_vm() {
-    require!(axion_tests::have_qemu(), "qemu-system-x86_64 is not installed");
+    require!(
+        axion_tests::have_qemu(),
+        "qemu-system-x86_64 is not installed"
+    );
     if let Some(why) = axion_tests::vmd_host_lacks() {
         require!(false, "{why}");
     }
@@ -27,19 +30,36 @@ fn pid_alive(pid: u32) -> bool {
 
 /// Checks that `pid` sits in cgroups named `name` with exactly these limits; returns the
 /// cgroup directories.
-fn check_limits(pid: u32, name: &str, memory: i64, (quota, period): (i64, i64)) -> Result<Vec<PathBuf>> {
+fn check_limits(
+    pid: u32,
+    name: &str,
+    memory: i64,
+    (quota, period): (i64, i64),
+) -> Result<Vec<PathBuf>> {
     let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
     let root = Path::new("/sys/fs/cgroup");
     let path_of = |controller: &str| -> Result<PathBuf> {
         let line = own
             .lines()
-            .find(|l| l.splitn(3, ':').nth(1).is_some_and(|c| c.split(',').any(|c| c == controller)))
+            .find(|l| {
+                l.splitn(3, ':')
+                    .nth(1)
+                    .is_some_and(|c| c.split(',').any(|c| c == controller))
+            })
             .with_context(|| format!("no {controller:?} line in /proc/{pid}/cgroup: {own}"))?;
         let p = line.splitn(3, ':').nth(2).unwrap_or_default();
-        assert!(p.ends_with(&format!("/axion-vmd/{name}")), "QEMU's {controller:?} cgroup is {p}, not axion-vmd/{name}");
+        assert!(
+            p.ends_with(&format!("/axion-vmd/{name}")),
+            "QEMU's {controller:?} cgroup is {p}, not axion-vmd/{name}"
+        );
         Ok(PathBuf::from(p.trim_start_matches('/')))
     };
-    let read = |p: PathBuf| -> Result<String> { Ok(std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?.trim().to_string()) };
+    let read = |p: PathBuf| -> Result<String> {
+        Ok(std::fs::read_to_string(&p)
+            .with_context(|| format!("reading {}", p.display()))?
+            .trim()
+            .to_string())
+    };
     if root.join("cgroup.controllers").exists() {
         eprintln!("cgroup v2 host");
         let d = root.join(path_of("")?);
@@ -76,7 +96,11 @@ fn check() -> Result<()> {
     let state = dir.path().join("state");
     let opts = vmd::Options {
         state_dir: state.clone(),
-        image: vmd::template::ImageFiles { kernel, initrd, disk: Some(disk) },
+        image: vmd::template::ImageFiles {
+            kernel,
+            initrd,
+            disk: Some(disk),
+        },
         memory_mib: 512,
         cpus: 1,
         accel: qemu::Accel::Tcg,
@@ -84,86 +108,247 @@ fn check() -> Result<()> {
         insecure_registries: vec!["10.9.0.0/16".into(), "myreg:5000".into()],
     };
     let t = Instant::now();
-    let server = vmd::Server::start(opts, &dir.path().join("vmd.sock")).context("starting the daemon")?;
-    eprintln!("daemon up (template included) in {:.1} s", t.elapsed().as_secs_f64());
-    assert!(qemus_under(&state).is_empty(), "the template VM is still running after it was saved");
-    let cli = DockerCli { host: server.docker_host(), config: dir.path().join("docker-config") };
+    let server =
+        vmd::Server::start(opts, &dir.path().join("vmd.sock")).context("starting the daemon")?;
+    eprintln!(
+        "daemon up (template included) in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(
+        qemus_under(&state).is_empty(),
+        "the template VM is still running after it was saved"
+    );
+    let cli = DockerCli {
+        host: server.docker_host(),
+        config: dir.path().join("docker-config"),
+    };
 
-    assert_eq!(cli.ok(&["version", "--format", "{{.Server.APIVersion}}"]).trim(), "1.47");
+    assert_eq!(
+        cli.ok(&["version", "--format", "{{.Server.APIVersion}}"])
+            .trim(),
+        "1.47"
+    );
     // --insecure-registry reaches `docker info` as dockerd's would (the CLI prints it).
     let info = cli.ok(&["info"]);
-    let insecure = info.split("Insecure Registries:").nth(1).unwrap_or_else(|| panic!("no Insecure Registries in docker info:\n{info}"));
+    let insecure = info
+        .split("Insecure Registries:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no Insecure Registries in docker info:\n{info}"));
     for want in ["myreg:5000", "10.9.0.0/16", "127.0.0.0/8"] {
-        assert!(insecure.lines().any(|l| l.trim() == want), "{want} missing from docker info's Insecure Registries:\n{info}");
+        assert!(
+            insecure.lines().any(|l| l.trim() == want),
+            "{want} missing from docker info's Insecure Registries:\n{info}"
+        );
     }
 
     // Attached run: output and exit code come back from the VM; --rm leaves nothing.
     let t = Instant::now();
     let o = cli.run(&["run", "--rm", &img, "echo", "hi"]);
-    assert!(o.status.success(), "docker run failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "docker run failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&o.stdout), "hi\n");
-    eprintln!("docker run --rm (pull + clone + run): {:.1} s", t.elapsed().as_secs_f64());
-    assert!(cli.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]).contains(&img));
+    eprintln!(
+        "docker run --rm (pull + clone + run): {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(cli
+        .ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"])
+        .contains(&img));
 
     // The pull stored the layer on the host: its blob (verified) and its unpacked tree.
     let store = state.join("store");
     let blob = largest_file(&store.join("blobs/sha256"))?;
-    let layers: Vec<PathBuf> = std::fs::read_dir(store.join("layers"))?.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    let layers: Vec<PathBuf> = std::fs::read_dir(store.join("layers"))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
     assert_eq!(layers.len(), 1, "unpacked layers in the store: {layers:?}");
-    assert!(layers[0].join("bin/busybox").is_file(), "no bin/busybox in {}", layers[0].display());
+    assert!(
+        layers[0].join("bin/busybox").is_file(),
+        "no bin/busybox in {}",
+        layers[0].display()
+    );
     let digest = blob.file_name().unwrap().to_string_lossy().into_owned();
     cli.ok(&["pull", &variant]);
-    let variant_id = cli.ok(&["image", "inspect", "-f", "{{.Id}}", &variant]).trim().to_string();
-    let variant_config = store.join("blobs/sha256").join(variant_id.trim_start_matches("sha256:"));
-    assert!(variant_config.is_file(), "the variant's config is not in the store: {}", variant_config.display());
-    let count = |d: &str| std::fs::read_dir(store.join(d)).map(|r| r.count()).unwrap_or(0);
-    assert_eq!((count("blobs/sha256"), count("layers")), (3, 2), "two configs and one shared layer blob; one tree and its .tree record");
+    let variant_id = cli
+        .ok(&["image", "inspect", "-f", "{{.Id}}", &variant])
+        .trim()
+        .to_string();
+    let variant_config = store
+        .join("blobs/sha256")
+        .join(variant_id.trim_start_matches("sha256:"));
+    assert!(
+        variant_config.is_file(),
+        "the variant's config is not in the store: {}",
+        variant_config.display()
+    );
+    let count = |d: &str| {
+        std::fs::read_dir(store.join(d))
+            .map(|r| r.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        (count("blobs/sha256"), count("layers")),
+        (3, 2),
+        "two configs and one shared layer blob; one tree and its .tree record"
+    );
     // A corrupted blob is found before the next container uses the store, and fetched again.
     std::fs::write(&blob, b"not the layer")?;
     assert_eq!(cli.ok(&["run", "--rm", &img, "echo", "again"]), "again\n");
-    assert_eq!(sha256_file(&blob)?, digest, "the corrupted blob was not fetched again");
+    assert_eq!(
+        sha256_file(&blob)?,
+        digest,
+        "the corrupted blob was not fetched again"
+    );
 
     // From now on the registry is gone: every container runs from the host's store.
     drop(reg);
-    let o = cli.run(&["run", "--rm", "-e", "CODE=3", &img, "sh", "-c", "echo to-stderr >&2; exit $CODE"]);
-    assert_eq!(o.status.code(), Some(3), "exit code: {}", String::from_utf8_lossy(&o.stderr));
+    let o = cli.run(&[
+        "run",
+        "--rm",
+        "-e",
+        "CODE=3",
+        &img,
+        "sh",
+        "-c",
+        "echo to-stderr >&2; exit $CODE",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "exit code: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(String::from_utf8_lossy(&o.stderr).contains("to-stderr"));
-    assert_eq!(cli.ok(&["ps", "-aq"]).trim(), "", "--rm containers are still listed");
+    assert_eq!(
+        cli.ok(&["ps", "-aq"]).trim(),
+        "",
+        "--rm containers are still listed"
+    );
 
     // Two containers at once, each in its own VM (own QEMU, own host name).
-    let a = cli.ok(&["run", "-d", "--name", "a", &img, "sh", "-c", "hostname; sleep 600"]).trim().to_string();
-    let b = cli.ok(&["run", "-d", "--name", "b", &img, "sh", "-c", "hostname; sleep 600"]).trim().to_string();
+    let a = cli
+        .ok(&[
+            "run",
+            "-d",
+            "--name",
+            "a",
+            &img,
+            "sh",
+            "-c",
+            "hostname; sleep 600",
+        ])
+        .trim()
+        .to_string();
+    let b = cli
+        .ok(&[
+            "run",
+            "-d",
+            "--name",
+            "b",
+            &img,
+            "sh",
+            "-c",
+            "hostname; sleep 600",
+        ])
+        .trim()
+        .to_string();
     let running = cli.ok(&["ps", "--format", "{{.Names}}"]);
-    assert!(running.contains('a') && running.contains('b'), "docker ps: {running}");
-    let pa: u32 = cli.ok(&["inspect", "-f", "{{.State.Pid}}", "a"]).trim().parse()?;
-    let pb: u32 = cli.ok(&["inspect", "-f", "{{.State.Pid}}", "b"]).trim().parse()?;
+    assert!(
+        running.contains('a') && running.contains('b'),
+        "docker ps: {running}"
+    );
+    let pa: u32 = cli
+        .ok(&["inspect", "-f", "{{.State.Pid}}", "a"])
+        .trim()
+        .parse()?;
+    let pb: u32 = cli
+        .ok(&["inspect", "-f", "{{.State.Pid}}", "b"])
+        .trim()
+        .parse()?;
     assert!(pa != pb && pid_alive(pa) && pid_alive(pb), "pids {pa} {pb}");
     assert_eq!(qemus_under(&state).len(), 2);
     // The daemon talks to the engine in each VM over virtio-serial only: QEMU has the
     // engine's port with its socket in the VM's directory and forwards no TCP port to it.
-    let cmd = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pa}/cmdline"))?).replace('\0', " ");
-    assert!(cmd.contains("virtserialport,") && cmd.contains("name=axion.engine"), "no axion.engine port: {cmd}");
-    assert!(cmd.contains(&format!("{}/engine.sock", &a[..12])), "the engine's socket is not in the VM's directory: {cmd}");
-    assert!(!cmd.contains("hostfwd"), "a clone without -p has a TCP forward: {cmd}");
+    let cmd =
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{pa}/cmdline"))?).replace('\0', " ");
+    assert!(
+        cmd.contains("virtserialport,") && cmd.contains("name=axion.engine"),
+        "no axion.engine port: {cmd}"
+    );
+    assert!(
+        cmd.contains(&format!("{}/engine.sock", &a[..12])),
+        "the engine's socket is not in the VM's directory: {cmd}"
+    );
+    assert!(
+        !cmd.contains("hostfwd"),
+        "a clone without -p has a TCP forward: {cmd}"
+    );
     // Its RAM is the template's RAM file mapped copy-on-write, and the saved state holds no
     // RAM (only device state): nothing to copy at restore.
-    assert!(cmd.contains("memory-backend-file,") && cmd.contains("/ram,share=off"), "a clone's RAM is not the template's file, copy-on-write: {cmd}");
-    let template = std::fs::read_dir(&state)?.flatten().map(|e| e.path()).find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("template-"))).expect("a template directory");
+    assert!(
+        cmd.contains("memory-backend-file,") && cmd.contains("/ram,share=off"),
+        "a clone's RAM is not the template's file, copy-on-write: {cmd}"
+    );
+    let template = std::fs::read_dir(&state)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("template-"))
+        })
+        .expect("a template directory");
     let saved = std::fs::metadata(template.join("state"))?.len();
-    assert!(saved < 8 << 20, "the template's saved state holds RAM ({saved} bytes)");
+    assert!(
+        saved < 8 << 20,
+        "the template's saved state holds RAM ({saved} bytes)"
+    );
     // ...and the guest engine listens on no TCP port (the old channel was TCP 2376 with
     // mutual TLS): /proc/net/tcp of the VM, seen from a container in its network namespace.
-    let tcp = cli.ok(&["run", "--rm", "--network", "host", &img, "sh", "-c", "cat /proc/net/tcp; cat /proc/net/tcp6 2>/dev/null; true"]);
+    let tcp = cli.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        &img,
+        "sh",
+        "-c",
+        "cat /proc/net/tcp; cat /proc/net/tcp6 2>/dev/null; true",
+    ]);
     assert!(tcp.contains("local_address"), "{tcp}");
-    let engine: Vec<&str> = tcp.lines().filter(|l| l.split_whitespace().nth(1).is_some_and(|a| a.ends_with(":0948")) && l.split_whitespace().nth(3) == Some("0A")).collect();
-    assert!(engine.is_empty(), "something listens on TCP 2376 in the VM: {engine:?}\n{tcp}");
+    let engine: Vec<&str> = tcp
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|a| a.ends_with(":0948"))
+                && l.split_whitespace().nth(3) == Some("0A")
+        })
+        .collect();
+    assert!(
+        engine.is_empty(),
+        "something listens on TCP 2376 in the VM: {engine:?}\n{tcp}"
+    );
     // The container has its VM's network (the VM is its sandbox): the VM's address on eth0.
-    let addr = cli.ok(&["run", "--rm", &img, "ip", "-4", "-o", "addr", "show", "eth0"]);
-    assert!(addr.contains("inet 10.0.2.15/"), "the container does not have its VM's address: {addr}");
+    let addr = cli.ok(&[
+        "run", "--rm", &img, "ip", "-4", "-o", "addr", "show", "eth0",
+    ]);
+    assert!(
+        addr.contains("inet 10.0.2.15/"),
+        "the container does not have its VM's address: {addr}"
+    );
     // Each VM's container ran in the shim its engine had started before the template was saved.
     for id in [&a, &b] {
         let serial = std::fs::read_to_string(state.join("c").join(&id[..12]).join("serial.log"))?;
-        assert!(serial.contains("runs in the pre-spawned shim"), "the container of VM {} did not use the pre-spawned shim; serial log:\n{serial}", &id[..12]);
+        assert!(
+            serial.contains("runs in the pre-spawned shim"),
+            "the container of VM {} did not use the pre-spawned shim; serial log:\n{serial}",
+            &id[..12]
+        );
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -171,23 +356,48 @@ fn check() -> Result<()> {
         if la.trim() == &a[..12] && lb.trim() == &b[..12] {
             break;
         }
-        assert!(Instant::now() < deadline, "host names in the VMs: {la:?} {lb:?}");
+        assert!(
+            Instant::now() < deadline,
+            "host names in the VMs: {la:?} {lb:?}"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
 
     // Limits: -m and --cpus put the container's QEMU into its own cgroup(s) on the host
     // (v2 or v1, whichever the host has), removed with the container.
-    let l = cli.ok(&["run", "-d", "-m", "256m", "--cpus", "0.5", &img, "sleep", "600"]).trim().to_string();
-    let lpid: u32 = cli.ok(&["inspect", "-f", "{{.State.Pid}}", &l]).trim().parse()?;
+    let l = cli
+        .ok(&[
+            "run", "-d", "-m", "256m", "--cpus", "0.5", &img, "sleep", "600",
+        ])
+        .trim()
+        .to_string();
+    let lpid: u32 = cli
+        .ok(&["inspect", "-f", "{{.State.Pid}}", &l])
+        .trim()
+        .parse()?;
     let dirs = check_limits(lpid, &l[..12], 256 << 20, (50_000, 100_000))?;
     cli.ok(&["rm", "-f", &l]);
-    assert!(!pid_alive(lpid), "the VM of a removed container is still running");
+    assert!(
+        !pid_alive(lpid),
+        "the VM of a removed container is still running"
+    );
     let left: Vec<_> = dirs.iter().filter(|d| d.exists()).collect();
     assert!(left.is_empty(), "cgroups left after rm -f: {left:?}");
 
     // A published port reaches the container in its VM.
     let port = qemu::free_port()?;
-    cli.ok(&["run", "-d", "--name", "web", "-p", &format!("{port}:8080"), &img, "sh", "-c", "while true; do echo hello-from-vm | nc -l -p 8080; done"]);
+    cli.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        &format!("{port}:8080"),
+        &img,
+        "sh",
+        "-c",
+        "while true; do echo hello-from-vm | nc -l -p 8080; done",
+    ]);
     let deadline = Instant::now() + Duration::from_secs(60);
     let got = loop {
         let r = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
@@ -199,7 +409,9 @@ fn check() -> Result<()> {
         });
         match r {
             Ok(s) if s.contains("hello-from-vm") => break s,
-            _ if Instant::now() > deadline => bail!("127.0.0.1:{port} did not reach the container: {r:?}"),
+            _ if Instant::now() > deadline => {
+                bail!("127.0.0.1:{port} did not reach the container: {r:?}")
+            }
             _ => std::thread::sleep(Duration::from_millis(500)),
         }
     };
@@ -207,10 +419,21 @@ fn check() -> Result<()> {
 
     // stop powers the VM off; rm removes what is left; nothing stays behind.
     cli.ok(&["stop", "-t", "1", "a"]);
-    assert!(!pid_alive(pa), "the VM of a stopped container is still running");
-    let st = cli.ok(&["inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", "a"]);
+    assert!(
+        !pid_alive(pa),
+        "the VM of a stopped container is still running"
+    );
+    let st = cli.ok(&[
+        "inspect",
+        "-f",
+        "{{.State.Status}} {{.State.ExitCode}}",
+        "a",
+    ]);
     assert!(st.starts_with("exited "), "{st}");
-    assert!(cli.ok(&["logs", "a"]).contains(&a[..12]), "logs of a stopped container");
+    assert!(
+        cli.ok(&["logs", "a"]).contains(&a[..12]),
+        "logs of a stopped container"
+    );
     let o = cli.run(&["rm", "b"]);
     assert!(!o.status.success(), "rm of a running container succeeded");
     cli.ok(&["rm", "a"]);
@@ -220,14 +443,33 @@ fn check() -> Result<()> {
     while !qemus_under(&state).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(qemus_under(&state).is_empty(), "QEMU processes left: {:?}", qemus_under(&state));
-    let left: Vec<_> = std::fs::read_dir(state.join("c"))?.flatten().map(|e| e.path()).collect();
-    assert!(left.is_empty(), "container directories (overlays, sockets) left: {left:?}");
+    assert!(
+        qemus_under(&state).is_empty(),
+        "QEMU processes left: {:?}",
+        qemus_under(&state)
+    );
+    let left: Vec<_> = std::fs::read_dir(state.join("c"))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "container directories (overlays, sockets) left: {left:?}"
+    );
 
     // A crashed QEMU shows as an exited container with an error, not a hung API.
-    let c = cli.ok(&["run", "-d", &img, "sleep", "600"]).trim().to_string();
-    let pid: u32 = cli.ok(&["inspect", "-f", "{{.State.Pid}}", &c]).trim().parse()?;
-    Command::new("kill").args(["-KILL", &pid.to_string()]).stderr(Stdio::null()).status()?;
+    let c = cli
+        .ok(&["run", "-d", &img, "sleep", "600"])
+        .trim()
+        .to_string();
+    let pid: u32 = cli
+        .ok(&["inspect", "-f", "{{.State.Pid}}", &c])
+        .trim()
+        .parse()?;
+    Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .stderr(Stdio::null())
+        .status()?;
     let w = cli.ok(&["wait", &c]);
     assert_eq!(w.trim(), "255");
     let err = cli.ok(&["inspect", "-f", "{{.State.Error}}", &c]);
@@ -236,23 +478,41 @@ fn check() -> Result<()> {
 
     // Garbage collection: `docker rmi` of an image a running container uses keeps its files
     // until the container's VM is gone; the layer it shares with busybox stays after that.
-    let v = cli.ok(&["run", "-d", &variant, "sleep", "600"]).trim().to_string();
+    let v = cli
+        .ok(&["run", "-d", &variant, "sleep", "600"])
+        .trim()
+        .to_string();
     // As dockerd: without -f, the image a container uses is refused (409).
     let o = cli.run(&["rmi", &variant]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("(must force) - container") && err.contains(&v[..12]), "rmi of an image in use: {o:?}");
+    assert!(
+        !o.status.success() && err.contains("(must force) - container") && err.contains(&v[..12]),
+        "rmi of an image in use: {o:?}"
+    );
     let out = cli.ok(&["rmi", "-f", &variant]);
     assert!(out.contains(&variant_id), "rmi output: {out}");
-    assert!(variant_config.is_file(), "the config of an image a running container uses was removed");
+    assert!(
+        variant_config.is_file(),
+        "the config of an image a running container uses was removed"
+    );
     cli.ok(&["rm", "-f", &v]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while variant_config.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(!variant_config.exists(), "the removed image's config is still in the store after its container went");
-    assert!(blob.is_file() && layers[0].join("bin/busybox").is_file(), "the layer busybox shares with the removed image was removed");
+    assert!(
+        !variant_config.exists(),
+        "the removed image's config is still in the store after its container went"
+    );
+    assert!(
+        blob.is_file() && layers[0].join("bin/busybox").is_file(),
+        "the layer busybox shares with the removed image was removed"
+    );
     assert_eq!((count("blobs/sha256"), count("layers")), (2, 2));
-    assert_eq!(cli.ok(&["run", "--rm", &img, "echo", "still-here"]), "still-here\n");
+    assert_eq!(
+        cli.ok(&["run", "--rm", &img, "echo", "still-here"]),
+        "still-here\n"
+    );
 
     // A changed file in an unpacked layer (the registry is gone, so it cannot be fetched
     // again): refused with a clear error, never handed to a VM.
@@ -263,15 +523,39 @@ fn check() -> Result<()> {
     let o = cli.run(&["run", "--rm", &img, "true"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "a run from a tampered store succeeded");
-    assert!(err.contains("damaged") && err.contains("changed after it was unpacked") && err.contains("fetching the image again failed"), "{err}");
-    assert!(qemus_under(&state).is_empty(), "a VM was left after the refused run");
+    assert!(
+        err.contains("damaged")
+            && err.contains("changed after it was unpacked")
+            && err.contains("fetching the image again failed"),
+        "{err}"
+    );
+    assert!(
+        qemus_under(&state).is_empty(),
+        "a VM was left after the refused run"
+    );
 
     // rmi of the last image using them: its blobs and unpacked layers are gone.
     cli.ok(&["rmi", &img]);
-    let left = |d: &str| -> Vec<PathBuf> { std::fs::read_dir(store.join(d)).map(|r| r.flatten().map(|e| e.path()).collect()).unwrap_or_default() };
-    assert!(left("blobs/sha256").is_empty(), "blobs left after the last rmi: {:?}", left("blobs/sha256"));
-    assert!(left("layers").is_empty(), "unpacked layers left after the last rmi: {:?}", left("layers"));
-    assert!(left("tmp").is_empty(), "scratch left after the last rmi: {:?}", left("tmp"));
+    let left = |d: &str| -> Vec<PathBuf> {
+        std::fs::read_dir(store.join(d))
+            .map(|r| r.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    assert!(
+        left("blobs/sha256").is_empty(),
+        "blobs left after the last rmi: {:?}",
+        left("blobs/sha256")
+    );
+    assert!(
+        left("layers").is_empty(),
+        "unpacked layers left after the last rmi: {:?}",
+        left("layers")
+    );
+    assert!(
+        left("tmp").is_empty(),
+        "scratch left after the last rmi: {:?}",
+        left("tmp")
+    );
 
     drop(server);
     assert!(qemus_under(&state).is_empty());
@@ -279,9 +563,15 @@ fn check() -> Result<()> {
 }
 
 fn largest_file(dir: &Path) -> Result<PathBuf> {
-    let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)?.flatten().filter_map(|e| Some((e.metadata().ok()?.len(), e.path()))).collect();
+    let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)?
+        .flatten()
+        .filter_map(|e| Some((e.metadata().ok()?.len(), e.path())))
+        .collect();
     files.sort();
-    files.pop().map(|f| f.1).with_context(|| format!("no files in {}", dir.display()))
+    files
+        .pop()
+        .map(|f| f.1)
+        .with_context(|| format!("no files in {}", dir.display()))
 }
 
 fn sha256_file(p: &Path) -> Result<String> {

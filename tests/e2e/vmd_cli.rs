@@ -17,13 +17,19 @@ struct StopOnDrop(String);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
-        let _ = xtask(&["vmd", "--stop", "--state-dir", &self.0], Duration::from_secs(120));
+        let _ = xtask(
+            &["vmd", "--stop", "--state-dir", &self.0],
+            Duration::from_secs(120),
+        );
     }
 }
 
 fn docker(env: &[(&str, &str)], config: &Path, args: &[&str]) -> Output {
     let mut c = Command::new("docker");
-    c.env_remove("DOCKER_HOST").env_remove("DOCKER_TLS_VERIFY").env_remove("DOCKER_CERT_PATH").env("DOCKER_CONFIG", config);
+    c.env_remove("DOCKER_HOST")
+        .env_remove("DOCKER_TLS_VERIFY")
+        .env_remove("DOCKER_CERT_PATH")
+        .env("DOCKER_CONFIG", config);
     for (k, v) in env {
         c.env(k, v);
     }
@@ -32,46 +38,102 @@ fn docker(env: &[(&str, &str)], config: &Path, args: &[&str]) -> Output {
 
 #[test]
 fn xtask_vmd_detach_over_tcp_with_mutual_tls() {
-    require!(axion_tests::have_qemu(), "qemu-system-x86_64 is not installed");
-    require!(Command::new("docker").arg("--version").output().is_ok(), "the docker CLI is not installed");
-    require!(Path::new("/usr/bin/docker-registry").exists(), "docker-registry is not installed");
+    require!(
+        axion_tests::have_qemu(),
+        "qemu-system-x86_64 is not installed"
+    );
+    require!(
+        Command::new("docker").arg("--version").output().is_ok(),
+        "the docker CLI is not installed"
+    );
+    require!(
+        Path::new("/usr/bin/docker-registry").exists(),
+        "docker-registry is not installed"
+    );
     axion_tests::image("qemu", Format::Initramfs).expect("the qemu profile's initramfs");
 
     let reg = Registry::start().unwrap();
-    reg.push_busybox("busybox", "latest", Compression::Gzip).unwrap();
+    reg.push_busybox("busybox", "latest", Compression::Gzip)
+        .unwrap();
     let img = format!("{}/busybox:latest", reg.host());
 
-    let dir = tempfile::Builder::new().prefix("vmd-cli-").tempdir_in("/tmp").unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("vmd-cli-")
+        .tempdir_in("/tmp")
+        .unwrap();
     let state = dir.path().join("state");
     let state_s = state.to_string_lossy().into_owned();
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let _stop = StopOnDrop(state_s.clone());
-    let out = xtask_ok(&["vmd", "--detach", "--tcp", &addr, "--state-dir", &state_s], Duration::from_secs(1800)).unwrap();
+    let out = xtask_ok(
+        &["vmd", "--detach", "--tcp", &addr, "--state-dir", &state_s],
+        Duration::from_secs(1800),
+    )
+    .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     for line in stdout.lines() {
-        assert!(line.starts_with("export ") && line.contains('='), "not an export line on stdout: {line:?}");
+        assert!(
+            line.starts_with("export ") && line.contains('='),
+            "not an export line on stdout: {line:?}"
+        );
     }
-    let v = eval_exports(&stdout, &["DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"]).unwrap();
-    assert_eq!(v, [format!("tcp://{addr}"), "1".to_string(), state.join("docker").to_string_lossy().into_owned()]);
-    let pid: u32 = std::fs::read_to_string(state.join("vmd.pid")).unwrap().trim().parse().unwrap();
+    let v = eval_exports(
+        &stdout,
+        &["DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"],
+    )
+    .unwrap();
+    assert_eq!(
+        v,
+        [
+            format!("tcp://{addr}"),
+            "1".to_string(),
+            state.join("docker").to_string_lossy().into_owned()
+        ]
+    );
+    let pid: u32 = std::fs::read_to_string(state.join("vmd.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
 
     let config = dir.path().join("docker-config");
-    let env = [("DOCKER_HOST", v[0].as_str()), ("DOCKER_TLS_VERIFY", v[1].as_str()), ("DOCKER_CERT_PATH", v[2].as_str())];
+    let env = [
+        ("DOCKER_HOST", v[0].as_str()),
+        ("DOCKER_TLS_VERIFY", v[1].as_str()),
+        ("DOCKER_CERT_PATH", v[2].as_str()),
+    ];
     let ok = |args: &[&str]| {
         let o = docker(&env, &config, args);
-        assert!(o.status.success(), "docker {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "docker {args:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
-    assert_eq!(ok(&["version", "--format", "{{.Server.APIVersion}}"]).trim(), "1.47");
+    assert_eq!(
+        ok(&["version", "--format", "{{.Server.APIVersion}}"]).trim(),
+        "1.47"
+    );
     ok(&["pull", "-q", &img]);
     let t = Instant::now();
     assert_eq!(ok(&["run", "--rm", &img, "echo", "over-tls"]), "over-tls\n");
-    eprintln!("docker run --rm over TCP+TLS in a cloned VM: {:.1} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "docker run --rm over TCP+TLS in a cloned VM: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     // Piped stdin over TLS: the CLI's end of input (its CloseWrite) reaches the container.
     let mut c = Command::new("docker");
-    c.env_remove("DOCKER_HOST").env_remove("DOCKER_TLS_VERIFY").env_remove("DOCKER_CERT_PATH").env("DOCKER_CONFIG", &config);
-    c.envs(env).args(["run", "-i", "--rm", &img, "cat"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    c.env_remove("DOCKER_HOST")
+        .env_remove("DOCKER_TLS_VERIFY")
+        .env_remove("DOCKER_CERT_PATH")
+        .env("DOCKER_CONFIG", &config);
+    c.envs(env)
+        .args(["run", "-i", "--rm", &img, "cat"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     let mut child = c.spawn().expect("docker runs");
     std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"piped-over-tls\n").unwrap();
     let o = child.wait_with_output().unwrap();
@@ -81,18 +143,52 @@ fn xtask_vmd_detach_over_tcp_with_mutual_tls() {
     // TLS without the client certificate: the handshake is refused.
     let empty = dir.path().join("no-certs");
     std::fs::create_dir_all(&empty).unwrap();
-    let o = docker(&[("DOCKER_HOST", v[0].as_str()), ("DOCKER_TLS", "1"), ("DOCKER_CERT_PATH", empty.to_str().unwrap())], &config, &["version"]);
-    assert!(!o.status.success(), "a client without the certificate was served: {}", String::from_utf8_lossy(&o.stdout));
+    let o = docker(
+        &[
+            ("DOCKER_HOST", v[0].as_str()),
+            ("DOCKER_TLS", "1"),
+            ("DOCKER_CERT_PATH", empty.to_str().unwrap()),
+        ],
+        &config,
+        &["version"],
+    );
+    assert!(
+        !o.status.success(),
+        "a client without the certificate was served: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     // A second start on the same state is refused while the first runs.
-    let again = xtask(&["vmd", "--detach", "--state-dir", &state_s], Duration::from_secs(600)).unwrap();
-    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("already serves"), "{again:?}");
+    let again = xtask(
+        &["vmd", "--detach", "--state-dir", &state_s],
+        Duration::from_secs(600),
+    )
+    .unwrap();
+    assert!(
+        !again.status.success()
+            && String::from_utf8_lossy(&again.stderr).contains("already serves"),
+        "{again:?}"
+    );
 
-    xtask_ok(&["vmd", "--stop", "--state-dir", &state_s], Duration::from_secs(120)).unwrap();
-    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "the daemon (pid {pid}) still runs after --stop");
+    xtask_ok(
+        &["vmd", "--stop", "--state-dir", &state_s],
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "the daemon (pid {pid}) still runs after --stop"
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while !qemus_under(&state).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(qemus_under(&state), Vec::<u32>::new(), "QEMU processes left after --stop");
-    assert!(std::net::TcpStream::connect(&addr).is_err(), "{addr} still accepts connections after --stop");
+    assert_eq!(
+        qemus_under(&state),
+        Vec::<u32>::new(),
+        "QEMU processes left after --stop"
+    );
+    assert!(
+        std::net::TcpStream::connect(&addr).is_err(),
+        "{addr} still accepts connections after --stop"
+    );
 }

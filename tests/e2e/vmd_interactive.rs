@@ -18,11 +18,17 @@ use xtask::profile::Format;
 
 #[test]
 fn docker_cli_interactive_run_exec_attach_in_cloned_vms() {
-    require!(axion_tests::have_qemu(), "qemu-system-x86_64 is not installed");
+    require!(
+        axion_tests::have_qemu(),
+        "qemu-system-x86_64 is not installed"
+    );
     if let Some(why) = axion_tests::vmd_host_lacks() {
         require!(false, "{why}");
     }
-    require!(Path::new("/usr/bin/script").exists(), "`script` (util-linux) is not installed: -it needs a terminal");
+    require!(
+        Path::new("/usr/bin/script").exists(),
+        "`script` (util-linux) is not installed: -it needs a terminal"
+    );
     check().unwrap();
 }
 
@@ -35,14 +41,33 @@ trait Interactive {
 impl Interactive for DockerCli {
     /// `docker ARGS` with `input` on its stdin (then EOF).
     fn piped(&self, args: &[&str], input: &str) -> Output {
-        let mut c = self.cmd(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("docker runs");
+        let mut c = self
+            .cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("docker runs");
         c.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-        wait_output(c, Duration::from_secs(300)).unwrap_or_else(|e| panic!("docker {}: {e:#}", args.join(" ")))
+        wait_output(c, Duration::from_secs(300))
+            .unwrap_or_else(|e| panic!("docker {}: {e:#}", args.join(" ")))
     }
     /// `docker ARGS` on a pseudo-terminal of `rows` x `cols` (util-linux `script`): waits
     /// for `ready` in its output, types `typed`, and returns the whole output and status.
-    fn on_tty(&self, args: &[&str], (rows, cols): (u16, u16), ready: &str, typed: &str) -> Result<Output> {
-        let cmd = format!("stty rows {rows} cols {cols}; exec docker {}", args.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(" "));
+    fn on_tty(
+        &self,
+        args: &[&str],
+        (rows, cols): (u16, u16),
+        ready: &str,
+        typed: &str,
+    ) -> Result<Output> {
+        let cmd = format!(
+            "stty rows {rows} cols {cols}; exec docker {}",
+            args.iter()
+                .map(|a| format!("'{a}'"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
         let mut s = Command::new("script")
             .args(["-qec", &cmd, "/dev/null"])
             .env("DOCKER_HOST", &self.host)
@@ -63,12 +88,16 @@ impl Interactive for DockerCli {
                 o2.lock().unwrap().extend_from_slice(&buf[..n]);
             }
         });
-        let text = |o: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&o.lock().unwrap()).into_owned();
+        let text =
+            |o: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&o.lock().unwrap()).into_owned();
         let deadline = Instant::now() + Duration::from_secs(180);
         while !text(&out).contains(ready) {
             if Instant::now() > deadline || s.try_wait()?.is_some() {
                 let _ = s.kill();
-                bail!("no {ready:?} from docker {args:?} on a terminal; output: {:?}", text(&out));
+                bail!(
+                    "no {ready:?} from docker {args:?} on a terminal; output: {:?}",
+                    text(&out)
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -82,7 +111,11 @@ impl Interactive for DockerCli {
         let mut stderr = Vec::new();
         s.stderr.take().unwrap().read_to_end(&mut stderr)?;
         let stdout = out.lock().unwrap().clone();
-        Ok(Output { status, stdout, stderr })
+        Ok(Output {
+            status,
+            stdout,
+            stderr,
+        })
     }
 }
 
@@ -113,19 +146,32 @@ fn wait_output(mut c: Child, timeout: Duration) -> Result<Output> {
         v
     });
     let status = wait_status(&mut c, timeout)?;
-    Ok(Output { status, stdout: t1.join().unwrap(), stderr: t2.join().unwrap() })
+    Ok(Output {
+        status,
+        stdout: t1.join().unwrap(),
+        stderr: t2.join().unwrap(),
+    })
 }
 
 /// One raw API request on the daemon's socket: (status, body).
 fn api(socket: &Path, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
-    let mut s = std::os::unix::net::UnixStream::connect(socket).with_context(|| format!("connecting to {}", socket.display()))?;
+    let mut s = std::os::unix::net::UnixStream::connect(socket)
+        .with_context(|| format!("connecting to {}", socket.display()))?;
     s.set_read_timeout(Some(Duration::from_secs(120)))?;
     write!(s, "{method} /v1.47{path} HTTP/1.1\r\nHost: vmd\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let raw = String::from_utf8_lossy(&raw).into_owned();
-    let status: u16 = raw.split_whitespace().nth(1).and_then(|c| c.parse().ok()).with_context(|| format!("not an HTTP answer: {raw:?}"))?;
-    let body = raw.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("").to_string();
+    let status: u16 = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("not an HTTP answer: {raw:?}"))?;
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
     Ok((status, body))
 }
 
@@ -140,11 +186,17 @@ fn check() -> Result<()> {
     reg.push_busybox("busybox", "latest", Compression::Gzip)?;
     let img = format!("{}/busybox:latest", reg.host());
 
-    let dir = tempfile::Builder::new().prefix("vmd-it-").tempdir_in("/tmp")?;
+    let dir = tempfile::Builder::new()
+        .prefix("vmd-it-")
+        .tempdir_in("/tmp")?;
     let state = dir.path().join("state");
     let opts = vmd::Options {
         state_dir: state.clone(),
-        image: vmd::template::ImageFiles { kernel, initrd, disk: Some(disk) },
+        image: vmd::template::ImageFiles {
+            kernel,
+            initrd,
+            disk: Some(disk),
+        },
         memory_mib: 512,
         cpus: 1,
         accel: qemu::Accel::Tcg,
@@ -154,8 +206,14 @@ fn check() -> Result<()> {
     let t = Instant::now();
     let socket = dir.path().join("vmd.sock");
     let server = vmd::Server::start(opts, &socket).context("starting the daemon")?;
-    eprintln!("daemon up (template included) in {:.1} s", t.elapsed().as_secs_f64());
-    let cli = DockerCli { host: server.docker_host(), config: dir.path().join("docker-config") };
+    eprintln!(
+        "daemon up (template included) in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let cli = DockerCli {
+        host: server.docker_host(),
+        config: dir.path().join("docker-config"),
+    };
     cli.ok(&["pull", "-q", &img]);
 
     // run -i: piped stdin reaches the container (and its EOF ends `cat`); output and exit
@@ -164,27 +222,63 @@ fn check() -> Result<()> {
     let o = cli.piped(&["run", "-i", "--rm", &img, "cat"], "hi\n");
     assert!(o.status.success(), "echo hi | docker run -i cat: {o:?}");
     assert_eq!(String::from_utf8_lossy(&o.stdout), "hi\n");
-    eprintln!("echo hi | docker run -i --rm cat: {:.1} s", t.elapsed().as_secs_f64());
-    let o = cli.piped(&["run", "-i", "--rm", &img, "sh", "-c", "tr a-z A-Z; echo done >&2; exit 5"], "shout\nagain\n");
+    eprintln!(
+        "echo hi | docker run -i --rm cat: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let o = cli.piped(
+        &[
+            "run",
+            "-i",
+            "--rm",
+            &img,
+            "sh",
+            "-c",
+            "tr a-z A-Z; echo done >&2; exit 5",
+        ],
+        "shout\nagain\n",
+    );
     assert_eq!(o.status.code(), Some(5), "{o:?}");
     assert_eq!(String::from_utf8_lossy(&o.stdout), "SHOUT\nAGAIN\n");
     assert_eq!(String::from_utf8_lossy(&o.stderr), "done\n");
     // Megabytes of stdin (past every window on the way: the daemon's connection, the yamux
     // stream, the engine's pipe) arrive whole and in order.
-    let big: Vec<u8> = (0..4u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-    let want = { use sha2::Digest; hex::encode(sha2::Sha256::digest(&big)) };
+    let big: Vec<u8> = (0..4u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let want = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&big))
+    };
     let t = Instant::now();
-    let mut c = cli.cmd(&["run", "-i", "--rm", &img, "sha256sum"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let mut c = cli
+        .cmd(&["run", "-i", "--rm", &img, "sha256sum"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
     let mut stdin = c.stdin.take().unwrap();
     let feeder = std::thread::spawn(move || stdin.write_all(&big));
     let o = wait_output(c, Duration::from_secs(300))?;
     feeder.join().unwrap()?;
     assert!(o.status.success(), "{o:?}");
-    assert_eq!(String::from_utf8_lossy(&o.stdout).split_whitespace().next(), Some(want.as_str()), "4 MiB piped into docker run -i");
-    eprintln!("4 MiB through docker run -i: {:.1} s", t.elapsed().as_secs_f64());
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).split_whitespace().next(),
+        Some(want.as_str()),
+        "4 MiB piped into docker run -i"
+    );
+    eprintln!(
+        "4 MiB through docker run -i: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     // An endless producer (`yes | docker run -i ... head -n 1`): the container's exit ends
     // the run, whatever is still being sent.
-    let mut c = cli.cmd(&["run", "-i", "--rm", &img, "head", "-n", "1"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let mut c = cli
+        .cmd(&["run", "-i", "--rm", &img, "head", "-n", "1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
     let mut stdin = c.stdin.take().unwrap();
     let feeder = std::thread::spawn(move || while stdin.write_all(b"y\n").is_ok() {});
     let o = wait_output(c, Duration::from_secs(120))?;
@@ -192,48 +286,162 @@ fn check() -> Result<()> {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "y\n");
     feeder.join().unwrap();
     // Without -i the container's stdin is not the client's (EOF at once: `cat` ends).
-    let o = cli.piped(&["run", "--rm", &img, "sh", "-c", "cat; echo no-input"], "not-for-you\n");
+    let o = cli.piped(
+        &["run", "--rm", &img, "sh", "-c", "cat; echo no-input"],
+        "not-for-you\n",
+    );
     assert_eq!(String::from_utf8_lossy(&o.stdout), "no-input\n", "{o:?}");
 
     // -t: the container has a terminal (raw stream).
-    let out = cli.ok(&["run", "--rm", "-t", &img, "sh", "-c", "test -t 0 && test -t 1 && tty && echo tty-ok"]);
+    let out = cli.ok(&[
+        "run",
+        "--rm",
+        "-t",
+        &img,
+        "sh",
+        "-c",
+        "test -t 0 && test -t 1 && tty && echo tty-ok",
+    ]);
     assert_eq!(out, "/dev/pts/0\r\ntty-ok\r\n", "{out:?}");
     // -it on a terminal: what is typed reaches the container, and the terminal's size
     // reaches its pty (the CLI's POST /containers/ID/resize, forwarded to the VM).
-    let o = cli.on_tty(&["run", "--rm", "-it", &img, "sh", "-c", "echo ready; read x; stty size; echo got-$x; exit 3"], (37, 101), "ready", "typed\r")?;
+    let o = cli.on_tty(
+        &[
+            "run",
+            "--rm",
+            "-it",
+            &img,
+            "sh",
+            "-c",
+            "echo ready; read x; stty size; echo got-$x; exit 3",
+        ],
+        (37, 101),
+        "ready",
+        "typed\r",
+    )?;
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("got-typed"), "docker run -it: {out:?} {}", String::from_utf8_lossy(&o.stderr));
-    assert!(out.contains("37 101"), "the terminal's size did not reach the container's pty: {out:?}");
-    assert_eq!(o.status.code(), Some(3), "docker run -it exit code: {out:?}");
+    assert!(
+        out.contains("got-typed"),
+        "docker run -it: {out:?} {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains("37 101"),
+        "the terminal's size did not reach the container's pty: {out:?}"
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "docker run -it exit code: {out:?}"
+    );
 
     // ctrl-p ctrl-q (the CLI's detach keys) leaves the container running; attach again on
     // a terminal and the session goes on.
     let t = Instant::now();
-    let o = cli.on_tty(&["run", "-it", "--name", "det", &img, "sh", "-c", "echo ready; read x; echo after-$x; exit 2"], (24, 80), "ready", "\x10\x11")?;
-    assert_eq!(o.status.code(), Some(0), "detaching from docker run -it: {o:?}");
-    eprintln!("docker run -it, then detached: {:.1} s", t.elapsed().as_secs_f64());
+    let o = cli.on_tty(
+        &[
+            "run",
+            "-it",
+            "--name",
+            "det",
+            &img,
+            "sh",
+            "-c",
+            "echo ready; read x; echo after-$x; exit 2",
+        ],
+        (24, 80),
+        "ready",
+        "\x10\x11",
+    )?;
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "detaching from docker run -it: {o:?}"
+    );
+    eprintln!(
+        "docker run -it, then detached: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     let t = Instant::now();
-    assert_eq!(cli.ok(&["inspect", "-f", "{{.State.Running}}", "det"]).trim(), "true", "the container stopped when the CLI detached");
+    assert_eq!(
+        cli.ok(&["inspect", "-f", "{{.State.Running}}", "det"])
+            .trim(),
+        "true",
+        "the container stopped when the CLI detached"
+    );
     let o = cli.on_tty(&["attach", "det"], (24, 80), "", "again\r")?;
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("after-again"), "docker attach on a terminal: {out:?} {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.contains("after-again"),
+        "docker attach on a terminal: {out:?} {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert_eq!(o.status.code(), Some(2), "docker attach exit code: {out:?}");
-    eprintln!("docker attach on a terminal until the container's exit: {:.1} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "docker attach on a terminal until the container's exit: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
 
     // exec: output, exit code, stdin, a TTY, detached; in the container's namespaces.
-    cli.ok(&["run", "-d", "--name", "box", "-e", "WHO=box", &img, "sh", "-c", "echo started > /tmp/mark; sleep 600"]);
-    let o = cli.run(&["exec", "box", "sh", "-c", "cat /tmp/mark; echo $WHO; echo to-stderr >&2; exit 7"]);
+    cli.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "box",
+        "-e",
+        "WHO=box",
+        &img,
+        "sh",
+        "-c",
+        "echo started > /tmp/mark; sleep 600",
+    ]);
+    let o = cli.run(&[
+        "exec",
+        "box",
+        "sh",
+        "-c",
+        "cat /tmp/mark; echo $WHO; echo to-stderr >&2; exit 7",
+    ]);
     assert_eq!(o.status.code(), Some(7), "{o:?}");
     assert_eq!(String::from_utf8_lossy(&o.stdout), "started\nbox\n");
     assert_eq!(String::from_utf8_lossy(&o.stderr), "to-stderr\n");
-    let o = cli.piped(&["exec", "-i", "box", "sh", "-c", "cat; echo eof"], "piped into exec\n");
+    let o = cli.piped(
+        &["exec", "-i", "box", "sh", "-c", "cat; echo eof"],
+        "piped into exec\n",
+    );
     assert!(o.status.success(), "{o:?}");
     assert_eq!(String::from_utf8_lossy(&o.stdout), "piped into exec\neof\n");
-    let out = cli.ok(&["exec", "-t", "box", "sh", "-c", "test -t 1 && tty && echo exec-tty"]);
-    assert!(out.starts_with("/dev/pts/") && out.ends_with("\r\nexec-tty\r\n"), "{out:?}");
-    let o = cli.on_tty(&["exec", "-it", "box", "sh", "-c", "echo ready; read x; stty size; echo exec-got-$x"], (21, 77), "ready", "word\r")?;
+    let out = cli.ok(&[
+        "exec",
+        "-t",
+        "box",
+        "sh",
+        "-c",
+        "test -t 1 && tty && echo exec-tty",
+    ]);
+    assert!(
+        out.starts_with("/dev/pts/") && out.ends_with("\r\nexec-tty\r\n"),
+        "{out:?}"
+    );
+    let o = cli.on_tty(
+        &[
+            "exec",
+            "-it",
+            "box",
+            "sh",
+            "-c",
+            "echo ready; read x; stty size; echo exec-got-$x",
+        ],
+        (21, 77),
+        "ready",
+        "word\r",
+    )?;
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("exec-got-word") && out.contains("21 77"), "docker exec -it (typed input, terminal size): {out:?} {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.contains("exec-got-word") && out.contains("21 77"),
+        "docker exec -it (typed input, terminal size): {out:?} {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(o.status.success(), "docker exec -it: {o:?}");
     cli.ok(&["exec", "-d", "box", "sh", "-c", "echo detached > /tmp/d"]);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -242,33 +450,92 @@ fn check() -> Result<()> {
         std::thread::sleep(Duration::from_millis(300));
     }
     let o = cli.run(&["exec", "box", "no-such-command"]);
-    assert!(matches!(o.status.code(), Some(126 | 127)), "exec of a missing command: {o:?}");
+    assert!(
+        matches!(o.status.code(), Some(126 | 127)),
+        "exec of a missing command: {o:?}"
+    );
     let o = cli.run(&["exec", "nosuch", "true"]);
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("No such container: nosuch"), "{o:?}");
+    assert!(
+        !o.status.success()
+            && String::from_utf8_lossy(&o.stderr).contains("No such container: nosuch"),
+        "{o:?}"
+    );
 
     // The exec API as the CLI uses it, by hand: create, start (not hijacked: the body is
     // the stream), inspect for the exit code; unknown ids are 404.
-    let (st, body) = api(&socket, "POST", "/containers/box/exec", r#"{"Cmd":["sh","-c","echo api; exit 9"],"AttachStdout":true}"#)?;
+    let (st, body) = api(
+        &socket,
+        "POST",
+        "/containers/box/exec",
+        r#"{"Cmd":["sh","-c","echo api; exit 9"],"AttachStdout":true}"#,
+    )?;
     assert_eq!(st, 201, "{body}");
-    let eid = serde_json::from_str::<serde_json::Value>(&body)?["Id"].as_str().context("exec create without an Id")?.to_string();
-    let (st, body) = api(&socket, "POST", &format!("/exec/{eid}/start"), r#"{"Detach":false}"#)?;
-    assert!(st == 200 && body.contains("api\n"), "exec start: {st} {body:?}");
+    let eid = serde_json::from_str::<serde_json::Value>(&body)?["Id"]
+        .as_str()
+        .context("exec create without an Id")?
+        .to_string();
+    let (st, body) = api(
+        &socket,
+        "POST",
+        &format!("/exec/{eid}/start"),
+        r#"{"Detach":false}"#,
+    )?;
+    assert!(
+        st == 200 && body.contains("api\n"),
+        "exec start: {st} {body:?}"
+    );
     let (st, body) = api(&socket, "GET", &format!("/exec/{eid}/json"), "")?;
     let i: serde_json::Value = serde_json::from_str(&body)?;
-    assert_eq!((st, i["ExitCode"].as_i64(), i["Running"].as_bool(), i["ID"].as_str()), (200, Some(9), Some(false), Some(eid.as_str())), "{body}");
-    for (method, path) in [("GET", "/exec/nope/json"), ("POST", "/exec/nope/start"), ("POST", "/exec/nope/resize?h=1&w=1")] {
+    assert_eq!(
+        (
+            st,
+            i["ExitCode"].as_i64(),
+            i["Running"].as_bool(),
+            i["ID"].as_str()
+        ),
+        (200, Some(9), Some(false), Some(eid.as_str())),
+        "{body}"
+    );
+    for (method, path) in [
+        ("GET", "/exec/nope/json"),
+        ("POST", "/exec/nope/start"),
+        ("POST", "/exec/nope/resize?h=1&w=1"),
+    ] {
         let (st, body) = api(&socket, method, path, "{}")?;
-        assert_eq!((st, body.as_str()), (404, r#"{"message":"No such exec instance: nope"}"#), "{method} {path}");
+        assert_eq!(
+            (st, body.as_str()),
+            (404, r#"{"message":"No such exec instance: nope"}"#),
+            "{method} {path}"
+        );
     }
 
     // attach to a running container: stdin reaches it, its output and exit code come back.
-    cli.ok(&["run", "-d", "-i", "--name", "att", &img, "sh", "-c", "read l; echo got-$l; exit 4"]);
+    cli.ok(&[
+        "run",
+        "-d",
+        "-i",
+        "--name",
+        "att",
+        &img,
+        "sh",
+        "-c",
+        "read l; echo got-$l; exit 4",
+    ]);
     let o = cli.piped(&["attach", "att"], "line\n");
     assert_eq!(String::from_utf8_lossy(&o.stdout), "got-line\n", "{o:?}");
     assert_eq!(o.status.code(), Some(4), "{o:?}");
 
     // create -i, then start -ai: the attach comes before the start, as with run -i.
-    cli.ok(&["create", "-i", "--name", "later", &img, "sh", "-c", "read l; echo start-$l; exit 6"]);
+    cli.ok(&[
+        "create",
+        "-i",
+        "--name",
+        "later",
+        &img,
+        "sh",
+        "-c",
+        "read l; echo start-$l; exit 6",
+    ]);
     let o = cli.piped(&["start", "-ai", "later"], "x\n");
     assert_eq!(String::from_utf8_lossy(&o.stdout), "start-x\n", "{o:?}");
     assert_eq!(o.status.code(), Some(6), "{o:?}");
@@ -277,7 +544,12 @@ fn check() -> Result<()> {
     // keeps its exit code after the VM is gone.
     // ...and an exec still running when its container stops ends with it, with the code of
     // a killed process (137), as under dockerd.
-    let mut running = cli.cmd(&["exec", "box", "sh", "-c", "echo running; exec sleep 120"]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let mut running = cli
+        .cmd(&["exec", "box", "sh", "-c", "echo running; exec sleep 120"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
     let mut first = running.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -286,18 +558,35 @@ fn check() -> Result<()> {
         let _ = tx.send(String::from_utf8_lossy(&buf[..n]).into_owned());
         let _ = std::io::copy(&mut first, &mut std::io::sink());
     });
-    let got = rx.recv_timeout(Duration::from_secs(120)).context("no output from the long exec")?;
+    let got = rx
+        .recv_timeout(Duration::from_secs(120))
+        .context("no output from the long exec")?;
     assert_eq!(got, "running\n");
     cli.ok(&["stop", "-t", "1", "box"]);
     let st = wait_status(&mut running, Duration::from_secs(60))?;
-    assert_eq!(st.code(), Some(137), "docker exec whose container stopped under it");
+    assert_eq!(
+        st.code(),
+        Some(137),
+        "docker exec whose container stopped under it"
+    );
     let o = cli.run(&["exec", "box", "true"]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("is not running"), "exec in a stopped container: {o:?}");
-    let (st, body) = api(&socket, "POST", "/containers/box/exec", r#"{"Cmd":["true"]}"#)?;
+    assert!(
+        !o.status.success() && err.contains("is not running"),
+        "exec in a stopped container: {o:?}"
+    );
+    let (st, body) = api(
+        &socket,
+        "POST",
+        "/containers/box/exec",
+        r#"{"Cmd":["true"]}"#,
+    )?;
     assert!(st == 409 && body.contains("is not running"), "{st} {body}");
     let (st, body) = api(&socket, "GET", &format!("/exec/{eid}/json"), "")?;
-    assert!(st == 200 && body.contains(r#""ExitCode":9"#), "exec inspect after the VM went: {st} {body}");
+    assert!(
+        st == 200 && body.contains(r#""ExitCode":9"#),
+        "exec inspect after the VM went: {st} {body}"
+    );
     let (st, body) = api(&socket, "POST", "/containers/box/resize?h=10&w=10", "")?;
     assert_eq!(st, 409, "resize of a stopped container: {body}");
     // rm forgets its execs.
@@ -311,6 +600,10 @@ fn check() -> Result<()> {
     while !qemus_under(&state).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(qemus_under(&state).is_empty(), "QEMU processes left: {:?}", qemus_under(&state));
+    assert!(
+        qemus_under(&state).is_empty(),
+        "QEMU processes left: {:?}",
+        qemus_under(&state)
+    );
     Ok(())
 }

@@ -18,7 +18,10 @@ pub use xtask::layout::Layout;
 /// How long a boot under TCG may take to reach init's ready line (`AXION_READY_TIMEOUT`
 /// seconds overrides; default 120).
 pub fn ready_timeout() -> Duration {
-    let secs = std::env::var("AXION_READY_TIMEOUT").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
+    let secs = std::env::var("AXION_READY_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120);
     Duration::from_secs(secs)
 }
 
@@ -64,7 +67,8 @@ pub fn kernel() -> Result<PathBuf> {
         return Ok(k);
     }
     xtask_ok(&["build", "linux"], Duration::from_secs(3600))?;
-    staged_kernel().context("`cargo xtask build linux` succeeded but no linux-*/tree/boot/vmlinuz is staged")
+    staged_kernel()
+        .context("`cargo xtask build linux` succeeded but no linux-*/tree/boot/vmlinuz is staged")
 }
 
 /// A built image of `profile` in `format` under out/PROFILE/, built with
@@ -81,7 +85,10 @@ pub fn image(profile: &str, format: xtask::profile::Format) -> Result<xtask::run
             Some(why) => eprintln!("rebuilding the {profile} {format} image: {why} is newer"),
         }
     }
-    xtask_ok(&["image", "--profile", profile, "--format", format.name()], Duration::from_secs(3600))?;
+    xtask_ok(
+        &["image", "--profile", profile, "--format", format.name()],
+        Duration::from_secs(3600),
+    )?;
     xtask::run::find_bootable(&out, profile, format)
         .with_context(|| format!("`cargo xtask image --profile {profile} --format {format}` succeeded but left no {format} image in {}", out.display()))
 }
@@ -96,7 +103,11 @@ pub fn accel() -> (qemu::Accel, String) {
 pub fn boot_ready(config: qemu::VmConfig) -> Result<(qemu::Vm, qemu::Ready)> {
     let mut vm = qemu::Vm::spawn(config)?;
     let ready = vm.wait_ready(ready_timeout())?;
-    eprintln!("{} (host: {:.2} s since QEMU started)", ready.line, ready.host.as_secs_f64());
+    eprintln!(
+        "{} (host: {:.2} s since QEMU started)",
+        ready.line,
+        ready.host.as_secs_f64()
+    );
     Ok((vm, ready))
 }
 
@@ -115,7 +126,12 @@ pub fn xtask_ok(args: &[&str], timeout: Duration) -> Result<Output> {
     let out = xtask(args, timeout)?;
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
     if !out.status.success() {
-        bail!("`cargo xtask {}` failed ({}):\n{}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "`cargo xtask {}` failed ({}):\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(out)
 }
@@ -123,7 +139,12 @@ pub fn xtask_ok(args: &[&str], timeout: Duration) -> Result<Output> {
 /// What the VM-per-container tests (tests/e2e/vmd*.rs) need on this host besides QEMU:
 /// the first thing missing, if any.
 pub fn vmd_host_lacks() -> Option<&'static str> {
-    let runs = |p: &str| Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success());
+    let runs = |p: &str| {
+        Command::new(p)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
     if !runs("docker") {
         Some("the docker CLI is not installed")
     } else if !Path::new("/usr/bin/docker-registry").exists() {
@@ -144,30 +165,48 @@ pub struct DockerCli {
 impl DockerCli {
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("docker");
-        cmd.env("DOCKER_HOST", &self.host).env("DOCKER_CONFIG", &self.config).args(args);
+        cmd.env("DOCKER_HOST", &self.host)
+            .env("DOCKER_CONFIG", &self.config)
+            .args(args);
         cmd
     }
 
     /// `docker ARGS` with no stdin, 300 s at most.
     pub fn run(&self, args: &[&str]) -> Output {
-        run_with_timeout(self.cmd(args), Duration::from_secs(300)).unwrap_or_else(|e| panic!("docker {}: {e:#}", args.join(" ")))
+        run_with_timeout(self.cmd(args), Duration::from_secs(300))
+            .unwrap_or_else(|e| panic!("docker {}: {e:#}", args.join(" ")))
     }
 
     /// [`DockerCli::run`], asserting success; its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.run(args);
-        assert!(o.status.success(), "docker {} failed ({}): {}{}", args.join(" "), o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "docker {} failed ({}): {}{}",
+            args.join(" "),
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 }
 
 /// Runs a command with piped stdout/stderr and a deadline (see [`xtask`]).
 pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Output> {
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("cannot start")?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot start")?;
     let (tx, rx) = std::sync::mpsc::channel();
-    for (i, mut pipe) in [Box::new(child.stdout.take().expect("piped")) as Box<dyn Read + Send>, Box::new(child.stderr.take().expect("piped"))]
-        .into_iter()
-        .enumerate()
+    for (i, mut pipe) in [
+        Box::new(child.stdout.take().expect("piped")) as Box<dyn Read + Send>,
+        Box::new(child.stderr.take().expect("piped")),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let tx = tx.clone();
         std::thread::spawn(move || {
@@ -196,7 +235,11 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Output> {
         outs[i] = buf;
     }
     let [stdout, stderr] = outs;
-    Ok(Output { status, stdout, stderr })
+    Ok(Output {
+        status,
+        stdout,
+        stderr,
+    })
 }
 
 /// `export NAME=VALUE` lines (as `run --detach` prints them) evaluated by a real shell.
@@ -206,11 +249,21 @@ pub fn eval_exports(exports: &str, names: &[&str]) -> Result<Vec<String>> {
     for n in names {
         script.push_str(&format!("printf '%s\\n' \"${n}\"\n"));
     }
-    let out = Command::new("sh").arg("-c").arg(&script).output().context("cannot run sh")?;
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .context("cannot run sh")?;
     if !out.status.success() {
-        bail!("sh could not evaluate the export lines:\n{exports}\n{}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "sh could not evaluate the export lines:\n{exports}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect())
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect())
 }
 
 /// Kills a QEMU by pid when dropped unless it is gone already: a failing test must not leave
@@ -221,7 +274,9 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         if xtask::run::is_running_qemu(self.0) {
             eprintln!("cleanup: killing QEMU pid {}", self.0);
-            let _ = Command::new("kill").args(["-KILL", &self.0.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
         }
     }
 }
@@ -243,8 +298,12 @@ pub fn qemus_under(dir: &Path) -> Vec<u32> {
     let needle = dir.to_string_lossy().into_owned();
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
         if cmd.starts_with("qemu-system") && cmd.contains(&needle) {
             out.push(pid);
@@ -259,7 +318,20 @@ pub fn qemus_under(dir: &Path) -> Vec<u32> {
 pub fn ssh(key: &Path, port: u16, extra: &[&str], command: &str) -> Command {
     let mut c = Command::new("ssh");
     c.arg("-i").arg(key).args(["-p", &port.to_string()]);
-    c.args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=30", "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR"]);
+    c.args([
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=30",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "LogLevel=ERROR",
+    ]);
     c.args(extra).arg("root@127.0.0.1").arg(command);
     c
 }
@@ -268,10 +340,17 @@ pub fn ssh(key: &Path, port: u16, extra: &[&str], command: &str) -> Command {
 /// private key's path and the public key line.
 pub fn ssh_keygen(dir: &Path, name: &str) -> Result<(PathBuf, String)> {
     let key = dir.join(name);
-    let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"]).arg(&key).status().context("running ssh-keygen")?;
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&key)
+        .status()
+        .context("running ssh-keygen")?;
     if !st.success() {
         bail!("ssh-keygen failed ({st})");
     }
-    let public = std::fs::read_to_string(key.with_extension("pub")).context("reading the new public key")?.trim().to_owned();
+    let public = std::fs::read_to_string(key.with_extension("pub"))
+        .context("reading the new public key")?
+        .trim()
+        .to_owned();
     Ok((key, public))
 }

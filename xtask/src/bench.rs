@@ -82,7 +82,21 @@ struct Runs {
 
 impl Runs {
     fn for_opts(opts: &Options) -> Runs {
-        let mut runs = if opts.quick { Runs { boot: 2, peer: 1, noop: 2, docker_run: 2 } } else { Runs { boot: 5, peer: 3, noop: 5, docker_run: 5 } };
+        let mut runs = if opts.quick {
+            Runs {
+                boot: 2,
+                peer: 1,
+                noop: 2,
+                docker_run: 2,
+            }
+        } else {
+            Runs {
+                boot: 5,
+                peer: 3,
+                noop: 5,
+                docker_run: 5,
+            }
+        };
         if let Some(n) = opts.runs {
             runs.docker_run = n.max(1);
         }
@@ -96,15 +110,26 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 pub fn bench(layout: &Layout, opts: &Options) -> Result<()> {
     if opts.prepare {
         let (peer, built) = peer::ensure(layout)?;
-        eprintln!("bench: peer {} {}", if built { "built in" } else { "cached in" }, peer.dir.display());
+        eprintln!(
+            "bench: peer {} {}",
+            if built { "built in" } else { "cached in" },
+            peer.dir.display()
+        );
         return Ok(());
     }
-    crate::doctor::ensure(&[crate::doctor::Need::Image, crate::doctor::Need::Run, crate::doctor::Need::Bench])?;
+    crate::doctor::ensure(&[
+        crate::doctor::Need::Image,
+        crate::doctor::Need::Run,
+        crate::doctor::Need::Bench,
+    ])?;
     let runs = Runs::for_opts(opts);
     if opts.vmd_only {
         return vmd_only(layout, runs.docker_run);
     }
-    let load_at_start = std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| l.split_whitespace().next().map(str::to_owned)).unwrap_or_default();
+    let load_at_start = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_default();
     let out = layout.root.join("out").join("bench");
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let recipes = RecipeSet::load(&layout.recipes())?;
@@ -114,7 +139,12 @@ pub fn bench(layout: &Layout, opts: &Options) -> Result<()> {
 
     // Builds: make sure everything is cached first (that is not a figure), then measure.
     let step = crate::ui::step("bench: package builds");
-    let staged = build::build_packages(layout, &recipes, &qemu_profile.spec.profile.packages, &build::BuildOptions::default())?;
+    let staged = build::build_packages(
+        layout,
+        &recipes,
+        &qemu_profile.spec.profile.packages,
+        &build::BuildOptions::default(),
+    )?;
     step.finish_and_clear();
     let recorded_path = layout.cache.join("bench").join("clean-builds.json");
     if opts.quick {
@@ -122,35 +152,79 @@ pub fn bench(layout: &Layout, opts: &Options) -> Result<()> {
         // full run recorded.
         let recorded = read_recorded(&recorded_path);
         for s in &staged {
-            let from_log = s.tree.parent().and_then(|d| std::fs::read_to_string(d.join("build.log")).ok()).and_then(|t| logged_build_seconds(&t));
-            let from_run = recorded.as_ref().and_then(|r| r.seconds.iter().find(|(n, _)| *n == s.name).map(|(_, v)| (*v, r.date.clone())));
+            let from_log = s
+                .tree
+                .parent()
+                .and_then(|d| std::fs::read_to_string(d.join("build.log")).ok())
+                .and_then(|t| logged_build_seconds(&t));
+            let from_run = recorded.as_ref().and_then(|r| {
+                r.seconds
+                    .iter()
+                    .find(|(n, _)| *n == s.name)
+                    .map(|(_, v)| (*v, r.date.clone()))
+            });
             let (label, v) = match (from_log, from_run) {
-                (Some(secs), _) => (format!("clean build: {} (from its build log)", s.name), Value::one(secs)),
-                (None, Some((secs, date))) => (format!("clean build: {} (full bench run {date})", s.name), Value::one(secs)),
-                (None, None) => (format!("clean build: {}", s.name), Value::na("not rebuilt in --quick; its build log has no duration")),
+                (Some(secs), _) => (
+                    format!("clean build: {} (from its build log)", s.name),
+                    Value::one(secs),
+                ),
+                (None, Some((secs, date))) => (
+                    format!("clean build: {} (full bench run {date})", s.name),
+                    Value::one(secs),
+                ),
+                (None, None) => (
+                    format!("clean build: {}", s.name),
+                    Value::na("not rebuilt in --quick; its build log has no duration"),
+                ),
             };
             rows.push(Row::new("build", &label, Unit::Seconds, v, Value::None));
         }
     } else {
         let measured = clean_builds(layout, &recipes, &qemu_profile.spec.profile.packages)?;
-        let mut rec = Recorded { date: command_line("date", &["-u", "+%Y-%m-%d"]).map(|s| s.trim().to_owned()).unwrap_or_default(), seconds: Vec::new() };
+        let mut rec = Recorded {
+            date: command_line("date", &["-u", "+%Y-%m-%d"])
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_default(),
+            seconds: Vec::new(),
+        };
         for (name, v) in measured {
             if let Some(m) = v.median() {
                 rec.seconds.push((name.clone(), m));
             }
-            rows.push(Row::new("build", &format!("clean build: {name} (1 run)"), Unit::Seconds, v, Value::None));
+            rows.push(Row::new(
+                "build",
+                &format!("clean build: {name} (1 run)"),
+                Unit::Seconds,
+                v,
+                Value::None,
+            ));
         }
-        crate::image::write_atomic(&recorded_path, serde_json::to_string_pretty(&rec)?.as_bytes())?;
+        crate::image::write_atomic(
+            &recorded_path,
+            serde_json::to_string_pretty(&rec)?.as_bytes(),
+        )?;
     }
     let noop = noop_builds(layout, runs.noop)?;
-    rows.push(Row::new("build", "no-op `cargo xtask build` (goal < 2 s)", Unit::Seconds, noop, Value::None));
+    rows.push(Row::new(
+        "build",
+        "no-op `cargo xtask build` (goal < 2 s)",
+        Unit::Seconds,
+        noop,
+        Value::None,
+    ));
 
     // Images, assembled when missing or stale (always, timed, in a full run).
     for name in PROFILES {
         let p = profile::load_profile(&layout.root, name, &recipes)?;
         let t = ensure_images(layout, &recipes, &p, !opts.quick)?;
         if let Some(secs) = t {
-            rows.push(Row::new("build", &format!("image assembly: {name} ({})", formats_of(&p)), Unit::Seconds, Value::one(secs), Value::None));
+            rows.push(Row::new(
+                "build",
+                &format!("image assembly: {name} ({})", formats_of(&p)),
+                Unit::Seconds,
+                Value::one(secs),
+                Value::None,
+            ));
         }
     }
 
@@ -171,34 +245,77 @@ pub fn bench(layout: &Layout, opts: &Options) -> Result<()> {
     for name in PROFILES {
         let p = profile::load_profile(&layout.root, name, &recipes)?;
         for (file, apparent, on_disk) in image_sizes(&layout.out(p.name()), p.name())? {
-            let ext = file.rsplit_once('.').map(|(_, e)| e).unwrap_or(&file).to_owned();
+            let ext = file
+                .rsplit_once('.')
+                .map(|(_, e)| e)
+                .unwrap_or(&file)
+                .to_owned();
             let peer_v = match (ext.as_str(), &peer) {
-                ("qcow2", Some(pe)) if name == "qemu" => Value::one(std::fs::metadata(&pe.qcow2)?.len() as f64),
+                ("qcow2", Some(pe)) if name == "qemu" => {
+                    Value::one(std::fs::metadata(&pe.qcow2)?.len() as f64)
+                }
                 _ => Value::None,
             };
-            rows.push(Row::new("size", &format!("{name}: {file}"), Unit::Bytes, Value::one(apparent as f64), peer_v));
+            rows.push(Row::new(
+                "size",
+                &format!("{name}: {file}"),
+                Unit::Bytes,
+                Value::one(apparent as f64),
+                peer_v,
+            ));
             // Only sparse files: allocation rounding is not worth a row.
             if (on_disk as f64) < apparent as f64 * 0.9 {
-                rows.push(Row::new("size", &format!("{name}: {file} on disk (sparse)"), Unit::Bytes, Value::one(on_disk as f64), Value::None));
+                rows.push(Row::new(
+                    "size",
+                    &format!("{name}: {file} on disk (sparse)"),
+                    Unit::Bytes,
+                    Value::one(on_disk as f64),
+                    Value::None,
+                ));
             }
         }
     }
 
     // Boots.
-    let bootable = run::find_bootable(&layout.out("qemu"), "qemu", Format::Initramfs).context("the qemu profile's initramfs format is missing from out/qemu")?;
-    let Bootable::Kernel { kernel, .. } = &bootable else { bail!("the initramfs format is not a kernel and an initramfs") };
+    let bootable = run::find_bootable(&layout.out("qemu"), "qemu", Format::Initramfs)
+        .context("the qemu profile's initramfs format is missing from out/qemu")?;
+    let Bootable::Kernel { kernel, .. } = &bootable else {
+        bail!("the initramfs format is not a kernel and an initramfs")
+    };
     let (accel, accel_reason) = qemu::choose_accel(Some(kernel));
     eprintln!("bench: accelerator {} ({accel_reason})", accel.name());
     let busybox_tar = out.join("busybox-image.tar");
     write_busybox_image(&busybox_tar)?;
     let docker_cli = which("docker");
-    let bench = Bench { layout, profile: &qemu_profile, bootable: bootable.clone(), accel, out: out.clone(), busybox_tar, docker_cli };
+    let bench = Bench {
+        layout,
+        profile: &qemu_profile,
+        bootable: bootable.clone(),
+        accel,
+        out: out.clone(),
+        busybox_tar,
+        docker_cli,
+    };
 
     let floor = bench.floor(runs.boot)?;
     let floor_median = floor.median();
-    rows.push(Row::new("boot", "kernel floor (QEMU start → exit, init powers off)", Unit::Seconds, floor, Value::None).boot());
+    rows.push(
+        Row::new(
+            "boot",
+            "kernel floor (QEMU start → exit, init powers off)",
+            Unit::Seconds,
+            floor,
+            Value::None,
+        )
+        .boot(),
+    );
 
-    let engine = qemu_profile.spec.profile.packages.iter().any(|p| p.contains("engine"));
+    let engine = qemu_profile
+        .spec
+        .profile
+        .packages
+        .iter()
+        .any(|p| p.contains("engine"));
     let ax = bench.axion_direct(runs.boot, runs.docker_run, engine)?;
     let disk = bench.axion_disk(runs.boot)?;
     let vm_per_container = {
@@ -207,13 +324,24 @@ pub fn bench(layout: &Layout, opts: &Options) -> Result<()> {
             Some(Bootable::Disk { path, .. }) => Some(path.as_path()),
             _ => None,
         };
-        let Bootable::Kernel { kernel, initrd } = &bootable else { unreachable!("checked above") };
-        let guest = vmd::Guest { kernel, initrd, disk: disk_path, accel };
+        let Bootable::Kernel { kernel, initrd } = &bootable else {
+            unreachable!("checked above")
+        };
+        let guest = vmd::Guest {
+            kernel,
+            initrd,
+            disk: disk_path,
+            accel,
+        };
         match vmd::measure(layout, &guest, &out, runs.docker_run) {
             Ok(f) => f,
             Err(e) => {
                 let why = first_line(&format!("{e:#}"));
-                vmd::VmdFigures { start: Value::na(why.clone()), clone_run: Value::na(why.clone()), cold_run: Value::na(why) }
+                vmd::VmdFigures {
+                    start: Value::na(why.clone()),
+                    clone_run: Value::na(why.clone()),
+                    cold_run: Value::na(why),
+                }
             }
         }
     };
@@ -225,18 +353,99 @@ pub fn bench(layout: &Layout, opts: &Options) -> Result<()> {
         Some(x) => f(x),
         None => Value::na("peer not built"),
     };
-    rows.push(Row::new("boot", "ready (direct kernel boot; peer: multi-user.target)", Unit::Seconds, ax.ready_host.clone(), peer_or(&|p| p.multi_user.clone())).boot());
-    rows.push(Row::new("boot", "ready, guest's own clock (CLOCK_BOOTTIME / uptime)", Unit::Seconds, ax.ready_guest.clone(), peer_or(&|p| p.multi_user_guest.clone())));
-    rows.push(Row::new("boot", "ready from the qcow2 disk (firmware + GRUB)", Unit::Seconds, disk, Value::None).boot());
-    rows.push(Row::new("boot", "Docker API answers /_ping", Unit::Seconds, ax.api.clone(), peer_or(&|p| p.api.clone())).boot());
-    rows.push(Row::new("boot", "`docker info` answers in the guest", Unit::Seconds, Value::None, peer_or(&|p| p.docker_info.clone())).boot());
-    rows.push(Row::new("run", "memory used after boot (MemTotal − MemAvailable)", Unit::Mib, ax.mem.clone(), peer_or(&|p| p.mem.clone())));
-    rows.push(Row::new("run", "container engine's memory at idle (VmRSS; peer: dockerd + containerd)", Unit::Mib, ax.engine_rss.clone(), peer_or(&|p| p.daemon_rss.clone())));
-    rows.push(Row::new("run", "`docker run --rm busybox true`", Unit::Seconds, ax.docker_run.clone(), peer_or(&|p| p.docker_run.clone())));
-    rows.push(Row::new("vmd", "VM per container: daemon start (template boot + save)", Unit::Seconds, vm_per_container.start, Value::None));
-    rows.push(Row::new("vmd", "VM per container: `docker run --rm busybox true`, cloned VM", Unit::Seconds, vm_per_container.clone_run.clone(), Value::None));
-    rows.push(Row::new("vmd", "VM per container: `docker run --rm busybox true`, cold-booted VM", Unit::Seconds, vm_per_container.cold_run.clone(), Value::None));
-    if let (Some(clone), Some(cold)) = (vm_per_container.clone_run.median(), vm_per_container.cold_run.median()) {
+    rows.push(
+        Row::new(
+            "boot",
+            "ready (direct kernel boot; peer: multi-user.target)",
+            Unit::Seconds,
+            ax.ready_host.clone(),
+            peer_or(&|p| p.multi_user.clone()),
+        )
+        .boot(),
+    );
+    rows.push(Row::new(
+        "boot",
+        "ready, guest's own clock (CLOCK_BOOTTIME / uptime)",
+        Unit::Seconds,
+        ax.ready_guest.clone(),
+        peer_or(&|p| p.multi_user_guest.clone()),
+    ));
+    rows.push(
+        Row::new(
+            "boot",
+            "ready from the qcow2 disk (firmware + GRUB)",
+            Unit::Seconds,
+            disk,
+            Value::None,
+        )
+        .boot(),
+    );
+    rows.push(
+        Row::new(
+            "boot",
+            "Docker API answers /_ping",
+            Unit::Seconds,
+            ax.api.clone(),
+            peer_or(&|p| p.api.clone()),
+        )
+        .boot(),
+    );
+    rows.push(
+        Row::new(
+            "boot",
+            "`docker info` answers in the guest",
+            Unit::Seconds,
+            Value::None,
+            peer_or(&|p| p.docker_info.clone()),
+        )
+        .boot(),
+    );
+    rows.push(Row::new(
+        "run",
+        "memory used after boot (MemTotal − MemAvailable)",
+        Unit::Mib,
+        ax.mem.clone(),
+        peer_or(&|p| p.mem.clone()),
+    ));
+    rows.push(Row::new(
+        "run",
+        "container engine's memory at idle (VmRSS; peer: dockerd + containerd)",
+        Unit::Mib,
+        ax.engine_rss.clone(),
+        peer_or(&|p| p.daemon_rss.clone()),
+    ));
+    rows.push(Row::new(
+        "run",
+        "`docker run --rm busybox true`",
+        Unit::Seconds,
+        ax.docker_run.clone(),
+        peer_or(&|p| p.docker_run.clone()),
+    ));
+    rows.push(Row::new(
+        "vmd",
+        "VM per container: daemon start (template boot + save)",
+        Unit::Seconds,
+        vm_per_container.start,
+        Value::None,
+    ));
+    rows.push(Row::new(
+        "vmd",
+        "VM per container: `docker run --rm busybox true`, cloned VM",
+        Unit::Seconds,
+        vm_per_container.clone_run.clone(),
+        Value::None,
+    ));
+    rows.push(Row::new(
+        "vmd",
+        "VM per container: `docker run --rm busybox true`, cold-booted VM",
+        Unit::Seconds,
+        vm_per_container.cold_run.clone(),
+        Value::None,
+    ));
+    if let (Some(clone), Some(cold)) = (
+        vm_per_container.clone_run.median(),
+        vm_per_container.cold_run.median(),
+    ) {
         notes.push(format!("VM per container: a clone runs a container {:.1}× faster than a cold boot (goal: at least 5×)", cold / clone));
     }
 
@@ -244,15 +453,34 @@ pub fn bench(layout: &Layout, opts: &Options) -> Result<()> {
         "boot figures are wall time from starting QEMU; \"= N× floor\" divides by the kernel floor ({}); the peer boots its own Debian kernel and initrd by direct kernel boot",
         floor_median.map(|f| Unit::Seconds.format(f)).unwrap_or_else(|| "n/a".into())
     ));
-    notes.push(format!("VMs: the qemu profile's hardware for all three ({}); accelerator: {}", vm_description(&qemu_profile), accel_reason));
+    notes.push(format!(
+        "VMs: the qemu profile's hardware for all three ({}); accelerator: {}",
+        vm_description(&qemu_profile),
+        accel_reason
+    ));
     if let Some(p) = &peer {
         notes.push(format!("peer: Debian {} minbase + {} (debootstrap; one ext4 root made by mke2fs -d, as qcow2; cached in {})", peer::SUITE, peer::PACKAGES.join(", "), p.dir.display()));
     }
     if !staged.is_empty() {
-        notes.push(format!("packages: {}", staged.iter().map(|s| format!("{} {}", s.name, s.version)).collect::<Vec<_>>().join(", ")));
+        notes.push(format!(
+            "packages: {}",
+            staged
+                .iter()
+                .map(|s| format!("{} {}", s.name, s.version))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
     }
 
-    let report = Report { meta: Meta { load_average: load_at_start, ..meta(accel, &accel_reason, &qemu_profile, opts.quick) }, floor_seconds: floor_median, rows, notes };
+    let report = Report {
+        meta: Meta {
+            load_average: load_at_start,
+            ..meta(accel, &accel_reason, &qemu_profile, opts.quick)
+        },
+        floor_seconds: floor_median,
+        rows,
+        notes,
+    };
     print!("{}", report.table());
     let json = opts.json.clone().unwrap_or_else(|| out.join("bench.json"));
     crate::image::write_atomic(&json, report.json().as_bytes())?;
@@ -270,8 +498,11 @@ fn vmd_only(layout: &Layout, runs: usize) -> Result<()> {
     ensure_images(layout, &recipes, &p, false)?;
     let out = layout.root.join("out").join("bench");
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-    let bootable = run::find_bootable(&layout.out("qemu"), "qemu", Format::Initramfs).context("the qemu profile's initramfs format is missing from out/qemu")?;
-    let Bootable::Kernel { kernel, initrd } = &bootable else { bail!("the initramfs format is not a kernel and an initramfs") };
+    let bootable = run::find_bootable(&layout.out("qemu"), "qemu", Format::Initramfs)
+        .context("the qemu profile's initramfs format is missing from out/qemu")?;
+    let Bootable::Kernel { kernel, initrd } = &bootable else {
+        bail!("the initramfs format is not a kernel and an initramfs")
+    };
     let disk = run::find_bootable(&layout.out("qemu"), "qemu", Format::Qcow2);
     let disk = match &disk {
         Some(Bootable::Disk { path, .. }) => Some(path.as_path()),
@@ -279,63 +510,145 @@ fn vmd_only(layout: &Layout, runs: usize) -> Result<()> {
     };
     let (accel, reason) = qemu::choose_accel(Some(kernel));
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    eprintln!("bench: vmd only, {runs} runs per mode, accelerator {} ({reason}), load {}", accel.name(), load.split_whitespace().next().unwrap_or("?"));
-    let f = vmd::measure(layout, &vmd::Guest { kernel, initrd, disk, accel }, &out, runs)?;
-    println!("daemon start (template boot + save): {}", f.start.cell(Unit::Seconds));
-    println!("docker run --rm busybox true, cloned VM: {}", f.clone_run.cell(Unit::Seconds));
-    println!("docker run --rm busybox true, cold-booted VM: {}", f.cold_run.cell(Unit::Seconds));
+    eprintln!(
+        "bench: vmd only, {runs} runs per mode, accelerator {} ({reason}), load {}",
+        accel.name(),
+        load.split_whitespace().next().unwrap_or("?")
+    );
+    let f = vmd::measure(
+        layout,
+        &vmd::Guest {
+            kernel,
+            initrd,
+            disk,
+            accel,
+        },
+        &out,
+        runs,
+    )?;
+    println!(
+        "daemon start (template boot + save): {}",
+        f.start.cell(Unit::Seconds)
+    );
+    println!(
+        "docker run --rm busybox true, cloned VM: {}",
+        f.clone_run.cell(Unit::Seconds)
+    );
+    println!(
+        "docker run --rm busybox true, cold-booted VM: {}",
+        f.cold_run.cell(Unit::Seconds)
+    );
     if let (Some(clone), Some(cold)) = (f.clone_run.median(), f.cold_run.median()) {
-        println!("a clone is {:.1}x faster than a cold boot (goal: at least 5x)", cold / clone);
+        println!(
+            "a clone is {:.1}x faster than a cold boot (goal: at least 5x)",
+            cold / clone
+        );
     }
     Ok(())
 }
 
 fn formats_of(p: &Profile) -> String {
-    p.spec.profile.formats.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
+    p.spec
+        .profile
+        .formats
+        .iter()
+        .map(|f| f.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn vm_description(p: &Profile) -> String {
     let hw = &p.spec.hardware;
-    format!("{} vCPU, {} MiB, {:?} firmware, {:?} NIC", hw.cpus, hw.memory_mib, hw.firmware, hw.nic).to_lowercase()
+    format!(
+        "{} vCPU, {} MiB, {:?} firmware, {:?} NIC",
+        hw.cpus, hw.memory_mib, hw.firmware, hw.nic
+    )
+    .to_lowercase()
 }
 
 fn meta(accel: qemu::Accel, reason: &str, p: &Profile, quick: bool) -> Meta {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = cpuinfo.lines().find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_owned())).unwrap_or_else(|| "unknown CPU".into());
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .and_then(|r| r.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_kib = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:")).and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let mem_kib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
     let qemu = command_line("qemu-system-x86_64", &["--version"])
-        .and_then(|s| s.lines().next().and_then(|l| l.split("version ").nth(1)).map(|v| v.split_whitespace().next().unwrap_or(v).to_owned()))
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .and_then(|l| l.split("version ").nth(1))
+                .map(|v| v.split_whitespace().next().unwrap_or(v).to_owned())
+        })
         .unwrap_or_else(|| "unknown".into());
     Meta {
-        date: command_line("date", &["-u", "+%Y-%m-%d %H:%M"]).map(|s| s.trim().to_owned()).unwrap_or_default(),
+        date: command_line("date", &["-u", "+%Y-%m-%d %H:%M"])
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default(),
         cpu,
-        cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        cores: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
         memory_gib: mem_kib / 1024.0 / 1024.0,
-        host_kernel: command_line("uname", &["-r"]).map(|s| s.trim().to_owned()).unwrap_or_default(),
+        host_kernel: command_line("uname", &["-r"])
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default(),
         qemu,
         accel: accel.name().to_uppercase(),
         accel_reason: reason.to_owned(),
         vm: vm_description(p),
         quick,
-        load_average: std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| l.split_whitespace().next().map(str::to_owned)).unwrap_or_default(),
+        load_average: std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+            .unwrap_or_default(),
     }
 }
 
 fn command_line(program: &str, args: &[&str]) -> Option<String> {
-    let out = std::process::Command::new(program).args(args).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn which(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(program)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
 }
 
 /// Each package built once into an empty cache that shares only the downloads.
-fn clean_builds(layout: &Layout, recipes: &RecipeSet, names: &[String]) -> Result<Vec<(String, Value)>> {
-    let tmp = tempfile::Builder::new().prefix("bench-cache-").tempdir_in(&layout.cache).with_context(|| format!("cannot make a temporary cache in {}", layout.cache.display()))?;
-    std::os::unix::fs::symlink(layout.downloads(), tmp.path().join("downloads")).context("cannot link the downloads into the temporary cache")?;
+fn clean_builds(
+    layout: &Layout,
+    recipes: &RecipeSet,
+    names: &[String],
+) -> Result<Vec<(String, Value)>> {
+    let tmp = tempfile::Builder::new()
+        .prefix("bench-cache-")
+        .tempdir_in(&layout.cache)
+        .with_context(|| {
+            format!(
+                "cannot make a temporary cache in {}",
+                layout.cache.display()
+            )
+        })?;
+    std::os::unix::fs::symlink(layout.downloads(), tmp.path().join("downloads"))
+        .context("cannot link the downloads into the temporary cache")?;
     let clean = Layout::with_cache(layout.root.clone(), tmp.path().to_owned());
     let mut out = Vec::new();
     // Dependencies first: build_packages builds what a package needs, so time in closure order.
@@ -344,7 +657,15 @@ fn clean_builds(layout: &Layout, recipes: &RecipeSet, names: &[String]) -> Resul
         let name = r.spec.package.name.clone();
         eprintln!("bench: clean build of {name}");
         let started = Instant::now();
-        let v = match build::build_packages(&clean, recipes, std::slice::from_ref(&name), &build::BuildOptions { offline: true, ..Default::default() }) {
+        let v = match build::build_packages(
+            &clean,
+            recipes,
+            std::slice::from_ref(&name),
+            &build::BuildOptions {
+                offline: true,
+                ..Default::default()
+            },
+        ) {
             Ok(_) => Value::one(started.elapsed().as_secs_f64()),
             Err(e) => Value::na(format!("failed: {}", first_line(&format!("{e:#}")))),
         };
@@ -355,7 +676,14 @@ fn clean_builds(layout: &Layout, recipes: &RecipeSet, names: &[String]) -> Resul
 
 fn first_line(s: &str) -> String {
     let l = s.lines().next().unwrap_or("").to_owned();
-    if l.len() > 100 { format!("{}…", &l[..l.char_indices().nth(100).map(|(i, _)| i).unwrap_or(l.len())]) } else { l }
+    if l.len() > 100 {
+        format!(
+            "{}…",
+            &l[..l.char_indices().nth(100).map(|(i, _)| i).unwrap_or(l.len())]
+        )
+    } else {
+        l
+    }
 }
 
 /// Clean build times a full run measured, shown by `--quick` (which does not rebuild).
@@ -367,7 +695,11 @@ struct Recorded {
 
 /// The duration a package build log ends with: `== built in 123.4 s with -j2`.
 pub fn logged_build_seconds(log: &str) -> Option<f64> {
-    log.lines().rev().find_map(|l| l.strip_prefix("== built in ")).and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse().ok())
+    log.lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("== built in "))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
 }
 
 fn read_recorded(path: &Path) -> Option<Recorded> {
@@ -378,14 +710,26 @@ fn read_recorded(path: &Path) -> Option<Recorded> {
 fn noop_builds(layout: &Layout, n: usize) -> Result<Value> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     // One unmeasured warm-up: cargo may first rebuild xtask itself after a checkout change.
-    let _ = std::process::Command::new(&cargo).arg("xtask").arg("build").current_dir(&layout.root).output();
+    let _ = std::process::Command::new(&cargo)
+        .arg("xtask")
+        .arg("build")
+        .current_dir(&layout.root)
+        .output();
     let mut samples = Vec::new();
     for _ in 0..n {
         let started = Instant::now();
-        let out = std::process::Command::new(&cargo).arg("xtask").arg("build").current_dir(&layout.root).output().context("cannot run cargo xtask build")?;
+        let out = std::process::Command::new(&cargo)
+            .arg("xtask")
+            .arg("build")
+            .current_dir(&layout.root)
+            .output()
+            .context("cannot run cargo xtask build")?;
         let secs = started.elapsed().as_secs_f64();
         if !out.status.success() {
-            return Ok(Value::na(format!("cargo xtask build failed: {}", first_line(&String::from_utf8_lossy(&out.stderr)))));
+            return Ok(Value::na(format!(
+                "cargo xtask build failed: {}",
+                first_line(&String::from_utf8_lossy(&out.stderr))
+            )));
         }
         samples.push(secs);
     }
@@ -394,18 +738,49 @@ fn noop_builds(layout: &Layout, n: usize) -> Result<Value> {
 
 /// Assembles the profile's formats into out/PROFILE when missing or stale, or always when
 /// `always`; returns the time it took when it ran.
-fn ensure_images(layout: &Layout, recipes: &RecipeSet, p: &Profile, always: bool) -> Result<Option<f64>> {
+fn ensure_images(
+    layout: &Layout,
+    recipes: &RecipeSet,
+    p: &Profile,
+    always: bool,
+) -> Result<Option<f64>> {
     let out = layout.out(p.name());
-    let fresh = p.spec.profile.formats.iter().all(|f| match run::find_bootable(&out, p.name(), *f) {
-        Some(b) => run::stale_reason(layout, p, &b).is_none(),
-        None => *f == Format::Ova && std::fs::read_dir(&out).is_ok_and(|rd| rd.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().ends_with(".ova"))),
-    });
+    let fresh =
+        p.spec
+            .profile
+            .formats
+            .iter()
+            .all(|f| match run::find_bootable(&out, p.name(), *f) {
+                Some(b) => run::stale_reason(layout, p, &b).is_none(),
+                None => {
+                    *f == Format::Ova
+                        && std::fs::read_dir(&out).is_ok_and(|rd| {
+                            rd.filter_map(|e| e.ok())
+                                .any(|e| e.file_name().to_string_lossy().ends_with(".ova"))
+                        })
+                }
+            });
     if fresh && !always {
         return Ok(None);
     }
-    let staged = build::build_packages(layout, recipes, &p.spec.profile.packages, &build::BuildOptions::default())?;
-    let trees: Vec<_> = staged.into_iter().map(|s| crate::rootfs::PackageTree { name: s.name, tree: s.tree }).collect();
-    let step = crate::ui::step(&format!("bench: assembling {} for profile {}", formats_of(p), p.name()));
+    let staged = build::build_packages(
+        layout,
+        recipes,
+        &p.spec.profile.packages,
+        &build::BuildOptions::default(),
+    )?;
+    let trees: Vec<_> = staged
+        .into_iter()
+        .map(|s| crate::rootfs::PackageTree {
+            name: s.name,
+            tree: s.tree,
+        })
+        .collect();
+    let step = crate::ui::step(&format!(
+        "bench: assembling {} for profile {}",
+        formats_of(p),
+        p.name()
+    ));
     let started = Instant::now();
     crate::image::assemble(layout, p, &trees, &p.spec.profile.formats, &out)?;
     step.finish_and_clear();
@@ -417,7 +792,10 @@ fn image_sizes(dir: &Path, profile: &str) -> Result<Vec<(String, u64, u64)>> {
     use std::os::unix::fs::MetadataExt;
     let prefix = format!("axion-{profile}-");
     let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?.filter_map(|e| e.ok()) {
+    for e in std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .filter_map(|e| e.ok())
+    {
         let name = e.file_name().to_string_lossy().into_owned();
         if !name.starts_with(&prefix) {
             continue;
@@ -483,7 +861,8 @@ pub fn busybox_image_tar(busybox: &[u8]) -> Result<Vec<u8>> {
 }
 
 fn write_busybox_image(path: &Path) -> Result<()> {
-    let busybox = std::fs::read(floor::HOST_BUSYBOX).with_context(|| format!("cannot read {}", floor::HOST_BUSYBOX))?;
+    let busybox = std::fs::read(floor::HOST_BUSYBOX)
+        .with_context(|| format!("cannot read {}", floor::HOST_BUSYBOX))?;
     crate::image::write_atomic(path, &busybox_image_tar(&busybox)?)
 }
 
@@ -507,7 +886,15 @@ impl Endpoint {
         let mut args = vec!["-H".to_string(), format!("tcp://127.0.0.1:{}", self.port)];
         if let Some(c) = &self.tls {
             let f = |n: &str| c.client_dir.join(n).to_string_lossy().into_owned();
-            args.extend(["--tlsverify".into(), "--tlscacert".into(), f("ca.pem"), "--tlscert".into(), f("cert.pem"), "--tlskey".into(), f("key.pem")]);
+            args.extend([
+                "--tlsverify".into(),
+                "--tlscacert".into(),
+                f("ca.pem"),
+                "--tlscert".into(),
+                f("cert.pem"),
+                "--tlskey".into(),
+                f("key.pem"),
+            ]);
         }
         args
     }
@@ -515,7 +902,10 @@ impl Endpoint {
 
 /// `GET /_ping` → 200 over mutual TLS.
 fn tls_api_answers(port: u16, certs: &run::docker_certs::DockerCerts) -> Result<bool> {
-    let read = |n: &str| std::fs::read(certs.client_dir.join(n)).with_context(|| format!("cannot read {n} in {}", certs.client_dir.display()));
+    let read = |n: &str| {
+        std::fs::read(certs.client_dir.join(n))
+            .with_context(|| format!("cannot read {n} in {}", certs.client_dir.display()))
+    };
     let mut identity = read("cert.pem")?;
     identity.extend(read("key.pem")?);
     let client = reqwest::blocking::Client::builder()
@@ -524,14 +914,24 @@ fn tls_api_answers(port: u16, certs: &run::docker_certs::DockerCerts) -> Result<
         .identity(reqwest::Identity::from_pem(&identity)?)
         .timeout(Duration::from_secs(2))
         .build()?;
-    Ok(client.get(format!("https://127.0.0.1:{port}/_ping")).send().is_ok_and(|r| r.status().is_success()))
+    Ok(client
+        .get(format!("https://127.0.0.1:{port}/_ping"))
+        .send()
+        .is_ok_and(|r| r.status().is_success()))
 }
 
 /// Does a Docker API answer `GET /_ping` with 200 on 127.0.0.1:port (plain HTTP)?
 pub fn api_answers(port: u16) -> bool {
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500)) else { return false };
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(
+        &([127, 0, 0, 1], port).into(),
+        Duration::from_millis(500),
+    ) else {
+        return false;
+    };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /_ping HTTP/1.0\r\nHost: localhost\r\n\r\n").is_err() {
+    if s.write_all(b"GET /_ping HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .is_err()
+    {
         return false;
     }
     let mut buf = [0u8; 64];
@@ -580,24 +980,46 @@ struct Bench<'a> {
 impl Bench<'_> {
     /// The qemu profile's VM for `bootable` in a bench run directory, with fresh ports.
     fn config(&self, bootable: &Bootable, dir: &str) -> Result<(qemu::VmConfig, Ports)> {
-        let run = RunDir { dir: self.out.join(dir) };
-        std::fs::create_dir_all(&run.dir).with_context(|| format!("cannot create {}", run.dir.display()))?;
+        let run = RunDir {
+            dir: self.out.join(dir),
+        };
+        std::fs::create_dir_all(&run.dir)
+            .with_context(|| format!("cannot create {}", run.dir.display()))?;
         // A fresh UEFI variable store each boot: every run starts from the same state.
         let _ = std::fs::remove_file(run.uefi_vars());
-        let ports = Ports { ssh: qemu::free_port()?, docker: qemu::free_port()? };
-        Ok((run::vm_config(self.profile, bootable, &run, ports, self.accel), ports))
+        let ports = Ports {
+            ssh: qemu::free_port()?,
+            docker: qemu::free_port()?,
+        };
+        Ok((
+            run::vm_config(self.profile, bootable, &run, ports, self.accel),
+            ports,
+        ))
     }
 
     fn floor(&self, n: usize) -> Result<Value> {
-        let Bootable::Kernel { kernel, .. } = &self.bootable else { unreachable!("checked by the caller") };
+        let Bootable::Kernel { kernel, .. } = &self.bootable else {
+            unreachable!("checked by the caller")
+        };
         let initrd = self.out.join("floor-initramfs.cpio");
         floor::write_initramfs(&initrd)?;
         let mut samples = Vec::new();
         for i in 0..n {
-            let (mut cfg, _) = self.config(&Bootable::Kernel { kernel: kernel.clone(), initrd: initrd.clone() }, "run-floor")?;
+            let (mut cfg, _) = self.config(
+                &Bootable::Kernel {
+                    kernel: kernel.clone(),
+                    initrd: initrd.clone(),
+                },
+                "run-floor",
+            )?;
             cfg.no_reboot = true;
             let mut vm = qemu::Vm::spawn(cfg)?;
-            vm.wait_exit(BOOT_TIMEOUT).with_context(|| format!("the kernel floor did not power off; serial log: {:?}", vm.serial_log()))?;
+            vm.wait_exit(BOOT_TIMEOUT).with_context(|| {
+                format!(
+                    "the kernel floor did not power off; serial log: {:?}",
+                    vm.serial_log()
+                )
+            })?;
             // Vm::elapsed counts from spawning QEMU; wait_exit polls every 20 ms.
             let secs = vm.elapsed().as_secs_f64();
             // A panic would also end QEMU (panic=-1, -no-reboot): only a power-off counts.
@@ -612,19 +1034,35 @@ impl Bench<'_> {
         let keydir = tempfile::tempdir()?;
         let key = keydir.path().join("bench");
         let ssh_ok = which("ssh").is_some()
-            && std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "bench", "-f"]).arg(&key).status().is_ok_and(|s| s.success());
-        let public = std::fs::read_to_string(key.with_extension("pub")).unwrap_or_default().trim().to_owned();
+            && std::process::Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", "bench", "-f"])
+                .arg(&key)
+                .status()
+                .is_ok_and(|s| s.success());
+        let public = std::fs::read_to_string(key.with_extension("pub"))
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
         // The engine's TLS material and the SSH key as first-boot settings, as `run` gives them.
-        let certs = if engine { Some(run::docker_certs::ensure(&self.out.join("docker"))?) } else { None };
+        let certs = if engine {
+            Some(run::docker_certs::ensure(&self.out.join("docker"))?)
+        } else {
+            None
+        };
         let settings = run::first_boot::FirstBoot {
             hostname: None,
             ssh_authorized_keys: if ssh_ok { vec![public.clone()] } else { vec![] },
             docker: certs.clone(),
         };
         let fw_cfg = settings.write(&self.out.join("first-boot"))?;
-        let (mut host, mut guest, mut api, mut mem, mut rss, mut drun) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let (mut host, mut guest, mut api, mut mem, mut rss, mut drun) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
         let mut api_reason = "engine not in the image".to_owned();
-        let mut mem_reason = if ssh_ok { "no SSH answer".to_owned() } else { "no ssh/ssh-keygen on the host".to_owned() };
+        let mut mem_reason = if ssh_ok {
+            "no SSH answer".to_owned()
+        } else {
+            "no ssh/ssh-keygen on the host".to_owned()
+        };
         let mut rss_reason = mem_reason.clone();
         let mut run_reason = api_reason.clone();
         for i in 0..n {
@@ -632,14 +1070,26 @@ impl Bench<'_> {
             for (name, file) in &fw_cfg {
                 cfg = cfg.fw_cfg_file(name.clone(), file.clone());
             }
-            let endpoint = Endpoint { port: ports.docker, tls: certs.clone() };
+            let endpoint = Endpoint {
+                port: ports.docker,
+                tls: certs.clone(),
+            };
             let mut vm = qemu::Vm::spawn(cfg)?;
             let ready = vm.wait_ready(BOOT_TIMEOUT)?;
-            eprintln!("bench: axion run {}: ready {:.2} s (guest {:.2} s)", i + 1, ready.host.as_secs_f64(), ready.guest.as_secs_f64());
+            eprintln!(
+                "bench: axion run {}: ready {:.2} s (guest {:.2} s)",
+                i + 1,
+                ready.host.as_secs_f64(),
+                ready.guest.as_secs_f64()
+            );
             host.push(ready.host.as_secs_f64());
             guest.push(ready.guest.as_secs_f64());
             // The Docker API: only worth waiting for when the engine is in the image.
-            let wait = if engine { Duration::from_secs(120) } else { Duration::from_secs(0) };
+            let wait = if engine {
+                Duration::from_secs(120)
+            } else {
+                Duration::from_secs(0)
+            };
             let deadline = Instant::now() + wait;
             let mut answered = None;
             loop {
@@ -654,7 +1104,13 @@ impl Bench<'_> {
             }
             match answered {
                 Some(t) => api.push(t),
-                None if engine => api_reason = format!("engine in the image but no answer on 127.0.0.1:{} within {} s", ports.docker, wait.as_secs()),
+                None if engine => {
+                    api_reason = format!(
+                        "engine in the image but no answer on 127.0.0.1:{} within {} s",
+                        ports.docker,
+                        wait.as_secs()
+                    )
+                }
                 None => {}
             }
             if ssh_ok {
@@ -692,18 +1148,30 @@ impl Bench<'_> {
     }
 
     fn axion_disk(&self, n: usize) -> Result<Value> {
-        let Some(disk) = run::find_bootable(&self.layout.out("qemu"), "qemu", Format::Qcow2) else { return Ok(Value::na("no qcow2 in out/qemu")) };
-        let Bootable::Disk { path, format } = &disk else { return Ok(Value::na("the qcow2 format is not a disk")) };
+        let Some(disk) = run::find_bootable(&self.layout.out("qemu"), "qemu", Format::Qcow2) else {
+            return Ok(Value::na("no qcow2 in out/qemu"));
+        };
+        let Bootable::Disk { path, format } = &disk else {
+            return Ok(Value::na("the qcow2 format is not a disk"));
+        };
         let mut samples = Vec::new();
         for i in 0..n {
             let (mut cfg, _) = self.config(&disk, "run-axion-disk")?;
             // Boot the built image itself; -snapshot keeps it pristine.
-            let interface = cfg.drives.first().map(|d| d.interface).unwrap_or(qemu::DiskInterface::Virtio);
+            let interface = cfg
+                .drives
+                .first()
+                .map(|d| d.interface)
+                .unwrap_or(qemu::DiskInterface::Virtio);
             cfg.drives = vec![qemu::Drive::disk(path, *format).interface(interface)];
             cfg.snapshot = true;
             let mut vm = qemu::Vm::spawn(cfg)?;
             let ready = vm.wait_ready(BOOT_TIMEOUT)?;
-            eprintln!("bench: axion disk run {}: ready {:.2} s", i + 1, ready.host.as_secs_f64());
+            eprintln!(
+                "bench: axion disk run {}: ready {:.2} s",
+                i + 1,
+                ready.host.as_secs_f64()
+            );
             samples.push(ready.host.as_secs_f64());
             let _ = vm.kill();
         }
@@ -711,26 +1179,44 @@ impl Bench<'_> {
     }
 
     fn peer(&self, p: &peer::Peer, n: usize, docker_runs: usize) -> Result<PeerFigures> {
-        let (mut mu, mut mu_guest, mut info, mut api, mut mem, mut rss, mut drun) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        let (mut mu, mut mu_guest, mut info, mut api, mut mem, mut rss, mut drun) =
+            (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
         let mut run_reason = String::from("no runs");
         let mut api_reason = String::from("no answer");
         for i in 0..n {
             // The same VM as axion's (firmware, CPUs, memory, NIC); the peer's kernel, initrd
             // and disk, and a forward to its dockerd's TCP port.
-            let (mut cfg, ports) = self.config(&Bootable::Kernel { kernel: p.kernel.clone(), initrd: p.initrd.clone() }, "run-peer")?;
+            let (mut cfg, ports) = self.config(
+                &Bootable::Kernel {
+                    kernel: p.kernel.clone(),
+                    initrd: p.initrd.clone(),
+                },
+                "run-peer",
+            )?;
             if let Some(k) = cfg.kernel.as_mut() {
                 k.append = peer::CMDLINE.into();
             }
             let interface = qemu::DiskInterface::Virtio;
-            cfg.drives = vec![qemu::Drive::disk(&p.qcow2, qemu::DiskFormat::Qcow2).interface(interface)];
+            cfg.drives =
+                vec![qemu::Drive::disk(&p.qcow2, qemu::DiskFormat::Qcow2).interface(interface)];
             cfg.snapshot = true;
             if let Some(net) = cfg.net.as_mut() {
-                net.forwards = vec![qemu::PortForward::tcp(ports.docker, peer::GUEST_DOCKER_PORT)];
+                net.forwards = vec![qemu::PortForward::tcp(
+                    ports.docker,
+                    peer::GUEST_DOCKER_PORT,
+                )];
             }
             let mut vm = qemu::Vm::spawn(cfg)?;
-            let line = vm.wait_for_line(peer::MARK_MULTI_USER, BOOT_TIMEOUT).context("the peer did not reach multi-user.target")?;
+            let line = vm
+                .wait_for_line(peer::MARK_MULTI_USER, BOOT_TIMEOUT)
+                .context("the peer did not reach multi-user.target")?;
             mu.push(line.elapsed.as_secs_f64());
-            if let Some(up) = line.line.rsplit(' ').next().and_then(|v| v.trim().parse::<f64>().ok()) {
+            if let Some(up) = line
+                .line
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.trim().parse::<f64>().ok())
+            {
                 mu_guest.push(up);
             }
             // API from the host, and the guest's own `docker info` marker, whichever first.
@@ -739,7 +1225,12 @@ impl Bench<'_> {
             let mut got_info = None;
             let mut got_mem = None;
             let mut got_rss = None;
-            while Instant::now() < deadline && (got_api.is_none() || got_info.is_none() || got_mem.is_none() || got_rss.is_none()) {
+            while Instant::now() < deadline
+                && (got_api.is_none()
+                    || got_info.is_none()
+                    || got_mem.is_none()
+                    || got_rss.is_none())
+            {
                 if got_api.is_none() && api_answers(ports.docker) {
                     got_api = Some(vm.elapsed().as_secs_f64());
                 }
@@ -760,13 +1251,25 @@ impl Bench<'_> {
             eprintln!("bench: peer run {}: multi-user {:.1} s, API {:?}, docker info {:?}, mem {:?} KiB, daemons {:?} KiB", i + 1, line.elapsed.as_secs_f64(), got_api, got_info, got_mem, got_rss);
             match got_api {
                 Some(t) => api.push(t),
-                None => api_reason = format!("no answer on 127.0.0.1:{} within {} s", ports.docker, BOOT_TIMEOUT.as_secs()),
+                None => {
+                    api_reason = format!(
+                        "no answer on 127.0.0.1:{} within {} s",
+                        ports.docker,
+                        BOOT_TIMEOUT.as_secs()
+                    )
+                }
             }
             info.extend(got_info);
             mem.extend(got_mem.map(|k| k / 1024.0));
             rss.extend(got_rss.map(|k| k / 1024.0));
             if got_api.is_some() && i == 0 {
-                match self.docker_runs(&Endpoint { port: ports.docker, tls: None }, docker_runs) {
+                match self.docker_runs(
+                    &Endpoint {
+                        port: ports.docker,
+                        tls: None,
+                    },
+                    docker_runs,
+                ) {
                     Ok(s) => drun.extend(s),
                     Err(e) => run_reason = first_line(&format!("{e:#}")),
                 }
@@ -786,11 +1289,21 @@ impl Bench<'_> {
 
     /// `docker load` of the busybox image, then `n` timed `docker run --rm busybox true`.
     fn docker_runs(&self, endpoint: &Endpoint, n: usize) -> Result<Vec<f64>> {
-        let Some(cli) = &self.docker_cli else { bail!("no docker CLI on the host") };
+        let Some(cli) = &self.docker_cli else {
+            bail!("no docker CLI on the host")
+        };
         let docker = |args: &[&str]| -> Result<std::process::Output> {
-            let out = std::process::Command::new(cli).args(endpoint.cli_args()).args(args).output().context("cannot run docker")?;
+            let out = std::process::Command::new(cli)
+                .args(endpoint.cli_args())
+                .args(args)
+                .output()
+                .context("cannot run docker")?;
             if !out.status.success() {
-                bail!("docker {} failed: {}", args.join(" "), first_line(String::from_utf8_lossy(&out.stderr).trim()));
+                bail!(
+                    "docker {} failed: {}",
+                    args.join(" "),
+                    first_line(String::from_utf8_lossy(&out.stderr).trim())
+                );
             }
             Ok(out)
         };
@@ -819,7 +1332,8 @@ fn drain_serial(vm: &mut qemu::Vm) -> Vec<String> {
 /// and the engine's resident set (VmRSS), both in KiB.
 fn ssh_memory(key: &Path, port: u16) -> Result<GuestMemory> {
     // One command, so both figures come from the same moment.
-    const SCRIPT: &str = "cat /proc/meminfo; echo ---; for p in $(pidof engine); do cat /proc/$p/status; done";
+    const SCRIPT: &str =
+        "cat /proc/meminfo; echo ---; for p in $(pidof engine); do cat /proc/$p/status; done";
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = String::new();
     while Instant::now() < deadline {
@@ -827,7 +1341,20 @@ fn ssh_memory(key: &Path, port: u16) -> Result<GuestMemory> {
             .arg("-i")
             .arg(key)
             .args(["-p", &port.to_string()])
-            .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR"])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=10",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "LogLevel=ERROR",
+            ])
             .arg("root@127.0.0.1")
             .arg(SCRIPT)
             .output()
@@ -836,7 +1363,8 @@ fn ssh_memory(key: &Path, port: u16) -> Result<GuestMemory> {
             let text = String::from_utf8_lossy(&out.stdout);
             let (meminfo, status) = text.split_once("\n---\n").unwrap_or((&text, ""));
             return Ok(GuestMemory {
-                used_kib: used_kib(meminfo).context("no MemTotal/MemAvailable in the guest's /proc/meminfo")?,
+                used_kib: used_kib(meminfo)
+                    .context("no MemTotal/MemAvailable in the guest's /proc/meminfo")?,
                 engine_rss_kib: rss_kib(status),
             });
         }
@@ -854,13 +1382,23 @@ struct GuestMemory {
 
 /// The sum of the VmRSS lines of /proc/PID/status texts, None when there is none.
 pub fn rss_kib(status: &str) -> Option<u64> {
-    let values: Vec<u64> = status.lines().filter_map(|l| l.strip_prefix("VmRSS:")).filter_map(|r| r.split_whitespace().next()?.parse().ok()).collect();
+    let values: Vec<u64> = status
+        .lines()
+        .filter_map(|l| l.strip_prefix("VmRSS:"))
+        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+        .collect();
     (!values.is_empty()).then(|| values.iter().sum())
 }
 
 /// MemTotal − MemAvailable from /proc/meminfo text.
 pub fn used_kib(meminfo: &str) -> Option<u64> {
-    let field = |name: &str| meminfo.lines().find_map(|l| l.strip_prefix(name)).and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse::<u64>().ok());
+    let field = |name: &str| {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
     Some(field("MemTotal:")?.saturating_sub(field("MemAvailable:")?))
 }
 
@@ -870,7 +1408,10 @@ mod tests {
 
     #[test]
     fn build_log_duration() {
-        assert_eq!(logged_build_seconds("== work /x\nmake ...\n== built in 451.2 s with -j2\n"), Some(451.2));
+        assert_eq!(
+            logged_build_seconds("== work /x\nmake ...\n== built in 451.2 s with -j2\n"),
+            Some(451.2)
+        );
         assert_eq!(logged_build_seconds("== built init: /x/init\n"), None);
     }
 
@@ -878,7 +1419,11 @@ mod tests {
     fn engine_rss_from_status() {
         let status = "Name:\tengine\nVmPeak:\t  9000 kB\nVmRSS:\t    7168 kB\nThreads:\t3\n";
         assert_eq!(rss_kib(status), Some(7168));
-        assert_eq!(rss_kib(&format!("{status}{status}")), Some(14336), "two processes are summed");
+        assert_eq!(
+            rss_kib(&format!("{status}{status}")),
+            Some(14336),
+            "two processes are summed"
+        );
         assert_eq!(rss_kib("Name:\tengine\n"), None);
     }
 
@@ -926,7 +1471,8 @@ mod tests {
             let (mut s, _) = l.accept().unwrap();
             let mut buf = [0u8; 256];
             let _ = s.read(&mut buf);
-            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK").unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
+                .unwrap();
         });
         assert!(api_answers(port));
         t.join().unwrap();

@@ -79,13 +79,23 @@ pub struct BuildOptions {
 
 impl Default for BuildOptions {
     fn default() -> Self {
-        BuildOptions { offline: false, jobs: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) }
+        BuildOptions {
+            offline: false,
+            jobs: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        }
     }
 }
 
 /// Builds the named packages and everything they depend on; returns them dependencies first.
 /// Packages whose inputs did not change are not rebuilt ("up to date").
-pub fn build_packages(layout: &Layout, recipes: &RecipeSet, names: &[String], opts: &BuildOptions) -> Result<Vec<Staged>> {
+pub fn build_packages(
+    layout: &Layout,
+    recipes: &RecipeSet,
+    names: &[String],
+    opts: &BuildOptions,
+) -> Result<Vec<Staged>> {
     doctor::ensure(&[Need::Fetch, Need::Build])?;
     let order = recipes.closure(names)?;
     let mut toolchains = key::Toolchains::new(layout.root.clone());
@@ -102,10 +112,22 @@ pub fn build_packages(layout: &Layout, recipes: &RecipeSet, names: &[String], op
 }
 
 /// The already-built dependencies (direct and indirect) of a recipe, in build order.
-fn dependency_closure(recipes: &RecipeSet, recipe: &Recipe, built: &BTreeMap<String, Staged>) -> Result<Vec<Staged>> {
+fn dependency_closure(
+    recipes: &RecipeSet,
+    recipe: &Recipe,
+    built: &BTreeMap<String, Staged>,
+) -> Result<Vec<Staged>> {
     let deps = recipes.closure(&recipe.spec.package.depends)?;
     deps.iter()
-        .map(|d| built.get(d.name()).cloned().with_context(|| format!("dependency '{}' of '{}' was not built first", d.name(), recipe.name())))
+        .map(|d| {
+            built.get(d.name()).cloned().with_context(|| {
+                format!(
+                    "dependency '{}' of '{}' was not built first",
+                    d.name(),
+                    recipe.name()
+                )
+            })
+        })
         .collect()
 }
 
@@ -128,7 +150,13 @@ fn log_path(layout: &Layout, name: &str) -> PathBuf {
     layout.cache.join("logs").join(format!("{name}.log"))
 }
 
-fn build_one(layout: &Layout, recipe: &Recipe, key: &key::Key, deps: &[Staged], opts: &BuildOptions) -> Result<Staged> {
+fn build_one(
+    layout: &Layout,
+    recipe: &Recipe,
+    key: &key::Key,
+    deps: &[Staged],
+    opts: &BuildOptions,
+) -> Result<Staged> {
     let name = recipe.name();
     let entry = entry_dir(layout, name, &key.hex);
     let label = format!("{name} {}", recipe.version());
@@ -138,12 +166,18 @@ fn build_one(layout: &Layout, recipe: &Recipe, key: &key::Key, deps: &[Staged], 
     }
     let packages = layout.packages();
     let locks = packages.join(".locks");
-    std::fs::create_dir_all(&locks).with_context(|| format!("cannot create {}", locks.display()))?;
+    std::fs::create_dir_all(&locks)
+        .with_context(|| format!("cannot create {}", locks.display()))?;
     let lock_path = locks.join(format!("{name}.lock"));
-    let lock = File::create(&lock_path).with_context(|| format!("cannot create {}", lock_path.display()))?;
+    let lock = File::create(&lock_path)
+        .with_context(|| format!("cannot create {}", lock_path.display()))?;
     if lock.try_lock().is_err() {
-        eprintln!("{label}: waiting for another build of it (lock {})", lock_path.display());
-        lock.lock().with_context(|| format!("cannot lock {}", lock_path.display()))?;
+        eprintln!(
+            "{label}: waiting for another build of it (lock {})",
+            lock_path.display()
+        );
+        lock.lock()
+            .with_context(|| format!("cannot lock {}", lock_path.display()))?;
     }
     // Another run may have built it while we waited.
     if entry.join("manifest.json").is_file() {
@@ -160,7 +194,8 @@ fn build_one(layout: &Layout, recipe: &Recipe, key: &key::Key, deps: &[Staged], 
     std::fs::create_dir_all(&tree).with_context(|| format!("cannot create {}", tree.display()))?;
     let log_file = log_path(layout, name);
     std::fs::create_dir_all(log_file.parent().unwrap_or(Path::new(".")))?;
-    let log = File::create(&log_file).with_context(|| format!("cannot create {}", log_file.display()))?;
+    let log =
+        File::create(&log_file).with_context(|| format!("cannot create {}", log_file.display()))?;
 
     let kind = kind_name(&recipe.spec.build);
     let bar = crate::ui::step(&format!("{label}: building ({kind})"));
@@ -168,8 +203,22 @@ fn build_one(layout: &Layout, recipe: &Recipe, key: &key::Key, deps: &[Staged], 
     let started = Instant::now();
     let result = (|| -> Result<()> {
         let sources = source_files(layout, recipe, opts)?;
-        let ctx = BuildCtx { layout, recipe, work: work.clone(), tree: tree.clone(), sources, deps, jobs: opts.jobs.max(1), offline: opts.offline, log };
-        ctx.note(&format!("== {label} ({kind}), key {}\n== work {}\n", key.hex, work.display()));
+        let ctx = BuildCtx {
+            layout,
+            recipe,
+            work: work.clone(),
+            tree: tree.clone(),
+            sources,
+            deps,
+            jobs: opts.jobs.max(1),
+            offline: opts.offline,
+            log,
+        };
+        ctx.note(&format!(
+            "== {label} ({kind}), key {}\n== work {}\n",
+            key.hex,
+            work.display()
+        ));
         match &recipe.spec.build {
             Build::Kbuild(spec) => kbuild::build(&ctx, spec),
             Build::Make(spec) => make::build(&ctx, spec),
@@ -180,29 +229,46 @@ fn build_one(layout: &Layout, recipe: &Recipe, key: &key::Key, deps: &[Staged], 
         let m = manifest::Manifest::scan(recipe, &key.hex, &tree)?;
         m.write(&tmp.join("manifest.json"))?;
         std::fs::write(tmp.join("inputs.txt"), &key.inputs).context("cannot write inputs.txt")?;
-        ctx.note(&format!("== built in {:.1} s with -j{}\n", started.elapsed().as_secs_f64(), ctx.jobs));
+        ctx.note(&format!(
+            "== built in {:.1} s with -j{}\n",
+            started.elapsed().as_secs_f64(),
+            ctx.jobs
+        ));
         Ok(())
     })();
     drop(tail);
     bar.finish_and_clear();
     if let Err(e) = result {
-        eprintln!("{label}: FAILED after {:.0} s. Last lines of {}:", started.elapsed().as_secs_f64(), log_file.display());
+        eprintln!(
+            "{label}: FAILED after {:.0} s. Last lines of {}:",
+            started.elapsed().as_secs_f64(),
+            log_file.display()
+        );
         for line in last_lines(&log_file, 30) {
             eprintln!("  | {line}");
         }
         // The scratch directory stays for a look; the next run of this package removes it.
         let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e.context(format!("building '{name}' failed; full log: {}; scratch: {}", log_file.display(), work.display())));
+        return Err(e.context(format!(
+            "building '{name}' failed; full log: {}; scratch: {}",
+            log_file.display(),
+            work.display()
+        )));
     }
     let _ = std::fs::copy(&log_file, tmp.join("build.log"));
     sync_dir(&tmp);
-    std::fs::rename(&tmp, &entry).with_context(|| format!("cannot move {} to {}", tmp.display(), entry.display()))?;
+    std::fs::rename(&tmp, &entry)
+        .with_context(|| format!("cannot move {} to {}", tmp.display(), entry.display()))?;
     sync_dir(&packages);
     // Waiters may go on: the entry is in place. The scratch tree (1.5 GB for the kernel) is
     // ours alone, named by our pid.
     drop(lock);
     let _ = std::fs::remove_dir_all(&work);
-    eprintln!("{label}: built in {:.1} s ({})", started.elapsed().as_secs_f64(), &key.hex[..12]);
+    eprintln!(
+        "{label}: built in {:.1} s ({})",
+        started.elapsed().as_secs_f64(),
+        &key.hex[..12]
+    );
     Ok(staged_at(recipe, key, &entry))
 }
 
@@ -211,16 +277,27 @@ fn build_one(layout: &Layout, recipe: &Recipe, key: &key::Key, deps: &[Staged], 
 /// package's lock held.
 fn clean_stale(layout: &Layout, name: &str) -> Result<()> {
     let stale = |dir: &Path, prefix: &str| -> Result<()> {
-        let Ok(rd) = std::fs::read_dir(dir) else { return Ok(()) };
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return Ok(());
+        };
         for e in rd.flatten() {
             let file_name = e.file_name();
-            let Some(n) = file_name.to_str() else { continue };
-            let Some(rest) = n.strip_prefix(prefix) else { continue };
+            let Some(n) = file_name.to_str() else {
+                continue;
+            };
+            let Some(rest) = n.strip_prefix(prefix) else {
+                continue;
+            };
             // A live process may still be removing its own scratch after publishing.
-            let alive = rest != std::process::id().to_string() && Path::new("/proc").join(rest).exists();
+            let alive =
+                rest != std::process::id().to_string() && Path::new("/proc").join(rest).exists();
             if rest.bytes().all(|b| b.is_ascii_digit()) && !rest.is_empty() && !alive {
-                eprintln!("{name}: removing what an interrupted build left: {}", e.path().display());
-                std::fs::remove_dir_all(e.path()).with_context(|| format!("cannot remove {}", e.path().display()))?;
+                eprintln!(
+                    "{name}: removing what an interrupted build left: {}",
+                    e.path().display()
+                );
+                std::fs::remove_dir_all(e.path())
+                    .with_context(|| format!("cannot remove {}", e.path().display()))?;
             }
         }
         Ok(())
@@ -253,8 +330,14 @@ fn source_files(layout: &Layout, recipe: &Recipe, opts: &BuildOptions) -> Result
         .sources
         .iter()
         .map(|s| {
-            crate::fetch::fetch_source(layout, recipe, s, mode)
-                .with_context(|| format!("{}: cannot get source '{}' (sha256 {})", recipe.path.display(), s.file, s.sha256))
+            crate::fetch::fetch_source(layout, recipe, s, mode).with_context(|| {
+                format!(
+                    "{}: cannot get source '{}' (sha256 {})",
+                    recipe.path.display(),
+                    s.file,
+                    s.sha256
+                )
+            })
         })
         .collect()
 }
@@ -265,7 +348,9 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = f.read(&mut buf).with_context(|| format!("cannot read {}", path.display()))?;
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         if n == 0 {
             break;
         }
@@ -315,13 +400,21 @@ impl BuildCtx<'_> {
     /// Runs a command with its output appended to the log; fails naming the step.
     pub fn run(&self, step: &str, cmd: &mut Command) -> Result<()> {
         self.note(&format!("== {step}: {cmd:?}\n"));
-        let out = self.log.try_clone().context("cannot duplicate the log file")?;
-        let err = self.log.try_clone().context("cannot duplicate the log file")?;
-        let status = cmd
-            .stdout(out)
-            .stderr(err)
-            .status()
-            .with_context(|| format!("{}: {step}: cannot run {:?}", self.recipe.name(), cmd.get_program()))?;
+        let out = self
+            .log
+            .try_clone()
+            .context("cannot duplicate the log file")?;
+        let err = self
+            .log
+            .try_clone()
+            .context("cannot duplicate the log file")?;
+        let status = cmd.stdout(out).stderr(err).status().with_context(|| {
+            format!(
+                "{}: {step}: cannot run {:?}",
+                self.recipe.name(),
+                cmd.get_program()
+            )
+        })?;
         if !status.success() {
             bail!("{}: {step} failed ({status})", self.recipe.name());
         }
@@ -330,7 +423,9 @@ impl BuildCtx<'_> {
 
     /// Another handle on the log, for a child's stdout or stderr.
     pub fn log_handle(&self) -> Result<File> {
-        self.log.try_clone().context("cannot duplicate the log file")
+        self.log
+            .try_clone()
+            .context("cannot duplicate the log file")
     }
 
     /// A line in the log, for the reader.
@@ -345,9 +440,13 @@ impl BuildCtx<'_> {
         let dest = self.work.join(into);
         std::fs::create_dir_all(&dest)?;
         let mut tar = self.command("tar", &dest);
-        tar.args(["--no-same-owner", "--no-same-permissions", "-xf"]).arg(archive);
+        tar.args(["--no-same-owner", "--no-same-permissions", "-xf"])
+            .arg(archive);
         self.run(&format!("unpack {}", archive.display()), &mut tar)?;
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(&dest)?.flatten().map(|e| e.path()).collect();
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(&dest)?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
         if entries.len() == 1 && entries[0].is_dir() {
             return Ok(entries.remove(0));
         }
@@ -362,13 +461,21 @@ impl BuildCtx<'_> {
             return Ok(());
         }
         let src = self.work.join(SRC_LINK);
-        let dest = self.tree.join("usr/share/licenses").join(self.recipe.name());
+        let dest = self
+            .tree
+            .join("usr/share/licenses")
+            .join(self.recipe.name());
         for f in files {
             let from = src.join(f);
             let to = dest.join(f);
             std::fs::create_dir_all(to.parent().unwrap_or(&dest))?;
             std::fs::copy(&from, &to).with_context(|| {
-                format!("{}: key 'package.license-files': cannot copy '{}' ({})", self.recipe.path.display(), f, from.display())
+                format!(
+                    "{}: key 'package.license-files': cannot copy '{}' ({})",
+                    self.recipe.path.display(),
+                    f,
+                    from.display()
+                )
             })?;
         }
         Ok(())
@@ -378,7 +485,8 @@ impl BuildCtx<'_> {
     pub fn set_source_dir(&self, dir: &Path) -> Result<()> {
         let link = self.work.join(SRC_LINK);
         let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(dir, &link).with_context(|| format!("cannot create {}", link.display()))
+        std::os::unix::fs::symlink(dir, &link)
+            .with_context(|| format!("cannot create {}", link.display()))
     }
 }
 
@@ -391,7 +499,8 @@ pub fn is_static_elf(path: &Path) -> Result<bool> {
         bail!("{} is not a 64-bit ELF file", path.display());
     }
     let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]) as usize;
-    let u64_at = |o: usize| u64::from_le_bytes(data[o..o + 8].try_into().unwrap_or_default()) as usize;
+    let u64_at =
+        |o: usize| u64::from_le_bytes(data[o..o + 8].try_into().unwrap_or_default()) as usize;
     let (phoff, phentsize, phnum) = (u64_at(32), u16_at(54), u16_at(56));
     for i in 0..phnum {
         let o = phoff + i * phentsize;
@@ -407,10 +516,15 @@ pub fn is_static_elf(path: &Path) -> Result<bool> {
 }
 
 fn last_lines(path: &Path, n: usize) -> Vec<String> {
-    let Ok(mut f) = File::open(path) else { return Vec::new() };
+    let Ok(mut f) = File::open(path) else {
+        return Vec::new();
+    };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
-    let lines: Vec<String> = std::io::BufReader::new(f).lines().map_while(|l| l.ok()).collect();
+    let lines: Vec<String> = std::io::BufReader::new(f)
+        .lines()
+        .map_while(|l| l.ok())
+        .collect();
     lines[lines.len().saturating_sub(n)..].to_vec()
 }
 
@@ -423,19 +537,28 @@ struct LogTail {
 impl LogTail {
     fn start(bar: &indicatif::ProgressBar, log: &Path, label: &str) -> LogTail {
         if !crate::ui::is_terminal() {
-            return LogTail { stop: None, thread: None };
+            return LogTail {
+                stop: None,
+                thread: None,
+            };
         }
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let (bar, log, label) = (bar.clone(), log.to_owned(), label.to_owned());
         let thread = std::thread::spawn(move || {
-            while rx.recv_timeout(std::time::Duration::from_millis(500)).is_err() {
+            while rx
+                .recv_timeout(std::time::Duration::from_millis(500))
+                .is_err()
+            {
                 if let Some(line) = last_lines(&log, 1).pop() {
                     let line: String = line.trim().chars().take(60).collect();
                     bar.set_message(format!("{label}: {line}"));
                 }
             }
         });
-        LogTail { stop: Some(tx), thread: Some(thread) }
+        LogTail {
+            stop: Some(tx),
+            thread: Some(thread),
+        }
     }
 }
 
@@ -464,7 +587,10 @@ mod tests {
         } else {
             eprintln!("skip: because /bin/busybox (busybox-static) is not installed, only the dynamic case ran");
         }
-        assert!(is_static_elf(Path::new("/etc/hostname")).is_err() || !Path::new("/etc/hostname").exists());
+        assert!(
+            is_static_elf(Path::new("/etc/hostname")).is_err()
+                || !Path::new("/etc/hostname").exists()
+        );
     }
 
     #[test]
@@ -474,7 +600,15 @@ mod tests {
         let p = layout.packages();
         let w = layout.work();
         // pid 1 is alive: its scratch is left alone.
-        for dir in [w.join("busybox-1"), p.join(".tmp-busybox-999999123"), p.join(".tmp-busybox-x-9"), p.join("busybox-abc"), w.join("busybox-999999077"), w.join("busybox-x-1"), w.join("linux-77")] {
+        for dir in [
+            w.join("busybox-1"),
+            p.join(".tmp-busybox-999999123"),
+            p.join(".tmp-busybox-x-9"),
+            p.join("busybox-abc"),
+            w.join("busybox-999999077"),
+            w.join("busybox-x-1"),
+            w.join("linux-77"),
+        ] {
             std::fs::create_dir_all(dir.join("tree")).unwrap();
         }
         clean_stale(&layout, "busybox").unwrap();

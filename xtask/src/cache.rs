@@ -33,14 +33,26 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("cannot {action} '{path}': {source}")]
-    Io { action: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error("{what}: sha256 mismatch: expected {expected}, got {actual} (not cached)")]
-    Mismatch { what: String, expected: String, actual: String },
+    Mismatch {
+        what: String,
+        expected: String,
+        actual: String,
+    },
 }
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CacheError {
     let path = path.to_owned();
-    move |source| CacheError::Io { action, path, source }
+    move |source| CacheError::Io {
+        action,
+        path,
+        source,
+    }
 }
 
 /// What the cache holds for a hash.
@@ -98,14 +110,22 @@ impl Cache {
     pub fn scratch_dir(&self) -> Result<tempfile::TempDir, CacheError> {
         let dir = self.partial_dir();
         std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
-        tempfile::Builder::new().prefix("tmp-").tempdir_in(&dir).map_err(io_err("create a directory in", &dir))
+        tempfile::Builder::new()
+            .prefix("tmp-")
+            .tempdir_in(&dir)
+            .map_err(io_err("create a directory in", &dir))
     }
 
     /// Serialises fetches into this cache (across threads and processes) while held.
     pub fn lock(&self) -> Result<File, CacheError> {
         std::fs::create_dir_all(&self.dir).map_err(io_err("create", &self.dir))?;
         let path = self.dir.join(".lock");
-        let f = File::options().create(true).truncate(false).write(true).open(&path).map_err(io_err("open", &path))?;
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("open", &path))?;
         f.lock().map_err(io_err("lock", &path))?;
         Ok(f)
     }
@@ -113,9 +133,14 @@ impl Cache {
     /// Removes scratch directories left by a process that was killed mid-fetch. Call only
     /// while holding [`Cache::lock`]: every live scratch directory belongs to its holder.
     pub fn remove_stale_scratch(&self) {
-        let Ok(rd) = std::fs::read_dir(self.partial_dir()) else { return };
+        let Ok(rd) = std::fs::read_dir(self.partial_dir()) else {
+            return;
+        };
         for e in rd.flatten() {
-            if e.file_name().to_str().is_some_and(|n| n.starts_with("tmp-")) {
+            if e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with("tmp-"))
+            {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
@@ -128,7 +153,13 @@ impl Cache {
         let meta = match std::fs::metadata(&path) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Lookup::Missing),
-            Err(e) => return Err(CacheError::Io { action: "inspect", path, source: e }),
+            Err(e) => {
+                return Err(CacheError::Io {
+                    action: "inspect",
+                    path,
+                    source: e,
+                })
+            }
         };
         let stamp = self.stamp_path(sha256);
         if std::fs::read_to_string(&stamp).is_ok_and(|s| s == stamp_text(&meta)) {
@@ -152,17 +183,29 @@ impl Cache {
             Ok(a) => a,
             Err(e) => {
                 let _ = std::fs::remove_file(file);
-                return Err(CacheError::Io { action: "read", path: file.to_owned(), source: e });
+                return Err(CacheError::Io {
+                    action: "read",
+                    path: file.to_owned(),
+                    source: e,
+                });
             }
         };
         if actual != sha256 {
             let _ = std::fs::remove_file(file);
-            return Err(CacheError::Mismatch { what: what.to_owned(), expected: sha256.to_owned(), actual });
+            return Err(CacheError::Mismatch {
+                what: what.to_owned(),
+                expected: sha256.to_owned(),
+                actual,
+            });
         }
-        File::open(file).and_then(|f| f.sync_all()).map_err(io_err("sync", file))?;
+        File::open(file)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err("sync", file))?;
         let dest = self.entry_path(sha256);
         std::fs::rename(file, &dest).map_err(io_err("move into the cache", &dest))?;
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err("sync", &self.dir))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("sync", &self.dir))?;
         self.write_stamp(sha256, &dest);
         Ok(dest)
     }
@@ -170,7 +213,9 @@ impl Cache {
     /// Records the entry's metadata as verified. Best effort: without a stamp the next
     /// lookup hashes again, which is slower but still right.
     fn write_stamp(&self, sha256: &str, entry: &Path) {
-        let Ok(meta) = std::fs::metadata(entry) else { return };
+        let Ok(meta) = std::fs::metadata(entry) else {
+            return;
+        };
         let stamp = self.stamp_path(sha256);
         let Some(dir) = stamp.parent() else { return };
         if std::fs::create_dir_all(dir).is_err() {
@@ -216,7 +261,12 @@ pub fn sha256_bytes(bytes: &[u8]) -> String {
 }
 
 /// Copies `from` into a fresh temp file in the cache's scratch area and installs it.
-pub fn install_copy(cache: &Cache, from: &Path, sha256: &str, what: &str) -> Result<PathBuf, CacheError> {
+pub fn install_copy(
+    cache: &Cache,
+    from: &Path,
+    sha256: &str,
+    what: &str,
+) -> Result<PathBuf, CacheError> {
     let scratch = cache.scratch_dir()?;
     let tmp = scratch.path().join("copy");
     let mut src = File::open(from).map_err(io_err("open", from))?;
@@ -266,8 +316,14 @@ mod tests {
         let scratch = cache.scratch_dir().unwrap();
         let tmp = scratch.path().join("f");
         std::fs::write(&tmp, b"evil").unwrap();
-        let e = cache.install(&tmp, &want, "http://x/y").unwrap_err().to_string();
-        assert!(e.contains(&want) && e.contains(&sha256_bytes(b"evil")) && e.contains("http://x/y"), "{e}");
+        let e = cache
+            .install(&tmp, &want, "http://x/y")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&want) && e.contains(&sha256_bytes(b"evil")) && e.contains("http://x/y"),
+            "{e}"
+        );
         assert!(!tmp.exists());
         drop(scratch);
         assert_eq!(files_in(cache.dir()), Vec::<String>::new());
@@ -283,7 +339,12 @@ mod tests {
         std::fs::write(&tmp, b"hello").unwrap();
         let p = cache.install(&tmp, &sha, "test").unwrap();
         std::fs::write(&p, b"jello").unwrap();
-        assert_eq!(cache.lookup(&sha).unwrap(), Lookup::Corrupt { actual: sha256_bytes(b"jello") });
+        assert_eq!(
+            cache.lookup(&sha).unwrap(),
+            Lookup::Corrupt {
+                actual: sha256_bytes(b"jello")
+            }
+        );
         assert!(!p.exists());
         assert_eq!(cache.lookup(&sha).unwrap(), Lookup::Missing);
     }

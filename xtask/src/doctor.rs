@@ -31,46 +31,273 @@ pub enum Need {
 }
 
 const R: &[(Need, Requirement)] = &[
-    (Need::Fetch, Requirement { probe: "apt-get", package: "apt", why: "fetch sources from Debian's archive" }),
-    (Need::Fetch, Requirement { probe: "dpkg-deb", package: "dpkg", why: "unpack Debian binary packages" }),
-    (Need::Build, Requirement { probe: "make", package: "make", why: "kernel and busybox builds" }),
-    (Need::Build, Requirement { probe: "gcc", package: "gcc", why: "kernel build" }),
-    (Need::Build, Requirement { probe: "musl-gcc", package: "musl-tools", why: "static C packages (busybox)" }),
-    (Need::Build, Requirement { probe: "bc", package: "bc", why: "kernel build" }),
-    (Need::Build, Requirement { probe: "flex", package: "flex", why: "kernel build (kconfig)" }),
-    (Need::Build, Requirement { probe: "bison", package: "bison", why: "kernel build (kconfig)" }),
-    (Need::Build, Requirement { probe: "/usr/include/libelf.h", package: "libelf-dev", why: "kernel build (objtool)" }),
-    (Need::Build, Requirement { probe: "/usr/include/openssl/ssl.h", package: "libssl-dev", why: "kernel build (sign-file, certs)" }),
-    (Need::Build, Requirement { probe: "xz", package: "xz-utils", why: "unpack the kernel source" }),
-    (Need::Build, Requirement { probe: "bzip2", package: "bzip2", why: "unpack busybox" }),
-    (Need::Build, Requirement { probe: "cpio", package: "cpio", why: "kernel build (kheaders)" }),
-    (Need::Build, Requirement { probe: "/usr/include/linux/version.h", package: "linux-libc-dev", why: "kernel headers for musl builds (busybox)" }),
-    (Need::Image, Requirement { probe: "mke2fs", package: "e2fsprogs", why: "the ext4 data partition (mke2fs -d, no root)" }),
-    (Need::Image, Requirement { probe: "grub-mkimage", package: "grub-common", why: "boot loader images for BIOS and UEFI" }),
-    (Need::Image, Requirement { probe: "/usr/lib/grub/i386-pc/boot.img", package: "grub-pc-bin", why: "legacy BIOS boot" }),
-    (Need::Image, Requirement { probe: "/usr/lib/grub/x86_64-efi/linux.mod", package: "grub-efi-amd64-bin", why: "UEFI boot" }),
-    (Need::Image, Requirement { probe: "mformat", package: "mtools", why: "FAT images: the ESP and the ISO's EFI image" }),
-    (Need::Image, Requirement { probe: "xorriso", package: "xorriso", why: "the hybrid ISO (El Torito)" }),
-    (Need::Run, Requirement { probe: "qemu-system-x86_64", package: "qemu-system-x86", why: "boot images" }),
-    (Need::Run, Requirement { probe: "/usr/share/OVMF/OVMF_CODE_4M.fd", package: "ovmf", why: "UEFI firmware for QEMU" }),
-    (Need::Run, Requirement { probe: "qemu-img", package: "qemu-utils", why: "check and convert disk images" }),
-    (Need::Test, Requirement { probe: "sgdisk", package: "gdisk", why: "verify the GPT of disk images in tests" }),
-    (Need::Test, Requirement { probe: "fsck.vfat", package: "dosfstools", why: "check the ESP in tests" }),
-    (Need::Test, Requirement { probe: "docker-registry", package: "docker-registry", why: "a real registry on 127.0.0.1 for tests" }),
-    (Need::Test, Requirement { probe: "ssh", package: "openssh-client", why: "log into test VMs" }),
-    (Need::Test, Requirement { probe: "ssh-keygen", package: "openssh-client", why: "keys for test VMs" }),
-    (Need::Bench, Requirement { probe: "debootstrap", package: "debootstrap", why: "bench: build the Debian peer from Debian's archive" }),
-    (Need::Bench, Requirement { probe: "/bin/busybox", package: "busybox-static", why: "bench: the kernel floor's trivial init and the busybox test image" }),
-    (Need::Test, Requirement { probe: "openssl", package: "openssl", why: "TLS certificates in tests" }),
+    (
+        Need::Fetch,
+        Requirement {
+            probe: "apt-get",
+            package: "apt",
+            why: "fetch sources from Debian's archive",
+        },
+    ),
+    (
+        Need::Fetch,
+        Requirement {
+            probe: "dpkg-deb",
+            package: "dpkg",
+            why: "unpack Debian binary packages",
+        },
+    ),
+    (
+        Need::Build,
+        Requirement {
+            probe: "make",
+            package: "make",
+            why: "kernel and busybox builds",
+        },
+    ),
+    (
+        Need::Build,
+        Requirement {
+            probe: "gcc",
+            package: "gcc",
+            why: "kernel build",
+        },
+    ),
+    (
+        Need::Build,
+        Requirement {
+            probe: "musl-gcc",
+            package: "musl-tools",
+            why: "static C packages (busybox)",
+        },
+    ),
+    (
+        Need::Build,
+        Requirement {
+            probe: "bc",
+            package: "bc",
+            why: "kernel build",
+        },
+    ),
+    (
+        Need::Build,
+        Requirement {
+            probe: "flex",
+            package: "flex",
+            why: "kernel build (kconfig)",
+        },
+    ),
+    (
+        Need::Build,
+        Requirement {
+            probe: "bison",
+            package: "bison",
+            why: "kernel build (kconfig)",
+        },
+    ),
+    (
+        Need::Build,
+        Requirement {
+            probe: "/usr/include/libelf.h",
+            package: "libelf-dev",
+            why: "kernel build (objtool)",
+        },
+    ),
+    (
+        Need::Build,
+        Requirement {
+            probe: "/usr/include/openssl/ssl.h",
+            package: "libssl-dev",
+            why: "kernel build (sign-file, certs)",
+        },
+    ),
+    (
+        Need::Build,
+        Requirement {
+            probe: "xz",
+            package: "xz-utils",
+            why: "unpack the kernel source",
+        },
+    ),
+    (
+        Need::Build,
+        Requirement {
+            probe: "bzip2",
+            package: "bzip2",
+            why: "unpack busybox",
+        },
+    ),
+    (
+        Need::Build,
+        Requirement {
+            probe: "cpio",
+            package: "cpio",
+            why: "kernel build (kheaders)",
+        },
+    ),
+    (
+        Need::Build,
+        Requirement {
+            probe: "/usr/include/linux/version.h",
+            package: "linux-libc-dev",
+            why: "kernel headers for musl builds (busybox)",
+        },
+    ),
+    (
+        Need::Image,
+        Requirement {
+            probe: "mke2fs",
+            package: "e2fsprogs",
+            why: "the ext4 data partition (mke2fs -d, no root)",
+        },
+    ),
+    (
+        Need::Image,
+        Requirement {
+            probe: "grub-mkimage",
+            package: "grub-common",
+            why: "boot loader images for BIOS and UEFI",
+        },
+    ),
+    (
+        Need::Image,
+        Requirement {
+            probe: "/usr/lib/grub/i386-pc/boot.img",
+            package: "grub-pc-bin",
+            why: "legacy BIOS boot",
+        },
+    ),
+    (
+        Need::Image,
+        Requirement {
+            probe: "/usr/lib/grub/x86_64-efi/linux.mod",
+            package: "grub-efi-amd64-bin",
+            why: "UEFI boot",
+        },
+    ),
+    (
+        Need::Image,
+        Requirement {
+            probe: "mformat",
+            package: "mtools",
+            why: "FAT images: the ESP and the ISO's EFI image",
+        },
+    ),
+    (
+        Need::Image,
+        Requirement {
+            probe: "xorriso",
+            package: "xorriso",
+            why: "the hybrid ISO (El Torito)",
+        },
+    ),
+    (
+        Need::Run,
+        Requirement {
+            probe: "qemu-system-x86_64",
+            package: "qemu-system-x86",
+            why: "boot images",
+        },
+    ),
+    (
+        Need::Run,
+        Requirement {
+            probe: "/usr/share/OVMF/OVMF_CODE_4M.fd",
+            package: "ovmf",
+            why: "UEFI firmware for QEMU",
+        },
+    ),
+    (
+        Need::Run,
+        Requirement {
+            probe: "qemu-img",
+            package: "qemu-utils",
+            why: "check and convert disk images",
+        },
+    ),
+    (
+        Need::Test,
+        Requirement {
+            probe: "sgdisk",
+            package: "gdisk",
+            why: "verify the GPT of disk images in tests",
+        },
+    ),
+    (
+        Need::Test,
+        Requirement {
+            probe: "fsck.vfat",
+            package: "dosfstools",
+            why: "check the ESP in tests",
+        },
+    ),
+    (
+        Need::Test,
+        Requirement {
+            probe: "docker-registry",
+            package: "docker-registry",
+            why: "a real registry on 127.0.0.1 for tests",
+        },
+    ),
+    (
+        Need::Test,
+        Requirement {
+            probe: "ssh",
+            package: "openssh-client",
+            why: "log into test VMs",
+        },
+    ),
+    (
+        Need::Test,
+        Requirement {
+            probe: "ssh-keygen",
+            package: "openssh-client",
+            why: "keys for test VMs",
+        },
+    ),
+    (
+        Need::Bench,
+        Requirement {
+            probe: "debootstrap",
+            package: "debootstrap",
+            why: "bench: build the Debian peer from Debian's archive",
+        },
+    ),
+    (
+        Need::Bench,
+        Requirement {
+            probe: "/bin/busybox",
+            package: "busybox-static",
+            why: "bench: the kernel floor's trivial init and the busybox test image",
+        },
+    ),
+    (
+        Need::Test,
+        Requirement {
+            probe: "openssl",
+            package: "openssl",
+            why: "TLS certificates in tests",
+        },
+    ),
 ];
 
 /// The requirements for a set of jobs.
 pub fn requirements(needs: &[Need]) -> Vec<Requirement> {
-    R.iter().filter(|(n, _)| needs.contains(n)).map(|(_, r)| *r).collect()
+    R.iter()
+        .filter(|(n, _)| needs.contains(n))
+        .map(|(_, r)| *r)
+        .collect()
 }
 
 pub fn all_needs() -> Vec<Need> {
-    vec![Need::Fetch, Need::Build, Need::Image, Need::Run, Need::Test, Need::Bench]
+    vec![
+        Need::Fetch,
+        Need::Build,
+        Need::Image,
+        Need::Run,
+        Need::Test,
+        Need::Bench,
+    ]
 }
 
 pub fn is_present(r: &Requirement) -> bool {
@@ -85,16 +312,27 @@ pub fn is_present(r: &Requirement) -> bool {
 }
 
 pub fn missing(needs: &[Need]) -> Vec<Requirement> {
-    requirements(needs).into_iter().filter(|r| !is_present(r)).collect()
+    requirements(needs)
+        .into_iter()
+        .filter(|r| !is_present(r))
+        .collect()
 }
 
-fn install_command(packages: &[&str]) -> String {
-    format!("sudo apt-get install -y {}", packages.join(" "))
+fn install_command<S: AsRef<str>>(packages: &[S]) -> String {
+    let names: Vec<&str> = packages.iter().map(AsRef::as_ref).collect();
+    format!(
+        "sudo apt-get install -y --allow-downgrades {}",
+        names.join(" ")
+    )
 }
 
 fn is_debian_family() -> bool {
     std::fs::read_to_string("/etc/os-release")
-        .map(|s| s.lines().any(|l| (l.starts_with("ID=") || l.starts_with("ID_LIKE=")) && l.contains("debian")))
+        .map(|s| {
+            s.lines().any(|l| {
+                (l.starts_with("ID=") || l.starts_with("ID_LIKE=")) && l.contains("debian")
+            })
+        })
         .unwrap_or(false)
 }
 
@@ -104,7 +342,13 @@ pub fn report() -> bool {
     for r in requirements(&all_needs()) {
         let present = is_present(&r);
         ok &= present;
-        println!("{} {:38} {:20} {}", if present { "ok     " } else { "MISSING" }, r.probe, r.package, r.why);
+        println!(
+            "{} {:38} {:20} {}",
+            if present { "ok     " } else { "MISSING" },
+            r.probe,
+            r.package,
+            r.why
+        );
     }
     let missing = missing(&all_needs());
     if missing.is_empty() {
@@ -129,20 +373,41 @@ pub fn ensure(needs: &[Need]) -> anyhow::Result<()> {
     pkgs.sort();
     pkgs.dedup();
     if !is_debian_family() {
-        anyhow::bail!("missing host tools ({}); on Debian: {}", pkgs.join(", "), install_command(&pkgs));
+        anyhow::bail!(
+            "missing host tools ({}); on Debian: {}",
+            pkgs.join(", "),
+            install_command(&pkgs)
+        );
     }
     let root = rustix_is_root();
     eprintln!("Installing missing host packages: {}", pkgs.join(" "));
-    let mut cmd = if root { Command::new("apt-get") } else {
+    let mut cmd = if root {
+        Command::new("apt-get")
+    } else {
         let mut c = Command::new("sudo");
         c.arg("apt-get");
         c
     };
-    cmd.env("DEBIAN_FRONTEND", "noninteractive").args(["install", "-y", "--no-install-recommends"]).args(&pkgs);
-    let status = cmd.status().map_err(|e| anyhow::anyhow!("cannot run apt-get: {e}; install by hand: {}", install_command(&pkgs)))?;
+    let pkgs = with_matching_qemu_utils(pkgs);
+    cmd.env("DEBIAN_FRONTEND", "noninteractive")
+        .args([
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "--allow-downgrades",
+        ])
+        .args(&pkgs);
+    let status = cmd.status().map_err(|e| {
+        anyhow::anyhow!(
+            "cannot run apt-get: {e}; install by hand: {}",
+            install_command(&pkgs)
+        )
+    })?;
     if !status.success() {
         // A stale package list is the usual reason: refresh once and try again.
-        let mut update = if root { Command::new("apt-get") } else {
+        let mut update = if root {
+            Command::new("apt-get")
+        } else {
             let mut c = Command::new("sudo");
             c.arg("apt-get");
             c
@@ -150,14 +415,56 @@ pub fn ensure(needs: &[Need]) -> anyhow::Result<()> {
         let _ = update.arg("update").status();
         let status = cmd.status()?;
         if !status.success() {
-            anyhow::bail!("apt-get could not install {}; try: {}", pkgs.join(" "), install_command(&pkgs));
+            anyhow::bail!(
+                "apt-get could not install {}; try: {}",
+                pkgs.join(" "),
+                install_command(&pkgs)
+            );
         }
     }
     let still = self::missing(needs);
     if !still.is_empty() {
-        anyhow::bail!("still missing after install: {}", still.iter().map(|r| r.probe).collect::<Vec<_>>().join(", "));
+        anyhow::bail!(
+            "still missing after install: {}",
+            still.iter().map(|r| r.probe).collect::<Vec<_>>().join(", ")
+        );
     }
     Ok(())
+}
+
+/// QEMU's Debian packages must come from one version: a newer backported `qemu-utils`
+/// (qemu-img) breaks the archive's `qemu-system-common`, and apt's answer to installing
+/// `qemu-system-x86` alone is to remove qemu-utils, so qemu-img goes missing. When
+/// qemu-system-x86 is to be installed, name qemu-utils at its candidate version as well, so
+/// one transaction keeps both tools (a downgrade where a backport was installed).
+fn with_matching_qemu_utils(mut pkgs: Vec<&str>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    if pkgs.contains(&"qemu-system-x86") {
+        pkgs.retain(|p| *p != "qemu-utils");
+        match apt_candidate("qemu-system-x86") {
+            Some(v) => out.push(format!("qemu-utils={v}")),
+            None => out.push("qemu-utils".into()),
+        }
+    }
+    out.extend(pkgs.into_iter().map(String::from));
+    out
+}
+
+/// The version apt would install for `package` (`apt-cache policy`'s "Candidate:").
+fn apt_candidate(package: &str) -> Option<String> {
+    let out = Command::new("apt-cache")
+        .args(["policy", package])
+        .output()
+        .ok()?;
+    parse_candidate(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn parse_candidate(policy: &str) -> Option<String> {
+    let v = policy
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Candidate:"))?
+        .trim();
+    (!v.is_empty() && v != "(none)").then(|| v.to_string())
 }
 
 fn rustix_is_root() -> bool {
@@ -183,9 +490,33 @@ mod tests {
 
     #[test]
     fn a_missing_tool_is_detected() {
-        let fake = Requirement { probe: "/nonexistent/axion-tool", package: "x", why: "y" };
+        let fake = Requirement {
+            probe: "/nonexistent/axion-tool",
+            package: "x",
+            why: "y",
+        };
         assert!(!is_present(&fake));
-        let real = Requirement { probe: "sh", package: "dash", why: "y" };
+        let real = Requirement {
+            probe: "sh",
+            package: "dash",
+            why: "y",
+        };
         assert!(is_present(&real));
+    }
+
+    #[test]
+    fn qemu_utils_follows_qemu_system_version() {
+        let policy =
+            "qemu-system-x86:\n  Installed: (none)\n  Candidate: 1:7.2+dfsg-7+deb12u18+b3\n";
+        assert_eq!(
+            parse_candidate(policy).as_deref(),
+            Some("1:7.2+dfsg-7+deb12u18+b3")
+        );
+        assert_eq!(parse_candidate("x:\n  Candidate: (none)\n"), None);
+        // Without qemu-system-x86 in the set, nothing is pinned.
+        assert_eq!(
+            with_matching_qemu_utils(vec!["qemu-utils", "mtools"]),
+            ["qemu-utils", "mtools"]
+        );
     }
 }

@@ -74,7 +74,11 @@ pub struct MissingSource {
 
 impl std::fmt::Display for MissingSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {} (sha256 {})", self.package, self.file, self.sha256)
+        write!(
+            f,
+            "{}: {} (sha256 {})",
+            self.package, self.file, self.sha256
+        )
     }
 }
 
@@ -85,7 +89,11 @@ pub enum FetchError {
     #[error("{url}: {message}")]
     Network { url: String, message: String },
     #[error("cannot {action} '{path}': {source}")]
-    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Cache(#[from] CacheError),
     #[error("{command}: {message}")]
@@ -95,21 +103,44 @@ pub enum FetchError {
          Pin one of these in the recipe (with its sha256), or seed the cache with the pinned file",
         if available.is_empty() { "none".to_owned() } else { available.join(", ") }
     )]
-    DebianVersionGone { kind: apt::Kind, package: String, version: String, available: Vec<String> },
+    DebianVersionGone {
+        kind: apt::Kind,
+        package: String,
+        version: String,
+        available: Vec<String>,
+    },
     #[error("Debian source package {package}={version} has no file '{file}' (it has: {})", found.join(", "))]
-    NotInSourcePackage { package: String, version: String, file: String, found: Vec<String> },
+    NotInSourcePackage {
+        package: String,
+        version: String,
+        file: String,
+        found: Vec<String>,
+    },
     #[error("local source '{path}' (recipe {recipe}): {source}")]
-    Local { path: PathBuf, recipe: PathBuf, source: std::io::Error },
+    Local {
+        path: PathBuf,
+        recipe: PathBuf,
+        source: std::io::Error,
+    },
     #[error(
         "cannot fetch '{file}' (sha256 {sha256}) of package '{package}' ({recipe}); tried:\n  {}",
         attempts.join("\n  ")
     )]
-    AllFailed { package: String, file: String, sha256: String, recipe: PathBuf, attempts: Vec<String> },
+    AllFailed {
+        package: String,
+        file: String,
+        sha256: String,
+        recipe: PathBuf,
+        attempts: Vec<String>,
+    },
     #[error(
         "offline: {} source(s) missing from the cache {}:\n  {}\nrun `cargo xtask fetch` with network access to get them",
         missing.len(), cache.display(), missing.iter().map(|m| m.to_string()).collect::<Vec<_>>().join("\n  ")
     )]
-    Missing { cache: PathBuf, missing: Vec<MissingSource> },
+    Missing {
+        cache: PathBuf,
+        missing: Vec<MissingSource>,
+    },
     #[error("{} of {total} source(s) could not be fetched:\n{}", failures.len(), failures.join("\n"))]
     Failed { total: usize, failures: Vec<String> },
 }
@@ -128,8 +159,14 @@ impl std::fmt::Display for Origin<'_> {
         match self {
             Origin::Local(p) => write!(f, "{}", p.display()),
             Origin::Url(u) => f.write_str(u),
-            Origin::DebianSource(s) => write!(f, "Debian source package {}={} file {}", s.package, s.version, s.file),
-            Origin::DebianBinary(b) => write!(f, "Debian binary package {}={}", b.package, b.version),
+            Origin::DebianSource(s) => write!(
+                f,
+                "Debian source package {}={} file {}",
+                s.package, s.version, s.file
+            ),
+            Origin::DebianBinary(b) => {
+                write!(f, "Debian binary package {}={}", b.package, b.version)
+            }
         }
     }
 }
@@ -151,18 +188,31 @@ fn origins<'a>(recipe: &Recipe, source: &'a Source) -> Vec<Origin<'a>> {
 
 /// The verified cache path of one source: from the cache when it is there and intact,
 /// otherwise fetched (online) or reported missing (offline).
-pub fn fetch_source(layout: &Layout, recipe: &Recipe, source: &Source, mode: Mode) -> Result<PathBuf> {
+pub fn fetch_source(
+    layout: &Layout,
+    recipe: &Recipe,
+    source: &Source,
+    mode: Mode,
+) -> Result<PathBuf> {
     Ok(fetch_one(layout, recipe, source, mode)?)
 }
 
-fn fetch_one(layout: &Layout, recipe: &Recipe, source: &Source, mode: Mode) -> Result<PathBuf, FetchError> {
+fn fetch_one(
+    layout: &Layout,
+    recipe: &Recipe,
+    source: &Source,
+    mode: Mode,
+) -> Result<PathBuf, FetchError> {
     let cache = Cache::for_layout(layout);
     let sha = &source.sha256;
     if let Lookup::Hit(p) = check(&cache, recipe, source)? {
         return Ok(p);
     }
     if mode == Mode::Offline {
-        return Err(FetchError::Missing { cache: cache.dir().to_owned(), missing: vec![missing(recipe, source)] });
+        return Err(FetchError::Missing {
+            cache: cache.dir().to_owned(),
+            missing: vec![missing(recipe, source)],
+        });
     }
     let _lock = cache.lock()?;
     cache.remove_stale_scratch();
@@ -208,7 +258,11 @@ fn check(cache: &Cache, recipe: &Recipe, source: &Source) -> Result<Lookup, Fetc
 }
 
 fn missing(recipe: &Recipe, source: &Source) -> MissingSource {
-    MissingSource { package: recipe.name().into(), file: source.file.clone(), sha256: source.sha256.clone() }
+    MissingSource {
+        package: recipe.name().into(),
+        file: source.file.clone(),
+        sha256: source.sha256.clone(),
+    }
 }
 
 fn fetch_from(
@@ -223,9 +277,18 @@ fn fetch_from(
     match origin {
         Origin::Local(path) => {
             if let Err(e) = std::fs::metadata(path) {
-                return Err(FetchError::Local { path: path.clone(), recipe: recipe.path.clone(), source: e });
+                return Err(FetchError::Local {
+                    path: path.clone(),
+                    recipe: recipe.path.clone(),
+                    source: e,
+                });
             }
-            Ok(cache::install_copy(cache, path, sha, &path.display().to_string())?)
+            Ok(cache::install_copy(
+                cache,
+                path,
+                sha,
+                &path.display().to_string(),
+            )?)
         }
         Origin::Url(url) => {
             let part = cache.partial_path(sha)?;
@@ -241,7 +304,8 @@ fn fetch_from(
         Origin::DebianSource(s) => {
             let apt = apt::Apt::open(&layout.cache.join("apt"))?;
             let scratch = cache.scratch_dir()?;
-            let (file, substituted) = apt.download_source_file(&s.package, &s.version, &s.file, scratch.path(), label)?;
+            let (file, substituted) =
+                apt.download_source_file(&s.package, &s.version, &s.file, scratch.path(), label)?;
             match (cache.install(&file, sha, &origin.to_string()), substituted) {
                 (Ok(p), None) => Ok(p),
                 (Ok(p), Some(other)) => {
@@ -277,7 +341,12 @@ impl apt::Apt {
 /// Fetches every source of the named packages and of the packages they depend on. Offline,
 /// lists every source missing from the cache and fails if there is one. Online, tries every
 /// source and reports all failures together.
-pub fn fetch_packages(layout: &Layout, recipes: &RecipeSet, names: &[String], mode: Mode) -> Result<()> {
+pub fn fetch_packages(
+    layout: &Layout,
+    recipes: &RecipeSet,
+    names: &[String],
+    mode: Mode,
+) -> Result<()> {
     let list = recipes.closure(names)?;
     let started = Instant::now();
     let cache = Cache::for_layout(layout);
@@ -293,9 +362,16 @@ pub fn fetch_packages(layout: &Layout, recipes: &RecipeSet, names: &[String], mo
             }
         }
         if !missing_sources.is_empty() {
-            return Err(FetchError::Missing { cache: cache.dir().to_owned(), missing: missing_sources }.into());
+            return Err(FetchError::Missing {
+                cache: cache.dir().to_owned(),
+                missing: missing_sources,
+            }
+            .into());
         }
-        progress::note(&format!("all {total} source(s) are in the cache {}", cache.dir().display()));
+        progress::note(&format!(
+            "all {total} source(s) are in the cache {}",
+            cache.dir().display()
+        ));
         return Ok(());
     }
     let mut failures = Vec::new();
@@ -311,7 +387,10 @@ pub fn fetch_packages(layout: &Layout, recipes: &RecipeSet, names: &[String], mo
     if !failures.is_empty() {
         return Err(FetchError::Failed { total, failures }.into());
     }
-    progress::note(&format!("{total} source(s) verified in {:.1} s", started.elapsed().as_secs_f64()));
+    progress::note(&format!(
+        "{total} source(s) verified in {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
     Ok(())
 }
 
@@ -339,8 +418,10 @@ pub(crate) mod progress {
             None => {
                 let b = ProgressBar::new_spinner();
                 b.set_style(
-                    ProgressStyle::with_template("{spinner} {msg:40!} {bytes} {bytes_per_sec} [{elapsed}]")
-                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    ProgressStyle::with_template(
+                        "{spinner} {msg:40!} {bytes} {bytes_per_sec} [{elapsed}]",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                 );
                 b.set_message(label.to_owned());
                 b.enable_steady_tick(std::time::Duration::from_millis(120));

@@ -53,24 +53,52 @@ const MIB: u64 = 1024 * 1024;
 /// `cargo xtask image`: builds (or finds cached) the packages of profile `name`, then
 /// assembles `formats` (default: the profile's) into `out` (default `out/NAME/`); returns
 /// the paths written.
-pub fn build_profile(layout: &Layout, name: &str, formats: &[Format], out: Option<PathBuf>, offline: bool) -> Result<Vec<PathBuf>> {
+pub fn build_profile(
+    layout: &Layout,
+    name: &str,
+    formats: &[Format],
+    out: Option<PathBuf>,
+    offline: bool,
+) -> Result<Vec<PathBuf>> {
     crate::doctor::ensure(&[crate::doctor::Need::Image])?;
     let recipes = crate::recipe::RecipeSet::load(&layout.recipes())?;
     let profile = crate::profile::load_profile(&layout.root, name, &recipes)?;
-    let formats = if formats.is_empty() { profile.spec.profile.formats.clone() } else { formats.to_vec() };
+    let formats = if formats.is_empty() {
+        profile.spec.profile.formats.clone()
+    } else {
+        formats.to_vec()
+    };
     let out = out.unwrap_or_else(|| layout.out(profile.name()));
     let staged = profile_packages(layout, &recipes, &profile, offline)?;
-    let trees: Vec<PackageTree> = staged.into_iter().map(|s| PackageTree { name: s.name, tree: s.tree }).collect();
+    let trees: Vec<PackageTree> = staged
+        .into_iter()
+        .map(|s| PackageTree {
+            name: s.name,
+            tree: s.tree,
+        })
+        .collect();
     let names: Vec<&str> = formats.iter().map(|f| f.name()).collect();
-    let step = crate::ui::step(&format!("assembling {} for profile {}", names.join(", "), profile.name()));
+    let step = crate::ui::step(&format!(
+        "assembling {} for profile {}",
+        names.join(", "),
+        profile.name()
+    ));
     let written = assemble(layout, &profile, &trees, &formats, &out)?;
     step.finish_and_clear();
     Ok(written)
 }
 
 /// The profile's packages, built now unless the cache has them.
-pub fn profile_packages(layout: &Layout, recipes: &crate::recipe::RecipeSet, profile: &Profile, offline: bool) -> Result<Vec<crate::build::Staged>> {
-    let opts = crate::build::BuildOptions { offline, ..Default::default() };
+pub fn profile_packages(
+    layout: &Layout,
+    recipes: &crate::recipe::RecipeSet,
+    profile: &Profile,
+    offline: bool,
+) -> Result<Vec<crate::build::Staged>> {
+    let opts = crate::build::BuildOptions {
+        offline,
+        ..Default::default()
+    };
     crate::build::build_packages(layout, recipes, &profile.spec.profile.packages, &opts)
         .with_context(|| format!("cannot build the packages of profile {}", profile.name()))
 }
@@ -78,10 +106,21 @@ pub fn profile_packages(layout: &Layout, recipes: &crate::recipe::RecipeSet, pro
 /// Assembles `formats` of `profile` from the staged `packages` into `out` and returns the
 /// paths written (SHA256SUMS last). `SOURCE_DATE_EPOCH` comes from the environment or the
 /// checkout's last commit; overlays from `overlays/` of the checkout.
-pub fn assemble(layout: &Layout, profile: &Profile, packages: &[PackageTree], formats: &[Format], out: &Path) -> Result<Vec<PathBuf>> {
+pub fn assemble(
+    layout: &Layout,
+    profile: &Profile,
+    packages: &[PackageTree],
+    formats: &[Format],
+    out: &Path,
+) -> Result<Vec<PathBuf>> {
     let epoch = rootfs::source_date_epoch(&layout.root)?;
-    let overlays: Vec<(String, PathBuf)> =
-        profile.spec.profile.overlays.iter().map(|o| (o.clone(), layout.root.join("overlays").join(o))).collect();
+    let overlays: Vec<(String, PathBuf)> = profile
+        .spec
+        .profile
+        .overlays
+        .iter()
+        .map(|o| (o.clone(), layout.root.join("overlays").join(o)))
+        .collect();
     assemble_with(profile, packages, &overlays, formats, out, epoch)
 }
 
@@ -98,13 +137,20 @@ pub fn assemble_with(
     let base = format!("axion-{name}-{VERSION}");
     let fs = Rootfs::assemble(packages, overlays, epoch)?;
     let kernel_path = find_kernel(packages)?;
-    let kernel = std::fs::read(&kernel_path).with_context(|| format!("cannot read {}", kernel_path.display()))?;
+    let kernel = std::fs::read(&kernel_path)
+        .with_context(|| format!("cannot read {}", kernel_path.display()))?;
     let mut initrd = Vec::new();
     initramfs::write(&fs, &mut initrd).context("cannot write the initramfs")?;
-    let cfg = grub::config(&format!("axion {name} {VERSION}"), &profile.spec.profile.cmdline);
+    let cfg = grub::config(
+        &format!("axion {name} {VERSION}"),
+        &profile.spec.profile.cmdline,
+    );
 
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let work = tempfile::Builder::new().prefix(".axion-work-").tempdir_in(out).with_context(|| format!("cannot make a work folder in {}", out.display()))?;
+    let work = tempfile::Builder::new()
+        .prefix(".axion-work-")
+        .tempdir_in(out)
+        .with_context(|| format!("cannot make a work folder in {}", out.display()))?;
     let w = work.path();
     // (temporary path, final name), renamed into place at the end.
     let mut done: Vec<(PathBuf, String)> = Vec::new();
@@ -119,7 +165,12 @@ pub fn assemble_with(
         done.push((i, format!("{base}.initrd.zst")));
     }
 
-    let efi = if want(Format::Raw) || want(Format::Qcow2) || want(Format::Vmdk) || want(Format::Ova) || want(Format::Iso) {
+    let efi = if want(Format::Raw)
+        || want(Format::Qcow2)
+        || want(Format::Vmdk)
+        || want(Format::Ova)
+        || want(Format::Iso)
+    {
         Some(grub::mkimage(grub::Target::Efi)?)
     } else {
         None
@@ -128,13 +179,23 @@ pub fn assemble_with(
     if want(Format::Raw) || want(Format::Qcow2) || want(Format::Vmdk) || want(Format::Ova) {
         let efi = efi.as_deref().expect("made above");
         let core = grub::mkimage(grub::Target::BiosDisk)?;
-        let files: Vec<(&str, &[u8])> =
-            vec![("EFI/BOOT/BOOTX64.EFI", efi), ("grub/grub.cfg", cfg.as_bytes()), ("axion/vmlinuz", &kernel), ("axion/initrd.zst", &initrd)];
+        let files: Vec<(&str, &[u8])> = vec![
+            ("EFI/BOOT/BOOTX64.EFI", efi),
+            ("grub/grub.cfg", cfg.as_bytes()),
+            ("axion/vmlinuz", &kernel),
+            ("axion/initrd.zst", &initrd),
+        ];
         let content: u64 = files.iter().map(|(_, b)| b.len() as u64).sum();
         let esp_size = esp_size(content);
-        let esp = esp::build(&files, esp_size, esp::LABEL, volume_id(name), epoch).context("cannot build the ESP")?;
+        let esp = esp::build(&files, esp_size, esp::LABEL, volume_id(name), epoch)
+            .context("cannot build the ESP")?;
         let data_img = w.join("data.ext4");
-        data::make(&data_img, profile.spec.profile.data_size_mib, derive_uuid(name, "data-fs"), epoch)?;
+        data::make(
+            &data_img,
+            profile.spec.profile.data_size_mib,
+            derive_uuid(name, "data-fs"),
+            epoch,
+        )?;
         let raw = w.join("disk.raw");
         let guids = disk::Guids {
             disk: derive_uuid(name, "disk"),
@@ -142,24 +203,48 @@ pub fn assemble_with(
             esp: derive_uuid(name, "part-esp"),
             data: derive_uuid(name, "part-data"),
         };
-        disk::write(&raw, &disk::Contents { core_img: &core, esp: &esp, data: &data_img }, guids)?;
+        disk::write(
+            &raw,
+            &disk::Contents {
+                core_img: &core,
+                esp: &esp,
+                data: &data_img,
+            },
+            guids,
+        )?;
         std::fs::remove_file(&data_img)?;
         let raw_file = File::open(&raw)?;
         if want(Format::Qcow2) {
             let q = w.join("disk.qcow2");
-            let f = File::create_new(&q).with_context(|| format!("cannot create {}", q.display()))?;
-            qcow2::write(&raw_file, BufWriter::new(f)).with_context(|| format!("cannot write {}", q.display()))?;
+            let f =
+                File::create_new(&q).with_context(|| format!("cannot create {}", q.display()))?;
+            qcow2::write(&raw_file, BufWriter::new(f))
+                .with_context(|| format!("cannot write {}", q.display()))?;
             done.push((q, format!("{base}.qcow2")));
         }
         if want(Format::Vmdk) || want(Format::Ova) {
             let vmdk_name = format!("{base}.vmdk");
             let v = w.join("disk.vmdk");
-            let f = File::options().read(true).write(true).create_new(true).open(&v).with_context(|| format!("cannot create {}", v.display()))?;
+            let f = File::options()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&v)
+                .with_context(|| format!("cannot create {}", v.display()))?;
             let h = Sha256::digest(format!("axion/{name}/vmdk-cid"));
-            let word = |i: usize| u32::from_le_bytes(h[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
+            let word =
+                |i: usize| u32::from_le_bytes(h[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
             let cid = word(0) & 0x7fff_ffff;
-            vmdk::write(&raw_file, &f, &vmdk::Descriptor { file_name: &vmdk_name, cid, long_cid: [word(1), word(2), word(3), cid] })
-                .with_context(|| format!("cannot write {}", v.display()))?;
+            vmdk::write(
+                &raw_file,
+                &f,
+                &vmdk::Descriptor {
+                    file_name: &vmdk_name,
+                    cid,
+                    long_cid: [word(1), word(2), word(3), cid],
+                },
+            )
+            .with_context(|| format!("cannot write {}", v.display()))?;
             if want(Format::Ova) {
                 let ovf_text = ova::ovf(&ova::OvfInput {
                     profile,
@@ -169,8 +254,10 @@ pub fn assemble_with(
                     capacity: raw_file.metadata()?.len(),
                 });
                 let o = w.join("image.ova");
-                let of = File::create_new(&o).with_context(|| format!("cannot create {}", o.display()))?;
-                ova::write(BufWriter::new(of), &base, &ovf_text, &vmdk_name, &v, epoch).with_context(|| format!("cannot write {}", o.display()))?;
+                let of = File::create_new(&o)
+                    .with_context(|| format!("cannot create {}", o.display()))?;
+                ova::write(BufWriter::new(of), &base, &ovf_text, &vmdk_name, &v, epoch)
+                    .with_context(|| format!("cannot write {}", o.display()))?;
                 done.push((o, format!("{base}.ova")));
             }
             if want(Format::Vmdk) {
@@ -186,13 +273,30 @@ pub fn assemble_with(
         let efi = efi.as_deref().expect("made above");
         let eltorito = grub::mkimage(grub::Target::BiosCd)?;
         let efi_size = ((efi.len() as u64 + 256 * 1024).div_ceil(MIB) + 1) * MIB;
-        let efi_img = esp::build(&[("EFI/BOOT/BOOTX64.EFI", efi)], efi_size, "AXION-EFI", volume_id(&format!("{name}-iso")), epoch)
-            .context("cannot build the ISO's EFI image")?;
+        let efi_img = esp::build(
+            &[("EFI/BOOT/BOOTX64.EFI", efi)],
+            efi_size,
+            "AXION-EFI",
+            volume_id(&format!("{name}-iso")),
+            epoch,
+        )
+        .context("cannot build the ISO's EFI image")?;
         let iso_path = w.join("image.iso");
-        let volid = format!("AXION_{}", name.to_uppercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
+        let volid = format!(
+            "AXION_{}",
+            name.to_uppercase()
+                .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+        );
         iso::write(
             &iso_path,
-            &iso::Contents { volume_id: &volid, grub_cfg: &cfg, kernel: &kernel, initrd: &initrd, eltorito: &eltorito, efi_img: &efi_img },
+            &iso::Contents {
+                volume_id: &volid,
+                grub_cfg: &cfg,
+                kernel: &kernel,
+                initrd: &initrd,
+                eltorito: &eltorito,
+                efi_img: &efi_img,
+            },
             epoch,
         )?;
         done.push((iso_path, format!("{base}.iso")));
@@ -206,7 +310,8 @@ pub fn assemble_with(
     for (tmp, final_name) in done {
         sums.insert(final_name.clone(), sha256_file(&tmp)?);
         let dest = out.join(&final_name);
-        std::fs::rename(&tmp, &dest).with_context(|| format!("cannot move {} to {}", tmp.display(), dest.display()))?;
+        std::fs::rename(&tmp, &dest)
+            .with_context(|| format!("cannot move {} to {}", tmp.display(), dest.display()))?;
         written.push(dest);
     }
     sums.retain(|n, _| out.join(n).is_file());
@@ -221,11 +326,22 @@ pub fn assemble_with(
 
 /// The kernel is the staged `/boot/vmlinuz` of one package (the linux recipe).
 fn find_kernel(packages: &[PackageTree]) -> Result<PathBuf> {
-    let found: Vec<&PackageTree> = packages.iter().filter(|p| p.tree.join("boot/vmlinuz").is_file()).collect();
+    let found: Vec<&PackageTree> = packages
+        .iter()
+        .filter(|p| p.tree.join("boot/vmlinuz").is_file())
+        .collect();
     match found.as_slice() {
         [one] => Ok(one.tree.join("boot/vmlinuz")),
-        [] => bail!("no package stages /boot/vmlinuz (add the linux recipe to the profile's packages)"),
-        many => bail!("several packages stage /boot/vmlinuz: {}", many.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")),
+        [] => bail!(
+            "no package stages /boot/vmlinuz (add the linux recipe to the profile's packages)"
+        ),
+        many => bail!(
+            "several packages stage /boot/vmlinuz: {}",
+            many.iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }
 
@@ -254,17 +370,22 @@ fn read_sums(path: &Path) -> BTreeMap<String, String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| l.split_once("  ").map(|(h, n)| (n.to_owned(), h.to_owned())))
+        .filter_map(|l| {
+            l.split_once("  ")
+                .map(|(h, n)| (n.to_owned(), h.to_owned()))
+        })
         .collect()
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write in {}", dir.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
-    tmp.persist(path).with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 

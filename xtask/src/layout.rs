@@ -15,8 +15,14 @@ pub struct Layout {
 impl Layout {
     /// The layout for the checkout this binary was built from.
     pub fn discover() -> Layout {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned();
-        Layout { root, cache: default_cache_dir() }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("xtask lives in the workspace")
+            .to_owned();
+        Layout {
+            root,
+            cache: default_cache_dir(),
+        }
     }
 
     pub fn with_cache(root: PathBuf, cache: PathBuf) -> Layout {
@@ -52,5 +58,7 @@ pub fn default_cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("AXION_CACHE").filter(|v| !v.is_empty()) {
         return PathBuf::from(dir);
     }
-    dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("axion")
+    dirs::cache_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("axion")
 }

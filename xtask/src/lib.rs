@@ -14,7 +14,7 @@ pub mod publish;
 pub mod recipe;
 pub mod registry;
 pub mod rootfs;
-pub mod sbom;
 pub mod run;
+pub mod sbom;
 pub mod ui;
 pub mod vmd;

@@ -13,7 +13,11 @@ use xtask::recipe::RecipeSet;
 use xtask::{build, doctor, fetch, run};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Build, run and test axion images", version)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, run and test axion images",
+    version
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -171,7 +175,8 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     let layout = Layout::discover();
-    std::env::set_current_dir(&layout.root).with_context(|| format!("cannot enter {}", layout.root.display()))?;
+    std::env::set_current_dir(&layout.root)
+        .with_context(|| format!("cannot enter {}", layout.root.display()))?;
     match cli.command {
         Cmd::List => list(&layout),
         Cmd::Doctor => {
@@ -181,48 +186,135 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("some host tools are missing (see above)")
             }
         }
-        Cmd::Fetch { packages, all, offline } => {
+        Cmd::Fetch {
+            packages,
+            all,
+            offline,
+        } => {
             doctor::ensure(&[doctor::Need::Fetch])?;
             let recipes = RecipeSet::load(&layout.recipes())?;
-            let names: Vec<String> = if all || packages.is_empty() { recipes.recipes.keys().cloned().collect() } else { packages };
-            fetch::fetch_packages(&layout, &recipes, &names, fetch::Mode::from_offline(offline))?;
-            Ok(())
-        }
-        Cmd::Image { profile, format, out, offline } => image(&layout, &profile, &format, out, offline),
-        Cmd::Build { packages, offline } => {
-            let recipes = RecipeSet::load(&layout.recipes())?;
-            let names = if packages.is_empty() {
-                profile::load_profile(&layout.root, "qemu", &recipes)?.spec.profile.packages
+            let names: Vec<String> = if all || packages.is_empty() {
+                recipes.recipes.keys().cloned().collect()
             } else {
                 packages
             };
-            let opts = build::BuildOptions { offline, ..Default::default() };
-            let started = std::time::Instant::now();
-            let staged = build::build_packages(&layout, &recipes, &names, &opts)?;
-            eprintln!("{} package(s) ready in {:.2} s under {}", staged.len(), started.elapsed().as_secs_f64(), layout.packages().display());
+            fetch::fetch_packages(
+                &layout,
+                &recipes,
+                &names,
+                fetch::Mode::from_offline(offline),
+            )?;
             Ok(())
         }
-        Cmd::Run { profile, format, detach, ssh_port, docker_port, ssh_key, hostname } => {
-            run::run(&layout, &run::RunOptions { profile, format, detach, ssh_port, docker_port, ssh_key, hostname })
+        Cmd::Image {
+            profile,
+            format,
+            out,
+            offline,
+        } => image(&layout, &profile, &format, out, offline),
+        Cmd::Build { packages, offline } => {
+            let recipes = RecipeSet::load(&layout.recipes())?;
+            let names = if packages.is_empty() {
+                profile::load_profile(&layout.root, "qemu", &recipes)?
+                    .spec
+                    .profile
+                    .packages
+            } else {
+                packages
+            };
+            let opts = build::BuildOptions {
+                offline,
+                ..Default::default()
+            };
+            let started = std::time::Instant::now();
+            let staged = build::build_packages(&layout, &recipes, &names, &opts)?;
+            eprintln!(
+                "{} package(s) ready in {:.2} s under {}",
+                staged.len(),
+                started.elapsed().as_secs_f64(),
+                layout.packages().display()
+            );
+            Ok(())
         }
-        Cmd::Publish { profile, out, push, offline } => publish(&layout, &profile, &out, push.as_deref(), offline),
+        Cmd::Run {
+            profile,
+            format,
+            detach,
+            ssh_port,
+            docker_port,
+            ssh_key,
+            hostname,
+        } => run::run(
+            &layout,
+            &run::RunOptions {
+                profile,
+                format,
+                detach,
+                ssh_port,
+                docker_port,
+                ssh_key,
+                hostname,
+            },
+        ),
+        Cmd::Publish {
+            profile,
+            out,
+            push,
+            offline,
+        } => publish(&layout, &profile, &out, push.as_deref(), offline),
         Cmd::Pull { reference, out } => {
             let files = xtask::publish::oci::pull(&reference, &out)?;
             let checked = xtask::publish::verify_sums(&out)?;
-            eprintln!("{} file(s) pulled into {}, {checked} checked against SHA256SUMS", files.len(), out.display());
+            eprintln!(
+                "{} file(s) pulled into {}, {checked} checked against SHA256SUMS",
+                files.len(),
+                out.display()
+            );
             Ok(())
         }
         Cmd::Stop { profile } => run::stop(&layout, &profile),
         Cmd::Test { unit, args } => test(&layout, unit, &args),
-        Cmd::Bench { quick, json, prepare, vmd_only, runs } => xtask::bench::bench(&layout, &xtask::bench::Options { quick, json, prepare, vmd_only, runs }),
-        Cmd::Vmd { detach, stop, tcp, state_dir, insecure_registries } => xtask::vmd::vmd(&layout, &xtask::vmd::Options { detach, stop, tcp, state_dir, insecure_registries }),
+        Cmd::Bench {
+            quick,
+            json,
+            prepare,
+            vmd_only,
+            runs,
+        } => xtask::bench::bench(
+            &layout,
+            &xtask::bench::Options {
+                quick,
+                json,
+                prepare,
+                vmd_only,
+                runs,
+            },
+        ),
+        Cmd::Vmd {
+            detach,
+            stop,
+            tcp,
+            state_dir,
+            insecure_registries,
+        } => xtask::vmd::vmd(
+            &layout,
+            &xtask::vmd::Options {
+                detach,
+                stop,
+                tcp,
+                state_dir,
+                insecure_registries,
+            },
+        ),
         Cmd::Clean { cache } => {
             let out = layout.root.join("out");
             if out.exists() {
-                std::fs::remove_dir_all(&out).with_context(|| format!("cannot remove {}", out.display()))?;
+                std::fs::remove_dir_all(&out)
+                    .with_context(|| format!("cannot remove {}", out.display()))?;
             }
             if cache && layout.cache.exists() {
-                std::fs::remove_dir_all(&layout.cache).with_context(|| format!("cannot remove {}", layout.cache.display()))?;
+                std::fs::remove_dir_all(&layout.cache)
+                    .with_context(|| format!("cannot remove {}", layout.cache.display()))?;
                 eprintln!("removed {}", layout.cache.display());
             }
             Ok(())
@@ -231,7 +323,13 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 /// `cargo xtask image`: the written files with their sizes.
-fn image(layout: &Layout, name: &str, formats: &[Format], out: Option<PathBuf>, offline: bool) -> Result<()> {
+fn image(
+    layout: &Layout,
+    name: &str,
+    formats: &[Format],
+    out: Option<PathBuf>,
+    offline: bool,
+) -> Result<()> {
     for path in xtask::image::build_profile(layout, name, formats, out, offline)? {
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         println!("{:>10}  {}", human_size(size), path.display());
@@ -240,7 +338,13 @@ fn image(layout: &Layout, name: &str, formats: &[Format], out: Option<PathBuf>, 
 }
 
 /// `cargo xtask publish`: the published files with their sizes, and the pushed digest.
-fn publish(layout: &Layout, name: &str, dir: &std::path::Path, push: Option<&str>, offline: bool) -> Result<()> {
+fn publish(
+    layout: &Layout,
+    name: &str,
+    dir: &std::path::Path,
+    push: Option<&str>,
+    offline: bool,
+) -> Result<()> {
     let published = xtask::publish::publish_profile(layout, name, dir, push, offline)?;
     for f in &published.files {
         let size = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
@@ -260,7 +364,11 @@ fn human_size(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 fn list(layout: &Layout) -> Result<()> {
@@ -273,12 +381,20 @@ fn list(layout: &Layout) -> Result<()> {
             xtask::recipe::Build::Make(_) => "make",
             xtask::recipe::Build::Cargo(_) => "cargo",
         };
-        println!("  {:12} {:16} {:7} {:28} {}", m.name, m.version, kind, m.license, m.summary);
+        println!(
+            "  {:12} {:16} {:7} {:28} {}",
+            m.name, m.version, kind, m.license, m.summary
+        );
     }
     println!("\nProfiles:");
     for (name, p) in profile::load_all(&layout.root, &recipes)? {
         let formats: Vec<&str> = p.spec.profile.formats.iter().map(|f| f.name()).collect();
-        println!("  {:12} {:40} formats: {}", name, p.spec.profile.description, formats.join(", "));
+        println!(
+            "  {:12} {:40} formats: {}",
+            name,
+            p.spec.profile.description,
+            formats.join(", ")
+        );
     }
     Ok(())
 }
@@ -290,7 +406,13 @@ fn test(layout: &Layout, unit_only: bool, args: &[String]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = std::process::Command::new(&cargo)
         .current_dir(&layout.root)
-        .args(["test", "--no-fail-fast", "--workspace", "--exclude", "axion-tests"])
+        .args([
+            "test",
+            "--no-fail-fast",
+            "--workspace",
+            "--exclude",
+            "axion-tests",
+        ])
         .args(args)
         .status()
         .context("cannot run cargo test")?;
@@ -303,7 +425,14 @@ fn test(layout: &Layout, unit_only: bool, args: &[String]) -> Result<()> {
     doctor::ensure(&doctor::all_needs())?;
     let status = std::process::Command::new(&cargo)
         .current_dir(&layout.root)
-        .args(["test", "--no-fail-fast", "--package", "axion-tests", "--", "--test-threads=1"])
+        .args([
+            "test",
+            "--no-fail-fast",
+            "--package",
+            "axion-tests",
+            "--",
+            "--test-threads=1",
+        ])
         .args(args)
         .status()
         .context("cannot run cargo test")?;

@@ -41,7 +41,14 @@ pub enum Format {
 }
 
 impl Format {
-    pub const ALL: [Format; 6] = [Format::Initramfs, Format::Raw, Format::Qcow2, Format::Vmdk, Format::Ova, Format::Iso];
+    pub const ALL: [Format; 6] = [
+        Format::Initramfs,
+        Format::Raw,
+        Format::Qcow2,
+        Format::Vmdk,
+        Format::Ova,
+        Format::Iso,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -61,7 +68,9 @@ impl std::str::FromStr for Format {
         Format::ALL
             .into_iter()
             .find(|f| f.name() == s)
-            .ok_or_else(|| format!("unknown format '{s}' (one of: initramfs, raw, qcow2, vmdk, ova, iso)"))
+            .ok_or_else(|| {
+                format!("unknown format '{s}' (one of: initramfs, raw, qcow2, vmdk, ova, iso)")
+            })
     }
 }
 
@@ -158,32 +167,64 @@ impl Profile {
 }
 
 fn invalid(path: &Path, key: impl Into<String>, message: impl Into<String>) -> RecipeError {
-    RecipeError::Invalid { path: path.to_owned(), key: key.into(), message: message.into() }
+    RecipeError::Invalid {
+        path: path.to_owned(),
+        key: key.into(),
+        message: message.into(),
+    }
 }
 
 pub fn parse_profile(path: &Path, text: &str) -> Result<Profile, RecipeError> {
-    let spec: ProfileFile = toml::from_str(text)
-        .map_err(|e| RecipeError::Parse { path: path.to_owned(), message: e.to_string() })?;
-    let p = Profile { path: path.to_owned(), spec };
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+    let spec: ProfileFile = toml::from_str(text).map_err(|e| RecipeError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    let p = Profile {
+        path: path.to_owned(),
+        spec,
+    };
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default();
     if p.name() != stem {
-        return Err(invalid(path, "profile.name", format!("'{}' must match the file name '{stem}.toml'", p.name())));
+        return Err(invalid(
+            path,
+            "profile.name",
+            format!("'{}' must match the file name '{stem}.toml'", p.name()),
+        ));
     }
     if p.spec.profile.packages.is_empty() {
-        return Err(invalid(path, "profile.packages", "an image needs at least one package"));
+        return Err(invalid(
+            path,
+            "profile.packages",
+            "an image needs at least one package",
+        ));
     }
     if p.spec.profile.formats.is_empty() {
         return Err(invalid(path, "profile.formats", "name at least one format"));
     }
     let hw = &p.spec.hardware;
     if hw.cpus == 0 || hw.cpus > 128 {
-        return Err(invalid(path, "hardware.cpus", format!("{} is not between 1 and 128", hw.cpus)));
+        return Err(invalid(
+            path,
+            "hardware.cpus",
+            format!("{} is not between 1 and 128", hw.cpus),
+        ));
     }
     if hw.memory_mib < 128 {
-        return Err(invalid(path, "hardware.memory-mib", format!("{} MiB is too little (at least 128)", hw.memory_mib)));
+        return Err(invalid(
+            path,
+            "hardware.memory-mib",
+            format!("{} MiB is too little (at least 128)", hw.memory_mib),
+        ));
     }
     if !(13..=21).contains(&hw.vmware_hardware_version) {
-        return Err(invalid(path, "hardware.vmware-hardware-version", "vSphere 6.5 (13) up to 8.0 (21)"));
+        return Err(invalid(
+            path,
+            "hardware.vmware-hardware-version",
+            "vSphere 6.5 (13) up to 8.0 (21)",
+        ));
     }
     if p.spec.profile.data_size_mib < 16 {
         return Err(invalid(path, "profile.data-size-mib", "at least 16 MiB"));
@@ -202,16 +243,27 @@ pub fn load_profile(root: &Path, name: &str, recipes: &RecipeSet) -> Result<Prof
             message: format!("no profile named '{name}' (known: {known})"),
         });
     }
-    let text = std::fs::read_to_string(&path).map_err(|source| RecipeError::Read { path: path.clone(), source })?;
+    let text = std::fs::read_to_string(&path).map_err(|source| RecipeError::Read {
+        path: path.clone(),
+        source,
+    })?;
     let p = parse_profile(&path, &text)?;
     for (i, pkg) in p.spec.profile.packages.iter().enumerate() {
         if !recipes.recipes.contains_key(pkg) {
-            return Err(invalid(&path, format!("profile.packages[{i}]"), format!("no recipe named '{pkg}'")));
+            return Err(invalid(
+                &path,
+                format!("profile.packages[{i}]"),
+                format!("no recipe named '{pkg}'"),
+            ));
         }
     }
     for (i, o) in p.spec.profile.overlays.iter().enumerate() {
         if !root.join("overlays").join(o).is_dir() {
-            return Err(invalid(&path, format!("profile.overlays[{i}]"), format!("no folder overlays/{o}")));
+            return Err(invalid(
+                &path,
+                format!("profile.overlays[{i}]"),
+                format!("no folder overlays/{o}"),
+            ));
         }
     }
     Ok(p)
@@ -230,9 +282,18 @@ pub fn list_profiles(root: &Path) -> std::io::Result<Vec<String>> {
 }
 
 /// All profiles, loaded and checked; used by `list` and the repository test.
-pub fn load_all(root: &Path, recipes: &RecipeSet) -> Result<BTreeMap<String, Profile>, RecipeError> {
-    let names = list_profiles(root).map_err(|source| RecipeError::Read { path: root.join("image-profiles"), source })?;
-    names.into_iter().map(|n| load_profile(root, &n, recipes).map(|p| (n, p))).collect()
+pub fn load_all(
+    root: &Path,
+    recipes: &RecipeSet,
+) -> Result<BTreeMap<String, Profile>, RecipeError> {
+    let names = list_profiles(root).map_err(|source| RecipeError::Read {
+        path: root.join("image-profiles"),
+        source,
+    })?;
+    names
+        .into_iter()
+        .map(|n| load_profile(root, &n, recipes).map(|p| (n, p)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -260,7 +321,9 @@ formats = ["raw", "qcow2"]
 
     #[test]
     fn unknown_format_is_named() {
-        let e = parse(&GOOD.replace("\"qcow2\"", "\"vhdx\"")).unwrap_err().to_string();
+        let e = parse(&GOOD.replace("\"qcow2\"", "\"vhdx\""))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("vhdx") && e.contains("qemu.toml"), "{e}");
     }
 

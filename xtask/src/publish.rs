@@ -35,15 +35,36 @@ pub struct Published {
 /// `cargo xtask publish`: builds every format of profile `name`, writes the artifacts with
 /// SBOM, licenses and build manifest into `dir`, and pushes them when `push` names a
 /// reference.
-pub fn publish_profile(layout: &crate::layout::Layout, name: &str, dir: &Path, push: Option<&str>, offline: bool) -> Result<Published> {
+pub fn publish_profile(
+    layout: &crate::layout::Layout,
+    name: &str,
+    dir: &Path,
+    push: Option<&str>,
+    offline: bool,
+) -> Result<Published> {
     crate::doctor::ensure(&[crate::doctor::Need::Image])?;
     let recipes = crate::recipe::RecipeSet::load(&layout.recipes())?;
     let profile = crate::profile::load_profile(&layout.root, name, &recipes)?;
     let staged = crate::image::profile_packages(layout, &recipes, &profile, offline)?;
-    let trees: Vec<_> = staged.iter().map(|s| crate::rootfs::PackageTree { name: s.name.clone(), tree: s.tree.clone() }).collect();
+    let trees: Vec<_> = staged
+        .iter()
+        .map(|s| crate::rootfs::PackageTree {
+            name: s.name.clone(),
+            tree: s.tree.clone(),
+        })
+        .collect();
     let images = layout.out(profile.name());
-    let written = crate::image::assemble(layout, &profile, &trees, &profile.spec.profile.formats, &images)?;
-    let artifacts: Vec<PathBuf> = written.into_iter().filter(|p| !p.ends_with("SHA256SUMS")).collect();
+    let written = crate::image::assemble(
+        layout,
+        &profile,
+        &trees,
+        &profile.spec.profile.formats,
+        &images,
+    )?;
+    let artifacts: Vec<PathBuf> = written
+        .into_iter()
+        .filter(|p| !p.ends_with("SHA256SUMS"))
+        .collect();
     let mut toolchains = crate::build::key::Toolchains::new(layout.root.clone());
     let mut toolchain = Vec::new();
     for kind in ["kbuild", "make", "cargo"] {
@@ -63,8 +84,14 @@ pub fn publish_profile(layout: &crate::layout::Layout, name: &str, dir: &Path, p
     let pushed = match push {
         Some(reference) => {
             let annotations = vec![
-                ("org.opencontainers.image.version".to_owned(), crate::image::VERSION.to_owned()),
-                ("org.opencontainers.image.title".to_owned(), format!("axion-{}", profile.name())),
+                (
+                    "org.opencontainers.image.version".to_owned(),
+                    crate::image::VERSION.to_owned(),
+                ),
+                (
+                    "org.opencontainers.image.title".to_owned(),
+                    format!("axion-{}", profile.name()),
+                ),
             ];
             Some(oci::push(reference, dir, &files, &annotations)?)
         }
@@ -94,12 +121,18 @@ pub fn publish(input: &PublishInput, out: &Path) -> Result<Vec<PathBuf>> {
 
     let mut artifacts = Vec::new();
     for a in input.artifacts {
-        let name = a.file_name().and_then(|n| n.to_str()).context("artifact without a file name")?;
+        let name = a
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("artifact without a file name")?;
         let dest = out.join(name);
         if a != &dest {
             copy_atomic(a, &dest)?;
         }
-        artifacts.push(Artifact { file_name: name.to_owned(), sha256: sha256_file(&dest)? });
+        artifacts.push(Artifact {
+            file_name: name.to_owned(),
+            sha256: sha256_file(&dest)?,
+        });
         written.push(dest);
     }
 
@@ -175,14 +208,18 @@ pub fn sha256sums(dir: &Path, files: &[PathBuf]) -> Result<String> {
 /// Checks every line of `DIR/SHA256SUMS`; returns the number of files checked.
 pub fn verify_sums(dir: &Path) -> Result<usize> {
     let path = dir.join("SHA256SUMS");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let mut n = 0;
     for (i, line) in text.lines().enumerate() {
-        let (hash, name) = line.split_once("  ").with_context(|| format!("{}:{}: not a sha256sum line", path.display(), i + 1))?;
+        let (hash, name) = line
+            .split_once("  ")
+            .with_context(|| format!("{}:{}: not a sha256sum line", path.display(), i + 1))?;
         if name.split('/').any(|c| c == ".." || c.is_empty()) || name.starts_with('/') {
             bail!("{}:{}: unsafe file name '{name}'", path.display(), i + 1);
         }
-        let actual = sha256_file(&dir.join(name)).with_context(|| format!("{name} is listed in SHA256SUMS but cannot be read"))?;
+        let actual = sha256_file(&dir.join(name))
+            .with_context(|| format!("{name} is listed in SHA256SUMS but cannot be read"))?;
         if actual != hash {
             bail!("{name}: sha256 is {actual}, SHA256SUMS says {hash}");
         }
@@ -202,7 +239,10 @@ fn license_texts(root: &Path, r: &Recipe, staged: &[Staged]) -> Result<Vec<(Stri
             for e in std::fs::read_dir(&dir)? {
                 let e = e?;
                 if e.file_type()?.is_file() {
-                    out.push((e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path())?));
+                    out.push((
+                        e.file_name().to_string_lossy().into_owned(),
+                        std::fs::read(e.path())?,
+                    ));
                 }
             }
             if !out.is_empty() {
@@ -218,7 +258,12 @@ fn license_texts(root: &Path, r: &Recipe, staged: &[Staged]) -> Result<Vec<(Stri
         }
     }
     let mut out = Vec::new();
-    for id in r.spec.package.license.split(|c: char| c.is_whitespace() || c == '(' || c == ')') {
+    for id in r
+        .spec
+        .package
+        .license
+        .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
+    {
         let debian = match id {
             "GPL-2.0-only" | "GPL-2.0-or-later" | "GPL-2.0" => "GPL-2",
             "GPL-3.0-only" | "GPL-3.0-or-later" => "GPL-3",
@@ -233,18 +278,24 @@ fn license_texts(root: &Path, r: &Recipe, staged: &[Staged]) -> Result<Vec<(Stri
         }
     }
     if out.is_empty() {
-        bail!("no license text for package '{}' ({}): stage it under usr/share/licenses/{}/", r.name(), r.spec.package.license, r.name());
+        bail!(
+            "no license text for package '{}' ({}): stage it under usr/share/licenses/{}/",
+            r.name(),
+            r.spec.package.license,
+            r.name()
+        );
     }
     Ok(out)
 }
 
-
 fn copy_atomic(from: &Path, to: &Path) -> Result<()> {
     let dir = to.parent().unwrap_or(Path::new("."));
     let tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::fs::copy(from, tmp.path()).with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+    std::fs::copy(from, tmp.path())
+        .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
     tmp.as_file().sync_all()?;
-    tmp.persist(to).with_context(|| format!("cannot write {}", to.display()))?;
+    tmp.persist(to)
+        .with_context(|| format!("cannot write {}", to.display()))?;
     Ok(())
 }
 
@@ -261,7 +312,10 @@ mod tests {
         let b = d.path().join("licenses/GPL");
         std::fs::write(&b, b"text").unwrap();
         let sums = sha256sums(d.path(), &[a.clone(), b]).unwrap();
-        assert!(sums.contains("  licenses/GPL\n") && sums.contains("  a.raw\n"), "{sums}");
+        assert!(
+            sums.contains("  licenses/GPL\n") && sums.contains("  a.raw\n"),
+            "{sums}"
+        );
         std::fs::write(d.path().join("SHA256SUMS"), &sums).unwrap();
         assert_eq!(verify_sums(d.path()).unwrap(), 2);
         std::fs::write(&a, b"disk!").unwrap();
@@ -272,7 +326,14 @@ mod tests {
     #[test]
     fn sums_refuse_paths_outside_the_folder() {
         let d = tempfile::tempdir().unwrap();
-        std::fs::write(d.path().join("SHA256SUMS"), format!("{}  ../etc/passwd\n", "0".repeat(64))).unwrap();
-        assert!(verify_sums(d.path()).unwrap_err().to_string().contains("unsafe"));
+        std::fs::write(
+            d.path().join("SHA256SUMS"),
+            format!("{}  ../etc/passwd\n", "0".repeat(64)),
+        )
+        .unwrap();
+        assert!(verify_sums(d.path())
+            .unwrap_err()
+            .to_string()
+            .contains("unsafe"));
     }
 }

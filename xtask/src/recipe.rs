@@ -45,13 +45,24 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum RecipeError {
     #[error("cannot read '{path}': {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: key '{key}': {message}")]
-    Invalid { path: PathBuf, key: String, message: String },
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
     #[error("package '{name}' is defined twice: in '{first}' and in '{second}'")]
-    Duplicate { name: String, first: PathBuf, second: PathBuf },
+    Duplicate {
+        name: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
     #[error("{path}: key 'package.depends': dependency cycle: {cycle}")]
     Cycle { path: PathBuf, cycle: String },
     #[error("no recipe named '{0}' (see `cargo xtask list`)")]
@@ -192,88 +203,157 @@ impl Recipe {
             }
             Build::Cargo(_) => {}
         }
-        files.extend(self.spec.sources.iter().filter_map(|s| s.path.as_ref()).map(|p| self.dir.join(p)));
+        files.extend(
+            self.spec
+                .sources
+                .iter()
+                .filter_map(|s| s.path.as_ref())
+                .map(|p| self.dir.join(p)),
+        );
         files
     }
 }
 
 /// Parses one recipe file and checks what can be checked without the others.
 pub fn load_recipe(path: &Path) -> Result<Recipe, RecipeError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| RecipeError::Read { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| RecipeError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     parse_recipe(path, &text)
 }
 
 pub fn parse_recipe(path: &Path, text: &str) -> Result<Recipe, RecipeError> {
-    let spec: RecipeFile = toml::from_str(text)
-        .map_err(|e| RecipeError::Parse { path: path.to_owned(), message: e.to_string() })?;
+    let spec: RecipeFile = toml::from_str(text).map_err(|e| RecipeError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
     let dir = path.parent().unwrap_or(Path::new(".")).to_owned();
-    let recipe = Recipe { path: path.to_owned(), dir, spec };
+    let recipe = Recipe {
+        path: path.to_owned(),
+        dir,
+        spec,
+    };
     validate_recipe(&recipe)?;
     Ok(recipe)
 }
 
 fn invalid(path: &Path, key: impl Into<String>, message: impl Into<String>) -> RecipeError {
-    RecipeError::Invalid { path: path.to_owned(), key: key.into(), message: message.into() }
+    RecipeError::Invalid {
+        path: path.to_owned(),
+        key: key.into(),
+        message: message.into(),
+    }
 }
 
 fn validate_recipe(r: &Recipe) -> Result<(), RecipeError> {
     let p = &r.path;
     let meta = &r.spec.package;
     if !is_package_name(&meta.name) {
-        return Err(invalid(p, "package.name", format!("'{}' must be lowercase letters, digits and '-'", meta.name)));
+        return Err(invalid(
+            p,
+            "package.name",
+            format!("'{}' must be lowercase letters, digits and '-'", meta.name),
+        ));
     }
     let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
     if stem != meta.name {
-        return Err(invalid(p, "package.name", format!("'{}' must match the file name '{stem}.toml'", meta.name)));
+        return Err(invalid(
+            p,
+            "package.name",
+            format!("'{}' must match the file name '{stem}.toml'", meta.name),
+        ));
     }
     if meta.version.trim().is_empty() {
         return Err(invalid(p, "package.version", "must not be empty"));
     }
     if meta.license.trim().is_empty() {
-        return Err(invalid(p, "package.license", "every package names its license (SPDX expression)"));
+        return Err(invalid(
+            p,
+            "package.license",
+            "every package names its license (SPDX expression)",
+        ));
     }
     let mut files = BTreeSet::new();
     for (i, s) in r.spec.sources.iter().enumerate() {
         let key = |k: &str| format!("source[{i}].{k}");
         if !is_sha256(&s.sha256) {
-            return Err(invalid(p, key("sha256"), format!("'{}' is not 64 lowercase hex digits", s.sha256)));
+            return Err(invalid(
+                p,
+                key("sha256"),
+                format!("'{}' is not 64 lowercase hex digits", s.sha256),
+            ));
         }
         if s.file.is_empty() || s.file.contains('/') || s.file.starts_with('.') {
-            return Err(invalid(p, key("file"), format!("'{}' must be a plain file name", s.file)));
+            return Err(invalid(
+                p,
+                key("file"),
+                format!("'{}' must be a plain file name", s.file),
+            ));
         }
         if !files.insert(&s.file) {
-            return Err(invalid(p, key("file"), format!("'{}' is named by two sources", s.file)));
+            return Err(invalid(
+                p,
+                key("file"),
+                format!("'{}' is named by two sources", s.file),
+            ));
         }
         for (j, u) in s.urls.iter().enumerate() {
             if !u.starts_with("https://") && !u.starts_with("http://") {
-                return Err(invalid(p, format!("source[{i}].urls[{j}]"), format!("'{u}' is not an http(s) URL")));
+                return Err(invalid(
+                    p,
+                    format!("source[{i}].urls[{j}]"),
+                    format!("'{u}' is not an http(s) URL"),
+                ));
             }
         }
-        if s.urls.is_empty() && s.debian_source.is_none() && s.debian_binary.is_none() && s.path.is_none() {
-            return Err(invalid(p, format!("source[{i}]"), "names no place to get it from (urls, debian-source, debian-binary or path)"));
+        if s.urls.is_empty()
+            && s.debian_source.is_none()
+            && s.debian_binary.is_none()
+            && s.path.is_none()
+        {
+            return Err(invalid(
+                p,
+                format!("source[{i}]"),
+                "names no place to get it from (urls, debian-source, debian-binary or path)",
+            ));
         }
     }
     for f in r.local_files() {
         if !f.is_file() {
-            return Err(invalid(p, local_file_key(r, &f), format!("file '{}' does not exist", f.display())));
+            return Err(invalid(
+                p,
+                local_file_key(r, &f),
+                format!("file '{}' does not exist", f.display()),
+            ));
         }
     }
     if let Build::Make(m) = &r.spec.build {
         for (name, to) in &m.install {
-            if !to.starts_with('/') || to.split('/').any(|c| c == "..") || name.starts_with('/') || name.split('/').any(|c| c == "..") {
+            if !to.starts_with('/')
+                || to.split('/').any(|c| c == "..")
+                || name.starts_with('/')
+                || name.split('/').any(|c| c == "..")
+            {
                 return Err(invalid(p, format!("build.install.{name}"), format!("'{name}' = '{to}': a path in the build tree and an absolute path in the image, without '..'")));
             }
         }
         for name in m.files.keys() {
             if name.starts_with('/') || name.split('/').any(|c| c == "..") {
-                return Err(invalid(p, format!("build.files.{name}"), "must be a relative path inside the source tree"));
+                return Err(invalid(
+                    p,
+                    format!("build.files.{name}"),
+                    "must be a relative path inside the source tree",
+                ));
             }
         }
     }
     for d in &meta.depends {
         if d == &meta.name {
-            return Err(RecipeError::Cycle { path: p.clone(), cycle: format!("{d} -> {d}") });
+            return Err(RecipeError::Cycle {
+                path: p.clone(),
+                cycle: format!("{d} -> {d}"),
+            });
         }
     }
     Ok(())
@@ -282,9 +362,16 @@ fn validate_recipe(r: &Recipe) -> Result<(), RecipeError> {
 fn local_file_key(r: &Recipe, f: &Path) -> String {
     match &r.spec.build {
         Build::Kbuild(k) if r.dir.join(&k.config) == f => "build.config".into(),
-        Build::Make(m) if m.config.as_ref().map(|c| r.dir.join(c)).as_deref() == Some(f) => "build.config".into(),
+        Build::Make(m) if m.config.as_ref().map(|c| r.dir.join(c)).as_deref() == Some(f) => {
+            "build.config".into()
+        }
         Build::Make(m) if m.files.values().any(|x| r.dir.join(x) == f) => {
-            let name = m.files.iter().find(|(_, x)| r.dir.join(x) == f).map(|(k, _)| k.clone()).unwrap_or_default();
+            let name = m
+                .files
+                .iter()
+                .find(|(_, x)| r.dir.join(x) == f)
+                .map(|(k, _)| k.clone())
+                .unwrap_or_default();
             format!("build.files.{name}")
         }
         _ => r
@@ -298,12 +385,15 @@ fn local_file_key(r: &Recipe, f: &Path) -> String {
 }
 
 pub fn is_sha256(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn is_package_name(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
 }
 
@@ -316,7 +406,10 @@ pub struct RecipeSet {
 impl RecipeSet {
     pub fn load(dir: &Path) -> Result<Self, RecipeError> {
         let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|source| RecipeError::Read { path: dir.to_owned(), source })?
+            .map_err(|source| RecipeError::Read {
+                path: dir.to_owned(),
+                source,
+            })?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
             .collect();
@@ -325,7 +418,11 @@ impl RecipeSet {
         for path in paths {
             let r = load_recipe(&path)?;
             if let Some(first) = recipes.get(r.name()) {
-                return Err(RecipeError::Duplicate { name: r.name().into(), first: first.path.clone(), second: path });
+                return Err(RecipeError::Duplicate {
+                    name: r.name().into(),
+                    first: first.path.clone(),
+                    second: path,
+                });
             }
             recipes.insert(r.name().to_owned(), r);
         }
@@ -335,14 +432,20 @@ impl RecipeSet {
     }
 
     pub fn get(&self, name: &str) -> Result<&Recipe, RecipeError> {
-        self.recipes.get(name).ok_or_else(|| RecipeError::Unknown(name.into()))
+        self.recipes
+            .get(name)
+            .ok_or_else(|| RecipeError::Unknown(name.into()))
     }
 
     fn check_graph(&self) -> Result<(), RecipeError> {
         for r in self.recipes.values() {
             for (i, d) in r.spec.package.depends.iter().enumerate() {
                 if !self.recipes.contains_key(d) {
-                    return Err(invalid(&r.path, format!("package.depends[{i}]"), format!("no recipe named '{d}'")));
+                    return Err(invalid(
+                        &r.path,
+                        format!("package.depends[{i}]"),
+                        format!("no recipe named '{d}'"),
+                    ));
                 }
             }
         }
@@ -353,7 +456,11 @@ impl RecipeSet {
             Grey,
             Black,
         }
-        let mut marks: BTreeMap<&str, Mark> = self.recipes.keys().map(|k| (k.as_str(), Mark::White)).collect();
+        let mut marks: BTreeMap<&str, Mark> = self
+            .recipes
+            .keys()
+            .map(|k| (k.as_str(), Mark::White))
+            .collect();
         fn visit<'a>(
             set: &'a RecipeSet,
             name: &'a str,
@@ -367,7 +474,10 @@ impl RecipeSet {
                     let mut cycle: Vec<&str> = stack[start..].to_vec();
                     cycle.push(name);
                     let path = set.recipes[stack[start]].path.clone();
-                    return Err(RecipeError::Cycle { path, cycle: cycle.join(" -> ") });
+                    return Err(RecipeError::Cycle {
+                        path,
+                        cycle: cycle.join(" -> "),
+                    });
                 }
                 Mark::White => {}
             }
@@ -391,7 +501,12 @@ impl RecipeSet {
     pub fn closure(&self, names: &[String]) -> Result<Vec<&Recipe>, RecipeError> {
         let mut order: Vec<&Recipe> = Vec::new();
         let mut seen = BTreeSet::new();
-        fn add<'a>(set: &'a RecipeSet, name: &str, seen: &mut BTreeSet<String>, order: &mut Vec<&'a Recipe>) -> Result<(), RecipeError> {
+        fn add<'a>(
+            set: &'a RecipeSet,
+            name: &str,
+            seen: &mut BTreeSet<String>,
+            order: &mut Vec<&'a Recipe>,
+        ) -> Result<(), RecipeError> {
             if !seen.insert(name.to_owned()) {
                 return Ok(());
             }
@@ -479,7 +594,10 @@ kind = "cargo"
 
     #[test]
     fn bad_sha256() {
-        let e = err_of(&GOOD.replace("0000000000000000000000000000000000000000000000000000000000000000", "abc"));
+        let e = err_of(&GOOD.replace(
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "abc",
+        ));
         assert!(e.contains("source[0].sha256"), "{e}");
     }
 
@@ -491,7 +609,10 @@ kind = "cargo"
 
     #[test]
     fn missing_local_file_names_key_and_path() {
-        let text = GOOD.replace("kind = \"cargo\"", "kind = \"kbuild\"\nconfig = \"nope.config\"");
+        let text = GOOD.replace(
+            "kind = \"cargo\"",
+            "kind = \"kbuild\"\nconfig = \"nope.config\"",
+        );
         let e = err_of(&text);
         assert!(e.contains("build.config"), "{e}");
         assert!(e.contains("nope.config"), "{e}");
@@ -499,10 +620,19 @@ kind = "cargo"
 
     #[test]
     fn make_install_paths_must_stay_inside() {
-        let e = err_of(&GOOD.replace("kind = \"cargo\"", "kind = \"make\"\ninstall = { \"x\" = \"../etc/passwd\" }"));
+        let e = err_of(&GOOD.replace(
+            "kind = \"cargo\"",
+            "kind = \"make\"\ninstall = { \"x\" = \"../etc/passwd\" }",
+        ));
         assert!(e.contains("build.install.x"), "{e}");
-        let e = err_of(&GOOD.replace("kind = \"cargo\"", "kind = \"make\"\nfiles = { \"opts.h\" = \"missing.h\" }"));
-        assert!(e.contains("build.files.opts.h") && e.contains("missing.h"), "{e}");
+        let e = err_of(&GOOD.replace(
+            "kind = \"cargo\"",
+            "kind = \"make\"\nfiles = { \"opts.h\" = \"missing.h\" }",
+        ));
+        assert!(
+            e.contains("build.files.opts.h") && e.contains("missing.h"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -521,15 +651,20 @@ kind = "cargo"
         write(d.path(), "hello.toml", GOOD);
         write(d.path(), "hello2.toml", GOOD);
         let e = RecipeSet::load(d.path()).unwrap_err().to_string();
-        assert!(e.contains("hello2.toml") && e.contains("package.name"), "{e}");
+        assert!(
+            e.contains("hello2.toml") && e.contains("package.name"),
+            "{e}"
+        );
     }
 
     #[test]
     fn dependency_cycle_is_reported_with_its_path() {
         let d = tempfile::tempdir().unwrap();
         for (name, dep) in [("a", "b"), ("b", "c"), ("c", "a")] {
-            let text = GOOD
-                .replace("name = \"hello\"", &format!("name = \"{name}\"\ndepends = [\"{dep}\"]"));
+            let text = GOOD.replace(
+                "name = \"hello\"",
+                &format!("name = \"{name}\"\ndepends = [\"{dep}\"]"),
+            );
             write(d.path(), &format!("{name}.toml"), &text);
         }
         let e = RecipeSet::load(d.path()).unwrap_err().to_string();
@@ -541,18 +676,38 @@ kind = "cargo"
     #[test]
     fn unknown_dependency() {
         let d = tempfile::tempdir().unwrap();
-        write(d.path(), "hello.toml", &GOOD.replace("summary", "depends = [\"ghost\"]\nsummary"));
+        write(
+            d.path(),
+            "hello.toml",
+            &GOOD.replace("summary", "depends = [\"ghost\"]\nsummary"),
+        );
         let e = RecipeSet::load(d.path()).unwrap_err().to_string();
-        assert!(e.contains("package.depends[0]") && e.contains("ghost"), "{e}");
+        assert!(
+            e.contains("package.depends[0]") && e.contains("ghost"),
+            "{e}"
+        );
     }
 
     #[test]
     fn closure_orders_dependencies_first() {
         let d = tempfile::tempdir().unwrap();
-        write(d.path(), "a.toml", &GOOD.replace("name = \"hello\"", "name = \"a\"\ndepends = [\"b\"]"));
-        write(d.path(), "b.toml", &GOOD.replace("name = \"hello\"", "name = \"b\""));
+        write(
+            d.path(),
+            "a.toml",
+            &GOOD.replace("name = \"hello\"", "name = \"a\"\ndepends = [\"b\"]"),
+        );
+        write(
+            d.path(),
+            "b.toml",
+            &GOOD.replace("name = \"hello\"", "name = \"b\""),
+        );
         let set = RecipeSet::load(d.path()).unwrap();
-        let order: Vec<&str> = set.closure(&["a".into()]).unwrap().iter().map(|r| r.name()).collect();
+        let order: Vec<&str> = set
+            .closure(&["a".into()])
+            .unwrap()
+            .iter()
+            .map(|r| r.name())
+            .collect();
         assert_eq!(order, ["b", "a"]);
     }
 

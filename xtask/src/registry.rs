@@ -24,7 +24,10 @@ impl Drop for Registry {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
 }
 
 impl Registry {
@@ -51,7 +54,11 @@ impl Registry {
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {exe}"))?;
-        let reg = Registry { port, child, _dir: dir };
+        let reg = Registry {
+            port,
+            child,
+            _dir: dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         let url = format!("http://127.0.0.1:{port}/v2/");
         loop {
@@ -74,28 +81,56 @@ impl Registry {
     fn push_blob(&self, repo: &str, data: &[u8]) -> Result<String> {
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(data)));
         let c = reqwest::blocking::Client::new();
-        let r = c.post(format!("http://{}/v2/{repo}/blobs/uploads/", self.host())).send()?;
+        let r = c
+            .post(format!("http://{}/v2/{repo}/blobs/uploads/", self.host()))
+            .send()?;
         if r.status().as_u16() != 202 {
             bail!("upload start for {repo}: {}", r.status());
         }
-        let loc = r.headers().get("location").context("no Location")?.to_str()?.to_string();
-        let loc = if loc.starts_with('/') { format!("http://{}{loc}", self.host()) } else { loc };
+        let loc = r
+            .headers()
+            .get("location")
+            .context("no Location")?
+            .to_str()?
+            .to_string();
+        let loc = if loc.starts_with('/') {
+            format!("http://{}{loc}", self.host())
+        } else {
+            loc
+        };
         let sep = if loc.contains('?') { '&' } else { '?' };
-        let r = c.put(format!("{loc}{sep}digest={digest}")).header("Content-Type", "application/octet-stream").body(data.to_vec()).send()?;
+        let r = c
+            .put(format!("{loc}{sep}digest={digest}"))
+            .header("Content-Type", "application/octet-stream")
+            .body(data.to_vec())
+            .send()?;
         if r.status().as_u16() != 201 {
             bail!("blob upload for {repo}: {}", r.status());
         }
         Ok(digest)
     }
 
-    fn push_manifest(&self, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> Result<String> {
+    fn push_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> Result<String> {
         let r = reqwest::blocking::Client::new()
-            .put(format!("http://{}/v2/{repo}/manifests/{reference}", self.host()))
+            .put(format!(
+                "http://{}/v2/{repo}/manifests/{reference}",
+                self.host()
+            ))
             .header("Content-Type", media_type)
             .body(body.to_vec())
             .send()?;
         if r.status().as_u16() != 201 {
-            bail!("manifest push {repo}:{reference}: {} {}", r.status(), r.text().unwrap_or_default());
+            bail!(
+                "manifest push {repo}:{reference}: {} {}",
+                r.status(),
+                r.text().unwrap_or_default()
+            );
         }
         Ok(format!("sha256:{}", hex::encode(Sha256::digest(body))))
     }
@@ -106,7 +141,13 @@ impl Registry {
     }
 
     /// Like [`push_busybox`] with the config claiming `arch` (for index selection tests).
-    pub fn push_busybox_arch(&self, repo: &str, tag: &str, compression: Compression, arch: &str) -> Result<String> {
+    pub fn push_busybox_arch(
+        &self,
+        repo: &str,
+        tag: &str,
+        compression: Compression,
+        arch: &str,
+    ) -> Result<String> {
         let tar = busybox_layer(&format!("{repo}:{tag} {arch}\n"))?;
         let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&tar)));
         let (layer, layer_mt) = match compression {
@@ -115,7 +156,10 @@ impl Registry {
                 gz.write_all(&tar)?;
                 (gz.finish()?, "application/vnd.oci.image.layer.v1.tar+gzip")
             }
-            Compression::Zstd => (zstd::encode_all(&tar[..], 3)?, "application/vnd.oci.image.layer.v1.tar+zstd"),
+            Compression::Zstd => (
+                zstd::encode_all(&tar[..], 3)?,
+                "application/vnd.oci.image.layer.v1.tar+zstd",
+            ),
         };
         let config = serde_json::json!({
             "architecture": arch, "os": "linux", "created": "2026-01-01T00:00:00Z",
@@ -131,25 +175,45 @@ impl Registry {
             "layers": [{"mediaType": layer_mt, "digest": ld, "size": layer.len()}]
         });
         let body = serde_json::to_vec(&manifest)?;
-        self.push_manifest(repo, tag, "application/vnd.oci.image.manifest.v1+json", &body)
+        self.push_manifest(
+            repo,
+            tag,
+            "application/vnd.oci.image.manifest.v1+json",
+            &body,
+        )
     }
 
     /// Pushes `to_repo:to_tag`: the image `repo:tag` (a manifest, not an index) with its
     /// config's `Cmd` set to `cmd`, so that the two images share their layers but not their
     /// id (for layer-store garbage collection tests); returns the manifest digest.
-    pub fn push_variant(&self, repo: &str, tag: &str, to_repo: &str, to_tag: &str, cmd: &str) -> Result<String> {
+    pub fn push_variant(
+        &self,
+        repo: &str,
+        tag: &str,
+        to_repo: &str,
+        to_tag: &str,
+        cmd: &str,
+    ) -> Result<String> {
         let c = reqwest::blocking::Client::new();
         let get = |path: String, accept: &str| -> Result<Vec<u8>> {
-            let r = c.get(format!("http://{}/v2/{path}", self.host())).header("Accept", accept).send()?;
+            let r = c
+                .get(format!("http://{}/v2/{path}", self.host()))
+                .header("Accept", accept)
+                .send()?;
             if !r.status().is_success() {
                 bail!("GET /v2/{path}: {}", r.status());
             }
             Ok(r.bytes()?.to_vec())
         };
         let mt = "application/vnd.oci.image.manifest.v1+json";
-        let mut manifest: serde_json::Value = serde_json::from_slice(&get(format!("{repo}/manifests/{tag}"), mt)?)?;
-        let cd = manifest["config"]["digest"].as_str().context("manifest without a config")?.to_string();
-        let mut config: serde_json::Value = serde_json::from_slice(&get(format!("{repo}/blobs/{cd}"), "*/*")?)?;
+        let mut manifest: serde_json::Value =
+            serde_json::from_slice(&get(format!("{repo}/manifests/{tag}"), mt)?)?;
+        let cd = manifest["config"]["digest"]
+            .as_str()
+            .context("manifest without a config")?
+            .to_string();
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&get(format!("{repo}/blobs/{cd}"), "*/*")?)?;
         config["config"]["Cmd"] = serde_json::json!([cmd]);
         let config = serde_json::to_vec(&config)?;
         let new = self.push_blob(to_repo, &config)?;
@@ -158,12 +222,20 @@ impl Registry {
         }
         manifest["config"]["digest"] = new.into();
         manifest["config"]["size"] = config.len().into();
-        for l in manifest["layers"].as_array().context("manifest without layers")? {
+        for l in manifest["layers"]
+            .as_array()
+            .context("manifest without layers")?
+        {
             let d = l["digest"].as_str().context("layer without a digest")?;
             self.push_blob(to_repo, &get(format!("{repo}/blobs/{d}"), "*/*")?)?;
         }
         let media_type = manifest["mediaType"].as_str().unwrap_or(mt).to_string();
-        self.push_manifest(to_repo, to_tag, &media_type, &serde_json::to_vec(&manifest)?)
+        self.push_manifest(
+            to_repo,
+            to_tag,
+            &media_type,
+            &serde_json::to_vec(&manifest)?,
+        )
     }
 
     /// Pushes an image index for `tag` pointing at an existing manifest (as linux/amd64)
@@ -178,7 +250,8 @@ impl Registry {
                 .len())
         };
         let size = size_of(amd64_manifest)?;
-        let arm = self.push_busybox_arch(repo, &format!("{tag}-arm64"), Compression::Gzip, "arm64")?;
+        let arm =
+            self.push_busybox_arch(repo, &format!("{tag}-arm64"), Compression::Gzip, "arm64")?;
         let arm_size = size_of(&arm)?;
         let index = serde_json::json!({
             "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
@@ -187,7 +260,12 @@ impl Registry {
                 {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": amd64_manifest, "size": size, "platform": {"architecture": "amd64", "os": "linux"}}
             ]
         });
-        self.push_manifest(repo, tag, "application/vnd.oci.image.index.v1+json", &serde_json::to_vec(&index)?)
+        self.push_manifest(
+            repo,
+            tag,
+            "application/vnd.oci.image.index.v1+json",
+            &serde_json::to_vec(&index)?,
+        )
     }
 }
 
@@ -206,9 +284,18 @@ pub fn project_busybox() -> Result<PathBuf> {
     }
     let layout = crate::layout::Layout::discover();
     let recipes = crate::recipe::RecipeSet::load(&layout.recipes())?;
-    let staged = crate::build::build_packages(&layout, &recipes, &["busybox".to_string()], &crate::build::BuildOptions::default())
-        .context("building the project's busybox for the test images")?;
-    let tree = staged.into_iter().find(|s| s.name == "busybox").context("the busybox package staged nothing")?.tree;
+    let staged = crate::build::build_packages(
+        &layout,
+        &recipes,
+        &["busybox".to_string()],
+        &crate::build::BuildOptions::default(),
+    )
+    .context("building the project's busybox for the test images")?;
+    let tree = staged
+        .into_iter()
+        .find(|s| s.name == "busybox")
+        .context("the busybox package staged nothing")?
+        .tree;
     let path = tree.join("bin/busybox");
     if !path.is_file() {
         bail!("the busybox package has no {}", path.display());
@@ -222,7 +309,10 @@ pub fn project_busybox() -> Result<PathBuf> {
 pub fn busybox_layer(marker: &str) -> Result<Vec<u8>> {
     let bb = project_busybox()?;
     let data = std::fs::read(&bb).with_context(|| format!("reading {}", bb.display()))?;
-    let list = Command::new(&bb).arg("--list").output().with_context(|| format!("{} --list", bb.display()))?;
+    let list = Command::new(&bb)
+        .arg("--list")
+        .output()
+        .with_context(|| format!("{} --list", bb.display()))?;
     let mut b = tar::Builder::new(Vec::new());
     let dir = |b: &mut tar::Builder<Vec<u8>>, p: &str, mode: u32| -> Result<()> {
         let mut h = tar::Header::new_gnu();
@@ -233,7 +323,13 @@ pub fn busybox_layer(marker: &str) -> Result<Vec<u8>> {
         b.append_data(&mut h, p, std::io::empty())?;
         Ok(())
     };
-    for (d, m) in [("bin/", 0o755), ("etc/", 0o755), ("tmp/", 0o1777), ("root/", 0o700), ("home/", 0o755)] {
+    for (d, m) in [
+        ("bin/", 0o755),
+        ("etc/", 0o755),
+        ("tmp/", 0o1777),
+        ("root/", 0o700),
+        ("home/", 0o755),
+    ] {
         dir(&mut b, d, m)?;
     }
     let file = |b: &mut tar::Builder<Vec<u8>>, p: &str, mode: u32, content: &[u8]| -> Result<()> {
@@ -245,7 +341,12 @@ pub fn busybox_layer(marker: &str) -> Result<Vec<u8>> {
         Ok(())
     };
     file(&mut b, "bin/busybox", 0o755, &data)?;
-    file(&mut b, "etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n")?;
+    file(
+        &mut b,
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n",
+    )?;
     file(&mut b, "etc/axion-test-image", 0o644, marker.as_bytes())?;
     file(&mut b, "etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n")?;
     for applet in String::from_utf8_lossy(&list.stdout).lines() {

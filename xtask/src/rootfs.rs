@@ -34,11 +34,24 @@ pub struct PackageTree {
 #[derive(Debug, Error)]
 pub enum RootfsError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("packages '{first}' and '{second}' both stage /{path}")]
-    Conflict { path: String, first: String, second: String },
+    Conflict {
+        path: String,
+        first: String,
+        second: String,
+    },
     #[error("/{path}: '{first}' makes it a {first_kind}, '{second}' a {second_kind}")]
-    KindConflict { path: String, first: String, first_kind: &'static str, second: String, second_kind: &'static str },
+    KindConflict {
+        path: String,
+        first: String,
+        first_kind: &'static str,
+        second: String,
+        second_kind: &'static str,
+    },
     #[error("{path}: unsupported file type (only files, directories and symlinks are staged)")]
     Unsupported { path: PathBuf },
     #[error("{path}: not valid UTF-8; staged paths must be UTF-8")]
@@ -52,9 +65,15 @@ pub enum RootfsError {
 pub enum Node {
     Dir,
     /// A regular file whose bytes are read from `source` when written out.
-    File { source: PathBuf, size: u64 },
+    File {
+        source: PathBuf,
+        size: u64,
+    },
     Symlink(String),
-    CharDev { major: u32, minor: u32 },
+    CharDev {
+        major: u32,
+        minor: u32,
+    },
 }
 
 impl Node {
@@ -120,10 +139,25 @@ const STANDARD_DIRS: &[(&str, u32)] = &[
 
 impl Rootfs {
     /// Merges the staged trees (minus `/boot`) and the overlay folders (in order).
-    pub fn assemble(packages: &[PackageTree], overlays: &[(String, PathBuf)], epoch: u64) -> Result<Rootfs, RootfsError> {
-        let mut fs = Rootfs { entries: BTreeMap::new(), epoch };
+    pub fn assemble(
+        packages: &[PackageTree],
+        overlays: &[(String, PathBuf)],
+        epoch: u64,
+    ) -> Result<Rootfs, RootfsError> {
+        let mut fs = Rootfs {
+            entries: BTreeMap::new(),
+            epoch,
+        };
         for (path, perm) in STANDARD_DIRS {
-            fs.entries.insert(path.to_string(), Entry { path: path.to_string(), perm: *perm, node: Node::Dir, origin: "axion".into() });
+            fs.entries.insert(
+                path.to_string(),
+                Entry {
+                    path: path.to_string(),
+                    perm: *perm,
+                    node: Node::Dir,
+                    origin: "axion".into(),
+                },
+            );
         }
         for pkg in packages {
             for entry in scan(&pkg.tree, &pkg.name)? {
@@ -145,9 +179,24 @@ impl Rootfs {
             }
         }
         let fixed = [
-            Entry { path: "dev/console".into(), perm: 0o600, node: Node::CharDev { major: 5, minor: 1 }, origin: "axion".into() },
-            Entry { path: "dev/null".into(), perm: 0o666, node: Node::CharDev { major: 1, minor: 3 }, origin: "axion".into() },
-            Entry { path: "init".into(), perm: 0o777, node: Node::Symlink("/sbin/init".into()), origin: "axion".into() },
+            Entry {
+                path: "dev/console".into(),
+                perm: 0o600,
+                node: Node::CharDev { major: 5, minor: 1 },
+                origin: "axion".into(),
+            },
+            Entry {
+                path: "dev/null".into(),
+                perm: 0o666,
+                node: Node::CharDev { major: 1, minor: 3 },
+                origin: "axion".into(),
+            },
+            Entry {
+                path: "init".into(),
+                perm: 0o777,
+                node: Node::Symlink("/sbin/init".into()),
+                origin: "axion".into(),
+            },
         ];
         for e in fixed {
             fs.entries.entry(e.path.clone()).or_insert(e);
@@ -167,7 +216,12 @@ impl Rootfs {
             })
             .collect();
         for p in parents {
-            fs.entries.entry(p.clone()).or_insert(Entry { path: p, perm: 0o755, node: Node::Dir, origin: "axion".into() });
+            fs.entries.entry(p.clone()).or_insert(Entry {
+                path: p,
+                perm: 0o755,
+                node: Node::Dir,
+                origin: "axion".into(),
+            });
         }
         Ok(fs)
     }
@@ -197,13 +251,26 @@ impl Rootfs {
                 self.entries.insert(entry.path.clone(), entry);
                 Ok(())
             }
-            _ => Err(RootfsError::Conflict { path: entry.path.clone(), first: old.origin.clone(), second: entry.origin.clone() }),
+            _ => Err(RootfsError::Conflict {
+                path: entry.path.clone(),
+                first: old.origin.clone(),
+                second: entry.origin.clone(),
+            }),
         }
     }
 
     /// The total size of the regular files' contents.
     pub fn content_size(&self) -> u64 {
-        self.entries.values().map(|e| if let Node::File { size, .. } = e.node { size } else { 0 }).sum()
+        self.entries
+            .values()
+            .map(|e| {
+                if let Node::File { size, .. } = e.node {
+                    size
+                } else {
+                    0
+                }
+            })
+            .sum()
     }
 }
 
@@ -212,49 +279,103 @@ fn scan(root: &Path, origin: &str) -> Result<Vec<Entry>, RootfsError> {
     let mut out = Vec::new();
     for item in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
         let item = item.map_err(|e| RootfsError::Read {
-            path: e.path().map(Path::to_owned).unwrap_or_else(|| root.to_owned()),
-            source: e.into_io_error().unwrap_or_else(|| std::io::Error::other("walk failed")),
+            path: e
+                .path()
+                .map(Path::to_owned)
+                .unwrap_or_else(|| root.to_owned()),
+            source: e
+                .into_io_error()
+                .unwrap_or_else(|| std::io::Error::other("walk failed")),
         })?;
         let full = item.path();
-        let rel = full.strip_prefix(root).expect("walkdir stays below its root");
-        let path = rel.to_str().ok_or_else(|| RootfsError::NotUtf8 { path: full.to_owned() })?.to_owned();
-        let meta = std::fs::symlink_metadata(full).map_err(|source| RootfsError::Read { path: full.to_owned(), source })?;
+        let rel = full
+            .strip_prefix(root)
+            .expect("walkdir stays below its root");
+        let path = rel
+            .to_str()
+            .ok_or_else(|| RootfsError::NotUtf8 {
+                path: full.to_owned(),
+            })?
+            .to_owned();
+        let meta = std::fs::symlink_metadata(full).map_err(|source| RootfsError::Read {
+            path: full.to_owned(),
+            source,
+        })?;
         let perm = meta.permissions().mode() & 0o7777;
         let ft = meta.file_type();
         let node = if ft.is_dir() {
             Node::Dir
         } else if ft.is_file() {
-            Node::File { source: full.to_owned(), size: meta.len() }
+            Node::File {
+                source: full.to_owned(),
+                size: meta.len(),
+            }
         } else if ft.is_symlink() {
-            let target = std::fs::read_link(full).map_err(|source| RootfsError::Read { path: full.to_owned(), source })?;
-            Node::Symlink(target.to_str().ok_or_else(|| RootfsError::NotUtf8 { path: full.to_owned() })?.to_owned())
+            let target = std::fs::read_link(full).map_err(|source| RootfsError::Read {
+                path: full.to_owned(),
+                source,
+            })?;
+            Node::Symlink(
+                target
+                    .to_str()
+                    .ok_or_else(|| RootfsError::NotUtf8 {
+                        path: full.to_owned(),
+                    })?
+                    .to_owned(),
+            )
         } else {
-            return Err(RootfsError::Unsupported { path: full.to_owned() });
+            return Err(RootfsError::Unsupported {
+                path: full.to_owned(),
+            });
         };
-        let perm = if let Node::Symlink(_) = node { 0o777 } else { perm };
-        out.push(Entry { path, perm, node, origin: origin.to_owned() });
+        let perm = if let Node::Symlink(_) = node {
+            0o777
+        } else {
+            perm
+        };
+        out.push(Entry {
+            path,
+            perm,
+            node,
+            origin: origin.to_owned(),
+        });
     }
     Ok(out)
 }
 
 /// `SOURCE_DATE_EPOCH` from the environment, else the time of the checkout's last commit.
 pub fn source_date_epoch(root: &Path) -> Result<u64, RootfsError> {
-    if let Some(v) = std::env::var("SOURCE_DATE_EPOCH").ok().filter(|v| !v.is_empty()) {
-        return v.trim().parse().map_err(|_| RootfsError::Epoch { root: root.to_owned(), message: format!("SOURCE_DATE_EPOCH={v} is not a number") });
+    if let Some(v) = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .filter(|v| !v.is_empty())
+    {
+        return v.trim().parse().map_err(|_| RootfsError::Epoch {
+            root: root.to_owned(),
+            message: format!("SOURCE_DATE_EPOCH={v} is not a number"),
+        });
     }
     let out = Command::new("git")
         .arg("-C")
         .arg(root)
         .args(["log", "-1", "--format=%ct"])
         .output()
-        .map_err(|e| RootfsError::Epoch { root: root.to_owned(), message: e.to_string() })?;
+        .map_err(|e| RootfsError::Epoch {
+            root: root.to_owned(),
+            message: e.to_string(),
+        })?;
     if !out.status.success() {
-        return Err(RootfsError::Epoch { root: root.to_owned(), message: String::from_utf8_lossy(&out.stderr).trim().to_owned() });
+        return Err(RootfsError::Epoch {
+            root: root.to_owned(),
+            message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
     }
     String::from_utf8_lossy(&out.stdout)
         .trim()
         .parse()
-        .map_err(|_| RootfsError::Epoch { root: root.to_owned(), message: "no commit time in the output".into() })
+        .map_err(|_| RootfsError::Epoch {
+            root: root.to_owned(),
+            message: "no commit time in the output".into(),
+        })
 }
 
 #[cfg(test)]
@@ -268,10 +389,17 @@ pub(crate) mod tests {
         std::fs::create_dir_all(tree.join("bin")).unwrap();
         std::fs::create_dir_all(tree.join("boot")).unwrap();
         std::fs::write(tree.join("bin").join(name), format!("#!{name}\n")).unwrap();
-        std::fs::set_permissions(tree.join("bin").join(name), std::fs::Permissions::from_mode(0o4755)).unwrap();
+        std::fs::set_permissions(
+            tree.join("bin").join(name),
+            std::fs::Permissions::from_mode(0o4755),
+        )
+        .unwrap();
         symlink(name, tree.join("bin").join(format!("{name}-link"))).unwrap();
         std::fs::write(tree.join("boot/vmlinuz"), b"kernel").unwrap();
-        PackageTree { name: name.into(), tree }
+        PackageTree {
+            name: name.into(),
+            tree,
+        }
     }
 
     #[test]
@@ -283,20 +411,31 @@ pub(crate) mod tests {
         std::fs::create_dir_all(ov.join("etc")).unwrap();
         std::fs::write(ov.join("etc/hostname"), "axion\n").unwrap();
         std::fs::write(ov.join("a-file"), "x").unwrap();
-        std::fs::set_permissions(ov.join("a-file"), std::fs::Permissions::from_mode(0o700)).unwrap();
-        std::fs::set_permissions(ov.join("etc/hostname"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(ov.join("a-file"), std::fs::Permissions::from_mode(0o700))
+            .unwrap();
+        std::fs::set_permissions(
+            ov.join("etc/hostname"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
         let fs = Rootfs::assemble(&[a, b], &[("base".into(), ov)], 42).unwrap();
         let e = &fs.entries["bin/a"];
         assert_eq!(e.mode(), 0o104755);
         assert_eq!(fs.entries["bin/b-link"].node, Node::Symlink("b".into()));
-        assert!(!fs.entries.keys().any(|p| p.starts_with("boot")), "boot/ must not be in the rootfs");
+        assert!(
+            !fs.entries.keys().any(|p| p.starts_with("boot")),
+            "boot/ must not be in the rootfs"
+        );
         assert_eq!(fs.entries["etc/hostname"].origin, "overlay:base");
         // Overlay modes as git records them, whatever the checkout's umask.
         assert_eq!(fs.entries["etc/hostname"].mode(), 0o100644);
         assert_eq!(fs.entries["a-file"].mode(), 0o100755);
         assert_eq!(fs.entries["tmp"].mode(), 0o041777);
         assert_eq!(fs.entries["init"].node, Node::Symlink("/sbin/init".into()));
-        assert_eq!(fs.entries["dev/console"].node, Node::CharDev { major: 5, minor: 1 });
+        assert_eq!(
+            fs.entries["dev/console"].node,
+            Node::CharDev { major: 5, minor: 1 }
+        );
         assert!(fs.entries.contains_key("var/lib"));
     }
 
@@ -307,7 +446,10 @@ pub(crate) mod tests {
         let b = fake_package(dir.path(), "b");
         std::fs::write(b.tree.join("bin/a"), "other").unwrap();
         let e = Rootfs::assemble(&[a, b], &[], 0).unwrap_err().to_string();
-        assert!(e.contains("'a'") && e.contains("'b'") && e.contains("/bin/a"), "{e}");
+        assert!(
+            e.contains("'a'") && e.contains("'b'") && e.contains("/bin/a"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -318,7 +460,13 @@ pub(crate) mod tests {
         std::fs::create_dir_all(ov.join("bin")).unwrap();
         std::fs::write(ov.join("bin/a"), "replaced").unwrap();
         let fs = Rootfs::assemble(&[a], &[("o".into(), ov.clone())], 0).unwrap();
-        assert_eq!(fs.entries["bin/a"].node, Node::File { source: ov.join("bin/a"), size: 8 });
+        assert_eq!(
+            fs.entries["bin/a"].node,
+            Node::File {
+                source: ov.join("bin/a"),
+                size: 8
+            }
+        );
     }
 
     #[test]

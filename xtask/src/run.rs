@@ -68,7 +68,9 @@ pub struct RunDir {
 
 impl RunDir {
     pub fn new(layout: &Layout, profile: &str) -> RunDir {
-        RunDir { dir: layout.out(profile).join("run") }
+        RunDir {
+            dir: layout.out(profile).join("run"),
+        }
     }
     pub fn overlay(&self) -> PathBuf {
         self.dir.join("disk.qcow2")
@@ -98,7 +100,11 @@ impl RunDir {
 
     /// The pid of a QEMU that is running for this profile, if any; removes stale files.
     pub fn running_pid(&self) -> Option<u32> {
-        let pid: u32 = std::fs::read_to_string(self.pid_file()).ok()?.trim().parse().ok()?;
+        let pid: u32 = std::fs::read_to_string(self.pid_file())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
         if is_running_qemu(pid) {
             Some(pid)
         } else {
@@ -117,35 +123,68 @@ impl RunDir {
 /// What can be booted: a disk image, an ISO, or a kernel with its initramfs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Bootable {
-    Disk { path: PathBuf, format: qemu::DiskFormat },
+    Disk {
+        path: PathBuf,
+        format: qemu::DiskFormat,
+    },
     Iso(PathBuf),
-    Kernel { kernel: PathBuf, initrd: PathBuf },
+    Kernel {
+        kernel: PathBuf,
+        initrd: PathBuf,
+    },
 }
 
 /// Formats `run` can boot, in the order it prefers them when none is asked for.
-const PREFERENCE: [Format; 5] = [Format::Qcow2, Format::Raw, Format::Iso, Format::Vmdk, Format::Initramfs];
+const PREFERENCE: [Format; 5] = [
+    Format::Qcow2,
+    Format::Raw,
+    Format::Iso,
+    Format::Vmdk,
+    Format::Initramfs,
+];
 
 /// Finds a built image of `format` in `out` (image assembly names files
 /// `axion-PROFILE-VERSION.EXT`; the initramfs format is a kernel plus its initramfs). The
 /// newest wins if there are several versions.
 pub fn find_bootable(out: &Path, profile: &str, format: Format) -> Option<Bootable> {
-    let files: Vec<PathBuf> = std::fs::read_dir(out).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_file()).collect();
+    let files: Vec<PathBuf> = std::fs::read_dir(out)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
     let newest = |pred: &dyn Fn(&str) -> bool| -> Option<PathBuf> {
         files
             .iter()
             .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(pred))
-            .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH))
+            .max_by_key(|p| {
+                std::fs::metadata(p)
+                    .and_then(|m| m.modified())
+                    .unwrap_or(SystemTime::UNIX_EPOCH)
+            })
             .cloned()
     };
     let prefix = format!("axion-{profile}-");
-    let image = |ext: &str| newest(&|n: &str| n.starts_with(&prefix) && n.ends_with(&format!(".{ext}")));
+    let image =
+        |ext: &str| newest(&|n: &str| n.starts_with(&prefix) && n.ends_with(&format!(".{ext}")));
     match format {
-        Format::Raw => image("raw").map(|path| Bootable::Disk { path, format: qemu::DiskFormat::Raw }),
-        Format::Qcow2 => image("qcow2").map(|path| Bootable::Disk { path, format: qemu::DiskFormat::Qcow2 }),
-        Format::Vmdk => image("vmdk").map(|path| Bootable::Disk { path, format: qemu::DiskFormat::Vmdk }),
+        Format::Raw => image("raw").map(|path| Bootable::Disk {
+            path,
+            format: qemu::DiskFormat::Raw,
+        }),
+        Format::Qcow2 => image("qcow2").map(|path| Bootable::Disk {
+            path,
+            format: qemu::DiskFormat::Qcow2,
+        }),
+        Format::Vmdk => image("vmdk").map(|path| Bootable::Disk {
+            path,
+            format: qemu::DiskFormat::Vmdk,
+        }),
         Format::Iso => image("iso").map(Bootable::Iso),
         Format::Initramfs => {
-            let kernel = newest(&|n: &str| n.ends_with("vmlinuz") || n.ends_with(".vmlinuz") || n == "bzImage")?;
+            let kernel = newest(&|n: &str| {
+                n.ends_with("vmlinuz") || n.ends_with(".vmlinuz") || n == "bzImage"
+            })?;
             let initrd = newest(&|n: &str| n.contains("initrd") || n.contains("initramfs"))?;
             Some(Bootable::Kernel { kernel, initrd })
         }
@@ -154,8 +193,13 @@ pub fn find_bootable(out: &Path, profile: &str, format: Format) -> Option<Bootab
 }
 
 /// The format to boot: the one asked for, else the first built one in [`PREFERENCE`] order.
-pub fn choose_bootable(out: &Path, profile: &str, format: Option<Format>) -> Result<(Format, Bootable)> {
-    let build_hint = |f: Format| format!("build it with `cargo xtask image --profile {profile} --format {f}`");
+pub fn choose_bootable(
+    out: &Path,
+    profile: &str,
+    format: Option<Format>,
+) -> Result<(Format, Bootable)> {
+    let build_hint =
+        |f: Format| format!("build it with `cargo xtask image --profile {profile} --format {f}`");
     match format {
         Some(Format::Ova) => bail!(
             "an OVA is for vSphere; to boot its disk here use --format vmdk (or convert the VMDK inside with `qemu-img convert`)"
@@ -173,7 +217,11 @@ pub fn choose_bootable(out: &Path, profile: &str, format: Option<Format>) -> Res
 /// Makes sure an image of the profile exists and is not older than its inputs, building it
 /// with `cargo xtask image` when it is missing or stale. A stale image whose rebuild fails is
 /// booted anyway, with a warning.
-fn ensure_image(layout: &Layout, profile: &Profile, format: Option<Format>) -> Result<(Format, Bootable)> {
+fn ensure_image(
+    layout: &Layout,
+    profile: &Profile,
+    format: Option<Format>,
+) -> Result<(Format, Bootable)> {
     let out = layout.out(profile.name());
     let name = profile.name();
     let found = choose_bootable(&out, name, format);
@@ -202,14 +250,18 @@ fn ensure_image(layout: &Layout, profile: &Profile, format: Option<Format>) -> R
 /// formats that `run` can boot, in [`PREFERENCE`] order.
 fn default_format(profile: &Profile) -> Format {
     let fs = &profile.spec.profile.formats;
-    PREFERENCE.into_iter().find(|f| fs.contains(f)).unwrap_or(Format::Qcow2)
+    PREFERENCE
+        .into_iter()
+        .find(|f| fs.contains(f))
+        .unwrap_or(Format::Qcow2)
 }
 
 /// Builds the profile's image in `format` (its messages go to stderr, so that `run --detach`
 /// keeps stdout for the export lines).
 fn build_image(layout: &Layout, profile: &str, format: Format) -> Result<()> {
-    crate::image::build_profile(layout, profile, &[format], None, false)
-        .with_context(|| format!("`cargo xtask image --profile {profile} --format {format}` failed"))?;
+    crate::image::build_profile(layout, profile, &[format], None, false).with_context(|| {
+        format!("`cargo xtask image --profile {profile} --format {format}` failed")
+    })?;
     Ok(())
 }
 
@@ -222,17 +274,40 @@ pub fn stale_reason(layout: &Layout, profile: &Profile, bootable: &Bootable) -> 
         Bootable::Kernel { initrd, .. } => initrd,
     };
     let built = std::fs::metadata(image).and_then(|m| m.modified()).ok()?;
-    let mut inputs: Vec<PathBuf> = vec![profile.path.clone(), layout.recipes(), layout.root.join("overlays"), layout.root.join("packages")];
+    let mut inputs: Vec<PathBuf> = vec![
+        profile.path.clone(),
+        layout.recipes(),
+        layout.root.join("overlays"),
+        layout.root.join("packages"),
+    ];
     if let Ok(rd) = std::fs::read_dir(layout.packages()) {
         inputs.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()));
     }
     for input in inputs {
-        let walk = walkdir::WalkDir::new(&input).max_depth(if input.starts_with(layout.packages()) { 0 } else { 20 });
-        for entry in walk.into_iter().filter_entry(|e| e.file_name() != "target").filter_map(|e| e.ok()) {
-            let newer = entry.metadata().ok().and_then(|m| m.modified().ok()).is_some_and(|t| t > built);
+        let walk =
+            walkdir::WalkDir::new(&input).max_depth(if input.starts_with(layout.packages()) {
+                0
+            } else {
+                20
+            });
+        for entry in walk
+            .into_iter()
+            .filter_entry(|e| e.file_name() != "target")
+            .filter_map(|e| e.ok())
+        {
+            let newer = entry
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .is_some_and(|t| t > built);
             if newer {
                 let p = entry.path();
-                return Some(p.strip_prefix(&layout.root).unwrap_or(p).display().to_string());
+                return Some(
+                    p.strip_prefix(&layout.root)
+                        .unwrap_or(p)
+                        .display()
+                        .to_string(),
+                );
             }
         }
     }
@@ -240,14 +315,27 @@ pub fn stale_reason(layout: &Layout, profile: &Profile, bootable: &Bootable) -> 
     // (crates/docker-api, vchan, registry...): their package build keys cover them, so a
     // change there must make the image stale too (crates only the host uses do not).
     let crates = layout.root.join("crates");
-    for e in std::fs::read_dir(layout.root.join("packages")).into_iter().flatten().flatten() {
+    for e in std::fs::read_dir(layout.root.join("packages"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let name = e.file_name().to_string_lossy().into_owned();
         if !e.path().join("Cargo.toml").is_file() {
             continue;
         }
         for f in crate::build::key::cargo_inputs(&layout.root, &name).unwrap_or_default() {
-            if f.starts_with(&crates) && std::fs::metadata(&f).and_then(|m| m.modified()).is_ok_and(|t| t > built) {
-                return Some(f.strip_prefix(&layout.root).unwrap_or(&f).display().to_string());
+            if f.starts_with(&crates)
+                && std::fs::metadata(&f)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t > built)
+            {
+                return Some(
+                    f.strip_prefix(&layout.root)
+                        .unwrap_or(&f)
+                        .display()
+                        .to_string(),
+                );
             }
         }
     }
@@ -258,10 +346,14 @@ pub fn stale_reason(layout: &Layout, profile: &Profile, bootable: &Bootable) -> 
 /// image changed since the overlay was made, the overlay is recreated: its blocks would no
 /// longer match the new base. Returns whether a new overlay was made.
 pub fn ensure_overlay(run: &RunDir, image: &Path, format: qemu::DiskFormat) -> Result<bool> {
-    let image = image.canonicalize().with_context(|| format!("cannot resolve {}", image.display()))?;
+    let image = image
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", image.display()))?;
     let identity = image_identity(&image)?;
     let overlay = run.overlay();
-    if overlay.exists() && std::fs::read_to_string(run.overlay_base()).ok().as_deref() == Some(identity.as_str()) {
+    if overlay.exists()
+        && std::fs::read_to_string(run.overlay_base()).ok().as_deref() == Some(identity.as_str())
+    {
         return Ok(false);
     }
     let _ = std::fs::remove_file(&overlay);
@@ -272,17 +364,27 @@ pub fn ensure_overlay(run: &RunDir, image: &Path, format: qemu::DiskFormat) -> R
         .output()
         .context("cannot run qemu-img (Debian: apt-get install qemu-utils)")?;
     if !out.status.success() {
-        bail!("qemu-img create of the overlay {} over {} failed: {}", overlay.display(), image.display(), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "qemu-img create of the overlay {} over {} failed: {}",
+            overlay.display(),
+            image.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
-    std::fs::write(run.overlay_base(), identity).with_context(|| format!("cannot write {}", run.overlay_base().display()))?;
+    std::fs::write(run.overlay_base(), identity)
+        .with_context(|| format!("cannot write {}", run.overlay_base().display()))?;
     Ok(true)
 }
 
 /// What identifies an image's bytes: its sha256 from the SHA256SUMS file image assembly
 /// writes beside it (so a bit-identical rebuild keeps the overlay), else size and mtime.
 fn image_identity(image: &Path) -> Result<String> {
-    let meta = std::fs::metadata(image).with_context(|| format!("cannot read {}", image.display()))?;
-    let name = image.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let meta =
+        std::fs::metadata(image).with_context(|| format!("cannot read {}", image.display()))?;
+    let name = image
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
     let sums = image.with_file_name("SHA256SUMS");
     let hash = std::fs::read_to_string(&sums).ok().and_then(|text| {
         text.lines().find_map(|l| {
@@ -293,7 +395,12 @@ fn image_identity(image: &Path) -> Result<String> {
     Ok(match hash {
         Some(h) => format!("{}\nsha256 {h}\n", image.display()),
         None => {
-            let mtime = meta.modified().ok().and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
+            let mtime = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
             format!("{}\nsize {} mtime {mtime}\n", image.display(), meta.len())
         }
     })
@@ -308,7 +415,11 @@ pub fn staged_kernel(layout: &Layout) -> Option<PathBuf> {
         .filter(|e| e.file_name().to_string_lossy().starts_with("linux-"))
         .map(|e| e.path().join("tree/boot/vmlinuz"))
         .filter(|p| p.is_file())
-        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH))
+        .max_by_key(|p| {
+            std::fs::metadata(p)
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        })
 }
 
 /// The ports a run uses on 127.0.0.1.
@@ -322,7 +433,8 @@ fn pick_port(wanted: Option<u16>, default: u16, what: &str) -> Result<u16> {
     match wanted {
         // Asked for explicitly: that one or an error.
         Some(p) => {
-            std::net::TcpListener::bind(("127.0.0.1", p)).with_context(|| format!("port {p} for {what} is busy on 127.0.0.1"))?;
+            std::net::TcpListener::bind(("127.0.0.1", p))
+                .with_context(|| format!("port {p} for {what} is busy on 127.0.0.1"))?;
             Ok(p)
         }
         None => {
@@ -336,7 +448,13 @@ fn pick_port(wanted: Option<u16>, default: u16, what: &str) -> Result<u16> {
 }
 
 /// The QEMU configuration for a profile and an image, without serial/QMP choices.
-pub fn vm_config(profile: &Profile, bootable: &Bootable, run: &RunDir, ports: Ports, accel: qemu::Accel) -> qemu::VmConfig {
+pub fn vm_config(
+    profile: &Profile,
+    bootable: &Bootable,
+    run: &RunDir,
+    ports: Ports,
+    accel: qemu::Accel,
+) -> qemu::VmConfig {
     let hw = &profile.spec.hardware;
     let mut c = qemu::VmConfig::new()
         .name(format!("axion-{}", profile.name()))
@@ -355,41 +473,74 @@ pub fn vm_config(profile: &Profile, bootable: &Bootable, run: &RunDir, ports: Po
         DiskController::Sata => qemu::DiskInterface::Sata,
     };
     c = match bootable {
-        Bootable::Disk { .. } => c.drive(qemu::Drive::disk(run.overlay(), qemu::DiskFormat::Qcow2).interface(interface)),
+        Bootable::Disk { .. } => {
+            c.drive(qemu::Drive::disk(run.overlay(), qemu::DiskFormat::Qcow2).interface(interface))
+        }
         Bootable::Iso(iso) => c.drive(qemu::Drive::cdrom(iso)),
-        Bootable::Kernel { kernel, initrd } => c.kernel(kernel, Some(initrd.clone()), profile.spec.profile.cmdline.clone()),
+        Bootable::Kernel { kernel, initrd } => c.kernel(
+            kernel,
+            Some(initrd.clone()),
+            profile.spec.profile.cmdline.clone(),
+        ),
     };
     let nic = match hw.nic {
         Nic::Virtio => qemu::NicModel::VirtioNet,
         Nic::Vmxnet3 => qemu::NicModel::Vmxnet3,
         Nic::E1000 => qemu::NicModel::E1000,
     };
-    c.user_net(nic, vec![qemu::PortForward::tcp(ports.ssh, GUEST_SSH_PORT), qemu::PortForward::tcp(ports.docker, GUEST_DOCKER_PORT)])
+    c.user_net(
+        nic,
+        vec![
+            qemu::PortForward::tcp(ports.ssh, GUEST_SSH_PORT),
+            qemu::PortForward::tcp(ports.docker, GUEST_DOCKER_PORT),
+        ],
+    )
 }
 
 /// The `export` lines `run --detach` prints for `eval "$(cargo xtask run --detach)"`: the
 /// VM's facts, and the docker CLI's variables when the image has the engine.
-pub fn export_lines(profile: &Profile, run: &RunDir, pid: u32, ports: Ports, docker: bool) -> Vec<String> {
+pub fn export_lines(
+    profile: &Profile,
+    run: &RunDir,
+    pid: u32,
+    ports: Ports,
+    docker: bool,
+) -> Vec<String> {
     let q = |s: &str| qemu::shell_quote(s);
     let mut lines = vec![
         format!("export AXION_PROFILE={}", q(profile.name())),
         format!("export AXION_PID={pid}"),
         format!("export AXION_SSH_PORT={}", ports.ssh),
         format!("export AXION_DOCKER_PORT={}", ports.docker),
-        format!("export AXION_SERIAL_LOG={}", q(&run.serial_log().to_string_lossy())),
-        format!("export AXION_QMP_SOCKET={}", q(&run.qmp_socket().to_string_lossy())),
+        format!(
+            "export AXION_SERIAL_LOG={}",
+            q(&run.serial_log().to_string_lossy())
+        ),
+        format!(
+            "export AXION_QMP_SOCKET={}",
+            q(&run.qmp_socket().to_string_lossy())
+        ),
     ];
     if docker {
-        lines.push(format!("export DOCKER_HOST=tcp://127.0.0.1:{}", ports.docker));
+        lines.push(format!(
+            "export DOCKER_HOST=tcp://127.0.0.1:{}",
+            ports.docker
+        ));
         lines.push("export DOCKER_TLS_VERIFY=1".to_string());
-        lines.push(format!("export DOCKER_CERT_PATH={}", q(&run.docker_certs().to_string_lossy())));
+        lines.push(format!(
+            "export DOCKER_CERT_PATH={}",
+            q(&run.docker_certs().to_string_lossy())
+        ));
     }
     lines
 }
 
 /// How long `--detach` waits for the ready line (`AXION_READY_TIMEOUT` seconds, default 120).
 fn ready_timeout() -> Duration {
-    let secs = std::env::var("AXION_READY_TIMEOUT").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
+    let secs = std::env::var("AXION_READY_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120);
     Duration::from_secs(secs)
 }
 
@@ -407,16 +558,23 @@ pub fn run(layout: &Layout, opts: &RunOptions) -> Result<()> {
         );
     }
     let (format, bootable) = ensure_image(layout, &profile, opts.format)?;
-    std::fs::create_dir_all(&run.dir).with_context(|| format!("cannot create {}", run.dir.display()))?;
+    std::fs::create_dir_all(&run.dir)
+        .with_context(|| format!("cannot create {}", run.dir.display()))?;
     let image_desc = match &bootable {
         Bootable::Disk { path, format } => {
             if ensure_overlay(&run, path, *format)? {
-                eprintln!("new disk overlay {} over {} (guest state starts fresh)", run.overlay().display(), path.display());
+                eprintln!(
+                    "new disk overlay {} over {} (guest state starts fresh)",
+                    run.overlay().display(),
+                    path.display()
+                );
             }
             path.display().to_string()
         }
         Bootable::Iso(p) => p.display().to_string(),
-        Bootable::Kernel { kernel, initrd } => format!("{} + {}", kernel.display(), initrd.display()),
+        Bootable::Kernel { kernel, initrd } => {
+            format!("{} + {}", kernel.display(), initrd.display())
+        }
     };
     let ports = Ports {
         ssh: pick_port(opts.ssh_port, DEFAULT_SSH_PORT, "SSH")?,
@@ -432,7 +590,10 @@ pub fn run(layout: &Layout, opts: &RunOptions) -> Result<()> {
         Firmware::Bios => "BIOS (SeaBIOS)",
     };
     eprintln!("booting {image_desc} ({format}, {firmware}, {why})");
-    eprintln!("forwarded: SSH 127.0.0.1:{} -> 22, Docker API 127.0.0.1:{} -> 2376", ports.ssh, ports.docker);
+    eprintln!(
+        "forwarded: SSH 127.0.0.1:{} -> 22, Docker API 127.0.0.1:{} -> 2376",
+        ports.ssh, ports.docker
+    );
     let mut config = vm_config(&profile, &bootable, &run, ports, accel);
     let has_engine = profile.spec.profile.packages.iter().any(|p| p == "engine");
     for (name, file) in first_boot_settings(&run, opts, has_engine)?.write(&run.first_boot())? {
@@ -446,42 +607,79 @@ pub fn run(layout: &Layout, opts: &RunOptions) -> Result<()> {
 }
 
 /// The settings this run hands the guest: see [`first_boot`].
-fn first_boot_settings(run: &RunDir, opts: &RunOptions, has_engine: bool) -> Result<first_boot::FirstBoot> {
+fn first_boot_settings(
+    run: &RunDir,
+    opts: &RunOptions,
+    has_engine: bool,
+) -> Result<first_boot::FirstBoot> {
     let key = first_boot::ssh_key(opts.ssh_key.as_deref())?;
     match &key {
         Some(k) => eprintln!("SSH: root may log in with {}", k.split_whitespace().take(3).collect::<Vec<_>>().join(" ")),
         None => eprintln!("SSH: no public key found in ~/.ssh (id_ed25519.pub, id_ecdsa.pub, id_rsa.pub); pass --ssh-key FILE to log in"),
     }
-    let docker = if has_engine { Some(docker_certs::ensure(&run.docker_certs())?) } else { None };
-    Ok(first_boot::FirstBoot { hostname: opts.hostname.clone(), ssh_authorized_keys: key.into_iter().collect(), docker })
+    let docker = if has_engine {
+        Some(docker_certs::ensure(&run.docker_certs())?)
+    } else {
+        None
+    };
+    Ok(first_boot::FirstBoot {
+        hostname: opts.hostname.clone(),
+        ssh_authorized_keys: key.into_iter().collect(),
+        docker,
+    })
 }
 
 fn foreground(run: &RunDir, config: qemu::VmConfig) -> Result<()> {
-    let config = config.serial(qemu::Serial::Stdio { log: Some(run.serial_log()) }).resolve(&run.dir);
+    let config = config
+        .serial(qemu::Serial::Stdio {
+            log: Some(run.serial_log()),
+        })
+        .resolve(&run.dir);
     config.prepare()?;
     eprintln!("serial console below; quit QEMU with Ctrl-A X (Ctrl-A C: QEMU monitor), or power off with `cargo xtask stop` from another terminal");
-    let mut child = config.command()?.spawn().with_context(|| format!("cannot start {}", config.program.display()))?;
-    std::fs::write(run.pid_file(), child.id().to_string()).with_context(|| format!("cannot write {}", run.pid_file().display()))?;
+    let mut child = config
+        .command()?
+        .spawn()
+        .with_context(|| format!("cannot start {}", config.program.display()))?;
+    std::fs::write(run.pid_file(), child.id().to_string())
+        .with_context(|| format!("cannot write {}", run.pid_file().display()))?;
     let status = child.wait().context("waiting for QEMU")?;
     run.remove_runtime_files();
     if !status.success() {
-        bail!("QEMU exited with {status} (serial log: {})", run.serial_log().display());
+        bail!(
+            "QEMU exited with {status} (serial log: {})",
+            run.serial_log().display()
+        );
     }
     Ok(())
 }
 
-fn detach(profile: &Profile, run: &RunDir, config: qemu::VmConfig, ports: Ports, docker: bool) -> Result<()> {
+fn detach(
+    profile: &Profile,
+    run: &RunDir,
+    config: qemu::VmConfig,
+    ports: Ports,
+    docker: bool,
+) -> Result<()> {
     let config = config.serial_file(run.serial_log());
     let mut vm = qemu::Vm::spawn(config)?;
-    std::fs::write(run.pid_file(), vm.pid().to_string()).with_context(|| format!("cannot write {}", run.pid_file().display()))?;
+    std::fs::write(run.pid_file(), vm.pid().to_string())
+        .with_context(|| format!("cannot write {}", run.pid_file().display()))?;
     let timeout = ready_timeout();
-    eprintln!("waiting up to {} s for init's ready line (serial console: {})", timeout.as_secs(), run.serial_log().display());
+    eprintln!(
+        "waiting up to {} s for init's ready line (serial console: {})",
+        timeout.as_secs(),
+        run.serial_log().display()
+    );
     let ready = match vm.wait_ready(timeout) {
         Ok(r) => r,
         Err(e) => {
             drop(vm); // kills QEMU
             run.remove_runtime_files();
-            return Err(anyhow::Error::new(e).context(format!("the VM of profile '{}' did not come up", profile.name())));
+            return Err(anyhow::Error::new(e).context(format!(
+                "the VM of profile '{}' did not come up",
+                profile.name()
+            )));
         }
     };
     let pid = vm.pid();
@@ -505,22 +703,32 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 pub fn stop(layout: &Layout, profile: &str) -> Result<()> {
     let run = RunDir::new(layout, profile);
     let Some(pid) = run.running_pid() else {
-        eprintln!("no VM of profile '{profile}' is running (no live QEMU in {})", run.pid_file().display());
+        eprintln!(
+            "no VM of profile '{profile}' is running (no live QEMU in {})",
+            run.pid_file().display()
+        );
         return Ok(());
     };
     let start = Instant::now();
-    let mut qmp = qemu::Qmp::connect(&run.qmp_socket()).with_context(|| format!("cannot talk to QEMU (pid {pid})"))?;
-    qmp.system_powerdown().context("pressing the power button")?;
+    let mut qmp = qemu::Qmp::connect(&run.qmp_socket())
+        .with_context(|| format!("cannot talk to QEMU (pid {pid})"))?;
+    qmp.system_powerdown()
+        .context("pressing the power button")?;
     eprintln!("pressed the power button of '{profile}' (pid {pid}); waiting up to {} s for it to power off", STOP_TIMEOUT.as_secs());
     if wait_gone(pid, STOP_TIMEOUT) {
         run.remove_runtime_files();
-        eprintln!("stopped: the guest powered off in {:.1} s", start.elapsed().as_secs_f64());
+        eprintln!(
+            "stopped: the guest powered off in {:.1} s",
+            start.elapsed().as_secs_f64()
+        );
         return Ok(());
     }
     // The guest ignored the button: end QEMU, politely first.
     let _ = qmp.quit();
     if !wait_gone(pid, Duration::from_secs(5)) {
-        let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
         wait_gone(pid, Duration::from_secs(5));
     }
     let gone = !is_running_qemu(pid);
@@ -538,18 +746,29 @@ pub fn stop(layout: &Layout, profile: &str) -> Result<()> {
 fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].iter().map(|l| format!("  | {}", l.trim_end_matches('\r'))).collect::<Vec<_>>().join("\n")
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| format!("  | {}", l.trim_end_matches('\r')))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Is `pid` a live (not zombie) QEMU process?
 pub fn is_running_qemu(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
     // "pid (comm) S ...": the state follows the last ')'.
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).unwrap_or("");
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .unwrap_or("");
     if state == "Z" || state == "X" {
         return false;
     }
-    std::fs::read(format!("/proc/{pid}/cmdline")).map(|c| String::from_utf8_lossy(&c).contains("qemu-system")).unwrap_or(false)
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains("qemu-system"))
+        .unwrap_or(false)
 }
 
 fn wait_gone(pid: u32, timeout: Duration) -> bool {
@@ -604,30 +823,83 @@ vmware-hardware-version = 14
         assert_eq!(choose_bootable(d, "qemu", None).unwrap().0, Format::Raw);
         let qcow = touch(d, "axion-qemu-0.1.0.qcow2");
         let (f, b) = choose_bootable(d, "qemu", None).unwrap();
-        assert_eq!((f, b), (Format::Qcow2, Bootable::Disk { path: qcow, format: qemu::DiskFormat::Qcow2 }));
-        let e = choose_bootable(d, "qemu", Some(Format::Iso)).unwrap_err().to_string();
-        assert!(e.contains("no iso image") && e.contains("--format iso"), "{e}");
-        let e = choose_bootable(d, "qemu", Some(Format::Ova)).unwrap_err().to_string();
+        assert_eq!(
+            (f, b),
+            (
+                Format::Qcow2,
+                Bootable::Disk {
+                    path: qcow,
+                    format: qemu::DiskFormat::Qcow2
+                }
+            )
+        );
+        let e = choose_bootable(d, "qemu", Some(Format::Iso))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no iso image") && e.contains("--format iso"),
+            "{e}"
+        );
+        let e = choose_bootable(d, "qemu", Some(Format::Ova))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("vmdk"), "{e}");
         let k = touch(d, "vmlinuz");
         let i = touch(d, "initrd.zst");
-        assert_eq!(choose_bootable(d, "qemu", Some(Format::Initramfs)).unwrap().1, Bootable::Kernel { kernel: k, initrd: i });
+        assert_eq!(
+            choose_bootable(d, "qemu", Some(Format::Initramfs))
+                .unwrap()
+                .1,
+            Bootable::Kernel {
+                kernel: k,
+                initrd: i
+            }
+        );
     }
 
     #[test]
     fn config_follows_the_profile_hardware() {
         let p = profile(QEMU_PROFILE);
-        let run = RunDir { dir: "/o/run".into() };
-        let ports = Ports { ssh: 2222, docker: 2376 };
-        let disk = Bootable::Disk { path: "/o/a.raw".into(), format: qemu::DiskFormat::Raw };
-        let args = vm_config(&p, &disk, &run, ports, qemu::Accel::Tcg).serial_file(run.serial_log()).args().unwrap().join(" ");
-        assert!(args.contains("-drive if=pflash,format=raw,unit=1,file=/o/run/OVMF_VARS.fd"), "{args}");
-        assert!(args.contains("-drive file=/o/run/disk.qcow2,format=qcow2,if=none,id=drive0 -device pvscsi"), "{args}");
-        assert!(args.contains("hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:2376-:2376"), "{args}");
+        let run = RunDir {
+            dir: "/o/run".into(),
+        };
+        let ports = Ports {
+            ssh: 2222,
+            docker: 2376,
+        };
+        let disk = Bootable::Disk {
+            path: "/o/a.raw".into(),
+            format: qemu::DiskFormat::Raw,
+        };
+        let args = vm_config(&p, &disk, &run, ports, qemu::Accel::Tcg)
+            .serial_file(run.serial_log())
+            .args()
+            .unwrap()
+            .join(" ");
+        assert!(
+            args.contains("-drive if=pflash,format=raw,unit=1,file=/o/run/OVMF_VARS.fd"),
+            "{args}"
+        );
+        assert!(
+            args.contains(
+                "-drive file=/o/run/disk.qcow2,format=qcow2,if=none,id=drive0 -device pvscsi"
+            ),
+            "{args}"
+        );
+        assert!(
+            args.contains("hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:2376-:2376"),
+            "{args}"
+        );
         assert!(args.contains("-device vmxnet3,netdev=net0"), "{args}");
         assert!(args.contains("-smp 2 -m 1024M"), "{args}");
-        let kernel = Bootable::Kernel { kernel: "/o/vmlinuz".into(), initrd: "/o/initrd.zst".into() };
-        let args = vm_config(&p, &kernel, &run, ports, qemu::Accel::Tcg).serial_file(run.serial_log()).args().unwrap();
+        let kernel = Bootable::Kernel {
+            kernel: "/o/vmlinuz".into(),
+            initrd: "/o/initrd.zst".into(),
+        };
+        let args = vm_config(&p, &kernel, &run, ports, qemu::Accel::Tcg)
+            .serial_file(run.serial_log())
+            .args()
+            .unwrap();
         let i = args.iter().position(|a| a == "-append").unwrap();
         assert_eq!(args[i + 1], "console=ttyS0");
         assert!(!args.iter().any(|a| a.contains("bootindex")));
@@ -636,37 +908,74 @@ vmware-hardware-version = 14
     #[test]
     fn export_lines_are_shell_code() {
         let p = profile(QEMU_PROFILE);
-        let run = RunDir { dir: "/o o/run".into() };
+        let run = RunDir {
+            dir: "/o o/run".into(),
+        };
         let lines = export_lines(&p, &run, 42, Ports { ssh: 1, docker: 2 }, false);
-        assert!(lines.contains(&"export AXION_SSH_PORT=1".to_string()), "{lines:?}");
-        assert!(lines.contains(&"export AXION_SERIAL_LOG='/o o/run/serial.log'".to_string()), "{lines:?}");
-        assert!(lines.iter().all(|l| l.starts_with("export AXION_")), "{lines:?}");
+        assert!(
+            lines.contains(&"export AXION_SSH_PORT=1".to_string()),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&"export AXION_SERIAL_LOG='/o o/run/serial.log'".to_string()),
+            "{lines:?}"
+        );
+        assert!(
+            lines.iter().all(|l| l.starts_with("export AXION_")),
+            "{lines:?}"
+        );
         let lines = export_lines(&p, &run, 42, Ports { ssh: 1, docker: 2 }, true);
-        assert!(lines.contains(&"export DOCKER_HOST=tcp://127.0.0.1:2".to_string()), "{lines:?}");
-        assert!(lines.contains(&"export DOCKER_TLS_VERIFY=1".to_string()), "{lines:?}");
-        assert!(lines.contains(&"export DOCKER_CERT_PATH='/o o/run/docker'".to_string()), "{lines:?}");
+        assert!(
+            lines.contains(&"export DOCKER_HOST=tcp://127.0.0.1:2".to_string()),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&"export DOCKER_TLS_VERIFY=1".to_string()),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&"export DOCKER_CERT_PATH='/o o/run/docker'".to_string()),
+            "{lines:?}"
+        );
     }
 
     #[test]
     fn overlay_is_kept_until_the_image_changes() {
-        if std::process::Command::new("qemu-img").arg("--version").output().is_err() {
+        if std::process::Command::new("qemu-img")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
             eprintln!("skip: because qemu-img is not installed");
             return;
         }
         let dir = tempfile::tempdir().unwrap();
         let image = dir.path().join("axion-qemu-0.1.0.raw");
         std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
-        let run = RunDir { dir: dir.path().join("run") };
+        let run = RunDir {
+            dir: dir.path().join("run"),
+        };
         std::fs::create_dir_all(&run.dir).unwrap();
         assert!(ensure_overlay(&run, &image, qemu::DiskFormat::Raw).unwrap());
-        let info = std::process::Command::new("qemu-img").arg("info").arg(run.overlay()).output().unwrap();
+        let info = std::process::Command::new("qemu-img")
+            .arg("info")
+            .arg(run.overlay())
+            .output()
+            .unwrap();
         let info = String::from_utf8_lossy(&info.stdout);
-        assert!(info.contains("backing file:") && info.contains("axion-qemu-0.1.0.raw"), "{info}");
+        assert!(
+            info.contains("backing file:") && info.contains("axion-qemu-0.1.0.raw"),
+            "{info}"
+        );
         assert!(!ensure_overlay(&run, &image, qemu::DiskFormat::Raw).unwrap());
         std::fs::write(&image, vec![1u8; 2 << 20]).unwrap();
         assert!(ensure_overlay(&run, &image, qemu::DiskFormat::Raw).unwrap());
         // With SHA256SUMS beside it, a bit-identical rebuild (new mtime) keeps the overlay.
-        std::fs::write(dir.path().join("SHA256SUMS"), "abc123  axion-qemu-0.1.0.raw\n").unwrap();
+        std::fs::write(
+            dir.path().join("SHA256SUMS"),
+            "abc123  axion-qemu-0.1.0.raw\n",
+        )
+        .unwrap();
         assert!(ensure_overlay(&run, &image, qemu::DiskFormat::Raw).unwrap());
         std::thread::sleep(Duration::from_millis(20));
         std::fs::write(&image, vec![1u8; 2 << 20]).unwrap();
@@ -677,7 +986,14 @@ vmware-hardware-version = 14
     fn stale_when_an_input_is_newer() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("repo");
-        for d in ["recipes", "overlays/base", "packages/init/src", "packages/init/target", "image-profiles", "out/qemu"] {
+        for d in [
+            "recipes",
+            "overlays/base",
+            "packages/init/src",
+            "packages/init/target",
+            "image-profiles",
+            "out/qemu",
+        ] {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
         std::fs::write(root.join("image-profiles/qemu.toml"), QEMU_PROFILE).unwrap();
@@ -686,7 +1002,10 @@ vmware-hardware-version = 14
         let layout = Layout::with_cache(root.clone(), dir.path().join("cache"));
         std::thread::sleep(Duration::from_millis(20));
         let img = touch(&root.join("out/qemu"), "axion-qemu-0.1.0.raw");
-        let b = Bootable::Disk { path: img, format: qemu::DiskFormat::Raw };
+        let b = Bootable::Disk {
+            path: img,
+            format: qemu::DiskFormat::Raw,
+        };
         assert_eq!(stale_reason(&layout, &p, &b), None);
         std::thread::sleep(Duration::from_millis(20));
         touch(&root.join("packages/init/target"), "ignored.o"); // build output is not an input
@@ -701,32 +1020,64 @@ vmware-hardware-version = 14
     fn stale_when_a_crate_a_package_builds_from_is_newer() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("repo");
-        for d in ["recipes", "overlays", "packages/engine/src", "crates/api/src", "crates/hostonly/src", "image-profiles", "out/qemu"] {
+        for d in [
+            "recipes",
+            "overlays",
+            "packages/engine/src",
+            "crates/api/src",
+            "crates/hostonly/src",
+            "image-profiles",
+            "out/qemu",
+        ] {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
-        std::fs::write(root.join("Cargo.toml"), "[workspace]\nmembers = [\"packages/*\", \"crates/*\"]\n").unwrap();
-        std::fs::write(root.join("packages/engine/Cargo.toml"), "[package]\nname = \"engine\"\n[dependencies]\napi = { path = \"../../crates/api\" }\n").unwrap();
-        std::fs::write(root.join("crates/api/Cargo.toml"), "[package]\nname = \"api\"\n").unwrap();
-        std::fs::write(root.join("crates/hostonly/Cargo.toml"), "[package]\nname = \"hostonly\"\n").unwrap();
+        std::fs::write(
+            root.join("Cargo.toml"),
+            "[workspace]\nmembers = [\"packages/*\", \"crates/*\"]\n",
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("packages/engine/Cargo.toml"),
+            "[package]\nname = \"engine\"\n[dependencies]\napi = { path = \"../../crates/api\" }\n",
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("crates/api/Cargo.toml"),
+            "[package]\nname = \"api\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("crates/hostonly/Cargo.toml"),
+            "[package]\nname = \"hostonly\"\n",
+        )
+        .unwrap();
         std::fs::write(root.join("image-profiles/qemu.toml"), QEMU_PROFILE).unwrap();
         let mut p = profile(QEMU_PROFILE);
         p.path = root.join("image-profiles/qemu.toml");
         let layout = Layout::with_cache(root.clone(), dir.path().join("cache"));
         std::thread::sleep(Duration::from_millis(20));
         let img = touch(&root.join("out/qemu"), "axion-qemu-0.1.0.raw");
-        let b = Bootable::Disk { path: img, format: qemu::DiskFormat::Raw };
+        let b = Bootable::Disk {
+            path: img,
+            format: qemu::DiskFormat::Raw,
+        };
         assert_eq!(stale_reason(&layout, &p, &b), None);
         std::thread::sleep(Duration::from_millis(20));
         touch(&root.join("crates/hostonly/src"), "lib.rs"); // no package builds from it
         assert_eq!(stale_reason(&layout, &p, &b), None);
         touch(&root.join("crates/api/src"), "lib.rs");
-        assert_eq!(stale_reason(&layout, &p, &b).as_deref(), Some("crates/api/src/lib.rs"));
+        assert_eq!(
+            stale_reason(&layout, &p, &b).as_deref(),
+            Some("crates/api/src/lib.rs")
+        );
     }
 
     #[test]
     fn pid_files_of_dead_processes_are_stale() {
         let dir = tempfile::tempdir().unwrap();
-        let run = RunDir { dir: dir.path().to_owned() };
+        let run = RunDir {
+            dir: dir.path().to_owned(),
+        };
         assert_eq!(run.running_pid(), None);
         // Our own pid is alive but not QEMU.
         std::fs::write(run.pid_file(), std::process::id().to_string()).unwrap();

@@ -31,7 +31,16 @@ pub struct SbomInput<'a> {
 
 /// An SPDX identifier may hold letters, digits, '.' and '-' only.
 fn spdx_id(kind: &str, name: &str) -> String {
-    let clean: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' }).collect();
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
     format!("SPDXRef-{kind}-{clean}")
 }
 
@@ -39,19 +48,32 @@ fn spdx_id(kind: &str, name: &str) -> String {
 /// Debian coordinates in `sourceInfo` (the mirror is whatever apt is configured to use).
 fn download_location(r: &Recipe, repository: &str) -> (String, String) {
     if matches!(r.spec.build, Build::Cargo(_)) {
-        return (format!("git+{repository}"), format!("packages/{} in the axion repository", r.name()));
+        return (
+            format!("git+{repository}"),
+            format!("packages/{} in the axion repository", r.name()),
+        );
     }
     let Some(s) = r.spec.sources.first() else {
         return ("NONE".into(), "no sources".into());
     };
     let mut info = Vec::new();
     if let Some(d) = &s.debian_source {
-        info.push(format!("Debian source package {} version {}, file {}", d.package, d.version, d.file));
+        info.push(format!(
+            "Debian source package {} version {}, file {}",
+            d.package, d.version, d.file
+        ));
     }
     if let Some(d) = &s.debian_binary {
-        info.push(format!("Debian binary package {} version {}", d.package, d.version));
+        info.push(format!(
+            "Debian binary package {} version {}",
+            d.package, d.version
+        ));
     }
-    let location = s.urls.first().cloned().unwrap_or_else(|| "NOASSERTION".into());
+    let location = s
+        .urls
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "NOASSERTION".into());
     (location, info.join("; "))
 }
 
@@ -151,8 +173,19 @@ pub fn document(input: &SbomInput) -> Value {
 /// `YYYY-MM-DDThh:mm:ssZ` for seconds since the epoch (UTC). The calendar is the `time`
 /// crate's (here through rcgen already), as in `docker_api::time`: no date code of our own.
 pub fn rfc3339(secs: u64) -> String {
-    let t = i64::try_from(secs).ok().and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok()).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z", t.year(), t.month() as u8, t.day(), t.hour(), t.minute(), t.second())
+    let t = i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        t.month() as u8,
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
 }
 
 #[cfg(test)]
@@ -179,22 +212,47 @@ mod tests {
             version: "0.1.0",
             source_date_epoch: 1_700_000_000,
             packages: pkgs.clone(),
-            artifacts: vec![Artifact { file_name: "a.raw".into(), sha256: "ab".repeat(32) }],
+            artifacts: vec![Artifact {
+                file_name: "a.raw".into(),
+                sha256: "ab".repeat(32),
+            }],
             repository: "https://github.com/axion-os/axion",
         });
         assert_eq!(doc["spdxVersion"], "SPDX-2.3");
         let listed = doc["packages"].as_array().unwrap();
-        assert_eq!(listed.len(), pkgs.len() + 1, "every package plus the image itself");
+        assert_eq!(
+            listed.len(),
+            pkgs.len() + 1,
+            "every package plus the image itself"
+        );
         let linux = listed.iter().find(|p| p["name"] == "linux").unwrap();
-        assert_eq!(linux["licenseDeclared"], "GPL-2.0-only WITH Linux-syscall-note");
-        assert_eq!(linux["checksums"][0]["checksumValue"], set.recipes["linux"].spec.sources[0].sha256.as_str());
-        assert!(linux["sourceInfo"].as_str().unwrap().contains("linux-source-6.1"));
+        assert_eq!(
+            linux["licenseDeclared"],
+            "GPL-2.0-only WITH Linux-syscall-note"
+        );
+        assert_eq!(
+            linux["checksums"][0]["checksumValue"],
+            set.recipes["linux"].spec.sources[0].sha256.as_str()
+        );
+        assert!(linux["sourceInfo"]
+            .as_str()
+            .unwrap()
+            .contains("linux-source-6.1"));
         let busybox = listed.iter().find(|p| p["name"] == "busybox").unwrap();
-        assert!(busybox["downloadLocation"].as_str().unwrap().starts_with("https://"));
+        assert!(busybox["downloadLocation"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://"));
         // Every CONTAINS relationship points at a listed package.
-        let ids: Vec<&str> = listed.iter().map(|p| p["SPDXID"].as_str().unwrap()).collect();
+        let ids: Vec<&str> = listed
+            .iter()
+            .map(|p| p["SPDXID"].as_str().unwrap())
+            .collect();
         for rel in doc["relationships"].as_array().unwrap() {
-            assert!(ids.contains(&rel["relatedSpdxElement"].as_str().unwrap()), "{rel}");
+            assert!(
+                ids.contains(&rel["relatedSpdxElement"].as_str().unwrap()),
+                "{rel}"
+            );
         }
         // Same input, same bytes.
         let again = document(&SbomInput {
@@ -202,7 +260,10 @@ mod tests {
             version: "0.1.0",
             source_date_epoch: 1_700_000_000,
             packages: pkgs,
-            artifacts: vec![Artifact { file_name: "a.raw".into(), sha256: "ab".repeat(32) }],
+            artifacts: vec![Artifact {
+                file_name: "a.raw".into(),
+                sha256: "ab".repeat(32),
+            }],
             repository: "https://github.com/axion-os/axion",
         });
         assert_eq!(doc, again);

@@ -38,12 +38,17 @@ pub struct Options {
 
 fn state_dir(layout: &Layout, opts: &Options) -> PathBuf {
     // Absolute: the daemon, its socket and `--stop` must agree whatever the working directory.
-    opts.state_dir.as_deref().and_then(|d| std::path::absolute(d).ok()).unwrap_or_else(|| layout.cache.join("vmd"))
+    opts.state_dir
+        .as_deref()
+        .and_then(|d| std::path::absolute(d).ok())
+        .unwrap_or_else(|| layout.cache.join("vmd"))
 }
 
 /// The `--tcp` address, refused unless it is a loopback `IP:PORT`.
 fn loopback_addr(addr: &str) -> Result<std::net::SocketAddr> {
-    let parsed: std::net::SocketAddr = addr.parse().with_context(|| format!("--tcp {addr:?}: expected IP:PORT, e.g. 127.0.0.1:2377"))?;
+    let parsed: std::net::SocketAddr = addr
+        .parse()
+        .with_context(|| format!("--tcp {addr:?}: expected IP:PORT, e.g. 127.0.0.1:2377"))?;
     if !parsed.ip().is_loopback() {
         bail!("--tcp {addr}: only loopback addresses (the certificate made here names 127.0.0.1 and localhost); for another address run axion-vmd --tcp with your own --tlscert/--tlskey/--tlscacert");
     }
@@ -53,7 +58,11 @@ fn loopback_addr(addr: &str) -> Result<std::net::SocketAddr> {
 /// The shell lines that point the docker CLI at the daemon.
 fn exports(socket: &Path, tcp: Option<(&std::net::SocketAddr, &Path)>) -> Vec<String> {
     match tcp {
-        Some((addr, certs)) => vec![format!("export DOCKER_HOST=tcp://{addr}"), "export DOCKER_TLS_VERIFY=1".into(), format!("export DOCKER_CERT_PATH={}", certs.display())],
+        Some((addr, certs)) => vec![
+            format!("export DOCKER_HOST=tcp://{addr}"),
+            "export DOCKER_TLS_VERIFY=1".into(),
+            format!("export DOCKER_CERT_PATH={}", certs.display()),
+        ],
         None => vec![format!("export DOCKER_HOST=unix://{}", socket.display())],
     }
 }
@@ -71,13 +80,18 @@ fn ensure(layout: &Layout, format: Format) -> Result<crate::run::Bootable> {
     eprintln!("building the qemu {format} image");
     crate::image::build_profile(layout, "qemu", &[format], None, false)
         .with_context(|| format!("`cargo xtask image --profile qemu --format {format}` failed"))?;
-    crate::run::find_bootable(&out, "qemu", format).with_context(|| format!("no {format} image in {} after building it", out.display()))
+    crate::run::find_bootable(&out, "qemu", format)
+        .with_context(|| format!("no {format} image in {} after building it", out.display()))
 }
 
 fn ping(socket: &Path) -> bool {
-    let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else { return false };
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else {
+        return false;
+    };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /_ping HTTP/1.1\r\nHost: vmd\r\nConnection: close\r\n\r\n").is_err() {
+    if s.write_all(b"GET /_ping HTTP/1.1\r\nHost: vmd\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
         return false;
     }
     let mut buf = String::new();
@@ -97,7 +111,9 @@ pub fn build_daemon(layout: &Layout) -> Result<PathBuf> {
     if !st.success() {
         bail!("cargo build -p vmd failed");
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| layout.root.join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| layout.root.join("target"));
     Ok(target.join("debug/axion-vmd"))
 }
 
@@ -111,7 +127,8 @@ pub fn vmd(layout: &Layout, opts: &Options) -> Result<()> {
     let pid_file = state.join("vmd.pid");
     let socket = state.join("vmd.sock");
     if opts.stop {
-        let pid = std::fs::read_to_string(&pid_file).with_context(|| format!("no detached daemon ({} is missing)", pid_file.display()))?;
+        let pid = std::fs::read_to_string(&pid_file)
+            .with_context(|| format!("no detached daemon ({} is missing)", pid_file.display()))?;
         let pid = pid.trim();
         let st = Command::new("kill").args(["-TERM", pid]).status()?;
         let _ = std::fs::remove_file(&pid_file);
@@ -126,7 +143,10 @@ pub fn vmd(layout: &Layout, opts: &Options) -> Result<()> {
         return Ok(());
     }
     if ping(&socket) {
-        bail!("a daemon already serves {} (cargo xtask vmd --stop ends a detached one)", socket.display());
+        bail!(
+            "a daemon already serves {} (cargo xtask vmd --stop ends a detached one)",
+            socket.display()
+        );
     }
     let tcp = opts.tcp.as_deref().map(loopback_addr).transpose()?;
     let crate::run::Bootable::Kernel { kernel, initrd } = ensure(layout, Format::Initramfs)? else {
@@ -139,7 +159,14 @@ pub fn vmd(layout: &Layout, opts: &Options) -> Result<()> {
     let exe = build_daemon(layout)?;
     std::fs::create_dir_all(&state)?;
     let mut cmd = Command::new(&exe);
-    cmd.arg("--state-dir").arg(&state).arg("--kernel").arg(&kernel).arg("--initrd").arg(&initrd).arg("--socket").arg(&socket);
+    cmd.arg("--state-dir")
+        .arg(&state)
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--initrd")
+        .arg(&initrd)
+        .arg("--socket")
+        .arg(&socket);
     if let Some(d) = &disk {
         cmd.arg("--disk").arg(d);
     }
@@ -150,21 +177,29 @@ pub fn vmd(layout: &Layout, opts: &Options) -> Result<()> {
     if let Some(addr) = &tcp {
         crate::run::docker_certs::ensure(&certs_dir)?;
         cmd.arg("--tcp").arg(addr.to_string());
-        cmd.arg("--tlscert").arg(certs_dir.join("server-cert.pem")).arg("--tlskey").arg(certs_dir.join("server-key.pem")).arg("--tlscacert").arg(certs_dir.join("ca.pem"));
+        cmd.arg("--tlscert")
+            .arg(certs_dir.join("server-cert.pem"))
+            .arg("--tlskey")
+            .arg(certs_dir.join("server-key.pem"))
+            .arg("--tlscacert")
+            .arg(certs_dir.join("ca.pem"));
     }
     let exports = exports(&socket, tcp.as_ref().map(|a| (a, certs_dir.as_path())));
     if !opts.detach {
         if tcp.is_some() {
             eprintln!("for the TCP endpoint:\n{}", exports.join("\n"));
         }
-        let st = cmd.status().with_context(|| format!("running {}", exe.display()))?;
+        let st = cmd
+            .status()
+            .with_context(|| format!("running {}", exe.display()))?;
         if !st.success() {
             bail!("axion-vmd exited with {st}");
         }
         return Ok(());
     }
     let log_path = state.join("vmd.log");
-    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
     {
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
@@ -176,16 +211,27 @@ pub fn vmd(layout: &Layout, opts: &Options) -> Result<()> {
         .spawn()
         .with_context(|| format!("starting {}", exe.display()))?;
     std::fs::write(&pid_file, child.id().to_string())?;
-    eprintln!("axion-vmd starting (pid {}, log {}); the first start boots and saves the template VM", child.id(), log_path.display());
+    eprintln!(
+        "axion-vmd starting (pid {}, log {}); the first start boots and saves the template VM",
+        child.id(),
+        log_path.display()
+    );
     let deadline = Instant::now() + Duration::from_secs(600);
     while !ping(&socket) {
         if let Some(st) = child.try_wait()? {
             let _ = std::fs::remove_file(&pid_file);
-            bail!("axion-vmd exited ({st}); its log:\n{}", std::fs::read_to_string(&log_path).unwrap_or_default());
+            bail!(
+                "axion-vmd exited ({st}); its log:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            bail!("axion-vmd did not serve {} within 600 s (log {})", socket.display(), log_path.display());
+            bail!(
+                "axion-vmd did not serve {} within 600 s (log {})",
+                socket.display(),
+                log_path.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -208,18 +254,31 @@ mod tests {
     fn tcp_only_on_loopback() {
         assert_eq!(loopback_addr("127.0.0.1:2377").unwrap().port(), 2377);
         assert!(loopback_addr("[::1]:2377").is_ok());
-        assert!(loopback_addr("0.0.0.0:2377").unwrap_err().to_string().contains("only loopback"));
-        assert!(loopback_addr("localhost").unwrap_err().to_string().contains("IP:PORT"));
+        assert!(loopback_addr("0.0.0.0:2377")
+            .unwrap_err()
+            .to_string()
+            .contains("only loopback"));
+        assert!(loopback_addr("localhost")
+            .unwrap_err()
+            .to_string()
+            .contains("IP:PORT"));
     }
 
     #[test]
     fn export_lines() {
         let sock = Path::new("/s/vmd.sock");
-        assert_eq!(exports(sock, None), ["export DOCKER_HOST=unix:///s/vmd.sock"]);
+        assert_eq!(
+            exports(sock, None),
+            ["export DOCKER_HOST=unix:///s/vmd.sock"]
+        );
         let addr: std::net::SocketAddr = "127.0.0.1:2377".parse().unwrap();
         assert_eq!(
             exports(sock, Some((&addr, Path::new("/s/docker")))),
-            ["export DOCKER_HOST=tcp://127.0.0.1:2377", "export DOCKER_TLS_VERIFY=1", "export DOCKER_CERT_PATH=/s/docker"]
+            [
+                "export DOCKER_HOST=tcp://127.0.0.1:2377",
+                "export DOCKER_TLS_VERIFY=1",
+                "export DOCKER_CERT_PATH=/s/docker"
+            ]
         );
     }
 }

@@ -18,23 +18,50 @@ pub struct Filters(BTreeMap<String, Vec<String>>);
 
 const CONTAINER_FILTERS: &[&str] = &["id", "name", "status", "label", "ancestor", "exited"];
 const IMAGE_FILTERS: &[&str] = &["reference", "dangling", "label", "before", "since"];
-const STATUSES: &[&str] = &["created", "restarting", "running", "removing", "paused", "exited", "dead"];
+const STATUSES: &[&str] = &[
+    "created",
+    "restarting",
+    "running",
+    "removing",
+    "paused",
+    "exited",
+    "dead",
+];
 
 impl Filters {
     /// Reads the `filters` query value (absent or empty: no filters).
     pub fn parse(raw: Option<&str>) -> ApiResult<Filters> {
-        let Some(raw) = raw.filter(|r| !r.trim().is_empty()) else { return Ok(Filters::default()) };
-        let bad = |e: serde_json::Error| ApiError::bad_request(format!("invalid filters {raw:?}: {e}"));
+        let Some(raw) = raw.filter(|r| !r.trim().is_empty()) else {
+            return Ok(Filters::default());
+        };
+        let bad =
+            |e: serde_json::Error| ApiError::bad_request(format!("invalid filters {raw:?}: {e}"));
         let value: serde_json::Value = serde_json::from_str(raw).map_err(bad)?;
-        let serde_json::Value::Object(map) = value else { return Err(ApiError::bad_request(format!("invalid filters {raw:?}: not a JSON object"))) };
+        let serde_json::Value::Object(map) = value else {
+            return Err(ApiError::bad_request(format!(
+                "invalid filters {raw:?}: not a JSON object"
+            )));
+        };
         let mut out = BTreeMap::new();
         for (name, values) in map {
             let list: Vec<String> = match values {
-                serde_json::Value::Array(a) => a.into_iter().map(|v| v.as_str().map(str::to_owned)).collect::<Option<_>>(),
-                serde_json::Value::Object(o) => Some(o.into_iter().filter(|(_, on)| on.as_bool() == Some(true)).map(|(k, _)| k).collect()),
+                serde_json::Value::Array(a) => a
+                    .into_iter()
+                    .map(|v| v.as_str().map(str::to_owned))
+                    .collect::<Option<_>>(),
+                serde_json::Value::Object(o) => Some(
+                    o.into_iter()
+                        .filter(|(_, on)| on.as_bool() == Some(true))
+                        .map(|(k, _)| k)
+                        .collect(),
+                ),
                 _ => None,
             }
-            .ok_or_else(|| ApiError::bad_request(format!("invalid filters {raw:?}: the values of {name:?} are not strings")))?;
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "invalid filters {raw:?}: the values of {name:?} are not strings"
+                ))
+            })?;
             out.insert(name, list);
         }
         Ok(Filters(out))
@@ -53,28 +80,52 @@ impl Filters {
 
     /// True when `name` is not filtered, or when any of its values satisfies `accept`.
     fn any(&self, name: &str, accept: impl Fn(&str) -> bool) -> bool {
-        self.0.get(name).is_none_or(|values| values.iter().any(|v| accept(v)))
+        self.0
+            .get(name)
+            .is_none_or(|values| values.iter().any(|v| accept(v)))
     }
 
     /// Keeps the containers the filters accept. Checks the names first (400 on unknown).
     pub fn containers(&self, list: Vec<ContainerSummary>) -> ApiResult<Vec<ContainerSummary>> {
         self.check(CONTAINER_FILTERS)?;
-        if let Some(bad) = self.0.get("status").and_then(|v| v.iter().find(|s| !STATUSES.contains(&s.as_str()))) {
-            return Err(ApiError::bad_request(format!("invalid filter 'status={bad}'")));
+        if let Some(bad) = self
+            .0
+            .get("status")
+            .and_then(|v| v.iter().find(|s| !STATUSES.contains(&s.as_str())))
+        {
+            return Err(ApiError::bad_request(format!(
+                "invalid filter 'status={bad}'"
+            )));
         }
         let mut exited_codes = Vec::new();
         for v in self.0.get("exited").into_iter().flatten() {
-            exited_codes.push(v.parse::<i64>().map_err(|_| ApiError::bad_request(format!("invalid filter 'exited={v}'")))?);
+            exited_codes.push(
+                v.parse::<i64>()
+                    .map_err(|_| ApiError::bad_request(format!("invalid filter 'exited={v}'")))?,
+            );
         }
         Ok(list
             .into_iter()
             .filter(|c| {
                 self.any("id", |v| c.id.starts_with(v))
-                    && self.any("name", |v| c.names.iter().any(|n| name_matches(v, n.trim_start_matches('/'))))
+                    && self.any("name", |v| {
+                        c.names
+                            .iter()
+                            .any(|n| name_matches(v, n.trim_start_matches('/')))
+                    })
                     && self.any("status", |v| c.state == v)
                     && self.any("label", |v| label_matches(v, &c.labels))
-                    && self.any("ancestor", |v| c.image == v || c.image == format!("{v}:latest") || c.image_id.trim_start_matches("sha256:").starts_with(v.trim_start_matches("sha256:")))
-                    && (exited_codes.is_empty() || (c.state == "exited" && exit_code(&c.status).is_some_and(|code| exited_codes.contains(&code))))
+                    && self.any("ancestor", |v| {
+                        c.image == v
+                            || c.image == format!("{v}:latest")
+                            || c.image_id
+                                .trim_start_matches("sha256:")
+                                .starts_with(v.trim_start_matches("sha256:"))
+                    })
+                    && (exited_codes.is_empty()
+                        || (c.state == "exited"
+                            && exit_code(&c.status)
+                                .is_some_and(|code| exited_codes.contains(&code))))
             })
             .collect())
     }
@@ -82,21 +133,46 @@ impl Filters {
     /// Keeps the images the filters accept. Checks the names first (400 on unknown).
     pub fn images(&self, list: Vec<ImageSummary>) -> ApiResult<Vec<ImageSummary>> {
         self.check(IMAGE_FILTERS)?;
-        if let Some(bad) = self.0.get("dangling").and_then(|v| v.iter().find(|s| !["true", "false", "1", "0"].contains(&s.as_str()))) {
-            return Err(ApiError::bad_request(format!("invalid filter 'dangling={bad}'")));
+        if let Some(bad) = self.0.get("dangling").and_then(|v| {
+            v.iter()
+                .find(|s| !["true", "false", "1", "0"].contains(&s.as_str()))
+        }) {
+            return Err(ApiError::bad_request(format!(
+                "invalid filter 'dangling={bad}'"
+            )));
         }
         let created_of = |reference: &str| -> ApiResult<i64> {
             list.iter()
-                .find(|i| i.repo_tags.iter().any(|t| t == reference || *t == format!("{reference}:latest")) || i.id.trim_start_matches("sha256:").starts_with(reference.trim_start_matches("sha256:")))
+                .find(|i| {
+                    i.repo_tags
+                        .iter()
+                        .any(|t| t == reference || *t == format!("{reference}:latest"))
+                        || i.id
+                            .trim_start_matches("sha256:")
+                            .starts_with(reference.trim_start_matches("sha256:"))
+                })
                 .map(|i| i.created)
                 .ok_or_else(|| ApiError::not_found(format!("No such image: {reference}")))
         };
-        let before: Vec<i64> = self.0.get("before").into_iter().flatten().map(|r| created_of(r)).collect::<ApiResult<_>>()?;
-        let since: Vec<i64> = self.0.get("since").into_iter().flatten().map(|r| created_of(r)).collect::<ApiResult<_>>()?;
+        let before: Vec<i64> = self
+            .0
+            .get("before")
+            .into_iter()
+            .flatten()
+            .map(|r| created_of(r))
+            .collect::<ApiResult<_>>()?;
+        let since: Vec<i64> = self
+            .0
+            .get("since")
+            .into_iter()
+            .flatten()
+            .map(|r| created_of(r))
+            .collect::<ApiResult<_>>()?;
         Ok(list
             .into_iter()
             .filter(|i| {
-                let dangling = i.repo_tags.is_empty() || i.repo_tags.iter().all(|t| t == "<none>:<none>");
+                let dangling =
+                    i.repo_tags.is_empty() || i.repo_tags.iter().all(|t| t == "<none>:<none>");
                 self.any("dangling", |v| (v == "true" || v == "1") == dangling)
                     && self.any("label", |v| label_matches(v, &i.labels))
                     && before.iter().all(|&t| i.created < t)
@@ -105,8 +181,10 @@ impl Filters {
             .filter_map(|mut i| {
                 // As in Docker, a reference filter also narrows the tags shown.
                 if let Some(patterns) = self.0.get("reference") {
-                    i.repo_tags.retain(|t| patterns.iter().any(|p| reference_matches(p, t)));
-                    i.repo_digests.retain(|d| patterns.iter().any(|p| reference_matches(p, d)));
+                    i.repo_tags
+                        .retain(|t| patterns.iter().any(|p| reference_matches(p, t)));
+                    i.repo_digests
+                        .retain(|d| patterns.iter().any(|p| reference_matches(p, d)));
                     if i.repo_tags.is_empty() && i.repo_digests.is_empty() {
                         return None;
                     }
@@ -149,7 +227,10 @@ fn label_matches(filter: &str, labels: &BTreeMap<String, String>) -> bool {
 fn reference_matches(pattern: &str, reference: &str) -> bool {
     let repo = match reference.split_once('@') {
         Some((repo, _digest)) => repo,
-        None => reference.rsplit_once(':').filter(|(_, t)| !t.contains('/')).map_or(reference, |(repo, _tag)| repo),
+        None => reference
+            .rsplit_once(':')
+            .filter(|(_, t)| !t.contains('/'))
+            .map_or(reference, |(repo, _tag)| repo),
     };
     glob(pattern, reference) || glob(pattern, repo)
 }
@@ -158,23 +239,40 @@ fn glob(pattern: &str, text: &str) -> bool {
     match pattern.split_once('*') {
         None => pattern == text,
         Some((head, tail)) => {
-            let Some(rest) = text.strip_prefix(head) else { return false };
+            let Some(rest) = text.strip_prefix(head) else {
+                return false;
+            };
             // `*` does not cross a `/`, as in path.Match.
-            (0..=rest.len()).take_while(|&i| i == 0 || !rest[..i].contains('/')).filter(|&i| rest.is_char_boundary(i)).any(|i| glob(tail, &rest[i..]))
+            (0..=rest.len())
+                .take_while(|&i| i == 0 || !rest[..i].contains('/'))
+                .filter(|&i| rest.is_char_boundary(i))
+                .any(|i| glob(tail, &rest[i..]))
         }
     }
 }
 
 /// The code in a summary status such as `Exited (137) 5 seconds ago`.
 fn exit_code(status: &str) -> Option<i64> {
-    status.strip_prefix("Exited (")?.split_once(')')?.0.parse().ok()
+    status
+        .strip_prefix("Exited (")?
+        .split_once(')')?
+        .0
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn ctr(id: &str, name: &str, state: &str, status: &str, image: &str, labels: &[(&str, &str)]) -> ContainerSummary {
+    fn ctr(
+        id: &str,
+        name: &str,
+        state: &str,
+        status: &str,
+        image: &str,
+        labels: &[(&str, &str)],
+    ) -> ContainerSummary {
         ContainerSummary {
             id: id.into(),
             names: vec![format!("/{name}")],
@@ -182,20 +280,46 @@ mod tests {
             image_id: "sha256:abc123".into(),
             state: state.into(),
             status: status.into(),
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             ..Default::default()
         }
     }
 
     fn names(list: &[ContainerSummary]) -> Vec<String> {
-        list.iter().map(|c| c.names[0].trim_start_matches('/').to_owned()).collect()
+        list.iter()
+            .map(|c| c.names[0].trim_start_matches('/').to_owned())
+            .collect()
     }
 
     fn sample() -> Vec<ContainerSummary> {
         vec![
-            ctr("aaa111", "web", "running", "Up 2 minutes", "busybox:latest", &[("tier", "front")]),
-            ctr("bbb222", "web-old", "exited", "Exited (137) 1 hour ago", "busybox:latest", &[]),
-            ctr("ccc333", "db", "exited", "Exited (0) 3 minutes ago", "alpine:3", &[("tier", "back")]),
+            ctr(
+                "aaa111",
+                "web",
+                "running",
+                "Up 2 minutes",
+                "busybox:latest",
+                &[("tier", "front")],
+            ),
+            ctr(
+                "bbb222",
+                "web-old",
+                "exited",
+                "Exited (137) 1 hour ago",
+                "busybox:latest",
+                &[],
+            ),
+            ctr(
+                "ccc333",
+                "db",
+                "exited",
+                "Exited (0) 3 minutes ago",
+                "alpine:3",
+                &[("tier", "back")],
+            ),
         ]
     }
 
@@ -205,68 +329,200 @@ mod tests {
 
     #[test]
     fn container_filters_as_the_cli_sends_them() {
-        assert_eq!(names(&filt(r#"{"name":["web"]}"#).containers(sample()).unwrap()), ["web", "web-old"]);
-        assert_eq!(names(&filt(r#"{"name":["^web$"]}"#).containers(sample()).unwrap()), ["web"]);
-        assert_eq!(names(&filt(r#"{"status":["exited"]}"#).containers(sample()).unwrap()), ["web-old", "db"]);
-        assert_eq!(names(&filt(r#"{"exited":["137"]}"#).containers(sample()).unwrap()), ["web-old"]);
-        assert_eq!(names(&filt(r#"{"label":["tier"]}"#).containers(sample()).unwrap()), ["web", "db"]);
-        assert_eq!(names(&filt(r#"{"label":["tier=back"]}"#).containers(sample()).unwrap()), ["db"]);
-        assert_eq!(names(&filt(r#"{"ancestor":["busybox"]}"#).containers(sample()).unwrap()), ["web", "web-old"]);
-        assert_eq!(names(&filt(r#"{"id":["ccc"]}"#).containers(sample()).unwrap()), ["db"]);
+        assert_eq!(
+            names(&filt(r#"{"name":["web"]}"#).containers(sample()).unwrap()),
+            ["web", "web-old"]
+        );
+        assert_eq!(
+            names(&filt(r#"{"name":["^web$"]}"#).containers(sample()).unwrap()),
+            ["web"]
+        );
+        assert_eq!(
+            names(
+                &filt(r#"{"status":["exited"]}"#)
+                    .containers(sample())
+                    .unwrap()
+            ),
+            ["web-old", "db"]
+        );
+        assert_eq!(
+            names(&filt(r#"{"exited":["137"]}"#).containers(sample()).unwrap()),
+            ["web-old"]
+        );
+        assert_eq!(
+            names(&filt(r#"{"label":["tier"]}"#).containers(sample()).unwrap()),
+            ["web", "db"]
+        );
+        assert_eq!(
+            names(
+                &filt(r#"{"label":["tier=back"]}"#)
+                    .containers(sample())
+                    .unwrap()
+            ),
+            ["db"]
+        );
+        assert_eq!(
+            names(
+                &filt(r#"{"ancestor":["busybox"]}"#)
+                    .containers(sample())
+                    .unwrap()
+            ),
+            ["web", "web-old"]
+        );
+        assert_eq!(
+            names(&filt(r#"{"id":["ccc"]}"#).containers(sample()).unwrap()),
+            ["db"]
+        );
         // Values of one name are ORed, names are ANDed.
-        assert_eq!(names(&filt(r#"{"name":["db","web-old"],"status":["exited"]}"#).containers(sample()).unwrap()), ["web-old", "db"]);
-        assert_eq!(names(&filt(r#"{"name":["web"],"status":["exited"]}"#).containers(sample()).unwrap()), ["web-old"]);
+        assert_eq!(
+            names(
+                &filt(r#"{"name":["db","web-old"],"status":["exited"]}"#)
+                    .containers(sample())
+                    .unwrap()
+            ),
+            ["web-old", "db"]
+        );
+        assert_eq!(
+            names(
+                &filt(r#"{"name":["web"],"status":["exited"]}"#)
+                    .containers(sample())
+                    .unwrap()
+            ),
+            ["web-old"]
+        );
         // The old form: name → {value: true}.
-        assert_eq!(names(&filt(r#"{"name":{"db":true}}"#).containers(sample()).unwrap()), ["db"]);
-        assert_eq!(names(&Filters::parse(None).unwrap().containers(sample()).unwrap()).len(), 3);
+        assert_eq!(
+            names(
+                &filt(r#"{"name":{"db":true}}"#)
+                    .containers(sample())
+                    .unwrap()
+            ),
+            ["db"]
+        );
+        assert_eq!(
+            names(&Filters::parse(None).unwrap().containers(sample()).unwrap()).len(),
+            3
+        );
     }
 
     #[test]
     fn bad_filters_are_400s() {
         for (json, msg) in [
             (r#"{"colour":["red"]}"#, "invalid filter 'colour'"),
-            (r#"{"status":["sleeping"]}"#, "invalid filter 'status=sleeping'"),
+            (
+                r#"{"status":["sleeping"]}"#,
+                "invalid filter 'status=sleeping'",
+            ),
             (r#"{"exited":["x"]}"#, "invalid filter 'exited=x'"),
         ] {
             let e = filt(json).containers(sample()).unwrap_err();
             assert_eq!((e.status.as_u16(), e.message.as_str()), (400, msg));
         }
         for raw in ["{", "[1]", r#"{"name":[1]}"#] {
-            assert_eq!(Filters::parse(Some(raw)).unwrap_err().status.as_u16(), 400, "{raw}");
+            assert_eq!(
+                Filters::parse(Some(raw)).unwrap_err().status.as_u16(),
+                400,
+                "{raw}"
+            );
         }
     }
 
     fn img(id: &str, tags: &[&str], created: i64) -> ImageSummary {
-        let repo_digests = tags.iter().map(|t| format!("{}@sha256:{}", t.rsplit_once(':').unwrap().0, &id[7..])).collect();
-        ImageSummary { id: id.into(), repo_tags: tags.iter().map(|t| t.to_string()).collect(), repo_digests, created, ..Default::default() }
+        let repo_digests = tags
+            .iter()
+            .map(|t| format!("{}@sha256:{}", t.rsplit_once(':').unwrap().0, &id[7..]))
+            .collect();
+        ImageSummary {
+            id: id.into(),
+            repo_tags: tags.iter().map(|t| t.to_string()).collect(),
+            repo_digests,
+            created,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn image_filters() {
         let list = vec![
-            img("sha256:111", &["busybox:latest", "127.0.0.1:5000/tools/busybox:1"], 10),
+            img(
+                "sha256:111",
+                &["busybox:latest", "127.0.0.1:5000/tools/busybox:1"],
+                10,
+            ),
             img("sha256:222", &[], 20),
             img("sha256:333", &["alpine:3"], 30),
         ];
-        let ids = |f: &str| filt(f).images(list.clone()).unwrap().into_iter().map(|i| i.id).collect::<Vec<_>>();
+        let ids = |f: &str| {
+            filt(f)
+                .images(list.clone())
+                .unwrap()
+                .into_iter()
+                .map(|i| i.id)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(ids(r#"{"dangling":["true"]}"#), ["sha256:222"]);
-        assert_eq!(ids(r#"{"dangling":["false"]}"#), ["sha256:111", "sha256:333"]);
+        assert_eq!(
+            ids(r#"{"dangling":["false"]}"#),
+            ["sha256:111", "sha256:333"]
+        );
         assert_eq!(ids(r#"{"reference":["busybox"]}"#), ["sha256:111"]);
-        let narrowed = filt(r#"{"reference":["busybox"]}"#).images(list.clone()).unwrap();
-        assert_eq!(narrowed[0].repo_tags, ["busybox:latest"], "only the matching tags are listed");
-        assert_eq!(narrowed[0].repo_digests, ["busybox@sha256:111"], "and digests");
+        let narrowed = filt(r#"{"reference":["busybox"]}"#)
+            .images(list.clone())
+            .unwrap();
+        assert_eq!(
+            narrowed[0].repo_tags,
+            ["busybox:latest"],
+            "only the matching tags are listed"
+        );
+        assert_eq!(
+            narrowed[0].repo_digests,
+            ["busybox@sha256:111"],
+            "and digests"
+        );
         assert_eq!(ids(r#"{"reference":["alp*"]}"#), ["sha256:333"]);
-        assert_eq!(ids(r#"{"reference":["127.0.0.1:5000/tools/*"]}"#), ["sha256:111"]);
-        assert_eq!(ids(r#"{"reference":["127.0.0.1:5000/*"]}"#), Vec::<String>::new(), "* stays within a path segment");
-        assert_eq!(ids(r#"{"before":["alpine:3"]}"#), ["sha256:111", "sha256:222"]);
-        assert_eq!(ids(r#"{"since":["busybox"]}"#), ["sha256:222", "sha256:333"]);
-        assert_eq!(filt(r#"{"before":["nope"]}"#).images(list.clone()).unwrap_err().status.as_u16(), 404);
-        assert_eq!(filt(r#"{"dangling":["maybe"]}"#).images(list).unwrap_err().status.as_u16(), 400);
+        assert_eq!(
+            ids(r#"{"reference":["127.0.0.1:5000/tools/*"]}"#),
+            ["sha256:111"]
+        );
+        assert_eq!(
+            ids(r#"{"reference":["127.0.0.1:5000/*"]}"#),
+            Vec::<String>::new(),
+            "* stays within a path segment"
+        );
+        assert_eq!(
+            ids(r#"{"before":["alpine:3"]}"#),
+            ["sha256:111", "sha256:222"]
+        );
+        assert_eq!(
+            ids(r#"{"since":["busybox"]}"#),
+            ["sha256:222", "sha256:333"]
+        );
+        assert_eq!(
+            filt(r#"{"before":["nope"]}"#)
+                .images(list.clone())
+                .unwrap_err()
+                .status
+                .as_u16(),
+            404
+        );
+        assert_eq!(
+            filt(r#"{"dangling":["maybe"]}"#)
+                .images(list)
+                .unwrap_err()
+                .status
+                .as_u16(),
+            400
+        );
     }
 
     #[test]
     fn name_patterns() {
-        assert!(name_matches("eb", "web") && name_matches("^we", "web") && name_matches("eb$", "web") && name_matches("^web$", "web"));
+        assert!(
+            name_matches("eb", "web")
+                && name_matches("^we", "web")
+                && name_matches("eb$", "web")
+                && name_matches("^web$", "web")
+        );
         assert!(!name_matches("^eb", "web") && !name_matches("^we$", "web"));
     }
 }

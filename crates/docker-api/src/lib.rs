@@ -103,7 +103,10 @@ pub trait Backend: Send + Sync + 'static {
     }
     /// Loads a `docker save` archive (tar), streamed in as it arrives; returns the names
     /// (or ids) of the loaded images. The stream ends early if the request body breaks.
-    fn image_load(&self, _tar: mpsc::Receiver<Bytes>) -> impl Future<Output = ApiResult<Vec<String>>> + Send {
+    fn image_load(
+        &self,
+        _tar: mpsc::Receiver<Bytes>,
+    ) -> impl Future<Output = ApiResult<Vec<String>>> + Send {
         nyi("image load")
     }
     fn image_tag(
@@ -122,7 +125,10 @@ pub trait Backend: Send + Sync + 'static {
         nyi("image remove")
     }
 
-    fn containers(&self, _all: bool) -> impl Future<Output = ApiResult<Vec<ContainerSummary>>> + Send {
+    fn containers(
+        &self,
+        _all: bool,
+    ) -> impl Future<Output = ApiResult<Vec<ContainerSummary>>> + Send {
         nyi("listing containers")
     }
     fn container_create(
@@ -132,7 +138,10 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = ApiResult<ContainerCreateResponse>> + Send {
         nyi("container create")
     }
-    fn container_inspect(&self, _id: &str) -> impl Future<Output = ApiResult<ContainerInspect>> + Send {
+    fn container_inspect(
+        &self,
+        _id: &str,
+    ) -> impl Future<Output = ApiResult<ContainerInspect>> + Send {
         nyi("container inspect")
     }
     /// Err with status 304 when already running.
@@ -147,13 +156,26 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = ApiResult<()>> + Send {
         nyi("container stop")
     }
-    fn container_kill(&self, _id: &str, _signal: Option<String>) -> impl Future<Output = ApiResult<()>> + Send {
+    fn container_kill(
+        &self,
+        _id: &str,
+        _signal: Option<String>,
+    ) -> impl Future<Output = ApiResult<()>> + Send {
         nyi("container kill")
     }
-    fn container_restart(&self, _id: &str, _timeout: Option<i64>) -> impl Future<Output = ApiResult<()>> + Send {
+    fn container_restart(
+        &self,
+        _id: &str,
+        _timeout: Option<i64>,
+    ) -> impl Future<Output = ApiResult<()>> + Send {
         nyi("container restart")
     }
-    fn container_remove(&self, _id: &str, _force: bool, _volumes: bool) -> impl Future<Output = ApiResult<()>> + Send {
+    fn container_remove(
+        &self,
+        _id: &str,
+        _force: bool,
+        _volumes: bool,
+    ) -> impl Future<Output = ApiResult<()>> + Send {
         nyi("container remove")
     }
     fn container_prune(&self) -> impl Future<Output = ApiResult<Vec<String>>> + Send {
@@ -182,7 +204,12 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = ApiResult<AttachIo>> + Send {
         nyi("container attach")
     }
-    fn container_resize(&self, _id: &str, _h: u16, _w: u16) -> impl Future<Output = ApiResult<()>> + Send {
+    fn container_resize(
+        &self,
+        _id: &str,
+        _h: u16,
+        _w: u16,
+    ) -> impl Future<Output = ApiResult<()>> + Send {
         async { Ok(()) }
     }
     fn exec_create(
@@ -202,7 +229,12 @@ pub trait Backend: Send + Sync + 'static {
     fn exec_inspect(&self, _exec_id: &str) -> impl Future<Output = ApiResult<ExecInspect>> + Send {
         nyi("exec inspect")
     }
-    fn exec_resize(&self, _exec_id: &str, _h: u16, _w: u16) -> impl Future<Output = ApiResult<()>> + Send {
+    fn exec_resize(
+        &self,
+        _exec_id: &str,
+        _h: u16,
+        _w: u16,
+    ) -> impl Future<Output = ApiResult<()>> + Send {
         async { Ok(()) }
     }
     /// A tar stream of `path` in the container, and its stat.
@@ -213,7 +245,11 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = ApiResult<(PathStat, mpsc::Receiver<Bytes>)>> + Send {
         nyi("copying from containers")
     }
-    fn archive_stat(&self, _id: &str, _path: &str) -> impl Future<Output = ApiResult<PathStat>> + Send {
+    fn archive_stat(
+        &self,
+        _id: &str,
+        _path: &str,
+    ) -> impl Future<Output = ApiResult<PathStat>> + Send {
         nyi("copying from containers")
     }
     /// Extracts a tar archive into `path` in the container.

@@ -76,7 +76,9 @@ pub fn route(method: &Method, raw_path: &str) -> Result<Routed, ApiError> {
     let (version, path) = split_version(&path)?;
     let m = method.clone();
     let not_found = || {
-        ApiError::not_found(format!("page not found: {m} {path} is not served by this engine"))
+        ApiError::not_found(format!(
+            "page not found: {m} {path} is not served by this engine"
+        ))
     };
     let r = match (method, path) {
         (&Method::GET | &Method::HEAD, "/_ping") => Route::Ping,
@@ -214,14 +216,20 @@ mod tests {
     #[test]
     fn image_names_with_slashes_and_ports() {
         assert_eq!(
-            r(Method::GET, "/v1.47/images/127.0.0.1:5000/busybox:latest/json"),
+            r(
+                Method::GET,
+                "/v1.47/images/127.0.0.1:5000/busybox:latest/json"
+            ),
             Route::ImageInspect("127.0.0.1:5000/busybox:latest".into())
         );
         assert_eq!(
             r(Method::DELETE, "/images/127.0.0.1%3A5000/busybox"),
             Route::ImageDelete("127.0.0.1:5000/busybox".into())
         );
-        assert_eq!(r(Method::POST, "/images/abc/tag"), Route::ImageTag("abc".into()));
+        assert_eq!(
+            r(Method::POST, "/images/abc/tag"),
+            Route::ImageTag("abc".into())
+        );
     }
 
     #[test]
@@ -234,7 +242,10 @@ mod tests {
             r(Method::DELETE, "/containers/abc"),
             Route::Container("abc".into(), ContainerOp::Delete)
         );
-        assert_eq!(r(Method::POST, "/exec/e1/start"), Route::ExecStart("e1".into()));
+        assert_eq!(
+            r(Method::POST, "/exec/e1/start"),
+            Route::ExecStart("e1".into())
+        );
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! hijack the connection when the client asks for `Upgrade: tcp`.
 
 use crate::error::{ApiError, ApiResult};
-use crate::route::{route, ContainerOp, Route};
 use crate::filters::Filters;
+use crate::route::{route, ContainerOp, Route};
 use crate::stdcopy::{self, Frame};
 use crate::types::*;
 use crate::{version, AttachIo, AttachOptions, Backend, LogsOptions, RegistryAuth, WaitCondition};
@@ -81,7 +81,9 @@ fn json<T: Serialize>(status: StatusCode, v: &T) -> Resp {
 }
 
 fn empty(status: StatusCode) -> Resp {
-    base(status).body(Body::Full(None)).expect("static response parts")
+    base(status)
+        .body(Body::Full(None))
+        .expect("static response parts")
 }
 
 fn error_response(e: &ApiError) -> Resp {
@@ -98,7 +100,11 @@ struct Query(HashMap<String, String>);
 
 impl Query {
     fn parse(q: Option<&str>) -> Self {
-        Query(form_urlencoded::parse(q.unwrap_or("").as_bytes()).into_owned().collect())
+        Query(
+            form_urlencoded::parse(q.unwrap_or("").as_bytes())
+                .into_owned()
+                .collect(),
+        )
     }
     fn get(&self, k: &str) -> Option<&str> {
         self.0.get(k).map(String::as_str).filter(|s| !s.is_empty())
@@ -154,7 +160,11 @@ async fn dispatch<B: Backend>(b: Arc<B>, req: Request<Incoming>) -> ApiResult<Re
                 .header(header::PRAGMA, "no-cache")
                 .header("Builder-Version", "1")
                 .header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
-            let body = if is_head { Body::Full(None) } else { Body::Full(Some("OK".into())) };
+            let body = if is_head {
+                Body::Full(None)
+            } else {
+                Body::Full(Some("OK".into()))
+            };
             r.body(body).expect("static response parts")
         }
         Route::Version => json(StatusCode::OK, &b.version().await?),
@@ -165,8 +175,11 @@ async fn dispatch<B: Backend>(b: Arc<B>, req: Request<Incoming>) -> ApiResult<Re
         }
         Route::ImageInspect(n) => json(StatusCode::OK, &b.image_inspect(&n).await?),
         Route::ImageTag(n) => {
-            let repo = q.get("repo").ok_or_else(|| ApiError::bad_request("repo is required"))?;
-            b.image_tag(&n, repo, q.get("tag").unwrap_or("latest")).await?;
+            let repo = q
+                .get("repo")
+                .ok_or_else(|| ApiError::bad_request("repo is required"))?;
+            b.image_tag(&n, repo, q.get("tag").unwrap_or("latest"))
+                .await?;
             empty(StatusCode::CREATED)
         }
         Route::ImageDelete(n) => json(StatusCode::OK, &b.image_remove(&n, q.flag("force")).await?),
@@ -182,7 +195,9 @@ async fn dispatch<B: Backend>(b: Arc<B>, req: Request<Incoming>) -> ApiResult<Re
                 .get("X-Registry-Auth")
                 .and_then(|v| v.to_str().ok())
                 .and_then(decode_auth);
-            let mut rx = b.image_pull(image, q.get("tag").unwrap_or(""), auth).await?;
+            let mut rx = b
+                .image_pull(image, q.get("tag").unwrap_or(""), auth)
+                .await?;
             let (tx, body_rx) = mpsc::channel(16);
             tokio::spawn(async move {
                 while let Some(m) = rx.recv().await {
@@ -216,14 +231,27 @@ async fn dispatch<B: Backend>(b: Arc<B>, req: Request<Incoming>) -> ApiResult<Re
             let loaded = b.image_load(rx).await;
             let complete = feed.await.unwrap_or(false);
             let loaded = match (loaded, complete) {
-                (Ok(_), false) => return Err(ApiError::bad_request("the request body broke off before the archive ended")),
+                (Ok(_), false) => {
+                    return Err(ApiError::bad_request(
+                        "the request body broke off before the archive ended",
+                    ))
+                }
                 (r, _) => r?,
             };
             // dockerd's answer: a JSON message stream, one "Loaded image" line per image.
             let mut out = Vec::new();
             for name in loaded {
-                let what = if name.starts_with("sha256:") { "Loaded image ID" } else { "Loaded image" };
-                out.extend(serde_json::to_vec(&serde_json::json!({ "stream": format!("{what}: {name}\n") })).unwrap_or_default());
+                let what = if name.starts_with("sha256:") {
+                    "Loaded image ID"
+                } else {
+                    "Loaded image"
+                };
+                out.extend(
+                    serde_json::to_vec(
+                        &serde_json::json!({ "stream": format!("{what}: {name}\n") }),
+                    )
+                    .unwrap_or_default(),
+                );
                 out.extend_from_slice(b"\r\n");
             }
             base(StatusCode::OK)
@@ -234,8 +262,12 @@ async fn dispatch<B: Backend>(b: Arc<B>, req: Request<Incoming>) -> ApiResult<Re
         Route::ContainersList => {
             // `-n N`/`-l` (limit) and a status filter look at every container, as in Docker.
             let filters = Filters::parse(q.get("filters"))?;
-            let limit: Option<usize> = q.int::<i64>("limit")?.filter(|&n| n > 0).map(|n| n as usize);
-            let all = q.flag("all") || limit.is_some() || filters.has("status") || filters.has("exited");
+            let limit: Option<usize> = q
+                .int::<i64>("limit")?
+                .filter(|&n| n > 0)
+                .map(|n| n as usize);
+            let all =
+                q.flag("all") || limit.is_some() || filters.has("status") || filters.has("exited");
             let mut list = filters.containers(b.containers(all).await?)?;
             // Newest first. Stable: `Created` is in seconds, and a back end lists same-second
             // containers in its own finer order (the engine sorts by nanoseconds).
@@ -270,7 +302,8 @@ async fn dispatch<B: Backend>(b: Arc<B>, req: Request<Incoming>) -> ApiResult<Re
         }
         Route::ExecInspect(id) => json(StatusCode::OK, &b.exec_inspect(&id).await?),
         Route::ExecResize(id) => {
-            b.exec_resize(&id, q.int("h")?.unwrap_or(24), q.int("w")?.unwrap_or(80)).await?;
+            b.exec_resize(&id, q.int("h")?.unwrap_or(24), q.int("w")?.unwrap_or(80))
+                .await?;
             empty(StatusCode::OK)
         }
         Route::Container(id, op) => container(b, req, q, id, op).await?,
@@ -296,11 +329,13 @@ async fn container<B: Backend>(
                 Some(t) => Some(t),
                 None => q.int("timeout")?,
             };
-            b.container_stop(&id, t, q.get("signal").map(str::to_string)).await?;
+            b.container_stop(&id, t, q.get("signal").map(str::to_string))
+                .await?;
             empty(StatusCode::NO_CONTENT)
         }
         Kill => {
-            b.container_kill(&id, q.get("signal").map(str::to_string)).await?;
+            b.container_kill(&id, q.get("signal").map(str::to_string))
+                .await?;
             empty(StatusCode::NO_CONTENT)
         }
         Restart => {
@@ -308,7 +343,8 @@ async fn container<B: Backend>(
             empty(StatusCode::NO_CONTENT)
         }
         Delete => {
-            b.container_remove(&id, q.flag("force"), q.flag("v")).await?;
+            b.container_remove(&id, q.flag("force"), q.flag("v"))
+                .await?;
             empty(StatusCode::NO_CONTENT)
         }
         Wait => {
@@ -325,7 +361,10 @@ async fn container<B: Backend>(
             tokio::spawn(async move {
                 let r = match b.container_wait(&id, cond).await {
                     Ok(r) => r,
-                    Err(e) => WaitResponse { status_code: -1, error: Some(WaitError { message: e.message }) },
+                    Err(e) => WaitResponse {
+                        status_code: -1,
+                        error: Some(WaitError { message: e.message }),
+                    },
                 };
                 let mut body = serde_json::to_vec(&r).unwrap_or_default();
                 body.push(b'\n');
@@ -369,7 +408,8 @@ async fn container<B: Backend>(
             stream_io(Request::from_parts(parts, ()), upgrade, io)?
         }
         Resize => {
-            b.container_resize(&id, q.int("h")?.unwrap_or(24), q.int("w")?.unwrap_or(80)).await?;
+            b.container_resize(&id, q.int("h")?.unwrap_or(24), q.int("w")?.unwrap_or(80))
+                .await?;
             empty(StatusCode::OK)
         }
         ExecCreate => {
@@ -377,10 +417,17 @@ async fn container<B: Backend>(
             if body.cmd.is_empty() {
                 return Err(ApiError::bad_request("No exec command specified"));
             }
-            json(StatusCode::CREATED, &IdResponse { id: b.exec_create(&id, body).await? })
+            json(
+                StatusCode::CREATED,
+                &IdResponse {
+                    id: b.exec_create(&id, body).await?,
+                },
+            )
         }
         ArchiveHead => {
-            let path = q.get("path").ok_or_else(|| ApiError::bad_request("path is required"))?;
+            let path = q
+                .get("path")
+                .ok_or_else(|| ApiError::bad_request("path is required"))?;
             let stat = b.archive_stat(&id, path).await?;
             base(StatusCode::OK)
                 .header("X-Docker-Container-Path-Stat", stat_header(&stat))
@@ -388,7 +435,9 @@ async fn container<B: Backend>(
                 .expect("static response parts")
         }
         ArchiveGet => {
-            let path = q.get("path").ok_or_else(|| ApiError::bad_request("path is required"))?;
+            let path = q
+                .get("path")
+                .ok_or_else(|| ApiError::bad_request("path is required"))?;
             let (stat, rx) = b.archive_get(&id, path).await?;
             base(StatusCode::OK)
                 .header("X-Docker-Container-Path-Stat", stat_header(&stat))
@@ -397,7 +446,10 @@ async fn container<B: Backend>(
                 .expect("static response parts")
         }
         ArchivePut => {
-            let path = q.get("path").ok_or_else(|| ApiError::bad_request("path is required"))?.to_string();
+            let path = q
+                .get("path")
+                .ok_or_else(|| ApiError::bad_request("path is required"))?
+                .to_string();
             let tar = read_body(req.into_body(), MAX_ARCHIVE_BODY).await?;
             b.archive_put(&id, &path, tar).await?;
             empty(StatusCode::OK)
@@ -462,7 +514,11 @@ fn stream_io(req: Request<()>, upgrade: bool, io: AttachIo) -> ApiResult<Resp> {
             Err(e) => eprintln!("engine api: connection upgrade failed: {e}"),
         }
     });
-    let ct = if tty { "application/vnd.docker.raw-stream" } else { "application/vnd.docker.multiplexed-stream" };
+    let ct = if tty {
+        "application/vnd.docker.raw-stream"
+    } else {
+        "application/vnd.docker.multiplexed-stream"
+    };
     Ok(base(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONTENT_TYPE, ct)
         .header(header::CONNECTION, "Upgrade")
@@ -484,7 +540,11 @@ const DRAIN_AFTER_OUTPUT: std::time::Duration = std::time::Duration::from_secs(5
 /// CLI then fails with "connection reset by peer").
 async fn pump<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(conn: S, io: AttachIo) {
     let (mut rd, mut wr) = tokio::io::split(conn);
-    let AttachIo { tty, mut output, stdin } = io;
+    let AttachIo {
+        tty,
+        mut output,
+        stdin,
+    } = io;
     let (ended, mut ended_rx) = tokio::sync::oneshot::channel::<()>();
     let input = tokio::spawn(async move {
         let mut stdin = stdin;
@@ -527,7 +587,10 @@ async fn pump<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(conn: S, io: A
     let _ = wr.shutdown().await;
     let _ = ended.send(());
     let abort = input.abort_handle();
-    if tokio::time::timeout(DRAIN_AFTER_OUTPUT, input).await.is_err() {
+    if tokio::time::timeout(DRAIN_AFTER_OUTPUT, input)
+        .await
+        .is_err()
+    {
         abort.abort();
     }
 }
@@ -622,14 +685,20 @@ mod tests {
     struct Fake;
     impl Backend for Fake {
         async fn version(&self) -> ApiResult<Version> {
-            Ok(Version { api_version: version::API_VERSION.into(), ..Default::default() })
+            Ok(Version {
+                api_version: version::API_VERSION.into(),
+                ..Default::default()
+            })
         }
         async fn info(&self) -> ApiResult<Info> {
             Ok(Info::default())
         }
         async fn container_inspect(&self, id: &str) -> ApiResult<ContainerInspect> {
             if id == "c1" {
-                Ok(ContainerInspect { id: "c1".into(), ..Default::default() })
+                Ok(ContainerInspect {
+                    id: "c1".into(),
+                    ..Default::default()
+                })
             } else {
                 Err(ApiError::not_found(format!("No such container: {id}")))
             }
@@ -650,7 +719,11 @@ mod tests {
             tx.send(Frame::stdout("bye\n")).await.unwrap();
             // Its stdin is gone with it.
             let stdin = mpsc::channel(1).0;
-            Ok(AttachIo { tty: false, output, stdin: Some(stdin) })
+            Ok(AttachIo {
+                tty: false,
+                output,
+                stdin: Some(stdin),
+            })
         }
     }
 
@@ -662,12 +735,16 @@ mod tests {
         for _ in 0..20 {
             let (client, server) = std::os::unix::net::UnixStream::pair().unwrap();
             server.set_nonblocking(true).unwrap();
-            tokio::spawn(serve_connection(Arc::new(Quick), tokio::net::UnixStream::from_std(server).unwrap()));
+            tokio::spawn(serve_connection(
+                Arc::new(Quick),
+                tokio::net::UnixStream::from_std(server).unwrap(),
+            ));
             let mut w = client.try_clone().unwrap();
             let mut r = client;
             let reader = std::thread::spawn(move || {
                 use std::io::Read;
-                r.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+                r.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                    .unwrap();
                 let mut out = Vec::new();
                 let mut buf = [0u8; 4096];
                 loop {
@@ -686,10 +763,15 @@ mod tests {
             w.write_all(b"POST /containers/c1/attach?stream=1&stdin=1&stdout=1 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n").unwrap();
             // The endless producer, until the connection is gone.
             let writer = std::thread::spawn(move || while w.write_all(b"y\n").is_ok() {});
-            let out = tokio::task::spawn_blocking(move || reader.join().unwrap()).await.unwrap();
+            let out = tokio::task::spawn_blocking(move || reader.join().unwrap())
+                .await
+                .unwrap();
             let out = out.unwrap_or_else(|(e, got)| panic!("the client read {e} after {got:?}"));
             let out = String::from_utf8_lossy(&out);
-            assert!(out.starts_with("HTTP/1.1 101") && out.ends_with("bye\n"), "{out:?}");
+            assert!(
+                out.starts_with("HTTP/1.1 101") && out.ends_with("bye\n"),
+                "{out:?}"
+            );
             drop(writer);
         }
     }
@@ -702,7 +784,10 @@ mod tests {
         let mut out = Vec::new();
         let mut buf = [0u8; 4096];
         loop {
-            let n = tokio::time::timeout(std::time::Duration::from_secs(5), rd.read(&mut buf)).await.unwrap().unwrap();
+            let n = tokio::time::timeout(std::time::Duration::from_secs(5), rd.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
             if n == 0 {
                 break;
             }
@@ -721,10 +806,17 @@ mod tests {
 
     #[tokio::test]
     async fn unimplemented_is_501_and_unknown_is_404() {
-        let r = request("GET /v1.47/images/json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        let r = request("GET /v1.47/images/json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await;
         assert!(r.starts_with("HTTP/1.1 501"), "{r}");
-        assert!(r.contains(r#"{"message":"listing images is not implemented by this engine"}"#), "{r}");
-        let r = request("GET /v1.47/containers/zz/json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(
+            r.contains(r#"{"message":"listing images is not implemented by this engine"}"#),
+            "{r}"
+        );
+        let r = request(
+            "GET /v1.47/containers/zz/json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
         assert!(r.starts_with("HTTP/1.1 404"), "{r}");
         let r = request("POST /v1.47/containers/zz/wait HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").await;
         assert!(r.starts_with("HTTP/1.1 404"), "{r}");

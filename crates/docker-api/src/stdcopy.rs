@@ -21,10 +21,16 @@ pub struct Frame {
 
 impl Frame {
     pub fn stdout(data: impl Into<Bytes>) -> Self {
-        Frame { stream: StdStream::Stdout, data: data.into() }
+        Frame {
+            stream: StdStream::Stdout,
+            data: data.into(),
+        }
     }
     pub fn stderr(data: impl Into<Bytes>) -> Self {
-        Frame { stream: StdStream::Stderr, data: data.into() }
+        Frame {
+            stream: StdStream::Stderr,
+            data: data.into(),
+        }
     }
 }
 
@@ -58,7 +64,10 @@ pub fn decode(mut buf: &[u8]) -> Option<Vec<Frame>> {
         if buf.len() < 8 + len {
             return None;
         }
-        out.push(Frame { stream, data: Bytes::copy_from_slice(&buf[8..8 + len]) });
+        out.push(Frame {
+            stream,
+            data: Bytes::copy_from_slice(&buf[8..8 + len]),
+        });
         buf = &buf[8 + len..];
     }
     Some(out)

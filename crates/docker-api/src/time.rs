@@ -9,14 +9,26 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Now, in nanoseconds since the epoch.
 pub fn now_nanos() -> i128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_nanos() as i128
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_nanos() as i128
 }
 
 /// `2026-11-26T20:05:10.123456789Z`; 0 gives Docker's zero time `0001-01-01T00:00:00Z`
 /// (as does an instant beyond the year 9999).
 pub fn rfc3339(nanos: i128) -> String {
     match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
-        Ok(t) if nanos != 0 => format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}Z", t.year(), t.month() as u8, t.day(), t.hour(), t.minute(), t.second(), t.nanosecond()),
+        Ok(t) if nanos != 0 => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}Z",
+            t.year(),
+            t.month() as u8,
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.nanosecond()
+        ),
         _ => "0001-01-01T00:00:00Z".into(),
     }
 }
@@ -25,12 +37,20 @@ pub fn rfc3339(nanos: i128) -> String {
 /// 0 when unparsable (an image config without `created`, say) or not a real date.
 pub fn unix_from_rfc3339(s: &str) -> i64 {
     let p = |a: usize, b: usize| s.get(a..b).and_then(|x| x.parse::<u16>().ok());
-    let (Some(y), Some(m), Some(d), Some(hh), Some(mm), Some(ss)) = (p(0, 4), p(5, 7), p(8, 10), p(11, 13), p(14, 16), p(17, 19)) else { return 0 };
-    let month = u8::try_from(m).ok().and_then(|m| time::Month::try_from(m).ok());
+    let (Some(y), Some(m), Some(d), Some(hh), Some(mm), Some(ss)) =
+        (p(0, 4), p(5, 7), p(8, 10), p(11, 13), p(14, 16), p(17, 19))
+    else {
+        return 0;
+    };
+    let month = u8::try_from(m)
+        .ok()
+        .and_then(|m| time::Month::try_from(m).ok());
     let date = month.and_then(|m| time::Date::from_calendar_date(y as i32, m, d as u8).ok());
     let tod = time::Time::from_hms(hh as u8, mm as u8, ss as u8).ok();
     match (date, tod) {
-        (Some(d), Some(t)) => time::PrimitiveDateTime::new(d, t).assume_utc().unix_timestamp(),
+        (Some(d), Some(t)) => time::PrimitiveDateTime::new(d, t)
+            .assume_utc()
+            .unix_timestamp(),
         _ => 0,
     }
 }
@@ -63,8 +83,14 @@ mod tests {
     fn formats_known_instants() {
         assert_eq!(rfc3339(1_000_000_000), "1970-01-01T00:00:01.000000000Z");
         // 2024-02-29T12:34:56Z
-        assert_eq!(rfc3339(1_709_210_096_000_000_000), "2024-02-29T12:34:56.000000000Z");
-        assert_eq!(rfc3339(1_709_210_096_000_000_123), "2024-02-29T12:34:56.000000123Z");
+        assert_eq!(
+            rfc3339(1_709_210_096_000_000_000),
+            "2024-02-29T12:34:56.000000000Z"
+        );
+        assert_eq!(
+            rfc3339(1_709_210_096_000_000_123),
+            "2024-02-29T12:34:56.000000123Z"
+        );
         assert_eq!(rfc3339(0), "0001-01-01T00:00:00Z");
         assert_eq!(human(Duration::from_secs(5)), "5 seconds");
         assert_eq!(human(Duration::from_secs(7200)), "2 hours");
@@ -76,16 +102,28 @@ mod tests {
         assert_eq!(&s[..19], "2026-11-26T23:14:55");
         assert_eq!(unix_from_rfc3339(&s), 1_795_734_895);
         assert_eq!(unix_from_rfc3339("2024-01-01T00:00:00Z"), 1_704_067_200);
-        assert_eq!(unix_from_rfc3339("2024-02-29T12:34:56.5+00:00"), 1_709_210_096);
+        assert_eq!(
+            unix_from_rfc3339("2024-02-29T12:34:56.5+00:00"),
+            1_709_210_096
+        );
         assert_eq!(unix_from_rfc3339("1969-12-31T23:59:59Z"), -1);
         assert_eq!(unix_from_rfc3339("nonsense"), 0);
-        assert_eq!(unix_from_rfc3339("2023-02-29T00:00:00Z"), 0, "not a leap year");
+        assert_eq!(
+            unix_from_rfc3339("2023-02-29T00:00:00Z"),
+            0,
+            "not a leap year"
+        );
         assert_eq!(unix_from_rfc3339("2024-13-01T00:00:00Z"), 0);
         assert_eq!(rfc3339(-1_000_000_000), "1969-12-31T23:59:59.000000000Z");
         // Every day of a leap-year span maps back to itself.
         for day in (-800..800).map(|d| d * 17) {
             let t = day as i128 * 86_400_000_000_000 + 1;
-            assert_eq!(unix_from_rfc3339(&rfc3339(t)), day * 86_400, "{}", rfc3339(t));
+            assert_eq!(
+                unix_from_rfc3339(&rfc3339(t)),
+                day * 86_400,
+                "{}",
+                rfc3339(t)
+            );
         }
         assert!(since(now_nanos() + 10_000_000_000).is_zero());
     }

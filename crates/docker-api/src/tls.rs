@@ -10,11 +10,17 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("could not read PEM from {path}: {source}")]
-    Pem { path: PathBuf, source: rustls_pki_types::pem::Error },
+    Pem {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
     #[error("{path} holds no certificate")]
     NoCert { path: PathBuf },
     #[error("bad client CA certificate in {path}: {source}")]
-    Ca { path: PathBuf, source: rustls::Error },
+    Ca {
+        path: PathBuf,
+        source: rustls::Error,
+    },
     #[error("client certificate verifier: {0}")]
     Verifier(String),
     #[error("server certificate/key rejected: {0}")]
@@ -24,7 +30,10 @@ pub enum TlsError {
 fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|source| TlsError::Pem { path: path.into(), source })?;
+        .map_err(|source| TlsError::Pem {
+            path: path.into(),
+            source,
+        })?;
     if certs.is_empty() {
         return Err(TlsError::NoCert { path: path.into() });
     }
@@ -41,13 +50,18 @@ pub fn server_config(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for c in certs(client_ca)? {
-        roots.add(c).map_err(|source| TlsError::Ca { path: client_ca.into(), source })?;
+        roots.add(c).map_err(|source| TlsError::Ca {
+            path: client_ca.into(),
+            source,
+        })?;
     }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| TlsError::Verifier(e.to_string()))?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|source| TlsError::Pem { path: key.into(), source })?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Pem {
+        path: key.into(),
+        source,
+    })?;
     let cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Server)?

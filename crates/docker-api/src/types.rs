@@ -87,10 +87,39 @@ pub struct IndexInfo {
 impl RegistryServiceConfig {
     /// From the official index's name (the registry crate's `DOCKER_HUB`), the insecure
     /// networks (CIDRs) and the insecure registries given by name.
-    pub fn new(official: &str, insecure_cidrs: Vec<String>, insecure_registries: Vec<String>) -> Self {
-        let mut index_configs: BTreeMap<String, IndexInfo> = insecure_registries.into_iter().map(|n| (n.clone(), IndexInfo { name: n, mirrors: Vec::new(), secure: false, official: false })).collect();
-        index_configs.insert(official.into(), IndexInfo { name: official.into(), mirrors: Vec::new(), secure: true, official: true });
-        RegistryServiceConfig { insecure_registry_cidrs: insecure_cidrs, index_configs, mirrors: Vec::new() }
+    pub fn new(
+        official: &str,
+        insecure_cidrs: Vec<String>,
+        insecure_registries: Vec<String>,
+    ) -> Self {
+        let mut index_configs: BTreeMap<String, IndexInfo> = insecure_registries
+            .into_iter()
+            .map(|n| {
+                (
+                    n.clone(),
+                    IndexInfo {
+                        name: n,
+                        mirrors: Vec::new(),
+                        secure: false,
+                        official: false,
+                    },
+                )
+            })
+            .collect();
+        index_configs.insert(
+            official.into(),
+            IndexInfo {
+                name: official.into(),
+                mirrors: Vec::new(),
+                secure: true,
+                official: true,
+            },
+        );
+        RegistryServiceConfig {
+            insecure_registry_cidrs: insecure_cidrs,
+            index_configs,
+            mirrors: Vec::new(),
+        }
     }
 }
 
@@ -457,7 +486,10 @@ mod tests {
             "NetworkingConfig":{"EndpointsConfig":{}}}"#;
         let r: ContainerCreateRequest = serde_json::from_str(body).unwrap();
         assert_eq!(r.config.image, "busybox");
-        assert_eq!(r.config.cmd.as_deref(), Some(&["echo".to_string(), "hi".into()][..]));
+        assert_eq!(
+            r.config.cmd.as_deref(),
+            Some(&["echo".to_string(), "hi".into()][..])
+        );
         assert!(r.config.entrypoint.is_none());
         assert!(r.host_config.auto_remove);
         assert_eq!(r.host_config.restart_policy.name, "always");
@@ -473,8 +505,11 @@ mod tests {
 
     #[test]
     fn version_field_names() {
-        let v = serde_json::to_value(Version { api_version: "1.47".into(), ..Default::default() })
-            .unwrap();
+        let v = serde_json::to_value(Version {
+            api_version: "1.47".into(),
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!(v["ApiVersion"], "1.47");
         assert!(v.get("MinAPIVersion").is_some());
     }

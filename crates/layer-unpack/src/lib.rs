@@ -36,20 +36,32 @@ pub enum LayerError {
 /// Decompresses and unpacks the layer blob `blob` into `tmp`, checks that the uncompressed
 /// stream hashes to `diff_id` (`sha256:HEX`), then renames `tmp` to `dest`. On any failure
 /// nothing is left at `dest` (nor at `tmp`). `lowers`: the layers below, top first.
-pub fn unpack_layer(blob: &Path, tmp: &Path, dest: &Path, diff_id: &str, lowers: &[PathBuf]) -> Result<Stats, LayerError> {
+pub fn unpack_layer(
+    blob: &Path,
+    tmp: &Path,
+    dest: &Path,
+    diff_id: &str,
+    lowers: &[PathBuf],
+) -> Result<Stats, LayerError> {
     use sha2::Digest as _;
     let _ = fs::remove_dir_all(tmp);
     fs::create_dir_all(tmp).map_err(|e| io_err(tmp, e))?;
     let result = (|| {
         let f = fs::File::open(blob).map_err(|e| io_err(blob, e))?;
         let rd = decompress(io::BufReader::new(f)).map_err(UnpackError::Read)?;
-        let mut hashing = HashingReader { inner: rd, h: sha2::Sha256::new() };
+        let mut hashing = HashingReader {
+            inner: rd,
+            h: sha2::Sha256::new(),
+        };
         let stats = unpack(&mut hashing, tmp, lowers)?;
         // The diff-id covers the whole stream, including the tar's trailing padding.
         io::copy(&mut hashing, &mut io::sink()).map_err(UnpackError::Read)?;
         let actual = format!("sha256:{}", hex::encode(hashing.h.finalize()));
         if actual != diff_id {
-            return Err(LayerError::DiffId { expected: diff_id.into(), actual });
+            return Err(LayerError::DiffId {
+                expected: diff_id.into(),
+                actual,
+            });
         }
         fs::rename(tmp, dest).map_err(|e| io_err(dest, e))?;
         Ok(stats)
@@ -164,7 +176,10 @@ fn ensure_parents(root: &Path, rel: &Path) -> Result<(), UnpackError> {
 }
 
 fn io_err(p: &Path, source: io::Error) -> UnpackError {
-    UnpackError::Io { path: p.display().to_string(), source }
+    UnpackError::Io {
+        path: p.display().to_string(),
+        source,
+    }
 }
 
 fn cstr(p: &Path) -> CString {
@@ -199,7 +214,13 @@ fn set_opaque(dir: &Path) -> Result<(), UnpackError> {
     let name = CString::new("trusted.overlay.opaque").expect("static");
     // SAFETY: valid C strings and a 1-byte value buffer.
     let rc = unsafe {
-        libc::lsetxattr(cstr(dir).as_ptr(), name.as_ptr(), b"y".as_ptr().cast(), 1, 0)
+        libc::lsetxattr(
+            cstr(dir).as_ptr(),
+            name.as_ptr(),
+            b"y".as_ptr().cast(),
+            1,
+            0,
+        )
     };
     if rc != 0 {
         return Err(io_err(dir, io::Error::last_os_error()));
@@ -230,7 +251,10 @@ pub fn unpack<R: Read>(reader: R, dest: &Path, lowers: &[PathBuf]) -> Result<Sta
         }
         ensure_parents(dest, &rel)?;
         let target = dest.join(&rel);
-        let name = rel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = rel
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if name == ".wh..wh..opq" {
             set_opaque(target.parent().unwrap_or(dest))?;
             stats.whiteouts += 1;
@@ -270,13 +294,21 @@ pub fn unpack<R: Read>(reader: R, dest: &Path, lowers: &[PathBuf]) -> Result<Sta
                     .map_err(|s| io_err(&target, s))?;
             }
             T::Symlink => {
-                let link = e.link_name().map_err(UnpackError::Read)?.unwrap_or_default().into_owned();
+                let link = e
+                    .link_name()
+                    .map_err(UnpackError::Read)?
+                    .unwrap_or_default()
+                    .into_owned();
                 remove_existing(&target, false)?;
                 symlink(&link, &target).map_err(|s| io_err(&target, s))?;
                 lchown(&target, uid, gid);
             }
             T::Link => {
-                let link = e.link_name().map_err(UnpackError::Read)?.unwrap_or_default().into_owned();
+                let link = e
+                    .link_name()
+                    .map_err(UnpackError::Read)?
+                    .unwrap_or_default()
+                    .into_owned();
                 let lrel = clean(&link)?;
                 let bad = || UnpackError::BadHardlink {
                     entry: rel.display().to_string(),
@@ -294,7 +326,11 @@ pub fn unpack<R: Read>(reader: R, dest: &Path, lowers: &[PathBuf]) -> Result<Sta
                         let lower = lowers
                             .iter()
                             .map(|l| l.join(&lrel))
-                            .find(|p| fs::symlink_metadata(p).map(|m| m.is_file()).unwrap_or(false))
+                            .find(|p| {
+                                fs::symlink_metadata(p)
+                                    .map(|m| m.is_file())
+                                    .unwrap_or(false)
+                            })
                             .ok_or_else(bad)?;
                         fs::copy(&lower, &target).map_err(|s| io_err(&target, s))?;
                     }
@@ -362,13 +398,22 @@ mod tests {
         let mut b = Vec::new();
         entry(&mut b, "./bin/", tar::EntryType::Directory, "", b"");
         entry(&mut b, "./bin/busybox", tar::EntryType::Regular, "", b"ELF");
-        entry(&mut b, "bin/sh", tar::EntryType::Symlink, "/bin/busybox", b"");
+        entry(
+            &mut b,
+            "bin/sh",
+            tar::EntryType::Symlink,
+            "/bin/busybox",
+            b"",
+        );
         entry(&mut b, "bin/ash", tar::EntryType::Link, "bin/busybox", b"");
         entry(&mut b, "etc/deep/file", tar::EntryType::Regular, "", b"x");
         let (d, r) = run(&finish(b));
         r.unwrap();
         assert_eq!(fs::read(d.path().join("bin/busybox")).unwrap(), b"ELF");
-        assert_eq!(fs::read_link(d.path().join("bin/sh")).unwrap(), Path::new("/bin/busybox"));
+        assert_eq!(
+            fs::read_link(d.path().join("bin/sh")).unwrap(),
+            Path::new("/bin/busybox")
+        );
         assert_eq!(fs::read(d.path().join("bin/ash")).unwrap(), b"ELF");
         assert_eq!(fs::read(d.path().join("etc/deep/file")).unwrap(), b"x");
     }
@@ -399,7 +444,10 @@ mod tests {
         entry(&mut b, "link", tar::EntryType::Symlink, target, b"");
         entry(&mut b, "link/pwned", tar::EntryType::Regular, "", b"x");
         let (_d, r) = run(&finish(b));
-        assert!(matches!(r, Err(UnpackError::ThroughSymlink { .. })), "{r:?}");
+        assert!(
+            matches!(r, Err(UnpackError::ThroughSymlink { .. })),
+            "{r:?}"
+        );
         assert!(!outside.path().join("pwned").exists());
     }
 
@@ -420,7 +468,10 @@ mod tests {
         entry(&mut b, "l", tar::EntryType::Symlink, "/etc", b"");
         entry(&mut b, "h", tar::EntryType::Link, "l/hostname", b"");
         let (_d, r) = run(&finish(b));
-        assert!(matches!(r, Err(UnpackError::ThroughSymlink { .. })), "{r:?}");
+        assert!(
+            matches!(r, Err(UnpackError::ThroughSymlink { .. })),
+            "{r:?}"
+        );
     }
 
     #[test]
@@ -453,7 +504,12 @@ mod tests {
         let name = CString::new("trusted.overlay.opaque").unwrap();
         // SAFETY: valid path, name and buffer.
         let n = unsafe {
-            libc::lgetxattr(cstr(&d.path().join("var")).as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), 4)
+            libc::lgetxattr(
+                cstr(&d.path().join("var")).as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                4,
+            )
         };
         assert_eq!(&buf[..n as usize], b"y");
         assert!(!d.path().join("var/.wh..wh..opq").exists());
@@ -474,7 +530,9 @@ mod tests {
         gz[mid] ^= 0xff;
         gz[mid + 1] ^= 0xff;
         let d = tempfile::tempdir().unwrap();
-        let r = decompress(&gz[..]).map_err(UnpackError::Read).and_then(|rd| unpack(rd, d.path(), &[]));
+        let r = decompress(&gz[..])
+            .map_err(UnpackError::Read)
+            .and_then(|rd| unpack(rd, d.path(), &[]));
         assert!(r.is_err(), "corrupt gzip must fail");
     }
 

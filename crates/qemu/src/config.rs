@@ -50,13 +50,21 @@ pub enum Firmware {
     /// OVMF: `code` is mapped read-only; `vars` is the VM's own writable variable store,
     /// created from `vars_template` when missing (by [`VmConfig::prepare`]). Keep `vars` between
     /// runs to keep boot entries; `None` means "a fresh copy in the run directory".
-    Uefi { code: PathBuf, vars_template: PathBuf, vars: Option<PathBuf> },
+    Uefi {
+        code: PathBuf,
+        vars_template: PathBuf,
+        vars: Option<PathBuf>,
+    },
 }
 
 impl Firmware {
     /// Debian's OVMF with a fresh variable store.
     pub fn ovmf() -> Firmware {
-        Firmware::Uefi { code: OVMF_CODE.into(), vars_template: OVMF_VARS.into(), vars: None }
+        Firmware::Uefi {
+            code: OVMF_CODE.into(),
+            vars_template: OVMF_VARS.into(),
+            vars: None,
+        }
     }
 }
 
@@ -111,12 +119,24 @@ pub struct Drive {
 impl Drive {
     /// A disk image as virtio-blk.
     pub fn disk(path: impl Into<PathBuf>, format: DiskFormat) -> Drive {
-        Drive { path: path.into(), format, interface: DiskInterface::Virtio, media: Media::Disk, readonly: false }
+        Drive {
+            path: path.into(),
+            format,
+            interface: DiskInterface::Virtio,
+            media: Media::Disk,
+            readonly: false,
+        }
     }
 
     /// An ISO image as a read-only SATA/IDE CD-ROM (bootable by SeaBIOS and OVMF).
     pub fn cdrom(path: impl Into<PathBuf>) -> Drive {
-        Drive { path: path.into(), format: DiskFormat::Raw, interface: DiskInterface::Sata, media: Media::Cdrom, readonly: true }
+        Drive {
+            path: path.into(),
+            format: DiskFormat::Raw,
+            interface: DiskInterface::Sata,
+            media: Media::Cdrom,
+            readonly: true,
+        }
     }
 
     pub fn interface(mut self, interface: DiskInterface) -> Drive {
@@ -165,7 +185,11 @@ pub struct PortForward {
 
 impl PortForward {
     pub fn tcp(host: u16, guest: u16) -> PortForward {
-        PortForward { protocol: Protocol::Tcp, host, guest }
+        PortForward {
+            protocol: Protocol::Tcp,
+            host,
+            guest,
+        }
     }
 }
 
@@ -217,7 +241,12 @@ pub enum Device {
     /// `mount -t 9p -o trans=virtio,version=9p2000.L TAG DIR`. `readonly` makes QEMU refuse
     /// every write. Note: while the guest has it mounted, QEMU refuses to migrate (save) the
     /// VM; a device that is present but not mounted does not block a save.
-    Virtio9p { tag: String, path: PathBuf, readonly: bool, security: Security9p },
+    Virtio9p {
+        tag: String,
+        path: PathBuf,
+        readonly: bool,
+        security: Security9p,
+    },
     /// Anything else, as raw arguments.
     Args(Vec<String>),
 }
@@ -372,10 +401,23 @@ impl VmConfig {
     }
     /// OVMF with a variable store kept at `vars` (created from the template when missing).
     pub fn uefi_with_vars(self, vars: impl Into<PathBuf>) -> Self {
-        self.firmware(Firmware::Uefi { code: OVMF_CODE.into(), vars_template: OVMF_VARS.into(), vars: Some(vars.into()) })
+        self.firmware(Firmware::Uefi {
+            code: OVMF_CODE.into(),
+            vars_template: OVMF_VARS.into(),
+            vars: Some(vars.into()),
+        })
     }
-    pub fn kernel(mut self, kernel: impl Into<PathBuf>, initrd: Option<PathBuf>, append: impl Into<String>) -> Self {
-        self.kernel = Some(DirectKernel { kernel: kernel.into(), initrd, append: append.into() });
+    pub fn kernel(
+        mut self,
+        kernel: impl Into<PathBuf>,
+        initrd: Option<PathBuf>,
+        append: impl Into<String>,
+    ) -> Self {
+        self.kernel = Some(DirectKernel {
+            kernel: kernel.into(),
+            initrd,
+            append: append.into(),
+        });
         self
     }
     pub fn drive(mut self, drive: Drive) -> Self {
@@ -383,7 +425,11 @@ impl VmConfig {
         self
     }
     pub fn user_net(mut self, nic: NicModel, forwards: Vec<PortForward>) -> Self {
-        self.net = Some(UserNet { nic, forwards, mac: None });
+        self.net = Some(UserNet {
+            nic,
+            forwards,
+            mac: None,
+        });
         self
     }
     pub fn serial(mut self, serial: Serial) -> Self {
@@ -420,11 +466,17 @@ impl VmConfig {
         self
     }
     pub fn fw_cfg_file(mut self, name: impl Into<String>, file: impl Into<PathBuf>) -> Self {
-        self.fw_cfg.push(FwCfg { name: name.into(), value: FwCfgValue::File(file.into()) });
+        self.fw_cfg.push(FwCfg {
+            name: name.into(),
+            value: FwCfgValue::File(file.into()),
+        });
         self
     }
     pub fn fw_cfg_string(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.fw_cfg.push(FwCfg { name: name.into(), value: FwCfgValue::String(value.into()) });
+        self.fw_cfg.push(FwCfg {
+            name: name.into(),
+            value: FwCfgValue::String(value.into()),
+        });
         self
     }
     pub fn device(mut self, device: Device) -> Self {
@@ -446,7 +498,10 @@ impl VmConfig {
         if c.qmp.is_none() {
             c.qmp = Some(run_dir.join("qmp.sock"));
         }
-        if let Firmware::Uefi { vars: vars @ None, .. } = &mut c.firmware {
+        if let Firmware::Uefi {
+            vars: vars @ None, ..
+        } = &mut c.firmware
+        {
             *vars = Some(run_dir.join("OVMF_VARS.fd"));
         }
         c
@@ -464,23 +519,44 @@ impl VmConfig {
     /// Creates what the command line refers to but QEMU does not create: the writable UEFI
     /// variable store (copied from the template when missing) and an empty serial log.
     pub fn prepare(&self) -> Result<()> {
-        if let Firmware::Uefi { code, vars_template, vars: Some(vars) } = &self.firmware {
+        if let Firmware::Uefi {
+            code,
+            vars_template,
+            vars: Some(vars),
+        } = &self.firmware
+        {
             if !code.is_file() {
-                return Err(Error::Config(format!("UEFI firmware {} not found (Debian: apt-get install ovmf)", code.display())));
+                return Err(Error::Config(format!(
+                    "UEFI firmware {} not found (Debian: apt-get install ovmf)",
+                    code.display()
+                )));
             }
             if !vars.exists() {
-                std::fs::copy(vars_template, vars)
-                    .map_err(|source| Error::Io { doing: "cannot copy the UEFI variable store to", path: vars.clone(), source })?;
+                std::fs::copy(vars_template, vars).map_err(|source| Error::Io {
+                    doing: "cannot copy the UEFI variable store to",
+                    path: vars.clone(),
+                    source,
+                })?;
             }
         }
         if let Some(log) = self.serial_log() {
-            std::fs::File::create(log).map_err(|source| Error::Io { doing: "cannot create the serial log", path: log.to_owned(), source })?;
+            std::fs::File::create(log).map_err(|source| Error::Io {
+                doing: "cannot create the serial log",
+                path: log.to_owned(),
+                source,
+            })?;
         }
         if let Some(qmp) = &self.qmp {
             match std::fs::remove_file(qmp) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(Error::Io { doing: "cannot remove the old QMP socket", path: qmp.clone(), source }),
+                Err(source) => {
+                    return Err(Error::Io {
+                        doing: "cannot remove the old QMP socket",
+                        path: qmp.clone(),
+                        source,
+                    })
+                }
             }
         }
         Ok(())
@@ -494,24 +570,41 @@ impl VmConfig {
         if let Some(name) = &self.name {
             a.push(["-name", &opt(name)]);
         }
-        a.push(["-machine", match self.machine {
-            Machine::Q35 => "q35",
-            Machine::Pc => "pc",
-        }]);
+        a.push([
+            "-machine",
+            match self.machine {
+                Machine::Q35 => "q35",
+                Machine::Pc => "pc",
+            },
+        ]);
         a.push(["-accel", self.accel.name()]);
         if let Some(cpu) = &self.cpu {
             a.push(["-cpu", cpu]);
         }
         if self.cpus == 0 || self.memory_mib < 16 {
-            return Err(Error::Config(format!("{} CPUs and {} MiB of memory make no VM", self.cpus, self.memory_mib)));
+            return Err(Error::Config(format!(
+                "{} CPUs and {} MiB of memory make no VM",
+                self.cpus, self.memory_mib
+            )));
         }
         a.push(["-smp", &self.cpus.to_string()]);
         a.push(["-m", &format!("{}M", self.memory_mib)]);
 
         if let Firmware::Uefi { code, vars, .. } = &self.firmware {
-            let vars = vars.as_ref().ok_or_else(|| Error::Config("the UEFI variable store path is not resolved (call resolve)".into()))?;
-            a.push(["-drive", &format!("if=pflash,format=raw,unit=0,readonly=on,file={}", path(code)?)]);
-            a.push(["-drive", &format!("if=pflash,format=raw,unit=1,file={}", path(vars)?)]);
+            let vars = vars.as_ref().ok_or_else(|| {
+                Error::Config("the UEFI variable store path is not resolved (call resolve)".into())
+            })?;
+            a.push([
+                "-drive",
+                &format!(
+                    "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                    path(code)?
+                ),
+            ]);
+            a.push([
+                "-drive",
+                &format!("if=pflash,format=raw,unit=1,file={}", path(vars)?),
+            ]);
         }
 
         if let Some(k) = &self.kernel {
@@ -526,7 +619,11 @@ impl VmConfig {
         let mut sata_port = 0;
         for (i, d) in self.drives.iter().enumerate() {
             let id = format!("drive{i}");
-            let mut drive = format!("file={},format={},if=none,id={id}", path(&d.path)?, d.format.name());
+            let mut drive = format!(
+                "file={},format={},if=none,id={id}",
+                path(&d.path)?,
+                d.format.name()
+            );
             if d.media == Media::Cdrom {
                 drive.push_str(",media=cdrom");
             }
@@ -535,8 +632,16 @@ impl VmConfig {
             }
             a.push(["-drive", &drive]);
             // Boot order follows the order of the drives, unless the kernel is loaded directly.
-            let boot = if self.kernel.is_none() { format!(",bootindex={i}") } else { String::new() };
-            let scsi_dev = if d.media == Media::Cdrom { "scsi-cd" } else { "scsi-hd" };
+            let boot = if self.kernel.is_none() {
+                format!(",bootindex={i}")
+            } else {
+                String::new()
+            };
+            let scsi_dev = if d.media == Media::Cdrom {
+                "scsi-cd"
+            } else {
+                "scsi-hd"
+            };
             let device = match (d.interface, d.media) {
                 (DiskInterface::Virtio, Media::Disk) => format!("virtio-blk-pci,drive={id}{boot}"),
                 (DiskInterface::Virtio | DiskInterface::VirtioScsi, _) => {
@@ -554,7 +659,11 @@ impl VmConfig {
                     format!("{scsi_dev},bus=pvscsi0.0,drive={id}{boot}")
                 }
                 (DiskInterface::Sata, _) => {
-                    let dev = if d.media == Media::Cdrom { "ide-cd" } else { "ide-hd" };
+                    let dev = if d.media == Media::Cdrom {
+                        "ide-cd"
+                    } else {
+                        "ide-hd"
+                    };
                     // q35's AHCI has six ports ide.0..ide.5; the pc's IDE has two buses.
                     let bus = match self.machine {
                         Machine::Q35 => format!("ide.{sata_port}"),
@@ -574,7 +683,10 @@ impl VmConfig {
                     Protocol::Tcp => "tcp",
                     Protocol::Udp => "udp",
                 };
-                netdev.push_str(&format!(",hostfwd={proto}:127.0.0.1:{}-:{}", f.host, f.guest));
+                netdev.push_str(&format!(
+                    ",hostfwd={proto}:127.0.0.1:{}-:{}",
+                    f.host, f.guest
+                ));
             }
             a.push(["-netdev", &netdev]);
             // romfile= : no PXE option ROM; a failed disk boot should fail, not netboot.
@@ -586,7 +698,11 @@ impl VmConfig {
         }
 
         match &self.serial {
-            Serial::File(None) => return Err(Error::Config("the serial log path is not resolved (call resolve)".into())),
+            Serial::File(None) => {
+                return Err(Error::Config(
+                    "the serial log path is not resolved (call resolve)".into(),
+                ))
+            }
             Serial::File(Some(p)) => {
                 a.push(["-chardev", &format!("file,id=serial0,path={}", path(p)?)]);
                 a.push(["-serial", "chardev:serial0"]);
@@ -604,13 +720,19 @@ impl VmConfig {
         }
 
         if let Some(qmp) = &self.qmp {
-            a.push(["-chardev", &format!("socket,id=qmp,path={},server=on,wait=off", path(qmp)?)]);
+            a.push([
+                "-chardev",
+                &format!("socket,id=qmp,path={},server=on,wait=off", path(qmp)?),
+            ]);
             a.push(["-mon", "chardev=qmp,mode=control"]);
         }
 
         for f in &self.fw_cfg {
             if !f.name.starts_with("opt/") || f.name.len() > 55 {
-                return Err(Error::Config(format!("fw_cfg name '{}' must start with opt/ and be at most 55 bytes", f.name)));
+                return Err(Error::Config(format!(
+                    "fw_cfg name '{}' must start with opt/ and be at most 55 bytes",
+                    f.name
+                )));
             }
             let value = match &f.value {
                 FwCfgValue::File(p) => format!("file={}", path(p)?),
@@ -627,23 +749,54 @@ impl VmConfig {
                     if vser == 0 {
                         a.push(["-device", "virtio-serial-pci,id=vser0"]);
                     }
-                    a.push(["-chardev", &format!("socket,id=vser{vser},path={},server=on,wait=off", path(socket)?)]);
-                    a.push(["-device", &format!("virtserialport,bus=vser0.0,chardev=vser{vser},name={}", opt(name))]);
+                    a.push([
+                        "-chardev",
+                        &format!(
+                            "socket,id=vser{vser},path={},server=on,wait=off",
+                            path(socket)?
+                        ),
+                    ]);
+                    a.push([
+                        "-device",
+                        &format!(
+                            "virtserialport,bus=vser0.0,chardev=vser{vser},name={}",
+                            opt(name)
+                        ),
+                    ]);
                     vser += 1;
                 }
                 Device::Vsock { guest_cid } => {
                     if *guest_cid < 3 {
-                        return Err(Error::Config(format!("vsock guest CID {guest_cid} is reserved (use 3 or more)")));
+                        return Err(Error::Config(format!(
+                            "vsock guest CID {guest_cid} is reserved (use 3 or more)"
+                        )));
                     }
                     a.push(["-device", &format!("vhost-vsock-pci,guest-cid={guest_cid}")]);
                 }
-                Device::Virtio9p { tag, path: dir, readonly, security } => {
+                Device::Virtio9p {
+                    tag,
+                    path: dir,
+                    readonly,
+                    security,
+                } => {
                     if tag.is_empty() || tag.len() > 31 || tag.contains(',') {
-                        return Err(Error::Config(format!("9p mount tag {tag:?} must be 1 to 31 characters without commas")));
+                        return Err(Error::Config(format!(
+                            "9p mount tag {tag:?} must be 1 to 31 characters without commas"
+                        )));
                     }
                     let ro = if *readonly { ",readonly=on" } else { "" };
-                    a.push(["-fsdev", &format!("local,id=fsdev{fsdev},path={},security_model={}{ro}", path(dir)?, security.name())]);
-                    a.push(["-device", &format!("virtio-9p-pci,fsdev=fsdev{fsdev},mount_tag={tag}")]);
+                    a.push([
+                        "-fsdev",
+                        &format!(
+                            "local,id=fsdev{fsdev},path={},security_model={}{ro}",
+                            path(dir)?,
+                            security.name()
+                        ),
+                    ]);
+                    a.push([
+                        "-device",
+                        &format!("virtio-9p-pci,fsdev=fsdev{fsdev},mount_tag={tag}"),
+                    ]);
                     fsdev += 1;
                 }
                 Device::Args(args) => a.0.extend(args.iter().cloned()),
@@ -697,7 +850,9 @@ fn opt(s: &str) -> String {
 }
 
 fn path(p: &Path) -> Result<String> {
-    p.to_str().map(opt).ok_or_else(|| Error::Config(format!("path {} is not UTF-8", p.display())))
+    p.to_str()
+        .map(opt)
+        .ok_or_else(|| Error::Config(format!("path {} is not UTF-8", p.display())))
 }
 
 /// Quotes a word for a POSIX shell (only when needed).
@@ -708,7 +863,10 @@ pub fn restore_uri(file: &Path) -> String {
 }
 
 pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b)) {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+    {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
@@ -725,7 +883,10 @@ mod tests {
 
     #[test]
     fn minimal_config_golden() {
-        let args = VmConfig::new().resolve(Path::new("/run/vm")).args().unwrap();
+        let args = VmConfig::new()
+            .resolve(Path::new("/run/vm"))
+            .args()
+            .unwrap();
         assert_eq!(
             args,
             words(
@@ -745,7 +906,10 @@ mod tests {
             .uefi()
             .drive(Drive::disk("/out/axion.qcow2", DiskFormat::Qcow2))
             .drive(Drive::cdrom("/out/axion.iso"))
-            .user_net(NicModel::VirtioNet, vec![PortForward::tcp(2222, 22), PortForward::tcp(2376, 2376)])
+            .user_net(
+                NicModel::VirtioNet,
+                vec![PortForward::tcp(2222, 22), PortForward::tcp(2376, 2376)],
+            )
             .serial(Serial::None)
             .no_reboot(true)
             .resolve(Path::new("/run/vm"))
@@ -773,7 +937,11 @@ mod tests {
             .accel(Accel::Kvm)
             .cpu("host")
             .drive(Drive::disk("/d.vmdk", DiskFormat::Vmdk).interface(DiskInterface::Pvscsi))
-            .drive(Drive::disk("/e.raw", DiskFormat::Raw).interface(DiskInterface::Pvscsi).readonly(true))
+            .drive(
+                Drive::disk("/e.raw", DiskFormat::Raw)
+                    .interface(DiskInterface::Pvscsi)
+                    .readonly(true),
+            )
             .user_net(NicModel::Vmxnet3, vec![])
             .serial_file("/s.log")
             .qmp_socket("/q.sock")
@@ -798,16 +966,30 @@ mod tests {
             .machine(Machine::Pc)
             .cpus(1)
             .memory_mib(256)
-            .kernel("/k/vmlinuz", Some("/k/initrd.zst".into()), "console=ttyS0 quiet")
+            .kernel(
+                "/k/vmlinuz",
+                Some("/k/initrd.zst".into()),
+                "console=ttyS0 quiet",
+            )
             .drive(Drive::disk("/a,b.raw", DiskFormat::Raw).interface(DiskInterface::Sata))
             .drive(Drive::cdrom("/c.iso"))
             .drive(Drive::cdrom("/d.iso"))
-            .serial(Serial::Stdio { log: Some("/l.log".into()) })
+            .serial(Serial::Stdio {
+                log: Some("/l.log".into()),
+            })
             .fw_cfg_string("opt/axion/hostname", "a,b")
             .fw_cfg_file("opt/axion/settings", "/s.toml")
-            .device(Device::VirtioSerialPort { name: "org.axion.agent".into(), socket: "/agent.sock".into() })
+            .device(Device::VirtioSerialPort {
+                name: "org.axion.agent".into(),
+                socket: "/agent.sock".into(),
+            })
             .device(Device::Vsock { guest_cid: 3 })
-            .device(Device::Virtio9p { tag: "store".into(), path: "/s,t".into(), readonly: true, security: Security9p::Passthrough })
+            .device(Device::Virtio9p {
+                tag: "store".into(),
+                path: "/s,t".into(),
+                readonly: true,
+                security: Security9p::Passthrough,
+            })
             .snapshot(true)
             .paused(true)
             .restore_from(Path::new("/saved state"))
@@ -840,17 +1022,34 @@ mod tests {
     fn unresolved_and_invalid_configs_are_refused() {
         let e = VmConfig::new().args().unwrap_err().to_string();
         assert!(e.contains("serial log path is not resolved"), "{e}");
-        let e = VmConfig::new().uefi().serial(Serial::None).args().unwrap_err().to_string();
+        let e = VmConfig::new()
+            .uefi()
+            .serial(Serial::None)
+            .args()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("UEFI variable store"), "{e}");
-        let e = VmConfig::new().serial(Serial::None).fw_cfg_string("axion/x", "1").args().unwrap_err().to_string();
+        let e = VmConfig::new()
+            .serial(Serial::None)
+            .fw_cfg_string("axion/x", "1")
+            .args()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("axion/x") && e.contains("opt/"), "{e}");
-        let e = VmConfig::new().serial(Serial::None).cpus(0).args().unwrap_err().to_string();
+        let e = VmConfig::new()
+            .serial(Serial::None)
+            .cpus(0)
+            .args()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("0 CPUs"), "{e}");
     }
 
     #[test]
     fn command_line_is_shell_quoted() {
-        let cfg = VmConfig::new().serial(Serial::None).kernel("/k", None, "console=ttyS0 it's");
+        let cfg = VmConfig::new()
+            .serial(Serial::None)
+            .kernel("/k", None, "console=ttyS0 it's");
         let line = cfg.command_line().unwrap();
         assert!(line.starts_with("qemu-system-x86_64 -nodefaults"), "{line}");
         assert!(line.ends_with(r"-append 'console=ttyS0 it'\''s'"), "{line}");
@@ -864,7 +1063,11 @@ mod tests {
         std::fs::write(&template, b"fresh").unwrap();
         std::fs::write(&code, b"code").unwrap();
         let cfg = VmConfig::new()
-            .firmware(Firmware::Uefi { code, vars_template: template, vars: None })
+            .firmware(Firmware::Uefi {
+                code,
+                vars_template: template,
+                vars: None,
+            })
             .resolve(dir.path());
         let vars = dir.path().join("OVMF_VARS.fd");
         std::fs::write(dir.path().join("serial.log"), b"old run").unwrap();

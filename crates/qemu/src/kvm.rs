@@ -46,8 +46,8 @@ pub const BOOT_SECTOR_MARKER: &str = "AXION-PROBE-OK";
 /// ```
 pub fn boot_sector_image() -> Vec<u8> {
     let mut img = vec![
-        0x31, 0xc0, 0x8e, 0xd8, 0xfc, 0xba, 0xf8, 0x03, 0xbe, 0x17, 0x7c, 0xac, 0x84, 0xc0, 0x74, 0x03, 0xee, 0xeb, 0xf8, 0xfa, 0xf4,
-        0xeb, 0xfd,
+        0x31, 0xc0, 0x8e, 0xd8, 0xfc, 0xba, 0xf8, 0x03, 0xbe, 0x17, 0x7c, 0xac, 0x84, 0xc0, 0x74,
+        0x03, 0xee, 0xeb, 0xf8, 0xfa, 0xf4, 0xeb, 0xfd,
     ];
     assert_eq!(img.len(), 23);
     img.extend_from_slice(BOOT_SECTOR_MARKER.as_bytes());
@@ -68,18 +68,34 @@ pub struct KvmProbe {
 }
 
 /// Kernel lines that show the kernel finished initialising (see the module comment).
-const KERNEL_MARKERS: [&str; 4] = ["VFS: Unable to mount root", "No working init found", "Freeing unused kernel", "Run /init"];
+const KERNEL_MARKERS: [&str; 4] = [
+    "VFS: Unable to mount root",
+    "No working init found",
+    "Freeing unused kernel",
+    "Run /init",
+];
 
 const BOOT_SECTOR_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the probe: the boot sector gets at most 5 s, the kernel `timeout`.
 pub fn probe_kvm(kernel: Option<&Path>, timeout: Duration) -> KvmProbe {
     let start = Instant::now();
-    let verdict = |usable: bool, detail: String| KvmProbe { usable, detail, took: start.elapsed() };
-    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    let verdict = |usable: bool, detail: String| KvmProbe {
+        usable,
+        detail,
+        took: start.elapsed(),
+    };
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         return verdict(false, format!("cannot open /dev/kvm read-write: {e}"));
     }
-    let dir = match tempfile::Builder::new().prefix("axion-kvm-probe-").tempdir() {
+    let dir = match tempfile::Builder::new()
+        .prefix("axion-kvm-probe-")
+        .tempdir()
+    {
         Ok(d) => d,
         Err(e) => return verdict(false, format!("cannot create a temporary directory: {e}")),
     };
@@ -87,19 +103,36 @@ pub fn probe_kvm(kernel: Option<&Path>, timeout: Duration) -> KvmProbe {
     if let Err(e) = std::fs::write(&disk, boot_sector_image()) {
         return verdict(false, format!("cannot write {}: {e}", disk.display()));
     }
-    let base = VmConfig::new().accel(Accel::Kvm).cpus(1).memory_mib(128).no_reboot(true);
+    let base = VmConfig::new()
+        .accel(Accel::Kvm)
+        .cpus(1)
+        .memory_mib(128)
+        .no_reboot(true);
 
-    let boot_sector = base.run_dir(dir.path().join("stage1")).drive(Drive::disk(&disk, DiskFormat::Raw));
-    match run_to_marker(boot_sector, &[BOOT_SECTOR_MARKER], timeout.min(BOOT_SECTOR_TIMEOUT)) {
+    let boot_sector = base
+        .run_dir(dir.path().join("stage1"))
+        .drive(Drive::disk(&disk, DiskFormat::Raw));
+    match run_to_marker(
+        boot_sector,
+        &[BOOT_SECTOR_MARKER],
+        timeout.min(BOOT_SECTOR_TIMEOUT),
+    ) {
         Ok(_) => {}
         Err(e) => return verdict(false, format!("a boot sector did not run under KVM: {e}")),
     }
     let Some(kernel) = kernel else {
-        return verdict(false, "KVM runs a boot sector, but no kernel was given to prove that Linux boots under it".into());
+        return verdict(
+            false,
+            "KVM runs a boot sector, but no kernel was given to prove that Linux boots under it"
+                .into(),
+        );
     };
     match kernel_boots(kernel, Accel::Kvm, timeout) {
         Ok(line) => verdict(true, format!("KVM boots {} (\"{line}\")", kernel.display())),
-        Err(e) => verdict(false, format!("{} did not boot under KVM: {e}", kernel.display())),
+        Err(e) => verdict(
+            false,
+            format!("{} did not boot under KVM: {e}", kernel.display()),
+        ),
     }
 }
 
@@ -107,7 +140,10 @@ pub fn probe_kvm(kernel: Option<&Path>, timeout: Duration) -> KvmProbe {
 /// initialising (see the module comment); returns that line. Stage 3 of the probe, public so
 /// the markers can be tested against the real kernel under TCG.
 pub fn kernel_boots(kernel: &Path, accel: Accel, timeout: Duration) -> Result<String, String> {
-    let dir = tempfile::Builder::new().prefix("axion-kernel-probe-").tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+    let dir = tempfile::Builder::new()
+        .prefix("axion-kernel-probe-")
+        .tempdir()
+        .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
     let config = VmConfig::new()
         .accel(accel)
         .cpus(2)
@@ -120,7 +156,11 @@ pub fn kernel_boots(kernel: &Path, accel: Accel, timeout: Duration) -> Result<St
 
 fn run_to_marker(config: VmConfig, markers: &[&str], timeout: Duration) -> Result<String, String> {
     let mut vm = Vm::spawn(config).map_err(|e| first_line(&e.to_string()))?;
-    let r = vm.wait_for(|l| markers.iter().any(|m| l.contains(m)), "probing KVM", timeout);
+    let r = vm.wait_for(
+        |l| markers.iter().any(|m| l.contains(m)),
+        "probing KVM",
+        timeout,
+    );
     drop(vm); // kills QEMU
     r.map(|l| l.line).map_err(|e| first_line(&e.to_string()))
 }
@@ -155,16 +195,28 @@ pub fn choose_accel(kernel: Option<&Path>) -> (Accel, String) {
             "tcg" => Accel::Tcg,
             _ => return None,
         };
-        Some((accel, format!("{} (remembered in {})", lines.next()?, file.display())))
+        Some((
+            accel,
+            format!("{} (remembered in {})", lines.next()?, file.display()),
+        ))
     });
     let (accel, why) = remembered.unwrap_or_else(|| {
         let p = probe_kvm(kernel, Duration::from_secs(20));
         let verdict = if p.usable {
-            (Accel::Kvm, format!("KVM: probe passed in {:.1?}: {}", p.took, p.detail))
+            (
+                Accel::Kvm,
+                format!("KVM: probe passed in {:.1?}: {}", p.took, p.detail),
+            )
         } else {
-            (Accel::Tcg, format!("TCG: KVM probe failed in {:.1?}: {}", p.took, p.detail))
+            (
+                Accel::Tcg,
+                format!("TCG: KVM probe failed in {:.1?}: {}", p.took, p.detail),
+            )
         };
-        let _ = std::fs::write(&file, format!("{key}\n{}\n{}\n", verdict.0.name(), verdict.1));
+        let _ = std::fs::write(
+            &file,
+            format!("{key}\n{}\n{}\n", verdict.0.name(), verdict.1),
+        );
         verdict
     });
     cache.push((key, accel, why.clone()));
@@ -182,20 +234,31 @@ fn probe_key(kernel: Option<&Path>) -> String {
             .map(|d| d.as_nanos())
             .unwrap_or(0)
     };
-    let qemu = which("qemu-system-x86_64").map(|p| format!("{}@{}", p.display(), stamp(&p))).unwrap_or_default();
-    let kernel = kernel.map(|k| format!("{}@{}", k.display(), stamp(k))).unwrap_or_else(|| "-".into());
+    let qemu = which("qemu-system-x86_64")
+        .map(|p| format!("{}@{}", p.display(), stamp(&p)))
+        .unwrap_or_default();
+    let kernel = kernel
+        .map(|k| format!("{}@{}", k.display(), stamp(k)))
+        .unwrap_or_else(|| "-".into());
     format!("boot {} qemu {qemu} kernel {kernel}", boot_id.trim())
 }
 
 fn which(program: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(program)).find(|p| p.is_file())
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
 }
 
 /// The user id, from /proc (keeps the crate free of libc); separates users' verdict files.
 fn current_uid() -> String {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(1)).map(str::to_string))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| "0".into())
 }
 
@@ -210,7 +273,10 @@ mod tests {
         assert_eq!(&img[510..512], &[0x55, 0xaa]);
         // `mov si, imm16` points at the message.
         let si = u16::from_le_bytes([img[9], img[10]]) as usize - 0x7c00;
-        assert_eq!(&img[si..si + BOOT_SECTOR_MARKER.len()], BOOT_SECTOR_MARKER.as_bytes());
+        assert_eq!(
+            &img[si..si + BOOT_SECTOR_MARKER.len()],
+            BOOT_SECTOR_MARKER.as_bytes()
+        );
         // The jz skips exactly `out` and the backward jmp; the jmp lands on lodsb.
         assert_eq!(img[14..16], [0x74, 0x03]);
         assert_eq!(16 + 3, 19);

@@ -25,11 +25,14 @@ mod vm;
 use std::time::Duration;
 
 pub use config::{
-    restore_uri, shell_quote, Accel, Device, DirectKernel, DiskFormat, DiskInterface, Drive, Firmware, FwCfg, FwCfgValue, Machine, Media, NicModel,
-    PortForward, Protocol, Security9p, Serial, UserNet, VmConfig, OVMF_CODE, OVMF_VARS,
+    restore_uri, shell_quote, Accel, Device, DirectKernel, DiskFormat, DiskInterface, Drive,
+    Firmware, FwCfg, FwCfgValue, Machine, Media, NicModel, PortForward, Protocol, Security9p,
+    Serial, UserNet, VmConfig, OVMF_CODE, OVMF_VARS,
 };
 pub use error::{Error, QmpError, Result};
-pub use kvm::{boot_sector_image, choose_accel, kernel_boots, probe_kvm, KvmProbe, BOOT_SECTOR_MARKER};
+pub use kvm::{
+    boot_sector_image, choose_accel, kernel_boots, probe_kvm, KvmProbe, BOOT_SECTOR_MARKER,
+};
 pub use qmp::{Event, Qmp, Status};
 pub use vm::{Detached, SerialLine, Vm};
 
@@ -50,14 +53,18 @@ pub struct Ready {
 /// The guest's boot time from a line containing `axion: ready in N.NNN s`.
 pub fn parse_ready_line(line: &str) -> Option<Duration> {
     let rest = &line[line.find(READY_PREFIX)? + READY_PREFIX.len()..];
-    let number = rest.strip_suffix(" s").or_else(|| rest.split_once(" s").map(|(n, _)| n))?;
+    let number = rest
+        .strip_suffix(" s")
+        .or_else(|| rest.split_once(" s").map(|(n, _)| n))?;
     let secs: f64 = number.trim().parse().ok()?;
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_nanos((secs * 1e9).round() as u64))
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read, release).
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
+        .local_addr()?
+        .port())
 }
 
 /// `preferred` if it can be bound on 127.0.0.1 now, else a free one.
@@ -74,8 +81,14 @@ mod tests {
 
     #[test]
     fn ready_line_parses() {
-        assert_eq!(parse_ready_line("axion: ready in 1.234 s"), Some(Duration::from_millis(1234)));
-        assert_eq!(parse_ready_line("[    1.5] axion: ready in 0.870 s (3 services)"), Some(Duration::from_millis(870)));
+        assert_eq!(
+            parse_ready_line("axion: ready in 1.234 s"),
+            Some(Duration::from_millis(1234))
+        );
+        assert_eq!(
+            parse_ready_line("[    1.5] axion: ready in 0.870 s (3 services)"),
+            Some(Duration::from_millis(870))
+        );
         assert_eq!(parse_ready_line("axion: ready in soon s"), None);
         assert_eq!(parse_ready_line("axion: starting"), None);
     }

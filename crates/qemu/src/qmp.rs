@@ -49,14 +49,19 @@ pub struct Qmp {
 
 impl std::fmt::Debug for Qmp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Qmp").field("version", &self.version).finish_non_exhaustive()
+        f.debug_struct("Qmp")
+            .field("version", &self.version)
+            .finish_non_exhaustive()
     }
 }
 
 impl Qmp {
     /// Connects to a QMP socket, reads the greeting and sends `qmp_capabilities`.
     pub fn connect(path: &Path) -> Result<Qmp, QmpError> {
-        let stream = UnixStream::connect(path).map_err(|source| QmpError::Connect { path: path.to_owned(), source })?;
+        let stream = UnixStream::connect(path).map_err(|source| QmpError::Connect {
+            path: path.to_owned(),
+            source,
+        })?;
         Qmp::handshake(stream)
     }
 
@@ -67,7 +72,12 @@ impl Qmp {
         loop {
             match UnixStream::connect(path) {
                 Ok(s) => return Qmp::handshake(s),
-                Err(source) if start.elapsed() >= timeout => return Err(QmpError::Connect { path: path.to_owned(), source }),
+                Err(source) if start.elapsed() >= timeout => {
+                    return Err(QmpError::Connect {
+                        path: path.to_owned(),
+                        source,
+                    })
+                }
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
         }
@@ -75,11 +85,21 @@ impl Qmp {
 
     /// Greeting and capability negotiation on an already connected stream.
     pub fn handshake(stream: UnixStream) -> Result<Qmp, QmpError> {
-        let mut q = Qmp { stream, buf: Vec::new(), events: VecDeque::new(), next_id: 1, timeout: DEFAULT_TIMEOUT, version: String::new() };
+        let mut q = Qmp {
+            stream,
+            buf: Vec::new(),
+            events: VecDeque::new(),
+            next_id: 1,
+            timeout: DEFAULT_TIMEOUT,
+            version: String::new(),
+        };
         let deadline = Instant::now() + q.timeout;
         let greeting = q.read_message(deadline, q.timeout, "reading the greeting")?;
         let Some(g) = greeting.get("QMP") else {
-            return Err(QmpError::Protocol { doing: "reading the greeting".into(), message: greeting.to_string() });
+            return Err(QmpError::Protocol {
+                doing: "reading the greeting".into(),
+                message: greeting.to_string(),
+            });
         };
         let v = &g["version"]["qemu"];
         q.version = format!("{}.{}.{}", v["major"], v["minor"], v["micro"]);
@@ -103,7 +123,9 @@ impl Qmp {
         let doing = format!("running '{command}'");
         let mut line = msg.to_string();
         line.push('\n');
-        self.stream.write_all(line.as_bytes()).map_err(|e| io_or_closed(e, &doing))?;
+        self.stream
+            .write_all(line.as_bytes())
+            .map_err(|e| io_or_closed(e, &doing))?;
         let deadline = Instant::now() + self.timeout;
         loop {
             let m = self.read_message(deadline, self.timeout, &doing)?;
@@ -125,7 +147,10 @@ impl Qmp {
                     desc: err["desc"].as_str().unwrap_or("?").to_string(),
                 });
             }
-            return Err(QmpError::Protocol { doing, message: m.to_string() });
+            return Err(QmpError::Protocol {
+                doing,
+                message: m.to_string(),
+            });
         }
     }
 
@@ -156,8 +181,14 @@ impl Qmp {
     pub fn query_status(&mut self) -> Result<Status, QmpError> {
         let r = self.execute("query-status", None)?;
         match (r["status"].as_str(), r["running"].as_bool()) {
-            (Some(s), Some(running)) => Ok(Status { status: s.to_string(), running }),
-            _ => Err(QmpError::Protocol { doing: "reading query-status".into(), message: r.to_string() }),
+            (Some(s), Some(running)) => Ok(Status {
+                status: s.to_string(),
+                running,
+            }),
+            _ => Err(QmpError::Protocol {
+                doing: "reading query-status".into(),
+                message: r.to_string(),
+            }),
         }
     }
 
@@ -188,12 +219,14 @@ impl Qmp {
 
     /// Starts an outgoing migration to `uri` (e.g. `exec:cat > FILE`).
     pub fn migrate(&mut self, uri: &str) -> Result<(), QmpError> {
-        self.execute("migrate", Some(json!({ "uri": uri }))).map(drop)
+        self.execute("migrate", Some(json!({ "uri": uri })))
+            .map(drop)
     }
 
     /// Starts an incoming migration (QEMU started with `-incoming defer`).
     pub fn migrate_incoming(&mut self, uri: &str) -> Result<(), QmpError> {
-        self.execute("migrate-incoming", Some(json!({ "uri": uri }))).map(drop)
+        self.execute("migrate-incoming", Some(json!({ "uri": uri })))
+            .map(drop)
     }
 
     /// `query-migrate`'s status ("active", "completed", "failed", ...) and error text.
@@ -204,7 +237,12 @@ impl Qmp {
     }
 
     /// Reads one JSON message, waiting at most until `deadline`.
-    fn read_message(&mut self, deadline: Instant, budget: Duration, doing: &str) -> Result<Value, QmpError> {
+    fn read_message(
+        &mut self,
+        deadline: Instant,
+        budget: Duration,
+        doing: &str,
+    ) -> Result<Value, QmpError> {
         loop {
             if let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=nl).collect();
@@ -213,19 +251,34 @@ impl Qmp {
                 if text.is_empty() {
                     continue;
                 }
-                return serde_json::from_str(text)
-                    .map_err(|e| QmpError::Protocol { doing: doing.to_string(), message: format!("{e}: {text}") });
+                return serde_json::from_str(text).map_err(|e| QmpError::Protocol {
+                    doing: doing.to_string(),
+                    message: format!("{e}: {text}"),
+                });
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(QmpError::Timeout { doing: doing.to_string(), after: budget });
+                return Err(QmpError::Timeout {
+                    doing: doing.to_string(),
+                    after: budget,
+                });
             }
-            self.stream.set_read_timeout(Some(left)).map_err(|e| io_or_closed(e, doing))?;
+            self.stream
+                .set_read_timeout(Some(left))
+                .map_err(|e| io_or_closed(e, doing))?;
             let mut chunk = [0u8; 8192];
             match self.stream.read(&mut chunk) {
-                Ok(0) => return Err(QmpError::Closed { doing: doing.to_string() }),
+                Ok(0) => {
+                    return Err(QmpError::Closed {
+                        doing: doing.to_string(),
+                    })
+                }
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(io_or_closed(e, doing)),
             }
@@ -240,18 +293,32 @@ fn parse_event(m: &Value) -> Option<Event> {
         (Some(s), Some(us)) => Some(s + us / 1e6),
         _ => None,
     };
-    Some(Event { name, data: m.get("data").cloned().unwrap_or(Value::Null), timestamp })
+    Some(Event {
+        name,
+        data: m.get("data").cloned().unwrap_or(Value::Null),
+        timestamp,
+    })
 }
 
 fn is_disconnect(e: &std::io::Error) -> bool {
-    matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof)
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::UnexpectedEof
+    )
 }
 
 fn io_or_closed(e: std::io::Error, doing: &str) -> QmpError {
     if is_disconnect(&e) {
-        QmpError::Closed { doing: doing.to_string() }
+        QmpError::Closed {
+            doing: doing.to_string(),
+        }
     } else {
-        QmpError::Io { doing: doing.to_string(), source: e }
+        QmpError::Io {
+            doing: doing.to_string(),
+            source: e,
+        }
     }
 }
 
@@ -268,7 +335,11 @@ mod tests {
     /// requests it saw.
     fn fake_server(
         script: impl Fn(&Value) -> Vec<String> + Send + 'static,
-    ) -> (tempfile::TempDir, std::path::PathBuf, std::thread::JoinHandle<Vec<Value>>) {
+    ) -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        std::thread::JoinHandle<Vec<Value>>,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("qmp.sock");
         let listener = UnixListener::bind(&path).unwrap();
@@ -302,7 +373,8 @@ mod tests {
 
     #[test]
     fn handshake_execute_events_and_errors() {
-        let (_dir, path, server) = fake_server(|req| match req["execute"].as_str().unwrap() {
+        let (_dir, path, server) = fake_server(|req| {
+            match req["execute"].as_str().unwrap() {
             "qmp_capabilities" => vec![ok(req, "{}")],
             "query-status" => vec![
                 r#"{"timestamp": {"seconds": 1700000000, "microseconds": 500000}, "event": "RESUME"}"#.into(),
@@ -311,11 +383,18 @@ mod tests {
             "system_powerdown" => vec![ok(req, "{}"), r#"{"event": "POWERDOWN", "timestamp": {"seconds": 1, "microseconds": 0}}"#.into()],
             "nope" => vec![format!(r#"{{"id": {}, "error": {{"class": "CommandNotFound", "desc": "The command nope has not been found"}}}}"#, req["id"])],
             _ => vec![],
+        }
         });
         let mut q = Qmp::connect(&path).unwrap();
         assert_eq!(q.version, "7.2.22");
         let st = q.query_status().unwrap();
-        assert_eq!(st, Status { status: "running".into(), running: true });
+        assert_eq!(
+            st,
+            Status {
+                status: "running".into(),
+                running: true
+            }
+        );
         q.system_powerdown().unwrap();
         let e = q.wait_event("POWERDOWN", Duration::from_secs(5)).unwrap();
         assert_eq!(e.timestamp, Some(1.0));
@@ -325,12 +404,29 @@ mod tests {
         assert_eq!(queued[0].name, "RESUME");
         assert_eq!(queued[0].timestamp, Some(1_700_000_000.5));
         let err = q.execute("nope", None).unwrap_err();
-        assert!(matches!(&err, QmpError::Command { class, .. } if class == "CommandNotFound"), "{err}");
-        assert!(err.to_string().contains("'nope'") && err.to_string().contains("has not been found"), "{err}");
+        assert!(
+            matches!(&err, QmpError::Command { class, .. } if class == "CommandNotFound"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("'nope'") && err.to_string().contains("has not been found"),
+            "{err}"
+        );
         drop(q);
         let seen = server.join().unwrap();
-        let cmds: Vec<&str> = seen.iter().map(|r| r["execute"].as_str().unwrap()).collect();
-        assert_eq!(cmds, ["qmp_capabilities", "query-status", "system_powerdown", "nope"]);
+        let cmds: Vec<&str> = seen
+            .iter()
+            .map(|r| r["execute"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            cmds,
+            [
+                "qmp_capabilities",
+                "query-status",
+                "system_powerdown",
+                "nope"
+            ]
+        );
         // Every request carried a distinct id.
         let ids: Vec<u64> = seen.iter().map(|r| r["id"].as_u64().unwrap()).collect();
         assert_eq!(ids, [1, 2, 3, 4]);
@@ -377,8 +473,13 @@ mod tests {
         let start = Instant::now();
         let e = q.query_status().unwrap_err();
         assert!(matches!(e, QmpError::Timeout { .. }), "{e}");
-        assert!(start.elapsed() >= Duration::from_millis(300) && start.elapsed() < Duration::from_secs(5));
-        let e = q.wait_event("SHUTDOWN", Duration::from_millis(100)).unwrap_err();
+        assert!(
+            start.elapsed() >= Duration::from_millis(300)
+                && start.elapsed() < Duration::from_secs(5)
+        );
+        let e = q
+            .wait_event("SHUTDOWN", Duration::from_millis(100))
+            .unwrap_err();
         assert!(e.to_string().contains("SHUTDOWN"), "{e}");
     }
 
@@ -393,7 +494,10 @@ mod tests {
             std::thread::sleep(Duration::from_millis(200));
         });
         let e = Qmp::connect(&path).unwrap_err();
-        assert!(matches!(e, QmpError::Protocol { .. }) && e.to_string().contains("hello"), "{e}");
+        assert!(
+            matches!(e, QmpError::Protocol { .. }) && e.to_string().contains("hello"),
+            "{e}"
+        );
         t.join().unwrap();
     }
 }

@@ -54,7 +54,10 @@ pub struct Vm {
 
 impl std::fmt::Debug for Vm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vm").field("pid", &self.child.id()).field("run_dir", &self.run_dir).finish_non_exhaustive()
+        f.debug_struct("Vm")
+            .field("pid", &self.child.id())
+            .field("run_dir", &self.run_dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -64,14 +67,22 @@ impl Vm {
     pub fn spawn(config: VmConfig) -> Result<Vm> {
         let (run_dir, temp) = match &config.run_dir {
             Some(dir) => {
-                std::fs::create_dir_all(dir).map_err(|source| Error::Io { doing: "cannot create the run directory", path: dir.clone(), source })?;
+                std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+                    doing: "cannot create the run directory",
+                    path: dir.clone(),
+                    source,
+                })?;
                 (dir.clone(), None)
             }
             None => {
                 let t = tempfile::Builder::new()
                     .prefix("axion-vm-")
                     .tempdir()
-                    .map_err(|source| Error::Io { doing: "cannot create a temporary directory in", path: std::env::temp_dir(), source })?;
+                    .map_err(|source| Error::Io {
+                        doing: "cannot create a temporary directory in",
+                        path: std::env::temp_dir(),
+                        source,
+                    })?;
                 (t.path().to_owned(), Some(t))
             }
         };
@@ -79,9 +90,17 @@ impl Vm {
         config.prepare()?;
         let args = config.args()?;
         let qemu_log = run_dir.join("qemu.log");
-        let mut log = File::create(&qemu_log).map_err(|source| Error::Io { doing: "cannot create", path: qemu_log.clone(), source })?;
+        let mut log = File::create(&qemu_log).map_err(|source| Error::Io {
+            doing: "cannot create",
+            path: qemu_log.clone(),
+            source,
+        })?;
         let _ = writeln!(log, "# {}", config.command_line()?);
-        let log2 = log.try_clone().map_err(|source| Error::Io { doing: "cannot reopen", path: qemu_log.clone(), source })?;
+        let log2 = log.try_clone().map_err(|source| Error::Io {
+            doing: "cannot reopen",
+            path: qemu_log.clone(),
+            source,
+        })?;
         let mut cmd = Command::new(&config.program);
         cmd.args(&args).stderr(log2);
         if matches!(config.serial, Serial::Stdio { .. }) {
@@ -89,10 +108,26 @@ impl Vm {
         } else {
             cmd.stdin(Stdio::null()).stdout(log);
         }
-        let child = cmd.spawn().map_err(|source| Error::Spawn { program: config.program.display().to_string(), source })?;
+        let child = cmd.spawn().map_err(|source| Error::Spawn {
+            program: config.program.display().to_string(),
+            source,
+        })?;
         let started = Instant::now();
-        let serial = config.serial_log().map(|p| SerialFollower::new(p.to_owned()));
-        let mut vm = Vm { child, started, config, run_dir, temp, qemu_log, qmp: None, serial, exit: None, detached: false };
+        let serial = config
+            .serial_log()
+            .map(|p| SerialFollower::new(p.to_owned()));
+        let mut vm = Vm {
+            child,
+            started,
+            config,
+            run_dir,
+            temp,
+            qemu_log,
+            qmp: None,
+            serial,
+            exit: None,
+            detached: false,
+        };
         if let Some(sock) = vm.config.qmp.clone() {
             let qmp = vm.connect_qmp(&sock, Duration::from_secs(30))?;
             vm.qmp = Some(qmp);
@@ -147,7 +182,9 @@ impl Vm {
 
     /// The QMP session.
     pub fn qmp(&mut self) -> Result<&mut Qmp> {
-        self.qmp.as_mut().ok_or_else(|| Error::Config("this VM was started without a QMP socket".into()))
+        self.qmp
+            .as_mut()
+            .ok_or_else(|| Error::Config("this VM was started without a QMP socket".into()))
     }
 
     /// The last lines the serial console printed (up to 30).
@@ -163,13 +200,24 @@ impl Vm {
     /// Waits for a serial line containing `pattern`. Lines are consumed: a second call looks
     /// only at lines after the one the first call returned.
     pub fn wait_for_line(&mut self, pattern: &str, timeout: Duration) -> Result<SerialLine> {
-        self.wait_for(|l| l.contains(pattern), &format!("waiting for '{pattern}' on the serial console"), timeout)
+        self.wait_for(
+            |l| l.contains(pattern),
+            &format!("waiting for '{pattern}' on the serial console"),
+            timeout,
+        )
     }
 
     /// Waits for a serial line for which `matches` is true.
-    pub fn wait_for(&mut self, mut matches: impl FnMut(&str) -> bool, waiting_for: &str, timeout: Duration) -> Result<SerialLine> {
+    pub fn wait_for(
+        &mut self,
+        mut matches: impl FnMut(&str) -> bool,
+        waiting_for: &str,
+        timeout: Duration,
+    ) -> Result<SerialLine> {
         if self.serial.is_none() {
-            return Err(Error::Config("this VM's serial console does not go to a file".into()));
+            return Err(Error::Config(
+                "this VM's serial console does not go to a file".into(),
+            ));
         }
         let deadline = Instant::now() + timeout;
         loop {
@@ -177,7 +225,10 @@ impl Vm {
             serial.poll();
             while let Some(line) = serial.pending.pop_front() {
                 if matches(&line) {
-                    return Ok(SerialLine { line, elapsed: self.started.elapsed() });
+                    return Ok(SerialLine {
+                        line,
+                        elapsed: self.started.elapsed(),
+                    });
                 }
             }
             if let Err(e) = self.check_alive(waiting_for) {
@@ -187,7 +238,10 @@ impl Vm {
                 serial.flush_partial();
                 while let Some(line) = serial.pending.pop_front() {
                     if matches(&line) {
-                        return Ok(SerialLine { line, elapsed: self.started.elapsed() });
+                        return Ok(SerialLine {
+                            line,
+                            elapsed: self.started.elapsed(),
+                        });
                     }
                 }
                 return Err(e);
@@ -201,9 +255,17 @@ impl Vm {
 
     /// Waits for init's ready line (`axion: ready in N.NNN s`).
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<crate::Ready> {
-        let line = self.wait_for(|l| crate::parse_ready_line(l).is_some(), "waiting for init's ready line", timeout)?;
+        let line = self.wait_for(
+            |l| crate::parse_ready_line(l).is_some(),
+            "waiting for init's ready line",
+            timeout,
+        )?;
         let guest = crate::parse_ready_line(&line.line).expect("matched above");
-        Ok(crate::Ready { line: line.line, host: line.elapsed, guest })
+        Ok(crate::Ready {
+            line: line.line,
+            host: line.elapsed,
+            guest,
+        })
     }
 
     /// Has QEMU exited? (Non-blocking.)
@@ -285,7 +347,9 @@ impl Vm {
                 _ => {}
             }
             if Instant::now() >= deadline {
-                return Err(self.timeout_error(&format!("saving the VM to {}", file.display()), timeout));
+                return Err(
+                    self.timeout_error(&format!("saving the VM to {}", file.display()), timeout)
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -344,7 +408,12 @@ impl Vm {
     }
 
     fn timeout_error(&mut self, waiting_for: &str, after: Duration) -> Error {
-        Error::Timeout { waiting_for: waiting_for.to_string(), after, serial_tail: self.serial_tail(), qemu_output: self.qemu_output() }
+        Error::Timeout {
+            waiting_for: waiting_for.to_string(),
+            after,
+            serial_tail: self.serial_tail(),
+            qemu_output: self.qemu_output(),
+        }
     }
 
     /// QEMU's output without the command-line header.
@@ -373,7 +442,10 @@ impl Drop for Vm {
         }
         // A process stuck in the kernel (a hung KVM vCPU) may take longer to die; leave it
         // (a zombie until we exit) rather than block the caller.
-        eprintln!("qemu: QEMU (pid {}) did not exit within 5 s of SIGKILL", self.child.id());
+        eprintln!(
+            "qemu: QEMU (pid {}) did not exit within 5 s of SIGKILL",
+            self.child.id()
+        );
     }
 }
 
@@ -388,12 +460,20 @@ struct SerialFollower {
 
 impl SerialFollower {
     fn new(path: PathBuf) -> SerialFollower {
-        SerialFollower { path, offset: 0, partial: Vec::new(), pending: VecDeque::new(), tail: VecDeque::new() }
+        SerialFollower {
+            path,
+            offset: 0,
+            partial: Vec::new(),
+            pending: VecDeque::new(),
+            tail: VecDeque::new(),
+        }
     }
 
     /// Reads what was appended since the last call.
     fn poll(&mut self) {
-        let Ok(mut f) = File::open(&self.path) else { return };
+        let Ok(mut f) = File::open(&self.path) else {
+            return;
+        };
         if f.seek(SeekFrom::Start(self.offset)).is_err() {
             return;
         }

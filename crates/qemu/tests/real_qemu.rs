@@ -36,7 +36,11 @@ fn paused_machine_answers_qmp_and_quits() {
     }
     let mut vm = Vm::spawn(small().paused(true)).unwrap();
     let q = vm.qmp().unwrap();
-    assert!(q.version.starts_with(|c: char| c.is_ascii_digit()), "{}", q.version);
+    assert!(
+        q.version.starts_with(|c: char| c.is_ascii_digit()),
+        "{}",
+        q.version
+    );
     let st = q.query_status().unwrap();
     assert_eq!((st.status.as_str(), st.running), ("prelaunch", false));
     q.cont().unwrap();
@@ -58,18 +62,35 @@ fn serial_lines_are_followed_and_errors_show_them() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut vm = Vm::spawn(small().drive(Drive::disk(boot_sector(dir.path()), DiskFormat::Raw))).unwrap();
-    let line = vm.wait_for_line(BOOT_SECTOR_MARKER, Duration::from_secs(60)).unwrap();
+    let mut vm =
+        Vm::spawn(small().drive(Drive::disk(boot_sector(dir.path()), DiskFormat::Raw))).unwrap();
+    let line = vm
+        .wait_for_line(BOOT_SECTOR_MARKER, Duration::from_secs(60))
+        .unwrap();
     assert_eq!(line.line, BOOT_SECTOR_MARKER);
     assert!(line.elapsed > Duration::ZERO && line.elapsed < Duration::from_secs(60));
-    assert_eq!(std::fs::read_to_string(vm.serial_log().unwrap()).unwrap(), format!("{BOOT_SECTOR_MARKER}\r\n"));
+    assert_eq!(
+        std::fs::read_to_string(vm.serial_log().unwrap()).unwrap(),
+        format!("{BOOT_SECTOR_MARKER}\r\n")
+    );
     // The line was consumed; waiting for it again times out and shows the console.
-    let err = vm.wait_for_line(BOOT_SECTOR_MARKER, Duration::from_millis(300)).unwrap_err();
+    let err = vm
+        .wait_for_line(BOOT_SECTOR_MARKER, Duration::from_millis(300))
+        .unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err}");
-    assert!(err.to_string().contains(&format!("| {BOOT_SECTOR_MARKER}")), "{err}");
+    assert!(
+        err.to_string().contains(&format!("| {BOOT_SECTOR_MARKER}")),
+        "{err}"
+    );
     // Nothing in the guest handles the power button: QEMU is killed and the error says so.
-    let err = vm.powerdown_and_wait(Duration::from_secs(1)).unwrap_err().to_string();
-    assert!(err.contains("power button") && err.contains(BOOT_SECTOR_MARKER), "{err}");
+    let err = vm
+        .powerdown_and_wait(Duration::from_secs(1))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("power button") && err.contains(BOOT_SECTOR_MARKER),
+        "{err}"
+    );
     assert!(vm.try_exit_status().is_some());
 }
 
@@ -81,7 +102,10 @@ fn qemu_refusing_to_start_is_reported_with_its_message() {
     let err = Vm::spawn(small().extra_args(["-no-such-option"])).unwrap_err();
     assert!(matches!(err, Error::Exited { .. }), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("-no-such-option") && msg.contains("QEMU said"), "{msg}");
+    assert!(
+        msg.contains("-no-such-option") && msg.contains("QEMU said"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -95,7 +119,10 @@ fn drop_kills_qemu() {
     assert!(Path::new(&format!("/proc/{pid}")).exists());
     drop(vm);
     // Reaped, not a zombie, and the temporary run directory is gone.
-    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "QEMU {pid} still there after drop");
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "QEMU {pid} still there after drop"
+    );
     assert!(!run_dir.exists());
 }
 
@@ -109,9 +136,13 @@ fn save_and_restore_a_running_guest() {
     let state = dir.path().join("saved state.bin");
     let config = small().drive(Drive::disk(&disk, DiskFormat::Raw));
     let mut vm = Vm::spawn(config.clone()).unwrap();
-    vm.wait_for_line(BOOT_SECTOR_MARKER, Duration::from_secs(60)).unwrap();
+    vm.wait_for_line(BOOT_SECTOR_MARKER, Duration::from_secs(60))
+        .unwrap();
     vm.save(&state, Duration::from_secs(60)).unwrap();
-    assert_eq!(vm.qmp().unwrap().query_status().unwrap().status, "postmigrate");
+    assert_eq!(
+        vm.qmp().unwrap().query_status().unwrap().status,
+        "postmigrate"
+    );
     vm.qmp().unwrap().quit().unwrap();
     vm.wait_exit(Duration::from_secs(10)).unwrap();
     let size = std::fs::metadata(&state).unwrap().len();
@@ -119,11 +150,19 @@ fn save_and_restore_a_running_guest() {
 
     let mut restored = Vm::spawn(config.restore_from(&state)).unwrap();
     // Saved with its CPUs stopped, so restored stopped; `cont` resumes it.
-    assert_eq!(restored.wait_restored(Duration::from_secs(60)).unwrap(), "paused");
+    assert_eq!(
+        restored.wait_restored(Duration::from_secs(60)).unwrap(),
+        "paused"
+    );
     restored.qmp().unwrap().cont().unwrap();
-    assert_eq!(restored.qmp().unwrap().query_status().unwrap().status, "running");
+    assert_eq!(
+        restored.qmp().unwrap().query_status().unwrap().status,
+        "running"
+    );
     // The guest continues where it was (halted after printing), it does not boot again.
-    let err = restored.wait_for_line(BOOT_SECTOR_MARKER, Duration::from_secs(2)).unwrap_err();
+    let err = restored
+        .wait_for_line(BOOT_SECTOR_MARKER, Duration::from_secs(2))
+        .unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err}");
 }
 
@@ -133,16 +172,28 @@ fn uefi_firmware_starts_with_a_private_variable_store() {
         return;
     }
     if !Path::new(qemu::OVMF_CODE).exists() {
-        eprintln!("skip: because {} is missing (Debian: apt-get install ovmf)", qemu::OVMF_CODE);
+        eprintln!(
+            "skip: because {} is missing (Debian: apt-get install ovmf)",
+            qemu::OVMF_CODE
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let mut vm = Vm::spawn(small().memory_mib(256).uefi().run_dir(dir.path())).unwrap();
     let vars = dir.path().join("OVMF_VARS.fd");
-    assert_eq!(std::fs::metadata(&vars).unwrap().len(), std::fs::metadata(qemu::OVMF_VARS).unwrap().len());
+    assert_eq!(
+        std::fs::metadata(&vars).unwrap().len(),
+        std::fs::metadata(qemu::OVMF_VARS).unwrap().len()
+    );
     // OVMF writes its boot manager's messages to the serial console; with no disk it finds
     // nothing to boot.
-    let line = vm.wait_for(|l| l.contains("BdsDxe") || l.contains("UEFI"), "waiting for OVMF", Duration::from_secs(120)).unwrap();
+    let line = vm
+        .wait_for(
+            |l| l.contains("BdsDxe") || l.contains("UEFI"),
+            "waiting for OVMF",
+            Duration::from_secs(120),
+        )
+        .unwrap();
     assert!(!line.line.is_empty());
 }
 
@@ -157,7 +208,10 @@ fn kvm_probe_without_a_kernel_never_picks_kvm_and_leaves_nothing_running() {
     assert!(p.took < Duration::from_secs(40), "{p:?}");
     // Either /dev/kvm is unusable, or the boot sector stage ran (passed or timed out) and
     // the verdict says why KVM is not chosen.
-    assert!(p.detail.contains("/dev/kvm") || p.detail.contains("boot sector"), "{p:?}");
+    assert!(
+        p.detail.contains("/dev/kvm") || p.detail.contains("boot sector"),
+        "{p:?}"
+    );
 }
 
 #[test]
@@ -175,5 +229,8 @@ fn choose_accel_remembers_its_verdict() {
     let start = std::time::Instant::now();
     let (a2, why2) = qemu::choose_accel(None);
     assert_eq!((a1, &why1), (a2, &why2));
-    assert!(start.elapsed() < Duration::from_secs(1), "the second call probed again");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "the second call probed again"
+    );
 }

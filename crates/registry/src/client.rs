@@ -25,17 +25,29 @@ pub enum RegistryError {
     #[error("request to {url} failed: {source}")]
     Http { url: String, source: reqwest::Error },
     #[error("{url}: registry answered {status}: {body}")]
-    Status { url: String, status: u16, body: String },
+    Status {
+        url: String,
+        status: u16,
+        body: String,
+    },
     #[error("{url}: manifest unknown (404)")]
     NotFound { url: String },
     #[error("authentication challenge from {url} not understood: {challenge:?}")]
     Challenge { url: String, challenge: String },
     #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
-    Digest { what: String, expected: String, actual: String },
+    Digest {
+        what: String,
+        expected: String,
+        actual: String,
+    },
     #[error("{what} is larger than allowed ({limit} bytes)")]
     TooLarge { what: String, limit: u64 },
     #[error("{what} has {actual} bytes, descriptor says {expected}")]
-    Size { what: String, expected: u64, actual: u64 },
+    Size {
+        what: String,
+        expected: u64,
+        actual: u64,
+    },
     #[error("unsupported digest {0:?} (only sha256 is supported)")]
     BadDigest(String),
     #[error("invalid manifest from {url}: {msg}")]
@@ -43,7 +55,10 @@ pub enum RegistryError {
     #[error("no linux/amd64 image in the index of {0}")]
     NoPlatform(String),
     #[error("writing {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -86,19 +101,29 @@ pub struct Manifest {
 impl Manifest {
     pub fn is_index(&self, content_type: &str) -> bool {
         let mt = self.media_type.as_deref().unwrap_or(content_type);
-        mt == MT_OCI_INDEX || mt == MT_DOCKER_LIST || (self.manifests.is_some() && self.config.is_none())
+        mt == MT_OCI_INDEX
+            || mt == MT_DOCKER_LIST
+            || (self.manifests.is_some() && self.config.is_none())
     }
 }
 
 /// Picks linux/amd64 from an index (a variant-less entry first).
 pub fn select_platform(manifests: &[Descriptor]) -> Option<&Descriptor> {
     let amd64 = |d: &&Descriptor| {
-        d.platform.as_ref().map(|p| p.os == "linux" && p.architecture == "amd64").unwrap_or(false)
+        d.platform
+            .as_ref()
+            .map(|p| p.os == "linux" && p.architecture == "amd64")
+            .unwrap_or(false)
     };
     manifests
         .iter()
         .filter(amd64)
-        .find(|d| d.platform.as_ref().and_then(|p| p.variant.as_ref()).is_none())
+        .find(|d| {
+            d.platform
+                .as_ref()
+                .and_then(|p| p.variant.as_ref())
+                .is_none()
+        })
         .or_else(|| manifests.iter().find(amd64))
 }
 
@@ -112,7 +137,11 @@ pub fn verify(what: &str, expected: &str, data: &[u8]) -> Result<(), RegistryErr
     }
     let actual = sha256_digest(data);
     if actual != expected {
-        return Err(RegistryError::Digest { what: what.into(), expected: expected.into(), actual });
+        return Err(RegistryError::Digest {
+            what: what.into(),
+            expected: expected.into(),
+            actual,
+        });
     }
     Ok(())
 }
@@ -169,7 +198,10 @@ pub fn parse_challenge(h: &str) -> Option<Challenge> {
         }
         params.insert(key.trim().to_ascii_lowercase(), val);
     }
-    Some(Challenge { scheme: scheme.to_ascii_lowercase(), params })
+    Some(Challenge {
+        scheme: scheme.to_ascii_lowercase(),
+        params,
+    })
 }
 
 /// What a user logs in to a registry with (`docker login`): user name and password, or an
@@ -194,7 +226,11 @@ impl Credentials {
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let hidden = |s: &str| if s.is_empty() { "" } else { "<hidden>" };
-        f.debug_struct("Credentials").field("username", &self.username).field("password", &hidden(&self.password)).field("identity_token", &hidden(&self.identity_token)).finish()
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &hidden(&self.password))
+            .field("identity_token", &hidden(&self.identity_token))
+            .finish()
     }
 }
 
@@ -209,13 +245,23 @@ pub const LOOPBACK_CIDRS: [&str; 2] = ["127.0.0.0/8", "::1/128"];
 pub fn parse_insecure(entry: &str) -> Result<String, String> {
     let e = entry.trim();
     let lower = e.to_ascii_lowercase();
-    let e = if lower.starts_with("http://") { &e[7..] } else if lower.starts_with("https://") { &e[8..] } else { e };
+    let e = if lower.starts_with("http://") {
+        &e[7..]
+    } else if lower.starts_with("https://") {
+        &e[8..]
+    } else {
+        e
+    };
     let e = e.trim_end_matches('/');
     if e.contains("://") {
-        return Err(format!("insecure registry {entry:?}: give HOST[:PORT] or a CIDR, without a scheme"));
+        return Err(format!(
+            "insecure registry {entry:?}: give HOST[:PORT] or a CIDR, without a scheme"
+        ));
     }
     if e.is_empty() || e.chars().any(|c| c.is_whitespace()) {
-        return Err(format!("insecure registry {entry:?}: give HOST[:PORT] or a CIDR"));
+        return Err(format!(
+            "insecure registry {entry:?}: give HOST[:PORT] or a CIDR"
+        ));
     }
     if let Some((net, bits)) = e.split_once('/') {
         return match parse_cidr(e) {
@@ -223,7 +269,11 @@ pub fn parse_insecure(entry: &str) -> Result<String, String> {
             None => Err(format!("insecure registry {entry:?}: {net}/{bits} is neither HOST[:PORT] nor a CIDR (ADDRESS/PREFIX)")),
         };
     }
-    let port = if e.starts_with('[') { e.split_once("]:").map(|(_, p)| p) } else { e.rsplit_once(':').map(|(_, p)| p) };
+    let port = if e.starts_with('[') {
+        e.split_once("]:").map(|(_, p)| p)
+    } else {
+        e.rsplit_once(':').map(|(_, p)| p)
+    };
     if let Some(p) = port {
         if p.parse::<u16>().map_or(true, |p| p == 0) {
             return Err(format!("insecure registry {entry:?}: bad port {p:?}"));
@@ -286,27 +336,55 @@ impl Client {
                 list.push(i);
             }
         }
-        let insecure_nets = LOOPBACK_CIDRS.iter().map(|c| *c).chain(list.iter().map(String::as_str)).filter_map(parse_cidr).collect();
-        Client { http, insecure: list, insecure_nets }
+        let insecure_nets = LOOPBACK_CIDRS
+            .iter()
+            .map(|c| *c)
+            .chain(list.iter().map(String::as_str))
+            .filter_map(parse_cidr)
+            .collect();
+        Client {
+            http,
+            insecure: list,
+            insecure_nets,
+        }
     }
 
     /// The insecure registries given by name (`HOST[:PORT]`), as `docker info` lists them.
     pub fn insecure_registries(&self) -> Vec<String> {
-        self.insecure.iter().filter(|i| parse_cidr(i).is_none()).cloned().collect()
+        self.insecure
+            .iter()
+            .filter(|i| parse_cidr(i).is_none())
+            .cloned()
+            .collect()
     }
 
     /// The networks whose registries are insecure: loopback's, then the CIDRs given.
     pub fn insecure_cidrs(&self) -> Vec<String> {
-        LOOPBACK_CIDRS.iter().map(|c| c.to_string()).chain(self.insecure.iter().filter(|i| parse_cidr(i).is_some()).cloned()).collect()
+        LOOPBACK_CIDRS
+            .iter()
+            .map(|c| c.to_string())
+            .chain(
+                self.insecure
+                    .iter()
+                    .filter(|i| parse_cidr(i).is_some())
+                    .cloned(),
+            )
+            .collect()
     }
 
     /// `http` for an insecure registry (given by name with or without its port, an address
     /// in an insecure network, or `localhost`), else `https`. A name is not resolved to
     /// match a CIDR (dockerd does; here only registries given by address match one).
     pub fn scheme(&self, host: &str) -> &'static str {
-        let h = if host.starts_with('[') { host.split_once(']').map(|(h, _)| &h[1..]).unwrap_or(host) } else { host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host) };
+        let h = if host.starts_with('[') {
+            host.split_once(']').map(|(h, _)| &h[1..]).unwrap_or(host)
+        } else {
+            host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
+        };
         let named = self.insecure.iter().any(|i| i == host || i == h);
-        let in_net = h.parse::<std::net::IpAddr>().map_or(false, |ip| self.insecure_nets.iter().any(|n| in_cidr(ip, *n)));
+        let in_net = h.parse::<std::net::IpAddr>().map_or(false, |ip| {
+            self.insecure_nets.iter().any(|n| in_cidr(ip, *n))
+        });
         if h.eq_ignore_ascii_case("localhost") || named || in_net {
             "http"
         } else {
@@ -315,7 +393,11 @@ impl Client {
     }
 
     pub fn session(&self, r: &Reference, auth: Option<Credentials>) -> Session<'_> {
-        let host = if r.registry == DOCKER_HUB { "registry-1.docker.io" } else { r.registry.as_str() };
+        let host = if r.registry == DOCKER_HUB {
+            "registry-1.docker.io"
+        } else {
+            r.registry.as_str()
+        };
         Session {
             client: self,
             base: format!("{}://{host}", self.scheme(host)),
@@ -333,7 +415,10 @@ impl Session<'_> {
             if let Some(a) = &self.authorization {
                 rb = rb.header("Authorization", a);
             }
-            let resp = rb.send().await.map_err(|source| RegistryError::Http { url: url.into(), source })?;
+            let resp = rb.send().await.map_err(|source| RegistryError::Http {
+                url: url.into(),
+                source,
+            })?;
             if resp.status().as_u16() == 401 && attempt == 0 {
                 let ch = resp
                     .headers()
@@ -350,7 +435,11 @@ impl Session<'_> {
             if !resp.status().is_success() {
                 let status = resp.status().as_u16();
                 let body = resp.text().await.unwrap_or_default();
-                return Err(RegistryError::Status { url: url.into(), status, body: body.chars().take(300).collect() });
+                return Err(RegistryError::Status {
+                    url: url.into(),
+                    status,
+                    body: body.chars().take(300).collect(),
+                });
             }
             return Ok(resp);
         }
@@ -358,18 +447,31 @@ impl Session<'_> {
     }
 
     async fn authenticate(&mut self, url: &str, header: &str) -> Result<(), RegistryError> {
-        let bad = || RegistryError::Challenge { url: url.into(), challenge: header.into() };
+        let bad = || RegistryError::Challenge {
+            url: url.into(),
+            challenge: header.into(),
+        };
         let ch = parse_challenge(header).ok_or_else(bad)?;
-        let basic = self.auth.as_ref().filter(|a| !a.username.is_empty()).map(|a| {
-            base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", a.username, a.password))
-        });
+        let basic = self
+            .auth
+            .as_ref()
+            .filter(|a| !a.username.is_empty())
+            .map(|a| {
+                base64::engine::general_purpose::STANDARD
+                    .encode(format!("{}:{}", a.username, a.password))
+            });
         match ch.scheme.as_str() {
             "basic" => {
-                self.authorization = Some(format!("Basic {}", basic.ok_or_else(|| RegistryError::Status {
-                    url: url.into(),
-                    status: 401,
-                    body: "registry wants basic auth and no credentials were given (docker login)".into(),
-                })?));
+                self.authorization = Some(format!(
+                    "Basic {}",
+                    basic.ok_or_else(|| RegistryError::Status {
+                        url: url.into(),
+                        status: 401,
+                        body:
+                            "registry wants basic auth and no credentials were given (docker login)"
+                                .into(),
+                    })?
+                ));
                 Ok(())
             }
             "bearer" => {
@@ -378,15 +480,26 @@ impl Session<'_> {
                 if let Some(s) = ch.params.get("service") {
                     q.push(("service", s.clone()));
                 }
-                let scope = ch.params.get("scope").cloned().unwrap_or_else(|| format!("repository:{}:pull", self.repo));
+                let scope = ch
+                    .params
+                    .get("scope")
+                    .cloned()
+                    .unwrap_or_else(|| format!("repository:{}:pull", self.repo));
                 q.push(("scope", scope));
                 let mut rb = self.client.http.get(realm).query(&q);
                 if let Some(b) = basic {
                     rb = rb.header("Authorization", format!("Basic {b}"));
                 }
-                let resp = rb.send().await.map_err(|source| RegistryError::Http { url: realm.clone(), source })?;
+                let resp = rb.send().await.map_err(|source| RegistryError::Http {
+                    url: realm.clone(),
+                    source,
+                })?;
                 if !resp.status().is_success() {
-                    return Err(RegistryError::Status { url: realm.clone(), status: resp.status().as_u16(), body: "token request refused".into() });
+                    return Err(RegistryError::Status {
+                        url: realm.clone(),
+                        status: resp.status().as_u16(),
+                        body: "token request refused".into(),
+                    });
                 }
                 #[derive(Deserialize)]
                 struct Token {
@@ -405,13 +518,27 @@ impl Session<'_> {
 
     /// Fetches a manifest (following an index to linux/amd64). Returns the manifest, its
     /// bytes and its digest (verified against the reference or descriptor when known).
-    pub async fn manifest(&mut self, object: &str) -> Result<(Manifest, Vec<u8>, String), RegistryError> {
-        let accept = [MT_OCI_INDEX, MT_DOCKER_LIST, MT_OCI_MANIFEST, MT_DOCKER_MANIFEST].join(", ");
+    pub async fn manifest(
+        &mut self,
+        object: &str,
+    ) -> Result<(Manifest, Vec<u8>, String), RegistryError> {
+        let accept = [
+            MT_OCI_INDEX,
+            MT_DOCKER_LIST,
+            MT_OCI_MANIFEST,
+            MT_DOCKER_MANIFEST,
+        ]
+        .join(", ");
         let mut object = object.to_string();
         for _ in 0..2 {
             let url = format!("{}/v2/{}/manifests/{object}", self.base, self.repo);
             let resp = self.get(&url, &accept).await?;
-            let ct = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            let ct = resp
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
             let body = read_limited(resp, &url, MAX_MANIFEST).await?;
             let digest = if object.starts_with("sha256:") {
                 verify(&url, &object, &body)?;
@@ -419,10 +546,16 @@ impl Session<'_> {
             } else {
                 sha256_digest(&body)
             };
-            let m: Manifest = serde_json::from_slice(&body)
-                .map_err(|e| RegistryError::Manifest { url: url.clone(), msg: e.to_string() })?;
+            let m: Manifest =
+                serde_json::from_slice(&body).map_err(|e| RegistryError::Manifest {
+                    url: url.clone(),
+                    msg: e.to_string(),
+                })?;
             if m.schema_version != 2 {
-                return Err(RegistryError::Manifest { url, msg: format!("schemaVersion {} is not supported", m.schema_version) });
+                return Err(RegistryError::Manifest {
+                    url,
+                    msg: format!("schemaVersion {} is not supported", m.schema_version),
+                });
             }
             if m.is_index(&ct) {
                 let d = select_platform(m.manifests.as_deref().unwrap_or(&[]))
@@ -431,17 +564,26 @@ impl Session<'_> {
                 continue;
             }
             if m.config.is_none() {
-                return Err(RegistryError::Manifest { url, msg: "no config descriptor".into() });
+                return Err(RegistryError::Manifest {
+                    url,
+                    msg: "no config descriptor".into(),
+                });
             }
             return Ok((m, body, digest));
         }
-        Err(RegistryError::Manifest { url: self.base.clone(), msg: "index points to another index".into() })
+        Err(RegistryError::Manifest {
+            url: self.base.clone(),
+            msg: "index points to another index".into(),
+        })
     }
 
     /// Downloads a small blob (config) into memory, verified.
     pub async fn blob_bytes(&mut self, d: &Descriptor) -> Result<Vec<u8>, RegistryError> {
         if d.size > MAX_MANIFEST {
-            return Err(RegistryError::TooLarge { what: d.digest.clone(), limit: MAX_MANIFEST });
+            return Err(RegistryError::TooLarge {
+                what: d.digest.clone(),
+                limit: MAX_MANIFEST,
+            });
         }
         let url = format!("{}/v2/{}/blobs/{}", self.base, self.repo, d.digest);
         let resp = self.get(&url, "*/*").await?;
@@ -456,39 +598,70 @@ impl Session<'_> {
             return Err(RegistryError::BadDigest(d.digest.clone()));
         }
         if d.size > MAX_BLOB {
-            return Err(RegistryError::TooLarge { what: d.digest.clone(), limit: MAX_BLOB });
+            return Err(RegistryError::TooLarge {
+                what: d.digest.clone(),
+                limit: MAX_BLOB,
+            });
         }
         let url = format!("{}/v2/{}/blobs/{}", self.base, self.repo, d.digest);
         let mut resp = self.get(&url, "*/*").await?;
-        let io = |source| RegistryError::Io { path: dest.display().to_string(), source };
+        let io = |source| RegistryError::Io {
+            path: dest.display().to_string(),
+            source,
+        };
         let mut f = std::fs::File::create(dest).map_err(io)?;
         let mut h = Sha256::new();
         let mut n = 0u64;
-        while let Some(chunk) = resp.chunk().await.map_err(|source| RegistryError::Http { url: url.clone(), source })? {
+        while let Some(chunk) = resp.chunk().await.map_err(|source| RegistryError::Http {
+            url: url.clone(),
+            source,
+        })? {
             n += chunk.len() as u64;
             if n > d.size {
-                return Err(RegistryError::Size { what: url, expected: d.size, actual: n });
+                return Err(RegistryError::Size {
+                    what: url,
+                    expected: d.size,
+                    actual: n,
+                });
             }
             h.update(&chunk);
             f.write_all(&chunk).map_err(io)?;
         }
         if n != d.size {
-            return Err(RegistryError::Size { what: url, expected: d.size, actual: n });
+            return Err(RegistryError::Size {
+                what: url,
+                expected: d.size,
+                actual: n,
+            });
         }
         let actual = format!("sha256:{}", hex::encode(h.finalize()));
         if actual != d.digest {
-            return Err(RegistryError::Digest { what: url, expected: d.digest.clone(), actual });
+            return Err(RegistryError::Digest {
+                what: url,
+                expected: d.digest.clone(),
+                actual,
+            });
         }
         f.sync_all().map_err(io)?;
         Ok(())
     }
 }
 
-async fn read_limited(mut resp: reqwest::Response, url: &str, limit: u64) -> Result<Vec<u8>, RegistryError> {
+async fn read_limited(
+    mut resp: reqwest::Response,
+    url: &str,
+    limit: u64,
+) -> Result<Vec<u8>, RegistryError> {
     let mut out = Vec::new();
-    while let Some(c) = resp.chunk().await.map_err(|source| RegistryError::Http { url: url.into(), source })? {
+    while let Some(c) = resp.chunk().await.map_err(|source| RegistryError::Http {
+        url: url.into(),
+        source,
+    })? {
         if (out.len() + c.len()) as u64 > limit {
-            return Err(RegistryError::TooLarge { what: url.into(), limit });
+            return Err(RegistryError::TooLarge {
+                what: url.into(),
+                limit,
+            });
         }
         out.extend_from_slice(&c);
     }
@@ -519,13 +692,21 @@ mod tests {
             media_type: MT_OCI_MANIFEST.into(),
             digest: format!("sha256:{}", d.to_string().repeat(64)),
             size: 1,
-            platform: Some(Platform { architecture: arch.into(), os: "linux".into(), variant: variant.map(Into::into) }),
+            platform: Some(Platform {
+                architecture: arch.into(),
+                os: "linux".into(),
+                variant: variant.map(Into::into),
+            }),
         }
     }
 
     #[test]
     fn picks_linux_amd64() {
-        let list = vec![desc("arm64", Some("v8"), 'a'), desc("amd64", Some("v3"), 'b'), desc("amd64", None, 'c')];
+        let list = vec![
+            desc("arm64", Some("v8"), 'a'),
+            desc("amd64", Some("v3"), 'b'),
+            desc("amd64", None, 'c'),
+        ];
         assert!(select_platform(&list).unwrap().digest.ends_with('c'));
         assert!(select_platform(&list[..2]).unwrap().digest.ends_with('b'));
         assert!(select_platform(&list[..1]).is_none());
@@ -543,8 +724,14 @@ mod tests {
     fn digest_verification() {
         let d = sha256_digest(b"hello");
         assert!(verify("x", &d, b"hello").is_ok());
-        assert!(matches!(verify("x", &d, b"hellO"), Err(RegistryError::Digest { .. })));
-        assert!(matches!(verify("x", "md5:abc", b"hello"), Err(RegistryError::BadDigest(_))));
+        assert!(matches!(
+            verify("x", &d, b"hellO"),
+            Err(RegistryError::Digest { .. })
+        ));
+        assert!(matches!(
+            verify("x", "md5:abc", b"hello"),
+            Err(RegistryError::BadDigest(_))
+        ));
     }
 
     /// A registry on 127.0.0.1 that wants a bearer token: records the `User-Agent` of every
@@ -555,11 +742,14 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, String, String)>::new()));
+        let seen =
+            std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, String, String)>::new()));
         let log = seen.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((mut sock, _)) = listener.accept().await else { return };
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
                 let log = log.clone();
                 tokio::spawn(async move {
                     let mut req = Vec::new();
@@ -572,9 +762,19 @@ mod tests {
                     }
                     let head = String::from_utf8_lossy(&req).to_string();
                     let target = head.split_whitespace().nth(1).unwrap_or("").to_string();
-                    let header = |name: &str| head.lines().find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string())).unwrap_or_default();
+                    let header = |name: &str| {
+                        head.lines()
+                            .find_map(|l| {
+                                l.split_once(':')
+                                    .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                                    .map(|(_, v)| v.trim().to_string())
+                            })
+                            .unwrap_or_default()
+                    };
                     let (ua, authz) = (header("user-agent"), header("authorization"));
-                    log.lock().unwrap().push((target.clone(), ua, authz.clone()));
+                    log.lock()
+                        .unwrap()
+                        .push((target.clone(), ua, authz.clone()));
                     let (status, body, extra) = if target.starts_with("/token?") {
                         ("200 OK", "{\"token\":\"tok\"}".to_string(), String::new())
                     } else if authz != "Bearer tok" {
@@ -590,14 +790,28 @@ mod tests {
         });
         let client = Client::new("axion-test/9.8.7", Vec::new());
         let r = Reference::parse(&format!("127.0.0.1:{port}/team/app")).unwrap();
-        let creds = Credentials { username: "ann".into(), password: "s3cret".into(), identity_token: String::new() };
-        assert!(!format!("{creds:?}").contains("s3cret"), "Debug shows the password: {creds:?}");
-        let e = client.session(&r, Some(creds)).manifest("latest").await.unwrap_err();
+        let creds = Credentials {
+            username: "ann".into(),
+            password: "s3cret".into(),
+            identity_token: String::new(),
+        };
+        assert!(
+            !format!("{creds:?}").contains("s3cret"),
+            "Debug shows the password: {creds:?}"
+        );
+        let e = client
+            .session(&r, Some(creds))
+            .manifest("latest")
+            .await
+            .unwrap_err();
         assert!(matches!(e, RegistryError::NotFound { .. }), "{e}");
         let seen = seen.lock().unwrap().clone();
         let targets: Vec<&str> = seen.iter().map(|(t, _, _)| t.as_str()).collect();
         assert_eq!(targets.len(), 3, "challenge, token, manifest: {targets:?}");
-        assert!(targets[1].starts_with("/token?") && targets[2] == "/v2/team/app/manifests/latest", "{targets:?}");
+        assert!(
+            targets[1].starts_with("/token?") && targets[2] == "/v2/team/app/manifests/latest",
+            "{targets:?}"
+        );
         for (t, ua, _) in &seen {
             assert_eq!(ua, "axion-test/9.8.7", "User-Agent of {t}");
         }
@@ -609,14 +823,34 @@ mod tests {
 
     #[test]
     fn insecure_registries_as_dockerd_takes_them() {
-        assert_eq!(parse_insecure("http://10.0.2.2:5000/").unwrap(), "10.0.2.2:5000");
+        assert_eq!(
+            parse_insecure("http://10.0.2.2:5000/").unwrap(),
+            "10.0.2.2:5000"
+        );
         assert_eq!(parse_insecure("HTTPS://myreg:5000").unwrap(), "myreg:5000");
         assert_eq!(parse_insecure(" 10.1.0.0/16 ").unwrap(), "10.1.0.0/16");
         assert_eq!(parse_insecure("[fd00::1]:5000").unwrap(), "[fd00::1]:5000");
-        for bad in ["", "tcp://myreg:5000", "myreg:http", "myreg:0", "10.0.0.0/33", "myreg/path", "my reg"] {
+        for bad in [
+            "",
+            "tcp://myreg:5000",
+            "myreg:http",
+            "myreg:0",
+            "10.0.0.0/33",
+            "myreg/path",
+            "my reg",
+        ] {
             assert!(parse_insecure(bad).is_err(), "{bad:?} accepted");
         }
-        let c = Client::new("t/1", vec!["myreg:5000".into(), "http://plain".into(), "10.1.0.0/16".into(), "fd00::/8".into(), "myreg:5000".into()]);
+        let c = Client::new(
+            "t/1",
+            vec![
+                "myreg:5000".into(),
+                "http://plain".into(),
+                "10.1.0.0/16".into(),
+                "fd00::/8".into(),
+                "myreg:5000".into(),
+            ],
+        );
         for (host, scheme) in [
             ("myreg:5000", "http"),
             ("myreg", "https"), // the port is part of the name given
@@ -636,7 +870,10 @@ mod tests {
             assert_eq!(c.scheme(host), scheme, "{host}");
         }
         assert_eq!(c.insecure_registries(), vec!["myreg:5000", "plain"]);
-        assert_eq!(c.insecure_cidrs(), vec!["127.0.0.0/8", "::1/128", "10.1.0.0/16", "fd00::/8"]);
+        assert_eq!(
+            c.insecure_cidrs(),
+            vec!["127.0.0.0/8", "::1/128", "10.1.0.0/16", "fd00::/8"]
+        );
         let plain = Client::new("t/1", Vec::new());
         assert_eq!(plain.scheme("10.1.200.3:5000"), "https");
         assert!(plain.insecure_registries().is_empty());

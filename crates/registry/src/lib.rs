@@ -14,5 +14,8 @@
 pub mod client;
 pub mod reference;
 
-pub use client::{parse_insecure, select_platform, sha256_digest, verify, Challenge, Client, Credentials, Descriptor, LOOPBACK_CIDRS, Manifest, Platform, RegistryError, Session};
+pub use client::{
+    parse_insecure, select_platform, sha256_digest, verify, Challenge, Client, Credentials,
+    Descriptor, Manifest, Platform, RegistryError, Session, LOOPBACK_CIDRS,
+};
 pub use reference::{valid_digest, BadReference, Reference, DOCKER_HUB};

@@ -18,7 +18,8 @@ pub const DOCKER_HUB: &str = "docker.io";
 
 fn valid_component(c: &str) -> bool {
     !c.is_empty()
-        && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        && c.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
         && c.as_bytes()[0].is_ascii_alphanumeric()
         && c.as_bytes()[c.len() - 1].is_ascii_alphanumeric()
 }
@@ -27,12 +28,17 @@ fn valid_tag(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 128
         && (t.as_bytes()[0].is_ascii_alphanumeric() || t.as_bytes()[0] == b'_')
-        && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 pub fn valid_digest(d: &str) -> bool {
     d.strip_prefix("sha256:")
-        .map(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+        .map(|h| {
+            h.len() == 64
+                && h.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        })
         .unwrap_or(false)
 }
 
@@ -76,7 +82,12 @@ impl Reference {
                 return Err(bad());
             }
             let hb = host.as_bytes();
-            if hb.is_empty() || !hb[0].is_ascii_alphanumeric() || !hb.iter().all(|b| b.is_ascii_alphanumeric() || b".-".contains(b)) {
+            if hb.is_empty()
+                || !hb[0].is_ascii_alphanumeric()
+                || !hb
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-".contains(b))
+            {
                 return Err(bad());
             }
             r.to_string()
@@ -90,14 +101,26 @@ impl Reference {
         if registry == DOCKER_HUB && parts.len() == 1 {
             repository = format!("library/{repository}");
         }
-        let tag = if tag.is_none() && digest.is_none() { Some("latest".into()) } else { tag };
-        Ok(Reference { registry, repository, tag, digest })
+        let tag = if tag.is_none() && digest.is_none() {
+            Some("latest".into())
+        } else {
+            tag
+        };
+        Ok(Reference {
+            registry,
+            repository,
+            tag,
+            digest,
+        })
     }
 
     /// The repository as users write it: `busybox`, `user/app`, `127.0.0.1:5000/busybox`.
     pub fn familiar_name(&self) -> String {
         if self.registry == DOCKER_HUB {
-            self.repository.strip_prefix("library/").unwrap_or(&self.repository).to_string()
+            self.repository
+                .strip_prefix("library/")
+                .unwrap_or(&self.repository)
+                .to_string()
         } else {
             format!("{}/{}", self.registry, self.repository)
         }
@@ -105,12 +128,17 @@ impl Reference {
 
     /// `name:tag` (the key images are tagged under) when a tag is present.
     pub fn tagged(&self) -> Option<String> {
-        self.tag.as_ref().map(|t| format!("{}:{t}", self.familiar_name()))
+        self.tag
+            .as_ref()
+            .map(|t| format!("{}:{t}", self.familiar_name()))
     }
 
     /// What to ask the registry for: the digest if given, else the tag.
     pub fn object(&self) -> &str {
-        self.digest.as_deref().or(self.tag.as_deref()).unwrap_or("latest")
+        self.digest
+            .as_deref()
+            .or(self.tag.as_deref())
+            .unwrap_or("latest")
     }
 }
 
@@ -121,7 +149,10 @@ mod tests {
     #[test]
     fn normalises_like_docker() {
         let r = Reference::parse("busybox").unwrap();
-        assert_eq!((r.registry.as_str(), r.repository.as_str()), ("docker.io", "library/busybox"));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("docker.io", "library/busybox")
+        );
         assert_eq!(r.tagged().unwrap(), "busybox:latest");
         let r = Reference::parse("127.0.0.1:5000/busybox:1.36").unwrap();
         assert_eq!(r.registry, "127.0.0.1:5000");
@@ -138,7 +169,17 @@ mod tests {
 
     #[test]
     fn rejects_bad_names() {
-        for s in ["", "UPPER", "a//b", "a:", "a@sha256:12", "-a", "a b", "a:t/b", "../x"] {
+        for s in [
+            "",
+            "UPPER",
+            "a//b",
+            "a:",
+            "a@sha256:12",
+            "-a",
+            "a b",
+            "a:t/b",
+            "../x",
+        ] {
             assert!(Reference::parse(s).is_err(), "{s}");
         }
     }

@@ -100,7 +100,9 @@ impl Client {
             })
             .await;
         });
-        Client { session: Arc::new(Session { open }) }
+        Client {
+            session: Arc::new(Session { open }),
+        }
     }
 
     /// Connects to a unix socket (QEMU's end of the virtio-serial port) and starts a session.
@@ -111,11 +113,22 @@ impl Client {
 
     /// A new stream to the other end. Fails once the session has ended.
     pub async fn open(&self) -> io::Result<Stream> {
-        let closed = |e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::BrokenPipe, format!("the channel is closed ({e})"));
+        let closed = |e: &dyn std::fmt::Display| {
+            io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                format!("the channel is closed ({e})"),
+            )
+        };
         let (tx, rx) = oneshot::channel();
-        self.session.open.send(tx).map_err(|_| closed(&"session ended"))?;
+        self.session
+            .open
+            .send(tx)
+            .map_err(|_| closed(&"session ended"))?;
         match rx.await {
-            Ok(Ok(s)) => Ok(Stream { inner: s.compat(), _session: self.session.clone() }),
+            Ok(Ok(s)) => Ok(Stream {
+                inner: s.compat(),
+                _session: self.session.clone(),
+            }),
             Ok(Err(e)) => Err(closed(&e)),
             Err(_) => Err(closed(&"session ended")),
         }
@@ -134,13 +147,21 @@ pub struct Stream {
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -199,34 +220,45 @@ mod tests {
     /// An HTTP server on each stream: `/echo/X` answers X; `/slow/N` streams N chunks, one
     /// every 50 ms (a logs-follow); `/hang` never ends (a `wait`).
     async fn http_serve(s: Inbound) {
-        let svc = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-            let path = req.uri().path().to_string();
-            type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
-            let body: Body = if let Some(x) = path.strip_prefix("/echo/") {
-                BodyExt::boxed(Full::new(Bytes::from(x.to_string())))
-            } else if let Some(n) = path.strip_prefix("/slow/") {
-                let n: usize = n.parse().unwrap();
-                let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, Infallible>>(1);
-                tokio::spawn(async move {
-                    for i in 0..n {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        if tx.send(Ok(hyper::body::Frame::data(Bytes::from(format!("{i};"))))).await.is_err() {
-                            return;
+        let svc =
+            hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                let path = req.uri().path().to_string();
+                type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+                let body: Body = if let Some(x) = path.strip_prefix("/echo/") {
+                    BodyExt::boxed(Full::new(Bytes::from(x.to_string())))
+                } else if let Some(n) = path.strip_prefix("/slow/") {
+                    let n: usize = n.parse().unwrap();
+                    let (tx, rx) = tokio::sync::mpsc::channel::<
+                        Result<hyper::body::Frame<Bytes>, Infallible>,
+                    >(1);
+                    tokio::spawn(async move {
+                        for i in 0..n {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            if tx
+                                .send(Ok(hyper::body::Frame::data(Bytes::from(format!("{i};")))))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
                         }
-                    }
-                });
-                BodyExt::boxed(StreamBody::new(tokio_stream(rx)))
-            } else {
-                let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, Infallible>>(1);
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(3600)).await;
-                    drop(tx);
-                });
-                BodyExt::boxed(StreamBody::new(tokio_stream(rx)))
-            };
-            Ok::<_, Infallible>(hyper::Response::new(body))
-        });
-        let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
+                    });
+                    BodyExt::boxed(StreamBody::new(tokio_stream(rx)))
+                } else {
+                    let (tx, rx) = tokio::sync::mpsc::channel::<
+                        Result<hyper::body::Frame<Bytes>, Infallible>,
+                    >(1);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        drop(tx);
+                    });
+                    BodyExt::boxed(StreamBody::new(tokio_stream(rx)))
+                };
+                Ok::<_, Infallible>(hyper::Response::new(body))
+            });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(s), svc)
+            .await;
     }
 
     fn tokio_stream<T>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
@@ -236,16 +268,29 @@ mod tests {
     /// One HTTP/1.1 exchange on a new stream; the whole body.
     async fn get(c: &Client, path: &str) -> Result<String, String> {
         let s = c.open().await.map_err(|e| e.to_string())?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(s)).await.map_err(|e| e.to_string())?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(s))
+                .await
+                .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
-        let req = hyper::Request::get(path).header("host", "guest").body(Full::new(Bytes::new())).unwrap();
+        let req = hyper::Request::get(path)
+            .header("host", "guest")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
         let r = send.send_request(req).await.map_err(|e| e.to_string())?;
-        let b = r.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let b = r
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
         Ok(String::from_utf8_lossy(&b).into_owned())
     }
 
     async fn timeout<T>(f: impl Future<Output = T>) -> T {
-        tokio::time::timeout(Duration::from_secs(10), f).await.expect("timed out")
+        tokio::time::timeout(Duration::from_secs(10), f)
+            .await
+            .expect("timed out")
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,19 +311,27 @@ mod tests {
         let mut short = Vec::new();
         for i in 0..20 {
             let c = c.clone();
-            short.push(tokio::spawn(async move { get(&c, &format!("/echo/n{i}")).await }));
+            short.push(tokio::spawn(async move {
+                get(&c, &format!("/echo/n{i}")).await
+            }));
         }
         for (i, t) in short.into_iter().enumerate() {
             assert_eq!(timeout(t).await.unwrap().unwrap(), format!("n{i}"));
         }
-        assert_eq!(timeout(slow).await.unwrap().unwrap(), "0;1;2;3;4;5;6;7;8;9;");
+        assert_eq!(
+            timeout(slow).await.unwrap().unwrap(),
+            "0;1;2;3;4;5;6;7;8;9;"
+        );
         assert!(!hang.is_finished());
         assert!(!server.is_finished());
         // The guest end goes away (QEMU exits): the open stream ends with an error and new
         // streams cannot be opened, rather than hanging.
         server.abort();
         let r = timeout(hang).await.unwrap();
-        assert!(r.is_err(), "a stream of a dead session ended cleanly: {r:?}");
+        assert!(
+            r.is_err(),
+            "a stream of a dead session ended cleanly: {r:?}"
+        );
         let r = timeout(get(&c, "/echo/x")).await;
         assert!(r.is_err(), "an exchange on a dead session succeeded: {r:?}");
         assert!(c.is_closed());
@@ -324,7 +377,13 @@ mod tests {
         let guest = tokio::spawn(serve_sessions(
             move || {
                 let rx = rx.clone();
-                async move { rx.lock().await.recv().await.ok_or_else(|| io::Error::other("no more hosts")) }
+                async move {
+                    rx.lock()
+                        .await
+                        .recv()
+                        .await
+                        .ok_or_else(|| io::Error::other("no more hosts"))
+                }
             },
             |s| http_serve(s),
         ));
@@ -336,7 +395,12 @@ mod tests {
                 let c = c.clone();
                 async move { get(&c, "/hang").await }
             });
-            assert_eq!(timeout(get(&c, &format!("/echo/round{round}"))).await.unwrap(), format!("round{round}"));
+            assert_eq!(
+                timeout(get(&c, &format!("/echo/round{round}")))
+                    .await
+                    .unwrap(),
+                format!("round{round}")
+            );
             // The host goes away with a stream still open: the session ends on the guest
             // and the next host connection gets a fresh one.
             pending.abort();
@@ -344,6 +408,9 @@ mod tests {
         }
         drop(tx);
         let r = timeout(guest).await.unwrap();
-        assert!(r.is_err(), "the loop ends only when no host can come any more");
+        assert!(
+            r.is_err(),
+            "the loop ends only when no host can come any more"
+        );
     }
 }

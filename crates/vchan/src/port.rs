@@ -44,7 +44,11 @@ pub fn find(sys: &Path, name: &str) -> Option<PathBuf> {
 
 /// Is the host side of the port connected? (`poll` without waiting: POLLHUP = no host.)
 pub fn host_connected(f: &File) -> io::Result<bool> {
-    let mut p = libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let mut p = libc::pollfd {
+        fd: f.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: one valid pollfd, timeout 0.
     let n = unsafe { libc::poll(&mut p, 1, 0) };
     if n < 0 {
@@ -55,7 +59,11 @@ pub fn host_connected(f: &File) -> io::Result<bool> {
 
 fn open(dev: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_NONBLOCK).open(dev)
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(dev)
 }
 
 /// A port (or any pollable file) as a tokio byte stream.
@@ -72,7 +80,11 @@ impl Port {
 }
 
 impl AsyncRead for Port {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         loop {
             let mut guard = ready!(self.0.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
@@ -89,7 +101,11 @@ impl AsyncRead for Port {
 }
 
 impl AsyncWrite for Port {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         loop {
             let mut guard = ready!(self.0.poll_write_ready(cx))?;
             match guard.try_io(|f| f.get_ref().write(buf)) {
@@ -108,7 +124,8 @@ impl AsyncWrite for Port {
 
 /// Opens the port at `dev` and waits until the host side is connected.
 pub async fn wait_for_host(dev: &Path) -> io::Result<Port> {
-    let f = open(dev).map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", dev.display())))?;
+    let f = open(dev)
+        .map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", dev.display())))?;
     while !host_connected(&f)? {
         tokio::time::sleep(HOST_POLL).await;
     }
@@ -129,7 +146,10 @@ where
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
-    eprintln!("vchan: serving virtio-serial port {name} ({})", dev.display());
+    eprintln!(
+        "vchan: serving virtio-serial port {name} ({})",
+        dev.display()
+    );
     let mut first = true;
     crate::serve_sessions(
         || {
@@ -168,8 +188,14 @@ mod tests {
             std::fs::write(d.path().join(dev).join("name"), format!("{name}\n")).unwrap();
         }
         std::fs::create_dir(d.path().join("vport0p0")).unwrap(); // no name file
-        assert_eq!(find(d.path(), "axion.engine"), Some(PathBuf::from("/dev/vport1p2")));
-        assert_eq!(find(d.path(), "axion.vmd"), Some(PathBuf::from("/dev/vport1p1")));
+        assert_eq!(
+            find(d.path(), "axion.engine"),
+            Some(PathBuf::from("/dev/vport1p2"))
+        );
+        assert_eq!(
+            find(d.path(), "axion.vmd"),
+            Some(PathBuf::from("/dev/vport1p1"))
+        );
         assert_eq!(find(d.path(), "axion"), None);
         assert_eq!(find(&d.path().join("missing"), "axion.vmd"), None);
     }
@@ -210,10 +236,17 @@ mod tests {
             }));
         }
         for t in all {
-            tokio::time::timeout(Duration::from_secs(20), t).await.unwrap().unwrap();
+            tokio::time::timeout(Duration::from_secs(20), t)
+                .await
+                .unwrap()
+                .unwrap();
         }
         drop(host);
         // The host end closed: the guest's session ends.
-        tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
     }
 }

@@ -27,7 +27,11 @@ pub struct Limits {
 
 impl Limits {
     pub fn from_host_config(hc: &docker_api::types::HostConfig) -> Limits {
-        let period = if hc.cpu_period > 0 { hc.cpu_period } else { 100_000 };
+        let period = if hc.cpu_period > 0 {
+            hc.cpu_period
+        } else {
+            100_000
+        };
         let cpu = if hc.nano_cpus > 0 {
             Some(((hc.nano_cpus * period / 1_000_000_000).max(1_000), period))
         } else if hc.cpu_quota > 0 {
@@ -35,7 +39,10 @@ impl Limits {
         } else {
             None
         };
-        Limits { memory: (hc.memory > 0).then_some(hc.memory), cpu }
+        Limits {
+            memory: (hc.memory > 0).then_some(hc.memory),
+            cpu,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -54,7 +61,10 @@ impl Cgroups {
     /// Picks and prepares the layout this host has, under `/sys/fs/cgroup`. Err says why
     /// no limits can be applied.
     pub fn setup() -> Result<Cgroups, String> {
-        Self::setup_in(Path::new("/sys/fs/cgroup"), &std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default())
+        Self::setup_in(
+            Path::new("/sys/fs/cgroup"),
+            &std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default(),
+        )
     }
 
     fn setup_in(root: &Path, self_cgroup: &str) -> Result<Cgroups, String> {
@@ -73,7 +83,8 @@ impl Cgroups {
             let memory = mem.join(own_path(self_cgroup, "memory")).join("axion-vmd");
             let cpu = cpu.join(own_path(self_cgroup, "cpu")).join("axion-vmd");
             for d in [&memory, &cpu] {
-                std::fs::create_dir_all(d).map_err(|e| format!("cannot create cgroup v1 {} ({e})", d.display()))?;
+                std::fs::create_dir_all(d)
+                    .map_err(|e| format!("cannot create cgroup v1 {} ({e})", d.display()))?;
             }
             return Ok(Cgroups::V1 { memory, cpu });
         }
@@ -99,13 +110,32 @@ impl Cgroups {
         r.map(|()| made)
     }
 
-    fn apply_into(&self, name: &str, pid: u32, limits: &Limits, made: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    fn apply_into(
+        &self,
+        name: &str,
+        pid: u32,
+        limits: &Limits,
+        made: &mut Vec<PathBuf>,
+    ) -> std::io::Result<()> {
         let mk = |d: PathBuf, made: &mut Vec<PathBuf>| -> std::io::Result<PathBuf> {
-            std::fs::create_dir(&d).or_else(|e| if e.kind() == std::io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })?;
+            std::fs::create_dir(&d).or_else(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })?;
             made.push(d.clone());
             Ok(d)
         };
-        let write = |d: &Path, file: &str, value: String| std::fs::write(d.join(file), &value).map_err(|e| std::io::Error::new(e.kind(), format!("writing {value:?} to {}: {e}", d.join(file).display())));
+        let write = |d: &Path, file: &str, value: String| {
+            std::fs::write(d.join(file), &value).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("writing {value:?} to {}: {e}", d.join(file).display()),
+                )
+            })
+        };
         match self {
             Cgroups::V2 { parent } => {
                 let d = mk(parent.join(name), made)?;
@@ -145,7 +175,9 @@ pub fn remove(dirs: &[PathBuf]) {
     for d in dirs {
         for _ in 0..50 {
             match std::fs::remove_dir(d) {
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     eprintln!("vmd: cannot remove cgroup {}: {e}", d.display());
                     break;
@@ -161,7 +193,9 @@ pub fn remove(dirs: &[PathBuf]) {
 fn own_path(self_cgroup: &str, controller: &str) -> PathBuf {
     for line in self_cgroup.lines() {
         let mut parts = line.splitn(3, ':');
-        let (Some(_), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        let (Some(_), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
         if ctrls.split(',').any(|c| c == controller) {
             return PathBuf::from(path.trim_start_matches('/'));
         }
@@ -176,16 +210,31 @@ mod tests {
 
     #[test]
     fn limits_from_flags() {
-        let hc = HostConfig { memory: 256 << 20, nano_cpus: 500_000_000, ..Default::default() };
-        assert_eq!(Limits::from_host_config(&hc), Limits { memory: Some(256 << 20), cpu: Some((50_000, 100_000)) });
-        let hc = HostConfig { cpu_quota: 20_000, cpu_period: 50_000, ..Default::default() };
+        let hc = HostConfig {
+            memory: 256 << 20,
+            nano_cpus: 500_000_000,
+            ..Default::default()
+        };
+        assert_eq!(
+            Limits::from_host_config(&hc),
+            Limits {
+                memory: Some(256 << 20),
+                cpu: Some((50_000, 100_000))
+            }
+        );
+        let hc = HostConfig {
+            cpu_quota: 20_000,
+            cpu_period: 50_000,
+            ..Default::default()
+        };
         assert_eq!(Limits::from_host_config(&hc).cpu, Some((20_000, 50_000)));
         assert!(Limits::from_host_config(&HostConfig::default()).is_empty());
     }
 
     #[test]
     fn own_cgroup_per_controller() {
-        let s = "9:name=systemd:/\n4:memory:/process_api/4d5f\n2:cpuacct:/\n1:cpu,cpuacct:/x\n0::/\n";
+        let s =
+            "9:name=systemd:/\n4:memory:/process_api/4d5f\n2:cpuacct:/\n1:cpu,cpuacct:/x\n0::/\n";
         assert_eq!(own_path(s, "memory"), PathBuf::from("process_api/4d5f"));
         assert_eq!(own_path(s, "cpu"), PathBuf::from("x"));
         assert_eq!(own_path(s, "pids"), PathBuf::new());
@@ -200,13 +249,41 @@ mod tests {
         std::fs::write(t.path().join("memory/memory.limit_in_bytes"), "").unwrap();
         std::fs::write(t.path().join("cpu/cpu.cfs_quota_us"), "").unwrap();
         let cg = Cgroups::setup_in(t.path(), "4:memory:/p\n1:cpu:/\n").unwrap();
-        assert_eq!(cg, Cgroups::V1 { memory: t.path().join("memory/p/axion-vmd"), cpu: t.path().join("cpu/axion-vmd") });
+        assert_eq!(
+            cg,
+            Cgroups::V1 {
+                memory: t.path().join("memory/p/axion-vmd"),
+                cpu: t.path().join("cpu/axion-vmd")
+            }
+        );
         assert_eq!(cg.version(), "1");
-        let made = cg.apply("abc", 42, &Limits { memory: Some(1 << 28), cpu: Some((50_000, 100_000)) }).unwrap();
+        let made = cg
+            .apply(
+                "abc",
+                42,
+                &Limits {
+                    memory: Some(1 << 28),
+                    cpu: Some((50_000, 100_000)),
+                },
+            )
+            .unwrap();
         assert_eq!(made.len(), 2);
-        assert_eq!(std::fs::read_to_string(t.path().join("memory/p/axion-vmd/abc/memory.limit_in_bytes")).unwrap(), "268435456");
-        assert_eq!(std::fs::read_to_string(t.path().join("cpu/axion-vmd/abc/cpu.cfs_quota_us")).unwrap(), "50000");
-        assert_eq!(std::fs::read_to_string(t.path().join("cpu/axion-vmd/abc/cgroup.procs")).unwrap(), "42");
+        assert_eq!(
+            std::fs::read_to_string(
+                t.path()
+                    .join("memory/p/axion-vmd/abc/memory.limit_in_bytes")
+            )
+            .unwrap(),
+            "268435456"
+        );
+        assert_eq!(
+            std::fs::read_to_string(t.path().join("cpu/axion-vmd/abc/cpu.cfs_quota_us")).unwrap(),
+            "50000"
+        );
+        assert_eq!(
+            std::fs::read_to_string(t.path().join("cpu/axion-vmd/abc/cgroup.procs")).unwrap(),
+            "42"
+        );
         // In a real cgroupfs the files vanish with the directory; here remove them first.
         for d in &made {
             for e in std::fs::read_dir(d).unwrap().flatten() {

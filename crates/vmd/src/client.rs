@@ -55,24 +55,49 @@ fn chain(e: &dyn std::error::Error) -> String {
 impl GuestClient {
     /// A client for the engine behind `socket` (QEMU's end of the VM's `axion.engine` port).
     pub fn new(socket: &Path) -> GuestClient {
-        GuestClient { socket: socket.to_path_buf(), session: Arc::new(OnceCell::new()) }
+        GuestClient {
+            socket: socket.to_path_buf(),
+            session: Arc::new(OnceCell::new()),
+        }
     }
 
     /// One request on a new stream: the response with its headers (the body follows).
-    async fn send(&self, what: &str, method: http::Method, path: &str, q: &[(&str, String)], body: Option<Vec<u8>>) -> ApiResult<http::Response<Incoming>> {
+    async fn send(
+        &self,
+        what: &str,
+        method: http::Method,
+        path: &str,
+        q: &[(&str, String)],
+        body: Option<Vec<u8>>,
+    ) -> ApiResult<http::Response<Incoming>> {
         self.request(what, method, path, q, body, false).await
     }
 
     /// [`Self::send`]; with `upgrade`, asks the engine to hijack the connection
     /// (`Upgrade: tcp`, as the docker CLI does for attach and exec start).
-    async fn request(&self, what: &str, method: http::Method, path: &str, q: &[(&str, String)], body: Option<Vec<u8>>, upgrade: bool) -> ApiResult<http::Response<Incoming>> {
+    async fn request(
+        &self,
+        what: &str,
+        method: http::Method,
+        path: &str,
+        q: &[(&str, String)],
+        body: Option<Vec<u8>>,
+        upgrade: bool,
+    ) -> ApiResult<http::Response<Incoming>> {
         let mux = self
             .session
             .get_or_try_init(|| vchan::Client::connect(&self.socket))
             .await
-            .map_err(|e| unreachable_err(what, format!("connecting to {}: {e}", self.socket.display())))?;
+            .map_err(|e| {
+                unreachable_err(
+                    what,
+                    format!("connecting to {}: {e}", self.socket.display()),
+                )
+            })?;
         let stream = mux.open().await.map_err(|e| unreachable_err(what, e))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| unreachable_err(what, chain(&e)))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| unreachable_err(what, chain(&e)))?;
         // The connection runs until the response body is read (or dropped), then closes;
         // after a 101 it hands the stream to `hyper::upgrade::on`.
         tokio::spawn(async move {
@@ -83,22 +108,42 @@ impl GuestClient {
             uri.push('?');
             uri.push_str(&query(q));
         }
-        let mut req = http::Request::builder().method(method).uri(uri).header(http::header::HOST, "guest-engine");
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(http::header::HOST, "guest-engine");
         if body.is_some() {
             req = req.header(http::header::CONTENT_TYPE, "application/json");
         }
         if upgrade {
-            req = req.header(http::header::CONNECTION, "Upgrade").header(http::header::UPGRADE, "tcp");
+            req = req
+                .header(http::header::CONNECTION, "Upgrade")
+                .header(http::header::UPGRADE, "tcp");
         }
-        let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).map_err(|e| ApiError::internal(format!("{what}: {e}")))?;
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ApiError::internal(format!("{what}: {e}")))?;
         let t0 = std::time::Instant::now();
-        let r = sender.send_request(req).await.map_err(|e| unreachable_err(what, chain(&e)));
-        crate::debug(&format!("guest {what}: answer (headers) in {:.3} s", t0.elapsed().as_secs_f64()));
+        let r = sender
+            .send_request(req)
+            .await
+            .map_err(|e| unreachable_err(what, chain(&e)));
+        crate::debug(&format!(
+            "guest {what}: answer (headers) in {:.3} s",
+            t0.elapsed().as_secs_f64()
+        ));
         r
     }
 
     /// [`Self::send`], and a status other than 2xx/304 becomes the engine's error.
-    async fn call(&self, what: &str, method: http::Method, path: &str, q: &[(&str, String)], body: Option<Vec<u8>>) -> ApiResult<http::Response<Incoming>> {
+    async fn call(
+        &self,
+        what: &str,
+        method: http::Method,
+        path: &str,
+        q: &[(&str, String)],
+        body: Option<Vec<u8>>,
+    ) -> ApiResult<http::Response<Incoming>> {
         let r = self.send(what, method, path, q, body).await?;
         if r.status().is_success() || r.status().as_u16() == 304 {
             return Ok(r);
@@ -109,7 +154,12 @@ impl GuestClient {
     /// The engine's error answer as an [`ApiError`] with its status and message.
     async fn error_of(r: http::Response<Incoming>) -> ApiError {
         let status = r.status();
-        let body = r.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = r
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let body = String::from_utf8_lossy(&body).into_owned();
         let msg = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
@@ -119,13 +169,26 @@ impl GuestClient {
     }
 
     async fn bytes(what: &str, r: http::Response<Incoming>) -> ApiResult<Bytes> {
-        r.into_body().collect().await.map(|b| b.to_bytes()).map_err(|e| unreachable_err(what, chain(&e)))
+        r.into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .map_err(|e| unreachable_err(what, chain(&e)))
     }
 
-    async fn json<T: DeserializeOwned>(&self, what: &str, method: http::Method, path: &str, q: &[(&str, String)], body: Option<Vec<u8>>) -> ApiResult<T> {
+    async fn json<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        method: http::Method,
+        path: &str,
+        q: &[(&str, String)],
+        body: Option<Vec<u8>>,
+    ) -> ApiResult<T> {
         let r = self.call(what, method, path, q, body).await?;
         let b = Self::bytes(what, r).await?;
-        serde_json::from_slice(&b).map_err(|e| ApiError::internal(format!("{what}: bad answer from the guest engine: {e}")))
+        serde_json::from_slice(&b).map_err(|e| {
+            ApiError::internal(format!("{what}: bad answer from the guest engine: {e}"))
+        })
     }
 
     /// `/_ping` once, with a short timeout.
@@ -136,7 +199,9 @@ impl GuestClient {
     /// `/_ping` once (5 s at most); the error says why it failed.
     pub async fn try_ping(&self) -> Result<(), String> {
         let r = tokio::time::timeout(Duration::from_secs(5), async {
-            let r = self.send("ping", http::Method::GET, "/_ping", &[], None).await?;
+            let r = self
+                .send("ping", http::Method::GET, "/_ping", &[], None)
+                .await?;
             let status = r.status();
             Self::bytes("ping", r).await?;
             Ok::<_, ApiError>(status)
@@ -153,12 +218,22 @@ impl GuestClient {
     /// Pulls `image` in the guest and waits for the end of the progress stream; a progress
     /// line with an error fails the pull.
     pub async fn pull(&self, image: &str) -> ApiResult<()> {
-        let r = self.call("pull", http::Method::POST, "/images/create", &[("fromImage", image.to_string())], None).await?;
+        let r = self
+            .call(
+                "pull",
+                http::Method::POST,
+                "/images/create",
+                &[("fromImage", image.to_string())],
+                None,
+            )
+            .await?;
         let body = Self::bytes("pull", r).await?;
         for line in body.split(|&b| b == b'\n') {
             if let Ok(m) = serde_json::from_slice::<ProgressMessage>(line) {
                 if let Some(e) = m.error {
-                    return Err(ApiError::internal(format!("pulling {image} in the container's VM: {e}")));
+                    return Err(ApiError::internal(format!(
+                        "pulling {image} in the container's VM: {e}"
+                    )));
                 }
             }
         }
@@ -166,17 +241,39 @@ impl GuestClient {
     }
 
     pub async fn create(&self, req: &ContainerCreateRequest) -> ApiResult<String> {
-        let body = serde_json::to_vec(req).map_err(|e| ApiError::internal(format!("create: {e}")))?;
-        let c: ContainerCreateResponse = self.json("create", http::Method::POST, "/containers/create", &[], Some(body)).await?;
+        let body =
+            serde_json::to_vec(req).map_err(|e| ApiError::internal(format!("create: {e}")))?;
+        let c: ContainerCreateResponse = self
+            .json(
+                "create",
+                http::Method::POST,
+                "/containers/create",
+                &[],
+                Some(body),
+            )
+            .await?;
         Ok(c.id)
     }
 
     pub async fn start(&self, id: &str) -> ApiResult<()> {
-        let r = self.call("start", http::Method::POST, &format!("/containers/{id}/start"), &[], None).await?;
+        let r = self
+            .call(
+                "start",
+                http::Method::POST,
+                &format!("/containers/{id}/start"),
+                &[],
+                None,
+            )
+            .await?;
         Self::bytes("start", r).await.map(drop)
     }
 
-    pub async fn stop(&self, id: &str, timeout: Option<i64>, signal: Option<String>) -> ApiResult<()> {
+    pub async fn stop(
+        &self,
+        id: &str,
+        timeout: Option<i64>,
+        signal: Option<String>,
+    ) -> ApiResult<()> {
         let mut q: Vec<(&str, String)> = Vec::new();
         if let Some(t) = timeout {
             q.push(("t", t.to_string()));
@@ -184,34 +281,79 @@ impl GuestClient {
         if let Some(s) = signal {
             q.push(("signal", s));
         }
-        let r = self.call("stop", http::Method::POST, &format!("/containers/{id}/stop"), &q, None).await?;
+        let r = self
+            .call(
+                "stop",
+                http::Method::POST,
+                &format!("/containers/{id}/stop"),
+                &q,
+                None,
+            )
+            .await?;
         Self::bytes("stop", r).await.map(drop)
     }
 
     pub async fn kill(&self, id: &str, signal: Option<String>) -> ApiResult<()> {
         let q: Vec<(&str, String)> = signal.map(|s| ("signal", s)).into_iter().collect();
-        let r = self.call("kill", http::Method::POST, &format!("/containers/{id}/kill"), &q, None).await?;
+        let r = self
+            .call(
+                "kill",
+                http::Method::POST,
+                &format!("/containers/{id}/kill"),
+                &q,
+                None,
+            )
+            .await?;
         Self::bytes("kill", r).await.map(drop)
     }
 
     pub async fn inspect(&self, id: &str) -> ApiResult<ContainerInspect> {
-        self.json("inspect", http::Method::GET, &format!("/containers/{id}/json"), &[], None).await
+        self.json(
+            "inspect",
+            http::Method::GET,
+            &format!("/containers/{id}/json"),
+            &[],
+            None,
+        )
+        .await
     }
 
     /// Waits until the container is not running; its exit code.
     pub async fn wait(&self, id: &str) -> ApiResult<WaitResponse> {
-        self.json("wait", http::Method::POST, &format!("/containers/{id}/wait"), &[("condition", "not-running".into())], None).await
+        self.json(
+            "wait",
+            http::Method::POST,
+            &format!("/containers/{id}/wait"),
+            &[("condition", "not-running".into())],
+            None,
+        )
+        .await
     }
 
     /// All of the container's logs as the raw (stdcopy or tty) stream.
     pub async fn logs_raw(&self, id: &str) -> ApiResult<Bytes> {
         let q = [("stdout", "1".to_string()), ("stderr", "1".to_string())];
-        let r = self.call("logs", http::Method::GET, &format!("/containers/{id}/logs"), &q, None).await?;
+        let r = self
+            .call(
+                "logs",
+                http::Method::GET,
+                &format!("/containers/{id}/logs"),
+                &q,
+                None,
+            )
+            .await?;
         Self::bytes("logs", r).await
     }
 
     /// A streaming GET/POST whose body is container output: decoded into frames on `tx`.
-    async fn stream(&self, what: &'static str, method: http::Method, path: &str, q: &[(&str, String)], tty: bool) -> ApiResult<mpsc::Receiver<Frame>> {
+    async fn stream(
+        &self,
+        what: &'static str,
+        method: http::Method,
+        path: &str,
+        q: &[(&str, String)],
+        tty: bool,
+    ) -> ApiResult<mpsc::Receiver<Frame>> {
         let r = self.call(what, method, path, q, None).await?;
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
@@ -243,56 +385,136 @@ impl GuestClient {
         Ok(rx)
     }
 
-    pub async fn logs(&self, id: &str, opts: &docker_api::LogsOptions, tty: bool) -> ApiResult<mpsc::Receiver<Frame>> {
-        let mut q = vec![("stdout", opts.stdout.to_string()), ("stderr", opts.stderr.to_string())];
+    pub async fn logs(
+        &self,
+        id: &str,
+        opts: &docker_api::LogsOptions,
+        tty: bool,
+    ) -> ApiResult<mpsc::Receiver<Frame>> {
+        let mut q = vec![
+            ("stdout", opts.stdout.to_string()),
+            ("stderr", opts.stderr.to_string()),
+        ];
         q.push(("follow", opts.follow.to_string()));
         q.push(("timestamps", opts.timestamps.to_string()));
         if let Some(t) = opts.tail {
             q.push(("tail", t.to_string()));
         }
-        self.stream("logs", http::Method::GET, &format!("/containers/{id}/logs"), &q, tty).await
+        self.stream(
+            "logs",
+            http::Method::GET,
+            &format!("/containers/{id}/logs"),
+            &q,
+            tty,
+        )
+        .await
     }
 
     /// Attaches to the container's output and, with `opts.stdin`, its input: a hijacked
     /// stream, as the docker CLI's own attach.
-    pub async fn attach(&self, id: &str, opts: &docker_api::AttachOptions, tty: bool) -> ApiResult<AttachIo> {
+    pub async fn attach(
+        &self,
+        id: &str,
+        opts: &docker_api::AttachOptions,
+        tty: bool,
+    ) -> ApiResult<AttachIo> {
         let b = |x: bool| if x { "1".to_string() } else { "0".to_string() };
-        let q = [("stream", "1".to_string()), ("stdin", b(opts.stdin)), ("stdout", b(opts.stdout)), ("stderr", b(opts.stderr)), ("logs", b(opts.logs))];
-        self.hijack("attach", &format!("/containers/{id}/attach"), &q, None, tty, opts.stdin).await
+        let q = [
+            ("stream", "1".to_string()),
+            ("stdin", b(opts.stdin)),
+            ("stdout", b(opts.stdout)),
+            ("stderr", b(opts.stderr)),
+            ("logs", b(opts.logs)),
+        ];
+        self.hijack(
+            "attach",
+            &format!("/containers/{id}/attach"),
+            &q,
+            None,
+            tty,
+            opts.stdin,
+        )
+        .await
     }
 
     pub async fn resize(&self, id: &str, h: u16, w: u16) -> ApiResult<()> {
         let q = [("h", h.to_string()), ("w", w.to_string())];
-        let r = self.call("resize", http::Method::POST, &format!("/containers/{id}/resize"), &q, None).await?;
+        let r = self
+            .call(
+                "resize",
+                http::Method::POST,
+                &format!("/containers/{id}/resize"),
+                &q,
+                None,
+            )
+            .await?;
         Self::bytes("resize", r).await.map(drop)
     }
 
     /// Creates an exec instance in container `id`; the engine's exec id.
     pub async fn exec_create(&self, id: &str, req: &ExecCreateRequest) -> ApiResult<String> {
-        let body = serde_json::to_vec(req).map_err(|e| ApiError::internal(format!("exec create: {e}")))?;
-        let r: IdResponse = self.json("exec create", http::Method::POST, &format!("/containers/{id}/exec"), &[], Some(body)).await?;
+        let body =
+            serde_json::to_vec(req).map_err(|e| ApiError::internal(format!("exec create: {e}")))?;
+        let r: IdResponse = self
+            .json(
+                "exec create",
+                http::Method::POST,
+                &format!("/containers/{id}/exec"),
+                &[],
+                Some(body),
+            )
+            .await?;
         Ok(r.id)
     }
 
     /// Starts exec `eid`: its output and input on a hijacked stream, or (detached) nothing.
-    pub async fn exec_start(&self, eid: &str, req: &ExecStartRequest, tty: bool, stdin: bool) -> ApiResult<AttachIo> {
-        let body = serde_json::to_vec(req).map_err(|e| ApiError::internal(format!("exec start: {e}")))?;
+    pub async fn exec_start(
+        &self,
+        eid: &str,
+        req: &ExecStartRequest,
+        tty: bool,
+        stdin: bool,
+    ) -> ApiResult<AttachIo> {
+        let body =
+            serde_json::to_vec(req).map_err(|e| ApiError::internal(format!("exec start: {e}")))?;
         let path = format!("/exec/{eid}/start");
         if req.detach {
-            let r = self.call("exec start", http::Method::POST, &path, &[], Some(body)).await?;
+            let r = self
+                .call("exec start", http::Method::POST, &path, &[], Some(body))
+                .await?;
             Self::bytes("exec start", r).await?;
-            return Ok(AttachIo { tty, output: mpsc::channel(1).1, stdin: None });
+            return Ok(AttachIo {
+                tty,
+                output: mpsc::channel(1).1,
+                stdin: None,
+            });
         }
-        self.hijack("exec start", &path, &[], Some(body), tty, stdin).await
+        self.hijack("exec start", &path, &[], Some(body), tty, stdin)
+            .await
     }
 
     pub async fn exec_inspect(&self, eid: &str) -> ApiResult<ExecInspect> {
-        self.json("exec inspect", http::Method::GET, &format!("/exec/{eid}/json"), &[], None).await
+        self.json(
+            "exec inspect",
+            http::Method::GET,
+            &format!("/exec/{eid}/json"),
+            &[],
+            None,
+        )
+        .await
     }
 
     pub async fn exec_resize(&self, eid: &str, h: u16, w: u16) -> ApiResult<()> {
         let q = [("h", h.to_string()), ("w", w.to_string())];
-        let r = self.call("exec resize", http::Method::POST, &format!("/exec/{eid}/resize"), &q, None).await?;
+        let r = self
+            .call(
+                "exec resize",
+                http::Method::POST,
+                &format!("/exec/{eid}/resize"),
+                &q,
+                None,
+            )
+            .await?;
         Self::bytes("exec resize", r).await.map(drop)
     }
 
@@ -301,15 +523,30 @@ impl GuestClient {
     /// half-closes the stream (EOF on the process's stdin, as the CLI's CloseWrite).
     /// The front end relays both to the client's own hijacked connection: docker-api's
     /// `AttachIo` is the one shape of an attach for the engine and for this daemon.
-    async fn hijack(&self, what: &'static str, path: &str, q: &[(&str, String)], body: Option<Vec<u8>>, tty: bool, stdin: bool) -> ApiResult<AttachIo> {
-        let mut r = self.request(what, http::Method::POST, path, q, body, true).await?;
+    async fn hijack(
+        &self,
+        what: &'static str,
+        path: &str,
+        q: &[(&str, String)],
+        body: Option<Vec<u8>>,
+        tty: bool,
+        stdin: bool,
+    ) -> ApiResult<AttachIo> {
+        let mut r = self
+            .request(what, http::Method::POST, path, q, body, true)
+            .await?;
         if r.status() != http::StatusCode::SWITCHING_PROTOCOLS {
             if !r.status().is_success() {
                 return Err(Self::error_of(r).await);
             }
-            return Err(ApiError::internal(format!("{what}: the guest engine answered {} instead of taking over the connection", r.status())));
+            return Err(ApiError::internal(format!(
+                "{what}: the guest engine answered {} instead of taking over the connection",
+                r.status()
+            )));
         }
-        let upgraded = hyper::upgrade::on(&mut r).await.map_err(|e| unreachable_err(what, chain(&e)))?;
+        let upgraded = hyper::upgrade::on(&mut r)
+            .await
+            .map_err(|e| unreachable_err(what, chain(&e)))?;
         let (mut rd, mut wr) = tokio::io::split(TokioIo::new(upgraded));
         let (tx, output) = mpsc::channel(64);
         tokio::spawn(async move {
@@ -342,7 +579,11 @@ impl GuestClient {
             let _ = wr.shutdown().await;
         });
         // Without stdin the sender is dropped here: the engine sees EOF at once and ignores it.
-        Ok(AttachIo { tty, output, stdin: stdin.then_some(itx) })
+        Ok(AttachIo {
+            tty,
+            output,
+            stdin: stdin.then_some(itx),
+        })
     }
 }
 
@@ -354,7 +595,10 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn new(tty: bool) -> Decoder {
-        Decoder { tty, buf: BytesMut::new() }
+        Decoder {
+            tty,
+            buf: BytesMut::new(),
+        }
     }
 
     pub fn push(&mut self, chunk: &[u8]) -> Vec<Frame> {
@@ -364,7 +608,8 @@ impl Decoder {
         self.buf.extend_from_slice(chunk);
         let mut out = Vec::new();
         while self.buf.len() >= 8 {
-            let len = u32::from_be_bytes([self.buf[4], self.buf[5], self.buf[6], self.buf[7]]) as usize;
+            let len =
+                u32::from_be_bytes([self.buf[4], self.buf[5], self.buf[6], self.buf[7]]) as usize;
             if self.buf.len() < 8 + len {
                 break;
             }
@@ -397,9 +642,18 @@ mod tests {
                 while let Some(b) = irx.recv().await {
                     let _ = tx.send(Frame { stream, data: b }).await;
                 }
-                let _ = tx.send(Frame { stream, data: Bytes::from("eof") }).await;
+                let _ = tx
+                    .send(Frame {
+                        stream,
+                        data: Bytes::from("eof"),
+                    })
+                    .await;
             });
-            AttachIo { tty, output, stdin: Some(itx) }
+            AttachIo {
+                tty,
+                output,
+                stdin: Some(itx),
+            }
         }
     }
     impl Backend for Echo {
@@ -432,14 +686,20 @@ mod tests {
         tokio::spawn(async move {
             let (s, _) = l.accept().await.unwrap();
             let b = Arc::new(Echo);
-            let _ = vchan::serve_session(s, &move |st| docker_api::server::serve_connection(b.clone(), st)).await;
+            let _ = vchan::serve_session(s, &move |st| {
+                docker_api::server::serve_connection(b.clone(), st)
+            })
+            .await;
         });
         GuestClient::new(&sock)
     }
 
     async fn collect(mut rx: mpsc::Receiver<Frame>) -> Vec<Frame> {
         let mut v = Vec::new();
-        while let Some(f) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("output within 10 s") {
+        while let Some(f) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("output within 10 s")
+        {
             v.push(f);
         }
         v
@@ -449,7 +709,13 @@ mod tests {
     async fn hijacked_attach_carries_stdin_and_its_eof() {
         let dir = tempfile::tempdir().unwrap();
         let g = guest(dir.path()).await;
-        let opts = AttachOptions { stream: true, stdin: true, stdout: true, stderr: true, logs: false };
+        let opts = AttachOptions {
+            stream: true,
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            logs: false,
+        };
         // Multiplexed (no TTY): the stdcopy frames come back decoded.
         let io = g.attach("c1", &opts, false).await.unwrap();
         let stdin = io.stdin.expect("a stdin sender");
@@ -457,44 +723,78 @@ mod tests {
         stdin.send(Bytes::from("world\n")).await.unwrap();
         // Closing our end half-closes the stream: the engine sees EOF and still answers.
         drop(stdin);
-        let out: Vec<u8> = collect(io.output).await.iter().flat_map(|f| f.data.to_vec()).collect();
+        let out: Vec<u8> = collect(io.output)
+            .await
+            .iter()
+            .flat_map(|f| f.data.to_vec())
+            .collect();
         assert_eq!(String::from_utf8_lossy(&out), "hello world\neof");
         // Raw (TTY).
         let io = g.attach("t1", &opts, true).await.unwrap();
         io.stdin.unwrap().send(Bytes::from("typed")).await.unwrap();
-        let out: Vec<u8> = collect(io.output).await.iter().flat_map(|f| f.data.to_vec()).collect();
+        let out: Vec<u8> = collect(io.output)
+            .await
+            .iter()
+            .flat_map(|f| f.data.to_vec())
+            .collect();
         assert_eq!(String::from_utf8_lossy(&out), "typedeof");
         // Errors keep the engine's status and message.
-        let e = g.attach("nope", &opts, false).await.err().expect("an error");
-        assert_eq!((e.status.as_u16(), e.message.as_str()), (404, "No such container: nope"));
+        let e = g
+            .attach("nope", &opts, false)
+            .await
+            .err()
+            .expect("an error");
+        assert_eq!(
+            (e.status.as_u16(), e.message.as_str()),
+            (404, "No such container: nope")
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn hijacked_exec_start_and_unknown_exec() {
         let dir = tempfile::tempdir().unwrap();
         let g = guest(dir.path()).await;
-        let io = g.exec_start("e1", &ExecStartRequest::default(), false, true).await.unwrap();
+        let io = g
+            .exec_start("e1", &ExecStartRequest::default(), false, true)
+            .await
+            .unwrap();
         io.stdin.unwrap().send(Bytes::from("x")).await.unwrap();
         let frames = collect(io.output).await;
         assert_eq!(frames, vec![Frame::stderr("x"), Frame::stderr("eof")]);
         // Without stdin asked for, the stream is half-closed at once: EOF right away.
-        let io = g.exec_start("e1", &ExecStartRequest::default(), false, false).await.unwrap();
+        let io = g
+            .exec_start("e1", &ExecStartRequest::default(), false, false)
+            .await
+            .unwrap();
         assert!(io.stdin.is_none());
         assert_eq!(collect(io.output).await, vec![Frame::stderr("eof")]);
-        let e = g.exec_start("e2", &ExecStartRequest::default(), false, true).await.err().expect("an error");
-        assert_eq!((e.status.as_u16(), e.message.as_str()), (404, "No such exec instance: e2"));
+        let e = g
+            .exec_start("e2", &ExecStartRequest::default(), false, true)
+            .await
+            .err()
+            .expect("an error");
+        assert_eq!(
+            (e.status.as_u16(), e.message.as_str()),
+            (404, "No such exec instance: e2")
+        );
     }
 
     #[test]
     fn decoder_across_chunks() {
         let mut all = Vec::new();
-        all.extend_from_slice(&docker_api::stdcopy::encode(&Frame::stdout("hello\n"), false));
+        all.extend_from_slice(&docker_api::stdcopy::encode(
+            &Frame::stdout("hello\n"),
+            false,
+        ));
         all.extend_from_slice(&docker_api::stdcopy::encode(&Frame::stderr("err\n"), false));
         let mut d = Decoder::new(false);
         let mut frames = Vec::new();
         for c in all.chunks(3) {
             frames.extend(d.push(c));
         }
-        assert_eq!(frames, vec![Frame::stdout("hello\n"), Frame::stderr("err\n")]);
+        assert_eq!(
+            frames,
+            vec![Frame::stdout("hello\n"), Frame::stderr("err\n")]
+        );
     }
 }

@@ -57,8 +57,20 @@ pub(crate) struct Execs {
 
 impl Execs {
     pub fn add(&self, id: String, ctr: Arc<Ctr>, gid: String, tty: bool, stdin: bool) -> Arc<Exec> {
-        let last = ExecInspect { id: id.clone(), container_id: ctr.id.clone(), open_stdin: stdin, ..Default::default() };
-        let e = Arc::new(Exec { id: id.clone(), ctr, gid, tty, stdin, last: Mutex::new(last) });
+        let last = ExecInspect {
+            id: id.clone(),
+            container_id: ctr.id.clone(),
+            open_stdin: stdin,
+            ..Default::default()
+        };
+        let e = Arc::new(Exec {
+            id: id.clone(),
+            ctr,
+            gid,
+            tty,
+            stdin,
+            last: Mutex::new(last),
+        });
         self.map.lock().expect("execs lock").insert(id, e.clone());
         e
     }
@@ -69,7 +81,9 @@ impl Execs {
         if let Some(e) = map.get(id) {
             return Ok(e.clone());
         }
-        let mut m = map.values().filter(|e| !id.is_empty() && e.id.starts_with(id));
+        let mut m = map
+            .values()
+            .filter(|e| !id.is_empty() && e.id.starts_with(id));
         match (m.next(), m.next()) {
             (Some(e), None) => Ok(e.clone()),
             _ => Err(ApiError::not_found(format!("No such exec instance: {id}"))),
@@ -78,7 +92,10 @@ impl Execs {
 
     /// Forgets the execs of a removed container (dockerd keeps them until then).
     pub fn forget(&self, container: &str) {
-        self.map.lock().expect("execs lock").retain(|_, e| e.ctr.id != container);
+        self.map
+            .lock()
+            .expect("execs lock")
+            .retain(|_, e| e.ctr.id != container);
     }
 }
 
@@ -115,8 +132,15 @@ mod tests {
         let c = ctr(&"h".repeat(64));
         let mut c = Arc::try_unwrap(c).ok().unwrap();
         c.gid = "g".repeat(64);
-        let e = c.host_ids(ApiError::conflict(format!("container {} is not running ({})", c.gid, &c.gid[..12])));
-        assert_eq!(e.message, format!("container {} is not running ({})", c.id, &c.id[..12]));
+        let e = c.host_ids(ApiError::conflict(format!(
+            "container {} is not running ({})",
+            c.gid,
+            &c.gid[..12]
+        )));
+        assert_eq!(
+            e.message,
+            format!("container {} is not running ({})", c.id, &c.id[..12])
+        );
         assert_eq!(e.status.as_u16(), 409);
     }
 
@@ -132,7 +156,10 @@ mod tests {
         // Ambiguous, unknown and empty are the CLI's 404.
         for id in ["e1", "zz", ""] {
             let e = x.get(id).err().unwrap();
-            assert_eq!((e.status.as_u16(), e.message), (404, format!("No such exec instance: {id}")));
+            assert_eq!(
+                (e.status.as_u16(), e.message),
+                (404, format!("No such exec instance: {id}"))
+            );
         }
         x.forget("aaaa");
         assert!(x.get("e1aa").is_err() && x.get("f2").is_ok());
@@ -141,15 +168,36 @@ mod tests {
     #[test]
     fn the_guests_state_in_our_ids_and_after_the_vm_is_gone() {
         let x = Execs::default();
-        let e = x.add("host-id".into(), ctr("cccc"), "guest-id".into(), false, false);
-        let i = e.record(ExecInspect { id: "guest-id".into(), container_id: "guest-ctr".into(), running: true, pid: 9, ..Default::default() });
-        assert_eq!((i.id.as_str(), i.container_id.as_str(), i.running), ("host-id", "cccc", true));
+        let e = x.add(
+            "host-id".into(),
+            ctr("cccc"),
+            "guest-id".into(),
+            false,
+            false,
+        );
+        let i = e.record(ExecInspect {
+            id: "guest-id".into(),
+            container_id: "guest-ctr".into(),
+            running: true,
+            pid: 9,
+            ..Default::default()
+        });
+        assert_eq!(
+            (i.id.as_str(), i.container_id.as_str(), i.running),
+            ("host-id", "cccc", true)
+        );
         assert!(e.last(false).running);
         // The VM went while it ran: over, with the code of a killed process.
         let i = e.last(true);
-        assert_eq!((i.running, i.exit_code, i.pid), (false, Some(LOST_EXIT_CODE), 0));
+        assert_eq!(
+            (i.running, i.exit_code, i.pid),
+            (false, Some(LOST_EXIT_CODE), 0)
+        );
         // A code the guest reported stays.
-        e.record(ExecInspect { exit_code: Some(3), ..Default::default() });
+        e.record(ExecInspect {
+            exit_code: Some(3),
+            ..Default::default()
+        });
         assert_eq!(e.last(true).exit_code, Some(3));
     }
 }

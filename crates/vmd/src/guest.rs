@@ -76,8 +76,16 @@ pub fn overlay_files() -> Vec<(String, u32, Vec<u8>)> {
         agent.push_str("environment = { AXION_ENGINE_TRACE = \"1\" }\n");
     }
     vec![
-        ("etc/axion/services/docker.toml".into(), 0o644, docker.into_bytes()),
-        ("etc/axion/services/vmd-agent.toml".into(), 0o644, agent.into_bytes()),
+        (
+            "etc/axion/services/docker.toml".into(),
+            0o644,
+            docker.into_bytes(),
+        ),
+        (
+            "etc/axion/services/vmd-agent.toml".into(),
+            0o644,
+            agent.into_bytes(),
+        ),
     ]
 }
 
@@ -116,7 +124,21 @@ pub fn newc(files: &[(String, u32, Vec<u8>)]) -> Vec<u8> {
 
 fn entry(out: &mut Vec<u8>, ino: u32, name: &str, mode: u32, nlink: u32, data: &[u8]) {
     let namesize = name.len() + 1;
-    let fields = [ino, mode, 0, 0, nlink, 0, data.len() as u32, 0, 0, 0, 0, namesize as u32, 0];
+    let fields = [
+        ino,
+        mode,
+        0,
+        0,
+        nlink,
+        0,
+        data.len() as u32,
+        0,
+        0,
+        0,
+        0,
+        namesize as u32,
+        0,
+    ];
     out.extend_from_slice(b"070701");
     for f in fields {
         out.extend_from_slice(format!("{f:08X}").as_bytes());
@@ -156,7 +178,12 @@ mod tests {
         assert_eq!(a.len() % 512, 0);
         let text = String::from_utf8_lossy(&a);
         // Directories first, then the file, then the trailer.
-        let (e, x, f, t) = (text.find("etc\0").unwrap(), text.find("etc/x\0").unwrap(), text.find("etc/x/f\0").unwrap(), text.find("TRAILER!!!").unwrap());
+        let (e, x, f, t) = (
+            text.find("etc\0").unwrap(),
+            text.find("etc/x\0").unwrap(),
+            text.find("etc/x/f\0").unwrap(),
+            text.find("TRAILER!!!").unwrap(),
+        );
         assert!(e < x && x < f && f < t);
         // The file's header: mode 0100644, size 2; its data follows the 4-aligned name.
         let hdr = &a[f - 110..f];
@@ -169,18 +196,49 @@ mod tests {
     #[test]
     fn overlay_replaces_the_engine_service() {
         let files = overlay_files();
-        let docker = files.iter().find(|f| f.0 == "etc/axion/services/docker.toml").unwrap();
+        let docker = files
+            .iter()
+            .find(|f| f.0 == "etc/axion/services/docker.toml")
+            .unwrap();
         let s = String::from_utf8_lossy(&docker.2);
-        assert!(s.contains(r#""--vmd-port", "axion.engine""#) && s.contains("10.0.2.2") && s.contains(crate::store::GUEST_DIR), "{s}");
+        assert!(
+            s.contains(r#""--vmd-port", "axion.engine""#)
+                && s.contains("10.0.2.2")
+                && s.contains(crate::store::GUEST_DIR),
+            "{s}"
+        );
         // The daemon reaches the engine over virtio-serial only: no TCP listener, no TLS files.
         assert!(!s.contains("tcp://") && !s.contains("--tls"), "{s}");
-        assert!(files.iter().all(|f| !f.0.ends_with(".pem")), "certificates in the archive");
-        let agent = String::from_utf8_lossy(&files.iter().find(|f| f.0 == "etc/axion/services/vmd-agent.toml").unwrap().2).into_owned();
-        assert!(agent.contains(r#"command = "/usr/bin/engine""#) && agent.contains(r#"args = ["__vmd-agent", "axion.vmd"]"#), "{agent}");
+        assert!(
+            files.iter().all(|f| !f.0.ends_with(".pem")),
+            "certificates in the archive"
+        );
+        let agent = String::from_utf8_lossy(
+            &files
+                .iter()
+                .find(|f| f.0 == "etc/axion/services/vmd-agent.toml")
+                .unwrap()
+                .2,
+        )
+        .into_owned();
+        assert!(
+            agent.contains(r#"command = "/usr/bin/engine""#)
+                && agent.contains(r#"args = ["__vmd-agent", "axion.vmd"]"#),
+            "{agent}"
+        );
         // The agent (in the engine, a binary crate) mounts the store this daemon exports.
         let src = include_str!("../../../packages/engine/src/vmd_agent.rs");
-        assert!(src.contains(&format!("const STORE_TAG: &str = {:?};", crate::store::TAG)), "the agent's 9p tag");
-        assert!(src.contains(&format!("const STORE_DIR: &str = {:?};", crate::store::GUEST_DIR)), "the agent's mount point");
+        assert!(
+            src.contains(&format!("const STORE_TAG: &str = {:?};", crate::store::TAG)),
+            "the agent's 9p tag"
+        );
+        assert!(
+            src.contains(&format!(
+                "const STORE_DIR: &str = {:?};",
+                crate::store::GUEST_DIR
+            )),
+            "the agent's mount point"
+        );
         assert!(!s.contains("tcp-insecure"));
     }
 }

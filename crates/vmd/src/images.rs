@@ -47,7 +47,10 @@ pub fn record_name(r: &Reference) -> String {
 
 /// A registry on this host's loopback (reached over plain HTTP, and as 10.0.2.2 from a VM).
 fn is_local(registry: &str) -> bool {
-    let h = registry.rsplit_once(':').map(|(h, _)| h).unwrap_or(registry);
+    let h = registry
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(registry);
     h == "localhost" || h.starts_with("127.")
 }
 
@@ -56,9 +59,17 @@ fn is_local(registry: &str) -> bool {
 pub fn guest_ref(name: &str) -> String {
     match Reference::parse(name) {
         Ok(r) if is_local(&r.registry) => {
-            let port = r.registry.rsplit_once(':').map(|(_, p)| format!(":{p}")).unwrap_or_default();
+            let port = r
+                .registry
+                .rsplit_once(':')
+                .map(|(_, p)| format!(":{p}"))
+                .unwrap_or_default();
             let tag = r.tag.as_ref().map(|t| format!(":{t}")).unwrap_or_default();
-            let digest = r.digest.as_ref().map(|d| format!("@{d}")).unwrap_or_default();
+            let digest = r
+                .digest
+                .as_ref()
+                .map(|d| format!("@{d}"))
+                .unwrap_or_default();
             format!("10.0.2.2{port}/{}{tag}{digest}", r.repository)
         }
         _ => name.to_string(),
@@ -69,8 +80,12 @@ pub fn guest_ref(name: &str) -> String {
 /// "not found"), a refused login a 401.
 fn api_error(name: &str, e: RegistryError) -> ApiError {
     match &e {
-        RegistryError::NotFound { .. } => ApiError::not_found(format!("manifest for {name} not found: manifest unknown: {e}")),
-        RegistryError::Status { status: 401, .. } => ApiError::new(http::StatusCode::UNAUTHORIZED, e.to_string()),
+        RegistryError::NotFound { .. } => ApiError::not_found(format!(
+            "manifest for {name} not found: manifest unknown: {e}"
+        )),
+        RegistryError::Status { status: 401, .. } => {
+            ApiError::new(http::StatusCode::UNAUTHORIZED, e.to_string())
+        }
         _ => ApiError::internal(format!("pulling {name}: {e}")),
     }
 }
@@ -121,8 +136,19 @@ impl Images {
     /// The records in `path`, the layer store, and a registry client that reaches the
     /// `insecure` registries (`--insecure-registry`), localhost and loopback over plain HTTP.
     pub fn open(path: PathBuf, store: LayerStore, insecure: Vec<String>) -> Images {
-        let list = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-        Images { path, list: Mutex::new(list), registry: registry::Client::new(USER_AGENT, insecure), store, pulling: tokio::sync::Mutex::new(()), pins: Mutex::new(HashMap::new()), credentials: Mutex::new(HashMap::new()) }
+        let list = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Images {
+            path,
+            list: Mutex::new(list),
+            registry: registry::Client::new(USER_AGENT, insecure),
+            store,
+            pulling: tokio::sync::Mutex::new(()),
+            pins: Mutex::new(HashMap::new()),
+            credentials: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Writes the records durably (temp file, fsync, rename, fsync of the directory): a
@@ -140,7 +166,11 @@ impl Images {
 
     /// What `docker info` shows as `RegistryConfig` (its "Insecure Registries").
     pub fn registry_config(&self) -> RegistryServiceConfig {
-        RegistryServiceConfig::new(registry::DOCKER_HUB, self.registry.insecure_cidrs(), self.registry.insecure_registries())
+        RegistryServiceConfig::new(
+            registry::DOCKER_HUB,
+            self.registry.insecure_cidrs(),
+            self.registry.insecure_registries(),
+        )
     }
 
     pub fn all(&self) -> Vec<ImageRecord> {
@@ -157,9 +187,19 @@ impl Images {
     pub fn find_and_pin(&self, name: &str, ctr: &str) -> Option<(ImageRecord, Pin<'_>)> {
         let list = self.list.lock().expect("images lock");
         let rec = find_in(&list, name)?;
-        self.pins.lock().expect("pins lock").insert(ctr.to_string(), rec.clone());
+        self.pins
+            .lock()
+            .expect("pins lock")
+            .insert(ctr.to_string(), rec.clone());
         drop(list);
-        Some((rec, Pin { images: self, id: ctr.to_string(), armed: true }))
+        Some((
+            rec,
+            Pin {
+                images: self,
+                id: ctr.to_string(),
+                armed: true,
+            },
+        ))
     }
 
     /// Container `ctr` no longer uses its image (its VM is gone).
@@ -171,9 +211,16 @@ impl Images {
     /// [`collect`](Self::collect)); None when there is no such image.
     pub fn remove(&self, name: &str) -> ApiResult<Option<ImageRecord>> {
         let mut list = self.list.lock().expect("images lock");
-        let Some(rec) = find_in(&list, name) else { return Ok(None) };
-        let rest: Vec<ImageRecord> = list.iter().filter(|i| i.name != rec.name).cloned().collect();
-        self.save(&rest).map_err(|e| ApiError::internal(format!("writing {}: {e}", self.path.display())))?;
+        let Some(rec) = find_in(&list, name) else {
+            return Ok(None);
+        };
+        let rest: Vec<ImageRecord> = list
+            .iter()
+            .filter(|i| i.name != rec.name)
+            .cloned()
+            .collect();
+        self.save(&rest)
+            .map_err(|e| ApiError::internal(format!("writing {}: {e}", self.path.display())))?;
         *list = rest;
         Ok(Some(rec))
     }
@@ -205,7 +252,9 @@ impl Images {
         let _one = self.pulling.lock().await;
         let (blobs, layers) = self.in_use();
         let st = self.store.clone();
-        tokio::task::spawn_blocking(move || st.gc(&blobs, &layers)).await.map_err(|e| anyhow::anyhow!("collection task: {e}"))?
+        tokio::task::spawn_blocking(move || st.gc(&blobs, &layers))
+            .await
+            .map_err(|e| anyhow::anyhow!("collection task: {e}"))?
     }
 
     /// Resolves `name` at its registry (with the client's credentials, if any), stores its
@@ -241,14 +290,31 @@ impl Images {
     /// registry with the credentials its last pull used (the damaged files are dropped
     /// first); an error when that fails or the store is still damaged, so a damaged layer
     /// never reaches a VM.
-    pub async fn repair(&self, image: &ImageRecord, damage: Vec<crate::store::Damage>) -> ApiResult<ImageRecord> {
+    pub async fn repair(
+        &self,
+        image: &ImageRecord,
+        damage: Vec<crate::store::Damage>,
+    ) -> ApiResult<ImageRecord> {
         if damage.is_empty() {
             return Ok(image.clone());
         }
-        let what = damage.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("; ");
-        eprintln!("vmd: image {}: damaged in the host's layer store ({what}); fetching it again", image.name);
+        let what = damage
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("; ");
+        eprintln!(
+            "vmd: image {}: damaged in the host's layer store ({what}); fetching it again",
+            image.name
+        );
         self.store.discard(&damage);
-        let auth = Reference::parse(&image.name).ok().and_then(|r| self.credentials.lock().expect("credentials lock").get(&repo_key(&r)).cloned());
+        let auth = Reference::parse(&image.name).ok().and_then(|r| {
+            self.credentials
+                .lock()
+                .expect("credentials lock")
+                .get(&repo_key(&r))
+                .cloned()
+        });
         let had_auth = auth.is_some();
         let rec = self.fetch(&image.name, auth).await.map_err(|e| {
             let hint = if e.status == http::StatusCode::UNAUTHORIZED && !had_auth {
@@ -259,9 +325,14 @@ impl Images {
             ApiError::internal(format!("image {}: the host's layer store is damaged ({what}) and fetching the image again failed: {}{hint}", image.name, e.message))
         })?;
         let (st, r) = (self.store.clone(), rec.clone());
-        let again = tokio::task::spawn_blocking(move || st.check(&r.id, &r.layers, &r.diff_ids)).await.map_err(|e| ApiError::internal(format!("store check task: {e}")))?;
+        let again = tokio::task::spawn_blocking(move || st.check(&r.id, &r.layers, &r.diff_ids))
+            .await
+            .map_err(|e| ApiError::internal(format!("store check task: {e}")))?;
         if let Some(d) = again.first() {
-            return Err(ApiError::internal(format!("image {}: still damaged in the host's layer store after fetching it again: {d}", image.name)));
+            return Err(ApiError::internal(format!(
+                "image {}: still damaged in the host's layer store after fetching it again: {d}",
+                image.name
+            )));
         }
         Ok(rec)
     }
@@ -273,21 +344,46 @@ impl Images {
         let err = |e| api_error(name, e);
         let mut s = self.registry.session(&r, auth);
         let (manifest, _, digest) = s.manifest(r.object()).await.map_err(err)?;
-        let cdesc = manifest.config.clone().ok_or_else(|| ApiError::internal(format!("{name}: manifest without a config")))?;
+        let cdesc = manifest
+            .config
+            .clone()
+            .ok_or_else(|| ApiError::internal(format!("{name}: manifest without a config")))?;
         let cbytes = s.blob_bytes(&cdesc).await.map_err(err)?;
-        self.store.put_bytes(&cdesc.digest, &cbytes).map_err(|e| ApiError::internal(format!("{e:#}")))?;
-        let config: serde_json::Value = serde_json::from_slice(&cbytes).map_err(|e| ApiError::internal(format!("image config {}: {e}", cdesc.digest)))?;
-        let diff_ids: Vec<String> = config["rootfs"]["diff_ids"].as_array().map(|a| a.iter().filter_map(|d| d.as_str().map(str::to_string)).collect()).unwrap_or_default();
+        self.store
+            .put_bytes(&cdesc.digest, &cbytes)
+            .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        let config: serde_json::Value = serde_json::from_slice(&cbytes)
+            .map_err(|e| ApiError::internal(format!("image config {}: {e}", cdesc.digest)))?;
+        let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
         if diff_ids.len() != manifest.layers.len() {
-            return Err(ApiError::internal(format!("image config {}: {} diff_ids for {} layers", cdesc.digest, diff_ids.len(), manifest.layers.len())));
+            return Err(ApiError::internal(format!(
+                "image config {}: {} diff_ids for {} layers",
+                cdesc.digest,
+                diff_ids.len(),
+                manifest.layers.len()
+            )));
         }
         let mut lowers: Vec<PathBuf> = Vec::new();
         for (layer, diff_id) in manifest.layers.iter().zip(&diff_ids) {
-            self.store.fetch_blob(&mut s, layer).await.map_err(|e| match e.downcast::<RegistryError>() {
-                Ok(e) => err(e),
-                Err(e) => ApiError::internal(format!("{e:#}")),
+            self.store.fetch_blob(&mut s, layer).await.map_err(|e| {
+                match e.downcast::<RegistryError>() {
+                    Ok(e) => err(e),
+                    Err(e) => ApiError::internal(format!("{e:#}")),
+                }
             })?;
-            let (st, d, di, lw) = (self.store.clone(), layer.digest.clone(), diff_id.clone(), lowers.clone());
+            let (st, d, di, lw) = (
+                self.store.clone(),
+                layer.digest.clone(),
+                diff_id.clone(),
+                lowers.clone(),
+            );
             tokio::task::spawn_blocking(move || st.unpack(&d, &di, &lw))
                 .await
                 .map_err(|e| ApiError::internal(format!("unpack task: {e}")))?
@@ -308,7 +404,11 @@ impl Images {
         list.retain(|i| i.name != rec.name);
         list.push(rec.clone());
         if let Err(e) = self.save(&list) {
-            eprintln!("vmd: WARNING: writing {}: {e} (the image {} is recorded in memory only)", self.path.display(), rec.name);
+            eprintln!(
+                "vmd: WARNING: writing {}: {e} (the image {} is recorded in memory only)",
+                self.path.display(),
+                rec.name
+            );
         }
         Ok(rec)
     }
@@ -325,7 +425,12 @@ fn find_in(list: &[ImageRecord], name: &str) -> Option<ImageRecord> {
         .find(|i| Some(&i.name) == normalized.as_ref() || i.name == name)
         .or_else(|| {
             let n = name.trim_start_matches("sha256:");
-            (n.len() >= 6).then(|| list.iter().find(|i| i.id.trim_start_matches("sha256:").starts_with(n))).flatten()
+            (n.len() >= 6)
+                .then(|| {
+                    list.iter()
+                        .find(|i| i.id.trim_start_matches("sha256:").starts_with(n))
+                })
+                .flatten()
         })
         .cloned()
 }
@@ -337,11 +442,17 @@ mod tests {
     #[test]
     fn refs() {
         let name = |s: &str| record_name(&Reference::parse(s).unwrap());
-        assert_eq!(name("127.0.0.1:5000/busybox"), "127.0.0.1:5000/busybox:latest");
+        assert_eq!(
+            name("127.0.0.1:5000/busybox"),
+            "127.0.0.1:5000/busybox:latest"
+        );
         assert_eq!(name("busybox:1"), "busybox:1");
         let d = format!("sha256:{}", "a".repeat(64));
         assert_eq!(name(&format!("busybox@{d}")), format!("busybox@{d}"));
-        assert_eq!(guest_ref(&format!("127.0.0.1:5000/a@{d}")), format!("10.0.2.2:5000/a@{d}"));
+        assert_eq!(
+            guest_ref(&format!("127.0.0.1:5000/a@{d}")),
+            format!("10.0.2.2:5000/a@{d}")
+        );
         assert_eq!(guest_ref("127.0.0.1:5000/a/b:v2"), "10.0.2.2:5000/a/b:v2");
         assert_eq!(guest_ref("localhost:5000/a"), "10.0.2.2:5000/a:latest");
         assert_eq!(guest_ref("example.org/a:1"), "example.org/a:1");
@@ -377,11 +488,17 @@ mod tests {
         /// (basic auth), as a private repository's does.
         async fn start_with(login: Option<(&'static str, &'static str)>) -> TokenRegistry {
             use base64::Engine as _;
-            let want_basic = login.map(|(u, p)| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))));
+            let want_basic = login.map(|(u, p)| {
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+                )
+            });
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let port = listener.local_addr().unwrap().port();
-            let layer = crate::store::tests::test_layer("etc/motd", b"hello from a token registry\n");
+            let layer =
+                crate::store::tests::test_layer("etc/motd", b"hello from a token registry\n");
             let config = serde_json::to_vec(&serde_json::json!({
                 "architecture": "amd64", "os": "linux", "created": "2024-01-01T00:00:00Z",
                 "config": {"Cmd": ["cat", "/etc/motd"]},
@@ -404,18 +521,38 @@ mod tests {
                 ],
             }))
             .unwrap();
-            let mut routes: std::collections::HashMap<String, (&'static str, Vec<u8>)> = std::collections::HashMap::new();
-            routes.insert("/v2/team/app/manifests/latest".into(), (registry::client::MT_OCI_INDEX, index));
-            routes.insert(format!("/v2/team/app/manifests/{mdigest}"), (registry::client::MT_DOCKER_MANIFEST, manifest));
-            routes.insert(format!("/v2/team/app/blobs/{config_digest}"), ("application/octet-stream", config));
-            routes.insert(format!("/v2/team/app/blobs/{}", layer.1), ("application/octet-stream", layer.0.clone()));
+            let mut routes: std::collections::HashMap<String, (&'static str, Vec<u8>)> =
+                std::collections::HashMap::new();
+            routes.insert(
+                "/v2/team/app/manifests/latest".into(),
+                (registry::client::MT_OCI_INDEX, index),
+            );
+            routes.insert(
+                format!("/v2/team/app/manifests/{mdigest}"),
+                (registry::client::MT_DOCKER_MANIFEST, manifest),
+            );
+            routes.insert(
+                format!("/v2/team/app/blobs/{config_digest}"),
+                ("application/octet-stream", config),
+            );
+            routes.insert(
+                format!("/v2/team/app/blobs/{}", layer.1),
+                ("application/octet-stream", layer.0.clone()),
+            );
             let token_requests = std::sync::Arc::new(Mutex::new(Vec::new()));
             let user_agents = std::sync::Arc::new(Mutex::new(Vec::new()));
             let (seen, agents) = (token_requests.clone(), user_agents.clone());
             tokio::spawn(async move {
                 loop {
-                    let Ok((mut sock, _)) = listener.accept().await else { return };
-                    let (routes, seen, agents, want_basic) = (routes.clone(), seen.clone(), agents.clone(), want_basic.clone());
+                    let Ok((mut sock, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let (routes, seen, agents, want_basic) = (
+                        routes.clone(),
+                        seen.clone(),
+                        agents.clone(),
+                        want_basic.clone(),
+                    );
                     tokio::spawn(async move {
                         let mut req = Vec::new();
                         let mut buf = [0u8; 4096];
@@ -427,26 +564,58 @@ mod tests {
                         }
                         let head = String::from_utf8_lossy(&req).to_string();
                         let target = head.split_whitespace().nth(1).unwrap_or("").to_string();
-                        agents.lock().unwrap().extend(head.lines().filter_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("user-agent")).map(|(_, v)| v.trim().to_string())));
-                        let authorized = head.lines().any(|l| l.to_ascii_lowercase().starts_with("authorization:") && l.ends_with(&format!("Bearer {TOKEN}")));
+                        agents.lock().unwrap().extend(head.lines().filter_map(|l| {
+                            l.split_once(':')
+                                .filter(|(k, _)| k.eq_ignore_ascii_case("user-agent"))
+                                .map(|(_, v)| v.trim().to_string())
+                        }));
+                        let authorized = head.lines().any(|l| {
+                            l.to_ascii_lowercase().starts_with("authorization:")
+                                && l.ends_with(&format!("Bearer {TOKEN}"))
+                        });
                         let basic_ok = match &want_basic {
                             None => true,
-                            Some(b) => head.lines().any(|l| l.to_ascii_lowercase().starts_with("authorization:") && l.ends_with(b.as_str())),
+                            Some(b) => head.lines().any(|l| {
+                                l.to_ascii_lowercase().starts_with("authorization:")
+                                    && l.ends_with(b.as_str())
+                            }),
                         };
-                        let (status, ctype, body, extra) = if let Some(q) = target.strip_prefix("/token?") {
+                        let (status, ctype, body, extra) = if let Some(q) =
+                            target.strip_prefix("/token?")
+                        {
                             seen.lock().unwrap().push(q.to_string());
                             if !basic_ok {
-                                ("401 Unauthorized", "application/json", b"{\"details\":\"incorrect username or password\"}".to_vec(), String::new())
+                                (
+                                    "401 Unauthorized",
+                                    "application/json",
+                                    b"{\"details\":\"incorrect username or password\"}".to_vec(),
+                                    String::new(),
+                                )
                             } else {
-                                ("200 OK", "application/json", format!("{{\"token\":\"{TOKEN}\"}}").into_bytes(), String::new())
+                                (
+                                    "200 OK",
+                                    "application/json",
+                                    format!("{{\"token\":\"{TOKEN}\"}}").into_bytes(),
+                                    String::new(),
+                                )
                             }
                         } else if !authorized {
                             let ch = format!("WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"test-registry\",scope=\"repository:team/app:pull\"\r\n");
-                            ("401 Unauthorized", "application/json", b"{\"errors\":[{\"code\":\"UNAUTHORIZED\"}]}".to_vec(), ch)
+                            (
+                                "401 Unauthorized",
+                                "application/json",
+                                b"{\"errors\":[{\"code\":\"UNAUTHORIZED\"}]}".to_vec(),
+                                ch,
+                            )
                         } else if let Some((ct, b)) = routes.get(&target) {
                             ("200 OK", *ct, b.clone(), String::new())
                         } else {
-                            ("404 Not Found", "application/json", b"{}".to_vec(), String::new())
+                            (
+                                "404 Not Found",
+                                "application/json",
+                                b"{}".to_vec(),
+                                String::new(),
+                            )
                         };
                         let head = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n", body.len());
                         let _ = sock.write_all(head.as_bytes()).await;
@@ -455,7 +624,13 @@ mod tests {
                     });
                 }
             });
-            TokenRegistry { port, token_requests, user_agents, config_digest, layer }
+            TokenRegistry {
+                port,
+                token_requests,
+                user_agents,
+                config_digest,
+                layer,
+            }
         }
     }
 
@@ -466,22 +641,40 @@ mod tests {
         let store = LayerStore::open(&d.path().join("store")).unwrap();
         let images = Images::open(d.path().join("images.json"), store.clone(), Vec::new());
         let name = format!("127.0.0.1:{}/team/app", reg.port);
-        let rec = images.pull(&name, None).await.unwrap_or_else(|e| panic!("pull: {}", e.message));
+        let rec = images
+            .pull(&name, None)
+            .await
+            .unwrap_or_else(|e| panic!("pull: {}", e.message));
         // The token was asked for the repository's pull scope, at the challenge's service.
         let asked = reg.token_requests.lock().unwrap().clone();
         assert!(!asked.is_empty(), "the token endpoint was never called");
-        assert!(asked[0].contains("service=test-registry") && asked[0].contains("scope=repository%3Ateam%2Fapp%3Apull"), "{asked:?}");
+        assert!(
+            asked[0].contains("service=test-registry")
+                && asked[0].contains("scope=repository%3Ateam%2Fapp%3Apull"),
+            "{asked:?}"
+        );
         // Every request named the daemon, not the guest engine.
         let agents = reg.user_agents.lock().unwrap().clone();
         assert!(agents.len() >= 5, "{agents:?}");
-        assert!(agents.iter().all(|a| *a == format!("axion-vmd/{}", env!("CARGO_PKG_VERSION"))), "{agents:?}");
+        assert!(
+            agents
+                .iter()
+                .all(|a| *a == format!("axion-vmd/{}", env!("CARGO_PKG_VERSION"))),
+            "{agents:?}"
+        );
         // The index was resolved to linux/amd64, and everything landed in the store.
         assert_eq!(rec.name, format!("{name}:latest"));
         assert_eq!(rec.id, reg.config_digest);
         assert_eq!(rec.layers, vec![reg.layer.1.clone()]);
         assert_eq!(rec.diff_ids, vec![reg.layer.2.clone()]);
-        assert_eq!(rec.config.cmd, Some(vec!["cat".to_string(), "/etc/motd".to_string()]));
-        assert_eq!(std::fs::read(store.layer_path(&reg.layer.2).join("etc/motd")).unwrap(), b"hello from a token registry\n");
+        assert_eq!(
+            rec.config.cmd,
+            Some(vec!["cat".to_string(), "/etc/motd".to_string()])
+        );
+        assert_eq!(
+            std::fs::read(store.layer_path(&reg.layer.2).join("etc/motd")).unwrap(),
+            b"hello from a token registry\n"
+        );
         assert_eq!(store.check(&rec.id, &rec.layers, &rec.diff_ids), vec![]);
         assert_eq!(images.find(&name).map(|r| r.id), Some(rec.id.clone()));
         // Garbage collection: a container's pin keeps the image's files after its rmi ...
@@ -489,7 +682,10 @@ mod tests {
         let (pinned, pin) = images.find_and_pin(&name, &ctr).unwrap();
         assert_eq!(pinned.id, rec.id);
         pin.keep();
-        assert_eq!(images.remove(&name).unwrap().map(|r| r.id), Some(rec.id.clone()));
+        assert_eq!(
+            images.remove(&name).unwrap().map(|r| r.id),
+            Some(rec.id.clone())
+        );
         assert!(images.find(&name).is_none());
         assert_eq!(images.collect().await.unwrap(), Collected::default());
         assert_eq!(store.check(&rec.id, &rec.layers, &rec.diff_ids), vec![]);
@@ -497,15 +693,28 @@ mod tests {
         images.unpin(&ctr);
         let got = images.collect().await.unwrap();
         assert_eq!((got.blobs.len(), got.layers.len()), (2, 1), "{got:?}");
-        assert!(!store.blob_path(&rec.layers[0]).exists() && !store.layer_path(&rec.diff_ids[0]).exists());
-        assert!(Images::open(d.path().join("images.json"), store.clone(), Vec::new()).all().is_empty());
+        assert!(
+            !store.blob_path(&rec.layers[0]).exists()
+                && !store.layer_path(&rec.diff_ids[0]).exists()
+        );
+        assert!(
+            Images::open(d.path().join("images.json"), store.clone(), Vec::new())
+                .all()
+                .is_empty()
+        );
         // A pin of a failed create (dropped without keep) is released at once.
-        let rec = images.pull(&name, None).await.unwrap_or_else(|e| panic!("pull: {}", e.message));
+        let rec = images
+            .pull(&name, None)
+            .await
+            .unwrap_or_else(|e| panic!("pull: {}", e.message));
         drop(images.find_and_pin(&name, &ctr));
         images.remove(&name).unwrap();
         assert_eq!(images.collect().await.unwrap().layers, rec.diff_ids);
         // A missing tag is a 404 with Docker's wording.
-        let e = images.pull(&format!("{name}:nope"), None).await.unwrap_err();
+        let e = images
+            .pull(&format!("{name}:nope"), None)
+            .await
+            .unwrap_err();
         assert_eq!(e.status, http::StatusCode::NOT_FOUND, "{}", e.message);
         assert!(e.message.contains("manifest unknown"), "{}", e.message);
     }
@@ -522,24 +731,54 @@ mod tests {
         // Without credentials (or with wrong ones) the registry refuses.
         let e = images.pull(&name, None).await.unwrap_err();
         assert_eq!(e.status, http::StatusCode::UNAUTHORIZED, "{}", e.message);
-        let wrong = Credentials { username: "ann".into(), password: "nope".into(), identity_token: String::new() };
-        assert_eq!(images.pull(&name, Some(wrong)).await.unwrap_err().status, http::StatusCode::UNAUTHORIZED);
-        let creds = Credentials { username: "ann".into(), password: "pa55-w0rd".into(), identity_token: String::new() };
-        let rec = images.pull(&name, Some(creds.clone())).await.unwrap_or_else(|e| panic!("pull: {}", e.message));
+        let wrong = Credentials {
+            username: "ann".into(),
+            password: "nope".into(),
+            identity_token: String::new(),
+        };
+        assert_eq!(
+            images.pull(&name, Some(wrong)).await.unwrap_err().status,
+            http::StatusCode::UNAUTHORIZED
+        );
+        let creds = Credentials {
+            username: "ann".into(),
+            password: "pa55-w0rd".into(),
+            identity_token: String::new(),
+        };
+        let rec = images
+            .pull(&name, Some(creds.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("pull: {}", e.message));
         // No secret on disk.
         let on_disk = std::fs::read_to_string(d.path().join("images.json")).unwrap();
-        assert!(!on_disk.contains("pa55-w0rd") && !on_disk.contains("ann"), "{on_disk}");
+        assert!(
+            !on_disk.contains("pa55-w0rd") && !on_disk.contains("ann"),
+            "{on_disk}"
+        );
         // Damage the layer's blob and its unpacked tree, then repair (the create path's step).
         std::fs::write(store.blob_path(&rec.layers[0]), b"garbage").unwrap();
-        std::fs::write(store.layer_path(&rec.diff_ids[0]).join("etc/motd"), b"tampered\n").unwrap();
+        std::fs::write(
+            store.layer_path(&rec.diff_ids[0]).join("etc/motd"),
+            b"tampered\n",
+        )
+        .unwrap();
         let damage = store.check(&rec.id, &rec.layers, &rec.diff_ids);
         assert_eq!(damage.len(), 2, "{damage:?}");
         let tokens_before = reg.token_requests.lock().unwrap().len();
-        let fixed = images.repair(&rec, damage).await.unwrap_or_else(|e| panic!("repair: {}", e.message));
+        let fixed = images
+            .repair(&rec, damage)
+            .await
+            .unwrap_or_else(|e| panic!("repair: {}", e.message));
         assert_eq!(fixed.id, rec.id);
-        assert!(reg.token_requests.lock().unwrap().len() > tokens_before, "the repair never asked for a token");
+        assert!(
+            reg.token_requests.lock().unwrap().len() > tokens_before,
+            "the repair never asked for a token"
+        );
         assert_eq!(store.check(&rec.id, &rec.layers, &rec.diff_ids), vec![]);
-        assert_eq!(std::fs::read(store.layer_path(&rec.diff_ids[0]).join("etc/motd")).unwrap(), b"hello from a token registry\n");
+        assert_eq!(
+            std::fs::read(store.layer_path(&rec.diff_ids[0]).join("etc/motd")).unwrap(),
+            b"hello from a token registry\n"
+        );
         // Nothing damaged: nothing fetched.
         let n = reg.token_requests.lock().unwrap().len();
         assert_eq!(images.repair(&rec, Vec::new()).await.unwrap().id, rec.id);
@@ -551,13 +790,23 @@ mod tests {
         std::fs::write(store.blob_path(&rec.layers[0]), b"garbage").unwrap();
         let damage = store.check(&rec.id, &rec.layers, &rec.diff_ids);
         let e = restarted.repair(&rec, damage).await.unwrap_err();
-        assert!(e.message.contains("damaged") && e.message.contains("docker pull"), "{}", e.message);
+        assert!(
+            e.message.contains("damaged") && e.message.contains("docker pull"),
+            "{}",
+            e.message
+        );
         assert!(!store.blob_path(&rec.layers[0]).exists());
         // A pull with the credentials gives them to it again.
-        restarted.pull(&name, Some(creds)).await.unwrap_or_else(|e| panic!("pull: {}", e.message));
+        restarted
+            .pull(&name, Some(creds))
+            .await
+            .unwrap_or_else(|e| panic!("pull: {}", e.message));
         std::fs::write(store.blob_path(&rec.layers[0]), b"garbage").unwrap();
         let damage = store.check(&rec.id, &rec.layers, &rec.diff_ids);
-        restarted.repair(&rec, damage).await.unwrap_or_else(|e| panic!("repair after a new pull: {}", e.message));
+        restarted
+            .repair(&rec, damage)
+            .await
+            .unwrap_or_else(|e| panic!("repair after a new pull: {}", e.message));
         assert_eq!(store.check(&rec.id, &rec.layers, &rec.diff_ids), vec![]);
     }
 
@@ -567,10 +816,20 @@ mod tests {
     fn insecure_registries() {
         let d = tempfile::tempdir().unwrap();
         let store = LayerStore::open(&d.path().join("store")).unwrap();
-        let images = Images::open(d.path().join("images.json"), store.clone(), vec!["myreg:5000".into(), "http://10.9.0.0/16".into()]);
+        let images = Images::open(
+            d.path().join("images.json"),
+            store.clone(),
+            vec!["myreg:5000".into(), "http://10.9.0.0/16".into()],
+        );
         let cfg = serde_json::to_value(images.registry_config()).unwrap();
-        assert_eq!(cfg["InsecureRegistryCIDRs"], serde_json::json!(["127.0.0.0/8", "::1/128", "10.9.0.0/16"]));
-        assert_eq!(cfg["IndexConfigs"]["myreg:5000"], serde_json::json!({"Name": "myreg:5000", "Mirrors": [], "Secure": false, "Official": false}));
+        assert_eq!(
+            cfg["InsecureRegistryCIDRs"],
+            serde_json::json!(["127.0.0.0/8", "::1/128", "10.9.0.0/16"])
+        );
+        assert_eq!(
+            cfg["IndexConfigs"]["myreg:5000"],
+            serde_json::json!({"Name": "myreg:5000", "Mirrors": [], "Secure": false, "Official": false})
+        );
         assert_eq!(cfg["IndexConfigs"][registry::DOCKER_HUB]["Secure"], true);
         assert_eq!(cfg["IndexConfigs"].as_object().unwrap().len(), 2, "{cfg}");
         assert_eq!(images.registry.scheme("myreg:5000"), "http");
@@ -578,6 +837,9 @@ mod tests {
         assert_eq!(images.registry.scheme("other:5000"), "https");
         let none = Images::open(d.path().join("images.json"), store, Vec::new());
         assert_eq!(none.registry.scheme("myreg:5000"), "https");
-        assert_eq!(serde_json::to_value(none.registry_config()).unwrap()["InsecureRegistryCIDRs"], serde_json::json!(["127.0.0.0/8", "::1/128"]));
+        assert_eq!(
+            serde_json::to_value(none.registry_config()).unwrap()["InsecureRegistryCIDRs"],
+            serde_json::json!(["127.0.0.0/8", "::1/128"])
+        );
     }
 }

@@ -227,9 +227,12 @@ mod server;
 pub use server::{bench_docker_run, Server};
 
 use client::GuestClient;
-use docker_api::types::*;
 use docker_api::time::{human, now_nanos, rfc3339, since, unix_from_rfc3339};
-use docker_api::{ApiError, ApiResult, AttachIo, AttachOptions, Backend, Frame, FrameRx, LogsOptions, RegistryAuth, WaitCondition};
+use docker_api::types::*;
+use docker_api::{
+    ApiError, ApiResult, AttachIo, AttachOptions, Backend, Frame, FrameRx, LogsOptions,
+    RegistryAuth, WaitCondition,
+};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -298,7 +301,6 @@ struct Ctr {
     cgroup: Vec<PathBuf>,
 }
 
-
 impl Ctr {
     fn phase(&self) -> Phase {
         *self.phase.borrow()
@@ -318,7 +320,10 @@ impl Ctr {
     /// the user never sees the ids inside the VM.
     fn host_ids(&self, mut e: ApiError) -> ApiError {
         if self.gid.len() >= 12 {
-            e.message = e.message.replace(&self.gid, &self.id).replace(&self.gid[..12], &self.id[..12]);
+            e.message = e
+                .message
+                .replace(&self.gid, &self.id)
+                .replace(&self.gid[..12], &self.id[..12]);
         }
         e
     }
@@ -344,7 +349,14 @@ impl Daemon {
     pub fn open(opts: Options) -> anyhow::Result<Daemon> {
         std::fs::create_dir_all(&opts.state_dir)?;
         let store = store::LayerStore::open(&opts.state_dir.join("store"))?;
-        let template = template::Template::ensure(&opts.state_dir, &opts.image, opts.memory_mib, opts.cpus, opts.accel, store.root())?;
+        let template = template::Template::ensure(
+            &opts.state_dir,
+            &opts.image,
+            opts.memory_mib,
+            opts.cpus,
+            opts.accel,
+            store.root(),
+        )?;
         // Containers of an earlier run are gone with their VMs; VMs a killed daemon left
         // running are stopped now.
         let cdir = opts.state_dir.join("c");
@@ -355,7 +367,11 @@ impl Daemon {
         }
         let _ = std::fs::remove_dir_all(&cdir);
         std::fs::create_dir_all(&cdir)?;
-        let images = images::Images::open(opts.state_dir.join("images.json"), store, opts.insecure_registries.clone());
+        let images = images::Images::open(
+            opts.state_dir.join("images.json"),
+            store,
+            opts.insecure_registries.clone(),
+        );
         // No VM runs now: what no image record uses goes (an interrupted pull or collection).
         match images.collect_now() {
             Ok(c) => report_collected(&c),
@@ -371,7 +387,15 @@ impl Daemon {
                 None
             }
         };
-        Ok(Daemon { opts, template, images, containers: Mutex::new(HashMap::new()), execs: Default::default(), cgroups, warnings })
+        Ok(Daemon {
+            opts,
+            template,
+            images,
+            containers: Mutex::new(HashMap::new()),
+            execs: Default::default(),
+            cgroups,
+            warnings,
+        })
     }
 
     pub fn template(&self) -> &template::Template {
@@ -391,13 +415,21 @@ impl Daemon {
         match matches.len() {
             1 => Ok(matches[0].clone()),
             0 => Err(ApiError::not_found(format!("No such container: {id}"))),
-            _ => Err(ApiError::bad_request(format!("multiple containers match {id}"))),
+            _ => Err(ApiError::bad_request(format!(
+                "multiple containers match {id}"
+            ))),
         }
     }
 
     /// Kills every VM (daemon shutdown) and removes the containers' directories.
     pub fn shutdown(&self) {
-        let all: Vec<_> = self.containers.lock().expect("containers lock").drain().map(|(_, c)| c).collect();
+        let all: Vec<_> = self
+            .containers
+            .lock()
+            .expect("containers lock")
+            .drain()
+            .map(|(_, c)| c)
+            .collect();
         for c in all {
             c.quitting.store(true, Ordering::SeqCst);
             if let Some(mut vm) = c.vm.lock().expect("vm lock").take() {
@@ -415,7 +447,11 @@ impl Daemon {
     /// Given what [`store::LayerStore::check`] found wrong with `image` in the host store,
     /// the record to run: see [`images::Images::repair`] (fetched again with the
     /// credentials of the image's last pull, which the daemon keeps in memory only).
-    async fn repair(&self, image: &images::ImageRecord, damage: Vec<store::Damage>) -> ApiResult<images::ImageRecord> {
+    async fn repair(
+        &self,
+        image: &images::ImageRecord,
+        damage: Vec<store::Damage>,
+    ) -> ApiResult<images::ImageRecord> {
         self.images.repair(image, damage).await
     }
 
@@ -441,11 +477,16 @@ impl Daemon {
     /// Puts the VM's QEMU into its own cgroups with the container's limits.
     fn limit(&self, id: &str, pid: u32, hc: &HostConfig) -> Vec<PathBuf> {
         let limits = cgroup::Limits::from_host_config(hc);
-        let Some(cg) = self.cgroups.as_ref().filter(|_| !limits.is_empty()) else { return Vec::new() };
+        let Some(cg) = self.cgroups.as_ref().filter(|_| !limits.is_empty()) else {
+            return Vec::new();
+        };
         match cg.apply(&id[..12], pid, &limits) {
             Ok(dirs) => dirs,
             Err(e) => {
-                eprintln!("vmd: WARNING: cgroup limits for {} not applied: {e}", &id[..12]);
+                eprintln!(
+                    "vmd: WARNING: cgroup limits for {} not applied: {e}",
+                    &id[..12]
+                );
                 Vec::new()
             }
         }
@@ -460,14 +501,19 @@ impl Daemon {
         // Let attach streams deliver the last output.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
         while c.attached.load(Ordering::SeqCst) > 0 {
-            if tokio::time::timeout_at(deadline, c.detached.notified()).await.is_err() {
+            if tokio::time::timeout_at(deadline, c.detached.notified())
+                .await
+                .is_err()
+            {
                 break;
             }
         }
         // The logs outlive the VM (`docker logs` of an exited container); a --rm container
         // has none to keep.
         if error.is_none() && !c.req.host_config.auto_remove {
-            if let Ok(Ok(raw)) = tokio::time::timeout(Duration::from_secs(10), c.guest.logs_raw(&c.gid)).await {
+            if let Ok(Ok(raw)) =
+                tokio::time::timeout(Duration::from_secs(10), c.guest.logs_raw(&c.gid)).await
+            {
                 let _ = std::fs::write(c.dir.join("logs"), &raw);
             }
         }
@@ -506,7 +552,10 @@ impl Daemon {
     }
 
     fn remove_now(&self, c: &Arc<Ctr>) {
-        self.containers.lock().expect("containers lock").remove(&c.id);
+        self.containers
+            .lock()
+            .expect("containers lock")
+            .remove(&c.id);
         self.execs.forget(&c.id);
         let _ = std::fs::remove_dir_all(&c.dir);
         let _ = c.phase.send(Phase::Removed);
@@ -526,7 +575,13 @@ impl Daemon {
                     let mut g = c.vm.lock().expect("vm lock");
                     match g.as_mut() {
                         None => return,
-                        Some(vm) => vm.try_exit_status().map(|st| (st, tail(vm.qemu_log(), 5), vm.serial_log().map(|p| tail(p, 5)).unwrap_or_default())),
+                        Some(vm) => vm.try_exit_status().map(|st| {
+                            (
+                                st,
+                                tail(vm.qemu_log(), 5),
+                                vm.serial_log().map(|p| tail(p, 5)).unwrap_or_default(),
+                            )
+                        }),
                     }
                 };
                 if let Some((st, qlog, serial)) = exited {
@@ -548,8 +603,12 @@ fn orphan_vms(dir: &Path) -> Vec<u32> {
     let needle = format!("{}/", dir.display());
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
         if cmd.starts_with("qemu-system") && cmd.contains(&needle) {
             out.push(pid);
@@ -560,7 +619,11 @@ fn orphan_vms(dir: &Path) -> Vec<u32> {
 
 fn report_collected(c: &store::Collected) {
     if !c.blobs.is_empty() || !c.layers.is_empty() {
-        eprintln!("vmd: layer store: removed {} blob(s) and {} unpacked layer(s) no image uses", c.blobs.len(), c.layers.len());
+        eprintln!(
+            "vmd: layer store: removed {} blob(s) and {} unpacked layer(s) no image uses",
+            c.blobs.len(),
+            c.layers.len()
+        );
     }
 }
 
@@ -583,7 +646,9 @@ fn guest_network(mode: &str) -> ApiResult<&'static str> {
 /// Progress lines on stderr with VMD_DEBUG set.
 pub(crate) fn debug(msg: &str) {
     if std::env::var_os("VMD_DEBUG").is_some() {
-        let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        let t = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
         eprint!("[{}.{:03}] ", t.as_secs() % 1000, t.subsec_millis());
         eprintln!("vmd: {msg}");
     }
@@ -591,7 +656,10 @@ pub(crate) fn debug(msg: &str) {
 
 fn tail(p: &Path, n: usize) -> String {
     let t = std::fs::read_to_string(p).unwrap_or_default();
-    let lines: Vec<&str> = t.lines().filter(|l| !l.starts_with("# ") && !l.trim().is_empty()).collect();
+    let lines: Vec<&str> = t
+        .lines()
+        .filter(|l| !l.starts_with("# ") && !l.trim().is_empty())
+        .collect();
     lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
@@ -607,7 +675,8 @@ fn random_hex(n: usize) -> String {
 
 fn valid_name(n: &str) -> bool {
     let mut chars = n.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric()) && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
 fn saved_frames(dir: &Path, tty: bool) -> Vec<Frame> {
@@ -622,7 +691,12 @@ fn tail_frames(frames: Vec<Frame>, n: Option<usize>) -> Vec<Frame> {
     let mut start = frames.len();
     while start > 0 && lines < n {
         start -= 1;
-        lines += frames[start].data.iter().filter(|&&b| b == b'\n').count().max(1);
+        lines += frames[start]
+            .data
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            .max(1);
     }
     frames[start..].to_vec()
 }
@@ -660,15 +734,31 @@ impl Backend for Api {
             arch: "amd64".into(),
             kernel_version: String::new(),
             build_time: String::new(),
-            components: vec![Component { name: "axion-vmd (one VM per container)".into(), version: v, details: Default::default() }],
+            components: vec![Component {
+                name: "axion-vmd (one VM per container)".into(),
+                version: v,
+                details: Default::default(),
+            }],
         })
     }
 
     async fn info(&self) -> ApiResult<Info> {
-        let cs: Vec<Arc<Ctr>> = self.containers.lock().expect("containers lock").values().cloned().collect();
+        let cs: Vec<Arc<Ctr>> = self
+            .containers
+            .lock()
+            .expect("containers lock")
+            .values()
+            .cloned()
+            .collect();
         let running = cs.iter().filter(|c| c.phase() == Phase::Running).count() as i64;
         let mut warnings = self.warnings.clone();
-        warnings.push(format!("each container runs in its own QEMU VM ({} MiB, {} vCPU, {}) cloned from {}", self.opts.memory_mib, self.opts.cpus, self.opts.accel.name(), self.template.dir.display()));
+        warnings.push(format!(
+            "each container runs in its own QEMU VM ({} MiB, {} vCPU, {}) cloned from {}",
+            self.opts.memory_mib,
+            self.opts.cpus,
+            self.opts.accel.name(),
+            self.template.dir.display()
+        ));
         Ok(Info {
             id: "axion-vmd".into(),
             containers: cs.len() as i64,
@@ -680,11 +770,22 @@ impl Backend for Api {
             operating_system: "axion vmd (VM per container)".into(),
             os_type: "linux".into(),
             architecture: "x86_64".into(),
-            ncpu: std::thread::available_parallelism().map(|n| n.get() as i64).unwrap_or(1),
+            ncpu: std::thread::available_parallelism()
+                .map(|n| n.get() as i64)
+                .unwrap_or(1),
             name: "axion-vmd".into(),
             server_version: env!("CARGO_PKG_VERSION").into(),
-            cgroup_driver: if self.cgroups.is_some() { "cgroupfs".into() } else { "none".into() },
-            cgroup_version: self.cgroups.as_ref().map(|c| c.version()).unwrap_or("").into(),
+            cgroup_driver: if self.cgroups.is_some() {
+                "cgroupfs".into()
+            } else {
+                "none".into()
+            },
+            cgroup_version: self
+                .cgroups
+                .as_ref()
+                .map(|c| c.version())
+                .unwrap_or("")
+                .into(),
             logging_driver: "json-file".into(),
             default_runtime: "qemu".into(),
             warnings,
@@ -702,7 +803,11 @@ impl Backend for Api {
                 id: i.id.clone(),
                 repo_tags: vec![i.name.clone()],
                 created: unix_from_rfc3339(&i.created),
-                repo_digests: vec![format!("{}@{}", i.name.rsplit_once(':').map(|(r, _)| r).unwrap_or(&i.name), i.digest)],
+                repo_digests: vec![format!(
+                    "{}@{}",
+                    i.name.rsplit_once(':').map(|(r, _)| r).unwrap_or(&i.name),
+                    i.digest
+                )],
                 size: i.size,
                 containers: -1,
                 shared_size: -1,
@@ -712,7 +817,10 @@ impl Backend for Api {
     }
 
     async fn image_inspect(&self, name: &str) -> ApiResult<ImageInspect> {
-        let i = self.images.find(name).ok_or_else(|| ApiError::not_found(format!("No such image: {name}")))?;
+        let i = self
+            .images
+            .find(name)
+            .ok_or_else(|| ApiError::not_found(format!("No such image: {name}")))?;
         Ok(ImageInspect {
             id: i.id.clone(),
             repo_tags: vec![i.name.clone()],
@@ -722,54 +830,124 @@ impl Backend for Api {
             os: "linux".into(),
             size: i.size,
             config: i.config.clone(),
-            root_fs: RootFs { kind: "layers".into(), layers: i.layers.clone() },
+            root_fs: RootFs {
+                kind: "layers".into(),
+                layers: i.layers.clone(),
+            },
             ..Default::default()
         })
     }
 
-    async fn image_pull(&self, image: &str, tag: &str, auth: Option<RegistryAuth>) -> ApiResult<mpsc::Receiver<ProgressMessage>> {
-        let name = if tag.is_empty() { image.to_string() } else if tag.starts_with("sha256:") { format!("{image}@{tag}") } else { format!("{image}:{tag}") };
+    async fn image_pull(
+        &self,
+        image: &str,
+        tag: &str,
+        auth: Option<RegistryAuth>,
+    ) -> ApiResult<mpsc::Receiver<ProgressMessage>> {
+        let name = if tag.is_empty() {
+            image.to_string()
+        } else if tag.starts_with("sha256:") {
+            format!("{image}@{tag}")
+        } else {
+            format!("{image}:{tag}")
+        };
         let (tx, rx) = mpsc::channel(8);
         let d = self.0.clone();
         // Resolve first so that a missing image is a 404 (the CLI's "not found").
-        let creds = auth.map(|a| registry::Credentials { username: a.username, password: a.password, identity_token: a.identity_token });
+        let creds = auth.map(|a| registry::Credentials {
+            username: a.username,
+            password: a.password,
+            identity_token: a.identity_token,
+        });
         let rec = d.images.pull(&name, creds).await?;
         tokio::spawn(async move {
-            let _ = tx.send(ProgressMessage::status(Some(&rec.name), "Layers stored and unpacked on the host, shared read-only with the VMs")).await;
-            let _ = tx.send(ProgressMessage::status(None, format!("Digest: {}", rec.digest))).await;
-            let _ = tx.send(ProgressMessage::status(None, format!("Status: Image is up to date for {}", rec.name))).await;
+            let _ = tx
+                .send(ProgressMessage::status(
+                    Some(&rec.name),
+                    "Layers stored and unpacked on the host, shared read-only with the VMs",
+                ))
+                .await;
+            let _ = tx
+                .send(ProgressMessage::status(
+                    None,
+                    format!("Digest: {}", rec.digest),
+                ))
+                .await;
+            let _ = tx
+                .send(ProgressMessage::status(
+                    None,
+                    format!("Status: Image is up to date for {}", rec.name),
+                ))
+                .await;
         });
         Ok(rx)
     }
 
     async fn image_remove(&self, name: &str, force: bool) -> ApiResult<Vec<ImageDeleteItem>> {
-        let rec = self.images.find(name).ok_or_else(|| ApiError::not_found(format!("No such image: {name}")))?;
+        let rec = self
+            .images
+            .find(name)
+            .ok_or_else(|| ApiError::not_found(format!("No such image: {name}")))?;
         // As dockerd: the last name of an image that a container (running or not) was made
         // from is removed only with --force; the container keeps its layers either way.
         let last = self.images.all().iter().filter(|i| i.id == rec.id).count() == 1;
         if last && !force {
-            let user = self.containers.lock().expect("containers lock").values().find(|c| c.image_id == rec.id && c.phase() != Phase::Removed).map(|c| c.id.clone());
+            let user = self
+                .containers
+                .lock()
+                .expect("containers lock")
+                .values()
+                .find(|c| c.image_id == rec.id && c.phase() != Phase::Removed)
+                .map(|c| c.id.clone());
             if let Some(user) = user {
-                let short = rec.id.trim_start_matches("sha256:").get(..12).unwrap_or(&rec.id).to_string();
+                let short = rec
+                    .id
+                    .trim_start_matches("sha256:")
+                    .get(..12)
+                    .unwrap_or(&rec.id)
+                    .to_string();
                 return Err(ApiError::conflict(format!("conflict: unable to remove repository reference \"{name}\" (must force) - container {} is using its referenced image {short}", &user[..12])));
             }
         }
-        let rec = self.images.remove(name)?.ok_or_else(|| ApiError::not_found(format!("No such image: {name}")))?;
-        let mut out = vec![ImageDeleteItem { untagged: Some(rec.name), deleted: None }, ImageDeleteItem { untagged: None, deleted: Some(rec.id) }];
+        let rec = self
+            .images
+            .remove(name)?
+            .ok_or_else(|| ApiError::not_found(format!("No such image: {name}")))?;
+        let mut out = vec![
+            ImageDeleteItem {
+                untagged: Some(rec.name),
+                deleted: None,
+            },
+            ImageDeleteItem {
+                untagged: None,
+                deleted: Some(rec.id),
+            },
+        ];
         // Blobs and trees nothing uses any more (those of a running container stay until
         // its VM is gone).
         match self.images.collect().await {
             Ok(c) => {
                 report_collected(&c);
-                out.extend(c.layers.into_iter().map(|l| ImageDeleteItem { untagged: None, deleted: Some(l) }));
+                out.extend(c.layers.into_iter().map(|l| ImageDeleteItem {
+                    untagged: None,
+                    deleted: Some(l),
+                }));
             }
-            Err(e) => eprintln!("vmd: WARNING: collecting the layer store's garbage after removing {name}: {e:#}"),
+            Err(e) => eprintln!(
+                "vmd: WARNING: collecting the layer store's garbage after removing {name}: {e:#}"
+            ),
         }
         Ok(out)
     }
 
     async fn containers(&self, all: bool) -> ApiResult<Vec<ContainerSummary>> {
-        let mut cs: Vec<Arc<Ctr>> = self.containers.lock().expect("containers lock").values().cloned().collect();
+        let mut cs: Vec<Arc<Ctr>> = self
+            .containers
+            .lock()
+            .expect("containers lock")
+            .values()
+            .cloned()
+            .collect();
         newest_first(&mut cs, |c| (c.created_ns, &c.id));
         let out: Vec<ContainerSummary> = cs
             .iter()
@@ -778,8 +956,14 @@ impl Backend for Api {
                 let st = c.state.lock().expect("state lock").clone();
                 let status = match c.phase() {
                     Phase::Created => "Created".to_string(),
-                    Phase::Running => format!("Up {} (VM pid {})", human(since(st.started_ns)), st.pid),
-                    Phase::Exited | Phase::Removed => format!("Exited ({}) {} ago", st.exit_code, human(since(st.finished_ns))),
+                    Phase::Running => {
+                        format!("Up {} (VM pid {})", human(since(st.started_ns)), st.pid)
+                    }
+                    Phase::Exited | Phase::Removed => format!(
+                        "Exited ({}) {} ago",
+                        st.exit_code,
+                        human(since(st.finished_ns))
+                    ),
                 };
                 let cmd = c.req.config.cmd.clone().unwrap_or_default().join(" ");
                 ContainerSummary {
@@ -794,7 +978,12 @@ impl Backend for Api {
                         .iter()
                         .map(|(spec, hp)| {
                             let (p, proto) = spec.split_once('/').unwrap_or((spec, "tcp"));
-                            Port { ip: Some("127.0.0.1".into()), private_port: p.parse().unwrap_or(0), public_port: Some(*hp), kind: proto.into() }
+                            Port {
+                                ip: Some("127.0.0.1".into()),
+                                private_port: p.parse().unwrap_or(0),
+                                public_port: Some(*hp),
+                                kind: proto.into(),
+                            }
                         })
                         .collect(),
                     labels: c.req.config.labels.clone().unwrap_or_default(),
@@ -806,18 +995,35 @@ impl Backend for Api {
         Ok(out)
     }
 
-    async fn container_create(&self, name: Option<String>, req: ContainerCreateRequest) -> ApiResult<ContainerCreateResponse> {
+    async fn container_create(
+        &self,
+        name: Option<String>,
+        req: ContainerCreateRequest,
+    ) -> ApiResult<ContainerCreateResponse> {
         let id = random_hex(64);
         // Pinned: an rmi meanwhile keeps its files until this container's VM is gone.
-        let (image, pin) = self.images.find_and_pin(&req.config.image, &id).ok_or_else(|| ApiError::not_found(format!("No such image: {}", req.config.image)))?;
+        let (image, pin) = self
+            .images
+            .find_and_pin(&req.config.image, &id)
+            .ok_or_else(|| ApiError::not_found(format!("No such image: {}", req.config.image)))?;
         let name = match name {
             Some(n) => {
                 let n = n.trim_start_matches('/').to_string();
                 if !valid_name(&n) {
-                    return Err(ApiError::bad_request(format!("Invalid container name ({n}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")));
+                    return Err(ApiError::bad_request(format!(
+                        "Invalid container name ({n}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+                    )));
                 }
-                if self.containers.lock().expect("containers lock").values().any(|c| c.name == n) {
-                    return Err(ApiError::conflict(format!("Conflict. The container name \"/{n}\" is already in use")));
+                if self
+                    .containers
+                    .lock()
+                    .expect("containers lock")
+                    .values()
+                    .any(|c| c.name == n)
+                {
+                    return Err(ApiError::conflict(format!(
+                        "Conflict. The container name \"/{n}\" is already in use"
+                    )));
                 }
                 n
             }
@@ -833,16 +1039,35 @@ impl Backend for Api {
             let protocol = match proto {
                 "tcp" => qemu::Protocol::Tcp,
                 "udp" => qemu::Protocol::Udp,
-                _ => return Err(ApiError::bad_request(format!("invalid port specification {spec:?}: only tcp and udp ports can be published"))),
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                    "invalid port specification {spec:?}: only tcp and udp ports can be published"
+                )))
+                }
             };
-            let guest: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(|| ApiError::bad_request(format!("invalid container port {spec:?}")))?;
+            let guest: u16 =
+                port.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
+                    ApiError::bad_request(format!("invalid container port {spec:?}"))
+                })?;
             for b in bindings.unwrap_or_default() {
                 let hp: u16 = if b.host_port.is_empty() {
-                    qemu::free_port().map_err(|e| ApiError::internal(format!("no free port: {e}")))?
+                    qemu::free_port()
+                        .map_err(|e| ApiError::internal(format!("no free port: {e}")))?
                 } else {
-                    b.host_port.split('-').next().unwrap_or("").parse().map_err(|_| ApiError::bad_request(format!("invalid host port {:?}", b.host_port)))?
+                    b.host_port
+                        .split('-')
+                        .next()
+                        .unwrap_or("")
+                        .parse()
+                        .map_err(|_| {
+                            ApiError::bad_request(format!("invalid host port {:?}", b.host_port))
+                        })?
                 };
-                forwards.push(qemu::PortForward { protocol, host: hp, guest });
+                forwards.push(qemu::PortForward {
+                    protocol,
+                    host: hp,
+                    guest,
+                });
                 ports.push((spec.clone(), hp));
             }
         }
@@ -853,14 +1078,19 @@ impl Backend for Api {
             tokio::task::spawn_blocking(move || st.check(&rec.id, &rec.layers, &rec.diff_ids))
         });
         let dir = self.opts.state_dir.join("c").join(&id[..12]);
-        let hostname = if req.config.hostname.is_empty() { id[..12].to_string() } else { req.config.hostname.clone() };
+        let hostname = if req.config.hostname.is_empty() {
+            id[..12].to_string()
+        } else {
+            req.config.hostname.clone()
+        };
         let t = self.template.clone();
         let (dir2, host2) = (dir.clone(), hostname.clone());
         let cold = self.opts.cold_boot;
         let t0 = std::time::Instant::now();
-        let cloned = tokio::task::spawn_blocking(move || t.clone_vm(&dir2, &host2, &forwards, cold))
-            .await
-            .map_err(|e| ApiError::internal(format!("clone task: {e}")))?;
+        let cloned =
+            tokio::task::spawn_blocking(move || t.clone_vm(&dir2, &host2, &forwards, cold))
+                .await
+                .map_err(|e| ApiError::internal(format!("clone task: {e}")))?;
         let vm = match cloned {
             Ok(x) => x,
             Err(e) => {
@@ -869,7 +1099,12 @@ impl Backend for Api {
             }
         };
         let pid = vm.pid();
-        debug(&format!("{}: VM {} in {:.2} s", &id[..12], if cold { "booted" } else { "cloned" }, t0.elapsed().as_secs_f64()));
+        debug(&format!(
+            "{}: VM {} in {:.2} s",
+            &id[..12],
+            if cold { "booted" } else { "cloned" },
+            t0.elapsed().as_secs_f64()
+        ));
         let cgroup = self.limit(&id, pid, &req.host_config);
         // The identity goes to the clone agent while the engine's session starts: the two
         // are independent, and each waits on the guest's polling.
@@ -881,25 +1116,48 @@ impl Backend for Api {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
             while let Err(e) = guest.try_ping().await {
                 if tokio::time::Instant::now() > deadline {
-                    return Err(ApiError::internal(format!("the engine in the cloned VM did not answer within 60 s: {e}")));
+                    return Err(ApiError::internal(format!(
+                        "the engine in the cloned VM did not answer within 60 s: {e}"
+                    )));
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            debug(&format!("{}: engine answers after {:.2} s", &id[..12], t0.elapsed().as_secs_f64()));
-            let agent = identity.await.map_err(|e| ApiError::internal(format!("identity task: {e}")))?.map_err(internal("cloning the template VM"))?;
-            debug(&format!("{}: identity taken after {:.2} s", &id[..12], t0.elapsed().as_secs_f64()));
+            debug(&format!(
+                "{}: engine answers after {:.2} s",
+                &id[..12],
+                t0.elapsed().as_secs_f64()
+            ));
+            let agent = identity
+                .await
+                .map_err(|e| ApiError::internal(format!("identity task: {e}")))?
+                .map_err(internal("cloning the template VM"))?;
+            debug(&format!(
+                "{}: identity taken after {:.2} s",
+                &id[..12],
+                t0.elapsed().as_secs_f64()
+            ));
             let mut greq = req.clone();
             if let Some(check) = check {
                 // The VM's engine finds the image in the host store it has mounted.
-                let damage = check.await.map_err(|e| ApiError::internal(format!("store check task: {e}")))?;
+                let damage = check
+                    .await
+                    .map_err(|e| ApiError::internal(format!("store check task: {e}")))?;
                 let rec = self.repair(&image, damage).await?;
-                debug(&format!("{}: image checked in the host store after {:.2} s", &id[..12], t0.elapsed().as_secs_f64()));
+                debug(&format!(
+                    "{}: image checked in the host store after {:.2} s",
+                    &id[..12],
+                    t0.elapsed().as_secs_f64()
+                ));
                 greq.config.image = rec.id;
             } else {
                 // A record from before the store: the VM's engine pulls from the registry.
                 let gref = images::guest_ref(&req.config.image);
                 guest.pull(&gref).await?;
-                debug(&format!("{}: image pulled in the VM after {:.2} s", &id[..12], t0.elapsed().as_secs_f64()));
+                debug(&format!(
+                    "{}: image pulled in the VM after {:.2} s",
+                    &id[..12],
+                    t0.elapsed().as_secs_f64()
+                ));
                 greq.config.image = gref;
             }
             greq.config.hostname = hostname.clone();
@@ -907,7 +1165,11 @@ impl Backend for Api {
             greq.host_config.network_mode = network_mode.into();
             greq.host_config.port_bindings = None;
             let r = guest.create(&greq).await;
-            debug(&format!("{}: created in the VM after {:.2} s", &id[..12], t0.elapsed().as_secs_f64()));
+            debug(&format!(
+                "{}: created in the VM after {:.2} s",
+                &id[..12],
+                t0.elapsed().as_secs_f64()
+            ));
             r.map(|gid| (gid, agent))
         };
         let (gid, agent) = match setup.await {
@@ -931,7 +1193,10 @@ impl Backend for Api {
             req,
             dir,
             ports,
-            state: Mutex::new(State { pid, ..Default::default() }),
+            state: Mutex::new(State {
+                pid,
+                ..Default::default()
+            }),
             phase: watch::channel(Phase::Created).0,
             vm: Mutex::new(vm),
             agent: Mutex::new(Some(agent)),
@@ -943,7 +1208,10 @@ impl Backend for Api {
             detached: Notify::new(),
             cgroup,
         });
-        self.containers.lock().expect("containers lock").insert(id.clone(), c.clone());
+        self.containers
+            .lock()
+            .expect("containers lock")
+            .insert(id.clone(), c.clone());
         let warnings = self.limit_warnings(&c.req.host_config);
         self.watch_vm(c);
         pin.keep();
@@ -956,7 +1224,13 @@ impl Backend for Api {
         let phase = c.phase();
         let mut ports = std::collections::BTreeMap::new();
         for (spec, hp) in &c.ports {
-            ports.insert(spec.clone(), Some(vec![PortBinding { host_ip: "127.0.0.1".into(), host_port: hp.to_string() }]));
+            ports.insert(
+                spec.clone(),
+                Some(vec![PortBinding {
+                    host_ip: "127.0.0.1".into(),
+                    host_port: hp.to_string(),
+                }]),
+            );
         }
         let (path, args) = {
             let mut argv = c.req.config.entrypoint.clone().unwrap_or_default();
@@ -975,8 +1249,16 @@ impl Backend for Api {
                 pid: st.pid as i64,
                 exit_code: st.exit_code,
                 error: st.error.clone(),
-                started_at: if st.started_at.is_empty() { "0001-01-01T00:00:00Z".into() } else { st.started_at.clone() },
-                finished_at: if st.finished_at.is_empty() { "0001-01-01T00:00:00Z".into() } else { st.finished_at.clone() },
+                started_at: if st.started_at.is_empty() {
+                    "0001-01-01T00:00:00Z".into()
+                } else {
+                    st.started_at.clone()
+                },
+                finished_at: if st.finished_at.is_empty() {
+                    "0001-01-01T00:00:00Z".into()
+                } else {
+                    st.finished_at.clone()
+                },
                 ..Default::default()
             },
             image: c.image_id.clone(),
@@ -985,7 +1267,10 @@ impl Backend for Api {
             platform: "linux".into(),
             host_config: c.req.host_config.clone(),
             config: c.req.config.clone(),
-            network_settings: NetworkSettings { ports, ..Default::default() },
+            network_settings: NetworkSettings {
+                ports,
+                ..Default::default()
+            },
             log_path: c.dir.join("logs").display().to_string(),
             ..Default::default()
         })
@@ -1027,14 +1312,24 @@ impl Backend for Api {
                 Err(e) => {
                     // The VM died (the watcher reports that) or the channel broke.
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    d.finish(&c, 255, Some(format!("lost the container's VM: {}", e.message))).await
+                    d.finish(
+                        &c,
+                        255,
+                        Some(format!("lost the container's VM: {}", e.message)),
+                    )
+                    .await
                 }
             }
         });
         Ok(())
     }
 
-    async fn container_stop(&self, id: &str, timeout: Option<i64>, signal: Option<String>) -> ApiResult<()> {
+    async fn container_stop(
+        &self,
+        id: &str,
+        timeout: Option<i64>,
+        signal: Option<String>,
+    ) -> ApiResult<()> {
         let c = self.get(id)?;
         match c.phase() {
             Phase::Running => {}
@@ -1046,13 +1341,26 @@ impl Backend for Api {
         }
         let t = timeout.unwrap_or(10).max(0);
         if c.guest.stop(&c.gid, Some(t), signal).await.is_err() {
-            self.finish(&c, 137, Some("the VM did not answer the stop request; it was powered off".into())).await;
+            self.finish(
+                &c,
+                137,
+                Some("the VM did not answer the stop request; it was powered off".into()),
+            )
+            .await;
         }
         // The waiter powers the VM off once the container is down.
         let mut rx = c.phase.subscribe();
         let wait = rx.wait_for(|p| *p != Phase::Running);
-        if tokio::time::timeout(Duration::from_secs(t as u64 + 30), wait).await.is_err() {
-            self.finish(&c, 137, Some("the container did not stop; its VM was powered off".into())).await;
+        if tokio::time::timeout(Duration::from_secs(t as u64 + 30), wait)
+            .await
+            .is_err()
+        {
+            self.finish(
+                &c,
+                137,
+                Some("the container did not stop; its VM was powered off".into()),
+            )
+            .await;
         }
         Ok(())
     }
@@ -1060,7 +1368,10 @@ impl Backend for Api {
     async fn container_kill(&self, id: &str, signal: Option<String>) -> ApiResult<()> {
         let c = self.get(id)?;
         if c.phase() != Phase::Running {
-            return Err(ApiError::conflict(format!("Container {} is not running", c.short())));
+            return Err(ApiError::conflict(format!(
+                "Container {} is not running",
+                c.short()
+            )));
         }
         c.guest.kill(&c.gid, signal).await
     }
@@ -1089,7 +1400,13 @@ impl Backend for Api {
     }
 
     async fn container_prune(&self) -> ApiResult<Vec<String>> {
-        let cs: Vec<Arc<Ctr>> = self.containers.lock().expect("containers lock").values().cloned().collect();
+        let cs: Vec<Arc<Ctr>> = self
+            .containers
+            .lock()
+            .expect("containers lock")
+            .values()
+            .cloned()
+            .collect();
         let mut out = Vec::new();
         for c in cs.into_iter().filter(|c| c.phase() == Phase::Exited) {
             self.remove_now(&c);
@@ -1106,9 +1423,16 @@ impl Backend for Api {
             WaitCondition::NextExit => matches!(p, Phase::Exited | Phase::Removed),
             WaitCondition::Removed => *p == Phase::Removed,
         };
-        rx.wait_for(done).await.map_err(|_| ApiError::internal("the container went away"))?;
+        rx.wait_for(done)
+            .await
+            .map_err(|_| ApiError::internal("the container went away"))?;
         let st = c.state.lock().expect("state lock").clone();
-        Ok(WaitResponse { status_code: st.exit_code, error: (!st.error.is_empty()).then(|| WaitError { message: st.error.clone() }) })
+        Ok(WaitResponse {
+            status_code: st.exit_code,
+            error: (!st.error.is_empty()).then(|| WaitError {
+                message: st.error.clone(),
+            }),
+        })
     }
 
     async fn container_logs(&self, id: &str, opts: LogsOptions) -> ApiResult<(bool, FrameRx)> {
@@ -1122,7 +1446,10 @@ impl Backend for Api {
         }
         let frames: Vec<Frame> = saved_frames(&c.dir, tty)
             .into_iter()
-            .filter(|f| tty || (f.stream == docker_api::StdStream::Stdout && opts.stdout) || (f.stream == docker_api::StdStream::Stderr && opts.stderr))
+            .filter(|f| {
+                tty || (f.stream == docker_api::StdStream::Stdout && opts.stdout)
+                    || (f.stream == docker_api::StdStream::Stderr && opts.stderr)
+            })
             .collect();
         let frames = tail_frames(frames, opts.tail);
         let (tx, rx) = mpsc::channel(frames.len().max(1));
@@ -1142,7 +1469,15 @@ impl Backend for Api {
             // has its stdin).
             let stdin = opts.stdin && c.req.config.open_stdin;
             let opts = AttachOptions { stdin, ..opts };
-            let AttachIo { output: mut grx, stdin, .. } = c.guest.attach(&c.gid, &opts, tty).await.map_err(|e| c.host_ids(e))?;
+            let AttachIo {
+                output: mut grx,
+                stdin,
+                ..
+            } = c
+                .guest
+                .attach(&c.gid, &opts, tty)
+                .await
+                .map_err(|e| c.host_ids(e))?;
             c.attached.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 while let Some(f) = grx.recv().await {
@@ -1153,22 +1488,36 @@ impl Backend for Api {
                 c.attached.fetch_sub(1, Ordering::SeqCst);
                 c.detached.notify_waiters();
             });
-            return Ok(AttachIo { tty, output: rx, stdin });
+            return Ok(AttachIo {
+                tty,
+                output: rx,
+                stdin,
+            });
         }
         if opts.logs {
             for f in saved_frames(&c.dir, tty) {
                 let _ = tx.send(f).await;
             }
         }
-        Ok(AttachIo { tty, output: rx, stdin: None })
+        Ok(AttachIo {
+            tty,
+            output: rx,
+            stdin: None,
+        })
     }
 
     async fn container_resize(&self, id: &str, h: u16, w: u16) -> ApiResult<()> {
         let c = self.get(id)?;
         if c.phase() != Phase::Running {
-            return Err(ApiError::conflict(format!("Container {} is not running", c.short())));
+            return Err(ApiError::conflict(format!(
+                "Container {} is not running",
+                c.short()
+            )));
         }
-        c.guest.resize(&c.gid, h, w).await.map_err(|e| c.host_ids(e))
+        c.guest
+            .resize(&c.gid, h, w)
+            .await
+            .map_err(|e| c.host_ids(e))
     }
 
     async fn exec_create(&self, id: &str, req: ExecCreateRequest) -> ApiResult<String> {
@@ -1176,21 +1525,46 @@ impl Backend for Api {
         // Checked here too: once the container has exited its VM is gone, and the guest
         // could not say so.
         if c.phase() != Phase::Running {
-            return Err(ApiError::conflict(format!("container {} is not running", c.id)));
+            return Err(ApiError::conflict(format!(
+                "container {} is not running",
+                c.id
+            )));
         }
-        let gid = c.guest.exec_create(&c.gid, &req).await.map_err(|e| c.host_ids(e))?;
-        let e = self.execs.add(random_hex(64), c, gid, req.tty, req.attach_stdin);
-        debug(&format!("{}: exec {} created in the VM", e.ctr.short(), &e.id[..12]));
+        let gid = c
+            .guest
+            .exec_create(&c.gid, &req)
+            .await
+            .map_err(|e| c.host_ids(e))?;
+        let e = self
+            .execs
+            .add(random_hex(64), c, gid, req.tty, req.attach_stdin);
+        debug(&format!(
+            "{}: exec {} created in the VM",
+            e.ctr.short(),
+            &e.id[..12]
+        ));
         Ok(e.id.clone())
     }
 
     async fn exec_start(&self, exec_id: &str, req: ExecStartRequest) -> ApiResult<AttachIo> {
         let e = self.execs.get(exec_id)?;
         if e.ctr.phase() != Phase::Running {
-            return Err(ApiError::conflict(format!("container {} is not running", e.ctr.id)));
+            return Err(ApiError::conflict(format!(
+                "container {} is not running",
+                e.ctr.id
+            )));
         }
-        let io = e.ctr.guest.exec_start(&e.gid, &req, e.tty, e.stdin).await.map_err(|err| e.ctr.host_ids(err))?;
-        let AttachIo { tty, output: mut grx, stdin } = io;
+        let io = e
+            .ctr
+            .guest
+            .exec_start(&e.gid, &req, e.tty, e.stdin)
+            .await
+            .map_err(|err| e.ctr.host_ids(err))?;
+        let AttachIo {
+            tty,
+            output: mut grx,
+            stdin,
+        } = io;
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             while let Some(f) = grx.recv().await {
@@ -1202,11 +1576,20 @@ impl Backend for Api {
             // reaches the CLI (the guest knows it when its stream ends; the VM may go soon).
             match e.ctr.guest.exec_inspect(&e.gid).await {
                 Ok(i) => drop(e.record(i)),
-                Err(err) => debug(&format!("{}: exec {}: no state from the guest after its stream: {}", e.ctr.short(), &e.id[..12], err.message)),
+                Err(err) => debug(&format!(
+                    "{}: exec {}: no state from the guest after its stream: {}",
+                    e.ctr.short(),
+                    &e.id[..12],
+                    err.message
+                )),
             }
             drop(tx);
         });
-        Ok(AttachIo { tty, output: rx, stdin })
+        Ok(AttachIo {
+            tty,
+            output: rx,
+            stdin,
+        })
     }
 
     async fn exec_inspect(&self, exec_id: &str) -> ApiResult<ExecInspect> {
@@ -1224,9 +1607,16 @@ impl Backend for Api {
     async fn exec_resize(&self, exec_id: &str, h: u16, w: u16) -> ApiResult<()> {
         let e = self.execs.get(exec_id)?;
         if e.ctr.phase() != Phase::Running {
-            return Err(ApiError::conflict(format!("container {} is not running", e.ctr.id)));
+            return Err(ApiError::conflict(format!(
+                "container {} is not running",
+                e.ctr.id
+            )));
         }
-        e.ctr.guest.exec_resize(&e.gid, h, w).await.map_err(|err| e.ctr.host_ids(err))
+        e.ctr
+            .guest
+            .exec_resize(&e.gid, h, w)
+            .await
+            .map_err(|err| e.ctr.host_ids(err))
     }
 }
 
@@ -1238,12 +1628,21 @@ mod tests {
     fn list_is_newest_first_within_a_second() {
         // Three containers created in one second (and one earlier), in hash-map order.
         let base: i128 = 1_795_734_895 * 1_000_000_000;
-        let mut v = vec![(base + 300, "c"), (base + 900_000_000, "d"), (base - 5_000_000_000, "old"), (base + 1, "b"), (base + 1, "a")];
+        let mut v = vec![
+            (base + 300, "c"),
+            (base + 900_000_000, "d"),
+            (base - 5_000_000_000, "old"),
+            (base + 1, "b"),
+            (base + 1, "a"),
+        ];
         newest_first(&mut v, |x| (x.0, x.1));
         let names: Vec<&str> = v.iter().map(|x| x.1).collect();
         assert_eq!(names, ["d", "c", "a", "b", "old"]);
         // The front end's stable sort on whole seconds (docker-api's server) keeps it.
-        let mut secs: Vec<(i64, &str)> = v.iter().map(|x| ((x.0 / 1_000_000_000) as i64, x.1)).collect();
+        let mut secs: Vec<(i64, &str)> = v
+            .iter()
+            .map(|x| ((x.0 / 1_000_000_000) as i64, x.1))
+            .collect();
         secs.sort_by(|a, b| b.0.cmp(&a.0));
         assert_eq!(secs.iter().map(|x| x.1).collect::<Vec<_>>(), names);
     }
@@ -1256,12 +1655,20 @@ mod tests {
         assert_eq!(guest_network("none").unwrap(), "none");
         let e = guest_network("backend").unwrap_err();
         assert_eq!(e.status, http::StatusCode::NOT_FOUND);
-        assert!(e.message.contains("network backend not found"), "{}", e.message);
+        assert!(
+            e.message.contains("network backend not found"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
     fn tail_keeps_the_last_lines() {
-        let f = vec![Frame::stdout("a\nb\n"), Frame::stdout("c\n"), Frame::stderr("d\n")];
+        let f = vec![
+            Frame::stdout("a\nb\n"),
+            Frame::stdout("c\n"),
+            Frame::stderr("d\n"),
+        ];
         assert_eq!(tail_frames(f.clone(), Some(2)).len(), 2);
         assert_eq!(tail_frames(f.clone(), None).len(), 3);
         assert_eq!(tail_frames(f, Some(10)).len(), 3);

@@ -10,7 +10,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Parser, Debug)]
-#[command(name = "axion-vmd", about = "Docker Engine API where every container runs in its own cloned QEMU VM")]
+#[command(
+    name = "axion-vmd",
+    about = "Docker Engine API where every container runs in its own cloned QEMU VM"
+)]
 struct Args {
     /// Template, clones, certificates, images.json and the socket.
     #[arg(long)]
@@ -67,16 +70,30 @@ fn main() -> Result<()> {
     };
     let opts = vmd::Options {
         state_dir: args.state_dir.clone(),
-        image: vmd::template::ImageFiles { kernel: args.kernel.clone(), initrd: args.initrd.clone(), disk: args.disk.clone() },
+        image: vmd::template::ImageFiles {
+            kernel: args.kernel.clone(),
+            initrd: args.initrd.clone(),
+            disk: args.disk.clone(),
+        },
         memory_mib: args.memory_mib,
-        cpus: args.cpus.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get().min(4) as u32).unwrap_or(1)),
+        cpus: args.cpus.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get().min(4) as u32)
+                .unwrap_or(1)
+        }),
         accel,
         cold_boot: args.cold_boot,
         insecure_registries: args.insecure_registries.clone(),
     };
     let daemon = Arc::new(vmd::Daemon::open(opts).context("starting the daemon")?);
-    let socket = args.socket.clone().unwrap_or_else(|| args.state_dir.join("vmd.sock"));
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let socket = args
+        .socket
+        .clone()
+        .unwrap_or_else(|| args.state_dir.join("vmd.sock"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let b = Arc::new(vmd::Api(daemon.clone()));
         let path = socket.clone();
@@ -118,11 +135,34 @@ mod tests {
 
     #[test]
     fn insecure_registry_flags() {
-        let base = ["axion-vmd", "--state-dir", "s", "--kernel", "k", "--initrd", "i"];
-        let a = Args::try_parse_from(base.iter().copied().chain(["--insecure-registry", "http://myreg:5000/", "--insecure-registry", "10.9.0.0/16"])).unwrap();
+        let base = [
+            "axion-vmd",
+            "--state-dir",
+            "s",
+            "--kernel",
+            "k",
+            "--initrd",
+            "i",
+        ];
+        let a = Args::try_parse_from(base.iter().copied().chain([
+            "--insecure-registry",
+            "http://myreg:5000/",
+            "--insecure-registry",
+            "10.9.0.0/16",
+        ]))
+        .unwrap();
         assert_eq!(a.insecure_registries, vec!["myreg:5000", "10.9.0.0/16"]);
-        assert!(Args::try_parse_from(base).unwrap().insecure_registries.is_empty());
-        let e = Args::try_parse_from(base.iter().copied().chain(["--insecure-registry", "tcp://myreg:5000"])).unwrap_err().to_string();
+        assert!(Args::try_parse_from(base)
+            .unwrap()
+            .insecure_registries
+            .is_empty());
+        let e = Args::try_parse_from(
+            base.iter()
+                .copied()
+                .chain(["--insecure-registry", "tcp://myreg:5000"]),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("without a scheme"), "{e}");
     }
 }

@@ -23,7 +23,11 @@ impl Server {
         let d = daemon.clone();
         let path = socket.to_owned();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
             rt.block_on(async move {
                 let serve = docker_api::server::serve_unix(Arc::new(Api(d)), &path);
                 tokio::select! {
@@ -39,7 +43,12 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(Server { socket: socket.to_owned(), daemon, stop: Some(tx), thread: Some(thread) })
+        Ok(Server {
+            socket: socket.to_owned(),
+            daemon,
+            stop: Some(tx),
+            thread: Some(thread),
+        })
     }
 
     pub fn daemon(&self) -> &Arc<Daemon> {
@@ -67,7 +76,12 @@ impl Drop for Server {
 
 /// Times `docker run --rm IMAGE true` against `docker_host`, `runs` times (the image is
 /// pulled first, untimed). For `cargo xtask bench`: print the figures, assert nothing.
-pub fn bench_docker_run(docker_host: &str, docker_config: &Path, image: &str, runs: usize) -> Result<Vec<Duration>> {
+pub fn bench_docker_run(
+    docker_host: &str,
+    docker_config: &Path,
+    image: &str,
+    runs: usize,
+) -> Result<Vec<Duration>> {
     let docker = |args: &[&str]| -> Result<()> {
         let out = Command::new("docker")
             .env("DOCKER_HOST", docker_host)
@@ -77,7 +91,11 @@ pub fn bench_docker_run(docker_host: &str, docker_config: &Path, image: &str, ru
             .output()
             .context("running the docker CLI")?;
         if !out.status.success() {
-            bail!("docker {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "docker {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(())
     };

@@ -45,7 +45,11 @@ fn hex_of(d: &str) -> &str {
 
 /// `sha256:HEX` with 64 hex digits (a digest we may use as a file name).
 fn valid(d: &str) -> bool {
-    d.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+    d.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    })
 }
 
 /// What is wrong with a stored image.
@@ -72,13 +76,17 @@ impl LayerStore {
             let p = root.join(d);
             std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
         }
-        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("chmod {}", root.display()))?;
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("chmod {}", root.display()))?;
         if let Ok(rd) = std::fs::read_dir(root.join("tmp")) {
             for e in rd.flatten() {
-                let _ = std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
+                let _ =
+                    std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
             }
         }
-        Ok(LayerStore { root: root.to_path_buf() })
+        Ok(LayerStore {
+            root: root.to_path_buf(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -94,11 +102,15 @@ impl LayerStore {
     }
 
     fn tree_file(&self, diff_id: &str) -> PathBuf {
-        self.root.join("layers").join(format!("{}.tree", hex_of(diff_id)))
+        self.root
+            .join("layers")
+            .join(format!("{}.tree", hex_of(diff_id)))
     }
 
     fn scratch(&self, what: &str) -> PathBuf {
-        self.root.join("tmp").join(format!("{what}-{}", crate::random_hex(12)))
+        self.root
+            .join("tmp")
+            .join(format!("{what}-{}", crate::random_hex(12)))
     }
 
     /// Whether the blob is there and hashes to its digest.
@@ -109,7 +121,10 @@ impl LayerStore {
         let p = self.blob_path(digest);
         let actual = file_sha256(&p).map_err(|e| format!("{}: {e}", p.display()))?;
         if actual != hex_of(digest) {
-            return Err(format!("{} is corrupt: its content hashes to sha256:{actual}", p.display()));
+            return Err(format!(
+                "{} is corrupt: its content hashes to sha256:{actual}",
+                p.display()
+            ));
         }
         Ok(())
     }
@@ -124,16 +139,22 @@ impl LayerStore {
             return Ok(());
         }
         let tmp = self.scratch("blob");
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, self.blob_path(digest)).with_context(|| format!("storing blob {digest}"))
+        std::fs::rename(&tmp, self.blob_path(digest))
+            .with_context(|| format!("storing blob {digest}"))
     }
 
     /// Downloads the blob `d` through the registry `session` unless a good copy is stored:
     /// to a temporary file (the client checks its size and digest and fsyncs it), renamed
     /// into place only when it is right.
-    pub async fn fetch_blob(&self, session: &mut registry::Session<'_>, d: &registry::Descriptor) -> Result<()> {
+    pub async fn fetch_blob(
+        &self,
+        session: &mut registry::Session<'_>,
+        d: &registry::Descriptor,
+    ) -> Result<()> {
         if !valid(&d.digest) {
             bail!("{:?} is not a sha256 digest", d.digest);
         }
@@ -145,7 +166,8 @@ impl LayerStore {
             let _ = std::fs::remove_file(&tmp);
             return Err(e.into());
         }
-        std::fs::rename(&tmp, self.blob_path(&d.digest)).with_context(|| format!("storing blob {}", d.digest))
+        std::fs::rename(&tmp, self.blob_path(&d.digest))
+            .with_context(|| format!("storing blob {}", d.digest))
     }
 
     /// Unpacks the (verified) blob `digest` as layer `diff_id` unless a good tree is there;
@@ -162,11 +184,19 @@ impl LayerStore {
         // A damaged or half-made tree goes aside first (a running VM may still read it).
         if dest.exists() {
             let old = self.scratch("old-layer");
-            std::fs::rename(&dest, &old).with_context(|| format!("moving {} aside", dest.display()))?;
+            std::fs::rename(&dest, &old)
+                .with_context(|| format!("moving {} aside", dest.display()))?;
             let _ = std::fs::remove_dir_all(&old);
         }
         let tmp = self.scratch("layer");
-        layer_unpack::unpack_layer(&self.blob_path(digest), &tmp, &tmp.with_extension("done"), diff_id, lowers).with_context(|| format!("layer {digest}"))?;
+        layer_unpack::unpack_layer(
+            &self.blob_path(digest),
+            &tmp,
+            &tmp.with_extension("done"),
+            diff_id,
+            lowers,
+        )
+        .with_context(|| format!("layer {digest}"))?;
         let done = tmp.with_extension("done");
         let d = tree_digest(&done).with_context(|| format!("hashing {}", done.display()))?;
         std::fs::write(self.tree_file(diff_id), &d)?;
@@ -177,13 +207,18 @@ impl LayerStore {
     /// Whether the unpacked layer is there and is what was unpacked.
     pub fn tree_ok(&self, diff_id: &str) -> Result<(), String> {
         let dest = self.layer_path(diff_id);
-        let want = std::fs::read_to_string(self.tree_file(diff_id)).map_err(|_| "not unpacked".to_string())?;
+        let want = std::fs::read_to_string(self.tree_file(diff_id))
+            .map_err(|_| "not unpacked".to_string())?;
         if !dest.is_dir() {
             return Err("not unpacked".into());
         }
         let got = tree_digest(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
         if got != want.trim() {
-            return Err(format!("{} was changed after it was unpacked (tree digest {got}, recorded {})", dest.display(), want.trim()));
+            return Err(format!(
+                "{} was changed after it was unpacked (tree digest {got}, recorded {})",
+                dest.display(),
+                want.trim()
+            ));
         }
         Ok(())
     }
@@ -194,16 +229,25 @@ impl LayerStore {
         let mut out = Vec::new();
         for d in std::iter::once(config).chain(layers.iter().map(String::as_str)) {
             if let Err(why) = self.blob_ok(d) {
-                out.push(Damage::Blob { digest: d.to_string(), why });
+                out.push(Damage::Blob {
+                    digest: d.to_string(),
+                    why,
+                });
             }
         }
         if layers.len() != diff_ids.len() {
-            out.push(Damage::Tree { diff_id: String::new(), why: format!("{} layers for {} diff-ids", layers.len(), diff_ids.len()) });
+            out.push(Damage::Tree {
+                diff_id: String::new(),
+                why: format!("{} layers for {} diff-ids", layers.len(), diff_ids.len()),
+            });
             return out;
         }
         for d in diff_ids {
             if let Err(why) = self.tree_ok(d) {
-                out.push(Damage::Tree { diff_id: d.clone(), why });
+                out.push(Damage::Tree {
+                    diff_id: d.clone(),
+                    why,
+                });
             }
         }
         out
@@ -225,7 +269,11 @@ impl LayerStore {
             }
         }
         let dir = self.root.join("layers");
-        let mut garbage: Vec<String> = names(&dir)?.into_iter().map(|n| n.strip_suffix(".tree").map(str::to_string).unwrap_or(n)).filter(|h| is_hex64(h) && !keep_layer.contains(h.as_str())).collect();
+        let mut garbage: Vec<String> = names(&dir)?
+            .into_iter()
+            .map(|n| n.strip_suffix(".tree").map(str::to_string).unwrap_or(n))
+            .filter(|h| is_hex64(h) && !keep_layer.contains(h.as_str()))
+            .collect();
         garbage.sort();
         garbage.dedup();
         for h in garbage {
@@ -239,8 +287,10 @@ impl LayerStore {
             let tree = dir.join(&h);
             if tree.exists() {
                 let aside = self.scratch("gc-layer");
-                std::fs::rename(&tree, &aside).with_context(|| format!("moving {} aside", tree.display()))?;
-                std::fs::remove_dir_all(&aside).with_context(|| format!("removing {}", aside.display()))?;
+                std::fs::rename(&tree, &aside)
+                    .with_context(|| format!("moving {} aside", tree.display()))?;
+                std::fs::remove_dir_all(&aside)
+                    .with_context(|| format!("removing {}", aside.display()))?;
             }
             out.layers.push(format!("sha256:{h}"));
         }
@@ -272,17 +322,24 @@ pub struct Collected {
 }
 
 fn is_hex64(h: &str) -> bool {
-    h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    h.len() == 64
+        && h.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 fn names(dir: &Path) -> Result<Vec<String>> {
     let rd = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
-    Ok(rd.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
+    Ok(rd
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect())
 }
 
 /// fsync(2) on a directory: makes the renames and removals in it durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir).and_then(|f| f.sync_all()).with_context(|| format!("fsync {}", dir.display()))
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("fsync {}", dir.display()))
 }
 
 fn file_sha256(p: &Path) -> std::io::Result<String> {
@@ -300,7 +357,9 @@ pub fn tree_digest(dir: &Path) -> std::io::Result<String> {
 }
 
 fn walk(root: &Path, rel: &Path, h: &mut Sha256) -> std::io::Result<()> {
-    let mut names: Vec<_> = std::fs::read_dir(root.join(rel))?.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()?;
+    let mut names: Vec<_> = std::fs::read_dir(root.join(rel))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
     names.sort();
     for n in names {
         let r = rel.join(&n);
@@ -357,7 +416,10 @@ pub(crate) mod tests {
         assert!(!s.blob_path(&other).exists());
         s.put_bytes(&digest, &blob).unwrap();
         s.unpack(&digest, &diff_id, &[]).unwrap();
-        assert_eq!(std::fs::read(s.layer_path(&diff_id).join("bin/tool")).unwrap(), b"abc");
+        assert_eq!(
+            std::fs::read(s.layer_path(&diff_id).join("bin/tool")).unwrap(),
+            b"abc"
+        );
         let config = format!("sha256:{}", hex::encode(Sha256::digest(b"{}")));
         s.put_bytes(&config, b"{}").unwrap();
         let layers = vec![digest.clone()];
@@ -366,19 +428,33 @@ pub(crate) mod tests {
         // A corrupted blob.
         std::fs::write(s.blob_path(&digest), b"garbage").unwrap();
         let damage = s.check(&config, &layers, &diffs);
-        assert!(matches!(&damage[..], [Damage::Blob { digest: d, why }] if *d == digest && why.contains("corrupt")), "{damage:?}");
+        assert!(
+            matches!(&damage[..], [Damage::Blob { digest: d, why }] if *d == digest && why.contains("corrupt")),
+            "{damage:?}"
+        );
         s.discard(&damage);
         assert!(!s.blob_path(&digest).exists());
         s.put_bytes(&digest, &blob).unwrap();
         // A changed file in the unpacked tree; unpacking again repairs it.
         std::fs::write(s.layer_path(&diff_id).join("bin/tool"), b"evil").unwrap();
         let damage = s.check(&config, &layers, &diffs);
-        assert!(matches!(&damage[..], [Damage::Tree { why, .. }] if why.contains("changed")), "{damage:?}");
+        assert!(
+            matches!(&damage[..], [Damage::Tree { why, .. }] if why.contains("changed")),
+            "{damage:?}"
+        );
         s.discard(&damage);
         s.unpack(&digest, &diff_id, &[]).unwrap();
-        assert_eq!(std::fs::read(s.layer_path(&diff_id).join("bin/tool")).unwrap(), b"abc");
+        assert_eq!(
+            std::fs::read(s.layer_path(&diff_id).join("bin/tool")).unwrap(),
+            b"abc"
+        );
         assert_eq!(s.check(&config, &layers, &diffs), vec![]);
-        assert_eq!(std::fs::read_dir(d.path().join("store/tmp")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(d.path().join("store/tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 
     /// An image in the store: (config digest, layer digests, diff-ids).
@@ -399,7 +475,10 @@ pub(crate) mod tests {
     }
 
     fn keep(images: &[&(String, Vec<String>, Vec<String>)]) -> (HashSet<String>, HashSet<String>) {
-        let blobs = images.iter().flat_map(|i| std::iter::once(i.0.clone()).chain(i.1.iter().cloned())).collect();
+        let blobs = images
+            .iter()
+            .flat_map(|i| std::iter::once(i.0.clone()).chain(i.1.iter().cloned()))
+            .collect();
         let layers = images.iter().flat_map(|i| i.2.iter().cloned()).collect();
         (blobs, layers)
     }
@@ -425,15 +504,25 @@ pub(crate) mod tests {
         assert_eq!(got.layers, vec![a.2[1].clone()]);
         assert!(!s.blob_path(&a.0).exists() && !s.blob_path(&a.1[1]).exists());
         assert!(!s.layer_path(&a.2[1]).exists() && !s.tree_file(&a.2[1]).exists());
-        assert_eq!(s.check(&b.0, &b.1, &b.2), vec![], "the remaining image is intact");
+        assert_eq!(
+            s.check(&b.0, &b.1, &b.2),
+            vec![],
+            "the remaining image is intact"
+        );
         // Nothing left behind in tmp/, and stray names that are not digests are not touched.
         assert_eq!(std::fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
         std::fs::write(s.root().join("blobs/sha256/README"), b"x").unwrap();
         // `b` removed too: the store is empty.
         let got = s.gc(&HashSet::new(), &HashSet::new()).unwrap();
         assert_eq!((got.blobs.len(), got.layers.len()), (3, 2));
-        assert_eq!(names(&s.root().join("blobs/sha256")).unwrap(), vec!["README".to_string()]);
-        assert_eq!(names(&s.root().join("layers")).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            names(&s.root().join("blobs/sha256")).unwrap(),
+            vec!["README".to_string()]
+        );
+        assert_eq!(
+            names(&s.root().join("layers")).unwrap(),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
@@ -445,7 +534,9 @@ pub(crate) mod tests {
         // A power-off after a layer's record was removed, before its tree went: the tree
         // counts as not unpacked (never handed to a VM) ...
         std::fs::remove_file(s.tree_file(&a.2[0])).unwrap();
-        assert!(matches!(&s.check(&a.0, &a.1, &a.2)[..], [Damage::Tree { why, .. }] if why == "not unpacked"));
+        assert!(
+            matches!(&s.check(&a.0, &a.1, &a.2)[..], [Damage::Tree { why, .. }] if why == "not unpacked")
+        );
         // ... and one after a tree was moved aside into tmp/.
         let aside = s.scratch("gc-layer");
         std::fs::rename(s.layer_path(&b.2[0]), &aside).unwrap();
@@ -457,7 +548,11 @@ pub(crate) mod tests {
         let got = s.gc(&kb, &kl).unwrap();
         assert_eq!(got.layers, vec![a.2[0].clone()]);
         assert!(!s.layer_path(&a.2[0]).exists() && !s.layer_path(&b.2[0]).exists());
-        assert_eq!(got.blobs.len(), 4, "both images' configs and layer blobs: {got:?}");
+        assert_eq!(
+            got.blobs.len(),
+            4,
+            "both images' configs and layer blobs: {got:?}"
+        );
         // A kept layer whose record is gone is not removed: unpacking it again repairs it.
         let c = put_image(&s, &[("z", b"c's layer")]);
         std::fs::remove_file(s.tree_file(&c.2[0])).unwrap();

@@ -80,7 +80,12 @@ pub fn overlay(backing: &Path, dest: &Path) -> Result<()> {
         .output()
         .context("running qemu-img (Debian: apt-get install qemu-utils)")?;
     if !out.status.success() {
-        bail!("qemu-img create -b {} {}: {}", backing.display(), dest.display(), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "qemu-img create -b {} {}: {}",
+            backing.display(),
+            dest.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -88,7 +93,14 @@ pub fn overlay(backing: &Path, dest: &Path) -> Result<()> {
 impl Template {
     /// The template for these files and settings under `root/template-KEY/`, built when
     /// missing (boot + save, tens of seconds under TCG).
-    pub fn ensure(root: &Path, image: &ImageFiles, memory_mib: u64, cpus: u32, accel: qemu::Accel, store: &Path) -> Result<Template> {
+    pub fn ensure(
+        root: &Path,
+        image: &ImageFiles,
+        memory_mib: u64,
+        cpus: u32,
+        accel: qemu::Accel,
+        store: &Path,
+    ) -> Result<Template> {
         let extra = guest::newc(&guest::overlay_files());
         let mut h = Sha256::new();
         file_hash(&mut h, &image.kernel)?;
@@ -98,9 +110,16 @@ impl Template {
         }
         h.update(&extra);
         // A saved state only loads into the QEMU that wrote it.
-        let qv = Command::new("qemu-system-x86_64").arg("--version").output().map(|o| o.stdout).unwrap_or_default();
+        let qv = Command::new("qemu-system-x86_64")
+            .arg("--version")
+            .output()
+            .map(|o| o.stdout)
+            .unwrap_or_default();
         h.update(&qv);
-        h.update(format!("{memory_mib} {cpus} {} {CMDLINE} v3 9p vchan ram-file", accel.name()));
+        h.update(format!(
+            "{memory_mib} {cpus} {} {CMDLINE} v3 9p vchan ram-file",
+            accel.name()
+        ));
         let key = hex::encode(h.finalize());
         let dir = root.join(format!("template-{}", &key[..16]));
         let t = Template {
@@ -127,24 +146,32 @@ impl Template {
             }
         }
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        guest::append_initramfs(&image.initrd, &extra, &t.initrd).with_context(|| format!("writing {}", t.initrd.display()))?;
+        guest::append_initramfs(&image.initrd, &extra, &t.initrd)
+            .with_context(|| format!("writing {}", t.initrd.display()))?;
         if let (Some(base), Some(disk)) = (&image.disk, &t.disk) {
-            let base = std::fs::canonicalize(base).with_context(|| format!("resolving {}", base.display()))?;
+            let base = std::fs::canonicalize(base)
+                .with_context(|| format!("resolving {}", base.display()))?;
             overlay(&base, disk)?;
         }
-        eprintln!("vmd: building the template VM in {} (boot, then save)", dir.display());
+        eprintln!(
+            "vmd: building the template VM in {} (boot, then save)",
+            dir.display()
+        );
         let started = Instant::now();
         let run = dir.join("run");
         let cfg = t.config(&run, &[], Ram::TemplateWrite);
         let mut vm = qemu::Vm::spawn(cfg).context("starting the template VM")?;
-        vm.wait_ready(Duration::from_secs(300)).context("booting the template VM")?;
+        vm.wait_ready(Duration::from_secs(300))
+            .context("booting the template VM")?;
         // The engine starts a moment after the ready line; save only once it answers, so
         // a clone serves at once. One session for all attempts (a session starts at the
         // first byte after the host connects: vchan::port): what the host sends before the
         // engine has opened its port waits in QEMU.
         let serial = || vm_serial(&run);
         let client = crate::client::GuestClient::new(&run.join(ENGINE_SOCKET));
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let deadline = Instant::now() + Duration::from_secs(120);
         while let Err(e) = rt.block_on(client.try_ping()) {
             if Instant::now() > deadline {
@@ -160,19 +187,29 @@ impl Template {
             .with_context(|| format!("the template VM's engine did not end its session with the host (serial log: {})", serial()))?;
         // The saved state then holds no RAM: the template's RAM is its file.
         ignore_shared_ram(&mut vm).context("saving the template VM")?;
-        vm.save(&t.state, Duration::from_secs(300)).context("saving the template VM")?;
+        vm.save(&t.state, Duration::from_secs(300))
+            .context("saving the template VM")?;
         let _ = vm.qmp().and_then(|q| q.quit().map_err(Into::into));
         let _ = vm.wait_exit(Duration::from_secs(20));
         std::fs::write(dir.join("complete"), b"")?;
         let size = std::fs::metadata(&t.state).map(|m| m.len()).unwrap_or(0);
-        eprintln!("vmd: template ready in {:.1} s (state {} MiB)", started.elapsed().as_secs_f64(), size >> 20);
+        eprintln!(
+            "vmd: template ready in {:.1} s (state {} MiB)",
+            started.elapsed().as_secs_f64(),
+            size >> 20
+        );
         Ok(t)
     }
 
     /// The VM configuration: the same for the template and every clone except for the run
     /// directory (where the sockets are), the disk overlay, the port forwards (`-p`) and
     /// how the RAM is backed ([`Ram`]).
-    pub fn config(&self, run_dir: &Path, forwards: &[qemu::PortForward], ram: Ram) -> qemu::VmConfig {
+    pub fn config(
+        &self,
+        run_dir: &Path,
+        forwards: &[qemu::PortForward],
+        ram: Ram,
+    ) -> qemu::VmConfig {
         let mut extra: Vec<String> = Vec::new();
         if let Some(share) = match ram {
             Ram::Anonymous => None,
@@ -181,7 +218,11 @@ impl Template {
         } {
             extra.extend([
                 "-object".into(),
-                format!("memory-backend-file,id=axion-ram,size={}M,mem-path={},share={share}", self.memory_mib, self.ram.display()),
+                format!(
+                    "memory-backend-file,id=axion-ram,size={}M,mem-path={},share={share}",
+                    self.memory_mib,
+                    self.ram.display()
+                ),
                 "-machine".into(),
                 "memory-backend=axion-ram".into(),
             ]);
@@ -194,15 +235,30 @@ impl Template {
             .no_reboot(true)
             .kernel(&self.kernel, Some(self.initrd.clone()), CMDLINE)
             .user_net(qemu::NicModel::VirtioNet, forwards.to_vec())
-            .device(qemu::Device::VirtioSerialPort { name: guest::AGENT_PORT.into(), socket: run_dir.join("agent.sock") })
-            .device(qemu::Device::VirtioSerialPort { name: guest::ENGINE_CHANNEL.into(), socket: run_dir.join(ENGINE_SOCKET) })
+            .device(qemu::Device::VirtioSerialPort {
+                name: guest::AGENT_PORT.into(),
+                socket: run_dir.join("agent.sock"),
+            })
+            .device(qemu::Device::VirtioSerialPort {
+                name: guest::ENGINE_CHANNEL.into(),
+                socket: run_dir.join(ENGINE_SOCKET),
+            })
             // Present in the template too (the device set must match the saved state), but
             // mounted only by a clone's agent: a mounted 9p export blocks the save.
-            .device(qemu::Device::Virtio9p { tag: crate::store::TAG.into(), path: self.store.clone(), readonly: true, security: qemu::Security9p::Passthrough });
+            .device(qemu::Device::Virtio9p {
+                tag: crate::store::TAG.into(),
+                path: self.store.clone(),
+                readonly: true,
+                security: qemu::Security9p::Passthrough,
+            });
         cfg.extra_args.extend(extra);
         if let Some(d) = &self.disk {
             // The clone's overlay sits at the same place in its run directory.
-            let disk = if run_dir.ends_with("run") && run_dir.parent() == Some(&self.dir) { d.clone() } else { run_dir.join("disk.qcow2") };
+            let disk = if run_dir.ends_with("run") && run_dir.parent() == Some(&self.dir) {
+                d.clone()
+            } else {
+                run_dir.join("disk.qcow2")
+            };
             cfg = cfg.drive(qemu::Drive::disk(disk, qemu::DiskFormat::Qcow2));
         }
         cfg
@@ -213,18 +269,29 @@ impl Template {
     /// its identity ([`identify`]) before it runs a container.
     /// With `cold`, the VM boots from scratch instead (same files, same devices), up to
     /// init's ready line: the baseline the clone is measured against.
-    pub fn clone_vm(&self, run_dir: &Path, hostname: &str, forwards: &[qemu::PortForward], cold: bool) -> Result<qemu::Vm> {
-        std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    pub fn clone_vm(
+        &self,
+        run_dir: &Path,
+        hostname: &str,
+        forwards: &[qemu::PortForward],
+        cold: bool,
+    ) -> Result<qemu::Vm> {
+        std::fs::create_dir_all(run_dir)
+            .with_context(|| format!("creating {}", run_dir.display()))?;
         if let Some(d) = &self.disk {
             let t0 = Instant::now();
             overlay(d, &run_dir.join("disk.qcow2"))?;
-            crate::debug(&format!("{hostname}: overlay created in {:.3} s", t0.elapsed().as_secs_f64()));
+            crate::debug(&format!(
+                "{hostname}: overlay created in {:.3} s",
+                t0.elapsed().as_secs_f64()
+            ));
         }
         let mut vm;
         if cold {
             let cfg = self.config(run_dir, forwards, Ram::Anonymous);
             vm = qemu::Vm::spawn(cfg).context("starting the VM")?;
-            vm.wait_ready(Duration::from_secs(300)).context("booting the VM")?;
+            vm.wait_ready(Duration::from_secs(300))
+                .context("booting the VM")?;
         } else {
             let t0 = Instant::now();
             // The capability must be on at both ends before the stream starts (QEMU 7.2 has
@@ -233,10 +300,16 @@ impl Template {
             cfg.incoming = Some("defer".into());
             vm = qemu::Vm::spawn(cfg).context("starting the clone VM")?;
             ignore_shared_ram(&mut vm).context("starting the clone VM")?;
-            vm.qmp()?.migrate_incoming(&qemu::restore_uri(&self.state)).context("restoring the template state")?;
-            vm.wait_restored(Duration::from_secs(120)).context("restoring the template state")?;
+            vm.qmp()?
+                .migrate_incoming(&qemu::restore_uri(&self.state))
+                .context("restoring the template state")?;
+            vm.wait_restored(Duration::from_secs(120))
+                .context("restoring the template state")?;
             vm.qmp()?.cont()?;
-            crate::debug(&format!("{hostname}: QEMU restored the template in {:.2} s", t0.elapsed().as_secs_f64()));
+            crate::debug(&format!(
+                "{hostname}: QEMU restored the template in {:.2} s",
+                t0.elapsed().as_secs_f64()
+            ));
         }
         Ok(vm)
     }
@@ -252,9 +325,21 @@ impl Template {
 /// and the agent polls every 5 ms, taking TCG time from the container's start.
 pub fn identify(run_dir: &Path, hostname: &str) -> Result<UnixStream> {
     let t0 = Instant::now();
-    let agent = agent_exchange(&run_dir.join("agent.sock"), hostname, Duration::from_secs(60))
-        .with_context(|| format!("handing the clone its identity (serial log {})", run_dir.join("serial.log").display()))?;
-    crate::debug(&format!("{hostname}: the clone agent took its identity (and mounted the store) in {:.2} s", t0.elapsed().as_secs_f64()));
+    let agent = agent_exchange(
+        &run_dir.join("agent.sock"),
+        hostname,
+        Duration::from_secs(60),
+    )
+    .with_context(|| {
+        format!(
+            "handing the clone its identity (serial log {})",
+            run_dir.join("serial.log").display()
+        )
+    })?;
+    crate::debug(&format!(
+        "{hostname}: the clone agent took its identity (and mounted the store) in {:.2} s",
+        t0.elapsed().as_secs_f64()
+    ));
     Ok(agent)
 }
 
@@ -274,8 +359,11 @@ pub enum Ram {
 /// Turns on the migration capability `x-ignore-shared`: RAM in a shared memory backend is
 /// left out of the stream (the template's RAM is its file, see [`Ram`]).
 fn ignore_shared_ram(vm: &mut qemu::Vm) -> Result<()> {
-    let caps = serde_json::json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] });
-    vm.qmp()?.execute("migrate-set-capabilities", Some(caps)).context("QMP migrate-set-capabilities x-ignore-shared")?;
+    let caps =
+        serde_json::json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] });
+    vm.qmp()?
+        .execute("migrate-set-capabilities", Some(caps))
+        .context("QMP migrate-set-capabilities x-ignore-shared")?;
     Ok(())
 }
 
@@ -283,7 +371,10 @@ fn ignore_shared_ram(vm: &mut qemu::Vm) -> Result<()> {
 pub fn random_mac() -> String {
     let mut b: [u8; 6] = rand::random();
     b[0] = (b[0] & 0xfe) | 0x02;
-    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":")
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Sends `clone HOSTNAME EPOCH MAC SEED` to the agent and waits for `ok HOSTNAME`; returns
@@ -293,13 +384,22 @@ fn agent_exchange(sock: &Path, hostname: &str, timeout: Duration) -> Result<Unix
     let stream = loop {
         match UnixStream::connect(sock) {
             Ok(s) => break s,
-            Err(e) if Instant::now() > deadline => bail!("cannot connect to {}: {e}", sock.display()),
+            Err(e) if Instant::now() > deadline => {
+                bail!("cannot connect to {}: {e}", sock.display())
+            }
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
     };
-    let epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let seed: [u8; 32] = rand::random();
-    let line = format!("clone {hostname} {epoch} {} {}\n", random_mac(), hex::encode(seed));
+    let line = format!(
+        "clone {hostname} {epoch} {} {}\n",
+        random_mac(),
+        hex::encode(seed)
+    );
     (&stream).write_all(line.as_bytes())?;
     stream.set_read_timeout(Some(Duration::from_millis(500)))?;
     let mut r = BufReader::new(&stream);
@@ -309,11 +409,18 @@ fn agent_exchange(sock: &Path, hostname: &str, timeout: Duration) -> Result<Unix
             Ok(0) => bail!("the clone agent closed the channel"),
             Ok(_) if got.trim() == format!("ok {hostname}") => break,
             Ok(_) => got.clear(),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(e) => return Err(e.into()),
         }
         if Instant::now() > deadline {
-            bail!("the clone agent did not answer within {} s", timeout.as_secs());
+            bail!(
+                "the clone agent did not answer within {} s",
+                timeout.as_secs()
+            );
         }
     }
     drop(r);

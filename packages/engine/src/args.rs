@@ -87,7 +87,8 @@ impl Args {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(self),
             Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", path.display())),
         };
-        let d: DaemonJson = serde_json::from_slice(&data).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let d: DaemonJson = serde_json::from_slice(&data)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         self.insecure_registries.extend(d.insecure_registries);
         if let Some(b) = d.bridge {
             self.bridge = b;

@@ -3,13 +3,16 @@
 use crate::args::Args;
 use crate::containers::{parse_signal, random_name, valid_name, Container, Events, Record};
 use crate::images::{self, Store};
-use registry::Reference;
 use crate::runtime::{self, Bind, ExecSpec, Process, RunSpec, Stdio3};
-use docker_api::time::{human, now_nanos, rfc3339, since, unix_from_rfc3339};
 use crate::{cgroup, logs, net, netproxy};
 use bytes::Bytes;
+use docker_api::time::{human, now_nanos, rfc3339, since, unix_from_rfc3339};
 use docker_api::types::*;
-use docker_api::{ApiError, ApiResult, AttachIo, AttachOptions, Backend, Frame, FrameRx, LogsOptions, RegistryAuth, StdStream, WaitCondition};
+use docker_api::{
+    ApiError, ApiResult, AttachIo, AttachOptions, Backend, Frame, FrameRx, LogsOptions,
+    RegistryAuth, StdStream, WaitCondition,
+};
+use registry::Reference;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -60,7 +63,12 @@ fn no_such_container(id: &str) -> ApiError {
 }
 
 fn set_winsize(fd: &OwnedFd, h: u16, w: u16) {
-    let ws = libc::winsize { ws_row: h, ws_col: w, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = libc::winsize {
+        ws_row: h,
+        ws_col: w,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCSWINSZ on a pty master with a valid winsize.
     unsafe {
         libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ as _, &ws);
@@ -72,7 +80,11 @@ fn set_winsize(fd: &OwnedFd, h: u16, w: u16) {
 async fn publish_ports(r: &Record) -> Result<Vec<netproxy::Bound>, String> {
     let mut bound = Vec::new();
     for (key, binds) in r.host_config.port_bindings.clone().unwrap_or_default() {
-        let pairs: Vec<(String, String)> = binds.unwrap_or_default().into_iter().map(|b| (b.host_ip, b.host_port)).collect();
+        let pairs: Vec<(String, String)> = binds
+            .unwrap_or_default()
+            .into_iter()
+            .map(|b| (b.host_ip, b.host_port))
+            .collect();
         for b in netproxy::parse_bindings(&key, &pairs)? {
             bound.push(netproxy::bind(&b).await?);
         }
@@ -80,7 +92,10 @@ async fn publish_ports(r: &Record) -> Result<Vec<netproxy::Bound>, String> {
     Ok(bound)
 }
 
-fn reader_thread<R: Read + Send + 'static>(mut r: R, mut f: impl FnMut(Bytes) + Send + 'static) -> std::thread::JoinHandle<()> {
+fn reader_thread<R: Read + Send + 'static>(
+    mut r: R,
+    mut f: impl FnMut(Bytes) + Send + 'static,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 32 * 1024];
         loop {
@@ -95,7 +110,11 @@ fn reader_thread<R: Read + Send + 'static>(mut r: R, mut f: impl FnMut(Bytes) + 
 }
 
 /// Writes chunks from `rx` into `w` (a pipe or pty master) in a thread.
-fn stdin_thread(mut w: std::fs::File, mut rx: mpsc::Receiver<Bytes>, on_eof: impl FnOnce() + Send + 'static) {
+fn stdin_thread(
+    mut w: std::fs::File,
+    mut rx: mpsc::Receiver<Bytes>,
+    on_eof: impl FnOnce() + Send + 'static,
+) {
     std::thread::spawn(move || {
         while let Some(b) = rx.blocking_recv() {
             if w.write_all(&b).is_err() {
@@ -110,7 +129,12 @@ fn stdin_thread(mut w: std::fs::File, mut rx: mpsc::Receiver<Bytes>, on_eof: imp
 /// Capabilities, seccomp and no_new_privs for a container (runtime::confine).
 fn confinement(hc: &HostConfig) -> Result<runtime::confine::Confinement, String> {
     let v = |o: &Option<Vec<String>>| o.clone().unwrap_or_default();
-    runtime::confine::for_container(hc.privileged, &v(&hc.cap_add), &v(&hc.cap_drop), &v(&hc.security_opt))
+    runtime::confine::for_container(
+        hc.privileged,
+        &v(&hc.cap_add),
+        &v(&hc.cap_drop),
+        &v(&hc.security_opt),
+    )
 }
 
 /// Start-up and exit timing of one container on stderr (the service log) when the engine runs
@@ -129,12 +153,20 @@ impl Trace {
     }
 
     fn new(id: &str) -> Trace {
-        Trace { on: Trace::enabled(), id: id.chars().take(12).collect(), t0: std::time::Instant::now() }
+        Trace {
+            on: Trace::enabled(),
+            id: id.chars().take(12).collect(),
+            t0: std::time::Instant::now(),
+        }
     }
 
     fn mark(&self, step: &str) {
         if self.on {
-            eprintln!("engine: trace {} +{:.3} s {step}", self.id, self.t0.elapsed().as_secs_f64());
+            eprintln!(
+                "engine: trace {} +{:.3} s {step}",
+                self.id,
+                self.t0.elapsed().as_secs_f64()
+            );
         }
     }
 }
@@ -152,7 +184,13 @@ impl Engine {
             let b = net::Bridge::new(&args.bridge, &args.bip).map_err(anyhow::Error::msg)?;
             match net::setup_host(&b) {
                 Ok(()) => {
-                    eprintln!("engine: bridge {} at {}/{} (NAT for {})", b.name, b.gateway, b.prefix, b.subnet());
+                    eprintln!(
+                        "engine: bridge {} at {}/{} (NAT for {})",
+                        b.name,
+                        b.gateway,
+                        b.prefix,
+                        b.subnet()
+                    );
                     let ipam = net::Ipam::open(&root.join("network/ipam.json"), &b);
                     Ok((b, ipam))
                 }
@@ -193,7 +231,10 @@ impl Engine {
     /// A container's two directories: state and set-up files, then writable layer and log
     /// (the same unless `--exec-root` is set).
     fn container_dirs(&self, id: &str) -> (PathBuf, PathBuf) {
-        (self.exec_root.join("containers").join(id), self.root.join("containers").join(id))
+        (
+            self.exec_root.join("containers").join(id),
+            self.root.join("containers").join(id),
+        )
     }
 
     fn arc(&self) -> Option<Arc<Engine>> {
@@ -207,15 +248,26 @@ impl Engine {
         if self.exec_root != self.root {
             // Writable layers whose state went with a tmpfs exec root (a reboot): nothing
             // can use them any more.
-            for e in std::fs::read_dir(self.root.join("containers")).into_iter().flatten().flatten() {
-                if !self.exec_root.join("containers").join(e.file_name()).exists() {
+            for e in std::fs::read_dir(self.root.join("containers"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if !self
+                    .exec_root
+                    .join("containers")
+                    .join(e.file_name())
+                    .exists()
+                {
                     let _ = std::fs::remove_dir_all(e.path());
                 }
             }
         }
         if let Ok(rd) = std::fs::read_dir(self.exec_root.join("containers")) {
             for e in rd.flatten() {
-                let Some(mut rec) = Container::load(&e.path()) else { continue };
+                let Some(mut rec) = Container::load(&e.path()) else {
+                    continue;
+                };
                 if rec.status == "running" || rec.status == "restarting" {
                     rec.status = "exited".into();
                     rec.exit_code = 255;
@@ -223,7 +275,8 @@ impl Engine {
                     rec.pid = 0;
                 }
                 let policy = rec.host_config.restart_policy.name.clone();
-                let restart = policy == "always" || (policy == "unless-stopped" && !rec.stopped_by_user);
+                let restart =
+                    policy == "always" || (policy == "unless-stopped" && !rec.stopped_by_user);
                 let (dir, data) = self.container_dirs(&rec.id);
                 let c = Arc::new(Container::new(dir, data, rec.clone()));
                 c.save();
@@ -245,12 +298,22 @@ impl Engine {
 
     /// Stops running containers (SIGTERM, then SIGKILL after 5 s) before the engine exits.
     pub async fn shutdown(&self) {
-        self.shutting_down.store(true, std::sync::atomic::Ordering::SeqCst);
-        let ids: Vec<String> = self.containers.lock().unwrap().values().filter(|c| c.is_running()).map(|c| c.snapshot().id).collect();
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let ids: Vec<String> = self
+            .containers
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|c| c.is_running())
+            .map(|c| c.snapshot().id)
+            .collect();
         let mut tasks = Vec::new();
         for id in ids {
             if let Some(me) = self.arc() {
-                tasks.push(tokio::spawn(async move { me.stop_inner(&id, Some(5), None, false).await }));
+                tasks.push(tokio::spawn(async move {
+                    me.stop_inner(&id, Some(5), None, false).await
+                }));
             }
         }
         for t in tasks {
@@ -267,22 +330,33 @@ impl Engine {
         if let Some(c) = map.values().find(|c| c.rec.lock().unwrap().name == n) {
             return Ok(c.clone());
         }
-        let m: Vec<_> = map.iter().filter(|(id, _)| !name.is_empty() && id.starts_with(name)).collect();
+        let m: Vec<_> = map
+            .iter()
+            .filter(|(id, _)| !name.is_empty() && id.starts_with(name))
+            .collect();
         match m.len() {
             1 => Ok(m[0].1.clone()),
             0 => Err(no_such_container(name)),
-            _ => Err(ApiError::bad_request(format!("multiple IDs found with provided prefix: {name}"))),
+            _ => Err(ApiError::bad_request(format!(
+                "multiple IDs found with provided prefix: {name}"
+            ))),
         }
     }
 
     fn resolve_image(&self, name: &str) -> ApiResult<String> {
-        self.images.resolve(name).ok_or_else(|| ApiError::not_found(format!("No such image: {name}")))
+        self.images
+            .resolve(name)
+            .ok_or_else(|| ApiError::not_found(format!("No such image: {name}")))
     }
 
     fn summary_status(r: &Record) -> String {
         match r.status.as_str() {
             "running" => format!("Up {}", human(since(r.started_at))),
-            "exited" => format!("Exited ({}) {} ago", r.exit_code, human(since(r.finished_at))),
+            "exited" => format!(
+                "Exited ({}) {} ago",
+                r.exit_code,
+                human(since(r.finished_at))
+            ),
             "created" => "Created".into(),
             s => s.to_string(),
         }
@@ -291,7 +365,10 @@ impl Engine {
     fn spec_for(&self, c: &Container, r: &Record, lowers: Vec<PathBuf>) -> ApiResult<RunSpec> {
         let mut env = r.config.env.clone().unwrap_or_default();
         if !env.iter().any(|e| e.starts_with("PATH=")) {
-            env.insert(0, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+            env.insert(
+                0,
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            );
         }
         env.push(format!("HOSTNAME={}", r.config.hostname));
         if r.config.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
@@ -326,7 +403,10 @@ impl Engine {
     }
 
     /// Boxed because the exit handler restarts containers through it (a recursive future).
-    fn start_inner<'a>(&'a self, c: &'a Arc<Container>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ApiResult<()>> + Send + 'a>> {
+    fn start_inner<'a>(
+        &'a self,
+        c: &'a Arc<Container>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ApiResult<()>> + Send + 'a>> {
         Box::pin(self.start_impl(c))
     }
 
@@ -337,34 +417,60 @@ impl Engine {
             return Err(ApiError::not_modified());
         }
         let lowers = self.images.lowers(&r.image_id).ok_or_else(|| {
-            ApiError::internal(format!("image {} of container {} is missing its layers", r.image, r.id))
+            ApiError::internal(format!(
+                "image {} of container {} is missing its layers",
+                r.image, r.id
+            ))
         })?;
         let spec = self.spec_for(c, &r, lowers)?;
         trace.mark("spec (seccomp compiled)");
         // Published ports first: a taken host port fails the start, as in Docker.
-        let published = publish_ports(&r).await.map_err(|e| ApiError::internal(format!("driver failed programming external connectivity on endpoint {} ({}): {e}", r.name.trim_start_matches('/'), r.id)))?;
+        let published = publish_ports(&r).await.map_err(|e| {
+            ApiError::internal(format!(
+                "driver failed programming external connectivity on endpoint {} ({}): {e}",
+                r.name.trim_start_matches('/'),
+                r.id
+            ))
+        })?;
         // Bridge network: the container's address, and /etc/hosts naming it.
         let attach = match (r.host_config.network_mode.as_str(), &self.bridge) {
             ("bridge", Ok((b, ipam))) => {
-                let ep = ipam.allocate(&r.id, b).map_err(internal("allocating an address"))?;
-                self.write_hosts(&c.dir, &r.config.hostname, Some(ep.ip)).map_err(internal("writing /etc/hosts"))?;
+                let ep = ipam
+                    .allocate(&r.id, b)
+                    .map_err(internal("allocating an address"))?;
+                self.write_hosts(&c.dir, &r.config.hostname, Some(ep.ip))
+                    .map_err(internal("writing /etc/hosts"))?;
                 Some((b.clone(), ep))
             }
             _ => None,
         };
         let spec_path = c.dir.join("spec.json");
-        std::fs::write(&spec_path, serde_json::to_vec(&spec).unwrap_or_default()).map_err(internal("writing spec"))?;
+        std::fs::write(&spec_path, serde_json::to_vec(&spec).unwrap_or_default())
+            .map_err(internal("writing spec"))?;
         let cg = cgroup::create(&r.id, &r.host_config).map_err(internal("creating cgroup"))?;
         trace.mark("ports, address, spec written, cgroup created");
-        let stdio = if r.config.tty { Stdio3::Console } else { Stdio3::Pipes { stdin: r.config.open_stdin } };
+        let stdio = if r.config.tty {
+            Stdio3::Console
+        } else {
+            Stdio3::Pipes {
+                stdin: r.config.open_stdin,
+            }
+        };
         let cgc = cg.clone();
         let (id, att, tr) = (r.id.clone(), attach.clone(), trace.clone());
-        let ready = if runtime::Prespawned::fits(&stdio) { self.prespawned.lock().unwrap().take() } else { None };
+        let ready = if runtime::Prespawned::fits(&stdio) {
+            self.prespawned.lock().unwrap().take()
+        } else {
+            None
+        };
         let spawned = tokio::task::spawn_blocking(move || {
             tr.mark("blocking task runs");
             let mut s = match ready.map(|p| p.run(&spec_path)) {
                 Some(Ok(s)) => {
-                    eprintln!("engine: container {} runs in the pre-spawned shim", &id[..12.min(id.len())]);
+                    eprintln!(
+                        "engine: container {} runs in the pre-spawned shim",
+                        &id[..12.min(id.len())]
+                    );
                     s
                 }
                 // Killed meanwhile, say: a fresh shim does the same (the container process,
@@ -383,7 +489,10 @@ impl Engine {
             if let Some((b, ep)) = &att {
                 if let Err(e) = net::attach(b, &id, s.pid, ep) {
                     s.cancel();
-                    return Ok((s, Err(runtime::SpawnError::Start(format!("network setup: {e}")))));
+                    return Ok((
+                        s,
+                        Err(runtime::SpawnError::Start(format!("network setup: {e}"))),
+                    ));
                 }
                 tr.mark("network attached");
             }
@@ -398,7 +507,11 @@ impl Engine {
         .map_err(internal("start task"))?;
         let fail = |msg: String, code: i64| {
             let mut rec = c.rec.lock().unwrap();
-            rec.status = if rec.started_at == 0 { "created".into() } else { "exited".into() };
+            rec.status = if rec.started_at == 0 {
+                "created".into()
+            } else {
+                "exited".into()
+            };
             rec.exit_code = code;
             rec.error = msg.clone();
             drop(rec);
@@ -416,7 +529,11 @@ impl Engine {
             Ok(m) => m,
             Err(e) => {
                 let _ = s.child.wait();
-                let code = if e.to_string().contains("executable file not found") { 127 } else { 126 };
+                let code = if e.to_string().contains("executable file not found") {
+                    127
+                } else {
+                    126
+                };
                 return Err(fail(e.to_string(), code));
             }
         };
@@ -447,7 +564,8 @@ impl Engine {
         };
         if let Some(m) = master {
             let rd = std::fs::File::from(m.try_clone().map_err(internal("pty"))?);
-            *c.stdin.lock().unwrap() = Some(std::fs::File::from(m.try_clone().map_err(internal("pty"))?));
+            *c.stdin.lock().unwrap() =
+                Some(std::fs::File::from(m.try_clone().map_err(internal("pty"))?));
             *c.pty.lock().unwrap() = Some(m);
             readers.push(reader_thread(rd, sink(StdStream::Stdout)));
         } else {
@@ -531,12 +649,19 @@ impl Engine {
         let restart = !r.stopped_by_user
             && match p.name.as_str() {
                 "always" | "unless-stopped" => true,
-                "on-failure" => code != 0 && (p.maximum_retry_count == 0 || r.restart_count < p.maximum_retry_count),
+                "on-failure" => {
+                    code != 0
+                        && (p.maximum_retry_count == 0 || r.restart_count < p.maximum_retry_count)
+                }
                 _ => false,
             };
         if restart {
             let ran = std::time::Duration::from_nanos((now_nanos() - started).max(0) as u64);
-            let backoff = if ran.as_secs() >= 10 { 100 } else { (100u64 << r.restart_count.min(8)).min(10_000) };
+            let backoff = if ran.as_secs() >= 10 {
+                100
+            } else {
+                (100u64 << r.restart_count.min(8)).min(10_000)
+            };
             {
                 let mut rec = c.rec.lock().unwrap();
                 rec.restart_count += 1;
@@ -574,7 +699,11 @@ impl Engine {
         Ok(())
     }
 
-    async fn wait_not_running(&self, c: &Arc<Container>, timeout: Option<std::time::Duration>) -> bool {
+    async fn wait_not_running(
+        &self,
+        c: &Arc<Container>,
+        timeout: Option<std::time::Duration>,
+    ) -> bool {
         let mut rx = c.events.subscribe();
         let fut = rx.wait_for(|e| !e.running);
         match timeout {
@@ -591,7 +720,13 @@ impl Engine {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).map_err(internal("kill"))
     }
 
-    async fn stop_inner(&self, id: &str, timeout: Option<i64>, signal: Option<String>, by_user: bool) -> ApiResult<()> {
+    async fn stop_inner(
+        &self,
+        id: &str,
+        timeout: Option<i64>,
+        signal: Option<String>,
+        by_user: bool,
+    ) -> ApiResult<()> {
         let c = self.find(id)?;
         let _g = c.op.lock().await;
         {
@@ -617,23 +752,41 @@ impl Engine {
             .unwrap_or(nix::sys::signal::Signal::SIGTERM);
         let t = timeout.or(r.config.stop_timeout).unwrap_or(10);
         let _ = self.signal(&c, sig);
-        let wait = if t < 0 { None } else { Some(std::time::Duration::from_secs(t as u64)) };
+        let wait = if t < 0 {
+            None
+        } else {
+            Some(std::time::Duration::from_secs(t as u64))
+        };
         if !self.wait_not_running(&c, wait).await {
             let _ = self.signal(&c, nix::sys::signal::Signal::SIGKILL);
-            self.wait_not_running(&c, Some(std::time::Duration::from_secs(10))).await;
+            self.wait_not_running(&c, Some(std::time::Duration::from_secs(10)))
+                .await;
         }
         Ok(())
     }
 
-    fn write_hosts(&self, dir: &Path, hostname: &str, ip: Option<std::net::Ipv4Addr>) -> std::io::Result<()> {
-        let own = ip.map(|ip| ip.to_string()).unwrap_or_else(|| "127.0.1.1".into());
+    fn write_hosts(
+        &self,
+        dir: &Path,
+        hostname: &str,
+        ip: Option<std::net::Ipv4Addr>,
+    ) -> std::io::Result<()> {
+        let own = ip
+            .map(|ip| ip.to_string())
+            .unwrap_or_else(|| "127.0.1.1".into());
         std::fs::write(
             dir.join("hosts"),
             format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{own}\t{hostname}\n"),
         )
     }
 
-    fn make_dirs(&self, dir: &Path, data: &Path, hostname: &str, network_mode: &str) -> std::io::Result<()> {
+    fn make_dirs(
+        &self,
+        dir: &Path,
+        data: &Path,
+        hostname: &str,
+        network_mode: &str,
+    ) -> std::io::Result<()> {
         std::fs::create_dir_all(dir.join("rootfs"))?;
         for d in ["upper", "work"] {
             std::fs::create_dir_all(data.join(d))?;
@@ -643,7 +796,11 @@ impl Engine {
         // The host's resolv.conf (init writes the DHCP servers there); inside a private
         // network namespace loopback resolvers would not answer, so they are left out.
         let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        let resolv = if network_mode == "host" { host } else { net::container_resolv_conf(&host) };
+        let resolv = if network_mode == "host" {
+            host
+        } else {
+            net::container_resolv_conf(&host)
+        };
         std::fs::write(dir.join("resolv.conf"), resolv)
     }
 
@@ -655,10 +812,16 @@ impl Engine {
             let (src, dst, mode) = match parts.as_slice() {
                 [s, d] => (*s, *d, ""),
                 [s, d, m] => (*s, *d, *m),
-                _ => return Err(ApiError::bad_request(format!("invalid volume specification: {b:?}"))),
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "invalid volume specification: {b:?}"
+                    )))
+                }
             };
             if !dst.starts_with('/') || dst.split('/').any(|c| c == "..") {
-                return Err(ApiError::bad_request(format!("invalid mount config: mount path must be absolute: {dst:?}")));
+                return Err(ApiError::bad_request(format!(
+                    "invalid mount config: mount path must be absolute: {dst:?}"
+                )));
             }
             let readonly = mode.split(',').any(|m| m == "ro");
             let (source, kind, name) = if src.starts_with('/') {
@@ -669,7 +832,9 @@ impl Engine {
                 (p, "bind", String::new())
             } else {
                 if !valid_name(src) {
-                    return Err(ApiError::bad_request(format!("invalid volume name {src:?}")));
+                    return Err(ApiError::bad_request(format!(
+                        "invalid volume name {src:?}"
+                    )));
                 }
                 let p = self.root.join("volumes").join(src).join("_data");
                 std::fs::create_dir_all(&p).map_err(internal("creating volume"))?;
@@ -683,7 +848,11 @@ impl Engine {
                 mode: mode.into(),
                 rw: !readonly,
             });
-            out.push(Bind { source, dest: dst.into(), readonly });
+            out.push(Bind {
+                source,
+                dest: dst.into(),
+                readonly,
+            });
         }
         Ok((out, mounts))
     }
@@ -720,7 +889,10 @@ impl Engine {
             config: r.config.clone(),
             mounts: r.mounts.clone(),
             network_settings: {
-                let mut ns = NetworkSettings { ports, ..Default::default() };
+                let mut ns = NetworkSettings {
+                    ports,
+                    ..Default::default()
+                };
                 if let (Some(ep), "running") = (&r.endpoint, r.status.as_str()) {
                     ns.ip_address = ep.ip.to_string();
                     ns.gateway = ep.gateway.to_string();
@@ -758,18 +930,37 @@ impl Engine {
         if r.pid > 0 {
             return Ok((PathBuf::from(format!("/proc/{}/root/{rel}", r.pid)), None));
         }
-        let lowers = self.images.lowers(&r.image_id).ok_or_else(|| ApiError::internal("image layers missing"))?;
+        let lowers = self
+            .images
+            .lowers(&r.image_id)
+            .ok_or_else(|| ApiError::internal("image layers missing"))?;
         let root = c.dir.join("rootfs");
         let opts = format!(
             "lowerdir={},upperdir={},workdir={}{}",
-            lowers.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":"),
+            lowers
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(":"),
             c.data.join("upper").display(),
             c.data.join("work").display(),
             // A layer used volatile is refused without it.
-            if self.volatile_layers { ",volatile" } else { "" }
+            if self.volatile_layers {
+                ",volatile"
+            } else {
+                ""
+            }
         );
-        nix::mount::mount(Some("overlay"), &root, Some("overlay"), nix::mount::MsFlags::empty(), Some(opts.as_str()))
-            .map_err(|e| ApiError::conflict(format!("cannot mount the stopped container's root: {e}")))?;
+        nix::mount::mount(
+            Some("overlay"),
+            &root,
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(opts.as_str()),
+        )
+        .map_err(|e| {
+            ApiError::conflict(format!("cannot mount the stopped container's root: {e}"))
+        })?;
         Ok((root.join(rel), Some(RootMount(root))))
     }
 }
@@ -811,7 +1002,10 @@ impl Backend for Engine {
                 ]
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
-                .chain([("KernelVersion".to_string(), u.release().to_string_lossy().into_owned())])
+                .chain([(
+                    "KernelVersion".to_string(),
+                    u.release().to_string_lossy().into_owned(),
+                )])
                 .collect(),
             }],
         })
@@ -819,12 +1013,27 @@ impl Backend for Engine {
 
     async fn info(&self) -> ApiResult<Info> {
         let u = nix::sys::utsname::uname().map_err(internal("uname"))?;
-        let cs: Vec<Record> = self.containers.lock().unwrap().values().map(|c| c.snapshot()).collect();
+        let cs: Vec<Record> = self
+            .containers
+            .lock()
+            .unwrap()
+            .values()
+            .map(|c| c.snapshot())
+            .collect();
         let running = cs.iter().filter(|r| r.status == "running").count() as i64;
         let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let mem_kb: i64 = mem.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let mem_kb: i64 = mem
+            .lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         let os = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
-        let pretty = os.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=")).map(|s| s.trim_matches('"').to_string()).unwrap_or_else(|| "Linux".into());
+        let pretty = os
+            .lines()
+            .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+            .map(|s| s.trim_matches('"').to_string())
+            .unwrap_or_else(|| "Linux".into());
         let mut warnings = Vec::new();
         let v2 = cgroup::available();
         if !v2 {
@@ -834,7 +1043,11 @@ impl Backend for Engine {
             warnings.push(format!("WARNING: {why}: containers in the default network get loopback only; use -p to publish ports or --network host"));
         }
         Ok(Info {
-            id: hex::encode(&nix::unistd::gethostname().map(|h| h.to_string_lossy().as_bytes().to_vec()).unwrap_or_default()),
+            id: hex::encode(
+                &nix::unistd::gethostname()
+                    .map(|h| h.to_string_lossy().as_bytes().to_vec())
+                    .unwrap_or_default(),
+            ),
             containers: cs.len() as i64,
             containers_running: running,
             containers_stopped: cs.len() as i64 - running,
@@ -845,9 +1058,13 @@ impl Backend for Engine {
             operating_system: pretty,
             os_type: "linux".into(),
             architecture: u.machine().to_string_lossy().into(),
-            ncpu: std::thread::available_parallelism().map(|n| n.get() as i64).unwrap_or(1),
+            ncpu: std::thread::available_parallelism()
+                .map(|n| n.get() as i64)
+                .unwrap_or(1),
             mem_total: mem_kb * 1024,
-            name: nix::unistd::gethostname().map(|h| h.to_string_lossy().into()).unwrap_or_default(),
+            name: nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into())
+                .unwrap_or_default(),
             server_version: env!("CARGO_PKG_VERSION").into(),
             cgroup_driver: if v2 { "cgroupfs".into() } else { "none".into() },
             cgroup_version: if v2 { "2".into() } else { "1".into() },
@@ -855,7 +1072,11 @@ impl Backend for Engine {
             default_runtime: "axion".into(),
             security_options: vec!["name=seccomp,profile=builtin".into()],
             warnings,
-            registry_config: Some(RegistryServiceConfig::new(registry::DOCKER_HUB, self.registry.insecure_cidrs(), self.registry.insecure_registries())),
+            registry_config: Some(RegistryServiceConfig::new(
+                registry::DOCKER_HUB,
+                self.registry.insecure_cidrs(),
+                self.registry.insecure_registries(),
+            )),
             ..Default::default()
         })
     }
@@ -869,7 +1090,12 @@ impl Backend for Engine {
                 id: i.id.clone(),
                 repo_tags: i.tags,
                 repo_digests: i.digests,
-                created: i.config.created.as_deref().map(unix_from_rfc3339).unwrap_or(0),
+                created: i
+                    .config
+                    .created
+                    .as_deref()
+                    .map(unix_from_rfc3339)
+                    .unwrap_or(0),
                 size: i.size,
                 shared_size: -1,
                 containers: -1,
@@ -881,7 +1107,10 @@ impl Backend for Engine {
 
     async fn image_inspect(&self, name: &str) -> ApiResult<ImageInspect> {
         let id = self.resolve_image(name)?;
-        let i = self.images.image(&id).ok_or_else(|| ApiError::not_found(format!("No such image: {name}")))?;
+        let i = self
+            .images
+            .image(&id)
+            .ok_or_else(|| ApiError::not_found(format!("No such image: {name}")))?;
         Ok(ImageInspect {
             id: i.id,
             repo_tags: i.tags,
@@ -892,11 +1121,19 @@ impl Backend for Engine {
             os: i.config.os.clone(),
             size: i.size,
             config: i.config.config.clone(),
-            root_fs: RootFs { kind: "layers".into(), layers: i.config.rootfs.diff_ids.clone() },
+            root_fs: RootFs {
+                kind: "layers".into(),
+                layers: i.config.rootfs.diff_ids.clone(),
+            },
         })
     }
 
-    async fn image_pull(&self, image: &str, tag: &str, auth: Option<RegistryAuth>) -> ApiResult<mpsc::Receiver<ProgressMessage>> {
+    async fn image_pull(
+        &self,
+        image: &str,
+        tag: &str,
+        auth: Option<RegistryAuth>,
+    ) -> ApiResult<mpsc::Receiver<ProgressMessage>> {
         let full = if tag.is_empty() {
             image.to_string()
         } else if tag.starts_with("sha256:") {
@@ -905,20 +1142,34 @@ impl Backend for Engine {
             format!("{image}:{tag}")
         };
         let r = Reference::parse(&full).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let me = self.arc().ok_or_else(|| ApiError::internal("engine is shutting down"))?;
+        let me = self
+            .arc()
+            .ok_or_else(|| ApiError::internal("engine is shutting down"))?;
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {
-            let creds = auth.map(|a| registry::Credentials { username: a.username, password: a.password, identity_token: a.identity_token });
+            let creds = auth.map(|a| registry::Credentials {
+                username: a.username,
+                password: a.password,
+                identity_token: a.identity_token,
+            });
             let mut s = me.registry.session(&r, creds);
-            let shown = r.tagged().unwrap_or_else(|| format!("{}@{}", r.familiar_name(), r.object()));
+            let shown = r
+                .tagged()
+                .unwrap_or_else(|| format!("{}@{}", r.familiar_name(), r.object()));
             match me.images.pull(&mut s, &r, &tx).await {
                 Ok((_, existed)) => {
-                    let msg = if existed { format!("Status: Image is up to date for {shown}") } else { format!("Status: Downloaded newer image for {shown}") };
+                    let msg = if existed {
+                        format!("Status: Image is up to date for {shown}")
+                    } else {
+                        format!("Status: Downloaded newer image for {shown}")
+                    };
                     let _ = tx.send(ProgressMessage::status(None, msg)).await;
                 }
                 Err(e) => {
                     let msg = match &e {
-                        images::ImageError::Registry(registry::RegistryError::NotFound { .. }) => format!("manifest for {shown} not found: manifest unknown: {e}"),
+                        images::ImageError::Registry(registry::RegistryError::NotFound {
+                            ..
+                        }) => format!("manifest for {shown} not found: manifest unknown: {e}"),
                         _ => e.to_string(),
                     };
                     let _ = tx.send(ProgressMessage::error(msg)).await;
@@ -940,33 +1191,57 @@ impl Backend for Engine {
         };
         if let Err(e) = spool.await {
             let _ = std::fs::remove_file(&path);
-            return Err(ApiError::internal(format!("cannot store the archive at {}: {e}", path.display())));
+            return Err(ApiError::internal(format!(
+                "cannot store the archive at {}: {e}",
+                path.display()
+            )));
         }
-        let me = self.arc().ok_or_else(|| ApiError::internal("engine is shutting down"))?;
+        let me = self
+            .arc()
+            .ok_or_else(|| ApiError::internal("engine is shutting down"))?;
         let p = path.clone();
         let r = tokio::task::spawn_blocking(move || me.images.load(&p)).await;
         let _ = std::fs::remove_file(&path);
         match r {
             Ok(Ok(loaded)) => Ok(loaded),
             Ok(Err(e @ images::ImageError::Io { .. })) => Err(ApiError::internal(e.to_string())),
-            Ok(Err(e)) => Err(ApiError::bad_request(format!("cannot load the archive: {e}"))),
+            Ok(Err(e)) => Err(ApiError::bad_request(format!(
+                "cannot load the archive: {e}"
+            ))),
             Err(e) => Err(ApiError::internal(format!("load task: {e}"))),
         }
     }
 
     async fn image_tag(&self, name: &str, repo: &str, tag: &str) -> ApiResult<()> {
         let id = self.resolve_image(name)?;
-        let r = Reference::parse(&format!("{repo}:{tag}")).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let t = r.tagged().ok_or_else(|| ApiError::bad_request("a tag is required"))?;
+        let r = Reference::parse(&format!("{repo}:{tag}"))
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let t = r
+            .tagged()
+            .ok_or_else(|| ApiError::bad_request("a tag is required"))?;
         self.images.tag(&id, &t).map_err(internal("tagging"))
     }
 
     async fn image_remove(&self, name: &str, force: bool) -> ApiResult<Vec<ImageDeleteItem>> {
         let id = self.resolve_image(name)?;
-        let users: Vec<String> = self.containers.lock().unwrap().values().map(|c| c.snapshot()).filter(|r| r.image_id == id).map(|r| r.id[..12].to_string()).collect();
-        let tagged = Reference::parse(name).ok().and_then(|r| r.tagged()).filter(|t| {
-            self.images.image(&id).map(|i| i.tags.contains(t)).unwrap_or(false)
-        });
+        let users: Vec<String> = self
+            .containers
+            .lock()
+            .unwrap()
+            .values()
+            .map(|c| c.snapshot())
+            .filter(|r| r.image_id == id)
+            .map(|r| r.id[..12].to_string())
+            .collect();
+        let tagged = Reference::parse(name)
+            .ok()
+            .and_then(|r| r.tagged())
+            .filter(|t| {
+                self.images
+                    .image(&id)
+                    .map(|i| i.tags.contains(t))
+                    .unwrap_or(false)
+            });
         let mut out = Vec::new();
         if let Some(t) = tagged {
             let img = self.images.image(&id);
@@ -975,10 +1250,18 @@ impl Backend for Engine {
                 return Err(ApiError::conflict(format!("conflict: unable to remove repository reference \"{name}\" (must force) - container {} is using its referenced image {}", users[0], &id[7..19])));
             }
             self.images.untag(&t).map_err(internal("untagging"))?;
-            out.push(ImageDeleteItem { untagged: Some(t), deleted: None });
+            out.push(ImageDeleteItem {
+                untagged: Some(t),
+                deleted: None,
+            });
             if last && users.is_empty() {
-                self.images.delete(&id).map_err(internal("deleting image"))?;
-                out.push(ImageDeleteItem { untagged: None, deleted: Some(id) });
+                self.images
+                    .delete(&id)
+                    .map_err(internal("deleting image"))?;
+                out.push(ImageDeleteItem {
+                    untagged: None,
+                    deleted: Some(id),
+                });
             }
             return Ok(out);
         }
@@ -989,15 +1272,31 @@ impl Backend for Engine {
         if tags.len() > 1 && !force {
             return Err(ApiError::conflict(format!("conflict: unable to delete {} (must be forced) - image is referenced in multiple repositories", &id[7..19])));
         }
-        for t in self.images.delete(&id).map_err(internal("deleting image"))? {
-            out.push(ImageDeleteItem { untagged: Some(t), deleted: None });
+        for t in self
+            .images
+            .delete(&id)
+            .map_err(internal("deleting image"))?
+        {
+            out.push(ImageDeleteItem {
+                untagged: Some(t),
+                deleted: None,
+            });
         }
-        out.push(ImageDeleteItem { untagged: None, deleted: Some(id) });
+        out.push(ImageDeleteItem {
+            untagged: None,
+            deleted: Some(id),
+        });
         Ok(out)
     }
 
     async fn containers(&self, all: bool) -> ApiResult<Vec<ContainerSummary>> {
-        let mut v: Vec<Record> = self.containers.lock().unwrap().values().map(|c| c.snapshot()).collect();
+        let mut v: Vec<Record> = self
+            .containers
+            .lock()
+            .unwrap()
+            .values()
+            .map(|c| c.snapshot())
+            .collect();
         v.sort_by(|a, b| b.created.cmp(&a.created));
         Ok(v.into_iter()
             .filter(|r| all || r.status == "running" || r.status == "restarting")
@@ -1008,7 +1307,11 @@ impl Backend for Engine {
                         let (p, proto) = k.split_once('/').unwrap_or((&k, "tcp"));
                         for b in bs.unwrap_or_default() {
                             ports.push(Port {
-                                ip: Some(if b.host_ip.is_empty() { "0.0.0.0".into() } else { b.host_ip.clone() }),
+                                ip: Some(if b.host_ip.is_empty() {
+                                    "0.0.0.0".into()
+                                } else {
+                                    b.host_ip.clone()
+                                }),
                                 private_port: p.parse().unwrap_or(0),
                                 public_port: b.host_port.parse().ok(),
                                 kind: proto.into(),
@@ -1021,7 +1324,10 @@ impl Backend for Engine {
                     names: vec![format!("/{}", r.name)],
                     image: r.image.clone(),
                     image_id: r.image_id.clone(),
-                    command: std::iter::once(r.path.clone()).chain(r.args.iter().cloned()).collect::<Vec<_>>().join(" "),
+                    command: std::iter::once(r.path.clone())
+                        .chain(r.args.iter().cloned())
+                        .collect::<Vec<_>>()
+                        .join(" "),
                     created: (r.created / 1_000_000_000) as i64,
                     ports,
                     labels: r.config.labels.clone().unwrap_or_default(),
@@ -1032,7 +1338,11 @@ impl Backend for Engine {
             .collect())
     }
 
-    async fn container_create(&self, name: Option<String>, req: ContainerCreateRequest) -> ApiResult<ContainerCreateResponse> {
+    async fn container_create(
+        &self,
+        name: Option<String>,
+        req: ContainerCreateRequest,
+    ) -> ApiResult<ContainerCreateResponse> {
         if req.config.image.is_empty() {
             return Err(ApiError::bad_request("config.Image is required"));
         }
@@ -1040,7 +1350,9 @@ impl Backend for Engine {
         let name = match name {
             Some(n) => {
                 if !valid_name(&n) {
-                    return Err(ApiError::bad_request(format!("Invalid container name ({n}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")));
+                    return Err(ApiError::bad_request(format!(
+                        "Invalid container name ({n}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+                    )));
                 }
                 n.trim_start_matches('/').to_string()
             }
@@ -1054,7 +1366,10 @@ impl Backend for Engine {
         }
         trace.mark("named");
         let image_id = self.resolve_image(&req.config.image)?;
-        let img = self.images.config(&image_id).ok_or_else(|| ApiError::not_found(format!("No such image: {}", req.config.image)))?;
+        let img = self
+            .images
+            .config(&image_id)
+            .ok_or_else(|| ApiError::not_found(format!("No such image: {}", req.config.image)))?;
         trace.mark("image resolved");
         let ic = img.config;
         let mut cfg = req.config.clone();
@@ -1068,7 +1383,14 @@ impl Backend for Engine {
         cfg.env = Some(env);
         let (entry, cmd) = match &req.config.entrypoint {
             Some(ep) => (ep.clone(), req.config.cmd.clone().unwrap_or_default()),
-            None => (ic.entrypoint.clone().unwrap_or_default(), req.config.cmd.clone().or(ic.cmd.clone()).unwrap_or_default()),
+            None => (
+                ic.entrypoint.clone().unwrap_or_default(),
+                req.config
+                    .cmd
+                    .clone()
+                    .or(ic.cmd.clone())
+                    .unwrap_or_default(),
+            ),
         };
         cfg.entrypoint = Some(entry.clone()).filter(|e| !e.is_empty());
         cfg.cmd = Some(cmd.clone());
@@ -1080,7 +1402,10 @@ impl Backend for Engine {
             cfg.working_dir = ic.working_dir.clone();
         }
         if !cfg.working_dir.is_empty() && !cfg.working_dir.starts_with('/') {
-            return Err(ApiError::bad_request(format!("the working directory '{}' is invalid, it needs to be an absolute path", cfg.working_dir)));
+            return Err(ApiError::bad_request(format!(
+                "the working directory '{}' is invalid, it needs to be an absolute path",
+                cfg.working_dir
+            )));
         }
         if cfg.user.is_empty() {
             cfg.user = ic.user.clone();
@@ -1097,19 +1422,31 @@ impl Backend for Engine {
             hc.network_mode = "bridge".into();
         }
         if !matches!(hc.network_mode.as_str(), "bridge" | "host" | "none") {
-            return Err(ApiError::not_found(format!("network {} not found (networks: bridge, host, none)", hc.network_mode)));
+            return Err(ApiError::not_found(format!(
+                "network {} not found (networks: bridge, host, none)",
+                hc.network_mode
+            )));
         }
-        if !matches!(hc.restart_policy.name.as_str(), "" | "no" | "always" | "unless-stopped" | "on-failure") {
-            return Err(ApiError::bad_request(format!("invalid restart policy {:?}", hc.restart_policy.name)));
+        if !matches!(
+            hc.restart_policy.name.as_str(),
+            "" | "no" | "always" | "unless-stopped" | "on-failure"
+        ) {
+            return Err(ApiError::bad_request(format!(
+                "invalid restart policy {:?}",
+                hc.restart_policy.name
+            )));
         }
         if hc.auto_remove && !matches!(hc.restart_policy.name.as_str(), "" | "no") {
-            return Err(ApiError::bad_request("conflicting options: cannot specify both --restart and --rm"));
+            return Err(ApiError::bad_request(
+                "conflicting options: cannot specify both --restart and --rm",
+            ));
         }
         confinement(&hc).map_err(ApiError::bad_request)?;
         trace.mark("confinement (seccomp compiled)");
         let (binds, mounts) = self.parse_binds(&hc.binds.clone().unwrap_or_default())?;
         let (dir, data) = self.container_dirs(&id);
-        self.make_dirs(&dir, &data, &cfg.hostname, &hc.network_mode).map_err(internal("creating container directory"))?;
+        self.make_dirs(&dir, &data, &cfg.hostname, &hc.network_mode)
+            .map_err(internal("creating container directory"))?;
         trace.mark("directories made");
         let path = argv.remove(0);
         let rec = Record {
@@ -1131,7 +1468,10 @@ impl Backend for Engine {
         c.save();
         trace.mark("saved");
         self.containers.lock().unwrap().insert(id.clone(), c);
-        Ok(ContainerCreateResponse { id, warnings: vec![] })
+        Ok(ContainerCreateResponse {
+            id,
+            warnings: vec![],
+        })
     }
 
     async fn container_inspect(&self, id: &str) -> ApiResult<ContainerInspect> {
@@ -1162,17 +1502,26 @@ impl Backend for Engine {
         r
     }
 
-    async fn container_stop(&self, id: &str, timeout: Option<i64>, signal: Option<String>) -> ApiResult<()> {
+    async fn container_stop(
+        &self,
+        id: &str,
+        timeout: Option<i64>,
+        signal: Option<String>,
+    ) -> ApiResult<()> {
         self.stop_inner(id, timeout, signal, true).await
     }
 
     async fn container_kill(&self, id: &str, signal: Option<String>) -> ApiResult<()> {
         let c = self.find(id)?;
         if !c.is_running() {
-            return Err(ApiError::conflict(format!("Cannot kill container: {id}: container {} is not running", c.snapshot().id)));
+            return Err(ApiError::conflict(format!(
+                "Cannot kill container: {id}: container {} is not running",
+                c.snapshot().id
+            )));
         }
         let s = signal.as_deref().unwrap_or("KILL");
-        let sig = parse_signal(s).ok_or_else(|| ApiError::bad_request(format!("Invalid signal: {s}")))?;
+        let sig =
+            parse_signal(s).ok_or_else(|| ApiError::bad_request(format!("Invalid signal: {s}")))?;
         if sig == nix::sys::signal::Signal::SIGKILL {
             c.rec.lock().unwrap().stopped_by_user = true;
         }
@@ -1185,7 +1534,13 @@ impl Backend for Engine {
             Err(e) if e.status == http::StatusCode::NOT_MODIFIED => {}
             Err(e) => return Err(e),
         }
-        self.container_start(id).await.or_else(|e| if e.status == http::StatusCode::NOT_MODIFIED { Ok(()) } else { Err(e) })
+        self.container_start(id).await.or_else(|e| {
+            if e.status == http::StatusCode::NOT_MODIFIED {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
     }
 
     async fn container_remove(&self, id: &str, force: bool, _volumes: bool) -> ApiResult<()> {
@@ -1199,17 +1554,25 @@ impl Backend for Engine {
                 c.rec.lock().unwrap().status = "exited".into();
             }
             let _ = self.signal(&c, nix::sys::signal::Signal::SIGKILL);
-            self.wait_not_running(&c, Some(std::time::Duration::from_secs(10))).await;
+            self.wait_not_running(&c, Some(std::time::Duration::from_secs(10)))
+                .await;
         }
         let _g = c.op.lock().await;
         self.remove_inner(&c).await
     }
 
     async fn container_prune(&self) -> ApiResult<Vec<String>> {
-        let stopped: Vec<Arc<Container>> = self.containers.lock().unwrap().values().filter(|c| {
-            let s = c.rec.lock().unwrap().status.clone();
-            s == "exited" || s == "created"
-        }).cloned().collect();
+        let stopped: Vec<Arc<Container>> = self
+            .containers
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|c| {
+                let s = c.rec.lock().unwrap().status.clone();
+                s == "exited" || s == "created"
+            })
+            .cloned()
+            .collect();
         let mut ids = Vec::new();
         for c in stopped {
             ids.push(c.snapshot().id);
@@ -1224,18 +1587,26 @@ impl Backend for Engine {
         let start: Events = *rx.borrow();
         let status = c.rec.lock().unwrap().status.clone();
         let done = |e: &Events| match cond {
-            WaitCondition::NotRunning => !e.running && (status != "running" || e.exits > start.exits),
+            WaitCondition::NotRunning => {
+                !e.running && (status != "running" || e.exits > start.exits)
+            }
             WaitCondition::NextExit => e.exits > start.exits,
             WaitCondition::Removed => e.removed,
         };
         if cond == WaitCondition::NotRunning && status != "running" && status != "restarting" {
-            return Ok(WaitResponse { status_code: c.rec.lock().unwrap().exit_code, error: None });
+            return Ok(WaitResponse {
+                status_code: c.rec.lock().unwrap().exit_code,
+                error: None,
+            });
         }
         let e = match rx.wait_for(done).await {
             Ok(e) => *e,
             Err(_) => *c.events.borrow(),
         };
-        Ok(WaitResponse { status_code: e.exit_code, error: None })
+        Ok(WaitResponse {
+            status_code: e.exit_code,
+            error: None,
+        })
     }
 
     async fn container_logs(&self, id: &str, o: LogsOptions) -> ApiResult<(bool, FrameRx)> {
@@ -1250,8 +1621,15 @@ impl Backend for Engine {
                 let running = c.is_running() || c.rec.lock().unwrap().status == "restarting";
                 let data = tokio::fs::read(&path).await.unwrap_or_default();
                 let new = &data[(pos as usize).min(data.len())..];
-                let end = new.iter().rposition(|b| *b == b'\n').map(|i| i + 1).unwrap_or(0);
-                let mut lines: Vec<&str> = std::str::from_utf8(&new[..end]).unwrap_or("").lines().collect();
+                let end = new
+                    .iter()
+                    .rposition(|b| *b == b'\n')
+                    .map(|i| i + 1)
+                    .unwrap_or(0);
+                let mut lines: Vec<&str> = std::str::from_utf8(&new[..end])
+                    .unwrap_or("")
+                    .lines()
+                    .collect();
                 pos += end as u64;
                 if first {
                     if let Some(n) = o.tail {
@@ -1308,7 +1686,13 @@ impl Backend for Engine {
             // The pipe appears when the container starts; wait for it if attaching first.
             tokio::spawn(async move {
                 let w = loop {
-                    if let Some(w) = c2.stdin.lock().unwrap().as_ref().and_then(|f| f.try_clone().ok()) {
+                    if let Some(w) = c2
+                        .stdin
+                        .lock()
+                        .unwrap()
+                        .as_ref()
+                        .and_then(|f| f.try_clone().ok())
+                    {
                         break w;
                     }
                     if c2.events.borrow().removed {
@@ -1330,7 +1714,11 @@ impl Backend for Engine {
         } else {
             None
         };
-        Ok(AttachIo { tty: r.config.tty, output: rx, stdin })
+        Ok(AttachIo {
+            tty: r.config.tty,
+            output: rx,
+            stdin,
+        })
     }
 
     async fn container_resize(&self, id: &str, h: u16, w: u16) -> ApiResult<()> {
@@ -1344,26 +1732,47 @@ impl Backend for Engine {
     async fn exec_create(&self, id: &str, req: ExecCreateRequest) -> ApiResult<String> {
         let c = self.find(id)?;
         if !c.is_running() {
-            return Err(ApiError::conflict(format!("container {} is not running", c.snapshot().id)));
+            return Err(ApiError::conflict(format!(
+                "container {} is not running",
+                c.snapshot().id
+            )));
         }
         let eid = random_id();
         self.execs.lock().unwrap().insert(
             eid.clone(),
-            Arc::new(Exec { id: eid.clone(), container: c.snapshot().id, req, state: Mutex::new((false, None, 0)), pty: Mutex::new(None) }),
+            Arc::new(Exec {
+                id: eid.clone(),
+                container: c.snapshot().id,
+                req,
+                state: Mutex::new((false, None, 0)),
+                pty: Mutex::new(None),
+            }),
         );
         Ok(eid)
     }
 
     async fn exec_start(&self, exec_id: &str, _start: ExecStartRequest) -> ApiResult<AttachIo> {
-        let ex = self.execs.lock().unwrap().get(exec_id).cloned().ok_or_else(|| ApiError::not_found(format!("No such exec instance: {exec_id}")))?;
+        let ex = self
+            .execs
+            .lock()
+            .unwrap()
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("No such exec instance: {exec_id}")))?;
         let c = self.find(&ex.container)?;
         let r = c.snapshot();
         if r.pid <= 0 {
-            return Err(ApiError::conflict(format!("container {} is not running", r.id)));
+            return Err(ApiError::conflict(format!(
+                "container {} is not running",
+                r.id
+            )));
         }
         let mut env = r.config.env.clone().unwrap_or_default();
         if !env.iter().any(|e| e.starts_with("PATH=")) {
-            env.insert(0, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+            env.insert(
+                0,
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            );
         }
         env.extend(ex.req.env.clone().unwrap_or_default());
         if ex.req.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
@@ -1375,15 +1784,30 @@ impl Backend for Engine {
             process: Process {
                 args: ex.req.cmd.clone(),
                 env,
-                cwd: if ex.req.working_dir.is_empty() { r.config.working_dir.clone() } else { ex.req.working_dir.clone() },
-                user: if ex.req.user.is_empty() { r.config.user.clone() } else { ex.req.user.clone() },
+                cwd: if ex.req.working_dir.is_empty() {
+                    r.config.working_dir.clone()
+                } else {
+                    ex.req.working_dir.clone()
+                },
+                user: if ex.req.user.is_empty() {
+                    r.config.user.clone()
+                } else {
+                    ex.req.user.clone()
+                },
                 tty: ex.req.tty,
                 confine: confinement(&r.host_config).map_err(ApiError::bad_request)?,
             },
         };
         let spec_path = c.dir.join(format!("exec-{}.json", ex.id));
-        std::fs::write(&spec_path, serde_json::to_vec(&spec).unwrap_or_default()).map_err(internal("writing exec spec"))?;
-        let stdio = if ex.req.tty { Stdio3::Console } else { Stdio3::Pipes { stdin: ex.req.attach_stdin } };
+        std::fs::write(&spec_path, serde_json::to_vec(&spec).unwrap_or_default())
+            .map_err(internal("writing exec spec"))?;
+        let stdio = if ex.req.tty {
+            Stdio3::Console
+        } else {
+            Stdio3::Pipes {
+                stdin: ex.req.attach_stdin,
+            }
+        };
         let sp = spec_path.clone();
         let res = tokio::task::spawn_blocking(move || {
             let mut s = runtime::spawn("__exec", &sp, stdio)?;
@@ -1401,7 +1825,11 @@ impl Backend for Engine {
                 let _ = s.child.wait();
                 *ex.state.lock().unwrap() = (false, Some(126), 0);
                 let _ = tx.try_send(Frame::stderr(format!("OCI runtime exec failed: {e}\n")));
-                return Ok(AttachIo { tty: ex.req.tty, output: rx, stdin: None });
+                return Ok(AttachIo {
+                    tty: ex.req.tty,
+                    output: rx,
+                    stdin: None,
+                });
             }
         };
         *ex.state.lock().unwrap() = (true, None, s.pid);
@@ -1414,7 +1842,10 @@ impl Backend for Engine {
         };
         let mut stdin_w: Option<std::fs::File> = None;
         if let Some(m) = master {
-            readers.push(reader_thread(std::fs::File::from(m.try_clone().map_err(internal("pty"))?), fwd(StdStream::Stdout)));
+            readers.push(reader_thread(
+                std::fs::File::from(m.try_clone().map_err(internal("pty"))?),
+                fwd(StdStream::Stdout),
+            ));
             stdin_w = Some(std::fs::File::from(m.try_clone().map_err(internal("pty"))?));
             *ex.pty.lock().unwrap() = Some(m);
         } else {
@@ -1439,7 +1870,10 @@ impl Backend for Engine {
         let ex2 = ex.clone();
         let mut child = s.child;
         std::thread::spawn(move || {
-            let code = child.wait().map(|s| s.code().unwrap_or(255) as i64).unwrap_or(255);
+            let code = child
+                .wait()
+                .map(|s| s.code().unwrap_or(255) as i64)
+                .unwrap_or(255);
             *ex2.pty.lock().unwrap() = None;
             for r in readers {
                 let _ = r.join();
@@ -1447,11 +1881,21 @@ impl Backend for Engine {
             *ex2.state.lock().unwrap() = (false, Some(code), 0);
             drop(tx); // closes the output stream only after the exit code is known
         });
-        Ok(AttachIo { tty: ex.req.tty, output: rx, stdin })
+        Ok(AttachIo {
+            tty: ex.req.tty,
+            output: rx,
+            stdin,
+        })
     }
 
     async fn exec_inspect(&self, exec_id: &str) -> ApiResult<ExecInspect> {
-        let ex = self.execs.lock().unwrap().get(exec_id).cloned().ok_or_else(|| ApiError::not_found(format!("No such exec instance: {exec_id}")))?;
+        let ex = self
+            .execs
+            .lock()
+            .unwrap()
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("No such exec instance: {exec_id}")))?;
         let (running, code, pid) = *ex.state.lock().unwrap();
         Ok(ExecInspect {
             id: ex.id.clone(),
@@ -1466,7 +1910,13 @@ impl Backend for Engine {
     }
 
     async fn exec_resize(&self, exec_id: &str, h: u16, w: u16) -> ApiResult<()> {
-        let ex = self.execs.lock().unwrap().get(exec_id).cloned().ok_or_else(|| ApiError::not_found(format!("No such exec instance: {exec_id}")))?;
+        let ex = self
+            .execs
+            .lock()
+            .unwrap()
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("No such exec instance: {exec_id}")))?;
         if let Some(m) = ex.pty.lock().unwrap().as_ref() {
             set_winsize(m, h, w);
         }
@@ -1479,7 +1929,11 @@ impl Backend for Engine {
         stat_of(&p, path)
     }
 
-    async fn archive_get(&self, id: &str, path: &str) -> ApiResult<(PathStat, mpsc::Receiver<Bytes>)> {
+    async fn archive_get(
+        &self,
+        id: &str,
+        path: &str,
+    ) -> ApiResult<(PathStat, mpsc::Receiver<Bytes>)> {
         let c = self.find(id)?;
         let (p, m) = self.in_container(&c, path)?;
         let stat = stat_of(&p, path)?;
@@ -1490,7 +1944,9 @@ impl Backend for Engine {
             struct W(mpsc::Sender<Bytes>);
             impl Write for W {
                 fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                    self.0.blocking_send(Bytes::copy_from_slice(b)).map_err(|_| std::io::Error::other("client gone"))?;
+                    self.0
+                        .blocking_send(Bytes::copy_from_slice(b))
+                        .map_err(|_| std::io::Error::other("client gone"))?;
                     Ok(b.len())
                 }
                 fn flush(&mut self) -> std::io::Result<()> {
@@ -1499,7 +1955,11 @@ impl Backend for Engine {
             }
             let mut b = tar::Builder::new(W(tx));
             b.follow_symlinks(false);
-            let r = if p.is_dir() { b.append_dir_all(&name, &p) } else { b.append_path_with_name(&p, &name) };
+            let r = if p.is_dir() {
+                b.append_dir_all(&name, &p)
+            } else {
+                b.append_path_with_name(&p, &name)
+            };
             if r.is_ok() {
                 let _ = b.finish();
             }
@@ -1511,22 +1971,26 @@ impl Backend for Engine {
         let c = self.find(id)?;
         let (p, m) = self.in_container(&c, path)?;
         if !p.is_dir() {
-            return Err(ApiError::bad_request(format!("extraction point is not a directory: {path}")));
+            return Err(ApiError::bad_request(format!(
+                "extraction point is not a directory: {path}"
+            )));
         }
         tokio::task::spawn_blocking(move || {
             let _m = m;
             crate::unpack::unpack(&tar[..], &p, &[])
         })
-            .await
-            .map_err(internal("copy task"))?
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        .await
+        .map_err(internal("copy task"))?
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
         Ok(())
     }
 }
 
 fn stat_of(p: &Path, shown: &str) -> ApiResult<PathStat> {
     use std::os::unix::fs::MetadataExt;
-    let m = std::fs::symlink_metadata(p).map_err(|_| ApiError::not_found(format!("Could not find the file {shown} in container")))?;
+    let m = std::fs::symlink_metadata(p).map_err(|_| {
+        ApiError::not_found(format!("Could not find the file {shown} in container"))
+    })?;
     let mut mode = m.mode() & 0o777;
     if m.is_dir() {
         mode |= 1 << 31;
@@ -1535,10 +1999,15 @@ fn stat_of(p: &Path, shown: &str) -> ApiResult<PathStat> {
         mode |= 1 << 27;
     }
     Ok(PathStat {
-        name: Path::new(shown).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "/".into()),
+        name: Path::new(shown)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "/".into()),
         size: m.len() as i64,
         mode,
         mtime: rfc3339(m.mtime() as i128 * 1_000_000_000),
-        link_target: std::fs::read_link(p).map(|l| l.display().to_string()).unwrap_or_default(),
+        link_target: std::fs::read_link(p)
+            .map(|l| l.display().to_string())
+            .unwrap_or_default(),
     })
 }

@@ -10,7 +10,9 @@
 
 use crate::args::Args;
 use anyhow::{Context, Result};
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
+};
 use std::path::{Path, PathBuf};
 
 pub struct TlsPaths {
@@ -20,24 +22,37 @@ pub struct TlsPaths {
 }
 
 fn write_private(p: &Path, data: &str) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(p)
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(p)
         .with_context(|| format!("writing {}", p.display()))?;
-    f.write_all(data.as_bytes()).with_context(|| format!("writing {}", p.display()))
+    f.write_all(data.as_bytes())
+        .with_context(|| format!("writing {}", p.display()))
 }
 
 fn ca(name: &str) -> Result<(rcgen::Certificate, KeyPair)> {
     let mut p = CertificateParams::new(Vec::<String>::new())?;
     p.distinguished_name.push(DnType::CommonName, name);
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign, rcgen::KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
     let k = KeyPair::generate()?;
     Ok((p.self_signed(&k)?, k))
 }
 
 fn local_sans(extra: &[String]) -> Vec<SanType> {
-    let mut sans = vec![SanType::DnsName("localhost".try_into().expect("static")), SanType::IpAddress([127, 0, 0, 1].into())];
+    let mut sans = vec![
+        SanType::DnsName("localhost".try_into().expect("static")),
+        SanType::IpAddress([127, 0, 0, 1].into()),
+    ];
     if let Ok(h) = nix::unistd::gethostname() {
         if let Ok(n) = h.to_string_lossy().to_string().try_into() {
             sans.push(SanType::DnsName(n));
@@ -69,12 +84,19 @@ fn local_sans(extra: &[String]) -> Vec<SanType> {
 pub fn ensure(args: &Args) -> Result<TlsPaths> {
     let dir = args.data_root.join("tls");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let cert = args.tlscert.clone().unwrap_or_else(|| dir.join("server-cert.pem"));
-    let key = args.tlskey.clone().unwrap_or_else(|| dir.join("server-key.pem"));
+    let cert = args
+        .tlscert
+        .clone()
+        .unwrap_or_else(|| dir.join("server-cert.pem"));
+    let key = args
+        .tlskey
+        .clone()
+        .unwrap_or_else(|| dir.join("server-key.pem"));
     if !cert.exists() || !key.exists() {
         let (ca_cert, ca_key) = ca("axion engine CA")?;
         let mut p = CertificateParams::new(Vec::<String>::new())?;
-        p.distinguished_name.push(DnType::CommonName, "axion engine");
+        p.distinguished_name
+            .push(DnType::CommonName, "axion engine");
         p.subject_alt_names = local_sans(&args.tls_sans);
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let k = KeyPair::generate()?;
@@ -92,7 +114,8 @@ pub fn ensure(args: &Args) -> Result<TlsPaths> {
             if !p.exists() {
                 let (cca, cca_key) = ca("axion engine client CA")?;
                 let mut cp = CertificateParams::new(Vec::<String>::new())?;
-                cp.distinguished_name.push(DnType::CommonName, "axion client");
+                cp.distinguished_name
+                    .push(DnType::CommonName, "axion client");
                 cp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
                 let ck = KeyPair::generate()?;
                 let cc = cp.signed_by(&ck, &cca, &cca_key)?;
@@ -103,10 +126,17 @@ pub fn ensure(args: &Args) -> Result<TlsPaths> {
                 write_private(&cdir.join("key.pem"), &ck.serialize_pem())?;
                 write_private(&dir.join("client-ca-key.pem"), &cca_key.serialize_pem())?;
                 std::fs::write(&p, cca.pem())?;
-                eprintln!("engine: generated client CA and client certificate in {}", cdir.display());
+                eprintln!(
+                    "engine: generated client CA and client certificate in {}",
+                    cdir.display()
+                );
             }
             p
         }
     };
-    Ok(TlsPaths { cert, key, client_ca })
+    Ok(TlsPaths {
+        cert,
+        key,
+        client_ca,
+    })
 }

@@ -31,15 +31,25 @@ pub fn create(id: &str, hc: &HostConfig) -> std::io::Result<Option<PathBuf>> {
     std::fs::create_dir_all(&dir)?;
     let write = |f: &str, v: String| {
         std::fs::write(dir.join(f), &v).map_err(|e| {
-            std::io::Error::new(e.kind(), format!("writing {v:?} to {}: {e}", dir.join(f).display()))
+            std::io::Error::new(
+                e.kind(),
+                format!("writing {v:?} to {}: {e}", dir.join(f).display()),
+            )
         })
     };
     if hc.memory > 0 {
         write("memory.max", hc.memory.to_string())?;
     }
-    let period = if hc.cpu_period > 0 { hc.cpu_period } else { 100_000 };
+    let period = if hc.cpu_period > 0 {
+        hc.cpu_period
+    } else {
+        100_000
+    };
     if hc.nano_cpus > 0 {
-        write("cpu.max", format!("{} {period}", hc.nano_cpus * period / 1_000_000_000))?;
+        write(
+            "cpu.max",
+            format!("{} {period}", hc.nano_cpus * period / 1_000_000_000),
+        )?;
     } else if hc.cpu_quota > 0 {
         write("cpu.max", format!("{} {period}", hc.cpu_quota))?;
     }
@@ -58,7 +68,11 @@ pub fn oom_killed(dir: &Path) -> bool {
     std::fs::read_to_string(dir.join("memory.events"))
         .unwrap_or_default()
         .lines()
-        .any(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse::<u64>().ok()).is_some_and(|n| n > 0))
+        .any(|l| {
+            l.strip_prefix("oom_kill ")
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .is_some_and(|n| n > 0)
+        })
 }
 
 pub fn remove(dir: &Path) {

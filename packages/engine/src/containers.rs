@@ -70,7 +70,11 @@ impl Container {
     /// directory unless the engine has an `--exec-root`).
     pub fn new(dir: PathBuf, data: PathBuf, rec: Record) -> Self {
         let (output, _) = broadcast::channel(1024);
-        let (events, _) = watch::channel(Events { running: rec.status == "running", exit_code: rec.exit_code, ..Default::default() });
+        let (events, _) = watch::channel(Events {
+            running: rec.status == "running",
+            exit_code: rec.exit_code,
+            ..Default::default()
+        });
         Container {
             dir,
             data,
@@ -117,17 +121,31 @@ pub fn parse_signal(s: &str) -> Option<nix::sys::signal::Signal> {
         return nix::sys::signal::Signal::try_from(n).ok();
     }
     let up = s.to_ascii_uppercase();
-    let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
     nix::sys::signal::Signal::from_str(&name).ok()
 }
 
-const LEFT: &[&str] = &["brave", "calm", "eager", "gentle", "happy", "jolly", "keen", "lucid", "quiet", "swift", "witty", "zen"];
-const RIGHT: &[&str] = &["babbage", "curie", "darwin", "euler", "franklin", "gauss", "hopper", "lovelace", "noether", "turing"];
+const LEFT: &[&str] = &[
+    "brave", "calm", "eager", "gentle", "happy", "jolly", "keen", "lucid", "quiet", "swift",
+    "witty", "zen",
+];
+const RIGHT: &[&str] = &[
+    "babbage", "curie", "darwin", "euler", "franklin", "gauss", "hopper", "lovelace", "noether",
+    "turing",
+];
 
 pub fn random_name() -> String {
     use rand::seq::SliceRandom;
     let mut r = rand::thread_rng();
-    format!("{}_{}", LEFT.choose(&mut r).unwrap_or(&"x"), RIGHT.choose(&mut r).unwrap_or(&"y"))
+    format!(
+        "{}_{}",
+        LEFT.choose(&mut r).unwrap_or(&"x"),
+        RIGHT.choose(&mut r).unwrap_or(&"y")
+    )
 }
 
 pub fn valid_name(n: &str) -> bool {
@@ -135,7 +153,8 @@ pub fn valid_name(n: &str) -> bool {
     n.len() >= 2
         && n.len() <= 128
         && n.as_bytes()[0].is_ascii_alphanumeric()
-        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 #[cfg(test)]

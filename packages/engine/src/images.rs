@@ -12,9 +12,9 @@
 
 mod load;
 
-use registry::{Reference, Session};
 use crate::unpack;
 use docker_api::types::{ImageRunConfig, ProgressMessage};
+use registry::{Reference, Session};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
@@ -27,17 +27,30 @@ pub enum ImageError {
     #[error(transparent)]
     Registry(#[from] registry::RegistryError),
     #[error("layer {digest}: {source}")]
-    Unpack { digest: String, source: unpack::UnpackError },
+    Unpack {
+        digest: String,
+        source: unpack::UnpackError,
+    },
     #[error("layer {digest}: uncompressed content has diff-id {actual}, config says {expected}")]
-    DiffId { digest: String, expected: String, actual: String },
+    DiffId {
+        digest: String,
+        expected: String,
+        actual: String,
+    },
     #[error("image config {digest}: {msg}")]
     Config { digest: String, msg: String },
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 fn io_err(p: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
-    move |source| ImageError::Io { path: p.display().to_string(), source }
+    move |source| ImageError::Io {
+        path: p.display().to_string(),
+        source,
+    }
 }
 
 /// The parts of an OCI image config we use.
@@ -105,7 +118,8 @@ impl Store {
         let tmp = root.join("tmp");
         if let Ok(rd) = std::fs::read_dir(&tmp) {
             for e in rd.flatten() {
-                let _ = std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
+                let _ =
+                    std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
             }
         }
         let refs_path = root.join("refs.json");
@@ -113,13 +127,18 @@ impl Store {
             Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
             Err(_) => Refs::default(),
         };
-        Ok(Store { root: root.to_path_buf(), refs: Mutex::new(refs), shared: None })
+        Ok(Store {
+            root: root.to_path_buf(),
+            refs: Mutex::new(refs),
+            shared: None,
+        })
     }
 
     fn save(&self, refs: &Refs) -> Result<(), ImageError> {
         let p = self.root.join("refs.json");
         let tmp = self.root.join("refs.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(refs).unwrap_or_default()).map_err(io_err(&tmp))?;
+        std::fs::write(&tmp, serde_json::to_vec_pretty(refs).unwrap_or_default())
+            .map_err(io_err(&tmp))?;
         std::fs::rename(&tmp, &p).map_err(io_err(&p))
     }
 
@@ -141,7 +160,9 @@ impl Store {
     }
 
     pub fn config(&self, id: &str) -> Option<ImageConfig> {
-        let b = std::fs::read(self.blob_path(id)).ok().or_else(|| self.shared_config(id))?;
+        let b = std::fs::read(self.blob_path(id))
+            .ok()
+            .or_else(|| self.shared_config(id))?;
         serde_json::from_slice(&b).ok()
     }
 
@@ -181,10 +202,18 @@ impl Store {
             return Some(format!("sha256:{h}"));
         }
         if h.len() >= 4 && h.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let mut ids: Vec<String> = refs.tags.values().chain(refs.digests.keys()).cloned().collect();
+            let mut ids: Vec<String> = refs
+                .tags
+                .values()
+                .chain(refs.digests.keys())
+                .cloned()
+                .collect();
             ids.sort();
             ids.dedup();
-            let m: Vec<_> = ids.into_iter().filter(|id| hex_of(id).starts_with(h)).collect();
+            let m: Vec<_> = ids
+                .into_iter()
+                .filter(|id| hex_of(id).starts_with(h))
+                .collect();
             if m.len() == 1 {
                 return Some(m[0].clone());
             }
@@ -195,17 +224,38 @@ impl Store {
     pub fn image(&self, id: &str) -> Option<Image> {
         let config = self.config(id)?;
         let refs = self.refs.lock().unwrap();
-        let tags = refs.tags.iter().filter(|(_, v)| *v == id).map(|(k, _)| k.clone()).collect();
+        let tags = refs
+            .tags
+            .iter()
+            .filter(|(_, v)| *v == id)
+            .map(|(k, _)| k.clone())
+            .collect();
         let digests = refs.digests.get(id).cloned().unwrap_or_default();
         drop(refs);
-        let size = config.rootfs.diff_ids.iter().map(|d| dir_size(&self.lower_path(d))).sum();
-        Some(Image { id: id.to_string(), config, tags, digests, size })
+        let size = config
+            .rootfs
+            .diff_ids
+            .iter()
+            .map(|d| dir_size(&self.lower_path(d)))
+            .sum();
+        Some(Image {
+            id: id.to_string(),
+            config,
+            tags,
+            digests,
+            size,
+        })
     }
 
     pub fn list(&self) -> Vec<Image> {
         let ids: Vec<String> = {
             let refs = self.refs.lock().unwrap();
-            let mut v: Vec<String> = refs.tags.values().chain(refs.digests.keys()).cloned().collect();
+            let mut v: Vec<String> = refs
+                .tags
+                .values()
+                .chain(refs.digests.keys())
+                .cloned()
+                .collect();
             v.sort();
             v.dedup();
             v
@@ -216,7 +266,13 @@ impl Store {
     /// Lower dirs for overlayfs, top layer first.
     pub fn lowers(&self, id: &str) -> Option<Vec<PathBuf>> {
         let c = self.config(id)?;
-        let v: Vec<PathBuf> = c.rootfs.diff_ids.iter().rev().map(|d| self.lower_path(d)).collect();
+        let v: Vec<PathBuf> = c
+            .rootfs
+            .diff_ids
+            .iter()
+            .rev()
+            .map(|d| self.lower_path(d))
+            .collect();
         v.iter().all(|p| p.is_dir()).then_some(v)
     }
 
@@ -229,7 +285,9 @@ impl Store {
     /// Removes a tag; returns whether the image id is now unreferenced.
     pub fn untag(&self, tagged: &str) -> Result<Option<(String, bool)>, ImageError> {
         let mut refs = self.refs.lock().unwrap();
-        let Some(id) = refs.tags.remove(tagged) else { return Ok(None) };
+        let Some(id) = refs.tags.remove(tagged) else {
+            return Ok(None);
+        };
         let orphan = !refs.tags.values().any(|v| *v == id);
         if orphan {
             refs.digests.remove(&id);
@@ -241,7 +299,12 @@ impl Store {
     /// Drops an image id entirely (all tags) and its layers not used by other images.
     pub fn delete(&self, id: &str) -> Result<Vec<String>, ImageError> {
         let mut refs = self.refs.lock().unwrap();
-        let untagged: Vec<String> = refs.tags.iter().filter(|(_, v)| *v == id).map(|(k, _)| k.clone()).collect();
+        let untagged: Vec<String> = refs
+            .tags
+            .iter()
+            .filter(|(_, v)| *v == id)
+            .map(|(k, _)| k.clone())
+            .collect();
         for t in &untagged {
             refs.tags.remove(t);
         }
@@ -276,16 +339,26 @@ impl Store {
         let say = |id: Option<&str>, s: String| {
             let _ = tx.try_send(ProgressMessage::status(id, s));
         };
-        say(r.tag.as_deref().or(r.digest.as_deref()), format!("Pulling from {}", r.familiar_name()));
+        say(
+            r.tag.as_deref().or(r.digest.as_deref()),
+            format!("Pulling from {}", r.familiar_name()),
+        );
         let (manifest, mbytes, mdigest) = session.manifest(r.object()).await?;
         let cdesc = manifest.config.clone().expect("checked by manifest()");
         let cbytes = session.blob_bytes(&cdesc).await?;
-        let config: ImageConfig = serde_json::from_slice(&cbytes)
-            .map_err(|e| ImageError::Config { digest: cdesc.digest.clone(), msg: e.to_string() })?;
+        let config: ImageConfig =
+            serde_json::from_slice(&cbytes).map_err(|e| ImageError::Config {
+                digest: cdesc.digest.clone(),
+                msg: e.to_string(),
+            })?;
         if config.rootfs.diff_ids.len() != manifest.layers.len() {
             return Err(ImageError::Config {
                 digest: cdesc.digest.clone(),
-                msg: format!("{} diff_ids for {} layers", config.rootfs.diff_ids.len(), manifest.layers.len()),
+                msg: format!(
+                    "{} diff_ids for {} layers",
+                    config.rootfs.diff_ids.len(),
+                    manifest.layers.len()
+                ),
             });
         }
         let id = cdesc.digest.clone();
@@ -302,7 +375,10 @@ impl Store {
                 continue;
             }
             say(Some(short), "Pulling fs layer".into());
-            let tmp_blob = self.root.join("tmp").join(format!("blob-{}", hex_of(&layer.digest)));
+            let tmp_blob = self
+                .root
+                .join("tmp")
+                .join(format!("blob-{}", hex_of(&layer.digest)));
             say(Some(short), "Downloading".into());
             let res = session.blob_to_file(layer, &tmp_blob).await;
             if let Err(e) = res {
@@ -312,12 +388,27 @@ impl Store {
             say(Some(short), "Verifying Checksum".into());
             say(Some(short), "Download complete".into());
             say(Some(short), "Extracting".into());
-            let (blob, diff, dest2, lw, digest) =
-                (tmp_blob.clone(), diff_id.clone(), dest.clone(), lowers.clone(), layer.digest.clone());
-            let tmp_dir = self.root.join("tmp").join(format!("layer-{}", hex_of(diff_id)));
-            let r = tokio::task::spawn_blocking(move || unpack_verified(&blob, &tmp_dir, &dest2, &diff, &lw, &digest))
-                .await
-                .unwrap_or_else(|e| Err(ImageError::Config { digest: layer.digest.clone(), msg: format!("unpack task: {e}") }));
+            let (blob, diff, dest2, lw, digest) = (
+                tmp_blob.clone(),
+                diff_id.clone(),
+                dest.clone(),
+                lowers.clone(),
+                layer.digest.clone(),
+            );
+            let tmp_dir = self
+                .root
+                .join("tmp")
+                .join(format!("layer-{}", hex_of(diff_id)));
+            let r = tokio::task::spawn_blocking(move || {
+                unpack_verified(&blob, &tmp_dir, &dest2, &diff, &lw, &digest)
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(ImageError::Config {
+                    digest: layer.digest.clone(),
+                    msg: format!("unpack task: {e}"),
+                })
+            });
             let _ = std::fs::remove_file(&tmp_blob);
             r?;
             say(Some(short), "Pull complete".into());
@@ -346,11 +437,27 @@ impl Store {
 
 /// Decompresses and unpacks a verified blob into `tmp`, checks the diff-id, then renames
 /// `tmp` to `dest`. On any failure nothing is left at `dest`.
-fn unpack_verified(blob: &Path, tmp: &Path, dest: &Path, diff_id: &str, lowers: &[PathBuf], digest: &str) -> Result<(), ImageError> {
-    unpack::unpack_layer(blob, tmp, dest, diff_id, lowers).map(|_| ()).map_err(|e| match e {
-        unpack::LayerError::Unpack(source) => ImageError::Unpack { digest: digest.to_string(), source },
-        unpack::LayerError::DiffId { expected, actual } => ImageError::DiffId { digest: digest.to_string(), expected, actual },
-    })
+fn unpack_verified(
+    blob: &Path,
+    tmp: &Path,
+    dest: &Path,
+    diff_id: &str,
+    lowers: &[PathBuf],
+    digest: &str,
+) -> Result<(), ImageError> {
+    unpack::unpack_layer(blob, tmp, dest, diff_id, lowers)
+        .map(|_| ())
+        .map_err(|e| match e {
+            unpack::LayerError::Unpack(source) => ImageError::Unpack {
+                digest: digest.to_string(),
+                source,
+            },
+            unpack::LayerError::DiffId { expected, actual } => ImageError::DiffId {
+                digest: digest.to_string(),
+                expected,
+                actual,
+            },
+        })
 }
 
 pub fn dir_size(p: &Path) -> i64 {

@@ -82,7 +82,11 @@ async fn serve(args: args::Args) -> Result<()> {
             } else {
                 let paths = certs::ensure(&args)?;
                 eprintln!("engine: API listening on tcp://{addr} (mutual TLS)");
-                Some(docker_api::tls::server_config(&paths.cert, &paths.key, &paths.client_ca)?)
+                Some(docker_api::tls::server_config(
+                    &paths.cert,
+                    &paths.key,
+                    &paths.client_ca,
+                )?)
             };
             let b = backend.clone();
             tasks.push(tokio::spawn(async move {
@@ -104,9 +108,11 @@ async fn serve(args: args::Args) -> Result<()> {
         let _ = tokio::task::spawn_blocking(|| ()).await;
         let b = backend.clone();
         tasks.push(tokio::spawn(async move {
-            vchan::port::serve(&name, move |s| docker_api::server::serve_connection(b.clone(), s))
-                .await
-                .with_context(|| format!("serving on virtio-serial port {name}"))
+            vchan::port::serve(&name, move |s| {
+                docker_api::server::serve_connection(b.clone(), s)
+            })
+            .await
+            .with_context(|| format!("serving on virtio-serial port {name}"))
         }));
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

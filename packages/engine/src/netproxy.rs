@@ -35,16 +35,32 @@ pub fn parse_bindings(key: &str, binds: &[(String, String)]) -> Result<Vec<Bindi
     let proto = match proto {
         "tcp" => Proto::Tcp,
         "udp" => Proto::Udp,
-        other => return Err(format!("invalid proto {other:?} in port {key:?}: only tcp and udp are supported")),
+        other => {
+            return Err(format!(
+                "invalid proto {other:?} in port {key:?}: only tcp and udp are supported"
+            ))
+        }
     };
-    let container_port: u16 = port.parse().map_err(|_| format!("invalid container port {key:?}"))?;
+    let container_port: u16 = port
+        .parse()
+        .map_err(|_| format!("invalid container port {key:?}"))?;
     binds
         .iter()
         .map(|(ip, hp)| {
-            let ip = if ip.is_empty() { "0.0.0.0" } else { ip.as_str() };
+            let ip = if ip.is_empty() {
+                "0.0.0.0"
+            } else {
+                ip.as_str()
+            };
             let hp = if hp.is_empty() { port } else { hp.as_str() };
-            let host = format!("{ip}:{hp}").parse().map_err(|_| format!("invalid host binding {ip}:{hp} for port {key}"))?;
-            Ok(Binding { host, container_port, proto })
+            let host = format!("{ip}:{hp}")
+                .parse()
+                .map_err(|_| format!("invalid host binding {ip}:{hp} for port {key}"))?;
+            Ok(Binding {
+                host,
+                container_port,
+                proto,
+            })
         })
         .collect()
 }
@@ -57,10 +73,26 @@ pub enum Bound {
 
 /// Binds the host side of `b`; the error is Docker's wording for a taken port.
 pub async fn bind(b: &Binding) -> Result<Bound, String> {
-    let taken = |e: std::io::Error| format!("Bind for {} failed: {}", b.host, if e.kind() == std::io::ErrorKind::AddrInUse { "port is already allocated".to_string() } else { e.to_string() });
+    let taken = |e: std::io::Error| {
+        format!(
+            "Bind for {} failed: {}",
+            b.host,
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                "port is already allocated".to_string()
+            } else {
+                e.to_string()
+            }
+        )
+    };
     Ok(match b.proto {
-        Proto::Tcp => Bound::Tcp(TcpListener::bind(b.host).await.map_err(taken)?, b.container_port),
-        Proto::Udp => Bound::Udp(UdpSocket::bind(b.host).await.map_err(taken)?, b.container_port),
+        Proto::Tcp => Bound::Tcp(
+            TcpListener::bind(b.host).await.map_err(taken)?,
+            b.container_port,
+        ),
+        Proto::Udp => Bound::Udp(
+            UdpSocket::bind(b.host).await.map_err(taken)?,
+            b.container_port,
+        ),
     })
 }
 
@@ -77,15 +109,22 @@ impl Bound {
 
 /// Runs `make` on a fresh thread that has joined the network namespace of `pid` (a fresh
 /// one: a pooled thread would stay in that namespace for whatever it runs next).
-async fn in_netns<T: Send + 'static>(pid: i32, make: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> std::io::Result<T> {
+async fn in_netns<T: Send + 'static>(
+    pid: i32,
+    make: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         let made = std::fs::File::open(format!("/proc/{pid}/ns/net"))
-            .and_then(|ns| nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from))
+            .and_then(|ns| {
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
+            })
             .and_then(|()| make());
         let _ = tx.send(made);
     });
-    rx.await.unwrap_or_else(|_| Err(std::io::Error::other("proxy thread panicked")))
+    rx.await
+        .unwrap_or_else(|_| Err(std::io::Error::other("proxy thread panicked")))
 }
 
 async fn serve_tcp(l: TcpListener, pid: i32, port: u16) {
@@ -150,7 +189,11 @@ async fn serve_udp(host: UdpSocket, pid: i32, port: u16) {
 
 /// Container → client, until nothing arrives for [`UDP_IDLE`]; returns the client so its
 /// flow can be forgotten.
-async fn relay_replies(inner: Arc<UdpSocket>, host: Arc<UdpSocket>, client: SocketAddr) -> SocketAddr {
+async fn relay_replies(
+    inner: Arc<UdpSocket>,
+    host: Arc<UdpSocket>,
+    client: SocketAddr,
+) -> SocketAddr {
     let mut buf = vec![0u8; 65536];
     while let Ok(Ok(n)) = tokio::time::timeout(UDP_IDLE, inner.recv(&mut buf)).await {
         let _ = host.send_to(&buf[..n], client).await;
@@ -169,23 +212,51 @@ mod tests {
     #[test]
     fn bindings_from_the_docker_cli() {
         let got = parse_bindings("53/udp", &[b("127.0.0.1", "5353")]).unwrap();
-        assert_eq!(got, [Binding { host: "127.0.0.1:5353".parse().unwrap(), container_port: 53, proto: Proto::Udp }]);
+        assert_eq!(
+            got,
+            [Binding {
+                host: "127.0.0.1:5353".parse().unwrap(),
+                container_port: 53,
+                proto: Proto::Udp
+            }]
+        );
         // `-p 8080` alone: the same host port on every address.
         let got = parse_bindings("8080/tcp", &[b("", "")]).unwrap();
-        assert_eq!(got, [Binding { host: "0.0.0.0:8080".parse().unwrap(), container_port: 8080, proto: Proto::Tcp }]);
-        assert_eq!(parse_bindings("80", &[b("", "81")]).unwrap()[0].proto, Proto::Tcp);
-        assert!(parse_bindings("80/sctp", &[b("", "80")]).unwrap_err().contains("sctp"));
+        assert_eq!(
+            got,
+            [Binding {
+                host: "0.0.0.0:8080".parse().unwrap(),
+                container_port: 8080,
+                proto: Proto::Tcp
+            }]
+        );
+        assert_eq!(
+            parse_bindings("80", &[b("", "81")]).unwrap()[0].proto,
+            Proto::Tcp
+        );
+        assert!(parse_bindings("80/sctp", &[b("", "80")])
+            .unwrap_err()
+            .contains("sctp"));
         assert!(parse_bindings("http/tcp", &[]).is_err());
-        assert!(parse_bindings("80/tcp", &[b("not-an-ip", "80")]).unwrap_err().contains("not-an-ip"));
+        assert!(parse_bindings("80/tcp", &[b("not-an-ip", "80")])
+            .unwrap_err()
+            .contains("not-an-ip"));
     }
 
     #[tokio::test]
     async fn a_taken_port_gets_dockers_message() {
         let first = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = first.local_addr().unwrap().port();
-        let b = Binding { host: format!("127.0.0.1:{port}").parse().unwrap(), container_port: 80, proto: Proto::Tcp };
+        let b = Binding {
+            host: format!("127.0.0.1:{port}").parse().unwrap(),
+            container_port: 80,
+            proto: Proto::Tcp,
+        };
         let err = bind(&b).await.err().expect("a second bind fails");
-        assert_eq!(err, format!("Bind for 127.0.0.1:{port} failed: port is already allocated"));
+        assert_eq!(
+            err,
+            format!("Bind for 127.0.0.1:{port} failed: port is already allocated")
+        );
     }
 
     /// UDP through the proxy to a server in this process's own namespace (the proxy joins
@@ -201,17 +272,29 @@ mod tests {
                 let _ = server.send_to(reply.as_bytes(), from);
             }
         });
-        let b = Binding { host: "127.0.0.1:0".parse().unwrap(), container_port: sport, proto: Proto::Udp };
+        let b = Binding {
+            host: "127.0.0.1:0".parse().unwrap(),
+            container_port: sport,
+            proto: Proto::Udp,
+        };
         let bound = bind(&b).await.unwrap();
-        let Bound::Udp(s, _) = &bound else { panic!("not udp") };
+        let Bound::Udp(s, _) = &bound else {
+            panic!("not udp")
+        };
         let front = s.local_addr().unwrap();
         let proxy = bound.serve(std::process::id() as i32);
         for name in ["a", "b"] {
             let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
             c.send_to(name.as_bytes(), front).await.unwrap();
             let mut buf = [0u8; 100];
-            let (n, from) = tokio::time::timeout(Duration::from_secs(5), c.recv_from(&mut buf)).await.expect("a reply").unwrap();
-            assert_eq!((&buf[..n], from), (format!("echo:{name}").as_bytes(), front));
+            let (n, from) = tokio::time::timeout(Duration::from_secs(5), c.recv_from(&mut buf))
+                .await
+                .expect("a reply")
+                .unwrap();
+            assert_eq!(
+                (&buf[..n], from),
+                (format!("echo:{name}").as_bytes(), front)
+            );
         }
         proxy.abort();
     }

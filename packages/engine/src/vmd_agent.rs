@@ -46,7 +46,11 @@ pub fn main(argv: &[String]) -> i32 {
             None => std::thread::sleep(Duration::from_secs(1)),
         }
     };
-    let mut port = match std::fs::OpenOptions::new().read(true).write(true).open(&path) {
+    let mut port = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+    {
         Ok(f) => f,
         Err(e) => {
             eprintln!("vmd-agent: cannot open {path}: {e}");
@@ -86,7 +90,10 @@ pub fn main(argv: &[String]) -> i32 {
 /// /dev/virtio-ports/NAME link: the name is in sysfs).
 fn find_port(name: &str) -> Option<String> {
     for e in std::fs::read_dir("/sys/class/virtio-ports").ok()?.flatten() {
-        if std::fs::read_to_string(e.path().join("name")).map(|n| n.trim() == name).unwrap_or(false) {
+        if std::fs::read_to_string(e.path().join("name"))
+            .map(|n| n.trim() == name)
+            .unwrap_or(false)
+        {
             return Some(format!("/dev/{}", e.file_name().to_string_lossy()));
         }
     }
@@ -100,7 +107,13 @@ fn command(line: &str, store: &mut bool) -> (Option<String>, Option<AfterAnswer>
         ["clone", name, epoch, mac, seed] => {
             clone(epoch, seed, store);
             println!("vmd-agent: clone {name}");
-            (Some(format!("ok {name}\n")), Some(AfterAnswer { name: name.to_string(), mac: mac.to_string() }))
+            (
+                Some(format!("ok {name}\n")),
+                Some(AfterAnswer {
+                    name: name.to_string(),
+                    mac: mac.to_string(),
+                }),
+            )
         }
         ["ping", ..] => (Some("pong\n".into()), None),
         [] => (None, None),
@@ -125,10 +138,16 @@ fn clone(epoch: &str, seed: &str, store: &mut bool) {
     };
     match epoch.parse::<i64>() {
         Ok(secs) => {
-            let ts = libc::timespec { tv_sec: secs as libc::time_t, tv_nsec: 0 };
+            let ts = libc::timespec {
+                tv_sec: secs as libc::time_t,
+                tv_nsec: 0,
+            };
             // SAFETY: clock_settime reads a timespec we own.
             if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
-                println!("vmd-agent: cannot set the clock: {}", std::io::Error::last_os_error());
+                println!(
+                    "vmd-agent: cannot set the clock: {}",
+                    std::io::Error::last_os_error()
+                );
             }
         }
         Err(_) => println!("vmd-agent: bad time {epoch:?}"),
@@ -140,7 +159,13 @@ fn clone(epoch: &str, seed: &str, store: &mut bool) {
     mark("seed");
     if !*store {
         let _ = std::fs::create_dir(STORE_DIR);
-        let r = nix::mount::mount(Some(STORE_TAG), STORE_DIR, Some("9p"), nix::mount::MsFlags::MS_RDONLY, Some(STORE_OPTS));
+        let r = nix::mount::mount(
+            Some(STORE_TAG),
+            STORE_DIR,
+            Some("9p"),
+            nix::mount::MsFlags::MS_RDONLY,
+            Some(STORE_OPTS),
+        );
         match r {
             Ok(()) => *store = true,
             Err(e) => println!("vmd-agent: cannot mount the layer store: {e}"),
@@ -192,7 +217,9 @@ const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
 /// fallback, mixes it in without either effect.
 fn seed_kernel(seed: &str) -> std::io::Result<()> {
     let bytes = hex::decode(seed).map_err(|e| std::io::Error::other(format!("bad seed: {e}")))?;
-    let mut f = std::fs::OpenOptions::new().write(true).open("/dev/urandom")?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/urandom")?;
     // struct rand_pool_info { int entropy_count (bits); int buf_size (bytes); __u32 buf[]; }
     let mut info = Vec::with_capacity(8 + bytes.len());
     info.extend_from_slice(&(bytes.len() as i32 * 8).to_ne_bytes());
@@ -205,20 +232,31 @@ fn seed_kernel(seed: &str) -> std::io::Result<()> {
     if !credited {
         let e = std::io::Error::last_os_error();
         f.write_all(&bytes)?;
-        return Err(std::io::Error::other(format!("crediting the seed: {e} (mixed in uncredited)")));
+        return Err(std::io::Error::other(format!(
+            "crediting the seed: {e} (mixed in uncredited)"
+        )));
     }
     Ok(())
 }
 
 /// The first interface other than loopback (the VM has one NIC).
 fn nic() -> Option<String> {
-    let mut names: Vec<String> = std::fs::read_dir("/sys/class/net").ok()?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n != "lo").collect();
+    let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "lo")
+        .collect();
     names.sort();
     names.into_iter().next()
 }
 
 fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let parts: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16)).collect::<Result<_, _>>().ok()?;
+    let parts: Vec<u8> = s
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
     parts.try_into().ok()
 }
 
@@ -226,7 +264,9 @@ fn ifreq(name: &str) -> std::io::Result<libc::ifreq> {
     // SAFETY: ifreq is plain data; all zeroes is valid.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
     if name.len() >= ifr.ifr_name.len() {
-        return Err(std::io::Error::other(format!("interface name {name:?} too long")));
+        return Err(std::io::Error::other(format!(
+            "interface name {name:?} too long"
+        )));
     }
     for (i, b) in name.bytes().enumerate() {
         ifr.ifr_name[i] = b as libc::c_char;
@@ -264,7 +304,8 @@ fn new_mac(nic: &str, mac: &str) -> std::io::Result<()> {
     // SAFETY: SIOCGIFADDR / SIOCGIFINDEX fill the ifreq we own.
     let index = unsafe {
         if libc::ioctl(s.as_raw_fd(), libc::SIOCGIFADDR as _, &mut ifr) == 0 {
-            let sin = &*(&ifr.ifr_ifru.ifru_addr as *const libc::sockaddr as *const libc::sockaddr_in);
+            let sin =
+                &*(&ifr.ifr_ifru.ifru_addr as *const libc::sockaddr as *const libc::sockaddr_in);
             ip = sin.sin_addr.s_addr.to_ne_bytes();
         }
         let mut ifr = ifreq(nic)?;
@@ -289,7 +330,11 @@ fn arp_request(index: i32, hw: &[u8; 6], ip: [u8; 4], target: [u8; 4]) -> std::i
     frame.extend_from_slice(&target);
     // SAFETY: a packet socket we close (OwnedFd); sendto reads the frame and address we own.
     unsafe {
-        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, (libc::ETH_P_ARP as u16).to_be() as i32);
+        let fd = libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            (libc::ETH_P_ARP as u16).to_be() as i32,
+        );
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -300,7 +345,14 @@ fn arp_request(index: i32, hw: &[u8; 6], ip: [u8; 4], target: [u8; 4]) -> std::i
         addr.sll_ifindex = index;
         addr.sll_halen = 6;
         addr.sll_addr[..6].copy_from_slice(&[0xff; 6]);
-        let n = libc::sendto(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0, &addr as *const libc::sockaddr_ll as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_ll>() as u32);
+        let n = libc::sendto(
+            fd.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        );
         if n < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -318,7 +370,10 @@ mod tests {
         assert_eq!(command("ping", &mut store).0.as_deref(), Some("pong\n"));
         assert!(command("", &mut store).0.is_none());
         assert!(command("nonsense 1 2", &mut store).0.is_none());
-        assert_eq!(parse_mac("02:ab:00:10:ff:09"), Some([2, 0xab, 0, 0x10, 0xff, 9]));
+        assert_eq!(
+            parse_mac("02:ab:00:10:ff:09"),
+            Some([2, 0xab, 0, 0x10, 0xff, 9])
+        );
         assert_eq!(parse_mac("02:ab:00"), None);
         assert_eq!(parse_mac("zz:ab:00:10:ff:09"), None);
     }

@@ -55,7 +55,10 @@ pub struct Parsed {
 fn key_str(k: &Value) -> String {
     match k {
         Value::String(s) => s.clone(),
-        other => serde_yaml_ng::to_string(other).unwrap_or_default().trim().to_string(),
+        other => serde_yaml_ng::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
     }
 }
 
@@ -81,7 +84,9 @@ fn load_yaml(text: &str) -> Result<Option<Mapping>, String> {
 pub fn decode_base64(s: &str) -> Result<Vec<u8>, String> {
     let clean: String = s.chars().filter(|c| !c.is_whitespace()).collect();
     let trimmed = clean.trim_end_matches('=');
-    base64::engine::general_purpose::STANDARD_NO_PAD.decode(trimmed).map_err(|e| format!("bad base64: {e}"))
+    base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(trimmed)
+        .map_err(|e| format!("bad base64: {e}"))
 }
 
 fn add_keys(layer: &mut Layer, problems: &mut Vec<String>, key: &str, v: &Value) {
@@ -104,7 +109,9 @@ fn add_keys(layer: &mut Layer, problems: &mut Vec<String>, key: &str, v: &Value)
                             layer.ssh_keys.push(line.to_string());
                         }
                     } else {
-                        problems.push(format!("{key}: {line:?} is not an ssh public key (\"TYPE BASE64 [COMMENT]\")"));
+                        problems.push(format!(
+                            "{key}: {line:?} is not an ssh public key (\"TYPE BASE64 [COMMENT]\")"
+                        ));
                     }
                 }
             }
@@ -130,8 +137,12 @@ pub fn parse_meta_data(text: &str) -> Parsed {
         let key = key_str(k);
         match key.as_str() {
             "instance-id" | "instance_id" => match as_string(v).map(|s| s.trim().to_string()) {
-                Some(s) if !s.is_empty() && s.len() <= 255 && !s.contains('\n') => p.layer.instance_id = Some(s),
-                _ => p.problems.push(format!("{key}: expected a non-empty string of at most 255 bytes")),
+                Some(s) if !s.is_empty() && s.len() <= 255 && !s.contains('\n') => {
+                    p.layer.instance_id = Some(s)
+                }
+                _ => p.problems.push(format!(
+                    "{key}: expected a non-empty string of at most 255 bytes"
+                )),
             },
             "local-hostname" | "local_hostname" | "hostname" => match as_string(v) {
                 Some(h) => {
@@ -144,7 +155,9 @@ pub fn parse_meta_data(text: &str) -> Parsed {
             },
             "public-keys" | "public_keys" => add_keys(&mut p.layer, &mut p.problems, &key, v),
             "dsmode" => {}
-            other => p.problems.push(format!("{other}: not supported by axion (ignored)")),
+            other => p
+                .problems
+                .push(format!("{other}: not supported by axion (ignored)")),
         }
     }
     if let Some((key, h)) = hostname {
@@ -167,19 +180,23 @@ pub fn parse_user_data(text: &str) -> Parsed {
     if !first.starts_with("#cloud-config") {
         let what = if first.starts_with("#!") {
             "user-data is a shell script; only #cloud-config user-data is supported (use runcmd)"
-        } else if first.to_ascii_lowercase().starts_with("content-type:") || first.starts_with("MIME-Version") {
+        } else if first.to_ascii_lowercase().starts_with("content-type:")
+            || first.starts_with("MIME-Version")
+        {
             "user-data is MIME multipart; only a plain #cloud-config document is supported"
         } else {
             "user-data does not start with #cloud-config"
         };
-        p.problems.push(format!("{what}; the whole document is ignored"));
+        p.problems
+            .push(format!("{what}; the whole document is ignored"));
         return p;
     }
     let m = match load_yaml(text) {
         Ok(Some(m)) => m,
         Ok(None) => return p,
         Err(e) => {
-            p.problems.push(format!("{e}; the whole document is ignored"));
+            p.problems
+                .push(format!("{e}; the whole document is ignored"));
             return p;
         }
     };
@@ -202,7 +219,9 @@ pub fn parse_user_data(text: &str) -> Parsed {
             "ntp" => ntp(&mut p, v),
             // Settings that describe what axion does anyway.
             "preserve_hostname" | "prefer_fqdn_over_hostname" => {}
-            other => p.problems.push(format!("{other}: not supported by axion (ignored)")),
+            other => p
+                .problems
+                .push(format!("{other}: not supported by axion (ignored)")),
         }
     }
     if p.layer.hostname.is_none() {
@@ -224,15 +243,20 @@ fn users(p: &mut Parsed, v: &Value) {
     for (i, u) in list.iter().enumerate() {
         match u {
             Value::String(s) if s == "default" => {}
-            Value::String(s) => p.problems.push(format!("users[{i}]: user {s:?}: axion has only root; no user created")),
+            Value::String(s) => p.problems.push(format!(
+                "users[{i}]: user {s:?}: axion has only root; no user created"
+            )),
             Value::Mapping(m) => {
                 let mut ignored = Vec::new();
                 for (k, val) in m {
                     let key = key_str(k);
                     match key.as_str() {
-                        "ssh_authorized_keys" | "ssh-authorized-keys" => {
-                            add_keys(&mut p.layer, &mut p.problems, &format!("users[{i}].{key}"), val)
-                        }
+                        "ssh_authorized_keys" | "ssh-authorized-keys" => add_keys(
+                            &mut p.layer,
+                            &mut p.problems,
+                            &format!("users[{i}].{key}"),
+                            val,
+                        ),
                         "name" => {}
                         _ => ignored.push(key),
                     }
@@ -244,7 +268,9 @@ fn users(p: &mut Parsed, v: &Value) {
                     ));
                 }
             }
-            _ => p.problems.push(format!("users[{i}]: expected a name or a mapping")),
+            _ => p
+                .problems
+                .push(format!("users[{i}]: expected a name or a mapping")),
         }
     }
 }
@@ -271,7 +297,9 @@ fn write_files(p: &mut Parsed, v: &Value) {
     };
     'entries: for (i, e) in list.iter().enumerate() {
         let Value::Mapping(m) = e else {
-            p.problems.push(format!("write_files[{i}]: expected a mapping with path and content"));
+            p.problems.push(format!(
+                "write_files[{i}]: expected a mapping with path and content"
+            ));
             continue;
         };
         let mut path = None;
@@ -287,21 +315,30 @@ fn write_files(p: &mut Parsed, v: &Value) {
                 "encoding" => encoding = as_string(val).unwrap_or_default(),
                 "permissions" => match parse_mode(val) {
                     Ok(m) => mode = m,
-                    Err(e) => p.problems.push(format!("write_files[{i}].permissions: {e}; using 0644")),
+                    Err(e) => p
+                        .problems
+                        .push(format!("write_files[{i}].permissions: {e}; using 0644")),
                 },
                 "owner" => {
                     let o = as_string(val).unwrap_or_default();
                     if !matches!(o.as_str(), "root" | "root:root" | "0" | "0:0") {
-                        p.problems.push(format!("write_files[{i}].owner: {o:?}: axion writes files as root:root"));
+                        p.problems.push(format!(
+                            "write_files[{i}].owner: {o:?}: axion writes files as root:root"
+                        ));
                     }
                 }
                 "append" => append = matches!(val, Value::Bool(true)),
                 "defer" => {}
-                other => p.problems.push(format!("write_files[{i}].{other}: not supported (ignored)")),
+                other => p
+                    .problems
+                    .push(format!("write_files[{i}].{other}: not supported (ignored)")),
             }
         }
-        let Some(path) = path.filter(|p| p.starts_with('/') && !p.split('/').any(|c| c == "..")) else {
-            p.problems.push(format!("write_files[{i}].path: missing, not absolute, or contains '..'; entry ignored"));
+        let Some(path) = path.filter(|p| p.starts_with('/') && !p.split('/').any(|c| c == ".."))
+        else {
+            p.problems.push(format!(
+                "write_files[{i}].path: missing, not absolute, or contains '..'; entry ignored"
+            ));
             continue 'entries;
         };
         let bytes = match encoding.to_ascii_lowercase().as_str() {
@@ -309,7 +346,8 @@ fn write_files(p: &mut Parsed, v: &Value) {
             "b64" | "base64" => match decode_base64(&content) {
                 Ok(b) => b,
                 Err(e) => {
-                    p.problems.push(format!("write_files[{i}] ({path}): {e}; entry ignored"));
+                    p.problems
+                        .push(format!("write_files[{i}] ({path}): {e}; entry ignored"));
                     continue 'entries;
                 }
             },
@@ -318,7 +356,13 @@ fn write_files(p: &mut Parsed, v: &Value) {
                 continue 'entries;
             }
         };
-        p.layer.write_files.push(WriteFile { path, content: bytes, mode, append, source: String::new() });
+        p.layer.write_files.push(WriteFile {
+            path,
+            content: bytes,
+            mode,
+            append,
+            source: String::new(),
+        });
     }
 }
 
@@ -332,11 +376,15 @@ fn runcmd(p: &mut Parsed, v: &Value) {
         match c {
             Value::Sequence(argv) => match argv.iter().map(as_string).collect::<Option<Vec<_>>>() {
                 Some(a) if !a.is_empty() => cmds.push(RunCmd::Argv(a)),
-                _ => p.problems.push(format!("runcmd[{i}]: expected a non-empty list of strings")),
+                _ => p
+                    .problems
+                    .push(format!("runcmd[{i}]: expected a non-empty list of strings")),
             },
             other => match as_string(other) {
                 Some(s) => cmds.push(RunCmd::Shell(s)),
-                None => p.problems.push(format!("runcmd[{i}]: expected a string or a list of strings")),
+                None => p.problems.push(format!(
+                    "runcmd[{i}]: expected a string or a list of strings"
+                )),
             },
         }
     }
@@ -345,7 +393,8 @@ fn runcmd(p: &mut Parsed, v: &Value) {
 
 fn ntp(p: &mut Parsed, v: &Value) {
     let Value::Mapping(m) = v else {
-        p.problems.push("ntp: expected a mapping (servers, pools, enabled)".into());
+        p.problems
+            .push("ntp: expected a mapping (servers, pools, enabled)".into());
         return;
     };
     let mut servers = Vec::new();
@@ -356,7 +405,9 @@ fn ntp(p: &mut Parsed, v: &Value) {
             "servers" | "pools" => match val {
                 Value::Sequence(l) => {
                     for s in l {
-                        match as_string(s).filter(|s| !s.is_empty() && !s.contains(char::is_whitespace)) {
+                        match as_string(s)
+                            .filter(|s| !s.is_empty() && !s.contains(char::is_whitespace))
+                        {
                             Some(s) => servers.push(s),
                             None => p.problems.push(format!("ntp.{key}: expected host names")),
                         }
@@ -365,7 +416,9 @@ fn ntp(p: &mut Parsed, v: &Value) {
                 _ => p.problems.push(format!("ntp.{key}: expected a list")),
             },
             "enabled" => enabled = !matches!(val, Value::Bool(false)),
-            other => p.problems.push(format!("ntp.{other}: not supported (ignored)")),
+            other => p
+                .problems
+                .push(format!("ntp.{other}: not supported (ignored)")),
         }
     }
     p.layer.ntp_servers = Some(if enabled { servers } else { Vec::new() });
@@ -385,7 +438,8 @@ pub fn parse_network_config(text: &str) -> Parsed {
         Ok(Some(m)) => m,
         Ok(None) => return p,
         Err(e) => {
-            p.problems.push(format!("{e}; the whole document is ignored"));
+            p.problems
+                .push(format!("{e}; the whole document is ignored"));
             return p;
         }
     };
@@ -398,11 +452,16 @@ pub fn parse_network_config(text: &str) -> Parsed {
     match m.get("version").and_then(Value::as_u64) {
         Some(2) => {}
         Some(v) => {
-            p.problems.push(format!("version: {v} is not supported (only version 2); the whole document is ignored"));
+            p.problems.push(format!(
+                "version: {v} is not supported (only version 2); the whole document is ignored"
+            ));
             return p;
         }
         None => {
-            p.problems.push("version: missing (only version 2 is supported); the whole document is ignored".into());
+            p.problems.push(
+                "version: missing (only version 2 is supported); the whole document is ignored"
+                    .into(),
+            );
             return p;
         }
     }
@@ -410,22 +469,30 @@ pub fn parse_network_config(text: &str) -> Parsed {
         let key = key_str(k);
         match key.as_str() {
             "version" | "ethernets" | "renderer" => {}
-            other => p.problems.push(format!("{other}: not supported by axion (ignored)")),
+            other => p
+                .problems
+                .push(format!("{other}: not supported by axion (ignored)")),
         }
     }
-    let Some(eths) = m.get("ethernets") else { return p };
+    let Some(eths) = m.get("ethernets") else {
+        return p;
+    };
     let Value::Mapping(eths) = eths else {
-        p.problems.push("ethernets: expected a mapping of interface names".into());
+        p.problems
+            .push("ethernets: expected a mapping of interface names".into());
         return p;
     };
     let mut iter = eths.iter();
-    let Some((name, cfg)) = iter.next() else { return p };
+    let Some((name, cfg)) = iter.next() else {
+        return p;
+    };
     let name = key_str(name);
     for (other, _) in iter {
         p.problems.push(format!("ethernets.{}: init configures one NIC (the first ethernet one) from ethernets.{name}; ignored", key_str(other)));
     }
     let Value::Mapping(cfg) = cfg else {
-        p.problems.push(format!("ethernets.{name}: expected a mapping"));
+        p.problems
+            .push(format!("ethernets.{name}: expected a mapping"));
         return p;
     };
     let mut dhcp = false;
@@ -436,19 +503,33 @@ pub fn parse_network_config(text: &str) -> Parsed {
         let key = key_str(k);
         let at = format!("ethernets.{name}.{key}");
         match key.as_str() {
-            "dhcp4" => dhcp = matches!(v, Value::Bool(true)) || as_string(v).is_some_and(|s| s == "yes" || s == "true"),
+            "dhcp4" => {
+                dhcp = matches!(v, Value::Bool(true))
+                    || as_string(v).is_some_and(|s| s == "yes" || s == "true")
+            }
             "dhcp6" => {
                 if matches!(v, Value::Bool(true)) {
-                    p.problems.push(format!("{at}: DHCPv6 is not supported (the kernel's SLAAC still works)"));
+                    p.problems.push(format!(
+                        "{at}: DHCPv6 is not supported (the kernel's SLAAC still works)"
+                    ));
                 }
             }
             "addresses" => {
                 for a in ipv4_list(v) {
-                    let parsed = a.split_once('/').and_then(|(ip, pre)| Some((ip.parse::<Ipv4Addr>().ok()?, pre.parse::<u8>().ok().filter(|p| *p <= 32)?)));
+                    let parsed = a.split_once('/').and_then(|(ip, pre)| {
+                        Some((
+                            ip.parse::<Ipv4Addr>().ok()?,
+                            pre.parse::<u8>().ok().filter(|p| *p <= 32)?,
+                        ))
+                    });
                     match parsed {
                         Some(x) if addr.is_none() => addr = Some(x),
-                        Some(_) => p.problems.push(format!("{at}: {a}: one IPv4 address per NIC; ignored")),
-                        None if a.contains(':') => p.problems.push(format!("{at}: {a}: IPv6 addresses are not supported; ignored")),
+                        Some(_) => p
+                            .problems
+                            .push(format!("{at}: {a}: one IPv4 address per NIC; ignored")),
+                        None if a.contains(':') => p.problems.push(format!(
+                            "{at}: {a}: IPv6 addresses are not supported; ignored"
+                        )),
                         None => p.problems.push(format!("{at}: {a:?} is not ADDR/PREFIX")),
                     }
                 }
@@ -457,7 +538,9 @@ pub fn parse_network_config(text: &str) -> Parsed {
                 Some(g) => gateway = Some(g),
                 None => p.problems.push(format!("{at}: expected an IPv4 address")),
             },
-            "gateway6" => p.problems.push(format!("{at}: IPv6 is not supported; ignored")),
+            "gateway6" => p
+                .problems
+                .push(format!("{at}: IPv6 is not supported; ignored")),
             "routes" => {
                 let Value::Sequence(routes) = v else {
                     p.problems.push(format!("{at}: expected a list"));
@@ -469,10 +552,14 @@ pub fn parse_network_config(text: &str) -> Parsed {
                     if to == "default" || to == "0.0.0.0/0" {
                         match via.parse() {
                             Ok(g) => gateway = Some(g),
-                            Err(_) => p.problems.push(format!("{at}: default route via {via:?} is not an IPv4 address")),
+                            Err(_) => p.problems.push(format!(
+                                "{at}: default route via {via:?} is not an IPv4 address"
+                            )),
                         }
                     } else {
-                        p.problems.push(format!("{at}: route to {to:?}: only the default route is supported; ignored"));
+                        p.problems.push(format!(
+                            "{at}: route to {to:?}: only the default route is supported; ignored"
+                        ));
                     }
                 }
             }
@@ -481,24 +568,36 @@ pub fn parse_network_config(text: &str) -> Parsed {
                     for d in ipv4_list(a) {
                         match d.parse::<Ipv4Addr>() {
                             Ok(ip) => dns.push(ip),
-                            Err(_) => p.problems.push(format!("{at}.addresses: {d:?}: only IPv4 name servers are supported")),
+                            Err(_) => p.problems.push(format!(
+                                "{at}.addresses: {d:?}: only IPv4 name servers are supported"
+                            )),
                         }
                     }
                 }
                 if v.get("search").is_some() {
-                    p.problems.push(format!("{at}.search: not supported (ignored)"));
+                    p.problems
+                        .push(format!("{at}.search: not supported (ignored)"));
                 }
             }
             "match" | "set-name" | "optional" | "mtu" | "critical" | "wakeonlan" => {}
-            other => p.problems.push(format!("ethernets.{name}.{other}: not supported by axion (ignored)")),
+            other => p.problems.push(format!(
+                "ethernets.{name}.{other}: not supported by axion (ignored)"
+            )),
         }
     }
     p.layer.network = match (addr, dhcp) {
         (Some((addr, prefix)), _) => {
             if dhcp {
-                p.problems.push(format!("ethernets.{name}: both dhcp4 and a static address; using the static address"));
+                p.problems.push(format!(
+                    "ethernets.{name}: both dhcp4 and a static address; using the static address"
+                ));
             }
-            Some(Network::Static(StaticIp { addr, prefix, gateway, dns }))
+            Some(Network::Static(StaticIp {
+                addr,
+                prefix,
+                gateway,
+                dns,
+            }))
         }
         (None, true) => Some(Network::Dhcp),
         (None, false) => {
@@ -515,12 +614,16 @@ mod tests {
 
     #[test]
     fn meta_data_yaml_and_json() {
-        let p = parse_meta_data("instance-id: iid-abc\nlocal-hostname: web-1\npublic-keys:\n  - ssh-ed25519 AAAA a@b\n");
+        let p = parse_meta_data(
+            "instance-id: iid-abc\nlocal-hostname: web-1\npublic-keys:\n  - ssh-ed25519 AAAA a@b\n",
+        );
         assert!(p.problems.is_empty(), "{:?}", p.problems);
         assert_eq!(p.layer.instance_id.as_deref(), Some("iid-abc"));
         assert_eq!(p.layer.hostname.as_deref(), Some("web-1"));
         assert_eq!(p.layer.ssh_keys, vec!["ssh-ed25519 AAAA a@b"]);
-        let p = parse_meta_data(r#"{"instance-id": "i-1", "hostname": "h", "local-hostname": "lh", "frob": 1}"#);
+        let p = parse_meta_data(
+            r#"{"instance-id": "i-1", "hostname": "h", "local-hostname": "lh", "frob": 1}"#,
+        );
         assert_eq!(p.layer.instance_id.as_deref(), Some("i-1"));
         assert_eq!(p.layer.hostname.as_deref(), Some("lh"));
         assert_eq!(p.problems, vec!["frob: not supported by axion (ignored)"]);
@@ -562,22 +665,47 @@ packages: [vim]
         let p = parse_user_data(USER_DATA);
         let l = &p.layer;
         assert_eq!(l.hostname.as_deref(), Some("node-7"));
-        assert_eq!(l.ssh_keys, vec!["ssh-ed25519 AAAAtop top@host", "ssh-rsa AAAAuser user@host"]);
+        assert_eq!(
+            l.ssh_keys,
+            vec!["ssh-ed25519 AAAAtop top@host", "ssh-rsa AAAAuser user@host"]
+        );
         assert_eq!(l.write_files.len(), 2);
         assert_eq!(l.write_files[0].path, "/etc/motd");
         assert_eq!(l.write_files[0].content, b"hello\n");
         assert_eq!(l.write_files[0].mode, 0o600);
         assert_eq!(l.write_files[1].content, b"hi");
         assert_eq!(l.write_files[1].mode, 0o644);
-        assert_eq!(l.ntp_servers.as_deref(), Some(&["ntp.example.org".to_string(), "pool.example.org".to_string()][..]));
+        assert_eq!(
+            l.ntp_servers.as_deref(),
+            Some(
+                &[
+                    "ntp.example.org".to_string(),
+                    "pool.example.org".to_string()
+                ][..]
+            )
+        );
         assert_eq!(
             l.runcmd.as_deref(),
-            Some(&[RunCmd::Shell("echo one > /tmp/one".into()), RunCmd::Argv(vec!["touch".into(), "/tmp/two".into()])][..])
+            Some(
+                &[
+                    RunCmd::Shell("echo one > /tmp/one".into()),
+                    RunCmd::Argv(vec!["touch".into(), "/tmp/two".into()])
+                ][..]
+            )
         );
         assert_eq!(p.problems.len(), 3, "{:?}", p.problems);
-        assert!(p.problems.iter().any(|w| w.starts_with("users[1]: sudo not supported")));
-        assert!(p.problems.iter().any(|w| w.starts_with("write_files[2].path")));
-        assert!(p.problems.iter().any(|w| w == "packages: not supported by axion (ignored)"));
+        assert!(p
+            .problems
+            .iter()
+            .any(|w| w.starts_with("users[1]: sudo not supported")));
+        assert!(p
+            .problems
+            .iter()
+            .any(|w| w.starts_with("write_files[2].path")));
+        assert!(p
+            .problems
+            .iter()
+            .any(|w| w == "packages: not supported by axion (ignored)"));
     }
 
     #[test]
@@ -585,11 +713,19 @@ packages: [vim]
         let p = parse_user_data("#cloud-config\nhostname: [unclosed\n");
         assert_eq!(p.layer, Layer::default());
         assert_eq!(p.problems.len(), 1);
-        assert!(p.problems[0].starts_with("not valid YAML"), "{:?}", p.problems);
+        assert!(
+            p.problems[0].starts_with("not valid YAML"),
+            "{:?}",
+            p.problems
+        );
         let p = parse_user_data("#!/bin/sh\necho hi\n");
         assert!(p.problems[0].contains("shell script"), "{:?}", p.problems);
         let p = parse_user_data("hostname: x\n");
-        assert!(p.problems[0].contains("does not start with #cloud-config"), "{:?}", p.problems);
+        assert!(
+            p.problems[0].contains("does not start with #cloud-config"),
+            "{:?}",
+            p.problems
+        );
         let p = parse_user_data("#cloud-config\nhostname: -bad-\nssh_authorized_keys: [nokey]\nwrite_files:\n  - path: /x\n    encoding: gzip\n    content: zz\n  - path: /y\n    encoding: b64\n    content: '!!!'\nruncmd: oops\n");
         assert_eq!(p.layer, Layer::default(), "{:?}", p.layer);
         assert_eq!(p.problems.len(), 5, "{:?}", p.problems);
@@ -601,7 +737,10 @@ packages: [vim]
     fn file_modes() {
         assert_eq!(parse_mode(&Value::String("0755".into())), Ok(0o755));
         assert_eq!(parse_mode(&Value::String("0o600".into())), Ok(0o600));
-        assert_eq!(parse_mode(&serde_yaml_ng::from_str("644").unwrap()), Ok(0o644));
+        assert_eq!(
+            parse_mode(&serde_yaml_ng::from_str("644").unwrap()),
+            Ok(0o644)
+        );
         assert!(parse_mode(&Value::String("0999".into())).is_err());
     }
 
@@ -621,17 +760,27 @@ packages: [vim]
         );
         assert_eq!(p.problems.len(), 1, "{:?}", p.problems);
         assert!(p.problems[0].contains("IPv6"));
-        let p = parse_network_config("version: 2\nethernets:\n  ens3:\n    dhcp4: true\n  ens4:\n    dhcp4: true\n");
+        let p = parse_network_config(
+            "version: 2\nethernets:\n  ens3:\n    dhcp4: true\n  ens4:\n    dhcp4: true\n",
+        );
         assert_eq!(p.layer.network, Some(Network::Dhcp));
         assert_eq!(p.problems.len(), 1, "{:?}", p.problems);
         let p = parse_network_config("version: 2\nethernets:\n  e:\n    addresses: [192.168.0.5/24]\n    gateway4: 192.168.0.1\n");
-        assert!(matches!(p.layer.network, Some(Network::Static(StaticIp { gateway: Some(_), .. }))));
+        assert!(matches!(
+            p.layer.network,
+            Some(Network::Static(StaticIp {
+                gateway: Some(_),
+                ..
+            }))
+        ));
     }
 
     #[test]
     fn network_config_unsupported() {
         assert!(parse_network_config("version: 1\nconfig: []\n").problems[0].contains("version: 1"));
-        assert!(parse_network_config("network:\n  config: disabled\n").problems.is_empty());
+        assert!(parse_network_config("network:\n  config: disabled\n")
+            .problems
+            .is_empty());
         let p = parse_network_config("version: 2\nbonds: {}\nethernets:\n  e: {}\n");
         assert_eq!(p.layer.network, None);
         assert_eq!(p.problems.len(), 2, "{:?}", p.problems);

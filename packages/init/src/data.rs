@@ -38,7 +38,11 @@ pub fn parse_uevent(s: &str) -> (Option<String>, Option<String>) {
 
 /// Finds `/dev/NAME` of the first partition (by device name order) labelled `label`.
 pub fn find_partition(class_block: &Path, label: &str) -> Option<String> {
-    let mut names: Vec<_> = fs::read_dir(class_block).ok()?.flatten().map(|e| e.path()).collect();
+    let mut names: Vec<_> = fs::read_dir(class_block)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     names.sort();
     names.into_iter().find_map(|dir| {
         let s = fs::read_to_string(dir.join("uevent")).ok()?;
@@ -56,15 +60,23 @@ pub enum DataState {
 }
 
 fn run_fsck(device: &str) -> Result<(), String> {
-    let Some(fsck) = ["/sbin/e2fsck", "/usr/sbin/e2fsck"].into_iter().find(|p| Path::new(p).exists()) else {
+    let Some(fsck) = ["/sbin/e2fsck", "/usr/sbin/e2fsck"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
         crate::debug!("no e2fsck in the image; relying on the ext4 journal for {device}");
         return Ok(());
     };
-    match std::process::Command::new(fsck).args(["-p", device]).status() {
+    match std::process::Command::new(fsck)
+        .args(["-p", device])
+        .status()
+    {
         // 0 clean, 1 errors corrected, 2 corrected and reboot advised (not for an unmounted fs).
         Ok(st) => match st.code() {
             Some(0..=2) => Ok(()),
-            other => Err(format!("{fsck} -p {device} found errors it could not fix (exit {other:?})")),
+            other => Err(format!(
+                "{fsck} -p {device} found errors it could not fix (exit {other:?})"
+            )),
         },
         Err(e) => {
             crate::warn!("cannot run {fsck}: {e}; mounting {device} unchecked");
@@ -74,12 +86,19 @@ fn run_fsck(device: &str) -> Result<(), String> {
 }
 
 fn mount_persistent() -> Result<String, String> {
-    let device = find_partition(Path::new("/sys/class/block"), LABEL)
-        .ok_or_else(|| format!("no partition labelled {LABEL} (looked in /sys/class/block/*/uevent)"))?;
+    let device = find_partition(Path::new("/sys/class/block"), LABEL).ok_or_else(|| {
+        format!("no partition labelled {LABEL} (looked in /sys/class/block/*/uevent)")
+    })?;
     run_fsck(&device)?;
     let _ = fs::create_dir_all(MOUNT_POINT);
-    sys::mount(&device, Path::new(MOUNT_POINT), "ext4", libc::MS_NOATIME, None)
-        .map_err(|e| format!("mount {device} (ext4) on {MOUNT_POINT}: {e}"))?;
+    sys::mount(
+        &device,
+        Path::new(MOUNT_POINT),
+        "ext4",
+        libc::MS_NOATIME,
+        None,
+    )
+    .map_err(|e| format!("mount {device} (ext4) on {MOUNT_POINT}: {e}"))?;
     Ok(device)
 }
 
@@ -96,7 +115,13 @@ pub fn mount_data() -> DataState {
             crate::error!("{MOUNT_POINT} is a tmpfs: NOTHING WILL PERSIST ACROSS REBOOTS");
             crate::error!("********************************************************");
             let _ = fs::create_dir_all(MOUNT_POINT);
-            if let Err(e) = sys::mount("tmpfs", Path::new(MOUNT_POINT), "tmpfs", 0, Some("mode=0755")) {
+            if let Err(e) = sys::mount(
+                "tmpfs",
+                Path::new(MOUNT_POINT),
+                "tmpfs",
+                0,
+                Some("mode=0755"),
+            ) {
                 crate::error!("mount tmpfs on {MOUNT_POINT}: {e}");
             }
             DataState::Volatile { reason }
@@ -105,7 +130,13 @@ pub fn mount_data() -> DataState {
     let log_dir = Path::new("/var/lib/log");
     let _ = fs::create_dir_all(log_dir);
     let _ = fs::create_dir_all("/var/log");
-    if let Err(e) = sys::mount("/var/lib/log", Path::new("/var/log"), "", libc::MS_BIND, None) {
+    if let Err(e) = sys::mount(
+        "/var/lib/log",
+        Path::new("/var/log"),
+        "",
+        libc::MS_BIND,
+        None,
+    ) {
         crate::warn!("bind /var/lib/log on /var/log: {e}; service logs may not be written");
     }
     let _ = fs::create_dir_all("/var/lib/axion");
@@ -124,12 +155,16 @@ pub fn seed_rng(credit: bool) {
         Ok(seed) if seed.len() >= 32 => {
             let credit = if credit { seed.len() * 8 } else { 0 };
             match add_entropy(&seed, credit) {
-                Ok(()) => crate::debug!("seeded the RNG from {SEED_FILE} ({} bits credited)", credit),
+                Ok(()) => {
+                    crate::debug!("seeded the RNG from {SEED_FILE} ({} bits credited)", credit)
+                }
                 Err(e) => crate::warn!("RNDADDENTROPY from {SEED_FILE}: {e}"),
             }
         }
         Ok(_) => crate::warn!("{SEED_FILE} is too short; not used"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => crate::debug!("no RNG seed yet ({SEED_FILE})"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            crate::debug!("no RNG seed yet ({SEED_FILE})")
+        }
         Err(e) => crate::warn!("read {SEED_FILE}: {e}"),
     }
     save_seed();
@@ -144,7 +179,11 @@ pub fn save_seed() {
     }
     let tmp = format!("{SEED_FILE}.new");
     let res = (|| -> std::io::Result<()> {
-        let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
         use std::os::unix::fs::PermissionsExt;
         f.set_permissions(fs::Permissions::from_mode(0o600))?;
         f.write_all(&buf)?;
@@ -176,8 +215,14 @@ mod tests {
     #[test]
     fn parses_partition_uevent() {
         let s = "MAJOR=254\nMINOR=2\nDEVNAME=vda2\nDEVTYPE=partition\nDISKSEQ=1\nPARTN=2\nPARTNAME=axion-data\n";
-        assert_eq!(parse_uevent(s), (Some("axion-data".into()), Some("vda2".into())));
-        assert_eq!(parse_uevent("DEVNAME=vda\nDEVTYPE=disk\n"), (None, Some("vda".into())));
+        assert_eq!(
+            parse_uevent(s),
+            (Some("axion-data".into()), Some("vda2".into()))
+        );
+        assert_eq!(
+            parse_uevent("DEVNAME=vda\nDEVTYPE=disk\n"),
+            (None, Some("vda".into()))
+        );
     }
 
     #[test]

@@ -32,13 +32,25 @@ fn write_one(f: &WriteFile, first_boot: bool) -> std::io::Result<bool> {
         if !first_boot {
             return Ok(false);
         }
-        let mut h = fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let mut h = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
         h.write_all(&f.content)?;
         h.set_permissions(fs::Permissions::from_mode(f.mode))?;
         return Ok(true);
     }
-    let tmp = path.with_file_name(format!(".{}.axion-new", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
-    let mut h = fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+    let tmp = path.with_file_name(format!(
+        ".{}.axion-new",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    let mut h = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)?;
     h.set_permissions(fs::Permissions::from_mode(f.mode))?;
     h.write_all(&f.content)?;
     h.sync_all()?;
@@ -53,7 +65,10 @@ pub fn write_files(files: &[WriteFile], first_boot: bool) -> usize {
         match write_one(f, first_boot) {
             Ok(true) => n += 1,
             Ok(false) => {}
-            Err(e) => crate::log::line(&format!("axion: settings: {}: write_files {}: {e} (not written)", f.source, f.path)),
+            Err(e) => crate::log::line(&format!(
+                "axion: settings: {}: write_files {}: {e} (not written)",
+                f.source, f.path
+            )),
         }
     }
     n
@@ -61,7 +76,10 @@ pub fn write_files(files: &[WriteFile], first_boot: bool) -> usize {
 
 /// Quotes one word for /bin/sh.
 pub fn sh_quote(s: &str) -> String {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b)) {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+    {
         return s.to_string();
     }
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -70,11 +88,18 @@ pub fn sh_quote(s: &str) -> String {
 /// The script for `runcmd`: one line per entry, run in order; a failing command does not
 /// stop the later ones (like cloud-init, which runs them in one script without `set -e`).
 pub fn runcmd_script(cmds: &[RunCmd]) -> String {
-    let mut s = String::from("#!/bin/sh\n# runcmd from the first-boot settings, written by axion init\n");
+    let mut s =
+        String::from("#!/bin/sh\n# runcmd from the first-boot settings, written by axion init\n");
     for c in cmds {
         match c {
             RunCmd::Shell(line) => s.push_str(line),
-            RunCmd::Argv(argv) => s.push_str(&argv.iter().map(|a| sh_quote(a)).collect::<Vec<_>>().join(" ")),
+            RunCmd::Argv(argv) => s.push_str(
+                &argv
+                    .iter()
+                    .map(|a| sh_quote(a))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
         }
         s.push('\n');
     }
@@ -97,7 +122,13 @@ pub fn runcmd_service(cmds: &[RunCmd], instance_id: &str) -> Option<Service> {
         crate::error!("runcmd: write {RUNCMD_SCRIPT} or {RUNCMD_DONE}: {e}; not run");
         return None;
     }
-    Some(one_shot("runcmd", "/bin/sh", vec![RUNCMD_SCRIPT.into()], Vec::new(), Restart::Never))
+    Some(one_shot(
+        "runcmd",
+        "/bin/sh",
+        vec![RUNCMD_SCRIPT.into()],
+        Vec::new(),
+        Restart::Never,
+    ))
 }
 
 /// busybox ntpd for the settings' servers.
@@ -110,10 +141,22 @@ pub fn ntpd_service(servers: &[String]) -> Option<Service> {
         args.push("-p".into());
         args.push(s.clone());
     }
-    Some(one_shot("ntpd", "/bin/busybox", args, vec!["network".into()], Restart::Always))
+    Some(one_shot(
+        "ntpd",
+        "/bin/busybox",
+        args,
+        vec!["network".into()],
+        Restart::Always,
+    ))
 }
 
-fn one_shot(name: &str, command: &str, args: Vec<String>, after: Vec<String>, restart: Restart) -> Service {
+fn one_shot(
+    name: &str,
+    command: &str,
+    args: Vec<String>,
+    after: Vec<String>,
+    restart: Restart,
+) -> Service {
     Service {
         name: name.into(),
         command: command.into(),
@@ -154,10 +197,21 @@ mod tests {
             append,
             source: "test".into(),
         };
-        let files = vec![f("a/b/c.txt", "one", 0o600, false), f("a/b/c.txt", "two", 0o640, false), f("log", "x\n", 0o644, true)];
+        let files = vec![
+            f("a/b/c.txt", "one", 0o600, false),
+            f("a/b/c.txt", "two", 0o640, false),
+            f("log", "x\n", 0o644, true),
+        ];
         assert_eq!(write_files(&files, true), 3);
         assert_eq!(fs::read_to_string(dir.join("a/b/c.txt")).unwrap(), "two");
-        assert_eq!(fs::metadata(dir.join("a/b/c.txt")).unwrap().permissions().mode() & 0o7777, 0o640);
+        assert_eq!(
+            fs::metadata(dir.join("a/b/c.txt"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777,
+            0o640
+        );
         assert_eq!(write_files(&files, false), 2);
         assert_eq!(fs::read_to_string(dir.join("log")).unwrap(), "x\n");
         fs::remove_dir_all(&dir).unwrap();

@@ -41,23 +41,56 @@ pub struct Decision {
 pub fn usable_uuid(s: &str) -> Option<String> {
     let s = s.trim().to_ascii_lowercase();
     let hex: String = s.chars().filter(|c| *c != '-').collect();
-    let ok = hex.len() == 32 && hex.chars().all(|c| c.is_ascii_hexdigit()) && hex.chars().any(|c| c != '0') && hex.chars().any(|c| c != 'f');
+    let ok = hex.len() == 32
+        && hex.chars().all(|c| c.is_ascii_hexdigit())
+        && hex.chars().any(|c| c != '0')
+        && hex.chars().any(|c| c != 'f');
     ok.then_some(s)
 }
 
 /// Decides the instance id and whether to regenerate. `random` makes an id when there is
 /// no other.
-pub fn decide(from_settings: Option<&str>, dmi_uuid: Option<&str>, stored: Option<&str>, random: impl FnOnce() -> String) -> Decision {
+pub fn decide(
+    from_settings: Option<&str>,
+    dmi_uuid: Option<&str>,
+    stored: Option<&str>,
+    random: impl FnOnce() -> String,
+) -> Decision {
     let stored = stored.map(str::trim).filter(|s| !s.is_empty());
-    let current = from_settings.map(|s| (s.to_string(), "the settings")).or_else(|| dmi_uuid.and_then(usable_uuid).map(|u| (u, "the DMI product UUID")));
+    let current = from_settings
+        .map(|s| (s.to_string(), "the settings"))
+        .or_else(|| {
+            dmi_uuid
+                .and_then(usable_uuid)
+                .map(|u| (u, "the DMI product UUID"))
+        });
     match (current, stored) {
-        (Some((id, _)), Some(old)) if id == old => Decision { instance_id: id, regenerate: None },
-        (Some((id, from)), Some(old)) => Decision { regenerate: Some(format!("instance id changed from {old} to {id}, from {from}")), instance_id: id },
-        (Some((id, from)), None) => Decision { regenerate: Some(format!("first boot of instance {id}, from {from}")), instance_id: id },
-        (None, Some(old)) => Decision { instance_id: old.to_string(), regenerate: None },
+        (Some((id, _)), Some(old)) if id == old => Decision {
+            instance_id: id,
+            regenerate: None,
+        },
+        (Some((id, from)), Some(old)) => Decision {
+            regenerate: Some(format!(
+                "instance id changed from {old} to {id}, from {from}"
+            )),
+            instance_id: id,
+        },
+        (Some((id, from)), None) => Decision {
+            regenerate: Some(format!("first boot of instance {id}, from {from}")),
+            instance_id: id,
+        },
+        (None, Some(old)) => Decision {
+            instance_id: old.to_string(),
+            regenerate: None,
+        },
         (None, None) => {
             let id = random();
-            Decision { regenerate: Some(format!("first boot; no instance id in the settings or DMI, made up {id}")), instance_id: id }
+            Decision {
+                regenerate: Some(format!(
+                    "first boot; no instance id in the settings or DMI, made up {id}"
+                )),
+                instance_id: id,
+            }
         }
     }
 }
@@ -115,7 +148,9 @@ pub fn wipe(root: &Path) -> Vec<String> {
 pub fn ensure(from_settings: Option<&str>) -> Decision {
     let dmi = fs::read_to_string("/sys/class/dmi/id/product_uuid").ok();
     let stored = fs::read_to_string(INSTANCE_ID).ok();
-    let d = decide(from_settings, dmi.as_deref(), stored.as_deref(), || format!("iid-random-{}", random_hex(8)));
+    let d = decide(from_settings, dmi.as_deref(), stored.as_deref(), || {
+        format!("iid-random-{}", random_hex(8))
+    });
     if let Some(reason) = &d.regenerate {
         for e in wipe(Path::new("/")) {
             crate::error!("identity: {e}");
@@ -127,7 +162,11 @@ pub fn ensure(from_settings: Option<&str>) -> Decision {
             "axion: identity regenerated ({reason}): new machine-id, SSH host keys, engine TLS certificates, RNG seed"
         ));
     }
-    let machine_id = match fs::read_to_string(MACHINE_ID).ok().map(|s| s.trim().to_string()).filter(|s| s.len() == 32) {
+    let machine_id = match fs::read_to_string(MACHINE_ID)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| s.len() == 32)
+    {
         Some(m) => m,
         None => {
             let m = random_hex(16);
@@ -149,7 +188,10 @@ mod tests {
 
     #[test]
     fn dmi_uuids() {
-        assert_eq!(usable_uuid("4C4C4544-0042-3510-8052-B4C04F4D4E31\n").as_deref(), Some("4c4c4544-0042-3510-8052-b4c04f4d4e31"));
+        assert_eq!(
+            usable_uuid("4C4C4544-0042-3510-8052-B4C04F4D4E31\n").as_deref(),
+            Some("4c4c4544-0042-3510-8052-b4c04f4d4e31")
+        );
         assert_eq!(usable_uuid("00000000-0000-0000-0000-000000000000"), None);
         assert_eq!(usable_uuid("FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF"), None);
         assert_eq!(usable_uuid("not a uuid"), None);
@@ -159,15 +201,37 @@ mod tests {
     fn decisions() {
         let r = || "rnd".to_string();
         let same = decide(Some("a"), None, Some("a\n"), r);
-        assert_eq!(same, Decision { instance_id: "a".into(), regenerate: None });
-        let changed = decide(Some("b"), Some("11111111-2222-3333-4444-555555555555"), Some("a"), r);
+        assert_eq!(
+            same,
+            Decision {
+                instance_id: "a".into(),
+                regenerate: None
+            }
+        );
+        let changed = decide(
+            Some("b"),
+            Some("11111111-2222-3333-4444-555555555555"),
+            Some("a"),
+            r,
+        );
         assert_eq!(changed.instance_id, "b");
         assert!(changed.regenerate.unwrap().contains("changed from a to b"));
         let dmi = decide(None, Some("11111111-2222-3333-4444-555555555555"), None, r);
         assert_eq!(dmi.instance_id, "11111111-2222-3333-4444-555555555555");
         assert!(dmi.regenerate.unwrap().contains("first boot"));
-        let kept = decide(None, Some("00000000-0000-0000-0000-000000000000"), Some("old"), r);
-        assert_eq!(kept, Decision { instance_id: "old".into(), regenerate: None });
+        let kept = decide(
+            None,
+            Some("00000000-0000-0000-0000-000000000000"),
+            Some("old"),
+            r,
+        );
+        assert_eq!(
+            kept,
+            Decision {
+                instance_id: "old".into(),
+                regenerate: None
+            }
+        );
         let made = decide(None, None, None, r);
         assert_eq!(made.instance_id, "rnd");
         assert!(made.regenerate.is_some());
@@ -189,13 +253,20 @@ mod tests {
             fs::write(root.join(f), "x").unwrap();
         }
         assert!(wipe(&root).is_empty());
-        assert!(!root.join("var/lib/dropbear/dropbear_ed25519_host_key").exists());
-        assert!(root.join("var/lib/dropbear/authorized_keys_backup").exists());
+        assert!(!root
+            .join("var/lib/dropbear/dropbear_ed25519_host_key")
+            .exists());
+        assert!(root
+            .join("var/lib/dropbear/authorized_keys_backup")
+            .exists());
         assert!(!root.join("var/lib/axion-engine/tls").exists());
         assert!(root.join("var/lib/axion-engine/images/refs.json").exists());
         assert!(!root.join("var/lib/axion/random-seed").exists());
         assert!(!root.join("var/lib/axion/machine-id").exists());
-        assert!(wipe(&root).is_empty(), "a second wipe finds nothing to complain about");
+        assert!(
+            wipe(&root).is_empty(),
+            "a second wipe finds nothing to complain about"
+        );
         fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -15,28 +15,46 @@ const EVENT_SIZE: usize = 24; // struct input_event on 64-bit: timeval + u16 + u
 
 /// EVIOCGBIT(ev, len) = _IOC(_IOC_READ, 'E', 0x20 + ev, len)
 fn eviocgbit(ev: u16, len: usize) -> libc::c_ulong {
-    (2 << 30) | ((len as libc::c_ulong) << 16) | ((b'E' as libc::c_ulong) << 8) | (0x20 + ev as libc::c_ulong)
+    (2 << 30)
+        | ((len as libc::c_ulong) << 16)
+        | ((b'E' as libc::c_ulong) << 8)
+        | (0x20 + ev as libc::c_ulong)
 }
 
 fn has_power_key(f: &File) -> bool {
     let mut bits = [0u8; KEY_MAX / 8 + 1];
     // SAFETY: bits is a writable buffer of exactly the length encoded in the request.
-    let ok = unsafe { sys::ioctl_ptr(f.as_raw_fd(), eviocgbit(EV_KEY, bits.len()), bits.as_mut_ptr()) };
+    let ok = unsafe {
+        sys::ioctl_ptr(
+            f.as_raw_fd(),
+            eviocgbit(EV_KEY, bits.len()),
+            bits.as_mut_ptr(),
+        )
+    };
     ok.is_ok() && bits[KEY_POWER as usize / 8] & (1 << (KEY_POWER % 8)) != 0
 }
 
 /// Opens every /dev/input/event* that has a power key.
 pub fn open_power_buttons() -> Vec<File> {
     let mut out = Vec::new();
-    let Ok(dir) = fs::read_dir("/dev/input") else { return out };
+    let Ok(dir) = fs::read_dir("/dev/input") else {
+        return out;
+    };
     let mut paths: Vec<_> = dir
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("event")))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("event"))
+        })
         .collect();
     paths.sort();
     for p in paths {
-        match OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(&p) {
+        match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&p)
+        {
             Ok(f) if has_power_key(&f) => {
                 crate::debug!("power button: {}", p.display());
                 out.push(f)

@@ -57,7 +57,9 @@ fn open_tty(path: &str) -> std::io::Result<File> {
 
 /// Writes raw bytes to every console (or stderr when none is open).
 pub fn console_write(bytes: &[u8]) {
-    let Ok(mut consoles) = CONSOLES.lock() else { return };
+    let Ok(mut consoles) = CONSOLES.lock() else {
+        return;
+    };
     if consoles.is_empty() {
         let _ = std::io::stderr().write_all(bytes);
         return;

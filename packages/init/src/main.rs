@@ -143,7 +143,10 @@ struct Init {
 
 fn main() {
     if std::process::id() != 1 {
-        eprintln!("init: axion's PID 1; refusing to run as pid {}", std::process::id());
+        eprintln!(
+            "init: axion's PID 1; refusing to run as pid {}",
+            std::process::id()
+        );
         std::process::exit(2);
     }
     // Before anything else: leave the initramfs (rootfs) for a tmpfs root, so that
@@ -159,7 +162,11 @@ fn fix_stdio() {
     if (0..3).all(sys::fd_is_open) {
         return;
     }
-    if let Ok(null) = fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+    if let Ok(null) = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
         for fd in 0..3 {
             if !sys::fd_is_open(fd) {
                 let _ = sys::dup2(null.as_raw_fd(), fd);
@@ -342,7 +349,11 @@ fn write_ssh_keys(s: &Settings) {
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
     });
     match res {
-        Ok(()) => info!("{} ssh key(s) written to {}", s.ssh_keys.len(), path.display()),
+        Ok(()) => info!(
+            "{} ssh key(s) written to {}",
+            s.ssh_keys.len(),
+            path.display()
+        ),
         Err(e) => error!("write {}: {e}", path.display()),
     }
 }
@@ -356,7 +367,9 @@ impl Init {
         loop {
             let now = Instant::now();
             self.tick(now);
-            let timeout = self.next_deadline().map(|d| d.saturating_duration_since(Instant::now()));
+            let timeout = self
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()));
             if let Err(e) = self.epoll.wait(timeout, &mut tokens) {
                 error!("epoll_wait: {e}");
                 std::thread::sleep(Duration::from_millis(100));
@@ -384,7 +397,9 @@ impl Init {
         consider(self.sup.next_deadline());
         if let Some((_, phase)) = self.shutdown {
             consider(Some(match phase {
-                Phase::StopServices { deadline } | Phase::TermAll { deadline } | Phase::Reap { deadline } => deadline,
+                Phase::StopServices { deadline }
+                | Phase::TermAll { deadline }
+                | Phase::Reap { deadline } => deadline,
             }));
         }
         d
@@ -427,8 +442,15 @@ impl Init {
             if !self.ready && self.network_ready && self.sup.all_started() {
                 self.ready = true;
                 let t = sys::boottime();
-                log::line(&format!("axion: ready in {}.{:03} s", t.as_secs(), t.subsec_millis()));
-                for s in [self.debug_shell.take(), self.runcmd.take()].into_iter().flatten() {
+                log::line(&format!(
+                    "axion: ready in {}.{:03} s",
+                    t.as_secs(),
+                    t.subsec_millis()
+                ));
+                for s in [self.debug_shell.take(), self.runcmd.take()]
+                    .into_iter()
+                    .flatten()
+                {
                     self.sup.add(s);
                     let started = self.sup.start_pending(now, self.network_ready);
                     self.watch(started);
@@ -556,7 +578,9 @@ impl Init {
     }
 
     fn shutdown_step(&mut self, now: Instant) {
-        let Some((how, phase)) = self.shutdown else { return };
+        let Some((how, phase)) = self.shutdown else {
+            return;
+        };
         match phase {
             Phase::StopServices { deadline } => {
                 self.sup.stop_timer(now);
@@ -567,7 +591,12 @@ impl Init {
                 self.sup.kill_remaining();
                 info!("sending SIGTERM to all processes");
                 let _ = sys::kill(-1, libc::SIGTERM);
-                self.shutdown = Some((how, Phase::TermAll { deadline: now + KILL_WAIT }));
+                self.shutdown = Some((
+                    how,
+                    Phase::TermAll {
+                        deadline: now + KILL_WAIT,
+                    },
+                ));
                 self.shutdown_step(now);
             }
             Phase::TermAll { deadline } => {
@@ -578,7 +607,12 @@ impl Init {
                     info!("sending SIGKILL to all processes");
                 }
                 let _ = sys::kill(-1, libc::SIGKILL);
-                self.shutdown = Some((how, Phase::Reap { deadline: now + REAP_WAIT }));
+                self.shutdown = Some((
+                    how,
+                    Phase::Reap {
+                        deadline: now + REAP_WAIT,
+                    },
+                ));
                 self.shutdown_step(now);
             }
             Phase::Reap { deadline } => {
@@ -600,7 +634,10 @@ impl Init {
         self.pipes.clear();
         data::save_seed();
         sys::sync();
-        for e in mounts::unmount_tree("/var/log").into_iter().chain(mounts::unmount_tree(data::MOUNT_POINT)) {
+        for e in mounts::unmount_tree("/var/log")
+            .into_iter()
+            .chain(mounts::unmount_tree(data::MOUNT_POINT))
+        {
             warn!("{e}");
         }
         sys::sync();

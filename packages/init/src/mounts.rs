@@ -19,14 +19,62 @@ const NOEXEC: libc::c_ulong = libc::MS_NOEXEC;
 
 /// In order: each target's parent is mounted before it.
 const API_MOUNTS: &[ApiMount] = &[
-    ApiMount { source: "proc", target: "/proc", fstype: "proc", flags: NOSUID | NODEV | NOEXEC, data: None },
-    ApiMount { source: "sysfs", target: "/sys", fstype: "sysfs", flags: NOSUID | NODEV | NOEXEC, data: None },
-    ApiMount { source: "devtmpfs", target: "/dev", fstype: "devtmpfs", flags: NOSUID, data: Some("mode=0755") },
-    ApiMount { source: "devpts", target: "/dev/pts", fstype: "devpts", flags: NOSUID | NOEXEC, data: Some("gid=5,mode=0620,ptmxmode=0666") },
-    ApiMount { source: "shm", target: "/dev/shm", fstype: "tmpfs", flags: NOSUID | NODEV, data: Some("mode=1777") },
-    ApiMount { source: "run", target: "/run", fstype: "tmpfs", flags: NOSUID | NODEV, data: Some("mode=0755") },
-    ApiMount { source: "tmp", target: "/tmp", fstype: "tmpfs", flags: NOSUID | NODEV, data: Some("mode=1777") },
-    ApiMount { source: "cgroup2", target: "/sys/fs/cgroup", fstype: "cgroup2", flags: NOSUID | NODEV | NOEXEC, data: Some("nsdelegate") },
+    ApiMount {
+        source: "proc",
+        target: "/proc",
+        fstype: "proc",
+        flags: NOSUID | NODEV | NOEXEC,
+        data: None,
+    },
+    ApiMount {
+        source: "sysfs",
+        target: "/sys",
+        fstype: "sysfs",
+        flags: NOSUID | NODEV | NOEXEC,
+        data: None,
+    },
+    ApiMount {
+        source: "devtmpfs",
+        target: "/dev",
+        fstype: "devtmpfs",
+        flags: NOSUID,
+        data: Some("mode=0755"),
+    },
+    ApiMount {
+        source: "devpts",
+        target: "/dev/pts",
+        fstype: "devpts",
+        flags: NOSUID | NOEXEC,
+        data: Some("gid=5,mode=0620,ptmxmode=0666"),
+    },
+    ApiMount {
+        source: "shm",
+        target: "/dev/shm",
+        fstype: "tmpfs",
+        flags: NOSUID | NODEV,
+        data: Some("mode=1777"),
+    },
+    ApiMount {
+        source: "run",
+        target: "/run",
+        fstype: "tmpfs",
+        flags: NOSUID | NODEV,
+        data: Some("mode=0755"),
+    },
+    ApiMount {
+        source: "tmp",
+        target: "/tmp",
+        fstype: "tmpfs",
+        flags: NOSUID | NODEV,
+        data: Some("mode=1777"),
+    },
+    ApiMount {
+        source: "cgroup2",
+        target: "/sys/fs/cgroup",
+        fstype: "cgroup2",
+        flags: NOSUID | NODEV | NOEXEC,
+        data: Some("nsdelegate"),
+    },
 ];
 
 /// Mounts everything in [`API_MOUNTS`] that is not mounted yet. Failures are reported and
@@ -73,8 +121,13 @@ pub(crate) fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            let v = (b[i + 1] - b'0') as u32 * 64 + (b[i + 2] - b'0') as u32 * 8 + (b[i + 3] - b'0') as u32;
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') as u32 * 64
+                + (b[i + 2] - b'0') as u32 * 8
+                + (b[i + 3] - b'0') as u32;
             out.push(v as u8);
             i += 4;
         } else {
@@ -100,7 +153,9 @@ pub fn parse_mounts(s: &str) -> Vec<MountEntry> {
 }
 
 pub fn read_mounts() -> Vec<MountEntry> {
-    fs::read_to_string("/proc/mounts").map(|s| parse_mounts(&s)).unwrap_or_default()
+    fs::read_to_string("/proc/mounts")
+        .map(|s| parse_mounts(&s))
+        .unwrap_or_default()
 }
 
 pub fn is_mounted(target: &str) -> bool {
@@ -129,17 +184,24 @@ pub fn delegate_cgroups() -> Vec<String> {
     let root = Path::new("/sys/fs/cgroup");
     let mut errors = Vec::new();
     let init = root.join("init");
-    if let Err(e) = fs::create_dir_all(&init).and_then(|()| fs::write(init.join("cgroup.procs"), "0")) {
+    if let Err(e) =
+        fs::create_dir_all(&init).and_then(|()| fs::write(init.join("cgroup.procs"), "0"))
+    {
         errors.push(format!("move init into {}: {e}", init.display()));
     }
     let available = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
     for c in CONTROLLERS {
         if !available.split_whitespace().any(|a| a == *c) {
-            errors.push(format!("cgroup controller {c} not available (kernel config?)"));
+            errors.push(format!(
+                "cgroup controller {c} not available (kernel config?)"
+            ));
             continue;
         }
         if let Err(e) = fs::write(root.join("cgroup.subtree_control"), format!("+{c}")) {
-            errors.push(format!("enable cgroup controller {c} in {}/cgroup.subtree_control: {e}", root.display()));
+            errors.push(format!(
+                "enable cgroup controller {c} in {}/cgroup.subtree_control: {e}",
+                root.display()
+            ));
         }
     }
     errors
@@ -155,7 +217,9 @@ pub fn unmount_tree(prefix: &str) -> Vec<String> {
         if let Err(e) = sys::umount(p, 0) {
             // Still clean (read-only); detach so nothing holds it.
             let _ = sys::umount(p, libc::MNT_DETACH);
-            errors.push(format!("unmount {target}: {e} (remounted read-only, detached)"));
+            errors.push(format!(
+                "unmount {target}: {e} (remounted read-only, detached)"
+            ));
         }
     }
     errors
@@ -195,7 +259,11 @@ tmpfs /var/lib/with\\040space tmpfs rw 0 0\n\
         let m = parse_mounts(SAMPLE);
         assert_eq!(
             mounts_under(&m, "/var/lib"),
-            vec!["/var/lib/with space", "/var/lib/engine/c1/merged", "/var/lib"]
+            vec![
+                "/var/lib/with space",
+                "/var/lib/engine/c1/merged",
+                "/var/lib"
+            ]
         );
         assert_eq!(mounts_under(&m, "/nothing"), Vec::<String>::new());
     }

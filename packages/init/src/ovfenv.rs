@@ -31,17 +31,37 @@ pub fn parse(xml: &str) -> (Vec<Layer>, Vec<String>) {
     let mut problems = Vec::new();
     let doc = match roxmltree::Document::parse(xml) {
         Ok(d) => d,
-        Err(e) => return (Vec::new(), vec![format!("not valid XML: {e}; the whole document is ignored")]),
+        Err(e) => {
+            return (
+                Vec::new(),
+                vec![format!("not valid XML: {e}; the whole document is ignored")],
+            )
+        }
     };
     let root = doc.root_element();
     if root.tag_name().name() != "Environment" {
-        return (Vec::new(), vec![format!("root element is <{}>, not <Environment>; ignored", root.tag_name().name())]);
+        return (
+            Vec::new(),
+            vec![format!(
+                "root element is <{}>, not <Environment>; ignored",
+                root.tag_name().name()
+            )],
+        );
     }
-    let attr = |n: roxmltree::Node, local: &str| n.attributes().find(|a| a.name() == local).map(|a| a.value().trim().to_string());
+    let attr = |n: roxmltree::Node, local: &str| {
+        n.attributes()
+            .find(|a| a.name() == local)
+            .map(|a| a.value().trim().to_string())
+    };
     let mut props: Vec<(String, String)> = Vec::new();
-    for n in doc.descendants().filter(|n| n.is_element() && n.tag_name().name() == "Property") {
+    for n in doc
+        .descendants()
+        .filter(|n| n.is_element() && n.tag_name().name() == "Property")
+    {
         // Only the VM's own PropertySection, not those of sibling entities.
-        if n.ancestors().any(|a| a.is_element() && a.tag_name().name() == "Entity") {
+        if n.ancestors()
+            .any(|a| a.is_element() && a.tag_name().name() == "Entity")
+        {
             continue;
         }
         match (attr(n, "key"), attr(n, "value")) {
@@ -59,7 +79,11 @@ pub fn parse(xml: &str) -> (Vec<Layer>, Vec<String>) {
             continue;
         }
         let mut sub = |p: Parsed, what: &str, into: &mut Layer| {
-            problems.extend(p.problems.into_iter().map(|e| format!("{key} ({what}): {e}")));
+            problems.extend(
+                p.problems
+                    .into_iter()
+                    .map(|e| format!("{key} ({what}): {e}")),
+            );
             *into = p.layer;
         };
         match key.as_str() {
@@ -85,19 +109,32 @@ pub fn parse(xml: &str) -> (Vec<Layer>, Vec<String>) {
                 Ok(n) => l.network = Some(n),
                 Err(e) => problems.push(format!("network: {e}")),
             },
-            "user-data" => match decode_base64(value).map(|b| String::from_utf8_lossy(&b).into_owned()) {
+            "user-data" => match decode_base64(value)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+            {
                 Ok(text) => sub(cloudinit::parse_user_data(&text), "user-data", &mut user),
                 Err(e) => problems.push(format!("user-data: {e} (expected base64 #cloud-config)")),
             },
-            "network-config" => match decode_base64(value).map(|b| String::from_utf8_lossy(&b).into_owned()) {
-                Ok(text) => sub(cloudinit::parse_network_config(&text), "network-config", &mut netcfg),
-                Err(e) => problems.push(format!("network-config: {e}")),
-            },
+            "network-config" => {
+                match decode_base64(value).map(|b| String::from_utf8_lossy(&b).into_owned()) {
+                    Ok(text) => sub(
+                        cloudinit::parse_network_config(&text),
+                        "network-config",
+                        &mut netcfg,
+                    ),
+                    Err(e) => problems.push(format!("network-config: {e}")),
+                }
+            }
             other => problems.push(format!("{other}: unknown property (ignored)")),
         }
     }
     if l.network.is_none() {
-        match static_from_parts(ip.as_deref(), netmask.as_deref(), gateway.as_deref(), dns.as_deref()) {
+        match static_from_parts(
+            ip.as_deref(),
+            netmask.as_deref(),
+            gateway.as_deref(),
+            dns.as_deref(),
+        ) {
             Ok(n) => l.network = n,
             Err(e) => problems.push(e),
         }
@@ -105,7 +142,9 @@ pub fn parse(xml: &str) -> (Vec<Layer>, Vec<String>) {
         problems.push("ip: both network and ip are set; using network".into());
     }
     if l.instance_id.is_none() {
-        l.instance_id = attr(root, "id").filter(|s| !s.is_empty()).or_else(|| attr(root, "vCenterId").filter(|s| !s.is_empty()));
+        l.instance_id = attr(root, "id")
+            .filter(|s| !s.is_empty())
+            .or_else(|| attr(root, "vCenterId").filter(|s| !s.is_empty()));
     }
     (vec![user, netcfg, l], problems)
 }
@@ -120,7 +159,12 @@ fn prefix_of(mask: &str) -> Option<u8> {
 }
 
 /// `ip`, `netmask`, `gateway`, `dns` properties to a network setting.
-fn static_from_parts(ip: Option<&str>, netmask: Option<&str>, gateway: Option<&str>, dns: Option<&str>) -> Result<Option<Network>, String> {
+fn static_from_parts(
+    ip: Option<&str>,
+    netmask: Option<&str>,
+    gateway: Option<&str>,
+    dns: Option<&str>,
+) -> Result<Option<Network>, String> {
     let Some(ip) = ip else {
         if netmask.or(gateway).or(dns).is_some() {
             return Err("netmask/gateway/dns: set without ip; ignored".into());
@@ -134,20 +178,38 @@ fn static_from_parts(ip: Option<&str>, netmask: Option<&str>, gateway: Option<&s
         Some((a, p)) => (a, Some(p)),
         None => (ip, netmask),
     };
-    let addr: Ipv4Addr = addr.parse().map_err(|_| format!("ip: {ip:?} is not an IPv4 address"))?;
+    let addr: Ipv4Addr = addr
+        .parse()
+        .map_err(|_| format!("ip: {ip:?} is not an IPv4 address"))?;
     let prefix = match prefix {
-        Some(p) => prefix_of(p).ok_or_else(|| format!("netmask: {p:?} is not a netmask or prefix length"))?,
+        Some(p) => prefix_of(p)
+            .ok_or_else(|| format!("netmask: {p:?} is not a netmask or prefix length"))?,
         None => return Err(format!("ip: {ip}: needs a netmask (or ip=ADDR/PREFIX)")),
     };
     let gateway = match gateway {
-        Some(g) => Some(g.parse().map_err(|_| format!("gateway: {g:?} is not an IPv4 address"))?),
+        Some(g) => Some(
+            g.parse()
+                .map_err(|_| format!("gateway: {g:?} is not an IPv4 address"))?,
+        ),
         None => None,
     };
     let mut servers = Vec::new();
-    for d in dns.unwrap_or("").split([',', ' ']).filter(|d| !d.is_empty()) {
-        servers.push(d.parse().map_err(|_| format!("dns: {d:?} is not an IPv4 address"))?);
+    for d in dns
+        .unwrap_or("")
+        .split([',', ' '])
+        .filter(|d| !d.is_empty())
+    {
+        servers.push(
+            d.parse()
+                .map_err(|_| format!("dns: {d:?} is not an IPv4 address"))?,
+        );
     }
-    Ok(Some(Network::Static(StaticIp { addr, prefix, gateway, dns: servers })))
+    Ok(Some(Network::Static(StaticIp {
+        addr,
+        prefix,
+        gateway,
+        dns: servers,
+    })))
 }
 
 #[cfg(test)]
@@ -164,7 +226,9 @@ mod tests {
 "#,
         );
         for (k, v) in props {
-            s.push_str(&format!("    <Property oe:key=\"{k}\" oe:value=\"{v}\"/>\n"));
+            s.push_str(&format!(
+                "    <Property oe:key=\"{k}\" oe:value=\"{v}\"/>\n"
+            ));
         }
         s.push_str("  </PropertySection>\n  <Entity oe:id=\"sib\"><PropertySection><Property oe:key=\"hostname\" oe:value=\"sibling\"/></PropertySection></Entity>\n</Environment>\n");
         s
@@ -172,7 +236,8 @@ mod tests {
 
     #[test]
     fn properties() {
-        let ud = base64::engine::general_purpose::STANDARD.encode("#cloud-config\nhostname: from-ud\nruncmd: [date]\n");
+        let ud = base64::engine::general_purpose::STANDARD
+            .encode("#cloud-config\nhostname: from-ud\nruncmd: [date]\n");
         let (layers, problems) = parse(&env(&[
             ("hostname", "vm-a"),
             ("ssh-key", "ssh-ed25519 AAAA a@b"),
@@ -202,12 +267,19 @@ mod tests {
 
     #[test]
     fn network_property_and_instance_id() {
-        let (layers, problems) = parse(&env(&[("network", "10.0.0.5/8,10.0.0.1"), ("instance-id", "iid-7"), ("public-keys", "ssh-rsa A x&#10;ssh-ed25519 B y")]));
+        let (layers, problems) = parse(&env(&[
+            ("network", "10.0.0.5/8,10.0.0.1"),
+            ("instance-id", "iid-7"),
+            ("public-keys", "ssh-rsa A x&#10;ssh-ed25519 B y"),
+        ]));
         assert!(problems.is_empty(), "{problems:?}");
         let s = crate::settings::Settings::merge(&layers);
         assert_eq!(s.instance_id.as_deref(), Some("iid-7"));
         assert_eq!(s.ssh_keys.len(), 2);
-        assert!(matches!(s.network, Network::Static(StaticIp { prefix: 8, .. })));
+        assert!(matches!(
+            s.network,
+            Network::Static(StaticIp { prefix: 8, .. })
+        ));
     }
 
     #[test]
@@ -215,12 +287,23 @@ mod tests {
         let (layers, problems) = parse("<Environment><unclosed></Environment>");
         assert!(layers.is_empty());
         assert!(problems[0].starts_with("not valid XML"), "{problems:?}");
-        let (_, problems) = parse(&env(&[("hostname", "bad_name"), ("ip", "10.0.0.1"), ("frob", "1"), ("user-data", "%%%")]));
+        let (_, problems) = parse(&env(&[
+            ("hostname", "bad_name"),
+            ("ip", "10.0.0.1"),
+            ("frob", "1"),
+            ("user-data", "%%%"),
+        ]));
         assert_eq!(problems.len(), 4, "{problems:?}");
         assert!(problems.iter().any(|p| p.contains("needs a netmask")));
         assert!(problems.iter().any(|p| p.starts_with("frob")));
-        let (_, problems) = parse(&env(&[("user-data", &base64::engine::general_purpose::STANDARD.encode("#cloud-config\nfoo: [\n"))]));
-        assert!(problems[0].starts_with("user-data (user-data): not valid YAML"), "{problems:?}");
+        let (_, problems) = parse(&env(&[(
+            "user-data",
+            &base64::engine::general_purpose::STANDARD.encode("#cloud-config\nfoo: [\n"),
+        )]));
+        assert!(
+            problems[0].starts_with("user-data (user-data): not valid YAML"),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -71,16 +71,29 @@ pub fn switch_if_initramfs() -> Note {
     if let Some(v) = std::env::var_os(GUARD) {
         // Single-threaded: nothing reads the environment concurrently.
         std::env::remove_var(GUARD);
-        return Note::Info(format!("root moved from the initramfs to a tmpfs ({})", v.to_string_lossy()));
+        return Note::Info(format!(
+            "root moved from the initramfs to a tmpfs ({})",
+            v.to_string_lossy()
+        ));
     }
     let started = Instant::now();
     let proc_dir = Path::new("/proc");
     let mut mounted_proc = false;
     if fs::metadata("/proc/self/mountinfo").is_err() {
         let _ = fs::create_dir(proc_dir);
-        match sys::mount("proc", proc_dir, "proc", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None) {
+        match sys::mount(
+            "proc",
+            proc_dir,
+            "proc",
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            None,
+        ) {
             Ok(()) => mounted_proc = true,
-            Err(e) => return Note::Error(format!("root switch: mount proc on /proc: {e}; staying on the initramfs root")),
+            Err(e) => {
+                return Note::Error(format!(
+                    "root switch: mount proc on /proc: {e}; staying on the initramfs root"
+                ))
+            }
         }
     }
     let info = fs::read_to_string("/proc/self/mountinfo");
@@ -88,12 +101,18 @@ pub fn switch_if_initramfs() -> Note {
     if mounted_proc {
         if let Err(e) = sys::umount(proc_dir, 0) {
             let _ = sys::umount(proc_dir, libc::MNT_DETACH);
-            return Note::Error(format!("root switch: unmount the temporary /proc: {e}; staying on the initramfs root"));
+            return Note::Error(format!(
+                "root switch: unmount the temporary /proc: {e}; staying on the initramfs root"
+            ));
         }
     }
     let info = match info {
         Ok(i) => i,
-        Err(e) => return Note::Error(format!("root switch: read /proc/self/mountinfo: {e}; staying on the initramfs root")),
+        Err(e) => {
+            return Note::Error(format!(
+                "root switch: read /proc/self/mountinfo: {e}; staying on the initramfs root"
+            ))
+        }
     };
     if root_fstype(&info).as_deref() != Some("rootfs") {
         return Note::None;
@@ -114,7 +133,9 @@ fn switch(exe: Option<PathBuf>, others: &[PathBuf], started: Instant) -> Result<
     let new = Path::new(NEW_ROOT);
     if let Err(e) = fs::create_dir(new) {
         if e.kind() != io::ErrorKind::AlreadyExists {
-            return Err(format!("mkdir {NEW_ROOT}: {e}; staying on the initramfs root"));
+            return Err(format!(
+                "mkdir {NEW_ROOT}: {e}; staying on the initramfs root"
+            ));
         }
     }
     sys::mount("root", new, "tmpfs", 0, Some("mode=0755"))
@@ -125,25 +146,40 @@ fn switch(exe: Option<PathBuf>, others: &[PathBuf], started: Instant) -> Result<
         let _ = fs::remove_dir(new);
         format!("{why}; staying on the initramfs root")
     };
-    let stats = copy_tree(Path::new("/"), new, &[new]).map_err(|e| undo(format!("copying the root to the tmpfs: {e}")))?;
+    let stats = copy_tree(Path::new("/"), new, &[new])
+        .map_err(|e| undo(format!("copying the root to the tmpfs: {e}")))?;
     let copied_ms = started.elapsed().as_millis();
     let used = sys::statfs_used(new).unwrap_or(stats.bytes);
     let limit = used + HEADROOM;
     let mut warnings = Vec::new();
-    if let Err(e) = sys::mount("", new, "", libc::MS_REMOUNT, Some(&format!("size={limit}"))) {
+    if let Err(e) = sys::mount(
+        "",
+        new,
+        "",
+        libc::MS_REMOUNT,
+        Some(&format!("size={limit}")),
+    ) {
         warnings.push(format!("size limit not set: {e}"));
     }
     for m in others {
         let to = new.join(m.strip_prefix("/").unwrap_or(m));
-        let res = fs::create_dir_all(&to).and_then(|()| sys::mount(&m.to_string_lossy(), &to, "", libc::MS_MOVE, None));
+        let res = fs::create_dir_all(&to)
+            .and_then(|()| sys::mount(&m.to_string_lossy(), &to, "", libc::MS_MOVE, None));
         if let Err(e) = res {
-            warnings.push(format!("mount on {} not moved into the new root: {e}", m.display()));
+            warnings.push(format!(
+                "mount on {} not moved into the new root: {e}",
+                m.display()
+            ));
         }
     }
     let old = fs::File::open("/").map_err(|e| undo(format!("open the old root: {e}")))?;
-    let old_dev = old.metadata().map_err(|e| undo(format!("stat the old root: {e}")))?.dev();
+    let old_dev = old
+        .metadata()
+        .map_err(|e| undo(format!("stat the old root: {e}")))?
+        .dev();
     std::env::set_current_dir(new).map_err(|e| undo(format!("chdir {NEW_ROOT}: {e}")))?;
-    sys::mount(".", Path::new("/"), "", libc::MS_MOVE, None).map_err(|e| undo(format!("mount --move {NEW_ROOT} /: {e}")))?;
+    sys::mount(".", Path::new("/"), "", libc::MS_MOVE, None)
+        .map_err(|e| undo(format!("mount --move {NEW_ROOT} /: {e}")))?;
     // The tmpfs is on `/` now: no way back from here, only reports.
     if let Err(e) = sys::chroot(Path::new(".")) {
         return Ok(format!("WARNING: the tmpfs is mounted on / but chroot into it failed: {e}; init stays on the initramfs root"));
@@ -160,12 +196,22 @@ fn switch(exe: Option<PathBuf>, others: &[PathBuf], started: Instant) -> Result<
             let t = Instant::now();
             let mut removed = 0u64;
             let mut errors = Vec::new();
-            remove_contents(old.as_raw_fd(), old_dev, Path::new("(old root)"), &mut removed, &mut errors);
+            remove_contents(
+                old.as_raw_fd(),
+                old_dev,
+                Path::new("(old root)"),
+                &mut removed,
+                &mut errors,
+            );
             for e in errors.iter().take(5) {
                 eprintln!("init: WARNING: root switch: old root not freed: {e}");
             }
             if crate::log::debug_enabled() || !errors.is_empty() {
-                eprintln!("init: root switch: {removed} old entries freed in {} ms, {} error(s)", t.elapsed().as_millis(), errors.len());
+                eprintln!(
+                    "init: root switch: {removed} old entries freed in {} ms, {} error(s)",
+                    t.elapsed().as_millis(),
+                    errors.len()
+                );
             }
             // SAFETY: _exit ends the child without running the parent's destructors.
             unsafe { libc::_exit(if errors.is_empty() { 0 } else { 1 }) }
@@ -174,11 +220,24 @@ fn switch(exe: Option<PathBuf>, others: &[PathBuf], started: Instant) -> Result<
         _ => {
             let mut removed = 0u64;
             let mut errors = Vec::new();
-            remove_contents(old.as_raw_fd(), old_dev, Path::new("(old root)"), &mut removed, &mut errors);
+            remove_contents(
+                old.as_raw_fd(),
+                old_dev,
+                Path::new("(old root)"),
+                &mut removed,
+                &mut errors,
+            );
             if !errors.is_empty() {
-                warnings.push(format!("{} file(s) of the old root not deleted, first: {}", errors.len(), errors[0]));
+                warnings.push(format!(
+                    "{} file(s) of the old root not deleted, first: {}",
+                    errors.len(),
+                    errors[0]
+                ));
             }
-            format!("{removed} old entries freed at {} ms", started.elapsed().as_millis())
+            format!(
+                "{removed} old entries freed at {} ms",
+                started.elapsed().as_millis()
+            )
         }
     };
     drop(old);
@@ -211,7 +270,12 @@ fn switch(exe: Option<PathBuf>, others: &[PathBuf], started: Instant) -> Result<
 
 /// Points fds 0-2 (those open) at the new root's /dev/console, letting go of the old one.
 fn reopen_stdio() {
-    let Ok(console) = fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOCTTY).open("/dev/console") else {
+    let Ok(console) = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open("/dev/console")
+    else {
         return;
     };
     for fd in 0..3 {
@@ -271,7 +335,12 @@ pub struct CopyStats {
 /// `exclude` are skipped. Stops at the first error.
 pub fn copy_tree(src: &Path, dst: &Path, exclude: &[&Path]) -> io::Result<CopyStats> {
     let meta = fs::symlink_metadata(src).map_err(ctx("stat", src))?;
-    let mut c = Copier { dev: meta.dev(), links: HashMap::new(), stats: CopyStats::default(), exclude };
+    let mut c = Copier {
+        dev: meta.dev(),
+        links: HashMap::new(),
+        stats: CopyStats::default(),
+        exclude,
+    };
     c.contents(src, dst)?;
     c.attrs(dst, &meta, false)?;
     Ok(c.stats)
@@ -334,7 +403,12 @@ impl Copier<'_> {
             self.attrs(d, &m, true)?;
         } else if ft.is_file() {
             let mut from = fs::File::open(s).map_err(ctx("open", s))?;
-            let mut to = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(d).map_err(ctx("create", d))?;
+            let mut to = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(d)
+                .map_err(ctx("create", d))?;
             io::copy(&mut from, &mut to).map_err(ctx("copy to", d))?;
             drop(to);
             self.stats.files += 1;
@@ -355,16 +429,24 @@ impl Copier<'_> {
     fn attrs(&self, d: &Path, m: &fs::Metadata, symlink: bool) -> io::Result<()> {
         std::os::unix::fs::lchown(d, Some(m.uid()), Some(m.gid())).map_err(ctx("chown", d))?;
         if !symlink {
-            fs::set_permissions(d, fs::Permissions::from_mode(m.mode() & 0o7777)).map_err(ctx("chmod", d))?;
+            fs::set_permissions(d, fs::Permissions::from_mode(m.mode() & 0o7777))
+                .map_err(ctx("chmod", d))?;
         }
-        sys::set_times_nofollow(d, (m.atime(), m.atime_nsec()), (m.mtime(), m.mtime_nsec())).map_err(ctx("set times of", d))
+        sys::set_times_nofollow(d, (m.atime(), m.atime_nsec()), (m.mtime(), m.mtime_nsec()))
+            .map_err(ctx("set times of", d))
     }
 }
 
 /// Deletes everything in the open directory `dir` that lives on filesystem `dev`, deepest
 /// first; a directory where another filesystem is mounted is left alone (with what is
 /// below it). `dir` itself stays. `path` only names things in `errors`.
-pub fn remove_contents(dir: RawFd, dev: u64, path: &Path, removed: &mut u64, errors: &mut Vec<String>) {
+pub fn remove_contents(
+    dir: RawFd,
+    dev: u64,
+    path: &Path,
+    removed: &mut u64,
+    errors: &mut Vec<String>,
+) {
     let names = match sys::dir_names(dir) {
         Ok(n) => n,
         Err(e) => {
@@ -424,7 +506,14 @@ mod tests {
 
     #[test]
     fn top_mount_points_skip_nested_ones() {
-        assert_eq!(top_mount_points(ROOTFS), vec![PathBuf::from("/proc"), PathBuf::from("/sys"), PathBuf::from("/my dev")]);
+        assert_eq!(
+            top_mount_points(ROOTFS),
+            vec![
+                PathBuf::from("/proc"),
+                PathBuf::from("/sys"),
+                PathBuf::from("/my dev")
+            ]
+        );
         assert_eq!(top_mount_points(SWITCHED), vec![PathBuf::from("/proc")]);
     }
 
@@ -436,10 +525,14 @@ mod tests {
 
     impl Tmp {
         fn new(tag: &str) -> Tmp {
-            let path = std::env::temp_dir().join(format!("init-rootswitch-{tag}-{}", std::process::id()));
+            let path =
+                std::env::temp_dir().join(format!("init-rootswitch-{tag}-{}", std::process::id()));
             let _ = fs::remove_dir_all(&path);
             fs::create_dir_all(&path).unwrap();
-            Tmp { path, mounts: Vec::new() }
+            Tmp {
+                path,
+                mounts: Vec::new(),
+            }
         }
 
         /// Mounts a tmpfs at `rel` when the test runs as root; false (and a loud note) if not.
@@ -485,7 +578,13 @@ mod tests {
                 let (kind, data) = if ft.is_dir() {
                     ('d', Vec::new())
                 } else if ft.is_symlink() {
-                    ('l', fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes())
+                    (
+                        'l',
+                        fs::read_link(&p)
+                            .unwrap()
+                            .into_os_string()
+                            .into_encoded_bytes(),
+                    )
                 } else if ft.is_file() {
                     ('f', fs::read(&p).unwrap())
                 } else if ft.is_fifo() {
@@ -497,7 +596,18 @@ mod tests {
                 };
                 let rel = p.strip_prefix(root).unwrap().to_path_buf();
                 // A directory's mtime is checked after its children were written.
-                out.insert(rel, (kind, m.mode(), m.uid(), m.gid(), (m.mtime(), m.mtime_nsec()), data, m.rdev()));
+                out.insert(
+                    rel,
+                    (
+                        kind,
+                        m.mode(),
+                        m.uid(),
+                        m.gid(),
+                        (m.mtime(), m.mtime_nsec()),
+                        data,
+                        m.rdev(),
+                    ),
+                );
                 if ft.is_dir() {
                     walk(root, &p, out);
                 }
@@ -519,22 +629,53 @@ mod tests {
         symlink("/nowhere/at/all", src.join("bin/dangling")).unwrap();
         fs::hard_link(src.join("bin/busybox"), src.join("bin/busybox-hardlink")).unwrap();
         fs::write(src.join("etc/hostname"), b"axion\n").unwrap();
-        fs::write(src.join("etc/axion/services/engine.toml"), b"command = \"/usr/bin/engine\"\n").unwrap();
+        fs::write(
+            src.join("etc/axion/services/engine.toml"),
+            b"command = \"/usr/bin/engine\"\n",
+        )
+        .unwrap();
         fs::write(src.join("bin/su"), b"setuid").unwrap();
         fs::write(src.join("private/secret"), b"key").unwrap();
         let fifo = src.join("etc/fifo");
         sys::mknod(&fifo, libc::S_IFIFO | 0o640, 0).unwrap();
         if is_root() {
-            sys::mknod(&src.join("etc/null"), libc::S_IFCHR | 0o666, libc::makedev(1, 3)).unwrap();
+            sys::mknod(
+                &src.join("etc/null"),
+                libc::S_IFCHR | 0o666,
+                libc::makedev(1, 3),
+            )
+            .unwrap();
             std::os::unix::fs::lchown(src.join("etc/hostname"), Some(1234), Some(5678)).unwrap();
             std::os::unix::fs::lchown(src.join("bin/sh"), Some(42), Some(43)).unwrap();
         }
-        for (p, mode) in [("bin/su", 0o4755), ("private", 0o700), ("private/secret", 0o600), ("tmp", 0o1777), ("etc/hostname", 0o644), ("bin/busybox", 0o755)] {
+        for (p, mode) in [
+            ("bin/su", 0o4755),
+            ("private", 0o700),
+            ("private/secret", 0o600),
+            ("tmp", 0o1777),
+            ("etc/hostname", 0o644),
+            ("bin/busybox", 0o755),
+        ] {
             fs::set_permissions(src.join(p), fs::Permissions::from_mode(mode)).unwrap();
         }
         // Times last, leaves first (writing into a directory changes its mtime).
         let mut t = 1_700_000_000i64;
-        for p in ["bin/sh", "bin/dangling", "bin/busybox", "bin/su", "etc/hostname", "etc/fifo", "etc/axion/services/engine.toml", "private/secret", "etc/axion/services", "etc/axion", "etc", "private", "tmp", "bin"] {
+        for p in [
+            "bin/sh",
+            "bin/dangling",
+            "bin/busybox",
+            "bin/su",
+            "etc/hostname",
+            "etc/fifo",
+            "etc/axion/services/engine.toml",
+            "private/secret",
+            "etc/axion/services",
+            "etc/axion",
+            "etc",
+            "private",
+            "tmp",
+            "bin",
+        ] {
             sys::set_times_nofollow(&src.join(p), (t, 5), (t, 123_456_789)).unwrap();
             t += 1000;
         }
@@ -553,18 +694,38 @@ mod tests {
 
         assert_eq!(snapshot(&src), snapshot(&dst));
         let (s, d) = (fs::metadata(&src).unwrap(), fs::metadata(&dst).unwrap());
-        assert_eq!((d.mode(), d.mtime(), d.mtime_nsec()), (s.mode(), s.mtime(), s.mtime_nsec()), "the root's own attributes");
+        assert_eq!(
+            (d.mode(), d.mtime(), d.mtime_nsec()),
+            (s.mode(), s.mtime(), s.mtime_nsec()),
+            "the root's own attributes"
+        );
         // The hard link is still one file, not two copies.
         let a = fs::metadata(dst.join("bin/busybox")).unwrap();
         let b = fs::metadata(dst.join("bin/busybox-hardlink")).unwrap();
         assert_eq!(a.ino(), b.ino());
         assert_eq!(a.nlink(), 2);
-        assert_ne!(a.ino(), fs::metadata(src.join("bin/busybox")).unwrap().ino(), "a copy, not the source");
-        assert_eq!(fs::metadata(dst.join("bin/su")).unwrap().mode() & 0o7777, 0o4755, "setuid bit kept");
+        assert_ne!(
+            a.ino(),
+            fs::metadata(src.join("bin/busybox")).unwrap().ino(),
+            "a copy, not the source"
+        );
+        assert_eq!(
+            fs::metadata(dst.join("bin/su")).unwrap().mode() & 0o7777,
+            0o4755,
+            "setuid bit kept"
+        );
         let expect_nodes = if is_root() { 2 } else { 1 };
         assert_eq!(
             stats,
-            CopyStats { files: 5, bytes: 12 + 6 + 28 + 6 + 3, dirs: 6, symlinks: 2, hardlinks: 1, nodes: expect_nodes, mount_points: 0 }
+            CopyStats {
+                files: 5,
+                bytes: 12 + 6 + 28 + 6 + 3,
+                dirs: 6,
+                symlinks: 2,
+                hardlinks: 1,
+                nodes: expect_nodes,
+                mount_points: 0
+            }
         );
         if is_root() {
             let n = fs::symlink_metadata(dst.join("etc/null")).unwrap();
@@ -597,8 +758,16 @@ mod tests {
             assert_eq!(stats.mount_points, 1);
             let p = fs::metadata(dst.join("proc")).unwrap();
             assert!(p.is_dir());
-            assert_eq!(p.mode() & 0o7777, 0o711, "the mount point keeps the mounted root's mode");
-            assert_eq!(fs::read_dir(dst.join("proc")).unwrap().count(), 0, "copied across a mount point");
+            assert_eq!(
+                p.mode() & 0o7777,
+                0o711,
+                "the mount point keeps the mounted root's mode"
+            );
+            assert_eq!(
+                fs::read_dir(dst.join("proc")).unwrap().count(),
+                0,
+                "copied across a mount point"
+            );
         }
     }
 
@@ -609,7 +778,10 @@ mod tests {
         fs::create_dir_all(src.join("a")).unwrap();
         fs::create_dir_all(dst.join("a")).unwrap(); // already there: mkdir fails
         let e = copy_tree(&src, &dst, &[]).unwrap_err();
-        assert!(e.to_string().contains("mkdir") && e.to_string().contains("dst/a"), "{e}");
+        assert!(
+            e.to_string().contains("mkdir") && e.to_string().contains("dst/a"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -627,17 +799,33 @@ mod tests {
         let dir = fs::File::open(&root).unwrap();
         let dev = dir.metadata().unwrap().dev();
         let (mut removed, mut errors) = (0, Vec::new());
-        remove_contents(dir.as_raw_fd(), dev, Path::new("old"), &mut removed, &mut errors);
+        remove_contents(
+            dir.as_raw_fd(),
+            dev,
+            Path::new("old"),
+            &mut removed,
+            &mut errors,
+        );
         if !is_root() {
             // Without root, a 0500 directory's entries cannot be unlinked.
             eprintln!("skip: because not root: expecting an error for private/ ({errors:?})");
             return;
         }
         assert!(errors.is_empty(), "{errors:?}");
-        let left: Vec<OsString> = fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let left: Vec<OsString> = fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         if crossing {
-            assert_eq!(left, vec![OsString::from("newroot")], "only the mount point stays");
-            assert_eq!(fs::read(root.join("newroot/keep")).unwrap(), b"on another filesystem");
+            assert_eq!(
+                left,
+                vec![OsString::from("newroot")],
+                "only the mount point stays"
+            );
+            assert_eq!(
+                fs::read(root.join("newroot/keep")).unwrap(),
+                b"on another filesystem"
+            );
         } else {
             assert!(left.is_empty(), "{left:?}");
         }

@@ -177,7 +177,10 @@ pub fn hostname_file_layer(content: &str) -> Result<Layer, String> {
         return Ok(Layer::default());
     }
     valid_hostname(name)?;
-    Ok(Layer { hostname: Some(name.to_string()), ..Layer::default() })
+    Ok(Layer {
+        hostname: Some(name.to_string()),
+        ..Layer::default()
+    })
 }
 
 /// The parsed kernel command line: the settings layer plus what init itself needs.
@@ -238,7 +241,9 @@ pub fn valid_hostname(h: &str) -> Result<(), String> {
             && label.len() <= 63
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
         if !ok {
             return Err(format!(
                 "hostname {h:?}: labels must be 1-63 letters, digits or inner hyphens"
@@ -265,7 +270,9 @@ pub fn parse_ip(v: &str) -> Result<Network, String> {
     let (addr, prefix) = cidr
         .split_once('/')
         .ok_or_else(|| format!("axion.ip={v}: expected ADDR/PREFIX[,GATEWAY[,DNS...]] or dhcp"))?;
-    let addr: Ipv4Addr = addr.parse().map_err(|_| format!("axion.ip={v}: bad address {addr:?}"))?;
+    let addr: Ipv4Addr = addr
+        .parse()
+        .map_err(|_| format!("axion.ip={v}: bad address {addr:?}"))?;
     let prefix: u8 = prefix
         .parse()
         .ok()
@@ -273,16 +280,27 @@ pub fn parse_ip(v: &str) -> Result<Network, String> {
         .ok_or_else(|| format!("axion.ip={v}: bad prefix length {prefix:?} (0-32)"))?;
     let gateway = match parts.next() {
         None | Some("") => None,
-        Some(g) => Some(g.parse().map_err(|_| format!("axion.ip={v}: bad gateway {g:?}"))?),
+        Some(g) => Some(
+            g.parse()
+                .map_err(|_| format!("axion.ip={v}: bad gateway {g:?}"))?,
+        ),
     };
     let mut dns = Vec::new();
     for d in parts {
         if d.is_empty() {
             continue;
         }
-        dns.push(d.parse().map_err(|_| format!("axion.ip={v}: bad DNS server {d:?}"))?);
+        dns.push(
+            d.parse()
+                .map_err(|_| format!("axion.ip={v}: bad DNS server {d:?}"))?,
+        );
     }
-    Ok(Network::Static(StaticIp { addr, prefix, gateway, dns }))
+    Ok(Network::Static(StaticIp {
+        addr,
+        prefix,
+        gateway,
+        dns,
+    }))
 }
 
 /// Parses `/proc/cmdline`.
@@ -316,7 +334,9 @@ pub fn parse_cmdline(s: &str) -> Cmdline {
                     c.layer.ssh_keys.push(k.trim().to_string());
                     Ok(())
                 }
-                _ => Err("axion.ssh_key: expected \"TYPE BASE64 [COMMENT]\" in double quotes".into()),
+                _ => {
+                    Err("axion.ssh_key: expected \"TYPE BASE64 [COMMENT]\" in double quotes".into())
+                }
             },
             "axion.debug_shell" => parse_bool(key, val).map(|b| c.layer.debug_shell = Some(b)),
             "axion.debug" => parse_bool(key, val).map(|b| c.layer.debug = Some(b)),
@@ -324,7 +344,8 @@ pub fn parse_cmdline(s: &str) -> Cmdline {
             _ => Ok(()),
         };
         if let Err(e) = res {
-            c.warnings.push(format!("kernel command line: {e} (ignored)"));
+            c.warnings
+                .push(format!("kernel command line: {e} (ignored)"));
         }
     }
     c
@@ -338,7 +359,11 @@ mod tests {
     fn splits_like_the_kernel() {
         assert_eq!(
             split_cmdline("console=ttyS0,115200  axion.ssh_key=\"ssh-ed25519 AAAA me@h\" quiet\n"),
-            vec!["console=ttyS0,115200", "axion.ssh_key=ssh-ed25519 AAAA me@h", "quiet"]
+            vec![
+                "console=ttyS0,115200",
+                "axion.ssh_key=ssh-ed25519 AAAA me@h",
+                "quiet"
+            ]
         );
         assert_eq!(split_cmdline("\"a b\"=c d"), vec!["a b=c", "d"]);
         assert!(split_cmdline("   ").is_empty());
@@ -397,7 +422,11 @@ mod tests {
     #[test]
     fn later_layers_win_and_keys_accumulate() {
         let image = hostname_file_layer("img\n").unwrap();
-        let a = Layer { ssh_keys: vec!["k1 a".into()], debug: Some(true), ..Layer::default() };
+        let a = Layer {
+            ssh_keys: vec!["k1 a".into()],
+            debug: Some(true),
+            ..Layer::default()
+        };
         let b = Layer {
             hostname: Some("cmd".into()),
             ssh_keys: vec!["k2 b".into(), "k1 a".into()],
@@ -414,9 +443,18 @@ mod tests {
 
     #[test]
     fn write_files_debug_hides_the_content() {
-        let f = WriteFile { path: "/k".into(), content: b"SECRET".to_vec(), mode: 0o600, append: false, source: "t".into() };
+        let f = WriteFile {
+            path: "/k".into(),
+            content: b"SECRET".to_vec(),
+            mode: 0o600,
+            append: false,
+            source: "t".into(),
+        };
         let d = format!("{f:?}");
-        assert!(!d.contains("SECRET") && d.contains("bytes: 6") && d.contains("mode: 600"), "{d}");
+        assert!(
+            !d.contains("SECRET") && d.contains("bytes: 6") && d.contains("mode: 600"),
+            "{d}"
+        );
     }
 
     #[test]

@@ -31,7 +31,11 @@ pub const FW_CFG_DIR: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/axion";
 
 /// Prints one settings problem on the consoles.
 pub fn report(source: &str, problem: &str) {
-    let tail = if problem.contains("ignored") { "" } else { " (ignored)" };
+    let tail = if problem.contains("ignored") {
+        ""
+    } else {
+        " (ignored)"
+    };
     crate::log::line(&format!("axion: settings: {source}: {problem}{tail}"));
 }
 
@@ -52,7 +56,11 @@ impl FsKind {
 
 /// The filesystem and label found in a device's first bytes (at least 34 KiB for ISO 9660).
 pub fn probe(buf: &[u8]) -> Option<(FsKind, String)> {
-    let text = |b: &[u8]| String::from_utf8_lossy(b).trim_end_matches([' ', '\0']).to_string();
+    let text = |b: &[u8]| {
+        String::from_utf8_lossy(b)
+            .trim_end_matches([' ', '\0'])
+            .to_string()
+    };
     if buf.len() >= 32768 + 72 && buf[32768] == 1 && &buf[32769..32774] == b"CD001" {
         return Some((FsKind::Iso9660, text(&buf[32808..32840])));
     }
@@ -69,12 +77,21 @@ pub fn probe(buf: &[u8]) -> Option<(FsKind, String)> {
 
 /// Block devices worth probing, sorted by name.
 pub fn candidates(class_block: &Path) -> Vec<String> {
-    let Ok(rd) = fs::read_dir(class_block) else { return Vec::new() };
+    let Ok(rd) = fs::read_dir(class_block) else {
+        return Vec::new();
+    };
     let mut v: Vec<String> = rd
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !["loop", "ram", "zram", "nbd"].iter().any(|p| n.starts_with(p)))
-        .filter(|n| fs::read_to_string(class_block.join(n).join("size")).is_ok_and(|s| s.trim().parse::<u64>().is_ok_and(|z| z > 0)))
+        .filter(|n| {
+            !["loop", "ram", "zram", "nbd"]
+                .iter()
+                .any(|p| n.starts_with(p))
+        })
+        .filter(|n| {
+            fs::read_to_string(class_block.join(n).join("size"))
+                .is_ok_and(|s| s.trim().parse::<u64>().is_ok_and(|z| z > 0))
+        })
         .collect();
     v.sort();
     v
@@ -98,7 +115,11 @@ fn read_doc(path: &Path) -> Option<Result<String, String>> {
         return Some(Err(format!("read {}: {e}", path.display())));
     }
     if buf.len() as u64 > MAX_DOC {
-        return Some(Err(format!("{}: larger than {} MiB", path.display(), MAX_DOC >> 20)));
+        return Some(Err(format!(
+            "{}: larger than {} MiB",
+            path.display(),
+            MAX_DOC >> 20
+        )));
     }
     Some(String::from_utf8(buf).map_err(|_| format!("{}: not UTF-8 text", path.display())))
 }
@@ -128,10 +149,19 @@ impl Drop for Mounted {
 }
 
 /// Parses the three NoCloud documents (any may be missing) into layers, lowest first.
-pub fn nocloud_layers(source: &str, meta: Option<&str>, user: Option<&str>, network: Option<&str>) -> Vec<Layer> {
+pub fn nocloud_layers(
+    source: &str,
+    meta: Option<&str>,
+    user: Option<&str>,
+    network: Option<&str>,
+) -> Vec<Layer> {
     let mut layers = Vec::new();
     for (name, text, parse) in [
-        ("meta-data", meta, cloudinit::parse_meta_data as fn(&str) -> cloudinit::Parsed),
+        (
+            "meta-data",
+            meta,
+            cloudinit::parse_meta_data as fn(&str) -> cloudinit::Parsed,
+        ),
         ("user-data", user, cloudinit::parse_user_data),
         ("network-config", network, cloudinit::parse_network_config),
     ] {
@@ -167,12 +197,29 @@ pub fn fw_cfg(dir: &Path) -> Vec<Layer> {
     if !dir.exists() {
         return Vec::new();
     }
-    let docs = read_docs(dir, &["meta-data/raw", "user-data/raw", "network-config/raw", "cmdline/raw"], "fw_cfg");
-    let mut layers = nocloud_layers("fw_cfg", docs[0].as_deref(), docs[1].as_deref(), docs[2].as_deref());
+    let docs = read_docs(
+        dir,
+        &[
+            "meta-data/raw",
+            "user-data/raw",
+            "network-config/raw",
+            "cmdline/raw",
+        ],
+        "fw_cfg",
+    );
+    let mut layers = nocloud_layers(
+        "fw_cfg",
+        docs[0].as_deref(),
+        docs[1].as_deref(),
+        docs[2].as_deref(),
+    );
     if let Some(c) = &docs[3] {
         let parsed = parse_cmdline(c);
         for w in &parsed.warnings {
-            report("fw_cfg cmdline", w.trim_start_matches("kernel command line: "));
+            report(
+                "fw_cfg cmdline",
+                w.trim_start_matches("kernel command line: "),
+            );
         }
         layers.push(parsed.layer);
     }
@@ -189,10 +236,18 @@ pub fn volumes(class_block: &Path) -> (Vec<Layer>, Vec<Layer>) {
     for name in candidates(class_block) {
         let dev = PathBuf::from(format!("/dev/{name}"));
         let Ok(head) = read_head(&dev) else { continue };
-        let Some((kind, label)) = probe(&head) else { continue };
+        let Some((kind, label)) = probe(&head) else {
+            continue;
+        };
         if label.eq_ignore_ascii_case("cidata") {
             if !nocloud.is_empty() {
-                report("nocloud", &format!("{}: a second cidata volume; only the first is used", dev.display()));
+                report(
+                    "nocloud",
+                    &format!(
+                        "{}: a second cidata volume; only the first is used",
+                        dev.display()
+                    ),
+                );
                 continue;
             }
             let m = match Mounted::new(&dev, kind, "cidata") {
@@ -202,22 +257,42 @@ pub fn volumes(class_block: &Path) -> (Vec<Layer>, Vec<Layer>) {
                     continue;
                 }
             };
-            let docs = read_docs(&m.0, &["meta-data", "user-data", "network-config"], "nocloud");
+            let docs = read_docs(
+                &m.0,
+                &["meta-data", "user-data", "network-config"],
+                "nocloud",
+            );
             drop(m);
-            crate::info!("settings: NoCloud volume {} ({}, label {label})", dev.display(), kind.fstype());
-            nocloud = nocloud_layers("nocloud", docs[0].as_deref(), docs[1].as_deref(), docs[2].as_deref());
+            crate::info!(
+                "settings: NoCloud volume {} ({}, label {label})",
+                dev.display(),
+                kind.fstype()
+            );
+            nocloud = nocloud_layers(
+                "nocloud",
+                docs[0].as_deref(),
+                docs[1].as_deref(),
+                docs[2].as_deref(),
+            );
             if nocloud.is_empty() {
                 nocloud.push(Layer::default());
             }
         } else if kind == FsKind::Iso9660 && ovf.is_empty() {
-            let Ok(m) = Mounted::new(&dev, kind, "ovfenv") else { continue };
-            let found = ["ovf-env.xml", "OVF-ENV.XML", "ovf_env.xml", "OVF_ENV.XML"].iter().find_map(|n| read_doc(&m.0.join(n)));
+            let Ok(m) = Mounted::new(&dev, kind, "ovfenv") else {
+                continue;
+            };
+            let found = ["ovf-env.xml", "OVF-ENV.XML", "ovf_env.xml", "OVF_ENV.XML"]
+                .iter()
+                .find_map(|n| read_doc(&m.0.join(n)));
             drop(m);
             match found {
                 None => {}
                 Some(Err(e)) => report("ovf-env", &e),
                 Some(Ok(xml)) => {
-                    crate::info!("settings: OVF environment on {} (label {label})", dev.display());
+                    crate::info!(
+                        "settings: OVF environment on {} (label {label})",
+                        dev.display()
+                    );
                     let (layers, problems) = crate::ovfenv::parse(&xml);
                     for p in problems {
                         report("ovf-env", &p);
@@ -274,9 +349,17 @@ mod tests {
         fs::create_dir_all(dir.join("tree")).unwrap();
         fs::write(dir.join("tree/meta-data"), "instance-id: x\n").unwrap();
         let img = dir.join("fat.img");
-        let ok = std::process::Command::new("mkfs.vfat").args(["-n", "CIDATA", "-C"]).arg(&img).arg("1440").output().is_ok_and(|o| o.status.success());
+        let ok = std::process::Command::new("mkfs.vfat")
+            .args(["-n", "CIDATA", "-C"])
+            .arg(&img)
+            .arg("1440")
+            .output()
+            .is_ok_and(|o| o.status.success());
         if ok {
-            assert_eq!(probe(&fs::read(&img).unwrap()), Some((FsKind::Vfat, "CIDATA".into())));
+            assert_eq!(
+                probe(&fs::read(&img).unwrap()),
+                Some((FsKind::Vfat, "CIDATA".into()))
+            );
         } else {
             eprintln!("skip: because mkfs.vfat is not installed (dosfstools)");
         }
@@ -288,7 +371,10 @@ mod tests {
             .output()
             .is_ok_and(|o| o.status.success());
         if ok {
-            assert_eq!(probe(&fs::read(&iso).unwrap()), Some((FsKind::Iso9660, "cidata".into())));
+            assert_eq!(
+                probe(&fs::read(&iso).unwrap()),
+                Some((FsKind::Iso9660, "cidata".into()))
+            );
         } else {
             eprintln!("skip: because xorriso is not installed");
         }
@@ -304,17 +390,51 @@ mod tests {
             <Property oe:key="network" oe:value="10.1.1.1/24"/></PropertySection></Environment>"#,
         );
         assert!(problems.is_empty(), "{problems:?}");
-        let nocloud = nocloud_layers("nocloud", Some("instance-id: nc-id\n"), Some("#cloud-config\nhostname: from-nocloud\nssh_authorized_keys: [ssh-ed25519 K2 nc]\n"), None);
-        let fw = nocloud_layers("fw_cfg", None, Some("#cloud-config\nhostname: from-fwcfg\n"), None);
+        let nocloud = nocloud_layers(
+            "nocloud",
+            Some("instance-id: nc-id\n"),
+            Some(
+                "#cloud-config\nhostname: from-nocloud\nssh_authorized_keys: [ssh-ed25519 K2 nc]\n",
+            ),
+            None,
+        );
+        let fw = nocloud_layers(
+            "fw_cfg",
+            None,
+            Some("#cloud-config\nhostname: from-fwcfg\n"),
+            None,
+        );
         let cmdline = parse_cmdline("axion.ssh_key=\"ssh-ed25519 K3 cmd\"").layer;
-        let layers: Vec<Layer> = ovf.iter().chain(&nocloud).chain(&fw).cloned().chain([cmdline.clone()]).collect();
+        let layers: Vec<Layer> = ovf
+            .iter()
+            .chain(&nocloud)
+            .chain(&fw)
+            .cloned()
+            .chain([cmdline.clone()])
+            .collect();
         let s = crate::settings::Settings::merge(&layers);
         assert_eq!(s.hostname, "from-fwcfg");
         assert_eq!(s.instance_id.as_deref(), Some("nc-id"));
-        assert_eq!(s.ssh_keys, ["ssh-ed25519 K1 ovf", "ssh-ed25519 K2 nc", "ssh-ed25519 K3 cmd"]);
-        assert!(matches!(s.network, crate::settings::Network::Static(_)), "OVF's network stays when nobody overrides it");
-        let with_cmd_host: Vec<Layer> = layers.into_iter().chain([parse_cmdline("axion.hostname=from-cmdline").layer]).collect();
-        assert_eq!(crate::settings::Settings::merge(&with_cmd_host).hostname, "from-cmdline");
+        assert_eq!(
+            s.ssh_keys,
+            [
+                "ssh-ed25519 K1 ovf",
+                "ssh-ed25519 K2 nc",
+                "ssh-ed25519 K3 cmd"
+            ]
+        );
+        assert!(
+            matches!(s.network, crate::settings::Network::Static(_)),
+            "OVF's network stays when nobody overrides it"
+        );
+        let with_cmd_host: Vec<Layer> = layers
+            .into_iter()
+            .chain([parse_cmdline("axion.hostname=from-cmdline").layer])
+            .collect();
+        assert_eq!(
+            crate::settings::Settings::merge(&with_cmd_host).hostname,
+            "from-cmdline"
+        );
     }
 
     #[test]
@@ -323,7 +443,10 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         for (n, t) in [
             ("meta-data", "instance-id: fw-1\nlocal-hostname: meta\n"),
-            ("user-data", "#cloud-config\nhostname: user\nwrite_files:\n  - path: /etc/x\n    content: y\n"),
+            (
+                "user-data",
+                "#cloud-config\nhostname: user\nwrite_files:\n  - path: /etc/x\n    content: y\n",
+            ),
             ("cmdline", "axion.hostname=cmd axion.debug"),
         ] {
             fs::create_dir_all(dir.join(n)).unwrap();

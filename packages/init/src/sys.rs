@@ -38,11 +38,19 @@ pub fn mount(
     let target = path_cstr(target)?;
     let fstype = cstr(fstype)?;
     let data = data.map(cstr).transpose()?;
-    let data_ptr = data.as_ref().map_or(std::ptr::null(), |d| d.as_ptr().cast());
+    let data_ptr = data
+        .as_ref()
+        .map_or(std::ptr::null(), |d| d.as_ptr().cast());
     // SAFETY: all pointers are valid NUL-terminated strings (or null for data) that outlive
     // the call.
     check(unsafe {
-        libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, data_ptr)
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data_ptr,
+        )
     })?;
     Ok(())
 }
@@ -111,7 +119,11 @@ pub fn reap_one() -> io::Result<Option<(libc::pid_t, ExitStatus)>> {
     }
     if pid < 0 {
         let e = io::Error::last_os_error();
-        return if e.raw_os_error() == Some(libc::ECHILD) { Ok(None) } else { Err(e) };
+        return if e.raw_os_error() == Some(libc::ECHILD) {
+            Ok(None)
+        } else {
+            Err(e)
+        };
     }
     let st = if libc::WIFEXITED(status) {
         ExitStatus::Exited(libc::WEXITSTATUS(status))
@@ -126,7 +138,12 @@ pub fn no_children() -> bool {
     // SAFETY: waitid with a null-free, valid siginfo out pointer; WNOWAIT leaves the child.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     let r = unsafe {
-        libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT)
+        libc::waitid(
+            libc::P_ALL,
+            0,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
     };
     r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD)
 }
@@ -137,8 +154,16 @@ pub fn block_signals_signalfd() -> io::Result<OwnedFd> {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut set);
-        check(libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()))?;
-        let fd = check(libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK))?;
+        check(libc::sigprocmask(
+            libc::SIG_BLOCK,
+            &set,
+            std::ptr::null_mut(),
+        ))?;
+        let fd = check(libc::signalfd(
+            -1,
+            &set,
+            libc::SFD_CLOEXEC | libc::SFD_NONBLOCK,
+        ))?;
         Ok(OwnedFd::from_raw_fd(fd))
     }
 }
@@ -148,10 +173,20 @@ pub fn read_signal(fd: &OwnedFd) -> io::Result<Option<i32>> {
     // SAFETY: signalfd_siginfo is plain data; we read exactly its size into it.
     let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
     let size = std::mem::size_of::<libc::signalfd_siginfo>();
-    let n = unsafe { libc::read(fd.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
+    let n = unsafe {
+        libc::read(
+            fd.as_raw_fd(),
+            (&mut info as *mut libc::signalfd_siginfo).cast(),
+            size,
+        )
+    };
     if n < 0 {
         let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::WouldBlock { Ok(None) } else { Err(e) };
+        return if e.kind() == io::ErrorKind::WouldBlock {
+            Ok(None)
+        } else {
+            Err(e)
+        };
     }
     if n as usize != size {
         return Ok(None);
@@ -168,12 +203,17 @@ impl Epoll {
         // SAFETY: epoll_create1 returns a new fd that we own.
         let fd = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
         // SAFETY: fd was just created and is owned by nobody else.
-        Ok(Epoll { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+        Ok(Epoll {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
     }
 
     /// Watches `fd` for input; `token` comes back with its events.
     pub fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
-        let mut ev = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLHUP) as u32, u64: token };
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLHUP) as u32,
+            u64: token,
+        };
         // SAFETY: ev is a valid epoll_event.
         check(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) })?;
         Ok(())
@@ -181,7 +221,14 @@ impl Epoll {
 
     pub fn delete(&self, fd: RawFd) {
         // SAFETY: a null event is allowed for EPOLL_CTL_DEL; errors (fd already gone) are moot.
-        unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
+        unsafe {
+            libc::epoll_ctl(
+                self.fd.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                fd,
+                std::ptr::null_mut(),
+            )
+        };
     }
 
     /// Waits for events up to `timeout` (None = forever); returns the ready tokens.
@@ -194,10 +241,16 @@ impl Epoll {
         };
         let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 32];
         // SAFETY: evs is a valid buffer of evs.len() events.
-        let n = unsafe { libc::epoll_wait(self.fd.as_raw_fd(), evs.as_mut_ptr(), evs.len() as i32, ms) };
+        let n = unsafe {
+            libc::epoll_wait(self.fd.as_raw_fd(), evs.as_mut_ptr(), evs.len() as i32, ms)
+        };
         if n < 0 {
             let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::Interrupted { Ok(()) } else { Err(e) };
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(())
+            } else {
+                Err(e)
+            };
         }
         for ev in evs.iter().take(n as usize) {
             let token = ev.u64;
@@ -209,7 +262,10 @@ impl Epoll {
 
 /// Seconds since boot, including time suspended (CLOCK_BOOTTIME).
 pub fn boottime() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a valid out pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
@@ -221,7 +277,8 @@ pub fn getrandom(buf: &mut [u8]) -> io::Result<()> {
     while done < buf.len() {
         let rest = &mut buf[done..];
         // SAFETY: rest is a valid writable buffer of rest.len() bytes.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), libc::GRND_INSECURE) };
+        let n =
+            unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), libc::GRND_INSECURE) };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -296,15 +353,31 @@ pub fn socket(domain: libc::c_int, ty: libc::c_int, proto: libc::c_int) -> io::R
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-pub fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, val: libc::c_int) -> io::Result<()> {
+pub fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    val: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: val is a valid c_int for the given size.
     check(unsafe {
-        libc::setsockopt(fd, level, name, (&val as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as u32)
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&val as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
     })?;
     Ok(())
 }
 
-pub fn setsockopt_bytes(fd: RawFd, level: libc::c_int, name: libc::c_int, val: &[u8]) -> io::Result<()> {
+pub fn setsockopt_bytes(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    val: &[u8],
+) -> io::Result<()> {
     // SAFETY: pointer and length describe val.
     check(unsafe { libc::setsockopt(fd, level, name, val.as_ptr().cast(), val.len() as u32) })?;
     Ok(())
@@ -335,11 +408,24 @@ pub fn mknod(path: &Path, mode: u32, dev: u64) -> io::Result<()> {
 pub fn set_times_nofollow(path: &Path, atime: (i64, i64), mtime: (i64, i64)) -> io::Result<()> {
     let p = path_cstr(path)?;
     let ts = [
-        libc::timespec { tv_sec: atime.0 as _, tv_nsec: atime.1 as _ },
-        libc::timespec { tv_sec: mtime.0 as _, tv_nsec: mtime.1 as _ },
+        libc::timespec {
+            tv_sec: atime.0 as _,
+            tv_nsec: atime.1 as _,
+        },
+        libc::timespec {
+            tv_sec: mtime.0 as _,
+            tv_nsec: mtime.1 as _,
+        },
     ];
     // SAFETY: p is a valid string, ts an array of two timespecs as utimensat expects.
-    check(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })?;
+    check(unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
     Ok(())
 }
 
@@ -360,20 +446,28 @@ pub fn statfs_used(path: &Path) -> io::Result<u64> {
 }
 
 /// execve(2). Only returns on error.
-pub fn execve(path: &Path, args: &[std::ffi::OsString], env: &[(std::ffi::OsString, std::ffi::OsString)]) -> io::Error {
+pub fn execve(
+    path: &Path,
+    args: &[std::ffi::OsString],
+    env: &[(std::ffi::OsString, std::ffi::OsString)],
+) -> io::Error {
     use std::os::unix::ffi::OsStrExt;
     let build = || -> io::Result<(CString, Vec<CString>, Vec<CString>)> {
         let p = path_cstr(path)?;
         let mut a = Vec::with_capacity(args.len());
         for x in args {
-            a.push(CString::new(x.as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in argument"))?);
+            a.push(CString::new(x.as_bytes()).map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in argument")
+            })?);
         }
         let mut e = Vec::with_capacity(env.len());
         for (k, v) in env {
             let mut kv = k.as_bytes().to_vec();
             kv.push(b'=');
             kv.extend_from_slice(v.as_bytes());
-            e.push(CString::new(kv).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in environment"))?);
+            e.push(CString::new(kv).map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in environment")
+            })?);
         }
         Ok((p, a, e))
     };
@@ -393,7 +487,8 @@ pub fn execve(path: &Path, args: &[std::ffi::OsString], env: &[(std::ffi::OsStri
 
 fn name_cstr(name: &std::ffi::OsStr) -> io::Result<CString> {
     use std::os::unix::ffi::OsStrExt;
-    CString::new(name.as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in name"))
+    CString::new(name.as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in name"))
 }
 
 /// fstatat(2) with AT_SYMLINK_NOFOLLOW: `name` in directory `dir`.
@@ -410,7 +505,11 @@ pub fn open_dir_at(dir: RawFd, name: &std::ffi::OsStr) -> io::Result<OwnedFd> {
     let n = name_cstr(name)?;
     // SAFETY: n is a valid string; the result is a fresh fd we own.
     let fd = check(unsafe {
-        libc::openat(dir, n.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        libc::openat(
+            dir,
+            n.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
     })?;
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

@@ -38,7 +38,11 @@ fn pad(w: &mut Vec<u8>) {
 /// The floor's initramfs: `bin/`, `bin/busybox` (the given bytes), `init`.
 pub fn initramfs(busybox: &[u8]) -> Vec<u8> {
     let mut w = Vec::with_capacity(busybox.len() + 1024);
-    let entries: [(&str, u32, &[u8]); 3] = [("bin", 0o040755, b""), ("bin/busybox", 0o100755, busybox), ("init", 0o100755, INIT_SCRIPT.as_bytes())];
+    let entries: [(&str, u32, &[u8]); 3] = [
+        ("bin", 0o040755, b""),
+        ("bin/busybox", 0o100755, busybox),
+        ("init", 0o100755, INIT_SCRIPT.as_bytes()),
+    ];
     for (i, (name, mode, data)) in entries.iter().enumerate() {
         header(&mut w, i as u32 + 1, *mode, data.len(), name);
         w.extend_from_slice(data);
@@ -50,12 +54,16 @@ pub fn initramfs(busybox: &[u8]) -> Vec<u8> {
 
 /// Writes the floor's initramfs to `path` from the host's busybox.
 pub fn write_initramfs(path: &Path) -> Result<()> {
-    let busybox = std::fs::read(HOST_BUSYBOX).with_context(|| format!("cannot read {HOST_BUSYBOX} (Debian: apt-get install busybox-static)"))?;
+    let busybox = std::fs::read(HOST_BUSYBOX).with_context(|| {
+        format!("cannot read {HOST_BUSYBOX} (Debian: apt-get install busybox-static)")
+    })?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let mut f = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(&initramfs(&busybox)).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut f =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(&initramfs(&busybox))
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 

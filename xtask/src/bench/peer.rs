@@ -40,7 +40,17 @@ const RECIPE_VERSION: &str = "peer-4";
 pub const SUITE: &str = "bookworm";
 /// Fixed so two builds of the same archive state give the same bytes.
 pub const SOURCE_DATE_EPOCH: u64 = 1_700_000_000;
-pub const PACKAGES: &[&str] = &["systemd-sysv", "udev", "dbus", "docker.io", "apparmor", "procps", "iptables", "linux-image-amd64", "initramfs-tools"];
+pub const PACKAGES: &[&str] = &[
+    "systemd-sysv",
+    "udev",
+    "dbus",
+    "docker.io",
+    "apparmor",
+    "procps",
+    "iptables",
+    "linux-image-amd64",
+    "initramfs-tools",
+];
 /// Sparse size of the root filesystem (room for /var/lib/docker).
 const DISK_MIB: u64 = 3072;
 pub const GUEST_DOCKER_PORT: u16 = 2375;
@@ -111,9 +121,17 @@ pub fn host_mirror(etc_apt: &Path, suite: &str) -> Result<String> {
         paths.sort();
         for p in paths {
             if p.extension().is_some_and(|e| e == "sources") {
-                texts.push((true, std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?));
+                texts.push((
+                    true,
+                    std::fs::read_to_string(&p)
+                        .with_context(|| format!("cannot read {}", p.display()))?,
+                ));
             } else if p.extension().is_some_and(|e| e == "list") {
-                texts.push((false, std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?));
+                texts.push((
+                    false,
+                    std::fs::read_to_string(&p)
+                        .with_context(|| format!("cannot read {}", p.display()))?,
+                ));
             }
         }
     }
@@ -121,7 +139,11 @@ pub fn host_mirror(etc_apt: &Path, suite: &str) -> Result<String> {
         texts.push((false, t));
     }
     for (deb822, text) in &texts {
-        let found = if *deb822 { mirror_deb822(text, suite) } else { mirror_one_line(text, suite) };
+        let found = if *deb822 {
+            mirror_deb822(text, suite)
+        } else {
+            mirror_one_line(text, suite)
+        };
         if let Some(m) = found {
             return Ok(m);
         }
@@ -135,12 +157,20 @@ fn mirror_deb822(text: &str, suite: &str) -> Option<String> {
             stanza
                 .lines()
                 .filter(|l| !l.starts_with('#'))
-                .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim().eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_owned()))
+                .find_map(|l| {
+                    l.split_once(':')
+                        .filter(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+                        .map(|(_, v)| v.trim().to_owned())
+                })
         };
         let types = field("Types").unwrap_or_default();
         let suites = field("Suites").unwrap_or_default();
-        if types.split_whitespace().any(|t| t == "deb") && suites.split_whitespace().any(|s| s == suite) {
-            if let Some(uri) = field("URIs").and_then(|u| u.split_whitespace().next().map(str::to_owned)) {
+        if types.split_whitespace().any(|t| t == "deb")
+            && suites.split_whitespace().any(|s| s == suite)
+        {
+            if let Some(uri) =
+                field("URIs").and_then(|u| u.split_whitespace().next().map(str::to_owned))
+            {
                 return Some(uri);
             }
         }
@@ -167,7 +197,16 @@ fn mirror_one_line(text: &str, suite: &str) -> Option<String> {
 /// The cache key of the peer: every input that shapes the image.
 pub fn key(mirror: &str) -> String {
     let mut h = Sha256::new();
-    for part in [RECIPE_VERSION, SUITE, mirror, &PACKAGES.join(","), &SOURCE_DATE_EPOCH.to_string(), &DISK_MIB.to_string(), &ENABLE.join(","), CMDLINE] {
+    for part in [
+        RECIPE_VERSION,
+        SUITE,
+        mirror,
+        &PACKAGES.join(","),
+        &SOURCE_DATE_EPOCH.to_string(),
+        &DISK_MIB.to_string(),
+        &ENABLE.join(","),
+        CMDLINE,
+    ] {
         h.update(part.as_bytes());
         h.update([0]);
     }
@@ -189,7 +228,12 @@ pub struct Peer {
 
 impl Peer {
     fn at(dir: PathBuf) -> Peer {
-        Peer { kernel: dir.join("vmlinuz"), initrd: dir.join("initrd.img"), qcow2: dir.join("peer.qcow2"), dir }
+        Peer {
+            kernel: dir.join("vmlinuz"),
+            initrd: dir.join("initrd.img"),
+            qcow2: dir.join("peer.qcow2"),
+            dir,
+        }
     }
     fn complete(&self) -> bool {
         self.kernel.is_file() && self.initrd.is_file() && self.qcow2.is_file()
@@ -199,7 +243,12 @@ impl Peer {
 /// The cached peer if it was built already.
 pub fn cached(layout: &Layout) -> Result<Option<Peer>> {
     let mirror = host_mirror(Path::new("/etc/apt"), SUITE)?;
-    let peer = Peer::at(layout.cache.join("bench").join(format!("peer-{}", key(&mirror))));
+    let peer = Peer::at(
+        layout
+            .cache
+            .join("bench")
+            .join(format!("peer-{}", key(&mirror))),
+    );
     Ok(peer.complete().then_some(peer))
 }
 
@@ -221,10 +270,15 @@ pub fn ensure(layout: &Layout) -> Result<(Peer, bool)> {
     let debs = bench.join("debs");
     std::fs::create_dir_all(&debs).with_context(|| format!("cannot create {}", debs.display()))?;
     let log_path = work.join("build.log");
-    let log = Log { path: log_path.clone() };
+    let log = Log {
+        path: log_path.clone(),
+    };
     let root = work.join("root");
     let started = std::time::Instant::now();
-    eprintln!("bench: building the Debian {SUITE} peer with debootstrap (a few minutes; log {})", log_path.display());
+    eprintln!(
+        "bench: building the Debian {SUITE} peer with debootstrap (a few minutes; log {})",
+        log_path.display()
+    );
 
     let mut cmd = Command::new("debootstrap");
     cmd.env("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH.to_string())
@@ -240,10 +294,12 @@ pub fn ensure(layout: &Layout) -> Result<(Peer, bool)> {
 
     for (path, mode, text) in files() {
         let p = root.join(path.trim_start_matches('/'));
-        std::fs::create_dir_all(p.parent().expect("absolute path")).with_context(|| format!("cannot create the folder of {}", p.display()))?;
+        std::fs::create_dir_all(p.parent().expect("absolute path"))
+            .with_context(|| format!("cannot create the folder of {}", p.display()))?;
         std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?;
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).with_context(|| format!("cannot chmod {}", p.display()))?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot chmod {}", p.display()))?;
     }
     let mut enable = Command::new("chroot");
     enable.arg(&root).args(["systemctl", "enable"]).args(ENABLE);
@@ -258,26 +314,48 @@ pub fn ensure(layout: &Layout) -> Result<(Peer, bool)> {
 
     let kernel = newest_prefixed(&root.join("boot"), "vmlinuz-")?;
     let initrd = newest_prefixed(&root.join("boot"), "initrd.img-")?;
-    std::fs::copy(&kernel, work.join("vmlinuz")).with_context(|| format!("cannot copy {}", kernel.display()))?;
-    std::fs::copy(&initrd, work.join("initrd.img")).with_context(|| format!("cannot copy {}", initrd.display()))?;
+    std::fs::copy(&kernel, work.join("vmlinuz"))
+        .with_context(|| format!("cannot copy {}", kernel.display()))?;
+    std::fs::copy(&initrd, work.join("initrd.img"))
+        .with_context(|| format!("cannot copy {}", initrd.display()))?;
 
     let raw = work.join("peer.raw");
     let mut mkfs = Command::new("mke2fs");
     mkfs.env("E2FSPROGS_FAKE_TIME", SOURCE_DATE_EPOCH.to_string())
-        .args(["-q", "-F", "-t", "ext4", "-L", "peer-root", "-U", "6f1a3c2e-0b5d-4e8a-9c71-2d4f6a8b0c1e", "-E", "hash_seed=0b9c7d4e-1a2f-4c3b-8d5e-6f7a8b9c0d1e,root_owner=0:0", "-d"])
+        .args([
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-L",
+            "peer-root",
+            "-U",
+            "6f1a3c2e-0b5d-4e8a-9c71-2d4f6a8b0c1e",
+            "-E",
+            "hash_seed=0b9c7d4e-1a2f-4c3b-8d5e-6f7a8b9c0d1e,root_owner=0:0",
+            "-d",
+        ])
         .arg(&root)
         .arg(&raw)
         .arg(format!("{DISK_MIB}M"));
     log.run("mke2fs -d", &mut mkfs)?;
     let mut convert = Command::new("qemu-img");
-    convert.args(["convert", "-O", "qcow2"]).arg(&raw).arg(work.join("peer.qcow2"));
+    convert
+        .args(["convert", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(work.join("peer.qcow2"));
     log.run("qemu-img convert", &mut convert)?;
     std::fs::remove_file(&raw).ok();
     std::fs::remove_dir_all(&root).with_context(|| format!("cannot remove {}", root.display()))?;
 
     let _ = std::fs::remove_dir_all(&peer.dir);
-    std::fs::rename(&work, &peer.dir).with_context(|| format!("cannot move {} to {}", work.display(), peer.dir.display()))?;
-    eprintln!("bench: peer built in {:.0} s: {}", started.elapsed().as_secs_f64(), peer.dir.display());
+    std::fs::rename(&work, &peer.dir)
+        .with_context(|| format!("cannot move {} to {}", work.display(), peer.dir.display()))?;
+    eprintln!(
+        "bench: peer built in {:.0} s: {}",
+        started.elapsed().as_secs_f64(),
+        peer.dir.display()
+    );
     Ok((peer, true))
 }
 
@@ -288,24 +366,49 @@ struct Log {
 impl Log {
     fn run(&self, step: &str, cmd: &mut Command) -> Result<()> {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&self.path).with_context(|| format!("cannot open {}", self.path.display()))?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .with_context(|| format!("cannot open {}", self.path.display()))?;
         writeln!(f, "== {step}: {cmd:?}").ok();
         let out = f.try_clone()?;
-        let status = cmd.stdout(out).stderr(f).status().with_context(|| format!("cannot run {step}"))?;
+        let status = cmd
+            .stdout(out)
+            .stderr(f)
+            .status()
+            .with_context(|| format!("cannot run {step}"))?;
         if !status.success() {
             let text = std::fs::read_to_string(&self.path).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(25).collect::<Vec<_>>().into_iter().rev().collect();
-            bail!("{step} failed ({status}); last lines of {}:\n{}", self.path.display(), tail.join("\n"));
+            let tail: Vec<&str> = text
+                .lines()
+                .rev()
+                .take(25)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            bail!(
+                "{step} failed ({status}); last lines of {}:\n{}",
+                self.path.display(),
+                tail.join("\n")
+            );
         }
         Ok(())
     }
 }
 
 fn clear_dir(dir: &Path) -> Result<()> {
-    let Ok(rd) = std::fs::read_dir(dir) else { return Ok(()) };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
     for e in rd.filter_map(|e| e.ok()) {
         let p = e.path();
-        let r = if e.file_type().map(|t| t.is_dir()).unwrap_or(false) { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        let r = if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
         r.with_context(|| format!("cannot remove {}", p.display()))?;
     }
     Ok(())
@@ -316,17 +419,29 @@ fn newest_prefixed(dir: &Path, prefix: &str) -> Result<PathBuf> {
         .with_context(|| format!("cannot read {}", dir.display()))?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .filter(|p| p.is_file() && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix)))
+        .filter(|p| {
+            p.is_file()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(prefix))
+        })
         .collect();
     found.sort();
-    found.pop().with_context(|| format!("no {prefix}* in {}", dir.display()))
+    found
+        .pop()
+        .with_context(|| format!("no {prefix}* in {}", dir.display()))
 }
 
 fn is_root() -> bool {
     // SAFETY-free: read our effective uid from /proc (no libc dependency in xtask).
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2)).map(|u| u == "0"))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2))
+                .map(|u| u == "0")
+        })
         .unwrap_or(false)
 }
 
@@ -339,7 +454,10 @@ mod tests {
         let text = "Types: deb-src\nURIs: http://src.example/debian\nSuites: bookworm\nComponents: main\n\n\
                     Types: deb\n# a comment: with colon\nURIs: http://sec.example/debian-security\nSuites: bookworm-security\nComponents: main\n\n\
                     Types: deb\nURIs: http://main.example/debian http://other.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n";
-        assert_eq!(mirror_deb822(text, "bookworm").as_deref(), Some("http://main.example/debian"));
+        assert_eq!(
+            mirror_deb822(text, "bookworm").as_deref(),
+            Some("http://main.example/debian")
+        );
         assert_eq!(mirror_deb822(text, "trixie"), None);
     }
 
@@ -347,13 +465,22 @@ mod tests {
     fn mirror_from_one_line_sources() {
         let text = "# deb http://old.example/debian bookworm main\ndeb-src http://src.example/debian bookworm main\n\
                     deb [arch=amd64 signed-by=/k.gpg] http://main.example/debian bookworm main\n";
-        assert_eq!(mirror_one_line(text, "bookworm").as_deref(), Some("http://main.example/debian"));
+        assert_eq!(
+            mirror_one_line(text, "bookworm").as_deref(),
+            Some("http://main.example/debian")
+        );
         assert_eq!(mirror_one_line(text, "bookworm-updates"), None);
     }
 
     #[test]
     fn key_depends_on_mirror() {
-        assert_ne!(key("http://a.example/debian"), key("http://b.example/debian"));
-        assert_eq!(key("http://a.example/debian"), key("http://a.example/debian"));
+        assert_ne!(
+            key("http://a.example/debian"),
+            key("http://b.example/debian")
+        );
+        assert_eq!(
+            key("http://a.example/debian"),
+            key("http://a.example/debian")
+        );
     }
 }

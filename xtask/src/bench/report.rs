@@ -39,7 +39,14 @@ pub struct Row {
 
 impl Row {
     pub fn new(section: &str, figure: &str, unit: Unit, axion: Value, peer: Value) -> Row {
-        Row { section: section.into(), figure: figure.into(), unit, axion, peer, vs_floor: false }
+        Row {
+            section: section.into(),
+            figure: figure.into(),
+            unit,
+            axion,
+            peer,
+            vs_floor: false,
+        }
     }
     pub fn boot(mut self) -> Row {
         self.vs_floor = true;
@@ -83,10 +90,16 @@ impl Report {
             m.vm,
             if m.quick { " · --quick" } else { "" }
         );
-        out.push_str("| | figure | axion | Debian 12 peer | peer ÷ axion |\n|---|---|---|---|---|\n");
+        out.push_str(
+            "| | figure | axion | Debian 12 peer | peer ÷ axion |\n|---|---|---|---|---|\n",
+        );
         let mut last = String::new();
         for r in &self.rows {
-            let section = if r.section != last { r.section.clone() } else { String::new() };
+            let section = if r.section != last {
+                r.section.clone()
+            } else {
+                String::new()
+            };
             last = r.section.clone();
             let ratio = match (r.axion.median(), r.peer.median()) {
                 (Some(a), Some(p)) if a > 0.0 => format!("{:.1}×", p / a),
@@ -173,7 +186,10 @@ impl Report {
 }
 
 fn xml(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 #[cfg(test)]
@@ -197,10 +213,37 @@ mod tests {
             },
             floor_seconds: Some(1.0),
             rows: vec![
-                Row::new("boot", "kernel floor (QEMU start → exit)", Unit::Seconds, Value::one(1.0), Value::None).boot(),
-                Row::new("boot", "ready <line>", Unit::Seconds, Value::from_samples(&[2.0, 3.0, 2.5], ""), Value::one(10.0)).boot(),
-                Row::new("boot", "Docker API answers", Unit::Seconds, Value::na("engine not in the image"), Value::one(33.0)).boot(),
-                Row::new("size", "qcow2", Unit::Bytes, Value::one(10.0 * 1048576.0), Value::one(575.0 * 1048576.0)),
+                Row::new(
+                    "boot",
+                    "kernel floor (QEMU start → exit)",
+                    Unit::Seconds,
+                    Value::one(1.0),
+                    Value::None,
+                )
+                .boot(),
+                Row::new(
+                    "boot",
+                    "ready <line>",
+                    Unit::Seconds,
+                    Value::from_samples(&[2.0, 3.0, 2.5], ""),
+                    Value::one(10.0),
+                )
+                .boot(),
+                Row::new(
+                    "boot",
+                    "Docker API answers",
+                    Unit::Seconds,
+                    Value::na("engine not in the image"),
+                    Value::one(33.0),
+                )
+                .boot(),
+                Row::new(
+                    "size",
+                    "qcow2",
+                    Unit::Bytes,
+                    Value::one(10.0 * 1048576.0),
+                    Value::one(575.0 * 1048576.0),
+                ),
             ],
             notes: vec!["a note".into()],
         }
@@ -212,7 +255,10 @@ mod tests {
         assert!(t.contains("TCG · QEMU 7.2.22"), "{t}");
         assert!(t.contains("|  | ready <line> | 2.50 s (2.00 s–3.00 s, 3 runs) = 2.5× floor | 10.0 s = 10.0× floor | 4.0× |"), "{t}");
         assert!(t.contains("n/a (engine not in the image)"), "{t}");
-        assert!(t.contains("| size | qcow2 | 10.0 MiB | 575.0 MiB | 57.5× |"), "{t}");
+        assert!(
+            t.contains("| size | qcow2 | 10.0 MiB | 575.0 MiB | 57.5× |"),
+            "{t}"
+        );
         assert!(t.contains("- a note"));
     }
 

@@ -58,8 +58,18 @@ impl Stats {
         }
         s.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
         let n = s.len();
-        let median = if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 };
-        Some(Stats { median, min: s[0], max: s[n - 1], runs: n, samples: samples.to_vec() })
+        let median = if n % 2 == 1 {
+            s[n / 2]
+        } else {
+            (s[n / 2 - 1] + s[n / 2]) / 2.0
+        };
+        Some(Stats {
+            median,
+            min: s[0],
+            max: s[n - 1],
+            runs: n,
+            samples: samples.to_vec(),
+        })
     }
 }
 
@@ -69,7 +79,9 @@ impl Stats {
 pub enum Value {
     Measured(Stats),
     /// Not available, with the reason ("engine not in the image").
-    Na { reason: String },
+    Na {
+        reason: String,
+    },
     /// Does not apply to this column.
     None,
 }
@@ -82,7 +94,9 @@ impl Value {
         }
     }
     pub fn na(reason: impl Into<String>) -> Value {
-        Value::Na { reason: reason.into() }
+        Value::Na {
+            reason: reason.into(),
+        }
     }
     pub fn one(v: f64) -> Value {
         Value::Measured(Stats::of(&[v]).expect("one sample"))
@@ -96,8 +110,22 @@ impl Value {
     /// `1.52 s (1.41–1.60, 5 runs)`, `n/a (reason)` or `-`.
     pub fn cell(&self, unit: Unit) -> String {
         match self {
-            Value::Measured(s) if s.runs == 1 || s.min == s.max => format!("{}{}", unit.format(s.median), if s.runs > 1 { format!(" ({} runs)", s.runs) } else { String::new() }),
-            Value::Measured(s) => format!("{} ({}–{}, {} runs)", unit.format(s.median), unit.format(s.min), unit.format(s.max), s.runs),
+            Value::Measured(s) if s.runs == 1 || s.min == s.max => format!(
+                "{}{}",
+                unit.format(s.median),
+                if s.runs > 1 {
+                    format!(" ({} runs)", s.runs)
+                } else {
+                    String::new()
+                }
+            ),
+            Value::Measured(s) => format!(
+                "{} ({}–{}, {} runs)",
+                unit.format(s.median),
+                unit.format(s.min),
+                unit.format(s.max),
+                s.runs
+            ),
             Value::Na { reason } => format!("n/a ({reason})"),
             Value::None => "-".into(),
         }
@@ -120,10 +148,19 @@ mod tests {
 
     #[test]
     fn cells() {
-        assert_eq!(Value::from_samples(&[1.5, 1.25, 2.0], "x").cell(Unit::Seconds), "1.50 s (1.25 s–2.00 s, 3 runs)");
+        assert_eq!(
+            Value::from_samples(&[1.5, 1.25, 2.0], "x").cell(Unit::Seconds),
+            "1.50 s (1.25 s–2.00 s, 3 runs)"
+        );
         assert_eq!(Value::one(33.04).cell(Unit::Seconds), "33.0 s");
-        assert_eq!(Value::from_samples(&[], "engine not in the image").cell(Unit::Seconds), "n/a (engine not in the image)");
-        assert_eq!(Value::one(575.0 * 1024.0 * 1024.0).cell(Unit::Bytes), "575.0 MiB");
+        assert_eq!(
+            Value::from_samples(&[], "engine not in the image").cell(Unit::Seconds),
+            "n/a (engine not in the image)"
+        );
+        assert_eq!(
+            Value::one(575.0 * 1024.0 * 1024.0).cell(Unit::Bytes),
+            "575.0 MiB"
+        );
         assert_eq!(Value::one(2_400_000.0).cell(Unit::Bytes), "2.29 MiB");
         assert_eq!(Value::one(231.4).cell(Unit::Mib), "231 MiB");
     }

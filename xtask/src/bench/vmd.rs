@@ -39,7 +39,8 @@ pub fn measure(layout: &Layout, guest: &Guest, out: &Path, runs: usize) -> Resul
     let exe = crate::vmd::build_daemon(layout)?;
     let start = |cold: bool| -> Result<Mode> {
         let mode = if cold { "cold" } else { "clone" };
-        let m = Mode::start(&exe, guest, &out.join(format!("vmd-{mode}")), cold, &image).with_context(|| format!("vmd {mode}"));
+        let m = Mode::start(&exe, guest, &out.join(format!("vmd-{mode}")), cold, &image)
+            .with_context(|| format!("vmd {mode}"));
         if let Err(e) = &m {
             eprintln!("bench: {e:#}");
         }
@@ -57,7 +58,10 @@ pub fn measure(layout: &Layout, guest: &Guest, out: &Path, runs: usize) -> Resul
             match m.time_run(&image) {
                 Ok(t) => samples[i].push(t),
                 Err(e) => {
-                    eprintln!("bench: vmd {}: {e:#}", if i == 0 { "clone" } else { "cold" });
+                    eprintln!(
+                        "bench: vmd {}: {e:#}",
+                        if i == 0 { "clone" } else { "cold" }
+                    );
                     failed[i] = Some(super::first_line(&format!("{e:#}")));
                 }
             }
@@ -68,7 +72,12 @@ pub fn measure(layout: &Layout, guest: &Guest, out: &Path, runs: usize) -> Resul
             (Err(e), _) => Value::na(super::first_line(&format!("{e:#}"))),
             (Ok(_), Some(why)) => Value::na(why.clone()),
             (Ok(m), None) => {
-                eprintln!("bench: vmd {}: started in {:.1} s; docker run --rm: {:.2?}", if i == 0 { "clone" } else { "cold" }, m.up, samples[i]);
+                eprintln!(
+                    "bench: vmd {}: started in {:.1} s; docker run --rm: {:.2?}",
+                    if i == 0 { "clone" } else { "cold" },
+                    m.up,
+                    samples[i]
+                );
                 Value::from_samples(&samples[i], "no runs")
             }
         }
@@ -81,7 +90,11 @@ pub fn measure(layout: &Layout, guest: &Guest, out: &Path, runs: usize) -> Resul
     for m in modes.iter_mut().flatten() {
         m.daemon.stop();
     }
-    Ok(VmdFigures { start, clone_run, cold_run })
+    Ok(VmdFigures {
+        start,
+        clone_run,
+        cold_run,
+    })
 }
 
 /// One daemon (cloning, or booting every VM cold) with a fresh state folder and the image pulled.
@@ -96,11 +109,19 @@ struct Mode {
 impl Mode {
     fn start(exe: &Path, guest: &Guest, state: &Path, cold: bool, image: &str) -> Result<Mode> {
         let _ = std::fs::remove_dir_all(state);
-        std::fs::create_dir_all(state).with_context(|| format!("cannot create {}", state.display()))?;
+        std::fs::create_dir_all(state)
+            .with_context(|| format!("cannot create {}", state.display()))?;
         let socket = state.join("vmd.sock");
         let log = state.join("vmd.log");
         let mut cmd = Command::new(exe);
-        cmd.arg("--state-dir").arg(state).arg("--kernel").arg(guest.kernel).arg("--initrd").arg(guest.initrd).arg("--socket").arg(&socket);
+        cmd.arg("--state-dir")
+            .arg(state)
+            .arg("--kernel")
+            .arg(guest.kernel)
+            .arg("--initrd")
+            .arg(guest.initrd)
+            .arg("--socket")
+            .arg(&socket);
         cmd.args(["--accel", guest.accel.name()]);
         if let Some(d) = guest.disk {
             cmd.arg("--disk").arg(d);
@@ -108,19 +129,34 @@ impl Mode {
         if cold {
             cmd.arg("--cold-boot");
         }
-        let logf = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+        let logf = std::fs::File::create(&log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
         let started = Instant::now();
-        let child = cmd.stdin(Stdio::null()).stdout(logf.try_clone()?).stderr(logf).spawn().with_context(|| format!("cannot start {}", exe.display()))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone()?)
+            .stderr(logf)
+            .spawn()
+            .with_context(|| format!("cannot start {}", exe.display()))?;
         let mut daemon = Daemon(child);
         let deadline = Instant::now() + Duration::from_secs(600);
         while !crate::vmd::answers(&socket) {
             if daemon.0.try_wait()?.is_some() || Instant::now() > deadline {
-                bail!("axion-vmd did not serve {} (log {})", socket.display(), log.display());
+                bail!(
+                    "axion-vmd did not serve {} (log {})",
+                    socket.display(),
+                    log.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         let up = started.elapsed().as_secs_f64();
-        let m = Mode { daemon, socket, config: tempfile::tempdir()?, up };
+        let m = Mode {
+            daemon,
+            socket,
+            config: tempfile::tempdir()?,
+            up,
+        };
         m.docker(&["pull", "-q", image])?;
         Ok(m)
     }
@@ -134,7 +170,11 @@ impl Mode {
             .output()
             .context("cannot run the docker CLI")?;
         if !out.status.success() {
-            bail!("docker {} failed: {}", args.join(" "), super::first_line(String::from_utf8_lossy(&out.stderr).trim()));
+            bail!(
+                "docker {} failed: {}",
+                args.join(" "),
+                super::first_line(String::from_utf8_lossy(&out.stderr).trim())
+            );
         }
         Ok(())
     }
@@ -152,7 +192,9 @@ struct Daemon(Child);
 
 impl Daemon {
     fn stop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.0.try_wait() {
@@ -172,4 +214,3 @@ impl Drop for Daemon {
         }
     }
 }
-

@@ -20,23 +20,36 @@ use crate::recipe::CargoSpec;
 pub const TARGET: &str = "x86_64-unknown-linux-musl";
 
 fn home() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"))
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"))
 }
 
 pub fn cargo_home() -> PathBuf {
-    std::env::var_os("CARGO_HOME").map(PathBuf::from).unwrap_or_else(|| home().join(".cargo"))
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home().join(".cargo"))
 }
 
 pub fn rustup_home() -> PathBuf {
-    std::env::var_os("RUSTUP_HOME").map(PathBuf::from).unwrap_or_else(|| home().join(".rustup"))
+    std::env::var_os("RUSTUP_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home().join(".rustup"))
 }
 
 pub fn build(ctx: &BuildCtx, spec: &CargoSpec) -> Result<()> {
     let root = &ctx.layout.root;
-    let krate = spec.krate.clone().unwrap_or_else(|| ctx.recipe.name().to_owned());
+    let krate = spec
+        .krate
+        .clone()
+        .unwrap_or_else(|| ctx.recipe.name().to_owned());
     let manifest = root.join("packages").join(&krate).join("Cargo.toml");
     if !manifest.is_file() {
-        bail!("{}: key 'build.crate': no crate '{krate}' ({} does not exist)", ctx.recipe.path.display(), manifest.display());
+        bail!(
+            "{}: key 'build.crate': no crate '{krate}' ({} does not exist)",
+            ctx.recipe.path.display(),
+            manifest.display()
+        );
     }
     ctx.set_source_dir(manifest.parent().unwrap_or(root))?;
     let target_dir = ctx.work.join("target");
@@ -49,15 +62,27 @@ pub fn build(ctx: &BuildCtx, spec: &CargoSpec) -> Result<()> {
         "-Ctarget-feature=+crt-static".to_owned(),
     ];
     let mut cmd = ctx.command("cargo", root);
-    cmd.env("PATH", format!("{}:{}", cargo_home.join("bin").display(), super::BUILD_PATH))
-        .env("CARGO_HOME", &cargo_home)
-        .env("RUSTUP_HOME", &rustup_home)
-        .env("CARGO_ENCODED_RUSTFLAGS", flags.join("\u{1f}"))
-        .env("CARGO_TERM_COLOR", "never")
-        .args(["build", "--release", "--locked", "--target", TARGET, "-p", &krate, "--message-format=json-render-diagnostics"])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .arg(format!("-j{}", ctx.jobs));
+    cmd.env(
+        "PATH",
+        format!("{}:{}", cargo_home.join("bin").display(), super::BUILD_PATH),
+    )
+    .env("CARGO_HOME", &cargo_home)
+    .env("RUSTUP_HOME", &rustup_home)
+    .env("CARGO_ENCODED_RUSTFLAGS", flags.join("\u{1f}"))
+    .env("CARGO_TERM_COLOR", "never")
+    .args([
+        "build",
+        "--release",
+        "--locked",
+        "--target",
+        TARGET,
+        "-p",
+        &krate,
+        "--message-format=json-render-diagnostics",
+    ])
+    .arg("--target-dir")
+    .arg(&target_dir)
+    .arg(format!("-j{}", ctx.jobs));
     if ctx.offline {
         cmd.arg("--offline");
     }
@@ -80,16 +105,25 @@ pub fn build(ctx: &BuildCtx, spec: &CargoSpec) -> Result<()> {
         if msg["reason"] != "compiler-artifact" {
             continue;
         }
-        let from_crate = msg["manifest_path"].as_str().map(|p| Path::new(p).canonicalize().unwrap_or(PathBuf::from(p))) == Some(manifest_c.clone());
+        let from_crate = msg["manifest_path"]
+            .as_str()
+            .map(|p| Path::new(p).canonicalize().unwrap_or(PathBuf::from(p)))
+            == Some(manifest_c.clone());
         if let (true, Some(exe)) = (from_crate, msg["executable"].as_str()) {
-            let name = msg["target"]["name"].as_str().unwrap_or_default().to_owned();
+            let name = msg["target"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
             ctx.note(&format!("== built {name}: {exe}\n"));
             executables.push((name, PathBuf::from(exe)));
         }
     }
     let status = child.wait()?;
     if !status.success() {
-        bail!("{}: cargo build -p {krate} failed ({status})", ctx.recipe.name());
+        bail!(
+            "{}: cargo build -p {krate} failed ({status})",
+            ctx.recipe.name()
+        );
     }
     let chosen: Vec<&(String, PathBuf)> = if spec.binaries.is_empty() {
         executables.iter().collect()
@@ -103,16 +137,27 @@ pub fn build(ctx: &BuildCtx, spec: &CargoSpec) -> Result<()> {
         v
     };
     if chosen.is_empty() {
-        bail!("{}: crate '{krate}' has no binary to install", ctx.recipe.path.display());
+        bail!(
+            "{}: crate '{krate}' has no binary to install",
+            ctx.recipe.path.display()
+        );
     }
-    let dir = spec.install_dir.as_deref().unwrap_or("/sbin").trim_start_matches('/');
+    let dir = spec
+        .install_dir
+        .as_deref()
+        .unwrap_or("/sbin")
+        .trim_start_matches('/');
     let dest = ctx.tree.join(dir);
     std::fs::create_dir_all(&dest)?;
     for (name, exe) in chosen {
         if !super::is_static_elf(exe)? {
-            bail!("{} is dynamically linked; {TARGET} binaries must be static", exe.display());
+            bail!(
+                "{} is dynamically linked; {TARGET} binaries must be static",
+                exe.display()
+            );
         }
-        std::fs::copy(exe, dest.join(name)).with_context(|| format!("cannot copy {}", exe.display()))?;
+        std::fs::copy(exe, dest.join(name))
+            .with_context(|| format!("cannot copy {}", exe.display()))?;
     }
     Ok(())
 }

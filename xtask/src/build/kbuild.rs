@@ -25,14 +25,20 @@ const SOURCE_PREFIX: &str = "/usr/src/linux";
 
 pub fn build(ctx: &BuildCtx, spec: &KbuildSpec) -> Result<()> {
     let Some(source) = ctx.sources.first() else {
-        bail!("{}: a kbuild recipe needs a [[source]] with the kernel", ctx.recipe.path.display());
+        bail!(
+            "{}: a kbuild recipe needs a [[source]] with the kernel",
+            ctx.recipe.path.display()
+        );
     };
     let src = unpack_kernel(ctx, source)?;
     ctx.set_source_dir(&src)?;
 
     let base = spec.base.as_str();
     if base != "tinyconfig" && base != "defconfig" {
-        bail!("{}: key 'build.base': '{base}' is neither tinyconfig nor defconfig", ctx.recipe.path.display());
+        bail!(
+            "{}: key 'build.base': '{base}' is neither tinyconfig nor defconfig",
+            ctx.recipe.path.display()
+        );
     }
     let make = |args: &[&str]| {
         let mut c = ctx.command("make", &src);
@@ -41,9 +47,11 @@ pub fn build(ctx: &BuildCtx, spec: &KbuildSpec) -> Result<()> {
     };
     ctx.run(&format!("make {base}"), &mut make(&[base]))?;
     let fragment_path = ctx.recipe.dir.join(&spec.config);
-    let fragment = std::fs::read_to_string(&fragment_path).with_context(|| format!("cannot read {}", fragment_path.display()))?;
+    let fragment = std::fs::read_to_string(&fragment_path)
+        .with_context(|| format!("cannot read {}", fragment_path.display()))?;
     let dot_config = src.join(".config");
-    let mut config = std::fs::read_to_string(&dot_config).with_context(|| format!("cannot read {}", dot_config.display()))?;
+    let mut config = std::fs::read_to_string(&dot_config)
+        .with_context(|| format!("cannot read {}", dot_config.display()))?;
     config.push_str("\n# ---- axion fragment: ");
     config.push_str(&spec.config);
     config.push('\n');
@@ -63,21 +71,36 @@ pub fn build(ctx: &BuildCtx, spec: &KbuildSpec) -> Result<()> {
     }
 
     let jobs = format!("-j{}", ctx.jobs);
-    let kcflags = format!("KCFLAGS=-ffile-prefix-map={}={SOURCE_PREFIX}", src.display());
-    let kaflags = format!("KAFLAGS=-ffile-prefix-map={}={SOURCE_PREFIX}", src.display());
-    ctx.run("make bzImage", &mut make(&[&jobs, &kcflags, &kaflags, "bzImage"]))?;
+    let kcflags = format!(
+        "KCFLAGS=-ffile-prefix-map={}={SOURCE_PREFIX}",
+        src.display()
+    );
+    let kaflags = format!(
+        "KAFLAGS=-ffile-prefix-map={}={SOURCE_PREFIX}",
+        src.display()
+    );
+    ctx.run(
+        "make bzImage",
+        &mut make(&[&jobs, &kcflags, &kaflags, "bzImage"]),
+    )?;
 
     let boot = ctx.tree.join("boot");
     std::fs::create_dir_all(&boot)?;
     let bz = src.join("arch/x86/boot/bzImage");
-    std::fs::copy(&bz, boot.join("vmlinuz")).with_context(|| format!("cannot copy {}", bz.display()))?;
+    std::fs::copy(&bz, boot.join("vmlinuz"))
+        .with_context(|| format!("cannot copy {}", bz.display()))?;
     std::fs::copy(&dot_config, boot.join("config"))?;
     Ok(())
 }
 
 /// Unpacks the kernel source and returns its top directory.
 fn unpack_kernel(ctx: &BuildCtx, source: &Path) -> Result<PathBuf> {
-    let is_deb = ctx.recipe.spec.sources.first().is_some_and(|s| s.file.ends_with(".deb"));
+    let is_deb = ctx
+        .recipe
+        .spec
+        .sources
+        .first()
+        .is_some_and(|s| s.file.ends_with(".deb"));
     if !is_deb {
         return ctx.unpack(source, "src");
     }
@@ -90,8 +113,17 @@ fn unpack_kernel(ctx: &BuildCtx, source: &Path) -> Result<PathBuf> {
         .with_context(|| format!("{}: the .deb has no usr/src", source.display()))?
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("linux-source-") && n.contains(".tar")))
-        .with_context(|| format!("{}: no usr/src/linux-source-*.tar.* inside", source.display()))?;
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("linux-source-") && n.contains(".tar"))
+        })
+        .with_context(|| {
+            format!(
+                "{}: no usr/src/linux-source-*.tar.* inside",
+                source.display()
+            )
+        })?;
     let src = ctx.unpack(&tarball, "src")?;
     // The tarball is 140 MB; the unpacked tree is what we need.
     let _ = std::fs::remove_dir_all(&deb);
@@ -125,12 +157,19 @@ pub fn parse_config(text: &str) -> BTreeMap<String, String> {
 
 /// What is wrong with `result` given the `fragment` that was asked for: each requested
 /// option with another value, any module, and modules support itself.
-pub fn check_config(fragment: &BTreeMap<String, String>, result: &BTreeMap<String, String>) -> Vec<String> {
+pub fn check_config(
+    fragment: &BTreeMap<String, String>,
+    result: &BTreeMap<String, String>,
+) -> Vec<String> {
     let mut problems = Vec::new();
     for (k, want) in fragment {
         let got = result.get(k).map(String::as_str).unwrap_or("n");
         if got != want {
-            let got = if result.contains_key(k) { got.to_owned() } else { "not set (unknown or dependency missing)".into() };
+            let got = if result.contains_key(k) {
+                got.to_owned()
+            } else {
+                "not set (unknown or dependency missing)".into()
+            };
             problems.push(format!("{k}: asked {want}, got {got}"));
         }
     }
@@ -140,7 +179,9 @@ pub fn check_config(fragment: &BTreeMap<String, String>, result: &BTreeMap<Strin
         }
     }
     if result.get("CONFIG_MODULES").is_some_and(|v| v == "y") {
-        problems.push("CONFIG_MODULES=y: the image has no modules; add '# CONFIG_MODULES is not set'".into());
+        problems.push(
+            "CONFIG_MODULES=y: the image has no modules; add '# CONFIG_MODULES is not set'".into(),
+        );
     }
     problems
 }
@@ -151,7 +192,9 @@ mod tests {
 
     #[test]
     fn parses_set_unset_and_string_options() {
-        let c = parse_config("# comment\nCONFIG_A=y\n# CONFIG_B is not set\nCONFIG_S=\"-axion\"\n\nCONFIG_N=64\n");
+        let c = parse_config(
+            "# comment\nCONFIG_A=y\n# CONFIG_B is not set\nCONFIG_S=\"-axion\"\n\nCONFIG_N=64\n",
+        );
         assert_eq!(c["CONFIG_A"], "y");
         assert_eq!(c["CONFIG_B"], "n");
         assert_eq!(c["CONFIG_S"], "\"-axion\"");
@@ -164,7 +207,11 @@ mod tests {
         let frag = parse_config("CONFIG_A=y\n# CONFIG_MODULES is not set\nCONFIG_GONE=y\nCONFIG_OFF=y\n# CONFIG_B is not set\n");
         let result = parse_config("CONFIG_A=y\n# CONFIG_OFF is not set\nCONFIG_B=y\nCONFIG_M=m\n");
         let p = check_config(&frag, &result);
-        assert!(p.iter().any(|l| l.starts_with("CONFIG_GONE: asked y, got not set")), "{p:?}");
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("CONFIG_GONE: asked y, got not set")),
+            "{p:?}"
+        );
         assert!(p.iter().any(|l| l == "CONFIG_OFF: asked y, got n"), "{p:?}");
         assert!(p.iter().any(|l| l == "CONFIG_B: asked n, got y"), "{p:?}");
         assert!(p.iter().any(|l| l.starts_with("CONFIG_M=m")), "{p:?}");
@@ -176,11 +223,21 @@ mod tests {
     #[test]
     fn the_committed_fragment_asks_for_no_modules_and_names_every_group() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let text = std::fs::read_to_string(root.join("recipes/linux/container-host.config")).unwrap();
+        let text =
+            std::fs::read_to_string(root.join("recipes/linux/container-host.config")).unwrap();
         let f = parse_config(&text);
         assert_eq!(f.get("CONFIG_MODULES").map(String::as_str), Some("n"));
         assert!(!f.values().any(|v| v == "m"));
-        for must in ["CONFIG_VIRTIO_NET", "CONFIG_VMXNET3", "CONFIG_VMWARE_PVSCSI", "CONFIG_OVERLAY_FS", "CONFIG_CGROUP_BPF", "CONFIG_NFT_COMPAT", "CONFIG_EFI_STUB", "CONFIG_INPUT_EVDEV"] {
+        for must in [
+            "CONFIG_VIRTIO_NET",
+            "CONFIG_VMXNET3",
+            "CONFIG_VMWARE_PVSCSI",
+            "CONFIG_OVERLAY_FS",
+            "CONFIG_CGROUP_BPF",
+            "CONFIG_NFT_COMPAT",
+            "CONFIG_EFI_STUB",
+            "CONFIG_INPUT_EVDEV",
+        ] {
             assert_eq!(f.get(must).map(String::as_str), Some("y"), "{must}");
         }
     }

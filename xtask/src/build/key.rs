@@ -46,17 +46,22 @@ impl KeyBuilder {
         self.hasher.update(name.as_bytes());
         self.hasher.update((data.len() as u64).to_le_bytes());
         self.hasher.update(data);
-        self.inputs.push_str(&format!("{}  {name}\n", hex::encode(Sha256::digest(data))));
+        self.inputs
+            .push_str(&format!("{}  {name}\n", hex::encode(Sha256::digest(data))));
     }
 
     pub fn add_file(&mut self, name: &str, path: &Path) -> Result<()> {
-        let data = std::fs::read(path).with_context(|| format!("cannot read {} (an input of the build)", path.display()))?;
+        let data = std::fs::read(path)
+            .with_context(|| format!("cannot read {} (an input of the build)", path.display()))?;
         self.add(name, &data);
         Ok(())
     }
 
     pub fn finish(self) -> Key {
-        Key { hex: hex::encode(self.hasher.finalize()), inputs: self.inputs }
+        Key {
+            hex: hex::encode(self.hasher.finalize()),
+            inputs: self.inputs,
+        }
     }
 }
 
@@ -68,12 +73,18 @@ pub struct Toolchains {
 
 impl Toolchains {
     pub fn new(root: PathBuf) -> Self {
-        Toolchains { root, cache: BTreeMap::new() }
+        Toolchains {
+            root,
+            cache: BTreeMap::new(),
+        }
     }
 
     /// A fixed description, for tests.
     pub fn fixed(root: PathBuf, text: &str) -> Self {
-        let cache = ["kbuild", "make", "cargo"].into_iter().map(|k| (k, text.to_owned())).collect();
+        let cache = ["kbuild", "make", "cargo"]
+            .into_iter()
+            .map(|k| (k, text.to_owned()))
+            .collect();
         Toolchains { root, cache }
     }
 
@@ -87,25 +98,48 @@ impl Toolchains {
                 .args(args)
                 .current_dir(dir)
                 .output()
-                .with_context(|| format!("cannot run `{prog} {}` to record the toolchain version", args.join(" ")))?;
+                .with_context(|| {
+                    format!(
+                        "cannot run `{prog} {}` to record the toolchain version",
+                        args.join(" ")
+                    )
+                })?;
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
             if !out.status.success() {
-                anyhow::bail!("`{prog} {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+                anyhow::bail!(
+                    "`{prog} {}` failed: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
             }
             Ok(text)
         };
         let root = self.root.clone();
         match kind {
             "kbuild" => {
-                for (p, a) in [("gcc", "--version"), ("ld", "--version"), ("make", "--version")] {
+                for (p, a) in [
+                    ("gcc", "--version"),
+                    ("ld", "--version"),
+                    ("make", "--version"),
+                ] {
                     t.push_str(first_line(p, &[a], &root)?.lines().next().unwrap_or(""));
                     t.push('\n');
                 }
             }
             "make" => {
-                t.push_str(first_line("musl-gcc", &["--version"], &root)?.lines().next().unwrap_or(""));
+                t.push_str(
+                    first_line("musl-gcc", &["--version"], &root)?
+                        .lines()
+                        .next()
+                        .unwrap_or(""),
+                );
                 t.push('\n');
-                t.push_str(first_line("make", &["--version"], &root)?.lines().next().unwrap_or(""));
+                t.push_str(
+                    first_line("make", &["--version"], &root)?
+                        .lines()
+                        .next()
+                        .unwrap_or(""),
+                );
                 t.push('\n');
                 // musl itself (libc.a) and the kernel headers C packages compile against.
                 let libc = first_line("musl-gcc", &["-print-file-name=libc.a"], &root)?;
@@ -127,7 +161,12 @@ impl Toolchains {
 }
 
 /// The key of one recipe, given its built dependencies.
-pub fn compute(layout: &Layout, recipe: &Recipe, deps: &[Staged], toolchains: &mut Toolchains) -> Result<Key> {
+pub fn compute(
+    layout: &Layout,
+    recipe: &Recipe,
+    deps: &[Staged],
+    toolchains: &mut Toolchains,
+) -> Result<Key> {
     let mut k = KeyBuilder::default();
     k.add("logic", super::BUILD_LOGIC.as_bytes());
     k.add_file("recipe", &recipe.path)?;
@@ -139,7 +178,10 @@ pub fn compute(layout: &Layout, recipe: &Recipe, deps: &[Staged], toolchains: &m
         k.add_file(&format!("file:{}", rel.display()), &f)?;
     }
     if let Build::Cargo(spec) = &recipe.spec.build {
-        let krate = spec.krate.clone().unwrap_or_else(|| recipe.name().to_owned());
+        let krate = spec
+            .krate
+            .clone()
+            .unwrap_or_else(|| recipe.name().to_owned());
         for f in cargo_inputs(&layout.root, &krate)? {
             let rel = f.strip_prefix(&layout.root).unwrap_or(&f);
             k.add_file(&format!("crate:{}", rel.display()), &f)?;
@@ -148,7 +190,12 @@ pub fn compute(layout: &Layout, recipe: &Recipe, deps: &[Staged], toolchains: &m
     for d in deps {
         k.add(&format!("dep:{}", d.name), d.key.as_bytes());
     }
-    k.add("toolchain", toolchains.describe(super::kind_name(&recipe.spec.build))?.as_bytes());
+    k.add(
+        "toolchain",
+        toolchains
+            .describe(super::kind_name(&recipe.spec.build))?
+            .as_bytes(),
+    );
     Ok(k.finish())
 }
 
@@ -157,7 +204,10 @@ pub fn compute(layout: &Layout, recipe: &Recipe, deps: &[Staged], toolchains: &m
 pub fn cargo_inputs(root: &Path, krate: &str) -> Result<Vec<PathBuf>> {
     let crate_dir = root.join("packages").join(krate);
     if !crate_dir.join("Cargo.toml").is_file() {
-        anyhow::bail!("crate '{krate}' not found: {} has no Cargo.toml", crate_dir.display());
+        anyhow::bail!(
+            "crate '{krate}' not found: {} has no Cargo.toml",
+            crate_dir.display()
+        );
     }
     let workspace_deps = workspace_path_deps(root)?;
     let mut dirs = BTreeSet::new();
@@ -171,10 +221,14 @@ pub fn cargo_inputs(root: &Path, krate: &str) -> Result<Vec<PathBuf>> {
     }
     let mut files = BTreeSet::new();
     for dir in &dirs {
-        for e in walkdir::WalkDir::new(dir).sort_by_file_name().into_iter().filter_entry(|e| {
-            let n = e.file_name().to_string_lossy();
-            e.depth() == 0 || !(n == "target" || n.starts_with('.'))
-        }) {
+        for e in walkdir::WalkDir::new(dir)
+            .sort_by_file_name()
+            .into_iter()
+            .filter_entry(|e| {
+                let n = e.file_name().to_string_lossy();
+                e.depth() == 0 || !(n == "target" || n.starts_with('.'))
+            })
+        {
             let e = e.with_context(|| format!("cannot list {}", dir.display()))?;
             if e.file_type().is_file() {
                 files.insert(e.into_path());
@@ -182,8 +236,16 @@ pub fn cargo_inputs(root: &Path, krate: &str) -> Result<Vec<PathBuf>> {
         }
     }
     let root_c = root.canonicalize().unwrap_or_else(|_| root.to_owned());
-    let mut out: Vec<PathBuf> = files.into_iter().map(|f| f.strip_prefix(&root_c).map(|r| root.join(r)).unwrap_or(f)).collect();
-    for f in ["Cargo.lock", "Cargo.toml", "rust-toolchain.toml", ".cargo/config.toml"] {
+    let mut out: Vec<PathBuf> = files
+        .into_iter()
+        .map(|f| f.strip_prefix(&root_c).map(|r| root.join(r)).unwrap_or(f))
+        .collect();
+    for f in [
+        "Cargo.lock",
+        "Cargo.toml",
+        "rust-toolchain.toml",
+        ".cargo/config.toml",
+    ] {
         let p = root.join(f);
         if p.is_file() {
             out.push(p);
@@ -195,10 +257,16 @@ pub fn cargo_inputs(root: &Path, krate: &str) -> Result<Vec<PathBuf>> {
 /// `[workspace.dependencies]` entries that are path dependencies: name → directory.
 fn workspace_path_deps(root: &Path) -> Result<BTreeMap<String, PathBuf>> {
     let path = root.join("Cargo.toml");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let doc: toml::Table = toml::from_str(&text).with_context(|| format!("cannot parse {}", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let doc: toml::Table =
+        toml::from_str(&text).with_context(|| format!("cannot parse {}", path.display()))?;
     let mut out = BTreeMap::new();
-    if let Some(deps) = doc.get("workspace").and_then(|w| w.get("dependencies")).and_then(|d| d.as_table()) {
+    if let Some(deps) = doc
+        .get("workspace")
+        .and_then(|w| w.get("dependencies"))
+        .and_then(|d| d.as_table())
+    {
         for (name, v) in deps {
             if let Some(p) = v.get("path").and_then(|p| p.as_str()) {
                 out.insert(name.clone(), root.join(p));
@@ -211,8 +279,10 @@ fn workspace_path_deps(root: &Path) -> Result<BTreeMap<String, PathBuf>> {
 /// The directories of a crate's path dependencies (normal, build and dev, any target).
 fn path_deps(dir: &Path, workspace: &BTreeMap<String, PathBuf>) -> Result<Vec<PathBuf>> {
     let path = dir.join("Cargo.toml");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let doc: toml::Table = toml::from_str(&text).with_context(|| format!("cannot parse {}", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let doc: toml::Table =
+        toml::from_str(&text).with_context(|| format!("cannot parse {}", path.display()))?;
     let mut tables: Vec<&toml::Table> = Vec::new();
     for key in ["dependencies", "build-dependencies", "dev-dependencies"] {
         tables.extend(doc.get(key).and_then(|t| t.as_table()));
@@ -277,9 +347,18 @@ mod tests {
                 .closure(&r.spec.package.depends)
                 .unwrap()
                 .iter()
-                .map(|d| Staged { name: d.name().into(), version: "1".into(), key: out[d.name()].clone(), tree: "t".into(), manifest: "m".into() })
+                .map(|d| Staged {
+                    name: d.name().into(),
+                    version: "1".into(),
+                    key: out[d.name()].clone(),
+                    tree: "t".into(),
+                    manifest: "m".into(),
+                })
                 .collect();
-            out.insert(r.name().into(), compute(layout, r, &deps, &mut tc).unwrap().hex);
+            out.insert(
+                r.name().into(),
+                compute(layout, r, &deps, &mut tc).unwrap().hex,
+            );
         }
         out
     }
@@ -311,7 +390,14 @@ mod tests {
         assert_ne!(before["a"], after_config["a"]);
         assert_eq!(before["c"], after_config["c"]);
         let p = f.layout.recipes().join("a.toml");
-        std::fs::write(&p, A.replace("1111111111111111111111111111111111111111111111111111111111111111", &"2".repeat(64))).unwrap();
+        std::fs::write(
+            &p,
+            A.replace(
+                "1111111111111111111111111111111111111111111111111111111111111111",
+                &"2".repeat(64),
+            ),
+        )
+        .unwrap();
         assert_ne!(after_config["a"], keys(&f.layout)["a"]);
     }
 
@@ -320,10 +406,26 @@ mod tests {
         let f = fixture();
         let set = RecipeSet::load(&f.layout.recipes()).unwrap();
         let c = set.get("c").unwrap();
-        let k1 = compute(&f.layout, c, &[], &mut Toolchains::fixed(f.layout.root.clone(), "gcc 12")).unwrap();
-        let k2 = compute(&f.layout, c, &[], &mut Toolchains::fixed(f.layout.root.clone(), "gcc 13")).unwrap();
+        let k1 = compute(
+            &f.layout,
+            c,
+            &[],
+            &mut Toolchains::fixed(f.layout.root.clone(), "gcc 12"),
+        )
+        .unwrap();
+        let k2 = compute(
+            &f.layout,
+            c,
+            &[],
+            &mut Toolchains::fixed(f.layout.root.clone(), "gcc 13"),
+        )
+        .unwrap();
         assert_ne!(k1.hex, k2.hex);
-        assert!(k1.inputs.contains("  recipe\n") && k1.inputs.contains("  toolchain\n"), "{}", k1.inputs);
+        assert!(
+            k1.inputs.contains("  recipe\n") && k1.inputs.contains("  toolchain\n"),
+            "{}",
+            k1.inputs
+        );
     }
 
     #[test]
@@ -355,11 +457,29 @@ mod tests {
             std::fs::write(root.join(dir).join("src/lib.rs"), "").unwrap();
             std::fs::write(root.join(dir).join("target/junk"), "").unwrap();
         }
-        let files: Vec<String> = cargo_inputs(root, "app").unwrap().iter().map(|p| p.strip_prefix(root).unwrap().display().to_string()).collect();
-        assert!(files.contains(&"packages/app/src/lib.rs".to_string()), "{files:?}");
-        assert!(files.contains(&"crates/lib1/src/lib.rs".to_string()), "{files:?}");
-        assert!(files.contains(&"crates/shared/Cargo.toml".to_string()), "{files:?}");
+        let files: Vec<String> = cargo_inputs(root, "app")
+            .unwrap()
+            .iter()
+            .map(|p| p.strip_prefix(root).unwrap().display().to_string())
+            .collect();
+        assert!(
+            files.contains(&"packages/app/src/lib.rs".to_string()),
+            "{files:?}"
+        );
+        assert!(
+            files.contains(&"crates/lib1/src/lib.rs".to_string()),
+            "{files:?}"
+        );
+        assert!(
+            files.contains(&"crates/shared/Cargo.toml".to_string()),
+            "{files:?}"
+        );
         assert!(files.contains(&"Cargo.lock".to_string()), "{files:?}");
-        assert!(!files.iter().any(|f| f.contains("other") || f.contains("target")), "{files:?}");
+        assert!(
+            !files
+                .iter()
+                .any(|f| f.contains("other") || f.contains("target")),
+            "{files:?}"
+        );
     }
 }

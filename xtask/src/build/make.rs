@@ -23,7 +23,10 @@ use crate::recipe::MakeSpec;
 
 pub fn build(ctx: &BuildCtx, spec: &MakeSpec) -> Result<()> {
     let Some(source) = ctx.sources.first() else {
-        bail!("{}: a make recipe needs a [[source]] with the tarball", ctx.recipe.path.display());
+        bail!(
+            "{}: a make recipe needs a [[source]] with the tarball",
+            ctx.recipe.path.display()
+        );
     };
     let src = ctx.unpack(source, "src")?;
     ctx.set_source_dir(&src)?;
@@ -43,15 +46,26 @@ pub fn build(ctx: &BuildCtx, spec: &MakeSpec) -> Result<()> {
     }
     for (name, from) in &spec.files {
         let from = ctx.recipe.dir.join(from);
-        std::fs::copy(&from, src.join(name)).with_context(|| format!("cannot copy {} into the source tree", from.display()))?;
+        std::fs::copy(&from, src.join(name))
+            .with_context(|| format!("cannot copy {} into the source tree", from.display()))?;
     }
-    let cflags = format!("-Os -isystem {} -ffile-prefix-map={}=/usr/src/{}", include.display(), src.display(), ctx.recipe.name());
+    let cflags = format!(
+        "-Os -isystem {} -ffile-prefix-map={}=/usr/src/{}",
+        include.display(),
+        src.display(),
+        ctx.recipe.name()
+    );
     if let Some(extra) = &spec.configure {
         let mut c = ctx.command("./configure", &src);
-        c.args(["--host=x86_64-linux-musl", "--build=x86_64-linux-gnu", "--prefix=/usr", "CC=musl-gcc"])
-            .arg(format!("CFLAGS={cflags}"))
-            .arg("LDFLAGS=-static -s")
-            .args(extra);
+        c.args([
+            "--host=x86_64-linux-musl",
+            "--build=x86_64-linux-gnu",
+            "--prefix=/usr",
+            "CC=musl-gcc",
+        ])
+        .arg(format!("CFLAGS={cflags}"))
+        .arg("LDFLAGS=-static -s")
+        .args(extra);
         ctx.run("configure", &mut c)?;
     }
     let mut vars = vec![
@@ -67,7 +81,8 @@ pub fn build(ctx: &BuildCtx, spec: &MakeSpec) -> Result<()> {
     };
     if let Some(config) = &spec.config {
         let from = ctx.recipe.dir.join(config);
-        std::fs::copy(&from, src.join(".config")).with_context(|| format!("cannot copy {}", from.display()))?;
+        std::fs::copy(&from, src.join(".config"))
+            .with_context(|| format!("cannot copy {}", from.display()))?;
         ctx.run("make oldconfig", &mut make(&["oldconfig"]))?;
     }
     let jobs = format!("-j{}", ctx.jobs);
@@ -87,7 +102,9 @@ pub fn build(ctx: &BuildCtx, spec: &MakeSpec) -> Result<()> {
             let from = src.join(built);
             let dest = ctx.tree.join(to.trim_start_matches('/'));
             std::fs::create_dir_all(dest.parent().unwrap_or(&ctx.tree))?;
-            std::fs::copy(&from, &dest).with_context(|| format!("cannot install {} (named in build.install)", from.display()))?;
+            std::fs::copy(&from, &dest).with_context(|| {
+                format!("cannot install {} (named in build.install)", from.display())
+            })?;
             std::fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
         }
     }
@@ -102,9 +119,15 @@ pub fn check_static(tree: &Path) -> Result<()> {
             continue;
         }
         let mut magic = [0u8; 4];
-        let is_elf = std::fs::File::open(e.path()).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic)).is_ok() && &magic == b"\x7fELF";
+        let is_elf = std::fs::File::open(e.path())
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+            .is_ok()
+            && &magic == b"\x7fELF";
         if is_elf && !super::is_static_elf(e.path())? {
-            bail!("{} is dynamically linked; packages must be static (musl-gcc -static)", e.path().display());
+            bail!(
+                "{} is dynamically linked; packages must be static (musl-gcc -static)",
+                e.path().display()
+            );
         }
     }
     Ok(())

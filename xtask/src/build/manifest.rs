@@ -65,22 +65,59 @@ impl Manifest {
         for e in walkdir::WalkDir::new(tree).min_depth(1).sort_by_file_name() {
             let e = e.with_context(|| format!("cannot list {}", tree.display()))?;
             let rel = e.path().strip_prefix(tree).unwrap_or(e.path());
-            let Some(rel) = rel.to_str() else { bail!("{}: path is not UTF-8", e.path().display()) };
+            let Some(rel) = rel.to_str() else {
+                bail!("{}: path is not UTF-8", e.path().display())
+            };
             let path = format!("/{rel}");
-            let meta = e.path().symlink_metadata().with_context(|| format!("cannot stat {}", e.path().display()))?;
+            let meta = e
+                .path()
+                .symlink_metadata()
+                .with_context(|| format!("cannot stat {}", e.path().display()))?;
             let mode = meta.permissions().mode() & 0o7777;
             let ft = meta.file_type();
             let entry = if ft.is_symlink() {
                 let target = std::fs::read_link(e.path())?;
-                let Some(target) = target.to_str() else { bail!("{}: link target is not UTF-8", e.path().display()) };
-                Entry { path, kind: EntryType::Symlink, mode: 0o777, uid: 0, gid: 0, size: target.len() as u64, sha256: None, target: Some(target.to_owned()) }
+                let Some(target) = target.to_str() else {
+                    bail!("{}: link target is not UTF-8", e.path().display())
+                };
+                Entry {
+                    path,
+                    kind: EntryType::Symlink,
+                    mode: 0o777,
+                    uid: 0,
+                    gid: 0,
+                    size: target.len() as u64,
+                    sha256: None,
+                    target: Some(target.to_owned()),
+                }
             } else if ft.is_dir() {
-                Entry { path, kind: EntryType::Dir, mode, uid: 0, gid: 0, size: 0, sha256: None, target: None }
+                Entry {
+                    path,
+                    kind: EntryType::Dir,
+                    mode,
+                    uid: 0,
+                    gid: 0,
+                    size: 0,
+                    sha256: None,
+                    target: None,
+                }
             } else if ft.is_file() {
                 let sha = super::sha256_file(e.path())?;
-                Entry { path, kind: EntryType::File, mode, uid: 0, gid: 0, size: meta.len(), sha256: Some(sha), target: None }
+                Entry {
+                    path,
+                    kind: EntryType::File,
+                    mode,
+                    uid: 0,
+                    gid: 0,
+                    size: meta.len(),
+                    sha256: Some(sha),
+                    target: None,
+                }
             } else {
-                bail!("{}: only files, directories and symlinks can be staged", e.path().display());
+                bail!(
+                    "{}: only files, directories and symlinks can be staged",
+                    e.path().display()
+                );
             };
             entries.push(entry);
         }
@@ -100,7 +137,8 @@ impl Manifest {
     }
 
     pub fn load(path: &Path) -> Result<Manifest> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("cannot parse {}", path.display()))
     }
 
@@ -120,7 +158,11 @@ pub fn normalize_tree(tree: &Path) -> Result<()> {
         }
         let meta = e.metadata()?;
         let mode = meta.permissions().mode() & 0o7777;
-        let want = if ft.is_dir() || mode & 0o111 != 0 { 0o755 } else { 0o644 };
+        let want = if ft.is_dir() || mode & 0o111 != 0 {
+            0o755
+        } else {
+            0o644
+        };
         if mode != want {
             std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(want))
                 .with_context(|| format!("cannot chmod {}", e.path().display()))?;
@@ -146,9 +188,17 @@ mod tests {
         let tree = d.path().join("tree");
         std::fs::create_dir_all(tree.join("bin")).unwrap();
         std::fs::write(tree.join("bin/tool"), b"hello").unwrap();
-        std::fs::set_permissions(tree.join("bin/tool"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(
+            tree.join("bin/tool"),
+            std::fs::Permissions::from_mode(0o700),
+        )
+        .unwrap();
         std::fs::write(tree.join("bin/data"), b"").unwrap();
-        std::fs::set_permissions(tree.join("bin/data"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(
+            tree.join("bin/data"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
         std::os::unix::fs::symlink("tool", tree.join("bin/alias")).unwrap();
         std::fs::set_permissions(tree.join("bin"), std::fs::Permissions::from_mode(0o700)).unwrap();
         normalize_tree(&tree).unwrap();
@@ -156,13 +206,25 @@ mod tests {
         let paths: Vec<&str> = m.entries.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["/bin", "/bin/alias", "/bin/data", "/bin/tool"]);
         let tool = m.get("/bin/tool").unwrap();
-        assert_eq!((tool.kind, tool.mode, tool.size, tool.uid), (EntryType::File, 0o755, 5, 0));
-        assert_eq!(tool.sha256.as_deref(), Some("2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"));
+        assert_eq!(
+            (tool.kind, tool.mode, tool.size, tool.uid),
+            (EntryType::File, 0o755, 5, 0)
+        );
+        assert_eq!(
+            tool.sha256.as_deref(),
+            Some("2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824")
+        );
         assert_eq!(m.get("/bin/data").unwrap().mode, 0o644);
         assert_eq!(m.get("/bin").unwrap().mode, 0o755);
         let alias = m.get("/bin/alias").unwrap();
-        assert_eq!((alias.kind, alias.target.as_deref(), alias.size), (EntryType::Symlink, Some("tool"), 4));
-        assert_eq!((m.name.as_str(), m.version.as_str(), m.license.as_str()), ("pkg", "2", "MIT"));
+        assert_eq!(
+            (alias.kind, alias.target.as_deref(), alias.size),
+            (EntryType::Symlink, Some("tool"), 4)
+        );
+        assert_eq!(
+            (m.name.as_str(), m.version.as_str(), m.license.as_str()),
+            ("pkg", "2", "MIT")
+        );
     }
 
     #[test]

@@ -73,7 +73,9 @@ pub fn host_sources(etc_apt: &Path) -> Result<Vec<(String, String)>, FetchError>
     };
     names.sort();
     for p in names {
-        let Some(name) = p.file_name().and_then(|n| n.to_str()).map(str::to_owned) else { continue };
+        let Some(name) = p.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+            continue;
+        };
         // apt itself only reads these two suffixes (anything else is disabled or a backup).
         let text = if name.ends_with(".sources") {
             std::fs::read_to_string(&p).map(|t| deb822_with_src(&t))
@@ -82,7 +84,11 @@ pub fn host_sources(etc_apt: &Path) -> Result<Vec<(String, String)>, FetchError>
         } else {
             continue;
         }
-        .map_err(|source| FetchError::Io { action: "read", path: p.clone(), source })?;
+        .map_err(|source| FetchError::Io {
+            action: "read",
+            path: p.clone(),
+            source,
+        })?;
         if !text.trim().is_empty() {
             out.push((name, text));
         }
@@ -94,7 +100,12 @@ pub fn host_sources(etc_apt: &Path) -> Result<Vec<(String, String)>, FetchError>
 pub fn deb822_with_src(text: &str) -> String {
     let mut out = String::new();
     for line in text.lines() {
-        if line.split(':').next().is_some_and(|k| k.trim().eq_ignore_ascii_case("types")) && !line.starts_with([' ', '\t', '#']) {
+        if line
+            .split(':')
+            .next()
+            .is_some_and(|k| k.trim().eq_ignore_ascii_case("types"))
+            && !line.starts_with([' ', '\t', '#'])
+        {
             out.push_str("Types: deb deb-src\n");
         } else {
             out.push_str(line);
@@ -130,16 +141,28 @@ impl Apt {
     pub fn open_with(dir: &Path, etc_apt: &Path) -> Result<Apt, FetchError> {
         let io = |action: &'static str, path: &Path| {
             let path = path.to_owned();
-            move |source| FetchError::Io { action, path, source }
+            move |source| FetchError::Io {
+                action,
+                path,
+                source,
+            }
         };
         for sub in ["parts", "state", "lists/partial", "cache/archives/partial"] {
             let d = dir.join(sub);
             std::fs::create_dir_all(&d).map_err(io("create", &d))?;
         }
         let lock_path = dir.join(".lock");
-        let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io("open", &lock_path))?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io("open", &lock_path))?;
         lock.lock().map_err(io("lock", &lock_path))?;
-        let apt = Apt { dir: dir.to_owned(), _lock: lock };
+        let apt = Apt {
+            dir: dir.to_owned(),
+            _lock: lock,
+        };
 
         let sources = host_sources(etc_apt)?;
         if sources.is_empty() {
@@ -155,7 +178,10 @@ impl Apt {
         for (name, text) in &sources {
             fingerprint.push_str(&format!("== {name}\n{text}"));
         }
-        let fingerprint = format!("{}\n", hex::encode(sha2::Sha256::digest(fingerprint.as_bytes())));
+        let fingerprint = format!(
+            "{}\n",
+            hex::encode(sha2::Sha256::digest(fingerprint.as_bytes()))
+        );
         let status = dir.join("state/status");
         if !status.exists() {
             std::fs::write(&status, "").map_err(io("create", &status))?;
@@ -167,7 +193,10 @@ impl Apt {
                 .is_ok_and(|t| SystemTime::now().duration_since(t).unwrap_or(FRESH) < FRESH);
         if !fresh {
             let parts = dir.join("parts");
-            for e in std::fs::read_dir(&parts).map_err(io("read", &parts))?.flatten() {
+            for e in std::fs::read_dir(&parts)
+                .map_err(io("read", &parts))?
+                .flatten()
+            {
                 let _ = std::fs::remove_file(e.path());
             }
             for (name, text) in &sources {
@@ -175,7 +204,10 @@ impl Apt {
                 std::fs::write(&p, text).map_err(io("write", &p))?;
             }
             let _ = std::fs::remove_file(&updated);
-            super::progress::note(&format!("apt-get update (private lists in {})", dir.display()));
+            super::progress::note(&format!(
+                "apt-get update (private lists in {})",
+                dir.display()
+            ));
             apt.update()?;
             std::fs::write(&updated, &fingerprint).map_err(io("write", &updated))?;
         }
@@ -203,27 +235,44 @@ impl Apt {
 
     fn command(&self, program: &str) -> Command {
         let mut c = Command::new(program);
-        c.args(self.options()).env("LC_ALL", "C").env("DEBIAN_FRONTEND", "noninteractive").stdin(Stdio::null());
+        c.args(self.options())
+            .env("LC_ALL", "C")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null());
         c
     }
 
     /// `apt-get update` into the private lists.
     pub fn update(&self) -> Result<(), FetchError> {
-        let scratch = tempfile::tempdir().map_err(|source| FetchError::Io { action: "create", path: std::env::temp_dir(), source })?;
+        let scratch = tempfile::tempdir().map_err(|source| FetchError::Io {
+            action: "create",
+            path: std::env::temp_dir(),
+            source,
+        })?;
         let mut c = self.command("apt-get");
         c.args(["-q", "update"]);
         run(c, scratch.path(), "apt-get update (private lists)")?;
-        UPDATED_THIS_RUN.lock().unwrap_or_else(|e| e.into_inner()).insert(self.dir.clone());
+        UPDATED_THIS_RUN
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(self.dir.clone());
         Ok(())
     }
 
     fn updated_this_run(&self) -> bool {
-        UPDATED_THIS_RUN.lock().unwrap_or_else(|e| e.into_inner()).contains(&self.dir)
+        UPDATED_THIS_RUN
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&self.dir)
     }
 
     /// Versions of `package` the archive has now, newest first as apt lists them.
     pub fn available(&self, package: &str, kind: Kind) -> Vec<String> {
-        let out = self.command("apt-cache").args(["madison", package]).stderr(Stdio::null()).output();
+        let out = self
+            .command("apt-cache")
+            .args(["madison", package])
+            .stderr(Stdio::null())
+            .output();
         let Ok(out) = out else { return Vec::new() };
         let mut v = Vec::new();
         for line in String::from_utf8_lossy(&out.stdout).lines() {
@@ -244,11 +293,22 @@ impl Apt {
         if available.iter().any(|v| v == version) {
             return None;
         }
-        Some(FetchError::DebianVersionGone { kind, package: package.into(), version: version.into(), available })
+        Some(FetchError::DebianVersionGone {
+            kind,
+            package: package.into(),
+            version: version.into(),
+            available,
+        })
     }
 
     /// `apt-get download package=version` into `into`; returns the .deb.
-    pub fn download_binary(&self, package: &str, version: &str, into: &Path, label: &str) -> Result<PathBuf, FetchError> {
+    pub fn download_binary(
+        &self,
+        package: &str,
+        version: &str,
+        into: &Path,
+        label: &str,
+    ) -> Result<PathBuf, FetchError> {
         let spec = format!("{package}={version}");
         let attempt = || {
             let mut c = self.command("apt-get");
@@ -270,7 +330,11 @@ impl Apt {
             [one] => Ok(one.clone()),
             _ => Err(FetchError::Apt {
                 command: format!("apt-get download {spec}"),
-                message: format!("expected one .deb in {}, found {}", into.display(), debs.len()),
+                message: format!(
+                    "expected one .deb in {}, found {}",
+                    into.display(),
+                    debs.len()
+                ),
             }),
         }
     }
@@ -290,7 +354,12 @@ impl Apt {
         let attempt = || {
             let mut c = self.command("apt-get");
             c.args(["-q", "source", "--download-only", &spec]);
-            run_with_progress(c, into, &format!("apt-get source --download-only {spec}"), label)
+            run_with_progress(
+                c,
+                into,
+                &format!("apt-get source --download-only {spec}"),
+                label,
+            )
         };
         if let Err(e) = attempt() {
             match self.explain(e, package, version, Kind::Source) {
@@ -304,12 +373,19 @@ impl Apt {
         let upstream_version = version.split_once(':').map_or(version, |(_, v)| v);
         let want_dsc = format!("{package}_{upstream_version}.dsc");
         let dscs = files_with(into, |n| n.ends_with(".dsc"));
-        let substituted = match dscs.iter().find(|p| p.file_name().is_some_and(|n| n == want_dsc.as_str())) {
+        let substituted = match dscs
+            .iter()
+            .find(|p| p.file_name().is_some_and(|n| n == want_dsc.as_str()))
+        {
             Some(_) => None,
             // The .dsc's name lacks the epoch; its Version field has it.
             None => dscs.first().and_then(|p| {
                 let text = std::fs::read_to_string(p).ok()?;
-                let v = text.lines().find_map(|l| l.strip_prefix("Version:"))?.trim().to_owned();
+                let v = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Version:"))?
+                    .trim()
+                    .to_owned();
                 Some(v)
             }),
         };
@@ -327,7 +403,12 @@ impl Apt {
             .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
             .filter(|n| !n.starts_with('.') && n != "apt.log")
             .collect();
-        Err(FetchError::NotInSourcePackage { package: package.into(), version: version.into(), file: file.into(), found })
+        Err(FetchError::NotInSourcePackage {
+            package: package.into(),
+            version: version.into(),
+            file: file.into(),
+            found,
+        })
     }
 
     /// Turns a failed apt run into "that version is gone" when that is what happened.
@@ -347,7 +428,9 @@ fn files_with(dir: &Path, pred: impl Fn(&str) -> bool) -> Vec<PathBuf> {
         .map(|rd| {
             rd.flatten()
                 .map(|e| e.path())
-                .filter(|p| p.is_file() && p.file_name().and_then(|n| n.to_str()).is_some_and(&pred))
+                .filter(|p| {
+                    p.is_file() && p.file_name().and_then(|n| n.to_str()).is_some_and(&pred)
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -358,14 +441,25 @@ fn files_with(dir: &Path, pred: impl Fn(&str) -> bool) -> Vec<PathBuf> {
 /// Runs apt in `cwd` with its output in `cwd/.apt.log`; the error carries apt's `E:` lines.
 fn run(mut c: Command, cwd: &Path, what: &str) -> Result<(), FetchError> {
     let log = cwd.join(".apt.log");
-    let f = File::create(&log).map_err(|source| FetchError::Io { action: "create", path: log.clone(), source })?;
-    let f2 = f.try_clone().map_err(|source| FetchError::Io { action: "open", path: log.clone(), source })?;
+    let f = File::create(&log).map_err(|source| FetchError::Io {
+        action: "create",
+        path: log.clone(),
+        source,
+    })?;
+    let f2 = f.try_clone().map_err(|source| FetchError::Io {
+        action: "open",
+        path: log.clone(),
+        source,
+    })?;
     let status = c
         .current_dir(cwd)
         .stdout(f)
         .stderr(f2)
         .status()
-        .map_err(|e| FetchError::Apt { command: what.into(), message: format!("cannot run apt ({e}); is this a Debian host?") })?;
+        .map_err(|e| FetchError::Apt {
+            command: what.into(),
+            message: format!("cannot run apt ({e}); is this a Debian host?"),
+        })?;
     finish(status, &log, what)
 }
 
@@ -382,27 +476,51 @@ fn finish(status: std::process::ExitStatus, log: &Path, what: &str) -> Result<()
     } else {
         errors.join("\n")
     };
-    Err(FetchError::Apt { command: what.into(), message: format!("{status}: {message}") })
+    Err(FetchError::Apt {
+        command: what.into(),
+        message: format!("{status}: {message}"),
+    })
 }
 
 /// Like [`run`], with a byte counter of what apt has written into `cwd` so far.
-fn run_with_progress(mut c: Command, cwd: &Path, what: &str, label: &str) -> Result<(), FetchError> {
+fn run_with_progress(
+    mut c: Command,
+    cwd: &Path,
+    what: &str,
+    label: &str,
+) -> Result<(), FetchError> {
     let log = cwd.join(".apt.log");
-    let f = File::create(&log).map_err(|source| FetchError::Io { action: "create", path: log.clone(), source })?;
-    let f2 = f.try_clone().map_err(|source| FetchError::Io { action: "open", path: log.clone(), source })?;
+    let f = File::create(&log).map_err(|source| FetchError::Io {
+        action: "create",
+        path: log.clone(),
+        source,
+    })?;
+    let f2 = f.try_clone().map_err(|source| FetchError::Io {
+        action: "open",
+        path: log.clone(),
+        source,
+    })?;
     let started = Instant::now();
     let mut child = c
         .current_dir(cwd)
         .stdout(f)
         .stderr(f2)
         .spawn()
-        .map_err(|e| FetchError::Apt { command: what.into(), message: format!("cannot run apt ({e}); is this a Debian host?") })?;
+        .map_err(|e| FetchError::Apt {
+            command: what.into(),
+            message: format!("cannot run apt ({e}); is this a Debian host?"),
+        })?;
     let bar = super::progress::bytes(None, label, &format!("with {what}"), 0);
     let status = loop {
         match child.try_wait() {
             Ok(Some(s)) => break s,
             Ok(None) => {}
-            Err(e) => return Err(FetchError::Apt { command: what.into(), message: e.to_string() }),
+            Err(e) => {
+                return Err(FetchError::Apt {
+                    command: what.into(),
+                    message: e.to_string(),
+                })
+            }
         }
         bar.set_position(dir_bytes(cwd));
         std::thread::sleep(Duration::from_millis(150));
@@ -432,11 +550,15 @@ mod tests {
 
     #[test]
     fn deb822_gets_deb_src_in_every_stanza() {
-        let t = "Types: deb\nURIs: http://mirror.invalid/debian\nSuites: stable\nComponents: main\n\n\
+        let t =
+            "Types: deb\nURIs: http://mirror.invalid/debian\nSuites: stable\nComponents: main\n\n\
                  # comment\ntypes: deb\nURIs: http://mirror.invalid/sec\nSuites: stable-security\n";
         let o = deb822_with_src(t);
         assert_eq!(o.matches("Types: deb deb-src").count(), 2, "{o}");
-        assert!(o.contains("# comment") && o.contains("Suites: stable-security"), "{o}");
+        assert!(
+            o.contains("# comment") && o.contains("Suites: stable-security"),
+            "{o}"
+        );
     }
 
     #[test]
@@ -457,10 +579,26 @@ mod tests {
     fn host_sources_reads_both_formats_and_skips_disabled_files() {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir(d.path().join("sources.list.d")).unwrap();
-        std::fs::write(d.path().join("sources.list"), "deb http://m.invalid/d stable main\n").unwrap();
-        std::fs::write(d.path().join("sources.list.d/a.sources"), "Types: deb\nURIs: http://m.invalid/a\n").unwrap();
-        std::fs::write(d.path().join("sources.list.d/b.list"), "deb http://m.invalid/b stable main\n").unwrap();
-        std::fs::write(d.path().join("sources.list.d/c.sources.disabled"), "Types: deb\n").unwrap();
+        std::fs::write(
+            d.path().join("sources.list"),
+            "deb http://m.invalid/d stable main\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("sources.list.d/a.sources"),
+            "Types: deb\nURIs: http://m.invalid/a\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("sources.list.d/b.list"),
+            "deb http://m.invalid/b stable main\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("sources.list.d/c.sources.disabled"),
+            "Types: deb\n",
+        )
+        .unwrap();
         let s = host_sources(d.path()).unwrap();
         let names: Vec<&str> = s.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["host-sources.list", "a.sources", "b.list"]);
@@ -472,7 +610,13 @@ mod tests {
     fn no_host_sources_is_a_clear_error() {
         let d = tempfile::tempdir().unwrap();
         let etc = tempfile::tempdir().unwrap();
-        let e = Apt::open_with(d.path(), etc.path()).err().unwrap().to_string();
-        assert!(e.contains("sources.list") && e.contains("cannot reach"), "{e}");
+        let e = Apt::open_with(d.path(), etc.path())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("sources.list") && e.contains("cannot reach"),
+            "{e}"
+        );
     }
 }

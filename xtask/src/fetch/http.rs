@@ -31,7 +31,10 @@ fn client() -> Result<&'static Client, FetchError> {
         .timeout(READ_TIMEOUT)
         .user_agent(concat!("axion-xtask/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| FetchError::Network { url: "(client)".into(), message: chain(&e) })?;
+        .map_err(|e| FetchError::Network {
+            url: "(client)".into(),
+            message: chain(&e),
+        })?;
     Ok(CLIENT.get_or_init(|| c))
 }
 
@@ -70,10 +73,16 @@ pub fn download(url: &str, part: &Path, label: &str) -> Result<u64, FetchError> 
             Ok(r) => r,
             // Cannot connect (no route, no DNS, refused): this mirror is out, try the next.
             Err(e) if e.is_connect() || e.is_builder() => {
-                return Err(FetchError::Network { url: url.into(), message: chain(&e.without_url()) });
+                return Err(FetchError::Network {
+                    url: url.into(),
+                    message: chain(&e.without_url()),
+                });
             }
             Err(e) => {
-                last_err = Some(FetchError::Network { url: url.into(), message: chain(&e.without_url()) });
+                last_err = Some(FetchError::Network {
+                    url: url.into(),
+                    message: chain(&e.without_url()),
+                });
                 continue;
             }
         };
@@ -83,7 +92,10 @@ pub fn download(url: &str, part: &Path, label: &str) -> Result<u64, FetchError> 
             StatusCode::PARTIAL_CONTENT => {
                 // A range we did not ask for: start over without one.
                 let _ = std::fs::remove_file(part);
-                last_err = Some(FetchError::Network { url: url.into(), message: "unexpected Content-Range".into() });
+                last_err = Some(FetchError::Network {
+                    url: url.into(),
+                    message: "unexpected Content-Range".into(),
+                });
                 continue;
             }
             StatusCode::RANGE_NOT_SATISFIABLE if have > 0 => {
@@ -93,18 +105,32 @@ pub fn download(url: &str, part: &Path, label: &str) -> Result<u64, FetchError> 
             }
             s if s.is_success() => false,
             s if s.is_server_error() => {
-                last_err = Some(FetchError::HttpStatus { url: url.into(), status: s.as_u16() });
+                last_err = Some(FetchError::HttpStatus {
+                    url: url.into(),
+                    status: s.as_u16(),
+                });
                 continue;
             }
-            s => return Err(FetchError::HttpStatus { url: url.into(), status: s.as_u16() }),
+            s => {
+                return Err(FetchError::HttpStatus {
+                    url: url.into(),
+                    status: s.as_u16(),
+                })
+            }
         };
-        let total = resp.content_length().map(|n| n + if append { have } else { 0 });
+        let total = resp
+            .content_length()
+            .map(|n| n + if append { have } else { 0 });
         let mut file = if append {
             File::options().append(true).open(part)
         } else {
             File::create(part)
         }
-        .map_err(|source| FetchError::Io { action: "write", path: part.to_owned(), source })?;
+        .map_err(|source| FetchError::Io {
+            action: "write",
+            path: part.to_owned(),
+            source,
+        })?;
         let from = if append { have } else { 0 };
         let bar = super::progress::bytes(total, label, &format!("from {url}"), from);
         let mut buf = vec![0u8; 256 * 1024];
@@ -113,15 +139,22 @@ pub fn download(url: &str, part: &Path, label: &str) -> Result<u64, FetchError> 
             match resp.read(&mut buf) {
                 Ok(0) => break Ok(()),
                 Ok(n) => {
-                    file.write_all(&buf[..n])
-                        .map_err(|source| FetchError::Io { action: "write", path: part.to_owned(), source })?;
+                    file.write_all(&buf[..n]).map_err(|source| FetchError::Io {
+                        action: "write",
+                        path: part.to_owned(),
+                        source,
+                    })?;
                     got += n as u64;
                     bar.set_position(got);
                 }
                 Err(e) => break Err(e),
             }
         };
-        file.flush().map_err(|source| FetchError::Io { action: "write", path: part.to_owned(), source })?;
+        file.flush().map_err(|source| FetchError::Io {
+            action: "write",
+            path: part.to_owned(),
+            source,
+        })?;
         drop(file);
         match result {
             Ok(()) if total.is_none_or(|t| t == got) => {
@@ -132,18 +165,27 @@ pub fn download(url: &str, part: &Path, label: &str) -> Result<u64, FetchError> 
                 bar.abandon();
                 last_err = Some(FetchError::Network {
                     url: url.into(),
-                    message: format!("connection closed after {got} of {} bytes", total.unwrap_or(0)),
+                    message: format!(
+                        "connection closed after {got} of {} bytes",
+                        total.unwrap_or(0)
+                    ),
                 });
             }
             Err(e) => {
                 bar.abandon();
                 let message = format!("connection lost after {got} bytes: {}", chain(&e));
                 super::progress::note(&format!("{url}: {message}; resuming"));
-                last_err = Some(FetchError::Network { url: url.into(), message });
+                last_err = Some(FetchError::Network {
+                    url: url.into(),
+                    message,
+                });
             }
         }
     }
-    Err(last_err.unwrap_or_else(|| FetchError::Network { url: url.into(), message: "gave up".into() }))
+    Err(last_err.unwrap_or_else(|| FetchError::Network {
+        url: url.into(),
+        message: "gave up".into(),
+    }))
 }
 
 /// The first byte of a `Content-Range: bytes A-B/N` answer.

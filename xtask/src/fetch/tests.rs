@@ -38,8 +38,10 @@ impl Server {
     fn start(routes: &[(&str, Behaviour, &[u8])]) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let routes: BTreeMap<String, (Behaviour, Vec<u8>)> =
-            routes.iter().map(|(p, b, body)| (p.to_string(), (*b, body.to_vec()))).collect();
+        let routes: BTreeMap<String, (Behaviour, Vec<u8>)> = routes
+            .iter()
+            .map(|(p, b, body)| (p.to_string(), (*b, body.to_vec())))
+            .collect();
         let hits = Arc::new(Mutex::new(Vec::new()));
         let log = hits.clone();
         std::thread::spawn(move || {
@@ -77,18 +79,27 @@ fn handle(
         }
         if let Some((k, v)) = line.split_once(':') {
             if k.trim().eq_ignore_ascii_case("range") {
-                range = v.trim().strip_prefix("bytes=").and_then(|r| r.strip_suffix('-')).and_then(|n| n.parse::<u64>().ok());
+                range = v
+                    .trim()
+                    .strip_prefix("bytes=")
+                    .and_then(|r| r.strip_suffix('-'))
+                    .and_then(|n| n.parse::<u64>().ok());
             }
         }
     }
     let earlier = {
         let mut l = log.lock().unwrap();
         let n = l.iter().filter(|h| h.path == path).count();
-        l.push(Hit { path: path.clone(), range });
+        l.push(Hit {
+            path: path.clone(),
+            range,
+        });
         n
     };
     let Some((behaviour, body)) = routes.get(&path) else {
-        stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot found")?;
+        stream.write_all(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot found",
+        )?;
         return Ok(());
     };
     let start = range.unwrap_or(0) as usize;
@@ -186,7 +197,13 @@ fn good_download_enters_the_cache_and_is_reused() {
     let sha = sha256_bytes(&data);
     let s = Server::start(&[("/a.tar", Behaviour::Serve, &data)]);
     let env = Env::new();
-    let r = env.recipe("a", &format!("file = \"a.tar\"\nsha256 = \"{sha}\"\nurls = [\"{}\"]", s.url("/a.tar")));
+    let r = env.recipe(
+        "a",
+        &format!(
+            "file = \"a.tar\"\nsha256 = \"{sha}\"\nurls = [\"{}\"]",
+            s.url("/a.tar")
+        ),
+    );
     let p = fetch(&env, &r, Mode::Online).unwrap();
     assert_eq!(p, env.downloads().join(&sha));
     assert_eq!(std::fs::read(&p).unwrap(), data);
@@ -202,12 +219,25 @@ fn wrong_hash_names_both_hashes_and_leaves_nothing() {
     let want = sha256_bytes(b"something else");
     let s = Server::start(&[("/a.tar", Behaviour::Serve, &data)]);
     let env = Env::new();
-    let r = env.recipe("a", &format!("file = \"a.tar\"\nsha256 = \"{want}\"\nurls = [\"{}\"]", s.url("/a.tar")));
+    let r = env.recipe(
+        "a",
+        &format!(
+            "file = \"a.tar\"\nsha256 = \"{want}\"\nurls = [\"{}\"]",
+            s.url("/a.tar")
+        ),
+    );
     let e = err(fetch(&env, &r, Mode::Online));
     assert!(e.contains(&want), "expected hash missing: {e}");
     assert!(e.contains(&sha256_bytes(&data)), "actual hash missing: {e}");
-    assert!(e.contains(&s.url("/a.tar")) && e.contains("'a.tar'") && e.contains("package 'a'"), "{e}");
-    assert_eq!(env.cache_files(), Vec::<String>::new(), "nothing may enter the cache, no temp files");
+    assert!(
+        e.contains(&s.url("/a.tar")) && e.contains("'a.tar'") && e.contains("package 'a'"),
+        "{e}"
+    );
+    assert_eq!(
+        env.cache_files(),
+        Vec::<String>::new(),
+        "nothing may enter the cache, no temp files"
+    );
 }
 
 #[test]
@@ -216,13 +246,23 @@ fn connection_cut_mid_body_is_resumed_with_a_range_request() {
     let sha = sha256_bytes(&data);
     let s = Server::start(&[("/a.tar", Behaviour::CutFirst(123_456), &data)]);
     let env = Env::new();
-    let r = env.recipe("a", &format!("file = \"a.tar\"\nsha256 = \"{sha}\"\nurls = [\"{}\"]", s.url("/a.tar")));
+    let r = env.recipe(
+        "a",
+        &format!(
+            "file = \"a.tar\"\nsha256 = \"{sha}\"\nurls = [\"{}\"]",
+            s.url("/a.tar")
+        ),
+    );
     let p = fetch(&env, &r, Mode::Online).unwrap();
     assert_eq!(std::fs::read(&p).unwrap(), data);
     let hits = s.hits();
     assert_eq!(hits.len(), 2, "{hits:?}");
     assert_eq!(hits[0].range, None);
-    assert_eq!(hits[1].range, Some(123_456), "the second request continues where the first stopped");
+    assert_eq!(
+        hits[1].range,
+        Some(123_456),
+        "the second request continues where the first stopped"
+    );
     assert_eq!(env.cache_files(), vec![sha]);
 }
 
@@ -232,17 +272,37 @@ fn connection_always_cut_gives_a_clear_error_and_no_entry_then_the_next_run_resu
     let sha = sha256_bytes(&data);
     let s = Server::start(&[("/a.tar", Behaviour::CutAlways(10_000), &data)]);
     let env = Env::new();
-    let r = env.recipe("a", &format!("file = \"a.tar\"\nsha256 = \"{sha}\"\nurls = [\"{}\"]", s.url("/a.tar")));
+    let r = env.recipe(
+        "a",
+        &format!(
+            "file = \"a.tar\"\nsha256 = \"{sha}\"\nurls = [\"{}\"]",
+            s.url("/a.tar")
+        ),
+    );
     let e = err(fetch(&env, &r, Mode::Online));
-    assert!(e.contains(&s.url("/a.tar")) && e.contains("connection"), "{e}");
-    assert!(!env.downloads().join(&sha).exists(), "a partial download must not look like an entry");
+    assert!(
+        e.contains(&s.url("/a.tar")) && e.contains("connection"),
+        "{e}"
+    );
+    assert!(
+        !env.downloads().join(&sha).exists(),
+        "a partial download must not look like an entry"
+    );
     // What arrived stays as a partial download only (for the next run to resume).
     assert_eq!(env.cache_files(), vec![format!(".partial/{sha}")]);
-    let have = std::fs::metadata(env.downloads().join(".partial").join(&sha)).unwrap().len();
+    let have = std::fs::metadata(env.downloads().join(".partial").join(&sha))
+        .unwrap()
+        .len();
     assert!(have > 0);
 
     let good = Server::start(&[("/a.tar", Behaviour::Serve, &data)]);
-    let r = env.recipe("a", &format!("file = \"a.tar\"\nsha256 = \"{sha}\"\nurls = [\"{}\"]", good.url("/a.tar")));
+    let r = env.recipe(
+        "a",
+        &format!(
+            "file = \"a.tar\"\nsha256 = \"{sha}\"\nurls = [\"{}\"]",
+            good.url("/a.tar")
+        ),
+    );
     let p = fetch(&env, &r, Mode::Online).unwrap();
     assert_eq!(std::fs::read(&p).unwrap(), data);
     assert_eq!(good.hits()[0].range, Some(have));
@@ -255,8 +315,15 @@ fn not_found_on_the_first_mirror_then_the_second() {
     let sha = sha256_bytes(&data);
     let s = Server::start(&[("/mirror2/a.tar", Behaviour::Serve, &data)]);
     let env = Env::new();
-    let urls = format!("[\"{}\", \"{}\"]", s.url("/mirror1/a.tar"), s.url("/mirror2/a.tar"));
-    let r = env.recipe("a", &format!("file = \"a.tar\"\nsha256 = \"{sha}\"\nurls = {urls}"));
+    let urls = format!(
+        "[\"{}\", \"{}\"]",
+        s.url("/mirror1/a.tar"),
+        s.url("/mirror2/a.tar")
+    );
+    let r = env.recipe(
+        "a",
+        &format!("file = \"a.tar\"\nsha256 = \"{sha}\"\nurls = {urls}"),
+    );
     let p = fetch(&env, &r, Mode::Online).unwrap();
     assert_eq!(std::fs::read(&p).unwrap(), data);
     let paths: Vec<String> = s.hits().into_iter().map(|h| h.path).collect();
@@ -273,10 +340,20 @@ fn unreachable_mirror_fails_fast_and_the_next_is_used() {
     let sha = sha256_bytes(&data);
     let s = Server::start(&[("/a.tar", Behaviour::Serve, &data)]);
     let env = Env::new();
-    let r = env.recipe("a", &format!("file = \"a.tar\"\nsha256 = \"{sha}\"\nurls = [\"{dead_url}\", \"{}\"]", s.url("/a.tar")));
+    let r = env.recipe(
+        "a",
+        &format!(
+            "file = \"a.tar\"\nsha256 = \"{sha}\"\nurls = [\"{dead_url}\", \"{}\"]",
+            s.url("/a.tar")
+        ),
+    );
     let t = std::time::Instant::now();
     fetch(&env, &r, Mode::Online).unwrap();
-    assert!(t.elapsed() < std::time::Duration::from_secs(5), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
 }
 
 #[test]
@@ -285,7 +362,10 @@ fn every_failed_mirror_is_listed() {
     let env = Env::new();
     let sha = sha256_bytes(b"x");
     let urls = format!("[\"{}\", \"{}\"]", s.url("/one"), s.url("/two"));
-    let r = env.recipe("a", &format!("file = \"a.tar\"\nsha256 = \"{sha}\"\nurls = {urls}"));
+    let r = env.recipe(
+        "a",
+        &format!("file = \"a.tar\"\nsha256 = \"{sha}\"\nurls = {urls}"),
+    );
     let e = err(fetch(&env, &r, Mode::Online));
     assert!(e.contains(&format!("{}: HTTP 404", s.url("/one"))), "{e}");
     assert!(e.contains(&format!("{}: HTTP 404", s.url("/two"))), "{e}");
@@ -299,7 +379,13 @@ fn corrupted_cache_entry_is_detected_and_fetched_again() {
     let sha = sha256_bytes(&data);
     let s = Server::start(&[("/a.tar", Behaviour::Serve, &data)]);
     let env = Env::new();
-    let r = env.recipe("a", &format!("file = \"a.tar\"\nsha256 = \"{sha}\"\nurls = [\"{}\"]", s.url("/a.tar")));
+    let r = env.recipe(
+        "a",
+        &format!(
+            "file = \"a.tar\"\nsha256 = \"{sha}\"\nurls = [\"{}\"]",
+            s.url("/a.tar")
+        ),
+    );
     let p = fetch(&env, &r, Mode::Online).unwrap();
     // Flip one byte, same size: only the hash can tell.
     let mut bad = data.clone();
@@ -322,22 +408,46 @@ fn offline_uses_the_cache_and_lists_exactly_what_is_missing() {
     let sha = sha256_bytes(&data);
     let s = Server::start(&[("/a.tar", Behaviour::Serve, &data)]);
     let env = Env::new();
-    let have = env.recipe("have", &format!("file = \"a.tar\"\nsha256 = \"{sha}\"\nurls = [\"{}\"]", s.url("/a.tar")));
+    let have = env.recipe(
+        "have",
+        &format!(
+            "file = \"a.tar\"\nsha256 = \"{sha}\"\nurls = [\"{}\"]",
+            s.url("/a.tar")
+        ),
+    );
     fetch(&env, &have, Mode::Online).unwrap();
     let hits = s.hits().len();
 
     // With the entry: served from the cache, no request.
-    assert_eq!(fetch(&env, &have, Mode::Offline).unwrap(), env.downloads().join(&sha));
+    assert_eq!(
+        fetch(&env, &have, Mode::Offline).unwrap(),
+        env.downloads().join(&sha)
+    );
     assert_eq!(s.hits().len(), hits);
 
     // Without: the error names package, file and sha256, and nothing is requested.
     let sha_b = sha256_bytes(b"b");
     let sha_c = sha256_bytes(b"c");
-    env.recipe("lacks", &format!("file = \"b.tar\"\nsha256 = \"{sha_b}\"\nurls = [\"{}\"]", s.url("/b.tar")));
-    env.recipe("also", &format!("file = \"c.tar\"\nsha256 = \"{sha_c}\"\nurls = [\"{}\"]", s.url("/c.tar")));
+    env.recipe(
+        "lacks",
+        &format!(
+            "file = \"b.tar\"\nsha256 = \"{sha_b}\"\nurls = [\"{}\"]",
+            s.url("/b.tar")
+        ),
+    );
+    env.recipe(
+        "also",
+        &format!(
+            "file = \"c.tar\"\nsha256 = \"{sha_c}\"\nurls = [\"{}\"]",
+            s.url("/c.tar")
+        ),
+    );
     let set = RecipeSet::load(&env.layout.recipes()).unwrap();
     let names: Vec<String> = ["have", "lacks", "also"].map(String::from).to_vec();
-    let e = format!("{:#}", fetch_packages(&env.layout, &set, &names, Mode::Offline).unwrap_err());
+    let e = format!(
+        "{:#}",
+        fetch_packages(&env.layout, &set, &names, Mode::Offline).unwrap_err()
+    );
     assert!(e.contains(&format!("lacks: b.tar (sha256 {sha_b})")), "{e}");
     assert!(e.contains(&format!("also: c.tar (sha256 {sha_c})")), "{e}");
     assert!(e.contains("2 source(s) missing"), "{e}");
@@ -353,14 +463,23 @@ fn local_path_is_verified_and_cached() {
     std::fs::create_dir(env.dir.path().join("recipes/files")).unwrap();
     std::fs::write(env.dir.path().join("recipes/files/x.tar"), b"local bytes").unwrap();
     let sha = sha256_bytes(b"local bytes");
-    let r = env.recipe("loc", &format!("file = \"x.tar\"\nsha256 = \"{sha}\"\npath = \"files/x.tar\""));
+    let r = env.recipe(
+        "loc",
+        &format!("file = \"x.tar\"\nsha256 = \"{sha}\"\npath = \"files/x.tar\""),
+    );
     let p = fetch(&env, &r, Mode::Online).unwrap();
     assert_eq!(std::fs::read(p).unwrap(), b"local bytes");
 
     let wrong = sha256_bytes(b"other");
-    let r = env.recipe("loc2", &format!("file = \"x.tar\"\nsha256 = \"{wrong}\"\npath = \"files/x.tar\""));
+    let r = env.recipe(
+        "loc2",
+        &format!("file = \"x.tar\"\nsha256 = \"{wrong}\"\npath = \"files/x.tar\""),
+    );
     let e = err(fetch(&env, &r, Mode::Online));
-    assert!(e.contains(&wrong) && e.contains(&sha) && e.contains("files/x.tar"), "{e}");
+    assert!(
+        e.contains(&wrong) && e.contains(&sha) && e.contains("files/x.tar"),
+        "{e}"
+    );
     assert_eq!(env.cache_files(), vec![sha]);
 }
 
@@ -394,9 +513,16 @@ fn apt_backend_fetches_real_packages_from_debian() {
     // busybox's upstream tarball through its Debian source package, pinned as in the
     // repository's recipe (upstream's hash).
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../recipes");
-    let busybox = RecipeSet::load(&repo).unwrap().get("busybox").unwrap().clone();
+    let busybox = RecipeSet::load(&repo)
+        .unwrap()
+        .get("busybox")
+        .unwrap()
+        .clone();
     let src = busybox.spec.sources[0].clone();
-    let deb_src = src.debian_source.clone().expect("recipes/busybox.toml has a debian-source");
+    let deb_src = src
+        .debian_source
+        .clone()
+        .expect("recipes/busybox.toml has a debian-source");
     let r = env.recipe(
         "busybox",
         &format!(
@@ -436,7 +562,15 @@ fn apt_backend_fetches_real_packages_from_debian() {
         v.sort();
         v
     });
-    assert!(env.layout.cache.join("apt/lists").read_dir().unwrap().count() > 1);
+    assert!(
+        env.layout
+            .cache
+            .join("apt/lists")
+            .read_dir()
+            .unwrap()
+            .count()
+            > 1
+    );
 
     // A source revision the archive no longer has, whose upstream tarball is still there
     // with the same bytes (apt takes the current revision by itself): the pinned hash
@@ -453,7 +587,10 @@ fn apt_backend_fetches_real_packages_from_debian() {
         Ok(p) => assert_eq!(cache::sha256_file(&p).unwrap(), src.sha256),
         Err(e) => {
             let e = format!("{e:#}");
-            assert!(e.contains("busybox=1:1.35.0-4 is no longer in the archive; available now: 1:"), "{e}");
+            assert!(
+                e.contains("busybox=1:1.35.0-4 is no longer in the archive; available now: 1:"),
+                "{e}"
+            );
         }
     }
     // An old revision whose file is not in the current one: said plainly.
@@ -466,7 +603,10 @@ fn apt_backend_fetches_real_packages_from_debian() {
         ),
     );
     let e = err(fetch(&env, &ancient, Mode::Online));
-    assert!(e.contains("busybox=1:1.30.1-1 is no longer in the archive; available now: 1:"), "{e}");
+    assert!(
+        e.contains("busybox=1:1.30.1-1 is no longer in the archive; available now: 1:"),
+        "{e}"
+    );
 
     // A binary version the archive does not have: said plainly, with what it has now.
     let gone_sha = sha256_bytes(b"gone");
@@ -479,5 +619,8 @@ fn apt_backend_fetches_real_packages_from_debian() {
     );
     let e = err(fetch(&env, &r, Mode::Online));
     assert!(e.contains("hello=0.1-1 is no longer in the archive"), "{e}");
-    assert!(e.contains(&format!("available now: {HELLO_VERSION}")), "{e}");
+    assert!(
+        e.contains(&format!("available now: {HELLO_VERSION}")),
+        "{e}"
+    );
 }

@@ -34,13 +34,19 @@ pub fn make(path: &Path, size_mib: u64, uuid: uuid::Uuid, epoch: u64) -> Result<
         .args(["-q", "-F", "-t", "ext4", "-L", LABEL, "-U"])
         .arg(uuid.to_string())
         .arg("-E")
-        .arg(format!("root_owner=0:0,hash_seed={uuid},lazy_itable_init=0,lazy_journal_init=0"))
+        .arg(format!(
+            "root_owner=0:0,hash_seed={uuid},lazy_itable_init=0,lazy_journal_init=0"
+        ))
         .arg(path)
         .arg(format!("{size_mib}M"))
         .output()
         .context("cannot run mke2fs (Debian package e2fsprogs; `cargo xtask doctor`)")?;
     if !out.status.success() {
-        bail!("mke2fs {} failed: {}", path.display(), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "mke2fs {} failed: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -62,8 +68,20 @@ mod tests {
         make(&a, 32, uuid, 1_700_000_000).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(1100));
         make(&b, 32, uuid, 1_700_000_000).unwrap();
-        assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(), "two mke2fs runs differ");
-        let out = Command::new("/usr/sbin/e2fsck").args(["-f", "-n"]).arg(&a).output().or_else(|_| Command::new("e2fsck").args(["-f", "-n"]).arg(&a).output()).unwrap();
-        assert!(out.status.success(), "e2fsck -fn: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
+            "two mke2fs runs differ"
+        );
+        let out = Command::new("/usr/sbin/e2fsck")
+            .args(["-f", "-n"])
+            .arg(&a)
+            .output()
+            .or_else(|_| Command::new("e2fsck").args(["-f", "-n"]).arg(&a).output())
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "e2fsck -fn: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
 }

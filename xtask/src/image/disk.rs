@@ -54,13 +54,21 @@ pub fn write(path: &Path, c: &Contents, guids: Guids) -> Result<()> {
     let data_sectors = data_len.div_ceil(SECTOR);
     let total = (data_lba + data_sectors + 2048) * SECTOR;
 
-    let file = File::options().read(true).write(true).create_new(true).open(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
     file.set_len(total)?;
 
     let mut core = c.core_img.to_vec();
     grub::patch_core_blocklist(&mut core, BIOS_BOOT_LBA)?;
     if core.len() as u64 > MIB {
-        anyhow::bail!("GRUB core.img is {} bytes, more than the 1 MiB BIOS boot partition", core.len());
+        anyhow::bail!(
+            "GRUB core.img is {} bytes, more than the 1 MiB BIOS boot partition",
+            core.len()
+        );
     }
     file.write_all_at(&core, BIOS_BOOT_LBA * SECTOR)?;
     sparse::copy_into(&file, ESP_LBA * SECTOR, c.esp)?;
@@ -76,21 +84,54 @@ pub fn write(path: &Path, c: &Contents, guids: Guids) -> Result<()> {
         flags: 0,
         name: name.to_owned(),
     };
-    parts.insert(1, part("bios-boot", partition_types::BIOS, guids.bios, BIOS_BOOT_LBA, 2048));
-    parts.insert(2, part("axion-esp", partition_types::EFI, guids.esp, ESP_LBA, esp_sectors));
-    parts.insert(3, part(super::data::LABEL, partition_types::LINUX_FS, guids.data, data_lba, data_sectors));
+    parts.insert(
+        1,
+        part(
+            "bios-boot",
+            partition_types::BIOS,
+            guids.bios,
+            BIOS_BOOT_LBA,
+            2048,
+        ),
+    );
+    parts.insert(
+        2,
+        part(
+            "axion-esp",
+            partition_types::EFI,
+            guids.esp,
+            ESP_LBA,
+            esp_sectors,
+        ),
+    );
+    parts.insert(
+        3,
+        part(
+            super::data::LABEL,
+            partition_types::LINUX_FS,
+            guids.data,
+            data_lba,
+            data_sectors,
+        ),
+    );
 
     let mut disk = gpt::GptConfig::new()
         .writable(true)
         .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
         .create_from_device(file, Some(guids.disk))
         .with_context(|| format!("{}: cannot start a GPT", path.display()))?;
-    disk.update_partitions(parts).with_context(|| format!("{}: bad partition table", path.display()))?;
-    let mut file = disk.write().with_context(|| format!("{}: cannot write the GPT", path.display()))?;
+    disk.update_partitions(parts)
+        .with_context(|| format!("{}: bad partition table", path.display()))?;
+    let mut file = disk
+        .write()
+        .with_context(|| format!("{}: cannot write the GPT", path.display()))?;
 
-    let mut mbr = gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(total / SECTOR - 1).unwrap_or(u32::MAX));
+    let mut mbr = gpt::mbr::ProtectiveMBR::with_lb_size(
+        u32::try_from(total / SECTOR - 1).unwrap_or(u32::MAX),
+    );
     mbr.set_bootcode(grub::mbr_boot_code(BIOS_BOOT_LBA)?);
-    mbr.overwrite_lba0(&mut file).with_context(|| format!("{}: cannot write the MBR", path.display()))?;
+    mbr.overwrite_lba0(&mut file)
+        .with_context(|| format!("{}: cannot write the MBR", path.display()))?;
     file.sync_all()?;
     Ok(())
 }

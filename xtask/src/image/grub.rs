@@ -20,11 +20,26 @@ use anyhow::{bail, Context, Result};
 
 const GRUB_LIB: &str = "/usr/lib/grub";
 
-const COMMON_MODULES: &[&str] =
-    &["part_gpt", "part_msdos", "fat", "iso9660", "normal", "linux", "configfile", "search", "search_fs_file", "echo", "serial", "terminal", "test", "sleep"];
+const COMMON_MODULES: &[&str] = &[
+    "part_gpt",
+    "part_msdos",
+    "fat",
+    "iso9660",
+    "normal",
+    "linux",
+    "configfile",
+    "search",
+    "search_fs_file",
+    "echo",
+    "serial",
+    "terminal",
+    "test",
+    "sleep",
+];
 
 /// The config built into every core image.
-pub const EARLY_CFG: &str = "search --no-floppy --file --set=root /axion/vmlinuz\nset prefix=($root)/grub\n";
+pub const EARLY_CFG: &str =
+    "search --no-floppy --file --set=root /axion/vmlinuz\nset prefix=($root)/grub\n";
 
 /// The one `grub.cfg` for every medium and firmware.
 pub fn config(title: &str, cmdline: &str) -> String {
@@ -75,7 +90,11 @@ pub fn mkimage(target: Target) -> Result<Vec<u8>> {
         .output()
         .context("cannot run grub-mkimage (Debian package grub-common; `cargo xtask doctor`)")?;
     if !result.status.success() {
-        bail!("grub-mkimage -O {format} -d {} failed: {}", moddir.display(), String::from_utf8_lossy(&result.stderr).trim());
+        bail!(
+            "grub-mkimage -O {format} -d {} failed: {}",
+            moddir.display(),
+            String::from_utf8_lossy(&result.stderr).trim()
+        );
     }
     std::fs::read(&out).with_context(|| format!("cannot read {}", out.display()))
 }
@@ -93,9 +112,18 @@ const BLOCKLIST: usize = 0x200 - 12;
 /// the floppy check jump replaced by NOPs).
 pub fn mbr_boot_code(core_lba: u64) -> Result<[u8; 440]> {
     let path = Path::new(GRUB_LIB).join("i386-pc/boot.img");
-    let img = std::fs::read(&path).with_context(|| format!("cannot read {} (Debian package grub-pc-bin)", path.display()))?;
+    let img = std::fs::read(&path).with_context(|| {
+        format!(
+            "cannot read {} (Debian package grub-pc-bin)",
+            path.display()
+        )
+    })?;
     if img.len() != 512 {
-        bail!("{}: expected 512 bytes, found {}", path.display(), img.len());
+        bail!(
+            "{}: expected 512 bytes, found {}",
+            path.display(),
+            img.len()
+        );
     }
     let mut code = [0u8; 440];
     code.copy_from_slice(&img[..440]);
@@ -129,7 +157,8 @@ mod tests {
     use super::*;
 
     fn have_grub() -> bool {
-        let ok = Path::new(GRUB_LIB).join("i386-pc/boot.img").exists() && Path::new(GRUB_LIB).join("x86_64-efi/linux.mod").exists();
+        let ok = Path::new(GRUB_LIB).join("i386-pc/boot.img").exists()
+            && Path::new(GRUB_LIB).join("x86_64-efi/linux.mod").exists();
         if !ok {
             eprintln!("skip: because grub-pc-bin / grub-efi-amd64-bin are not installed");
         }
@@ -144,13 +173,25 @@ mod tests {
         let a = mkimage(Target::BiosDisk).unwrap();
         let b = mkimage(Target::BiosDisk).unwrap();
         assert_eq!(a, b, "grub-mkimage must be deterministic");
-        assert!(a.len() < 1024 * 1024 - 512, "core.img must fit the 1 MiB BIOS boot partition");
+        assert!(
+            a.len() < 1024 * 1024 - 512,
+            "core.img must fit the 1 MiB BIOS boot partition"
+        );
         let mut core = a.clone();
         patch_core_blocklist(&mut core, 2048).unwrap();
-        assert_eq!(u64::from_le_bytes(core[0x1f4..0x1fc].try_into().unwrap()), 2049);
-        assert_eq!(u16::from_le_bytes(core[0x1fc..0x1fe].try_into().unwrap()) as usize, a.len().div_ceil(512) - 1);
+        assert_eq!(
+            u64::from_le_bytes(core[0x1f4..0x1fc].try_into().unwrap()),
+            2049
+        );
+        assert_eq!(
+            u16::from_le_bytes(core[0x1fc..0x1fe].try_into().unwrap()) as usize,
+            a.len().div_ceil(512) - 1
+        );
         let mbr = mbr_boot_code(2048).unwrap();
-        assert_eq!(u64::from_le_bytes(mbr[0x5c..0x64].try_into().unwrap()), 2048);
+        assert_eq!(
+            u64::from_le_bytes(mbr[0x5c..0x64].try_into().unwrap()),
+            2048
+        );
         let efi = mkimage(Target::Efi).unwrap();
         assert_eq!(&efi[..2], b"MZ");
         assert_eq!(efi, mkimage(Target::Efi).unwrap());

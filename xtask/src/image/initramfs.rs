@@ -11,7 +11,16 @@ use crate::rootfs::{Node, Rootfs};
 /// zstd level: high ratio (the OVA size goal), still a few seconds for a few MB.
 pub const ZSTD_LEVEL: i32 = 19;
 
-fn header(w: &mut impl Write, ino: u32, mode: u32, nlink: u32, mtime: u64, size: u64, rdev: (u32, u32), name: &str) -> io::Result<u64> {
+fn header(
+    w: &mut impl Write,
+    ino: u32,
+    mode: u32,
+    nlink: u32,
+    mtime: u64,
+    size: u64,
+    rdev: (u32, u32),
+    name: &str,
+) -> io::Result<u64> {
     let namesize = name.len() + 1;
     let h = format!(
         "070701{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}",
@@ -36,22 +45,51 @@ pub fn write_cpio(fs: &Rootfs, mut w: impl Write) -> io::Result<()> {
                 header(&mut w, ino, e.mode(), 2, fs.epoch, 0, (0, 0), &e.path)?;
             }
             Node::Symlink(target) => {
-                header(&mut w, ino, e.mode(), 1, fs.epoch, target.len() as u64, (0, 0), &e.path)?;
+                header(
+                    &mut w,
+                    ino,
+                    e.mode(),
+                    1,
+                    fs.epoch,
+                    target.len() as u64,
+                    (0, 0),
+                    &e.path,
+                )?;
                 w.write_all(target.as_bytes())?;
                 pad4(&mut w, target.len() as u64)?;
             }
             Node::CharDev { major, minor } => {
-                header(&mut w, ino, e.mode(), 1, fs.epoch, 0, (*major, *minor), &e.path)?;
+                header(
+                    &mut w,
+                    ino,
+                    e.mode(),
+                    1,
+                    fs.epoch,
+                    0,
+                    (*major, *minor),
+                    &e.path,
+                )?;
             }
             Node::File { source, size } => {
                 if *size > u32::MAX as u64 {
-                    return Err(io::Error::other(format!("{}: larger than 4 GiB, which newc cannot hold", source.display())));
+                    return Err(io::Error::other(format!(
+                        "{}: larger than 4 GiB, which newc cannot hold",
+                        source.display()
+                    )));
                 }
                 header(&mut w, ino, e.mode(), 1, fs.epoch, *size, (0, 0), &e.path)?;
-                let f = std::fs::File::open(source).map_err(|err| io::Error::new(err.kind(), format!("cannot read {}: {err}", source.display())))?;
+                let f = std::fs::File::open(source).map_err(|err| {
+                    io::Error::new(
+                        err.kind(),
+                        format!("cannot read {}: {err}", source.display()),
+                    )
+                })?;
                 let copied = io::copy(&mut f.take(*size), &mut w)?;
                 if copied != *size {
-                    return Err(io::Error::other(format!("{} changed size while being read", source.display())));
+                    return Err(io::Error::other(format!(
+                        "{} changed size while being read",
+                        source.display()
+                    )));
                 }
                 pad4(&mut w, *size)?;
             }
@@ -97,10 +135,20 @@ pub fn parse_cpio(mut b: &[u8]) -> io::Result<Vec<CpioEntry>> {
         if b.len() < 110 || &b[..6] != b"070701" {
             return Err(bad("bad newc header"));
         }
-        let field = |i: usize| u32::from_str_radix(std::str::from_utf8(&b[6 + 8 * i..14 + 8 * i]).unwrap_or("x"), 16);
-        let f: Vec<u32> = (0..13).map(field).collect::<Result<_, _>>().map_err(|_| bad("bad hex field"))?;
+        let field = |i: usize| {
+            u32::from_str_radix(
+                std::str::from_utf8(&b[6 + 8 * i..14 + 8 * i]).unwrap_or("x"),
+                16,
+            )
+        };
+        let f: Vec<u32> = (0..13)
+            .map(field)
+            .collect::<Result<_, _>>()
+            .map_err(|_| bad("bad hex field"))?;
         let namesize = f[11] as usize;
-        let name = std::str::from_utf8(&b[110..110 + namesize - 1]).map_err(|_| bad("name"))?.to_owned();
+        let name = std::str::from_utf8(&b[110..110 + namesize - 1])
+            .map_err(|_| bad("name"))?
+            .to_owned();
         let mut off = 110 + namesize;
         off += (4 - ((total - b.len() + off) % 4)) % 4;
         let size = f[6] as usize;
@@ -111,7 +159,17 @@ pub fn parse_cpio(mut b: &[u8]) -> io::Result<Vec<CpioEntry>> {
         if name == "TRAILER!!!" {
             return Ok(out);
         }
-        out.push(CpioEntry { name, ino: f[0], mode: f[1], uid: f[2], gid: f[3], nlink: f[4], mtime: f[5], rdev: (f[9], f[10]), data });
+        out.push(CpioEntry {
+            name,
+            ino: f[0],
+            mode: f[1],
+            uid: f[2],
+            gid: f[3],
+            nlink: f[4],
+            mtime: f[5],
+            rdev: (f[9], f[10]),
+            data,
+        });
     }
 }
 
@@ -131,15 +189,27 @@ mod tests {
         let raw = zstd::decode_all(&z[..]).unwrap();
         let entries = parse_cpio(&raw).unwrap();
         let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
-        assert_eq!(names, fs.entries.keys().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(
+            names,
+            fs.entries.keys().map(String::as_str).collect::<Vec<_>>()
+        );
         let bb = entries.iter().find(|e| e.name == "bin/busybox").unwrap();
-        assert_eq!((bb.mode, bb.uid, bb.gid, bb.mtime, bb.nlink), (0o104755, 0, 0, 1_700_000_000, 1));
+        assert_eq!(
+            (bb.mode, bb.uid, bb.gid, bb.mtime, bb.nlink),
+            (0o104755, 0, 0, 1_700_000_000, 1)
+        );
         assert_eq!(bb.data, b"#!busybox\n");
         let console = entries.iter().find(|e| e.name == "dev/console").unwrap();
         assert_eq!((console.mode, console.rdev), (0o020600, (5, 1)));
-        assert_eq!(entries.iter().find(|e| e.name == "init").unwrap().data, b"/sbin/init");
+        assert_eq!(
+            entries.iter().find(|e| e.name == "init").unwrap().data,
+            b"/sbin/init"
+        );
         // Inode numbers 1.. in path order.
-        assert!(entries.iter().enumerate().all(|(i, e)| e.ino == i as u32 + 1));
+        assert!(entries
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.ino == i as u32 + 1));
 
         // The host's cpio agrees.
         let Ok(mut child) = std::process::Command::new("cpio")
@@ -155,8 +225,18 @@ mod tests {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success());
         let listing = String::from_utf8_lossy(&out.stdout);
-        assert!(listing.lines().any(|l| l.starts_with("-rwsr-xr-x") && l.contains(" root ") && l.ends_with("bin/busybox")), "{listing}");
-        assert!(listing.lines().any(|l| l.starts_with("lrwxrwxrwx") && l.ends_with("init -> /sbin/init")), "{listing}");
+        assert!(
+            listing.lines().any(|l| l.starts_with("-rwsr-xr-x")
+                && l.contains(" root ")
+                && l.ends_with("bin/busybox")),
+            "{listing}"
+        );
+        assert!(
+            listing
+                .lines()
+                .any(|l| l.starts_with("lrwxrwxrwx") && l.ends_with("init -> /sbin/init")),
+            "{listing}"
+        );
         assert_eq!(listing.lines().count(), fs.entries.len());
     }
 }

@@ -29,7 +29,10 @@ fn put(root: &Path, rel: &str, bytes: &[u8], t: SystemTime) -> Result<()> {
     let p = root.join(rel);
     std::fs::create_dir_all(p.parent().expect("has a parent"))?;
     std::fs::write(&p, bytes).with_context(|| format!("cannot write {}", p.display()))?;
-    std::fs::File::options().write(true).open(&p)?.set_modified(t)?;
+    std::fs::File::options()
+        .write(true)
+        .open(&p)?
+        .set_modified(t)?;
     Ok(())
 }
 
@@ -53,15 +56,36 @@ pub fn write(out: &Path, c: &Contents, epoch: u64) -> Result<()> {
         .arg(c.volume_id)
         .arg("-o")
         .arg(out)
-        .args(["--grub2-mbr", "/usr/lib/grub/i386-pc/boot_hybrid.img", "--protective-msdos-label"])
-        .args(["-b", "boot/eltorito.img", "-no-emul-boot", "-boot-load-size", "4", "-boot-info-table", "--grub2-boot-info"])
-        .args(["--efi-boot", "boot/efi.img", "-efi-boot-part", "--efi-boot-image"])
+        .args([
+            "--grub2-mbr",
+            "/usr/lib/grub/i386-pc/boot_hybrid.img",
+            "--protective-msdos-label",
+        ])
+        .args([
+            "-b",
+            "boot/eltorito.img",
+            "-no-emul-boot",
+            "-boot-load-size",
+            "4",
+            "-boot-info-table",
+            "--grub2-boot-info",
+        ])
+        .args([
+            "--efi-boot",
+            "boot/efi.img",
+            "-efi-boot-part",
+            "--efi-boot-image",
+        ])
         .args(["--sort-weight", "0", "/", "--sort-weight", "1", "/boot"])
         .arg(&root)
         .output()
         .context("cannot run xorriso (Debian package xorriso; `cargo xtask doctor`)")?;
     if !result.status.success() {
-        bail!("xorriso failed making {}: {}", out.display(), String::from_utf8_lossy(&result.stderr).trim());
+        bail!(
+            "xorriso failed making {}: {}",
+            out.display(),
+            String::from_utf8_lossy(&result.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -75,7 +99,11 @@ pub fn el_torito_report(iso: &Path) -> Result<String> {
         .output()
         .context("cannot run xorriso")?;
     if !out.status.success() {
-        bail!("xorriso -indev {} -report_el_torito: {}", iso.display(), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "xorriso -indev {} -report_el_torito: {}",
+            iso.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -32,7 +32,10 @@ pub struct OvfInput<'a> {
 }
 
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// The OVF 1.0 descriptor (the envelope vSphere 6.7+ imports).
@@ -41,14 +44,22 @@ pub fn ovf(i: &OvfInput) -> String {
     let hw = &p.hardware;
     let name = format!("axion-{}", p.profile.name);
     // other5xLinux64Guest exists from hardware version 17 (vSphere 7.0) on.
-    let os_type = if hw.vmware_hardware_version >= 17 { "other5xLinux64Guest" } else { "other4xLinux64Guest" };
+    let os_type = if hw.vmware_hardware_version >= 17 {
+        "other5xLinux64Guest"
+    } else {
+        "other4xLinux64Guest"
+    };
     let (ctrl_sub, ctrl_desc) = match hw.disk_controller {
         DiskController::Pvscsi => ("VirtualSCSI", "SCSI Controller"),
         DiskController::Sata => ("vmware.sata.ahci", "SATA Controller"),
         // vSphere has no virtio; the closest it imports is PVSCSI.
         DiskController::Virtio => ("VirtualSCSI", "SCSI Controller"),
     };
-    let ctrl_type = if matches!(hw.disk_controller, DiskController::Sata) { 20 } else { 6 };
+    let ctrl_type = if matches!(hw.disk_controller, DiskController::Sata) {
+        20
+    } else {
+        6
+    };
     let nic = match hw.nic {
         Nic::Vmxnet3 | Nic::Virtio => "VmxNet3",
         Nic::E1000 => "E1000",
@@ -250,13 +261,26 @@ fn sha256_hex(mut r: impl Read) -> io::Result<String> {
 }
 
 /// Writes the OVA: `NAME.ovf`, the VMDK (read from `vmdk`), `NAME.mf`.
-pub fn write(out: impl Write, base: &str, ovf_text: &str, vmdk_name: &str, vmdk: &std::path::Path, mtime: u64) -> io::Result<()> {
+pub fn write(
+    out: impl Write,
+    base: &str,
+    ovf_text: &str,
+    vmdk_name: &str,
+    vmdk: &std::path::Path,
+    mtime: u64,
+) -> io::Result<()> {
     let ovf_name = format!("{base}.ovf");
     let mf_name = format!("{base}.mf");
     let vmdk_len = std::fs::metadata(vmdk)?.len();
     let mut b = tar::Builder::new(out);
-    b.append(&header(&ovf_name, ovf_text.len() as u64, mtime)?, ovf_text.as_bytes())?;
-    b.append(&header(vmdk_name, vmdk_len, mtime)?, std::fs::File::open(vmdk)?)?;
+    b.append(
+        &header(&ovf_name, ovf_text.len() as u64, mtime)?,
+        ovf_text.as_bytes(),
+    )?;
+    b.append(
+        &header(vmdk_name, vmdk_len, mtime)?,
+        std::fs::File::open(vmdk)?,
+    )?;
     let mf = format!(
         "SHA256({ovf_name})= {}\nSHA256({vmdk_name})= {}\n",
         sha256_hex(ovf_text.as_bytes())?,

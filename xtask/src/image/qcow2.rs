@@ -81,7 +81,8 @@ pub fn write(raw: &File, out: impl Write) -> io::Result<()> {
 
     let mut rct = vec![0u8; (rc_table * CLUSTER) as usize];
     for i in 0..rc_blocks {
-        rct[i as usize * 8..i as usize * 8 + 8].copy_from_slice(&(rcb_off + i * CLUSTER).to_be_bytes());
+        rct[i as usize * 8..i as usize * 8 + 8]
+            .copy_from_slice(&(rcb_off + i * CLUSTER).to_be_bytes());
     }
     w.write_all(&rct)?;
 

@@ -53,7 +53,11 @@ pub fn data_ranges(f: &File) -> io::Result<Vec<(u64, u64)>> {
 
 /// Calls `f(offset, block)` for every non-zero `block_size` block of `file`, in order
 /// (the last block is zero-padded).
-pub fn for_each_nonzero_block(file: &File, block_size: u64, mut f: impl FnMut(u64, &[u8]) -> io::Result<()>) -> io::Result<()> {
+pub fn for_each_nonzero_block(
+    file: &File,
+    block_size: u64,
+    mut f: impl FnMut(u64, &[u8]) -> io::Result<()>,
+) -> io::Result<()> {
     let len = file.metadata()?.len();
     let mut buf = vec![0u8; block_size as usize];
     let mut last_done: Option<u64> = None;

@@ -77,7 +77,9 @@ fn header(capacity: u64, gd_offset: u64, overhead: u64) -> [u8; 512] {
 pub fn write(raw: &File, out: &File, d: &Descriptor) -> io::Result<()> {
     let size = raw.metadata()?.len();
     if size % GRAIN != 0 {
-        return Err(io::Error::other(format!("raw image size {size} is not a multiple of 64 KiB")));
+        return Err(io::Error::other(format!(
+            "raw image size {size} is not a multiple of 64 KiB"
+        )));
     }
     let capacity = size / SECTOR;
     let grains = size / GRAIN;
@@ -100,14 +102,19 @@ pub fn write(raw: &File, out: &File, d: &Descriptor) -> io::Result<()> {
         buf = z.finish()?;
         let cmp = (buf.len() - 12) as u32;
         buf[8..12].copy_from_slice(&cmp.to_le_bytes());
-        buf.resize((buf.len() as u64).div_ceil(SECTOR) as usize * SECTOR as usize, 0);
+        buf.resize(
+            (buf.len() as u64).div_ceil(SECTOR) as usize * SECTOR as usize,
+            0,
+        );
         out.write_all_at(&buf, pos * SECTOR)?;
         gt[(off / GRAIN) as usize] = pos as u32;
         pos += buf.len() as u64 / SECTOR;
         Ok(())
     })?;
     if pos > u32::MAX as u64 {
-        return Err(io::Error::other("VMDK larger than 2 TiB of compressed data"));
+        return Err(io::Error::other(
+            "VMDK larger than 2 TiB of compressed data",
+        ));
     }
     // End-of-stream marker: an all-zero sector (lba 0, size 0, type 0).
     out.write_all_at(&[0u8; 512], pos * SECTOR)?;

@@ -93,7 +93,8 @@ impl FirstBoot {
             crate::image::write_atomic(&path, text.as_bytes())?;
             // user-data holds the engine's server key: only the owner may read it.
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).with_context(|| format!("cannot restrict {}", path.display()))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("cannot restrict {}", path.display()))?;
             entries.push((format!("opt/axion/{name}"), path));
         }
         Ok(entries)
@@ -203,13 +204,27 @@ mod tests {
     fn the_documents_are_private_files() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let fb = FirstBoot { docker: Some(certs()), ..Default::default() };
+        let fb = FirstBoot {
+            docker: Some(certs()),
+            ..Default::default()
+        };
         let entries = fb.write(dir.path()).unwrap();
-        assert_eq!(entries.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["opt/axion/user-data", "opt/axion/meta-data"]);
+        assert_eq!(
+            entries.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            ["opt/axion/user-data", "opt/axion/meta-data"]
+        );
         for (_, path) in &entries {
-            assert_eq!(std::fs::metadata(path).unwrap().permissions().mode() & 0o777, 0o600, "{}", path.display());
+            assert_eq!(
+                std::fs::metadata(path).unwrap().permissions().mode() & 0o777,
+                0o600,
+                "{}",
+                path.display()
+            );
         }
-        assert_eq!(std::fs::read_to_string(&entries[0].1).unwrap(), fb.user_data());
+        assert_eq!(
+            std::fs::read_to_string(&entries[0].1).unwrap(),
+            fb.user_data()
+        );
     }
 
     #[test]

@@ -25,7 +25,10 @@ struct SavedImage {
 }
 
 fn bad(msg: impl Into<String>) -> ImageError {
-    ImageError::Config { digest: "docker load archive".into(), msg: msg.into() }
+    ImageError::Config {
+        digest: "docker load archive".into(),
+        msg: msg.into(),
+    }
 }
 
 /// An entry name as a safe relative path: no `..`, no absolute or empty names.
@@ -52,11 +55,17 @@ impl Extracted {
         let f = std::fs::File::open(archive).map_err(io_err(archive))?;
         let mut tar = tar::Archive::new(std::io::BufReader::new(f));
         let mut links = BTreeMap::new();
-        let entries = tar.entries().map_err(|e| bad(format!("not a tar archive: {e}")))?;
+        let entries = tar
+            .entries()
+            .map_err(|e| bad(format!("not a tar archive: {e}")))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| bad(format!("broken tar archive: {e}")))?;
-            let raw = entry.path().map_err(|e| bad(format!("bad entry name: {e}")))?.into_owned();
-            let name = clean(&raw).ok_or_else(|| bad(format!("entry {} escapes the archive", raw.display())))?;
+            let raw = entry
+                .path()
+                .map_err(|e| bad(format!("bad entry name: {e}")))?
+                .into_owned();
+            let name = clean(&raw)
+                .ok_or_else(|| bad(format!("entry {} escapes the archive", raw.display())))?;
             match entry.header().entry_type() {
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
                     let dest = dir.join(&name);
@@ -64,25 +73,47 @@ impl Extracted {
                         std::fs::create_dir_all(parent).map_err(io_err(parent))?;
                     }
                     let mut out = std::fs::File::create(&dest).map_err(io_err(&dest))?;
-                    std::io::copy(&mut entry, &mut out).map_err(|e| bad(format!("{}: {e} (truncated archive?)", name.display())))?;
+                    std::io::copy(&mut entry, &mut out).map_err(|e| {
+                        bad(format!("{}: {e} (truncated archive?)", name.display()))
+                    })?;
                 }
                 tar::EntryType::Symlink | tar::EntryType::Link => {
-                    let target = entry.link_name().ok().flatten().ok_or_else(|| bad(format!("{}: link without target", name.display())))?.into_owned();
+                    let target = entry
+                        .link_name()
+                        .ok()
+                        .flatten()
+                        .ok_or_else(|| bad(format!("{}: link without target", name.display())))?
+                        .into_owned();
                     // Symlink targets are relative to the link's folder; hardlinks to the root.
-                    let base = if entry.header().entry_type() == tar::EntryType::Symlink { name.parent().unwrap_or(Path::new("")).join(&target) } else { target.clone() };
-                    let resolved = normalize(&base).ok_or_else(|| bad(format!("{} links outside the archive", name.display())))?;
+                    let base = if entry.header().entry_type() == tar::EntryType::Symlink {
+                        name.parent().unwrap_or(Path::new("")).join(&target)
+                    } else {
+                        target.clone()
+                    };
+                    let resolved = normalize(&base).ok_or_else(|| {
+                        bad(format!("{} links outside the archive", name.display()))
+                    })?;
                     links.insert(name, resolved);
                 }
                 tar::EntryType::Directory => {}
-                other => return Err(bad(format!("{}: unexpected entry type {other:?}", name.display()))),
+                other => {
+                    return Err(bad(format!(
+                        "{}: unexpected entry type {other:?}",
+                        name.display()
+                    )))
+                }
             }
         }
-        Ok(Extracted { dir: dir.to_owned(), links })
+        Ok(Extracted {
+            dir: dir.to_owned(),
+            links,
+        })
     }
 
     /// The extracted file for an archive name (following its links, a few levels deep).
     fn file(&self, name: &str) -> Result<PathBuf, ImageError> {
-        let mut p = clean(Path::new(name)).ok_or_else(|| bad(format!("manifest.json names {name:?}, outside the archive")))?;
+        let mut p = clean(Path::new(name))
+            .ok_or_else(|| bad(format!("manifest.json names {name:?}, outside the archive")))?;
         for _ in 0..8 {
             match self.links.get(&p) {
                 Some(t) => p = t.clone(),
@@ -93,7 +124,9 @@ impl Extracted {
         if f.is_file() {
             Ok(f)
         } else {
-            Err(bad(format!("manifest.json names {name}, which is not in the archive")))
+            Err(bad(format!(
+                "manifest.json names {name}, which is not in the archive"
+            )))
         }
     }
 }
@@ -138,8 +171,12 @@ impl Store {
     fn load_from(&self, archive: &Path, work: &Path) -> Result<Vec<String>, ImageError> {
         let files = work.join("files");
         let x = Extracted::unpack(archive, &files)?;
-        let manifest_path = x.file("manifest.json").map_err(|_| bad("no manifest.json: not a `docker save` archive"))?;
-        let manifest: Vec<SavedImage> = serde_json::from_slice(&std::fs::read(&manifest_path).map_err(io_err(&manifest_path))?).map_err(|e| bad(format!("manifest.json: {e}")))?;
+        let manifest_path = x
+            .file("manifest.json")
+            .map_err(|_| bad("no manifest.json: not a `docker save` archive"))?;
+        let manifest: Vec<SavedImage> =
+            serde_json::from_slice(&std::fs::read(&manifest_path).map_err(io_err(&manifest_path))?)
+                .map_err(|e| bad(format!("manifest.json: {e}")))?;
         if manifest.is_empty() {
             return Err(bad("manifest.json lists no images"));
         }
@@ -148,9 +185,20 @@ impl Store {
             let cpath = x.file(&img.config)?;
             let cbytes = std::fs::read(&cpath).map_err(io_err(&cpath))?;
             let id = format!("sha256:{}", hex::encode(Sha256::digest(&cbytes)));
-            let config: ImageConfig = serde_json::from_slice(&cbytes).map_err(|e| ImageError::Config { digest: id.clone(), msg: e.to_string() })?;
+            let config: ImageConfig =
+                serde_json::from_slice(&cbytes).map_err(|e| ImageError::Config {
+                    digest: id.clone(),
+                    msg: e.to_string(),
+                })?;
             if config.rootfs.diff_ids.len() != img.layers.len() {
-                return Err(ImageError::Config { digest: id, msg: format!("{} diff_ids for {} layers", config.rootfs.diff_ids.len(), img.layers.len()) });
+                return Err(ImageError::Config {
+                    digest: id,
+                    msg: format!(
+                        "{} diff_ids for {} layers",
+                        config.rootfs.diff_ids.len(),
+                        img.layers.len()
+                    ),
+                });
             }
             let mut lowers: Vec<PathBuf> = Vec::new();
             for (layer, diff_id) in img.layers.iter().zip(&config.rootfs.diff_ids) {
@@ -168,7 +216,12 @@ impl Store {
                 .repo_tags
                 .unwrap_or_default()
                 .iter()
-                .map(|t| Reference::parse(t).ok().and_then(|r| r.tagged()).ok_or_else(|| bad(format!("bad RepoTags entry {t:?}"))))
+                .map(|t| {
+                    Reference::parse(t)
+                        .ok()
+                        .and_then(|r| r.tagged())
+                        .ok_or_else(|| bad(format!("bad RepoTags entry {t:?}")))
+                })
                 .collect::<Result<_, _>>()?;
             if tags.is_empty() {
                 // An untagged image is still listed (by id) through `digests`.
@@ -205,12 +258,27 @@ mod tests {
     }
 
     /// A `docker save` archive with one image; `tamper` changes the layer after hashing.
-    fn archive(tags: &str, tamper: bool, extra: &[(&str, tar::EntryType, &str, &[u8])]) -> (Vec<u8>, String) {
+    fn archive(
+        tags: &str,
+        tamper: bool,
+        extra: &[(&str, tar::EntryType, &str, &[u8])],
+    ) -> (Vec<u8>, String) {
         let layer = layer_tar("hello.txt", b"hi\n");
-        let config = format!(r#"{{"architecture":"amd64","os":"linux","config":{{"Cmd":["/hello"]}},"rootfs":{{"type":"layers","diff_ids":["{}"]}}}}"#, sha(&layer));
+        let config = format!(
+            r#"{{"architecture":"amd64","os":"linux","config":{{"Cmd":["/hello"]}},"rootfs":{{"type":"layers","diff_ids":["{}"]}}}}"#,
+            sha(&layer)
+        );
         let id = sha(config.as_bytes());
-        let manifest = format!(r#"[{{"Config":"blobs/sha256/{}","RepoTags":{tags},"Layers":["blobs/sha256/{}"]}}]"#, hex_of(&id), hex_of(&sha(&layer)));
-        let stored_layer = if tamper { layer_tar("hello.txt", b"evil") } else { layer.clone() };
+        let manifest = format!(
+            r#"[{{"Config":"blobs/sha256/{}","RepoTags":{tags},"Layers":["blobs/sha256/{}"]}}]"#,
+            hex_of(&id),
+            hex_of(&sha(&layer))
+        );
+        let stored_layer = if tamper {
+            layer_tar("hello.txt", b"evil")
+        } else {
+            layer.clone()
+        };
         let mut b = tar::Builder::new(Vec::new());
         let mut add = |name: &str, kind: tar::EntryType, link: &str, data: &[u8]| {
             let mut h = tar::Header::new_gnu();
@@ -227,9 +295,24 @@ mod tests {
             h.set_cksum();
             b.append(&h, data).unwrap();
         };
-        add("manifest.json", tar::EntryType::Regular, "", manifest.as_bytes());
-        add(&format!("blobs/sha256/{}", hex_of(&id)), tar::EntryType::Regular, "", config.as_bytes());
-        add(&format!("blobs/sha256/{}", hex_of(&sha(&layer))), tar::EntryType::Regular, "", &stored_layer);
+        add(
+            "manifest.json",
+            tar::EntryType::Regular,
+            "",
+            manifest.as_bytes(),
+        );
+        add(
+            &format!("blobs/sha256/{}", hex_of(&id)),
+            tar::EntryType::Regular,
+            "",
+            config.as_bytes(),
+        );
+        add(
+            &format!("blobs/sha256/{}", hex_of(&sha(&layer))),
+            tar::EntryType::Regular,
+            "",
+            &stored_layer,
+        );
         for (n, k, l, d) in extra {
             add(n, *k, l, d);
         }
@@ -252,7 +335,10 @@ mod tests {
     fn loads_tags_and_layers() {
         let (d, s) = store();
         let (bytes, id) = archive(r#"["busybox:latest","127.0.0.1:5000/x/y:v1"]"#, false, &[]);
-        assert_eq!(load(&s, d.path(), &bytes).unwrap(), vec!["busybox:latest", "127.0.0.1:5000/x/y:v1"]);
+        assert_eq!(
+            load(&s, d.path(), &bytes).unwrap(),
+            vec!["busybox:latest", "127.0.0.1:5000/x/y:v1"]
+        );
         assert_eq!(s.resolve("busybox").as_deref(), Some(id.as_str()));
         let lowers = s.lowers(&id).unwrap();
         assert_eq!(std::fs::read(lowers[0].join("hello.txt")).unwrap(), b"hi\n");
@@ -276,17 +362,34 @@ mod tests {
         let e = load(&s, d.path(), &bytes).unwrap_err().to_string();
         assert!(e.contains("diff-id"), "{e}");
         assert!(s.resolve("busybox").is_none() && s.lowers(&id).is_none());
-        assert_eq!(std::fs::read_dir(d.path().join("layers")).unwrap().count(), 0, "a half-loaded layer stayed");
+        assert_eq!(
+            std::fs::read_dir(d.path().join("layers")).unwrap().count(),
+            0,
+            "a half-loaded layer stayed"
+        );
     }
 
     #[test]
     fn escaping_names_and_links_are_refused() {
         let (d, s) = store();
-        let (bytes, _) = archive(r#"["a:b"]"#, false, &[("../evil", tar::EntryType::Regular, "", b"x")]);
+        let (bytes, _) = archive(
+            r#"["a:b"]"#,
+            false,
+            &[("../evil", tar::EntryType::Regular, "", b"x")],
+        );
         let e = load(&s, d.path(), &bytes).unwrap_err().to_string();
         assert!(e.contains("escapes the archive"), "{e}");
         assert!(!d.path().join("tmp/evil").exists() && !d.path().join("evil").exists());
-        let (bytes, _) = archive(r#"["a:b"]"#, false, &[("x/layer.tar", tar::EntryType::Symlink, "../../../etc/passwd", b"")]);
+        let (bytes, _) = archive(
+            r#"["a:b"]"#,
+            false,
+            &[(
+                "x/layer.tar",
+                tar::EntryType::Symlink,
+                "../../../etc/passwd",
+                b"",
+            )],
+        );
         let e = load(&s, d.path(), &bytes).unwrap_err().to_string();
         assert!(e.contains("links outside"), "{e}");
     }
@@ -295,9 +398,16 @@ mod tests {
     fn truncated_and_foreign_archives_get_clear_errors() {
         let (d, s) = store();
         let (bytes, _) = archive(r#"["a:b"]"#, false, &[]);
-        let e = load(&s, d.path(), &bytes[..bytes.len() / 2]).unwrap_err().to_string();
-        assert!(e.contains("truncated") || e.contains("broken") || e.contains("not in the archive"), "{e}");
-        let e = load(&s, d.path(), &layer_tar("hello", b"x")).unwrap_err().to_string();
+        let e = load(&s, d.path(), &bytes[..bytes.len() / 2])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("truncated") || e.contains("broken") || e.contains("not in the archive"),
+            "{e}"
+        );
+        let e = load(&s, d.path(), &layer_tar("hello", b"x"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a `docker save` archive"), "{e}");
         assert!(s.list().is_empty());
     }

@@ -46,15 +46,34 @@ pub struct Bridge {
 impl Bridge {
     /// Parses `--bip` (the bridge's address with prefix length, e.g. 172.17.0.1/16).
     pub fn new(name: &str, bip: &str) -> Result<Bridge, String> {
-        let (a, p) = bip.split_once('/').ok_or_else(|| format!("--bip {bip:?}: expected ADDRESS/PREFIX, e.g. 172.17.0.1/16"))?;
-        let gateway: Ipv4Addr = a.parse().map_err(|_| format!("--bip {bip:?}: {a:?} is not an IPv4 address"))?;
-        let prefix: u8 = p.parse().ok().filter(|p| (8..=30).contains(p)).ok_or_else(|| format!("--bip {bip:?}: prefix must be 8..30"))?;
-        if name.is_empty() || name.len() > 15 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)) {
+        let (a, p) = bip
+            .split_once('/')
+            .ok_or_else(|| format!("--bip {bip:?}: expected ADDRESS/PREFIX, e.g. 172.17.0.1/16"))?;
+        let gateway: Ipv4Addr = a
+            .parse()
+            .map_err(|_| format!("--bip {bip:?}: {a:?} is not an IPv4 address"))?;
+        let prefix: u8 = p
+            .parse()
+            .ok()
+            .filter(|p| (8..=30).contains(p))
+            .ok_or_else(|| format!("--bip {bip:?}: prefix must be 8..30"))?;
+        if name.is_empty()
+            || name.len() > 15
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        {
             return Err(format!("--bridge {name:?}: not a valid interface name"));
         }
-        let b = Bridge { name: name.to_string(), gateway, prefix };
+        let b = Bridge {
+            name: name.to_string(),
+            gateway,
+            prefix,
+        };
         if gateway == b.network() || gateway == b.broadcast() {
-            return Err(format!("--bip {bip:?}: the bridge address cannot be the network or broadcast address"));
+            return Err(format!(
+                "--bip {bip:?}: the bridge address cannot be the network or broadcast address"
+            ));
         }
         Ok(b)
     }
@@ -74,7 +93,6 @@ impl Bridge {
     pub fn subnet(&self) -> String {
         format!("{}/{}", self.network(), self.prefix)
     }
-
 }
 
 /// A container's address on the bridge (persisted in its record).
@@ -93,7 +111,10 @@ pub fn mac_for(ip: Ipv4Addr) -> String {
 }
 
 fn mac_bytes(mac: &str) -> Option<[u8; 6]> {
-    let v: Vec<u8> = mac.split(':').filter_map(|h| u8::from_str_radix(h, 16).ok()).collect();
+    let v: Vec<u8> = mac
+        .split(':')
+        .filter_map(|h| u8::from_str_radix(h, 16).ok())
+        .collect();
     v.try_into().ok()
 }
 
@@ -114,11 +135,20 @@ struct IpamState {
 impl Ipam {
     /// Loads the allocations for `bridge`'s subnet (a different subnet starts afresh).
     pub fn open(path: &Path, bridge: &Bridge) -> Ipam {
-        let mut state: IpamState = std::fs::read(path).ok().and_then(|d| serde_json::from_slice(&d).ok()).unwrap_or_default();
+        let mut state: IpamState = std::fs::read(path)
+            .ok()
+            .and_then(|d| serde_json::from_slice(&d).ok())
+            .unwrap_or_default();
         if state.subnet != bridge.subnet() {
-            state = IpamState { subnet: bridge.subnet(), allocations: BTreeMap::new() };
+            state = IpamState {
+                subnet: bridge.subnet(),
+                allocations: BTreeMap::new(),
+            };
         }
-        Ipam { path: path.to_path_buf(), state: std::sync::Mutex::new(state) }
+        Ipam {
+            path: path.to_path_buf(),
+            state: std::sync::Mutex::new(state),
+        }
     }
 
     fn save(&self, s: &IpamState) -> io::Result<()> {
@@ -136,19 +166,27 @@ impl Ipam {
         let ip = match s.allocations.get(id) {
             Some(ip) => *ip,
             None => {
-                let used: std::collections::HashSet<Ipv4Addr> = s.allocations.values().copied().collect();
+                let used: std::collections::HashSet<Ipv4Addr> =
+                    s.allocations.values().copied().collect();
                 let first = u32::from(bridge.network()) + 1;
                 let last = u32::from(bridge.broadcast()) - 1;
                 let ip = (first..=last)
                     .map(Ipv4Addr::from)
                     .find(|ip| *ip != bridge.gateway && !used.contains(ip))
-                    .ok_or_else(|| io::Error::other(format!("no free address left in {}", bridge.subnet())))?;
+                    .ok_or_else(|| {
+                        io::Error::other(format!("no free address left in {}", bridge.subnet()))
+                    })?;
                 s.allocations.insert(id.to_string(), ip);
                 self.save(&s)?;
                 ip
             }
         };
-        Ok(Endpoint { ip, prefix: bridge.prefix, gateway: bridge.gateway, mac: mac_for(ip) })
+        Ok(Endpoint {
+            ip,
+            prefix: bridge.prefix,
+            gateway: bridge.gateway,
+            mac: mac_for(ip),
+        })
     }
 
     pub fn release(&self, id: &str) {
@@ -208,7 +246,9 @@ fn add_addr(s: &mut Socket, index: i32, ip: Ipv4Addr, prefix: u8, brd: Ipv4Addr)
     h[1] = prefix;
     h[4..8].copy_from_slice(&(index as u32).to_ne_bytes());
     let mut m = Msg::new(RTM_NEWADDR, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, &h);
-    m.attr(IFA_LOCAL, &ip.octets()).attr(IFA_ADDRESS, &ip.octets()).attr(IFA_BROADCAST, &brd.octets());
+    m.attr(IFA_LOCAL, &ip.octets())
+        .attr(IFA_ADDRESS, &ip.octets())
+        .attr(IFA_BROADCAST, &brd.octets());
     s.request(m)
 }
 
@@ -216,18 +256,32 @@ fn add_addr(s: &mut Socket, index: i32, ip: Ipv4Addr, prefix: u8, brd: Ipv4Addr)
 /// IPv4 forwarding and installs the masquerade rule. Idempotent (the engine runs it on
 /// every start).
 pub fn setup_host(b: &Bridge) -> io::Result<()> {
-    let mut s = Socket::open(libc::NETLINK_ROUTE).map_err(ctx("opening a rtnetlink socket".into()))?;
+    let mut s =
+        Socket::open(libc::NETLINK_ROUTE).map_err(ctx("opening a rtnetlink socket".into()))?;
     if ifindex(&b.name).is_none() {
-        let mut m = Msg::new(RTM_NEWLINK, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, &ifinfomsg(0, 0, 0));
-        m.str(IFLA_IFNAME, &b.name).begin(IFLA_LINKINFO).str(IFLA_INFO_KIND, "bridge").end();
+        let mut m = Msg::new(
+            RTM_NEWLINK,
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            &ifinfomsg(0, 0, 0),
+        );
+        m.str(IFLA_IFNAME, &b.name)
+            .begin(IFLA_LINKINFO)
+            .str(IFLA_INFO_KIND, "bridge")
+            .end();
         ignore_exists(s.request(m)).map_err(ctx(format!("creating bridge {}", b.name)))?;
     }
-    let idx = ifindex(&b.name).ok_or_else(|| io::Error::other(format!("bridge {} vanished after creation", b.name)))?;
-    ignore_exists(add_addr(&mut s, idx, b.gateway, b.prefix, b.broadcast()))
-        .map_err(ctx(format!("adding {}/{} to {}", b.gateway, b.prefix, b.name)))?;
+    let idx = ifindex(&b.name)
+        .ok_or_else(|| io::Error::other(format!("bridge {} vanished after creation", b.name)))?;
+    ignore_exists(add_addr(&mut s, idx, b.gateway, b.prefix, b.broadcast())).map_err(ctx(
+        format!("adding {}/{} to {}", b.gateway, b.prefix, b.name),
+    ))?;
     link_up(&mut s, idx, |_| {}).map_err(ctx(format!("bringing {} up", b.name)))?;
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(ctx("enabling /proc/sys/net/ipv4/ip_forward".into()))?;
-    masquerade(b).map_err(ctx(format!("installing the nf_tables masquerade rule for {}", b.subnet())))
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+        .map_err(ctx("enabling /proc/sys/net/ipv4/ip_forward".into()))?;
+    masquerade(b).map_err(ctx(format!(
+        "installing the nf_tables masquerade rule for {}",
+        b.subnet()
+    )))
 }
 
 /// Name of the host end of a container's veth pair (unique per container, ≤ 15 bytes).
@@ -240,18 +294,32 @@ pub fn host_veth(id: &str) -> String {
 /// default route from inside that namespace.
 pub fn attach(b: &Bridge, id: &str, pid: i32, ep: &Endpoint) -> io::Result<()> {
     let host = host_veth(id);
-    let mut s = Socket::open(libc::NETLINK_ROUTE).map_err(ctx("opening a rtnetlink socket".into()))?;
+    let mut s =
+        Socket::open(libc::NETLINK_ROUTE).map_err(ctx("opening a rtnetlink socket".into()))?;
     if let Some(old) = ifindex(&host) {
         // Left from a previous run whose namespace is still being torn down.
         let _ = s.request(Msg::new(RTM_DELLINK, NLM_F_ACK, &ifinfomsg(old, 0, 0)));
     }
-    let mut m = Msg::new(RTM_NEWLINK, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, &ifinfomsg(0, 0, 0));
-    m.str(IFLA_IFNAME, &host).begin(IFLA_LINKINFO).str(IFLA_INFO_KIND, "veth").begin(IFLA_INFO_DATA).begin(VETH_INFO_PEER);
-    m.raw(&ifinfomsg(0, 0, 0)).str(IFLA_IFNAME, "eth0").u32(IFLA_NET_NS_PID, pid as u32);
+    let mut m = Msg::new(
+        RTM_NEWLINK,
+        NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        &ifinfomsg(0, 0, 0),
+    );
+    m.str(IFLA_IFNAME, &host)
+        .begin(IFLA_LINKINFO)
+        .str(IFLA_INFO_KIND, "veth")
+        .begin(IFLA_INFO_DATA)
+        .begin(VETH_INFO_PEER);
+    m.raw(&ifinfomsg(0, 0, 0))
+        .str(IFLA_IFNAME, "eth0")
+        .u32(IFLA_NET_NS_PID, pid as u32);
     m.end().end().end();
-    s.request(m).map_err(ctx(format!("creating veth pair {host}/eth0 for pid {pid}")))?;
-    let hidx = ifindex(&host).ok_or_else(|| io::Error::other(format!("{host} vanished after creation")))?;
-    let bidx = ifindex(&b.name).ok_or_else(|| io::Error::other(format!("bridge {} is missing", b.name)))?;
+    s.request(m)
+        .map_err(ctx(format!("creating veth pair {host}/eth0 for pid {pid}")))?;
+    let hidx = ifindex(&host)
+        .ok_or_else(|| io::Error::other(format!("{host} vanished after creation")))?;
+    let bidx = ifindex(&b.name)
+        .ok_or_else(|| io::Error::other(format!("bridge {} is missing", b.name)))?;
     link_up(&mut s, hidx, |m| {
         m.u32(IFLA_MASTER, bidx as u32);
     })
@@ -260,17 +328,22 @@ pub fn attach(b: &Bridge, id: &str, pid: i32, ep: &Endpoint) -> io::Result<()> {
     let bcast = b.broadcast();
     std::thread::spawn(move || -> io::Result<()> {
         let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from).map_err(ctx("joining the container's network namespace".into()))?;
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(io::Error::from)
+            .map_err(ctx("joining the container's network namespace".into()))?;
         let mut s = Socket::open(libc::NETLINK_ROUTE)?;
-        let idx = ifindex("eth0").ok_or_else(|| io::Error::other("eth0 is missing in the container"))?;
-        let mac = mac_bytes(&ep.mac).ok_or_else(|| io::Error::other(format!("bad MAC {}", ep.mac)))?;
+        let idx =
+            ifindex("eth0").ok_or_else(|| io::Error::other("eth0 is missing in the container"))?;
+        let mac =
+            mac_bytes(&ep.mac).ok_or_else(|| io::Error::other(format!("bad MAC {}", ep.mac)))?;
         s.request({
             let mut m = Msg::new(RTM_NEWLINK, NLM_F_ACK, &ifinfomsg(idx, 0, 0));
             m.attr(IFLA_ADDRESS, &mac);
             m
         })
         .map_err(ctx("setting eth0's MAC address".into()))?;
-        add_addr(&mut s, idx, ep.ip, ep.prefix, bcast).map_err(ctx(format!("adding {}/{} to eth0", ep.ip, ep.prefix)))?;
+        add_addr(&mut s, idx, ep.ip, ep.prefix, bcast)
+            .map_err(ctx(format!("adding {}/{} to eth0", ep.ip, ep.prefix)))?;
         link_up(&mut s, idx, |_| {}).map_err(ctx("bringing eth0 up".into()))?;
         if let Some(lo) = ifindex("lo") {
             link_up(&mut s, lo, |_| {}).map_err(ctx("bringing lo up".into()))?;
@@ -282,8 +355,10 @@ pub fn attach(b: &Bridge, id: &str, pid: i32, ep: &Endpoint) -> io::Result<()> {
         h[6] = libc::RT_SCOPE_UNIVERSE;
         h[7] = libc::RTN_UNICAST;
         let mut m = Msg::new(RTM_NEWROUTE, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, &h);
-        m.attr(RTA_GATEWAY, &ep.gateway.octets()).u32(RTA_OIF, idx as u32);
-        s.request(m).map_err(ctx(format!("adding the default route via {}", ep.gateway)))
+        m.attr(RTA_GATEWAY, &ep.gateway.octets())
+            .u32(RTA_OIF, idx as u32);
+        s.request(m)
+            .map_err(ctx(format!("adding the default route via {}", ep.gateway)))
     })
     .join()
     .unwrap_or_else(|_| Err(io::Error::other("network setup thread panicked")))
@@ -308,12 +383,18 @@ fn nfgenmsg(family: u8, res_id: u16) -> [u8; 4] {
 }
 
 fn nft(ty: u16, flags: u16) -> Msg {
-    Msg::new((NFNL_SUBSYS_NFTABLES << 8) | ty, flags | NLM_F_ACK, &nfgenmsg(NFPROTO_IPV4, 0))
+    Msg::new(
+        (NFNL_SUBSYS_NFTABLES << 8) | ty,
+        flags | NLM_F_ACK,
+        &nfgenmsg(NFPROTO_IPV4, 0),
+    )
 }
 
 /// One expression of a rule: NFTA_LIST_ELEM { NFTA_EXPR_NAME, NFTA_EXPR_DATA { ... } }.
 fn expr(m: &mut Msg, name: &str, data: impl FnOnce(&mut Msg)) {
-    m.begin(1 | NLA_F_NESTED).str(1, name).begin(2 | NLA_F_NESTED);
+    m.begin(1 | NLA_F_NESTED)
+        .str(1, name)
+        .begin(2 | NLA_F_NESTED);
     data(m);
     m.end().end();
 }
@@ -327,9 +408,20 @@ fn data_value(m: &mut Msg, ty: u16, v: &[u8]) {
 /// postrouting priority srcnat; ip saddr SUBNET oifname != BRIDGE masquerade } }`.
 /// Add, delete and add again: an atomic replace whether or not the table existed.
 pub fn masquerade_batch(b: &Bridge) -> Vec<Msg> {
-    let mut msgs = vec![Msg::new(NFNL_MSG_BATCH_BEGIN, 0, &nfgenmsg(0, NFNL_SUBSYS_NFTABLES))];
+    let mut msgs = vec![Msg::new(
+        NFNL_MSG_BATCH_BEGIN,
+        0,
+        &nfgenmsg(0, NFNL_SUBSYS_NFTABLES),
+    )];
     let table = |ty| {
-        let mut m = nft(ty, if ty == NFT_MSG_NEWTABLE { NLM_F_CREATE } else { 0 });
+        let mut m = nft(
+            ty,
+            if ty == NFT_MSG_NEWTABLE {
+                NLM_F_CREATE
+            } else {
+                0
+            },
+        );
         m.str(1, NFT_TABLE); // NFTA_TABLE_NAME
         m
     };
@@ -338,14 +430,17 @@ pub fn masquerade_batch(b: &Bridge) -> Vec<Msg> {
     msgs.push(table(NFT_MSG_NEWTABLE));
     let mut c = nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE);
     c.str(1, NFT_TABLE).str(3, "postrouting"); // NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME
-    c.begin(4 | NLA_F_NESTED).be32(1, libc::NF_INET_POST_ROUTING as u32).be32(2, 100).end(); // HOOK { HOOKNUM, PRIORITY }
+    c.begin(4 | NLA_F_NESTED)
+        .be32(1, libc::NF_INET_POST_ROUTING as u32)
+        .be32(2, 100)
+        .end(); // HOOK { HOOKNUM, PRIORITY }
     c.be32(5, 1); // NFTA_CHAIN_POLICY = NF_ACCEPT
     c.str(7, "nat"); // NFTA_CHAIN_TYPE
     msgs.push(c);
     let mut r = nft(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND);
     r.str(1, NFT_TABLE).str(2, "postrouting"); // NFTA_RULE_TABLE, NFTA_RULE_CHAIN
     r.begin(4 | NLA_F_NESTED); // NFTA_RULE_EXPRESSIONS
-    // payload load ip saddr (network header, offset 12, 4 bytes) → reg 1
+                               // payload load ip saddr (network header, offset 12, 4 bytes) → reg 1
     expr(&mut r, "payload", |m| {
         m.be32(1, 1).be32(2, 1).be32(3, 12).be32(4, 4);
     });
@@ -373,7 +468,11 @@ pub fn masquerade_batch(b: &Bridge) -> Vec<Msg> {
     expr(&mut r, "masq", |_| {});
     r.end();
     msgs.push(r);
-    msgs.push(Msg::new(NFNL_MSG_BATCH_END, 0, &nfgenmsg(0, NFNL_SUBSYS_NFTABLES)));
+    msgs.push(Msg::new(
+        NFNL_MSG_BATCH_END,
+        0,
+        &nfgenmsg(0, NFNL_SUBSYS_NFTABLES),
+    ));
     msgs
 }
 
@@ -420,7 +519,10 @@ mod tests {
         assert!(Bridge::new("axion0", "172.17.0.1").is_err());
         assert!(Bridge::new("a-name-longer-than-15", "10.1.0.1/24").is_err());
         assert_eq!(mac_for(Ipv4Addr::new(172, 17, 0, 2)), "02:42:ac:11:00:02");
-        assert_eq!(mac_bytes("02:42:ac:11:00:02"), Some([2, 0x42, 0xac, 0x11, 0, 2]));
+        assert_eq!(
+            mac_bytes("02:42:ac:11:00:02"),
+            Some([2, 0x42, 0xac, 0x11, 0, 2])
+        );
     }
 
     #[test]
@@ -433,12 +535,20 @@ mod tests {
         let c = ipam.allocate("c", &b).unwrap();
         assert_eq!(a.ip, Ipv4Addr::new(10, 9, 0, 2));
         assert_eq!(c.ip, Ipv4Addr::new(10, 9, 0, 3));
-        assert_eq!(ipam.allocate("a", &b).unwrap().ip, a.ip, "a container keeps its address");
+        assert_eq!(
+            ipam.allocate("a", &b).unwrap().ip,
+            a.ip,
+            "a container keeps its address"
+        );
         // A restarted engine sees the same allocations.
         let ipam = Ipam::open(&p, &b);
         assert_eq!(ipam.allocate("a", &b).unwrap().ip, a.ip);
         ipam.release("a");
-        assert_eq!(ipam.allocate("d", &b).unwrap().ip, Ipv4Addr::new(10, 9, 0, 2), "a released address is reused");
+        assert_eq!(
+            ipam.allocate("d", &b).unwrap().ip,
+            Ipv4Addr::new(10, 9, 0, 2),
+            "a released address is reused"
+        );
         for id in ["e", "f", "g"] {
             ipam.allocate(id, &b).unwrap();
         }
@@ -446,12 +556,18 @@ mod tests {
         assert!(ipam.allocate("h", &b).is_err());
         // Another subnet starts afresh.
         let b2 = Bridge::new("axion0", "10.8.0.1/24").unwrap();
-        assert_eq!(Ipam::open(&p, &b2).allocate("x", &b2).unwrap().ip, Ipv4Addr::new(10, 8, 0, 2));
+        assert_eq!(
+            Ipam::open(&p, &b2).allocate("x", &b2).unwrap().ip,
+            Ipv4Addr::new(10, 8, 0, 2)
+        );
     }
 
     #[test]
     fn resolv_conf_drops_loopback_servers() {
-        assert_eq!(container_resolv_conf("nameserver 10.0.2.3\n"), "nameserver 10.0.2.3\n");
+        assert_eq!(
+            container_resolv_conf("nameserver 10.0.2.3\n"),
+            "nameserver 10.0.2.3\n"
+        );
         assert_eq!(
             container_resolv_conf("search lan\nnameserver 127.0.0.53\n"),
             "search lan\nnameserver 8.8.8.8\nnameserver 8.8.4.4\n"
@@ -463,7 +579,10 @@ mod tests {
         let b = Bridge::new("axion0", "172.17.0.1/16").unwrap();
         let msgs = masquerade_batch(&b);
         assert_eq!(msgs.len(), 7);
-        assert!(!msgs[0].ack && !msgs[6].ack, "batch begin/end are not acknowledged");
+        assert!(
+            !msgs[0].ack && !msgs[6].ack,
+            "batch begin/end are not acknowledged"
+        );
         assert!(msgs[1..6].iter().all(|m| m.ack));
     }
 
@@ -482,22 +601,43 @@ mod tests {
             String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
         };
         let nft = sh("nft list table ip axion");
-        assert!(nft.contains("type nat hook postrouting priority srcnat"), "{nft}");
-        assert!(nft.contains("ip saddr 10.123.0.0/24 oifname != \"axtest0\" masquerade"), "{nft}");
+        assert!(
+            nft.contains("type nat hook postrouting priority srcnat"),
+            "{nft}"
+        );
+        assert!(
+            nft.contains("ip saddr 10.123.0.0/24 oifname != \"axtest0\" masquerade"),
+            "{nft}"
+        );
         assert!(sh("ip addr show axtest0").contains("inet 10.123.0.1/24"));
-        let mut child = Command::new("unshare").args(["-n", "sleep", "30"]).spawn().unwrap();
+        let mut child = Command::new("unshare")
+            .args(["-n", "sleep", "30"])
+            .spawn()
+            .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(300));
         let pid = child.id() as i32;
-        let ep = Endpoint { ip: Ipv4Addr::new(10, 123, 0, 2), prefix: 24, gateway: b.gateway, mac: mac_for(Ipv4Addr::new(10, 123, 0, 2)) };
+        let ep = Endpoint {
+            ip: Ipv4Addr::new(10, 123, 0, 2),
+            prefix: 24,
+            gateway: b.gateway,
+            mac: mac_for(Ipv4Addr::new(10, 123, 0, 2)),
+        };
         attach(&b, "0123456789abcdef", pid, &ep).unwrap();
-        let inside = sh(&format!("nsenter -t {pid} -n ip addr; nsenter -t {pid} -n ip route"));
+        let inside = sh(&format!(
+            "nsenter -t {pid} -n ip addr; nsenter -t {pid} -n ip route"
+        ));
         assert!(inside.contains("inet 10.123.0.2/24"), "{inside}");
         assert!(inside.contains("link/ether 02:42:0a:7b:00:02"), "{inside}");
-        assert!(inside.contains("default via 10.123.0.1 dev eth0"), "{inside}");
+        assert!(
+            inside.contains("default via 10.123.0.1 dev eth0"),
+            "{inside}"
+        );
         // TCP from the container's namespace to the bridge address, over the veth pair.
         let l = std::net::TcpListener::bind("10.123.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
-        let tcp = sh(&format!("nsenter -t {pid} -n bash -c 'echo hi > /dev/tcp/10.123.0.1/{port}' && echo connected"));
+        let tcp = sh(&format!(
+            "nsenter -t {pid} -n bash -c 'echo hi > /dev/tcp/10.123.0.1/{port}' && echo connected"
+        ));
         let _ = child.kill();
         assert!(tcp.contains("connected"), "{tcp}");
         let (_, peer) = l.accept().unwrap();

@@ -34,7 +34,11 @@ impl Msg {
         buf[6..8].copy_from_slice(&(flags | NLM_F_REQUEST).to_ne_bytes());
         buf.extend_from_slice(header);
         buf.resize(align4(buf.len()), 0);
-        Msg { buf, nests: Vec::new(), ack: flags & NLM_F_ACK != 0 }
+        Msg {
+            buf,
+            nests: Vec::new(),
+            ack: flags & NLM_F_ACK != 0,
+        }
     }
 
     pub fn attr(&mut self, ty: u16, data: &[u8]) -> &mut Self {
@@ -106,25 +110,50 @@ impl Socket {
     /// thread's network namespace.
     pub fn open(protocol: i32) -> io::Result<Socket> {
         // SAFETY: plain socket(2); the descriptor is owned right away.
-        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                protocol,
+            )
+        };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: fd is a fresh descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let tv = libc::timeval { tv_sec: 5, tv_usec: 0 };
+        let tv = libc::timeval {
+            tv_sec: 5,
+            tv_usec: 0,
+        };
         // SAFETY: setsockopt with a correctly sized timeval.
         unsafe {
-            libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&tv as *const libc::timeval).cast(), std::mem::size_of::<libc::timeval>() as u32);
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
         }
         // SAFETY: sockaddr_nl is plain data; zeroed is a valid "let the kernel pick" address.
         let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         sa.nl_family = libc::AF_NETLINK as u16;
         // SAFETY: bind with a correctly sized sockaddr_nl.
-        if unsafe { libc::bind(fd.as_raw_fd(), (&sa as *const libc::sockaddr_nl).cast(), std::mem::size_of::<libc::sockaddr_nl>() as u32) } < 0 {
+        if unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&sa as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        } < 0
+        {
             return Err(io::Error::last_os_error());
         }
-        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(1);
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(1);
         Ok(Socket { fd, seq: seed })
     }
 
@@ -148,13 +177,17 @@ impl Socket {
         let mut buf = vec![0u8; 32 * 1024];
         while !pending.is_empty() {
             // SAFETY: receiving into a buffer we own.
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                return Err(io::Error::new(e.kind(), format!("waiting for netlink acknowledgement: {e}")));
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("waiting for netlink acknowledgement: {e}"),
+                ));
             }
             let mut data = &buf[..n as usize];
             while data.len() >= 16 {
@@ -193,7 +226,10 @@ mod tests {
         m.str(3, "eth0");
         m.begin(18 | NLA_F_NESTED).str(1, "veth").end();
         let b = m.finish(7);
-        assert_eq!(u32::from_ne_bytes(b[0..4].try_into().unwrap()) as usize, b.len());
+        assert_eq!(
+            u32::from_ne_bytes(b[0..4].try_into().unwrap()) as usize,
+            b.len()
+        );
         assert_eq!(u32::from_ne_bytes(b[8..12].try_into().unwrap()), 7);
         // header 16 + ifinfomsg 16, then IFNAME: len 9 padded to 12.
         assert_eq!(u16::from_ne_bytes([b[32], b[33]]), 9);

@@ -25,16 +25,63 @@ pub struct Confinement {
 
 /// Docker's default capabilities.
 pub const DEFAULT_CAPS: &[&str] = &[
-    "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID", "SETFCAP", "SETPCAP",
-    "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FSETID",
+    "FOWNER",
+    "MKNOD",
+    "NET_RAW",
+    "SETGID",
+    "SETUID",
+    "SETFCAP",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "KILL",
+    "AUDIT_WRITE",
 ];
 
 const CAP_NAMES: &[&str] = &[
-    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP",
-    "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER",
-    "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE",
-    "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP",
-    "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
     "CHECKPOINT_RESTORE",
 ];
 
@@ -54,7 +101,12 @@ pub fn cap_name(n: u32) -> Option<String> {
 fn seccomp_profile(security_opt: &[String]) -> Option<&str> {
     let mut profile = Some(super::seccomp::DEFAULT_PROFILE);
     for o in security_opt {
-        let Some(v) = o.strip_prefix("seccomp=").or_else(|| o.strip_prefix("seccomp:")) else { continue };
+        let Some(v) = o
+            .strip_prefix("seccomp=")
+            .or_else(|| o.strip_prefix("seccomp:"))
+        else {
+            continue;
+        };
         profile = match v.trim() {
             "unconfined" => None,
             "" | "builtin" => Some(super::seccomp::DEFAULT_PROFILE),
@@ -66,10 +118,24 @@ fn seccomp_profile(security_opt: &[String]) -> Option<&str> {
 
 /// The confinement for a container from its HostConfig fields. Errors (unknown capability,
 /// malformed seccomp profile) are meant for the API client.
-pub fn for_container(privileged: bool, cap_add: &[String], cap_drop: &[String], security_opt: &[String]) -> Result<Confinement, String> {
-    let no_new_privs = security_opt.iter().any(|o| matches!(o.as_str(), "no-new-privileges" | "no-new-privileges=true" | "no-new-privileges:true"));
+pub fn for_container(
+    privileged: bool,
+    cap_add: &[String],
+    cap_drop: &[String],
+    security_opt: &[String],
+) -> Result<Confinement, String> {
+    let no_new_privs = security_opt.iter().any(|o| {
+        matches!(
+            o.as_str(),
+            "no-new-privileges" | "no-new-privileges=true" | "no-new-privileges:true"
+        )
+    });
     if privileged {
-        return Ok(Confinement { capabilities: None, seccomp: None, no_new_privs });
+        return Ok(Confinement {
+            capabilities: None,
+            seccomp: None,
+            no_new_privs,
+        });
     }
     let all = || (0..CAP_NAMES.len() as u32).collect::<Vec<_>>();
     let mut caps: Vec<u32> = DEFAULT_CAPS.iter().filter_map(|c| cap_number(c)).collect();
@@ -96,7 +162,11 @@ pub fn for_container(privileged: bool, cap_add: &[String], cap_drop: &[String], 
         None => None,
         Some(json) => compiled(json, &caps)?,
     };
-    Ok(Confinement { capabilities: Some(caps), seccomp, no_new_privs })
+    Ok(Confinement {
+        capabilities: Some(caps),
+        seccomp,
+        no_new_privs,
+    })
 }
 
 /// Compiles the confinement of a container with default settings into the cache below
@@ -116,11 +186,19 @@ fn compiled(json: &str, caps: &[u32]) -> Result<Option<Vec<u64>>, String> {
     type Entry = (String, Vec<u32>, Option<Vec<u64>>);
     static CACHE: std::sync::Mutex<Vec<Entry>> = std::sync::Mutex::new(Vec::new());
     const KEEP: usize = 8;
-    if let Some(e) = CACHE.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|e| e.0 == json && e.1 == caps) {
+    if let Some(e) = CACHE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|e| e.0 == json && e.1 == caps)
+    {
         return Ok(e.2.clone());
     }
     let names: Vec<String> = caps.iter().filter_map(|c| cap_name(*c)).collect();
-    let target = super::seccomp::Target { caps: &names, kernel: super::seccomp::kernel_version() };
+    let target = super::seccomp::Target {
+        caps: &names,
+        kernel: super::seccomp::kernel_version(),
+    };
     let program = super::seccomp::compile(json, &target)?.map(|p| super::seccomp::pack(&p));
     let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     if cache.len() >= KEEP {
@@ -147,17 +225,35 @@ pub fn apply(c: &Confinement) -> Result<(), String> {
                 .and_then(|s| s.trim().parse::<u32>().ok())
                 .unwrap_or(CAP_NAMES.len() as u32 - 1);
             for cap in 0..=last {
-                if !keep.contains(&cap) && libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0 {
-                    return Err(os_err(&format!("dropping capability {cap} from the bounding set")));
+                if !keep.contains(&cap)
+                    && libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0
+                {
+                    return Err(os_err(&format!(
+                        "dropping capability {cap} from the bounding set"
+                    )));
                 }
             }
-            libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0);
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
             // Inheritable set: empty. Effective and permitted stay as they are until exec (the
             // shim still has to set the user): root's exec takes them from the bounding set,
             // a non-root user keeps none.
-            let mut hdr = CapHeader { version: 0x2008_0522, pid: 0 };
+            let mut hdr = CapHeader {
+                version: 0x2008_0522,
+                pid: 0,
+            };
             let mut data = [CapData::default(); 2];
-            if libc::syscall(libc::SYS_capget, &mut hdr as *mut CapHeader, data.as_mut_ptr()) != 0 {
+            if libc::syscall(
+                libc::SYS_capget,
+                &mut hdr as *mut CapHeader,
+                data.as_mut_ptr(),
+            ) != 0
+            {
                 return Err(os_err("reading the capability sets"));
             }
             for d in &mut data {
@@ -173,7 +269,8 @@ pub fn apply(c: &Confinement) -> Result<(), String> {
     // the profile, as with runc. Root still holds CAP_SYS_ADMIN here, so no_new_privs is not
     // required to install it.
     if let Some(p) = &c.seccomp {
-        super::seccomp::install(&super::seccomp::unpack(p)).map_err(|e| format!("installing the seccomp filter: {e}"))?;
+        super::seccomp::install(&super::seccomp::unpack(p))
+            .map_err(|e| format!("installing the seccomp filter: {e}"))?;
     }
     Ok(())
 }
@@ -201,9 +298,18 @@ mod tests {
         let c = for_container(false, &[], &[], &[]).unwrap();
         let caps = c.capabilities.unwrap();
         assert_eq!(caps.len(), DEFAULT_CAPS.len());
-        assert!(caps.contains(&0) && !caps.contains(&21), "CHOWN kept, SYS_ADMIN dropped");
+        assert!(
+            caps.contains(&0) && !caps.contains(&21),
+            "CHOWN kept, SYS_ADMIN dropped"
+        );
         assert!(c.seccomp.is_some() && !c.no_new_privs);
-        let c = for_container(false, &["NET_ADMIN".into()], &["cap_chown".into()], &["no-new-privileges".into()]).unwrap();
+        let c = for_container(
+            false,
+            &["NET_ADMIN".into()],
+            &["cap_chown".into()],
+            &["no-new-privileges".into()],
+        )
+        .unwrap();
         let caps = c.capabilities.unwrap();
         assert!(caps.contains(&12) && !caps.contains(&0));
         assert!(c.no_new_privs);
@@ -223,8 +329,15 @@ mod tests {
             for_container(false, &add, &[], &opts).map(|c| c.seccomp)
         };
         let default = prog(&[], &[]).unwrap().expect("the default profile");
-        assert_eq!(prog(&["seccomp=builtin"], &[]).unwrap().as_ref(), Some(&default));
-        assert_ne!(prog(&[], &["SYS_ADMIN"]).unwrap().as_ref(), Some(&default), "capabilities change the program");
+        assert_eq!(
+            prog(&["seccomp=builtin"], &[]).unwrap().as_ref(),
+            Some(&default)
+        );
+        assert_ne!(
+            prog(&[], &["SYS_ADMIN"]).unwrap().as_ref(),
+            Some(&default),
+            "capabilities change the program"
+        );
         assert_eq!(prog(&["seccomp=unconfined"], &[]).unwrap(), None);
         assert_eq!(prog(&["seccomp:unconfined"], &[]).unwrap(), None);
         // The docker CLI sends the profile file's contents.
@@ -234,7 +347,13 @@ mod tests {
         assert!(e.contains("unknown action"), "{e}");
         let e = prog(&["seccomp=/etc/profile.json"], &[]).unwrap_err();
         assert!(e.contains("decoding seccomp profile failed"), "{e}");
-        let c = for_container(true, &[], &[], &[r#"seccomp={"defaultAction":"SCMP_ACT_ALLOW"}"#.into()]).unwrap();
+        let c = for_container(
+            true,
+            &[],
+            &[],
+            &[r#"seccomp={"defaultAction":"SCMP_ACT_ALLOW"}"#.into()],
+        )
+        .unwrap();
         assert_eq!(c.seccomp, None, "--privileged: unconfined");
     }
 }

@@ -77,7 +77,13 @@ pub enum Stdio3 {
 pub fn send_fd(sock: i32, fd: i32) -> std::io::Result<()> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
     let fds = [fd];
-    sendmsg::<()>(sock, &[std::io::IoSlice::new(&[0u8])], &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None)?;
+    sendmsg::<()>(
+        sock,
+        &[std::io::IoSlice::new(&[0u8])],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )?;
     Ok(())
 }
 
@@ -95,9 +101,16 @@ pub fn recv_fd(sock: i32) -> std::io::Result<Option<OwnedFd>> {
         _ => Vec::new(),
     };
     // SAFETY: the kernel just installed these descriptors in this process for us alone.
-    let mut owned: Vec<OwnedFd> = fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }).collect();
+    let mut owned: Vec<OwnedFd> = fds
+        .into_iter()
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect();
     // Only the first is wanted; any others are closed here.
-    Ok(if msg.bytes == 0 || owned.is_empty() { None } else { Some(owned.swap_remove(0)) })
+    Ok(if msg.bytes == 0 || owned.is_empty() {
+        None
+    } else {
+        Some(owned.swap_remove(0))
+    })
 }
 
 pub struct Spawned {
@@ -129,7 +142,11 @@ fn pipe() -> std::io::Result<(std::fs::File, std::fs::File)> {
 }
 
 /// Starts the shim with `mode` ("__run"/"__exec") on `spec_path`.
-pub fn spawn(mode: &str, spec_path: &std::path::Path, stdio: Stdio3) -> Result<Spawned, SpawnError> {
+pub fn spawn(
+    mode: &str,
+    spec_path: &std::path::Path,
+    stdio: Stdio3,
+) -> Result<Spawned, SpawnError> {
     launch(mode, Some(spec_path), stdio)?.handshake()
 }
 
@@ -143,7 +160,11 @@ pub struct Prespawned(Launched);
 
 impl Prespawned {
     pub fn start() -> Result<Prespawned, SpawnError> {
-        Ok(Prespawned(launch("__run", None, Stdio3::Pipes { stdin: false })?))
+        Ok(Prespawned(launch(
+            "__run",
+            None,
+            Stdio3::Pipes { stdin: false },
+        )?))
     }
 
     /// Whether a container with these standard streams can use it.
@@ -154,8 +175,12 @@ impl Prespawned {
     /// Hands the shim its spec and waits, as [`spawn`] does, for the container's pid.
     pub fn run(mut self, spec_path: &std::path::Path) -> Result<Spawned, SpawnError> {
         let line = format!("{}\n", spec_path.display());
-        let w = self.0.release.as_mut().ok_or_else(|| SpawnError::Protocol("the pre-spawned shim has no release pipe".into()))?;
-        w.write_all(line.as_bytes()).map_err(|e| SpawnError::Protocol(format!("handing the pre-spawned shim its spec: {e}")))?;
+        let w = self.0.release.as_mut().ok_or_else(|| {
+            SpawnError::Protocol("the pre-spawned shim has no release pipe".into())
+        })?;
+        w.write_all(line.as_bytes()).map_err(|e| {
+            SpawnError::Protocol(format!("handing the pre-spawned shim its spec: {e}"))
+        })?;
         self.0.handshake()
     }
 }
@@ -169,13 +194,26 @@ struct Launched {
 }
 
 /// Starts the shim; without `spec_path` it waits for the path on fd 4 ([`Prespawned`]).
-fn launch(mode: &str, spec_path: Option<&std::path::Path>, stdio: Stdio3) -> Result<Launched, SpawnError> {
+fn launch(
+    mode: &str,
+    spec_path: Option<&std::path::Path>,
+    stdio: Stdio3,
+) -> Result<Launched, SpawnError> {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
-    let io = |source| SpawnError::Exec { exe: exe.display().to_string(), source };
+    let io = |source| SpawnError::Exec {
+        exe: exe.display().to_string(),
+        source,
+    };
     let (status_r, status_w) = pipe().map_err(io)?;
     let (release_r, release_w) = pipe().map_err(io)?;
     let mut cmd = Command::new(&exe);
-    cmd.arg(mode).arg(spec_path.map(|p| p.as_os_str()).unwrap_or(SPEC_ON_RELEASE_FD.as_ref())).env_clear();
+    cmd.arg(mode)
+        .arg(
+            spec_path
+                .map(|p| p.as_os_str())
+                .unwrap_or(SPEC_ON_RELEASE_FD.as_ref()),
+        )
+        .env_clear();
     let mut console = None;
     let mut console_child: Option<OwnedFd> = None;
     match stdio {
@@ -184,7 +222,9 @@ fn launch(mode: &str, spec_path: Option<&std::path::Path>, stdio: Stdio3) -> Res
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         }
         Stdio3::Console => {
-            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
             let (a, b) = std::os::unix::net::UnixStream::pair().map_err(io)?;
             console = Some(a);
             console_child = Some(OwnedFd::from(b));
@@ -209,7 +249,12 @@ fn launch(mode: &str, spec_path: Option<&std::path::Path>, stdio: Stdio3) -> Res
     drop(status_w);
     drop(release_r);
     drop(console_child);
-    Ok(Launched { child, status: BufReader::new(status_r), release: Some(release_w), console })
+    Ok(Launched {
+        child,
+        status: BufReader::new(status_r),
+        release: Some(release_w),
+        console,
+    })
 }
 
 /// The shim's argument in place of a spec path: read the path from fd 4.
@@ -222,7 +267,9 @@ impl Launched {
         let mut line = String::new();
         loop {
             line.clear();
-            self.status.read_line(&mut line).map_err(|e| SpawnError::Protocol(e.to_string()))?;
+            self.status
+                .read_line(&mut line)
+                .map_err(|e| SpawnError::Protocol(e.to_string()))?;
             match line.trim().strip_prefix("trace ") {
                 Some(t) => trace.push(t.to_string()),
                 None => break,
@@ -235,8 +282,17 @@ impl Launched {
         let pid: i32 = line
             .strip_prefix("pid ")
             .and_then(|p| p.parse().ok())
-            .ok_or_else(|| SpawnError::Protocol(format!("expected `pid N` from the shim, got {line:?}")))?;
-        Ok(Spawned { child: self.child, pid, status: self.status, release: self.release, console: self.console, trace })
+            .ok_or_else(|| {
+                SpawnError::Protocol(format!("expected `pid N` from the shim, got {line:?}"))
+            })?;
+        Ok(Spawned {
+            child: self.child,
+            pid,
+            status: self.status,
+            release: self.release,
+            console: self.console,
+            trace,
+        })
     }
 }
 
@@ -250,8 +306,12 @@ impl Spawned {
             None => Ok(None),
             Some(s) => match recv_fd(s.as_raw_fd()) {
                 Ok(Some(fd)) => Ok(Some(fd)),
-                Ok(None) => Err(SpawnError::Start("the container did not send its terminal".into())),
-                Err(e) => Err(SpawnError::Start(format!("receiving the container's terminal: {e}"))),
+                Ok(None) => Err(SpawnError::Start(
+                    "the container did not send its terminal".into(),
+                )),
+                Err(e) => Err(SpawnError::Start(format!(
+                    "receiving the container's terminal: {e}"
+                ))),
             },
         }
     }
@@ -302,7 +362,10 @@ mod tests {
         drop(w);
         let got = recv_fd(b.as_raw_fd()).unwrap().expect("a descriptor");
         let flags = nix::fcntl::fcntl(got.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
-        assert!(flags & libc::FD_CLOEXEC != 0, "received without close-on-exec");
+        assert!(
+            flags & libc::FD_CLOEXEC != 0,
+            "received without close-on-exec"
+        );
         let mut wf = std::fs::File::from(got);
         wf.write_all(b"through the socket").unwrap();
         drop(wf);

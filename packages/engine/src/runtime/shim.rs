@@ -26,15 +26,26 @@ static T0: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
 fn mark(step: &'static str) {
     if TRACE_ON.load(std::sync::atomic::Ordering::Relaxed) {
-        let t = T0.get_or_init(std::time::Instant::now).elapsed().as_secs_f64();
-        TRACE.lock().unwrap_or_else(|e| e.into_inner()).push((step, t));
+        let t = T0
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_secs_f64();
+        TRACE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((step, t));
     }
 }
 
 /// Sends the steps marked so far as one `trace` line (and forgets them).
 fn report_trace(who: &str) {
     if TRACE_ON.load(std::sync::atomic::Ordering::Relaxed) {
-        let steps: Vec<String> = TRACE.lock().unwrap_or_else(|e| e.into_inner()).drain(..).map(|(s, t)| format!("{s} +{t:.3}")).collect();
+        let steps: Vec<String> = TRACE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .map(|(s, t)| format!("{s} +{t:.3}"))
+            .collect();
         report(&format!("trace {who}: {}\n", steps.join(", ")));
     }
 }
@@ -123,7 +134,8 @@ fn read_line_from(fd: i32) -> Option<String> {
         match unsafe { libc::read(fd, b.as_mut_ptr().cast(), 1) } {
             1 if b[0] == b'\n' => return String::from_utf8(line).ok(),
             1 => line.push(b[0]),
-            n if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
+            n if n < 0
+                && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
             _ => return None,
         }
     }
@@ -206,9 +218,16 @@ fn inside(root: &Path, p: &str) -> PathBuf {
     root.join(rel)
 }
 
-fn mount_at(src: &str, target: &Path, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<(), Fail> {
+fn mount_at(
+    src: &str,
+    target: &Path,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), Fail> {
     fs::create_dir_all(target).map_err(err(format!("mkdir {}", target.display())))?;
-    mount(Some(src), target, Some(fstype), flags, data).map_err(err(format!("mount {fstype} on {}", target.display())))
+    mount(Some(src), target, Some(fstype), flags, data)
+        .map_err(err(format!("mount {fstype} on {}", target.display())))
 }
 
 /// Ends a forked child that failed to become the container's process: reports why on the
@@ -226,14 +245,28 @@ fn exit_child(result: Result<std::convert::Infallible, Fail>) -> ! {
 }
 
 fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
-    match mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>) {
+    match mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    ) {
         Ok(()) => {}
         // `/` is not a mount point: the engine runs chrooted, and pivot_root would fail too.
-        Err(nix::errno::Errno::EINVAL) => return Err(pivot_refused("making / private failed (EINVAL): the host root is not a mount point (chroot?)")),
+        Err(nix::errno::Errno::EINVAL) => {
+            return Err(pivot_refused(
+                "making / private failed (EINVAL): the host root is not a mount point (chroot?)",
+            ))
+        }
         Err(e) => return Err(err("making / private")(e)),
     }
     let root = &spec.rootfs;
-    let lowers: Vec<String> = spec.lowers.iter().map(|p| p.display().to_string()).collect();
+    let lowers: Vec<String> = spec
+        .lowers
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}{}",
         lowers.join(":"),
@@ -245,41 +278,90 @@ fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
     mark("overlay");
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount_at("proc", &root.join("proc"), "proc", nosuid, None)?;
-    mount_at("tmpfs", &root.join("dev"), "tmpfs", MsFlags::MS_NOSUID, Some("mode=755,size=65536k"))?;
+    mount_at(
+        "tmpfs",
+        &root.join("dev"),
+        "tmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=755,size=65536k"),
+    )?;
     for d in ["null", "zero", "full", "random", "urandom", "tty"] {
         let t = root.join("dev").join(d);
         fs::write(&t, b"").map_err(err(format!("creating {}", t.display())))?;
-        mount(Some(&Path::new("/dev").join(d)), &t, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(err(format!("binding /dev/{d}")))?;
+        mount(
+            Some(&Path::new("/dev").join(d)),
+            &t,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(err(format!("binding /dev/{d}")))?;
     }
-    mount_at("devpts", &root.join("dev/pts"), "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620"))?;
+    mount_at(
+        "devpts",
+        &root.join("dev/pts"),
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )?;
     let _ = std::os::unix::fs::symlink("pts/ptmx", root.join("dev/ptmx"));
-    mount_at("shm", &root.join("dev/shm"), "tmpfs", nosuid, Some("mode=1777,size=65536k"))?;
-    for (l, t) in [("/proc/self/fd", "fd"), ("/proc/self/fd/0", "stdin"), ("/proc/self/fd/1", "stdout"), ("/proc/self/fd/2", "stderr")] {
+    mount_at(
+        "shm",
+        &root.join("dev/shm"),
+        "tmpfs",
+        nosuid,
+        Some("mode=1777,size=65536k"),
+    )?;
+    for (l, t) in [
+        ("/proc/self/fd", "fd"),
+        ("/proc/self/fd/0", "stdin"),
+        ("/proc/self/fd/1", "stdout"),
+        ("/proc/self/fd/2", "stderr"),
+    ] {
         let _ = std::os::unix::fs::symlink(l, root.join("dev").join(t));
     }
     mark("proc, dev");
     if spec.new_netns {
-        mount_at("sysfs", &root.join("sys"), "sysfs", nosuid | MsFlags::MS_RDONLY, None)?;
+        mount_at(
+            "sysfs",
+            &root.join("sys"),
+            "sysfs",
+            nosuid | MsFlags::MS_RDONLY,
+            None,
+        )?;
     } else {
         fs::create_dir_all(root.join("sys")).ok();
-        mount(Some("/sys"), &root.join("sys"), None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-            .map_err(err("binding /sys"))?;
+        mount(
+            Some("/sys"),
+            &root.join("sys"),
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(err("binding /sys"))?;
     }
     for (src, dst) in &spec.etc_files {
         let t = inside(root, dst);
         if let Some(p) = t.parent() {
             fs::create_dir_all(p).ok();
         }
-        if fs::symlink_metadata(&t).map(|m| m.file_type().is_symlink()).unwrap_or(false) {
+        if fs::symlink_metadata(&t)
+            .map(|m| m.file_type().is_symlink())
+            .unwrap_or(false)
+        {
             fs::remove_file(&t).ok();
         }
         if !t.exists() {
             fs::write(&t, b"").map_err(err(format!("creating {}", t.display())))?;
         }
-        mount(Some(src.as_path()), &t, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(err(format!("binding {dst}")))?;
+        mount(
+            Some(src.as_path()),
+            &t,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(err(format!("binding {dst}")))?;
     }
     for b in &spec.binds {
         let t = inside(root, &b.dest);
@@ -293,11 +375,27 @@ fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
                 fs::write(&t, b"").map_err(err(format!("creating {}", t.display())))?;
             }
         }
-        mount(Some(b.source.as_path()), &t, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-            .map_err(err(format!("bind mount {} on {}", b.source.display(), b.dest)))?;
+        mount(
+            Some(b.source.as_path()),
+            &t,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(err(format!(
+            "bind mount {} on {}",
+            b.source.display(),
+            b.dest
+        )))?;
         if b.readonly {
-            mount(None::<&str>, &t, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC, None::<&str>)
-                .map_err(err(format!("read-only remount of {}", b.dest)))?;
+            mount(
+                None::<&str>,
+                &t,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(err(format!("read-only remount of {}", b.dest)))?;
         }
     }
     mark("sys, etc files, binds");
@@ -328,7 +426,10 @@ fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
 
 /// The error for a host root that pivot_root cannot leave.
 fn pivot_refused(why: &str) -> Fail {
-    (125, format!("{why}; refusing the chroot fallback, which is escapable"))
+    (
+        125,
+        format!("{why}; refusing the chroot fallback, which is escapable"),
+    )
 }
 
 /// Brings `lo` up in the new network namespace.
@@ -368,10 +469,16 @@ fn resolve_user(spec: &str) -> Result<Ids, Fail> {
         None => (spec, None),
     };
     let u = if u.is_empty() { "0" } else { u };
-    let mut ids = Ids { uid: 0, gid: 0, groups: vec![], home: "/".into() };
-    let entry = passwd.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| {
-        f.len() >= 7 && (f[0] == u || f[2] == u)
-    });
+    let mut ids = Ids {
+        uid: 0,
+        gid: 0,
+        groups: vec![],
+        home: "/".into(),
+    };
+    let entry = passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 7 && (f[0] == u || f[2] == u));
     match (entry.as_ref(), u.parse::<u32>()) {
         (Some(f), _) => {
             ids.uid = f[2].parse().unwrap_or(0);
@@ -382,7 +489,12 @@ fn resolve_user(spec: &str) -> Result<Ids, Fail> {
             ids.uid = n;
             ids.gid = n;
         }
-        (None, Err(_)) => return Err((125, format!("unable to find user {u}: no matching entries in passwd file"))),
+        (None, Err(_)) => {
+            return Err((
+                125,
+                format!("unable to find user {u}: no matching entries in passwd file"),
+            ))
+        }
     }
     if let Some(g) = g {
         ids.gid = match g.parse::<u32>() {
@@ -392,7 +504,12 @@ fn resolve_user(spec: &str) -> Result<Ids, Fail> {
                 .map(|l| l.split(':').collect::<Vec<_>>())
                 .find(|f| f.len() >= 3 && f[0] == g)
                 .and_then(|f| f[2].parse().ok())
-                .ok_or_else(|| (125, format!("unable to find group {g}: no matching entries in group file")))?,
+                .ok_or_else(|| {
+                    (
+                        125,
+                        format!("unable to find group {g}: no matching entries in group file"),
+                    )
+                })?,
         };
     }
     let name = entry.map(|f| f[0].to_string());
@@ -419,9 +536,9 @@ fn find_program(arg0: &str, env: &[String]) -> Option<PathBuf> {
         .iter()
         .find_map(|e| e.strip_prefix("PATH="))
         .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-    path.split(':').map(|d| Path::new(d).join(arg0)).find(|p| {
-        fs::metadata(p).map(|m| m.is_file()).unwrap_or(false)
-    })
+    path.split(':')
+        .map(|d| Path::new(d).join(arg0))
+        .find(|p| fs::metadata(p).map(|m| m.is_file()).unwrap_or(false))
 }
 
 /// The container's terminal: a pty from the container's own devpts (so `tty` and `ttyname`
@@ -431,22 +548,37 @@ fn console() -> Result<(), Fail> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     // SAFETY: open/ioctl on paths and descriptors we own; the fds are owned right away.
     unsafe {
-        let m = libc::open(c"/dev/pts/ptmx".as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        let m = libc::open(
+            c"/dev/pts/ptmx".as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
         if m < 0 {
-            return Err((125, format!("opening /dev/pts/ptmx: {}", std::io::Error::last_os_error())));
+            return Err((
+                125,
+                format!("opening /dev/pts/ptmx: {}", std::io::Error::last_os_error()),
+            ));
         }
         let master = OwnedFd::from_raw_fd(m);
         let unlock: libc::c_int = 0;
         let mut n: libc::c_uint = 0;
-        if libc::ioctl(m, libc::TIOCSPTLCK as _, &unlock) != 0 || libc::ioctl(m, libc::TIOCGPTN as _, &mut n) != 0 {
-            return Err((125, format!("setting up the pty: {}", std::io::Error::last_os_error())));
+        if libc::ioctl(m, libc::TIOCSPTLCK as _, &unlock) != 0
+            || libc::ioctl(m, libc::TIOCGPTN as _, &mut n) != 0
+        {
+            return Err((
+                125,
+                format!("setting up the pty: {}", std::io::Error::last_os_error()),
+            ));
         }
         let path = std::ffi::CString::new(format!("/dev/pts/{n}")).map_err(err("pty path"))?;
         let sl = libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
         if sl < 0 {
-            return Err((125, format!("opening /dev/pts/{n}: {}", std::io::Error::last_os_error())));
+            return Err((
+                125,
+                format!("opening /dev/pts/{n}: {}", std::io::Error::last_os_error()),
+            ));
         }
-        super::send_fd(CONSOLE_FD, master.as_raw_fd()).map_err(err("sending the pty to the engine"))?;
+        super::send_fd(CONSOLE_FD, master.as_raw_fd())
+            .map_err(err("sending the pty to the engine"))?;
         drop(master);
         close(CONSOLE_FD);
         for fd in 0..3 {
@@ -479,25 +611,55 @@ fn start_process(p: &Process) -> Result<std::convert::Infallible, Fail> {
     }
     super::confine::apply(&p.confine).map_err(|e| (125, e))?;
     mark("confined");
-    let groups: Vec<nix::unistd::Gid> = ids.groups.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
+    let groups: Vec<nix::unistd::Gid> = ids
+        .groups
+        .iter()
+        .map(|g| nix::unistd::Gid::from_raw(*g))
+        .collect();
     nix::unistd::setgroups(&groups).map_err(err("setgroups"))?;
     nix::unistd::setgid(nix::unistd::Gid::from_raw(ids.gid)).map_err(err("setgid"))?;
     nix::unistd::setuid(nix::unistd::Uid::from_raw(ids.uid)).map_err(err("setuid"))?;
-    let cwd = if p.cwd.is_empty() { "/" } else { p.cwd.as_str() };
-    std::env::set_current_dir(cwd).map_err(|e| (125, format!("chdir to cwd (\"{cwd}\") set in config.json failed: {e}")))?;
+    let cwd = if p.cwd.is_empty() {
+        "/"
+    } else {
+        p.cwd.as_str()
+    };
+    std::env::set_current_dir(cwd).map_err(|e| {
+        (
+            125,
+            format!("chdir to cwd (\"{cwd}\") set in config.json failed: {e}"),
+        )
+    })?;
     if p.args.is_empty() {
         return Err((125, "no command specified".into()));
     }
     let prog = find_program(&p.args[0], &env).ok_or_else(|| {
-        (127, format!("exec: \"{}\": executable file not found in $PATH", p.args[0]))
+        (
+            127,
+            format!(
+                "exec: \"{}\": executable file not found in $PATH",
+                p.args[0]
+            ),
+        )
     })?;
     let cprog = CString::new(prog.as_os_str().as_encoded_bytes()).map_err(err("program path"))?;
-    let argv: Vec<CString> = p.args.iter().filter_map(|a| CString::new(a.as_bytes()).ok()).collect();
-    let envp: Vec<CString> = env.iter().filter_map(|a| CString::new(a.as_bytes()).ok()).collect();
+    let argv: Vec<CString> = p
+        .args
+        .iter()
+        .filter_map(|a| CString::new(a.as_bytes()).ok())
+        .collect();
+    let envp: Vec<CString> = env
+        .iter()
+        .filter_map(|a| CString::new(a.as_bytes()).ok())
+        .collect();
     mark("program found");
     report_trace("container");
     let e = nix::unistd::execve(&cprog, &argv, &envp).unwrap_err();
-    let code = if e == nix::errno::Errno::ENOENT { 127 } else { 126 };
+    let code = if e == nix::errno::Errno::ENOENT {
+        127
+    } else {
+        126
+    };
     Err((code, format!("exec {}: {e}", prog.display())))
 }
 

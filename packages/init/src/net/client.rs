@@ -26,13 +26,24 @@ pub struct Lease {
 
 impl Lease {
     fn from_message(m: &Message) -> Option<Lease> {
-        let server = m.server_id.or((!m.siaddr.is_unspecified()).then_some(m.siaddr))?;
+        let server = m
+            .server_id
+            .or((!m.siaddr.is_unspecified()).then_some(m.siaddr))?;
         if m.yiaddr.is_unspecified() {
             return None;
         }
-        let lease_time = m.lease_time.unwrap_or(Duration::from_secs(3600)).max(Duration::from_secs(10));
-        let t1 = m.renewal_time.filter(|t| *t < lease_time).unwrap_or(lease_time / 2);
-        let t2 = m.rebinding_time.filter(|t| *t < lease_time && *t > t1).unwrap_or(lease_time * 7 / 8);
+        let lease_time = m
+            .lease_time
+            .unwrap_or(Duration::from_secs(3600))
+            .max(Duration::from_secs(10));
+        let t1 = m
+            .renewal_time
+            .filter(|t| *t < lease_time)
+            .unwrap_or(lease_time / 2);
+        let t2 = m
+            .rebinding_time
+            .filter(|t| *t < lease_time && *t > t1)
+            .unwrap_or(lease_time * 7 / 8);
         let prefix = m.subnet_mask.map(prefix_from_mask).unwrap_or_else(|| {
             // Classful default, as RFC 2131 clients do without option 1.
             match m.yiaddr.octets()[0] {
@@ -99,7 +110,15 @@ fn retransmit(attempt: u32) -> Duration {
 
 impl Client {
     pub fn new(mac: [u8; 6], hostname: Option<String>, xid: u32, now: Instant) -> Client {
-        Client { mac, hostname, xid, state: State::Selecting, deadline: now, attempt: 0, started: now }
+        Client {
+            mac,
+            hostname,
+            xid,
+            state: State::Selecting,
+            deadline: now,
+            attempt: 0,
+            started: now,
+        }
     }
 
     pub fn deadline(&self) -> Instant {
@@ -113,7 +132,10 @@ impl Client {
 
     fn base(&self, kind: Kind, now: Instant) -> Message {
         let mut m = Message::client(kind, self.xid, self.mac);
-        m.secs = now.saturating_duration_since(self.started).as_secs().min(u16::MAX as u64) as u16;
+        m.secs = now
+            .saturating_duration_since(self.started)
+            .as_secs()
+            .min(u16::MAX as u64) as u16;
         let mut id = vec![1u8];
         id.extend_from_slice(&self.mac);
         m.client_id = Some(id);
@@ -140,7 +162,13 @@ impl Client {
         vec![Action::Send(Dest::RawBroadcast, m)]
     }
 
-    fn request_renew(&mut self, lease: &Lease, dest: Dest, now: Instant, until: Instant) -> Vec<Action> {
+    fn request_renew(
+        &mut self,
+        lease: &Lease,
+        dest: Dest,
+        now: Instant,
+        until: Instant,
+    ) -> Vec<Action> {
         let mut m = self.base(Kind::Request, now);
         m.ciaddr = lease.addr;
         // RFC 2131 4.4.5: wait half the remaining time, at least 60 s.
@@ -164,14 +192,18 @@ impl Client {
         }
         match (&self.state, m.kind) {
             (State::Selecting, Kind::Offer) => {
-                let Some(offer) = Lease::from_message(m) else { return Vec::new() };
+                let Some(offer) = Lease::from_message(m) else {
+                    return Vec::new();
+                };
                 self.attempt = 0;
                 let acts = self.request_selecting(&offer, now);
                 self.state = State::Requesting { offer, tries: 1 };
                 acts
             }
             (State::Requesting { offer, .. }, Kind::Ack) => {
-                let Some(mut lease) = Lease::from_message(m) else { return Vec::new() };
+                let Some(mut lease) = Lease::from_message(m) else {
+                    return Vec::new();
+                };
                 if lease.addr != offer.addr {
                     return Vec::new();
                 }
@@ -180,8 +212,13 @@ impl Client {
                 }
                 self.bind(lease, now)
             }
-            (State::Renewing { lease: old, .. } | State::Rebinding { lease: old, .. }, Kind::Ack) => {
-                let Some(lease) = Lease::from_message(m) else { return Vec::new() };
+            (
+                State::Renewing { lease: old, .. } | State::Rebinding { lease: old, .. },
+                Kind::Ack,
+            ) => {
+                let Some(lease) = Lease::from_message(m) else {
+                    return Vec::new();
+                };
                 let mut acts = Vec::new();
                 if lease.addr != old.addr {
                     acts.push(Action::Deconfigure(old.addr));
@@ -201,7 +238,10 @@ impl Client {
 
     fn bind(&mut self, lease: Lease, now: Instant) -> Vec<Action> {
         self.deadline = now + lease.t1;
-        self.state = State::Bound { lease: lease.clone(), since: now };
+        self.state = State::Bound {
+            lease: lease.clone(),
+            since: now,
+        };
         vec![Action::Configure(lease)]
     }
 
@@ -216,16 +256,25 @@ impl Client {
                     return self.start(now);
                 }
                 let acts = self.request_selecting(&offer, now);
-                self.state = State::Requesting { offer, tries: tries + 1 };
+                self.state = State::Requesting {
+                    offer,
+                    tries: tries + 1,
+                };
                 acts
             }
             State::Bound { lease, since } => {
-                self.state = State::Renewing { lease: lease.clone(), since };
+                self.state = State::Renewing {
+                    lease: lease.clone(),
+                    since,
+                };
                 self.request_renew(&lease, Dest::Unicast(lease.server), now, since + lease.t2)
             }
             State::Renewing { lease, since } => {
                 if now >= since + lease.t2 {
-                    self.state = State::Rebinding { lease: lease.clone(), since };
+                    self.state = State::Rebinding {
+                        lease: lease.clone(),
+                        since,
+                    };
                     self.request_renew(&lease, Dest::UdpBroadcast, now, since + lease.lease_time)
                 } else {
                     self.request_renew(&lease, Dest::Unicast(lease.server), now, since + lease.t2)
@@ -282,7 +331,9 @@ mod tests {
         let xid = d.xid;
 
         // Wrong xid is ignored.
-        assert!(c.on_message(&reply(Kind::Offer, xid ^ 1, 100), t0).is_empty());
+        assert!(c
+            .on_message(&reply(Kind::Offer, xid ^ 1, 100), t0)
+            .is_empty());
         let acts = c.on_message(&reply(Kind::Offer, xid, 100), t0);
         let r = sent(&acts);
         assert_eq!(r.kind, Kind::Request);
@@ -291,19 +342,26 @@ mod tests {
         assert_eq!(acts[0], Action::Send(Dest::RawBroadcast, r.clone()));
 
         let acts = c.on_message(&reply(Kind::Ack, xid, 100), t0);
-        let Action::Configure(lease) = &acts[0] else { panic!("{acts:?}") };
+        let Action::Configure(lease) = &acts[0] else {
+            panic!("{acts:?}")
+        };
         assert_eq!(lease.addr, Ipv4Addr::new(10, 0, 2, 15));
         assert_eq!(lease.prefix, 24);
         assert_eq!(lease.router, Some(Ipv4Addr::new(10, 0, 2, 2)));
         assert_eq!(lease.dns, vec![Ipv4Addr::new(10, 0, 2, 3)]);
-        assert_eq!((lease.t1, lease.t2), (Duration::from_secs(50), Duration::from_millis(87500)));
+        assert_eq!(
+            (lease.t1, lease.t2),
+            (Duration::from_secs(50), Duration::from_millis(87500))
+        );
         assert!(!c.needs_raw());
         assert_eq!(c.deadline(), t0 + Duration::from_secs(50));
 
         // T1: unicast renewal with ciaddr.
         assert!(c.on_timer(t0 + Duration::from_secs(49)).is_empty());
         let acts = c.on_timer(t0 + Duration::from_secs(50));
-        assert!(matches!(&acts[0], Action::Send(Dest::Unicast(a), m) if *a == Ipv4Addr::new(10, 0, 2, 2) && m.ciaddr == Ipv4Addr::new(10, 0, 2, 15)));
+        assert!(
+            matches!(&acts[0], Action::Send(Dest::Unicast(a), m) if *a == Ipv4Addr::new(10, 0, 2, 2) && m.ciaddr == Ipv4Addr::new(10, 0, 2, 15))
+        );
         assert!(matches!(c.state, State::Renewing { .. }));
         // Renewal deadline is capped at T2.
         assert_eq!(c.deadline(), t0 + Duration::from_millis(87500));

@@ -171,7 +171,10 @@ impl Message {
             (opt::REBINDING_TIME, self.rebinding_time),
         ] {
             if let Some(d) = d {
-                put(code, &(d.as_secs().min(u32::MAX as u64) as u32).to_be_bytes());
+                put(
+                    code,
+                    &(d.as_secs().min(u32::MAX as u64) as u32).to_be_bytes(),
+                );
             }
         }
         if let Some(m) = self.subnet_mask {
@@ -213,7 +216,11 @@ impl Message {
         let ip = |o: usize| Ipv4Addr::new(b[o], b[o + 1], b[o + 2], b[o + 3]);
         let mut chaddr = [0u8; 6];
         chaddr.copy_from_slice(&b[28..34]);
-        let mut m = Message::client(Kind::Discover, u32::from_be_bytes([b[4], b[5], b[6], b[7]]), chaddr);
+        let mut m = Message::client(
+            Kind::Discover,
+            u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+            chaddr,
+        );
         m.op = b[0];
         m.secs = u16::from_be_bytes([b[8], b[9]]);
         m.broadcast = b[10] & 0x80 != 0;
@@ -232,14 +239,26 @@ impl Message {
                 break;
             }
             let len = *b.get(i + 1).ok_or(DecodeError::Truncated(code))? as usize;
-            let data = b.get(i + 2..i + 2 + len).ok_or(DecodeError::Truncated(code))?;
+            let data = b
+                .get(i + 2..i + 2 + len)
+                .ok_or(DecodeError::Truncated(code))?;
             i += 2 + len;
             let addr = |d: &[u8]| (d.len() >= 4).then(|| Ipv4Addr::new(d[0], d[1], d[2], d[3]));
-            let addrs = |d: &[u8]| d.chunks_exact(4).map(|c| Ipv4Addr::new(c[0], c[1], c[2], c[3])).collect::<Vec<_>>();
-            let secs = |d: &[u8]| {
-                (d.len() >= 4).then(|| Duration::from_secs(u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as u64))
+            let addrs = |d: &[u8]| {
+                d.chunks_exact(4)
+                    .map(|c| Ipv4Addr::new(c[0], c[1], c[2], c[3]))
+                    .collect::<Vec<_>>()
             };
-            let text = |d: &[u8]| String::from_utf8_lossy(d).trim_end_matches('\0').to_string();
+            let secs = |d: &[u8]| {
+                (d.len() >= 4).then(|| {
+                    Duration::from_secs(u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as u64)
+                })
+            };
+            let text = |d: &[u8]| {
+                String::from_utf8_lossy(d)
+                    .trim_end_matches('\0')
+                    .to_string()
+            };
             match code {
                 opt::MESSAGE_TYPE => {
                     let t = *data.first().ok_or(DecodeError::Truncated(code))?;
@@ -279,7 +298,11 @@ pub const PARAMS: &[u8] = &[
 fn checksum(data: &[u8], initial: u32) -> u16 {
     let mut sum = initial;
     for c in data.chunks(2) {
-        let w = if c.len() == 2 { u16::from_be_bytes([c[0], c[1]]) } else { u16::from_be_bytes([c[0], 0]) };
+        let w = if c.len() == 2 {
+            u16::from_be_bytes([c[0], c[1]])
+        } else {
+            u16::from_be_bytes([c[0], 0])
+        };
         sum += w as u32;
     }
     while sum > 0xffff {
@@ -289,7 +312,13 @@ fn checksum(data: &[u8], initial: u32) -> u16 {
 }
 
 /// Wraps a UDP payload in IPv4 + UDP headers (for an AF_PACKET/SOCK_DGRAM socket).
-pub fn ip_udp_wrap(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+pub fn ip_udp_wrap(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     let udp_len = 8 + payload.len();
     let total = 20 + udp_len;
     let mut p = Vec::with_capacity(total);
@@ -407,7 +436,10 @@ mod tests {
         assert!(b[34..236].iter().all(|&x| x == 0));
         assert_eq!(
             &b[236..260],
-            &[99, 130, 83, 99, 53, 1, 1, 61, 7, 1, 0x52, 0x54, 0, 0x12, 0x34, 0x56, 55, 3, 1, 3, 6, 255, 0, 0]
+            &[
+                99, 130, 83, 99, 53, 1, 1, 61, 7, 1, 0x52, 0x54, 0, 0x12, 0x34, 0x56, 55, 3, 1, 3,
+                6, 255, 0, 0
+            ]
         );
     }
 
@@ -441,7 +473,10 @@ mod tests {
         assert_eq!(Message::decode(&b), Err(DecodeError::Truncated(54)));
         let mut b = slirp_offer();
         b[242] = 99;
-        assert_eq!(Message::decode(&b), Err(DecodeError::UnknownMessageType(99)));
+        assert_eq!(
+            Message::decode(&b),
+            Err(DecodeError::UnknownMessageType(99))
+        );
     }
 
     #[test]

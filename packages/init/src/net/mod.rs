@@ -38,7 +38,8 @@ pub fn find_nic(class_net: &Path) -> Option<String> {
     names.sort();
     names.into_iter().find(|n| {
         let dir = class_net.join(n);
-        fs::read_to_string(dir.join("type")).is_ok_and(|t| t.trim() == "1") && dir.join("device").exists()
+        fs::read_to_string(dir.join("type")).is_ok_and(|t| t.trim() == "1")
+            && dir.join("device").exists()
     })
 }
 
@@ -65,7 +66,8 @@ pub fn resolv_conf(dns: &[Ipv4Addr], domain: Option<&str>) -> String {
 
 fn write_resolv(dns: &[Ipv4Addr], domain: Option<&str>) {
     let tmp = format!("{RESOLV_CONF}.new");
-    let res = fs::write(&tmp, resolv_conf(dns, domain)).and_then(|()| fs::rename(&tmp, RESOLV_CONF));
+    let res =
+        fs::write(&tmp, resolv_conf(dns, domain)).and_then(|()| fs::rename(&tmp, RESOLV_CONF));
     if let Err(e) = res {
         crate::error!("write {RESOLV_CONF}: {e}");
     }
@@ -112,7 +114,10 @@ struct RtEntry {
 fn ifname(name: &str) -> io::Result<[u8; 16]> {
     let mut b = [0u8; 16];
     if name.len() >= 16 {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("interface name {name:?} too long")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("interface name {name:?} too long"),
+        ));
     }
     b[..name.len()].copy_from_slice(name.as_bytes());
     Ok(b)
@@ -122,7 +127,9 @@ fn sin(a: Ipv4Addr) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: 0,
-        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.octets()) },
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(a.octets()),
+        },
         sin_zero: [0; 8],
     }
 }
@@ -134,7 +141,11 @@ fn ctl_socket() -> io::Result<OwnedFd> {
 /// Sets IFF_UP on an interface.
 pub fn link_up(name: &str) -> io::Result<()> {
     let s = ctl_socket()?;
-    let mut req = IfReqFlags { name: ifname(name)?, flags: 0, _pad: [0; 22] };
+    let mut req = IfReqFlags {
+        name: ifname(name)?,
+        flags: 0,
+        _pad: [0; 22],
+    };
     // SAFETY: req is an ifreq-shaped struct (name + flags) as SIOC[GS]IFFLAGS expect.
     unsafe {
         sys::ioctl_ptr(s.as_raw_fd(), libc::SIOCGIFFLAGS as libc::c_ulong, &mut req)?;
@@ -146,18 +157,31 @@ pub fn link_up(name: &str) -> io::Result<()> {
 
 fn set_addr(name: &str, req_code: libc::c_ulong, a: Ipv4Addr) -> io::Result<()> {
     let s = ctl_socket()?;
-    let mut req = IfReqAddr { name: ifname(name)?, addr: sin(a), _pad: [0; 8] };
+    let mut req = IfReqAddr {
+        name: ifname(name)?,
+        addr: sin(a),
+        _pad: [0; 8],
+    };
     // SAFETY: req is an ifreq-shaped struct (name + sockaddr) as the address ioctls expect.
     unsafe { sys::ioctl_ptr(s.as_raw_fd(), req_code, &mut req) }?;
     Ok(())
 }
 
 fn mask(prefix: u8) -> Ipv4Addr {
-    Ipv4Addr::from(if prefix == 0 { 0 } else { u32::MAX << (32 - prefix as u32) })
+    Ipv4Addr::from(if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix as u32)
+    })
 }
 
 /// Sets the interface's IPv4 address, netmask, broadcast and (optionally) default route.
-pub fn configure(name: &str, addr: Ipv4Addr, prefix: u8, gateway: Option<Ipv4Addr>) -> io::Result<()> {
+pub fn configure(
+    name: &str,
+    addr: Ipv4Addr,
+    prefix: u8,
+    gateway: Option<Ipv4Addr>,
+) -> io::Result<()> {
     set_addr(name, libc::SIOCSIFADDR as libc::c_ulong, addr)?;
     set_addr(name, libc::SIOCSIFNETMASK as libc::c_ulong, mask(prefix))?;
     let bcast = Ipv4Addr::from(u32::from(addr) | !u32::from(mask(prefix)));
@@ -187,7 +211,12 @@ pub fn configure(name: &str, addr: Ipv4Addr, prefix: u8, gateway: Option<Ipv4Add
         match unsafe { sys::ioctl_ptr(s.as_raw_fd(), libc::SIOCADDRT as libc::c_ulong, &mut rt) } {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(e) => return Err(io::Error::new(e.kind(), format!("default route via {gw}: {e}"))),
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("default route via {gw}: {e}"),
+                ))
+            }
         }
     }
     Ok(())
@@ -195,7 +224,11 @@ pub fn configure(name: &str, addr: Ipv4Addr, prefix: u8, gateway: Option<Ipv4Add
 
 /// Removes the interface's IPv4 address (and with it the routes through it).
 pub fn deconfigure(name: &str) -> io::Result<()> {
-    set_addr(name, libc::SIOCSIFADDR as libc::c_ulong, Ipv4Addr::UNSPECIFIED)
+    set_addr(
+        name,
+        libc::SIOCSIFADDR as libc::c_ulong,
+        Ipv4Addr::UNSPECIFIED,
+    )
 }
 
 // ---- the network as init runs it -------------------------------------------------------
@@ -218,7 +251,11 @@ pub struct Network {
 
 fn raw_socket(ifindex: u32) -> io::Result<OwnedFd> {
     let proto = (libc::ETH_P_IP as u16).to_be();
-    let s = sys::socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK, proto as i32)?;
+    let s = sys::socket(
+        libc::AF_PACKET,
+        libc::SOCK_DGRAM | libc::SOCK_NONBLOCK,
+        proto as i32,
+    )?;
     // SAFETY: an all-zero sockaddr_ll is valid; we set the fields bind needs.
     let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     sll.sll_family = libc::AF_PACKET as u16;
@@ -226,7 +263,11 @@ fn raw_socket(ifindex: u32) -> io::Result<OwnedFd> {
     sll.sll_ifindex = ifindex as i32;
     // SAFETY: sll is a valid sockaddr_ll of the size given.
     let r = unsafe {
-        libc::bind(s.as_raw_fd(), (&sll as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32)
+        libc::bind(
+            s.as_raw_fd(),
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
     };
     if r < 0 {
         return Err(io::Error::last_os_error());
@@ -239,11 +280,23 @@ fn udp_socket(ifname: &str) -> io::Result<OwnedFd> {
     let fd = s.as_raw_fd();
     sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
     sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_BROADCAST, 1)?;
-    sys::setsockopt_bytes(fd, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, ifname.as_bytes())?;
-    let addr = libc::sockaddr_in { sin_port: dhcp::CLIENT_PORT.to_be(), ..sin(Ipv4Addr::UNSPECIFIED) };
+    sys::setsockopt_bytes(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_BINDTODEVICE,
+        ifname.as_bytes(),
+    )?;
+    let addr = libc::sockaddr_in {
+        sin_port: dhcp::CLIENT_PORT.to_be(),
+        ..sin(Ipv4Addr::UNSPECIFIED)
+    };
     // SAFETY: addr is a valid sockaddr_in of the size given.
     let r = unsafe {
-        libc::bind(fd, (&addr as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32)
+        libc::bind(
+            fd,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        )
     };
     if r < 0 {
         return Err(io::Error::last_os_error());
@@ -257,7 +310,13 @@ impl Network {
         if let Err(e) = link_up("lo") {
             crate::error!("bring up lo: {e}");
         }
-        let mut net = Network { nic: None, dhcp: None, sock: None, no_packet: false, configured: false };
+        let mut net = Network {
+            nic: None,
+            dhcp: None,
+            sock: None,
+            no_packet: false,
+            configured: false,
+        };
         let Some(name) = find_nic(Path::new("/sys/class/net")) else {
             crate::warn!("no ethernet NIC found in /sys/class/net; networking is loopback only");
             return net;
@@ -276,13 +335,23 @@ impl Network {
         if let Err(e) = link_up(&name) {
             crate::error!("bring up {name}: {e}");
         }
-        net.nic = Some(Nic { name: name.clone(), ifindex });
+        net.nic = Some(Nic {
+            name: name.clone(),
+            ifindex,
+        });
         match settings {
-            NetSettings::Static(StaticIp { addr, prefix, gateway, dns }) => {
+            NetSettings::Static(StaticIp {
+                addr,
+                prefix,
+                gateway,
+                dns,
+            }) => {
                 match configure(&name, *addr, *prefix, *gateway) {
                     Ok(()) => crate::info!(
                         "{name}: static address {addr}/{prefix}{}",
-                        gateway.map(|g| format!(", gateway {g}")).unwrap_or_default()
+                        gateway
+                            .map(|g| format!(", gateway {g}"))
+                            .unwrap_or_default()
                     ),
                     Err(e) => crate::error!("{name}: static address {addr}/{prefix}: {e}"),
                 }
@@ -292,7 +361,12 @@ impl Network {
             NetSettings::Dhcp => {
                 let mut seed = [0u8; 4];
                 let _ = sys::getrandom(&mut seed);
-                let mut c = Client::new(mac, Some(hostname.to_string()), u32::from_ne_bytes(seed), now);
+                let mut c = Client::new(
+                    mac,
+                    Some(hostname.to_string()),
+                    u32::from_ne_bytes(seed),
+                    now,
+                );
                 let acts = c.start(now);
                 net.dhcp = Some(c);
                 crate::debug!("{name}: DHCP discovery started");
@@ -324,7 +398,9 @@ impl Network {
     pub fn on_readable(&mut self, now: Instant) {
         let mut buf = [0u8; 1600];
         for _ in 0..64 {
-            let Some((sock, raw)) = &self.sock else { return };
+            let Some((sock, raw)) = &self.sock else {
+                return;
+            };
             let n = match sys::read_nb(sock.as_raw_fd(), &mut buf) {
                 Ok(Some(n)) => n,
                 Ok(None) => return,
@@ -372,7 +448,10 @@ impl Network {
                 Err(e) => {
                     // Without CONFIG_PACKET: a UDP socket bound to the device can still send
                     // from 0.0.0.0 to 255.255.255.255 and receive broadcast replies.
-                    crate::warn!("{}: DHCP packet socket: {e}; using a UDP socket for discovery", nic.name);
+                    crate::warn!(
+                        "{}: DHCP packet socket: {e}; using a UDP socket for discovery",
+                        nic.name
+                    );
                     self.no_packet = true;
                 }
             }
@@ -385,12 +464,20 @@ impl Network {
 
     fn send(&mut self, dest: &Dest, m: &Message) {
         self.ensure_socket(matches!(dest, Dest::RawBroadcast));
-        let (Some((sock, raw)), Some(nic)) = (&self.sock, &self.nic) else { return };
+        let (Some((sock, raw)), Some(nic)) = (&self.sock, &self.nic) else {
+            return;
+        };
         let raw = *raw;
         let payload = m.encode();
         let fd = sock.as_raw_fd();
         let r = if raw {
-            let pkt = dhcp::ip_udp_wrap(Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST, dhcp::CLIENT_PORT, dhcp::SERVER_PORT, &payload);
+            let pkt = dhcp::ip_udp_wrap(
+                Ipv4Addr::UNSPECIFIED,
+                Ipv4Addr::BROADCAST,
+                dhcp::CLIENT_PORT,
+                dhcp::SERVER_PORT,
+                &payload,
+            );
             // SAFETY: an all-zero sockaddr_ll is valid; we fill in the destination.
             let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
             sll.sll_family = libc::AF_PACKET as u16;
@@ -400,17 +487,34 @@ impl Network {
             sll.sll_addr[..6].copy_from_slice(&[0xff; 6]);
             // SAFETY: pkt and sll are valid for the sizes given.
             unsafe {
-                libc::sendto(fd, pkt.as_ptr().cast(), pkt.len(), 0, (&sll as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32)
+                libc::sendto(
+                    fd,
+                    pkt.as_ptr().cast(),
+                    pkt.len(),
+                    0,
+                    (&sll as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
             }
         } else {
             let to = match dest {
                 Dest::Unicast(a) => *a,
                 _ => Ipv4Addr::BROADCAST,
             };
-            let sa = libc::sockaddr_in { sin_port: dhcp::SERVER_PORT.to_be(), ..sin(to) };
+            let sa = libc::sockaddr_in {
+                sin_port: dhcp::SERVER_PORT.to_be(),
+                ..sin(to)
+            };
             // SAFETY: payload and sa are valid for the sizes given.
             unsafe {
-                libc::sendto(fd, payload.as_ptr().cast(), payload.len(), 0, (&sa as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32)
+                libc::sendto(
+                    fd,
+                    payload.as_ptr().cast(),
+                    payload.len(),
+                    0,
+                    (&sa as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as u32,
+                )
             }
         };
         if r < 0 {
@@ -450,7 +554,10 @@ impl Network {
                         lease.addr,
                         lease.prefix,
                         lease.server,
-                        lease.router.map(|r| format!(", gateway {r}")).unwrap_or_default(),
+                        lease
+                            .router
+                            .map(|r| format!(", gateway {r}"))
+                            .unwrap_or_default(),
                         lease.lease_time.as_secs()
                     );
                 } else {
@@ -458,7 +565,12 @@ impl Network {
                 }
                 self.configured = true;
             }
-            Err(e) => crate::error!("{}: configure {}/{}: {e}", nic.name, lease.addr, lease.prefix),
+            Err(e) => crate::error!(
+                "{}: configure {}/{}: {e}",
+                nic.name,
+                lease.addr,
+                lease.prefix
+            ),
         }
         write_resolv(&lease.dns, lease.domain.as_deref());
     }
@@ -472,7 +584,13 @@ mod tests {
     fn picks_the_first_real_ethernet_nic() {
         let d = std::env::temp_dir().join(format!("axion-net-{}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
-        for (name, ty, dev) in [("lo", "772", false), ("br0", "1", false), ("eth1", "1", true), ("eth0", "1", true), ("sit0", "776", true)] {
+        for (name, ty, dev) in [
+            ("lo", "772", false),
+            ("br0", "1", false),
+            ("eth1", "1", true),
+            ("eth0", "1", true),
+            ("sit0", "776", true),
+        ] {
             fs::create_dir_all(d.join(name)).unwrap();
             fs::write(d.join(name).join("type"), format!("{ty}\n")).unwrap();
             if dev {
@@ -485,7 +603,10 @@ mod tests {
 
     #[test]
     fn macs_masks_and_resolv_conf() {
-        assert_eq!(parse_mac("52:54:00:12:34:56\n"), Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
+        assert_eq!(
+            parse_mac("52:54:00:12:34:56\n"),
+            Some([0x52, 0x54, 0, 0x12, 0x34, 0x56])
+        );
         assert_eq!(parse_mac("52:54:00:12:34"), None);
         assert_eq!(parse_mac("52:54:00:12:34:56:78"), None);
         assert_eq!(mask(24), Ipv4Addr::new(255, 255, 255, 0));

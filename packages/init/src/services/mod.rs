@@ -90,14 +90,18 @@ pub const NETWORK: &str = "network";
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name != NETWORK
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
         && !name.starts_with('.')
 }
 
 /// Parses one service file's text.
 pub fn parse_service(name: &str, text: &str) -> Result<Service, String> {
     if !valid_name(name) {
-        return Err(format!("service name {name:?}: use letters, digits, '-', '_', '.' (and not \"network\")"));
+        return Err(format!(
+            "service name {name:?}: use letters, digits, '-', '_', '.' (and not \"network\")"
+        ));
     }
     let f: ServiceFile = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
     if !f.command.starts_with('/') {
@@ -136,8 +140,14 @@ pub fn load_dir(dir: &Path) -> (Vec<Service>, Vec<String>) {
         .collect();
     paths.sort();
     for p in paths {
-        let name = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        match std::fs::read_to_string(&p).map_err(|e| e.to_string()).and_then(|t| parse_service(&name, &t)) {
+        let name = p
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match std::fs::read_to_string(&p)
+            .map_err(|e| e.to_string())
+            .and_then(|t| parse_service(&name, &t))
+        {
             Ok(s) => services.push(s),
             Err(e) => errors.push(format!("{}: {e} (service skipped)", p.display())),
         }
@@ -164,8 +174,12 @@ pub fn order(mut services: Vec<Service>) -> (Vec<Service>, Vec<String>) {
     let mut out: Vec<Service> = Vec::with_capacity(services.len());
     let mut rest = services;
     while !rest.is_empty() {
-        let placed = |d: &String, out: &Vec<Service>| d == NETWORK || out.iter().any(|o| &o.name == d);
-        if let Some(i) = rest.iter().position(|s| s.after.iter().all(|d| placed(d, &out))) {
+        let placed =
+            |d: &String, out: &Vec<Service>| d == NETWORK || out.iter().any(|o| &o.name == d);
+        if let Some(i) = rest
+            .iter()
+            .position(|s| s.after.iter().all(|d| placed(d, &out)))
+        {
             out.push(rest.remove(i));
         } else {
             // A cycle: break it at the first remaining service (by name).
@@ -174,7 +188,10 @@ pub fn order(mut services: Vec<Service>) -> (Vec<Service>, Vec<String>) {
             s.after.retain(|d| {
                 let cyc = names_left.contains(d);
                 if cyc {
-                    msgs.push(format!("service {}: dependency cycle through {d:?}; ignoring that edge", s.name));
+                    msgs.push(format!(
+                        "service {}: dependency cycle through {d:?}; ignoring that edge",
+                        s.name
+                    ));
                 }
                 !cyc
             });
@@ -212,7 +229,10 @@ log-max-bytes = 4096
         .unwrap();
         assert_eq!(s.command, "/usr/bin/axion-engine");
         assert_eq!(s.args, vec!["--host", "unix:///run/docker.sock"]);
-        assert_eq!(s.environment.get("RUST_LOG").map(String::as_str), Some("info"));
+        assert_eq!(
+            s.environment.get("RUST_LOG").map(String::as_str),
+            Some("info")
+        );
         assert_eq!(s.after, vec!["network"]);
         assert_eq!(s.restart, Restart::OnFailure);
         assert_eq!(s.working_directory, "/var/lib");
@@ -234,8 +254,12 @@ log-max-bytes = 4096
     fn rejects_bad_files() {
         let e = parse_service("x", "command = \"/bin/x\"\nrestrat = \"never\"").unwrap_err();
         assert!(e.contains("restrat"), "{e}");
-        assert!(parse_service("x", "command = \"bin/x\"").unwrap_err().contains("absolute"));
-        assert!(parse_service("x", "args = []").unwrap_err().contains("command"));
+        assert!(parse_service("x", "command = \"bin/x\"")
+            .unwrap_err()
+            .contains("absolute"));
+        assert!(parse_service("x", "args = []")
+            .unwrap_err()
+            .contains("command"));
         assert!(parse_service("x", "command = \"/x\"\nrestart = \"sometimes\"").is_err());
         assert!(parse_service("network", "command = \"/x\"").is_err());
         assert!(parse_service("a/b", "command = \"/x\"").is_err());
@@ -274,7 +298,10 @@ log-max-bytes = 4096
         std::fs::write(dir.join("bad.toml"), "command = 3").unwrap();
         std::fs::write(dir.join("README"), "not a service").unwrap();
         let (s, errs) = load_dir(&dir);
-        assert_eq!(s.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
+        assert_eq!(
+            s.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            vec!["a", "b"]
+        );
         assert_eq!(errs.len(), 1);
         assert!(errs[0].contains("bad.toml"));
         assert_eq!(load_dir(&dir.join("none")).0.len(), 0);

@@ -22,7 +22,15 @@ impl LogSink {
     pub fn new(name: &str, dir: &Path, cap: u64) -> LogSink {
         let path = dir.join(format!("{name}.log"));
         let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        LogSink { name: name.to_string(), path, file: None, size, cap: cap.max(1), partial: Vec::new(), warned: false }
+        LogSink {
+            name: name.to_string(),
+            path,
+            file: None,
+            size,
+            cap: cap.max(1),
+            partial: Vec::new(),
+            warned: false,
+        }
     }
 
     /// Handles a chunk read from the pipe; `console` receives whole prefixed lines.
@@ -66,11 +74,18 @@ impl LogSink {
             self.size = 0;
         }
         if self.file.is_none() {
-            match OpenOptions::new().create(true).append(true).open(&self.path) {
+            match OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+            {
                 Ok(f) => self.file = Some(f),
                 Err(e) => {
                     if !self.warned {
-                        crate::warn!("cannot write {}: {e}; output goes to the console only", self.path.display());
+                        crate::warn!(
+                            "cannot write {}: {e}; output goes to the console only",
+                            self.path.display()
+                        );
                         self.warned = true;
                     }
                     return;
@@ -106,7 +121,10 @@ mod tests {
         sink.feed(b"ld\n", &mut |b| out.extend_from_slice(b));
         sink.feed(b"tail", &mut |b| out.extend_from_slice(b));
         sink.finish(&mut |b| out.extend_from_slice(b));
-        assert_eq!(String::from_utf8(out).unwrap(), "svc: hello\nsvc: world\nsvc: tail\n");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "svc: hello\nsvc: world\nsvc: tail\n"
+        );
         assert_eq!(fs::read(d.join("svc.log")).unwrap(), b"hello\nworld\ntail");
         fs::remove_dir_all(&d).unwrap();
     }

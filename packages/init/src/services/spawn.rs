@@ -33,7 +33,9 @@ impl Spawner for OsSpawner {
         } else {
             let (r, w) = sys::pipe()?;
             let w2 = w.try_clone()?;
-            cmd.stdin(Stdio::null()).stdout(Stdio::from(w)).stderr(Stdio::from(w2));
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::from(w))
+                .stderr(Stdio::from(w2));
             output = Some(r);
         }
         // SAFETY: the closure only makes async-signal-safe syscalls (sigprocmask, setsid,

@@ -31,9 +31,14 @@ pub trait Spawner {
 pub enum State {
     /// Not started yet: waiting for its dependencies.
     Pending,
-    Running { pid: i32, since: Instant },
+    Running {
+        pid: i32,
+        since: Instant,
+    },
     /// Exited; restarts at `until`.
-    Backoff { until: Instant },
+    Backoff {
+        until: Instant,
+    },
     /// Exited and not restarted (policy, or shutdown).
     Done,
 }
@@ -70,15 +75,31 @@ pub fn backoff(step: u32) -> Duration {
 impl<S: Spawner> Supervisor<S> {
     /// `services` must already be in start order (see `services::order`).
     pub fn new(spawner: S, services: Vec<Service>) -> Self {
-        let units = services.into_iter().map(|svc| Unit { svc, state: State::Pending, step: 0, starts: 0, kill_at: None }).collect();
-        Supervisor { spawner, units, stopping: false }
+        let units = services
+            .into_iter()
+            .map(|svc| Unit {
+                svc,
+                state: State::Pending,
+                step: 0,
+                starts: 0,
+                kill_at: None,
+            })
+            .collect();
+        Supervisor {
+            spawner,
+            units,
+            stopping: false,
+        }
     }
 
     fn dep_started(&self, dep: &str, network_ready: bool) -> bool {
         if dep == NETWORK {
             return network_ready;
         }
-        self.units.iter().find(|u| u.svc.name == dep).is_none_or(|u| u.state != State::Pending)
+        self.units
+            .iter()
+            .find(|u| u.svc.name == dep)
+            .is_none_or(|u| u.state != State::Pending)
     }
 
     fn start(&mut self, i: usize, now: Instant, out: &mut Vec<Started>) {
@@ -87,7 +108,10 @@ impl<S: Spawner> Supervisor<S> {
         match self.spawner.spawn(&unit.svc) {
             Ok(sp) => {
                 crate::debug!("service {} started, pid {}", unit.svc.name, sp.pid);
-                unit.state = State::Running { pid: sp.pid, since: now };
+                unit.state = State::Running {
+                    pid: sp.pid,
+                    since: now,
+                };
                 out.push(Started {
                     name: unit.svc.name.clone(),
                     pid: sp.pid,
@@ -98,7 +122,12 @@ impl<S: Spawner> Supervisor<S> {
             Err(e) => {
                 let delay = backoff(unit.step);
                 unit.step += 1;
-                crate::error!("service {}: cannot start {}: {e}; retrying in {:.2} s", unit.svc.name, unit.svc.command, delay.as_secs_f64());
+                crate::error!(
+                    "service {}: cannot start {}: {e}; retrying in {:.2} s",
+                    unit.svc.name,
+                    unit.svc.command,
+                    delay.as_secs_f64()
+                );
                 unit.state = State::Backoff { until: now + delay };
             }
         }
@@ -106,7 +135,13 @@ impl<S: Spawner> Supervisor<S> {
 
     /// Adds a service after the others (started by the next `start_pending`).
     pub fn add(&mut self, svc: Service) {
-        self.units.push(Unit { svc, state: State::Pending, step: 0, starts: 0, kill_at: None });
+        self.units.push(Unit {
+            svc,
+            state: State::Pending,
+            step: 0,
+            starts: 0,
+            kill_at: None,
+        });
     }
 
     /// Starts every pending service whose dependencies are met (one pass suffices: the units
@@ -120,7 +155,11 @@ impl<S: Spawner> Supervisor<S> {
             if self.units[i].state != State::Pending {
                 continue;
             }
-            let ready = self.units[i].svc.after.iter().all(|d| self.dep_started(d, network_ready));
+            let ready = self.units[i]
+                .svc
+                .after
+                .iter()
+                .all(|d| self.dep_started(d, network_ready));
             if ready {
                 self.start(i, now, &mut out);
             }
@@ -136,10 +175,16 @@ impl<S: Spawner> Supervisor<S> {
     /// A child exited; returns false if it was not one of ours.
     pub fn on_exit(&mut self, pid: i32, status: ExitStatus, now: Instant) -> bool {
         let stopping = self.stopping;
-        let Some(unit) = self.units.iter_mut().find(|u| matches!(u.state, State::Running { pid: p, .. } if p == pid)) else {
+        let Some(unit) = self
+            .units
+            .iter_mut()
+            .find(|u| matches!(u.state, State::Running { pid: p, .. } if p == pid))
+        else {
             return false;
         };
-        let State::Running { since, .. } = unit.state else { return false };
+        let State::Running { since, .. } = unit.state else {
+            return false;
+        };
         let ran = now.saturating_duration_since(since);
         if stopping {
             crate::info!("service {} stopped ({status})", unit.svc.name);
@@ -152,7 +197,11 @@ impl<S: Spawner> Supervisor<S> {
             Restart::Never => false,
         };
         if !restart {
-            crate::info!("service {} exited ({status}); not restarted (restart = {:?})", unit.svc.name, unit.svc.restart);
+            crate::info!(
+                "service {} exited ({status}); not restarted (restart = {:?})",
+                unit.svc.name,
+                unit.svc.restart
+            );
             unit.state = State::Done;
             return true;
         }
@@ -221,7 +270,11 @@ impl<S: Spawner> Supervisor<S> {
         for u in &mut self.units {
             if let (State::Running { pid, .. }, Some(at)) = (u.state, u.kill_at) {
                 if at <= now {
-                    crate::warn!("service {} did not stop in {} s; killing it", u.svc.name, u.svc.stop_timeout.as_secs());
+                    crate::warn!(
+                        "service {} did not stop in {} s; killing it",
+                        u.svc.name,
+                        u.svc.stop_timeout.as_secs()
+                    );
                     self.spawner.signal(pid, libc::SIGKILL);
                     u.kill_at = None;
                 }
@@ -230,7 +283,10 @@ impl<S: Spawner> Supervisor<S> {
     }
 
     pub fn running(&self) -> usize {
-        self.units.iter().filter(|u| matches!(u.state, State::Running { .. })).count()
+        self.units
+            .iter()
+            .filter(|u| matches!(u.state, State::Running { .. }))
+            .count()
     }
 
     /// SIGKILL to every service still running.
@@ -285,13 +341,20 @@ mod tests {
         let t0 = Instant::now();
         let mut s = Supervisor::new(
             Fake::default(),
-            vec![svc("a", ""), svc("b", "after = [\"network\"]"), svc("c", "after = [\"b\"]")],
+            vec![
+                svc("a", ""),
+                svc("b", "after = [\"network\"]"),
+                svc("c", "after = [\"b\"]"),
+            ],
         );
         s.start_pending(t0, false);
         assert_eq!(names(&s.spawner), vec!["a"]);
         assert!(!s.all_started());
         let started = s.start_pending(t0, true);
-        assert_eq!(started.iter().map(|x| x.name.as_str()).collect::<Vec<_>>(), vec!["b", "c"]);
+        assert_eq!(
+            started.iter().map(|x| x.name.as_str()).collect::<Vec<_>>(),
+            vec!["b", "c"]
+        );
         assert_eq!(names(&s.spawner), vec!["a", "b", "c"]);
         assert!(s.all_started());
         // Nothing starts twice.
@@ -317,12 +380,18 @@ mod tests {
             now = d;
         }
         let ms: Vec<u128> = delays.iter().map(|d| d.as_millis()).collect();
-        assert_eq!(ms, vec![250, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]);
+        assert_eq!(
+            ms,
+            vec![250, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]
+        );
         assert_eq!(s.spawner.spawned.len(), 10);
         // A run of 10 s resets the backoff.
         let pid = s.spawner.spawned.last().unwrap().1;
         s.on_exit(pid, ExitStatus::Signaled(9), now + STABLE_RUN);
-        assert_eq!(s.next_deadline().unwrap() - (now + STABLE_RUN), BACKOFF_BASE);
+        assert_eq!(
+            s.next_deadline().unwrap() - (now + STABLE_RUN),
+            BACKOFF_BASE
+        );
     }
 
     #[test]
@@ -330,7 +399,10 @@ mod tests {
         let t0 = Instant::now();
         let mut s = Supervisor::new(
             Fake::default(),
-            vec![svc("never", "restart = \"never\""), svc("onf", "restart = \"on-failure\"")],
+            vec![
+                svc("never", "restart = \"never\""),
+                svc("onf", "restart = \"on-failure\""),
+            ],
         );
         s.start_pending(t0, true);
         let (p_never, p_onf) = (s.spawner.spawned[0].1, s.spawner.spawned[1].1);
@@ -353,7 +425,10 @@ mod tests {
         let t0 = Instant::now();
         let mut f = Fake::default();
         f.fail.push("missing".into());
-        let mut s = Supervisor::new(f, vec![svc("missing", ""), svc("after", "after = [\"missing\"]")]);
+        let mut s = Supervisor::new(
+            f,
+            vec![svc("missing", ""), svc("after", "after = [\"missing\"]")],
+        );
         s.start_pending(t0, true);
         assert_eq!(names(&s.spawner), vec!["after"]);
         assert!(s.all_started());
@@ -368,7 +443,12 @@ mod tests {
         let t0 = Instant::now();
         let mut s = Supervisor::new(
             Fake::default(),
-            vec![svc("a", "stop-timeout = 2"), svc("b", "stop-timeout = 5"), svc("c", ""), svc("d", "stop-timeout = 1")],
+            vec![
+                svc("a", "stop-timeout = 2"),
+                svc("b", "stop-timeout = 5"),
+                svc("c", ""),
+                svc("d", "stop-timeout = 1"),
+            ],
         );
         s.start_pending(t0, true);
         let pids: Vec<i32> = s.spawner.spawned.iter().map(|x| x.1).collect();
@@ -378,7 +458,11 @@ mod tests {
         assert_eq!(latest, t0 + Duration::from_secs(5));
         assert_eq!(
             s.spawner.signals,
-            vec![(pids[0], libc::SIGTERM), (pids[1], libc::SIGTERM), (pids[3], libc::SIGTERM)]
+            vec![
+                (pids[0], libc::SIGTERM),
+                (pids[1], libc::SIGTERM),
+                (pids[3], libc::SIGTERM)
+            ]
         );
         assert_eq!(s.running(), 3);
         assert!(s.on_exit(pids[0], ExitStatus::Signaled(15), t0));
@@ -388,7 +472,11 @@ mod tests {
         s.stop_timer(t0 + Duration::from_secs(1));
         assert_eq!(s.spawner.signals.last(), Some(&(pids[3], libc::SIGKILL)));
         assert_eq!(s.next_deadline(), Some(t0 + Duration::from_secs(5)));
-        assert!(s.on_exit(pids[3], ExitStatus::Signaled(9), t0 + Duration::from_secs(1)));
+        assert!(s.on_exit(
+            pids[3],
+            ExitStatus::Signaled(9),
+            t0 + Duration::from_secs(1)
+        ));
         // No restarts while stopping.
         assert!(s.on_timer(t0 + Duration::from_secs(60)).is_empty());
         assert!(s.start_pending(t0, true).is_empty());

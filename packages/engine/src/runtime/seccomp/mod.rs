@@ -109,7 +109,9 @@ pub fn kernel_version() -> (u32, u32) {
         if libc::uname(&mut u) != 0 {
             return (0, 0);
         }
-        std::ffi::CStr::from_ptr(u.release.as_ptr()).to_string_lossy().into_owned()
+        std::ffi::CStr::from_ptr(u.release.as_ptr())
+            .to_string_lossy()
+            .into_owned()
     };
     parse_version(&release).unwrap_or((0, 0))
 }
@@ -118,13 +120,20 @@ pub fn kernel_version() -> (u32, u32) {
 fn parse_version(s: &str) -> Option<(u32, u32)> {
     let mut it = s.split(|c: char| !c.is_ascii_digit());
     let major = it.next()?.parse().ok()?;
-    let minor = it.next().filter(|m| !m.is_empty()).map(|m| m.parse().ok()).unwrap_or(Some(0))?;
+    let minor = it
+        .next()
+        .filter(|m| !m.is_empty())
+        .map(|m| m.parse().ok())
+        .unwrap_or(Some(0))?;
     Some((major, minor))
 }
 
 /// x86_64 number of a syscall name, None if x86_64 has no such syscall.
 pub fn syscall_number(name: &str) -> Option<u32> {
-    x86_64::SYSCALLS.binary_search_by(|(n, _)| (*n).cmp(name)).ok().map(|i| x86_64::SYSCALLS[i].1)
+    x86_64::SYSCALLS
+        .binary_search_by(|(n, _)| (*n).cmp(name))
+        .ok()
+        .map(|i| x86_64::SYSCALLS[i].1)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,7 +161,9 @@ struct Rule {
 
 fn errno_ret(errno: u32, what: &str) -> Result<u32, String> {
     if errno > 4095 {
-        return Err(format!("seccomp profile: {what}: errno {errno} is out of range (0-4095)"));
+        return Err(format!(
+            "seccomp profile: {what}: errno {errno} is out of range (0-4095)"
+        ));
     }
     Ok(libc::SECCOMP_RET_ERRNO | errno)
 }
@@ -177,7 +188,10 @@ fn action(name: &str, errno: Option<u32>, default_errno: u32, what: &str) -> Res
 
 fn cond(a: &Arg, what: &str) -> Result<Cond, String> {
     if a.index > 5 {
-        return Err(format!("seccomp profile: {what}: argument index {} is out of range (0-5)", a.index));
+        return Err(format!(
+            "seccomp profile: {what}: argument index {} is out of range (0-5)",
+            a.index
+        ));
     }
     let op = match a.op.as_str() {
         "SCMP_CMP_EQ" => Op::Eq(a.value),
@@ -186,8 +200,15 @@ fn cond(a: &Arg, what: &str) -> Result<Cond, String> {
         "SCMP_CMP_LE" => Op::Le(a.value),
         "SCMP_CMP_GT" => Op::Gt(a.value),
         "SCMP_CMP_GE" => Op::Ge(a.value),
-        "SCMP_CMP_MASKED_EQ" => Op::MaskedEq { mask: a.value, want: a.value_two },
-        other => return Err(format!("seccomp profile: {what}: unknown argument operator {other:?}")),
+        "SCMP_CMP_MASKED_EQ" => Op::MaskedEq {
+            mask: a.value,
+            want: a.value_two,
+        },
+        other => {
+            return Err(format!(
+                "seccomp profile: {what}: unknown argument operator {other:?}"
+            ))
+        }
     };
     Ok(Cond { index: a.index, op })
 }
@@ -196,15 +217,23 @@ fn cond(a: &Arg, what: &str) -> Result<Cond, String> {
 fn applies(s: &Syscall, t: &Target, what: &str) -> Result<bool, String> {
     let has_cap = |c: &String| {
         let c = c.trim().to_ascii_uppercase();
-        let c = if c.starts_with("CAP_") { c } else { format!("CAP_{c}") };
+        let c = if c.starts_with("CAP_") {
+            c
+        } else {
+            format!("CAP_{c}")
+        };
         t.caps.iter().any(|h| h.eq_ignore_ascii_case(&c))
     };
     let min_kernel = |v: &str| -> Result<bool, String> {
-        let want = parse_version(v).ok_or_else(|| format!("seccomp profile: {what}: invalid minKernel {v:?}"))?;
+        let want = parse_version(v)
+            .ok_or_else(|| format!("seccomp profile: {what}: invalid minKernel {v:?}"))?;
         Ok(t.kernel >= want)
     };
     if let Some(x) = &s.excludes {
-        if x.arches.as_ref().is_some_and(|a| a.iter().any(|a| a == ARCH)) {
+        if x.arches
+            .as_ref()
+            .is_some_and(|a| a.iter().any(|a| a == ARCH))
+        {
             return Ok(false);
         }
         if x.caps.as_ref().is_some_and(|c| c.iter().any(has_cap)) {
@@ -217,7 +246,10 @@ fn applies(s: &Syscall, t: &Target, what: &str) -> Result<bool, String> {
         }
     }
     if let Some(i) = &s.includes {
-        if i.arches.as_ref().is_some_and(|a| !a.is_empty() && !a.iter().any(|a| a == ARCH)) {
+        if i.arches
+            .as_ref()
+            .is_some_and(|a| !a.is_empty() && !a.iter().any(|a| a == ARCH))
+        {
             return Ok(false);
         }
         if i.caps.as_ref().is_some_and(|c| !c.iter().all(has_cap)) {
@@ -235,7 +267,8 @@ fn applies(s: &Syscall, t: &Target, what: &str) -> Result<bool, String> {
 /// Compiles a profile (JSON text) for `t`. Ok(None): the profile disables seccomp (no default
 /// action and no syscalls, as Docker reads it).
 pub fn compile(json: &str, t: &Target) -> Result<Option<Vec<libc::sock_filter>>, String> {
-    let p: Profile = serde_json::from_str(json).map_err(|e| format!("decoding seccomp profile failed: {e}"))?;
+    let p: Profile =
+        serde_json::from_str(json).map_err(|e| format!("decoding seccomp profile failed: {e}"))?;
     let syscalls = p.syscalls.unwrap_or_default();
     if p.default_action.is_empty() && syscalls.is_empty() {
         return Ok(None);
@@ -243,22 +276,37 @@ pub fn compile(json: &str, t: &Target) -> Result<Option<Vec<libc::sock_filter>>,
     if p.default_action.is_empty() {
         return Err("seccomp profile: defaultAction is missing".into());
     }
-    let default_ret = action(&p.default_action, p.default_errno_ret, libc::EPERM as u32, "defaultAction")?;
+    let default_ret = action(
+        &p.default_action,
+        p.default_errno_ret,
+        libc::EPERM as u32,
+        "defaultAction",
+    )?;
     let mut rules: BTreeMap<u32, Vec<Rule>> = BTreeMap::new();
     for (i, s) in syscalls.iter().enumerate() {
         let names: Vec<&str> = match (&s.name, &s.names) {
             (Some(_), Some(n)) if !n.is_empty() => {
-                return Err(format!("seccomp profile: syscalls[{i}]: both 'name' and 'names' are given, use either"));
+                return Err(format!(
+                    "seccomp profile: syscalls[{i}]: both 'name' and 'names' are given, use either"
+                ));
             }
             (Some(n), _) => vec![n.as_str()],
             (None, Some(n)) => n.iter().map(String::as_str).collect(),
             (None, None) => vec![],
         };
-        let what = format!("syscalls[{i}] ({})", names.first().copied().unwrap_or("no names"));
+        let what = format!(
+            "syscalls[{i}] ({})",
+            names.first().copied().unwrap_or("no names")
+        );
         // Validate the whole rule even if it does not apply here, so a bad profile fails alike
         // everywhere.
         let ret = action(&s.action, s.errno_ret, libc::EPERM as u32, &what)?;
-        let conds = s.args.iter().flatten().map(|a| cond(a, &what)).collect::<Result<Vec<_>, _>>()?;
+        let conds = s
+            .args
+            .iter()
+            .flatten()
+            .map(|a| cond(a, &what))
+            .collect::<Result<Vec<_>, _>>()?;
         if !applies(s, t, &what)? {
             continue;
         }
@@ -270,9 +318,14 @@ pub fn compile(json: &str, t: &Target) -> Result<Option<Vec<libc::sock_filter>>,
             vec![conds]
         };
         for name in names {
-            let Some(nr) = syscall_number(name) else { continue };
+            let Some(nr) = syscall_number(name) else {
+                continue;
+            };
             for conds in &split {
-                rules.entry(nr).or_default().push(Rule { conds: conds.clone(), ret });
+                rules.entry(nr).or_default().push(Rule {
+                    conds: conds.clone(),
+                    ret,
+                });
             }
         }
     }
@@ -290,7 +343,12 @@ const AND_K: u16 = (libc::BPF_ALU | libc::BPF_AND | libc::BPF_K) as u16;
 const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
 
 fn stmt(code: u16, k: u32) -> libc::sock_filter {
-    libc::sock_filter { code, jt: 0, jf: 0, k }
+    libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    }
 }
 
 fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
@@ -313,7 +371,12 @@ struct Ins {
 }
 
 fn ld(off: u32) -> Ins {
-    Ins { code: LD_W_ABS, k: off, jt: To::Next, jf: To::Next }
+    Ins {
+        code: LD_W_ABS,
+        k: off,
+        jt: To::Next,
+        jf: To::Next,
+    }
 }
 
 fn j(code: u16, k: u32, jt: To, jf: To) -> Ins {
@@ -329,38 +392,82 @@ fn cond_code(c: &Cond) -> Vec<Ins> {
     match c.op {
         Op::Eq(v) => {
             let (vh, vl) = split(v);
-            vec![ld(hi), j(JEQ_K, vh, Next, Fail), ld(lo), j(JEQ_K, vl, Next, Fail)]
+            vec![
+                ld(hi),
+                j(JEQ_K, vh, Next, Fail),
+                ld(lo),
+                j(JEQ_K, vl, Next, Fail),
+            ]
         }
         Op::Ne(v) => {
             let (vh, vl) = split(v);
-            vec![ld(hi), j(JEQ_K, vh, Next, CondEnd), ld(lo), j(JEQ_K, vl, Fail, Next)]
+            vec![
+                ld(hi),
+                j(JEQ_K, vh, Next, CondEnd),
+                ld(lo),
+                j(JEQ_K, vl, Fail, Next),
+            ]
         }
         Op::MaskedEq { mask, want } => {
             let ((mh, ml), (wh, wl)) = (split(mask), split(want));
             vec![
                 ld(hi),
-                Ins { code: AND_K, k: mh, jt: Next, jf: Next },
+                Ins {
+                    code: AND_K,
+                    k: mh,
+                    jt: Next,
+                    jf: Next,
+                },
                 j(JEQ_K, wh, Next, Fail),
                 ld(lo),
-                Ins { code: AND_K, k: ml, jt: Next, jf: Next },
+                Ins {
+                    code: AND_K,
+                    k: ml,
+                    jt: Next,
+                    jf: Next,
+                },
                 j(JEQ_K, wl, Next, Fail),
             ]
         }
         Op::Gt(v) => {
             let (vh, vl) = split(v);
-            vec![ld(hi), j(JGT_K, vh, CondEnd, Next), j(JEQ_K, vh, Next, Fail), ld(lo), j(JGT_K, vl, Next, Fail)]
+            vec![
+                ld(hi),
+                j(JGT_K, vh, CondEnd, Next),
+                j(JEQ_K, vh, Next, Fail),
+                ld(lo),
+                j(JGT_K, vl, Next, Fail),
+            ]
         }
         Op::Ge(v) => {
             let (vh, vl) = split(v);
-            vec![ld(hi), j(JGT_K, vh, CondEnd, Next), j(JEQ_K, vh, Next, Fail), ld(lo), j(JGE_K, vl, Next, Fail)]
+            vec![
+                ld(hi),
+                j(JGT_K, vh, CondEnd, Next),
+                j(JEQ_K, vh, Next, Fail),
+                ld(lo),
+                j(JGE_K, vl, Next, Fail),
+            ]
         }
         Op::Lt(v) => {
             let (vh, vl) = split(v);
-            vec![ld(hi), j(JGT_K, vh, Fail, Next), j(JEQ_K, vh, Next, CondEnd), ld(lo), j(JGE_K, vl, Fail, Next)]
+            vec![
+                ld(hi),
+                j(JGT_K, vh, Fail, Next),
+                j(JEQ_K, vh, Next, CondEnd),
+                ld(lo),
+                j(JGE_K, vl, Fail, Next),
+            ]
         }
         Op::Le(v) => {
             let (vh, vl) = split(v);
-            vec![ld(hi), j(JGT_K, vh, Fail, Next), j(JEQ_K, vh, Next, CondEnd), ld(lo), j(JGT_K, vl, Fail, Next)]
+            vec![
+                ld(hi),
+                j(JGT_K, vh, Fail, Next),
+                j(JEQ_K, vh, Next, CondEnd),
+                ld(lo),
+                j(JGT_K, vl, Fail, Next),
+            ]
         }
     }
 }
@@ -380,7 +487,8 @@ fn rule_code(r: &Rule) -> Result<Vec<libc::sock_filter>, String> {
             To::CondEnd => cond_end,
             To::Fail => fail,
         };
-        u8::try_from(target - from - 1).map_err(|_| "seccomp profile: a rule is too long to compile".to_string())
+        u8::try_from(target - from - 1)
+            .map_err(|_| "seccomp profile: a rule is too long to compile".to_string())
     };
     let mut out = Vec::with_capacity(fail);
     for (n, (i, end)) in ins.iter().enumerate() {
@@ -392,7 +500,10 @@ fn rule_code(r: &Rule) -> Result<Vec<libc::sock_filter>, String> {
 
 /// The whole program: architecture check, x32 refused, ENOSYS above the highest known
 /// syscall (if the default refuses), one block per syscall, then the default action.
-fn assemble(rules: &BTreeMap<u32, Vec<Rule>>, default_ret: u32) -> Result<Vec<libc::sock_filter>, String> {
+fn assemble(
+    rules: &BTreeMap<u32, Vec<Rule>>,
+    default_ret: u32,
+) -> Result<Vec<libc::sock_filter>, String> {
     let mut p = vec![
         stmt(LD_W_ABS, 4), // seccomp_data.arch
         jump(JEQ_K, AUDIT_ARCH_X86_64, 1, 0),
@@ -401,7 +512,10 @@ fn assemble(rules: &BTreeMap<u32, Vec<Rule>>, default_ret: u32) -> Result<Vec<li
         jump(JGE_K, X32_SYSCALL_BIT, 0, 1),
         stmt(RET_K, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
     ];
-    let refuses = !matches!(default_ret & libc::SECCOMP_RET_ACTION_FULL, libc::SECCOMP_RET_ALLOW | libc::SECCOMP_RET_LOG);
+    let refuses = !matches!(
+        default_ret & libc::SECCOMP_RET_ACTION_FULL,
+        libc::SECCOMP_RET_ALLOW | libc::SECCOMP_RET_LOG
+    );
     if let (true, Some(max)) = (refuses, rules.keys().next_back()) {
         p.push(jump(JGT_K, *max, 0, 1));
         p.push(stmt(RET_K, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32));
@@ -438,19 +552,38 @@ fn assemble(rules: &BTreeMap<u32, Vec<Rule>>, default_ret: u32) -> Result<Vec<li
 /// Instructions packed into u64 (code << 48 | jt << 40 | jf << 32 | k), to travel in the
 /// shim's JSON spec.
 pub fn pack(p: &[libc::sock_filter]) -> Vec<u64> {
-    p.iter().map(|i| (i.code as u64) << 48 | (i.jt as u64) << 40 | (i.jf as u64) << 32 | i.k as u64).collect()
+    p.iter()
+        .map(|i| (i.code as u64) << 48 | (i.jt as u64) << 40 | (i.jf as u64) << 32 | i.k as u64)
+        .collect()
 }
 
 pub fn unpack(p: &[u64]) -> Vec<libc::sock_filter> {
-    p.iter().map(|v| libc::sock_filter { code: (v >> 48) as u16, jt: (v >> 40) as u8, jf: (v >> 32) as u8, k: *v as u32 }).collect()
+    p.iter()
+        .map(|v| libc::sock_filter {
+            code: (v >> 48) as u16,
+            jt: (v >> 40) as u8,
+            jf: (v >> 32) as u8,
+            k: *v as u32,
+        })
+        .collect()
 }
 
 /// Installs `p` on the calling thread (the shim's child, just before exec). Without
 /// no_new_privs the caller needs CAP_SYS_ADMIN, which the shim still has as root.
 pub fn install(p: &[libc::sock_filter]) -> std::io::Result<()> {
-    let fprog = libc::sock_fprog { len: p.len() as u16, filter: p.as_ptr() as *mut _ };
+    let fprog = libc::sock_fprog {
+        len: p.len() as u16,
+        filter: p.as_ptr() as *mut _,
+    };
     // SAFETY: prctl with a pointer to a program that outlives the call.
-    if unsafe { libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &fprog as *const libc::sock_fprog) } != 0 {
+    if unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &fprog as *const libc::sock_fprog,
+        )
+    } != 0
+    {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
