@@ -1,4 +1,4 @@
-//! VM-per-container mode (crates/vmd): the real docker CLI against the host daemon's unix
+//! VM-per-container mode (host/vmd): the real docker CLI against the host daemon's unix
 //! socket; every container runs in its own QEMU cloned from the saved template VM, its
 //! image from a registry on 127.0.0.1. One test, because the template (a boot and a save)
 //! is built once and shared.

@@ -136,7 +136,7 @@ enum Cmd {
         runs: Option<usize>,
     },
     /// Serve a Docker endpoint on the host where every container runs in its own VM cloned
-    /// from a saved template (crates/vmd); prints `export DOCKER_HOST=...`.
+    /// from a saved template (host/vmd); prints `export DOCKER_HOST=...`.
     Vmd {
         /// Run in the background; print the export line once it serves.
         #[arg(long)]

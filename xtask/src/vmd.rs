@@ -1,6 +1,6 @@
 //! `cargo xtask vmd [--detach] [--stop] [--tcp ADDR] [--state-dir DIR]
 //! [--insecure-registry HOST[:PORT]|CIDR]...`: the VM-per-container Docker endpoint
-//! (crates/vmd). `--insecure-registry` is passed on to the daemon (plain HTTP for that
+//! (host/vmd). `--insecure-registry` is passed on to the daemon (plain HTTP for that
 //! registry, as dockerd's flag; localhost and 127.0.0.0/8 always are).
 //!
 //! Builds the qemu profile's initramfs and qcow2 when missing or stale, builds the

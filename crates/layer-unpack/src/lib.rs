@@ -15,7 +15,7 @@
 //!   ([`unpack_layer`] does all of that and checks the diff-id).
 //!
 //! Used twice: by the guest engine (pull, `docker load`) and by axion-vmd's host-side
-//! layer store (crates/vmd), whose unpacked layers the VMs use over a read-only 9p share.
+//! layer store (host/vmd), whose unpacked layers the VMs use over a read-only 9p share.
 
 use std::ffi::CString;
 use std::fs;

@@ -1,5 +1,5 @@
 //! The registry API v2 client of both pulling programs: the guest engine (packages/engine)
-//! and the host daemon axion-vmd (crates/vmd). One implementation of what a pull must get
+//! and the host daemon axion-vmd (host/vmd). One implementation of what a pull must get
 //! right: references normalised as Docker does ([`reference`]), anonymous, bearer-token
 //! (from the `WWW-Authenticate` challenge) and basic auth, image indexes / manifest lists
 //! resolved to linux/amd64, Docker schema 2 and OCI manifests, size limits, and every

@@ -5,7 +5,7 @@
 //! - `refs.json`: `name:tag` → image id (the config digest) and repo digests.
 //!
 //! A second, read-only store may be shared by the host (`--image-share DIR`: axion-vmd's
-//! layer store over 9p, see crates/vmd): `DIR/blobs/sha256/<hex>` (image configs, layer
+//! layer store over 9p, see host/vmd): `DIR/blobs/sha256/<hex>` (image configs, layer
 //! blobs) and `DIR/layers/<diff-id hex>/` (unpacked layers, verified by the host). An image
 //! id (`sha256:<config digest>`) whose config is there resolves without a pull, and its
 //! layers are used in place as overlayfs lower dirs; a layer unpacked locally wins.

@@ -1,5 +1,5 @@
 //! `engine __vmd-agent PORT`: the clone agent of axion-vmd's VM-per-container mode
-//! (crates/vmd/src/guest.rs runs it as a service in the template VM). It waits on the
+//! (host/vmd/src/guest.rs runs it as a service in the template VM). It waits on the
 //! virtio-serial port named PORT for one line per restored clone, `clone HOSTNAME EPOCH MAC
 //! SEED`, and gives the clone its identity: host name (kernel and /etc/hostname), clock
 //! (the saved guest's clock is the template's), a new MAC on the NIC (set live, then an ARP
@@ -25,7 +25,7 @@ const STORE_DIR: &str = "/run/axion-store";
 /// `cache=loose`: the guest keeps what it read of the store in its page cache (and reads
 /// ahead), where 9p's default reads every page over the channel each time, a container's
 /// first exec included. Safe because the store never changes a file in place: layers are
-/// content-addressed trees, unpacked once and only ever removed whole (crates/vmd/src/store.rs).
+/// content-addressed trees, unpacked once and only ever removed whole (host/vmd/src/store.rs).
 const STORE_OPTS: &str = "trans=virtio,version=9p2000.L,msize=262144,cache=loose";
 /// QEMU's user network: the host side (gateway) as the guest sees it.
 const GATEWAY: [u8; 4] = [10, 0, 2, 2];

@@ -44,9 +44,9 @@ const AGENT_ARGS: [&str; 2] = ["__vmd-agent", AGENT_PORT];
 
 fn docker_toml() -> String {
     format!(
-        r#"# VM-per-container mode (crates/vmd): the engine serves the daemon only, on the
+        r#"# VM-per-container mode (host/vmd): the engine serves the daemon only, on the
 # virtio-serial port {ENGINE_CHANNEL} (no TCP), and reaches the host's registries at 10.0.2.2.
-# No bridge: the container has its VM's network (crates/vmd/src/lib.rs, guest_network).
+# No bridge: the container has its VM's network (host/vmd/src/lib.rs, guest_network).
 command = "/usr/bin/engine"
 # Container state on tmpfs (--exec-root) and a volatile writable layer: the VM runs one
 # container, never reboots, and its disk goes with the container.
@@ -61,7 +61,7 @@ stop-timeout = 5
 
 fn agent_toml() -> String {
     format!(
-        "# VM-per-container mode: the clone agent (crates/vmd/src/guest.rs).\ncommand = \"/usr/bin/engine\"\nargs = [\"{}\", \"{}\"]\nrestart = \"always\"\nstop-timeout = 1\n",
+        "# VM-per-container mode: the clone agent (host/vmd/src/guest.rs).\ncommand = \"/usr/bin/engine\"\nargs = [\"{}\", \"{}\"]\nrestart = \"always\"\nstop-timeout = 1\n",
         AGENT_ARGS[0], AGENT_ARGS[1]
     )
 }
