@@ -679,11 +679,15 @@ pub async fn serve_tcp<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        ArchiveBackend, ContainerBackend, EventBackend, ExecBackend, ImageBackend, NetworkBackend,
+        SystemBackend, VolumeBackend,
+    };
 
     /// A back end that implements only the required methods and an inspect that knows
     /// container "c1", so the rest answer 501 and unknown ids 404.
     struct Fake;
-    impl Backend for Fake {
+    impl SystemBackend for Fake {
         async fn version(&self) -> ApiResult<Version> {
             Ok(Version {
                 api_version: version::API_VERSION.into(),
@@ -693,6 +697,14 @@ mod tests {
         async fn info(&self) -> ApiResult<Info> {
             Ok(Info::default())
         }
+    }
+    impl ImageBackend for Fake {}
+    impl ExecBackend for Fake {}
+    impl ArchiveBackend for Fake {}
+    impl VolumeBackend for Fake {}
+    impl NetworkBackend for Fake {}
+    impl EventBackend for Fake {}
+    impl ContainerBackend for Fake {
         async fn container_inspect(&self, id: &str) -> ApiResult<ContainerInspect> {
             if id == "c1" {
                 Ok(ContainerInspect {
@@ -707,13 +719,21 @@ mod tests {
 
     /// A back end whose container "c1" says "bye" and exits at once, with stdin attached.
     struct Quick;
-    impl Backend for Quick {
+    impl SystemBackend for Quick {
         async fn version(&self) -> ApiResult<Version> {
             Ok(Version::default())
         }
         async fn info(&self) -> ApiResult<Info> {
             Ok(Info::default())
         }
+    }
+    impl ImageBackend for Quick {}
+    impl ExecBackend for Quick {}
+    impl ArchiveBackend for Quick {}
+    impl VolumeBackend for Quick {}
+    impl NetworkBackend for Quick {}
+    impl EventBackend for Quick {}
+    impl ContainerBackend for Quick {
         async fn container_attach(&self, _id: &str, _o: AttachOptions) -> ApiResult<AttachIo> {
             let (tx, output) = mpsc::channel(1);
             tx.send(Frame::stdout("bye\n")).await.unwrap();

@@ -629,7 +629,10 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use docker_api::{AttachOptions, Backend};
+    use docker_api::{
+        ArchiveBackend, AttachOptions, ContainerBackend, EventBackend, ExecBackend, ImageBackend,
+        NetworkBackend, SystemBackend, VolumeBackend,
+    };
 
     /// A guest engine whose attach echoes stdin back on stdout and says "eof" when stdin
     /// ends, and whose exec echoes on stderr; exec ids other than "e1" are unknown.
@@ -656,13 +659,20 @@ mod tests {
             }
         }
     }
-    impl Backend for Echo {
+    impl SystemBackend for Echo {
         async fn version(&self) -> ApiResult<Version> {
             Ok(Version::default())
         }
         async fn info(&self) -> ApiResult<Info> {
             Ok(Info::default())
         }
+    }
+    impl ImageBackend for Echo {}
+    impl ArchiveBackend for Echo {}
+    impl VolumeBackend for Echo {}
+    impl NetworkBackend for Echo {}
+    impl EventBackend for Echo {}
+    impl ContainerBackend for Echo {
         async fn container_attach(&self, id: &str, o: AttachOptions) -> ApiResult<AttachIo> {
             assert!(o.stdin && o.stdout && o.stream, "{o:?}");
             match id {
@@ -671,6 +681,8 @@ mod tests {
                 _ => Err(ApiError::not_found(format!("No such container: {id}"))),
             }
         }
+    }
+    impl ExecBackend for Echo {
         async fn exec_start(&self, id: &str, _req: ExecStartRequest) -> ApiResult<AttachIo> {
             match id {
                 "e1" => Ok(Echo::io(StdStream::Stderr, false)),

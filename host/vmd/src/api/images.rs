@@ -1,0 +1,153 @@
+//! Images: the host's layer store, which every VM reads over 9p.
+
+use super::Api;
+use crate::*;
+use docker_api::ImageBackend;
+
+impl ImageBackend for Api {
+    async fn images(&self) -> ApiResult<Vec<ImageSummary>> {
+        Ok(self
+            .images
+            .all()
+            .into_iter()
+            .map(|i| ImageSummary {
+                id: i.id.clone(),
+                repo_tags: vec![i.name.clone()],
+                created: unix_from_rfc3339(&i.created),
+                repo_digests: vec![format!(
+                    "{}@{}",
+                    i.name.rsplit_once(':').map(|(r, _)| r).unwrap_or(&i.name),
+                    i.digest
+                )],
+                size: i.size,
+                containers: -1,
+                shared_size: -1,
+                ..Default::default()
+            })
+            .collect())
+    }
+
+    async fn image_inspect(&self, name: &str) -> ApiResult<ImageInspect> {
+        let i = self
+            .images
+            .find(name)
+            .ok_or_else(|| ApiError::not_found(format!("No such image: {name}")))?;
+        Ok(ImageInspect {
+            id: i.id.clone(),
+            repo_tags: vec![i.name.clone()],
+            repo_digests: vec![i.digest.clone()],
+            created: i.created.clone(),
+            architecture: "amd64".into(),
+            os: "linux".into(),
+            size: i.size,
+            config: i.config.clone(),
+            root_fs: RootFs {
+                kind: "layers".into(),
+                layers: i.layers.clone(),
+            },
+            ..Default::default()
+        })
+    }
+
+    async fn image_pull(
+        &self,
+        image: &str,
+        tag: &str,
+        auth: Option<RegistryAuth>,
+    ) -> ApiResult<mpsc::Receiver<ProgressMessage>> {
+        let name = if tag.is_empty() {
+            image.to_string()
+        } else if tag.starts_with("sha256:") {
+            format!("{image}@{tag}")
+        } else {
+            format!("{image}:{tag}")
+        };
+        let (tx, rx) = mpsc::channel(8);
+        let d = self.0.clone();
+        // Resolve first so that a missing image is a 404 (the CLI's "not found").
+        let creds = auth.map(|a| registry::Credentials {
+            username: a.username,
+            password: a.password,
+            identity_token: a.identity_token,
+        });
+        let rec = d.images.pull(&name, creds).await?;
+        tokio::spawn(async move {
+            let _ = tx
+                .send(ProgressMessage::status(
+                    Some(&rec.name),
+                    "Layers stored and unpacked on the host, shared read-only with the VMs",
+                ))
+                .await;
+            let _ = tx
+                .send(ProgressMessage::status(
+                    None,
+                    format!("Digest: {}", rec.digest),
+                ))
+                .await;
+            let _ = tx
+                .send(ProgressMessage::status(
+                    None,
+                    format!("Status: Image is up to date for {}", rec.name),
+                ))
+                .await;
+        });
+        Ok(rx)
+    }
+
+    async fn image_remove(&self, name: &str, force: bool) -> ApiResult<Vec<ImageDeleteItem>> {
+        let rec = self
+            .images
+            .find(name)
+            .ok_or_else(|| ApiError::not_found(format!("No such image: {name}")))?;
+        // As dockerd: the last name of an image that a container (running or not) was made
+        // from is removed only with --force; the container keeps its layers either way.
+        let last = self.images.all().iter().filter(|i| i.id == rec.id).count() == 1;
+        if last && !force {
+            let user = self
+                .containers
+                .lock()
+                .expect("containers lock")
+                .values()
+                .find(|c| c.image_id == rec.id && c.phase() != Phase::Removed)
+                .map(|c| c.id.clone());
+            if let Some(user) = user {
+                let short = rec
+                    .id
+                    .trim_start_matches("sha256:")
+                    .get(..12)
+                    .unwrap_or(&rec.id)
+                    .to_string();
+                return Err(ApiError::conflict(format!("conflict: unable to remove repository reference \"{name}\" (must force) - container {} is using its referenced image {short}", &user[..12])));
+            }
+        }
+        let rec = self
+            .images
+            .remove(name)?
+            .ok_or_else(|| ApiError::not_found(format!("No such image: {name}")))?;
+        let mut out = vec![
+            ImageDeleteItem {
+                untagged: Some(rec.name),
+                deleted: None,
+            },
+            ImageDeleteItem {
+                untagged: None,
+                deleted: Some(rec.id),
+            },
+        ];
+        // Blobs and trees nothing uses any more (those of a running container stay until
+        // its VM is gone).
+        match self.images.collect().await {
+            Ok(c) => {
+                report_collected(&c);
+                out.extend(c.layers.into_iter().map(|l| ImageDeleteItem {
+                    untagged: None,
+                    deleted: Some(l),
+                }));
+            }
+            Err(e) => eprintln!(
+                "vmd: WARNING: collecting the layer store's garbage after removing {name}: {e:#}"
+            ),
+        }
+        Ok(out)
+    }
+}

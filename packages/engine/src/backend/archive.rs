@@ -1,0 +1,153 @@
+//! Copying into and out of containers: through /proc/PID/root while one runs, else through a
+//! temporary mount of its root.
+
+use super::*;
+use docker_api::time::rfc3339;
+use docker_api::ArchiveBackend;
+use std::path::Path;
+
+impl Engine {
+    /// Where `path` of the container is visible to the engine: through /proc/PID/root while
+    /// it runs, else through a temporary overlay mount of its root (unmounted on drop).
+    fn in_container(&self, c: &Container, path: &str) -> ApiResult<(PathBuf, Option<RootMount>)> {
+        if path.split('/').any(|s| s == "..") {
+            return Err(ApiError::bad_request(format!("invalid path {path:?}")));
+        }
+        let rel = path.trim_start_matches('/');
+        let r = c.snapshot();
+        if r.pid > 0 {
+            return Ok((PathBuf::from(format!("/proc/{}/root/{rel}", r.pid)), None));
+        }
+        let lowers = self
+            .images
+            .lowers(&r.image_id)
+            .ok_or_else(|| ApiError::internal("image layers missing"))?;
+        let root = c.dir.join("rootfs");
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}{}",
+            lowers
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(":"),
+            c.data.join("upper").display(),
+            c.data.join("work").display(),
+            // A layer used volatile is refused without it.
+            if self.volatile_layers {
+                ",volatile"
+            } else {
+                ""
+            }
+        );
+        nix::mount::mount(
+            Some("overlay"),
+            &root,
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(opts.as_str()),
+        )
+        .map_err(|e| {
+            ApiError::conflict(format!("cannot mount the stopped container's root: {e}"))
+        })?;
+        Ok((root.join(rel), Some(RootMount(root))))
+    }
+}
+
+/// A temporary mount of a stopped container's root.
+pub struct RootMount(PathBuf);
+
+impl Drop for RootMount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+impl ArchiveBackend for Engine {
+    async fn archive_stat(&self, id: &str, path: &str) -> ApiResult<PathStat> {
+        let c = self.find(id)?;
+        let (p, _m) = self.in_container(&c, path)?;
+        stat_of(&p, path)
+    }
+
+    async fn archive_get(
+        &self,
+        id: &str,
+        path: &str,
+    ) -> ApiResult<(PathStat, mpsc::Receiver<Bytes>)> {
+        let c = self.find(id)?;
+        let (p, m) = self.in_container(&c, path)?;
+        let stat = stat_of(&p, path)?;
+        let (tx, rx) = mpsc::channel(16);
+        let name = stat.name.clone();
+        std::thread::spawn(move || {
+            let _m = m;
+            struct W(mpsc::Sender<Bytes>);
+            impl Write for W {
+                fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                    self.0
+                        .blocking_send(Bytes::copy_from_slice(b))
+                        .map_err(|_| std::io::Error::other("client gone"))?;
+                    Ok(b.len())
+                }
+                fn flush(&mut self) -> std::io::Result<()> {
+                    Ok(())
+                }
+            }
+            let mut b = tar::Builder::new(W(tx));
+            b.follow_symlinks(false);
+            let r = if p.is_dir() {
+                b.append_dir_all(&name, &p)
+            } else {
+                b.append_path_with_name(&p, &name)
+            };
+            if r.is_ok() {
+                let _ = b.finish();
+            }
+        });
+        Ok((stat, rx))
+    }
+
+    async fn archive_put(&self, id: &str, path: &str, tar: Bytes) -> ApiResult<()> {
+        let c = self.find(id)?;
+        let (p, m) = self.in_container(&c, path)?;
+        if !p.is_dir() {
+            return Err(ApiError::bad_request(format!(
+                "extraction point is not a directory: {path}"
+            )));
+        }
+        tokio::task::spawn_blocking(move || {
+            let _m = m;
+            crate::unpack::unpack(&tar[..], &p, &[])
+        })
+        .await
+        .map_err(internal("copy task"))?
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        Ok(())
+    }
+}
+
+fn stat_of(p: &Path, shown: &str) -> ApiResult<PathStat> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p).map_err(|_| {
+        ApiError::not_found(format!("Could not find the file {shown} in container"))
+    })?;
+    let mut mode = m.mode() & 0o777;
+    if m.is_dir() {
+        mode |= 1 << 31;
+    }
+    if m.file_type().is_symlink() {
+        mode |= 1 << 27;
+    }
+    Ok(PathStat {
+        name: Path::new(shown)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "/".into()),
+        size: m.len() as i64,
+        mode,
+        mtime: rfc3339(m.mtime() as i128 * 1_000_000_000),
+        link_target: std::fs::read_link(p)
+            .map(|l| l.display().to_string())
+            .unwrap_or_default(),
+    })
+}

@@ -1,0 +1,218 @@
+//! Images: list, inspect, pull, load (`docker load`), tag, remove.
+
+use super::*;
+use docker_api::time::unix_from_rfc3339;
+use docker_api::{ImageBackend, RegistryAuth};
+use registry::Reference;
+
+impl ImageBackend for Engine {
+    async fn images(&self) -> ApiResult<Vec<ImageSummary>> {
+        Ok(self
+            .images
+            .list()
+            .into_iter()
+            .map(|i| ImageSummary {
+                id: i.id.clone(),
+                repo_tags: i.tags,
+                repo_digests: i.digests,
+                created: i
+                    .config
+                    .created
+                    .as_deref()
+                    .map(unix_from_rfc3339)
+                    .unwrap_or(0),
+                size: i.size,
+                shared_size: -1,
+                containers: -1,
+                labels: i.config.config.labels.clone().unwrap_or_default(),
+                ..Default::default()
+            })
+            .collect())
+    }
+
+    async fn image_inspect(&self, name: &str) -> ApiResult<ImageInspect> {
+        let id = self.resolve_image(name)?;
+        let i = self
+            .images
+            .image(&id)
+            .ok_or_else(|| ApiError::not_found(format!("No such image: {name}")))?;
+        Ok(ImageInspect {
+            id: i.id,
+            repo_tags: i.tags,
+            repo_digests: i.digests,
+            parent: String::new(),
+            created: i.config.created.clone().unwrap_or_default(),
+            architecture: i.config.architecture.clone(),
+            os: i.config.os.clone(),
+            size: i.size,
+            config: i.config.config.clone(),
+            root_fs: RootFs {
+                kind: "layers".into(),
+                layers: i.config.rootfs.diff_ids.clone(),
+            },
+        })
+    }
+
+    async fn image_pull(
+        &self,
+        image: &str,
+        tag: &str,
+        auth: Option<RegistryAuth>,
+    ) -> ApiResult<mpsc::Receiver<ProgressMessage>> {
+        let full = if tag.is_empty() {
+            image.to_string()
+        } else if tag.starts_with("sha256:") {
+            format!("{image}@{tag}")
+        } else {
+            format!("{image}:{tag}")
+        };
+        let r = Reference::parse(&full).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let me = self
+            .arc()
+            .ok_or_else(|| ApiError::internal("engine is shutting down"))?;
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            let creds = auth.map(|a| registry::Credentials {
+                username: a.username,
+                password: a.password,
+                identity_token: a.identity_token,
+            });
+            let mut s = me.registry.session(&r, creds);
+            let shown = r
+                .tagged()
+                .unwrap_or_else(|| format!("{}@{}", r.familiar_name(), r.object()));
+            match me.images.pull(&mut s, &r, &tx).await {
+                Ok((_, existed)) => {
+                    let msg = if existed {
+                        format!("Status: Image is up to date for {shown}")
+                    } else {
+                        format!("Status: Downloaded newer image for {shown}")
+                    };
+                    let _ = tx.send(ProgressMessage::status(None, msg)).await;
+                }
+                Err(e) => {
+                    let msg = match &e {
+                        crate::images::ImageError::Registry(
+                            registry::RegistryError::NotFound { .. },
+                        ) => format!("manifest for {shown} not found: manifest unknown: {e}"),
+                        _ => e.to_string(),
+                    };
+                    let _ = tx.send(ProgressMessage::error(msg)).await;
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn image_load(&self, mut tar: mpsc::Receiver<Bytes>) -> ApiResult<Vec<String>> {
+        use tokio::io::AsyncWriteExt;
+        let path = self.images.scratch("load-archive");
+        let spool = async {
+            let mut f = tokio::fs::File::create(&path).await?;
+            while let Some(chunk) = tar.recv().await {
+                f.write_all(&chunk).await?;
+            }
+            f.flush().await
+        };
+        if let Err(e) = spool.await {
+            let _ = std::fs::remove_file(&path);
+            return Err(ApiError::internal(format!(
+                "cannot store the archive at {}: {e}",
+                path.display()
+            )));
+        }
+        let me = self
+            .arc()
+            .ok_or_else(|| ApiError::internal("engine is shutting down"))?;
+        let p = path.clone();
+        let r = tokio::task::spawn_blocking(move || me.images.load(&p)).await;
+        let _ = std::fs::remove_file(&path);
+        match r {
+            Ok(Ok(loaded)) => Ok(loaded),
+            Ok(Err(e @ crate::images::ImageError::Io { .. })) => {
+                Err(ApiError::internal(e.to_string()))
+            }
+            Ok(Err(e)) => Err(ApiError::bad_request(format!(
+                "cannot load the archive: {e}"
+            ))),
+            Err(e) => Err(ApiError::internal(format!("load task: {e}"))),
+        }
+    }
+
+    async fn image_tag(&self, name: &str, repo: &str, tag: &str) -> ApiResult<()> {
+        let id = self.resolve_image(name)?;
+        let r = Reference::parse(&format!("{repo}:{tag}"))
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let t = r
+            .tagged()
+            .ok_or_else(|| ApiError::bad_request("a tag is required"))?;
+        self.images.tag(&id, &t).map_err(internal("tagging"))
+    }
+
+    async fn image_remove(&self, name: &str, force: bool) -> ApiResult<Vec<ImageDeleteItem>> {
+        let id = self.resolve_image(name)?;
+        let users: Vec<String> = self
+            .containers
+            .lock()
+            .unwrap()
+            .values()
+            .map(|c| c.snapshot())
+            .filter(|r| r.image_id == id)
+            .map(|r| r.id[..12].to_string())
+            .collect();
+        let tagged = Reference::parse(name)
+            .ok()
+            .and_then(|r| r.tagged())
+            .filter(|t| {
+                self.images
+                    .image(&id)
+                    .map(|i| i.tags.contains(t))
+                    .unwrap_or(false)
+            });
+        let mut out = Vec::new();
+        if let Some(t) = tagged {
+            let img = self.images.image(&id);
+            let last = img.map(|i| i.tags.len() <= 1).unwrap_or(true);
+            if last && !users.is_empty() && !force {
+                return Err(ApiError::conflict(format!("conflict: unable to remove repository reference \"{name}\" (must force) - container {} is using its referenced image {}", users[0], &id[7..19])));
+            }
+            self.images.untag(&t).map_err(internal("untagging"))?;
+            out.push(ImageDeleteItem {
+                untagged: Some(t),
+                deleted: None,
+            });
+            if last && users.is_empty() {
+                self.images
+                    .delete(&id)
+                    .map_err(internal("deleting image"))?;
+                out.push(ImageDeleteItem {
+                    untagged: None,
+                    deleted: Some(id),
+                });
+            }
+            return Ok(out);
+        }
+        if !users.is_empty() && !force {
+            return Err(ApiError::conflict(format!("conflict: unable to delete {} (must be forced) - image is being used by stopped container {}", &id[7..19], users[0])));
+        }
+        let tags = self.images.image(&id).map(|i| i.tags).unwrap_or_default();
+        if tags.len() > 1 && !force {
+            return Err(ApiError::conflict(format!("conflict: unable to delete {} (must be forced) - image is referenced in multiple repositories", &id[7..19])));
+        }
+        for t in self
+            .images
+            .delete(&id)
+            .map_err(internal("deleting image"))?
+        {
+            out.push(ImageDeleteItem {
+                untagged: Some(t),
+                deleted: None,
+            });
+        }
+        out.push(ImageDeleteItem {
+            untagged: None,
+            deleted: Some(id),
+        });
+        Ok(out)
+    }
+}
