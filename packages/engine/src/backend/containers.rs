@@ -2,7 +2,7 @@
 //! restart, remove, wait, logs, attach.
 
 use super::*;
-use crate::containers::{parse_signal, random_name, valid_name, Events, Record};
+use crate::containers::{parse_signal, random_name, valid_name, Events, Record, Status};
 use crate::runtime::{Bind, Process, RunSpec, Stdio3};
 use crate::{cgroup, logs, netproxy};
 use docker_api::time::{human, rfc3339, since};
@@ -27,14 +27,14 @@ async fn publish_ports(r: &Record) -> Result<Vec<netproxy::Bound>, String> {
 
 impl Engine {
     fn summary_status(r: &Record) -> String {
-        match r.status.as_str() {
-            "running" => format!("Up {}", human(since(r.started_at))),
-            "exited" => format!(
+        match r.status {
+            Status::Running => format!("Up {}", human(since(r.started_at))),
+            Status::Exited => format!(
                 "Exited ({}) {} ago",
                 r.exit_code,
                 human(since(r.finished_at))
             ),
-            "created" => "Created".into(),
+            Status::Created => "Created".into(),
             s => s.to_string(),
         }
     }
@@ -90,7 +90,7 @@ impl Engine {
     async fn start_impl(&self, c: &Arc<Container>) -> ApiResult<()> {
         let r = c.snapshot();
         let trace = Arc::new(Trace::new(&r.id));
-        if r.status == "running" {
+        if r.status == Status::Running {
             return Err(ApiError::not_modified());
         }
         let lowers = self.images.lowers(&r.image_id).ok_or_else(|| {
@@ -185,9 +185,9 @@ impl Engine {
         let fail = |msg: String, code: i64| {
             let mut rec = c.rec.lock().unwrap();
             rec.status = if rec.started_at == 0 {
-                "created".into()
+                Status::Created
             } else {
-                "exited".into()
+                Status::Exited
             };
             rec.exit_code = code;
             rec.error = msg.clone();
@@ -216,7 +216,7 @@ impl Engine {
         };
         {
             let mut rec = c.rec.lock().unwrap();
-            rec.status = "running".into();
+            rec.status = Status::Running;
             rec.pid = s.pid;
             rec.started_at = now_nanos();
             rec.error.clear();
@@ -295,7 +295,7 @@ impl Engine {
         *c.pty.lock().unwrap() = None;
         let r = {
             let mut rec = c.rec.lock().unwrap();
-            rec.status = "exited".into();
+            rec.status = Status::Exited;
             rec.exit_code = code;
             rec.pid = 0;
             rec.finished_at = now_nanos();
@@ -342,17 +342,17 @@ impl Engine {
             {
                 let mut rec = c.rec.lock().unwrap();
                 rec.restart_count += 1;
-                rec.status = "restarting".into();
+                rec.status = Status::Restarting;
             }
             c.save();
             tokio::time::sleep(std::time::Duration::from_millis(backoff)).await;
             let _g = c.op.lock().await;
-            if c.rec.lock().unwrap().status != "restarting" {
+            if c.rec.lock().unwrap().status != Status::Restarting {
                 return; // stopped or removed meanwhile
             }
             if let Err(e) = self.start_inner(&c).await {
                 eprintln!("engine: restart of {}: {}", r.id, e.message);
-                c.rec.lock().unwrap().status = "exited".into();
+                c.rec.lock().unwrap().status = Status::Exited;
                 c.save();
             }
         } else if r.host_config.auto_remove {
@@ -411,8 +411,8 @@ impl Engine {
             if by_user {
                 rec.stopped_by_user = true;
             }
-            if rec.status == "restarting" {
-                rec.status = "exited".into();
+            if rec.status == Status::Restarting {
+                rec.status = Status::Exited;
                 drop(rec);
                 c.save();
                 return Ok(());
@@ -538,7 +538,7 @@ impl Engine {
         let r = c.snapshot();
         let mut ports = std::collections::BTreeMap::new();
         for (k, v) in r.host_config.port_bindings.clone().unwrap_or_default() {
-            ports.insert(k, if r.status == "running" { v } else { None });
+            ports.insert(k, if r.status == Status::Running { v } else { None });
         }
         ContainerInspect {
             id: r.id.clone(),
@@ -546,9 +546,9 @@ impl Engine {
             path: r.path.clone(),
             args: r.args.clone(),
             state: ContainerState {
-                status: r.status.clone(),
-                running: r.status == "running",
-                restarting: r.status == "restarting",
+                status: r.status.to_string(),
+                running: r.status == Status::Running,
+                restarting: r.status == Status::Restarting,
                 pid: r.pid as i64,
                 exit_code: r.exit_code,
                 oom_killed: r.oom_killed,
@@ -570,7 +570,7 @@ impl Engine {
                     ports,
                     ..Default::default()
                 };
-                if let (Some(ep), "running") = (&r.endpoint, r.status.as_str()) {
+                if let (Some(ep), Status::Running) = (&r.endpoint, r.status) {
                     ns.ip_address = ep.ip.to_string();
                     ns.gateway = ep.gateway.to_string();
                     ns.mac_address = ep.mac.clone();
@@ -608,10 +608,10 @@ impl ContainerBackend for Engine {
             .collect();
         v.sort_by(|a, b| b.created.cmp(&a.created));
         Ok(v.into_iter()
-            .filter(|r| all || r.status == "running" || r.status == "restarting")
+            .filter(|r| all || r.status.is_active())
             .map(|r| {
                 let mut ports = Vec::new();
-                if r.status == "running" {
+                if r.status == Status::Running {
                     for (k, bs) in r.host_config.port_bindings.clone().unwrap_or_default() {
                         let (p, proto) = k.split_once('/').unwrap_or((&k, "tcp"));
                         for b in bs.unwrap_or_default() {
@@ -640,7 +640,7 @@ impl ContainerBackend for Engine {
                     created: (r.created / 1_000_000_000) as i64,
                     ports,
                     labels: r.config.labels.clone().unwrap_or_default(),
-                    state: r.status.clone(),
+                    state: r.status.to_string(),
                     status: Self::summary_status(&r),
                 }
             })
@@ -768,7 +768,7 @@ impl ContainerBackend for Engine {
             host_config: hc,
             path,
             args: argv,
-            status: "created".into(),
+            status: Status::Created,
             binds,
             mounts,
             ..Default::default()
@@ -854,13 +854,13 @@ impl ContainerBackend for Engine {
 
     async fn container_remove(&self, id: &str, force: bool, _volumes: bool) -> ApiResult<()> {
         let c = self.find(id)?;
-        if c.is_running() || c.rec.lock().unwrap().status == "restarting" {
+        if c.rec.lock().unwrap().status.is_active() {
             if !force {
                 return Err(ApiError::conflict(format!("cannot remove container \"/{}\": container is running: stop the container before removing or force remove", c.snapshot().name)));
             }
             c.rec.lock().unwrap().stopped_by_user = true;
-            if c.rec.lock().unwrap().status == "restarting" {
-                c.rec.lock().unwrap().status = "exited".into();
+            if c.rec.lock().unwrap().status == Status::Restarting {
+                c.rec.lock().unwrap().status = Status::Exited;
             }
             let _ = self.signal(&c, nix::sys::signal::Signal::SIGKILL);
             self.wait_not_running(&c, Some(std::time::Duration::from_secs(10)))
@@ -877,8 +877,8 @@ impl ContainerBackend for Engine {
             .unwrap()
             .values()
             .filter(|c| {
-                let s = c.rec.lock().unwrap().status.clone();
-                s == "exited" || s == "created"
+                let s = c.rec.lock().unwrap().status;
+                s == Status::Exited || s == Status::Created
             })
             .cloned()
             .collect();
@@ -894,15 +894,15 @@ impl ContainerBackend for Engine {
         let c = self.find(id)?;
         let mut rx = c.events.subscribe();
         let start: Events = *rx.borrow();
-        let status = c.rec.lock().unwrap().status.clone();
+        let status = c.rec.lock().unwrap().status;
         let done = |e: &Events| match cond {
             WaitCondition::NotRunning => {
-                !e.running && (status != "running" || e.exits > start.exits)
+                !e.running && (status != Status::Running || e.exits > start.exits)
             }
             WaitCondition::NextExit => e.exits > start.exits,
             WaitCondition::Removed => e.removed,
         };
-        if cond == WaitCondition::NotRunning && status != "running" && status != "restarting" {
+        if cond == WaitCondition::NotRunning && !status.is_active() {
             return Ok(WaitResponse {
                 status_code: c.rec.lock().unwrap().exit_code,
                 error: None,
@@ -927,7 +927,7 @@ impl ContainerBackend for Engine {
             let mut pos = 0u64;
             let mut first = true;
             loop {
-                let running = c.is_running() || c.rec.lock().unwrap().status == "restarting";
+                let running = c.rec.lock().unwrap().status.is_active();
                 let data = tokio::fs::read(&path).await.unwrap_or_default();
                 let new = &data[(pos as usize).min(data.len())..];
                 let end = new

@@ -10,7 +10,7 @@ mod images;
 mod system;
 
 use crate::args::Args;
-use crate::containers::Container;
+use crate::containers::{Container, Status};
 use crate::images::Store;
 use crate::net;
 use crate::runtime;
@@ -250,8 +250,8 @@ impl Engine {
                 let Some(mut rec) = Container::load(&e.path()) else {
                     continue;
                 };
-                if rec.status == "running" || rec.status == "restarting" {
-                    rec.status = "exited".into();
+                if rec.status.is_active() {
+                    rec.status = Status::Exited;
                     rec.exit_code = 255;
                     rec.finished_at = now_nanos();
                     rec.pid = 0;
