@@ -1,7 +1,7 @@
 //! The Docker Engine API front end, written once over a [`Backend`] trait.
 //!
-//! The container engine in the guest is the first back end; the host daemon that runs each
-//! container in its own VM is meant to be the second. This crate owns everything that is
+//! It has two back ends: the container engine in the guest (packages/engine) and axion-vmd,
+//! the host daemon that runs each container in its own VM (host/vmd). This crate owns everything that is
 //! about the protocol: routes (with and without the `/vX.YZ` prefix), request and response
 //! types, version negotiation (`/_ping` answers `API-Version`), Docker-style errors
 //! (`{"message": ...}` with the right status), streaming (chunked JSON progress for pull,
