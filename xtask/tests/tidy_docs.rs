@@ -244,6 +244,39 @@ fn paths_named_in_the_docs_exist() {
     );
 }
 
+/// A date in prose, `YYYY-MM-DD`: the mark of a measurement taken on a given day.
+fn has_date(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.windows(10).any(|w| {
+        let d = |i: usize| w[i].is_ascii_digit();
+        d(0) && d(1) && d(2) && d(3) && w[4] == b'-' && d(5) && d(6) && w[7] == b'-' && d(8) && d(9)
+    })
+}
+
+#[test]
+fn dated_figures_live_only_in_docs_benchmarks_md() {
+    let root = root();
+    let mut bad = Vec::new();
+    for file in markdown_files(&root) {
+        let rel = file.strip_prefix(&root).unwrap_or(&file);
+        if rel == Path::new("docs/benchmarks.md") {
+            continue;
+        }
+        let doc = read(&file);
+        for (n, line) in prose_lines(&doc) {
+            if has_date(&code_spans(line).1) {
+                bad.push(format!("{}:{n}: {}", rel.display(), line.trim()));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "dated figures belong in docs/benchmarks.md (`cargo xtask bench` writes its own \
+         there); guides say how things work:\n{}",
+        bad.join("\n")
+    );
+}
+
 /// What the code map says of each member: its path and kind ("guest", "host", ...).
 fn code_map(architecture: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
@@ -477,6 +510,8 @@ fn the_parsers_of_this_file_read_what_they_should() {
         ["docs/a.md#b", "https://e/x"]
     );
     assert_eq!(code_spans("a `b` c `d/e`").0, ["b", "d/e"]);
+    assert!(has_date("measured 2026-11-27 by the bench"));
+    assert!(!has_date("API 1.47, port 2376, 10.0.2.15"));
     let arch = "## Code map\n\n| kind | may import |\n|---|---|\n| guest | shared libraries |\n| tests | anything |\n\n### `packages/init` — guest\n\ntext\n### `crates/qemu` — shared library, host and build tool\n## Invariants\n### `not/listed` — guest\n";
     let map = code_map(arch);
     assert_eq!(map.len(), 2);
