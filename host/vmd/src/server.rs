@@ -75,8 +75,7 @@ impl Drop for Server {
 }
 
 /// Times `docker run --rm IMAGE true` against `docker_host`, `runs` times (the image is
-/// pulled first, untimed). Nothing calls it now: `cargo xtask bench` times its vmd rows
-/// itself (`xtask::bench::vmd`), with the axion-vmd binary.
+/// pulled first, untimed). For `cargo xtask bench`: print the figures, assert nothing.
 pub fn bench_docker_run(
     docker_host: &str,
     docker_config: &Path,
