@@ -531,7 +531,8 @@ fn vmd_only(layout: &Layout, runs: usize) -> Result<()> {
     )?;
     let date = command_line("date", &["-u", "+%Y-%m-%d %H:%M"]).unwrap_or_default();
     let mut text = format!(
-        "{} UTC · `cargo xtask bench --vmd-only --runs {runs}` · {} · load {} at start · the two modes' runs alternate\n\n",
+        "{} UTC · `cargo xtask bench --vmd-only --runs {runs}` · {} · load {} at start · \
+         the two modes' runs alternate\n\n",
         date.trim(),
         accel.name().to_uppercase(),
         load.split_whitespace().next().unwrap_or("?")

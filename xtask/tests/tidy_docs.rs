@@ -518,7 +518,12 @@ fn the_parsers_of_this_file_read_what_they_should() {
     assert_eq!(code_spans("a `b` c `d/e`").0, ["b", "d/e"]);
     assert!(has_date("measured 2026-11-27 by the bench"));
     assert!(!has_date("API 1.47, port 2376, 10.0.2.15"));
-    let arch = "## Code map\n\n| kind | may import |\n|---|---|\n| guest | shared libraries |\n| tests | anything |\n\n### `packages/init` — guest\n\ntext\n### `crates/qemu` — shared library, host and build tool\n## Invariants\n### `not/listed` — guest\n";
+    let arch = concat!(
+        "## Code map\n\n| kind | may import |\n|---|---|\n| guest | shared libraries |\n",
+        "| tests | anything |\n\n### `packages/init` — guest\n\ntext\n",
+        "### `crates/qemu` — shared library, host and build tool\n",
+        "## Invariants\n### `not/listed` — guest\n"
+    );
     let map = code_map(arch);
     assert_eq!(map.len(), 2);
     assert_eq!(map["packages/init"], "guest");

@@ -275,11 +275,19 @@ mod tests {
 
     #[test]
     fn splice_replaces_only_its_own_section() {
-        let doc = "# Benchmarks\n\nprose\n<!-- bench:full begin: note -->\nold\ntable\n<!-- bench:full end -->\nmore prose\n<!-- bench:vmd-only begin -->\nvmd\n<!-- bench:vmd-only end -->\n";
+        let doc = concat!(
+            "# Benchmarks\n\nprose\n<!-- bench:full begin: note -->\nold\ntable\n",
+            "<!-- bench:full end -->\nmore prose\n",
+            "<!-- bench:vmd-only begin -->\nvmd\n<!-- bench:vmd-only end -->\n"
+        );
         let out = splice_section(doc, "full", "new table\n");
         assert_eq!(
             out,
-            "# Benchmarks\n\nprose\n<!-- bench:full begin: note -->\nnew table\n<!-- bench:full end -->\nmore prose\n<!-- bench:vmd-only begin -->\nvmd\n<!-- bench:vmd-only end -->\n"
+            concat!(
+                "# Benchmarks\n\nprose\n<!-- bench:full begin: note -->\nnew table\n",
+                "<!-- bench:full end -->\nmore prose\n",
+                "<!-- bench:vmd-only begin -->\nvmd\n<!-- bench:vmd-only end -->\n"
+            )
         );
         // Running twice gives the same document.
         assert_eq!(splice_section(&out, "full", "new table"), out);
@@ -293,7 +301,11 @@ mod tests {
         let out = splice_section("# Benchmarks\nprose", "full", "t");
         assert_eq!(
             out,
-            "# Benchmarks\nprose\n\n<!-- bench:full begin: written by `cargo xtask bench`; edits here are replaced -->\nt\n<!-- bench:full end -->\n"
+            concat!(
+                "# Benchmarks\nprose\n\n",
+                "<!-- bench:full begin: written by `cargo xtask bench`; ",
+                "edits here are replaced -->\nt\n<!-- bench:full end -->\n"
+            )
         );
         assert_eq!(splice_section(&out, "full", "t"), out);
         // An end marker before its begin marker is not a section: append a fresh one.
