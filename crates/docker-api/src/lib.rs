@@ -1,14 +1,13 @@
 //! The Docker Engine API front end, written once over a [`Backend`] trait.
 //!
-//! It has two back ends: the container engine in the guest (packages/engine) and axion-vmd,
-//! the host daemon that runs each container in its own VM (host/vmd). This crate owns
-//! everything that is about the protocol: routes (with and without the `/vX.YZ` prefix),
-//! request and response types, version negotiation (`/_ping` answers `API-Version`),
-//! Docker-style errors (`{"message": ...}` with the right status), streaming (chunked JSON
-//! progress for pull, stdcopy framing for logs and attach without a TTY, raw with one),
-//! connection hijacking (`Upgrade: tcp`) for attach and exec start, and the listeners (unix
-//! socket, TCP with mutual TLS, plain TCP). Endpoints we do not serve answer 404/501 with a
-//! message.
+//! Two back ends implement it: the container engine in the guest (packages/engine) and
+//! axion-vmd, one VM per container (host/vmd). This crate owns everything that is
+//! about the protocol: routes (with and without the `/vX.YZ` prefix), request and response
+//! types, version negotiation (`/_ping` answers `API-Version`), Docker-style errors
+//! (`{"message": ...}` with the right status), streaming (chunked JSON progress for pull,
+//! stdcopy framing for logs and attach without a TTY, raw with one), connection hijacking
+//! (`Upgrade: tcp`) for attach and exec start, and the listeners (unix socket, TCP with
+//! mutual TLS, plain TCP). Endpoints we do not serve answer 404/501 with a message.
 
 pub mod error;
 pub mod filters;
