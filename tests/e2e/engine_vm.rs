@@ -1,6 +1,6 @@
 //! The engine inside a booted qemu-profile image, driven by the real docker CLI on the host
-//! over the forwarded TCP port with mutual TLS (client certificate fetched over SSH, as the
-//! README tells users to do until `run --detach` exports DOCKER_HOST itself).
+//! over the forwarded TCP port with mutual TLS (client certificate fetched over SSH, as
+//! docs/running.md tells users to do for a VM that `run --detach` did not start).
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -4,8 +4,9 @@
 //!
 //! Each figure is the median of several runs with min and max (`--quick`: fewer runs, no
 //! clean builds, and the peer only if it is cached already). Outputs: a Markdown table on
-//! stdout, JSON (`--json FILE`, default `out/bench/bench.json`) and an SVG bar chart of the
-//! boot times (`out/bench/bench.svg`). Nothing is invented: a figure that cannot be taken is
+//! stdout and in its dated section of docs/benchmarks.md (`--vmd-only`: its own section),
+//! JSON (`--json FILE`, default `out/bench/bench.json`) and an SVG bar chart of the boot times
+//! (`out/bench/bench.svg`). Nothing is invented: a figure that cannot be taken is
 //! `n/a (why)`.
 //!
 //! How each figure is taken:
@@ -67,7 +68,8 @@ pub struct Options {
     pub json: Option<PathBuf>,
     /// Only build (or find) the peer, measure nothing.
     pub prepare: bool,
-    /// Only the VM-per-container figures ([`vmd`]), printed.
+    /// Only the VM-per-container figures ([`vmd`]), printed and written to their section of
+    /// docs/benchmarks.md.
     pub vmd_only: bool,
     /// Timed `docker run`s per mode instead of the default.
     pub runs: Option<usize>,
@@ -482,6 +484,7 @@ pub fn bench(layout: &Layout, opts: &Options) -> Result<()> {
         notes,
     };
     print!("{}", report.table());
+    write_docs_section(layout, "full", &report.table())?;
     let json = opts.json.clone().unwrap_or_else(|| out.join("bench.json"));
     crate::image::write_atomic(&json, report.json().as_bytes())?;
     let svg = out.join("bench.svg");
@@ -526,24 +529,50 @@ fn vmd_only(layout: &Layout, runs: usize) -> Result<()> {
         &out,
         runs,
     )?;
-    println!(
-        "daemon start (template boot + save): {}",
+    let date = command_line("date", &["-u", "+%Y-%m-%d %H:%M"]).unwrap_or_default();
+    let mut text = format!(
+        "{} UTC · `cargo xtask bench --vmd-only --runs {runs}` · {} · load {} at start · \
+         the two modes' runs alternate\n\n",
+        date.trim(),
+        accel.name().to_uppercase(),
+        load.split_whitespace().next().unwrap_or("?")
+    );
+    text.push_str(&format!(
+        "- daemon start (template boot + save): {}\n",
         f.start.cell(Unit::Seconds)
-    );
-    println!(
-        "docker run --rm busybox true, cloned VM: {}",
+    ));
+    text.push_str(&format!(
+        "- `docker run --rm busybox true`, cloned VM: {}\n",
         f.clone_run.cell(Unit::Seconds)
-    );
-    println!(
-        "docker run --rm busybox true, cold-booted VM: {}",
+    ));
+    text.push_str(&format!(
+        "- `docker run --rm busybox true`, cold-booted VM (`axion-vmd --cold-boot`): {}\n",
         f.cold_run.cell(Unit::Seconds)
-    );
+    ));
     if let (Some(clone), Some(cold)) = (f.clone_run.median(), f.cold_run.median()) {
-        println!(
-            "a clone is {:.1}x faster than a cold boot (goal: at least 5x)",
+        text.push_str(&format!(
+            "- a clone is {:.1}× faster than a cold boot (goal: at least 5×)\n",
             cold / clone
-        );
+        ));
     }
+    print!("{text}");
+    write_docs_section(layout, "vmd-only", &text)
+}
+
+/// Replaces the bench's section `key` of docs/benchmarks.md, where every dated figure of the
+/// project lives ([`report::splice_section`]); committing it is the user's choice.
+fn write_docs_section(layout: &Layout, key: &str, text: &str) -> Result<()> {
+    let path = layout.root.join("docs").join("benchmarks.md");
+    let doc = match std::fs::read_to_string(&path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "# Benchmarks\n".to_owned(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    crate::image::write_atomic(&path, report::splice_section(&doc, key, text).as_bytes())?;
+    eprintln!("bench: wrote its section '{key}' of {}", path.display());
     Ok(())
 }
 

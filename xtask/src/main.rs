@@ -117,7 +117,8 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Measure build, size, boot and container figures against a Debian peer and the kernel
-    /// floor; a table on stdout, JSON and an SVG chart under out/bench/.
+    /// floor; a table on stdout and in docs/benchmarks.md, JSON and an SVG chart under
+    /// out/bench/.
     Bench {
         /// Fewer runs; skip clean builds and the peer build when it is not cached.
         #[arg(long)]
@@ -128,7 +129,8 @@ enum Cmd {
         /// Only build (or find) the Debian peer, measure nothing.
         #[arg(long)]
         prepare: bool,
-        /// Only the VM-per-container figures (clone against cold boot), printed, not written.
+        /// Only the VM-per-container figures (clone against cold boot), printed and written
+        /// to their section of docs/benchmarks.md.
         #[arg(long)]
         vmd_only: bool,
         /// Timed `docker run`s per mode (default 5, or 2 with --quick).

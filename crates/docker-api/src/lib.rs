@@ -2,8 +2,8 @@
 //! trait per seam: [`SystemBackend`], [`ImageBackend`], [`ContainerBackend`], [`ExecBackend`],
 //! [`ArchiveBackend`], [`VolumeBackend`], [`NetworkBackend`], [`EventBackend`]).
 //!
-//! The container engine in the guest is the first back end; the host daemon that runs each
-//! container in its own VM is meant to be the second. This crate owns everything that is
+//! Two back ends implement it: the container engine in the guest (packages/engine) and
+//! axion-vmd, one VM per container (host/vmd). This crate owns everything that is
 //! about the protocol: routes (with and without the `/vX.YZ` prefix), request and response
 //! types, version negotiation (`/_ping` answers `API-Version`), Docker-style errors
 //! (`{"message": ...}` with the right status), streaming (chunked JSON progress for pull,

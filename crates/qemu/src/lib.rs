@@ -1,4 +1,4 @@
-//! Driving QEMU for `xtask run/test/bench` and, later, the host daemon.
+//! Driving QEMU for `xtask run/test/bench`, the e2e tests and axion-vmd (host/vmd).
 //!
 //! - [`VmConfig`]: a builder for the `qemu-system-x86_64` command line (machine, TCG or KVM,
 //!   SeaBIOS or OVMF, direct kernel boot, disks and CD-ROMs, user-mode network with port

@@ -55,11 +55,10 @@
 //!   container's upper dir is on the VM's own disk). Why unpacked trees rather than blobs
 //!   the guest imports (like `docker load`): a clone then does no decompression, hashing
 //!   or unpacking at all, which under TCG is the expensive part, and the layers take no
-//!   space in the VMs. Measured (VMD_DEBUG, busybox image, loaded machine): the in-VM pull
-//!   from a registry on the host's loopback took 1.3-4.7 s per clone; importing shared
-//!   blobs would skip only its transfer and still pay gunzip + sha256 + unpack under TCG
-//!   (not measured apart); with the shared trees the whole step is gone (the host's check of the store runs while
-//!   the VM restores and is done when the engine answers). The cost is
+//!   space in the VMs. The in-VM pull was seconds per clone (docs/benchmarks.md); importing
+//!   shared blobs would skip only its transfer and still pay gunzip + sha256 + unpack under
+//!   TCG; with the shared trees the whole step is gone (the host's check of the store runs
+//!   while the VM restores and is done when the engine answers). The cost is
 //!   reading files over 9p (small for container start-up) and unpacking on the host as root
 //!   (device nodes are skipped; whiteouts need mknod, so the daemon must be root, as QEMU's
 //!   passthrough model needs anyway). Safety: the store is 0700 (the trees hold the images'
@@ -109,102 +108,54 @@
 //!
 //! # Clone latency (`docker run --rm busybox true`)
 //!
-//! `VMD_DEBUG=1` prints each step with a wall-clock stamp. Typical figures on the 2-core
-//! build machine under TCG with another session busy (load ~3.5; each step varies by ±0.2 s):
-//! overlay (qemu-img) 0.02 s, restore 0.2 s, clone agent 0.25-0.6 s, engine answers 0.1-0.2 s
-//! later, create in the guest 0.12-0.2 s, start in the guest 0.45-0.65 s, the guest's wait
-//! returns 0.15-0.3 s after the start, logs + VM power-off 0.05 s. Changes made for it:
-//! - The daemon keeps the agent's channel connected for the VM's life: with the host end
-//!   closed the agent's read returns EOF at once and it forked `usleep` ten times a second,
-//!   taking TCG time from the container's start; now the read blocks.
-//! - The agent polls every 0.02 s (was 0.1 s) until the daemon connects (a clone resumes
-//!   inside that loop, so this was up to 0.1 s of latency), and forks less (host name
-//!   through /proc, a shell flag instead of `grep /proc/mounts`, no `mkdir -p`).
-//! - The daemon retries the engine's `/_ping` every 20 ms (was 100 ms).
-//! Measured with 5-run loops before/after: clone run 2.0-2.5 s → 1.5-2.2 s (agent 0.42-0.75 s →
-//! 0.25-0.61 s); `cargo xtask bench --quick`: 2.22 s → 1.88 s against 7.12 s cold (3.1x → 3.8x).
-//! Not worth it: an overlay pool (qemu-img takes 0.02 s) or tearing the VM
-//! down after `wait` returns (0.05 s). What remains is mostly the guest engine's own
-//! create/start/exit under TCG (about 1 s together): the next step is in the engine.
+//! A clone's run is what this mode is for, so each step of it was measured and cut; the
+//! figures, dated, are in docs/benchmarks.md ("VM per container"). `VMD_DEBUG=1` prints each
+//! of the daemon's steps with a wall-clock stamp and sets `AXION_ENGINE_TRACE` in the VMs:
+//! the guest engine logs each create/start/exit step and the shim's own steps, and the agent
+//! its steps, on the VM's serial console (`<state>/c/ID/serial.log`, kept until `rm`).
 //!
-//! The virtio-serial channel (05:45 runs, load ~7, VMD_DEBUG with per-request times): the
-//! engine answers 0.03-0.06 s after the agent is done (was 0.1-0.2 s over TCP + TLS); a
-//! request's round trip over the channel is 2-8 ms for bodies of 10 B to 9 KB (probed with
-//! POSTs the engine refuses at once), against a TLS handshake per connection before; `start`
-//! answered in 0.34-0.40 s. `create` took a steady 1.1 s in those runs, inside the guest: its
-//! first `getrandom` (a container id) waited for the kernel's CRNG, which is not ready
-//! when the template is saved once no TLS handshake runs in the template (fixed below).
-//!
-//! The guest side (06:00 runs). `VMD_DEBUG` also sets `AXION_ENGINE_TRACE` in the VMs: the
-//! guest engine logs each create/start/exit step and the shim's own steps, and the agent
-//! its steps, on the VM's serial console (`<state>/c/ID/serial.log`, kept until `rm`). A
-//! start at load ~1.6 took 0.37 s in the engine: seccomp program 0.01 s, ports + address +
-//! spec + cgroup 0.04 s, fork + exec of the shim until it reports the container's pid 0.09 s
-//! (of which reading the spec 0.013 s and unsharing the namespaces 0.023 s), network attach
-//! (veth, netlink) 0.07 s, the container process's set-up until exec 0.1 s (overlay mount
-//! 0.035 s, /proc + /dev 0.017 s, /sys + /etc files 0.013 s, user + capabilities + seccomp
-//! 0.02 s), state saved 0.02 s; the container (`true`) and the shim had exited 0.08 s after
-//! the start answered, and the waiters were told 0.02 s later. Changes:
-//! - The clone agent is the engine's `__vmd-agent` mode instead of a busybox shell loop:
-//!   system calls instead of forking `date`, `ip` (twice), `arping`, `mkdir` and `mount`;
-//!   0.25-0.6 s → 0.15-0.3 s (its own work: 0.10-0.18 s, mostly the MAC change and the 9p
-//!   mount; the rest is the restored VM getting going).
+//! Under TCG every clone is a new QEMU with an empty translation cache: each kernel and
+//! engine path a container touches is translated again, which is why removing paths (netns,
+//! ext4 writes, a fork + exec) paid more than making them faster. What the design does for
+//! it:
+//! - Nothing waits on a poll it could block on: the daemon keeps the agent's channel
+//!   connected for the VM's life (with the host end closed the agent's read returns EOF at
+//!   once, and a polling agent took TCG time from the container's start); the guest checks
+//!   for the host every 5 ms (a clone resumes inside that wait); the daemon retries the
+//!   engine's `/_ping` every 20 ms and polls QEMU's restore every 10 ms.
+//! - The clone agent is the engine's `__vmd-agent` mode, not a shell loop: system calls
+//!   instead of forking `date`, `ip`, `arping`, `mkdir` and `mount`. It answers once the
+//!   clock, the RNG and the store are done, and sets the host name and the MAC (+ ARP) after
+//!   the answer, on the other vCPU, while the daemon creates the container. The identity goes
+//!   to the agent while the engine's first `/_ping` is answered, not one after the other.
 //! - The agent credits the host's seed to the kernel's pool and reseeds the CRNG (ioctls
-//!   RNDADDENTROPY, RNDRESEEDCRNG) rather than writing it to /dev/urandom: create 1.1 s →
-//!   0.15-0.27 s, and clones no longer share the template's CRNG output until the kernel's
-//!   next periodic reseed (up to a minute; seen before: the guest engine gave the container
-//!   of every clone the same id, as it seeds its id generator from `getrandom`).
-//! - The engine compiles a seccomp profile once per capability set (it was parsed and
-//!   compiled at create and again at every start: 0.04-0.06 s each under TCG); waiters are
-//!   told before the container's cgroup is removed; the daemon polls QEMU's restore every
-//!   10 ms (was 50 ms).
-//! Measured with `xtask::bench::vmd::measure` (what `cargo xtask bench` runs for its vmd
-//! rows), 5 runs per mode, medians: just before these changes, with the channel (05:55,
-//! load ~1): 2.10 s cloned against 6.01 s cold, 2.9x; after them: 1.34 s against 5.79 s,
-//! 4.3x (06:02, load ~3); 1.62 s against 3.72 s, 2.3x (06:12, load ~0.7); 1.05 s against
-//! 4.04 s, 3.8x (06:13, load ~1). The seed fix shortens cold boots too (their engine's
-//! first `getrandom` waited as well), so the ratio moved less than the clone's time. A
-//! `cargo xtask bench --quick` at 06:09 ran beside an e2e test of this session (2 runs:
-//! 2.63 s against 8.26 s, 3.1x) and is not representative. Figures swing with the
-//! machine's load (a guest step is about 2x slower at load 4 than at load 1).
-//!
-//! The 5× session (2026-11-27 08:00-09:35; `cargo xtask bench --vmd-only --runs N` times
-//! both modes alone). Before: 1.52 s cloned against 6.08 s cold, 4.0x (07:57, VMD_DEBUG
-//! on). The guest's trace showed where a clone's start went, and each change below took a
-//! step out (figures from VMD_DEBUG runs at load 1-3, each ±30%):
+//!   RNDADDENTROPY, RNDRESEEDCRNG) rather than writing it to /dev/urandom: the engine's
+//!   first `getrandom` no longer waits for the CRNG, and clones no longer share the
+//!   template's CRNG output until the kernel's next periodic reseed (seen before: the guest
+//!   engine gave the container of every clone the same id).
+//! - The template is saved with work done that every clone would repeat: a shim already
+//!   started and waiting for its spec (`engine::runtime::Prespawned`), the default seccomp
+//!   program compiled (the engine compiles a profile once per capability set), a
+//!   blocking-pool thread alive.
 //! - The container has its VM's network (`guest_network`; the guest engine runs with
-//!   `--bridge none`): no netns, veth, address or in-guest port proxy (0.08-0.15 s), and
-//!   `-p` forwards straight to the container's port.
-//! - The template is saved with a shim already started and waiting for its spec
-//!   (`engine::runtime::Prespawned`: no fork + exec of the shim, ~0.08 s), the default
-//!   seccomp program compiled (0.06-0.13 s of create) and a blocking-pool thread alive.
-//! - The identity goes to the agent while the engine's first `/_ping` is answered
-//!   (`template::identify` beside the ping; they were one after the other).
+//!   `--bridge none`): no netns, veth, address or in-guest port proxy, and `-p` forwards
+//!   straight to the container's port.
 //! - The container's state and set-up files are on tmpfs (`--exec-root /run/axion-engine`)
-//!   and its writable layer is mounted `volatile` (`--volatile-layers`): the ext4 writes of
-//!   the state files and the sync when the container's root is unmounted at its exit cost
-//!   0.2-0.3 s (create 0.11-0.15 s → 0.08-0.11 s, start 0.43 s → 0.36 s, exit 0.15-0.17 s →
-//!   0.06-0.1 s). Tried and dropped: `cache=unsafe` on the clone's overlay (no change: the
-//!   guest's own sync was the cost, not the host's) and warming the data root's ext4
-//!   metadata in the template (no change).
-//! - The layer store is mounted `cache=loose` (immutable trees; the container's first exec
-//!   read busybox page by page over 9p), `--rm` containers skip the log copy and every
-//!   finished VM is killed rather than shut down.
-//! - Two vCPUs (the host's cores, at most 4, as a container sees all the host's CPUs in
-//!   Docker): a second TCG thread runs the agent beside the engine. 1 vCPU, 09:20, idle:
-//!   1.27 s against 5.71 s, 4.5x (9 runs each); 2 vCPUs, 09:32, idle: 0.94 s against
-//!   4.88 s, 5.2x (9 runs each; the cold boot gained from the second vCPU too). The bench
-//!   then alternated the modes' runs (a clone's, a cold boot's, ...), so that the machine's
-//!   slow and fast spells fall on both: 1.03 s against 4.98 s, 4.8x (09:49).
-//! - The agent answers once the clock, the RNG and the store are done, and sets the host
-//!   name and the MAC (+ ARP) after the answer, on the other vCPU while the daemon creates
-//!   the container: **0.91 s against 4.75 s, 5.2x** (09:55, alternating, 9 runs each).
-//! What is left, largest first: the guest engine's start (0.3 s: the container's mounts and
-//! confinement 0.15 s), the first `/_ping` after the restore (0.17-0.3 s of TCG-cold code,
-//! beside the agent), create (0.1 s), the restore (0.1-0.13 s), the exit (0.1 s). Under
-//! TCG every clone is a new QEMU with an empty translation cache: each kernel and engine
-//! path a container touches is translated again, which is why removing paths (netns,
-//! ext4, a fork + exec) paid more than making them faster.
+//!   and its writable layer is mounted `volatile` (`--volatile-layers`): no ext4 writes of
+//!   state files and no sync when the container's root is unmounted at its exit. Tried and
+//!   dropped: `cache=unsafe` on the clone's overlay (the guest's own sync was the cost, not
+//!   the host's) and warming the data root's ext4 metadata in the template.
+//! - The layer store is mounted `cache=loose` (immutable trees; with 9p's default the
+//!   container's first exec read busybox page by page over the channel), `--rm` containers
+//!   skip the log copy, and every finished VM is killed rather than shut down.
+//! - VMs get the host's cores as vCPUs (at most 4, as a container sees all the host's CPUs
+//!   in Docker): a second TCG thread runs the agent beside the engine.
+//! - Not worth it: an overlay pool (qemu-img is not the cost) or tearing the VM down as soon
+//!   as `wait` returns.
+//! - What is left, largest first: the guest engine's start (the container's mounts and
+//!   confinement), the first `/_ping` after the restore (TCG-cold code), create, the restore,
+//!   the exit. `xtask::bench::vmd::measure` (what `cargo xtask bench` runs for its vmd rows,
+//!   the two modes' runs alternating) measures a change.
 //!
 //! # Not yet (next steps)
 //!

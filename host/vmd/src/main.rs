@@ -1,8 +1,10 @@
 //! `axion-vmd`: the VM-per-container Docker endpoint (see the crate documentation).
 //!
-//!     axion-vmd --kernel out/qemu/...vmlinuz --initrd out/qemu/...initramfs [--disk out/qemu/...qcow2]
+//!     axion-vmd --state-dir DIR --kernel out/qemu/axion-qemu-V.vmlinuz \
+//!         --initrd out/qemu/axion-qemu-V.initrd.zst [--disk out/qemu/axion-qemu-V.qcow2]
 //!
-//! Prints `export DOCKER_HOST=unix://...` on stdout once the socket serves.
+//! Prints `export DOCKER_HOST=unix://...` on stdout once the socket serves. `cargo xtask vmd`
+//! builds the image and this binary and runs it so (docs/vmd.md).
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;

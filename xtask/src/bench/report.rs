@@ -1,5 +1,5 @@
-//! The bench's outputs: a Markdown table (stdout, pasted into the README as is), JSON and an
-//! SVG bar chart of the boot times.
+//! The bench's outputs: a Markdown table (stdout, and its marked section of
+//! docs/benchmarks.md, [`splice_section`]), JSON and an SVG bar chart of the boot times.
 
 use serde::Serialize;
 
@@ -185,6 +185,30 @@ impl Report {
     }
 }
 
+/// `doc` with its section `key` replaced by `body`: the lines between
+/// `<!-- bench:KEY begin ... -->` and `<!-- bench:KEY end -->` (the marker lines are kept, so
+/// the prose around them is the reader's to edit). A document without that section gets it
+/// appended, markers and all.
+pub fn splice_section(doc: &str, key: &str, body: &str) -> String {
+    let begin = format!("<!-- bench:{key} begin");
+    let end = format!("<!-- bench:{key} end -->");
+    let body = body.trim_end_matches('\n');
+    if let (Some(b), Some(e)) = (doc.find(&begin), doc.find(&end)) {
+        let after_begin = doc[b..].find('\n').map_or(doc.len(), |i| b + i + 1);
+        if after_begin <= e {
+            return format!("{}{body}\n{}", &doc[..after_begin], &doc[e..]);
+        }
+    }
+    let mut out = doc.to_owned();
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "\n{begin}: written by `cargo xtask bench`; edits here are replaced -->\n{body}\n{end}\n"
+    ));
+    out
+}
+
 fn xml(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -247,6 +271,46 @@ mod tests {
             ],
             notes: vec!["a note".into()],
         }
+    }
+
+    #[test]
+    fn splice_replaces_only_its_own_section() {
+        let doc = concat!(
+            "# Benchmarks\n\nprose\n<!-- bench:full begin: note -->\nold\ntable\n",
+            "<!-- bench:full end -->\nmore prose\n",
+            "<!-- bench:vmd-only begin -->\nvmd\n<!-- bench:vmd-only end -->\n"
+        );
+        let out = splice_section(doc, "full", "new table\n");
+        assert_eq!(
+            out,
+            concat!(
+                "# Benchmarks\n\nprose\n<!-- bench:full begin: note -->\nnew table\n",
+                "<!-- bench:full end -->\nmore prose\n",
+                "<!-- bench:vmd-only begin -->\nvmd\n<!-- bench:vmd-only end -->\n"
+            )
+        );
+        // Running twice gives the same document.
+        assert_eq!(splice_section(&out, "full", "new table"), out);
+        let out = splice_section(&out, "vmd-only", "fast");
+        assert!(out.contains("<!-- bench:vmd-only begin -->\nfast\n<!-- bench:vmd-only end -->\n"));
+        assert!(out.contains("new table\n"));
+    }
+
+    #[test]
+    fn splice_appends_a_missing_section() {
+        let out = splice_section("# Benchmarks\nprose", "full", "t");
+        assert_eq!(
+            out,
+            concat!(
+                "# Benchmarks\nprose\n\n",
+                "<!-- bench:full begin: written by `cargo xtask bench`; ",
+                "edits here are replaced -->\nt\n<!-- bench:full end -->\n"
+            )
+        );
+        assert_eq!(splice_section(&out, "full", "t"), out);
+        // An end marker before its begin marker is not a section: append a fresh one.
+        let odd = "<!-- bench:full end -->\n<!-- bench:full begin -->\n";
+        assert!(splice_section(odd, "full", "t").ends_with("t\n<!-- bench:full end -->\n"));
     }
 
     #[test]

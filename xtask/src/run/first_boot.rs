@@ -1,5 +1,5 @@
 //! First-boot settings `run` hands the guest through QEMU fw_cfg, in the NoCloud shapes
-//! init reads (see the README, "First-boot settings"):
+//! init reads (see docs/first-boot.md):
 //!
 //! - `opt/axion/user-data`: a `#cloud-config` document: the host name, the SSH keys, and
 //!   `write_files` with the engine's TLS material (see [`super::docker_certs`]);

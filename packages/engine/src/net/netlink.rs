@@ -1,7 +1,8 @@
 //! A small synchronous netlink client: builds messages with (nested) attributes, sends
 //! them (one request or an nfnetlink batch) and waits for the kernel's acknowledgements.
 //! Used for rtnetlink (links, addresses, routes) and nf_tables (the NAT rule); see the
-//! README for why this is hand-written rather than a crate.
+//! engine's README (packages/engine/README.md, "Networking") for why this is hand-written
+//! rather than a crate.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -407,7 +407,7 @@ fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
     // (move over `/`, chroot) keeps the host's root files under the container's root. The
     // host root must be a real mount: axion's init moves itself off the initramfs (rootfs,
     // which pivot_root cannot leave) onto a tmpfs at boot; if that failed, containers do
-    // not start (README, "pivot_root only").
+    // not start (packages/engine/README.md, "pivot_root only").
     match nix::unistd::pivot_root(".", ".") {
         Ok(()) => umount2(".", MntFlags::MNT_DETACH).map_err(err("detaching old root"))?,
         Err(nix::errno::Errno::EINVAL) => return Err(pivot_refused("pivot_root into the container root failed (EINVAL): the host root is not pivotable (initramfs?)")),

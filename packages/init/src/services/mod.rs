@@ -1,10 +1,10 @@
 //! Services: small TOML files in `/etc/axion/services/`, one per service, named after the
-//! file (`engine.toml` is the service `engine`).
+//! file (`docker.toml` is the service `docker`).
 //!
 //! ```toml
-//! # /etc/axion/services/engine.toml
-//! command = "/usr/bin/axion-engine"        # required, absolute path
-//! args = ["--host", "unix:///run/docker.sock"]   # default: none
+//! # /etc/axion/services/docker.toml
+//! command = "/usr/bin/engine"              # required, absolute path
+//! args = ["-H", "unix:///run/docker.sock"] # default: none
 //! environment = { RUST_LOG = "info" }      # added to PATH, HOME, TERM; default: none
 //! after = ["network"]                      # "network" and/or other service names; default: none
 //! restart = "always"                       # always (default) | on-failure | never
