@@ -8,8 +8,13 @@
 //! `-`) first reads its spec's path from fd 4 as one line.
 
 pub mod confine;
+pub mod host;
 pub mod seccomp;
 pub mod shim;
+
+pub use host::{Host, Runtime, Task};
+#[cfg(test)]
+pub mod fake;
 
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Read, Write};
