@@ -617,7 +617,7 @@ impl ContainerBackend for Engine {
             .values()
             .map(|c| c.snapshot())
             .collect();
-        v.sort_by(|a, b| b.created.cmp(&a.created));
+        v.sort_by_key(|r| std::cmp::Reverse(r.created));
         Ok(v.into_iter()
             .filter(|r| all || r.status.is_active())
             .map(|r| {
@@ -965,10 +965,9 @@ impl ContainerBackend for Engine {
                         }
                     }
                 }
+                // Followed logs end when the container is done and its log read to the end.
                 if !o.follow || (!running && end == new.len()) {
-                    if !o.follow || !running {
-                        return;
-                    }
+                    return;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
