@@ -816,3 +816,23 @@ async fn exec_runs_in_the_containers_process() {
     let i = e.exec_inspect(&eid).await.unwrap();
     assert_eq!((i.running, i.exit_code), (false, Some(5)));
 }
+
+#[tokio::test]
+async fn an_oom_kill_shows_in_inspect_until_the_next_start() {
+    let d = tempfile::tempdir().unwrap();
+    let rt = Arc::new(Fake::default());
+    let e = engine_on(d.path(), &rt).await;
+    let (id, pid) = run(
+        &e,
+        &rt,
+        serde_json::json!({"HostConfig": {"Memory": 8388608}}),
+    )
+    .await;
+    rt.set_oom(true);
+    rt.exit(pid, 137);
+    assert_eq!(wait_exit(&e, &id).await, 137);
+    assert!(e.container_inspect(&id).await.unwrap().state.oom_killed);
+    rt.set_oom(false);
+    e.container_start(&id).await.unwrap();
+    assert!(!e.container_inspect(&id).await.unwrap().state.oom_killed);
+}

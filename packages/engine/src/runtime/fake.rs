@@ -61,6 +61,8 @@ pub struct Fake {
     ignored: Mutex<HashSet<Signal>>,
     /// The next release fails with this message (the program cannot be exec'd, say).
     fail_next: Mutex<Option<String>>,
+    /// What cgroups answer when asked whether the OOM killer struck.
+    oom: std::sync::atomic::AtomicBool,
 }
 
 impl Fake {
@@ -119,6 +121,11 @@ impl Fake {
     /// From now on, processes ignore `sig` (as a PID 1 without a handler ignores SIGTERM).
     pub fn ignore(&self, sig: Signal) {
         self.ignored.lock().unwrap().insert(sig);
+    }
+
+    /// Makes every cgroup report an OOM kill (or not).
+    pub fn set_oom(&self, oom: bool) {
+        self.oom.store(oom, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Makes the next start fail after the spawn, with `msg` as the container's error.
@@ -219,7 +226,7 @@ impl Runtime for Fake {
     }
 
     fn cgroup_oom_killed(&self, _cg: &Path) -> bool {
-        false
+        self.oom.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn cgroup_remove(&self, cg: &Path) {
