@@ -4,7 +4,7 @@
 use super::*;
 use crate::containers::{parse_signal, random_name, valid_name, Events, Record, Status};
 use crate::runtime::{Bind, Process, RunSpec, Stdio3};
-use crate::{cgroup, logs, netproxy};
+use crate::{logs, netproxy};
 use docker_api::time::{human, rfc3339, since};
 use docker_api::{AttachIo, AttachOptions, Frame, FrameRx, LogsOptions, StdStream, WaitCondition};
 use std::path::Path;
@@ -124,7 +124,10 @@ impl Engine {
         let spec_path = c.dir.join("spec.json");
         std::fs::write(&spec_path, serde_json::to_vec(&spec).unwrap_or_default())
             .map_err(internal("writing spec"))?;
-        let cg = cgroup::create(&r.id, &r.host_config).map_err(internal("creating cgroup"))?;
+        let cg = self
+            .runtime
+            .cgroup_create(&r.id, &r.host_config)
+            .map_err(internal("creating cgroup"))?;
         trace.mark("ports, address, spec written, cgroup created");
         let stdio = if r.config.tty {
             Stdio3::Console
@@ -135,36 +138,17 @@ impl Engine {
         };
         let cgc = cg.clone();
         let (id, att, tr) = (r.id.clone(), attach.clone(), trace.clone());
-        let ready = if runtime::Prespawned::fits(&stdio) {
-            self.prespawned.lock().unwrap().take()
-        } else {
-            None
-        };
+        let rt = self.runtime.clone();
         let spawned = tokio::task::spawn_blocking(move || {
             tr.mark("blocking task runs");
-            let mut s = match ready.map(|p| p.run(&spec_path)) {
-                Some(Ok(s)) => {
-                    eprintln!(
-                        "engine: container {} runs in the pre-spawned shim",
-                        &id[..12.min(id.len())]
-                    );
-                    s
-                }
-                // Killed meanwhile, say: a fresh shim does the same (the container process,
-                // if any, exits without its release).
-                Some(Err(e)) => {
-                    eprintln!("engine: the pre-spawned shim failed ({e}); starting another");
-                    runtime::spawn("__run", &spec_path, stdio)?
-                }
-                None => runtime::spawn("__run", &spec_path, stdio)?,
-            };
+            let mut s = rt.spawn_container(&id, &spec_path, stdio)?;
             tr.mark("shim forked the container process (pid read)");
             if let Some(cg) = &cgc {
-                let _ = cgroup::add(cg, s.pid);
+                let _ = rt.cgroup_add(cg, s.pid());
             }
             // The process waits for the release: its network is ready before it runs.
             if let Some((b, ep)) = &att {
-                if let Err(e) = net::attach(b, &id, s.pid, ep) {
+                if let Err(e) = rt.net_attach(b, &id, s.pid(), ep) {
                     s.cancel();
                     return Ok((
                         s,
@@ -175,7 +159,7 @@ impl Engine {
             }
             let res = s.release().and_then(|()| s.take_console());
             tr.mark("released: the container exec'd (or failed)");
-            for t in s.trace.drain(..) {
+            for t in s.take_trace() {
                 tr.mark(&t);
             }
             Ok::<_, runtime::SpawnError>((s, res))
@@ -194,7 +178,7 @@ impl Engine {
             drop(rec);
             c.save();
             if let Some(cg) = &cg {
-                cgroup::remove(cg);
+                self.runtime.cgroup_remove(cg);
             }
             ApiError::bad_request(format!("failed to create task for container: {msg}"))
         };
@@ -205,7 +189,7 @@ impl Engine {
         let master = match res {
             Ok(m) => m,
             Err(e) => {
-                let _ = s.child.wait();
+                let _ = s.wait();
                 let code = if e.to_string().contains("executable file not found") {
                     127
                 } else {
@@ -217,7 +201,7 @@ impl Engine {
         {
             let mut rec = c.rec.lock().unwrap();
             rec.status = Status::Running;
-            rec.pid = s.pid;
+            rec.pid = s.pid();
             rec.started_at = now_nanos();
             rec.error.clear();
             rec.cgroup = cg.clone();
@@ -246,18 +230,20 @@ impl Engine {
             *c.pty.lock().unwrap() = Some(m);
             readers.push(reader_thread(rd, sink(StdStream::Stdout)));
         } else {
-            if let Some(o) = s.child.stdout.take() {
-                readers.push(reader_thread(o, sink(StdStream::Stdout)));
+            let io = s.take_io();
+            if let Some(o) = io.stdout {
+                readers.push(reader_thread(File::from(o), sink(StdStream::Stdout)));
             }
-            if let Some(e) = s.child.stderr.take() {
-                readers.push(reader_thread(e, sink(StdStream::Stderr)));
+            if let Some(e) = io.stderr {
+                readers.push(reader_thread(File::from(e), sink(StdStream::Stderr)));
             }
-            if let Some(i) = s.child.stdin.take() {
-                *c.stdin.lock().unwrap() = Some(std::fs::File::from(OwnedFd::from(i)));
+            if let Some(i) = io.stdin {
+                *c.stdin.lock().unwrap() = Some(File::from(i));
             }
         }
         // Published ports: the host sockets were bound before the start.
-        let proxies: Vec<_> = published.into_iter().map(|b| b.serve(s.pid)).collect();
+        let pid = s.pid();
+        let proxies: Vec<_> = published.into_iter().map(|b| b.serve(pid)).collect();
         *c.proxies.lock().unwrap() = proxies;
         // Exit handling.
         let me = self.arc();
@@ -265,16 +251,15 @@ impl Engine {
         let started = now_nanos();
         trace.mark("start answered");
         tokio::spawn(async move {
-            let mut child = s.child;
             let tr = trace.clone();
             let code = tokio::task::spawn_blocking(move || {
-                let st = child.wait();
+                let code = s.wait();
                 tr.mark("shim exited");
                 for r in readers {
                     let _ = r.join();
                 }
                 tr.mark("output drained");
-                st.map(|s| s.code().unwrap_or(255) as i64).unwrap_or(255)
+                code
             })
             .await
             .unwrap_or(255);
@@ -301,7 +286,7 @@ impl Engine {
             rec.finished_at = now_nanos();
             let cg = rec.cgroup.take();
             if let Some(cg) = &cg {
-                rec.oom_killed = cgroup::oom_killed(cg);
+                rec.oom_killed = self.runtime.cgroup_oom_killed(cg);
             }
             (rec.clone(), cg)
         };
@@ -316,7 +301,8 @@ impl Engine {
         // Cleanup after the waiters are told (its OOM verdict is already read); before a
         // restart, which creates the cgroup again.
         if let Some(cg) = cg {
-            let _ = tokio::task::spawn_blocking(move || cgroup::remove(&cg)).await;
+            let rt = self.runtime.clone();
+            let _ = tokio::task::spawn_blocking(move || rt.cgroup_remove(&cg)).await;
             trace.mark("cgroup removed");
         }
         if self.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
@@ -394,7 +380,7 @@ impl Engine {
         if pid <= 0 {
             return Err(ApiError::conflict("container is not running"));
         }
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).map_err(internal("kill"))
+        self.runtime.kill(pid, sig).map_err(internal("kill"))
     }
 
     pub(super) async fn stop_inner(
@@ -440,6 +426,31 @@ impl Engine {
                 .await;
         }
         Ok(())
+    }
+
+    /// A generated name no container has: the name list has 120 pairs, so two unnamed
+    /// containers in a dozen would often collide; Docker, too, draws again (and then adds
+    /// digits).
+    fn unused_name(&self) -> String {
+        let taken = |n: &str| {
+            self.containers
+                .lock()
+                .unwrap()
+                .values()
+                .any(|c| c.rec.lock().unwrap().name == n)
+        };
+        for _ in 0..50 {
+            let n = random_name();
+            if !taken(&n) {
+                return n;
+            }
+        }
+        loop {
+            let n = format!("{}{}", random_name(), rand::random::<u16>());
+            if !taken(&n) {
+                return n;
+            }
+        }
     }
 
     fn write_hosts(
@@ -606,7 +617,7 @@ impl ContainerBackend for Engine {
             .values()
             .map(|c| c.snapshot())
             .collect();
-        v.sort_by(|a, b| b.created.cmp(&a.created));
+        v.sort_by_key(|r| std::cmp::Reverse(r.created));
         Ok(v.into_iter()
             .filter(|r| all || r.status.is_active())
             .map(|r| {
@@ -665,7 +676,7 @@ impl ContainerBackend for Engine {
                 }
                 n.trim_start_matches('/').to_string()
             }
-            None => random_name(),
+            None => self.unused_name(),
         };
         if let Ok(c) = self.find(&name) {
             if c.rec.lock().unwrap().name == name {
@@ -954,10 +965,9 @@ impl ContainerBackend for Engine {
                         }
                     }
                 }
+                // Followed logs end when the container is done and its log read to the end.
                 if !o.follow || (!running && end == new.len()) {
-                    if !o.follow || !running {
-                        return;
-                    }
+                    return;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }

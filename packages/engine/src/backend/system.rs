@@ -75,7 +75,7 @@ impl SystemBackend for Engine {
         }
         Ok(Info {
             id: hex::encode(
-                &nix::unistd::gethostname()
+                nix::unistd::gethostname()
                     .map(|h| h.to_string_lossy().as_bytes().to_vec())
                     .unwrap_or_default(),
             ),
