@@ -231,7 +231,8 @@ fn state_on_var_lib_survives_a_reboot() {
     std::fs::write(
         svc.join("e2e-state.toml"),
         "command = \"/bin/busybox\"\n\
-         args = [\"sh\", \"-c\", \"echo state: $(cat /var/lib/e2e-state 2>/dev/null || echo none); echo booted >> /var/lib/e2e-state; sync\"]\n\
+         args = [\"sh\", \"-c\", \"echo state: $(cat /var/lib/e2e-state 2>/dev/null || echo none); \
+         echo booted >> /var/lib/e2e-state; sync\"]\n\
          restart = \"never\"\n",
     )
     .unwrap();

@@ -585,7 +585,9 @@ mod tests {
         if bb.exists() {
             assert!(is_static_elf(bb).unwrap());
         } else {
-            eprintln!("skip: because /bin/busybox (busybox-static) is not installed, only the dynamic case ran");
+            test_skip::skip(
+                "/bin/busybox (busybox-static) is not installed, only the dynamic case ran",
+            );
         }
         assert!(
             is_static_elf(Path::new("/etc/hostname")).is_err()

@@ -134,7 +134,8 @@ pub enum FetchError {
         attempts: Vec<String>,
     },
     #[error(
-        "offline: {} source(s) missing from the cache {}:\n  {}\nrun `cargo xtask fetch` with network access to get them",
+        "offline: {} source(s) missing from the cache {}:\n  {}\nrun `cargo xtask fetch` with \
+         network access to get them",
         missing.len(), cache.display(), missing.iter().map(|m| m.to_string()).collect::<Vec<_>>().join("\n  ")
     )]
     Missing {
@@ -248,7 +249,8 @@ fn check(cache: &Cache, recipe: &Recipe, source: &Source) -> Result<Lookup, Fetc
     let l = cache.lookup(&source.sha256)?;
     if let Lookup::Corrupt { actual } = &l {
         progress::note(&format!(
-            "{}: cache entry for {} no longer matches its sha256 {} (got {actual}); removed, fetching again",
+            "{}: cache entry for {} no longer matches its sha256 {} (got {actual}); removed, \
+             fetching again",
             recipe.name(),
             source.file,
             source.sha256
@@ -310,7 +312,8 @@ fn fetch_from(
                 (Ok(p), None) => Ok(p),
                 (Ok(p), Some(other)) => {
                     progress::note(&format!(
-                        "warning: {label}: {}={} is gone from the archive; took {} from {other} (same sha256). \
+                        "warning: {label}: {}={} is gone from the archive; took {} from {other} \
+                         (same sha256). \
                          Update the recipe's debian-source version to {other}",
                         s.package, s.version, s.file
                     ));

@@ -335,7 +335,14 @@ fn validate_recipe(r: &Recipe) -> Result<(), RecipeError> {
                 || name.starts_with('/')
                 || name.split('/').any(|c| c == "..")
             {
-                return Err(invalid(p, format!("build.install.{name}"), format!("'{name}' = '{to}': a path in the build tree and an absolute path in the image, without '..'")));
+                return Err(invalid(
+                    p,
+                    format!("build.install.{name}"),
+                    format!(
+                        "'{name}' = '{to}': \
+                    a path in the build tree and an absolute path in the image, without '..'"
+                    ),
+                ));
             }
         }
         for name in m.files.keys() {

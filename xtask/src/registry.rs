@@ -43,7 +43,8 @@ impl Registry {
         std::fs::write(
             &cfg,
             format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: \
+                 {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
                 dir.path().join("data").display()
             ),
         )?;
@@ -218,7 +219,10 @@ impl Registry {
         let config = serde_json::to_vec(&config)?;
         let new = self.push_blob(to_repo, &config)?;
         if new == cd {
-            bail!("push_variant: {repo}:{tag} has Cmd [{cmd:?}] already; pick another command so the images differ");
+            bail!(
+                "push_variant: {repo}:{tag} has Cmd [{cmd:?}] already; pick another command so \
+                   the images differ"
+            );
         }
         manifest["config"]["digest"] = new.into();
         manifest["config"]["size"] = config.len().into();

@@ -307,7 +307,11 @@ impl Vm {
         match self.wait_exit(timeout) {
             Ok(st) => Ok(st),
             Err(_) => {
-                let err = self.timeout_error("waiting for the guest to power off after the ACPI power button (QEMU was killed)", timeout);
+                let err = self.timeout_error(
+                    "waiting for the guest to power off after the ACPI \
+                                              power button (QEMU was killed)",
+                    timeout,
+                );
                 let _ = self.kill();
                 Err(err)
             }

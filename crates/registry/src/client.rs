@@ -266,7 +266,10 @@ pub fn parse_insecure(entry: &str) -> Result<String, String> {
     if let Some((net, bits)) = e.split_once('/') {
         return match parse_cidr(e) {
             Some(_) => Ok(e.to_string()),
-            None => Err(format!("insecure registry {entry:?}: {net}/{bits} is neither HOST[:PORT] nor a CIDR (ADDRESS/PREFIX)")),
+            None => Err(format!(
+                "insecure registry {entry:?}: {net}/{bits} is neither HOST[:PORT] \
+                                 nor a CIDR (ADDRESS/PREFIX)"
+            )),
         };
     }
     let port = if e.starts_with('[') {
@@ -338,7 +341,7 @@ impl Client {
         }
         let insecure_nets = LOOPBACK_CIDRS
             .iter()
-            .map(|c| *c)
+            .copied()
             .chain(list.iter().map(String::as_str))
             .filter_map(parse_cidr)
             .collect();
@@ -382,9 +385,9 @@ impl Client {
             host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
         };
         let named = self.insecure.iter().any(|i| i == host || i == h);
-        let in_net = h.parse::<std::net::IpAddr>().map_or(false, |ip| {
-            self.insecure_nets.iter().any(|n| in_cidr(ip, *n))
-        });
+        let in_net = h
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| self.insecure_nets.iter().any(|n| in_cidr(ip, *n)));
         if h.eq_ignore_ascii_case("localhost") || named || in_net {
             "http"
         } else {
@@ -778,11 +781,23 @@ mod tests {
                     let (status, body, extra) = if target.starts_with("/token?") {
                         ("200 OK", "{\"token\":\"tok\"}".to_string(), String::new())
                     } else if authz != "Bearer tok" {
-                        ("401 Unauthorized", "{}".to_string(), format!("WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"t\"\r\n"))
+                        (
+                            "401 Unauthorized",
+                            "{}".to_string(),
+                            format!(
+                                "WWW-Authenticate: Bearer \
+                            realm=\"http://127.0.0.1:{port}/token\",service=\"t\"\r\n"
+                            ),
+                        )
                     } else {
                         ("404 Not Found", "{}".to_string(), String::new())
                     };
-                    let resp = format!("HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}", body.len());
+                    let resp = format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: \
+                                        application/json\r\nContent-Length: \
+                                        {}\r\n{extra}Connection: close\r\n\r\n{body}",
+                        body.len()
+                    );
                     let _ = sock.write_all(resp.as_bytes()).await;
                     let _ = sock.shutdown().await;
                 });

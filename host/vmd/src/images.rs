@@ -318,11 +318,16 @@ impl Images {
         let had_auth = auth.is_some();
         let rec = self.fetch(&image.name, auth).await.map_err(|e| {
             let hint = if e.status == http::StatusCode::UNAUTHORIZED && !had_auth {
-                " (the daemon keeps registry credentials in memory only, from the image's last pull: `docker pull` it again, logged in)"
+                " (the daemon keeps registry credentials in memory only, from the image's last \
+                 pull: `docker pull` it again, logged in)"
             } else {
                 ""
             };
-            ApiError::internal(format!("image {}: the host's layer store is damaged ({what}) and fetching the image again failed: {}{hint}", image.name, e.message))
+            ApiError::internal(format!(
+                "image {}: the host's layer store is damaged ({what}) and \
+                                        fetching the image again failed: {}{hint}",
+                image.name, e.message
+            ))
         })?;
         let (st, r) = (self.store.clone(), rec.clone());
         let again = tokio::task::spawn_blocking(move || st.check(&r.id, &r.layers, &r.diff_ids))
@@ -600,7 +605,8 @@ mod tests {
                                 )
                             }
                         } else if !authorized {
-                            let ch = format!("WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"test-registry\",scope=\"repository:team/app:pull\"\r\n");
+                            let ch = format!("WWW-Authenticate: Bearer \
+                                              realm=\"http://127.0.0.1:{port}/token\",service=\"test-registry\",scope=\"repository:team/app:pull\"\r\n");
                             (
                                 "401 Unauthorized",
                                 "application/json",
@@ -617,7 +623,12 @@ mod tests {
                                 String::new(),
                             )
                         };
-                        let head = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n", body.len());
+                        let head = format!(
+                            "HTTP/1.1 {status}\r\nContent-Type: \
+                                            {ctype}\r\nContent-Length: {}\r\n{extra}Connection: \
+                                            close\r\n\r\n",
+                            body.len()
+                        );
                         let _ = sock.write_all(head.as_bytes()).await;
                         let _ = sock.write_all(&body).await;
                         let _ = sock.shutdown().await;

@@ -121,6 +121,7 @@
 //!   inside that loop, so this was up to 0.1 s of latency), and forks less (host name
 //!   through /proc, a shell flag instead of `grep /proc/mounts`, no `mkdir -p`).
 //! - The daemon retries the engine's `/_ping` every 20 ms (was 100 ms).
+//!
 //! Measured with 5-run loops before/after: clone run 2.0-2.5 s → 1.5-2.2 s (agent 0.42-0.75 s →
 //! 0.25-0.61 s); `cargo xtask bench --quick`: 2.22 s → 1.88 s against 7.12 s cold (3.1x → 3.8x).
 //! Not worth it: an overlay pool (qemu-img takes 0.02 s) or tearing the VM
@@ -158,6 +159,7 @@
 //!   compiled at create and again at every start: 0.04-0.06 s each under TCG); waiters are
 //!   told before the container's cgroup is removed; the daemon polls QEMU's restore every
 //!   10 ms (was 50 ms).
+//!
 //! Measured with `xtask::bench::vmd::measure` (what `cargo xtask bench` runs for its vmd
 //! rows), 5 runs per mode, medians: just before these changes, with the channel (05:55,
 //! load ~1): 2.10 s cloned against 6.01 s cold, 2.9x; after them: 1.34 s against 5.79 s,
@@ -199,6 +201,7 @@
 //! - The agent answers once the clock, the RNG and the store are done, and sets the host
 //!   name and the MAC (+ ARP) after the answer, on the other vCPU while the daemon creates
 //!   the container: **0.91 s against 4.75 s, 5.2x** (09:55, alternating, 9 runs each).
+//!
 //! What is left, largest first: the guest engine's start (0.3 s: the container's mounts and
 //! confinement 0.15 s), the first `/_ping` after the restore (0.17-0.3 s of TCG-cold code,
 //! beside the agent), create (0.1 s), the restore (0.1-0.13 s), the exit (0.1 s). Under
@@ -381,7 +384,10 @@ impl Daemon {
         let cgroups = match cgroup::Cgroups::setup() {
             Ok(c) => Some(c),
             Err(why) => {
-                let w = format!("WARNING: {why}: per-container memory and CPU limits (-m, --cpus) are NOT applied to the VMs");
+                let w = format!(
+                    "WARNING: {why}: per-container memory and CPU limits (-m, --cpus) \
+                                 are NOT applied to the VMs"
+                );
                 eprintln!("vmd: {w}");
                 warnings.push(w);
                 None
@@ -460,12 +466,17 @@ impl Daemon {
         let limits = cgroup::Limits::from_host_config(hc);
         let mut w = Vec::new();
         if !limits.is_empty() && self.cgroups.is_none() {
-            w.push("this host has no usable cgroups: the memory and CPU limits are not applied to the container's VM".to_string());
+            w.push(
+                "this host has no usable cgroups: the memory and CPU limits are not applied to \
+                    the container's VM"
+                    .to_string(),
+            );
         }
         if let Some(m) = limits.memory {
             if m < (self.opts.memory_mib as i64) << 20 {
                 w.push(format!(
-                    "the memory limit ({} MiB) is below the VM's RAM ({} MiB): it bounds the whole QEMU process, so the VM is killed when the guest touches more",
+                    "the memory limit ({} MiB) is below the VM's RAM ({} MiB): it bounds the whole \
+                     QEMU process, so the VM is killed when the guest touches more",
                     m >> 20,
                     self.opts.memory_mib
                 ));
@@ -588,7 +599,10 @@ impl Daemon {
                     if c.quitting.load(Ordering::SeqCst) {
                         return;
                     }
-                    let msg = format!("the container's VM (QEMU) exited unexpectedly ({st}); QEMU said: {qlog}; last console lines: {serial}");
+                    let msg = format!(
+                        "the container's VM (QEMU) exited unexpectedly ({st}); QEMU \
+                                       said: {qlog}; last console lines: {serial}"
+                    );
                     eprintln!("vmd: {}: {msg}", c.short());
                     d.finish(&c, 255, Some(msg)).await;
                     return;
@@ -639,7 +653,11 @@ fn guest_network(mode: &str) -> ApiResult<&'static str> {
     match mode {
         "" | "default" | "bridge" | "host" => Ok("host"),
         "none" => Ok("none"),
-        other => Err(ApiError::not_found(format!("network {other} not found (VM-per-container mode has: bridge, which is the VM's own network, host and none)"))),
+        other => Err(ApiError::not_found(format!(
+            "network {other} not found (VM-per-container mode \
+                                                  has: bridge, which is the VM's own network, host \
+                                                  and none)"
+        ))),
     }
 }
 
@@ -906,7 +924,13 @@ impl Backend for Api {
                     .get(..12)
                     .unwrap_or(&rec.id)
                     .to_string();
-                return Err(ApiError::conflict(format!("conflict: unable to remove repository reference \"{name}\" (must force) - container {} is using its referenced image {short}", &user[..12])));
+                return Err(ApiError::conflict(format!(
+                    "conflict: unable to remove repository \
+                                                       reference \"{name}\" (must force) - \
+                                                       container {} is using its referenced image \
+                                                       {short}",
+                    &user[..12]
+                )));
             }
         }
         let rec = self
@@ -1281,7 +1305,12 @@ impl Backend for Api {
         match c.phase() {
             Phase::Running => return Err(ApiError::not_modified()),
             Phase::Exited | Phase::Removed => {
-                return Err(ApiError::conflict(format!("container {} has exited and its VM is gone; in VM-per-container mode a container runs once (docker run again)", c.short())))
+                return Err(ApiError::conflict(format!(
+                    "container {} has exited and its VM is gone; \
+                                                       in VM-per-container mode a container runs \
+                                                       once (docker run again)",
+                    c.short()
+                )))
             }
             Phase::Created => {}
         }
@@ -1381,7 +1410,8 @@ impl Backend for Api {
         match c.phase() {
             Phase::Running if !force => {
                 return Err(ApiError::conflict(format!(
-                    "You cannot remove a running container {}. Stop the container before attempting removal or force remove",
+                    "You cannot remove a running container {}. Stop the container before \
+                     attempting removal or force remove",
                     c.id
                 )))
             }
@@ -1643,7 +1673,7 @@ mod tests {
             .iter()
             .map(|x| ((x.0 / 1_000_000_000) as i64, x.1))
             .collect();
-        secs.sort_by(|a, b| b.0.cmp(&a.0));
+        secs.sort_by_key(|a| std::cmp::Reverse(a.0));
         assert_eq!(secs.iter().map(|x| x.1).collect::<Vec<_>>(), names);
     }
 

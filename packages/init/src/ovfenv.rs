@@ -230,7 +230,11 @@ mod tests {
                 "    <Property oe:key=\"{k}\" oe:value=\"{v}\"/>\n"
             ));
         }
-        s.push_str("  </PropertySection>\n  <Entity oe:id=\"sib\"><PropertySection><Property oe:key=\"hostname\" oe:value=\"sibling\"/></PropertySection></Entity>\n</Environment>\n");
+        s.push_str(
+            "  </PropertySection>\n  <Entity oe:id=\"sib\"><PropertySection><Property \
+                    oe:key=\"hostname\" \
+                    oe:value=\"sibling\"/></PropertySection></Entity>\n</Environment>\n",
+        );
         s
     }
 

@@ -361,7 +361,7 @@ mod tests {
                 Some((FsKind::Vfat, "CIDATA".into()))
             );
         } else {
-            eprintln!("skip: because mkfs.vfat is not installed (dosfstools)");
+            test_skip::skip("mkfs.vfat is not installed (dosfstools)");
         }
         let iso = dir.join("seed.iso");
         let ok = std::process::Command::new("xorriso")
@@ -376,7 +376,7 @@ mod tests {
                 Some((FsKind::Iso9660, "cidata".into()))
             );
         } else {
-            eprintln!("skip: because xorriso is not installed");
+            test_skip::skip("xorriso is not installed");
         }
         fs::remove_dir_all(&dir).unwrap();
     }

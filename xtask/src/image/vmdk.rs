@@ -40,7 +40,8 @@ fn descriptor(d: &Descriptor, capacity_sectors: u64) -> String {
          # The Disk Data Base\n#DDB\n\n\
          ddb.longContentID = \"{l0:08x}{l1:08x}{l2:08x}{l3:08x}\"\n\
          ddb.virtualHWVersion = \"4\"\n\
-         ddb.geometry.cylinders = \"{cylinders}\"\nddb.geometry.heads = \"255\"\nddb.geometry.sectors = \"63\"\n\
+         ddb.geometry.cylinders = \"{cylinders}\"\nddb.geometry.heads = \
+         \"255\"\nddb.geometry.sectors = \"63\"\n\
          ddb.adapterType = \"lsilogic\"\nddb.toolsVersion = \"2147483647\"\n",
         cid = d.cid,
         name = d.file_name,
