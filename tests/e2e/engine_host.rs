@@ -231,7 +231,7 @@ fn raw(e: &Engine, method: &str, path: &str, body: &[u8]) -> (u16, String) {
     let _ = write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: docker\r\nContent-Type: \
-                       application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+         application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     let _ = s.write_all(body); // the engine may answer (and close) before reading it all
@@ -514,7 +514,7 @@ fn run_attached_detached_and_lifecycle() {
         "sh",
         "-c",
         "trap 'echo bye; exit 0' \
-        TERM; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done",
+         TERM; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done",
     ]);
     let id = id.trim().to_string();
     assert_eq!(id.len(), 64, "{id}");

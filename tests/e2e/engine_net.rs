@@ -300,8 +300,8 @@ fn container_root_is_its_own(g: &Guest, dir: &Path) -> Result<()> {
         g.ssh_port,
         &[],
         "mkdir -p /var/lib/escape-test && cat > \
-                                                       /var/lib/escape-test/escape && chmod 755 \
-                                                       /var/lib/escape-test/escape",
+         /var/lib/escape-test/escape && chmod 755 \
+         /var/lib/escape-test/escape",
     )
     .stdin(std::fs::File::open(&bin)?)
     .output()

@@ -234,7 +234,7 @@ fn user_data(host: &str, key: &str) -> String {
 fn network(ip: &str) -> String {
     format!(
         "version: 2\nethernets:\n  eth0:\n    addresses: [{ip}/24]\n    gateway4: \
-             10.0.2.2\n    nameservers:\n      addresses: [10.0.2.3]\n"
+         10.0.2.2\n    nameservers:\n      addresses: [10.0.2.3]\n"
     )
 }
 
@@ -342,7 +342,7 @@ fn nocloud_clones() -> Result<()> {
                 &key,
                 port,
                 "rm /var/lib/runcmd-flag; ls \
-                /var/lib/runcmd-flag 2>&1; sleep 2; ls /var/lib/runcmd-flag 2>&1 || true",
+                 /var/lib/runcmd-flag 2>&1; sleep 2; ls /var/lib/runcmd-flag 2>&1 || true",
             )?;
             assert_eq!(
                 (again.machine_id.as_str(), again.host_key.as_str()),
@@ -475,10 +475,10 @@ fn fw_cfg() -> Result<()> {
         &ud,
         format!(
             "#cloud-config\nhostname: from-fwcfg\nssh_authorized_keys: \
-                                 [\"{public}\"]\nwrite_files:\n  - path: \
-                                 /etc/axion-test/greeting\n    content: hello from fw_cfg\n  - \
-                                 path: /var/lib/axion-engine/tls/client-ca.pem\n    content: not \
-                                 really a CA\n"
+             [\"{public}\"]\nwrite_files:\n  - path: \
+             /etc/axion-test/greeting\n    content: hello from fw_cfg\n  - \
+             path: /var/lib/axion-engine/tls/client-ca.pem\n    content: not \
+             really a CA\n"
         ),
     )?;
     let md = dir.path().join("meta-data");
@@ -503,7 +503,7 @@ fn fw_cfg() -> Result<()> {
         &key,
         port,
         "hostname; cat /etc/axion-test/greeting; echo; cat \
-                                          /var/lib/axion-engine/tls/client-ca.pem; echo",
+         /var/lib/axion-engine/tls/client-ca.pem; echo",
     )?;
     assert_eq!(
         out.lines().collect::<Vec<_>>(),

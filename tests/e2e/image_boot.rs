@@ -54,9 +54,9 @@ fn inputs() -> Inputs {
         std::fs::copy("/bin/busybox", s.join("bin/busybox"))
             .expect("the stand-in init needs Debian's busybox-static at /bin/busybox");
         let script = "#!/bin/busybox sh\n\
-            /bin/busybox mount -t proc proc /proc\n\
+                      /bin/busybox mount -t proc proc /proc\n\
             /bin/busybox echo \"axion: ready in $(/bin/busybox cut -d' ' -f1 /proc/uptime) s\"\n\
-            /bin/busybox poweroff -f\n";
+                      /bin/busybox poweroff -f\n";
         std::fs::write(s.join("sbin/init"), script).unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(s.join("sbin/init"), std::fs::Permissions::from_mode(0o755))

@@ -161,7 +161,7 @@ fn api(socket: &Path, method: &str, path: &str, body: &str) -> Result<(u16, Stri
     write!(
         s,
         "{method} /v1.47{path} HTTP/1.1\r\nHost: vmd\r\nConnection: close\r\nContent-Type: \
-               application/json\r\nContent-Length: {}\r\n\r\n{body}",
+         application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
     let mut raw = Vec::new();

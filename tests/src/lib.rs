@@ -97,7 +97,7 @@ pub fn image(profile: &str, format: xtask::profile::Format) -> Result<xtask::run
     xtask::run::find_bootable(&out, profile, format).with_context(|| {
         format!(
             "`cargo xtask image --profile {profile} --format {format}` \
-                                  succeeded but left no {format} image in {}",
+             succeeded but left no {format} image in {}",
             out.display()
         )
     })
@@ -242,7 +242,7 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Output> {
         let (i, buf) = rx.recv_timeout(Duration::from_secs(10)).map_err(|_| {
             anyhow::anyhow!(
                 "exited ({status}) but its stdout/stderr stayed open: a \
-                                          process it started still holds them"
+                 process it started still holds them"
             )
         })?;
         outs[i] = buf;

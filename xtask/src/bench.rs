@@ -235,7 +235,7 @@ pub fn bench(layout: &Layout, opts: &Options) -> Result<()> {
             None => {
                 notes.push(
                     "the Debian peer is not built yet and --quick does not build it: run \
-                            `cargo xtask bench` (or `--prepare`) once"
+                     `cargo xtask bench` (or `--prepare`) once"
                         .into(),
                 );
                 None
@@ -452,7 +452,7 @@ pub fn bench(layout: &Layout, opts: &Options) -> Result<()> {
     ) {
         notes.push(format!(
             "VM per container: a clone runs a container {:.1}× faster than a cold \
-                            boot (goal: at least 5×)",
+             boot (goal: at least 5×)",
             cold / clone
         ));
     }
@@ -470,7 +470,7 @@ pub fn bench(layout: &Layout, opts: &Options) -> Result<()> {
     if let Some(p) = &peer {
         notes.push(format!(
             "peer: Debian {} minbase + {} (debootstrap; one ext4 root made by \
-                            mke2fs -d, as qcow2; cached in {})",
+             mke2fs -d, as qcow2; cached in {})",
             peer::SUITE,
             peer::PACKAGES.join(", "),
             p.dir.display()
@@ -857,7 +857,7 @@ pub fn busybox_image_tar(busybox: &[u8]) -> Result<Vec<u8>> {
         "config": { "Cmd": ["sh"], "Env": ["PATH=/bin"] },
         "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{layer_id}")] },
         "history": [{ "created": "1970-01-01T00:00:00Z", "created_by": "axion bench: the host's \
-            static busybox" }]
+                                                                        static busybox" }]
     })
     .to_string();
     let config_id = hex::encode(Sha256::digest(config.as_bytes()));
@@ -1042,7 +1042,7 @@ impl Bench<'_> {
             vm.wait_for_line("reboot: Power down", Duration::ZERO)
                 .context(
                     "the kernel floor's \
-                QEMU exited without the kernel's power-off line (see the serial log)",
+                     QEMU exited without the kernel's power-off line (see the serial log)",
                 )?;
             eprintln!("bench: floor run {}: {secs:.2} s", i + 1);
             samples.push(secs);
@@ -1270,7 +1270,7 @@ impl Bench<'_> {
             }
             eprintln!(
                 "bench: peer run {}: multi-user {:.1} s, API {:?}, docker info {:?}, mem \
-                       {:?} KiB, daemons {:?} KiB",
+                 {:?} KiB, daemons {:?} KiB",
                 i + 1,
                 line.elapsed.as_secs_f64(),
                 got_api,

@@ -331,8 +331,8 @@ formats = ["raw", "qcow2"]
     fn unknown_key_is_named() {
         let e = parse(&format!(
             "{GOOD}\n[hardware]\ncpus = 2\nmemory-mib = 512\nfirmware = \
-                                \"efi\"\nnic = \"virtio\"\ndisk-controller = \
-                                \"virtio\"\nvmware-hardware-version = 14\ngpu = true\n"
+             \"efi\"\nnic = \"virtio\"\ndisk-controller = \
+             \"virtio\"\nvmware-hardware-version = 14\ngpu = true\n"
         ))
         .unwrap_err()
         .to_string();
@@ -343,8 +343,8 @@ formats = ["raw", "qcow2"]
     fn bad_hardware_value_names_key() {
         let e = parse(&format!(
             "{GOOD}\n[hardware]\ncpus = 0\nmemory-mib = 512\nfirmware = \
-                                \"efi\"\nnic = \"virtio\"\ndisk-controller = \
-                                \"virtio\"\nvmware-hardware-version = 14\n"
+             \"efi\"\nnic = \"virtio\"\ndisk-controller = \
+             \"virtio\"\nvmware-hardware-version = 14\n"
         ))
         .unwrap_err()
         .to_string();

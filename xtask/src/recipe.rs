@@ -340,7 +340,7 @@ fn validate_recipe(r: &Recipe) -> Result<(), RecipeError> {
                     format!("build.install.{name}"),
                     format!(
                         "'{name}' = '{to}': \
-                    a path in the build tree and an absolute path in the image, without '..'"
+                         a path in the build tree and an absolute path in the image, without '..'"
                     ),
                 ));
             }

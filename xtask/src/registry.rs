@@ -221,7 +221,7 @@ impl Registry {
         if new == cd {
             bail!(
                 "push_variant: {repo}:{tag} has Cmd [{cmd:?}] already; pick another command so \
-                   the images differ"
+                 the images differ"
             );
         }
         manifest["config"]["digest"] = new.into();

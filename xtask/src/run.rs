@@ -220,7 +220,7 @@ pub fn choose_bootable(
             .ok_or_else(|| {
                 anyhow!(
                     "no bootable image of profile '{profile}' in {}: build one with \
-                                    `cargo xtask image --profile {profile}`",
+                     `cargo xtask image --profile {profile}`",
                     out.display()
                 )
             }),
@@ -455,7 +455,7 @@ fn pick_port(wanted: Option<u16>, default: u16, what: &str) -> Result<u16> {
             if p != default {
                 eprintln!(
                     "note: 127.0.0.1:{default} is busy, {what} is forwarded from \
-                           127.0.0.1:{p} instead"
+                     127.0.0.1:{p} instead"
                 );
             }
             Ok(p)
@@ -637,7 +637,7 @@ fn first_boot_settings(
         ),
         None => eprintln!(
             "SSH: no public key found in ~/.ssh (id_ed25519.pub, id_ecdsa.pub, \
-                           id_rsa.pub); pass --ssh-key FILE to log in"
+             id_rsa.pub); pass --ssh-key FILE to log in"
         ),
     }
     let docker = if has_engine {
@@ -661,7 +661,7 @@ fn foreground(run: &RunDir, config: qemu::VmConfig) -> Result<()> {
     config.prepare()?;
     eprintln!(
         "serial console below; quit QEMU with Ctrl-A X (Ctrl-A C: QEMU monitor), or power \
-               off with `cargo xtask stop` from another terminal"
+         off with `cargo xtask stop` from another terminal"
     );
     let mut child = config
         .command()?
@@ -743,7 +743,7 @@ pub fn stop(layout: &Layout, profile: &str) -> Result<()> {
         .context("pressing the power button")?;
     eprintln!(
         "pressed the power button of '{profile}' (pid {pid}); waiting up to {} s for it to \
-               power off",
+         power off",
         STOP_TIMEOUT.as_secs()
     );
     if wait_gone(pid, STOP_TIMEOUT) {

@@ -52,8 +52,8 @@ fn loopback_addr(addr: &str) -> Result<std::net::SocketAddr> {
     if !parsed.ip().is_loopback() {
         bail!(
             "--tcp {addr}: only loopback addresses (the certificate made here names 127.0.0.1 \
-               and localhost); for another address run axion-vmd --tcp with your own \
-               --tlscert/--tlskey/--tlscacert"
+             and localhost); for another address run axion-vmd --tcp with your own \
+             --tlscert/--tlskey/--tlscacert"
         );
     }
     Ok(parsed)

@@ -38,7 +38,7 @@ pub enum Error {
     Config(String),
     #[error(
         "cannot start {program}: {source} (is QEMU installed? Debian: apt-get install \
-             qemu-system-x86)"
+         qemu-system-x86)"
     )]
     Spawn {
         program: String,

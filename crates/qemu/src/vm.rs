@@ -309,7 +309,7 @@ impl Vm {
             Err(_) => {
                 let err = self.timeout_error(
                     "waiting for the guest to power off after the ACPI \
-                                              power button (QEMU was killed)",
+                     power button (QEMU was killed)",
                     timeout,
                 );
                 let _ = self.kill();

@@ -268,7 +268,7 @@ pub fn parse_insecure(entry: &str) -> Result<String, String> {
             Some(_) => Ok(e.to_string()),
             None => Err(format!(
                 "insecure registry {entry:?}: {net}/{bits} is neither HOST[:PORT] \
-                                 nor a CIDR (ADDRESS/PREFIX)"
+                 nor a CIDR (ADDRESS/PREFIX)"
             )),
         };
     }
@@ -786,7 +786,7 @@ mod tests {
                             "{}".to_string(),
                             format!(
                                 "WWW-Authenticate: Bearer \
-                            realm=\"http://127.0.0.1:{port}/token\",service=\"t\"\r\n"
+                                 realm=\"http://127.0.0.1:{port}/token\",service=\"t\"\r\n"
                             ),
                         )
                     } else {
@@ -794,8 +794,8 @@ mod tests {
                     };
                     let resp = format!(
                         "HTTP/1.1 {status}\r\nContent-Type: \
-                                        application/json\r\nContent-Length: \
-                                        {}\r\n{extra}Connection: close\r\n\r\n{body}",
+                         application/json\r\nContent-Length: \
+                         {}\r\n{extra}Connection: close\r\n\r\n{body}",
                         body.len()
                     );
                     let _ = sock.write_all(resp.as_bytes()).await;

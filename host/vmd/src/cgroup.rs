@@ -90,7 +90,7 @@ impl Cgroups {
         }
         Err(format!(
             "{} is neither a cgroup v2 hierarchy nor has the cgroup v1 memory and cpu \
-                     controllers mounted",
+             controllers mounted",
             root.display()
         ))
     }

@@ -325,7 +325,7 @@ impl Images {
             };
             ApiError::internal(format!(
                 "image {}: the host's layer store is damaged ({what}) and \
-                                        fetching the image again failed: {}{hint}",
+                 fetching the image again failed: {}{hint}",
                 image.name, e.message
             ))
         })?;
@@ -625,8 +625,8 @@ mod tests {
                         };
                         let head = format!(
                             "HTTP/1.1 {status}\r\nContent-Type: \
-                                            {ctype}\r\nContent-Length: {}\r\n{extra}Connection: \
-                                            close\r\n\r\n",
+                             {ctype}\r\nContent-Length: {}\r\n{extra}Connection: \
+                             close\r\n\r\n",
                             body.len()
                         );
                         let _ = sock.write_all(head.as_bytes()).await;

@@ -386,7 +386,7 @@ impl Daemon {
             Err(why) => {
                 let w = format!(
                     "WARNING: {why}: per-container memory and CPU limits (-m, --cpus) \
-                                 are NOT applied to the VMs"
+                     are NOT applied to the VMs"
                 );
                 eprintln!("vmd: {w}");
                 warnings.push(w);
@@ -468,7 +468,7 @@ impl Daemon {
         if !limits.is_empty() && self.cgroups.is_none() {
             w.push(
                 "this host has no usable cgroups: the memory and CPU limits are not applied to \
-                    the container's VM"
+                 the container's VM"
                     .to_string(),
             );
         }
@@ -601,7 +601,7 @@ impl Daemon {
                     }
                     let msg = format!(
                         "the container's VM (QEMU) exited unexpectedly ({st}); QEMU \
-                                       said: {qlog}; last console lines: {serial}"
+                         said: {qlog}; last console lines: {serial}"
                     );
                     eprintln!("vmd: {}: {msg}", c.short());
                     d.finish(&c, 255, Some(msg)).await;
@@ -655,8 +655,8 @@ fn guest_network(mode: &str) -> ApiResult<&'static str> {
         "none" => Ok("none"),
         other => Err(ApiError::not_found(format!(
             "network {other} not found (VM-per-container mode \
-                                                  has: bridge, which is the VM's own network, host \
-                                                  and none)"
+             has: bridge, which is the VM's own network, host \
+             and none)"
         ))),
     }
 }
@@ -926,9 +926,9 @@ impl Backend for Api {
                     .to_string();
                 return Err(ApiError::conflict(format!(
                     "conflict: unable to remove repository \
-                                                       reference \"{name}\" (must force) - \
-                                                       container {} is using its referenced image \
-                                                       {short}",
+                     reference \"{name}\" (must force) - \
+                     container {} is using its referenced image \
+                     {short}",
                     &user[..12]
                 )));
             }
@@ -1307,8 +1307,8 @@ impl Backend for Api {
             Phase::Exited | Phase::Removed => {
                 return Err(ApiError::conflict(format!(
                     "container {} has exited and its VM is gone; \
-                                                       in VM-per-container mode a container runs \
-                                                       once (docker run again)",
+                     in VM-per-container mode a container runs \
+                     once (docker run again)",
                     c.short()
                 )))
             }

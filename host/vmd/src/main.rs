@@ -103,7 +103,7 @@ fn main() -> Result<()> {
             else {
                 bail!(
                     "--tcp needs --tlscert, --tlskey and --tlscacert (mutual TLS; plain TCP is \
-                       not offered)"
+                     not offered)"
                 );
             };
             let tls = docker_api::tls::server_config(c, k, ca)?;

@@ -177,7 +177,7 @@ impl Template {
             if Instant::now() > deadline {
                 bail!(
                     "the template VM's engine did not answer /_ping within 120 s: {e} (serial \
-                       log: {})",
+                     log: {})",
                     serial()
                 );
             }
@@ -191,7 +191,7 @@ impl Template {
             .with_context(|| {
                 format!(
                     "the template VM's engine did not end its session with the \
-                                      host (serial log: {})",
+                     host (serial log: {})",
                     serial()
                 )
             })?;

@@ -355,7 +355,7 @@ fn write_files(p: &mut Parsed, v: &Value) {
             other => {
                 p.problems.push(format!(
                     "write_files[{i}] ({path}): encoding {other:?} not \
-                                         supported (b64 or text); entry ignored"
+                     supported (b64 or text); entry ignored"
                 ));
                 continue 'entries;
             }
@@ -494,7 +494,7 @@ pub fn parse_network_config(text: &str) -> Parsed {
     for (other, _) in iter {
         p.problems.push(format!(
             "ethernets.{}: init configures one NIC (the first ethernet one) \
-                                 from ethernets.{name}; ignored",
+             from ethernets.{name}; ignored",
             key_str(other)
         ));
     }
@@ -611,7 +611,7 @@ pub fn parse_network_config(text: &str) -> Parsed {
         (None, false) => {
             p.problems.push(format!(
                 "ethernets.{name}: neither dhcp4: true nor an IPv4 address; \
-                                     network left to the other sources"
+                 network left to the other sources"
             ));
             None
         }
@@ -739,9 +739,9 @@ packages: [vim]
         );
         let p = parse_user_data(
             "#cloud-config\nhostname: -bad-\nssh_authorized_keys: \
-                                 [nokey]\nwrite_files:\n  - path: /x\n    encoding: gzip\n    \
-                                 content: zz\n  - path: /y\n    encoding: b64\n    content: \
-                                 '!!!'\nruncmd: oops\n",
+             [nokey]\nwrite_files:\n  - path: /x\n    encoding: gzip\n    \
+             content: zz\n  - path: /y\n    encoding: b64\n    content: \
+             '!!!'\nruncmd: oops\n",
         );
         assert_eq!(p.layer, Layer::default(), "{:?}", p.layer);
         assert_eq!(p.problems.len(), 5, "{:?}", p.problems);
@@ -785,7 +785,7 @@ packages: [vim]
         assert_eq!(p.problems.len(), 1, "{:?}", p.problems);
         let p = parse_network_config(
             "version: 2\nethernets:\n  e:\n    addresses: \
-                                      [192.168.0.5/24]\n    gateway4: 192.168.0.1\n",
+             [192.168.0.5/24]\n    gateway4: 192.168.0.1\n",
         );
         assert!(matches!(
             p.layer.network,

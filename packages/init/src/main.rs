@@ -199,7 +199,7 @@ fn boot(root_note: rootswitch::Note) -> Init {
             error!("{m}");
             error!(
                 "/ is still the initramfs (rootfs): pivot_root cannot work, the container \
-                    engine will refuse to start containers"
+                 engine will refuse to start containers"
             );
         }
     }
@@ -435,7 +435,7 @@ impl Init {
                 let nic = self.net.nic.as_ref().map_or("?", |n| n.name.as_str());
                 warn!(
                     "{nic}: no DHCP lease after {} s; starting services anyway, DHCP continues \
-                       in the background",
+                     in the background",
                     DHCP_WAIT.as_secs()
                 );
                 self.network_ready = true;

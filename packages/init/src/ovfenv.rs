@@ -232,8 +232,8 @@ mod tests {
         }
         s.push_str(
             "  </PropertySection>\n  <Entity oe:id=\"sib\"><PropertySection><Property \
-                    oe:key=\"hostname\" \
-                    oe:value=\"sibling\"/></PropertySection></Entity>\n</Environment>\n",
+             oe:key=\"hostname\" \
+             oe:value=\"sibling\"/></PropertySection></Entity>\n</Environment>\n",
         );
         s
     }

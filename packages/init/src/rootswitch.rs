@@ -184,7 +184,7 @@ fn switch(exe: Option<PathBuf>, others: &[PathBuf], started: Instant) -> Result<
     if let Err(e) = sys::chroot(Path::new(".")) {
         return Ok(format!(
             "WARNING: the tmpfs is mounted on / but chroot into it failed: {e}; init \
-                           stays on the initramfs root"
+             stays on the initramfs root"
         ));
     }
     let _ = std::env::set_current_dir("/");
@@ -265,7 +265,7 @@ fn switch(exe: Option<PathBuf>, others: &[PathBuf], started: Instant) -> Result<
     let Some(exe) = exe else {
         return Ok(format!(
             "root moved from the initramfs to a tmpfs ({msg}); init not re-executed: \
-                           /proc/self/exe was unreadable"
+             /proc/self/exe was unreadable"
         ));
     };
     let args: Vec<OsString> = std::env::args_os().collect();
@@ -274,7 +274,7 @@ fn switch(exe: Option<PathBuf>, others: &[PathBuf], started: Instant) -> Result<
     let e = sys::execve(&exe, &args, &env);
     Ok(format!(
         "root moved from the initramfs to a tmpfs ({msg}); re-exec of {} failed: {e}; init \
-                goes on in the old image",
+         goes on in the old image",
         exe.display()
     ))
 }
@@ -498,12 +498,12 @@ mod tests {
     use std::os::unix::fs::{symlink, FileTypeExt};
 
     const ROOTFS: &str = "1 1 0:2 / / rw - rootfs rootfs rw,size=503972k,nr_inodes=125993\n\
-13 1 0:12 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw\n\
-14 1 0:13 / /sys rw,nosuid,nodev,noexec,relatime - sysfs sysfs rw\n\
-15 14 0:14 / /sys/fs/cgroup rw shared:3 - cgroup2 cgroup2 rw,nsdelegate\n\
-16 1 0:15 / /my\\040dev rw - devtmpfs devtmpfs rw\n";
+                          13 1 0:12 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw\n\
+                          14 1 0:13 / /sys rw,nosuid,nodev,noexec,relatime - sysfs sysfs rw\n\
+                          15 14 0:14 / /sys/fs/cgroup rw shared:3 - cgroup2 cgroup2 rw,nsdelegate\n\
+                          16 1 0:15 / /my\\040dev rw - devtmpfs devtmpfs rw\n";
     const SWITCHED: &str = "20 1 0:21 / / rw,relatime - tmpfs root rw,size=71680k,mode=755\n\
-13 20 0:12 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw\n";
+                            13 20 0:12 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw\n";
 
     #[test]
     fn root_type_from_mountinfo() {
@@ -558,7 +558,7 @@ mod tests {
                 Err(e) => {
                     test_skip::skip(format_args!(
                         "mounting a tmpfs needs root ({e}): the \
-                                                  mount-crossing part of this test is not run"
+                         mount-crossing part of this test is not run"
                     ));
                     false
                 }

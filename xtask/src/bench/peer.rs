@@ -75,7 +75,7 @@ fn files() -> Vec<(&'static str, u32, String)> {
             "/etc/systemd/network/10-wired.network",
             0o644,
             "[Match]\nName=en* \
-                                                          eth*\n\n[Network]\nDHCP=ipv4\n"
+             eth*\n\n[Network]\nDHCP=ipv4\n"
                 .into(),
         ),
         (
@@ -88,8 +88,8 @@ fn files() -> Vec<(&'static str, u32, String)> {
             0o644,
             format!(
                 "[Service]\nExecStart=\nExecStart=/usr/sbin/dockerd -H fd:// -H \
-                     tcp://0.0.0.0:{GUEST_DOCKER_PORT} \
-                     --containerd=/run/containerd/containerd.sock\n"
+                 tcp://0.0.0.0:{GUEST_DOCKER_PORT} \
+                 --containerd=/run/containerd/containerd.sock\n"
             ),
         ),
         (
@@ -191,7 +191,7 @@ pub fn host_mirror(etc_apt: &Path, suite: &str) -> Result<String> {
     }
     bail!(
         "no `deb` entry for suite {suite} in {}/sources.list.d/*.sources or {}/sources.list: the \
-           peer needs Debian's archive through apt",
+         peer needs Debian's archive through apt",
         etc_apt.display(),
         etc_apt.display()
     )
@@ -309,7 +309,7 @@ pub fn ensure(layout: &Layout) -> Result<(Peer, bool)> {
     if !is_root() {
         bail!(
             "building the peer runs debootstrap, which needs root (run `cargo xtask bench` as \
-               root once; the result is cached under {})",
+             root once; the result is cached under {})",
             bench.display()
         );
     }
@@ -503,13 +503,13 @@ mod tests {
     fn mirror_from_deb822_skips_other_suites_and_src() {
         let text =
             "Types: deb-src\nURIs: http://src.example/debian\nSuites: bookworm\nComponents: \
-                    main\n\n\
-                    Types: deb\n# a comment: with colon\nURIs: \
-                    http://sec.example/debian-security\nSuites: bookworm-security\nComponents: \
-                    main\n\n\
-                    Types: deb\nURIs: http://main.example/debian \
-                    http://other.example/debian\nSuites: bookworm bookworm-updates\nComponents: \
-                    main\n";
+             main\n\n\
+             Types: deb\n# a comment: with colon\nURIs: \
+             http://sec.example/debian-security\nSuites: bookworm-security\nComponents: \
+             main\n\n\
+             Types: deb\nURIs: http://main.example/debian \
+             http://other.example/debian\nSuites: bookworm bookworm-updates\nComponents: \
+             main\n";
         assert_eq!(
             mirror_deb822(text, "bookworm").as_deref(),
             Some("http://main.example/debian")

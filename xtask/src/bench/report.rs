@@ -261,7 +261,7 @@ mod tests {
         assert!(
             t.contains(
                 "|  | ready <line> | 2.50 s (2.00 s–3.00 s, 3 runs) = 2.5× floor | 10.0 \
-                            s = 10.0× floor | 4.0× |"
+                 s = 10.0× floor | 4.0× |"
             ),
             "{t}"
         );

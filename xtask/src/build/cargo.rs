@@ -133,7 +133,7 @@ pub fn build(ctx: &BuildCtx, spec: &CargoSpec) -> Result<()> {
             v.push(executables.iter().find(|(n, _)| n == b).with_context(|| {
                 format!(
                     "{}: key 'build.binaries': crate '{krate}' built no binary '{b}' (it \
-                         built: {:?})",
+                     built: {:?})",
                     ctx.recipe.path.display(),
                     executables.iter().map(|e| &e.0).collect::<Vec<_>>()
                 )

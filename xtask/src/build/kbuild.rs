@@ -207,7 +207,7 @@ mod tests {
     fn reports_options_that_did_not_stick_and_modules() {
         let frag = parse_config(
             "CONFIG_A=y\n# CONFIG_MODULES is not \
-                                 set\nCONFIG_GONE=y\nCONFIG_OFF=y\n# CONFIG_B is not set\n",
+             set\nCONFIG_GONE=y\nCONFIG_OFF=y\n# CONFIG_B is not set\n",
         );
         let result = parse_config("CONFIG_A=y\n# CONFIG_OFF is not set\nCONFIG_B=y\nCONFIG_M=m\n");
         let p = check_config(&frag, &result);

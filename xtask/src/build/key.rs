@@ -448,13 +448,19 @@ mod tests {
     fn cargo_inputs_follow_path_dependencies_and_skip_target() {
         let d = tempfile::tempdir().unwrap();
         let root = d.path();
-        std::fs::write(root.join("Cargo.toml"), "[workspace]\nmembers=[]\n[workspace.dependencies]\nshared = { path = \"crates/shared\" }\n").unwrap();
+        std::fs::write(
+            root.join("Cargo.toml"),
+            "[workspace]\nmembers=[]\n\
+             [workspace.dependencies]\nshared = \
+             { path = \"crates/shared\" }\n",
+        )
+        .unwrap();
         std::fs::write(root.join("Cargo.lock"), "").unwrap();
         for (dir, toml) in [
             (
                 "packages/app",
                 "[package]\nname=\"app\"\n[dependencies]\nlib1 = \
-                              { path = \"../../crates/lib1\" }\nshared = { workspace = true }\n",
+                 { path = \"../../crates/lib1\" }\nshared = { workspace = true }\n",
             ),
             ("crates/lib1", "[package]\nname=\"lib1\"\n"),
             ("crates/shared", "[package]\nname=\"shared\"\n"),

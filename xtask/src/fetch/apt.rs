@@ -553,7 +553,7 @@ mod tests {
     fn deb822_gets_deb_src_in_every_stanza() {
         let t =
             "Types: deb\nURIs: http://mirror.invalid/debian\nSuites: stable\nComponents: main\n\n\
-                 # comment\ntypes: deb\nURIs: http://mirror.invalid/sec\nSuites: stable-security\n";
+             # comment\ntypes: deb\nURIs: http://mirror.invalid/sec\nSuites: stable-security\n";
         let o = deb822_with_src(t);
         assert_eq!(o.matches("Types: deb deb-src").count(), 2, "{o}");
         assert!(

@@ -107,7 +107,7 @@ fn handle(
         write!(
             stream,
             "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes \
-                        */{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+             */{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             body.len()
         )?;
         return Ok(());
@@ -126,7 +126,7 @@ fn handle(
         write!(
             stream,
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nAccept-Ranges: \
-                        bytes\r\nConnection: close\r\n\r\n",
+             bytes\r\nConnection: close\r\n\r\n",
             rest.len()
         )?;
     }

@@ -146,7 +146,7 @@ pub fn patch_core_blocklist(core: &mut [u8], core_lba: u64) -> Result<()> {
     if segment != 0x820 {
         bail!(
             "core.img does not look like grub's diskboot (blocklist segment {segment:#x}, \
-               expected 0x820)"
+             expected 0x820)"
         );
     }
     core[BLOCKLIST..BLOCKLIST + 8].copy_from_slice(&(core_lba + 1).to_le_bytes());

@@ -209,36 +209,36 @@ pub const PROPERTIES: &[(&str, &str, &str, &str)] = &[
         "hostname",
         "Hostname",
         "Host name of this VM (letters, digits, hyphens; dots \
-                                        between labels). Empty: the image's default.",
+         between labels). Empty: the image's default.",
     ),
     (
         "System",
         "instance-id",
         "Instance ID",
         "Identifies this VM: a new value gives it a new \
-                                              machine-id, SSH host keys, engine TLS certificates \
-                                              and RNG seed. Empty: vCenter's VM id.",
+         machine-id, SSH host keys, engine TLS certificates \
+         and RNG seed. Empty: vCenter's VM id.",
     ),
     (
         "System",
         "ssh-key",
         "SSH public key",
         "Public key(s) allowed to log in as root over SSH, \
-                                             e.g. ssh-ed25519 AAAA... me@host.",
+         e.g. ssh-ed25519 AAAA... me@host.",
     ),
     (
         "Network",
         "ip",
         "IPv4 address",
         "Static address (ADDR or ADDR/PREFIX) of the first NIC. \
-                                       Empty or dhcp: DHCP.",
+         Empty or dhcp: DHCP.",
     ),
     (
         "Network",
         "netmask",
         "Netmask",
         "Netmask (255.255.255.0) or prefix length (24) for a static \
-                                       address.",
+         address.",
     ),
     (
         "Network",
@@ -257,7 +257,7 @@ pub const PROPERTIES: &[(&str, &str, &str, &str)] = &[
         "user-data",
         "cloud-init user-data (base64)",
         "A #cloud-config document, base64 \
-        encoded: hostname, ssh_authorized_keys, write_files, runcmd, ntp.",
+         encoded: hostname, ssh_authorized_keys, write_files, runcmd, ntp.",
     ),
 ];
 
