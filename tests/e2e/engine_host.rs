@@ -1227,7 +1227,14 @@ fn seccomp_default_unconfined_and_custom_profiles() {
     ]);
     assert_eq!(out, "Seccomp: 2\nuserns-ok\n", "{out:?}");
     // A broken profile is the client's error at create, with the reason.
-    std::fs::write(&profile, r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_SOMETIMES"}]}"#).unwrap();
+    std::fs::write(
+        &profile,
+        concat!(
+            r#"{"defaultAction": "SCMP_ACT_ALLOW", "#,
+            r#""syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_SOMETIMES"}]}"#
+        ),
+    )
+    .unwrap();
     let o = e.docker(&["create", "--security-opt", &opt, &img, "true"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(

@@ -301,8 +301,9 @@ fn nocloud_clones() -> Result<()> {
                 Drive::disk(&seed, DiskFormat::Raw)
             });
         // runcmd runs after the ready line; give it a moment before looking.
-        let (s, extra) = boot_and_look(config.clone(), &key, port, "sleep 1; cat \
-            /etc/axion-test/greeting; stat -c %a /etc/axion-test/greeting; cat /var/lib/runcmd-flag")?;
+        let look = "sleep 1; cat /etc/axion-test/greeting; stat -c %a /etc/axion-test/greeting; \
+                    cat /var/lib/runcmd-flag";
+        let (s, extra) = boot_and_look(config.clone(), &key, port, look)?;
         assert_eq!(
             s.hostname, name,
             "user-data hostname wins over meta-data local-hostname"

@@ -15,7 +15,8 @@
 //! file = "busybox-1.35.0.tar.bz2"  # name the source has in the cache and build dir
 //! sha256 = "faeeb244…"
 //! urls = ["https://…"]             # https mirrors, tried in order (optional)
-//! debian-source = { package = "busybox", version = "1:1.35.0-4", file = "busybox_1.35.0.orig.tar.bz2" }
+//! debian-source = { package = "busybox", version = "1:1.35.0-4",
+//!                   file = "busybox_1.35.0.orig.tar.bz2" }
 //! debian-binary = { package = "linux-source-6.1", version = "6.1.170-3" }  # a .deb
 //! path = "files/x.tar"             # a file next to the recipe (optional)
 //!

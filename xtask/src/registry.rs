@@ -164,7 +164,10 @@ impl Registry {
         };
         let config = serde_json::json!({
             "architecture": arch, "os": "linux", "created": "2026-01-01T00:00:00Z",
-            "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]},
+            "config": {
+                "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+                "Cmd": ["sh"]
+            },
             "rootfs": {"type": "layers", "diff_ids": [diff_id]}
         });
         let config = serde_json::to_vec(&config)?;
@@ -172,7 +175,11 @@ impl Registry {
         let ld = self.push_blob(repo, &layer)?;
         let manifest = serde_json::json!({
             "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": cd,
+                "size": config.len()
+            },
             "layers": [{"mediaType": layer_mt, "digest": ld, "size": layer.len()}]
         });
         let body = serde_json::to_vec(&manifest)?;
@@ -260,8 +267,11 @@ impl Registry {
         let index = serde_json::json!({
             "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
             "manifests": [
-                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": arm, "size": arm_size, "platform": {"architecture": "arm64", "os": "linux"}},
-                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": amd64_manifest, "size": size, "platform": {"architecture": "amd64", "os": "linux"}}
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": arm,
+                 "size": arm_size, "platform": {"architecture": "arm64", "os": "linux"}},
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                 "digest": amd64_manifest, "size": size,
+                 "platform": {"architecture": "amd64", "os": "linux"}}
             ]
         });
         self.push_manifest(

@@ -7,6 +7,27 @@ use std::path::{Path, PathBuf};
 /// Lines may be this long (rustfmt's default width, which the tree is formatted with).
 const MAX_COLUMNS: usize = 100;
 
+/// Lines allowed over [`MAX_COLUMNS`] besides URLs in comments and Markdown table rows in doc
+/// comments (a row cannot be wrapped): (file, a piece of the line, why).
+const LONG_LINES_ALLOWED: &[(&str, &str, &str)] = &[
+    (
+        "xtask/src/image/ova.rs",
+        "<Envelope xmlns=",
+        "the OVF descriptor is written byte for byte from this template: wrapping its XML \
+         would change every OVA",
+    ),
+    (
+        "xtask/src/image/ova.rs",
+        "<Disk ovf:capacity=",
+        "the OVF descriptor's XML, as above",
+    ),
+    (
+        "xtask/src/image/ova.rs",
+        "<vmw:Config ovf:required=\"false\" vmw:key=\"bootOptions.efiSecureBootEnabled\"",
+        "the OVF descriptor's XML, as above",
+    ),
+];
+
 /// The strings of the host↔guest contract of axion-vmd (crates/vmd-contract): the
 /// virtio-serial port names, the agent's mode argument, the 9p tag and mount point, the trace
 /// variable. Host and guest must both take them from there.
@@ -149,16 +170,23 @@ fn has_safety_comment(lines: &[&str], i: usize) -> bool {
     false
 }
 
-/// No line is over 100 columns: rustfmt wraps code but not strings or comments. A comment
-/// line may be longer only for a URL, which cannot be wrapped.
+/// No line is over 100 columns: rustfmt wraps code but not strings or comments (split a
+/// long string with a `\` line continuation, or `concat!` for raw strings). A comment line
+/// may be longer only for a URL or a Markdown table row, which cannot be wrapped; other
+/// exceptions are in [`LONG_LINES_ALLOWED`], each with why.
 #[test]
 fn no_line_is_over_100_columns() {
     let mut problems = Vec::new();
     for (path, text) in rust_files() {
         for (i, line) in text.lines().enumerate() {
             let columns = line.chars().count();
-            let url = is_comment(line) && line.contains("://");
-            if columns > MAX_COLUMNS && !url {
+            let t = line.trim_start();
+            let unwrappable = is_comment(line)
+                && (line.contains("://") || t.starts_with("//! |") || t.starts_with("/// |"));
+            let allowed = LONG_LINES_ALLOWED
+                .iter()
+                .any(|(file, piece, _)| *file == path && line.contains(piece));
+            if columns > MAX_COLUMNS && !unwrappable && !allowed {
                 problems.push(format!("{path}:{}: {columns} columns", i + 1));
             }
         }

@@ -291,7 +291,8 @@ pub struct DirectKernel {
 ///     .uefi()
 ///     .drive(Drive::disk("axion.qcow2", DiskFormat::Qcow2))
 ///     .user_net(qemu::NicModel::VirtioNet, vec![PortForward::tcp(2222, 22)]);
-/// assert!(cfg.resolve(std::path::Path::new("/tmp/vm")).args().unwrap().contains(&"-nodefaults".to_string()));
+/// let args = cfg.resolve(std::path::Path::new("/tmp/vm")).args().unwrap();
+/// assert!(args.contains(&"-nodefaults".to_string()));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
@@ -920,14 +921,15 @@ mod tests {
             args,
             words(
                 "-nodefaults -no-user-config -display none -name axion-qemu -machine q35 -accel \
-                 tcg -smp 4 -m 2048M \
-                 -drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd \
+                 tcg -smp 4 -m 2048M -drive \
+                 if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd \
                  -drive if=pflash,format=raw,unit=1,file=/run/vm/OVMF_VARS.fd \
                  -drive file=/out/axion.qcow2,format=qcow2,if=none,id=drive0 -device \
                  virtio-blk-pci,drive=drive0,bootindex=0 \
                  -drive file=/out/axion.iso,format=raw,if=none,id=drive1,media=cdrom,readonly=on \
                  -device ide-cd,bus=ide.0,drive=drive1,bootindex=1 \
-                 -netdev user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:2376-:2376 \
+                 -netdev \
+                 user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:2376-:2376 \
                  -device virtio-net-pci,netdev=net0,romfile= \
                  -chardev socket,id=qmp,path=/run/vm/qmp.sock,server=on,wait=off -mon \
                  chardev=qmp,mode=control \

@@ -677,9 +677,10 @@ mod tests {
 
     #[test]
     fn bearer_challenge() {
-        let c = parse_challenge(
-            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:library/busybox:pull,push""#,
-        )
+        let c = parse_challenge(concat!(
+            r#"Bearer realm="https://auth.example/token",service="registry.example","#,
+            r#"scope="repository:library/busybox:pull,push""#
+        ))
         .unwrap();
         assert_eq!(c.scheme, "bearer");
         assert_eq!(c.params["realm"], "https://auth.example/token");
@@ -717,9 +718,17 @@ mod tests {
 
     #[test]
     fn index_detection_and_parse() {
-        let idx: Manifest = serde_json::from_str(r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#).unwrap();
+        let idx: Manifest = serde_json::from_str(concat!(
+            r#"{"schemaVersion":2,"#,
+            r#""mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#
+        ))
+        .unwrap();
         assert!(idx.is_index(""));
-        let m: Manifest = serde_json::from_str(r#"{"schemaVersion":2,"config":{"mediaType":"x","digest":"sha256:00","size":1},"layers":[]}"#).unwrap();
+        let m: Manifest = serde_json::from_str(concat!(
+            r#"{"schemaVersion":2,"#,
+            r#""config":{"mediaType":"x","digest":"sha256:00","size":1},"layers":[]}"#
+        ))
+        .unwrap();
         assert!(!m.is_index(MT_DOCKER_MANIFEST));
     }
 

@@ -1,9 +1,10 @@
 //! The daemon's image list. `docker pull` resolves the reference on the host with the
 //! shared registry client (crates/registry, the guest engine's: anonymous, bearer-token and
 //! basic auth, manifest, image index → linux/amd64, config blob, digests), fetches every
-//! layer blob into the host's [`LayerStore`] and unpacks it there once; the VMs use those layers over 9p. Records
-//! live in `images.json` in the state directory. (A VM's engine can still pull from the
-//! registry itself, a registry on the host's 127.0.0.1 being 10.0.2.2 from inside, see
+//! layer blob into the host's [`LayerStore`] and unpacks it there once; the VMs use those
+//! layers over 9p. Records live in `images.json` in the state directory. (A VM's engine can
+//! still pull from the registry itself, a registry on the host's 127.0.0.1 being 10.0.2.2
+//! from inside, see
 //! [`guest_ref`]: the daemon falls back to that only for a record from before the store.)
 
 use crate::store::{Collected, LayerStore};
@@ -513,16 +514,26 @@ mod tests {
             let config_digest = sha(&config);
             let manifest = serde_json::to_vec(&serde_json::json!({
                 "schemaVersion": 2, "mediaType": registry::client::MT_DOCKER_MANIFEST,
-                "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": config_digest, "size": config.len()},
-                "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": layer.1, "size": layer.0.len()}],
+                "config": {
+                    "mediaType": "application/vnd.docker.container.image.v1+json",
+                    "digest": config_digest,
+                    "size": config.len(),
+                },
+                "layers": [{
+                    "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                    "digest": layer.1,
+                    "size": layer.0.len(),
+                }],
             }))
             .unwrap();
             let mdigest = sha(&manifest);
             let index = serde_json::to_vec(&serde_json::json!({
                 "schemaVersion": 2, "mediaType": registry::client::MT_OCI_INDEX,
                 "manifests": [
-                    {"mediaType": registry::client::MT_DOCKER_MANIFEST, "digest": sha(b"other"), "size": 5, "platform": {"architecture": "arm64", "os": "linux"}},
-                    {"mediaType": registry::client::MT_DOCKER_MANIFEST, "digest": mdigest, "size": manifest.len(), "platform": {"architecture": "amd64", "os": "linux"}},
+                    {"mediaType": registry::client::MT_DOCKER_MANIFEST, "digest": sha(b"other"),
+                     "size": 5, "platform": {"architecture": "arm64", "os": "linux"}},
+                    {"mediaType": registry::client::MT_DOCKER_MANIFEST, "digest": mdigest,
+                     "size": manifest.len(), "platform": {"architecture": "amd64", "os": "linux"}},
                 ],
             }))
             .unwrap();
@@ -605,8 +616,11 @@ mod tests {
                                 )
                             }
                         } else if !authorized {
-                            let ch = format!("WWW-Authenticate: Bearer \
-                                              realm=\"http://127.0.0.1:{port}/token\",service=\"test-registry\",scope=\"repository:team/app:pull\"\r\n");
+                            let ch = format!(
+                                "WWW-Authenticate: Bearer \
+                                 realm=\"http://127.0.0.1:{port}/token\",\
+                                 service=\"test-registry\",scope=\"repository:team/app:pull\"\r\n"
+                            );
                             (
                                 "401 Unauthorized",
                                 "application/json",
@@ -839,7 +853,9 @@ mod tests {
         );
         assert_eq!(
             cfg["IndexConfigs"]["myreg:5000"],
-            serde_json::json!({"Name": "myreg:5000", "Mirrors": [], "Secure": false, "Official": false})
+            serde_json::json!({
+                "Name": "myreg:5000", "Mirrors": [], "Secure": false, "Official": false
+            })
         );
         assert_eq!(cfg["IndexConfigs"][registry::DOCKER_HUB]["Secure"], true);
         assert_eq!(cfg["IndexConfigs"].as_object().unwrap().len(), 2, "{cfg}");

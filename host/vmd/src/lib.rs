@@ -42,39 +42,38 @@
 //! - Images ([`images`], [`store`]): `docker pull` happens on the host only, with the
 //!   engine's registry client (the `registry` crate: token auth, indexes, digest checks;
 //!   plain HTTP for localhost, 127.0.0.0/8 and `--insecure-registry HOST[:PORT]|CIDR`):
-//!   manifest and config are resolved there, every layer blob is fetched into a content-addressed store
-//!   (`<state>/store/blobs/sha256/<hex>`: temp file, digest check, fsync, rename) and
-//!   unpacked there once (`<state>/store/layers/<diff-id>/`) with the engine's own rules,
-//!   now the `layer-unpack` crate (hostile-tar checks, whiteouts, diff-id check). The store
-//!   is one 9p export (`security_model=passthrough,readonly=on`, QEMU runs as root here so
-//!   the guest sees the layers' real owners and modes). The 9p device is in the template
-//!   too (the device set must match the saved state) but is mounted by the clone agent only
-//!   after the restore (a mounted 9p export blocks QEMU's migration, i.e. the save). The
-//!   guest engine (`--image-share /run/axion-store`) resolves the image id there, checks the
-//!   config's digest and uses the unpacked layers in place as overlayfs lower dirs (the
-//!   container's upper dir is on the VM's own disk). Why unpacked trees rather than blobs
-//!   the guest imports (like `docker load`): a clone then does no decompression, hashing
-//!   or unpacking at all, which under TCG is the expensive part, and the layers take no
-//!   space in the VMs. Measured (VMD_DEBUG, busybox image, loaded machine): the in-VM pull
-//!   from a registry on the host's loopback took 1.3-4.7 s per clone; importing shared
-//!   blobs would skip only its transfer and still pay gunzip + sha256 + unpack under TCG
-//!   (not measured apart); with the shared trees the whole step is gone (the host's check of the store runs while
-//!   the VM restores and is done when the engine answers). The cost is
-//!   reading files over 9p (small for container start-up) and unpacking on the host as root
+//!   manifest and config are resolved there, every layer blob is fetched into a
+//!   content-addressed store (`<state>/store/blobs/sha256/<hex>`: temp file, digest check,
+//!   fsync, rename) and unpacked there once (`<state>/store/layers/<diff-id>/`) with the engine's
+//!   own rules, now the `layer-unpack` crate (hostile-tar checks, whiteouts, diff-id check). The
+//!   store is one 9p export (`security_model=passthrough,readonly=on`, QEMU runs as root here so
+//!   the guest sees the layers' real owners and modes). The 9p device is in the template too (the
+//!   device set must match the saved state) but is mounted by the clone agent only after the
+//!   restore (a mounted 9p export blocks QEMU's migration, i.e. the save). The guest engine
+//!   (`--image-share /run/axion-store`) resolves the image id there, checks the config's digest and
+//!   uses the unpacked layers in place as overlayfs lower dirs (the container's upper dir is on the
+//!   VM's own disk). Why unpacked trees rather than blobs the guest imports (like `docker load`): a
+//!   clone then does no decompression, hashing or unpacking at all, which under TCG is the
+//!   expensive part, and the layers take no space in the VMs. Measured (VMD_DEBUG, busybox image,
+//!   loaded machine): the in-VM pull from a registry on the host's loopback took 1.3-4.7 s per
+//!   clone; importing shared blobs would skip only its transfer and still pay gunzip + sha256 +
+//!   unpack under TCG (not measured apart); with the shared trees the whole step is gone (the
+//!   host's check of the store runs while the VM restores and is done when the engine answers). The
+//!   cost is reading files over 9p (small for container start-up) and unpacking on the host as root
 //!   (device nodes are skipped; whiteouts need mknod, so the daemon must be root, as QEMU's
-//!   passthrough model needs anyway). Safety: the store is 0700 (the trees hold the images'
-//!   setuid files), QEMU refuses guest writes, and before each container the daemon
-//!   re-hashes the image's blobs and trees against their digests (the tree digest is taken
-//!   at unpack time: names, types, modes, owners, contents); anything damaged is dropped and
-//!   fetched again (with the credentials of the image's last `docker pull`, which the daemon
-//!   keeps in memory only: [`images::Images::pull`] says why), or the run is refused with an error saying what is damaged: a damaged
-//!   layer never reaches a VM. The check reads every byte of the image (fine for small
-//!   images; large ones would want a cheaper seal) and runs while the VM is being cloned.
-//!   Garbage collection ([`store`]): after `docker rmi`, when a container's VM is gone and
-//!   at start, blobs and trees no image record and no live container (pinned from its
-//!   create until its VM is gone) uses are removed, in a crash-safe order.
-//!   Fallback: an image record from before the store (no diff-ids) is still pulled by the
-//!   VM's engine from the registry (10.0.2.2 is the host's loopback, [`images::guest_ref`]).
+//!   passthrough model needs anyway). Safety: the store is 0700 (the trees hold the images' setuid
+//!   files), QEMU refuses guest writes, and before each container the daemon re-hashes the image's
+//!   blobs and trees against their digests (the tree digest is taken at unpack time: names, types,
+//!   modes, owners, contents); anything damaged is dropped and fetched again (with the credentials
+//!   of the image's last `docker pull`, which the daemon keeps in memory only:
+//!   [`images::Images::pull`] says why), or the run is refused with an error saying what is
+//!   damaged: a damaged layer never reaches a VM. The check reads every byte of the image (fine for
+//!   small images; large ones would want a cheaper seal) and runs while the VM is being cloned.
+//!   Garbage collection ([`store`]): after `docker rmi`, when a container's VM is gone and at
+//!   start, blobs and trees no image record and no live container (pinned from its create until its
+//!   VM is gone) uses are removed, in a crash-safe order. Fallback: an image record from before the
+//!   store (no diff-ids) is still pulled by the VM's engine from the registry (10.0.2.2 is the
+//!   host's loopback, [`images::guest_ref`]).
 //! - Memory (`-m`) and CPU (`--cpus`, `--cpu-quota`) limits are put on each QEMU process
 //!   in its own cgroup ([`cgroup`]): cgroup v2 (`/sys/fs/cgroup/axion-vmd/<id>`) or v1
 //!   (`/sys/fs/cgroup/{memory,cpu}/<daemon's cgroup>/axion-vmd/<id>`), whichever the host

@@ -1,6 +1,7 @@
 //! `axion-vmd`: the VM-per-container Docker endpoint (see the crate documentation).
 //!
-//!     axion-vmd --kernel out/qemu/...vmlinuz --initrd out/qemu/...initramfs [--disk out/qemu/...qcow2]
+//!     axion-vmd --kernel out/qemu/...vmlinuz --initrd out/qemu/...initramfs \
+//!         [--disk out/qemu/...qcow2]
 //!
 //! Prints `export DOCKER_HOST=unix://...` on stdout once the socket serves.
 
@@ -57,7 +58,11 @@ struct Args {
     /// Pull from this registry over plain HTTP (repeatable), as dockerd's flag: HOST[:PORT],
     /// or a CIDR for every registry given by an address in it. localhost and 127.0.0.0/8
     /// always are.
-    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]|CIDR", value_parser = registry::parse_insecure)]
+    #[arg(
+        long = "insecure-registry",
+        value_name = "HOST[:PORT]|CIDR",
+        value_parser = registry::parse_insecure
+    )]
     insecure_registries: Vec<String>,
 }
 

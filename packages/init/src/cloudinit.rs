@@ -798,7 +798,8 @@ packages: [vim]
 
     #[test]
     fn network_config_unsupported() {
-        assert!(parse_network_config("version: 1\nconfig: []\n").problems[0].contains("version: 1"));
+        let p = parse_network_config("version: 1\nconfig: []\n");
+        assert!(p.problems[0].contains("version: 1"));
         assert!(parse_network_config("network:\n  config: disabled\n")
             .problems
             .is_empty());

@@ -14,10 +14,10 @@
 //!   kernel floor, so no boot loader or firmware differs between the three.
 //! - Markers on ttyS0 (printed by small units): `bench-peer: multi-user` when
 //!   multi-user.target is reached (Debian's docker.service is part of it: Type=notify, so
-//!   the target waits until dockerd says it is ready), `bench-peer: docker-info` when `docker info` first answers
-//!   inside the guest, then `bench-peer: mem-used-kib N` (MemTotal - MemAvailable) and
-//!   `bench-peer: daemon-rss-kib N` (VmRSS of dockerd + containerd). journald
-//!   forwards errors to ttyS0 too.
+//!   the target waits until dockerd says it is ready), `bench-peer: docker-info` when
+//!   `docker info` first answers inside the guest, then `bench-peer: mem-used-kib N`
+//!   (MemTotal - MemAvailable) and `bench-peer: daemon-rss-kib N` (VmRSS of dockerd + containerd).
+//!   journald forwards errors to ttyS0 too.
 //! - dockerd also listens on TCP 2375 (no TLS, only reachable through QEMU's user-mode
 //!   forward on 127.0.0.1), so the host measures the API and `docker run` like for axion.
 //! - Reproducible: SOURCE_DATE_EPOCH is fixed, mke2fs gets a fixed UUID, hash seed and
