@@ -184,7 +184,11 @@ impl Tally {
             }
             // Pass the unfinished line on now (progress output, `test NAME ... ` of a long
             // test), holding back only what a result may still rewrite: after " ... ".
-            let hold = if line.starts_with(b"test ") {
+            let hold = if self.started.is_some() {
+                // The result of a test whose line other output broke: the line is reprinted
+                // whole if it is rewritten.
+                0
+            } else if line.starts_with(b"test ") {
                 find(&line, b" ... ").map(|i| i + 5).unwrap_or(0)
             } else if b"test ".starts_with(&line) {
                 0
@@ -208,7 +212,10 @@ impl Tally {
     /// that recorded a skip.
     fn line(&mut self, line: &str, log: &Path) -> Option<String> {
         let trimmed = line.trim_start();
-        if let Some(rest) = trimmed.strip_prefix("Running ") {
+        let running = trimmed
+            .strip_prefix("Running ")
+            .filter(|r| r.ends_with(')') && r.contains("deps/"));
+        if let Some(rest) = running {
             // `Running unittests src/lib.rs (target/debug/deps/xtask-0123abcd)`
             let path = rest.rsplit_once('(').map_or(rest, |(_, p)| p);
             let file = Path::new(path.trim_end_matches(')'))
@@ -227,14 +234,19 @@ impl Tally {
             .strip_prefix("test ")
             .and_then(|r| r.split_once(" ... "))
         {
-            Some((name, "")) => {
+            Some((name, result)) if is_result(result) => (name.to_string(), result),
+            // `test NAME ... ` and then the test's own output, or nothing yet: the result
+            // comes on a line of its own.
+            Some((name, _)) => {
                 self.started = Some(name.to_string());
                 return None;
             }
-            Some((name, result)) => (name.to_string(), result),
             None => match self.started.take() {
                 Some(name) if is_result(line) => (name, line),
-                _ => return None,
+                other => {
+                    self.started = other;
+                    return None;
+                }
             },
         };
         self.started = None;
@@ -451,7 +463,9 @@ mod tests {
         cmd.arg("-c").arg(format!(
             "echo '     Running e2e/x.rs (target/debug/deps/x-1)' >&2; \
              printf 'test a ... '; sleep 0.1; printf 'x-1\\ta\\tno tool\\n' >> {log}; \
-             echo ok; echo 'test b ... ok'; exit 3",
+             echo ok; echo 'test b ... ok'; \
+             printf 'test c ... '; echo 'output of c'; printf 'x-1\\tc\\tno disk\\n' >> {log}; \
+             echo ok; exit 3",
             log = log.display()
         ));
         let mut t = Tally::default();
@@ -460,9 +474,15 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "     Running e2e/x.rs (target/debug/deps/x-1)\ntest a ... skipped: no tool\n\
-             test b ... ok\n"
+             test b ... ok\ntest c ... output of c\ntest c ... skipped: no disk\n"
         );
         assert_eq!(t.passed, 1);
-        assert_eq!(t.skipped, [("x::a".to_string(), "no tool".to_string())]);
+        assert_eq!(
+            t.skipped,
+            [
+                ("x::a".to_string(), "no tool".to_string()),
+                ("x::c".to_string(), "no disk".to_string())
+            ]
+        );
     }
 }
