@@ -156,19 +156,48 @@ impl Tally {
             .stderr(writer);
         eprintln!("==> {}", format!("{cmd:?}").replace('"', ""));
         let mut child = cmd.spawn().context("cannot run cargo test")?;
-        // The pipe's write ends live only in the child now: EOF comes when it (and every
-        // process it left behind) is done.
+        // The pipe's write ends live only in the child now.
         drop(cmd);
+        // Read on a thread of its own: EOF comes only when every process holding the pipe is
+        // gone, and a daemon a test left behind must not keep the gate waiting.
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) if tx.send(buf[..n].to_vec()).is_ok() => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    _ => break,
+                }
+            }
+        });
         let mut line: Vec<u8> = Vec::new();
         let mut shown = 0;
-        let mut buf = [0u8; 8192];
+        let mut exited: Option<(std::process::ExitStatus, std::time::Instant)> = None;
         loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e).context("cannot read cargo test's output"),
+            let buf = match rx.recv_timeout(std::time::Duration::from_millis(200)) {
+                Ok(chunk) => chunk,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if exited.is_none() {
+                        let st = child.try_wait().context("cannot wait for cargo test")?;
+                        exited = st.map(|st| (st, std::time::Instant::now()));
+                    }
+                    match exited {
+                        // cargo is done; what still holds the pipe is not a test.
+                        Some((_, at)) if at.elapsed() > std::time::Duration::from_secs(2) => {
+                            eprintln!(
+                                "note: a process the tests started still holds their output; \
+                                 not waiting for it"
+                            );
+                            break;
+                        }
+                        _ => continue,
+                    }
+                }
             };
+            let n = buf.len();
             for &b in &buf[..n] {
                 line.push(b);
                 if b == b'\n' {
@@ -204,7 +233,10 @@ impl Tally {
         if !line.is_empty() {
             out.write_all(&line[shown..])?;
         }
-        let status = child.wait().context("cannot wait for cargo test")?;
+        let status = match exited {
+            Some((st, _)) => st,
+            None => child.wait().context("cannot wait for cargo test")?,
+        };
         Ok(status.success())
     }
 
@@ -484,5 +516,20 @@ mod tests {
                 ("x::c".to_string(), "no disk".to_string())
             ]
         );
+    }
+
+    /// A daemon a test left running holds the pipe open: the gate goes on once cargo exits.
+    #[test]
+    fn run_does_not_wait_for_processes_left_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg("echo 'test a ... ok'; sleep 30 & exit 0");
+        let mut t = Tally::default();
+        let started = std::time::Instant::now();
+        let mut out = Vec::new();
+        assert!(t.run(cmd, &dir.path().join("skips"), &mut out).unwrap());
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        assert_eq!(String::from_utf8(out).unwrap(), "test a ... ok\n");
+        assert_eq!(t.passed, 1);
     }
 }
