@@ -92,16 +92,23 @@ fn every_e2e_file_is_a_test_target() {
     let root = root();
     let manifest: toml::Table =
         toml::from_str(&std::fs::read_to_string(root.join("tests/Cargo.toml")).unwrap()).unwrap();
-    let listed: Vec<String> = manifest
+    let targets: Vec<toml::Value> = manifest
         .get("test")
         .and_then(|t| t.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|t| t.get("path")?.as_str().map(str::to_string))
-                .collect()
-        })
+        .cloned()
         .unwrap_or_default();
+    let listed: Vec<String> = targets
+        .iter()
+        .filter_map(|t| t.get("path")?.as_str().map(str::to_string))
+        .collect();
     let mut problems = Vec::new();
+    for t in &targets {
+        if t.get("test").and_then(|v| v.as_bool()) == Some(false) {
+            problems.push(format!(
+                "[[test]] {t} has test = false: `cargo test` skips it"
+            ));
+        }
+    }
     let mut on_disk = Vec::new();
     for e in std::fs::read_dir(root.join("tests/e2e")).unwrap() {
         let name = e.unwrap().file_name().to_string_lossy().into_owned();
