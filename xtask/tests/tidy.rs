@@ -133,6 +133,39 @@ fn every_e2e_file_is_a_test_target() {
     assert_none("end-to-end tests that do not run", &problems);
 }
 
+/// Every workspace member takes `[workspace.lints]` (`[lints] workspace = true`), so the
+/// denied lints hold in a crate added later too.
+#[test]
+fn every_member_takes_the_workspace_lints() {
+    let root = root();
+    let mut members = vec![root.join("xtask"), root.join("tests")];
+    for group in ["crates", "packages", "host"] {
+        for e in std::fs::read_dir(root.join(group)).unwrap() {
+            let dir = e.unwrap().path();
+            if dir.join("Cargo.toml").exists() {
+                members.push(dir);
+            }
+        }
+    }
+    let mut problems = Vec::new();
+    for dir in &members {
+        let manifest: toml::Table =
+            toml::from_str(&std::fs::read_to_string(dir.join("Cargo.toml")).unwrap()).unwrap();
+        let takes = manifest
+            .get("lints")
+            .and_then(|l| l.get("workspace"))
+            .and_then(|w| w.as_bool());
+        if takes != Some(true) {
+            let rel = dir.strip_prefix(&root).unwrap().display().to_string();
+            problems.push(format!(
+                "{rel}/Cargo.toml has no `[lints] workspace = true`"
+            ));
+        }
+    }
+    assert!(members.len() >= 10, "only {members:?}");
+    assert_none("members without the workspace lints", &problems);
+}
+
 /// Every `unsafe` block and `unsafe impl` says why it is sound: a `// SAFETY:` comment on
 /// the lines just above it (clippy's `undocumented_unsafe_blocks` is denied as well; this
 /// also covers code clippy does not build, e.g. another target's `cfg`).
