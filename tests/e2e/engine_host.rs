@@ -60,7 +60,7 @@ extern "C" {
 macro_rules! skip_unless_capable {
     () => {
         if let Some(why) = skip_reason() {
-            eprintln!("skip: because {why}");
+            axion_tests::skip(why);
             return;
         }
     };
@@ -228,7 +228,12 @@ fn raw(e: &Engine, method: &str, path: &str, body: &[u8]) -> (u16, String) {
     let sock = e.host.strip_prefix("unix://").unwrap();
     let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let _ = write!(s, "{method} {path} HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    let _ = write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: docker\r\nContent-Type: \
+         application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
     let _ = s.write_all(body); // the engine may answer (and close) before reading it all
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
@@ -500,7 +505,17 @@ fn run_attached_detached_and_lifecycle() {
         "{o:?}"
     );
     // Detached, ps, logs, stop, start, restart, kill, wait, rm -f.
-    let id = e.ok(&["run", "-d", "--name", "ticker", &img, "sh", "-c", "trap 'echo bye; exit 0' TERM; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done"]);
+    let id = e.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "ticker",
+        &img,
+        "sh",
+        "-c",
+        "trap 'echo bye; exit 0' \
+         TERM; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done",
+    ]);
     let id = id.trim().to_string();
     assert_eq!(id.len(), 64, "{id}");
     let ps = e.ok(&["ps", "--format", "{{.Names}} {{.Status}}"]);
@@ -692,7 +707,7 @@ fn exec_root_keeps_state_apart_from_the_writable_layer() {
 fn refuses_a_root_pivot_root_cannot_leave() {
     skip_unless_capable!();
     if Command::new("unshare").arg("--version").output().is_err() {
-        eprintln!("skip: because util-linux's unshare is not installed");
+        axion_tests::skip("util-linux's unshare is not installed");
         return;
     }
     let (_reg, host) = registry_with_busybox();
@@ -876,8 +891,19 @@ fn ports_volumes_exec_tty() {
         .contains("busybox:latest"));
     // -p: published port through the userland proxy.
     let port = free_port();
-    e.ok(&["run", "-d", "--name", "web", "-p", &format!("127.0.0.1:{port}:8080"), &img, "sh", "-c",
-        "echo -e 'HTTP/1.0 200 OK\\r\\n\\r\\nhello-port' > /tmp/r; while true; do nc -l -p 8080 < /tmp/r; done"]);
+    e.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        &format!("127.0.0.1:{port}:8080"),
+        &img,
+        "sh",
+        "-c",
+        "echo -e 'HTTP/1.0 200 OK\\r\\n\\r\\nhello-port' > /tmp/r; while true; do nc -l -p 8080 < \
+         /tmp/r; done",
+    ]);
     let mut got = String::new();
     wait_until("the published port to answer", || {
         if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
@@ -1100,7 +1126,7 @@ fn ports_volumes_exec_tty() {
         let out = String::from_utf8_lossy(&o.stdout);
         assert!(out.contains("got-typed"), "{out:?}");
     } else {
-        eprintln!("skip: because `script` (util-linux) is missing, -it is not exercised");
+        axion_tests::skip("`script` (util-linux) is missing, -it is not exercised");
     }
     e.ok(&["rm", "-f", "web"]);
 }
@@ -1201,7 +1227,14 @@ fn seccomp_default_unconfined_and_custom_profiles() {
     ]);
     assert_eq!(out, "Seccomp: 2\nuserns-ok\n", "{out:?}");
     // A broken profile is the client's error at create, with the reason.
-    std::fs::write(&profile, r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_SOMETIMES"}]}"#).unwrap();
+    std::fs::write(
+        &profile,
+        concat!(
+            r#"{"defaultAction": "SCMP_ACT_ALLOW", "#,
+            r#""syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_SOMETIMES"}]}"#
+        ),
+    )
+    .unwrap();
     let o = e.docker(&["create", "--security-opt", &opt, &img, "true"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(

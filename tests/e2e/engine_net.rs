@@ -279,7 +279,9 @@ fn container_root_is_its_own(g: &Guest, dir: &Path) -> Result<()> {
     }
 
     if Command::new("musl-gcc").arg("--version").output().is_err() {
-        eprintln!("skip: because musl-gcc (musl-tools) is not installed: the chroot escape part is not run");
+        axion_tests::skip(
+            "musl-gcc (musl-tools) is not installed: the chroot escape part is not run",
+        );
         return Ok(());
     }
     let src = dir.join("escape.c");
@@ -293,10 +295,17 @@ fn container_root_is_its_own(g: &Guest, dir: &Path) -> Result<()> {
     if !st.success() {
         bail!("musl-gcc could not build the chroot escape test program");
     }
-    let o = axion_tests::ssh(&g.key, g.ssh_port, &[], "mkdir -p /var/lib/escape-test && cat > /var/lib/escape-test/escape && chmod 755 /var/lib/escape-test/escape")
-        .stdin(std::fs::File::open(&bin)?)
-        .output()
-        .context("copying the escape program into the VM")?;
+    let o = axion_tests::ssh(
+        &g.key,
+        g.ssh_port,
+        &[],
+        "mkdir -p /var/lib/escape-test && cat > \
+         /var/lib/escape-test/escape && chmod 755 \
+         /var/lib/escape-test/escape",
+    )
+    .stdin(std::fs::File::open(&bin)?)
+    .output()
+    .context("copying the escape program into the VM")?;
     assert!(
         o.status.success(),
         "copying the escape program into the VM: {}",
@@ -360,7 +369,8 @@ fn check() -> Result<()> {
     // QEMU's user network shows the host's 127.0.0.1 as 10.0.2.2: a plain-HTTP registry there
     // must be declared insecure (daemon.json on the data partition, read at engine start).
     let o = g.ssh(&format!(
-        "printf '%s' '{{\"insecure-registries\": [\"{reg}\"]}}' > /var/lib/axion-engine/daemon.json && kill $(pidof engine)"
+        "printf '%s' '{{\"insecure-registries\": [\"{reg}\"]}}' > \
+         /var/lib/axion-engine/daemon.json && kill $(pidof engine)"
     ))?;
     assert!(
         o.status.success(),
@@ -404,7 +414,8 @@ fn check() -> Result<()> {
     );
 
     // Two containers over the bridge, by IP.
-    let web = "mkdir -p /www && echo hello-from-$(hostname) > /www/index.html && exec httpd -f -p 80 -h /www";
+    let web = "mkdir -p /www && echo hello-from-$(hostname) > /www/index.html && exec httpd -f -p \
+               80 -h /www";
     g.docker_ok(&[
         "run",
         "-d",
@@ -417,7 +428,8 @@ fn check() -> Result<()> {
         "-c",
         web,
     ])?;
-    let fmt = "{{.NetworkSettings.IPAddress}} {{.NetworkSettings.Gateway}} {{.NetworkSettings.MacAddress}} {{.NetworkSettings.IPPrefixLen}}";
+    let fmt = "{{.NetworkSettings.IPAddress}} {{.NetworkSettings.Gateway}} \
+               {{.NetworkSettings.MacAddress}} {{.NetworkSettings.IPPrefixLen}}";
     let ins = g.docker_ok(&["inspect", "-f", fmt, "srv"])?;
     let f: Vec<&str> = ins.split_whitespace().collect();
     assert_eq!(f.len(), 4, "inspect: {ins}");

@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use axion_tests::{boot_ready, image, qemu, require};
+use axion_tests::{boot_ready, image, qemu};
 use qemu::{DiskFormat, Drive, VmConfig};
 use xtask::profile::Format;
 
@@ -224,15 +224,22 @@ fn boot_and_look(config: VmConfig, key: &Path, port: u16, extra: &str) -> Result
 
 fn user_data(host: &str, key: &str) -> String {
     format!(
-        "#cloud-config\nhostname: {host}\nusers:\n  - default\n  - name: root\n    ssh_authorized_keys:\n      - {key}\nwrite_files:\n  - path: /etc/axion-test/greeting\n    content: |\n      hello from {host}\n    permissions: '0600'\nruncmd:\n  - echo runcmd-ran-on-$(hostname) > /var/lib/runcmd-flag\n"
+        "#cloud-config\nhostname: {host}\nusers:\n  - default\n  - name: root\n    \
+         ssh_authorized_keys:\n      - {key}\nwrite_files:\n  - path: \
+         /etc/axion-test/greeting\n    content: |\n      hello from {host}\n    permissions: \
+         '0600'\nruncmd:\n  - echo runcmd-ran-on-$(hostname) > /var/lib/runcmd-flag\n"
     )
 }
 
 fn network(ip: &str) -> String {
-    format!("version: 2\nethernets:\n  eth0:\n    addresses: [{ip}/24]\n    gateway4: 10.0.2.2\n    nameservers:\n      addresses: [10.0.2.3]\n")
+    format!(
+        "version: 2\nethernets:\n  eth0:\n    addresses: [{ip}/24]\n    gateway4: \
+         10.0.2.2\n    nameservers:\n      addresses: [10.0.2.3]\n"
+    )
 }
 
-fn preflight() -> bool {
+/// What this host lacks for these tests, if anything.
+fn preflight() -> Option<String> {
     let tools = [
         "qemu-img",
         "ssh",
@@ -244,22 +251,22 @@ fn preflight() -> bool {
     ];
     let missing: Vec<&str> = tools.iter().copied().filter(|t| !have(t)).collect();
     if !axion_tests::have_qemu() {
-        eprintln!("skip: because qemu-system-x86_64 is not installed");
-        return false;
+        return Some("qemu-system-x86_64 is not installed".into());
     }
     if !missing.is_empty() {
-        eprintln!(
-            "skip: because these host tools are missing: {}",
+        return Some(format!(
+            "these host tools are missing: {}",
             missing.join(", ")
-        );
-        return false;
+        ));
     }
-    true
+    None
 }
 
 #[test]
 fn nocloud_clones_get_their_own_identity() {
-    require!(preflight(), "host tools are missing (see above)");
+    if let Some(why) = preflight() {
+        return axion_tests::skip(why);
+    }
     nocloud_clones().unwrap();
 }
 
@@ -294,7 +301,9 @@ fn nocloud_clones() -> Result<()> {
                 Drive::disk(&seed, DiskFormat::Raw)
             });
         // runcmd runs after the ready line; give it a moment before looking.
-        let (s, extra) = boot_and_look(config.clone(), &key, port, "sleep 1; cat /etc/axion-test/greeting; stat -c %a /etc/axion-test/greeting; cat /var/lib/runcmd-flag")?;
+        let look = "sleep 1; cat /etc/axion-test/greeting; stat -c %a /etc/axion-test/greeting; \
+                    cat /var/lib/runcmd-flag";
+        let (s, extra) = boot_and_look(config.clone(), &key, port, look)?;
         assert_eq!(
             s.hostname, name,
             "user-data hostname wins over meta-data local-hostname"
@@ -329,7 +338,13 @@ fn nocloud_clones() -> Result<()> {
 
         if name == "clone-a" {
             // A reboot of the same instance keeps its identity and does not run runcmd again.
-            let (again, extra) = boot_and_look(config, &key, port, "rm /var/lib/runcmd-flag; ls /var/lib/runcmd-flag 2>&1; sleep 2; ls /var/lib/runcmd-flag 2>&1 || true")?;
+            let (again, extra) = boot_and_look(
+                config,
+                &key,
+                port,
+                "rm /var/lib/runcmd-flag; ls \
+                 /var/lib/runcmd-flag 2>&1; sleep 2; ls /var/lib/runcmd-flag 2>&1 || true",
+            )?;
             assert_eq!(
                 (again.machine_id.as_str(), again.host_key.as_str()),
                 (s.machine_id.as_str(), s.host_key.as_str()),
@@ -363,7 +378,13 @@ fn nocloud_clones() -> Result<()> {
 
 fn ovf_env(props: &[(&str, &str)]) -> String {
     let mut s = String::from(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Environment xmlns=\"http://schemas.dmtf.org/ovf/environment/1\" xmlns:oe=\"http://schemas.dmtf.org/ovf/environment/1\" xmlns:ve=\"http://www.vmware.com/schema/ovfenv\" oe:id=\"\" ve:vCenterId=\"vm-1001\">\n  <PlatformSection>\n    <Kind>VMware ESXi</Kind>\n    <Version>7.0.3</Version>\n    <Vendor>VMware, Inc.</Vendor>\n    <Locale>en</Locale>\n  </PlatformSection>\n  <PropertySection>\n",
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Environment \
+         xmlns=\"http://schemas.dmtf.org/ovf/environment/1\" \
+         xmlns:oe=\"http://schemas.dmtf.org/ovf/environment/1\" \
+         xmlns:ve=\"http://www.vmware.com/schema/ovfenv\" oe:id=\"\" ve:vCenterId=\"vm-1001\">\n  \
+         <PlatformSection>\n    <Kind>VMware ESXi</Kind>\n    <Version>7.0.3</Version>\n    \
+         <Vendor>VMware, Inc.</Vendor>\n    <Locale>en</Locale>\n  </PlatformSection>\n  \
+         <PropertySection>\n",
     );
     for (k, v) in props {
         s.push_str(&format!(
@@ -376,7 +397,9 @@ fn ovf_env(props: &[(&str, &str)]) -> String {
 
 #[test]
 fn ovf_environment_iso_configures_a_clone() {
-    require!(preflight(), "host tools are missing (see above)");
+    if let Some(why) = preflight() {
+        return axion_tests::skip(why);
+    }
     ovf_clone().unwrap();
 }
 
@@ -428,7 +451,9 @@ fn ovf_clone() -> Result<()> {
 
 #[test]
 fn fw_cfg_wins_over_nocloud_and_loses_to_the_kernel_command_line() {
-    require!(preflight(), "host tools are missing (see above)");
+    if let Some(why) = preflight() {
+        return axion_tests::skip(why);
+    }
     fw_cfg().unwrap();
 }
 
@@ -447,7 +472,16 @@ fn fw_cfg() -> Result<()> {
         ],
     )?;
     let ud = dir.path().join("user-data");
-    std::fs::write(&ud, format!("#cloud-config\nhostname: from-fwcfg\nssh_authorized_keys: [\"{public}\"]\nwrite_files:\n  - path: /etc/axion-test/greeting\n    content: hello from fw_cfg\n  - path: /var/lib/axion-engine/tls/client-ca.pem\n    content: not really a CA\n"))?;
+    std::fs::write(
+        &ud,
+        format!(
+            "#cloud-config\nhostname: from-fwcfg\nssh_authorized_keys: \
+             [\"{public}\"]\nwrite_files:\n  - path: \
+             /etc/axion-test/greeting\n    content: hello from fw_cfg\n  - \
+             path: /var/lib/axion-engine/tls/client-ca.pem\n    content: not \
+             really a CA\n"
+        ),
+    )?;
     let md = dir.path().join("meta-data");
     std::fs::write(&md, "instance-id: fw-1\n")?;
     let cmd = dir.path().join("cmdline");
@@ -465,7 +499,13 @@ fn fw_cfg() -> Result<()> {
         .fw_cfg_file("opt/axion/cmdline", &cmd)
         .device(net_to(port, None));
     let (mut vm, _ready) = boot_ready(config)?;
-    let out = ssh_retry(&vm, &key, port, "hostname; cat /etc/axion-test/greeting; echo; cat /var/lib/axion-engine/tls/client-ca.pem; echo")?;
+    let out = ssh_retry(
+        &vm,
+        &key,
+        port,
+        "hostname; cat /etc/axion-test/greeting; echo; cat \
+         /var/lib/axion-engine/tls/client-ca.pem; echo",
+    )?;
     assert_eq!(
         out.lines().collect::<Vec<_>>(),
         ["from-fwcfg", "hello from fw_cfg", "not really a CA"],
@@ -499,7 +539,9 @@ fn fw_cfg() -> Result<()> {
 
 #[test]
 fn malformed_user_data_still_boots_and_says_why() {
-    require!(preflight(), "host tools are missing (see above)");
+    if let Some(why) = preflight() {
+        return axion_tests::skip(why);
+    }
     malformed().unwrap();
 }
 

@@ -54,9 +54,9 @@ fn inputs() -> Inputs {
         std::fs::copy("/bin/busybox", s.join("bin/busybox"))
             .expect("the stand-in init needs Debian's busybox-static at /bin/busybox");
         let script = "#!/bin/busybox sh\n\
-            /bin/busybox mount -t proc proc /proc\n\
+                      /bin/busybox mount -t proc proc /proc\n\
             /bin/busybox echo \"axion: ready in $(/bin/busybox cut -d' ' -f1 /proc/uptime) s\"\n\
-            /bin/busybox poweroff -f\n";
+                      /bin/busybox poweroff -f\n";
         std::fs::write(s.join("sbin/init"), script).unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(s.join("sbin/init"), std::fs::Permissions::from_mode(0o755))
@@ -231,7 +231,8 @@ fn state_on_var_lib_survives_a_reboot() {
     std::fs::write(
         svc.join("e2e-state.toml"),
         "command = \"/bin/busybox\"\n\
-         args = [\"sh\", \"-c\", \"echo state: $(cat /var/lib/e2e-state 2>/dev/null || echo none); echo booted >> /var/lib/e2e-state; sync\"]\n\
+         args = [\"sh\", \"-c\", \"echo state: $(cat /var/lib/e2e-state 2>/dev/null || echo none); \
+         echo booted >> /var/lib/e2e-state; sync\"]\n\
          restart = \"never\"\n",
     )
     .unwrap();

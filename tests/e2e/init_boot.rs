@@ -14,7 +14,7 @@
 //! `$AXION_CACHE/packages/linux-*/tree/boot/vmlinuz`, or set `AXION_TEST_KERNEL`), a static
 //! busybox (`$AXION_CACHE/packages/busybox-*/tree/bin/busybox`, else the host's
 //! `/bin/busybox` from busybox-static), qemu-system-x86_64, mkfs.ext4 and e2fsck. Missing
-//! pieces make the tests print "skip: because ..." and return.
+//! pieces make the tests skip, loudly and counted (`axion_tests::skip`).
 //!
 //! For experiments with a distribution kernel whose drivers are modules, set
 //! `AXION_TEST_MODULES` to a colon-separated list of `.ko` files: they are put in the
@@ -124,7 +124,7 @@ struct Inputs {
     init: PathBuf,
 }
 
-fn inputs(test: &str) -> Option<Inputs> {
+fn inputs() -> Option<Inputs> {
     let check = || -> Result<(PathBuf, PathBuf), String> {
         let k = kernel()?;
         let b = busybox()?;
@@ -142,7 +142,7 @@ fn inputs(test: &str) -> Option<Inputs> {
             init: build_init(),
         }),
         Err(why) => {
-            eprintln!("\n*** skip: {test}: because {why} ***\n");
+            axion_tests::skip(why);
             None
         }
     }
@@ -194,11 +194,11 @@ impl Cpio {
         }
         self.out.extend_from_slice(name.as_bytes());
         self.out.push(0);
-        while self.out.len() % 4 != 0 {
+        while !self.out.len().is_multiple_of(4) {
             self.out.push(0);
         }
         self.out.extend_from_slice(data);
-        while self.out.len() % 4 != 0 {
+        while !self.out.len().is_multiple_of(4) {
             self.out.push(0);
         }
     }
@@ -612,38 +612,51 @@ fn test_services(token: &str) -> Vec<(String, String)> {
         // it is gone from /proc (a zombie stays there in state Z until init reaps it).
         service(
             "orphan",
-            "sh -c 'sleep 1 & echo orphan-pid $!' > /tmp/orphan; cat /tmp/orphan; read x pid < /tmp/orphan; \
-             sleep 3; if test -e /proc/$pid; then echo zombie-check: pid $pid still there: $(cut -d' ' -f3 /proc/$pid/stat); \
-             else echo zombie-check: pid $pid reaped; fi; echo zombies-total: $(cat /proc/[0-9]*/stat 2>/dev/null | grep -c ') Z ')",
+            "sh -c 'sleep 1 & echo orphan-pid $!' > /tmp/orphan; cat /tmp/orphan; read x pid < \
+             /tmp/orphan; \
+             sleep 3; if test -e /proc/$pid; then echo zombie-check: pid $pid still there: $(cut \
+             -d' ' -f3 /proc/$pid/stat); \
+             else echo zombie-check: pid $pid reaped; fi; echo zombies-total: $(cat \
+             /proc/[0-9]*/stat 2>/dev/null | grep -c ') Z ')",
             "restart = \"never\"",
         ),
         // Reports the address and DNS once the network is up.
         service(
             "netcheck",
-            "ip -4 addr show | grep inet; cat /etc/resolv.conf; hostname 2>/dev/null || cat /proc/sys/kernel/hostname",
+            "ip -4 addr show | grep inet; cat /etc/resolv.conf; hostname 2>/dev/null || cat \
+             /proc/sys/kernel/hostname",
             "after = [\"network\"]\nrestart = \"never\"",
         ),
         // The rest of the system as services see it: mounts, cgroups, IPv6, environment,
         // the RNG seed.
         service(
             "syscheck",
-            "for m in /proc /sys /dev /dev/pts /dev/shm /run /tmp /sys/fs/cgroup /var/lib /var/log; do \
+            "for m in /proc /sys /dev /dev/pts /dev/shm /run /tmp /sys/fs/cgroup /var/lib \
+             /var/log; do \
              grep -q \" $m \" /proc/mounts || echo missing-mount $m; done; \
-             echo controllers: $(cat /sys/fs/cgroup/cgroup.subtree_control); echo cgroup: $(cat /proc/self/cgroup); \
+             echo controllers: $(cat /sys/fs/cgroup/cgroup.subtree_control); echo cgroup: $(cat \
+             /proc/self/cgroup); \
              echo greeting: $GREETING; echo seed-bytes: $(wc -c < /var/lib/axion/random-seed); \
-             for i in $(seq 50); do ip -6 addr show dev eth0 | grep -q 'inet6 fe80::' && break; sleep 0.1; done; \
+             for i in $(seq 50); do ip -6 addr show dev eth0 | grep -q 'inet6 fe80::' && break; \
+             sleep 0.1; done; \
              ip -6 addr show dev eth0 | grep inet6; \
-             echo root-mount: $(grep ' / / ' /proc/self/mountinfo); echo rootfs-entries: $(grep -c rootfs /proc/self/mountinfo); \
-             echo init-exe: $(readlink /proc/1/exe); echo shmem: $(grep Shmem: /proc/meminfo); echo syscheck-done",
-            "after = [\"network\"]\nrestart = \"never\"\nenvironment = { GREETING = \"hello from TOML\" }",
+             echo root-mount: $(grep ' / / ' /proc/self/mountinfo); echo rootfs-entries: $(grep -c \
+             rootfs /proc/self/mountinfo); \
+             echo init-exe: $(readlink /proc/1/exe); echo shmem: $(grep Shmem: /proc/meminfo); \
+             echo syscheck-done",
+            "after = [\"network\"]\nrestart = \"never\"\nenvironment = \
+             { GREETING = \"hello from TOML\" }",
         ),
         // Writes a marker on the data partition on the first boot, reports it on later ones.
         service(
             "persist",
             &format!(
-                "if test -f /var/lib/test/marker; then echo persist-found: $(cat /var/lib/test/marker); \
-                 else mkdir -p /var/lib/test && echo {token} > /var/lib/test/marker && echo persist-wrote; fi; \
-                 mount | grep /var/lib; echo crasher-log-lines: $(grep -c crasher-run /var/log/crasher.log)"
+                "if test -f /var/lib/test/marker; then echo persist-found: $(cat \
+                 /var/lib/test/marker); \
+                 else mkdir -p /var/lib/test && echo {token} > /var/lib/test/marker && echo \
+                 persist-wrote; fi; \
+                 mount | grep /var/lib; echo crasher-log-lines: $(grep -c crasher-run \
+                 /var/log/crasher.log)"
             ),
             "restart = \"never\"",
         ),
@@ -659,7 +672,7 @@ fn test_services(token: &str) -> Vec<(String, String)> {
 #[test]
 fn init_boots_supervises_reaps_and_powers_off_cleanly() {
     let _guard = QEMU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(inp) = inputs("init_boots_supervises_reaps_and_powers_off_cleanly") else {
+    let Some(inp) = inputs() else {
         return;
     };
     let dir = workdir("main");
@@ -852,20 +865,21 @@ fn init_boots_supervises_reaps_and_powers_off_cleanly() {
 }
 
 /// The pid of a `sh` whose stdin is the serial console (the debug shell), as shell code.
-const FIND_SHELL: &str = "for f in /proc/[0-9]*; do if test \"$(readlink $f/fd/0)\" = /dev/ttyS0 && test \"$(cat $f/comm)\" = sh; then echo ${f#/proc/}; fi; done";
+const FIND_SHELL: &str = "for f in /proc/[0-9]*; do if test \"$(readlink $f/fd/0)\" = /dev/ttyS0 \
+                          && test \"$(cat $f/comm)\" = sh; then echo ${f#/proc/}; fi; done";
 
 #[test]
 fn static_ip_debug_shell_reboot_command_and_missing_data_partition() {
     let _guard = QEMU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(inp) = inputs("static_ip_debug_shell_reboot_command_and_missing_data_partition")
-    else {
+    let Some(inp) = inputs() else {
         return;
     };
     let dir = workdir("static");
     let services = vec![
         service(
             "netcheck",
-            "ip -4 addr show | grep inet; ip route | grep default; cat /etc/resolv.conf; cat /proc/sys/kernel/hostname; cat /run/axion/authorized_keys",
+            "ip -4 addr show | grep inet; ip route | grep default; cat /etc/resolv.conf; cat \
+             /proc/sys/kernel/hostname; cat /run/axion/authorized_keys",
             "after = [\"network\"]\nrestart = \"never\"",
         ),
         // Finds the debug shell on ttyS0, kills it, finds its replacement, then reboots with
@@ -873,8 +887,10 @@ fn static_ip_debug_shell_reboot_command_and_missing_data_partition() {
         service(
             "shellcheck",
             &format!(
-                "for i in $(seq 100); do p1=$({FIND_SHELL}); test -n \"$p1\" && break; sleep 0.1; done; echo shell-1: $p1; kill -9 $p1; \
-                 for i in $(seq 100); do p2=$({FIND_SHELL}); test -n \"$p2\" && test \"$p2\" != \"$p1\" && break; sleep 0.1; done; \
+                "for i in $(seq 100); do p1=$({FIND_SHELL}); test -n \"$p1\" && break; sleep 0.1; \
+                 done; echo shell-1: $p1; kill -9 $p1; \
+                 for i in $(seq 100); do p2=$({FIND_SHELL}); test -n \"$p2\" && test \"$p2\" != \
+                 \"$p1\" && break; sleep 0.1; done; \
                  echo shell-2: $p2; echo calling-reboot; reboot"
             ),
             "after = [\"netcheck\"]\nrestart = \"never\"",
@@ -887,7 +903,9 @@ fn static_ip_debug_shell_reboot_command_and_missing_data_partition() {
         "1",
         &initrd,
         None,
-        "axion.ip=10.0.2.20/24,10.0.2.2,10.0.2.3 axion.hostname=static-host axion.ssh_key=\"ssh-ed25519 AAAAtest me@host\" axion.frobnicate=1 axion.debug_shell axion.debug",
+        "axion.ip=10.0.2.20/24,10.0.2.2,10.0.2.3 axion.hostname=static-host \
+         axion.ssh_key=\"ssh-ed25519 AAAAtest me@host\" axion.frobnicate=1 axion.debug_shell \
+         axion.debug",
     );
     b.ready();
     let t = b.wait_line("netcheck: ssh-ed25519 AAAAtest me@host");
@@ -948,13 +966,14 @@ fn static_ip_debug_shell_reboot_command_and_missing_data_partition() {
 #[test]
 fn vsphere_hardware_vmxnet3_and_pvscsi() {
     let _guard = QEMU_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(inp) = inputs("vsphere_hardware_vmxnet3_and_pvscsi") else {
+    let Some(inp) = inputs() else {
         return;
     };
     let dir = workdir("vsphere");
     let services = vec![service(
         "netcheck",
-        "ip -4 addr show | grep inet; echo driver: $(basename $(readlink /sys/class/net/eth0/device/driver)); mount | grep /var/lib",
+        "ip -4 addr show | grep inet; echo driver: $(basename $(readlink \
+         /sys/class/net/eth0/device/driver)); mount | grep /var/lib",
         "after = [\"network\"]\nrestart = \"never\"",
     )];
     let initrd = initramfs(&inp, &dir, &services);

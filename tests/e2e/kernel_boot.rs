@@ -18,9 +18,12 @@ use xtask::recipe::RecipeSet;
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t sysfs sysfs /sys
-fs=$(/bin/busybox grep -E -o 'overlay|cgroup2|ext4|vfat|iso9660|squashfs|erofs|9p|virtiofs|fuse$' /proc/filesystems | /bin/busybox tr '\n' ,)
+fs=$(/bin/busybox grep -E -o \
+    'overlay|cgroup2|ext4|vfat|iso9660|squashfs|erofs|9p|virtiofs|fuse$' /proc/filesystems \
+    | /bin/busybox tr '\n' ,)
 cpus=$(/bin/busybox grep -c ^processor /proc/cpuinfo)
-/bin/busybox echo "AXION-KERNEL-OK release=$(/bin/busybox uname -r) arch=$(/bin/busybox uname -m) cpus=$cpus fs=$fs"
+/bin/busybox echo "AXION-KERNEL-OK release=$(/bin/busybox uname -r)" \
+    "arch=$(/bin/busybox uname -m) cpus=$cpus fs=$fs"
 /bin/busybox poweroff -f
 "#;
 
@@ -61,7 +64,7 @@ impl Cpio {
     }
 
     fn pad(&mut self) {
-        while self.out.len() % 4 != 0 {
+        while !self.out.len().is_multiple_of(4) {
             self.out.push(0);
         }
     }

@@ -42,7 +42,7 @@ fn check_limits(
         let line = own
             .lines()
             .find(|l| {
-                l.splitn(3, ':')
+                l.split(':')
                     .nth(1)
                     .is_some_and(|c| c.split(',').any(|c| c == controller))
             })

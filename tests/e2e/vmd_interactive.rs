@@ -158,7 +158,12 @@ fn api(socket: &Path, method: &str, path: &str, body: &str) -> Result<(u16, Stri
     let mut s = std::os::unix::net::UnixStream::connect(socket)
         .with_context(|| format!("connecting to {}", socket.display()))?;
     s.set_read_timeout(Some(Duration::from_secs(120)))?;
-    write!(s, "{method} /v1.47{path} HTTP/1.1\r\nHost: vmd\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
+    write!(
+        s,
+        "{method} /v1.47{path} HTTP/1.1\r\nHost: vmd\r\nConnection: close\r\nContent-Type: \
+         application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let raw = String::from_utf8_lossy(&raw).into_owned();

@@ -25,7 +25,12 @@ pub fn ready_timeout() -> Duration {
     Duration::from_secs(secs)
 }
 
-/// Skips the calling test (returns from it) with a loud "skip: because ..." line.
+/// Records that the calling test is skipped (or skips a part of itself) because of `reason`:
+/// `cargo xtask test` reports it as skipped, counts it, and fails on it under `CI=true`
+/// unless the test is host-optional (crate `test-skip` says how).
+pub use test_skip::skip;
+
+/// Skips the calling test (records it with [`skip`] and returns from it) unless `cond` holds.
 ///
 /// ```ignore
 /// axion_tests::require!(axion_tests::have_qemu(), "qemu-system-x86_64 is not installed");
@@ -34,7 +39,7 @@ pub fn ready_timeout() -> Duration {
 macro_rules! require {
     ($cond:expr, $($why:tt)+) => {
         if !$cond {
-            eprintln!("skip: because {}", format!($($why)+));
+            $crate::skip(format_args!($($why)+));
             return;
         }
     };
@@ -89,8 +94,13 @@ pub fn image(profile: &str, format: xtask::profile::Format) -> Result<xtask::run
         &["image", "--profile", profile, "--format", format.name()],
         Duration::from_secs(3600),
     )?;
-    xtask::run::find_bootable(&out, profile, format)
-        .with_context(|| format!("`cargo xtask image --profile {profile} --format {format}` succeeded but left no {format} image in {}", out.display()))
+    xtask::run::find_bootable(&out, profile, format).with_context(|| {
+        format!(
+            "`cargo xtask image --profile {profile} --format {format}` \
+             succeeded but left no {format} image in {}",
+            out.display()
+        )
+    })
 }
 
 /// The accelerator for test VMs (TCG unless the KVM probe boots the staged kernel), and why.
@@ -229,9 +239,12 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Output> {
     };
     let mut outs = [Vec::new(), Vec::new()];
     for _ in 0..2 {
-        let (i, buf) = rx
-            .recv_timeout(Duration::from_secs(10))
-            .map_err(|_| anyhow::anyhow!("exited ({status}) but its stdout/stderr stayed open: a process it started still holds them"))?;
+        let (i, buf) = rx.recv_timeout(Duration::from_secs(10)).map_err(|_| {
+            anyhow::anyhow!(
+                "exited ({status}) but its stdout/stderr stayed open: a \
+                 process it started still holds them"
+            )
+        })?;
         outs[i] = buf;
     }
     let [stdout, stderr] = outs;

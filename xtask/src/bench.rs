@@ -235,7 +235,11 @@ pub fn bench(layout: &Layout, opts: &Options) -> Result<()> {
         match peer::cached(layout)? {
             Some(p) => Some(p),
             None => {
-                notes.push("the Debian peer is not built yet and --quick does not build it: run `cargo xtask bench` (or `--prepare`) once".into());
+                notes.push(
+                    "the Debian peer is not built yet and --quick does not build it: run \
+                     `cargo xtask bench` (or `--prepare`) once"
+                        .into(),
+                );
                 None
             }
         }
@@ -448,11 +452,16 @@ pub fn bench(layout: &Layout, opts: &Options) -> Result<()> {
         vm_per_container.clone_run.median(),
         vm_per_container.cold_run.median(),
     ) {
-        notes.push(format!("VM per container: a clone runs a container {:.1}× faster than a cold boot (goal: at least 5×)", cold / clone));
+        notes.push(format!(
+            "VM per container: a clone runs a container {:.1}× faster than a cold \
+             boot (goal: at least 5×)",
+            cold / clone
+        ));
     }
 
     notes.push(format!(
-        "boot figures are wall time from starting QEMU; \"= N× floor\" divides by the kernel floor ({}); the peer boots its own Debian kernel and initrd by direct kernel boot",
+        "boot figures are wall time from starting QEMU; \"= N× floor\" divides by the kernel floor \
+         ({}); the peer boots its own Debian kernel and initrd by direct kernel boot",
         floor_median.map(|f| Unit::Seconds.format(f)).unwrap_or_else(|| "n/a".into())
     ));
     notes.push(format!(
@@ -461,7 +470,13 @@ pub fn bench(layout: &Layout, opts: &Options) -> Result<()> {
         accel_reason
     ));
     if let Some(p) = &peer {
-        notes.push(format!("peer: Debian {} minbase + {} (debootstrap; one ext4 root made by mke2fs -d, as qcow2; cached in {})", peer::SUITE, peer::PACKAGES.join(", "), p.dir.display()));
+        notes.push(format!(
+            "peer: Debian {} minbase + {} (debootstrap; one ext4 root made by \
+             mke2fs -d, as qcow2; cached in {})",
+            peer::SUITE,
+            peer::PACKAGES.join(", "),
+            p.dir.display()
+        ));
     }
     if !staged.is_empty() {
         notes.push(format!(
@@ -870,11 +885,17 @@ pub fn busybox_image_tar(busybox: &[u8]) -> Result<Vec<u8>> {
         "created": "1970-01-01T00:00:00Z",
         "config": { "Cmd": ["sh"], "Env": ["PATH=/bin"] },
         "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{layer_id}")] },
-        "history": [{ "created": "1970-01-01T00:00:00Z", "created_by": "axion bench: the host's static busybox" }]
+        "history": [{ "created": "1970-01-01T00:00:00Z", "created_by": "axion bench: the host's \
+                                                                        static busybox" }]
     })
     .to_string();
     let config_id = hex::encode(Sha256::digest(config.as_bytes()));
-    let manifest = serde_json::json!([{ "Config": format!("{config_id}.json"), "RepoTags": ["busybox:latest"], "Layers": [format!("{layer_id}/layer.tar")] }]).to_string();
+    let manifest = serde_json::json!([{
+        "Config": format!("{config_id}.json"),
+        "RepoTags": ["busybox:latest"],
+        "Layers": [format!("{layer_id}/layer.tar")]
+    }])
+    .to_string();
     let mut t = tar::Builder::new(Vec::new());
     let mut add = |name: &str, data: &[u8]| -> std::io::Result<()> {
         let mut h = tar::Header::new_ustar();
@@ -1052,7 +1073,11 @@ impl Bench<'_> {
             // Vm::elapsed counts from spawning QEMU; wait_exit polls every 20 ms.
             let secs = vm.elapsed().as_secs_f64();
             // A panic would also end QEMU (panic=-1, -no-reboot): only a power-off counts.
-            vm.wait_for_line("reboot: Power down", Duration::ZERO).context("the kernel floor's QEMU exited without the kernel's power-off line (see the serial log)")?;
+            vm.wait_for_line("reboot: Power down", Duration::ZERO)
+                .context(
+                    "the kernel floor's \
+                     QEMU exited without the kernel's power-off line (see the serial log)",
+                )?;
             eprintln!("bench: floor run {}: {secs:.2} s", i + 1);
             samples.push(secs);
         }
@@ -1277,7 +1302,16 @@ impl Bench<'_> {
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            eprintln!("bench: peer run {}: multi-user {:.1} s, API {:?}, docker info {:?}, mem {:?} KiB, daemons {:?} KiB", i + 1, line.elapsed.as_secs_f64(), got_api, got_info, got_mem, got_rss);
+            eprintln!(
+                "bench: peer run {}: multi-user {:.1} s, API {:?}, docker info {:?}, mem \
+                 {:?} KiB, daemons {:?} KiB",
+                i + 1,
+                line.elapsed.as_secs_f64(),
+                got_api,
+                got_info,
+                got_mem,
+                got_rss
+            );
             match got_api {
                 Some(t) => api.push(t),
                 None => {
@@ -1458,7 +1492,8 @@ mod tests {
 
     #[test]
     fn meminfo_used() {
-        let text = "MemTotal:        1012345 kB\nMemFree:          900000 kB\nMemAvailable:     950000 kB\n";
+        let text = "MemTotal:        1012345 kB\nMemFree:          900000 kB\nMemAvailable:     \
+                    950000 kB\n";
         assert_eq!(used_kib(text), Some(62345));
         assert_eq!(used_kib("MemTotal: 5 kB\n"), None);
     }

@@ -585,7 +585,9 @@ mod tests {
         if bb.exists() {
             assert!(is_static_elf(bb).unwrap());
         } else {
-            eprintln!("skip: because /bin/busybox (busybox-static) is not installed, only the dynamic case ran");
+            test_skip::skip(
+                "/bin/busybox (busybox-static) is not installed, only the dynamic case ran",
+            );
         }
         assert!(
             is_static_elf(Path::new("/etc/hostname")).is_err()
@@ -614,7 +616,8 @@ mod tests {
         clean_stale(&layout, "busybox").unwrap();
         assert!(!p.join(".tmp-busybox-999999123").exists());
         assert!(!w.join("busybox-999999077").exists());
-        // Another package whose name starts the same ("busybox-x"), entries and other packages stay.
+        // Another package whose name starts the same ("busybox-x"), entries and other packages
+        // stay.
         assert!(p.join(".tmp-busybox-x-9").exists());
         assert!(w.join("busybox-x-1").exists());
         assert!(p.join("busybox-abc").exists());

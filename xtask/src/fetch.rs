@@ -9,7 +9,8 @@
 //! sha256 = "faeeb244…"              # the pin: nothing else decides whether bytes are right
 //! path = "files/x.tar"              # a file next to the recipe
 //! urls = ["https://…", "https://…"] # mirrors
-//! debian-source = { package = "busybox", version = "1:1.35.0-4+deb12u1", file = "busybox_1.35.0.orig.tar.bz2" }
+//! debian-source = { package = "busybox", version = "1:1.35.0-4+deb12u1",
+//!                   file = "busybox_1.35.0.orig.tar.bz2" }
 //! debian-binary = { package = "linux-source-6.1", version = "6.1.170-3" }
 //! ```
 //!
@@ -109,7 +110,10 @@ pub enum FetchError {
         version: String,
         available: Vec<String>,
     },
-    #[error("Debian source package {package}={version} has no file '{file}' (it has: {})", found.join(", "))]
+    #[error(
+        "Debian source package {package}={version} has no file '{file}' (it has: {})",
+        found.join(", ")
+    )]
     NotInSourcePackage {
         package: String,
         version: String,
@@ -134,14 +138,21 @@ pub enum FetchError {
         attempts: Vec<String>,
     },
     #[error(
-        "offline: {} source(s) missing from the cache {}:\n  {}\nrun `cargo xtask fetch` with network access to get them",
-        missing.len(), cache.display(), missing.iter().map(|m| m.to_string()).collect::<Vec<_>>().join("\n  ")
+        "offline: {} source(s) missing from the cache {}:\n  {}\nrun `cargo xtask fetch` with \
+         network access to get them",
+        missing.len(),
+        cache.display(),
+        missing.iter().map(|m| m.to_string()).collect::<Vec<_>>().join("\n  ")
     )]
     Missing {
         cache: PathBuf,
         missing: Vec<MissingSource>,
     },
-    #[error("{} of {total} source(s) could not be fetched:\n{}", failures.len(), failures.join("\n"))]
+    #[error(
+        "{} of {total} source(s) could not be fetched:\n{}",
+        failures.len(),
+        failures.join("\n")
+    )]
     Failed { total: usize, failures: Vec<String> },
 }
 
@@ -248,7 +259,8 @@ fn check(cache: &Cache, recipe: &Recipe, source: &Source) -> Result<Lookup, Fetc
     let l = cache.lookup(&source.sha256)?;
     if let Lookup::Corrupt { actual } = &l {
         progress::note(&format!(
-            "{}: cache entry for {} no longer matches its sha256 {} (got {actual}); removed, fetching again",
+            "{}: cache entry for {} no longer matches its sha256 {} (got {actual}); removed, \
+             fetching again",
             recipe.name(),
             source.file,
             source.sha256
@@ -310,7 +322,8 @@ fn fetch_from(
                 (Ok(p), None) => Ok(p),
                 (Ok(p), Some(other)) => {
                     progress::note(&format!(
-                        "warning: {label}: {}={} is gone from the archive; took {} from {other} (same sha256). \
+                        "warning: {label}: {}={} is gone from the archive; took {} from {other} \
+                         (same sha256). \
                          Update the recipe's debian-source version to {other}",
                         s.package, s.version, s.file
                     ));

@@ -108,7 +108,8 @@ enum Cmd {
         #[arg(long, default_value = "qemu")]
         profile: String,
     },
-    /// Run the test suite: unit tests, then end-to-end tests that boot images in QEMU.
+    /// The gate: cargo fmt --check, clippy -D warnings, unit tests, then end-to-end tests that
+    /// boot images in QEMU; ends with `N passed, N failed, N skipped`.
     Test {
         /// Only the unit tests (no kernel build, no QEMU).
         #[arg(long)]
@@ -275,7 +276,9 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Stop { profile } => run::stop(&layout, &profile),
-        Cmd::Test { unit, args } => test(&layout, unit, &args),
+        Cmd::Test { unit, args } => {
+            xtask::gate::test(&layout, &xtask::gate::Options { unit, args })
+        }
         Cmd::Bench {
             quick,
             json,
@@ -397,49 +400,6 @@ fn list(layout: &Layout) -> Result<()> {
             p.spec.profile.description,
             formats.join(", ")
         );
-    }
-    Ok(())
-}
-
-/// `cargo xtask test`: the one gate. Unit tests first (fast, no external resources), then the
-/// end-to-end tests in tests/ that build images and boot them in QEMU. `--no-fail-fast`: one
-/// failing test binary must not hide how the others fare.
-fn test(layout: &Layout, unit_only: bool, args: &[String]) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(&cargo)
-        .current_dir(&layout.root)
-        .args([
-            "test",
-            "--no-fail-fast",
-            "--workspace",
-            "--exclude",
-            "axion-tests",
-        ])
-        .args(args)
-        .status()
-        .context("cannot run cargo test")?;
-    if !status.success() {
-        bail!("unit tests failed");
-    }
-    if unit_only {
-        return Ok(());
-    }
-    doctor::ensure(&doctor::all_needs())?;
-    let status = std::process::Command::new(&cargo)
-        .current_dir(&layout.root)
-        .args([
-            "test",
-            "--no-fail-fast",
-            "--package",
-            "axion-tests",
-            "--",
-            "--test-threads=1",
-        ])
-        .args(args)
-        .status()
-        .context("cannot run cargo test")?;
-    if !status.success() {
-        bail!("end-to-end tests failed");
     }
     Ok(())
 }

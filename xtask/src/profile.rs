@@ -329,13 +329,25 @@ formats = ["raw", "qcow2"]
 
     #[test]
     fn unknown_key_is_named() {
-        let e = parse(&format!("{GOOD}\n[hardware]\ncpus = 2\nmemory-mib = 512\nfirmware = \"efi\"\nnic = \"virtio\"\ndisk-controller = \"virtio\"\nvmware-hardware-version = 14\ngpu = true\n")).unwrap_err().to_string();
+        let e = parse(&format!(
+            "{GOOD}\n[hardware]\ncpus = 2\nmemory-mib = 512\nfirmware = \
+             \"efi\"\nnic = \"virtio\"\ndisk-controller = \
+             \"virtio\"\nvmware-hardware-version = 14\ngpu = true\n"
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("gpu"), "{e}");
     }
 
     #[test]
     fn bad_hardware_value_names_key() {
-        let e = parse(&format!("{GOOD}\n[hardware]\ncpus = 0\nmemory-mib = 512\nfirmware = \"efi\"\nnic = \"virtio\"\ndisk-controller = \"virtio\"\nvmware-hardware-version = 14\n")).unwrap_err().to_string();
+        let e = parse(&format!(
+            "{GOOD}\n[hardware]\ncpus = 0\nmemory-mib = 512\nfirmware = \
+             \"efi\"\nnic = \"virtio\"\ndisk-controller = \
+             \"virtio\"\nvmware-hardware-version = 14\n"
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("hardware.cpus"), "{e}");
     }
 

@@ -170,7 +170,9 @@ pub fn publish(input: &PublishInput, out: &Path) -> Result<Vec<PathBuf>> {
                 "recipe": r.path.strip_prefix(input.root).unwrap_or(&r.path).display().to_string(),
                 "recipe-sha256": recipe_sha256,
                 "build-key": keys.get(r.name()).map(|s| s.key.clone()),
-                "sources": r.spec.sources.iter().map(|s| json!({"file": s.file, "sha256": s.sha256})).collect::<Vec<_>>(),
+                "sources": r.spec.sources.iter()
+                    .map(|s| json!({"file": s.file, "sha256": s.sha256}))
+                    .collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -179,7 +181,9 @@ pub fn publish(input: &PublishInput, out: &Path) -> Result<Vec<PathBuf>> {
         "version": input.version,
         "source-date-epoch": input.source_date_epoch,
         "packages": packages,
-        "toolchain": input.toolchain.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "toolchain": input.toolchain.iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect::<serde_json::Map<_, _>>(),
     });
     let manifest_path = out.join("build-manifest.json");
     write_atomic(&manifest_path, &serde_json::to_vec_pretty(&manifest)?)?;

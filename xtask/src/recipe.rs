@@ -15,7 +15,8 @@
 //! file = "busybox-1.35.0.tar.bz2"  # name the source has in the cache and build dir
 //! sha256 = "faeeb244…"
 //! urls = ["https://…"]             # https mirrors, tried in order (optional)
-//! debian-source = { package = "busybox", version = "1:1.35.0-4", file = "busybox_1.35.0.orig.tar.bz2" }
+//! debian-source = { package = "busybox", version = "1:1.35.0-4",
+//!                   file = "busybox_1.35.0.orig.tar.bz2" }
 //! debian-binary = { package = "linux-source-6.1", version = "6.1.170-3" }  # a .deb
 //! path = "files/x.tar"             # a file next to the recipe (optional)
 //!
@@ -335,7 +336,14 @@ fn validate_recipe(r: &Recipe) -> Result<(), RecipeError> {
                 || name.starts_with('/')
                 || name.split('/').any(|c| c == "..")
             {
-                return Err(invalid(p, format!("build.install.{name}"), format!("'{name}' = '{to}': a path in the build tree and an absolute path in the image, without '..'")));
+                return Err(invalid(
+                    p,
+                    format!("build.install.{name}"),
+                    format!(
+                        "'{name}' = '{to}': \
+                         a path in the build tree and an absolute path in the image, without '..'"
+                    ),
+                ));
             }
         }
         for name in m.files.keys() {

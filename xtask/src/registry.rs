@@ -43,7 +43,8 @@ impl Registry {
         std::fs::write(
             &cfg,
             format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: \
+                 {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
                 dir.path().join("data").display()
             ),
         )?;
@@ -163,7 +164,10 @@ impl Registry {
         };
         let config = serde_json::json!({
             "architecture": arch, "os": "linux", "created": "2026-01-01T00:00:00Z",
-            "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]},
+            "config": {
+                "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+                "Cmd": ["sh"]
+            },
             "rootfs": {"type": "layers", "diff_ids": [diff_id]}
         });
         let config = serde_json::to_vec(&config)?;
@@ -171,7 +175,11 @@ impl Registry {
         let ld = self.push_blob(repo, &layer)?;
         let manifest = serde_json::json!({
             "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": cd,
+                "size": config.len()
+            },
             "layers": [{"mediaType": layer_mt, "digest": ld, "size": layer.len()}]
         });
         let body = serde_json::to_vec(&manifest)?;
@@ -218,7 +226,10 @@ impl Registry {
         let config = serde_json::to_vec(&config)?;
         let new = self.push_blob(to_repo, &config)?;
         if new == cd {
-            bail!("push_variant: {repo}:{tag} has Cmd [{cmd:?}] already; pick another command so the images differ");
+            bail!(
+                "push_variant: {repo}:{tag} has Cmd [{cmd:?}] already; pick another command so \
+                 the images differ"
+            );
         }
         manifest["config"]["digest"] = new.into();
         manifest["config"]["size"] = config.len().into();
@@ -256,8 +267,11 @@ impl Registry {
         let index = serde_json::json!({
             "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
             "manifests": [
-                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": arm, "size": arm_size, "platform": {"architecture": "arm64", "os": "linux"}},
-                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": amd64_manifest, "size": size, "platform": {"architecture": "amd64", "os": "linux"}}
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": arm,
+                 "size": arm_size, "platform": {"architecture": "arm64", "os": "linux"}},
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                 "digest": amd64_manifest, "size": size,
+                 "platform": {"architecture": "amd64", "os": "linux"}}
             ]
         });
         self.push_manifest(

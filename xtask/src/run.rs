@@ -202,15 +202,28 @@ pub fn choose_bootable(
         |f: Format| format!("build it with `cargo xtask image --profile {profile} --format {f}`");
     match format {
         Some(Format::Ova) => bail!(
-            "an OVA is for vSphere; to boot its disk here use --format vmdk (or convert the VMDK inside with `qemu-img convert`)"
+            "an OVA is for vSphere; to boot its disk here use --format vmdk (or convert the VMDK \
+             inside with `qemu-img convert`)"
         ),
         Some(f) => find_bootable(out, profile, f)
             .map(|b| (f, b))
-            .ok_or_else(|| anyhow!("no {f} image of profile '{profile}' in {}: {}", out.display(), build_hint(f))),
+            .ok_or_else(|| {
+                anyhow!(
+                    "no {f} image of profile '{profile}' in {}: {}",
+                    out.display(),
+                    build_hint(f)
+                )
+            }),
         None => PREFERENCE
             .iter()
             .find_map(|&f| find_bootable(out, profile, f).map(|b| (f, b)))
-            .ok_or_else(|| anyhow!("no bootable image of profile '{profile}' in {}: build one with `cargo xtask image --profile {profile}`", out.display())),
+            .ok_or_else(|| {
+                anyhow!(
+                    "no bootable image of profile '{profile}' in {}: build one with \
+                     `cargo xtask image --profile {profile}`",
+                    out.display()
+                )
+            }),
     }
 }
 
@@ -440,7 +453,10 @@ fn pick_port(wanted: Option<u16>, default: u16, what: &str) -> Result<u16> {
         None => {
             let p = qemu::port_or_free(default).context("cannot find a free port on 127.0.0.1")?;
             if p != default {
-                eprintln!("note: 127.0.0.1:{default} is busy, {what} is forwarded from 127.0.0.1:{p} instead");
+                eprintln!(
+                    "note: 127.0.0.1:{default} is busy, {what} is forwarded from \
+                     127.0.0.1:{p} instead"
+                );
             }
             Ok(p)
         }
@@ -552,7 +568,8 @@ pub fn run(layout: &Layout, opts: &RunOptions) -> Result<()> {
     let run = RunDir::new(layout, profile.name());
     if let Some(pid) = run.running_pid() {
         bail!(
-            "a VM of profile '{}' is already running (pid {pid}); stop it with `cargo xtask stop --profile {}`",
+            "a VM of profile '{}' is already running (pid {pid}); stop it with `cargo xtask stop \
+             --profile {}`",
             profile.name(),
             profile.name()
         );
@@ -614,8 +631,14 @@ fn first_boot_settings(
 ) -> Result<first_boot::FirstBoot> {
     let key = first_boot::ssh_key(opts.ssh_key.as_deref())?;
     match &key {
-        Some(k) => eprintln!("SSH: root may log in with {}", k.split_whitespace().take(3).collect::<Vec<_>>().join(" ")),
-        None => eprintln!("SSH: no public key found in ~/.ssh (id_ed25519.pub, id_ecdsa.pub, id_rsa.pub); pass --ssh-key FILE to log in"),
+        Some(k) => eprintln!(
+            "SSH: root may log in with {}",
+            k.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        ),
+        None => eprintln!(
+            "SSH: no public key found in ~/.ssh (id_ed25519.pub, id_ecdsa.pub, \
+             id_rsa.pub); pass --ssh-key FILE to log in"
+        ),
     }
     let docker = if has_engine {
         Some(docker_certs::ensure(&run.docker_certs())?)
@@ -636,7 +659,10 @@ fn foreground(run: &RunDir, config: qemu::VmConfig) -> Result<()> {
         })
         .resolve(&run.dir);
     config.prepare()?;
-    eprintln!("serial console below; quit QEMU with Ctrl-A X (Ctrl-A C: QEMU monitor), or power off with `cargo xtask stop` from another terminal");
+    eprintln!(
+        "serial console below; quit QEMU with Ctrl-A X (Ctrl-A C: QEMU monitor), or power \
+         off with `cargo xtask stop` from another terminal"
+    );
     let mut child = config
         .command()?
         .spawn()
@@ -685,7 +711,8 @@ fn detach(
     let pid = vm.pid();
     vm.detach();
     eprintln!(
-        "ready: {:?} after {:.1} s on the host; running in the background (pid {pid}); stop it with `cargo xtask stop --profile {}`",
+        "ready: {:?} after {:.1} s on the host; running in the background (pid {pid}); stop it \
+         with `cargo xtask stop --profile {}`",
         ready.line,
         ready.host.as_secs_f64(),
         profile.name()
@@ -714,7 +741,11 @@ pub fn stop(layout: &Layout, profile: &str) -> Result<()> {
         .with_context(|| format!("cannot talk to QEMU (pid {pid})"))?;
     qmp.system_powerdown()
         .context("pressing the power button")?;
-    eprintln!("pressed the power button of '{profile}' (pid {pid}); waiting up to {} s for it to power off", STOP_TIMEOUT.as_secs());
+    eprintln!(
+        "pressed the power button of '{profile}' (pid {pid}); waiting up to {} s for it to \
+         power off",
+        STOP_TIMEOUT.as_secs()
+    );
     if wait_gone(pid, STOP_TIMEOUT) {
         run.remove_runtime_files();
         eprintln!(
@@ -736,9 +767,14 @@ pub fn stop(layout: &Layout, profile: &str) -> Result<()> {
         run.remove_runtime_files();
     }
     bail!(
-        "the guest did not power off within {} s of the ACPI power button; QEMU {}. Last serial lines:\n{}",
+        "the guest did not power off within {} s of the ACPI power button; QEMU {}. Last serial \
+         lines:\n{}",
         STOP_TIMEOUT.as_secs(),
-        if gone { "was ended" } else { "could not be killed" },
+        if gone {
+            "was ended"
+        } else {
+            "could not be killed"
+        },
         tail(&run.serial_log(), 15)
     )
 }
@@ -946,7 +982,7 @@ vmware-hardware-version = 14
             .output()
             .is_err()
         {
-            eprintln!("skip: because qemu-img is not installed");
+            test_skip::skip("qemu-img is not installed");
             return;
         }
         let dir = tempfile::tempdir().unwrap();

@@ -108,7 +108,12 @@ pub fn document(input: &SbomInput) -> Value {
         "summary": format!("axion image, profile {}", input.profile),
         "comment": format!(
             "Artifacts: {}",
-            input.artifacts.iter().map(|a| format!("{} sha256:{}", a.file_name, a.sha256)).collect::<Vec<_>>().join(", ")
+            input
+                .artifacts
+                .iter()
+                .map(|a| format!("{} sha256:{}", a.file_name, a.sha256))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         "checksums": artifact_checksums.first().cloned().map(|c| vec![c]).unwrap_or_default(),
     }));
@@ -127,7 +132,9 @@ pub fn document(input: &SbomInput) -> Value {
             "licenseDeclared": m.license,
             "copyrightText": "NOASSERTION",
             "summary": m.summary,
-            "checksums": r.spec.sources.iter().map(|s| json!({"algorithm": "SHA256", "checksumValue": s.sha256})).collect::<Vec<_>>(),
+            "checksums": r.spec.sources.iter()
+                .map(|s| json!({"algorithm": "SHA256", "checksumValue": s.sha256}))
+                .collect::<Vec<_>>(),
         });
         if !source_info.is_empty() {
             p["sourceInfo"] = json!(source_info);
@@ -160,7 +167,12 @@ pub fn document(input: &SbomInput) -> Value {
         "dataLicense": "CC0-1.0",
         "SPDXID": "SPDXRef-DOCUMENT",
         "name": name,
-        "documentNamespace": format!("{}/spdx/{}-{}", input.repository.trim_end_matches('/'), name, &digest[..16]),
+        "documentNamespace": format!(
+            "{}/spdx/{}-{}",
+            input.repository.trim_end_matches('/'),
+            name,
+            &digest[..16]
+        ),
         "creationInfo": {
             "created": created,
             "creators": [format!("Tool: axion-xtask-{}", env!("CARGO_PKG_VERSION"))],

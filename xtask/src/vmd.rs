@@ -50,7 +50,11 @@ fn loopback_addr(addr: &str) -> Result<std::net::SocketAddr> {
         .parse()
         .with_context(|| format!("--tcp {addr:?}: expected IP:PORT, e.g. 127.0.0.1:2377"))?;
     if !parsed.ip().is_loopback() {
-        bail!("--tcp {addr}: only loopback addresses (the certificate made here names 127.0.0.1 and localhost); for another address run axion-vmd --tcp with your own --tlscert/--tlskey/--tlscacert");
+        bail!(
+            "--tcp {addr}: only loopback addresses (the certificate made here names 127.0.0.1 \
+             and localhost); for another address run axion-vmd --tcp with your own \
+             --tlscert/--tlskey/--tlscacert"
+        );
     }
     Ok(parsed)
 }

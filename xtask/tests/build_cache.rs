@@ -39,7 +39,11 @@ fn cache_with_sources(dir: &Path, package: &str) -> Option<PathBuf> {
     for s in &recipes.get(package).unwrap().spec.sources {
         let src = from.join(&s.sha256);
         if !src.is_file() {
-            eprintln!("skip: because the source {} of {package} is not in {} (run `cargo xtask fetch {package}`)", s.file, from.display());
+            test_skip::skip(format_args!(
+                "the source {} of {package} is not in {} (run `cargo xtask fetch {package}`)",
+                s.file,
+                from.display()
+            ));
             return None;
         }
         std::os::unix::fs::symlink(&src, downloads.join(&s.sha256)).unwrap();
@@ -257,10 +261,10 @@ fn cargo_package_is_reproducible_across_checkouts() {
         .status()
         .unwrap();
     if !archive.success() {
-        eprintln!(
-            "skip: because `git archive HEAD` failed in {} (not a git checkout?)",
+        test_skip::skip(format_args!(
+            "`git archive HEAD` failed in {} (not a git checkout?)",
             root().display()
-        );
+        ));
         return;
     }
     // The crate as it is now (uncommitted edits included), so both checkouts hold the same files.

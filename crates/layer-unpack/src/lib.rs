@@ -488,7 +488,7 @@ mod tests {
     #[test]
     fn whiteouts_and_opaque_dirs() {
         if !is_root() {
-            eprintln!("skip: because whiteouts need mknod and trusted xattrs (run as root)");
+            test_skip::skip("whiteouts need mknod and trusted xattrs (run as root)");
             return;
         }
         let mut b = Vec::new();

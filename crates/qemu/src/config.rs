@@ -291,7 +291,8 @@ pub struct DirectKernel {
 ///     .uefi()
 ///     .drive(Drive::disk("axion.qcow2", DiskFormat::Qcow2))
 ///     .user_net(qemu::NicModel::VirtioNet, vec![PortForward::tcp(2222, 22)]);
-/// assert!(cfg.resolve(std::path::Path::new("/tmp/vm")).args().unwrap().contains(&"-nodefaults".to_string()));
+/// let args = cfg.resolve(std::path::Path::new("/tmp/vm")).args().unwrap();
+/// assert!(args.contains(&"-nodefaults".to_string()));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
@@ -892,7 +893,8 @@ mod tests {
             words(
                 "-nodefaults -no-user-config -display none -machine q35 -accel tcg -smp 2 -m 1024M \
                  -chardev file,id=serial0,path=/run/vm/serial.log -serial chardev:serial0 \
-                 -chardev socket,id=qmp,path=/run/vm/qmp.sock,server=on,wait=off -mon chardev=qmp,mode=control"
+                 -chardev socket,id=qmp,path=/run/vm/qmp.sock,server=on,wait=off -mon \
+                 chardev=qmp,mode=control"
             )
         );
     }
@@ -918,14 +920,19 @@ mod tests {
         assert_eq!(
             args,
             words(
-                "-nodefaults -no-user-config -display none -name axion-qemu -machine q35 -accel tcg -smp 4 -m 2048M \
-                 -drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd \
+                "-nodefaults -no-user-config -display none -name axion-qemu -machine q35 -accel \
+                 tcg -smp 4 -m 2048M -drive \
+                 if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd \
                  -drive if=pflash,format=raw,unit=1,file=/run/vm/OVMF_VARS.fd \
-                 -drive file=/out/axion.qcow2,format=qcow2,if=none,id=drive0 -device virtio-blk-pci,drive=drive0,bootindex=0 \
-                 -drive file=/out/axion.iso,format=raw,if=none,id=drive1,media=cdrom,readonly=on -device ide-cd,bus=ide.0,drive=drive1,bootindex=1 \
-                 -netdev user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:2376-:2376 \
+                 -drive file=/out/axion.qcow2,format=qcow2,if=none,id=drive0 -device \
+                 virtio-blk-pci,drive=drive0,bootindex=0 \
+                 -drive file=/out/axion.iso,format=raw,if=none,id=drive1,media=cdrom,readonly=on \
+                 -device ide-cd,bus=ide.0,drive=drive1,bootindex=1 \
+                 -netdev \
+                 user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:2376-:2376 \
                  -device virtio-net-pci,netdev=net0,romfile= \
-                 -chardev socket,id=qmp,path=/run/vm/qmp.sock,server=on,wait=off -mon chardev=qmp,mode=control \
+                 -chardev socket,id=qmp,path=/run/vm/qmp.sock,server=on,wait=off -mon \
+                 chardev=qmp,mode=control \
                  -no-reboot"
             )
         );
@@ -950,12 +957,16 @@ mod tests {
         assert_eq!(
             args,
             words(
-                "-nodefaults -no-user-config -display none -machine q35 -accel kvm -cpu host -smp 2 -m 1024M \
-                 -drive file=/d.vmdk,format=vmdk,if=none,id=drive0 -device pvscsi,id=pvscsi0 -device scsi-hd,bus=pvscsi0.0,drive=drive0,bootindex=0 \
-                 -drive file=/e.raw,format=raw,if=none,id=drive1,readonly=on -device scsi-hd,bus=pvscsi0.0,drive=drive1,bootindex=1 \
+                "-nodefaults -no-user-config -display none -machine q35 -accel kvm -cpu host -smp \
+                 2 -m 1024M \
+                 -drive file=/d.vmdk,format=vmdk,if=none,id=drive0 -device pvscsi,id=pvscsi0 \
+                 -device scsi-hd,bus=pvscsi0.0,drive=drive0,bootindex=0 \
+                 -drive file=/e.raw,format=raw,if=none,id=drive1,readonly=on -device \
+                 scsi-hd,bus=pvscsi0.0,drive=drive1,bootindex=1 \
                  -netdev user,id=net0 -device vmxnet3,netdev=net0,romfile= \
                  -chardev file,id=serial0,path=/s.log -serial chardev:serial0 \
-                 -chardev socket,id=qmp,path=/q.sock,server=on,wait=off -mon chardev=qmp,mode=control"
+                 -chardev socket,id=qmp,path=/q.sock,server=on,wait=off -mon \
+                 chardev=qmp,mode=control"
             )
         );
     }
@@ -1001,16 +1012,24 @@ mod tests {
         );
         expected.push("console=ttyS0 quiet".into());
         expected.extend(words(
-            "-drive file=/a,,b.raw,format=raw,if=none,id=drive0 -device ide-hd,bus=ide.0,unit=0,drive=drive0 \
-             -drive file=/c.iso,format=raw,if=none,id=drive1,media=cdrom,readonly=on -device ide-cd,bus=ide.0,unit=1,drive=drive1 \
-             -drive file=/d.iso,format=raw,if=none,id=drive2,media=cdrom,readonly=on -device ide-cd,bus=ide.1,unit=0,drive=drive2 \
-             -chardev stdio,id=serial0,mux=on,signal=off,logfile=/l.log -serial chardev:serial0 -mon chardev=serial0,mode=readline \
-             -chardev socket,id=qmp,path=/r/qmp.sock,server=on,wait=off -mon chardev=qmp,mode=control \
-             -fw_cfg name=opt/axion/hostname,string=a,,b -fw_cfg name=opt/axion/settings,file=/s.toml \
-             -device virtio-serial-pci,id=vser0 -chardev socket,id=vser0,path=/agent.sock,server=on,wait=off \
+            "-drive file=/a,,b.raw,format=raw,if=none,id=drive0 -device \
+             ide-hd,bus=ide.0,unit=0,drive=drive0 \
+             -drive file=/c.iso,format=raw,if=none,id=drive1,media=cdrom,readonly=on -device \
+             ide-cd,bus=ide.0,unit=1,drive=drive1 \
+             -drive file=/d.iso,format=raw,if=none,id=drive2,media=cdrom,readonly=on -device \
+             ide-cd,bus=ide.1,unit=0,drive=drive2 \
+             -chardev stdio,id=serial0,mux=on,signal=off,logfile=/l.log -serial chardev:serial0 \
+             -mon chardev=serial0,mode=readline \
+             -chardev socket,id=qmp,path=/r/qmp.sock,server=on,wait=off -mon \
+             chardev=qmp,mode=control \
+             -fw_cfg name=opt/axion/hostname,string=a,,b -fw_cfg \
+             name=opt/axion/settings,file=/s.toml \
+             -device virtio-serial-pci,id=vser0 -chardev \
+             socket,id=vser0,path=/agent.sock,server=on,wait=off \
              -device virtserialport,bus=vser0.0,chardev=vser0,name=org.axion.agent \
              -device vhost-vsock-pci,guest-cid=3 \
-             -fsdev local,id=fsdev0,path=/s,,t,security_model=passthrough,readonly=on -device virtio-9p-pci,fsdev=fsdev0,mount_tag=store \
+             -fsdev local,id=fsdev0,path=/s,,t,security_model=passthrough,readonly=on -device \
+             virtio-9p-pci,fsdev=fsdev0,mount_tag=store \
              -snapshot -S -incoming",
         ));
         expected.push("exec:cat '/saved state'".into());

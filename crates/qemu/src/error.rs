@@ -36,7 +36,10 @@ pub enum QmpError {
 pub enum Error {
     #[error("invalid VM configuration: {0}")]
     Config(String),
-    #[error("cannot start {program}: {source} (is QEMU installed? Debian: apt-get install qemu-system-x86)")]
+    #[error(
+        "cannot start {program}: {source} (is QEMU installed? Debian: apt-get install \
+         qemu-system-x86)"
+    )]
     Spawn {
         program: String,
         source: std::io::Error,

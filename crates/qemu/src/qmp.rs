@@ -328,7 +328,10 @@ mod tests {
     use std::io::{BufRead, BufReader};
     use std::os::unix::net::UnixListener;
 
-    const GREETING: &str = r#"{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "Debian"}, "capabilities": ["oob"]}}"#;
+    const GREETING: &str = concat!(
+        r#"{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "#,
+        r#""package": "Debian"}, "capabilities": ["oob"]}}"#
+    );
 
     /// A fake QEMU: sends the greeting, then answers each request line with what `script`
     /// returns for it (several lines allowed, so events can be interleaved). Returns the
@@ -373,17 +376,31 @@ mod tests {
 
     #[test]
     fn handshake_execute_events_and_errors() {
-        let (_dir, path, server) = fake_server(|req| {
-            match req["execute"].as_str().unwrap() {
+        let (_dir, path, server) = fake_server(|req| match req["execute"].as_str().unwrap() {
             "qmp_capabilities" => vec![ok(req, "{}")],
             "query-status" => vec![
-                r#"{"timestamp": {"seconds": 1700000000, "microseconds": 500000}, "event": "RESUME"}"#.into(),
-                ok(req, r#"{"status": "running", "singlestep": false, "running": true}"#),
+                concat!(
+                    r#"{"timestamp": {"seconds": 1700000000, "microseconds": 500000}, "#,
+                    r#""event": "RESUME"}"#
+                )
+                .into(),
+                ok(
+                    req,
+                    r#"{"status": "running", "singlestep": false, "running": true}"#,
+                ),
             ],
-            "system_powerdown" => vec![ok(req, "{}"), r#"{"event": "POWERDOWN", "timestamp": {"seconds": 1, "microseconds": 0}}"#.into()],
-            "nope" => vec![format!(r#"{{"id": {}, "error": {{"class": "CommandNotFound", "desc": "The command nope has not been found"}}}}"#, req["id"])],
+            "system_powerdown" => vec![
+                ok(req, "{}"),
+                r#"{"event": "POWERDOWN", "timestamp": {"seconds": 1, "microseconds": 0}}"#.into(),
+            ],
+            "nope" => vec![format!(
+                concat!(
+                    r#"{{"id": {}, "error": {{"class": "CommandNotFound", "#,
+                    r#""desc": "The command nope has not been found"}}}}"#
+                ),
+                req["id"]
+            )],
             _ => vec![],
-        }
         });
         let mut q = Qmp::connect(&path).unwrap();
         assert_eq!(q.version, "7.2.22");

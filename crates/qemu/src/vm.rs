@@ -307,7 +307,11 @@ impl Vm {
         match self.wait_exit(timeout) {
             Ok(st) => Ok(st),
             Err(_) => {
-                let err = self.timeout_error("waiting for the guest to power off after the ACPI power button (QEMU was killed)", timeout);
+                let err = self.timeout_error(
+                    "waiting for the guest to power off after the ACPI \
+                     power button (QEMU was killed)",
+                    timeout,
+                );
                 let _ = self.kill();
                 Err(err)
             }
@@ -325,9 +329,9 @@ impl Vm {
 
     /// Saves the VM's whole state (CPU, devices, memory) to `file` by migrating it into the
     /// file: the CPUs are stopped first and stay stopped ("postmigrate"); usually you quit
-    /// next (or `cont` to go on). Disks are not saved: restore with the same disks in the same state (or use
-    /// `-snapshot`-free qcow2 overlays you keep). Restore with [`VmConfig::restore_from`] and
-    /// [`Vm::wait_restored`].
+    /// next (or `cont` to go on). Disks are not saved: restore with the same disks in the same
+    /// state (or use `-snapshot`-free qcow2 overlays you keep). Restore with
+    /// [`VmConfig::restore_from`] and [`Vm::wait_restored`].
     pub fn save(&mut self, file: &Path, timeout: Duration) -> Result<()> {
         let uri = format!("exec:cat > {}", shell_quote(&file.to_string_lossy()));
         let qmp = self.qmp()?;

@@ -14,7 +14,9 @@ fn have_qemu() -> bool {
         .map(|s| s.success())
         .unwrap_or(false);
     if !ok {
-        eprintln!("skip: because qemu-system-x86_64 is not installed (Debian: apt-get install qemu-system-x86)");
+        test_skip::skip(
+            "qemu-system-x86_64 is not installed (Debian: apt-get install qemu-system-x86)",
+        );
     }
     ok
 }
@@ -172,10 +174,10 @@ fn uefi_firmware_starts_with_a_private_variable_store() {
         return;
     }
     if !Path::new(qemu::OVMF_CODE).exists() {
-        eprintln!(
-            "skip: because {} is missing (Debian: apt-get install ovmf)",
+        test_skip::skip(format_args!(
+            "{} is missing (Debian: apt-get install ovmf)",
             qemu::OVMF_CODE
-        );
+        ));
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -220,7 +222,7 @@ fn choose_accel_remembers_its_verdict() {
         return;
     }
     if std::env::var_os("AXION_ACCEL").is_some() {
-        eprintln!("skip: because AXION_ACCEL is set, so choose_accel does not probe");
+        test_skip::skip("AXION_ACCEL is set, so choose_accel does not probe");
         return;
     }
     let (a1, why1) = qemu::choose_accel(None);

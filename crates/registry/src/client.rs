@@ -266,7 +266,10 @@ pub fn parse_insecure(entry: &str) -> Result<String, String> {
     if let Some((net, bits)) = e.split_once('/') {
         return match parse_cidr(e) {
             Some(_) => Ok(e.to_string()),
-            None => Err(format!("insecure registry {entry:?}: {net}/{bits} is neither HOST[:PORT] nor a CIDR (ADDRESS/PREFIX)")),
+            None => Err(format!(
+                "insecure registry {entry:?}: {net}/{bits} is neither HOST[:PORT] \
+                 nor a CIDR (ADDRESS/PREFIX)"
+            )),
         };
     }
     let port = if e.starts_with('[') {
@@ -674,9 +677,10 @@ mod tests {
 
     #[test]
     fn bearer_challenge() {
-        let c = parse_challenge(
-            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:library/busybox:pull,push""#,
-        )
+        let c = parse_challenge(concat!(
+            r#"Bearer realm="https://auth.example/token",service="registry.example","#,
+            r#"scope="repository:library/busybox:pull,push""#
+        ))
         .unwrap();
         assert_eq!(c.scheme, "bearer");
         assert_eq!(c.params["realm"], "https://auth.example/token");
@@ -714,9 +718,17 @@ mod tests {
 
     #[test]
     fn index_detection_and_parse() {
-        let idx: Manifest = serde_json::from_str(r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#).unwrap();
+        let idx: Manifest = serde_json::from_str(concat!(
+            r#"{"schemaVersion":2,"#,
+            r#""mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#
+        ))
+        .unwrap();
         assert!(idx.is_index(""));
-        let m: Manifest = serde_json::from_str(r#"{"schemaVersion":2,"config":{"mediaType":"x","digest":"sha256:00","size":1},"layers":[]}"#).unwrap();
+        let m: Manifest = serde_json::from_str(concat!(
+            r#"{"schemaVersion":2,"#,
+            r#""config":{"mediaType":"x","digest":"sha256:00","size":1},"layers":[]}"#
+        ))
+        .unwrap();
         assert!(!m.is_index(MT_DOCKER_MANIFEST));
     }
 
@@ -778,11 +790,23 @@ mod tests {
                     let (status, body, extra) = if target.starts_with("/token?") {
                         ("200 OK", "{\"token\":\"tok\"}".to_string(), String::new())
                     } else if authz != "Bearer tok" {
-                        ("401 Unauthorized", "{}".to_string(), format!("WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"t\"\r\n"))
+                        (
+                            "401 Unauthorized",
+                            "{}".to_string(),
+                            format!(
+                                "WWW-Authenticate: Bearer \
+                                 realm=\"http://127.0.0.1:{port}/token\",service=\"t\"\r\n"
+                            ),
+                        )
                     } else {
                         ("404 Not Found", "{}".to_string(), String::new())
                     };
-                    let resp = format!("HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}", body.len());
+                    let resp = format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: \
+                         application/json\r\nContent-Length: \
+                         {}\r\n{extra}Connection: close\r\n\r\n{body}",
+                        body.len()
+                    );
                     let _ = sock.write_all(resp.as_bytes()).await;
                     let _ = sock.shutdown().await;
                 });

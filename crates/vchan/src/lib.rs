@@ -385,7 +385,7 @@ mod tests {
                         .ok_or_else(|| io::Error::other("no more hosts"))
                 }
             },
-            |s| http_serve(s),
+            http_serve,
         ));
         for round in 0..3 {
             let (host, g) = tokio::io::duplex(1 << 16);

@@ -88,7 +88,11 @@ impl Cgroups {
             }
             return Ok(Cgroups::V1 { memory, cpu });
         }
-        Err(format!("{} is neither a cgroup v2 hierarchy nor has the cgroup v1 memory and cpu controllers mounted", root.display()))
+        Err(format!(
+            "{} is neither a cgroup v2 hierarchy nor has the cgroup v1 memory and cpu \
+             controllers mounted",
+            root.display()
+        ))
     }
 
     pub fn version(&self) -> &'static str {

@@ -61,7 +61,8 @@ stop-timeout = 5
 
 fn agent_toml() -> String {
     format!(
-        "# VM-per-container mode: the clone agent (host/vmd/src/guest.rs).\ncommand = \"/usr/bin/engine\"\nargs = [\"{}\", \"{}\"]\nrestart = \"always\"\nstop-timeout = 1\n",
+        "# VM-per-container mode: the clone agent (host/vmd/src/guest.rs).\ncommand = \
+         \"/usr/bin/engine\"\nargs = [\"{}\", \"{}\"]\nrestart = \"always\"\nstop-timeout = 1\n",
         AGENT_ARGS[0], AGENT_ARGS[1]
     )
 }
@@ -151,7 +152,7 @@ fn entry(out: &mut Vec<u8>, ino: u32, name: &str, mode: u32, nlink: u32, data: &
 }
 
 fn pad4(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }

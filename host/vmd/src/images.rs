@@ -1,9 +1,10 @@
 //! The daemon's image list. `docker pull` resolves the reference on the host with the
 //! shared registry client (crates/registry, the guest engine's: anonymous, bearer-token and
 //! basic auth, manifest, image index → linux/amd64, config blob, digests), fetches every
-//! layer blob into the host's [`LayerStore`] and unpacks it there once; the VMs use those layers over 9p. Records
-//! live in `images.json` in the state directory. (A VM's engine can still pull from the
-//! registry itself, a registry on the host's 127.0.0.1 being 10.0.2.2 from inside, see
+//! layer blob into the host's [`LayerStore`] and unpacks it there once; the VMs use those
+//! layers over 9p. Records live in `images.json` in the state directory. (A VM's engine can
+//! still pull from the registry itself, a registry on the host's 127.0.0.1 being 10.0.2.2
+//! from inside, see
 //! [`guest_ref`]: the daemon falls back to that only for a record from before the store.)
 
 use crate::store::{Collected, LayerStore};
@@ -318,11 +319,16 @@ impl Images {
         let had_auth = auth.is_some();
         let rec = self.fetch(&image.name, auth).await.map_err(|e| {
             let hint = if e.status == http::StatusCode::UNAUTHORIZED && !had_auth {
-                " (the daemon keeps registry credentials in memory only, from the image's last pull: `docker pull` it again, logged in)"
+                " (the daemon keeps registry credentials in memory only, from the image's last \
+                 pull: `docker pull` it again, logged in)"
             } else {
                 ""
             };
-            ApiError::internal(format!("image {}: the host's layer store is damaged ({what}) and fetching the image again failed: {}{hint}", image.name, e.message))
+            ApiError::internal(format!(
+                "image {}: the host's layer store is damaged ({what}) and \
+                 fetching the image again failed: {}{hint}",
+                image.name, e.message
+            ))
         })?;
         let (st, r) = (self.store.clone(), rec.clone());
         let again = tokio::task::spawn_blocking(move || st.check(&r.id, &r.layers, &r.diff_ids))
@@ -508,16 +514,26 @@ mod tests {
             let config_digest = sha(&config);
             let manifest = serde_json::to_vec(&serde_json::json!({
                 "schemaVersion": 2, "mediaType": registry::client::MT_DOCKER_MANIFEST,
-                "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": config_digest, "size": config.len()},
-                "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": layer.1, "size": layer.0.len()}],
+                "config": {
+                    "mediaType": "application/vnd.docker.container.image.v1+json",
+                    "digest": config_digest,
+                    "size": config.len(),
+                },
+                "layers": [{
+                    "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                    "digest": layer.1,
+                    "size": layer.0.len(),
+                }],
             }))
             .unwrap();
             let mdigest = sha(&manifest);
             let index = serde_json::to_vec(&serde_json::json!({
                 "schemaVersion": 2, "mediaType": registry::client::MT_OCI_INDEX,
                 "manifests": [
-                    {"mediaType": registry::client::MT_DOCKER_MANIFEST, "digest": sha(b"other"), "size": 5, "platform": {"architecture": "arm64", "os": "linux"}},
-                    {"mediaType": registry::client::MT_DOCKER_MANIFEST, "digest": mdigest, "size": manifest.len(), "platform": {"architecture": "amd64", "os": "linux"}},
+                    {"mediaType": registry::client::MT_DOCKER_MANIFEST, "digest": sha(b"other"),
+                     "size": 5, "platform": {"architecture": "arm64", "os": "linux"}},
+                    {"mediaType": registry::client::MT_DOCKER_MANIFEST, "digest": mdigest,
+                     "size": manifest.len(), "platform": {"architecture": "amd64", "os": "linux"}},
                 ],
             }))
             .unwrap();
@@ -600,7 +616,11 @@ mod tests {
                                 )
                             }
                         } else if !authorized {
-                            let ch = format!("WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"test-registry\",scope=\"repository:team/app:pull\"\r\n");
+                            let ch = format!(
+                                "WWW-Authenticate: Bearer \
+                                 realm=\"http://127.0.0.1:{port}/token\",\
+                                 service=\"test-registry\",scope=\"repository:team/app:pull\"\r\n"
+                            );
                             (
                                 "401 Unauthorized",
                                 "application/json",
@@ -617,7 +637,12 @@ mod tests {
                                 String::new(),
                             )
                         };
-                        let head = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n", body.len());
+                        let head = format!(
+                            "HTTP/1.1 {status}\r\nContent-Type: \
+                             {ctype}\r\nContent-Length: {}\r\n{extra}Connection: \
+                             close\r\n\r\n",
+                            body.len()
+                        );
                         let _ = sock.write_all(head.as_bytes()).await;
                         let _ = sock.write_all(&body).await;
                         let _ = sock.shutdown().await;
@@ -828,7 +853,9 @@ mod tests {
         );
         assert_eq!(
             cfg["IndexConfigs"]["myreg:5000"],
-            serde_json::json!({"Name": "myreg:5000", "Mirrors": [], "Secure": false, "Official": false})
+            serde_json::json!({
+                "Name": "myreg:5000", "Mirrors": [], "Secure": false, "Official": false
+            })
         );
         assert_eq!(cfg["IndexConfigs"][registry::DOCKER_HUB]["Secure"], true);
         assert_eq!(cfg["IndexConfigs"].as_object().unwrap().len(), 2, "{cfg}");

@@ -61,19 +61,19 @@
 //!   while the VM restores and is done when the engine answers). The cost is
 //!   reading files over 9p (small for container start-up) and unpacking on the host as root
 //!   (device nodes are skipped; whiteouts need mknod, so the daemon must be root, as QEMU's
-//!   passthrough model needs anyway). Safety: the store is 0700 (the trees hold the images'
-//!   setuid files), QEMU refuses guest writes, and before each container the daemon
-//!   re-hashes the image's blobs and trees against their digests (the tree digest is taken
-//!   at unpack time: names, types, modes, owners, contents); anything damaged is dropped and
-//!   fetched again (with the credentials of the image's last `docker pull`, which the daemon
-//!   keeps in memory only: [`images::Images::pull`] says why), or the run is refused with an error saying what is damaged: a damaged
-//!   layer never reaches a VM. The check reads every byte of the image (fine for small
-//!   images; large ones would want a cheaper seal) and runs while the VM is being cloned.
-//!   Garbage collection ([`store`]): after `docker rmi`, when a container's VM is gone and
-//!   at start, blobs and trees no image record and no live container (pinned from its
-//!   create until its VM is gone) uses are removed, in a crash-safe order.
-//!   Fallback: an image record from before the store (no diff-ids) is still pulled by the
-//!   VM's engine from the registry (10.0.2.2 is the host's loopback, [`images::guest_ref`]).
+//!   passthrough model needs anyway). Safety: the store is 0700 (the trees hold the images' setuid
+//!   files), QEMU refuses guest writes, and before each container the daemon re-hashes the image's
+//!   blobs and trees against their digests (the tree digest is taken at unpack time: names, types,
+//!   modes, owners, contents); anything damaged is dropped and fetched again (with the credentials
+//!   of the image's last `docker pull`, which the daemon keeps in memory only:
+//!   [`images::Images::pull`] says why), or the run is refused with an error saying what is
+//!   damaged: a damaged layer never reaches a VM. The check reads every byte of the image (fine for
+//!   small images; large ones would want a cheaper seal) and runs while the VM is being cloned.
+//!   Garbage collection ([`store`]): after `docker rmi`, when a container's VM is gone and at
+//!   start, blobs and trees no image record and no live container (pinned from its create until its
+//!   VM is gone) uses are removed, in a crash-safe order. Fallback: an image record from before the
+//!   store (no diff-ids) is still pulled by the VM's engine from the registry (10.0.2.2 is the
+//!   host's loopback, [`images::guest_ref`]).
 //! - Memory (`-m`) and CPU (`--cpus`, `--cpu-quota`) limits are put on each QEMU process
 //!   in its own cgroup ([`cgroup`]): cgroup v2 (`/sys/fs/cgroup/axion-vmd/<id>`) or v1
 //!   (`/sys/fs/cgroup/{memory,cpu}/<daemon's cgroup>/axion-vmd/<id>`), whichever the host
@@ -334,7 +334,10 @@ impl Daemon {
         let cgroups = match cgroup::Cgroups::setup() {
             Ok(c) => Some(c),
             Err(why) => {
-                let w = format!("WARNING: {why}: per-container memory and CPU limits (-m, --cpus) are NOT applied to the VMs");
+                let w = format!(
+                    "WARNING: {why}: per-container memory and CPU limits (-m, --cpus) \
+                     are NOT applied to the VMs"
+                );
                 eprintln!("vmd: {w}");
                 warnings.push(w);
                 None
@@ -413,12 +416,17 @@ impl Daemon {
         let limits = cgroup::Limits::from_host_config(hc);
         let mut w = Vec::new();
         if !limits.is_empty() && self.cgroups.is_none() {
-            w.push("this host has no usable cgroups: the memory and CPU limits are not applied to the container's VM".to_string());
+            w.push(
+                "this host has no usable cgroups: the memory and CPU limits are not applied to \
+                 the container's VM"
+                    .to_string(),
+            );
         }
         if let Some(m) = limits.memory {
             if m < (self.opts.memory_mib as i64) << 20 {
                 w.push(format!(
-                    "the memory limit ({} MiB) is below the VM's RAM ({} MiB): it bounds the whole QEMU process, so the VM is killed when the guest touches more",
+                    "the memory limit ({} MiB) is below the VM's RAM ({} MiB): it bounds the whole \
+                     QEMU process, so the VM is killed when the guest touches more",
                     m >> 20,
                     self.opts.memory_mib
                 ));
@@ -541,7 +549,10 @@ impl Daemon {
                     if c.quitting.load(Ordering::SeqCst) {
                         return;
                     }
-                    let msg = format!("the container's VM (QEMU) exited unexpectedly ({st}); QEMU said: {qlog}; last console lines: {serial}");
+                    let msg = format!(
+                        "the container's VM (QEMU) exited unexpectedly ({st}); QEMU \
+                         said: {qlog}; last console lines: {serial}"
+                    );
                     eprintln!("vmd: {}: {msg}", c.short());
                     d.finish(&c, 255, Some(msg)).await;
                     return;
@@ -592,7 +603,11 @@ fn guest_network(mode: &str) -> ApiResult<&'static str> {
     match mode {
         "" | "default" | "bridge" | "host" => Ok("host"),
         "none" => Ok("none"),
-        other => Err(ApiError::not_found(format!("network {other} not found (VM-per-container mode has: bridge, which is the VM's own network, host and none)"))),
+        other => Err(ApiError::not_found(format!(
+            "network {other} not found (VM-per-container mode \
+             has: bridge, which is the VM's own network, host \
+             and none)"
+        ))),
     }
 }
 
@@ -687,7 +702,7 @@ mod tests {
             .iter()
             .map(|x| ((x.0 / 1_000_000_000) as i64, x.1))
             .collect();
-        secs.sort_by(|a, b| b.0.cmp(&a.0));
+        secs.sort_by_key(|a| std::cmp::Reverse(a.0));
         assert_eq!(secs.iter().map(|x| x.1).collect::<Vec<_>>(), names);
     }
 

@@ -429,7 +429,10 @@ pub(crate) mod tests {
         std::fs::write(s.blob_path(&digest), b"garbage").unwrap();
         let damage = s.check(&config, &layers, &diffs);
         assert!(
-            matches!(&damage[..], [Damage::Blob { digest: d, why }] if *d == digest && why.contains("corrupt")),
+            matches!(
+                &damage[..],
+                [Damage::Blob { digest: d, why }] if *d == digest && why.contains("corrupt")
+            ),
             "{damage:?}"
         );
         s.discard(&damage);
@@ -534,9 +537,10 @@ pub(crate) mod tests {
         // A power-off after a layer's record was removed, before its tree went: the tree
         // counts as not unpacked (never handed to a VM) ...
         std::fs::remove_file(s.tree_file(&a.2[0])).unwrap();
-        assert!(
-            matches!(&s.check(&a.0, &a.1, &a.2)[..], [Damage::Tree { why, .. }] if why == "not unpacked")
-        );
+        assert!(matches!(
+            &s.check(&a.0, &a.1, &a.2)[..],
+            [Damage::Tree { why, .. }] if why == "not unpacked"
+        ));
         // ... and one after a tree was moved aside into tmp/.
         let aside = s.scratch("gc-layer");
         std::fs::rename(s.layer_path(&b.2[0]), &aside).unwrap();

@@ -175,7 +175,11 @@ impl Template {
         let deadline = Instant::now() + Duration::from_secs(120);
         while let Err(e) = rt.block_on(client.try_ping()) {
             if Instant::now() > deadline {
-                bail!("the template VM's engine did not answer /_ping within 120 s: {e} (serial log: {})", serial());
+                bail!(
+                    "the template VM's engine did not answer /_ping within 120 s: {e} (serial \
+                     log: {})",
+                    serial()
+                );
             }
             std::thread::sleep(Duration::from_millis(250));
         }
@@ -184,7 +188,13 @@ impl Template {
         drop(client);
         drop(rt);
         vm.wait_for_line(vchan::port::SESSION_ENDED, Duration::from_secs(60))
-            .with_context(|| format!("the template VM's engine did not end its session with the host (serial log: {})", serial()))?;
+            .with_context(|| {
+                format!(
+                    "the template VM's engine did not end its session with the \
+                     host (serial log: {})",
+                    serial()
+                )
+            })?;
         // The saved state then holds no RAM: the template's RAM is its file.
         ignore_shared_ram(&mut vm).context("saving the template VM")?;
         vm.save(&t.state, Duration::from_secs(300))

@@ -263,7 +263,8 @@ fn users(p: &mut Parsed, v: &Value) {
                 }
                 if !ignored.is_empty() {
                     p.problems.push(format!(
-                        "users[{i}]: {} not supported (axion has only root; this user's ssh keys are authorized for root)",
+                        "users[{i}]: {} not supported (axion has only root; this user's ssh keys \
+                         are authorized for root)",
                         ignored.join(", ")
                     ));
                 }
@@ -352,7 +353,10 @@ fn write_files(p: &mut Parsed, v: &Value) {
                 }
             },
             other => {
-                p.problems.push(format!("write_files[{i}] ({path}): encoding {other:?} not supported (b64 or text); entry ignored"));
+                p.problems.push(format!(
+                    "write_files[{i}] ({path}): encoding {other:?} not \
+                     supported (b64 or text); entry ignored"
+                ));
                 continue 'entries;
             }
         };
@@ -488,7 +492,11 @@ pub fn parse_network_config(text: &str) -> Parsed {
     };
     let name = key_str(name);
     for (other, _) in iter {
-        p.problems.push(format!("ethernets.{}: init configures one NIC (the first ethernet one) from ethernets.{name}; ignored", key_str(other)));
+        p.problems.push(format!(
+            "ethernets.{}: init configures one NIC (the first ethernet one) \
+             from ethernets.{name}; ignored",
+            key_str(other)
+        ));
     }
     let Value::Mapping(cfg) = cfg else {
         p.problems
@@ -601,7 +609,10 @@ pub fn parse_network_config(text: &str) -> Parsed {
         }
         (None, true) => Some(Network::Dhcp),
         (None, false) => {
-            p.problems.push(format!("ethernets.{name}: neither dhcp4: true nor an IPv4 address; network left to the other sources"));
+            p.problems.push(format!(
+                "ethernets.{name}: neither dhcp4: true nor an IPv4 address; \
+                 network left to the other sources"
+            ));
             None
         }
     };
@@ -726,7 +737,12 @@ packages: [vim]
             "{:?}",
             p.problems
         );
-        let p = parse_user_data("#cloud-config\nhostname: -bad-\nssh_authorized_keys: [nokey]\nwrite_files:\n  - path: /x\n    encoding: gzip\n    content: zz\n  - path: /y\n    encoding: b64\n    content: '!!!'\nruncmd: oops\n");
+        let p = parse_user_data(
+            "#cloud-config\nhostname: -bad-\nssh_authorized_keys: \
+             [nokey]\nwrite_files:\n  - path: /x\n    encoding: gzip\n    \
+             content: zz\n  - path: /y\n    encoding: b64\n    content: \
+             '!!!'\nruncmd: oops\n",
+        );
         assert_eq!(p.layer, Layer::default(), "{:?}", p.layer);
         assert_eq!(p.problems.len(), 5, "{:?}", p.problems);
         assert!(parse_user_data("  \n").problems.is_empty());
@@ -747,7 +763,9 @@ packages: [vim]
     #[test]
     fn network_config_static_and_dhcp() {
         let p = parse_network_config(
-            "network:\n  version: 2\n  ethernets:\n    eth0:\n      match: {name: 'e*'}\n      addresses: [10.0.2.21/24, 'fd00::5/64']\n      routes:\n        - to: default\n          via: 10.0.2.2\n      nameservers:\n        addresses: [10.0.2.3]\n",
+            "network:\n  version: 2\n  ethernets:\n    eth0:\n      match: {name: 'e*'}\n      \
+             addresses: [10.0.2.21/24, 'fd00::5/64']\n      routes:\n        - to: \
+             default\n          via: 10.0.2.2\n      nameservers:\n        addresses: [10.0.2.3]\n",
         );
         assert_eq!(
             p.layer.network,
@@ -765,7 +783,10 @@ packages: [vim]
         );
         assert_eq!(p.layer.network, Some(Network::Dhcp));
         assert_eq!(p.problems.len(), 1, "{:?}", p.problems);
-        let p = parse_network_config("version: 2\nethernets:\n  e:\n    addresses: [192.168.0.5/24]\n    gateway4: 192.168.0.1\n");
+        let p = parse_network_config(
+            "version: 2\nethernets:\n  e:\n    addresses: \
+             [192.168.0.5/24]\n    gateway4: 192.168.0.1\n",
+        );
         assert!(matches!(
             p.layer.network,
             Some(Network::Static(StaticIp {
@@ -777,7 +798,8 @@ packages: [vim]
 
     #[test]
     fn network_config_unsupported() {
-        assert!(parse_network_config("version: 1\nconfig: []\n").problems[0].contains("version: 1"));
+        let p = parse_network_config("version: 1\nconfig: []\n");
+        assert!(p.problems[0].contains("version: 1"));
         assert!(parse_network_config("network:\n  config: disabled\n")
             .problems
             .is_empty());

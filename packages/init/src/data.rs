@@ -214,7 +214,8 @@ mod tests {
 
     #[test]
     fn parses_partition_uevent() {
-        let s = "MAJOR=254\nMINOR=2\nDEVNAME=vda2\nDEVTYPE=partition\nDISKSEQ=1\nPARTN=2\nPARTNAME=axion-data\n";
+        let s = "MAJOR=254\nMINOR=2\nDEVNAME=vda2\nDEVTYPE=partition\nDISKSEQ=1\nPARTN=2\n\
+                 PARTNAME=axion-data\n";
         assert_eq!(
             parse_uevent(s),
             (Some("axion-data".into()), Some("vda2".into()))

@@ -181,8 +181,12 @@ mod tests {
         assert_eq!(sh_quote("it's"), r"'it'\''s'");
         assert_eq!(sh_quote(""), "''");
         assert_eq!(
-            runcmd_script(&[RunCmd::Shell("echo a > /tmp/x".into()), RunCmd::Argv(vec!["touch".into(), "/tmp/a b".into()])]),
-            "#!/bin/sh\n# runcmd from the first-boot settings, written by axion init\necho a > /tmp/x\ntouch '/tmp/a b'\n"
+            runcmd_script(&[
+                RunCmd::Shell("echo a > /tmp/x".into()),
+                RunCmd::Argv(vec!["touch".into(), "/tmp/a b".into()])
+            ]),
+            "#!/bin/sh\n# runcmd from the first-boot settings, written by axion init\necho a > \
+             /tmp/x\ntouch '/tmp/a b'\n"
         );
     }
 

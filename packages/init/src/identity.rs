@@ -159,7 +159,8 @@ pub fn ensure(from_settings: Option<&str>) -> Decision {
             crate::error!("write {INSTANCE_ID}: {e}");
         }
         crate::log::line(&format!(
-            "axion: identity regenerated ({reason}): new machine-id, SSH host keys, engine TLS certificates, RNG seed"
+            "axion: identity regenerated ({reason}): new machine-id, SSH host keys, engine TLS \
+             certificates, RNG seed"
         ));
     }
     let machine_id = match fs::read_to_string(MACHINE_ID)

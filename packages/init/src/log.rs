@@ -105,7 +105,12 @@ macro_rules! debug {
     ($($arg:tt)*) => {
         if $crate::log::debug_enabled() {
             let t = $crate::sys::boottime();
-            $crate::log::line(&format!("init: debug: [{}.{:03}] {}", t.as_secs(), t.subsec_millis(), format_args!($($arg)*)))
+            $crate::log::line(&format!(
+                "init: debug: [{}.{:03}] {}",
+                t.as_secs(),
+                t.subsec_millis(),
+                format_args!($($arg)*)
+            ))
         }
     };
 }

@@ -197,7 +197,10 @@ fn boot(root_note: rootswitch::Note) -> Init {
         rootswitch::Note::Info(m) => info!("{m}"),
         rootswitch::Note::Error(m) => {
             error!("{m}");
-            error!("/ is still the initramfs (rootfs): pivot_root cannot work, the container engine will refuse to start containers");
+            error!(
+                "/ is still the initramfs (rootfs): pivot_root cannot work, the container \
+                 engine will refuse to start containers"
+            );
         }
     }
     for e in &mount_errors {
@@ -430,7 +433,11 @@ impl Init {
                 self.network_ready = true;
             } else if self.dhcp_deadline.is_some_and(|d| now >= d) {
                 let nic = self.net.nic.as_ref().map_or("?", |n| n.name.as_str());
-                warn!("{nic}: no DHCP lease after {} s; starting services anyway, DHCP continues in the background", DHCP_WAIT.as_secs());
+                warn!(
+                    "{nic}: no DHCP lease after {} s; starting services anyway, DHCP continues \
+                     in the background",
+                    DHCP_WAIT.as_secs()
+                );
                 self.network_ready = true;
             }
         }

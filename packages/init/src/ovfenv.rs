@@ -220,8 +220,11 @@ mod tests {
     fn env(props: &[(&str, &str)]) -> String {
         let mut s = String::from(
             r#"<?xml version="1.0" encoding="UTF-8"?>
-<Environment xmlns="http://schemas.dmtf.org/ovf/environment/1" xmlns:oe="http://schemas.dmtf.org/ovf/environment/1" xmlns:ve="http://www.vmware.com/schema/ovfenv" oe:id="" ve:vCenterId="vm-42">
-  <PlatformSection><Kind>VMware ESXi</Kind><Version>7.0.3</Version><Vendor>VMware, Inc.</Vendor><Locale>en</Locale></PlatformSection>
+<Environment xmlns="http://schemas.dmtf.org/ovf/environment/1"
+     xmlns:oe="http://schemas.dmtf.org/ovf/environment/1"
+     xmlns:ve="http://www.vmware.com/schema/ovfenv" oe:id="" ve:vCenterId="vm-42">
+  <PlatformSection><Kind>VMware ESXi</Kind><Version>7.0.3</Version>
+    <Vendor>VMware, Inc.</Vendor><Locale>en</Locale></PlatformSection>
   <PropertySection>
 "#,
         );
@@ -230,7 +233,11 @@ mod tests {
                 "    <Property oe:key=\"{k}\" oe:value=\"{v}\"/>\n"
             ));
         }
-        s.push_str("  </PropertySection>\n  <Entity oe:id=\"sib\"><PropertySection><Property oe:key=\"hostname\" oe:value=\"sibling\"/></PropertySection></Entity>\n</Environment>\n");
+        s.push_str(
+            "  </PropertySection>\n  <Entity oe:id=\"sib\"><PropertySection><Property \
+             oe:key=\"hostname\" \
+             oe:value=\"sibling\"/></PropertySection></Entity>\n</Environment>\n",
+        );
         s
     }
 

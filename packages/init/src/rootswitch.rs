@@ -182,7 +182,10 @@ fn switch(exe: Option<PathBuf>, others: &[PathBuf], started: Instant) -> Result<
         .map_err(|e| undo(format!("mount --move {NEW_ROOT} /: {e}")))?;
     // The tmpfs is on `/` now: no way back from here, only reports.
     if let Err(e) = sys::chroot(Path::new(".")) {
-        return Ok(format!("WARNING: the tmpfs is mounted on / but chroot into it failed: {e}; init stays on the initramfs root"));
+        return Ok(format!(
+            "WARNING: the tmpfs is mounted on / but chroot into it failed: {e}; init \
+             stays on the initramfs root"
+        ));
     }
     let _ = std::env::set_current_dir("/");
     let moved_ms = started.elapsed().as_millis();
@@ -242,7 +245,8 @@ fn switch(exe: Option<PathBuf>, others: &[PathBuf], started: Instant) -> Result<
     };
     drop(old);
     let mut msg = format!(
-        "{} files ({:.1} MiB), {} directories, {} symlinks, {} hard links, {} device nodes copied in {} ms; size limit {} MiB; moved at {} ms; {}",
+        "{} files ({:.1} MiB), {} directories, {} symlinks, {} hard links, {} device nodes copied \
+         in {} ms; size limit {} MiB; moved at {} ms; {}",
         stats.files,
         stats.bytes as f64 / (1 << 20) as f64,
         stats.dirs,
@@ -259,13 +263,20 @@ fn switch(exe: Option<PathBuf>, others: &[PathBuf], started: Instant) -> Result<
         msg.push_str(w);
     }
     let Some(exe) = exe else {
-        return Ok(format!("root moved from the initramfs to a tmpfs ({msg}); init not re-executed: /proc/self/exe was unreadable"));
+        return Ok(format!(
+            "root moved from the initramfs to a tmpfs ({msg}); init not re-executed: \
+             /proc/self/exe was unreadable"
+        ));
     };
     let args: Vec<OsString> = std::env::args_os().collect();
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     env.push((GUARD.into(), msg.clone().into()));
     let e = sys::execve(&exe, &args, &env);
-    Ok(format!("root moved from the initramfs to a tmpfs ({msg}); re-exec of {} failed: {e}; init goes on in the old image", exe.display()))
+    Ok(format!(
+        "root moved from the initramfs to a tmpfs ({msg}); re-exec of {} failed: {e}; init \
+         goes on in the old image",
+        exe.display()
+    ))
 }
 
 /// Points fds 0-2 (those open) at the new root's /dev/console, letting go of the old one.
@@ -487,12 +498,12 @@ mod tests {
     use std::os::unix::fs::{symlink, FileTypeExt};
 
     const ROOTFS: &str = "1 1 0:2 / / rw - rootfs rootfs rw,size=503972k,nr_inodes=125993\n\
-13 1 0:12 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw\n\
-14 1 0:13 / /sys rw,nosuid,nodev,noexec,relatime - sysfs sysfs rw\n\
-15 14 0:14 / /sys/fs/cgroup rw shared:3 - cgroup2 cgroup2 rw,nsdelegate\n\
-16 1 0:15 / /my\\040dev rw - devtmpfs devtmpfs rw\n";
+                          13 1 0:12 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw\n\
+                          14 1 0:13 / /sys rw,nosuid,nodev,noexec,relatime - sysfs sysfs rw\n\
+                          15 14 0:14 / /sys/fs/cgroup rw shared:3 - cgroup2 cgroup2 rw,nsdelegate\n\
+                          16 1 0:15 / /my\\040dev rw - devtmpfs devtmpfs rw\n";
     const SWITCHED: &str = "20 1 0:21 / / rw,relatime - tmpfs root rw,size=71680k,mode=755\n\
-13 20 0:12 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw\n";
+                            13 20 0:12 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw\n";
 
     #[test]
     fn root_type_from_mountinfo() {
@@ -545,7 +556,10 @@ mod tests {
                     true
                 }
                 Err(e) => {
-                    eprintln!("skip: because mounting a tmpfs needs root ({e}): the mount-crossing part of this test is not run");
+                    test_skip::skip(format_args!(
+                        "mounting a tmpfs needs root ({e}): the \
+                         mount-crossing part of this test is not run"
+                    ));
                     false
                 }
             }
@@ -733,7 +747,7 @@ mod tests {
             let h = fs::metadata(dst.join("etc/hostname")).unwrap();
             assert_eq!((h.uid(), h.gid()), (1234, 5678));
         } else {
-            eprintln!("skip: because not root: device nodes and other owners are not tested");
+            test_skip::skip("not root: device nodes and other owners are not tested");
         }
     }
 
@@ -808,7 +822,9 @@ mod tests {
         );
         if !is_root() {
             // Without root, a 0500 directory's entries cannot be unlinked.
-            eprintln!("skip: because not root: expecting an error for private/ ({errors:?})");
+            test_skip::skip(format_args!(
+                "not root: expecting an error for private/ ({errors:?})"
+            ));
             return;
         }
         assert!(errors.is_empty(), "{errors:?}");

@@ -361,7 +361,7 @@ mod tests {
                 Some((FsKind::Vfat, "CIDATA".into()))
             );
         } else {
-            eprintln!("skip: because mkfs.vfat is not installed (dosfstools)");
+            test_skip::skip("mkfs.vfat is not installed (dosfstools)");
         }
         let iso = dir.join("seed.iso");
         let ok = std::process::Command::new("xorriso")
@@ -376,7 +376,7 @@ mod tests {
                 Some((FsKind::Iso9660, "cidata".into()))
             );
         } else {
-            eprintln!("skip: because xorriso is not installed");
+            test_skip::skip("xorriso is not installed");
         }
         fs::remove_dir_all(&dir).unwrap();
     }
@@ -385,8 +385,10 @@ mod tests {
     #[test]
     fn merge_order_across_sources() {
         let (ovf, problems) = crate::ovfenv::parse(
-            r#"<Environment xmlns:oe="http://schemas.dmtf.org/ovf/environment/1" oe:id="ovf-id"><PropertySection>
-            <Property oe:key="hostname" oe:value="from-ovf"/><Property oe:key="ssh-key" oe:value="ssh-ed25519 K1 ovf"/>
+            r#"<Environment xmlns:oe="http://schemas.dmtf.org/ovf/environment/1" oe:id="ovf-id">
+            <PropertySection>
+            <Property oe:key="hostname" oe:value="from-ovf"/>
+            <Property oe:key="ssh-key" oe:value="ssh-ed25519 K1 ovf"/>
             <Property oe:key="network" oe:value="10.1.1.1/24"/></PropertySection></Environment>"#,
         );
         assert!(problems.is_empty(), "{problems:?}");

@@ -135,8 +135,9 @@ pub fn reap_one() -> io::Result<Option<(libc::pid_t, ExitStatus)>> {
 
 /// True when this process has no children left at all.
 pub fn no_children() -> bool {
-    // SAFETY: waitid with a null-free, valid siginfo out pointer; WNOWAIT leaves the child.
+    // SAFETY: siginfo_t is plain data: all zeroes is a valid value.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: info is a valid, writable siginfo_t; WNOHANG|WNOWAIT neither blocks nor reaps.
     let r = unsafe {
         libc::waitid(
             libc::P_ALL,
@@ -173,6 +174,7 @@ pub fn read_signal(fd: &OwnedFd) -> io::Result<Option<i32>> {
     // SAFETY: signalfd_siginfo is plain data; we read exactly its size into it.
     let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
     let size = std::mem::size_of::<libc::signalfd_siginfo>();
+    // SAFETY: we read at most size bytes into info, which is exactly that large.
     let n = unsafe {
         libc::read(
             fd.as_raw_fd(),
@@ -202,8 +204,8 @@ impl Epoll {
     pub fn new() -> io::Result<Epoll> {
         // SAFETY: epoll_create1 returns a new fd that we own.
         let fd = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
-        // SAFETY: fd was just created and is owned by nobody else.
         Ok(Epoll {
+            // SAFETY: fd was just created and is owned by nobody else.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
         })
     }
@@ -350,6 +352,7 @@ pub unsafe fn ioctl_ptr<T>(fd: RawFd, req: libc::c_ulong, arg: *mut T) -> io::Re
 pub fn socket(domain: libc::c_int, ty: libc::c_int, proto: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: plain integer arguments; the result is a fresh fd we own.
     let fd = check(unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, proto) })?;
+    // SAFETY: fd was just returned by socket(2) and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -441,6 +444,7 @@ pub fn statfs_used(path: &Path) -> io::Result<u64> {
     let p = path_cstr(path)?;
     // SAFETY: st is plain data filled by statfs; p is a valid string.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: p is a valid C string and st a writable statfs.
     check(unsafe { libc::statfs(p.as_ptr(), &mut st) })?;
     Ok((st.f_blocks as u64).saturating_sub(st.f_bfree as u64) * st.f_bsize as u64)
 }
@@ -496,6 +500,7 @@ pub fn lstat_at(dir: RawFd, name: &std::ffi::OsStr) -> io::Result<libc::stat> {
     let n = name_cstr(name)?;
     // SAFETY: st is plain data filled by fstatat; n is a valid string.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: n is a valid C string and st a writable stat.
     check(unsafe { libc::fstatat(dir, n.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) })?;
     Ok(st)
 }
@@ -511,6 +516,7 @@ pub fn open_dir_at(dir: RawFd, name: &std::ffi::OsStr) -> io::Result<OwnedFd> {
             libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
         )
     })?;
+    // SAFETY: fd was just returned by openat(2) and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -536,9 +542,9 @@ pub fn dir_names(dir: RawFd) -> io::Result<Vec<std::ffi::OsString>> {
         unsafe { libc::close(dup) };
         return Err(e);
     }
+    let mut names = Vec::new();
     // SAFETY: d is a valid DIR stream until closedir; each dirent is read before the next
     // readdir call.
-    let mut names = Vec::new();
     unsafe {
         libc::rewinddir(d);
         loop {

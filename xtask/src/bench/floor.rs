@@ -30,7 +30,7 @@ fn header(w: &mut Vec<u8>, ino: u32, mode: u32, size: usize, name: &str) {
 }
 
 fn pad(w: &mut Vec<u8>) {
-    while w.len() % 4 != 0 {
+    while !w.len().is_multiple_of(4) {
         w.push(0);
     }
 }

@@ -14,10 +14,10 @@
 //!   kernel floor, so no boot loader or firmware differs between the three.
 //! - Markers on ttyS0 (printed by small units): `bench-peer: multi-user` when
 //!   multi-user.target is reached (Debian's docker.service is part of it: Type=notify, so
-//!   the target waits until dockerd says it is ready), `bench-peer: docker-info` when `docker info` first answers
-//!   inside the guest, then `bench-peer: mem-used-kib N` (MemTotal - MemAvailable) and
-//!   `bench-peer: daemon-rss-kib N` (VmRSS of dockerd + containerd). journald
-//!   forwards errors to ttyS0 too.
+//!   the target waits until dockerd says it is ready), `bench-peer: docker-info` when
+//!   `docker info` first answers inside the guest, then `bench-peer: mem-used-kib N`
+//!   (MemTotal - MemAvailable) and `bench-peer: daemon-rss-kib N` (VmRSS of dockerd + containerd).
+//!   journald forwards errors to ttyS0 too.
 //! - dockerd also listens on TCP 2375 (no TLS, only reachable through QEMU's user-mode
 //!   forward on 127.0.0.1), so the host measures the API and `docker run` like for axion.
 //! - Reproducible: SOURCE_DATE_EPOCH is fixed, mke2fs gets a fixed UUID, hash seed and
@@ -65,30 +65,69 @@ pub const CMDLINE: &str = "root=/dev/vda rw console=ttyS0,115200 panic=-1";
 fn files() -> Vec<(&'static str, u32, String)> {
     vec![
         ("/etc/hostname", 0o644, "peer\n".into()),
-        ("/etc/hosts", 0o644, "127.0.0.1 localhost\n127.0.1.1 peer\n".into()),
+        (
+            "/etc/hosts",
+            0o644,
+            "127.0.0.1 localhost\n127.0.1.1 peer\n".into(),
+        ),
         ("/etc/fstab", 0o644, "/dev/vda / ext4 defaults 0 1\n".into()),
-        ("/etc/systemd/network/10-wired.network", 0o644, "[Match]\nName=en* eth*\n\n[Network]\nDHCP=ipv4\n".into()),
-        ("/etc/systemd/journald.conf.d/console.conf", 0o644, "[Journal]\nForwardToConsole=yes\nTTYPath=/dev/ttyS0\nMaxLevelConsole=err\n".into()),
+        (
+            "/etc/systemd/network/10-wired.network",
+            0o644,
+            "[Match]\nName=en* \
+             eth*\n\n[Network]\nDHCP=ipv4\n"
+                .into(),
+        ),
+        (
+            "/etc/systemd/journald.conf.d/console.conf",
+            0o644,
+            "[Journal]\nForwardToConsole=yes\nTTYPath=/dev/ttyS0\nMaxLevelConsole=err\n".into(),
+        ),
         (
             "/etc/systemd/system/docker.service.d/bench-tcp.conf",
             0o644,
-            format!("[Service]\nExecStart=\nExecStart=/usr/sbin/dockerd -H fd:// -H tcp://0.0.0.0:{GUEST_DOCKER_PORT} --containerd=/run/containerd/containerd.sock\n"),
+            format!(
+                "[Service]\nExecStart=\nExecStart=/usr/sbin/dockerd -H fd:// -H \
+                 tcp://0.0.0.0:{GUEST_DOCKER_PORT} \
+                 --containerd=/run/containerd/containerd.sock\n"
+            ),
         ),
         (
             "/etc/systemd/system/bench-multi-user.service",
             0o644,
             format!(
-                "[Unit]\nDescription=bench marker: multi-user.target reached\n# No default dependencies: else the target would also be ordered after this unit.\nDefaultDependencies=no\nAfter=multi-user.target\n\n[Service]\nType=oneshot\n\
-                 ExecStart=/bin/sh -c 'read up idle < /proc/uptime; echo \"{MARK_MULTI_USER} $up\" > /dev/ttyS0'\n\n[Install]\nWantedBy=multi-user.target\n"
+                "[Unit]\n\
+                 Description=bench marker: multi-user.target reached\n\
+                 # No default dependencies: else the target would also be \
+                 ordered after this unit.\n\
+                 DefaultDependencies=no\n\
+                 After=multi-user.target\n\
+                 \n\
+                 [Service]\n\
+                 Type=oneshot\n\
+                 ExecStart=/bin/sh -c \
+                 'read up idle < /proc/uptime; echo \"{MARK_MULTI_USER} $up\" > /dev/ttyS0'\n\
+                 \n\
+                 [Install]\n\
+                 WantedBy=multi-user.target\n"
             ),
         ),
         (
             "/etc/systemd/system/bench-docker.service",
             0o644,
-            format!(
-                "[Unit]\nDescription=bench marker: docker info answers\nAfter=docker.service\nWants=docker.service\n\n# simple: multi-user.target does not wait for this loop.\n[Service]\nType=simple\n\
-                 ExecStart=/bin/sh /usr/local/sbin/bench-docker\n\n[Install]\nWantedBy=multi-user.target\n"
-            ),
+            "[Unit]\n\
+             Description=bench marker: docker info answers\n\
+             After=docker.service\n\
+             Wants=docker.service\n\
+             \n\
+             # simple: multi-user.target does not wait for this loop.\n\
+             [Service]\n\
+             Type=simple\n\
+             ExecStart=/bin/sh /usr/local/sbin/bench-docker\n\
+             \n\
+             [Install]\n\
+             WantedBy=multi-user.target\n"
+                .to_string(),
         ),
         (
             "/usr/local/sbin/bench-docker",
@@ -99,9 +138,11 @@ fn files() -> Vec<(&'static str, u32, String)> {
                  read up idle < /proc/uptime\n\
                  echo \"{MARK_DOCKER} $up\" > /dev/ttyS0\n\
                  sleep 5\n\
-                 while read k v u; do case $k in MemTotal:) t=$v;; MemAvailable:) a=$v;; esac; done < /proc/meminfo\n\
+                 while read k v u; do case $k in MemTotal:) t=$v;; MemAvailable:) a=$v;; esac; \
+                 done < /proc/meminfo\n\
                  echo \"{MARK_MEM}$((t - a))\" > /dev/ttyS0\n\
-                 r=0; for p in $(pgrep -x dockerd) $(pgrep -x containerd); do while read k v u; do [ \"$k\" = VmRSS: ] && r=$((r + v)); done < /proc/$p/status; done\n\
+                 r=0; for p in $(pgrep -x dockerd) $(pgrep -x containerd); do while read k v u; do \
+                 [ \"$k\" = VmRSS: ] && r=$((r + v)); done < /proc/$p/status; done\n\
                  echo \"{MARK_DAEMON_RSS}$r\" > /dev/ttyS0\n"
             ),
         ),
@@ -148,7 +189,12 @@ pub fn host_mirror(etc_apt: &Path, suite: &str) -> Result<String> {
             return Ok(m);
         }
     }
-    bail!("no `deb` entry for suite {suite} in {}/sources.list.d/*.sources or {}/sources.list: the peer needs Debian's archive through apt", etc_apt.display(), etc_apt.display())
+    bail!(
+        "no `deb` entry for suite {suite} in {}/sources.list.d/*.sources or {}/sources.list: the \
+         peer needs Debian's archive through apt",
+        etc_apt.display(),
+        etc_apt.display()
+    )
 }
 
 fn mirror_deb822(text: &str, suite: &str) -> Option<String> {
@@ -261,7 +307,11 @@ pub fn ensure(layout: &Layout) -> Result<(Peer, bool)> {
         return Ok((peer, false));
     }
     if !is_root() {
-        bail!("building the peer runs debootstrap, which needs root (run `cargo xtask bench` as root once; the result is cached under {})", bench.display());
+        bail!(
+            "building the peer runs debootstrap, which needs root (run `cargo xtask bench` as \
+             root once; the result is cached under {})",
+            bench.display()
+        );
     }
     crate::doctor::ensure(&[crate::doctor::Need::Bench])?;
     let work = bench.join(format!("work-peer-{}", std::process::id()));
@@ -451,9 +501,15 @@ mod tests {
 
     #[test]
     fn mirror_from_deb822_skips_other_suites_and_src() {
-        let text = "Types: deb-src\nURIs: http://src.example/debian\nSuites: bookworm\nComponents: main\n\n\
-                    Types: deb\n# a comment: with colon\nURIs: http://sec.example/debian-security\nSuites: bookworm-security\nComponents: main\n\n\
-                    Types: deb\nURIs: http://main.example/debian http://other.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n";
+        let text =
+            "Types: deb-src\nURIs: http://src.example/debian\nSuites: bookworm\nComponents: \
+             main\n\n\
+             Types: deb\n# a comment: with colon\nURIs: \
+             http://sec.example/debian-security\nSuites: bookworm-security\nComponents: \
+             main\n\n\
+             Types: deb\nURIs: http://main.example/debian \
+             http://other.example/debian\nSuites: bookworm bookworm-updates\nComponents: \
+             main\n";
         assert_eq!(
             mirror_deb822(text, "bookworm").as_deref(),
             Some("http://main.example/debian")
@@ -463,7 +519,8 @@ mod tests {
 
     #[test]
     fn mirror_from_one_line_sources() {
-        let text = "# deb http://old.example/debian bookworm main\ndeb-src http://src.example/debian bookworm main\n\
+        let text = "# deb http://old.example/debian bookworm main\ndeb-src \
+                    http://src.example/debian bookworm main\n\
                     deb [arch=amd64 signed-by=/k.gpg] http://main.example/debian bookworm main\n";
         assert_eq!(
             mirror_one_line(text, "bookworm").as_deref(),

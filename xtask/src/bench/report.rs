@@ -78,7 +78,8 @@ impl Report {
     pub fn table(&self) -> String {
         let m = &self.meta;
         let mut out = format!(
-            "{} UTC · {} ({} cores, {:.0} GiB, load average {} at start) · host kernel {} · {} · QEMU {} · guests: {}{}\n\n",
+            "{} UTC · {} ({} cores, {:.0} GiB, load average {} at start) · host kernel {} · {} · \
+             QEMU {} · guests: {}{}\n\n",
             m.date,
             m.cpu,
             m.cores,
@@ -157,9 +158,11 @@ impl Report {
         let height = top + row_h * bars.len() as f64 + 30.0;
         let width = label_w + bar_w + 90.0;
         let mut s = format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{height:.0}\" font-family=\"sans-serif\" font-size=\"13\">\n\
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{height:.0}\" \
+             font-family=\"sans-serif\" font-size=\"13\">\n\
              <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-             <text x=\"10\" y=\"22\" font-size=\"15\" font-weight=\"bold\">Boot time from QEMU start, seconds (median; {} , {} cores, QEMU {})</text>\n",
+             <text x=\"10\" y=\"22\" font-size=\"15\" font-weight=\"bold\">Boot time from QEMU \
+             start, seconds (median; {} , {} cores, QEMU {})</text>\n",
             xml(&self.meta.accel),
             self.meta.cores,
             xml(&self.meta.qemu)
@@ -168,7 +171,9 @@ impl Report {
             let y = top + row_h * i as f64;
             let w = (v / max * bar_w).max(1.0);
             s.push_str(&format!(
-                "<text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"end\">{}</text>\n<rect x=\"{:.0}\" y=\"{:.0}\" width=\"{w:.1}\" height=\"{:.0}\" fill=\"{color}\"/>\n<text x=\"{:.1}\" y=\"{:.0}\">{}</text>\n",
+                "<text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"end\">{}</text>\n<rect x=\"{:.0}\" \
+                 y=\"{:.0}\" width=\"{w:.1}\" height=\"{:.0}\" fill=\"{color}\"/>\n<text \
+                 x=\"{:.1}\" y=\"{:.0}\">{}</text>\n",
                 label_w - 8.0,
                 y + 15.0,
                 xml(label),
@@ -317,7 +322,13 @@ mod tests {
     fn table_has_ratios_and_na() {
         let t = sample().table();
         assert!(t.contains("TCG · QEMU 7.2.22"), "{t}");
-        assert!(t.contains("|  | ready <line> | 2.50 s (2.00 s–3.00 s, 3 runs) = 2.5× floor | 10.0 s = 10.0× floor | 4.0× |"), "{t}");
+        assert!(
+            t.contains(
+                "|  | ready <line> | 2.50 s (2.00 s–3.00 s, 3 runs) = 2.5× floor | 10.0 \
+                 s = 10.0× floor | 4.0× |"
+            ),
+            "{t}"
+        );
         assert!(t.contains("n/a (engine not in the image)"), "{t}");
         assert!(
             t.contains("| size | qcow2 | 10.0 MiB | 575.0 MiB | 57.5× |"),

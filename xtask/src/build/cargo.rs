@@ -131,7 +131,12 @@ pub fn build(ctx: &BuildCtx, spec: &CargoSpec) -> Result<()> {
         let mut v = Vec::new();
         for b in &spec.binaries {
             v.push(executables.iter().find(|(n, _)| n == b).with_context(|| {
-                format!("{}: key 'build.binaries': crate '{krate}' built no binary '{b}' (it built: {:?})", ctx.recipe.path.display(), executables.iter().map(|e| &e.0).collect::<Vec<_>>())
+                format!(
+                    "{}: key 'build.binaries': crate '{krate}' built no binary '{b}' (it \
+                     built: {:?})",
+                    ctx.recipe.path.display(),
+                    executables.iter().map(|e| &e.0).collect::<Vec<_>>()
+                )
             })?);
         }
         v

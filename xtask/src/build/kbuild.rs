@@ -64,7 +64,8 @@ pub fn build(ctx: &BuildCtx, spec: &KbuildSpec) -> Result<()> {
         let text = problems.join("\n  ");
         ctx.note(&format!("== config check failed:\n  {text}\n"));
         bail!(
-            "{}: {} option(s) of the fragment did not stick after olddefconfig (a missing dependency or a symbol this kernel does not have):\n  {text}",
+            "{}: {} option(s) of the fragment did not stick after olddefconfig (a missing \
+             dependency or a symbol this kernel does not have):\n  {text}",
             fragment_path.display(),
             problems.len()
         );
@@ -204,7 +205,10 @@ mod tests {
 
     #[test]
     fn reports_options_that_did_not_stick_and_modules() {
-        let frag = parse_config("CONFIG_A=y\n# CONFIG_MODULES is not set\nCONFIG_GONE=y\nCONFIG_OFF=y\n# CONFIG_B is not set\n");
+        let frag = parse_config(
+            "CONFIG_A=y\n# CONFIG_MODULES is not \
+             set\nCONFIG_GONE=y\nCONFIG_OFF=y\n# CONFIG_B is not set\n",
+        );
         let result = parse_config("CONFIG_A=y\n# CONFIG_OFF is not set\nCONFIG_B=y\nCONFIG_M=m\n");
         let p = check_config(&frag, &result);
         assert!(

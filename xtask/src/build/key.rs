@@ -313,9 +313,14 @@ mod tests {
     use super::*;
     use crate::recipe::RecipeSet;
 
-    const A: &str = "[package]\nname = \"a\"\nversion = \"1\"\nlicense = \"MIT\"\nsummary = \"a\"\n\n[[source]]\nfile = \"a.tar\"\nsha256 = \"1111111111111111111111111111111111111111111111111111111111111111\"\npath = \"a/a.tar\"\n\n[build]\nkind = \"make\"\nconfig = \"a/a.config\"\n";
-    const B: &str = "[package]\nname = \"b\"\nversion = \"1\"\nlicense = \"MIT\"\nsummary = \"b\"\ndepends = [\"a\"]\n\n[build]\nkind = \"make\"\n";
-    const C: &str = "[package]\nname = \"c\"\nversion = \"1\"\nlicense = \"MIT\"\nsummary = \"c\"\n\n[build]\nkind = \"make\"\n";
+    const A: &str = "[package]\nname = \"a\"\nversion = \"1\"\nlicense = \"MIT\"\nsummary = \
+                     \"a\"\n\n[[source]]\nfile = \"a.tar\"\nsha256 = \
+                     \"1111111111111111111111111111111111111111111111111111111111111111\"\npath = \
+                     \"a/a.tar\"\n\n[build]\nkind = \"make\"\nconfig = \"a/a.config\"\n";
+    const B: &str = "[package]\nname = \"b\"\nversion = \"1\"\nlicense = \"MIT\"\nsummary = \
+                     \"b\"\ndepends = [\"a\"]\n\n[build]\nkind = \"make\"\n";
+    const C: &str = "[package]\nname = \"c\"\nversion = \"1\"\nlicense = \"MIT\"\nsummary = \
+                     \"c\"\n\n[build]\nkind = \"make\"\n";
 
     struct Fixture {
         _dir: tempfile::TempDir,
@@ -443,10 +448,20 @@ mod tests {
     fn cargo_inputs_follow_path_dependencies_and_skip_target() {
         let d = tempfile::tempdir().unwrap();
         let root = d.path();
-        std::fs::write(root.join("Cargo.toml"), "[workspace]\nmembers=[]\n[workspace.dependencies]\nshared = { path = \"crates/shared\" }\n").unwrap();
+        std::fs::write(
+            root.join("Cargo.toml"),
+            "[workspace]\nmembers=[]\n\
+             [workspace.dependencies]\nshared = \
+             { path = \"crates/shared\" }\n",
+        )
+        .unwrap();
         std::fs::write(root.join("Cargo.lock"), "").unwrap();
         for (dir, toml) in [
-            ("packages/app", "[package]\nname=\"app\"\n[dependencies]\nlib1 = { path = \"../../crates/lib1\" }\nshared = { workspace = true }\n"),
+            (
+                "packages/app",
+                "[package]\nname=\"app\"\n[dependencies]\nlib1 = \
+                 { path = \"../../crates/lib1\" }\nshared = { workspace = true }\n",
+            ),
             ("crates/lib1", "[package]\nname=\"lib1\"\n"),
             ("crates/shared", "[package]\nname=\"shared\"\n"),
             ("crates/other", "[package]\nname=\"other\"\n"),

@@ -177,7 +177,12 @@ mod tests {
 
     fn recipe(dir: &Path) -> Recipe {
         let p = dir.join("pkg.toml");
-        std::fs::write(&p, "[package]\nname=\"pkg\"\nversion=\"2\"\nlicense=\"MIT\"\nsummary=\"s\"\n[build]\nkind=\"make\"\n").unwrap();
+        std::fs::write(
+            &p,
+            "[package]\nname=\"pkg\"\nversion=\"2\"\nlicense=\"MIT\"\n\
+             summary=\"s\"\n[build]\nkind=\"make\"\n",
+        )
+        .unwrap();
         crate::recipe::load_recipe(&p).unwrap()
     }
 

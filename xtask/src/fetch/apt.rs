@@ -169,7 +169,8 @@ impl Apt {
             return Err(FetchError::Apt {
                 command: "read the host's apt sources".into(),
                 message: format!(
-                    "no entries in {0}/sources.list or {0}/sources.list.d/*.sources: this host cannot reach Debian's archive through apt",
+                    "no entries in {0}/sources.list or {0}/sources.list.d/*.sources: this host \
+                     cannot reach Debian's archive through apt",
                     etc_apt.display()
                 ),
             });
@@ -552,7 +553,7 @@ mod tests {
     fn deb822_gets_deb_src_in_every_stanza() {
         let t =
             "Types: deb\nURIs: http://mirror.invalid/debian\nSuites: stable\nComponents: main\n\n\
-                 # comment\ntypes: deb\nURIs: http://mirror.invalid/sec\nSuites: stable-security\n";
+             # comment\ntypes: deb\nURIs: http://mirror.invalid/sec\nSuites: stable-security\n";
         let o = deb822_with_src(t);
         assert_eq!(o.matches("Types: deb deb-src").count(), 2, "{o}");
         assert!(
@@ -569,7 +570,8 @@ mod tests {
         let o = one_line_with_src(t);
         assert_eq!(
             o,
-            "deb http://mirror.invalid/debian stable main\ndeb-src http://mirror.invalid/debian stable main\n\
+            "deb http://mirror.invalid/debian stable main\ndeb-src http://mirror.invalid/debian \
+             stable main\n\
              deb [signed-by=/k.gpg] http://mirror.invalid/sec stable-security main\n\
              deb-src [signed-by=/k.gpg] http://mirror.invalid/sec stable-security main\n"
         );

@@ -104,20 +104,31 @@ fn handle(
     };
     let start = range.unwrap_or(0) as usize;
     if start >= body.len() && range.is_some() {
-        write!(stream, "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", body.len())?;
+        write!(
+            stream,
+            "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes \
+             */{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            body.len()
+        )?;
         return Ok(());
     }
     let rest = &body[start..];
     if range.is_some() {
         write!(
             stream,
-            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {start}-{}/{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {start}-{}/{}\r\nContent-Length: \
+             {}\r\nConnection: close\r\n\r\n",
             body.len() - 1,
             body.len(),
             rest.len()
         )?;
     } else {
-        write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n", rest.len())?;
+        write!(
+            stream,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nAccept-Ranges: \
+             bytes\r\nConnection: close\r\n\r\n",
+            rest.len()
+        )?;
     }
     let cut = match behaviour {
         Behaviour::CutFirst(n) if earlier == 0 => Some(*n),
@@ -153,7 +164,8 @@ impl Env {
     fn recipe(&self, name: &str, source_keys: &str) -> Recipe {
         let path = self.dir.path().join("recipes").join(format!("{name}.toml"));
         let text = format!(
-            "[package]\nname = \"{name}\"\nversion = \"1\"\nlicense = \"MIT\"\nsummary = \"test\"\n\n\
+            "[package]\nname = \"{name}\"\nversion = \"1\"\nlicense = \"MIT\"\nsummary = \
+             \"test\"\n\n\
              [[source]]\n{source_keys}\n\n[build]\nkind = \"cargo\"\n"
         );
         std::fs::write(&path, &text).unwrap();
@@ -506,7 +518,7 @@ fn apt_unavailable() -> Option<String> {
 #[test]
 fn apt_backend_fetches_real_packages_from_debian() {
     if let Some(why) = apt_unavailable() {
-        eprintln!("\n*** skip: apt_backend_fetches_real_packages_from_debian, because {why} ***\n");
+        test_skip::skip(why);
         return;
     }
     let env = Env::new();
@@ -526,7 +538,8 @@ fn apt_backend_fetches_real_packages_from_debian() {
     let r = env.recipe(
         "busybox",
         &format!(
-            "file = \"{}\"\nsha256 = \"{}\"\ndebian-source = {{ package = \"{}\", version = \"{}\", file = \"{}\" }}",
+            "file = \"{}\"\nsha256 = \"{}\"\ndebian-source = {{ package = \"{}\", version = \
+             \"{}\", file = \"{}\" }}",
             src.file, src.sha256, deb_src.package, deb_src.version, deb_src.file
         ),
     );
@@ -548,7 +561,8 @@ fn apt_backend_fetches_real_packages_from_debian() {
             let e = format!("{e:#}");
             if e.contains("no longer in the archive") {
                 panic!(
-                    "Debian's archive dropped hello={HELLO_VERSION}: update HELLO_VERSION and HELLO_SHA256 in \
+                    "Debian's archive dropped hello={HELLO_VERSION}: update HELLO_VERSION and \
+                     HELLO_SHA256 in \
                      xtask/src/fetch/tests.rs (see the comment there). apt says: {e}"
                 );
             }
@@ -579,7 +593,8 @@ fn apt_backend_fetches_real_packages_from_debian() {
     let old = env.recipe(
         "busybox-old",
         &format!(
-            "file = \"{}\"\nsha256 = \"{}\"\ndebian-source = {{ package = \"busybox\", version = \"1:1.35.0-4\", file = \"{}\" }}",
+            "file = \"{}\"\nsha256 = \"{}\"\ndebian-source = {{ package = \"busybox\", version = \
+             \"1:1.35.0-4\", file = \"{}\" }}",
             src.file, src.sha256, deb_src.file
         ),
     );
@@ -598,7 +613,8 @@ fn apt_backend_fetches_real_packages_from_debian() {
         "busybox-ancient",
         &format!(
             "file = \"busybox_1.30.1.orig.tar.bz2\"\nsha256 = \"{}\"\n\
-             debian-source = {{ package = \"busybox\", version = \"1:1.30.1-1\", file = \"busybox_1.30.1.orig.tar.bz2\" }}",
+             debian-source = {{ package = \"busybox\", version = \"1:1.30.1-1\", file = \
+             \"busybox_1.30.1.orig.tar.bz2\" }}",
             sha256_bytes(b"ancient")
         ),
     );

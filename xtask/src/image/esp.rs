@@ -123,7 +123,7 @@ mod tests {
     #[test]
     fn esp_passes_fsck_and_is_reproducible() {
         if Command::new("mformat").arg("--version").output().is_err() {
-            eprintln!("skip: because mtools is not installed");
+            test_skip::skip("mtools is not installed");
             return;
         }
         let kernel = vec![0x5au8; 300_000];
@@ -182,7 +182,7 @@ mod tests {
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             ),
-            Err(_) => eprintln!("skip: because fsck.vfat (dosfstools) is not installed"),
+            Err(_) => test_skip::skip("fsck.vfat (dosfstools) is not installed"),
         }
         // Small images (the ISO's EFI image) work too.
         build(&files[..1], 2 << 20, "AXION-EFI", 1, 1).unwrap();

@@ -48,7 +48,8 @@ pub fn config(title: &str, cmdline: &str) -> String {
          serial --unit=0 --speed=115200\n\
          terminal_input serial console\n\
          terminal_output serial console\n\
-         menuentry '{title}' {{\n    linux /axion/vmlinuz {cmdline}\n    initrd /axion/initrd.zst\n}}\n"
+         menuentry '{title}' {{\n    linux /axion/vmlinuz {cmdline}\n    initrd \
+         /axion/initrd.zst\n}}\n"
     )
 }
 
@@ -143,7 +144,10 @@ pub fn patch_core_blocklist(core: &mut [u8], core_lba: u64) -> Result<()> {
     }
     let segment = u16::from_le_bytes([core[BLOCKLIST + 10], core[BLOCKLIST + 11]]);
     if segment != 0x820 {
-        bail!("core.img does not look like grub's diskboot (blocklist segment {segment:#x}, expected 0x820)");
+        bail!(
+            "core.img does not look like grub's diskboot (blocklist segment {segment:#x}, \
+             expected 0x820)"
+        );
     }
     core[BLOCKLIST..BLOCKLIST + 8].copy_from_slice(&(core_lba + 1).to_le_bytes());
     core[BLOCKLIST + 8..BLOCKLIST + 10].copy_from_slice(&((sectors - 1) as u16).to_le_bytes());
@@ -160,7 +164,7 @@ mod tests {
         let ok = Path::new(GRUB_LIB).join("i386-pc/boot.img").exists()
             && Path::new(GRUB_LIB).join("x86_64-efi/linux.mod").exists();
         if !ok {
-            eprintln!("skip: because grub-pc-bin / grub-efi-amd64-bin are not installed");
+            test_skip::skip("grub-pc-bin / grub-efi-amd64-bin are not installed");
         }
         ok
     }

@@ -204,14 +204,61 @@ pub fn ovf(i: &OvfInput) -> String {
 
 /// (category, key, label, description) of each OVF property; init's `ovfenv` reads them.
 pub const PROPERTIES: &[(&str, &str, &str, &str)] = &[
-    ("System", "hostname", "Hostname", "Host name of this VM (letters, digits, hyphens; dots between labels). Empty: the image's default."),
-    ("System", "instance-id", "Instance ID", "Identifies this VM: a new value gives it a new machine-id, SSH host keys, engine TLS certificates and RNG seed. Empty: vCenter's VM id."),
-    ("System", "ssh-key", "SSH public key", "Public key(s) allowed to log in as root over SSH, e.g. ssh-ed25519 AAAA... me@host."),
-    ("Network", "ip", "IPv4 address", "Static address (ADDR or ADDR/PREFIX) of the first NIC. Empty or dhcp: DHCP."),
-    ("Network", "netmask", "Netmask", "Netmask (255.255.255.0) or prefix length (24) for a static address."),
-    ("Network", "gateway", "Gateway", "Default gateway for a static address."),
-    ("Network", "dns", "DNS servers", "Name servers, separated by commas."),
-    ("Advanced", "user-data", "cloud-init user-data (base64)", "A #cloud-config document, base64 encoded: hostname, ssh_authorized_keys, write_files, runcmd, ntp."),
+    (
+        "System",
+        "hostname",
+        "Hostname",
+        "Host name of this VM (letters, digits, hyphens; dots \
+         between labels). Empty: the image's default.",
+    ),
+    (
+        "System",
+        "instance-id",
+        "Instance ID",
+        "Identifies this VM: a new value gives it a new \
+         machine-id, SSH host keys, engine TLS certificates \
+         and RNG seed. Empty: vCenter's VM id.",
+    ),
+    (
+        "System",
+        "ssh-key",
+        "SSH public key",
+        "Public key(s) allowed to log in as root over SSH, \
+         e.g. ssh-ed25519 AAAA... me@host.",
+    ),
+    (
+        "Network",
+        "ip",
+        "IPv4 address",
+        "Static address (ADDR or ADDR/PREFIX) of the first NIC. \
+         Empty or dhcp: DHCP.",
+    ),
+    (
+        "Network",
+        "netmask",
+        "Netmask",
+        "Netmask (255.255.255.0) or prefix length (24) for a static \
+         address.",
+    ),
+    (
+        "Network",
+        "gateway",
+        "Gateway",
+        "Default gateway for a static address.",
+    ),
+    (
+        "Network",
+        "dns",
+        "DNS servers",
+        "Name servers, separated by commas.",
+    ),
+    (
+        "Advanced",
+        "user-data",
+        "cloud-init user-data (base64)",
+        "A #cloud-config document, base64 \
+         encoded: hostname, ssh_authorized_keys, write_files, runcmd, ntp.",
+    ),
 ];
 
 fn properties() -> String {
@@ -224,7 +271,9 @@ fn properties() -> String {
         }
         let _ = writeln!(
             s,
-            "      <Property ovf:key=\"{}\" ovf:type=\"string\" ovf:userConfigurable=\"true\" ovf:value=\"\">\n        <Label>{}</Label>\n        <Description>{}</Description>\n      </Property>",
+            "      <Property ovf:key=\"{}\" ovf:type=\"string\" ovf:userConfigurable=\"true\" \
+             ovf:value=\"\">\n        <Label>{}</Label>\n        \
+             <Description>{}</Description>\n      </Property>",
             xml_escape(key),
             xml_escape(label),
             xml_escape(desc)

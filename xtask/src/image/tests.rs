@@ -41,7 +41,7 @@ fn host_has(tools: &[&'static str]) -> bool {
         })
         .collect();
     if !missing.is_empty() {
-        eprintln!("skip: because the host lacks {}", missing.join(", "));
+        test_skip::skip(format_args!("the host lacks {}", missing.join(", ")));
     }
     missing.is_empty()
 }

@@ -35,12 +35,14 @@ pub struct Descriptor<'a> {
 fn descriptor(d: &Descriptor, capacity_sectors: u64) -> String {
     let cylinders = (capacity_sectors.div_ceil(255 * 63)).min(65535);
     format!(
-        "# Disk DescriptorFile\nversion=1\nencoding=\"UTF-8\"\nCID={cid:08x}\nparentCID=ffffffff\ncreateType=\"streamOptimized\"\n\n\
+        "# Disk DescriptorFile\nversion=1\nencoding=\"UTF-8\"\nCID={cid:08x}\nparentCID=ffffffff\n\
+         createType=\"streamOptimized\"\n\n\
          # Extent description\nRW {capacity_sectors} SPARSE \"{name}\"\n\n\
          # The Disk Data Base\n#DDB\n\n\
          ddb.longContentID = \"{l0:08x}{l1:08x}{l2:08x}{l3:08x}\"\n\
          ddb.virtualHWVersion = \"4\"\n\
-         ddb.geometry.cylinders = \"{cylinders}\"\nddb.geometry.heads = \"255\"\nddb.geometry.sectors = \"63\"\n\
+         ddb.geometry.cylinders = \"{cylinders}\"\nddb.geometry.heads = \
+         \"255\"\nddb.geometry.sectors = \"63\"\n\
          ddb.adapterType = \"lsilogic\"\nddb.toolsVersion = \"2147483647\"\n",
         cid = d.cid,
         name = d.file_name,

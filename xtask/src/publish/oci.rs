@@ -248,7 +248,12 @@ pub fn push(
             size,
             reqwest::blocking::Body::sized(file, size),
         )?;
-        layers.push(json!({ "mediaType": media_type(&name), "digest": digest, "size": size, "annotations": { TITLE: name } }));
+        layers.push(json!({
+            "mediaType": media_type(&name),
+            "digest": digest,
+            "size": size,
+            "annotations": { TITLE: name }
+        }));
     }
     let annotations: serde_json::Map<String, Value> = annotations
         .iter()

@@ -160,7 +160,7 @@ mod tests {
             .output()
             .is_err()
         {
-            eprintln!("skip: because openssl is not installed");
+            test_skip::skip("openssl is not installed");
             return;
         }
         let dir = tempfile::tempdir().unwrap();

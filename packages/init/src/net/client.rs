@@ -359,9 +359,8 @@ mod tests {
         // T1: unicast renewal with ciaddr.
         assert!(c.on_timer(t0 + Duration::from_secs(49)).is_empty());
         let acts = c.on_timer(t0 + Duration::from_secs(50));
-        assert!(
-            matches!(&acts[0], Action::Send(Dest::Unicast(a), m) if *a == Ipv4Addr::new(10, 0, 2, 2) && m.ciaddr == Ipv4Addr::new(10, 0, 2, 15))
-        );
+        assert!(matches!(&acts[0], Action::Send(Dest::Unicast(a), m)
+                if *a == Ipv4Addr::new(10, 0, 2, 2) && m.ciaddr == Ipv4Addr::new(10, 0, 2, 15)));
         assert!(matches!(c.state, State::Renewing { .. }));
         // Renewal deadline is capped at T2.
         assert_eq!(c.deadline(), t0 + Duration::from_millis(87500));

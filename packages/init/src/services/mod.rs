@@ -9,8 +9,8 @@
 //! after = ["network"]                      # "network" and/or other service names; default: none
 //! restart = "always"                       # always (default) | on-failure | never
 //! working-directory = "/"                  # default "/"
-//! stop-timeout = 10                        # seconds from SIGTERM to SIGKILL at shutdown; default 10
-//! log-max-bytes = 1048576                  # /var/log/NAME.log cap, one rotation (NAME.log.1); default 1 MiB
+//! stop-timeout = 10                        # seconds from SIGTERM to SIGKILL; default 10
+//! log-max-bytes = 1048576                  # /var/log/NAME.log cap (one rotation); default 1 MiB
 //! ```
 //!
 //! Unknown keys are errors (the file is skipped and the error shown on the console).

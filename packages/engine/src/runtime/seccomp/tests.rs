@@ -450,6 +450,8 @@ fn installed_in_a_child_process() {
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
     if pid == 0 {
+        // SAFETY: the forked child makes raw syscalls on buffers prepared before the fork and
+        // reads errno right after each; nothing here allocates or takes a lock.
         let code = unsafe {
             // (return value, errno) right after the call.
             let r = |ret: libc::c_long| (ret, *libc::__errno_location());
@@ -503,6 +505,7 @@ fn installed_in_a_child_process() {
             }
             0
         };
+        // SAFETY: _exit ends the forked child without running the parent's destructors.
         unsafe { libc::_exit(code) };
     }
     let mut status = 0;
