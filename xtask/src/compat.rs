@@ -435,6 +435,10 @@ fn run_pytest(
         .env("DOCKER_TLS_VERIFY", "1")
         .env("DOCKER_CERT_PATH", vm.run.docker_certs())
         .env_remove("DOCKER_CONTEXT")
+        // requests lets these override the CA docker-py passes (the VM's own CA), and then
+        // every TLS handshake fails.
+        .env_remove("REQUESTS_CA_BUNDLE")
+        .env_remove("CURL_CA_BUNDLE")
         .env_remove("DOCKER_TEST_API_VERSION")
         .env("PYTHONDONTWRITEBYTECODE", "1")
         // stdout stays for the table.
