@@ -11,9 +11,10 @@
 //! `tests/integration` without the swarm, service, secret, config, plugin and node files, with
 //! a per-test timeout; a check that the engine still answers; the table; the VM powered off.
 //!
-//! Tests whose body calls `pull(` fetch from Docker Hub (`hello-world`, `alpine:latest`): they
-//! are marked `needs_hub` and left out of the headline figure, as is `api_build_test` (a
-//! separate issue takes `docker build`).
+//! Tests whose body calls `pull(` fetch from Docker Hub (`hello-world`, `alpine:latest`), and
+//! tests in the kept files whose body calls `init_swarm(` need swarm mode: they are marked
+//! `needs_hub` and `needs_swarm` and left out of the headline figure, as is `api_build_test`
+//! (a separate issue takes `docker build`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::AsFd;
@@ -82,6 +83,8 @@ pub struct TestResult {
     pub reason: String,
     /// The test pulls an image from Docker Hub.
     pub needs_hub: bool,
+    /// The test makes the engine a swarm manager (out of scope).
+    pub needs_swarm: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -195,7 +198,7 @@ fn measure(
     let mut results = parse_junit(&xml, |rel| {
         suite.join("tests/integration").join(rel).is_file()
     })?;
-    mark_hub_tests(&mut results, &suite.join("tests/integration"));
+    mark_tests(&mut results, &suite.join("tests/integration"));
     print!("{}", table(&results));
     println!(
         "{} in {:.0} s; the engine {} after the run",
@@ -727,6 +730,7 @@ pub fn parse_junit(xml: &str, is_file: impl Fn(&str) -> bool) -> Result<Vec<Test
                         outcome,
                         reason,
                         needs_hub: false,
+                        needs_swarm: false,
                     },
                 );
             }
@@ -848,21 +852,24 @@ fn scrub_word(word: &str) -> String {
     out
 }
 
-/// Marks the tests whose body calls `pull(`: they fetch from Docker Hub.
-fn mark_hub_tests(results: &mut [TestResult], integration: &Path) {
-    let mut cache: HashMap<String, HashSet<String>> = HashMap::new();
+/// Marks the tests whose body calls `pull(` (Docker Hub) or `init_swarm(` (swarm mode).
+fn mark_tests(results: &mut [TestResult], integration: &Path) {
+    let mut cache: HashMap<String, (HashSet<String>, HashSet<String>)> = HashMap::new();
     for r in results.iter_mut() {
-        let pulls = cache.entry(r.file.clone()).or_insert_with(|| {
-            std::fs::read_to_string(integration.join(&r.file))
-                .map(|s| tests_that_pull(&s))
-                .unwrap_or_default()
+        let (pull, swarm) = cache.entry(r.file.clone()).or_insert_with(|| {
+            let src = std::fs::read_to_string(integration.join(&r.file)).unwrap_or_default();
+            (
+                tests_calling(&src, "pull("),
+                tests_calling(&src, "init_swarm("),
+            )
         });
-        r.needs_hub = pulls.contains(&r.name);
+        r.needs_hub = pull.contains(&r.name);
+        r.needs_swarm = swarm.contains(&r.name);
     }
 }
 
-/// The tests (`Class::test` or `test`) of a Python test file whose body calls `pull(`.
-pub fn tests_that_pull(source: &str) -> HashSet<String> {
+/// The tests (`Class::test` or `test`) of a Python test file whose body has `needle`.
+pub fn tests_calling(source: &str, needle: &str) -> HashSet<String> {
     let mut found = HashSet::new();
     let mut class: Option<(usize, String)> = None;
     let mut test: Option<(usize, String)> = None;
@@ -899,7 +906,7 @@ pub fn tests_that_pull(source: &str) -> HashSet<String> {
                 };
                 test = Some((indent, full));
             }
-        } else if trimmed.contains("pull(") {
+        } else if trimmed.contains(needle) {
             if let Some((_, t)) = &test {
                 found.insert(t.clone());
             }
@@ -943,19 +950,20 @@ pub fn table(results: &[TestResult]) -> String {
 }
 
 /// The issue's figures: passed of those that ran, without api_build_test; and also without
-/// the tests that need Docker Hub.
+/// the tests that need Docker Hub or swarm mode.
 pub fn headline(results: &[TestResult]) -> String {
     let mut no_build = Counts::default();
-    let mut no_build_no_hub = Counts::default();
-    let mut hub_failing = 0;
+    let mut core = Counts::default();
+    let (mut hub, mut swarm) = (0, 0);
     for r in results.iter().filter(|r| r.file != BUILD_FILE) {
         no_build.add(r.outcome);
+        let failing = matches!(r.outcome, Outcome::Failed | Outcome::Error);
         if r.needs_hub {
-            if matches!(r.outcome, Outcome::Failed | Outcome::Error) {
-                hub_failing += 1;
-            }
+            hub += usize::from(failing);
+        } else if r.needs_swarm {
+            swarm += usize::from(failing);
         } else {
-            no_build_no_hub.add(r.outcome);
+            core.add(r.outcome);
         }
     }
     let pct = |c: &Counts| {
@@ -966,13 +974,13 @@ pub fn headline(results: &[TestResult]) -> String {
         }
     };
     format!(
-        "without {BUILD_FILE}: {} of {} passed ({:.0} %); without it and the tests that pull from Docker Hub ({hub_failing} of them failing): {} of {} ({:.1} %)",
+        "without {BUILD_FILE}: {} of {} passed ({:.0} %); without it and the tests that pull from Docker Hub ({hub} of them failing) or need swarm mode ({swarm} failing): {} of {} ({:.1} %)",
         no_build.passed,
         no_build.ran(),
         pct(&no_build),
-        no_build_no_hub.passed,
-        no_build_no_hub.ran(),
-        pct(&no_build_no_hub)
+        core.passed,
+        core.ran(),
+        pct(&core)
     )
 }
 
@@ -1075,12 +1083,14 @@ E   docker.errors.DockerException: Error while fetching server API version</erro
     fn table_and_headline_count_what_ran() {
         let mut r = parse_junit(JUNIT, files()).unwrap();
         r[0].needs_hub = true;
+        r[2].needs_swarm = true; // skipped: changes nothing
         r.push(TestResult {
             file: BUILD_FILE.into(),
             name: "BuildTest::test_build".into(),
             outcome: Outcome::Failed,
             reason: String::new(),
             needs_hub: false,
+            needs_swarm: false,
         });
         let t = table(&r);
         let lines: Vec<&str> = t.lines().collect();
@@ -1104,11 +1114,14 @@ E   docker.errors.DockerException: Error while fetching server API version</erro
         // Without the build file: 1 of 6 ran tests passed; without the hub test 1 of 5.
         let h = headline(&r);
         assert!(h.contains("1 of 6 passed (17 %)"), "{h}");
-        assert!(h.contains("(1 of them failing): 1 of 5 (20.0 %)"), "{h}");
+        assert!(
+            h.contains("(1 of them failing) or need swarm mode (0 failing): 1 of 5 (20.0 %)"),
+            "{h}"
+        );
     }
 
     #[test]
-    fn tests_that_pull_are_found_by_class() {
+    fn tests_calling_a_method_are_found_by_class() {
         let src = r#"
 class PullImageTest(BaseAPIIntegrationTest):
     def test_pull(self):
@@ -1139,7 +1152,7 @@ class OtherTest(BaseAPIIntegrationTest):
 def test_module_level():
     client.images.pull('alpine:latest')
 "#;
-        let mut got: Vec<String> = tests_that_pull(src).into_iter().collect();
+        let mut got: Vec<String> = tests_calling(src, "pull(").into_iter().collect();
         got.sort();
         assert_eq!(
             got,
