@@ -576,38 +576,133 @@ fn busybox_applets(busybox: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
+/// Alpine's base layout (alpine-baselayout): the suite relies on some of it, e.g. an exec
+/// with `workdir='/var/opt'`.
+const ALPINE_DIRS: [&str; 33] = [
+    "bin",
+    "dev",
+    "etc",
+    "etc/opt",
+    "home",
+    "lib",
+    "media",
+    "mnt",
+    "opt",
+    "proc",
+    "root",
+    "run",
+    "sbin",
+    "srv",
+    "sys",
+    "tmp",
+    "usr",
+    "usr/bin",
+    "usr/lib",
+    "usr/local",
+    "usr/local/bin",
+    "usr/local/lib",
+    "usr/local/share",
+    "usr/sbin",
+    "usr/share",
+    "var",
+    "var/cache",
+    "var/empty",
+    "var/lib",
+    "var/log",
+    "var/opt",
+    "var/spool",
+    "var/tmp",
+];
+
+/// Alpine 3.10's /etc/passwd (the suite runs `whoami` as `postgres`).
+const ALPINE_PASSWD: &str = "root:x:0:0:root:/root:/bin/ash
+bin:x:1:1:bin:/bin:/sbin/nologin
+daemon:x:2:2:daemon:/sbin:/sbin/nologin
+adm:x:3:4:adm:/var/adm:/sbin/nologin
+lp:x:4:7:lp:/var/spool/lpd:/sbin/nologin
+sync:x:5:0:sync:/sbin:/bin/sync
+shutdown:x:6:0:shutdown:/sbin:/sbin/shutdown
+halt:x:7:0:halt:/sbin:/sbin/halt
+mail:x:8:12:mail:/var/spool/mail:/sbin/nologin
+news:x:9:13:news:/usr/lib/news:/sbin/nologin
+uucp:x:10:14:uucp:/var/spool/uucppublic:/sbin/nologin
+operator:x:11:0:operator:/root:/sbin/nologin
+man:x:13:15:man:/usr/man:/sbin/nologin
+postmaster:x:14:12:postmaster:/var/spool/mail:/sbin/nologin
+cron:x:16:16:cron:/var/spool/cron:/sbin/nologin
+ftp:x:21:21::/var/lib/ftp:/sbin/nologin
+sshd:x:22:22:sshd:/dev/null:/sbin/nologin
+at:x:25:25:at:/var/spool/cron/atjobs:/sbin/nologin
+squid:x:31:31:Squid:/var/cache/squid:/sbin/nologin
+xfs:x:33:33:X Font Server:/etc/X11/fs:/sbin/nologin
+games:x:35:35:games:/usr/games:/sbin/nologin
+postgres:x:70:70::/var/lib/postgresql:/bin/sh
+cyrus:x:85:12::/usr/cyrus:/sbin/nologin
+vpopmail:x:89:89::/var/vpopmail:/sbin/nologin
+ntp:x:123:123:NTP:/var/empty:/sbin/nologin
+smmsp:x:209:209:smmsp:/var/spool/mqueue:/sbin/nologin
+guest:x:405:100:guest:/dev/null:/sbin/nologin
+nobody:x:65534:65534:nobody:/:/sbin/nologin
+";
+
+/// Alpine 3.10's /etc/group.
+const ALPINE_GROUP: &str = "root:x:0:root
+bin:x:1:root,bin,daemon
+daemon:x:2:root,bin,daemon
+sys:x:3:root,bin,adm
+adm:x:4:root,adm,daemon
+tty:x:5:
+disk:x:6:root,adm
+lp:x:7:lp
+mem:x:8:
+kmem:x:9:
+wheel:x:10:root
+floppy:x:11:root
+mail:x:12:mail
+news:x:13:news
+uucp:x:14:uucp
+man:x:15:man
+cron:x:16:cron
+console:x:17:
+audio:x:18:
+cdrom:x:19:
+dialout:x:20:root
+ftp:x:21:
+sshd:x:22:
+input:x:23:
+at:x:25:at
+tape:x:26:root
+video:x:27:root
+netdev:x:28:
+readproc:x:30:
+squid:x:31:squid
+xfs:x:33:xfs
+kvm:x:34:kvm
+games:x:35:
+shadow:x:42:
+postgres:x:70:
+cdrw:x:80:
+usb:x:85:
+vpopmail:x:89:
+users:x:100:games
+ntp:x:123:
+nofiles:x:200:
+smmsp:x:209:smmsp
+locate:x:245:
+abuild:x:300:
+utmp:x:406:
+ping:x:999:
+nogroup:x:65533:
+nobody:x:65534:
+";
+
 /// A `docker save` archive of one image: busybox with its applets where Alpine has them,
-/// the usual top-level folders, /etc/passwd and /etc/group; named by every tag in `tags`.
+/// Alpine's folders, /etc/passwd and /etc/group; named by every tag in `tags`.
 pub fn busybox_image_archive(busybox: &[u8], applets: &[String], tags: &[&str]) -> Result<Vec<u8>> {
     use sha2::{Digest, Sha256};
     const MTIME: u64 = 1_700_000_000;
     let mut layer = tar::Builder::new(Vec::new());
-    let mut dirs: Vec<String> = [
-        "bin",
-        "dev",
-        "etc",
-        "home",
-        "lib",
-        "mnt",
-        "opt",
-        "proc",
-        "root",
-        "run",
-        "sbin",
-        "srv",
-        "sys",
-        "tmp",
-        "usr",
-        "usr/bin",
-        "usr/sbin",
-        "usr/local",
-        "usr/local/bin",
-        "var",
-        "var/tmp",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut dirs: Vec<String> = ALPINE_DIRS.iter().map(|s| s.to_string()).collect();
     for a in applets {
         if let Some((parent, _)) = a.rsplit_once('/') {
             if !dirs.iter().any(|d| d == parent) {
@@ -635,16 +730,8 @@ pub fn busybox_image_archive(busybox: &[u8], applets: &[String], tags: &[&str]) 
         layer.append_data(&mut h, path, data)
     };
     file("bin/busybox", 0o755, busybox)?;
-    file(
-        "etc/passwd",
-        0o644,
-        b"root:x:0:0:root:/root:/bin/sh\ndaemon:x:2:2:daemon:/sbin:/sbin/nologin\nnobody:x:65534:65534:nobody:/:/sbin/nologin\n",
-    )?;
-    file(
-        "etc/group",
-        0o644,
-        b"root:x:0:root\ndaemon:x:2:root,bin,daemon\nnogroup:x:65533:\nnobody:x:65534:\n",
-    )?;
+    file("etc/passwd", 0o644, ALPINE_PASSWD.as_bytes())?;
+    file("etc/group", 0o644, ALPINE_GROUP.as_bytes())?;
     for a in applets {
         let mut h = tar::Header::new_ustar();
         h.set_entry_type(tar::EntryType::Symlink);
@@ -1227,7 +1314,7 @@ def test_module_level():
         assert_eq!(names["usr/bin/env"].as_deref(), Some("/bin/busybox"));
         assert_eq!(names["bin/sh"].as_deref(), Some("/bin/busybox"));
         assert!(names.contains_key("bin/busybox") && names.contains_key("tmp/"));
-        assert!(names.contains_key("etc/passwd"));
+        assert!(names.contains_key("etc/passwd") && names.contains_key("var/opt/"));
     }
 
     #[test]
