@@ -277,8 +277,10 @@ fn check() -> Result<()> {
     let cmd =
         String::from_utf8_lossy(&std::fs::read(format!("/proc/{pa}/cmdline"))?).replace('\0', " ");
     assert!(
-        cmd.contains("virtserialport,") && cmd.contains("name=axion.engine"),
-        "no axion.engine port: {cmd}"
+        cmd.contains("virtserialport,")
+            && cmd.contains(&format!("name={}", vmd_contract::ENGINE_PORT)),
+        "no {} port: {cmd}",
+        vmd_contract::ENGINE_PORT
     );
     assert!(
         cmd.contains(&format!("{}/engine.sock", &a[..12])),
