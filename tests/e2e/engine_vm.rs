@@ -2,10 +2,9 @@
 //! over the forwarded TCP port with mutual TLS (client certificate fetched over SSH, as the
 //! README tells users to do until `run --detach` exports DOCKER_HOST itself).
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use axion_tests::{boot_ready, image, qemu, require};
 use xtask::profile::Format;
 
@@ -20,10 +19,7 @@ fn docker_cli_talks_to_the_engine_in_the_vm() {
         "the ssh client (openssh-client) is not installed"
     );
     require!(
-        Command::new("docker")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success()),
+        axion_tests::docker_installed(),
         "the docker CLI is not installed"
     );
     check().unwrap();
@@ -92,16 +88,12 @@ fn check() -> Result<()> {
         std::thread::sleep(Duration::from_secs(3));
     }
 
-    let docker = |args: &[&str]| -> Result<std::process::Output> {
-        Command::new("docker")
-            .env("DOCKER_HOST", format!("tcp://127.0.0.1:{docker_port}"))
-            .env("DOCKER_TLS_VERIFY", "1")
-            .env("DOCKER_CERT_PATH", &certs)
-            .env("DOCKER_CONFIG", dir.path().join("docker-config"))
-            .args(args)
-            .output()
-            .context("running docker")
-    };
+    let plain = axion_tests::DockerCli::new(
+        format!("tcp://127.0.0.1:{docker_port}"),
+        dir.path().join("docker-config"),
+    );
+    let tls = plain.clone().tls(&certs);
+    let docker = |args: &[&str]| tls.output(args);
     let out = docker(&[
         "version",
         "--format",
@@ -123,11 +115,7 @@ fn check() -> Result<()> {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0 0");
 
     // Without the client certificate the engine refuses the connection.
-    let out = Command::new("docker")
-        .env("DOCKER_HOST", format!("tcp://127.0.0.1:{docker_port}"))
-        .env("DOCKER_CONFIG", dir.path().join("docker-config"))
-        .args(["version", "--format", "{{.Server.APIVersion}}"])
-        .output()?;
+    let out = plain.output(&["version", "--format", "{{.Server.APIVersion}}"])?;
     assert!(
         !out.status.success() || String::from_utf8_lossy(&out.stdout).trim().is_empty(),
         "plain TCP was served"

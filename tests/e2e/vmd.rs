@@ -85,7 +85,12 @@ fn check() -> Result<()> {
         bail!("the qcow2 format is not a disk");
     };
     let reg = Registry::start()?;
-    reg.push_busybox("busybox", "latest", Compression::Gzip)?;
+    reg.push_busybox(
+        &axion_tests::busybox(),
+        "busybox",
+        "latest",
+        Compression::Gzip,
+    )?;
     let img = format!("{}/busybox:latest", reg.host());
     // Another image with the same layer (its own config): garbage collection keeps the
     // shared layer while either image is there.
@@ -108,8 +113,8 @@ fn check() -> Result<()> {
         insecure_registries: vec!["10.9.0.0/16".into(), "myreg:5000".into()],
     };
     let t = Instant::now();
-    let server =
-        vmd::Server::start(opts, &dir.path().join("vmd.sock")).context("starting the daemon")?;
+    let server = axion_tests::vmd::Server::start(opts, &dir.path().join("vmd.sock"))
+        .context("starting the daemon")?;
     eprintln!(
         "daemon up (template included) in {:.1} s",
         t.elapsed().as_secs_f64()
@@ -118,10 +123,7 @@ fn check() -> Result<()> {
         qemus_under(&state).is_empty(),
         "the template VM is still running after it was saved"
     );
-    let cli = DockerCli {
-        host: server.docker_host(),
-        config: dir.path().join("docker-config"),
-    };
+    let cli = DockerCli::new(server.docker_host(), dir.path().join("docker-config"));
 
     assert_eq!(
         cli.ok(&["version", "--format", "{{.Server.APIVersion}}"])

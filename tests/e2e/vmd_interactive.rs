@@ -183,7 +183,12 @@ fn check() -> Result<()> {
         bail!("the qcow2 format is not a disk");
     };
     let reg = Registry::start()?;
-    reg.push_busybox("busybox", "latest", Compression::Gzip)?;
+    reg.push_busybox(
+        &axion_tests::busybox(),
+        "busybox",
+        "latest",
+        Compression::Gzip,
+    )?;
     let img = format!("{}/busybox:latest", reg.host());
 
     let dir = tempfile::Builder::new()
@@ -205,15 +210,12 @@ fn check() -> Result<()> {
     };
     let t = Instant::now();
     let socket = dir.path().join("vmd.sock");
-    let server = vmd::Server::start(opts, &socket).context("starting the daemon")?;
+    let server = axion_tests::vmd::Server::start(opts, &socket).context("starting the daemon")?;
     eprintln!(
         "daemon up (template included) in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    let cli = DockerCli {
-        host: server.docker_host(),
-        config: dir.path().join("docker-config"),
-    };
+    let cli = DockerCli::new(server.docker_host(), dir.path().join("docker-config"));
     cli.ok(&["pull", "-q", &img]);
 
     // run -i: piped stdin reaches the container (and its EOF ends `cat`); output and exit

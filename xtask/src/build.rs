@@ -573,6 +573,35 @@ impl Drop for LogTail {
     }
 }
 
+/// The project's own busybox: the `busybox` package's staged binary (static, musl), built
+/// now unless the cache has it. The tests' and the bench's images are made of it
+/// (crate test-support).
+pub fn project_busybox() -> Result<PathBuf> {
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(p) = PATH.get() {
+        return Ok(p.clone());
+    }
+    let layout = crate::layout::Layout::discover();
+    let recipes = crate::recipe::RecipeSet::load(&layout.recipes())?;
+    let staged = build_packages(
+        &layout,
+        &recipes,
+        &["busybox".to_string()],
+        &BuildOptions::default(),
+    )
+    .context("building the project's busybox for the test images")?;
+    let tree = staged
+        .into_iter()
+        .find(|s| s.name == "busybox")
+        .context("the busybox package staged nothing")?
+        .tree;
+    let path = tree.join("bin/busybox");
+    if !path.is_file() {
+        bail!("the busybox package has no {}", path.display());
+    }
+    Ok(PATH.get_or_init(|| path).clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,6 @@ pub mod layout;
 pub mod profile;
 pub mod publish;
 pub mod recipe;
-pub mod registry;
 pub mod rootfs;
 pub mod run;
 pub mod sbom;

@@ -223,9 +223,6 @@ pub mod images;
 pub mod store;
 pub mod template;
 
-mod server;
-pub use server::{bench_docker_run, Server};
-
 use client::GuestClient;
 use docker_api::time::{human, now_nanos, rfc3339, since, unix_from_rfc3339};
 use docker_api::types::*;
