@@ -11,6 +11,7 @@
 
 pub mod error;
 pub mod filters;
+pub mod portspec;
 pub mod route;
 pub mod server;
 pub mod stdcopy;
