@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use axion_tests::registry::{Compression, Registry};
 use axion_tests::{boot_ready, image, qemu, require};
+use xtask::image::Bootable;
 use xtask::profile::Format;
 
 #[test]
@@ -325,10 +326,10 @@ fn container_root_is_its_own(g: &Guest, dir: &Path) -> Result<()> {
 fn check() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (key, _) = axion_tests::ssh_keygen(dir.path(), "id")?;
-    let xtask::run::Bootable::Kernel { kernel, initrd } = image("qemu", Format::Initramfs)? else {
+    let Bootable::Kernel { kernel, initrd } = image("qemu", Format::Initramfs)? else {
         bail!("the initramfs format is not a kernel and an initramfs");
     };
-    let xtask::run::Bootable::Disk { path: base, .. } = image("qemu", Format::Qcow2)? else {
+    let Bootable::Disk { path: base, .. } = image("qemu", Format::Qcow2)? else {
         bail!("the qcow2 format is not a disk");
     };
     // The image's disk stays untouched: the VM writes to an overlay.

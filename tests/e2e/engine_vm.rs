@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use axion_tests::{boot_ready, image, qemu, require};
+use xtask::image::Bootable;
 use xtask::profile::Format;
 
 #[test]
@@ -28,7 +29,7 @@ fn docker_cli_talks_to_the_engine_in_the_vm() {
 fn check() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (key, public) = axion_tests::ssh_keygen(dir.path(), "id")?;
-    let xtask::run::Bootable::Kernel { kernel, initrd } = image("qemu", Format::Initramfs)? else {
+    let Bootable::Kernel { kernel, initrd } = image("qemu", Format::Initramfs)? else {
         bail!("the initramfs format is not a kernel and an initramfs");
     };
     let (ssh_port, docker_port) = (qemu::free_port()?, qemu::free_port()?);

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use axion_tests::registry::{Compression, Registry};
 use axion_tests::{image, qemus_under, require, DockerCli};
+use xtask::image::Bootable;
 use xtask::profile::Format;
 
 #[test]
@@ -78,10 +79,10 @@ fn check_limits(
 }
 
 fn check() -> Result<()> {
-    let xtask::run::Bootable::Kernel { kernel, initrd } = image("qemu", Format::Initramfs)? else {
+    let Bootable::Kernel { kernel, initrd } = image("qemu", Format::Initramfs)? else {
         bail!("the initramfs format is not a kernel and an initramfs");
     };
-    let xtask::run::Bootable::Disk { path: disk, .. } = image("qemu", Format::Qcow2)? else {
+    let Bootable::Disk { path: disk, .. } = image("qemu", Format::Qcow2)? else {
         bail!("the qcow2 format is not a disk");
     };
     let reg = Registry::start()?;

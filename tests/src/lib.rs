@@ -75,14 +75,14 @@ pub fn kernel() -> Result<PathBuf> {
 
 /// A built image of `profile` in `format` under out/PROFILE/, built with
 /// `cargo xtask image --profile P --format F` when missing (the real path, no shortcuts).
-pub fn image(profile: &str, format: xtask::profile::Format) -> Result<xtask::run::Bootable> {
+pub fn image(profile: &str, format: xtask::profile::Format) -> Result<xtask::image::Bootable> {
     let layout = layout();
     let out = layout.out(profile);
-    if let Some(b) = xtask::run::find_bootable(&out, profile, format) {
+    if let Some(b) = xtask::image::find_bootable(&out, profile, format) {
         // Reuse a built image only while no input (recipe, overlay, package tree) is newer.
         let recipes = xtask::recipe::RecipeSet::load(&layout.recipes())?;
         let p = xtask::profile::load_profile(&layout.root, profile, &recipes)?;
-        match xtask::run::stale_reason(&layout, &p, &b) {
+        match xtask::image::stale_reason(&layout, &p, &b) {
             None => return Ok(b),
             Some(why) => eprintln!("rebuilding the {profile} {format} image: {why} is newer"),
         }
@@ -91,7 +91,7 @@ pub fn image(profile: &str, format: xtask::profile::Format) -> Result<xtask::run
         &["image", "--profile", profile, "--format", format.name()],
         Duration::from_secs(3600),
     )?;
-    xtask::run::find_bootable(&out, profile, format)
+    xtask::image::find_bootable(&out, profile, format)
         .with_context(|| format!("`cargo xtask image --profile {profile} --format {format}` succeeded but left no {format} image in {}", out.display()))
 }
 

@@ -53,23 +53,31 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::build;
+use crate::image::{find_bootable, Bootable};
 use crate::layout::Layout;
 use crate::profile::{self, Format, Profile};
 use crate::recipe::RecipeSet;
-use crate::run::{self, Bootable, Ports, RunDir};
+use crate::run::{self, Ports, RunDir};
 use report::{Meta, Report, Row};
 use stats::{Unit, Value};
 
-/// What `cargo xtask bench` was asked for.
-#[derive(Debug, Clone, Default)]
-pub struct Options {
+/// `cargo xtask bench`'s options.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Args {
+    /// Fewer runs; skip clean builds and the peer build when it is not cached.
+    #[arg(long)]
     pub quick: bool,
+    /// Where to write the JSON (default out/bench/bench.json).
+    #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Only build (or find) the peer, measure nothing.
+    /// Only build (or find) the Debian peer, measure nothing.
+    #[arg(long)]
     pub prepare: bool,
-    /// Only the VM-per-container figures ([`vmd`]), printed.
+    /// Only the VM-per-container figures (clone against cold boot), printed, not written.
+    #[arg(long)]
     pub vmd_only: bool,
-    /// Timed `docker run`s per mode instead of the default.
+    /// Timed `docker run`s per mode (default 5, or 2 with --quick).
+    #[arg(long, value_name = "N")]
     pub runs: Option<usize>,
 }
 
@@ -81,7 +89,7 @@ struct Runs {
 }
 
 impl Runs {
-    fn for_opts(opts: &Options) -> Runs {
+    fn for_opts(opts: &Args) -> Runs {
         let mut runs = if opts.quick {
             Runs {
                 boot: 2,
@@ -107,7 +115,7 @@ impl Runs {
 const PROFILES: [&str; 2] = ["qemu", "vsphere"];
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 
-pub fn bench(layout: &Layout, opts: &Options) -> Result<()> {
+pub fn bench(layout: &Layout, opts: &Args) -> Result<()> {
     if opts.prepare {
         let (peer, built) = peer::ensure(layout)?;
         eprintln!(
@@ -277,7 +285,7 @@ pub fn bench(layout: &Layout, opts: &Options) -> Result<()> {
     }
 
     // Boots.
-    let bootable = run::find_bootable(&layout.out("qemu"), "qemu", Format::Initramfs)
+    let bootable = find_bootable(&layout.out("qemu"), "qemu", Format::Initramfs)
         .context("the qemu profile's initramfs format is missing from out/qemu")?;
     let Bootable::Kernel { kernel, .. } = &bootable else {
         bail!("the initramfs format is not a kernel and an initramfs")
@@ -319,7 +327,7 @@ pub fn bench(layout: &Layout, opts: &Options) -> Result<()> {
     let ax = bench.axion_direct(runs.boot, runs.docker_run, engine)?;
     let disk = bench.axion_disk(runs.boot)?;
     let vm_per_container = {
-        let disk = run::find_bootable(&layout.out("qemu"), "qemu", Format::Qcow2);
+        let disk = find_bootable(&layout.out("qemu"), "qemu", Format::Qcow2);
         let disk_path = match &disk {
             Some(Bootable::Disk { path, .. }) => Some(path.as_path()),
             _ => None,
@@ -498,12 +506,12 @@ fn vmd_only(layout: &Layout, runs: usize) -> Result<()> {
     ensure_images(layout, &recipes, &p, false)?;
     let out = layout.root.join("out").join("bench");
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-    let bootable = run::find_bootable(&layout.out("qemu"), "qemu", Format::Initramfs)
+    let bootable = find_bootable(&layout.out("qemu"), "qemu", Format::Initramfs)
         .context("the qemu profile's initramfs format is missing from out/qemu")?;
     let Bootable::Kernel { kernel, initrd } = &bootable else {
         bail!("the initramfs format is not a kernel and an initramfs")
     };
-    let disk = run::find_bootable(&layout.out("qemu"), "qemu", Format::Qcow2);
+    let disk = find_bootable(&layout.out("qemu"), "qemu", Format::Qcow2);
     let disk = match &disk {
         Some(Bootable::Disk { path, .. }) => Some(path.as_path()),
         _ => None,
@@ -745,21 +753,21 @@ fn ensure_images(
     always: bool,
 ) -> Result<Option<f64>> {
     let out = layout.out(p.name());
-    let fresh =
-        p.spec
-            .profile
-            .formats
-            .iter()
-            .all(|f| match run::find_bootable(&out, p.name(), *f) {
-                Some(b) => run::stale_reason(layout, p, &b).is_none(),
-                None => {
-                    *f == Format::Ova
-                        && std::fs::read_dir(&out).is_ok_and(|rd| {
-                            rd.filter_map(|e| e.ok())
-                                .any(|e| e.file_name().to_string_lossy().ends_with(".ova"))
-                        })
-                }
-            });
+    let fresh = p
+        .spec
+        .profile
+        .formats
+        .iter()
+        .all(|f| match find_bootable(&out, p.name(), *f) {
+            Some(b) => crate::image::stale_reason(layout, p, &b).is_none(),
+            None => {
+                *f == Format::Ova
+                    && std::fs::read_dir(&out).is_ok_and(|rd| {
+                        rd.filter_map(|e| e.ok())
+                            .any(|e| e.file_name().to_string_lossy().ends_with(".ova"))
+                    })
+            }
+        });
     if fresh && !always {
         return Ok(None);
     }
@@ -1088,7 +1096,7 @@ impl Bench<'_> {
     }
 
     fn axion_disk(&self, n: usize) -> Result<Value> {
-        let Some(disk) = run::find_bootable(&self.layout.out("qemu"), "qemu", Format::Qcow2) else {
+        let Some(disk) = find_bootable(&self.layout.out("qemu"), "qemu", Format::Qcow2) else {
             return Ok(Value::na("no qcow2 in out/qemu"));
         };
         let Bootable::Disk { path, format } = &disk else {

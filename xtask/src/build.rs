@@ -44,6 +44,41 @@ use crate::doctor::{self, Need};
 use crate::layout::Layout;
 use crate::recipe::{Build, Recipe, RecipeSet};
 
+/// `cargo xtask build`'s options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Packages to build (default: every package of the qemu profile).
+    pub packages: Vec<String>,
+    #[arg(long)]
+    pub offline: bool,
+}
+
+/// `cargo xtask build`: packages into staged trees in the cache.
+pub fn main(layout: &Layout, args: &Args) -> Result<()> {
+    let recipes = RecipeSet::load(&layout.recipes())?;
+    let names = if args.packages.is_empty() {
+        crate::profile::load_profile(&layout.root, "qemu", &recipes)?
+            .spec
+            .profile
+            .packages
+    } else {
+        args.packages.clone()
+    };
+    let opts = BuildOptions {
+        offline: args.offline,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let staged = build_packages(layout, &recipes, &names, &opts)?;
+    eprintln!(
+        "{} package(s) ready in {:.2} s under {}",
+        staged.len(),
+        started.elapsed().as_secs_f64(),
+        layout.packages().display()
+    );
+    Ok(())
+}
+
 /// Every build sees this as `SOURCE_DATE_EPOCH` (2025-01-01 00:00:00 UTC): timestamps that
 /// end up in outputs (the kernel's version string, busybox's banner) are this date, never the
 /// time of the build. Changing it changes every key (it is part of [`BUILD_LOGIC`]).

@@ -362,6 +362,15 @@ pub fn report() -> bool {
     ok
 }
 
+/// `cargo xtask doctor`: the report, failing when something is missing.
+pub fn main() -> anyhow::Result<()> {
+    if report() {
+        Ok(())
+    } else {
+        anyhow::bail!("some host tools are missing (see above)")
+    }
+}
+
 /// Makes sure the host has what these jobs need: installs it with apt on a Debian-family
 /// host, or stops with the command to run.
 pub fn ensure(needs: &[Need]) -> anyhow::Result<()> {

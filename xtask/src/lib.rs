@@ -15,5 +15,6 @@ pub mod recipe;
 pub mod rootfs;
 pub mod run;
 pub mod sbom;
+pub mod test;
 pub mod ui;
 pub mod vmd;
