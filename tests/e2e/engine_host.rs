@@ -46,7 +46,7 @@ fn skip_reason() -> Option<String> {
     if !Path::new("/proc/self/ns/pid").exists() {
         return Some("the kernel has no PID namespaces".into());
     }
-    if Command::new("docker").arg("--version").output().is_err() {
+    if !axion_tests::docker_installed() {
         return Some("the docker CLI is not installed".into());
     }
     None
@@ -186,22 +186,20 @@ impl Engine {
         std::fs::read_to_string(self.root.path().join("engine.err")).unwrap_or_default()
     }
 
+    /// The CLI aimed at this engine (with `extra_env` on top).
+    fn cli(&self) -> axion_tests::DockerCli {
+        self.extra_env.iter().fold(
+            axion_tests::DockerCli::new(&self.host, self.config.path()),
+            |c, (k, v)| c.env(k, v),
+        )
+    }
+
     fn docker_cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("docker");
-        c.args(args)
-            .env("DOCKER_HOST", &self.host)
-            .env("DOCKER_CONFIG", self.config.path())
-            .env_remove("DOCKER_TLS_VERIFY")
-            .env_remove("DOCKER_CERT_PATH");
-        for (k, v) in &self.extra_env {
-            c.env(k, v);
-        }
-        c.stdin(Stdio::null());
-        c
+        self.cli().cmd(args)
     }
 
     fn docker(&self, args: &[&str]) -> Output {
-        self.docker_cmd(args).output().expect("run docker")
+        self.cli().run(args)
     }
 
     /// Runs docker and asserts success; returns stdout.
@@ -298,8 +296,13 @@ fn version_info_and_bad_input() {
 
 fn registry_with_busybox() -> (Registry, String) {
     let reg = Registry::start().expect("start registry");
-    reg.push_busybox("busybox", "latest", Compression::Gzip)
-        .expect("push busybox");
+    reg.push_busybox(
+        &axion_tests::busybox(),
+        "busybox",
+        "latest",
+        Compression::Gzip,
+    )
+    .expect("push busybox");
     let host = reg.host();
     (reg, host)
 }
@@ -308,12 +311,20 @@ fn registry_with_busybox() -> (Registry, String) {
 fn pull_images_inspect_tag_rmi() {
     skip_unless_capable!();
     let (reg, host) = registry_with_busybox();
-    let zd = reg.push_busybox("bbzstd", "v1", Compression::Zstd).unwrap();
+    let zd = reg
+        .push_busybox(&axion_tests::busybox(), "bbzstd", "v1", Compression::Zstd)
+        .unwrap();
     reg.push_index(
+        &axion_tests::busybox(),
         "bbindex",
         "multi",
-        &reg.push_busybox("bbindex", "single", Compression::Gzip)
-            .unwrap(),
+        &reg.push_busybox(
+            &axion_tests::busybox(),
+            "bbindex",
+            "single",
+            Compression::Gzip,
+        )
+        .unwrap(),
     )
     .unwrap();
     let _ = zd;
@@ -411,8 +422,8 @@ fn pull_images_inspect_tag_rmi() {
 #[test]
 fn load_a_saved_image_and_refuse_broken_archives() {
     skip_unless_capable!();
-    let busybox = std::fs::read(xtask::registry::project_busybox().unwrap()).unwrap();
-    let archive = xtask::bench::busybox_image_tar(&busybox).unwrap();
+    let busybox = std::fs::read(axion_tests::busybox()).unwrap();
+    let archive = axion_tests::busybox_images::image_tar(&busybox).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("busybox.tar");
     std::fs::write(&good, &archive).unwrap();

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use axion_tests::registry::{Compression, Registry};
 use axion_tests::{boot_ready, image, qemu, require};
+use xtask::image::Bootable;
 use xtask::profile::Format;
 
 #[test]
@@ -44,10 +45,7 @@ fn bridge_nat_cgroups_and_reboot_in_the_vm() {
         "qemu-img is not installed"
     );
     require!(
-        Command::new("docker")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success()),
+        axion_tests::docker_installed(),
         "the docker CLI is not installed"
     );
     check().unwrap();
@@ -165,18 +163,12 @@ impl Guest {
 
     fn docker(&self, args: &[&str]) -> Result<Output> {
         eprintln!("$ docker {}", args.join(" "));
-        let o = Command::new("docker")
-            .env(
-                "DOCKER_HOST",
-                format!("tcp://127.0.0.1:{}", self.docker_port),
-            )
-            .env("DOCKER_TLS_VERIFY", "1")
-            .env("DOCKER_CERT_PATH", self.certs())
-            .env("DOCKER_CONFIG", self.dir.join("docker-config"))
-            .args(args)
-            .output()
-            .context("running docker")?;
-        Ok(o)
+        axion_tests::DockerCli::new(
+            format!("tcp://127.0.0.1:{}", self.docker_port),
+            self.dir.join("docker-config"),
+        )
+        .tls(&self.certs())
+        .output(args)
     }
 
     /// `docker ARGS`, which must succeed; returns its trimmed stdout.
@@ -343,10 +335,10 @@ fn container_root_is_its_own(g: &Guest, dir: &Path) -> Result<()> {
 fn check() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (key, _) = axion_tests::ssh_keygen(dir.path(), "id")?;
-    let xtask::run::Bootable::Kernel { kernel, initrd } = image("qemu", Format::Initramfs)? else {
+    let Bootable::Kernel { kernel, initrd } = image("qemu", Format::Initramfs)? else {
         bail!("the initramfs format is not a kernel and an initramfs");
     };
-    let xtask::run::Bootable::Disk { path: base, .. } = image("qemu", Format::Qcow2)? else {
+    let Bootable::Disk { path: base, .. } = image("qemu", Format::Qcow2)? else {
         bail!("the qcow2 format is not a disk");
     };
     // The image's disk stays untouched: the VM writes to an overlay.
@@ -360,7 +352,12 @@ fn check() -> Result<()> {
         bail!("qemu-img create (overlay of {}) failed", base.display());
     }
     let registry = Registry::start()?;
-    registry.push_busybox("busybox", "latest", Compression::Gzip)?;
+    registry.push_busybox(
+        &axion_tests::busybox(),
+        "busybox",
+        "latest",
+        Compression::Gzip,
+    )?;
     let reg = format!("10.0.2.2:{}", registry.port);
 
     let mut g = Guest::boot(dir.path(), &kernel, &initrd, &disk, &key, 1)?;

@@ -2,11 +2,11 @@
 //! over the forwarded TCP port with mutual TLS (client certificate fetched over SSH, as
 //! docs/running.md tells users to do for a VM that `run --detach` did not start).
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use axion_tests::{boot_ready, image, qemu, require};
+use xtask::image::Bootable;
 use xtask::profile::Format;
 
 #[test]
@@ -20,10 +20,7 @@ fn docker_cli_talks_to_the_engine_in_the_vm() {
         "the ssh client (openssh-client) is not installed"
     );
     require!(
-        Command::new("docker")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success()),
+        axion_tests::docker_installed(),
         "the docker CLI is not installed"
     );
     check().unwrap();
@@ -32,7 +29,7 @@ fn docker_cli_talks_to_the_engine_in_the_vm() {
 fn check() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (key, public) = axion_tests::ssh_keygen(dir.path(), "id")?;
-    let xtask::run::Bootable::Kernel { kernel, initrd } = image("qemu", Format::Initramfs)? else {
+    let Bootable::Kernel { kernel, initrd } = image("qemu", Format::Initramfs)? else {
         bail!("the initramfs format is not a kernel and an initramfs");
     };
     let (ssh_port, docker_port) = (qemu::free_port()?, qemu::free_port()?);
@@ -92,16 +89,12 @@ fn check() -> Result<()> {
         std::thread::sleep(Duration::from_secs(3));
     }
 
-    let docker = |args: &[&str]| -> Result<std::process::Output> {
-        Command::new("docker")
-            .env("DOCKER_HOST", format!("tcp://127.0.0.1:{docker_port}"))
-            .env("DOCKER_TLS_VERIFY", "1")
-            .env("DOCKER_CERT_PATH", &certs)
-            .env("DOCKER_CONFIG", dir.path().join("docker-config"))
-            .args(args)
-            .output()
-            .context("running docker")
-    };
+    let plain = axion_tests::DockerCli::new(
+        format!("tcp://127.0.0.1:{docker_port}"),
+        dir.path().join("docker-config"),
+    );
+    let tls = plain.clone().tls(&certs);
+    let docker = |args: &[&str]| tls.output(args);
     let out = docker(&[
         "version",
         "--format",
@@ -123,11 +116,7 @@ fn check() -> Result<()> {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0 0");
 
     // Without the client certificate the engine refuses the connection.
-    let out = Command::new("docker")
-        .env("DOCKER_HOST", format!("tcp://127.0.0.1:{docker_port}"))
-        .env("DOCKER_CONFIG", dir.path().join("docker-config"))
-        .args(["version", "--format", "{{.Server.APIVersion}}"])
-        .output()?;
+    let out = plain.output(&["version", "--format", "{{.Server.APIVersion}}"])?;
     assert!(
         !out.status.success() || String::from_utf8_lossy(&out.stdout).trim().is_empty(),
         "plain TCP was served"

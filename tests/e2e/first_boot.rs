@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use axion_tests::{boot_ready, image, qemu};
 use qemu::{DiskFormat, Drive, VmConfig};
+use xtask::image::Bootable;
 use xtask::profile::Format;
 
 fn have(tool: &str) -> bool {
@@ -142,14 +143,14 @@ fn net_to(port: u16, guest_ip: Option<&str>) -> qemu::Device {
 
 fn qcow2_image() -> Result<PathBuf> {
     match image("qemu", Format::Qcow2)? {
-        xtask::run::Bootable::Disk { path, .. } => Ok(path),
+        Bootable::Disk { path, .. } => Ok(path),
         _ => bail!("the qcow2 format is not a disk image"),
     }
 }
 
 fn initramfs_image() -> Result<(PathBuf, PathBuf)> {
     match image("qemu", Format::Initramfs)? {
-        xtask::run::Bootable::Kernel { kernel, initrd } => Ok((kernel, initrd)),
+        Bootable::Kernel { kernel, initrd } => Ok((kernel, initrd)),
         _ => bail!("the initramfs format is not a kernel and an initramfs"),
     }
 }

@@ -109,7 +109,12 @@ fn publish_push_and_pull_round_trip() -> Result<()> {
     }
 
     // A reference that is an ordinary container image is refused with a clear message.
-    registry.push_busybox("some/image", "latest", Compression::Gzip)?;
+    registry.push_busybox(
+        &axion_tests::busybox(),
+        "some/image",
+        "latest",
+        Compression::Gzip,
+    )?;
     let out = xtask(
         &[
             "pull",

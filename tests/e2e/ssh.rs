@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use axion_tests::{boot_ready, image, qemu, require};
+use xtask::image::Bootable;
 use xtask::profile::Format;
 
 fn ssh(key: &std::path::Path, port: u16, extra: &[&str], command: &str) -> std::process::Output {
@@ -33,7 +34,7 @@ fn login_checks() -> Result<()> {
     let (good, good_pub) = keygen(dir.path(), "good")?;
     let (bad, _) = keygen(dir.path(), "bad")?;
 
-    let xtask::run::Bootable::Kernel { kernel, initrd } = image("qemu", Format::Initramfs)? else {
+    let Bootable::Kernel { kernel, initrd } = image("qemu", Format::Initramfs)? else {
         bail!("the initramfs format is not a kernel and an initramfs");
     };
     let port = qemu::free_port()?;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use axion_tests::registry::{Compression, Registry};
 use axion_tests::{image, qemus_under, require, DockerCli};
+use xtask::image::Bootable;
 use xtask::profile::Format;
 
 #[test]
@@ -78,14 +79,19 @@ fn check_limits(
 }
 
 fn check() -> Result<()> {
-    let xtask::run::Bootable::Kernel { kernel, initrd } = image("qemu", Format::Initramfs)? else {
+    let Bootable::Kernel { kernel, initrd } = image("qemu", Format::Initramfs)? else {
         bail!("the initramfs format is not a kernel and an initramfs");
     };
-    let xtask::run::Bootable::Disk { path: disk, .. } = image("qemu", Format::Qcow2)? else {
+    let Bootable::Disk { path: disk, .. } = image("qemu", Format::Qcow2)? else {
         bail!("the qcow2 format is not a disk");
     };
     let reg = Registry::start()?;
-    reg.push_busybox("busybox", "latest", Compression::Gzip)?;
+    reg.push_busybox(
+        &axion_tests::busybox(),
+        "busybox",
+        "latest",
+        Compression::Gzip,
+    )?;
     let img = format!("{}/busybox:latest", reg.host());
     // Another image with the same layer (its own config): garbage collection keeps the
     // shared layer while either image is there.
@@ -108,8 +114,8 @@ fn check() -> Result<()> {
         insecure_registries: vec!["10.9.0.0/16".into(), "myreg:5000".into()],
     };
     let t = Instant::now();
-    let server =
-        vmd::Server::start(opts, &dir.path().join("vmd.sock")).context("starting the daemon")?;
+    let server = axion_tests::vmd::Server::start(opts, &dir.path().join("vmd.sock"))
+        .context("starting the daemon")?;
     eprintln!(
         "daemon up (template included) in {:.1} s",
         t.elapsed().as_secs_f64()
@@ -118,10 +124,7 @@ fn check() -> Result<()> {
         qemus_under(&state).is_empty(),
         "the template VM is still running after it was saved"
     );
-    let cli = DockerCli {
-        host: server.docker_host(),
-        config: dir.path().join("docker-config"),
-    };
+    let cli = DockerCli::new(server.docker_host(), dir.path().join("docker-config"));
 
     assert_eq!(
         cli.ok(&["version", "--format", "{{.Server.APIVersion}}"])
@@ -277,8 +280,10 @@ fn check() -> Result<()> {
     let cmd =
         String::from_utf8_lossy(&std::fs::read(format!("/proc/{pa}/cmdline"))?).replace('\0', " ");
     assert!(
-        cmd.contains("virtserialport,") && cmd.contains("name=axion.engine"),
-        "no axion.engine port: {cmd}"
+        cmd.contains("virtserialport,")
+            && cmd.contains(&format!("name={}", vmd_contract::ENGINE_PORT)),
+        "no {} port: {cmd}",
+        vmd_contract::ENGINE_PORT
     );
     assert!(
         cmd.contains(&format!("{}/engine.sock", &a[..12])),

@@ -5,11 +5,10 @@
 //! no daemon and no QEMU behind. (tests/e2e/vmd.rs tests the daemon itself, in-process.)
 
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use axion_tests::registry::{free_port, Compression, Registry};
-use axion_tests::{eval_exports, qemus_under, require, xtask, xtask_ok};
+use axion_tests::{eval_exports, qemus_under, require, xtask, xtask_ok, DockerCli};
 use xtask::profile::Format;
 
 /// Stops the daemon when the test ends, however it ends.
@@ -24,18 +23,6 @@ impl Drop for StopOnDrop {
     }
 }
 
-fn docker(env: &[(&str, &str)], config: &Path, args: &[&str]) -> Output {
-    let mut c = Command::new("docker");
-    c.env_remove("DOCKER_HOST")
-        .env_remove("DOCKER_TLS_VERIFY")
-        .env_remove("DOCKER_CERT_PATH")
-        .env("DOCKER_CONFIG", config);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.args(args).output().expect("docker runs")
-}
-
 #[test]
 fn xtask_vmd_detach_over_tcp_with_mutual_tls() {
     require!(
@@ -43,7 +30,7 @@ fn xtask_vmd_detach_over_tcp_with_mutual_tls() {
         "qemu-system-x86_64 is not installed"
     );
     require!(
-        Command::new("docker").arg("--version").output().is_ok(),
+        axion_tests::docker_installed(),
         "the docker CLI is not installed"
     );
     require!(
@@ -53,8 +40,13 @@ fn xtask_vmd_detach_over_tcp_with_mutual_tls() {
     axion_tests::image("qemu", Format::Initramfs).expect("the qemu profile's initramfs");
 
     let reg = Registry::start().unwrap();
-    reg.push_busybox("busybox", "latest", Compression::Gzip)
-        .unwrap();
+    reg.push_busybox(
+        &axion_tests::busybox(),
+        "busybox",
+        "latest",
+        Compression::Gzip,
+    )
+    .unwrap();
     let img = format!("{}/busybox:latest", reg.host());
 
     let dir = tempfile::Builder::new()
@@ -98,13 +90,12 @@ fn xtask_vmd_detach_over_tcp_with_mutual_tls() {
         .unwrap();
 
     let config = dir.path().join("docker-config");
-    let env = [
-        ("DOCKER_HOST", v[0].as_str()),
-        ("DOCKER_TLS_VERIFY", v[1].as_str()),
-        ("DOCKER_CERT_PATH", v[2].as_str()),
-    ];
+    // The environment the export lines set, as a user's shell would have it.
+    let cli = DockerCli::new(&v[0], &config)
+        .env("DOCKER_TLS_VERIFY", &v[1])
+        .env("DOCKER_CERT_PATH", &v[2]);
     let ok = |args: &[&str]| {
-        let o = docker(&env, &config, args);
+        let o = cli.run(args);
         assert!(
             o.status.success(),
             "docker {args:?} failed: {}",
@@ -124,14 +115,8 @@ fn xtask_vmd_detach_over_tcp_with_mutual_tls() {
         t.elapsed().as_secs_f64()
     );
     // Piped stdin over TLS: the CLI's end of input (its CloseWrite) reaches the container.
-    let mut c = Command::new("docker");
-    c.env_remove("DOCKER_HOST")
-        .env_remove("DOCKER_TLS_VERIFY")
-        .env_remove("DOCKER_CERT_PATH")
-        .env("DOCKER_CONFIG", &config);
-    c.envs(env)
-        .args(["run", "-i", "--rm", &img, "cat"])
-        .stdin(std::process::Stdio::piped())
+    let mut c = cli.cmd(&["run", "-i", "--rm", &img, "cat"]);
+    c.stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let mut child = c.spawn().expect("docker runs");
@@ -143,15 +128,10 @@ fn xtask_vmd_detach_over_tcp_with_mutual_tls() {
     // TLS without the client certificate: the handshake is refused.
     let empty = dir.path().join("no-certs");
     std::fs::create_dir_all(&empty).unwrap();
-    let o = docker(
-        &[
-            ("DOCKER_HOST", v[0].as_str()),
-            ("DOCKER_TLS", "1"),
-            ("DOCKER_CERT_PATH", empty.to_str().unwrap()),
-        ],
-        &config,
-        &["version"],
-    );
+    let o = DockerCli::new(&v[0], &config)
+        .env("DOCKER_TLS", "1")
+        .env("DOCKER_CERT_PATH", empty.to_str().unwrap())
+        .run(&["version"]);
     assert!(
         !o.status.success(),
         "a client without the certificate was served: {}",

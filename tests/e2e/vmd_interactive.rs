@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use axion_tests::registry::{Compression, Registry};
 use axion_tests::{image, qemus_under, require, DockerCli};
+use xtask::image::Bootable;
 use xtask::profile::Format;
 
 #[test]
@@ -181,14 +182,19 @@ fn api(socket: &Path, method: &str, path: &str, body: &str) -> Result<(u16, Stri
 }
 
 fn check() -> Result<()> {
-    let xtask::run::Bootable::Kernel { kernel, initrd } = image("qemu", Format::Initramfs)? else {
+    let Bootable::Kernel { kernel, initrd } = image("qemu", Format::Initramfs)? else {
         bail!("the initramfs format is not a kernel and an initramfs");
     };
-    let xtask::run::Bootable::Disk { path: disk, .. } = image("qemu", Format::Qcow2)? else {
+    let Bootable::Disk { path: disk, .. } = image("qemu", Format::Qcow2)? else {
         bail!("the qcow2 format is not a disk");
     };
     let reg = Registry::start()?;
-    reg.push_busybox("busybox", "latest", Compression::Gzip)?;
+    reg.push_busybox(
+        &axion_tests::busybox(),
+        "busybox",
+        "latest",
+        Compression::Gzip,
+    )?;
     let img = format!("{}/busybox:latest", reg.host());
 
     let dir = tempfile::Builder::new()
@@ -210,15 +216,12 @@ fn check() -> Result<()> {
     };
     let t = Instant::now();
     let socket = dir.path().join("vmd.sock");
-    let server = vmd::Server::start(opts, &socket).context("starting the daemon")?;
+    let server = axion_tests::vmd::Server::start(opts, &socket).context("starting the daemon")?;
     eprintln!(
         "daemon up (template included) in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    let cli = DockerCli {
-        host: server.docker_host(),
-        config: dir.path().join("docker-config"),
-    };
+    let cli = DockerCli::new(server.docker_host(), dir.path().join("docker-config"));
     cli.ok(&["pull", "-q", &img]);
 
     // run -i: piped stdin reaches the container (and its EOF ends `cat`); output and exit

@@ -1,14 +1,16 @@
 //! Shared helpers for the end-to-end tests in `e2e/`: find or build what a test boots, boot it
 //! with the serial console captured, run `cargo xtask` as a user would, and skip loudly when
-//! the host cannot run a test. Thin on purpose: booting and QMP live in the `qemu` crate.
+//! the host cannot run a test. Thin on purpose: booting and QMP live in the `qemu` crate, and
+//! the fixtures the bench shares (registry, busybox images, docker CLI, in-process vmd) in
+//! crates/test-support, re-exported here. This crate is what needs the build tool (xtask);
+//! test-support cannot depend on xtask, because xtask's bench depends on it.
 //!
 //! The tests run single-threaded (`cargo xtask test` passes `--test-threads=1`): they boot VMs
 //! on a 2-core machine and share `out/`.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
@@ -78,14 +80,14 @@ pub fn kernel() -> Result<PathBuf> {
 
 /// A built image of `profile` in `format` under out/PROFILE/, built with
 /// `cargo xtask image --profile P --format F` when missing (the real path, no shortcuts).
-pub fn image(profile: &str, format: xtask::profile::Format) -> Result<xtask::run::Bootable> {
+pub fn image(profile: &str, format: xtask::profile::Format) -> Result<xtask::image::Bootable> {
     let layout = layout();
     let out = layout.out(profile);
-    if let Some(b) = xtask::run::find_bootable(&out, profile, format) {
+    if let Some(b) = xtask::image::find_bootable(&out, profile, format) {
         // Reuse a built image only while no input (recipe, overlay, package tree) is newer.
         let recipes = xtask::recipe::RecipeSet::load(&layout.recipes())?;
         let p = xtask::profile::load_profile(&layout.root, profile, &recipes)?;
-        match xtask::run::stale_reason(&layout, &p, &b) {
+        match xtask::image::stale_reason(&layout, &p, &b) {
             None => return Ok(b),
             Some(why) => eprintln!("rebuilding the {profile} {format} image: {why} is newer"),
         }
@@ -94,13 +96,8 @@ pub fn image(profile: &str, format: xtask::profile::Format) -> Result<xtask::run
         &["image", "--profile", profile, "--format", format.name()],
         Duration::from_secs(3600),
     )?;
-    xtask::run::find_bootable(&out, profile, format).with_context(|| {
-        format!(
-            "`cargo xtask image --profile {profile} --format {format}` \
-             succeeded but left no {format} image in {}",
-            out.display()
-        )
-    })
+    xtask::image::find_bootable(&out, profile, format)
+        .with_context(|| format!("`cargo xtask image --profile {profile} --format {format}` succeeded but left no {format} image in {}", out.display()))
 }
 
 /// The accelerator for test VMs (TCG unless the KVM probe boots the staged kernel), and why.
@@ -166,95 +163,6 @@ pub fn vmd_host_lacks() -> Option<&'static str> {
     }
 }
 
-/// The real `docker` CLI aimed at one daemon (`DOCKER_HOST`), with a config folder of its own.
-pub struct DockerCli {
-    pub host: String,
-    pub config: PathBuf,
-}
-
-impl DockerCli {
-    pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("docker");
-        cmd.env("DOCKER_HOST", &self.host)
-            .env("DOCKER_CONFIG", &self.config)
-            .args(args);
-        cmd
-    }
-
-    /// `docker ARGS` with no stdin, 300 s at most.
-    pub fn run(&self, args: &[&str]) -> Output {
-        run_with_timeout(self.cmd(args), Duration::from_secs(300))
-            .unwrap_or_else(|e| panic!("docker {}: {e:#}", args.join(" ")))
-    }
-
-    /// [`DockerCli::run`], asserting success; its stdout.
-    pub fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "docker {} failed ({}): {}{}",
-            args.join(" "),
-            o.status,
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-}
-
-/// Runs a command with piped stdout/stderr and a deadline (see [`xtask`]).
-pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Output> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("cannot start")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    for (i, mut pipe) in [
-        Box::new(child.stdout.take().expect("piped")) as Box<dyn Read + Send>,
-        Box::new(child.stderr.take().expect("piped")),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = pipe.read_to_end(&mut buf);
-            let _ = tx.send((i, buf));
-        });
-    }
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(st) = child.try_wait()? {
-            break st;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("did not finish within {} s", timeout.as_secs());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut outs = [Vec::new(), Vec::new()];
-    for _ in 0..2 {
-        let (i, buf) = rx.recv_timeout(Duration::from_secs(10)).map_err(|_| {
-            anyhow::anyhow!(
-                "exited ({status}) but its stdout/stderr stayed open: a \
-                 process it started still holds them"
-            )
-        })?;
-        outs[i] = buf;
-    }
-    let [stdout, stderr] = outs;
-    Ok(Output {
-        status,
-        stdout,
-        stderr,
-    })
-}
-
 /// `export NAME=VALUE` lines (as `run --detach` prints them) evaluated by a real shell.
 pub fn eval_exports(exports: &str, names: &[&str]) -> Result<Vec<String>> {
     let mut script = exports.to_string();
@@ -301,8 +209,16 @@ pub fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// The registry helpers live in xtask (the bench uses them too).
-pub use xtask::registry;
+/// The fixtures the bench uses too: a local registry with busybox images, the docker CLI,
+/// axion-vmd in-process (crate test-support).
+pub use test_support::docker::{installed as docker_installed, run_with_timeout};
+pub use test_support::{busybox as busybox_images, registry, vmd, DockerCli};
+
+/// The project's own busybox binary (built once, then cached), of which the test images
+/// are made: pass it to [`registry::Registry::push_busybox`].
+pub fn busybox() -> PathBuf {
+    xtask::build::project_busybox().expect("the project's busybox")
+}
 
 /// QEMU processes whose command line mentions `dir` (a VM-per-container daemon's state: its
 /// template and clones). Found from /proc here, independently of the daemon's own scan, so a

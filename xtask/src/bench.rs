@@ -54,24 +54,32 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::build;
+use crate::image::{find_bootable, Bootable};
 use crate::layout::Layout;
 use crate::profile::{self, Format, Profile};
 use crate::recipe::RecipeSet;
-use crate::run::{self, Bootable, Ports, RunDir};
+use crate::run::{self, Ports, RunDir};
 use report::{Meta, Report, Row};
 use stats::{Unit, Value};
 
-/// What `cargo xtask bench` was asked for.
-#[derive(Debug, Clone, Default)]
-pub struct Options {
+/// `cargo xtask bench`'s options.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Args {
+    /// Fewer runs; skip clean builds and the peer build when it is not cached.
+    #[arg(long)]
     pub quick: bool,
+    /// Where to write the JSON (default out/bench/bench.json).
+    #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Only build (or find) the peer, measure nothing.
+    /// Only build (or find) the Debian peer, measure nothing.
+    #[arg(long)]
     pub prepare: bool,
     /// Only the VM-per-container figures ([`vmd`]), printed and written to their section of
     /// docs/benchmarks.md.
+    #[arg(long)]
     pub vmd_only: bool,
-    /// Timed `docker run`s per mode instead of the default.
+    /// Timed `docker run`s per mode (default 5, or 2 with --quick).
+    #[arg(long, value_name = "N")]
     pub runs: Option<usize>,
 }
 
@@ -83,7 +91,7 @@ struct Runs {
 }
 
 impl Runs {
-    fn for_opts(opts: &Options) -> Runs {
+    fn for_opts(opts: &Args) -> Runs {
         let mut runs = if opts.quick {
             Runs {
                 boot: 2,
@@ -109,7 +117,7 @@ impl Runs {
 const PROFILES: [&str; 2] = ["qemu", "vsphere"];
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 
-pub fn bench(layout: &Layout, opts: &Options) -> Result<()> {
+pub fn bench(layout: &Layout, opts: &Args) -> Result<()> {
     if opts.prepare {
         let (peer, built) = peer::ensure(layout)?;
         eprintln!(
@@ -283,7 +291,7 @@ pub fn bench(layout: &Layout, opts: &Options) -> Result<()> {
     }
 
     // Boots.
-    let bootable = run::find_bootable(&layout.out("qemu"), "qemu", Format::Initramfs)
+    let bootable = find_bootable(&layout.out("qemu"), "qemu", Format::Initramfs)
         .context("the qemu profile's initramfs format is missing from out/qemu")?;
     let Bootable::Kernel { kernel, .. } = &bootable else {
         bail!("the initramfs format is not a kernel and an initramfs")
@@ -325,7 +333,7 @@ pub fn bench(layout: &Layout, opts: &Options) -> Result<()> {
     let ax = bench.axion_direct(runs.boot, runs.docker_run, engine)?;
     let disk = bench.axion_disk(runs.boot)?;
     let vm_per_container = {
-        let disk = run::find_bootable(&layout.out("qemu"), "qemu", Format::Qcow2);
+        let disk = find_bootable(&layout.out("qemu"), "qemu", Format::Qcow2);
         let disk_path = match &disk {
             Some(Bootable::Disk { path, .. }) => Some(path.as_path()),
             _ => None,
@@ -516,12 +524,12 @@ fn vmd_only(layout: &Layout, runs: usize) -> Result<()> {
     ensure_images(layout, &recipes, &p, false)?;
     let out = layout.root.join("out").join("bench");
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-    let bootable = run::find_bootable(&layout.out("qemu"), "qemu", Format::Initramfs)
+    let bootable = find_bootable(&layout.out("qemu"), "qemu", Format::Initramfs)
         .context("the qemu profile's initramfs format is missing from out/qemu")?;
     let Bootable::Kernel { kernel, initrd } = &bootable else {
         bail!("the initramfs format is not a kernel and an initramfs")
     };
-    let disk = run::find_bootable(&layout.out("qemu"), "qemu", Format::Qcow2);
+    let disk = find_bootable(&layout.out("qemu"), "qemu", Format::Qcow2);
     let disk = match &disk {
         Some(Bootable::Disk { path, .. }) => Some(path.as_path()),
         _ => None,
@@ -789,21 +797,21 @@ fn ensure_images(
     always: bool,
 ) -> Result<Option<f64>> {
     let out = layout.out(p.name());
-    let fresh =
-        p.spec
-            .profile
-            .formats
-            .iter()
-            .all(|f| match run::find_bootable(&out, p.name(), *f) {
-                Some(b) => run::stale_reason(layout, p, &b).is_none(),
-                None => {
-                    *f == Format::Ova
-                        && std::fs::read_dir(&out).is_ok_and(|rd| {
-                            rd.filter_map(|e| e.ok())
-                                .any(|e| e.file_name().to_string_lossy().ends_with(".ova"))
-                        })
-                }
-            });
+    let fresh = p
+        .spec
+        .profile
+        .formats
+        .iter()
+        .all(|f| match find_bootable(&out, p.name(), *f) {
+            Some(b) => crate::image::stale_reason(layout, p, &b).is_none(),
+            None => {
+                *f == Format::Ova
+                    && std::fs::read_dir(&out).is_ok_and(|rd| {
+                        rd.filter_map(|e| e.ok())
+                            .any(|e| e.file_name().to_string_lossy().ends_with(".ova"))
+                    })
+            }
+        });
     if fresh && !always {
         return Ok(None);
     }
@@ -853,67 +861,10 @@ fn image_sizes(dir: &Path, profile: &str) -> Result<Vec<(String, u64, u64)>> {
     Ok(out)
 }
 
-/// A one-layer `docker save` archive of busybox:latest from the host's static busybox, so
-/// both guests can `docker load` it without a registry.
-pub fn busybox_image_tar(busybox: &[u8]) -> Result<Vec<u8>> {
-    use sha2::{Digest, Sha256};
-    let mut layer = tar::Builder::new(Vec::new());
-    let mut dir = tar::Header::new_ustar();
-    dir.set_entry_type(tar::EntryType::Directory);
-    dir.set_mode(0o755);
-    dir.set_size(0);
-    dir.set_mtime(0);
-    layer.append_data(&mut dir, "bin/", std::io::empty())?;
-    let mut h = tar::Header::new_ustar();
-    h.set_mode(0o755);
-    h.set_size(busybox.len() as u64);
-    h.set_mtime(0);
-    layer.append_data(&mut h, "bin/busybox", busybox)?;
-    for applet in ["sh", "true", "echo", "sleep"] {
-        let mut l = tar::Header::new_ustar();
-        l.set_entry_type(tar::EntryType::Symlink);
-        l.set_mode(0o777);
-        l.set_size(0);
-        l.set_mtime(0);
-        layer.append_link(&mut l, format!("bin/{applet}"), "busybox")?;
-    }
-    let layer = layer.into_inner()?;
-    let layer_id = hex::encode(Sha256::digest(&layer));
-    let config = serde_json::json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "created": "1970-01-01T00:00:00Z",
-        "config": { "Cmd": ["sh"], "Env": ["PATH=/bin"] },
-        "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{layer_id}")] },
-        "history": [{ "created": "1970-01-01T00:00:00Z", "created_by": "axion bench: the host's \
-                                                                        static busybox" }]
-    })
-    .to_string();
-    let config_id = hex::encode(Sha256::digest(config.as_bytes()));
-    let manifest = serde_json::json!([{
-        "Config": format!("{config_id}.json"),
-        "RepoTags": ["busybox:latest"],
-        "Layers": [format!("{layer_id}/layer.tar")]
-    }])
-    .to_string();
-    let mut t = tar::Builder::new(Vec::new());
-    let mut add = |name: &str, data: &[u8]| -> std::io::Result<()> {
-        let mut h = tar::Header::new_ustar();
-        h.set_mode(0o644);
-        h.set_size(data.len() as u64);
-        h.set_mtime(0);
-        t.append_data(&mut h, name, data)
-    };
-    add(&format!("{layer_id}/layer.tar"), &layer)?;
-    add(&format!("{config_id}.json"), config.as_bytes())?;
-    add("manifest.json", manifest.as_bytes())?;
-    Ok(t.into_inner()?)
-}
-
 fn write_busybox_image(path: &Path) -> Result<()> {
     let busybox = std::fs::read(floor::HOST_BUSYBOX)
         .with_context(|| format!("cannot read {}", floor::HOST_BUSYBOX))?;
-    crate::image::write_atomic(path, &busybox_image_tar(&busybox)?)
+    crate::image::write_atomic(path, &test_support::busybox::image_tar(&busybox)?)
 }
 
 /// A Docker API on 127.0.0.1: plain TCP (the peer's dockerd), or mutual TLS with the
@@ -931,22 +882,13 @@ impl Endpoint {
         }
     }
 
-    /// Arguments for the docker CLI to reach this endpoint.
-    fn cli_args(&self) -> Vec<String> {
-        let mut args = vec!["-H".to_string(), format!("tcp://127.0.0.1:{}", self.port)];
-        if let Some(c) = &self.tls {
-            let f = |n: &str| c.client_dir.join(n).to_string_lossy().into_owned();
-            args.extend([
-                "--tlsverify".into(),
-                "--tlscacert".into(),
-                f("ca.pem"),
-                "--tlscert".into(),
-                f("cert.pem"),
-                "--tlskey".into(),
-                f("key.pem"),
-            ]);
+    /// The docker CLI aimed at this endpoint, with the config folder `config`.
+    fn cli(&self, config: &Path) -> test_support::DockerCli {
+        let cli = test_support::DockerCli::new(format!("tcp://127.0.0.1:{}", self.port), config);
+        match &self.tls {
+            Some(c) => cli.tls(&c.client_dir),
+            None => cli,
         }
-        args
     }
 }
 
@@ -1202,7 +1144,7 @@ impl Bench<'_> {
     }
 
     fn axion_disk(&self, n: usize) -> Result<Value> {
-        let Some(disk) = run::find_bootable(&self.layout.out("qemu"), "qemu", Format::Qcow2) else {
+        let Some(disk) = find_bootable(&self.layout.out("qemu"), "qemu", Format::Qcow2) else {
             return Ok(Value::na("no qcow2 in out/qemu"));
         };
         let Bootable::Disk { path, format } = &disk else {
@@ -1352,24 +1294,12 @@ impl Bench<'_> {
 
     /// `docker load` of the busybox image, then `n` timed `docker run --rm busybox true`.
     fn docker_runs(&self, endpoint: &Endpoint, n: usize) -> Result<Vec<f64>> {
-        let Some(cli) = &self.docker_cli else {
+        if self.docker_cli.is_none() {
             bail!("no docker CLI on the host")
-        };
-        let docker = |args: &[&str]| -> Result<std::process::Output> {
-            let out = std::process::Command::new(cli)
-                .args(endpoint.cli_args())
-                .args(args)
-                .output()
-                .context("cannot run docker")?;
-            if !out.status.success() {
-                bail!(
-                    "docker {} failed: {}",
-                    args.join(" "),
-                    first_line(String::from_utf8_lossy(&out.stderr).trim())
-                );
-            }
-            Ok(out)
-        };
+        }
+        let config = tempfile::tempdir()?;
+        let cli = endpoint.cli(config.path());
+        let docker = |args: &[&str]| cli.try_ok(args);
         docker(&["load", "-i", &self.busybox_tar.to_string_lossy()])?;
         let mut samples = Vec::new();
         for _ in 0..n {
@@ -1496,29 +1426,6 @@ mod tests {
                     950000 kB\n";
         assert_eq!(used_kib(text), Some(62345));
         assert_eq!(used_kib("MemTotal: 5 kB\n"), None);
-    }
-
-    #[test]
-    fn busybox_image_is_a_docker_save_archive() {
-        let bytes = busybox_image_tar(b"\x7fELF fake busybox").unwrap();
-        let mut names = Vec::new();
-        let mut manifest = String::new();
-        let mut a = tar::Archive::new(&bytes[..]);
-        for e in a.entries().unwrap() {
-            let mut e = e.unwrap();
-            let name = e.path().unwrap().to_string_lossy().into_owned();
-            if name == "manifest.json" {
-                e.read_to_string(&mut manifest).unwrap();
-            }
-            names.push(name);
-        }
-        let m: serde_json::Value = serde_json::from_str(&manifest).unwrap();
-        assert_eq!(m[0]["RepoTags"][0], "busybox:latest");
-        let layer = m[0]["Layers"][0].as_str().unwrap();
-        assert!(names.iter().any(|n| n == layer), "{names:?}");
-        assert!(names.iter().any(|n| n == m[0]["Config"].as_str().unwrap()));
-        // Same input, same bytes.
-        assert_eq!(bytes, busybox_image_tar(b"\x7fELF fake busybox").unwrap());
     }
 
     #[test]

@@ -44,6 +44,41 @@ use crate::doctor::{self, Need};
 use crate::layout::Layout;
 use crate::recipe::{Build, Recipe, RecipeSet};
 
+/// `cargo xtask build`'s options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Packages to build (default: every package of the qemu profile).
+    pub packages: Vec<String>,
+    #[arg(long)]
+    pub offline: bool,
+}
+
+/// `cargo xtask build`: packages into staged trees in the cache.
+pub fn main(layout: &Layout, args: &Args) -> Result<()> {
+    let recipes = RecipeSet::load(&layout.recipes())?;
+    let names = if args.packages.is_empty() {
+        crate::profile::load_profile(&layout.root, "qemu", &recipes)?
+            .spec
+            .profile
+            .packages
+    } else {
+        args.packages.clone()
+    };
+    let opts = BuildOptions {
+        offline: args.offline,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let staged = build_packages(layout, &recipes, &names, &opts)?;
+    eprintln!(
+        "{} package(s) ready in {:.2} s under {}",
+        staged.len(),
+        started.elapsed().as_secs_f64(),
+        layout.packages().display()
+    );
+    Ok(())
+}
+
 /// Every build sees this as `SOURCE_DATE_EPOCH` (2025-01-01 00:00:00 UTC): timestamps that
 /// end up in outputs (the kernel's version string, busybox's banner) are this date, never the
 /// time of the build. Changing it changes every key (it is part of [`BUILD_LOGIC`]).
@@ -571,6 +606,35 @@ impl Drop for LogTail {
             let _ = t.join();
         }
     }
+}
+
+/// The project's own busybox: the `busybox` package's staged binary (static, musl), built
+/// now unless the cache has it. The tests' and the bench's images are made of it
+/// (crate test-support).
+pub fn project_busybox() -> Result<PathBuf> {
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(p) = PATH.get() {
+        return Ok(p.clone());
+    }
+    let layout = crate::layout::Layout::discover();
+    let recipes = crate::recipe::RecipeSet::load(&layout.recipes())?;
+    let staged = build_packages(
+        &layout,
+        &recipes,
+        &["busybox".to_string()],
+        &BuildOptions::default(),
+    )
+    .context("building the project's busybox for the test images")?;
+    let tree = staged
+        .into_iter()
+        .find(|s| s.name == "busybox")
+        .context("the busybox package staged nothing")?
+        .tree;
+    let path = tree.join("bin/busybox");
+    if !path.is_file() {
+        bail!("the busybox package has no {}", path.display());
+    }
+    Ok(PATH.get_or_init(|| path).clone())
 }
 
 #[cfg(test)]

@@ -276,7 +276,7 @@ impl Vm {
         let _ = std::fs::remove_file(rd.overlay());
         let booted = run::boot_detached(
             layout,
-            &run::RunOptions {
+            &run::Args {
                 profile: profile.to_string(),
                 format: None,
                 detach: true,

@@ -357,9 +357,21 @@ pub fn report() -> bool {
         let mut pkgs: Vec<&str> = missing.iter().map(|r| r.package).collect();
         pkgs.sort();
         pkgs.dedup();
-        println!("\nMissing. Install with:\n  {}", install_command(&pkgs));
+        println!(
+            "\nMissing. Install with:\n  {}",
+            install_command(&with_matching_qemu_utils(pkgs))
+        );
     }
     ok
+}
+
+/// `cargo xtask doctor`: the report, failing when something is missing.
+pub fn main() -> anyhow::Result<()> {
+    if report() {
+        Ok(())
+    } else {
+        anyhow::bail!("some host tools are missing (see above)")
+    }
 }
 
 /// Makes sure the host has what these jobs need: installs it with apt on a Debian-family
@@ -379,46 +391,55 @@ pub fn ensure(needs: &[Need]) -> anyhow::Result<()> {
             install_command(&pkgs)
         );
     }
+    // Every tool the project uses that is here now must still be here after apt: it may
+    // remove a package to satisfy another (it once removed qemu-utils for qemu-system-x86).
+    let present_before: Vec<Requirement> = requirements(&all_needs())
+        .into_iter()
+        .filter(is_present)
+        .collect();
     let root = rustix_is_root();
     eprintln!("Installing missing host packages: {}", pkgs.join(" "));
-    let mut cmd = if root {
-        Command::new("apt-get")
-    } else {
-        let mut c = Command::new("sudo");
-        c.arg("apt-get");
-        c
-    };
-    let pkgs = with_matching_qemu_utils(pkgs);
-    cmd.env("DEBIAN_FRONTEND", "noninteractive")
-        .args([
-            "install",
-            "-y",
-            "--no-install-recommends",
-            "--allow-downgrades",
-        ])
-        .args(&pkgs);
-    let status = cmd.status().map_err(|e| {
-        anyhow::anyhow!(
-            "cannot run apt-get: {e}; install by hand: {}",
-            install_command(&pkgs)
-        )
-    })?;
-    if !status.success() {
-        // A stale package list is the usual reason: refresh once and try again.
-        let mut update = if root {
+    let apt = || {
+        if root {
             Command::new("apt-get")
         } else {
             let mut c = Command::new("sudo");
             c.arg("apt-get");
             c
-        };
-        let _ = update.arg("update").status();
-        let status = cmd.status()?;
-        if !status.success() {
+        }
+    };
+    // The QEMU pin is worked out again for each attempt: on a fresh machine the package
+    // lists are empty until the update, and an unpinned qemu-utils is what apt resolves by
+    // removing it (see with_matching_qemu_utils).
+    let install = || -> anyhow::Result<(bool, Vec<String>)> {
+        let pinned = with_matching_qemu_utils(pkgs.clone());
+        let status = apt()
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args([
+                "install",
+                "-y",
+                "--no-install-recommends",
+                "--allow-downgrades",
+            ])
+            .args(&pinned)
+            .status()
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot run apt-get: {e}; install by hand: {}",
+                    install_command(&pinned)
+                )
+            })?;
+        Ok((status.success(), pinned))
+    };
+    if !install()?.0 {
+        // A stale package list is the usual reason: refresh once and try again.
+        let _ = apt().arg("update").status();
+        let (ok, pinned) = install()?;
+        if !ok {
             anyhow::bail!(
                 "apt-get could not install {}; try: {}",
-                pkgs.join(" "),
-                install_command(&pkgs)
+                pinned.join(" "),
+                install_command(&pinned)
             );
         }
     }
@@ -429,6 +450,18 @@ pub fn ensure(needs: &[Need]) -> anyhow::Result<()> {
             still.iter().map(|r| r.probe).collect::<Vec<_>>().join(", ")
         );
     }
+    let lost: Vec<&str> = present_before
+        .iter()
+        .filter(|r| !is_present(r))
+        .map(|r| r.probe)
+        .collect();
+    if !lost.is_empty() {
+        anyhow::bail!(
+            "apt removed tools the project needs while installing {}: {} (see `cargo xtask doctor`)",
+            pkgs.join(" "),
+            lost.join(", ")
+        );
+    }
     Ok(())
 }
 
@@ -437,11 +470,22 @@ pub fn ensure(needs: &[Need]) -> anyhow::Result<()> {
 /// `qemu-system-x86` alone is to remove qemu-utils, so qemu-img goes missing. When
 /// qemu-system-x86 is to be installed, name qemu-utils at its candidate version as well, so
 /// one transaction keeps both tools (a downgrade where a backport was installed).
-fn with_matching_qemu_utils(mut pkgs: Vec<&str>) -> Vec<String> {
+fn with_matching_qemu_utils(pkgs: Vec<&str>) -> Vec<String> {
+    let candidate = if pkgs.contains(&"qemu-system-x86") {
+        apt_candidate("qemu-system-x86")
+    } else {
+        None
+    };
+    pin_qemu_utils(pkgs, candidate.as_deref())
+}
+
+/// `pkgs` with qemu-utils named at `candidate` (qemu-system-x86's) when qemu-system-x86 is
+/// among them; unpinned when apt knows no candidate yet.
+fn pin_qemu_utils(mut pkgs: Vec<&str>, candidate: Option<&str>) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     if pkgs.contains(&"qemu-system-x86") {
         pkgs.retain(|p| *p != "qemu-utils");
-        match apt_candidate("qemu-system-x86") {
+        match candidate {
             Some(v) => out.push(format!("qemu-utils={v}")),
             None => out.push("qemu-utils".into()),
         }
@@ -502,6 +546,25 @@ mod tests {
             why: "y",
         };
         assert!(is_present(&real));
+    }
+
+    #[test]
+    fn qemu_utils_is_pinned_only_beside_qemu_system() {
+        let v = "1:7.2+dfsg-7+deb12u18+b3";
+        assert_eq!(
+            pin_qemu_utils(vec!["ovmf", "qemu-system-x86", "qemu-utils"], Some(v)),
+            [
+                format!("qemu-utils={v}"),
+                "ovmf".into(),
+                "qemu-system-x86".into()
+            ]
+        );
+        // qemu-img alone missing: the archive's candidate matches what is installed.
+        assert_eq!(pin_qemu_utils(vec!["qemu-utils"], Some(v)), ["qemu-utils"]);
+        assert_eq!(
+            pin_qemu_utils(vec!["qemu-system-x86"], None),
+            ["qemu-utils", "qemu-system-x86"]
+        );
     }
 
     #[test]

@@ -48,6 +48,32 @@ use crate::cache::{self, Cache, CacheError, Lookup};
 use crate::layout::Layout;
 use crate::recipe::{Recipe, RecipeSet, Source};
 
+/// `cargo xtask fetch`'s options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Packages to fetch (default: all).
+    pub packages: Vec<String>,
+    /// Fetch the sources of every recipe.
+    #[arg(long)]
+    pub all: bool,
+    /// Use only the cache; list exactly what is missing.
+    #[arg(long)]
+    pub offline: bool,
+}
+
+/// `cargo xtask fetch`: the packages' sources into the download cache, verified.
+pub fn main(layout: &Layout, args: &Args) -> Result<()> {
+    crate::doctor::ensure(&[crate::doctor::Need::Fetch])?;
+    let recipes = RecipeSet::load(&layout.recipes())?;
+    let names: Vec<String> = if args.all || args.packages.is_empty() {
+        recipes.recipes.keys().cloned().collect()
+    } else {
+        args.packages.clone()
+    };
+    fetch_packages(layout, &recipes, &names, Mode::from_offline(args.offline))?;
+    Ok(())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Online,

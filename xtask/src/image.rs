@@ -22,6 +22,7 @@
 //! state lives on the `axion-data` partition, which init mounts at `/var/lib`. The ESP holds
 //! GRUB (`EFI/BOOT/BOOTX64.EFI`), `grub/grub.cfg`, `axion/vmlinuz`, `axion/initrd.zst`.
 
+pub mod built;
 pub mod data;
 pub mod disk;
 pub mod esp;
@@ -32,6 +33,8 @@ pub mod ova;
 pub mod qcow2;
 pub mod sparse;
 pub mod vmdk;
+
+pub use built::{choose_bootable, ensure, find_bootable, stale_reason, Bootable};
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -44,6 +47,38 @@ use sha2::{Digest, Sha256};
 use crate::layout::Layout;
 use crate::profile::{Format, Profile};
 use crate::rootfs::{self, PackageTree, Rootfs};
+
+/// `cargo xtask image`'s options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    #[arg(long, default_value = "qemu")]
+    pub profile: String,
+    /// Formats to write (default: the profile's list).
+    #[arg(long, value_delimiter = ',')]
+    pub format: Vec<Format>,
+    /// Output folder (default: out/PROFILE).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long)]
+    pub offline: bool,
+}
+
+/// `cargo xtask image`: builds the profile's images; prints the written files with their
+/// sizes.
+pub fn main(layout: &Layout, args: &Args) -> Result<()> {
+    let written = build_profile(
+        layout,
+        &args.profile,
+        &args.format,
+        args.out.clone(),
+        args.offline,
+    )?;
+    for path in written {
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        println!("{:>10}  {}", crate::ui::human_size(size), path.display());
+    }
+    Ok(())
+}
 
 /// The version in every file name: the workspace version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

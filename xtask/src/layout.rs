@@ -2,6 +2,30 @@
 
 use std::path::{Path, PathBuf};
 
+/// `cargo xtask clean`'s options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CleanArgs {
+    /// Also empty the download and build cache.
+    #[arg(long)]
+    pub cache: bool,
+}
+
+/// `cargo xtask clean`: removes `out/`, and with `--cache` the cache too.
+pub fn clean(layout: &Layout, args: &CleanArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let out = layout.root.join("out");
+    if out.exists() {
+        std::fs::remove_dir_all(&out)
+            .with_context(|| format!("cannot remove {}", out.display()))?;
+    }
+    if args.cache && layout.cache.exists() {
+        std::fs::remove_dir_all(&layout.cache)
+            .with_context(|| format!("cannot remove {}", layout.cache.display()))?;
+        eprintln!("removed {}", layout.cache.display());
+    }
+    Ok(())
+}
+
 /// The directories every command works with.
 #[derive(Debug, Clone)]
 pub struct Layout {

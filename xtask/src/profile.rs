@@ -27,6 +27,35 @@ use serde::{Deserialize, Serialize};
 
 use crate::recipe::{RecipeError, RecipeSet};
 
+/// `cargo xtask list`: recipes and image profiles with their versions and licenses.
+pub fn list(layout: &crate::layout::Layout) -> anyhow::Result<()> {
+    let recipes = RecipeSet::load(&layout.recipes())?;
+    println!("Recipes:");
+    for r in recipes.recipes.values() {
+        let m = &r.spec.package;
+        let kind = match &r.spec.build {
+            crate::recipe::Build::Kbuild(_) => "kbuild",
+            crate::recipe::Build::Make(_) => "make",
+            crate::recipe::Build::Cargo(_) => "cargo",
+        };
+        println!(
+            "  {:12} {:16} {:7} {:28} {}",
+            m.name, m.version, kind, m.license, m.summary
+        );
+    }
+    println!("\nProfiles:");
+    for (name, p) in load_all(&layout.root, &recipes)? {
+        let formats: Vec<&str> = p.spec.profile.formats.iter().map(|f| f.name()).collect();
+        println!(
+            "  {:12} {:40} formats: {}",
+            name,
+            p.spec.profile.description,
+            formats.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// The image formats `cargo xtask image` can write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -25,6 +25,57 @@ use crate::image::write_atomic;
 use crate::recipe::{Build, Recipe};
 use crate::sbom::{self, Artifact, SbomInput};
 
+/// `cargo xtask publish`'s options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    #[arg(long, default_value = "vsphere")]
+    pub profile: String,
+    /// The folder to write into.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also push everything as one OCI artifact: REGISTRY/REPOSITORY:TAG.
+    #[arg(long)]
+    pub push: Option<String>,
+    #[arg(long)]
+    pub offline: bool,
+}
+
+/// `cargo xtask publish`: prints the published files with their sizes, and the pushed digest.
+pub fn main(layout: &crate::layout::Layout, args: &Args) -> Result<()> {
+    let push = args.push.as_deref();
+    let published = publish_profile(layout, &args.profile, &args.out, push, args.offline)?;
+    for f in &published.files {
+        let size = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+        println!("{:>10}  {}", crate::ui::human_size(size), f.display());
+    }
+    if let (Some(reference), Some(digest)) = (push, published.pushed) {
+        println!("pushed {reference} ({digest})");
+    }
+    Ok(())
+}
+
+/// `cargo xtask pull`'s options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PullArgs {
+    /// REGISTRY/REPOSITORY:TAG
+    pub reference: String,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// `cargo xtask pull`: an artifact pushed by `publish --push`, checked against its
+/// SHA256SUMS.
+pub fn pull(args: &PullArgs) -> Result<()> {
+    let files = oci::pull(&args.reference, &args.out)?;
+    let checked = verify_sums(&args.out)?;
+    eprintln!(
+        "{} file(s) pulled into {}, {checked} checked against SHA256SUMS",
+        files.len(),
+        args.out.display()
+    );
+    Ok(())
+}
+
 /// What [`publish_profile`] wrote (and pushed).
 pub struct Published {
     pub files: Vec<PathBuf>,

@@ -25,18 +25,28 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub struct Options {
+/// `cargo xtask vmd`'s options.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Args {
+    /// Run in the background; print the export line once it serves.
+    #[arg(long)]
     pub detach: bool,
+    /// Stop a detached daemon (and every VM it runs).
+    #[arg(long)]
     pub stop: bool,
-    /// Also serve TCP with mutual TLS on this loopback address.
+    /// Also serve TCP with mutual TLS on this loopback address (e.g. 127.0.0.1:2377);
+    /// certificates are made in STATE/docker and exported as DOCKER_CERT_PATH.
+    #[arg(long, value_name = "ADDR")]
     pub tcp: Option<String>,
-    /// Instead of `$AXION_CACHE/vmd`.
+    /// The daemon's state (template, clones, socket); default $AXION_CACHE/vmd.
+    #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Passed on as the daemon's `--insecure-registry` flags.
+    /// Pull from this registry over plain HTTP (repeatable; passed on to axion-vmd).
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]|CIDR")]
     pub insecure_registries: Vec<String>,
 }
 
-fn state_dir(layout: &Layout, opts: &Options) -> PathBuf {
+fn state_dir(layout: &Layout, opts: &Args) -> PathBuf {
     // Absolute: the daemon, its socket and `--stop` must agree whatever the working directory.
     opts.state_dir
         .as_deref()
@@ -72,20 +82,10 @@ fn exports(socket: &Path, tcp: Option<(&std::net::SocketAddr, &Path)>) -> Vec<St
 }
 
 /// A built, fresh image of the qemu profile in `format`, building it when needed.
-fn ensure(layout: &Layout, format: Format) -> Result<crate::run::Bootable> {
-    let out = layout.out("qemu");
+fn ensure(layout: &Layout, format: Format) -> Result<crate::image::Bootable> {
     let recipes = crate::recipe::RecipeSet::load(&layout.recipes())?;
     let profile = crate::profile::load_profile(&layout.root, "qemu", &recipes)?;
-    if let Some(b) = crate::run::find_bootable(&out, "qemu", format) {
-        if crate::run::stale_reason(layout, &profile, &b).is_none() {
-            return Ok(b);
-        }
-    }
-    eprintln!("building the qemu {format} image");
-    crate::image::build_profile(layout, "qemu", &[format], None, false)
-        .with_context(|| format!("`cargo xtask image --profile qemu --format {format}` failed"))?;
-    crate::run::find_bootable(&out, "qemu", format)
-        .with_context(|| format!("no {format} image in {} after building it", out.display()))
+    Ok(crate::image::ensure(layout, &profile, Some(format))?.1)
 }
 
 fn ping(socket: &Path) -> bool {
@@ -126,7 +126,7 @@ pub fn answers(socket: &Path) -> bool {
     ping(socket)
 }
 
-pub fn vmd(layout: &Layout, opts: &Options) -> Result<()> {
+pub fn vmd(layout: &Layout, opts: &Args) -> Result<()> {
     let state = state_dir(layout, opts);
     let pid_file = state.join("vmd.pid");
     let socket = state.join("vmd.sock");
@@ -153,11 +153,12 @@ pub fn vmd(layout: &Layout, opts: &Options) -> Result<()> {
         );
     }
     let tcp = opts.tcp.as_deref().map(loopback_addr).transpose()?;
-    let crate::run::Bootable::Kernel { kernel, initrd } = ensure(layout, Format::Initramfs)? else {
+    let crate::image::Bootable::Kernel { kernel, initrd } = ensure(layout, Format::Initramfs)?
+    else {
         bail!("the initramfs format is not a kernel and an initramfs");
     };
     let disk = match ensure(layout, Format::Qcow2)? {
-        crate::run::Bootable::Disk { path, .. } => Some(path),
+        crate::image::Bootable::Disk { path, .. } => Some(path),
         _ => None,
     };
     let exe = build_daemon(layout)?;

@@ -183,21 +183,21 @@ mod tests {
     #[test]
     fn finds_a_port_by_name() {
         let d = tempfile::tempdir().unwrap();
-        for (dev, name) in [("vport1p1", "axion.vmd"), ("vport1p2", "axion.engine")] {
+        for (dev, name) in [("vport1p1", "org.example.a"), ("vport1p2", "org.example.b")] {
             std::fs::create_dir(d.path().join(dev)).unwrap();
             std::fs::write(d.path().join(dev).join("name"), format!("{name}\n")).unwrap();
         }
         std::fs::create_dir(d.path().join("vport0p0")).unwrap(); // no name file
         assert_eq!(
-            find(d.path(), "axion.engine"),
+            find(d.path(), "org.example.b"),
             Some(PathBuf::from("/dev/vport1p2"))
         );
         assert_eq!(
-            find(d.path(), "axion.vmd"),
+            find(d.path(), "org.example.a"),
             Some(PathBuf::from("/dev/vport1p1"))
         );
         assert_eq!(find(d.path(), "axion"), None);
-        assert_eq!(find(&d.path().join("missing"), "axion.vmd"), None);
+        assert_eq!(find(&d.path().join("missing"), "org.example.a"), None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,33 +5,31 @@
 //! `--image-share` and its `__vmd-agent` mode):
 //!
 //! - `/etc/axion/services/docker.toml` (replaces the image's): the engine serving the
-//!   daemon on the virtio-serial port `axion.engine` (`--vmd-port`, see [`ENGINE_CHANNEL`];
-//!   no TCP listener), `--image-share /run/axion-store` (the host's layer store, mounted by
-//!   the agent), `--insecure-registry 10.0.2.2` (the host's 127.0.0.1 as QEMU's user
-//!   network shows it), `--bridge none` (each container has its VM's network) and
+//!   daemon on the virtio-serial port [`vmd_contract::ENGINE_PORT`] (`--vmd-port`; no TCP
+//!   listener), `--image-share` [`vmd_contract::STORE_DIR`] (the host's layer store, mounted
+//!   by the agent), `--insecure-registry` [`vmd_contract::HOST_ADDR`] (the host's 127.0.0.1
+//!   as QEMU's user network shows it), `--bridge none` (each container has its VM's network) and
 //!   `--exec-root /run/axion-engine` (the container's state on tmpfs; its writable layer
 //!   and log stay on the VM's disk) with `--volatile-layers` (no syncs under the writable
 //!   layer: the disk goes with the container);
-//! - `/etc/axion/services/vmd-agent.toml`: the clone agent, the engine's `__vmd-agent` mode
-//!   on the virtio-serial port `axion.vmd` (see `AGENT_ARGS`).
+//! - `/etc/axion/services/vmd-agent.toml`: the clone agent, the engine's
+//!   [`vmd_contract::AGENT_MODE`] on the virtio-serial port [`vmd_contract::AGENT_PORT`]
+//!   (see `AGENT_ARGS`).
+//!
+//! The names both sides spell are in crates/vmd-contract. The engine port's host end is a
+//! unix socket in the VM's directory (0700 state dir), so only the daemon (root) reaches
+//! the engine: no TLS, no TCP port.
 
 use std::path::Path;
+use vmd_contract::{AGENT_MODE, AGENT_PORT, ENGINE_PORT, HOST_ADDR, STORE_DIR, TRACE_ENV};
 
-/// The virtio-serial port name of the clone agent (/dev/virtio-ports/axion.vmd).
-pub const AGENT_PORT: &str = "axion.vmd";
-/// The virtio-serial port the guest engine serves the daemon on (`engine --vmd-port`): a
-/// multiplexed session ([`vchan`]) per host connection, one HTTP connection per stream. Its
-/// host end is a unix socket in the VM's directory (0700 state dir), so only the daemon
-/// (root) reaches the engine: no TLS, no TCP port.
-pub const ENGINE_CHANNEL: &str = "axion.engine";
-
-/// The clone agent is the guest engine's hidden `__vmd-agent` mode
+/// The clone agent is the guest engine's hidden [`AGENT_MODE`]
 /// (packages/engine/src/vmd_agent.rs), run as a service on the port [`AGENT_PORT`]. After a
 /// restore, the daemon connects to the port's socket and sends one line
-/// `clone HOSTNAME EPOCH MAC SEED`; the agent sets the clock (the saved guest's clock is
+/// `clone HOSTNAME EPOCH MAC SEED` ([`vmd_contract::Request::Clone`]); the agent sets the clock (the saved guest's clock is
 /// the template's), credits the host's random SEED to the kernel's pool and reseeds its
 /// CRNG (every clone starts from the same RNG state), mounts the host's layer store (9p tag
-/// [`crate::store::TAG`]) read-only at [`crate::store::GUEST_DIR`], answers `ok HOSTNAME`,
+/// [`vmd_contract::STORE_TAG`]) read-only at [`STORE_DIR`], answers `ok HOSTNAME`,
 /// and then, while the daemon creates the container, sets the host name and a new MAC on
 /// the NIC (live, as virtio-net allows, then an ARP request so that QEMU's user network
 /// learns it; the address stays 10.0.2.15 because every clone has its own private user
@@ -40,18 +38,18 @@ pub const ENGINE_CHANNEL: &str = "axion.engine";
 /// in it); once the daemon is connected (it stays so for the VM's life) the read blocks.
 /// It was a busybox shell loop: under TCG each of its forks (date, ip, arping, mkdir,
 /// mount) cost the clone's single vCPU tens of milliseconds.
-const AGENT_ARGS: [&str; 2] = ["__vmd-agent", AGENT_PORT];
+const AGENT_ARGS: [&str; 2] = [AGENT_MODE, AGENT_PORT];
 
 fn docker_toml() -> String {
     format!(
         r#"# VM-per-container mode (host/vmd): the engine serves the daemon only, on the
-# virtio-serial port {ENGINE_CHANNEL} (no TCP), and reaches the host's registries at 10.0.2.2.
+# virtio-serial port {ENGINE_PORT} (no TCP), and reaches the host's registries at {HOST_ADDR}.
 # No bridge: the container has its VM's network (host/vmd/src/lib.rs, guest_network).
 command = "/usr/bin/engine"
 # Container state on tmpfs (--exec-root) and a volatile writable layer: the VM runs one
 # container, never reboots, and its disk goes with the container.
-args = ["--data-root", "/var/lib/axion-engine", "--exec-root", "/run/axion-engine", "--volatile-layers", "-H", "unix:///run/docker.sock", "--vmd-port", "{ENGINE_CHANNEL}",
-        "--insecure-registry", "10.0.2.2", "--image-share", "/run/axion-store", "--bridge", "none"]
+args = ["--data-root", "/var/lib/axion-engine", "--exec-root", "/run/axion-engine", "--volatile-layers", "-H", "unix:///run/docker.sock", "--vmd-port", "{ENGINE_PORT}",
+        "--insecure-registry", "{HOST_ADDR}", "--image-share", "{STORE_DIR}", "--bridge", "none"]
 after = ["network"]
 restart = "always"
 stop-timeout = 5
@@ -73,8 +71,9 @@ fn agent_toml() -> String {
 pub fn overlay_files() -> Vec<(String, u32, Vec<u8>)> {
     let (mut docker, mut agent) = (docker_toml(), agent_toml());
     if std::env::var_os("VMD_DEBUG").is_some() {
-        docker.push_str("environment = { AXION_ENGINE_TRACE = \"1\" }\n");
-        agent.push_str("environment = { AXION_ENGINE_TRACE = \"1\" }\n");
+        let env = format!("environment = {{ {TRACE_ENV} = \"1\" }}\n");
+        docker.push_str(&env);
+        agent.push_str(&env);
     }
     vec![
         (
@@ -203,9 +202,9 @@ mod tests {
             .unwrap();
         let s = String::from_utf8_lossy(&docker.2);
         assert!(
-            s.contains(r#""--vmd-port", "axion.engine""#)
-                && s.contains("10.0.2.2")
-                && s.contains(crate::store::GUEST_DIR),
+            s.contains(&format!(r#""--vmd-port", "{ENGINE_PORT}""#))
+                && s.contains(&format!(r#""--insecure-registry", "{HOST_ADDR}""#))
+                && s.contains(&format!(r#""--image-share", "{STORE_DIR}""#)),
             "{s}"
         );
         // The daemon reaches the engine over virtio-serial only: no TCP listener, no TLS files.
@@ -224,22 +223,11 @@ mod tests {
         .into_owned();
         assert!(
             agent.contains(r#"command = "/usr/bin/engine""#)
-                && agent.contains(r#"args = ["__vmd-agent", "axion.vmd"]"#),
+                && agent.contains(&format!(r#"args = ["{AGENT_MODE}", "{AGENT_PORT}"]"#)),
             "{agent}"
         );
-        // The agent (in the engine, a binary crate) mounts the store this daemon exports.
-        let src = include_str!("../../../packages/engine/src/vmd_agent.rs");
-        assert!(
-            src.contains(&format!("const STORE_TAG: &str = {:?};", crate::store::TAG)),
-            "the agent's 9p tag"
-        );
-        assert!(
-            src.contains(&format!(
-                "const STORE_DIR: &str = {:?};",
-                crate::store::GUEST_DIR
-            )),
-            "the agent's mount point"
-        );
+        // That the agent mounts the store this daemon exports (tag, mount point) is no longer
+        // checked here: both sides take them from vmd-contract.
         assert!(!s.contains("tcp-insecure"));
     }
 }

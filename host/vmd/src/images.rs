@@ -71,7 +71,8 @@ pub fn guest_ref(name: &str) -> String {
                 .as_ref()
                 .map(|d| format!("@{d}"))
                 .unwrap_or_default();
-            format!("10.0.2.2{port}/{}{tag}{digest}", r.repository)
+            let host = vmd_contract::HOST_ADDR;
+            format!("{host}{port}/{}{tag}{digest}", r.repository)
         }
         _ => name.to_string(),
     }

@@ -175,11 +175,10 @@ pub mod store;
 pub mod template;
 
 mod api;
-mod server;
 pub use api::Api;
-pub use server::{bench_docker_run, Server};
 
 use client::GuestClient;
+use docker_api::portspec;
 use docker_api::time::{human, now_nanos, rfc3339, since, unix_from_rfc3339};
 use docker_api::types::*;
 use docker_api::{
@@ -588,6 +587,14 @@ fn report_collected(c: &store::Collected) {
             c.blobs.len(),
             c.layers.len()
         );
+    }
+}
+
+/// Can a forward of 127.0.0.1:`port` be set up now (for a `-p` host range)?
+fn port_is_free(proto: portspec::Proto, port: u16) -> bool {
+    match proto {
+        portspec::Proto::Tcp => std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+        portspec::Proto::Udp => std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok(),
     }
 }
 

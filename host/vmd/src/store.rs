@@ -30,10 +30,6 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// The 9p mount tag of the store, and where the guest mounts it.
-pub const TAG: &str = "axion.store";
-pub const GUEST_DIR: &str = "/run/axion-store";
-
 #[derive(Debug, Clone)]
 pub struct LayerStore {
     root: PathBuf,

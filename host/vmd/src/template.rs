@@ -7,8 +7,8 @@
 //! backing file of every clone's own overlay. A clone is a new QEMU with the same devices,
 //! `-incoming` from the state file, its own overlay and its own forwarded ports; after `cont`
 //! the daemon sends the clone agent its identity over virtio-serial. The daemon reaches the
-//! guest engine over a second virtio-serial port, `axion.engine` ([`guest::ENGINE_CHANNEL`],
-//! socket `engine.sock` in the VM's directory); user-net forwards are only for `-p`.
+//! guest engine over a second virtio-serial port ([`vmd_contract::ENGINE_PORT`], socket
+//! [`ENGINE_SOCKET`] in the VM's directory); user-net forwards are only for `-p`.
 //!
 //! RAM (as VMware's instant clone does): the template's RAM is a file in its directory
 //! (`ram`, a shared memory-backend-file), and the save leaves it out of the state (migration
@@ -28,6 +28,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use vmd_contract::{Identity, Reply, Request};
 
 /// What the daemon boots.
 #[derive(Debug, Clone)]
@@ -57,6 +58,8 @@ pub struct Template {
 
 /// QEMU's end of the guest engine's virtio-serial port, in the VM's run directory.
 pub const ENGINE_SOCKET: &str = "engine.sock";
+/// QEMU's end of the clone agent's virtio-serial port, in the VM's run directory.
+const AGENT_SOCKET: &str = "agent.sock";
 
 fn vm_serial(run: &Path) -> String {
     run.join("serial.log").display().to_string()
@@ -246,17 +249,17 @@ impl Template {
             .kernel(&self.kernel, Some(self.initrd.clone()), CMDLINE)
             .user_net(qemu::NicModel::VirtioNet, forwards.to_vec())
             .device(qemu::Device::VirtioSerialPort {
-                name: guest::AGENT_PORT.into(),
-                socket: run_dir.join("agent.sock"),
+                name: vmd_contract::AGENT_PORT.into(),
+                socket: run_dir.join(AGENT_SOCKET),
             })
             .device(qemu::Device::VirtioSerialPort {
-                name: guest::ENGINE_CHANNEL.into(),
+                name: vmd_contract::ENGINE_PORT.into(),
                 socket: run_dir.join(ENGINE_SOCKET),
             })
             // Present in the template too (the device set must match the saved state), but
             // mounted only by a clone's agent: a mounted 9p export blocks the save.
             .device(qemu::Device::Virtio9p {
-                tag: crate::store::TAG.into(),
+                tag: vmd_contract::STORE_TAG.into(),
                 path: self.store.clone(),
                 readonly: true,
                 security: qemu::Security9p::Passthrough,
@@ -336,7 +339,7 @@ impl Template {
 pub fn identify(run_dir: &Path, hostname: &str) -> Result<UnixStream> {
     let t0 = Instant::now();
     let agent = agent_exchange(
-        &run_dir.join("agent.sock"),
+        &run_dir.join(AGENT_SOCKET),
         hostname,
         Duration::from_secs(60),
     )
@@ -378,18 +381,26 @@ fn ignore_shared_ram(vm: &mut qemu::Vm) -> Result<()> {
 }
 
 /// A fresh locally administered unicast MAC.
-pub fn random_mac() -> String {
+pub fn random_mac() -> [u8; 6] {
     let mut b: [u8; 6] = rand::random();
     b[0] = (b[0] & 0xfe) | 0x02;
-    b.iter()
-        .map(|x| format!("{x:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    b
 }
 
 /// Sends `clone HOSTNAME EPOCH MAC SEED` to the agent and waits for `ok HOSTNAME`; returns
 /// the connected channel.
 fn agent_exchange(sock: &Path, hostname: &str, timeout: Duration) -> Result<UnixStream> {
+    // Before connecting: a host name the line cannot carry fails here, not as a time-out.
+    let line = Request::Clone(Identity {
+        hostname: hostname.to_string(),
+        epoch: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        mac: random_mac(),
+        seed: rand::random::<[u8; 32]>().to_vec(),
+    })
+    .to_line()?;
     let deadline = Instant::now() + timeout;
     let stream = loop {
         match UnixStream::connect(sock) {
@@ -400,16 +411,6 @@ fn agent_exchange(sock: &Path, hostname: &str, timeout: Duration) -> Result<Unix
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
     };
-    let epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let seed: [u8; 32] = rand::random();
-    let line = format!(
-        "clone {hostname} {epoch} {} {}\n",
-        random_mac(),
-        hex::encode(seed)
-    );
     (&stream).write_all(line.as_bytes())?;
     stream.set_read_timeout(Some(Duration::from_millis(500)))?;
     let mut r = BufReader::new(&stream);
@@ -417,7 +418,9 @@ fn agent_exchange(sock: &Path, hostname: &str, timeout: Duration) -> Result<Unix
     loop {
         match r.read_line(&mut got) {
             Ok(0) => bail!("the clone agent closed the channel"),
-            Ok(_) if got.trim() == format!("ok {hostname}") => break,
+            Ok(_) if matches!(Reply::parse(&got), Ok(Reply::Ok { hostname: h }) if h == hostname) => {
+                break
+            }
             Ok(_) => got.clear(),
             Err(e)
                 if matches!(

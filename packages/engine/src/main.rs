@@ -30,7 +30,11 @@ use std::sync::Arc;
 
 fn main() -> Result<()> {
     let argv: Vec<String> = std::env::args().collect();
-    if argv.get(1).map(|s| s == "__vmd-agent").unwrap_or(false) {
+    if argv
+        .get(1)
+        .map(|s| s == vmd_contract::AGENT_MODE)
+        .unwrap_or(false)
+    {
         // axion-vmd's clone agent (a service in its template VM).
         std::process::exit(vmd_agent::main(&argv[2..]));
     }

@@ -15,13 +15,10 @@ use tokio::task::{JoinHandle, JoinSet};
 /// How long a UDP client's flow stays open without traffic (docker-proxy uses 90 s too).
 const UDP_IDLE: Duration = Duration::from_secs(90);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Proto {
-    Tcp,
-    Udp,
-}
+pub use docker_api::portspec::Proto;
+use docker_api::portspec::{HostPort, PortMapping};
 
-/// One `PortBindings` entry: host address → container port and protocol.
+/// One published port: host address → container port and protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Binding {
     pub host: SocketAddr,
@@ -29,40 +26,31 @@ pub struct Binding {
     pub proto: Proto,
 }
 
-/// Reads a `PortBindings` key (`80/tcp`, `53/udp`, `80`) and its host bindings.
-pub fn parse_bindings(key: &str, binds: &[(String, String)]) -> Result<Vec<Binding>, String> {
-    let (port, proto) = key.split_once('/').unwrap_or((key, "tcp"));
-    let proto = match proto {
-        "tcp" => Proto::Tcp,
-        "udp" => Proto::Udp,
-        other => {
-            return Err(format!(
-                "invalid proto {other:?} in port {key:?}: only tcp and udp are supported"
-            ))
-        }
+/// Binds the host side of one published port (the spec is read by docker-api's portspec,
+/// with Docker's meaning): no host address is every IPv4 address, no host port an ephemeral
+/// one (the kernel's pick), a host range the first of its ports that is free.
+pub async fn bind_mapping(m: &PortMapping) -> Result<Bound, String> {
+    let ip = m
+        .host_ip
+        .unwrap_or(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let (first, last) = match m.host_port {
+        HostPort::Ephemeral => (0, 0),
+        HostPort::Fixed(p) => (p, p),
+        HostPort::Range(a, b) => (a, b),
     };
-    let container_port: u16 = port
-        .parse()
-        .map_err(|_| format!("invalid container port {key:?}"))?;
-    binds
-        .iter()
-        .map(|(ip, hp)| {
-            let ip = if ip.is_empty() {
-                "0.0.0.0"
-            } else {
-                ip.as_str()
-            };
-            let hp = if hp.is_empty() { port } else { hp.as_str() };
-            let host = format!("{ip}:{hp}")
-                .parse()
-                .map_err(|_| format!("invalid host binding {ip}:{hp} for port {key}"))?;
-            Ok(Binding {
-                host,
-                container_port,
-                proto,
-            })
-        })
-        .collect()
+    let mut err = String::new();
+    for port in first..=last {
+        let b = Binding {
+            host: SocketAddr::new(ip, port),
+            container_port: m.container_port,
+            proto: m.proto,
+        };
+        match bind(&b).await {
+            Ok(bound) => return Ok(bound),
+            Err(e) => err = e,
+        }
+    }
+    Err(err)
 }
 
 /// A host socket bound for one binding, waiting for the container's pid.
@@ -205,42 +193,52 @@ async fn relay_replies(
 mod tests {
     use super::*;
 
-    fn b(ip: &str, port: &str) -> (String, String) {
-        (ip.into(), port.into())
+    fn m(ip: &str, host_port: HostPort) -> PortMapping {
+        PortMapping {
+            host_ip: Some(ip.parse().unwrap()),
+            host_port,
+            container_port: 80,
+            proto: Proto::Tcp,
+        }
     }
 
-    #[test]
-    fn bindings_from_the_docker_cli() {
-        let got = parse_bindings("53/udp", &[b("127.0.0.1", "5353")]).unwrap();
-        assert_eq!(
-            got,
-            [Binding {
-                host: "127.0.0.1:5353".parse().unwrap(),
-                container_port: 53,
-                proto: Proto::Udp
-            }]
-        );
-        // `-p 8080` alone: the same host port on every address.
-        let got = parse_bindings("8080/tcp", &[b("", "")]).unwrap();
-        assert_eq!(
-            got,
-            [Binding {
-                host: "0.0.0.0:8080".parse().unwrap(),
-                container_port: 8080,
-                proto: Proto::Tcp
-            }]
-        );
-        assert_eq!(
-            parse_bindings("80", &[b("", "81")]).unwrap()[0].proto,
-            Proto::Tcp
-        );
-        assert!(parse_bindings("80/sctp", &[b("", "80")])
-            .unwrap_err()
-            .contains("sctp"));
-        assert!(parse_bindings("http/tcp", &[]).is_err());
-        assert!(parse_bindings("80/tcp", &[b("not-an-ip", "80")])
-            .unwrap_err()
-            .contains("not-an-ip"));
+    fn port(b: &Bound) -> u16 {
+        match b {
+            Bound::Tcp(l, _) => l.local_addr().unwrap().port(),
+            Bound::Udp(s, _) => s.local_addr().unwrap().port(),
+        }
+    }
+
+    /// `-p 80` binds a port the kernel picks, not host port 80; a range takes its first
+    /// free port.
+    #[tokio::test]
+    async fn ephemeral_and_range_host_ports() {
+        let e = bind_mapping(&m("127.0.0.1", HostPort::Ephemeral))
+            .await
+            .unwrap();
+        assert_ne!(port(&e), 0);
+        assert_ne!(port(&e), 80);
+        let taken = port(&e);
+        // A range whose first port is held here and whose second was free a moment ago.
+        let mut held = Vec::new();
+        let first = loop {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let p = l.local_addr().unwrap().port();
+            held.push(l);
+            if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+                break p;
+            }
+            assert!(held.len() < 50, "no port with a free neighbour");
+        };
+        let r = bind_mapping(&m("127.0.0.1", HostPort::Range(first, first + 1)))
+            .await
+            .unwrap();
+        assert_eq!(port(&r), first + 1);
+        let err = bind_mapping(&m("127.0.0.1", HostPort::Fixed(taken)))
+            .await
+            .err()
+            .expect("a taken port fails");
+        assert!(err.contains("port is already allocated"), "{err}");
     }
 
     #[tokio::test]

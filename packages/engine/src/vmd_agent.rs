@@ -1,12 +1,12 @@
 //! `engine __vmd-agent PORT`: the clone agent of axion-vmd's VM-per-container mode
 //! (host/vmd/src/guest.rs runs it as a service in the template VM). It waits on the
 //! virtio-serial port named PORT for one line per restored clone, `clone HOSTNAME EPOCH MAC
-//! SEED`, and gives the clone its identity: host name (kernel and /etc/hostname), clock
+//! SEED` (the protocol and every name both sides spell are in crates/vmd-contract), and gives the clone its identity: host name (kernel and /etc/hostname), clock
 //! (the saved guest's clock is the template's), a new MAC on the NIC (set live, then an ARP
 //! request from it so that QEMU's user network learns it; changing the address also flushes
 //! the NIC's neighbour entries), the host's random SEED credited to the kernel's pool and
 //! its CRNG reseeded from it (every clone starts from the template's RNG state), and the host's layer store mounted read-only
-//! (9p tag `axion.store` at /run/axion-store, only now: a mounted 9p export blocks saving the
+//! (9p tag [`vmd_contract::STORE_TAG`] at [`vmd_contract::STORE_DIR`], only now: a mounted 9p export blocks saving the
 //! template). It answers `ok HOSTNAME` once the clock, the RNG and the store are done (what
 //! the container's create needs), and sets the host name and the MAC after the answer,
 //! while the daemon goes on. `ping` answers `pong`.
@@ -20,15 +20,13 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-const STORE_TAG: &str = "axion.store";
-const STORE_DIR: &str = "/run/axion-store";
+use vmd_contract::{Identity, Reply, Request, STORE_DIR, STORE_TAG};
+
 /// `cache=loose`: the guest keeps what it read of the store in its page cache (and reads
 /// ahead), where 9p's default reads every page over the channel each time, a container's
 /// first exec included. Safe because the store never changes a file in place: layers are
 /// content-addressed trees, unpacked once and only ever removed whole (host/vmd/src/store.rs).
 const STORE_OPTS: &str = "trans=virtio,version=9p2000.L,msize=262144,cache=loose";
-/// QEMU's user network: the host side (gateway) as the guest sees it.
-const GATEWAY: [u8; 4] = [10, 0, 2, 2];
 /// How long a read waits for the host end to connect. A read on a port with no host
 /// connected returns EOF at once; the template is saved (and every clone restored) in this
 /// loop, so this is the agent's latency. Once connected (the daemon stays so for the VM's
@@ -37,7 +35,8 @@ const RETRY: Duration = Duration::from_millis(5);
 
 pub fn main(argv: &[String]) -> i32 {
     let Some(name) = argv.first() else {
-        eprintln!("engine __vmd-agent: usage: engine __vmd-agent PORT-NAME");
+        let mode = vmd_contract::AGENT_MODE;
+        eprintln!("engine {mode}: usage: engine {mode} PORT-NAME");
         return 2;
     };
     let path = loop {
@@ -102,23 +101,31 @@ fn find_port(name: &str) -> Option<String> {
 
 /// Runs one command line; the answer to send back, if any, and what to do once it is sent.
 fn command(line: &str, store: &mut bool) -> (Option<String>, Option<AfterAnswer>) {
-    let f: Vec<&str> = line.split_whitespace().collect();
-    match f.as_slice() {
-        ["clone", name, epoch, mac, seed] => {
-            clone(epoch, seed, store);
-            println!("vmd-agent: clone {name}");
+    match Request::parse(line) {
+        Ok(Some(Request::Clone(Identity {
+            hostname,
+            epoch,
+            mac,
+            seed,
+        }))) => {
+            clone(epoch, &seed, store);
+            println!("vmd-agent: clone {hostname}");
+            let answer = Reply::Ok {
+                hostname: hostname.clone(),
+            }
+            .to_line();
             (
-                Some(format!("ok {name}\n")),
+                answer.ok(),
                 Some(AfterAnswer {
-                    name: name.to_string(),
-                    mac: mac.to_string(),
+                    name: hostname,
+                    mac,
                 }),
             )
         }
-        ["ping", ..] => (Some("pong\n".into()), None),
-        [] => (None, None),
-        [cmd, ..] => {
-            println!("vmd-agent: unknown command: {cmd}");
+        Ok(Some(Request::Ping)) => (Reply::Pong.to_line().ok(), None),
+        Ok(None) => (None, None),
+        Err(e) => {
+            println!("vmd-agent: {e}");
             (None, None)
         }
     }
@@ -127,30 +134,25 @@ fn command(line: &str, store: &mut bool) -> (Option<String>, Option<AfterAnswer>
 /// What a container needs before it is created, done before the answer: the clock (the
 /// container's time), the reseeded RNG (its id and everything it draws) and the layer store
 /// (its image).
-fn clone(epoch: &str, seed: &str, store: &mut bool) {
+fn clone(epoch: u64, seed: &[u8], store: &mut bool) {
     // With AXION_ENGINE_TRACE (axion-vmd's VMD_DEBUG): the time of each step.
     let t0 = std::time::Instant::now();
     let mut steps = Vec::new();
     let mut mark = |step: &str| {
-        if std::env::var_os("AXION_ENGINE_TRACE").is_some() {
+        if std::env::var_os(vmd_contract::TRACE_ENV).is_some() {
             steps.push(format!("{step} +{:.3}", t0.elapsed().as_secs_f64()));
         }
     };
-    match epoch.parse::<i64>() {
-        Ok(secs) => {
-            let ts = libc::timespec {
-                tv_sec: secs as libc::time_t,
-                tv_nsec: 0,
-            };
-            // SAFETY: clock_settime reads a timespec we own.
-            if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
-                println!(
-                    "vmd-agent: cannot set the clock: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
-        }
-        Err(_) => println!("vmd-agent: bad time {epoch:?}"),
+    let ts = libc::timespec {
+        tv_sec: epoch as libc::time_t,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_settime reads a timespec we own.
+    if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
+        println!(
+            "vmd-agent: cannot set the clock: {}",
+            std::io::Error::last_os_error()
+        );
     }
     mark("clock");
     if let Err(e) = seed_kernel(seed) {
@@ -183,7 +185,7 @@ fn clone(epoch: &str, seed: &str, store: &mut bool) {
 /// packets from outside, and the container is not started before the create is over.
 struct AfterAnswer {
     name: String,
-    mac: String,
+    mac: [u8; 6],
 }
 
 impl AfterAnswer {
@@ -207,7 +209,7 @@ impl AfterAnswer {
 const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
 const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
 
-/// Adds the host's SEED (hex) to the kernel's pool, credited as entropy, and reseeds the
+/// Adds the host's SEED to the kernel's pool, credited as entropy, and reseeds the
 /// kernel's CRNG from it. Every clone resumes with the template's CRNG state, which the
 /// kernel would keep using until its next periodic reseed (a minute), and the template may
 /// be saved before the CRNG was ready (nothing in it asked for random bytes), in which case
@@ -215,8 +217,7 @@ const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
 /// 1 s of its single vCPU under TCG, seen in the first `docker create`). The host is trusted
 /// (it runs the VM) and the seed is fresh per clone. Writing it to /dev/urandom, the
 /// fallback, mixes it in without either effect.
-fn seed_kernel(seed: &str) -> std::io::Result<()> {
-    let bytes = hex::decode(seed).map_err(|e| std::io::Error::other(format!("bad seed: {e}")))?;
+fn seed_kernel(bytes: &[u8]) -> std::io::Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .open("/dev/urandom")?;
@@ -224,14 +225,14 @@ fn seed_kernel(seed: &str) -> std::io::Result<()> {
     let mut info = Vec::with_capacity(8 + bytes.len());
     info.extend_from_slice(&(bytes.len() as i32 * 8).to_ne_bytes());
     info.extend_from_slice(&(bytes.len() as i32).to_ne_bytes());
-    info.extend_from_slice(&bytes);
+    info.extend_from_slice(bytes);
     // SAFETY: the kernel reads a rand_pool_info of buf_size bytes from a buffer we own.
     let credited = unsafe { libc::ioctl(f.as_raw_fd(), RNDADDENTROPY as _, info.as_ptr()) } == 0
         // SAFETY: RNDRESEEDCRNG takes no argument.
         && unsafe { libc::ioctl(f.as_raw_fd(), RNDRESEEDCRNG as _, 0) } == 0;
     if !credited {
         let e = std::io::Error::last_os_error();
-        f.write_all(&bytes)?;
+        f.write_all(bytes)?;
         return Err(std::io::Error::other(format!(
             "crediting the seed: {e} (mixed in uncredited)"
         )));
@@ -251,15 +252,6 @@ fn nic() -> Option<String> {
     names.into_iter().next()
 }
 
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let parts: Vec<u8> = s
-        .split(':')
-        .map(|p| u8::from_str_radix(p, 16))
-        .collect::<Result<_, _>>()
-        .ok()?;
-    parts.try_into().ok()
-}
-
 fn ifreq(name: &str) -> std::io::Result<libc::ifreq> {
     // SAFETY: ifreq is plain data; all zeroes is valid.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
@@ -277,8 +269,7 @@ fn ifreq(name: &str) -> std::io::Result<libc::ifreq> {
 /// Sets `mac` on `nic` (live: virtio-net allows it) and sends an ARP request for the
 /// gateway from it, which teaches QEMU's user network the new address (it would otherwise
 /// keep sending to the old one, and forwarded connections would stall).
-fn new_mac(nic: &str, mac: &str) -> std::io::Result<()> {
-    let hw = parse_mac(mac).ok_or_else(|| std::io::Error::other(format!("bad MAC {mac:?}")))?;
+fn new_mac(nic: &str, hw: &[u8; 6]) -> std::io::Result<()> {
     // SAFETY: a socket we close on every path (OwnedFd).
     let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if s < 0 {
@@ -314,7 +305,7 @@ fn new_mac(nic: &str, mac: &str) -> std::io::Result<()> {
         }
         ifr.ifr_ifru.ifru_ifindex
     };
-    arp_request(index, &hw, ip, GATEWAY)
+    arp_request(index, hw, ip, vmd_contract::HOST_ADDR.octets())
 }
 
 /// Broadcasts one ARP request `who-has target tell ip` from `hw` on interface `index`.
@@ -370,11 +361,8 @@ mod tests {
         assert_eq!(command("ping", &mut store).0.as_deref(), Some("pong\n"));
         assert!(command("", &mut store).0.is_none());
         assert!(command("nonsense 1 2", &mut store).0.is_none());
-        assert_eq!(
-            parse_mac("02:ab:00:10:ff:09"),
-            Some([2, 0xab, 0, 0x10, 0xff, 9])
-        );
-        assert_eq!(parse_mac("02:ab:00"), None);
-        assert_eq!(parse_mac("zz:ab:00:10:ff:09"), None);
+        // A malformed clone line is logged and not answered (the host times out, naming
+        // the serial log).
+        assert!(command("clone h 1 02:ab:00 00", &mut store).0.is_none());
     }
 }

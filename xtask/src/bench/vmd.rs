@@ -1,7 +1,7 @@
 //! VM-per-container figures (issue 8): `docker run --rm IMAGE true` against `axion-vmd`,
 //! every container in its own VM, cloned from the saved template (the mode's point) and,
 //! as the baseline, booted cold. The image comes from a `docker-registry` on 127.0.0.1 with
-//! the busybox image [`crate::registry`] builds; it is pulled once, untimed, before the runs.
+//! the busybox image `test_support::registry` builds; it is pulled once, untimed, before the runs.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -11,7 +11,8 @@ use anyhow::{bail, Context, Result};
 
 use super::stats::Value;
 use crate::layout::Layout;
-use crate::registry::{Compression, Registry};
+use test_support::registry::{Compression, Registry};
+use test_support::DockerCli;
 
 pub struct VmdFigures {
     /// From starting the daemon to its API answering (the template boots and is saved).
@@ -34,7 +35,8 @@ pub struct Guest<'a> {
 /// fails is `n/a (why)`.
 pub fn measure(layout: &Layout, guest: &Guest, out: &Path, runs: usize) -> Result<VmdFigures> {
     let registry = Registry::start().context("starting docker-registry on 127.0.0.1")?;
-    registry.push_busybox("bench/busybox", "latest", Compression::Gzip)?;
+    let busybox = crate::build::project_busybox()?;
+    registry.push_busybox(&busybox, "bench/busybox", "latest", Compression::Gzip)?;
     let image = format!("{}/bench/busybox:latest", registry.host());
     let exe = crate::vmd::build_daemon(layout)?;
     let start = |cold: bool| -> Result<Mode> {
@@ -162,21 +164,15 @@ impl Mode {
     }
 
     fn docker(&self, args: &[&str]) -> Result<()> {
-        let out = Command::new("docker")
-            .env("DOCKER_HOST", format!("unix://{}", self.socket.display()))
-            .env("DOCKER_CONFIG", self.config.path())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .context("cannot run the docker CLI")?;
-        if !out.status.success() {
-            bail!(
-                "docker {} failed: {}",
-                args.join(" "),
-                super::first_line(String::from_utf8_lossy(&out.stderr).trim())
-            );
+        let cli = DockerCli::new(
+            format!("unix://{}", self.socket.display()),
+            self.config.path(),
+        );
+        match cli.try_ok(args) {
+            Ok(_) => Ok(()),
+            // The figure's "n/a (why)" is one line.
+            Err(e) => bail!("{}", super::first_line(&format!("{e:#}"))),
         }
-        Ok(())
     }
 
     /// One timed `docker run --rm IMAGE true`.

@@ -99,42 +99,33 @@ impl ContainerBackend for Api {
         // the guest forwards.
         let mut ports = Vec::new();
         let mut forwards = Vec::new();
-        for (spec, bindings) in req.host_config.port_bindings.clone().unwrap_or_default() {
-            let (port, proto) = spec.split_once('/').unwrap_or((spec.as_str(), "tcp"));
-            let protocol = match proto {
-                "tcp" => qemu::Protocol::Tcp,
-                "udp" => qemu::Protocol::Udp,
-                _ => {
-                    return Err(ApiError::bad_request(format!(
-                    "invalid port specification {spec:?}: only tcp and udp ports can be published"
-                )))
+        let map = req.host_config.port_bindings.clone().unwrap_or_default();
+        for m in
+            portspec::from_port_bindings(&map).map_err(|e| ApiError::bad_request(e.to_string()))?
+        {
+            let protocol = match m.proto {
+                portspec::Proto::Tcp => qemu::Protocol::Tcp,
+                portspec::Proto::Udp => qemu::Protocol::Udp,
+            };
+            // QEMU forwards from 127.0.0.1 only, whatever the host address asked for.
+            let hp = match m.host_port {
+                portspec::HostPort::Ephemeral => qemu::free_port()
+                    .map_err(|e| ApiError::internal(format!("no free port: {e}")))?,
+                portspec::HostPort::Fixed(p) => p,
+                portspec::HostPort::Range(a, b) => {
+                    (a..=b).find(|p| port_is_free(m.proto, *p)).ok_or_else(|| {
+                        ApiError::internal(format!(
+                            "Bind for 127.0.0.1:{a}-{b} failed: port is already allocated"
+                        ))
+                    })?
                 }
             };
-            let guest: u16 =
-                port.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
-                    ApiError::bad_request(format!("invalid container port {spec:?}"))
-                })?;
-            for b in bindings.unwrap_or_default() {
-                let hp: u16 = if b.host_port.is_empty() {
-                    qemu::free_port()
-                        .map_err(|e| ApiError::internal(format!("no free port: {e}")))?
-                } else {
-                    b.host_port
-                        .split('-')
-                        .next()
-                        .unwrap_or("")
-                        .parse()
-                        .map_err(|_| {
-                            ApiError::bad_request(format!("invalid host port {:?}", b.host_port))
-                        })?
-                };
-                forwards.push(qemu::PortForward {
-                    protocol,
-                    host: hp,
-                    guest,
-                });
-                ports.push((spec.clone(), hp));
-            }
+            forwards.push(qemu::PortForward {
+                protocol,
+                host: hp,
+                guest: m.container_port,
+            });
+            ports.push((m.key(), hp));
         }
         let network_mode = guest_network(&req.host_config.network_mode)?;
         // The image's layers in the host store are checked while the VM is cloned.

@@ -11,16 +11,10 @@ use std::path::Path;
 
 /// Binds the host side of every `-p` of a container (TCP and UDP).
 async fn publish_ports(r: &Record) -> Result<Vec<netproxy::Bound>, String> {
+    let map = r.host_config.port_bindings.clone().unwrap_or_default();
     let mut bound = Vec::new();
-    for (key, binds) in r.host_config.port_bindings.clone().unwrap_or_default() {
-        let pairs: Vec<(String, String)> = binds
-            .unwrap_or_default()
-            .into_iter()
-            .map(|b| (b.host_ip, b.host_port))
-            .collect();
-        for b in netproxy::parse_bindings(&key, &pairs)? {
-            bound.push(netproxy::bind(&b).await?);
-        }
+    for m in docker_api::portspec::from_port_bindings(&map).map_err(|e| e.to_string())? {
+        bound.push(netproxy::bind_mapping(&m).await?);
     }
     Ok(bound)
 }

@@ -32,15 +32,17 @@ pub const HOST_OPTIONAL: &[(&str, &str)] = &[(
      probe and there is nothing to remember; a CI that pins TCG on purpose is not a broken host",
 )];
 
-/// What `cargo xtask test` was asked for.
-pub struct Options {
+/// `cargo xtask test`'s options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
     /// Only the unit tests (no kernel build, no QEMU).
+    #[arg(long)]
     pub unit: bool,
     /// Extra arguments for `cargo test` (a filter, or `-- --nocapture`).
     pub args: Vec<String>,
 }
 
-pub fn test(layout: &Layout, opts: &Options) -> Result<()> {
+pub fn main(layout: &Layout, opts: &Args) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let cargo_cmd = || {
         let mut c = Command::new(&cargo);

@@ -1,12 +1,11 @@
-//! Running the daemon inside another program (tests, benchmarks): [`Server`] serves the
-//! API on a unix socket from its own thread and runtime, and stops every VM when dropped.
+//! axion-vmd inside a test (feature `vmd`): [`Server`] serves the daemon's API on a unix
+//! socket from its own thread and runtime, and stops every VM when dropped.
 
-use crate::{Api, Daemon, Options};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use vmd::{Api, Daemon, Options};
 
 pub struct Server {
     pub socket: PathBuf,
@@ -72,39 +71,4 @@ impl Drop for Server {
         self.daemon.shutdown();
         let _ = std::fs::remove_file(&self.socket);
     }
-}
-
-/// Times `docker run --rm IMAGE true` against `docker_host`, `runs` times (the image is
-/// pulled first, untimed). For `cargo xtask bench`: print the figures, assert nothing.
-pub fn bench_docker_run(
-    docker_host: &str,
-    docker_config: &Path,
-    image: &str,
-    runs: usize,
-) -> Result<Vec<Duration>> {
-    let docker = |args: &[&str]| -> Result<()> {
-        let out = Command::new("docker")
-            .env("DOCKER_HOST", docker_host)
-            .env("DOCKER_CONFIG", docker_config)
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .context("running the docker CLI")?;
-        if !out.status.success() {
-            bail!(
-                "docker {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(())
-    };
-    docker(&["pull", "-q", image])?;
-    let mut times = Vec::new();
-    for _ in 0..runs {
-        let t = Instant::now();
-        docker(&["run", "--rm", image, "true"])?;
-        times.push(t.elapsed());
-    }
-    Ok(times)
 }

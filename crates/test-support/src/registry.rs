@@ -1,12 +1,14 @@
-//! A real registry on 127.0.0.1 (Debian's `docker-registry`) and images built from the
-//! project's own busybox package, pushed over the registry HTTP API (OCI manifests, gzip or zstd
-//! layers, and an image index) — for the tests and the bench; no other registry is reachable here.
+//! A real registry on 127.0.0.1 (Debian's `docker-registry`) and images built from a busybox
+//! binary (the project's own package: `xtask::build::project_busybox`), pushed over the
+//! registry HTTP API (OCI manifests, gzip or zstd layers, and an image index) — for the tests
+//! and the bench; no other registry is reachable here. This is the tests' one push path; the
+//! product's own (`cargo xtask publish`) is xtask/src/publish/oci.rs.
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -136,20 +138,28 @@ impl Registry {
         Ok(format!("sha256:{}", hex::encode(Sha256::digest(body))))
     }
 
-    /// Pushes a busybox image as `repo:tag`; returns the manifest digest.
-    pub fn push_busybox(&self, repo: &str, tag: &str, compression: Compression) -> Result<String> {
-        self.push_busybox_arch(repo, tag, compression, "amd64")
+    /// Pushes an image of `busybox` (the binary, see [`crate::busybox::layer`]) as
+    /// `repo:tag`; returns the manifest digest.
+    pub fn push_busybox(
+        &self,
+        busybox: &Path,
+        repo: &str,
+        tag: &str,
+        compression: Compression,
+    ) -> Result<String> {
+        self.push_busybox_arch(busybox, repo, tag, compression, "amd64")
     }
 
     /// Like [`push_busybox`] with the config claiming `arch` (for index selection tests).
     pub fn push_busybox_arch(
         &self,
+        busybox: &Path,
         repo: &str,
         tag: &str,
         compression: Compression,
         arch: &str,
     ) -> Result<String> {
-        let tar = busybox_layer(&format!("{repo}:{tag} {arch}\n"))?;
+        let tar = crate::busybox::layer(busybox, &format!("{repo}:{tag} {arch}\n"))?;
         let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&tar)));
         let (layer, layer_mt) = match compression {
             Compression::Gzip => {
@@ -250,8 +260,14 @@ impl Registry {
     }
 
     /// Pushes an image index for `tag` pointing at an existing manifest (as linux/amd64)
-    /// and an arm64 entry listed first (whose config says arm64).
-    pub fn push_index(&self, repo: &str, tag: &str, amd64_manifest: &str) -> Result<String> {
+    /// and an arm64 entry listed first (a `busybox` image whose config says arm64).
+    pub fn push_index(
+        &self,
+        busybox: &Path,
+        repo: &str,
+        tag: &str,
+        amd64_manifest: &str,
+    ) -> Result<String> {
         let size_of = |d: &str| -> Result<usize> {
             Ok(reqwest::blocking::Client::new()
                 .get(format!("http://{}/v2/{repo}/manifests/{d}", self.host()))
@@ -261,8 +277,13 @@ impl Registry {
                 .len())
         };
         let size = size_of(amd64_manifest)?;
-        let arm =
-            self.push_busybox_arch(repo, &format!("{tag}-arm64"), Compression::Gzip, "arm64")?;
+        let arm = self.push_busybox_arch(
+            busybox,
+            repo,
+            &format!("{tag}-arm64"),
+            Compression::Gzip,
+            "arm64",
+        )?;
         let arm_size = size_of(&arm)?;
         let index = serde_json::json!({
             "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
@@ -289,91 +310,71 @@ pub enum Compression {
     Zstd,
 }
 
-/// The project's own busybox: the `busybox` package's staged binary (static, musl), built
-/// now unless the cache has it.
-pub fn project_busybox() -> Result<PathBuf> {
-    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    if let Some(p) = PATH.get() {
-        return Ok(p.clone());
-    }
-    let layout = crate::layout::Layout::discover();
-    let recipes = crate::recipe::RecipeSet::load(&layout.recipes())?;
-    let staged = crate::build::build_packages(
-        &layout,
-        &recipes,
-        &["busybox".to_string()],
-        &crate::build::BuildOptions::default(),
-    )
-    .context("building the project's busybox for the test images")?;
-    let tree = staged
-        .into_iter()
-        .find(|s| s.name == "busybox")
-        .context("the busybox package staged nothing")?
-        .tree;
-    let path = tree.join("bin/busybox");
-    if !path.is_file() {
-        bail!("the busybox package has no {}", path.display());
-    }
-    Ok(PATH.get_or_init(|| path).clone())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// A root filesystem: the project's busybox ([`project_busybox`]) plus applet symlinks,
-/// /etc/passwd, /tmp, and /etc/axion-test-image holding `marker` (so each test image has its
-/// own layer).
-pub fn busybox_layer(marker: &str) -> Result<Vec<u8>> {
-    let bb = project_busybox()?;
-    let data = std::fs::read(&bb).with_context(|| format!("reading {}", bb.display()))?;
-    let list = Command::new(&bb)
-        .arg("--list")
-        .output()
-        .with_context(|| format!("{} --list", bb.display()))?;
-    let mut b = tar::Builder::new(Vec::new());
-    let dir = |b: &mut tar::Builder<Vec<u8>>, p: &str, mode: u32| -> Result<()> {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(mode);
-        h.set_size(0);
-        h.set_mtime(1_700_000_000);
-        b.append_data(&mut h, p, std::io::empty())?;
-        Ok(())
-    };
-    for (d, m) in [
-        ("bin/", 0o755),
-        ("etc/", 0o755),
-        ("tmp/", 0o1777),
-        ("root/", 0o700),
-        ("home/", 0o755),
-    ] {
-        dir(&mut b, d, m)?;
-    }
-    let file = |b: &mut tar::Builder<Vec<u8>>, p: &str, mode: u32, content: &[u8]| -> Result<()> {
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(mode);
-        h.set_size(content.len() as u64);
-        h.set_mtime(1_700_000_000);
-        b.append_data(&mut h, p, content)?;
-        Ok(())
-    };
-    file(&mut b, "bin/busybox", 0o755, &data)?;
-    file(
-        &mut b,
-        "etc/passwd",
-        0o644,
-        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n",
-    )?;
-    file(&mut b, "etc/axion-test-image", 0o644, marker.as_bytes())?;
-    file(&mut b, "etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n")?;
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        let applet = applet.trim();
-        if applet.is_empty() || applet == "busybox" {
-            continue;
+    /// The push path against the real registry (Debian's docker-registry): a busybox image,
+    /// a variant sharing its layer, and an index, read back over the registry API. Needs
+    /// /usr/bin/docker-registry and a static busybox at /bin/busybox: it fails, loudly, where
+    /// they are missing (`.ci/run` installs both).
+    #[test]
+    fn pushes_images_a_registry_serves_back() {
+        let bb = Path::new("/bin/busybox");
+        assert!(
+            bb.is_file(),
+            "{} is missing (apt-get install busybox-static)",
+            bb.display()
+        );
+        let reg = Registry::start().unwrap();
+        let d = reg
+            .push_busybox(bb, "t/bb", "v1", Compression::Zstd)
+            .unwrap();
+        let v = reg
+            .push_variant("t/bb", "v1", "t/other", "v2", "true")
+            .unwrap();
+        assert_ne!(d, v);
+        let i = reg.push_index(bb, "t/bb", "multi", &d).unwrap();
+        let get = |path: &str, accept: &str| {
+            let r = reqwest::blocking::Client::new()
+                .get(format!("http://{}/v2/{path}", reg.host()))
+                .header("Accept", accept)
+                .send()
+                .unwrap();
+            assert!(r.status().is_success(), "GET {path}: {}", r.status());
+            r.bytes().unwrap().to_vec()
+        };
+        let oci = "application/vnd.oci.image.manifest.v1+json";
+        let m: serde_json::Value = serde_json::from_slice(&get("t/bb/manifests/v1", oci)).unwrap();
+        assert_eq!(
+            m["layers"][0]["mediaType"],
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+        );
+        let index = get(
+            "t/bb/manifests/multi",
+            "application/vnd.oci.image.index.v1+json",
+        );
+        assert_eq!(format!("sha256:{}", hex::encode(Sha256::digest(&index))), i);
+        let index: serde_json::Value = serde_json::from_slice(&index).unwrap();
+        assert_eq!(index["manifests"][1]["digest"], d.as_str());
+        assert_eq!(index["manifests"][0]["platform"]["architecture"], "arm64");
+        let layer = m["layers"][0]["digest"].as_str().unwrap();
+        let blob = get(&format!("t/other/blobs/{layer}"), "*/*");
+        let tar = zstd::decode_all(&blob[..]).unwrap();
+        let mut names = Vec::new();
+        for e in tar::Archive::new(&tar[..]).entries().unwrap() {
+            names.push(e.unwrap().path().unwrap().to_string_lossy().into_owned());
         }
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Symlink);
-        h.set_size(0);
-        h.set_mode(0o777);
-        h.set_mtime(1_700_000_000);
-        b.append_link(&mut h, format!("bin/{applet}"), "busybox")?;
+        for n in [
+            "bin/busybox",
+            "bin/sh",
+            "etc/passwd",
+            "etc/axion-test-image",
+        ] {
+            assert!(
+                names.iter().any(|x| x == n),
+                "{n} not in the layer: {names:?}"
+            );
+        }
     }
-    Ok(b.into_inner()?)
 }
