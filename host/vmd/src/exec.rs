@@ -128,6 +128,18 @@ mod tests {
     }
 
     #[test]
+    fn a_guest_id_that_is_not_ascii_does_not_panic_the_daemon() {
+        // 11 ASCII bytes then a 3-byte character: byte 12 is inside it.
+        let c = ctr(&"h".repeat(64));
+        let mut c = Arc::try_unwrap(c).ok().unwrap();
+        c.gid = "aaaaaaaaaaa€€€".into();
+        let e = c.host_ids(ApiError::conflict(format!("container {} gone", c.gid)));
+        assert_eq!(e.message, format!("container {} gone", c.id));
+        c.id = "short".into();
+        assert_eq!(c.short(), "short");
+    }
+
+    #[test]
     fn guest_errors_name_our_container() {
         let c = ctr(&"h".repeat(64));
         let mut c = Arc::try_unwrap(c).ok().unwrap();

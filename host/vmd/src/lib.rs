@@ -314,16 +314,19 @@ impl Ctr {
         }
     }
     fn short(&self) -> &str {
-        &self.id[..12]
+        self.id.get(..12).unwrap_or(&self.id)
     }
     /// The guest engine's error with its container id (full or short) replaced by ours:
     /// the user never sees the ids inside the VM.
     fn host_ids(&self, mut e: ApiError) -> ApiError {
-        if self.gid.len() >= 12 {
-            e.message = e
-                .message
-                .replace(&self.gid, &self.id)
-                .replace(&self.gid[..12], &self.id[..12]);
+        // `get`: the guest's id is checked ([`client::guest_id`]), but a slice of it must not
+        // be what takes the daemon down if it ever is not.
+        if self.gid.len() < 12 {
+            return e; // too short to stand for an id in free text
+        }
+        e.message = e.message.replace(&self.gid, &self.id);
+        if let (Some(gshort), Some(short)) = (self.gid.get(..12), self.id.get(..12)) {
+            e.message = e.message.replace(gshort, short);
         }
         e
     }
