@@ -8,7 +8,7 @@
 //! unpacking and diff-id check as a pulled one ([`super::unpack_verified`]), so a layer that
 //! does not match its config is refused and nothing half-loaded stays in the store.
 
-use super::{hex_of, io_err, unpack_verified, ImageConfig, ImageError, Store};
+use super::{check_digests, hex_of, io_err, unpack_verified, ImageConfig, ImageError, Store};
 use registry::Reference;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
@@ -190,6 +190,7 @@ impl Store {
                     digest: id.clone(),
                     msg: e.to_string(),
                 })?;
+            check_digests(&id, &config, [])?;
             if config.rootfs.diff_ids.len() != img.layers.len() {
                 return Err(ImageError::Config {
                     digest: id,
@@ -225,7 +226,10 @@ impl Store {
                 .collect::<Result<_, _>>()?;
             if tags.is_empty() {
                 // An untagged image is still listed (by id) through `digests`.
-                let mut refs = self.refs.lock().unwrap();
+                let mut refs = self
+                    .refs
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 refs.digests.entry(id.clone()).or_default();
                 self.save(&refs)?;
                 loaded.push(id.clone());
@@ -410,5 +414,32 @@ mod tests {
             .to_string();
         assert!(e.contains("not a `docker save` archive"), "{e}");
         assert!(s.list().is_empty());
+    }
+
+    #[test]
+    fn a_diff_id_that_is_not_a_digest_is_refused_before_it_names_a_path() {
+        // `layers/../../..` is a directory that exists: it was taken for an unpacked layer.
+        let (d, s) = store();
+        for diff_id in ["sha256:../../..", "sha256:", "../x", "sha256:ééé"] {
+            let config = format!(r#"{{"rootfs":{{"type":"layers","diff_ids":["{diff_id}"]}}}}"#);
+            let id = sha(config.as_bytes());
+            let manifest = format!(
+                r#"[{{"Config":"c.json","RepoTags":["evil:1"],"Layers":["l.tar"]}}]"#
+            );
+            let mut b = tar::Builder::new(Vec::new());
+            for (name, data) in [
+                ("manifest.json", manifest.as_bytes()),
+                ("c.json", config.as_bytes()),
+                ("l.tar", &[0u8; 1024][..]),
+            ] {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(data.len() as u64);
+                h.set_mode(0o644);
+                b.append_data(&mut h, name, data).unwrap();
+            }
+            let e = load(&s, d.path(), &b.into_inner().unwrap()).unwrap_err();
+            assert!(e.to_string().contains("is not a sha256 digest"), "{diff_id}: {e}");
+            assert!(s.config(&id).is_none());
+        }
     }
 }
