@@ -489,7 +489,8 @@ fn stat_header(stat: &PathStat) -> HeaderValue {
         .expect("base64 is a valid header value")
 }
 
-fn decode_auth(v: &str) -> Option<RegistryAuth> {
+/// The `X-Registry-Auth` header: base64 (URL-safe or standard) JSON credentials.
+pub fn decode_auth(v: &str) -> Option<RegistryAuth> {
     let raw = base64::engine::general_purpose::URL_SAFE
         .decode(v.trim())
         .or_else(|_| base64::engine::general_purpose::STANDARD.decode(v.trim()))

@@ -18,8 +18,12 @@
 //!   into a temporary directory and rename it into place only on success
 //!   ([`unpack_layer`] does all of that and checks the diff-id).
 //!
+//! [`archive`] reads `docker save` archives (`docker load`) by the same rules.
+//!
 //! Used twice: by the guest engine (pull, `docker load`) and by axion-vmd's host-side
 //! layer store (host/vmd), whose unpacked layers the VMs use over a read-only 9p share.
+
+pub mod archive;
 
 use std::ffi::CString;
 use std::fs;

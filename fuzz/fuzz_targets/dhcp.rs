@@ -1,0 +1,16 @@
+//! init's DHCPv4 decoder: raw IPv4/UDP frames and DHCP messages (options, lengths).
+#![no_main]
+
+use init::net::dhcp;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let payload = dhcp::ip_udp_payload(data, 68).unwrap_or(data);
+    if let Ok(m) = dhcp::Message::decode(payload) {
+        // What decodes must encode again (the client echoes fields back).
+        let _ = dhcp::Message::decode(&m.encode());
+        if let Some(mask) = m.subnet_mask {
+            let _ = dhcp::prefix_from_mask(mask);
+        }
+    }
+});
