@@ -7,6 +7,7 @@ pub mod build;
 pub mod cache;
 pub mod doctor;
 pub mod fetch;
+pub mod fuzz;
 pub mod image;
 pub mod layout;
 pub mod profile;

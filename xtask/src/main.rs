@@ -108,9 +108,19 @@ enum Cmd {
         #[arg(long, default_value = "qemu")]
         profile: String,
     },
-    /// Run the test suite: unit tests, then end-to-end tests that boot images in QEMU.
+    /// Build the cargo-fuzz targets in fuzz/ and run them (every target, or one); a crash
+    /// fails with its input saved under fuzz/artifacts/.
+    Fuzz {
+        /// One target (default: all of them, one after the other).
+        target: Option<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+    /// Run the test suite: unit tests, a fuzz smoke run (every target for a bounded time),
+    /// then end-to-end tests that boot images in QEMU.
     Test {
-        /// Only the unit tests (no kernel build, no QEMU).
+        /// Only the unit tests (no fuzzing, no kernel build, no QEMU).
         #[arg(long)]
         unit: bool,
         /// Extra arguments for the test harness (a filter).
@@ -273,6 +283,9 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Stop { profile } => run::stop(&layout, &profile),
+        Cmd::Fuzz { target, seconds } => {
+            xtask::fuzz::fuzz(&layout.root, target.as_deref(), seconds).map(drop)
+        }
         Cmd::Test { unit, args } => test(&layout, unit, &args),
         Cmd::Bench {
             quick,
@@ -421,6 +434,11 @@ fn test(layout: &Layout, unit_only: bool, args: &[String]) -> Result<()> {
     }
     if unit_only {
         return Ok(());
+    }
+    // Bounded: a crash fails the run, with the input saved (see xtask::fuzz). Not with a
+    // filter: that asks for some tests only.
+    if args.is_empty() {
+        xtask::fuzz::fuzz(&layout.root, None, xtask::fuzz::SMOKE_SECONDS)?;
     }
     doctor::ensure(&doctor::all_needs())?;
     let status = std::process::Command::new(&cargo)
