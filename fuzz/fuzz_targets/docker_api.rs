@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
                 if let Ok(f) = docker_api::filters::Filters::parse(Some(&v)) {
                     let c = ContainerSummary {
                         id: "c0ffee".repeat(10),
-                        names: vec!["/web".into()],
+                        names: vec!["/web".into(), "/wéb-ü".into()],
                         image: "busybox:latest".into(),
                         state: "running".into(),
                         ..Default::default()
