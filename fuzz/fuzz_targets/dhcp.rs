@@ -9,8 +9,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(m) = dhcp::Message::decode(payload) {
         // What decodes must encode again (the client echoes fields back).
         let _ = dhcp::Message::decode(&m.encode());
-        if let Some(mask) = m.subnet_mask {
-            let _ = dhcp::prefix_from_mask(mask);
+        if let Some(l) = init::net::client::Lease::from_message(&m) {
+            // The client's timers: deadlines from the lease's durations.
+            let now = std::time::Instant::now();
+            let _ = [now + l.t1, now + l.t2, now + l.lease_time];
         }
     }
 });
