@@ -236,7 +236,7 @@ use docker_api::{
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch, Notify};
 
@@ -406,7 +406,10 @@ impl Daemon {
     }
 
     fn get(&self, id: &str) -> ApiResult<Arc<Ctr>> {
-        let map = self.containers.lock().expect("containers lock");
+        let map = self
+            .containers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(c) = map.get(id) {
             return Ok(c.clone());
         }
@@ -429,13 +432,13 @@ impl Daemon {
         let all: Vec<_> = self
             .containers
             .lock()
-            .expect("containers lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .drain()
             .map(|(_, c)| c)
             .collect();
         for c in all {
             c.quitting.store(true, Ordering::SeqCst);
-            if let Some(mut vm) = c.vm.lock().expect("vm lock").take() {
+            if let Some(mut vm) = c.vm.lock().unwrap_or_else(PoisonError::into_inner).take() {
                 let _ = vm.kill();
             }
             self.cleanup_cgroup(&c);
@@ -522,8 +525,13 @@ impl Daemon {
         }
         debug(&format!("{}: exit code {code}, logs saved", c.short()));
         c.quitting.store(true, Ordering::SeqCst);
-        let vm = c.vm.lock().expect("vm lock").take();
-        drop(c.agent.lock().expect("agent lock").take());
+        let vm = c.vm.lock().unwrap_or_else(PoisonError::into_inner).take();
+        drop(
+            c.agent
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
         if let Some(mut vm) = vm {
             // Killed, not shut down: nothing in the VM is needed any more (the container
             // has exited and a VM never runs again), and its overlay goes with `rm`.
@@ -541,7 +549,7 @@ impl Daemon {
         });
         self.cleanup_cgroup(c);
         {
-            let mut st = c.state.lock().expect("state lock");
+            let mut st = c.state.lock().unwrap_or_else(PoisonError::into_inner);
             st.exit_code = code;
             st.error = error.unwrap_or_default();
             st.finished_ns = now_nanos();
@@ -557,7 +565,7 @@ impl Daemon {
     fn remove_now(&self, c: &Arc<Ctr>) {
         self.containers
             .lock()
-            .expect("containers lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .remove(&c.id);
         self.execs.forget(&c.id);
         let _ = std::fs::remove_dir_all(&c.dir);
@@ -575,7 +583,7 @@ impl Daemon {
                     return;
                 }
                 let exited = {
-                    let mut g = c.vm.lock().expect("vm lock");
+                    let mut g = c.vm.lock().unwrap_or_else(PoisonError::into_inner);
                     match g.as_mut() {
                         None => return,
                         Some(vm) => vm.try_exit_status().map(|st| {
@@ -749,7 +757,7 @@ impl Backend for Api {
         let cs: Vec<Arc<Ctr>> = self
             .containers
             .lock()
-            .expect("containers lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .values()
             .cloned()
             .collect();
@@ -898,7 +906,7 @@ impl Backend for Api {
             let user = self
                 .containers
                 .lock()
-                .expect("containers lock")
+                .unwrap_or_else(PoisonError::into_inner)
                 .values()
                 .find(|c| c.image_id == rec.id && c.phase() != Phase::Removed)
                 .map(|c| c.id.clone());
@@ -947,7 +955,7 @@ impl Backend for Api {
         let mut cs: Vec<Arc<Ctr>> = self
             .containers
             .lock()
-            .expect("containers lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .values()
             .cloned()
             .collect();
@@ -956,7 +964,11 @@ impl Backend for Api {
             .iter()
             .filter(|c| all || c.phase() == Phase::Running)
             .map(|c| {
-                let st = c.state.lock().expect("state lock").clone();
+                let st = c
+                    .state
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
                 let status = match c.phase() {
                     Phase::Created => "Created".to_string(),
                     Phase::Running => {
@@ -1020,7 +1032,7 @@ impl Backend for Api {
                 if self
                     .containers
                     .lock()
-                    .expect("containers lock")
+                    .unwrap_or_else(PoisonError::into_inner)
                     .values()
                     .any(|c| c.name == n)
                 {
@@ -1213,7 +1225,7 @@ impl Backend for Api {
         });
         self.containers
             .lock()
-            .expect("containers lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .insert(id.clone(), c.clone());
         let warnings = self.limit_warnings(&c.req.host_config);
         self.watch_vm(c);
@@ -1223,7 +1235,11 @@ impl Backend for Api {
 
     async fn container_inspect(&self, id: &str) -> ApiResult<ContainerInspect> {
         let c = self.get(id)?;
-        let st = c.state.lock().expect("state lock").clone();
+        let st = c
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let phase = c.phase();
         let mut ports = std::collections::BTreeMap::new();
         for (spec, hp) in &c.ports {
@@ -1294,7 +1310,7 @@ impl Backend for Api {
             return Err(e);
         }
         {
-            let mut st = c.state.lock().expect("state lock");
+            let mut st = c.state.lock().unwrap_or_else(PoisonError::into_inner);
             st.started_ns = now_nanos();
             st.started_at = rfc3339(st.started_ns);
         }
@@ -1406,7 +1422,7 @@ impl Backend for Api {
         let cs: Vec<Arc<Ctr>> = self
             .containers
             .lock()
-            .expect("containers lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .values()
             .cloned()
             .collect();
@@ -1429,7 +1445,11 @@ impl Backend for Api {
         rx.wait_for(done)
             .await
             .map_err(|_| ApiError::internal("the container went away"))?;
-        let st = c.state.lock().expect("state lock").clone();
+        let st = c
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         Ok(WaitResponse {
             status_code: st.exit_code,
             error: (!st.error.is_empty()).then(|| WaitError {
@@ -1441,7 +1461,10 @@ impl Backend for Api {
     async fn container_logs(&self, id: &str, opts: LogsOptions) -> ApiResult<(bool, FrameRx)> {
         let c = self.get(id)?;
         let tty = c.req.config.tty;
-        let live = c.vm.lock().expect("vm lock").is_some();
+        let live =
+            c.vm.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some();
         if live {
             if let Ok(rx) = c.guest.logs(&c.gid, &opts, tty).await {
                 return Ok((tty, rx));
@@ -1597,13 +1620,23 @@ impl Backend for Api {
 
     async fn exec_inspect(&self, exec_id: &str) -> ApiResult<ExecInspect> {
         let e = self.execs.get(exec_id)?;
-        let live = e.ctr.vm.lock().expect("vm lock").is_some();
+        let live = e
+            .ctr
+            .vm
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some();
         if live {
             if let Ok(i) = e.ctr.guest.exec_inspect(&e.gid).await {
                 return Ok(e.record(i));
             }
         }
-        let gone = e.ctr.vm.lock().expect("vm lock").is_none();
+        let gone = e
+            .ctr
+            .vm
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none();
         Ok(e.last(gone))
     }
 

@@ -3,6 +3,13 @@
 //!     axion-vmd --kernel out/qemu/...vmlinuz --initrd out/qemu/...initramfs [--disk out/qemu/...qcow2]
 //!
 //! Prints `export DOCKER_HOST=unix://...` on stdout once the socket serves.
+//!
+//! Panics: built with `panic = "unwind"` (root Cargo.toml). It runs as root on the host and
+//! serves every container's VM, so no input may end it: guest answers are checked
+//! (`client::guest_id`), an API request whose handler still panics answers 500 and the
+//! daemon serves on (docker-api's `server::handle`), a panicking task (a layer unpack, a
+//! guest stream) ends alone as a failed `JoinHandle`, and a lock a panic poisoned is taken
+//! over rather than unwrapped, so the other containers are unaffected.
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
