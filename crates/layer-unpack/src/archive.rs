@@ -159,3 +159,42 @@ impl Extracted {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_of(name: &[u8], size_claimed: u64, data: &[u8]) -> Vec<u8> {
+        let mut h = tar::Header::new_gnu();
+        let mut long = name.to_vec();
+        long.push(0);
+        h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+        h.set_entry_type(tar::EntryType::GNULongName);
+        h.set_size(long.len() as u64);
+        h.set_cksum();
+        let mut b = h.as_bytes().to_vec();
+        b.extend_from_slice(&long);
+        b.resize(b.len().div_ceil(512) * 512, 0);
+        let mut h = tar::Header::new_gnu();
+        h.set_path("x").unwrap();
+        h.set_size(size_claimed);
+        h.set_cksum();
+        b.extend_from_slice(h.as_bytes());
+        b.extend_from_slice(data);
+        b
+    }
+
+    #[test]
+    fn nul_names_and_truncated_entries_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let e = Extracted::unpack(&tar_of(b"manifest\0.json", 0, b"")[..], d.path())
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("NUL byte"), "{e}");
+        let d = tempfile::tempdir().unwrap();
+        let e = Extracted::unpack(&tar_of(b"manifest.json", 1 << 30, b"[]")[..], d.path())
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("truncated"), "{e}");
+    }
+}
