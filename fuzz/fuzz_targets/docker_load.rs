@@ -5,7 +5,7 @@
 
 use layer_unpack::archive::Extracted;
 use libfuzzer_sys::fuzz_target;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 fn strings(v: &serde_json::Value, out: &mut Vec<String>) {
@@ -20,11 +20,22 @@ fn strings(v: &serde_json::Value, out: &mut Vec<String>) {
 fn sandbox() -> &'static (PathBuf, PathBuf) {
     static S: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     S.get_or_init(|| {
-        let d = std::env::temp_dir().join(format!("axion-fuzz-load-{}", std::process::id()));
+        let d = scratch_base().join(format!("axion-fuzz-load-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         (d.clone(), d.join("files"))
     })
+}
+
+/// tmpfs when there is one: every input creates and removes files, and a disk-backed
+/// /tmp makes that the bottleneck.
+fn scratch_base() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -46,7 +46,7 @@ fn snapshot(d: &Path, skip: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
 fn sandbox() -> &'static Sandbox {
     static S: OnceLock<Sandbox> = OnceLock::new();
     S.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("axion-fuzz-layer-{}", std::process::id()));
+        let dir = scratch_base().join(format!("axion-fuzz-layer-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let (root, lower, outside) = (dir.join("root"), dir.join("lower"), dir.join("outside"));
         for d in [&root, &lower, &outside, &lower.join("etc")] {
@@ -83,6 +83,17 @@ fn wipe(p: &Path) {
     }
     let _ = fs::set_permissions(p, fs::Permissions::from_mode(0o700));
     let _ = fs::remove_dir_all(p);
+}
+
+/// tmpfs when there is one: every input creates and removes files, and a disk-backed
+/// /tmp makes that the bottleneck.
+fn scratch_base() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
