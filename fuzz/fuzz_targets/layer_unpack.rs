@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::fs;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -16,7 +16,8 @@ struct Sandbox {
     before: Vec<(PathBuf, Vec<u8>)>,
 }
 
-/// Every path under `d` (not following symlinks) with a file's content or a link's target.
+/// Every path under `d` (not following symlinks, and the root `skip` left out) with a file's
+/// content or a link's target, and its mode.
 fn snapshot(d: &Path, skip: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
     let Ok(rd) = fs::read_dir(d) else { return };
     let mut entries: Vec<_> = rd.flatten().map(|e| e.path()).collect();
@@ -36,6 +37,9 @@ fn snapshot(d: &Path, skip: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
         } else {
             Vec::new()
         };
+        // Modes too: a chmod through a symlink changes nothing else.
+        let mut v = v;
+        v.extend_from_slice(&m.mode().to_le_bytes());
         out.push((p.clone(), v));
         if m.is_dir() {
             snapshot(&p, skip, out);

@@ -214,6 +214,19 @@ fn no_nul(p: &Path) -> Result<(), UnpackError> {
     Ok(())
 }
 
+/// `root/rel` when it and every parent below `root` is a real directory (no symlink).
+fn real_dir(root: &Path, rel: &Path) -> Option<PathBuf> {
+    let mut cur = root.to_path_buf();
+    for c in rel.components() {
+        cur.push(c);
+        let m = fs::symlink_metadata(&cur).ok()?;
+        if !m.is_dir() {
+            return None;
+        }
+    }
+    Some(cur)
+}
+
 /// `lower/rel` when it is a regular file reached through real directories only: a lower
 /// layer's symlinked parent must not lead a hard link out of the layer store.
 fn lower_file(lower: &Path, rel: &Path) -> Option<PathBuf> {
@@ -326,7 +339,7 @@ pub fn unpack<R: Read>(reader: R, dest: &Path, lowers: &[PathBuf]) -> Result<Sta
                     fs::create_dir(&target).map_err(|s| io_err(&target, s))?;
                 }
                 lchown(&target, uid, gid)?;
-                dirs.push((target, mode));
+                dirs.push((rel.clone(), mode));
             }
             T::Regular | T::Continuous => {
                 remove_existing(&target, false)?;
@@ -405,8 +418,13 @@ pub fn unpack<R: Read>(reader: R, dest: &Path, lowers: &[PathBuf]) -> Result<Sta
         }
     }
     // Directory modes last, so read-only directories do not block their own contents.
-    for (d, mode) in dirs.into_iter().rev() {
-        fs::set_permissions(&d, fs::Permissions::from_mode(mode)).map_err(|s| io_err(&d, s))?;
+    // A later entry may have replaced the directory, or one of its parents, with a symlink
+    // (`d/` then `d -> /etc`): chmod follows symlinks, so only a directory still reached
+    // through real directories gets its mode (else a layer could chmod any host path).
+    for (rel, mode) in dirs.into_iter().rev() {
+        if let Some(d) = real_dir(dest, &rel) {
+            fs::set_permissions(&d, fs::Permissions::from_mode(mode)).map_err(|s| io_err(&d, s))?;
+        }
     }
     Ok(stats)
 }
@@ -808,6 +826,42 @@ mod tests {
             }
             let (_d, r) = run_boxed(&finish(b));
             assert!(r.is_err(), "{case:?}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn a_directory_replaced_by_a_symlink_does_not_chmod_its_target() {
+        use std::os::unix::fs::MetadataExt;
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        fs::create_dir(&victim).unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o700)).unwrap();
+        let v = victim.to_str().unwrap();
+        for case in [
+            // The directory itself becomes the symlink.
+            vec![
+                ("d/", tar::EntryType::Directory, ""),
+                ("d", tar::EntryType::Symlink, v),
+            ],
+            // Its parent does.
+            vec![
+                ("p/", tar::EntryType::Directory, ""),
+                ("p/victim/", tar::EntryType::Directory, ""),
+                (
+                    "p",
+                    tar::EntryType::Symlink,
+                    outside.path().to_str().unwrap(),
+                ),
+            ],
+        ] {
+            let mut b = Vec::new();
+            for (name, kind, link) in &case {
+                entry(&mut b, name, *kind, link, b""); // entry() gives mode 0o755
+            }
+            let (_d, r) = run(&finish(b));
+            r.unwrap();
+            let mode = fs::metadata(&victim).unwrap().mode() & 0o7777;
+            assert_eq!(mode, 0o700, "{case:?} chmodded the symlink's target");
         }
     }
 
