@@ -425,6 +425,7 @@ fn hostile_pull_leaves_the_engine_and_containers_up(
         let image = format!("{reg}/hostile:{tag}");
         let o = g.docker(&["pull", &image])?;
         let out = both(&o);
+        eprintln!("{out}");
         assert!(!o.status.success(), "pulling {image} succeeded:\n{out}");
         let shown = String::from_utf8_lossy(name.split(|&c| c == 0).next().unwrap_or(b""));
         assert!(
