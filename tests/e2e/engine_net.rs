@@ -8,7 +8,10 @@
 //! - the container's `/` is its overlay (pivot_root; the VM's root is a tmpfs, not the
 //!   initramfs), and a root process's chroot escape stays in the container's root;
 //! - a pulled image and a stopped container survive a reboot (the data partition persists
-//!   /var/lib), and `docker start -a` of the old container works.
+//!   /var/lib), and `docker start -a` of the old container works;
+//! - a hostile image (a layer entry with a NUL byte in its GNU long name, and one in a PAX
+//!   `path` record, on a whiteout and a FIFO) fails `docker pull` with a clear error, and the
+//!   engine, and a container started before, run on (the engine used to abort on it).
 //!
 //! The VM boots the image's kernel and initramfs (so the test can pass its SSH key on the
 //! command line) with a copy-on-write overlay of the image's qcow2 disk as its data disk.
@@ -332,6 +335,127 @@ fn container_root_is_its_own(g: &Guest, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A tar entry whose name comes from a GNU long-name record (`././@LongLink`), which may
+/// hold any byte, NUL included; `kind` is the real entry's type.
+fn gnu_long_entry(b: &mut Vec<u8>, name: &[u8], kind: tar::EntryType) {
+    let header = |name: &str, kind: tar::EntryType, size: usize| {
+        let mut h = tar::Header::new_gnu();
+        h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_entry_type(kind);
+        h.set_mode(0o644);
+        h.set_size(size as u64);
+        h.set_cksum();
+        h
+    };
+    let mut long = name.to_vec();
+    long.push(0);
+    b.extend_from_slice(
+        header("././@LongLink", tar::EntryType::GNULongName, long.len()).as_bytes(),
+    );
+    b.extend_from_slice(&long);
+    b.resize(b.len().div_ceil(512) * 512, 0);
+    b.extend_from_slice(header("placeholder", kind, 0).as_bytes());
+}
+
+/// The same with a PAX extended header's `path` record.
+fn pax_entry(b: &mut Vec<u8>, name: &[u8], kind: tar::EntryType) {
+    let body = name.len() + " path=\n".len();
+    let mut len = body + 1;
+    while len != body + len.to_string().len() {
+        len = body + len.to_string().len();
+    }
+    let mut rec = format!("{len} path=").into_bytes();
+    rec.extend_from_slice(name);
+    rec.push(b'\n');
+    let mut h = tar::Header::new_ustar();
+    h.set_path("PaxHeaders/x").unwrap();
+    h.set_entry_type(tar::EntryType::XHeader);
+    h.set_size(rec.len() as u64);
+    h.set_cksum();
+    b.extend_from_slice(h.as_bytes());
+    b.extend_from_slice(&rec);
+    b.resize(b.len().div_ceil(512) * 512, 0);
+    let mut h = tar::Header::new_ustar();
+    h.set_path("placeholder").unwrap();
+    h.set_entry_type(kind);
+    h.set_size(0);
+    h.set_cksum();
+    b.extend_from_slice(h.as_bytes());
+}
+
+/// Pulls images whose layer holds an entry name with a NUL byte (GNU long name and PAX path,
+/// on a whiteout and on a FIFO): each pull fails with an error naming the entry, and the
+/// engine (same pid) and a container started before it are still running afterwards.
+fn hostile_pull_leaves_the_engine_and_containers_up(
+    g: &Guest,
+    registry: &Registry,
+    reg: &str,
+) -> Result<()> {
+    let pid = |g: &Guest| -> Result<String> { Ok(text(&g.ssh("pidof engine")?)) };
+    g.docker_ok(&["run", "-d", "--name", "keeper", "busybox", "sleep", "3600"])?;
+    let started = g.docker_ok(&["inspect", "-f", "{{.State.StartedAt}}", "keeper"])?;
+    let engine = pid(g)?;
+    assert!(!engine.is_empty(), "no engine process in the VM");
+    type Entry = fn(&mut Vec<u8>, &[u8], tar::EntryType);
+    let cases: [(&str, Entry, &[u8], tar::EntryType); 4] = [
+        (
+            "gnu-whiteout",
+            gnu_long_entry,
+            b"etc/.wh.mo\0td",
+            tar::EntryType::Regular,
+        ),
+        (
+            "gnu-fifo",
+            gnu_long_entry,
+            b"run/fi\0fo",
+            tar::EntryType::Fifo,
+        ),
+        (
+            "pax-whiteout",
+            pax_entry,
+            b"etc/.wh.pa\0sswd",
+            tar::EntryType::Regular,
+        ),
+        ("pax-fifo", pax_entry, b"var/p\0ipe", tar::EntryType::Fifo),
+    ];
+    for (tag, entry, name, kind) in cases {
+        let mut layer = Vec::new();
+        entry(&mut layer, name, kind);
+        layer.extend_from_slice(&[0u8; 1024]);
+        registry.push_image("hostile", tag, &layer, Compression::Gzip, "amd64")?;
+        let image = format!("{reg}/hostile:{tag}");
+        let o = g.docker(&["pull", &image])?;
+        let out = both(&o);
+        eprintln!("{out}");
+        assert!(!o.status.success(), "pulling {image} succeeded:\n{out}");
+        let shown = String::from_utf8_lossy(name.split(|&c| c == 0).next().unwrap_or(b""));
+        assert!(
+            out.contains("NUL byte") && out.contains(&*shown),
+            "pulling {image}: not the clear error naming the entry:\n{out}\nserial:\n{}",
+            g.serial()
+        );
+        assert_eq!(
+            pid(g)?,
+            engine,
+            "the engine restarted while pulling {image}"
+        );
+    }
+    let state = g.docker_ok(&[
+        "inspect",
+        "-f",
+        "{{.State.Running}} {{.State.StartedAt}}",
+        "keeper",
+    ])?;
+    assert_eq!(
+        state,
+        format!("true {started}"),
+        "the container started before the hostile pulls"
+    );
+    assert_eq!(g.docker_ok(&["exec", "keeper", "echo", "alive"])?, "alive");
+    g.docker_ok(&["rm", "-f", "keeper"])?;
+    Ok(())
+}
+
 fn check() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (key, _) = axion_tests::ssh_keygen(dir.path(), "id")?;
@@ -380,6 +504,9 @@ fn check() -> Result<()> {
     let image = format!("{reg}/busybox:latest");
     g.docker_ok(&["pull", &image])?;
     g.docker_ok(&["tag", &image, "busybox"])?;
+
+    // --- A hostile layer: an error for the pull, nothing else ----------------------------------
+    hostile_pull_leaves_the_engine_and_containers_up(&g, &registry, &reg)?;
 
     // --- The container's root: pivot_root into its overlay, nothing of the VM's root ----------
     container_root_is_its_own(&g, dir.path())?;

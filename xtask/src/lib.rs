@@ -8,6 +8,7 @@ pub mod cache;
 pub mod compat;
 pub mod doctor;
 pub mod fetch;
+pub mod fuzz;
 pub mod image;
 pub mod layout;
 pub mod profile;

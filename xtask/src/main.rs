@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use xtask::layout::{self, Layout};
-use xtask::{bench, build, compat, doctor, fetch, image, profile, publish, run, test, vmd};
+use xtask::{bench, build, compat, doctor, fetch, fuzz, image, profile, publish, run, test, vmd};
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +42,9 @@ enum Cmd {
     Pull(publish::PullArgs),
     /// Power off a VM started with `run --detach`, through the ACPI power button.
     Stop(run::StopArgs),
+    /// Build the cargo-fuzz targets in fuzz/ and run them (every target, or one); a crash
+    /// fails with its input saved under fuzz/artifacts/.
+    Fuzz(fuzz::Args),
     /// The gate: cargo fmt --check, clippy -D warnings, unit tests, then end-to-end tests that
     /// boot images in QEMU; ends with `N passed, N failed, N skipped`.
     Test(test::Args),
@@ -83,6 +86,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Publish(a) => publish::main(&layout, &a),
         Cmd::Pull(a) => publish::pull(&a),
         Cmd::Stop(a) => run::stop(&layout, &a.profile),
+        Cmd::Fuzz(a) => fuzz::main(&layout, &a),
         Cmd::Test(a) => test::main(&layout, &a),
         Cmd::Bench(a) => bench::bench(&layout, &a),
         Cmd::Vmd(a) => vmd::vmd(&layout, &a),

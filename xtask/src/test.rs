@@ -3,7 +3,9 @@
 //! 1. `cargo fmt --all --check` (rustfmt's defaults, width 100);
 //! 2. `cargo clippy --workspace --all-targets -- -D warnings` (with `[workspace.lints]`);
 //! 3. the unit tests of every crate but `axion-tests` (tidy tests included);
-//! 4. unless `--unit`: the end-to-end tests in tests/ that build images and boot them in QEMU,
+//! 4. unless `--unit` or a filter: the fuzz smoke run, every cargo-fuzz target for a bounded
+//!    time ([`crate::fuzz::SMOKE_SECONDS`]); a crash fails the gate with its input saved;
+//! 5. unless `--unit`: the end-to-end tests in tests/ that build images and boot them in QEMU,
 //!    one at a time.
 //!
 //! libtest has no "skipped" result, so a test that cannot run here records itself with
@@ -83,6 +85,10 @@ pub fn main(layout: &Layout, opts: &Args) -> Result<()> {
 
     let mut e2e_ok = true;
     if unit_ok && !opts.unit {
+        // Not with a filter: that asks for some tests only.
+        if opts.args.is_empty() {
+            crate::fuzz::fuzz(&layout.root, None, crate::fuzz::SMOKE_SECONDS)?;
+        }
         doctor::ensure(&doctor::all_needs())?;
         let mut e2e = cargo_cmd();
         e2e.args([
@@ -109,7 +115,7 @@ pub fn main(layout: &Layout, opts: &Args) -> Result<()> {
     if unexcused > 0 {
         bail!(
             "{unexcused} test(s) skipped under CI=true and not host-optional \
-             (xtask/src/gate.rs HOST_OPTIONAL)"
+             (xtask/src/test.rs HOST_OPTIONAL)"
         );
     }
     Ok(())

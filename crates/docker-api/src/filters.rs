@@ -243,9 +243,10 @@ fn glob(pattern: &str, text: &str) -> bool {
                 return false;
             };
             // `*` does not cross a `/`, as in path.Match.
+            // Char boundaries first: `rest[..i]` inside a character panicked.
             (0..=rest.len())
-                .take_while(|&i| i == 0 || !rest[..i].contains('/'))
                 .filter(|&i| rest.is_char_boundary(i))
+                .take_while(|&i| i == 0 || !rest[..i].contains('/'))
                 .any(|i| glob(tail, &rest[i..]))
         }
     }
@@ -263,6 +264,13 @@ fn exit_code(status: &str) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_glob_over_non_ascii_text_does_not_panic() {
+        assert!(glob("a*", "aé"));
+        assert!(glob("*é", "xxé"));
+        assert!(!glob("a*", "aé/b"));
+    }
     use super::*;
 
     fn ctr(

@@ -18,6 +18,7 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future as _;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -141,11 +142,36 @@ async fn read_json<T: serde::de::DeserializeOwned + Default>(body: Incoming) -> 
     serde_json::from_slice(&b).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
-/// Handles one request; never panics on bad input.
+/// Handles one request; never panics on bad input. A panic that still happens in the
+/// handler (a bug) is caught here and answered 500, and the server serves on: the binaries
+/// that serve this API (the engine, axion-vmd) build with `panic = "unwind"` for it (see the
+/// root Cargo.toml). Tasks a handler spawns (streams, hijacked connections) are contained by
+/// tokio itself: a panicking task ends alone and its channel closes.
 pub async fn handle<B: Backend>(backend: Arc<B>, req: Request<Incoming>) -> Resp {
-    match dispatch(backend, req).await {
-        Ok(r) => r,
-        Err(e) => error_response(&e),
+    let what = format!("{} {}", req.method(), req.uri().path());
+    let mut fut = Box::pin(dispatch(backend, req));
+    let caught = std::future::poll_fn(|cx| {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(r)) => Poll::Ready(Ok(r)),
+            Err(p) => Poll::Ready(Err(p)),
+        }
+    })
+    .await;
+    match caught {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => error_response(&e),
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            eprintln!("engine api: {what} panicked: {msg}");
+            error_response(&ApiError::internal(format!(
+                "internal error handling {what} (the request panicked; see the daemon's log)"
+            )))
+        }
     }
 }
 
@@ -463,7 +489,8 @@ fn stat_header(stat: &PathStat) -> HeaderValue {
         .expect("base64 is a valid header value")
 }
 
-fn decode_auth(v: &str) -> Option<RegistryAuth> {
+/// The `X-Registry-Auth` header: base64 (URL-safe or standard) JSON credentials.
+pub fn decode_auth(v: &str) -> Option<RegistryAuth> {
     let raw = base64::engine::general_purpose::URL_SAFE
         .decode(v.trim())
         .or_else(|_| base64::engine::general_purpose::STANDARD.decode(v.trim()))
@@ -706,6 +733,9 @@ mod tests {
     impl EventBackend for Fake {}
     impl ContainerBackend for Fake {
         async fn container_inspect(&self, id: &str) -> ApiResult<ContainerInspect> {
+            if id == "boom" {
+                panic!("a bug in the back end");
+            }
             if id == "c1" {
                 Ok(ContainerInspect {
                     id: "c1".into(),
@@ -851,5 +881,24 @@ mod tests {
         assert!(r.starts_with("HTTP/1.1 400"), "{r}");
         let r = request("POST /containers/c1/wait?condition=whenever HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").await;
         assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_and_the_server_serves_on() {
+        // Both requests on one keep-alive connection: the connection survives too.
+        let r = request(concat!(
+            "GET /v1.47/containers/boom/json HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /v1.47/containers/c1/json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        ))
+        .await;
+        assert!(r.starts_with("HTTP/1.1 500"), "{r}");
+        assert!(r.contains("GET /v1.47/containers/boom/json"), "{r}");
+        let second = r
+            .find("HTTP/1.1 200")
+            .unwrap_or_else(|| panic!("no 200 after: {r}"));
+        assert!(r[second..].contains(r#""Id":"c1""#), "{r}");
+        // And a new connection.
+        let r = request("GET /_ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     }
 }

@@ -7,6 +7,10 @@
 //!   resolved inside the container's root at run time).
 //! - Hard links must name a path inside the root (same rules); a target that lives in a
 //!   lower layer is copied.
+//! - A NUL byte in an entry's name or link target (possible in a GNU long name or a PAX
+//!   record) refuses the layer with an error naming the entry; so does a whiteout that
+//!   would name its own directory or its parent (`.wh.`, `.wh..`, `.wh...`), and a regular
+//!   file whose data ends before its header's size.
 //! - Device nodes are neutralised (skipped, counted); FIFOs are kept.
 //! - Whiteouts `.wh.NAME` become overlayfs whiteouts (0:0 character devices) and
 //!   `.wh..wh..opq` marks the directory opaque (`trusted.overlay.opaque=y`).
@@ -14,8 +18,12 @@
 //!   into a temporary directory and rename it into place only on success
 //!   ([`unpack_layer`] does all of that and checks the diff-id).
 //!
+//! [`archive`] reads `docker save` archives (`docker load`) by the same rules.
+//!
 //! Used twice: by the guest engine (pull, `docker load`) and by axion-vmd's host-side
 //! layer store (host/vmd), whose unpacked layers the VMs use over a read-only 9p share.
+
+pub mod archive;
 
 use std::ffi::CString;
 use std::fs;
@@ -96,6 +104,12 @@ pub enum UnpackError {
     NotDir { entry: String, parent: String },
     #[error("hard link {entry:?} -> {target:?}: target not found in this or lower layers")]
     BadHardlink { entry: String, target: String },
+    #[error("layer entry {0:?} has a NUL byte in its name or link target")]
+    NulInName(String),
+    #[error("layer entry {0:?} is a whiteout of no valid name")]
+    BadWhiteout(String),
+    #[error("layer entry {entry:?} is truncated: {got} of {size} bytes")]
+    Truncated { entry: String, size: u64, got: u64 },
     #[error("reading layer: {0}")]
     Read(io::Error),
     #[error("unpacking {path}: {source}")]
@@ -182,8 +196,54 @@ fn io_err(p: &Path, source: io::Error) -> UnpackError {
     }
 }
 
-fn cstr(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_bytes()).expect("paths from tar have no NUL")
+/// Entry names are checked for NUL on the way in ([`no_nul`]); this is the backstop.
+fn cstr(p: &Path) -> Result<CString, UnpackError> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| nul_err(p.as_os_str().as_bytes()))
+}
+
+fn nul_err(name: &[u8]) -> UnpackError {
+    UnpackError::NulInName(String::from_utf8_lossy(name).into_owned())
+}
+
+/// A GNU long name or a PAX `path`/`linkpath` record may hold a NUL, which no file name can.
+fn no_nul(p: &Path) -> Result<(), UnpackError> {
+    let b = p.as_os_str().as_bytes();
+    if b.contains(&0) {
+        return Err(nul_err(b));
+    }
+    Ok(())
+}
+
+/// `root/rel` when it and every parent below `root` is a real directory (no symlink).
+fn real_dir(root: &Path, rel: &Path) -> Option<PathBuf> {
+    let mut cur = root.to_path_buf();
+    for c in rel.components() {
+        cur.push(c);
+        let m = fs::symlink_metadata(&cur).ok()?;
+        if !m.is_dir() {
+            return None;
+        }
+    }
+    Some(cur)
+}
+
+/// `lower/rel` when it is a regular file reached through real directories only: a lower
+/// layer's symlinked parent must not lead a hard link out of the layer store.
+fn lower_file(lower: &Path, rel: &Path) -> Option<PathBuf> {
+    let mut cur = lower.to_path_buf();
+    let mut comps = rel.components().peekable();
+    while let Some(c) = comps.next() {
+        cur.push(c);
+        let m = fs::symlink_metadata(&cur).ok()?;
+        let last = comps.peek().is_none();
+        if last && m.is_file() {
+            return Some(cur);
+        }
+        if last || !m.is_dir() {
+            return None;
+        }
+    }
+    None
 }
 
 fn remove_existing(p: &Path, keep_dir: bool) -> Result<(), UnpackError> {
@@ -201,9 +261,10 @@ fn remove_existing(p: &Path, keep_dir: bool) -> Result<(), UnpackError> {
 
 fn whiteout(p: &Path) -> Result<(), UnpackError> {
     remove_existing(p, false)?;
+    let c = cstr(p)?;
     // SAFETY: mknod with a valid NUL-terminated path; a 0:0 char device is overlayfs'
     // whiteout marker.
-    let rc = unsafe { libc::mknod(cstr(p).as_ptr(), libc::S_IFCHR, libc::makedev(0, 0)) };
+    let rc = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, libc::makedev(0, 0)) };
     if rc != 0 {
         return Err(io_err(p, io::Error::last_os_error()));
     }
@@ -211,28 +272,23 @@ fn whiteout(p: &Path) -> Result<(), UnpackError> {
 }
 
 fn set_opaque(dir: &Path) -> Result<(), UnpackError> {
-    let name = CString::new("trusted.overlay.opaque").expect("static");
+    let name = c"trusted.overlay.opaque";
+    let path = cstr(dir)?;
     // SAFETY: valid C strings and a 1-byte value buffer.
-    let rc = unsafe {
-        libc::lsetxattr(
-            cstr(dir).as_ptr(),
-            name.as_ptr(),
-            b"y".as_ptr().cast(),
-            1,
-            0,
-        )
-    };
+    let rc = unsafe { libc::lsetxattr(path.as_ptr(), name.as_ptr(), b"y".as_ptr().cast(), 1, 0) };
     if rc != 0 {
         return Err(io_err(dir, io::Error::last_os_error()));
     }
     Ok(())
 }
 
-fn lchown(p: &Path, uid: u64, gid: u64) {
+fn lchown(p: &Path, uid: u64, gid: u64) -> Result<(), UnpackError> {
+    let c = cstr(p)?;
     // SAFETY: valid path; failure (e.g. not root in unit tests) is not fatal.
     unsafe {
-        libc::lchown(cstr(p).as_ptr(), uid as libc::uid_t, gid as libc::gid_t);
+        libc::lchown(c.as_ptr(), uid as libc::uid_t, gid as libc::gid_t);
     }
+    Ok(())
 }
 
 /// Unpacks an uncompressed tar stream into `dest` (an existing, empty directory).
@@ -244,6 +300,7 @@ pub fn unpack<R: Read>(reader: R, dest: &Path, lowers: &[PathBuf]) -> Result<Sta
     for entry in ar.entries().map_err(UnpackError::Read)? {
         let mut e = entry.map_err(UnpackError::Read)?;
         let raw = e.path().map_err(UnpackError::Read)?.into_owned();
+        no_nul(&raw)?;
         let rel = clean(&raw)?;
         stats.entries += 1;
         if rel.as_os_str().is_empty() {
@@ -261,6 +318,11 @@ pub fn unpack<R: Read>(reader: R, dest: &Path, lowers: &[PathBuf]) -> Result<Sta
             continue;
         }
         if let Some(hidden) = name.strip_prefix(".wh.") {
+            // `.wh.`, `.wh..` and `.wh...` would name the directory itself or its parent
+            // (`with_file_name("..")`): a whiteout of the root's parent deleted it.
+            if matches!(hidden, "" | "." | "..") {
+                return Err(UnpackError::BadWhiteout(rel.display().to_string()));
+            }
             whiteout(&target.with_file_name(hidden))?;
             stats.whiteouts += 1;
             continue;
@@ -276,8 +338,8 @@ pub fn unpack<R: Read>(reader: R, dest: &Path, lowers: &[PathBuf]) -> Result<Sta
                 if !target.is_dir() {
                     fs::create_dir(&target).map_err(|s| io_err(&target, s))?;
                 }
-                lchown(&target, uid, gid);
-                dirs.push((target, mode));
+                lchown(&target, uid, gid)?;
+                dirs.push((rel.clone(), mode));
             }
             T::Regular | T::Continuous => {
                 remove_existing(&target, false)?;
@@ -288,8 +350,17 @@ pub fn unpack<R: Read>(reader: R, dest: &Path, lowers: &[PathBuf]) -> Result<Sta
                     .mode(0o600)
                     .open(&target)
                     .map_err(|s| io_err(&target, s))?;
-                io::copy(&mut e, &mut f).map_err(UnpackError::Read)?;
-                lchown(&target, uid, gid);
+                let size = e.size();
+                let got = io::copy(&mut e, &mut f).map_err(UnpackError::Read)?;
+                // The tar crate ends an entry's data quietly at the end of the stream.
+                if got != size {
+                    return Err(UnpackError::Truncated {
+                        entry: rel.display().to_string(),
+                        size,
+                        got,
+                    });
+                }
+                lchown(&target, uid, gid)?;
                 fs::set_permissions(&target, fs::Permissions::from_mode(mode))
                     .map_err(|s| io_err(&target, s))?;
             }
@@ -299,9 +370,10 @@ pub fn unpack<R: Read>(reader: R, dest: &Path, lowers: &[PathBuf]) -> Result<Sta
                     .map_err(UnpackError::Read)?
                     .unwrap_or_default()
                     .into_owned();
+                no_nul(&link)?;
                 remove_existing(&target, false)?;
                 symlink(&link, &target).map_err(|s| io_err(&target, s))?;
-                lchown(&target, uid, gid);
+                lchown(&target, uid, gid)?;
             }
             T::Link => {
                 let link = e
@@ -309,6 +381,7 @@ pub fn unpack<R: Read>(reader: R, dest: &Path, lowers: &[PathBuf]) -> Result<Sta
                     .map_err(UnpackError::Read)?
                     .unwrap_or_default()
                     .into_owned();
+                no_nul(&link)?;
                 let lrel = clean(&link)?;
                 let bad = || UnpackError::BadHardlink {
                     entry: rel.display().to_string(),
@@ -325,12 +398,7 @@ pub fn unpack<R: Read>(reader: R, dest: &Path, lowers: &[PathBuf]) -> Result<Sta
                     Err(_) => {
                         let lower = lowers
                             .iter()
-                            .map(|l| l.join(&lrel))
-                            .find(|p| {
-                                fs::symlink_metadata(p)
-                                    .map(|m| m.is_file())
-                                    .unwrap_or(false)
-                            })
+                            .find_map(|l| lower_file(l, &lrel))
                             .ok_or_else(bad)?;
                         fs::copy(&lower, &target).map_err(|s| io_err(&target, s))?;
                     }
@@ -338,19 +406,25 @@ pub fn unpack<R: Read>(reader: R, dest: &Path, lowers: &[PathBuf]) -> Result<Sta
             }
             T::Fifo => {
                 remove_existing(&target, false)?;
+                let c = cstr(&target)?;
                 // SAFETY: valid path.
-                if unsafe { libc::mkfifo(cstr(&target).as_ptr(), mode as libc::mode_t) } != 0 {
+                if unsafe { libc::mkfifo(c.as_ptr(), mode as libc::mode_t) } != 0 {
                     return Err(io_err(&target, io::Error::last_os_error()));
                 }
-                lchown(&target, uid, gid);
+                lchown(&target, uid, gid)?;
             }
             T::Char | T::Block => stats.devices_skipped += 1,
             _ => {} // PAX/GNU headers are consumed by the tar crate; others are ignored.
         }
     }
     // Directory modes last, so read-only directories do not block their own contents.
-    for (d, mode) in dirs.into_iter().rev() {
-        fs::set_permissions(&d, fs::Permissions::from_mode(mode)).map_err(|s| io_err(&d, s))?;
+    // A later entry may have replaced the directory, or one of its parents, with a symlink
+    // (`d/` then `d -> /etc`): chmod follows symlinks, so only a directory still reached
+    // through real directories gets its mode (else a layer could chmod any host path).
+    for (rel, mode) in dirs.into_iter().rev() {
+        if let Some(d) = real_dir(dest, &rel) {
+            fs::set_permissions(&d, fs::Permissions::from_mode(mode)).map_err(|s| io_err(&d, s))?;
+        }
     }
     Ok(stats)
 }
@@ -362,7 +436,23 @@ mod tests {
 
     /// A tar entry with a raw name (bypassing the tar crate's own path checks).
     fn entry(b: &mut Vec<u8>, name: &str, kind: tar::EntryType, link: &str, data: &[u8]) {
-        let mut h = tar::Header::new_old();
+        entry_in(tar::Header::new_old(), b, name, kind, link, data)
+    }
+
+    /// The same in a GNU header: the tar crate honours long names and PAX records only after
+    /// a GNU or ustar header.
+    fn entry_gnu(b: &mut Vec<u8>, name: &str, kind: tar::EntryType, data: &[u8]) {
+        entry_in(tar::Header::new_gnu(), b, name, kind, "", data)
+    }
+
+    fn entry_in(
+        mut h: tar::Header,
+        b: &mut Vec<u8>,
+        name: &str,
+        kind: tar::EntryType,
+        link: &str,
+        data: &[u8],
+    ) {
         {
             let old = h.as_old_mut();
             old.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -505,7 +595,7 @@ mod tests {
         // SAFETY: valid path, name and buffer.
         let n = unsafe {
             libc::lgetxattr(
-                cstr(&d.path().join("var")).as_ptr(),
+                cstr(&d.path().join("var")).unwrap().as_ptr(),
                 name.as_ptr(),
                 buf.as_mut_ptr().cast(),
                 4,
@@ -521,7 +611,7 @@ mod tests {
         entry(&mut b, "big", tar::EntryType::Regular, "", &[7u8; 4096]);
         let full = finish(b);
         let (_d, r) = run(&full[..1500]);
-        assert!(matches!(r, Err(UnpackError::Read(_))), "{r:?}");
+        assert!(matches!(r, Err(UnpackError::Truncated { .. })), "{r:?}");
         // Corrupt gzip.
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut gz, &full).unwrap();
@@ -556,6 +646,244 @@ mod tests {
         unpack_layer(&blob, &tmp, &dest, &diff_id, &[]).unwrap();
         assert_eq!(fs::read(dest.join("f")).unwrap(), b"data");
         assert!(!tmp.exists());
+    }
+
+    /// A GNU long-name entry (`././@LongLink`, type `L`) carrying `name`, then `kind`.
+    fn gnu_long(b: &mut Vec<u8>, name: &[u8], kind: tar::EntryType, data: &[u8]) {
+        let mut long = name.to_vec();
+        long.push(0);
+        entry_gnu(b, "././@LongLink", tar::EntryType::GNULongName, &long);
+        entry(b, "placeholder", kind, "", data);
+    }
+
+    /// A PAX extended header with one `key=value` record, then `kind` named `name`.
+    fn pax(b: &mut Vec<u8>, key: &str, value: &[u8], kind: tar::EntryType, name: &str) {
+        let body_len = key.len() + value.len() + 3; // ' ', '=', '\n'
+        let mut len = body_len + 1;
+        while len != body_len + len.to_string().len() {
+            len = body_len + len.to_string().len();
+        }
+        let mut rec = format!("{len} {key}=").into_bytes();
+        rec.extend_from_slice(value);
+        rec.push(b'\n');
+        entry_gnu(b, "PaxHeaders/x", tar::EntryType::XHeader, &rec);
+        entry(b, name, kind, "", b"");
+    }
+
+    /// Everything under the parent of the unpack root, which must not change.
+    fn outside_listing(d: &Path) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(d.parent().unwrap())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Unpacks into `sandbox/root` and checks that nothing beside `root` appeared or went.
+    fn run_boxed(tar: &[u8]) -> (tempfile::TempDir, Result<Stats, UnpackError>) {
+        let sandbox = tempfile::tempdir().unwrap();
+        let root = sandbox.path().join("root");
+        fs::create_dir(&root).unwrap();
+        fs::write(sandbox.path().join("sentinel"), b"s").unwrap();
+        let before = outside_listing(&root);
+        let r = unpack(tar, &root, &[]);
+        assert!(root.is_dir(), "the root itself survives");
+        assert_eq!(
+            outside_listing(&root),
+            before,
+            "nothing written outside the root"
+        );
+        (sandbox, r)
+    }
+
+    fn assert_nul(r: Result<Stats, UnpackError>, frag: &str) {
+        match r {
+            Err(e @ UnpackError::NulInName(_)) => {
+                let msg = e.to_string();
+                assert!(msg.contains(frag) && msg.contains("\\0"), "{msg}");
+            }
+            other => panic!("want NulInName, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn nul_in_gnu_long_name_is_refused_naming_the_entry() {
+        for kind in [
+            tar::EntryType::Regular,
+            tar::EntryType::Fifo,
+            tar::EntryType::Directory,
+        ] {
+            let mut b = Vec::new();
+            gnu_long(&mut b, b"dir/fi\0fo", kind, b"");
+            let (_d, r) = run_boxed(&finish(b));
+            assert_nul(r, "dir/fi");
+        }
+        // On a whiteout: the reported panic (`paths from tar have no NUL`) was here.
+        let mut b = Vec::new();
+        gnu_long(&mut b, b"etc/.wh.mo\0td", tar::EntryType::Regular, b"");
+        let (_d, r) = run_boxed(&finish(b));
+        assert_nul(r, "etc/.wh.mo");
+    }
+
+    #[test]
+    fn nul_in_pax_path_is_refused_naming_the_entry() {
+        for (name, kind) in [
+            (&b"var/run/p\0ipe"[..], tar::EntryType::Fifo),
+            (b"etc/.wh.pa\0sswd", tar::EntryType::Regular),
+            (b"usr/.wh..wh..opq\0", tar::EntryType::Regular),
+        ] {
+            let mut b = Vec::new();
+            pax(&mut b, "path", name, kind, "placeholder");
+            let (_d, r) = run_boxed(&finish(b));
+            let shown = String::from_utf8_lossy(name.split(|&c| c == 0).next().unwrap());
+            assert_nul(r, &shown);
+        }
+        // And in a link target (PAX `linkpath`).
+        for kind in [tar::EntryType::Symlink, tar::EntryType::Link] {
+            let mut b = Vec::new();
+            pax(&mut b, "linkpath", b"/bin/b\0x", kind, "bin/sh");
+            let (_d, r) = run_boxed(&finish(b));
+            assert_nul(r, "/bin/b");
+        }
+    }
+
+    #[test]
+    fn whiteout_of_the_root_or_its_parent_is_refused() {
+        for name in [".wh.", ".wh..", ".wh...", "sub/.wh...", "sub/.wh.."] {
+            let mut b = Vec::new();
+            entry(&mut b, name, tar::EntryType::Regular, "", b"");
+            let (_d, r) = run_boxed(&finish(b));
+            assert!(
+                matches!(r, Err(UnpackError::BadWhiteout(_))),
+                "{name}: {r:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_checksum_is_refused() {
+        let mut b = Vec::new();
+        entry(&mut b, "f", tar::EntryType::Regular, "", b"data");
+        b[148] ^= 0x01; // the checksum field
+        let (_d, r) = run_boxed(&finish(b));
+        assert!(matches!(r, Err(UnpackError::Read(_))), "{r:?}");
+    }
+
+    #[test]
+    fn huge_or_truncated_sizes_are_refused() {
+        // A size far beyond the data: the entry ends at the end of the stream.
+        for size in [1u64 << 40, 4097] {
+            let mut h = tar::Header::new_gnu();
+            h.set_path("big").unwrap();
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(size);
+            h.set_mode(0o644);
+            h.set_cksum();
+            let mut b = h.as_bytes().to_vec();
+            b.extend_from_slice(&[1u8; 4096]);
+            let (_d, r) = run_boxed(&b);
+            assert!(
+                matches!(
+                    r,
+                    Err(UnpackError::Truncated { .. }) | Err(UnpackError::Read(_))
+                ),
+                "{size}: {r:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn escaping_symlinks_and_hardlinks_write_nothing_outside() {
+        let cases: &[&[(&str, tar::EntryType, &str)]] = &[
+            &[
+                ("l", tar::EntryType::Symlink, ".."),
+                ("l/x", tar::EntryType::Regular, ""),
+            ],
+            &[
+                ("l", tar::EntryType::Symlink, "/"),
+                ("l/tmp/", tar::EntryType::Directory, ""),
+            ],
+            &[
+                ("a/l", tar::EntryType::Symlink, "../.."),
+                ("a/l/f", tar::EntryType::Fifo, ""),
+            ],
+            &[("h", tar::EntryType::Link, "../sentinel")],
+            &[
+                ("l", tar::EntryType::Symlink, ".."),
+                ("h", tar::EntryType::Link, "l/sentinel"),
+            ],
+            &[
+                ("l", tar::EntryType::Symlink, ".."),
+                ("l/.wh.sentinel", tar::EntryType::Regular, ""),
+            ],
+        ];
+        for case in cases {
+            let mut b = Vec::new();
+            for (name, kind, link) in *case {
+                entry(&mut b, name, *kind, link, b"");
+            }
+            let (_d, r) = run_boxed(&finish(b));
+            assert!(r.is_err(), "{case:?}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn a_directory_replaced_by_a_symlink_does_not_chmod_its_target() {
+        use std::os::unix::fs::MetadataExt;
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        fs::create_dir(&victim).unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o700)).unwrap();
+        let v = victim.to_str().unwrap();
+        for case in [
+            // The directory itself becomes the symlink.
+            vec![
+                ("d/", tar::EntryType::Directory, ""),
+                ("d", tar::EntryType::Symlink, v),
+            ],
+            // Its parent does.
+            vec![
+                ("p/", tar::EntryType::Directory, ""),
+                ("p/victim/", tar::EntryType::Directory, ""),
+                (
+                    "p",
+                    tar::EntryType::Symlink,
+                    outside.path().to_str().unwrap(),
+                ),
+            ],
+        ] {
+            let mut b = Vec::new();
+            for (name, kind, link) in &case {
+                entry(&mut b, name, *kind, link, b""); // entry() gives mode 0o755
+            }
+            let (_d, r) = run(&finish(b));
+            r.unwrap();
+            let mode = fs::metadata(&victim).unwrap().mode() & 0o7777;
+            assert_eq!(mode, 0o700, "{case:?} chmodded the symlink's target");
+        }
+    }
+
+    #[test]
+    fn hardlink_into_a_lower_layer_does_not_follow_its_symlinks() {
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("secret"), b"host").unwrap();
+        let lower = tempfile::tempdir().unwrap();
+        symlink(outside.path(), lower.path().join("etc")).unwrap();
+        fs::create_dir(lower.path().join("bin")).unwrap();
+        fs::write(lower.path().join("bin/ok"), b"lower").unwrap();
+        let mut b = Vec::new();
+        entry(&mut b, "h", tar::EntryType::Link, "etc/secret", b"");
+        let d = tempfile::tempdir().unwrap();
+        let r = unpack(&finish(b)[..], d.path(), &[lower.path().to_path_buf()]);
+        assert!(matches!(r, Err(UnpackError::BadHardlink { .. })), "{r:?}");
+        assert!(!d.path().join("h").exists());
+        let mut b = Vec::new();
+        entry(&mut b, "h", tar::EntryType::Link, "bin/ok", b"");
+        let d = tempfile::tempdir().unwrap();
+        unpack(&finish(b)[..], d.path(), &[lower.path().to_path_buf()]).unwrap();
+        assert_eq!(fs::read(d.path().join("h")).unwrap(), b"lower");
     }
 
     #[test]

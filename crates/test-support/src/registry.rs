@@ -160,15 +160,28 @@ impl Registry {
         arch: &str,
     ) -> Result<String> {
         let tar = crate::busybox::layer(busybox, &format!("{repo}:{tag} {arch}\n"))?;
-        let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&tar)));
+        self.push_image(repo, tag, &tar, compression, arch)
+    }
+
+    /// Pushes `repo:tag`: one image of the uncompressed layer `tar` (whatever it holds: the
+    /// tests push hostile layers too), compressed as asked; returns the manifest digest.
+    pub fn push_image(
+        &self,
+        repo: &str,
+        tag: &str,
+        tar: &[u8],
+        compression: Compression,
+        arch: &str,
+    ) -> Result<String> {
+        let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(tar)));
         let (layer, layer_mt) = match compression {
             Compression::Gzip => {
                 let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                gz.write_all(&tar)?;
+                gz.write_all(tar)?;
                 (gz.finish()?, "application/vnd.oci.image.layer.v1.tar+gzip")
             }
             Compression::Zstd => (
-                zstd::encode_all(&tar[..], 3)?,
+                zstd::encode_all(tar, 3)?,
                 "application/vnd.oci.image.layer.v1.tar+zstd",
             ),
         };

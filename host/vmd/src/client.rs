@@ -33,6 +33,24 @@ fn unreachable_err(what: &str, e: impl std::fmt::Display) -> ApiError {
 }
 
 /// `a=b&c=d`, form-encoded.
+/// An id the guest engine answered, checked before it goes into request paths, messages and
+/// slices: 1 to 128 characters of `[0-9A-Za-z_.-]`. The guest is not trusted.
+pub fn guest_id(what: &str, id: String) -> ApiResult<String> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(id)
+    } else {
+        Err(ApiError::internal(format!(
+            "{what}: bad answer from the guest engine: id {:?}",
+            id.chars().take(140).collect::<String>()
+        )))
+    }
+}
+
 fn query(q: &[(&str, String)]) -> String {
     let mut s = form_urlencoded::Serializer::new(String::new());
     for (k, v) in q {
@@ -252,7 +270,7 @@ impl GuestClient {
                 Some(body),
             )
             .await?;
-        Ok(c.id)
+        guest_id("create", c.id)
     }
 
     pub async fn start(&self, id: &str) -> ApiResult<()> {
@@ -464,7 +482,7 @@ impl GuestClient {
                 Some(body),
             )
             .await?;
-        Ok(r.id)
+        guest_id("exec create", r.id)
     }
 
     /// Starts exec `eid`: its output and input on a hijacked stream, or (detached) nothing.
@@ -628,6 +646,27 @@ impl Decoder {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn guest_ids_are_checked() {
+        let hex = "0123456789abcdef".repeat(4);
+        assert_eq!(guest_id("create", hex.clone()).unwrap(), hex);
+        for bad in [
+            "",
+            "a/b",
+            "../x",
+            "x?y",
+            "a b",
+            "aaaaaaaaaaa€",
+            &"a".repeat(129),
+        ] {
+            let e = guest_id("create", bad.to_string()).unwrap_err();
+            assert!(
+                e.message.contains("bad answer from the guest engine"),
+                "{bad}: {e:?}"
+            );
+        }
+    }
     use super::*;
     use docker_api::{
         ArchiveBackend, AttachOptions, ContainerBackend, EventBackend, ExecBackend, ImageBackend,

@@ -13,7 +13,7 @@ use crate::Ctr;
 use docker_api::types::ExecInspect;
 use docker_api::{ApiError, ApiResult};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// Exit code of an exec whose VM went away before the guest reported one.
 pub const LOST_EXIT_CODE: i64 = 137;
@@ -34,13 +34,17 @@ impl Exec {
     pub fn record(&self, mut i: ExecInspect) -> ExecInspect {
         i.id = self.id.clone();
         i.container_id = self.ctr.id.clone();
-        *self.last.lock().expect("exec lock") = i.clone();
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = i.clone();
         i
     }
 
     /// The last state seen; an exec still marked running whose VM is gone is over.
     pub fn last(&self, vm_gone: bool) -> ExecInspect {
-        let mut i = self.last.lock().expect("exec lock").clone();
+        let mut i = self
+            .last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         if vm_gone && (i.running || i.exit_code.is_none()) {
             i.running = false;
             i.pid = 0;
@@ -71,13 +75,16 @@ impl Execs {
             stdin,
             last: Mutex::new(last),
         });
-        self.map.lock().expect("execs lock").insert(id, e.clone());
+        self.map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, e.clone());
         e
     }
 
     /// By full id or a unique prefix (as the CLI allows for containers).
     pub fn get(&self, id: &str) -> ApiResult<Arc<Exec>> {
-        let map = self.map.lock().expect("execs lock");
+        let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(e) = map.get(id) {
             return Ok(e.clone());
         }
@@ -94,7 +101,7 @@ impl Execs {
     pub fn forget(&self, container: &str) {
         self.map
             .lock()
-            .expect("execs lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .retain(|_, e| e.ctr.id != container);
     }
 }
@@ -125,6 +132,18 @@ mod tests {
             detached: Default::default(),
             cgroup: Vec::new(),
         })
+    }
+
+    #[test]
+    fn a_guest_id_that_is_not_ascii_does_not_panic_the_daemon() {
+        // 11 ASCII bytes then a 3-byte character: byte 12 is inside it.
+        let c = ctr(&"h".repeat(64));
+        let mut c = Arc::try_unwrap(c).ok().unwrap();
+        c.gid = "aaaaaaaaaaa€€€".into();
+        let e = c.host_ids(ApiError::conflict(format!("container {} gone", c.gid)));
+        assert_eq!(e.message, format!("container {} gone", c.id));
+        c.id = "short".into();
+        assert_eq!(c.short(), "short");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ImageRecord {
@@ -176,22 +176,28 @@ impl Images {
     }
 
     pub fn all(&self) -> Vec<ImageRecord> {
-        self.list.lock().expect("images lock").clone()
+        self.list
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The record for a name, a full or short id.
     pub fn find(&self, name: &str) -> Option<ImageRecord> {
-        find_in(&self.list.lock().expect("images lock"), name)
+        find_in(
+            &self.list.lock().unwrap_or_else(PoisonError::into_inner),
+            name,
+        )
     }
 
     /// Like [`find`](Self::find), and pins the image for container `ctr` in the same step
     /// (so a concurrent `rmi` and collection either sees the pin or makes the find fail).
     pub fn find_and_pin(&self, name: &str, ctr: &str) -> Option<(ImageRecord, Pin<'_>)> {
-        let list = self.list.lock().expect("images lock");
+        let list = self.list.lock().unwrap_or_else(PoisonError::into_inner);
         let rec = find_in(&list, name)?;
         self.pins
             .lock()
-            .expect("pins lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .insert(ctr.to_string(), rec.clone());
         drop(list);
         Some((
@@ -206,13 +212,16 @@ impl Images {
 
     /// Container `ctr` no longer uses its image (its VM is gone).
     pub fn unpin(&self, ctr: &str) {
-        self.pins.lock().expect("pins lock").remove(ctr);
+        self.pins
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(ctr);
     }
 
     /// Removes the record (durably, before anything of the store goes; see
     /// [`collect`](Self::collect)); None when there is no such image.
     pub fn remove(&self, name: &str) -> ApiResult<Option<ImageRecord>> {
-        let mut list = self.list.lock().expect("images lock");
+        let mut list = self.list.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(rec) = find_in(&list, name) else {
             return Ok(None);
         };
@@ -230,8 +239,8 @@ impl Images {
     /// What must stay in the store: the blobs and trees of every recorded image and of
     /// every image a container uses.
     fn in_use(&self) -> (HashSet<String>, HashSet<String>) {
-        let list = self.list.lock().expect("images lock");
-        let pins = self.pins.lock().expect("pins lock");
+        let list = self.list.lock().unwrap_or_else(PoisonError::into_inner);
+        let pins = self.pins.lock().unwrap_or_else(PoisonError::into_inner);
         let (mut blobs, mut layers) = (HashSet::new(), HashSet::new());
         for r in list.iter().chain(pins.values()) {
             blobs.insert(r.id.clone());
@@ -279,7 +288,10 @@ impl Images {
         let auth = auth.filter(|a| !a.is_empty());
         let rec = self.fetch(name, auth.clone()).await?;
         let r = Reference::parse(name).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let mut creds = self.credentials.lock().expect("credentials lock");
+        let mut creds = self
+            .credentials
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         match auth {
             Some(a) => creds.insert(repo_key(&r), a),
             None => creds.remove(&repo_key(&r)),
@@ -313,7 +325,7 @@ impl Images {
         let auth = Reference::parse(&image.name).ok().and_then(|r| {
             self.credentials
                 .lock()
-                .expect("credentials lock")
+                .unwrap_or_else(PoisonError::into_inner)
                 .get(&repo_key(&r))
                 .cloned()
         });
@@ -407,7 +419,7 @@ impl Images {
             layers: manifest.layers.iter().map(|l| l.digest.clone()).collect(),
             diff_ids,
         };
-        let mut list = self.list.lock().expect("images lock");
+        let mut list = self.list.lock().unwrap_or_else(PoisonError::into_inner);
         list.retain(|i| i.name != rec.name);
         list.push(rec.clone());
         if let Err(e) = self.save(&list) {
@@ -581,11 +593,14 @@ mod tests {
                         }
                         let head = String::from_utf8_lossy(&req).to_string();
                         let target = head.split_whitespace().nth(1).unwrap_or("").to_string();
-                        agents.lock().unwrap().extend(head.lines().filter_map(|l| {
-                            l.split_once(':')
-                                .filter(|(k, _)| k.eq_ignore_ascii_case("user-agent"))
-                                .map(|(_, v)| v.trim().to_string())
-                        }));
+                        agents
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .extend(head.lines().filter_map(|l| {
+                                l.split_once(':')
+                                    .filter(|(k, _)| k.eq_ignore_ascii_case("user-agent"))
+                                    .map(|(_, v)| v.trim().to_string())
+                            }));
                         let authorized = head.lines().any(|l| {
                             l.to_ascii_lowercase().starts_with("authorization:")
                                 && l.ends_with(&format!("Bearer {TOKEN}"))
@@ -600,7 +615,9 @@ mod tests {
                         let (status, ctype, body, extra) = if let Some(q) =
                             target.strip_prefix("/token?")
                         {
-                            seen.lock().unwrap().push(q.to_string());
+                            seen.lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .push(q.to_string());
                             if !basic_ok {
                                 (
                                     "401 Unauthorized",
@@ -672,7 +689,11 @@ mod tests {
             .await
             .unwrap_or_else(|e| panic!("pull: {}", e.message));
         // The token was asked for the repository's pull scope, at the challenge's service.
-        let asked = reg.token_requests.lock().unwrap().clone();
+        let asked = reg
+            .token_requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         assert!(!asked.is_empty(), "the token endpoint was never called");
         assert!(
             asked[0].contains("service=test-registry")
@@ -680,7 +701,11 @@ mod tests {
             "{asked:?}"
         );
         // Every request named the daemon, not the guest engine.
-        let agents = reg.user_agents.lock().unwrap().clone();
+        let agents = reg
+            .user_agents
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         assert!(agents.len() >= 5, "{agents:?}");
         assert!(
             agents
@@ -790,14 +815,22 @@ mod tests {
         .unwrap();
         let damage = store.check(&rec.id, &rec.layers, &rec.diff_ids);
         assert_eq!(damage.len(), 2, "{damage:?}");
-        let tokens_before = reg.token_requests.lock().unwrap().len();
+        let tokens_before = reg
+            .token_requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
         let fixed = images
             .repair(&rec, damage)
             .await
             .unwrap_or_else(|e| panic!("repair: {}", e.message));
         assert_eq!(fixed.id, rec.id);
         assert!(
-            reg.token_requests.lock().unwrap().len() > tokens_before,
+            reg.token_requests
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len()
+                > tokens_before,
             "the repair never asked for a token"
         );
         assert_eq!(store.check(&rec.id, &rec.layers, &rec.diff_ids), vec![]);
@@ -806,9 +839,19 @@ mod tests {
             b"hello from a token registry\n"
         );
         // Nothing damaged: nothing fetched.
-        let n = reg.token_requests.lock().unwrap().len();
+        let n = reg
+            .token_requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
         assert_eq!(images.repair(&rec, Vec::new()).await.unwrap().id, rec.id);
-        assert_eq!(reg.token_requests.lock().unwrap().len(), n);
+        assert_eq!(
+            reg.token_requests
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len(),
+            n
+        );
         // A restarted daemon has no credentials: the repair fails, says why and what to do,
         // and nothing damaged is left in the store.
         let restarted = Images::open(d.path().join("images.json"), store.clone(), Vec::new());

@@ -188,7 +188,7 @@ use docker_api::{
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch, Notify};
 
@@ -266,16 +266,19 @@ impl Ctr {
         }
     }
     fn short(&self) -> &str {
-        &self.id[..12]
+        self.id.get(..12).unwrap_or(&self.id)
     }
     /// The guest engine's error with its container id (full or short) replaced by ours:
     /// the user never sees the ids inside the VM.
     fn host_ids(&self, mut e: ApiError) -> ApiError {
-        if self.gid.len() >= 12 {
-            e.message = e
-                .message
-                .replace(&self.gid, &self.id)
-                .replace(&self.gid[..12], &self.id[..12]);
+        // `get`: the guest's id is checked ([`client::guest_id`]), but a slice of it must not
+        // be what takes the daemon down if it ever is not.
+        if self.gid.len() < 12 {
+            return e; // too short to stand for an id in free text
+        }
+        e.message = e.message.replace(&self.gid, &self.id);
+        if let (Some(gshort), Some(short)) = (self.gid.get(..12), self.id.get(..12)) {
+            e.message = e.message.replace(gshort, short);
         }
         e
     }
@@ -358,7 +361,10 @@ impl Daemon {
     }
 
     fn get(&self, id: &str) -> ApiResult<Arc<Ctr>> {
-        let map = self.containers.lock().expect("containers lock");
+        let map = self
+            .containers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(c) = map.get(id) {
             return Ok(c.clone());
         }
@@ -381,13 +387,13 @@ impl Daemon {
         let all: Vec<_> = self
             .containers
             .lock()
-            .expect("containers lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .drain()
             .map(|(_, c)| c)
             .collect();
         for c in all {
             c.quitting.store(true, Ordering::SeqCst);
-            if let Some(mut vm) = c.vm.lock().expect("vm lock").take() {
+            if let Some(mut vm) = c.vm.lock().unwrap_or_else(PoisonError::into_inner).take() {
                 let _ = vm.kill();
             }
             self.cleanup_cgroup(&c);
@@ -479,8 +485,13 @@ impl Daemon {
         }
         debug(&format!("{}: exit code {code}, logs saved", c.short()));
         c.quitting.store(true, Ordering::SeqCst);
-        let vm = c.vm.lock().expect("vm lock").take();
-        drop(c.agent.lock().expect("agent lock").take());
+        let vm = c.vm.lock().unwrap_or_else(PoisonError::into_inner).take();
+        drop(
+            c.agent
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
         if let Some(mut vm) = vm {
             // Killed, not shut down: nothing in the VM is needed any more (the container
             // has exited and a VM never runs again), and its overlay goes with `rm`.
@@ -498,7 +509,7 @@ impl Daemon {
         });
         self.cleanup_cgroup(c);
         {
-            let mut st = c.state.lock().expect("state lock");
+            let mut st = c.state.lock().unwrap_or_else(PoisonError::into_inner);
             st.exit_code = code;
             st.error = error.unwrap_or_default();
             st.finished_ns = now_nanos();
@@ -514,7 +525,7 @@ impl Daemon {
     fn remove_now(&self, c: &Arc<Ctr>) {
         self.containers
             .lock()
-            .expect("containers lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .remove(&c.id);
         self.execs.forget(&c.id);
         let _ = std::fs::remove_dir_all(&c.dir);
@@ -532,7 +543,7 @@ impl Daemon {
                     return;
                 }
                 let exited = {
-                    let mut g = c.vm.lock().expect("vm lock");
+                    let mut g = c.vm.lock().unwrap_or_else(PoisonError::into_inner);
                     match g.as_mut() {
                         None => return,
                         Some(vm) => vm.try_exit_status().map(|st| {

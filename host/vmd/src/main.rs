@@ -5,6 +5,13 @@
 //!
 //! Prints `export DOCKER_HOST=unix://...` on stdout once the socket serves. `cargo xtask vmd`
 //! builds the image and this binary and runs it so (docs/vmd.md).
+//!
+//! Panics: built with `panic = "unwind"` (root Cargo.toml). It runs as root on the host and
+//! serves every container's VM, so no input may end it: guest answers are checked
+//! (`client::guest_id`), an API request whose handler still panics answers 500 and the
+//! daemon serves on (docker-api's `server::handle`), a panicking task (a layer unpack, a
+//! guest stream) ends alone as a failed `JoinHandle`, and a lock a panic poisoned is taken
+//! over rather than unwrapped, so the other containers are unaffected.
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;

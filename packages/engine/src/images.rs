@@ -178,7 +178,10 @@ impl Store {
 
     /// Resolves a user's name for an image: `name[:tag]`, a full or short id.
     pub fn resolve(&self, name: &str) -> Option<String> {
-        let refs = self.refs.lock().unwrap();
+        let refs = self
+            .refs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Ok(r) = Reference::parse(name) {
             if let Some(t) = r.tagged() {
                 if r.digest.is_none() {
@@ -223,7 +226,10 @@ impl Store {
 
     pub fn image(&self, id: &str) -> Option<Image> {
         let config = self.config(id)?;
-        let refs = self.refs.lock().unwrap();
+        let refs = self
+            .refs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let tags = refs
             .tags
             .iter()
@@ -249,7 +255,10 @@ impl Store {
 
     pub fn list(&self) -> Vec<Image> {
         let ids: Vec<String> = {
-            let refs = self.refs.lock().unwrap();
+            let refs = self
+                .refs
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let mut v: Vec<String> = refs
                 .tags
                 .values()
@@ -277,14 +286,20 @@ impl Store {
     }
 
     pub fn tag(&self, id: &str, tagged: &str) -> Result<(), ImageError> {
-        let mut refs = self.refs.lock().unwrap();
+        let mut refs = self
+            .refs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         refs.tags.insert(tagged.to_string(), id.to_string());
         self.save(&refs)
     }
 
     /// Removes a tag; returns whether the image id is now unreferenced.
     pub fn untag(&self, tagged: &str) -> Result<Option<(String, bool)>, ImageError> {
-        let mut refs = self.refs.lock().unwrap();
+        let mut refs = self
+            .refs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(id) = refs.tags.remove(tagged) else {
             return Ok(None);
         };
@@ -298,7 +313,10 @@ impl Store {
 
     /// Drops an image id entirely (all tags) and its layers not used by other images.
     pub fn delete(&self, id: &str) -> Result<Vec<String>, ImageError> {
-        let mut refs = self.refs.lock().unwrap();
+        let mut refs = self
+            .refs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let untagged: Vec<String> = refs
             .tags
             .iter()
@@ -344,13 +362,21 @@ impl Store {
             format!("Pulling from {}", r.familiar_name()),
         );
         let (manifest, mbytes, mdigest) = session.manifest(r.object()).await?;
-        let cdesc = manifest.config.clone().expect("checked by manifest()");
+        let cdesc = manifest.config.clone().ok_or_else(|| ImageError::Config {
+            digest: mdigest.clone(),
+            msg: "the manifest has no config".into(),
+        })?;
         let cbytes = session.blob_bytes(&cdesc).await?;
         let config: ImageConfig =
             serde_json::from_slice(&cbytes).map_err(|e| ImageError::Config {
                 digest: cdesc.digest.clone(),
                 msg: e.to_string(),
             })?;
+        check_digests(
+            &cdesc.digest,
+            &config,
+            manifest.layers.iter().map(|l| l.digest.as_str()),
+        )?;
         if config.rootfs.diff_ids.len() != manifest.layers.len() {
             return Err(ImageError::Config {
                 digest: cdesc.digest.clone(),
@@ -365,7 +391,9 @@ impl Store {
         let existed = self.config(&id).is_some() && self.lowers(&id).is_some();
         let mut lowers: Vec<PathBuf> = Vec::new();
         for (layer, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
-            let short = &hex_of(&layer.digest)[..12.min(hex_of(&layer.digest).len())];
+            let short = hex_of(&layer.digest)
+                .get(..12)
+                .unwrap_or(hex_of(&layer.digest));
             let dest = self.layer_path(diff_id);
             // Unpacked here already, or in the host's share.
             let have = self.lower_path(diff_id);
@@ -419,7 +447,10 @@ impl Store {
         let mpath = self.blob_path(&mdigest);
         std::fs::write(&mpath, &mbytes).map_err(io_err(&mpath))?;
         {
-            let mut refs = self.refs.lock().unwrap();
+            let mut refs = self
+                .refs
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(t) = r.tagged() {
                 refs.tags.insert(t, id.clone());
             }
@@ -432,6 +463,34 @@ impl Store {
         }
         say(None, format!("Digest: {mdigest}"));
         Ok((id, existed))
+    }
+}
+
+/// Every diff-id of `config` and every layer digest must be `sha256:` and 64 lowercase hex
+/// digits before any of them names a path: a diff-id `sha256:../../..` made
+/// `layers/<hex>` the engine's own root, which was then used as a layer of the image (it
+/// "already exists", so nothing was unpacked or checked).
+fn check_digests<'a>(
+    config_digest: &str,
+    config: &'a ImageConfig,
+    layers: impl IntoIterator<Item = &'a str>,
+) -> Result<(), ImageError> {
+    let bad = config
+        .rootfs
+        .diff_ids
+        .iter()
+        .map(String::as_str)
+        .chain(layers)
+        .find(|d| !registry::valid_digest(d));
+    match bad {
+        Some(d) => Err(ImageError::Config {
+            digest: config_digest.to_string(),
+            msg: format!(
+                "{:?} is not a sha256 digest",
+                d.chars().take(80).collect::<String>()
+            ),
+        }),
+        None => Ok(()),
     }
 }
 

@@ -9,6 +9,11 @@
 //!   `nix` that build static with musl; the engine binary re-executes itself as the
 //!   per-container shim (`engine __run`, `engine __exec`).
 //! - Plain TCP is served only with `--tcp-insecure`; `tcp://` hosts use mutual TLS.
+//! - Panics: built with `panic = "unwind"` (root Cargo.toml), so that a bug reached by one
+//!   request ends that request, not the engine and every container it supervises: the API
+//!   handler's panic answers 500 and the server serves on (docker-api's `server::handle`),
+//!   a panicking task (a layer unpack) ends alone. Hostile input itself gets errors, never
+//!   panics (registry answers, layers, `docker load` archives, API requests).
 
 mod args;
 mod backend;

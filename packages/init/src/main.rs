@@ -69,23 +69,18 @@
 //!
 //! # Never exits, never panics
 //!
-//! Every error is logged on the console and handled; the release profile aborts on panic, so
-//! the code avoids anything that can panic on bad input.
+//! Every error is logged on the console and handled, and the code avoids anything that can
+//! panic on bad input. What still could is kept away from PID 1: the kernel command line and
+//! the first-boot settings sources are read and parsed in a forked child that hands the
+//! result back as JSON (`isolate`); a panic, a hang (20 s) or garbage there is logged and
+//! the boot goes on with the defaults (and the command line). DHCP packets are decoded in
+//! init itself (one fork per packet is not worth it): that decoder is bounds-checked and
+//! fuzzed (`fuzz/`, target `dhcp`).
 
-mod cloudinit;
-mod data;
-mod firstboot;
-mod identity;
-mod input;
-mod log;
-mod mounts;
-mod net;
-mod ovfenv;
-mod rootswitch;
-mod services;
-mod settings;
-mod sources;
-mod sys;
+use init::{
+    data, debug, error, firstboot, identity, info, input, isolate, log, mounts, net, rootswitch,
+    services, settings, sources, sys, warn,
+};
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -98,6 +93,9 @@ use services::spawn::OsSpawner;
 use services::supervisor::{Started, Supervisor};
 use settings::Settings;
 
+/// How long a first-boot parser (in its child, `isolate`) may take: reading a seed volume
+/// included. Only a broken or hostile source gets near it.
+const PARSE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the ready line waits for the first DHCP lease.
 pub const DHCP_WAIT: Duration = Duration::from_secs(3);
 /// Between SIGTERM and SIGKILL for processes that are not services, at shutdown.
@@ -189,8 +187,16 @@ fn boot(root_note: rootswitch::Note) -> Init {
     let mount_errors = mounts::mount_api_filesystems();
     fix_stdio();
     let cmdline_text = fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let cmdline = settings::parse_cmdline(&cmdline_text);
+    // Parsed in a child (`isolate`): the command line is input from outside the image.
+    let (cmdline, cmdline_err) =
+        match isolate::in_child(PARSE_TIMEOUT, || settings::parse_cmdline(&cmdline_text)) {
+            Ok(c) => (c, None),
+            Err(e) => (settings::Cmdline::default(), Some(e)),
+        };
     log::open_consoles(&cmdline.consoles);
+    if let Some(e) = cmdline_err {
+        error!("kernel command line: {e}; its axion.* settings and console= are ignored");
+    }
     info!("axion init {} starting", env!("CARGO_PKG_VERSION"));
     match root_note {
         rootswitch::Note::None => {}
@@ -210,21 +216,15 @@ fn boot(root_note: rootswitch::Note) -> Init {
         warn!("{w}");
     }
 
-    let mut layers = Vec::new();
-    match fs::read_to_string("/etc/hostname") {
-        Ok(t) => match settings::hostname_file_layer(&t) {
-            Ok(l) => layers.push(l),
-            Err(e) => warn!("/etc/hostname: {e} (ignored)"),
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => warn!("/etc/hostname: {e}"),
-    }
-    let (ovf, nocloud) = sources::volumes(Path::new("/sys/class/block"));
-    layers.extend(ovf);
-    layers.extend(nocloud);
-    layers.extend(sources::fw_cfg(Path::new(sources::FW_CFG_DIR)));
-    layers.push(cmdline.layer.clone());
-    let settings = Settings::merge(&layers);
+    let settings = match isolate::in_child(PARSE_TIMEOUT, || read_settings(&cmdline.layer)) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(
+                "first-boot settings: {e}; booting with the defaults and the kernel command line"
+            );
+            Settings::merge([&cmdline.layer])
+        }
+    };
     log::set_debug(settings.debug);
     debug!("settings: {settings:?}");
 
@@ -315,6 +315,25 @@ fn boot(root_note: rootswitch::Note) -> Init {
         runcmd,
         shutdown: None,
     }
+}
+
+/// Reads and merges every settings source (in the `isolate` child: they are outside input).
+fn read_settings(cmdline: &settings::Layer) -> Settings {
+    let mut layers = Vec::new();
+    match fs::read_to_string("/etc/hostname") {
+        Ok(t) => match settings::hostname_file_layer(&t) {
+            Ok(l) => layers.push(l),
+            Err(e) => warn!("/etc/hostname: {e} (ignored)"),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => warn!("/etc/hostname: {e}"),
+    }
+    let (ovf, nocloud) = sources::volumes(Path::new("/sys/class/block"));
+    layers.extend(ovf);
+    layers.extend(nocloud);
+    layers.extend(sources::fw_cfg(Path::new(sources::FW_CFG_DIR)));
+    layers.push(cmdline.clone());
+    Settings::merge(&layers)
 }
 
 fn debug_shell(consoles: &[String]) -> services::Service {

@@ -39,7 +39,7 @@
 
 use std::net::Ipv4Addr;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Settings {
     pub hostname: String,
     pub network: Network,
@@ -60,7 +60,7 @@ pub struct Settings {
 /// One `write_files` entry of a #cloud-config document, content already decoded. Its
 /// `Debug` shows the length, not the content (it may be a private key, and `axion.debug`
 /// prints the settings on the console).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WriteFile {
     pub path: String,
     pub content: Vec<u8>,
@@ -83,19 +83,19 @@ impl std::fmt::Debug for WriteFile {
 }
 
 /// One `runcmd` entry: a string goes to `sh -c`, a list is an argument vector.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum RunCmd {
     Shell(String),
     Argv(Vec<String>),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Network {
     Dhcp,
     Static(StaticIp),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StaticIp {
     pub addr: Ipv4Addr,
     pub prefix: u8,
@@ -104,7 +104,7 @@ pub struct StaticIp {
 }
 
 /// What one source says; `None` means "no opinion".
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Layer {
     pub hostname: Option<String>,
     pub network: Option<Network>,
@@ -184,7 +184,7 @@ pub fn hostname_file_layer(content: &str) -> Result<Layer, String> {
 }
 
 /// The parsed kernel command line: the settings layer plus what init itself needs.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Cmdline {
     pub layer: Layer,
     /// `console=` device names in order (`ttyS0`, `tty0`), options stripped.

@@ -9,7 +9,7 @@ impl ContainerBackend for Api {
         let mut cs: Vec<Arc<Ctr>> = self
             .containers
             .lock()
-            .expect("containers lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .values()
             .cloned()
             .collect();
@@ -18,7 +18,11 @@ impl ContainerBackend for Api {
             .iter()
             .filter(|c| all || c.phase() == Phase::Running)
             .map(|c| {
-                let st = c.state.lock().expect("state lock").clone();
+                let st = c
+                    .state
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
                 let status = match c.phase() {
                     Phase::Created => "Created".to_string(),
                     Phase::Running => {
@@ -82,7 +86,7 @@ impl ContainerBackend for Api {
                 if self
                     .containers
                     .lock()
-                    .expect("containers lock")
+                    .unwrap_or_else(PoisonError::into_inner)
                     .values()
                     .any(|c| c.name == n)
                 {
@@ -266,7 +270,7 @@ impl ContainerBackend for Api {
         });
         self.containers
             .lock()
-            .expect("containers lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .insert(id.clone(), c.clone());
         let warnings = self.limit_warnings(&c.req.host_config);
         self.watch_vm(c);
@@ -276,7 +280,11 @@ impl ContainerBackend for Api {
 
     async fn container_inspect(&self, id: &str) -> ApiResult<ContainerInspect> {
         let c = self.get(id)?;
-        let st = c.state.lock().expect("state lock").clone();
+        let st = c
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let phase = c.phase();
         let mut ports = std::collections::BTreeMap::new();
         for (spec, hp) in &c.ports {
@@ -347,7 +355,7 @@ impl ContainerBackend for Api {
             return Err(e);
         }
         {
-            let mut st = c.state.lock().expect("state lock");
+            let mut st = c.state.lock().unwrap_or_else(PoisonError::into_inner);
             st.started_ns = now_nanos();
             st.started_at = rfc3339(st.started_ns);
         }
@@ -459,7 +467,7 @@ impl ContainerBackend for Api {
         let cs: Vec<Arc<Ctr>> = self
             .containers
             .lock()
-            .expect("containers lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .values()
             .cloned()
             .collect();
@@ -482,7 +490,11 @@ impl ContainerBackend for Api {
         rx.wait_for(done)
             .await
             .map_err(|_| ApiError::internal("the container went away"))?;
-        let st = c.state.lock().expect("state lock").clone();
+        let st = c
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         Ok(WaitResponse {
             status_code: st.exit_code,
             error: (!st.error.is_empty()).then(|| WaitError {
@@ -494,7 +506,10 @@ impl ContainerBackend for Api {
     async fn container_logs(&self, id: &str, opts: LogsOptions) -> ApiResult<(bool, FrameRx)> {
         let c = self.get(id)?;
         let tty = c.req.config.tty;
-        let live = c.vm.lock().expect("vm lock").is_some();
+        let live =
+            c.vm.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some();
         if live {
             if let Ok(rx) = c.guest.logs(&c.gid, &opts, tty).await {
                 return Ok((tty, rx));

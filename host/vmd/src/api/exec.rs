@@ -79,13 +79,23 @@ impl ExecBackend for Api {
 
     async fn exec_inspect(&self, exec_id: &str) -> ApiResult<ExecInspect> {
         let e = self.execs.get(exec_id)?;
-        let live = e.ctr.vm.lock().expect("vm lock").is_some();
+        let live = e
+            .ctr
+            .vm
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some();
         if live {
             if let Ok(i) = e.ctr.guest.exec_inspect(&e.gid).await {
                 return Ok(e.record(i));
             }
         }
-        let gone = e.ctr.vm.lock().expect("vm lock").is_none();
+        let gone = e
+            .ctr
+            .vm
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none();
         Ok(e.last(gone))
     }
 

@@ -106,7 +106,7 @@ impl ImageBackend for Api {
             let user = self
                 .containers
                 .lock()
-                .expect("containers lock")
+                .unwrap_or_else(PoisonError::into_inner)
                 .values()
                 .find(|c| c.image_id == rec.id && c.phase() != Phase::Removed)
                 .map(|c| c.id.clone());

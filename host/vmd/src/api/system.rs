@@ -29,7 +29,7 @@ impl SystemBackend for Api {
         let cs: Vec<Arc<Ctr>> = self
             .containers
             .lock()
-            .expect("containers lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .values()
             .cloned()
             .collect();

@@ -8,12 +8,12 @@
 //! unpacking and diff-id check as a pulled one ([`super::unpack_verified`]), so a layer that
 //! does not match its config is refused and nothing half-loaded stays in the store.
 
-use super::{hex_of, io_err, unpack_verified, ImageConfig, ImageError, Store};
+use super::{check_digests, hex_of, io_err, unpack_verified, ImageConfig, ImageError, Store};
+use layer_unpack::archive::{ArchiveError, Extracted};
 use registry::Reference;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
-use std::collections::BTreeMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -24,129 +24,18 @@ struct SavedImage {
     layers: Vec<String>,
 }
 
+fn from_archive(e: ArchiveError) -> ImageError {
+    match e {
+        ArchiveError::Bad(m) => bad(m),
+        ArchiveError::Io { path, source } => ImageError::Io { path, source },
+    }
+}
+
 fn bad(msg: impl Into<String>) -> ImageError {
     ImageError::Config {
         digest: "docker load archive".into(),
         msg: msg.into(),
     }
-}
-
-/// An entry name as a safe relative path: no `..`, no absolute or empty names.
-fn clean(name: &Path) -> Option<PathBuf> {
-    let mut out = PathBuf::new();
-    for c in name.components() {
-        match c {
-            Component::Normal(p) => out.push(p),
-            Component::CurDir => {}
-            _ => return None,
-        }
-    }
-    (!out.as_os_str().is_empty()).then_some(out)
-}
-
-/// The archive's files extracted under `dir`, and its symlinks resolved by name.
-struct Extracted {
-    dir: PathBuf,
-    links: BTreeMap<PathBuf, PathBuf>,
-}
-
-impl Extracted {
-    fn unpack(archive: &Path, dir: &Path) -> Result<Extracted, ImageError> {
-        let f = std::fs::File::open(archive).map_err(io_err(archive))?;
-        let mut tar = tar::Archive::new(std::io::BufReader::new(f));
-        let mut links = BTreeMap::new();
-        let entries = tar
-            .entries()
-            .map_err(|e| bad(format!("not a tar archive: {e}")))?;
-        for entry in entries {
-            let mut entry = entry.map_err(|e| bad(format!("broken tar archive: {e}")))?;
-            let raw = entry
-                .path()
-                .map_err(|e| bad(format!("bad entry name: {e}")))?
-                .into_owned();
-            let name = clean(&raw)
-                .ok_or_else(|| bad(format!("entry {} escapes the archive", raw.display())))?;
-            match entry.header().entry_type() {
-                tar::EntryType::Regular | tar::EntryType::Continuous => {
-                    let dest = dir.join(&name);
-                    if let Some(parent) = dest.parent() {
-                        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-                    }
-                    let mut out = std::fs::File::create(&dest).map_err(io_err(&dest))?;
-                    std::io::copy(&mut entry, &mut out).map_err(|e| {
-                        bad(format!("{}: {e} (truncated archive?)", name.display()))
-                    })?;
-                }
-                tar::EntryType::Symlink | tar::EntryType::Link => {
-                    let target = entry
-                        .link_name()
-                        .ok()
-                        .flatten()
-                        .ok_or_else(|| bad(format!("{}: link without target", name.display())))?
-                        .into_owned();
-                    // Symlink targets are relative to the link's folder; hardlinks to the root.
-                    let base = if entry.header().entry_type() == tar::EntryType::Symlink {
-                        name.parent().unwrap_or(Path::new("")).join(&target)
-                    } else {
-                        target.clone()
-                    };
-                    let resolved = normalize(&base).ok_or_else(|| {
-                        bad(format!("{} links outside the archive", name.display()))
-                    })?;
-                    links.insert(name, resolved);
-                }
-                tar::EntryType::Directory => {}
-                other => {
-                    return Err(bad(format!(
-                        "{}: unexpected entry type {other:?}",
-                        name.display()
-                    )))
-                }
-            }
-        }
-        Ok(Extracted {
-            dir: dir.to_owned(),
-            links,
-        })
-    }
-
-    /// The extracted file for an archive name (following its links, a few levels deep).
-    fn file(&self, name: &str) -> Result<PathBuf, ImageError> {
-        let mut p = clean(Path::new(name))
-            .ok_or_else(|| bad(format!("manifest.json names {name:?}, outside the archive")))?;
-        for _ in 0..8 {
-            match self.links.get(&p) {
-                Some(t) => p = t.clone(),
-                None => break,
-            }
-        }
-        let f = self.dir.join(&p);
-        if f.is_file() {
-            Ok(f)
-        } else {
-            Err(bad(format!(
-                "manifest.json names {name}, which is not in the archive"
-            )))
-        }
-    }
-}
-
-/// `a/b/../c` → `a/c`; `None` when it climbs above the root.
-fn normalize(p: &Path) -> Option<PathBuf> {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::Normal(x) => out.push(x),
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if !out.pop() {
-                    return None;
-                }
-            }
-            _ => return None,
-        }
-    }
-    Some(out)
 }
 
 impl Store {
@@ -170,7 +59,9 @@ impl Store {
 
     fn load_from(&self, archive: &Path, work: &Path) -> Result<Vec<String>, ImageError> {
         let files = work.join("files");
-        let x = Extracted::unpack(archive, &files)?;
+        std::fs::create_dir_all(&files).map_err(io_err(&files))?;
+        let f = std::fs::File::open(archive).map_err(io_err(archive))?;
+        let x = Extracted::unpack(std::io::BufReader::new(f), &files).map_err(from_archive)?;
         let manifest_path = x
             .file("manifest.json")
             .map_err(|_| bad("no manifest.json: not a `docker save` archive"))?;
@@ -182,7 +73,7 @@ impl Store {
         }
         let mut loaded = Vec::new();
         for img in manifest {
-            let cpath = x.file(&img.config)?;
+            let cpath = x.file(&img.config).map_err(from_archive)?;
             let cbytes = std::fs::read(&cpath).map_err(io_err(&cpath))?;
             let id = format!("sha256:{}", hex::encode(Sha256::digest(&cbytes)));
             let config: ImageConfig =
@@ -190,6 +81,7 @@ impl Store {
                     digest: id.clone(),
                     msg: e.to_string(),
                 })?;
+            check_digests(&id, &config, [])?;
             if config.rootfs.diff_ids.len() != img.layers.len() {
                 return Err(ImageError::Config {
                     digest: id,
@@ -204,7 +96,7 @@ impl Store {
             for (layer, diff_id) in img.layers.iter().zip(&config.rootfs.diff_ids) {
                 let dest = self.layer_path(diff_id);
                 if !dest.is_dir() {
-                    let blob = x.file(layer)?;
+                    let blob = x.file(layer).map_err(from_archive)?;
                     let tmp = work.join(format!("layer-{}", hex_of(diff_id)));
                     unpack_verified(&blob, &tmp, &dest, diff_id, &lowers, layer)?;
                 }
@@ -225,7 +117,10 @@ impl Store {
                 .collect::<Result<_, _>>()?;
             if tags.is_empty() {
                 // An untagged image is still listed (by id) through `digests`.
-                let mut refs = self.refs.lock().unwrap();
+                let mut refs = self
+                    .refs
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 refs.digests.entry(id.clone()).or_default();
                 self.save(&refs)?;
                 loaded.push(id.clone());
@@ -410,5 +305,33 @@ mod tests {
             .to_string();
         assert!(e.contains("not a `docker save` archive"), "{e}");
         assert!(s.list().is_empty());
+    }
+
+    #[test]
+    fn a_diff_id_that_is_not_a_digest_is_refused_before_it_names_a_path() {
+        // `layers/../../..` is a directory that exists: it was taken for an unpacked layer.
+        let (d, s) = store();
+        for diff_id in ["sha256:../../..", "sha256:", "../x", "sha256:ééé"] {
+            let config = format!(r#"{{"rootfs":{{"type":"layers","diff_ids":["{diff_id}"]}}}}"#);
+            let id = sha(config.as_bytes());
+            let manifest = r#"[{"Config":"c.json","RepoTags":["evil:1"],"Layers":["l.tar"]}]"#;
+            let mut b = tar::Builder::new(Vec::new());
+            for (name, data) in [
+                ("manifest.json", manifest.as_bytes()),
+                ("c.json", config.as_bytes()),
+                ("l.tar", &[0u8; 1024][..]),
+            ] {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(data.len() as u64);
+                h.set_mode(0o644);
+                b.append_data(&mut h, name, data).unwrap();
+            }
+            let e = load(&s, d.path(), &b.into_inner().unwrap()).unwrap_err();
+            assert!(
+                e.to_string().contains("is not a sha256 digest"),
+                "{diff_id}: {e}"
+            );
+            assert!(s.config(&id).is_none());
+        }
     }
 }

@@ -25,7 +25,9 @@ pub struct Lease {
 }
 
 impl Lease {
-    fn from_message(m: &Message) -> Option<Lease> {
+    /// The lease an ACK (or OFFER) grants; `None` when it grants no address. Public for
+    /// the fuzz target.
+    pub fn from_message(m: &Message) -> Option<Lease> {
         let server = m
             .server_id
             .or((!m.siaddr.is_unspecified()).then_some(m.siaddr))?;
