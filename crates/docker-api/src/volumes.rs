@@ -202,7 +202,7 @@ pub fn filter_list(f: &Filters, list: Vec<VolumeEntry>) -> ApiResult<Vec<VolumeE
             f.any("name", |v| name_matches(v, &e.volume.name))
                 && f.any("driver", |v| e.volume.driver == v)
                 && f.any("label", |v| label_matches(v, &labels))
-                && (dangling.is_empty() || dangling.iter().any(|&d| d == e.refs.is_empty()))
+                && (dangling.is_empty() || dangling.contains(&e.refs.is_empty()))
         })
         .collect())
 }

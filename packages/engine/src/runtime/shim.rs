@@ -218,6 +218,66 @@ fn inside(root: &Path, p: &str) -> PathBuf {
     root.join(rel)
 }
 
+/// Whether `dest` is a directory in the container's root reached without a symbolic link
+/// (before pivot_root a link would lead into the host's files).
+fn real_dir_below(root: &Path, dest: &str) -> bool {
+    let mut p = root.to_path_buf();
+    for c in Path::new(dest).components() {
+        if let std::path::Component::Normal(n) = c {
+            p.push(n);
+            match fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => {}
+                _ => return false,
+            }
+        }
+    }
+    true
+}
+
+fn dir_is_empty(p: &Path) -> bool {
+    fs::read_dir(p).is_ok_and(|mut d| d.next().is_none())
+}
+
+/// Copies the tree at `from` into the (empty) directory `to`: files, directories, symbolic
+/// links, with their owners, modes and modification times; the directory's own owner and
+/// mode too (a volume takes the image directory's). Hard links become copies; device
+/// nodes, sockets and fifos are skipped.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let own = |p: &Path, m: &fs::Metadata| -> std::io::Result<()> {
+        std::os::unix::fs::lchown(p, Some(m.uid()), Some(m.gid()))?;
+        if !m.file_type().is_symlink() {
+            fs::set_permissions(p, fs::Permissions::from_mode(m.mode() & 0o7777))?;
+            let t = nix::sys::time::TimeSpec::new(m.mtime(), m.mtime_nsec());
+            let _ = nix::sys::stat::utimensat(
+                None,
+                p,
+                &t,
+                &t,
+                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+            );
+        }
+        Ok(())
+    };
+    for e in fs::read_dir(from)? {
+        let e = e?;
+        let m = e.metadata()?;
+        let dst = to.join(e.file_name());
+        let ft = m.file_type();
+        if ft.is_dir() {
+            fs::create_dir(&dst)?;
+            copy_tree(&e.path(), &dst)?;
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(e.path())?, &dst)?;
+            own(&dst, &m)?;
+        } else if ft.is_file() {
+            fs::copy(e.path(), &dst)?;
+            own(&dst, &m)?;
+        }
+    }
+    own(to, &fs::symlink_metadata(from)?)
+}
+
 fn mount_at(
     src: &str,
     target: &Path,
@@ -363,8 +423,29 @@ fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
         )
         .map_err(err(format!("binding {dst}")))?;
     }
-    for b in &spec.binds {
+    // Parents before children (`/a` before `/a/b`), as dockerd orders them.
+    let mut binds: Vec<&crate::runtime::Bind> = spec.binds.iter().collect();
+    binds.sort_by_key(|b| Path::new(&b.dest).components().count());
+    for b in binds {
         let t = inside(root, &b.dest);
+        if let Some(tm) = &b.tmpfs {
+            fs::create_dir_all(&t).map_err(err(format!("mkdir {}", t.display())))?;
+            mount(
+                Some("tmpfs"),
+                &t,
+                Some("tmpfs"),
+                MsFlags::from_bits_truncate(tm.flags),
+                Some(tm.data.as_str()).filter(|d| !d.is_empty()),
+            )
+            .map_err(err(format!("tmpfs on {} ({})", b.dest, tm.data)))?;
+            continue;
+        }
+        if b.copy_up && real_dir_below(root, &b.dest) && dir_is_empty(&b.source) {
+            copy_tree(&t, &b.source).map_err(err(format!(
+                "copying the image's {} into its volume",
+                b.dest
+            )))?;
+        }
         if b.source.is_dir() {
             fs::create_dir_all(&t).map_err(err(format!("mkdir {}", t.display())))?;
         } else {
@@ -375,11 +456,16 @@ fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
                 fs::write(&t, b"").map_err(err(format!("creating {}", t.display())))?;
             }
         }
+        let rec = if b.non_recursive {
+            MsFlags::empty()
+        } else {
+            MsFlags::MS_REC
+        };
         mount(
             Some(b.source.as_path()),
             &t,
             None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
+            MsFlags::MS_BIND | rec,
             None::<&str>,
         )
         .map_err(err(format!(
@@ -392,7 +478,7 @@ fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
                 None::<&str>,
                 &t,
                 None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | rec,
                 None::<&str>,
             )
             .map_err(err(format!("read-only remount of {}", b.dest)))?;
