@@ -238,11 +238,19 @@ fn dir_is_empty(p: &Path) -> bool {
     fs::read_dir(p).is_ok_and(|mut d| d.next().is_none())
 }
 
-/// Copies the tree at `from` into the (empty) directory `to`: files, directories, symbolic
-/// links, with their owners, modes and modification times; the directory's own owner and
-/// mode too (a volume takes the image directory's). Hard links become copies; device
+/// Copies the tree at `from` into the (empty) directory `to`: files (hard links stay
+/// links), directories, symbolic links, with their owners, modes and modification times;
+/// the directory's own owner and mode too (a volume takes the image directory's). Device
 /// nodes, sockets and fifos are skipped.
 fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    copy_tree_in(from, to, &mut std::collections::HashMap::new())
+}
+
+fn copy_tree_in(
+    from: &Path,
+    to: &Path,
+    links: &mut std::collections::HashMap<(u64, u64), PathBuf>,
+) -> std::io::Result<()> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let own = |p: &Path, m: &fs::Metadata| -> std::io::Result<()> {
         std::os::unix::fs::lchown(p, Some(m.uid()), Some(m.gid()))?;
@@ -266,11 +274,18 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
         let ft = m.file_type();
         if ft.is_dir() {
             fs::create_dir(&dst)?;
-            copy_tree(&e.path(), &dst)?;
+            copy_tree_in(&e.path(), &dst, links)?;
         } else if ft.is_symlink() {
             std::os::unix::fs::symlink(fs::read_link(e.path())?, &dst)?;
             own(&dst, &m)?;
         } else if ft.is_file() {
+            if m.nlink() > 1 {
+                if let Some(first) = links.get(&(m.dev(), m.ino())) {
+                    fs::hard_link(first, &dst)?;
+                    continue;
+                }
+                links.insert((m.dev(), m.ino()), dst.clone());
+            }
             fs::copy(e.path(), &dst)?;
             own(&dst, &m)?;
         }
@@ -400,29 +415,6 @@ fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
         )
         .map_err(err("binding /sys"))?;
     }
-    for (src, dst) in &spec.etc_files {
-        let t = inside(root, dst);
-        if let Some(p) = t.parent() {
-            fs::create_dir_all(p).ok();
-        }
-        if fs::symlink_metadata(&t)
-            .map(|m| m.file_type().is_symlink())
-            .unwrap_or(false)
-        {
-            fs::remove_file(&t).ok();
-        }
-        if !t.exists() {
-            fs::write(&t, b"").map_err(err(format!("creating {}", t.display())))?;
-        }
-        mount(
-            Some(src.as_path()),
-            &t,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(err(format!("binding {dst}")))?;
-    }
     // Parents before children (`/a` before `/a/b`), as dockerd orders them.
     let mut binds: Vec<&crate::runtime::Bind> = spec.binds.iter().collect();
     binds.sort_by_key(|b| Path::new(&b.dest).components().count());
@@ -483,6 +475,38 @@ fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
             )
             .map_err(err(format!("read-only remount of {}", b.dest)))?;
         }
+    }
+    // After the mounts (a volume at /etc must not hide them), unless one is the file itself.
+    for (src, dst) in &spec.etc_files {
+        if spec
+            .binds
+            .iter()
+            .any(|b| Path::new(&b.dest) == Path::new(dst))
+        {
+            continue;
+        }
+        let t = inside(root, dst);
+        if let Some(p) = t.parent() {
+            fs::create_dir_all(p).ok();
+        }
+        if fs::symlink_metadata(&t)
+            .map(|m| m.file_type().is_symlink())
+            .unwrap_or(false)
+        {
+            fs::remove_file(&t).ok();
+        }
+        // A read-only mount at /etc may leave no place for the file: then it goes without.
+        if !t.exists() && fs::write(&t, b"").is_err() {
+            continue;
+        }
+        mount(
+            Some(src.as_path()),
+            &t,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(err(format!("binding {dst}")))?;
     }
     mark("sys, etc files, binds");
     if !spec.process.cwd.is_empty() {
