@@ -249,7 +249,7 @@ fn check() -> Result<()> {
     registry.push_busybox("busybox", "latest", Compression::Gzip)?;
     let reg = format!("10.0.2.2:{}", registry.port);
 
-    let g = Guest::boot(dir.path(), &kernel, &initrd, &disk, &key, 1)?;
+    let mut g = Guest::boot(dir.path(), &kernel, &initrd, &disk, &key, 1)?;
     let o = g.ssh(&format!(
         "printf '%s' '{{\"insecure-registries\": [\"{reg}\"]}}' > /var/lib/axion-engine/daemon.json && kill $(pidof engine)"
     ))?;

@@ -419,3 +419,182 @@ impl VolumeBackend for Engine {
         Ok((deleted, space))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::containers::Container;
+    use clap::Parser;
+    use docker_api::volumes::Mount;
+    use std::path::Path;
+
+    fn engine(root: &Path) -> Engine {
+        let args = crate::args::Args::parse_from([
+            "engine",
+            "--data-root",
+            root.to_str().unwrap(),
+            "--bridge",
+            "none",
+        ]);
+        Engine::open(&args).unwrap()
+    }
+
+    /// Registers a container with `plan`'s mounts, as create does.
+    fn add_container(e: &Engine, id: &str, plan: MountPlan) {
+        let rec = Record {
+            id: id.into(),
+            name: id.into(),
+            binds: plan.binds,
+            mounts: plan.mounts,
+            anon_volumes: plan.anonymous,
+            ..Default::default()
+        };
+        let dir = e.root.join("containers").join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = Arc::new(Container::new(dir.clone(), dir, rec));
+        e.containers.lock().unwrap().insert(id.into(), c);
+    }
+
+    fn names(e: &Engine) -> Vec<String> {
+        e.volumes.list().into_iter().map(|m| m.name).collect()
+    }
+
+    #[test]
+    fn a_plan_in_dockerds_order_with_anonymous_volumes_for_the_rest() {
+        let root = tempfile::tempdir().unwrap();
+        let e = engine(root.path());
+        let host = root.path().join("host");
+        let hc = HostConfig {
+            binds: Some(vec!["named:/a".into(), format!("{}:/b:ro", host.display())]),
+            mounts: Some(vec![Mount {
+                kind: "tmpfs".into(),
+                target: "/c".into(),
+                ..Default::default()
+            }]),
+            tmpfs: Some(BTreeMap::from([("/d".into(), "size=1m".into())])),
+            ..Default::default()
+        };
+        let plan = e
+            .plan_mounts(&hc, &["/e".into(), "/a".into(), "/d".into()])
+            .unwrap();
+        assert!(host.is_dir(), "a -v host source is made");
+        let kinds: Vec<(&str, &str)> = plan
+            .mounts
+            .iter()
+            .map(|m| (m.destination.as_str(), m.kind.as_str()))
+            .collect();
+        // `--tmpfs` is not among the mount points; `/a` and `/d` are mounted otherwise.
+        assert_eq!(
+            kinds,
+            [
+                ("/a", "volume"),
+                ("/b", "bind"),
+                ("/c", "tmpfs"),
+                ("/e", "volume")
+            ]
+        );
+        assert_eq!(plan.binds.len(), 5);
+        let d = plan.binds.iter().find(|b| b.dest == "/d").unwrap();
+        assert_eq!(d.tmpfs.as_ref().unwrap().data, "size=1m");
+        let a = &plan.mounts[0];
+        assert_eq!(
+            (a.name.as_str(), a.mode.as_str(), a.driver.as_str()),
+            ("named", "z", "local")
+        );
+        let b = plan.binds.iter().find(|b| b.dest == "/b").unwrap();
+        assert!(b.readonly && !b.copy_up);
+        assert!(plan.binds.iter().find(|b| b.dest == "/e").unwrap().copy_up);
+        assert_eq!(plan.anonymous.len(), 1);
+        assert_eq!(plan.anonymous[0], plan.mounts[3].name);
+        let mut want = vec!["named".to_string(), plan.anonymous[0].clone()];
+        want.sort();
+        assert_eq!(names(&e), want);
+    }
+
+    #[test]
+    fn a_failed_plan_leaves_no_anonymous_volume_and_refuses_clearly() {
+        let root = tempfile::tempdir().unwrap();
+        let e = engine(root.path());
+        let err = e
+            .plan_mounts(&HostConfig::default(), &["/ok".into(), "rel".into()])
+            .unwrap_err();
+        assert_eq!(err.status, http::StatusCode::BAD_REQUEST);
+        assert!(names(&e).is_empty(), "{:?}", names(&e));
+        let dup = HostConfig {
+            binds: Some(vec!["vv:/x".into()]),
+            tmpfs: Some(BTreeMap::from([("/x/".into(), String::new())])),
+            ..Default::default()
+        };
+        let err = e.plan_mounts(&dup, &[]).unwrap_err();
+        assert_eq!(err.message, "Duplicate mount point: /x");
+        let plugin = HostConfig {
+            binds: Some(vec!["vv:/x".into()]),
+            volume_driver: "flocker".into(),
+            ..Default::default()
+        };
+        let err = e.plan_mounts(&plugin, &[]).unwrap_err();
+        assert_eq!(err.status, http::StatusCode::NOT_FOUND);
+        assert!(names(&e).is_empty());
+    }
+
+    #[tokio::test]
+    async fn in_use_volumes_conflict_and_prune_and_rm_v_spare_them() {
+        let root = tempfile::tempdir().unwrap();
+        let e = engine(root.path());
+        let hc = HostConfig {
+            binds: Some(vec!["shared:/s".into()]),
+            ..Default::default()
+        };
+        let plan = e.plan_mounts(&hc, &["/anon".into()]).unwrap();
+        let anon = plan.anonymous[0].clone();
+        add_container(&e, "c1", plan);
+        let err = e.volume_remove("shared", false).await.unwrap_err();
+        assert_eq!(err.status, http::StatusCode::CONFLICT);
+        assert_eq!(err.message, "remove shared: volume is in use - [c1]");
+        assert!(e.volume_remove("gone", true).await.is_ok());
+        assert_eq!(
+            e.volume_remove("gone", false).await.unwrap_err().status,
+            http::StatusCode::NOT_FOUND
+        );
+        let listed = e.volumes().await.unwrap();
+        assert!(listed.iter().all(|v| v.refs == ["c1"]));
+        let (deleted, _) = e.volume_prune(names(&e)).await.unwrap();
+        assert!(deleted.is_empty());
+
+        // --volumes-from c1:ro: the same volumes, read-only, no mode; a second user.
+        let vf = HostConfig {
+            volumes_from: Some(vec!["c1:ro".into()]),
+            ..Default::default()
+        };
+        let plan = e.plan_mounts(&vf, &[]).unwrap();
+        assert!(plan.anonymous.is_empty());
+        assert_eq!(plan.mounts.len(), 2);
+        assert!(plan.mounts.iter().all(|m| !m.rw && m.mode.is_empty()));
+        assert!(plan.binds.iter().all(|b| b.readonly && !b.copy_up));
+        add_container(&e, "c2", plan);
+        let bad = HostConfig {
+            volumes_from: Some(vec!["nosuch".into()]),
+            ..Default::default()
+        };
+        assert_eq!(
+            e.plan_mounts(&bad, &[]).unwrap_err().status,
+            http::StatusCode::NOT_FOUND
+        );
+
+        // rm -v of c1: its anonymous volume is still c2's.
+        let c1 = e
+            .containers
+            .lock()
+            .unwrap()
+            .remove("c1")
+            .unwrap()
+            .snapshot();
+        e.remove_anonymous_volumes(&c1);
+        assert!(e.volumes.get(&anon).is_some());
+        e.containers.lock().unwrap().remove("c2");
+        e.remove_anonymous_volumes(&c1);
+        assert!(e.volumes.get(&anon).is_none());
+        e.volume_remove("shared", false).await.unwrap();
+        assert!(names(&e).is_empty());
+    }
+}
