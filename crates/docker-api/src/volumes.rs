@@ -45,12 +45,19 @@ pub struct UsageData {
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct VolumeCreateRequest {
+    #[serde(deserialize_with = "null_as_empty")]
     pub name: String,
+    #[serde(deserialize_with = "null_as_empty")]
     pub driver: String,
     pub driver_opts: Option<BTreeMap<String, String>>,
     pub labels: Option<BTreeMap<String, String>>,
     /// Swarm cluster volumes: refused (this is not a swarm manager).
     pub cluster_volume_spec: Option<serde_json::Value>,
+}
+
+/// docker-py sends `"Name": null` for a volume without a name.
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -432,5 +439,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(body.driver_opts.unwrap()["type"], "tmpfs");
+        // docker-py's create_volume() without a name.
+        let body: VolumeCreateRequest =
+            serde_json::from_str(r#"{"Name":null,"Driver":null,"DriverOpts":null}"#).unwrap();
+        assert_eq!((body.name.as_str(), body.driver.as_str()), ("", ""));
     }
 }

@@ -362,9 +362,16 @@ impl VolumeBackend for Engine {
         if !is_local(&req.driver) {
             return Err(no_such_driver(&req.driver));
         }
+        // As dockerd: a volume created without a name is anonymous (prune takes it).
+        let mut labels = req.labels;
+        if req.name.is_empty() {
+            labels
+                .get_or_insert_with(Default::default)
+                .insert(ANONYMOUS_LABEL.into(), String::new());
+        }
         let (m, new) = self
             .volumes
-            .create(&req.name, req.labels, req.driver_opts)
+            .create(&req.name, labels, req.driver_opts)
             .map_err(api_err)?;
         if new {
             self.volume_event("create", &m.name);
