@@ -57,7 +57,8 @@ pub fn valid_name(n: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
-/// Checks the local driver's options (`type`, `o`, `device`), as dockerd does at create.
+/// Checks the local driver's options (`type`, `o`, `device`) as dockerd does at create:
+/// `type` and `device` need each other, `o` needs both.
 pub fn validate_options(opts: &BTreeMap<String, String>) -> Result<(), VolError> {
     for k in opts.keys() {
         match k.as_str() {
@@ -67,26 +68,26 @@ pub fn validate_options(opts: &BTreeMap<String, String>) -> Result<(), VolError>
                     "quota size requested but no quota support".into(),
                 ))
             }
-            _ => {
+            _ => return Err(VolError::InvalidOption(format!("invalid option: {k:?}"))),
+        }
+    }
+    let mandatory: [(&str, &[&str]); 3] = [
+        ("device", &["type"]),
+        ("type", &["device"]),
+        ("o", &["device", "type"]),
+    ];
+    for (opt, needs) in mandatory {
+        if opts.contains_key(opt) {
+            if let Some(missing) = needs.iter().find(|n| !opts.contains_key(**n)) {
                 return Err(VolError::InvalidOption(format!(
-                    "invalid option key: {k:?}"
-                )))
+                    "missing required option: {missing:?}"
+                )));
             }
         }
     }
-    let get = |k: &str| opts.get(k).map(String::as_str).unwrap_or("");
-    let (t, dev, o) = (get("type"), get("device"), get("o"));
-    if t.is_empty() && (!dev.is_empty() || !o.is_empty()) {
-        return Err(VolError::InvalidOption(
-            "missing required option: \"type\"".into(),
-        ));
-    }
-    if !t.is_empty() && t != "tmpfs" && dev.is_empty() {
-        return Err(VolError::InvalidOption(
-            "missing required option: \"device\"".into(),
-        ));
-    }
+    let o = opts.get("o").map(String::as_str).unwrap_or("");
     mounts::mount_options(o, false).map_err(VolError::InvalidOption)?;
+    let dev = opts.get("device").map(String::as_str).unwrap_or("");
     if is_bind(opts) && !dev.starts_with('/') {
         return Err(VolError::InvalidOption(format!(
             "invalid option: device {dev:?} of a bind volume must be an absolute path"
@@ -444,7 +445,7 @@ mod tests {
         let e = s
             .create("v1", None, Some(opts(&[("color", "red")])))
             .unwrap_err();
-        assert_eq!(e.to_string(), "invalid option key: \"color\"");
+        assert_eq!(e.to_string(), "invalid option: \"color\"");
         assert!(s
             .create("v1", None, Some(opts(&[("device", "/x")])))
             .is_err());
@@ -459,12 +460,16 @@ mod tests {
             )
             .is_err());
         assert!(s.get("v1").is_none());
-        s.create(
-            "t1",
-            None,
-            Some(opts(&[("type", "tmpfs"), ("o", "size=1m")])),
-        )
-        .unwrap();
+        let e = s
+            .create(
+                "t1",
+                None,
+                Some(opts(&[("type", "tmpfs"), ("o", "size=1m")])),
+            )
+            .unwrap_err();
+        assert_eq!(e.to_string(), "missing required option: \"device\"");
+        let tmpfs = [("type", "tmpfs"), ("device", "tmpfs"), ("o", "size=1m")];
+        s.create("t1", None, Some(opts(&tmpfs))).unwrap();
         s.create(
             "b1",
             None,
