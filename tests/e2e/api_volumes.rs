@@ -481,7 +481,7 @@ fn check() -> Result<()> {
     );
     assert_eq!(
         g.ok(&["inspect", "-f", "{{json .HostConfig.Mounts}}", &id])?,
-        r#"[{"Type":"volume","Source":"mv","Target":"/m","ReadOnly":true,"VolumeOptions":{"Labels":{"k":"v"}}}]"#
+        r#"[{"Type":"volume","Source":"mv","Target":"/m","ReadOnly":true,"VolumeOptions":{"Labels":{"k":"v"},"DriverConfig":{}}}]"#
     );
     assert_eq!(
         g.ok(&["volume", "inspect", "-f", "{{.Labels.k}}", "mv"])?,
