@@ -497,7 +497,7 @@ fn check() -> Result<()> {
     assert!(e.contains("not supported by this engine"), "{e}");
     let e = g.fails(&["create", "-v", "/tmp:/h:shared", "busybox"])?;
     assert!(e.contains("not supported by this engine"), "{e}");
-    let e = g.fails(&["create", "-v", "a:/x", "-v", "b:/x", "busybox"])?;
+    let e = g.fails(&["create", "-v", "aa:/x", "-v", "bb:/x", "busybox"])?;
     assert!(e.contains("Duplicate mount point: /x"), "{e}");
     let e = g.fails(&[
         "create",
