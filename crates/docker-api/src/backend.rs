@@ -4,6 +4,7 @@
 //! each seam trait (an empty `impl` takes every default).
 
 use crate::types::*;
+use crate::volumes::{Volume, VolumeCreateRequest, VolumeEntry};
 use crate::{
     ApiError, ApiResult, AttachIo, AttachOptions, FrameRx, LogsOptions, RegistryAuth, WaitCondition,
 };
@@ -212,8 +213,36 @@ pub trait ArchiveBackend: Send + Sync + 'static {
     }
 }
 
-/// Named volumes. No methods yet; those to come default to 501 as the others do.
-pub trait VolumeBackend: Send + Sync + 'static {}
+/// Volumes (`docker volume`); the front end filters what [`VolumeBackend::volumes`] lists.
+pub trait VolumeBackend: Send + Sync + 'static {
+    fn volumes(&self) -> impl Future<Output = ApiResult<Vec<VolumeEntry>>> + Send {
+        nyi("listing volumes")
+    }
+    fn volume_create(
+        &self,
+        _req: VolumeCreateRequest,
+    ) -> impl Future<Output = ApiResult<Volume>> + Send {
+        nyi("volume create")
+    }
+    fn volume_inspect(&self, _name: &str) -> impl Future<Output = ApiResult<Volume>> + Send {
+        nyi("volume inspect")
+    }
+    /// 409 while a container uses it; `force` makes a missing volume no error.
+    fn volume_remove(
+        &self,
+        _name: &str,
+        _force: bool,
+    ) -> impl Future<Output = ApiResult<()>> + Send {
+        nyi("volume remove")
+    }
+    /// Removes those of `names` still unused; answers the removed names and bytes freed.
+    fn volume_prune(
+        &self,
+        _names: Vec<String>,
+    ) -> impl Future<Output = ApiResult<(Vec<String>, u64)>> + Send {
+        nyi("volume prune")
+    }
+}
 
 /// Networks. No methods yet; those to come default to 501 as the others do.
 pub trait NetworkBackend: Send + Sync + 'static {}

@@ -22,6 +22,7 @@ pub mod time;
 pub mod tls;
 pub mod types;
 pub mod version;
+pub mod volumes;
 
 pub use backend::{
     ArchiveBackend, Backend, ContainerBackend, EventBackend, ExecBackend, ImageBackend,

@@ -173,6 +173,10 @@ pub struct HostConfig {
     pub cap_add: Option<Vec<String>>,
     pub cap_drop: Option<Vec<String>>,
     pub security_opt: Option<Vec<String>>,
+    pub mounts: Option<Vec<crate::volumes::Mount>>,
+    pub tmpfs: Option<BTreeMap<String, String>>,
+    pub volumes_from: Option<Vec<String>>,
+    pub volume_driver: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
@@ -241,17 +245,22 @@ pub struct ContainerState {
     pub finished_at: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
+/// An item of container inspect's `Mounts` (`Name` and `Driver` only for volumes).
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
 pub struct MountPoint {
     #[serde(rename = "Type")]
     pub kind: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub name: String,
     pub source: String,
     pub destination: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub driver: String,
     pub mode: String,
     #[serde(rename = "RW")]
     pub rw: bool,
+    pub propagation: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

@@ -85,6 +85,9 @@ pub struct Record {
     /// The last run ended because the memory limit's OOM killer struck.
     #[serde(default)]
     pub oom_killed: bool,
+    /// Anonymous volumes made for this container (`rm -v` removes them).
+    #[serde(default)]
+    pub anon_volumes: Vec<String>,
 }
 
 /// What `wait` watches.

@@ -26,6 +26,7 @@ mod net;
 mod netproxy;
 mod runtime;
 mod vmd_agent;
+mod volumes;
 /// Safe layer unpacking lives in crates/layer-unpack (the host daemon uses it too).
 use layer_unpack as unpack;
 

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::containers::{parse_signal, random_name, valid_name, Events, Record, Status};
-use crate::runtime::{Bind, Process, RunSpec, Stdio3};
+use crate::runtime::{Process, RunSpec, Stdio3};
 use crate::{logs, netproxy};
 use docker_api::time::{human, rfc3339, since};
 use docker_api::{AttachIo, AttachOptions, Frame, FrameRx, LogsOptions, StdStream, WaitCondition};
@@ -93,6 +93,7 @@ impl Engine {
                 r.image, r.id
             ))
         })?;
+        self.prepare_volumes(&r)?;
         let spec = self.spec_for(c, &r, lowers)?;
         trace.mark("spec (seccomp compiled)");
         // Published ports first: a taken host port fails the start, as in Docker.
@@ -337,6 +338,7 @@ impl Engine {
             }
         } else if r.host_config.auto_remove {
             let _ = self.remove_inner(&c).await;
+            self.remove_anonymous_volumes(&r);
         }
     }
 
@@ -484,59 +486,6 @@ impl Engine {
             net::container_resolv_conf(&host)
         };
         std::fs::write(dir.join("resolv.conf"), resolv)
-    }
-
-    fn parse_binds(&self, binds: &[String]) -> ApiResult<(Vec<Bind>, Vec<MountPoint>)> {
-        let mut out = Vec::new();
-        let mut mounts = Vec::new();
-        for b in binds {
-            let parts: Vec<&str> = b.split(':').collect();
-            let (src, dst, mode) = match parts.as_slice() {
-                [s, d] => (*s, *d, ""),
-                [s, d, m] => (*s, *d, *m),
-                _ => {
-                    return Err(ApiError::bad_request(format!(
-                        "invalid volume specification: {b:?}"
-                    )))
-                }
-            };
-            if !dst.starts_with('/') || dst.split('/').any(|c| c == "..") {
-                return Err(ApiError::bad_request(format!(
-                    "invalid mount config: mount path must be absolute: {dst:?}"
-                )));
-            }
-            let readonly = mode.split(',').any(|m| m == "ro");
-            let (source, kind, name) = if src.starts_with('/') {
-                let p = PathBuf::from(src);
-                if !p.exists() {
-                    std::fs::create_dir_all(&p).map_err(internal("creating bind source"))?;
-                }
-                (p, "bind", String::new())
-            } else {
-                if !valid_name(src) {
-                    return Err(ApiError::bad_request(format!(
-                        "invalid volume name {src:?}"
-                    )));
-                }
-                let p = self.root.join("volumes").join(src).join("_data");
-                std::fs::create_dir_all(&p).map_err(internal("creating volume"))?;
-                (p, "volume", src.to_string())
-            };
-            mounts.push(MountPoint {
-                kind: kind.into(),
-                name,
-                source: source.display().to_string(),
-                destination: dst.into(),
-                mode: mode.into(),
-                rw: !readonly,
-            });
-            out.push(Bind {
-                source,
-                dest: dst.into(),
-                readonly,
-            });
-        }
-        Ok((out, mounts))
     }
 
     fn inspect_of(&self, c: &Container) -> ContainerInspect {
@@ -757,7 +706,17 @@ impl ContainerBackend for Engine {
         }
         confinement(&hc).map_err(ApiError::bad_request)?;
         trace.mark("confinement (seccomp compiled)");
-        let (binds, mounts) = self.parse_binds(&hc.binds.clone().unwrap_or_default())?;
+        // The image's volumes join the request's, as dockerd merges them.
+        if let Some(iv) = ic.volumes.clone().filter(|v| !v.is_empty()) {
+            cfg.volumes.get_or_insert_with(Default::default).extend(iv);
+        }
+        let vols: Vec<String> = cfg
+            .volumes
+            .iter()
+            .flatten()
+            .map(|(k, _)| k.clone())
+            .collect();
+        let plan = self.plan_mounts(&hc, &vols)?;
         let (dir, data) = self.container_dirs(&id);
         self.make_dirs(&dir, &data, &cfg.hostname, &hc.network_mode)
             .map_err(internal("creating container directory"))?;
@@ -774,8 +733,9 @@ impl ContainerBackend for Engine {
             path,
             args: argv,
             status: Status::Created,
-            binds,
-            mounts,
+            binds: plan.binds,
+            mounts: plan.mounts,
+            anon_volumes: plan.anonymous,
             ..Default::default()
         };
         let c = Arc::new(Container::new(dir, data, rec));
@@ -810,6 +770,7 @@ impl ContainerBackend for Engine {
                 });
                 if c.rec.lock().unwrap().host_config.auto_remove {
                     let _ = self.remove_inner(&c).await;
+                    self.remove_anonymous_volumes(&c.snapshot());
                 }
             }
         }
@@ -857,7 +818,7 @@ impl ContainerBackend for Engine {
         })
     }
 
-    async fn container_remove(&self, id: &str, force: bool, _volumes: bool) -> ApiResult<()> {
+    async fn container_remove(&self, id: &str, force: bool, volumes: bool) -> ApiResult<()> {
         let c = self.find(id)?;
         if c.rec.lock().unwrap().status.is_active() {
             if !force {
@@ -872,7 +833,11 @@ impl ContainerBackend for Engine {
                 .await;
         }
         let _g = c.op.lock().await;
-        self.remove_inner(&c).await
+        self.remove_inner(&c).await?;
+        if volumes {
+            self.remove_anonymous_volumes(&c.snapshot());
+        }
+        Ok(())
     }
 
     async fn container_prune(&self) -> ApiResult<Vec<String>> {

@@ -10,6 +10,7 @@ mod images;
 mod system;
 #[cfg(test)]
 mod tests;
+mod volumes;
 
 use crate::args::Args;
 use crate::containers::{Container, Status};
@@ -39,6 +40,7 @@ pub struct Engine {
     /// `--volatile-layers`.
     volatile_layers: bool,
     images: Store,
+    volumes: crate::volumes::Store,
     registry: registry::Client,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     execs: Mutex<HashMap<String, Arc<Exec>>>,
@@ -165,9 +167,8 @@ impl Engine {
     pub fn with_runtime(args: &Args, runtime: Arc<dyn Runtime>) -> anyhow::Result<Self> {
         let root = args.data_root.clone();
         let images = Store::open(&root.join("images"))?.with_share(args.image_share.clone());
-        for d in ["containers", "volumes"] {
-            std::fs::create_dir_all(root.join(d))?;
-        }
+        std::fs::create_dir_all(root.join("containers"))?;
+        let volumes = crate::volumes::Store::open(&root.join("volumes"))?;
         let bridge = if args.bridge == "none" {
             Err("bridge networking is off (--bridge none)".to_string())
         } else {
@@ -197,6 +198,7 @@ impl Engine {
             exec_root,
             volatile_layers: args.volatile_layers,
             images,
+            volumes,
             registry: registry::Client::new(USER_AGENT, args.insecure_registries.clone()),
             containers: Mutex::new(HashMap::new()),
             execs: Mutex::new(HashMap::new()),

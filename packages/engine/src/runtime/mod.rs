@@ -27,11 +27,29 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+/// One mount of a container besides its root: a bind of `source` (a host path or a
+/// volume's data) or, with `tmpfs`, a new tmpfs (`source` unused).
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 pub struct Bind {
     pub source: PathBuf,
     pub dest: String,
     pub readonly: bool,
+    #[serde(default)]
+    pub tmpfs: Option<Tmpfs>,
+    /// A volume's first use: when `source` is empty, the image's content at `dest` is
+    /// copied into it before it is mounted, as Docker does.
+    #[serde(default)]
+    pub copy_up: bool,
+    /// Bind only the mount at `source`, not those below it.
+    #[serde(default)]
+    pub non_recursive: bool,
+}
+
+/// A tmpfs mount: `MsFlags` bits and the data (`size=...,mode=...`).
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct Tmpfs {
+    pub flags: u64,
+    pub data: String,
 }
 
 /// What the shim needs to start a container (written as JSON next to the container).

@@ -233,6 +233,81 @@ fn inside(root: &Path, p: &str) -> PathBuf {
     root.join(rel)
 }
 
+/// Whether `dest` is a directory in the container's root reached without a symbolic link
+/// (before pivot_root a link would lead into the host's files).
+fn real_dir_below(root: &Path, dest: &str) -> bool {
+    let mut p = root.to_path_buf();
+    for c in Path::new(dest).components() {
+        if let std::path::Component::Normal(n) = c {
+            p.push(n);
+            match fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => {}
+                _ => return false,
+            }
+        }
+    }
+    true
+}
+
+fn dir_is_empty(p: &Path) -> bool {
+    fs::read_dir(p).is_ok_and(|mut d| d.next().is_none())
+}
+
+/// Copies the tree at `from` into the (empty) directory `to`: files (hard links stay
+/// links), directories, symbolic links, with their owners, modes and modification times;
+/// the directory's own owner and mode too (a volume takes the image directory's). Device
+/// nodes, sockets and fifos are skipped.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    copy_tree_in(from, to, &mut std::collections::HashMap::new())
+}
+
+fn copy_tree_in(
+    from: &Path,
+    to: &Path,
+    links: &mut std::collections::HashMap<(u64, u64), PathBuf>,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let own = |p: &Path, m: &fs::Metadata| -> std::io::Result<()> {
+        std::os::unix::fs::lchown(p, Some(m.uid()), Some(m.gid()))?;
+        if !m.file_type().is_symlink() {
+            fs::set_permissions(p, fs::Permissions::from_mode(m.mode() & 0o7777))?;
+            let t = nix::sys::time::TimeSpec::new(m.mtime(), m.mtime_nsec());
+            let _ = nix::sys::stat::utimensat(
+                None,
+                p,
+                &t,
+                &t,
+                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+            );
+        }
+        Ok(())
+    };
+    for e in fs::read_dir(from)? {
+        let e = e?;
+        let m = e.metadata()?;
+        let dst = to.join(e.file_name());
+        let ft = m.file_type();
+        if ft.is_dir() {
+            fs::create_dir(&dst)?;
+            copy_tree_in(&e.path(), &dst, links)?;
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(e.path())?, &dst)?;
+            own(&dst, &m)?;
+        } else if ft.is_file() {
+            if m.nlink() > 1 {
+                if let Some(first) = links.get(&(m.dev(), m.ino())) {
+                    fs::hard_link(first, &dst)?;
+                    continue;
+                }
+                links.insert((m.dev(), m.ino()), dst.clone());
+            }
+            fs::copy(e.path(), &dst)?;
+            own(&dst, &m)?;
+        }
+    }
+    own(to, &fs::symlink_metadata(from)?)
+}
+
 fn mount_at(
     src: &str,
     target: &Path,
@@ -355,31 +430,29 @@ fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
         )
         .map_err(err("binding /sys"))?;
     }
-    for (src, dst) in &spec.etc_files {
-        let t = inside(root, dst);
-        if let Some(p) = t.parent() {
-            fs::create_dir_all(p).ok();
-        }
-        if fs::symlink_metadata(&t)
-            .map(|m| m.file_type().is_symlink())
-            .unwrap_or(false)
-        {
-            fs::remove_file(&t).ok();
-        }
-        if !t.exists() {
-            fs::write(&t, b"").map_err(err(format!("creating {}", t.display())))?;
-        }
-        mount(
-            Some(src.as_path()),
-            &t,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(err(format!("binding {dst}")))?;
-    }
-    for b in &spec.binds {
+    // Parents before children (`/a` before `/a/b`), as dockerd orders them.
+    let mut binds: Vec<&crate::runtime::Bind> = spec.binds.iter().collect();
+    binds.sort_by_key(|b| Path::new(&b.dest).components().count());
+    for b in binds {
         let t = inside(root, &b.dest);
+        if let Some(tm) = &b.tmpfs {
+            fs::create_dir_all(&t).map_err(err(format!("mkdir {}", t.display())))?;
+            mount(
+                Some("tmpfs"),
+                &t,
+                Some("tmpfs"),
+                MsFlags::from_bits_truncate(tm.flags),
+                Some(tm.data.as_str()).filter(|d| !d.is_empty()),
+            )
+            .map_err(err(format!("tmpfs on {} ({})", b.dest, tm.data)))?;
+            continue;
+        }
+        if b.copy_up && real_dir_below(root, &b.dest) && dir_is_empty(&b.source) {
+            copy_tree(&t, &b.source).map_err(err(format!(
+                "copying the image's {} into its volume",
+                b.dest
+            )))?;
+        }
         if b.source.is_dir() {
             fs::create_dir_all(&t).map_err(err(format!("mkdir {}", t.display())))?;
         } else {
@@ -390,11 +463,16 @@ fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
                 fs::write(&t, b"").map_err(err(format!("creating {}", t.display())))?;
             }
         }
+        let rec = if b.non_recursive {
+            MsFlags::empty()
+        } else {
+            MsFlags::MS_REC
+        };
         mount(
             Some(b.source.as_path()),
             &t,
             None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
+            MsFlags::MS_BIND | rec,
             None::<&str>,
         )
         .map_err(err(format!(
@@ -407,11 +485,43 @@ fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
                 None::<&str>,
                 &t,
                 None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | rec,
                 None::<&str>,
             )
             .map_err(err(format!("read-only remount of {}", b.dest)))?;
         }
+    }
+    // After the mounts (a volume at /etc must not hide them), unless one is the file itself.
+    for (src, dst) in &spec.etc_files {
+        if spec
+            .binds
+            .iter()
+            .any(|b| Path::new(&b.dest) == Path::new(dst))
+        {
+            continue;
+        }
+        let t = inside(root, dst);
+        if let Some(p) = t.parent() {
+            fs::create_dir_all(p).ok();
+        }
+        if fs::symlink_metadata(&t)
+            .map(|m| m.file_type().is_symlink())
+            .unwrap_or(false)
+        {
+            fs::remove_file(&t).ok();
+        }
+        // A read-only mount at /etc may leave no place for the file: then it goes without.
+        if !t.exists() && fs::write(&t, b"").is_err() {
+            continue;
+        }
+        mount(
+            Some(src.as_path()),
+            &t,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(err(format!("binding {dst}")))?;
     }
     mark("sys, etc files, binds");
     if !spec.process.cwd.is_empty() {
