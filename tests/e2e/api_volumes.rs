@@ -230,10 +230,11 @@ impl Guest {
 fn check() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (key, _) = axion_tests::ssh_keygen(dir.path(), "id")?;
-    let xtask::run::Bootable::Kernel { kernel, initrd } = image("qemu", Format::Initramfs)? else {
+    let xtask::image::Bootable::Kernel { kernel, initrd } = image("qemu", Format::Initramfs)?
+    else {
         bail!("the initramfs format is not a kernel and an initramfs");
     };
-    let xtask::run::Bootable::Disk { path: base, .. } = image("qemu", Format::Qcow2)? else {
+    let xtask::image::Bootable::Disk { path: base, .. } = image("qemu", Format::Qcow2)? else {
         bail!("the qcow2 format is not a disk");
     };
     let disk = dir.path().join("disk.qcow2");
@@ -246,7 +247,12 @@ fn check() -> Result<()> {
         bail!("qemu-img create (overlay of {}) failed", base.display());
     }
     let registry = Registry::start()?;
-    registry.push_busybox("busybox", "latest", Compression::Gzip)?;
+    registry.push_busybox(
+        &axion_tests::busybox(),
+        "busybox",
+        "latest",
+        Compression::Gzip,
+    )?;
     let reg = format!("10.0.2.2:{}", registry.port);
 
     let mut g = Guest::boot(dir.path(), &kernel, &initrd, &disk, &key, 1)?;
