@@ -9,6 +9,10 @@
 //!   `nix` that build static with musl; the engine binary re-executes itself as the
 //!   per-container shim (`engine __run`, `engine __exec`).
 //! - Plain TCP is served only with `--tcp-insecure`; `tcp://` hosts use mutual TLS.
+//! - Containers outlive the engine (live-restore): each runs under its shim's monitor
+//!   (runtime::monitor), which owns its streams, writes its log and records its exit; a
+//!   started engine re-adopts the running ones (backend/live.rs). SIGTERM stops them unless
+//!   `--live-restore` is given; with it, only during init's shutdown of the machine.
 
 mod args;
 mod backend;
@@ -117,7 +121,18 @@ async fn serve(args: args::Args) -> Result<()> {
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = term.recv() => eprintln!("engine: SIGTERM, stopping containers"),
+        _ = term.recv() => {
+            let shutdown = backend::machine_shutting_down();
+            if !backend::sigterm_stops_containers(args.live_restore, shutdown) {
+                // live-restore: the monitors keep the containers; the next engine re-adopts.
+                eprintln!("engine: SIGTERM, leaving the containers running (live-restore)");
+                return Ok(());
+            }
+            eprintln!(
+                "engine: SIGTERM{}, stopping containers",
+                if shutdown { " (the machine shuts down)" } else { "" }
+            );
+        }
         _ = tokio::signal::ctrl_c() => eprintln!("engine: interrupted, stopping containers"),
         r = futures_first(tasks) => { r?; }
     }

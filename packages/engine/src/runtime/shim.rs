@@ -1,7 +1,7 @@
 //! The shim side (runs in a fresh single-threaded process, no async runtime).
 //! `__run`: unshare mount/uts/ipc/pid (+net) namespaces, fork PID 1, which mounts the
 //! overlay root, /proc, /dev, /sys, binds, pivots into the root, drops to the user and
-//! execs. `__exec`: setns into an existing container's namespaces, fork, exec.
+//! execs; the shim stays as its monitor (super::monitor). `__exec`: setns into an existing container's namespaces, fork, exec.
 
 use super::{ExecSpec, Process, RunSpec};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -155,6 +155,25 @@ fn wait_for(child: Pid) -> i32 {
 }
 
 fn run(spec: RunSpec) -> i32 {
+    // The monitor's ends, made before the namespaces: its socket, the container's streams.
+    let listener = match super::monitor::listen(&spec.state_dir) {
+        Ok(l) => l,
+        Err(e) => {
+            report(&format!(
+                "error listening on {}/{}: {e}\n",
+                spec.state_dir.display(),
+                super::monitor::SOCKET
+            ));
+            return 125;
+        }
+    };
+    let streams = match Streams::new(spec.process.tty, spec.open_stdin) {
+        Ok(s) => s,
+        Err(e) => {
+            report(&format!("error creating the container's streams: {e}\n"));
+            return 125;
+        }
+    };
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC
@@ -174,6 +193,7 @@ fn run(spec: RunSpec) -> i32 {
             125
         }
         Ok(ForkResult::Child) => {
+            streams.install_in_child();
             set_cloexec(STATUS_FD);
             set_cloexec(CONSOLE_FD);
             let mut b = [0u8; 1];
@@ -193,11 +213,124 @@ fn run(spec: RunSpec) -> i32 {
             report(&format!("pid {child}\n"));
             close(STATUS_FD);
             close(RELEASE_FD);
-            close(CONSOLE_FD);
-            close(0);
-            close(1);
-            close(2);
-            wait_for(child)
+            // SAFETY: the monitor writes to clients that may go away; EPIPE is handled.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+            }
+            let log = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&spec.log_path)
+                .ok();
+            let m = streams.into_monitor(child.as_raw(), spec.state_dir.clone(), listener, log);
+            m.run() as i32
+        }
+    }
+}
+
+/// The container's standard streams, made by the shim before the fork: pipes (stdin a pipe
+/// too with `-i`, else the shim's /dev/null), or the console socket on which the
+/// container's process sends its terminal's master (TTY).
+struct Streams {
+    out: Option<(fs::File, fs::File)>,
+    err: Option<(fs::File, fs::File)>,
+    stdin: Option<(fs::File, fs::File)>,
+    console: Option<(
+        std::os::unix::net::UnixStream,
+        std::os::unix::net::UnixStream,
+    )>,
+}
+
+fn cloexec_pipe() -> std::io::Result<(fs::File, fs::File)> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+    Ok((fs::File::from(r), fs::File::from(w)))
+}
+
+impl Streams {
+    fn new(tty: bool, open_stdin: bool) -> std::io::Result<Streams> {
+        if tty {
+            return Ok(Streams {
+                out: None,
+                err: None,
+                stdin: None,
+                console: Some(std::os::unix::net::UnixStream::pair()?),
+            });
+        }
+        Ok(Streams {
+            out: Some(cloexec_pipe()?),
+            err: Some(cloexec_pipe()?),
+            stdin: if open_stdin {
+                Some(cloexec_pipe()?)
+            } else {
+                None
+            },
+            console: None,
+        })
+    }
+
+    /// In the forked child: its ends onto fds 0-2 (or the console socket onto fd 5).
+    fn install_in_child(&self) {
+        // SAFETY: dup2 onto fixed numbers in the single-threaded child; the originals are
+        // close-on-exec. Stdio first: a pipe's number may be 5 (CONSOLE_FD).
+        unsafe {
+            if let Some((r, _)) = &self.stdin {
+                libc::dup2(r.as_raw_fd(), 0);
+            }
+            if let Some((_, w)) = &self.out {
+                libc::dup2(w.as_raw_fd(), 1);
+            }
+            if let Some((_, w)) = &self.err {
+                libc::dup2(w.as_raw_fd(), 2);
+            }
+            if let Some((_, c)) = &self.console {
+                libc::dup2(c.as_raw_fd(), CONSOLE_FD);
+            }
+        }
+    }
+
+    /// In the shim after the fork: drops the child's ends, takes the terminal (blocks until
+    /// the container's process sends it or dies) and makes the monitor.
+    fn into_monitor(
+        self,
+        pid: i32,
+        dir: PathBuf,
+        listener: std::os::unix::net::UnixListener,
+        log: Option<fs::File>,
+    ) -> super::monitor::Monitor {
+        use docker_api::StdStream;
+        let mut outputs = Vec::new();
+        let mut stdin = None;
+        let mut pty = None;
+        if let Some((r, w)) = self.out {
+            drop(w);
+            outputs.push((StdStream::Stdout, r));
+        }
+        if let Some((r, w)) = self.err {
+            drop(w);
+            outputs.push((StdStream::Stderr, r));
+        }
+        if let Some((r, w)) = self.stdin {
+            drop(r);
+            stdin = Some(w);
+        }
+        if let Some((mine, theirs)) = self.console {
+            drop(theirs);
+            // None: the process failed before making its terminal; the monitor sees its exit.
+            if let Ok(Some(m)) = super::recv_fd(mine.as_raw_fd()) {
+                let m = fs::File::from(m);
+                stdin = m.try_clone().ok();
+                pty = m.try_clone().ok();
+                outputs.push((StdStream::Stdout, m));
+            }
+        }
+        super::monitor::Monitor {
+            pid,
+            outputs,
+            stdin,
+            pty,
+            dir,
+            listener,
+            log,
         }
     }
 }
