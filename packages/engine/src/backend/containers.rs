@@ -308,7 +308,12 @@ impl Engine {
                 (100u64 << r.restart_count.min(8)).min(10_000)
             };
             {
+                // Decided again under the lock: a stop that came after the snapshot above
+                // (and found the container exited) must not be followed by a restart.
                 let mut rec = c.rec.lock().unwrap();
+                if rec.stopped_by_user || rec.status != "exited" {
+                    return;
+                }
                 rec.restart_count += 1;
                 rec.status = "restarting".into();
             }

@@ -481,13 +481,18 @@ impl Monitor {
             }
             let mut dead_outputs = Vec::new();
             let mut dead_clients = Vec::new();
-            let mut accept = false;
+            // New clients first: the engine connects before it releases the container, so
+            // a client and the container's first output can be ready in the same poll, and
+            // the output must reach the client.
+            if fds[0].revents != 0 {
+                self.accept(&mut clients, exited.is_none());
+            }
             for (pfd, slot) in fds.iter().zip(slots.iter()) {
                 if pfd.revents == 0 {
                     continue;
                 }
                 match *slot {
-                    Slot::Listener => accept = true,
+                    Slot::Listener => {}
                     Slot::Pidfd => {}
                     Slot::Output(i) => {
                         let (stream, f) = &mut self.outputs[i];
@@ -563,9 +568,6 @@ impl Monitor {
             // master stays (it is the output too).
             if close_stdin && pending.is_empty() && !tty {
                 self.stdin = None;
-            }
-            if accept {
-                self.accept(&mut clients, exited.is_none());
             }
             if exited.is_none() {
                 let ready = pidfd.is_none()
@@ -666,8 +668,8 @@ impl Monitor {
         }
     }
 
-    /// Records the exit (file first: a client that finds no socket reads the file), tells
-    /// the attached clients, removes the socket.
+    /// Records the exit (file first: a client that finds no socket reads the file), removes
+    /// the socket, tells the attached clients.
     fn finish(self, code: i64, clients: Vec<Client>) -> i64 {
         let info = ExitInfo {
             exit_code: code,
@@ -678,13 +680,15 @@ impl Monitor {
             let _ = log.sync_data();
         }
         let _ = write_exit(&self.dir, &info);
+        // The socket goes before the engine hears of the exit: a restart it makes at once
+        // binds the next monitor's socket at the same path, which must not be removed.
+        remove_socket(&self.dir);
         let payload = serde_json::to_vec(&info).unwrap_or_default();
         for mut c in clients {
             if let ClientKind::Attach = c.kind {
                 let _ = write_frame(&mut c.sock, FRAME_EXIT, &payload);
             }
         }
-        remove_socket(&self.dir);
         code
     }
 }
