@@ -107,7 +107,7 @@ pub fn decide(p: &Persisted, alive: bool) -> Found {
 
 /// A container VM's QEMU: one this daemon started, or one an earlier daemon left running.
 pub enum VmProc {
-    Own(qemu::Vm),
+    Own(Box<qemu::Vm>),
     Adopted {
         pid: u32,
         qemu_log: PathBuf,

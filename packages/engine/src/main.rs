@@ -126,7 +126,9 @@ async fn serve(args: args::Args) -> Result<()> {
             if !backend::sigterm_stops_containers(args.live_restore, shutdown) {
                 // live-restore: the monitors keep the containers; the next engine re-adopts.
                 eprintln!("engine: SIGTERM, leaving the containers running (live-restore)");
-                return Ok(());
+                // At once: the runtime's drop would wait for the threads that follow the
+                // containers, i.e. for the containers to end. Their state is saved.
+                std::process::exit(0);
             }
             eprintln!(
                 "engine: SIGTERM{}, stopping containers",

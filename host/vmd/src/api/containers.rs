@@ -263,7 +263,7 @@ impl ContainerBackend for Api {
                 ..Default::default()
             }),
             phase: watch::channel(Phase::Created).0,
-            vm: Mutex::new(vm.map(live::VmProc::Own)),
+            vm: Mutex::new(vm.map(|v| live::VmProc::Own(Box::new(v)))),
             agent: Mutex::new(Some(agent)),
             guest,
             gid,

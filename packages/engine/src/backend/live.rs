@@ -78,8 +78,12 @@ impl Engine {
     /// For a record the last engine left `running`: adopt the container if its monitor
     /// answers (Some: the monitor's attach connection), else record how it ended.
     pub(super) fn reconcile(&self, dir: &Path, rec: &mut Record) -> Option<monitor::Attached> {
-        let decision =
-            monitor::restore_decision(monitor::state(dir), monitor::read_exit(dir), now_nanos());
+        let answer = monitor::state(dir);
+        let why = match &answer {
+            Ok(s) => format!("monitor: {s:?}"),
+            Err(e) => format!("monitor: {e}"),
+        };
+        let decision = monitor::restore_decision(answer, monitor::read_exit(dir), now_nanos());
         if let Restore::Adopt { pid } = decision {
             // Attach now: output from here on reaches the engine; an exit in between
             // arrives as the exit frame.
@@ -103,7 +107,7 @@ impl Engine {
             finished_at: now_nanos(),
         });
         eprintln!(
-            "engine: container {} exited ({}) while the engine was away",
+            "engine: container {} exited ({}) while the engine was away ({why})",
             short(&rec.id),
             e.exit_code
         );

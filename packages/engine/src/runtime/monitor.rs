@@ -500,7 +500,7 @@ impl Monitor {
                             Ok(0) => dead_outputs.push(i),
                             Ok(n) => {
                                 let stream = *stream;
-                                self.emit(stream, &buf[..n], &mut clients);
+                                self.emit(stream, &buf[..n], &mut clients, &mut dead_clients);
                             }
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -589,9 +589,16 @@ impl Monitor {
         }
     }
 
-    /// Output: to the log, then to every attached client (a client that cannot take it is
-    /// dropped, never waited for beyond [`SEND_TIMEOUT`]).
-    fn emit(&mut self, stream: StdStream, data: &[u8], clients: &mut Vec<Client>) {
+    /// Output: to the log, then to every attached client; a client that cannot take it
+    /// (never waited for beyond [`SEND_TIMEOUT`]) goes into `dead`, to be dropped after the
+    /// poll round (dropping it here would shift the indices the round still uses).
+    fn emit(
+        &mut self,
+        stream: StdStream,
+        data: &[u8],
+        clients: &mut [Client],
+        dead: &mut Vec<usize>,
+    ) {
         if let Some(log) = &mut self.log {
             let f = docker_api::Frame {
                 stream,
@@ -609,10 +616,13 @@ impl Monitor {
             FRAME_STDOUT
         };
         let frame = encode_frame(kind, data);
-        clients.retain_mut(|c| match c.kind {
-            ClientKind::Attach => c.sock.write_all(&frame).is_ok(),
-            ClientKind::Stdin(_) => true,
-        });
+        for (i, c) in clients.iter_mut().enumerate() {
+            if let ClientKind::Attach = c.kind {
+                if c.sock.write_all(&frame).is_err() {
+                    dead.push(i);
+                }
+            }
+        }
     }
 
     fn accept(&mut self, clients: &mut Vec<Client>, running: bool) {

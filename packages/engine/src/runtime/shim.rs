@@ -167,6 +167,19 @@ fn run(spec: RunSpec) -> i32 {
             return 125;
         }
     };
+    // The monitor's own complaints (a panic's message) go to `shim.log` beside its socket:
+    // its stderr was /dev/null, and the engine may be gone. The container's process gets its
+    // own fds 0-2 (Streams).
+    if let Ok(f) = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(spec.state_dir.join("shim.log"))
+    {
+        // SAFETY: dup2 of a descriptor we own onto stderr, in a single-threaded process.
+        unsafe {
+            libc::dup2(f.as_raw_fd(), 2);
+        }
+    }
     let streams = match Streams::new(spec.process.tty, spec.open_stdin) {
         Ok(s) => s,
         Err(e) => {
@@ -174,6 +187,21 @@ fn run(spec: RunSpec) -> i32 {
             return 125;
         }
     };
+    // The monitor goes back to this mount namespace after the fork: the container's PID 1
+    // shares the new one and pivots its root, which would move the monitor's root and
+    // working directory into the container (and its exit file, log and socket out of reach).
+    let host_mnt = match fs::File::open("/proc/self/ns/mnt") {
+        Ok(f) => f,
+        Err(e) => {
+            report(&format!("error opening /proc/self/ns/mnt: {e}\n"));
+            return 125;
+        }
+    };
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.log_path)
+        .ok();
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC
@@ -193,6 +221,7 @@ fn run(spec: RunSpec) -> i32 {
             125
         }
         Ok(ForkResult::Child) => {
+            drop(host_mnt);
             streams.install_in_child();
             set_cloexec(STATUS_FD);
             set_cloexec(CONSOLE_FD);
@@ -209,6 +238,16 @@ fn run(spec: RunSpec) -> i32 {
         }
         Ok(ForkResult::Parent { child }) => {
             mark("forked");
+            // Before the pid line: the container waits for its release, which the engine
+            // sends only after that line, so it cannot have pivoted yet.
+            if let Err(e) = nix::sched::setns(&host_mnt, CloneFlags::CLONE_NEWNS) {
+                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                report(&format!(
+                    "error returning the monitor to the host's mount namespace: {e}\n"
+                ));
+                return 125;
+            }
+            drop(host_mnt);
             report_trace("shim");
             report(&format!("pid {child}\n"));
             close(STATUS_FD);
@@ -217,11 +256,6 @@ fn run(spec: RunSpec) -> i32 {
             unsafe {
                 libc::signal(libc::SIGPIPE, libc::SIG_IGN);
             }
-            let log = fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&spec.log_path)
-                .ok();
             let m = streams.into_monitor(child.as_raw(), spec.state_dir.clone(), listener, log);
             m.run() as i32
         }
