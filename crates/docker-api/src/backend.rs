@@ -11,8 +11,8 @@ use bytes::Bytes;
 use std::future::Future;
 use tokio::sync::mpsc;
 
-fn nyi<T>(what: &'static str) -> impl Future<Output = ApiResult<T>> + Send {
-    async move { Err(ApiError::not_implemented(what)) }
+async fn nyi<T>(what: &'static str) -> ApiResult<T> {
+    Err(ApiError::not_implemented(what))
 }
 
 /// The daemon itself: `/version`, `/info` (and, as they come, auth, `df` and the other

@@ -271,7 +271,7 @@ async fn dispatch<B: Backend>(b: Arc<B>, req: Request<Incoming>) -> ApiResult<Re
             let mut list = filters.containers(b.containers(all).await?)?;
             // Newest first. Stable: `Created` is in seconds, and a back end lists same-second
             // containers in its own finer order (the engine sorts by nanoseconds).
-            list.sort_by(|a, b| b.created.cmp(&a.created));
+            list.sort_by_key(|c| std::cmp::Reverse(c.created));
             if let Some(n) = limit {
                 list.truncate(n);
             }

@@ -338,7 +338,7 @@ impl Client {
         }
         let insecure_nets = LOOPBACK_CIDRS
             .iter()
-            .map(|c| *c)
+            .copied()
             .chain(list.iter().map(String::as_str))
             .filter_map(parse_cidr)
             .collect();
@@ -382,9 +382,9 @@ impl Client {
             host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
         };
         let named = self.insecure.iter().any(|i| i == host || i == h);
-        let in_net = h.parse::<std::net::IpAddr>().map_or(false, |ip| {
-            self.insecure_nets.iter().any(|n| in_cidr(ip, *n))
-        });
+        let in_net = h
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| self.insecure_nets.iter().any(|n| in_cidr(ip, *n)));
         if h.eq_ignore_ascii_case("localhost") || named || in_net {
             "http"
         } else {

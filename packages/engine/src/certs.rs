@@ -6,6 +6,7 @@
 //!   local IPv4 address and `--tls-san` values;
 //! - when no `--tlscacert` is given: `client-ca.pem` (+ key) and a client certificate in
 //!   `client/` (`ca.pem`, `cert.pem`, `key.pem`: a ready DOCKER_CERT_PATH).
+//!
 //! With `--tlscacert` (first-boot settings), only clients signed by that CA get in.
 
 use crate::args::Args;

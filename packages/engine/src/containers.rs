@@ -9,6 +9,53 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use tokio::sync::{broadcast, watch};
 
+/// A container's state, as Docker names it (`State.Status`, the `status` filter); stored in
+/// state.json as the same lowercase string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    #[default]
+    Created,
+    Running,
+    /// Docker's; the engine does not pause containers (yet).
+    #[allow(dead_code)]
+    Paused,
+    /// Between an exit and the restart its policy asks for (the backoff sleep).
+    Restarting,
+    /// Docker's; the engine removes a container in one step and never shows it.
+    #[allow(dead_code)]
+    Removing,
+    Exited,
+    /// Docker's; the engine has no half-removed containers.
+    #[allow(dead_code)]
+    Dead,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Restarting => "restarting",
+            Status::Removing => "removing",
+            Status::Exited => "exited",
+            Status::Dead => "dead",
+        }
+    }
+
+    /// Running, or about to run again: what `docker ps` lists without `-a`.
+    pub fn is_active(self) -> bool {
+        matches!(self, Status::Running | Status::Restarting)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct Record {
     pub id: String,
@@ -20,7 +67,7 @@ pub struct Record {
     pub host_config: HostConfig,
     pub path: String,
     pub args: Vec<String>,
-    pub status: String,
+    pub status: Status,
     pub pid: i32,
     pub exit_code: i64,
     pub error: String,
@@ -70,7 +117,7 @@ impl Container {
     pub fn new(dir: PathBuf, data: PathBuf, rec: Record) -> Self {
         let (output, _) = broadcast::channel(1024);
         let (events, _) = watch::channel(Events {
-            running: rec.status == "running",
+            running: rec.status == Status::Running,
             exit_code: rec.exit_code,
             ..Default::default()
         });
@@ -108,7 +155,7 @@ impl Container {
     }
 
     pub fn is_running(&self) -> bool {
-        matches!(self.rec.lock().unwrap().status.as_str(), "running")
+        self.rec.lock().unwrap().status == Status::Running
     }
 }
 
@@ -170,5 +217,48 @@ mod tests {
         assert!(!valid_name("a"));
         assert!(!valid_name("bad name"));
         assert!(!valid_name("../x"));
+    }
+
+    #[test]
+    fn status_is_stored_as_dockers_lowercase_names() {
+        let all = [
+            (Status::Created, "created"),
+            (Status::Running, "running"),
+            (Status::Paused, "paused"),
+            (Status::Restarting, "restarting"),
+            (Status::Removing, "removing"),
+            (Status::Exited, "exited"),
+            (Status::Dead, "dead"),
+        ];
+        for (s, name) in all {
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{name}\""));
+            assert_eq!(
+                serde_json::from_str::<Status>(&format!("\"{name}\"")).unwrap(),
+                s
+            );
+            assert_eq!(s.as_str(), name);
+            assert_eq!(s.to_string(), name);
+        }
+        assert!(serde_json::from_str::<Status>("\"Running\"").is_err());
+        assert!(Status::Running.is_active() && Status::Restarting.is_active());
+        assert!(!Status::Exited.is_active() && !Status::Created.is_active());
+    }
+
+    #[test]
+    fn a_record_written_with_string_status_still_loads() {
+        // state.json as the engine wrote it when the status was a string.
+        let dir = tempfile::tempdir().unwrap();
+        let mut v = serde_json::to_value(Record::default()).unwrap();
+        v["status"] = "exited".into();
+        v["exit_code"] = 3.into();
+        std::fs::write(dir.path().join("state.json"), v.to_string()).unwrap();
+        let r = Container::load(dir.path()).unwrap();
+        assert_eq!(r.status, Status::Exited);
+        assert_eq!(r.exit_code, 3);
+        let c = Container::new(dir.path().into(), dir.path().into(), r);
+        c.save();
+        let saved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("state.json")).unwrap()).unwrap();
+        assert_eq!(saved["status"], "exited");
     }
 }

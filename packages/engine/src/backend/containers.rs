@@ -2,9 +2,9 @@
 //! restart, remove, wait, logs, attach.
 
 use super::*;
-use crate::containers::{parse_signal, random_name, valid_name, Events, Record};
+use crate::containers::{parse_signal, random_name, valid_name, Events, Record, Status};
 use crate::runtime::{Bind, Process, RunSpec, Stdio3};
-use crate::{cgroup, logs, netproxy};
+use crate::{logs, netproxy};
 use docker_api::time::{human, rfc3339, since};
 use docker_api::{AttachIo, AttachOptions, FrameRx, LogsOptions, StdStream, WaitCondition};
 use std::path::Path;
@@ -27,14 +27,14 @@ pub(super) async fn publish_ports(r: &Record) -> Result<Vec<netproxy::Bound>, St
 
 impl Engine {
     fn summary_status(r: &Record) -> String {
-        match r.status.as_str() {
-            "running" => format!("Up {}", human(since(r.started_at))),
-            "exited" => format!(
+        match r.status {
+            Status::Running => format!("Up {}", human(since(r.started_at))),
+            Status::Exited => format!(
                 "Exited ({}) {} ago",
                 r.exit_code,
                 human(since(r.finished_at))
             ),
-            "created" => "Created".into(),
+            Status::Created => "Created".into(),
             s => s.to_string(),
         }
     }
@@ -93,7 +93,7 @@ impl Engine {
     async fn start_impl(&self, c: &Arc<Container>) -> ApiResult<()> {
         let r = c.snapshot();
         let trace = Arc::new(Trace::new(&r.id));
-        if r.status == "running" {
+        if r.status == Status::Running {
             return Err(ApiError::not_modified());
         }
         let lowers = self.images.lowers(&r.image_id).ok_or_else(|| {
@@ -127,44 +127,28 @@ impl Engine {
         let spec_path = c.dir.join("spec.json");
         std::fs::write(&spec_path, serde_json::to_vec(&spec).unwrap_or_default())
             .map_err(internal("writing spec"))?;
-        let cg = cgroup::create(&r.id, &r.host_config).map_err(internal("creating cgroup"))?;
+        let cg = self
+            .runtime
+            .cgroup_create(&r.id, &r.host_config)
+            .map_err(internal("creating cgroup"))?;
         trace.mark("ports, address, spec written, cgroup created");
         // The shim's monitor makes the container's streams; the last run's exit record goes.
         let stdio = Stdio3::Detached;
         runtime::monitor::clear(&c.dir);
         let cgc = cg.clone();
         let (id, att, tr) = (r.id.clone(), attach.clone(), trace.clone());
-        let dir = c.dir.clone();
-        let ready = if runtime::Prespawned::fits(&stdio) {
-            self.prespawned.lock().unwrap().take()
-        } else {
-            None
-        };
+        let rt = self.runtime.clone();
+        let (dir, log) = (c.dir.clone(), c.log_path());
         let spawned = tokio::task::spawn_blocking(move || {
             tr.mark("blocking task runs");
-            let mut s = match ready.map(|p| p.run(&spec_path)) {
-                Some(Ok(s)) => {
-                    eprintln!(
-                        "engine: container {} runs in the pre-spawned shim",
-                        &id[..12.min(id.len())]
-                    );
-                    s
-                }
-                // Killed meanwhile, say: a fresh shim does the same (the container process,
-                // if any, exits without its release).
-                Some(Err(e)) => {
-                    eprintln!("engine: the pre-spawned shim failed ({e}); starting another");
-                    runtime::spawn("__run", &spec_path, stdio)?
-                }
-                None => runtime::spawn("__run", &spec_path, stdio)?,
-            };
+            let mut s = rt.spawn_container(&id, &spec_path, stdio)?;
             tr.mark("shim forked the container process (pid read)");
             if let Some(cg) = &cgc {
-                let _ = cgroup::add(cg, s.pid);
+                let _ = rt.cgroup_add(cg, s.pid());
             }
             // The process waits for the release: its network is ready before it runs.
             if let Some((b, ep)) = &att {
-                if let Err(e) = net::attach(b, &id, s.pid, ep) {
+                if let Err(e) = rt.net_attach(b, &id, s.pid(), ep) {
                     s.cancel();
                     return Ok((
                         s,
@@ -174,7 +158,7 @@ impl Engine {
                 tr.mark("network attached");
             }
             // Attached before the release: no output of the container is missed.
-            let res = match runtime::monitor::attach(&dir) {
+            let res = match rt.monitor_attach(&dir, &log, Some(&mut *s)) {
                 Ok(w) => s.release().map(|()| w),
                 Err(e) => {
                     s.cancel();
@@ -184,7 +168,7 @@ impl Engine {
                 }
             };
             tr.mark("released: the container exec'd (or failed)");
-            for t in s.trace.drain(..) {
+            for t in s.take_trace() {
                 tr.mark(&t);
             }
             Ok::<_, runtime::SpawnError>((s, res))
@@ -194,16 +178,16 @@ impl Engine {
         let fail = |msg: String, code: i64| {
             let mut rec = c.rec.lock().unwrap();
             rec.status = if rec.started_at == 0 {
-                "created".into()
+                Status::Created
             } else {
-                "exited".into()
+                Status::Exited
             };
             rec.exit_code = code;
             rec.error = msg.clone();
             drop(rec);
             c.save();
             if let Some(cg) = &cg {
-                cgroup::remove(cg);
+                self.runtime.cgroup_remove(cg);
             }
             ApiError::bad_request(format!("failed to create task for container: {msg}"))
         };
@@ -214,7 +198,7 @@ impl Engine {
         let watch = match res {
             Ok(w) => w,
             Err(e) => {
-                let _ = s.child.wait();
+                let _ = s.wait();
                 let code = if e.to_string().contains("executable file not found") {
                     127
                 } else {
@@ -225,8 +209,8 @@ impl Engine {
         };
         {
             let mut rec = c.rec.lock().unwrap();
-            rec.status = "running".into();
-            rec.pid = s.pid;
+            rec.status = Status::Running;
+            rec.pid = s.pid();
             rec.started_at = now_nanos();
             rec.error.clear();
             rec.cgroup = cg.clone();
@@ -238,14 +222,18 @@ impl Engine {
         trace.mark("running, state saved");
         // Output goes to the log from the monitor, to attach subscribers from `follow`.
         if r.config.open_stdin {
-            *c.stdin.lock().unwrap() =
-                Some(runtime::monitor::open_stdin(&c.dir).map_err(internal("stdin"))?);
+            *c.stdin.lock().unwrap() = Some(
+                self.runtime
+                    .monitor_stdin(&c.dir)
+                    .map_err(internal("stdin"))?,
+            );
         }
         // Published ports: the host sockets were bound before the start.
-        let proxies: Vec<_> = published.into_iter().map(|b| b.serve(s.pid)).collect();
+        let pid = s.pid();
+        let proxies: Vec<_> = published.into_iter().map(|b| b.serve(pid)).collect();
         *c.proxies.lock().unwrap() = proxies;
         trace.mark("start answered");
-        self.follow(c.clone(), watch, Some(s.child), now_nanos(), trace);
+        self.follow(c.clone(), watch, Some(s), now_nanos(), trace);
         Ok(())
     }
 
@@ -263,13 +251,13 @@ impl Engine {
         *c.stdin.lock().unwrap() = None;
         let r = {
             let mut rec = c.rec.lock().unwrap();
-            rec.status = "exited".into();
+            rec.status = Status::Exited;
             rec.exit_code = code;
             rec.pid = 0;
             rec.finished_at = now_nanos();
             let cg = rec.cgroup.take();
             if let Some(cg) = &cg {
-                rec.oom_killed = cgroup::oom_killed(cg);
+                rec.oom_killed = self.runtime.cgroup_oom_killed(cg);
             }
             (rec.clone(), cg)
         };
@@ -284,7 +272,8 @@ impl Engine {
         // Cleanup after the waiters are told (its OOM verdict is already read); before a
         // restart, which creates the cgroup again.
         if let Some(cg) = cg {
-            let _ = tokio::task::spawn_blocking(move || cgroup::remove(&cg)).await;
+            let rt = self.runtime.clone();
+            let _ = tokio::task::spawn_blocking(move || rt.cgroup_remove(&cg)).await;
             trace.mark("cgroup removed");
         }
         if self.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
@@ -311,21 +300,21 @@ impl Engine {
                 // Decided again under the lock: a stop that came after the snapshot above
                 // (and found the container exited) must not be followed by a restart.
                 let mut rec = c.rec.lock().unwrap();
-                if rec.stopped_by_user || rec.status != "exited" {
+                if rec.stopped_by_user || rec.status != Status::Exited {
                     return;
                 }
                 rec.restart_count += 1;
-                rec.status = "restarting".into();
+                rec.status = Status::Restarting;
             }
             c.save();
             tokio::time::sleep(std::time::Duration::from_millis(backoff)).await;
             let _g = c.op.lock().await;
-            if c.rec.lock().unwrap().status != "restarting" {
+            if c.rec.lock().unwrap().status != Status::Restarting {
                 return; // stopped or removed meanwhile
             }
             if let Err(e) = self.start_inner(&c).await {
                 eprintln!("engine: restart of {}: {}", r.id, e.message);
-                c.rec.lock().unwrap().status = "exited".into();
+                c.rec.lock().unwrap().status = Status::Exited;
                 c.save();
             }
         } else if r.host_config.auto_remove {
@@ -367,7 +356,7 @@ impl Engine {
         if pid <= 0 {
             return Err(ApiError::conflict("container is not running"));
         }
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).map_err(internal("kill"))
+        self.runtime.kill(pid, sig).map_err(internal("kill"))
     }
 
     pub(super) async fn stop_inner(
@@ -384,8 +373,8 @@ impl Engine {
             if by_user {
                 rec.stopped_by_user = true;
             }
-            if rec.status == "restarting" {
-                rec.status = "exited".into();
+            if rec.status == Status::Restarting {
+                rec.status = Status::Exited;
                 drop(rec);
                 c.save();
                 return Ok(());
@@ -413,6 +402,31 @@ impl Engine {
                 .await;
         }
         Ok(())
+    }
+
+    /// A generated name no container has: the name list has 120 pairs, so two unnamed
+    /// containers in a dozen would often collide; Docker, too, draws again (and then adds
+    /// digits).
+    fn unused_name(&self) -> String {
+        let taken = |n: &str| {
+            self.containers
+                .lock()
+                .unwrap()
+                .values()
+                .any(|c| c.rec.lock().unwrap().name == n)
+        };
+        for _ in 0..50 {
+            let n = random_name();
+            if !taken(&n) {
+                return n;
+            }
+        }
+        loop {
+            let n = format!("{}{}", random_name(), rand::random::<u16>());
+            if !taken(&n) {
+                return n;
+            }
+        }
     }
 
     fn write_hosts(
@@ -511,7 +525,7 @@ impl Engine {
         let r = c.snapshot();
         let mut ports = std::collections::BTreeMap::new();
         for (k, v) in r.host_config.port_bindings.clone().unwrap_or_default() {
-            ports.insert(k, if r.status == "running" { v } else { None });
+            ports.insert(k, if r.status == Status::Running { v } else { None });
         }
         ContainerInspect {
             id: r.id.clone(),
@@ -519,9 +533,9 @@ impl Engine {
             path: r.path.clone(),
             args: r.args.clone(),
             state: ContainerState {
-                status: r.status.clone(),
-                running: r.status == "running",
-                restarting: r.status == "restarting",
+                status: r.status.to_string(),
+                running: r.status == Status::Running,
+                restarting: r.status == Status::Restarting,
                 pid: r.pid as i64,
                 exit_code: r.exit_code,
                 oom_killed: r.oom_killed,
@@ -543,7 +557,7 @@ impl Engine {
                     ports,
                     ..Default::default()
                 };
-                if let (Some(ep), "running") = (&r.endpoint, r.status.as_str()) {
+                if let (Some(ep), Status::Running) = (&r.endpoint, r.status) {
                     ns.ip_address = ep.ip.to_string();
                     ns.gateway = ep.gateway.to_string();
                     ns.mac_address = ep.mac.clone();
@@ -579,12 +593,12 @@ impl ContainerBackend for Engine {
             .values()
             .map(|c| c.snapshot())
             .collect();
-        v.sort_by(|a, b| b.created.cmp(&a.created));
+        v.sort_by_key(|r| std::cmp::Reverse(r.created));
         Ok(v.into_iter()
-            .filter(|r| all || r.status == "running" || r.status == "restarting")
+            .filter(|r| all || r.status.is_active())
             .map(|r| {
                 let mut ports = Vec::new();
-                if r.status == "running" {
+                if r.status == Status::Running {
                     for (k, bs) in r.host_config.port_bindings.clone().unwrap_or_default() {
                         let (p, proto) = k.split_once('/').unwrap_or((&k, "tcp"));
                         for b in bs.unwrap_or_default() {
@@ -613,7 +627,7 @@ impl ContainerBackend for Engine {
                     created: (r.created / 1_000_000_000) as i64,
                     ports,
                     labels: r.config.labels.clone().unwrap_or_default(),
-                    state: r.status.clone(),
+                    state: r.status.to_string(),
                     status: Self::summary_status(&r),
                 }
             })
@@ -638,7 +652,7 @@ impl ContainerBackend for Engine {
                 }
                 n.trim_start_matches('/').to_string()
             }
-            None => random_name(),
+            None => self.unused_name(),
         };
         if let Ok(c) = self.find(&name) {
             if c.rec.lock().unwrap().name == name {
@@ -741,7 +755,7 @@ impl ContainerBackend for Engine {
             host_config: hc,
             path,
             args: argv,
-            status: "created".into(),
+            status: Status::Created,
             binds,
             mounts,
             ..Default::default()
@@ -827,13 +841,13 @@ impl ContainerBackend for Engine {
 
     async fn container_remove(&self, id: &str, force: bool, _volumes: bool) -> ApiResult<()> {
         let c = self.find(id)?;
-        if c.is_running() || c.rec.lock().unwrap().status == "restarting" {
+        if c.rec.lock().unwrap().status.is_active() {
             if !force {
                 return Err(ApiError::conflict(format!("cannot remove container \"/{}\": container is running: stop the container before removing or force remove", c.snapshot().name)));
             }
             c.rec.lock().unwrap().stopped_by_user = true;
-            if c.rec.lock().unwrap().status == "restarting" {
-                c.rec.lock().unwrap().status = "exited".into();
+            if c.rec.lock().unwrap().status == Status::Restarting {
+                c.rec.lock().unwrap().status = Status::Exited;
             }
             let _ = self.signal(&c, nix::sys::signal::Signal::SIGKILL);
             self.wait_not_running(&c, Some(std::time::Duration::from_secs(10)))
@@ -850,8 +864,8 @@ impl ContainerBackend for Engine {
             .unwrap()
             .values()
             .filter(|c| {
-                let s = c.rec.lock().unwrap().status.clone();
-                s == "exited" || s == "created"
+                let s = c.rec.lock().unwrap().status;
+                s == Status::Exited || s == Status::Created
             })
             .cloned()
             .collect();
@@ -867,15 +881,15 @@ impl ContainerBackend for Engine {
         let c = self.find(id)?;
         let mut rx = c.events.subscribe();
         let start: Events = *rx.borrow();
-        let status = c.rec.lock().unwrap().status.clone();
+        let status = c.rec.lock().unwrap().status;
         let done = |e: &Events| match cond {
             WaitCondition::NotRunning => {
-                !e.running && (status != "running" || e.exits > start.exits)
+                !e.running && (status != Status::Running || e.exits > start.exits)
             }
             WaitCondition::NextExit => e.exits > start.exits,
             WaitCondition::Removed => e.removed,
         };
-        if cond == WaitCondition::NotRunning && status != "running" && status != "restarting" {
+        if cond == WaitCondition::NotRunning && !status.is_active() {
             return Ok(WaitResponse {
                 status_code: c.rec.lock().unwrap().exit_code,
                 error: None,
@@ -900,7 +914,7 @@ impl ContainerBackend for Engine {
             let mut pos = 0u64;
             let mut first = true;
             loop {
-                let running = c.is_running() || c.rec.lock().unwrap().status == "restarting";
+                let running = c.rec.lock().unwrap().status.is_active();
                 let data = tokio::fs::read(&path).await.unwrap_or_default();
                 let new = &data[(pos as usize).min(data.len())..];
                 let end = new
@@ -927,10 +941,9 @@ impl ContainerBackend for Engine {
                         }
                     }
                 }
+                // Followed logs end when the container is done and its log read to the end.
                 if !o.follow || (!running && end == new.len()) {
-                    if !o.follow || !running {
-                        return;
-                    }
+                    return;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
@@ -1007,7 +1020,8 @@ impl ContainerBackend for Engine {
         let c = self.find(id)?;
         if c.rec.lock().unwrap().config.tty && c.is_running() {
             let dir = c.dir.clone();
-            let _ = tokio::task::spawn_blocking(move || runtime::monitor::resize(&dir, h, w)).await;
+            let rt = self.runtime.clone();
+            let _ = tokio::task::spawn_blocking(move || rt.monitor_resize(&dir, h, w)).await;
         }
         Ok(())
     }

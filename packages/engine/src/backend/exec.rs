@@ -95,8 +95,9 @@ impl ExecBackend for Engine {
             }
         };
         let sp = spec_path.clone();
+        let rt = self.runtime.clone();
         let res = tokio::task::spawn_blocking(move || {
-            let mut s = runtime::spawn("__exec", &sp, stdio)?;
+            let mut s = rt.spawn_exec(&sp, stdio)?;
             let r = s.release().and_then(|()| s.take_console());
             Ok::<_, runtime::SpawnError>((s, r))
         })
@@ -108,7 +109,7 @@ impl ExecBackend for Engine {
         let master = match started {
             Ok(m) => m,
             Err(e) => {
-                let _ = s.child.wait();
+                let _ = s.wait();
                 *ex.state.lock().unwrap() = (false, Some(126), 0);
                 let _ = tx.try_send(Frame::stderr(format!("OCI runtime exec failed: {e}\n")));
                 return Ok(AttachIo {
@@ -118,7 +119,7 @@ impl ExecBackend for Engine {
                 });
             }
         };
-        *ex.state.lock().unwrap() = (true, None, s.pid);
+        *ex.state.lock().unwrap() = (true, None, s.pid());
         let mut readers = Vec::new();
         let fwd = |stream: StdStream| {
             let tx = tx.clone();
@@ -135,14 +136,15 @@ impl ExecBackend for Engine {
             stdin_w = Some(std::fs::File::from(m.try_clone().map_err(internal("pty"))?));
             *ex.pty.lock().unwrap() = Some(m);
         } else {
-            if let Some(o) = s.child.stdout.take() {
-                readers.push(reader_thread(o, fwd(StdStream::Stdout)));
+            let io = s.take_io();
+            if let Some(o) = io.stdout {
+                readers.push(reader_thread(File::from(o), fwd(StdStream::Stdout)));
             }
-            if let Some(e) = s.child.stderr.take() {
-                readers.push(reader_thread(e, fwd(StdStream::Stderr)));
+            if let Some(e) = io.stderr {
+                readers.push(reader_thread(File::from(e), fwd(StdStream::Stderr)));
             }
-            if let Some(i) = s.child.stdin.take() {
-                stdin_w = Some(std::fs::File::from(OwnedFd::from(i)));
+            if let Some(i) = io.stdin {
+                stdin_w = Some(File::from(i));
             }
         }
         let stdin = match stdin_w {
@@ -154,12 +156,8 @@ impl ExecBackend for Engine {
             _ => None,
         };
         let ex2 = ex.clone();
-        let mut child = s.child;
         std::thread::spawn(move || {
-            let code = child
-                .wait()
-                .map(|s| s.code().unwrap_or(255) as i64)
-                .unwrap_or(255);
+            let code = s.wait();
             *ex2.pty.lock().unwrap() = None;
             for r in readers {
                 let _ = r.join();

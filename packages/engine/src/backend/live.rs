@@ -10,6 +10,7 @@
 
 use super::*;
 use crate::containers::Record;
+use crate::runtime::host::{Task, Watch};
 use crate::runtime::monitor::{self, Event, Restore};
 use docker_api::Frame;
 use std::path::Path;
@@ -31,13 +32,13 @@ pub fn sigterm_stops_containers(live_restore: bool, shutting_down: bool) -> bool
 
 impl Engine {
     /// Follows a running container's monitor until its exit, then runs the exit handler.
-    /// `child`: the shim, when this engine started it (reaped here; its status is the last
-    /// resort for the exit code).
+    /// `task`: the shim, when this engine started it: reaped beside the watch (its status is
+    /// the last resort for the exit code).
     pub(super) fn follow(
         &self,
         c: Arc<Container>,
-        mut watch: monitor::Attached,
-        child: Option<std::process::Child>,
+        mut watch: Box<dyn Watch>,
+        task: Option<Box<dyn Task>>,
         started: i128,
         trace: Arc<Trace>,
     ) {
@@ -46,6 +47,7 @@ impl Engine {
             let tx = c.output.clone();
             let dir = c.dir.clone();
             let tr = trace.clone();
+            let reaper = task.map(|mut t| std::thread::spawn(move || t.wait()));
             let code = tokio::task::spawn_blocking(move || {
                 let exit = loop {
                     match watch.next_event() {
@@ -60,10 +62,10 @@ impl Engine {
                     }
                 };
                 tr.mark("monitor reported the exit");
-                let status = child.and_then(|mut ch| ch.wait().ok());
+                let status = reaper.and_then(|r| r.join().ok());
                 // The monitor killed before its exit frame: its file, else the shim's status.
                 exit.or_else(|| monitor::read_exit(&dir).map(|e| e.exit_code))
-                    .or_else(|| status.and_then(|s| s.code()).map(i64::from))
+                    .or(status)
                     .unwrap_or(255)
             })
             .await
@@ -77,8 +79,8 @@ impl Engine {
 
     /// For a record the last engine left `running`: adopt the container if its monitor
     /// answers (Some: the monitor's attach connection), else record how it ended.
-    pub(super) fn reconcile(&self, dir: &Path, rec: &mut Record) -> Option<monitor::Attached> {
-        let answer = monitor::state(dir);
+    pub(super) fn reconcile(&self, dir: &Path, rec: &mut Record) -> Option<Box<dyn Watch>> {
+        let answer = self.runtime.monitor_state(dir);
         let why = match &answer {
             Ok(s) => format!("monitor: {s:?}"),
             Err(e) => format!("monitor: {e}"),
@@ -87,7 +89,11 @@ impl Engine {
         if let Restore::Adopt { pid } = decision {
             // Attach now: output from here on reaches the engine; an exit in between
             // arrives as the exit frame.
-            match monitor::attach(dir) {
+            let log = self
+                .container_dirs(&rec.id)
+                .1
+                .join(format!("{}-json.log", rec.id));
+            match self.runtime.monitor_attach(dir, &log, None) {
                 Ok(w) => {
                     rec.pid = pid;
                     eprintln!(
@@ -111,22 +117,22 @@ impl Engine {
             short(&rec.id),
             e.exit_code
         );
-        rec.status = "exited".into();
+        rec.status = crate::containers::Status::Exited;
         rec.exit_code = e.exit_code;
         rec.finished_at = e.finished_at;
         rec.pid = 0;
         if let Some(cg) = rec.cgroup.take() {
-            rec.oom_killed = crate::cgroup::oom_killed(&cg);
-            crate::cgroup::remove(&cg);
+            rec.oom_killed = self.runtime.cgroup_oom_killed(&cg);
+            self.runtime.cgroup_remove(&cg);
         }
         None
     }
 
     /// Picks up an adopted container: its stdin, its published ports, the exit handler.
-    pub(super) async fn readopt(&self, c: Arc<Container>, watch: monitor::Attached) {
+    pub(super) async fn readopt(&self, c: Arc<Container>, watch: Box<dyn Watch>) {
         let r = c.snapshot();
         if r.config.open_stdin {
-            match monitor::open_stdin(&c.dir) {
+            match self.runtime.monitor_stdin(&c.dir) {
                 Ok(f) => *c.stdin.lock().unwrap() = Some(f),
                 Err(e) => eprintln!("engine: container {}: stdin: {e}", short(&r.id)),
             }

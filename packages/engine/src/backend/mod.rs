@@ -9,20 +9,23 @@ mod exec;
 mod images;
 mod live;
 mod system;
+#[cfg(test)]
+mod tests;
 
 pub use live::{machine_shutting_down, sigterm_stops_containers};
 
 use crate::args::Args;
-use crate::containers::Container;
+use crate::containers::{Container, Status};
 use crate::images::Store;
 use crate::net;
-use crate::runtime;
+use crate::runtime::{self, Runtime};
 use bytes::Bytes;
 use docker_api::time::now_nanos;
 use docker_api::types::*;
 use docker_api::{ApiError, ApiResult, ContainerBackend};
 use exec::Exec;
 use std::collections::HashMap;
+use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -46,12 +49,12 @@ pub struct Engine {
     shutting_down: std::sync::atomic::AtomicBool,
     /// Bridge networking, when enabled and set up; else why not.
     bridge: Result<(net::Bridge, net::Ipam), String>,
-    /// A shim waiting for the next container's spec ([`Engine::prespawn_shim`]).
-    prespawned: Mutex<Option<runtime::Prespawned>>,
+    /// What needs privilege: shims, cgroups, network attach, signals.
+    runtime: Arc<dyn Runtime>,
 }
 
 /// A running container the last engine left, re-adopted in [`Engine::restore`].
-type Adopted = (Arc<Container>, runtime::monitor::Attached);
+type Adopted = (Arc<Container>, Box<dyn runtime::host::Watch>);
 
 fn random_id() -> String {
     let b: [u8; 32] = rand::random();
@@ -161,6 +164,11 @@ impl Trace {
 
 impl Engine {
     pub fn open(args: &Args) -> anyhow::Result<Self> {
+        Engine::with_runtime(args, Arc::new(runtime::Host::default()))
+    }
+
+    /// [`Engine::open`] on another runtime (the unit tests' recording one).
+    pub fn with_runtime(args: &Args, runtime: Arc<dyn Runtime>) -> anyhow::Result<Self> {
         let root = args.data_root.clone();
         let images = Store::open(&root.join("images"))?.with_share(args.image_share.clone());
         for d in ["containers", "volumes"] {
@@ -170,7 +178,7 @@ impl Engine {
             Err("bridge networking is off (--bridge none)".to_string())
         } else {
             let b = net::Bridge::new(&args.bridge, &args.bip).map_err(anyhow::Error::msg)?;
-            match net::setup_host(&b) {
+            match runtime.setup_bridge(&b) {
                 Ok(()) => {
                     eprintln!(
                         "engine: bridge {} at {}/{} (NAT for {})",
@@ -201,19 +209,13 @@ impl Engine {
             me: OnceLock::new(),
             shutting_down: false.into(),
             bridge,
-            prespawned: Mutex::new(None),
+            runtime,
         })
     }
 
-    /// Starts one shim in advance for the next container (see [`runtime::Prespawned`]):
-    /// axion-vmd's VMs run one container each and are cloned from a template saved with
-    /// this shim waiting. Not refilled after use: a refill would compete with the running
-    /// container for the VM's CPU, and a VM's one container has used it.
+    /// Starts one shim in advance for the next container (see [`runtime::Prespawned`]).
     pub fn prespawn_shim(&self) {
-        match runtime::Prespawned::start() {
-            Ok(p) => *self.prespawned.lock().unwrap() = Some(p),
-            Err(e) => eprintln!("engine: cannot start a shim in advance: {e}"),
-        }
+        self.runtime.prespawn();
     }
 
     /// A container's two directories: state and set-up files, then writable layer and log
@@ -262,12 +264,12 @@ impl Engine {
                 // Live-restore: a container whose monitor answers still runs.
                 let mut watch = None;
                 let mut ended_away = false;
-                if rec.status == "running" {
+                if rec.status == Status::Running {
                     watch = self.reconcile(&dir, &mut rec);
                     ended_away = watch.is_none();
                 }
-                if rec.status == "restarting" {
-                    rec.status = "exited".into();
+                if rec.status.is_active() {
+                    rec.status = Status::Exited;
                     rec.finished_at = now_nanos();
                     rec.pid = 0;
                 }

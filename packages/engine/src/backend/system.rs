@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::cgroup;
-use crate::containers::Record;
+use crate::containers::{Record, Status};
 use docker_api::{EventBackend, NetworkBackend, SystemBackend, VolumeBackend};
 
 impl SystemBackend for Engine {
@@ -51,7 +51,7 @@ impl SystemBackend for Engine {
             .values()
             .map(|c| c.snapshot())
             .collect();
-        let running = cs.iter().filter(|r| r.status == "running").count() as i64;
+        let running = cs.iter().filter(|r| r.status == Status::Running).count() as i64;
         let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
         let mem_kb: i64 = mem
             .lines()
@@ -75,7 +75,7 @@ impl SystemBackend for Engine {
         }
         Ok(Info {
             id: hex::encode(
-                &nix::unistd::gethostname()
+                nix::unistd::gethostname()
                     .map(|h| h.to_string_lossy().as_bytes().to_vec())
                     .unwrap_or_default(),
             ),

@@ -639,6 +639,7 @@ mod tests {
             "nsenter -t {pid} -n bash -c 'echo hi > /dev/tcp/10.123.0.1/{port}' && echo connected"
         ));
         let _ = child.kill();
+        let _ = child.wait();
         assert!(tcp.contains("connected"), "{tcp}");
         let (_, peer) = l.accept().unwrap();
         assert_eq!(peer.ip(), std::net::IpAddr::V4(ep.ip));

@@ -8,11 +8,20 @@
 //! For `__run`, fd 4 (engine → child) releases the child (one byte) after the engine has
 //! put it into its cgroup; a shim started before its container ([`Prespawned`], argument
 //! `-`) first reads its spec's path from fd 4 as one line.
+//!
+//! The engine reaches the shim, cgroups, network attach and signals only through the
+//! [`Runtime`] trait ([`host`]), so that its lifecycle logic is unit-tested on a recording
+//! double (`fake`, test builds only).
 
 pub mod confine;
+pub mod host;
 pub mod monitor;
 pub mod seccomp;
 pub mod shim;
+
+pub use host::{Host, Runtime};
+#[cfg(test)]
+pub mod fake;
 
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Read, Write};

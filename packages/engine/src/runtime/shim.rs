@@ -70,13 +70,36 @@ fn set_cloexec(fd: i32) {
     }
 }
 
+/// A shim's spec, by its mode.
+#[derive(Debug)]
+enum Spec {
+    Run(RunSpec),
+    Exec(ExecSpec),
+}
+
+/// `MODE SPEC`, the shim's arguments.
+fn parse_args(argv: &[String]) -> Option<(&str, &str)> {
+    match argv {
+        [m, s] => Some((m.as_str(), s.as_str())),
+        _ => None,
+    }
+}
+
+/// The spec at `path` (its bytes `data`) for `mode`: None for a mode that is not a shim's,
+/// Err with the message to report.
+fn parse_spec(mode: &str, path: &str, data: &[u8]) -> Option<Result<Spec, String>> {
+    let bad = |e: serde_json::Error| format!("bad spec {path}: {e}");
+    match mode {
+        "__run" => Some(serde_json::from_slice(data).map(Spec::Run).map_err(bad)),
+        "__exec" => Some(serde_json::from_slice(data).map(Spec::Exec).map_err(bad)),
+        _ => None,
+    }
+}
+
 pub fn main(argv: &[String]) -> i32 {
-    let (mode, spec) = match argv {
-        [m, s] => (m.as_str(), s.as_str()),
-        _ => {
-            eprintln!("engine shim: usage: engine __run|__exec SPEC");
-            return 125;
-        }
+    let Some((mode, spec)) = parse_args(argv) else {
+        eprintln!("engine shim: usage: engine __run|__exec SPEC");
+        return 125;
     };
     // A pre-spawned shim (super::Prespawned) learns its spec's path only now.
     let waited;
@@ -101,26 +124,18 @@ pub fn main(argv: &[String]) -> i32 {
             return 125;
         }
     };
-    match mode {
-        "__run" => match serde_json::from_slice::<RunSpec>(&data) {
-            Ok(s) => {
-                TRACE_ON.store(s.trace, std::sync::atomic::Ordering::Relaxed);
-                mark("spec read");
-                run(s)
-            }
-            Err(e) => {
-                report(&format!("error bad spec {spec}: {e}\n"));
-                125
-            }
-        },
-        "__exec" => match serde_json::from_slice::<ExecSpec>(&data) {
-            Ok(s) => exec(s),
-            Err(e) => {
-                report(&format!("error bad spec {spec}: {e}\n"));
-                125
-            }
-        },
-        _ => 125,
+    match parse_spec(mode, spec, &data) {
+        Some(Ok(Spec::Run(s))) => {
+            TRACE_ON.store(s.trace, std::sync::atomic::Ordering::Relaxed);
+            mark("spec read");
+            run(s)
+        }
+        Some(Ok(Spec::Exec(s))) => exec(s),
+        Some(Err(msg)) => {
+            report(&format!("error {msg}\n"));
+            125
+        }
+        None => 125,
     }
 }
 
@@ -619,6 +634,7 @@ fn loopback_up() {
     }
 }
 
+#[derive(Debug, PartialEq, Eq)]
 struct Ids {
     uid: u32,
     gid: u32,
@@ -631,6 +647,11 @@ struct Ids {
 fn resolve_user(spec: &str) -> Result<Ids, Fail> {
     let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
     let group = fs::read_to_string("/etc/group").unwrap_or_default();
+    resolve_user_in(spec, &passwd, &group)
+}
+
+/// [`resolve_user`] against the text of a passwd and a group file.
+fn resolve_user_in(spec: &str, passwd: &str, group: &str) -> Result<Ids, Fail> {
     let (u, g) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
@@ -891,3 +912,6 @@ fn exec(spec: ExecSpec) -> i32 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -44,7 +44,10 @@ fn run(p: &[libc::sock_filter], arch: u32, nr: u32, args: [u64; 6]) -> u32 {
         match i.code {
             LD_W_ABS => {
                 let o = i.k as usize;
-                assert!(o + 4 <= data.len() && o % 4 == 0, "bad load offset {o}");
+                assert!(
+                    o + 4 <= data.len() && o.is_multiple_of(4),
+                    "bad load offset {o}"
+                );
                 a = u32::from_le_bytes(data[o..o + 4].try_into().unwrap());
             }
             AND_K => a &= i.k,
