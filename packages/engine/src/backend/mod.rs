@@ -268,7 +268,8 @@ impl Engine {
                     watch = self.reconcile(&dir, &mut rec);
                     ended_away = watch.is_none();
                 }
-                if rec.status.is_active() {
+                // Restarting (or anything else in flight) when the engine went: over.
+                if rec.status.is_active() && watch.is_none() {
                     rec.status = Status::Exited;
                     rec.finished_at = now_nanos();
                     rec.pid = 0;
