@@ -499,6 +499,7 @@ fn containers_outlive_a_killed_engine() {
     assert_eq!(st(&e, "counter").trim(), "running", "{}", e.stderr());
     assert_eq!(st(&e, "reader").trim(), "running");
     assert!(e.stderr().contains("re-attached"), "{}", e.stderr());
+
     // stdin reaches the adopted container (the killed engine's end did not close it).
     let mut c = e.docker_cmd(&["attach", "reader"]);
     let mut child = c
@@ -528,9 +529,23 @@ fn containers_outlive_a_killed_engine() {
         std::fs::read_to_string(cdir.join("shim.log")).unwrap_or_default(),
         std::fs::read_to_string(cdir.join("exit.json")).unwrap_or_default(),
     );
+    // `logs -f` follows the adopted container until it ends (a client's stream ends with
+    // the engine that served it, as with dockerd: so started after the last restart).
+    let follow = e
+        .docker_cmd(&["logs", "-f", "counter"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     assert_eq!(e.ok(&["wait", "counter"]).trim(), "7");
     let want: Vec<u32> = (0..80).collect();
     assert_eq!(lines(&e), want, "the log must have every line");
+    let followed = follow.wait_with_output().unwrap();
+    let got: Vec<u32> = String::from_utf8_lossy(&followed.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert_eq!(got, want, "logs -f of the adopted container");
     e.ok(&["stop", "-t", "1", "reader"]);
     assert_eq!(st(&e, "reader").trim(), "exited");
     // Exited while no engine ran: the exit file gives the real code.
