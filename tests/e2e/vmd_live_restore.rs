@@ -20,7 +20,7 @@ impl Drop for StopOnDrop {
     fn drop(&mut self) {
         let _ = xtask(
             &["vmd", "--stop", "--state-dir", &self.0],
-            Duration::from_secs(120),
+            Duration::from_secs(600),
         );
         for pid in qemus_under(Path::new(&self.0)) {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
@@ -139,9 +139,10 @@ fn a_daemon_restart_re_adopts_the_running_vms() {
 
     // --- --stop still ends every VM ----------------------------------------------------------
     cli.ok(&["run", "-d", "--name", "last", &img, "sleep", "600"]);
+    // (`cargo xtask` may build xtask first: minutes on a loaded machine.)
     xtask_ok(
         &["vmd", "--stop", "--state-dir", &state_s],
-        Duration::from_secs(120),
+        Duration::from_secs(600),
     )
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
