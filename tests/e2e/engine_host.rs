@@ -101,6 +101,17 @@ impl Engine {
     /// Stops the engine (SIGTERM) and starts it again on the same data root, as a reboot does.
     fn restart(&mut self, extra: &[&str]) {
         self.terminate();
+        self.respawn(extra);
+    }
+
+    /// Kills the engine (SIGKILL, as a crash) and starts it again on the same data root.
+    fn kill_and_restart(&mut self, extra: &[&str]) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.respawn(extra);
+    }
+
+    fn respawn(&mut self, extra: &[&str]) {
         let sock = self.root.path().join("docker.sock");
         let _ = std::fs::remove_file(&sock);
         // `--bridge none`: the engine runs on the build host itself, whose network (bridges,
@@ -459,6 +470,121 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Live-restore: containers outlive an engine that is killed (`kill -9`) or, with
+/// `--live-restore`, stopped by SIGTERM; the next engine re-adopts them: Up, the log has
+/// what they wrote meanwhile, exec, stdin, stop and their exit codes work. (The same in the
+/// VM, with init restarting the engine: tests/e2e/engine_live_restore.rs.)
+#[test]
+fn containers_outlive_a_killed_engine() {
+    skip_unless_capable!();
+    let (_reg, mut e, img) = engine_with_busybox(&[]);
+    let script = "i=0; while [ $i -lt 80 ]; do echo $i; i=$((i+1)); sleep 0.1; done; exit 7";
+    e.ok(&["run", "-d", "--name", "counter", &img, "sh", "-c", script]);
+    e.ok(&[
+        "run",
+        "-d",
+        "-i",
+        "--name",
+        "reader",
+        &img,
+        "sh",
+        "-c",
+        "read l; echo \"got $l\"; sleep 100",
+    ]);
+    let lines = |e: &Engine| -> Vec<u32> {
+        e.ok(&["logs", "counter"])
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while lines(&e).len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "no counter output: logs {:?}, ps {}, engine: {}",
+            e.ok(&["logs", "counter"]),
+            e.ok(&["ps", "-a"]),
+            e.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    e.kill_and_restart(&["--live-restore"]);
+    let st = |e: &Engine, n: &str| e.ok(&["inspect", "--format", "{{.State.Status}}", n]);
+    assert_eq!(st(&e, "counter").trim(), "running", "{}", e.stderr());
+    assert_eq!(st(&e, "reader").trim(), "running");
+    assert!(e.stderr().contains("re-attached"), "{}", e.stderr());
+
+    // stdin reaches the adopted container (the killed engine's end did not close it).
+    let mut c = e.docker_cmd(&["attach", "reader"]);
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"line\n").unwrap();
+    wait_until("the adopted container reads stdin", || {
+        e.ok(&["logs", "reader"]).contains("got line")
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(e.ok(&["exec", "counter", "echo", "in"]).trim(), "in");
+    // SIGTERM with --live-restore: the containers run on.
+    e.restart(&[]);
+    let id = e.ok(&["inspect", "--format", "{{.Id}}", "counter"]);
+    let cdir = e.data().join("containers").join(id.trim());
+    assert_eq!(
+        st(&e, "counter").trim(),
+        "running",
+        "{}\n{:?}: {:?}\nshim.log: {}\nexit.json: {}",
+        e.stderr(),
+        cdir,
+        std::fs::read_dir(&cdir).map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>()),
+        std::fs::read_to_string(cdir.join("shim.log")).unwrap_or_default(),
+        std::fs::read_to_string(cdir.join("exit.json")).unwrap_or_default(),
+    );
+    // `logs -f` follows the adopted container until it ends (a client's stream ends with
+    // the engine that served it, as with dockerd: so started after the last restart).
+    let follow = e
+        .docker_cmd(&["logs", "-f", "counter"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert_eq!(e.ok(&["wait", "counter"]).trim(), "7");
+    let want: Vec<u32> = (0..80).collect();
+    assert_eq!(lines(&e), want, "the log must have every line");
+    let followed = follow.wait_with_output().unwrap();
+    let got: Vec<u32> = String::from_utf8_lossy(&followed.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert_eq!(got, want, "logs -f of the adopted container");
+    e.ok(&["stop", "-t", "1", "reader"]);
+    assert_eq!(st(&e, "reader").trim(), "exited");
+    // Exited while no engine ran: the exit file gives the real code.
+    e.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "quick",
+        &img,
+        "sh",
+        "-c",
+        "sleep 1; exit 5",
+    ]);
+    let _ = e.child.kill();
+    let _ = e.child.wait();
+    std::thread::sleep(Duration::from_millis(2500));
+    e.respawn(&[]);
+    assert_eq!(st(&e, "quick").trim(), "exited");
+    assert_eq!(
+        e.ok(&["inspect", "--format", "{{.State.ExitCode}}", "quick"])
+            .trim(),
+        "5"
+    );
 }
 
 #[test]

@@ -28,6 +28,8 @@ impl Server {
                 .build()
                 .expect("tokio runtime");
             rt.block_on(async move {
+                // VMs an earlier daemon on this state left running (live-restore).
+                d.resume().await;
                 let serve = docker_api::server::serve_unix(Arc::new(Api(d)), &path);
                 tokio::select! {
                     r = serve => eprintln!("vmd: the unix listener ended: {r:?}"),
@@ -35,10 +37,14 @@ impl Server {
                 }
             });
         });
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // Re-adopting VMs (live-restore) may take a while before the socket serves.
+        let deadline = Instant::now() + Duration::from_secs(120);
         while !socket.exists() {
             if Instant::now() > deadline {
-                bail!("the daemon did not create {} within 10 s", socket.display());
+                bail!(
+                    "the daemon did not create {} within 120 s",
+                    socket.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -82,8 +82,11 @@
 //!   a limit below the VM's RAM is accepted with a warning, and a guest that touches more
 //!   gets its VM killed (the container then shows as exited with an error). Only when
 //!   neither cgroup layout works do `docker info` and the daemon's log warn.
-//! - Containers do not survive the daemon (their VMs are killed when it stops), and an
-//!   exited container cannot be started again (its VM is gone; `start` answers 409).
+//! - Containers survive the daemon (live-restore, [`live`]): a daemon that dies leaves
+//!   its VMs running, and with `--live-restore` so does one stopped by SIGTERM; the next
+//!   daemon re-adopts them from the records beside each VM. Without `--live-restore`, a
+//!   SIGTERM (`cargo xtask vmd --stop`) or Ctrl-C ends every VM. An exited container cannot
+//!   be started again (its VM is gone; `start` answers 409).
 //! - `-p HOST:CONTAINER` forwards 127.0.0.1:HOST (QEMU's user network binds loopback only)
 //!   to the container's port in the VM: the container has its VM's network namespace and
 //!   address (10.0.2.15; `bridge`, the default, and `host` both mean the VM's network,
@@ -161,8 +164,8 @@
 //!
 //! - virtio-fs (with DAX) would be faster than 9p but needs a virtiofsd on the host.
 //! - No `cp`, `restart`/`start` after exit, server-side detach keys (`detachKeys`).
-//! - QEMU is not tied to the daemon's life: if the daemon is SIGKILLed its VMs stay until
-//!   the next start stops them (a clean stop kills them at once).
+//! - Exec sessions do not survive a daemon restart (their ids are the daemon's, in memory);
+//!   new ones work on a re-adopted container.
 //! - `-m` does not size the guest (all clones share the template's RAM size): a template
 //!   per memory size would make `-m` the VM's RAM.
 
@@ -171,6 +174,7 @@ pub mod client;
 mod exec;
 pub mod guest;
 pub mod images;
+pub mod live;
 pub mod store;
 pub mod template;
 
@@ -241,7 +245,7 @@ struct Ctr {
     ports: Vec<(String, u16)>,
     state: Mutex<State>,
     phase: watch::Sender<Phase>,
-    vm: Mutex<Option<qemu::Vm>>,
+    vm: Mutex<Option<live::VmProc>>,
     /// The clone agent's channel, kept connected while the VM runs (see `clone_vm`).
     agent: Mutex<Option<std::os::unix::net::UnixStream>>,
     guest: GuestClient,
@@ -292,6 +296,8 @@ pub struct Daemon {
     execs: exec::Execs,
     cgroups: Option<cgroup::Cgroups>,
     warnings: Vec<String>,
+    /// VMs an earlier daemon left running, re-adopted by [`Daemon::resume`].
+    pending: Mutex<Vec<live::Pending>>,
 }
 
 fn internal(what: &str) -> impl FnOnce(anyhow::Error) -> ApiError + '_ {
@@ -312,26 +318,13 @@ impl Daemon {
             opts.accel,
             store.root(),
         )?;
-        // Containers of an earlier run are gone with their VMs; VMs a killed daemon left
-        // running are stopped now.
         let cdir = opts.state_dir.join("c");
-        for pid in orphan_vms(&cdir) {
-            eprintln!("vmd: stopping QEMU pid {pid} left by an earlier daemon");
-            // SAFETY: kill(2) on a pid whose command line names our own state directory.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-        }
-        let _ = std::fs::remove_dir_all(&cdir);
         std::fs::create_dir_all(&cdir)?;
         let images = images::Images::open(
             opts.state_dir.join("images.json"),
             store,
             opts.insecure_registries.clone(),
         );
-        // No VM runs now: what no image record uses goes (an interrupted pull or collection).
-        match images.collect_now() {
-            Ok(c) => report_collected(&c),
-            Err(e) => eprintln!("vmd: WARNING: collecting the layer store's garbage: {e:#}"),
-        }
         let mut warnings = Vec::new();
         let cgroups = match cgroup::Cgroups::setup() {
             Ok(c) => Some(c),
@@ -345,7 +338,7 @@ impl Daemon {
                 None
             }
         };
-        Ok(Daemon {
+        let d = Daemon {
             opts,
             template,
             images,
@@ -353,7 +346,24 @@ impl Daemon {
             execs: Default::default(),
             cgroups,
             warnings,
-        })
+            pending: Mutex::new(Vec::new()),
+        };
+        // Live-restore (live.rs): VMs an earlier daemon left running are re-adopted (their
+        // images pinned before the collection below), exited containers kept.
+        let pending = d.load_records(&cdir);
+        if !pending.is_empty() {
+            eprintln!(
+                "vmd: {} container VM(s) of an earlier daemon still run",
+                pending.len()
+            );
+        }
+        *d.pending.lock().unwrap_or_else(PoisonError::into_inner) = pending;
+        // What no image record and no running VM uses goes (an interrupted pull or collection).
+        match d.images.collect_now() {
+            Ok(c) => report_collected(&c),
+            Err(e) => eprintln!("vmd: WARNING: collecting the layer store's garbage: {e:#}"),
+        }
+        Ok(d)
     }
 
     pub fn template(&self) -> &template::Template {
@@ -394,7 +404,7 @@ impl Daemon {
         for c in all {
             c.quitting.store(true, Ordering::SeqCst);
             if let Some(mut vm) = c.vm.lock().unwrap_or_else(PoisonError::into_inner).take() {
-                let _ = vm.kill();
+                vm.kill();
             }
             self.cleanup_cgroup(&c);
             let _ = std::fs::remove_dir_all(&c.dir);
@@ -517,6 +527,7 @@ impl Daemon {
             st.pid = 0;
         }
         let _ = c.phase.send(Phase::Exited);
+        c.save();
         if c.req.host_config.auto_remove {
             self.remove_now(c);
         }
@@ -546,11 +557,11 @@ impl Daemon {
                     let mut g = c.vm.lock().unwrap_or_else(PoisonError::into_inner);
                     match g.as_mut() {
                         None => return,
-                        Some(vm) => vm.try_exit_status().map(|st| {
+                        Some(vm) => vm.exited().map(|st| {
                             (
                                 st,
-                                tail(vm.qemu_log(), 5),
-                                vm.serial_log().map(|p| tail(p, 5)).unwrap_or_default(),
+                                tail(&vm.qemu_log(), 5),
+                                vm.serial_log().map(|p| tail(&p, 5)).unwrap_or_default(),
                             )
                         }),
                     }
@@ -566,6 +577,39 @@ impl Daemon {
                     eprintln!("vmd: {}: {msg}", c.short());
                     d.finish(&c, 255, Some(msg)).await;
                     return;
+                }
+            }
+        });
+    }
+}
+
+impl Daemon {
+    /// Waits in the guest for a running container's exit, then finishes it.
+    fn follow(self: &Arc<Self>, c: Arc<Ctr>) {
+        let d = self.clone();
+        tokio::spawn(async move {
+            let r = c.guest.wait(&c.gid).await;
+            debug(&format!("{}: the guest's wait returned", c.short()));
+            if c.finished.load(Ordering::SeqCst) || c.quitting.load(Ordering::SeqCst) {
+                return;
+            }
+            match r {
+                Ok(w) => {
+                    let err = w.error.map(|e| e.message).filter(|m| !m.is_empty());
+                    d.finish(&c, w.status_code, err).await
+                }
+                Err(e) => {
+                    // The VM died (the watcher reports that) or the channel broke.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if c.quitting.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    d.finish(
+                        &c,
+                        255,
+                        Some(format!("lost the container's VM: {}", e.message)),
+                    )
+                    .await
                 }
             }
         });

@@ -68,6 +68,11 @@ struct Args {
     /// always are.
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]|CIDR", value_parser = registry::parse_insecure)]
     insecure_registries: Vec<String>,
+    /// On SIGTERM, leave the container VMs running for the next daemon, which re-adopts
+    /// them (dockerd's flag). Without it SIGTERM and Ctrl-C end every VM. A daemon that
+    /// dies (SIGKILL, a crash) always leaves them, whatever the flag.
+    #[arg(long)]
+    live_restore: bool,
 }
 
 fn main() -> Result<()> {
@@ -103,7 +108,10 @@ fn main() -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(async {
+    let live_restore = args.live_restore;
+    let keep = rt.block_on(async {
+        // VMs an earlier daemon left running: reconnected before the socket serves.
+        daemon.resume().await;
         let b = Arc::new(vmd::Api(daemon.clone()));
         let path = socket.clone();
         let unix = tokio::spawn(async move { docker_api::server::serve_unix(b, &path).await });
@@ -126,14 +134,25 @@ fn main() -> Result<()> {
         println!("export DOCKER_HOST=unix://{}", socket.display());
         eprintln!("vmd: serving unix://{}", socket.display());
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = term.recv() => eprintln!("vmd: SIGTERM: stopping every VM"),
-            _ = tokio::signal::ctrl_c() => eprintln!("vmd: interrupted: stopping every VM"),
-            r = unix => eprintln!("vmd: the unix listener ended: {r:?}"),
-        }
-        Ok::<(), anyhow::Error>(())
+        let keep = tokio::select! {
+            _ = term.recv() => {
+                if live_restore {
+                    eprintln!("vmd: SIGTERM: leaving the VMs running for the next daemon (--live-restore)");
+                } else {
+                    eprintln!("vmd: SIGTERM: stopping every VM");
+                }
+                live_restore
+            }
+            _ = tokio::signal::ctrl_c() => { eprintln!("vmd: interrupted: stopping every VM"); false }
+            r = unix => { eprintln!("vmd: the unix listener ended: {r:?}"); false }
+        };
+        Ok::<bool, anyhow::Error>(keep)
     })?;
-    daemon.shutdown();
+    if keep {
+        daemon.detach_all();
+    } else {
+        daemon.shutdown();
+    }
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

@@ -62,13 +62,19 @@ pub struct Args {
     /// stream one HTTP connection (crates/vchan).
     #[arg(long, value_name = "NAME")]
     pub vmd_port: Option<String>,
+    /// Keep containers running when the engine stops on SIGTERM (dockerd's flag): only init's
+    /// shutdown of the machine (its marker /run/axion/shutdown) stops them then. Whatever the
+    /// flag, containers outlive an engine that crashes or is killed, and a started engine
+    /// re-adopts those still running (backend/live.rs).
+    #[arg(long)]
+    pub live_restore: bool,
 }
 
 /// Settings a user can add without changing the service's command line, read from
 /// `<data-root>/daemon.json` at start (the root filesystem is immutable, so dockerd's
 /// /etc/docker/daemon.json would not be writable): `{"insecure-registries": ["host:port"],
-/// "bridge": "axion0", "bip": "172.17.0.1/16"}`. Values there add to (registries) or
-/// override (bridge, bip) the flags.
+/// "bridge": "axion0", "bip": "172.17.0.1/16", "live-restore": true}`. Values there add to
+/// (registries) or override (bridge, bip, live-restore) the flags.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct DaemonJson {
@@ -76,6 +82,7 @@ pub struct DaemonJson {
     pub insecure_registries: Vec<String>,
     pub bridge: Option<String>,
     pub bip: Option<String>,
+    pub live_restore: Option<bool>,
 }
 
 impl Args {
@@ -95,6 +102,9 @@ impl Args {
         }
         if let Some(b) = d.bip {
             self.bip = b;
+        }
+        if let Some(l) = d.live_restore {
+            self.live_restore = l;
         }
         Ok(self)
     }

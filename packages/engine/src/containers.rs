@@ -5,7 +5,6 @@ use crate::runtime::Bind;
 use docker_api::types::{ContainerConfig, HostConfig, MountPoint};
 use docker_api::Frame;
 use serde::{Deserialize, Serialize};
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use tokio::sync::{broadcast, watch};
@@ -108,8 +107,8 @@ pub struct Container {
     /// Output of the current run; `None` marks the end of a run.
     pub output: broadcast::Sender<Option<Frame>>,
     pub events: watch::Sender<Events>,
+    /// The connection for its stdin to its monitor (runtime::monitor, `I`).
     pub stdin: Mutex<Option<std::fs::File>>,
-    pub pty: Mutex<Option<OwnedFd>>,
     pub proxies: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Serialises start/stop/remove of this container.
     pub op: tokio::sync::Mutex<()>,
@@ -132,7 +131,6 @@ impl Container {
             output,
             events,
             stdin: Mutex::new(None),
-            pty: Mutex::new(None),
             proxies: Mutex::new(Vec::new()),
             op: tokio::sync::Mutex::new(()),
         }

@@ -4,8 +4,6 @@
 use bytes::Bytes;
 use docker_api::{Frame, StdStream};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
-use std::path::Path;
 
 #[derive(Serialize, Deserialize)]
 pub struct Line {
@@ -28,17 +26,6 @@ pub fn encode(f: &Frame, time: &str) -> Vec<u8> {
     .unwrap_or_default();
     v.push(b'\n');
     v
-}
-
-pub fn append(path: &Path, f: &Frame) -> std::io::Result<()> {
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
-    file.write_all(&encode(
-        f,
-        &docker_api::time::rfc3339(docker_api::time::now_nanos()),
-    ))
 }
 
 /// Parses log lines into frames, honouring stream selection and timestamps.

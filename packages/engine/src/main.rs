@@ -14,6 +14,10 @@
 //!   handler's panic answers 500 and the server serves on (docker-api's `server::handle`),
 //!   a panicking task (a layer unpack) ends alone. Hostile input itself gets errors, never
 //!   panics (registry answers, layers, `docker load` archives, API requests).
+//! - Containers outlive the engine (live-restore): each runs under its shim's monitor
+//!   (runtime::monitor), which owns its streams, writes its log and records its exit; a
+//!   started engine re-adopts the running ones (backend/live.rs). SIGTERM stops them unless
+//!   `--live-restore` is given; with it, only during init's shutdown of the machine.
 
 mod args;
 mod backend;
@@ -127,7 +131,20 @@ async fn serve(args: args::Args) -> Result<()> {
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = term.recv() => eprintln!("engine: SIGTERM, stopping containers"),
+        _ = term.recv() => {
+            let shutdown = backend::machine_shutting_down();
+            if !backend::sigterm_stops_containers(args.live_restore, shutdown) {
+                // live-restore: the monitors keep the containers; the next engine re-adopts.
+                eprintln!("engine: SIGTERM, leaving the containers running (live-restore)");
+                // At once: the runtime's drop would wait for the threads that follow the
+                // containers, i.e. for the containers to end. Their state is saved.
+                std::process::exit(0);
+            }
+            eprintln!(
+                "engine: SIGTERM{}, stopping containers",
+                if shutdown { " (the machine shuts down)" } else { "" }
+            );
+        }
         _ = tokio::signal::ctrl_c() => eprintln!("engine: interrupted, stopping containers"),
         r = futures_first(tasks) => { r?; }
     }

@@ -53,7 +53,8 @@
 //!
 //! Triggers, with busybox init's conventions so busybox `halt`, `poweroff` and `reboot` work:
 //! SIGUSR1 halt, SIGUSR2 or SIGPWR power off, SIGTERM or SIGINT (Ctrl-Alt-Del) reboot, and
-//! the ACPI power button (KEY_POWER on /dev/input/event*) power off. Then: SIGTERM to every
+//! the ACPI power button (KEY_POWER on /dev/input/event*) power off. Then: the marker
+//! /run/axion/shutdown (so the engine tells a shutdown from a restart of itself), SIGTERM to every
 //! service's process group, SIGKILL after its `stop-timeout`; SIGTERM to every remaining
 //! process, SIGKILL 2 s later; a fresh RNG seed is saved; sync; /var/log and /var/lib (and
 //! anything mounted below) remounted read-only and unmounted; reboot(2).
@@ -100,6 +101,11 @@ const PARSE_TIMEOUT: Duration = Duration::from_secs(20);
 pub const DHCP_WAIT: Duration = Duration::from_secs(3);
 /// Between SIGTERM and SIGKILL for processes that are not services, at shutdown.
 const KILL_WAIT: Duration = Duration::from_secs(2);
+/// Written before the services are signalled at shutdown, so a service can tell the
+/// machine's shutdown from a restart of itself: the engine, with `--live-restore`, stops its
+/// containers on SIGTERM only when this exists (packages/engine, backend/live.rs). /run is a
+/// tmpfs: it never outlives the boot.
+const SHUTDOWN_MARKER: &str = "/run/axion/shutdown";
 /// After SIGKILL, how long to wait for the last processes to disappear before unmounting.
 const REAP_WAIT: Duration = Duration::from_secs(1);
 
@@ -597,6 +603,11 @@ impl Init {
             Final::Halt => "halt",
         };
         info!("shutting down ({what}): stopping services");
+        if let Err(e) = fs::create_dir_all("/run/axion")
+            .and_then(|()| fs::write(SHUTDOWN_MARKER, format!("{what}\n")))
+        {
+            warn!("writing {SHUTDOWN_MARKER}: {e}");
+        }
         // Each service gets SIGKILL at its own stop-timeout (stop_timer); this deadline is the
         // backstop for one that does not even die of that.
         let deadline = self.sup.stop_all(now) + KILL_WAIT;

@@ -258,7 +258,7 @@ impl ContainerBackend for Api {
                 ..Default::default()
             }),
             phase: watch::channel(Phase::Created).0,
-            vm: Mutex::new(vm),
+            vm: Mutex::new(vm.map(|v| live::VmProc::Own(Box::new(v)))),
             agent: Mutex::new(Some(agent)),
             guest,
             gid,
@@ -273,6 +273,7 @@ impl ContainerBackend for Api {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id.clone(), c.clone());
         let warnings = self.limit_warnings(&c.req.host_config);
+        c.save();
         self.watch_vm(c);
         pin.keep();
         Ok(ContainerCreateResponse { id, warnings })
@@ -361,30 +362,8 @@ impl ContainerBackend for Api {
         }
         let _ = c.phase.send(Phase::Running);
         debug(&format!("{}: started in the VM", c.short()));
-        let d = self.0.clone();
-        tokio::spawn(async move {
-            let r = c.guest.wait(&c.gid).await;
-            debug(&format!("{}: the guest's wait returned", c.short()));
-            if c.finished.load(Ordering::SeqCst) {
-                return;
-            }
-            match r {
-                Ok(w) => {
-                    let err = w.error.map(|e| e.message).filter(|m| !m.is_empty());
-                    d.finish(&c, w.status_code, err).await
-                }
-                Err(e) => {
-                    // The VM died (the watcher reports that) or the channel broke.
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    d.finish(
-                        &c,
-                        255,
-                        Some(format!("lost the container's VM: {}", e.message)),
-                    )
-                    .await
-                }
-            }
-        });
+        c.save();
+        self.0.follow(c);
         Ok(())
     }
 

@@ -6,11 +6,11 @@ use crate::containers::{parse_signal, random_name, valid_name, Events, Record, S
 use crate::runtime::{Process, RunSpec, Stdio3};
 use crate::{logs, netproxy};
 use docker_api::time::{human, rfc3339, since};
-use docker_api::{AttachIo, AttachOptions, Frame, FrameRx, LogsOptions, StdStream, WaitCondition};
+use docker_api::{AttachIo, AttachOptions, FrameRx, LogsOptions, StdStream, WaitCondition};
 use std::path::Path;
 
 /// Binds the host side of every `-p` of a container (TCP and UDP).
-async fn publish_ports(r: &Record) -> Result<Vec<netproxy::Bound>, String> {
+pub(super) async fn publish_ports(r: &Record) -> Result<Vec<netproxy::Bound>, String> {
     let map = r.host_config.port_bindings.clone().unwrap_or_default();
     let mut bound = Vec::new();
     for m in docker_api::portspec::from_port_bindings(&map).map_err(|e| e.to_string())? {
@@ -62,6 +62,9 @@ impl Engine {
             new_netns: r.host_config.network_mode != "host",
             volatile: self.volatile_layers,
             trace: Trace::enabled(),
+            state_dir: c.dir.clone(),
+            log_path: c.log_path(),
+            open_stdin: r.config.open_stdin,
             process: Process {
                 args,
                 env,
@@ -124,16 +127,13 @@ impl Engine {
             .cgroup_create(&r.id, &r.host_config)
             .map_err(internal("creating cgroup"))?;
         trace.mark("ports, address, spec written, cgroup created");
-        let stdio = if r.config.tty {
-            Stdio3::Console
-        } else {
-            Stdio3::Pipes {
-                stdin: r.config.open_stdin,
-            }
-        };
+        // The shim's monitor makes the container's streams; the last run's exit record goes.
+        let stdio = Stdio3::Detached;
+        runtime::monitor::clear(&c.dir);
         let cgc = cg.clone();
         let (id, att, tr) = (r.id.clone(), attach.clone(), trace.clone());
         let rt = self.runtime.clone();
+        let (dir, log) = (c.dir.clone(), c.log_path());
         let spawned = tokio::task::spawn_blocking(move || {
             tr.mark("blocking task runs");
             let mut s = rt.spawn_container(&id, &spec_path, stdio)?;
@@ -152,7 +152,16 @@ impl Engine {
                 }
                 tr.mark("network attached");
             }
-            let res = s.release().and_then(|()| s.take_console());
+            // Attached before the release: no output of the container is missed.
+            let res = match rt.monitor_attach(&dir, &log, Some(&mut *s)) {
+                Ok(w) => s.release().map(|()| w),
+                Err(e) => {
+                    s.cancel();
+                    Err(runtime::SpawnError::Start(format!(
+                        "attaching to the container's monitor: {e}"
+                    )))
+                }
+            };
             tr.mark("released: the container exec'd (or failed)");
             for t in s.take_trace() {
                 tr.mark(&t);
@@ -181,8 +190,8 @@ impl Engine {
             Ok(v) => v,
             Err(e) => return Err(fail(e.to_string(), 128)),
         };
-        let master = match res {
-            Ok(m) => m,
+        let watch = match res {
+            Ok(w) => w,
             Err(e) => {
                 let _ = s.wait();
                 let code = if e.to_string().contains("executable file not found") {
@@ -206,73 +215,35 @@ impl Engine {
         c.save();
         c.events.send_modify(|e| e.running = true);
         trace.mark("running, state saved");
-        // Output → log file + attach subscribers.
-        let log = c.log_path();
-        let mut readers = Vec::new();
-        let sink = |stream: StdStream| {
-            let tx = c.output.clone();
-            let log = log.clone();
-            move |b: Bytes| {
-                let f = Frame { stream, data: b };
-                let _ = logs::append(&log, &f);
-                let _ = tx.send(Some(f));
-            }
-        };
-        if let Some(m) = master {
-            let rd = std::fs::File::from(m.try_clone().map_err(internal("pty"))?);
-            *c.stdin.lock().unwrap() =
-                Some(std::fs::File::from(m.try_clone().map_err(internal("pty"))?));
-            *c.pty.lock().unwrap() = Some(m);
-            readers.push(reader_thread(rd, sink(StdStream::Stdout)));
-        } else {
-            let io = s.take_io();
-            if let Some(o) = io.stdout {
-                readers.push(reader_thread(File::from(o), sink(StdStream::Stdout)));
-            }
-            if let Some(e) = io.stderr {
-                readers.push(reader_thread(File::from(e), sink(StdStream::Stderr)));
-            }
-            if let Some(i) = io.stdin {
-                *c.stdin.lock().unwrap() = Some(File::from(i));
-            }
+        // Output goes to the log from the monitor, to attach subscribers from `follow`.
+        if r.config.open_stdin {
+            *c.stdin.lock().unwrap() = Some(
+                self.runtime
+                    .monitor_stdin(&c.dir)
+                    .map_err(internal("stdin"))?,
+            );
         }
         // Published ports: the host sockets were bound before the start.
         let pid = s.pid();
         let proxies: Vec<_> = published.into_iter().map(|b| b.serve(pid)).collect();
         *c.proxies.lock().unwrap() = proxies;
-        // Exit handling.
-        let me = self.arc();
-        let c2 = c.clone();
-        let started = now_nanos();
         trace.mark("start answered");
-        tokio::spawn(async move {
-            let tr = trace.clone();
-            let code = tokio::task::spawn_blocking(move || {
-                let code = s.wait();
-                tr.mark("shim exited");
-                for r in readers {
-                    let _ = r.join();
-                }
-                tr.mark("output drained");
-                code
-            })
-            .await
-            .unwrap_or(255);
-            if let Some(me) = me {
-                me.on_exit(c2, code, started, &trace).await;
-            }
-            trace.mark("exit handled");
-        });
+        self.follow(c.clone(), watch, Some(s), now_nanos(), trace);
         Ok(())
     }
 
-    async fn on_exit(self: Arc<Self>, c: Arc<Container>, code: i64, started: i128, trace: &Trace) {
+    pub(super) async fn on_exit(
+        self: Arc<Self>,
+        c: Arc<Container>,
+        code: i64,
+        started: i128,
+        trace: &Trace,
+    ) {
         let _ = c.output.send(None);
         for p in c.proxies.lock().unwrap().drain(..) {
             p.abort();
         }
         *c.stdin.lock().unwrap() = None;
-        *c.pty.lock().unwrap() = None;
         let r = {
             let mut rec = c.rec.lock().unwrap();
             rec.status = Status::Exited;
@@ -321,7 +292,12 @@ impl Engine {
                 (100u64 << r.restart_count.min(8)).min(10_000)
             };
             {
+                // Decided again under the lock: a stop that came after the snapshot above
+                // (and found the container exited) must not be followed by a restart.
                 let mut rec = c.rec.lock().unwrap();
+                if rec.stopped_by_user || rec.status != Status::Exited {
+                    return;
+                }
                 rec.restart_count += 1;
                 rec.status = Status::Restarting;
             }
@@ -982,7 +958,7 @@ impl ContainerBackend for Engine {
                     }
                 };
                 let c3 = c2.clone();
-                stdin_thread(w, irx, move || {
+                live::stdin_to_monitor(w, irx, once && !tty, move || {
                     if once && !tty {
                         *c3.stdin.lock().unwrap() = None;
                     }
@@ -1001,8 +977,10 @@ impl ContainerBackend for Engine {
 
     async fn container_resize(&self, id: &str, h: u16, w: u16) -> ApiResult<()> {
         let c = self.find(id)?;
-        if let Some(m) = c.pty.lock().unwrap().as_ref() {
-            set_winsize(m, h, w);
+        if c.rec.lock().unwrap().config.tty && c.is_running() {
+            let dir = c.dir.clone();
+            let rt = self.runtime.clone();
+            let _ = tokio::task::spawn_blocking(move || rt.monitor_resize(&dir, h, w)).await;
         }
         Ok(())
     }

@@ -7,10 +7,13 @@ mod archive;
 mod containers;
 mod exec;
 mod images;
+mod live;
 mod system;
 #[cfg(test)]
 mod tests;
 mod volumes;
+
+pub use live::{machine_shutting_down, sigterm_stops_containers};
 
 use crate::args::Args;
 use crate::containers::{Container, Status};
@@ -51,6 +54,9 @@ pub struct Engine {
     /// What needs privilege: shims, cgroups, network attach, signals.
     runtime: Arc<dyn Runtime>,
 }
+
+/// A running container the last engine left, re-adopted in [`Engine::restore`].
+type Adopted = (Arc<Container>, Box<dyn runtime::host::Watch>);
 
 fn random_id() -> String {
     let b: [u8; 32] = rand::random();
@@ -227,7 +233,8 @@ impl Engine {
         self.me.get().and_then(Weak::upgrade)
     }
 
-    /// Loads containers from disk; restarts those whose policy says so.
+    /// Loads containers from disk, re-adopts those that still run (live.rs) and restarts
+    /// those whose policy says so.
     pub async fn restore(self: Arc<Self>) {
         let _ = self.me.set(Arc::downgrade(&self));
         let mut to_start = Vec::new();
@@ -249,28 +256,53 @@ impl Engine {
                 }
             }
         }
+        let mut adopted: Vec<Adopted> = Vec::new();
         if let Ok(rd) = std::fs::read_dir(self.exec_root.join("containers")) {
             for e in rd.flatten() {
                 let Some(mut rec) = Container::load(&e.path()) else {
                     continue;
                 };
-                if rec.status.is_active() {
+                let (dir, data) = self.container_dirs(&rec.id);
+                // Live-restore: a container whose monitor answers still runs.
+                let mut watch = None;
+                let mut ended_away = false;
+                if rec.status == Status::Running {
+                    watch = self.reconcile(&dir, &mut rec);
+                    ended_away = watch.is_none();
+                }
+                // Restarting (or anything else in flight) when the engine went: over.
+                if rec.status.is_active() && watch.is_none() {
                     rec.status = Status::Exited;
-                    rec.exit_code = 255;
                     rec.finished_at = now_nanos();
                     rec.pid = 0;
                 }
-                let policy = rec.host_config.restart_policy.name.clone();
-                let restart =
-                    policy == "always" || (policy == "unless-stopped" && !rec.stopped_by_user);
-                let (dir, data) = self.container_dirs(&rec.id);
+                let policy = rec.host_config.restart_policy.clone();
+                let restart = watch.is_none()
+                    && !rec.stopped_by_user
+                    && match policy.name.as_str() {
+                        "always" | "unless-stopped" => true,
+                        // An exit the engine missed counts as one it saw.
+                        "on-failure" => {
+                            ended_away
+                                && rec.exit_code != 0
+                                && (policy.maximum_retry_count == 0
+                                    || rec.restart_count < policy.maximum_retry_count)
+                        }
+                        _ => false,
+                    };
                 let c = Arc::new(Container::new(dir, data, rec.clone()));
                 c.save();
                 if restart {
                     to_start.push(rec.id.clone());
                 }
+                if let Some(w) = watch {
+                    adopted.push((c.clone(), w));
+                }
                 self.containers.lock().unwrap().insert(rec.id.clone(), c);
             }
+        }
+        for (c, w) in adopted {
+            self.readopt(c, w).await;
         }
         if let Ok((_, ipam)) = &self.bridge {
             ipam.retain(&self.containers.lock().unwrap().keys().cloned().collect());

@@ -4,7 +4,8 @@
 //! with the exit code it chooses ([`Fake::exit`]). A signal ends the process with 128+N
 //! unless the test made the processes ignore it ([`Fake::ignore`]); SIGKILL always does.
 
-use super::host::{Runtime, Task, TaskIo};
+use super::host::{Runtime, Task, TaskIo, Watch};
+use super::monitor;
 use super::{RunSpec, SpawnError, Stdio3};
 use crate::net::{Bridge, Endpoint};
 use docker_api::types::HostConfig;
@@ -142,6 +143,11 @@ impl Fake {
         let pipe = || -> (OwnedFd, OwnedFd) { nix::unistd::pipe().expect("a pipe") };
         let mut io = TaskIo::default();
         let (mut out_w, mut err_w) = (None, None);
+        // A container's shim (Detached) has its monitor's pipes: here the fake's own.
+        let stdio = match stdio {
+            Stdio3::Detached => Stdio3::Pipes { stdin: false },
+            s => s,
+        };
         if let Stdio3::Pipes { stdin } = stdio {
             let (r, w) = pipe();
             io.stdout = Some(r);
@@ -242,6 +248,66 @@ impl Runtime for Fake {
         Ok(())
     }
 
+    /// The fake is its containers' monitor: it reads the process's pipes, writes the log
+    /// and reports the output; the exit comes from the task's wait (no exit frame). Nothing
+    /// answers at a restore: the fake's processes do not outlive their engine.
+    fn monitor_attach(
+        &self,
+        _dir: &Path,
+        log: &Path,
+        task: Option<&mut dyn Task>,
+    ) -> std::io::Result<Box<dyn Watch>> {
+        let task = task.ok_or(std::io::ErrorKind::ConnectionRefused)?;
+        let io = task.take_io();
+        let (tx, rx) = mpsc::channel();
+        for (stream, fd) in [
+            (docker_api::StdStream::Stdout, io.stdout),
+            (docker_api::StdStream::Stderr, io.stderr),
+        ] {
+            let Some(fd) = fd else { continue };
+            let (tx, log) = (tx.clone(), log.to_path_buf());
+            std::thread::spawn(move || {
+                use std::io::Read;
+                let mut r = File::from(fd);
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = r.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let f = docker_api::Frame {
+                        stream,
+                        data: bytes::Bytes::copy_from_slice(&buf[..n]),
+                    };
+                    let line = crate::logs::encode(&f, "2026-01-01T00:00:00.000000000Z");
+                    if let Ok(mut l) = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&log)
+                    {
+                        let _ = l.write_all(&line);
+                    }
+                    let _ = tx.send((stream, buf[..n].to_vec()));
+                }
+            });
+        }
+        Ok(Box::new(FakeWatch(rx)))
+    }
+
+    fn monitor_state(&self, _dir: &Path) -> std::io::Result<monitor::State> {
+        Err(std::io::ErrorKind::ConnectionRefused.into())
+    }
+
+    fn monitor_stdin(&self, _dir: &Path) -> std::io::Result<File> {
+        // The engine's end only: what it writes is not read (a pipe buffer's worth).
+        let (r, w) = nix::unistd::pipe()?;
+        std::mem::forget(r);
+        Ok(File::from(w))
+    }
+
+    fn monitor_resize(&self, _dir: &Path, _h: u16, _w: u16) -> std::io::Result<()> {
+        Ok(())
+    }
+
     fn kill(&self, pid: i32, sig: Signal) -> nix::Result<()> {
         self.record(Call::Kill(pid, sig));
         let procs = self.procs.lock().unwrap();
@@ -250,6 +316,18 @@ impl Runtime for Fake {
             let _ = p.exit.send(128 + sig as i64);
         }
         Ok(())
+    }
+}
+
+/// Output until the process's pipes close (after its wait), then Gone.
+struct FakeWatch(mpsc::Receiver<(docker_api::StdStream, Vec<u8>)>);
+
+impl Watch for FakeWatch {
+    fn next_event(&mut self) -> monitor::Event {
+        match self.0.recv() {
+            Ok((s, d)) => monitor::Event::Output(s, d),
+            Err(_) => monitor::Event::Gone,
+        }
     }
 }
 

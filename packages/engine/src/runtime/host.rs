@@ -5,6 +5,7 @@
 //! of this module's parent, `crate::cgroup`, `crate::net`); the engine's unit tests run the
 //! container lifecycle on a recording double instead, without root.
 
+use super::monitor;
 use super::{Prespawned, SpawnError, Spawned, Stdio3};
 use crate::net::{Bridge, Endpoint};
 use crate::{cgroup, net};
@@ -40,6 +41,33 @@ pub trait Runtime: Send + Sync + 'static {
     /// Gives the process `pid` (container `id`) its end of the bridge at `ep`.
     fn net_attach(&self, b: &Bridge, id: &str, pid: i32, ep: &Endpoint) -> std::io::Result<()>;
     fn kill(&self, pid: i32, sig: Signal) -> nix::Result<()>;
+    /// Follows the monitor of the container whose state directory is `dir` (see
+    /// super::monitor): its output from now on, then its exit. At a start `task` is its
+    /// shim, not yet released (so nothing of its output is missed); at a restore, None.
+    /// `log` is the container's json-file log, which the monitor writes.
+    fn monitor_attach(
+        &self,
+        dir: &Path,
+        log: &Path,
+        task: Option<&mut dyn Task>,
+    ) -> std::io::Result<Box<dyn Watch>>;
+    /// The monitor's answer to `S` (Err: no monitor answers there).
+    fn monitor_state(&self, dir: &Path) -> std::io::Result<monitor::State>;
+    /// A connection for the container's stdin (frames: monitor::write_stdin, close_stdin).
+    fn monitor_stdin(&self, dir: &Path) -> std::io::Result<std::fs::File>;
+    /// Sets the container's terminal size.
+    fn monitor_resize(&self, dir: &Path, h: u16, w: u16) -> std::io::Result<()>;
+}
+
+/// A container's output and exit as its monitor reports them (blocking).
+pub trait Watch: Send {
+    fn next_event(&mut self) -> monitor::Event;
+}
+
+impl Watch for monitor::Attached {
+    fn next_event(&mut self) -> monitor::Event {
+        monitor::Attached::next_event(self)
+    }
 }
 
 /// A started shim (see `super::Spawned`): its process waits for the release.
@@ -147,6 +175,27 @@ impl Runtime for Host {
 
     fn kill(&self, pid: i32, sig: Signal) -> nix::Result<()> {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
+    }
+
+    fn monitor_attach(
+        &self,
+        dir: &Path,
+        _log: &Path,
+        _task: Option<&mut dyn Task>,
+    ) -> std::io::Result<Box<dyn Watch>> {
+        Ok(Box::new(monitor::attach(dir)?))
+    }
+
+    fn monitor_state(&self, dir: &Path) -> std::io::Result<monitor::State> {
+        monitor::state(dir)
+    }
+
+    fn monitor_stdin(&self, dir: &Path) -> std::io::Result<std::fs::File> {
+        monitor::open_stdin(dir)
+    }
+
+    fn monitor_resize(&self, dir: &Path, h: u16, w: u16) -> std::io::Result<()> {
+        monitor::resize(dir, h, w)
     }
 }
 

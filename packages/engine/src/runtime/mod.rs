@@ -1,7 +1,9 @@
 //! A small container runtime: the engine re-executes itself as a shim per container
 //! (`engine __run SPEC`) or exec session (`engine __exec SPEC`). The shim creates the
 //! namespaces, forks the container's PID 1 and waits for it; its exit code is the
-//! container's. Protocol with the engine: fd 3 (shim → engine) carries `pid N` and, if
+//! container's. A `__run` shim then stays as the container's monitor ([`monitor`]): it owns
+//! the container's streams and log, records its exit and outlives the engine, which talks to
+//! it over `shim.sock` (live-restore). Start-up protocol with the engine: fd 3 (shim → engine) carries `pid N` and, if
 //! setting up or exec'ing fails, `error MSG`; it reaches EOF once the program is running.
 //! For `__run`, fd 4 (engine → child) releases the child (one byte) after the engine has
 //! put it into its cgroup; a shim started before its container ([`Prespawned`], argument
@@ -13,6 +15,7 @@
 
 pub mod confine;
 pub mod host;
+pub mod monitor;
 pub mod seccomp;
 pub mod shim;
 
@@ -72,6 +75,15 @@ pub struct RunSpec {
     /// [`Spawned::trace`]); the engine asks for them with `AXION_ENGINE_TRACE`.
     #[serde(default)]
     pub trace: bool,
+    /// The monitor's directory (`shim.sock`, `exit.json`): the container's state directory.
+    #[serde(default)]
+    pub state_dir: PathBuf,
+    /// The container's json-file log, which the monitor writes.
+    #[serde(default)]
+    pub log_path: PathBuf,
+    /// Give the container a stdin pipe (`docker run -i`); without it, /dev/null.
+    #[serde(default)]
+    pub open_stdin: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -93,11 +105,14 @@ pub struct ExecSpec {
     pub process: Process,
 }
 
-/// The container's standard streams: pipes, or a terminal that the container's process
-/// creates in its own devpts and whose master it sends back (fd 5, see shim::console).
+/// The standard streams of an exec session: pipes, or a terminal that the process creates
+/// in the container's devpts and whose master it sends back (fd 5, see shim::console). A
+/// container's shim (`__run`) gets `Detached`: its monitor makes the container's streams
+/// itself, so that nothing of them is the engine's.
 pub enum Stdio3 {
     Pipes { stdin: bool },
     Console,
+    Detached,
 }
 
 /// Sends `fd` over the unix socket `sock` (SCM_RIGHTS, with one data byte).
@@ -181,22 +196,18 @@ pub fn spawn(
 /// VMs: the engine starts one before the template is saved, so a clone's container start
 /// skips the fork, exec and loading of the shim, about 0.1 s of its vCPU under TCG). It
 /// reads the spec's path as one line from the release pipe (fd 4), on which its container
-/// process later reads the release byte. Only for containers without a TTY or stdin (the
-/// pipes are made in advance); others start a shim as usual.
+/// process later reads the release byte. Every container fits: its monitor makes the
+/// container's streams once it has the spec.
 pub struct Prespawned(Launched);
 
 impl Prespawned {
     pub fn start() -> Result<Prespawned, SpawnError> {
-        Ok(Prespawned(launch(
-            "__run",
-            None,
-            Stdio3::Pipes { stdin: false },
-        )?))
+        Ok(Prespawned(launch("__run", None, Stdio3::Detached)?))
     }
 
     /// Whether a container with these standard streams can use it.
     pub fn fits(stdio: &Stdio3) -> bool {
-        matches!(stdio, Stdio3::Pipes { stdin: false })
+        matches!(stdio, Stdio3::Detached)
     }
 
     /// Hands the shim its spec and waits, as [`spawn`] does, for the container's pid.
@@ -248,6 +259,11 @@ fn launch(
             cmd.stdin(if stdin { Stdio::piped() } else { Stdio::null() });
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         }
+        Stdio3::Detached => {
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+        }
         Stdio3::Console => {
             cmd.stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -268,6 +284,8 @@ fn launch(
             if cc >= 0 && libc::dup2(cc, 5) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // Its own session and process group: init stops a service with kill(-pgid), and a
+            // container's monitor must outlive the engine (live-restore).
             libc::setsid();
             Ok(())
         });

@@ -1,7 +1,7 @@
 //! The shim side (runs in a fresh single-threaded process, no async runtime).
 //! `__run`: unshare mount/uts/ipc/pid (+net) namespaces, fork PID 1, which mounts the
 //! overlay root, /proc, /dev, /sys, binds, pivots into the root, drops to the user and
-//! execs. `__exec`: setns into an existing container's namespaces, fork, exec.
+//! execs; the shim stays as its monitor (super::monitor). `__exec`: setns into an existing container's namespaces, fork, exec.
 
 use super::{ExecSpec, Process, RunSpec};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -170,6 +170,53 @@ fn wait_for(child: Pid) -> i32 {
 }
 
 fn run(spec: RunSpec) -> i32 {
+    // The monitor's ends, made before the namespaces: its socket, the container's streams.
+    let listener = match super::monitor::listen(&spec.state_dir) {
+        Ok(l) => l,
+        Err(e) => {
+            report(&format!(
+                "error listening on {}/{}: {e}\n",
+                spec.state_dir.display(),
+                super::monitor::SOCKET
+            ));
+            return 125;
+        }
+    };
+    // The monitor's own complaints (a panic's message) go to `shim.log` beside its socket:
+    // its stderr was /dev/null, and the engine may be gone. The container's process gets its
+    // own fds 0-2 (Streams).
+    if let Ok(f) = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(spec.state_dir.join("shim.log"))
+    {
+        // SAFETY: dup2 of a descriptor we own onto stderr, in a single-threaded process.
+        unsafe {
+            libc::dup2(f.as_raw_fd(), 2);
+        }
+    }
+    let streams = match Streams::new(spec.process.tty, spec.open_stdin) {
+        Ok(s) => s,
+        Err(e) => {
+            report(&format!("error creating the container's streams: {e}\n"));
+            return 125;
+        }
+    };
+    // The monitor goes back to this mount namespace after the fork: the container's PID 1
+    // shares the new one and pivots its root, which would move the monitor's root and
+    // working directory into the container (and its exit file, log and socket out of reach).
+    let host_mnt = match fs::File::open("/proc/self/ns/mnt") {
+        Ok(f) => f,
+        Err(e) => {
+            report(&format!("error opening /proc/self/ns/mnt: {e}\n"));
+            return 125;
+        }
+    };
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.log_path)
+        .ok();
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC
@@ -189,6 +236,8 @@ fn run(spec: RunSpec) -> i32 {
             125
         }
         Ok(ForkResult::Child) => {
+            drop(host_mnt);
+            streams.install_in_child();
             set_cloexec(STATUS_FD);
             set_cloexec(CONSOLE_FD);
             let mut b = [0u8; 1];
@@ -204,15 +253,133 @@ fn run(spec: RunSpec) -> i32 {
         }
         Ok(ForkResult::Parent { child }) => {
             mark("forked");
+            // Before the pid line: the container waits for its release, which the engine
+            // sends only after that line, so it cannot have pivoted yet.
+            if let Err(e) = nix::sched::setns(&host_mnt, CloneFlags::CLONE_NEWNS) {
+                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                report(&format!(
+                    "error returning the monitor to the host's mount namespace: {e}\n"
+                ));
+                return 125;
+            }
+            drop(host_mnt);
             report_trace("shim");
             report(&format!("pid {child}\n"));
             close(STATUS_FD);
             close(RELEASE_FD);
-            close(CONSOLE_FD);
-            close(0);
-            close(1);
-            close(2);
-            wait_for(child)
+            // SAFETY: the monitor writes to clients that may go away; EPIPE is handled.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+            }
+            let m = streams.into_monitor(child.as_raw(), spec.state_dir.clone(), listener, log);
+            m.run() as i32
+        }
+    }
+}
+
+/// The container's standard streams, made by the shim before the fork: pipes (stdin a pipe
+/// too with `-i`, else the shim's /dev/null), or the console socket on which the
+/// container's process sends its terminal's master (TTY).
+struct Streams {
+    out: Option<(fs::File, fs::File)>,
+    err: Option<(fs::File, fs::File)>,
+    stdin: Option<(fs::File, fs::File)>,
+    console: Option<(
+        std::os::unix::net::UnixStream,
+        std::os::unix::net::UnixStream,
+    )>,
+}
+
+fn cloexec_pipe() -> std::io::Result<(fs::File, fs::File)> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+    Ok((fs::File::from(r), fs::File::from(w)))
+}
+
+impl Streams {
+    fn new(tty: bool, open_stdin: bool) -> std::io::Result<Streams> {
+        if tty {
+            return Ok(Streams {
+                out: None,
+                err: None,
+                stdin: None,
+                console: Some(std::os::unix::net::UnixStream::pair()?),
+            });
+        }
+        Ok(Streams {
+            out: Some(cloexec_pipe()?),
+            err: Some(cloexec_pipe()?),
+            stdin: if open_stdin {
+                Some(cloexec_pipe()?)
+            } else {
+                None
+            },
+            console: None,
+        })
+    }
+
+    /// In the forked child: its ends onto fds 0-2 (or the console socket onto fd 5).
+    fn install_in_child(&self) {
+        // SAFETY: dup2 onto fixed numbers in the single-threaded child; the originals are
+        // close-on-exec. Stdio first: a pipe's number may be 5 (CONSOLE_FD).
+        unsafe {
+            if let Some((r, _)) = &self.stdin {
+                libc::dup2(r.as_raw_fd(), 0);
+            }
+            if let Some((_, w)) = &self.out {
+                libc::dup2(w.as_raw_fd(), 1);
+            }
+            if let Some((_, w)) = &self.err {
+                libc::dup2(w.as_raw_fd(), 2);
+            }
+            if let Some((_, c)) = &self.console {
+                libc::dup2(c.as_raw_fd(), CONSOLE_FD);
+            }
+        }
+    }
+
+    /// In the shim after the fork: drops the child's ends, takes the terminal (blocks until
+    /// the container's process sends it or dies) and makes the monitor.
+    fn into_monitor(
+        self,
+        pid: i32,
+        dir: PathBuf,
+        listener: std::os::unix::net::UnixListener,
+        log: Option<fs::File>,
+    ) -> super::monitor::Monitor {
+        use docker_api::StdStream;
+        let mut outputs = Vec::new();
+        let mut stdin = None;
+        let mut pty = None;
+        if let Some((r, w)) = self.out {
+            drop(w);
+            outputs.push((StdStream::Stdout, r));
+        }
+        if let Some((r, w)) = self.err {
+            drop(w);
+            outputs.push((StdStream::Stderr, r));
+        }
+        if let Some((r, w)) = self.stdin {
+            drop(r);
+            stdin = Some(w);
+        }
+        if let Some((mine, theirs)) = self.console {
+            drop(theirs);
+            // None: the process failed before making its terminal; the monitor sees its exit.
+            if let Ok(Some(m)) = super::recv_fd(mine.as_raw_fd()) {
+                let m = fs::File::from(m);
+                stdin = m.try_clone().ok();
+                pty = m.try_clone().ok();
+                outputs.push((StdStream::Stdout, m));
+            }
+        }
+        super::monitor::Monitor {
+            pid,
+            outputs,
+            stdin,
+            pty,
+            dir,
+            listener,
+            log,
         }
     }
 }
