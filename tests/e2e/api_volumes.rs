@@ -257,7 +257,8 @@ fn check() -> Result<()> {
 
     let mut g = Guest::boot(dir.path(), &kernel, &initrd, &disk, &key, 1)?;
     let o = g.ssh(&format!(
-        "printf '%s' '{{\"insecure-registries\": [\"{reg}\"]}}' > /var/lib/axion-engine/daemon.json && kill $(pidof engine)"
+        "printf '%s' '{{\"insecure-registries\": [\"{reg}\"]}}' > \
+            /var/lib/axion-engine/daemon.json && kill $(pidof engine)"
     ))?;
     assert!(o.status.success(), "daemon.json: {}", both(&o));
     std::thread::sleep(Duration::from_secs(2));

@@ -252,7 +252,8 @@ fn check() -> Result<()> {
     // when the engine starts (this restart has no containers to keep).
     let first = g.engine_pid()?;
     g.ssh_ok(&format!(
-        "printf '%s' '{{\"insecure-registries\": [\"{reg}\"]}}' > /var/lib/axion-engine/daemon.json && kill {first}"
+        "printf '%s' '{{\"insecure-registries\": [\"{reg}\"]}}' > \
+            /var/lib/axion-engine/daemon.json && kill {first}"
     ))?;
     g.wait_new_engine(&first)?;
     let image = format!("{reg}/busybox:latest");

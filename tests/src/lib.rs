@@ -96,8 +96,13 @@ pub fn image(profile: &str, format: xtask::profile::Format) -> Result<xtask::ima
         &["image", "--profile", profile, "--format", format.name()],
         Duration::from_secs(3600),
     )?;
-    xtask::image::find_bootable(&out, profile, format)
-        .with_context(|| format!("`cargo xtask image --profile {profile} --format {format}` succeeded but left no {format} image in {}", out.display()))
+    xtask::image::find_bootable(&out, profile, format).with_context(|| {
+        format!(
+            "`cargo xtask image --profile {profile} --format {format}` \
+            succeeded but left no {format} image in {}",
+            out.display()
+        )
+    })
 }
 
 /// The accelerator for test VMs (TCG unless the KVM probe boots the staged kernel), and why.

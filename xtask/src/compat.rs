@@ -127,7 +127,8 @@ pub fn compat(layout: &Layout, args: &Args) -> Result<()> {
         .with_context(|| format!("cannot find {}", args.docker_py_dir.display()))?;
     if !docker_py.join("tests/integration").is_dir() {
         bail!(
-            "{} has no tests/integration: pass a checkout of the docker-py repository (its tests are not in the PyPI package)",
+            "{} has no tests/integration: pass a checkout of the docker-py repository (its tests \
+                are not in the PyPI package)",
             docker_py.display()
         );
     }
@@ -147,7 +148,8 @@ pub fn compat(layout: &Layout, args: &Args) -> Result<()> {
     let outcome = measure(&vm, args, &python, &suite, &excluded, &archive, &work);
     if args.keep || !vm.booted_here {
         eprintln!(
-            "the VM stays up (pid {}); DOCKER_HOST=tcp://127.0.0.1:{} DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH={}; stop it with `cargo xtask stop --profile {}`",
+            "the VM stays up (pid {}); DOCKER_HOST=tcp://127.0.0.1:{} DOCKER_TLS_VERIFY=1 \
+                DOCKER_CERT_PATH={}; stop it with `cargo xtask stop --profile {}`",
             vm.pid,
             vm.docker_port,
             vm.run.docker_certs().display(),
@@ -262,9 +264,15 @@ impl Vm {
         let rd = RunDir::new(layout, profile);
         if let Some(pid) = rd.running_pid() {
             let port = docker_port_of(pid).with_context(|| {
-                format!("a VM of profile '{profile}' runs (pid {pid}) but its Docker API port is not in its command line; stop it with `cargo xtask stop --profile {profile}`")
+                format!(
+                    "a VM of profile '{profile}' runs (pid {pid}) but its Docker API port is \
+                    not in its command line; stop it with `cargo xtask stop --profile {profile}`"
+                )
             })?;
-            eprintln!("note: using the VM of profile '{profile}' that is already running (pid {pid}), with the state it has");
+            eprintln!(
+                "note: using the VM of profile '{profile}' that is already running (pid \
+                {pid}), with the state it has"
+            );
             return Ok(Vm {
                 run: rd,
                 pid,
@@ -751,7 +759,8 @@ pub fn busybox_image_archive(busybox: &[u8], applets: &[String], tags: &[&str]) 
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
         },
         "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{layer_id}")] },
-        "history": [{ "created": "2023-11-14T22:13:20Z", "created_by": "axion compat: Debian's busybox-static standing in for the suite's images" }],
+        "history": [{ "created": "2023-11-14T22:13:20Z", "created_by": "axion compat: Debian's \
+            busybox-static standing in for the suite's images" }],
     })
     .to_string();
     let config_id = hex::encode(Sha256::digest(config.as_bytes()));
@@ -1061,7 +1070,9 @@ pub fn headline(results: &[TestResult]) -> String {
         }
     };
     format!(
-        "without {BUILD_FILE}: {} of {} passed ({:.0} %); without it and the tests that pull from Docker Hub ({hub} of them failing) or need swarm mode ({swarm} failing): {} of {} ({:.1} %)",
+        "without {BUILD_FILE}: {} of {} passed ({:.0} %); without it and the tests that pull from \
+            Docker Hub ({hub} of them failing) or need swarm mode ({swarm} failing): {} of {} \
+                ({:.1} %)",
         no_build.passed,
         no_build.ran(),
         pct(&no_build),
@@ -1146,7 +1157,8 @@ E   docker.errors.DockerException: Error while fetching server API version</erro
         );
         assert_eq!(
             r[0].reason,
-            "docker.errors.NotFound: 404 Client Error for /v1.45/volumes/create: Not Found (\"page not found\")"
+            "docker.errors.NotFound: 404 Client Error for /v1.45/volumes/create: Not Found (\"page \
+                not found\")"
         );
         assert_eq!(r[1].reason, "");
         assert_eq!(r[3].reason, "Failed: Timeout >120.0s");
@@ -1254,8 +1266,13 @@ def test_module_level():
     #[test]
     fn reasons_are_one_line_without_public_host_names() {
         assert_eq!(
-            one_line("500 Server Error for https://127.0.0.1:2376/v1.45/images/create?fromImage=hello-world: (\"cannot reach registry-1.example.io: dns\")"),
-            "500 Server Error for /v1.45/images/create?fromImage=hello-world: (\"cannot reach <registry>: dns\")"
+            one_line(
+                "500 Server Error for \
+                https://127.0.0.1:2376/v1.45/images/create?fromImage=hello-world: (\"cannot reach \
+                    registry-1.example.io: dns\")"
+            ),
+            "500 Server Error for /v1.45/images/create?fromImage=hello-world: (\"cannot reach \
+                <registry>: dns\")"
         );
         // File names and versions are not host names.
         assert_eq!(

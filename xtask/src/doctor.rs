@@ -457,7 +457,8 @@ pub fn ensure(needs: &[Need]) -> anyhow::Result<()> {
         .collect();
     if !lost.is_empty() {
         anyhow::bail!(
-            "apt removed tools the project needs while installing {}: {} (see `cargo xtask doctor`)",
+            "apt removed tools the project needs while installing {}: {} (see `cargo xtask \
+                doctor`)",
             pkgs.join(" "),
             lost.join(", ")
         );

@@ -75,7 +75,10 @@ impl PortMapping {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PortSpecError {
-    #[error("invalid port specification {spec:?}: invalid proto {proto:?}, only tcp and udp can be published")]
+    #[error(
+        "invalid port specification {spec:?}: invalid proto {proto:?}, only tcp and udp can be \
+        published"
+    )]
     Proto { spec: String, proto: String },
     #[error("invalid port specification {spec:?}: invalid container port {port:?}")]
     ContainerPort { spec: String, port: String },
@@ -83,7 +86,10 @@ pub enum PortSpecError {
     HostPort { spec: String, port: String },
     #[error("invalid port specification {spec:?}: invalid host IP {ip:?}")]
     HostIp { spec: String, ip: String },
-    #[error("invalid port specification {spec:?}: the host range and the container range differ in length")]
+    #[error(
+        "invalid port specification {spec:?}: the host range and the container range differ in \
+        length"
+    )]
     RangeLength { spec: String },
 }
 

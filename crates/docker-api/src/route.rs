@@ -129,7 +129,8 @@ fn split_version(path: &str) -> Result<(Option<String>, &str), ApiError> {
                         )
                     } else {
                         format!(
-                            "client version {v} is too old. Minimum supported API version is {}, please upgrade your client to a newer version",
+                            "client version {v} is too old. Minimum supported API version is {}, \
+                                please upgrade your client to a newer version",
                             version::MIN_API_VERSION
                         )
                     };

@@ -815,7 +815,11 @@ mod tests {
                 }
             });
             use std::io::Write;
-            w.write_all(b"POST /containers/c1/attach?stream=1&stdin=1&stdout=1 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n").unwrap();
+            w.write_all(
+                b"POST /containers/c1/attach?stream=1&stdin=1&stdout=1 HTTP/1.1\r\nHost: \
+                x\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n",
+            )
+            .unwrap();
             // The endless producer, until the connection is gone.
             let writer = std::thread::spawn(move || while w.write_all(b"y\n").is_ok() {});
             let out = tokio::task::spawn_blocking(move || reader.join().unwrap())
@@ -873,18 +877,35 @@ mod tests {
         )
         .await;
         assert!(r.starts_with("HTTP/1.1 404"), "{r}");
-        let r = request("POST /v1.47/containers/zz/wait HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").await;
+        let r = request(
+            "POST /v1.47/containers/zz/wait HTTP/1.1\r\nHost: x\r\nConnection: \
+            close\r\nContent-Length: 0\r\n\r\n",
+        )
+        .await;
         assert!(r.starts_with("HTTP/1.1 404"), "{r}");
     }
 
     #[tokio::test]
     async fn bad_json_and_bad_query_are_400() {
         let body = "{oops";
-        let r = request(&format!("POST /containers/create HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len())).await;
+        let r = request(&format!(
+            "POST /containers/create HTTP/1.1\r\nHost: x\r\nConnection: \
+            close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ))
+        .await;
         assert!(r.starts_with("HTTP/1.1 400"), "{r}");
-        let r = request("POST /containers/c1/stop?t=abc HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").await;
+        let r = request(
+            "POST /containers/c1/stop?t=abc HTTP/1.1\r\nHost: x\r\nConnection: \
+            close\r\nContent-Length: 0\r\n\r\n",
+        )
+        .await;
         assert!(r.starts_with("HTTP/1.1 400"), "{r}");
-        let r = request("POST /containers/c1/wait?condition=whenever HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").await;
+        let r = request(
+            "POST /containers/c1/wait?condition=whenever HTTP/1.1\r\nHost: \
+            x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        )
+        .await;
         assert!(r.starts_with("HTTP/1.1 400"), "{r}");
     }
 

@@ -274,7 +274,8 @@ pub async fn dispatch_volumes<B: Backend>(
             if body.cluster_volume_spec.is_some() {
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this node to swarm and try again.",
+                    "This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm \
+                        join\" to connect this node to swarm and try again.",
                 ));
             }
             json(StatusCode::CREATED, &b.volume_create(body).await?)

@@ -97,7 +97,8 @@ pub fn image_tar(busybox: &[u8]) -> Result<Vec<u8>> {
         "created": "1970-01-01T00:00:00Z",
         "config": { "Cmd": ["sh"], "Env": ["PATH=/bin"] },
         "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{layer_id}")] },
-        "history": [{ "created": "1970-01-01T00:00:00Z", "created_by": "axion bench: the host's static busybox" }]
+        "history": [{ "created": "1970-01-01T00:00:00Z", "created_by": "axion bench: the host's \
+            static busybox" }]
     })
     .to_string();
     let config_id = hex::encode(Sha256::digest(config.as_bytes()));

@@ -139,9 +139,12 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Output> {
     };
     let mut outs = [Vec::new(), Vec::new()];
     for _ in 0..2 {
-        let (i, buf) = rx
-            .recv_timeout(Duration::from_secs(10))
-            .map_err(|_| anyhow::anyhow!("exited ({status}) but its stdout/stderr stayed open: a process it started still holds them"))?;
+        let (i, buf) = rx.recv_timeout(Duration::from_secs(10)).map_err(|_| {
+            anyhow::anyhow!(
+                "exited ({status}) but its stdout/stderr stayed open: a \
+                process it started still holds them"
+            )
+        })?;
         outs[i] = buf;
     }
     let [stdout, stderr] = outs;

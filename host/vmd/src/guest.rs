@@ -26,7 +26,8 @@ use vmd_contract::{AGENT_MODE, AGENT_PORT, ENGINE_PORT, HOST_ADDR, STORE_DIR, TR
 /// The clone agent is the guest engine's hidden [`AGENT_MODE`]
 /// (packages/engine/src/vmd_agent.rs), run as a service on the port [`AGENT_PORT`]. After a
 /// restore, the daemon connects to the port's socket and sends one line
-/// `clone HOSTNAME EPOCH MAC SEED` ([`vmd_contract::Request::Clone`]); the agent sets the clock (the saved guest's clock is
+/// `clone HOSTNAME EPOCH MAC SEED` ([`vmd_contract::Request::Clone`]); the agent sets the clock
+/// (the saved guest's clock is
 /// the template's), credits the host's random SEED to the kernel's pool and reseeds its
 /// CRNG (every clone starts from the same RNG state), mounts the host's layer store (9p tag
 /// [`vmd_contract::STORE_TAG`]) read-only at [`STORE_DIR`], answers `ok HOSTNAME`,

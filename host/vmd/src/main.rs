@@ -116,13 +116,21 @@ fn main() -> Result<()> {
         let path = socket.clone();
         let unix = tokio::spawn(async move { docker_api::server::serve_unix(b, &path).await });
         if let Some(addr) = &args.tcp {
-            let (Some(c), Some(k), Some(ca)) = (&args.tlscert, &args.tlskey, &args.tlscacert) else {
-                bail!("--tcp needs --tlscert, --tlskey and --tlscacert (mutual TLS; plain TCP is not offered)");
+            let (Some(c), Some(k), Some(ca)) = (&args.tlscert, &args.tlskey, &args.tlscacert)
+            else {
+                bail!(
+                    "--tcp needs --tlscert, --tlskey and --tlscacert (mutual TLS; plain TCP is \
+                    not offered)"
+                );
             };
             let tls = docker_api::tls::server_config(c, k, ca)?;
-            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?;
             let b = Arc::new(vmd::Api(daemon.clone()));
-            tokio::spawn(async move { docker_api::server::serve_tcp(b, listener, Some(tls)).await });
+            tokio::spawn(
+                async move { docker_api::server::serve_tcp(b, listener, Some(tls)).await },
+            );
             eprintln!("vmd: also serving tcp://{addr} (mutual TLS)");
         }
         for _ in 0..100 {
@@ -137,13 +145,15 @@ fn main() -> Result<()> {
         let keep = tokio::select! {
             _ = term.recv() => {
                 if live_restore {
-                    eprintln!("vmd: SIGTERM: leaving the VMs running for the next daemon (--live-restore)");
+                    eprintln!("vmd: SIGTERM: leaving the VMs running for the next daemon \
+                        (--live-restore)");
                 } else {
                     eprintln!("vmd: SIGTERM: stopping every VM");
                 }
                 live_restore
             }
-            _ = tokio::signal::ctrl_c() => { eprintln!("vmd: interrupted: stopping every VM"); false }
+            _ = tokio::signal::ctrl_c() => { eprintln!("vmd: interrupted: stopping every \
+                VM"); false }
             r = unix => { eprintln!("vmd: the unix listener ended: {r:?}"); false }
         };
         Ok::<bool, anyhow::Error>(keep)

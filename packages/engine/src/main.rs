@@ -1,5 +1,6 @@
 //! axion's container engine: serves the Docker Engine API (crate `docker-api`) on a unix
-//! socket, on TCP with mutual TLS and, for axion-vmd, on a virtio-serial port (`--vmd-port`), and runs containers with its own small runtime
+//! socket, on TCP with mutual TLS and, for axion-vmd, on a virtio-serial port (`--vmd-port`), and
+//! runs containers with its own small runtime
 //! (namespaces, overlayfs, cgroup v2) — see `runtime`.
 //!
 //! Decisions (see also each module's top comment):

@@ -1,12 +1,15 @@
 //! `engine __vmd-agent PORT`: the clone agent of axion-vmd's VM-per-container mode
 //! (host/vmd/src/guest.rs runs it as a service in the template VM). It waits on the
 //! virtio-serial port named PORT for one line per restored clone, `clone HOSTNAME EPOCH MAC
-//! SEED` (the protocol and every name both sides spell are in crates/vmd-contract), and gives the clone its identity: host name (kernel and /etc/hostname), clock
+//! SEED` (the protocol and every name both sides spell are in crates/vmd-contract), and gives the
+//! clone its identity: host name (kernel and /etc/hostname), clock
 //! (the saved guest's clock is the template's), a new MAC on the NIC (set live, then an ARP
 //! request from it so that QEMU's user network learns it; changing the address also flushes
 //! the NIC's neighbour entries), the host's random SEED credited to the kernel's pool and
-//! its CRNG reseeded from it (every clone starts from the template's RNG state), and the host's layer store mounted read-only
-//! (9p tag [`vmd_contract::STORE_TAG`] at [`vmd_contract::STORE_DIR`], only now: a mounted 9p export blocks saving the
+//! its CRNG reseeded from it (every clone starts from the template's RNG state), and the host's
+//! layer store mounted read-only
+//! (9p tag [`vmd_contract::STORE_TAG`] at [`vmd_contract::STORE_DIR`], only now: a mounted 9p
+//! export blocks saving the
 //! template). It answers `ok HOSTNAME` once the clock, the RNG and the store are done (what
 //! the container's create needs), and sets the host name and the MAC after the answer,
 //! while the daemon goes on. `ping` answers `pong`.
@@ -205,7 +208,8 @@ impl AfterAnswer {
     }
 }
 
-/// `RNDADDENTROPY` and `RNDRESEEDCRNG` (linux/random.h: `_IOW('R', 0x03, int[2])`, `_IO('R', 0x07)`).
+/// `RNDADDENTROPY` and `RNDRESEEDCRNG` (linux/random.h: `_IOW('R', 0x03, int[2])`, `_IO('R',
+/// 0x07)`).
 const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
 const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
 

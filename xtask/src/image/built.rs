@@ -92,15 +92,29 @@ pub fn choose_bootable(
         |f: Format| format!("build it with `cargo xtask image --profile {profile} --format {f}`");
     match format {
         Some(Format::Ova) => bail!(
-            "an OVA is for vSphere; to boot its disk here use --format vmdk (or convert the VMDK inside with `qemu-img convert`)"
+            "an OVA is for vSphere; to boot its disk here use --format vmdk (or convert the VMDK \
+                inside with `qemu-img convert`)"
         ),
         Some(f) => find_bootable(out, profile, f)
             .map(|b| (f, b))
-            .ok_or_else(|| anyhow!("no {f} image of profile '{profile}' in {}: {}", out.display(), build_hint(f))),
+            .ok_or_else(|| {
+                anyhow!(
+                    "no {f} image of profile '{profile}' in {}: \
+                {}",
+                    out.display(),
+                    build_hint(f)
+                )
+            }),
         None => PREFERENCE
             .iter()
             .find_map(|&f| find_bootable(out, profile, f).map(|b| (f, b)))
-            .ok_or_else(|| anyhow!("no bootable image of profile '{profile}' in {}: build one with `cargo xtask image --profile {profile}`", out.display())),
+            .ok_or_else(|| {
+                anyhow!(
+                    "no bootable image of profile '{profile}' in {}: build one with \
+                `cargo xtask image --profile {profile}`",
+                    out.display()
+                )
+            }),
     }
 }
 

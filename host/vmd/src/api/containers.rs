@@ -346,7 +346,11 @@ impl ContainerBackend for Api {
         match c.phase() {
             Phase::Running => return Err(ApiError::not_modified()),
             Phase::Exited | Phase::Removed => {
-                return Err(ApiError::conflict(format!("container {} has exited and its VM is gone; in VM-per-container mode a container runs once (docker run again)", c.short())))
+                return Err(ApiError::conflict(format!(
+                    "container {} has exited and its VM is gone; \
+                    in VM-per-container mode a container runs once (docker run again)",
+                    c.short()
+                )))
             }
             Phase::Created => {}
         }
@@ -424,7 +428,8 @@ impl ContainerBackend for Api {
         match c.phase() {
             Phase::Running if !force => {
                 return Err(ApiError::conflict(format!(
-                    "You cannot remove a running container {}. Stop the container before attempting removal or force remove",
+                    "You cannot remove a running container {}. Stop the container before \
+                        attempting removal or force remove",
                     c.id
                 )))
             }

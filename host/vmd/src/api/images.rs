@@ -117,7 +117,12 @@ impl ImageBackend for Api {
                     .get(..12)
                     .unwrap_or(&rec.id)
                     .to_string();
-                return Err(ApiError::conflict(format!("conflict: unable to remove repository reference \"{name}\" (must force) - container {} is using its referenced image {short}", &user[..12])));
+                return Err(ApiError::conflict(format!(
+                    "conflict: unable to remove repository \
+                    reference \"{name}\" (must force) - container {} is using its referenced image \
+                        {short}",
+                    &user[..12]
+                )));
             }
         }
         let rec = self

@@ -436,7 +436,10 @@ impl Engine {
             .unwrap_or_else(|| "127.0.1.1".into());
         std::fs::write(
             dir.join("hosts"),
-            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{own}\t{hostname}\n"),
+            format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost \
+                ip6-loopback\n{own}\t{hostname}\n"
+            ),
         )
     }
 
@@ -600,7 +603,11 @@ impl ContainerBackend for Engine {
         if let Ok(c) = self.find(&name) {
             if c.rec.lock().unwrap().name == name {
                 let id = c.snapshot().id;
-                return Err(ApiError::conflict(format!("Conflict. The container name \"/{name}\" is already in use by container \"{id}\". You have to remove (or rename) that container to be able to reuse that name.")));
+                return Err(ApiError::conflict(format!(
+                    "Conflict. The container name \"/{name}\" is \
+                    already in use by container \"{id}\". You have to remove (or rename) that \
+                        container to be able to reuse that name."
+                )));
             }
         }
         trace.mark("named");
@@ -798,7 +805,12 @@ impl ContainerBackend for Engine {
         let c = self.find(id)?;
         if c.rec.lock().unwrap().status.is_active() {
             if !force {
-                return Err(ApiError::conflict(format!("cannot remove container \"/{}\": container is running: stop the container before removing or force remove", c.snapshot().name)));
+                return Err(ApiError::conflict(format!(
+                    "cannot remove container \"/{}\": container \
+                    is running: stop the container before removing or force \
+                        remove",
+                    c.snapshot().name
+                )));
             }
             c.rec.lock().unwrap().stopped_by_user = true;
             if c.rec.lock().unwrap().status == Status::Restarting {

@@ -174,7 +174,13 @@ impl ImageBackend for Engine {
             let img = self.images.image(&id);
             let last = img.map(|i| i.tags.len() <= 1).unwrap_or(true);
             if last && !users.is_empty() && !force {
-                return Err(ApiError::conflict(format!("conflict: unable to remove repository reference \"{name}\" (must force) - container {} is using its referenced image {}", users[0], &id[7..19])));
+                return Err(ApiError::conflict(format!(
+                    "conflict: unable to remove repository \
+                    reference \"{name}\" (must force) - container {} is using its referenced image \
+                        {}",
+                    users[0],
+                    &id[7..19]
+                )));
             }
             self.images.untag(&t).map_err(internal("untagging"))?;
             out.push(ImageDeleteItem {
@@ -193,11 +199,20 @@ impl ImageBackend for Engine {
             return Ok(out);
         }
         if !users.is_empty() && !force {
-            return Err(ApiError::conflict(format!("conflict: unable to delete {} (must be forced) - image is being used by stopped container {}", &id[7..19], users[0])));
+            return Err(ApiError::conflict(format!(
+                "conflict: unable to delete {} (must be forced) \
+                - image is being used by stopped container {}",
+                &id[7..19],
+                users[0]
+            )));
         }
         let tags = self.images.image(&id).map(|i| i.tags).unwrap_or_default();
         if tags.len() > 1 && !force {
-            return Err(ApiError::conflict(format!("conflict: unable to delete {} (must be forced) - image is referenced in multiple repositories", &id[7..19])));
+            return Err(ApiError::conflict(format!(
+                "conflict: unable to delete {} (must be forced) \
+                - image is referenced in multiple repositories",
+                &id[7..19]
+            )));
         }
         for t in self
             .images

@@ -142,7 +142,7 @@ struct Trace {
 impl Trace {
     fn enabled() -> bool {
         static ON: OnceLock<bool> = OnceLock::new();
-        *ON.get_or_init(|| std::env::var_os("AXION_ENGINE_TRACE").is_some())
+        *ON.get_or_init(|| std::env::var_os(vmd_contract::TRACE_ENV).is_some())
     }
 
     fn new(id: &str) -> Trace {

@@ -68,10 +68,17 @@ impl SystemBackend for Engine {
         let mut warnings = Vec::new();
         let v2 = cgroup::available();
         if !v2 {
-            warnings.push("WARNING: no cgroup v2 hierarchy at /sys/fs/cgroup: memory, CPU and pids limits are not applied".into());
+            warnings.push(
+                "WARNING: no cgroup v2 hierarchy at /sys/fs/cgroup: memory, CPU and pids \
+                limits are not applied"
+                    .into(),
+            );
         }
         if let Err(why) = &self.bridge {
-            warnings.push(format!("WARNING: {why}: containers in the default network get loopback only; use -p to publish ports or --network host"));
+            warnings.push(format!(
+                "WARNING: {why}: containers in the default network get loopback \
+                only; use -p to publish ports or --network host"
+            ));
         }
         Ok(Info {
             id: hex::encode(

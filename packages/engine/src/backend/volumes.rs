@@ -317,7 +317,8 @@ impl Engine {
             if let Some(b) = r.binds.iter().find(|b| b.dest == m.destination) {
                 if !b.source.exists() {
                     return Err(ApiError::bad_request(format!(
-                        "error while mounting volume with subpath '{}': cannot access path {}: no such file or directory",
+                        "error while mounting volume with subpath '{}': cannot access path {}: no \
+                            such file or directory",
                         m.name,
                         b.source.display()
                     )));

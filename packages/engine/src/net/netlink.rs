@@ -235,7 +235,8 @@ mod tests {
         // header 16 + ifinfomsg 16, then IFNAME: len 9 padded to 12.
         assert_eq!(u16::from_ne_bytes([b[32], b[33]]), 9);
         assert_eq!(&b[36..41], b"eth0\0");
-        // The nest starts at 44: 4 bytes of header + an attribute of 4 + 5 ("veth\0") → 13 padded 16.
+        // The nest starts at 44: 4 bytes of header + an attribute of 4 + 5 ("veth\0") → 13 padded
+        // 16.
         assert_eq!(u16::from_ne_bytes([b[44], b[45]]), 4 + 12);
         assert_eq!(u16::from_ne_bytes([b[46], b[47]]), 18 | NLA_F_NESTED);
         assert_eq!(b.len(), 60);

@@ -3,7 +3,8 @@
 //! namespaces, forks the container's PID 1 and waits for it; its exit code is the
 //! container's. A `__run` shim then stays as the container's monitor ([`monitor`]): it owns
 //! the container's streams and log, records its exit and outlives the engine, which talks to
-//! it over `shim.sock` (live-restore). Start-up protocol with the engine: fd 3 (shim → engine) carries `pid N` and, if
+//! it over `shim.sock` (live-restore). Start-up protocol with the engine: fd 3 (shim → engine)
+//! carries `pid N` and, if
 //! setting up or exec'ing fails, `error MSG`; it reaches EOF once the program is running.
 //! For `__run`, fd 4 (engine → child) releases the child (one byte) after the engine has
 //! put it into its cgroup; a shim started before its container ([`Prespawned`], argument

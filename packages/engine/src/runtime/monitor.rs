@@ -955,7 +955,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let (pid, t) = monitored(
             d.path(),
-            "read go; i=0; while [ $i -lt 8 ]; do echo $i; i=$((i+1)); sleep 0.1; done; read x; echo \"in $x\"; exit 3",
+            "read go; i=0; while [ $i -lt 8 ]; do echo $i; i=$((i+1)); sleep 0.1; done; read x; \
+                echo \"in $x\"; exit 3",
         );
         let mut a = attach(d.path()).unwrap();
         let mut w = open_stdin(d.path()).unwrap();

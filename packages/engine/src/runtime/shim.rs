@@ -1,7 +1,8 @@
 //! The shim side (runs in a fresh single-threaded process, no async runtime).
 //! `__run`: unshare mount/uts/ipc/pid (+net) namespaces, fork PID 1, which mounts the
 //! overlay root, /proc, /dev, /sys, binds, pivots into the root, drops to the user and
-//! execs; the shim stays as its monitor (super::monitor). `__exec`: setns into an existing container's namespaces, fork, exec.
+//! execs; the shim stays as its monitor (super::monitor). `__exec`: setns into an existing
+//! container's namespaces, fork, exec.
 
 use super::{ExecSpec, Process, RunSpec};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -702,7 +703,12 @@ fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
     // not start (packages/engine/README.md, "pivot_root only").
     match nix::unistd::pivot_root(".", ".") {
         Ok(()) => umount2(".", MntFlags::MNT_DETACH).map_err(err("detaching old root"))?,
-        Err(nix::errno::Errno::EINVAL) => return Err(pivot_refused("pivot_root into the container root failed (EINVAL): the host root is not pivotable (initramfs?)")),
+        Err(nix::errno::Errno::EINVAL) => {
+            return Err(pivot_refused(
+                "pivot_root into the container \
+            root failed (EINVAL): the host root is not pivotable (initramfs?)",
+            ))
+        }
         Err(e) => return Err(err("pivot_root into the container root")(e)),
     }
     std::env::set_current_dir("/").map_err(err("chdir /"))?;

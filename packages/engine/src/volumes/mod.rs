@@ -30,7 +30,11 @@ pub struct Meta {
 
 #[derive(Debug, thiserror::Error)]
 pub enum VolError {
-    #[error("create {0}: {0:?} includes invalid characters for a local volume name, only \"[a-zA-Z0-9][a-zA-Z0-9_.-]\" are allowed. If you intended to pass a host directory, use absolute path")]
+    #[error(
+        "create {0}: {0:?} includes invalid characters for a local volume name, only \
+        \"[a-zA-Z0-9][a-zA-Z0-9_.-]\" are allowed. If you intended to pass a host directory, use \
+            absolute path"
+    )]
     InvalidName(String),
     #[error("{0}")]
     InvalidOption(String),
@@ -347,7 +351,8 @@ impl Store {
         )
         .map_err(|e| {
             VolError::InvalidOption(format!(
-                "error while mounting volume '{}': failed to mount local volume: mount {dev}:{} (type {t}, options {o:?}): {e}",
+                "error while mounting volume '{}': failed to mount local volume: mount {dev}:{} \
+                    (type {t}, options {o:?}): {e}",
                 data.display(),
                 data.display()
             ))

@@ -87,7 +87,8 @@ fn check_propagation(p: &str) -> Result<(), String> {
     match p {
         "" | "private" | "rprivate" => Ok(()),
         "shared" | "rshared" | "slave" | "rslave" => Err(format!(
-            "bind propagation {p:?} is not supported by this engine: a container's mounts are private (use private or rprivate)"
+            "bind propagation {p:?} is not supported by this engine: a container's mounts are \
+                private (use private or rprivate)"
         )),
         _ => Err(format!("invalid propagation mode: {p}")),
     }
@@ -365,7 +366,8 @@ pub fn mount_options(opts: &str, tmpfs: bool) -> Result<(u64, String), String> {
             "defaults" | "private" | "rprivate" => continue,
             "shared" | "rshared" | "slave" | "rslave" | "unbindable" | "runbindable" => {
                 return Err(format!(
-                    "mount option {o:?} is not supported by this engine: a container's mounts are private"
+                    "mount option {o:?} is not supported by this engine: a container's mounts are \
+                        private"
                 ))
             }
             "ro" => (true, MsFlags::MS_RDONLY),
@@ -411,8 +413,10 @@ pub fn mount_options(opts: &str, tmpfs: bool) -> Result<(u64, String), String> {
                     if !known.contains(&k) {
                         return Err(format!("invalid tmpfs option {o:?}"));
                     }
-                    if matches!(k, "size" | "mode" | "uid" | "gid" | "nr_inodes" | "nr_blocks")
-                        && v.as_deref().is_none_or(str::is_empty)
+                    if matches!(
+                        k,
+                        "size" | "mode" | "uid" | "gid" | "nr_inodes" | "nr_blocks"
+                    ) && v.as_deref().is_none_or(str::is_empty)
                     {
                         return Err(format!("invalid tmpfs option {o:?}: a value is needed"));
                     }

@@ -179,7 +179,10 @@ fn action(name: &str, errno: Option<u32>, default_errno: u32, what: &str) -> Res
         "SCMP_ACT_TRACE" => libc::SECCOMP_RET_TRACE | (errno.unwrap_or(0) & 0xffff),
         "SCMP_ACT_LOG" => libc::SECCOMP_RET_LOG,
         "SCMP_ACT_NOTIFY" => {
-            return Err(format!("seccomp profile: {what}: action SCMP_ACT_NOTIFY needs a listener, which this engine does not provide"));
+            return Err(format!(
+                "seccomp profile: {what}: action SCMP_ACT_NOTIFY needs a listener, \
+                which this engine does not provide"
+            ));
         }
         "" => return Err(format!("seccomp profile: {what}: no action given")),
         other => return Err(format!("seccomp profile: {what}: unknown action {other:?}")),
@@ -544,7 +547,11 @@ fn assemble(
     }
     p.push(stmt(RET_K, default_ret));
     if p.len() > BPF_MAXINSNS {
-        return Err(format!("seccomp profile: the compiled filter has {} instructions, more than the kernel's limit of {BPF_MAXINSNS}", p.len()));
+        return Err(format!(
+            "seccomp profile: the compiled filter has {} instructions, more than \
+            the kernel's limit of {BPF_MAXINSNS}",
+            p.len()
+        ));
     }
     Ok(p)
 }
