@@ -74,6 +74,16 @@ impl Filters {
         }
     }
 
+    /// The values given for `name` (None when it is not filtered).
+    pub fn values(&self, name: &str) -> Option<&[String]> {
+        self.0.get(name).map(Vec::as_slice)
+    }
+
+    /// The filter names given.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+
     pub fn has(&self, name: &str) -> bool {
         self.0.contains_key(name)
     }
@@ -215,7 +225,7 @@ fn name_matches(pattern: &str, name: &str) -> bool {
 }
 
 /// `key` (present) or `key=value` (equal).
-fn label_matches(filter: &str, labels: &BTreeMap<String, String>) -> bool {
+pub(crate) fn label_matches(filter: &str, labels: &BTreeMap<String, String>) -> bool {
     match filter.split_once('=') {
         Some((k, v)) => labels.get(k).is_some_and(|have| have == v),
         None => labels.contains_key(filter),

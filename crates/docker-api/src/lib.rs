@@ -13,7 +13,9 @@
 
 pub mod backend;
 pub mod error;
+pub mod events;
 pub mod filters;
+pub mod ops;
 pub mod route;
 pub mod server;
 pub mod stdcopy;

@@ -61,7 +61,7 @@ impl HttpBody for Body {
     }
 }
 
-type Resp = Response<Body>;
+pub(crate) type Resp = Response<Body>;
 
 fn base(status: StatusCode) -> http::response::Builder {
     Response::builder()
@@ -86,6 +86,22 @@ fn empty(status: StatusCode) -> Resp {
         .expect("static response parts")
 }
 
+pub(crate) fn json_response<T: Serialize>(status: StatusCode, v: &T) -> Resp {
+    json(status, v)
+}
+
+pub(crate) fn empty_response(status: StatusCode) -> Resp {
+    empty(status)
+}
+
+/// A chunked body from `rx` with `content_type`.
+pub(crate) fn streaming_response(content_type: &'static str, rx: mpsc::Receiver<Bytes>) -> Resp {
+    base(StatusCode::OK)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::Channel(rx))
+        .expect("static response parts")
+}
+
 fn error_response(e: &ApiError) -> Resp {
     if e.status == StatusCode::NOT_MODIFIED {
         return empty(e.status);
@@ -96,7 +112,7 @@ fn error_response(e: &ApiError) -> Resp {
         .expect("static response parts")
 }
 
-struct Query(HashMap<String, String>);
+pub(crate) struct Query(HashMap<String, String>);
 
 impl Query {
     fn parse(q: Option<&str>) -> Self {
@@ -106,10 +122,10 @@ impl Query {
                 .collect(),
         )
     }
-    fn get(&self, k: &str) -> Option<&str> {
+    pub(crate) fn get(&self, k: &str) -> Option<&str> {
         self.0.get(k).map(String::as_str).filter(|s| !s.is_empty())
     }
-    fn flag(&self, k: &str) -> bool {
+    pub(crate) fn flag(&self, k: &str) -> bool {
         matches!(self.get(k), Some("1" | "true" | "True" | "TRUE"))
     }
     fn int<T: std::str::FromStr>(&self, k: &str) -> ApiResult<Option<T>> {
@@ -133,7 +149,9 @@ async fn read_body(body: Incoming, limit: usize) -> ApiResult<Bytes> {
     }
 }
 
-async fn read_json<T: serde::de::DeserializeOwned + Default>(body: Incoming) -> ApiResult<T> {
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned + Default>(
+    body: Incoming,
+) -> ApiResult<T> {
     let b = read_body(body, MAX_JSON_BODY).await?;
     if b.iter().all(|c| c.is_ascii_whitespace()) {
         return Ok(T::default());
@@ -141,15 +159,69 @@ async fn read_json<T: serde::de::DeserializeOwned + Default>(body: Incoming) -> 
     serde_json::from_slice(&b).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
-/// Handles one request; never panics on bad input.
-pub async fn handle<B: Backend>(backend: Arc<B>, req: Request<Incoming>) -> Resp {
-    match dispatch(backend, req).await {
-        Ok(r) => r,
-        Err(e) => error_response(&e),
+/// A request's body until a handler takes it; what no handler took is drained after the
+/// handler answers, so the connection stays usable for the client's next request.
+#[derive(Clone)]
+pub struct BodySlot(Arc<std::sync::Mutex<Option<Incoming>>>);
+
+impl BodySlot {
+    pub(crate) fn take(&self) -> ApiResult<Incoming> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| ApiError::internal("the request body was already read"))
     }
 }
 
-async fn dispatch<B: Backend>(b: Arc<B>, req: Request<Incoming>) -> ApiResult<Resp> {
+pub(crate) type Req = Request<BodySlot>;
+
+/// The most of an unread request body that is read and dropped to keep a connection alive.
+const DRAIN_LIMIT: usize = 64 << 20;
+
+/// Reads and drops `body`; false when it is too large or too slow (then the connection closes).
+async fn drain(mut body: Incoming) -> bool {
+    let read = async {
+        let mut n = 0usize;
+        while let Some(f) = body.frame().await {
+            match f {
+                Ok(f) => {
+                    n += f.data_ref().map_or(0, |d| d.len());
+                    if n > DRAIN_LIMIT {
+                        return false;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        true
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), read)
+        .await
+        .unwrap_or(false)
+}
+
+/// Handles one request; never panics on bad input.
+pub async fn handle<B: Backend>(backend: Arc<B>, req: Request<Incoming>) -> Resp {
+    let (parts, body) = req.into_parts();
+    let slot = BodySlot(Arc::new(std::sync::Mutex::new(Some(body))));
+    let mut resp = match dispatch(backend, Request::from_parts(parts, slot.clone())).await {
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    };
+    // hyper closes a connection whose request body was not read to its end (a 404 for a POST
+    // with a body, say); a client reusing the connection then reads "connection closed".
+    let left = slot.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(body) = left {
+        if !drain(body).await {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+    }
+    resp
+}
+
+async fn dispatch<B: Backend>(b: Arc<B>, req: Req) -> ApiResult<Resp> {
     let routed = route(req.method(), req.uri().path())?;
     let q = Query::parse(req.uri().query());
     let is_head = req.method() == Method::HEAD;
@@ -216,7 +288,7 @@ async fn dispatch<B: Backend>(b: Arc<B>, req: Request<Incoming>) -> ApiResult<Re
         Route::ImagesLoad => {
             // The archive streams to the back end as it arrives (it may be larger than memory).
             let (tx, rx) = mpsc::channel::<Bytes>(16);
-            let mut body = req.into_body();
+            let mut body = req.into_body().take()?;
             let feed = tokio::spawn(async move {
                 while let Some(frame) = body.frame().await {
                     let Ok(frame) = frame else { return false };
@@ -286,13 +358,13 @@ async fn dispatch<B: Backend>(b: Arc<B>, req: Request<Incoming>) -> ApiResult<Re
         }
         Route::ContainerCreate => {
             let name = q.get("name").map(str::to_string);
-            let body: ContainerCreateRequest = read_json(req.into_body()).await?;
+            let body: ContainerCreateRequest = read_json(req.into_body().take()?).await?;
             json(StatusCode::CREATED, &b.container_create(name, body).await?)
         }
         Route::ExecStart(id) => {
             let upgrade = wants_upgrade(&req);
             let (parts, body) = req.into_parts();
-            let start: ExecStartRequest = read_json(body).await?;
+            let start: ExecStartRequest = read_json(body.take()?).await?;
             let io = b.exec_start(&id, start.clone()).await?;
             if start.detach {
                 drop(io);
@@ -307,12 +379,13 @@ async fn dispatch<B: Backend>(b: Arc<B>, req: Request<Incoming>) -> ApiResult<Re
             empty(StatusCode::OK)
         }
         Route::Container(id, op) => container(b, req, q, id, op).await?,
+        Route::Ops(op) => crate::ops::dispatch(b, req, q, op).await?,
     })
 }
 
 async fn container<B: Backend>(
     b: Arc<B>,
-    req: Request<Incoming>,
+    req: Req,
     q: Query,
     id: String,
     op: ContainerOp,
@@ -413,7 +486,7 @@ async fn container<B: Backend>(
             empty(StatusCode::OK)
         }
         ExecCreate => {
-            let body: ExecCreateRequest = read_json(req.into_body()).await?;
+            let body: ExecCreateRequest = read_json(req.into_body().take()?).await?;
             if body.cmd.is_empty() {
                 return Err(ApiError::bad_request("No exec command specified"));
             }
@@ -450,7 +523,7 @@ async fn container<B: Backend>(
                 .get("path")
                 .ok_or_else(|| ApiError::bad_request("path is required"))?
                 .to_string();
-            let tar = read_body(req.into_body(), MAX_ARCHIVE_BODY).await?;
+            let tar = read_body(req.into_body().take()?, MAX_ARCHIVE_BODY).await?;
             b.archive_put(&id, &path, tar).await?;
             empty(StatusCode::OK)
         }
@@ -840,6 +913,48 @@ mod tests {
         assert!(r.starts_with("HTTP/1.1 404"), "{r}");
         let r = request("POST /v1.47/containers/zz/wait HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").await;
         assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_stays_open_after_an_error_with_an_unread_body() {
+        // Python's requests sends the body after the headers; hyper would close a connection
+        // whose body the handler never read, and the client's next request on it fails.
+        let (client, server) = tokio::io::duplex(1 << 16);
+        tokio::spawn(serve_connection(Arc::new(Fake), server));
+        let (mut rd, mut wr) = tokio::io::split(client);
+        let body = "x".repeat(50_000);
+        wr.write_all(
+            format!(
+                "POST /v1.47/nope HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        wr.write_all(body.as_bytes()).await.unwrap();
+        wr.write_all(
+            b"POST /containers/zz/kill HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+        )
+        .await
+        .unwrap();
+        wr.write_all(b"GET /swarm HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(5), rd.read_to_end(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        let out = String::from_utf8_lossy(&out);
+        assert_eq!(out.matches("HTTP/1.1 ").count(), 3, "{out}");
+        assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+        assert!(out.contains("HTTP/1.1 503"), "{out}");
+        assert!(
+            out.contains(crate::ops::NOT_A_MANAGER.replace('"', "\\\"").as_str()),
+            "{out}"
+        );
     }
 
     #[tokio::test]
