@@ -173,6 +173,13 @@ pub struct HostConfig {
     pub cap_add: Option<Vec<String>>,
     pub cap_drop: Option<Vec<String>>,
     pub security_opt: Option<Vec<String>>,
+    pub cpu_shares: i64,
+    pub memory_swap: i64,
+    pub memory_reservation: i64,
+    /// Every other field the client sent, echoed back by inspect as it came (what the engine
+    /// cannot honour is refused at create, see the engine's checks).
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]

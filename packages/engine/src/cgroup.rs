@@ -29,6 +29,12 @@ pub fn create(id: &str, hc: &HostConfig) -> std::io::Result<Option<PathBuf>> {
     enable(&parent);
     let dir = parent.join(id);
     std::fs::create_dir_all(&dir)?;
+    apply(&dir, hc)?;
+    Ok(Some(dir))
+}
+
+/// Writes the limits of `hc` into the cgroup `dir` (at creation and on `docker update`).
+pub fn apply(dir: &Path, hc: &HostConfig) -> std::io::Result<()> {
     let write = |f: &str, v: String| {
         std::fs::write(dir.join(f), &v).map_err(|e| {
             std::io::Error::new(
@@ -53,10 +59,31 @@ pub fn create(id: &str, hc: &HostConfig) -> std::io::Result<Option<PathBuf>> {
     } else if hc.cpu_quota > 0 {
         write("cpu.max", format!("{} {period}", hc.cpu_quota))?;
     }
-    if let Some(p) = hc.pids_limit.filter(|p| *p > 0) {
-        write("pids.max", p.to_string())?;
+    if let Some(p) = hc.pids_limit {
+        write("pids.max", if p > 0 { p.to_string() } else { "max".into() })?;
     }
-    Ok(Some(dir))
+    if hc.cpu_shares > 0 {
+        write("cpu.weight", cpu_weight(hc.cpu_shares).to_string())?;
+    }
+    if hc.memory_reservation > 0 {
+        write("memory.low", hc.memory_reservation.to_string())?;
+    }
+    // MemorySwap is memory plus swap (-1: unlimited); the guest may have no swap file.
+    if hc.memory > 0 && hc.memory_swap != 0 && dir.join("memory.swap.max").exists() {
+        let swap = if hc.memory_swap < 0 {
+            "max".to_string()
+        } else {
+            (hc.memory_swap - hc.memory).max(0).to_string()
+        };
+        write("memory.swap.max", swap)?;
+    }
+    Ok(())
+}
+
+/// cpu.weight for Docker's CPU shares (runc's conversion: 2..262144 → 1..10000).
+pub fn cpu_weight(shares: i64) -> u64 {
+    let s = shares.clamp(2, 262_144) as u64;
+    1 + ((s - 2) * 9999) / 262_142
 }
 
 pub fn add(dir: &Path, pid: i32) -> std::io::Result<()> {

@@ -85,6 +85,9 @@ pub struct Record {
     /// The last run ended because the memory limit's OOM killer struck.
     #[serde(default)]
     pub oom_killed: bool,
+    /// Frozen (cgroup.freeze) while running: `docker pause`.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// What `wait` watches.

@@ -15,6 +15,7 @@ mod backend;
 mod certs;
 mod cgroup;
 mod containers;
+mod events;
 mod images;
 mod logs;
 mod net;

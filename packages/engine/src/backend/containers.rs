@@ -28,6 +28,9 @@ async fn publish_ports(r: &Record) -> Result<Vec<netproxy::Bound>, String> {
 impl Engine {
     fn summary_status(r: &Record) -> String {
         match r.status {
+            Status::Running if r.paused => {
+                format!("Up {} (Paused)", human(since(r.started_at)))
+            }
             Status::Running => format!("Up {}", human(since(r.started_at))),
             Status::Exited => format!(
                 "Exited ({}) {} ago",
@@ -226,6 +229,7 @@ impl Engine {
         }
         c.save();
         c.events.send_modify(|e| e.running = true);
+        crate::events::container(&c.snapshot(), "start", &[]);
         trace.mark("running, state saved");
         // Output → log file + attach subscribers.
         let log = c.log_path();
@@ -298,6 +302,7 @@ impl Engine {
             rec.status = Status::Exited;
             rec.exit_code = code;
             rec.pid = 0;
+            rec.paused = false;
             rec.finished_at = now_nanos();
             let cg = rec.cgroup.take();
             if let Some(cg) = &cg {
@@ -307,6 +312,10 @@ impl Engine {
         };
         let (r, cg) = r;
         c.save();
+        if r.oom_killed {
+            crate::events::container(&r, "oom", &[]);
+        }
+        crate::events::container(&r, "die", &[("exitCode", code.to_string())]);
         c.events.send_modify(|e| {
             e.exits += 1;
             e.exit_code = code;
@@ -362,6 +371,7 @@ impl Engine {
 
     async fn remove_inner(&self, c: &Arc<Container>) -> ApiResult<()> {
         let id = c.snapshot().id;
+        crate::events::container(&c.snapshot(), "destroy", &[]);
         self.containers.lock().unwrap().remove(&id);
         if let Ok((_, ipam)) = &self.bridge {
             ipam.release(&id);
@@ -428,16 +438,22 @@ impl Engine {
             .and_then(|s| parse_signal(&s))
             .unwrap_or(nix::sys::signal::Signal::SIGTERM);
         let t = timeout.or(r.config.stop_timeout).unwrap_or(10);
+        crate::events::container(&r, "kill", &[("signal", (sig as i32).to_string())]);
         let _ = self.signal(&c, sig);
+        self.thaw(&c);
         let wait = if t < 0 {
             None
         } else {
             Some(std::time::Duration::from_secs(t as u64))
         };
         if !self.wait_not_running(&c, wait).await {
+            crate::events::container(&r, "kill", &[("signal", "9".into())]);
             let _ = self.signal(&c, nix::sys::signal::Signal::SIGKILL);
             self.wait_not_running(&c, Some(std::time::Duration::from_secs(10)))
                 .await;
+        }
+        if by_user {
+            crate::events::container(&c.snapshot(), "stop", &[]);
         }
         Ok(())
     }
@@ -546,7 +562,12 @@ impl Engine {
             path: r.path.clone(),
             args: r.args.clone(),
             state: ContainerState {
-                status: r.status.to_string(),
+                status: if r.paused {
+                    "paused".into()
+                } else {
+                    r.status.to_string()
+                },
+                paused: r.paused,
                 running: r.status == Status::Running,
                 restarting: r.status == Status::Restarting,
                 pid: r.pid as i64,
@@ -640,7 +661,11 @@ impl ContainerBackend for Engine {
                     created: (r.created / 1_000_000_000) as i64,
                     ports,
                     labels: r.config.labels.clone().unwrap_or_default(),
-                    state: r.status.to_string(),
+                    state: if r.paused {
+                        "paused".into()
+                    } else {
+                        r.status.to_string()
+                    },
                     status: Self::summary_status(&r),
                 }
             })
@@ -775,6 +800,7 @@ impl ContainerBackend for Engine {
         };
         let c = Arc::new(Container::new(dir, data, rec));
         c.save();
+        crate::events::container(&c.snapshot(), "create", &[]);
         trace.mark("saved");
         self.containers.lock().unwrap().insert(id.clone(), c);
         Ok(ContainerCreateResponse {
@@ -834,7 +860,21 @@ impl ContainerBackend for Engine {
         if sig == nix::sys::signal::Signal::SIGKILL {
             c.rec.lock().unwrap().stopped_by_user = true;
         }
-        self.signal(&c, sig)
+        crate::events::container(
+            &c.snapshot(),
+            "kill",
+            &[("signal", (sig as i32).to_string())],
+        );
+        self.signal(&c, sig)?;
+        if sig == nix::sys::signal::Signal::SIGKILL {
+            // As dockerd: the answer comes once the container has exited, so a client that
+            // inspects next sees it stopped.
+            self.wait_not_running(&c, Some(std::time::Duration::from_secs(10)))
+                .await;
+        } else {
+            self.thaw(&c);
+        }
+        Ok(())
     }
 
     async fn container_restart(&self, id: &str, timeout: Option<i64>) -> ApiResult<()> {
@@ -849,7 +889,11 @@ impl ContainerBackend for Engine {
             } else {
                 Err(e)
             }
-        })
+        })?;
+        if let Ok(c) = self.find(id) {
+            crate::events::container(&c.snapshot(), "restart", &[]);
+        }
+        Ok(())
     }
 
     async fn container_remove(&self, id: &str, force: bool, _volumes: bool) -> ApiResult<()> {
@@ -968,6 +1012,12 @@ impl ContainerBackend for Engine {
     async fn container_attach(&self, id: &str, o: AttachOptions) -> ApiResult<AttachIo> {
         let c = self.find(id)?;
         let r = c.snapshot();
+        if r.paused {
+            return Err(ApiError::conflict(
+                "You cannot attach to a paused container, unpause it first",
+            ));
+        }
+        crate::events::container(&r, "attach", &[]);
         let mut sub = c.output.subscribe();
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {
@@ -1036,5 +1086,35 @@ impl ContainerBackend for Engine {
             set_winsize(m, h, w);
         }
         Ok(())
+    }
+
+    // The operations of backend/ops.rs.
+    async fn container_stats(&self, id: &str) -> ApiResult<docker_api::ops::ContainerStats> {
+        self.stats_of(id).await
+    }
+    async fn container_top(&self, id: &str, a: &str) -> ApiResult<docker_api::ops::TopResponse> {
+        self.top_of(id, a).await
+    }
+    async fn container_changes(&self, id: &str) -> ApiResult<Vec<docker_api::ops::Change>> {
+        self.changes_of(id).await
+    }
+    async fn container_export(&self, id: &str) -> ApiResult<mpsc::Receiver<Bytes>> {
+        self.export_of(id).await
+    }
+    async fn container_pause(&self, id: &str) -> ApiResult<()> {
+        self.pause(id, true).await
+    }
+    async fn container_unpause(&self, id: &str) -> ApiResult<()> {
+        self.pause(id, false).await
+    }
+    async fn container_rename(&self, id: &str, name: &str) -> ApiResult<()> {
+        self.rename(id, name).await
+    }
+    async fn container_update(
+        &self,
+        id: &str,
+        u: docker_api::ops::UpdateRequest,
+    ) -> ApiResult<docker_api::ops::UpdateResponse> {
+        self.update(id, u).await
     }
 }

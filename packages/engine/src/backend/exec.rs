@@ -23,7 +23,15 @@ impl ExecBackend for Engine {
                 c.snapshot().id
             )));
         }
+        if c.snapshot().paused {
+            return Err(ApiError::conflict(format!(
+                "Container {} is paused, unpause the container before exec",
+                c.snapshot().id
+            )));
+        }
         let eid = random_id();
+        let action = format!("exec_create: {}", req.cmd.join(" "));
+        crate::events::container(&c.snapshot(), &action, &[("execID", eid.clone())]);
         self.execs.lock().unwrap().insert(
             eid.clone(),
             Arc::new(Exec {
@@ -119,6 +127,8 @@ impl ExecBackend for Engine {
             }
         };
         *ex.state.lock().unwrap() = (true, None, s.pid);
+        let action = format!("exec_start: {}", ex.req.cmd.join(" "));
+        crate::events::container(&r, &action, &[("execID", ex.id.clone())]);
         let mut readers = Vec::new();
         let fwd = |stream: StdStream| {
             let tx = tx.clone();
@@ -154,6 +164,7 @@ impl ExecBackend for Engine {
             _ => None,
         };
         let ex2 = ex.clone();
+        let r2 = r.clone();
         let mut child = s.child;
         std::thread::spawn(move || {
             let code = child
@@ -165,6 +176,11 @@ impl ExecBackend for Engine {
                 let _ = r.join();
             }
             *ex2.state.lock().unwrap() = (false, Some(code), 0);
+            crate::events::container(
+                &r2,
+                "exec_die",
+                &[("execID", ex2.id.clone()), ("exitCode", code.to_string())],
+            );
             drop(tx); // closes the output stream only after the exit code is known
         });
         Ok(AttachIo {

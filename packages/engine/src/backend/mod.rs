@@ -7,6 +7,7 @@ mod archive;
 mod containers;
 mod exec;
 mod images;
+mod ops;
 mod system;
 
 use crate::args::Args;
