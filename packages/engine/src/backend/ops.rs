@@ -302,18 +302,28 @@ fn is_opaque(p: &Path) -> bool {
     false
 }
 
+/// Files the engine mounts into every container (dockerd keeps them in a layer of its own,
+/// so they are never a change of the container's).
+const ENGINE_FILES: &[&str] = &["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"];
+
 /// The writable layer `upper` against the image's `lowers`: Kind 0 modified, 1 added,
 /// 2 deleted (a whiteout), as dockerd reports them (sorted by path).
 pub fn changes(upper: &Path, lowers: &[PathBuf]) -> Vec<Change> {
-    fn walk(dir: &Path, rel: &str, lowers: &[PathBuf], out: &mut Vec<Change>) {
+    /// Returns whether it skipped an engine file directly in `dir`.
+    fn walk(dir: &Path, rel: &str, lowers: &[PathBuf], out: &mut Vec<Change>) -> bool {
         let Ok(rd) = std::fs::read_dir(dir) else {
-            return;
+            return false;
         };
         let mut entries: Vec<_> = rd.flatten().collect();
         entries.sort_by_key(|e| e.file_name());
+        let mut skipped = false;
         for e in entries {
             let name = e.file_name().to_string_lossy().into_owned();
             let path = format!("{rel}/{name}");
+            if ENGINE_FILES.contains(&path.as_str()) {
+                skipped = true;
+                continue;
+            }
             let Ok(m) = e.path().symlink_metadata() else {
                 continue;
             };
@@ -337,9 +347,14 @@ pub fn changes(upper: &Path, lowers: &[PathBuf]) -> Vec<Change> {
                 } else {
                     &[]
                 };
-                walk(&e.path(), &path, below, out);
+                let n = out.len();
+                // A directory copied up only for the engine's mount points is no change.
+                if walk(&e.path(), &path, below, out) && out.len() == n && in_lower {
+                    out.pop();
+                }
             }
         }
+        skipped
     }
     let mut out = Vec::new();
     walk(upper, "", lowers, &mut out);
@@ -736,6 +751,8 @@ mod tests {
         std::fs::create_dir_all(upper.join("etc")).unwrap();
         std::fs::write(upper.join("etc/passwd"), "y").unwrap();
         std::fs::create_dir_all(upper.join("new/sub")).unwrap();
+        std::fs::create_dir_all(lower.join("etc")).unwrap();
+        std::fs::write(upper.join("etc/hostname"), "h").unwrap();
         let whiteout = nix::sys::stat::mknod(
             &upper.join("gone"),
             nix::sys::stat::SFlag::S_IFCHR,
