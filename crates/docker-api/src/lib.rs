@@ -53,6 +53,9 @@ pub struct LogsOptions {
     pub timestamps: bool,
     /// Number of lines from the end; None = all.
     pub tail: Option<usize>,
+    /// Only lines written at or after / before this time (nanoseconds since the epoch).
+    pub since: Option<i128>,
+    pub until: Option<i128>,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -458,6 +458,15 @@ async fn container<B: Backend>(
                     None | Some("all") => None,
                     Some(_) => q.int("tail")?,
                 },
+                // `since=0` is the CLI's "from the start".
+                since: match q.get("since") {
+                    None | Some("0") => None,
+                    Some(v) => Some(crate::events::parse_time("since", v)?),
+                },
+                until: match q.get("until") {
+                    None | Some("0") => None,
+                    Some(v) => Some(crate::events::parse_time("until", v)?),
+                },
             };
             if !opts.stdout && !opts.stderr {
                 return Err(ApiError::bad_request(

@@ -2,7 +2,7 @@
 //! restart, remove, wait, logs, attach.
 
 use super::*;
-use crate::containers::{parse_signal, random_name, valid_name, Events, Record, Status};
+use crate::containers::{parse_signal, random_name_try, valid_name, Events, Record, Status};
 use crate::runtime::{Bind, Process, RunSpec, Stdio3};
 use crate::{cgroup, logs, netproxy};
 use docker_api::time::{human, rfc3339, since};
@@ -56,12 +56,18 @@ impl Engine {
         }
         let mut args = vec![r.path.clone()];
         args.extend(r.args.iter().cloned());
+        let mut binds = r.binds.clone();
+        if r.host_config.extra.get("Init").and_then(|v| v.as_bool()) == Some(true) {
+            let (bind, init_args) = super::ops::init_process(args)?;
+            binds.push(bind);
+            args = init_args;
+        }
         Ok(RunSpec {
             rootfs: c.dir.join("rootfs"),
             lowers,
             upper: c.data.join("upper"),
             work: c.data.join("work"),
-            binds: r.binds.clone(),
+            binds,
             etc_files: vec![
                 (c.dir.join("hosts"), "/etc/hosts".into()),
                 (c.dir.join("hostname"), "/etc/hostname".into()),
@@ -69,6 +75,8 @@ impl Engine {
             ],
             hostname: r.config.hostname.clone(),
             new_netns: r.host_config.network_mode != "host",
+            host_pid: super::ops::hc_str(&r.host_config, "PidMode") == "host",
+            host_uts: super::ops::hc_str(&r.host_config, "UTSMode") == "host",
             volatile: self.volatile_layers,
             trace: Trace::enabled(),
             process: Process {
@@ -78,6 +86,7 @@ impl Engine {
                 user: r.config.user.clone(),
                 tty: r.config.tty,
                 confine: confinement(&r.host_config).map_err(ApiError::bad_request)?,
+                group_add: super::ops::hc_list(&r.host_config, "GroupAdd"),
             },
         })
     }
@@ -233,13 +242,16 @@ impl Engine {
         trace.mark("running, state saved");
         // Output → log file + attach subscribers.
         let log = c.log_path();
+        let keep_log = super::ops::log_driver(&r.host_config) != "none";
         let mut readers = Vec::new();
         let sink = |stream: StdStream| {
             let tx = c.output.clone();
             let log = log.clone();
             move |b: Bytes| {
                 let f = Frame { stream, data: b };
-                let _ = logs::append(&log, &f);
+                if keep_log {
+                    let _ = logs::append(&log, &f);
+                }
                 let _ = tx.send(Some(f));
             }
         };
@@ -690,7 +702,23 @@ impl ContainerBackend for Engine {
                 }
                 n.trim_start_matches('/').to_string()
             }
-            None => random_name(),
+            None => {
+                let taken = |n: &str| {
+                    self.containers
+                        .lock()
+                        .unwrap()
+                        .values()
+                        .any(|c| c.rec.lock().unwrap().name == n)
+                };
+                let mut n = random_name_try(0);
+                for retry in 1..20 {
+                    if !taken(&n) {
+                        break;
+                    }
+                    n = random_name_try(retry);
+                }
+                n
+            }
         };
         if let Ok(c) = self.find(&name) {
             if c.rec.lock().unwrap().name == name {
@@ -776,6 +804,7 @@ impl ContainerBackend for Engine {
             ));
         }
         confinement(&hc).map_err(ApiError::bad_request)?;
+        super::ops::check_create(&mut hc)?;
         trace.mark("confinement (seccomp compiled)");
         let (binds, mounts) = self.parse_binds(&hc.binds.clone().unwrap_or_default())?;
         let (dir, data) = self.container_dirs(&id);
@@ -964,6 +993,12 @@ impl ContainerBackend for Engine {
 
     async fn container_logs(&self, id: &str, o: LogsOptions) -> ApiResult<(bool, FrameRx)> {
         let c = self.find(id)?;
+        if super::ops::log_driver(&c.snapshot().host_config) == "none" {
+            return Err(ApiError::new(
+                http::StatusCode::NOT_IMPLEMENTED,
+                "configured logging driver does not support reading",
+            ));
+        }
         let tty = c.rec.lock().unwrap().config.tty;
         let path = c.log_path();
         let (tx, rx) = mpsc::channel(64);
@@ -984,12 +1019,18 @@ impl ContainerBackend for Engine {
                     .lines()
                     .collect();
                 pos += end as u64;
-                if first {
-                    if let Some(n) = o.tail {
-                        let k = lines.len().saturating_sub(n);
-                        lines.drain(..k);
-                    }
-                    first = false;
+                let first_batch = first;
+                first = false;
+                if o.since.is_some() || o.until.is_some() {
+                    lines.retain(|l| {
+                        logs::line_time(l).is_some_and(|t| {
+                            o.since.is_none_or(|s| t >= s) && o.until.is_none_or(|u| t <= u)
+                        })
+                    });
+                }
+                if let Some(n) = o.tail.filter(|_| first_batch) {
+                    let k = lines.len().saturating_sub(n);
+                    lines.drain(..k);
                 }
                 for l in lines {
                     if let Some(f) = logs::decode_line(l, o.stdout, o.stderr, o.timestamps) {
@@ -1002,6 +1043,10 @@ impl ContainerBackend for Engine {
                     if !o.follow || !running {
                         return;
                     }
+                }
+                // Following stops at `until`, as dockerd's does.
+                if o.until.is_some_and(|u| now_nanos() > u) {
+                    return;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }

@@ -90,6 +90,7 @@ impl ExecBackend for Engine {
                 },
                 tty: ex.req.tty,
                 confine: confinement(&r.host_config).map_err(ApiError::bad_request)?,
+                group_add: super::ops::hc_list(&r.host_config, "GroupAdd"),
             },
         };
         let spec_path = c.dir.join(format!("exec-{}.json", ex.id));

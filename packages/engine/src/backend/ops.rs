@@ -304,7 +304,10 @@ fn is_opaque(p: &Path) -> bool {
 
 /// Files the engine mounts into every container (dockerd keeps them in a layer of its own,
 /// so they are never a change of the container's).
-const ENGINE_FILES: &[&str] = &["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"];
+const ENGINE_FILES: &[&str] = &["/etc/hosts", "/etc/hostname", "/etc/resolv.conf", INIT_PATH];
+
+/// Where `--init` puts the engine binary in a container (dockerd's path for its tini).
+pub(super) const INIT_PATH: &str = "/sbin/docker-init";
 
 /// The writable layer `upper` against the image's `lowers`: Kind 0 modified, 1 added,
 /// 2 deleted (a whiteout), as dockerd reports them (sorted by path).
@@ -380,6 +383,191 @@ fn tar_tree(root: &Path, w: impl Write) -> std::io::Result<()> {
     b.follow_symlinks(false);
     walk(&mut b, root, Path::new(""))?;
     b.finish()
+}
+
+/// A string field of HostConfig that the engine keeps as the client sent it (`PidMode`, ...).
+pub(super) fn hc_str<'a>(hc: &'a HostConfig, key: &str) -> &'a str {
+    hc.extra.get(key).and_then(|v| v.as_str()).unwrap_or("")
+}
+
+/// A list-of-strings field of HostConfig (`GroupAdd`, ...).
+pub(super) fn hc_list(hc: &HostConfig, key: &str) -> Vec<String> {
+    hc.extra
+        .get(key)
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The log drivers the engine has: json-file (its log file) and none (no log).
+const LOG_DRIVERS: &[&str] = &["json-file", "none"];
+
+/// The container's log driver (`json-file` unless it asked for another).
+pub(super) fn log_driver(hc: &HostConfig) -> &str {
+    hc.extra
+        .get("LogConfig")
+        .and_then(|l| l.get("Type"))
+        .and_then(|t| t.as_str())
+        .filter(|t| !t.is_empty())
+        .unwrap_or("json-file")
+}
+
+fn nonzero(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Null => false,
+        serde_json::Value::Bool(b) => *b,
+        serde_json::Value::Number(n) => n.as_f64() != Some(0.0),
+        serde_json::Value::String(s) => !s.is_empty(),
+        serde_json::Value::Array(a) => !a.is_empty(),
+        serde_json::Value::Object(o) => !o.is_empty(),
+    }
+}
+
+/// HostConfig fields this engine does not honour: refused at create when set, never
+/// accepted and ignored. (Network, DNS and mount fields are the other groups' to check.)
+const UNSUPPORTED: &[(&str, &str)] = &[
+    (
+        "CpusetCpus",
+        "cpuset (the cpuset controller is not enabled)",
+    ),
+    (
+        "CpusetMems",
+        "cpuset (the cpuset controller is not enabled)",
+    ),
+    ("BlkioWeight", "block I/O weights"),
+    ("BlkioWeightDevice", "block I/O weights"),
+    ("BlkioDeviceReadBps", "block I/O limits"),
+    ("BlkioDeviceWriteBps", "block I/O limits"),
+    ("BlkioDeviceReadIOps", "block I/O limits"),
+    ("BlkioDeviceWriteIOps", "block I/O limits"),
+    ("CpuRealtimePeriod", "real-time CPU scheduling"),
+    ("CpuRealtimeRuntime", "real-time CPU scheduling"),
+    ("Devices", "device mappings (--device)"),
+    ("DeviceCgroupRules", "device cgroup rules"),
+    ("DeviceRequests", "device requests (--gpus)"),
+    ("KernelMemory", "kernel memory limits"),
+    ("KernelMemoryTCP", "kernel memory limits"),
+    ("OomKillDisable", "--oom-kill-disable"),
+    ("Ulimits", "ulimits"),
+    ("Sysctls", "sysctls"),
+    ("ReadonlyRootfs", "a read-only root file system"),
+    ("UsernsMode", "user namespaces"),
+    ("CgroupParent", "--cgroup-parent"),
+    ("IOMaximumIOps", "I/O limits"),
+    ("IOMaximumBandwidth", "I/O limits"),
+    ("CpuCount", "CpuCount (Windows only)"),
+    ("CpuPercent", "CpuPercent (Windows only)"),
+    ("StorageOpt", "storage options"),
+];
+
+/// Checks at create what this group owns in HostConfig, and fills the defaults dockerd
+/// shows in inspect (LogConfig, PidMode, ...).
+pub(super) fn check_create(hc: &mut HostConfig) -> ApiResult<()> {
+    for (key, what) in UNSUPPORTED {
+        if hc.extra.get(*key).is_some_and(nonzero) {
+            return Err(ApiError::bad_request(format!(
+                "{key}: {what} is not supported by this engine"
+            )));
+        }
+    }
+    let driver = log_driver(hc).to_string();
+    if !LOG_DRIVERS.contains(&driver.as_str()) {
+        return Err(ApiError::bad_request(format!(
+            "failed to create container: logger: no log driver named '{driver}' is registered (this engine has json-file and none)"
+        )));
+    }
+    let config = hc
+        .extra
+        .get("LogConfig")
+        .and_then(|l| l.get("Config"))
+        .cloned()
+        .filter(|c| c.is_object())
+        .unwrap_or_else(|| serde_json::json!({}));
+    if driver == "json-file" {
+        // Rotation (max-size, max-file) is not done: refuse rather than fill the disk.
+        if let Some(k) = config.as_object().and_then(|o| o.keys().next()) {
+            return Err(ApiError::bad_request(format!(
+                "unknown log opt '{k}' for json-file log driver (this engine takes none)"
+            )));
+        }
+    }
+    hc.extra.insert(
+        "LogConfig".into(),
+        serde_json::json!({"Type": driver, "Config": config}),
+    );
+    for (key, ok) in [
+        ("PidMode", &["", "host"][..]),
+        ("UTSMode", &["", "host"][..]),
+    ] {
+        let v = hc_str(hc, key).to_string();
+        if !ok.contains(&v.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "{key} {v:?} is not supported by this engine (only \"host\" or the default)"
+            )));
+        }
+        hc.extra.entry(key.to_string()).or_insert_with(|| "".into());
+    }
+    if matches!(hc_str(hc, "IpcMode"), "host") || hc_str(hc, "IpcMode").starts_with("container:") {
+        return Err(ApiError::bad_request(
+            "IpcMode host or container:... is not supported by this engine",
+        ));
+    }
+    if hc
+        .extra
+        .get("Init")
+        .is_some_and(|v| !v.is_null() && !v.is_boolean())
+    {
+        return Err(ApiError::bad_request("Init must be a boolean"));
+    }
+    if let Some(g) = hc.extra.get("GroupAdd").filter(|g| !g.is_null()) {
+        if !g
+            .as_array()
+            .is_some_and(|a| a.iter().all(|x| x.is_string()))
+        {
+            return Err(ApiError::bad_request(
+                "GroupAdd must be a list of group names or ids",
+            ));
+        }
+    }
+    for (k, v) in [
+        ("IpcMode", serde_json::json!("private")),
+        ("CgroupnsMode", serde_json::json!("private")),
+        ("Isolation", serde_json::json!("")),
+        ("ConsoleSize", serde_json::json!([0, 0])),
+        ("CpusetCpus", serde_json::json!("")),
+        ("CpusetMems", serde_json::json!("")),
+        ("BlkioWeight", serde_json::json!(0)),
+        ("OomKillDisable", serde_json::json!(false)),
+        ("ReadonlyRootfs", serde_json::json!(false)),
+        ("Devices", serde_json::json!([])),
+        ("Ulimits", serde_json::json!([])),
+        ("GroupAdd", serde_json::Value::Null),
+        ("Init", serde_json::Value::Null),
+    ] {
+        if hc.extra.get(k).is_none_or(|x| x.is_null()) {
+            hc.extra.insert(k.into(), v);
+        }
+    }
+    Ok(())
+}
+
+/// `--init`: the engine binary (static) bound read-only at [`INIT_PATH`], running `args`.
+pub(super) fn init_process(args: Vec<String>) -> ApiResult<(crate::runtime::Bind, Vec<String>)> {
+    let exe = std::env::current_exe().map_err(internal("finding the engine binary for --init"))?;
+    let mut v = vec![INIT_PATH.to_string(), "__init".into(), "--".into()];
+    v.extend(args);
+    Ok((
+        crate::runtime::Bind {
+            source: exe,
+            dest: INIT_PATH.into(),
+            readonly: true,
+        },
+        v,
+    ))
 }
 
 impl Engine {
