@@ -99,6 +99,76 @@ pub fn route(method: &Method, path: &str) -> Option<Op> {
     Some(Op::Container(id.to_string(), op))
 }
 
+/// Parses detach keys (`ctrl-p,ctrl-q`, `a`, `ctrl-@`...`ctrl-_`) into bytes; None gives
+/// dockerd's default, ctrl-p ctrl-q.
+pub fn detach_keys(spec: Option<&str>) -> ApiResult<Vec<u8>> {
+    let Some(spec) = spec.filter(|s| !s.is_empty()) else {
+        return Ok(vec![16, 17]);
+    };
+    let bad = || ApiError::bad_request(format!("Invalid detach keys ({spec}) provided"));
+    let mut out = Vec::new();
+    for k in spec.split(',') {
+        let b = match k.strip_prefix("ctrl-") {
+            Some(c) if c.len() == 1 => {
+                let c = c.as_bytes()[0].to_ascii_uppercase();
+                if !(b'@'..=b'_').contains(&c) {
+                    return Err(bad());
+                }
+                c - b'@'
+            }
+            None if k.len() == 1 && k.is_ascii() => k.as_bytes()[0],
+            _ => return Err(bad()),
+        };
+        out.push(b);
+    }
+    Ok(out)
+}
+
+/// Finds the detach keys in a stream of input: bytes that could start the sequence are held
+/// back until they turn out not to (then passed on) or complete it.
+pub struct Escape {
+    keys: Vec<u8>,
+    held: usize,
+}
+
+impl Escape {
+    /// No keys: nothing is looked for.
+    pub fn new(keys: Vec<u8>) -> Self {
+        Escape { keys, held: 0 }
+    }
+
+    /// The bytes to pass on, and whether the sequence is complete (the rest is then dropped).
+    pub fn feed(&mut self, input: &[u8]) -> (Vec<u8>, bool) {
+        if self.keys.is_empty() {
+            return (input.to_vec(), false);
+        }
+        let mut out = Vec::with_capacity(input.len());
+        for &b in input {
+            if b == self.keys[self.held] {
+                self.held += 1;
+                if self.held == self.keys.len() {
+                    self.held = 0;
+                    return (out, true);
+                }
+                continue;
+            }
+            // Not the sequence after all: what was held goes out (and this byte may start it).
+            out.extend_from_slice(&self.keys[..self.held]);
+            self.held = 0;
+            if b == self.keys[0] {
+                self.held = 1;
+                if self.keys.len() == 1 {
+                    self.held = 0;
+                    return (out, true);
+                }
+            } else {
+                out.push(b);
+            }
+        }
+        (out, false)
+    }
+}
+
 /// `GET /containers/{id}/stats`, in dockerd's (cgroup v2) shape.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct ContainerStats {
@@ -395,6 +465,24 @@ async fn container<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn detach_keys_parse_and_match() {
+        assert_eq!(detach_keys(None).unwrap(), [16, 17]);
+        assert_eq!(detach_keys(Some("ctrl-a,x")).unwrap(), [1, b'x']);
+        assert_eq!(detach_keys(Some("ctrl-@")).unwrap(), [0]);
+        assert!(detach_keys(Some("ctrl-aa")).is_err());
+        assert!(detach_keys(Some("ctrl-~")).is_err());
+        let mut e = Escape::new(vec![16, 17]);
+        assert_eq!(e.feed(b"ab\x10"), (b"ab".to_vec(), false));
+        assert_eq!(e.feed(b"c"), (b"\x10c".to_vec(), false));
+        assert_eq!(e.feed(b"\x10"), (vec![], false));
+        assert_eq!(e.feed(b"\x11rest"), (vec![], true));
+        let mut e = Escape::new(vec![]);
+        assert_eq!(e.feed(b"\x10\x11"), (b"\x10\x11".to_vec(), false));
+        let mut e = Escape::new(vec![b'q']);
+        assert_eq!(e.feed(b"aq"), (b"a".to_vec(), true));
+    }
 
     #[test]
     fn routes() {

@@ -370,7 +370,8 @@ async fn dispatch<B: Backend>(b: Arc<B>, req: Req) -> ApiResult<Resp> {
                 drop(io);
                 return Ok(empty(StatusCode::OK));
             }
-            stream_io(Request::from_parts(parts, ()), upgrade, io)?
+            let keys = crate::ops::detach_keys(None)?;
+            stream_io(Request::from_parts(parts, ()), upgrade, io, keys)?
         }
         Route::ExecInspect(id) => json(StatusCode::OK, &b.exec_inspect(&id).await?),
         Route::ExecResize(id) => {
@@ -485,9 +486,10 @@ async fn container<B: Backend>(
                 logs: q.flag("logs"),
             };
             let upgrade = wants_upgrade(&req);
+            let keys = crate::ops::detach_keys(q.get("detachKeys"))?;
             let io = b.container_attach(&id, opts).await?;
             let (parts, _) = req.into_parts();
-            stream_io(Request::from_parts(parts, ()), upgrade, io)?
+            stream_io(Request::from_parts(parts, ()), upgrade, io, keys)?
         }
         Resize => {
             b.container_resize(&id, q.int("h")?.unwrap_or(24), q.int("w")?.unwrap_or(80))
@@ -583,7 +585,7 @@ fn stream_frames(tty: bool, mut rx: mpsc::Receiver<Frame>) -> Resp {
 
 /// Answers attach/exec start: hijacks the connection (101, `Upgrade: tcp`) when asked,
 /// otherwise streams the output as the response body.
-fn stream_io(req: Request<()>, upgrade: bool, io: AttachIo) -> ApiResult<Resp> {
+fn stream_io(req: Request<()>, upgrade: bool, io: AttachIo, keys: Vec<u8>) -> ApiResult<Resp> {
     if !upgrade {
         return Ok(stream_frames(io.tty, io.output));
     }
@@ -592,7 +594,7 @@ fn stream_io(req: Request<()>, upgrade: bool, io: AttachIo) -> ApiResult<Resp> {
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => pump(TokioIo::new(upgraded), io).await,
+            Ok(upgraded) => pump(TokioIo::new(upgraded), io, keys).await,
             Err(e) => eprintln!("engine api: connection upgrade failed: {e}"),
         }
     });
@@ -620,7 +622,14 @@ const DRAIN_AFTER_OUTPUT: std::time::Duration = std::time::Duration::from_secs(5
 /// read the end: closing first, with its bytes unread, resets the connection (unix sockets
 /// and TCP alike), and a client may read that reset instead of the end of the output (the
 /// CLI then fails with "connection reset by peer").
-async fn pump<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(conn: S, io: AttachIo) {
+///
+/// With a TTY, the detach keys (`detachKeys`, default ctrl-p ctrl-q) in the input end the
+/// session and leave the container running, as dockerd's escape proxy does.
+async fn pump<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    conn: S,
+    io: AttachIo,
+    keys: Vec<u8>,
+) {
     let (mut rd, mut wr) = tokio::io::split(conn);
     let AttachIo {
         tty,
@@ -628,9 +637,12 @@ async fn pump<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(conn: S, io: A
         stdin,
     } = io;
     let (ended, mut ended_rx) = tokio::sync::oneshot::channel::<()>();
+    let (detached, mut detached_rx) = tokio::sync::oneshot::channel::<()>();
     let input = tokio::spawn(async move {
         let mut stdin = stdin;
         let mut draining = false;
+        let mut escape = crate::ops::Escape::new(if tty { keys } else { Vec::new() });
+        let mut detached = Some(detached);
         let mut buf = vec![0u8; 32 * 1024];
         loop {
             let n = tokio::select! {
@@ -644,9 +656,16 @@ async fn pump<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(conn: S, io: A
                     continue;
                 }
             };
+            let (data, hit) = escape.feed(&buf[..n]);
+            if hit && stdin.is_some() {
+                if let Some(d) = detached.take() {
+                    let _ = d.send(());
+                }
+                stdin = None;
+            }
             if let Some(tx) = &stdin {
                 tokio::select! {
-                    r = tx.send(Bytes::copy_from_slice(&buf[..n])) => if r.is_err() {
+                    r = tx.send(Bytes::from(data)) => if r.is_err() {
                         // The process's stdin is closed: what else comes is dropped.
                         stdin = None;
                     },
@@ -660,7 +679,12 @@ async fn pump<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(conn: S, io: A
         // Dropping the sender is EOF for the container's stdin.
         drop(stdin);
     });
-    while let Some(f) = output.recv().await {
+    loop {
+        let f = tokio::select! {
+            f = output.recv() => f,
+            _ = &mut detached_rx => None,
+        };
+        let Some(f) = f else { break };
         if wr.write_all(&stdcopy::encode(&f, tty)).await.is_err() {
             break;
         }

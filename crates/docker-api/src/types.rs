@@ -437,6 +437,7 @@ pub struct ExecCreateRequest {
     pub working_dir: String,
     pub user: String,
     pub privileged: bool,
+    pub detach_keys: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -465,6 +466,21 @@ pub struct ExecInspect {
     pub open_stdout: bool,
     pub open_stderr: bool,
     pub pid: i64,
+    pub can_remove: bool,
+    pub detach_keys: String,
+    pub process_config: ExecProcessConfig,
+}
+
+/// `ProcessConfig` of an exec inspect.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecProcessConfig {
+    pub tty: bool,
+    pub entrypoint: String,
+    pub arguments: Vec<String>,
+    pub privileged: bool,
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub user: String,
 }
 
 /// `X-Docker-Container-Path-Stat` for the archive endpoints (lowercase keys).

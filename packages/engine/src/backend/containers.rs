@@ -1065,7 +1065,25 @@ impl ContainerBackend for Engine {
         crate::events::container(&r, "attach", &[]);
         let mut sub = c.output.subscribe();
         let (tx, rx) = mpsc::channel(256);
+        let past = if o.logs && super::ops::log_driver(&r.host_config) != "none" {
+            tokio::fs::read_to_string(c.log_path())
+                .await
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
         tokio::spawn(async move {
+            // `logs=1`: what the container wrote so far first; `stream=0`: only that.
+            for l in past.lines() {
+                if let Some(f) = logs::decode_line(l, o.stdout, o.stderr, false) {
+                    if tx.send(f).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            if !o.stream {
+                return;
+            }
             loop {
                 match sub.recv().await {
                     Ok(Some(f)) => {

@@ -45,7 +45,7 @@ impl ExecBackend for Engine {
         Ok(eid)
     }
 
-    async fn exec_start(&self, exec_id: &str, _start: ExecStartRequest) -> ApiResult<AttachIo> {
+    async fn exec_start(&self, exec_id: &str, start: ExecStartRequest) -> ApiResult<AttachIo> {
         let ex = self
             .execs
             .lock()
@@ -121,7 +121,7 @@ impl ExecBackend for Engine {
                 *ex.state.lock().unwrap() = (false, Some(126), 0);
                 let _ = tx.try_send(Frame::stderr(format!("OCI runtime exec failed: {e}\n")));
                 return Ok(AttachIo {
-                    tty: ex.req.tty,
+                    tty: start.tty,
                     output: rx,
                     stdin: None,
                 });
@@ -184,8 +184,9 @@ impl ExecBackend for Engine {
             );
             drop(tx); // closes the output stream only after the exit code is known
         });
+        // Raw or multiplexed as the start request's Tty says (dockerd frames by it too).
         Ok(AttachIo {
-            tty: ex.req.tty,
+            tty: start.tty,
             output: rx,
             stdin,
         })
@@ -209,6 +210,15 @@ impl ExecBackend for Engine {
             open_stdout: ex.req.attach_stdout,
             open_stderr: ex.req.attach_stderr,
             pid: pid as i64,
+            can_remove: false,
+            detach_keys: ex.req.detach_keys.clone(),
+            process_config: ExecProcessConfig {
+                tty: ex.req.tty,
+                entrypoint: ex.req.cmd.first().cloned().unwrap_or_default(),
+                arguments: ex.req.cmd.iter().skip(1).cloned().collect(),
+                privileged: ex.req.privileged,
+                user: ex.req.user.clone(),
+            },
         })
     }
 
