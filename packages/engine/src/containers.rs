@@ -88,6 +88,9 @@ pub struct Record {
     /// Frozen (cgroup.freeze) while running: `docker pause`.
     #[serde(default)]
     pub paused: bool,
+    /// `State.Health` of a container with a health check (backend/health.rs).
+    #[serde(default)]
+    pub health: Option<docker_api::types::Health>,
 }
 
 /// What `wait` watches.

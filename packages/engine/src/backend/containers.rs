@@ -31,7 +31,13 @@ impl Engine {
             Status::Running if r.paused => {
                 format!("Up {} (Paused)", human(since(r.started_at)))
             }
-            Status::Running => format!("Up {}", human(since(r.started_at))),
+            Status::Running => match r.health.as_ref().filter(|_| r.config.healthcheck.is_some()) {
+                Some(h) if h.status == "starting" => {
+                    format!("Up {} (health: starting)", human(since(r.started_at)))
+                }
+                Some(h) => format!("Up {} ({})", human(since(r.started_at)), h.status),
+                None => format!("Up {}", human(since(r.started_at))),
+            },
             Status::Exited => format!(
                 "Exited ({}) {} ago",
                 r.exit_code,
@@ -239,6 +245,7 @@ impl Engine {
         c.save();
         c.events.send_modify(|e| e.running = true);
         crate::events::container(&c.snapshot(), "start", &[]);
+        self.start_health(c);
         trace.mark("running, state saved");
         // Output → log file + attach subscribers.
         let log = c.log_path();
@@ -588,6 +595,7 @@ impl Engine {
                 error: r.error.clone(),
                 started_at: rfc3339(r.started_at),
                 finished_at: rfc3339(r.finished_at),
+                health: r.health.clone().filter(|_| r.config.healthcheck.is_some()),
                 ..Default::default()
             },
             image: r.image_id.clone(),
@@ -775,6 +783,8 @@ impl ContainerBackend for Engine {
         if cfg.stop_signal.is_none() {
             cfg.stop_signal = ic.stop_signal.clone();
         }
+        cfg.healthcheck =
+            super::health::merge(req.config.healthcheck.as_ref(), ic.healthcheck.as_ref())?;
         let id = random_id();
         if cfg.hostname.is_empty() {
             cfg.hostname = id[..12].to_string();

@@ -14,6 +14,22 @@ pub struct Exec {
     pty: Mutex<Option<OwnedFd>>,
 }
 
+impl Engine {
+    /// Kills an exec session's process (a health probe past its timeout).
+    pub(super) fn kill_exec(&self, exec_id: &str) {
+        let ex = self.execs.lock().unwrap().get(exec_id).cloned();
+        if let Some(ex) = ex {
+            let pid = ex.state.lock().unwrap().2;
+            if pid > 0 {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
 impl ExecBackend for Engine {
     async fn exec_create(&self, id: &str, req: ExecCreateRequest) -> ApiResult<String> {
         let c = self.find(id)?;

@@ -6,6 +6,7 @@
 mod archive;
 mod containers;
 mod exec;
+mod health;
 mod images;
 mod ops;
 mod system;
