@@ -507,5 +507,127 @@ fn check() -> Result<()> {
         "kill of an exited container: {err}"
     );
     g.ok(&["rm", "ops2"])?;
+
+    // --- health checks --------------------------------------------------------------------------
+    for (name, cmd) in [("hok", "true"), ("hbad", "false")] {
+        g.ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--health-cmd",
+            cmd,
+            "--health-interval",
+            "1s",
+            "--health-retries",
+            "2",
+            "busybox",
+            "sleep",
+            "1000",
+        ])?;
+    }
+    let want = [("hok", "healthy"), ("hbad", "unhealthy")];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (name, status) in want {
+        loop {
+            let s = g.ok(&[
+                "inspect",
+                "-f",
+                "{{.State.Health.Status}} {{.State.Health.FailingStreak}}",
+                name,
+            ])?;
+            if s.starts_with(&format!("{status} ")) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{name} did not become {status}: {s}");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    assert!(g
+        .ok(&["ps", "--format", "{{.Names}} {{.Status}}"])?
+        .contains("(healthy)"));
+    g.ok(&["rm", "-f", "hok", "hbad"])?;
+    let hc = g.ok(&["create", "--no-healthcheck", "busybox", "true"])?;
+    assert_eq!(
+        g.ok(&["inspect", "-f", "{{json .Config.Healthcheck.Test}}", &hc])?,
+        r#"["NONE"]"#
+    );
+
+    // --- logs: tail counts lines, the none driver, an unknown driver ---------------------------
+    g.ok(&[
+        "run",
+        "--name",
+        "lg",
+        "busybox",
+        "sh",
+        "-c",
+        "echo a; echo b; echo c",
+    ])?;
+    assert_eq!(g.ok(&["logs", "--tail", "1", "lg"])?, "c");
+    assert_eq!(g.ok(&["logs", "--tail", "2", "lg"])?, "b\nc");
+    g.ok(&[
+        "run",
+        "--name",
+        "ln",
+        "--log-driver",
+        "none",
+        "busybox",
+        "echo",
+        "x",
+    ])?;
+    let err = g.fails(&["logs", "ln"])?;
+    assert!(
+        err.contains("does not support reading"),
+        "logs with none: {err}"
+    );
+    let err = g.fails(&["create", "--log-driver", "bogus", "busybox"])?;
+    assert!(err.contains("bogus"), "an unknown log driver: {err}");
+    assert_eq!(
+        g.ok(&["inspect", "-f", "{{.HostConfig.LogConfig.Type}}", "lg"])?,
+        "json-file"
+    );
+
+    // --- --init, --pid host, --uts host, --group-add ---------------------------------------------
+    let out = g.ok(&["run", "--rm", "--init", "busybox", "cat", "/proc/1/cmdline"])?;
+    assert!(out.contains("docker-init"), "PID 1 with --init: {out:?}");
+    let out = g.ok(&[
+        "run", "--rm", "--pid", "host", "busybox", "sh", "-c", "echo $$",
+    ])?;
+    assert_ne!(out, "1", "--pid host");
+    let vm_host = String::from_utf8_lossy(&g.ssh("hostname")?.stdout)
+        .trim()
+        .to_string();
+    assert_eq!(
+        g.ok(&["run", "--rm", "--uts", "host", "busybox", "hostname"])?,
+        vm_host
+    );
+    let out = g.ok(&["run", "--rm", "--group-add", "1234", "busybox", "id", "-G"])?;
+    assert!(out.split(' ').any(|g| g == "1234"), "--group-add: {out}");
+
+    // --- inspect echoes HostConfig; what the engine cannot honour is refused ---------------------
+    let id = g.ok(&[
+        "create",
+        "--cpu-shares",
+        "512",
+        "--pid",
+        "host",
+        "--init",
+        "busybox",
+    ])?;
+    assert_eq!(
+        g.ok(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.CpuShares}} {{.HostConfig.PidMode}} {{.HostConfig.Init}}",
+            &id
+        ])?,
+        "512 host true"
+    );
+    let err = g.fails(&["create", "--device", "/dev/null", "busybox"])?;
+    assert!(err.contains("not supported"), "--device: {err}");
+    let err = g.fails(&["create", "--read-only", "busybox"])?;
+    assert!(err.contains("not supported"), "--read-only: {err}");
     Ok(())
 }
