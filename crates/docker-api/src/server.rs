@@ -370,7 +370,13 @@ async fn dispatch<B: Backend>(b: Arc<B>, req: Req) -> ApiResult<Resp> {
                 drop(io);
                 return Ok(empty(StatusCode::OK));
             }
-            let keys = crate::ops::detach_keys(None)?;
+            // The exec's own detach keys (from its create), else the default.
+            let own = b
+                .exec_inspect(&id)
+                .await
+                .map(|i| i.detach_keys)
+                .unwrap_or_default();
+            let keys = crate::ops::detach_keys(Some(own.as_str()))?;
             stream_io(Request::from_parts(parts, ()), upgrade, io, keys)?
         }
         Route::ExecInspect(id) => json(StatusCode::OK, &b.exec_inspect(&id).await?),

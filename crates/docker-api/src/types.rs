@@ -148,6 +148,9 @@ pub struct ContainerConfig {
     pub stop_timeout: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub healthcheck: Option<HealthConfig>,
+    /// The bridge MAC address (deprecated here since API 1.44, still sent by docker-py).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<String>,
 }
 
 /// `Config.Healthcheck` (container and image): durations in nanoseconds, 0 = inherit/default.

@@ -12,7 +12,7 @@ pub fn available() -> bool {
 }
 
 fn enable(dir: &Path) {
-    for c in ["+memory", "+cpu", "+pids"] {
+    for c in ["+memory", "+cpu", "+pids", "+cpuset", "+io"] {
         let _ = std::fs::write(dir.join("cgroup.subtree_control"), c);
     }
 }
@@ -62,6 +62,13 @@ pub fn apply(dir: &Path, hc: &HostConfig) -> std::io::Result<()> {
     if let Some(p) = hc.pids_limit {
         write("pids.max", if p > 0 { p.to_string() } else { "max".into() })?;
     }
+    for (key, file) in [("CpusetCpus", "cpuset.cpus"), ("CpusetMems", "cpuset.mems")] {
+        if let Some(v) = hc.extra.get(key).and_then(|v| v.as_str()) {
+            if !v.is_empty() {
+                write(file, v.to_string())?;
+            }
+        }
+    }
     if hc.cpu_shares > 0 {
         write("cpu.weight", cpu_weight(hc.cpu_shares).to_string())?;
     }
@@ -78,6 +85,19 @@ pub fn apply(dir: &Path, hc: &HostConfig) -> std::io::Result<()> {
         write("memory.swap.max", swap)?;
     }
     Ok(())
+}
+
+/// `0-2,4`: numbers and ranges, comma-separated (cpuset.cpus / cpuset.mems).
+pub fn valid_cpuset(s: &str) -> bool {
+    s.split(',').all(|part| {
+        let mut it = part.splitn(2, '-');
+        let a = it.next().and_then(|x| x.parse::<u32>().ok());
+        match (a, it.next()) {
+            (Some(_), None) => true,
+            (Some(a), Some(b)) => b.parse::<u32>().is_ok_and(|b| b >= a),
+            _ => false,
+        }
+    })
 }
 
 /// cpu.weight for Docker's CPU shares (runc's conversion: 2..262144 → 1..10000).

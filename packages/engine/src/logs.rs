@@ -14,41 +14,38 @@ pub struct Line {
     pub time: String,
 }
 
+/// A chunk of output as log entries: one per line (as dockerd's json-file writes them, so
+/// that `tail` counts lines); a last part without its newline is an entry of its own.
 pub fn encode(f: &Frame, time: &str) -> Vec<u8> {
     let stream = if f.stream == StdStream::Stderr {
         "stderr"
     } else {
         "stdout"
     };
-    let mut v = serde_json::to_vec(&Line {
-        log: String::from_utf8_lossy(&f.data).into_owned(),
-        stream: stream.into(),
-        time: time.into(),
-    })
-    .unwrap_or_default();
-    v.push(b'\n');
+    let mut v = Vec::new();
+    for part in f.data.split_inclusive(|b| *b == b'\n') {
+        v.extend(
+            serde_json::to_vec(&Line {
+                log: String::from_utf8_lossy(part).into_owned(),
+                stream: stream.into(),
+                time: time.into(),
+            })
+            .unwrap_or_default(),
+        );
+        v.push(b'\n');
+    }
     v
 }
 
-/// Appends a chunk of output as one entry per line (as dockerd's json-file does, so that
-/// `tail` counts lines); a last part without its newline is an entry of its own.
 pub fn append(path: &Path, f: &Frame) -> std::io::Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)?;
-    let time = docker_api::time::rfc3339(docker_api::time::now_nanos());
-    let mut out = Vec::new();
-    for part in f.data.split_inclusive(|b| *b == b'\n') {
-        out.extend(encode(
-            &Frame {
-                stream: f.stream,
-                data: Bytes::copy_from_slice(part),
-            },
-            &time,
-        ));
-    }
-    file.write_all(&out)
+    file.write_all(&encode(
+        f,
+        &docker_api::time::rfc3339(docker_api::time::now_nanos()),
+    ))
 }
 
 /// The time of a log entry (`2026-01-01T00:00:00.123456789Z`) in nanoseconds.

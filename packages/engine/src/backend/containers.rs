@@ -130,9 +130,12 @@ impl Engine {
         // Bridge network: the container's address, and /etc/hosts naming it.
         let attach = match (r.host_config.network_mode.as_str(), &self.bridge) {
             ("bridge", Ok((b, ipam))) => {
-                let ep = ipam
+                let mut ep = ipam
                     .allocate(&r.id, b)
                     .map_err(internal("allocating an address"))?;
+                if let Some(m) = r.config.mac_address.as_ref().filter(|m| !m.is_empty()) {
+                    ep.mac = m.to_ascii_lowercase(); // --mac-address, checked at create
+                }
                 self.write_hosts(&c.dir, &r.config.hostname, Some(ep.ip))
                     .map_err(internal("writing /etc/hosts"))?;
                 Some((b.clone(), ep))
@@ -815,6 +818,7 @@ impl ContainerBackend for Engine {
         }
         confinement(&hc).map_err(ApiError::bad_request)?;
         super::ops::check_create(&mut hc)?;
+        super::ops::check_mac(cfg.mac_address.as_deref())?;
         trace.mark("confinement (seccomp compiled)");
         let (binds, mounts) = self.parse_binds(&hc.binds.clone().unwrap_or_default())?;
         let (dir, data) = self.container_dirs(&id);

@@ -430,14 +430,6 @@ fn nonzero(v: &serde_json::Value) -> bool {
 /// HostConfig fields this engine does not honour: refused at create when set, never
 /// accepted and ignored. (Network, DNS and mount fields are the other groups' to check.)
 const UNSUPPORTED: &[(&str, &str)] = &[
-    (
-        "CpusetCpus",
-        "cpuset (the cpuset controller is not enabled)",
-    ),
-    (
-        "CpusetMems",
-        "cpuset (the cpuset controller is not enabled)",
-    ),
     ("BlkioWeight", "block I/O weights"),
     ("BlkioWeightDevice", "block I/O weights"),
     ("BlkioDeviceReadBps", "block I/O limits"),
@@ -488,10 +480,28 @@ pub(super) fn check_create(hc: &mut HostConfig) -> ApiResult<()> {
         .filter(|c| c.is_object())
         .unwrap_or_else(|| serde_json::json!({}));
     if driver == "json-file" {
-        // Rotation (max-size, max-file) is not done: refuse rather than fill the disk.
-        if let Some(k) = config.as_object().and_then(|o| o.keys().next()) {
+        // Rotation (max-size) is not done: refused rather than ignored. max-file alone does
+        // nothing in dockerd either (it counts the files max-size makes).
+        if let Some(k) = config
+            .as_object()
+            .and_then(|o| o.keys().find(|k| k.as_str() != "max-file"))
+        {
             return Err(ApiError::bad_request(format!(
-                "unknown log opt '{k}' for json-file log driver (this engine takes none)"
+                "unknown log opt '{k}' for json-file log driver (this engine takes max-file only; it does not rotate logs)"
+            )));
+        }
+    }
+    if !matches!(hc_str(hc, "Runtime"), "" | "runc") {
+        return Err(ApiError::bad_request(format!(
+            "unknown or invalid runtime name: {} (this engine has runc's semantics only)",
+            hc_str(hc, "Runtime")
+        )));
+    }
+    for key in ["CpusetCpus", "CpusetMems"] {
+        let v = hc_str(hc, key);
+        if !v.is_empty() && !crate::cgroup::valid_cpuset(v) {
+            return Err(ApiError::bad_request(format!(
+                "Invalid value {v} for {key}: not a list of numbers and ranges"
             )));
         }
     }
@@ -535,6 +545,7 @@ pub(super) fn check_create(hc: &mut HostConfig) -> ApiResult<()> {
     }
     for (k, v) in [
         ("IpcMode", serde_json::json!("private")),
+        ("Runtime", serde_json::json!("runc")),
         ("CgroupnsMode", serde_json::json!("private")),
         ("Isolation", serde_json::json!("")),
         ("ConsoleSize", serde_json::json!([0, 0])),
@@ -551,6 +562,28 @@ pub(super) fn check_create(hc: &mut HostConfig) -> ApiResult<()> {
         if hc.extra.get(k).is_none_or(|x| x.is_null()) {
             hc.extra.insert(k.into(), v);
         }
+    }
+    Ok(())
+}
+
+/// `--mac-address`: six hex bytes, a unicast address.
+pub(super) fn check_mac(mac: Option<&str>) -> ApiResult<()> {
+    let Some(m) = mac.filter(|m| !m.is_empty()) else {
+        return Ok(());
+    };
+    let bytes: Vec<Option<u8>> = m
+        .split(':')
+        .map(|b| {
+            (b.len() == 2)
+                .then(|| u8::from_str_radix(b, 16).ok())
+                .flatten()
+        })
+        .collect();
+    if bytes.len() != 6 || bytes.iter().any(Option::is_none) || bytes[0].is_some_and(|b| b & 1 == 1)
+    {
+        return Err(ApiError::bad_request(format!(
+            "{m} is not a valid mac address"
+        )));
     }
     Ok(())
 }
@@ -808,10 +841,17 @@ impl Engine {
                 "{what} cannot be updated: this engine does not support it"
             )))
         };
-        if u.cpuset_cpus.as_deref().is_some_and(|s| !s.is_empty())
-            || u.cpuset_mems.as_deref().is_some_and(|s| !s.is_empty())
-        {
-            return refuse("cpuset");
+        for (key, v) in [
+            ("CpusetCpus", &u.cpuset_cpus),
+            ("CpusetMems", &u.cpuset_mems),
+        ] {
+            if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+                if !crate::cgroup::valid_cpuset(v) {
+                    return Err(ApiError::bad_request(format!(
+                        "Invalid value {v} for {key}: not a list of numbers and ranges"
+                    )));
+                }
+            }
         }
         if u.blkio_weight.is_some_and(|w| w > 0) {
             return refuse("BlkioWeight");
@@ -871,6 +911,14 @@ impl Engine {
         if let Some(p) = u.pids_limit.filter(|p| *p != 0) {
             hc.pids_limit = Some(p);
         }
+        for (key, v) in [
+            ("CpusetCpus", &u.cpuset_cpus),
+            ("CpusetMems", &u.cpuset_mems),
+        ] {
+            if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+                hc.extra.insert(key.into(), v.into());
+            }
+        }
         if hc.memory_swap > 0 && hc.memory > 0 && hc.memory_swap < hc.memory {
             return Err(ApiError::bad_request(
                 "Minimum memoryswap limit should be larger than memory limit, see usage",
@@ -915,6 +963,44 @@ mod tests {
         assert_eq!(cpu_weight(1024), 39);
         assert_eq!(cpu_weight(2), 1);
         assert_eq!(cpu_weight(262_144), 10_000);
+    }
+
+    #[test]
+    fn create_checks() {
+        let hc_of = |j: serde_json::Value| -> HostConfig { serde_json::from_value(j).unwrap() };
+        let mut hc = hc_of(serde_json::json!({"CpuShares": 512, "PidMode": "host"}));
+        check_create(&mut hc).unwrap();
+        let v = serde_json::to_value(&hc).unwrap();
+        assert_eq!(
+            v["LogConfig"],
+            serde_json::json!({"Type": "json-file", "Config": {}})
+        );
+        assert_eq!(v["PidMode"], "host");
+        assert_eq!(v["UTSMode"], "");
+        assert_eq!(v["CpuShares"], 512);
+        assert_eq!(v["Runtime"], "runc");
+        assert!(v.get("Init").is_some() && v.get("GroupAdd").is_some());
+        for bad in [
+            serde_json::json!({"LogConfig": {"Type": "syslog"}}),
+            serde_json::json!({"LogConfig": {"Type": "json-file", "Config": {"max-size": "1m"}}}),
+            serde_json::json!({"Devices": [{"PathOnHost": "/dev/null"}]}),
+            serde_json::json!({"ReadonlyRootfs": true}),
+            serde_json::json!({"PidMode": "container:x"}),
+            serde_json::json!({"Runtime": "kata"}),
+            serde_json::json!({"CpusetCpus": "0-"}),
+        ] {
+            assert!(check_create(&mut hc_of(bad.clone())).is_err(), "{bad}");
+        }
+        let mut ok = hc_of(serde_json::json!({
+            "LogConfig": {"Type": "json-file", "Config": {"max-file": "100"}},
+            "CpusetCpus": "0", "Devices": [], "ReadonlyRootfs": false, "Runtime": "runc"
+        }));
+        check_create(&mut ok).unwrap();
+        assert!(check_mac(Some("02:42:ac:11:00:0a")).is_ok());
+        assert!(check_mac(Some("03:42:ac:11:00:0a")).is_err());
+        assert!(check_mac(Some("02:42:ac:11:00")).is_err());
+        assert!(crate::cgroup::valid_cpuset("0-1,3"));
+        assert!(!crate::cgroup::valid_cpuset("1-0"));
     }
 
     #[test]
