@@ -346,17 +346,18 @@ async fn events_stream<B: Backend>(b: Arc<B>, q: Query) -> ApiResult<Resp> {
         loop {
             let next = match deadline {
                 Some(d) => tokio::select! {
+                    biased;
                     e = rx.recv() => e,
                     _ = tokio::time::sleep_until(d) => {
-                        // What the bus already holds up to `until` still goes out.
-                        let mut rest = None;
-                        while let Ok(e) = rx.try_recv() {
-                            if until.is_some_and(|u| e.time_nano <= u) && events::matches(&filters, &e) {
-                                rest.get_or_insert_with(Vec::new).push(e);
+                        // What the bus still hands over from before `until` goes out (the
+                        // history of a past `until` may not have arrived yet).
+                        while let Ok(Some(e)) =
+                            tokio::time::timeout(std::time::Duration::from_millis(300), rx.recv()).await
+                        {
+                            if until.is_some_and(|u| e.time_nano > u) {
+                                return;
                             }
-                        }
-                        for e in rest.into_iter().flatten() {
-                            if tx.send(line(&e)).await.is_err() {
+                            if events::matches(&filters, &e) && tx.send(line(&e)).await.is_err() {
                                 return;
                             }
                         }
@@ -465,6 +466,70 @@ async fn container<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::types::{Info, Version};
+    use crate::*;
+
+    /// Two past events (one a volume's) and one after `until`, delivered late.
+    struct Bus;
+    impl SystemBackend for Bus {
+        async fn version(&self) -> ApiResult<Version> {
+            Ok(Version::default())
+        }
+        async fn info(&self) -> ApiResult<Info> {
+            Ok(Info::default())
+        }
+    }
+    impl ImageBackend for Bus {}
+    impl ContainerBackend for Bus {}
+    impl ExecBackend for Bus {}
+    impl ArchiveBackend for Bus {}
+    impl VolumeBackend for Bus {}
+    impl NetworkBackend for Bus {}
+    impl EventBackend for Bus {
+        async fn events(&self, _since: Option<i128>) -> ApiResult<EventRx> {
+            let (tx, rx) = mpsc::channel(8);
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                let at = |s: i128| s * 1_000_000_000;
+                for (kind, action, t) in [
+                    ("container", "start", at(100)),
+                    ("volume", "create", at(101)),
+                    ("container", "die", at(300)),
+                ] {
+                    let e = EventMessage::new(kind, action, "x", Default::default(), t);
+                    let _ = tx.send(e).await;
+                }
+                tx.closed().await;
+            });
+            Ok(rx)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_past_until_ends_the_stream_after_the_history() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (client, server) = tokio::io::duplex(1 << 16);
+        tokio::spawn(crate::server::serve_connection(Arc::new(Bus), server));
+        let (mut rd, mut wr) = tokio::io::split(client);
+        let f = "%7B%22type%22%3A%5B%22container%22%5D%7D"; // {"type":["container"]}
+        wr.write_all(
+            format!("GET /events?since=1&until=200&filters={f} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(5), rd.read_to_end(&mut out))
+            .await
+            .expect("the stream ended")
+            .unwrap();
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(out.contains(r#""Action":"start""#), "{out}");
+        assert!(!out.contains(r#""Action":"create""#), "filtered: {out}");
+        assert!(!out.contains(r#""Action":"die""#), "after until: {out}");
+    }
 
     #[test]
     fn detach_keys_parse_and_match() {
