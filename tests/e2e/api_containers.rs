@@ -291,6 +291,7 @@ fn check() -> Result<()> {
     ])?;
     assert_eq!(o.status.code(), Some(3), "{}", both(&o));
     g.ok(&["rm", "ev1"])?;
+    g.ok(&["tag", "busybox", "busybox:evtest"])?;
     std::thread::sleep(Duration::from_secs(2));
     let until = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

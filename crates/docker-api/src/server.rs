@@ -685,10 +685,19 @@ async fn pump<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         // Dropping the sender is EOF for the container's stdin.
         drop(stdin);
     });
+    // Only a detach that was sent ends the output: the sender also goes away when the
+    // client merely closes its input (`docker run` without -i).
+    let mut watch_detach = true;
     loop {
         let f = tokio::select! {
             f = output.recv() => f,
-            _ = &mut detached_rx => None,
+            r = &mut detached_rx, if watch_detach => match r {
+                Ok(()) => None,
+                Err(_) => {
+                    watch_detach = false;
+                    continue;
+                }
+            },
         };
         let Some(f) = f else { break };
         if wr.write_all(&stdcopy::encode(&f, tty)).await.is_err() {
@@ -905,6 +914,70 @@ mod tests {
                 "{out:?}"
             );
             drop(writer);
+        }
+    }
+
+    /// A back end whose container "c1" says "late" after a while, stdin attached.
+    struct Late;
+    impl SystemBackend for Late {
+        async fn version(&self) -> ApiResult<Version> {
+            Ok(Version::default())
+        }
+        async fn info(&self) -> ApiResult<Info> {
+            Ok(Info::default())
+        }
+    }
+    impl ImageBackend for Late {}
+    impl ExecBackend for Late {}
+    impl ArchiveBackend for Late {}
+    impl VolumeBackend for Late {}
+    impl NetworkBackend for Late {}
+    impl EventBackend for Late {}
+    impl ContainerBackend for Late {
+        async fn container_attach(&self, _id: &str, o: AttachOptions) -> ApiResult<AttachIo> {
+            let (tx, output) = mpsc::channel(1);
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                let _ = tx.send(Frame::stdout("late\n")).await;
+            });
+            Ok(AttachIo {
+                tty: o.stdin,
+                output,
+                stdin: Some(mpsc::channel(1).0),
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn output_goes_on_after_the_client_closes_its_input_and_detach_keys_end_it() {
+        use std::io::{Read, Write};
+        for (tty, input, want_late) in [(false, &b""[..], true), (true, &b"\x10\x11"[..], false)] {
+            let (client, server) = std::os::unix::net::UnixStream::pair().unwrap();
+            server.set_nonblocking(true).unwrap();
+            tokio::spawn(serve_connection(
+                Arc::new(Late),
+                tokio::net::UnixStream::from_std(server).unwrap(),
+            ));
+            let stdin = if tty { "1" } else { "0" };
+            let out = tokio::task::spawn_blocking(move || {
+                let mut c = client;
+                c.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+                write!(c, "POST /containers/c1/attach?stream=1&stdout=1&stdin={stdin} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n").unwrap();
+                let mut out = Vec::new();
+                let mut b = [0u8; 1];
+                while !out.ends_with(b"\r\n\r\n") && c.read(&mut b).unwrap_or(0) == 1 {
+                    out.push(b[0]);
+                }
+                c.write_all(input).unwrap();
+                // `docker run` without -i: the client's input ends at once.
+                c.shutdown(std::net::Shutdown::Write).unwrap();
+                let _ = c.read_to_end(&mut out);
+                String::from_utf8_lossy(&out).into_owned()
+            })
+            .await
+            .unwrap();
+            assert!(out.starts_with("HTTP/1.1 101"), "{out:?}");
+            assert_eq!(out.ends_with("late\n"), want_late, "tty {tty}: {out:?}");
         }
     }
 
