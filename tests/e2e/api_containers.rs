@@ -415,6 +415,9 @@ fn check() -> Result<()> {
     for want in ["A /made", "A /made/file", "D /bin/wget", "C /bin"] {
         assert!(out.lines().any(|l| l == want), "{want} in diff:\n{out}");
     }
+    for never in ["A /proc", "A /dev", "A /sys", "A /etc/hosts"] {
+        assert!(!out.lines().any(|l| l == never), "{never} in diff:\n{out}");
+    }
     let tar = dir.path().join("ops.tar");
     g.ok(&["export", "-o", tar.to_str().unwrap(), "ops"])?;
     let mut names = Vec::new();
@@ -591,8 +594,21 @@ fn check() -> Result<()> {
     );
 
     // --- --init, --pid host, --uts host, --group-add ---------------------------------------------
-    let out = g.ok(&["run", "--rm", "--init", "busybox", "cat", "/proc/1/cmdline"])?;
-    assert!(out.contains("docker-init"), "PID 1 with --init: {out:?}");
+    let out = g.ok(&[
+        "run",
+        "--rm",
+        "--init",
+        "busybox",
+        "sh",
+        "-c",
+        "echo $$; cat /proc/1/comm",
+    ])?;
+    assert_eq!(
+        out, "2\ndocker-init",
+        "PID 1 with --init, the command under it"
+    );
+    let out = g.ok(&["run", "--rm", "busybox", "echo", "attached"])?;
+    assert_eq!(out, "attached", "the output of a run");
     let out = g.ok(&[
         "run", "--rm", "--pid", "host", "busybox", "sh", "-c", "echo $$",
     ])?;

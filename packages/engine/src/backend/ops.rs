@@ -302,9 +302,17 @@ fn is_opaque(p: &Path) -> bool {
     false
 }
 
-/// Files the engine mounts into every container (dockerd keeps them in a layer of its own,
-/// so they are never a change of the container's).
-const ENGINE_FILES: &[&str] = &["/etc/hosts", "/etc/hostname", "/etc/resolv.conf", INIT_PATH];
+/// What the engine mounts into every container, and the mount points it makes for them
+/// (dockerd keeps them in a layer of its own, so they are never a change of the container's).
+const ENGINE_FILES: &[&str] = &[
+    "/dev",
+    "/proc",
+    "/sys",
+    "/etc/hosts",
+    "/etc/hostname",
+    "/etc/resolv.conf",
+    INIT_PATH,
+];
 
 /// Where `--init` puts the engine binary in a container (dockerd's path for its tini).
 pub(super) const INIT_PATH: &str = "/sbin/docker-init";
