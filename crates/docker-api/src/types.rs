@@ -160,16 +160,21 @@ pub struct ContainerConfig {
 pub struct HealthConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub test: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(skip_serializing_if = "is_zero", deserialize_with = "null_as_zero")]
     pub interval: i64,
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(skip_serializing_if = "is_zero", deserialize_with = "null_as_zero")]
     pub timeout: i64,
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(skip_serializing_if = "is_zero", deserialize_with = "null_as_zero")]
     pub start_period: i64,
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(skip_serializing_if = "is_zero", deserialize_with = "null_as_zero")]
     pub start_interval: i64,
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(skip_serializing_if = "is_zero", deserialize_with = "null_as_zero")]
     pub retries: i64,
+}
+
+/// docker-py sends `null` for the durations it was not given.
+fn null_as_zero<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    Ok(Option::<i64>::deserialize(d)?.unwrap_or(0))
 }
 
 fn is_zero(v: &i64) -> bool {
@@ -219,8 +224,11 @@ pub struct HostConfig {
     pub cap_add: Option<Vec<String>>,
     pub cap_drop: Option<Vec<String>>,
     pub security_opt: Option<Vec<String>>,
+    #[serde(deserialize_with = "null_as_zero")]
     pub cpu_shares: i64,
+    #[serde(deserialize_with = "null_as_zero")]
     pub memory_swap: i64,
+    #[serde(deserialize_with = "null_as_zero")]
     pub memory_reservation: i64,
     /// Every other field the client sent, echoed back by inspect as it came (what the engine
     /// cannot honour is refused at create, see the engine's checks).
@@ -487,6 +495,8 @@ pub struct ExecCreateRequest {
     pub working_dir: String,
     pub user: String,
     pub privileged: bool,
+    /// docker-py sends `detachKeys` (dockerd's JSON decoding ignores case).
+    #[serde(alias = "detachKeys")]
     pub detach_keys: String,
 }
 
@@ -568,6 +578,20 @@ mod tests {
         assert_eq!(r.host_config.restart_policy.name, "always");
         let pb = r.host_config.port_bindings.unwrap();
         assert_eq!(pb["80/tcp"].as_ref().unwrap()[0].host_port, "8080");
+    }
+
+    #[test]
+    fn healthcheck_nulls_and_exec_detach_keys_as_docker_py_sends_them() {
+        let c: ContainerConfig = serde_json::from_str(
+            r#"{"Image":"x","Healthcheck":{"Test":["CMD-SHELL","true"],"Interval":1000000000,
+               "Timeout":null,"Retries":null,"StartPeriod":null}}"#,
+        )
+        .unwrap();
+        let h = c.healthcheck.unwrap();
+        assert_eq!((h.interval, h.timeout, h.retries), (1_000_000_000, 0, 0));
+        let e: ExecCreateRequest =
+            serde_json::from_str(r#"{"Cmd":["cat"],"detachKeys":"ctrl-p"}"#).unwrap();
+        assert_eq!(e.detach_keys, "ctrl-p");
     }
 
     #[test]

@@ -477,7 +477,7 @@ pub(super) fn check_create(hc: &mut HostConfig) -> ApiResult<()> {
     let driver = log_driver(hc).to_string();
     if !LOG_DRIVERS.contains(&driver.as_str()) {
         return Err(ApiError::bad_request(format!(
-            "failed to create container: logger: no log driver named '{driver}' is registered (this engine has json-file and none)"
+            "logger: no log driver named '{driver}' is registered"
         )));
     }
     let config = hc
