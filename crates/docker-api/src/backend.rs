@@ -3,6 +3,7 @@
 //! with default bodies answer 501 until a back end implements them, so a back end implements
 //! each seam trait (an empty `impl` takes every default).
 
+use crate::ops::{Change, ContainerStats, EventRx, TopResponse, UpdateRequest, UpdateResponse};
 use crate::types::*;
 use crate::volumes::{Volume, VolumeCreateRequest, VolumeEntry};
 use crate::{
@@ -154,6 +155,47 @@ pub trait ContainerBackend: Send + Sync + 'static {
     ) -> impl Future<Output = ApiResult<()>> + Send {
         async { Ok(()) }
     }
+    /// One sample (`precpu_stats` and `preread` are filled by the front end from the last).
+    fn container_stats(&self, _id: &str) -> impl Future<Output = ApiResult<ContainerStats>> + Send {
+        nyi("container stats")
+    }
+    fn container_top(
+        &self,
+        _id: &str,
+        _ps_args: &str,
+    ) -> impl Future<Output = ApiResult<TopResponse>> + Send {
+        nyi("container top")
+    }
+    fn container_changes(&self, _id: &str) -> impl Future<Output = ApiResult<Vec<Change>>> + Send {
+        nyi("container changes")
+    }
+    /// A tar stream of the container's root file system.
+    fn container_export(
+        &self,
+        _id: &str,
+    ) -> impl Future<Output = ApiResult<mpsc::Receiver<Bytes>>> + Send {
+        nyi("container export")
+    }
+    fn container_pause(&self, _id: &str) -> impl Future<Output = ApiResult<()>> + Send {
+        nyi("container pause")
+    }
+    fn container_unpause(&self, _id: &str) -> impl Future<Output = ApiResult<()>> + Send {
+        nyi("container unpause")
+    }
+    fn container_rename(
+        &self,
+        _id: &str,
+        _name: &str,
+    ) -> impl Future<Output = ApiResult<()>> + Send {
+        nyi("container rename")
+    }
+    fn container_update(
+        &self,
+        _id: &str,
+        _req: UpdateRequest,
+    ) -> impl Future<Output = ApiResult<UpdateResponse>> + Send {
+        nyi("container update")
+    }
 }
 
 /// `exec` sessions in a running container.
@@ -247,8 +289,14 @@ pub trait VolumeBackend: Send + Sync + 'static {
 /// Networks. No methods yet; those to come default to 501 as the others do.
 pub trait NetworkBackend: Send + Sync + 'static {}
 
-/// The event stream. No methods yet; those to come default to 501 as the others do.
-pub trait EventBackend: Send + Sync + 'static {}
+/// The event stream.
+pub trait EventBackend: Send + Sync + 'static {
+    /// Events from `since` (nanoseconds; the bus's history from then) and then live ones, until
+    /// the receiver is dropped. Without `since`, live events only.
+    fn events(&self, _since: Option<i128>) -> impl Future<Output = ApiResult<EventRx>> + Send {
+        nyi("events")
+    }
+}
 
 /// A whole container back end: every seam. Implemented for any type that implements them all.
 pub trait Backend:

@@ -74,13 +74,18 @@ impl Filters {
         }
     }
 
-    pub fn has(&self, name: &str) -> bool {
-        self.0.contains_key(name)
+    /// The values given for `name` (None when it is not filtered).
+    pub fn values(&self, name: &str) -> Option<&[String]> {
+        self.0.get(name).map(Vec::as_slice)
     }
 
-    /// The values given for `name` (none when it is not filtered).
-    pub fn values(&self, name: &str) -> &[String] {
-        self.0.get(name).map_or(&[], Vec::as_slice)
+    /// The filter names given.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.0.contains_key(name)
     }
 
     /// True when `name` is not filtered, or when any of its values satisfies `accept`.

@@ -13,7 +13,9 @@
 
 pub mod backend;
 pub mod error;
+pub mod events;
 pub mod filters;
+pub mod ops;
 pub mod portspec;
 pub mod route;
 pub mod server;
@@ -53,6 +55,9 @@ pub struct LogsOptions {
     pub timestamps: bool,
     /// Number of lines from the end; None = all.
     pub tail: Option<usize>,
+    /// Only lines written at or after / before this time (nanoseconds since the epoch).
+    pub since: Option<i128>,
+    pub until: Option<i128>,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -25,6 +25,8 @@ pub enum Route {
     ExecInspect(String),
     ExecResize(String),
     Volumes(crate::volumes::VolumeOp),
+    /// Container operations, events, swarm and plugins ([`crate::ops`]).
+    Ops(crate::ops::Op),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +94,9 @@ pub fn route(method: &Method, raw_path: &str) -> Result<Routed, ApiError> {
         (&Method::POST, "/containers/create") => Route::ContainerCreate,
         (&Method::POST, "/containers/prune") => Route::ContainersPrune,
         _ => {
-            if let Some(rest) = path.strip_prefix("/images/") {
+            if let Some(op) = crate::ops::route(method, path) {
+                Route::Ops(op)
+            } else if let Some(rest) = path.strip_prefix("/images/") {
                 image_route(method, rest).ok_or_else(not_found)?
             } else if let Some(rest) = path.strip_prefix("/containers/") {
                 container_route(method, rest).ok_or_else(not_found)?
@@ -266,6 +270,6 @@ mod tests {
                 assert_eq!(e.status, http::StatusCode::NOT_FOUND, "{m} {p}");
             }
         }
-        assert!(route(&Method::GET, "/swarm").is_err());
+        assert!(route(&Method::GET, "/swarmy").is_err());
     }
 }

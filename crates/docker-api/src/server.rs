@@ -87,6 +87,22 @@ pub(crate) fn empty(status: StatusCode) -> Resp {
         .expect("static response parts")
 }
 
+pub(crate) fn json_response<T: Serialize>(status: StatusCode, v: &T) -> Resp {
+    json(status, v)
+}
+
+pub(crate) fn empty_response(status: StatusCode) -> Resp {
+    empty(status)
+}
+
+/// A chunked body from `rx` with `content_type`.
+pub(crate) fn streaming_response(content_type: &'static str, rx: mpsc::Receiver<Bytes>) -> Resp {
+    base(StatusCode::OK)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::Channel(rx))
+        .expect("static response parts")
+}
+
 fn error_response(e: &ApiError) -> Resp {
     if e.status == StatusCode::NOT_MODIFIED {
         return empty(e.status);
@@ -97,7 +113,7 @@ fn error_response(e: &ApiError) -> Resp {
         .expect("static response parts")
 }
 
-struct Query(HashMap<String, String>);
+pub(crate) struct Query(HashMap<String, String>);
 
 impl Query {
     fn parse(q: Option<&str>) -> Self {
@@ -107,10 +123,10 @@ impl Query {
                 .collect(),
         )
     }
-    fn get(&self, k: &str) -> Option<&str> {
+    pub(crate) fn get(&self, k: &str) -> Option<&str> {
         self.0.get(k).map(String::as_str).filter(|s| !s.is_empty())
     }
-    fn flag(&self, k: &str) -> bool {
+    pub(crate) fn flag(&self, k: &str) -> bool {
         matches!(self.get(k), Some("1" | "true" | "True" | "TRUE"))
     }
     fn int<T: std::str::FromStr>(&self, k: &str) -> ApiResult<Option<T>> {
@@ -144,6 +160,48 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned + Default>(
     serde_json::from_slice(&b).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
+/// A request's body until a handler takes it; what no handler took is drained after the
+/// handler answers, so the connection stays usable for the client's next request.
+#[derive(Clone)]
+pub struct BodySlot(Arc<std::sync::Mutex<Option<Incoming>>>);
+
+impl BodySlot {
+    pub(crate) fn take(&self) -> ApiResult<Incoming> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| ApiError::internal("the request body was already read"))
+    }
+}
+
+pub(crate) type Req = Request<BodySlot>;
+
+/// The most of an unread request body that is read and dropped to keep a connection alive.
+const DRAIN_LIMIT: usize = 64 << 20;
+
+/// Reads and drops `body`; false when it is too large or too slow (then the connection closes).
+async fn drain(mut body: Incoming) -> bool {
+    let read = async {
+        let mut n = 0usize;
+        while let Some(f) = body.frame().await {
+            match f {
+                Ok(f) => {
+                    n += f.data_ref().map_or(0, |d| d.len());
+                    if n > DRAIN_LIMIT {
+                        return false;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        true
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), read)
+        .await
+        .unwrap_or(false)
+}
+
 /// Handles one request; never panics on bad input. A panic that still happens in the
 /// handler (a bug) is caught here and answered 500, and the server serves on: the binaries
 /// that serve this API (the engine, axion-vmd) build with `panic = "unwind"` for it (see the
@@ -151,7 +209,9 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned + Default>(
 /// tokio itself: a panicking task ends alone and its channel closes.
 pub async fn handle<B: Backend>(backend: Arc<B>, req: Request<Incoming>) -> Resp {
     let what = format!("{} {}", req.method(), req.uri().path());
-    let mut fut = Box::pin(dispatch(backend, req));
+    let (parts, body) = req.into_parts();
+    let slot = BodySlot(Arc::new(std::sync::Mutex::new(Some(body))));
+    let mut fut = Box::pin(dispatch(backend, Request::from_parts(parts, slot.clone())));
     let caught = std::future::poll_fn(|cx| {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
@@ -160,7 +220,8 @@ pub async fn handle<B: Backend>(backend: Arc<B>, req: Request<Incoming>) -> Resp
         }
     })
     .await;
-    match caught {
+    drop(fut);
+    let mut resp = match caught {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => error_response(&e),
         Err(p) => {
@@ -174,10 +235,20 @@ pub async fn handle<B: Backend>(backend: Arc<B>, req: Request<Incoming>) -> Resp
                 "internal error handling {what} (the request panicked; see the daemon's log)"
             )))
         }
+    };
+    // hyper closes a connection whose request body was not read to its end (a 404 for a POST
+    // with a body, say); a client reusing the connection then reads "connection closed".
+    let left = slot.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(body) = left {
+        if !drain(body).await {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
     }
+    resp
 }
 
-async fn dispatch<B: Backend>(b: Arc<B>, req: Request<Incoming>) -> ApiResult<Resp> {
+async fn dispatch<B: Backend>(b: Arc<B>, req: Req) -> ApiResult<Resp> {
     let routed = route(req.method(), req.uri().path())?;
     let q = Query::parse(req.uri().query());
     let is_head = req.method() == Method::HEAD;
@@ -244,7 +315,7 @@ async fn dispatch<B: Backend>(b: Arc<B>, req: Request<Incoming>) -> ApiResult<Re
         Route::ImagesLoad => {
             // The archive streams to the back end as it arrives (it may be larger than memory).
             let (tx, rx) = mpsc::channel::<Bytes>(16);
-            let mut body = req.into_body();
+            let mut body = req.into_body().take()?;
             let feed = tokio::spawn(async move {
                 while let Some(frame) = body.frame().await {
                     let Ok(frame) = frame else { return false };
@@ -314,19 +385,26 @@ async fn dispatch<B: Backend>(b: Arc<B>, req: Request<Incoming>) -> ApiResult<Re
         }
         Route::ContainerCreate => {
             let name = q.get("name").map(str::to_string);
-            let body: ContainerCreateRequest = read_json(req.into_body()).await?;
+            let body: ContainerCreateRequest = read_json(req.into_body().take()?).await?;
             json(StatusCode::CREATED, &b.container_create(name, body).await?)
         }
         Route::ExecStart(id) => {
             let upgrade = wants_upgrade(&req);
             let (parts, body) = req.into_parts();
-            let start: ExecStartRequest = read_json(body).await?;
+            let start: ExecStartRequest = read_json(body.take()?).await?;
             let io = b.exec_start(&id, start.clone()).await?;
             if start.detach {
                 drop(io);
                 return Ok(empty(StatusCode::OK));
             }
-            stream_io(Request::from_parts(parts, ()), upgrade, io)?
+            // The exec's own detach keys (from its create), else the default.
+            let own = b
+                .exec_inspect(&id)
+                .await
+                .map(|i| i.detach_keys)
+                .unwrap_or_default();
+            let keys = crate::ops::detach_keys(Some(own.as_str()))?;
+            stream_io(Request::from_parts(parts, ()), upgrade, io, keys)?
         }
         Route::ExecInspect(id) => json(StatusCode::OK, &b.exec_inspect(&id).await?),
         Route::ExecResize(id) => {
@@ -338,12 +416,13 @@ async fn dispatch<B: Backend>(b: Arc<B>, req: Request<Incoming>) -> ApiResult<Re
         Route::Volumes(op) => {
             crate::volumes::dispatch_volumes(b, req, routed.version.as_deref(), op).await?
         }
+        Route::Ops(op) => crate::ops::dispatch(b, req, q, op).await?,
     })
 }
 
 async fn container<B: Backend>(
     b: Arc<B>,
-    req: Request<Incoming>,
+    req: Req,
     q: Query,
     id: String,
     op: ContainerOp,
@@ -416,6 +495,15 @@ async fn container<B: Backend>(
                     None | Some("all") => None,
                     Some(_) => q.int("tail")?,
                 },
+                // `since=0` is the CLI's "from the start".
+                since: match q.get("since") {
+                    None | Some("0") => None,
+                    Some(v) => Some(crate::events::parse_time("since", v)?),
+                },
+                until: match q.get("until") {
+                    None | Some("0") => None,
+                    Some(v) => Some(crate::events::parse_time("until", v)?),
+                },
             };
             if !opts.stdout && !opts.stderr {
                 return Err(ApiError::bad_request(
@@ -434,9 +522,10 @@ async fn container<B: Backend>(
                 logs: q.flag("logs"),
             };
             let upgrade = wants_upgrade(&req);
+            let keys = crate::ops::detach_keys(q.get("detachKeys"))?;
             let io = b.container_attach(&id, opts).await?;
             let (parts, _) = req.into_parts();
-            stream_io(Request::from_parts(parts, ()), upgrade, io)?
+            stream_io(Request::from_parts(parts, ()), upgrade, io, keys)?
         }
         Resize => {
             b.container_resize(&id, q.int("h")?.unwrap_or(24), q.int("w")?.unwrap_or(80))
@@ -444,7 +533,7 @@ async fn container<B: Backend>(
             empty(StatusCode::OK)
         }
         ExecCreate => {
-            let body: ExecCreateRequest = read_json(req.into_body()).await?;
+            let body: ExecCreateRequest = read_json(req.into_body().take()?).await?;
             if body.cmd.is_empty() {
                 return Err(ApiError::bad_request("No exec command specified"));
             }
@@ -481,7 +570,7 @@ async fn container<B: Backend>(
                 .get("path")
                 .ok_or_else(|| ApiError::bad_request("path is required"))?
                 .to_string();
-            let tar = read_body(req.into_body(), MAX_ARCHIVE_BODY).await?;
+            let tar = read_body(req.into_body().take()?, MAX_ARCHIVE_BODY).await?;
             b.archive_put(&id, &path, tar).await?;
             empty(StatusCode::OK)
         }
@@ -533,7 +622,7 @@ fn stream_frames(tty: bool, mut rx: mpsc::Receiver<Frame>) -> Resp {
 
 /// Answers attach/exec start: hijacks the connection (101, `Upgrade: tcp`) when asked,
 /// otherwise streams the output as the response body.
-fn stream_io(req: Request<()>, upgrade: bool, io: AttachIo) -> ApiResult<Resp> {
+fn stream_io(req: Request<()>, upgrade: bool, io: AttachIo, keys: Vec<u8>) -> ApiResult<Resp> {
     if !upgrade {
         return Ok(stream_frames(io.tty, io.output));
     }
@@ -542,7 +631,7 @@ fn stream_io(req: Request<()>, upgrade: bool, io: AttachIo) -> ApiResult<Resp> {
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => pump(TokioIo::new(upgraded), io).await,
+            Ok(upgraded) => pump(TokioIo::new(upgraded), io, keys).await,
             Err(e) => eprintln!("engine api: connection upgrade failed: {e}"),
         }
     });
@@ -570,7 +659,14 @@ const DRAIN_AFTER_OUTPUT: std::time::Duration = std::time::Duration::from_secs(5
 /// read the end: closing first, with its bytes unread, resets the connection (unix sockets
 /// and TCP alike), and a client may read that reset instead of the end of the output (the
 /// CLI then fails with "connection reset by peer").
-async fn pump<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(conn: S, io: AttachIo) {
+///
+/// With a TTY, the detach keys (`detachKeys`, default ctrl-p ctrl-q) in the input end the
+/// session and leave the container running, as dockerd's escape proxy does.
+async fn pump<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    conn: S,
+    io: AttachIo,
+    keys: Vec<u8>,
+) {
     let (mut rd, mut wr) = tokio::io::split(conn);
     let AttachIo {
         tty,
@@ -578,9 +674,12 @@ async fn pump<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(conn: S, io: A
         stdin,
     } = io;
     let (ended, mut ended_rx) = tokio::sync::oneshot::channel::<()>();
+    let (detached, mut detached_rx) = tokio::sync::oneshot::channel::<()>();
     let input = tokio::spawn(async move {
         let mut stdin = stdin;
         let mut draining = false;
+        let mut escape = crate::ops::Escape::new(if tty { keys } else { Vec::new() });
+        let mut detached = Some(detached);
         let mut buf = vec![0u8; 32 * 1024];
         loop {
             let n = tokio::select! {
@@ -594,9 +693,16 @@ async fn pump<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(conn: S, io: A
                     continue;
                 }
             };
+            let (data, hit) = escape.feed(&buf[..n]);
+            if hit && stdin.is_some() {
+                if let Some(d) = detached.take() {
+                    let _ = d.send(());
+                }
+                stdin = None;
+            }
             if let Some(tx) = &stdin {
                 tokio::select! {
-                    r = tx.send(Bytes::copy_from_slice(&buf[..n])) => if r.is_err() {
+                    r = tx.send(Bytes::from(data)) => if r.is_err() {
                         // The process's stdin is closed: what else comes is dropped.
                         stdin = None;
                     },
@@ -610,7 +716,21 @@ async fn pump<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(conn: S, io: A
         // Dropping the sender is EOF for the container's stdin.
         drop(stdin);
     });
-    while let Some(f) = output.recv().await {
+    // Only a detach that was sent ends the output: the sender also goes away when the
+    // client merely closes its input (`docker run` without -i).
+    let mut watch_detach = true;
+    loop {
+        let f = tokio::select! {
+            f = output.recv() => f,
+            r = &mut detached_rx, if watch_detach => match r {
+                Ok(()) => None,
+                Err(_) => {
+                    watch_detach = false;
+                    continue;
+                }
+            },
+        };
+        let Some(f) = f else { break };
         if wr.write_all(&stdcopy::encode(&f, tty)).await.is_err() {
             break;
         }
@@ -835,6 +955,70 @@ mod tests {
         }
     }
 
+    /// A back end whose container "c1" says "late" after a while, stdin attached.
+    struct Late;
+    impl SystemBackend for Late {
+        async fn version(&self) -> ApiResult<Version> {
+            Ok(Version::default())
+        }
+        async fn info(&self) -> ApiResult<Info> {
+            Ok(Info::default())
+        }
+    }
+    impl ImageBackend for Late {}
+    impl ExecBackend for Late {}
+    impl ArchiveBackend for Late {}
+    impl VolumeBackend for Late {}
+    impl NetworkBackend for Late {}
+    impl EventBackend for Late {}
+    impl ContainerBackend for Late {
+        async fn container_attach(&self, _id: &str, o: AttachOptions) -> ApiResult<AttachIo> {
+            let (tx, output) = mpsc::channel(1);
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                let _ = tx.send(Frame::stdout("late\n")).await;
+            });
+            Ok(AttachIo {
+                tty: o.stdin,
+                output,
+                stdin: Some(mpsc::channel(1).0),
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn output_goes_on_after_the_client_closes_its_input_and_detach_keys_end_it() {
+        use std::io::{Read, Write};
+        for (tty, input, want_late) in [(false, &b""[..], true), (true, &b"\x10\x11"[..], false)] {
+            let (client, server) = std::os::unix::net::UnixStream::pair().unwrap();
+            server.set_nonblocking(true).unwrap();
+            tokio::spawn(serve_connection(
+                Arc::new(Late),
+                tokio::net::UnixStream::from_std(server).unwrap(),
+            ));
+            let stdin = if tty { "1" } else { "0" };
+            let out = tokio::task::spawn_blocking(move || {
+                let mut c = client;
+                c.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+                write!(c, "POST /containers/c1/attach?stream=1&stdout=1&stdin={stdin} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n").unwrap();
+                let mut out = Vec::new();
+                let mut b = [0u8; 1];
+                while !out.ends_with(b"\r\n\r\n") && c.read(&mut b).unwrap_or(0) == 1 {
+                    out.push(b[0]);
+                }
+                c.write_all(input).unwrap();
+                // `docker run` without -i: the client's input ends at once.
+                c.shutdown(std::net::Shutdown::Write).unwrap();
+                let _ = c.read_to_end(&mut out);
+                String::from_utf8_lossy(&out).into_owned()
+            })
+            .await
+            .unwrap();
+            assert!(out.starts_with("HTTP/1.1 101"), "{out:?}");
+            assert_eq!(out.ends_with("late\n"), want_late, "tty {tty}: {out:?}");
+        }
+    }
+
     async fn request(raw: &str) -> String {
         let (client, server) = tokio::io::duplex(1 << 16);
         tokio::spawn(serve_connection(Arc::new(Fake), server));
@@ -883,6 +1067,48 @@ mod tests {
         )
         .await;
         assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_stays_open_after_an_error_with_an_unread_body() {
+        // Python's requests sends the body after the headers; hyper would close a connection
+        // whose body the handler never read, and the client's next request on it fails.
+        let (client, server) = tokio::io::duplex(1 << 16);
+        tokio::spawn(serve_connection(Arc::new(Fake), server));
+        let (mut rd, mut wr) = tokio::io::split(client);
+        let body = "x".repeat(50_000);
+        wr.write_all(
+            format!(
+                "POST /v1.47/nope HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        wr.write_all(body.as_bytes()).await.unwrap();
+        wr.write_all(
+            b"POST /containers/zz/kill HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+        )
+        .await
+        .unwrap();
+        wr.write_all(b"GET /swarm HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(5), rd.read_to_end(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        let out = String::from_utf8_lossy(&out);
+        assert_eq!(out.matches("HTTP/1.1 ").count(), 3, "{out}");
+        assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+        assert!(out.contains("HTTP/1.1 503"), "{out}");
+        assert!(
+            out.contains(crate::ops::NOT_A_MANAGER.replace('"', "\\\"").as_str()),
+            "{out}"
+        );
     }
 
     #[tokio::test]

@@ -146,6 +146,57 @@ pub struct ContainerConfig {
     pub labels: Option<BTreeMap<String, String>>,
     pub stop_signal: Option<String>,
     pub stop_timeout: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<HealthConfig>,
+    /// The bridge MAC address (deprecated here since API 1.44, still sent by docker-py).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<String>,
+}
+
+/// `Config.Healthcheck` (container and image): durations in nanoseconds, 0 = inherit/default.
+/// `Test`: `[]` inherit, `["NONE"]` disabled, `["CMD", args...]`, `["CMD-SHELL", command]`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct HealthConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "is_zero", deserialize_with = "null_as_zero")]
+    pub interval: i64,
+    #[serde(skip_serializing_if = "is_zero", deserialize_with = "null_as_zero")]
+    pub timeout: i64,
+    #[serde(skip_serializing_if = "is_zero", deserialize_with = "null_as_zero")]
+    pub start_period: i64,
+    #[serde(skip_serializing_if = "is_zero", deserialize_with = "null_as_zero")]
+    pub start_interval: i64,
+    #[serde(skip_serializing_if = "is_zero", deserialize_with = "null_as_zero")]
+    pub retries: i64,
+}
+
+/// docker-py sends `null` for the durations it was not given.
+fn null_as_zero<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    Ok(Option::<i64>::deserialize(d)?.unwrap_or(0))
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+/// `State.Health`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Health {
+    pub status: String,
+    pub failing_streak: i64,
+    pub log: Vec<HealthLog>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct HealthLog {
+    pub start: String,
+    pub end: String,
+    pub exit_code: i64,
+    pub output: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -177,6 +228,16 @@ pub struct HostConfig {
     pub tmpfs: Option<BTreeMap<String, String>>,
     pub volumes_from: Option<Vec<String>>,
     pub volume_driver: String,
+    #[serde(deserialize_with = "null_as_zero")]
+    pub cpu_shares: i64,
+    #[serde(deserialize_with = "null_as_zero")]
+    pub memory_swap: i64,
+    #[serde(deserialize_with = "null_as_zero")]
+    pub memory_reservation: i64,
+    /// Every other field the client sent, echoed back by inspect as it came (what the engine
+    /// cannot honour is refused at create, see the engine's checks).
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
@@ -243,6 +304,8 @@ pub struct ContainerState {
     pub error: String,
     pub started_at: String,
     pub finished_at: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub health: Option<Health>,
 }
 
 /// An item of container inspect's `Mounts` (`Name` and `Driver` only for volumes).
@@ -353,6 +416,8 @@ pub struct ImageRunConfig {
     pub exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
     pub volumes: Option<BTreeMap<String, serde_json::Value>>,
     pub stop_signal: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<HealthConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -439,6 +504,9 @@ pub struct ExecCreateRequest {
     pub working_dir: String,
     pub user: String,
     pub privileged: bool,
+    /// docker-py sends `detachKeys` (dockerd's JSON decoding ignores case).
+    #[serde(alias = "detachKeys")]
+    pub detach_keys: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -467,6 +535,21 @@ pub struct ExecInspect {
     pub open_stdout: bool,
     pub open_stderr: bool,
     pub pid: i64,
+    pub can_remove: bool,
+    pub detach_keys: String,
+    pub process_config: ExecProcessConfig,
+}
+
+/// `ProcessConfig` of an exec inspect.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecProcessConfig {
+    pub tty: bool,
+    pub entrypoint: String,
+    pub arguments: Vec<String>,
+    pub privileged: bool,
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub user: String,
 }
 
 /// `X-Docker-Container-Path-Stat` for the archive endpoints (lowercase keys).
@@ -504,6 +587,20 @@ mod tests {
         assert_eq!(r.host_config.restart_policy.name, "always");
         let pb = r.host_config.port_bindings.unwrap();
         assert_eq!(pb["80/tcp"].as_ref().unwrap()[0].host_port, "8080");
+    }
+
+    #[test]
+    fn healthcheck_nulls_and_exec_detach_keys_as_docker_py_sends_them() {
+        let c: ContainerConfig = serde_json::from_str(
+            r#"{"Image":"x","Healthcheck":{"Test":["CMD-SHELL","true"],"Interval":1000000000,
+               "Timeout":null,"Retries":null,"StartPeriod":null}}"#,
+        )
+        .unwrap();
+        let h = c.healthcheck.unwrap();
+        assert_eq!((h.interval, h.timeout, h.retries), (1_000_000_000, 0, 0));
+        let e: ExecCreateRequest =
+            serde_json::from_str(r#"{"Cmd":["cat"],"detachKeys":"ctrl-p"}"#).unwrap();
+        assert_eq!(e.detach_keys, "ctrl-p");
     }
 
     #[test]

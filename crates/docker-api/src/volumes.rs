@@ -4,10 +4,9 @@
 
 use crate::error::{ApiError, ApiResult};
 use crate::filters::{label_matches, name_matches, Filters};
-use crate::server::{empty, json, read_json, Resp};
+use crate::server::{empty, json, read_json, Req, Resp};
 use crate::Backend;
-use http::{Method, Request, StatusCode};
-use hyper::body::Incoming;
+use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -199,6 +198,7 @@ pub fn filter_list(f: &Filters, list: Vec<VolumeEntry>) -> ApiResult<Vec<VolumeE
     f.check(LIST_FILTERS)?;
     let dangling: Vec<bool> = f
         .values("dangling")
+        .unwrap_or_default()
         .iter()
         .map(|v| bool_value("dangling", v))
         .collect::<ApiResult<_>>()?;
@@ -226,7 +226,7 @@ pub fn prune_candidates(
         .and_then(crate::version::parse)
         .is_some_and(|v| v < (1, 42));
     let mut all = old_api;
-    for v in f.values("all") {
+    for v in f.values("all").unwrap_or_default() {
         all = bool_value("all", v)?;
     }
     Ok(list
@@ -237,6 +237,7 @@ pub fn prune_candidates(
                 && (all || labels.contains_key(ANONYMOUS_LABEL))
                 && f.any("label", |v| label_matches(v, &labels))
                 && f.values("label!")
+                    .unwrap_or_default()
                     .iter()
                     .all(|v| !label_matches(v, &labels))
         })
@@ -247,7 +248,7 @@ pub fn prune_candidates(
 /// Serves one `/volumes` operation.
 pub async fn dispatch_volumes<B: Backend>(
     b: Arc<B>,
-    req: Request<Incoming>,
+    req: Req,
     version: Option<&str>,
     op: VolumeOp,
 ) -> ApiResult<Resp> {
@@ -270,7 +271,7 @@ pub async fn dispatch_volumes<B: Backend>(
             )
         }
         VolumeOp::Create => {
-            let body: VolumeCreateRequest = read_json(req.into_body()).await?;
+            let body: VolumeCreateRequest = read_json(req.into_body().take()?).await?;
             if body.cluster_volume_spec.is_some() {
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,

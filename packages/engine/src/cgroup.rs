@@ -12,7 +12,7 @@ pub fn available() -> bool {
 }
 
 fn enable(dir: &Path) {
-    for c in ["+memory", "+cpu", "+pids"] {
+    for c in ["+memory", "+cpu", "+pids", "+cpuset", "+io"] {
         let _ = std::fs::write(dir.join("cgroup.subtree_control"), c);
     }
 }
@@ -29,6 +29,12 @@ pub fn create(id: &str, hc: &HostConfig) -> std::io::Result<Option<PathBuf>> {
     enable(&parent);
     let dir = parent.join(id);
     std::fs::create_dir_all(&dir)?;
+    apply(&dir, hc)?;
+    Ok(Some(dir))
+}
+
+/// Writes the limits of `hc` into the cgroup `dir` (at creation and on `docker update`).
+pub fn apply(dir: &Path, hc: &HostConfig) -> std::io::Result<()> {
     let write = |f: &str, v: String| {
         std::fs::write(dir.join(f), &v).map_err(|e| {
             std::io::Error::new(
@@ -53,10 +59,51 @@ pub fn create(id: &str, hc: &HostConfig) -> std::io::Result<Option<PathBuf>> {
     } else if hc.cpu_quota > 0 {
         write("cpu.max", format!("{} {period}", hc.cpu_quota))?;
     }
-    if let Some(p) = hc.pids_limit.filter(|p| *p > 0) {
-        write("pids.max", p.to_string())?;
+    if let Some(p) = hc.pids_limit {
+        write("pids.max", if p > 0 { p.to_string() } else { "max".into() })?;
     }
-    Ok(Some(dir))
+    for (key, file) in [("CpusetCpus", "cpuset.cpus"), ("CpusetMems", "cpuset.mems")] {
+        if let Some(v) = hc.extra.get(key).and_then(|v| v.as_str()) {
+            if !v.is_empty() {
+                write(file, v.to_string())?;
+            }
+        }
+    }
+    if hc.cpu_shares > 0 {
+        write("cpu.weight", cpu_weight(hc.cpu_shares).to_string())?;
+    }
+    if hc.memory_reservation > 0 {
+        write("memory.low", hc.memory_reservation.to_string())?;
+    }
+    // MemorySwap is memory plus swap (-1: unlimited); the guest may have no swap file.
+    if hc.memory > 0 && hc.memory_swap != 0 && dir.join("memory.swap.max").exists() {
+        let swap = if hc.memory_swap < 0 {
+            "max".to_string()
+        } else {
+            (hc.memory_swap - hc.memory).max(0).to_string()
+        };
+        write("memory.swap.max", swap)?;
+    }
+    Ok(())
+}
+
+/// `0-2,4`: numbers and ranges, comma-separated (cpuset.cpus / cpuset.mems).
+pub fn valid_cpuset(s: &str) -> bool {
+    s.split(',').all(|part| {
+        let mut it = part.splitn(2, '-');
+        let a = it.next().and_then(|x| x.parse::<u32>().ok());
+        match (a, it.next()) {
+            (Some(_), None) => true,
+            (Some(a), Some(b)) => b.parse::<u32>().is_ok_and(|b| b >= a),
+            _ => false,
+        }
+    })
+}
+
+/// cpu.weight for Docker's CPU shares (runc's conversion: 2..262144 → 1..10000).
+pub fn cpu_weight(shares: i64) -> u64 {
+    let s = shares.clamp(2, 262_144) as u64;
+    1 + ((s - 2) * 9999) / 262_142
 }
 
 pub fn add(dir: &Path, pid: i32) -> std::io::Result<()> {

@@ -12,20 +12,45 @@ pub struct Line {
     pub time: String,
 }
 
+/// A chunk of output as log entries: one per line (as dockerd's json-file writes them, so
+/// that `tail` counts lines); a last part without its newline is an entry of its own.
 pub fn encode(f: &Frame, time: &str) -> Vec<u8> {
     let stream = if f.stream == StdStream::Stderr {
         "stderr"
     } else {
         "stdout"
     };
-    let mut v = serde_json::to_vec(&Line {
-        log: String::from_utf8_lossy(&f.data).into_owned(),
-        stream: stream.into(),
-        time: time.into(),
-    })
-    .unwrap_or_default();
-    v.push(b'\n');
+    let mut v = Vec::new();
+    for part in f.data.split_inclusive(|b| *b == b'\n') {
+        v.extend(
+            serde_json::to_vec(&Line {
+                log: String::from_utf8_lossy(part).into_owned(),
+                stream: stream.into(),
+                time: time.into(),
+            })
+            .unwrap_or_default(),
+        );
+        v.push(b'\n');
+    }
     v
+}
+
+/// The time of a log entry (`2026-01-01T00:00:00.123456789Z`) in nanoseconds.
+pub fn entry_time(t: &str) -> i128 {
+    let secs = docker_api::time::unix_from_rfc3339(t) as i128;
+    let frac = t
+        .split_once('.')
+        .map(|(_, f)| f.trim_end_matches('Z'))
+        .filter(|f| !f.is_empty() && f.len() <= 9 && f.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|f| format!("{f:0<9}").parse::<i128>().ok())
+        .unwrap_or(0);
+    secs * 1_000_000_000 + frac
+}
+
+/// The time of a stored line (None when it does not parse).
+pub fn line_time(line: &str) -> Option<i128> {
+    let l: Line = serde_json::from_str(line).ok()?;
+    Some(entry_time(&l.time))
 }
 
 /// Parses log lines into frames, honouring stream selection and timestamps.
@@ -53,6 +78,25 @@ pub fn decode_line(line: &str, stdout: bool, stderr: bool, timestamps: bool) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[test]
+    fn one_entry_per_line_and_times() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("log");
+        let at = docker_api::time::rfc3339(docker_api::time::now_nanos());
+        std::fs::write(&p, encode(&Frame::stdout("a\nb\nc"), &at)).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        let logs: Vec<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<Line>(l).unwrap().log)
+            .collect();
+        assert_eq!(logs, ["a\n", "b\n", "c"]);
+        assert_eq!(
+            entry_time("2023-11-14T22:13:20.5Z"),
+            1_700_000_000_500_000_000
+        );
+        assert!(line_time(text.lines().next().unwrap()).unwrap() > 0);
+    }
+
     #[test]
     fn round_trip() {
         let line = encode(&Frame::stderr("oops\n"), "2026-01-01T00:00:00.000000000Z");

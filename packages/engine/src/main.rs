@@ -25,7 +25,9 @@ mod backend;
 mod certs;
 mod cgroup;
 mod containers;
+mod events;
 mod images;
+mod init_reaper;
 mod logs;
 mod net;
 mod netproxy;
@@ -48,6 +50,10 @@ fn main() -> Result<()> {
     {
         // axion-vmd's clone agent (a service in its template VM).
         std::process::exit(vmd_agent::main(&argv[2..]));
+    }
+    if argv.get(1).map(|s| s == "__init").unwrap_or(false) {
+        // `docker run --init`: this binary as the container's PID 1 (init_reaper).
+        std::process::exit(init_reaper::main(&argv[2..]));
     }
     if argv.get(1).map(|s| s.starts_with("__")).unwrap_or(false) {
         // The per-container shim: single-threaded, no tokio.

@@ -49,16 +49,29 @@ impl Engine {
         .map_err(|e| {
             ApiError::conflict(format!("cannot mount the stopped container's root: {e}"))
         })?;
-        Ok((root.join(rel), Some(RootMount(root))))
+        Ok((root.join(rel), Some(RootMount(root, false))))
     }
 }
 
-/// A temporary mount of a stopped container's root.
-pub struct RootMount(PathBuf);
+/// A temporary mount of a stopped container's root (its mount point removed after, when
+/// made for it).
+pub struct RootMount(PathBuf, bool);
+
+impl RootMount {
+    pub fn removing(dir: PathBuf) -> Self {
+        RootMount(dir, true)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
 
 impl Drop for RootMount {
     fn drop(&mut self) {
         let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        if self.1 {
+            let _ = std::fs::remove_dir(&self.0);
+        }
     }
 }
 

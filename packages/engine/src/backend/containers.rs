@@ -2,7 +2,7 @@
 //! restart, remove, wait, logs, attach.
 
 use super::*;
-use crate::containers::{parse_signal, random_name, valid_name, Events, Record, Status};
+use crate::containers::{parse_signal, random_name_try, valid_name, Events, Record, Status};
 use crate::runtime::{Process, RunSpec, Stdio3};
 use crate::{logs, netproxy};
 use docker_api::time::{human, rfc3339, since};
@@ -22,7 +22,16 @@ pub(super) async fn publish_ports(r: &Record) -> Result<Vec<netproxy::Bound>, St
 impl Engine {
     fn summary_status(r: &Record) -> String {
         match r.status {
-            Status::Running => format!("Up {}", human(since(r.started_at))),
+            Status::Running if r.paused => {
+                format!("Up {} (Paused)", human(since(r.started_at)))
+            }
+            Status::Running => match r.health.as_ref().filter(|_| r.config.healthcheck.is_some()) {
+                Some(h) if h.status == "starting" => {
+                    format!("Up {} (health: starting)", human(since(r.started_at)))
+                }
+                Some(h) => format!("Up {} ({})", human(since(r.started_at)), h.status),
+                None => format!("Up {}", human(since(r.started_at))),
+            },
             Status::Exited => format!(
                 "Exited ({}) {} ago",
                 r.exit_code,
@@ -47,12 +56,18 @@ impl Engine {
         }
         let mut args = vec![r.path.clone()];
         args.extend(r.args.iter().cloned());
+        let mut binds = r.binds.clone();
+        if r.host_config.extra.get("Init").and_then(|v| v.as_bool()) == Some(true) {
+            let (bind, init_args) = super::ops::init_process(args)?;
+            binds.push(bind);
+            args = init_args;
+        }
         Ok(RunSpec {
             rootfs: c.dir.join("rootfs"),
             lowers,
             upper: c.data.join("upper"),
             work: c.data.join("work"),
-            binds: r.binds.clone(),
+            binds,
             etc_files: vec![
                 (c.dir.join("hosts"), "/etc/hosts".into()),
                 (c.dir.join("hostname"), "/etc/hostname".into()),
@@ -60,10 +75,17 @@ impl Engine {
             ],
             hostname: r.config.hostname.clone(),
             new_netns: r.host_config.network_mode != "host",
+            host_pid: super::ops::hc_str(&r.host_config, "PidMode") == "host",
+            host_uts: super::ops::hc_str(&r.host_config, "UTSMode") == "host",
             volatile: self.volatile_layers,
             trace: Trace::enabled(),
             state_dir: c.dir.clone(),
-            log_path: c.log_path(),
+            // The `none` log driver keeps nothing; the monitor writes to /dev/null.
+            log_path: if super::ops::log_driver(&r.host_config) == "none" {
+                PathBuf::from("/dev/null")
+            } else {
+                c.log_path()
+            },
             open_stdin: r.config.open_stdin,
             process: Process {
                 args,
@@ -72,6 +94,7 @@ impl Engine {
                 user: r.config.user.clone(),
                 tty: r.config.tty,
                 confine: confinement(&r.host_config).map_err(ApiError::bad_request)?,
+                group_add: super::ops::hc_list(&r.host_config, "GroupAdd"),
             },
         })
     }
@@ -110,9 +133,12 @@ impl Engine {
         // Bridge network: the container's address, and /etc/hosts naming it.
         let attach = match (r.host_config.network_mode.as_str(), &self.bridge) {
             ("bridge", Ok((b, ipam))) => {
-                let ep = ipam
+                let mut ep = ipam
                     .allocate(&r.id, b)
                     .map_err(internal("allocating an address"))?;
+                if let Some(m) = r.config.mac_address.as_ref().filter(|m| !m.is_empty()) {
+                    ep.mac = m.to_ascii_lowercase(); // --mac-address, checked at create
+                }
                 self.write_hosts(&c.dir, &r.config.hostname, Some(ep.ip))
                     .map_err(internal("writing /etc/hosts"))?;
                 Some((b.clone(), ep))
@@ -214,6 +240,8 @@ impl Engine {
         }
         c.save();
         c.events.send_modify(|e| e.running = true);
+        crate::events::container(&c.snapshot(), "start", &[]);
+        self.start_health(c);
         trace.mark("running, state saved");
         // Output goes to the log from the monitor, to attach subscribers from `follow`.
         if r.config.open_stdin {
@@ -249,6 +277,7 @@ impl Engine {
             rec.status = Status::Exited;
             rec.exit_code = code;
             rec.pid = 0;
+            rec.paused = false;
             rec.finished_at = now_nanos();
             let cg = rec.cgroup.take();
             if let Some(cg) = &cg {
@@ -258,6 +287,10 @@ impl Engine {
         };
         let (r, cg) = r;
         c.save();
+        if r.oom_killed {
+            crate::events::container(&r, "oom", &[]);
+        }
+        crate::events::container(&r, "die", &[("exitCode", code.to_string())]);
         c.events.send_modify(|e| {
             e.exits += 1;
             e.exit_code = code;
@@ -320,6 +353,7 @@ impl Engine {
 
     async fn remove_inner(&self, c: &Arc<Container>) -> ApiResult<()> {
         let id = c.snapshot().id;
+        crate::events::container(&c.snapshot(), "destroy", &[]);
         self.containers.lock().unwrap().remove(&id);
         if let Ok((_, ipam)) = &self.bridge {
             ipam.release(&id);
@@ -386,16 +420,22 @@ impl Engine {
             .and_then(|s| parse_signal(&s))
             .unwrap_or(nix::sys::signal::Signal::SIGTERM);
         let t = timeout.or(r.config.stop_timeout).unwrap_or(10);
+        crate::events::container(&r, "kill", &[("signal", (sig as i32).to_string())]);
         let _ = self.signal(&c, sig);
+        self.thaw(&c);
         let wait = if t < 0 {
             None
         } else {
             Some(std::time::Duration::from_secs(t as u64))
         };
         if !self.wait_not_running(&c, wait).await {
+            crate::events::container(&r, "kill", &[("signal", "9".into())]);
             let _ = self.signal(&c, nix::sys::signal::Signal::SIGKILL);
             self.wait_not_running(&c, Some(std::time::Duration::from_secs(10)))
                 .await;
+        }
+        if by_user {
+            crate::events::container(&c.snapshot(), "stop", &[]);
         }
         Ok(())
     }
@@ -412,13 +452,13 @@ impl Engine {
                 .any(|c| c.rec.lock().unwrap().name == n)
         };
         for _ in 0..50 {
-            let n = random_name();
+            let n = random_name_try(0);
             if !taken(&n) {
                 return n;
             }
         }
         loop {
-            let n = format!("{}{}", random_name(), rand::random::<u16>());
+            let n = format!("{}{}", random_name_try(0), rand::random::<u16>());
             if !taken(&n) {
                 return n;
             }
@@ -479,7 +519,12 @@ impl Engine {
             path: r.path.clone(),
             args: r.args.clone(),
             state: ContainerState {
-                status: r.status.to_string(),
+                status: if r.paused {
+                    "paused".into()
+                } else {
+                    r.status.to_string()
+                },
+                paused: r.paused,
                 running: r.status == Status::Running,
                 restarting: r.status == Status::Restarting,
                 pid: r.pid as i64,
@@ -488,6 +533,7 @@ impl Engine {
                 error: r.error.clone(),
                 started_at: rfc3339(r.started_at),
                 finished_at: rfc3339(r.finished_at),
+                health: r.health.clone().filter(|_| r.config.healthcheck.is_some()),
                 ..Default::default()
             },
             image: r.image_id.clone(),
@@ -573,7 +619,11 @@ impl ContainerBackend for Engine {
                     created: (r.created / 1_000_000_000) as i64,
                     ports,
                     labels: r.config.labels.clone().unwrap_or_default(),
-                    state: r.status.to_string(),
+                    state: if r.paused {
+                        "paused".into()
+                    } else {
+                        r.status.to_string()
+                    },
                     status: Self::summary_status(&r),
                 }
             })
@@ -659,6 +709,8 @@ impl ContainerBackend for Engine {
         if cfg.stop_signal.is_none() {
             cfg.stop_signal = ic.stop_signal.clone();
         }
+        cfg.healthcheck =
+            super::health::merge(req.config.healthcheck.as_ref(), ic.healthcheck.as_ref())?;
         let id = random_id();
         if cfg.hostname.is_empty() {
             cfg.hostname = id[..12].to_string();
@@ -688,6 +740,8 @@ impl ContainerBackend for Engine {
             ));
         }
         confinement(&hc).map_err(ApiError::bad_request)?;
+        super::ops::check_create(&mut hc)?;
+        super::ops::check_mac(cfg.mac_address.as_deref())?;
         trace.mark("confinement (seccomp compiled)");
         // The image's volumes join the request's, as dockerd merges them.
         if let Some(iv) = ic.volumes.clone().filter(|v| !v.is_empty()) {
@@ -723,6 +777,7 @@ impl ContainerBackend for Engine {
         };
         let c = Arc::new(Container::new(dir, data, rec));
         c.save();
+        crate::events::container(&c.snapshot(), "create", &[]);
         trace.mark("saved");
         self.containers.lock().unwrap().insert(id.clone(), c);
         Ok(ContainerCreateResponse {
@@ -783,7 +838,21 @@ impl ContainerBackend for Engine {
         if sig == nix::sys::signal::Signal::SIGKILL {
             c.rec.lock().unwrap().stopped_by_user = true;
         }
-        self.signal(&c, sig)
+        crate::events::container(
+            &c.snapshot(),
+            "kill",
+            &[("signal", (sig as i32).to_string())],
+        );
+        self.signal(&c, sig)?;
+        if sig == nix::sys::signal::Signal::SIGKILL {
+            // As dockerd: the answer comes once the container has exited, so a client that
+            // inspects next sees it stopped.
+            self.wait_not_running(&c, Some(std::time::Duration::from_secs(10)))
+                .await;
+        } else {
+            self.thaw(&c);
+        }
+        Ok(())
     }
 
     async fn container_restart(&self, id: &str, timeout: Option<i64>) -> ApiResult<()> {
@@ -798,7 +867,11 @@ impl ContainerBackend for Engine {
             } else {
                 Err(e)
             }
-        })
+        })?;
+        if let Ok(c) = self.find(id) {
+            crate::events::container(&c.snapshot(), "restart", &[]);
+        }
+        Ok(())
     }
 
     async fn container_remove(&self, id: &str, force: bool, volumes: bool) -> ApiResult<()> {
@@ -878,6 +951,12 @@ impl ContainerBackend for Engine {
 
     async fn container_logs(&self, id: &str, o: LogsOptions) -> ApiResult<(bool, FrameRx)> {
         let c = self.find(id)?;
+        if super::ops::log_driver(&c.snapshot().host_config) == "none" {
+            return Err(ApiError::new(
+                http::StatusCode::NOT_IMPLEMENTED,
+                "configured logging driver does not support reading",
+            ));
+        }
         let tty = c.rec.lock().unwrap().config.tty;
         let path = c.log_path();
         let (tx, rx) = mpsc::channel(64);
@@ -898,12 +977,18 @@ impl ContainerBackend for Engine {
                     .lines()
                     .collect();
                 pos += end as u64;
-                if first {
-                    if let Some(n) = o.tail {
-                        let k = lines.len().saturating_sub(n);
-                        lines.drain(..k);
-                    }
-                    first = false;
+                let first_batch = first;
+                first = false;
+                if o.since.is_some() || o.until.is_some() {
+                    lines.retain(|l| {
+                        logs::line_time(l).is_some_and(|t| {
+                            o.since.is_none_or(|s| t >= s) && o.until.is_none_or(|u| t <= u)
+                        })
+                    });
+                }
+                if let Some(n) = o.tail.filter(|_| first_batch) {
+                    let k = lines.len().saturating_sub(n);
+                    lines.drain(..k);
                 }
                 for l in lines {
                     if let Some(f) = logs::decode_line(l, o.stdout, o.stderr, o.timestamps) {
@@ -916,6 +1001,10 @@ impl ContainerBackend for Engine {
                 if !o.follow || (!running && end == new.len()) {
                     return;
                 }
+                // Following stops at `until`, as dockerd's does.
+                if o.until.is_some_and(|u| now_nanos() > u) {
+                    return;
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         });
@@ -925,9 +1014,33 @@ impl ContainerBackend for Engine {
     async fn container_attach(&self, id: &str, o: AttachOptions) -> ApiResult<AttachIo> {
         let c = self.find(id)?;
         let r = c.snapshot();
+        if r.paused {
+            return Err(ApiError::conflict(
+                "You cannot attach to a paused container, unpause it first",
+            ));
+        }
+        crate::events::container(&r, "attach", &[]);
         let mut sub = c.output.subscribe();
         let (tx, rx) = mpsc::channel(256);
+        let past = if o.logs && super::ops::log_driver(&r.host_config) != "none" {
+            tokio::fs::read_to_string(c.log_path())
+                .await
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
         tokio::spawn(async move {
+            // `logs=1`: what the container wrote so far first; `stream=0`: only that.
+            for l in past.lines() {
+                if let Some(f) = logs::decode_line(l, o.stdout, o.stderr, false) {
+                    if tx.send(f).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            if !o.stream {
+                return;
+            }
             loop {
                 match sub.recv().await {
                     Ok(Some(f)) => {
@@ -995,5 +1108,35 @@ impl ContainerBackend for Engine {
             let _ = tokio::task::spawn_blocking(move || rt.monitor_resize(&dir, h, w)).await;
         }
         Ok(())
+    }
+
+    // The operations of backend/ops.rs.
+    async fn container_stats(&self, id: &str) -> ApiResult<docker_api::ops::ContainerStats> {
+        self.stats_of(id).await
+    }
+    async fn container_top(&self, id: &str, a: &str) -> ApiResult<docker_api::ops::TopResponse> {
+        self.top_of(id, a).await
+    }
+    async fn container_changes(&self, id: &str) -> ApiResult<Vec<docker_api::ops::Change>> {
+        self.changes_of(id).await
+    }
+    async fn container_export(&self, id: &str) -> ApiResult<mpsc::Receiver<Bytes>> {
+        self.export_of(id).await
+    }
+    async fn container_pause(&self, id: &str) -> ApiResult<()> {
+        self.pause(id, true).await
+    }
+    async fn container_unpause(&self, id: &str) -> ApiResult<()> {
+        self.pause(id, false).await
+    }
+    async fn container_rename(&self, id: &str, name: &str) -> ApiResult<()> {
+        self.rename(id, name).await
+    }
+    async fn container_update(
+        &self,
+        id: &str,
+        u: docker_api::ops::UpdateRequest,
+    ) -> ApiResult<docker_api::ops::UpdateResponse> {
+        self.update(id, u).await
     }
 }

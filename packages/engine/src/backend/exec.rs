@@ -14,6 +14,22 @@ pub struct Exec {
     pty: Mutex<Option<OwnedFd>>,
 }
 
+impl Engine {
+    /// Kills an exec session's process (a health probe past its timeout).
+    pub(super) fn kill_exec(&self, exec_id: &str) {
+        let ex = self.execs.lock().unwrap().get(exec_id).cloned();
+        if let Some(ex) = ex {
+            let pid = ex.state.lock().unwrap().2;
+            if pid > 0 {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
 impl ExecBackend for Engine {
     async fn exec_create(&self, id: &str, req: ExecCreateRequest) -> ApiResult<String> {
         let c = self.find(id)?;
@@ -23,7 +39,15 @@ impl ExecBackend for Engine {
                 c.snapshot().id
             )));
         }
+        if c.snapshot().paused {
+            return Err(ApiError::conflict(format!(
+                "Container {} is paused, unpause the container before exec",
+                c.snapshot().id
+            )));
+        }
         let eid = random_id();
+        let action = format!("exec_create: {}", req.cmd.join(" "));
+        crate::events::container(&c.snapshot(), &action, &[("execID", eid.clone())]);
         self.execs.lock().unwrap().insert(
             eid.clone(),
             Arc::new(Exec {
@@ -37,7 +61,7 @@ impl ExecBackend for Engine {
         Ok(eid)
     }
 
-    async fn exec_start(&self, exec_id: &str, _start: ExecStartRequest) -> ApiResult<AttachIo> {
+    async fn exec_start(&self, exec_id: &str, start: ExecStartRequest) -> ApiResult<AttachIo> {
         let ex = self
             .execs
             .lock()
@@ -82,6 +106,7 @@ impl ExecBackend for Engine {
                 },
                 tty: ex.req.tty,
                 confine: confinement(&r.host_config).map_err(ApiError::bad_request)?,
+                group_add: super::ops::hc_list(&r.host_config, "GroupAdd"),
             },
         };
         let spec_path = c.dir.join(format!("exec-{}.json", ex.id));
@@ -113,13 +138,15 @@ impl ExecBackend for Engine {
                 *ex.state.lock().unwrap() = (false, Some(126), 0);
                 let _ = tx.try_send(Frame::stderr(format!("OCI runtime exec failed: {e}\n")));
                 return Ok(AttachIo {
-                    tty: ex.req.tty,
+                    tty: start.tty,
                     output: rx,
                     stdin: None,
                 });
             }
         };
         *ex.state.lock().unwrap() = (true, None, s.pid());
+        let action = format!("exec_start: {}", ex.req.cmd.join(" "));
+        crate::events::container(&r, &action, &[("execID", ex.id.clone())]);
         let mut readers = Vec::new();
         let fwd = |stream: StdStream| {
             let tx = tx.clone();
@@ -156,6 +183,7 @@ impl ExecBackend for Engine {
             _ => None,
         };
         let ex2 = ex.clone();
+        let r2 = r.clone();
         std::thread::spawn(move || {
             let code = s.wait();
             *ex2.pty.lock().unwrap() = None;
@@ -163,10 +191,16 @@ impl ExecBackend for Engine {
                 let _ = r.join();
             }
             *ex2.state.lock().unwrap() = (false, Some(code), 0);
+            crate::events::container(
+                &r2,
+                "exec_die",
+                &[("execID", ex2.id.clone()), ("exitCode", code.to_string())],
+            );
             drop(tx); // closes the output stream only after the exit code is known
         });
+        // Raw or multiplexed as the start request's Tty says (dockerd frames by it too).
         Ok(AttachIo {
-            tty: ex.req.tty,
+            tty: start.tty,
             output: rx,
             stdin,
         })
@@ -190,6 +224,15 @@ impl ExecBackend for Engine {
             open_stdout: ex.req.attach_stdout,
             open_stderr: ex.req.attach_stderr,
             pid: pid as i64,
+            can_remove: false,
+            detach_keys: ex.req.detach_keys.clone(),
+            process_config: ExecProcessConfig {
+                tty: ex.req.tty,
+                entrypoint: ex.req.cmd.first().cloned().unwrap_or_default(),
+                arguments: ex.req.cmd.iter().skip(1).cloned().collect(),
+                privileged: ex.req.privileged,
+                user: ex.req.user.clone(),
+            },
         })
     }
 

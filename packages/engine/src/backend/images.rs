@@ -83,6 +83,7 @@ impl ImageBackend for Engine {
                 .unwrap_or_else(|| format!("{}@{}", r.familiar_name(), r.object()));
             match me.images.pull(&mut s, &r, &tx).await {
                 Ok((_, existed)) => {
+                    crate::events::publish("image", "pull", &shown, [("name", shown.clone())]);
                     let msg = if existed {
                         format!("Status: Image is up to date for {shown}")
                     } else {
@@ -128,7 +129,12 @@ impl ImageBackend for Engine {
         let r = tokio::task::spawn_blocking(move || me.images.load(&p)).await;
         let _ = std::fs::remove_file(&path);
         match r {
-            Ok(Ok(loaded)) => Ok(loaded),
+            Ok(Ok(loaded)) => {
+                for name in &loaded {
+                    crate::events::publish("image", "load", name, [("name", name.clone())]);
+                }
+                Ok(loaded)
+            }
             Ok(Err(e @ crate::images::ImageError::Io { .. })) => {
                 Err(ApiError::internal(e.to_string()))
             }
@@ -146,10 +152,28 @@ impl ImageBackend for Engine {
         let t = r
             .tagged()
             .ok_or_else(|| ApiError::bad_request("a tag is required"))?;
-        self.images.tag(&id, &t).map_err(internal("tagging"))
+        self.images.tag(&id, &t).map_err(internal("tagging"))?;
+        crate::events::publish("image", "tag", &id, [("name", t)]);
+        Ok(())
     }
 
     async fn image_remove(&self, name: &str, force: bool) -> ApiResult<Vec<ImageDeleteItem>> {
+        let id = self.resolve_image(name)?;
+        let out = self.image_remove_inner(name, force).await?;
+        for i in &out {
+            if let Some(t) = &i.untagged {
+                crate::events::publish("image", "untag", &id, [("name", t.clone())]);
+            }
+            if let Some(d) = &i.deleted {
+                crate::events::publish("image", "delete", d, [("name", name.to_string())]);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Engine {
+    async fn image_remove_inner(&self, name: &str, force: bool) -> ApiResult<Vec<ImageDeleteItem>> {
         let id = self.resolve_image(name)?;
         let users: Vec<String> = self
             .containers

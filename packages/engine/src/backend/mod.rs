@@ -6,8 +6,10 @@
 mod archive;
 mod containers;
 mod exec;
+mod health;
 mod images;
 mod live;
+mod ops;
 mod system;
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,7 @@
 use super::*;
 use crate::cgroup;
 use crate::containers::{Record, Status};
-use docker_api::{EventBackend, NetworkBackend, SystemBackend};
+use docker_api::{NetworkBackend, SystemBackend};
 
 impl SystemBackend for Engine {
     async fn version(&self) -> ApiResult<Version> {
@@ -121,4 +121,3 @@ impl SystemBackend for Engine {
 }
 
 impl NetworkBackend for Engine {}
-impl EventBackend for Engine {}

@@ -68,6 +68,11 @@ pub struct RunSpec {
     pub etc_files: Vec<(PathBuf, String)>,
     pub hostname: String,
     pub new_netns: bool,
+    /// `--pid host` / `--uts host`: stay in the VM's PID / UTS namespace.
+    #[serde(default)]
+    pub host_pid: bool,
+    #[serde(default)]
+    pub host_uts: bool,
     /// Mount the overlay `volatile` (the engine's `--volatile-layers`).
     #[serde(default)]
     pub volatile: bool,
@@ -96,6 +101,9 @@ pub struct Process {
     pub tty: bool,
     #[serde(default)]
     pub confine: confine::Confinement,
+    /// `--group-add`: more supplementary groups (names in the container's /etc/group, or ids).
+    #[serde(default)]
+    pub group_add: Vec<String>,
 }
 
 /// For `engine __exec`: join the namespaces of `pid` and run `process`.

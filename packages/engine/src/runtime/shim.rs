@@ -218,10 +218,13 @@ fn run(spec: RunSpec) -> i32 {
         .append(true)
         .open(&spec.log_path)
         .ok();
-    let mut flags = CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWPID;
+    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC;
+    if !spec.host_pid {
+        flags |= CloneFlags::CLONE_NEWPID;
+    }
+    if !spec.host_uts {
+        flags |= CloneFlags::CLONE_NEWUTS;
+    }
     if spec.new_netns {
         flags |= CloneFlags::CLONE_NEWNET;
     }
@@ -713,7 +716,7 @@ fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
     }
     std::env::set_current_dir("/").map_err(err("chdir /"))?;
     mark("pivot_root");
-    if !spec.hostname.is_empty() {
+    if !spec.hostname.is_empty() && !spec.host_uts {
         nix::unistd::sethostname(&spec.hostname).map_err(err("sethostname"))?;
     }
     if spec.new_netns {
@@ -756,6 +759,19 @@ struct Ids {
     gid: u32,
     groups: Vec<u32>,
     home: String,
+}
+
+/// A group's id: a number, or a name in the container's /etc/group.
+fn group_id(g: &str) -> Option<u32> {
+    if let Ok(n) = g.parse() {
+        return Some(n);
+    }
+    fs::read_to_string("/etc/group")
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[0] == g)
+        .and_then(|f| f[2].parse().ok())
 }
 
 /// Resolves `user[:group]` (names or numbers) against the container's /etc/passwd and
@@ -915,11 +931,20 @@ fn start_process(p: &Process) -> Result<std::convert::Infallible, Fail> {
     }
     super::confine::apply(&p.confine).map_err(|e| (125, e))?;
     mark("confined");
-    let groups: Vec<nix::unistd::Gid> = ids
+    let mut groups: Vec<nix::unistd::Gid> = ids
         .groups
         .iter()
         .map(|g| nix::unistd::Gid::from_raw(*g))
         .collect();
+    for g in &p.group_add {
+        let gid = group_id(g).ok_or_else(|| {
+            (
+                126,
+                format!("unable to find group {g}: no matching entries in group file\n"),
+            )
+        })?;
+        groups.push(nix::unistd::Gid::from_raw(gid));
+    }
     nix::unistd::setgroups(&groups).map_err(err("setgroups"))?;
     nix::unistd::setgid(nix::unistd::Gid::from_raw(ids.gid)).map_err(err("setgid"))?;
     nix::unistd::setuid(nix::unistd::Uid::from_raw(ids.uid)).map_err(err("setuid"))?;
