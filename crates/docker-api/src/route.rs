@@ -24,6 +24,8 @@ pub enum Route {
     ExecStart(String),
     ExecInspect(String),
     ExecResize(String),
+    /// History, push, save, prune, search, commit, distribution, auth, df.
+    Images(crate::images::ImageOp),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +93,9 @@ pub fn route(method: &Method, raw_path: &str) -> Result<Routed, ApiError> {
         (&Method::POST, "/containers/create") => Route::ContainerCreate,
         (&Method::POST, "/containers/prune") => Route::ContainersPrune,
         _ => {
-            if let Some(rest) = path.strip_prefix("/images/") {
+            if let Some(op) = crate::images::route(method, path) {
+                Route::Images(op)
+            } else if let Some(rest) = path.strip_prefix("/images/") {
                 image_route(method, rest).ok_or_else(not_found)?
             } else if let Some(rest) = path.strip_prefix("/containers/") {
                 container_route(method, rest).ok_or_else(not_found)?

@@ -61,9 +61,9 @@ impl HttpBody for Body {
     }
 }
 
-type Resp = Response<Body>;
+pub(crate) type Resp = Response<Body>;
 
-fn base(status: StatusCode) -> http::response::Builder {
+pub(crate) fn base(status: StatusCode) -> http::response::Builder {
     Response::builder()
         .status(status)
         .header("Api-Version", version::API_VERSION)
@@ -72,7 +72,7 @@ fn base(status: StatusCode) -> http::response::Builder {
         .header(header::SERVER, "Docker/axion-engine (linux)")
 }
 
-fn json<T: Serialize>(status: StatusCode, v: &T) -> Resp {
+pub(crate) fn json<T: Serialize>(status: StatusCode, v: &T) -> Resp {
     let body = serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec());
     base(status)
         .header(header::CONTENT_TYPE, "application/json")
@@ -80,7 +80,7 @@ fn json<T: Serialize>(status: StatusCode, v: &T) -> Resp {
         .expect("static response parts")
 }
 
-fn empty(status: StatusCode) -> Resp {
+pub(crate) fn empty(status: StatusCode) -> Resp {
     base(status)
         .body(Body::Full(None))
         .expect("static response parts")
@@ -96,20 +96,24 @@ fn error_response(e: &ApiError) -> Resp {
         .expect("static response parts")
 }
 
-struct Query(HashMap<String, String>);
+pub(crate) struct Query(HashMap<String, String>, Vec<(String, String)>);
 
 impl Query {
     fn parse(q: Option<&str>) -> Self {
-        Query(
-            form_urlencoded::parse(q.unwrap_or("").as_bytes())
-                .into_owned()
-                .collect(),
-        )
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(q.unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+        Query(pairs.iter().cloned().collect(), pairs)
     }
-    fn get(&self, k: &str) -> Option<&str> {
+    /// Every non-empty value of a repeated key (`changes=..&changes=..`).
+    pub(crate) fn all(&self, k: &str) -> Vec<String> {
+        let v = self.1.iter().filter(|(n, v)| n == k && !v.is_empty());
+        v.map(|(_, v)| v.clone()).collect()
+    }
+    pub(crate) fn get(&self, k: &str) -> Option<&str> {
         self.0.get(k).map(String::as_str).filter(|s| !s.is_empty())
     }
-    fn flag(&self, k: &str) -> bool {
+    pub(crate) fn flag(&self, k: &str) -> bool {
         matches!(self.get(k), Some("1" | "true" | "True" | "TRUE"))
     }
     fn int<T: std::str::FromStr>(&self, k: &str) -> ApiResult<Option<T>> {
@@ -133,7 +137,7 @@ async fn read_body(body: Incoming, limit: usize) -> ApiResult<Bytes> {
     }
 }
 
-async fn read_json<T: serde::de::DeserializeOwned + Default>(body: Incoming) -> ApiResult<T> {
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned + Default>(body: Incoming) -> ApiResult<T> {
     let b = read_body(body, MAX_JSON_BODY).await?;
     if b.iter().all(|c| c.is_ascii_whitespace()) {
         return Ok(T::default());
@@ -185,7 +189,7 @@ async fn dispatch<B: Backend>(b: Arc<B>, req: Request<Incoming>) -> ApiResult<Re
         Route::ImageDelete(n) => json(StatusCode::OK, &b.image_remove(&n, q.flag("force")).await?),
         Route::ImagesCreate => {
             if q.get("fromSrc").is_some() {
-                return Err(ApiError::not_implemented("image import (fromSrc)"));
+                return crate::images::import(b, req, q).await;
             }
             let image = q
                 .get("fromImage")
@@ -215,19 +219,7 @@ async fn dispatch<B: Backend>(b: Arc<B>, req: Request<Incoming>) -> ApiResult<Re
         }
         Route::ImagesLoad => {
             // The archive streams to the back end as it arrives (it may be larger than memory).
-            let (tx, rx) = mpsc::channel::<Bytes>(16);
-            let mut body = req.into_body();
-            let feed = tokio::spawn(async move {
-                while let Some(frame) = body.frame().await {
-                    let Ok(frame) = frame else { return false };
-                    if let Ok(data) = frame.into_data() {
-                        if tx.send(data).await.is_err() {
-                            return true;
-                        }
-                    }
-                }
-                true
-            });
+            let (rx, feed) = crate::images::body_channel(req.into_body());
             let loaded = b.image_load(rx).await;
             let complete = feed.await.unwrap_or(false);
             let loaded = match (loaded, complete) {
@@ -238,27 +230,9 @@ async fn dispatch<B: Backend>(b: Arc<B>, req: Request<Incoming>) -> ApiResult<Re
                 }
                 (r, _) => r?,
             };
-            // dockerd's answer: a JSON message stream, one "Loaded image" line per image.
-            let mut out = Vec::new();
-            for name in loaded {
-                let what = if name.starts_with("sha256:") {
-                    "Loaded image ID"
-                } else {
-                    "Loaded image"
-                };
-                out.extend(
-                    serde_json::to_vec(
-                        &serde_json::json!({ "stream": format!("{what}: {name}\n") }),
-                    )
-                    .unwrap_or_default(),
-                );
-                out.extend_from_slice(b"\r\n");
-            }
-            base(StatusCode::OK)
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::Full(Some(out.into())))
-                .expect("static response parts")
+            crate::images::load_answer(loaded)
         }
+        Route::Images(op) => crate::images::dispatch_images(b, req, q, op).await?,
         Route::ContainersList => {
             // `-n N`/`-l` (limit) and a status filter look at every container, as in Docker.
             let filters = Filters::parse(q.get("filters"))?;
@@ -463,7 +437,7 @@ fn stat_header(stat: &PathStat) -> HeaderValue {
         .expect("base64 is a valid header value")
 }
 
-fn decode_auth(v: &str) -> Option<RegistryAuth> {
+pub(crate) fn decode_auth(v: &str) -> Option<RegistryAuth> {
     let raw = base64::engine::general_purpose::URL_SAFE
         .decode(v.trim())
         .or_else(|_| base64::engine::general_purpose::STANDARD.decode(v.trim()))

@@ -62,6 +62,8 @@ pub struct Info {
     /// Which registries are reached over plain HTTP (`docker info`'s "Insecure Registries").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry_config: Option<RegistryServiceConfig>,
+    #[serde(flatten)]
+    pub details: crate::images::InfoDetails,
 }
 
 /// `Info.RegistryConfig` as dockerd fills it: the insecure networks (loopback always), one

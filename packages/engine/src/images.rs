@@ -10,7 +10,10 @@
 //! id (`sha256:<config digest>`) whose config is there resolves without a pull, and its
 //! layers are used in place as overlayfs lower dirs; a layer unpacked locally wins.
 
+mod layers;
 mod load;
+
+pub use layers::diff_tar;
 
 use crate::unpack;
 use docker_api::types::{ImageRunConfig, ProgressMessage};
@@ -65,6 +68,21 @@ pub struct ImageConfig {
     #[serde(default)]
     pub config: ImageRunConfig,
     pub rootfs: RootFs,
+    #[serde(default)]
+    pub history: Vec<HistoryEntry>,
+}
+
+/// One `history` entry of an image config.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct HistoryEntry {
+    #[serde(default)]
+    pub created: Option<String>,
+    #[serde(default)]
+    pub created_by: Option<String>,
+    #[serde(default)]
+    pub comment: Option<String>,
+    #[serde(default)]
+    pub empty_layer: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -322,6 +340,7 @@ impl Store {
             for d in c.rootfs.diff_ids {
                 if !keep.contains(&d) {
                     let _ = std::fs::remove_dir_all(self.layer_path(&d));
+                    self.drop_source(&d);
                 }
             }
         }
@@ -409,6 +428,10 @@ impl Store {
                     msg: format!("unpack task: {e}"),
                 })
             });
+            if r.is_ok() {
+                // Kept for save and push (see layers.rs).
+                self.record_source(diff_id, &tmp_blob, Some(&layer.media_type), false)?;
+            }
             let _ = std::fs::remove_file(&tmp_blob);
             r?;
             say(Some(short), "Pull complete".into());
