@@ -249,7 +249,11 @@ pub struct OciDescriptor {
 pub struct OciPlatform {
     pub architecture: String,
     pub os: String,
-    #[serde(rename = "os.version", skip_serializing_if = "Option::is_none", default)]
+    #[serde(
+        rename = "os.version",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
     pub os_version: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub variant: Option<String>,

@@ -137,7 +137,9 @@ async fn read_body(body: Incoming, limit: usize) -> ApiResult<Bytes> {
     }
 }
 
-pub(crate) async fn read_json<T: serde::de::DeserializeOwned + Default>(body: Incoming) -> ApiResult<T> {
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned + Default>(
+    body: Incoming,
+) -> ApiResult<T> {
     let b = read_body(body, MAX_JSON_BODY).await?;
     if b.iter().all(|c| c.is_ascii_whitespace()) {
         return Ok(T::default());

@@ -452,7 +452,11 @@ impl Session<'_> {
         unreachable!("loop returns")
     }
 
-    pub(crate) async fn authenticate(&mut self, url: &str, header: &str) -> Result<(), RegistryError> {
+    pub(crate) async fn authenticate(
+        &mut self,
+        url: &str,
+        header: &str,
+    ) -> Result<(), RegistryError> {
         let bad = || RegistryError::Challenge {
             url: url.into(),
             challenge: header.into(),

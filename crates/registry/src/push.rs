@@ -97,11 +97,13 @@ impl Session<'_> {
                 status: resp.status().as_u16(),
                 body: "upload answer without a Location".into(),
             })?;
-        Ok(if loc.starts_with("http://") || loc.starts_with("https://") {
-            loc.to_string()
-        } else {
-            format!("{}{loc}", self.base)
-        })
+        Ok(
+            if loc.starts_with("http://") || loc.starts_with("https://") {
+                loc.to_string()
+            } else {
+                format!("{}{loc}", self.base)
+            },
+        )
     }
 
     /// Whether the repository has the blob already.

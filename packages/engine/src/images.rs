@@ -10,6 +10,7 @@
 //! id (`sha256:<config digest>`) whose config is there resolves without a pull, and its
 //! layers are used in place as overlayfs lower dirs; a layer unpacked locally wins.
 
+pub mod changes;
 mod layers;
 mod load;
 

@@ -1,6 +1,7 @@
 //! Images: list, inspect, pull, load (`docker load`), tag, remove.
 
 use super::*;
+use docker_api::images::*;
 use docker_api::time::unix_from_rfc3339;
 use docker_api::{ImageBackend, RegistryAuth};
 use registry::Reference;
@@ -214,5 +215,46 @@ impl ImageBackend for Engine {
             deleted: Some(id),
         });
         Ok(out)
+    }
+
+    async fn image_history(&self, name: &str) -> ApiResult<Vec<HistoryItem>> {
+        self.history_of(name)
+    }
+
+    async fn image_push(
+        &self,
+        name: &str,
+        tag: &str,
+        auth: Option<RegistryAuth>,
+    ) -> ApiResult<mpsc::Receiver<ProgressMessage>> {
+        self.push(name, tag, auth).await
+    }
+
+    async fn image_save(&self, names: Vec<String>) -> ApiResult<mpsc::Receiver<Bytes>> {
+        self.save(names).await
+    }
+
+    async fn image_import(
+        &self,
+        tar: mpsc::Receiver<Bytes>,
+        o: ImportOptions,
+    ) -> ApiResult<String> {
+        self.import(tar, o).await
+    }
+
+    async fn image_commit(&self, o: CommitOptions) -> ApiResult<String> {
+        self.commit(o).await
+    }
+
+    async fn image_prune(&self, f: PruneFilters) -> ApiResult<ImagePruneReport> {
+        self.prune(f).await
+    }
+
+    async fn distribution(
+        &self,
+        name: &str,
+        auth: Option<RegistryAuth>,
+    ) -> ApiResult<DistributionInspect> {
+        self.distribution_of(name, auth).await
     }
 }

@@ -6,7 +6,9 @@
 mod archive;
 mod containers;
 mod exec;
+mod image_ops;
 mod images;
+mod push;
 mod system;
 #[cfg(test)]
 mod tests;

@@ -291,8 +291,8 @@ impl Store {
             let cbytes = self
                 .config_bytes(id)
                 .ok_or_else(|| bad(format!("no config for {id}")))?;
-            let config: ImageConfig = serde_json::from_slice(&cbytes)
-                .map_err(|e| bad(format!("config {id}: {e}")))?;
+            let config: ImageConfig =
+                serde_json::from_slice(&cbytes).map_err(|e| bad(format!("config {id}: {e}")))?;
             let mut layers = Vec::new();
             let mut descs = Vec::new();
             for d in &config.rootfs.diff_ids {
