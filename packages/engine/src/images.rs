@@ -329,7 +329,14 @@ impl Store {
         }
         refs.digests.remove(id);
         self.save(&refs)?;
-        let others: Vec<String> = refs.tags.values().cloned().collect();
+        // Untagged images (listed by id) keep their layers too.
+        let others: Vec<String> = refs
+            .tags
+            .values()
+            .chain(refs.digests.keys())
+            .filter(|o| *o != id)
+            .cloned()
+            .collect();
         drop(refs);
         let mut keep = std::collections::HashSet::new();
         for o in others {

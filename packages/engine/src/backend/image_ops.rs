@@ -356,6 +356,22 @@ impl Engine {
             if !f.matches(&labels, created) {
                 continue;
             }
+            // What goes: the layers no other image has.
+            let others: std::collections::HashSet<String> = self
+                .images
+                .list()
+                .into_iter()
+                .filter(|o| o.id != img.id)
+                .flat_map(|o| o.config.rootfs.diff_ids)
+                .collect();
+            let freed: i64 = img
+                .config
+                .rootfs
+                .diff_ids
+                .iter()
+                .filter(|d| !others.contains(*d))
+                .map(|d| self.images.layer_size(d))
+                .sum();
             let untagged = self
                 .images
                 .delete(&img.id)
@@ -372,7 +388,7 @@ impl Engine {
                 untagged: None,
                 deleted: Some(img.id.clone()),
             });
-            space += img.size;
+            space += freed;
         }
         Ok(ImagePruneReport {
             images_deleted: (!deleted.is_empty()).then_some(deleted),

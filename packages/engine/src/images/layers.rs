@@ -175,12 +175,9 @@ impl Store {
         Ok((g, n, MT_DOCKER_LAYER_GZIP.into(), p))
     }
 
-    /// The uncompressed size of a layer (its archive's, when kept; else the unpacked files').
+    /// A layer's size as dockerd counts it: its files' bytes (as the image's size does).
     pub fn layer_size(&self, diff_id: &str) -> i64 {
-        match self.layer_source(diff_id) {
-            Some(s) if s.media_type == MT_LAYER_TAR => s.size as i64,
-            _ => super::dir_size(&self.lower_path(diff_id)),
-        }
+        super::dir_size(&self.lower_path(diff_id))
     }
 
     /// Adds an uncompressed layer tar (import, commit): unpacks it over `lowers`, keeps the
@@ -388,7 +385,9 @@ impl Store {
 
 /// Tars a container's overlayfs upper dir as a layer (`docker commit`): overlay whiteouts
 /// (0:0 character devices) become `.wh.NAME` files and opaque directories get
-/// `.wh..wh..opq`; entries in name order, owners and times as they are.
+/// `.wh..wh..opq`; entries in name order, owners and times as they are. The mount points
+/// the engine made for a run (empty `/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf`, empty
+/// `/proc`, `/sys`, `/dev`) are left out, as dockerd's init layer keeps them out of a diff.
 pub fn diff_tar<W: Write>(upper: &Path, out: W) -> std::io::Result<W> {
     let mut tar = tar::Builder::new(out);
     tar.follow_symlinks(false);
@@ -427,6 +426,23 @@ fn opaque(p: &Path) -> bool {
     false
 }
 
+/// A mount point the engine made in the upper dir (see [`diff_tar`]).
+fn engine_made(rel: &Path, p: &Path, m: &std::fs::Metadata) -> bool {
+    fn no_files(d: &Path) -> bool {
+        std::fs::read_dir(d).is_ok_and(|rd| {
+            rd.flatten()
+                .all(|e| e.file_type().is_ok_and(|t| t.is_dir()) && no_files(&e.path()))
+        })
+    }
+    match rel.to_str() {
+        Some("etc/hosts" | "etc/hostname" | "etc/resolv.conf" | ".dockerenv") => {
+            m.is_file() && m.len() == 0
+        }
+        Some("proc" | "sys" | "dev") => m.is_dir() && no_files(p),
+        _ => false,
+    }
+}
+
 fn walk<W: Write>(dir: &Path, rel: &Path, tar: &mut tar::Builder<W>) -> std::io::Result<()> {
     let mut names: Vec<_> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.file_name()))
@@ -443,6 +459,9 @@ fn walk<W: Write>(dir: &Path, rel: &Path, tar: &mut tar::Builder<W>) -> std::io:
         let p = dir.join(&n);
         let r = rel.join(&n);
         let m = std::fs::symlink_metadata(&p)?;
+        if engine_made(&r, &p, &m) {
+            continue;
+        }
         let ft = m.file_type();
         let mut h = header_for(&m);
         if ft.is_char_device() && m.rdev() == 0 {
@@ -564,6 +583,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let up = d.path().join("upper");
         std::fs::create_dir_all(up.join("etc")).unwrap();
+        std::fs::create_dir_all(up.join("proc")).unwrap();
+        std::fs::write(up.join("etc/hosts"), b"").unwrap();
         std::fs::write(up.join("etc/new.conf"), b"x=1\n").unwrap();
         std::os::unix::fs::symlink("new.conf", up.join("etc/link")).unwrap();
         let c = std::ffi::CString::new(up.join("etc/gone").to_str().unwrap()).unwrap();
