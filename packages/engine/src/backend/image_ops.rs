@@ -641,12 +641,14 @@ mod tests {
 
     #[test]
     fn history_as_dockerd_lists_it() {
-        let c: ImageConfig = serde_json::from_str(
-            r#"{"created":"2024-01-01T00:00:00Z","rootfs":{"type":"layers","diff_ids":["sha256:aa","sha256:bb"]},
-            "history":[{"created":"2024-01-01T00:00:00Z","created_by":"ADD rootfs /"},
-                       {"created":"2024-01-01T00:00:01Z","created_by":"CMD [\"sh\"]","empty_layer":true},
-                       {"created":"2024-01-01T00:00:02Z","created_by":"RUN touch /x","comment":"c"}]}"#,
-        )
+        let c: ImageConfig = serde_json::from_str(concat!(
+            r#"{"created":"2024-01-01T00:00:00Z","#,
+            r#""rootfs":{"type":"layers","diff_ids":["sha256:aa","sha256:bb"]},"#,
+            r#""history":[{"created":"2024-01-01T00:00:00Z","created_by":"ADD rootfs /"},"#,
+            r#"{"created":"2024-01-01T00:00:01Z","created_by":"CMD [\"sh\"]","#,
+            r#""empty_layer":true},"#,
+            r#"{"created":"2024-01-01T00:00:02Z","created_by":"RUN touch /x","comment":"c"}]}"#
+        ))
         .unwrap();
         let h = history(&c, "sha256:id", vec!["x:1".into()], |d| {
             if d == "sha256:aa" {

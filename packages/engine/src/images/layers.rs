@@ -526,7 +526,8 @@ mod tests {
         std::fs::write(&t, layer_tar("hello.txt", b"hi\n")).unwrap();
         let d = s.add_layer(&t, &[]).unwrap();
         let config = format!(
-            r#"{{"architecture":"amd64","os":"linux","config":{{}},"rootfs":{{"type":"layers","diff_ids":["{d}"]}}}}"#
+            "{{\"architecture\":\"amd64\",\"os\":\"linux\",\"config\":{{}},\
+             \"rootfs\":{{\"type\":\"layers\",\"diff_ids\":[\"{d}\"]}}}}"
         );
         let id = s.add_config(config.as_bytes()).unwrap();
         s.tag(&id, tag).unwrap();
