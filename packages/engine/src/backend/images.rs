@@ -83,7 +83,8 @@ impl ImageBackend for Engine {
                 .tagged()
                 .unwrap_or_else(|| format!("{}@{}", r.familiar_name(), r.object()));
             match me.images.pull(&mut s, &r, &tx).await {
-                Ok((_, existed)) => {
+                Ok((id, existed)) => {
+                    me.image_event("pull", &id, &shown);
                     let msg = if existed {
                         format!("Status: Image is up to date for {shown}")
                     } else {
@@ -129,7 +130,13 @@ impl ImageBackend for Engine {
         let r = tokio::task::spawn_blocking(move || me.images.load(&p)).await;
         let _ = std::fs::remove_file(&path);
         match r {
-            Ok(Ok(loaded)) => Ok(loaded),
+            Ok(Ok(loaded)) => {
+                for n in &loaded {
+                    let id = self.images.resolve(n).unwrap_or_else(|| n.clone());
+                    self.image_event("load", &id, n);
+                }
+                Ok(loaded)
+            }
             Ok(Err(e @ crate::images::ImageError::Io { .. })) => {
                 Err(ApiError::internal(e.to_string()))
             }
@@ -147,7 +154,9 @@ impl ImageBackend for Engine {
         let t = r
             .tagged()
             .ok_or_else(|| ApiError::bad_request("a tag is required"))?;
-        self.images.tag(&id, &t).map_err(internal("tagging"))
+        self.images.tag(&id, &t).map_err(internal("tagging"))?;
+        self.image_event("tag", &id, &t);
+        Ok(())
     }
 
     async fn image_remove(&self, name: &str, force: bool) -> ApiResult<Vec<ImageDeleteItem>> {
@@ -178,6 +187,7 @@ impl ImageBackend for Engine {
                 return Err(ApiError::conflict(format!("conflict: unable to remove repository reference \"{name}\" (must force) - container {} is using its referenced image {}", users[0], &id[7..19])));
             }
             self.images.untag(&t).map_err(internal("untagging"))?;
+            self.image_event("untag", &id, &t);
             out.push(ImageDeleteItem {
                 untagged: Some(t),
                 deleted: None,
@@ -186,6 +196,7 @@ impl ImageBackend for Engine {
                 self.images
                     .delete(&id)
                     .map_err(internal("deleting image"))?;
+                self.image_event("delete", &id, &id);
                 out.push(ImageDeleteItem {
                     untagged: None,
                     deleted: Some(id),
@@ -205,11 +216,13 @@ impl ImageBackend for Engine {
             .delete(&id)
             .map_err(internal("deleting image"))?
         {
+            self.image_event("untag", &id, &t);
             out.push(ImageDeleteItem {
                 untagged: Some(t),
                 deleted: None,
             });
         }
+        self.image_event("delete", &id, &id);
         out.push(ImageDeleteItem {
             untagged: None,
             deleted: Some(id),
