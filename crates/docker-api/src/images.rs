@@ -494,18 +494,26 @@ async fn save<B: Backend>(b: Arc<B>, names: Vec<String>) -> ApiResult<Resp> {
 }
 
 /// The answer to `POST /images/load`: a chunked JSON message stream, one "Loaded image"
-/// line per image, as dockerd sends (docker-py reads it as a stream).
-pub(crate) fn load_answer(loaded: Vec<String>) -> Resp {
-    let (tx, body_rx) = mpsc::channel(loaded.len().max(1));
-    for name in loaded {
-        let what = if name.starts_with("sha256:") {
-            "Loaded image ID"
-        } else {
-            "Loaded image"
-        };
-        let mut line =
-            serde_json::to_vec(&serde_json::json!({ "stream": format!("{what}: {name}\n") }))
-                .unwrap_or_default();
+/// line per image, as dockerd sends (docker-py reads it as a stream); an archive that does
+/// not load is an error message in that stream (docker-py raises ImageLoadError from it).
+pub(crate) fn load_answer(loaded: ApiResult<Vec<String>>) -> Resp {
+    let lines: Vec<serde_json::Value> = match loaded {
+        Ok(names) => names
+            .into_iter()
+            .map(|name| {
+                let what = if name.starts_with("sha256:") {
+                    "Loaded image ID"
+                } else {
+                    "Loaded image"
+                };
+                serde_json::json!({ "stream": format!("{what}: {name}\n") })
+            })
+            .collect(),
+        Err(e) => vec![serde_json::to_value(ProgressMessage::error(e.message)).unwrap_or_default()],
+    };
+    let (tx, body_rx) = mpsc::channel(lines.len().max(1));
+    for l in lines {
+        let mut line = serde_json::to_vec(&l).unwrap_or_default();
         line.extend_from_slice(b"\r\n");
         let _ = tx.try_send(Bytes::from(line));
     }

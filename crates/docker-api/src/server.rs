@@ -225,12 +225,10 @@ async fn dispatch<B: Backend>(b: Arc<B>, req: Request<Incoming>) -> ApiResult<Re
             let loaded = b.image_load(rx).await;
             let complete = feed.await.unwrap_or(false);
             let loaded = match (loaded, complete) {
-                (Ok(_), false) => {
-                    return Err(ApiError::bad_request(
-                        "the request body broke off before the archive ended",
-                    ))
-                }
-                (r, _) => r?,
+                (Ok(_), false) => Err(ApiError::bad_request(
+                    "the request body broke off before the archive ended",
+                )),
+                (r, _) => r,
             };
             crate::images::load_answer(loaded)
         }

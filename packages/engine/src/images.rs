@@ -71,6 +71,9 @@ pub struct ImageConfig {
     pub rootfs: RootFs,
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
+    /// The image a commit was made from (dockerd's `parent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 /// One `history` entry of an image config.

@@ -305,6 +305,7 @@ impl Engine {
         cfg["config"] = Value::Object(run);
         cfg["created"] = json!(now);
         cfg["container"] = json!(rec.id);
+        cfg["parent"] = json!(rec.image_id);
         if !cfg["rootfs"]["diff_ids"].is_array() {
             cfg["rootfs"] = json!({ "type": "layers", "diff_ids": [] });
         }

@@ -22,11 +22,11 @@ impl ImageBackend for Engine {
                     .as_deref()
                     .map(unix_from_rfc3339)
                     .unwrap_or(0),
+                parent_id: i.config.parent.clone().unwrap_or_default(),
                 size: i.size,
                 shared_size: -1,
                 containers: -1,
                 labels: i.config.config.labels.clone().unwrap_or_default(),
-                ..Default::default()
             })
             .collect())
     }
@@ -41,7 +41,7 @@ impl ImageBackend for Engine {
             id: i.id,
             repo_tags: i.tags,
             repo_digests: i.digests,
-            parent: String::new(),
+            parent: i.config.parent.clone().unwrap_or_default(),
             created: i.config.created.clone().unwrap_or_default(),
             architecture: i.config.architecture.clone(),
             os: i.config.os.clone(),
