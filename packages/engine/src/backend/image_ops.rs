@@ -639,6 +639,7 @@ impl std::io::Write for ChannelWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn history_as_dockerd_lists_it() {
@@ -694,5 +695,148 @@ mod tests {
         assert_eq!(tag_of("busybox", None).unwrap(), "busybox:latest");
         assert_eq!(tag_of("h:5000/x", Some("2")).unwrap(), "h:5000/x:2");
         assert!(tag_of("Bad Name", None).is_err());
+    }
+
+    /// An engine on the recording runtime with `busybox:latest` (one layer with one file).
+    async fn engine(root: &Path) -> Arc<Engine> {
+        use clap::Parser;
+        let args = crate::args::Args::parse_from([
+            "engine".as_ref(),
+            "--data-root".as_ref(),
+            root.as_os_str(),
+            "--bridge".as_ref(),
+            "none".as_ref(),
+        ]);
+        let rt = Arc::new(crate::runtime::fake::Fake::default());
+        let e = Arc::new(Engine::with_runtime(&args, rt).unwrap());
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1000);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "base.bin", &[7u8; 1000][..]).unwrap();
+        let t = root.join("base.tar");
+        std::fs::write(&t, b.into_inner().unwrap()).unwrap();
+        let d = e.images.add_layer(&t, &[]).unwrap();
+        let c = json!({
+            "architecture": "amd64", "os": "linux", "created": "2024-01-01T00:00:00Z",
+            "config": {"Cmd": ["sh"], "Env": ["PATH=/bin"]},
+            "rootfs": {"type": "layers", "diff_ids": [d]},
+            "history": [{"created": "2024-01-01T00:00:00Z", "created_by": "ADD base"}],
+        });
+        let id = e.images.add_config(c.to_string().as_bytes()).unwrap();
+        e.images.tag(&id, "busybox:latest").unwrap();
+        e.clone().restore().await;
+        e
+    }
+
+    fn create(cmd: &[&str]) -> ContainerCreateRequest {
+        serde_json::from_value(json!({"Image": "busybox", "Cmd": cmd})).unwrap()
+    }
+
+    #[tokio::test]
+    async fn commit_a_containers_changes_with_changes_and_parent() {
+        let d = tempfile::tempdir().unwrap();
+        let e = engine(d.path()).await;
+        let base = e.resolve_image("busybox").unwrap();
+        let c = e
+            .container_create(None, create(&["touch", "/new"]))
+            .await
+            .unwrap();
+        let upper = e.find(&c.id).unwrap().data.join("upper");
+        std::fs::create_dir_all(&upper).unwrap();
+        std::fs::write(upper.join("new"), b"12345").unwrap();
+        let id = e
+            .commit(CommitOptions {
+                container: c.id.clone(),
+                repo: Some("mine".into()),
+                tag: Some("v1".into()),
+                comment: "a comment".into(),
+                author: "me".into(),
+                changes: vec!["EXPOSE 8000".into(), "CMD [\"bash\"]".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(e.resolve_image("mine:v1").unwrap(), id);
+        let cfg: Value = serde_json::from_slice(&e.images.config_bytes(&id).unwrap()).unwrap();
+        assert_eq!(cfg["parent"], json!(base));
+        assert_eq!(cfg["config"]["Cmd"], json!(["bash"]));
+        assert_eq!(cfg["config"]["ExposedPorts"], json!({"8000/tcp": {}}));
+        assert_eq!(cfg["config"]["Env"], json!(["PATH=/bin"]));
+        assert_eq!(cfg["author"], json!("me"));
+        assert_eq!(cfg["rootfs"]["diff_ids"].as_array().unwrap().len(), 2);
+        let h = e.history_of("mine:v1").unwrap();
+        assert_eq!(h.len(), 2);
+        assert_eq!((h[0].id.as_str(), h[0].size), (id.as_str(), 5));
+        assert_eq!(h[0].comment, "a comment");
+        assert_eq!(h[0].created_by, "touch /new");
+        assert_eq!((h[1].id.as_str(), h[1].size), ("<missing>", 1000));
+        // The new layer has the file; RUN is not a change commit takes.
+        let lowers = e.images.lowers(&id).unwrap();
+        assert_eq!(std::fs::read(lowers[0].join("new")).unwrap(), b"12345");
+        let bad = e
+            .commit(CommitOptions {
+                container: c.id,
+                changes: vec!["RUN true".into()],
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(bad.unwrap_err().status, http::StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn prune_filters_and_df_sums() {
+        let d = tempfile::tempdir().unwrap();
+        let e = engine(d.path()).await;
+        let base = e.resolve_image("busybox").unwrap();
+        // An untagged image over the same layer, and a labelled tagged one.
+        let c = e.images.config_bytes(&base).unwrap();
+        let mut v: Value = serde_json::from_slice(&c).unwrap();
+        v["config"]["Labels"] = json!({"keep": "no"});
+        let labelled = e.images.add_config(v.to_string().as_bytes()).unwrap();
+        e.images.tag(&labelled, "labelled:1").unwrap();
+        v["config"]["Labels"] = json!({"x": "1"});
+        let dangling = e.images.add_config(v.to_string().as_bytes()).unwrap();
+        let ctr = e.container_create(None, create(&["true"])).await.unwrap();
+        let upper = e.find(&ctr.id).unwrap().data.join("upper");
+        std::fs::create_dir_all(&upper).unwrap();
+        std::fs::write(upper.join("f"), [0u8; 300]).unwrap();
+
+        let df = e.df().await.unwrap();
+        assert_eq!(df.layers_size, 1000, "one layer, counted once");
+        assert_eq!(df.images.len(), 3);
+        for i in &df.images {
+            assert_eq!((i.size, i.shared_size), (1000, 1000), "{}", i.id);
+            let want = if i.id == base { 1 } else { 0 };
+            assert_eq!(i.containers, want, "{}", i.id);
+        }
+        assert_eq!(df.containers.len(), 1);
+        assert_eq!(df.containers[0]["SizeRw"], json!(300));
+        assert_eq!(df.containers[0]["SizeRootFs"], json!(1300));
+
+        // dangling=true (the default): only the untagged image; its layer stays (shared).
+        let r = e.prune(PruneFilters::parse(None).unwrap()).await.unwrap();
+        let del = r.images_deleted.unwrap();
+        assert_eq!(
+            del,
+            vec![ImageDeleteItem {
+                untagged: None,
+                deleted: Some(dangling)
+            }]
+        );
+        assert_eq!(r.space_reclaimed, 0);
+        // A label filter that matches nothing deletes nothing (an empty list is null).
+        let f = PruneFilters::parse(Some(r#"{"dangling":["false"],"label":["nope"]}"#)).unwrap();
+        assert_eq!(e.prune(f).await.unwrap().images_deleted, None);
+        // dangling=false: every unused image, not busybox (the container uses it).
+        let f = PruneFilters::parse(Some(r#"{"dangling":["false"]}"#)).unwrap();
+        let r = e.prune(f).await.unwrap();
+        let del = r.images_deleted.unwrap();
+        assert!(del.contains(&ImageDeleteItem {
+            untagged: Some("labelled:1".into()),
+            deleted: None
+        }));
+        assert!(e.resolve_image("busybox").is_ok());
+        assert!(e.resolve_image("labelled:1").is_err());
     }
 }
