@@ -3,6 +3,7 @@
 //! with default bodies answer 501 until a back end implements them, so a back end implements
 //! each seam trait (an empty `impl` takes every default).
 
+use crate::images::*;
 use crate::ops::{Change, ContainerStats, EventRx, TopResponse, UpdateRequest, UpdateResponse};
 use crate::types::*;
 use crate::volumes::{Volume, VolumeCreateRequest, VolumeEntry};
@@ -22,6 +23,13 @@ async fn nyi<T>(what: &'static str) -> ApiResult<T> {
 pub trait SystemBackend: Send + Sync + 'static {
     fn version(&self) -> impl Future<Output = ApiResult<Version>> + Send;
     fn info(&self) -> impl Future<Output = ApiResult<Info>> + Send;
+    /// `POST /auth` (`docker login`): checks the credentials with the registry.
+    fn auth(&self, _a: AuthConfig) -> impl Future<Output = ApiResult<AuthResponse>> + Send {
+        nyi("login")
+    }
+    fn system_df(&self) -> impl Future<Output = ApiResult<DiskUsage>> + Send {
+        nyi("disk usage")
+    }
 }
 
 /// Images: list, inspect, pull, load, tag, remove.
@@ -63,6 +71,53 @@ pub trait ImageBackend: Send + Sync + 'static {
         _force: bool,
     ) -> impl Future<Output = ApiResult<Vec<ImageDeleteItem>>> + Send {
         nyi("image remove")
+    }
+    fn image_history(
+        &self,
+        _name: &str,
+    ) -> impl Future<Output = ApiResult<Vec<HistoryItem>>> + Send {
+        nyi("image history")
+    }
+    /// Starts a push of `name` (all its tags when `tag` is empty and `name` has none).
+    fn image_push(
+        &self,
+        _name: &str,
+        _tag: &str,
+        _auth: Option<RegistryAuth>,
+    ) -> impl Future<Output = ApiResult<mpsc::Receiver<ProgressMessage>>> + Send {
+        nyi("image push")
+    }
+    /// A `docker save` archive of the images, streamed.
+    fn image_save(
+        &self,
+        _names: Vec<String>,
+    ) -> impl Future<Output = ApiResult<mpsc::Receiver<Bytes>>> + Send {
+        nyi("image save")
+    }
+    /// `docker import`: a root filesystem tarball as a one-layer image; returns its id.
+    fn image_import(
+        &self,
+        _tar: mpsc::Receiver<Bytes>,
+        _opts: ImportOptions,
+    ) -> impl Future<Output = ApiResult<String>> + Send {
+        nyi("image import")
+    }
+    /// `docker commit`: the container's changes as a new image; returns its id.
+    fn image_commit(&self, _opts: CommitOptions) -> impl Future<Output = ApiResult<String>> + Send {
+        nyi("commit")
+    }
+    fn image_prune(
+        &self,
+        _f: PruneFilters,
+    ) -> impl Future<Output = ApiResult<ImagePruneReport>> + Send {
+        nyi("image prune")
+    }
+    fn distribution(
+        &self,
+        _name: &str,
+        _auth: Option<RegistryAuth>,
+    ) -> impl Future<Output = ApiResult<DistributionInspect>> + Send {
+        nyi("distribution inspect")
     }
 }
 

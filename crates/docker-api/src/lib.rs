@@ -15,6 +15,7 @@ pub mod backend;
 pub mod error;
 pub mod events;
 pub mod filters;
+pub mod images;
 pub mod ops;
 pub mod portspec;
 pub mod route;

@@ -27,6 +27,8 @@ pub enum Route {
     Volumes(crate::volumes::VolumeOp),
     /// Container operations, events, swarm and plugins ([`crate::ops`]).
     Ops(crate::ops::Op),
+    /// History, push, save, prune, search, commit, distribution, auth, df.
+    Images(crate::images::ImageOp),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +98,8 @@ pub fn route(method: &Method, raw_path: &str) -> Result<Routed, ApiError> {
         _ => {
             if let Some(op) = crate::ops::route(method, path) {
                 Route::Ops(op)
+            } else if let Some(op) = crate::images::route(method, path) {
+                Route::Images(op)
             } else if let Some(rest) = path.strip_prefix("/images/") {
                 image_route(method, rest).ok_or_else(not_found)?
             } else if let Some(rest) = path.strip_prefix("/containers/") {

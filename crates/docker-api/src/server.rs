@@ -64,7 +64,7 @@ impl HttpBody for Body {
 
 pub(crate) type Resp = Response<Body>;
 
-fn base(status: StatusCode) -> http::response::Builder {
+pub(crate) fn base(status: StatusCode) -> http::response::Builder {
     Response::builder()
         .status(status)
         .header("Api-Version", version::API_VERSION)
@@ -113,15 +113,19 @@ fn error_response(e: &ApiError) -> Resp {
         .expect("static response parts")
 }
 
-pub(crate) struct Query(HashMap<String, String>);
+pub(crate) struct Query(HashMap<String, String>, Vec<(String, String)>);
 
 impl Query {
     fn parse(q: Option<&str>) -> Self {
-        Query(
-            form_urlencoded::parse(q.unwrap_or("").as_bytes())
-                .into_owned()
-                .collect(),
-        )
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(q.unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+        Query(pairs.iter().cloned().collect(), pairs)
+    }
+    /// Every non-empty value of a repeated key (`changes=..&changes=..`).
+    pub(crate) fn all(&self, k: &str) -> Vec<String> {
+        let v = self.1.iter().filter(|(n, v)| n == k && !v.is_empty());
+        v.map(|(_, v)| v.clone()).collect()
     }
     pub(crate) fn get(&self, k: &str) -> Option<&str> {
         self.0.get(k).map(String::as_str).filter(|s| !s.is_empty())
@@ -284,7 +288,7 @@ async fn dispatch<B: Backend>(b: Arc<B>, req: Req) -> ApiResult<Resp> {
         Route::ImageDelete(n) => json(StatusCode::OK, &b.image_remove(&n, q.flag("force")).await?),
         Route::ImagesCreate => {
             if q.get("fromSrc").is_some() {
-                return Err(ApiError::not_implemented("image import (fromSrc)"));
+                return crate::images::import(b, req, q).await;
             }
             let image = q
                 .get("fromImage")
@@ -314,50 +318,18 @@ async fn dispatch<B: Backend>(b: Arc<B>, req: Req) -> ApiResult<Resp> {
         }
         Route::ImagesLoad => {
             // The archive streams to the back end as it arrives (it may be larger than memory).
-            let (tx, rx) = mpsc::channel::<Bytes>(16);
-            let mut body = req.into_body().take()?;
-            let feed = tokio::spawn(async move {
-                while let Some(frame) = body.frame().await {
-                    let Ok(frame) = frame else { return false };
-                    if let Ok(data) = frame.into_data() {
-                        if tx.send(data).await.is_err() {
-                            return true;
-                        }
-                    }
-                }
-                true
-            });
+            let (rx, feed) = crate::images::body_channel(req.into_body().take()?);
             let loaded = b.image_load(rx).await;
             let complete = feed.await.unwrap_or(false);
             let loaded = match (loaded, complete) {
-                (Ok(_), false) => {
-                    return Err(ApiError::bad_request(
-                        "the request body broke off before the archive ended",
-                    ))
-                }
-                (r, _) => r?,
+                (Ok(_), false) => Err(ApiError::bad_request(
+                    "the request body broke off before the archive ended",
+                )),
+                (r, _) => r,
             };
-            // dockerd's answer: a JSON message stream, one "Loaded image" line per image.
-            let mut out = Vec::new();
-            for name in loaded {
-                let what = if name.starts_with("sha256:") {
-                    "Loaded image ID"
-                } else {
-                    "Loaded image"
-                };
-                out.extend(
-                    serde_json::to_vec(
-                        &serde_json::json!({ "stream": format!("{what}: {name}\n") }),
-                    )
-                    .unwrap_or_default(),
-                );
-                out.extend_from_slice(b"\r\n");
-            }
-            base(StatusCode::OK)
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::Full(Some(out.into())))
-                .expect("static response parts")
+            crate::images::load_answer(loaded)
         }
+        Route::Images(op) => crate::images::dispatch_images(b, req, q, op).await?,
         Route::ContainersList => {
             // `-n N`/`-l` (limit) and a status filter look at every container, as in Docker.
             let filters = Filters::parse(q.get("filters"))?;

@@ -62,6 +62,8 @@ pub struct Info {
     /// Which registries are reached over plain HTTP (`docker info`'s "Insecure Registries").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry_config: Option<RegistryServiceConfig>,
+    #[serde(flatten)]
+    pub details: crate::images::InfoDetails,
 }
 
 /// `Info.RegistryConfig` as dockerd fills it: the insecure networks (loopback always), one
@@ -467,6 +469,12 @@ pub struct ProgressMessage {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_detail: Option<ErrorDetail>,
+    /// `{"current":N,"total":M}` while a layer moves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress_detail: Option<serde_json::Value>,
+    /// A push's result: `{"Tag","Digest","Size"}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aux: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]

@@ -304,7 +304,7 @@ fn in_cidr(ip: std::net::IpAddr, (net, bits): (std::net::IpAddr, u8)) -> bool {
 }
 
 pub struct Client {
-    http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
     /// The `--insecure-registry` values, normalised ([`parse_insecure`]).
     insecure: Vec<String>,
     /// Their CIDRs and loopback's.
@@ -313,11 +313,13 @@ pub struct Client {
 
 /// One repository on one registry, with the auth it negotiated.
 pub struct Session<'a> {
-    client: &'a Client,
-    base: String,
-    repo: String,
-    auth: Option<Credentials>,
-    authorization: Option<String>,
+    pub(crate) client: &'a Client,
+    pub(crate) base: String,
+    pub(crate) repo: String,
+    pub(crate) auth: Option<Credentials>,
+    pub(crate) authorization: Option<String>,
+    /// The token scope's actions when the challenge names none (`pull`, or `pull,push`).
+    pub(crate) actions: &'static str,
 }
 
 impl Client {
@@ -407,6 +409,7 @@ impl Client {
             repo: r.repository.clone(),
             auth,
             authorization: None,
+            actions: "pull",
         }
     }
 }
@@ -449,7 +452,11 @@ impl Session<'_> {
         unreachable!("loop returns")
     }
 
-    async fn authenticate(&mut self, url: &str, header: &str) -> Result<(), RegistryError> {
+    pub(crate) async fn authenticate(
+        &mut self,
+        url: &str,
+        header: &str,
+    ) -> Result<(), RegistryError> {
         let bad = || RegistryError::Challenge {
             url: url.into(),
             challenge: header.into(),
@@ -487,7 +494,7 @@ impl Session<'_> {
                     .params
                     .get("scope")
                     .cloned()
-                    .unwrap_or_else(|| format!("repository:{}:pull", self.repo));
+                    .unwrap_or_else(|| format!("repository:{}:{}", self.repo, self.actions));
                 q.push(("scope", scope));
                 let mut rb = self.client.http.get(realm).query(&q);
                 if let Some(b) = basic {
@@ -650,7 +657,7 @@ impl Session<'_> {
     }
 }
 
-async fn read_limited(
+pub(crate) async fn read_limited(
     mut resp: reqwest::Response,
     url: &str,
     limit: u64,

@@ -12,10 +12,12 @@
 //! host. Errors are [`RegistryError`] values naming the URL.
 
 pub mod client;
+pub mod push;
 pub mod reference;
 
 pub use client::{
     parse_insecure, select_platform, sha256_digest, verify, Challenge, Client, Credentials,
     Descriptor, Manifest, Platform, RegistryError, Session, LOOPBACK_CIDRS,
 };
+pub use push::UPLOAD_CHUNK;
 pub use reference::{valid_digest, BadReference, Reference, DOCKER_HUB};

@@ -10,7 +10,11 @@
 //! id (`sha256:<config digest>`) whose config is there resolves without a pull, and its
 //! layers are used in place as overlayfs lower dirs; a layer unpacked locally wins.
 
+pub mod changes;
+mod layers;
 mod load;
+
+pub use layers::diff_tar;
 
 use crate::unpack;
 use docker_api::types::{ImageRunConfig, ProgressMessage};
@@ -65,6 +69,24 @@ pub struct ImageConfig {
     #[serde(default)]
     pub config: ImageRunConfig,
     pub rootfs: RootFs,
+    #[serde(default)]
+    pub history: Vec<HistoryEntry>,
+    /// The image a commit was made from (dockerd's `parent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+}
+
+/// One `history` entry of an image config.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct HistoryEntry {
+    #[serde(default)]
+    pub created: Option<String>,
+    #[serde(default)]
+    pub created_by: Option<String>,
+    #[serde(default)]
+    pub comment: Option<String>,
+    #[serde(default)]
+    pub empty_layer: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -328,7 +350,14 @@ impl Store {
         }
         refs.digests.remove(id);
         self.save(&refs)?;
-        let others: Vec<String> = refs.tags.values().cloned().collect();
+        // Untagged images (listed by id) keep their layers too.
+        let others: Vec<String> = refs
+            .tags
+            .values()
+            .chain(refs.digests.keys())
+            .filter(|o| *o != id)
+            .cloned()
+            .collect();
         drop(refs);
         let mut keep = std::collections::HashSet::new();
         for o in others {
@@ -340,6 +369,7 @@ impl Store {
             for d in c.rootfs.diff_ids {
                 if !keep.contains(&d) {
                     let _ = std::fs::remove_dir_all(self.layer_path(&d));
+                    self.drop_source(&d);
                 }
             }
         }
@@ -437,6 +467,10 @@ impl Store {
                     msg: format!("unpack task: {e}"),
                 })
             });
+            if r.is_ok() {
+                // Kept for save and push (see layers.rs).
+                self.record_source(diff_id, &tmp_blob, Some(&layer.media_type), false)?;
+            }
             let _ = std::fs::remove_file(&tmp_blob);
             r?;
             say(Some(short), "Pull complete".into());

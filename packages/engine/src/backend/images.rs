@@ -1,6 +1,7 @@
 //! Images: list, inspect, pull, load (`docker load`), tag, remove.
 
 use super::*;
+use docker_api::images::*;
 use docker_api::time::unix_from_rfc3339;
 use docker_api::{ImageBackend, RegistryAuth};
 use registry::Reference;
@@ -21,11 +22,11 @@ impl ImageBackend for Engine {
                     .as_deref()
                     .map(unix_from_rfc3339)
                     .unwrap_or(0),
+                parent_id: i.config.parent.clone().unwrap_or_default(),
                 size: i.size,
                 shared_size: -1,
                 containers: -1,
                 labels: i.config.config.labels.clone().unwrap_or_default(),
-                ..Default::default()
             })
             .collect())
     }
@@ -40,7 +41,7 @@ impl ImageBackend for Engine {
             id: i.id,
             repo_tags: i.tags,
             repo_digests: i.digests,
-            parent: String::new(),
+            parent: i.config.parent.clone().unwrap_or_default(),
             created: i.config.created.clone().unwrap_or_default(),
             architecture: i.config.architecture.clone(),
             os: i.config.os.clone(),
@@ -83,7 +84,8 @@ impl ImageBackend for Engine {
                 .unwrap_or_else(|| format!("{}@{}", r.familiar_name(), r.object()));
             match me.images.pull(&mut s, &r, &tx).await {
                 Ok((_, existed)) => {
-                    crate::events::publish("image", "pull", &shown, [("name", shown.clone())]);
+                    // dockerd's pull event names the reference, not the image id.
+                    me.image_event("pull", &shown, &shown);
                     let msg = if existed {
                         format!("Status: Image is up to date for {shown}")
                     } else {
@@ -130,8 +132,9 @@ impl ImageBackend for Engine {
         let _ = std::fs::remove_file(&path);
         match r {
             Ok(Ok(loaded)) => {
-                for name in &loaded {
-                    crate::events::publish("image", "load", name, [("name", name.clone())]);
+                for n in &loaded {
+                    let id = self.images.resolve(n).unwrap_or_else(|| n.clone());
+                    self.image_event("load", &id, n);
                 }
                 Ok(loaded)
             }
@@ -153,22 +156,54 @@ impl ImageBackend for Engine {
             .tagged()
             .ok_or_else(|| ApiError::bad_request("a tag is required"))?;
         self.images.tag(&id, &t).map_err(internal("tagging"))?;
-        crate::events::publish("image", "tag", &id, [("name", t)]);
+        self.image_event("tag", &id, &t);
         Ok(())
     }
 
     async fn image_remove(&self, name: &str, force: bool) -> ApiResult<Vec<ImageDeleteItem>> {
-        let id = self.resolve_image(name)?;
-        let out = self.image_remove_inner(name, force).await?;
-        for i in &out {
-            if let Some(t) = &i.untagged {
-                crate::events::publish("image", "untag", &id, [("name", t.clone())]);
-            }
-            if let Some(d) = &i.deleted {
-                crate::events::publish("image", "delete", d, [("name", name.to_string())]);
-            }
-        }
-        Ok(out)
+        // The untag and delete events are sent by image_remove_inner as it goes.
+        self.image_remove_inner(name, force).await
+    }
+
+    async fn image_history(&self, name: &str) -> ApiResult<Vec<HistoryItem>> {
+        self.history_of(name)
+    }
+
+    async fn image_push(
+        &self,
+        name: &str,
+        tag: &str,
+        auth: Option<RegistryAuth>,
+    ) -> ApiResult<mpsc::Receiver<ProgressMessage>> {
+        self.push(name, tag, auth).await
+    }
+
+    async fn image_save(&self, names: Vec<String>) -> ApiResult<mpsc::Receiver<Bytes>> {
+        self.save(names).await
+    }
+
+    async fn image_import(
+        &self,
+        tar: mpsc::Receiver<Bytes>,
+        o: ImportOptions,
+    ) -> ApiResult<String> {
+        self.import(tar, o).await
+    }
+
+    async fn image_commit(&self, o: CommitOptions) -> ApiResult<String> {
+        self.commit(o).await
+    }
+
+    async fn image_prune(&self, f: PruneFilters) -> ApiResult<ImagePruneReport> {
+        self.prune(f).await
+    }
+
+    async fn distribution(
+        &self,
+        name: &str,
+        auth: Option<RegistryAuth>,
+    ) -> ApiResult<DistributionInspect> {
+        self.distribution_of(name, auth).await
     }
 }
 
@@ -207,6 +242,7 @@ impl Engine {
                 )));
             }
             self.images.untag(&t).map_err(internal("untagging"))?;
+            self.image_event("untag", &id, &t);
             out.push(ImageDeleteItem {
                 untagged: Some(t),
                 deleted: None,
@@ -215,6 +251,7 @@ impl Engine {
                 self.images
                     .delete(&id)
                     .map_err(internal("deleting image"))?;
+                self.image_event("delete", &id, &id);
                 out.push(ImageDeleteItem {
                     untagged: None,
                     deleted: Some(id),
@@ -243,11 +280,13 @@ impl Engine {
             .delete(&id)
             .map_err(internal("deleting image"))?
         {
+            self.image_event("untag", &id, &t);
             out.push(ImageDeleteItem {
                 untagged: Some(t),
                 deleted: None,
             });
         }
+        self.image_event("delete", &id, &id);
         out.push(ImageDeleteItem {
             untagged: None,
             deleted: Some(id),

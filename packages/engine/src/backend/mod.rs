@@ -7,9 +7,11 @@ mod archive;
 mod containers;
 mod exec;
 mod health;
+mod image_ops;
 mod images;
 mod live;
 mod ops;
+mod push;
 mod system;
 #[cfg(test)]
 mod tests;

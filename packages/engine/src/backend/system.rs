@@ -3,6 +3,7 @@
 use super::*;
 use crate::cgroup;
 use crate::containers::{Record, Status};
+use docker_api::images::{AuthConfig, AuthResponse, DiskUsage, InfoDetails};
 use docker_api::{NetworkBackend, SystemBackend};
 
 impl SystemBackend for Engine {
@@ -115,8 +116,101 @@ impl SystemBackend for Engine {
                 self.registry.insecure_cidrs(),
                 self.registry.insecure_registries(),
             )),
+            details: self.info_details(v2),
             ..Default::default()
         })
+    }
+
+    async fn auth(&self, a: AuthConfig) -> ApiResult<AuthResponse> {
+        self.login(a).await
+    }
+
+    async fn system_df(&self) -> ApiResult<DiskUsage> {
+        self.df().await
+    }
+}
+
+impl Engine {
+    /// The `/info` keys beyond the CLI's, as dockerd fills them on this engine.
+    fn info_details(&self, cgroup_v2: bool) -> InfoDetails {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        let ctrl = read("/sys/fs/cgroup/cgroup.controllers");
+        let has = |c: &str| cgroup_v2 && ctrl.split_whitespace().any(|x| x == c);
+        let nfd = std::fs::read_dir("/proc/self/fd")
+            .map(|d| d.count() as i64)
+            .unwrap_or(0);
+        let threads = read("/proc/self/status")
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let env = |k: &str| {
+            std::env::var(k)
+                .or_else(|_| std::env::var(k.to_ascii_lowercase()))
+                .unwrap_or_default()
+        };
+        InfoDetails {
+            driver_status: vec![
+                ["Backing Filesystem".into(), "extfs".into()],
+                ["Supports d_type".into(), "true".into()],
+                ["Using metacopy".into(), "false".into()],
+                ["Native Overlay Diff".into(), "true".into()],
+                ["userxattr".into(), "false".into()],
+            ],
+            plugins: serde_json::json!({
+                "Volume": ["local"],
+                "Network": ["bridge", "host", "null"],
+                "Authorization": null,
+                "Log": ["json-file"],
+            }),
+            memory_limit: has("memory"),
+            swap_limit: has("memory"),
+            kernel_memory_tcp: false,
+            cpu_cfs_period: has("cpu"),
+            cpu_cfs_quota: has("cpu"),
+            cpu_shares: has("cpu"),
+            cpu_set: has("cpuset"),
+            pids_limit: has("pids"),
+            oom_kill_disable: false,
+            ipv4_forwarding: read("/proc/sys/net/ipv4/ip_forward").trim() == "1",
+            bridge_nf_iptables: false,
+            bridge_nf_ip6tables: false,
+            debug: false,
+            nfd,
+            n_goroutines: threads,
+            system_time: docker_api::time::rfc3339(now_nanos()),
+            n_events_listener: 0,
+            index_server_address: format!("https://index.{}/v1/", registry::DOCKER_HUB),
+            generic_resources: None,
+            http_proxy: env("HTTP_PROXY"),
+            https_proxy: env("HTTPS_PROXY"),
+            no_proxy: env("NO_PROXY"),
+            labels: Vec::new(),
+            experimental_build: false,
+            runtimes: [(
+                "axion".to_string(),
+                serde_json::json!({ "path": "axion-engine" }),
+            )]
+            .into(),
+            swarm: serde_json::json!({
+                "NodeID": "",
+                "NodeAddr": "",
+                "LocalNodeState": "inactive",
+                "ControlAvailable": false,
+                "Error": "",
+                "RemoteManagers": null,
+            }),
+            live_restore_enabled: false,
+            isolation: String::new(),
+            init_binary: "docker-init".into(),
+            containerd_commit: serde_json::json!({ "ID": "" }),
+            runc_commit: serde_json::json!({ "ID": "" }),
+            init_commit: serde_json::json!({ "ID": "" }),
+            product_license: String::new(),
+            default_address_pools: Vec::new(),
+            cdi_spec_dirs: Vec::new(),
+            containerd: None,
+        }
     }
 }
 

@@ -99,6 +99,7 @@ impl Store {
                     let blob = x.file(layer).map_err(from_archive)?;
                     let tmp = work.join(format!("layer-{}", hex_of(diff_id)));
                     unpack_verified(&blob, &tmp, &dest, diff_id, &lowers, layer)?;
+                    self.record_source(diff_id, &blob, None, true)?;
                 }
                 lowers.insert(0, dest);
             }
