@@ -251,7 +251,8 @@ fn check() -> Result<()> {
     g.fetch_certs()?;
     g.wait_engine()?;
     let o = g.ssh(&format!(
-        "printf '%s' '{{\"insecure-registries\": [\"{reg}\"]}}' > /var/lib/axion-engine/daemon.json && kill $(pidof engine)"
+        "printf '%s' '{{\"insecure-registries\": [\"{reg}\"]}}' > \
+            /var/lib/axion-engine/daemon.json && kill $(pidof engine)"
     ))?;
     assert!(o.status.success(), "daemon.json: {}", both(&o));
     std::thread::sleep(Duration::from_secs(2));
@@ -488,15 +489,18 @@ fn check() -> Result<()> {
     ])?;
     assert_eq!(
         g.ok(&[
-            "inspect", "-f",
-            "{{.HostConfig.Memory}} {{.HostConfig.PidsLimit}} {{.HostConfig.NanoCpus}} {{.HostConfig.RestartPolicy.Name}}",
+            "inspect",
+            "-f",
+            "{{.HostConfig.Memory}} {{.HostConfig.PidsLimit}} {{.HostConfig.NanoCpus}} \
+                {{.HostConfig.RestartPolicy.Name}}",
             "ops2",
         ])?,
         "100663296 50 500000000 on-failure"
     );
     let id = g.ok(&["inspect", "-f", "{{.Id}}", "ops2"])?;
     let o = g.ssh(&format!(
-        "cat /sys/fs/cgroup/axion/{id}/memory.max /sys/fs/cgroup/axion/{id}/pids.max /sys/fs/cgroup/axion/{id}/cpu.max"
+        "cat /sys/fs/cgroup/axion/{id}/memory.max /sys/fs/cgroup/axion/{id}/pids.max \
+            /sys/fs/cgroup/axion/{id}/cpu.max"
     ))?;
     assert_eq!(
         String::from_utf8_lossy(&o.stdout).trim(),

@@ -42,7 +42,8 @@ pub enum ContainerExtOp {
 }
 
 /// dockerd's `errNoManager` on a node that never joined a swarm.
-pub const NOT_A_MANAGER: &str = "This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this node to swarm and try again.";
+pub const NOT_A_MANAGER: &str = "This node is not a swarm manager. Use \"docker swarm init\" or \
+    \"docker swarm join\" to connect this node to swarm and try again.";
 /// dockerd's `errNoSwarm` (leaving, unlocking a swarm it is not in).
 pub const NOT_IN_SWARM: &str = "This node is not part of a swarm";
 
@@ -514,8 +515,11 @@ mod tests {
         let (mut rd, mut wr) = tokio::io::split(client);
         let f = "%7B%22type%22%3A%5B%22container%22%5D%7D"; // {"type":["container"]}
         wr.write_all(
-            format!("GET /events?since=1&until=200&filters={f} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
+            format!(
+                "GET /events?since=1&until=200&filters={f} HTTP/1.1\r\nHost: x\r\nConnection: \
+                close\r\n\r\n"
+            )
+            .as_bytes(),
         )
         .await
         .unwrap();

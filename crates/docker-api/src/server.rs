@@ -971,8 +971,14 @@ mod tests {
             let stdin = if tty { "1" } else { "0" };
             let out = tokio::task::spawn_blocking(move || {
                 let mut c = client;
-                c.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
-                write!(c, "POST /containers/c1/attach?stream=1&stdout=1&stdin={stdin} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n").unwrap();
+                c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                    .unwrap();
+                write!(
+                    c,
+                    "POST /containers/c1/attach?stream=1&stdout=1&stdin={stdin} \
+                    HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
+                )
+                .unwrap();
                 let mut out = Vec::new();
                 let mut b = [0u8; 1];
                 while !out.ends_with(b"\r\n\r\n") && c.read(&mut b).unwrap_or(0) == 1 {

@@ -6,7 +6,8 @@
 //!
 //! ```ignore
 //! crate::events::publish("volume", "create", &name, [("driver", "local")]);
-//! crate::events::publish("network", "connect", &net_id, [("container", id), ("name", net_name), ("type", "bridge")]);
+//! crate::events::publish("network", "connect", &net_id, [("container", id), ("name", net_name),
+//! ("type", "bridge")]);
 //! ```
 //!
 //! `kind` is Docker's event `Type` (container, image, volume, network, daemon), `action` its

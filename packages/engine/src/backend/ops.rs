@@ -495,7 +495,8 @@ pub(super) fn check_create(hc: &mut HostConfig) -> ApiResult<()> {
             .and_then(|o| o.keys().find(|k| k.as_str() != "max-file"))
         {
             return Err(ApiError::bad_request(format!(
-                "unknown log opt '{k}' for json-file log driver (this engine takes max-file only; it does not rotate logs)"
+                "unknown log opt '{k}' for json-file log driver (this engine takes max-file only; \
+                    it does not rotate logs)"
             )));
         }
     }
@@ -832,7 +833,11 @@ impl Engine {
             let map = self.containers.lock().unwrap();
             if let Some(o) = map.values().find(|o| o.rec.lock().unwrap().name == new) {
                 let oid = o.snapshot().id;
-                return Err(ApiError::conflict(format!("Conflict. The container name \"/{new}\" is already in use by container \"{oid}\". You have to remove (or rename) that container to be able to reuse that name.")));
+                return Err(ApiError::conflict(format!(
+                    "Conflict. The container name \"/{new}\" is \
+                    already in use by container \"{oid}\". You have to remove (or rename) that \
+                        container to be able to reuse that name."
+                )));
             }
             c.rec.lock().unwrap().name = new.clone();
         }
@@ -886,7 +891,8 @@ impl Engine {
             }
             if hc.auto_remove && !matches!(p.name.as_str(), "" | "no") {
                 return Err(ApiError::bad_request(
-                    "Restart policy cannot be updated because AutoRemove is enabled for the container",
+                    "Restart policy cannot be updated because AutoRemove is enabled for the \
+                        container",
                 ));
             }
             hc.restart_policy = p.clone();
@@ -963,7 +969,11 @@ mod tests {
         assert_eq!(bytes.len(), 2);
         assert_eq!(bytes[1].op, "write");
         assert_eq!(bytes[1].value, 8192);
-        let n = net_dev("Inter-|   Receive  |  Transmit\n face |bytes packets errs drop fifo frame compressed multicast|bytes packets errs drop fifo colls carrier compressed\n    lo: 10 1 0 0 0 0 0 0 10 1 0 0 0 0 0 0\n  eth0: 1000 10 1 2 0 0 0 0 2000 20 3 4 0 0 0 0\n");
+        let n = net_dev(
+            "Inter-|   Receive  |  Transmit\n face |bytes packets errs drop fifo frame \
+            compressed multicast|bytes packets errs drop fifo colls carrier compressed\n    lo: 10 \
+                1 0 0 0 0 0 0 10 1 0 0 0 0 0 0\n  eth0: 1000 10 1 2 0 0 0 0 2000 20 3 4 0 0 0 0\n",
+        );
         assert_eq!(n.len(), 1);
         assert_eq!(n["eth0"].rx_bytes, 1000);
         assert_eq!(n["eth0"].tx_packets, 20);
