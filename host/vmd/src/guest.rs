@@ -53,6 +53,8 @@ command = "/usr/bin/engine"
 args = ["--data-root", "/var/lib/axion-engine", "--exec-root", "/run/axion-engine", "--volatile-layers", "-H", "unix:///run/docker.sock", "--vmd-port", "{ENGINE_CHANNEL}",
         "--insecure-registry", "10.0.2.2", "--image-share", "/run/axion-store", "--bridge", "none"]
 after = ["network"]
+# init's ready line waits for the engine (a cold boot returns on it).
+ready = ["unix:/run/docker.sock"]
 restart = "always"
 stop-timeout = 5
 "#
