@@ -16,24 +16,6 @@ pub const HOST_BUSYBOX: &str = "/bin/busybox";
 
 pub const INIT_SCRIPT: &str = "#!/bin/busybox sh\nexec /bin/busybox poweroff -f\n";
 
-/// The floor for the boot budget test (tests/e2e/boot_budget.rs): first prints the guest's
-/// clock at the handover to init, `floor: uptime SECONDS IDLE` (/proc/uptime, CLOCK_BOOTTIME),
-/// on the console, then powers off. Three busybox calls more than [`INIT_SCRIPT`].
-pub const TIMED_INIT_SCRIPT: &str = "#!/bin/busybox sh\n\
-    /bin/busybox mount -t proc proc /proc\n\
-    /bin/busybox mount -t devtmpfs dev /dev\n\
-    echo \"floor: uptime $(/bin/busybox cat /proc/uptime)\" > /dev/console\n\
-    exec /bin/busybox poweroff -f\n";
-
-/// The prefix of the timed floor's line (see [`TIMED_INIT_SCRIPT`]).
-pub const UPTIME_PREFIX: &str = "floor: uptime ";
-
-/// The guest clock in the timed floor's console line.
-pub fn parse_uptime_line(line: &str) -> Option<f64> {
-    let rest = &line[line.find(UPTIME_PREFIX)? + UPTIME_PREFIX.len()..];
-    rest.split_whitespace().next()?.parse().ok()
-}
-
 /// One newc header + name, padded to 4 bytes.
 fn header(w: &mut Vec<u8>, ino: u32, mode: u32, size: usize, name: &str) {
     let namesize = name.len() + 1;
@@ -55,18 +37,11 @@ fn pad(w: &mut Vec<u8>) {
 
 /// The floor's initramfs: `bin/`, `bin/busybox` (the given bytes), `init`.
 pub fn initramfs(busybox: &[u8]) -> Vec<u8> {
-    initramfs_with(busybox, INIT_SCRIPT)
-}
-
-/// The same with another `/init` (and the `proc/` and `dev/` mount points).
-pub fn initramfs_with(busybox: &[u8], script: &str) -> Vec<u8> {
     let mut w = Vec::with_capacity(busybox.len() + 1024);
-    let entries: [(&str, u32, &[u8]); 5] = [
+    let entries: [(&str, u32, &[u8]); 3] = [
         ("bin", 0o040755, b""),
         ("bin/busybox", 0o100755, busybox),
-        ("dev", 0o040755, b""),
-        ("init", 0o100755, script.as_bytes()),
-        ("proc", 0o040755, b""),
+        ("init", 0o100755, INIT_SCRIPT.as_bytes()),
     ];
     for (i, (name, mode, data)) in entries.iter().enumerate() {
         header(&mut w, i as u32 + 1, *mode, data.len(), name);
@@ -79,11 +54,6 @@ pub fn initramfs_with(busybox: &[u8], script: &str) -> Vec<u8> {
 
 /// Writes the floor's initramfs to `path` from the host's busybox.
 pub fn write_initramfs(path: &Path) -> Result<()> {
-    write_initramfs_with(path, INIT_SCRIPT)
-}
-
-/// [`write_initramfs`] with another `/init` script.
-pub fn write_initramfs_with(path: &Path, script: &str) -> Result<()> {
     let busybox = std::fs::read(HOST_BUSYBOX).with_context(|| {
         format!("cannot read {HOST_BUSYBOX} (Debian: apt-get install busybox-static)")
     })?;
@@ -92,7 +62,7 @@ pub fn write_initramfs_with(path: &Path, script: &str) -> Result<()> {
     }
     let mut f =
         std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(&initramfs_with(&busybox, script))
+    f.write_all(&initramfs(&busybox))
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
@@ -106,20 +76,9 @@ mod tests {
         let bytes = initramfs(b"\x7fELF-not-really");
         let entries = crate::image::initramfs::parse_cpio(&bytes).expect("a valid newc archive");
         let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
-        assert_eq!(names, ["bin", "bin/busybox", "dev", "init", "proc"]);
+        assert_eq!(names, ["bin", "bin/busybox", "init"]);
         let init = entries.iter().find(|e| e.name == "init").unwrap();
         assert_eq!(init.data, INIT_SCRIPT.as_bytes());
         assert_eq!(init.mode & 0o777, 0o755);
-    }
-
-    #[test]
-    fn the_timed_floor_line_parses() {
-        assert_eq!(parse_uptime_line("floor: uptime 1.23 0.50"), Some(1.23));
-        assert_eq!(
-            parse_uptime_line("[ 1.0] floor: uptime 0.98 0.1\r"),
-            Some(0.98)
-        );
-        assert_eq!(parse_uptime_line("floor: uptime"), None);
-        assert!(TIMED_INIT_SCRIPT.contains(UPTIME_PREFIX));
     }
 }
