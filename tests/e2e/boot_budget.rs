@@ -48,7 +48,20 @@ fn config(
         ssh: qemu::free_port().unwrap(),
         docker: qemu::free_port().unwrap(),
     };
-    run::vm_config(profile, bootable, &run, ports, axion_tests::accel().0)
+    let mut cfg = run::vm_config(profile, bootable, &run, ports, axion_tests::accel().0);
+    // The engine's TLS material as first-boot settings, as `run` and the bench give them
+    // (the floor gets them too: the same QEMU command line for both).
+    let base = dir.parent().unwrap();
+    let certs = run::docker_certs::ensure(&base.join("docker")).unwrap();
+    let settings = run::first_boot::FirstBoot {
+        hostname: None,
+        ssh_authorized_keys: vec![],
+        docker: Some(certs),
+    };
+    for (name, file) in settings.write(&base.join("first-boot")).unwrap() {
+        cfg = cfg.fw_cfg_file(name, file);
+    }
+    cfg
 }
 
 /// `[    3.326386] Run /init as init process` -> 3.326386.
