@@ -19,15 +19,18 @@ use xtask::profile::Format;
 use xtask::run::{self, Bootable, Ports, RunDir};
 
 const PROFILE: &str = "qemu";
-const ROUNDS: usize = 2;
+const ROUNDS: usize = 3;
 const TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The image may take this many times the floor's guest clock to the engine answering.
-/// Measured on the 2-core CI machine under TCG, loaded (2026-12-01, see the module doc of
-/// packages/init/src/trace.rs for a trace): floor 1.0-1.1 s, image 3.2-4.1 s to the engine
-/// answering, ratios 3.1-3.8. 4.5 leaves room for load without letting a regression
-/// of the size issue 22 found (1.4 s more) pass.
-const RATIO: f64 = 4.5;
+/// Measured on the shared 2-core machine under TCG, load 6-10 (2026-12-01, 6 rounds in 3
+/// runs): floor 1.43-3.02 s, image 3.08-4.42 s, ratio per round 1.25-2.48, best-of-2 ratio
+/// 1.39, 1.78, 2.40. The floor varies most (the kernel's timer-driven probes stretch with host
+/// load), so the ratio of the best of three is the figure, and 2.5 is the first value none of
+/// those runs would have failed. It catches a regression of a second or more in init or the
+/// engine (issue 22's 1.4 s took the ratio from ~1.1 to 1.4 on an idle machine: at this
+/// load the headroom is the price of not flaking); tighten it on a quieter CI machine.
+const RATIO: f64 = 2.5;
 
 struct Boot {
     /// Guest clock (s): the floor's handover to init, or the image's engine answering.
@@ -196,6 +199,7 @@ fn image_boots_to_the_engine_within_its_budget_of_the_kernel_floor() {
     let (i, i_trace) = best(&images);
     let ratio = i / f;
     eprintln!("best: floor {f:.3} s, image {i:.3} s, ratio {ratio:.2} (budget {RATIO})");
+    eprintln!("--- floor:\n{f_trace}\n--- image:\n{i_trace}");
     assert!(
         ratio <= RATIO,
         "boot over budget: the image's engine answered at {i:.3} s on the guest clock, \
