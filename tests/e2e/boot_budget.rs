@@ -23,14 +23,16 @@ const ROUNDS: usize = 3;
 const TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The image may take this many times the floor's guest clock to the engine answering.
-/// Measured on the shared 2-core machine under TCG, load 6-10 (2026-12-01, 6 rounds in 3
-/// runs): floor 1.43-3.02 s, image 3.08-4.42 s, ratio per round 1.25-2.48, best-of-2 ratio
-/// 1.39, 1.78, 2.40. The floor varies most (the kernel's timer-driven probes stretch with host
-/// load), so the ratio of the best of three is the figure, and 2.5 is the first value none of
-/// those runs would have failed. It catches a regression of a second or more in init or the
-/// engine (issue 22's 1.4 s took the ratio from ~1.1 to 1.4 on an idle machine: at this
-/// load the headroom is the price of not flaking); tighten it on a quieter CI machine.
-const RATIO: f64 = 2.5;
+/// Measured on the shared 2-core machine under TCG, load 6-10 (2026-12-01): with the
+/// engine of the time, 6 rounds in 3 runs, floor 1.43-3.02 s, image 3.08-4.42 s, ratio per
+/// round 1.25-2.48 and of the best of two 1.39, 1.78, 2.40; with this branch's engine (its
+/// TLS port bound only once it can serve, ~1.5 s after its socket under TCG), 3 rounds:
+/// floor 1.49-1.63 s, image 3.08-3.70 s, ratio per round 1.89-2.48, best of three 2.07. The
+/// floor varies most (the kernel's timer-driven probes stretch with host load), hence the
+/// best of three. 3.0 is the largest best-of ratio seen (2.40) plus a quarter for load: it
+/// catches a regression of 1.5 s or more in init or the engine, not less; tighten it when
+/// the engine's TLS start is cut or CI runs on a quieter machine.
+const RATIO: f64 = 3.0;
 
 struct Boot {
     /// Guest clock (s): the floor's handover to init, or the image's engine answering.
