@@ -239,9 +239,14 @@ impl<S: Spawner> Supervisor<S> {
                 continue;
             };
             if matches!(u.state, State::Running { .. }) {
+                let several = u.svc.ready.len() > 1;
                 for (check, ok) in u.svc.ready.iter().zip(u.answered.iter_mut()) {
                     if !*ok {
                         *ok = self.spawner.probe(check);
+                        if *ok && several {
+                            // Which of them came last is what the trace must show.
+                            crate::trace::mark(&format!("service {} {check}", u.svc.name));
+                        }
                     }
                 }
             }
