@@ -121,8 +121,9 @@ fn run_detach_then_stop() {
             .unwrap_or_else(|e| panic!("nothing listens on the forwarded port {port}: {e}"));
     }
     // The docker CLI works with exactly the exported variables: mutual TLS with the
-    // certificates the host made and the guest got through fw_cfg. The engine may still be
-    // starting just after the ready line.
+    // certificates the host made and the guest got through fw_cfg. The ready line waits for
+    // the engine (ready_boots.rs asserts the first call succeeds); the retries stay for a
+    // slow TLS handshake on a loaded machine.
     assert_eq!(v[6], format!("tcp://127.0.0.1:{docker}"));
     assert_eq!(v[7], "1");
     assert_eq!(v[8], run.docker_certs().to_string_lossy());

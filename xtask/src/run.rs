@@ -538,6 +538,23 @@ fn detach(prepared: Prepared) -> Result<Booted> {
             )));
         }
     };
+    // The ready line means the required services answer, unless init gave up on one.
+    let serial = std::fs::read_to_string(run.serial_log()).unwrap_or_default();
+    let not_ready: Vec<&str> = serial
+        .lines()
+        .filter(|l| l.contains(qemu::NOT_READY_PREFIX))
+        .collect();
+    if !not_ready.is_empty() {
+        drop(vm); // kills QEMU
+        run.remove_runtime_files();
+        bail!(
+            "the VM of profile '{}' booted, but a required service does not answer:\n{}\n\
+             serial console (last lines):\n{}",
+            profile.name(),
+            not_ready.join("\n"),
+            tail(&run.serial_log(), 30)
+        );
+    }
     let pid = vm.pid();
     vm.detach();
     eprintln!(

@@ -792,6 +792,9 @@ pub async fn serve_tcp<B: Backend>(
                 tokio::spawn(async move {
                     match acc.accept(stream).await {
                         Ok(tls) => serve_connection(b, tls).await,
+                        // A peer that closed before finishing its hello is a port probe
+                        // (axion's init checks readiness so), not a failed client.
+                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
                         Err(e) => eprintln!("engine api: TLS handshake with {peer} failed: {e}"),
                     }
                 });

@@ -39,6 +39,9 @@ pub use vm::{Detached, SerialLine, Vm};
 /// What init prints once on the serial console when the system is up (the contract in
 /// DESIGN.md): `axion: ready in N.NNN s`, seconds since boot (CLOCK_BOOTTIME).
 pub const READY_PREFIX: &str = "axion: ready in ";
+/// Init's line for a required service that did not answer in time; it comes before the
+/// ready line, which then does not mean that service is up.
+pub const NOT_READY_PREFIX: &str = "axion: not ready: ";
 
 /// Init's ready line, as seen from both sides.
 #[derive(Debug, Clone, PartialEq)]

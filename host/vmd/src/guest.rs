@@ -52,6 +52,8 @@ command = "/usr/bin/engine"
 args = ["--data-root", "/var/lib/axion-engine", "--exec-root", "/run/axion-engine", "--volatile-layers", "-H", "unix:///run/docker.sock", "--vmd-port", "{ENGINE_PORT}",
         "--insecure-registry", "{HOST_ADDR}", "--image-share", "{STORE_DIR}", "--bridge", "none"]
 after = ["network"]
+# init's ready line waits for the engine (a cold boot returns on it).
+ready = ["unix:/run/docker.sock"]
 restart = "always"
 stop-timeout = 5
 "#

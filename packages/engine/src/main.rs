@@ -94,21 +94,25 @@ async fn serve(args: args::Args) -> Result<()> {
                     .with_context(|| format!("serving on unix socket {}", path.display()))
             }));
         } else if let Some(addr) = h.strip_prefix("tcp://") {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding TCP listener {addr}"))?;
+            // The TLS material first, then bind: init counts the engine ready once the port
+            // accepts connections (services/mod.rs), so it must be able to serve them.
             let tls = if args.tcp_insecure {
                 eprintln!("engine: WARNING: plain TCP API on {addr} without TLS (--tcp-insecure)");
                 None
             } else {
                 let paths = certs::ensure(&args)?;
-                eprintln!("engine: API listening on tcp://{addr} (mutual TLS)");
                 Some(docker_api::tls::server_config(
                     &paths.cert,
                     &paths.key,
                     &paths.client_ca,
                 )?)
             };
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding TCP listener {addr}"))?;
+            if tls.is_some() {
+                eprintln!("engine: API listening on tcp://{addr} (mutual TLS)");
+            }
             let b = backend.clone();
             tasks.push(tokio::spawn(async move {
                 docker_api::server::serve_tcp(b, listener, tls)

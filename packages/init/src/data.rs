@@ -90,6 +90,7 @@ fn mount_persistent() -> Result<String, String> {
         format!("no partition labelled {LABEL} (looked in /sys/class/block/*/uevent)")
     })?;
     run_fsck(&device)?;
+    crate::trace::mark("fsck");
     let _ = fs::create_dir_all(MOUNT_POINT);
     sys::mount(
         &device,

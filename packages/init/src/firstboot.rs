@@ -167,6 +167,8 @@ fn one_shot(
         working_directory: "/".into(),
         stop_timeout: Duration::from_secs(5),
         log_max_bytes: 1 << 20,
+        ready: Vec::new(),
+        ready_timeout: Duration::ZERO,
         tty: None,
     }
 }

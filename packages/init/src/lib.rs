@@ -16,3 +16,4 @@ pub mod services;
 pub mod settings;
 pub mod sources;
 pub mod sys;
+pub mod trace;

@@ -35,14 +35,25 @@
 //!
 //! # The ready line (a contract with tests and benchmarks)
 //!
-//! Once the mounts are done, the network is configured (or the DHCP wait ran out) and every
-//! service has been started once, init prints exactly one line on every console:
+//! Once the mounts are done, the network is configured (or the DHCP wait ran out), every
+//! service has been started once and every service with `ready` checks answers on them
+//! (the engine's API on its socket and TCP port; see `services`), init prints exactly one
+//! line on every console:
 //!
 //! ```text
 //! axion: ready in 1.234 s
 //! ```
 //!
-//! The number is seconds since boot from CLOCK_BOOTTIME, with three decimals.
+//! The number is seconds since boot from CLOCK_BOOTTIME, with three decimals. So a client's
+//! first call after that line succeeds. A service that does not answer within its
+//! `ready-timeout` is given up on first, with one line on every console:
+//!
+//! ```text
+//! axion: not ready: service docker did not answer on tcp:2376 within its ready-timeout; ...
+//! ```
+//!
+//! Every step up to the ready line is timed in the boot trace (`trace`):
+//! `/run/axion/boot-trace.json`, and on the consoles with `axion.debug`.
 //!
 //! DHCP does not hold the ready line hostage: init waits at most [`DHCP_WAIT`] (3 s) after
 //! bringing up the NIC for the first lease, then starts the `after = ["network"]` services,
@@ -80,7 +91,7 @@
 
 use init::{
     data, debug, error, firstboot, identity, info, input, isolate, log, mounts, net, rootswitch,
-    services, settings, sources, sys, warn,
+    services, settings, sources, sys, trace, warn,
 };
 
 use std::collections::HashMap;
@@ -155,7 +166,12 @@ fn main() {
     }
     // Before anything else: leave the initramfs (rootfs) for a tmpfs root, so that
     // pivot_root works for containers. Re-executes init when it switched.
+    trace::begin();
     let root_note = rootswitch::switch_if_initramfs();
+    trace::end_handover();
+    if let rootswitch::Note::Info(_) = root_note {
+        trace::mark("rootswitch");
+    }
     let mut init = boot(root_note);
     init.run();
 }
@@ -191,6 +207,7 @@ fn boot(root_note: rootswitch::Note) -> Init {
     let _ = sys::reboot(libc::RB_DISABLE_CAD);
 
     let mount_errors = mounts::mount_api_filesystems();
+    trace::mark("mounts");
     fix_stdio();
     let cmdline_text = fs::read_to_string("/proc/cmdline").unwrap_or_default();
     // Parsed in a child (`isolate`): the command line is input from outside the image.
@@ -232,6 +249,7 @@ fn boot(root_note: rootswitch::Note) -> Init {
         }
     };
     log::set_debug(settings.debug);
+    trace::mark("settings");
     debug!("settings: {settings:?}");
 
     if let Err(e) = sys::sethostname(&settings.hostname) {
@@ -242,13 +260,16 @@ fn boot(root_note: rootswitch::Note) -> Init {
     for e in mounts::delegate_cgroups() {
         warn!("{e}");
     }
+    trace::mark("cgroups");
 
     debug!("API file systems, settings, hostname and cgroups done");
     let data_state = data::mount_data();
     if let data::DataState::Volatile { .. } = data_state {
         debug!("/var/lib is a tmpfs: every boot is a first boot");
     }
+    trace::mark("data");
     let identity = identity::ensure(settings.instance_id.as_deref());
+    trace::mark("identity");
     let first_boot = identity.regenerate.is_some();
     let written = firstboot::write_files(&settings.write_files, first_boot);
     if written > 0 {
@@ -277,6 +298,7 @@ fn boot(root_note: rootswitch::Note) -> Init {
     debug!("data partition and RNG seed done");
     let now = Instant::now();
     let net = net::Network::start(&settings.network, &settings.hostname, now);
+    trace::mark("network link");
     let network_ready = net.configured || net.dhcp.is_none();
     let dhcp_deadline = net.dhcp.as_ref().map(|_| now + DHCP_WAIT);
 
@@ -359,6 +381,8 @@ fn debug_shell(consoles: &[String]) -> services::Service {
         working_directory: "/".into(),
         stop_timeout: Duration::from_secs(1),
         log_max_bytes: 0,
+        ready: Vec::new(),
+        ready_timeout: Duration::ZERO,
         tty: Some(tty),
     }
 }
@@ -455,6 +479,7 @@ impl Init {
         self.sync_net_fd();
         if !self.network_ready {
             if self.net.configured {
+                trace::mark("dhcp lease");
                 self.network_ready = true;
             } else if self.dhcp_deadline.is_some_and(|d| now >= d) {
                 let nic = self.net.nic.as_ref().map_or("?", |n| n.name.as_str());
@@ -471,9 +496,17 @@ impl Init {
             self.watch(started);
             let started = self.sup.start_pending(now, self.network_ready);
             self.watch(started);
-            if !self.ready && self.network_ready && self.sup.all_started() {
+            self.check_ready(now);
+            if !self.ready && self.network_ready && self.sup.all_started() && self.sup.all_ready() {
                 self.ready = true;
                 let t = sys::boottime();
+                trace::mark_at("ready", t);
+                if log::debug_enabled() {
+                    for l in trace::lines(&trace::steps()) {
+                        log::line(&l);
+                    }
+                }
+                trace::save();
                 log::line(&format!(
                     "axion: ready in {}.{:03} s",
                     t.as_secs(),
@@ -490,6 +523,29 @@ impl Init {
             }
         } else {
             self.shutdown_step(now);
+        }
+    }
+
+    /// Readiness news: a required service answering, or given up on (the ready line then
+    /// goes on without it, after a line that says so).
+    fn check_ready(&mut self, now: Instant) {
+        use services::supervisor::ReadyEvent;
+        for ev in self.sup.check_ready(now) {
+            match ev {
+                ReadyEvent::Ready { name } => debug!("service {name} is ready"),
+                ReadyEvent::TimedOut { name, missing } => {
+                    trace::mark(&format!("service {name} not ready"));
+                    log::line(&format!(
+                        "axion: not ready: service {name} did not answer on {} within its \
+                         ready-timeout; going on without it",
+                        missing.join(", ")
+                    ));
+                }
+            }
+            if self.ready {
+                // After the ready line: keep the file complete.
+                trace::save();
+            }
         }
     }
 

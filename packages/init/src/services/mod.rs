@@ -11,12 +11,22 @@
 //! working-directory = "/"                  # default "/"
 //! stop-timeout = 10                        # seconds from SIGTERM to SIGKILL; default 10
 //! log-max-bytes = 1048576                  # /var/log/NAME.log cap (one rotation); default 1 MiB
+//! ready = ["unix:/run/docker.sock", "tcp:2376"] # when it is ready; default: none
+//! ready-timeout = 60                       # seconds the ready line waits for it; default 60
 //! ```
 //!
 //! Unknown keys are errors (the file is skipped and the error shown on the console).
 //!
 //! Order: services start in dependency order (`after`), ties by name. `after = ["x"]` means
-//! "once x has been started", not "once x is ready" (there is no readiness protocol).
+//! "once x has been started", not "once x is ready".
+//!
+//! Readiness: a service with `ready` is required for init's ready line. Each entry is
+//! `unix:/ABSOLUTE/PATH` (a stream socket accepts a connection) or `tcp:PORT` (127.0.0.1:PORT
+//! accepts a connection); the service is ready once every entry has answered once, which
+//! init checks every [`supervisor::PROBE_INTERVAL`] while the service runs (a connect, no
+//! protocol: the kernel queues a client's connection from `listen(2)` on, so the client's
+//! first call succeeds). After `ready-timeout` seconds from its first start init gives up
+//! on it with an `axion: not ready: ...` line and prints the ready line without it.
 //! `after = ["network"]` means: the static address is configured, or DHCP got a lease, or
 //! the bounded DHCP wait (3 s) ran out. Unknown dependencies and cycles are reported and
 //! ignored, so every service still starts.
@@ -66,6 +76,43 @@ struct ServiceFile {
     stop_timeout: Option<u64>,
     #[serde(default)]
     log_max_bytes: Option<u64>,
+    #[serde(default)]
+    ready: Vec<String>,
+    #[serde(default)]
+    ready_timeout: Option<u64>,
+}
+
+/// One readiness check (see the module doc).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadyCheck {
+    Unix(std::path::PathBuf),
+    Tcp(u16),
+}
+
+impl ReadyCheck {
+    pub fn parse(s: &str) -> Result<ReadyCheck, String> {
+        if let Some(p) = s.strip_prefix("unix:") {
+            if p.starts_with('/') {
+                return Ok(ReadyCheck::Unix(p.into()));
+            }
+        } else if let Some(port) = s.strip_prefix("tcp:") {
+            if let Ok(n @ 1..) = port.parse::<u16>() {
+                return Ok(ReadyCheck::Tcp(n));
+            }
+        }
+        Err(format!(
+            "ready {s:?}: use \"unix:/absolute/path\" or \"tcp:PORT\" (1-65535)"
+        ))
+    }
+}
+
+impl std::fmt::Display for ReadyCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadyCheck::Unix(p) => write!(f, "unix:{}", p.display()),
+            ReadyCheck::Tcp(n) => write!(f, "tcp:{n}"),
+        }
+    }
 }
 
 /// A service as init runs it.
@@ -80,6 +127,9 @@ pub struct Service {
     pub working_directory: String,
     pub stop_timeout: Duration,
     pub log_max_bytes: u64,
+    /// What must answer before the service counts as ready (empty: not waited for).
+    pub ready: Vec<ReadyCheck>,
+    pub ready_timeout: Duration,
     /// Run on this terminal (stdio + controlling tty) instead of a log pipe. Internal: the
     /// debug shell.
     pub tty: Option<String>,
@@ -107,6 +157,11 @@ pub fn parse_service(name: &str, text: &str) -> Result<Service, String> {
     if !f.command.starts_with('/') {
         return Err(format!("command {:?}: must be an absolute path", f.command));
     }
+    let ready = f
+        .ready
+        .iter()
+        .map(|r| ReadyCheck::parse(r))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Service {
         name: name.to_string(),
         command: f.command,
@@ -117,6 +172,8 @@ pub fn parse_service(name: &str, text: &str) -> Result<Service, String> {
         working_directory: f.working_directory.unwrap_or_else(|| "/".into()),
         stop_timeout: Duration::from_secs(f.stop_timeout.unwrap_or(10)),
         log_max_bytes: f.log_max_bytes.unwrap_or(1 << 20),
+        ready,
+        ready_timeout: Duration::from_secs(f.ready_timeout.unwrap_or(60)),
         tty: None,
     })
 }
@@ -224,6 +281,8 @@ restart = "on-failure"
 working-directory = "/var/lib"
 stop-timeout = 3
 log-max-bytes = 4096
+ready = ["unix:/run/docker.sock", "tcp:2376"]
+ready-timeout = 5
 "#,
         )
         .unwrap();
@@ -238,6 +297,31 @@ log-max-bytes = 4096
         assert_eq!(s.working_directory, "/var/lib");
         assert_eq!(s.stop_timeout, Duration::from_secs(3));
         assert_eq!(s.log_max_bytes, 4096);
+        assert_eq!(
+            s.ready,
+            vec![
+                ReadyCheck::Unix("/run/docker.sock".into()),
+                ReadyCheck::Tcp(2376)
+            ]
+        );
+        assert_eq!(s.ready_timeout, Duration::from_secs(5));
+        assert_eq!(s.ready[1].to_string(), "tcp:2376");
+    }
+
+    #[test]
+    fn rejects_bad_ready_checks() {
+        for bad in [
+            "unix:run/x",
+            "tcp:0",
+            "tcp:70000",
+            "tcp:",
+            "http://x",
+            "unix",
+        ] {
+            let e =
+                parse_service("x", &format!("command = \"/x\"\nready = [\"{bad}\"]")).unwrap_err();
+            assert!(e.contains("ready"), "{bad}: {e}");
+        }
     }
 
     #[test]
@@ -248,6 +332,8 @@ log-max-bytes = 4096
         assert_eq!(s.working_directory, "/");
         assert_eq!(s.stop_timeout, Duration::from_secs(10));
         assert_eq!(s.log_max_bytes, 1 << 20);
+        assert!(s.ready.is_empty());
+        assert_eq!(s.ready_timeout, Duration::from_secs(60));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 use super::supervisor::{Spawned, Spawner};
-use super::Service;
+use super::{ReadyCheck, Service};
 use crate::sys;
 
 pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -67,5 +67,18 @@ impl Spawner for OsSpawner {
         // it left its group.
         let _ = sys::kill(-pid, sig);
         let _ = sys::kill(pid, sig);
+    }
+
+    fn probe(&mut self, check: &ReadyCheck) -> bool {
+        match check {
+            // A unix connect does not wait: it succeeds (listening) or fails at once.
+            ReadyCheck::Unix(path) => std::os::unix::net::UnixStream::connect(path).is_ok(),
+            // Loopback answers a SYN at once (SYN-ACK or RST); the timeout is a backstop.
+            ReadyCheck::Tcp(port) => std::net::TcpStream::connect_timeout(
+                &std::net::SocketAddr::from(([127, 0, 0, 1], *port)),
+                std::time::Duration::from_millis(100),
+            )
+            .is_ok(),
+        }
     }
 }

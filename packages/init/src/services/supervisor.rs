@@ -6,13 +6,15 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use super::{Restart, Service, NETWORK};
+use super::{ReadyCheck, Restart, Service, NETWORK};
 use crate::sys::ExitStatus;
 
 pub const BACKOFF_BASE: Duration = Duration::from_millis(250);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A run at least this long resets the backoff.
 pub const STABLE_RUN: Duration = Duration::from_secs(10);
+/// How often a running service's `ready` checks are tried until they answer.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(10);
 
 pub struct Spawned {
     pub pid: i32,
@@ -25,6 +27,32 @@ pub trait Spawner {
     fn spawn(&mut self, svc: &Service) -> io::Result<Spawned>;
     /// Sends `sig` to the service's process group (its pid: services are session leaders).
     fn signal(&mut self, pid: i32, sig: i32);
+    /// True when `check` answers now (must not block for long: PID 1 waits on it).
+    fn probe(&mut self, check: &ReadyCheck) -> bool;
+}
+
+/// Where a service stands on its `ready` checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// It has no `ready` checks: nobody waits for it.
+    NotRequired,
+    Waiting,
+    Ready,
+    /// Its `ready-timeout` ran out first.
+    GaveUp,
+}
+
+/// News from [`Supervisor::check_ready`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadyEvent {
+    Ready {
+        name: String,
+    },
+    /// Gave up: the checks that never answered.
+    TimedOut {
+        name: String,
+        missing: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +79,28 @@ pub struct Unit {
     pub starts: u32,
     /// During shutdown: when SIGKILL follows the SIGTERM (its own stop-timeout).
     pub kill_at: Option<Instant>,
+    pub readiness: Readiness,
+    /// Which of `svc.ready` have answered.
+    pub answered: Vec<bool>,
+    pub first_start: Option<Instant>,
+}
+
+fn unit(svc: Service) -> Unit {
+    let readiness = if svc.ready.is_empty() {
+        Readiness::NotRequired
+    } else {
+        Readiness::Waiting
+    };
+    Unit {
+        answered: vec![false; svc.ready.len()],
+        svc,
+        state: State::Pending,
+        step: 0,
+        starts: 0,
+        kill_at: None,
+        readiness,
+        first_start: None,
+    }
 }
 
 /// A service output pipe to watch, returned when a service starts.
@@ -65,6 +115,7 @@ pub struct Supervisor<S: Spawner> {
     pub spawner: S,
     pub units: Vec<Unit>,
     stopping: bool,
+    next_probe: Option<Instant>,
 }
 
 pub fn backoff(step: u32) -> Duration {
@@ -75,20 +126,12 @@ pub fn backoff(step: u32) -> Duration {
 impl<S: Spawner> Supervisor<S> {
     /// `services` must already be in start order (see `services::order`).
     pub fn new(spawner: S, services: Vec<Service>) -> Self {
-        let units = services
-            .into_iter()
-            .map(|svc| Unit {
-                svc,
-                state: State::Pending,
-                step: 0,
-                starts: 0,
-                kill_at: None,
-            })
-            .collect();
+        let units = services.into_iter().map(unit).collect();
         Supervisor {
             spawner,
             units,
             stopping: false,
+            next_probe: None,
         }
     }
 
@@ -105,9 +148,16 @@ impl<S: Spawner> Supervisor<S> {
     fn start(&mut self, i: usize, now: Instant, out: &mut Vec<Started>) {
         let unit = &mut self.units[i];
         unit.starts += 1;
+        unit.first_start.get_or_insert(now);
+        if unit.readiness == Readiness::Waiting {
+            self.next_probe = Some(now);
+        }
         match self.spawner.spawn(&unit.svc) {
             Ok(sp) => {
                 crate::debug!("service {} started, pid {}", unit.svc.name, sp.pid);
+                if unit.starts == 1 {
+                    crate::trace::mark(&format!("service {} start", unit.svc.name));
+                }
                 unit.state = State::Running {
                     pid: sp.pid,
                     since: now,
@@ -135,13 +185,7 @@ impl<S: Spawner> Supervisor<S> {
 
     /// Adds a service after the others (started by the next `start_pending`).
     pub fn add(&mut self, svc: Service) {
-        self.units.push(Unit {
-            svc,
-            state: State::Pending,
-            step: 0,
-            starts: 0,
-            kill_at: None,
-        });
+        self.units.push(unit(svc));
     }
 
     /// Starts every pending service whose dependencies are met (one pass suffices: the units
@@ -170,6 +214,68 @@ impl<S: Spawner> Supervisor<S> {
     /// True once no service waits for its first start.
     pub fn all_started(&self) -> bool {
         self.units.iter().all(|u| u.state != State::Pending)
+    }
+
+    /// True once no service's readiness is still awaited (each is ready, not required, or
+    /// given up on).
+    pub fn all_ready(&self) -> bool {
+        self.units.iter().all(|u| u.readiness != Readiness::Waiting)
+    }
+
+    /// Tries the `ready` checks of running services that wait for them, when a probe is due;
+    /// gives up on those past their `ready-timeout`. Returns what changed.
+    pub fn check_ready(&mut self, now: Instant) -> Vec<ReadyEvent> {
+        let mut out = Vec::new();
+        if self.stopping || self.next_probe.is_none_or(|t| now < t) {
+            return out;
+        }
+        let mut waiting = false;
+        for u in &mut self.units {
+            if u.readiness != Readiness::Waiting {
+                continue;
+            }
+            let Some(first) = u.first_start else {
+                // Not started yet (its dependencies): the timeout runs from its start.
+                continue;
+            };
+            if matches!(u.state, State::Running { .. }) {
+                let several = u.svc.ready.len() > 1;
+                for (check, ok) in u.svc.ready.iter().zip(u.answered.iter_mut()) {
+                    if !*ok {
+                        *ok = self.spawner.probe(check);
+                        if *ok && several {
+                            // Which of them came last is what the trace must show.
+                            crate::trace::mark(&format!("service {} {check}", u.svc.name));
+                        }
+                    }
+                }
+            }
+            if u.answered.iter().all(|&a| a) {
+                u.readiness = Readiness::Ready;
+                crate::trace::mark(&format!("service {} ready", u.svc.name));
+                out.push(ReadyEvent::Ready {
+                    name: u.svc.name.clone(),
+                });
+            } else if now.saturating_duration_since(first) >= u.svc.ready_timeout {
+                u.readiness = Readiness::GaveUp;
+                let missing = u
+                    .svc
+                    .ready
+                    .iter()
+                    .zip(&u.answered)
+                    .filter(|(_, &a)| !a)
+                    .map(|(c, _)| c.to_string())
+                    .collect();
+                out.push(ReadyEvent::TimedOut {
+                    name: u.svc.name.clone(),
+                    missing,
+                });
+            } else {
+                waiting = true;
+            }
+        }
+        self.next_probe = waiting.then(|| now + PROBE_INTERVAL);
+        out
     }
 
     /// A child exited; returns false if it was not one of ours.
@@ -235,6 +341,7 @@ impl<S: Spawner> Supervisor<S> {
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
+        let probe = self.next_probe.filter(|_| !self.stopping);
         self.units
             .iter()
             .filter_map(|u| match u.state {
@@ -242,6 +349,7 @@ impl<S: Spawner> Supervisor<S> {
                 State::Running { .. } if self.stopping => u.kill_at,
                 _ => None,
             })
+            .chain(probe)
             .min()
     }
 
@@ -311,6 +419,9 @@ mod tests {
         spawned: Vec<(String, i32)>,
         signals: Vec<(i32, i32)>,
         fail: Vec<String>,
+        /// Checks that answer (as their Display text), and every probe made.
+        answering: Vec<String>,
+        probes: Vec<String>,
     }
 
     impl Spawner for Fake {
@@ -325,6 +436,11 @@ mod tests {
         }
         fn signal(&mut self, pid: i32, sig: i32) {
             self.signals.push((pid, sig));
+        }
+        fn probe(&mut self, check: &ReadyCheck) -> bool {
+            let c = check.to_string();
+            self.probes.push(c.clone());
+            self.answering.contains(&c)
         }
     }
 
@@ -494,5 +610,85 @@ mod tests {
         assert!(!s.all_started());
         assert_eq!(s.start_pending(t0, true).len(), 1);
         assert_eq!(names(&s.spawner), vec!["a", "shell"]);
+    }
+
+    #[test]
+    fn readiness_waits_for_every_check_then_reports_once() {
+        let t0 = Instant::now();
+        let mut s = Supervisor::new(
+            Fake::default(),
+            vec![
+                svc("plain", ""),
+                svc("eng", "ready = [\"unix:/run/e.sock\", \"tcp:2376\"]"),
+            ],
+        );
+        // Nothing to wait for before anything starts... but eng is required.
+        assert!(!s.all_ready());
+        assert_eq!(s.next_deadline(), None);
+        s.start_pending(t0, true);
+        assert_eq!(s.next_deadline(), Some(t0));
+        assert!(s.check_ready(t0).is_empty());
+        assert_eq!(s.spawner.probes, vec!["unix:/run/e.sock", "tcp:2376"]);
+        // Not before the next probe is due.
+        assert_eq!(s.next_deadline(), Some(t0 + PROBE_INTERVAL));
+        assert!(s.check_ready(t0 + PROBE_INTERVAL / 2).is_empty());
+        assert_eq!(s.spawner.probes.len(), 2);
+        // The socket answers first; it is not asked again.
+        s.spawner.answering.push("unix:/run/e.sock".into());
+        let t1 = t0 + PROBE_INTERVAL;
+        assert!(s.check_ready(t1).is_empty());
+        s.spawner.answering.push("tcp:2376".into());
+        let t2 = t1 + PROBE_INTERVAL;
+        assert_eq!(
+            s.check_ready(t2),
+            vec![ReadyEvent::Ready { name: "eng".into() }]
+        );
+        assert_eq!(
+            s.spawner.probes,
+            vec![
+                "unix:/run/e.sock",
+                "tcp:2376",
+                "unix:/run/e.sock",
+                "tcp:2376",
+                "tcp:2376"
+            ]
+        );
+        assert!(s.all_ready());
+        assert_eq!(s.units[1].readiness, Readiness::Ready);
+        assert_eq!(s.units[0].readiness, Readiness::NotRequired);
+        // No more probes, no more deadlines.
+        assert_eq!(s.next_deadline(), None);
+        assert!(s.check_ready(t2 + Duration::from_secs(1)).is_empty());
+        assert_eq!(s.spawner.probes.len(), 5);
+    }
+
+    #[test]
+    fn readiness_gives_up_at_its_timeout_and_does_not_probe_a_service_in_backoff() {
+        let t0 = Instant::now();
+        let mut s = Supervisor::new(
+            Fake::default(),
+            vec![svc(
+                "eng",
+                "ready = [\"tcp:1\", \"tcp:2\"]\nready-timeout = 2",
+            )],
+        );
+        s.spawner.answering.push("tcp:1".into());
+        s.start_pending(t0, true);
+        assert!(s.check_ready(t0).is_empty());
+        let pid = s.spawner.spawned[0].1;
+        s.on_exit(pid, ExitStatus::Exited(1), t0);
+        let probes = s.spawner.probes.len();
+        assert!(s.check_ready(t0 + PROBE_INTERVAL).is_empty());
+        assert_eq!(s.spawner.probes.len(), probes, "probed while in backoff");
+        let t = t0 + Duration::from_secs(2);
+        assert_eq!(
+            s.check_ready(t),
+            vec![ReadyEvent::TimedOut {
+                name: "eng".into(),
+                missing: vec!["tcp:2".into()]
+            }]
+        );
+        assert_eq!(s.units[0].readiness, Readiness::GaveUp);
+        assert!(s.all_ready());
     }
 }
