@@ -67,11 +67,16 @@ impl Filters {
         Ok(Filters(out))
     }
 
-    fn check(&self, known: &[&str]) -> ApiResult<()> {
+    pub(crate) fn check(&self, known: &[&str]) -> ApiResult<()> {
         match self.0.keys().find(|k| !known.contains(&k.as_str())) {
             Some(k) => Err(ApiError::bad_request(format!("invalid filter '{k}'"))),
             None => Ok(()),
         }
+    }
+
+    /// The values given for `name`, if it is filtered.
+    pub fn get(&self, name: &str) -> Option<&[String]> {
+        self.0.get(name).map(Vec::as_slice)
     }
 
     pub fn has(&self, name: &str) -> bool {
@@ -79,7 +84,7 @@ impl Filters {
     }
 
     /// True when `name` is not filtered, or when any of its values satisfies `accept`.
-    fn any(&self, name: &str, accept: impl Fn(&str) -> bool) -> bool {
+    pub(crate) fn any(&self, name: &str, accept: impl Fn(&str) -> bool) -> bool {
         self.0
             .get(name)
             .is_none_or(|values| values.iter().any(|v| accept(v)))
@@ -197,7 +202,7 @@ impl Filters {
 
 /// Docker's name filter is a regular expression; this honours its common subset: a
 /// substring, anchored by a leading `^` and/or a trailing `$`.
-fn name_matches(pattern: &str, name: &str) -> bool {
+pub(crate) fn name_matches(pattern: &str, name: &str) -> bool {
     let (start, rest) = match pattern.strip_prefix('^') {
         Some(r) => (true, r),
         None => (false, pattern),
@@ -215,7 +220,7 @@ fn name_matches(pattern: &str, name: &str) -> bool {
 }
 
 /// `key` (present) or `key=value` (equal).
-fn label_matches(filter: &str, labels: &BTreeMap<String, String>) -> bool {
+pub(crate) fn label_matches(filter: &str, labels: &BTreeMap<String, String>) -> bool {
     match filter.split_once('=') {
         Some((k, v)) => labels.get(k).is_some_and(|have| have == v),
         None => labels.contains_key(filter),

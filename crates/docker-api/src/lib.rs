@@ -14,6 +14,7 @@
 pub mod backend;
 pub mod error;
 pub mod filters;
+pub mod networks;
 pub mod route;
 pub mod server;
 pub mod stdcopy;

@@ -24,6 +24,7 @@ pub enum Route {
     ExecStart(String),
     ExecInspect(String),
     ExecResize(String),
+    Network(crate::networks::NetworkOp),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +96,8 @@ pub fn route(method: &Method, raw_path: &str) -> Result<Routed, ApiError> {
                 image_route(method, rest).ok_or_else(not_found)?
             } else if let Some(rest) = path.strip_prefix("/containers/") {
                 container_route(method, rest).ok_or_else(not_found)?
+            } else if let Some(rest) = path.strip_prefix("/networks") {
+                Route::Network(crate::networks::route(method, rest).ok_or_else(not_found)?)
             } else if let Some(rest) = path.strip_prefix("/exec/") {
                 let (id, op) = rest.split_once('/').ok_or_else(not_found)?;
                 let id = id.to_string();

@@ -61,7 +61,7 @@ impl HttpBody for Body {
     }
 }
 
-type Resp = Response<Body>;
+pub(crate) type Resp = Response<Body>;
 
 fn base(status: StatusCode) -> http::response::Builder {
     Response::builder()
@@ -72,7 +72,7 @@ fn base(status: StatusCode) -> http::response::Builder {
         .header(header::SERVER, "Docker/axion-engine (linux)")
 }
 
-fn json<T: Serialize>(status: StatusCode, v: &T) -> Resp {
+pub(crate) fn json<T: Serialize>(status: StatusCode, v: &T) -> Resp {
     let body = serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec());
     base(status)
         .header(header::CONTENT_TYPE, "application/json")
@@ -80,7 +80,7 @@ fn json<T: Serialize>(status: StatusCode, v: &T) -> Resp {
         .expect("static response parts")
 }
 
-fn empty(status: StatusCode) -> Resp {
+pub(crate) fn empty(status: StatusCode) -> Resp {
     base(status)
         .body(Body::Full(None))
         .expect("static response parts")
@@ -133,7 +133,9 @@ async fn read_body(body: Incoming, limit: usize) -> ApiResult<Bytes> {
     }
 }
 
-async fn read_json<T: serde::de::DeserializeOwned + Default>(body: Incoming) -> ApiResult<T> {
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned + Default>(
+    body: Incoming,
+) -> ApiResult<T> {
     let b = read_body(body, MAX_JSON_BODY).await?;
     if b.iter().all(|c| c.is_ascii_whitespace()) {
         return Ok(T::default());
@@ -307,6 +309,7 @@ async fn dispatch<B: Backend>(b: Arc<B>, req: Request<Incoming>) -> ApiResult<Re
             empty(StatusCode::OK)
         }
         Route::Container(id, op) => container(b, req, q, id, op).await?,
+        Route::Network(op) => crate::networks::dispatch_networks(b, req, op).await?,
     })
 }
 
