@@ -19,6 +19,7 @@ mod images;
 mod logs;
 mod net;
 mod netproxy;
+mod networks;
 mod runtime;
 mod vmd_agent;
 /// Safe layer unpacking lives in crates/layer-unpack (the host daemon uses it too).

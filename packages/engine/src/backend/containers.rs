@@ -65,7 +65,9 @@ impl Engine {
                 (c.dir.join("resolv.conf"), "/etc/resolv.conf".into()),
             ],
             hostname: r.config.hostname.clone(),
-            new_netns: r.host_config.network_mode != "host",
+            new_netns: r.host_config.network_mode != "host"
+                && !r.host_config.network_mode.starts_with("container:"),
+            join_netns: self.join_netns(&r.host_config.network_mode)?,
             volatile: self.volatile_layers,
             trace: Trace::enabled(),
             process: Process {
@@ -121,6 +123,7 @@ impl Engine {
             }
             _ => None,
         };
+        let plan = self.net_plan(c, &r, attach.as_ref().map(|(_, ep)| ep.ip))?;
         let spec_path = c.dir.join("spec.json");
         std::fs::write(&spec_path, serde_json::to_vec(&spec).unwrap_or_default())
             .map_err(internal("writing spec"))?;
@@ -137,7 +140,7 @@ impl Engine {
             }
         };
         let cgc = cg.clone();
-        let (id, att, tr) = (r.id.clone(), attach.clone(), trace.clone());
+        let (id, att, tr, plan2) = (r.id.clone(), attach.clone(), trace.clone(), plan.clone());
         let rt = self.runtime.clone();
         let spawned = tokio::task::spawn_blocking(move || {
             tr.mark("blocking task runs");
@@ -156,6 +159,11 @@ impl Engine {
                     ));
                 }
                 tr.mark("network attached");
+            }
+            if let Err(e) = plan2.wire(&*rt, s.pid()) {
+                s.cancel();
+                let e = runtime::SpawnError::Start(format!("network setup: {e}"));
+                return Ok((s, Err(e)));
             }
             let res = s.release().and_then(|()| s.take_console());
             tr.mark("released: the container exec'd (or failed)");
@@ -209,6 +217,7 @@ impl Engine {
             rec.endpoint = attach.map(|(_, ep)| ep);
         }
         c.save();
+        self.net_started(&r.id, &plan);
         c.events.send_modify(|e| e.running = true);
         trace.mark("running, state saved");
         // Output → log file + attach subscribers.
@@ -273,6 +282,7 @@ impl Engine {
 
     async fn on_exit(self: Arc<Self>, c: Arc<Container>, code: i64, started: i128, trace: &Trace) {
         let _ = c.output.send(None);
+        self.net_stopped(&c.snapshot().id);
         for p in c.proxies.lock().unwrap().drain(..) {
             p.abort();
         }
@@ -352,6 +362,7 @@ impl Engine {
         if let Ok((_, ipam)) = &self.bridge {
             ipam.release(&id);
         }
+        self.net_removed(&id);
         let (dir, data) = (c.dir.clone(), c.data.clone());
         let _ = tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_dir_all(&data);
@@ -596,11 +607,13 @@ impl Engine {
                             gateway: ns.gateway.clone(),
                             mac_address: ns.mac_address.clone(),
                             ip_prefix_len: ns.ip_prefix_len,
-                            network_id: "bridge".into(),
+                            network_id: self.nets.store.predefined_id("bridge"),
                             endpoint_id: r.id.clone(),
+                            ..Default::default()
                         },
                     );
                 }
+                ns.networks.extend(self.user_endpoint_settings(&r));
                 ns
             },
             log_path: c.log_path().display().to_string(),
@@ -741,12 +754,6 @@ impl ContainerBackend for Engine {
         if hc.network_mode.is_empty() || hc.network_mode == "default" {
             hc.network_mode = "bridge".into();
         }
-        if !matches!(hc.network_mode.as_str(), "bridge" | "host" | "none") {
-            return Err(ApiError::not_found(format!(
-                "network {} not found (networks: bridge, host, none)",
-                hc.network_mode
-            )));
-        }
         if !matches!(
             hc.restart_policy.name.as_str(),
             "" | "no" | "always" | "unless-stopped" | "on-failure"
@@ -764,6 +771,7 @@ impl ContainerBackend for Engine {
         confinement(&hc).map_err(ApiError::bad_request)?;
         trace.mark("confinement (seccomp compiled)");
         let (binds, mounts) = self.parse_binds(&hc.binds.clone().unwrap_or_default())?;
+        self.create_endpoints(&id, &hc, &req.networking_config)?;
         let (dir, data) = self.container_dirs(&id);
         self.make_dirs(&dir, &data, &cfg.hostname, &hc.network_mode)
             .map_err(internal("creating container directory"))?;

@@ -7,6 +7,7 @@ mod archive;
 mod containers;
 mod exec;
 mod images;
+mod networks;
 mod system;
 #[cfg(test)]
 mod tests;
@@ -25,7 +26,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use tokio::sync::mpsc;
 
@@ -48,6 +49,8 @@ pub struct Engine {
     bridge: Result<(net::Bridge, net::Ipam), String>,
     /// What needs privilege: shims, cgroups, network attach, signals.
     runtime: Arc<dyn Runtime>,
+    /// User-defined networks and the embedded DNS.
+    nets: networks::NetState,
 }
 
 fn random_id() -> String {
@@ -192,7 +195,8 @@ impl Engine {
         };
         let exec_root = args.exec_root.clone().unwrap_or_else(|| root.clone());
         std::fs::create_dir_all(exec_root.join("containers"))?;
-        Ok(Engine {
+        let nets = networks::NetState::open(&root, bridge.as_ref().ok().map(|b| &b.0), &*runtime);
+        let engine = Engine {
             root,
             exec_root,
             volatile_layers: args.volatile_layers,
@@ -204,7 +208,10 @@ impl Engine {
             shutting_down: false.into(),
             bridge,
             runtime,
-        })
+            nets,
+        };
+        engine.networks_up();
+        Ok(engine)
     }
 
     /// Starts one shim in advance for the next container (see [`runtime::Prespawned`]).
@@ -270,9 +277,11 @@ impl Engine {
                 self.containers.lock().unwrap().insert(rec.id.clone(), c);
             }
         }
+        let live = self.containers.lock().unwrap().keys().cloned().collect();
         if let Ok((_, ipam)) = &self.bridge {
-            ipam.retain(&self.containers.lock().unwrap().keys().cloned().collect());
+            ipam.retain(&live);
         }
+        self.nets.store.retain(&live);
         for id in to_start {
             if let Err(e) = self.container_start(&id).await {
                 eprintln!("engine: restarting {id} on boot: {}", e.message);

@@ -3,7 +3,7 @@
 use super::*;
 use crate::cgroup;
 use crate::containers::{Record, Status};
-use docker_api::{EventBackend, NetworkBackend, SystemBackend, VolumeBackend};
+use docker_api::{EventBackend, SystemBackend, VolumeBackend};
 
 impl SystemBackend for Engine {
     async fn version(&self) -> ApiResult<Version> {
@@ -114,5 +114,4 @@ impl SystemBackend for Engine {
 }
 
 impl VolumeBackend for Engine {}
-impl NetworkBackend for Engine {}
 impl EventBackend for Engine {}

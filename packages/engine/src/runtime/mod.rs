@@ -46,6 +46,9 @@ pub struct RunSpec {
     pub etc_files: Vec<(PathBuf, String)>,
     pub hostname: String,
     pub new_netns: bool,
+    /// `--network container:ID`: join this network namespace (`/proc/PID/ns/net`).
+    #[serde(default)]
+    pub join_netns: Option<PathBuf>,
     /// Mount the overlay `volatile` (the engine's `--volatile-layers`).
     #[serde(default)]
     pub volatile: bool,

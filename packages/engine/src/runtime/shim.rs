@@ -177,6 +177,20 @@ fn run(spec: RunSpec) -> i32 {
     if spec.new_netns {
         flags |= CloneFlags::CLONE_NEWNET;
     }
+    if let Some(p) = &spec.join_netns {
+        let joined = std::fs::File::open(p)
+            .map_err(|e| e.to_string())
+            .and_then(|f| {
+                nix::sched::setns(f, CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())
+            });
+        if let Err(e) = joined {
+            report(&format!(
+                "error joining the network namespace {}: {e}\n",
+                p.display()
+            ));
+            return 125;
+        }
+    }
     if let Err(e) = unshare(flags) {
         report(&format!("error creating namespaces: {e}\n"));
         return 125;
