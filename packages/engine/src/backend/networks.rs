@@ -291,9 +291,9 @@ impl Engine {
         }
         let attached = self.nets.store.of_container(&r.id);
         let mut ifaces = Vec::new();
-        let mut idx = usize::from(bridge_ip.is_some());
         let mut has_route = bridge_ip.is_some();
-        for (n, a) in &attached {
+        let first = usize::from(bridge_ip.is_some());
+        for (idx, (n, a)) in (first..).zip(attached.iter()) {
             let route = !n.internal && !has_route;
             has_route |= route;
             ifaces.push((
@@ -304,7 +304,6 @@ impl Engine {
                 route,
                 n.id.clone(),
             ));
-            idx += 1;
         }
         let dns = !attached.is_empty();
         let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
@@ -890,5 +889,213 @@ impl Engine {
             )));
         }
         Ok(Some(PathBuf::from(format!("/proc/{}/ns/net", r.pid))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::fake::{Call, Fake};
+    use clap::Parser;
+    use docker_api::ContainerBackend;
+    use sha2::Digest;
+
+    async fn engine_on(root: &Path, rt: &Arc<Fake>) -> Arc<Engine> {
+        let args = Args::parse_from([
+            "engine".as_ref(),
+            "--data-root".as_ref(),
+            root.as_os_str(),
+            "--bridge".as_ref(),
+            "none".as_ref(),
+        ]);
+        let e = Arc::new(Engine::with_runtime(&args, rt.clone()).unwrap());
+        let diff_id = format!("sha256:{}", "ab".repeat(32));
+        let config = serde_json::json!({
+            "architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"]},
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        })
+        .to_string();
+        let id = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&config)));
+        std::fs::write(e.images.blob_path(&id), &config).unwrap();
+        std::fs::create_dir_all(e.images.layer_path(&diff_id)).unwrap();
+        e.images.tag(&id, "busybox:latest").unwrap();
+        e.clone().restore().await;
+        e
+    }
+
+    async fn net(e: &Engine, name: &str, subnet: &str) -> String {
+        let ipam = (!subnet.is_empty()).then(|| Ipam {
+            config: Some(vec![IpamConfig {
+                subnet: subnet.into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        e.network_create(NetworkCreateRequest {
+            name: name.into(),
+            ipam,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .id
+    }
+
+    async fn run_on(e: &Engine, name: &str, v: serde_json::Value) -> String {
+        let mut v = v;
+        v["Image"] = "busybox".into();
+        let req: ContainerCreateRequest = serde_json::from_value(v).unwrap();
+        let id = e.container_create(Some(name.into()), req).await.unwrap().id;
+        e.container_start(&id).await.unwrap();
+        id
+    }
+
+    fn net_calls(rt: &Fake) -> Vec<String> {
+        rt.calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::Net(s) => Some(s),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn endpoints_dns_names_connect_and_remove() {
+        let d = tempfile::tempdir().unwrap();
+        let rt = Arc::new(Fake::default());
+        let e = engine_on(d.path(), &rt).await;
+        let n1 = net(&e, "n1", "10.9.0.0/24").await;
+        let n2 = net(&e, "n2", "").await;
+        let db = run_on(
+            &e,
+            "db",
+            serde_json::json!({"HostConfig": {"NetworkMode": "n1"},
+                "NetworkingConfig": {"EndpointsConfig": {"n1": {"Aliases": ["database"],
+                    "IPAMConfig": {"IPv4Address": "10.9.0.9"}}}}}),
+        )
+        .await;
+        let calls = net_calls(&rt);
+        assert!(
+            calls
+                .iter()
+                .any(|c| c.ends_with("eth0 10.9.0.9 pid 1000 route=true")
+                    || (c.contains("eth0 10.9.0.9") && c.contains("route=true"))),
+            "{calls:?}"
+        );
+        let resolv = std::fs::read_to_string(e.find(&db).unwrap().dir.join("resolv.conf")).unwrap();
+        assert!(resolv.contains("nameserver 127.0.0.11"), "{resolv}");
+        let ins = e.container_inspect("db").await.unwrap();
+        let ep = &ins.network_settings.networks["n1"];
+        assert_eq!(ep.ip_address, "10.9.0.9");
+        assert_eq!(ep.gateway, "10.9.0.1");
+        assert_eq!(ep.network_id, n1);
+        assert_eq!(ep.aliases, Some(vec!["database".to_string()]));
+        assert_eq!(
+            ep.dns_names,
+            Some(vec!["db".into(), "database".into(), db[..12].to_string()])
+        );
+        assert_eq!(
+            ep.ipam_config.as_ref().unwrap().ipv4_address,
+            "10.9.0.9",
+            "the asked-for address is echoed"
+        );
+        let app = run_on(
+            &e,
+            "app",
+            serde_json::json!({"HostConfig": {"NetworkMode": "n1"}}),
+        )
+        .await;
+        let other = run_on(
+            &e,
+            "other",
+            serde_json::json!({"HostConfig": {"NetworkMode": "n2"}}),
+        )
+        .await;
+        let ip = |v: &str| Some(vec![v.parse::<Ipv4Addr>().unwrap()]);
+        assert_eq!(e.dns_lookup(&app, "db"), ip("10.9.0.9"));
+        assert_eq!(e.dns_lookup(&app, "database"), ip("10.9.0.9"));
+        assert_eq!(e.dns_lookup(&app, &db[..12]), ip("10.9.0.9"));
+        assert_eq!(e.dns_lookup(&other, "db"), None, "n2 does not see n1");
+        assert_eq!(e.dns_lookup(&app, "nope"), None);
+        let inspect = e.network_inspect("n1").await.unwrap();
+        assert_eq!(inspect.containers.len(), 2);
+        assert_eq!(inspect.containers[&db].ipv4_address, "10.9.0.9/24");
+
+        // Connect a running container: its next interface, then its names on n2.
+        e.network_connect(
+            "n2",
+            NetworkConnectRequest {
+                container: "app".into(),
+                endpoint_config: Some(EndpointSettings {
+                    aliases: Some(vec!["api".into()]),
+                    ..Default::default()
+                }),
+            },
+        )
+        .await
+        .unwrap();
+        assert!(
+            net_calls(&rt).iter().any(|c| c.contains(" eth1 172.17.0.")),
+            "{:?}",
+            net_calls(&rt)
+        );
+        assert!(e.dns_lookup(&other, "api").is_some());
+        let err = e.network_remove("n2").await.unwrap_err();
+        assert_eq!(err.status, http::StatusCode::FORBIDDEN);
+        assert!(err.message.contains("active endpoints"), "{}", err.message);
+        let err = e.network_remove("bridge").await.unwrap_err();
+        assert_eq!(err.status, http::StatusCode::FORBIDDEN);
+        e.network_disconnect(
+            &n2,
+            NetworkDisconnectRequest {
+                container: app.clone(),
+                force: false,
+            },
+        )
+        .await
+        .unwrap();
+        let veth = net::user_veth(&app, &n2);
+        assert!(net_calls(&rt).contains(&format!("detach {veth}")));
+        assert_eq!(e.dns_lookup(&other, "api"), None);
+
+        // Refused at create: an unknown network, --ip on an automatic subnet, aliases on bridge.
+        for (v, status) in [
+            (
+                serde_json::json!({"HostConfig": {"NetworkMode": "nope"}}),
+                404,
+            ),
+            (
+                serde_json::json!({"HostConfig": {"NetworkMode": "n2"}, "NetworkingConfig":
+                    {"EndpointsConfig": {"n2": {"IPAMConfig": {"IPv4Address": "172.18.0.99"}}}}}),
+                400,
+            ),
+            (
+                serde_json::json!({"HostConfig": {"NetworkMode": "bridge"}, "NetworkingConfig":
+                    {"EndpointsConfig": {"bridge": {"Aliases": ["x"]}}}}),
+                400,
+            ),
+        ] {
+            let mut v = v;
+            v["Image"] = "busybox".into();
+            let err = e
+                .container_create(None, serde_json::from_value(v).unwrap())
+                .await
+                .unwrap_err();
+            assert_eq!(err.status.as_u16(), status, "{}", err.message);
+        }
+
+        // Another engine on the same root: the same networks and endpoints.
+        drop(e);
+        let e = engine_on(d.path(), &rt).await;
+        let list = e.networks().await.unwrap();
+        let names: Vec<&str> = list.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["bridge", "host", "none", "n1", "n2"]);
+        assert_eq!(e.network_inspect("n1").await.unwrap().id, n1);
+        assert_eq!(
+            e.nets.store.of_container(&db)[0].1.ip,
+            Ipv4Addr::new(10, 9, 0, 9),
+            "db keeps its address"
+        );
     }
 }
