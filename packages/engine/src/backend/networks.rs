@@ -5,13 +5,16 @@
 
 use super::*;
 use crate::containers::Record;
-use crate::networks::{dns, Attachment, Cidr, CreateSpec, Found, NetError, Networks, UserNet};
+use crate::networks::{
+    dns, Attachment, Cidr, CreateSpec, EndpointReq, Found, NetError, Networks, UserNet,
+};
 use crate::runtime::host::IfaceAt;
 use docker_api::networks::{
     Ipam, IpamConfig, Network, NetworkConnectRequest, NetworkContainer, NetworkCreateRequest,
     NetworkCreateResponse, NetworkDisconnectRequest,
 };
 use docker_api::NetworkBackend;
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 /// The engine's network state: the store and each running container's DNS tasks.
@@ -208,12 +211,13 @@ impl Engine {
                 }
             }
             _ => {
-                if hc.links.as_ref().is_some_and(|l| !l.is_empty()) {
-                    return Err(ApiError::bad_request(
-                        "--link is supported on the default bridge network only by this engine (on user networks, use aliases)",
-                    ));
+                // On a user network a legacy link is an endpoint link, as dockerd makes it.
+                let mut ep = eps.get(mode).cloned().unwrap_or_default();
+                if let Some(l) = hc.links.as_ref().filter(|l| !l.is_empty()) {
+                    ep.links
+                        .get_or_insert_with(Vec::new)
+                        .extend(l.iter().cloned());
                 }
-                let ep = eps.get(mode).cloned().unwrap_or_default();
                 wanted.push((mode.to_string(), ep));
                 for (name, ep) in &eps {
                     if name != mode {
@@ -264,11 +268,33 @@ impl Engine {
                     .map_err(|_| ApiError::bad_request(format!("invalid IPv4 address: {ip}")))?,
             ),
         };
-        let aliases = ep.aliases.clone().unwrap_or_default();
-        self.nets
-            .store
-            .connect(&n.id, cid, aliases, requested)
-            .map_err(net_err)?;
+        if ep
+            .ipam_config
+            .as_ref()
+            .is_some_and(|c| c.link_local_ips.as_ref().is_some_and(|l| !l.is_empty()))
+        {
+            return Err(ApiError::bad_request(
+                "link-local addresses (LinkLocalIPs) are not supported by this engine",
+            ));
+        }
+        let links = ep
+            .links
+            .clone()
+            .unwrap_or_default()
+            .iter()
+            .map(|l| {
+                let (n, a) = parse_link(l);
+                format!("{n}:{a}")
+            })
+            .collect();
+        let req = EndpointReq {
+            aliases: ep.aliases.clone().unwrap_or_default(),
+            ip: requested,
+            mac: Some(ep.mac_address.clone()).filter(|m| !m.is_empty()),
+            links,
+            driver_opts: ep.driver_opts.clone().unwrap_or_default(),
+        };
+        self.nets.store.connect(&n.id, cid, req).map_err(net_err)?;
         Ok(n.id)
     }
 
@@ -417,12 +443,21 @@ impl Engine {
             .collect();
         let mut ips = Vec::new();
         for n in self.nets.store.all() {
-            if !n.endpoints.contains_key(asker) {
+            let Some(mine) = n.endpoints.get(asker) else {
                 continue;
-            }
+            };
+            // The asker's own links: ALIAS (or NAME) names the linked container.
+            let linked: Vec<&str> = mine
+                .links
+                .iter()
+                .filter_map(|l| l.split_once(':'))
+                .filter(|(t, a)| a.eq_ignore_ascii_case(name) || t.eq_ignore_ascii_case(name))
+                .map(|(t, _)| t)
+                .collect();
             for (cid, a) in &n.endpoints {
                 let Some(r) = recs.get(cid) else { continue };
-                let hit = r.name.eq_ignore_ascii_case(name)
+                let hit = linked.iter().any(|t| r.name.eq_ignore_ascii_case(t))
+                    || r.name.eq_ignore_ascii_case(name)
                     || cid.get(..12) == Some(name)
                     || a.aliases.iter().any(|al| al.eq_ignore_ascii_case(name));
                 if hit && !ips.contains(&a.ip) {
@@ -450,6 +485,8 @@ impl Engine {
                         ..Default::default()
                     }),
                     aliases: Some(a.aliases.clone()),
+                    links: Some(a.links.clone()).filter(|l| !l.is_empty()),
+                    driver_opts: Some(a.driver_opts.clone()).filter(|o| !o.is_empty()),
                     network_id: n.id.clone(),
                     endpoint_id: if running {
                         a.endpoint_id.clone()
@@ -467,7 +504,8 @@ impl Engine {
                         String::new()
                     },
                     ip_prefix_len: if running { n.subnet.prefix as i64 } else { 0 },
-                    mac_address: if running {
+                    // A MAC the client chose shows before the start too, as in dockerd.
+                    mac_address: if running || a.mac != net::mac_for(a.ip) {
                         a.mac.clone()
                     } else {
                         String::new()
@@ -553,12 +591,18 @@ impl Engine {
             enable_ipv6: false,
             ipam: Ipam {
                 driver: u.ipam_driver.clone(),
-                options: Some(u.ipam_options.clone()),
+                options: Some(u.ipam_options.clone()).filter(|o| !o.is_empty()),
                 config: Some(vec![IpamConfig {
                     subnet: u.subnet.to_string(),
                     ip_range: u.ip_range.map(|r| r.to_string()).unwrap_or_default(),
                     gateway: u.gateway.to_string(),
-                    auxiliary_addresses: None,
+                    auxiliary_addresses: Some(
+                        u.aux
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.to_string()))
+                            .collect::<BTreeMap<String, String>>(),
+                    )
+                    .filter(|a| !a.is_empty()),
                 }]),
             },
             internal: u.internal,
@@ -719,13 +763,11 @@ impl NetworkBackend for Engine {
             ..Default::default()
         };
         if let Some(c) = configs.first() {
-            if c.auxiliary_addresses
-                .as_ref()
-                .is_some_and(|a| !a.is_empty())
-            {
-                return Err(ApiError::bad_request(
-                    "IPAM AuxiliaryAddresses are not supported by this engine",
-                ));
+            for (k, v) in c.auxiliary_addresses.clone().unwrap_or_default() {
+                let ip = v.parse::<Ipv4Addr>().map_err(|_| {
+                    ApiError::bad_request(format!("invalid auxiliary address {k}={v}"))
+                })?;
+                spec.aux.insert(k, ip);
             }
             spec.subnet = parse_cidr("subnet", &c.subnet)?;
             spec.ip_range = parse_cidr("ip-range", &c.ip_range)?;

@@ -77,6 +77,22 @@ pub struct Attachment {
     /// The interface inside the container while it runs (eth1, …).
     #[serde(default)]
     pub ifname: Option<String>,
+    /// Endpoint links `NAME:ALIAS`: ALIAS resolves to NAME for this container only.
+    #[serde(default)]
+    pub links: Vec<String>,
+    /// Endpoint driver options, kept as given (the bridge driver has none of its own).
+    #[serde(default)]
+    pub driver_opts: BTreeMap<String, String>,
+}
+
+/// What a container asks of its endpoint on one network.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointReq {
+    pub aliases: Vec<String>,
+    pub ip: Option<Ipv4Addr>,
+    pub mac: Option<String>,
+    pub links: Vec<String>,
+    pub driver_opts: BTreeMap<String, String>,
 }
 
 /// A user-defined network, as stored.
@@ -93,6 +109,9 @@ pub struct UserNet {
     pub subnet: Cidr,
     pub gateway: Ipv4Addr,
     pub ip_range: Option<Cidr>,
+    /// IPAM AuxiliaryAddresses: reserved, never handed to a container.
+    #[serde(default)]
+    pub aux: BTreeMap<String, Ipv4Addr>,
     /// Whether the client gave the subnet (then `--ip` is allowed, as in dockerd).
     pub user_subnet: bool,
     pub ipam_driver: String,
@@ -119,9 +138,12 @@ impl UserNet {
         let last = u32::from(range.broadcast()).min(u32::from(self.subnet.broadcast()) - 1);
         let used: std::collections::HashSet<Ipv4Addr> =
             self.endpoints.values().map(|a| a.ip).collect();
-        (first..=last)
-            .map(Ipv4Addr::from)
-            .find(|ip| *ip != self.gateway && !used.contains(ip) && !exclude.contains(ip))
+        (first..=last).map(Ipv4Addr::from).find(|ip| {
+            *ip != self.gateway
+                && !used.contains(ip)
+                && !exclude.contains(ip)
+                && !self.aux.values().any(|a| a == ip)
+        })
     }
 }
 
@@ -134,6 +156,7 @@ pub struct CreateSpec {
     pub subnet: Option<Cidr>,
     pub gateway: Option<Ipv4Addr>,
     pub ip_range: Option<Cidr>,
+    pub aux: BTreeMap<String, Ipv4Addr>,
     pub ipam_driver: String,
     pub ipam_options: BTreeMap<String, String>,
     pub options: BTreeMap<String, String>,
@@ -369,6 +392,13 @@ impl Networks {
             }
             None => Ipv4Addr::from(u32::from(subnet.network()) + 1),
         };
+        for (k, a) in &spec.aux {
+            if !subnet.contains(*a) || *a == gateway {
+                return Err(NetError::Invalid(format!(
+                    "invalid auxiliary address {k}={a}: it must be in the subnet {subnet} and not the gateway"
+                )));
+            }
+        }
         let id = random_hex();
         let options = spec.options.clone();
         let bridge = match options.get("com.docker.network.bridge.name") {
@@ -423,6 +453,7 @@ impl Networks {
             subnet,
             gateway,
             ip_range: spec.ip_range,
+            aux: spec.aux,
             user_subnet: spec.subnet.is_some(),
             ipam_driver: if spec.ipam_driver.is_empty() {
                 "default".into()
@@ -463,9 +494,9 @@ impl Networks {
         &self,
         net_id: &str,
         cid: &str,
-        aliases: Vec<String>,
-        requested: Option<Ipv4Addr>,
+        req: EndpointReq,
     ) -> Result<Attachment, NetError> {
+        let requested = req.ip;
         let mut s = self.lock();
         let order = s.next_order;
         let n = s
@@ -497,7 +528,7 @@ impl Networks {
                         n.subnet, n.name
                     )));
                 }
-                if n.endpoints.values().any(|a| a.ip == ip) {
+                if n.endpoints.values().any(|a| a.ip == ip) || n.aux.values().any(|a| *a == ip) {
                     return Err(NetError::Forbidden(format!(
                         "Address already in use: {ip} on network {}",
                         n.name
@@ -509,14 +540,28 @@ impl Networks {
                 NetError::Forbidden(format!("no available IPv4 addresses on network {}", n.name))
             })?,
         };
+        let mac = match req.mac {
+            Some(m) => {
+                let ok = m.split(':').count() == 6
+                    && m.split(':')
+                        .all(|h| h.len() == 2 && u8::from_str_radix(h, 16).is_ok());
+                if !ok {
+                    return Err(NetError::Invalid(format!("invalid MAC address {m}")));
+                }
+                m.to_ascii_lowercase()
+            }
+            None => crate::net::mac_for(ip),
+        };
         let a = Attachment {
             endpoint_id: random_hex(),
-            aliases,
+            aliases: req.aliases,
             requested,
             ip,
-            mac: crate::net::mac_for(ip),
+            mac,
             order,
             ifname: None,
+            links: req.links,
+            driver_opts: req.driver_opts,
         };
         n.endpoints.insert(cid.to_string(), a.clone());
         s.next_order += 1;
@@ -654,33 +699,73 @@ mod tests {
         sp.ip_range = Cidr::parse("10.5.1.0/30");
         let n = s.create(sp).unwrap();
         assert_eq!(n.gateway, Ipv4Addr::new(10, 5, 0, 254));
-        let a = s.connect(&n.id, "c1", vec!["web".into()], None).unwrap();
-        let b = s.connect(&n.id, "c2", vec![], None).unwrap();
+        let a = s
+            .connect(
+                &n.id,
+                "c1",
+                EndpointReq {
+                    aliases: vec!["web".into()],
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let b = s.connect(&n.id, "c2", EndpointReq::default()).unwrap();
         assert_eq!(a.ip, Ipv4Addr::new(10, 5, 1, 0));
         assert_eq!(b.ip, Ipv4Addr::new(10, 5, 1, 1));
         assert!(a.order < b.order);
         assert_eq!(a.mac, "02:42:0a:05:01:00");
         let fixed = s
-            .connect(&n.id, "c3", vec![], Some(Ipv4Addr::new(10, 5, 9, 9)))
+            .connect(
+                &n.id,
+                "c3",
+                EndpointReq {
+                    ip: Some(Ipv4Addr::new(10, 5, 9, 9)),
+                    ..Default::default()
+                },
+            )
             .unwrap();
         assert_eq!(fixed.ip, Ipv4Addr::new(10, 5, 9, 9));
         assert!(s
-            .connect(&n.id, "c4", vec![], Some(Ipv4Addr::new(10, 5, 9, 9)))
+            .connect(
+                &n.id,
+                "c4",
+                EndpointReq {
+                    ip: Some(Ipv4Addr::new(10, 5, 9, 9)),
+                    ..Default::default()
+                }
+            )
             .is_err());
         assert!(s
-            .connect(&n.id, "c4", vec![], Some(Ipv4Addr::new(10, 6, 0, 2)))
+            .connect(
+                &n.id,
+                "c4",
+                EndpointReq {
+                    ip: Some(Ipv4Addr::new(10, 6, 0, 2)),
+                    ..Default::default()
+                }
+            )
             .is_err());
-        assert!(s.connect(&n.id, "c1", vec![], None).is_err(), "twice");
+        assert!(
+            s.connect(&n.id, "c1", EndpointReq::default()).is_err(),
+            "twice"
+        );
         // Auto subnets refuse --ip, as dockerd.
         let auto = s.create(spec("auto")).unwrap();
         assert!(matches!(
-            s.connect(&auto.id, "c1", vec![], Some(Ipv4Addr::new(172, 18, 0, 9))),
+            s.connect(
+                &auto.id,
+                "c1",
+                EndpointReq {
+                    ip: Some(Ipv4Addr::new(172, 18, 0, 9)),
+                    ..Default::default()
+                }
+            ),
             Err(NetError::Invalid(_))
         ));
         // Released addresses are reused.
         s.disconnect(&n.id, "c1").unwrap();
         assert_eq!(
-            s.connect(&n.id, "c5", vec![], None).unwrap().ip,
+            s.connect(&n.id, "c5", EndpointReq::default()).unwrap().ip,
             Ipv4Addr::new(10, 5, 1, 0)
         );
         assert_eq!(
@@ -696,7 +781,15 @@ mod tests {
         let (id, bridge_id) = {
             let s = store(&d);
             let n = s.create(spec("keep")).unwrap();
-            s.connect(&n.id, "c1", vec!["x".into()], None).unwrap();
+            s.connect(
+                &n.id,
+                "c1",
+                EndpointReq {
+                    aliases: vec!["x".into()],
+                    ..Default::default()
+                },
+            )
+            .unwrap();
             (n.id, s.predefined_id("bridge"))
         };
         let s = store(&d);
