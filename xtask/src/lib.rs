@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod build;
 pub mod cache;
+pub mod compat;
 pub mod doctor;
 pub mod fetch;
 pub mod image;

@@ -157,6 +157,9 @@ enum Cmd {
         #[arg(long = "insecure-registry", value_name = "HOST[:PORT]|CIDR")]
         insecure_registries: Vec<String>,
     },
+    /// Run docker-py's integration suite against the engine in a booted image; a per-file
+    /// pass/fail table (docs/compat.md).
+    Compat(xtask::compat::Args),
     /// Remove build outputs (`out/`); `--cache` also empties the download and build cache.
     Clean {
         #[arg(long)]
@@ -308,6 +311,7 @@ fn run(cli: Cli) -> Result<()> {
                 insecure_registries,
             },
         ),
+        Cmd::Compat(args) => xtask::compat::compat(&layout, &args),
         Cmd::Clean { cache } => {
             let out = layout.root.join("out");
             if out.exists() {

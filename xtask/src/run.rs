@@ -546,6 +546,51 @@ fn ready_timeout() -> Duration {
 
 /// `cargo xtask run`.
 pub fn run(layout: &Layout, opts: &RunOptions) -> Result<()> {
+    let prepared = prepare(layout, opts)?;
+    if opts.detach {
+        let booted = detach(prepared)?;
+        for line in export_lines(
+            &booted.profile,
+            &booted.run,
+            booted.pid,
+            booted.ports,
+            booted.has_engine,
+        ) {
+            println!("{line}");
+        }
+        Ok(())
+    } else {
+        foreground(&prepared.run, prepared.config)
+    }
+}
+
+/// A VM that `run --detach` (or [`boot_detached`]) left running in the background.
+#[derive(Debug, Clone)]
+pub struct Booted {
+    pub profile: Profile,
+    pub run: RunDir,
+    pub pid: u32,
+    pub ports: Ports,
+    /// The image has the container engine (the Docker API is forwarded on `ports.docker`).
+    pub has_engine: bool,
+}
+
+/// Boots the profile's image in the background, as `cargo xtask run --detach` does, and
+/// returns once init's ready line is seen, without printing the export lines.
+pub fn boot_detached(layout: &Layout, opts: &RunOptions) -> Result<Booted> {
+    detach(prepare(layout, opts)?)
+}
+
+/// Everything a boot needs, ready to start QEMU.
+struct Prepared {
+    profile: Profile,
+    run: RunDir,
+    config: qemu::VmConfig,
+    ports: Ports,
+    has_engine: bool,
+}
+
+fn prepare(layout: &Layout, opts: &RunOptions) -> Result<Prepared> {
     crate::doctor::ensure(&[crate::doctor::Need::Run])?;
     let recipes = RecipeSet::load(&layout.recipes())?;
     let profile = profile::load_profile(&layout.root, &opts.profile, &recipes)?;
@@ -599,11 +644,13 @@ pub fn run(layout: &Layout, opts: &RunOptions) -> Result<()> {
     for (name, file) in first_boot_settings(&run, opts, has_engine)?.write(&run.first_boot())? {
         config = config.fw_cfg_file(name, file);
     }
-    if opts.detach {
-        detach(&profile, &run, config, ports, has_engine)
-    } else {
-        foreground(&run, config)
-    }
+    Ok(Prepared {
+        profile,
+        run,
+        config,
+        ports,
+        has_engine,
+    })
 }
 
 /// The settings this run hands the guest: see [`first_boot`].
@@ -654,13 +701,14 @@ fn foreground(run: &RunDir, config: qemu::VmConfig) -> Result<()> {
     Ok(())
 }
 
-fn detach(
-    profile: &Profile,
-    run: &RunDir,
-    config: qemu::VmConfig,
-    ports: Ports,
-    docker: bool,
-) -> Result<()> {
+fn detach(prepared: Prepared) -> Result<Booted> {
+    let Prepared {
+        profile,
+        run,
+        config,
+        ports,
+        has_engine,
+    } = prepared;
     let config = config.serial_file(run.serial_log());
     let mut vm = qemu::Vm::spawn(config)?;
     std::fs::write(run.pid_file(), vm.pid().to_string())
@@ -690,10 +738,13 @@ fn detach(
         ready.host.as_secs_f64(),
         profile.name()
     );
-    for line in export_lines(profile, run, pid, ports, docker) {
-        println!("{line}");
-    }
-    Ok(())
+    Ok(Booted {
+        profile,
+        run,
+        pid,
+        ports,
+        has_engine,
+    })
 }
 
 /// How long `stop` waits for the guest to power off before it ends QEMU.
