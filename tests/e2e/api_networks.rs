@@ -183,7 +183,8 @@ fn check() -> Result<()> {
     let registry = Registry::start()?;
     registry.push_busybox("busybox", "latest", Compression::Gzip)?;
     let reg = format!("10.0.2.2:{}", registry.port);
-    let (ssh_port, docker_port) = (qemu::free_port()?, qemu::free_port()?);
+    let (ssh_port, docker_port, web_port) =
+        (qemu::free_port()?, qemu::free_port()?, qemu::free_port()?);
     let (accel, _) = axion_tests::accel();
     let config = qemu::VmConfig::new()
         .accel(accel)
@@ -200,6 +201,7 @@ fn check() -> Result<()> {
             vec![
                 qemu::PortForward::tcp(ssh_port, 22),
                 qemu::PortForward::tcp(docker_port, 2376),
+                qemu::PortForward::tcp(web_port, 8080),
             ],
         );
     let (vm, _ready) = boot_ready(config)?;
@@ -599,6 +601,103 @@ fn check() -> Result<()> {
         !String::from_utf8_lossy(&links.stdout).contains("br-"),
         "bridges left: {}",
         both(&links)
+    );
+
+    compose(&g, web_port)
+}
+
+/// The compose scenario of issue 15: two services (a busybox httpd and a client that fetches
+/// from it by service name), a named volume and a published port; `up -d`, `ps`, `logs`,
+/// `exec`, `down -v`, and nothing left behind. Debian's docker-compose (v1, docker-py
+/// based) is the client.
+const COMPOSE_YML: &str = r#"version: "3.7"
+services:
+  web:
+    image: busybox
+    command: sh -c "mkdir -p /www && echo hello-compose > /www/index.html && exec httpd -f -p 80 -h /www"
+    ports: ["8080:80"]
+    volumes: ["data:/data"]
+  client:
+    image: busybox
+    command: sh -c "until wget -qO- http://web/ > /data/got; do sleep 1; done; cat /data/got; exec sleep 600"
+    volumes: ["data:/data"]
+    depends_on: [web]
+volumes:
+  data: {}
+"#;
+
+fn compose(g: &Guest, web_port: u16) -> Result<()> {
+    if Command::new("docker-compose")
+        .arg("version")
+        .output()
+        .is_err()
+    {
+        eprintln!(
+            "SKIP (loudly): the compose scenario is not run because docker-compose is not installed (apt-get install --no-install-recommends docker-compose)"
+        );
+        return Ok(());
+    }
+    let dir = g.dir.join("compose");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("docker-compose.yml"), COMPOSE_YML)?;
+    let run = |args: &[&str]| -> Result<String> {
+        eprintln!("$ docker-compose {}", args.join(" "));
+        let mut c = Command::new("docker-compose");
+        c.current_dir(&dir)
+            .env("DOCKER_HOST", format!("tcp://127.0.0.1:{}", g.docker_port))
+            .env("DOCKER_TLS_VERIFY", "1")
+            .env("DOCKER_CERT_PATH", g.certs())
+            .env("COMPOSE_PROJECT_NAME", "axnet")
+            .args(args);
+        let o = axion_tests::run_with_timeout(c, Duration::from_secs(300))?;
+        if !o.status.success() {
+            bail!(
+                "docker-compose {} failed ({}):\n{}\nserial:\n{}",
+                args.join(" "),
+                o.status,
+                both(&o),
+                g.serial()
+            );
+        }
+        Ok(String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr))
+    };
+    run(&["up", "-d"])?;
+    let ps = run(&["ps"])?;
+    assert!(
+        ps.contains("axnet_web_1") && ps.contains("axnet_client_1") && ps.contains("Up"),
+        "{ps}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let logs = run(&["logs", "client"])?;
+        if logs.contains("hello-compose") {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the client never fetched from web by its service name:\n{logs}");
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    assert_eq!(
+        run(&["exec", "-T", "client", "cat", "/data/got"])?.trim(),
+        "hello-compose"
+    );
+    let got = reqwest::blocking::get(format!("http://127.0.0.1:{web_port}/"))?.text()?;
+    assert_eq!(
+        got.trim(),
+        "hello-compose",
+        "the published port from the host"
+    );
+    run(&["down", "-v"])?;
+    assert_eq!(g.ok(&["ps", "-aq"])?, "", "containers left by down -v");
+    assert!(
+        !g.ok(&["network", "ls", "--format", "{{.Name}}"])?
+            .contains("axnet"),
+        "the project network is left"
+    );
+    assert!(
+        !g.ok(&["volume", "ls", "-q"])?.contains("axnet_data"),
+        "the project volume is left"
     );
     Ok(())
 }
