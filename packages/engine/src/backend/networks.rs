@@ -192,6 +192,13 @@ impl Engine {
                                 "network-scoped alias is supported only for containers in user defined networks",
                             ));
                         }
+                        if ep.ipam_config.as_ref().is_some_and(|c| {
+                            c.link_local_ips.as_ref().is_some_and(|l| !l.is_empty())
+                        }) {
+                            return Err(ApiError::bad_request(
+                                "link-local addresses (LinkLocalIPs) are not supported by this engine",
+                            ));
+                        }
                         if ep
                             .ipam_config
                             .as_ref()

@@ -423,7 +423,10 @@ pub fn setup_bridge_link(b: &Bridge) -> io::Result<()> {
     ignore_exists(add_addr(&mut s, idx, b.gateway, b.prefix, b.broadcast())).map_err(ctx(
         format!("adding {}/{} to {}", b.gateway, b.prefix, b.name),
     ))?;
-    link_up(&mut s, idx, |_| {}).map_err(ctx(format!("bringing {} up", b.name)))
+    link_up(&mut s, idx, |_| {}).map_err(ctx(format!("bringing {} up", b.name)))?;
+    // Also when the default bridge is off (`--bridge none`), which otherwise turns it on.
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+        .map_err(ctx("enabling /proc/sys/net/ipv4/ip_forward".into()))
 }
 
 /// Deletes a user network's bridge.
