@@ -1147,4 +1147,78 @@ mod tests {
             "db keeps its address"
         );
     }
+
+    #[tokio::test]
+    async fn aux_addresses_links_and_a_chosen_mac() {
+        let d = tempfile::tempdir().unwrap();
+        let rt = Arc::new(Fake::default());
+        let e = engine_on(d.path(), &rt).await;
+        let aux: BTreeMap<String, String> = [("a".to_string(), "10.8.0.2".to_string())].into();
+        e.network_create(NetworkCreateRequest {
+            name: "n".into(),
+            ipam: Some(Ipam {
+                config: Some(vec![IpamConfig {
+                    subnet: "10.8.0.0/24".into(),
+                    auxiliary_addresses: Some(aux.clone()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let ipam = e.network_inspect("n").await.unwrap().ipam;
+        assert_eq!(ipam.options, None, "no IPAM options: null, as dockerd");
+        assert_eq!(ipam.config.unwrap()[0].auxiliary_addresses, Some(aux));
+        let up = run_on(
+            &e,
+            "upstream",
+            serde_json::json!({"HostConfig": {"NetworkMode": "n"}}),
+        )
+        .await;
+        assert_eq!(
+            e.nets.store.of_container(&up)[0].1.ip,
+            Ipv4Addr::new(10, 8, 0, 3),
+            "the auxiliary address is skipped"
+        );
+        let req: ContainerCreateRequest =
+            serde_json::from_value(serde_json::json!({"Image": "busybox"})).unwrap();
+        let c = e
+            .container_create(Some("cli".into()), req)
+            .await
+            .unwrap()
+            .id;
+        e.network_connect(
+            "n",
+            NetworkConnectRequest {
+                container: c.clone(),
+                endpoint_config: Some(EndpointSettings {
+                    links: Some(vec!["upstream:bar".into()]),
+                    mac_address: "02:42:AC:11:00:02".into(),
+                    ..Default::default()
+                }),
+            },
+        )
+        .await
+        .unwrap();
+        let ins = e.container_inspect("cli").await.unwrap();
+        let ep = &ins.network_settings.networks["n"];
+        assert_eq!(
+            ep.mac_address, "02:42:ac:11:00:02",
+            "shown before the start"
+        );
+        assert_eq!(ep.links, Some(vec!["upstream:bar".to_string()]));
+        assert_eq!(ep.ip_address, "", "no address before the start");
+        e.container_start(&c).await.unwrap();
+        assert_eq!(
+            e.dns_lookup(&c, "bar"),
+            Some(vec![Ipv4Addr::new(10, 8, 0, 3)])
+        );
+        assert_eq!(
+            e.dns_lookup(&up, "bar"),
+            None,
+            "a link is the linking container's own"
+        );
+    }
 }
