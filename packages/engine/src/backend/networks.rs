@@ -318,7 +318,8 @@ impl Engine {
         if !matches!(mode, "bridge" | "host" | "none") && !mode.starts_with("container:") {
             // The network named at create must still exist (dockerd fails the start too).
             match self.nets.store.find(mode) {
-                Ok(Found::User(n)) if n.endpoints.contains_key(&r.id) => {}
+                // Disconnected from it since: the container starts without it.
+                Ok(Found::User(_)) => {}
                 _ => return Err(ApiError::not_found(format!("network {mode} not found"))),
             }
         }
