@@ -104,7 +104,9 @@ fn parse_link(l: &str) -> (&str, &str) {
 
 impl Engine {
     /// Hook for the event bus (branch api-containers adds `crate::events`): network events
-    /// `create`, `connect`, `disconnect`, `destroy` are published from here once it lands.
+    /// `create`, `connect`, `disconnect`, `destroy` are published from here once it lands,
+    /// as dockerd's: `crate::events::publish("network", action, net_id, [("name", name),
+    /// ("type", "bridge")])` plus `("container", id)` for connect and disconnect.
     fn network_event(&self, _action: &str, _net_id: &str, _net_name: &str, _container: &str) {}
 
     fn default_bridge(&self) -> Option<&net::Bridge> {
