@@ -62,6 +62,8 @@ fn forbidden(m: impl Into<String>) -> ApiError {
 pub struct NetPlan {
     ifaces: Vec<(net::Bridge, String, String, net::Endpoint, bool, String)>,
     dns: bool,
+    /// Forward other names upstream: false when every network is internal.
+    forward: bool,
     sockets: Mutex<Option<(std::net::UdpSocket, std::net::TcpListener)>>,
 }
 
@@ -368,7 +370,13 @@ impl Engine {
                 own.map_or("127.0.1.1".to_string(), |ip| ip.to_string()),
                 r.config.hostname
             );
-            for l in r.host_config.links.clone().unwrap_or_default() {
+            // Legacy links are /etc/hosts lines on the default bridge (on a user network
+            // they became endpoint links at create).
+            let links = match mode {
+                "bridge" => r.host_config.links.clone().unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            for l in links {
                 let (target, alias) = parse_link(&l);
                 let t = self.find(target)?.snapshot();
                 let Some(ep) = t.endpoint.as_ref().filter(|_| t.status == Status::Running) else {
@@ -387,9 +395,11 @@ impl Engine {
             }
             std::fs::write(c.dir.join("hosts"), hosts).map_err(internal("writing /etc/hosts"))?;
         }
+        let forward = bridge_ip.is_some() || attached.iter().any(|(n, _)| !n.internal);
         Ok(Arc::new(NetPlan {
             ifaces,
             dns,
+            forward,
             sockets: Mutex::new(None),
         }))
     }
@@ -406,16 +416,10 @@ impl Engine {
         let cid = id.to_string();
         let lookup: dns::Lookup =
             Arc::new(move |name: &str| me.upgrade().and_then(|e| e.dns_lookup(&cid, name)));
-        let internal_only = self
-            .nets
-            .store
-            .of_container(id)
-            .iter()
-            .all(|(n, _)| n.internal);
-        let upstream = if internal_only {
-            Vec::new()
-        } else {
+        let upstream = if plan.forward {
             dns::upstreams(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
+        } else {
+            Vec::new()
         };
         match dns::serve(udp, tcp, lookup, upstream) {
             Ok(tasks) => {
