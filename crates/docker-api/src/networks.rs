@@ -52,14 +52,29 @@ pub struct Ipam {
     pub config: Option<Vec<IpamConfig>>,
 }
 
+/// A JSON null read as the empty string (docker-py sends `"Gateway": null`).
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct IpamConfig {
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "null_as_empty"
+    )]
     pub subnet: String,
-    #[serde(rename = "IPRange", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "IPRange",
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "null_as_empty"
+    )]
     pub ip_range: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "null_as_empty"
+    )]
     pub gateway: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auxiliary_addresses: Option<BTreeMap<String, String>>,
@@ -454,6 +469,12 @@ mod tests {
             "Labels":{"a":"b"}}"#;
         let r: NetworkCreateRequest = serde_json::from_str(body).unwrap();
         assert_eq!(r.name, "n1");
+        // docker-py's IPAMPool sends nulls for what it was not given.
+        let py = r#"{"Name":"p","IPAM":{"Driver":"default","Config":[{"Subnet":"10.6.0.0/16",
+            "IPRange":null,"Gateway":null,"AuxiliaryAddresses":null}]}}"#;
+        let p: NetworkCreateRequest = serde_json::from_str(py).unwrap();
+        let c = &p.ipam.unwrap().config.unwrap()[0];
+        assert_eq!((c.subnet.as_str(), c.gateway.as_str()), ("10.6.0.0/16", ""));
         assert!(r.internal);
         let c = &r.ipam.unwrap().config.unwrap()[0];
         assert_eq!(

@@ -190,6 +190,12 @@ impl Engine {
         match mode {
             "bridge" | "host" | "none" => {
                 for (name, ep) in &eps {
+                    // The CLI names the default network `default` (its --network default).
+                    let name = if name == "default" {
+                        "bridge"
+                    } else {
+                        name.as_str()
+                    };
                     if name == mode {
                         if ep.aliases.as_ref().is_some_and(|a| !a.is_empty()) {
                             return Err(ApiError::bad_request(
@@ -213,7 +219,7 @@ impl Engine {
                             ));
                         }
                     } else if mode == "bridge" {
-                        wanted.push((name.clone(), ep.clone()));
+                        wanted.push((name.to_string(), ep.clone()));
                     } else {
                         return Err(ApiError::bad_request(format!(
                             "container cannot be connected to network {name} with --network {mode}"
@@ -498,7 +504,8 @@ impl Engine {
                         ipv4_address: ip.to_string(),
                         ..Default::default()
                     }),
-                    aliases: Some(a.aliases.clone()),
+                    // null when none, as dockerd ≥ API 1.45 (no short id in it).
+                    aliases: Some(a.aliases.clone()).filter(|a| !a.is_empty()),
                     links: Some(a.links.clone()).filter(|l| !l.is_empty()),
                     driver_opts: Some(a.driver_opts.clone()).filter(|o| !o.is_empty()),
                     network_id: n.id.clone(),
@@ -1190,7 +1197,11 @@ mod tests {
             "the auxiliary address is skipped"
         );
         let req: ContainerCreateRequest =
-            serde_json::from_value(serde_json::json!({"Image": "busybox"})).unwrap();
+            // As the CLI sends a plain `docker create`: the network named `default`.
+            serde_json::from_value(serde_json::json!({"Image": "busybox",
+                "HostConfig": {"NetworkMode": "default"},
+                "NetworkingConfig": {"EndpointsConfig": {"default": {}}}}))
+            .unwrap();
         let c = e
             .container_create(Some("cli".into()), req)
             .await
