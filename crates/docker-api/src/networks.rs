@@ -224,7 +224,7 @@ pub fn filter_list(f: &Filters, list: Vec<Network>) -> ApiResult<Vec<Network>> {
         .filter(|n| {
             f.any("name", |v| name_matches(v, &n.name))
                 && f.any("id", |v| name_matches(v, &n.id))
-                && f.any("label", |v| label_matches(v, &n.labels))
+                && f.all("label", |v| label_matches(v, &n.labels))
                 && f.any("driver", |v| v == n.driver)
                 && f.any("scope", |v| v == n.scope)
                 && f.any("type", |v| (v == "builtin") == is_builtin(n))
@@ -279,7 +279,7 @@ pub fn prune_candidates(f: &Filters, list: Vec<Network>, now: i64) -> ApiResult<
             !is_builtin(n)
                 && n.containers.is_empty()
                 && until.iter().all(|&u| created < u)
-                && f.any("label", |v| label_matches(v, &n.labels))
+                && f.all("label", |v| label_matches(v, &n.labels))
                 && f.get("label!")
                     .unwrap_or_default()
                     .iter()
@@ -432,6 +432,12 @@ mod tests {
         assert_eq!(l(r#"{"dangling":["false"]}"#), "bridge,host,none,web");
         assert_eq!(l(r#"{"label":["tier=front"]}"#), "web");
         assert_eq!(l(r#"{"label":["tier"],"driver":["null"]}"#), "");
+        assert_eq!(
+            l(r#"{"label":["tier","tier=front"]}"#),
+            "web",
+            "labels are ANDed"
+        );
+        assert_eq!(l(r#"{"label":["tier","other"]}"#), "");
         assert_eq!(l(r#"{"scope":["local"]}"#), "bridge,host,none,web,db");
         let id = all()[4].id.clone();
         assert_eq!(l(&format!(r#"{{"id":["{}"]}}"#, &id[..6])), "db");
