@@ -648,6 +648,9 @@ fn compose(g: &Guest, web_port: u16) -> Result<()> {
             .env("DOCKER_TLS_VERIFY", "1")
             .env("DOCKER_CERT_PATH", g.certs())
             .env("COMPOSE_PROJECT_NAME", "axnet")
+            // requests would take these over the engine's CA (every handshake fails).
+            .env_remove("REQUESTS_CA_BUNDLE")
+            .env_remove("CURL_CA_BUNDLE")
             .args(args);
         let o = axion_tests::run_with_timeout(c, Duration::from_secs(300))?;
         if !o.status.success() {
