@@ -609,6 +609,7 @@ impl Engine {
                             ip_prefix_len: ns.ip_prefix_len,
                             network_id: self.nets.store.predefined_id("bridge"),
                             endpoint_id: r.id.clone(),
+                            driver_opts: self.nets.store.bridge_driver_opts(&r.id),
                             ..Default::default()
                         },
                     );

@@ -218,6 +218,10 @@ impl Engine {
                                 "user specified IP address is supported on user defined networks only",
                             ));
                         }
+                        if let Some(o) = ep.driver_opts.clone().filter(|o| !o.is_empty()) {
+                            // Kept and shown as dockerd does (its bridge driver reads none).
+                            self.nets.store.set_bridge_driver_opts(id, o);
+                        }
                     } else if mode == "bridge" {
                         wanted.push((name.to_string(), ep.clone()));
                     } else {
@@ -1220,6 +1224,15 @@ mod tests {
         )
         .await
         .unwrap();
+        let req: ContainerCreateRequest = serde_json::from_value(serde_json::json!({
+            "Image": "busybox", "HostConfig": {"NetworkMode": "bridge"},
+            "NetworkingConfig": {"EndpointsConfig": {"bridge": {"DriverOpts": {"k": "v"}}}}}))
+        .unwrap();
+        let b = e.container_create(None, req).await.unwrap().id;
+        assert_eq!(
+            e.nets.store.bridge_driver_opts(&b),
+            Some([("k".to_string(), "v".to_string())].into())
+        );
         let ins = e.container_inspect("cli").await.unwrap();
         let ep = &ins.network_settings.networks["n"];
         assert_eq!(

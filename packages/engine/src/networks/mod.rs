@@ -188,6 +188,9 @@ struct State {
     predefined: BTreeMap<String, String>,
     networks: Vec<UserNet>,
     next_order: u64,
+    /// Endpoint driver options given for the default bridge at create, by container id.
+    #[serde(default)]
+    bridge_driver_opts: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// What a network name or id refers to.
@@ -611,10 +614,21 @@ impl Networks {
         v
     }
 
+    /// Keeps the driver options of a container's default-bridge endpoint (echoed by inspect).
+    pub fn set_bridge_driver_opts(&self, cid: &str, opts: BTreeMap<String, String>) {
+        let mut s = self.lock();
+        s.bridge_driver_opts.insert(cid.to_string(), opts);
+        let _ = self.save(&s);
+    }
+
+    pub fn bridge_driver_opts(&self, cid: &str) -> Option<BTreeMap<String, String>> {
+        self.lock().bridge_driver_opts.get(cid).cloned()
+    }
+
     /// Drops every attachment of a removed container.
     pub fn remove_container(&self, cid: &str) {
         let mut s = self.lock();
-        let mut changed = false;
+        let mut changed = s.bridge_driver_opts.remove(cid).is_some();
         for n in &mut s.networks {
             changed |= n.endpoints.remove(cid).is_some();
         }
@@ -626,7 +640,9 @@ impl Networks {
     /// Drops attachments of containers that no longer exist (after a restore).
     pub fn retain(&self, live: &std::collections::HashSet<String>) {
         let mut s = self.lock();
-        let mut changed = false;
+        let before = s.bridge_driver_opts.len();
+        s.bridge_driver_opts.retain(|id, _| live.contains(id));
+        let mut changed = s.bridge_driver_opts.len() != before;
         for n in &mut s.networks {
             let before = n.endpoints.len();
             n.endpoints.retain(|id, _| live.contains(id));
