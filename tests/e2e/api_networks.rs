@@ -576,9 +576,12 @@ fn check() -> Result<()> {
     );
 
     // --- persistence across an engine restart -------------------------------------------------
+    // Stopped first, so that the old engine's shutdown (which stops running containers
+    // while it still answers) is over before the new one is asked.
+    g.ok(&["stop", "-t", "1", "web", "fixed", "web2", "inpeer", "lweb"])?;
     let o = g.ssh("kill $(pidof engine)")?;
     assert!(o.status.success(), "{}", both(&o));
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(5));
     g.wait_engine()?;
     assert_eq!(ls(&["--filter", "type=custom"])?, "n1,n2,nint");
     assert_eq!(
