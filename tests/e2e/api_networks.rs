@@ -629,7 +629,21 @@ volumes:
   data: {}
 "#;
 
+/// The same two services without the volume: what needs only networks (and checks that
+/// `ps` lists each container once, numbered 1).
+fn compose_without_volume() -> String {
+    COMPOSE_YML
+        .replace("    volumes: [\"data:/data\"]\n", "")
+        .replace("volumes:\n  data: {}\n", "")
+        .replace("/data/got", "/tmp/got")
+}
+
 fn compose(g: &Guest, web_port: u16) -> Result<()> {
+    compose_with(g, web_port, &compose_without_volume(), "/tmp/got")?;
+    compose_with(g, web_port, COMPOSE_YML, "/data/got")
+}
+
+fn compose_with(g: &Guest, web_port: u16, yml: &str, got: &str) -> Result<()> {
     if Command::new("docker-compose")
         .arg("version")
         .output()
@@ -642,7 +656,7 @@ fn compose(g: &Guest, web_port: u16) -> Result<()> {
     }
     let dir = g.dir.join("compose");
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("docker-compose.yml"), COMPOSE_YML)?;
+    std::fs::write(dir.join("docker-compose.yml"), yml)?;
     let run = |args: &[&str]| -> Result<String> {
         eprintln!("$ docker-compose {}", args.join(" "));
         let mut c = Command::new("docker-compose");
@@ -673,6 +687,7 @@ fn compose(g: &Guest, web_port: u16) -> Result<()> {
         ps.contains("axnet_web_1") && ps.contains("axnet_client_1") && ps.contains("Up"),
         "{ps}"
     );
+    assert_eq!(ps.matches("axnet_").count(), 2, "each container once: {ps}");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let logs = run(&["logs", "client"])?;
