@@ -700,7 +700,7 @@ fn compose_with(g: &Guest, web_port: u16, yml: &str, got: &str) -> Result<()> {
         std::thread::sleep(Duration::from_secs(2));
     }
     assert_eq!(
-        run(&["exec", "-T", "client", "cat", "/data/got"])?.trim(),
+        run(&["exec", "-T", "client", "cat", got])?.trim(),
         "hello-compose"
     );
     let got = reqwest::blocking::get(format!("http://127.0.0.1:{web_port}/"))?.text()?;
