@@ -695,7 +695,33 @@ fn compose_with(g: &Guest, web_port: u16, yml: &str, got: &str) -> Result<()> {
             break;
         }
         if Instant::now() > deadline {
-            bail!("the client never fetched from web by its service name:\n{logs}");
+            let mut why = String::new();
+            for a in [
+                &["exec", "axnet_client_1", "cat", "/etc/resolv.conf"][..],
+                &["exec", "axnet_client_1", "nslookup", "web"],
+                &[
+                    "exec",
+                    "axnet_client_1",
+                    "wget",
+                    "-T",
+                    "3",
+                    "-qO-",
+                    "http://web/",
+                ],
+                &["exec", "axnet_client_1", "ip", "-4", "-o", "addr"],
+                &[
+                    "inspect",
+                    "-f",
+                    "{{json .NetworkSettings.Networks}}",
+                    "axnet_client_1",
+                    "axnet_web_1",
+                ],
+                &["ps", "-a"],
+            ] {
+                let o = g.docker(a)?;
+                why.push_str(&format!("$ docker {}\n{}\n", a.join(" "), both(&o)));
+            }
+            bail!("the client never fetched from web by its service name:\n{logs}\n{why}");
         }
         std::thread::sleep(Duration::from_secs(2));
     }
