@@ -4,6 +4,10 @@
 //! each seam trait (an empty `impl` takes every default).
 
 use crate::images::*;
+use crate::networks::{
+    Network, NetworkConnectRequest, NetworkCreateRequest, NetworkCreateResponse,
+    NetworkDisconnectRequest,
+};
 use crate::ops::{Change, ContainerStats, EventRx, TopResponse, UpdateRequest, UpdateResponse};
 use crate::types::*;
 use crate::volumes::{Volume, VolumeCreateRequest, VolumeEntry};
@@ -341,8 +345,42 @@ pub trait VolumeBackend: Send + Sync + 'static {
     }
 }
 
-/// Networks. No methods yet; those to come default to 501 as the others do.
-pub trait NetworkBackend: Send + Sync + 'static {}
+/// Networks: user-defined bridges and the predefined `bridge`, `host`, `none`
+/// (see [`crate::networks`]). Prune is the front end's: list, then remove the candidates.
+pub trait NetworkBackend: Send + Sync + 'static {
+    /// Every network, with its running containers' endpoints.
+    fn networks(&self) -> impl Future<Output = ApiResult<Vec<Network>>> + Send {
+        nyi("networks")
+    }
+    /// By full id, name or unique id prefix.
+    fn network_inspect(&self, _id: &str) -> impl Future<Output = ApiResult<Network>> + Send {
+        nyi("network inspect")
+    }
+    fn network_create(
+        &self,
+        _req: NetworkCreateRequest,
+    ) -> impl Future<Output = ApiResult<NetworkCreateResponse>> + Send {
+        nyi("network create")
+    }
+    /// 403 for a predefined network or one with active endpoints.
+    fn network_remove(&self, _id: &str) -> impl Future<Output = ApiResult<()>> + Send {
+        nyi("network remove")
+    }
+    fn network_connect(
+        &self,
+        _id: &str,
+        _req: NetworkConnectRequest,
+    ) -> impl Future<Output = ApiResult<()>> + Send {
+        nyi("network connect")
+    }
+    fn network_disconnect(
+        &self,
+        _id: &str,
+        _req: NetworkDisconnectRequest,
+    ) -> impl Future<Output = ApiResult<()>> + Send {
+        nyi("network disconnect")
+    }
+}
 
 /// The event stream.
 pub trait EventBackend: Send + Sync + 'static {

@@ -2,8 +2,8 @@
 //! front end to what a back end lists, so every back end filters the same way.
 //!
 //! The CLI sends a JSON object of filter name → values (`{"name":["web"]}`); old clients
-//! send name → {value: true}. Values of one name are ORed, different names are ANDed, as in
-//! Docker. `name` is a pattern as in Docker: a substring, with `^` and `$` anchors honoured
+//! send name → {value: true}. Values of one name are ORed (`label`'s ANDed), different
+//! names are ANDed, as in Docker. `name` is a pattern as in Docker: a substring, with `^` and `$` anchors honoured
 //! (Docker takes a full regular expression; the anchored substring covers what scripts
 //! use). An unknown filter name is a 400, never ignored.
 
@@ -84,8 +84,21 @@ impl Filters {
         self.0.keys().map(String::as_str)
     }
 
+    /// The values given for `name`, if it is filtered.
+    pub fn get(&self, name: &str) -> Option<&[String]> {
+        self.0.get(name).map(Vec::as_slice)
+    }
+
     pub fn has(&self, name: &str) -> bool {
         self.0.contains_key(name)
+    }
+
+    /// True when every value of `name` satisfies `accept` (dockerd ANDs `label` values:
+    /// compose lists a project's service with `label=project=P&label=service=S`).
+    pub(crate) fn all(&self, name: &str, accept: impl Fn(&str) -> bool) -> bool {
+        self.0
+            .get(name)
+            .is_none_or(|values| values.iter().all(|v| accept(v)))
     }
 
     /// True when `name` is not filtered, or when any of its values satisfies `accept`.
@@ -124,7 +137,7 @@ impl Filters {
                             .any(|n| name_matches(v, n.trim_start_matches('/')))
                     })
                     && self.any("status", |v| c.state == v)
-                    && self.any("label", |v| label_matches(v, &c.labels))
+                    && self.all("label", |v| label_matches(v, &c.labels))
                     && self.any("ancestor", |v| {
                         c.image == v
                             || c.image == format!("{v}:latest")
@@ -184,7 +197,7 @@ impl Filters {
                 let dangling =
                     i.repo_tags.is_empty() || i.repo_tags.iter().all(|t| t == "<none>:<none>");
                 self.any("dangling", |v| (v == "true" || v == "1") == dangling)
-                    && self.any("label", |v| label_matches(v, &i.labels))
+                    && self.all("label", |v| label_matches(v, &i.labels))
                     && before.iter().all(|&t| i.created < t)
                     && since.iter().all(|&t| i.created > t)
             })
@@ -379,6 +392,19 @@ mod tests {
             ),
             ["db"]
         );
+        // Label values are ANDed (compose: project and service), unlike other names'.
+        assert_eq!(
+            names(
+                &filt(r#"{"label":["tier","tier=back"]}"#)
+                    .containers(sample())
+                    .unwrap()
+            ),
+            ["db"]
+        );
+        assert!(filt(r#"{"label":["tier=front","tier=back"]}"#)
+            .containers(sample())
+            .unwrap()
+            .is_empty());
         assert_eq!(
             names(
                 &filt(r#"{"ancestor":["busybox"]}"#)

@@ -16,6 +16,7 @@ pub mod error;
 pub mod events;
 pub mod filters;
 pub mod images;
+pub mod networks;
 pub mod ops;
 pub mod portspec;
 pub mod route;

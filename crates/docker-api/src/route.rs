@@ -29,6 +29,7 @@ pub enum Route {
     Ops(crate::ops::Op),
     /// History, push, save, prune, search, commit, distribution, auth, df.
     Images(crate::images::ImageOp),
+    Network(crate::networks::NetworkOp),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +107,8 @@ pub fn route(method: &Method, raw_path: &str) -> Result<Routed, ApiError> {
                 container_route(method, rest).ok_or_else(not_found)?
             } else if let Some(rest) = path.strip_prefix("/volumes") {
                 Route::Volumes(crate::volumes::route(method, rest).ok_or_else(not_found)?)
+            } else if let Some(rest) = path.strip_prefix("/networks") {
+                Route::Network(crate::networks::route(method, rest).ok_or_else(not_found)?)
             } else if let Some(rest) = path.strip_prefix("/exec/") {
                 let (id, op) = rest.split_once('/').ok_or_else(not_found)?;
                 let id = id.to_string();

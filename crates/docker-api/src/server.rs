@@ -389,6 +389,7 @@ async fn dispatch<B: Backend>(b: Arc<B>, req: Req) -> ApiResult<Resp> {
             crate::volumes::dispatch_volumes(b, req, routed.version.as_deref(), op).await?
         }
         Route::Ops(op) => crate::ops::dispatch(b, req, q, op).await?,
+        Route::Network(op) => crate::networks::dispatch_networks(b, req, op).await?,
     })
 }
 

@@ -207,6 +207,7 @@ pub struct ContainerCreateRequest {
     #[serde(flatten)]
     pub config: ContainerConfig,
     pub host_config: HostConfig,
+    pub networking_config: NetworkingConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -214,6 +215,8 @@ pub struct ContainerCreateRequest {
 pub struct HostConfig {
     pub binds: Option<Vec<String>>,
     pub network_mode: String,
+    /// `--link NAME[:ALIAS]` (default bridge only).
+    pub links: Option<Vec<String>>,
     pub port_bindings: Option<BTreeMap<String, Option<Vec<PortBinding>>>>,
     pub restart_policy: RestartPolicy,
     pub auto_remove: bool,
@@ -366,6 +369,11 @@ pub struct NetworkSettings {
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct EndpointSettings {
+    #[serde(rename = "IPAMConfig")]
+    pub ipam_config: Option<EndpointIpamConfig>,
+    pub links: Option<Vec<String>>,
+    pub aliases: Option<Vec<String>>,
+    pub driver_opts: Option<BTreeMap<String, String>>,
     #[serde(rename = "NetworkID")]
     pub network_id: String,
     #[serde(rename = "EndpointID")]
@@ -376,6 +384,33 @@ pub struct EndpointSettings {
     #[serde(rename = "IPPrefixLen")]
     pub ip_prefix_len: i64,
     pub mac_address: String,
+    #[serde(rename = "IPv6Gateway")]
+    pub ipv6_gateway: String,
+    #[serde(rename = "GlobalIPv6Address")]
+    pub global_ipv6_address: String,
+    #[serde(rename = "GlobalIPv6PrefixLen")]
+    pub global_ipv6_prefix_len: i64,
+    #[serde(rename = "DNSNames")]
+    pub dns_names: Option<Vec<String>>,
+}
+
+/// `EndpointSettings.IPAMConfig`: the addresses a client asks for (`--ip`).
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct EndpointIpamConfig {
+    #[serde(rename = "IPv4Address")]
+    pub ipv4_address: String,
+    #[serde(rename = "IPv6Address")]
+    pub ipv6_address: String,
+    #[serde(rename = "LinkLocalIPs")]
+    pub link_local_ips: Option<Vec<String>>,
+}
+
+/// `NetworkingConfig` of a container create: the endpoints to attach, by network name.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NetworkingConfig {
+    pub endpoints_config: Option<BTreeMap<String, EndpointSettings>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

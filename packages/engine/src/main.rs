@@ -31,6 +31,7 @@ mod init_reaper;
 mod logs;
 mod net;
 mod netproxy;
+mod networks;
 mod runtime;
 mod vmd_agent;
 mod volumes;

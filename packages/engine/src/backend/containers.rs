@@ -74,7 +74,9 @@ impl Engine {
                 (c.dir.join("resolv.conf"), "/etc/resolv.conf".into()),
             ],
             hostname: r.config.hostname.clone(),
-            new_netns: r.host_config.network_mode != "host",
+            new_netns: r.host_config.network_mode != "host"
+                && !r.host_config.network_mode.starts_with("container:"),
+            join_netns: self.join_netns(&r.host_config.network_mode)?,
             host_pid: super::ops::hc_str(&r.host_config, "PidMode") == "host",
             host_uts: super::ops::hc_str(&r.host_config, "UTSMode") == "host",
             volatile: self.volatile_layers,
@@ -145,6 +147,7 @@ impl Engine {
             }
             _ => None,
         };
+        let plan = self.net_plan(c, &r, attach.as_ref().map(|(_, ep)| ep.ip))?;
         let spec_path = c.dir.join("spec.json");
         std::fs::write(&spec_path, serde_json::to_vec(&spec).unwrap_or_default())
             .map_err(internal("writing spec"))?;
@@ -157,7 +160,7 @@ impl Engine {
         let stdio = Stdio3::Detached;
         runtime::monitor::clear(&c.dir);
         let cgc = cg.clone();
-        let (id, att, tr) = (r.id.clone(), attach.clone(), trace.clone());
+        let (id, att, tr, plan2) = (r.id.clone(), attach.clone(), trace.clone(), plan.clone());
         let rt = self.runtime.clone();
         let (dir, log) = (c.dir.clone(), c.log_path());
         let spawned = tokio::task::spawn_blocking(move || {
@@ -177,6 +180,11 @@ impl Engine {
                     ));
                 }
                 tr.mark("network attached");
+            }
+            if let Err(e) = plan2.wire(&*rt, s.pid()) {
+                s.cancel();
+                let e = runtime::SpawnError::Start(format!("network setup: {e}"));
+                return Ok((s, Err(e)));
             }
             // Attached before the release: no output of the container is missed.
             let res = match rt.monitor_attach(&dir, &log, Some(&mut *s)) {
@@ -239,6 +247,7 @@ impl Engine {
             rec.endpoint = attach.map(|(_, ep)| ep);
         }
         c.save();
+        self.net_started(&r.id, &plan);
         c.events.send_modify(|e| e.running = true);
         crate::events::container(&c.snapshot(), "start", &[]);
         self.start_health(c);
@@ -268,6 +277,7 @@ impl Engine {
         trace: &Trace,
     ) {
         let _ = c.output.send(None);
+        self.net_stopped(&c.snapshot().id);
         for p in c.proxies.lock().unwrap().drain(..) {
             p.abort();
         }
@@ -358,6 +368,7 @@ impl Engine {
         if let Ok((_, ipam)) = &self.bridge {
             ipam.release(&id);
         }
+        self.net_removed(&id);
         let (dir, data) = (c.dir.clone(), c.data.clone());
         let _ = tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_dir_all(&data);
@@ -564,11 +575,14 @@ impl Engine {
                             gateway: ns.gateway.clone(),
                             mac_address: ns.mac_address.clone(),
                             ip_prefix_len: ns.ip_prefix_len,
-                            network_id: "bridge".into(),
+                            network_id: self.nets.store.predefined_id("bridge"),
                             endpoint_id: r.id.clone(),
+                            driver_opts: self.nets.store.bridge_driver_opts(&r.id),
+                            ..Default::default()
                         },
                     );
                 }
+                ns.networks.extend(self.user_endpoint_settings(&r));
                 ns
             },
             log_path: c.log_path().display().to_string(),
@@ -719,12 +733,6 @@ impl ContainerBackend for Engine {
         if hc.network_mode.is_empty() || hc.network_mode == "default" {
             hc.network_mode = "bridge".into();
         }
-        if !matches!(hc.network_mode.as_str(), "bridge" | "host" | "none") {
-            return Err(ApiError::not_found(format!(
-                "network {} not found (networks: bridge, host, none)",
-                hc.network_mode
-            )));
-        }
         if !matches!(
             hc.restart_policy.name.as_str(),
             "" | "no" | "always" | "unless-stopped" | "on-failure"
@@ -754,6 +762,7 @@ impl ContainerBackend for Engine {
             .map(|(k, _)| k.clone())
             .collect();
         let plan = self.plan_mounts(&hc, &vols)?;
+        self.create_endpoints(&id, &hc, &req.networking_config)?;
         let (dir, data) = self.container_dirs(&id);
         self.make_dirs(&dir, &data, &cfg.hostname, &hc.network_mode)
             .map_err(internal("creating container directory"))?;

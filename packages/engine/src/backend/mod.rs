@@ -10,6 +10,7 @@ mod health;
 mod image_ops;
 mod images;
 mod live;
+mod networks;
 mod ops;
 mod push;
 mod system;
@@ -33,7 +34,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use tokio::sync::mpsc;
 
@@ -57,6 +58,8 @@ pub struct Engine {
     bridge: Result<(net::Bridge, net::Ipam), String>,
     /// What needs privilege: shims, cgroups, network attach, signals.
     runtime: Arc<dyn Runtime>,
+    /// User-defined networks and the embedded DNS.
+    nets: networks::NetState,
 }
 
 /// A running container the last engine left, re-adopted in [`Engine::restore`].
@@ -203,7 +206,8 @@ impl Engine {
         };
         let exec_root = args.exec_root.clone().unwrap_or_else(|| root.clone());
         std::fs::create_dir_all(exec_root.join("containers"))?;
-        Ok(Engine {
+        let nets = networks::NetState::open(&root, bridge.as_ref().ok().map(|b| &b.0), &*runtime);
+        let engine = Engine {
             root,
             exec_root,
             volatile_layers: args.volatile_layers,
@@ -216,7 +220,10 @@ impl Engine {
             shutting_down: false.into(),
             bridge,
             runtime,
-        })
+            nets,
+        };
+        engine.networks_up();
+        Ok(engine)
     }
 
     /// Starts one shim in advance for the next container (see [`runtime::Prespawned`]).
@@ -308,9 +315,11 @@ impl Engine {
         for (c, w) in adopted {
             self.readopt(c, w).await;
         }
+        let live = self.containers.lock().unwrap().keys().cloned().collect();
         if let Ok((_, ipam)) = &self.bridge {
-            ipam.retain(&self.containers.lock().unwrap().keys().cloned().collect());
+            ipam.retain(&live);
         }
+        self.nets.store.retain(&live);
         for id in to_start {
             if let Err(e) = self.container_start(&id).await {
                 eprintln!("engine: restarting {id} on boot: {}", e.message);

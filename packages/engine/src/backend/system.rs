@@ -4,7 +4,7 @@ use super::*;
 use crate::cgroup;
 use crate::containers::{Record, Status};
 use docker_api::images::{AuthConfig, AuthResponse, DiskUsage, InfoDetails};
-use docker_api::{NetworkBackend, SystemBackend};
+use docker_api::SystemBackend;
 
 impl SystemBackend for Engine {
     async fn version(&self) -> ApiResult<Version> {
@@ -213,5 +213,3 @@ impl Engine {
         }
     }
 }
-
-impl NetworkBackend for Engine {}

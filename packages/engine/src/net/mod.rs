@@ -293,7 +293,28 @@ pub fn host_veth(id: &str) -> String {
 /// end attached to the bridge and up; then configures `eth0` (MAC, address, up) and the
 /// default route from inside that namespace.
 pub fn attach(b: &Bridge, id: &str, pid: i32, ep: &Endpoint) -> io::Result<()> {
-    let host = host_veth(id);
+    attach_iface(b, &host_veth(id), "eth0", pid, ep, true)
+}
+
+/// Name of the host end of a container's veth on a user network (unique per container and
+/// network, ≤ 15 bytes).
+pub fn user_veth(id: &str, net_id: &str) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(format!("{id}/{net_id}"));
+    format!("vn{}", &hex::encode(h)[..13])
+}
+
+/// One veth pair: `ifname` inside the namespace of `pid` with `ep`'s address (and the
+/// default route via its gateway when `default_route`), `host` on bridge `b`.
+pub fn attach_iface(
+    b: &Bridge,
+    host: &str,
+    ifname: &str,
+    pid: i32,
+    ep: &Endpoint,
+    default_route: bool,
+) -> io::Result<()> {
+    let host = host.to_string();
     let mut s =
         Socket::open(libc::NETLINK_ROUTE).map_err(ctx("opening a rtnetlink socket".into()))?;
     if let Some(old) = ifindex(&host) {
@@ -311,11 +332,12 @@ pub fn attach(b: &Bridge, id: &str, pid: i32, ep: &Endpoint) -> io::Result<()> {
         .begin(IFLA_INFO_DATA)
         .begin(VETH_INFO_PEER);
     m.raw(&ifinfomsg(0, 0, 0))
-        .str(IFLA_IFNAME, "eth0")
+        .str(IFLA_IFNAME, ifname)
         .u32(IFLA_NET_NS_PID, pid as u32);
     m.end().end().end();
-    s.request(m)
-        .map_err(ctx(format!("creating veth pair {host}/eth0 for pid {pid}")))?;
+    s.request(m).map_err(ctx(format!(
+        "creating veth pair {host}/{ifname} for pid {pid}"
+    )))?;
     let hidx = ifindex(&host)
         .ok_or_else(|| io::Error::other(format!("{host} vanished after creation")))?;
     let bidx = ifindex(&b.name)
@@ -326,14 +348,15 @@ pub fn attach(b: &Bridge, id: &str, pid: i32, ep: &Endpoint) -> io::Result<()> {
     .map_err(ctx(format!("attaching {host} to {}", b.name)))?;
     let ep = ep.clone();
     let bcast = b.broadcast();
+    let ifname = ifname.to_string();
     std::thread::spawn(move || -> io::Result<()> {
         let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
         nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
             .map_err(io::Error::from)
             .map_err(ctx("joining the container's network namespace".into()))?;
         let mut s = Socket::open(libc::NETLINK_ROUTE)?;
-        let idx =
-            ifindex("eth0").ok_or_else(|| io::Error::other("eth0 is missing in the container"))?;
+        let idx = ifindex(&ifname)
+            .ok_or_else(|| io::Error::other(format!("{ifname} is missing in the container")))?;
         let mac =
             mac_bytes(&ep.mac).ok_or_else(|| io::Error::other(format!("bad MAC {}", ep.mac)))?;
         s.request({
@@ -341,12 +364,15 @@ pub fn attach(b: &Bridge, id: &str, pid: i32, ep: &Endpoint) -> io::Result<()> {
             m.attr(IFLA_ADDRESS, &mac);
             m
         })
-        .map_err(ctx("setting eth0's MAC address".into()))?;
+        .map_err(ctx(format!("setting {ifname}'s MAC address")))?;
         add_addr(&mut s, idx, ep.ip, ep.prefix, bcast)
-            .map_err(ctx(format!("adding {}/{} to eth0", ep.ip, ep.prefix)))?;
-        link_up(&mut s, idx, |_| {}).map_err(ctx("bringing eth0 up".into()))?;
+            .map_err(ctx(format!("adding {}/{} to {ifname}", ep.ip, ep.prefix)))?;
+        link_up(&mut s, idx, |_| {}).map_err(ctx(format!("bringing {ifname} up")))?;
         if let Some(lo) = ifindex("lo") {
             link_up(&mut s, lo, |_| {}).map_err(ctx("bringing lo up".into()))?;
+        }
+        if !default_route {
+            return Ok(());
         }
         let mut h = [0u8; 12];
         h[0] = libc::AF_INET as u8;
@@ -357,11 +383,55 @@ pub fn attach(b: &Bridge, id: &str, pid: i32, ep: &Endpoint) -> io::Result<()> {
         let mut m = Msg::new(RTM_NEWROUTE, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, &h);
         m.attr(RTA_GATEWAY, &ep.gateway.octets())
             .u32(RTA_OIF, idx as u32);
-        s.request(m)
-            .map_err(ctx(format!("adding the default route via {}", ep.gateway)))
+        match s.request(m) {
+            // Another network of the container already gave it its default route.
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            r => r.map_err(ctx(format!("adding the default route via {}", ep.gateway))),
+        }
     })
     .join()
     .unwrap_or_else(|_| Err(io::Error::other("network setup thread panicked")))
+}
+
+/// Deletes the host end of a veth pair (the kernel removes its peer in the container).
+pub fn detach_iface(host: &str) -> io::Result<()> {
+    let Some(idx) = ifindex(host) else {
+        return Ok(());
+    };
+    let mut s = Socket::open(libc::NETLINK_ROUTE)?;
+    s.request(Msg::new(RTM_DELLINK, NLM_F_ACK, &ifinfomsg(idx, 0, 0)))
+}
+
+/// Creates a user network's bridge (its link, gateway address, up); idempotent.
+pub fn setup_bridge_link(b: &Bridge) -> io::Result<()> {
+    let mut s =
+        Socket::open(libc::NETLINK_ROUTE).map_err(ctx("opening a rtnetlink socket".into()))?;
+    if ifindex(&b.name).is_none() {
+        let mut m = Msg::new(
+            RTM_NEWLINK,
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            &ifinfomsg(0, 0, 0),
+        );
+        m.str(IFLA_IFNAME, &b.name)
+            .begin(IFLA_LINKINFO)
+            .str(IFLA_INFO_KIND, "bridge")
+            .end();
+        ignore_exists(s.request(m)).map_err(ctx(format!("creating bridge {}", b.name)))?;
+    }
+    let idx = ifindex(&b.name)
+        .ok_or_else(|| io::Error::other(format!("bridge {} vanished after creation", b.name)))?;
+    ignore_exists(add_addr(&mut s, idx, b.gateway, b.prefix, b.broadcast())).map_err(ctx(
+        format!("adding {}/{} to {}", b.gateway, b.prefix, b.name),
+    ))?;
+    link_up(&mut s, idx, |_| {}).map_err(ctx(format!("bringing {} up", b.name)))?;
+    // Also when the default bridge is off (`--bridge none`), which otherwise turns it on.
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+        .map_err(ctx("enabling /proc/sys/net/ipv4/ip_forward".into()))
+}
+
+/// Deletes a user network's bridge.
+pub fn remove_bridge_link(name: &str) -> io::Result<()> {
+    detach_iface(name)
 }
 
 // --- nf_tables -------------------------------------------------------------------------------
@@ -404,10 +474,64 @@ fn data_value(m: &mut Msg, ty: u16, v: &[u8]) {
     m.begin(ty | NLA_F_NESTED).attr(1, v).end();
 }
 
+/// What the engine's table says about one bridge network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetRules {
+    pub bridge: Bridge,
+    /// `ip saddr SUBNET oifname != BRIDGE masquerade`.
+    pub masquerade: bool,
+    /// `--internal`: nothing forwarded in or out of the bridge.
+    pub internal: bool,
+}
+
 /// The batch that (re)creates `table ip axion { chain postrouting { type nat hook
-/// postrouting priority srcnat; ip saddr SUBNET oifname != BRIDGE masquerade } }`.
-/// Add, delete and add again: an atomic replace whether or not the table existed.
+/// postrouting priority srcnat; ip saddr SUBNET oifname != BRIDGE masquerade } }` for the
+/// default bridge alone. Add, delete and add again: an atomic replace whether or not the
+/// table existed.
 pub fn masquerade_batch(b: &Bridge) -> Vec<Msg> {
+    rules_batch(&[NetRules {
+        bridge: b.clone(),
+        masquerade: true,
+        internal: false,
+    }])
+}
+
+fn ifname_bytes(name: &str) -> [u8; 16] {
+    let mut ifname = [0u8; 16];
+    let n = name.len().min(15);
+    ifname[..n].copy_from_slice(&name.as_bytes()[..n]);
+    ifname
+}
+
+/// `meta KEY` (6 iifname, 7 oifname) compared (0 eq, 1 neq) with an interface name.
+fn if_cmp(r: &mut Msg, key: u32, op: u32, name: &str) {
+    expr(r, "meta", |m| {
+        m.be32(1, 1).be32(2, key); // DREG, KEY
+    });
+    let ifname = ifname_bytes(name);
+    expr(r, "cmp", |m| {
+        m.be32(1, 1).be32(2, op);
+        data_value(m, 3, &ifname);
+    });
+}
+
+/// `immediate` drop verdict (NFTA_IMMEDIATE_DREG verdict, DATA { VERDICT { CODE NF_DROP } }).
+fn drop_verdict(r: &mut Msg) {
+    expr(r, "immediate", |m| {
+        m.be32(1, 0);
+        m.begin(2 | NLA_F_NESTED)
+            .begin(2 | NLA_F_NESTED)
+            .be32(1, 0)
+            .end()
+            .end();
+    });
+}
+
+/// The whole engine table for every bridge network: masquerade for those that NAT out, and
+/// (when there is more than one bridge, or an internal one) a `forward` filter chain that
+/// isolates networks from each other (`iifname A oifname B drop` for every pair) and keeps
+/// internal ones in (`iifname X oifname != X drop`, `oifname X iifname != X drop`).
+pub fn rules_batch(nets: &[NetRules]) -> Vec<Msg> {
     let mut msgs = vec![Msg::new(
         NFNL_MSG_BATCH_BEGIN,
         0,
@@ -428,52 +552,86 @@ pub fn masquerade_batch(b: &Bridge) -> Vec<Msg> {
     msgs.push(table(NFT_MSG_NEWTABLE));
     msgs.push(table(NFT_MSG_DELTABLE));
     msgs.push(table(NFT_MSG_NEWTABLE));
-    let mut c = nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE);
-    c.str(1, NFT_TABLE).str(3, "postrouting"); // NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME
-    c.begin(4 | NLA_F_NESTED)
-        .be32(1, libc::NF_INET_POST_ROUTING as u32)
-        .be32(2, 100)
-        .end(); // HOOK { HOOKNUM, PRIORITY }
-    c.be32(5, 1); // NFTA_CHAIN_POLICY = NF_ACCEPT
-    c.str(7, "nat"); // NFTA_CHAIN_TYPE
-    msgs.push(c);
-    let mut r = nft(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND);
-    r.str(1, NFT_TABLE).str(2, "postrouting"); // NFTA_RULE_TABLE, NFTA_RULE_CHAIN
-    r.begin(4 | NLA_F_NESTED); // NFTA_RULE_EXPRESSIONS
-                               // payload load ip saddr (network header, offset 12, 4 bytes) → reg 1
-    expr(&mut r, "payload", |m| {
-        m.be32(1, 1).be32(2, 1).be32(3, 12).be32(4, 4);
-    });
-    // reg 1 &= mask
-    expr(&mut r, "bitwise", |m| {
-        m.be32(1, 1).be32(2, 1).be32(3, 4);
-        data_value(m, 4, &b.mask().to_be_bytes());
-        data_value(m, 5, &[0, 0, 0, 0]);
-    });
-    // reg 1 == network
-    expr(&mut r, "cmp", |m| {
-        m.be32(1, 1).be32(2, 0); // SREG, OP = NFT_CMP_EQ
-        data_value(m, 3, &b.network().octets());
-    });
-    // meta oifname → reg 1; != bridge
-    expr(&mut r, "meta", |m| {
-        m.be32(1, 1).be32(2, 7); // DREG, KEY = NFT_META_OIFNAME
-    });
-    let mut ifname = [0u8; 16];
-    ifname[..b.name.len()].copy_from_slice(b.name.as_bytes());
-    expr(&mut r, "cmp", |m| {
-        m.be32(1, 1).be32(2, 1); // SREG, OP = NFT_CMP_NEQ
-        data_value(m, 3, &ifname);
-    });
-    expr(&mut r, "masq", |_| {});
-    r.end();
-    msgs.push(r);
+    let chain = |name: &str, hook: u32, prio: u32, kind: &str| {
+        let mut c = nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE);
+        c.str(1, NFT_TABLE).str(3, name); // NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME
+        c.begin(4 | NLA_F_NESTED).be32(1, hook).be32(2, prio).end(); // HOOK { NUM, PRIORITY }
+        c.be32(5, 1); // NFTA_CHAIN_POLICY = NF_ACCEPT
+        c.str(7, kind); // NFTA_CHAIN_TYPE
+        c
+    };
+    let rule = |chain: &str, body: &dyn Fn(&mut Msg)| {
+        let mut r = nft(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND);
+        r.str(1, NFT_TABLE).str(2, chain); // NFTA_RULE_TABLE, NFTA_RULE_CHAIN
+        r.begin(4 | NLA_F_NESTED); // NFTA_RULE_EXPRESSIONS
+        body(&mut r);
+        r.end();
+        r
+    };
+    msgs.push(chain(
+        "postrouting",
+        libc::NF_INET_POST_ROUTING as u32,
+        100,
+        "nat",
+    ));
+    for n in nets.iter().filter(|n| n.masquerade && !n.internal) {
+        let b = &n.bridge;
+        msgs.push(rule("postrouting", &|r| {
+            // payload load ip saddr (network header, offset 12, 4 bytes) → reg 1
+            expr(r, "payload", |m| {
+                m.be32(1, 1).be32(2, 1).be32(3, 12).be32(4, 4);
+            });
+            // reg 1 &= mask
+            expr(r, "bitwise", |m| {
+                m.be32(1, 1).be32(2, 1).be32(3, 4);
+                data_value(m, 4, &b.mask().to_be_bytes());
+                data_value(m, 5, &[0, 0, 0, 0]);
+            });
+            // reg 1 == network
+            expr(r, "cmp", |m| {
+                m.be32(1, 1).be32(2, 0); // SREG, OP = NFT_CMP_EQ
+                data_value(m, 3, &b.network().octets());
+            });
+            if_cmp(r, 7, 1, &b.name); // oifname != bridge
+            expr(r, "masq", |_| {});
+        }));
+    }
+    if nets.len() > 1 || nets.iter().any(|n| n.internal) {
+        msgs.push(chain("forward", libc::NF_INET_FORWARD as u32, 0, "filter"));
+        for a in nets {
+            if a.internal {
+                msgs.push(rule("forward", &|r| {
+                    if_cmp(r, 6, 0, &a.bridge.name);
+                    if_cmp(r, 7, 1, &a.bridge.name);
+                    drop_verdict(r);
+                }));
+                msgs.push(rule("forward", &|r| {
+                    if_cmp(r, 7, 0, &a.bridge.name);
+                    if_cmp(r, 6, 1, &a.bridge.name);
+                    drop_verdict(r);
+                }));
+            }
+            for b in nets.iter().filter(|b| b.bridge.name != a.bridge.name) {
+                msgs.push(rule("forward", &|r| {
+                    if_cmp(r, 6, 0, &a.bridge.name);
+                    if_cmp(r, 7, 0, &b.bridge.name);
+                    drop_verdict(r);
+                }));
+            }
+        }
+    }
     msgs.push(Msg::new(
         NFNL_MSG_BATCH_END,
         0,
         &nfgenmsg(0, NFNL_SUBSYS_NFTABLES),
     ));
     msgs
+}
+
+/// Replaces the engine's table with the rules for `nets`.
+pub fn apply_rules(nets: &[NetRules]) -> io::Result<()> {
+    let mut s = Socket::open(libc::NETLINK_NETFILTER)?;
+    s.send(rules_batch(nets))
 }
 
 fn masquerade(b: &Bridge) -> io::Result<()> {
@@ -572,6 +730,27 @@ mod tests {
             container_resolv_conf("search lan\nnameserver 127.0.0.53\n"),
             "search lan\nnameserver 8.8.8.8\nnameserver 8.8.4.4\n"
         );
+    }
+
+    #[test]
+    fn rules_batch_has_isolation_only_when_needed() {
+        let n = |name: &str, bip: &str, internal| NetRules {
+            bridge: Bridge::new(name, bip).unwrap(),
+            masquerade: true,
+            internal,
+        };
+        let one = rules_batch(&[n("axion0", "172.17.0.1/16", false)]);
+        assert_eq!(one.len(), 7, "begin, table x3, chain, masquerade, end");
+        // Two bridges: a masquerade each, the forward chain, a drop each way.
+        let two = rules_batch(&[
+            n("axion0", "172.17.0.1/16", false),
+            n("br-a", "172.18.0.1/16", false),
+        ]);
+        assert_eq!(two.len(), 1 + 3 + 1 + 2 + 1 + 2 + 1);
+        // An internal one: no masquerade, its two keep-in rules.
+        let int = rules_batch(&[n("br-i", "10.1.0.1/24", true)]);
+        assert_eq!(int.len(), 1 + 3 + 1 + 1 + 2 + 1);
+        assert!(int[1..int.len() - 1].iter().all(|m| m.ack));
     }
 
     #[test]

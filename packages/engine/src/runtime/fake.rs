@@ -4,7 +4,7 @@
 //! with the exit code it chooses ([`Fake::exit`]). A signal ends the process with 128+N
 //! unless the test made the processes ignore it ([`Fake::ignore`]); SIGKILL always does.
 
-use super::host::{Runtime, Task, TaskIo, Watch};
+use super::host::{IfaceAt, Runtime, Task, TaskIo, Watch};
 use super::monitor;
 use super::{RunSpec, SpawnError, Stdio3};
 use crate::net::{Bridge, Endpoint};
@@ -44,6 +44,8 @@ pub enum Call {
         ip: std::net::Ipv4Addr,
     },
     Kill(i32, Signal),
+    /// A user network's call: what and on which bridge or interface.
+    Net(String),
 }
 
 /// A live fake process: how to end it, and the write ends of its output.
@@ -306,6 +308,38 @@ impl Runtime for Fake {
 
     fn monitor_resize(&self, _dir: &Path, _h: u16, _w: u16) -> std::io::Result<()> {
         Ok(())
+    }
+
+    fn net_bridge(&self, b: &Bridge, up: bool) -> std::io::Result<()> {
+        self.record(Call::Net(format!("bridge {} up={up}", b.name)));
+        Ok(())
+    }
+
+    fn net_rules(&self, nets: &[crate::net::NetRules]) -> std::io::Result<()> {
+        self.record(Call::Net(format!("rules for {} bridges", nets.len())));
+        Ok(())
+    }
+
+    fn net_attach_iface(&self, b: &Bridge, at: &IfaceAt, ep: &Endpoint) -> std::io::Result<()> {
+        self.record(Call::Net(format!(
+            "attach {} {} {} pid {} route={}",
+            b.name, at.ifname, ep.ip, at.pid, at.default_route
+        )));
+        Ok(())
+    }
+
+    fn net_detach_iface(&self, host: &str) -> std::io::Result<()> {
+        self.record(Call::Net(format!("detach {host}")));
+        Ok(())
+    }
+
+    fn dns_bind(&self, _pid: i32) -> std::io::Result<(std::net::UdpSocket, std::net::TcpListener)> {
+        // Loopback sockets of the test process stand in for the container's.
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
+        udp.set_nonblocking(true)?;
+        tcp.set_nonblocking(true)?;
+        Ok((udp, tcp))
     }
 
     fn kill(&self, pid: i32, sig: Signal) -> nix::Result<()> {

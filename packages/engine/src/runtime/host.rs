@@ -57,6 +57,16 @@ pub trait Runtime: Send + Sync + 'static {
     fn monitor_stdin(&self, dir: &Path) -> std::io::Result<std::fs::File>;
     /// Sets the container's terminal size.
     fn monitor_resize(&self, dir: &Path, h: u16, w: u16) -> std::io::Result<()>;
+    /// User networks (`crate::networks`): a network's bridge up, or deleted.
+    fn net_bridge(&self, b: &Bridge, up: bool) -> std::io::Result<()>;
+    /// Replaces the engine's nf_tables table (NAT and isolation of every bridge).
+    fn net_rules(&self, nets: &[net::NetRules]) -> std::io::Result<()>;
+    /// A veth pair `host`/`ifname` from bridge `b` into the namespace of `pid`.
+    fn net_attach_iface(&self, b: &Bridge, at: &IfaceAt, ep: &Endpoint) -> std::io::Result<()>;
+    /// Deletes the host end of a veth pair (and so its peer).
+    fn net_detach_iface(&self, host: &str) -> std::io::Result<()>;
+    /// The embedded DNS's sockets at 127.0.0.11:53 in the namespace of `pid`.
+    fn dns_bind(&self, pid: i32) -> std::io::Result<(std::net::UdpSocket, std::net::TcpListener)>;
 }
 
 /// A container's output and exit as its monitor reports them (blocking).
@@ -68,6 +78,15 @@ impl Watch for monitor::Attached {
     fn next_event(&mut self) -> monitor::Event {
         monitor::Attached::next_event(self)
     }
+}
+
+/// Where a user network's veth goes: host end, container end, process, default route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IfaceAt {
+    pub host: String,
+    pub ifname: String,
+    pub pid: i32,
+    pub default_route: bool,
 }
 
 /// A started shim (see `super::Spawned`): its process waits for the release.
@@ -171,6 +190,30 @@ impl Runtime for Host {
 
     fn net_attach(&self, b: &Bridge, id: &str, pid: i32, ep: &Endpoint) -> std::io::Result<()> {
         net::attach(b, id, pid, ep)
+    }
+
+    fn net_bridge(&self, b: &Bridge, up: bool) -> std::io::Result<()> {
+        if up {
+            net::setup_bridge_link(b)
+        } else {
+            net::remove_bridge_link(&b.name)
+        }
+    }
+
+    fn net_rules(&self, nets: &[net::NetRules]) -> std::io::Result<()> {
+        net::apply_rules(nets)
+    }
+
+    fn net_attach_iface(&self, b: &Bridge, at: &IfaceAt, ep: &Endpoint) -> std::io::Result<()> {
+        net::attach_iface(b, &at.host, &at.ifname, at.pid, ep, at.default_route)
+    }
+
+    fn net_detach_iface(&self, host: &str) -> std::io::Result<()> {
+        net::detach_iface(host)
+    }
+
+    fn dns_bind(&self, pid: i32) -> std::io::Result<(std::net::UdpSocket, std::net::TcpListener)> {
+        crate::networks::dns::bind_in_netns(pid)
     }
 
     fn kill(&self, pid: i32, sig: Signal) -> nix::Result<()> {

@@ -73,6 +73,9 @@ pub struct RunSpec {
     pub host_pid: bool,
     #[serde(default)]
     pub host_uts: bool,
+    /// `--network container:ID`: join this network namespace (`/proc/PID/ns/net`).
+    #[serde(default)]
+    pub join_netns: Option<PathBuf>,
     /// Mount the overlay `volatile` (the engine's `--volatile-layers`).
     #[serde(default)]
     pub volatile: bool,

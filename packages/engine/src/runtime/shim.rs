@@ -74,8 +74,9 @@ fn set_cloexec(fd: i32) {
 /// A shim's spec, by its mode.
 #[derive(Debug)]
 enum Spec {
-    Run(RunSpec),
-    Exec(ExecSpec),
+    /// Boxed, both: the specs are large and of different sizes.
+    Run(Box<RunSpec>),
+    Exec(Box<ExecSpec>),
 }
 
 /// `MODE SPEC`, the shim's arguments.
@@ -91,8 +92,16 @@ fn parse_args(argv: &[String]) -> Option<(&str, &str)> {
 fn parse_spec(mode: &str, path: &str, data: &[u8]) -> Option<Result<Spec, String>> {
     let bad = |e: serde_json::Error| format!("bad spec {path}: {e}");
     match mode {
-        "__run" => Some(serde_json::from_slice(data).map(Spec::Run).map_err(bad)),
-        "__exec" => Some(serde_json::from_slice(data).map(Spec::Exec).map_err(bad)),
+        "__run" => Some(
+            serde_json::from_slice(data)
+                .map(|s| Spec::Run(Box::new(s)))
+                .map_err(bad),
+        ),
+        "__exec" => Some(
+            serde_json::from_slice(data)
+                .map(|s| Spec::Exec(Box::new(s)))
+                .map_err(bad),
+        ),
         _ => None,
     }
 }
@@ -129,9 +138,9 @@ pub fn main(argv: &[String]) -> i32 {
         Some(Ok(Spec::Run(s))) => {
             TRACE_ON.store(s.trace, std::sync::atomic::Ordering::Relaxed);
             mark("spec read");
-            run(s)
+            run(*s)
         }
-        Some(Ok(Spec::Exec(s))) => exec(s),
+        Some(Ok(Spec::Exec(s))) => exec(*s),
         Some(Err(msg)) => {
             report(&format!("error {msg}\n"));
             125
@@ -227,6 +236,20 @@ fn run(spec: RunSpec) -> i32 {
     }
     if spec.new_netns {
         flags |= CloneFlags::CLONE_NEWNET;
+    }
+    if let Some(p) = &spec.join_netns {
+        let joined = std::fs::File::open(p)
+            .map_err(|e| e.to_string())
+            .and_then(|f| {
+                nix::sched::setns(f, CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())
+            });
+        if let Err(e) = joined {
+            report(&format!(
+                "error joining the network namespace {}: {e}\n",
+                p.display()
+            ));
+            return 125;
+        }
     }
     if let Err(e) = unshare(flags) {
         report(&format!("error creating namespaces: {e}\n"));

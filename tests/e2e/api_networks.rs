@@ -1,0 +1,756 @@
+//! User-defined networks of the engine in one booted qemu image, driven by the real docker
+//! CLI on the host over mutual TLS: create with subnet/gateway, ls with filters, inspect,
+//! two containers reaching each other by name and alias through the embedded DNS, `--ip`,
+//! a container on two networks (connect/disconnect while it runs), isolation between
+//! networks, `--internal` (its peer reachable, the outside not), `--network container:`,
+//! `--link` on the default bridge, persistence across an engine restart, rm and prune.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use axion_tests::registry::{Compression, Registry};
+use axion_tests::{boot_ready, image, qemu, require};
+use xtask::profile::Format;
+
+#[test]
+fn user_networks_dns_and_links_in_the_vm() {
+    require!(
+        axion_tests::have_qemu(),
+        "qemu-system-x86_64 is not installed"
+    );
+    require!(
+        Path::new("/usr/bin/ssh").exists(),
+        "the ssh client (openssh-client) is not installed"
+    );
+    require!(
+        Path::new("/usr/bin/docker-registry").exists(),
+        "docker-registry is not installed"
+    );
+    require!(
+        Command::new("docker")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "the docker CLI is not installed"
+    );
+    check().unwrap();
+}
+
+struct Guest {
+    vm: qemu::Vm,
+    dir: PathBuf,
+    key: PathBuf,
+    ssh_port: u16,
+    docker_port: u16,
+}
+
+fn both(o: &Output) -> String {
+    format!(
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+impl Guest {
+    fn serial(&self) -> String {
+        self.vm
+            .serial_log()
+            .map(|p| axion_tests::tail(p, 60))
+            .unwrap_or_default()
+    }
+
+    fn ssh(&self, cmd: &str) -> Result<Output> {
+        axion_tests::ssh(&self.key, self.ssh_port, &[], cmd)
+            .output()
+            .context("running ssh")
+    }
+
+    fn certs(&self) -> PathBuf {
+        self.dir.join("certs")
+    }
+
+    fn fetch_certs(&self) -> Result<()> {
+        std::fs::create_dir_all(self.certs())?;
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let mut all = true;
+            for f in ["ca", "cert", "key"] {
+                let out = self.ssh(&format!("cat /var/lib/axion-engine/tls/client/{f}.pem"))?;
+                if !out.status.success() || out.stdout.is_empty() {
+                    all = false;
+                    break;
+                }
+                std::fs::write(self.certs().join(format!("{f}.pem")), &out.stdout)?;
+            }
+            if all {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the engine's client certificate did not appear within 180 s\nserial:\n{}",
+                    self.serial()
+                );
+            }
+            std::thread::sleep(Duration::from_secs(3));
+        }
+    }
+
+    fn docker_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("docker");
+        c.env(
+            "DOCKER_HOST",
+            format!("tcp://127.0.0.1:{}", self.docker_port),
+        )
+        .env("DOCKER_TLS_VERIFY", "1")
+        .env("DOCKER_CERT_PATH", self.certs())
+        .env("DOCKER_CONFIG", self.dir.join("docker-config"))
+        .args(args);
+        c
+    }
+
+    fn docker(&self, args: &[&str]) -> Result<Output> {
+        eprintln!("$ docker {}", args.join(" "));
+        axion_tests::run_with_timeout(self.docker_cmd(args), Duration::from_secs(300))
+    }
+
+    /// `docker ARGS`, which must succeed; its trimmed stdout.
+    fn ok(&self, args: &[&str]) -> Result<String> {
+        let o = self.docker(args)?;
+        if !o.status.success() {
+            bail!(
+                "docker {} failed ({}):\n{}\nserial:\n{}",
+                args.join(" "),
+                o.status,
+                both(&o),
+                self.serial()
+            );
+        }
+        Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+    }
+
+    /// `docker ARGS`, which must fail; its stderr.
+    fn fails(&self, args: &[&str]) -> Result<String> {
+        let o = self.docker(args)?;
+        if o.status.success() {
+            bail!("docker {} succeeded: {}", args.join(" "), both(&o));
+        }
+        Ok(String::from_utf8_lossy(&o.stderr).trim().to_string())
+    }
+
+    fn wait_engine(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let o = self.docker(&["version", "--format", "{{.Server.APIVersion}}"])?;
+            if o.status.success() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the engine did not answer within 120 s: {}\nserial:\n{}",
+                    both(&o),
+                    self.serial()
+                );
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+
+    #[allow(dead_code)]
+    /// Runs a Python script (argv: port, certs dir) against the engine's TLS port.
+    fn python(&self, script: &str) -> Result<String> {
+        let o = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(self.docker_port.to_string())
+            .arg(self.certs())
+            .output()?;
+        if !o.status.success() {
+            bail!("python failed: {}", both(&o));
+        }
+        Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+    }
+}
+
+fn check() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (key, public) = axion_tests::ssh_keygen(dir.path(), "id")?;
+    let xtask::image::Bootable::Kernel { kernel, initrd } = image("qemu", Format::Initramfs)?
+    else {
+        bail!("the initramfs format is not a kernel and an initramfs");
+    };
+    let registry = Registry::start()?;
+    registry.push_busybox(
+        &axion_tests::busybox(),
+        "busybox",
+        "latest",
+        Compression::Gzip,
+    )?;
+    let reg = format!("10.0.2.2:{}", registry.port);
+    let (ssh_port, docker_port, web_port) =
+        (qemu::free_port()?, qemu::free_port()?, qemu::free_port()?);
+    let (accel, _) = axion_tests::accel();
+    let config = qemu::VmConfig::new()
+        .accel(accel)
+        .memory_mib(1024)
+        .cpus(2)
+        .run_dir(dir.path().join("vm"))
+        .kernel(
+            &kernel,
+            Some(initrd),
+            format!("console=ttyS0,115200 panic=-1 axion.ssh_key=\"{public}\""),
+        )
+        .user_net(
+            qemu::NicModel::VirtioNet,
+            vec![
+                qemu::PortForward::tcp(ssh_port, 22),
+                qemu::PortForward::tcp(docker_port, 2376),
+                qemu::PortForward::tcp(web_port, 8080),
+            ],
+        );
+    let (vm, _ready) = boot_ready(config)?;
+    let g = Guest {
+        vm,
+        dir: dir.path().to_path_buf(),
+        key,
+        ssh_port,
+        docker_port,
+    };
+    g.fetch_certs()?;
+    g.wait_engine()?;
+    let o = g.ssh(&format!(
+        "printf '%s' '{{\"insecure-registries\": [\"{reg}\"]}}' > /var/lib/axion-engine/daemon.json && kill $(pidof engine)"
+    ))?;
+    assert!(o.status.success(), "daemon.json: {}", both(&o));
+    std::thread::sleep(Duration::from_secs(2));
+    g.wait_engine()?;
+    let image = format!("{reg}/busybox:latest");
+    g.ok(&["pull", &image])?;
+    g.ok(&["tag", &image, "busybox"])?;
+
+    // --- create, inspect, ls with filters ----------------------------------------------------
+    let n1 = g.ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.77.0.0/24",
+        "--gateway",
+        "10.77.0.254",
+        "--label",
+        "tier=front",
+        "n1",
+    ])?;
+    assert_eq!(n1.len(), 64, "a network id: {n1}");
+    g.ok(&["network", "create", "n2"])?;
+    g.ok(&["network", "create", "--internal", "nint"])?;
+    let ipam = g.ok(&["network", "inspect", "-f", "{{json .IPAM.Config}}", "n1"])?;
+    assert!(
+        ipam.contains(r#""Subnet":"10.77.0.0/24""#) && ipam.contains(r#""Gateway":"10.77.0.254""#),
+        "{ipam}"
+    );
+    let auto = g.ok(&["network", "inspect", "-f", "{{json .IPAM.Config}}", "n2"])?;
+    assert!(
+        auto.contains("172.18.0.0/16"),
+        "the first automatic subnet: {auto}"
+    );
+    let fields = g.ok(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{.Driver}} {{.Scope}} {{.Internal}} {{.Labels.tier}} {{.EnableIPv6}}",
+        "nint",
+        "n1",
+    ])?;
+    assert_eq!(
+        fields,
+        "bridge local true <no value> false\nbridge local false front false"
+    );
+    let ls = |f: &[&str]| -> Result<String> {
+        let mut a = vec!["network", "ls", "--format", "{{.Name}}"];
+        a.extend_from_slice(f);
+        let mut v: Vec<String> = g.ok(&a)?.lines().map(str::to_string).collect();
+        v.sort();
+        Ok(v.join(","))
+    };
+    assert_eq!(ls(&[])?, "bridge,host,n1,n2,nint,none");
+    assert_eq!(ls(&["--filter", "name=n1"])?, "n1");
+    assert_eq!(ls(&["--filter", "label=tier=front"])?, "n1");
+    assert_eq!(ls(&["--filter", "type=custom"])?, "n1,n2,nint");
+    assert_eq!(ls(&["--filter", "type=builtin"])?, "bridge,host,none");
+    assert_eq!(ls(&["--filter", "driver=null"])?, "none");
+    assert_eq!(ls(&["--filter", "dangling=true"])?, "n1,n2,nint");
+    let e = g.fails(&["network", "create", "-d", "overlay", "ov"])?;
+    assert!(e.contains("plugin \"overlay\" not found"), "{e}");
+    let e = g.fails(&["network", "create", "n1"])?;
+    assert!(e.contains("already exists"), "{e}");
+    let e = g.fails(&["network", "create", "--ipv6", "v6"])?;
+    assert!(e.contains("IPv6"), "{e}");
+    let e = g.fails(&["network", "rm", "bridge"])?;
+    assert!(e.contains("pre-defined network"), "{e}");
+
+    // --- two containers by name and alias; --ip ----------------------------------------------
+    let httpd = "mkdir -p /www && echo hello-from-$(hostname) > /www/index.html && exec httpd -f -p 80 -h /www";
+    g.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--hostname",
+        "web",
+        "--network",
+        "n1",
+        "--network-alias",
+        "webalias",
+        "busybox",
+        "sh",
+        "-c",
+        httpd,
+    ])?;
+    for name in ["web", "webalias"] {
+        let out = g.ok(&[
+            "run",
+            "--rm",
+            "--network",
+            "n1",
+            "busybox",
+            "wget",
+            "-qO-",
+            &format!("http://{name}/"),
+        ])?;
+        assert_eq!(out, "hello-from-web", "by {name}");
+    }
+    let ping = g.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "n1",
+        "busybox",
+        "ping",
+        "-c1",
+        "web",
+    ])?;
+    assert!(ping.contains("1 packets received"), "{ping}");
+    let resolv = g.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "n1",
+        "busybox",
+        "cat",
+        "/etc/resolv.conf",
+    ])?;
+    assert!(resolv.contains("nameserver 127.0.0.11"), "{resolv}");
+    g.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "fixed",
+        "--network",
+        "n1",
+        "--ip",
+        "10.77.0.50",
+        "busybox",
+        "sleep",
+        "600",
+    ])?;
+    let ep = g.ok(&[
+        "inspect", "-f",
+        r#"{{with index .NetworkSettings.Networks "n1"}}{{.IPAddress}} {{.Gateway}} {{.IPPrefixLen}} {{.MacAddress}} {{.NetworkID}}{{end}}"#,
+        "fixed",
+    ])?;
+    assert_eq!(
+        ep,
+        format!("10.77.0.50 10.77.0.254 24 02:42:0a:4d:00:32 {n1}")
+    );
+    let aliases = g.ok(&[
+        "inspect", "-f", r#"{{json (index .NetworkSettings.Networks "n1").Aliases}} {{json (index .NetworkSettings.Networks "n1").DNSNames}}"#, "web",
+    ])?;
+    assert!(
+        aliases.starts_with(r#"["webalias"] ["web","webalias","#),
+        "{aliases}"
+    );
+    let members = g.ok(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{range .Containers}}{{.Name}}={{.IPv4Address}} {{end}}",
+        "n1",
+    ])?;
+    assert!(
+        members.contains("fixed=10.77.0.50/24") && members.contains("web=10.77.0."),
+        "{members}"
+    );
+
+    // --- a container on two networks; isolation ---------------------------------------------
+    g.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web2",
+        "--hostname",
+        "web2",
+        "--network",
+        "n2",
+        "busybox",
+        "sh",
+        "-c",
+        httpd,
+    ])?;
+    g.ok(&["network", "connect", "n2", "fixed"])?;
+    let addrs = g.ok(&["exec", "fixed", "ip", "-4", "-o", "addr"])?;
+    assert!(
+        addrs.contains("eth0") && addrs.contains("10.77.0.50"),
+        "{addrs}"
+    );
+    assert!(
+        addrs.contains("eth1") && addrs.contains("172.18.0."),
+        "{addrs}"
+    );
+    assert_eq!(
+        g.ok(&["exec", "fixed", "wget", "-qO-", "http://web2/"])?,
+        "hello-from-web2"
+    );
+    assert_eq!(
+        g.ok(&["exec", "fixed", "wget", "-qO-", "http://web/"])?,
+        "hello-from-web"
+    );
+    let web_ip = g.ok(&[
+        "inspect",
+        "-f",
+        r#"{{(index .NetworkSettings.Networks "n1").IPAddress}}"#,
+        "web",
+    ])?;
+    let o = g.docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "n2",
+        "busybox",
+        "wget",
+        "-T",
+        "3",
+        "-qO-",
+        &format!("http://{web_ip}/"),
+    ])?;
+    assert!(
+        !o.status.success(),
+        "n2 reached n1's web at {web_ip}: {}",
+        both(&o)
+    );
+    let o = g.docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "n2",
+        "busybox",
+        "nslookup",
+        "web",
+        "127.0.0.11",
+    ])?;
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains(&web_ip),
+        "n2 resolved n1's web: {}",
+        both(&o)
+    );
+    g.ok(&["network", "disconnect", "n2", "fixed"])?;
+    let addrs = g.ok(&["exec", "fixed", "ip", "-4", "-o", "addr"])?;
+    assert!(!addrs.contains("eth1"), "{addrs}");
+
+    // --- internal: the peer yes, the outside no -----------------------------------------------
+    g.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "inpeer",
+        "--hostname",
+        "inpeer",
+        "--network",
+        "nint",
+        "busybox",
+        "sh",
+        "-c",
+        httpd,
+    ])?;
+    assert_eq!(
+        g.ok(&[
+            "run",
+            "--rm",
+            "--network",
+            "nint",
+            "busybox",
+            "wget",
+            "-qO-",
+            "http://inpeer/"
+        ])?,
+        "hello-from-inpeer"
+    );
+    let routes = g.ok(&["run", "--rm", "--network", "nint", "busybox", "ip", "route"])?;
+    assert!(
+        !routes.contains("default"),
+        "an internal network has no route out: {routes}"
+    );
+    let o = g.docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "nint",
+        "busybox",
+        "wget",
+        "-T",
+        "3",
+        "-qO-",
+        &format!("http://{reg}/v2/"),
+    ])?;
+    assert!(
+        !o.status.success(),
+        "an internal container reached {reg}: {}",
+        both(&o)
+    );
+    let o = g.docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "n2",
+        "busybox",
+        "wget",
+        "-T",
+        "5",
+        "-qO-",
+        &format!("http://{reg}/v2/"),
+    ])?;
+    assert!(
+        o.status.success(),
+        "n2 (not internal) reaches the host's registry: {}",
+        both(&o)
+    );
+
+    // --- container: and --link ----------------------------------------------------------------
+    assert_eq!(
+        g.ok(&[
+            "run",
+            "--rm",
+            "--network",
+            "container:web",
+            "busybox",
+            "wget",
+            "-qO-",
+            "http://127.0.0.1/"
+        ])?,
+        "hello-from-web"
+    );
+    g.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "lweb",
+        "--hostname",
+        "lweb",
+        "busybox",
+        "sh",
+        "-c",
+        httpd,
+    ])?;
+    assert_eq!(
+        g.ok(&[
+            "run",
+            "--rm",
+            "--link",
+            "lweb:la",
+            "busybox",
+            "wget",
+            "-qO-",
+            "http://la/"
+        ])?,
+        "hello-from-lweb"
+    );
+    let hosts = g.ok(&[
+        "run",
+        "--rm",
+        "--link",
+        "lweb:la",
+        "busybox",
+        "cat",
+        "/etc/hosts",
+    ])?;
+    assert!(
+        hosts
+            .lines()
+            .any(|l| l.contains("la") && l.contains("lweb")),
+        "{hosts}"
+    );
+
+    // --- persistence across an engine restart -------------------------------------------------
+    // Stopped first, so that the old engine's shutdown (which stops running containers
+    // while it still answers) is over before the new one is asked.
+    g.ok(&["stop", "-t", "1", "web", "fixed", "web2", "inpeer", "lweb"])?;
+    let o = g.ssh("kill $(pidof engine)")?;
+    assert!(o.status.success(), "{}", both(&o));
+    std::thread::sleep(Duration::from_secs(5));
+    g.wait_engine()?;
+    assert_eq!(ls(&["--filter", "type=custom"])?, "n1,n2,nint");
+    assert_eq!(
+        g.ok(&["network", "inspect", "-f", "{{.Id}}", "n1"])?,
+        n1,
+        "the same id after a restart"
+    );
+
+    // --- rm and prune ---------------------------------------------------------------------------
+    g.ok(&["start", "web"])?;
+    let e = g.fails(&["network", "rm", "n1"])?;
+    assert!(e.contains("active endpoints"), "{e}");
+    g.ok(&["rm", "-f", "web", "fixed", "web2", "inpeer", "lweb"])?;
+    g.ok(&["network", "rm", "n1"])?;
+    let pruned = g.ok(&["network", "prune", "-f"])?;
+    assert!(pruned.contains("n2") && pruned.contains("nint"), "{pruned}");
+    assert_eq!(ls(&[])?, "bridge,host,none");
+    let links = g.ssh("ls /sys/class/net")?;
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains("br-"),
+        "bridges left: {}",
+        both(&links)
+    );
+
+    compose(&g, web_port)
+}
+
+/// The compose scenario of issue 15: two services (a busybox httpd and a client that fetches
+/// from it by service name), a named volume and a published port; `up -d`, `ps`, `logs`,
+/// `exec`, `down -v`, and nothing left behind. Debian's docker-compose (v1, docker-py
+/// based) is the client.
+const COMPOSE_YML: &str = r#"version: "3.7"
+services:
+  web:
+    image: busybox
+    command: sh -c "mkdir -p /www && echo hello-compose > /www/index.html && exec httpd -f -p 80 -h /www"
+    ports: ["8080:80"]
+    volumes: ["data:/data"]
+  client:
+    image: busybox
+    command: sh -c "until wget -qO- http://web/ > /data/got; do sleep 1; done; cat /data/got; exec sleep 600"
+    volumes: ["data:/data"]
+    depends_on: [web]
+volumes:
+  data: {}
+"#;
+
+/// The same two services without the volume: what needs only networks (and checks that
+/// `ps` lists each container once, numbered 1).
+fn compose_without_volume() -> String {
+    COMPOSE_YML
+        .replace("    volumes: [\"data:/data\"]\n", "")
+        .replace("volumes:\n  data: {}\n", "")
+        .replace("/data/got", "/tmp/got")
+}
+
+fn compose(g: &Guest, web_port: u16) -> Result<()> {
+    compose_with(g, web_port, &compose_without_volume(), "/tmp/got")?;
+    compose_with(g, web_port, COMPOSE_YML, "/data/got")
+}
+
+fn compose_with(g: &Guest, web_port: u16, yml: &str, got: &str) -> Result<()> {
+    if Command::new("docker-compose")
+        .arg("version")
+        .output()
+        .is_err()
+    {
+        eprintln!(
+            "SKIP (loudly): the compose scenario is not run because docker-compose is not installed (apt-get install --no-install-recommends docker-compose)"
+        );
+        return Ok(());
+    }
+    let dir = g.dir.join("compose");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("docker-compose.yml"), yml)?;
+    let run = |args: &[&str]| -> Result<String> {
+        eprintln!("$ docker-compose {}", args.join(" "));
+        let mut c = Command::new("docker-compose");
+        c.current_dir(&dir)
+            .env("DOCKER_HOST", format!("tcp://127.0.0.1:{}", g.docker_port))
+            .env("DOCKER_TLS_VERIFY", "1")
+            .env("DOCKER_CERT_PATH", g.certs())
+            .env("COMPOSE_PROJECT_NAME", "axnet")
+            // requests would take these over the engine's CA (every handshake fails).
+            .env_remove("REQUESTS_CA_BUNDLE")
+            .env_remove("CURL_CA_BUNDLE")
+            .args(args);
+        let o = axion_tests::run_with_timeout(c, Duration::from_secs(300))?;
+        if !o.status.success() {
+            bail!(
+                "docker-compose {} failed ({}):\n{}\nserial:\n{}",
+                args.join(" "),
+                o.status,
+                both(&o),
+                g.serial()
+            );
+        }
+        Ok(String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr))
+    };
+    run(&["up", "-d"])?;
+    let ps = run(&["ps"])?;
+    assert!(
+        ps.contains("axnet_web_1") && ps.contains("axnet_client_1") && ps.contains("Up"),
+        "{ps}"
+    );
+    assert_eq!(ps.matches("axnet_").count(), 2, "each container once: {ps}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let logs = run(&["logs", "client"])?;
+        if logs.contains("hello-compose") {
+            break;
+        }
+        if Instant::now() > deadline {
+            let mut why = String::new();
+            for a in [
+                &["exec", "axnet_client_1", "cat", "/etc/resolv.conf"][..],
+                &["exec", "axnet_client_1", "nslookup", "web"],
+                &[
+                    "exec",
+                    "axnet_client_1",
+                    "wget",
+                    "-T",
+                    "3",
+                    "-qO-",
+                    "http://web/",
+                ],
+                &["exec", "axnet_client_1", "ip", "-4", "-o", "addr"],
+                &[
+                    "inspect",
+                    "-f",
+                    "{{json .NetworkSettings.Networks}}",
+                    "axnet_client_1",
+                    "axnet_web_1",
+                ],
+                &["ps", "-a"],
+            ] {
+                let o = g.docker(a)?;
+                why.push_str(&format!("$ docker {}\n{}\n", a.join(" "), both(&o)));
+            }
+            bail!("the client never fetched from web by its service name:\n{logs}\n{why}");
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    assert_eq!(
+        run(&["exec", "-T", "client", "cat", got])?.trim(),
+        "hello-compose"
+    );
+    let got = reqwest::blocking::get(format!("http://127.0.0.1:{web_port}/"))?.text()?;
+    assert_eq!(
+        got.trim(),
+        "hello-compose",
+        "the published port from the host"
+    );
+    run(&["down", "-v"])?;
+    assert_eq!(g.ok(&["ps", "-aq"])?, "", "containers left by down -v");
+    assert!(
+        !g.ok(&["network", "ls", "--format", "{{.Name}}"])?
+            .contains("axnet"),
+        "the project network is left"
+    );
+    assert!(
+        !g.ok(&["volume", "ls", "-q"])?.contains("axnet_data"),
+        "the project volume is left"
+    );
+    Ok(())
+}
