@@ -105,11 +105,19 @@ fn parse_link(l: &str) -> (&str, &str) {
 }
 
 impl Engine {
-    /// Hook for the event bus (branch api-containers adds `crate::events`): network events
-    /// `create`, `connect`, `disconnect`, `destroy` are published from here once it lands,
-    /// as dockerd's: `crate::events::publish("network", action, net_id, [("name", name),
-    /// ("type", "bridge")])` plus `("container", id)` for connect and disconnect.
-    fn network_event(&self, _action: &str, _net_id: &str, _net_name: &str, _container: &str) {}
+    /// A network event on the engine's bus (`create`, `connect`, `disconnect`, `destroy`), as
+    /// dockerd's: the actor is the network, with its name and type, and the container for
+    /// connect and disconnect.
+    fn network_event(&self, action: &str, net_id: &str, net_name: &str, container: &str) {
+        let mut attrs = vec![
+            ("name", net_name.to_string()),
+            ("type", "bridge".to_string()),
+        ];
+        if !container.is_empty() {
+            attrs.push(("container", container.to_string()));
+        }
+        crate::events::publish("network", action, net_id, attrs);
+    }
 
     fn default_bridge(&self) -> Option<&net::Bridge> {
         self.bridge.as_ref().ok().map(|(b, _)| b)

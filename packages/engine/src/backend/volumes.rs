@@ -60,8 +60,10 @@ impl MountPlan {
 }
 
 impl Engine {
-    /// Where volume events go (the events helper's stream takes them from here).
-    fn volume_event(&self, _action: &str, _name: &str) {}
+    /// A volume event on the engine's bus, as dockerd's: the actor is the volume's name.
+    fn volume_event(&self, action: &str, name: &str) {
+        crate::events::publish("volume", action, name, [("driver", "local".to_string())]);
+    }
 
     /// Volume name → ids of the containers that mount it.
     fn volume_refs(&self) -> HashMap<String, Vec<String>> {
