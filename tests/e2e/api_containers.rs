@@ -203,7 +203,8 @@ c.send(body.encode())
 r = c.getresponse(); r.read()
 print(r.status)
 c.request("GET", "/_ping"); r = c.getresponse(); print(r.status, r.read().decode())
-c.request("GET", "/v1.47/swarm"); r = c.getresponse(); print(r.status, json.loads(r.read())["message"])
+c.request("GET", "/v1.47/swarm"); r = c.getresponse()
+print(r.status, json.loads(r.read())["message"])
 "#;
 
 fn check() -> Result<()> {

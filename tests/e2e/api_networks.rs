@@ -221,7 +221,8 @@ fn check() -> Result<()> {
     g.fetch_certs()?;
     g.wait_engine()?;
     let o = g.ssh(&format!(
-        "printf '%s' '{{\"insecure-registries\": [\"{reg}\"]}}' > /var/lib/axion-engine/daemon.json && kill $(pidof engine)"
+        "printf '%s' '{{\"insecure-registries\": [\"{reg}\"]}}' > \
+            /var/lib/axion-engine/daemon.json && kill $(pidof engine)"
     ))?;
     assert!(o.status.success(), "daemon.json: {}", both(&o));
     std::thread::sleep(Duration::from_secs(2));
@@ -291,7 +292,8 @@ fn check() -> Result<()> {
     assert!(e.contains("pre-defined network"), "{e}");
 
     // --- two containers by name and alias; --ip ----------------------------------------------
-    let httpd = "mkdir -p /www && echo hello-from-$(hostname) > /www/index.html && exec httpd -f -p 80 -h /www";
+    let httpd = "mkdir -p /www && echo hello-from-$(hostname) > /www/index.html && exec httpd -f \
+        -p 80 -h /www";
     g.ok(&[
         "run",
         "-d",
@@ -356,8 +358,12 @@ fn check() -> Result<()> {
         "600",
     ])?;
     let ep = g.ok(&[
-        "inspect", "-f",
-        r#"{{with index .NetworkSettings.Networks "n1"}}{{.IPAddress}} {{.Gateway}} {{.IPPrefixLen}} {{.MacAddress}} {{.NetworkID}}{{end}}"#,
+        "inspect",
+        "-f",
+        concat!(
+            r#"{{with index .NetworkSettings.Networks "n1"}}"#,
+            "{{.IPAddress}} {{.Gateway}} {{.IPPrefixLen}} {{.MacAddress}} {{.NetworkID}}{{end}}"
+        ),
         "fixed",
     ])?;
     assert_eq!(
@@ -365,7 +371,13 @@ fn check() -> Result<()> {
         format!("10.77.0.50 10.77.0.254 24 02:42:0a:4d:00:32 {n1}")
     );
     let aliases = g.ok(&[
-        "inspect", "-f", r#"{{json (index .NetworkSettings.Networks "n1").Aliases}} {{json (index .NetworkSettings.Networks "n1").DNSNames}}"#, "web",
+        "inspect",
+        "-f",
+        concat!(
+            r#"{{json (index .NetworkSettings.Networks "n1").Aliases}} "#,
+            r#"{{json (index .NetworkSettings.Networks "n1").DNSNames}}"#
+        ),
+        "web",
     ])?;
     assert!(
         aliases.starts_with(r#"["webalias"] ["web","webalias","#),
@@ -623,12 +635,14 @@ const COMPOSE_YML: &str = r#"version: "3.7"
 services:
   web:
     image: busybox
-    command: sh -c "mkdir -p /www && echo hello-compose > /www/index.html && exec httpd -f -p 80 -h /www"
+    command: sh -c "mkdir -p /www && echo hello-compose > /www/index.html &&
+      exec httpd -f -p 80 -h /www"
     ports: ["8080:80"]
     volumes: ["data:/data"]
   client:
     image: busybox
-    command: sh -c "until wget -qO- http://web/ > /data/got; do sleep 1; done; cat /data/got; exec sleep 600"
+    command: sh -c "until wget -qO- http://web/ > /data/got; do sleep 1; done;
+      cat /data/got; exec sleep 600"
     volumes: ["data:/data"]
     depends_on: [web]
 volumes:
@@ -656,7 +670,8 @@ fn compose_with(g: &Guest, web_port: u16, yml: &str, got: &str) -> Result<()> {
         .is_err()
     {
         eprintln!(
-            "SKIP (loudly): the compose scenario is not run because docker-compose is not installed (apt-get install --no-install-recommends docker-compose)"
+            "SKIP (loudly): the compose scenario is not run because docker-compose is not \
+                installed (apt-get install --no-install-recommends docker-compose)"
         );
         return Ok(());
     }

@@ -367,7 +367,8 @@ fn check() -> Result<()> {
     ])?;
     assert_eq!(
         out,
-        r#"[{"Type":"volume","Name":"data","Source":"/var/lib/axion-engine/volumes/data/_data","Destination":"/data","Driver":"local","Mode":"ro","RW":false,"Propagation":""}]"#
+        r#"[{"Type":"volume","Name":"data","Source":"/var/lib/axion-engine/volumes/data/_data",
+            "Destination":"/data","Driver":"local","Mode":"ro","RW":false,"Propagation":""}]"#
     );
     g.ok(&["container", "prune", "-f"])?;
     // A new volume at /etc gets the image's /etc.
@@ -445,7 +446,10 @@ fn check() -> Result<()> {
             "{{json .Mounts}} {{json .HostConfig.Tmpfs}}",
             &id
         ])?,
-        r#"[{"Type":"tmpfs","Source":"","Destination":"/t","Mode":"","RW":true,"Propagation":""}] {"/u":""}"#
+        concat!(
+            r#"[{"Type":"tmpfs","Source":"","Destination":"/t","Mode":"","RW":true,"#,
+            r#""Propagation":""}] {"/u":""}"#
+        )
     );
     g.ok(&["rm", &id])?;
     g.ok(&[
@@ -484,11 +488,13 @@ fn check() -> Result<()> {
     ])?;
     assert_eq!(
         g.ok(&["inspect", "-f", "{{json .Mounts}}", &id])?,
-        r#"[{"Type":"volume","Name":"mv","Source":"/var/lib/axion-engine/volumes/mv/_data","Destination":"/m","Driver":"local","Mode":"","RW":false,"Propagation":""}]"#
+        r#"[{"Type":"volume","Name":"mv","Source":"/var/lib/axion-engine/volumes/mv/_data",
+            "Destination":"/m","Driver":"local","Mode":"","RW":false,"Propagation":""}]"#
     );
     assert_eq!(
         g.ok(&["inspect", "-f", "{{json .HostConfig.Mounts}}", &id])?,
-        r#"[{"Type":"volume","Source":"mv","Target":"/m","ReadOnly":true,"VolumeOptions":{"Labels":{"k":"v"},"DriverConfig":{}}}]"#
+        r#"[{"Type":"volume","Source":"mv","Target":"/m","ReadOnly":true,
+            "VolumeOptions":{"Labels":{"k":"v"},"DriverConfig":{}}}]"#
     );
     assert_eq!(
         g.ok(&["volume", "inspect", "-f", "{{.Labels.k}}", "mv"])?,

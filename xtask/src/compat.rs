@@ -223,7 +223,8 @@ fn measure(
             "seconds": elapsed.as_secs(),
             "engine_answered_after": answers_after,
             "files": per_file(&results).into_iter().map(|(f, c)| serde_json::json!({
-                "file": f, "passed": c.passed, "failed": c.failed, "errors": c.errors, "skipped": c.skipped,
+                "file": f, "passed": c.passed, "failed": c.failed, "errors": c.errors,
+                "skipped": c.skipped,
             })).collect::<Vec<_>>(),
             "tests": results,
         });
@@ -1088,21 +1089,7 @@ mod tests {
 
     /// What pytest 7.4 with pytest-timeout wrote (xunit2) for passing, failing, erroring,
     /// skipped, xfailed, timed-out, teardown-failing and uncollectable tests.
-    const JUNIT: &str = r#"<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="docker-py" errors="2" failures="4" skipped="2" tests="9" time="2.1" hostname="vm">
-<testcase classname="tests.integration.api_volume_test.TestVolumes" name="test_create_volume" time="0.1"><failure message="docker.errors.NotFound: 404 Client Error for https://127.0.0.1:41234/v1.45/volumes/create: Not Found (&quot;page not found&quot;)">tests/integration/api_volume_test.py:12: in test_create_volume
-E   docker.errors.NotFound: 404 Client Error</failure></testcase>
-<testcase classname="tests.integration.api_volume_test.TestVolumes" name="test_list" time="0.0" />
-<testcase classname="tests.integration.api_client_test.InformationTest" name="test_info" time="0.0"><skipped type="pytest.skip" message="API version is too low">x</skipped></testcase>
-<testcase classname="tests.integration.api_exec_test.ExecTest" name="test_hang" time="2.0"><failure message="Failed: Timeout &gt;120.0s">E   Failed: Timeout</failure></testcase>
-<testcase classname="tests.integration.api_exec_test.ExecTest" name="test_multi" time="0.0"><failure message="AssertionError: status&#10;  second line&#10;assert 404 == 200">x</failure></testcase>
-<testcase classname="tests.integration.api_exec_test.ExecTest" name="test_multi" time="0.0"><error message="failed on teardown with &quot;ValueError: teardown broke&quot;">x</error></testcase>
-<testcase classname="tests.integration.credentials.store_test.TestStore" name="test_store" time="0.0"><error message="failed on setup with &quot;fixture missing&quot;">x</error></testcase>
-<testcase classname="tests.integration.models_images_test" name="test_xfail" time="0.0"><skipped type="pytest.xfail" message="known" /></testcase>
-<testcase classname="" name="tests.integration.client_test" time="0.0"><error message="collection failure">/venv/urllib3/connection.py:73: in create_connection
-E   ConnectionRefusedError: [Errno 111] Connection refused
-The above exception was the direct cause of the following exception:
-E   docker.errors.DockerException: Error while fetching server API version</error></testcase>
-</testsuite></testsuites>"#;
+    const JUNIT: &str = include_str!("compat/junit-sample.xml");
 
     fn files() -> impl Fn(&str) -> bool {
         |rel: &str| {
@@ -1285,7 +1272,8 @@ def test_module_level():
 
     #[test]
     fn the_docker_port_comes_from_the_qemu_command_line() {
-        let cmdline = "qemu-system-x86_64\0-netdev\0user,id=net0,hostfwd=tcp:127.0.0.1:40001-:22,hostfwd=tcp:127.0.0.1:40002-:2376\0";
+        let cmdline = "qemu-system-x86_64\0-netdev\0user,id=net0,\
+                       hostfwd=tcp:127.0.0.1:40001-:22,hostfwd=tcp:127.0.0.1:40002-:2376\0";
         assert_eq!(forwarded_docker_port(cmdline), Some(40002));
         assert_eq!(
             forwarded_docker_port("qemu-system-x86_64\0-m\0-nographic"),

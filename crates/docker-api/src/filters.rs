@@ -3,7 +3,8 @@
 //!
 //! The CLI sends a JSON object of filter name → values (`{"name":["web"]}`); old clients
 //! send name → {value: true}. Values of one name are ORed (`label`'s ANDed), different
-//! names are ANDed, as in Docker. `name` is a pattern as in Docker: a substring, with `^` and `$` anchors honoured
+//! names are ANDed, as in Docker. `name` is a pattern as in Docker: a substring, with `^` and `$`
+//! anchors honoured
 //! (Docker takes a full regular expression; the anchored substring covers what scripts
 //! use). An unknown filter name is a 400, never ignored.
 

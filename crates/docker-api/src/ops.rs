@@ -352,9 +352,8 @@ async fn events_stream<B: Backend>(b: Arc<B>, q: Query) -> ApiResult<Resp> {
                     _ = tokio::time::sleep_until(d) => {
                         // What the bus still hands over from before `until` goes out (the
                         // history of a past `until` may not have arrived yet).
-                        while let Ok(Some(e)) =
-                            tokio::time::timeout(std::time::Duration::from_millis(300), rx.recv()).await
-                        {
+                        let grace = std::time::Duration::from_millis(300);
+                        while let Ok(Some(e)) = tokio::time::timeout(grace, rx.recv()).await {
                             if until.is_some_and(|u| e.time_nano > u) {
                                 return;
                             }

@@ -102,7 +102,12 @@ pub fn image_tar(busybox: &[u8]) -> Result<Vec<u8>> {
     })
     .to_string();
     let config_id = hex::encode(Sha256::digest(config.as_bytes()));
-    let manifest = serde_json::json!([{ "Config": format!("{config_id}.json"), "RepoTags": ["busybox:latest"], "Layers": [format!("{layer_id}/layer.tar")] }]).to_string();
+    let manifest = serde_json::json!([{
+        "Config": format!("{config_id}.json"),
+        "RepoTags": ["busybox:latest"],
+        "Layers": [format!("{layer_id}/layer.tar")],
+    }])
+    .to_string();
     let mut t = tar::Builder::new(Vec::new());
     let mut add = |name: &str, data: &[u8]| -> std::io::Result<()> {
         let mut h = tar::Header::new_ustar();

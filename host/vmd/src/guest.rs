@@ -49,7 +49,8 @@ fn docker_toml() -> String {
 command = "/usr/bin/engine"
 # Container state on tmpfs (--exec-root) and a volatile writable layer: the VM runs one
 # container, never reboots, and its disk goes with the container.
-args = ["--data-root", "/var/lib/axion-engine", "--exec-root", "/run/axion-engine", "--volatile-layers", "-H", "unix:///run/docker.sock", "--vmd-port", "{ENGINE_PORT}",
+args = ["--data-root", "/var/lib/axion-engine", "--exec-root", "/run/axion-engine",
+        "--volatile-layers", "-H", "unix:///run/docker.sock", "--vmd-port", "{ENGINE_PORT}",
         "--insecure-registry", "{HOST_ADDR}", "--image-share", "{STORE_DIR}", "--bridge", "none"]
 after = ["network"]
 # init's ready line waits for the engine (a cold boot returns on it).

@@ -44,7 +44,8 @@
 //!   plain HTTP for localhost, 127.0.0.0/8 and `--insecure-registry HOST[:PORT]|CIDR`):
 //!   manifest and config are resolved there, every layer blob is fetched into a
 //!   content-addressed store (`<state>/store/blobs/sha256/<hex>`: temp file, digest check,
-//!   fsync, rename) and unpacked there once (`<state>/store/layers/<diff-id>/`) with the engine's own rules,
+//!   fsync, rename) and unpacked there once (`<state>/store/layers/<diff-id>/`) with the engine's
+//!   own rules,
 //!   now the `layer-unpack` crate (hostile-tar checks, whiteouts, diff-id check). The store
 //!   is one 9p export (`security_model=passthrough,readonly=on`, QEMU runs as root here so
 //!   the guest sees the layers' real owners and modes). The 9p device is in the template

@@ -66,7 +66,11 @@ struct Args {
     /// Pull from this registry over plain HTTP (repeatable), as dockerd's flag: HOST[:PORT],
     /// or a CIDR for every registry given by an address in it. localhost and 127.0.0.0/8
     /// always are.
-    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]|CIDR", value_parser = registry::parse_insecure)]
+    #[arg(
+        long = "insecure-registry",
+        value_name = "HOST[:PORT]|CIDR",
+        value_parser = registry::parse_insecure
+    )]
     insecure_registries: Vec<String>,
     /// On SIGTERM, leave the container VMs running for the next daemon, which re-adopts
     /// them (dockerd's flag). Without it SIGTERM and Ctrl-C end every VM. A daemon that

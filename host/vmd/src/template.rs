@@ -415,12 +415,12 @@ fn agent_exchange(sock: &Path, hostname: &str, timeout: Duration) -> Result<Unix
     stream.set_read_timeout(Some(Duration::from_millis(500)))?;
     let mut r = BufReader::new(&stream);
     let mut got = String::new();
+    let is_answer =
+        |got: &str| matches!(Reply::parse(got), Ok(Reply::Ok { hostname: h }) if h == hostname);
     loop {
         match r.read_line(&mut got) {
             Ok(0) => bail!("the clone agent closed the channel"),
-            Ok(_) if matches!(Reply::parse(&got), Ok(Reply::Ok { hostname: h }) if h == hostname) => {
-                break
-            }
+            Ok(_) if is_answer(&got) => break,
             Ok(_) => got.clear(),
             Err(e)
                 if matches!(

@@ -122,7 +122,10 @@ async fn serve_tcp(l: TcpListener, pid: i32, port: u16) {
             accepted = l.accept() => {
                 let Ok((mut inbound, _)) = accepted else { continue };
                 conns.spawn(async move {
-                    let Ok(out) = in_netns(pid, move || std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))).await else { return };
+                    let connect = move || std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port));
+                    let Ok(out) = in_netns(pid, connect).await else {
+                        return;
+                    };
                     if out.set_nonblocking(true).is_err() {
                         return;
                     }

@@ -181,7 +181,8 @@ impl Engine {
             }
             if !eps.is_empty() || hc.links.as_ref().is_some_and(|l| !l.is_empty()) {
                 return Err(ApiError::bad_request(
-                    "conflicting options: networking options and links cannot be used with --network container:",
+                    "conflicting options: networking options and links cannot be used with \
+                        --network container:",
                 ));
             }
             return Ok(());
@@ -207,14 +208,16 @@ impl Engine {
                     if name == mode {
                         if ep.aliases.as_ref().is_some_and(|a| !a.is_empty()) {
                             return Err(ApiError::bad_request(
-                                "network-scoped alias is supported only for containers in user defined networks",
+                                "network-scoped alias is supported only for containers in user \
+                                    defined networks",
                             ));
                         }
                         if ep.ipam_config.as_ref().is_some_and(|c| {
                             c.link_local_ips.as_ref().is_some_and(|l| !l.is_empty())
                         }) {
                             return Err(ApiError::bad_request(
-                                "link-local addresses (LinkLocalIPs) are not supported by this engine",
+                                "link-local addresses (LinkLocalIPs) are not supported by this \
+                                    engine",
                             ));
                         }
                         if ep
@@ -223,7 +226,8 @@ impl Engine {
                             .is_some_and(|c| !c.ipv4_address.is_empty())
                         {
                             return Err(ApiError::bad_request(
-                                "user specified IP address is supported on user defined networks only",
+                                "user specified IP address is supported on user defined networks \
+                                    only",
                             ));
                         }
                         if let Some(o) = ep.driver_opts.clone().filter(|o| !o.is_empty()) {
@@ -277,7 +281,8 @@ impl Engine {
             Found::User(n) => n,
             Found::Predefined { name, .. } => {
                 return Err(ApiError::bad_request(format!(
-                    "connecting to the predefined network {name} besides another is not supported by this engine"
+                    "connecting to the predefined network {name} besides another is not supported \
+                        by this engine"
                 )))
             }
         };
@@ -763,7 +768,8 @@ impl NetworkBackend for Engine {
                 .is_some_and(|c| !c.network.is_empty())
         {
             return Err(ApiError::bad_request(
-                "ingress, config-only and config-from networks are swarm features this engine does not have",
+                "ingress, config-only and config-from networks are swarm features this engine does \
+                    not have",
             ));
         }
         if !matches!(req.scope.as_str(), "" | "local") {
@@ -877,7 +883,8 @@ impl NetworkBackend for Engine {
         };
         if matches!(mode, "host" | "none") || mode.starts_with("container:") {
             return Err(forbidden(format!(
-                "container sharing network namespace with another container or host cannot be connected to any other network (--network {mode})"
+                "container sharing network namespace with another container or host cannot be \
+                    connected to any other network (--network {mode})"
             )));
         }
         let ep = req.endpoint_config.clone().unwrap_or_default();
@@ -921,7 +928,8 @@ impl NetworkBackend for Engine {
         let u = match f {
             Found::Predefined { name, .. } => {
                 return Err(forbidden(format!(
-                    "disconnecting a container from the predefined network {name} is not supported by this engine"
+                    "disconnecting a container from the predefined network {name} is not supported \
+                        by this engine"
                 )))
             }
             Found::User(u) => u,

@@ -158,7 +158,9 @@ async fn create_refuses_what_docker_refuses() {
             "invalid restart policy",
         ),
         (
-            serde_json::json!({"HostConfig": {"AutoRemove": true, "RestartPolicy": {"Name": "always"}}}),
+            serde_json::json!({
+                "HostConfig": {"AutoRemove": true, "RestartPolicy": {"Name": "always"}}
+            }),
             400,
             "cannot specify both --restart and --rm",
         ),
@@ -399,7 +401,9 @@ async fn restart_policy_on_failure_counts_its_retries() {
     let d = tempfile::tempdir().unwrap();
     let rt = Arc::new(Fake::default());
     let e = engine_on(d.path(), &rt).await;
-    let policy = serde_json::json!({"HostConfig": {"RestartPolicy": {"Name": "on-failure", "MaximumRetryCount": 2}}});
+    let policy = serde_json::json!({
+        "HostConfig": {"RestartPolicy": {"Name": "on-failure", "MaximumRetryCount": 2}}
+    });
     let (id, _) = run(&e, &rt, policy.clone()).await;
     // Three failures: the first run and two retries; then it stays exited.
     for n in 1..=3 {

@@ -161,7 +161,8 @@ mod tests {
     ) -> (Vec<u8>, String) {
         let layer = layer_tar("hello.txt", b"hi\n");
         let config = format!(
-            r#"{{"architecture":"amd64","os":"linux","config":{{"Cmd":["/hello"]}},"rootfs":{{"type":"layers","diff_ids":["{}"]}}}}"#,
+            r#"{{"architecture":"amd64","os":"linux","config":{{"Cmd":["/hello"]}},
+                "rootfs":{{"type":"layers","diff_ids":["{}"]}}}}"#,
             sha(&layer)
         );
         let id = sha(config.as_bytes());

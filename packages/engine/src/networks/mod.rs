@@ -369,7 +369,9 @@ impl Networks {
                 .find(|p| !taken.iter().any(|t| t.overlaps(p)))
                 .ok_or_else(|| {
                     NetError::Forbidden(
-                        "could not find an available, non-overlapping IPv4 address pool among the defaults to assign to the network".into(),
+                        "could not find an available, non-overlapping IPv4 address pool among the \
+                            defaults to assign to the network"
+                            .into(),
                     )
                 })?,
         };
@@ -398,7 +400,8 @@ impl Networks {
         for (k, a) in &spec.aux {
             if !subnet.contains(*a) || *a == gateway {
                 return Err(NetError::Invalid(format!(
-                    "invalid auxiliary address {k}={a}: it must be in the subnet {subnet} and not the gateway"
+                    "invalid auxiliary address {k}={a}: it must be in the subnet {subnet} and not \
+                        the gateway"
                 )));
             }
         }
@@ -407,7 +410,8 @@ impl Networks {
         let bridge = match options.get("com.docker.network.bridge.name") {
             Some(b) if !valid_ifname(b) => {
                 return Err(NetError::Invalid(format!(
-                    "com.docker.network.bridge.name {b:?}: not a valid interface name (1-15 of a-z, 0-9, _ . -)"
+                    "com.docker.network.bridge.name {b:?}: not a valid interface name (1-15 of \
+                        a-z, 0-9, _ . -)"
                 )))
             }
             Some(b) => b.clone(),
@@ -441,7 +445,10 @@ impl Networks {
             };
             if !ok {
                 return Err(NetError::Invalid(format!(
-                    "network option {k}={v} is not supported by this engine (supported: com.docker.network.bridge.name, com.docker.network.bridge.enable_ip_masquerade, enable_icc=true, driver.mtu=1500, host_binding_ipv4=0.0.0.0)"
+                    "network option {k}={v} is not supported by this engine (supported: \
+                        com.docker.network.bridge.name, \
+                            com.docker.network.bridge.enable_ip_masquerade, enable_icc=true, \
+                                driver.mtu=1500, host_binding_ipv4=0.0.0.0)"
                 )));
             }
         }
@@ -518,7 +525,9 @@ impl Networks {
             Some(ip) => {
                 if !n.user_subnet {
                     return Err(NetError::Invalid(
-                        "user specified IP address is supported only when connecting to networks with user configured subnets".into(),
+                        "user specified IP address is supported only when connecting to networks \
+                            with user configured subnets"
+                            .into(),
                     ));
                 }
                 if !n.subnet.contains(ip)
@@ -527,7 +536,8 @@ impl Networks {
                     || ip == n.subnet.broadcast()
                 {
                     return Err(NetError::Invalid(format!(
-                        "invalid address {ip}: it is not a host address of {} ({}) other than its gateway",
+                        "invalid address {ip}: it is not a host address of {} ({}) other than its \
+                            gateway",
                         n.subnet, n.name
                     )));
                 }

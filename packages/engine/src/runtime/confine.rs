@@ -341,7 +341,9 @@ mod tests {
         assert_eq!(prog(&["seccomp=unconfined"], &[]).unwrap(), None);
         assert_eq!(prog(&["seccomp:unconfined"], &[]).unwrap(), None);
         // The docker CLI sends the profile file's contents.
-        let custom = prog(&[r#"seccomp={"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ERRNO"}]}"#], &[]).unwrap().unwrap();
+        let profile = r#"seccomp={"defaultAction":"SCMP_ACT_ALLOW",
+            "syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ERRNO"}]}"#;
+        let custom = prog(&[profile], &[]).unwrap().unwrap();
         assert!(custom.len() < 12, "{custom:?}");
         let e = prog(&[r#"seccomp={"defaultAction":"SCMP_ACT_NOPE"}"#], &[]).unwrap_err();
         assert!(e.contains("unknown action"), "{e}");

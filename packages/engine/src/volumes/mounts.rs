@@ -563,9 +563,8 @@ mod tests {
         });
         let p = parse_mount(&m).unwrap();
         assert!(p.readonly && p.mode.is_empty() && p.propagation.is_empty());
-        assert!(
-            matches!(&p.source, Source::Volume { nocopy: true, subpath, .. } if subpath == "sub/dir")
-        );
+        assert!(matches!(&p.source,
+                Source::Volume { nocopy: true, subpath, .. } if subpath == "sub/dir"));
         m.volume_options.as_mut().unwrap().subpath = "../up".into();
         assert!(parse_mount(&m).is_err());
         let p = parse_mount(&mount("volume", "", "/anon")).unwrap();

@@ -295,13 +295,22 @@ fn capabilities_unlock_syscalls() {
 #[test]
 fn comparison_operators_on_64_bits() {
     let json = r#"{"defaultAction":"SCMP_ACT_ERRNO","defaultErrnoRet":13,"syscalls":[
-        {"names":["read"],"action":"SCMP_ACT_ALLOW","args":[{"index":2,"value":4294967296,"op":"SCMP_CMP_LT"}]},
-        {"names":["write"],"action":"SCMP_ACT_ALLOW","args":[{"index":0,"value":4294967296,"op":"SCMP_CMP_GE"},{"index":1,"value":7,"op":"SCMP_CMP_LE"}]},
-        {"names":["close"],"action":"SCMP_ACT_ERRNO","errnoRet":9,"args":[{"index":0,"value":4294967301,"op":"SCMP_CMP_GT"}]},
+        {"names":["read"],"action":"SCMP_ACT_ALLOW",
+            "args":[{"index":2,"value":4294967296,"op":"SCMP_CMP_LT"}]},
+        {"names":["write"],"action":"SCMP_ACT_ALLOW",
+            "args":[{"index":0,"value":4294967296,"op":"SCMP_CMP_GE"},
+                {"index":1,"value":7,"op":"SCMP_CMP_LE"}]},
+        {"names":["close"],"action":"SCMP_ACT_ERRNO","errnoRet":9,
+            "args":[{"index":0,"value":4294967301,"op":"SCMP_CMP_GT"}]},
         {"names":["close"],"action":"SCMP_ACT_ALLOW"},
-        {"names":["dup"],"action":"SCMP_ACT_ALLOW","args":[{"index":0,"value":3,"op":"SCMP_CMP_EQ"},{"index":0,"value":5,"op":"SCMP_CMP_EQ"}]},
-        {"names":["kill"],"action":"SCMP_ACT_ALLOW","args":[{"index":5,"value":18446744069414584320,"valueTwo":4294967296,"op":"SCMP_CMP_MASKED_EQ"}]},
-        {"names":["getpid"],"action":"SCMP_ACT_ALLOW","args":[{"index":0,"value":5,"op":"SCMP_CMP_NE"}]},
+        {"names":["dup"],"action":"SCMP_ACT_ALLOW",
+            "args":[{"index":0,"value":3,"op":"SCMP_CMP_EQ"},
+                {"index":0,"value":5,"op":"SCMP_CMP_EQ"}]},
+        {"names":["kill"],"action":"SCMP_ACT_ALLOW",
+            "args":[{"index":5,"value":18446744069414584320,
+                "valueTwo":4294967296,"op":"SCMP_CMP_MASKED_EQ"}]},
+        {"names":["getpid"],"action":"SCMP_ACT_ALLOW",
+            "args":[{"index":0,"value":5,"op":"SCMP_CMP_NE"}]},
         {"names":["no_such_syscall","sync_file_range2"],"action":"SCMP_ACT_ALLOW"}
     ]}"#;
     let p = program(json, &[]);
@@ -364,7 +373,8 @@ fn comparison_operators_on_64_bits() {
 #[test]
 fn deny_list_profiles_and_errors() {
     let p = program(
-        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO"}]}"#,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],
+            "action":"SCMP_ACT_ERRNO"}]}"#,
         &[],
     );
     assert_eq!(call(&p, "mkdir", [0; 6]), EPERM);
@@ -399,21 +409,24 @@ fn deny_list_profiles_and_errors() {
         err(r#"{"defaultAction":"SCMP_ACT_BOGUS"}"#).contains("unknown action \"SCMP_ACT_BOGUS\"")
     );
     let e = err(
-        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],"action":"SCMP_ACT_NOTIFY"}]}"#,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],
+            "action":"SCMP_ACT_NOTIFY"}]}"#,
     );
     assert!(
         e.contains("syscalls[0] (read)") && e.contains("SCMP_ACT_NOTIFY"),
         "{e}"
     );
     let e = err(
-        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],"action":"SCMP_ACT_ERRNO","args":[{"index":1,"value":1,"op":"SCMP_CMP_XX"}]}]}"#,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],
+            "action":"SCMP_ACT_ERRNO","args":[{"index":1,"value":1,"op":"SCMP_CMP_XX"}]}]}"#,
     );
     assert!(
         e.contains("unknown argument operator \"SCMP_CMP_XX\""),
         "{e}"
     );
     let e = err(
-        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],"action":"SCMP_ACT_ERRNO","args":[{"index":6,"value":1,"op":"SCMP_CMP_EQ"}]}]}"#,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],
+            "action":"SCMP_ACT_ERRNO","args":[{"index":6,"value":1,"op":"SCMP_CMP_EQ"}]}]}"#,
     );
     assert!(e.contains("argument index 6"), "{e}");
     assert!(
