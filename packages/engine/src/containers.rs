@@ -87,6 +87,11 @@ pub struct Record {
     /// Anonymous volumes made for this container (`rm -v` removes them).
     #[serde(default)]
     pub anon_volumes: Vec<String>,
+    /// The host ports bound at the last start, by container port (`80/tcp`): what inspect,
+    /// `docker ps` and `docker port` show, ephemeral ones (`-p 80`) included; a re-adopting
+    /// engine binds these again.
+    #[serde(default)]
+    pub published: std::collections::BTreeMap<String, Vec<docker_api::types::PortBinding>>,
     /// Frozen (cgroup.freeze) while running: `docker pause`.
     #[serde(default)]
     pub paused: bool,

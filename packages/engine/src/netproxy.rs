@@ -85,6 +85,14 @@ pub async fn bind(b: &Binding) -> Result<Bound, String> {
 }
 
 impl Bound {
+    /// The container port and protocol (`80/tcp`) and the host address actually bound.
+    pub fn published(&self) -> (String, Option<SocketAddr>) {
+        match self {
+            Bound::Tcp(l, port) => (format!("{port}/tcp"), l.local_addr().ok()),
+            Bound::Udp(s, port) => (format!("{port}/udp"), s.local_addr().ok()),
+        }
+    }
+
     /// Forwards to the container port in the network namespace of `pid` until aborted;
     /// aborting the handle also ends every connection or flow it started.
     pub fn serve(self, pid: i32) -> JoinHandle<()> {

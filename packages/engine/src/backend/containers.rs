@@ -6,17 +6,58 @@ use crate::containers::{parse_signal, random_name_try, valid_name, Events, Recor
 use crate::runtime::{Process, RunSpec, Stdio3};
 use crate::{logs, netproxy};
 use docker_api::time::{human, rfc3339, since};
+use docker_api::types::PortBinding;
 use docker_api::{AttachIo, AttachOptions, FrameRx, LogsOptions, StdStream, WaitCondition};
+use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Binds the host side of every `-p` of a container (TCP and UDP).
-pub(super) async fn publish_ports(r: &Record) -> Result<Vec<netproxy::Bound>, String> {
-    let map = r.host_config.port_bindings.clone().unwrap_or_default();
+/// Binds the host side of every `-p` of a container (TCP and UDP). `again`: the ports a
+/// re-adopted container had (its `published` record), not new picks for ephemeral ones.
+pub(super) async fn publish_ports(r: &Record, again: bool) -> Result<Vec<netproxy::Bound>, String> {
+    let map = if again && !r.published.is_empty() {
+        r.published
+            .iter()
+            .map(|(k, v)| (k.clone(), Some(v.clone())))
+            .collect()
+    } else {
+        r.host_config.port_bindings.clone().unwrap_or_default()
+    };
     let mut bound = Vec::new();
     for m in docker_api::portspec::from_port_bindings(&map).map_err(|e| e.to_string())? {
         bound.push(netproxy::bind_mapping(&m).await?);
     }
     Ok(bound)
+}
+
+/// The host addresses `bound` holds, by container port, as the API shows them.
+fn published_map(bound: &[netproxy::Bound]) -> BTreeMap<String, Vec<PortBinding>> {
+    let mut m: BTreeMap<String, Vec<PortBinding>> = BTreeMap::new();
+    for b in bound {
+        if let (key, Some(addr)) = b.published() {
+            m.entry(key).or_default().push(PortBinding {
+                host_ip: addr.ip().to_string(),
+                host_port: addr.port().to_string(),
+            });
+        }
+    }
+    m
+}
+
+/// A running container's ports as bound (the ephemeral ones with the port the kernel
+/// picked), else as asked for.
+fn shown_ports(r: &Record) -> BTreeMap<String, Option<Vec<PortBinding>>> {
+    let asked = r.host_config.port_bindings.clone().unwrap_or_default();
+    asked
+        .into_iter()
+        .map(|(k, v)| {
+            let shown = if r.status != Status::Running {
+                None
+            } else {
+                r.published.get(&k).cloned().or(v)
+            };
+            (k, shown)
+        })
+        .collect()
 }
 
 impl Engine {
@@ -125,13 +166,14 @@ impl Engine {
         let spec = self.spec_for(c, &r, lowers)?;
         trace.mark("spec (seccomp compiled)");
         // Published ports first: a taken host port fails the start, as in Docker.
-        let published = publish_ports(&r).await.map_err(|e| {
+        let published = publish_ports(&r, false).await.map_err(|e| {
             ApiError::internal(format!(
                 "driver failed programming external connectivity on endpoint {} ({}): {e}",
                 r.name.trim_start_matches('/'),
                 r.id
             ))
         })?;
+        let bound_ports = published_map(&published);
         // Bridge network: the container's address, and /etc/hosts naming it.
         let attach = match (r.host_config.network_mode.as_str(), &self.bridge) {
             ("bridge", Ok((b, ipam))) => {
@@ -245,6 +287,7 @@ impl Engine {
             rec.cgroup = cg.clone();
             rec.oom_killed = false;
             rec.endpoint = attach.map(|(_, ep)| ep);
+            rec.published = bound_ports;
         }
         c.save();
         self.net_started(&r.id, &plan);
@@ -520,10 +563,7 @@ impl Engine {
 
     fn inspect_of(&self, c: &Container) -> ContainerInspect {
         let r = c.snapshot();
-        let mut ports = std::collections::BTreeMap::new();
-        for (k, v) in r.host_config.port_bindings.clone().unwrap_or_default() {
-            ports.insert(k, if r.status == Status::Running { v } else { None });
-        }
+        let ports = shown_ports(&r);
         ContainerInspect {
             id: r.id.clone(),
             created: rfc3339(r.created),
@@ -605,7 +645,7 @@ impl ContainerBackend for Engine {
             .map(|r| {
                 let mut ports = Vec::new();
                 if r.status == Status::Running {
-                    for (k, bs) in r.host_config.port_bindings.clone().unwrap_or_default() {
+                    for (k, bs) in shown_ports(&r) {
                         let (p, proto) = k.split_once('/').unwrap_or((&k, "tcp"));
                         for b in bs.unwrap_or_default() {
                             ports.push(Port {

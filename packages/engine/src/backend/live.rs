@@ -138,7 +138,7 @@ impl Engine {
             }
         }
         // The engine's port proxies went with the old engine; bind them again.
-        match super::containers::publish_ports(&r).await {
+        match super::containers::publish_ports(&r, true).await {
             Ok(bound) => {
                 let proxies: Vec<_> = bound.into_iter().map(|b| b.serve(r.pid)).collect();
                 *c.proxies.lock().unwrap() = proxies;

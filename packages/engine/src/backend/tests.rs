@@ -840,3 +840,27 @@ async fn an_oom_kill_shows_in_inspect_until_the_next_start() {
     e.container_start(&id).await.unwrap();
     assert!(!e.container_inspect(&id).await.unwrap().state.oom_killed);
 }
+
+#[tokio::test]
+async fn an_ephemeral_published_port_shows_the_port_bound() {
+    let d = tempfile::tempdir().unwrap();
+    let rt = Arc::new(Fake::default());
+    let e = engine_on(d.path(), &rt).await;
+    // `-p 127.0.0.1::80`: Docker's meaning is a port the kernel picks, not host port 80.
+    let (id, _) = run(
+        &e,
+        &rt,
+        serde_json::json!({"HostConfig": {"NetworkMode": "none", "PortBindings":
+            {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]}}}),
+    )
+    .await;
+    let ins = e.container_inspect(&id).await.unwrap();
+    let shown = ins.network_settings.ports["80/tcp"].clone().unwrap();
+    let port: u16 = shown[0].host_port.parse().unwrap();
+    assert!(port != 0 && port != 80, "{shown:?}");
+    assert_eq!(shown[0].host_ip, "127.0.0.1");
+    // The port is really bound by the engine until the container stops.
+    assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_err());
+    let listed = e.containers(false).await.unwrap();
+    assert_eq!(listed[0].ports[0].public_port, Some(port));
+}
