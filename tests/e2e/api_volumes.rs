@@ -367,8 +367,11 @@ fn check() -> Result<()> {
     ])?;
     assert_eq!(
         out,
-        r#"[{"Type":"volume","Name":"data","Source":"/var/lib/axion-engine/volumes/data/_data",
-            "Destination":"/data","Driver":"local","Mode":"ro","RW":false,"Propagation":""}]"#
+        concat!(
+            r#"[{"Type":"volume","Name":"data","#,
+            r#""Source":"/var/lib/axion-engine/volumes/data/_data","#,
+            r#""Destination":"/data","Driver":"local","Mode":"ro","RW":false,"Propagation":""}]"#
+        )
     );
     g.ok(&["container", "prune", "-f"])?;
     // A new volume at /etc gets the image's /etc.
@@ -488,13 +491,17 @@ fn check() -> Result<()> {
     ])?;
     assert_eq!(
         g.ok(&["inspect", "-f", "{{json .Mounts}}", &id])?,
-        r#"[{"Type":"volume","Name":"mv","Source":"/var/lib/axion-engine/volumes/mv/_data",
-            "Destination":"/m","Driver":"local","Mode":"","RW":false,"Propagation":""}]"#
+        concat!(
+            r#"[{"Type":"volume","Name":"mv","Source":"/var/lib/axion-engine/volumes/mv/_data","#,
+            r#""Destination":"/m","Driver":"local","Mode":"","RW":false,"Propagation":""}]"#
+        )
     );
     assert_eq!(
         g.ok(&["inspect", "-f", "{{json .HostConfig.Mounts}}", &id])?,
-        r#"[{"Type":"volume","Source":"mv","Target":"/m","ReadOnly":true,
-            "VolumeOptions":{"Labels":{"k":"v"},"DriverConfig":{}}}]"#
+        concat!(
+            r#"[{"Type":"volume","Source":"mv","Target":"/m","ReadOnly":true,"#,
+            r#""VolumeOptions":{"Labels":{"k":"v"},"DriverConfig":{}}}]"#
+        )
     );
     assert_eq!(
         g.ok(&["volume", "inspect", "-f", "{{.Labels.k}}", "mv"])?,
