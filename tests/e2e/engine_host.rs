@@ -279,7 +279,11 @@ fn version_info_and_bad_input() {
 
     let (s, b) = raw(&e, "GET", "/_ping", b"");
     assert_eq!((s, b.as_str()), (200, "OK"));
+    // Not a swarm node: 503 with dockerd's message, so clients say what is wrong.
     let (s, b) = raw(&e, "GET", "/v1.47/swarm", b"");
+    assert_eq!(s, 503, "{b}");
+    assert!(b.contains("not a swarm manager"), "{b}");
+    let (s, b) = raw(&e, "GET", "/v1.47/no-such-route", b"");
     assert_eq!(s, 404);
     assert!(b.contains("\"message\""), "{b}");
     let (s, b) = raw(&e, "GET", "/v9.99/version", b"");

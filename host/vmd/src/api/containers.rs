@@ -223,6 +223,9 @@ impl ContainerBackend for Api {
             greq.config.hostname = hostname.clone();
             greq.host_config.auto_remove = false;
             greq.host_config.network_mode = network_mode.into();
+            // The client's endpoints name the host-side network (`bridge`); inside the VM the
+            // container has the VM's own namespace, where an endpoint would be refused.
+            greq.networking_config = Default::default();
             greq.host_config.port_bindings = None;
             let r = guest.create(&greq).await;
             debug(&format!(
