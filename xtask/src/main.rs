@@ -28,7 +28,7 @@ enum Cmd {
     /// Fetch and verify sources into the download cache.
     Fetch(fetch::Args),
     /// Check the host for every tool the project needs.
-    Doctor,
+    Doctor(doctor::Args),
     /// Build packages into staged trees (default: every package of the default profile).
     Build(build::Args),
     /// Assemble an image.
@@ -78,7 +78,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         .with_context(|| format!("cannot enter {}", layout.root.display()))?;
     match cmd {
         Cmd::List => profile::list(&layout),
-        Cmd::Doctor => doctor::main(),
+        Cmd::Doctor(a) => doctor::main(&layout, &a),
         Cmd::Fetch(a) => fetch::main(&layout, &a),
         Cmd::Build(a) => build::main(&layout, &a),
         Cmd::Image(a) => image::main(&layout, &a),
