@@ -14,6 +14,7 @@ pub mod layout;
 pub mod profile;
 pub mod publish;
 pub mod recipe;
+pub mod remote_cache;
 pub mod rootfs;
 pub mod run;
 pub mod sbom;
