@@ -142,16 +142,19 @@ fn shared_cache_serves_an_empty_cache_and_falls_back_on_failures() {
     // A corrupted blob: the registry serves other bytes for init's tree. Refused, and
     // nothing enters the local cache.
     let init_key = key_of("init");
-    let manifest: serde_json::Value = reqwest::blocking::Client::new()
-        .get(format!(
-            "http://{}/v2/axion/build-cache/manifests/init-{init_key}",
-            registry.host()
-        ))
-        .header("Accept", "application/vnd.oci.image.manifest.v1+json")
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &reqwest::blocking::Client::new()
+            .get(format!(
+                "http://{}/v2/axion/build-cache/manifests/init-{init_key}",
+                registry.host()
+            ))
+            .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+            .send()
+            .unwrap()
+            .bytes()
+            .unwrap(),
+    )
+    .unwrap();
     let tree_digest = manifest["layers"]
         .as_array()
         .unwrap()
