@@ -365,7 +365,10 @@ fn common_license_texts(expr: &str, name: &str) -> Result<Vec<(String, Vec<u8>)>
             ]);
         }
     }
-    bail!("crate {name} ({expr}) ships no license file and none of its licenses is in /usr/share/common-licenses")
+    bail!(
+        "crate {name} ({expr}) ships no license file and none of its licenses is in \
+         /usr/share/common-licenses"
+    )
 }
 
 /// What the Rust toolchain links into every static musl binary: the standard library, the
@@ -500,7 +503,8 @@ fn debian_musl() -> Result<Component> {
     let (deb_sha256, filename) = apt_fields(&show, &arch);
     let libc_sha256 = crate::cache::sha256_file(&libc)?;
     let mut info = format!(
-        "Debian binary package {package} version {version} ({arch}), linked as {} (sha256 {libc_sha256})",
+        "Debian binary package {package} version {version} ({arch}), linked as {} \
+         (sha256 {libc_sha256})",
         libc.display()
     );
     if let Some(f) = &filename {
