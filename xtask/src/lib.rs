@@ -20,4 +20,5 @@ pub mod run;
 pub mod sbom;
 pub mod test;
 pub mod ui;
+pub mod verify;
 pub mod vmd;
