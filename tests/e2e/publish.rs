@@ -106,6 +106,12 @@ fn publish_push_and_pull_round_trip() -> Result<()> {
         "{manifest}"
     );
 
+    // Rebuilt from the recorded inputs, every file has the published sha256 (the comparison
+    // naming a differing file is xtask's unit test verify::tests).
+    let verified = xtask_ok(&["verify", published.to_str().unwrap()], TIMEOUT)?;
+    let said = String::from_utf8_lossy(&verified.stdout);
+    assert!(said.starts_with("identical: all "), "{said}");
+
     // Round trip: every file comes back byte for byte.
     let pulled = dir.path().join("pulled");
     xtask_ok(

@@ -40,6 +40,8 @@ pub enum Difference {
     Missing(String),
     /// Rebuilt but not published.
     Extra(String),
+    /// The published file itself does not have the sha256 its SHA256SUMS says.
+    NotAsListed(String),
 }
 
 impl std::fmt::Display for Difference {
@@ -63,6 +65,12 @@ impl std::fmt::Display for Difference {
             }
             Difference::Missing(n) => write!(f, "{n}: published, not rebuilt"),
             Difference::Extra(n) => write!(f, "{n}: rebuilt, not published"),
+            Difference::NotAsListed(n) => {
+                write!(
+                    f,
+                    "{n}: the published file does not match its SHA256SUMS line"
+                )
+            }
         }
     }
 }
@@ -168,11 +176,22 @@ pub fn compare(published: &Path, rebuilt: &Path) -> Result<Report> {
     let got = sums(rebuilt)?;
     let mut report = Report::default();
     for (name, hash) in &want {
+        let own = published.join(name);
+        if name != "SHA256SUMS" && own.is_file() && crate::cache::sha256_file(&own)? != *hash {
+            report
+                .differences
+                .push(Difference::NotAsListed(name.clone()));
+        }
         match got.iter().find(|(n, _)| n == name) {
             None => report.differences.push(Difference::Missing(name.clone())),
             Some((_, h)) if h == hash => report.identical.push(name.clone()),
             Some(_) => {
                 let (a, b) = (published.join(name), rebuilt.join(name));
+                if name != "SHA256SUMS" && a.is_file() && crate::cache::sha256_file(&a)? != *hash {
+                    report
+                        .differences
+                        .push(Difference::NotAsListed(name.clone()));
+                }
                 let (differing, first) = if a.is_file() {
                     byte_diff(&a, &b)?
                 } else {
@@ -286,6 +305,16 @@ mod tests {
             .differences
             .contains(&Difference::Missing("licenses/l".into())));
         assert!(r.differences.contains(&Difference::Extra("new".into())));
+        // A published file edited after SHA256SUMS was written is named as such.
+        folder(&b, &[("x.raw", b"abcdef"), ("licenses/l", b"text")]);
+        std::fs::write(a.join("x.raw"), b"abcdeF").unwrap();
+        let r = compare(&a, &b).unwrap();
+        assert!(
+            r.differences
+                .contains(&Difference::NotAsListed("x.raw".into())),
+            "{:?}",
+            r.differences
+        );
         assert!(text
             .iter()
             .any(|t| t.starts_with("x.raw: differs (3 byte(s), the first at offset 2")));
