@@ -715,6 +715,8 @@ fn clean_builds(
             std::slice::from_ref(&name),
             &build::BuildOptions {
                 offline: true,
+                // A clean build is measured: nothing from a shared cache.
+                remote: None,
                 ..Default::default()
             },
         ) {

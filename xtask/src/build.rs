@@ -51,10 +51,13 @@ pub struct Args {
     pub packages: Vec<String>,
     #[arg(long)]
     pub offline: bool,
+    #[command(flatten)]
+    pub cache: crate::remote_cache::CacheArgs,
 }
 
 /// `cargo xtask build`: packages into staged trees in the cache.
 pub fn main(layout: &Layout, args: &Args) -> Result<()> {
+    args.cache.apply()?;
     let recipes = RecipeSet::load(&layout.recipes())?;
     let names = if args.packages.is_empty() {
         crate::profile::load_profile(&layout.root, "qemu", &recipes)?
@@ -110,6 +113,9 @@ pub struct BuildOptions {
     pub offline: bool,
     /// Parallel jobs for make and cargo (default: the machine's cores).
     pub jobs: usize,
+    /// The shared build cache (default: the environment's or config file's, see
+    /// remote_cache.rs).
+    pub remote: Option<crate::remote_cache::Remote>,
 }
 
 impl Default for BuildOptions {
@@ -119,6 +125,7 @@ impl Default for BuildOptions {
             jobs: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
+            remote: crate::remote_cache::Remote::configured(),
         }
     }
 }
@@ -142,6 +149,26 @@ pub fn build_packages(
         let staged = build_one(layout, recipe, &key, &deps, opts)?;
         built.insert(staged.name.clone(), staged.clone());
         out.push(staged);
+    }
+    Ok(out)
+}
+
+/// The cache key of each package `build_packages` would build for `names`, dependencies
+/// first, without building anything: `(name, key)`.
+pub fn keys(
+    layout: &Layout,
+    recipes: &RecipeSet,
+    names: &[String],
+) -> Result<Vec<(String, String)>> {
+    let mut toolchains = key::Toolchains::new(layout.root.clone());
+    let mut planned: BTreeMap<String, Staged> = BTreeMap::new();
+    let mut out = Vec::new();
+    for recipe in recipes.closure(names)? {
+        let deps = dependency_closure(recipes, recipe, &planned)?;
+        let key = key::compute(layout, recipe, &deps, &mut toolchains)?;
+        let entry = entry_dir(layout, recipe.name(), &key.hex);
+        planned.insert(recipe.name().to_owned(), staged_at(recipe, &key, &entry));
+        out.push((recipe.name().to_owned(), key.hex));
     }
     Ok(out)
 }
@@ -197,6 +224,9 @@ fn build_one(
     let label = format!("{name} {}", recipe.version());
     if entry.join("manifest.json").is_file() {
         eprintln!("{label}: up to date ({})", &key.hex[..12]);
+        if let Some(remote) = opts.remote.as_ref().filter(|r| r.push) {
+            crate::remote_cache::push_or_warn(remote, name, &key.hex, &entry);
+        }
         return Ok(staged_at(recipe, key, &entry));
     }
     let packages = layout.packages();
@@ -220,6 +250,12 @@ fn build_one(
         return Ok(staged_at(recipe, key, &entry));
     }
     clean_stale(layout, name)?;
+    if let Some(remote) = &opts.remote {
+        if crate::remote_cache::fetch_or_warn(remote, &packages, recipe, &key.hex, &entry) {
+            eprintln!("{label}: from the shared build cache ({})", &key.hex[..12]);
+            return Ok(staged_at(recipe, key, &entry));
+        }
+    }
 
     let pid = std::process::id();
     let work = layout.work().join(format!("{name}-{pid}"));
@@ -304,6 +340,9 @@ fn build_one(
         started.elapsed().as_secs_f64(),
         &key.hex[..12]
     );
+    if let Some(remote) = opts.remote.as_ref().filter(|r| r.push) {
+        crate::remote_cache::push_or_warn(remote, name, &key.hex, &entry);
+    }
     Ok(staged_at(recipe, key, &entry))
 }
 

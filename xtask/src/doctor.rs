@@ -365,9 +365,31 @@ pub fn report() -> bool {
     ok
 }
 
+/// `cargo xtask doctor`'s options.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Args {
+    /// Also install the SPDX validator (`pyspdxtools`, PyPI's spdx-tools) into its venv under
+    /// the cache, where the publish test finds it (CI does this).
+    #[arg(long)]
+    pub spdx_tools: bool,
+}
+
 /// `cargo xtask doctor`: the report, failing when something is missing.
-pub fn main() -> anyhow::Result<()> {
-    if report() {
+pub fn main(layout: &crate::layout::Layout, args: &Args) -> anyhow::Result<()> {
+    let ok = report();
+    let spdx = if args.spdx_tools {
+        Some(crate::sbom::validate::ensure(&layout.cache)?)
+    } else {
+        crate::sbom::validate::installed(&layout.cache)
+    };
+    match spdx {
+        Some(tool) => println!("ok      pyspdxtools ({})", tool.display()),
+        None => println!(
+            "absent  pyspdxtools (the publish test installs it; or `cargo xtask doctor \
+             --spdx-tools`)"
+        ),
+    }
+    if ok {
         Ok(())
     } else {
         anyhow::bail!("some host tools are missing (see above)")

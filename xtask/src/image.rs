@@ -61,11 +61,14 @@ pub struct Args {
     pub out: Option<PathBuf>,
     #[arg(long)]
     pub offline: bool,
+    #[command(flatten)]
+    pub cache: crate::remote_cache::CacheArgs,
 }
 
 /// `cargo xtask image`: builds the profile's images; prints the written files with their
 /// sizes.
 pub fn main(layout: &Layout, args: &Args) -> Result<()> {
+    args.cache.apply()?;
     let written = build_profile(
         layout,
         &args.profile,

@@ -8,7 +8,9 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use xtask::layout::{self, Layout};
-use xtask::{bench, build, compat, doctor, fetch, fuzz, image, profile, publish, run, test, vmd};
+use xtask::{
+    bench, build, compat, doctor, fetch, fuzz, image, profile, publish, run, test, verify, vmd,
+};
 
 #[derive(Parser)]
 #[command(
@@ -28,7 +30,7 @@ enum Cmd {
     /// Fetch and verify sources into the download cache.
     Fetch(fetch::Args),
     /// Check the host for every tool the project needs.
-    Doctor,
+    Doctor(doctor::Args),
     /// Build packages into staged trees (default: every package of the default profile).
     Build(build::Args),
     /// Assemble an image.
@@ -40,6 +42,9 @@ enum Cmd {
     Publish(publish::Args),
     /// Get artifacts pushed by `publish --push` back from a registry, verified.
     Pull(publish::PullArgs),
+    /// Rebuild a published folder from the inputs its build manifest records and compare
+    /// every file with its SHA256SUMS: identical, or which files and bytes differ.
+    Verify(verify::Args),
     /// Power off a VM started with `run --detach`, through the ACPI power button.
     Stop(run::StopArgs),
     /// Build the cargo-fuzz targets in fuzz/ and run them (every target, or one); a crash
@@ -78,13 +83,14 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         .with_context(|| format!("cannot enter {}", layout.root.display()))?;
     match cmd {
         Cmd::List => profile::list(&layout),
-        Cmd::Doctor => doctor::main(),
+        Cmd::Doctor(a) => doctor::main(&layout, &a),
         Cmd::Fetch(a) => fetch::main(&layout, &a),
         Cmd::Build(a) => build::main(&layout, &a),
         Cmd::Image(a) => image::main(&layout, &a),
         Cmd::Run(a) => run::run(&layout, &a),
         Cmd::Publish(a) => publish::main(&layout, &a),
         Cmd::Pull(a) => publish::pull(&a),
+        Cmd::Verify(a) => verify::main(&layout, &a),
         Cmd::Stop(a) => run::stop(&layout, &a.profile),
         Cmd::Fuzz(a) => fuzz::main(&layout, &a),
         Cmd::Test(a) => test::main(&layout, &a),

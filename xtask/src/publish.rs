@@ -130,6 +130,7 @@ pub fn publish_profile(
         staged: &staged,
         artifacts: &artifacts,
         toolchain,
+        offline,
     };
     let files = publish(&input, dir)?;
     let pushed = match push {
@@ -163,6 +164,8 @@ pub struct PublishInput<'a> {
     pub artifacts: &'a [PathBuf],
     /// `(tool, version line)` pairs recorded in the build manifest.
     pub toolchain: Vec<(String, String)>,
+    /// Look crates up without the network (the SBOM's components).
+    pub offline: bool,
 }
 
 /// Writes everything into `out` and returns the files, SHA256SUMS last.
@@ -188,13 +191,17 @@ pub fn publish(input: &PublishInput, out: &Path) -> Result<Vec<PathBuf>> {
     }
 
     let stem = format!("axion-{}-{}", input.profile, input.version);
+    let components =
+        sbom::components::collect(input.root, &input.recipes, sbom::REPOSITORY, input.offline)
+            .context("listing what the packages link statically, for the SBOM")?;
     let doc = sbom::document(&SbomInput {
         profile: input.profile,
         version: input.version,
         source_date_epoch: input.source_date_epoch,
         packages: input.recipes.clone(),
         artifacts,
-        repository: env!("CARGO_PKG_REPOSITORY"),
+        components: &components,
+        repository: sbom::REPOSITORY,
     });
     let sbom_path = out.join(format!("{stem}.spdx.json"));
     write_atomic(&sbom_path, &serde_json::to_vec_pretty(&doc)?)?;
@@ -208,6 +215,7 @@ pub fn publish(input: &PublishInput, out: &Path) -> Result<Vec<PathBuf>> {
             written.push(path);
         }
     }
+    written.extend(sbom::components::write_licenses(&components, out)?);
 
     let keys: BTreeMap<&str, &Staged> = input.staged.iter().map(|s| (s.name.as_str(), s)).collect();
     let packages: Vec<_> = input
@@ -244,6 +252,12 @@ pub fn publish(input: &PublishInput, out: &Path) -> Result<Vec<PathBuf>> {
     let sums_path = out.join("SHA256SUMS");
     write_atomic(&sums_path, sums.as_bytes())?;
     written.push(sums_path);
+    // Handed out like the images: readable by all (temporary files are made 0600).
+    for f in &written {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("cannot chmod {}", f.display()))?;
+    }
     Ok(written)
 }
 
@@ -290,14 +304,13 @@ fn license_texts(root: &Path, r: &Recipe, staged: &[Staged]) -> Result<Vec<(Stri
     if let Some(s) = staged.iter().find(|s| s.name == r.name()) {
         let dir = s.tree.join("usr/share/licenses").join(r.name());
         if dir.is_dir() {
+            // Nested too: the kernel's GPL-2.0 text is LICENSES/preferred/GPL-2.0.
             let mut out = Vec::new();
-            for e in std::fs::read_dir(&dir)? {
+            for e in walkdir::WalkDir::new(&dir) {
                 let e = e?;
-                if e.file_type()?.is_file() {
-                    out.push((
-                        e.file_name().to_string_lossy().into_owned(),
-                        std::fs::read(e.path())?,
-                    ));
+                if e.file_type().is_file() {
+                    let rel = e.path().strip_prefix(&dir).unwrap_or(e.path());
+                    out.push((rel.display().to_string(), std::fs::read(e.path())?));
                 }
             }
             if !out.is_empty() {

@@ -4,10 +4,17 @@
 //! The document is made from the recipes alone (plus the image's artifact hashes), so it is
 //! reproducible: `created` is SOURCE_DATE_EPOCH and the namespace is derived from content.
 
+pub mod components;
+pub mod validate;
+
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::recipe::{Build, Recipe};
+use components::Components;
+
+/// The workspace's `repository` (xtask's Cargo.toml inherits it); empty when there is none.
+pub const REPOSITORY: &str = env!("CARGO_PKG_REPOSITORY");
 
 /// What the SBOM says about one shipped artifact (a disk image, the OVA, …).
 #[derive(Debug, Clone)]
@@ -25,12 +32,14 @@ pub struct SbomInput<'a> {
     /// Every package in the image, dependencies included.
     pub packages: Vec<&'a Recipe>,
     pub artifacts: Vec<Artifact>,
-    /// Where our own code lives (the workspace's `repository`).
+    /// What the packages link statically ([`components::collect`]).
+    pub components: &'a Components,
+    /// Where our own code lives (the workspace's `repository`, [`REPOSITORY`]); empty: none.
     pub repository: &'a str,
 }
 
 /// An SPDX identifier may hold letters, digits, '.' and '-' only.
-fn spdx_id(kind: &str, name: &str) -> String {
+pub(crate) fn spdx_id(kind: &str, name: &str) -> String {
     let clean: String = name
         .chars()
         .map(|c| {
@@ -48,8 +57,13 @@ fn spdx_id(kind: &str, name: &str) -> String {
 /// Debian coordinates in `sourceInfo` (the mirror is whatever apt is configured to use).
 fn download_location(r: &Recipe, repository: &str) -> (String, String) {
     if matches!(r.spec.build, Build::Cargo(_)) {
+        let location = if repository.is_empty() {
+            "NOASSERTION".to_owned()
+        } else {
+            format!("git+{repository}")
+        };
         return (
-            format!("git+{repository}"),
+            location,
             format!("packages/{} in the axion repository", r.name()),
         );
     }
@@ -142,6 +156,9 @@ pub fn document(input: &SbomInput) -> Value {
         if let Some(h) = &m.homepage {
             p["homepage"] = json!(h);
         }
+        if matches!(r.spec.build, Build::Cargo(_)) {
+            p["supplier"] = json!("Organization: axion");
+        }
         packages.push(p);
         relationships.push(json!({
             "spdxElementId": image_id,
@@ -157,19 +174,44 @@ pub fn document(input: &SbomInput) -> Value {
         }
     }
 
+    let listed: Vec<&str> = input.packages.iter().map(|r| r.name()).collect();
+    for c in &input.components.list {
+        packages.push(component_package(c));
+    }
+    for (package, ids) in &input.components.links {
+        if !listed.contains(&package.as_str()) {
+            continue;
+        }
+        // The package's binary links the component in and so contains it.
+        for kind in ["STATIC_LINK", "CONTAINS"] {
+            for id in ids {
+                relationships.push(json!({
+                    "spdxElementId": spdx_id("Package", package),
+                    "relationshipType": kind,
+                    "relatedSpdxElement": id,
+                }));
+            }
+        }
+    }
+
     // The namespace must be unique per document; derive it from the content so identical
-    // inputs give identical documents.
+    // inputs give identical documents. It must be an absolute URI: under the repository's
+    // URL, or under SPDX's own prefix for documents that have no home of their own.
     let mut h = Sha256::new();
     h.update(serde_json::to_vec(&packages).unwrap_or_default());
     let digest = hex::encode(h.finalize());
+    let base = if input.repository.starts_with("https://") {
+        input.repository.trim_end_matches('/')
+    } else {
+        "https://spdx.org/spdxdocs"
+    };
     json!({
         "spdxVersion": "SPDX-2.3",
         "dataLicense": "CC0-1.0",
         "SPDXID": "SPDXRef-DOCUMENT",
         "name": name,
         "documentNamespace": format!(
-            "{}/spdx/{}-{}",
-            input.repository.trim_end_matches('/'),
+            "{base}/spdx/{}-{}",
             name,
             &digest[..16]
         ),
@@ -180,6 +222,35 @@ pub fn document(input: &SbomInput) -> Value {
         "packages": packages,
         "relationships": relationships,
     })
+}
+
+/// The SPDX package of one statically linked component.
+fn component_package(c: &components::Component) -> Value {
+    let mut p = json!({
+        "name": c.name,
+        "SPDXID": c.id,
+        "versionInfo": c.version,
+        "supplier": c.supplier,
+        "downloadLocation": c.download_location,
+        "filesAnalyzed": false,
+        "licenseConcluded": c.license,
+        "licenseDeclared": c.license,
+        "copyrightText": "NOASSERTION",
+        "primaryPackagePurpose": "LIBRARY",
+        "sourceInfo": c.source_info,
+        "comment": format!("License texts: licenses/{}/", c.license_dir),
+    });
+    if let Some(sum) = &c.sha256 {
+        p["checksums"] = json!([{ "algorithm": "SHA256", "checksumValue": sum }]);
+    }
+    if let Some(purl) = &c.purl {
+        p["externalRefs"] = json!([{
+            "referenceCategory": "PACKAGE-MANAGER",
+            "referenceType": "purl",
+            "referenceLocator": purl,
+        }]);
+    }
+    p
 }
 
 /// `YYYY-MM-DDThh:mm:ssZ` for seconds since the epoch (UTC). The calendar is the `time`
@@ -228,7 +299,8 @@ mod tests {
                 file_name: "a.raw".into(),
                 sha256: "ab".repeat(32),
             }],
-            repository: "https://github.com/axion-os/axion",
+            components: &Components::default(),
+            repository: REPOSITORY,
         });
         assert_eq!(doc["spdxVersion"], "SPDX-2.3");
         let listed = doc["packages"].as_array().unwrap();
@@ -276,8 +348,139 @@ mod tests {
                 file_name: "a.raw".into(),
                 sha256: "ab".repeat(32),
             }],
-            repository: "https://github.com/axion-os/axion",
+            components: &Components::default(),
+            repository: REPOSITORY,
         });
         assert_eq!(doc, again);
+    }
+
+    /// The workspace's `repository` as its Cargo.toml says it.
+    fn workspace_repository() -> String {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let text = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+        let t: toml::Value = text.parse().unwrap();
+        t["workspace"]["package"]
+            .get("repository")
+            .and_then(|r| r.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    #[test]
+    fn the_workspace_repository_reaches_xtask() {
+        assert_eq!(REPOSITORY, workspace_repository());
+    }
+
+    #[test]
+    fn namespace_and_locations_are_uris_with_or_without_a_repository() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let set = RecipeSet::load(&root.join("recipes")).unwrap();
+        let pkgs: Vec<&Recipe> = set.recipes.values().collect();
+        for repository in [workspace_repository().as_str(), ""] {
+            let doc = document(&SbomInput {
+                profile: "qemu",
+                version: "0.1.0",
+                source_date_epoch: 1_700_000_000,
+                packages: pkgs.clone(),
+                artifacts: vec![],
+                components: &Components::default(),
+                repository,
+            });
+            let ns = doc["documentNamespace"].as_str().unwrap();
+            assert!(ns.starts_with("https://") && !ns.contains('#'), "{ns}");
+            if !repository.is_empty() {
+                assert!(ns.starts_with(repository), "{ns}");
+            }
+            let engine = doc["packages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == "engine")
+                .unwrap();
+            let want = if repository.is_empty() {
+                "NOASSERTION".to_owned()
+            } else {
+                format!("git+{repository}")
+            };
+            assert_eq!(engine["downloadLocation"], want.as_str());
+        }
+    }
+
+    /// The SBOM of the qemu profile (recipes and the components they link, found for real)
+    /// through the SPDX project's validator; every crate the engine links per Cargo.lock is a
+    /// package with the lock's checksum, linked from the engine.
+    #[test]
+    fn qemu_profile_sbom_lists_the_engines_crates_and_pyspdxtools_accepts_it() {
+        let layout = crate::layout::Layout::discover();
+        let set = RecipeSet::load(&layout.recipes()).unwrap();
+        let profile = crate::profile::load_profile(&layout.root, "qemu", &set).unwrap();
+        let pkgs = set.closure(&profile.spec.profile.packages).unwrap();
+        let comps = components::collect(&layout.root, &pkgs, REPOSITORY, false).unwrap();
+        let doc = document(&SbomInput {
+            profile: "qemu",
+            version: "0.1.0",
+            source_date_epoch: 1_700_000_000,
+            packages: pkgs,
+            artifacts: vec![Artifact {
+                file_name: "a.raw".into(),
+                sha256: "ab".repeat(32),
+            }],
+            components: &comps,
+            repository: REPOSITORY,
+        });
+        let crates = components::linked_crates(&layout.root, "engine", false).unwrap();
+        assert!(crates.len() > 50, "{crates:?}");
+        let lock: toml::Value = std::fs::read_to_string(layout.root.join("Cargo.lock"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let listed = doc["packages"].as_array().unwrap();
+        let rels = doc["relationships"].as_array().unwrap();
+        for (name, version) in &crates {
+            let p = listed
+                .iter()
+                .find(|p| p["name"] == name.as_str() && p["versionInfo"] == version.as_str())
+                .unwrap_or_else(|| panic!("{name} {version} is not in the SBOM"));
+            let locked = lock["package"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|l| {
+                    l["name"].as_str() == Some(name) && l["version"].as_str() == Some(version)
+                })
+                .unwrap();
+            if let Some(sum) = locked.get("checksum") {
+                assert_eq!(p["checksums"][0]["checksumValue"], sum.as_str().unwrap());
+                assert_eq!(p["supplier"], "Organization: crates.io");
+            }
+            assert!(
+                rels.iter()
+                    .any(|r| r["spdxElementId"] == "SPDXRef-Package-engine"
+                        && r["relationshipType"] == "STATIC_LINK"
+                        && r["relatedSpdxElement"] == p["SPDXID"]),
+                "engine does not STATIC_LINK {name}"
+            );
+        }
+        // Debian's musl, linked into busybox and dropbear.
+        let musl = listed
+            .iter()
+            .find(|p| p["name"] == "musl" && p["supplier"] == "Organization: Debian")
+            .expect("Debian's musl");
+        assert!(rels
+            .iter()
+            .any(|r| r["spdxElementId"] == "SPDXRef-Package-busybox"
+                && r["relatedSpdxElement"] == musl["SPDXID"]));
+
+        let tool = match validate::ensure(&layout.cache) {
+            Ok(t) => t,
+            Err(e) => {
+                test_skip::skip(format!("pyspdxtools cannot be installed: {e:#}"));
+                return;
+            }
+        };
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("qemu.spdx.json");
+        std::fs::write(&file, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+        validate::validate(&tool, &file).unwrap();
     }
 }

@@ -77,6 +77,12 @@ impl Registry {
         }
     }
 
+    /// The registry's storage folder (its `filesystem` driver's root), for tests that
+    /// corrupt what it serves.
+    pub fn storage(&self) -> std::path::PathBuf {
+        self._dir.path().join("data")
+    }
+
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
