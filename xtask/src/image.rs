@@ -31,6 +31,7 @@ pub mod initramfs;
 pub mod iso;
 pub mod ova;
 pub mod qcow2;
+pub mod release;
 pub mod sparse;
 pub mod vmdk;
 
@@ -82,6 +83,16 @@ pub fn main(layout: &Layout, args: &Args) -> Result<()> {
 
 /// The version in every file name: the workspace version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The version an image reports (`/etc/axion/release`) and `axion-update` compares:
+/// `AXION_VERSION` from the environment when set (a release pipeline, or tests publishing
+/// v1 and v2 of one checkout), else [`VERSION`]. File names keep [`VERSION`].
+pub fn release_version() -> String {
+    std::env::var("AXION_VERSION")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| VERSION.to_owned())
+}
 
 const MIB: u64 = 1024 * 1024;
 
@@ -156,6 +167,9 @@ pub fn assemble(
         .iter()
         .map(|o| (o.clone(), layout.root.join("overlays").join(o)))
         .collect();
+    let release = release::overlay(&layout.root, profile, &release_version())?;
+    let mut overlays = overlays;
+    overlays.push(("release".into(), release.path().to_owned()));
     assemble_with(profile, packages, &overlays, formats, out, epoch)
 }
 

@@ -40,6 +40,8 @@ enum Cmd {
     Publish(publish::Args),
     /// Get artifacts pushed by `publish --push` back from a registry, verified.
     Pull(publish::PullArgs),
+    /// Make a key pair for `publish --sign-key` (PREFIX.key, PREFIX.pub).
+    Keygen(publish::sign::KeygenArgs),
     /// Power off a VM started with `run --detach`, through the ACPI power button.
     Stop(run::StopArgs),
     /// Build the cargo-fuzz targets in fuzz/ and run them (every target, or one); a crash
@@ -85,6 +87,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Run(a) => run::run(&layout, &a),
         Cmd::Publish(a) => publish::main(&layout, &a),
         Cmd::Pull(a) => publish::pull(&a),
+        Cmd::Keygen(a) => publish::sign::keygen(&a),
         Cmd::Stop(a) => run::stop(&layout, &a.profile),
         Cmd::Fuzz(a) => fuzz::main(&layout, &a),
         Cmd::Test(a) => test::main(&layout, &a),
