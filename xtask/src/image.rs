@@ -20,7 +20,9 @@
 //!
 //! The root filesystem *is* the initramfs (as in LinuxKit): every boot starts from the image;
 //! state lives on the `axion-data` partition, which init mounts at `/var/lib`. The ESP holds
-//! GRUB (`EFI/BOOT/BOOTX64.EFI`), `grub/grub.cfg`, `axion/vmlinuz`, `axion/initrd.zst`.
+//! GRUB (`EFI/BOOT/BOOTX64.EFI`), `grub/grub.cfg`, `grub/grubenv`, the marker `axion/medium`
+//! and two slots for in-place updates: `axion/A/{vmlinuz,initrd.zst,release}` (this build,
+//! active) and `axion/B/` (empty until `axion-update apply`; see [`grub`]).
 
 pub mod built;
 pub mod data;
@@ -228,14 +230,25 @@ pub fn assemble_with(
     if want(Format::Raw) || want(Format::Qcow2) || want(Format::Vmdk) || want(Format::Ova) {
         let efi = efi.as_deref().expect("made above");
         let core = grub::mkimage(grub::Target::BiosDisk)?;
+        // Slot A holds this build; B is empty until the first update (see grub.rs).
+        let slots_cfg = grub::slots_config(
+            &format!("axion {name} {}", release_version()),
+            &profile.spec.profile.cmdline,
+        );
+        let env = grub::fresh_grubenv(&release_version());
+        let release = format!("profile={name}\nversion={}\n", release_version());
         let files: Vec<(&str, &[u8])> = vec![
             ("EFI/BOOT/BOOTX64.EFI", efi),
-            ("grub/grub.cfg", cfg.as_bytes()),
-            ("axion/vmlinuz", &kernel),
-            ("axion/initrd.zst", &initrd),
+            ("grub/grub.cfg", slots_cfg.as_bytes()),
+            ("grub/grubenv", &env),
+            (grub::MARKER, b"axion\n"),
+            ("axion/A/vmlinuz", &kernel),
+            ("axion/A/initrd.zst", &initrd),
+            ("axion/A/release", release.as_bytes()),
         ];
         let content: u64 = files.iter().map(|(_, b)| b.len() as u64).sum();
-        let esp_size = esp_size(content);
+        // Room for slot B, as large as A plus a margin for growth.
+        let esp_size = esp_size(content + (kernel.len() + initrd.len()) as u64);
         let esp = esp::build(&files, esp_size, esp::LABEL, volume_id(name), epoch)
             .context("cannot build the ESP")?;
         let data_img = w.join("data.ext4");
