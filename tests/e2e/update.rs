@@ -18,6 +18,7 @@ use anyhow::{bail, Context, Result};
 use axion_tests::registry::Registry;
 use axion_tests::{qemu, require, xtask_ok};
 use qemu::{DiskFormat, Drive, Firmware, VmConfig};
+use sha2::Digest;
 
 const TIMEOUT: Duration = Duration::from_secs(3600);
 const V1: &str = "0.1.0-e2e.1";
@@ -105,6 +106,11 @@ fn get(url: &str, accept: &str) -> Result<Vec<u8>> {
     Ok(r.bytes()?.to_vec())
 }
 
+/// Cosign's signature tag of a manifest digest (`sha256-HEX.sig`; crates/signing makes it).
+fn signature_tag(digest: &str) -> String {
+    format!("{}.sig", digest.replace(':', "-"))
+}
+
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 fn forge(registry: &Registry, v2_dir: &Path, v2_digest: &str) -> Result<(String, String)> {
@@ -121,13 +127,13 @@ fn forge(registry: &Registry, v2_dir: &Path, v2_digest: &str) -> Result<(String,
     )?;
     let base = format!("http://{host}/v2/axion/qemu");
     let sig = get(
-        &format!("{base}/manifests/{}", signing::signature_tag(v2_digest)?),
+        &format!("{base}/manifests/{}", signature_tag(v2_digest)),
         OCI_MANIFEST,
     )?;
     reqwest::blocking::Client::new()
         .put(format!(
             "{base}/manifests/{}",
-            signing::signature_tag(&replay_digest)?
+            signature_tag(&replay_digest)
         ))
         .header("Content-Type", OCI_MANIFEST)
         .body(sig)
@@ -157,7 +163,10 @@ fn pushed_digest(registry: &Registry, tag: &str) -> Result<String> {
         &format!("http://{}/v2/axion/qemu/manifests/{tag}", registry.host()),
         OCI_MANIFEST,
     )?;
-    Ok(signing::sha256_digest(&body))
+    Ok(format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(&body))
+    ))
 }
 
 fn vm(dir: &Path, name: &str, disk: &Path, port: u16, cmdline: &str) -> VmConfig {

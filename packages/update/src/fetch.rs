@@ -204,3 +204,158 @@ mod tests {
         assert!(boot_layers("r", b"{").is_err());
     }
 }
+
+/// Against Debian's docker-registry on 127.0.0.1: artifacts pushed the way `cargo xtask
+/// publish --push --sign-key` pushes them, then checked and downloaded as `apply` does.
+#[cfg(test)]
+mod registry_tests {
+    use super::*;
+    use signing::SigningKey;
+
+    struct Pushed {
+        reference: String,
+        kernel: Vec<u8>,
+    }
+
+    /// Pushes an artifact (vmlinuz, initrd.zst; `size_lie` added to the initrd's declared
+    /// size) under `tag`, signed by `key` when given.
+    async fn push(
+        host: &str,
+        tag: &str,
+        key: Option<&SigningKey>,
+        size_lie: u64,
+        dir: &Path,
+    ) -> Pushed {
+        let reference = format!("{host}/axion/qemu:{tag}");
+        let c = client(vec![]);
+        let r = Reference::parse(&reference).unwrap();
+        let mut s = c.session(&r, None).for_push();
+        let kernel = format!("kernel {tag}").into_bytes();
+        let mut layers = Vec::new();
+        for (name, bytes) in [
+            ("axion-qemu-0.1.0.vmlinuz", kernel.clone()),
+            ("axion-qemu-0.1.0.initrd.zst", b"initramfs".to_vec()),
+        ] {
+            let p = dir.join(name);
+            std::fs::write(&p, &bytes).unwrap();
+            let digest = signing::sha256_digest(&bytes);
+            let n = bytes.len() as u64;
+            s.upload_blob(&p, &digest, n, 1 << 20, |_| {})
+                .await
+                .unwrap();
+            let lie = if name.ends_with(".zst") { size_lie } else { 0 };
+            layers.push(serde_json::json!({
+                "mediaType": "application/octet-stream", "digest": digest, "size": n + lie,
+                "annotations": { TITLE: name }
+            }));
+        }
+        let empty = dir.join("empty");
+        std::fs::write(&empty, b"{}").unwrap();
+        let ed = signing::sha256_digest(b"{}");
+        s.upload_blob(&empty, &ed, 2, 1 << 20, |_| {})
+            .await
+            .unwrap();
+        let m = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": ARTIFACT_TYPE,
+            "config": { "mediaType": "application/vnd.oci.empty.v1+json", "digest": ed, "size": 2 },
+            "layers": layers,
+        }))
+        .unwrap();
+        let mt = "application/vnd.oci.image.manifest.v1+json";
+        s.put_manifest(tag, mt, &m).await.unwrap();
+        if let Some(key) = key {
+            let digest = signing::sha256_digest(&m);
+            let claims = [
+                ("axion.profile".to_owned(), "qemu".to_owned()),
+                ("axion.version".to_owned(), "0.2.0".to_owned()),
+            ]
+            .into();
+            let payload = signing::payload(&format!("{host}/axion/qemu"), &digest, &claims);
+            let sig = key.sign(&payload).unwrap();
+            let sm = signing::signature_manifest(&payload, &sig, &key.public_key().key_id());
+            let pd = signing::sha256_digest(&payload);
+            let config = signing::signature_config(&pd);
+            for (i, blob) in [payload, config].iter().enumerate() {
+                let p = dir.join(format!("sig{i}"));
+                std::fs::write(&p, blob).unwrap();
+                let d = signing::sha256_digest(blob);
+                s.upload_blob(&p, &d, blob.len() as u64, 1 << 20, |_| {})
+                    .await
+                    .unwrap();
+            }
+            s.put_manifest(&signing::signature_tag(&digest).unwrap(), mt, &sm)
+                .await
+                .unwrap();
+        }
+        Pushed { reference, kernel }
+    }
+
+    #[test]
+    fn signed_artifacts_pass_and_forged_or_truncated_ones_are_refused() {
+        // The fixture starts (and waits for) the registry with blocking calls: outside tokio.
+        let registry = match test_support::registry::Registry::start() {
+            Ok(r) => r,
+            Err(e) => {
+                test_skip::skip(format!("no local registry: {e}"));
+                return;
+            }
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(refusals(registry.host()));
+    }
+
+    async fn refusals(host: String) {
+        let d = tempfile::tempdir().unwrap();
+        let (a, _) = SigningKey::generate().unwrap();
+        let (b, _) = SigningKey::generate().unwrap();
+        let (ours, theirs) = (
+            SigningKey::from_pem(&a).unwrap(),
+            SigningKey::from_pem(&b).unwrap(),
+        );
+        let trusted = vec![ours.public_key()];
+        let c = client(vec![]);
+
+        let good = push(&host, "good", Some(&ours), 0, d.path()).await;
+        let cand = check(&c, &good.reference, &trusted).await.unwrap();
+        assert_eq!(cand.version(), Some("0.2.0"));
+        assert_eq!(cand.profile(), Some("qemu"));
+        let staging = d.path().join("staging");
+        let (k, _) = download(&c, &cand, &staging).await.unwrap();
+        assert_eq!(std::fs::read(k).unwrap(), good.kernel);
+
+        let unsigned = push(&host, "unsigned", None, 0, d.path()).await;
+        let e = check(&c, &unsigned.reference, &trusted).await.unwrap_err();
+        assert!(matches!(e, FetchError::Unsigned(..)), "{e}");
+
+        let stranger = push(&host, "stranger", Some(&theirs), 0, d.path()).await;
+        let e = check(&c, &stranger.reference, &trusted).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                FetchError::Signature(_, signing::SignError::UnknownKey(_))
+            ),
+            "{e}"
+        );
+        assert!(matches!(
+            check(&c, &good.reference, &[]).await.unwrap_err(),
+            FetchError::Signature(_, signing::SignError::NoTrustedKeys)
+        ));
+
+        // The signed manifest promises one byte more than the registry serves: the check
+        // passes (the signature is good) and the download refuses the short blob.
+        let short = push(&host, "short", Some(&ours), 1, d.path()).await;
+        let cand = check(&c, &short.reference, &trusted).await.unwrap();
+        let e = download(&c, &cand, &d.path().join("short"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, FetchError::Registry(RegistryError::Size { .. })),
+            "{e}"
+        );
+    }
+}
