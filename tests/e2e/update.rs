@@ -9,7 +9,10 @@
 //!    refused and slot B stays empty; `axion-update apply --reboot` writes v2 to slot B;
 //! 4. boot the same disk again (OVMF this time, so both firmwares run GRUB's slot choice
 //!    and `save_env`): v2 runs from slot B, the boot check makes B active once the engine
-//!    answers, and the file under /var/lib is still there.
+//!    answers, and the file under /var/lib is still there;
+//! 5. a broken v3 (v2's kernel with an initramfs that is not one: the kernel panics), signed
+//!    with the trusted key, is applied to slot A; its one trial boot panics, and the boot after
+//!    it is v2 on slot B again by itself, with v3 recorded as failed and refused from then on.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -23,6 +26,7 @@ use sha2::Digest;
 const TIMEOUT: Duration = Duration::from_secs(3600);
 const V1: &str = "0.1.0-e2e.1";
 const V2: &str = "0.1.0-e2e.2";
+const V3: &str = "0.1.0-e2e.3";
 
 #[test]
 fn update_to_a_signed_v2_and_refuse_forgeries() {
@@ -206,6 +210,12 @@ fn sh(key: &Path, port: u16, command: &str) -> Result<(bool, String)> {
     }
 }
 
+/// A clean reboot through init (SIGTERM, what `apply --reboot` sends); the ssh session ends
+/// with the machine, so its status says nothing.
+fn reboot(key: &Path, port: u16) {
+    let _ = axion_tests::ssh(key, port, &[], "kill -TERM 1").output();
+}
+
 fn chain(registry: &Registry) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
@@ -272,9 +282,10 @@ fn chain(registry: &Registry) -> Result<()> {
         "{out}"
     );
     let t = Instant::now();
-    let (ok, out) = sh(&ssh_key, port, "axion-update apply --reboot")?;
+    let (ok, out) = sh(&ssh_key, port, "axion-update apply")?;
     eprintln!("apply: {out}");
     assert!(ok && out.contains("written to slot B"), "{out}");
+    reboot(&ssh_key, port);
     vm1.wait_exit(Duration::from_secs(180))
         .context("v1 did not reboot after apply --reboot")?;
 
@@ -314,6 +325,71 @@ fn chain(registry: &Registry) -> Result<()> {
         out.contains("active slot: B") && out.contains(&format!("slot A: {V1}")),
         "{out}"
     );
-    let _ = vm2.kill();
+
+    // A broken v3: the kernel panics on its initramfs (panic=-1 reboots at once).
+    let v3_dir = d.join("v3");
+    std::fs::create_dir_all(&v3_dir)?;
+    let name = |ext: &str| format!("axion-qemu-{}.{ext}", xtask::image::VERSION);
+    std::fs::copy(v2_dir.join(name("vmlinuz")), v3_dir.join(name("vmlinuz")))?;
+    std::fs::write(v3_dir.join(name("initrd.zst")), b"not an initramfs")?;
+    let v3_ref = format!("{host}/axion/qemu:v3");
+    let files = published_files(&v3_dir);
+    let v3_digest = xtask::publish::oci::push(&v3_ref, &v3_dir, &files, &[])?;
+    let claims = [
+        ("axion.profile".to_owned(), "qemu".to_owned()),
+        ("axion.version".to_owned(), V3.to_owned()),
+    ]
+    .into();
+    let k = xtask::publish::sign::load_key(&key)?;
+    xtask::publish::sign::push_signature(&v3_ref, &v3_digest, &k, &claims)?;
+    let (ok, out) = sh(
+        &ssh_key,
+        port,
+        &format!("axion-update apply {reg}/axion/qemu:v3"),
+    )?;
+    assert!(ok && out.contains("written to slot A"), "{out}");
+    reboot(&ssh_key, port);
+    vm2.wait_exit(Duration::from_secs(180))
+        .context("v2 did not reboot after applying v3")?;
+    // Boot 3: the one trial of slot A panics; QEMU ends (no reboot).
+    let mut vm3 = qemu::Vm::spawn(vm(d, "boot3", &disk, port, &cmdline))?;
+    vm3.wait_exit(Duration::from_secs(240))
+        .context("the broken v3 did not end its boot")?;
+    let log3 = vm3
+        .serial_log()
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .unwrap_or_default();
+    assert!(
+        log3.contains("axion.slot=A") && log3.contains("Kernel panic"),
+        "{log3}"
+    );
+    // Boot 4: back on v2 (slot B) by itself; v3 recorded as failed and refused.
+    let (vm4, _) = axion_tests::boot_ready(vm(d, "boot4", &disk, port, &cmdline))?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        let (_, status) = sh(
+            &ssh_key,
+            port,
+            "axion-update status; cat /etc/axion/release",
+        )?;
+        if status.contains("failed update") || Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    };
+    assert!(
+        status.contains(&format!("failed update: {V3}"))
+            && status.contains("booted slot: B")
+            && status.contains("active slot: B")
+            && status.contains(&format!("version={V2}")),
+        "{status}"
+    );
+    let (ok, out) = sh(
+        &ssh_key,
+        port,
+        &format!("axion-update apply {reg}/axion/qemu:v3"),
+    )?;
+    assert!(!ok && out.contains("failed its health check"), "{out}");
+    drop(vm4);
     Ok(())
 }
