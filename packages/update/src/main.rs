@@ -465,7 +465,7 @@ fn boot_check() -> Result<()> {
 
 /// Asks init (PID 1) for a clean reboot (SIGTERM, busybox init's convention).
 fn reboot() {
-    println!("axion-update: rebooting");
+    println!("rebooting");
     // SAFETY: kill(2) with constant arguments; it only sends a signal.
     unsafe {
         libc::kill(1, libc::SIGTERM);

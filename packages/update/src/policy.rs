@@ -32,11 +32,17 @@ impl Release {
 pub enum Refusal {
     #[error("the artifact is for profile '{theirs}', this machine runs profile '{ours}'")]
     ProfileMismatch { ours: String, theirs: String },
-    #[error("version {theirs} is not newer than the running {ours} (--allow-downgrade to write it anyway)")]
+    #[error(
+        "version {theirs} is not newer than the running {ours} (--allow-downgrade to write it \
+         anyway)"
+    )]
     Downgrade { ours: String, theirs: String },
     #[error("version {0} is running already")]
     Same(String),
-    #[error("version {0} failed its health check on this machine before (--retry-failed to try it again)")]
+    #[error(
+        "version {0} failed its health check on this machine before (--retry-failed to try it \
+         again)"
+    )]
     Failed(String),
     #[error("the signed artifact names no {0}")]
     MissingClaim(&'static str),
