@@ -486,6 +486,62 @@ mod tests {
         );
     }
 
+    /// The keys and signatures are the standard encodings cosign uses too: OpenSSL reads our
+    /// PKCS#8 and SPKI PEM files, verifies our signature, and its own ECDSA signature with
+    /// our key verifies here.
+    #[test]
+    fn openssl_agrees_on_keys_and_signatures() {
+        use std::process::Command;
+        if Command::new("openssl").arg("version").output().is_err() {
+            test_skip::skip("openssl is not installed");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let (private, public) = SigningKey::generate().unwrap();
+        let (kp, pp) = (d.path().join("k.pem"), d.path().join("p.pem"));
+        std::fs::write(&kp, &private).unwrap();
+        std::fs::write(&pp, &public).unwrap();
+        let key = SigningKey::from_pem(&private).unwrap();
+        let (payload, sig) = signed(&key);
+        let payload_path = d.path().join("payload");
+        std::fs::write(&payload_path, &payload).unwrap();
+        let sig_path = d.path().join("sig.der");
+        std::fs::write(
+            &sig_path,
+            base64::engine::general_purpose::STANDARD
+                .decode(&sig)
+                .unwrap(),
+        )
+        .unwrap();
+        let out = Command::new("openssl")
+            .args(["dgst", "-sha256", "-verify"])
+            .arg(&pp)
+            .arg("-signature")
+            .arg(&sig_path)
+            .arg(&payload_path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl does not verify our signature: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = Command::new("openssl")
+            .args(["dgst", "-sha256", "-sign"])
+            .arg(&kp)
+            .arg(&payload_path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let theirs = base64::engine::general_purpose::STANDARD.encode(&out.stdout);
+        let trusted = public_keys(&public).unwrap();
+        verify(&trusted, &payload, &theirs, None, DIGEST).unwrap();
+    }
+
     #[test]
     fn garbage_keys_and_manifests_are_errors() {
         assert!(PublicKey::from_pem("nothing").is_err());
