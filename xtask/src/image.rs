@@ -20,7 +20,9 @@
 //!
 //! The root filesystem *is* the initramfs (as in LinuxKit): every boot starts from the image;
 //! state lives on the `axion-data` partition, which init mounts at `/var/lib`. The ESP holds
-//! GRUB (`EFI/BOOT/BOOTX64.EFI`), `grub/grub.cfg`, `axion/vmlinuz`, `axion/initrd.zst`.
+//! GRUB (`EFI/BOOT/BOOTX64.EFI`), `grub/grub.cfg`, `grub/grubenv`, the marker `axion/medium`
+//! and two slots for in-place updates: `axion/A/{vmlinuz,initrd.zst,release}` (this build,
+//! active) and `axion/B/` (empty until `axion-update apply`; see [`grub`]).
 
 pub mod built;
 pub mod data;
@@ -31,6 +33,7 @@ pub mod initramfs;
 pub mod iso;
 pub mod ova;
 pub mod qcow2;
+pub mod release;
 pub mod sparse;
 pub mod vmdk;
 
@@ -85,6 +88,16 @@ pub fn main(layout: &Layout, args: &Args) -> Result<()> {
 
 /// The version in every file name: the workspace version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The version an image reports (`/etc/axion/release`) and `axion-update` compares:
+/// `AXION_VERSION` from the environment when set (a release pipeline, or tests publishing
+/// v1 and v2 of one checkout), else [`VERSION`]. File names keep [`VERSION`].
+pub fn release_version() -> String {
+    std::env::var("AXION_VERSION")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| VERSION.to_owned())
+}
 
 const MIB: u64 = 1024 * 1024;
 
@@ -159,6 +172,9 @@ pub fn assemble(
         .iter()
         .map(|o| (o.clone(), layout.root.join("overlays").join(o)))
         .collect();
+    let release = release::overlay(&layout.root, profile, &release_version())?;
+    let mut overlays = overlays;
+    overlays.push(("release".into(), release.path().to_owned()));
     assemble_with(profile, packages, &overlays, formats, out, epoch)
 }
 
@@ -217,14 +233,25 @@ pub fn assemble_with(
     if want(Format::Raw) || want(Format::Qcow2) || want(Format::Vmdk) || want(Format::Ova) {
         let efi = efi.as_deref().expect("made above");
         let core = grub::mkimage(grub::Target::BiosDisk)?;
+        // Slot A holds this build; B is empty until the first update (see grub.rs).
+        let slots_cfg = grub::slots_config(
+            &format!("axion {name} {}", release_version()),
+            &profile.spec.profile.cmdline,
+        );
+        let env = grub::fresh_grubenv(&release_version());
+        let release = format!("profile={name}\nversion={}\n", release_version());
         let files: Vec<(&str, &[u8])> = vec![
             ("EFI/BOOT/BOOTX64.EFI", efi),
-            ("grub/grub.cfg", cfg.as_bytes()),
-            ("axion/vmlinuz", &kernel),
-            ("axion/initrd.zst", &initrd),
+            ("grub/grub.cfg", slots_cfg.as_bytes()),
+            ("grub/grubenv", &env),
+            (grub::MARKER, b"axion\n"),
+            ("axion/A/vmlinuz", &kernel),
+            ("axion/A/initrd.zst", &initrd),
+            ("axion/A/release", release.as_bytes()),
         ];
         let content: u64 = files.iter().map(|(_, b)| b.len() as u64).sum();
-        let esp_size = esp_size(content);
+        // Room for slot B, as large as A plus a margin for growth.
+        let esp_size = esp_size(content + (kernel.len() + initrd.len()) as u64);
         let esp = esp::build(&files, esp_size, esp::LABEL, volume_id(name), epoch)
             .context("cannot build the ESP")?;
         let data_img = w.join("data.ext4");

@@ -45,6 +45,8 @@ enum Cmd {
     /// Rebuild a published folder from the inputs its build manifest records and compare
     /// every file with its SHA256SUMS: identical, or which files and bytes differ.
     Verify(verify::Args),
+    /// Make a key pair for `publish --sign-key` (PREFIX.key, PREFIX.pub).
+    Keygen(publish::sign::KeygenArgs),
     /// Power off a VM started with `run --detach`, through the ACPI power button.
     Stop(run::StopArgs),
     /// Build the cargo-fuzz targets in fuzz/ and run them (every target, or one); a crash
@@ -91,6 +93,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Publish(a) => publish::main(&layout, &a),
         Cmd::Pull(a) => publish::pull(&a),
         Cmd::Verify(a) => verify::main(&layout, &a),
+        Cmd::Keygen(a) => publish::sign::keygen(&a),
         Cmd::Stop(a) => run::stop(&layout, &a.profile),
         Cmd::Fuzz(a) => fuzz::main(&layout, &a),
         Cmd::Test(a) => test::main(&layout, &a),

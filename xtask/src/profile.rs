@@ -18,7 +18,14 @@
 //! nic = "vmxnet3"                        # virtio | vmxnet3 | e1000
 //! disk-controller = "pvscsi"             # virtio | pvscsi | sata
 //! vmware-hardware-version = 14           # vmx-NN in the OVF (14 = vSphere 6.7)
+//!
+//! [update]                               # optional: in-place updates (axion-update)
+//! trusted-keys = ["keys/release.pub"]    # public keys (PEM, `cargo xtask keygen`) the image
+//!                                        # accepts updates from; paths from the checkout root
 //! ```
+//!
+//! `AXION_TRUSTED_KEYS=FILE[:FILE...]` in the environment of `image`/`publish` adds keys to
+//! every profile's list (tests and one-off builds use it rather than editing a profile).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -115,6 +122,15 @@ pub struct ProfileFile {
     pub profile: ProfileMeta,
     #[serde(default)]
     pub hardware: Hardware,
+    #[serde(default)]
+    pub update: Update,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Update {
+    #[serde(default)]
+    pub trusted_keys: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -10,8 +10,10 @@
 //!
 //! `--push REGISTRY/REPO:TAG` then pushes every file as one OCI artifact ([`oci`]);
 //! `cargo xtask pull REF --out DIR` gets them back and checks SHA256SUMS.
+//! `--sign-key FILE` (with `--push`) signs the pushed manifest, cosign-style ([`sign`]).
 
 pub mod oci;
+pub mod sign;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,11 +40,19 @@ pub struct Args {
     pub push: Option<String>,
     #[arg(long)]
     pub offline: bool,
+    /// Sign the pushed artifact with this private key (`cargo xtask keygen`); needs --push.
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
 }
 
 /// `cargo xtask publish`: prints the published files with their sizes, and the pushed digest.
 pub fn main(layout: &crate::layout::Layout, args: &Args) -> Result<()> {
     let push = args.push.as_deref();
+    let key = match (&args.sign_key, push) {
+        (Some(_), None) => bail!("--sign-key signs what is pushed: give --push REGISTRY/REPO:TAG"),
+        (Some(path), Some(_)) => Some(sign::load_key(path)?),
+        (None, _) => None,
+    };
     let published = publish_profile(layout, &args.profile, &args.out, push, args.offline)?;
     for f in &published.files {
         let size = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
@@ -50,6 +60,15 @@ pub fn main(layout: &crate::layout::Layout, args: &Args) -> Result<()> {
     }
     if let (Some(reference), Some(digest)) = (push, published.pushed) {
         println!("pushed {reference} ({digest})");
+        if let Some(key) = key {
+            let claims = [
+                ("axion.profile".to_owned(), args.profile.clone()),
+                ("axion.version".to_owned(), crate::image::release_version()),
+            ]
+            .into();
+            let tag = sign::push_signature(reference, &digest, &key, &claims)?;
+            println!("signed with key {} ({tag})", key.public_key().key_id());
+        }
     }
     Ok(())
 }
@@ -138,7 +157,7 @@ pub fn publish_profile(
             let annotations = vec![
                 (
                     "org.opencontainers.image.version".to_owned(),
-                    crate::image::VERSION.to_owned(),
+                    crate::image::release_version(),
                 ),
                 (
                     "org.opencontainers.image.title".to_owned(),

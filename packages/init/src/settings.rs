@@ -33,6 +33,7 @@
 //! | `axion.ssh_key="ssh-ed25519 AAAA... me@host"` | an authorized ssh key for the ssh service (repeatable) |
 //! | `axion.debug_shell[=0/1]` | a root shell on the serial console, respawned when it exits |
 //! | `axion.debug[=0/1]` | verbose init messages |
+//! | `axion.slot=A\|B`, `axion.update.*` | boot slot and update settings, for `axion-update` |
 //!
 //! Unknown `axion.*` keys and invalid values are reported on the console and ignored; they
 //! never stop the boot.
@@ -340,6 +341,8 @@ pub fn parse_cmdline(s: &str) -> Cmdline {
             },
             "axion.debug_shell" => parse_bool(key, val).map(|b| c.layer.debug_shell = Some(b)),
             "axion.debug" => parse_bool(key, val).map(|b| c.layer.debug = Some(b)),
+            // GRUB's slot and the update agent's settings: axion-update reads them itself.
+            k if k == "axion.slot" || k.starts_with("axion.update.") => Ok(()),
             k if k.starts_with("axion.") => Err(format!("unknown kernel parameter {k}")),
             _ => Ok(()),
         };
@@ -417,6 +420,9 @@ mod tests {
         assert_eq!(c.warnings.len(), 6, "{:?}", c.warnings);
         assert!(c.warnings.iter().any(|w| w.contains("axion.frob")));
         assert!(c.warnings.iter().any(|w| w.contains("prefix")));
+        // The slot GRUB booted and the update agent's settings are not init's to warn about.
+        let c = parse_cmdline("axion.slot=B axion.update.ref=r:5000/axion/qemu:stable");
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
 
     #[test]

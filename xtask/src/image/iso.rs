@@ -2,7 +2,8 @@
 //! `grub-mkrescue` does it: El Torito for BIOS (GRUB's `i386-pc-eltorito` image) and for UEFI
 //! (a small FAT image holding `EFI/BOOT/BOOTX64.EFI`, also exposed as a partition), GRUB's
 //! `boot_hybrid.img` in the MBR, so the same file boots from a CD and written to a USB stick.
-//! The ISO 9660 tree holds `/grub/grub.cfg`, `/axion/vmlinuz`, `/axion/initrd.zst`.
+//! The ISO 9660 tree holds `/grub/grub.cfg`, `/axion/vmlinuz`, `/axion/initrd.zst` and the
+//! marker `/axion/medium` the core image searches for.
 //!
 //! Reproducible: every staged file's mtime is `SOURCE_DATE_EPOCH`, and xorriso gets it in its
 //! environment, which fixes the volume dates, the volume UUID and the GPT GUIDs.
@@ -43,6 +44,7 @@ pub fn write(out: &Path, c: &Contents, epoch: u64) -> Result<()> {
     let t = SystemTime::UNIX_EPOCH + Duration::from_secs(epoch);
     put(&root, "grub/grub.cfg", c.grub_cfg.as_bytes(), t)?;
     put(&root, "axion/vmlinuz", c.kernel, t)?;
+    put(&root, super::grub::MARKER, b"axion\n", t)?;
     put(&root, "axion/initrd.zst", c.initrd, t)?;
     put(&root, "boot/eltorito.img", c.eltorito, t)?;
     put(&root, "boot/efi.img", c.efi_img, t)?;

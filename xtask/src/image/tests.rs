@@ -230,13 +230,32 @@ fn every_format_passes_its_checker_and_is_reproducible() {
         .read_to_string(&mut cfg)
         .unwrap();
     assert!(
-        cfg.contains("linux /axion/vmlinuz console=ttyS0,115200 panic=-1")
-            && cfg.contains("initrd /axion/initrd.zst"),
+        cfg.contains("linux /axion/$axion_slot/vmlinuz console=ttyS0,115200 panic=-1")
+            && cfg.contains("axion.slot=$axion_slot")
+            && cfg.contains("initrd /axion/$axion_slot/initrd.zst"),
         "{cfg}"
     );
+    // A fresh disk: slot A active and holding this build, B empty, nothing to try.
+    let mut env = Vec::new();
+    fat.root_dir()
+        .open_file("grub/grubenv")
+        .unwrap()
+        .read_to_end(&mut env)
+        .unwrap();
+    assert_eq!(env.len(), grub::GRUBENV_SIZE);
+    let env = String::from_utf8(env).unwrap();
+    assert!(
+        env.starts_with(&format!(
+            "{}axion_active=A\naxion_try=0\n",
+            grub::GRUBENV_HEADER
+        )),
+        "{env}"
+    );
+    assert!(fat.root_dir().open_dir("axion/B").is_err());
+    assert!(fat.root_dir().open_file(grub::MARKER).is_ok());
     let mut initrd = Vec::new();
     fat.root_dir()
-        .open_file("axion/initrd.zst")
+        .open_file("axion/A/initrd.zst")
         .unwrap()
         .read_to_end(&mut initrd)
         .unwrap();

@@ -88,7 +88,7 @@ impl Reference {
         })
     }
 
-    fn base(&self) -> String {
+    pub(crate) fn base(&self) -> String {
         let host = self.registry.split(':').next().unwrap_or_default();
         let scheme = if host == "127.0.0.1" || host == "localhost" || host == "[::1]" {
             "http"
@@ -99,7 +99,7 @@ impl Reference {
     }
 }
 
-fn client() -> Result<reqwest::blocking::Client, OciError> {
+pub(crate) fn client() -> Result<reqwest::blocking::Client, OciError> {
     reqwest::blocking::Client::builder()
         .connect_timeout(Duration::from_secs(15))
         .timeout(Duration::from_secs(600))
@@ -110,7 +110,7 @@ fn client() -> Result<reqwest::blocking::Client, OciError> {
         })
 }
 
-fn check(
+pub(crate) fn check(
     url: &str,
     resp: reqwest::blocking::Response,
 ) -> Result<reqwest::blocking::Response, OciError> {
@@ -153,7 +153,7 @@ fn media_type(file_name: &str) -> &'static str {
     }
 }
 
-fn upload_blob(
+pub(crate) fn upload_blob(
     c: &reqwest::blocking::Client,
     r: &Reference,
     digest: &str,
