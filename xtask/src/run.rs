@@ -245,6 +245,34 @@ fn pick_port(wanted: Option<u16>, default: u16, what: &str) -> Result<u16> {
     }
 }
 
+/// The firmware a boot of `bootable` gets: the fastest that boots it (measured under TCG,
+/// docs/benchmarks.md). A direct kernel (the initramfs format) needs none: qboot, which only
+/// jumps to it, else SeaBIOS. A disk or ISO boots GRUB from the profile's firmware (the images
+/// boot under BIOS and UEFI alike; image_boot checks both).
+pub fn firmware(profile: &Profile, bootable: &Bootable, run: &RunDir) -> qemu::Firmware {
+    match bootable {
+        Bootable::Kernel { .. } if Path::new(qemu::QBOOT).is_file() => qemu::Firmware::Qboot,
+        Bootable::Kernel { .. } => qemu::Firmware::Bios,
+        Bootable::Disk { .. } | Bootable::Iso(_) => match profile.spec.hardware.firmware {
+            Firmware::Efi => qemu::Firmware::Uefi {
+                code: qemu::OVMF_CODE.into(),
+                vars_template: qemu::OVMF_VARS.into(),
+                vars: Some(run.uefi_vars()),
+            },
+            Firmware::Bios => qemu::Firmware::Bios,
+        },
+    }
+}
+
+/// What `run` says it boots with.
+pub fn firmware_name(firmware: &qemu::Firmware) -> &'static str {
+    match firmware {
+        qemu::Firmware::Uefi { .. } => "UEFI (OVMF)",
+        qemu::Firmware::Bios => "BIOS (SeaBIOS)",
+        qemu::Firmware::Qboot => "qboot (direct kernel boot)",
+    }
+}
+
 /// The QEMU configuration for a profile and an image, without serial/QMP choices.
 pub fn vm_config(
     profile: &Profile,
@@ -261,10 +289,9 @@ pub fn vm_config(
         .memory_mib(hw.memory_mib)
         .run_dir(&run.dir)
         .qmp_socket(run.qmp_socket());
-    c = match hw.firmware {
-        Firmware::Efi => c.uefi_with_vars(run.uefi_vars()),
-        Firmware::Bios => c.firmware(qemu::Firmware::Bios),
-    };
+    c = c.firmware(firmware(profile, bootable, run));
+    // The guest's CRNG ready at once (see qemu::Device::Rng): nothing waits for entropy.
+    c = c.device(qemu::Device::Rng);
     let interface = match hw.disk_controller {
         DiskController::Virtio => qemu::DiskInterface::Virtio,
         DiskController::Pvscsi => qemu::DiskInterface::Pvscsi,
@@ -429,10 +456,7 @@ fn prepare(layout: &Layout, opts: &Args) -> Result<Prepared> {
         _ => staged_kernel(layout),
     };
     let (accel, why) = qemu::choose_accel(probe_kernel.as_deref());
-    let firmware = match profile.spec.hardware.firmware {
-        Firmware::Efi => "UEFI (OVMF)",
-        Firmware::Bios => "BIOS (SeaBIOS)",
-    };
+    let firmware = firmware_name(&firmware(&profile, &bootable, &run));
     eprintln!("booting {image_desc} ({format}, {firmware}, {why})");
     eprintln!(
         "forwarded: SSH 127.0.0.1:{} -> 22, Docker API 127.0.0.1:{} -> 2376",
@@ -738,6 +762,18 @@ vmware-hardware-version = 14
         let i = args.iter().position(|a| a == "-append").unwrap();
         assert_eq!(args[i + 1], "console=ttyS0");
         assert!(!args.iter().any(|a| a.contains("bootindex")));
+        // A direct kernel needs no OVMF (5-10 s under TCG): qboot where installed.
+        assert!(!args.iter().any(|a| a.contains("pflash")), "{args:?}");
+        let fw = firmware(&p, &kernel, &run);
+        if Path::new(qemu::QBOOT).is_file() {
+            assert_eq!(fw, qemu::Firmware::Qboot);
+        } else {
+            assert_eq!(fw, qemu::Firmware::Bios);
+        }
+        assert!(
+            args.join(" ").contains("-device virtio-rng-pci"),
+            "{args:?}"
+        );
     }
 
     #[test]
