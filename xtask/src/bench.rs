@@ -20,7 +20,7 @@
 //! - Boot: wall time from starting QEMU to a line on the serial console, polled every 20 ms.
 //!   axion: init's ready line (host-measured, and init's own CLOCK_BOOTTIME figure), by direct
 //!   kernel boot of the initramfs format (as the peer and the floor boot) and from the qcow2
-//!   disk through the profile's firmware and GRUB. Peer: multi-user.target reached and
+//!   disk through SeaBIOS and GRUB (the firmware `run` picks: run::firmware). Peer: multi-user.target reached and
 //!   `docker info` answering (marker units on ttyS0). Docker API: the host's first
 //!   `GET /_ping` answered 200 through the forwarded port (axion: over mutual TLS, with
 //!   certificates handed to the guest as first-boot settings through fw_cfg, as `run` does;
@@ -38,7 +38,7 @@
 //!   image from a docker-registry on 127.0.0.1; the two modes' runs alternate. Also the
 //!   daemon's start (template boot + save). The VMs have the daemon's default vCPUs (the
 //!   host's cores, at most 4) and 512 MiB.
-//! - The VMs: the qemu profile's virtual hardware for all three (2 vCPU, 1 GiB, its firmware
+//! - The VMs: the qemu profile's virtual hardware for all three (2 vCPU, 1 GiB, `run`'s firmware
 //!   and NIC), TCG unless the KVM probe shows a guest running.
 
 pub mod floor;
@@ -611,9 +611,16 @@ fn formats_of(p: &Profile) -> String {
 
 fn vm_description(p: &Profile) -> String {
     let hw = &p.spec.hardware;
+    // The firmware `run` picks (run::firmware), not the profile's: the bench boots as run does.
+    let kernel = if std::path::Path::new(qemu::QBOOT).is_file() {
+        "qboot"
+    } else {
+        "seabios"
+    };
     format!(
-        "{} vCPU, {} MiB, {:?} firmware, {:?} NIC",
-        hw.cpus, hw.memory_mib, hw.firmware, hw.nic
+        "{} vCPU, {} MiB, {kernel} for a direct kernel and seabios for disks, virtio-rng, {:?} \
+         NIC",
+        hw.cpus, hw.memory_mib, hw.nic
     )
     .to_lowercase()
 }
