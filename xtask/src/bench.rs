@@ -20,8 +20,9 @@
 //! - Boot: wall time from starting QEMU to a line on the serial console, polled every 20 ms.
 //!   axion: init's ready line (host-measured, and init's own CLOCK_BOOTTIME figure), by direct
 //!   kernel boot of the initramfs format (as the peer and the floor boot) and from the qcow2
-//!   disk through SeaBIOS and GRUB (the firmware `run` picks: run::firmware). Peer: multi-user.target reached and
-//!   `docker info` answering (marker units on ttyS0). Docker API: the host's first
+//!   disk through SeaBIOS and GRUB (the firmware `run` picks: run::firmware). Peer:
+//!   multi-user.target reached and `docker info` answering (marker units on ttyS0). Docker
+//!   API: the host's first
 //!   `GET /_ping` answered 200 through the forwarded port (axion: over mutual TLS, with
 //!   certificates handed to the guest as first-boot settings through fw_cfg, as `run` does;
 //!   the peer's dockerd: plain TCP).
