@@ -47,6 +47,7 @@ pub mod peer;
 pub mod report;
 pub mod stats;
 pub mod vmd;
+pub mod waterfall;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
