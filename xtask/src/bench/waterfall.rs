@@ -77,8 +77,9 @@ pub fn svg(title: &str, steps: &[Step]) -> String {
     while sec <= end + 1e-9 {
         let x = label_w + sec * scale;
         s.push_str(&format!(
-            "<line x1=\"{x:.1}\" y1=\"{:.0}\" x2=\"{x:.1}\" y2=\"{axis_y:.0}\" stroke=\"#dddddd\"/>\n\
-             <text x=\"{x:.1}\" y=\"{:.0}\" text-anchor=\"middle\" fill=\"#666666\">{sec:.0} s</text>\n",
+            "<line x1=\"{x:.1}\" y1=\"{:.0}\" x2=\"{x:.1}\" y2=\"{axis_y:.0}\" \
+             stroke=\"#dddddd\"/>\n<text x=\"{x:.1}\" y=\"{:.0}\" text-anchor=\"middle\" \
+             fill=\"#666666\">{sec:.0} s</text>\n",
             TOP - 4.0,
             axis_y + 14.0
         ));
