@@ -7,7 +7,7 @@
 //! |-----------------|-----------------------------------------------------------------------|
 //! | `disk.qcow2`    | copy-on-write overlay over the built image: the image stays pristine, the guest's writes (its /var/lib) persist between runs |
 //! | `disk.base`     | which image the overlay belongs to (path, size, mtime); a rebuilt image gets a fresh overlay |
-//! | `OVMF_VARS.fd`  | the VM's UEFI variable store (efi profiles)                            |
+//! | `OVMF_VARS.fd`  | the VM's UEFI variable store (`AXION_FIRMWARE=profile`, efi profiles)  |
 //! | `serial.log`    | the serial console (also written during interactive runs)              |
 //! | `qmp.sock`      | QMP monitor socket (`stop` uses it, for interactive runs too)          |
 //! | `qemu.pid`      | QEMU's process id while it runs                                       |
