@@ -5,8 +5,11 @@
 //! answering (the boot trace's `service docker ready`) exceeds the floor's guest-clock time
 //! (the kernel's own timestamp of `Run /init as init process`) by more than [`RATIO`]. A
 //! ratio of two figures from the same run holds on a noisy machine where absolute times do
-//! not. Each is the best of [`ROUNDS`] boots, alternated so a burst of load hits both. The
-//! failure message prints both traces.
+//! not. Each round boots the floor and then the image, back to back, and the test takes the
+//! round with the smallest ratio of [`ROUNDS`] (a burst of load that slows one boot of a
+//! round does not fail it; a regression slows every round). The failure message prints the
+//! traces of that round. It also prints how long the image took from its own handover to the
+//! engine answering (init and the engine alone), the part a regression in them moves.
 //!
 //! The floor's clock is the kernel's printk time, not a shell's `cat /proc/uptime`: under
 //! TCG on a loaded machine busybox sh and its forks alone took 0.25-1.2 s.
@@ -23,22 +26,24 @@ const PROFILE: &str = "qemu";
 const ROUNDS: usize = 3;
 const TIMEOUT: Duration = Duration::from_secs(300);
 
-/// The image may take this many times the floor's guest clock to the engine answering.
-/// Measured on the shared 2-core machine under TCG, load 6-10 (2026-12-01): with the
-/// engine of the time, 6 rounds in 3 runs, floor 1.43-3.02 s, image 3.08-4.42 s, ratio per
-/// round 1.25-2.48 and of the best of two 1.39, 1.78, 2.40; with this branch's engine (its
-/// TLS port bound only once it can serve, ~1.5 s after its socket under TCG), 3 rounds:
-/// floor 1.49-1.85 s, image 3.08-4.40 s, ratio per round 1.89-2.54, best of three 2.07 and
-/// 2.51 (the trace: the engine's TLS port answers 1.7 s after its unix socket). The
-/// floor varies most (the kernel's timer-driven probes stretch with host load), hence the
-/// best of three. 3.0 is the largest best-of ratio seen (2.51) plus a fifth for load: it
-/// catches a regression of 1.5 s or more in init or the engine, not less; tighten it when
-/// the engine's TLS start is cut or CI runs on a quieter machine.
-const RATIO: f64 = 3.0;
+/// The image may take this many times the floor's guest clock to the engine answering, in
+/// the round with the smallest ratio. Measured on the shared 2-core machine under TCG: with
+/// the engine of 2026-12-01 (it waited 1.5-3 s for the kernel's CRNG; OVMF), ratios per round
+/// 1.25-3.06 in 4 runs (loads 6-14), the best of two or three 1.39-2.51; with a virtio RNG in
+/// every VM and qboot (2026-12-02, 2 runs, load 5-14), rounds 1.75, 2.15, 2.23 and 1.88,
+/// 2.28, 1.66. 2.5 (was 3.0) is the largest per-round ratio seen since plus a tenth. It is
+/// loose because the ratio is mostly the kernel: the image's own handover comes 0.2-0.9 s
+/// after the floor's (its 3.7 MB initramfs is unpacked first), the floor's handover swings
+/// 1.8-3.5 s with load, and init plus the engine are 1.0-1.6 s of it; so it catches a
+/// regression of about a second (the old CRNG wait in every round), not a tenth. The rounds
+/// print the image's time from its own handover, the figure to watch for smaller ones.
+const RATIO: f64 = 2.5;
 
 struct Boot {
     /// Guest clock (s): the floor's handover to init, or the image's engine answering.
     guest: f64,
+    /// The image's own handover (its trace's `kernel` step).
+    handover: Option<f64>,
     /// What the failure message shows.
     trace: Vec<String>,
 }
@@ -104,6 +109,7 @@ fn boot_floor(
     });
     Boot {
         guest,
+        handover: None,
         trace: vec![format!(
             "floor: the kernel ran /init at {guest:.3} s on the guest clock (QEMU exited {:.2} s \
              after it started)",
@@ -157,7 +163,16 @@ fn boot_image(
         )
     });
     let _ = ready;
-    Boot { guest, trace }
+    let handover = trace
+        .iter()
+        .filter_map(|l| trace_step(l))
+        .find(|(_, name)| name == "kernel")
+        .map(|(t, _)| t);
+    Boot {
+        guest,
+        handover,
+        trace,
+    }
 }
 
 #[test]
@@ -179,30 +194,31 @@ fn image_boots_to_the_engine_within_its_budget_of_the_kernel_floor() {
     let recipes = xtask::recipe::RecipeSet::load(&layout.recipes()).unwrap();
     let profile = xtask::profile::load_profile(&layout.root, PROFILE, &recipes).unwrap();
     let work = tempfile::tempdir().unwrap();
-    let (mut floors, mut images) = (Vec::new(), Vec::new());
+    let mut rounds = Vec::new();
     for round in 1..=ROUNDS {
         let f = boot_floor(&profile, kernel, work.path());
         let i = boot_image(&profile, &bootable, work.path());
+        let own = i
+            .handover
+            .map(|h| format!(", {:.3} s after its own handover", i.guest - h))
+            .unwrap_or_default();
         eprintln!(
-            "round {round}: floor {:.3} s, image to the engine answering {:.3} s (guest clock), \
-             ratio {:.2}",
+            "round {round}: floor {:.3} s, image to the engine answering {:.3} s (guest \
+             clock{own}), ratio {:.2}",
             f.guest,
             i.guest,
             i.guest / f.guest
         );
-        floors.push(f);
-        images.push(i);
+        rounds.push((f, i));
     }
-    let best = |v: &[Boot]| {
-        v.iter()
-            .min_by(|a, b| a.guest.total_cmp(&b.guest))
-            .map(|b| (b.guest, b.trace.join("\n")))
-            .unwrap()
-    };
-    let (f, f_trace) = best(&floors);
-    let (i, i_trace) = best(&images);
+    let (fb, ib) = rounds
+        .iter()
+        .min_by(|a, b| (a.1.guest / a.0.guest).total_cmp(&(b.1.guest / b.0.guest)))
+        .unwrap();
+    let (f, f_trace) = (fb.guest, fb.trace.join("\n"));
+    let (i, i_trace) = (ib.guest, ib.trace.join("\n"));
     let ratio = i / f;
-    eprintln!("best: floor {f:.3} s, image {i:.3} s, ratio {ratio:.2} (budget {RATIO})");
+    eprintln!("best round: floor {f:.3} s, image {i:.3} s, ratio {ratio:.2} (budget {RATIO})");
     eprintln!("--- floor:\n{f_trace}\n--- image:\n{i_trace}");
     assert!(
         ratio <= RATIO,

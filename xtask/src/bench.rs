@@ -20,8 +20,9 @@
 //! - Boot: wall time from starting QEMU to a line on the serial console, polled every 20 ms.
 //!   axion: init's ready line (host-measured, and init's own CLOCK_BOOTTIME figure), by direct
 //!   kernel boot of the initramfs format (as the peer and the floor boot) and from the qcow2
-//!   disk through the profile's firmware and GRUB. Peer: multi-user.target reached and
-//!   `docker info` answering (marker units on ttyS0). Docker API: the host's first
+//!   disk through SeaBIOS and GRUB (the firmware `run` picks: run::firmware). Peer:
+//!   multi-user.target reached and `docker info` answering (marker units on ttyS0). Docker
+//!   API: the host's first
 //!   `GET /_ping` answered 200 through the forwarded port (axion: over mutual TLS, with
 //!   certificates handed to the guest as first-boot settings through fw_cfg, as `run` does;
 //!   the peer's dockerd: plain TCP).
@@ -38,7 +39,7 @@
 //!   image from a docker-registry on 127.0.0.1; the two modes' runs alternate. Also the
 //!   daemon's start (template boot + save). The VMs have the daemon's default vCPUs (the
 //!   host's cores, at most 4) and 512 MiB.
-//! - The VMs: the qemu profile's virtual hardware for all three (2 vCPU, 1 GiB, its firmware
+//! - The VMs: the qemu profile's virtual hardware for all three (2 vCPU, 1 GiB, `run`'s firmware
 //!   and NIC), TCG unless the KVM probe shows a guest running.
 
 pub mod floor;
@@ -46,6 +47,7 @@ pub mod peer;
 pub mod report;
 pub mod stats;
 pub mod vmd;
+pub mod waterfall;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -513,6 +515,35 @@ pub fn bench(layout: &Layout, opts: &Args) -> Result<()> {
     let svg = out.join("bench.svg");
     crate::image::write_atomic(&svg, report.svg().as_bytes())?;
     eprintln!("bench: wrote {} and {}", json.display(), svg.display());
+    write_waterfall(layout, &out, &report.meta, &ax.trace)?;
+    Ok(())
+}
+
+/// The boot waterfall beside the table: `out/bench/boot-waterfall.svg`, and the copy the docs
+/// show (`docs/boot-waterfall.svg`); with no trace, why not.
+fn write_waterfall(
+    layout: &Layout,
+    out: &Path,
+    meta: &Meta,
+    trace: &std::result::Result<Vec<waterfall::Step>, String>,
+) -> Result<()> {
+    let steps = match trace {
+        Ok(s) => s,
+        Err(why) => {
+            eprintln!("bench: no boot waterfall: no boot trace ({why})");
+            return Ok(());
+        }
+    };
+    let title = format!(
+        "axion boot trace, guest clock (CLOCK_BOOTTIME), {} UTC, {}, load {}",
+        meta.date, meta.accel, meta.load_average
+    );
+    let svg = waterfall::svg(&title, steps);
+    let file = out.join("boot-waterfall.svg");
+    crate::image::write_atomic(&file, svg.as_bytes())?;
+    let docs = layout.root.join("docs").join("boot-waterfall.svg");
+    crate::image::write_atomic(&docs, svg.as_bytes())?;
+    eprintln!("bench: wrote {} and {}", file.display(), docs.display());
     Ok(())
 }
 
@@ -611,9 +642,16 @@ fn formats_of(p: &Profile) -> String {
 
 fn vm_description(p: &Profile) -> String {
     let hw = &p.spec.hardware;
+    // The firmware `run` picks (run::firmware), not the profile's: the bench boots as run does.
+    let kernel = if std::path::Path::new(qemu::QBOOT).is_file() {
+        "qboot"
+    } else {
+        "seabios"
+    };
     format!(
-        "{} vCPU, {} MiB, {:?} firmware, {:?} NIC",
-        hw.cpus, hw.memory_mib, hw.firmware, hw.nic
+        "{} vCPU, {} MiB, {kernel} for a direct kernel and seabios for disks, virtio-rng, {:?} \
+         NIC",
+        hw.cpus, hw.memory_mib, hw.nic
     )
     .to_lowercase()
 }
@@ -948,6 +986,9 @@ struct AxionFigures {
     /// The engine's VmRSS at idle after boot (MiB).
     engine_rss: Value,
     docker_run: Value,
+    /// init's boot trace of the run whose guest-clock ready time is nearest the median, or
+    /// why there is none.
+    trace: std::result::Result<Vec<waterfall::Step>, String>,
 }
 
 struct PeerFigures {
@@ -1063,6 +1104,9 @@ impl Bench<'_> {
         };
         let mut rss_reason = mem_reason.clone();
         let mut run_reason = api_reason.clone();
+        // (guest-clock ready, trace) of each run that has one.
+        let mut traces: Vec<(f64, Vec<waterfall::Step>)> = Vec::new();
+        let mut trace_reason = mem_reason.clone();
         for i in 0..n {
             let (mut cfg, ports) = self.config(&self.bootable, "run-axion")?;
             for (name, file) in &fw_cfg {
@@ -1116,6 +1160,10 @@ impl Bench<'_> {
                 match ssh_memory(&key, ports.ssh) {
                     Ok(m) => {
                         mem.push(m.used_kib as f64 / 1024.0);
+                        match m.trace {
+                            Ok(t) => traces.push((ready.guest.as_secs_f64(), t)),
+                            Err(e) => trace_reason = e,
+                        }
                         match m.engine_rss_kib {
                             Some(kib) => rss.push(kib as f64 / 1024.0),
                             None => rss_reason = "no engine process in the guest".to_owned(),
@@ -1124,6 +1172,7 @@ impl Bench<'_> {
                     Err(e) => {
                         mem_reason = first_line(&format!("{e:#}"));
                         rss_reason = mem_reason.clone();
+                        trace_reason = mem_reason.clone();
                     }
                 }
             }
@@ -1142,6 +1191,7 @@ impl Bench<'_> {
             mem: Value::from_samples(&mem, &mem_reason),
             engine_rss: Value::from_samples(&rss, &rss_reason),
             docker_run: Value::from_samples(&drun, &run_reason),
+            trace: median_trace(traces).ok_or(trace_reason),
         })
     }
 
@@ -1323,12 +1373,20 @@ fn drain_serial(vm: &mut qemu::Vm) -> Vec<String> {
     lines
 }
 
+/// The trace of the run whose ready time is nearest the median of those runs.
+fn median_trace(mut traces: Vec<(f64, Vec<waterfall::Step>)>) -> Option<Vec<waterfall::Step>> {
+    let median =
+        Value::from_samples(&traces.iter().map(|t| t.0).collect::<Vec<_>>(), "").median()?;
+    traces.sort_by(|a, b| (a.0 - median).abs().total_cmp(&(b.0 - median).abs()));
+    traces.into_iter().next().map(|t| t.1)
+}
+
 /// Memory of the idle guest over SSH, retrying while sshd starts: MemTotal − MemAvailable
 /// and the engine's resident set (VmRSS), both in KiB.
 fn ssh_memory(key: &Path, port: u16) -> Result<GuestMemory> {
     // One command, so both figures come from the same moment.
-    const SCRIPT: &str =
-        "cat /proc/meminfo; echo ---; for p in $(pidof engine); do cat /proc/$p/status; done";
+    const SCRIPT: &str = "cat /proc/meminfo; echo ---; for p in $(pidof engine); do cat \
+                          /proc/$p/status; done; echo ---; cat /run/axion/boot-trace.json";
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = String::new();
     while Instant::now() < deadline {
@@ -1356,11 +1414,13 @@ fn ssh_memory(key: &Path, port: u16) -> Result<GuestMemory> {
             .context("cannot run ssh")?;
         if out.status.success() {
             let text = String::from_utf8_lossy(&out.stdout);
-            let (meminfo, status) = text.split_once("\n---\n").unwrap_or((&text, ""));
+            let (meminfo, rest) = text.split_once("\n---\n").unwrap_or((&text, ""));
+            let (status, trace) = rest.split_once("\n---\n").unwrap_or((rest, ""));
             return Ok(GuestMemory {
                 used_kib: used_kib(meminfo)
                     .context("no MemTotal/MemAvailable in the guest's /proc/meminfo")?,
                 engine_rss_kib: rss_kib(status),
+                trace: waterfall::parse(trace).map_err(|e| format!("{e:#}")),
             });
         }
         last = String::from_utf8_lossy(&out.stderr).trim().to_owned();
@@ -1373,6 +1433,8 @@ struct GuestMemory {
     used_kib: u64,
     /// None when no `engine` process runs (an image without the engine).
     engine_rss_kib: Option<u64>,
+    /// /run/axion/boot-trace.json, parsed.
+    trace: std::result::Result<Vec<waterfall::Step>, String>,
 }
 
 /// The sum of the VmRSS lines of /proc/PID/status texts, None when there is none.

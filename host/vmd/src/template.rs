@@ -68,6 +68,17 @@ fn vm_serial(run: &Path) -> String {
 /// Kernel command line of the template (and so of every clone).
 pub const CMDLINE: &str = "console=ttyS0,115200 panic=-1 quiet";
 
+/// The firmware of every VM (template, clones, cold boots): qboot where installed, which only
+/// jumps to the direct kernel (0.3-1 s sooner than SeaBIOS under TCG), else SeaBIOS. Part of
+/// the template's key: a saved state restores only into the same firmware.
+fn firmware() -> qemu::Firmware {
+    if std::path::Path::new(qemu::QBOOT).is_file() {
+        qemu::Firmware::Qboot
+    } else {
+        qemu::Firmware::Bios
+    }
+}
+
 fn file_hash(h: &mut Sha256, p: &Path) -> Result<()> {
     let data = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
     h.update(Sha256::digest(&data));
@@ -120,8 +131,9 @@ impl Template {
             .unwrap_or_default();
         h.update(&qv);
         h.update(format!(
-            "{memory_mib} {cpus} {} {CMDLINE} v3 9p vchan ram-file",
-            accel.name()
+            "{memory_mib} {cpus} {} {CMDLINE} v3 9p vchan ram-file {:?}",
+            accel.name(),
+            firmware()
         ));
         let key = hex::encode(h.finalize());
         let dir = root.join(format!("template-{}", &key[..16]));
@@ -246,6 +258,7 @@ impl Template {
             .memory_mib(self.memory_mib)
             .run_dir(run_dir)
             .no_reboot(true)
+            .firmware(firmware())
             .kernel(&self.kernel, Some(self.initrd.clone()), CMDLINE)
             .user_net(qemu::NicModel::VirtioNet, forwards.to_vec())
             .device(qemu::Device::VirtioSerialPort {

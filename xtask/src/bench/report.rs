@@ -214,7 +214,7 @@ pub fn splice_section(doc: &str, key: &str, body: &str) -> String {
     out
 }
 
-fn xml(s: &str) -> String {
+pub fn xml(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
