@@ -9,179 +9,20 @@
 //! - a request on a kept-alive connection after a 404 for a POST with a body is answered;
 //! - `docker node ls` and `GET /swarm` answer 503 "This node is not a swarm manager".
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use axion_tests::guest::{both, Boot, Guest};
 use axion_tests::registry::{Compression, Registry};
-use axion_tests::{boot_ready, image, qemu, require};
-use xtask::profile::Format;
+use axion_tests::require;
 
 #[test]
 fn container_operations_events_and_http_in_the_vm() {
-    require!(
-        axion_tests::have_qemu(),
-        "qemu-system-x86_64 is not installed"
-    );
-    require!(
-        Path::new("/usr/bin/ssh").exists(),
-        "the ssh client (openssh-client) is not installed"
-    );
-    require!(
-        Path::new("/usr/bin/docker-registry").exists(),
-        "docker-registry is not installed"
-    );
-    require!(
-        Command::new("docker")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success()),
-        "the docker CLI is not installed"
-    );
-    require!(
-        Command::new("python3")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success()),
-        "python3 is not installed"
-    );
+    if let Some(why) = axion_tests::vm_test_host_lacks() {
+        require!(false, "{why}");
+    }
+    require!(axion_tests::runs("python3"), "python3 is not installed");
     check().unwrap();
-}
-
-struct Guest {
-    vm: qemu::Vm,
-    dir: PathBuf,
-    key: PathBuf,
-    ssh_port: u16,
-    docker_port: u16,
-}
-
-fn both(o: &Output) -> String {
-    format!(
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-impl Guest {
-    fn serial(&self) -> String {
-        self.vm
-            .serial_log()
-            .map(|p| axion_tests::tail(p, 60))
-            .unwrap_or_default()
-    }
-
-    fn ssh(&self, cmd: &str) -> Result<Output> {
-        axion_tests::ssh(&self.key, self.ssh_port, &[], cmd)
-            .output()
-            .context("running ssh")
-    }
-
-    fn certs(&self) -> PathBuf {
-        self.dir.join("certs")
-    }
-
-    fn fetch_certs(&self) -> Result<()> {
-        std::fs::create_dir_all(self.certs())?;
-        let deadline = Instant::now() + Duration::from_secs(180);
-        loop {
-            let mut all = true;
-            for f in ["ca", "cert", "key"] {
-                let out = self.ssh(&format!("cat /var/lib/axion-engine/tls/client/{f}.pem"))?;
-                if !out.status.success() || out.stdout.is_empty() {
-                    all = false;
-                    break;
-                }
-                std::fs::write(self.certs().join(format!("{f}.pem")), &out.stdout)?;
-            }
-            if all {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the engine's client certificate did not appear within 180 s\nserial:\n{}",
-                    self.serial()
-                );
-            }
-            std::thread::sleep(Duration::from_secs(3));
-        }
-    }
-
-    fn docker_cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("docker");
-        c.env(
-            "DOCKER_HOST",
-            format!("tcp://127.0.0.1:{}", self.docker_port),
-        )
-        .env("DOCKER_TLS_VERIFY", "1")
-        .env("DOCKER_CERT_PATH", self.certs())
-        .env("DOCKER_CONFIG", self.dir.join("docker-config"))
-        .args(args);
-        c
-    }
-
-    fn docker(&self, args: &[&str]) -> Result<Output> {
-        eprintln!("$ docker {}", args.join(" "));
-        axion_tests::run_with_timeout(self.docker_cmd(args), Duration::from_secs(300))
-    }
-
-    /// `docker ARGS`, which must succeed; its trimmed stdout.
-    fn ok(&self, args: &[&str]) -> Result<String> {
-        let o = self.docker(args)?;
-        if !o.status.success() {
-            bail!(
-                "docker {} failed ({}):\n{}\nserial:\n{}",
-                args.join(" "),
-                o.status,
-                both(&o),
-                self.serial()
-            );
-        }
-        Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
-    }
-
-    /// `docker ARGS`, which must fail; its stderr.
-    fn fails(&self, args: &[&str]) -> Result<String> {
-        let o = self.docker(args)?;
-        if o.status.success() {
-            bail!("docker {} succeeded: {}", args.join(" "), both(&o));
-        }
-        Ok(String::from_utf8_lossy(&o.stderr).trim().to_string())
-    }
-
-    fn wait_engine(&self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let o = self.docker(&["version", "--format", "{{.Server.APIVersion}}"])?;
-            if o.status.success() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the engine did not answer within 120 s: {}\nserial:\n{}",
-                    both(&o),
-                    self.serial()
-                );
-            }
-            std::thread::sleep(Duration::from_secs(2));
-        }
-    }
-
-    /// Runs a Python script (argv: port, certs dir) against the engine's TLS port.
-    fn python(&self, script: &str) -> Result<String> {
-        let o = Command::new("python3")
-            .arg("-c")
-            .arg(script)
-            .arg(self.docker_port.to_string())
-            .arg(self.certs())
-            .output()?;
-        if !o.status.success() {
-            bail!("python failed: {}", both(&o));
-        }
-        Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
-    }
 }
 
 /// Two requests on one kept-alive TLS connection: a POST with a body to a route that does
@@ -209,11 +50,7 @@ print(r.status, json.loads(r.read())["message"])
 
 fn check() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let (key, public) = axion_tests::ssh_keygen(dir.path(), "id")?;
-    let xtask::image::Bootable::Kernel { kernel, initrd } = image("qemu", Format::Initramfs)?
-    else {
-        bail!("the initramfs format is not a kernel and an initramfs");
-    };
+    let boot = Boot::new(dir.path())?;
     let registry = Registry::start()?;
     registry.push_busybox(
         &axion_tests::busybox(),
@@ -222,42 +59,8 @@ fn check() -> Result<()> {
         Compression::Gzip,
     )?;
     let reg = format!("10.0.2.2:{}", registry.port);
-    let (ssh_port, docker_port) = (qemu::free_port()?, qemu::free_port()?);
-    let (accel, _) = axion_tests::accel();
-    let config = qemu::VmConfig::new()
-        .accel(accel)
-        .memory_mib(1024)
-        .cpus(2)
-        .run_dir(dir.path().join("vm"))
-        .kernel(
-            &kernel,
-            Some(initrd),
-            format!("console=ttyS0,115200 panic=-1 axion.ssh_key=\"{public}\""),
-        )
-        .user_net(
-            qemu::NicModel::VirtioNet,
-            vec![
-                qemu::PortForward::tcp(ssh_port, 22),
-                qemu::PortForward::tcp(docker_port, 2376),
-            ],
-        );
-    let (vm, _ready) = boot_ready(config)?;
-    let g = Guest {
-        vm,
-        dir: dir.path().to_path_buf(),
-        key,
-        ssh_port,
-        docker_port,
-    };
-    g.fetch_certs()?;
-    g.wait_engine()?;
-    let o = g.ssh(&format!(
-        "printf '%s' '{{\"insecure-registries\": [\"{reg}\"]}}' > \
-            /var/lib/axion-engine/daemon.json && kill $(pidof engine)"
-    ))?;
-    assert!(o.status.success(), "daemon.json: {}", both(&o));
-    std::thread::sleep(Duration::from_secs(2));
-    g.wait_engine()?;
+    let g = Guest::boot(&boot)?;
+    g.insecure_registries(&[&reg])?;
     let image = format!("{reg}/busybox:latest");
     g.ok(&["pull", &image])?;
     g.ok(&["tag", &image, "busybox"])?;

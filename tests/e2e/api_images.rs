@@ -7,158 +7,29 @@
 //! with wrong and right passwords and the credentials then used for push and pull, and
 //! `info`'s swarm state.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use axion_tests::guest::{both, Boot, Guest};
 use axion_tests::registry::{free_port, Compression, Registry};
-use axion_tests::{boot_ready, image, qemu, require};
-use xtask::profile::Format;
+use axion_tests::require;
 
 #[test]
 fn images_and_system_in_the_vm() {
-    require!(
-        axion_tests::have_qemu(),
-        "qemu-system-x86_64 is not installed"
-    );
-    require!(
-        Path::new("/usr/bin/ssh").exists(),
-        "the ssh client (openssh-client) is not installed"
-    );
-    require!(
-        Path::new("/usr/bin/docker-registry").exists(),
-        "docker-registry is not installed"
-    );
-    require!(
-        Command::new("docker")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success()),
-        "the docker CLI is not installed"
-    );
+    if let Some(why) = axion_tests::vm_test_host_lacks() {
+        require!(false, "{why}");
+    }
     check().unwrap();
 }
 
-struct Guest {
-    vm: qemu::Vm,
-    dir: PathBuf,
-    key: PathBuf,
-    ssh_port: u16,
-    docker_port: u16,
+/// What this file asks of the guest besides the shared harness.
+trait Images {
+    fn id(&self, name: &str) -> Result<String>;
 }
 
-fn both(o: &Output) -> String {
-    format!(
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-impl Guest {
-    fn serial(&self) -> String {
-        self.vm
-            .serial_log()
-            .map(|p| axion_tests::tail(p, 60))
-            .unwrap_or_default()
-    }
-
-    fn ssh(&self, cmd: &str) -> Result<Output> {
-        axion_tests::ssh(&self.key, self.ssh_port, &[], cmd)
-            .output()
-            .context("running ssh")
-    }
-
-    fn certs(&self) -> PathBuf {
-        self.dir.join("certs")
-    }
-
-    fn fetch_certs(&self) -> Result<()> {
-        std::fs::create_dir_all(self.certs())?;
-        let deadline = Instant::now() + Duration::from_secs(180);
-        loop {
-            let mut all = true;
-            for f in ["ca", "cert", "key"] {
-                let out = self.ssh(&format!("cat /var/lib/axion-engine/tls/client/{f}.pem"))?;
-                if !out.status.success() || out.stdout.is_empty() {
-                    all = false;
-                    break;
-                }
-                std::fs::write(self.certs().join(format!("{f}.pem")), &out.stdout)?;
-            }
-            if all {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "no client certificate within 180 s\nserial:\n{}",
-                    self.serial()
-                );
-            }
-            std::thread::sleep(Duration::from_secs(3));
-        }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        eprintln!("$ docker {}", args.join(" "));
-        let mut c = Command::new("docker");
-        c.env(
-            "DOCKER_HOST",
-            format!("tcp://127.0.0.1:{}", self.docker_port),
-        )
-        .env("DOCKER_TLS_VERIFY", "1")
-        .env("DOCKER_CERT_PATH", self.certs())
-        .env("DOCKER_CONFIG", self.dir.join("docker-config"))
-        .args(args);
-        c
-    }
-
-    fn docker(&self, args: &[&str]) -> Result<Output> {
-        self.cmd(args).output().context("running docker")
-    }
-
-    fn ok(&self, args: &[&str]) -> Result<String> {
-        let o = self.docker(args)?;
-        if !o.status.success() {
-            bail!(
-                "docker {} failed ({}):\n{}\nserial:\n{}",
-                args.join(" "),
-                o.status,
-                both(&o),
-                self.serial()
-            );
-        }
-        Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
-    }
-
-    /// `docker ARGS` with `input` on stdin.
-    fn with_stdin(&self, args: &[&str], input: &[u8]) -> Result<Output> {
-        let mut child = self
-            .cmd(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        child.stdin.take().expect("piped").write_all(input)?;
-        Ok(child.wait_with_output()?)
-    }
-
-    fn wait_engine(&self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let o = self.docker(&["version", "--format", "{{.Server.APIVersion}}"])?;
-            if o.status.success() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("engine silent for 120 s: {}\n{}", both(&o), self.serial());
-            }
-            std::thread::sleep(Duration::from_secs(2));
-        }
-    }
-
+impl Images for Guest {
+    /// An image's id.
     fn id(&self, name: &str) -> Result<String> {
         self.ok(&["image", "inspect", "--format", "{{.Id}}", name])
     }
@@ -236,11 +107,7 @@ fn auth_registry() -> Result<std::result::Result<AuthRegistry, String>> {
 
 fn check() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let (key, public) = axion_tests::ssh_keygen(dir.path(), "id")?;
-    let xtask::image::Bootable::Kernel { kernel, initrd } = image("qemu", Format::Initramfs)?
-    else {
-        bail!("the initramfs format is not a kernel and an initramfs");
-    };
+    let boot = Boot::new(dir.path())?;
     let registry = Registry::start()?;
     registry.push_busybox(
         &axion_tests::busybox(),
@@ -252,47 +119,11 @@ fn check() -> Result<()> {
     let areg = auth_registry()?;
     let areg_host = areg.as_ref().ok().map(|a| format!("10.0.2.2:{}", a.port));
 
-    let (ssh_port, docker_port) = (qemu::free_port()?, qemu::free_port()?);
-    let (accel, _) = axion_tests::accel();
-    let config = qemu::VmConfig::new()
-        .accel(accel)
-        .memory_mib(1024)
-        .cpus(2)
-        .run_dir(dir.path().join("vm"))
-        .kernel(
-            &kernel,
-            Some(initrd),
-            format!("console=ttyS0,115200 panic=-1 axion.ssh_key=\"{public}\""),
-        )
-        .user_net(
-            qemu::NicModel::VirtioNet,
-            vec![
-                qemu::PortForward::tcp(ssh_port, 22),
-                qemu::PortForward::tcp(docker_port, 2376),
-            ],
-        );
-    let (vm, _ready) = boot_ready(config)?;
-    let g = Guest {
-        vm,
-        dir: dir.path().to_path_buf(),
-        key,
-        ssh_port,
-        docker_port,
-    };
-    g.fetch_certs()?;
-    g.wait_engine()?;
-    let insecure: Vec<String> = std::iter::once(reg.clone())
-        .chain(areg_host.clone())
-        .map(|r| format!("\"{r}\""))
+    let g = Guest::boot(&boot)?;
+    let insecure: Vec<&str> = std::iter::once(reg.as_str())
+        .chain(areg_host.as_deref())
         .collect();
-    let o = g.ssh(&format!(
-        "printf '%s' '{{\"insecure-registries\": [{}]}}' > \
-         /var/lib/axion-engine/daemon.json && kill $(pidof engine)",
-        insecure.join(",")
-    ))?;
-    assert!(o.status.success(), "daemon.json: {}", both(&o));
-    std::thread::sleep(Duration::from_secs(2));
-    g.wait_engine()?;
+    g.insecure_registries(&insecure)?;
 
     let bb = format!("{reg}/busybox:latest");
     g.ok(&["pull", &bb])?;

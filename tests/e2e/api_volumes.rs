@@ -12,210 +12,29 @@
 //!   removes;
 //! - a volume's data survives a power-off and a boot of the same disk.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use axion_tests::guest::{both, text, Boot, Guest};
 use axion_tests::registry::{Compression, Registry};
-use axion_tests::{boot_ready, image, qemu, require};
-use xtask::profile::Format;
+use axion_tests::require;
 
 #[test]
 fn volumes_and_mounts_in_the_vm() {
-    require!(
-        axion_tests::have_qemu(),
-        "qemu-system-x86_64 is not installed"
-    );
-    require!(
-        Path::new("/usr/bin/ssh").exists(),
-        "the ssh client (openssh-client) is not installed"
-    );
-    require!(
-        Path::new("/usr/bin/docker-registry").exists(),
-        "docker-registry is not installed"
-    );
-    require!(
-        Command::new("qemu-img")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success()),
-        "qemu-img is not installed"
-    );
-    require!(
-        Command::new("docker")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success()),
-        "the docker CLI is not installed"
-    );
+    if let Some(why) = axion_tests::vm_test_host_lacks() {
+        require!(false, "{why}");
+    }
+    require!(axion_tests::runs("qemu-img"), "qemu-img is not installed");
     check().unwrap();
 }
 
-struct Guest {
-    vm: qemu::Vm,
-    dir: PathBuf,
-    key: PathBuf,
-    ssh_port: u16,
-    docker_port: u16,
+/// What this file asks of the guest besides the shared harness.
+trait Volumes {
+    fn volume_names(&self, filters: &[&str]) -> Result<Vec<String>>;
 }
 
-fn text(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-fn both(o: &Output) -> String {
-    format!(
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-impl Guest {
-    fn boot(
-        dir: &Path,
-        kernel: &Path,
-        initrd: &Path,
-        disk: &Path,
-        key: &Path,
-        n: u32,
-    ) -> Result<Guest> {
-        let public = std::fs::read_to_string(key.with_extension("pub"))?
-            .trim()
-            .to_owned();
-        let (ssh_port, docker_port) = (qemu::free_port()?, qemu::free_port()?);
-        let (accel, _) = axion_tests::accel();
-        let config = qemu::VmConfig::new()
-            .accel(accel)
-            .memory_mib(1024)
-            .cpus(2)
-            .run_dir(dir.join(format!("vm{n}")))
-            .kernel(
-                kernel,
-                Some(initrd.to_path_buf()),
-                format!("console=ttyS0,115200 panic=-1 axion.ssh_key=\"{public}\""),
-            )
-            .drive(qemu::Drive::disk(disk, qemu::DiskFormat::Qcow2))
-            .user_net(
-                qemu::NicModel::VirtioNet,
-                vec![
-                    qemu::PortForward::tcp(ssh_port, 22),
-                    qemu::PortForward::tcp(docker_port, 2376),
-                ],
-            );
-        let (vm, _ready) = boot_ready(config)?;
-        let g = Guest {
-            vm,
-            dir: dir.to_path_buf(),
-            key: key.to_path_buf(),
-            ssh_port,
-            docker_port,
-        };
-        g.fetch_certs()?;
-        g.wait_engine()?;
-        Ok(g)
-    }
-
-    fn serial(&self) -> String {
-        self.vm
-            .serial_log()
-            .map(|p| axion_tests::tail(p, 60))
-            .unwrap_or_default()
-    }
-
-    fn ssh(&self, cmd: &str) -> Result<Output> {
-        axion_tests::ssh(&self.key, self.ssh_port, &[], cmd)
-            .output()
-            .context("running ssh")
-    }
-
-    fn certs(&self) -> PathBuf {
-        self.dir.join("certs")
-    }
-
-    fn fetch_certs(&self) -> Result<()> {
-        std::fs::create_dir_all(self.certs())?;
-        let deadline = Instant::now() + Duration::from_secs(180);
-        loop {
-            let mut all = true;
-            for f in ["ca", "cert", "key"] {
-                let out = self.ssh(&format!("cat /var/lib/axion-engine/tls/client/{f}.pem"))?;
-                if !out.status.success() || out.stdout.is_empty() {
-                    all = false;
-                    break;
-                }
-                std::fs::write(self.certs().join(format!("{f}.pem")), &out.stdout)?;
-            }
-            if all {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the engine's client certificate did not appear within 180 s\nserial:\n{}",
-                    self.serial()
-                );
-            }
-            std::thread::sleep(Duration::from_secs(3));
-        }
-    }
-
-    fn docker(&self, args: &[&str]) -> Result<Output> {
-        eprintln!("$ docker {}", args.join(" "));
-        Command::new("docker")
-            .env(
-                "DOCKER_HOST",
-                format!("tcp://127.0.0.1:{}", self.docker_port),
-            )
-            .env("DOCKER_TLS_VERIFY", "1")
-            .env("DOCKER_CERT_PATH", self.certs())
-            .env("DOCKER_CONFIG", self.dir.join("docker-config"))
-            .args(args)
-            .output()
-            .context("running docker")
-    }
-
-    fn ok(&self, args: &[&str]) -> Result<String> {
-        let o = self.docker(args)?;
-        if !o.status.success() {
-            bail!(
-                "docker {} failed ({}):\n{}\nserial:\n{}",
-                args.join(" "),
-                o.status,
-                both(&o),
-                self.serial()
-            );
-        }
-        Ok(text(&o))
-    }
-
-    /// `docker ARGS`, which must fail; its stderr.
-    fn fails(&self, args: &[&str]) -> Result<String> {
-        let o = self.docker(args)?;
-        if o.status.success() {
-            bail!("docker {} succeeded: {}", args.join(" "), both(&o));
-        }
-        Ok(String::from_utf8_lossy(&o.stderr).into_owned())
-    }
-
-    fn wait_engine(&self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let o = self.docker(&["version", "--format", "{{.Server.APIVersion}}"])?;
-            if o.status.success() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the engine did not answer within 120 s: {}\nserial:\n{}",
-                    both(&o),
-                    self.serial()
-                );
-            }
-            std::thread::sleep(Duration::from_secs(2));
-        }
-    }
-
+impl Volumes for Guest {
+    /// `docker volume ls` with these `--filter`s: the names, sorted.
     fn volume_names(&self, filters: &[&str]) -> Result<Vec<String>> {
         let mut args = vec!["volume", "ls", "--format", "{{.Name}}"];
         for f in filters {
@@ -229,23 +48,7 @@ impl Guest {
 
 fn check() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let (key, _) = axion_tests::ssh_keygen(dir.path(), "id")?;
-    let xtask::image::Bootable::Kernel { kernel, initrd } = image("qemu", Format::Initramfs)?
-    else {
-        bail!("the initramfs format is not a kernel and an initramfs");
-    };
-    let xtask::image::Bootable::Disk { path: base, .. } = image("qemu", Format::Qcow2)? else {
-        bail!("the qcow2 format is not a disk");
-    };
-    let disk = dir.path().join("disk.qcow2");
-    let st = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(&base)
-        .arg(&disk)
-        .status()?;
-    if !st.success() {
-        bail!("qemu-img create (overlay of {}) failed", base.display());
-    }
+    let boot = Boot::new(dir.path())?.overlay()?;
     let registry = Registry::start()?;
     registry.push_busybox(
         &axion_tests::busybox(),
@@ -255,14 +58,8 @@ fn check() -> Result<()> {
     )?;
     let reg = format!("10.0.2.2:{}", registry.port);
 
-    let mut g = Guest::boot(dir.path(), &kernel, &initrd, &disk, &key, 1)?;
-    let o = g.ssh(&format!(
-        "printf '%s' '{{\"insecure-registries\": [\"{reg}\"]}}' > \
-            /var/lib/axion-engine/daemon.json && kill $(pidof engine)"
-    ))?;
-    assert!(o.status.success(), "daemon.json: {}", both(&o));
-    std::thread::sleep(Duration::from_secs(2));
-    g.wait_engine()?;
+    let mut g = Guest::boot(&boot.clone().run_dir("vm1"))?;
+    g.insecure_registries(&[&reg])?;
     let image = format!("{reg}/busybox:latest");
     g.ok(&["pull", &image])?;
     g.ok(&["tag", &image, "busybox"])?;
@@ -649,7 +446,7 @@ fn check() -> Result<()> {
             .with_context(|| format!("power button\nserial:\n{}", g.serial()))?;
     eprintln!("first boot powered off ({st})");
     drop(g);
-    let g = Guest::boot(dir.path(), &kernel, &initrd, &disk, &key, 2)?;
+    let g = Guest::boot(&boot.run_dir("vm2"))?;
     assert_eq!(
         g.ok(&[
             "volume",

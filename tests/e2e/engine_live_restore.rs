@@ -7,161 +7,33 @@
 //!   shutdown, the image runs the engine with `--live-restore`); `exec` and `stop` work on it;
 //! - the VM's power-off still stops containers: the engine says so on the console.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use axion_tests::guest::{text, Boot, Guest};
 use axion_tests::registry::{Compression, Registry};
-use axion_tests::{boot_ready, image, qemu, require};
-use xtask::profile::Format;
+use axion_tests::require;
 
 /// The counter: lines `0` .. `COUNT-1`, one every 0.2 s, then exit 7.
 const COUNT: u32 = 150;
 
 #[test]
 fn containers_outlive_a_killed_and_a_restarted_engine() {
-    require!(
-        axion_tests::have_qemu(),
-        "qemu-system-x86_64 is not installed"
-    );
-    require!(
-        Path::new("/usr/bin/ssh").exists(),
-        "the ssh client (openssh-client) is not installed"
-    );
-    require!(
-        Path::new("/usr/bin/docker-registry").exists(),
-        "docker-registry is not installed"
-    );
-    require!(
-        Command::new("docker")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success()),
-        "the docker CLI is not installed"
-    );
+    if let Some(why) = axion_tests::vm_test_host_lacks() {
+        require!(false, "{why}");
+    }
     check().unwrap();
 }
 
-struct Guest {
-    vm: qemu::Vm,
-    dir: PathBuf,
-    key: PathBuf,
-    ssh_port: u16,
-    docker_port: u16,
+/// What this file asks of the guest besides the shared harness.
+trait LiveRestore {
+    fn engine_pid(&self) -> Result<String>;
+    fn wait_new_engine(&self, old: &str) -> Result<String>;
+    fn status(&self, name: &str) -> Result<String>;
+    fn counter(&self, name: &str) -> Result<Vec<u32>>;
 }
 
-fn text(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-fn both(o: &Output) -> String {
-    format!(
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-impl Guest {
-    fn serial(&self) -> String {
-        self.vm
-            .serial_log()
-            .map(|p| axion_tests::tail(p, 60))
-            .unwrap_or_default()
-    }
-
-    fn ssh(&self, cmd: &str) -> Result<Output> {
-        axion_tests::ssh(&self.key, self.ssh_port, &[], cmd)
-            .output()
-            .context("running ssh")
-    }
-
-    fn ssh_ok(&self, cmd: &str) -> Result<String> {
-        let o = self.ssh(cmd)?;
-        if !o.status.success() {
-            bail!("ssh {cmd:?} failed: {}", both(&o));
-        }
-        Ok(text(&o))
-    }
-
-    fn certs(&self) -> PathBuf {
-        self.dir.join("certs")
-    }
-
-    fn fetch_certs(&self) -> Result<()> {
-        std::fs::create_dir_all(self.certs())?;
-        let deadline = Instant::now() + Duration::from_secs(180);
-        loop {
-            let mut all = true;
-            for f in ["ca", "cert", "key"] {
-                let out = self.ssh(&format!("cat /var/lib/axion-engine/tls/client/{f}.pem"))?;
-                if !out.status.success() || out.stdout.is_empty() {
-                    all = false;
-                    break;
-                }
-                std::fs::write(self.certs().join(format!("{f}.pem")), &out.stdout)?;
-            }
-            if all {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the engine's client certificate did not appear within 180 s\nserial:\n{}",
-                    self.serial()
-                );
-            }
-            std::thread::sleep(Duration::from_secs(3));
-        }
-    }
-
-    fn docker(&self, args: &[&str]) -> Result<Output> {
-        eprintln!("$ docker {}", args.join(" "));
-        Command::new("docker")
-            .env(
-                "DOCKER_HOST",
-                format!("tcp://127.0.0.1:{}", self.docker_port),
-            )
-            .env("DOCKER_TLS_VERIFY", "1")
-            .env("DOCKER_CERT_PATH", self.certs())
-            .env("DOCKER_CONFIG", self.dir.join("docker-config"))
-            .args(args)
-            .output()
-            .context("running docker")
-    }
-
-    fn docker_ok(&self, args: &[&str]) -> Result<String> {
-        let o = self.docker(args)?;
-        if !o.status.success() {
-            bail!(
-                "docker {} failed ({}):\n{}\nserial:\n{}",
-                args.join(" "),
-                o.status,
-                both(&o),
-                self.serial()
-            );
-        }
-        Ok(text(&o))
-    }
-
-    fn wait_engine(&self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let o = self.docker(&["version", "--format", "{{.Server.APIVersion}}"])?;
-            if o.status.success() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the engine did not answer within 120 s: {}\nserial:\n{}",
-                    both(&o),
-                    self.serial()
-                );
-            }
-            std::thread::sleep(Duration::from_secs(1));
-        }
-    }
-
+impl LiveRestore for Guest {
     /// The engine's pid in the VM (the service, not a shim: shims are `engine __run`).
     fn engine_pid(&self) -> Result<String> {
         self.ssh_ok("for p in $(pidof engine); do grep -q __ /proc/$p/cmdline || echo $p; done")
@@ -187,7 +59,7 @@ impl Guest {
     }
 
     fn status(&self, name: &str) -> Result<String> {
-        self.docker_ok(&[
+        self.ok(&[
             "ps",
             "-a",
             "--filter",
@@ -199,18 +71,14 @@ impl Guest {
 
     /// The counter lines in the container's log.
     fn counter(&self, name: &str) -> Result<Vec<u32>> {
-        let out = self.docker_ok(&["logs", name])?;
+        let out = self.ok(&["logs", name])?;
         Ok(out.lines().filter_map(|l| l.trim().parse().ok()).collect())
     }
 }
 
 fn check() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let (key, public) = axion_tests::ssh_keygen(dir.path(), "id")?;
-    let xtask::image::Bootable::Kernel { kernel, initrd } = image("qemu", Format::Initramfs)?
-    else {
-        bail!("the initramfs format is not a kernel and an initramfs");
-    };
+    let boot = Boot::new(dir.path())?;
     let registry = Registry::start()?;
     registry.push_busybox(
         &axion_tests::busybox(),
@@ -219,53 +87,23 @@ fn check() -> Result<()> {
         Compression::Gzip,
     )?;
     let reg = format!("10.0.2.2:{}", registry.port);
-    let (ssh_port, docker_port) = (qemu::free_port()?, qemu::free_port()?);
-    let (accel, _) = axion_tests::accel();
-    let config = qemu::VmConfig::new()
-        .accel(accel)
-        .memory_mib(1024)
-        .cpus(2)
-        .run_dir(dir.path().join("vm"))
-        .kernel(
-            &kernel,
-            Some(initrd),
-            format!("console=ttyS0,115200 panic=-1 axion.ssh_key=\"{public}\""),
-        )
-        .user_net(
-            qemu::NicModel::VirtioNet,
-            vec![
-                qemu::PortForward::tcp(ssh_port, 22),
-                qemu::PortForward::tcp(docker_port, 2376),
-            ],
-        );
-    let (vm, _ready) = boot_ready(config)?;
-    let mut g = Guest {
-        vm,
-        dir: dir.path().to_path_buf(),
-        key,
-        ssh_port,
-        docker_port,
-    };
-    g.fetch_certs()?;
-    g.wait_engine()?;
+    let mut g = Guest::boot(&boot)?;
     // The host's registry is plain HTTP at 10.0.2.2: declared insecure in daemon.json, read
     // when the engine starts (this restart has no containers to keep).
     let first = g.engine_pid()?;
-    g.ssh_ok(&format!(
-        "printf '%s' '{{\"insecure-registries\": [\"{reg}\"]}}' > \
-            /var/lib/axion-engine/daemon.json && kill {first}"
-    ))?;
+    g.write_daemon_json(&[&reg])?;
+    g.ssh_ok(&format!("kill {first}"))?;
     g.wait_new_engine(&first)?;
     let image = format!("{reg}/busybox:latest");
-    g.docker_ok(&["pull", &image])?;
-    g.docker_ok(&["tag", &image, "busybox"])?;
+    g.ok(&["pull", &image])?;
+    g.ok(&["tag", &image, "busybox"])?;
 
     let script =
         format!("i=0; while [ $i -lt {COUNT} ]; do echo $i; i=$((i+1)); sleep 0.2; done; exit 7");
-    g.docker_ok(&[
+    g.ok(&[
         "run", "-d", "--name", "counter", "busybox", "sh", "-c", &script,
     ])?;
-    g.docker_ok(&["run", "-d", "--name", "idle", "busybox", "sleep", "600"])?;
+    g.ok(&["run", "-d", "--name", "idle", "busybox", "sleep", "600"])?;
     // Some output before the kill.
     let deadline = Instant::now() + Duration::from_secs(60);
     while g.counter("counter")?.len() < 5 {
@@ -302,13 +140,7 @@ fn check() -> Result<()> {
         "no new lines after the restart: {before} before, {after:?}"
     );
     // `logs -f` follows the adopted container (stops at our timeout, with new lines).
-    let mut follow = Command::new("docker");
-    follow
-        .env("DOCKER_HOST", format!("tcp://127.0.0.1:{docker_port}"))
-        .env("DOCKER_TLS_VERIFY", "1")
-        .env("DOCKER_CERT_PATH", g.certs())
-        .env("DOCKER_CONFIG", dir.path().join("docker-config"))
-        .args(["logs", "-f", "--tail", "1", "counter"]);
+    let follow = g.docker_cmd(&["logs", "-f", "--tail", "1", "counter"]);
     let followed = axion_tests::run_with_timeout(follow, Duration::from_secs(4))
         .map(|o| text(&o))
         .unwrap_or_default();
@@ -327,13 +159,13 @@ fn check() -> Result<()> {
         );
     }
     // exec joins the adopted container, stop ends it.
-    assert_eq!(g.docker_ok(&["exec", "idle", "echo", "inside"])?, "inside");
-    g.docker_ok(&["stop", "-t", "1", "idle"])?;
+    assert_eq!(g.ok(&["exec", "idle", "echo", "inside"])?, "inside");
+    g.ok(&["stop", "-t", "1", "idle"])?;
     let st = g.status("idle")?;
     assert!(st.starts_with("Exited"), "idle after stop: {st:?}");
 
     // --- The counter ends with its own code; its log has no gap -----------------------------
-    let code = g.docker_ok(&["wait", "counter"])?;
+    let code = g.ok(&["wait", "counter"])?;
     assert_eq!(code, "7", "docker wait of the adopted container");
     let st = g.status("counter")?;
     assert!(st.starts_with("Exited (7)"), "counter at the end: {st:?}");
@@ -343,11 +175,11 @@ fn check() -> Result<()> {
         lines, want,
         "the log must hold every line, those written while the engine was down too"
     );
-    let ins = g.docker_ok(&["inspect", "--format", "{{.State.ExitCode}}", "counter"])?;
+    let ins = g.ok(&["inspect", "--format", "{{.State.ExitCode}}", "counter"])?;
     assert_eq!(ins, "7");
 
     // --- The VM's power-off still stops containers -------------------------------------------
-    g.docker_ok(&["run", "-d", "--name", "last", "busybox", "sleep", "600"])?;
+    g.ok(&["run", "-d", "--name", "last", "busybox", "sleep", "600"])?;
     let _ = g.ssh("poweroff");
     let stopped = g.vm.wait_for_line(
         "(the machine shuts down), stopping containers",

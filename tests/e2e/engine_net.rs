@@ -16,197 +16,22 @@
 //! The VM boots the image's kernel and initramfs (so the test can pass its SSH key on the
 //! command line) with a copy-on-write overlay of the image's qcow2 disk as its data disk.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use axion_tests::guest::{both, text, Boot, Guest};
 use axion_tests::registry::{Compression, Registry};
-use axion_tests::{boot_ready, image, qemu, require};
-use xtask::image::Bootable;
-use xtask::profile::Format;
+use axion_tests::require;
 
 #[test]
 fn bridge_nat_cgroups_and_reboot_in_the_vm() {
-    require!(
-        axion_tests::have_qemu(),
-        "qemu-system-x86_64 is not installed"
-    );
-    require!(
-        Path::new("/usr/bin/ssh").exists(),
-        "the ssh client (openssh-client) is not installed"
-    );
-    require!(
-        Path::new("/usr/bin/docker-registry").exists(),
-        "docker-registry is not installed"
-    );
-    require!(
-        Command::new("qemu-img")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success()),
-        "qemu-img is not installed"
-    );
-    require!(
-        axion_tests::docker_installed(),
-        "the docker CLI is not installed"
-    );
+    if let Some(why) = axion_tests::vm_test_host_lacks() {
+        require!(false, "{why}");
+    }
+    require!(axion_tests::runs("qemu-img"), "qemu-img is not installed");
     check().unwrap();
-}
-
-struct Guest {
-    vm: qemu::Vm,
-    dir: PathBuf,
-    key: PathBuf,
-    ssh_port: u16,
-    docker_port: u16,
-    web_port: u16,
-}
-
-fn text(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-fn both(o: &Output) -> String {
-    format!(
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-impl Guest {
-    fn boot(
-        dir: &Path,
-        kernel: &Path,
-        initrd: &Path,
-        disk: &Path,
-        key: &Path,
-        boot: u32,
-    ) -> Result<Guest> {
-        let public = std::fs::read_to_string(key.with_extension("pub"))?
-            .trim()
-            .to_owned();
-        let (ssh_port, docker_port, web_port) =
-            (qemu::free_port()?, qemu::free_port()?, qemu::free_port()?);
-        let (accel, _) = axion_tests::accel();
-        let config = qemu::VmConfig::new()
-            .accel(accel)
-            .memory_mib(1024)
-            .cpus(2)
-            .run_dir(dir.join(format!("vm{boot}")))
-            .kernel(
-                kernel,
-                Some(initrd.to_path_buf()),
-                format!("console=ttyS0,115200 panic=-1 axion.ssh_key=\"{public}\""),
-            )
-            .drive(qemu::Drive::disk(disk, qemu::DiskFormat::Qcow2))
-            .user_net(
-                qemu::NicModel::VirtioNet,
-                vec![
-                    qemu::PortForward::tcp(ssh_port, 22),
-                    qemu::PortForward::tcp(docker_port, 2376),
-                    qemu::PortForward::tcp(web_port, 8080),
-                ],
-            );
-        let (vm, _ready) = boot_ready(config)?;
-        Ok(Guest {
-            vm,
-            dir: dir.to_path_buf(),
-            key: key.to_path_buf(),
-            ssh_port,
-            docker_port,
-            web_port,
-        })
-    }
-
-    fn serial(&self) -> String {
-        self.vm
-            .serial_log()
-            .map(|p| axion_tests::tail(p, 60))
-            .unwrap_or_default()
-    }
-
-    fn ssh(&self, cmd: &str) -> Result<Output> {
-        axion_tests::ssh(&self.key, self.ssh_port, &[], cmd)
-            .output()
-            .context("running ssh")
-    }
-
-    fn certs(&self) -> PathBuf {
-        self.dir.join("certs")
-    }
-
-    /// Waits until the engine's client certificate exists and copies it to `certs()`.
-    fn fetch_certs(&self) -> Result<()> {
-        std::fs::create_dir_all(self.certs())?;
-        let deadline = Instant::now() + Duration::from_secs(180);
-        loop {
-            let mut all = true;
-            for f in ["ca", "cert", "key"] {
-                let out = self.ssh(&format!("cat /var/lib/axion-engine/tls/client/{f}.pem"))?;
-                if !out.status.success() || out.stdout.is_empty() {
-                    all = false;
-                    break;
-                }
-                std::fs::write(self.certs().join(format!("{f}.pem")), &out.stdout)?;
-            }
-            if all {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the engine's client certificate did not appear within 180 s\nserial:\n{}",
-                    self.serial()
-                );
-            }
-            std::thread::sleep(Duration::from_secs(3));
-        }
-    }
-
-    fn docker(&self, args: &[&str]) -> Result<Output> {
-        eprintln!("$ docker {}", args.join(" "));
-        axion_tests::DockerCli::new(
-            format!("tcp://127.0.0.1:{}", self.docker_port),
-            self.dir.join("docker-config"),
-        )
-        .tls(&self.certs())
-        .output(args)
-    }
-
-    /// `docker ARGS`, which must succeed; returns its trimmed stdout.
-    fn docker_ok(&self, args: &[&str]) -> Result<String> {
-        let o = self.docker(args)?;
-        if !o.status.success() {
-            bail!(
-                "docker {} failed ({}):\n{}\nserial:\n{}",
-                args.join(" "),
-                o.status,
-                both(&o),
-                self.serial()
-            );
-        }
-        Ok(text(&o))
-    }
-
-    /// Waits until the engine answers over TLS.
-    fn wait_engine(&self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let o = self.docker(&["version", "--format", "{{.Server.APIVersion}}"])?;
-            if o.status.success() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the engine did not answer within 120 s: {}\nserial:\n{}",
-                    both(&o),
-                    self.serial()
-                );
-            }
-            std::thread::sleep(Duration::from_secs(2));
-        }
-    }
 }
 
 /// Tries the classic chroot escape (chroot into a subdirectory while the working directory
@@ -247,7 +72,7 @@ int main(void) {
 /// rootfs now (init's root switch frees it). These checks guard the result; init_boot
 /// checks the switch itself.
 fn container_root_is_its_own(g: &Guest, dir: &Path) -> Result<()> {
-    let info = g.docker_ok(&["run", "--rm", "busybox", "cat", "/proc/self/mountinfo"])?;
+    let info = g.ok(&["run", "--rm", "busybox", "cat", "/proc/self/mountinfo"])?;
     eprintln!("container mountinfo:\n{info}");
     let roots: Vec<&str> = info
         .lines()
@@ -290,23 +115,21 @@ fn container_root_is_its_own(g: &Guest, dir: &Path) -> Result<()> {
     if !st.success() {
         bail!("musl-gcc could not build the chroot escape test program");
     }
-    let o = axion_tests::ssh(
-        &g.key,
-        g.ssh_port,
-        &[],
-        "mkdir -p /var/lib/escape-test && cat > \
-         /var/lib/escape-test/escape && chmod 755 \
-         /var/lib/escape-test/escape",
-    )
-    .stdin(std::fs::File::open(&bin)?)
-    .output()
-    .context("copying the escape program into the VM")?;
+    let o = g
+        .ssh_cmd(
+            "mkdir -p /var/lib/escape-test && cat > \
+             /var/lib/escape-test/escape && chmod 755 \
+             /var/lib/escape-test/escape",
+        )
+        .stdin(std::fs::File::open(&bin)?)
+        .output()
+        .context("copying the escape program into the VM")?;
     assert!(
         o.status.success(),
         "copying the escape program into the VM: {}",
         both(&o)
     );
-    let out = g.docker_ok(&[
+    let out = g.ok(&[
         "run",
         "--rm",
         "-v",
@@ -392,8 +215,8 @@ fn hostile_pull_leaves_the_engine_and_containers_up(
     reg: &str,
 ) -> Result<()> {
     let pid = |g: &Guest| -> Result<String> { Ok(text(&g.ssh("pidof engine")?)) };
-    g.docker_ok(&["run", "-d", "--name", "keeper", "busybox", "sleep", "3600"])?;
-    let started = g.docker_ok(&["inspect", "-f", "{{.State.StartedAt}}", "keeper"])?;
+    g.ok(&["run", "-d", "--name", "keeper", "busybox", "sleep", "3600"])?;
+    let started = g.ok(&["inspect", "-f", "{{.State.StartedAt}}", "keeper"])?;
     let engine = pid(g)?;
     assert!(!engine.is_empty(), "no engine process in the VM");
     type Entry = fn(&mut Vec<u8>, &[u8], tar::EntryType);
@@ -440,7 +263,7 @@ fn hostile_pull_leaves_the_engine_and_containers_up(
             "the engine restarted while pulling {image}"
         );
     }
-    let state = g.docker_ok(&[
+    let state = g.ok(&[
         "inspect",
         "-f",
         "{{.State.Running}} {{.State.StartedAt}}",
@@ -451,30 +274,15 @@ fn hostile_pull_leaves_the_engine_and_containers_up(
         format!("true {started}"),
         "the container started before the hostile pulls"
     );
-    assert_eq!(g.docker_ok(&["exec", "keeper", "echo", "alive"])?, "alive");
-    g.docker_ok(&["rm", "-f", "keeper"])?;
+    assert_eq!(g.ok(&["exec", "keeper", "echo", "alive"])?, "alive");
+    g.ok(&["rm", "-f", "keeper"])?;
     Ok(())
 }
 
 fn check() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let (key, _) = axion_tests::ssh_keygen(dir.path(), "id")?;
-    let Bootable::Kernel { kernel, initrd } = image("qemu", Format::Initramfs)? else {
-        bail!("the initramfs format is not a kernel and an initramfs");
-    };
-    let Bootable::Disk { path: base, .. } = image("qemu", Format::Qcow2)? else {
-        bail!("the qcow2 format is not a disk");
-    };
-    // The image's disk stays untouched: the VM writes to an overlay.
-    let disk = dir.path().join("disk.qcow2");
-    let st = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(&base)
-        .arg(&disk)
-        .status()?;
-    if !st.success() {
-        bail!("qemu-img create (overlay of {}) failed", base.display());
-    }
+    // 8080: the published port's container side, reached from the host.
+    let boot = Boot::new(dir.path())?.overlay()?.forward(8080);
     let registry = Registry::start()?;
     registry.push_busybox(
         &axion_tests::busybox(),
@@ -484,26 +292,12 @@ fn check() -> Result<()> {
     )?;
     let reg = format!("10.0.2.2:{}", registry.port);
 
-    let mut g = Guest::boot(dir.path(), &kernel, &initrd, &disk, &key, 1)?;
-    g.fetch_certs()?;
-    g.wait_engine()?;
-    // QEMU's user network shows the host's 127.0.0.1 as 10.0.2.2: a plain-HTTP registry there
-    // must be declared insecure (daemon.json on the data partition, read at engine start).
-    let o = g.ssh(&format!(
-        "printf '%s' '{{\"insecure-registries\": [\"{reg}\"]}}' > \
-         /var/lib/axion-engine/daemon.json && kill $(pidof engine)"
-    ))?;
-    assert!(
-        o.status.success(),
-        "writing daemon.json and restarting the engine: {}",
-        both(&o)
-    );
-    std::thread::sleep(Duration::from_secs(2));
-    g.wait_engine()?;
+    let mut g = Guest::boot(&boot.clone().run_dir("vm1"))?;
+    g.insecure_registries(&[&reg])?;
 
     let image = format!("{reg}/busybox:latest");
-    g.docker_ok(&["pull", &image])?;
-    g.docker_ok(&["tag", &image, "busybox"])?;
+    g.ok(&["pull", &image])?;
+    g.ok(&["tag", &image, "busybox"])?;
 
     // --- A hostile layer: an error for the pull, nothing else ----------------------------------
     hostile_pull_leaves_the_engine_and_containers_up(&g, &registry, &reg)?;
@@ -512,7 +306,7 @@ fn check() -> Result<()> {
     container_root_is_its_own(&g, dir.path())?;
 
     // --- Bridge, NAT, DNS configuration -------------------------------------------------------
-    let out = g.docker_ok(&[
+    let out = g.ok(&[
         "run",
         "--rm",
         "busybox",
@@ -522,12 +316,12 @@ fn check() -> Result<()> {
         &format!("http://{reg}/v2/"),
     ])?;
     assert_eq!(out, "{}", "the registry's /v2/ through the bridge and NAT");
-    let out = g.docker_ok(&["run", "--rm", "busybox", "ip", "route"])?;
+    let out = g.ok(&["run", "--rm", "busybox", "ip", "route"])?;
     assert!(
         out.contains("default via 172.17.0.1 dev eth0"),
         "route in a bridged container: {out}"
     );
-    let out = g.docker_ok(&["run", "--rm", "busybox", "cat", "/etc/resolv.conf"])?;
+    let out = g.ok(&["run", "--rm", "busybox", "cat", "/etc/resolv.conf"])?;
     assert!(
         out.contains("nameserver 10.0.2.3"),
         "resolv.conf in a container: {out}"
@@ -540,7 +334,7 @@ fn check() -> Result<()> {
     // Two containers over the bridge, by IP.
     let web = "mkdir -p /www && echo hello-from-$(hostname) > /www/index.html && exec httpd -f -p \
                80 -h /www";
-    g.docker_ok(&[
+    g.ok(&[
         "run",
         "-d",
         "--name",
@@ -554,7 +348,7 @@ fn check() -> Result<()> {
     ])?;
     let fmt = "{{.NetworkSettings.IPAddress}} {{.NetworkSettings.Gateway}} \
                {{.NetworkSettings.MacAddress}} {{.NetworkSettings.IPPrefixLen}}";
-    let ins = g.docker_ok(&["inspect", "-f", fmt, "srv"])?;
+    let ins = g.ok(&["inspect", "-f", fmt, "srv"])?;
     let f: Vec<&str> = ins.split_whitespace().collect();
     assert_eq!(f.len(), 4, "inspect: {ins}");
     let ip = f[0];
@@ -590,7 +384,7 @@ fn check() -> Result<()> {
     );
 
     // A published port, reached from the host (QEMU forwards host:web_port → guest:8080).
-    g.docker_ok(&[
+    g.ok(&[
         "run",
         "-d",
         "--name",
@@ -604,7 +398,7 @@ fn check() -> Result<()> {
         "-c",
         web,
     ])?;
-    let url = format!("http://127.0.0.1:{}/", g.web_port);
+    let url = format!("http://127.0.0.1:{}/", g.host_port(8080));
     let mut got = String::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
@@ -624,7 +418,7 @@ fn check() -> Result<()> {
     assert_eq!(got.trim(), "hello-from-pub", "GET {url} (published port)");
 
     // --network none: loopback only, no route out.
-    let out = g.docker_ok(&[
+    let out = g.ok(&[
         "run",
         "--rm",
         "--network",
@@ -657,7 +451,7 @@ fn check() -> Result<()> {
         both(&o)
     );
     // --network host still sees the VM's interfaces.
-    let out = g.docker_ok(&[
+    let out = g.ok(&[
         "run",
         "--rm",
         "--network",
@@ -671,7 +465,7 @@ fn check() -> Result<()> {
         out.contains("axion0"),
         "--network host sees the bridge: {out}"
     );
-    g.docker_ok(&["rm", "-f", "srv", "pub"])?;
+    g.ok(&["rm", "-f", "srv", "pub"])?;
 
     // --- cgroup v2 limits ---------------------------------------------------------------------
     let o = g.ssh(
@@ -681,7 +475,7 @@ fn check() -> Result<()> {
         "subtree_control (root, axion): {}",
         text(&o).replace('\n', " | ")
     );
-    let id = g.docker_ok(&[
+    let id = g.ok(&[
         "run",
         "-d",
         "--name",
@@ -713,7 +507,7 @@ fn check() -> Result<()> {
     );
     // exec, a TTY from the container's devpts, and the confinement (Docker's default
     // capabilities, seccomp) all hold.
-    let out = g.docker_ok(&[
+    let out = g.ok(&[
         "exec",
         "-t",
         "lim",
@@ -726,7 +520,7 @@ fn check() -> Result<()> {
         "/dev/pts/0\nCapBnd: 00000000a80425fb\nSeccomp: 2",
         "exec -t in the VM"
     );
-    let out = g.docker_ok(&["run", "--rm", "-t", "busybox", "tty"])?;
+    let out = g.ok(&["run", "--rm", "-t", "busybox", "tty"])?;
     assert_eq!(out, "/dev/pts/0", "run -t in the VM");
     // Docker's default seccomp profile on the VM's kernel: personality flags beyond the few
     // Docker allows are refused; CAP_SYS_ADMIN unlocks mount.
@@ -736,7 +530,7 @@ fn check() -> Result<()> {
         "personality(0x40008) in the VM: {}",
         both(&o)
     );
-    let out = g.docker_ok(&[
+    let out = g.ok(&[
         "run",
         "--rm",
         "--cap-add",
@@ -762,7 +556,7 @@ fn check() -> Result<()> {
         text(&o2),
         both(&o)
     );
-    g.docker_ok(&["rm", "-f", "lim"])?;
+    g.ok(&["rm", "-f", "lim"])?;
     // Over its memory limit, the container is OOM-killed.
     let o = g.docker(&[
         "run",
@@ -780,27 +574,25 @@ fn check() -> Result<()> {
         "a container over its memory limit: {}",
         both(&o)
     );
-    let out = g.docker_ok(&[
+    let out = g.ok(&[
         "inspect",
         "-f",
         "{{.State.OOMKilled}} {{.State.ExitCode}}",
         "oom",
     ])?;
     assert_eq!(out, "true 137");
-    g.docker_ok(&["rm", "oom"])?;
+    g.ok(&["rm", "oom"])?;
 
     // --- Persistence across a reboot ----------------------------------------------------------
-    let out = g.docker_ok(&["run", "--name", "keep", "busybox", "echo", "kept"])?;
+    let out = g.ok(&["run", "--name", "keep", "busybox", "echo", "kept"])?;
     assert_eq!(out, "kept");
     let st =
         g.vm.powerdown_and_wait(Duration::from_secs(120))
             .with_context(|| format!("power button\nserial:\n{}", g.serial()))?;
     eprintln!("first boot powered off ({st})");
     drop(g);
-    let g = Guest::boot(dir.path(), &kernel, &initrd, &disk, &key, 2)?;
-    g.fetch_certs()?;
-    g.wait_engine()?;
-    let out = g.docker_ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"])?;
+    let g = Guest::boot(&boot.run_dir("vm2"))?;
+    let out = g.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"])?;
     assert!(
         out.lines().any(|l| l == "busybox:latest"),
         "docker images after the reboot: {out}"
@@ -809,18 +601,18 @@ fn check() -> Result<()> {
         out.lines().any(|l| l == image),
         "docker images after the reboot: {out}"
     );
-    let out = g.docker_ok(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"])?;
+    let out = g.ok(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"])?;
     assert!(
         out.lines().any(|l| l.starts_with("keep Exited (0)")),
         "docker ps -a after the reboot: {out}"
     );
-    let out = g.docker_ok(&["start", "-a", "keep"])?;
+    let out = g.ok(&["start", "-a", "keep"])?;
     assert_eq!(
         out, "kept",
         "docker start -a of the container made before the reboot"
     );
     // Networking comes back with the engine: NAT still works after the reboot.
-    let out = g.docker_ok(&[
+    let out = g.ok(&[
         "run",
         "--rm",
         "busybox",

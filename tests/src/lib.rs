@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+pub mod guest;
+
 pub use qemu;
 pub use xtask::layout::Layout;
 
@@ -148,21 +150,39 @@ pub fn xtask_ok(args: &[&str], timeout: Duration) -> Result<Output> {
     Ok(out)
 }
 
+/// Does `PROGRAM --version` run (and succeed) here?
+pub fn runs(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 /// What the VM-per-container tests (tests/e2e/vmd*.rs) need on this host besides QEMU:
 /// the first thing missing, if any.
 pub fn vmd_host_lacks() -> Option<&'static str> {
-    let runs = |p: &str| {
-        Command::new(p)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
     if !runs("docker") {
         Some("the docker CLI is not installed")
     } else if !Path::new("/usr/bin/docker-registry").exists() {
         Some("docker-registry is not installed")
     } else if !runs("qemu-img") {
         Some("qemu-img (qemu-utils) is not installed")
+    } else {
+        None
+    }
+}
+
+/// What a test driving a booted image with [`guest::Guest`] needs on this host (QEMU, the
+/// ssh client, docker-registry for its images, the docker CLI): the first thing missing.
+pub fn vm_test_host_lacks() -> Option<&'static str> {
+    if !have_qemu() {
+        Some("qemu-system-x86_64 is not installed")
+    } else if !Path::new("/usr/bin/ssh").exists() {
+        Some("the ssh client (openssh-client) is not installed")
+    } else if !Path::new("/usr/bin/docker-registry").exists() {
+        Some("docker-registry is not installed")
+    } else if !runs("docker") {
+        Some("the docker CLI is not installed")
     } else {
         None
     }

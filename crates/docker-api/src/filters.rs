@@ -85,11 +85,6 @@ impl Filters {
         self.0.keys().map(String::as_str)
     }
 
-    /// The values given for `name`, if it is filtered.
-    pub fn get(&self, name: &str) -> Option<&[String]> {
-        self.0.get(name).map(Vec::as_slice)
-    }
-
     pub fn has(&self, name: &str) -> bool {
         self.0.contains_key(name)
     }

@@ -4,7 +4,7 @@
 
 use crate::error::{ApiError, ApiResult};
 use crate::filters::{label_matches, name_matches, Filters};
-use crate::server::{empty, json, read_json, Resp};
+use crate::server::{empty, json, read_json, Query, Resp};
 use crate::types::EndpointSettings;
 use crate::Backend;
 use http::{Method, StatusCode};
@@ -186,7 +186,7 @@ fn is_builtin(n: &Network) -> bool {
 }
 
 fn bool_filter(f: &Filters, name: &str) -> ApiResult<Option<bool>> {
-    let Some(values) = f.get(name) else {
+    let Some(values) = f.values(name) else {
         return Ok(None);
     };
     let mut out = None;
@@ -210,7 +210,7 @@ fn bool_filter(f: &Filters, name: &str) -> ApiResult<Option<bool>> {
 /// network without containers).
 pub fn filter_list(f: &Filters, list: Vec<Network>) -> ApiResult<Vec<Network>> {
     f.check(LIST_FILTERS)?;
-    for t in f.get("type").unwrap_or_default() {
+    for t in f.values("type").unwrap_or_default() {
         if t != "custom" && t != "builtin" {
             return Err(ApiError::bad_request(format!(
                 "invalid filter: 'type'='{t}'"
@@ -265,7 +265,7 @@ pub fn parse_until(v: &str, now: i64) -> Option<i64> {
 pub fn prune_candidates(f: &Filters, list: Vec<Network>, now: i64) -> ApiResult<Vec<Network>> {
     f.check(PRUNE_FILTERS)?;
     let mut until = Vec::new();
-    for v in f.get("until").unwrap_or_default() {
+    for v in f.values("until").unwrap_or_default() {
         until.push(
             parse_until(v, now)
                 .ok_or_else(|| ApiError::bad_request(format!("invalid filter 'until={v}'")))?,
@@ -279,7 +279,7 @@ pub fn prune_candidates(f: &Filters, list: Vec<Network>, now: i64) -> ApiResult<
                 && n.containers.is_empty()
                 && until.iter().all(|&u| created < u)
                 && f.all("label", |v| label_matches(v, &n.labels))
-                && f.get("label!")
+                && f.values("label!")
                     .unwrap_or_default()
                     .iter()
                     .all(|v| !label_matches(v, &n.labels))
@@ -292,16 +292,13 @@ fn now_secs() -> i64 {
 }
 
 /// Serves one network request.
-pub async fn dispatch_networks<B: Backend>(
+pub(crate) async fn dispatch_networks<B: Backend>(
     b: Arc<B>,
     req: crate::server::Req,
+    q: Query,
     op: NetworkOp,
 ) -> ApiResult<Resp> {
-    let q: BTreeMap<String, String> =
-        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
-            .into_owned()
-            .collect();
-    let filters = || Filters::parse(q.get("filters").map(String::as_str));
+    let filters = || Filters::parse(q.get("filters"));
     Ok(match op {
         NetworkOp::List => {
             let mut list = filter_list(&filters()?, b.networks().await?)?;
@@ -313,8 +310,8 @@ pub async fn dispatch_networks<B: Backend>(
         }
         NetworkOp::Inspect(id) => {
             let n = b.network_inspect(&id).await?;
-            if let Some(scope) = q.get("scope").filter(|s| !s.is_empty()) {
-                if *scope != n.scope {
+            if let Some(scope) = q.get("scope") {
+                if scope != n.scope {
                     return Err(ApiError::not_found(format!("network {id} not found")));
                 }
             }

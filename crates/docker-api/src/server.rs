@@ -113,6 +113,9 @@ fn error_response(e: &ApiError) -> Resp {
         .expect("static response parts")
 }
 
+/// A request's query string, parsed once in [`handle`] and passed to the route module that
+/// serves it: every module reads its parameters (and `filters`) through this one type. An
+/// empty value counts as absent; of a repeated key, [`Query::get`] sees the last.
 pub(crate) struct Query(HashMap<String, String>, Vec<(String, String)>);
 
 impl Query {
@@ -386,10 +389,10 @@ async fn dispatch<B: Backend>(b: Arc<B>, req: Req) -> ApiResult<Resp> {
         }
         Route::Container(id, op) => container(b, req, q, id, op).await?,
         Route::Volumes(op) => {
-            crate::volumes::dispatch_volumes(b, req, routed.version.as_deref(), op).await?
+            crate::volumes::dispatch_volumes(b, req, q, routed.version.as_deref(), op).await?
         }
         Route::Ops(op) => crate::ops::dispatch(b, req, q, op).await?,
-        Route::Network(op) => crate::networks::dispatch_networks(b, req, op).await?,
+        Route::Network(op) => crate::networks::dispatch_networks(b, req, q, op).await?,
     })
 }
 

@@ -4,7 +4,7 @@
 
 use crate::error::{ApiError, ApiResult};
 use crate::filters::{label_matches, name_matches, Filters};
-use crate::server::{empty, json, read_json, Req, Resp};
+use crate::server::{empty, json, read_json, Query, Req, Resp};
 use crate::Backend;
 use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -246,18 +246,14 @@ pub fn prune_candidates(
 }
 
 /// Serves one `/volumes` operation.
-pub async fn dispatch_volumes<B: Backend>(
+pub(crate) async fn dispatch_volumes<B: Backend>(
     b: Arc<B>,
     req: Req,
+    q: Query,
     version: Option<&str>,
     op: VolumeOp,
 ) -> ApiResult<Resp> {
-    let q: BTreeMap<String, String> =
-        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
-            .into_owned()
-            .collect();
-    let flag = |k: &str| matches!(q.get(k).map(String::as_str), Some("1" | "true" | "True"));
-    let filters = || Filters::parse(q.get("filters").map(String::as_str));
+    let filters = || Filters::parse(q.get("filters"));
     Ok(match op {
         VolumeOp::List => {
             let f = filters()?;
@@ -283,7 +279,7 @@ pub async fn dispatch_volumes<B: Backend>(
         }
         VolumeOp::Inspect(name) => json(StatusCode::OK, &b.volume_inspect(&name).await?),
         VolumeOp::Remove(name) => {
-            b.volume_remove(&name, flag("force")).await?;
+            b.volume_remove(&name, q.flag("force")).await?;
             empty(StatusCode::NO_CONTENT)
         }
         VolumeOp::Prune => {

@@ -10,22 +10,41 @@ use docker_api::{ContainerBackend, ExecBackend, LogsOptions, StdStream, WaitCond
 use nix::sys::signal::Signal;
 use sha2::Digest;
 use std::collections::HashSet;
+use std::ffi::OsString;
 use std::path::Path;
 use std::time::Duration;
+use tokio::task::JoinHandle;
 
-/// An engine on `root` (bridge networking off) with image `busybox` in its store, restored.
-async fn engine_on(root: &Path, rt: &Arc<Fake>) -> Arc<Engine> {
-    let args = Args::parse_from([
-        "engine".as_ref(),
-        "--data-root".as_ref(),
-        root.as_os_str(),
-        "--bridge".as_ref(),
-        "none".as_ref(),
-    ]);
-    let e = Arc::new(Engine::with_runtime(&args, rt.clone()).unwrap());
+/// The engine's command line: `--data-root ROOT` and `extra`.
+fn args(root: &Path, extra: &[&str]) -> Args {
+    let mut argv = vec![
+        "engine".into(),
+        "--data-root".into(),
+        root.as_os_str().to_owned(),
+    ];
+    argv.extend(extra.iter().map(OsString::from));
+    Args::parse_from(argv)
+}
+
+/// An engine with `args` on the recording runtime, image `busybox` in its store, restored.
+async fn engine_with(args: &Args, rt: &Arc<Fake>) -> Arc<Engine> {
+    let e = Arc::new(Engine::with_runtime(args, rt.clone()).unwrap());
     add_image(&e);
     e.clone().restore().await;
     e
+}
+
+/// An engine on `root` (bridge networking off) with image `busybox` in its store, restored.
+async fn engine_on(root: &Path, rt: &Arc<Fake>) -> Arc<Engine> {
+    engine_with(&args(root, &["--bridge", "none"]), rt).await
+}
+
+/// How most tests start: [`engine_on`] a fresh temporary root, with its recording runtime.
+async fn engine() -> (tempfile::TempDir, Arc<Fake>, Arc<Engine>) {
+    let d = tempfile::tempdir().unwrap();
+    let rt = Arc::new(Fake::default());
+    let e = engine_on(d.path(), &rt).await;
+    (d, rt, e)
 }
 
 /// Image `busybox:latest`: a config (`Cmd ["sh"]`) and one empty unpacked layer.
@@ -65,6 +84,11 @@ async fn run(e: &Engine, rt: &Fake, v: serde_json::Value) -> (String, i32) {
     (id, pid)
 }
 
+/// A create request with `HostConfig.RestartPolicy.Name` = `name`.
+fn restart_policy(name: &str) -> serde_json::Value {
+    serde_json::json!({"HostConfig": {"RestartPolicy": {"Name": name}}})
+}
+
 fn status(e: &Engine, id: &str) -> String {
     e.find(id).unwrap().snapshot().status.to_string()
 }
@@ -91,11 +115,37 @@ async fn wait_exit(e: &Engine, id: &str) -> i64 {
     .status_code
 }
 
+/// Ends the process `pid` of container `id` with `code`; the exit code `docker wait` gives.
+async fn exit(e: &Engine, rt: &Fake, id: &str, pid: i32, code: i64) -> i64 {
+    assert!(rt.exit(pid, code), "no process {pid}");
+    wait_exit(e, id).await
+}
+
+/// After 300 ms, time enough for a restart a policy would make: how often `id` was started,
+/// and its status.
+async fn settled(e: &Engine, rt: &Fake, id: &str) -> (usize, String) {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    (rt.spawns(id), status(e, id))
+}
+
+/// `container_wait(id, cond)` in a task of its own, so that the test can act meanwhile;
+/// [`waited`] gives its answer.
+fn wait_in_task(e: &Arc<Engine>, id: &str, cond: WaitCondition) -> JoinHandle<WaitResponse> {
+    let (e, id) = (e.clone(), id.to_string());
+    tokio::spawn(async move { e.container_wait(&id, cond).await.unwrap() })
+}
+
+/// The answer of a [`wait_in_task`] (10 s at most).
+async fn waited(w: JoinHandle<WaitResponse>) -> WaitResponse {
+    tokio::time::timeout(Duration::from_secs(10), w)
+        .await
+        .expect("the wait to end")
+        .unwrap()
+}
+
 #[tokio::test]
 async fn create_checks_names_and_refuses_a_name_in_use() {
-    let d = tempfile::tempdir().unwrap();
-    let rt = Arc::new(Fake::default());
-    let e = engine_on(d.path(), &rt).await;
+    let (_d, rt, e) = engine().await;
     let id = create(&e, "/web-1", serde_json::json!({})).await;
     assert_eq!(e.find(&id).unwrap().snapshot().name, "web-1");
     assert_eq!(e.container_inspect("web-1").await.unwrap().name, "/web-1");
@@ -138,9 +188,7 @@ async fn create_checks_names_and_refuses_a_name_in_use() {
 
 #[tokio::test]
 async fn create_refuses_what_docker_refuses() {
-    let d = tempfile::tempdir().unwrap();
-    let rt = Arc::new(Fake::default());
-    let e = engine_on(d.path(), &rt).await;
+    let (_d, _, e) = engine().await;
     let cases = [
         (
             serde_json::json!({"Image": ""}),
@@ -190,9 +238,7 @@ async fn create_refuses_what_docker_refuses() {
 
 #[tokio::test]
 async fn create_merges_the_image_config() {
-    let d = tempfile::tempdir().unwrap();
-    let rt = Arc::new(Fake::default());
-    let e = engine_on(d.path(), &rt).await;
+    let (_d, _, e) = engine().await;
     let id = create(
         &e,
         "",
@@ -212,9 +258,7 @@ async fn create_merges_the_image_config() {
 
 #[tokio::test]
 async fn start_spawns_in_its_cgroup_and_a_second_start_is_not_modified() {
-    let d = tempfile::tempdir().unwrap();
-    let rt = Arc::new(Fake::default());
-    let e = engine_on(d.path(), &rt).await;
+    let (_d, rt, e) = engine().await;
     let (id, pid) = run(
         &e,
         &rt,
@@ -251,14 +295,11 @@ async fn start_spawns_in_its_cgroup_and_a_second_start_is_not_modified() {
 
 #[tokio::test]
 async fn an_exit_is_recorded_with_its_code_and_the_cgroup_removed() {
-    let d = tempfile::tempdir().unwrap();
-    let rt = Arc::new(Fake::default());
-    let e = engine_on(d.path(), &rt).await;
+    let (_d, rt, e) = engine().await;
     let (id, pid) = run(&e, &rt, serde_json::json!({})).await;
     rt.output(pid, false, "out\n");
     rt.output(pid, true, "err\n");
-    assert!(rt.exit(pid, 3));
-    assert_eq!(wait_exit(&e, &id).await, 3);
+    assert_eq!(exit(&e, &rt, &id, pid, 3).await, 3);
     let i = e.container_inspect(&id).await.unwrap();
     assert_eq!((i.state.status.as_str(), i.state.exit_code), ("exited", 3));
     assert!(!i.state.running && i.state.pid == 0);
@@ -305,9 +346,7 @@ async fn an_exit_is_recorded_with_its_code_and_the_cgroup_removed() {
 
 #[tokio::test]
 async fn a_start_that_cannot_exec_leaves_the_container_created_with_127() {
-    let d = tempfile::tempdir().unwrap();
-    let rt = Arc::new(Fake::default());
-    let e = engine_on(d.path(), &rt).await;
+    let (_d, rt, e) = engine().await;
     let id = create(&e, "", serde_json::json!({"Cmd": ["nope"]})).await;
     rt.fail_next_start("exec: \"nope\": executable file not found in $PATH");
     let err = e.container_start(&id).await.unwrap_err();
@@ -333,9 +372,7 @@ async fn a_start_that_cannot_exec_leaves_the_container_created_with_127() {
 
 #[tokio::test]
 async fn stop_sends_the_stop_signal_then_kills_after_the_timeout() {
-    let d = tempfile::tempdir().unwrap();
-    let rt = Arc::new(Fake::default());
-    let e = engine_on(d.path(), &rt).await;
+    let (_d, rt, e) = engine().await;
     // A process that dies of SIGTERM: one signal, exit 143.
     let (id, pid) = run(&e, &rt, serde_json::json!({})).await;
     e.container_stop(&id, Some(10), None).await.unwrap();
@@ -364,9 +401,7 @@ async fn stop_sends_the_stop_signal_then_kills_after_the_timeout() {
 
 #[tokio::test]
 async fn kill_signals_a_running_container_only() {
-    let d = tempfile::tempdir().unwrap();
-    let rt = Arc::new(Fake::default());
-    let e = engine_on(d.path(), &rt).await;
+    let (_d, rt, e) = engine().await;
     let (id, pid) = run(&e, &rt, serde_json::json!({})).await;
     let err = e
         .container_kill(&id, Some("NOPE".into()))
@@ -386,21 +421,15 @@ async fn kill_signals_a_running_container_only() {
 
 #[tokio::test]
 async fn restart_policy_no_leaves_it_exited() {
-    let d = tempfile::tempdir().unwrap();
-    let rt = Arc::new(Fake::default());
-    let e = engine_on(d.path(), &rt).await;
+    let (_d, rt, e) = engine().await;
     let (id, pid) = run(&e, &rt, serde_json::json!({})).await;
-    rt.exit(pid, 1);
-    assert_eq!(wait_exit(&e, &id).await, 1);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!((rt.spawns(&id), status(&e, &id)), (1, "exited".into()));
+    assert_eq!(exit(&e, &rt, &id, pid, 1).await, 1);
+    assert_eq!(settled(&e, &rt, &id).await, (1, "exited".into()));
 }
 
 #[tokio::test]
 async fn restart_policy_on_failure_counts_its_retries() {
-    let d = tempfile::tempdir().unwrap();
-    let rt = Arc::new(Fake::default());
-    let e = engine_on(d.path(), &rt).await;
+    let (_d, rt, e) = engine().await;
     let policy = serde_json::json!({
         "HostConfig": {"RestartPolicy": {"Name": "on-failure", "MaximumRetryCount": 2}}
     });
@@ -422,23 +451,14 @@ async fn restart_policy_on_failure_counts_its_retries() {
     assert_eq!(e.container_inspect(&id).await.unwrap().restart_count, 2);
     // Exit 0 is no failure: no restart.
     let (id0, pid0) = run(&e, &rt, policy).await;
-    rt.exit(pid0, 0);
-    assert_eq!(wait_exit(&e, &id0).await, 0);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!((rt.spawns(&id0), status(&e, &id0)), (1, "exited".into()));
+    assert_eq!(exit(&e, &rt, &id0, pid0, 0).await, 0);
+    assert_eq!(settled(&e, &rt, &id0).await, (1, "exited".into()));
 }
 
 #[tokio::test]
 async fn restart_policy_always_restarts_a_clean_exit_until_stopped() {
-    let d = tempfile::tempdir().unwrap();
-    let rt = Arc::new(Fake::default());
-    let e = engine_on(d.path(), &rt).await;
-    let (id, pid) = run(
-        &e,
-        &rt,
-        serde_json::json!({"HostConfig": {"RestartPolicy": {"Name": "always"}}}),
-    )
-    .await;
+    let (_d, rt, e) = engine().await;
+    let (id, pid) = run(&e, &rt, restart_policy("always")).await;
     rt.exit(pid, 0);
     until("the restart", || {
         rt.spawns(&id) == 2 && status(&e, &id) == "running"
@@ -448,21 +468,13 @@ async fn restart_policy_always_restarts_a_clean_exit_until_stopped() {
     // A user's stop is final.
     e.container_stop(&id, Some(10), None).await.unwrap();
     assert_eq!(wait_exit(&e, &id).await, 143);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!((rt.spawns(&id), status(&e, &id)), (2, "exited".into()));
+    assert_eq!(settled(&e, &rt, &id).await, (2, "exited".into()));
 }
 
 #[tokio::test]
 async fn a_stop_during_the_backoff_cancels_the_restart() {
-    let d = tempfile::tempdir().unwrap();
-    let rt = Arc::new(Fake::default());
-    let e = engine_on(d.path(), &rt).await;
-    let (id, pid) = run(
-        &e,
-        &rt,
-        serde_json::json!({"HostConfig": {"RestartPolicy": {"Name": "unless-stopped"}}}),
-    )
-    .await;
+    let (_d, rt, e) = engine().await;
+    let (id, pid) = run(&e, &rt, restart_policy("unless-stopped")).await;
     // A long backoff (3.2 s, as after five restarts) so that the stop lands in it.
     e.find(&id).unwrap().rec.lock().unwrap().restart_count = 5;
     rt.exit(pid, 1);
@@ -476,9 +488,7 @@ async fn a_stop_during_the_backoff_cancels_the_restart() {
 
 #[tokio::test]
 async fn restart_stops_and_starts_again() {
-    let d = tempfile::tempdir().unwrap();
-    let rt = Arc::new(Fake::default());
-    let e = engine_on(d.path(), &rt).await;
+    let (_d, rt, e) = engine().await;
     let (id, pid) = run(&e, &rt, serde_json::json!({})).await;
     e.container_restart(&id, Some(10)).await.unwrap();
     assert_eq!(rt.signals(pid), [Signal::SIGTERM]);
@@ -493,15 +503,8 @@ async fn restart_stops_and_starts_again() {
 
 #[tokio::test]
 async fn remove_needs_force_while_running() {
-    let d = tempfile::tempdir().unwrap();
-    let rt = Arc::new(Fake::default());
-    let e = engine_on(d.path(), &rt).await;
-    let (id, pid) = run(
-        &e,
-        &rt,
-        serde_json::json!({"HostConfig": {"RestartPolicy": {"Name": "always"}}}),
-    )
-    .await;
+    let (_d, rt, e) = engine().await;
+    let (id, pid) = run(&e, &rt, restart_policy("always")).await;
     let name = e.find(&id).unwrap().snapshot().name;
     let dir = e.find(&id).unwrap().dir.clone();
     let err = e.container_remove(&id, false, false).await.unwrap_err();
@@ -515,11 +518,7 @@ async fn remove_needs_force_while_running() {
     );
     assert_eq!(status(&e, &id), "running");
     // A waiter for its removal is told.
-    let removed = {
-        let e = e.clone();
-        let id = id.clone();
-        tokio::spawn(async move { e.container_wait(&id, WaitCondition::Removed).await })
-    };
+    let removed = wait_in_task(&e, &id, WaitCondition::Removed);
     // The test runtime has one thread: this lets the waiter subscribe.
     tokio::time::sleep(Duration::from_millis(50)).await;
     e.container_remove(&id, true, false).await.unwrap();
@@ -529,11 +528,7 @@ async fn remove_needs_force_while_running() {
         Some(http::StatusCode::NOT_FOUND)
     );
     assert!(!dir.exists(), "{} left", dir.display());
-    tokio::time::timeout(Duration::from_secs(10), removed)
-        .await
-        .expect("the removal wait to end")
-        .unwrap()
-        .unwrap();
+    waited(removed).await;
     // Not restarted by its policy, and its name is free again.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(rt.spawns(&id), 1);
@@ -546,9 +541,7 @@ async fn remove_needs_force_while_running() {
 
 #[tokio::test]
 async fn auto_remove_removes_it_after_its_exit() {
-    let d = tempfile::tempdir().unwrap();
-    let rt = Arc::new(Fake::default());
-    let e = engine_on(d.path(), &rt).await;
+    let (_d, rt, e) = engine().await;
     let (id, pid) = run(
         &e,
         &rt,
@@ -562,13 +555,10 @@ async fn auto_remove_removes_it_after_its_exit() {
 
 #[tokio::test]
 async fn prune_removes_stopped_containers_only() {
-    let d = tempfile::tempdir().unwrap();
-    let rt = Arc::new(Fake::default());
-    let e = engine_on(d.path(), &rt).await;
+    let (_d, rt, e) = engine().await;
     let created = create(&e, "", serde_json::json!({})).await;
     let (exited, pid) = run(&e, &rt, serde_json::json!({})).await;
-    rt.exit(pid, 0);
-    wait_exit(&e, &exited).await;
+    exit(&e, &rt, &exited, pid, 0).await;
     let (running, _) = run(&e, &rt, serde_json::json!({})).await;
     let mut pruned = e.container_prune().await.unwrap();
     pruned.sort();
@@ -580,38 +570,23 @@ async fn prune_removes_stopped_containers_only() {
 
 #[tokio::test]
 async fn wait_conditions() {
-    let d = tempfile::tempdir().unwrap();
-    let rt = Arc::new(Fake::default());
-    let e = engine_on(d.path(), &rt).await;
+    let (_d, rt, e) = engine().await;
     // Not running: at once, with the last exit code (none yet: 0).
     let id = create(&e, "", serde_json::json!({})).await;
     assert_eq!(wait_exit(&e, &id).await, 0);
     // next-exit waits for an exit after the call, even of a stopped container.
-    let next = {
-        let e = e.clone();
-        let id = id.clone();
-        tokio::spawn(async move { e.container_wait(&id, WaitCondition::NextExit).await })
-    };
+    let next = wait_in_task(&e, &id, WaitCondition::NextExit);
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!next.is_finished());
     e.container_start(&id).await.unwrap();
     let pid = rt.pid_of(&id).unwrap();
     // Not running, called while it runs: waits for this run's exit.
-    let not_running = {
-        let e = e.clone();
-        let id = id.clone();
-        tokio::spawn(async move { e.container_wait(&id, WaitCondition::NotRunning).await })
-    };
+    let not_running = wait_in_task(&e, &id, WaitCondition::NotRunning);
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!not_running.is_finished());
     rt.exit(pid, 42);
     for w in [next, not_running] {
-        let r = tokio::time::timeout(Duration::from_secs(10), w)
-            .await
-            .expect("the wait to end")
-            .unwrap()
-            .unwrap();
-        assert_eq!(r.status_code, 42);
+        assert_eq!(waited(w).await.status_code, 42);
     }
     assert_eq!(
         e.container_wait("nope", WaitCondition::NotRunning)
@@ -624,24 +599,15 @@ async fn wait_conditions() {
 
 #[tokio::test]
 async fn records_survive_an_engine_restart_and_policies_apply_on_boot() {
-    let d = tempfile::tempdir().unwrap();
-    let rt = Arc::new(Fake::default());
-    let e = engine_on(d.path(), &rt).await;
+    let (d, rt, e) = engine().await;
     let created = create(&e, "created", serde_json::json!({})).await;
     let (exited, pid) = run(&e, &rt, serde_json::json!({})).await;
-    rt.exit(pid, 7);
-    wait_exit(&e, &exited).await;
+    exit(&e, &rt, &exited, pid, 7).await;
     // Running when the engine goes away (its state says running).
     let (plain, _) = run(&e, &rt, serde_json::json!({})).await;
-    let (always, _) = run(
-        &e,
-        &rt,
-        serde_json::json!({"HostConfig": {"RestartPolicy": {"Name": "always"}}}),
-    )
-    .await;
-    let unless = serde_json::json!({"HostConfig": {"RestartPolicy": {"Name": "unless-stopped"}}});
-    let (unless_running, _) = run(&e, &rt, unless.clone()).await;
-    let (unless_stopped, _) = run(&e, &rt, unless).await;
+    let (always, _) = run(&e, &rt, restart_policy("always")).await;
+    let (unless_running, _) = run(&e, &rt, restart_policy("unless-stopped")).await;
+    let (unless_stopped, _) = run(&e, &rt, restart_policy("unless-stopped")).await;
     e.container_stop(&unless_stopped, Some(10), None)
         .await
         .unwrap();
@@ -701,18 +667,16 @@ async fn a_tmpfs_exec_root_that_went_away_takes_the_writable_layers_with_it() {
     let d = tempfile::tempdir().unwrap();
     let exec_root = d.path().join("run");
     let rt = Arc::new(Fake::default());
-    let args = Args::parse_from([
-        "engine".as_ref(),
-        "--data-root".as_ref(),
-        d.path().as_os_str(),
-        "--exec-root".as_ref(),
-        exec_root.as_os_str(),
-        "--bridge".as_ref(),
-        "none".as_ref(),
-    ]);
-    let e = Arc::new(Engine::with_runtime(&args, rt.clone()).unwrap());
-    add_image(&e);
-    e.clone().restore().await;
+    let args = args(
+        d.path(),
+        &[
+            "--exec-root",
+            exec_root.to_str().unwrap(),
+            "--bridge",
+            "none",
+        ],
+    );
+    let e = engine_with(&args, &rt).await;
     let id = create(&e, "", serde_json::json!({})).await;
     assert!(exec_root
         .join("containers")
@@ -730,20 +694,12 @@ async fn a_tmpfs_exec_root_that_went_away_takes_the_writable_layers_with_it() {
 
 #[tokio::test]
 async fn shutdown_stops_what_runs() {
-    let d = tempfile::tempdir().unwrap();
-    let rt = Arc::new(Fake::default());
-    let e = engine_on(d.path(), &rt).await;
-    let (id, pid) = run(
-        &e,
-        &rt,
-        serde_json::json!({"HostConfig": {"RestartPolicy": {"Name": "always"}}}),
-    )
-    .await;
+    let (_d, rt, e) = engine().await;
+    let (id, pid) = run(&e, &rt, restart_policy("always")).await;
     e.shutdown().await;
     assert_eq!(rt.signals(pid), [Signal::SIGTERM]);
     // Exited, and not restarted: the engine is going away.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!((rt.spawns(&id), status(&e, &id)), (1, "exited".into()));
+    assert_eq!(settled(&e, &rt, &id).await, (1, "exited".into()));
     // Its record keeps the policy for the next boot.
     assert!(!e.find(&id).unwrap().snapshot().stopped_by_user);
 }
@@ -752,18 +708,8 @@ async fn shutdown_stops_what_runs() {
 async fn bridge_containers_get_an_address_before_they_run() {
     let d = tempfile::tempdir().unwrap();
     let rt = Arc::new(Fake::default());
-    let args = Args::parse_from([
-        "engine".as_ref(),
-        "--data-root".as_ref(),
-        d.path().as_os_str(),
-        "--bridge".as_ref(),
-        "test0".as_ref(),
-        "--bip".as_ref(),
-        "10.9.0.1/24".as_ref(),
-    ]);
-    let e = Arc::new(Engine::with_runtime(&args, rt.clone()).unwrap());
-    add_image(&e);
-    e.clone().restore().await;
+    let args = args(d.path(), &["--bridge", "test0", "--bip", "10.9.0.1/24"]);
+    let e = engine_with(&args, &rt).await;
     assert_eq!(rt.calls(), [Call::SetupBridge("test0".into())]);
     let (id, pid) = run(&e, &rt, serde_json::json!({})).await;
     let ip = rt
@@ -795,9 +741,7 @@ async fn bridge_containers_get_an_address_before_they_run() {
 
 #[tokio::test]
 async fn exec_runs_in_the_containers_process() {
-    let d = tempfile::tempdir().unwrap();
-    let rt = Arc::new(Fake::default());
-    let e = engine_on(d.path(), &rt).await;
+    let (_d, rt, e) = engine().await;
     let id = create(&e, "", serde_json::json!({})).await;
     let ereq: ExecCreateRequest =
         serde_json::from_value(serde_json::json!({"Cmd": ["ls"], "AttachStdout": true})).unwrap();
@@ -823,9 +767,7 @@ async fn exec_runs_in_the_containers_process() {
 
 #[tokio::test]
 async fn an_oom_kill_shows_in_inspect_until_the_next_start() {
-    let d = tempfile::tempdir().unwrap();
-    let rt = Arc::new(Fake::default());
-    let e = engine_on(d.path(), &rt).await;
+    let (_d, rt, e) = engine().await;
     let (id, pid) = run(
         &e,
         &rt,
@@ -833,8 +775,7 @@ async fn an_oom_kill_shows_in_inspect_until_the_next_start() {
     )
     .await;
     rt.set_oom(true);
-    rt.exit(pid, 137);
-    assert_eq!(wait_exit(&e, &id).await, 137);
+    assert_eq!(exit(&e, &rt, &id, pid, 137).await, 137);
     assert!(e.container_inspect(&id).await.unwrap().state.oom_killed);
     rt.set_oom(false);
     e.container_start(&id).await.unwrap();
@@ -843,9 +784,7 @@ async fn an_oom_kill_shows_in_inspect_until_the_next_start() {
 
 #[tokio::test]
 async fn an_ephemeral_published_port_shows_the_port_bound() {
-    let d = tempfile::tempdir().unwrap();
-    let rt = Arc::new(Fake::default());
-    let e = engine_on(d.path(), &rt).await;
+    let (_d, rt, e) = engine().await;
     // `-p 127.0.0.1::80`: Docker's meaning is a port the kernel picks, not host port 80.
     let (id, _) = run(
         &e,
