@@ -41,8 +41,8 @@ fn share(dir: &Path) -> PathBuf {
 }
 
 impl Vm {
-    /// Clones the template into `dir` with `dir/share` as its 9p share, hands it its
-    /// identity and waits until its engine answers. Blocking (about a second under TCG).
+    /// Clones the template into `dir` with `dir/share` as its 9p share and hands it its
+    /// identity. Blocking (about a second under TCG); then [`Vm::ready`].
     pub fn clone(template: &Template, dir: &Path, hostname: &str) -> Result<Vm> {
         let sh = share(dir);
         std::fs::create_dir_all(&sh).with_context(|| format!("creating {}", sh.display()))?;
@@ -52,26 +52,29 @@ impl Vm {
         let vm = t.clone_vm(&run, hostname, &[], false)?;
         let agent = template::identify(&run, hostname)?;
         let guest = GuestClient::new(&run.join(template::ENGINE_SOCKET));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while let Err(e) = rt.block_on(guest.try_ping()) {
-            if std::time::Instant::now() > deadline {
-                bail!(
-                    "the engine in the sandbox's VM did not answer within 60 s: {e} (serial log \
-                     {})",
-                    run.join("serial.log").display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
         Ok(Vm {
             dir: dir.to_path_buf(),
             guest,
             vm: Some(vm),
             _agent: agent,
         })
+    }
+
+    /// Waits until the VM's engine answers. On the runtime that will use [`Vm::guest`]: the
+    /// channel's session lives on the runtime that opened it.
+    pub async fn ready(&self) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while let Err(e) = self.guest.try_ping().await {
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "the engine in the sandbox's VM did not answer within 60 s: {e} (serial log \
+                     {})",
+                    self.dir.join("vm/serial.log").display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
     }
 
     /// QEMU's pid: the sandbox's processes on the host.

@@ -266,6 +266,9 @@ impl Service {
         .await
         .map_err(|e| rpc(Code::INTERNAL, format!("clone task: {e}")))?
         .map_err(internal("starting the sandbox's VM"))?;
+        vm.ready()
+            .await
+            .map_err(internal("starting the sandbox's VM"))?;
         let r = (vm.guest.clone(), vm.pid());
         *g = Some(vm);
         Ok(r)
