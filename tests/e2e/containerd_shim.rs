@@ -140,10 +140,9 @@ fn start_containerd(dir: &Path, bin: &Path, shim_config: &Path) -> Result<Contai
         .context("starting containerd")?;
     let c = Containerd { child, sock, log };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while c
+    while !c
         .run(&["version"], Duration::from_secs(10))
-        .map(|o| o.status.success())
-        != Ok(true)
+        .is_ok_and(|o| o.status.success())
     {
         if Instant::now() > deadline {
             bail!(
@@ -305,6 +304,26 @@ fn check() -> Result<()> {
         run,
     )?;
     assert_eq!(o.status.code(), Some(7), "exec's exit code");
+    // A second container of the same sandbox (CRI's annotation, as a pod's containers have
+    // it) runs in the same VM: the same kernel boot id, and still one QEMU.
+    let boot_id = ["busybox", "cat", "/proc/sys/kernel/random/boot_id"];
+    let mut args = vec!["task", "exec", "--exec-id", "b1", "long"];
+    args.extend(boot_id);
+    let first = c.ok(&args, run)?;
+    let mut args = vec!["run", "--rm", "--runtime", RUNTIME];
+    args.extend([
+        "--annotation",
+        "io.kubernetes.cri.sandbox-id=long",
+        &img,
+        "second",
+    ]);
+    args.extend(boot_id);
+    let second = c.ok(&args, run)?;
+    assert_eq!(
+        first, second,
+        "the sandbox's second container ran in another VM"
+    );
+    assert_eq!(qemus_under(&state).len(), 1, "one VM for the sandbox");
     let tasks = c.ok(&["task", "ls"], Duration::from_secs(30))?;
     assert!(
         tasks.contains("long") && tasks.contains("RUNNING"),

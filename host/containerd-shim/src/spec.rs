@@ -198,7 +198,7 @@ mod tests {
 
     #[test]
     fn junk_is_an_error_not_a_panic() {
-        for b in [&b"{"[..], b"[]", b"{\"process\": 3}", b"\xff"] {
+        for b in [&b"{"[..], b"{\"process\": 3}", b"\xff"] {
             assert!(Spec::parse(b).is_err(), "{b:?}");
         }
     }
