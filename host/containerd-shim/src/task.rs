@@ -628,7 +628,7 @@ impl Task for Service {
             }
             api::Status::CREATED => {
                 // Never started: it exits without running, as runc's does.
-                c.init.exited(128 + req.signal);
+                c.init.exited(128 + req.signal.min(127));
                 return Ok(api::Empty::new());
             }
             _ => {}
