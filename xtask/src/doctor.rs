@@ -242,6 +242,14 @@ const R: &[(Need, Requirement)] = &[
     (
         Need::Test,
         Requirement {
+            probe: "containerd",
+            package: "containerd",
+            why: "the containerd shim's e2e test runs its own containerd and ctr",
+        },
+    ),
+    (
+        Need::Test,
+        Requirement {
             probe: "ssh",
             package: "openssh-client",
             why: "log into test VMs",

@@ -171,13 +171,12 @@
 //!   per memory size would make `-m` the VM's RAM.
 
 pub mod cgroup;
-pub mod client;
 mod exec;
-pub mod guest;
 pub mod images;
 pub mod live;
 pub mod store;
-pub mod template;
+// The template, its clones and the guest engine's client are shared with the containerd shim.
+pub use vm_clone::{client, guest, template};
 
 mod api;
 pub use api::Api;
@@ -194,7 +193,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
 
 /// Daemon settings.
@@ -675,15 +674,7 @@ fn guest_network(mode: &str) -> ApiResult<&'static str> {
 }
 
 /// Progress lines on stderr with VMD_DEBUG set.
-pub(crate) fn debug(msg: &str) {
-    if std::env::var_os("VMD_DEBUG").is_some() {
-        let t = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        eprint!("[{}.{:03}] ", t.as_secs() % 1000, t.subsec_millis());
-        eprintln!("vmd: {msg}");
-    }
-}
+pub(crate) use vm_clone::debug;
 
 fn tail(p: &Path, n: usize) -> String {
     let t = std::fs::read_to_string(p).unwrap_or_default();

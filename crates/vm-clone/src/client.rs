@@ -325,6 +325,21 @@ impl GuestClient {
         Self::bytes("kill", r).await.map(drop)
     }
 
+    /// Removes container `id` (with `force`, a running one too).
+    pub async fn remove(&self, id: &str, force: bool) -> ApiResult<()> {
+        let q = [("force", if force { "1" } else { "0" }.to_string())];
+        let r = self
+            .call(
+                "remove",
+                http::Method::DELETE,
+                &format!("/containers/{id}"),
+                &q,
+                None,
+            )
+            .await?;
+        Self::bytes("remove", r).await.map(drop)
+    }
+
     pub async fn inspect(&self, id: &str) -> ApiResult<ContainerInspect> {
         self.json(
             "inspect",

@@ -52,7 +52,8 @@ pub struct Template {
     pub memory_mib: u64,
     pub cpus: u32,
     pub accel: qemu::Accel,
-    /// The host's layer store, shared read-only over 9p ([`crate::store`]).
+    /// The directory shared read-only over 9p ([`vmd_contract::STORE_TAG`]): axion-vmd's layer
+    /// store, or a containerd sandbox's share of its containers' root filesystems.
     pub store: PathBuf,
 }
 

@@ -1,0 +1,205 @@
+//! The parts of the bundle's OCI runtime spec (`config.json`) the shim honours, and the
+//! guest engine's create request made of them.
+//!
+//! The process (args, env, cwd, user, terminal) and the host name go to the guest engine,
+//! which runs the process as it runs a `docker run` (its default capabilities, seccomp
+//! profile, /dev, /proc, /sys). What the spec says beyond that (its own capability set,
+//! seccomp profile, mounts, rlimits, namespaces) is not applied yet: docs/containerd.md
+//! lists it.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// The annotation CRI puts on every container of a pod: the sandbox's id.
+pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Spec {
+    pub process: Process,
+    pub hostname: String,
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Process {
+    pub terminal: bool,
+    pub user: User,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct User {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: not an OCI runtime spec: {source}")]
+    Parse {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("{0}: the process has no args")]
+    NoArgs(String),
+}
+
+impl Spec {
+    pub fn read(bundle: &std::path::Path) -> Result<Spec, SpecError> {
+        let p = bundle.join("config.json");
+        let path = p.display().to_string();
+        let b = std::fs::read(&p).map_err(|source| SpecError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Self::parse(&b).map_err(|source| SpecError::Parse { path, source })
+    }
+
+    pub fn parse(b: &[u8]) -> Result<Spec, serde_json::Error> {
+        serde_json::from_slice(b)
+    }
+
+    /// The sandbox this container belongs to: CRI's annotation, else its own id (a plain
+    /// `ctr run` container is a sandbox of one).
+    pub fn sandbox_id<'a>(&'a self, id: &'a str) -> &'a str {
+        self.annotations
+            .get(SANDBOX_ID)
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
+            .unwrap_or(id)
+    }
+}
+
+impl Process {
+    /// The Docker API's `User`: numeric, as the spec gives it (containerd resolved names).
+    pub fn docker_user(&self) -> String {
+        format!("{}:{}", self.user.uid, self.user.gid)
+    }
+
+    /// The guest engine's create request for this process in the image `image` (an id in
+    /// the sandbox's share), with stdin open when containerd handed over a stdin FIFO.
+    pub fn create_request(
+        &self,
+        image: &str,
+        hostname: &str,
+        stdin: bool,
+    ) -> Result<docker_api::types::ContainerCreateRequest, SpecError> {
+        if self.args.is_empty() {
+            return Err(SpecError::NoArgs("config.json".into()));
+        }
+        let groups: Vec<String> = self
+            .user
+            .additional_gids
+            .iter()
+            .map(u32::to_string)
+            .collect();
+        let v = serde_json::json!({
+            "Image": image,
+            // The spec's args are the whole command line: no entrypoint of the image's.
+            "Entrypoint": [],
+            "Cmd": self.args,
+            "Env": self.env,
+            "WorkingDir": if self.cwd.is_empty() { "/" } else { &self.cwd },
+            "User": self.docker_user(),
+            "Tty": self.terminal,
+            "Hostname": hostname,
+            "OpenStdin": stdin,
+            "StdinOnce": stdin,
+            "AttachStdin": stdin,
+            "AttachStdout": true,
+            "AttachStderr": true,
+            "HostConfig": {
+                // The VM is the sandbox: its containers share its network (the pod's).
+                "NetworkMode": "host",
+                "GroupAdd": groups,
+            },
+        });
+        // The fields above are all the type has; a failure here is a bug, not input.
+        serde_json::from_value(v).map_err(|source| SpecError::Parse {
+            path: "create request".into(),
+            source,
+        })
+    }
+
+    /// The guest engine's exec request for this process (an exec's spec is a Process).
+    pub fn exec_request(&self, stdin: bool) -> docker_api::types::ExecCreateRequest {
+        docker_api::types::ExecCreateRequest {
+            attach_stdin: stdin,
+            attach_stdout: true,
+            attach_stderr: true,
+            tty: self.terminal,
+            env: Some(self.env.clone()),
+            cmd: self.args.clone(),
+            working_dir: self.cwd.clone(),
+            user: self.docker_user(),
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Trimmed from what `ctr run` writes (containerd 1.6).
+    const CTR_SPEC: &str = r#"{
+        "ociVersion": "1.0.2-dev",
+        "process": {
+            "user": {"uid": 0, "gid": 0, "additionalGids": [10]},
+            "args": ["sh", "-c", "exit 3"],
+            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "cwd": "/",
+            "capabilities": {"bounding": ["CAP_CHOWN"]},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": true
+        },
+        "root": {"path": "rootfs"},
+        "hostname": "",
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        "linux": {"namespaces": [{"type": "pid"}]}
+    }"#;
+
+    #[test]
+    fn ctr_spec_becomes_a_create_request() {
+        let s = Spec::parse(CTR_SPEC.as_bytes()).unwrap();
+        assert_eq!(s.sandbox_id("c1"), "c1");
+        let r = s.process.create_request("sha256:abc", "c1", false).unwrap();
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(j["Image"], "sha256:abc");
+        assert_eq!(j["Cmd"], serde_json::json!(["sh", "-c", "exit 3"]));
+        assert_eq!(j["Entrypoint"], serde_json::json!([]));
+        assert_eq!(j["User"], "0:0");
+        assert_eq!(j["WorkingDir"], "/");
+        assert_eq!(j["Hostname"], "c1");
+        assert_eq!(j["Tty"], false);
+        assert_eq!(j["OpenStdin"], false);
+        assert_eq!(j["HostConfig"]["NetworkMode"], "host");
+        assert_eq!(j["HostConfig"]["GroupAdd"], serde_json::json!(["10"]));
+    }
+
+    #[test]
+    fn cri_annotation_names_the_sandbox() {
+        let s =
+            Spec::parse(br#"{"annotations": {"io.kubernetes.cri.sandbox-id": "pod1"}}"#).unwrap();
+        assert_eq!(s.sandbox_id("c2"), "pod1");
+        assert!(s.process.create_request("i", "h", false).is_err());
+    }
+
+    #[test]
+    fn junk_is_an_error_not_a_panic() {
+        for b in [&b"{"[..], b"{\"process\": 3}", b"\xff"] {
+            assert!(Spec::parse(b).is_err(), "{b:?}");
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! The containerd shim (host/containerd-shim, runtime `io.containerd.axion.v1`) driven by
+//! the real `ctr` against Debian's containerd, started here with its own root, state,
+//! socket and config under a temporary directory (never the host's own containerd), the
+//! shim built from the workspace on its PATH. Every `ctr run` is a sandbox of one: its own
+//! VM cloned from the template (built once, in this test's state directory).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use axion_tests::{image, qemus_under, require};
+use test_support::docker::run_with_timeout;
+use xtask::image::Bootable;
+use xtask::profile::Format;
+
+const RUNTIME: &str = "io.containerd.axion.v1";
+
+#[test]
+fn ctr_runs_containers_in_axion_vms() {
+    require!(
+        axion_tests::have_qemu(),
+        "qemu-system-x86_64 is not installed"
+    );
+    require!(
+        Path::new("/usr/bin/containerd").exists() && Path::new("/usr/bin/ctr").exists(),
+        "containerd is not installed (Debian: apt-get install containerd)"
+    );
+    require!(
+        Command::new("qemu-img")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "qemu-img (qemu-utils) is not installed"
+    );
+    // /proc/self belongs to the process's effective user.
+    require!(
+        std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0),
+        "containerd and the shim's mounts need root"
+    );
+    check().unwrap();
+}
+
+/// Builds the shim binary; its directory (for containerd's PATH).
+fn shim_bin() -> Result<PathBuf> {
+    let root = axion_tests::layout().root;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(&root)
+        .args(["build", "-p", "containerd-shim-axion"])
+        .output()
+        .context("running cargo build")?;
+    if !out.status.success() {
+        bail!(
+            "cargo build -p containerd-shim-axion: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let dir = target.join("debug");
+    anyhow::ensure!(dir.join("containerd-shim-axion-v1").is_file());
+    Ok(dir)
+}
+
+struct Containerd {
+    child: Child,
+    sock: PathBuf,
+    log: PathBuf,
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Containerd {
+    fn ctr(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("--address")
+            .arg(&self.sock)
+            .args(["-n", "axion-test"]);
+        c.args(args);
+        c
+    }
+
+    fn run(&self, args: &[&str], timeout: Duration) -> Result<Output> {
+        run_with_timeout(self.ctr(args), timeout).with_context(|| format!("ctr {args:?}"))
+    }
+
+    fn ok(&self, args: &[&str], timeout: Duration) -> Result<String> {
+        let o = self.run(args, timeout)?;
+        if !o.status.success() {
+            bail!(
+                "ctr {args:?}: {}\nstdout: {}\nstderr: {}\ncontainerd log: {}",
+                o.status,
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr),
+                axion_tests::tail(&self.log, 30)
+            );
+        }
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+}
+
+fn start_containerd(dir: &Path, bin: &Path, shim_config: &Path) -> Result<Containerd> {
+    let sock = dir.join("c.sock");
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
+             [debug]\n  level = \"info\"\n",
+            root = dir.join("root").display(),
+            state = dir.join("state").display(),
+            sock = sock.display(),
+        ),
+    )?;
+    let log = dir.join("containerd.log");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let child = Command::new("/usr/bin/containerd")
+        .arg("--config")
+        .arg(&config)
+        .env("PATH", path)
+        .env("AXION_SHIM_CONFIG", shim_config)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log)?)
+        .stderr(std::fs::File::options().append(true).open(&log)?)
+        .spawn()
+        .context("starting containerd")?;
+    let c = Containerd { child, sock, log };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !c
+        .run(&["version"], Duration::from_secs(10))
+        .is_ok_and(|o| o.status.success())
+    {
+        if Instant::now() > deadline {
+            bail!(
+                "containerd did not answer within 30 s: {}",
+                axion_tests::tail(&c.log, 20)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(c)
+}
+
+fn check() -> Result<()> {
+    let Bootable::Kernel { kernel, initrd } = image("qemu", Format::Initramfs)? else {
+        bail!("the initramfs format is not a kernel and an initramfs");
+    };
+    let Bootable::Disk { path: disk, .. } = image("qemu", Format::Qcow2)? else {
+        bail!("the qcow2 format is not a disk");
+    };
+    let bin = shim_bin()?;
+    // Short: the shim's QEMU sockets live under the state directory.
+    let dir = tempfile::Builder::new()
+        .prefix("ctrd-")
+        .tempdir_in("/tmp")?;
+    let state = dir.path().join("axion");
+    let shim_config = dir.path().join("shim.toml");
+    std::fs::write(
+        &shim_config,
+        format!(
+            "state_dir = \"{}\"\nkernel = \"{}\"\ninitrd = \"{}\"\ndisk = \"{}\"\n\
+             memory_mib = 512\ncpus = 1\naccel = \"tcg\"\n",
+            state.display(),
+            kernel.display(),
+            initrd.display(),
+            disk.display()
+        ),
+    )?;
+    // The template first (what a node does once, `prepare`), so that no `ctr run` below
+    // waits for a boot.
+    let t = Instant::now();
+    let mut prep = Command::new(bin.join("containerd-shim-axion-v1"));
+    prep.arg("prepare").env("AXION_SHIM_CONFIG", &shim_config);
+    let o = run_with_timeout(prep, Duration::from_secs(600))?;
+    assert!(
+        o.status.success(),
+        "prepare: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    eprintln!("template ready in {:.1} s", t.elapsed().as_secs_f64());
+
+    let c = start_containerd(dir.path(), &bin, &shim_config)?;
+    let bb = std::fs::read(axion_tests::busybox())?;
+    let tar = dir.path().join("busybox.tar");
+    std::fs::write(&tar, axion_tests::busybox_images::image_tar(&bb)?)?;
+    c.ok(
+        &["image", "import", &tar.display().to_string()],
+        Duration::from_secs(120),
+    )?;
+    let images = c.ok(&["image", "ls", "-q"], Duration::from_secs(30))?;
+    let img = images
+        .lines()
+        .find(|l| l.ends_with("busybox:latest"))
+        .with_context(|| format!("no busybox:latest after the import: {images}"))?
+        .to_string();
+
+    let run = Duration::from_secs(180);
+    let t = Instant::now();
+    let out = c.ok(
+        &[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            &img,
+            "hello1",
+            "echo",
+            "hello",
+        ],
+        run,
+    )?;
+    eprintln!("ctr run echo hello: {:.1} s", t.elapsed().as_secs_f64());
+    assert_eq!(out, "hello\n");
+
+    // The exit code is passed through.
+    let o = c.run(
+        &[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            &img,
+            "exit3",
+            "sh",
+            "-c",
+            "exit 3",
+        ],
+        run,
+    )?;
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "stderr: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // The container sees its own VM's kernel, not the host's.
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
+    let guest = c.ok(
+        &[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            &img,
+            "uname",
+            "busybox",
+            "uname",
+            "-r",
+        ],
+        run,
+    )?;
+    assert_ne!(
+        guest.trim(),
+        host.trim(),
+        "the container saw the host's kernel"
+    );
+    assert!(!guest.trim().is_empty());
+
+    // A running task: exec into it, then kill and delete it.
+    c.ok(
+        &[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            &img,
+            "long",
+            "sleep",
+            "600",
+        ],
+        run,
+    )?;
+    let out = c.ok(
+        &["task", "exec", "--exec-id", "e1", "long", "echo", "inside"],
+        run,
+    )?;
+    assert_eq!(out, "inside\n");
+    let o = c.run(
+        &[
+            "task",
+            "exec",
+            "--exec-id",
+            "e2",
+            "long",
+            "sh",
+            "-c",
+            "exit 7",
+        ],
+        run,
+    )?;
+    assert_eq!(o.status.code(), Some(7), "exec's exit code");
+    // A second container of the same sandbox (CRI's annotation, as a pod's containers have
+    // it) runs in the same VM: the same kernel boot id, and still one QEMU.
+    let boot_id = ["busybox", "cat", "/proc/sys/kernel/random/boot_id"];
+    let mut args = vec!["task", "exec", "--exec-id", "b1", "long"];
+    args.extend(boot_id);
+    let first = c.ok(&args, run)?;
+    let mut args = vec!["run", "--rm", "--runtime", RUNTIME];
+    args.extend([
+        "--annotation",
+        "io.kubernetes.cri.sandbox-id=long",
+        &img,
+        "second",
+    ]);
+    args.extend(boot_id);
+    let second = c.ok(&args, run)?;
+    assert_eq!(
+        first, second,
+        "the sandbox's second container ran in another VM"
+    );
+    assert_eq!(qemus_under(&state).len(), 1, "one VM for the sandbox");
+    let tasks = c.ok(&["task", "ls"], Duration::from_secs(30))?;
+    assert!(
+        tasks.contains("long") && tasks.contains("RUNNING"),
+        "{tasks}"
+    );
+    c.ok(&["task", "kill", "-s", "SIGKILL", "long"], run)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !c
+        .ok(&["task", "ls"], Duration::from_secs(30))?
+        .contains("STOPPED")
+    {
+        assert!(Instant::now() < deadline, "the killed task did not stop");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.ok(&["task", "delete", "long"], run)?;
+    c.ok(&["container", "delete", "long"], run)?;
+
+    // Nothing is left: no QEMU, no sandbox directory, no shim.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !qemus_under(&state).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "QEMU left running: {:?}",
+            qemus_under(&state)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let left: Vec<_> = std::fs::read_dir(state.join("shim"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "sandbox directories left: {left:?}");
+    let shims = Command::new("pgrep")
+        .args(["-f", "containerd-shim-axion-v1 -namespace axion-test"])
+        .output()?;
+    assert!(
+        String::from_utf8_lossy(&shims.stdout).trim().is_empty(),
+        "shim processes left: {}",
+        String::from_utf8_lossy(&shims.stdout)
+    );
+    Ok(())
+}
