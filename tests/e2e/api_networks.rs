@@ -388,11 +388,16 @@ fn check() -> Result<()> {
     let hosts = g.ok(&[
         "run",
         "--rm",
+        "--name",
+        "lclient",
         "--link",
         "lweb:la",
+        "-e",
+        "LA_ENV_OWN=mine",
         "busybox",
-        "cat",
-        "/etc/hosts",
+        "sh",
+        "-c",
+        "cat /etc/hosts; env",
     ])?;
     assert!(
         hosts
@@ -400,6 +405,19 @@ fn check() -> Result<()> {
             .any(|l| l.contains("la") && l.contains("lweb")),
         "{hosts}"
     );
+    // dockerd's link variables; the container's own win.
+    assert!(hosts.lines().any(|l| l == "LA_NAME=/lclient/la"), "{hosts}");
+    assert!(hosts.lines().any(|l| l == "LA_ENV_OWN=mine"), "{hosts}");
+    // docker rm --link removes the link only.
+    g.ok(&[
+        "create", "--name", "lpar", "--link", "lweb:la", "busybox", "true",
+    ])?;
+    assert_eq!(g.ok(&["rm", "--link", "lpar/la"])?, "lpar/la");
+    assert_eq!(
+        g.ok(&["inspect", "-f", "{{len .HostConfig.Links}}", "lpar"])?,
+        "0"
+    );
+    g.ok(&["rm", "lpar"])?;
 
     // --- persistence across an engine restart -------------------------------------------------
     // Stopped first, so that the old engine's shutdown (which stops running containers

@@ -121,6 +121,21 @@ fn check() -> Result<()> {
     );
     g.ok(&["volume", "rm", "-f", "v1"])?;
 
+    // --- docker cp into and out of a stopped container goes through its volume ------------
+    let cp = g.ok(&["create", "-v", "/vol1", "busybox", "cat", "/vol1/in.txt"])?;
+    let local = dir.path().join("in.txt");
+    std::fs::write(&local, "into the volume\n")?;
+    g.ok(&["cp", &local.display().to_string(), &format!("{cp}:/vol1/")])?;
+    assert_eq!(g.ok(&["start", "-a", &cp])?, "into the volume");
+    let back = dir.path().join("back.txt");
+    g.ok(&[
+        "cp",
+        &format!("{cp}:/vol1/in.txt"),
+        &back.display().to_string(),
+    ])?;
+    assert_eq!(std::fs::read_to_string(&back)?, "into the volume\n");
+    g.ok(&["rm", "-v", &cp])?;
+
     // --- data through -v NAME:/path outlives its container; :ro; the image's content -------
     g.ok(&[
         "run",

@@ -11,12 +11,17 @@
 //! `tests/integration` without the swarm, service, secret, config, plugin and node files, with
 //! a per-test timeout; a check that the engine still answers; the table; the VM powered off.
 //!
-//! Tests whose body calls `pull(` fetch from Docker Hub (`hello-world`, `alpine:latest`), and
-//! tests in the kept files whose body calls `init_swarm(` need swarm mode: they are marked
-//! `needs_hub` and `needs_swarm` and left out of the headline figure, as is `api_build_test`
-//! (a separate issue takes `docker build`).
+//! A failing test that cannot pass here whatever the engine does is counted apart, by what it
+//! needs: Docker Hub (it pulls an image the stand-in cannot be), `docker build` (every test
+//! of `api_build_test.py`, and the few elsewhere that build; a separate issue) or swarm mode.
+//! Which tests those are, and why, is the data file `compat/needs.toml`, checked against each
+//! test's source; the headline is passed of passed + failed without them.
+//!
+//! `credentials/store_test.py` tests docker-py's credential-store client: it gets what
+//! docker-py's own CI gives it, `docker-credential-pass` over `pass` with the suite's GPG test
+//! key, in a private GnuPG home and password store.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -81,10 +86,46 @@ pub struct TestResult {
     pub outcome: Outcome,
     /// The first lines of the failure, error or skip message on one line (empty on a pass).
     pub reason: String,
-    /// The test pulls an image from Docker Hub.
-    pub needs_hub: bool,
-    /// The test makes the engine a swarm manager (out of scope).
-    pub needs_swarm: bool,
+    /// A failing test that needs what this machine cannot give (`compat/needs.toml`).
+    pub needs: Option<Needs>,
+    /// Why, when `needs` is set.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub needs_why: String,
+}
+
+/// What a test needs that no engine here can give it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Needs {
+    /// An image only Docker Hub has.
+    Hub,
+    /// `docker build` (POST /build).
+    Build,
+    /// Swarm mode.
+    Swarm,
+}
+
+/// One entry of `compat/needs.toml`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Known {
+    pub file: String,
+    pub name: String,
+    pub needs: Needs,
+    pub why: String,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KnownFile {
+    test: Vec<Known>,
+}
+
+/// The tests that need Docker Hub, `docker build` or swarm mode, with why.
+pub fn known() -> Result<Vec<Known>> {
+    let f: KnownFile = toml::from_str(include_str!("compat/needs.toml"))
+        .context("xtask/src/compat/needs.toml does not parse")?;
+    Ok(f.test)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -96,27 +137,50 @@ pub enum Outcome {
     Failed,
 }
 
-/// Counts for one file (or the total).
+/// Counts for one file (or the total). `failed` and `errors` leave out the failing tests
+/// counted in `needs_*`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Counts {
     pub passed: usize,
     pub failed: usize,
     pub errors: usize,
+    pub needs_hub: usize,
+    pub needs_build: usize,
+    pub needs_swarm: usize,
     pub skipped: usize,
 }
 
 impl Counts {
-    fn add(&mut self, o: Outcome) {
-        match o {
-            Outcome::Passed => self.passed += 1,
-            Outcome::Failed => self.failed += 1,
-            Outcome::Error => self.errors += 1,
-            Outcome::Skipped => self.skipped += 1,
+    fn add(&mut self, r: &TestResult) {
+        match (r.outcome, r.needs) {
+            (Outcome::Passed, _) => self.passed += 1,
+            (Outcome::Skipped, _) => self.skipped += 1,
+            (_, Some(Needs::Hub)) => self.needs_hub += 1,
+            (_, Some(Needs::Build)) => self.needs_build += 1,
+            (_, Some(Needs::Swarm)) => self.needs_swarm += 1,
+            (Outcome::Failed, None) => self.failed += 1,
+            (Outcome::Error, None) => self.errors += 1,
         }
     }
-    /// Tests that ran (not skipped).
-    pub fn ran(&self) -> usize {
-        self.passed + self.failed + self.errors
+    fn sum(&mut self, o: &Counts) {
+        self.passed += o.passed;
+        self.failed += o.failed;
+        self.errors += o.errors;
+        self.needs_hub += o.needs_hub;
+        self.needs_build += o.needs_build;
+        self.needs_swarm += o.needs_swarm;
+        self.skipped += o.skipped;
+    }
+    fn cells(&self) -> [usize; 7] {
+        [
+            self.passed,
+            self.failed,
+            self.errors,
+            self.needs_hub,
+            self.needs_build,
+            self.needs_swarm,
+            self.skipped,
+        ]
     }
 }
 
@@ -135,7 +199,13 @@ pub fn compat(layout: &Layout, args: &Args) -> Result<()> {
     let work = layout.root.join("out/compat");
     let suite = work.join("suite");
     let excluded = stage_suite(&docker_py, &suite)?;
+    crate::doctor::ensure(&[crate::doctor::Need::Compat])?;
     let python = ensure_venv(&layout.cache.join("compat-venv"))?;
+    // Without it the 7 tests fail in their setup ("No supported docker-credential store"):
+    // said here, and counted as failures.
+    let creds = CredentialStore::make(layout, &docker_py, &work)
+        .map_err(|e| eprintln!("warning: no credential store for credentials/store_test.py: {e:#}"))
+        .ok();
     let archive = busybox_image_archive(
         &std::fs::read(HOST_BUSYBOX).with_context(|| {
             format!("cannot read {HOST_BUSYBOX} (Debian: apt-get install busybox-static)")
@@ -145,7 +215,9 @@ pub fn compat(layout: &Layout, args: &Args) -> Result<()> {
     )?;
 
     let vm = Vm::start(layout, &args.profile)?;
-    let outcome = measure(&vm, args, &python, &suite, &excluded, &archive, &work);
+    let env = creds.as_ref().map(|c| c.env()).unwrap_or_default();
+    let outcome = measure(&vm, args, &python, &suite, &excluded, &archive, &work, &env);
+    drop(creds);
     if args.keep || !vm.booted_here {
         eprintln!(
             "the VM stays up (pid {}); DOCKER_HOST=tcp://127.0.0.1:{} DOCKER_TLS_VERIFY=1 \
@@ -162,6 +234,7 @@ pub fn compat(layout: &Layout, args: &Args) -> Result<()> {
 }
 
 /// The run once the VM is up: load the images, pytest, the engine check, the table.
+#[allow(clippy::too_many_arguments)]
 fn measure(
     vm: &Vm,
     args: &Args,
@@ -170,6 +243,7 @@ fn measure(
     excluded: &[String],
     archive: &[u8],
     work: &Path,
+    env: &[(String, String)],
 ) -> Result<()> {
     let engine = Engine::new(vm.docker_port, &vm.run.docker_certs())?;
     engine.wait(Duration::from_secs(60))?;
@@ -185,7 +259,7 @@ fn measure(
     let junit = work.join("junit.xml");
     let _ = std::fs::remove_file(&junit);
     let started = Instant::now();
-    let code = run_pytest(python, suite, excluded, args, vm, &junit)?;
+    let code = run_pytest(python, suite, excluded, args, vm, &junit, env)?;
     let elapsed = started.elapsed();
     // A timed-out or crashed request can leave the engine wedged; that is a finding too.
     let answers_after = engine.wait(Duration::from_secs(30)).is_ok()
@@ -200,8 +274,11 @@ fn measure(
     let mut results = parse_junit(&xml, |rel| {
         suite.join("tests/integration").join(rel).is_file()
     })?;
-    mark_tests(&mut results, &suite.join("tests/integration"));
+    for stale in classify(&mut results, &known()?) {
+        eprintln!("note: compat/needs.toml: {stale}");
+    }
     print!("{}", table(&results));
+    let head = Headline::of(&results);
     println!(
         "{} in {:.0} s; the engine {} after the run",
         headline(&results),
@@ -222,10 +299,17 @@ fn measure(
             "filter": args.filter,
             "seconds": elapsed.as_secs(),
             "engine_answered_after": answers_after,
-            "files": per_file(&results).into_iter().map(|(f, c)| serde_json::json!({
-                "file": f, "passed": c.passed, "failed": c.failed, "errors": c.errors,
-                "skipped": c.skipped,
-            })).collect::<Vec<_>>(),
+            "headline": {
+                "passed": head.passed, "failed": head.failed, "needs_hub": head.hub,
+                "needs_build": head.build, "needs_swarm": head.swarm, "skipped": head.skipped,
+                "build_file_passed": head.build_file_passed,
+                "percent": (head.percent() * 10.0).round() / 10.0,
+            },
+            "files": per_file(&results).into_iter().map(|(f, c)| {
+                let mut v = serde_json::to_value(c).unwrap_or_default();
+                v["file"] = f.into();
+                v
+            }).collect::<Vec<_>>(),
             "tests": results,
         });
         crate::image::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())
@@ -420,8 +504,10 @@ fn run_pytest(
     args: &Args,
     vm: &Vm,
     junit: &Path,
+    env: &[(String, String)],
 ) -> Result<i32> {
     let mut cmd = Command::new(python);
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     cmd.current_dir(suite)
         .args([
             "-m",
@@ -462,6 +548,158 @@ fn run_pytest(
     );
     let status = cmd.status().context("cannot run pytest in the venv")?;
     Ok(status.code().unwrap_or(-1))
+}
+
+/// What docker-py's own CI gives `credentials/store_test.py`: `docker-credential-pass` (from
+/// Debian's golang-docker-credential-helpers, only that program: its
+/// `docker-credential-secretservice` on PATH would be docker-py's first choice, and there is
+/// no secret service here) over `pass`, with the suite's GPG test key (tests/gpg-keys) in a
+/// private GnuPG home and password store under out/compat. Its gpg-agent is ended on drop.
+struct CredentialStore {
+    bin: PathBuf,
+    gnupg: PathBuf,
+    store: PathBuf,
+}
+
+const CRED_HELPERS_PACKAGE: &str = "golang-docker-credential-helpers";
+
+impl CredentialStore {
+    fn make(layout: &Layout, docker_py: &Path, work: &Path) -> Result<CredentialStore> {
+        let bin = layout.cache.join("compat-tools/bin");
+        let helper = bin.join("docker-credential-pass");
+        if !helper.is_file() {
+            fetch_credential_helper(layout, &helper)?;
+        }
+        let keys = docker_py.join("tests/gpg-keys");
+        let c = CredentialStore {
+            bin,
+            gnupg: work.join("gnupg"),
+            store: work.join("password-store"),
+        };
+        for d in [&c.gnupg, &c.store] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        std::fs::create_dir_all(&c.gnupg)?;
+        std::fs::set_permissions(
+            &c.gnupg,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )?;
+        c.run(
+            Command::new("gpg")
+                .args(["--batch", "--pinentry-mode", "loopback", "--passphrase", ""])
+                .arg("--import")
+                .arg(keys.join("secret")),
+        )?;
+        c.run(
+            Command::new("gpg")
+                .arg("--import-ownertrust")
+                .arg(keys.join("ownertrust")),
+        )?;
+        let out = Command::new("gpg")
+            .env("GNUPGHOME", &c.gnupg)
+            .args(["--batch", "--no-auto-check-trustdb", "--list-secret-keys"])
+            .arg("--with-colons")
+            .output()
+            .context("cannot run gpg")?;
+        let listing = String::from_utf8_lossy(&out.stdout);
+        let fpr = secret_key_fingerprint(&listing)
+            .with_context(|| format!("no secret key in {} after the import", c.gnupg.display()))?;
+        c.run(Command::new("pass").args(["init", fpr]))?;
+        Ok(c)
+    }
+
+    fn run(&self, cmd: &mut Command) -> Result<()> {
+        let shown = format!("{cmd:?}");
+        let out = cmd
+            .env("GNUPGHOME", &self.gnupg)
+            .env("PASSWORD_STORE_DIR", &self.store)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("cannot run {shown}"))?;
+        if !out.status.success() {
+            bail!(
+                "{shown} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// pytest's environment: the helper first on PATH, the private GnuPG home and store.
+    fn env(&self) -> Vec<(String, String)> {
+        let path = std::env::var("PATH").unwrap_or_default();
+        vec![
+            ("PATH".into(), format!("{}:{path}", self.bin.display())),
+            ("GNUPGHOME".into(), self.gnupg.display().to_string()),
+            (
+                "PASSWORD_STORE_DIR".into(),
+                self.store.display().to_string(),
+            ),
+        ]
+    }
+}
+
+impl Drop for CredentialStore {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf")
+            .env("GNUPGHOME", &self.gnupg)
+            .args(["--kill", "gpg-agent"])
+            .status();
+    }
+}
+
+/// The first secret key's fingerprint in `gpg --list-secret-keys --with-colons`.
+fn secret_key_fingerprint(listing: &str) -> Option<&str> {
+    let mut in_sec = false;
+    for line in listing.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        match f.first() {
+            Some(&"sec") => in_sec = true,
+            Some(&"fpr") if in_sec => return f.get(9).copied().filter(|s| !s.is_empty()),
+            Some(&"ssb") => in_sec = false,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// `docker-credential-pass` from Debian's package, through the project's private apt state.
+fn fetch_credential_helper(layout: &Layout, to: &Path) -> Result<()> {
+    use crate::fetch::apt::{Apt, Kind};
+    let apt = Apt::open(&layout.cache.join("apt"))?;
+    let version = apt
+        .available(CRED_HELPERS_PACKAGE, Kind::Binary)
+        .into_iter()
+        .next()
+        .with_context(|| format!("Debian's archive has no {CRED_HELPERS_PACKAGE}"))?;
+    let scratch = tempfile::tempdir()?;
+    let deb = apt.download_binary(
+        CRED_HELPERS_PACKAGE,
+        &version,
+        scratch.path(),
+        CRED_HELPERS_PACKAGE,
+    )?;
+    let tree = scratch.path().join("x");
+    let status = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&tree)
+        .status()
+        .context("cannot run dpkg-deb")?;
+    if !status.success() {
+        bail!("dpkg-deb -x {} failed", deb.display());
+    }
+    let dir = to.parent().context("no parent")?;
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(".docker-credential-pass.tmp");
+    std::fs::copy(tree.join("usr/bin/docker-credential-pass"), &tmp)
+        .with_context(|| format!("{} has no usr/bin/docker-credential-pass", deb.display()))?;
+    std::fs::rename(&tmp, to)?;
+    eprintln!(
+        "fetched docker-credential-pass ({CRED_HELPERS_PACKAGE} {version}) into {}",
+        dir.display()
+    );
+    Ok(())
 }
 
 /// The Docker API of the VM over mutual TLS.
@@ -826,8 +1064,8 @@ pub fn parse_junit(xml: &str, is_file: impl Fn(&str) -> bool) -> Result<Vec<Test
                         name: test,
                         outcome,
                         reason,
-                        needs_hub: false,
-                        needs_swarm: false,
+                        needs: None,
+                        needs_why: String::new(),
                     },
                 );
             }
@@ -949,137 +1187,133 @@ fn scrub_word(word: &str) -> String {
     out
 }
 
-/// Marks the tests whose body calls `pull(` (Docker Hub) or `init_swarm(` (swarm mode).
-fn mark_tests(results: &mut [TestResult], integration: &Path) {
-    let mut cache: HashMap<String, (HashSet<String>, HashSet<String>)> = HashMap::new();
+/// Marks the failing tests that need Docker Hub, `docker build` or swarm mode; answers what
+/// in `known` is stale (a listed test that passed or was not run at all, when the whole
+/// file ran).
+pub fn classify(results: &mut [TestResult], known: &[Known]) -> Vec<String> {
+    let mut stale = Vec::new();
     for r in results.iter_mut() {
-        let (pull, swarm) = cache.entry(r.file.clone()).or_insert_with(|| {
-            let src = std::fs::read_to_string(integration.join(&r.file)).unwrap_or_default();
-            (
-                tests_calling(&src, "pull("),
-                tests_calling(&src, "init_swarm("),
-            )
-        });
-        r.needs_hub = pull.contains(&r.name);
-        r.needs_swarm = swarm.contains(&r.name);
-    }
-}
-
-/// The tests (`Class::test` or `test`) of a Python test file whose body has `needle`.
-pub fn tests_calling(source: &str, needle: &str) -> HashSet<String> {
-    let mut found = HashSet::new();
-    let mut class: Option<(usize, String)> = None;
-    let mut test: Option<(usize, String)> = None;
-    for line in source.lines() {
-        let trimmed = line.trim_start();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
-        let indent = line.len() - trimmed.len();
-        if test.as_ref().is_some_and(|(i, _)| indent <= *i) && !trimmed.starts_with(')') {
-            test = None;
-        }
-        if class.as_ref().is_some_and(|(i, _)| indent <= *i) {
-            class = None;
-        }
-        if let Some(rest) = trimmed.strip_prefix("class ") {
-            let name: String = rest
-                .chars()
-                .take_while(|c| c.is_alphanumeric() || *c == '_')
-                .collect();
-            class = Some((indent, name));
-        } else if let Some(rest) = trimmed
-            .strip_prefix("def ")
-            .or_else(|| trimmed.strip_prefix("async def "))
-        {
-            let name: String = rest
-                .chars()
-                .take_while(|c| c.is_alphanumeric() || *c == '_')
-                .collect();
-            if name.starts_with("test") {
-                let full = match &class {
-                    Some((_, c)) => format!("{c}::{name}"),
-                    None => name,
-                };
-                test = Some((indent, full));
-            }
-        } else if trimmed.contains(needle) {
-            if let Some((_, t)) = &test {
-                found.insert(t.clone());
-            }
+        let failing = matches!(r.outcome, Outcome::Failed | Outcome::Error);
+        let entry = known.iter().find(|k| k.file == r.file && k.name == r.name);
+        let (needs, why) = match entry {
+            Some(k) => (k.needs, k.why.clone()),
+            None if r.file == BUILD_FILE => (Needs::Build, "docker build".to_string()),
+            None => continue,
+        };
+        if failing {
+            r.needs = Some(needs);
+            r.needs_why = why;
+        } else if r.outcome == Outcome::Passed && entry.is_some() {
+            stale.push(format!(
+                "{}::{} is listed as needing {needs:?} but passed",
+                r.file, r.name
+            ));
         }
     }
-    found
+    stale
 }
 
 fn per_file(results: &[TestResult]) -> BTreeMap<String, Counts> {
     let mut files: BTreeMap<String, Counts> = BTreeMap::new();
     for r in results {
-        files.entry(r.file.clone()).or_default().add(r.outcome);
+        files.entry(r.file.clone()).or_default().add(r);
     }
     files
 }
 
-/// The per-file table with its total line.
+const COLUMNS: [&str; 7] = [
+    "passed",
+    "failed",
+    "errors",
+    "needs-hub",
+    "needs-build",
+    "needs-swarm",
+    "skipped",
+];
+
+/// The per-file table with its total line (failing tests that need Docker Hub, `docker
+/// build` or swarm mode in their own columns).
 pub fn table(results: &[TestResult]) -> String {
     let files = per_file(results);
     let width = files.keys().map(|f| f.len()).max().unwrap_or(4).max(5);
-    let mut total = Counts::default();
-    let mut s = format!(
-        "{:width$}  {:>6}  {:>6}  {:>6}  {:>7}\n",
-        "file", "passed", "failed", "errors", "skipped"
-    );
-    for (f, c) in &files {
-        s += &format!(
-            "{f:width$}  {:>6}  {:>6}  {:>6}  {:>7}\n",
-            c.passed, c.failed, c.errors, c.skipped
-        );
-        total.passed += c.passed;
-        total.failed += c.failed;
-        total.errors += c.errors;
-        total.skipped += c.skipped;
+    let row = |name: &str, cells: &[usize]| {
+        let mut line = format!("{name:width$}");
+        for (c, h) in cells.iter().zip(COLUMNS) {
+            line += &format!("  {c:>w$}", w = h.len());
+        }
+        line + "\n"
+    };
+    let mut s = format!("{:width$}", "file");
+    for h in COLUMNS {
+        s += &format!("  {h}");
     }
-    s += &format!(
-        "{:width$}  {:>6}  {:>6}  {:>6}  {:>7}\n",
-        "total", total.passed, total.failed, total.errors, total.skipped
-    );
-    s
+    s += "\n";
+    let mut total = Counts::default();
+    for (f, c) in &files {
+        s += &row(f, &c.cells());
+        total.sum(c);
+    }
+    s + &row("total", &total.cells())
 }
 
-/// The issue's figures: passed of those that ran, without api_build_test; and also without
-/// the tests that need Docker Hub or swarm mode.
-pub fn headline(results: &[TestResult]) -> String {
-    let mut no_build = Counts::default();
-    let mut core = Counts::default();
-    let (mut hub, mut swarm) = (0, 0);
-    for r in results.iter().filter(|r| r.file != BUILD_FILE) {
-        no_build.add(r.outcome);
-        let failing = matches!(r.outcome, Outcome::Failed | Outcome::Error);
-        if r.needs_hub {
-            hub += usize::from(failing);
-        } else if r.needs_swarm {
-            swarm += usize::from(failing);
-        } else {
-            core.add(r.outcome);
+/// The headline counts: what passed and failed, and the failing tests counted apart.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Headline {
+    pub passed: usize,
+    pub failed: usize,
+    pub hub: usize,
+    pub build: usize,
+    pub swarm: usize,
+    pub skipped: usize,
+    /// Tests of api_build_test.py that passed: aside, as that file is.
+    pub build_file_passed: usize,
+}
+
+impl Headline {
+    pub fn of(results: &[TestResult]) -> Headline {
+        let mut h = Headline::default();
+        for r in results {
+            match (r.outcome, r.needs) {
+                (Outcome::Skipped, _) => h.skipped += 1,
+                (Outcome::Passed, _) if r.file == BUILD_FILE => h.build_file_passed += 1,
+                (Outcome::Passed, _) => h.passed += 1,
+                (_, Some(Needs::Hub)) => h.hub += 1,
+                (_, Some(Needs::Build)) => h.build += 1,
+                (_, Some(Needs::Swarm)) => h.swarm += 1,
+                (_, None) => h.failed += 1,
+            }
         }
+        h
     }
-    let pct = |c: &Counts| {
-        if c.ran() == 0 {
+
+    /// Issue 15's measure: passed of passed + failed (the tests that could pass here).
+    pub fn percent(&self) -> f64 {
+        let ran = self.passed + self.failed;
+        if ran == 0 {
             0.0
         } else {
-            100.0 * c.passed as f64 / c.ran() as f64
+            100.0 * self.passed as f64 / ran as f64
         }
-    };
+    }
+}
+
+/// The headline: passed, failed, the failing tests counted apart by need, and the measure.
+pub fn headline(results: &[TestResult]) -> String {
+    let h = Headline::of(results);
     format!(
-        "without {BUILD_FILE}: {} of {} passed ({:.0} %); without it and the tests that pull from \
-            Docker Hub ({hub} of them failing) or need swarm mode ({swarm} failing): {} of {} \
-                ({:.1} %)",
-        no_build.passed,
-        no_build.ran(),
-        pct(&no_build),
-        core.passed,
-        core.ran(),
-        pct(&core)
+        "passed {}, failed {}, needs-hub {}, needs-build {}, needs-swarm {}, skipped {} \
+            ({BUILD_FILE} aside: {} of its tests passed): {} of {} that could pass here passed \
+            ({:.1} %; issue 15 asks for 95 %)",
+        h.passed,
+        h.failed,
+        h.hub,
+        h.build,
+        h.swarm,
+        h.skipped,
+        h.build_file_passed,
+        h.passed,
+        h.passed + h.failed,
+        h.percent()
     )
 }
 
@@ -1166,23 +1400,73 @@ mod tests {
     }
 
     #[test]
-    fn table_and_headline_count_what_ran() {
+    fn table_and_headline_count_what_ran_and_what_needs_more() {
         let mut r = parse_junit(JUNIT, files()).unwrap();
-        r[0].needs_hub = true;
-        r[2].needs_swarm = true; // skipped: changes nothing
+        let known = |file: &str, name: &str, needs| Known {
+            file: file.into(),
+            name: name.into(),
+            needs,
+            why: "w".into(),
+        };
         r.push(TestResult {
             file: BUILD_FILE.into(),
             name: "BuildTest::test_build".into(),
             outcome: Outcome::Failed,
             reason: String::new(),
-            needs_hub: false,
-            needs_swarm: false,
+            needs: None,
+            needs_why: String::new(),
         });
+        // Passed, but its file is aside: not in the headline's passed.
+        r.push(TestResult {
+            file: BUILD_FILE.into(),
+            name: "BuildTest::test_build_invalid".into(),
+            outcome: Outcome::Passed,
+            reason: String::new(),
+            needs: None,
+            needs_why: String::new(),
+        });
+        let stale = classify(
+            &mut r,
+            &[
+                known(
+                    "api_volume_test.py",
+                    "TestVolumes::test_create_volume",
+                    Needs::Hub,
+                ),
+                // Passed: counted as passed, and said to be stale.
+                known("api_volume_test.py", "TestVolumes::test_list", Needs::Hub),
+                // Skipped: changes nothing.
+                known(
+                    "api_client_test.py",
+                    "InformationTest::test_info",
+                    Needs::Swarm,
+                ),
+            ],
+        );
+        assert_eq!(
+            stale,
+            ["api_volume_test.py::TestVolumes::test_list is listed as needing Hub but passed"]
+        );
+        assert_eq!(r[0].needs, Some(Needs::Hub));
+        assert_eq!(r[0].needs_why, "w");
+        assert_eq!(r[r.len() - 2].needs, Some(Needs::Build));
+        assert_eq!(r[r.len() - 1].needs, None);
         let t = table(&r);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(
             lines[0].split_whitespace().collect::<Vec<_>>(),
-            ["file", "passed", "failed", "errors", "skipped"]
+            [
+                "file",
+                "passed",
+                "failed",
+                "errors",
+                "needs-hub",
+                "needs-build",
+                "needs-swarm"
+            ]
+            .into_iter()
+            .chain(["skipped"])
+            .collect::<Vec<_>>()
         );
         let row = |f: &str| -> Vec<String> {
             lines
@@ -1194,60 +1478,57 @@ mod tests {
                 .map(String::from)
                 .collect()
         };
-        assert_eq!(row("api_exec_test.py"), ["0", "2", "0", "0"]);
-        assert_eq!(row("api_volume_test.py"), ["1", "1", "0", "0"]);
-        assert_eq!(row("total"), ["1", "4", "2", "2"]);
-        // Without the build file: 1 of 6 ran tests passed; without the hub test 1 of 5.
-        let h = headline(&r);
-        assert!(h.contains("1 of 6 passed (17 %)"), "{h}");
+        assert_eq!(row("api_exec_test.py"), ["0", "2", "0", "0", "0", "0", "0"]);
+        assert_eq!(
+            row("api_volume_test.py"),
+            ["1", "0", "0", "1", "0", "0", "0"]
+        );
+        assert_eq!(row(BUILD_FILE), ["1", "0", "0", "0", "1", "0", "0"]);
+        assert_eq!(row("total"), ["2", "2", "2", "1", "1", "0", "2"]);
+        // 1 passed of 1 + 4 failing that could pass here.
+        let h = Headline::of(&r);
+        assert_eq!(
+            (h.passed, h.failed, h.hub, h.build, h.swarm),
+            (1, 4, 1, 1, 0)
+        );
+        let line = headline(&r);
         assert!(
-            h.contains("(1 of them failing) or need swarm mode (0 failing): 1 of 5 (20.0 %)"),
-            "{h}"
+            line.contains("1 of 5 that could pass here passed (20.0 %"),
+            "{line}"
         );
     }
 
     #[test]
-    fn tests_calling_a_method_are_found_by_class() {
-        let src = r#"
-class PullImageTest(BaseAPIIntegrationTest):
-    def test_pull(self):
-        try:
-            self.client.remove_image('hello-world')
-        except docker.errors.APIError:
-            pass
-        res = self.client.pull('hello-world')
+    fn the_classification_file_parses_and_names_each_test_once() {
+        let k = known().unwrap();
+        assert!(k.len() >= 10);
+        for (i, a) in k.iter().enumerate() {
+            assert!(a.name.contains("::test_"), "{}", a.name);
+            assert!(
+                a.file.ends_with("_test.py") && a.file != BUILD_FILE,
+                "{}",
+                a.file
+            );
+            assert!(!a.why.is_empty());
+            assert!(
+                !k[..i].iter().any(|b| b.file == a.file && b.name == a.name),
+                "{} twice",
+                a.name
+            );
+        }
+    }
 
-    def test_other(self):
-        assert True
-
-    @requires_api_version('1.24')
-    def test_get_load_image(self):
-        test_img = 'hello-world:latest'
-        self.client.pull(
-            test_img)
-
-
-class OtherTest(BaseAPIIntegrationTest):
-    def helper(self):
-        self.client.pull('x')
-
-    def test_no_pull(self):
-        self.client.images()
-
-
-def test_module_level():
-    client.images.pull('alpine:latest')
-"#;
-        let mut got: Vec<String> = tests_calling(src, "pull(").into_iter().collect();
-        got.sort();
+    #[test]
+    fn the_fingerprint_is_the_secret_keys() {
+        let listing = "sec:-:255:22:E596CB09C46DE21F:1779288827:::u:::cEC:::+::ed25519:::0:\n\
+            fpr:::::::::713D05DCAFD74767847E4BBBE596CB09C46DE21F:\n\
+            ssb:-:255:18:B3E1D4199C87F140:1779288827::::::e:::+::cv25519::\n\
+            fpr:::::::::071E431E53F2164D7FCF5A6BB3E1D4199C87F140:\n";
         assert_eq!(
-            got,
-            [
-                "PullImageTest::test_get_load_image",
-                "PullImageTest::test_pull",
-                "test_module_level"
-            ]
+            secret_key_fingerprint(listing),
+            Some("713D05DCAFD74767847E4BBBE596CB09C46DE21F")
         );
+        assert_eq!(secret_key_fingerprint(""), None);
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub enum Need {
     Test,
     /// `cargo xtask bench`: the Debian peer and the kernel floor.
     Bench,
+    /// `cargo xtask compat`: docker-py's suite (its credential-store tests run over `pass`).
+    Compat,
 }
 
 const R: &[(Need, Requirement)] = &[
@@ -277,6 +279,30 @@ const R: &[(Need, Requirement)] = &[
             probe: "/bin/busybox",
             package: "busybox-static",
             why: "bench: the kernel floor's trivial init and the busybox test image",
+        },
+    ),
+    (
+        Need::Compat,
+        Requirement {
+            probe: "pass",
+            package: "pass",
+            why: "compat: the password store docker-py's credential-store tests use",
+        },
+    ),
+    (
+        Need::Compat,
+        Requirement {
+            probe: "gpg",
+            package: "gnupg",
+            why: "compat: the GPG key of docker-py's credential-store tests",
+        },
+    ),
+    (
+        Need::Compat,
+        Requirement {
+            probe: "/bin/busybox",
+            package: "busybox-static",
+            why: "compat: the image standing in for the suite's alpine and busybox",
         },
     ),
     (

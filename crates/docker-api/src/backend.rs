@@ -183,6 +183,12 @@ pub trait ContainerBackend: Send + Sync + 'static {
     fn container_prune(&self) -> impl Future<Output = ApiResult<Vec<String>>> + Send {
         nyi("container prune")
     }
+    /// The prune with the bytes it freed (`SpaceReclaimed`); by default none are counted.
+    fn container_prune_reclaiming(
+        &self,
+    ) -> impl Future<Output = ApiResult<(Vec<String>, u64)>> + Send {
+        async { Ok((self.container_prune().await?, 0)) }
+    }
     /// Resolves the wait; the returned future completes when the condition is met.
     fn container_wait(
         &self,
@@ -254,6 +260,14 @@ pub trait ContainerBackend: Send + Sync + 'static {
         _req: UpdateRequest,
     ) -> impl Future<Output = ApiResult<UpdateResponse>> + Send {
         nyi("container update")
+    }
+    /// `docker rm --link PARENT/ALIAS`: the parent's legacy link named ALIAS goes.
+    fn container_remove_link(
+        &self,
+        _parent: &str,
+        _alias: &str,
+    ) -> impl Future<Output = ApiResult<()>> + Send {
+        nyi("removing a link")
     }
 }
 

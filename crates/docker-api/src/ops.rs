@@ -27,6 +27,9 @@ pub enum Op {
     PluginNotFound(String),
     /// Installing or creating plugins.
     PluginInstall,
+    /// `DELETE /containers/{parent}/{alias}`: with `link=true`, removes a legacy link; the
+    /// name with its `/` is otherwise no container.
+    RemoveLink(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +87,9 @@ pub fn route(method: &Method, path: &str) -> Option<Op> {
     let (id, op) = rest.split_once('/')?;
     if id.is_empty() {
         return None;
+    }
+    if method == Method::DELETE && !op.is_empty() {
+        return Some(Op::RemoveLink(rest.to_string()));
     }
     use ContainerExtOp::*;
     let op = match (method, op) {
@@ -322,6 +328,14 @@ pub(crate) async fn dispatch<B: Backend>(b: Arc<B>, req: Req, q: Query, op: Op) 
         }
         Op::PluginInstall => return Err(ApiError::not_implemented("installing plugins")),
         Op::Events => events_stream(b, q).await?,
+        Op::RemoveLink(name) => {
+            let name = name.trim_end_matches('/');
+            let Some((parent, alias)) = name.rsplit_once('/').filter(|_| q.flag("link")) else {
+                return Err(ApiError::not_found(format!("No such container: {name}")));
+            };
+            b.container_remove_link(parent, alias).await?;
+            crate::server::empty(StatusCode::NO_CONTENT)
+        }
         Op::Container(id, op) => container(b, req, q, id, op).await?,
     })
 }
@@ -565,6 +579,13 @@ mod tests {
         );
         assert_eq!(route(&Method::POST, "/containers/abc/start"), None);
         assert_eq!(route(&Method::GET, "/containers/json"), None);
+        // `docker rm --link web/db`; a plain remove (also with a trailing slash) is not here.
+        assert_eq!(
+            route(&Method::DELETE, "/containers/web/db"),
+            Some(Op::RemoveLink("web/db".into()))
+        );
+        assert_eq!(route(&Method::DELETE, "/containers/web/"), None);
+        assert_eq!(route(&Method::DELETE, "/containers/web"), None);
         assert_eq!(
             route(&Method::GET, "/swarm"),
             Some(Op::NoSwarm(NOT_A_MANAGER))

@@ -352,10 +352,10 @@ async fn dispatch<B: Backend>(b: Arc<B>, req: Req) -> ApiResult<Resp> {
             json(StatusCode::OK, &list)
         }
         Route::ContainersPrune => {
-            let deleted = b.container_prune().await?;
+            let (deleted, space) = b.container_prune_reclaiming().await?;
             json(
                 StatusCode::OK,
-                &serde_json::json!({"ContainersDeleted": deleted, "SpaceReclaimed": 0}),
+                &serde_json::json!({"ContainersDeleted": deleted, "SpaceReclaimed": space}),
             )
         }
         Route::ContainerCreate => {

@@ -1,7 +1,9 @@
-//! Copying into and out of containers: through /proc/PID/root while one runs, else through a
-//! temporary mount of its root.
+//! Copying into and out of containers: through /proc/PID/root while one runs, else through its
+//! volumes and binds where they cover the path (as dockerd mounts them for the copy), else
+//! through a temporary mount of its root.
 
 use super::*;
+use crate::runtime::Bind;
 use docker_api::time::rfc3339;
 use docker_api::ArchiveBackend;
 use std::path::Path;
@@ -17,6 +19,19 @@ impl Engine {
         let r = c.snapshot();
         if r.pid > 0 {
             return Ok((PathBuf::from(format!("/proc/{}/root/{rel}", r.pid)), None));
+        }
+        if let Some((b, rest)) = under_mount(&r.binds, path) {
+            // A volume with a file system of its own has it mounted only for a run.
+            if let Some(m) = r
+                .mounts
+                .iter()
+                .find(|m| m.kind == "volume" && m.destination == b.dest)
+            {
+                self.volumes
+                    .prepare(&m.name)
+                    .map_err(|e| ApiError::internal(format!("mounting volume {}: {e}", m.name)))?;
+            }
+            return Ok((b.source.join(rest), None));
         }
         let lowers = self
             .images
@@ -51,6 +66,27 @@ impl Engine {
         })?;
         Ok((root.join(rel), Some(RootMount(root, false))))
     }
+}
+
+/// The mount of a stopped container that covers `path` (the deepest one), and the rest of the
+/// path below it. tmpfs mounts are not: their content lives only while the container runs.
+fn under_mount<'a>(binds: &'a [Bind], path: &str) -> Option<(&'a Bind, PathBuf)> {
+    let parts = |p: &str| -> Vec<String> {
+        p.split('/')
+            .filter(|s| !s.is_empty() && *s != ".")
+            .map(str::to_string)
+            .collect()
+    };
+    let want = parts(path);
+    binds
+        .iter()
+        .filter(|b| b.tmpfs.is_none())
+        .filter_map(|b| {
+            let dest = parts(&b.dest);
+            (!dest.is_empty() && want.starts_with(&dest)).then_some((b, dest.len()))
+        })
+        .max_by_key(|(_, n)| *n)
+        .map(|(b, n)| (b, want[n..].iter().collect()))
 }
 
 /// A temporary mount of a stopped container's root (its mount point removed after, when
@@ -163,4 +199,36 @@ fn stat_of(p: &Path, shown: &str) -> ApiResult<PathStat> {
             .map(|l| l.display().to_string())
             .unwrap_or_default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bind(dest: &str, source: &str, tmpfs: bool) -> Bind {
+        Bind {
+            source: source.into(),
+            dest: dest.into(),
+            tmpfs: tmpfs.then(Default::default),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_path_under_a_volume_is_found_in_the_volume() {
+        let binds = [
+            bind("/vol1", "/v/a/_data", false),
+            bind("/vol1/deeper", "/v/b/_data", false),
+            bind("/run", "", true),
+        ];
+        let at = |p: &str| under_mount(&binds, p).map(|(b, rest)| b.source.join(rest));
+        assert_eq!(at("/vol1/data.txt"), Some("/v/a/_data/data.txt".into()));
+        assert_eq!(at("/vol1"), Some("/v/a/_data".into()));
+        assert_eq!(at("/vol1/./"), Some("/v/a/_data".into()));
+        assert_eq!(at("/vol1/deeper/x"), Some("/v/b/_data/x".into()));
+        // A sibling with the same prefix is not under it; tmpfs content is not kept.
+        assert_eq!(at("/vol10/x"), None);
+        assert_eq!(at("/run/x"), None);
+        assert_eq!(at("/"), None);
+    }
 }

@@ -163,7 +163,7 @@ impl Engine {
             ))
         })?;
         self.prepare_volumes(&r)?;
-        let spec = self.spec_for(c, &r, lowers)?;
+        let mut spec = self.spec_for(c, &r, lowers)?;
         trace.mark("spec (seccomp compiled)");
         // Published ports first: a taken host port fails the start, as in Docker.
         let published = publish_ports(&r, false).await.map_err(|e| {
@@ -190,6 +190,14 @@ impl Engine {
             _ => None,
         };
         let plan = self.net_plan(c, &r, attach.as_ref().map(|(_, ep)| ep.ip))?;
+        // The container's own variables win over its links' (as dockerd's).
+        let env = &mut spec.process.env;
+        for v in &plan.link_env {
+            let key = v.split('=').next().unwrap_or_default();
+            if !env.iter().any(|e| e.split('=').next() == Some(key)) {
+                env.push(v.clone());
+            }
+        }
         let spec_path = c.dir.join("spec.json");
         std::fs::write(&spec_path, serde_json::to_vec(&spec).unwrap_or_default())
             .map_err(internal("writing spec"))?;
@@ -951,6 +959,11 @@ impl ContainerBackend for Engine {
     }
 
     async fn container_prune(&self) -> ApiResult<Vec<String>> {
+        Ok(self.container_prune_reclaiming().await?.0)
+    }
+
+    /// The bytes are those of the removed containers' writable layers.
+    async fn container_prune_reclaiming(&self) -> ApiResult<(Vec<String>, u64)> {
         let stopped: Vec<Arc<Container>> = self
             .containers
             .lock()
@@ -963,11 +976,17 @@ impl ContainerBackend for Engine {
             .cloned()
             .collect();
         let mut ids = Vec::new();
+        let mut space = 0;
         for c in stopped {
             ids.push(c.snapshot().id);
+            let upper = c.data.join("upper");
+            let bytes = tokio::task::spawn_blocking(move || crate::volumes::disk_usage(&upper))
+                .await
+                .unwrap_or(0);
             self.remove_inner(&c).await?;
+            space += bytes;
         }
-        Ok(ids)
+        Ok((ids, space))
     }
 
     async fn container_wait(&self, id: &str, cond: WaitCondition) -> ApiResult<WaitResponse> {
@@ -1187,5 +1206,8 @@ impl ContainerBackend for Engine {
         u: docker_api::ops::UpdateRequest,
     ) -> ApiResult<docker_api::ops::UpdateResponse> {
         self.update(id, u).await
+    }
+    async fn container_remove_link(&self, parent: &str, alias: &str) -> ApiResult<()> {
+        self.remove_link(parent, alias)
     }
 }

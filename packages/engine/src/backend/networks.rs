@@ -61,6 +61,8 @@ fn forbidden(m: impl Into<String>) -> ApiError {
 /// blocking spawn task once the pid is known, then handed back).
 pub struct NetPlan {
     ifaces: Vec<(net::Bridge, String, String, net::Endpoint, bool, String)>,
+    /// The variables the legacy links give the container (default bridge only).
+    pub link_env: Vec<String>,
     dns: bool,
     /// Forward other names upstream: false when every network is internal.
     forward: bool,
@@ -96,6 +98,51 @@ fn endpoint_of(n: &UserNet, a: &Attachment) -> net::Endpoint {
 }
 
 /// `NAME[:ALIAS]` of `--link`.
+/// The variables a legacy link gives, as dockerd's `links.Link.ToEnv` (without its
+/// `_START`/`_END` variables for runs of consecutive ports): `ALIAS_PORT` for the lowest
+/// exposed port, `ALIAS_PORT_<port>_<PROTO>[_ADDR|_PORT|_PROTO]` for each, `ALIAS_NAME` (the
+/// link's name, `/parent/alias`), and `ALIAS_ENV_<var>` for the linked container's
+/// variables but HOME and PATH.
+pub(super) fn link_env(
+    alias: &str,
+    link_name: &str,
+    ip: Ipv4Addr,
+    exposed: &[String],
+    env: &[String],
+) -> Vec<String> {
+    let a = alias.to_ascii_uppercase().replace('-', "_");
+    let mut ports: Vec<(u16, String)> = exposed
+        .iter()
+        .filter_map(|p| {
+            let (n, proto) = p.split_once('/').unwrap_or((p, "tcp"));
+            Some((n.parse().ok()?, proto.to_ascii_lowercase()))
+        })
+        .collect();
+    // Lowest port first, tcp before udp at the same port (dockerd's withTCPPriority).
+    ports.sort_by(|x, y| x.0.cmp(&y.0).then((x.1 != "tcp").cmp(&(y.1 != "tcp"))));
+    ports.dedup();
+    let mut out = Vec::new();
+    if let Some((n, proto)) = ports.first() {
+        out.push(format!("{a}_PORT={proto}://{ip}:{n}"));
+    }
+    for (n, proto) in &ports {
+        let k = format!("{a}_PORT_{n}_{}", proto.to_ascii_uppercase());
+        out.push(format!("{k}={proto}://{ip}:{n}"));
+        out.push(format!("{k}_ADDR={ip}"));
+        out.push(format!("{k}_PORT={n}"));
+        out.push(format!("{k}_PROTO={proto}"));
+    }
+    out.push(format!("{a}_NAME={link_name}"));
+    for v in env {
+        if let Some((k, val)) = v.split_once('=') {
+            if k != "HOME" && k != "PATH" {
+                out.push(format!("{a}_ENV_{k}={val}"));
+            }
+        }
+    }
+    out
+}
+
 fn parse_link(l: &str) -> (&str, &str) {
     let l = l.trim_start_matches('/');
     match l.split_once(':') {
@@ -105,6 +152,27 @@ fn parse_link(l: &str) -> (&str, &str) {
 }
 
 impl Engine {
+    /// `docker rm --link PARENT/ALIAS`: the link goes from PARENT's HostConfig.Links (the
+    /// linked container stays; a running PARENT keeps its /etc/hosts line, as with dockerd).
+    pub(super) fn remove_link(&self, parent: &str, alias: &str) -> ApiResult<()> {
+        let c = self.find(parent)?;
+        let removed = {
+            let mut r = c.rec.lock().unwrap();
+            let links = r.host_config.links.get_or_insert_with(Vec::new);
+            let before = links.len();
+            links.retain(|l| parse_link(l).1 != alias);
+            before != links.len()
+        };
+        if !removed {
+            return Err(ApiError::not_found(format!(
+                "No such container: {}/{alias}",
+                parent.trim_start_matches('/')
+            )));
+        }
+        c.save();
+        Ok(())
+    }
+
     /// A network event on the engine's bus (`create`, `connect`, `disconnect`, `destroy`), as
     /// dockerd's: the actor is the network, with its name and type, and the container for
     /// connect and disconnect.
@@ -351,6 +419,7 @@ impl Engine {
             }
         }
         let attached = self.nets.store.of_container(&r.id);
+        let mut link_vars = Vec::new();
         let mut ifaces = Vec::new();
         let mut has_route = bridge_ip.is_some();
         let first = usize::from(bridge_ip.is_some());
@@ -415,11 +484,21 @@ impl Engine {
                     }
                 }
                 hosts.push_str(&format!("{}\t{}\n", ep.ip, names.join(" ")));
+                let exposed: Vec<String> = t
+                    .config
+                    .exposed_ports
+                    .iter()
+                    .flat_map(|m| m.keys().cloned())
+                    .collect();
+                let name = format!("/{}/{alias}", r.name);
+                let env = t.config.env.clone().unwrap_or_default();
+                link_vars.extend(link_env(alias, &name, ep.ip, &exposed, &env));
             }
             std::fs::write(c.dir.join("hosts"), hosts).map_err(internal("writing /etc/hosts"))?;
         }
         let forward = bridge_ip.is_some() || attached.iter().any(|(n, _)| !n.internal);
         Ok(Arc::new(NetPlan {
+            link_env: link_vars,
             ifaces,
             dns,
             forward,
@@ -981,6 +1060,45 @@ mod tests {
     use crate::runtime::fake::{Call, Fake};
     use clap::Parser;
     use docker_api::ContainerBackend;
+
+    #[test]
+    fn a_legacy_link_gives_dockerds_variables() {
+        let env = link_env(
+            "my-db",
+            "/web/my-db",
+            Ipv4Addr::new(172, 17, 0, 3),
+            &["6379/tcp".into(), "53/udp".into(), "53/tcp".into()],
+            &[
+                "FOO=1".into(),
+                "PATH=/bin".into(),
+                "HOME=/root".into(),
+                "A=b=c".into(),
+            ],
+        );
+        assert_eq!(
+            env,
+            [
+                "MY_DB_PORT=tcp://172.17.0.3:53",
+                "MY_DB_PORT_53_TCP=tcp://172.17.0.3:53",
+                "MY_DB_PORT_53_TCP_ADDR=172.17.0.3",
+                "MY_DB_PORT_53_TCP_PORT=53",
+                "MY_DB_PORT_53_TCP_PROTO=tcp",
+                "MY_DB_PORT_53_UDP=udp://172.17.0.3:53",
+                "MY_DB_PORT_53_UDP_ADDR=172.17.0.3",
+                "MY_DB_PORT_53_UDP_PORT=53",
+                "MY_DB_PORT_53_UDP_PROTO=udp",
+                "MY_DB_PORT_6379_TCP=tcp://172.17.0.3:6379",
+                "MY_DB_PORT_6379_TCP_ADDR=172.17.0.3",
+                "MY_DB_PORT_6379_TCP_PORT=6379",
+                "MY_DB_PORT_6379_TCP_PROTO=tcp",
+                "MY_DB_NAME=/web/my-db",
+                "MY_DB_ENV_FOO=1",
+                "MY_DB_ENV_A=b=c",
+            ]
+        );
+        let bare = link_env("x", "/p/x", Ipv4Addr::LOCALHOST, &[], &[]);
+        assert_eq!(bare, ["X_NAME=/p/x"]);
+    }
     use sha2::Digest;
 
     async fn engine_on(root: &Path, rt: &Arc<Fake>) -> Arc<Engine> {
