@@ -462,6 +462,7 @@ mod tests {
             finished_ns: 0,
             exit_code: 0,
             error: String::new(),
+            volumes: vec!["data".into()],
         }
     }
 

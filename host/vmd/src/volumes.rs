@@ -175,7 +175,7 @@ impl Volumes {
             return Err(ApiError::not_found(format!("get {name}: no such volume")));
         }
         let d = self.dir.join(name);
-        let size = du(&d);
+        let size = du(&d.join("_data"));
         // The record first: a volume half removed is gone rather than half there.
         let _ = std::fs::remove_file(d.join("meta.json"));
         std::fs::remove_dir_all(&d)

@@ -496,6 +496,9 @@ impl ContainerBackend for Api {
             }
             Phase::Removed => return Ok(()),
             Phase::Running | Phase::Created => {
+                if c.phase() == Phase::Running {
+                    c.event(&self.events, "kill", &[("signal", "9".into())]);
+                }
                 // Quit the VM at once (what is left is removed with it).
                 c.quitting.store(true, Ordering::SeqCst);
                 self.finish(&c, 137, None).await;
