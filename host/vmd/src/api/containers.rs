@@ -27,9 +27,16 @@ impl ContainerBackend for Api {
                     .clone();
                 let status = match c.phase() {
                     Phase::Created => "Created".to_string(),
-                    Phase::Running => {
-                        format!("Up {} (VM pid {})", human(since(st.started_ns)), st.pid)
-                    }
+                    Phase::Running => format!(
+                        "Up {}{} (VM pid {})",
+                        human(since(st.started_ns)),
+                        if c.paused.load(Ordering::SeqCst) {
+                            " (Paused)"
+                        } else {
+                            ""
+                        },
+                        st.pid
+                    ),
                     Phase::Exited | Phase::Removed => format!(
                         "Exited ({}) {} ago",
                         st.exit_code,
@@ -735,7 +742,9 @@ impl ContainerBackend for Api {
             ContainerStats::default()
         } else if c.paused.load(Ordering::SeqCst) {
             // The guest cannot answer: the QEMU process's own figures.
-            host_stats(c.state.lock().unwrap_or_else(PoisonError::into_inner).pid)
+            let mut s = host_stats(c.state.lock().unwrap_or_else(PoisonError::into_inner).pid);
+            s.memory_stats.limit = Some(self.opts.memory_mib << 20);
+            s
         } else {
             let q = [
                 ("stream", "false".to_string()),
