@@ -164,7 +164,12 @@
 //! # Not yet (next steps)
 //!
 //! - virtio-fs (with DAX) would be faster than 9p but needs a virtiofsd on the host.
-//! - No `cp`, `restart`/`start` after exit, server-side detach keys (`detachKeys`).
+//! - No `restart`/`start` after exit, `update`, user networks, server-side detach keys
+//!   (`detachKeys`); docs/vmd.md lists what is not served and why.
+//! - Volumes ([`volumes`]): named volumes are host directories shared into the VM over one of
+//!   4 9p slots the template has (the device set is fixed by the saved state; a slot's path is
+//!   not); `pause` is QMP `stop`/`cont` of the VM; events come from the daemon's own bus
+//!   ([`events`]); top, stats, diff, export and cp go through the guest engine.
 //! - Exec sessions do not survive a daemon restart (their ids are the daemon's, in memory);
 //!   new ones work on a re-adopted container.
 //! - `-m` does not size the guest (all clones share the template's RAM size): a template

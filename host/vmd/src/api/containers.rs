@@ -388,7 +388,7 @@ impl ContainerBackend for Api {
             driver: "qemu-clone".into(),
             platform: "linux".into(),
             host_config: c.req.host_config.clone(),
-            config: c.req.config.clone(),
+            config: with_vm_labels(&c, st.pid),
             network_settings: NetworkSettings {
                 ports,
                 ..Default::default()
@@ -560,6 +560,8 @@ impl ContainerBackend for Api {
 
     async fn container_logs(&self, id: &str, opts: LogsOptions) -> ApiResult<(bool, FrameRx)> {
         let c = self.get(id)?;
+        // The frozen VM's engine would not answer until it is continued.
+        c.not_paused()?;
         let tty = c.req.config.tty;
         let live =
             c.vm.lock()
@@ -863,6 +865,23 @@ impl Api {
             })
             .collect()
     }
+}
+
+/// The container's config with labels that lead VM tooling to its VM: the QEMU's pid (while
+/// it runs), its QMP socket and the VM's disk overlay.
+fn with_vm_labels(c: &Ctr, pid: u32) -> ContainerConfig {
+    let mut cfg = c.req.config.clone();
+    let labels = cfg.labels.get_or_insert_with(Default::default);
+    if pid != 0 {
+        labels.insert("axion.vmd.qemu-pid".into(), pid.to_string());
+    }
+    for (k, f) in [("qmp-socket", "qmp.sock"), ("overlay", "disk.qcow2")] {
+        labels.insert(
+            format!("axion.vmd.{k}"),
+            c.dir.join(f).display().to_string(),
+        );
+    }
+    cfg
 }
 
 /// A paused VM's figures from its QEMU process on the host: resident memory and CPU time.
