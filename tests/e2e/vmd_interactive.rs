@@ -614,7 +614,20 @@ fn check() -> Result<()> {
     );
     cli.ok(&["unpause", "cs2"]);
     assert_eq!(cli.ok(&["exec", "cs2", "echo", "resumed"]), "resumed\n");
-    // Restarting needs a VM the container no longer has once it exited: a clear error.
+    // restart of a running container: stopped and started again in the same VM (its files
+    // stay); the daemon keeps following it.
+    let pid = cli.ok(&["inspect", "-f", "{{.State.Pid}}", "cs2"]);
+    cli.ok(&["restart", "-t", "1", "cs2"]);
+    assert_eq!(
+        cli.ok(&["inspect", "-f", "{{.State.Status}} {{.State.Pid}}", "cs2"])
+            .trim(),
+        format!("running {}", pid.trim()),
+        "after docker restart"
+    );
+    assert_eq!(
+        cli.ok(&["exec", "cs2", "cat", "/tmp/in.txt"]),
+        "copied into the VM\n"
+    );
     cli.ok(&["rm", "-f", "cs2"]);
     // The events of all that, in order, for this container.
     let events = cli.ok(&[
@@ -631,7 +644,7 @@ fn check() -> Result<()> {
     let actions: Vec<&str> = events.lines().filter(|a| !a.starts_with("exec_")).collect();
     assert_eq!(
         actions,
-        ["create", "start", "rename", "pause", "unpause", "kill", "die", "destroy"],
+        ["create", "start", "rename", "pause", "unpause", "restart", "kill", "die", "destroy"],
         "docker events: {events}"
     );
 

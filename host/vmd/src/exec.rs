@@ -133,6 +133,8 @@ mod tests {
             cgroup: Vec::new(),
             paused: Default::default(),
             volumes: Vec::new(),
+            restarting: Default::default(),
+            restarts: Default::default(),
         })
     }
 

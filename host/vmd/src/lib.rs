@@ -164,7 +164,7 @@
 //! # Not yet (next steps)
 //!
 //! - virtio-fs (with DAX) would be faster than 9p but needs a virtiofsd on the host.
-//! - No `restart`/`start` after exit, `update`, user networks, server-side detach keys
+//! - No `restart`/`start` of an exited container, `update`, user networks, server-side detach keys
 //!   (`detachKeys`); docs/vmd.md lists what is not served and why.
 //! - Volumes ([`volumes`]): named volumes are host directories shared into the VM over one of
 //!   4 9p slots the template has (the device set is fixed by the saved state; a slot's path is
@@ -268,6 +268,9 @@ struct Ctr {
     paused: AtomicBool,
     /// The host's named volumes shared into the VM (see [`volumes`]).
     volumes: Vec<String>,
+    /// A `docker restart` in the VM is under way; how many there were ([`Daemon::follow`]).
+    restarting: AtomicBool,
+    restarts: AtomicUsize,
 }
 
 impl Ctr {
@@ -669,11 +672,25 @@ impl Daemon {
     fn follow(self: &Arc<Self>, c: Arc<Ctr>) {
         let d = self.clone();
         tokio::spawn(async move {
-            let r = c.guest.wait(&c.gid).await;
-            debug(&format!("{}: the guest's wait returned", c.short()));
-            if c.finished.load(Ordering::SeqCst) || c.quitting.load(Ordering::SeqCst) {
-                return;
-            }
+            let r = loop {
+                let generation = c.restarts.load(Ordering::SeqCst);
+                let r = c.guest.wait(&c.gid).await;
+                debug(&format!("{}: the guest's wait returned", c.short()));
+                if c.finished.load(Ordering::SeqCst) || c.quitting.load(Ordering::SeqCst) {
+                    return;
+                }
+                // `docker restart` stops and starts the container in the same VM: that stop
+                // is not the end of the container.
+                if c.restarting.load(Ordering::SeqCst)
+                    || c.restarts.load(Ordering::SeqCst) != generation
+                {
+                    while c.restarting.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    continue;
+                }
+                break r;
+            };
             match r {
                 Ok(w) => {
                     let err = w.error.map(|e| e.message).filter(|m| !m.is_empty());

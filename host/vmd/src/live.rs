@@ -353,6 +353,8 @@ impl Daemon {
             cgroup: rec.cgroup,
             paused: AtomicBool::new(false),
             volumes: rec.volumes,
+            restarting: AtomicBool::new(false),
+            restarts: AtomicUsize::new(0),
         })
     }
 

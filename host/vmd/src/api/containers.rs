@@ -322,6 +322,8 @@ impl ContainerBackend for Api {
             cgroup,
             paused: AtomicBool::new(false),
             volumes: plan.named(),
+            restarting: AtomicBool::new(false),
+            restarts: AtomicUsize::new(0),
         });
         self.containers
             .lock()
@@ -648,16 +650,45 @@ impl ContainerBackend for Api {
             .map_err(|e| c.host_ids(e))
     }
 
-    async fn container_restart(&self, id: &str, _timeout: Option<i64>) -> ApiResult<()> {
+    async fn container_restart(&self, id: &str, timeout: Option<i64>) -> ApiResult<()> {
         let c = self.get(id)?;
-        Err(ApiError::new(
-            http::StatusCode::NOT_IMPLEMENTED,
-            format!(
-                "restarting container {}: in VM-per-container mode a container runs once in \
-                 its VM (a stopped container's VM is gone); docker run it again",
-                c.short()
-            ),
-        ))
+        if c.phase() != Phase::Running {
+            // Created: nothing to stop; a start is the restart.
+            if c.phase() == Phase::Created {
+                return self.container_start(id).await;
+            }
+            return Err(ApiError::new(
+                http::StatusCode::NOT_IMPLEMENTED,
+                format!(
+                    "restarting container {}: in VM-per-container mode an exited container's \
+                     VM is gone and is not booted again; docker run it again",
+                    c.short()
+                ),
+            ));
+        }
+        self.unpause_for(&c);
+        // Stopped and started by the engine in the same VM; the waiter keeps following it.
+        c.restarting.store(true, Ordering::SeqCst);
+        c.restarts.fetch_add(1, Ordering::SeqCst);
+        let mut q = Vec::new();
+        if let Some(t) = timeout {
+            q.push(("t", t.to_string()));
+        }
+        let r = c
+            .guest
+            .post("restart", &format!("/containers/{}/restart", c.gid), &q)
+            .await
+            .map_err(|e| c.host_ids(e));
+        c.restarting.store(false, Ordering::SeqCst);
+        r?;
+        {
+            let mut st = c.state.lock().unwrap_or_else(PoisonError::into_inner);
+            st.started_ns = now_nanos();
+            st.started_at = rfc3339(st.started_ns);
+        }
+        c.save();
+        c.event(&self.events, "restart", &[]);
+        Ok(())
     }
 
     async fn container_rename(&self, id: &str, name: &str) -> ApiResult<()> {
