@@ -564,7 +564,8 @@ fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
         // `docker restart`, whose VM has one boot) mounts it again. Within one boot the upper
         // is what the page cache holds, so it is consistent (the marker guards against a
         // crash, which ends the VM and its disk).
-        let _ = fs::remove_dir(spec.work.join("work").join("incompat").join("volatile"));
+        // (The marker is a directory holding a `dirty` file.)
+        let _ = fs::remove_dir_all(spec.work.join("work").join("incompat").join("volatile"));
     }
     mount_at("overlay", root, "overlay", MsFlags::empty(), Some(&opts))?;
     mark("overlay");
