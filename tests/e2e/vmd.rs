@@ -233,6 +233,135 @@ fn check() -> Result<()> {
         "--rm containers are still listed"
     );
 
+    // docker tag of a pulled image (vmd has no `docker load`; issue 23): the short name runs,
+    // shares the image's id and layers, and rmi of it only untags.
+    cli.ok(&["tag", &img, "mybox:1"]);
+    assert_eq!(
+        cli.ok(&["run", "--rm", "mybox:1", "echo", "tagged"]),
+        "tagged\n"
+    );
+    let ids = cli.ok(&["image", "inspect", "-f", "{{.Id}}", &img, "mybox:1"]);
+    let ids: Vec<&str> = ids.lines().collect();
+    assert!(
+        ids.len() == 2 && ids[0] == ids[1],
+        "tag made another image: {ids:?}"
+    );
+    let tags = cli.ok(&["image", "inspect", "-f", "{{json .RepoTags}}", "mybox:1"]);
+    assert!(
+        tags.contains("\"mybox:1\"") && tags.contains(&img),
+        "RepoTags: {tags}"
+    );
+    let out = cli.ok(&["rmi", "mybox:1"]);
+    assert!(
+        out.contains("Untagged: mybox:1") && !out.contains("Deleted"),
+        "rmi of a second name: {out}"
+    );
+    assert!(cli.run(&["image", "inspect", &img]).status.success());
+
+    // A named volume lives on the host: written by one container's VM, read by the next
+    // one's (another VM), kept after both; --mount creates one too; --tmpfs stays the VM's.
+    let t0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    cli.ok(&["volume", "create", "data"]);
+    cli.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        "data:/data",
+        &img,
+        "sh",
+        "-c",
+        "echo from-the-first-vm > /data/f",
+    ]);
+    let host_file = state.join("volumes/data/_data/f");
+    assert_eq!(
+        std::fs::read_to_string(&host_file).ok().as_deref(),
+        Some("from-the-first-vm\n"),
+        "the volume's file is not on the host"
+    );
+    let o = cli.ok(&[
+        "run",
+        "--rm",
+        "--mount",
+        "type=volume,src=data,dst=/d,readonly",
+        "--mount",
+        "type=volume,src=other,dst=/o",
+        "--tmpfs",
+        "/t",
+        &img,
+        "sh",
+        "-c",
+        "cat /d/f; touch /d/x 2>/dev/null || echo read-only; grep -c ' /t tmpfs' /proc/mounts; \
+         echo o > /o/g",
+    ]);
+    assert_eq!(
+        o, "from-the-first-vm\nread-only\n1\n",
+        "the second VM's view"
+    );
+    let vols = cli.ok(&["volume", "ls", "-q"]);
+    assert_eq!(
+        vols.lines().collect::<Vec<_>>(),
+        ["data", "other"],
+        "{vols}"
+    );
+    let mp = cli.ok(&["volume", "inspect", "-f", "{{.Mountpoint}}", "other"]);
+    assert_eq!(
+        std::fs::read_to_string(Path::new(mp.trim()).join("g"))?,
+        "o\n"
+    );
+    // In use: refused; then removed with its data.
+    let v = cli
+        .ok(&["run", "-d", "-v", "data:/data", &img, "sleep", "600"])
+        .trim()
+        .to_string();
+    let mounts = cli.ok(&[
+        "inspect",
+        "-f",
+        "{{range .Mounts}}{{.Type}} {{.Name}} {{.Destination}}{{end}}",
+        &v,
+    ]);
+    assert_eq!(mounts.trim(), "volume data /data");
+    let o = cli.run(&["volume", "rm", "data"]);
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("volume is in use"),
+        "volume rm of a volume in use: {o:?}"
+    );
+    cli.ok(&["rm", "-f", &v]);
+    cli.ok(&["volume", "rm", "data", "other"]);
+    assert!(
+        !host_file.exists(),
+        "the removed volume's data is still there"
+    );
+    let events = cli.ok(&[
+        "events",
+        "--since",
+        &t0.to_string(),
+        "--until",
+        &(t0 + 3600)
+            .min(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_secs()
+                    + 1,
+            )
+            .to_string(),
+        "--filter",
+        "type=volume",
+        "--format",
+        "{{.Action}} {{.Actor.ID}}",
+    ]);
+    assert_eq!(
+        events.lines().collect::<Vec<_>>(),
+        [
+            "create data",
+            "create other",
+            "destroy data",
+            "destroy other"
+        ],
+        "volume events"
+    );
+
     // Two containers at once, each in its own VM (own QEMU, own host name).
     let a = cli
         .ok(&[

@@ -181,6 +181,13 @@ fn api(socket: &Path, method: &str, path: &str, body: &str) -> Result<(u16, Stri
     Ok((status, body))
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 fn check() -> Result<()> {
     let Bootable::Kernel { kernel, initrd } = image("qemu", Format::Initramfs)? else {
         bail!("the initramfs format is not a kernel and an initramfs");
@@ -516,6 +523,130 @@ fn check() -> Result<()> {
             "{method} {path}"
         );
     }
+
+    // docker create, then docker start without -a (so nothing waits on the container while
+    // it starts), then exec: it runs (issue 23: it stayed `created`, exec answered 409).
+    let t0 = unix_now();
+    let cs = cli
+        .ok(&["create", "--name", "cs", &img, "sleep", "600"])
+        .trim()
+        .to_string();
+    assert_eq!(cli.ok(&["start", "cs"]).trim(), "cs");
+    assert_eq!(
+        cli.ok(&["inspect", "-f", "{{.State.Status}}", "cs"]).trim(),
+        "running",
+        "docker create + docker start"
+    );
+    assert_eq!(cli.ok(&["exec", "cs", "echo", "in-cs"]), "in-cs\n");
+    // rename: the new name reaches inspect and ps; the old one is free.
+    cli.ok(&["rename", "cs", "cs2"]);
+    assert_eq!(cli.ok(&["inspect", "-f", "{{.Name}}", &cs]).trim(), "/cs2");
+    let o = cli.run(&["inspect", "cs"]);
+    assert!(!o.status.success(), "the old name still resolves: {o:?}");
+    // top goes through the VM's engine; stats too, with the guest's memory figure.
+    let top = cli.ok(&["top", "cs2"]);
+    assert!(
+        top.contains("PID") && top.contains("sleep 600"),
+        "docker top: {top}"
+    );
+    let mem = cli.ok(&["stats", "--no-stream", "--format", "{{.MemUsage}}", "cs2"]);
+    assert!(
+        mem.contains('/') && !mem.trim().starts_with("0B"),
+        "docker stats --no-stream memory: {mem:?}"
+    );
+    // docker cp both ways, diff and export: the container's file system in its VM.
+    let host_dir = tempfile::tempdir()?;
+    let inside = host_dir.path().join("in.txt");
+    std::fs::write(&inside, "copied into the VM\n")?;
+    cli.ok(&["cp", &inside.display().to_string(), "cs2:/tmp/in.txt"]);
+    assert_eq!(
+        cli.ok(&["exec", "cs2", "cat", "/tmp/in.txt"]),
+        "copied into the VM\n"
+    );
+    cli.ok(&[
+        "exec",
+        "cs2",
+        "sh",
+        "-c",
+        "echo made in the VM > /tmp/out.txt",
+    ]);
+    let out = host_dir.path().join("out.txt");
+    cli.ok(&["cp", "cs2:/tmp/out.txt", &out.display().to_string()]);
+    assert_eq!(std::fs::read_to_string(&out)?, "made in the VM\n");
+    let diff = cli.ok(&["diff", "cs2"]);
+    assert!(
+        diff.lines().any(|l| l == "A /tmp/in.txt") && diff.lines().any(|l| l == "C /tmp"),
+        "docker diff: {diff}"
+    );
+    let o = cli.run(&["export", "cs2"]);
+    assert!(o.status.success(), "docker export: {o:?}");
+    let mut names = Vec::new();
+    for e in tar::Archive::new(&o.stdout[..]).entries()? {
+        names.push(e?.path()?.display().to_string());
+    }
+    assert!(
+        names.iter().any(|n| n == "tmp/out.txt") && names.iter().any(|n| n == "bin/busybox"),
+        "docker export: {} entries, no tmp/out.txt or bin/busybox",
+        names.len()
+    );
+    // pause stops the VM (QMP stop): exec is refused meanwhile, stats come from its QEMU;
+    // unpause continues it.
+    cli.ok(&["pause", "cs2"]);
+    assert_eq!(
+        cli.ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{.State.Paused}}",
+            "cs2"
+        ])
+        .trim(),
+        "paused true"
+    );
+    let o = cli.run(&["exec", "cs2", "true"]);
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("is paused"),
+        "exec in a paused container: {o:?}"
+    );
+    let mem = cli.ok(&["stats", "--no-stream", "--format", "{{.MemUsage}}", "cs2"]);
+    assert!(
+        !mem.trim().starts_with("0B"),
+        "stats of a paused container: {mem:?}"
+    );
+    cli.ok(&["unpause", "cs2"]);
+    assert_eq!(cli.ok(&["exec", "cs2", "echo", "resumed"]), "resumed\n");
+    // restart of a running container: stopped and started again in the same VM (its files
+    // stay); the daemon keeps following it.
+    let pid = cli.ok(&["inspect", "-f", "{{.State.Pid}}", "cs2"]);
+    cli.ok(&["restart", "-t", "1", "cs2"]);
+    assert_eq!(
+        cli.ok(&["inspect", "-f", "{{.State.Status}} {{.State.Pid}}", "cs2"])
+            .trim(),
+        format!("running {}", pid.trim()),
+        "after docker restart"
+    );
+    assert_eq!(
+        cli.ok(&["exec", "cs2", "cat", "/tmp/in.txt"]),
+        "copied into the VM\n"
+    );
+    cli.ok(&["rm", "-f", "cs2"]);
+    // The events of all that, in order, for this container.
+    let events = cli.ok(&[
+        "events",
+        "--since",
+        &t0.to_string(),
+        "--until",
+        &(unix_now() + 1).to_string(),
+        "--filter",
+        &format!("container={cs}"),
+        "--format",
+        "{{.Action}}",
+    ]);
+    let actions: Vec<&str> = events.lines().filter(|a| !a.starts_with("exec_")).collect();
+    assert_eq!(
+        actions,
+        ["create", "start", "rename", "pause", "unpause", "restart", "kill", "die", "destroy"],
+        "docker events: {events}"
+    );
 
     // attach to a running container: stdin reaches it, its output and exit code come back.
     cli.ok(&[

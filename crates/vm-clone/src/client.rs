@@ -551,6 +551,68 @@ impl GuestClient {
         Self::bytes("exec resize", r).await.map(drop)
     }
 
+    /// A GET answered with JSON (top, stats, changes).
+    pub async fn get_json<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        path: &str,
+        q: &[(&str, String)],
+    ) -> ApiResult<T> {
+        self.json(what, http::Method::GET, path, q, None).await
+    }
+
+    /// A POST without a body whose answer does not matter (pause, unpause, rename...).
+    pub async fn post(&self, what: &str, path: &str, q: &[(&str, String)]) -> ApiResult<()> {
+        let r = self.call(what, http::Method::POST, path, q, None).await?;
+        Self::bytes(what, r).await.map(drop)
+    }
+
+    /// A request whose answer is a byte stream (export, archive): its headers, then the
+    /// body's chunks on the channel (closed at the end; a broken body ends it early).
+    pub async fn byte_stream(
+        &self,
+        what: &'static str,
+        method: http::Method,
+        path: &str,
+        q: &[(&str, String)],
+    ) -> ApiResult<(http::HeaderMap, mpsc::Receiver<Bytes>)> {
+        let r = self.call(what, method, path, q, None).await?;
+        let headers = r.headers().clone();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut body = r.into_body();
+            while let Some(f) = body.frame().await {
+                match f {
+                    Ok(f) => {
+                        let Ok(chunk) = f.into_data() else { continue };
+                        if tx.send(chunk).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("vmd: {what} stream from the guest ended: {}", chain(&e));
+                        return;
+                    }
+                }
+            }
+        });
+        Ok((headers, rx))
+    }
+
+    /// `PUT /containers/{id}/archive?path=`: the tar is extracted there in the guest.
+    pub async fn archive_put(&self, id: &str, path: &str, tar: Bytes) -> ApiResult<()> {
+        let r = self
+            .call(
+                "archive put",
+                http::Method::PUT,
+                &format!("/containers/{id}/archive"),
+                &[("path", path.to_string())],
+                Some(tar.to_vec()),
+            )
+            .await?;
+        Self::bytes("archive put", r).await.map(drop)
+    }
+
     /// A POST the engine answers by hijacking the stream (101): its output decoded into
     /// frames, and (with `stdin`) a sender whose bytes go to the engine, closing it
     /// half-closes the stream (EOF on the process's stdin, as the CLI's CloseWrite).

@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod guest;
+pub mod slots;
 pub mod template;
 
 /// Progress lines on stderr with `VMD_DEBUG` set (a wall-clock stamp and the step).

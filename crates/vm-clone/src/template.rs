@@ -132,9 +132,10 @@ impl Template {
             .unwrap_or_default();
         h.update(&qv);
         h.update(format!(
-            "{memory_mib} {cpus} {} {CMDLINE} v3 9p vchan ram-file {:?}",
+            "{memory_mib} {cpus} {} {CMDLINE} v3 9p vchan ram-file {:?} vol-slots-{}",
             accel.name(),
-            firmware()
+            firmware(),
+            crate::slots::SLOTS
         ));
         let key = hex::encode(h.finalize());
         let dir = root.join(format!("template-{}", &key[..16]));
@@ -151,6 +152,7 @@ impl Template {
             store: store.to_path_buf(),
         };
         if dir.join("complete").exists() {
+            std::fs::create_dir_all(t.empty_slot())?;
             return Ok(t);
         }
         // Older templates are of no use any more.
@@ -162,6 +164,7 @@ impl Template {
             }
         }
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(t.empty_slot())?;
         guest::append_initramfs(&image.initrd, &extra, &t.initrd)
             .with_context(|| format!("writing {}", t.initrd.display()))?;
         if let (Some(base), Some(disk)) = (&image.disk, &t.disk) {
@@ -175,7 +178,7 @@ impl Template {
         );
         let started = Instant::now();
         let run = dir.join("run");
-        let cfg = t.config(&run, &[], Ram::TemplateWrite);
+        let cfg = t.config(&run, &[], &[], Ram::TemplateWrite);
         let mut vm = qemu::Vm::spawn(cfg).context("starting the template VM")?;
         vm.wait_ready(Duration::from_secs(300))
             .context("booting the template VM")?;
@@ -230,10 +233,16 @@ impl Template {
     /// The VM configuration: the same for the template and every clone except for the run
     /// directory (where the sockets are), the disk overlay, the port forwards (`-p`) and
     /// how the RAM is backed ([`Ram`]).
+    /// What an unused volume slot exports (an empty directory, read-only).
+    fn empty_slot(&self) -> PathBuf {
+        self.dir.join("empty-slot")
+    }
+
     pub fn config(
         &self,
         run_dir: &Path,
         forwards: &[qemu::PortForward],
+        slots: &[crate::slots::Slot],
         ram: Ram,
     ) -> qemu::VmConfig {
         let mut extra: Vec<String> = Vec::new();
@@ -278,6 +287,19 @@ impl Template {
                 readonly: true,
                 security: qemu::Security9p::Passthrough,
             });
+        // The volume slots (crate::volumes): the same devices everywhere, each clone's paths.
+        for i in 0..crate::slots::SLOTS {
+            let (path, readonly) = match slots.get(i) {
+                Some(s) => (s.path.clone(), s.readonly),
+                None => (self.empty_slot(), true),
+            };
+            cfg = cfg.device(qemu::Device::Virtio9p {
+                tag: crate::slots::slot_tag(i),
+                path,
+                readonly,
+                security: qemu::Security9p::Passthrough,
+            });
+        }
         cfg.extra_args.extend(extra);
         if let Some(d) = &self.disk {
             // The clone's overlay sits at the same place in its run directory.
@@ -301,6 +323,7 @@ impl Template {
         run_dir: &Path,
         hostname: &str,
         forwards: &[qemu::PortForward],
+        slots: &[crate::slots::Slot],
         cold: bool,
     ) -> Result<qemu::Vm> {
         std::fs::create_dir_all(run_dir)
@@ -315,7 +338,7 @@ impl Template {
         }
         let mut vm;
         if cold {
-            let cfg = self.config(run_dir, forwards, Ram::Anonymous);
+            let cfg = self.config(run_dir, forwards, slots, Ram::Anonymous);
             vm = qemu::Vm::spawn(cfg).context("starting the VM")?;
             vm.wait_ready(Duration::from_secs(300))
                 .context("booting the VM")?;
@@ -323,7 +346,7 @@ impl Template {
             let t0 = Instant::now();
             // The capability must be on at both ends before the stream starts (QEMU 7.2 has
             // no -global for it): wait for the stream, set it, then read the state.
-            let mut cfg = self.config(run_dir, forwards, Ram::TemplateCopyOnWrite);
+            let mut cfg = self.config(run_dir, forwards, slots, Ram::TemplateCopyOnWrite);
             cfg.incoming = Some("defer".into());
             vm = qemu::Vm::spawn(cfg).context("starting the clone VM")?;
             ignore_shared_ram(&mut vm).context("starting the clone VM")?;

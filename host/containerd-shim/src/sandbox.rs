@@ -49,7 +49,7 @@ impl Vm {
         let mut t = template.clone();
         t.store = sh;
         let run = dir.join("vm");
-        let vm = t.clone_vm(&run, hostname, &[], false)?;
+        let vm = t.clone_vm(&run, hostname, &[], &[], false)?;
         let agent = template::identify(&run, hostname)?;
         let guest = GuestClient::new(&run.join(template::ENGINE_SOCKET));
         Ok(Vm {

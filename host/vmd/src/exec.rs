@@ -113,7 +113,7 @@ mod tests {
     fn ctr(id: &str) -> Arc<Ctr> {
         Arc::new(Ctr {
             id: id.into(),
-            name: format!("n{id}"),
+            name: Mutex::new(format!("n{id}")),
             created: String::new(),
             created_ns: 0,
             image_id: String::new(),
@@ -131,6 +131,10 @@ mod tests {
             attached: Default::default(),
             detached: Default::default(),
             cgroup: Vec::new(),
+            paused: Default::default(),
+            volumes: Vec::new(),
+            restarting: Default::default(),
+            restarts: Default::default(),
         })
     }
 

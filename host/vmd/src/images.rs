@@ -34,6 +34,17 @@ pub struct ImageRecord {
     /// record from before the layer store.
     #[serde(default)]
     pub diff_ids: Vec<String>,
+    /// For a name given by `docker tag`: the name the image was pulled as, which a repair
+    /// fetches again (the new name may be no registry's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+impl ImageRecord {
+    /// The reference the image is fetched again from.
+    pub fn pulled_as(&self) -> &str {
+        self.source.as_deref().unwrap_or(&self.name)
+    }
 }
 
 /// The name a record is kept under: `name:tag` as `docker images` shows it (`busybox:latest`,
@@ -218,6 +229,40 @@ impl Images {
             .remove(ctr);
     }
 
+    /// `docker tag`: `repo:tag` becomes another name of the image `name` (replacing what
+    /// that name was); answers the new record. The layers are the same files in the store.
+    pub fn tag(&self, name: &str, repo: &str, tag: &str) -> ApiResult<ImageRecord> {
+        let full = if tag.is_empty() {
+            repo.to_string()
+        } else {
+            format!("{repo}:{tag}")
+        };
+        let r = Reference::parse(&full).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if r.digest.is_some() {
+            return Err(ApiError::bad_request(format!(
+                "refusing to create a tag with a digest reference: {full}"
+            )));
+        }
+        let mut list = self.list.lock().unwrap_or_else(PoisonError::into_inner);
+        let src = find_in(&list, name)
+            .ok_or_else(|| ApiError::not_found(format!("No such image: {name}")))?;
+        let rec = ImageRecord {
+            name: record_name(&r),
+            source: Some(src.pulled_as().to_string()),
+            ..src
+        };
+        let mut next: Vec<ImageRecord> = list
+            .iter()
+            .filter(|i| i.name != rec.name)
+            .cloned()
+            .collect();
+        next.push(rec.clone());
+        self.save(&next)
+            .map_err(|e| ApiError::internal(format!("writing {}: {e}", self.path.display())))?;
+        *list = next;
+        Ok(rec)
+    }
+
     /// Removes the record (durably, before anything of the store goes; see
     /// [`collect`](Self::collect)); None when there is no such image.
     pub fn remove(&self, name: &str) -> ApiResult<Option<ImageRecord>> {
@@ -322,7 +367,7 @@ impl Images {
             image.name
         );
         self.store.discard(&damage);
-        let auth = Reference::parse(&image.name).ok().and_then(|r| {
+        let auth = Reference::parse(image.pulled_as()).ok().and_then(|r| {
             self.credentials
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -330,7 +375,7 @@ impl Images {
                 .cloned()
         });
         let had_auth = auth.is_some();
-        let rec = self.fetch(&image.name, auth).await.map_err(|e| {
+        let rec = self.fetch(image.pulled_as(), auth).await.map_err(|e| {
             let hint = if e.status == http::StatusCode::UNAUTHORIZED && !had_auth {
                 " (the daemon keeps registry credentials in memory only, from the image's last \
                  pull: `docker pull` it again, logged in)"
@@ -418,6 +463,7 @@ impl Images {
             config: serde_json::from_value(config["config"].clone()).unwrap_or_default(),
             layers: manifest.layers.iter().map(|l| l.digest.clone()).collect(),
             diff_ids,
+            source: None,
         };
         let mut list = self.list.lock().unwrap_or_else(PoisonError::into_inner);
         list.retain(|i| i.name != rec.name);

@@ -164,19 +164,26 @@
 //! # Not yet (next steps)
 //!
 //! - virtio-fs (with DAX) would be faster than 9p but needs a virtiofsd on the host.
-//! - No `cp`, `restart`/`start` after exit, server-side detach keys (`detachKeys`).
+//! - No `restart`/`start` of an exited container, `update`, user networks, server-side detach keys
+//!   (`detachKeys`); docs/vmd.md lists what is not served and why.
+//! - Volumes ([`volumes`]): named volumes are host directories shared into the VM over one of
+//!   4 9p slots the template has (the device set is fixed by the saved state; a slot's path is
+//!   not); `pause` is QMP `stop`/`cont` of the VM; events come from the daemon's own bus
+//!   ([`events`]); top, stats, diff, export and cp go through the guest engine.
 //! - Exec sessions do not survive a daemon restart (their ids are the daemon's, in memory);
 //!   new ones work on a re-adopted container.
 //! - `-m` does not size the guest (all clones share the template's RAM size): a template
 //!   per memory size would make `-m` the VM's RAM.
 
 pub mod cgroup;
+pub mod events;
 mod exec;
 pub mod images;
 pub mod live;
 pub mod store;
 // The template, its clones and the guest engine's client are shared with the containerd shim.
 pub use vm_clone::{client, guest, template};
+pub mod volumes;
 
 mod api;
 pub use api::Api;
@@ -234,7 +241,8 @@ struct State {
 
 struct Ctr {
     id: String,
-    name: String,
+    /// Changed by `docker rename`.
+    name: Mutex<String>,
     created: String,
     /// Creation time in nanoseconds since the epoch: the list's order (see [`newest_first`]).
     created_ns: i128,
@@ -255,15 +263,56 @@ struct Ctr {
     attached: AtomicUsize,
     detached: Notify,
     cgroup: Vec<PathBuf>,
+    /// The VM is stopped through QMP (`docker pause`).
+    paused: AtomicBool,
+    /// The host's named volumes shared into the VM (see [`volumes`]).
+    volumes: Vec<String>,
+    /// A `docker restart` in the VM is under way; how many there were ([`Daemon::follow`]).
+    restarting: AtomicBool,
+    restarts: AtomicUsize,
 }
 
 impl Ctr {
+    fn name(&self) -> String {
+        self.name
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+    /// A container event on the daemon's bus, with this container's attributes.
+    fn event(&self, bus: &events::Bus, action: &str, extra: &[(&str, String)]) {
+        bus.container(
+            &self.id,
+            &self.name(),
+            &self.req.config.image,
+            self.req.config.labels.as_ref(),
+            action,
+            extra,
+        );
+    }
+    /// 409 while the VM is paused: its engine cannot answer.
+    fn not_paused(&self) -> ApiResult<()> {
+        if self.paused.load(Ordering::SeqCst) {
+            return Err(ApiError::conflict(format!(
+                "Container {} is paused, unpause the container before proceeding",
+                self.id
+            )));
+        }
+        Ok(())
+    }
     fn phase(&self) -> Phase {
         *self.phase.borrow()
+    }
+    /// Always stored: `watch::Sender::send` drops the value when no one is subscribed, and
+    /// often no one is (`docker start` without `-a` waits for nothing; that left a started
+    /// container `created`, its exec refused with 409).
+    fn set_phase(&self, p: Phase) {
+        self.phase.send_replace(p);
     }
     fn status(&self) -> &'static str {
         match self.phase() {
             Phase::Created => "created",
+            Phase::Running if self.paused.load(Ordering::SeqCst) => "paused",
             Phase::Running => "running",
             Phase::Exited => "exited",
             Phase::Removed => "removing",
@@ -298,6 +347,8 @@ pub struct Daemon {
     warnings: Vec<String>,
     /// VMs an earlier daemon left running, re-adopted by [`Daemon::resume`].
     pending: Mutex<Vec<live::Pending>>,
+    events: events::Bus,
+    volumes: volumes::Volumes,
 }
 
 fn internal(what: &str) -> impl FnOnce(anyhow::Error) -> ApiError + '_ {
@@ -325,6 +376,7 @@ impl Daemon {
             store,
             opts.insecure_registries.clone(),
         );
+        let volumes = volumes::Volumes::open(&opts.state_dir.join("volumes"))?;
         let mut warnings = Vec::new();
         let cgroups = match cgroup::Cgroups::setup() {
             Ok(c) => Some(c),
@@ -347,6 +399,8 @@ impl Daemon {
             cgroups,
             warnings,
             pending: Mutex::new(Vec::new()),
+            events: events::Bus::default(),
+            volumes,
         };
         // Live-restore (live.rs): VMs an earlier daemon left running are re-adopted (their
         // images pinned before the collection below), exited containers kept.
@@ -379,7 +433,7 @@ impl Daemon {
             return Ok(c.clone());
         }
         let name = id.trim_start_matches('/');
-        if let Some(c) = map.values().find(|c| c.name == name) {
+        if let Some(c) = map.values().find(|c| c.name() == name) {
             return Ok(c.clone());
         }
         let matches: Vec<_> = map.values().filter(|c| c.id.starts_with(id)).collect();
@@ -409,6 +463,32 @@ impl Daemon {
             self.cleanup_cgroup(&c);
             let _ = std::fs::remove_dir_all(&c.dir);
         }
+    }
+
+    /// Continues a paused VM (before a stop, kill or removal, which need its engine).
+    fn unpause_for(&self, c: &Ctr) {
+        if c.paused.swap(false, Ordering::SeqCst) {
+            if let Some(vm) = c.vm.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+                if let Err(e) = vm.set_paused(false) {
+                    eprintln!("vmd: {}: continuing the paused VM: {e:#}", c.short());
+                }
+            }
+            c.event(&self.events, "unpause", &[]);
+        }
+    }
+
+    fn volume_event(&self, action: &str, name: &str) {
+        self.events.publish(
+            "volume",
+            action,
+            name,
+            events::attrs([("driver", "local".into())]),
+        );
+    }
+
+    fn image_event(&self, action: &str, id: &str, name: &str) {
+        self.events
+            .publish("image", action, id, events::attrs([("name", name.into())]));
     }
 
     fn cleanup_cgroup(&self, c: &Ctr) {
@@ -474,6 +554,7 @@ impl Daemon {
         if c.finished.swap(true, Ordering::SeqCst) {
             return;
         }
+        self.unpause_for(c);
         // Let attach streams deliver the last output.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
         while c.attached.load(Ordering::SeqCst) > 0 {
@@ -526,8 +607,9 @@ impl Daemon {
             st.finished_at = rfc3339(st.finished_ns);
             st.pid = 0;
         }
-        let _ = c.phase.send(Phase::Exited);
+        c.set_phase(Phase::Exited);
         c.save();
+        c.event(&self.events, "die", &[("exitCode", code.to_string())]);
         if c.req.host_config.auto_remove {
             self.remove_now(c);
         }
@@ -540,7 +622,8 @@ impl Daemon {
             .remove(&c.id);
         self.execs.forget(&c.id);
         let _ = std::fs::remove_dir_all(&c.dir);
-        let _ = c.phase.send(Phase::Removed);
+        c.set_phase(Phase::Removed);
+        c.event(&self.events, "destroy", &[]);
     }
 
     /// Watches QEMU: if it exits while the daemon did not ask it to, the container ends
@@ -588,11 +671,25 @@ impl Daemon {
     fn follow(self: &Arc<Self>, c: Arc<Ctr>) {
         let d = self.clone();
         tokio::spawn(async move {
-            let r = c.guest.wait(&c.gid).await;
-            debug(&format!("{}: the guest's wait returned", c.short()));
-            if c.finished.load(Ordering::SeqCst) || c.quitting.load(Ordering::SeqCst) {
-                return;
-            }
+            let r = loop {
+                let generation = c.restarts.load(Ordering::SeqCst);
+                let r = c.guest.wait(&c.gid).await;
+                debug(&format!("{}: the guest's wait returned", c.short()));
+                if c.finished.load(Ordering::SeqCst) || c.quitting.load(Ordering::SeqCst) {
+                    return;
+                }
+                // `docker restart` stops and starts the container in the same VM: that stop
+                // is not the end of the container.
+                if c.restarting.load(Ordering::SeqCst)
+                    || c.restarts.load(Ordering::SeqCst) != generation
+                {
+                    while c.restarting.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    continue;
+                }
+                break r;
+            };
             match r {
                 Ok(w) => {
                     let err = w.error.map(|e| e.message).filter(|m| !m.is_empty());

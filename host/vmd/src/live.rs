@@ -47,6 +47,9 @@ pub struct Persisted {
     pub finished_ns: i128,
     pub exit_code: i64,
     pub error: String,
+    /// The host's named volumes shared into the VM.
+    #[serde(default)]
+    pub volumes: Vec<String>,
 }
 
 pub fn write(dir: &Path, p: &Persisted) -> std::io::Result<()> {
@@ -153,6 +156,21 @@ impl VmProc {
         }
     }
 
+    /// `docker pause`/`unpause`: the whole VM stopped or continued through QMP.
+    pub fn set_paused(&mut self, on: bool) -> anyhow::Result<()> {
+        let cmd = if on { "stop" } else { "cont" };
+        match self {
+            VmProc::Own(vm) => {
+                vm.qmp()?.execute(cmd, None)?;
+            }
+            VmProc::Adopted { dir, .. } => {
+                let mut q = qemu::Qmp::connect(&dir.join("qmp.sock"))?;
+                q.execute(cmd, None)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn qemu_log(&self) -> PathBuf {
         match self {
             VmProc::Own(vm) => vm.qemu_log().to_path_buf(),
@@ -186,7 +204,7 @@ impl Ctr {
         let vm = self.vm.lock().unwrap_or_else(PoisonError::into_inner);
         Persisted {
             id: self.id.clone(),
-            name: self.name.clone(),
+            name: self.name(),
             created_ns: self.created_ns,
             image_id: self.image_id.clone(),
             req: self.req.clone(),
@@ -207,6 +225,7 @@ impl Ctr {
             finished_ns: st.finished_ns,
             exit_code: st.exit_code,
             error: st.error.clone(),
+            volumes: self.volumes.clone(),
         }
     }
 
@@ -298,7 +317,7 @@ impl Daemon {
         let finished = phase == Phase::Exited;
         Arc::new(Ctr {
             id: rec.id.clone(),
-            name: rec.name,
+            name: Mutex::new(rec.name),
             created: rfc3339(rec.created_ns),
             created_ns: rec.created_ns,
             image_id: rec.image_id,
@@ -332,6 +351,10 @@ impl Daemon {
             attached: AtomicUsize::new(0),
             detached: Notify::new(),
             cgroup: rec.cgroup,
+            paused: AtomicBool::new(false),
+            volumes: rec.volumes,
+            restarting: AtomicBool::new(false),
+            restarts: AtomicUsize::new(0),
         })
     }
 
@@ -441,6 +464,7 @@ mod tests {
             finished_ns: 0,
             exit_code: 0,
             error: String::new(),
+            volumes: vec!["data".into()],
         }
     }
 

@@ -15,6 +15,7 @@ impl ExecBackend for Api {
                 c.id
             )));
         }
+        c.not_paused()?;
         let gid = c
             .guest
             .exec_create(&c.gid, &req)

@@ -6,13 +6,15 @@ use docker_api::ImageBackend;
 
 impl ImageBackend for Api {
     async fn images(&self) -> ApiResult<Vec<ImageSummary>> {
-        Ok(self
-            .images
-            .all()
-            .into_iter()
+        // One entry per image id, with all its names (`docker tag` adds names).
+        let all = self.images.all();
+        let mut seen = std::collections::HashSet::new();
+        Ok(all
+            .iter()
+            .filter(|i| seen.insert(i.id.clone()))
             .map(|i| ImageSummary {
                 id: i.id.clone(),
-                repo_tags: vec![i.name.clone()],
+                repo_tags: names_of(&all, &i.id),
                 created: unix_from_rfc3339(&i.created),
                 repo_digests: vec![format!(
                     "{}@{}",
@@ -34,7 +36,7 @@ impl ImageBackend for Api {
             .ok_or_else(|| ApiError::not_found(format!("No such image: {name}")))?;
         Ok(ImageInspect {
             id: i.id.clone(),
-            repo_tags: vec![i.name.clone()],
+            repo_tags: names_of(&self.images.all(), &i.id),
             repo_digests: vec![i.digest.clone()],
             created: i.created.clone(),
             architecture: "amd64".into(),
@@ -71,6 +73,7 @@ impl ImageBackend for Api {
             identity_token: a.identity_token,
         });
         let rec = d.images.pull(&name, creds).await?;
+        d.image_event("pull", &rec.name, &rec.name);
         tokio::spawn(async move {
             let _ = tx
                 .send(ProgressMessage::status(
@@ -92,6 +95,12 @@ impl ImageBackend for Api {
                 .await;
         });
         Ok(rx)
+    }
+
+    async fn image_tag(&self, name: &str, repo: &str, tag: &str) -> ApiResult<()> {
+        let rec = self.images.tag(name, repo, tag)?;
+        self.image_event("tag", &rec.id, &rec.name);
+        Ok(())
     }
 
     async fn image_remove(&self, name: &str, force: bool) -> ApiResult<Vec<ImageDeleteItem>> {
@@ -129,16 +138,20 @@ impl ImageBackend for Api {
             .images
             .remove(name)?
             .ok_or_else(|| ApiError::not_found(format!("No such image: {name}")))?;
-        let mut out = vec![
-            ImageDeleteItem {
-                untagged: Some(rec.name),
-                deleted: None,
-            },
-            ImageDeleteItem {
-                untagged: None,
-                deleted: Some(rec.id),
-            },
-        ];
+        self.image_event("untag", &rec.id, &rec.name);
+        let mut out = vec![ImageDeleteItem {
+            untagged: Some(rec.name.clone()),
+            deleted: None,
+        }];
+        if !last {
+            // Other names keep the image.
+            return Ok(out);
+        }
+        self.image_event("delete", &rec.id, &rec.name);
+        out.push(ImageDeleteItem {
+            untagged: None,
+            deleted: Some(rec.id),
+        });
         // Blobs and trees nothing uses any more (those of a running container stay until
         // its VM is gone).
         match self.images.collect().await {
@@ -155,4 +168,12 @@ impl ImageBackend for Api {
         }
         Ok(out)
     }
+}
+
+/// Every name of image `id`, in the order they were recorded.
+fn names_of(all: &[images::ImageRecord], id: &str) -> Vec<String> {
+    all.iter()
+        .filter(|i| i.id == id)
+        .map(|i| i.name.clone())
+        .collect()
 }

@@ -558,6 +558,15 @@ fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
         spec.work.display(),
         if spec.volatile { ",volatile" } else { "" }
     );
+    if spec.volatile {
+        // overlayfs leaves work/incompat/volatile behind and refuses the next volatile mount
+        // of the same upper while it is there: a restart in the same boot (axion-vmd's
+        // `docker restart`, whose VM has one boot) mounts it again. Within one boot the upper
+        // is what the page cache holds, so it is consistent (the marker guards against a
+        // crash, which ends the VM and its disk).
+        // (The marker is a directory holding a `dirty` file.)
+        let _ = fs::remove_dir_all(spec.work.join("work").join("incompat").join("volatile"));
+    }
     mount_at("overlay", root, "overlay", MsFlags::empty(), Some(&opts))?;
     mark("overlay");
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
