@@ -401,6 +401,7 @@ pub trait Backend:
     + VolumeBackend
     + NetworkBackend
     + EventBackend
+    + crate::build::BuildBackend
 {
 }
 
@@ -413,5 +414,6 @@ impl<T> Backend for T where
         + VolumeBackend
         + NetworkBackend
         + EventBackend
+    + crate::build::BuildBackend
 {
 }

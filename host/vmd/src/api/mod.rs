@@ -25,3 +25,4 @@ impl ArchiveBackend for Api {}
 impl VolumeBackend for Api {}
 impl NetworkBackend for Api {}
 impl EventBackend for Api {}
+impl docker_api::BuildBackend for Api {}
