@@ -414,6 +414,6 @@ impl<T> Backend for T where
         + VolumeBackend
         + NetworkBackend
         + EventBackend
-    + crate::build::BuildBackend
+        + crate::build::BuildBackend
 {
 }

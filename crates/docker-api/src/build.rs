@@ -428,8 +428,8 @@ mod tests {
 
     #[test]
     fn docker_pys_query_and_defaults() {
-        let o = opts("t=x&q=1&nocache=true&rm=false&forcerm=true&pull=true&shmsize=134217728")
-            .unwrap();
+        let o =
+            opts("t=x&q=1&nocache=true&rm=false&forcerm=true&pull=true&shmsize=134217728").unwrap();
         assert!(o.quiet && o.nocache && !o.rm && o.forcerm && o.pull);
         assert_eq!(o.shm_size, Some(134217728));
         let o = opts("cachefrom=%5B%22build1%22%5D").unwrap();
@@ -459,7 +459,10 @@ mod tests {
         let m = serde_json::to_string(&BuildMessage::stream("Step 1/2 : FROM busybox")).unwrap();
         assert_eq!(m, r#"{"stream":"Step 1/2 : FROM busybox"}"#);
         let m = serde_json::to_string(&BuildMessage::error(2, "boom")).unwrap();
-        assert_eq!(m, r#"{"errorDetail":{"code":2,"message":"boom"},"error":"boom"}"#);
+        assert_eq!(
+            m,
+            r#"{"errorDetail":{"code":2,"message":"boom"},"error":"boom"}"#
+        );
         let m = serde_json::to_string(&BuildMessage::aux_id("sha256:ab")).unwrap();
         assert_eq!(m, r#"{"aux":{"ID":"sha256:ab"}}"#);
     }
