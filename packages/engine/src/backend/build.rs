@@ -358,3 +358,164 @@ impl Drop for RemoveFile {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An engine on the recording runtime with `busybox:latest` (one layer with one file).
+    async fn engine(root: &Path) -> Arc<Engine> {
+        use clap::Parser;
+        let args = crate::args::Args::parse_from([
+            "engine".as_ref(),
+            "--data-root".as_ref(),
+            root.as_os_str(),
+            "--bridge".as_ref(),
+            "none".as_ref(),
+        ]);
+        let rt = Arc::new(crate::runtime::fake::Fake::default());
+        let e = Arc::new(Engine::with_runtime(&args, rt).unwrap());
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "etc/passwd", &b"x:\n"[..]).unwrap();
+        let t = root.join("base.tar");
+        std::fs::write(&t, b.into_inner().unwrap()).unwrap();
+        let d = e.images.add_layer(&t, &[]).unwrap();
+        let c = json!({
+            "architecture": "amd64", "os": "linux", "created": "2024-01-01T00:00:00Z",
+            "config": {"Cmd": ["sh"], "Env": ["PATH=/bin"], "OnBuild": ["LABEL from=onbuild"]},
+            "rootfs": {"type": "layers", "diff_ids": [d]},
+            "history": [{"created": "2024-01-01T00:00:00Z", "created_by": "ADD base"}],
+        });
+        let id = e.images.add_config(c.to_string().as_bytes()).unwrap();
+        e.images.tag(&id, "busybox:latest").unwrap();
+        e.clone().restore().await;
+        e
+    }
+
+    async fn run(e: &Engine, ctx: &Path, o: &BuildOptions) -> (Result<String, String>, String) {
+        let (tx, mut rx) = mpsc::channel(1000);
+        let r = build::build(e, o, ctx, &tx).await.map_err(|f| f.message);
+        drop(tx);
+        let mut out = String::new();
+        while let Some(m) = rx.recv().await {
+            out.push_str(m.stream.as_deref().unwrap_or(""));
+        }
+        (r, out)
+    }
+
+    #[tokio::test]
+    async fn metadata_and_copy_steps_cache_and_rebuild_on_change() {
+        let d = tempfile::tempdir().unwrap();
+        let e = engine(&d.path().join("root")).await;
+        let ctx = d.path().join("ctx");
+        std::fs::create_dir_all(&ctx).unwrap();
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            "FROM busybox\nARG V=1\nCOPY f /w/\nENV A=$V\nEXPOSE 80\nENTRYPOINT [\"x\"]\n",
+        )
+        .unwrap();
+        std::fs::write(ctx.join("f"), b"one").unwrap();
+        let mut o = BuildOptions {
+            dockerfile: "Dockerfile".into(),
+            tags: vec!["out".into()],
+            rm: true,
+            ..Default::default()
+        };
+        o.buildargs.insert("V".into(), Some("2".into()));
+        o.buildargs.insert("UNUSED".into(), Some("x".into()));
+        let (id, out) = run(&e, &ctx, &o).await;
+        let id = id.unwrap();
+        assert!(out.contains("Step 1/6 : FROM busybox"), "{out}");
+        assert!(out.contains("# Executing 1 build trigger"), "{out}");
+        assert!(
+            out.contains("[Warning] One or more build-args [UNUSED]"),
+            "{out}"
+        );
+        assert!(out.contains("Successfully tagged out:latest"), "{out}");
+        assert_eq!(e.resolve_image("out").unwrap(), id);
+        let cfg = Host::config(&*e, &id).unwrap();
+        assert_eq!(cfg["config"]["Env"], json!(["PATH=/bin", "A=2"]));
+        assert_eq!(cfg["config"]["Entrypoint"], json!(["x"]));
+        assert_eq!(
+            cfg["config"]["Cmd"],
+            Value::Null,
+            "ENTRYPOINT resets an inherited CMD"
+        );
+        assert_eq!(cfg["config"]["ExposedPorts"], json!({"80/tcp": {}}));
+        assert_eq!(cfg["config"]["Labels"], json!({"from": "onbuild"}));
+        assert_eq!(cfg["config"]["OnBuild"], Value::Null);
+        assert_eq!(cfg["rootfs"]["diff_ids"].as_array().unwrap().len(), 2);
+        let top = e.images.lowers(&id).unwrap();
+        assert_eq!(std::fs::read(top[0].join("w/f")).unwrap(), b"one");
+        // Again: every step from the cache, the same image.
+        let (again, out) = run(&e, &ctx, &o).await;
+        assert_eq!(again.unwrap(), id);
+        assert_eq!(out.matches("Using cache").count(), 6, "{out}");
+        // --no-cache makes the steps anew.
+        o.nocache = true;
+        let (_, out) = run(&e, &ctx, &o).await;
+        assert_eq!(out.matches("Using cache").count(), 0, "{out}");
+        o.nocache = false;
+        // A changed file: the steps before its COPY are cached, the rest made anew.
+        std::fs::write(ctx.join("f"), b"two").unwrap();
+        let (changed, out) = run(&e, &ctx, &o).await;
+        let changed = changed.unwrap();
+        assert_ne!(changed, id);
+        assert_eq!(
+            out.matches("Using cache").count(),
+            2,
+            "ONBUILD's LABEL and ARG: {out}"
+        );
+        // Prune empties the cache.
+        let r = e.build_prune(BuildPruneOptions::default()).await.unwrap();
+        assert!(!r.caches_deleted.is_empty());
+        let (_, out) = run(&e, &ctx, &o).await;
+        assert_eq!(out.matches("Using cache").count(), 0, "{out}");
+    }
+
+    #[tokio::test]
+    async fn errors_name_the_problem() {
+        let d = tempfile::tempdir().unwrap();
+        let e = engine(&d.path().join("root")).await;
+        let ctx = d.path().join("ctx");
+        std::fs::create_dir_all(&ctx).unwrap();
+        let o = BuildOptions {
+            dockerfile: "Dockerfile".into(),
+            ..Default::default()
+        };
+        let (r, _) = run(&e, &ctx, &o).await;
+        assert_eq!(
+            r.unwrap_err(),
+            "Cannot locate specified Dockerfile: Dockerfile"
+        );
+        for (df, want) in [
+            ("FROM busybox\nBOGUS x\n", "unknown instruction: BOGUS"),
+            ("FROM scratch\nRUN true\n", "RUN on a scratch image"),
+            (
+                "FROM busybox\nCOPY missing /\n",
+                "file not found in build context",
+            ),
+            ("FROM nosuch:image\n", "nosuch"),
+            ("FROM busybox AS a\n", "failed to reach build target zz"),
+        ] {
+            std::fs::write(ctx.join("Dockerfile"), df).unwrap();
+            let mut o = o.clone();
+            if df.contains("AS a") {
+                o.target = "zz".into();
+            }
+            let (r, out) = run(&e, &ctx, &o).await;
+            let m = r.unwrap_err();
+            assert!(m.contains(want), "{df:?}: {m}\n{out}");
+        }
+        // FROM scratch with labels from the query only: an image of no layers.
+        std::fs::write(ctx.join("Dockerfile"), "FROM scratch\n").unwrap();
+        let mut o = o.clone();
+        o.labels.insert("test".into(), "OK".into());
+        let (r, _) = run(&e, &ctx, &o).await;
+        let cfg = Host::config(&*e, &r.unwrap()).unwrap();
+        assert_eq!(cfg["config"]["Labels"], json!({"test": "OK"}));
+    }
+}
