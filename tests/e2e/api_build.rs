@@ -436,11 +436,7 @@ import io, docker
 tls = docker.tls.TLSConfig(client_cert=("{c}/cert.pem", "{c}/key.pem"), ca_cert="{c}/ca.pem",
                            verify=True)
 client = docker.DockerClient(base_url="tcp://127.0.0.1:{port}", tls=tls)
-df = io.BytesIO(b"FROM busybox
-ARG WHO
-RUN echo py-$WHO > /who
-CMD ["cat", "/who"]
-")
+df = io.BytesIO(b"FROM busybox\nARG WHO\nRUN echo py-$WHO > /who\nCMD [\"cat\", \"/who\"]\n")
 image, logs = client.images.build(fileobj=df, tag="pybuilt", buildargs={{"WHO": "docker"}})
 print("".join(l.get("stream", "") for l in logs))
 print("RESULT", client.containers.run("pybuilt", remove=True).decode().strip())
