@@ -430,21 +430,24 @@ fn docker_py(g: &Guest) -> Result<()> {
         return Ok(());
     };
     let certs = g.certs();
-    let script = format!(
-        r#"
+    let script = r#"
 import io, docker
-tls = docker.tls.TLSConfig(client_cert=("{c}/cert.pem", "{c}/key.pem"), ca_cert="{c}/ca.pem",
-                           verify=True)
-client = docker.DockerClient(base_url="tcp://127.0.0.1:{port}", tls=tls)
+client = docker.from_env()
 df = io.BytesIO(b"FROM busybox\nARG WHO\nRUN echo py-$WHO > /who\nCMD [\"cat\", \"/who\"]\n")
-image, logs = client.images.build(fileobj=df, tag="pybuilt", buildargs={{"WHO": "docker"}})
+image, logs = client.images.build(fileobj=df, tag="pybuilt", buildargs={"WHO": "docker"})
 print("".join(l.get("stream", "") for l in logs))
 print("RESULT", client.containers.run("pybuilt", remove=True).decode().strip())
-"#,
-        c = certs.display(),
-        port = g.docker_port
-    );
-    let o = Command::new(&python).arg("-c").arg(&script).output()?;
+"#;
+    // requests lets these override the VM's CA that docker-py passes (as in xtask compat).
+    let o = Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .env("DOCKER_HOST", format!("tcp://127.0.0.1:{}", g.docker_port))
+        .env("DOCKER_TLS_VERIFY", "1")
+        .env("DOCKER_CERT_PATH", &certs)
+        .env_remove("REQUESTS_CA_BUNDLE")
+        .env_remove("CURL_CA_BUNDLE")
+        .output()?;
     assert!(o.status.success(), "docker-py build: {}", both(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("RESULT py-docker"), "{out}");
