@@ -415,6 +415,7 @@ pub trait Backend:
     + VolumeBackend
     + NetworkBackend
     + EventBackend
+    + crate::build::BuildBackend
 {
 }
 
@@ -427,5 +428,6 @@ impl<T> Backend for T where
         + VolumeBackend
         + NetworkBackend
         + EventBackend
+        + crate::build::BuildBackend
 {
 }

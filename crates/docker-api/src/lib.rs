@@ -1,6 +1,7 @@
 //! The Docker Engine API front end, written once over a [`Backend`] trait (the union of one
 //! trait per seam: [`SystemBackend`], [`ImageBackend`], [`ContainerBackend`], [`ExecBackend`],
-//! [`ArchiveBackend`], [`VolumeBackend`], [`NetworkBackend`], [`EventBackend`]).
+//! [`ArchiveBackend`], [`VolumeBackend`], [`NetworkBackend`], [`EventBackend`],
+//! [`BuildBackend`]).
 //!
 //! Two back ends implement it: the container engine in the guest (packages/engine) and
 //! axion-vmd, one VM per container (host/vmd). This crate owns everything that is
@@ -12,6 +13,7 @@
 //! mutual TLS, plain TCP). Endpoints we do not serve answer 404/501 with a message.
 
 pub mod backend;
+pub mod build;
 pub mod error;
 pub mod events;
 pub mod filters;
@@ -32,6 +34,7 @@ pub use backend::{
     ArchiveBackend, Backend, ContainerBackend, EventBackend, ExecBackend, ImageBackend,
     NetworkBackend, SystemBackend, VolumeBackend,
 };
+pub use build::BuildBackend;
 pub use error::{ApiError, ApiResult};
 pub use stdcopy::{Frame, StdStream};
 

@@ -500,6 +500,7 @@ mod tests {
     impl ArchiveBackend for Bus {}
     impl VolumeBackend for Bus {}
     impl NetworkBackend for Bus {}
+    impl crate::build::BuildBackend for Bus {}
     impl EventBackend for Bus {
         async fn events(&self, _since: Option<i128>) -> ApiResult<EventRx> {
             let (tx, rx) = mpsc::channel(8);

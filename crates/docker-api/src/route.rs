@@ -30,6 +30,8 @@ pub enum Route {
     /// History, push, save, prune, search, commit, distribution, auth, df.
     Images(crate::images::ImageOp),
     Network(crate::networks::NetworkOp),
+    /// `docker build` and its cache ([`crate::build`]).
+    Build(crate::build::BuildOp),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +101,8 @@ pub fn route(method: &Method, raw_path: &str) -> Result<Routed, ApiError> {
         _ => {
             if let Some(op) = crate::ops::route(method, path) {
                 Route::Ops(op)
+            } else if let Some(op) = crate::build::route(method, path) {
+                Route::Build(op)
             } else if let Some(op) = crate::images::route(method, path) {
                 Route::Images(op)
             } else if let Some(rest) = path.strip_prefix("/images/") {

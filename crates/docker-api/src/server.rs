@@ -119,7 +119,7 @@ fn error_response(e: &ApiError) -> Resp {
 pub(crate) struct Query(HashMap<String, String>, Vec<(String, String)>);
 
 impl Query {
-    fn parse(q: Option<&str>) -> Self {
+    pub(crate) fn parse(q: Option<&str>) -> Self {
         let pairs: Vec<(String, String)> = form_urlencoded::parse(q.unwrap_or("").as_bytes())
             .into_owned()
             .collect();
@@ -393,6 +393,7 @@ async fn dispatch<B: Backend>(b: Arc<B>, req: Req) -> ApiResult<Resp> {
         }
         Route::Ops(op) => crate::ops::dispatch(b, req, q, op).await?,
         Route::Network(op) => crate::networks::dispatch_networks(b, req, q, op).await?,
+        Route::Build(op) => crate::build::dispatch_build(b, req, q, op).await?,
     })
 }
 
@@ -835,6 +836,7 @@ mod tests {
     impl VolumeBackend for Fake {}
     impl NetworkBackend for Fake {}
     impl EventBackend for Fake {}
+    impl crate::build::BuildBackend for Fake {}
     impl ContainerBackend for Fake {
         async fn container_inspect(&self, id: &str) -> ApiResult<ContainerInspect> {
             if id == "boom" {
@@ -867,6 +869,7 @@ mod tests {
     impl VolumeBackend for Quick {}
     impl NetworkBackend for Quick {}
     impl EventBackend for Quick {}
+    impl crate::build::BuildBackend for Quick {}
     impl ContainerBackend for Quick {
         async fn container_attach(&self, _id: &str, _o: AttachOptions) -> ApiResult<AttachIo> {
             let (tx, output) = mpsc::channel(1);
@@ -950,6 +953,7 @@ mod tests {
     impl VolumeBackend for Late {}
     impl NetworkBackend for Late {}
     impl EventBackend for Late {}
+    impl crate::build::BuildBackend for Late {}
     impl ContainerBackend for Late {
         async fn container_attach(&self, _id: &str, o: AttachOptions) -> ApiResult<AttachIo> {
             let (tx, output) = mpsc::channel(1);

@@ -788,6 +788,7 @@ mod tests {
     impl VolumeBackend for Echo {}
     impl NetworkBackend for Echo {}
     impl EventBackend for Echo {}
+    impl docker_api::BuildBackend for Echo {}
     impl ContainerBackend for Echo {
         async fn container_attach(&self, id: &str, o: AttachOptions) -> ApiResult<AttachIo> {
             assert!(o.stdin && o.stdout && o.stream, "{o:?}");

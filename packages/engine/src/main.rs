@@ -22,6 +22,7 @@
 
 mod args;
 mod backend;
+mod build;
 mod certs;
 mod cgroup;
 mod containers;

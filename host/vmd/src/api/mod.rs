@@ -186,3 +186,5 @@ impl EventBackend for Api {
         Ok(self.events.subscribe(since))
     }
 }
+
+impl docker_api::BuildBackend for Api {}

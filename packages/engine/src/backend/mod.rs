@@ -4,6 +4,7 @@
 //! [`containers`], [`exec`], [`archive`].
 
 mod archive;
+mod build;
 mod containers;
 mod exec;
 mod health;
