@@ -904,13 +904,10 @@ fn with_vm_labels(c: &Ctr, pid: u32) -> ContainerConfig {
     let mut cfg = c.req.config.clone();
     let labels = cfg.labels.get_or_insert_with(Default::default);
     if pid != 0 {
-        labels.insert("axion.vmd.qemu-pid".into(), pid.to_string());
+        labels.insert("axion.vm.qemu-pid".into(), pid.to_string());
     }
     for (k, f) in [("qmp-socket", "qmp.sock"), ("overlay", "disk.qcow2")] {
-        labels.insert(
-            format!("axion.vmd.{k}"),
-            c.dir.join(f).display().to_string(),
-        );
+        labels.insert(format!("axion.vm.{k}"), c.dir.join(f).display().to_string());
     }
     cfg
 }
