@@ -233,7 +233,8 @@ impl CargoData {
         let (supplier, location, purl, info) = match source {
             _ if from_crates_io => (
                 "Organization: crates.io".to_owned(),
-                format!("https://crates.io/api/v1/crates/{name}/{version}/download"),
+                // The purl names the crate exactly; the registry's address is cargo's to know.
+                "NOASSERTION".to_owned(),
                 Some(format!("pkg:cargo/{name}@{version}")),
                 format!("crate {name} {version} from crates.io, as locked in Cargo.lock"),
             ),
@@ -285,9 +286,10 @@ impl CargoData {
     }
 }
 
+/// A crate from the registry cargo is configured with (the workspace names no other one); its
+/// address is cargo's configuration, not written here.
 fn is_crates_io(source: &str) -> bool {
-    source == "registry+https://github.com/rust-lang/crates.io-index"
-        || source == "sparse+https://index.crates.io/"
+    source.starts_with("registry+") || source.starts_with("sparse+")
 }
 
 /// Cargo.lock's `[[package]]` checksums by `(name, version)`.
