@@ -42,6 +42,7 @@
 //! - The VMs: the qemu profile's virtual hardware for all three (2 vCPU, 1 GiB, `run`'s firmware
 //!   and NIC), TCG unless the KVM probe shows a guest running.
 
+pub mod analyze;
 pub mod floor;
 pub mod peer;
 pub mod report;
@@ -510,22 +511,29 @@ pub fn bench(layout: &Layout, opts: &Args) -> Result<()> {
     };
     print!("{}", report.table());
     write_docs_section(layout, "full", &report.table())?;
+    write_readme_section(layout, &report.headline())?;
     let json = opts.json.clone().unwrap_or_else(|| out.join("bench.json"));
     crate::image::write_atomic(&json, report.json().as_bytes())?;
     let svg = out.join("bench.svg");
     crate::image::write_atomic(&svg, report.svg().as_bytes())?;
     eprintln!("bench: wrote {} and {}", json.display(), svg.display());
-    write_waterfall(layout, &out, &report.meta, &ax.trace)?;
+    let peer_trace = match &pe {
+        Some(p) => p.trace.clone(),
+        None => Err("peer not built".to_owned()),
+    };
+    write_waterfall(layout, &out, &report.meta, &ax.trace, &peer_trace)?;
     Ok(())
 }
 
 /// The boot waterfall beside the table: `out/bench/boot-waterfall.svg`, and the copy the docs
-/// show (`docs/boot-waterfall.svg`); with no trace, why not.
+/// show (`docs/boot-waterfall.svg`): axion's boot trace and, below it on the same time scale,
+/// the Debian peer's boot from `systemd-analyze`; with no axion trace, why not.
 fn write_waterfall(
     layout: &Layout,
     out: &Path,
     meta: &Meta,
     trace: &std::result::Result<Vec<waterfall::Step>, String>,
+    peer: &std::result::Result<Vec<waterfall::Step>, String>,
 ) -> Result<()> {
     let steps = match trace {
         Ok(s) => s,
@@ -535,10 +543,24 @@ fn write_waterfall(
         }
     };
     let title = format!(
-        "axion boot trace, guest clock (CLOCK_BOOTTIME), {} UTC, {}, load {}",
+        "boot to the Docker API, guest clock, {} UTC, {}, load {}",
         meta.date, meta.accel, meta.load_average
     );
-    let svg = waterfall::svg(&title, steps);
+    let mut panels = vec![(
+        "axion: init's boot trace (CLOCK_BOOTTIME)".to_owned(),
+        steps.clone(),
+    )];
+    match peer {
+        Ok(p) => panels.push((
+            format!(
+                "Debian {} peer: systemd-analyze time and critical-chain docker.service",
+                peer::SUITE
+            ),
+            p.clone(),
+        )),
+        Err(why) => eprintln!("bench: the waterfall has no peer panel: {why}"),
+    }
+    let svg = waterfall::panels(&title, &panels);
     let file = out.join("boot-waterfall.svg");
     crate::image::write_atomic(&file, svg.as_bytes())?;
     let docs = layout.root.join("docs").join("boot-waterfall.svg");
@@ -627,6 +649,19 @@ fn write_docs_section(layout: &Layout, key: &str, text: &str) -> Result<()> {
     }
     crate::image::write_atomic(&path, report::splice_section(&doc, key, text).as_bytes())?;
     eprintln!("bench: wrote its section '{key}' of {}", path.display());
+    Ok(())
+}
+
+/// Replaces the README's headline figures (its `bench:readme` section, [`Report::headline`]).
+fn write_readme_section(layout: &Layout, text: &str) -> Result<()> {
+    let path = layout.root.join("README.md");
+    let doc = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    crate::image::write_atomic(
+        &path,
+        report::splice_section(&doc, "readme", text).as_bytes(),
+    )?;
+    eprintln!("bench: wrote its section 'readme' of {}", path.display());
     Ok(())
 }
 
@@ -1000,6 +1035,8 @@ struct PeerFigures {
     /// dockerd + containerd VmRSS at idle after boot (MiB).
     daemon_rss: Value,
     docker_run: Value,
+    /// The first run's boot from `systemd-analyze` ([`analyze`]), or why there is none.
+    trace: std::result::Result<Vec<waterfall::Step>, String>,
 }
 
 struct Bench<'a> {
@@ -1231,6 +1268,7 @@ impl Bench<'_> {
             (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
         let mut run_reason = String::from("no runs");
         let mut api_reason = String::from("no answer");
+        let mut trace = Err("no systemd-analyze output from the peer".to_owned());
         for i in 0..n {
             // The same VM as axion's (firmware, CPUs, memory, NIC); the peer's kernel, initrd
             // and disk, and a forward to its dockerd's TCP port.
@@ -1273,11 +1311,14 @@ impl Bench<'_> {
             let mut got_info = None;
             let mut got_mem = None;
             let mut got_rss = None;
+            let (mut analyze_time, mut analyze_chain) = (String::new(), String::new());
+            let mut analyzed = false;
             while Instant::now() < deadline
                 && (got_api.is_none()
                     || got_info.is_none()
                     || got_mem.is_none()
-                    || got_rss.is_none())
+                    || got_rss.is_none()
+                    || !analyzed)
             {
                 if got_api.is_none() && api_answers(ports.docker) {
                     got_api = Some(vm.elapsed().as_secs_f64());
@@ -1289,6 +1330,14 @@ impl Bench<'_> {
                         got_mem = v.trim().parse::<f64>().ok();
                     } else if let Some(v) = l.split(peer::MARK_DAEMON_RSS).nth(1) {
                         got_rss = v.trim().parse::<f64>().ok();
+                    } else if let Some(v) = l.split(peer::MARK_ANALYZE_TIME).nth(1) {
+                        analyze_time.push_str(v.trim_end());
+                        analyze_time.push('\n');
+                    } else if let Some(v) = l.split(peer::MARK_ANALYZE_CHAIN).nth(1) {
+                        analyze_chain.push_str(v.trim_end());
+                        analyze_chain.push('\n');
+                    } else if l.contains(peer::MARK_ANALYZE_END) {
+                        analyzed = true;
                     }
                 }
                 if vm.try_exit_status().is_some() {
@@ -1316,6 +1365,14 @@ impl Bench<'_> {
                     )
                 }
             }
+            if analyzed && trace.is_err() {
+                trace = analyze::steps(&analyze_time, &analyze_chain).ok_or_else(|| {
+                    format!(
+                        "systemd-analyze gave no boot times: {}",
+                        first_line(&format!("{analyze_time} {analyze_chain}"))
+                    )
+                });
+            }
             info.extend(got_info);
             mem.extend(got_mem.map(|k| k / 1024.0));
             rss.extend(got_rss.map(|k| k / 1024.0));
@@ -1341,6 +1398,7 @@ impl Bench<'_> {
             mem: Value::from_samples(&mem, "no marker"),
             daemon_rss: Value::from_samples(&rss, "no marker"),
             docker_run: Value::from_samples(&drun, &run_reason),
+            trace,
         })
     }
 

@@ -16,7 +16,10 @@
 //!   multi-user.target is reached (Debian's docker.service is part of it: Type=notify, so
 //!   the target waits until dockerd says it is ready), `bench-peer: docker-info` when
 //!   `docker info` first answers inside the guest, then `bench-peer: mem-used-kib N`
-//!   (MemTotal - MemAvailable) and `bench-peer: daemon-rss-kib N` (VmRSS of dockerd + containerd).
+//!   (MemTotal - MemAvailable) and `bench-peer: daemon-rss-kib N` (VmRSS of dockerd + containerd),
+//!   then, once the boot has finished, `systemd-analyze time` and `systemd-analyze
+//!   critical-chain docker.service` line by line (`bench-peer: analyze-time ...`,
+//!   `bench-peer: analyze-chain ...`, `bench-peer: analyze-end`) for the bench's waterfall.
 //!   journald forwards errors to ttyS0 too.
 //! - dockerd also listens on TCP 2375 (no TLS, only reachable through QEMU's user-mode
 //!   forward on 127.0.0.1), so the host measures the API and `docker run` like for axion.
@@ -36,7 +39,7 @@ use sha2::{Digest, Sha256};
 use crate::layout::Layout;
 
 /// Bumped whenever the way the peer is built changes.
-const RECIPE_VERSION: &str = "peer-4";
+const RECIPE_VERSION: &str = "peer-5";
 pub const SUITE: &str = "bookworm";
 /// Fixed so two builds of the same archive state give the same bytes.
 pub const SOURCE_DATE_EPOCH: u64 = 1_700_000_000;
@@ -59,6 +62,12 @@ pub const MARK_DOCKER: &str = "bench-peer: docker-info";
 pub const MARK_MEM: &str = "bench-peer: mem-used-kib ";
 /// Resident memory of the container daemons at idle: dockerd + containerd (KiB).
 pub const MARK_DAEMON_RSS: &str = "bench-peer: daemon-rss-kib ";
+/// Each line of `systemd-analyze time` and `systemd-analyze critical-chain docker.service`
+/// once the boot has finished, then [`MARK_ANALYZE_END`] (the bench's peer waterfall,
+/// [`super::analyze`]).
+pub const MARK_ANALYZE_TIME: &str = "bench-peer: analyze-time ";
+pub const MARK_ANALYZE_CHAIN: &str = "bench-peer: analyze-chain ";
+pub const MARK_ANALYZE_END: &str = "bench-peer: analyze-end";
 pub const CMDLINE: &str = "root=/dev/vda rw console=ttyS0,115200 panic=-1";
 
 /// Files written into the bootstrap tree: (path, mode, text).
@@ -143,7 +152,15 @@ fn files() -> Vec<(&'static str, u32, String)> {
                  echo \"{MARK_MEM}$((t - a))\" > /dev/ttyS0\n\
                  r=0; for p in $(pgrep -x dockerd) $(pgrep -x containerd); do while read k v u; do \
                  [ \"$k\" = VmRSS: ] && r=$((r + v)); done < /proc/$p/status; done\n\
-                 echo \"{MARK_DAEMON_RSS}$r\" > /dev/ttyS0\n"
+                 echo \"{MARK_DAEMON_RSS}$r\" > /dev/ttyS0\n\
+                 # systemd-analyze answers once the boot has finished (no job left).\n\
+                 n=0; while ! systemd-analyze time >/dev/null 2>&1 && [ $n -lt 60 ]; do \
+                 sleep 1; n=$((n + 1)); done\n\
+                 systemd-analyze time 2>&1 | while IFS= read -r l; do \
+                 echo \"{MARK_ANALYZE_TIME}$l\"; done > /dev/ttyS0\n\
+                 systemd-analyze critical-chain docker.service 2>&1 | while IFS= read -r l; do \
+                 echo \"{MARK_ANALYZE_CHAIN}$l\"; done > /dev/ttyS0\n\
+                 echo \"{MARK_ANALYZE_END}\" > /dev/ttyS0\n"
             ),
         ),
     ]

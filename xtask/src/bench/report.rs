@@ -124,6 +124,56 @@ impl Report {
         out
     }
 
+    /// The README's headline figures (its `bench:readme` section): the boot to the Docker API
+    /// and `docker run` beside the peer's, without the date (that and the machine's load are
+    /// in docs/benchmarks.md, where dated figures live), so the README's figures are the
+    /// bench's own and never copied by hand.
+    pub fn headline(&self) -> String {
+        let find = |prefix: &str| self.rows.iter().find(|r| r.figure.starts_with(prefix));
+        let secs = |v: &Value| v.median().map(|m| Unit::Seconds.format(m));
+        let mut lines = Vec::new();
+        if let Some(r) = find("Docker API answers") {
+            if let Some(a) = secs(&r.axion) {
+                let mut l = format!(
+                    "- From starting QEMU to the Docker API answering: **{a}** under {} on a {}-core \
+                     machine",
+                    self.meta.accel, self.meta.cores
+                );
+                if let (Some(p), Some(am), Some(pm)) =
+                    (secs(&r.peer), r.axion.median(), r.peer.median())
+                {
+                    l.push_str(&format!(
+                        "; a Debian 12 host with Debian's docker.io, booted the same way: {p} \
+                         ({:.1}× slower)",
+                        pm / am
+                    ));
+                }
+                lines.push(l);
+            }
+        }
+        if let Some(r) = find("ready, guest's own clock") {
+            if let Some(a) = secs(&r.axion) {
+                lines.push(format!(
+                    "- init's ready line (the engine answering) on the guest's own clock: {a}"
+                ));
+            }
+        }
+        if let Some(r) = find("`docker run --rm busybox true`") {
+            if let Some(a) = secs(&r.axion) {
+                let peer = secs(&r.peer)
+                    .map(|p| format!(" (the Debian host: {p})"))
+                    .unwrap_or_default();
+                lines.push(format!("- `docker run --rm busybox true`: {a}{peer}"));
+            }
+        }
+        lines.push(
+            "- Measured by `cargo xtask bench`, which writes these lines; its full table, the \
+             machine, its load and the date: [docs/benchmarks.md](docs/benchmarks.md)."
+                .to_owned(),
+        );
+        lines.join("\n") + "\n"
+    }
+
     pub fn json(&self) -> String {
         serde_json::to_string_pretty(self).expect("the report serialises")
     }
@@ -335,6 +385,25 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("- a note"));
+    }
+
+    #[test]
+    fn headline_has_the_figures_and_no_date() {
+        let mut r = sample();
+        let h = r.headline();
+        // The API row has no axion figure in the sample: only the pointer line.
+        assert!(!h.contains("Docker API answering"), "{h}");
+        assert!(h.contains("docs/benchmarks.md"));
+        r.rows[2].axion = Value::from_samples(&[2.0, 2.2, 2.1], "");
+        let h = r.headline();
+        assert!(
+            h.contains("**2.10 s** under TCG on a 2-core machine") && h.contains("(15.7× slower)"),
+            "{h}"
+        );
+        assert!(
+            !h.contains("2026"),
+            "dates belong in docs/benchmarks.md: {h}"
+        );
     }
 
     #[test]

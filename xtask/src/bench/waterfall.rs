@@ -1,5 +1,8 @@
 //! The boot waterfall: init's boot trace (`/run/axion/boot-trace.json`, packages/init's
-//! `trace` module) as an SVG, one row per step, its bar from the step before it to the step.
+//! `trace` module) as an SVG, one row per step, its bar from the step before it to the step
+//! (or from the step's own `from`, the peer's units that took time to start: [`super::analyze`]).
+//! Several boots are drawn as panels one above the other on one time scale ([`panels`]), so
+//! axion's and the Debian peer's boots compare at a glance.
 //!
 //! The label column is as wide as the longest label needs (at [`CHAR_W`] per character, a
 //! generous estimate for a 12 px sans-serif font), so no label runs into the bars; a label
@@ -15,6 +18,9 @@ use super::report::xml;
 pub struct Step {
     pub step: String,
     pub at: f64,
+    /// When the step began, where that is known and not simply the previous step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -57,13 +63,39 @@ fn label(s: &str) -> String {
 /// The waterfall of `steps`, titled `title`. The time axis starts at 0 (the guest's boot) so
 /// the kernel's share shows; each bar spans from the previous step to this one.
 pub fn svg(title: &str, steps: &[Step]) -> String {
-    let labels: Vec<String> = steps.iter().map(|s| label(&s.step)).collect();
-    let longest = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0);
-    let label_w = (longest as f64 * CHAR_W + 16.0).max(120.0);
-    let end = steps.iter().map(|s| s.at).fold(0.0_f64, f64::max);
+    panels(title, &[(String::new(), steps.to_vec())])
+}
+
+/// Several waterfalls under one title, each panel headed by its name, all on the time scale
+/// of the longest one.
+pub fn panels(title: &str, panels: &[(String, Vec<Step>)]) -> String {
+    let labels: Vec<Vec<String>> = panels
+        .iter()
+        .map(|(_, steps)| steps.iter().map(|s| label(&s.step)).collect())
+        .collect();
+    let longest = labels.iter().flatten().map(|l| l.chars().count()).max();
+    let label_w = (longest.unwrap_or(0) as f64 * CHAR_W + 16.0).max(120.0);
+    let end = panels
+        .iter()
+        .flat_map(|(_, steps)| steps.iter().map(|s| s.at))
+        .fold(0.0_f64, f64::max);
     let scale = if end > 0.0 { BAR_W / end } else { 0.0 };
+    // A grid line every second, or every 5 or 10 s on a long axis.
+    let tick = if end > 60.0 {
+        10.0
+    } else if end > 20.0 {
+        5.0
+    } else {
+        1.0
+    };
     let width = label_w + BAR_W + 110.0;
-    let height = TOP + ROW_H * steps.len() as f64 + 40.0;
+    let heads = panels.iter().filter(|(name, _)| !name.is_empty()).count();
+    let rows: usize = panels.iter().map(|(_, s)| s.len()).sum();
+    let panel_gap = 40.0;
+    let height = TOP
+        + ROW_H * (rows + heads) as f64
+        + panel_gap * (panels.len() as f64 - 1.0).max(0.0)
+        + 40.0;
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{height:.0}\" \
          font-family=\"sans-serif\" font-size=\"12\">\n\
@@ -71,48 +103,59 @@ pub fn svg(title: &str, steps: &[Step]) -> String {
          <text x=\"10\" y=\"22\" font-size=\"14\" font-weight=\"bold\">{}</text>\n",
         xml(title)
     );
-    // A grid line every second.
-    let axis_y = TOP + ROW_H * steps.len() as f64 + 4.0;
-    let mut sec = 0.0_f64;
-    while sec <= end + 1e-9 {
-        let x = label_w + sec * scale;
-        s.push_str(&format!(
-            "<line x1=\"{x:.1}\" y1=\"{:.0}\" x2=\"{x:.1}\" y2=\"{axis_y:.0}\" \
-             stroke=\"#dddddd\"/>\n<text x=\"{x:.1}\" y=\"{:.0}\" text-anchor=\"middle\" \
-             fill=\"#666666\">{sec:.0} s</text>\n",
-            TOP - 4.0,
-            axis_y + 14.0
-        ));
-        sec += 1.0;
-    }
-    let mut prev = 0.0_f64;
-    for (i, (step, name)) in steps.iter().zip(&labels).enumerate() {
-        let y = TOP + ROW_H * i as f64;
-        let from = prev.min(step.at);
-        let x = label_w + from * scale;
-        let w = ((step.at - from) * scale).max(1.0);
-        let color = if step.step == "kernel" {
-            "#999999"
-        } else if step.step.starts_with("service ") {
-            "#2a7ab0"
-        } else {
-            "#5a9e4b"
-        };
-        s.push_str(&format!(
-            "<text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"end\">{}</text>\n\
-             <rect x=\"{x:.1}\" y=\"{:.0}\" width=\"{w:.1}\" height=\"{:.0}\" fill=\"{color}\"/>\n\
-             <text x=\"{:.1}\" y=\"{:.0}\">{:.3} s (+{:.3})</text>\n",
-            label_w - 8.0,
-            y + 14.0,
-            xml(name),
-            y + 3.0,
-            ROW_H - 6.0,
-            x + w + 6.0,
-            y + 14.0,
-            step.at,
-            step.at - from
-        ));
-        prev = prev.max(step.at);
+    let mut top = TOP;
+    for ((name, steps), labels) in panels.iter().zip(&labels) {
+        if !name.is_empty() {
+            s.push_str(&format!(
+                "<text x=\"10\" y=\"{:.0}\" font-weight=\"bold\">{}</text>\n",
+                top + 14.0,
+                xml(name)
+            ));
+            top += ROW_H;
+        }
+        let axis_y = top + ROW_H * steps.len() as f64 + 4.0;
+        let mut sec = 0.0_f64;
+        while sec <= end + 1e-9 {
+            let x = label_w + sec * scale;
+            s.push_str(&format!(
+                "<line x1=\"{x:.1}\" y1=\"{:.0}\" x2=\"{x:.1}\" y2=\"{axis_y:.0}\" \
+                 stroke=\"#dddddd\"/>\n<text x=\"{x:.1}\" y=\"{:.0}\" text-anchor=\"middle\" \
+                 fill=\"#666666\">{sec:.0} s</text>\n",
+                top - 4.0,
+                axis_y + 14.0
+            ));
+            sec += tick;
+        }
+        let mut prev = 0.0_f64;
+        for (i, (step, name)) in steps.iter().zip(labels).enumerate() {
+            let y = top + ROW_H * i as f64;
+            let from = step.from.unwrap_or(prev).min(step.at);
+            let x = label_w + from * scale;
+            let w = ((step.at - from) * scale).max(1.0);
+            let color = if step.step == "kernel" {
+                "#999999"
+            } else if step.step.starts_with("service ") || step.step.ends_with(".service") {
+                "#2a7ab0"
+            } else {
+                "#5a9e4b"
+            };
+            s.push_str(&format!(
+                "<text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"end\">{}</text>\n\
+                 <rect x=\"{x:.1}\" y=\"{:.0}\" width=\"{w:.1}\" height=\"{:.0}\" fill=\"{color}\"/>\n\
+                 <text x=\"{:.1}\" y=\"{:.0}\">{:.3} s (+{:.3})</text>\n",
+                label_w - 8.0,
+                y + 14.0,
+                xml(name),
+                y + 3.0,
+                ROW_H - 6.0,
+                x + w + 6.0,
+                y + 14.0,
+                step.at,
+                step.at - from
+            ));
+            prev = prev.max(step.at);
+        }
+        top = axis_y + panel_gap;
     }
     s.push_str("</svg>\n");
     s
@@ -138,7 +181,8 @@ mod tests {
             steps[0],
             Step {
                 step: "kernel".into(),
-                at: 0.412
+                at: 0.412,
+                from: None,
             }
         );
         assert_eq!(steps[4].step, "ready");
@@ -186,6 +230,44 @@ mod tests {
         assert_eq!(l.chars().count(), MAX_LABEL);
         assert!(l.ends_with('…'));
         assert_eq!(label("ready"), "ready");
+    }
+
+    #[test]
+    fn panels_share_one_time_scale_and_bars_start_at_from() {
+        let axion = parse(TRACE).unwrap();
+        let peer = vec![
+            Step {
+                step: "kernel".into(),
+                at: 3.0,
+                from: None,
+            },
+            Step {
+                step: "docker.service".into(),
+                at: 18.0,
+                from: Some(9.0),
+            },
+        ];
+        let s = panels(
+            "two",
+            &[("axion".into(), axion.clone()), ("peer".into(), peer)],
+        );
+        assert!(s.contains(">axion</text>") && s.contains(">peer</text>"));
+        let bars: Vec<(f64, f64)> = s
+            .lines()
+            .filter(|l| l.starts_with("<rect x="))
+            .map(|l| (attr(l, "x"), attr(l, "width")))
+            .collect();
+        assert_eq!(bars.len(), axion.len() + 2);
+        let origin = bars[0].0;
+        // 18 s spans the whole bar width: the peer's last bar ends there, from 9 s.
+        let (x, w) = bars[bars.len() - 1];
+        assert!((x - origin - BAR_W / 2.0).abs() < 0.2, "{x} {origin}");
+        assert!((x + w - origin - BAR_W).abs() < 0.2);
+        // axion's ready at 1.803 s is a tenth of the way on that shared scale.
+        let (x, w) = bars[axion.len() - 1];
+        assert!((x + w - origin - BAR_W * 1.803 / 18.0).abs() < 1.1);
+        // Grid lines every 1 s up to 18 s, per panel.
+        assert_eq!(s.matches(">18 s</text>").count(), 2);
     }
 
     fn attr(line: &str, name: &str) -> f64 {
