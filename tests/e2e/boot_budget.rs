@@ -31,7 +31,10 @@ const TIMEOUT: Duration = Duration::from_secs(300);
 /// the engine of 2026-12-01 (it waited 1.5-3 s for the kernel's CRNG; OVMF), ratios per round
 /// 1.25-3.06 in 4 runs (loads 6-14), the best of two or three 1.39-2.51; with a virtio RNG in
 /// every VM and qboot (2026-12-02, 2 runs, load 5-14), rounds 1.75, 2.15, 2.23 and 1.88,
-/// 2.28, 1.66. 2.5 (was 3.0) is the largest per-round ratio seen since plus a tenth. It is
+/// 2.28, 1.66; with the qemu profile's command line of issue 22 (no VT console, no legacy
+/// ptys: the floor's kernel 0.9 s faster, so the same init and engine are a larger part of
+/// the image's time), 2026-12-02 at load ~20: rounds 1.82, 1.51, 3.37, best 1.51. 2.5 (was
+/// 3.0) is the largest best-of-rounds ratio seen plus a margin for a loaded machine. It is
 /// loose because the ratio is mostly the kernel: the image's own handover comes 0.2-0.9 s
 /// after the floor's (its 3.7 MB initramfs is unpacked first), the floor's handover swings
 /// 1.8-3.5 s with load, and init plus the engine are 1.0-1.6 s of it; so it catches a
