@@ -135,8 +135,8 @@ impl Report {
         if let Some(r) = find("Docker API answers") {
             if let Some(a) = secs(&r.axion) {
                 let mut l = format!(
-                    "- From starting QEMU to the Docker API answering: **{a}** under {} on a {}-core \
-                     machine",
+                    "- From starting QEMU to the Docker API answering: **{a}** under {} on a \
+                     {}-core machine",
                     self.meta.accel, self.meta.cores
                 );
                 if let (Some(p), Some(am), Some(pm)) =

@@ -141,7 +141,8 @@ pub fn panels(title: &str, panels: &[(String, Vec<Step>)]) -> String {
             };
             s.push_str(&format!(
                 "<text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"end\">{}</text>\n\
-                 <rect x=\"{x:.1}\" y=\"{:.0}\" width=\"{w:.1}\" height=\"{:.0}\" fill=\"{color}\"/>\n\
+                 <rect x=\"{x:.1}\" y=\"{:.0}\" width=\"{w:.1}\" height=\"{:.0}\" \
+                 fill=\"{color}\"/>\n\
                  <text x=\"{:.1}\" y=\"{:.0}\">{:.3} s (+{:.3})</text>\n",
                 label_w - 8.0,
                 y + 14.0,
