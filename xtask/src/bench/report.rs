@@ -136,8 +136,8 @@ impl Report {
             if let Some(a) = secs(&r.axion) {
                 let mut l = format!(
                     "- From starting QEMU to the Docker API answering: **{a}** under {} on a \
-                     {}-core machine",
-                    self.meta.accel, self.meta.cores
+                     {}-core machine (load average {} at the start)",
+                    self.meta.accel, self.meta.cores, self.meta.load_average
                 );
                 if let (Some(p), Some(am), Some(pm)) =
                     (secs(&r.peer), r.axion.median(), r.peer.median())
@@ -397,7 +397,8 @@ mod tests {
         r.rows[2].axion = Value::from_samples(&[2.0, 2.2, 2.1], "");
         let h = r.headline();
         assert!(
-            h.contains("**2.10 s** under TCG on a 2-core machine") && h.contains("(15.7× slower)"),
+            h.contains("**2.10 s** under TCG on a 2-core machine (load average 0.50")
+                && h.contains("(15.7× slower)"),
             "{h}"
         );
         assert!(
