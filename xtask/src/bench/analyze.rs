@@ -75,6 +75,18 @@ pub fn critical_chain(output: &str) -> Vec<ChainUnit> {
         .lines()
         .filter_map(|l| {
             let l = l.trim_start_matches(|c: char| c.is_whitespace() || "└├│─".contains(c));
+            // The unit asked for is printed with its start-up time only ("docker.service
+            // +57.2s"): it began once the last unit below it was active (NaN until
+            // [`steps`] knows that).
+            if let Some((name, took)) = l.split_once(" +").filter(|(n, _)| !n.contains(' ')) {
+                if !name.is_empty() && !took.contains('@') {
+                    return Some(ChainUnit {
+                        name: name.to_owned(),
+                        at: f64::NAN,
+                        took: Some(timespan(took)?),
+                    });
+                }
+            }
             let (name, times) = l.split_once(" @")?;
             if name.contains(' ') || name.is_empty() {
                 return None;
@@ -96,9 +108,17 @@ pub fn critical_chain(output: &str) -> Vec<ChainUnit> {
 /// order; None when `time` has no start (boot not finished) or the chain is empty.
 pub fn steps(time_output: &str, chain_output: &str) -> Option<Vec<Step>> {
     let start = userspace_start(time_output)?;
-    let chain = critical_chain(chain_output);
+    let mut chain = critical_chain(chain_output);
     if chain.is_empty() {
         return None;
+    }
+    let last_active = chain
+        .iter()
+        .filter(|u| u.at.is_finite())
+        .map(|u| u.at + u.took.unwrap_or(0.0))
+        .fold(0.0_f64, f64::max);
+    for u in chain.iter_mut().filter(|u| !u.at.is_finite()) {
+        u.at = last_active;
     }
     let mut steps: Vec<Step> = chain
         .into_iter()
@@ -132,7 +152,7 @@ mod tests {
 
     const CHAIN: &str = "The time when unit became active or started is printed after the \"@\" \
                          character.\nThe time the unit took to start is printed after the \"+\" \
-                         character.\n\ndocker.service @5.513s +3.950s\n└─containerd.service \
+                         character.\n\ndocker.service +3.950s\n└─containerd.service \
                          @4.900s +600ms\n  └─network.target @4.880s\n    \
                          └─systemd-networkd.service @3.2s +1.678s\n      └─basic.target \
                          @3.1s\n";
@@ -170,7 +190,7 @@ mod tests {
         let c = critical_chain(CHAIN);
         assert_eq!(c.len(), 5, "{c:?}");
         assert_eq!(c[0].name, "docker.service");
-        assert!((c[0].at - 5.513).abs() < 1e-9 && (c[0].took.unwrap() - 3.95).abs() < 1e-9);
+        assert!(c[0].at.is_nan() && (c[0].took.unwrap() - 3.95).abs() < 1e-9);
         assert_eq!(c[2].name, "network.target");
         assert_eq!(c[2].took, None);
         assert_eq!(c[4].name, "basic.target");
@@ -192,8 +212,9 @@ mod tests {
             ]
         );
         let docker = s.last().unwrap();
-        assert!((docker.at - (2.457 + 5.513 + 3.95)).abs() < 1e-9);
-        assert!((docker.from.unwrap() - (2.457 + 5.513)).abs() < 1e-9);
+        // It began when containerd was active (4.9 + 0.6 s after systemd started).
+        assert!((docker.at - (2.457 + 5.5 + 3.95)).abs() < 1e-9);
+        assert!((docker.from.unwrap() - (2.457 + 5.5)).abs() < 1e-9);
         assert!((s[0].at - 2.457).abs() < 1e-9);
         assert_eq!(s[3].from, None, "network.target took no time");
         assert!(steps("not finished", CHAIN).is_none());
