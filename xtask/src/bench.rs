@@ -42,6 +42,7 @@
 //! - The VMs: the qemu profile's virtual hardware for all three (2 vCPU, 1 GiB, `run`'s firmware
 //!   and NIC), TCG unless the KVM probe shows a guest running.
 
+pub mod builds;
 pub mod floor;
 pub mod peer;
 pub mod report;
@@ -80,6 +81,11 @@ pub struct Args {
     /// docs/benchmarks.md.
     #[arg(long)]
     pub vmd_only: bool,
+    /// Only the build figures ([`builds`]): each package of the vsphere profile from an empty
+    /// cache and from a warm registry, and `image --profile vsphere` end to end; with --quick
+    /// the kernel's clean build is its cached log's figure.
+    #[arg(long)]
+    pub builds: bool,
     /// Timed `docker run`s per mode (default 5, or 2 with --quick).
     #[arg(long, value_name = "N")]
     pub runs: Option<usize>,
@@ -128,6 +134,10 @@ pub fn bench(layout: &Layout, opts: &Args) -> Result<()> {
             peer.dir.display()
         );
         return Ok(());
+    }
+    if opts.builds {
+        crate::doctor::ensure(&[crate::doctor::Need::Build, crate::doctor::Need::Image])?;
+        return builds::measure(layout, opts.quick);
     }
     crate::doctor::ensure(&[
         crate::doctor::Need::Image,

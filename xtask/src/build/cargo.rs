@@ -1,12 +1,19 @@
 //! `cargo`: a crate of packages/ built for x86_64-unknown-linux-musl, static.
 //!
 //! `cargo build --release --locked --target x86_64-unknown-linux-musl -p CRATE` in the
-//! checkout, with its own target directory in the scratch area (never the checkout's
-//! target/, which the running xtask may hold), a cleared environment (PATH plus the rustup and
-//! cargo homes), and `--remap-path-prefix` for the checkout, the scratch directory and the
-//! cargo home, so the binaries do not depend on where the checkout is. The executables cargo
-//! reports (`--message-format=json`) go to `install-dir` (default /sbin); `binaries` picks
-//! some of them by name. Each must be static.
+//! checkout, a cleared environment (PATH plus the rustup and cargo homes), and
+//! `--remap-path-prefix` for the checkout, the target directory and the cargo home, so the
+//! binaries do not depend on where the checkout is. The executables cargo reports
+//! (`--message-format=json`) go to `install-dir` (default /sbin); `binaries` picks some of
+//! them by name. Each must be static.
+//!
+//! Every cargo package of a checkout builds in one target directory, `target/axion-guest/`
+//! (its own cargo lock, apart from the `target/debug` the running xtask may hold): the crates
+//! the engine, init and the update agent share (tokio, serde, rustls, ...) compile once, and a
+//! change to one package recompiles that package only. The flags are the same for every
+//! package and every run (the directory is remapped to `/build/target`, where the scratch
+//! target used to be), so cargo's own fingerprints decide what is stale, and what it reuses
+//! is what a clean build would have produced: the cache key still covers every input.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -37,6 +44,11 @@ pub fn rustup_home() -> PathBuf {
         .unwrap_or_else(|| home().join(".rustup"))
 }
 
+/// The one target directory of every cargo package built from the checkout at `root`.
+pub fn guest_target_dir(root: &Path) -> PathBuf {
+    root.join("target").join("axion-guest")
+}
+
 pub fn build(ctx: &BuildCtx, spec: &CargoSpec) -> Result<()> {
     let root = &ctx.layout.root;
     let krate = spec
@@ -52,12 +64,14 @@ pub fn build(ctx: &BuildCtx, spec: &CargoSpec) -> Result<()> {
         );
     }
     ctx.set_source_dir(manifest.parent().unwrap_or(root))?;
-    let target_dir = ctx.work.join("target");
+    let target_dir = guest_target_dir(root);
     let cargo_home = cargo_home();
     let rustup_home = rustup_home();
+    // rustc applies the last matching prefix: the target directory (inside the checkout)
+    // comes after the checkout.
     let flags = [
         format!("--remap-path-prefix={}=/axion", root.display()),
-        format!("--remap-path-prefix={}=/build", ctx.work.display()),
+        format!("--remap-path-prefix={}=/build/target", target_dir.display()),
         format!("--remap-path-prefix={}=/cargo", cargo_home.display()),
         "-Ctarget-feature=+crt-static".to_owned(),
     ];
