@@ -41,8 +41,8 @@ use crate::recipe::Recipe;
 mod settings;
 mod trust;
 
-pub use settings::{CacheArgs, ENV, ENV_PUSH, ENV_SIGN_KEY, ENV_TIMEOUT, ENV_TRUSTED_KEYS};
 use settings::{config_file, credentials, from_settings};
+pub use settings::{CacheArgs, ENV, ENV_PUSH, ENV_SIGN_KEY, ENV_TIMEOUT, ENV_TRUSTED_KEYS};
 
 pub const ARTIFACT_TYPE: &str = "application/vnd.axion.package.v1";
 const MT_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -83,7 +83,10 @@ impl std::fmt::Debug for Remote {
             .field("registry", &self.registry)
             .field("repository", &self.repository)
             .field("push", &self.push)
-            .field("signs", &self.signer.as_ref().map(|k| k.public_key().key_id()))
+            .field(
+                "signs",
+                &self.signer.as_ref().map(|k| k.public_key().key_id()),
+            )
             .field("trusted", &self.trusted.len())
             .field("timeout", &self.timeout)
             .finish()

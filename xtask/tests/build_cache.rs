@@ -245,7 +245,10 @@ fn build_elsewhere(root: &Path, cache: &Path, package: &str) -> Manifest {
         .arg("umask 077 && exec \"$0\" \"$@\"")
         .arg(std::env::current_exe().unwrap())
         .args(["--exact", "child_build", "--ignored", "--nocapture"])
-        .env(CHILD, format!("{}\n{}\n{package}", root.display(), cache.display()))
+        .env(
+            CHILD,
+            format!("{}\n{}\n{package}", root.display(), cache.display()),
+        )
         .env("LC_ALL", "C.UTF-8")
         .env("LANG", "de_DE.UTF-8")
         .env("TZ", "Asia/Kathmandu")

@@ -288,8 +288,16 @@ fn signed_entries_serve_only_machines_that_trust_the_key() {
             }
         }
     };
-    let trusts_alice = || Remote::parse(&cache_ref, false).unwrap().trusting(alice_pub.clone());
-    let trusts_bob = || Remote::parse(&cache_ref, false).unwrap().trusting(bob_pub.clone());
+    let trusts_alice = || {
+        Remote::parse(&cache_ref, false)
+            .unwrap()
+            .trusting(alice_pub.clone())
+    };
+    let trusts_bob = || {
+        Remote::parse(&cache_ref, false)
+            .unwrap()
+            .trusting(bob_pub.clone())
+    };
     let trusts_nobody = || Remote::parse(&cache_ref, false).unwrap();
 
     let got = fetch(&trusts_alice(), &signed).unwrap();
@@ -344,11 +352,12 @@ fn a_registry_that_never_answers_costs_one_bounded_wait() {
         .answering_within(Duration::from_secs(2));
 
     let t = Instant::now();
-    let err = remote
-        .fetch(&c.packages(), init, &key, &entry)
-        .unwrap_err();
+    let err = remote.fetch(&c.packages(), init, &key, &entry).unwrap_err();
     let waited = t.elapsed();
-    assert!(format!("{err:#}").contains("no answer within 2 s"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("no answer within 2 s"),
+        "{err:#}"
+    );
     assert!(
         waited >= Duration::from_secs(2) && waited < Duration::from_secs(10),
         "waited {waited:?}"

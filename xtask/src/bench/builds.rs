@@ -44,7 +44,12 @@ pub fn measure(layout: &Layout, quick: bool) -> Result<()> {
     let tmp = tempfile::Builder::new()
         .prefix("bench-builds-")
         .tempdir_in(&layout.cache)
-        .with_context(|| format!("cannot make a temporary cache in {}", layout.cache.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot make a temporary cache in {}",
+                layout.cache.display()
+            )
+        })?;
     let empty = |n: &str| -> Result<Layout> {
         let l = Layout::with_cache(layout.root.clone(), tmp.path().join(n));
         std::fs::create_dir_all(&l.cache)?;
@@ -58,13 +63,17 @@ pub fn measure(layout: &Layout, quick: bool) -> Result<()> {
     let mut rows = Vec::new();
     for r in recipes.closure(&names)? {
         let name = r.name().to_owned();
-        let key = &planned.iter().find(|(n, _)| *n == name).context("no key")?.1;
+        let key = &planned
+            .iter()
+            .find(|(n, _)| *n == name)
+            .context("no key")?
+            .1;
         let clean = if quick && name == "linux" {
             kernel_from_default_cache(layout, &a, &name, key)
         } else {
             eprintln!("bench: clean build of {name}");
             let started = Instant::now();
-            match build::build_packages(&a, &recipes, &[name.clone()], &local()) {
+            match build::build_packages(&a, &recipes, std::slice::from_ref(&name), &local()) {
                 Ok(_) => Value::one(started.elapsed().as_secs_f64()),
                 Err(e) => Value::na(format!("failed: {}", super::first_line(&format!("{e:#}")))),
             }
@@ -78,12 +87,19 @@ pub fn measure(layout: &Layout, quick: bool) -> Result<()> {
     }
     let pusher = Remote::parse(&cache_ref, true)?;
     for row in &mut rows {
-        let key = &planned.iter().find(|(n, _)| *n == row.name).context("no key")?.1;
+        let key = &planned
+            .iter()
+            .find(|(n, _)| *n == row.name)
+            .context("no key")?
+            .1;
         let entry = build::entry_dir(&a, &row.name, key);
         let started = Instant::now();
         row.push = match pusher.push_entry(&row.name, key, &entry) {
             Ok(_) => Value::one(started.elapsed().as_secs_f64()),
-            Err(e) => Value::na(format!("push failed: {}", super::first_line(&format!("{e:#}")))),
+            Err(e) => Value::na(format!(
+                "push failed: {}",
+                super::first_line(&format!("{e:#}"))
+            )),
         };
     }
     let b = empty("b")?;
@@ -93,13 +109,20 @@ pub fn measure(layout: &Layout, quick: bool) -> Result<()> {
     };
     for row in &mut rows {
         let started = Instant::now();
-        row.pull = match build::build_packages(&b, &recipes, &[row.name.clone()], &reader) {
-            Ok(_) if !b.cache.join("logs").join(format!("{}.log", row.name)).exists() => {
-                Value::one(started.elapsed().as_secs_f64())
-            }
-            Ok(_) => Value::na("built, not pulled"),
-            Err(e) => Value::na(format!("failed: {}", super::first_line(&format!("{e:#}")))),
-        };
+        row.pull =
+            match build::build_packages(&b, &recipes, std::slice::from_ref(&row.name), &reader) {
+                Ok(_)
+                    if !b
+                        .cache
+                        .join("logs")
+                        .join(format!("{}.log", row.name))
+                        .exists() =>
+                {
+                    Value::one(started.elapsed().as_secs_f64())
+                }
+                Ok(_) => Value::na("built, not pulled"),
+                Err(e) => Value::na(format!("failed: {}", super::first_line(&format!("{e:#}")))),
+            };
     }
     let end_to_end = image_end_to_end(&empty("c")?, &cache_ref);
 
@@ -122,7 +145,10 @@ fn kernel_from_default_cache(layout: &Layout, into: &Layout, name: &str, key: &s
     let from = build::entry_dir(layout, name, key);
     let log = std::fs::read_to_string(from.join("build.log")).unwrap_or_default();
     let Some(secs) = super::logged_build_seconds(&log) else {
-        return Value::na(format!("--quick: {} has no build log with a duration", from.display()));
+        return Value::na(format!(
+            "--quick: {} has no build log with a duration",
+            from.display()
+        ));
     };
     let to = build::entry_dir(into, name, key);
     let copied = std::fs::create_dir_all(into.packages()).is_ok()

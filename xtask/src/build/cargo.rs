@@ -7,13 +7,14 @@
 //! (`--message-format=json`) go to `install-dir` (default /sbin); `binaries` picks some of
 //! them by name. Each must be static.
 //!
-//! Every cargo package of a checkout builds in one target directory, `target/axion-guest/`
-//! (its own cargo lock, apart from the `target/debug` the running xtask may hold): the crates
-//! the engine, init and the update agent share (tokio, serde, rustls, ...) compile once, and a
-//! change to one package recompiles that package only. The flags are the same for every
-//! package and every run (the directory is remapped to `/build/target`, where the scratch
-//! target used to be), so cargo's own fingerprints decide what is stale, and what it reuses
-//! is what a clean build would have produced: the cache key still covers every input.
+//! Every cargo package of a checkout builds in one target directory of the cache,
+//! `$AXION_CACHE/guest-target/<checkout id>/` (never the checkout's target/, which the running
+//! xtask may hold): the crates the engine, init and the update agent share (tokio, serde,
+//! rustls, ...) compile once, and a change to one package recompiles that package only. The
+//! flags are the same for every package and every run of the checkout (the directory is
+//! remapped to `/build/target`, where the scratch target used to be), so cargo's own
+//! fingerprints decide what is stale, and what it reuses is what a clean build would have
+//! produced: the cache key still covers every input. A fresh `$AXION_CACHE` starts cold.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -44,9 +45,12 @@ pub fn rustup_home() -> PathBuf {
         .unwrap_or_else(|| home().join(".rustup"))
 }
 
-/// The one target directory of every cargo package built from the checkout at `root`.
-pub fn guest_target_dir(root: &Path) -> PathBuf {
-    root.join("target").join("axion-guest")
+/// The one target directory of every cargo package built from the checkout at `root` (one
+/// per checkout: the remapped paths differ between checkouts, and so would the flags).
+pub fn guest_target_dir(cache: &Path, root: &Path) -> PathBuf {
+    use sha2::Digest as _;
+    let id = hex::encode(sha2::Sha256::digest(root.as_os_str().as_encoded_bytes()));
+    cache.join("guest-target").join(&id[..16])
 }
 
 pub fn build(ctx: &BuildCtx, spec: &CargoSpec) -> Result<()> {
@@ -64,11 +68,10 @@ pub fn build(ctx: &BuildCtx, spec: &CargoSpec) -> Result<()> {
         );
     }
     ctx.set_source_dir(manifest.parent().unwrap_or(root))?;
-    let target_dir = guest_target_dir(root);
+    let target_dir = guest_target_dir(&ctx.layout.cache, root);
     let cargo_home = cargo_home();
     let rustup_home = rustup_home();
-    // rustc applies the last matching prefix: the target directory (inside the checkout)
-    // comes after the checkout.
+    // rustc applies the last matching prefix: the more specific one comes last.
     let flags = [
         format!("--remap-path-prefix={}=/axion", root.display()),
         format!("--remap-path-prefix={}=/build/target", target_dir.display()),

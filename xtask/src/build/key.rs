@@ -183,7 +183,10 @@ fn musl_libc() -> Result<PathBuf> {
 /// The path after `-specs` in musl-gcc's wrapper script (quoted or not).
 fn specs_of_wrapper(script: &str) -> Option<PathBuf> {
     let rest = &script[script.find("-specs")? + "-specs".len()..];
-    let word = rest.trim_start_matches([' ', '=']).split_whitespace().next()?;
+    let word = rest
+        .trim_start_matches([' ', '='])
+        .split_whitespace()
+        .next()?;
     let word = word.trim_matches(['"', '\'']);
     (!word.is_empty()).then(|| PathBuf::from(word))
 }

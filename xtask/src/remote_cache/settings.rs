@@ -70,7 +70,10 @@ impl CacheArgs {
 }
 
 /// Flag-less settings: `env` (a lookup of the variables above) wins over the config file.
-pub fn from_settings(env: &dyn Fn(&str) -> Option<String>, file: Option<&str>) -> Result<Option<Remote>> {
+pub fn from_settings(
+    env: &dyn Fn(&str) -> Option<String>,
+    file: Option<&str>,
+) -> Result<Option<Remote>> {
     let env = |k: &str| env(k).filter(|v| !v.trim().is_empty());
     let truthy = |v: &str| matches!(v.trim(), "1" | "true" | "yes");
     let (mut reg, mut push, mut sign_key, mut trusted, mut timeout) =
@@ -112,7 +115,11 @@ pub fn from_settings(env: &dyn Fn(&str) -> Option<String>, file: Option<&str>) -
         sign_key = Some(PathBuf::from(k));
     }
     if let Some(k) = env(ENV_TRUSTED_KEYS) {
-        trusted = k.split(':').filter(|p| !p.is_empty()).map(PathBuf::from).collect();
+        trusted = k
+            .split(':')
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .collect();
     }
     if let Some(t) = env(ENV_TIMEOUT) {
         let t: u64 = t
@@ -205,7 +212,11 @@ mod tests {
         );
         assert!(r.trusted.is_empty() && r.signer.is_none());
         assert_eq!(r.timeout, super::super::ANSWER_TIMEOUT);
-        let env = env_of(&[(ENV, "127.0.0.1:5000/c"), (ENV_PUSH, "0"), (ENV_TIMEOUT, "3")]);
+        let env = env_of(&[
+            (ENV, "127.0.0.1:5000/c"),
+            (ENV_PUSH, "0"),
+            (ENV_TIMEOUT, "3"),
+        ]);
         let r = from_settings(&env, Some(file)).unwrap().unwrap();
         assert_eq!((r.registry.as_str(), r.push), ("127.0.0.1:5000", false));
         assert_eq!(r.timeout, Duration::from_secs(3));

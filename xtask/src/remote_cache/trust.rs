@@ -98,9 +98,8 @@ pub async fn sign(
     }
     let payload = signing::payload(identity, digest, &claims(name, key));
     let signature = signer.sign(&payload)?;
-    let ours: Value = serde_json::from_slice(&signing::signature_manifest(
-        &payload, &signature, &key_id,
-    ))?;
+    let ours: Value =
+        serde_json::from_slice(&signing::signature_manifest(&payload, &signature, &key_id))?;
     layers.extend(ours["layers"].as_array().cloned().unwrap_or_default());
     // cosign's config lists every layer's digest as a diff id.
     let diff_ids: Vec<Value> = layers.iter().map(|l| l["digest"].clone()).collect();
@@ -117,8 +116,14 @@ pub async fn sign(
         std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
         let d = signing::sha256_digest(bytes);
         if !s.blob_exists(&d).await? {
-            s.upload_blob(&path, &d, bytes.len() as u64, registry::UPLOAD_CHUNK, |_| {})
-                .await?;
+            s.upload_blob(
+                &path,
+                &d,
+                bytes.len() as u64,
+                registry::UPLOAD_CHUNK,
+                |_| {},
+            )
+            .await?;
         }
     }
     let manifest = serde_json::to_vec(&json!({
