@@ -78,6 +78,15 @@ pub fn build(ctx: &BuildCtx, spec: &CargoSpec) -> Result<()> {
         format!("--remap-path-prefix={}=/cargo", cargo_home.display()),
         "-Ctarget-feature=+crt-static".to_owned(),
     ];
+    // Held from cargo's start to the copy of its binaries: another build from this checkout
+    // (another key of the same package) would overwrite them in the shared target directory.
+    std::fs::create_dir_all(&target_dir)
+        .with_context(|| format!("cannot create {}", target_dir.display()))?;
+    let lock_path = target_dir.join(".axion-build.lock");
+    let lock = std::fs::File::create(&lock_path)
+        .with_context(|| format!("cannot create {}", lock_path.display()))?;
+    lock.lock()
+        .with_context(|| format!("cannot lock {}", lock_path.display()))?;
     let mut cmd = ctx.command("cargo", root);
     cmd.env(
         "PATH",
