@@ -39,6 +39,8 @@
 //!   image from a docker-registry on 127.0.0.1; the two modes' runs alternate. Also the
 //!   daemon's start (template boot + save). The VMs have the daemon's default vCPUs (the
 //!   host's cores, at most 4) and 512 MiB.
+//! - Builds with a shared cache ([`builds`], `--builds`): each vsphere package from an empty
+//!   cache, pushed, and pulled into another empty cache; `image --profile vsphere` end to end.
 //! - The VMs: the qemu profile's virtual hardware for all three (2 vCPU, 1 GiB, `run`'s firmware
 //!   and NIC), TCG unless the KVM probe shows a guest running.
 
