@@ -39,10 +39,13 @@
 //!   image from a docker-registry on 127.0.0.1; the two modes' runs alternate. Also the
 //!   daemon's start (template boot + save). The VMs have the daemon's default vCPUs (the
 //!   host's cores, at most 4) and 512 MiB.
+//! - Builds with a shared cache ([`builds`], `--builds`): each vsphere package from an empty
+//!   cache, pushed, and pulled into another empty cache; `image --profile vsphere` end to end.
 //! - The VMs: the qemu profile's virtual hardware for all three (2 vCPU, 1 GiB, `run`'s firmware
 //!   and NIC), TCG unless the KVM probe shows a guest running.
 
 pub mod analyze;
+pub mod builds;
 pub mod floor;
 pub mod peer;
 pub mod report;
@@ -81,6 +84,11 @@ pub struct Args {
     /// docs/benchmarks.md.
     #[arg(long)]
     pub vmd_only: bool,
+    /// Only the build figures ([`builds`]): each package of the vsphere profile from an empty
+    /// cache and from a warm registry, and `image --profile vsphere` end to end; with --quick
+    /// the kernel's clean build is its cached log's figure.
+    #[arg(long)]
+    pub builds: bool,
     /// Timed `docker run`s per mode (default 5, or 2 with --quick).
     #[arg(long, value_name = "N")]
     pub runs: Option<usize>,
@@ -129,6 +137,10 @@ pub fn bench(layout: &Layout, opts: &Args) -> Result<()> {
             peer.dir.display()
         );
         return Ok(());
+    }
+    if opts.builds {
+        crate::doctor::ensure(&[crate::doctor::Need::Build, crate::doctor::Need::Image])?;
+        return builds::measure(layout, opts.quick);
     }
     crate::doctor::ensure(&[
         crate::doctor::Need::Image,

@@ -233,7 +233,8 @@ fn build_one(
     let locks = packages.join(".locks");
     std::fs::create_dir_all(&locks)
         .with_context(|| format!("cannot create {}", locks.display()))?;
-    let lock_path = locks.join(format!("{name}.lock"));
+    // Per key: a build of other inputs (another checkout's kernel) need not wait for this one.
+    let lock_path = locks.join(format!("{name}-{}.lock", key.hex));
     let lock = File::create(&lock_path)
         .with_context(|| format!("cannot create {}", lock_path.display()))?;
     if lock.try_lock().is_err() {

@@ -16,8 +16,14 @@
 //! the pulled manifest, whose name and key must be ours; only then is the folder renamed into
 //! the local cache. A registry that is down, slow or serves a bad blob costs a one-line
 //! warning and a local build; after a failure to reach it, the rest of the run does not ask
-//! it again. Auth is docker's: `~/.docker/config.json` (`$DOCKER_CONFIG`) `auths` entries,
-//! basic or a bearer token from the registry's challenge (credential helpers are not run).
+//! it again. "Slow" is bounded twice: the registry has [`ANSWER_TIMEOUT`] (or
+//! `build-cache.timeout`) to answer the lookup of an entry, and one package's whole pull or
+//! push has [`TRANSFER_TIMEOUT`]. Auth is docker's: `~/.docker/config.json`
+//! (`$DOCKER_CONFIG`) `auths` entries, basic or a bearer token from the registry's challenge
+//! (credential helpers are not run).
+//!
+//! Signed entries (trust.rs): with a signing key, a push also signs the entry; with trusted
+//! keys, a pull uses only entries one of them signed. Settings: settings.rs.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,11 +31,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use registry::{Client, Credentials, Descriptor, RegistryError};
+use registry::{Client, Descriptor, RegistryError};
 use serde_json::{json, Value};
+use signing::{PublicKey, SigningKey};
 
 use crate::build::manifest::{normalize_tree, Manifest};
 use crate::recipe::Recipe;
+
+mod settings;
+mod trust;
+
+use settings::{config_file, credentials, from_settings};
+pub use settings::{CacheArgs, ENV, ENV_PUSH, ENV_SIGN_KEY, ENV_TIMEOUT, ENV_TRUSTED_KEYS};
 
 pub const ARTIFACT_TYPE: &str = "application/vnd.axion.package.v1";
 const MT_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -39,48 +52,45 @@ const MT_TREE: &str = "application/vnd.axion.package.tree.v1.tar+zstd";
 const MT_TEXT: &str = "text/plain";
 const TITLE: &str = "org.opencontainers.image.title";
 /// One package's pull or push, all requests together.
-const TIMEOUT: Duration = Duration::from_secs(300);
+pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long the registry has to answer the lookup of an entry (default).
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
 
-pub const ENV: &str = "AXION_BUILD_CACHE";
-pub const ENV_PUSH: &str = "AXION_BUILD_CACHE_PUSH";
-
-/// The flags of `build` and `image`.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct CacheArgs {
-    /// A shared build cache in an OCI registry: packages found there are pulled (verified)
-    /// instead of built. Default: $AXION_BUILD_CACHE, or build-cache.registry in
-    /// ~/.config/axion/config.toml.
-    #[arg(long = "cache", value_name = "REGISTRY/REPOSITORY")]
-    pub cache: Option<String>,
-    /// Also push packages to the shared cache when it lacks them (read-only otherwise).
-    #[arg(long)]
-    pub cache_push: bool,
-}
-
-impl CacheArgs {
-    /// Makes the flags this run's setting: the build options of every step read it
-    /// ([`Remote::configured`]) as they read the environment.
-    pub fn apply(&self) -> Result<()> {
-        if let Some(c) = &self.cache {
-            Remote::parse(c, false)?;
-            // Set before any thread starts (set_var is unsafe from edition 2024 on).
-            std::env::set_var(ENV, c);
-        }
-        if self.cache_push {
-            std::env::set_var(ENV_PUSH, "1");
-        }
-        Ok(())
-    }
-}
+/// The registry did not answer within the time it had.
+#[derive(Debug, thiserror::Error)]
+#[error("no answer within {} s", .0.as_secs())]
+struct NoAnswer(Duration);
 
 /// A shared build cache.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Remote {
     pub registry: String,
     pub repository: String,
     pub push: bool,
+    /// Signs what this machine pushes.
+    pub signer: Option<Arc<SigningKey>>,
+    /// When not empty, only entries one of these keys signed are used.
+    pub trusted: Vec<PublicKey>,
+    /// How long the registry has to answer a lookup.
+    pub timeout: Duration,
     /// Set after a failure to reach the registry: the rest of the run builds locally.
     unreachable: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("registry", &self.registry)
+            .field("repository", &self.repository)
+            .field("push", &self.push)
+            .field(
+                "signs",
+                &self.signer.as_ref().map(|k| k.public_key().key_id()),
+            )
+            .field("trusted", &self.trusted.len())
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl Remote {
@@ -103,19 +113,41 @@ impl Remote {
             registry: registry.into(),
             repository: repository.into(),
             push,
+            signer: None,
+            trusted: Vec::new(),
+            timeout: ANSWER_TIMEOUT,
             unreachable: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Signs what it pushes with `key`.
+    pub fn signing_with(mut self, key: SigningKey) -> Remote {
+        self.signer = Some(Arc::new(key));
+        self
+    }
+
+    /// Uses only entries one of `keys` signed.
+    pub fn trusting(mut self, keys: Vec<PublicKey>) -> Remote {
+        self.trusted = keys;
+        self
+    }
+
+    /// Gives the registry `t` to answer a lookup.
+    pub fn answering_within(mut self, t: Duration) -> Remote {
+        self.timeout = t;
+        self
+    }
+
+    /// `REGISTRY/REPOSITORY`, as the signatures name it.
+    fn identity(&self) -> String {
+        format!("{}/{}", self.registry, self.repository)
     }
 
     /// The environment's or the config file's build cache, if any. A setting that does not
     /// parse is a warning, not an error: building locally is always possible.
     pub fn configured() -> Option<Remote> {
         let file = config_file().and_then(|p| std::fs::read_to_string(p).ok());
-        match from_settings(
-            std::env::var(ENV).ok().as_deref(),
-            std::env::var(ENV_PUSH).ok().as_deref(),
-            file.as_deref(),
-        ) {
+        match from_settings(&|k| std::env::var(k).ok(), file.as_deref()) {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("warning: shared build cache not used: {e:#}");
@@ -163,11 +195,15 @@ impl Remote {
         let got = self.run(async {
             let client = Client::new(USER_AGENT, vec![]);
             let mut s = client.session(&reference, credentials(&self.registry));
-            let body = match s.descriptor(&tag).await {
-                Ok((_, body, _)) => body,
+            let lookup = tokio::time::timeout(self.timeout, s.descriptor(&tag));
+            let (body, digest) = match lookup.await.map_err(|_| NoAnswer(self.timeout))? {
+                Ok((_, body, digest)) => (body, digest),
                 Err(RegistryError::NotFound { .. }) => return Ok(None),
                 Err(e) => return Err(e.into()),
             };
+            if !self.trusted.is_empty() {
+                trust::check(&mut s, &self.trusted, &digest, recipe.name(), key).await?;
+            }
             let layers = artifact_layers(&body)?;
             for (title, d) in &layers {
                 s.blob_to_file(d, &tmp.join(title)).await?;
@@ -218,8 +254,16 @@ impl Remote {
             let mut s = client
                 .session(&reference, credentials(&self.registry))
                 .for_push();
-            match s.descriptor(&tag).await {
-                Ok(_) => return Ok(false),
+            let lookup = tokio::time::timeout(self.timeout, s.descriptor(&tag));
+            match lookup.await.map_err(|_| NoAnswer(self.timeout))? {
+                // There already: signed too, if this machine signs.
+                Ok((_, _, digest)) => {
+                    if let Some(signer) = &self.signer {
+                        let (id, dir) = (self.identity(), scratch.path());
+                        trust::sign(&mut s, &id, signer, &digest, name, key, dir).await?;
+                    }
+                    return Ok(false);
+                }
                 Err(RegistryError::NotFound { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -255,33 +299,40 @@ impl Remote {
             });
             let bytes = serde_json::to_vec(&manifest)?;
             s.put_manifest(&tag, MT_MANIFEST, &bytes).await?;
+            if let Some(signer) = &self.signer {
+                let digest = registry::sha256_digest(&bytes);
+                let (id, dir) = (self.identity(), scratch.path());
+                trust::sign(&mut s, &id, signer, &digest, name, key, dir).await?;
+            }
             Ok(true)
         })?;
         Ok(pushed)
     }
 
-    /// Runs one registry conversation under [`TIMEOUT`]; a failure to reach the registry
-    /// marks it unreachable for the rest of the run.
+    /// Runs one registry conversation under [`TRANSFER_TIMEOUT`]; a failure to reach the
+    /// registry (or an answer that does not come) marks it unreachable for the rest of the
+    /// run.
     fn run<T>(&self, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("cannot start the async runtime")?;
-        let r = rt.block_on(async { tokio::time::timeout(TIMEOUT, f).await });
+        let r = rt.block_on(async { tokio::time::timeout(TRANSFER_TIMEOUT, f).await });
         match r {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 if matches!(
                     e.downcast_ref::<RegistryError>(),
                     Some(RegistryError::Http { .. })
-                ) {
+                ) || e.downcast_ref::<NoAnswer>().is_some()
+                {
                     self.unreachable.store(true, Ordering::Relaxed);
                 }
                 Err(e)
             }
             Err(_) => {
                 self.unreachable.store(true, Ordering::Relaxed);
-                bail!("no answer within {} s", TIMEOUT.as_secs())
+                Err(NoAnswer(TRANSFER_TIMEOUT).into())
             }
         }
     }
@@ -339,77 +390,6 @@ fn one_line(e: &anyhow::Error) -> String {
 }
 
 const USER_AGENT: &str = concat!("axion-xtask/", env!("CARGO_PKG_VERSION"));
-
-/// Flag-less settings: the environment wins over the config file.
-fn from_settings(
-    env: Option<&str>,
-    env_push: Option<&str>,
-    file: Option<&str>,
-) -> Result<Option<Remote>> {
-    let truthy = |v: &str| matches!(v.trim(), "1" | "true" | "yes");
-    let (mut reg, mut push) = (None, false);
-    if let Some(text) = file {
-        let t: toml::Value = text.parse().context("~/.config/axion/config.toml")?;
-        if let Some(c) = t.get("build-cache") {
-            reg = c
-                .get("registry")
-                .and_then(|v| v.as_str())
-                .map(str::to_owned);
-            push = c.get("push").and_then(|v| v.as_bool()).unwrap_or(false);
-        }
-    }
-    if let Some(e) = env.filter(|e| !e.trim().is_empty()) {
-        reg = Some(e.to_owned());
-    }
-    if let Some(p) = env_push {
-        push = truthy(p);
-    }
-    reg.map(|r| Remote::parse(&r, push)).transpose()
-}
-
-fn config_file() -> Option<PathBuf> {
-    std::env::var_os("XDG_CONFIG_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| dirs::home_dir().map(|h| h.join(".config")))
-        .map(|d| d.join("axion/config.toml"))
-}
-
-/// docker's stored login for `registry` (`auths` of `$DOCKER_CONFIG/config.json` or
-/// `~/.docker/config.json`, keyed by host or URL).
-fn credentials(registry: &str) -> Option<Credentials> {
-    let dir = std::env::var_os("DOCKER_CONFIG")
-        .map(PathBuf::from)
-        .or_else(|| dirs::home_dir().map(|h| h.join(".docker")))?;
-    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
-    credentials_in(&text, registry)
-}
-
-fn credentials_in(config: &str, registry: &str) -> Option<Credentials> {
-    use base64::Engine as _;
-    let v: Value = serde_json::from_str(config).ok()?;
-    let auths = v.get("auths")?.as_object()?;
-    let entry = auths.iter().find_map(|(k, e)| {
-        let host = k
-            .trim_start_matches("https://")
-            .trim_start_matches("http://")
-            .split('/')
-            .next()
-            .unwrap_or_default();
-        (host == registry).then_some(e)
-    })?;
-    let mut c = Credentials::default();
-    if let Some(a) = entry.get("auth").and_then(|a| a.as_str()) {
-        let raw = base64::engine::general_purpose::STANDARD.decode(a).ok()?;
-        let (u, p) = std::str::from_utf8(&raw).ok()?.split_once(':')?;
-        c.username = u.to_owned();
-        c.password = p.to_owned();
-    }
-    if let Some(t) = entry.get("identitytoken").and_then(|t| t.as_str()) {
-        c.identity_token = t.to_owned();
-    }
-    (!c.is_empty()).then_some(c)
-}
 
 /// The three titled layers of a cache entry's manifest, checked for type and names.
 fn artifact_layers(body: &[u8]) -> Result<Vec<(String, Descriptor)>> {
@@ -505,35 +485,6 @@ fn unpack_tree(archive: &Path, dest: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn settings_flag_env_and_file() {
-        let file = "[build-cache]\nregistry = \"reg.example:5000/axion/cache\"\npush = true\n";
-        let r = from_settings(None, None, Some(file)).unwrap().unwrap();
-        assert_eq!(
-            (r.registry.as_str(), r.repository.as_str(), r.push),
-            ("reg.example:5000", "axion/cache", true)
-        );
-        let r = from_settings(Some("127.0.0.1:5000/c"), Some("0"), Some(file))
-            .unwrap()
-            .unwrap();
-        assert_eq!((r.registry.as_str(), r.push), ("127.0.0.1:5000", false));
-        assert!(from_settings(None, None, None).unwrap().is_none());
-        assert!(from_settings(Some("no-repository"), None, None).is_err());
-        assert!(Remote::parse("h/Upper", false).is_err());
-    }
-
-    #[test]
-    fn docker_config_logins() {
-        // "user:secret"
-        let cfg = r#"{"auths":{"https://reg.example:5000/v2/":{"auth":"dXNlcjpzZWNyZXQ="}}}"#;
-        let c = credentials_in(cfg, "reg.example:5000").unwrap();
-        assert_eq!(
-            (c.username.as_str(), c.password.as_str()),
-            ("user", "secret")
-        );
-        assert!(credentials_in(cfg, "other:5000").is_none());
-    }
 
     #[test]
     fn a_tree_survives_pack_and_unpack() {

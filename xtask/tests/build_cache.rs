@@ -4,8 +4,11 @@
 //! - busybox: a build killed mid-compile leaves no cache entry; the next run removes the
 //!   leftovers and builds it; a second build under another path gives identical bytes; a
 //!   no-op run says "up to date".
-//! - linux (`#[ignore]`, one or two 7.5 min builds on 2 cores): the default cache's kernel and
-//!   one built under another path are identical. Run it with
+//! - busybox and init, built from a second checkout of the same files (another path) in a
+//!   child process with umask 077, another locale and another time zone, are byte for byte
+//!   the packages this checkout builds in the default cache.
+//! - linux (`#[ignore]`: one or two kernel builds, 15-17 min each on 2 cores): the same for
+//!   the kernel. Run it with
 //!   `cargo test -p xtask --test build_cache -- --ignored kernel_is_reproducible`.
 //!
 //! The sources come from the default download cache (`~/.cache/axion/downloads`), linked
@@ -206,97 +209,125 @@ fn busybox_build_is_atomic_reproducible_and_cached() {
     );
 }
 
+/// A second checkout of this one's files (tracked and new, edits included) under another
+/// path, or None after a loud skip when this is not a git checkout.
+fn other_checkout(dir: &Path) -> Option<PathBuf> {
+    let clone = dir.join("elsewhere/axion-two");
+    std::fs::create_dir_all(&clone).unwrap();
+    let copied = Command::new("sh")
+        .arg("-c")
+        .arg(
+            "git ls-files -z --cached --others --exclude-standard | \
+             tar --null --ignore-failed-read -T - -cf - | tar -x -C \"$0\"",
+        )
+        .arg(&clone)
+        .current_dir(root())
+        .status()
+        .unwrap();
+    if !copied.success() {
+        test_skip::skip(format_args!(
+            "cannot list the files of {} with git (not a git checkout?)",
+            root().display()
+        ));
+        return None;
+    }
+    Some(clone)
+}
+
+const CHILD: &str = "AXION_TEST_BUILD_ELSEWHERE";
+
+/// Builds `package` from checkout `root` into cache `cache` in a child process (this test
+/// binary, [`child_build`]) under umask 077, `LC_ALL=C.UTF-8`, `LANG=de_DE.UTF-8` and
+/// `TZ=Asia/Kathmandu`; returns its manifest.
+fn build_elsewhere(root: &Path, cache: &Path, package: &str) -> Manifest {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("umask 077 && exec \"$0\" \"$@\"")
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", "child_build", "--ignored", "--nocapture"])
+        .env(
+            CHILD,
+            format!("{}\n{}\n{package}", root.display(), cache.display()),
+        )
+        .env("LC_ALL", "C.UTF-8")
+        .env("LANG", "de_DE.UTF-8")
+        .env("TZ", "Asia/Kathmandu")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the build of {package} in {} failed:\n{text}\n{}",
+        root.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest = text
+        .lines()
+        .find_map(|l| l.strip_prefix("manifest: "))
+        .unwrap_or_else(|| panic!("the child named no manifest:\n{text}"));
+    Manifest::load(Path::new(manifest)).unwrap()
+}
+
 #[test]
-#[ignore = "one or two kernel builds: 7.5-15 min on 2 cores; run explicitly"]
-fn kernel_is_reproducible_across_build_paths() {
-    // The default cache's kernel (built now if it is not there) against one built in a fresh
-    // cache under another path: the scratch directory, and so every path the compiler sees,
-    // differs.
-    let b = tempfile::tempdir().unwrap();
-    let Some(cache_b) = cache_with_sources(&b.path().join("kernel-two"), "linux") else {
+#[ignore = "helper: the child process of build_elsewhere, run by the reproducibility tests"]
+fn child_build() {
+    let Ok(spec) = std::env::var(CHILD) else {
+        test_skip::skip("child_build is the child process of build_elsewhere; not run alone");
         return;
     };
-    let second = build(&cache_b, "linux");
-    let first = build(&default_cache_dir(), "linux");
-    let (ma, mb) = (
-        Manifest::load(&first.manifest).unwrap(),
-        Manifest::load(&second.manifest).unwrap(),
-    );
-    let vm = |m: &Manifest| {
-        m.get("/boot/vmlinuz")
-            .and_then(|e| e.sha256.clone())
-            .expect("/boot/vmlinuz")
+    let [root, cache, package]: [&str; 3] = spec
+        .lines()
+        .collect::<Vec<_>>()
+        .try_into()
+        .expect("root, cache, package");
+    let layout = Layout::with_cache(root.into(), cache.into());
+    let recipes = RecipeSet::load(&layout.recipes()).unwrap();
+    let staged = build_packages(
+        &layout,
+        &recipes,
+        &[package.to_owned()],
+        &BuildOptions::default(),
+    )
+    .unwrap();
+    let s = staged.into_iter().find(|s| s.name == package).unwrap();
+    println!("manifest: {}", s.manifest.display());
+}
+
+/// `package` built here (default cache) and from a second checkout in a fresh cache, under
+/// another umask, locale and time zone: the same staged bytes.
+fn reproducible_elsewhere(d: &Path, clone: &Path, package: &str) {
+    let Some(cache) = cache_with_sources(&d.join(format!("cache-{package}")), package) else {
+        return;
     };
-    eprintln!(
-        "vmlinuz sha256: {} ({}) and {} ({})",
-        vm(&ma),
-        first.tree.display(),
-        vm(&mb),
-        second.tree.display()
-    );
+    let here = build(&default_cache_dir(), package);
+    let there = build_elsewhere(clone, &cache, package);
+    let ma = Manifest::load(&here.manifest).unwrap();
+    assert_eq!(ma.key, there.key, "{package}: same inputs, same key");
     assert_eq!(
         ma.entries,
-        mb.entries,
-        "kernel builds differ between {} and {}",
-        first.tree.display(),
-        second.tree.display()
+        there.entries,
+        "{package} differs between {} and {} (umask 077, another locale and time zone)",
+        root().display(),
+        clone.display()
     );
 }
 
 #[test]
-fn cargo_package_is_reproducible_across_checkouts() {
-    // The same commit in a second checkout (git archive into a temporary directory) and a
-    // fresh cache: the init binary must have the same bytes as the one built from this
-    // checkout, so neither the checkout path nor the scratch path reaches it.
+fn package_compiles_are_reproducible_across_checkouts_umask_locale_and_tz() {
     let d = tempfile::tempdir().unwrap();
-    let clone = d.path().join("elsewhere/axion");
-    std::fs::create_dir_all(&clone).unwrap();
-    let archive = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "git -C '{}' archive HEAD | tar -x -C '{}'",
-            root().display(),
-            clone.display()
-        ))
-        .status()
-        .unwrap();
-    if !archive.success() {
-        test_skip::skip(format_args!(
-            "`git archive HEAD` failed in {} (not a git checkout?)",
-            root().display()
-        ));
+    let Some(clone) = other_checkout(d.path()) else {
         return;
-    }
-    // The crate as it is now (uncommitted edits included), so both checkouts hold the same files.
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(root().join("packages/init/."))
-        .arg(clone.join("packages/init"))
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let here = build(&default_cache_dir(), "init");
-    let layout = Layout::with_cache(clone.clone(), d.path().join("cache"));
-    let recipes = RecipeSet::load(&layout.recipes()).unwrap();
-    let there = build_packages(
-        &layout,
-        &recipes,
-        &["init".to_owned()],
-        &BuildOptions::default(),
-    )
-    .unwrap()
-    .pop()
-    .unwrap();
-    let (ma, mb) = (
-        Manifest::load(&here.manifest).unwrap(),
-        Manifest::load(&there.manifest).unwrap(),
-    );
-    assert_eq!(
-        ma.entries,
-        mb.entries,
-        "init differs between {} and {}",
-        root().display(),
-        clone.display()
-    );
-    assert!(xtask::build::is_static_elf(&there.tree.join("sbin/init")).unwrap());
+    };
+    reproducible_elsewhere(d.path(), &clone, "busybox");
+    reproducible_elsewhere(d.path(), &clone, "init");
+}
+
+#[test]
+#[ignore = "one or two kernel builds: 15-17 min each on 2 cores; run explicitly"]
+fn kernel_is_reproducible_across_checkouts_umask_locale_and_tz() {
+    let d = tempfile::tempdir().unwrap();
+    let Some(clone) = other_checkout(d.path()) else {
+        return;
+    };
+    reproducible_elsewhere(d.path(), &clone, "linux");
 }

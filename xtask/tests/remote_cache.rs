@@ -6,14 +6,22 @@
 //!   assembled from either have the same SHA256SUMS;
 //! - a registry that is down costs a one-line warning and a local build (init, the smallest
 //!   package);
-//! - a blob the registry serves corrupted is refused and nothing enters the local cache.
+//! - a blob the registry serves corrupted is refused and nothing enters the local cache;
+//! - signed entries: a machine that trusts keys uses only entries one of them signed, and a
+//!   second signer adds its signature beside the first (no package is built: the entries are
+//!   made by hand);
+//! - a registry that accepts connections and never answers costs one bounded wait, then the
+//!   run stops asking it.
 //!
 //! The kernel is never built here: the first cache is seeded by copying the default cache's
 //! entries (`~/.cache/axion/packages`); the test skips loudly when the kernel is not there.
 
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
+use xtask::build::manifest::Manifest;
 use xtask::build::{build_packages, entry_dir, keys, BuildOptions, Staged};
 use xtask::layout::Layout;
 use xtask::recipe::RecipeSet;
@@ -210,4 +218,160 @@ fn shared_cache_serves_an_empty_cache_and_falls_back_on_failures() {
     );
     assert!(entry.join("manifest.json").is_file(), "{err}");
     assert_eq!(build_logs(&c), ["init.log"]);
+}
+
+/// A hand-made entry of package `init` at `key` in `layout`'s cache (no build).
+fn fake_entry(layout: &Layout, recipes: &RecipeSet, key: &str) -> PathBuf {
+    let entry = entry_dir(layout, "init", key);
+    let tree = entry.join("tree/sbin");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("init"), format!("not a binary: {key}\n")).unwrap();
+    xtask::build::manifest::normalize_tree(&entry.join("tree")).unwrap();
+    let m = Manifest::scan(recipes.get("init").unwrap(), key, &entry.join("tree")).unwrap();
+    m.write(&entry.join("manifest.json")).unwrap();
+    std::fs::write(entry.join("inputs.txt"), "hand-made\n").unwrap();
+    entry
+}
+
+fn key_pair(dir: &Path, name: &str) -> (signing::SigningKey, Vec<signing::PublicKey>) {
+    let (private, public) = signing::SigningKey::generate().unwrap();
+    std::fs::write(dir.join(format!("{name}.pub")), &public).unwrap();
+    (
+        signing::SigningKey::from_pem(&private).unwrap(),
+        signing::public_keys(&public).unwrap(),
+    )
+}
+
+#[test]
+fn signed_entries_serve_only_machines_that_trust_the_key() {
+    let shared = Layout::discover();
+    let recipes = RecipeSet::load(&shared.recipes()).unwrap();
+    let registry = match test_support::registry::Registry::start() {
+        Ok(r) => r,
+        Err(e) => {
+            test_skip::skip(format_args!("no local registry: {e:#}"));
+            return;
+        }
+    };
+    let cache_ref = format!("{}/axion/signed-cache", registry.host());
+    let d = tempfile::tempdir().unwrap();
+    let (alice, alice_pub) = key_pair(d.path(), "alice");
+    let (bob, bob_pub) = key_pair(d.path(), "bob");
+    let init = recipes.get("init").unwrap();
+    let (signed, unsigned) = ("1".repeat(64), "2".repeat(64));
+
+    let a = Layout::with_cache(shared.root.clone(), d.path().join("a"));
+    let pusher = Remote::parse(&cache_ref, true).unwrap().signing_with(alice);
+    assert!(pusher
+        .push_entry("init", &signed, &fake_entry(&a, &recipes, &signed))
+        .unwrap());
+    let plain = Remote::parse(&cache_ref, true).unwrap();
+    assert!(plain
+        .push_entry("init", &unsigned, &fake_entry(&a, &recipes, &unsigned))
+        .unwrap());
+
+    // Fetches into a fresh cache directory each time; Ok(entry) or the error text.
+    let n = std::cell::Cell::new(0);
+    let fetch = |remote: &Remote, key: &str| -> Result<PathBuf, String> {
+        n.set(n.get() + 1);
+        let c = Layout::with_cache(shared.root.clone(), d.path().join(format!("c{}", n.get())));
+        std::fs::create_dir_all(c.packages()).unwrap();
+        let entry = entry_dir(&c, "init", key);
+        let r = remote.fetch(&c.packages(), init, key, &entry);
+        assert!(leftovers(&c).is_empty(), "{:?}", leftovers(&c));
+        match r {
+            Ok(true) => Ok(entry),
+            Ok(false) => Err("not found".into()),
+            Err(e) => {
+                assert!(!entry.exists(), "a refused entry entered the cache");
+                Err(format!("{e:#}"))
+            }
+        }
+    };
+    let trusts_alice = || {
+        Remote::parse(&cache_ref, false)
+            .unwrap()
+            .trusting(alice_pub.clone())
+    };
+    let trusts_bob = || {
+        Remote::parse(&cache_ref, false)
+            .unwrap()
+            .trusting(bob_pub.clone())
+    };
+    let trusts_nobody = || Remote::parse(&cache_ref, false).unwrap();
+
+    let got = fetch(&trusts_alice(), &signed).unwrap();
+    assert_eq!(
+        std::fs::read(got.join("manifest.json")).unwrap(),
+        std::fs::read(entry_dir(&a, "init", &signed).join("manifest.json")).unwrap()
+    );
+    let err = fetch(&trusts_bob(), &signed).unwrap_err();
+    assert!(err.contains("trust"), "{err}");
+    let err = fetch(&trusts_alice(), &unsigned).unwrap_err();
+    assert!(err.contains("not signed"), "{err}");
+    // A machine that trusts no key uses every entry (their digests are still checked).
+    fetch(&trusts_nobody(), &signed).unwrap();
+    fetch(&trusts_nobody(), &unsigned).unwrap();
+
+    // Bob signs the entry that is there already: his signature joins Alice's.
+    let bob_pusher = Remote::parse(&cache_ref, true).unwrap().signing_with(bob);
+    assert!(!bob_pusher
+        .push_entry("init", &signed, &entry_dir(&a, "init", &signed))
+        .unwrap());
+    fetch(&trusts_bob(), &signed).unwrap();
+    fetch(&trusts_alice(), &signed).unwrap();
+}
+
+#[test]
+fn a_registry_that_never_answers_costs_one_bounded_wait() {
+    let shared = Layout::discover();
+    let recipes = RecipeSet::load(&shared.recipes()).unwrap();
+    // Accepts every connection and never answers; the thread ends with the test process or
+    // after a minute, whichever comes first.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        listener.set_nonblocking(true).unwrap();
+        let mut held = Vec::new();
+        while started.elapsed() < Duration::from_secs(60) {
+            match listener.accept() {
+                Ok((s, _)) => held.push(s),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    });
+    let d = tempfile::tempdir().unwrap();
+    let c = Layout::with_cache(shared.root.clone(), d.path().join("c"));
+    std::fs::create_dir_all(c.packages()).unwrap();
+    let init = recipes.get("init").unwrap();
+    let key = "3".repeat(64);
+    let entry = entry_dir(&c, "init", &key);
+    let remote = Remote::parse(&format!("{addr}/axion/cache"), false)
+        .unwrap()
+        .answering_within(Duration::from_secs(2));
+
+    let t = Instant::now();
+    let err = remote.fetch(&c.packages(), init, &key, &entry).unwrap_err();
+    let waited = t.elapsed();
+    assert!(
+        format!("{err:#}").contains("no answer within 2 s"),
+        "{err:#}"
+    );
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(10),
+        "waited {waited:?}"
+    );
+    assert!(remote.is_unreachable());
+    assert!(!entry.exists() && leftovers(&c).is_empty());
+    // The rest of the run does not wait again: the next package builds at once.
+    let t = Instant::now();
+    assert!(!xtask::remote_cache::fetch_or_warn(
+        &remote,
+        &c.packages(),
+        init,
+        &key,
+        &entry
+    ));
+    assert!(t.elapsed() < Duration::from_secs(1));
 }

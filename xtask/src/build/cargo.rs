@@ -1,12 +1,20 @@
 //! `cargo`: a crate of packages/ built for x86_64-unknown-linux-musl, static.
 //!
 //! `cargo build --release --locked --target x86_64-unknown-linux-musl -p CRATE` in the
-//! checkout, with its own target directory in the scratch area (never the checkout's
-//! target/, which the running xtask may hold), a cleared environment (PATH plus the rustup and
-//! cargo homes), and `--remap-path-prefix` for the checkout, the scratch directory and the
-//! cargo home, so the binaries do not depend on where the checkout is. The executables cargo
-//! reports (`--message-format=json`) go to `install-dir` (default /sbin); `binaries` picks
-//! some of them by name. Each must be static.
+//! checkout, a cleared environment (PATH plus the rustup and cargo homes), and
+//! `--remap-path-prefix` for the checkout, the target directory and the cargo home, so the
+//! binaries do not depend on where the checkout is. The executables cargo reports
+//! (`--message-format=json`) go to `install-dir` (default /sbin); `binaries` picks some of
+//! them by name. Each must be static.
+//!
+//! Every cargo package of a checkout builds in one target directory of the cache,
+//! `$AXION_CACHE/guest-target/<checkout id>/` (never the checkout's target/, which the running
+//! xtask may hold): the crates the engine, init and the update agent share (tokio, serde,
+//! rustls, ...) compile once, and a change to one package recompiles that package only. The
+//! flags are the same for every package and every run of the checkout (the directory is
+//! remapped to `/build/target`, where the scratch target used to be), so cargo's own
+//! fingerprints decide what is stale, and what it reuses is what a clean build would have
+//! produced: the cache key still covers every input. A fresh `$AXION_CACHE` starts cold.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -37,6 +45,14 @@ pub fn rustup_home() -> PathBuf {
         .unwrap_or_else(|| home().join(".rustup"))
 }
 
+/// The one target directory of every cargo package built from the checkout at `root` (one
+/// per checkout: the remapped paths differ between checkouts, and so would the flags).
+pub fn guest_target_dir(cache: &Path, root: &Path) -> PathBuf {
+    use sha2::Digest as _;
+    let id = hex::encode(sha2::Sha256::digest(root.as_os_str().as_encoded_bytes()));
+    cache.join("guest-target").join(&id[..16])
+}
+
 pub fn build(ctx: &BuildCtx, spec: &CargoSpec) -> Result<()> {
     let root = &ctx.layout.root;
     let krate = spec
@@ -52,15 +68,25 @@ pub fn build(ctx: &BuildCtx, spec: &CargoSpec) -> Result<()> {
         );
     }
     ctx.set_source_dir(manifest.parent().unwrap_or(root))?;
-    let target_dir = ctx.work.join("target");
+    let target_dir = guest_target_dir(&ctx.layout.cache, root);
     let cargo_home = cargo_home();
     let rustup_home = rustup_home();
+    // rustc applies the last matching prefix: the more specific one comes last.
     let flags = [
         format!("--remap-path-prefix={}=/axion", root.display()),
-        format!("--remap-path-prefix={}=/build", ctx.work.display()),
+        format!("--remap-path-prefix={}=/build/target", target_dir.display()),
         format!("--remap-path-prefix={}=/cargo", cargo_home.display()),
         "-Ctarget-feature=+crt-static".to_owned(),
     ];
+    // Held from cargo's start to the copy of its binaries: another build from this checkout
+    // (another key of the same package) would overwrite them in the shared target directory.
+    std::fs::create_dir_all(&target_dir)
+        .with_context(|| format!("cannot create {}", target_dir.display()))?;
+    let lock_path = target_dir.join(".axion-build.lock");
+    let lock = std::fs::File::create(&lock_path)
+        .with_context(|| format!("cannot create {}", lock_path.display()))?;
+    lock.lock()
+        .with_context(|| format!("cannot lock {}", lock_path.display()))?;
     let mut cmd = ctx.command("cargo", root);
     cmd.env(
         "PATH",

@@ -142,8 +142,9 @@ impl Toolchains {
                 );
                 t.push('\n');
                 // musl itself (libc.a) and the kernel headers C packages compile against.
-                let libc = first_line("musl-gcc", &["-print-file-name=libc.a"], &root)?;
-                let libc = PathBuf::from(libc.trim());
+                // Not `musl-gcc -print-file-name=libc.a`: gcc answers from its own search
+                // path, which is glibc's; musl's library directory is in the wrapper's specs.
+                let libc = musl_libc()?;
                 t.push_str(&format!("musl libc.a {}\n", super::sha256_file(&libc)?));
                 let headers = Path::new("/usr/include/linux/version.h");
                 t.push_str(&format!("linux headers {}\n", super::sha256_file(headers)?));
@@ -158,6 +159,45 @@ impl Toolchains {
         self.cache.insert(kind, t.clone());
         Ok(t)
     }
+}
+
+/// musl's `libc.a` as Debian's `musl-gcc` links it: the wrapper script (found on the build
+/// PATH) names its specs file, whose `-L` is musl's library directory.
+fn musl_libc() -> Result<PathBuf> {
+    let script = super::BUILD_PATH
+        .split(':')
+        .map(|d| Path::new(d).join("musl-gcc"))
+        .find(|p| p.is_file())
+        .context("musl-gcc is not on the build PATH (install musl-tools)")?;
+    let text = std::fs::read_to_string(&script)
+        .with_context(|| format!("cannot read {}", script.display()))?;
+    let specs = specs_of_wrapper(&text)
+        .with_context(|| format!("{}: names no -specs file", script.display()))?;
+    let specs_text = std::fs::read_to_string(&specs)
+        .with_context(|| format!("cannot read {}", specs.display()))?;
+    let dir = libdir_of_specs(&specs_text)
+        .with_context(|| format!("{}: has no -L library directory", specs.display()))?;
+    Ok(dir.join("libc.a"))
+}
+
+/// The path after `-specs` in musl-gcc's wrapper script (quoted or not).
+fn specs_of_wrapper(script: &str) -> Option<PathBuf> {
+    let rest = &script[script.find("-specs")? + "-specs".len()..];
+    let word = rest
+        .trim_start_matches([' ', '='])
+        .split_whitespace()
+        .next()?;
+    let word = word.trim_matches(['"', '\'']);
+    (!word.is_empty()).then(|| PathBuf::from(word))
+}
+
+/// The first absolute `-L` directory of a gcc specs file (musl's `*link_libgcc:` line).
+fn libdir_of_specs(specs: &str) -> Option<PathBuf> {
+    specs
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("-L"))
+        .find(|d| d.starts_with('/'))
+        .map(PathBuf::from)
 }
 
 /// The key of one recipe, given its built dependencies.
@@ -312,6 +352,29 @@ fn path_deps(dir: &Path, workspace: &BTreeMap<String, PathBuf>) -> Result<Vec<Pa
 mod tests {
     use super::*;
     use crate::recipe::RecipeSet;
+
+    #[test]
+    fn musl_libc_comes_from_the_wrappers_specs_not_gccs_search_path() {
+        let script = "#!/bin/sh\nexec \"${REALGCC:-x86_64-linux-gnu-gcc}\" \"$@\" -specs \
+                      \"/usr/lib/x86_64-linux-musl/musl-gcc.specs\"\n";
+        assert_eq!(
+            specs_of_wrapper(script),
+            Some(PathBuf::from("/usr/lib/x86_64-linux-musl/musl-gcc.specs"))
+        );
+        let specs = "*link_libgcc:\n-L/usr/lib/x86_64-linux-musl -L .%s\n\n*libgcc:\n";
+        assert_eq!(
+            libdir_of_specs(specs),
+            Some(PathBuf::from("/usr/lib/x86_64-linux-musl"))
+        );
+        assert_eq!(specs_of_wrapper("exec gcc \"$@\"\n"), None);
+        assert_eq!(libdir_of_specs("-L .%s\n"), None);
+        // On a host with Debian's musl-tools, the real one: musl's, not glibc's.
+        if Path::new("/usr/lib/x86_64-linux-musl/musl-gcc.specs").is_file() {
+            let libc = musl_libc().unwrap();
+            assert_eq!(libc, Path::new("/usr/lib/x86_64-linux-musl/libc.a"));
+            assert!(libc.is_file());
+        }
+    }
 
     const A: &str = "[package]\nname = \"a\"\nversion = \"1\"\nlicense = \"MIT\"\nsummary = \
                      \"a\"\n\n[[source]]\nfile = \"a.tar\"\nsha256 = \
