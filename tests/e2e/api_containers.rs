@@ -470,10 +470,16 @@ fn check() -> Result<()> {
     let out = g.ok(&["container", "prune", "-f", "--filter", "label=prune=a"])?;
     assert!(out.contains(&a) && !out.contains(&b), "label=: {out}");
     let out = g.ok(&["container", "prune", "-f", "--filter", "until=1h"])?;
-    assert!(!out.contains(&b), "until=1h keeps a container made now: {out}");
+    assert!(
+        !out.contains(&b),
+        "until=1h keeps a container made now: {out}"
+    );
     let out = g.ok(&["container", "prune", "-f", "--filter", "label!=prune=b"])?;
     assert!(!out.contains(&b), "label!=: {out}");
-    assert_eq!(g.ok(&["ps", "-aq", "--no-trunc", "-f", "label=prune=b"])?, b);
+    assert_eq!(
+        g.ok(&["ps", "-aq", "--no-trunc", "-f", "label=prune=b"])?,
+        b
+    );
     Ok(())
 }
 
@@ -507,7 +513,11 @@ fn devices(g: &Guest) -> Result<()> {
     let (name, major, minor) = (disk[0], disk[1], disk[2]);
     // Docker's default devices still work.
     let out = g.ok(&[
-        "run", "--rm", "busybox", "sh", "-c",
+        "run",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
         "head -c 4 /dev/urandom | wc -c; echo x >/dev/null && head -c 2 /dev/zero | wc -c",
     ])?;
     assert_eq!(out, "4\n2", "the default devices");
@@ -525,18 +535,34 @@ fn devices(g: &Guest) -> Result<()> {
              echo x >/dev/kmsg 2>/dev/null && echo WROTE || echo DENIED; \
              dd if=/dev/zero of=/dev/xdisk bs=1 count=0 conv=notrunc 2>&1 | grep -c 'not permitted'"),
     ])?;
-    assert_eq!(out, "b\nREAD\nREAD\nWROTE\n1", "--device (the disk read-only): {out}");
+    assert_eq!(
+        out, "b\nREAD\nREAD\nWROTE\n1",
+        "--device (the disk read-only): {out}"
+    );
     let err = g.fails(&["run", "--rm", "--device", "/dev/nope", "busybox", "true"])?;
     assert!(err.contains("/dev/nope"), "a missing --device: {err}");
     // --device-cgroup-rule: nodes made inside open by their rule.
     let out = g.ok(&[
-        "run", "--rm", "--device-cgroup-rule", &format!("b {major}:{minor} r"),
-        "--device-cgroup-rule", "c 1:* rwm", "busybox", "sh", "-c", &probe,
+        "run",
+        "--rm",
+        "--device-cgroup-rule",
+        &format!("b {major}:{minor} r"),
+        "--device-cgroup-rule",
+        "c 1:* rwm",
+        "busybox",
+        "sh",
+        "-c",
+        &probe,
     ])?;
     assert!(out.ends_with("READ\nREAD"), "--device-cgroup-rule: {out}");
     // --privileged: every device, and the VM's nodes in /dev.
     let out = g.ok(&[
-        "run", "--rm", "--privileged", "busybox", "sh", "-c",
+        "run",
+        "--rm",
+        "--privileged",
+        "busybox",
+        "sh",
+        "-c",
         &format!("{probe}\nr {host}"),
     ])?;
     assert!(out.ends_with("READ\nREAD\nREAD"), "--privileged: {out}");

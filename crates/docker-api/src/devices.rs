@@ -43,7 +43,9 @@ pub enum DeviceError {
     Rule(String),
     #[error("invalid device cgroup rule '{0}': {1} is out of range")]
     Number(String, String),
-    #[error("invalid device mode '{mode}' for {path}: the permissions are r, w and m, as in 'rwm'")]
+    #[error(
+        "invalid device mode '{mode}' for {path}: the permissions are r, w and m, as in 'rwm'"
+    )]
     Mode { path: String, mode: String },
     #[error("invalid device mapping: {0}")]
     Mapping(String),
@@ -295,8 +297,10 @@ mod tests {
         );
         assert_eq!(mappings(None).unwrap(), vec![]);
         assert_eq!(mappings(Some(&serde_json::Value::Null)).unwrap(), vec![]);
-        let e = mappings(Some(&serde_json::json!([{"PathOnHost": "/dev/x", "CgroupPermissions": "rwx"}])))
-            .unwrap_err();
+        let e = mappings(Some(
+            &serde_json::json!([{"PathOnHost": "/dev/x", "CgroupPermissions": "rwx"}]),
+        ))
+        .unwrap_err();
         assert_eq!(
             e.to_string(),
             "invalid device mode 'rwx' for /dev/x: the permissions are r, w and m, as in 'rwm'"

@@ -250,9 +250,10 @@ impl ContainerPrune {
         filters.check(CONTAINER_PRUNE_FILTERS)?;
         let mut until = Vec::new();
         for v in filters.values("until").unwrap_or_default() {
-            until.push(crate::networks::parse_until(v, now).ok_or_else(|| {
-                ApiError::bad_request(format!("invalid filter 'until={v}'"))
-            })?);
+            until.push(
+                crate::networks::parse_until(v, now)
+                    .ok_or_else(|| ApiError::bad_request(format!("invalid filter 'until={v}'")))?,
+            );
         }
         Ok(ContainerPrune { until, filters })
     }
@@ -607,8 +608,11 @@ mod tests {
     #[test]
     fn container_prune_filters_as_dockerd() {
         let p = |raw: &str| ContainerPrune::parse(Filters::parse(Some(raw)).unwrap(), 1000);
-        let labels: BTreeMap<String, String> =
-            [("team".to_string(), "a".to_string()), ("keep".to_string(), String::new())].into();
+        let labels: BTreeMap<String, String> = [
+            ("team".to_string(), "a".to_string()),
+            ("keep".to_string(), String::new()),
+        ]
+        .into();
         let none = BTreeMap::new();
         let all = p("{}").unwrap();
         assert!(all.matches(&none, 999) && all.matches(&labels, 5000));
@@ -622,7 +626,10 @@ mod tests {
         assert!(!f.matches(&labels, 1) && f.matches(&none, 1));
         let f = p(r#"{"label":["team=b"]}"#).unwrap();
         assert!(!f.matches(&labels, 1));
-        assert_eq!(p(r#"{"name":["x"]}"#).unwrap_err().message, "invalid filter 'name'");
+        assert_eq!(
+            p(r#"{"name":["x"]}"#).unwrap_err().message,
+            "invalid filter 'name'"
+        );
         assert_eq!(
             p(r#"{"until":["soon"]}"#).unwrap_err().message,
             "invalid filter 'until=soon'"

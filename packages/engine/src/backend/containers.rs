@@ -131,6 +131,7 @@ impl Engine {
                 c.log_path()
             },
             open_stdin: r.config.open_stdin,
+            devices: Vec::new(),
             process: Process {
                 args,
                 env,

@@ -574,19 +574,40 @@ async fn prune_removes_stopped_containers_only() {
 async fn prune_filters_by_label_and_creation_time() {
     let (_d, _rt, e) = engine().await;
     let f = |raw: &str, now: i64| {
-        ContainerPrune::parse(docker_api::filters::Filters::parse(Some(raw)).unwrap(), now)
-            .unwrap()
+        ContainerPrune::parse(docker_api::filters::Filters::parse(Some(raw)).unwrap(), now).unwrap()
     };
     let a = create(&e, "", serde_json::json!({"Labels": {"team": "a"}})).await;
-    let b = create(&e, "", serde_json::json!({"Labels": {"team": "b", "keep": ""}})).await;
+    let b = create(
+        &e,
+        "",
+        serde_json::json!({"Labels": {"team": "b", "keep": ""}}),
+    )
+    .await;
     let plain = create(&e, "", serde_json::json!({})).await;
     let now = (docker_api::time::now_nanos() / 1_000_000_000) as i64;
     // Created just now: `until=1h` (before an hour ago) keeps them all.
-    assert_eq!(e.container_prune(f(r#"{"until":["1h"]}"#, now)).await.unwrap(), Vec::<String>::new());
-    assert_eq!(e.container_prune(f(r#"{"label":["team=a"]}"#, now)).await.unwrap(), [a]);
-    assert_eq!(e.container_prune(f(r#"{"label!":["keep"]}"#, now)).await.unwrap(), [plain]);
+    assert_eq!(
+        e.container_prune(f(r#"{"until":["1h"]}"#, now))
+            .await
+            .unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        e.container_prune(f(r#"{"label":["team=a"]}"#, now))
+            .await
+            .unwrap(),
+        [a]
+    );
+    assert_eq!(
+        e.container_prune(f(r#"{"label!":["keep"]}"#, now))
+            .await
+            .unwrap(),
+        [plain]
+    );
     let until = (now + 10).to_string();
-    let left = e.container_prune(f(&format!(r#"{{"until":["{until}"]}}"#), now)).await;
+    let left = e
+        .container_prune(f(&format!(r#"{{"until":["{until}"]}}"#), now))
+        .await;
     assert_eq!(left.unwrap(), [b]);
 }
 

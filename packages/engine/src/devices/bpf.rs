@@ -196,8 +196,8 @@ pub fn attach(cgroup: &Path, rules: &[Rule]) -> Result<(), BpfError> {
             return Err(BpfError::Load(e, detail));
         }
     };
-    let dir = std::fs::File::open(cgroup)
-        .map_err(|e| BpfError::Open(cgroup.display().to_string(), e))?;
+    let dir =
+        std::fs::File::open(cgroup).map_err(|e| BpfError::Open(cgroup.display().to_string(), e))?;
     let mut attr = ProgAttachAttr {
         target_fd: dir.as_raw_fd() as u32,
         attach_bpf_fd: fd.as_raw_fd() as u32,

@@ -28,15 +28,15 @@ pub fn default_rules() -> Vec<Rule> {
     vec![
         Rule::new(Kind::Char, None, None, MKNOD),
         Rule::new(Kind::Block, None, None, MKNOD),
-        c(1, Some(3)),   // null
-        c(1, Some(5)),   // zero
-        c(1, Some(7)),   // full
-        c(1, Some(8)),   // random
-        c(1, Some(9)),   // urandom
-        c(5, Some(0)),   // tty
-        c(5, Some(1)),   // console
-        c(5, Some(2)),   // ptmx
-        c(136, None),    // the ptys of the container's devpts
+        c(1, Some(3)),    // null
+        c(1, Some(5)),    // zero
+        c(1, Some(7)),    // full
+        c(1, Some(8)),    // random
+        c(1, Some(9)),    // urandom
+        c(5, Some(0)),    // tty
+        c(5, Some(1)),    // console
+        c(5, Some(2)),    // ptmx
+        c(136, None),     // the ptys of the container's devpts
         c(10, Some(200)), // tun
     ]
 }
@@ -199,9 +199,15 @@ mod tests {
         .unwrap();
         assert_eq!(p.nodes.len(), 1);
         let n = &p.nodes[0];
-        assert_eq!((n.path.as_str(), n.block, n.major, n.minor), ("/dev/mynull", false, 1, 3));
+        assert_eq!(
+            (n.path.as_str(), n.block, n.major, n.minor),
+            ("/dev/mynull", false, 1, 3)
+        );
         let rules = p.rules.unwrap();
-        let tail: Vec<String> = rules[rules.len() - 2..].iter().map(|r| r.to_string()).collect();
+        let tail: Vec<String> = rules[rules.len() - 2..]
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
         assert_eq!(tail, ["c 1:3 r", "b 8:* rw"]);
     }
 
@@ -222,7 +228,11 @@ mod tests {
     fn privileged_allows_every_device() {
         let p = policy(&hc(serde_json::json!({"Privileged": true}))).unwrap();
         assert_eq!(p.rules, None);
-        assert!(p.nodes.iter().any(|n| n.path == "/dev/null"), "{:?}", p.nodes);
+        assert!(
+            p.nodes.iter().any(|n| n.path == "/dev/null"),
+            "{:?}",
+            p.nodes
+        );
         assert!(!p.nodes.iter().any(|n| n.path.starts_with("/dev/pts/")));
     }
 
@@ -236,6 +246,9 @@ mod tests {
         ] {
             assert!(check(&hc(v.clone())).is_err(), "{v}");
         }
-        assert!(check(&hc(serde_json::json!({"DeviceCgroupRules": ["c 7:128 rwm"]}))).is_ok());
+        assert!(check(&hc(
+            serde_json::json!({"DeviceCgroupRules": ["c 7:128 rwm"]})
+        ))
+        .is_ok());
     }
 }

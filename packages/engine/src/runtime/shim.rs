@@ -469,7 +469,11 @@ fn make_node(root: &Path, n: &crate::devices::Node) -> Result<(), Fail> {
             _ => {
                 return Err((
                     125,
-                    format!("making device {}: {} is not a directory", n.path, dir.display()),
+                    format!(
+                        "making device {}: {} is not a directory",
+                        n.path,
+                        dir.display()
+                    ),
                 ))
             }
         }
@@ -477,7 +481,11 @@ fn make_node(root: &Path, n: &crate::devices::Node) -> Result<(), Fail> {
     if fs::symlink_metadata(&t).is_ok() {
         return Ok(());
     }
-    let kind = if n.block { SFlag::S_IFBLK } else { SFlag::S_IFCHR };
+    let kind = if n.block {
+        SFlag::S_IFBLK
+    } else {
+        SFlag::S_IFCHR
+    };
     let dev = makedev(u64::from(n.major), u64::from(n.minor));
     mknod(&t, kind, Mode::from_bits_truncate(n.mode), dev)
         .map_err(err(format!("making device {}", n.path)))?;

@@ -20,7 +20,10 @@ fn run(prog: &[Insn], kind: Kind, major: u32, minor: u32, access: u8) -> bool {
         match i.code {
             LDX_MEM_W => {
                 assert!(src == 1 && r1_is_ctx, "loads only from the context");
-                assert!(i.off >= 0 && i.off % 4 == 0 && i.off < 12, "aligned, in bounds");
+                assert!(
+                    i.off >= 0 && i.off % 4 == 0 && i.off < 12,
+                    "aligned, in bounds"
+                );
                 r[dst] = u64::from(ctx[i.off as usize / 4]);
             }
             ALU32_AND_K => r[dst] = u64::from((r[dst] as u32) & (i.imm as u32)),
@@ -52,26 +55,91 @@ fn run(prog: &[Insn], kind: Kind, major: u32, minor: u32, access: u8) -> bool {
 fn the_prologue_is_encoded_as_the_kernel_reads_it() {
     let p = program(&[]);
     // ldxw r2, [r1+0]; and32 r2, 0xffff; ...; mov32 r0, 0; exit
-    assert_eq!(p[0], Insn { code: 0x61, regs: 0x12, off: 0, imm: 0 });
-    assert_eq!(p[1], Insn { code: 0x54, regs: 0x02, off: 0, imm: 0xffff });
-    assert_eq!(p[4], Insn { code: 0x61, regs: 0x14, off: 4, imm: 0 });
-    assert_eq!(p[5], Insn { code: 0x61, regs: 0x15, off: 8, imm: 0 });
+    assert_eq!(
+        p[0],
+        Insn {
+            code: 0x61,
+            regs: 0x12,
+            off: 0,
+            imm: 0
+        }
+    );
+    assert_eq!(
+        p[1],
+        Insn {
+            code: 0x54,
+            regs: 0x02,
+            off: 0,
+            imm: 0xffff
+        }
+    );
+    assert_eq!(
+        p[4],
+        Insn {
+            code: 0x61,
+            regs: 0x14,
+            off: 4,
+            imm: 0
+        }
+    );
+    assert_eq!(
+        p[5],
+        Insn {
+            code: 0x61,
+            regs: 0x15,
+            off: 8,
+            imm: 0
+        }
+    );
     assert_eq!(p.len(), 8);
     assert_eq!(std::mem::size_of::<Insn>(), 8, "struct bpf_insn is 8 bytes");
-    assert!(!run(&p, Kind::Char, 1, 3, READ), "no rules: everything denied");
+    assert!(
+        !run(&p, Kind::Char, 1, 3, READ),
+        "no rules: everything denied"
+    );
 }
 
 #[test]
 fn the_default_rules_allow_dockers_devices_only() {
     let p = program(&super::super::default_rules());
-    for (major, minor) in [(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2), (136, 0), (136, 7), (10, 200)] {
-        assert!(run(&p, Kind::Char, major, minor, READ | WRITE), "c {major}:{minor}");
+    for (major, minor) in [
+        (1, 3),
+        (1, 5),
+        (1, 7),
+        (1, 8),
+        (1, 9),
+        (5, 0),
+        (5, 1),
+        (5, 2),
+        (136, 0),
+        (136, 7),
+        (10, 200),
+    ] {
+        assert!(
+            run(&p, Kind::Char, major, minor, READ | WRITE),
+            "c {major}:{minor}"
+        );
     }
     // The VM's disk, /dev/mem, /dev/kmsg, fuse: any mknod, no open.
-    for (kind, major, minor) in [(Kind::Block, 254, 0), (Kind::Block, 8, 0), (Kind::Char, 1, 1), (Kind::Char, 1, 11), (Kind::Char, 10, 229)] {
-        assert!(run(&p, kind, major, minor, MKNOD), "mknod {kind:?} {major}:{minor}");
-        assert!(!run(&p, kind, major, minor, READ), "read {kind:?} {major}:{minor}");
-        assert!(!run(&p, kind, major, minor, WRITE), "write {kind:?} {major}:{minor}");
+    for (kind, major, minor) in [
+        (Kind::Block, 254, 0),
+        (Kind::Block, 8, 0),
+        (Kind::Char, 1, 1),
+        (Kind::Char, 1, 11),
+        (Kind::Char, 10, 229),
+    ] {
+        assert!(
+            run(&p, kind, major, minor, MKNOD),
+            "mknod {kind:?} {major}:{minor}"
+        );
+        assert!(
+            !run(&p, kind, major, minor, READ),
+            "read {kind:?} {major}:{minor}"
+        );
+        assert!(
+            !run(&p, kind, major, minor, WRITE),
+            "write {kind:?} {major}:{minor}"
+        );
         assert!(!run(&p, kind, major, minor, MKNOD | READ));
     }
     // A block device with a char device's numbers is another device.
@@ -115,7 +183,12 @@ fn the_kernel_loads_the_default_program() {
     let prog = program(&super::super::default_rules());
     match load(&prog, None) {
         Ok(_) => {}
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::ENOSYS | libc::EACCES)) => {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EPERM | libc::ENOSYS | libc::EACCES)
+            ) =>
+        {
             test_skip::skip(format!("this process may not load BPF programs: {e}"));
         }
         Err(e) => panic!("the verifier refused the program: {e}"),
