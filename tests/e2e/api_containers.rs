@@ -533,7 +533,8 @@ fn devices(g: &Guest) -> Result<()> {
         "busybox", "sh", "-c",
         &sh("ls -l /dev/xdisk | cut -c1; r /dev/xdisk; r /dev/kmsg; \
              echo x >/dev/kmsg 2>/dev/null && echo WROTE || echo DENIED; \
-             dd if=/dev/zero of=/dev/xdisk bs=1 count=0 conv=notrunc 2>&1 | grep -c 'not permitted'"),
+             dd if=/dev/zero of=/dev/xdisk bs=1 count=0 conv=notrunc 2>&1 \
+             | grep -c 'not permitted'"),
     ])?;
     assert_eq!(
         out, "b\nREAD\nREAD\nWROTE\n1",
