@@ -529,8 +529,15 @@ fn devices(g: &Guest) -> Result<()> {
     // --device: the node appears at its path in the container, its rule with the permissions.
     let host = format!("/dev/{name}");
     let out = g.ok(&[
-        "run", "--rm", "--device", &format!("{host}:/dev/xdisk:r"), "--device", "/dev/kmsg",
-        "busybox", "sh", "-c",
+        "run",
+        "--rm",
+        "--device",
+        &format!("{host}:/dev/xdisk:r"),
+        "--device",
+        "/dev/kmsg",
+        "busybox",
+        "sh",
+        "-c",
         &sh("ls -l /dev/xdisk | cut -c1; r /dev/xdisk; r /dev/kmsg; \
              echo x >/dev/kmsg 2>/dev/null && echo WROTE || echo DENIED; \
              dd if=/dev/zero of=/dev/xdisk bs=1 count=0 conv=notrunc 2>&1 \
