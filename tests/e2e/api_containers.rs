@@ -7,7 +7,11 @@
 //!   `pause`/`unpause`, `rename`, `update` (into the live cgroup), `kill` answering after the
 //!   exit;
 //! - a request on a kept-alive connection after a 404 for a POST with a body is answered;
-//! - `docker node ls` and `GET /swarm` answer 503 "This node is not a swarm manager".
+//! - `docker node ls` and `GET /swarm` answer 503 "This node is not a swarm manager";
+//! - `docker container prune` with `label`, `label!` and `until` filters;
+//! - the device cgroup: a container (or an exec in it) may mknod any node but opens only
+//!   Docker's default devices, not the VM's disk or /dev/kmsg; `--device`,
+//!   `--device-cgroup-rule` and `--privileged` open more.
 
 use std::time::{Duration, Instant};
 
@@ -64,6 +68,7 @@ fn check() -> Result<()> {
     let image = format!("{reg}/busybox:latest");
     g.ok(&["pull", &image])?;
     g.ok(&["tag", &image, "busybox"])?;
+    devices(&g)?;
 
     // --- HTTP keep-alive after a 404, and the swarm probe ------------------------------------
     let out = g.python(KEEP_ALIVE_PY)?;
@@ -456,9 +461,118 @@ fn check() -> Result<()> {
         ])?,
         "512 host true"
     );
-    let err = g.fails(&["create", "--device", "/dev/null", "busybox"])?;
-    assert!(err.contains("not supported"), "--device: {err}");
     let err = g.fails(&["create", "--read-only", "busybox"])?;
     assert!(err.contains("not supported"), "--read-only: {err}");
+
+    // --- container prune's filters: label, label!, until ---------------------------------------
+    let a = g.ok(&["create", "--label", "prune=a", "busybox"])?;
+    let b = g.ok(&["create", "--label", "prune=b", "busybox"])?;
+    let out = g.ok(&["container", "prune", "-f", "--filter", "label=prune=a"])?;
+    assert!(out.contains(&a) && !out.contains(&b), "label=: {out}");
+    let out = g.ok(&["container", "prune", "-f", "--filter", "until=1h"])?;
+    assert!(
+        !out.contains(&b),
+        "until=1h keeps a container made now: {out}"
+    );
+    let out = g.ok(&["container", "prune", "-f", "--filter", "label!=prune=b"])?;
+    assert!(!out.contains(&b), "label!=: {out}");
+    assert_eq!(
+        g.ok(&["ps", "-aq", "--no-trunc", "-f", "label=prune=b"])?,
+        b
+    );
+    Ok(())
+}
+
+/// Prints the VM's first block device as `NAME MAJOR MINOR` (from the container's sysfs:
+/// a loop device when the VM has no disk), then READ or DENIED for `head` on a node of it
+/// and on one of /dev/kmsg (1:11) made with mknod.
+const PROBE_SH: &str = r#"for b in /sys/block/*; do case ${b##*/} in ram*|zram*) continue;; esac
+d=$(cat $b/dev); echo ${b##*/} ${d%:*} ${d#*:}; case ${b##*/} in loop*) ;; *) break;; esac
+done | tail -1 > /tmp/dev
+read name major minor < /tmp/dev; echo $name $major $minor
+mknod /tmp/disk b $major $minor || echo NOMKNOD
+mknod /tmp/kmsg c 1 11 || echo NOMKNOD
+r /tmp/disk; r /tmp/kmsg"#;
+
+/// `r NODE`: READ, DENIED (the cgroup's EPERM at open) or ERROR and the message.
+const R_SH: &str = r#"r() { e=$(head -c 1 "$1" 2>&1 >/dev/null)
+case $e in *"not permitted"*) echo DENIED;; "") echo READ;; *) echo "ERROR $e";; esac; }"#;
+
+/// The device cgroup (a BPF program on the container's cgroup, as runc's on cgroup v2).
+fn devices(g: &Guest) -> Result<()> {
+    let sh = |script: &str| format!("{R_SH}\n{script}");
+    let probe = sh(PROBE_SH);
+    let out = g.ok(&["run", "--rm", "busybox", "sh", "-c", &probe])?;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines.get(1..),
+        Some(&["DENIED", "DENIED"][..]),
+        "a default container must not open the VM's disk or /dev/kmsg: {out}"
+    );
+    let disk: Vec<&str> = lines[0].split(' ').collect();
+    let (name, major, minor) = (disk[0], disk[1], disk[2]);
+    // Docker's default devices still work.
+    let out = g.ok(&[
+        "run",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "head -c 4 /dev/urandom | wc -c; echo x >/dev/null && head -c 2 /dev/zero | wc -c",
+    ])?;
+    assert_eq!(out, "4\n2", "the default devices");
+    // An exec joins the container's cgroup: the same rules.
+    g.ok(&["run", "-d", "--name", "devx", "busybox", "sleep", "1000"])?;
+    let out = g.ok(&["exec", "devx", "sh", "-c", &probe])?;
+    assert!(out.ends_with("DENIED\nDENIED"), "exec: {out}");
+    g.ok(&["rm", "-f", "devx"])?;
+    // --device: the node appears at its path in the container, its rule with the permissions.
+    let host = format!("/dev/{name}");
+    let out = g.ok(&[
+        "run",
+        "--rm",
+        "--device",
+        &format!("{host}:/dev/xdisk:r"),
+        "--device",
+        "/dev/kmsg",
+        "busybox",
+        "sh",
+        "-c",
+        &sh("ls -l /dev/xdisk | cut -c1; r /dev/xdisk; r /dev/kmsg; \
+             echo x >/dev/kmsg 2>/dev/null && echo WROTE || echo DENIED; \
+             dd if=/dev/zero of=/dev/xdisk bs=1 count=0 conv=notrunc 2>&1 \
+             | grep -c 'not permitted'"),
+    ])?;
+    assert_eq!(
+        out, "b\nREAD\nREAD\nWROTE\n1",
+        "--device (the disk read-only): {out}"
+    );
+    let err = g.fails(&["run", "--rm", "--device", "/dev/nope", "busybox", "true"])?;
+    assert!(err.contains("/dev/nope"), "a missing --device: {err}");
+    // --device-cgroup-rule: nodes made inside open by their rule.
+    let out = g.ok(&[
+        "run",
+        "--rm",
+        "--device-cgroup-rule",
+        &format!("b {major}:{minor} r"),
+        "--device-cgroup-rule",
+        "c 1:* rwm",
+        "busybox",
+        "sh",
+        "-c",
+        &probe,
+    ])?;
+    assert!(out.ends_with("READ\nREAD"), "--device-cgroup-rule: {out}");
+    // --privileged: every device, and the VM's nodes in /dev.
+    let out = g.ok(&[
+        "run",
+        "--rm",
+        "--privileged",
+        "busybox",
+        "sh",
+        "-c",
+        &format!("{probe}\nr {host}"),
+    ])?;
+    assert!(out.ends_with("READ\nREAD\nREAD"), "--privileged: {out}");
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! with default bodies answer 501 until a back end implements them, so a back end implements
 //! each seam trait (an empty `impl` takes every default).
 
+use crate::filters::ContainerPrune;
 use crate::images::*;
 use crate::networks::{
     Network, NetworkConnectRequest, NetworkCreateRequest, NetworkCreateResponse,
@@ -180,14 +181,19 @@ pub trait ContainerBackend: Send + Sync + 'static {
     ) -> impl Future<Output = ApiResult<()>> + Send {
         nyi("container remove")
     }
-    fn container_prune(&self) -> impl Future<Output = ApiResult<Vec<String>>> + Send {
+    /// Removes the stopped containers that `f` accepts; returns their ids.
+    fn container_prune(
+        &self,
+        _f: ContainerPrune,
+    ) -> impl Future<Output = ApiResult<Vec<String>>> + Send {
         nyi("container prune")
     }
     /// The prune with the bytes it freed (`SpaceReclaimed`); by default none are counted.
     fn container_prune_reclaiming(
         &self,
+        f: ContainerPrune,
     ) -> impl Future<Output = ApiResult<(Vec<String>, u64)>> + Send {
-        async { Ok((self.container_prune().await?, 0)) }
+        async { Ok((self.container_prune(f).await?, 0)) }
     }
     /// Resolves the wait; the returned future completes when the condition is met.
     fn container_wait(

@@ -233,6 +233,45 @@ pub(crate) fn name_matches(pattern: &str, name: &str) -> bool {
     }
 }
 
+const CONTAINER_PRUNE_FILTERS: &[&str] = &["until", "label", "label!"];
+
+/// The filters of `POST /containers/prune`, as dockerd takes them: `until` (created before:
+/// Unix seconds, an RFC 3339 time or a duration before now), `label` (every one must
+/// match) and `label!` (none may). Other names are a 400.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ContainerPrune {
+    until: Vec<i64>,
+    filters: Filters,
+}
+
+impl ContainerPrune {
+    /// `now`: Unix seconds, for durations.
+    pub fn parse(filters: Filters, now: i64) -> ApiResult<ContainerPrune> {
+        filters.check(CONTAINER_PRUNE_FILTERS)?;
+        let mut until = Vec::new();
+        for v in filters.values("until").unwrap_or_default() {
+            until.push(
+                crate::networks::parse_until(v, now)
+                    .ok_or_else(|| ApiError::bad_request(format!("invalid filter 'until={v}'")))?,
+            );
+        }
+        Ok(ContainerPrune { until, filters })
+    }
+
+    /// Whether a stopped container with these labels, created at `created` (Unix seconds),
+    /// is pruned.
+    pub fn matches(&self, labels: &BTreeMap<String, String>, created: i64) -> bool {
+        self.until.iter().all(|&u| created < u)
+            && self.filters.all("label", |v| label_matches(v, labels))
+            && !self
+                .filters
+                .values("label!")
+                .unwrap_or_default()
+                .iter()
+                .any(|v| label_matches(v, labels))
+    }
+}
+
 /// `key` (present) or `key=value` (equal).
 pub(crate) fn label_matches(filter: &str, labels: &BTreeMap<String, String>) -> bool {
     match filter.split_once('=') {
@@ -564,5 +603,36 @@ mod tests {
                 && name_matches("^web$", "web")
         );
         assert!(!name_matches("^eb", "web") && !name_matches("^we$", "web"));
+    }
+
+    #[test]
+    fn container_prune_filters_as_dockerd() {
+        let p = |raw: &str| ContainerPrune::parse(Filters::parse(Some(raw)).unwrap(), 1000);
+        let labels: BTreeMap<String, String> = [
+            ("team".to_string(), "a".to_string()),
+            ("keep".to_string(), String::new()),
+        ]
+        .into();
+        let none = BTreeMap::new();
+        let all = p("{}").unwrap();
+        assert!(all.matches(&none, 999) && all.matches(&labels, 5000));
+        let f = p(r#"{"until":["10m"]}"#).unwrap();
+        assert!(f.matches(&none, 399) && !f.matches(&none, 400));
+        let f = p(r#"{"until":["500"],"label":["team=a"]}"#).unwrap();
+        assert!(f.matches(&labels, 499));
+        assert!(!f.matches(&labels, 500), "created at until is kept");
+        assert!(!f.matches(&none, 1), "without the label");
+        let f = p(r#"{"label!":["keep"]}"#).unwrap();
+        assert!(!f.matches(&labels, 1) && f.matches(&none, 1));
+        let f = p(r#"{"label":["team=b"]}"#).unwrap();
+        assert!(!f.matches(&labels, 1));
+        assert_eq!(
+            p(r#"{"name":["x"]}"#).unwrap_err().message,
+            "invalid filter 'name'"
+        );
+        assert_eq!(
+            p(r#"{"until":["soon"]}"#).unwrap_err().message,
+            "invalid filter 'until=soon'"
+        );
     }
 }

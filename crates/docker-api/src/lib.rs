@@ -14,6 +14,7 @@
 
 pub mod backend;
 pub mod build;
+pub mod devices;
 pub mod error;
 pub mod events;
 pub mod filters;

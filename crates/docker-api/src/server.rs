@@ -3,7 +3,7 @@
 //! hijack the connection when the client asks for `Upgrade: tcp`.
 
 use crate::error::{ApiError, ApiResult};
-use crate::filters::Filters;
+use crate::filters::{ContainerPrune, Filters};
 use crate::route::{route, ContainerOp, Route};
 use crate::stdcopy::{self, Frame};
 use crate::types::*;
@@ -352,7 +352,9 @@ async fn dispatch<B: Backend>(b: Arc<B>, req: Req) -> ApiResult<Resp> {
             json(StatusCode::OK, &list)
         }
         Route::ContainersPrune => {
-            let (deleted, space) = b.container_prune_reclaiming().await?;
+            let now = (crate::time::now_nanos() / 1_000_000_000) as i64;
+            let f = ContainerPrune::parse(Filters::parse(q.get("filters"))?, now)?;
+            let (deleted, space) = b.container_prune_reclaiming(f).await?;
             json(
                 StatusCode::OK,
                 &serde_json::json!({"ContainersDeleted": deleted, "SpaceReclaimed": space}),

@@ -1,7 +1,9 @@
-//! cgroup v2 limits under /sys/fs/cgroup/axion/<id> (memory.max, cpu.max, pids.max).
+//! cgroup v2 limits under /sys/fs/cgroup/axion/<id> (memory.max, cpu.max, pids.max) and
+//! the device program (crate::devices).
 //! Hosts without a unified hierarchy at /sys/fs/cgroup (cgroup v1 or hybrid) run
 //! containers without limits; the engine says so in `docker info` warnings.
 
+use docker_api::devices::Rule;
 use docker_api::types::HostConfig;
 use std::path::{Path, PathBuf};
 
@@ -17,8 +19,13 @@ fn enable(dir: &Path) {
     }
 }
 
-/// Creates the container's cgroup with its limits; None when cgroup v2 is unavailable.
-pub fn create(id: &str, hc: &HostConfig) -> std::io::Result<Option<PathBuf>> {
+/// Creates the container's cgroup with its limits and its device program (unless
+/// `devices` is None: every device); None when cgroup v2 is unavailable.
+pub fn create(
+    id: &str,
+    hc: &HostConfig,
+    devices: Option<&[Rule]>,
+) -> std::io::Result<Option<PathBuf>> {
     if !available() {
         return Ok(None);
     }
@@ -28,8 +35,13 @@ pub fn create(id: &str, hc: &HostConfig) -> std::io::Result<Option<PathBuf>> {
     std::fs::create_dir_all(&parent)?;
     enable(&parent);
     let dir = parent.join(id);
+    // One left by an engine that died holds its old device program: a fresh one has none.
+    let _ = std::fs::remove_dir(&dir);
     std::fs::create_dir_all(&dir)?;
     apply(&dir, hc)?;
+    if let Some(rules) = devices {
+        crate::devices::bpf::attach(&dir, rules).map_err(std::io::Error::other)?;
+    }
     Ok(Some(dir))
 }
 

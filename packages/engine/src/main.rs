@@ -26,6 +26,7 @@ mod build;
 mod certs;
 mod cgroup;
 mod containers;
+mod devices;
 mod events;
 mod images;
 mod init_reaper;

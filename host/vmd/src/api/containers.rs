@@ -3,6 +3,7 @@
 use super::Api;
 use crate::*;
 use bytes::Bytes;
+use docker_api::filters::ContainerPrune;
 use docker_api::ops::{Change, ContainerStats, TopResponse};
 use docker_api::ContainerBackend;
 
@@ -520,7 +521,7 @@ impl ContainerBackend for Api {
         Ok(())
     }
 
-    async fn container_prune(&self) -> ApiResult<Vec<String>> {
+    async fn container_prune(&self, f: ContainerPrune) -> ApiResult<Vec<String>> {
         let cs: Vec<Arc<Ctr>> = self
             .containers
             .lock()
@@ -529,7 +530,12 @@ impl ContainerBackend for Api {
             .cloned()
             .collect();
         let mut out = Vec::new();
-        for c in cs.into_iter().filter(|c| c.phase() == Phase::Exited) {
+        let labels = |c: &Ctr| c.req.config.labels.clone().unwrap_or_default();
+        let pruned = |c: &Arc<Ctr>| {
+            c.phase() == Phase::Exited
+                && f.matches(&labels(c), (c.created_ns / 1_000_000_000) as i64)
+        };
+        for c in cs.into_iter().filter(pruned) {
             self.remove_now(&c);
             out.push(c.id.clone());
         }

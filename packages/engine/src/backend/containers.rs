@@ -5,6 +5,7 @@ use super::*;
 use crate::containers::{parse_signal, random_name_try, valid_name, Events, Record, Status};
 use crate::runtime::{Process, RunSpec, Stdio3};
 use crate::{logs, netproxy};
+use docker_api::filters::ContainerPrune;
 use docker_api::time::{human, rfc3339, since};
 use docker_api::types::PortBinding;
 use docker_api::{AttachIo, AttachOptions, FrameRx, LogsOptions, StdStream, WaitCondition};
@@ -130,6 +131,7 @@ impl Engine {
                 c.log_path()
             },
             open_stdin: r.config.open_stdin,
+            devices: Vec::new(),
             process: Process {
                 args,
                 env,
@@ -164,6 +166,8 @@ impl Engine {
         })?;
         self.prepare_volumes(&r)?;
         let mut spec = self.spec_for(c, &r, lowers)?;
+        let devices = crate::devices::policy(&r.host_config).map_err(ApiError::bad_request)?;
+        spec.devices = devices.nodes;
         trace.mark("spec (seccomp compiled)");
         // Published ports first: a taken host port fails the start, as in Docker.
         let published = publish_ports(&r, false).await.map_err(|e| {
@@ -203,7 +207,7 @@ impl Engine {
             .map_err(internal("writing spec"))?;
         let cg = self
             .runtime
-            .cgroup_create(&r.id, &r.host_config)
+            .cgroup_create(&r.id, &r.host_config, devices.rules.as_deref())
             .map_err(internal("creating cgroup"))?;
         trace.mark("ports, address, spec written, cgroup created");
         // The shim's monitor makes the container's streams; the last run's exit record goes.
@@ -217,8 +221,13 @@ impl Engine {
             tr.mark("blocking task runs");
             let mut s = rt.spawn_container(&id, &spec_path, stdio)?;
             tr.mark("shim forked the container process (pid read)");
+            // Outside its cgroup the container would escape its limits and device rules.
             if let Some(cg) = &cgc {
-                let _ = rt.cgroup_add(cg, s.pid());
+                if let Err(e) = rt.cgroup_add(cg, s.pid()) {
+                    s.cancel();
+                    let e = format!("joining the cgroup {}: {e}", cg.display());
+                    return Ok((s, Err(runtime::SpawnError::Start(e))));
+                }
             }
             // The process waits for the release: its network is ready before it runs.
             if let Some((b, ep)) = &att {
@@ -958,20 +967,22 @@ impl ContainerBackend for Engine {
         Ok(())
     }
 
-    async fn container_prune(&self) -> ApiResult<Vec<String>> {
-        Ok(self.container_prune_reclaiming().await?.0)
+    async fn container_prune(&self, f: ContainerPrune) -> ApiResult<Vec<String>> {
+        Ok(self.container_prune_reclaiming(f).await?.0)
     }
 
     /// The bytes are those of the removed containers' writable layers.
-    async fn container_prune_reclaiming(&self) -> ApiResult<(Vec<String>, u64)> {
+    async fn container_prune_reclaiming(&self, f: ContainerPrune) -> ApiResult<(Vec<String>, u64)> {
         let stopped: Vec<Arc<Container>> = self
             .containers
             .lock()
             .unwrap()
             .values()
             .filter(|c| {
-                let s = c.rec.lock().unwrap().status;
-                s == Status::Exited || s == Status::Created
+                let r = c.rec.lock().unwrap();
+                let labels = r.config.labels.clone().unwrap_or_default();
+                matches!(r.status, Status::Exited | Status::Created)
+                    && f.matches(&labels, (r.created / 1_000_000_000) as i64)
             })
             .cloned()
             .collect();

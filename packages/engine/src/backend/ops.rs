@@ -446,8 +446,6 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     ("BlkioDeviceWriteIOps", "block I/O limits"),
     ("CpuRealtimePeriod", "real-time CPU scheduling"),
     ("CpuRealtimeRuntime", "real-time CPU scheduling"),
-    ("Devices", "device mappings (--device)"),
-    ("DeviceCgroupRules", "device cgroup rules"),
     ("DeviceRequests", "device requests (--gpus)"),
     ("KernelMemory", "kernel memory limits"),
     ("KernelMemoryTCP", "kernel memory limits"),
@@ -474,6 +472,7 @@ pub(super) fn check_create(hc: &mut HostConfig) -> ApiResult<()> {
             )));
         }
     }
+    crate::devices::check(hc).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let driver = log_driver(hc).to_string();
     if !LOG_DRIVERS.contains(&driver.as_str()) {
         return Err(ApiError::bad_request(format!(
@@ -1002,7 +1001,8 @@ mod tests {
         for bad in [
             serde_json::json!({"LogConfig": {"Type": "syslog"}}),
             serde_json::json!({"LogConfig": {"Type": "json-file", "Config": {"max-size": "1m"}}}),
-            serde_json::json!({"Devices": [{"PathOnHost": "/dev/null"}]}),
+            serde_json::json!({"Devices": [{"PathOnHost": "dev/null"}]}),
+            serde_json::json!({"DeviceCgroupRules": ["c 1:3 rwx"]}),
             serde_json::json!({"ReadonlyRootfs": true}),
             serde_json::json!({"PidMode": "container:x"}),
             serde_json::json!({"Runtime": "kata"}),
@@ -1012,7 +1012,8 @@ mod tests {
         }
         let mut ok = hc_of(serde_json::json!({
             "LogConfig": {"Type": "json-file", "Config": {"max-file": "100"}},
-            "CpusetCpus": "0", "Devices": [], "ReadonlyRootfs": false, "Runtime": "runc"
+            "CpusetCpus": "0", "Devices": [{"PathOnHost": "/dev/null"}], "ReadonlyRootfs": false,
+            "Runtime": "runc", "DeviceCgroupRules": ["c 7:128 rwm"]
         }));
         check_create(&mut ok).unwrap();
         assert!(check_mac(Some("02:42:ac:11:00:0a")).is_ok());

@@ -6,6 +6,7 @@ use super::*;
 use crate::containers::valid_name;
 use crate::runtime::fake::{Call, Fake};
 use clap::Parser;
+use docker_api::filters::ContainerPrune;
 use docker_api::{ContainerBackend, ExecBackend, LogsOptions, StdStream, WaitCondition};
 use nix::sys::signal::Signal;
 use sha2::Digest;
@@ -271,7 +272,8 @@ async fn start_spawns_in_its_cgroup_and_a_second_start_is_not_modified() {
         [
             Call::CgroupCreate {
                 id: id.clone(),
-                memory: 1048576
+                memory: 1048576,
+                devices: Some(crate::devices::default_rules()),
             },
             Call::Spawn {
                 id: id.clone(),
@@ -560,12 +562,53 @@ async fn prune_removes_stopped_containers_only() {
     let (exited, pid) = run(&e, &rt, serde_json::json!({})).await;
     exit(&e, &rt, &exited, pid, 0).await;
     let (running, _) = run(&e, &rt, serde_json::json!({})).await;
-    let mut pruned = e.container_prune().await.unwrap();
+    let mut pruned = e.container_prune(ContainerPrune::default()).await.unwrap();
     pruned.sort();
     let mut want = vec![created, exited];
     want.sort();
     assert_eq!(pruned, want);
     assert_eq!(status(&e, &running), "running");
+}
+
+#[tokio::test]
+async fn prune_filters_by_label_and_creation_time() {
+    let (_d, _rt, e) = engine().await;
+    let f = |raw: &str, now: i64| {
+        ContainerPrune::parse(docker_api::filters::Filters::parse(Some(raw)).unwrap(), now).unwrap()
+    };
+    let a = create(&e, "", serde_json::json!({"Labels": {"team": "a"}})).await;
+    let b = create(
+        &e,
+        "",
+        serde_json::json!({"Labels": {"team": "b", "keep": ""}}),
+    )
+    .await;
+    let plain = create(&e, "", serde_json::json!({})).await;
+    let now = (docker_api::time::now_nanos() / 1_000_000_000) as i64;
+    // Created just now: `until=1h` (before an hour ago) keeps them all.
+    assert_eq!(
+        e.container_prune(f(r#"{"until":["1h"]}"#, now))
+            .await
+            .unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        e.container_prune(f(r#"{"label":["team=a"]}"#, now))
+            .await
+            .unwrap(),
+        [a]
+    );
+    assert_eq!(
+        e.container_prune(f(r#"{"label!":["keep"]}"#, now))
+            .await
+            .unwrap(),
+        [plain]
+    );
+    let until = (now + 10).to_string();
+    let left = e
+        .container_prune(f(&format!(r#"{{"until":["{until}"]}}"#), now))
+        .await;
+    assert_eq!(left.unwrap(), [b]);
 }
 
 #[tokio::test]

@@ -35,6 +35,8 @@ pub enum Call {
     CgroupCreate {
         id: String,
         memory: i64,
+        /// The device rules (None: every device).
+        devices: Option<Vec<docker_api::devices::Rule>>,
     },
     CgroupAdd(PathBuf, i32),
     CgroupRemove(PathBuf),
@@ -220,10 +222,16 @@ impl Runtime for Fake {
         self.start("exec", stdio)
     }
 
-    fn cgroup_create(&self, id: &str, hc: &HostConfig) -> std::io::Result<Option<PathBuf>> {
+    fn cgroup_create(
+        &self,
+        id: &str,
+        hc: &HostConfig,
+        devices: Option<&[docker_api::devices::Rule]>,
+    ) -> std::io::Result<Option<PathBuf>> {
         self.record(Call::CgroupCreate {
             id: id.to_string(),
             memory: hc.memory,
+            devices: devices.map(<[_]>::to_vec),
         });
         Ok(Some(PathBuf::from("/fake-cgroup").join(id)))
     }

@@ -9,6 +9,7 @@ use super::monitor;
 use super::{Prespawned, SpawnError, Spawned, Stdio3};
 use crate::net::{Bridge, Endpoint};
 use crate::{cgroup, net};
+use docker_api::devices::Rule;
 use docker_api::types::HostConfig;
 use nix::sys::signal::Signal;
 use std::os::fd::OwnedFd;
@@ -32,8 +33,14 @@ pub trait Runtime: Send + Sync + 'static {
     ) -> Result<Box<dyn Task>, SpawnError>;
     /// Starts an exec session's shim on its spec (`ExecSpec` JSON at `spec`).
     fn spawn_exec(&self, spec: &Path, stdio: Stdio3) -> Result<Box<dyn Task>, SpawnError>;
-    /// Creates container `id`'s cgroup with its limits; None without cgroup v2.
-    fn cgroup_create(&self, id: &str, hc: &HostConfig) -> std::io::Result<Option<PathBuf>>;
+    /// Creates container `id`'s cgroup with its limits and, unless `devices` is None (every
+    /// device), the device program allowing those rules; None without cgroup v2.
+    fn cgroup_create(
+        &self,
+        id: &str,
+        hc: &HostConfig,
+        devices: Option<&[Rule]>,
+    ) -> std::io::Result<Option<PathBuf>>;
     fn cgroup_add(&self, cg: &Path, pid: i32) -> std::io::Result<()>;
     /// Did the OOM killer strike in this cgroup?
     fn cgroup_oom_killed(&self, cg: &Path) -> bool;
@@ -172,8 +179,13 @@ impl Runtime for Host {
         Ok(Box::new(super::spawn("__exec", spec, stdio)?))
     }
 
-    fn cgroup_create(&self, id: &str, hc: &HostConfig) -> std::io::Result<Option<PathBuf>> {
-        cgroup::create(id, hc)
+    fn cgroup_create(
+        &self,
+        id: &str,
+        hc: &HostConfig,
+        devices: Option<&[Rule]>,
+    ) -> std::io::Result<Option<PathBuf>> {
+        cgroup::create(id, hc, devices)
     }
 
     fn cgroup_add(&self, cg: &Path, pid: i32) -> std::io::Result<()> {

@@ -93,6 +93,9 @@ pub struct RunSpec {
     /// Give the container a stdin pipe (`docker run -i`); without it, /dev/null.
     #[serde(default)]
     pub open_stdin: bool,
+    /// Device nodes to make in the container (`--device`, `--privileged`).
+    #[serde(default)]
+    pub devices: Vec<crate::devices::Node>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

@@ -443,6 +443,59 @@ fn real_dir_below(root: &Path, dest: &str) -> bool {
     true
 }
 
+/// Makes device node `n` in the container's root (before pivot_root: every directory on its
+/// way must be a real one, made if missing; a node already there is kept, as runc does).
+fn make_node(root: &Path, n: &crate::devices::Node) -> Result<(), Fail> {
+    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+    use std::os::unix::fs::PermissionsExt;
+    let t = inside(root, &n.path);
+    let mut dir = root.to_path_buf();
+    let parent: Vec<_> = Path::new(&n.path)
+        .parent()
+        .into_iter()
+        .flat_map(|p| p.components())
+        .filter_map(|c| match c {
+            std::path::Component::Normal(c) => Some(c.to_os_string()),
+            _ => None,
+        })
+        .collect();
+    for c in parent {
+        dir.push(c);
+        match fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::create_dir(&dir).map_err(err(format!("creating {}", dir.display())))?;
+            }
+            _ => {
+                return Err((
+                    125,
+                    format!(
+                        "making device {}: {} is not a directory",
+                        n.path,
+                        dir.display()
+                    ),
+                ))
+            }
+        }
+    }
+    if fs::symlink_metadata(&t).is_ok() {
+        return Ok(());
+    }
+    let kind = if n.block {
+        SFlag::S_IFBLK
+    } else {
+        SFlag::S_IFCHR
+    };
+    let dev = makedev(u64::from(n.major), u64::from(n.minor));
+    mknod(&t, kind, Mode::from_bits_truncate(n.mode), dev)
+        .map_err(err(format!("making device {}", n.path)))?;
+    fs::set_permissions(&t, fs::Permissions::from_mode(n.mode))
+        .map_err(err(format!("chmod {}", n.path)))?;
+    std::os::unix::fs::lchown(&t, Some(n.uid), Some(n.gid))
+        .map_err(err(format!("chown {}", n.path)))?;
+    Ok(())
+}
+
 fn dir_is_empty(p: &Path) -> bool {
     fs::read_dir(p).is_ok_and(|mut d| d.next().is_none())
 }
@@ -612,6 +665,9 @@ fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
         ("/proc/self/fd/2", "stderr"),
     ] {
         let _ = std::os::unix::fs::symlink(l, root.join("dev").join(t));
+    }
+    for n in &spec.devices {
+        make_node(root, n)?;
     }
     mark("proc, dev");
     if spec.new_netns {
