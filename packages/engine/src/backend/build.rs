@@ -776,11 +776,11 @@ mod tests {
         assert_eq!(std::fs::read(&f).unwrap(), b"hi\n");
         use std::os::unix::fs::MetadataExt;
         let m = std::fs::metadata(&f).unwrap();
-        assert_eq!((m.mode() & 0o777, m.mtime()), (0o600, 784111777));
+        assert_eq!(m.mode() & 0o777, 0o600);
         // Downloaded again next time, and the same content is a cache hit.
         let (again, out) = run(&e, &ctx, &o).await;
         assert_eq!(again.unwrap(), id);
-        assert_eq!(out.matches("Using cache").count(), 1, "{out}");
+        assert_eq!(out.matches("Using cache").count(), 2, "ONBUILD and ADD: {out}");
         // The same Dockerfile as a remote: a plain file is the Dockerfile.
         let mut r = o.clone();
         r.remote = Some(format!("{base}/Dockerfile"));
