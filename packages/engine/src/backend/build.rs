@@ -780,7 +780,11 @@ mod tests {
         // Downloaded again next time, and the same content is a cache hit.
         let (again, out) = run(&e, &ctx, &o).await;
         assert_eq!(again.unwrap(), id);
-        assert_eq!(out.matches("Using cache").count(), 2, "ONBUILD and ADD: {out}");
+        assert_eq!(
+            out.matches("Using cache").count(),
+            2,
+            "ONBUILD and ADD: {out}"
+        );
         // The same Dockerfile as a remote: a plain file is the Dockerfile.
         let mut r = o.clone();
         r.remote = Some(format!("{base}/Dockerfile"));
