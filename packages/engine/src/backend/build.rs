@@ -854,4 +854,46 @@ mod tests {
         let gone = e.build_cancel("b1").await.unwrap_err();
         assert_eq!(gone.status, http::StatusCode::NOT_FOUND);
     }
+
+    #[tokio::test]
+    async fn rmi_takes_the_steps_with_it_and_the_cache_misses_them() {
+        let d = tempfile::tempdir().unwrap();
+        let e = engine(&d.path().join("root")).await;
+        let ctx = d.path().join("ctx");
+        std::fs::create_dir_all(&ctx).unwrap();
+        std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nCOPY f /\nENV A=1\n").unwrap();
+        std::fs::write(ctx.join("f"), b"x").unwrap();
+        let o = BuildOptions {
+            dockerfile: "Dockerfile".into(),
+            tags: vec!["t1".into()],
+            ..Default::default()
+        };
+        let (id, _) = run(&e, &ctx, &o).await;
+        let id = id.unwrap();
+        let copy_step = Host::config(&*e, &id).unwrap()["parent"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        // `docker images` hides the COPY step (it has a child), `-a` shows it.
+        let mut list = e.images().await.unwrap();
+        assert!(list.iter().any(|i| i.id == copy_step));
+        docker_api::filters::hide_intermediate(&mut list);
+        assert!(!list.iter().any(|i| i.id == copy_step));
+        let gone = e.image_remove("t1", false).await.unwrap();
+        let deleted: Vec<_> = gone.iter().filter_map(|d| d.deleted.clone()).collect();
+        assert!(
+            deleted.contains(&id) && deleted.contains(&copy_step),
+            "{deleted:?}"
+        );
+        assert_eq!(
+            deleted.len(),
+            3,
+            "ENV, COPY and ONBUILD's LABEL: {deleted:?}"
+        );
+        assert!(e.resolve_image("busybox").is_ok(), "a tagged parent stays");
+        // The cache still names the removed steps: they are misses, and the build works.
+        let (again, out) = run(&e, &ctx, &o).await;
+        assert!(again.is_ok(), "{out}");
+        assert_eq!(out.matches("Using cache").count(), 0, "{out}");
+    }
 }
