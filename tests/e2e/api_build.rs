@@ -5,7 +5,10 @@
 //! ENTRYPOINT, `.dockerignore`), the result run; a second build all `Using cache` with the
 //! same id; a one-file change rebuilding from the step that copies it; a failing RUN exiting
 //! with its code and output; the built image pushed to Debian's `docker-registry` and pulled
-//! back with the same id. Prints the rebuild times (a benchmark, not asserted).
+//! back with the same id; intermediate images hidden from `docker images`; `ADD` of a URL
+//! served from the host and `--add-host`; a killed client stopping its build; a remote
+//! Dockerfile (docker-py's `path=URL`). Prints the rebuild times (not asserted; the
+//! benchmark is `cargo xtask bench --build-only`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -415,12 +418,129 @@ fn check() -> Result<()> {
         "after a prune:\n{out}"
     );
 
-    docker_py(&g)?;
+    // --- intermediate images are hidden, as dockerd hides them -------------------------------
+    let step = g.ok(&["image", "inspect", "--format", "{{.Parent}}", "built:3"])?;
+    assert!(step.starts_with("sha256:"), "{step}");
+    let shown = g.ok(&["images", "-q", "--no-trunc"])?;
+    let all = g.ok(&["images", "-a", "-q", "--no-trunc"])?;
+    assert!(
+        all.contains(&step),
+        "`docker images -a` lists the steps:\n{all}"
+    );
+    assert!(!shown.contains(&step), "without -a it does not:\n{shown}");
+
+    // --- ADD of a URL (a server on the host, 10.0.2.2 from the guest), --add-host ------------
+    let web = serve(vec![
+        ("/hello.txt", b"hello from the web\n".to_vec()),
+        (
+            "/remote/Dockerfile",
+            b"FROM busybox\nCMD [\"echo\", \"remote\"]\n".to_vec(),
+        ),
+    ])?;
+    let add = dir.path().join("add");
+    let df = format!(
+        "FROM busybox\nADD http://10.0.2.2:{web}/hello.txt /hello.txt\n\
+         RUN cat /hello.txt && stat -c %a /hello.txt && grep 'h.test' /etc/hosts\n"
+    );
+    write(&add, &[("Dockerfile", &df)])?;
+    let add_s = add.display().to_string();
+    let (code, out, _) = g.build(&["--add-host", "h.test:10.1.2.3", "-t", "added", &add_s])?;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("hello from the web"), "{out}");
+    assert!(
+        out.contains("\n600\n"),
+        "a downloaded file is mode 0600:\n{out}"
+    );
+    assert!(out.contains("10.1.2.3\th.test"), "{out}");
+
+    // --- a client that goes away (Ctrl-C) stops the build and removes its step's container ---
+    let slow = dir.path().join("slow");
+    write(
+        &slow,
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN echo started && sleep 600\n",
+        )],
+    )?;
+    let mut child = g
+        .cmd(&["build", &slow.display().to_string()])
+        .env("DOCKER_BUILDKIT", "0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut seen = String::new();
+    {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+        while let Some(Ok(l)) = lines.next() {
+            seen.push_str(&l);
+            seen.push('\n');
+            if l.contains("started") {
+                break;
+            }
+        }
+    }
+    assert!(seen.contains("Running in"), "{seen}");
+    child.kill()?;
+    let _ = child.wait();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = g.ok(&["ps", "-a", "--no-trunc", "--format", "{{.Command}}"])?;
+        if !left.contains("sleep 600") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the step's container outlived its build by 60 s: {left}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+
+    docker_py(&g, web)?;
     Ok(())
 }
 
-/// docker-py's `client.images.build` against the same engine, when the compat venv has it.
-fn docker_py(g: &Guest) -> Result<()> {
+/// Serves `files` (path, body) over HTTP/1.0 on 127.0.0.1 from a thread: its port.
+fn serve(files: Vec<(&'static str, Vec<u8>)>) -> Result<u16> {
+    use std::io::{BufRead, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = l.local_addr()?.port();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            let Ok(rc) = c.try_clone() else { continue };
+            let mut r = std::io::BufReader::new(rc);
+            let mut line = String::new();
+            let _ = r.read_line(&mut line);
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+            }
+            let _ = match files.iter().find(|(p, _)| *p == path) {
+                Some((_, body)) => c
+                    .write_all(
+                        format!(
+                            "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\
+                             Content-Length: {}\r\n\r\n",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .and_then(|()| c.write_all(body)),
+                None => c.write_all(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
+            };
+        }
+    });
+    Ok(port)
+}
+
+/// docker-py's `client.images.build` against the same engine, when the compat venv has it:
+/// a context from a file object, and a remote Dockerfile the engine downloads (from the
+/// server on `web`).
+fn docker_py(g: &Guest, web: u16) -> Result<()> {
     let cache = std::env::var_os("AXION_CACHE")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/axion")));
@@ -437,11 +557,14 @@ df = io.BytesIO(b"FROM busybox\nARG WHO\nRUN echo py-$WHO > /who\nCMD [\"cat\", 
 image, logs = client.images.build(fileobj=df, tag="pybuilt", buildargs={"WHO": "docker"})
 print("".join(l.get("stream", "") for l in logs))
 print("RESULT", client.containers.run("pybuilt", remove=True).decode().strip())
-"#;
+image, _ = client.images.build(path="http://10.0.2.2:WEB/remote/Dockerfile", tag="remote")
+print("REMOTE", client.containers.run("remote", remove=True).decode().strip())
+"#
+    .replace("WEB", &web.to_string());
     // requests lets these override the VM's CA that docker-py passes (as in xtask compat).
     let o = Command::new(&python)
         .arg("-c")
-        .arg(script)
+        .arg(&script)
         .env("DOCKER_HOST", format!("tcp://127.0.0.1:{}", g.docker_port))
         .env("DOCKER_TLS_VERIFY", "1")
         .env("DOCKER_CERT_PATH", &certs)
@@ -451,5 +574,6 @@ print("RESULT", client.containers.run("pybuilt", remove=True).decode().strip())
     assert!(o.status.success(), "docker-py build: {}", both(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("RESULT py-docker"), "{out}");
+    assert!(out.contains("REMOTE remote"), "{out}");
     Ok(())
 }

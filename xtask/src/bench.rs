@@ -4,7 +4,8 @@
 //!
 //! Each figure is the median of several runs with min and max (`--quick`: fewer runs, no
 //! clean builds, and the peer only if it is cached already). Outputs: a Markdown table on
-//! stdout and in its dated section of docs/benchmarks.md (`--vmd-only`: its own section),
+//! stdout and in its dated section of docs/benchmarks.md (`--vmd-only`, `--build-only`: their
+//! own sections),
 //! JSON (`--json FILE`, default `out/bench/bench.json`) and an SVG bar chart of the boot times
 //! (`out/bench/bench.svg`). Nothing is invented: a figure that cannot be taken is
 //! `n/a (why)`.
@@ -34,6 +35,9 @@
 //! - `docker run --rm busybox true`: the host's docker CLI against the guest's API, after
 //!   `docker load` of a one-layer busybox image made here from the host's static busybox (no
 //!   registry needed).
+//! - `docker build` ([`docker_build`]): a 10-step Dockerfile built with the classic builder
+//!   by the host's CLI, first build, no-change rebuild and one-file-change rebuild, in the VM
+//!   of the `docker run` figure (`--build-only`: these alone, one boot).
 //! - VM per container ([`vmd`]): `docker run --rm busybox true` against `axion-vmd`, each
 //!   container's VM cloned from the saved template, and booted cold as the baseline; the
 //!   image from a docker-registry on 127.0.0.1; the two modes' runs alternate. Also the
@@ -46,6 +50,7 @@
 
 pub mod analyze;
 pub mod builds;
+pub mod docker_build;
 pub mod floor;
 pub mod peer;
 pub mod report;
@@ -89,7 +94,12 @@ pub struct Args {
     /// the kernel's clean build is its cached log's figure.
     #[arg(long)]
     pub builds: bool,
-    /// Timed `docker run`s per mode (default 5, or 2 with --quick).
+    /// Only the `docker build` figures ([`docker_build`]): the qemu profile booted once,
+    /// printed and written to their section of docs/benchmarks.md.
+    #[arg(long)]
+    pub build_only: bool,
+    /// Timed `docker run`s per mode (default 5, or 2 with --quick), and timed rebuilds of
+    /// each kind.
     #[arg(long, value_name = "N")]
     pub runs: Option<usize>,
 }
@@ -150,6 +160,14 @@ pub fn bench(layout: &Layout, opts: &Args) -> Result<()> {
     let runs = Runs::for_opts(opts);
     if opts.vmd_only {
         return vmd_only(layout, runs.docker_run);
+    }
+    if opts.build_only {
+        let out = layout.root.join("out").join("bench");
+        std::fs::create_dir_all(&out)
+            .with_context(|| format!("cannot create {}", out.display()))?;
+        let busybox_tar = out.join("busybox-image.tar");
+        write_busybox_image(&busybox_tar)?;
+        return docker_build::build_only(layout, runs.docker_run, &busybox_tar);
     }
     let load_at_start = std::fs::read_to_string("/proc/loadavg")
         .ok()
@@ -450,6 +468,25 @@ pub fn bench(layout: &Layout, opts: &Args) -> Result<()> {
         ax.docker_run.clone(),
         peer_or(&|p| p.docker_run.clone()),
     ));
+    for (label, ax_v, peer_v) in [
+        (
+            "`docker build` of a 10-step Dockerfile, first build (classic builder)",
+            ax.build.first.clone(),
+            peer_or(&|p| p.build.first.clone()),
+        ),
+        (
+            "`docker build`, rebuild with nothing changed (all steps cached)",
+            ax.build.no_change.clone(),
+            peer_or(&|p| p.build.no_change.clone()),
+        ),
+        (
+            "`docker build`, rebuild after a one-file change",
+            ax.build.one_file.clone(),
+            peer_or(&|p| p.build.one_file.clone()),
+        ),
+    ] {
+        rows.push(Row::new("run", label, Unit::Seconds, ax_v, peer_v));
+    }
     rows.push(Row::new(
         "vmd",
         "VM per container: daemon start (template boot + save)",
@@ -1033,6 +1070,7 @@ struct AxionFigures {
     /// The engine's VmRSS at idle after boot (MiB).
     engine_rss: Value,
     docker_run: Value,
+    build: docker_build::Figures,
     /// init's boot trace of the run whose guest-clock ready time is nearest the median, or
     /// why there is none.
     trace: std::result::Result<Vec<waterfall::Step>, String>,
@@ -1049,6 +1087,7 @@ struct PeerFigures {
     docker_run: Value,
     /// The first run's boot from `systemd-analyze` ([`analyze`]), or why there is none.
     trace: std::result::Result<Vec<waterfall::Step>, String>,
+    build: docker_build::Figures,
 }
 
 struct Bench<'a> {
@@ -1146,6 +1185,7 @@ impl Bench<'_> {
         let (mut host, mut guest, mut api, mut mem, mut rss, mut drun) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
         let mut api_reason = "engine not in the image".to_owned();
+        let mut build = docker_build::Figures::na("no docker API");
         let mut mem_reason = if ssh_ok {
             "no SSH answer".to_owned()
         } else {
@@ -1227,7 +1267,10 @@ impl Bench<'_> {
             }
             if answered.is_some() && i == 0 {
                 match self.docker_runs(&endpoint, docker_runs) {
-                    Ok(s) => drun.extend(s),
+                    Ok((s, b)) => {
+                        drun.extend(s);
+                        build = b;
+                    }
                     Err(e) => run_reason = first_line(&format!("{e:#}")),
                 }
             }
@@ -1240,6 +1283,7 @@ impl Bench<'_> {
             mem: Value::from_samples(&mem, &mem_reason),
             engine_rss: Value::from_samples(&rss, &rss_reason),
             docker_run: Value::from_samples(&drun, &run_reason),
+            build,
             trace: median_trace(traces).ok_or(trace_reason),
         })
     }
@@ -1279,6 +1323,7 @@ impl Bench<'_> {
         let (mut mu, mut mu_guest, mut info, mut api, mut mem, mut rss, mut drun) =
             (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
         let mut run_reason = String::from("no runs");
+        let mut build = docker_build::Figures::na("no docker API");
         let mut api_reason = String::from("no answer");
         let mut trace = Err("no systemd-analyze output from the peer".to_owned());
         for i in 0..n {
@@ -1396,7 +1441,10 @@ impl Bench<'_> {
                     },
                     docker_runs,
                 ) {
-                    Ok(s) => drun.extend(s),
+                    Ok((s, b)) => {
+                        drun.extend(s);
+                        build = b;
+                    }
                     Err(e) => run_reason = first_line(&format!("{e:#}")),
                 }
             }
@@ -1411,11 +1459,17 @@ impl Bench<'_> {
             daemon_rss: Value::from_samples(&rss, "no marker"),
             docker_run: Value::from_samples(&drun, &run_reason),
             trace,
+            build,
         })
     }
 
-    /// `docker load` of the busybox image, then `n` timed `docker run --rm busybox true`.
-    fn docker_runs(&self, endpoint: &Endpoint, n: usize) -> Result<Vec<f64>> {
+    /// `docker load` of the busybox image, then `n` timed `docker run --rm busybox true`,
+    /// then the `docker build` figures ([`docker_build`]; n/a with why if they fail).
+    fn docker_runs(
+        &self,
+        endpoint: &Endpoint,
+        n: usize,
+    ) -> Result<(Vec<f64>, docker_build::Figures)> {
         if self.docker_cli.is_none() {
             bail!("no docker CLI on the host")
         }
@@ -1430,7 +1484,9 @@ impl Bench<'_> {
             samples.push(started.elapsed().as_secs_f64());
         }
         eprintln!("bench: docker run --rm busybox true: {samples:.2?}");
-        Ok(samples)
+        let build = docker_build::measure(&cli, n)
+            .unwrap_or_else(|e| docker_build::Figures::na(&first_line(&format!("{e:#}"))));
+        Ok((samples, build))
     }
 }
 

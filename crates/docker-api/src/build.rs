@@ -45,6 +45,9 @@ pub fn route(method: &Method, path: &str) -> Option<BuildOp> {
 pub struct BuildOptions {
     /// `dockerfile`: a path inside the context (default `Dockerfile`).
     pub dockerfile: String,
+    /// `buildid`: the name `POST /build/cancel?id=` stops this build by (the back end makes
+    /// one up when the client gave none).
+    pub build_id: String,
     /// `t`, every one: `name[:tag]`.
     pub tags: Vec<String>,
     /// `remote`: a URL to fetch the context (or a plain Dockerfile) from.
@@ -276,7 +279,14 @@ impl BuildOptions {
             ));
         }
         Ok(BuildOptions {
-            dockerfile: q.get("dockerfile").unwrap_or("Dockerfile").to_string(),
+            // The first value, as Go's FormValue: docker-py sends an out-of-context
+            // Dockerfile's name and then its text under the same key.
+            dockerfile: q
+                .all("dockerfile")
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| "Dockerfile".into()),
+            build_id: q.get("buildid").unwrap_or("").to_string(),
             tags: q.all("t"),
             remote: q.get("remote").map(str::to_string),
             quiet: q.flag("q"),
@@ -328,8 +338,8 @@ pub trait BuildBackend: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = ApiResult<BuildPruneReport>> + Send {
         async { Err(ApiError::not_implemented("build cache prune")) }
     }
-    /// `POST /build/cancel?id=`: the classic builder's builds end when the client goes away,
-    /// so this has nothing to do by default.
+    /// `POST /build/cancel?id=`: stops the build started with `buildid=ID` (a build also
+    /// ends when its client goes away). Nothing to do by default.
     fn build_cancel(&self, _id: &str) -> impl std::future::Future<Output = ApiResult<()>> + Send {
         async { Ok(()) }
     }
@@ -339,7 +349,14 @@ pub trait BuildBackend: Send + Sync + 'static {
 fn stream(mut rx: mpsc::Receiver<BuildMessage>) -> Resp {
     let (tx, body_rx) = mpsc::channel(16);
     tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
+        // A client that goes away drops `rx` at once (the back end sees its sender closed
+        // and stops the build), not at the next message.
+        loop {
+            let m = tokio::select! {
+                m = rx.recv() => m,
+                () = tx.closed() => None,
+            };
+            let Some(m) = m else { break };
             let mut line = serde_json::to_vec(&m).unwrap_or_default();
             line.extend_from_slice(b"\r\n");
             if tx.send(line.into()).await.is_err() {
@@ -435,6 +452,9 @@ mod tests {
         let o = opts("cachefrom=%5B%22build1%22%5D").unwrap();
         assert_eq!(o.cache_from, vec!["build1"]);
         assert!(o.rm, "rm defaults to true");
+        // docker-py's out-of-context Dockerfile: its name, then its text.
+        let o = opts("dockerfile=.dockerfile.ab12&dockerfile=FROM+busybox%0A").unwrap();
+        assert_eq!(o.dockerfile, ".dockerfile.ab12");
     }
 
     #[test]

@@ -320,6 +320,20 @@ fn exit_code(status: &str) -> Option<i64> {
         .ok()
 }
 
+/// What `docker images` leaves out without `-a`, as dockerd: an image with neither tags nor
+/// repo digests that is the parent of another image (a build's intermediate step). An
+/// untagged image without children stays: it is dangling (`<none>`).
+pub fn hide_intermediate(list: &mut Vec<ImageSummary>) {
+    let parents: std::collections::HashSet<String> = list
+        .iter()
+        .map(|i| i.parent_id.clone())
+        .filter(|p| !p.is_empty())
+        .collect();
+    list.retain(|i| {
+        !(i.repo_tags.is_empty() && i.repo_digests.is_empty() && parents.contains(&i.id))
+    });
+}
+
 #[cfg(test)]
 mod tests {
 
@@ -330,6 +344,29 @@ mod tests {
         assert!(!glob("a*", "aé/b"));
     }
     use super::*;
+
+    #[test]
+    fn intermediate_images_are_hidden_dangling_ones_stay() {
+        let img = |id: &str, parent: &str, tag: &str| ImageSummary {
+            id: id.into(),
+            parent_id: parent.into(),
+            repo_tags: if tag.is_empty() {
+                vec![]
+            } else {
+                vec![tag.into()]
+            },
+            ..Default::default()
+        };
+        let mut l = vec![
+            img("base", "", "busybox:latest"),
+            img("step1", "base", ""),
+            img("step2", "step1", "built:latest"),
+            img("dangling", "step1", ""),
+        ];
+        hide_intermediate(&mut l);
+        let ids: Vec<&str> = l.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["base", "step2", "dangling"]);
+    }
 
     fn ctr(
         id: &str,

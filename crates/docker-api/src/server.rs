@@ -277,7 +277,11 @@ async fn dispatch<B: Backend>(b: Arc<B>, req: Req) -> ApiResult<Resp> {
         Route::Info => json(StatusCode::OK, &b.info().await?),
         Route::ImagesList => {
             let filters = Filters::parse(q.get("filters"))?;
-            json(StatusCode::OK, &filters.images(b.images().await?)?)
+            let mut list = b.images().await?;
+            if !q.flag("all") {
+                crate::filters::hide_intermediate(&mut list);
+            }
+            json(StatusCode::OK, &filters.images(list)?)
         }
         Route::ImageInspect(n) => json(StatusCode::OK, &b.image_inspect(&n).await?),
         Route::ImageTag(n) => {

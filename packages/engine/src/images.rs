@@ -276,22 +276,44 @@ impl Store {
     }
 
     pub fn list(&self) -> Vec<Image> {
-        let ids: Vec<String> = {
-            let refs = self
-                .refs
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let mut v: Vec<String> = refs
-                .tags
-                .values()
-                .chain(refs.digests.keys())
-                .cloned()
-                .collect();
-            v.sort();
-            v.dedup();
-            v
-        };
-        ids.iter().filter_map(|id| self.image(id)).collect()
+        self.ids().iter().filter_map(|id| self.image(id)).collect()
+    }
+
+    /// Every image id the store knows: tagged, with repo digests, or stored untagged (a
+    /// build's steps, a commit).
+    pub fn ids(&self) -> Vec<String> {
+        let refs = self
+            .refs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut v: Vec<String> = refs
+            .tags
+            .values()
+            .chain(refs.digests.keys())
+            .cloned()
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Whether `id` has neither a tag nor a repo digest.
+    pub fn unnamed(&self, id: &str) -> bool {
+        let refs = self
+            .refs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        !refs.tags.values().any(|v| v == id) && refs.digests.get(id).is_none_or(Vec::is_empty)
+    }
+
+    /// Whether another known image names `id` as its parent.
+    pub fn has_children(&self, id: &str) -> bool {
+        self.ids().iter().any(|o| {
+            o != id
+                && self
+                    .config(o)
+                    .is_some_and(|c| c.parent.as_deref() == Some(id))
+        })
     }
 
     /// Lower dirs for overlayfs, top layer first.

@@ -84,6 +84,10 @@ impl Host for Engine {
         serde_json::from_slice(&self.images.config_bytes(id)?).ok()
     }
 
+    fn has_layers(&self, id: &str) -> bool {
+        self.images.lowers(id).is_some()
+    }
+
     async fn run(
         &self,
         id: &str,
@@ -132,6 +136,7 @@ impl Host for Engine {
             .container_create(None, req)
             .await
             .map_err(|e| format!("creating the build step's container: {}", e.message))?;
+        self.build_container(&o.build_id, &c.id);
         announce(&c.id);
         let opts = docker_api::AttachOptions {
             stream: true,
@@ -196,6 +201,7 @@ impl Host for Engine {
 
     async fn remove_container(&self, container: &str) {
         let _ = self.container_remove(container, true, true).await;
+        self.forget_build_container(container);
     }
 
     fn add_layer(&self, tar: &Path, parent: &str) -> Result<String, String> {
@@ -274,35 +280,76 @@ impl Host for Engine {
         self.build_tmp()
     }
 
+    async fn download(&self, url: &str, dir: &Path) -> Result<PathBuf, String> {
+        let name = url_file_name(url)
+            .ok_or_else(|| format!("cannot determine filename from url: {url}"))?;
+        let path = dir.join(name);
+        let modified = fetch(url, &path).await?;
+        let f = std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .map_err(|e| e.to_string())?;
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| e.to_string())?;
+        if let Some(t) = modified {
+            f.set_modified(t).map_err(|e| e.to_string())?;
+        }
+        Ok(path)
+    }
+
     fn cache_file(&self) -> PathBuf {
         let _ = std::fs::create_dir_all(self.build_dir());
         self.build_dir().join("cache.json")
     }
 }
 
-impl BuildBackend for Engine {
-    async fn build(
-        &self,
-        opts: BuildOptions,
-        mut tar: mpsc::Receiver<Bytes>,
-    ) -> ApiResult<mpsc::Receiver<BuildMessage>> {
-        if let Some(r) = &opts.remote {
-            return Err(ApiError::bad_request(format!(
-                "remote build contexts ({r}) are not supported by this engine: send the \
-                 context as the request body"
-            )));
+/// A build under way: how to stop it, and its RUN step's container while one runs.
+pub struct Running {
+    cancel: tokio::sync::watch::Sender<bool>,
+    containers: Vec<String>,
+}
+
+/// Takes a build off the running list when its task ends, however it ends.
+struct Deregister(Arc<Engine>, String);
+
+impl Drop for Deregister {
+    fn drop(&mut self) {
+        self.0
+            .builds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.1);
+    }
+}
+
+impl Engine {
+    /// Notes a RUN step's container of build `build_id` (until it is removed; a cancel
+    /// removes those still there, the kept ones of `rm=false` too).
+    fn build_container(&self, build_id: &str, container: &str) {
+        let mut b = self.builds.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = b.get_mut(build_id) {
+            r.containers.push(container.to_string());
         }
-        let me = self
-            .arc()
-            .ok_or_else(|| ApiError::internal("engine is shutting down"))?;
-        let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(async move {
-            let tmp = me.build_tmp();
-            let n = random_id();
-            let raw = tmp.join(format!("context-{n}.tar"));
-            let ctx = tmp.join(format!("context-{n}"));
-            let _clean = (RemoveDir(ctx.clone()), RemoveFile(raw.clone()));
-            let spooled = async {
+    }
+
+    fn forget_build_container(&self, container: &str) {
+        let mut b = self.builds.lock().unwrap_or_else(|p| p.into_inner());
+        for r in b.values_mut() {
+            r.containers.retain(|c| c != container);
+        }
+    }
+
+    /// Spools and unpacks the context, then runs the build (errors as messages on `tx`).
+    async fn build_from_body(&self, opts: &BuildOptions, mut tar: mpsc::Receiver<Bytes>, tx: &Tx) {
+        let tmp = self.build_tmp();
+        let n = random_id();
+        let raw = tmp.join(format!("context-{n}.tar"));
+        let ctx = tmp.join(format!("context-{n}"));
+        let _clean = (RemoveDir(ctx.clone()), RemoveFile(raw.clone()));
+        let got = match &opts.remote {
+            Some(url) => fetch(url, &raw).await.map(|_| ()),
+            None => async {
                 use tokio::io::AsyncWriteExt;
                 let mut f = tokio::fs::File::create(&raw).await?;
                 while let Some(c) = tar.recv().await {
@@ -310,36 +357,129 @@ impl BuildBackend for Engine {
                 }
                 f.flush().await
             }
-            .await;
-            if let Err(e) = spooled {
-                let _ = tx
-                    .send(BuildMessage::error(
-                        1,
-                        format!("storing the build context: {e}"),
-                    ))
-                    .await;
-                return;
-            }
-            let (raw2, ctx2) = (raw.clone(), ctx.clone());
-            let unpacked = tokio::task::spawn_blocking(move || {
-                std::fs::create_dir_all(&ctx2).map_err(|e| e.to_string())?;
-                let f = std::fs::File::open(&raw2).map_err(|e| e.to_string())?;
-                if f.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
-                    return Ok(());
-                }
-                build::context::unpack(f, &ctx2)
-            })
             .await
-            .unwrap_or_else(|e| Err(e.to_string()));
-            if let Err(e) = unpacked {
-                let _ = tx.send(BuildMessage::error(1, e)).await;
-                return;
+            .map_err(|e| format!("storing the build context: {e}")),
+        };
+        if let Err(e) = got {
+            let _ = tx.send(BuildMessage::error(1, e)).await;
+            return;
+        }
+        let (raw2, ctx2) = (raw.clone(), ctx.clone());
+        // A remote that is not an archive is the Dockerfile itself, with no context (as
+        // dockerd's plain-text remote).
+        let plain = opts.remote.is_some() && !build::copy::is_archive(&raw);
+        let df = build::context::clean(&opts.dockerfile);
+        let unpacked = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&ctx2).map_err(|e| e.to_string())?;
+            if plain {
+                let to = ctx2.join(&df);
+                if let Some(p) = to.parent() {
+                    std::fs::create_dir_all(p).map_err(|e| e.to_string())?;
+                }
+                return std::fs::copy(&raw2, to)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
             }
-            if let Err(f) = build::build(&*me, &opts, &ctx, &tx).await {
-                let _ = tx.send(BuildMessage::error(f.code, f.message)).await;
+            let f = std::fs::File::open(&raw2).map_err(|e| e.to_string())?;
+            if f.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
+                return Ok(());
+            }
+            build::context::unpack(f, &ctx2)
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        if let Err(e) = unpacked {
+            let _ = tx.send(BuildMessage::error(1, e)).await;
+            return;
+        }
+        if let Err(f) = build::build(self, opts, &ctx, tx).await {
+            let _ = tx.send(BuildMessage::error(f.code, f.message)).await;
+        }
+    }
+}
+
+impl BuildBackend for Engine {
+    async fn build(
+        &self,
+        mut opts: BuildOptions,
+        tar: mpsc::Receiver<Bytes>,
+    ) -> ApiResult<mpsc::Receiver<BuildMessage>> {
+        if let Some(r) = &opts.remote {
+            if is_git(r) {
+                return Err(ApiError::bad_request(format!(
+                    "git build contexts ({r}) are not supported by this engine (it has no \
+                     git): clone the repository and build from the directory"
+                )));
+            }
+            if !build::copy::is_url(r) {
+                return Err(ApiError::bad_request(format!(
+                    "unable to prepare context: remote {r:?} is not an http or https URL"
+                )));
+            }
+        }
+        let me = self
+            .arc()
+            .ok_or_else(|| ApiError::internal("engine is shutting down"))?;
+        if opts.build_id.is_empty() {
+            opts.build_id = random_id();
+        }
+        let (cancel, mut cancelled) = tokio::sync::watch::channel(false);
+        {
+            let mut b = self.builds.lock().unwrap_or_else(|p| p.into_inner());
+            if b.contains_key(&opts.build_id) {
+                return Err(ApiError::conflict(format!(
+                    "a build with id {} is already running",
+                    opts.build_id
+                )));
+            }
+            let r = Running {
+                cancel,
+                containers: Vec::new(),
+            };
+            b.insert(opts.build_id.clone(), r);
+        }
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let _gone = Deregister(me.clone(), opts.build_id.clone());
+            // The build stops at `POST /build/cancel` or when the client goes away (as
+            // dockerd's): the step's container is removed, nothing is tagged.
+            let stop = async {
+                tokio::select! {
+                    _ = cancelled.wait_for(|c| *c) => "the build was cancelled",
+                    () = tx.closed() => "the client went away",
+                }
+            };
+            tokio::select! {
+                () = me.build_from_body(&opts, tar, &tx) => {}
+                why = stop => {
+                    let live = me
+                        .builds
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_mut(&opts.build_id)
+                        .map(|r| std::mem::take(&mut r.containers))
+                        .unwrap_or_default();
+                    for c in live {
+                        Host::remove_container(&*me, &c).await;
+                    }
+                    let _ = tx.send(BuildMessage::error(1, why)).await;
+                }
             }
         });
         Ok(rx)
+    }
+
+    async fn build_cancel(&self, id: &str) -> ApiResult<()> {
+        let b = self.builds.lock().unwrap_or_else(|p| p.into_inner());
+        match b.get(id) {
+            Some(r) => {
+                let _ = r.cancel.send(true);
+                Ok(())
+            }
+            None => Err(ApiError::not_found(format!(
+                "no build with id {id:?} is running"
+            ))),
+        }
     }
 
     async fn build_prune(&self, _o: BuildPruneOptions) -> ApiResult<BuildPruneReport> {
@@ -349,6 +489,53 @@ impl BuildBackend for Engine {
             space_reclaimed: 0,
         })
     }
+}
+
+/// moby's `IsGitURL`: what it would clone rather than download.
+fn is_git(r: &str) -> bool {
+    r.starts_with("git://")
+        || r.starts_with("git@")
+        || r.starts_with("github.com/")
+        || (build::copy::is_url(r) && (r.ends_with(".git") || r.contains(".git#")))
+}
+
+/// The last segment of a URL's path (without query or fragment), if any.
+fn url_file_name(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let path = rest.split(['?', '#']).next()?;
+    let (_, path) = path.split_once('/')?;
+    let name = path.rsplit('/').next()?;
+    (!name.is_empty() && name != "." && name != "..").then(|| name.to_string())
+}
+
+/// GETs `url` into the file `to`; its Last-Modified, if it sent one.
+async fn fetch(url: &str, to: &Path) -> Result<Option<std::time::SystemTime>, String> {
+    use tokio::io::AsyncWriteExt;
+    let client = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(30))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut r = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("failed to GET {url}: {e}"))?;
+    if !r.status().is_success() {
+        return Err(format!("failed to GET {url} with status {}", r.status()));
+    }
+    let modified = r
+        .headers()
+        .get(http::header::LAST_MODIFIED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    let mut f = tokio::fs::File::create(to)
+        .await
+        .map_err(|e| format!("{}: {e}", to.display()))?;
+    while let Some(c) = r.chunk().await.map_err(|e| format!("reading {url}: {e}"))? {
+        f.write_all(&c).await.map_err(|e| e.to_string())?;
+    }
+    f.flush().await.map_err(|e| e.to_string())?;
+    Ok(modified)
 }
 
 struct RemoveFile(PathBuf);
@@ -517,5 +704,196 @@ mod tests {
         let (r, _) = run(&e, &ctx, &o).await;
         let cfg = Host::config(&*e, &r.unwrap()).unwrap();
         assert_eq!(cfg["config"]["Labels"], json!({"test": "OK"}));
+    }
+
+    /// Serves `files` (path, body) over HTTP/1.0 on 127.0.0.1, one request per connection.
+    fn serve(files: Vec<(&'static str, Vec<u8>)>) -> String {
+        use std::io::{BufRead, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(mut c) = c else { continue };
+                let mut line = String::new();
+                let mut r = std::io::BufReader::new(c.try_clone().unwrap());
+                let _ = r.read_line(&mut line);
+                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                }
+                let _ = match files.iter().find(|(p, _)| *p == path) {
+                    Some((_, body)) => c
+                        .write_all(
+                            format!(
+                                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nLast-Modified: \
+                                 Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\n",
+                                body.len()
+                            )
+                            .as_bytes(),
+                        )
+                        .and_then(|()| c.write_all(body)),
+                    None => c.write_all(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
+                };
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    /// Every message of a build started through the API, until its stream ends.
+    async fn drain(mut rx: mpsc::Receiver<BuildMessage>) -> (String, Option<String>) {
+        let (mut out, mut err) = (String::new(), None);
+        while let Some(m) = rx.recv().await {
+            out.push_str(m.stream.as_deref().unwrap_or(""));
+            err = err.or(m.error);
+        }
+        (out, err)
+    }
+
+    #[tokio::test]
+    async fn add_of_a_url_and_a_remote_dockerfile() {
+        let d = tempfile::tempdir().unwrap();
+        let e = engine(&d.path().join("root")).await;
+        let base = serve(vec![("/hello.txt", b"hi\n".to_vec())]);
+        let df = format!("FROM busybox\nADD {base}/hello.txt /w/\n");
+        let base = serve(vec![
+            ("/hello.txt", b"hi\n".to_vec()),
+            ("/Dockerfile", df.clone().into_bytes()),
+        ]);
+        let ctx = d.path().join("ctx");
+        std::fs::create_dir_all(&ctx).unwrap();
+        std::fs::write(ctx.join("Dockerfile"), &df).unwrap();
+        let o = BuildOptions {
+            dockerfile: "Dockerfile".into(),
+            ..Default::default()
+        };
+        let (id, out) = run(&e, &ctx, &o).await;
+        let id = id.unwrap_or_else(|m| panic!("{m}\n{out}"));
+        let top = &e.images.lowers(&id).unwrap()[0];
+        let f = top.join("w/hello.txt");
+        assert_eq!(std::fs::read(&f).unwrap(), b"hi\n");
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&f).unwrap();
+        assert_eq!(m.mode() & 0o777, 0o600);
+        // Downloaded again next time, and the same content is a cache hit.
+        let (again, out) = run(&e, &ctx, &o).await;
+        assert_eq!(again.unwrap(), id);
+        assert_eq!(
+            out.matches("Using cache").count(),
+            2,
+            "ONBUILD and ADD: {out}"
+        );
+        // The same Dockerfile as a remote: a plain file is the Dockerfile.
+        let mut r = o.clone();
+        r.remote = Some(format!("{base}/Dockerfile"));
+        let (_tx, body) = mpsc::channel(1);
+        let (out, err) = drain(e.build(r.clone(), body).await.unwrap()).await;
+        assert_eq!(err, None, "{out}");
+        assert!(
+            out.contains(&format!("Successfully built {}", short_id(&id))),
+            "{out}"
+        );
+        // What is not there, and git, say so.
+        r.remote = Some(format!("{base}/nothing"));
+        let (_tx, body) = mpsc::channel(1);
+        let (_, err) = drain(e.build(r.clone(), body).await.unwrap()).await;
+        assert!(err.unwrap().contains("404"));
+        r.remote = Some("https://example.invalid/repo.git".into());
+        let (_tx, body) = mpsc::channel(1);
+        assert!(e.build(r, body).await.unwrap_err().message.contains("git"));
+        assert_eq!(
+            url_file_name("http://h/a/b.txt?x=1").as_deref(),
+            Some("b.txt")
+        );
+        assert_eq!(url_file_name("http://h/"), None);
+        assert_eq!(url_file_name("http://h"), None);
+    }
+
+    fn short_id(id: &str) -> &str {
+        &id[7..19]
+    }
+
+    #[tokio::test]
+    async fn cancel_stops_a_running_step_and_removes_its_container() {
+        let d = tempfile::tempdir().unwrap();
+        let e = engine(&d.path().join("root")).await;
+        let mut b = tar::Builder::new(Vec::new());
+        let df = b"FROM busybox\nRUN sleep 1000\n";
+        let mut h = tar::Header::new_gnu();
+        h.set_size(df.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "Dockerfile", &df[..]).unwrap();
+        let (body_tx, body) = mpsc::channel(1);
+        body_tx.send(b.into_inner().unwrap().into()).await.unwrap();
+        drop(body_tx);
+        let o = BuildOptions {
+            dockerfile: "Dockerfile".into(),
+            build_id: "b1".into(),
+            rm: true,
+            ..Default::default()
+        };
+        let mut rx = e.build(o.clone(), body).await.unwrap();
+        let (_tx2, body2) = mpsc::channel(1);
+        let dup = e.build(o, body2).await.unwrap_err();
+        assert_eq!(dup.status, http::StatusCode::CONFLICT);
+        loop {
+            let m = rx.recv().await.expect("the step starts");
+            assert_eq!(m.error, None);
+            if m.stream.as_deref().unwrap_or("").contains("Running in") {
+                break;
+            }
+        }
+        assert_eq!(e.containers.lock().unwrap().len(), 1);
+        e.build_cancel("b1").await.unwrap();
+        let (_, err) = drain(rx).await;
+        assert_eq!(err.as_deref(), Some("the build was cancelled"));
+        assert!(e.containers.lock().unwrap().is_empty());
+        assert!(e.builds.lock().unwrap().is_empty());
+        let gone = e.build_cancel("b1").await.unwrap_err();
+        assert_eq!(gone.status, http::StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn rmi_takes_the_steps_with_it_and_the_cache_misses_them() {
+        let d = tempfile::tempdir().unwrap();
+        let e = engine(&d.path().join("root")).await;
+        let ctx = d.path().join("ctx");
+        std::fs::create_dir_all(&ctx).unwrap();
+        std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nCOPY f /\nENV A=1\n").unwrap();
+        std::fs::write(ctx.join("f"), b"x").unwrap();
+        let o = BuildOptions {
+            dockerfile: "Dockerfile".into(),
+            tags: vec!["t1".into()],
+            ..Default::default()
+        };
+        let (id, _) = run(&e, &ctx, &o).await;
+        let id = id.unwrap();
+        let copy_step = Host::config(&*e, &id).unwrap()["parent"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        // `docker images` hides the COPY step (it has a child), `-a` shows it.
+        let mut list = e.images().await.unwrap();
+        assert!(list.iter().any(|i| i.id == copy_step));
+        docker_api::filters::hide_intermediate(&mut list);
+        assert!(!list.iter().any(|i| i.id == copy_step));
+        let gone = e.image_remove("t1", false).await.unwrap();
+        let deleted: Vec<_> = gone.iter().filter_map(|d| d.deleted.clone()).collect();
+        assert!(
+            deleted.contains(&id) && deleted.contains(&copy_step),
+            "{deleted:?}"
+        );
+        assert_eq!(
+            deleted.len(),
+            3,
+            "ENV, COPY and ONBUILD's LABEL: {deleted:?}"
+        );
+        assert!(e.resolve_image("busybox").is_ok(), "a tagged parent stays");
+        // The cache still names the removed steps: they are misses, and the build works.
+        let (again, out) = run(&e, &ctx, &o).await;
+        assert!(again.is_ok(), "{out}");
+        assert_eq!(out.matches("Using cache").count(), 0, "{out}");
     }
 }

@@ -329,7 +329,7 @@ impl Engine {
         Ok(id)
     }
 
-    fn images_in_use(&self) -> std::collections::HashSet<String> {
+    pub(super) fn images_in_use(&self) -> std::collections::HashSet<String> {
         self.containers
             .lock()
             .unwrap()

@@ -248,6 +248,7 @@ impl Engine {
                 deleted: None,
             });
             if last && users.is_empty() {
+                let parent = self.images.config(&id).and_then(|c| c.parent);
                 self.images
                     .delete(&id)
                     .map_err(internal("deleting image"))?;
@@ -256,6 +257,7 @@ impl Engine {
                     untagged: None,
                     deleted: Some(id),
                 });
+                self.delete_dangling_parents(parent, &mut out)?;
             }
             return Ok(out);
         }
@@ -275,6 +277,7 @@ impl Engine {
                 &id[7..19]
             )));
         }
+        let parent = self.images.config(&id).and_then(|c| c.parent);
         for t in self
             .images
             .delete(&id)
@@ -291,6 +294,34 @@ impl Engine {
             untagged: None,
             deleted: Some(id),
         });
+        self.delete_dangling_parents(parent, &mut out)?;
         Ok(out)
+    }
+
+    /// After a removal, as dockerd: the parent goes too when nothing names it, no container
+    /// uses it and no other image is its child (a build's intermediate steps), and so on up.
+    pub(super) fn delete_dangling_parents(
+        &self,
+        mut parent: Option<String>,
+        out: &mut Vec<ImageDeleteItem>,
+    ) -> ApiResult<()> {
+        let used = self.images_in_use();
+        while let Some(p) = parent.filter(|p| !p.is_empty()) {
+            if self.images.config(&p).is_none()
+                || !self.images.unnamed(&p)
+                || used.contains(&p)
+                || self.images.has_children(&p)
+            {
+                break;
+            }
+            parent = self.images.config(&p).and_then(|c| c.parent);
+            self.images.delete(&p).map_err(internal("deleting image"))?;
+            self.image_event("delete", &p, &p);
+            out.push(ImageDeleteItem {
+                untagged: None,
+                deleted: Some(p),
+            });
+        }
+        Ok(())
     }
 }

@@ -61,6 +61,8 @@ pub struct Engine {
     runtime: Arc<dyn Runtime>,
     /// User-defined networks and the embedded DNS.
     nets: networks::NetState,
+    /// Builds under way, by build id: what `POST /build/cancel` ends.
+    builds: Mutex<HashMap<String, build::Running>>,
 }
 
 /// A running container the last engine left, re-adopted in [`Engine::restore`].
@@ -222,6 +224,7 @@ impl Engine {
             bridge,
             runtime,
             nets,
+            builds: Mutex::new(HashMap::new()),
         };
         engine.networks_up();
         Ok(engine)

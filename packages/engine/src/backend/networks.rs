@@ -494,6 +494,10 @@ impl Engine {
                 let env = t.config.env.clone().unwrap_or_default();
                 link_vars.extend(link_env(alias, &name, ep.ip, &exposed, &env));
             }
+            let gateway = self.default_bridge().map(|b| b.gateway);
+            for h in super::ops::hc_list(&r.host_config, "ExtraHosts") {
+                hosts.extend(net::extra_host_line(&h, gateway));
+            }
             std::fs::write(c.dir.join("hosts"), hosts).map_err(internal("writing /etc/hosts"))?;
         }
         let forward = bridge_ip.is_some() || attached.iter().any(|(n, _)| !n.internal);

@@ -1,5 +1,6 @@
 //! The build context: a tar (plain, gzip, bzip2, xz) unpacked with layer-unpack's rules (no
-//! entry lands outside the directory), `.dockerignore` applied, and the path helpers COPY
+//! entry lands outside the directory), the Dockerfile and `.dockerignore` dropped from it as
+//! dockerd does (the client has applied `.dockerignore`), and the path helpers COPY
 //! needs (wildcards, resolving paths inside a root without following links out of it).
 
 use std::io::{self, BufRead, BufReader, Read};
@@ -237,48 +238,30 @@ impl Ignore {
         }
         ex
     }
+}
 
-    pub fn is_empty(&self) -> bool {
-        self.pats.is_empty()
-    }
-
-    /// Removes what is excluded from the unpacked context at `dir` (directories that still
-    /// hold an exception stay).
-    pub fn apply(&self, dir: &Path) -> io::Result<()> {
-        if self.is_empty() {
-            return Ok(());
+/// What dockerd's classic builder does with `.dockerignore` once the client has applied it:
+/// removes `.dockerignore` itself and the Dockerfile from the context, each only when the
+/// file lists it (moby's `removeDockerfile`). docker-py lists its out-of-context
+/// `.dockerfile.<random>` there, so it never reaches a `COPY .`.
+pub fn remove_build_files(ctx: &Path, dockerfile: &str) -> io::Result<()> {
+    let text = match std::fs::read_to_string(ctx.join(".dockerignore")) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let ig = Ignore::parse(&text);
+    for f in [".dockerignore", dockerfile] {
+        let rel = clean(f);
+        if rel.as_os_str().is_empty() || !ig.excluded(&rel.to_string_lossy()) {
+            continue;
         }
-        self.apply_in(dir, "")?;
-        Ok(())
-    }
-
-    /// Returns whether the directory is left empty.
-    fn apply_in(&self, root: &Path, rel: &str) -> io::Result<bool> {
-        let dir = root.join(rel);
-        let mut left = 0;
-        for e in std::fs::read_dir(&dir)? {
-            let e = e?;
-            let name = e.file_name().to_string_lossy().to_string();
-            let r = if rel.is_empty() {
-                name
-            } else {
-                format!("{rel}/{name}")
-            };
-            let ft = e.file_type()?;
-            if ft.is_dir() {
-                let empty = self.apply_in(root, &r)?;
-                if empty && self.excluded(&r) {
-                    std::fs::remove_dir(e.path())?;
-                    continue;
-                }
-            } else if self.excluded(&r) {
-                std::fs::remove_file(e.path())?;
-                continue;
-            }
-            left += 1;
+        let p = resolve(ctx, &rel, false);
+        if std::fs::symlink_metadata(&p).is_ok_and(|m| !m.is_dir()) {
+            std::fs::remove_file(&p)?;
         }
-        Ok(left == 0)
     }
+    Ok(())
 }
 
 /// Every path under `root` (relative, `/`-separated, sorted), not following links.
@@ -359,18 +342,24 @@ mod tests {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, b"x").unwrap();
         }
-        Ignore::parse("ignored*\n!ignored/subdir/excepted-file\nDockerfile")
-            .apply(d.path())
-            .unwrap();
-        assert_eq!(
-            walk(d.path()),
-            vec![
-                "ignored",
-                "ignored/subdir",
-                "ignored/subdir/excepted-file",
-                "not-ignored"
-            ]
-        );
+        // The client applied it; the builder only drops the Dockerfile and the
+        // .dockerignore when it lists them.
+        std::fs::write(d.path().join(".dockerignore"), "ignored*\nDockerfile\n").unwrap();
+        remove_build_files(d.path(), "Dockerfile").unwrap();
+        assert!(!d.path().join("Dockerfile").exists());
+        assert!(d.path().join(".dockerignore").exists(), "not listed");
+        assert!(d.path().join("ignored2/x").exists(), "the client's work");
+        std::fs::write(
+            d.path().join(".dockerignore"),
+            ".dockerignore\n.dockerfile.ab\n",
+        )
+        .unwrap();
+        std::fs::write(d.path().join(".dockerfile.ab"), "FROM x").unwrap();
+        std::fs::write(d.path().join("Dockerfile"), "FROM x").unwrap();
+        remove_build_files(d.path(), ".dockerfile.ab").unwrap();
+        assert!(!d.path().join(".dockerignore").exists());
+        assert!(!d.path().join(".dockerfile.ab").exists());
+        assert!(d.path().join("Dockerfile").exists());
     }
 
     #[test]

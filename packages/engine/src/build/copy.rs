@@ -84,7 +84,8 @@ pub fn owner(spec: &str, root: &Path) -> Result<Owner, String> {
     Ok(Owner { uid, gid })
 }
 
-fn is_archive(p: &Path) -> bool {
+/// Whether the file is a tar archive, maybe compressed.
+pub fn is_archive(p: &Path) -> bool {
     let Ok(f) = std::fs::File::open(p) else {
         return false;
     };
@@ -126,14 +127,21 @@ fn hash_tree(h: &mut Sha256, p: &Path, rel: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether an `ADD` source is a URL to download (dockerd: http and https only).
+pub fn is_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
+}
+
 /// Plans a COPY/ADD: `src_root` holds the sources, `dest_root` is the image it goes on
-/// (to see whether the destination is a directory), `workdir` resolves a relative one.
+/// (to see whether the destination is a directory), `workdir` resolves a relative one;
+/// `fetched` holds ADD's URLs with the files they were downloaded to (never unpacked).
 pub fn plan(
     kw: &str,
     a: &CopyArgs,
     src_root: &Path,
     dest_root: &Path,
     workdir: &str,
+    fetched: &[(String, PathBuf)],
 ) -> Result<Plan, String> {
     let mut dest = a.dest.clone();
     if !dest.starts_with('/') {
@@ -144,14 +152,25 @@ pub fn plan(
     let dest_rel = clean(&dest);
     let mut srcs: Vec<(PathBuf, String)> = Vec::new();
     let mut inline: Vec<(String, String)> = Vec::new();
+    let mut remote: HashSet<PathBuf> = HashSet::new();
     for s in &a.sources {
         match s {
             CopySource::Heredoc { name, content } => inline.push((name.clone(), content.clone())),
+            CopySource::Path(p) if kw == "ADD" && is_url(p) => {
+                let (_, f) = fetched
+                    .iter()
+                    .find(|(u, _)| u == p)
+                    .ok_or_else(|| format!("ADD failed: {p} was not downloaded"))?;
+                let name = f
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .to_string();
+                remote.insert(f.clone());
+                srcs.push((f.clone(), name));
+            }
             CopySource::Path(p) if p.contains("://") => {
-                return Err(format!(
-                    "{kw} of a URL ({p}) is not supported by this engine: the builder does not \
-                     download; put the file in the build context"
-                ))
+                return Err(format!("source can't be a URL for {kw}: {p}"))
             }
             CopySource::Path(p) if has_wildcards(p) => {
                 let pat = clean(p).to_string_lossy().to_string();
@@ -203,7 +222,7 @@ pub fn plan(
                 src: full,
                 dest: dest_rel.clone(),
             });
-        } else if kw == "ADD" && is_archive(&full) {
+        } else if kw == "ADD" && !remote.contains(&full) && is_archive(&full) {
             items.push(Item::Archive {
                 src: full,
                 dest: dest_rel.clone(),
@@ -502,7 +521,7 @@ mod tests {
     }
 
     fn layer(r: &Roots, kw: &str, a: &CopyArgs, wd: &str) -> Vec<(String, u32, u64, Vec<u8>)> {
-        let p = plan(kw, a, &r.ctx, &r.img, wd).unwrap();
+        let p = plan(kw, a, &r.ctx, &r.img, wd, &[]).unwrap();
         let owner = a.chown.as_deref().map(|c| owner(c, &r.img).unwrap());
         entries(&write(&p, &r.img, owner, a.chmod, 0, Vec::new()).unwrap())
     }
@@ -544,14 +563,14 @@ mod tests {
         let r = roots();
         let e = layer(&r, "COPY", &args(&["*.txt"], "/t/"), "/");
         assert_eq!(names(&e), vec!["t/", "t/a.txt", "t/b.txt"]);
-        let err = plan("COPY", &args(&["*.txt"], "/t"), &r.ctx, &r.img, "/").unwrap_err();
+        let err = plan("COPY", &args(&["*.txt"], "/t"), &r.ctx, &r.img, "/", &[]).unwrap_err();
         assert!(
             err.contains("must be a directory and end with a /"),
             "{err}"
         );
-        let err = plan("COPY", &args(&["*.none"], "/t/"), &r.ctx, &r.img, "/").unwrap_err();
+        let err = plan("COPY", &args(&["*.none"], "/t/"), &r.ctx, &r.img, "/", &[]).unwrap_err();
         assert!(err.contains("no source files"), "{err}");
-        let err = plan("COPY", &args(&["missing"], "/t/"), &r.ctx, &r.img, "/").unwrap_err();
+        let err = plan("COPY", &args(&["missing"], "/t/"), &r.ctx, &r.img, "/", &[]).unwrap_err();
         assert!(err.contains("file not found in build context"), "{err}");
     }
 
@@ -566,11 +585,12 @@ mod tests {
             &args(&["../img/secret"], "/x/"),
             &r.ctx,
             &r.img,
-            "/"
+            "/",
+            &[]
         )
         .is_err());
         // `link` points at /etc/passwd: followed inside the context, where it does not exist.
-        assert!(plan("COPY", &args(&["link"], "/p"), &r.ctx, &r.img, "/").is_err());
+        assert!(plan("COPY", &args(&["link"], "/p"), &r.ctx, &r.img, "/", &[]).is_err());
     }
 
     #[test]
@@ -612,8 +632,25 @@ mod tests {
         // COPY copies the archive as it is.
         let e = layer(&r, "COPY", &args(&["x.tar.gz"], "/u/"), "/");
         assert_eq!(names(&e), vec!["u/", "u/x.tar.gz"]);
-        let err = plan("ADD", &args(&["http://h/x"], "/"), &r.ctx, &r.img, "/").unwrap_err();
-        assert!(err.contains("URL"), "{err}");
+        let err = plan(
+            "COPY",
+            &args(&["http://h/x"], "/"),
+            &r.ctx,
+            &r.img,
+            "/",
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.contains("source can't be a URL for COPY"), "{err}");
+        // ADD of a URL: the downloaded file as it is (an archive is not unpacked).
+        let dl = r.ctx.join("dl");
+        std::fs::create_dir_all(&dl).unwrap();
+        std::fs::copy(r.ctx.join("x.tar.gz"), dl.join("x.tar.gz")).unwrap();
+        let fetched = [("http://h/x.tar.gz".to_string(), dl.join("x.tar.gz"))];
+        let a = args(&["http://h/x.tar.gz"], "/u/");
+        let p = plan("ADD", &a, &r.ctx, &r.img, "/", &fetched).unwrap();
+        let e = entries(&write(&p, &r.img, None, None, 0, Vec::new()).unwrap());
+        assert_eq!(names(&e), vec!["u/", "u/x.tar.gz"]);
     }
 
     #[test]
@@ -631,15 +668,15 @@ mod tests {
         assert_eq!(names(&e), vec!["etc/", "etc/motd"]);
         assert_eq!(e[1].3, b"hi\n");
         // The digest follows content, not time.
-        let d1 = plan("COPY", &args(&["a.txt"], "/"), &r.ctx, &r.img, "/")
+        let d1 = plan("COPY", &args(&["a.txt"], "/"), &r.ctx, &r.img, "/", &[])
             .unwrap()
             .digest;
-        let d2 = plan("COPY", &args(&["a.txt"], "/"), &r.ctx, &r.img, "/")
+        let d2 = plan("COPY", &args(&["a.txt"], "/"), &r.ctx, &r.img, "/", &[])
             .unwrap()
             .digest;
         assert_eq!(d1, d2);
         std::fs::write(r.ctx.join("a.txt"), b"changed").unwrap();
-        let d3 = plan("COPY", &args(&["a.txt"], "/"), &r.ctx, &r.img, "/")
+        let d3 = plan("COPY", &args(&["a.txt"], "/"), &r.ctx, &r.img, "/", &[])
             .unwrap()
             .digest;
         assert_ne!(d1, d3);

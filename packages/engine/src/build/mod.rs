@@ -79,6 +79,9 @@ pub trait Host: Send + Sync + 'static {
     fn resolve_local(&self, name: &str) -> Option<String>;
     /// An image's config (the OCI config JSON).
     fn config(&self, id: &str) -> Option<Value>;
+    /// Whether every layer of image `id` is in the store (a cached step's image may have
+    /// lost them to an image removal).
+    fn has_layers(&self, id: &str) -> bool;
     /// Runs `spec` in a container from image `id` until it exits: output to `tx` (unless
     /// quiet), `announce` called with the container id once it exists. Returns the exit code
     /// and the container id.
@@ -102,11 +105,30 @@ pub trait Host: Send + Sync + 'static {
     fn root(&self, id: &str) -> Result<Root, String>;
     /// A directory for the build's scratch files.
     fn scratch(&self) -> PathBuf;
+    /// Downloads `url` (ADD of a URL) into the empty directory `dir`, named by the URL's
+    /// last path segment, mode 0600, dated by its `Last-Modified`: the file's path.
+    fn download(
+        &self,
+        url: &str,
+        dir: &Path,
+    ) -> impl Future<Output = Result<PathBuf, String>> + Send;
     /// The cache index's file.
     fn cache_file(&self) -> PathBuf;
 }
 
 const DEFAULT_SHELL: [&str; 2] = ["/bin/sh", "-c"];
+
+/// Names ADD's download directories apart between concurrent builds.
+static DOWNLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A scratch directory removed when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 /// Serialises the cache index's read-modify-write between concurrent builds.
 static CACHE_LOCK: Mutex<()> = Mutex::new(());
@@ -235,11 +257,8 @@ pub async fn build<H: Host>(
             o.dockerfile
         ))
     })?;
-    if let Ok(t) = std::fs::read_to_string(ctx.join(".dockerignore")) {
-        context::Ignore::parse(&t)
-            .apply(ctx)
-            .map_err(|e| Fail::new(format!("applying .dockerignore: {e}")))?;
-    }
+    context::remove_build_files(ctx, &o.dockerfile)
+        .map_err(|e| Fail::new(format!("applying .dockerignore: {e}")))?;
     let df = dockerfile::parse(&String::from_utf8_lossy(&text))?;
     let (meta, stages) = dockerfile::stages(&df)?;
     let last = if o.target.is_empty() {
@@ -510,7 +529,7 @@ impl<H: Host> Builder<'_, H> {
                 return false;
             }
         }
-        let Some(cfg) = self.host.config(id) else {
+        let Some(cfg) = self.host.config(id).filter(|_| self.host.has_layers(id)) else {
             return false;
         };
         self.say(" ---> Using cache\n").await;
@@ -876,9 +895,29 @@ impl<H: Host> Builder<'_, H> {
             None => None,
         };
         let src_root = src.as_ref().map(|r| r.path.as_path()).unwrap_or(self.ctx);
+        // ADD's URLs are downloaded at every build (as dockerd does): their content is the
+        // cache key.
+        let downloads = Scratch(self.host.scratch().join(format!(
+            "add-{}-{}",
+            std::process::id(),
+            DOWNLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        )));
+        let mut fetched = Vec::new();
+        for src in &a.sources {
+            let dockerfile::CopySource::Path(u) = src else {
+                continue;
+            };
+            if kw != "ADD" || !copy::is_url(u) {
+                continue;
+            }
+            let dir = downloads.0.join(fetched.len().to_string());
+            std::fs::create_dir_all(&dir).map_err(|e| Fail::new(format!("ADD {u}: {e}")))?;
+            let f = self.host.download(u, &dir).await.map_err(Fail::new)?;
+            fetched.push((u.clone(), f));
+        }
         let dest = self.host.root(&s.image).map_err(Fail::new)?;
         let workdir = s.str_of("WorkingDir");
-        let plan = copy::plan(kw, &a, src_root, &dest.path, &workdir)?;
+        let plan = copy::plan(kw, &a, src_root, &dest.path, &workdir, &fetched)?;
         let created_by = format!(
             "/bin/sh -c #(nop) {kw} {}:{} in {} ",
             if a.from.is_some() { "dir" } else { "multi" },

@@ -663,9 +663,45 @@ pub fn container_resolv_conf(host: &str) -> String {
     out
 }
 
+/// An `ExtraHosts` entry (`--add-host NAME:IP`, also `NAME=IP`) as its /etc/hosts line, as
+/// dockerd writes it (`IP<TAB>NAME`); `host-gateway` is the bridge's gateway. None when the
+/// entry is malformed (refused at create) or names the gateway where there is none.
+pub fn extra_host_line(entry: &str, gateway: Option<Ipv4Addr>) -> Option<String> {
+    let (name, ip) = entry.split_once('=').or_else(|| entry.split_once(':'))?;
+    let (name, ip) = (
+        name.trim(),
+        ip.trim().trim_start_matches('[').trim_end_matches(']'),
+    );
+    if name.is_empty() || ip.is_empty() {
+        return None;
+    }
+    let ip = if ip == "host-gateway" {
+        gateway?.to_string()
+    } else {
+        ip.parse::<std::net::IpAddr>().ok()?.to_string()
+    };
+    Some(format!("{ip}\t{name}\n"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extra_hosts_as_dockerd_writes_them() {
+        let gw = Some(Ipv4Addr::new(172, 17, 0, 1));
+        let line = |e| extra_host_line(e, gw);
+        assert_eq!(
+            line("a.test:127.0.0.1").as_deref(),
+            Some("127.0.0.1\ta.test\n")
+        );
+        assert_eq!(line("b=10.0.0.2").as_deref(), Some("10.0.0.2\tb\n"));
+        assert_eq!(line("v6:::1").as_deref(), Some("::1\tv6\n"));
+        assert_eq!(line("g:host-gateway").as_deref(), Some("172.17.0.1\tg\n"));
+        assert_eq!(extra_host_line("g:host-gateway", None), None);
+        assert_eq!(line("nohost"), None);
+        assert_eq!(line("x:not-an-ip"), None);
+    }
 
     #[test]
     fn bip_parsing_and_subnet_math() {
