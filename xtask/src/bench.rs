@@ -812,15 +812,7 @@ fn clean_builds(
     recipes: &RecipeSet,
     names: &[String],
 ) -> Result<Vec<(String, Value)>> {
-    let tmp = tempfile::Builder::new()
-        .prefix("bench-cache-")
-        .tempdir_in(&layout.cache)
-        .with_context(|| {
-            format!(
-                "cannot make a temporary cache in {}",
-                layout.cache.display()
-            )
-        })?;
+    let tmp = temp_cache(layout, "bench-cache-")?;
     std::os::unix::fs::symlink(layout.downloads(), tmp.path().join("downloads"))
         .context("cannot link the downloads into the temporary cache")?;
     let clean = Layout::with_cache(layout.root.clone(), tmp.path().to_owned());
@@ -1583,6 +1575,20 @@ pub fn used_kib(meminfo: &str) -> Option<u64> {
             .and_then(|v| v.parse::<u64>().ok())
     };
     Some(field("MemTotal:")?.saturating_sub(field("MemAvailable:")?))
+}
+
+/// An empty cache directory inside the real one (so renames stay on one file system), removed
+/// when dropped; the clean-build figures build into it.
+pub(crate) fn temp_cache(layout: &Layout, prefix: &str) -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(&layout.cache)
+        .with_context(|| {
+            format!(
+                "cannot make a temporary cache in {}",
+                layout.cache.display()
+            )
+        })
 }
 
 #[cfg(test)]

@@ -41,15 +41,7 @@ pub fn measure(layout: &Layout, quick: bool) -> Result<()> {
     let registry = test_support::registry::Registry::start()
         .context("the builds bench needs a registry on 127.0.0.1")?;
     let cache_ref = format!("{}/axion/bench-cache", registry.host());
-    let tmp = tempfile::Builder::new()
-        .prefix("bench-builds-")
-        .tempdir_in(&layout.cache)
-        .with_context(|| {
-            format!(
-                "cannot make a temporary cache in {}",
-                layout.cache.display()
-            )
-        })?;
+    let tmp = super::temp_cache(layout, "bench-builds-")?;
     let empty = |n: &str| -> Result<Layout> {
         let l = Layout::with_cache(layout.root.clone(), tmp.path().join(n));
         std::fs::create_dir_all(&l.cache)?;
