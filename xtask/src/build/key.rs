@@ -8,8 +8,9 @@
 //! - `file:<path>`: each local file the recipe names (kernel fragment, busybox config), by
 //!   its path relative to recipes/ and its bytes;
 //! - `crate:<path>`: for `cargo` packages, every file of the crate and of the workspace crates
-//!   it depends on by path, plus Cargo.lock, the workspace Cargo.toml, rust-toolchain.toml and
-//!   .cargo/config.toml;
+//!   it depends on by path (normal and build dependencies: a release build compiles no
+//!   dev-dependency), rust-toolchain.toml and .cargo/config.toml, and of Cargo.lock and the
+//!   workspace Cargo.toml only what the crate's dependency graph reads ([`lockfile`]);
 //! - `dep:<name>`: each dependency's key (so a changed dependency rebuilds its dependents);
 //! - `toolchain`: the versions of the compilers the kind uses (gcc, ld, make, musl, rustc, cargo).
 //!
@@ -25,6 +26,8 @@ use sha2::{Digest, Sha256};
 use super::Staged;
 use crate::layout::Layout;
 use crate::recipe::{Build, Recipe};
+
+mod lockfile;
 
 #[derive(Debug, Clone)]
 pub struct Key {
@@ -222,9 +225,17 @@ pub fn compute(
             .krate
             .clone()
             .unwrap_or_else(|| recipe.name().to_owned());
+        let (lock, manifest) = cargo_lock_inputs(&layout.root, &krate)?;
         for f in cargo_inputs(&layout.root, &krate)? {
             let rel = f.strip_prefix(&layout.root).unwrap_or(&f);
-            k.add_file(&format!("crate:{}", rel.display()), &f)?;
+            let name = format!("crate:{}", rel.display());
+            if f == layout.root.join("Cargo.lock") {
+                k.add(&name, lock.as_bytes());
+            } else if f == layout.root.join("Cargo.toml") {
+                k.add(&name, manifest.as_bytes());
+            } else {
+                k.add_file(&name, &f)?;
+            }
         }
     }
     for d in deps {
@@ -242,23 +253,7 @@ pub fn compute(
 /// Every file a `cargo` package's build reads from the checkout: the crate, the workspace
 /// crates it reaches through path dependencies, and the workspace files that steer cargo.
 pub fn cargo_inputs(root: &Path, krate: &str) -> Result<Vec<PathBuf>> {
-    let crate_dir = root.join("packages").join(krate);
-    if !crate_dir.join("Cargo.toml").is_file() {
-        anyhow::bail!(
-            "crate '{krate}' not found: {} has no Cargo.toml",
-            crate_dir.display()
-        );
-    }
-    let workspace_deps = workspace_path_deps(root)?;
-    let mut dirs = BTreeSet::new();
-    let mut todo = vec![crate_dir];
-    while let Some(dir) = todo.pop() {
-        let dir = dir.canonicalize().unwrap_or(dir);
-        if !dirs.insert(dir.clone()) {
-            continue;
-        }
-        todo.extend(path_deps(&dir, &workspace_deps)?);
-    }
+    let dirs = crate_dirs(root, krate)?;
     let mut files = BTreeSet::new();
     for dir in &dirs {
         for e in walkdir::WalkDir::new(dir)
@@ -294,6 +289,109 @@ pub fn cargo_inputs(root: &Path, krate: &str) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// The directories of the crate `packages/<krate>` and of the workspace crates it reaches
+/// through normal and build path dependencies.
+fn crate_dirs(root: &Path, krate: &str) -> Result<BTreeSet<PathBuf>> {
+    let crate_dir = root.join("packages").join(krate);
+    if !crate_dir.join("Cargo.toml").is_file() {
+        anyhow::bail!(
+            "crate '{krate}' not found: {} has no Cargo.toml",
+            crate_dir.display()
+        );
+    }
+    let workspace_deps = workspace_path_deps(root)?;
+    let mut dirs = BTreeSet::new();
+    let mut todo = vec![crate_dir];
+    while let Some(dir) = todo.pop() {
+        let dir = dir.canonicalize().unwrap_or(dir);
+        if !dirs.insert(dir.clone()) {
+            continue;
+        }
+        todo.extend(path_deps(&dir, &workspace_deps)?);
+    }
+    Ok(dirs)
+}
+
+/// What a `cargo` package's key takes of Cargo.lock and of the workspace Cargo.toml: the
+/// lock entries of the crate's dependency graph and the manifest's part that graph reads.
+pub fn cargo_lock_inputs(root: &Path, krate: &str) -> Result<(String, String)> {
+    let ws = read_toml(&root.join("Cargo.toml"))?;
+    let ws_deps = ws
+        .get("workspace")
+        .and_then(|w| w.get("dependencies"))
+        .and_then(|d| d.as_table())
+        .cloned()
+        .unwrap_or_default();
+    let mut graph = BTreeMap::new();
+    let mut root_name = None;
+    for dir in crate_dirs(root, krate)? {
+        let doc = read_toml(&dir.join("Cargo.toml"))?;
+        let Some(name) = doc
+            .get("package")
+            .and_then(|p| p.get("name"))
+            .and_then(|n| n.as_str())
+        else {
+            continue;
+        };
+        if dir
+            == root
+                .join("packages")
+                .join(krate)
+                .canonicalize()
+                .unwrap_or_default()
+        {
+            root_name = Some(name.to_owned());
+        }
+        let mut names = BTreeSet::new();
+        for table in dependency_tables(&doc) {
+            for (dep, v) in table {
+                let renamed = v.get("package").and_then(|p| p.as_str()).or_else(|| {
+                    (v.get("workspace").and_then(|w| w.as_bool()) == Some(true))
+                        .then(|| ws_deps.get(dep).and_then(|w| w.get("package")))
+                        .flatten()
+                        .and_then(|p| p.as_str())
+                });
+                names.insert(renamed.unwrap_or(dep).to_owned());
+            }
+        }
+        graph.insert(name.to_owned(), names);
+    }
+    let root_name = root_name.with_context(|| format!("packages/{krate}: no [package] name"))?;
+    let lock_path = root.join("Cargo.lock");
+    let lock_text = std::fs::read_to_string(&lock_path)
+        .with_context(|| format!("cannot read {}", lock_path.display()))?;
+    let closure = lockfile::closure(&lock_text, &root_name, &graph)?;
+    let manifest_path = root.join("Cargo.toml");
+    let manifest_text = std::fs::read_to_string(&manifest_path)
+        .with_context(|| format!("cannot read {}", manifest_path.display()))?;
+    let manifest = lockfile::workspace_manifest(&manifest_text, &lockfile::names(&closure))?;
+    Ok((closure, manifest))
+}
+
+fn read_toml(path: &Path) -> Result<toml::Table> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("cannot parse {}", path.display()))
+}
+
+/// A manifest's normal and build dependency tables, of every target (not dev-dependencies:
+/// a release build of the crate or of a dependent never compiles them).
+fn dependency_tables(doc: &toml::Table) -> Vec<&toml::Table> {
+    let keys = ["dependencies", "build-dependencies"];
+    let mut tables: Vec<&toml::Table> = Vec::new();
+    for key in keys {
+        tables.extend(doc.get(key).and_then(|t| t.as_table()));
+    }
+    if let Some(targets) = doc.get("target").and_then(|t| t.as_table()) {
+        for t in targets.values() {
+            for key in keys {
+                tables.extend(t.get(key).and_then(|t| t.as_table()));
+            }
+        }
+    }
+    tables
+}
+
 /// `[workspace.dependencies]` entries that are path dependencies: name → directory.
 fn workspace_path_deps(root: &Path) -> Result<BTreeMap<String, PathBuf>> {
     let path = root.join("Cargo.toml");
@@ -316,26 +414,12 @@ fn workspace_path_deps(root: &Path) -> Result<BTreeMap<String, PathBuf>> {
     Ok(out)
 }
 
-/// The directories of a crate's path dependencies (normal, build and dev, any target).
+/// The directories of a crate's path dependencies (normal and build, any target: what a
+/// release build of the crate compiles).
 fn path_deps(dir: &Path, workspace: &BTreeMap<String, PathBuf>) -> Result<Vec<PathBuf>> {
-    let path = dir.join("Cargo.toml");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let doc: toml::Table =
-        toml::from_str(&text).with_context(|| format!("cannot parse {}", path.display()))?;
-    let mut tables: Vec<&toml::Table> = Vec::new();
-    for key in ["dependencies", "build-dependencies", "dev-dependencies"] {
-        tables.extend(doc.get(key).and_then(|t| t.as_table()));
-    }
-    if let Some(targets) = doc.get("target").and_then(|t| t.as_table()) {
-        for t in targets.values() {
-            for key in ["dependencies", "build-dependencies", "dev-dependencies"] {
-                tables.extend(t.get(key).and_then(|t| t.as_table()));
-            }
-        }
-    }
+    let doc = read_toml(&dir.join("Cargo.toml"))?;
     let mut out = Vec::new();
-    for table in tables {
+    for table in dependency_tables(&doc) {
         for (name, v) in table {
             if let Some(p) = v.get("path").and_then(|p| p.as_str()) {
                 out.push(dir.join(p));
@@ -523,8 +607,10 @@ mod tests {
             (
                 "packages/app",
                 "[package]\nname=\"app\"\n[dependencies]\nlib1 = \
-                 { path = \"../../crates/lib1\" }\nshared = { workspace = true }\n",
+                 { path = \"../../crates/lib1\" }\nshared = { workspace = true }\n\
+                 [dev-dependencies]\ntestkit = { path = \"../../crates/testkit\" }\n",
             ),
+            ("crates/testkit", "[package]\nname=\"testkit\"\n"),
             ("crates/lib1", "[package]\nname=\"lib1\"\n"),
             ("crates/shared", "[package]\nname=\"shared\"\n"),
             ("crates/other", "[package]\nname=\"other\"\n"),
@@ -556,8 +642,28 @@ mod tests {
         assert!(
             !files
                 .iter()
-                .any(|f| f.contains("other") || f.contains("target")),
+                .any(|f| f.contains("other") || f.contains("target") || f.contains("testkit")),
             "{files:?}"
         );
+    }
+
+    /// On this workspace: the engine's key takes its own graph of Cargo.lock (tokio) but not
+    /// what only the host's crates use (xtask's XML reader), nor the dev-only crates.
+    #[test]
+    fn the_engines_key_reads_only_its_own_part_of_cargo_lock() {
+        let layout = crate::layout::Layout::discover();
+        let (lock, manifest) = cargo_lock_inputs(&layout.root, "engine").unwrap();
+        let names = lockfile::names(&lock);
+        assert!(
+            names.contains("tokio") && names.contains("docker-api"),
+            "{lock}"
+        );
+        for host_only in ["roxmltree", "xtask", "test-support", "tempfile"] {
+            assert!(
+                !names.contains(host_only),
+                "{host_only} in the engine's closure"
+            );
+        }
+        assert!(manifest.contains("profile") && !manifest.contains("members"));
     }
 }
