@@ -457,41 +457,9 @@ fn check() -> Result<()> {
     Ok(())
 }
 
-/// Serves `files` (path, body) over HTTP/1.0 on 127.0.0.1 from a thread: its port.
+/// Serves `files` (path, body) on 127.0.0.1 from a thread: its port.
 fn serve(files: Vec<(&'static str, Vec<u8>)>) -> Result<u16> {
-    use std::io::{BufRead, Write};
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let port = l.local_addr()?.port();
-    std::thread::spawn(move || {
-        for c in l.incoming() {
-            let Ok(mut c) = c else { continue };
-            let Ok(rc) = c.try_clone() else { continue };
-            let mut r = std::io::BufReader::new(rc);
-            let mut line = String::new();
-            let _ = r.read_line(&mut line);
-            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-            loop {
-                let mut h = String::new();
-                if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                    break;
-                }
-            }
-            let _ = match files.iter().find(|(p, _)| *p == path) {
-                Some((_, body)) => c
-                    .write_all(
-                        format!(
-                            "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\
-                             Content-Length: {}\r\n\r\n",
-                            body.len()
-                        )
-                        .as_bytes(),
-                    )
-                    .and_then(|()| c.write_all(body)),
-                None => c.write_all(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
-            };
-        }
-    });
-    Ok(port)
+    Ok(test_support::http::serve_files(files)?.port())
 }
 
 /// docker-py's `client.images.build` against the same engine, when the compat venv has it:

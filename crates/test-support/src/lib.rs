@@ -1,6 +1,7 @@
 //! Test fixtures shared by the e2e tests (tests/, crate axion_tests) and the bench
 //! (`cargo xtask bench`): a real registry on 127.0.0.1 with busybox images ([`registry`]),
-//! busybox archives ([`busybox`]), one `docker` CLI wrapper ([`docker`]) and, with the
+//! busybox archives ([`busybox`]), one `docker` CLI wrapper ([`docker`]), a file server
+//! ([`http`]) and, with the
 //! feature `vmd`, axion-vmd served in-process ([`vmd`]).
 //!
 //! Nothing here is shipped, and no product crate depends on it. It must not depend on
@@ -9,6 +10,7 @@
 
 pub mod busybox;
 pub mod docker;
+pub mod http;
 pub mod registry;
 #[cfg(feature = "vmd")]
 pub mod vmd;

@@ -706,40 +706,8 @@ mod tests {
         assert_eq!(cfg["config"]["Labels"], json!({"test": "OK"}));
     }
 
-    /// Serves `files` (path, body) over HTTP/1.0 on 127.0.0.1, one request per connection.
     fn serve(files: Vec<(&'static str, Vec<u8>)>) -> String {
-        use std::io::{BufRead, Write};
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        std::thread::spawn(move || {
-            for c in l.incoming() {
-                let Ok(mut c) = c else { continue };
-                let mut line = String::new();
-                let mut r = std::io::BufReader::new(c.try_clone().unwrap());
-                let _ = r.read_line(&mut line);
-                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-                loop {
-                    let mut h = String::new();
-                    if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                        break;
-                    }
-                }
-                let _ = match files.iter().find(|(p, _)| *p == path) {
-                    Some((_, body)) => c
-                        .write_all(
-                            format!(
-                                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nLast-Modified: \
-                                 Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\n",
-                                body.len()
-                            )
-                            .as_bytes(),
-                        )
-                        .and_then(|()| c.write_all(body)),
-                    None => c.write_all(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
-                };
-            }
-        });
-        format!("http://{addr}")
+        format!("http://{}", test_support::http::serve_files(files).unwrap())
     }
 
     /// Every message of a build started through the API, until its stream ends.
