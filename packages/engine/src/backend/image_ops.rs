@@ -342,8 +342,14 @@ impl Engine {
         let used = self.images_in_use();
         let mut deleted = Vec::new();
         let mut space = 0i64;
+        // As dockerd: only images no other image names as parent are candidates (a tagged
+        // build's intermediate steps stay); a removed one takes its unnamed parents along.
         for img in self.images.list() {
-            if used.contains(&img.id) || (f.dangling && !img.tags.is_empty()) {
+            if used.contains(&img.id)
+                || (f.dangling && !img.tags.is_empty())
+                || self.images.config(&img.id).is_none()
+                || self.images.has_children(&img.id)
+            {
                 continue;
             }
             let created = img
@@ -372,6 +378,7 @@ impl Engine {
                 .filter(|d| !others.contains(*d))
                 .map(|d| self.images.layer_size(d))
                 .sum();
+            let parent = self.images.config(&img.id).and_then(|c| c.parent);
             let untagged = self
                 .images
                 .delete(&img.id)
@@ -389,6 +396,7 @@ impl Engine {
                 deleted: Some(img.id.clone()),
             });
             space += freed;
+            self.delete_dangling_parents(parent, &mut deleted)?;
         }
         Ok(ImagePruneReport {
             images_deleted: (!deleted.is_empty()).then_some(deleted),
@@ -781,6 +789,41 @@ mod tests {
             })
             .await;
         assert_eq!(bad.unwrap_err().status, http::StatusCode::BAD_REQUEST);
+    }
+
+    /// dockerd prunes leaves only: a tagged image's unnamed build steps stay; an unnamed
+    /// leaf goes with its unnamed parents.
+    #[tokio::test]
+    async fn prune_keeps_the_steps_of_a_tagged_build_and_takes_a_dangling_chain() {
+        let d = tempfile::tempdir().unwrap();
+        let e = engine(d.path()).await;
+        let base = e.resolve_image("busybox").unwrap();
+        let mut v: Value = serde_json::from_slice(&e.images.config_bytes(&base).unwrap()).unwrap();
+        let mut child_of = |parent: &str, label: &str| {
+            v["parent"] = json!(parent);
+            v["config"]["Labels"] = json!({ "step": label });
+            e.images.add_config(v.to_string().as_bytes()).unwrap()
+        };
+        let kept_step = child_of(&base, "kept-step");
+        let tagged = child_of(&kept_step, "tagged");
+        e.images.tag(&tagged, "built:1").unwrap();
+        let gone_step = child_of(&base, "gone-step");
+        let gone_leaf = child_of(&gone_step, "gone-leaf");
+
+        let r = e.prune(PruneFilters::parse(None).unwrap()).await.unwrap();
+        let mut deleted: Vec<String> = r
+            .images_deleted
+            .unwrap()
+            .into_iter()
+            .filter_map(|i| i.deleted)
+            .collect();
+        deleted.sort();
+        let mut want = vec![gone_step.clone(), gone_leaf.clone()];
+        want.sort();
+        assert_eq!(deleted, want);
+        for id in [&base, &kept_step, &tagged] {
+            assert!(e.images.config(id).is_some(), "{id} was pruned");
+        }
     }
 
     #[tokio::test]
