@@ -132,6 +132,11 @@ impl Default for BuildOptions {
 
 /// Builds the named packages and everything they depend on; returns them dependencies first.
 /// Packages whose inputs did not change are not rebuilt ("up to date").
+///
+/// Two packages build at once when neither needs the other: the kernel's compile then
+/// overlaps the rest, whose serial steps (configure scripts, a crate's final codegen and LTO
+/// link) leave a core idle on their own. `cargo` packages take turns among themselves, since
+/// they share one target directory ([`cargo::guest_target_dir`]) that cargo would lock anyway.
 pub fn build_packages(
     layout: &Layout,
     recipes: &RecipeSet,
@@ -140,17 +145,100 @@ pub fn build_packages(
 ) -> Result<Vec<Staged>> {
     doctor::ensure(&[Need::Fetch, Need::Build])?;
     let order = recipes.closure(names)?;
+    // Every key first (a key takes its dependencies' keys, not their builds).
     let mut toolchains = key::Toolchains::new(layout.root.clone());
-    let mut built: BTreeMap<String, Staged> = BTreeMap::new();
-    let mut out = Vec::new();
-    for recipe in order {
-        let deps = dependency_closure(recipes, recipe, &built)?;
+    let mut planned: BTreeMap<String, Staged> = BTreeMap::new();
+    let mut plan = Vec::new();
+    for recipe in &order {
+        let deps = dependency_closure(recipes, recipe, &planned)?;
         let key = key::compute(layout, recipe, &deps, &mut toolchains)?;
-        let staged = build_one(layout, recipe, &key, &deps, opts)?;
-        built.insert(staged.name.clone(), staged.clone());
-        out.push(staged);
+        let entry = entry_dir(layout, recipe.name(), &key.hex);
+        planned.insert(recipe.name().to_owned(), staged_at(recipe, &key, &entry));
+        plan.push((*recipe, key, deps));
     }
-    Ok(out)
+
+    struct Board {
+        next: Vec<bool>,
+        done: BTreeMap<String, Staged>,
+        cargo_busy: bool,
+        running: usize,
+        failed: Option<anyhow::Error>,
+    }
+    let board = std::sync::Mutex::new(Board {
+        next: vec![true; plan.len()],
+        done: BTreeMap::new(),
+        cargo_busy: false,
+        running: 0,
+        failed: None,
+    });
+    let changed = std::sync::Condvar::new();
+    let is_cargo = |r: &Recipe| matches!(r.spec.build, Build::Cargo(_));
+    let worker = || loop {
+        let mut b = board
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let i = loop {
+            if b.failed.is_some() || !b.next.contains(&true) {
+                return;
+            }
+            let ready = (0..plan.len()).find(|&i| {
+                let (r, _, deps) = &plan[i];
+                b.next[i]
+                    && deps.iter().all(|d| b.done.contains_key(&d.name))
+                    && !(is_cargo(r) && b.cargo_busy)
+            });
+            match ready {
+                Some(i) => break i,
+                None => {
+                    b = changed
+                        .wait(b)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                }
+            }
+        };
+        let (recipe, key, deps) = &plan[i];
+        b.next[i] = false;
+        b.running += 1;
+        b.cargo_busy |= is_cargo(recipe);
+        drop(b);
+        let result = build_one(layout, recipe, key, deps, opts);
+        let mut b = board
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        b.running -= 1;
+        if is_cargo(recipe) {
+            b.cargo_busy = false;
+        }
+        match result {
+            Ok(staged) => {
+                b.done.insert(staged.name.clone(), staged);
+            }
+            Err(e) => {
+                b.failed.get_or_insert(e);
+            }
+        }
+        changed.notify_all();
+    };
+    std::thread::scope(|s| {
+        let lanes = (0..2).map(|_| s.spawn(worker)).collect::<Vec<_>>();
+        for lane in lanes {
+            let _ = lane.join();
+        }
+    });
+    let mut b = board
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(e) = b.failed.take() {
+        return Err(e);
+    }
+    order
+        .iter()
+        .map(|r| {
+            b.done
+                .remove(r.name())
+                .with_context(|| format!("package '{}' was not built", r.name()))
+        })
+        .collect()
 }
 
 /// The cache key of each package `build_packages` would build for `names`, dependencies
@@ -223,7 +311,7 @@ fn build_one(
     let entry = entry_dir(layout, name, &key.hex);
     let label = format!("{name} {}", recipe.version());
     if entry.join("manifest.json").is_file() {
-        eprintln!("{label}: up to date ({})", &key.hex[..12]);
+        crate::ui::say(&format!("{label}: up to date ({})", &key.hex[..12]));
         if let Some(remote) = opts.remote.as_ref().filter(|r| r.push) {
             crate::remote_cache::push_or_warn(remote, name, &key.hex, &entry);
         }
@@ -247,13 +335,16 @@ fn build_one(
     }
     // Another run may have built it while we waited.
     if entry.join("manifest.json").is_file() {
-        eprintln!("{label}: up to date ({})", &key.hex[..12]);
+        crate::ui::say(&format!("{label}: up to date ({})", &key.hex[..12]));
         return Ok(staged_at(recipe, key, &entry));
     }
     clean_stale(layout, name)?;
     if let Some(remote) = &opts.remote {
         if crate::remote_cache::fetch_or_warn(remote, &packages, recipe, &key.hex, &entry) {
-            eprintln!("{label}: from the shared build cache ({})", &key.hex[..12]);
+            crate::ui::say(&format!(
+                "{label}: from the shared build cache ({})",
+                &key.hex[..12]
+            ));
             return Ok(staged_at(recipe, key, &entry));
         }
     }
@@ -336,11 +427,11 @@ fn build_one(
     // ours alone, named by our pid.
     drop(lock);
     let _ = std::fs::remove_dir_all(&work);
-    eprintln!(
+    crate::ui::say(&format!(
         "{label}: built in {:.1} s ({})",
         started.elapsed().as_secs_f64(),
         &key.hex[..12]
-    );
+    ));
     if let Some(remote) = opts.remote.as_ref().filter(|r| r.push) {
         crate::remote_cache::push_or_warn(remote, name, &key.hex, &entry);
     }

@@ -2,10 +2,21 @@
 
 use std::io::IsTerminal;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 pub fn is_terminal() -> bool {
     std::io::stderr().is_terminal()
+}
+
+/// Every bar of the process, so that packages building at once each keep their own line.
+fn bars() -> &'static MultiProgress {
+    static BARS: std::sync::OnceLock<MultiProgress> = std::sync::OnceLock::new();
+    BARS.get_or_init(MultiProgress::new)
+}
+
+/// A line on stderr that does not tear the bars being drawn.
+pub fn say(line: &str) {
+    bars().suspend(|| eprintln!("{line}"));
 }
 
 /// A byte counter for a download; hidden when not on a terminal (a plain line is printed
@@ -15,10 +26,10 @@ pub fn bytes_bar(total: Option<u64>, label: &str) -> ProgressBar {
         eprintln!("{label}");
         return ProgressBar::hidden();
     }
-    let bar = match total {
+    let bar = bars().add(match total {
         Some(n) => ProgressBar::new(n),
         None => ProgressBar::new_spinner(),
-    };
+    });
     bar.set_style(
         ProgressStyle::with_template(
             "{msg:40!} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} {eta}",
@@ -35,7 +46,7 @@ pub fn step(label: &str) -> ProgressBar {
         eprintln!("{label}");
         return ProgressBar::hidden();
     }
-    let bar = ProgressBar::new_spinner();
+    let bar = bars().add(ProgressBar::new_spinner());
     bar.set_style(
         ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
