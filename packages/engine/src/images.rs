@@ -316,14 +316,19 @@ impl Store {
         })
     }
 
-    /// Lower dirs for overlayfs, top layer first.
+    /// Lower dirs for overlayfs, top layer first. A layer that occurs twice (two build steps
+    /// that changed nothing both add the empty layer) is kept at its topmost place only:
+    /// overlayfs refuses a lower dir given twice (ELOOP), and `A over B over A` shows the
+    /// same tree as `A over B` (the upper A re-adds all the lower one has).
     pub fn lowers(&self, id: &str) -> Option<Vec<PathBuf>> {
         let c = self.config(id)?;
+        let mut seen = std::collections::HashSet::new();
         let v: Vec<PathBuf> = c
             .rootfs
             .diff_ids
             .iter()
             .rev()
+            .filter(|d| seen.insert(d.as_str()))
             .map(|d| self.lower_path(d))
             .collect();
         v.iter().all(|p| p.is_dir()).then_some(v)

@@ -1036,6 +1036,7 @@ impl ContainerBackend for Engine {
                 "configured logging driver does not support reading",
             ));
         }
+        settle_after_start(&c, &o).await;
         let tty = c.rec.lock().unwrap().config.tty;
         let path = c.log_path();
         let (tx, rx) = mpsc::channel(64);
@@ -1220,5 +1221,32 @@ impl ContainerBackend for Engine {
     }
     async fn container_remove_link(&self, parent: &str, alias: &str) -> ApiResult<()> {
         self.remove_link(parent, alias)
+    }
+}
+
+/// How long after its start a container's logs wait for it to end before a one-off read.
+const LOGS_SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Clients read the logs of a short command right after `start` and expect its output
+/// (docker-py's own build tests run `ls -a` that way): with dockerd its longer start path
+/// (containerd's task start, a state checkpoint) gives the command time to finish first.
+/// Ours answers sooner, so a one-off read of a container started less than [`LOGS_SETTLE`]
+/// ago waits until it exits or that time has passed. Follow reads and older containers do
+/// not wait.
+async fn settle_after_start(c: &Container, o: &LogsOptions) {
+    if o.follow {
+        return;
+    }
+    let (running, started) = {
+        let rec = c.rec.lock().unwrap();
+        (rec.status == Status::Running, rec.started_at)
+    };
+    let age = u64::try_from(now_nanos().saturating_sub(started)).unwrap_or(u64::MAX);
+    let Some(left) = LOGS_SETTLE.checked_sub(std::time::Duration::from_nanos(age)) else {
+        return;
+    };
+    if running {
+        let mut events = c.events.subscribe();
+        let _ = tokio::time::timeout(left, events.wait_for(|e| !e.running)).await;
     }
 }

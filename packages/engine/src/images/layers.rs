@@ -534,6 +534,27 @@ mod tests {
         id
     }
 
+    /// Two steps that changed nothing share the empty layer: it is one lower dir, at the
+    /// topmost place it occurs (overlayfs refuses a lower dir given twice).
+    #[test]
+    fn a_layer_that_occurs_twice_is_one_lower_dir_at_its_top_place() {
+        let (d, s) = store();
+        let (ta, tb) = (d.path().join("a.tar"), d.path().join("b.tar"));
+        std::fs::write(&ta, layer_tar("a", b"a")).unwrap();
+        std::fs::write(&tb, layer_tar("b", b"b")).unwrap();
+        let a = s.add_layer(&ta, &[]).unwrap();
+        let b = s.add_layer(&tb, &[]).unwrap();
+        let config = format!(
+            "{{\"architecture\":\"amd64\",\"os\":\"linux\",\"config\":{{}},\
+             \"rootfs\":{{\"type\":\"layers\",\"diff_ids\":[\"{a}\",\"{b}\",\"{a}\"]}}}}"
+        );
+        let id = s.add_config(config.as_bytes()).unwrap();
+        assert_eq!(
+            s.lowers(&id).unwrap(),
+            vec![s.lower_path(&a), s.lower_path(&b)]
+        );
+    }
+
     #[test]
     fn save_is_deterministic_and_loads_back_with_the_same_id() {
         let (d, s) = store();
