@@ -38,7 +38,7 @@ use signing::{PublicKey, SigningKey};
 use crate::build::manifest::{normalize_tree, Manifest};
 use crate::recipe::Recipe;
 
-mod settings;
+pub(crate) mod settings;
 mod trust;
 
 use settings::{config_file, credentials, from_settings};
