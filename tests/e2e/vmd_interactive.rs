@@ -1,7 +1,8 @@
 //! VM-per-container mode used interactively with the real docker CLI: `run -i` with piped
 //! stdin, `run -it` under a pseudo-terminal (with its size), `exec` (-i, -t, -d, exit
-//! codes), `attach` to a running container, and Docker's errors for an exec in a stopped
-//! container or an unknown exec id. Every stream crosses the daemon's hijacked connection
+//! codes), `attach` to a running container, Docker's errors for an exec in a stopped
+//! container or an unknown exec id, and an exited container started again on a new VM with
+//! its files. Every stream crosses the daemon's hijacked connection
 //! and a hijacked stream to the engine in the container's VM. (tests/e2e/vmd.rs covers the
 //! rest of the daemon; this is a separate test so each stays within its time.)
 
@@ -678,6 +679,58 @@ fn check() -> Result<()> {
     let o = cli.piped(&["start", "-ai", "later"], "x\n");
     assert_eq!(String::from_utf8_lossy(&o.stdout), "start-x\n", "{o:?}");
     assert_eq!(o.status.code(), Some(6), "{o:?}");
+
+    // An exited container runs again, on a new VM, with the files it wrote and without
+    // those it deleted (its changes layer is kept on the host and stacked on its image):
+    // `docker start -a` twice (the second run sees both earlier runs' files), then
+    // `docker restart` of an exited container and `docker exec` in it.
+    let t = Instant::now();
+    let script = "ls /bin/true >/dev/null 2>&1 && echo true-here || echo true-gone; \
+                  cat /f 2>/dev/null || echo none; echo run >>/f; rm -f /bin/true; exit 3";
+    let o = cli.run(&["run", "--name", "keep", &img, "sh", "-c", script]);
+    assert_eq!(
+        (o.status.code(), String::from_utf8_lossy(&o.stdout).as_ref()),
+        (Some(3), "true-here\nnone\n"),
+        "first run: {o:?}"
+    );
+    let o = cli.run(&["start", "-a", "keep"]);
+    assert_eq!(
+        (o.status.code(), String::from_utf8_lossy(&o.stdout).as_ref()),
+        (Some(3), "true-gone\nrun\n"),
+        "docker start -a of the exited container: {o:?}"
+    );
+    let o = cli.run(&["start", "-a", "keep"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "true-gone\nrun\nrun\n",
+        "a third run: {o:?}"
+    );
+    assert_eq!(
+        cli.ok(&["inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", "keep"])
+            .trim(),
+        "exited 3"
+    );
+    eprintln!(
+        "run + start -a + start -a of one container: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    cli.ok(&[
+        "run",
+        "--name",
+        "rs",
+        &img,
+        "sh",
+        "-c",
+        "test -f /f && exec sleep 600; echo made >/f",
+    ]);
+    cli.ok(&["restart", "-t", "1", "rs"]);
+    assert_eq!(
+        cli.ok(&["inspect", "-f", "{{.State.Status}}", "rs"]).trim(),
+        "running",
+        "docker restart of an exited container"
+    );
+    assert_eq!(cli.ok(&["exec", "rs", "cat", "/f"]), "made\n");
+    cli.ok(&["rm", "-f", "keep", "rs"]);
 
     // A stopped container: exec is refused (409, Docker's wording); the exec made before
     // keeps its exit code after the VM is gone.

@@ -221,6 +221,28 @@ impl Images {
         ))
     }
 
+    /// Pins `rec` for container `ctr` (replacing its pin): its blobs and trees stay until
+    /// [`unpin`](Self::unpin). For an image the daemon makes itself (a container's image
+    /// with its kept changes, `changes.rs`): pin it before storing its files.
+    pub fn pin(&self, ctr: &str, rec: ImageRecord) {
+        self.pins
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(ctr.to_string(), rec);
+    }
+
+    /// Runs the blocking `f` (which adds files to the store) while no pull or collection
+    /// runs: a collection that listed what is in use before a pin would remove the files.
+    pub async fn while_not_collecting<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let _one = self.pulling.lock().await;
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| anyhow::anyhow!("store task: {e}"))?
+    }
+
     /// Container `ctr` no longer uses its image (its VM is gone).
     pub fn unpin(&self, ctr: &str) {
         self.pins

@@ -13,8 +13,10 @@
 //!   and entropy over virtio-serial and mounts the host's layer store ([`store`]) read-only
 //!   over 9p; then the daemon creates the container in that VM through the guest engine's
 //!   API (the engine finds the image in the share: no pull), and starts, waits, stops, kills
-//!   and streams output through it. When the container exits, its logs are copied to the
-//!   host and its VM quits; `rm` deletes the VM's directory (overlay, sockets, logs).
+//!   and streams output through it. When the container exits, its logs and its changes
+//!   layer are copied to the host and its VM quits; `rm` deletes the VM's directory
+//!   (overlay, sockets, logs, changes). A `start` of an exited container clones a new VM and
+//!   stacks the kept changes on the image ([`changes`], `boot.rs`).
 //!
 //! # Decisions
 //!
@@ -86,8 +88,8 @@
 //! - Containers survive the daemon (live-restore, [`live`]): a daemon that dies leaves
 //!   its VMs running, and with `--live-restore` so does one stopped by SIGTERM; the next
 //!   daemon re-adopts them from the records beside each VM. Without `--live-restore`, a
-//!   SIGTERM (`cargo xtask vmd --stop`) or Ctrl-C ends every VM. An exited container cannot
-//!   be started again (its VM is gone; `start` answers 409).
+//!   SIGTERM (`cargo xtask vmd --stop`) or Ctrl-C ends every VM. An exited container starts
+//!   again on a new VM with its kept changes ([`changes`]).
 //! - `-p HOST:CONTAINER` forwards 127.0.0.1:HOST (QEMU's user network binds loopback only)
 //!   to the container's port in the VM: the container has its VM's network namespace and
 //!   address (10.0.2.15; `bridge`, the default, and `host` both mean the VM's network,
@@ -164,7 +166,7 @@
 //! # Not yet (next steps)
 //!
 //! - virtio-fs (with DAX) would be faster than 9p but needs a virtiofsd on the host.
-//! - No `restart`/`start` of an exited container, `update`, user networks, server-side detach keys
+//! - No restart policies, `update`, user networks, server-side detach keys
 //!   (`detachKeys`); docs/vmd.md lists what is not served and why.
 //! - Volumes ([`volumes`]): named volumes are host directories shared into the VM over one of
 //!   4 9p slots the template has (the device set is fixed by the saved state; a slot's path is
@@ -175,7 +177,9 @@
 //! - `-m` does not size the guest (all clones share the template's RAM size): a template
 //!   per memory size would make `-m` the VM's RAM.
 
+mod boot;
 pub mod cgroup;
+pub mod changes;
 pub mod events;
 mod exec;
 pub mod images;
@@ -188,6 +192,7 @@ pub mod volumes;
 mod api;
 pub use api::Api;
 
+use bytes::Bytes;
 use client::GuestClient;
 use docker_api::portspec;
 use docker_api::time::{human, now_nanos, rfc3339, since, unix_from_rfc3339};
@@ -256,13 +261,21 @@ struct Ctr {
     vm: Mutex<Option<live::VmProc>>,
     /// The clone agent's channel, kept connected while the VM runs (see `clone_vm`).
     agent: Mutex<Option<std::os::unix::net::UnixStream>>,
-    guest: GuestClient,
-    gid: String,
+    /// The guest engine of the container's current VM and the container's id there (a new
+    /// VM for each start of an exited container: [`Daemon::boot`]).
+    guest: Mutex<GuestClient>,
+    gid: Mutex<String>,
     finished: AtomicBool,
     quitting: AtomicBool,
     attached: AtomicUsize,
     detached: Notify,
-    cgroup: Vec<PathBuf>,
+    cgroup: Mutex<Vec<PathBuf>>,
+    /// How many times the container was started (`wait` for the next exit of an exited one).
+    starts: AtomicUsize,
+    /// Attach streams of an exited container, waiting for its next VM (`docker start -a`).
+    waiting: Mutex<Vec<Waiter>>,
+    /// A new VM is being made for the exited container ([`Daemon::revive`]).
+    reviving: AtomicBool,
     /// The VM is stopped through QMP (`docker pause`).
     paused: AtomicBool,
     /// The host's named volumes shared into the VM (see [`volumes`]).
@@ -272,7 +285,33 @@ struct Ctr {
     restarts: AtomicUsize,
 }
 
+/// An attach to an exited container: connected to the guest engine of its next VM before
+/// the container starts there, so that none of its output is missed.
+struct Waiter {
+    opts: AttachOptions,
+    output: mpsc::Sender<Frame>,
+    stdin: Option<mpsc::Receiver<Bytes>>,
+}
+
 impl Ctr {
+    fn guest(&self) -> GuestClient {
+        self.guest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+    fn gid(&self) -> String {
+        self.gid
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+    fn cgroup(&self) -> Vec<PathBuf> {
+        self.cgroup
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
     fn name(&self) -> String {
         self.name
             .lock()
@@ -326,11 +365,12 @@ impl Ctr {
     fn host_ids(&self, mut e: ApiError) -> ApiError {
         // `get`: the guest's id is checked ([`client::guest_id`]), but a slice of it must not
         // be what takes the daemon down if it ever is not.
-        if self.gid.len() < 12 {
+        let gid = self.gid();
+        if gid.len() < 12 {
             return e; // too short to stand for an id in free text
         }
-        e.message = e.message.replace(&self.gid, &self.id);
-        if let (Some(gshort), Some(short)) = (self.gid.get(..12), self.id.get(..12)) {
+        e.message = e.message.replace(&gid, &self.id);
+        if let (Some(gshort), Some(short)) = (gid.get(..12), self.id.get(..12)) {
             e.message = e.message.replace(gshort, short);
         }
         e
@@ -492,7 +532,7 @@ impl Daemon {
     }
 
     fn cleanup_cgroup(&self, c: &Ctr) {
-        cgroup::remove(&c.cgroup);
+        cgroup::remove(&c.cgroup());
     }
 
     /// Given what [`store::LayerStore::check`] found wrong with `image` in the host store,
@@ -569,12 +609,23 @@ impl Daemon {
         // has none to keep.
         if error.is_none() && !c.req.host_config.auto_remove {
             if let Ok(Ok(raw)) =
-                tokio::time::timeout(Duration::from_secs(10), c.guest.logs_raw(&c.gid)).await
+                tokio::time::timeout(Duration::from_secs(10), c.guest().logs_raw(&c.gid())).await
             {
-                let _ = std::fs::write(c.dir.join("logs"), &raw);
+                // Appended: an exited container started again keeps its earlier runs' logs.
+                use std::io::Write;
+                let _ = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(c.dir.join("logs"))
+                    .and_then(|mut f| f.write_all(&raw));
             }
         }
         debug(&format!("{}: exit code {code}, logs saved", c.short()));
+        // Its files outlive the VM too, for a later start on a new one (boot.rs); a --rm
+        // container or one being removed has no later start.
+        if !c.req.host_config.auto_remove && !c.quitting.load(Ordering::SeqCst) {
+            self.keep_changes(c).await;
+        }
         c.quitting.store(true, Ordering::SeqCst);
         let vm = c.vm.lock().unwrap_or_else(PoisonError::into_inner).take();
         drop(
@@ -673,7 +724,7 @@ impl Daemon {
         tokio::spawn(async move {
             let r = loop {
                 let generation = c.restarts.load(Ordering::SeqCst);
-                let r = c.guest.wait(&c.gid).await;
+                let r = c.guest().wait(&c.gid()).await;
                 debug(&format!("{}: the guest's wait returned", c.short()));
                 if c.finished.load(Ordering::SeqCst) || c.quitting.load(Ordering::SeqCst) {
                     return;

@@ -32,11 +32,11 @@ impl ArchiveBackend for Api {
     ) -> ApiResult<(PathStat, mpsc::Receiver<Bytes>)> {
         let c = self.with_vm(id)?;
         let (headers, rx) = c
-            .guest
+            .guest()
             .byte_stream(
                 "archive",
                 http::Method::GET,
-                &format!("/containers/{}/archive", c.gid),
+                &format!("/containers/{}/archive", c.gid()),
                 &[("path", path.to_string())],
             )
             .await
@@ -47,11 +47,11 @@ impl ArchiveBackend for Api {
     async fn archive_stat(&self, id: &str, path: &str) -> ApiResult<PathStat> {
         let c = self.with_vm(id)?;
         let (headers, _) = c
-            .guest
+            .guest()
             .byte_stream(
                 "archive stat",
                 http::Method::HEAD,
-                &format!("/containers/{}/archive", c.gid),
+                &format!("/containers/{}/archive", c.gid()),
                 &[("path", path.to_string())],
             )
             .await
@@ -61,8 +61,8 @@ impl ArchiveBackend for Api {
 
     async fn archive_put(&self, id: &str, path: &str, tar: Bytes) -> ApiResult<()> {
         let c = self.with_vm(id)?;
-        c.guest
-            .archive_put(&c.gid, path, tar)
+        c.guest()
+            .archive_put(&c.gid(), path, tar)
             .await
             .map_err(|e| c.host_ids(e))
     }
