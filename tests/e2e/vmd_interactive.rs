@@ -706,8 +706,13 @@ fn check() -> Result<()> {
         "a third run: {o:?}"
     );
     assert_eq!(
-        cli.ok(&["inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", "keep"])
-            .trim(),
+        cli.ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{.State.ExitCode}}",
+            "keep"
+        ])
+        .trim(),
         "exited 3"
     );
     eprintln!(
