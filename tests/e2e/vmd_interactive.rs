@@ -737,6 +737,68 @@ fn check() -> Result<()> {
     assert_eq!(cli.ok(&["exec", "rs", "cat", "/f"]), "made\n");
     cli.ok(&["rm", "-f", "keep", "rs"]);
 
+    // Restart policies: on-failure:2 runs three times (the logs hold every run) and stops
+    // with RestartCount 2; always restarts until `docker stop`, which ends it for good.
+    let t = Instant::now();
+    cli.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "pol",
+        "--restart",
+        "on-failure:2",
+        &img,
+        "sh",
+        "-c",
+        "echo ran; exit 1",
+    ]);
+    cli.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "alw",
+        "--restart",
+        "always",
+        &img,
+        "sh",
+        "-c",
+        "sleep 1",
+    ]);
+    let state_of = |name: &str| {
+        cli.ok(&["inspect", "-f", "{{.State.Status}} {{.RestartCount}}", name])
+            .trim()
+            .to_string()
+    };
+    let until = |name: &str, what: &str, done: &dyn Fn(&str) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(240);
+        loop {
+            let s = state_of(name);
+            if done(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{name}: no {what} in 240 s: {s}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    until("pol", "exit after 2 restarts", &|s| s == "exited 2");
+    assert_eq!(cli.ok(&["logs", "pol"]), "ran\nran\nran\n");
+    eprintln!(
+        "on-failure:2, three runs: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    until("alw", "second restart", &|s| {
+        s.split(' ').nth(1).and_then(|n| n.parse::<u32>().ok()) >= Some(2)
+    });
+    cli.ok(&["stop", "-t", "1", "alw"]);
+    let stopped = until("alw", "stop", &|s| s.starts_with("exited "));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        state_of("alw"),
+        stopped,
+        "docker stop ends --restart always"
+    );
+    cli.ok(&["rm", "pol", "alw"]);
+
     // A stopped container: exec is refused (409, Docker's wording); the exec made before
     // keeps its exit code after the VM is gone.
     // ...and an exec still running when its container stops ends with it, with the code of

@@ -432,3 +432,122 @@ pub(crate) fn forward_attach(c: Arc<Ctr>, mut from: FrameRx, to: mpsc::Sender<Fr
         c.detached.notify_waiters();
     });
 }
+
+impl Daemon {
+    /// Starts a created or exited container (an exited one on a new VM: [`Daemon::revive`]).
+    /// `by_policy`: a restart policy's start, which a `docker stop` meanwhile cancels.
+    pub(crate) async fn start_ctr(
+        self: &Arc<Self>,
+        c: &Arc<Ctr>,
+        by_policy: bool,
+    ) -> ApiResult<()> {
+        match c.phase() {
+            Phase::Running => return Err(ApiError::not_modified()),
+            Phase::Removed => {
+                return Err(ApiError::conflict(format!(
+                    "container {} is being removed",
+                    c.short()
+                )))
+            }
+            // A new VM, with the container's kept files.
+            Phase::Exited => self.revive(c).await?,
+            Phase::Created => {}
+        }
+        if by_policy && c.policy.cancelled.load(Ordering::SeqCst) {
+            // Stopped while its new VM was made: it does not run.
+            self.finish(c, 0, None).await;
+            return Ok(());
+        }
+        if let Err(e) = c.guest().start(&c.gid()).await {
+            // As dockerd: a container that cannot start is over (and gone with --rm), and
+            // its restart policy does not try again until a `docker start`.
+            c.policy.cancelled.store(true, Ordering::SeqCst);
+            self.finish(c, 128, Some(e.message.clone())).await;
+            return Err(e);
+        }
+        {
+            let mut st = c.state.lock().unwrap_or_else(PoisonError::into_inner);
+            st.started_ns = now_nanos();
+            st.started_at = rfc3339(st.started_ns);
+        }
+        c.starts.fetch_add(1, Ordering::SeqCst);
+        c.set_phase(Phase::Running);
+        c.event(&self.events, "start", &[]);
+        debug(&format!("{}: started in the VM", c.short()));
+        c.save();
+        self.follow(c.clone());
+        Ok(())
+    }
+
+    /// After a container's exit: its restart policy's restart, after its delay
+    /// ([`restart`]).
+    pub(crate) fn restart_by_policy(self: &Arc<Self>, c: &Arc<Ctr>) {
+        let policy = restart::Policy::of(&c.req.host_config.restart_policy, false)
+            .unwrap_or(restart::Policy::No);
+        let (code, ran) = {
+            let st = c.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let ns = (st.finished_ns - st.started_ns).max(0) as u64;
+            (st.exit_code, Duration::from_nanos(ns))
+        };
+        let Some(delay) = c.policy.after_exit(policy, code, ran) else {
+            return;
+        };
+        c.save();
+        debug(&format!(
+            "{}: restarting in {} ms (restart {})",
+            c.short(),
+            delay.as_millis(),
+            c.policy.count.load(Ordering::SeqCst)
+        ));
+        let (d, c) = (self.clone(), c.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            // A `docker stop`, `start` or `rm` meanwhile takes it over.
+            if !c.policy.pending.load(Ordering::SeqCst) || c.phase() != Phase::Exited {
+                return;
+            }
+            let r = d.start_ctr(&c, true).await;
+            c.policy.pending.store(false, Ordering::SeqCst);
+            if let Err(e) = r {
+                eprintln!(
+                    "vmd: {}: restart by its policy failed: {}",
+                    c.short(),
+                    e.message
+                );
+                let mut st = c.state.lock().unwrap_or_else(PoisonError::into_inner);
+                st.error = e.message;
+            }
+        });
+    }
+
+    /// At the daemon's start: exited containers whose policy says so start again
+    /// (`always`, `unless-stopped` unless stopped by hand), as with dockerd.
+    pub(crate) fn start_by_policy(self: &Arc<Self>) {
+        let all: Vec<Arc<Ctr>> = self
+            .containers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter(|c| c.phase() == Phase::Exited)
+            .cloned()
+            .collect();
+        for c in all {
+            let policy = restart::Policy::of(&c.req.host_config.restart_policy, false)
+                .unwrap_or(restart::Policy::No);
+            if !policy.at_daemon_start(c.policy.by_hand.load(Ordering::SeqCst)) {
+                continue;
+            }
+            let d = self.clone();
+            tokio::spawn(async move {
+                c.policy.user_start();
+                if let Err(e) = d.start_ctr(&c, false).await {
+                    eprintln!(
+                        "vmd: {}: starting it again (restart policy): {}",
+                        c.short(),
+                        e.message
+                    );
+                }
+            });
+        }
+    }
+}

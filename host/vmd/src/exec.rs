@@ -136,6 +136,7 @@ mod tests {
             starts: Default::default(),
             waiting: Default::default(),
             reviving: Default::default(),
+            policy: Default::default(),
             paused: Default::default(),
             volumes: Vec::new(),
             restarting: Default::default(),

@@ -166,7 +166,8 @@
 //! # Not yet (next steps)
 //!
 //! - virtio-fs (with DAX) would be faster than 9p but needs a virtiofsd on the host.
-//! - No restart policies, `update`, user networks, server-side detach keys
+//! - Restart policies ([`restart`]) start an exited container again on a new VM.
+//! - No `update`, user networks, server-side detach keys
 //!   (`detachKeys`); docs/vmd.md lists what is not served and why.
 //! - Volumes ([`volumes`]): named volumes are host directories shared into the VM over one of
 //!   4 9p slots the template has (the device set is fixed by the saved state; a slot's path is
@@ -184,6 +185,7 @@ pub mod events;
 mod exec;
 pub mod images;
 pub mod live;
+pub mod restart;
 pub mod store;
 // The template, its clones and the guest engine's client are shared with the containerd shim.
 pub use vm_clone::{client, guest, template};
@@ -276,6 +278,8 @@ struct Ctr {
     waiting: Mutex<Vec<Waiter>>,
     /// A new VM is being made for the exited container ([`Daemon::revive`]).
     reviving: AtomicBool,
+    /// Its restart policy's state ([`restart`]).
+    policy: restart::Track,
     /// The VM is stopped through QMP (`docker pause`).
     paused: AtomicBool,
     /// The host's named volumes shared into the VM (see [`volumes`]).
@@ -353,6 +357,7 @@ impl Ctr {
             Phase::Created => "created",
             Phase::Running if self.paused.load(Ordering::SeqCst) => "paused",
             Phase::Running => "running",
+            Phase::Exited if self.policy.pending.load(Ordering::SeqCst) => "restarting",
             Phase::Exited => "exited",
             Phase::Removed => "removing",
         }
@@ -594,6 +599,9 @@ impl Daemon {
         if c.finished.swap(true, Ordering::SeqCst) {
             return;
         }
+        // Being removed (`rm -f`, the daemon's shutdown): no later start, so no kept changes
+        // and no restart.
+        let removing = c.quitting.load(Ordering::SeqCst);
         self.unpause_for(c);
         // Let attach streams deliver the last output.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
@@ -623,7 +631,7 @@ impl Daemon {
         debug(&format!("{}: exit code {code}, logs saved", c.short()));
         // Its files outlive the VM too, for a later start on a new one (boot.rs); a --rm
         // container or one being removed has no later start.
-        if !c.req.host_config.auto_remove && !c.quitting.load(Ordering::SeqCst) {
+        if !c.req.host_config.auto_remove && !removing {
             self.keep_changes(c).await;
         }
         c.quitting.store(true, Ordering::SeqCst);
@@ -663,6 +671,8 @@ impl Daemon {
         c.event(&self.events, "die", &[("exitCode", code.to_string())]);
         if c.req.host_config.auto_remove {
             self.remove_now(c);
+        } else if !removing {
+            self.restart_by_policy(c);
         }
     }
 

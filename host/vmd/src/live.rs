@@ -50,6 +50,12 @@ pub struct Persisted {
     /// The host's named volumes shared into the VM.
     #[serde(default)]
     pub volumes: Vec<String>,
+    /// `docker stop` or `kill` ended it (restart policies: restart.rs).
+    #[serde(default)]
+    pub by_hand: bool,
+    /// Its restart policy's restarts since the last `docker start`.
+    #[serde(default)]
+    pub restart_count: i64,
 }
 
 pub fn write(dir: &Path, p: &Persisted) -> std::io::Result<()> {
@@ -226,6 +232,8 @@ impl Ctr {
             exit_code: st.exit_code,
             error: st.error.clone(),
             volumes: self.volumes.clone(),
+            by_hand: self.policy.by_hand.load(Ordering::SeqCst),
+            restart_count: self.policy.count.load(Ordering::SeqCst),
         }
     }
 
@@ -354,6 +362,7 @@ impl Daemon {
             starts: AtomicUsize::new(0),
             waiting: Mutex::new(Vec::new()),
             reviving: AtomicBool::new(false),
+            policy: restart::Track::new(rec.by_hand, rec.restart_count),
             paused: AtomicBool::new(false),
             volumes: rec.volumes,
             restarting: AtomicBool::new(false),
@@ -363,7 +372,13 @@ impl Daemon {
 
     /// Re-adopts the VMs found at start: reconnects to each one's engine and agent, then
     /// follows it as if this daemon had started it. Call once, before serving.
+    /// Then starts again the exited containers whose restart policy says so (restart.rs).
     pub async fn resume(self: &Arc<Self>) {
+        self.resume_vms().await;
+        self.start_by_policy();
+    }
+
+    async fn resume_vms(self: &Arc<Self>) {
         let pending =
             std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
         for p in pending {
@@ -468,6 +483,8 @@ mod tests {
             exit_code: 0,
             error: String::new(),
             volumes: vec!["data".into()],
+            by_hand: true,
+            restart_count: 3,
         }
     }
 

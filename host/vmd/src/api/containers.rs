@@ -38,6 +38,11 @@ impl ContainerBackend for Api {
                         },
                         st.pid
                     ),
+                    Phase::Exited if c.policy.pending.load(Ordering::SeqCst) => format!(
+                        "Restarting ({}) {} ago",
+                        st.exit_code,
+                        human(since(st.finished_ns))
+                    ),
                     Phase::Exited | Phase::Removed => format!(
                         "Exited ({}) {} ago",
                         st.exit_code,
@@ -142,6 +147,7 @@ impl ContainerBackend for Api {
             ports.push((m.key(), hp));
         }
         guest_network(&req.host_config.network_mode)?;
+        restart::Policy::of(&req.host_config.restart_policy, req.host_config.auto_remove)?;
         // Named volumes and host directories: each one a 9p slot of the VM (volumes.rs).
         let plan = volumes::plan(
             req.host_config.binds.as_deref(),
@@ -194,6 +200,7 @@ impl ContainerBackend for Api {
             starts: AtomicUsize::new(0),
             waiting: Mutex::new(Vec::new()),
             reviving: AtomicBool::new(false),
+            policy: Default::default(),
             paused: AtomicBool::new(false),
             volumes: plan.named(),
             restarting: AtomicBool::new(false),
@@ -244,6 +251,7 @@ impl ContainerBackend for Api {
                 status: c.status().into(),
                 running: phase == Phase::Running,
                 paused: c.paused.load(Ordering::SeqCst),
+                restarting: phase == Phase::Exited && c.policy.pending.load(Ordering::SeqCst),
                 pid: st.pid as i64,
                 exit_code: st.exit_code,
                 error: st.error.clone(),
@@ -270,42 +278,19 @@ impl ContainerBackend for Api {
                 ..Default::default()
             },
             log_path: c.dir.join("logs").display().to_string(),
+            restart_count: c.policy.count.load(Ordering::SeqCst),
             mounts: self.mount_points(&c),
-            ..Default::default()
         })
     }
 
     async fn container_start(&self, id: &str) -> ApiResult<()> {
         let c = self.get(id)?;
-        match c.phase() {
-            Phase::Running => return Err(ApiError::not_modified()),
-            Phase::Removed => {
-                return Err(ApiError::conflict(format!(
-                    "container {} is being removed",
-                    c.short()
-                )))
-            }
-            // A new VM, with the container's kept files (boot.rs).
-            Phase::Exited => self.0.revive(&c).await?,
-            Phase::Created => {}
+        if c.phase() == Phase::Running {
+            return Err(ApiError::not_modified());
         }
-        if let Err(e) = c.guest().start(&c.gid()).await {
-            // As dockerd: a container that cannot start is over (and gone with --rm).
-            self.finish(&c, 128, Some(e.message.clone())).await;
-            return Err(e);
-        }
-        {
-            let mut st = c.state.lock().unwrap_or_else(PoisonError::into_inner);
-            st.started_ns = now_nanos();
-            st.started_at = rfc3339(st.started_ns);
-        }
-        c.starts.fetch_add(1, Ordering::SeqCst);
-        c.set_phase(Phase::Running);
-        c.event(&self.events, "start", &[]);
-        debug(&format!("{}: started in the VM", c.short()));
-        c.save();
-        self.0.follow(c);
-        Ok(())
+        // The user's start: the restart policy begins again (a pending restart is dropped).
+        c.policy.user_start();
+        self.0.start_ctr(&c, false).await
     }
 
     async fn container_stop(
@@ -315,40 +300,22 @@ impl ContainerBackend for Api {
         signal: Option<String>,
     ) -> ApiResult<()> {
         let c = self.get(id)?;
+        // No restart after this, and none pending (restart.rs).
+        let cancelled = c.policy.stop();
+        c.save();
         match c.phase() {
             Phase::Running => {}
             Phase::Created => {
                 self.finish(&c, 0, None).await;
                 return Ok(());
             }
+            Phase::Exited if cancelled => {
+                c.event(&self.events, "stop", &[]);
+                return Ok(());
+            }
             _ => return Err(ApiError::not_modified()),
         }
-        self.unpause_for(&c);
-        let t = timeout.unwrap_or(10).max(0);
-        if c.guest().stop(&c.gid(), Some(t), signal).await.is_err() {
-            self.finish(
-                &c,
-                137,
-                Some("the VM did not answer the stop request; it was powered off".into()),
-            )
-            .await;
-        }
-        // The waiter powers the VM off once the container is down.
-        let mut rx = c.phase.subscribe();
-        let wait = rx.wait_for(|p| *p != Phase::Running);
-        if tokio::time::timeout(Duration::from_secs(t as u64 + 30), wait)
-            .await
-            .is_err()
-        {
-            self.finish(
-                &c,
-                137,
-                Some("the container did not stop; its VM was powered off".into()),
-            )
-            .await;
-        }
-        c.event(&self.events, "stop", &[]);
-        Ok(())
+        self.stop_running(&c, timeout, signal).await
     }
 
     async fn container_kill(&self, id: &str, signal: Option<String>) -> ApiResult<()> {
@@ -360,6 +327,7 @@ impl ContainerBackend for Api {
             )));
         }
         self.unpause_for(&c);
+        c.policy.by_hand.store(true, Ordering::SeqCst);
         let sig = signal.clone().unwrap_or_else(|| "SIGKILL".into());
         c.guest()
             .kill(&c.gid(), signal)
@@ -706,6 +674,42 @@ impl ContainerBackend for Api {
 }
 
 impl Api {
+    /// `docker stop` of a running container: the guest engine stops it, and the waiter
+    /// powers the VM off once it is down.
+    pub(super) async fn stop_running(
+        &self,
+        c: &Arc<Ctr>,
+        timeout: Option<i64>,
+        signal: Option<String>,
+    ) -> ApiResult<()> {
+        self.unpause_for(c);
+        let t = timeout.unwrap_or(10).max(0);
+        if c.guest().stop(&c.gid(), Some(t), signal).await.is_err() {
+            self.finish(
+                c,
+                137,
+                Some("the VM did not answer the stop request; it was powered off".into()),
+            )
+            .await;
+        }
+        // The waiter powers the VM off once the container is down.
+        let mut rx = c.phase.subscribe();
+        let wait = rx.wait_for(|p| *p != Phase::Running);
+        if tokio::time::timeout(Duration::from_secs(t as u64 + 30), wait)
+            .await
+            .is_err()
+        {
+            self.finish(
+                c,
+                137,
+                Some("the container did not stop; its VM was powered off".into()),
+            )
+            .await;
+        }
+        c.event(&self.events, "stop", &[]);
+        Ok(())
+    }
+
     /// The container, 409 unless it runs.
     pub(super) fn running(&self, id: &str) -> ApiResult<Arc<Ctr>> {
         let c = self.get(id)?;
