@@ -292,7 +292,8 @@ impl Daemon {
                     c.image_id
                 ))
             })?;
-        let hc = &c.req.host_config;
+        let req = c.current_req();
+        let hc = &req.host_config;
         let plan = volumes::plan(hc.binds.as_deref(), hc.mounts.as_deref())?;
         let slots = self.slots_of(&plan)?;
         for f in VM_FILES {
@@ -302,7 +303,7 @@ impl Daemon {
             .boot(VmSpec {
                 id: &c.id,
                 dir: &c.dir,
-                req: &c.req,
+                req: &req,
                 image: &image,
                 forwards: forwards_of(&c.ports),
                 slots,
@@ -482,7 +483,7 @@ impl Daemon {
     /// After a container's exit: its restart policy's restart, after its delay
     /// ([`restart`]).
     pub(crate) fn restart_by_policy(self: &Arc<Self>, c: &Arc<Ctr>) {
-        let policy = restart::Policy::of(&c.req.host_config.restart_policy, false)
+        let policy = restart::Policy::of(&c.host_config().restart_policy, false)
             .unwrap_or(restart::Policy::No);
         let (code, ran) = {
             let st = c.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -532,7 +533,7 @@ impl Daemon {
             .cloned()
             .collect();
         for c in all {
-            let policy = restart::Policy::of(&c.req.host_config.restart_policy, false)
+            let policy = restart::Policy::of(&c.host_config().restart_policy, false)
                 .unwrap_or(restart::Policy::No);
             if !policy.at_daemon_start(c.policy.by_hand.load(Ordering::SeqCst)) {
                 continue;

@@ -137,6 +137,7 @@ mod tests {
             waiting: Default::default(),
             reviving: Default::default(),
             policy: Default::default(),
+            hc: Default::default(),
             paused: Default::default(),
             volumes: Vec::new(),
             restarting: Default::default(),

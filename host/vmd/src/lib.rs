@@ -167,7 +167,8 @@
 //!
 //! - virtio-fs (with DAX) would be faster than 9p but needs a virtiofsd on the host.
 //! - Restart policies ([`restart`]) start an exited container again on a new VM.
-//! - No `update`, user networks, server-side detach keys
+//! - `docker update` changes the QEMU's cgroup (`api/update.rs`); the guest's RAM stays.
+//! - No user networks, server-side detach keys
 //!   (`detachKeys`); docs/vmd.md lists what is not served and why.
 //! - Volumes ([`volumes`]): named volumes are host directories shared into the VM over one of
 //!   4 9p slots the template has (the device set is fixed by the saved state; a slot's path is
@@ -280,6 +281,9 @@ struct Ctr {
     reviving: AtomicBool,
     /// Its restart policy's state ([`restart`]).
     policy: restart::Track,
+    /// Its host config as `docker update` left it (limits, restart policy); `req` keeps
+    /// the one it was created with.
+    hc: Mutex<HostConfig>,
     /// The VM is stopped through QMP (`docker pause`).
     paused: AtomicBool,
     /// The host's named volumes shared into the VM (see [`volumes`]).
@@ -298,6 +302,18 @@ struct Waiter {
 }
 
 impl Ctr {
+    fn host_config(&self) -> HostConfig {
+        self.hc
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+    /// The create request with the current host config (for a new VM, the record).
+    fn current_req(&self) -> ContainerCreateRequest {
+        let mut r = self.req.clone();
+        r.host_config = self.host_config();
+        r
+    }
     fn guest(&self) -> GuestClient {
         self.guest
             .lock()
@@ -631,7 +647,12 @@ impl Daemon {
         debug(&format!("{}: exit code {code}, logs saved", c.short()));
         // Its files outlive the VM too, for a later start on a new one (boot.rs); a --rm
         // container or one being removed has no later start.
-        if !c.req.host_config.auto_remove && !removing {
+        let vm_alive =
+            c.vm.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_mut()
+                .is_some_and(|vm| vm.exited().is_none());
+        if !c.req.host_config.auto_remove && !removing && vm_alive {
             self.keep_changes(c).await;
         }
         c.quitting.store(true, Ordering::SeqCst);

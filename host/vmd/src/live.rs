@@ -213,7 +213,7 @@ impl Ctr {
             name: self.name(),
             created_ns: self.created_ns,
             image_id: self.image_id.clone(),
-            req: self.req.clone(),
+            req: self.current_req(),
             ports: self.ports.clone(),
             gid: self.gid(),
             qemu_pid: vm.as_ref().map(|v| v.pid()).unwrap_or(st.pid),
@@ -323,6 +323,7 @@ impl Daemon {
             _ => Phase::Exited,
         };
         let finished = phase == Phase::Exited;
+        let hc = rec.req.host_config.clone();
         Arc::new(Ctr {
             id: rec.id.clone(),
             name: Mutex::new(rec.name),
@@ -363,6 +364,7 @@ impl Daemon {
             waiting: Mutex::new(Vec::new()),
             reviving: AtomicBool::new(false),
             policy: restart::Track::new(rec.by_hand, rec.restart_count),
+            hc: Mutex::new(hc),
             paused: AtomicBool::new(false),
             volumes: rec.volumes,
             restarting: AtomicBool::new(false),

@@ -174,6 +174,7 @@ impl ContainerBackend for Api {
             }
         };
         let now = now_nanos();
+        let hc = req.host_config.clone();
         let c = Arc::new(Ctr {
             id: id.clone(),
             name: Mutex::new(name),
@@ -201,6 +202,7 @@ impl ContainerBackend for Api {
             waiting: Mutex::new(Vec::new()),
             reviving: AtomicBool::new(false),
             policy: Default::default(),
+            hc: Mutex::new(hc),
             paused: AtomicBool::new(false),
             volumes: plan.named(),
             restarting: AtomicBool::new(false),
@@ -271,7 +273,7 @@ impl ContainerBackend for Api {
             name: format!("/{}", c.name()),
             driver: "qemu-clone".into(),
             platform: "linux".into(),
-            host_config: c.req.host_config.clone(),
+            host_config: c.host_config(),
             config: with_vm_labels(&c, st.pid),
             network_settings: NetworkSettings {
                 ports,
@@ -647,6 +649,14 @@ impl ContainerBackend for Api {
         s.name = format!("/{}", c.name());
         s.read = now;
         Ok(s)
+    }
+
+    async fn container_update(
+        &self,
+        id: &str,
+        u: docker_api::ops::UpdateRequest,
+    ) -> ApiResult<docker_api::ops::UpdateResponse> {
+        self.update(id, u).await
     }
 
     async fn container_changes(&self, id: &str) -> ApiResult<Vec<Change>> {

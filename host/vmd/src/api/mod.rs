@@ -6,6 +6,7 @@ mod containers;
 mod exec;
 mod images;
 mod system;
+mod update;
 
 use crate::*;
 use bytes::Bytes;
