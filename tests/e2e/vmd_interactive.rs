@@ -735,7 +735,49 @@ fn check() -> Result<()> {
         "docker restart of an exited container"
     );
     assert_eq!(cli.ok(&["exec", "rs", "cat", "/f"]), "made\n");
+    // docker commit of an exited container (its kept changes) and of a running one (its
+    // VM's changes too): images in the host store that `docker run` uses; history.
+    cli.ok(&["commit", "-m", "first note", "keep", "kept:1"]);
+    let o = cli.run(&[
+        "run",
+        "--rm",
+        "--entrypoint",
+        "sh",
+        "kept:1",
+        "-c",
+        "cat /f; ls /bin/true || echo no-true",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "run\nrun\nrun\nno-true\n",
+        "a container of the committed image: {o:?}"
+    );
+    cli.ok(&["exec", "rs", "sh", "-c", "echo live >/g"]);
+    cli.ok(&["commit", "rs", "live:1"]);
+    assert_eq!(
+        cli.ok(&["run", "--rm", "live:1", "cat", "/f", "/g"]),
+        "made\nlive\n"
+    );
+    let hist = cli.ok(&[
+        "history",
+        "--no-trunc",
+        "--format",
+        "{{.CreatedBy}}|{{.Comment}}",
+        "kept:1",
+    ]);
+    assert!(
+        hist.lines()
+            .next()
+            .is_some_and(|l| l.ends_with("|first note")),
+        "docker history: {hist}"
+    );
+    let df = cli.ok(&["system", "df"]);
+    assert!(
+        df.contains("Images") && df.contains("Containers"),
+        "docker system df: {df}"
+    );
     cli.ok(&["rm", "-f", "keep", "rs"]);
+    cli.ok(&["rmi", "kept:1", "live:1"]);
 
     // Restart policies: on-failure:2 runs three times (the logs hold every run) and stops
     // with RestartCount 2; always restarts until `docker stop`, which ends it for good.

@@ -346,35 +346,15 @@ impl Daemon {
     pub(crate) async fn keep_changes(&self, c: &Ctr) {
         let t0 = std::time::Instant::now();
         let scratch = changes::scratch_of(&c.dir);
-        let fetch = async {
-            let (_, mut rx) = c
-                .guest()
-                .byte_stream(
-                    "export of the changes",
-                    http::Method::GET,
-                    &format!("/containers/{}/export", c.gid()),
-                    &[("layer", "changes".to_string())],
-                )
-                .await
-                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
-            use tokio::io::AsyncWriteExt;
-            let mut f = tokio::fs::File::create(&scratch).await?;
-            while let Some(b) = rx.recv().await {
-                f.write_all(&b).await?;
-            }
-            f.flush().await?;
-            anyhow::Ok(())
-        };
-        let r = match tokio::time::timeout(Duration::from_secs(120), fetch).await {
-            Ok(Ok(())) => {
+        let r = match fetch_changes(c, &scratch).await {
+            Ok(()) => {
                 let (dir, run) = (c.dir.clone(), scratch.clone());
                 tokio::task::spawn_blocking(move || changes::keep(&dir, &run))
                     .await
                     .map_err(|e| anyhow::anyhow!("task: {e}"))
                     .and_then(|r| r)
             }
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(anyhow::anyhow!("the guest engine took over 120 s")),
+            Err(e) => Err(e),
         };
         let _ = std::fs::remove_file(&scratch);
         match r {
@@ -388,6 +368,34 @@ impl Daemon {
                 c.short()
             ),
         }
+    }
+}
+
+/// The container's writable layer in its VM, as a layer tar written to `dest` (the run's
+/// changes only: see [`changes`]).
+pub(crate) async fn fetch_changes(c: &Ctr, dest: &Path) -> anyhow::Result<()> {
+    let fetch = async {
+        let (_, mut rx) = c
+            .guest()
+            .byte_stream(
+                "export of the changes",
+                http::Method::GET,
+                &format!("/containers/{}/export", c.gid()),
+                &[("layer", "changes".to_string())],
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        use tokio::io::AsyncWriteExt;
+        let mut f = tokio::fs::File::create(dest).await?;
+        while let Some(b) = rx.recv().await {
+            f.write_all(&b).await?;
+        }
+        f.flush().await?;
+        anyhow::Ok(())
+    };
+    match tokio::time::timeout(Duration::from_secs(120), fetch).await {
+        Ok(r) => r,
+        Err(_) => Err(anyhow::anyhow!("the guest engine took over 120 s")),
     }
 }
 

@@ -181,7 +181,7 @@ pub fn merge<W: Write>(older: &Path, newer: &Path, out: W) -> Result<W> {
     Ok(b.into_inner()?)
 }
 
-fn sha256_file(p: &Path) -> Result<String> {
+pub fn sha256_file(p: &Path) -> Result<String> {
     let mut h = Sha256::new();
     let mut f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
     std::io::copy(&mut f, &mut h)?;
@@ -224,6 +224,33 @@ fn ends_complete(p: &Path) -> Result<bool> {
     let mut end = [0u8; 1024];
     f.read_exact(&mut end)?;
     Ok(end.iter().all(|&b| b == 0))
+}
+
+/// Everything the container changed, as one layer at `out`: its kept layer with the
+/// current run's (`run`, if its VM runs) squashed on top; an empty layer for none. Blocking.
+pub fn all_changes(dir: &Path, run: Option<&Path>, out: &Path) -> Result<()> {
+    let kept = dir.join(LAYER_FILE);
+    if let Some(run) = run {
+        Layer::read(run).context("the container's changes")?;
+        if !ends_complete(run)? {
+            bail!("the container's changes: the layer tar is cut short");
+        }
+    }
+    replace_with(out, |mut f| match (kept.exists(), run) {
+        (true, Some(run)) => {
+            let w = merge(&kept, run, std::io::BufWriter::new(f))?;
+            w.into_inner().map_err(|e| anyhow::anyhow!("writing: {e}"))
+        }
+        (true, None) => {
+            std::io::copy(&mut std::fs::File::open(&kept)?, &mut f)?;
+            Ok(f)
+        }
+        (false, Some(run)) => {
+            std::io::copy(&mut std::fs::File::open(run)?, &mut f)?;
+            Ok(f)
+        }
+        (false, None) => Ok(tar::Builder::new(f).into_inner()?),
+    })
 }
 
 /// Keeps a run's changes layer (the tar at `run`, a scratch file that is removed) in the

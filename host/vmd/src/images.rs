@@ -221,6 +221,21 @@ impl Images {
         ))
     }
 
+    /// Records an image the daemon made (`docker commit`), replacing what its name was.
+    pub fn add(&self, rec: ImageRecord) -> ApiResult<()> {
+        let mut list = self.list.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut next: Vec<ImageRecord> = list
+            .iter()
+            .filter(|i| i.name != rec.name)
+            .cloned()
+            .collect();
+        next.push(rec);
+        self.save(&next)
+            .map_err(|e| ApiError::internal(format!("writing {}: {e}", self.path.display())))?;
+        *list = next;
+        Ok(())
+    }
+
     /// Pins `rec` for container `ctr` (replacing its pin): its blobs and trees stay until
     /// [`unpin`](Self::unpin). For an image the daemon makes itself (a container's image
     /// with its kept changes, `changes.rs`): pin it before storing its files.

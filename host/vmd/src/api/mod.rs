@@ -2,6 +2,7 @@
 //! [`images`], [`containers`], [`exec`], and here archives, volumes and events). Networks take
 //! the trait's defaults (501): every container has its VM's own network.
 
+mod commit;
 mod containers;
 mod exec;
 mod images;
