@@ -776,8 +776,28 @@ fn check() -> Result<()> {
         df.contains("Images") && df.contains("Containers"),
         "docker system df: {df}"
     );
+    // login checks the credentials against the registry on 127.0.0.1 (it needs none); a
+    // committed image pushed there comes back by a pull (after its removal) and runs.
+    let o = cli.piped(
+        &["login", "-u", "someone", "--password-stdin", &reg.host()],
+        "secret\n",
+    );
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("Login Succeeded"),
+        "docker login: {o:?}"
+    );
+    let pushed = format!("{}/kept:1", reg.host());
+    cli.ok(&["tag", "kept:1", &pushed]);
+    cli.ok(&["push", &pushed]);
     cli.ok(&["rm", "-f", "keep", "rs"]);
-    cli.ok(&["rmi", "kept:1", "live:1"]);
+    cli.ok(&["rmi", "kept:1", &pushed, "live:1"]);
+    cli.ok(&["pull", "-q", &pushed]);
+    assert_eq!(
+        cli.ok(&["run", "--rm", "--entrypoint", "cat", &pushed, "/f"]),
+        "run\nrun\nrun\n",
+        "the pushed image, pulled back"
+    );
+    cli.ok(&["rmi", &pushed]);
 
     // Restart policies: on-failure:2 runs three times (the logs hold every run) and stops
     // with RestartCount 2; always restarts until `docker stop`, which ends it for good.

@@ -221,6 +221,11 @@ impl Images {
         ))
     }
 
+    /// The registry client (push, login).
+    pub fn registry(&self) -> &registry::Client {
+        &self.registry
+    }
+
     /// Records an image the daemon made (`docker commit`), replacing what its name was.
     pub fn add(&self, rec: ImageRecord) -> ApiResult<()> {
         let mut list = self.list.lock().unwrap_or_else(PoisonError::into_inner);

@@ -106,6 +106,15 @@ impl ImageBackend for Api {
         Ok(rx)
     }
 
+    async fn image_push(
+        &self,
+        name: &str,
+        tag: &str,
+        auth: Option<RegistryAuth>,
+    ) -> ApiResult<mpsc::Receiver<ProgressMessage>> {
+        self.push(name, tag, auth).await
+    }
+
     async fn image_commit(&self, o: docker_api::images::CommitOptions) -> ApiResult<String> {
         self.commit(o).await
     }

@@ -6,6 +6,7 @@ mod commit;
 mod containers;
 mod exec;
 mod images;
+mod push;
 mod system;
 mod update;
 

@@ -5,6 +5,13 @@ use crate::*;
 use docker_api::SystemBackend;
 
 impl SystemBackend for Api {
+    async fn auth(
+        &self,
+        a: docker_api::images::AuthConfig,
+    ) -> ApiResult<docker_api::images::AuthResponse> {
+        self.login(a).await
+    }
+
     /// `docker system df`: the images' blobs in the host store (a layer shared by images
     /// counted once), each container's kept changes as its writable size (plus its VM's
     /// disk overlay while it runs), and the named volumes on the host.
