@@ -182,6 +182,54 @@ fn api(socket: &Path, method: &str, path: &str, body: &str) -> Result<(u16, Stri
     Ok((status, body))
 }
 
+/// What `docker load` checks of a `docker save` archive: manifest.json, each config's
+/// digest, and each layer (decompressed) against its config's diff-id. Returns the tags.
+fn check_docker_archive(tar_bytes: &[u8]) -> Result<Vec<String>> {
+    use sha2::Digest;
+    let mut files = std::collections::HashMap::new();
+    for e in tar::Archive::new(tar_bytes).entries()? {
+        let mut e = e?;
+        let name = e.path()?.display().to_string();
+        let mut v = Vec::new();
+        e.read_to_end(&mut v)?;
+        files.insert(name, v);
+    }
+    let get = |n: &str| {
+        files
+            .get(n)
+            .with_context(|| format!("no {n} in the archive"))
+    };
+    let manifest: serde_json::Value = serde_json::from_slice(get("manifest.json")?)?;
+    let mut tags = Vec::new();
+    for img in manifest.as_array().context("manifest.json is no list")? {
+        let cname = img["Config"].as_str().context("no Config")?;
+        let cbytes = get(cname)?;
+        let hex = hex::encode(sha2::Sha256::digest(cbytes));
+        assert!(cname.ends_with(&hex), "config {cname} hashes to {hex}");
+        let cfg: serde_json::Value = serde_json::from_slice(cbytes)?;
+        let diffs = cfg["rootfs"]["diff_ids"]
+            .as_array()
+            .context("no diff_ids")?;
+        let layers = img["Layers"].as_array().context("no Layers")?;
+        assert_eq!(diffs.len(), layers.len(), "{cname}: layers and diff-ids");
+        for (l, d) in layers.iter().zip(diffs) {
+            let blob = get(l.as_str().context("a layer name")?)?;
+            let mut raw = Vec::new();
+            if blob.starts_with(&[0x1f, 0x8b]) {
+                flate2::read::MultiGzDecoder::new(&blob[..]).read_to_end(&mut raw)?;
+            } else {
+                raw = blob.clone();
+            }
+            let got = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&raw)));
+            assert_eq!(Some(got.as_str()), d.as_str(), "layer {l}");
+        }
+        for t in img["RepoTags"].as_array().into_iter().flatten() {
+            tags.push(t.as_str().unwrap_or_default().to_string());
+        }
+    }
+    Ok(tags)
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -789,6 +837,12 @@ fn check() -> Result<()> {
     let pushed = format!("{}/kept:1", reg.host());
     cli.ok(&["tag", "kept:1", &pushed]);
     cli.ok(&["push", &pushed]);
+    // docker save: a docker-archive that holds what `docker load` checks.
+    let saved = cli.run(&["save", "kept:1", "live:1"]);
+    assert!(saved.status.success(), "docker save: {saved:?}");
+    let mut tags = check_docker_archive(&saved.stdout)?;
+    tags.sort();
+    assert_eq!(tags, ["kept:1", "live:1"]);
     cli.ok(&["rm", "-f", "keep", "rs"]);
     cli.ok(&["rmi", "kept:1", &pushed, "live:1"]);
     cli.ok(&["pull", "-q", &pushed]);

@@ -115,6 +115,10 @@ impl ImageBackend for Api {
         self.push(name, tag, auth).await
     }
 
+    async fn image_save(&self, names: Vec<String>) -> ApiResult<mpsc::Receiver<Bytes>> {
+        self.save(names).await
+    }
+
     async fn image_commit(&self, o: docker_api::images::CommitOptions) -> ApiResult<String> {
         self.commit(o).await
     }

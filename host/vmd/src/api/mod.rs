@@ -7,6 +7,7 @@ mod containers;
 mod exec;
 mod images;
 mod push;
+mod save;
 mod system;
 mod update;
 
