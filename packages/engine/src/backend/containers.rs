@@ -1203,6 +1203,9 @@ impl ContainerBackend for Engine {
     async fn container_export(&self, id: &str) -> ApiResult<mpsc::Receiver<Bytes>> {
         self.export_of(id).await
     }
+    async fn container_changes_layer(&self, id: &str) -> ApiResult<mpsc::Receiver<Bytes>> {
+        self.changes_layer_of(id).await
+    }
     async fn container_pause(&self, id: &str) -> ApiResult<()> {
         self.pause(id, true).await
     }
