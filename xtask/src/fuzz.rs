@@ -32,6 +32,7 @@ pub const TARGETS: &[&str] = &[
     "vmd_guest",
     "dockerfile",
     "device_rules",
+    "host_labels",
 ];
 
 /// Seconds per target in `cargo xtask test`: 10 targets take about 4.5 minutes, plus the

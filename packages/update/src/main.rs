@@ -35,6 +35,7 @@ mod fetch;
 mod grubenv;
 mod policy;
 mod slots;
+mod state;
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -215,6 +216,30 @@ fn active(env: &grubenv::Env) -> Slot {
         .unwrap_or(Slot::A)
 }
 
+/// Rewrites the state file (`/info`'s Labels) from the release, the grubenv and what
+/// `check` last saw; a failure here never fails the command.
+fn publish_state(env: Option<&grubenv::Env>) {
+    let r = release().ok();
+    let booted = slots::booted_slot(&cmdline());
+    let empty = grubenv::Env::default();
+    let env = env.unwrap_or(&empty);
+    let available = std::fs::read_to_string(Path::new(RUN).join("available")).ok();
+    let s = state::State {
+        version: r.as_ref().map_or("unknown", |r| r.version.as_str()),
+        profile: r.as_ref().map_or("unknown", |r| r.profile.as_str()),
+        slot: booted,
+        phase: state::Phase::of(booted, env),
+        last_failed: env.get("axion_failed"),
+        available: available
+            .as_deref()
+            .map(str::trim)
+            .filter(|v| !v.is_empty()),
+    };
+    if let Err(e) = s.write(&Path::new(RUN).join("state")) {
+        eprintln!("axion-update: cannot write the state file: {e}");
+    }
+}
+
 fn status() -> Result<()> {
     let r = release()?;
     println!("profile: {}", r.profile);
@@ -232,6 +257,7 @@ fn status() -> Result<()> {
     };
     let esp = esp()?;
     let env = esp.env()?;
+    publish_state(Some(&env));
     println!("booted slot: {}", booted.name());
     println!("active slot: {}", active(&env).name());
     for s in [Slot::A, Slot::B] {
@@ -295,13 +321,24 @@ fn check(f: &Flags) -> Result<()> {
         env_failed.as_deref(),
         &opts,
     ) {
-        Ok(()) => println!(
-            "update available: {} -> {v} ({} bytes to download)",
-            running.version,
-            cand.kernel.size + cand.initrd.size
-        ),
-        Err(e) => println!("no update: {e}"),
+        Ok(()) => {
+            println!(
+                "update available: {} -> {v} ({} bytes to download)",
+                running.version,
+                cand.kernel.size + cand.initrd.size
+            );
+            let _ = std::fs::create_dir_all(RUN);
+            let _ = std::fs::write(Path::new(RUN).join("available"), v);
+        }
+        Err(e) => {
+            println!("no update: {e}");
+            let _ = std::fs::remove_file(Path::new(RUN).join("available"));
+        }
     }
+    let env = slots::booted_slot(&cmdline())
+        .and_then(|_| esp().ok())
+        .and_then(|e| e.env().ok());
+    publish_state(env.as_ref());
     Ok(())
 }
 
@@ -350,6 +387,8 @@ fn apply(f: &Flags) -> Result<()> {
     ];
     esp.write_slot(target, &files, &version)?;
     let _ = std::fs::remove_dir_all(&staging);
+    let _ = std::fs::remove_file(Path::new(RUN).join("available"));
+    publish_state(esp.env().ok().as_ref());
     let _ = std::fs::write(Path::new(STATE).join("ref"), &cand.reference);
     println!(
         "axion-update: {version} written to slot {} ({} bytes downloaded, {:.1} s); the next \
@@ -388,6 +427,7 @@ fn rollback(f: &Flags) -> Result<()> {
     env.remove("axion_next");
     env.set("axion_try", "0")?;
     esp.write_env(&env)?;
+    publish_state(Some(&env));
     println!(
         "axion-update: slot {} ({}) is active from the next boot",
         target.name(),
@@ -401,6 +441,7 @@ fn rollback(f: &Flags) -> Result<()> {
 
 fn boot_check() -> Result<()> {
     let Some(booted) = slots::booted_slot(&cmdline()) else {
+        publish_state(None);
         println!("not booted from a disk slot: nothing to check");
         return Ok(());
     };
@@ -424,6 +465,7 @@ fn boot_check() -> Result<()> {
                 );
             }
         }
+        publish_state(Some(&env));
         println!("slot {} is the active slot", booted.name());
         return Ok(());
     }
@@ -433,6 +475,7 @@ fn boot_check() -> Result<()> {
     let secs = setting("deadline")
         .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or(180);
+    publish_state(Some(&env));
     println!(
         "slot {} ({version}) is on trial: waiting up to {secs} s for the engine",
         booted.name()
@@ -443,6 +486,7 @@ fn boot_check() -> Result<()> {
         env.set("axion_try", "0")?;
         env.remove("axion_failed");
         esp.write_env(&env)?;
+        publish_state(Some(&env));
         println!(
             "slot {} ({version}) is healthy: it is the active slot now",
             booted.name()
