@@ -34,6 +34,7 @@
 mod fetch;
 mod grubenv;
 mod policy;
+mod schedule;
 mod slots;
 mod state;
 
@@ -439,7 +440,59 @@ fn rollback(f: &Flags) -> Result<()> {
     Ok(())
 }
 
+/// The boot check, then (under `axion.update.policy=auto`) the automatic updates.
 fn boot_check() -> Result<()> {
+    boot_check_once()?;
+    auto_updates()
+}
+
+/// `axion.update.policy=auto`: every interval, inside the window, apply a newer verified
+/// version and reboot into it. Runs for as long as the machine does (the service is
+/// `restart = "never"`, so a bad setting is reported once and not retried).
+fn auto_updates() -> Result<()> {
+    let policy = schedule::Policy::parse(setting("policy").as_deref())?;
+    if policy == schedule::Policy::Manual || slots::booted_slot(&cmdline()).is_none() {
+        return Ok(());
+    }
+    let window = match setting("window") {
+        Some(w) => schedule::Window::parse(&w)?,
+        None => schedule::Window::ALWAYS,
+    };
+    let every = schedule::interval(setting("interval").as_deref())?;
+    println!(
+        "policy auto: checking every {} s inside the window {:02}:{:02}-{:02}:{:02} UTC",
+        every.as_secs(),
+        window.start / 60,
+        window.start % 60,
+        window.end / 60,
+        window.end % 60
+    );
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let wait = window.wait_secs(now);
+        if wait > 0 {
+            println!("policy auto: outside the window, next check in {wait} s");
+            std::thread::sleep(Duration::from_secs(wait));
+            continue;
+        }
+        let f = Flags {
+            allow_downgrade: false,
+            retry_failed: false,
+            reboot: true,
+            reference: None,
+        };
+        // A refusal (nothing newer, a failed version, a bad signature) is only logged:
+        // the next interval tries again.
+        if let Err(e) = apply(&f) {
+            println!("policy auto: no update applied: {e:#}");
+        }
+        std::thread::sleep(every);
+    }
+}
+
+fn boot_check_once() -> Result<()> {
     let Some(booted) = slots::booted_slot(&cmdline()) else {
         publish_state(None);
         println!("not booted from a disk slot: nothing to check");
