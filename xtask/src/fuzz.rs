@@ -33,6 +33,7 @@ pub const TARGETS: &[&str] = &[
     "dockerfile",
     "device_rules",
     "host_labels",
+    "watchdog",
 ];
 
 /// Seconds per target in `cargo xtask test`: 10 targets take about 4.5 minutes, plus the
