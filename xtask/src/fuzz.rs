@@ -33,6 +33,8 @@ pub const TARGETS: &[&str] = &[
     "vmd_changes",
     "dockerfile",
     "device_rules",
+    "host_labels",
+    "watchdog",
 ];
 
 /// Seconds per target in `cargo xtask test`: 11 targets take about 5 minutes, plus the
