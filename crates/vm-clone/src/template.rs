@@ -395,6 +395,35 @@ pub fn connect_agent(run_dir: &Path, timeout: Duration) -> Result<UnixStream> {
     }
 }
 
+/// Asks the agent on `agent` (connected with [`connect_agent`]) to mount the layer store now,
+/// before the clone has its identity (the store is the same for every clone), and waits
+/// for its answer: a clone's identity then skips the mount. False when the agent did not
+/// answer within `timeout` (a guest from before `mount`: the identity mounts the store).
+pub fn mount_store_ahead(agent: &UnixStream, timeout: Duration) -> Result<bool> {
+    let mut w = agent;
+    w.write_all(Request::Mount.to_line()?.as_bytes())?;
+    agent.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let mut r = BufReader::new(agent);
+    let mut got = String::new();
+    let deadline = Instant::now() + timeout;
+    loop {
+        match r.read_line(&mut got) {
+            Ok(0) => bail!("the clone agent closed the channel"),
+            Ok(_) if Reply::parse(&got) == Ok(Reply::Mounted) => return Ok(true),
+            Ok(_) => got.clear(),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if Instant::now() > deadline {
+            return Ok(false);
+        }
+    }
+}
+
 /// [`identify`] over a channel already connected with [`connect_agent`].
 pub fn identify_over(agent: UnixStream, run_dir: &Path, hostname: &str) -> Result<UnixStream> {
     let t0 = Instant::now();
