@@ -7,14 +7,15 @@
 //!   connected and asked only to mount the layer store (`mount`: the same store for every
 //!   clone; a TCG-cold 9p mount that took 0.12-0.29 s of each hand-over's identity step),
 //!   and the guest engine's session started with a `/_ping` (the first answer after a
-//!   restore is TCG-cold code: it is paid here). Then the VM is stopped through QMP (`stop`): a waiting clone
-//!   costs the host no CPU, and its guest's clock does not run.
+//!   restore is TCG-cold code: it is paid here). Then the VM is stopped through QMP
+//!   (`stop`): a waiting clone costs the host no CPU, and its guest's clock does not run.
 //! - Its identity is NOT handed over: no host name, clock, MAC or random seed went to the
-//!   agent and no container exists in it; its RNG is still the template's. The daemon picks a container id for it in advance only because its
-//!   directory is named after one (`<state>/c/<id12>`, where every container VM lives and
-//!   what a restarted daemon looks at); that id is a fresh random one and is not given to
-//!   the guest. At the hand-over ([`Pool::take`]) the VM is continued and the daemon sends
-//!   the identity as for any clone (`boot.rs`).
+//!   agent and no container exists in it; its RNG is still the template's. The daemon picks
+//!   a container id for it in advance only because its directory is named after one
+//!   (`<state>/c/<id12>`, where every container VM lives and what a restarted daemon looks
+//!   at); that id is a fresh random one and is not given to the guest. At the hand-over
+//!   ([`Pool::take`]) the VM is continued and the daemon sends the identity as for any
+//!   clone (`boot.rs`).
 //! - Who gets one: a create with no published port (`-p`: QEMU's forwards are set at its
 //!   start) and no volume or bind mount (the 9p slots' directories likewise), not a cold
 //!   boot (`--cold-boot`), and not the new VM of an exited container (it has its own
@@ -24,7 +25,7 @@
 //!   starts first), its QEMU at nice 19 until handed over. It makes none while the host's
 //!   available memory is below twice a VM's RAM.
 //! - Bounded memory: at most [`MAX`] clones; each costs its QEMU's memory of its own (the
-//!   template's RAM is a shared copy-on-write file; figures in docs/vmd.md), nothing else.
+//!   template's RAM is a shared copy-on-write file; figures in docs/benchmarks.md).
 //! - Discarded: a pooled clone whose QEMU exited, or made from a template that is no longer
 //!   the daemon's (its state file replaced), found at a hand-over or by the task's check
 //!   every few seconds.
