@@ -12,7 +12,8 @@
 //!    answers, and the file under /var/lib is still there;
 //! 5. a broken v3 (v2's kernel with an initramfs that is not one: the kernel panics), signed
 //!    with the trusted key, is applied to slot A; its one trial boot panics, and the boot after
-//!    it is v2 on slot B again by itself, with v3 recorded as failed and refused from then on.
+//!    it is v2 on slot B again by itself, with v3 recorded as failed and refused from then on,
+//!    and `docker info` shows it all as Labels (axion.version, axion.update.last-failed, ...).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -173,7 +174,14 @@ fn pushed_digest(registry: &Registry, tag: &str) -> Result<String> {
     ))
 }
 
-fn vm(dir: &Path, name: &str, disk: &Path, port: u16, cmdline: &str) -> VmConfig {
+/// Host ports forwarded to the guest's sshd (22) and the engine's TLS port (2376).
+#[derive(Clone, Copy)]
+struct Ports {
+    ssh: u16,
+    docker: u16,
+}
+
+fn vm(dir: &Path, name: &str, disk: &Path, ports: Ports, cmdline: &str) -> VmConfig {
     let (accel, _) = axion_tests::accel();
     VmConfig::new()
         .accel(accel)
@@ -182,7 +190,10 @@ fn vm(dir: &Path, name: &str, disk: &Path, port: u16, cmdline: &str) -> VmConfig
         .drive(Drive::disk(disk, DiskFormat::Qcow2))
         .user_net(
             qemu::NicModel::VirtioNet,
-            vec![qemu::PortForward::tcp(port, 22)],
+            vec![
+                qemu::PortForward::tcp(ports.ssh, 22),
+                qemu::PortForward::tcp(ports.docker, 2376),
+            ],
         )
         .fw_cfg_string("opt/axion/cmdline", cmdline)
         // A reboot ends QEMU: the next boot is a new QEMU on the same disk.
@@ -240,10 +251,14 @@ fn chain(registry: &Registry) -> Result<()> {
         "axion.ssh_key=\"{ssh_pub}\" axion.update.ref={reg}/axion/qemu:v2 \
          axion.update.insecure=1"
     );
-    let port = qemu::free_port()?;
+    let ports = Ports {
+        ssh: qemu::free_port()?,
+        docker: qemu::free_port()?,
+    };
+    let port = ports.ssh;
 
     // Boot 1: v1 from slot A.
-    let (mut vm1, _) = axion_tests::boot_ready(vm(d, "boot1", &disk, port, &cmdline))?;
+    let (mut vm1, _) = axion_tests::boot_ready(vm(d, "boot1", &disk, ports, &cmdline))?;
     let (_, status) = sh(&ssh_key, port, "axion-update status")?;
     assert!(
         status.contains(&format!("version: {V1}"))
@@ -290,7 +305,7 @@ fn chain(registry: &Registry) -> Result<()> {
         .context("v1 did not reboot after apply --reboot")?;
 
     // Boot 2: GRUB tries slot B once; under OVMF this time.
-    let cfg = vm(d, "boot2", &disk, port, &cmdline).firmware(Firmware::ovmf());
+    let cfg = vm(d, "boot2", &disk, ports, &cmdline).firmware(Firmware::ovmf());
     let (mut vm2, _) = axion_tests::boot_ready(cfg)?;
     // The boot check makes B active once the engine answers /_ping.
     let deadline = Instant::now() + Duration::from_secs(240);
@@ -352,7 +367,7 @@ fn chain(registry: &Registry) -> Result<()> {
     vm2.wait_exit(Duration::from_secs(180))
         .context("v2 did not reboot after applying v3")?;
     // Boot 3: the one trial of slot A panics; QEMU ends (no reboot).
-    let mut vm3 = qemu::Vm::spawn(vm(d, "boot3", &disk, port, &cmdline))?;
+    let mut vm3 = qemu::Vm::spawn(vm(d, "boot3", &disk, ports, &cmdline))?;
     vm3.wait_exit(Duration::from_secs(240))
         .context("the broken v3 did not end its boot")?;
     let log3 = vm3
@@ -364,7 +379,7 @@ fn chain(registry: &Registry) -> Result<()> {
         "{log3}"
     );
     // Boot 4: back on v2 (slot B) by itself; v3 recorded as failed and refused.
-    let (vm4, _) = axion_tests::boot_ready(vm(d, "boot4", &disk, port, &cmdline))?;
+    let (vm4, _) = axion_tests::boot_ready(vm(d, "boot4", &disk, ports, &cmdline))?;
     let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
         let (_, status) = sh(
@@ -390,6 +405,48 @@ fn chain(registry: &Registry) -> Result<()> {
         &format!("axion-update apply {reg}/axion/qemu:v3"),
     )?;
     assert!(!ok && out.contains("failed its health check"), "{out}");
+    // The same through the Docker API: `docker info` shows the update agent's state.
+    if !axion_tests::docker_installed() {
+        axion_tests::skip("docker info's Labels: the docker CLI is not installed");
+        return Ok(());
+    }
+    let labels = docker_labels(d, &ssh_key, ports)?;
+    for want in [
+        format!("axion.version={V2}"),
+        "axion.profile=qemu".into(),
+        "axion.slot=B".into(),
+        "axion.update.state=idle".into(),
+        format!("axion.update.last-failed={V3}"),
+    ] {
+        assert!(
+            labels.contains(&want),
+            "{want} not in docker info's Labels: {labels}"
+        );
+    }
     drop(vm4);
     Ok(())
+}
+
+/// `docker info`'s Labels over the engine's TLS port, with the client certificate the
+/// engine keeps on the data disk copied out over ssh.
+fn docker_labels(dir: &Path, ssh_key: &Path, ports: Ports) -> Result<String> {
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs)?;
+    for f in ["ca", "cert", "key"] {
+        let (ok, pem) = sh(
+            ssh_key,
+            ports.ssh,
+            &format!("cat /var/lib/axion-engine/tls/client/{f}.pem"),
+        )?;
+        if !ok {
+            bail!("no client certificate {f}.pem: {pem}");
+        }
+        std::fs::write(certs.join(format!("{f}.pem")), pem)?;
+    }
+    let cli = axion_tests::DockerCli::new(
+        format!("tcp://127.0.0.1:{}", ports.docker),
+        dir.join("docker-config"),
+    )
+    .tls(&certs);
+    cli.try_ok(&["info", "--format", "{{json .Labels}}"])
 }

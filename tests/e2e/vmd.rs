@@ -510,6 +510,41 @@ fn check() -> Result<()> {
         .trim()
         .parse()?;
     let dirs = check_limits(lpid, &l[..12], 256 << 20, (50_000, 100_000))?;
+    // docker update changes the running VM's cgroup, and the record (inspect); a memory
+    // limit above the VM's RAM is accepted with a warning that the RAM stays; what a VM
+    // cannot change is refused.
+    cli.ok(&[
+        "update",
+        "-m",
+        "300m",
+        "--cpus",
+        "0.25",
+        "--restart",
+        "on-failure:3",
+        &l,
+    ]);
+    check_limits(lpid, &l[..12], 300 << 20, (25_000, 100_000))?;
+    assert_eq!(
+        cli.ok(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}} {{.HostConfig.RestartPolicy.Name}}",
+            &l
+        ])
+        .trim(),
+        "314572800 250000000 on-failure"
+    );
+    let o = cli.run(&["update", "-m", "1g", &l]);
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("RAM stays"),
+        "docker update -m above the VM's RAM: {o:?}"
+    );
+    check_limits(lpid, &l[..12], 1 << 30, (25_000, 100_000))?;
+    let o = cli.run(&["update", "--cpuset-cpus", "0", &l]);
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--cpuset-cpus"),
+        "docker update --cpuset-cpus: {o:?}"
+    );
     cli.ok(&["rm", "-f", &l]);
     assert!(
         !pid_alive(lpid),

@@ -1,7 +1,8 @@
 //! VM-per-container mode used interactively with the real docker CLI: `run -i` with piped
 //! stdin, `run -it` under a pseudo-terminal (with its size), `exec` (-i, -t, -d, exit
-//! codes), `attach` to a running container, and Docker's errors for an exec in a stopped
-//! container or an unknown exec id. Every stream crosses the daemon's hijacked connection
+//! codes), `attach` to a running container, Docker's errors for an exec in a stopped
+//! container or an unknown exec id, and an exited container started again on a new VM with
+//! its files. Every stream crosses the daemon's hijacked connection
 //! and a hijacked stream to the engine in the container's VM. (tests/e2e/vmd.rs covers the
 //! rest of the daemon; this is a separate test so each stays within its time.)
 
@@ -179,6 +180,54 @@ fn api(socket: &Path, method: &str, path: &str, body: &str) -> Result<(u16, Stri
         .unwrap_or("")
         .to_string();
     Ok((status, body))
+}
+
+/// What `docker load` checks of a `docker save` archive: manifest.json, each config's
+/// digest, and each layer (decompressed) against its config's diff-id. Returns the tags.
+fn check_docker_archive(tar_bytes: &[u8]) -> Result<Vec<String>> {
+    use sha2::Digest;
+    let mut files = std::collections::HashMap::new();
+    for e in tar::Archive::new(tar_bytes).entries()? {
+        let mut e = e?;
+        let name = e.path()?.display().to_string();
+        let mut v = Vec::new();
+        e.read_to_end(&mut v)?;
+        files.insert(name, v);
+    }
+    let get = |n: &str| {
+        files
+            .get(n)
+            .with_context(|| format!("no {n} in the archive"))
+    };
+    let manifest: serde_json::Value = serde_json::from_slice(get("manifest.json")?)?;
+    let mut tags = Vec::new();
+    for img in manifest.as_array().context("manifest.json is no list")? {
+        let cname = img["Config"].as_str().context("no Config")?;
+        let cbytes = get(cname)?;
+        let hex = hex::encode(sha2::Sha256::digest(cbytes));
+        assert!(cname.ends_with(&hex), "config {cname} hashes to {hex}");
+        let cfg: serde_json::Value = serde_json::from_slice(cbytes)?;
+        let diffs = cfg["rootfs"]["diff_ids"]
+            .as_array()
+            .context("no diff_ids")?;
+        let layers = img["Layers"].as_array().context("no Layers")?;
+        assert_eq!(diffs.len(), layers.len(), "{cname}: layers and diff-ids");
+        for (l, d) in layers.iter().zip(diffs) {
+            let blob = get(l.as_str().context("a layer name")?)?;
+            let mut raw = Vec::new();
+            if blob.starts_with(&[0x1f, 0x8b]) {
+                flate2::read::MultiGzDecoder::new(&blob[..]).read_to_end(&mut raw)?;
+            } else {
+                raw = blob.clone();
+            }
+            let got = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&raw)));
+            assert_eq!(Some(got.as_str()), d.as_str(), "layer {l}");
+        }
+        for t in img["RepoTags"].as_array().into_iter().flatten() {
+            tags.push(t.as_str().unwrap_or_default().to_string());
+        }
+    }
+    Ok(tags)
 }
 
 fn unix_now() -> u64 {
@@ -678,6 +727,193 @@ fn check() -> Result<()> {
     let o = cli.piped(&["start", "-ai", "later"], "x\n");
     assert_eq!(String::from_utf8_lossy(&o.stdout), "start-x\n", "{o:?}");
     assert_eq!(o.status.code(), Some(6), "{o:?}");
+
+    // An exited container runs again, on a new VM, with the files it wrote and without
+    // those it deleted (its changes layer is kept on the host and stacked on its image):
+    // `docker start -a` twice (the second run sees both earlier runs' files), then
+    // `docker restart` of an exited container and `docker exec` in it.
+    let t = Instant::now();
+    let script = "ls /bin/true >/dev/null 2>&1 && echo true-here || echo true-gone; \
+                  cat /f 2>/dev/null || echo none; echo run >>/f; rm -f /bin/true; exit 3";
+    let o = cli.run(&["run", "--name", "keep", &img, "sh", "-c", script]);
+    assert_eq!(
+        (o.status.code(), String::from_utf8_lossy(&o.stdout).as_ref()),
+        (Some(3), "true-here\nnone\n"),
+        "first run: {o:?}"
+    );
+    let o = cli.run(&["start", "-a", "keep"]);
+    assert_eq!(
+        (o.status.code(), String::from_utf8_lossy(&o.stdout).as_ref()),
+        (Some(3), "true-gone\nrun\n"),
+        "docker start -a of the exited container: {o:?}"
+    );
+    let o = cli.run(&["start", "-a", "keep"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "true-gone\nrun\nrun\n",
+        "a third run: {o:?}"
+    );
+    assert_eq!(
+        cli.ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{.State.ExitCode}}",
+            "keep"
+        ])
+        .trim(),
+        "exited 3"
+    );
+    eprintln!(
+        "run + start -a + start -a of one container: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    cli.ok(&[
+        "run",
+        "--name",
+        "rs",
+        &img,
+        "sh",
+        "-c",
+        "test -f /f && exec sleep 600; echo made >/f",
+    ]);
+    cli.ok(&["restart", "-t", "1", "rs"]);
+    assert_eq!(
+        cli.ok(&["inspect", "-f", "{{.State.Status}}", "rs"]).trim(),
+        "running",
+        "docker restart of an exited container"
+    );
+    assert_eq!(cli.ok(&["exec", "rs", "cat", "/f"]), "made\n");
+    // docker commit of an exited container (its kept changes) and of a running one (its
+    // VM's changes too): images in the host store that `docker run` uses; history.
+    cli.ok(&["commit", "-m", "first note", "keep", "kept:1"]);
+    let o = cli.run(&[
+        "run",
+        "--rm",
+        "--entrypoint",
+        "sh",
+        "kept:1",
+        "-c",
+        "cat /f; ls /bin/true || echo no-true",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "run\nrun\nrun\nno-true\n",
+        "a container of the committed image: {o:?}"
+    );
+    cli.ok(&["exec", "rs", "sh", "-c", "echo live >/g"]);
+    cli.ok(&["commit", "rs", "live:1"]);
+    assert_eq!(
+        cli.ok(&["run", "--rm", "live:1", "cat", "/f", "/g"]),
+        "made\nlive\n"
+    );
+    let hist = cli.ok(&[
+        "history",
+        "--no-trunc",
+        "--format",
+        "{{.CreatedBy}}|{{.Comment}}",
+        "kept:1",
+    ]);
+    assert!(
+        hist.lines()
+            .next()
+            .is_some_and(|l| l.ends_with("|first note")),
+        "docker history: {hist}"
+    );
+    let df = cli.ok(&["system", "df"]);
+    assert!(
+        df.contains("Images") && df.contains("Containers"),
+        "docker system df: {df}"
+    );
+    // login checks the credentials against the registry on 127.0.0.1 (it needs none); a
+    // committed image pushed there comes back by a pull (after its removal) and runs.
+    let o = cli.piped(
+        &["login", "-u", "someone", "--password-stdin", &reg.host()],
+        "secret\n",
+    );
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("Login Succeeded"),
+        "docker login: {o:?}"
+    );
+    let pushed = format!("{}/kept:1", reg.host());
+    cli.ok(&["tag", "kept:1", &pushed]);
+    cli.ok(&["push", &pushed]);
+    // docker save: a docker-archive that holds what `docker load` checks.
+    let saved = cli.run(&["save", "kept:1", "live:1"]);
+    assert!(saved.status.success(), "docker save: {saved:?}");
+    let mut tags = check_docker_archive(&saved.stdout)?;
+    tags.sort();
+    assert_eq!(tags, ["kept:1", "live:1"]);
+    cli.ok(&["rm", "-f", "keep", "rs"]);
+    cli.ok(&["rmi", "kept:1", &pushed, "live:1"]);
+    cli.ok(&["pull", "-q", &pushed]);
+    assert_eq!(
+        cli.ok(&["run", "--rm", "--entrypoint", "cat", &pushed, "/f"]),
+        "run\nrun\nrun\n",
+        "the pushed image, pulled back"
+    );
+    cli.ok(&["rmi", &pushed]);
+
+    // Restart policies: on-failure:2 runs three times (the logs hold every run) and stops
+    // with RestartCount 2; always restarts until `docker stop`, which ends it for good.
+    let t = Instant::now();
+    cli.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "pol",
+        "--restart",
+        "on-failure:2",
+        &img,
+        "sh",
+        "-c",
+        "echo ran; exit 1",
+    ]);
+    cli.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "alw",
+        "--restart",
+        "always",
+        &img,
+        "sh",
+        "-c",
+        "sleep 1",
+    ]);
+    let state_of = |name: &str| {
+        cli.ok(&["inspect", "-f", "{{.State.Status}} {{.RestartCount}}", name])
+            .trim()
+            .to_string()
+    };
+    let until = |name: &str, what: &str, done: &dyn Fn(&str) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(240);
+        loop {
+            let s = state_of(name);
+            if done(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{name}: no {what} in 240 s: {s}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    until("pol", "exit after 2 restarts", &|s| s == "exited 2");
+    assert_eq!(cli.ok(&["logs", "pol"]), "ran\nran\nran\n");
+    eprintln!(
+        "on-failure:2, three runs: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    until("alw", "second restart", &|s| {
+        s.split(' ').nth(1).and_then(|n| n.parse::<u32>().ok()) >= Some(2)
+    });
+    cli.ok(&["stop", "-t", "1", "alw"]);
+    let stopped = until("alw", "stop", &|s| s.starts_with("exited "));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        state_of("alw"),
+        stopped,
+        "docker stop ends --restart always"
+    );
+    cli.ok(&["rm", "pol", "alw"]);
 
     // A stopped container: exec is refused (409, Docker's wording); the exec made before
     // keeps its exit code after the VM is gone.

@@ -3,7 +3,8 @@
 //! (and exits 7 on SIGTERM); the daemon is killed (`kill -9`: QEMU must outlive it) and
 //! started again the same way; the container is still Up, its log has the lines written
 //! while no daemon ran, `exec` works, `stop` ends it with its own exit code; `--stop` then
-//! leaves no QEMU behind.
+//! leaves no QEMU behind. Restart policies at the daemon's start: a stopped `always`
+//! container runs again, a stopped `unless-stopped` one does not.
 
 use std::path::Path;
 use std::process::Command;
@@ -84,6 +85,22 @@ fn a_daemon_restart_re_adopts_the_running_vms() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    // Restart policies at the daemon's next start: stopped by hand, an `always` container
+    // runs again and an `unless-stopped` one does not (dockerd's rules).
+    for (name, policy) in [("alw", "always"), ("uls", "unless-stopped")] {
+        cli.ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--restart",
+            policy,
+            &img,
+            "sleep",
+            "600",
+        ]);
+        cli.ok(&["stop", "-t", "0", name]);
+    }
     let qemus = qemus_under(&state);
     assert_eq!(qemus.len(), 1, "one container VM: {qemus:?}");
 
@@ -129,6 +146,21 @@ fn a_daemon_restart_re_adopts_the_running_vms() {
         cli.ok(&["exec", "ticker", "echo", "inside"]).trim(),
         "inside"
     );
+    let status = |name: &str| {
+        cli.ok(&["inspect", "-f", "{{.State.Status}}", name])
+            .trim()
+            .to_string()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while status("alw") != "running" {
+        assert!(
+            Instant::now() < deadline,
+            "--restart always, stopped, after the daemon's start: {}",
+            status("alw")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(status("uls"), "exited", "--restart unless-stopped, stopped");
     cli.ok(&["stop", "ticker"]);
     assert_eq!(cli.ok(&["wait", "ticker"]).trim(), "7");
     let ps = cli.ok(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);

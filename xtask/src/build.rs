@@ -189,6 +189,14 @@ pub fn build_packages(
             });
             match ready {
                 Some(i) => break i,
+                // Nothing runs and nothing can start: a dependency outside the plan.
+                None if b.running == 0 => {
+                    b.failed = Some(anyhow::anyhow!(
+                        "no package can be built next: a dependency is missing from the plan"
+                    ));
+                    changed.notify_all();
+                    return;
+                }
                 None => {
                     b = changed
                         .wait(b)

@@ -299,6 +299,9 @@ pub fn vm_config(
     c = c.firmware(firmware(profile, bootable, run));
     // The guest's CRNG ready at once (see qemu::Device::Rng): nothing waits for entropy.
     c = c.device(qemu::Device::Rng);
+    // A hardware watchdog init pets: a hung guest (or an update's trial that is never marked
+    // good) resets, and GRUB falls back to the previous slot.
+    c = c.device(qemu::Device::Watchdog);
     let interface = match hw.disk_controller {
         DiskController::Virtio => qemu::DiskInterface::Virtio,
         DiskController::Pvscsi => qemu::DiskInterface::Pvscsi,
@@ -777,6 +780,11 @@ vmware-hardware-version = 14
         }
         assert!(
             args.join(" ").contains("-device virtio-rng-pci"),
+            "{args:?}"
+        );
+        assert!(
+            args.join(" ")
+                .contains("-device i6300esb -action watchdog=reset"),
             "{args:?}"
         );
     }

@@ -247,6 +247,16 @@ pub trait ContainerBackend: Send + Sync + 'static {
     ) -> impl Future<Output = ApiResult<mpsc::Receiver<Bytes>>> + Send {
         nyi("container export")
     }
+    /// `GET /containers/{id}/export?layer=changes` (an axion extension, not dockerd's): the
+    /// container's writable layer as an OCI layer tar (its changes to the image, deletions
+    /// as whiteouts). axion-vmd keeps it on the host when a container's VM goes, so that a
+    /// restart on a new VM keeps the container's files.
+    fn container_changes_layer(
+        &self,
+        _id: &str,
+    ) -> impl Future<Output = ApiResult<mpsc::Receiver<Bytes>>> + Send {
+        nyi("container export of the changes layer")
+    }
     fn container_pause(&self, _id: &str) -> impl Future<Output = ApiResult<()>> + Send {
         nyi("container pause")
     }

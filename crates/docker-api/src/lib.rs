@@ -18,6 +18,7 @@ pub mod devices;
 pub mod error;
 pub mod events;
 pub mod filters;
+pub mod host_labels;
 pub mod images;
 pub mod networks;
 pub mod ops;

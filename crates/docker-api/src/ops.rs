@@ -452,7 +452,15 @@ async fn container<B: Backend>(
             }
         }
         Export => {
-            let rx = b.container_export(&id).await?;
+            let rx = match q.get("layer") {
+                None | Some("") => b.container_export(&id).await?,
+                Some("changes") => b.container_changes_layer(&id).await?,
+                Some(other) => {
+                    return Err(ApiError::bad_request(format!(
+                        "export: unknown layer {other:?} (the only one is \"changes\")"
+                    )))
+                }
+            };
             streaming_response("application/octet-stream", rx)
         }
         Pause => {

@@ -257,6 +257,10 @@ pub enum Device {
     /// CRNG is ready at once instead of after seconds of jitter entropy under TCG (a
     /// `getrandom` before that blocks: the engine's start waited 1.5-3 s for it).
     Rng,
+    /// An Intel 6300ESB watchdog (`/dev/watchdog` with CONFIG_I6300ESB_WDT) whose expiry
+    /// resets the machine (`-action watchdog=reset`; with [`VmConfig::no_reboot`] the reset
+    /// ends QEMU, like any reboot). axion's init pets it (packages/init, watchdog.rs).
+    Watchdog,
     /// Anything else, as raw arguments.
     Args(Vec<String>),
 }
@@ -824,6 +828,10 @@ impl VmConfig {
                     fsdev += 1;
                 }
                 Device::Rng => a.push(["-device", "virtio-rng-pci"]),
+                Device::Watchdog => {
+                    a.push(["-device", "i6300esb"]);
+                    a.push(["-action", "watchdog=reset"]);
+                }
                 Device::Args(args) => a.0.extend(args.iter().cloned()),
             }
         }
@@ -1059,6 +1067,21 @@ mod tests {
         expected.push("exec:cat '/saved state'".into());
         expected.extend(words("-rtc base=utc"));
         assert_eq!(args, expected);
+    }
+
+    #[test]
+    fn the_watchdog_resets_the_machine() {
+        let args = VmConfig::new()
+            .kernel("/k", None, "console=ttyS0")
+            .device(Device::Watchdog)
+            .resolve(Path::new("/r"))
+            .args()
+            .unwrap()
+            .join(" ");
+        assert!(
+            args.ends_with("-device i6300esb -action watchdog=reset"),
+            "{args}"
+        );
     }
 
     #[test]

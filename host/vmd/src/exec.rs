@@ -124,13 +124,20 @@ mod tests {
             phase: tokio::sync::watch::channel(crate::Phase::Running).0,
             vm: Mutex::new(None),
             agent: Mutex::new(None),
-            guest: crate::GuestClient::new(std::path::Path::new("/nonexistent/engine.sock")),
-            gid: "g".into(),
+            guest: Mutex::new(crate::GuestClient::new(std::path::Path::new(
+                "/nonexistent/engine.sock",
+            ))),
+            gid: Mutex::new("g".into()),
             finished: Default::default(),
             quitting: Default::default(),
             attached: Default::default(),
             detached: Default::default(),
-            cgroup: Vec::new(),
+            cgroup: Default::default(),
+            starts: Default::default(),
+            waiting: Default::default(),
+            reviving: Default::default(),
+            policy: Default::default(),
+            hc: Default::default(),
             paused: Default::default(),
             volumes: Vec::new(),
             restarting: Default::default(),
@@ -143,8 +150,8 @@ mod tests {
         // 11 ASCII bytes then a 3-byte character: byte 12 is inside it.
         let c = ctr(&"h".repeat(64));
         let mut c = Arc::try_unwrap(c).ok().unwrap();
-        c.gid = "aaaaaaaaaaa€€€".into();
-        let e = c.host_ids(ApiError::conflict(format!("container {} gone", c.gid)));
+        *c.gid.lock().unwrap() = "aaaaaaaaaaa€€€".into();
+        let e = c.host_ids(ApiError::conflict(format!("container {} gone", c.gid())));
         assert_eq!(e.message, format!("container {} gone", c.id));
         c.id = "short".into();
         assert_eq!(c.short(), "short");
@@ -153,12 +160,12 @@ mod tests {
     #[test]
     fn guest_errors_name_our_container() {
         let c = ctr(&"h".repeat(64));
-        let mut c = Arc::try_unwrap(c).ok().unwrap();
-        c.gid = "g".repeat(64);
+        let c = Arc::try_unwrap(c).ok().unwrap();
+        *c.gid.lock().unwrap() = "g".repeat(64);
         let e = c.host_ids(ApiError::conflict(format!(
             "container {} is not running ({})",
-            c.gid,
-            &c.gid[..12]
+            c.gid(),
+            &c.gid()[..12]
         )));
         assert_eq!(
             e.message,

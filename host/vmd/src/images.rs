@@ -221,6 +221,48 @@ impl Images {
         ))
     }
 
+    /// The registry client (push, login).
+    pub fn registry(&self) -> &registry::Client {
+        &self.registry
+    }
+
+    /// Records an image the daemon made (`docker commit`), replacing what its name was.
+    pub fn add(&self, rec: ImageRecord) -> ApiResult<()> {
+        let mut list = self.list.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut next: Vec<ImageRecord> = list
+            .iter()
+            .filter(|i| i.name != rec.name)
+            .cloned()
+            .collect();
+        next.push(rec);
+        self.save(&next)
+            .map_err(|e| ApiError::internal(format!("writing {}: {e}", self.path.display())))?;
+        *list = next;
+        Ok(())
+    }
+
+    /// Pins `rec` for container `ctr` (replacing its pin): its blobs and trees stay until
+    /// [`unpin`](Self::unpin). For an image the daemon makes itself (a container's image
+    /// with its kept changes, `changes.rs`): pin it before storing its files.
+    pub fn pin(&self, ctr: &str, rec: ImageRecord) {
+        self.pins
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(ctr.to_string(), rec);
+    }
+
+    /// Runs the blocking `f` (which adds files to the store) while no pull or collection
+    /// runs: a collection that listed what is in use before a pin would remove the files.
+    pub async fn while_not_collecting<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let _one = self.pulling.lock().await;
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| anyhow::anyhow!("store task: {e}"))?
+    }
+
     /// Container `ctr` no longer uses its image (its VM is gone).
     pub fn unpin(&self, ctr: &str) {
         self.pins

@@ -13,8 +13,10 @@
 //!   and entropy over virtio-serial and mounts the host's layer store ([`store`]) read-only
 //!   over 9p; then the daemon creates the container in that VM through the guest engine's
 //!   API (the engine finds the image in the share: no pull), and starts, waits, stops, kills
-//!   and streams output through it. When the container exits, its logs are copied to the
-//!   host and its VM quits; `rm` deletes the VM's directory (overlay, sockets, logs).
+//!   and streams output through it. When the container exits, its logs and its changes
+//!   layer are copied to the host and its VM quits; `rm` deletes the VM's directory
+//!   (overlay, sockets, logs, changes). A `start` of an exited container clones a new VM and
+//!   stacks the kept changes on the image ([`changes`], `boot.rs`).
 //!
 //! # Decisions
 //!
@@ -86,8 +88,8 @@
 //! - Containers survive the daemon (live-restore, [`live`]): a daemon that dies leaves
 //!   its VMs running, and with `--live-restore` so does one stopped by SIGTERM; the next
 //!   daemon re-adopts them from the records beside each VM. Without `--live-restore`, a
-//!   SIGTERM (`cargo xtask vmd --stop`) or Ctrl-C ends every VM. An exited container cannot
-//!   be started again (its VM is gone; `start` answers 409).
+//!   SIGTERM (`cargo xtask vmd --stop`) or Ctrl-C ends every VM. An exited container starts
+//!   again on a new VM with its kept changes ([`changes`]).
 //! - `-p HOST:CONTAINER` forwards 127.0.0.1:HOST (QEMU's user network binds loopback only)
 //!   to the container's port in the VM: the container has its VM's network namespace and
 //!   address (10.0.2.15; `bridge`, the default, and `host` both mean the VM's network,
@@ -164,7 +166,9 @@
 //! # Not yet (next steps)
 //!
 //! - virtio-fs (with DAX) would be faster than 9p but needs a virtiofsd on the host.
-//! - No `restart`/`start` of an exited container, `update`, user networks, server-side detach keys
+//! - Restart policies ([`restart`]) start an exited container again on a new VM.
+//! - `docker update` changes the QEMU's cgroup (`api/update.rs`); the guest's RAM stays.
+//! - No user networks, server-side detach keys
 //!   (`detachKeys`); docs/vmd.md lists what is not served and why.
 //! - Volumes ([`volumes`]): named volumes are host directories shared into the VM over one of
 //!   4 9p slots the template has (the device set is fixed by the saved state; a slot's path is
@@ -175,11 +179,15 @@
 //! - `-m` does not size the guest (all clones share the template's RAM size): a template
 //!   per memory size would make `-m` the VM's RAM.
 
+mod boot;
 pub mod cgroup;
+pub mod changes;
+mod ending;
 pub mod events;
 mod exec;
 pub mod images;
 pub mod live;
+pub mod restart;
 pub mod store;
 // The template, its clones and the guest engine's client are shared with the containerd shim.
 pub use vm_clone::{client, guest, template};
@@ -188,6 +196,7 @@ pub mod volumes;
 mod api;
 pub use api::Api;
 
+use bytes::Bytes;
 use client::GuestClient;
 use docker_api::portspec;
 use docker_api::time::{human, now_nanos, rfc3339, since, unix_from_rfc3339};
@@ -256,13 +265,26 @@ struct Ctr {
     vm: Mutex<Option<live::VmProc>>,
     /// The clone agent's channel, kept connected while the VM runs (see `clone_vm`).
     agent: Mutex<Option<std::os::unix::net::UnixStream>>,
-    guest: GuestClient,
-    gid: String,
+    /// The guest engine of the container's current VM and the container's id there (a new
+    /// VM for each start of an exited container: [`Daemon::boot`]).
+    guest: Mutex<GuestClient>,
+    gid: Mutex<String>,
     finished: AtomicBool,
     quitting: AtomicBool,
     attached: AtomicUsize,
     detached: Notify,
-    cgroup: Vec<PathBuf>,
+    cgroup: Mutex<Vec<PathBuf>>,
+    /// How many times the container was started (`wait` for the next exit of an exited one).
+    starts: AtomicUsize,
+    /// Attach streams of an exited container, waiting for its next VM (`docker start -a`).
+    waiting: Mutex<Vec<Waiter>>,
+    /// A new VM is being made for the exited container ([`Daemon::revive`]).
+    reviving: AtomicBool,
+    /// Its restart policy's state ([`restart`]).
+    policy: restart::Track,
+    /// Its host config as `docker update` left it (limits, restart policy); `req` keeps
+    /// the one it was created with.
+    hc: Mutex<HostConfig>,
     /// The VM is stopped through QMP (`docker pause`).
     paused: AtomicBool,
     /// The host's named volumes shared into the VM (see [`volumes`]).
@@ -272,7 +294,45 @@ struct Ctr {
     restarts: AtomicUsize,
 }
 
+/// An attach to an exited container: connected to the guest engine of its next VM before
+/// the container starts there, so that none of its output is missed.
+struct Waiter {
+    opts: AttachOptions,
+    output: mpsc::Sender<Frame>,
+    stdin: Option<mpsc::Receiver<Bytes>>,
+}
+
 impl Ctr {
+    fn host_config(&self) -> HostConfig {
+        self.hc
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+    /// The create request with the current host config (for a new VM, the record).
+    fn current_req(&self) -> ContainerCreateRequest {
+        let mut r = self.req.clone();
+        r.host_config = self.host_config();
+        r
+    }
+    fn guest(&self) -> GuestClient {
+        self.guest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+    fn gid(&self) -> String {
+        self.gid
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+    fn cgroup(&self) -> Vec<PathBuf> {
+        self.cgroup
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
     fn name(&self) -> String {
         self.name
             .lock()
@@ -314,6 +374,7 @@ impl Ctr {
             Phase::Created => "created",
             Phase::Running if self.paused.load(Ordering::SeqCst) => "paused",
             Phase::Running => "running",
+            Phase::Exited if self.policy.pending.load(Ordering::SeqCst) => "restarting",
             Phase::Exited => "exited",
             Phase::Removed => "removing",
         }
@@ -326,11 +387,12 @@ impl Ctr {
     fn host_ids(&self, mut e: ApiError) -> ApiError {
         // `get`: the guest's id is checked ([`client::guest_id`]), but a slice of it must not
         // be what takes the daemon down if it ever is not.
-        if self.gid.len() < 12 {
+        let gid = self.gid();
+        if gid.len() < 12 {
             return e; // too short to stand for an id in free text
         }
-        e.message = e.message.replace(&self.gid, &self.id);
-        if let (Some(gshort), Some(short)) = (self.gid.get(..12), self.id.get(..12)) {
+        e.message = e.message.replace(&gid, &self.id);
+        if let (Some(gshort), Some(short)) = (gid.get(..12), self.id.get(..12)) {
             e.message = e.message.replace(gshort, short);
         }
         e
@@ -492,7 +554,7 @@ impl Daemon {
     }
 
     fn cleanup_cgroup(&self, c: &Ctr) {
-        cgroup::remove(&c.cgroup);
+        cgroup::remove(&c.cgroup());
     }
 
     /// Given what [`store::LayerStore::check`] found wrong with `image` in the host store,
@@ -546,170 +608,6 @@ impl Daemon {
                 Vec::new()
             }
         }
-    }
-
-    /// Called once when the container is over: keeps its logs, quits its VM, and removes it
-    /// when it was created with --rm.
-    async fn finish(self: &Arc<Self>, c: &Arc<Ctr>, code: i64, error: Option<String>) {
-        if c.finished.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        self.unpause_for(c);
-        // Let attach streams deliver the last output.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-        while c.attached.load(Ordering::SeqCst) > 0 {
-            if tokio::time::timeout_at(deadline, c.detached.notified())
-                .await
-                .is_err()
-            {
-                break;
-            }
-        }
-        // The logs outlive the VM (`docker logs` of an exited container); a --rm container
-        // has none to keep.
-        if error.is_none() && !c.req.host_config.auto_remove {
-            if let Ok(Ok(raw)) =
-                tokio::time::timeout(Duration::from_secs(10), c.guest.logs_raw(&c.gid)).await
-            {
-                let _ = std::fs::write(c.dir.join("logs"), &raw);
-            }
-        }
-        debug(&format!("{}: exit code {code}, logs saved", c.short()));
-        c.quitting.store(true, Ordering::SeqCst);
-        let vm = c.vm.lock().unwrap_or_else(PoisonError::into_inner).take();
-        drop(
-            c.agent
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take(),
-        );
-        if let Some(mut vm) = vm {
-            // Killed, not shut down: nothing in the VM is needed any more (the container
-            // has exited and a VM never runs again), and its overlay goes with `rm`.
-            let _ = tokio::task::spawn_blocking(move || vm.kill()).await;
-        }
-        debug(&format!("{}: VM gone", c.short()));
-        // Its image's files may go now if the image was removed meanwhile.
-        self.images.unpin(&c.id);
-        let d = self.clone();
-        tokio::spawn(async move {
-            match d.images.collect().await {
-                Ok(c) => report_collected(&c),
-                Err(e) => eprintln!("vmd: WARNING: collecting the layer store's garbage: {e:#}"),
-            }
-        });
-        self.cleanup_cgroup(c);
-        {
-            let mut st = c.state.lock().unwrap_or_else(PoisonError::into_inner);
-            st.exit_code = code;
-            st.error = error.unwrap_or_default();
-            st.finished_ns = now_nanos();
-            st.finished_at = rfc3339(st.finished_ns);
-            st.pid = 0;
-        }
-        c.set_phase(Phase::Exited);
-        c.save();
-        c.event(&self.events, "die", &[("exitCode", code.to_string())]);
-        if c.req.host_config.auto_remove {
-            self.remove_now(c);
-        }
-    }
-
-    fn remove_now(&self, c: &Arc<Ctr>) {
-        self.containers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&c.id);
-        self.execs.forget(&c.id);
-        let _ = std::fs::remove_dir_all(&c.dir);
-        c.set_phase(Phase::Removed);
-        c.event(&self.events, "destroy", &[]);
-    }
-
-    /// Watches QEMU: if it exits while the daemon did not ask it to, the container ends
-    /// with an error (rather than hanging its API calls).
-    fn watch_vm(self: &Arc<Self>, c: Arc<Ctr>) {
-        let d = self.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                if c.finished.load(Ordering::SeqCst) || c.quitting.load(Ordering::SeqCst) {
-                    return;
-                }
-                let exited = {
-                    let mut g = c.vm.lock().unwrap_or_else(PoisonError::into_inner);
-                    match g.as_mut() {
-                        None => return,
-                        Some(vm) => vm.exited().map(|st| {
-                            (
-                                st,
-                                tail(&vm.qemu_log(), 5),
-                                vm.serial_log().map(|p| tail(&p, 5)).unwrap_or_default(),
-                            )
-                        }),
-                    }
-                };
-                if let Some((st, qlog, serial)) = exited {
-                    if c.quitting.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    let msg = format!(
-                        "the container's VM (QEMU) exited unexpectedly ({st}); QEMU \
-                         said: {qlog}; last console lines: {serial}"
-                    );
-                    eprintln!("vmd: {}: {msg}", c.short());
-                    d.finish(&c, 255, Some(msg)).await;
-                    return;
-                }
-            }
-        });
-    }
-}
-
-impl Daemon {
-    /// Waits in the guest for a running container's exit, then finishes it.
-    fn follow(self: &Arc<Self>, c: Arc<Ctr>) {
-        let d = self.clone();
-        tokio::spawn(async move {
-            let r = loop {
-                let generation = c.restarts.load(Ordering::SeqCst);
-                let r = c.guest.wait(&c.gid).await;
-                debug(&format!("{}: the guest's wait returned", c.short()));
-                if c.finished.load(Ordering::SeqCst) || c.quitting.load(Ordering::SeqCst) {
-                    return;
-                }
-                // `docker restart` stops and starts the container in the same VM: that stop
-                // is not the end of the container.
-                if c.restarting.load(Ordering::SeqCst)
-                    || c.restarts.load(Ordering::SeqCst) != generation
-                {
-                    while c.restarting.load(Ordering::SeqCst) {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    continue;
-                }
-                break r;
-            };
-            match r {
-                Ok(w) => {
-                    let err = w.error.map(|e| e.message).filter(|m| !m.is_empty());
-                    d.finish(&c, w.status_code, err).await
-                }
-                Err(e) => {
-                    // The VM died (the watcher reports that) or the channel broke.
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    if c.quitting.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    d.finish(
-                        &c,
-                        255,
-                        Some(format!("lost the container's VM: {}", e.message)),
-                    )
-                    .await
-                }
-            }
-        });
     }
 }
 

@@ -50,6 +50,12 @@ pub struct Persisted {
     /// The host's named volumes shared into the VM.
     #[serde(default)]
     pub volumes: Vec<String>,
+    /// `docker stop` or `kill` ended it (restart policies: restart.rs).
+    #[serde(default)]
+    pub by_hand: bool,
+    /// Its restart policy's restarts since the last `docker start`.
+    #[serde(default)]
+    pub restart_count: i64,
 }
 
 pub fn write(dir: &Path, p: &Persisted) -> std::io::Result<()> {
@@ -207,14 +213,14 @@ impl Ctr {
             name: self.name(),
             created_ns: self.created_ns,
             image_id: self.image_id.clone(),
-            req: self.req.clone(),
+            req: self.current_req(),
             ports: self.ports.clone(),
-            gid: self.gid.clone(),
+            gid: self.gid(),
             qemu_pid: vm.as_ref().map(|v| v.pid()).unwrap_or(st.pid),
             qmp_socket: Some(self.dir.join("qmp.sock")),
             engine_socket: self.dir.join(template::ENGINE_SOCKET),
             agent_socket: self.dir.join("agent.sock"),
-            cgroup: self.cgroup.clone(),
+            cgroup: self.cgroup(),
             phase: match self.phase() {
                 Phase::Created => "created",
                 Phase::Running => "running",
@@ -226,6 +232,8 @@ impl Ctr {
             exit_code: st.exit_code,
             error: st.error.clone(),
             volumes: self.volumes.clone(),
+            by_hand: self.policy.by_hand.load(Ordering::SeqCst),
+            restart_count: self.policy.count.load(Ordering::SeqCst),
         }
     }
 
@@ -315,6 +323,7 @@ impl Daemon {
             _ => Phase::Exited,
         };
         let finished = phase == Phase::Exited;
+        let hc = rec.req.host_config.clone();
         Arc::new(Ctr {
             id: rec.id.clone(),
             name: Mutex::new(rec.name),
@@ -344,13 +353,18 @@ impl Daemon {
             phase: watch::channel(phase).0,
             vm: Mutex::new(vm),
             agent: Mutex::new(None),
-            guest,
-            gid: rec.gid,
+            guest: Mutex::new(guest),
+            gid: Mutex::new(rec.gid),
             finished: AtomicBool::new(finished),
             quitting: AtomicBool::new(false),
             attached: AtomicUsize::new(0),
             detached: Notify::new(),
-            cgroup: rec.cgroup,
+            cgroup: Mutex::new(rec.cgroup),
+            starts: AtomicUsize::new(0),
+            waiting: Mutex::new(Vec::new()),
+            reviving: AtomicBool::new(false),
+            policy: restart::Track::new(rec.by_hand, rec.restart_count),
+            hc: Mutex::new(hc),
             paused: AtomicBool::new(false),
             volumes: rec.volumes,
             restarting: AtomicBool::new(false),
@@ -360,7 +374,13 @@ impl Daemon {
 
     /// Re-adopts the VMs found at start: reconnects to each one's engine and agent, then
     /// follows it as if this daemon had started it. Call once, before serving.
+    /// Then starts again the exited containers whose restart policy says so (restart.rs).
     pub async fn resume(self: &Arc<Self>) {
+        self.resume_vms().await;
+        self.start_by_policy();
+    }
+
+    async fn resume_vms(self: &Arc<Self>) {
         let pending =
             std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
         for p in pending {
@@ -465,6 +485,8 @@ mod tests {
             exit_code: 0,
             error: String::new(),
             volumes: vec!["data".into()],
+            by_hand: true,
+            restart_count: 3,
         }
     }
 

@@ -143,6 +143,35 @@ impl LayerStore {
             .with_context(|| format!("storing blob {digest}"))
     }
 
+    /// Stores the file `src` (a layer made on this host) as the blob `digest`, unless a good
+    /// copy is there: copied to a temporary file, checked, fsynced and renamed into place.
+    pub fn put_file(&self, digest: &str, src: &Path) -> Result<()> {
+        if !valid(digest) {
+            bail!("{digest:?} is not a sha256 digest");
+        }
+        if self.blob_ok(digest).is_ok() {
+            return Ok(());
+        }
+        let tmp = self.scratch("blob");
+        let r = (|| {
+            std::fs::copy(src, &tmp).with_context(|| format!("copying {}", src.display()))?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            let actual = file_sha256(&tmp)?;
+            if actual != hex_of(digest) {
+                bail!(
+                    "{} changed while it was stored: its content hashes to sha256:{actual}",
+                    src.display()
+                );
+            }
+            std::fs::rename(&tmp, self.blob_path(digest))
+                .with_context(|| format!("storing blob {digest}"))
+        })();
+        if r.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        r
+    }
+
     /// Downloads the blob `d` through the registry `session` unless a good copy is stored:
     /// to a temporary file (the client checks its size and digest and fsyncs it), renamed
     /// into place only when it is right.

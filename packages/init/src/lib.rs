@@ -17,3 +17,4 @@ pub mod settings;
 pub mod sources;
 pub mod sys;
 pub mod trace;
+pub mod watchdog;

@@ -91,7 +91,7 @@
 
 use init::{
     data, debug, error, firstboot, identity, info, input, isolate, log, mounts, net, rootswitch,
-    services, settings, sources, sys, trace, warn,
+    services, settings, sources, sys, trace, warn, watchdog,
 };
 
 use std::collections::HashMap;
@@ -154,6 +154,8 @@ struct Init {
     /// `runcmd` from the settings: started once, right after the ready line (`firstboot`).
     runcmd: Option<services::Service>,
     shutdown: Option<(Final, Phase)>,
+    /// `/dev/watchdog` when the machine has one (`watchdog`), petted from the event loop.
+    watchdog: Option<watchdog::Watchdog>,
 }
 
 fn main() {
@@ -328,6 +330,12 @@ fn boot(root_note: rootswitch::Note) -> Init {
         warn!("no power button found in /dev/input; only signals can shut down");
     }
 
+    // Armed just before the event loop that pets it: the boot steps above run once and are
+    // bounded by their own timeouts.
+    let fw_cmdline =
+        fs::read_to_string(Path::new(sources::FW_CFG_DIR).join("cmdline/raw")).unwrap_or_default();
+    let watchdog = watchdog::Watchdog::open(&[&cmdline_text, &fw_cmdline], Instant::now());
+
     Init {
         epoll,
         sigfd,
@@ -342,6 +350,7 @@ fn boot(root_note: rootswitch::Note) -> Init {
         debug_shell,
         runcmd,
         shutdown: None,
+        watchdog,
     }
 }
 
@@ -447,6 +456,11 @@ impl Init {
             consider(self.dhcp_deadline);
         }
         consider(self.sup.next_deadline());
+        consider(
+            self.watchdog
+                .as_ref()
+                .and_then(watchdog::Watchdog::next_deadline),
+        );
         if let Some((_, phase)) = self.shutdown {
             consider(Some(match phase {
                 Phase::StopServices { deadline }
@@ -475,6 +489,9 @@ impl Init {
     }
 
     fn tick(&mut self, now: Instant) {
+        if let Some(w) = &mut self.watchdog {
+            w.on_timer(now);
+        }
         self.net.on_timer(now);
         self.sync_net_fd();
         if !self.network_ready {

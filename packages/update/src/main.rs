@@ -34,7 +34,9 @@
 mod fetch;
 mod grubenv;
 mod policy;
+mod schedule;
 mod slots;
+mod state;
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -215,6 +217,30 @@ fn active(env: &grubenv::Env) -> Slot {
         .unwrap_or(Slot::A)
 }
 
+/// Rewrites the state file (`/info`'s Labels) from the release, the grubenv and what
+/// `check` last saw; a failure here never fails the command.
+fn publish_state(env: Option<&grubenv::Env>) {
+    let r = release().ok();
+    let booted = slots::booted_slot(&cmdline());
+    let empty = grubenv::Env::default();
+    let env = env.unwrap_or(&empty);
+    let available = std::fs::read_to_string(Path::new(RUN).join("available")).ok();
+    let s = state::State {
+        version: r.as_ref().map_or("unknown", |r| r.version.as_str()),
+        profile: r.as_ref().map_or("unknown", |r| r.profile.as_str()),
+        slot: booted,
+        phase: state::Phase::of(booted, env),
+        last_failed: env.get("axion_failed"),
+        available: available
+            .as_deref()
+            .map(str::trim)
+            .filter(|v| !v.is_empty()),
+    };
+    if let Err(e) = s.write(&Path::new(RUN).join("state")) {
+        eprintln!("axion-update: cannot write the state file: {e}");
+    }
+}
+
 fn status() -> Result<()> {
     let r = release()?;
     println!("profile: {}", r.profile);
@@ -232,6 +258,7 @@ fn status() -> Result<()> {
     };
     let esp = esp()?;
     let env = esp.env()?;
+    publish_state(Some(&env));
     println!("booted slot: {}", booted.name());
     println!("active slot: {}", active(&env).name());
     for s in [Slot::A, Slot::B] {
@@ -295,13 +322,24 @@ fn check(f: &Flags) -> Result<()> {
         env_failed.as_deref(),
         &opts,
     ) {
-        Ok(()) => println!(
-            "update available: {} -> {v} ({} bytes to download)",
-            running.version,
-            cand.kernel.size + cand.initrd.size
-        ),
-        Err(e) => println!("no update: {e}"),
+        Ok(()) => {
+            println!(
+                "update available: {} -> {v} ({} bytes to download)",
+                running.version,
+                cand.kernel.size + cand.initrd.size
+            );
+            let _ = std::fs::create_dir_all(RUN);
+            let _ = std::fs::write(Path::new(RUN).join("available"), v);
+        }
+        Err(e) => {
+            println!("no update: {e}");
+            let _ = std::fs::remove_file(Path::new(RUN).join("available"));
+        }
     }
+    let env = slots::booted_slot(&cmdline())
+        .and_then(|_| esp().ok())
+        .and_then(|e| e.env().ok());
+    publish_state(env.as_ref());
     Ok(())
 }
 
@@ -350,6 +388,8 @@ fn apply(f: &Flags) -> Result<()> {
     ];
     esp.write_slot(target, &files, &version)?;
     let _ = std::fs::remove_dir_all(&staging);
+    let _ = std::fs::remove_file(Path::new(RUN).join("available"));
+    publish_state(esp.env().ok().as_ref());
     let _ = std::fs::write(Path::new(STATE).join("ref"), &cand.reference);
     println!(
         "axion-update: {version} written to slot {} ({} bytes downloaded, {:.1} s); the next \
@@ -388,6 +428,7 @@ fn rollback(f: &Flags) -> Result<()> {
     env.remove("axion_next");
     env.set("axion_try", "0")?;
     esp.write_env(&env)?;
+    publish_state(Some(&env));
     println!(
         "axion-update: slot {} ({}) is active from the next boot",
         target.name(),
@@ -399,8 +440,61 @@ fn rollback(f: &Flags) -> Result<()> {
     Ok(())
 }
 
+/// The boot check, then (under `axion.update.policy=auto`) the automatic updates.
 fn boot_check() -> Result<()> {
+    boot_check_once()?;
+    auto_updates()
+}
+
+/// `axion.update.policy=auto`: every interval, inside the window, apply a newer verified
+/// version and reboot into it. Runs for as long as the machine does (the service is
+/// `restart = "never"`, so a bad setting is reported once and not retried).
+fn auto_updates() -> Result<()> {
+    let policy = schedule::Policy::parse(setting("policy").as_deref())?;
+    if policy == schedule::Policy::Manual || slots::booted_slot(&cmdline()).is_none() {
+        return Ok(());
+    }
+    let window = match setting("window") {
+        Some(w) => schedule::Window::parse(&w)?,
+        None => schedule::Window::ALWAYS,
+    };
+    let every = schedule::interval(setting("interval").as_deref())?;
+    println!(
+        "policy auto: checking every {} s inside the window {:02}:{:02}-{:02}:{:02} UTC",
+        every.as_secs(),
+        window.start / 60,
+        window.start % 60,
+        window.end / 60,
+        window.end % 60
+    );
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let wait = window.wait_secs(now);
+        if wait > 0 {
+            println!("policy auto: outside the window, next check in {wait} s");
+            std::thread::sleep(Duration::from_secs(wait));
+            continue;
+        }
+        let f = Flags {
+            allow_downgrade: false,
+            retry_failed: false,
+            reboot: true,
+            reference: None,
+        };
+        // A refusal (nothing newer, a failed version, a bad signature) is only logged:
+        // the next interval tries again.
+        if let Err(e) = apply(&f) {
+            println!("policy auto: no update applied: {e:#}");
+        }
+        std::thread::sleep(every);
+    }
+}
+
+fn boot_check_once() -> Result<()> {
     let Some(booted) = slots::booted_slot(&cmdline()) else {
+        publish_state(None);
         println!("not booted from a disk slot: nothing to check");
         return Ok(());
     };
@@ -424,6 +518,7 @@ fn boot_check() -> Result<()> {
                 );
             }
         }
+        publish_state(Some(&env));
         println!("slot {} is the active slot", booted.name());
         return Ok(());
     }
@@ -433,6 +528,7 @@ fn boot_check() -> Result<()> {
     let secs = setting("deadline")
         .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or(180);
+    publish_state(Some(&env));
     println!(
         "slot {} ({version}) is on trial: waiting up to {secs} s for the engine",
         booted.name()
@@ -443,6 +539,7 @@ fn boot_check() -> Result<()> {
         env.set("axion_try", "0")?;
         env.remove("axion_failed");
         esp.write_env(&env)?;
+        publish_state(Some(&env));
         println!(
             "slot {} ({version}) is healthy: it is the active slot now",
             booted.name()

@@ -38,6 +38,11 @@ impl ContainerBackend for Api {
                         },
                         st.pid
                     ),
+                    Phase::Exited if c.policy.pending.load(Ordering::SeqCst) => format!(
+                        "Restarting ({}) {} ago",
+                        st.exit_code,
+                        human(since(st.finished_ns))
+                    ),
                     Phase::Exited | Phase::Removed => format!(
                         "Exited ({}) {} ago",
                         st.exit_code,
@@ -141,163 +146,35 @@ impl ContainerBackend for Api {
             });
             ports.push((m.key(), hp));
         }
-        let network_mode = guest_network(&req.host_config.network_mode)?;
+        guest_network(&req.host_config.network_mode)?;
+        restart::Policy::of(&req.host_config.restart_policy, req.host_config.auto_remove)?;
         // Named volumes and host directories: each one a 9p slot of the VM (volumes.rs).
         let plan = volumes::plan(
             req.host_config.binds.as_deref(),
             req.host_config.mounts.as_deref(),
         )?;
-        let mut slots = Vec::new();
-        for (src, _, ro) in &plan.mounts {
-            let path = match src {
-                volumes::Source::Named(n) => {
-                    let (v, new) = self.volumes.create(n, None)?;
-                    if new {
-                        self.volume_event("create", &v.name);
-                    }
-                    self.volumes.data_path(n)
-                }
-                volumes::Source::Host(h) => {
-                    if !h.exists() {
-                        std::fs::create_dir_all(h).map_err(|e| {
-                            ApiError::bad_request(format!(
-                                "invalid mount config: creating {}: {e}",
-                                h.display()
-                            ))
-                        })?;
-                    }
-                    if !h.is_dir() {
-                        return Err(ApiError::bad_request(format!(
-                            "invalid mount config: {} is not a directory (VM-per-container \
-                             mode shares directories into the VM, not single files)",
-                            h.display()
-                        )));
-                    }
-                    h.clone()
-                }
-            };
-            slots.push(volumes::Slot {
-                path,
-                readonly: *ro,
-            });
-        }
-        // The image's layers in the host store are checked while the VM is cloned.
-        let check = (!image.diff_ids.is_empty()).then(|| {
-            let (st, rec) = (self.images.store.clone(), image.clone());
-            tokio::task::spawn_blocking(move || st.check(&rec.id, &rec.layers, &rec.diff_ids))
-        });
+        let slots = self.slots_of(&plan)?;
         let dir = self.opts.state_dir.join("c").join(&id[..12]);
-        let hostname = if req.config.hostname.is_empty() {
-            id[..12].to_string()
-        } else {
-            req.config.hostname.clone()
-        };
-        let t = self.template.clone();
-        let (dir2, host2) = (dir.clone(), hostname.clone());
-        let cold = self.opts.cold_boot;
-        let t0 = std::time::Instant::now();
-        let cloned =
-            tokio::task::spawn_blocking(move || t.clone_vm(&dir2, &host2, &forwards, &slots, cold))
-                .await
-                .map_err(|e| ApiError::internal(format!("clone task: {e}")))?;
-        let vm = match cloned {
-            Ok(x) => x,
+        let booted = self
+            .boot(boot::VmSpec {
+                id: &id,
+                dir: &dir,
+                req: &req,
+                image: &image,
+                forwards,
+                slots,
+                plan: &plan,
+            })
+            .await;
+        let b = match booted {
+            Ok(b) => b,
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(internal("cloning the template VM")(e));
-            }
-        };
-        let pid = vm.pid();
-        debug(&format!(
-            "{}: VM {} in {:.2} s",
-            &id[..12],
-            if cold { "booted" } else { "cloned" },
-            t0.elapsed().as_secs_f64()
-        ));
-        let cgroup = self.limit(&id, pid, &req.host_config);
-        // The identity goes to the clone agent while the engine's session starts: the two
-        // are independent, and each waits on the guest's polling.
-        let (dir3, host3) = (dir.clone(), hostname.clone());
-        let identity = tokio::task::spawn_blocking(move || template::identify(&dir3, &host3));
-        let guest = GuestClient::new(&dir.join(template::ENGINE_SOCKET));
-        let mut vm = Some(vm);
-        let setup = async {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-            while let Err(e) = guest.try_ping().await {
-                if tokio::time::Instant::now() > deadline {
-                    return Err(ApiError::internal(format!(
-                        "the engine in the cloned VM did not answer within 60 s: {e}"
-                    )));
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            debug(&format!(
-                "{}: engine answers after {:.2} s",
-                &id[..12],
-                t0.elapsed().as_secs_f64()
-            ));
-            let agent = identity
-                .await
-                .map_err(|e| ApiError::internal(format!("identity task: {e}")))?
-                .map_err(internal("cloning the template VM"))?;
-            debug(&format!(
-                "{}: identity taken after {:.2} s",
-                &id[..12],
-                t0.elapsed().as_secs_f64()
-            ));
-            let mut greq = req.clone();
-            if let Some(check) = check {
-                // The VM's engine finds the image in the host store it has mounted.
-                let damage = check
-                    .await
-                    .map_err(|e| ApiError::internal(format!("store check task: {e}")))?;
-                let rec = self.repair(&image, damage).await?;
-                debug(&format!(
-                    "{}: image checked in the host store after {:.2} s",
-                    &id[..12],
-                    t0.elapsed().as_secs_f64()
-                ));
-                greq.config.image = rec.id;
-            } else {
-                // A record from before the store: the VM's engine pulls from the registry.
-                let gref = images::guest_ref(&req.config.image);
-                guest.pull(&gref).await?;
-                debug(&format!(
-                    "{}: image pulled in the VM after {:.2} s",
-                    &id[..12],
-                    t0.elapsed().as_secs_f64()
-                ));
-                greq.config.image = gref;
-            }
-            greq.config.hostname = hostname.clone();
-            greq.host_config.auto_remove = false;
-            greq.host_config.network_mode = network_mode.into();
-            // The client's endpoints name the host-side network (`bridge`); inside the VM the
-            // container has the VM's own namespace, where an endpoint would be refused.
-            greq.networking_config = Default::default();
-            greq.host_config.port_bindings = None;
-            greq.host_config.binds = plan.binds.clone();
-            greq.host_config.mounts = plan.guest_mounts.clone();
-            let r = guest.create(&greq).await;
-            debug(&format!(
-                "{}: created in the VM after {:.2} s",
-                &id[..12],
-                t0.elapsed().as_secs_f64()
-            ));
-            r.map(|gid| (gid, agent))
-        };
-        let (gid, agent) = match setup.await {
-            Ok(g) => g,
-            Err(e) => {
-                if let Some(mut vm) = vm.take() {
-                    let _ = tokio::task::spawn_blocking(move || vm.kill()).await;
-                }
-                cgroup::remove(&cgroup);
                 let _ = std::fs::remove_dir_all(&dir);
                 return Err(e);
             }
         };
         let now = now_nanos();
+        let hc = req.host_config.clone();
         let c = Arc::new(Ctr {
             id: id.clone(),
             name: Mutex::new(name),
@@ -308,19 +185,24 @@ impl ContainerBackend for Api {
             dir,
             ports,
             state: Mutex::new(State {
-                pid,
+                pid: b.pid,
                 ..Default::default()
             }),
             phase: watch::channel(Phase::Created).0,
-            vm: Mutex::new(vm.map(|v| live::VmProc::Own(Box::new(v)))),
-            agent: Mutex::new(Some(agent)),
-            guest,
-            gid,
+            vm: Mutex::new(Some(live::VmProc::Own(Box::new(b.vm)))),
+            agent: Mutex::new(Some(b.agent)),
+            guest: Mutex::new(b.guest),
+            gid: Mutex::new(b.gid),
             finished: AtomicBool::new(false),
             quitting: AtomicBool::new(false),
             attached: AtomicUsize::new(0),
             detached: Notify::new(),
-            cgroup,
+            cgroup: Mutex::new(b.cgroup),
+            starts: AtomicUsize::new(0),
+            waiting: Mutex::new(Vec::new()),
+            reviving: AtomicBool::new(false),
+            policy: Default::default(),
+            hc: Mutex::new(hc),
             paused: AtomicBool::new(false),
             volumes: plan.named(),
             restarting: AtomicBool::new(false),
@@ -371,6 +253,7 @@ impl ContainerBackend for Api {
                 status: c.status().into(),
                 running: phase == Phase::Running,
                 paused: c.paused.load(Ordering::SeqCst),
+                restarting: phase == Phase::Exited && c.policy.pending.load(Ordering::SeqCst),
                 pid: st.pid as i64,
                 exit_code: st.exit_code,
                 error: st.error.clone(),
@@ -390,47 +273,26 @@ impl ContainerBackend for Api {
             name: format!("/{}", c.name()),
             driver: "qemu-clone".into(),
             platform: "linux".into(),
-            host_config: c.req.host_config.clone(),
+            host_config: c.host_config(),
             config: with_vm_labels(&c, st.pid),
             network_settings: NetworkSettings {
                 ports,
                 ..Default::default()
             },
             log_path: c.dir.join("logs").display().to_string(),
+            restart_count: c.policy.count.load(Ordering::SeqCst),
             mounts: self.mount_points(&c),
-            ..Default::default()
         })
     }
 
     async fn container_start(&self, id: &str) -> ApiResult<()> {
         let c = self.get(id)?;
-        match c.phase() {
-            Phase::Running => return Err(ApiError::not_modified()),
-            Phase::Exited | Phase::Removed => {
-                return Err(ApiError::conflict(format!(
-                    "container {} has exited and its VM is gone; \
-                    in VM-per-container mode a container runs once (docker run again)",
-                    c.short()
-                )))
-            }
-            Phase::Created => {}
+        if c.phase() == Phase::Running {
+            return Err(ApiError::not_modified());
         }
-        if let Err(e) = c.guest.start(&c.gid).await {
-            // As dockerd: a container that cannot start is over (and gone with --rm).
-            self.finish(&c, 128, Some(e.message.clone())).await;
-            return Err(e);
-        }
-        {
-            let mut st = c.state.lock().unwrap_or_else(PoisonError::into_inner);
-            st.started_ns = now_nanos();
-            st.started_at = rfc3339(st.started_ns);
-        }
-        c.set_phase(Phase::Running);
-        c.event(&self.events, "start", &[]);
-        debug(&format!("{}: started in the VM", c.short()));
-        c.save();
-        self.0.follow(c);
-        Ok(())
+        // The user's start: the restart policy begins again (a pending restart is dropped).
+        c.policy.user_start();
+        self.0.start_ctr(&c, false).await
     }
 
     async fn container_stop(
@@ -440,40 +302,22 @@ impl ContainerBackend for Api {
         signal: Option<String>,
     ) -> ApiResult<()> {
         let c = self.get(id)?;
+        // No restart after this, and none pending (restart.rs).
+        let cancelled = c.policy.stop();
+        c.save();
         match c.phase() {
             Phase::Running => {}
             Phase::Created => {
                 self.finish(&c, 0, None).await;
                 return Ok(());
             }
+            Phase::Exited if cancelled => {
+                c.event(&self.events, "stop", &[]);
+                return Ok(());
+            }
             _ => return Err(ApiError::not_modified()),
         }
-        self.unpause_for(&c);
-        let t = timeout.unwrap_or(10).max(0);
-        if c.guest.stop(&c.gid, Some(t), signal).await.is_err() {
-            self.finish(
-                &c,
-                137,
-                Some("the VM did not answer the stop request; it was powered off".into()),
-            )
-            .await;
-        }
-        // The waiter powers the VM off once the container is down.
-        let mut rx = c.phase.subscribe();
-        let wait = rx.wait_for(|p| *p != Phase::Running);
-        if tokio::time::timeout(Duration::from_secs(t as u64 + 30), wait)
-            .await
-            .is_err()
-        {
-            self.finish(
-                &c,
-                137,
-                Some("the container did not stop; its VM was powered off".into()),
-            )
-            .await;
-        }
-        c.event(&self.events, "stop", &[]);
-        Ok(())
+        self.stop_running(&c, timeout, signal).await
     }
 
     async fn container_kill(&self, id: &str, signal: Option<String>) -> ApiResult<()> {
@@ -485,9 +329,10 @@ impl ContainerBackend for Api {
             )));
         }
         self.unpause_for(&c);
+        c.policy.by_hand.store(true, Ordering::SeqCst);
         let sig = signal.clone().unwrap_or_else(|| "SIGKILL".into());
-        c.guest
-            .kill(&c.gid, signal)
+        c.guest()
+            .kill(&c.gid(), signal)
             .await
             .map_err(|e| c.host_ids(e))?;
         c.event(&self.events, "kill", &[("signal", sig)]);
@@ -545,9 +390,15 @@ impl ContainerBackend for Api {
     async fn container_wait(&self, id: &str, cond: WaitCondition) -> ApiResult<WaitResponse> {
         let c = self.get(id)?;
         let mut rx = c.phase.subscribe();
+        // The next exit of an exited container is the one after its next start.
+        let (starts, exited) = (c.starts.load(Ordering::SeqCst), c.phase() == Phase::Exited);
         let done = |p: &Phase| match cond {
             WaitCondition::NotRunning => *p != Phase::Running,
-            WaitCondition::NextExit => matches!(p, Phase::Exited | Phase::Removed),
+            WaitCondition::NextExit => {
+                *p == Phase::Removed
+                    || (*p == Phase::Exited
+                        && (!exited || c.starts.load(Ordering::SeqCst) > starts))
+            }
             WaitCondition::Removed => *p == Phase::Removed,
         };
         rx.wait_for(done)
@@ -576,7 +427,7 @@ impl ContainerBackend for Api {
                 .unwrap_or_else(PoisonError::into_inner)
                 .is_some();
         if live {
-            if let Ok(rx) = c.guest.logs(&c.gid, &opts, tty).await {
+            if let Ok(rx) = c.guest().logs(&c.gid(), &opts, tty).await {
                 return Ok((tty, rx));
             }
         }
@@ -606,24 +457,13 @@ impl ContainerBackend for Api {
             let stdin = opts.stdin && c.req.config.open_stdin;
             let opts = AttachOptions { stdin, ..opts };
             let AttachIo {
-                output: mut grx,
-                stdin,
-                ..
+                output: grx, stdin, ..
             } = c
-                .guest
-                .attach(&c.gid, &opts, tty)
+                .guest()
+                .attach(&c.gid(), &opts, tty)
                 .await
                 .map_err(|e| c.host_ids(e))?;
-            c.attached.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                while let Some(f) = grx.recv().await {
-                    if tx.send(f).await.is_err() {
-                        break;
-                    }
-                }
-                c.attached.fetch_sub(1, Ordering::SeqCst);
-                c.detached.notify_waiters();
-            });
+            boot::forward_attach(c, grx, tx);
             return Ok(AttachIo {
                 tty,
                 output: rx,
@@ -635,10 +475,26 @@ impl ContainerBackend for Api {
                 let _ = tx.send(f).await;
             }
         }
+        let mut stdin = None;
+        if opts.stream {
+            // Exited: as with dockerd, the stream waits for the container's next start
+            // (`docker start -a`), connected to its new VM before it starts there.
+            let mut waiting = c.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+            if c.phase() == Phase::Exited {
+                let input = (opts.stdin && c.req.config.open_stdin).then(|| mpsc::channel(64));
+                let (itx, irx) = input.map_or((None, None), |(t, r)| (Some(t), Some(r)));
+                stdin = itx;
+                waiting.push(Waiter {
+                    opts: opts.clone(),
+                    output: tx,
+                    stdin: irx,
+                });
+            }
+        }
         Ok(AttachIo {
             tty,
             output: rx,
-            stdin: None,
+            stdin,
         })
     }
 
@@ -650,8 +506,8 @@ impl ContainerBackend for Api {
                 c.short()
             )));
         }
-        c.guest
-            .resize(&c.gid, h, w)
+        c.guest()
+            .resize(&c.gid(), h, w)
             .await
             .map_err(|e| c.host_ids(e))
     }
@@ -659,18 +515,13 @@ impl ContainerBackend for Api {
     async fn container_restart(&self, id: &str, timeout: Option<i64>) -> ApiResult<()> {
         let c = self.get(id)?;
         if c.phase() != Phase::Running {
-            // Created: nothing to stop; a start is the restart.
-            if c.phase() == Phase::Created {
-                return self.container_start(id).await;
+            // Created or exited: nothing to stop; a start (on a new VM once it has exited,
+            // with its files) is the restart.
+            self.container_start(id).await?;
+            if c.phase() == Phase::Running {
+                c.event(&self.events, "restart", &[]);
             }
-            return Err(ApiError::new(
-                http::StatusCode::NOT_IMPLEMENTED,
-                format!(
-                    "restarting container {}: in VM-per-container mode an exited container's \
-                     VM is gone and is not booted again; docker run it again",
-                    c.short()
-                ),
-            ));
+            return Ok(());
         }
         self.unpause_for(&c);
         // Stopped and started by the engine in the same VM; the waiter keeps following it.
@@ -681,8 +532,8 @@ impl ContainerBackend for Api {
             q.push(("t", t.to_string()));
         }
         let r = c
-            .guest
-            .post("restart", &format!("/containers/{}/restart", c.gid), &q)
+            .guest()
+            .post("restart", &format!("/containers/{}/restart", c.gid()), &q)
             .await
             .map_err(|e| c.host_ids(e));
         c.restarting.store(false, Ordering::SeqCst);
@@ -767,8 +618,8 @@ impl ContainerBackend for Api {
         } else {
             vec![("ps_args", ps_args.to_string())]
         };
-        c.guest
-            .get_json("top", &format!("/containers/{}/top", c.gid), &q)
+        c.guest()
+            .get_json("top", &format!("/containers/{}/top", c.gid()), &q)
             .await
             .map_err(|e| c.host_ids(e))
     }
@@ -789,8 +640,8 @@ impl ContainerBackend for Api {
                 ("stream", "false".to_string()),
                 ("one-shot", "true".to_string()),
             ];
-            c.guest
-                .get_json("stats", &format!("/containers/{}/stats", c.gid), &q)
+            c.guest()
+                .get_json("stats", &format!("/containers/{}/stats", c.gid()), &q)
                 .await
                 .map_err(|e| c.host_ids(e))?
         };
@@ -800,10 +651,18 @@ impl ContainerBackend for Api {
         Ok(s)
     }
 
+    async fn container_update(
+        &self,
+        id: &str,
+        u: docker_api::ops::UpdateRequest,
+    ) -> ApiResult<docker_api::ops::UpdateResponse> {
+        self.update(id, u).await
+    }
+
     async fn container_changes(&self, id: &str) -> ApiResult<Vec<Change>> {
         let c = self.with_vm(id)?;
-        c.guest
-            .get_json("changes", &format!("/containers/{}/changes", c.gid), &[])
+        c.guest()
+            .get_json("changes", &format!("/containers/{}/changes", c.gid()), &[])
             .await
             .map_err(|e| c.host_ids(e))
     }
@@ -811,11 +670,11 @@ impl ContainerBackend for Api {
     async fn container_export(&self, id: &str) -> ApiResult<mpsc::Receiver<Bytes>> {
         let c = self.with_vm(id)?;
         let (_, rx) = c
-            .guest
+            .guest()
             .byte_stream(
                 "export",
                 http::Method::GET,
-                &format!("/containers/{}/export", c.gid),
+                &format!("/containers/{}/export", c.gid()),
                 &[],
             )
             .await
@@ -825,6 +684,42 @@ impl ContainerBackend for Api {
 }
 
 impl Api {
+    /// `docker stop` of a running container: the guest engine stops it, and the waiter
+    /// powers the VM off once it is down.
+    pub(super) async fn stop_running(
+        &self,
+        c: &Arc<Ctr>,
+        timeout: Option<i64>,
+        signal: Option<String>,
+    ) -> ApiResult<()> {
+        self.unpause_for(c);
+        let t = timeout.unwrap_or(10).max(0);
+        if c.guest().stop(&c.gid(), Some(t), signal).await.is_err() {
+            self.finish(
+                c,
+                137,
+                Some("the VM did not answer the stop request; it was powered off".into()),
+            )
+            .await;
+        }
+        // The waiter powers the VM off once the container is down.
+        let mut rx = c.phase.subscribe();
+        let wait = rx.wait_for(|p| *p != Phase::Running);
+        if tokio::time::timeout(Duration::from_secs(t as u64 + 30), wait)
+            .await
+            .is_err()
+        {
+            self.finish(
+                c,
+                137,
+                Some("the container did not stop; its VM was powered off".into()),
+            )
+            .await;
+        }
+        c.event(&self.events, "stop", &[]);
+        Ok(())
+    }
+
     /// The container, 409 unless it runs.
     pub(super) fn running(&self, id: &str) -> ApiResult<Arc<Ctr>> {
         let c = self.get(id)?;

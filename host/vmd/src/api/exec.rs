@@ -17,8 +17,8 @@ impl ExecBackend for Api {
         }
         c.not_paused()?;
         let gid = c
-            .guest
-            .exec_create(&c.gid, &req)
+            .guest()
+            .exec_create(&c.gid(), &req)
             .await
             .map_err(|e| c.host_ids(e))?;
         let e = self
@@ -42,7 +42,7 @@ impl ExecBackend for Api {
         }
         let io = e
             .ctr
-            .guest
+            .guest()
             .exec_start(&e.gid, &req, e.tty, e.stdin)
             .await
             .map_err(|err| e.ctr.host_ids(err))?;
@@ -60,7 +60,7 @@ impl ExecBackend for Api {
             }
             // The CLI asks for the exit code once the stream ends: have it before the end
             // reaches the CLI (the guest knows it when its stream ends; the VM may go soon).
-            match e.ctr.guest.exec_inspect(&e.gid).await {
+            match e.ctr.guest().exec_inspect(&e.gid).await {
                 Ok(i) => drop(e.record(i)),
                 Err(err) => debug(&format!(
                     "{}: exec {}: no state from the guest after its stream: {}",
@@ -87,7 +87,7 @@ impl ExecBackend for Api {
             .unwrap_or_else(PoisonError::into_inner)
             .is_some();
         if live {
-            if let Ok(i) = e.ctr.guest.exec_inspect(&e.gid).await {
+            if let Ok(i) = e.ctr.guest().exec_inspect(&e.gid).await {
                 return Ok(e.record(i));
             }
         }
@@ -109,7 +109,7 @@ impl ExecBackend for Api {
             )));
         }
         e.ctr
-            .guest
+            .guest()
             .exec_resize(&e.gid, h, w)
             .await
             .map_err(|err| e.ctr.host_ids(err))

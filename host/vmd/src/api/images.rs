@@ -16,11 +16,17 @@ impl ImageBackend for Api {
                 id: i.id.clone(),
                 repo_tags: names_of(&all, &i.id),
                 created: unix_from_rfc3339(&i.created),
-                repo_digests: vec![format!(
-                    "{}@{}",
-                    i.name.rsplit_once(':').map(|(r, _)| r).unwrap_or(&i.name),
-                    i.digest
-                )],
+                // A committed image has no manifest digest.
+                repo_digests: (!i.digest.is_empty())
+                    .then(|| {
+                        format!(
+                            "{}@{}",
+                            i.name.rsplit_once(':').map(|(r, _)| r).unwrap_or(&i.name),
+                            i.digest
+                        )
+                    })
+                    .into_iter()
+                    .collect(),
                 size: i.size,
                 containers: -1,
                 shared_size: -1,
@@ -37,7 +43,10 @@ impl ImageBackend for Api {
         Ok(ImageInspect {
             id: i.id.clone(),
             repo_tags: names_of(&self.images.all(), &i.id),
-            repo_digests: vec![i.digest.clone()],
+            repo_digests: (!i.digest.is_empty())
+                .then(|| i.digest.clone())
+                .into_iter()
+                .collect(),
             created: i.created.clone(),
             architecture: "amd64".into(),
             os: "linux".into(),
@@ -95,6 +104,27 @@ impl ImageBackend for Api {
                 .await;
         });
         Ok(rx)
+    }
+
+    async fn image_push(
+        &self,
+        name: &str,
+        tag: &str,
+        auth: Option<RegistryAuth>,
+    ) -> ApiResult<mpsc::Receiver<ProgressMessage>> {
+        self.push(name, tag, auth).await
+    }
+
+    async fn image_save(&self, names: Vec<String>) -> ApiResult<mpsc::Receiver<Bytes>> {
+        self.save(names).await
+    }
+
+    async fn image_commit(&self, o: docker_api::images::CommitOptions) -> ApiResult<String> {
+        self.commit(o).await
+    }
+
+    async fn image_history(&self, name: &str) -> ApiResult<Vec<docker_api::images::HistoryItem>> {
+        self.history(name).await
     }
 
     async fn image_tag(&self, name: &str, repo: &str, tag: &str) -> ApiResult<()> {

@@ -2,10 +2,14 @@
 //! [`images`], [`containers`], [`exec`], and here archives, volumes and events). Networks take
 //! the trait's defaults (501): every container has its VM's own network.
 
+mod commit;
 mod containers;
 mod exec;
 mod images;
+mod push;
+mod save;
 mod system;
+mod update;
 
 use crate::*;
 use bytes::Bytes;
@@ -32,11 +36,11 @@ impl ArchiveBackend for Api {
     ) -> ApiResult<(PathStat, mpsc::Receiver<Bytes>)> {
         let c = self.with_vm(id)?;
         let (headers, rx) = c
-            .guest
+            .guest()
             .byte_stream(
                 "archive",
                 http::Method::GET,
-                &format!("/containers/{}/archive", c.gid),
+                &format!("/containers/{}/archive", c.gid()),
                 &[("path", path.to_string())],
             )
             .await
@@ -47,11 +51,11 @@ impl ArchiveBackend for Api {
     async fn archive_stat(&self, id: &str, path: &str) -> ApiResult<PathStat> {
         let c = self.with_vm(id)?;
         let (headers, _) = c
-            .guest
+            .guest()
             .byte_stream(
                 "archive stat",
                 http::Method::HEAD,
-                &format!("/containers/{}/archive", c.gid),
+                &format!("/containers/{}/archive", c.gid()),
                 &[("path", path.to_string())],
             )
             .await
@@ -61,8 +65,8 @@ impl ArchiveBackend for Api {
 
     async fn archive_put(&self, id: &str, path: &str, tar: Bytes) -> ApiResult<()> {
         let c = self.with_vm(id)?;
-        c.guest
-            .archive_put(&c.gid, path, tar)
+        c.guest()
+            .archive_put(&c.gid(), path, tar)
             .await
             .map_err(|e| c.host_ids(e))
     }

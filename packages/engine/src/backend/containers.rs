@@ -357,6 +357,14 @@ impl Engine {
         };
         let (r, cg) = r;
         c.save();
+        // The cgroup goes before the waiters are told (its OOM verdict is already read): a
+        // `docker restart` waits for this exit and then creates the same cgroup again, which
+        // a removal still under way would take from the new run.
+        if let Some(cg) = cg {
+            let rt = self.runtime.clone();
+            let _ = tokio::task::spawn_blocking(move || rt.cgroup_remove(&cg)).await;
+            trace.mark("cgroup removed");
+        }
         if r.oom_killed {
             crate::events::container(&r, "oom", &[]);
         }
@@ -367,13 +375,6 @@ impl Engine {
             e.running = false;
         });
         trace.mark("saved, waiters told");
-        // Cleanup after the waiters are told (its OOM verdict is already read); before a
-        // restart, which creates the cgroup again.
-        if let Some(cg) = cg {
-            let rt = self.runtime.clone();
-            let _ = tokio::task::spawn_blocking(move || rt.cgroup_remove(&cg)).await;
-            trace.mark("cgroup removed");
-        }
         if self.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
             return;
         }
@@ -1202,6 +1203,9 @@ impl ContainerBackend for Engine {
     }
     async fn container_export(&self, id: &str) -> ApiResult<mpsc::Receiver<Bytes>> {
         self.export_of(id).await
+    }
+    async fn container_changes_layer(&self, id: &str) -> ApiResult<mpsc::Receiver<Bytes>> {
+        self.changes_layer_of(id).await
     }
     async fn container_pause(&self, id: &str) -> ApiResult<()> {
         self.pause(id, true).await

@@ -10,6 +10,7 @@ mod exec;
 mod health;
 mod image_ops;
 mod images;
+mod layer_export;
 mod live;
 mod networks;
 mod ops;

@@ -130,6 +130,20 @@ impl SystemBackend for Engine {
     }
 }
 
+/// The update agent's state file: this boot's version, profile, slot and update state.
+const UPDATE_STATE: &str = "/run/axion-update/state";
+const RELEASE: &str = "/etc/axion/release";
+
+/// `axion.version`, `axion.profile`, `axion.update.*`: the update agent's state file, or
+/// (before its boot check wrote one, or on an image without it) the release file's version
+/// and profile.
+fn host_labels() -> Vec<String> {
+    let text = std::fs::read_to_string(UPDATE_STATE)
+        .or_else(|_| std::fs::read_to_string(RELEASE))
+        .unwrap_or_default();
+    docker_api::host_labels::parse(&text, "axion.")
+}
+
 impl Engine {
     /// The `/info` keys beyond the CLI's, as dockerd fills them on this engine.
     fn info_details(&self, cgroup_v2: bool) -> InfoDetails {
@@ -185,7 +199,7 @@ impl Engine {
             http_proxy: env("HTTP_PROXY"),
             https_proxy: env("HTTPS_PROXY"),
             no_proxy: env("NO_PROXY"),
-            labels: Vec::new(),
+            labels: host_labels(),
             experimental_build: false,
             runtimes: [(
                 "axion".to_string(),
