@@ -77,7 +77,11 @@ impl Cri {
         what: &str,
         f: F,
     ) -> Result<T> {
-        match self.rt.block_on(tokio::time::timeout(CALL, f)) {
+        // The timer must be made inside the runtime (block_on), not before it.
+        match self
+            .rt
+            .block_on(async { tokio::time::timeout(CALL, f).await })
+        {
             Ok(Ok(r)) => Ok(r.into_inner()),
             Ok(Err(status)) => bail!("CRI {what}: {:?}: {}", status.code(), status.message()),
             Err(_) => bail!("CRI {what}: no answer within {} s", CALL.as_secs()),
