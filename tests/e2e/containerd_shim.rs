@@ -125,6 +125,8 @@ impl Containerd {
 fn start_containerd(dir: &Path, bin: &Path, shim_config: &Path) -> Result<Containerd> {
     let sock = dir.join("c.sock");
     let config = dir.join("config.toml");
+    // A runtimes table of its own replaces containerd's built-in `runc` entry, and the CRI
+    // plugin does not load when its default runtime is missing: axion is the default here.
     std::fs::write(
         &config,
         format!(
@@ -139,6 +141,8 @@ fn start_containerd(dir: &Path, bin: &Path, shim_config: &Path) -> Result<Contai
              [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
                bin_dir = \"{cni}/bin\"\n\
                conf_dir = \"{cni}/conf\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n\
+               default_runtime_name = \"axion\"\n\
              [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.axion]\n\
                runtime_type = \"{RUNTIME}\"\n",
             cni = dir.join("cni").display(),
