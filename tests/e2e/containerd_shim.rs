@@ -3,6 +3,11 @@
 //! socket and config under a temporary directory (never the host's own containerd), the
 //! shim built from the workspace on its PATH. Every `ctr run` is a sandbox of one: its own
 //! VM cloned from the template (built once, in this test's state directory).
+//!
+//! The same containerd then serves kubelet's way in, its CRI plugin, driven by a small gRPC
+//! client (test_support::cri) with the runtime handler `axion` (a RuntimeClass's handler):
+//! a pod's sandbox and two containers in one VM, then stopped and removed. The pod uses the
+//! node's network (Debian has no CNI plugins; the VM is the pod's network anyway).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -11,11 +16,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use axion_tests::{image, qemus_under, require};
+use test_support::cri::Cri;
 use test_support::docker::run_with_timeout;
 use xtask::image::Bootable;
 use xtask::profile::Format;
 
 const RUNTIME: &str = "io.containerd.axion.v1";
+/// containerd's CRI plugin keeps its containers and images in this namespace.
+const CRI_NS: &str = "k8s.io";
+/// The pods' sandbox image (CRI's `sandbox_image`, a pause image elsewhere): busybox whose
+/// command keeps running, imported by the test, so nothing is pulled.
+const PAUSE: &str = "localhost/axion-pause:1";
 
 #[test]
 fn ctr_runs_containers_in_axion_vms() {
@@ -79,21 +90,25 @@ impl Drop for Containerd {
 }
 
 impl Containerd {
-    fn ctr(&self, args: &[&str]) -> Command {
+    fn ctr(&self, namespace: &str, args: &[&str]) -> Command {
         let mut c = Command::new("ctr");
-        c.arg("--address")
-            .arg(&self.sock)
-            .args(["-n", "axion-test"]);
+        c.arg("--address").arg(&self.sock).args(["-n", namespace]);
         c.args(args);
         c
     }
 
     fn run(&self, args: &[&str], timeout: Duration) -> Result<Output> {
-        run_with_timeout(self.ctr(args), timeout).with_context(|| format!("ctr {args:?}"))
+        run_with_timeout(self.ctr("axion-test", args), timeout)
+            .with_context(|| format!("ctr {args:?}"))
     }
 
     fn ok(&self, args: &[&str], timeout: Duration) -> Result<String> {
-        let o = self.run(args, timeout)?;
+        self.ok_in("axion-test", args, timeout)
+    }
+
+    fn ok_in(&self, namespace: &str, args: &[&str], timeout: Duration) -> Result<String> {
+        let o = run_with_timeout(self.ctr(namespace, args), timeout)
+            .with_context(|| format!("ctr -n {namespace} {args:?}"))?;
         if !o.status.success() {
             bail!(
                 "ctr {args:?}: {}\nstdout: {}\nstderr: {}\ncontainerd log: {}",
@@ -110,13 +125,27 @@ impl Containerd {
 fn start_containerd(dir: &Path, bin: &Path, shim_config: &Path) -> Result<Containerd> {
     let sock = dir.join("c.sock");
     let config = dir.join("config.toml");
+    // A runtimes table of its own replaces containerd's built-in `runc` entry, and the CRI
+    // plugin does not load when its default runtime is missing: axion is the default here.
     std::fs::write(
         &config,
         format!(
             "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
              [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
-             [debug]\n  level = \"info\"\n",
+             [debug]\n  level = \"info\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\"]\n\
+               sandbox_image = \"{PAUSE}\"\n\
+               disable_apparmor = true\n\
+               stream_server_address = \"127.0.0.1\"\n\
+               stream_server_port = \"0\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
+               bin_dir = \"{cni}/bin\"\n\
+               conf_dir = \"{cni}/conf\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n\
+               default_runtime_name = \"axion\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.axion]\n\
+               runtime_type = \"{RUNTIME}\"\n",
+            cni = dir.join("cni").display(),
             root = dir.join("root").display(),
             state = dir.join("state").display(),
             sock = sock.display(),
@@ -340,14 +369,19 @@ fn check() -> Result<()> {
     }
     c.ok(&["task", "delete", "long"], run)?;
     c.ok(&["container", "delete", "long"], run)?;
+    nothing_left(&state, "axion-test")?;
 
-    // Nothing is left: no QEMU, no sandbox directory, no shim.
+    cri_pod(&c, dir.path(), &state, &bb)
+}
+
+/// Nothing is left: no QEMU, no sandbox directory, no shim of `namespace`.
+fn nothing_left(state: &Path, namespace: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !qemus_under(&state).is_empty() {
+    while !qemus_under(state).is_empty() {
         assert!(
             Instant::now() < deadline,
             "QEMU left running: {:?}",
-            qemus_under(&state)
+            qemus_under(state)
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -359,7 +393,10 @@ fn check() -> Result<()> {
         .collect();
     assert!(left.is_empty(), "sandbox directories left: {left:?}");
     let shims = Command::new("pgrep")
-        .args(["-f", "containerd-shim-axion-v1 -namespace axion-test"])
+        .args([
+            "-f",
+            &format!("containerd-shim-axion-v1 -namespace {namespace} "),
+        ])
         .output()?;
     assert!(
         String::from_utf8_lossy(&shims.stdout).trim().is_empty(),
@@ -367,4 +404,106 @@ fn check() -> Result<()> {
         String::from_utf8_lossy(&shims.stdout)
     );
     Ok(())
+}
+
+/// The CRI path kubelet uses: RunPodSandbox with the `axion` runtime handler, two
+/// containers of the pod in its one VM (one hostname, one localhost), then
+/// StopPodSandbox and RemovePodSandbox leave nothing behind.
+fn cri_pod(c: &Containerd, dir: &Path, state: &Path, bb: &[u8]) -> Result<()> {
+    let tar = dir.join("pause.tar");
+    std::fs::write(
+        &tar,
+        axion_tests::busybox_images::image_tar_as(bb, PAUSE, &["sleep", "1000000"])?,
+    )?;
+    c.ok_in(
+        CRI_NS,
+        &["image", "import", &tar.display().to_string()],
+        Duration::from_secs(120),
+    )?;
+    let cri = Cri::connect(&c.sock)?;
+    eprintln!("CRI: {}", cri.version()?);
+    // The CRI plugin learns of the import from containerd's events.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let images = cri.image_refs()?;
+        if images.iter().any(|i| i == PAUSE) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the CRI does not see {PAUSE}: {images:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let t = Instant::now();
+    let pod = cri.run_pod("web", "axion-pod", "axion")?;
+    eprintln!("RunPodSandbox: {:.1} s", t.elapsed().as_secs_f64());
+    let server = cri.create_container(
+        &pod,
+        "server",
+        PAUSE,
+        &[
+            "sh",
+            "-c",
+            "busybox mkdir -p /www && echo pod-hello > /www/index.html && exec busybox httpd -f -p 8080 -h /www",
+        ],
+    )?;
+    cri.start_container(&server)?;
+    let client = cri.create_container(&pod, "client", PAUSE, &["sleep", "1000000"])?;
+    cri.start_container(&client)?;
+    assert!(cri.running(&server)? && cri.running(&client)?);
+    assert_eq!(qemus_under(state).len(), 1, "one VM for the pod");
+
+    let exec = Duration::from_secs(60);
+    let out = |id: &str, cmd: &[&str]| -> Result<String> {
+        let o = cri.exec_sync(id, cmd, exec)?;
+        anyhow::ensure!(o.exit_code == 0, "exec {cmd:?} in {id}: {o:?}");
+        Ok(o.stdout)
+    };
+    let boot_id = ["busybox", "cat", "/proc/sys/kernel/random/boot_id"];
+    assert_eq!(
+        out(&server, &boot_id)?,
+        out(&client, &boot_id)?,
+        "the pod's containers ran in two VMs"
+    );
+    let name = out(&server, &["busybox", "hostname"])?;
+    assert!(!name.trim().is_empty());
+    assert_eq!(
+        name,
+        out(&client, &["busybox", "hostname"])?,
+        "one hostname in the pod"
+    );
+    assert_eq!(name.trim(), "axion-pod", "the pod's hostname");
+    // The server container's httpd, reached from the client container on localhost.
+    let get = [
+        "busybox",
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        "http://127.0.0.1:8080/index.html",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = cri.exec_sync(&client, &get, exec)?;
+        if o.exit_code == 0 {
+            assert_eq!(o.stdout, "pod-hello\n");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the client never reached the server on localhost: {o:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    let t = Instant::now();
+    cri.stop_pod(&pod.id)?;
+    cri.remove_pod(&pod.id)?;
+    eprintln!(
+        "StopPodSandbox + RemovePodSandbox: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    nothing_left(state, CRI_NS)
 }

@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 
 /// The annotation CRI puts on every container of a pod: the sandbox's id.
 pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+/// CRI's annotation saying what a container is: `sandbox` for a pod's pause container.
+pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -78,6 +80,14 @@ impl Spec {
             .map(String::as_str)
             .filter(|s| !s.is_empty())
             .unwrap_or(id)
+    }
+}
+
+impl Spec {
+    /// A pod's sandbox (pause) container: with a VM per pod the VM is the sandbox, so the
+    /// shim runs no process for it (the VM stands for it until it is killed).
+    pub fn is_pod_sandbox(&self) -> bool {
+        self.annotations.get(CONTAINER_TYPE).map(String::as_str) == Some("sandbox")
     }
 }
 
@@ -193,6 +203,13 @@ mod tests {
         let s =
             Spec::parse(br#"{"annotations": {"io.kubernetes.cri.sandbox-id": "pod1"}}"#).unwrap();
         assert_eq!(s.sandbox_id("c2"), "pod1");
+        assert!(!s.is_pod_sandbox());
+        let pause = Spec::parse(
+            br#"{"annotations": {"io.kubernetes.cri.container-type": "sandbox",
+                "io.kubernetes.cri.sandbox-id": "pod1"}}"#,
+        )
+        .unwrap();
+        assert!(pause.is_pod_sandbox());
         assert!(s.process.create_request("i", "h", false).is_err());
     }
 

@@ -130,6 +130,8 @@ struct Ctr {
     pid: u32,
     /// The rootfs mounts were the shim's to make (and so to undo).
     mounted: bool,
+    /// A pod's sandbox container: no process in the guest, the VM stands for it.
+    pause: bool,
     guest: GuestClient,
     init: Process_,
     execs: Mutex<HashMap<String, Arc<Exec>>>,
@@ -252,10 +254,10 @@ impl Service {
 
     /// The sandbox's VM, cloned on the first container (and the template built first if
     /// there is none yet).
-    async fn vm(&self, dir: &Path, hostname: &str) -> TtrpcResult<(GuestClient, u32)> {
+    async fn vm(&self, dir: &Path, hostname: &str) -> TtrpcResult<(GuestClient, u32, String)> {
         let mut g = self.0.vm.lock().await;
         if let Some(vm) = g.as_ref() {
-            return Ok((vm.guest.clone(), vm.pid()));
+            return Ok((vm.guest.clone(), vm.pid(), vm.hostname.clone()));
         }
         let cfg = self.config()?;
         let (dir, hostname) = (dir.to_path_buf(), hostname.to_string());
@@ -269,7 +271,7 @@ impl Service {
         vm.ready()
             .await
             .map_err(internal("starting the sandbox's VM"))?;
-        let r = (vm.guest.clone(), vm.pid());
+        let r = (vm.guest.clone(), vm.pid(), vm.hostname.clone());
         *g = Some(vm);
         Ok(r)
     }
@@ -289,21 +291,26 @@ impl Service {
             if let Some(cp) = copies {
                 cp.drained(DRAIN).await;
             }
-            c.init.exited(code);
-            let p = c.init.get();
-            s.publish(
-                topics::TASK_EXIT_EVENT_TOPIC,
-                Box::new(TaskExit {
-                    container_id: c.id.clone(),
-                    id: c.id.clone(),
-                    pid: c.pid,
-                    exit_status: code,
-                    exited_at: p.exited_at(),
-                    ..Default::default()
-                }),
-            )
-            .await;
+            s.init_exited(&c, code).await;
         });
+    }
+
+    /// The init process ended with `code`: its state, and the exit event for containerd.
+    async fn init_exited(&self, c: &Ctr, code: u32) {
+        c.init.exited(code);
+        let p = c.init.get();
+        self.publish(
+            topics::TASK_EXIT_EVENT_TOPIC,
+            Box::new(TaskExit {
+                container_id: c.id.clone(),
+                id: c.id.clone(),
+                pid: c.pid,
+                exit_status: code,
+                exited_at: p.exited_at(),
+                ..Default::default()
+            }),
+        )
+        .await;
     }
 
     async fn start_exec(&self, c: Arc<Ctr>, exec_id: &str) -> TtrpcResult<api::StartResponse> {
@@ -401,7 +408,9 @@ impl Task for Service {
         let spec = Spec::read(&bundle).map_err(|e| rpc(Code::INVALID_ARGUMENT, e))?;
         let cfg = self.config()?;
         let rootfs = bundle.join("rootfs");
-        for m in &req.rootfs {
+        let pause = spec.is_pod_sandbox();
+        // A pause container's rootfs is never used: not mounted, not shared.
+        for m in req.rootfs.iter().filter(|_| !pause) {
             let (ty, src) = (m.type_.clone(), m.source.clone());
             let (opts, target) = (m.options.clone(), rootfs.clone());
             tokio::task::spawn_blocking(move || {
@@ -416,7 +425,7 @@ impl Task for Service {
             .map_err(|e| rpc(Code::INTERNAL, format!("mount task: {e}")))?
             .map_err(|e| rpc(Code::INTERNAL, format!("mounting the rootfs: {e}")))?;
         }
-        let mounted = !req.rootfs.is_empty();
+        let mounted = !pause && !req.rootfs.is_empty();
         let sb = spec.sandbox_id(&req.id).to_string();
         let dir = sandbox::dir(&cfg.state_dir, &self.0.namespace, &sb);
         let hostname = if spec.hostname.is_empty() {
@@ -431,9 +440,14 @@ impl Task for Service {
             terminal: req.terminal,
         };
         let made = async {
+            if pause {
+                let (guest, pid, _) = self.vm(&dir, &hostname).await?;
+                return Ok((guest, pid, String::new(), None));
+            }
             let image = sandbox::publish(&dir, &req.id, &rootfs)
                 .map_err(internal("sharing the rootfs with the VM"))?;
-            let (guest, pid) = self.vm(&dir, &hostname).await?;
+            // The sandbox's first container named the VM; the rest share its host name.
+            let (guest, pid, hostname) = self.vm(&dir, &hostname).await?;
             let stdin = !fifos.stdin.is_empty();
             let creq = spec
                 .process
@@ -454,7 +468,7 @@ impl Task for Service {
                 .map_err(guest_err)?;
             let copies = Copies::start(io, &fifos)
                 .map_err(|e| rpc(Code::INTERNAL, format!("stdio: {e}")))?;
-            Ok::<_, ttrpc::Error>((guest, pid, gid, copies))
+            Ok::<_, ttrpc::Error>((guest, pid, gid, Some(copies)))
         };
         let (guest, pid, gid, copies) = match made.await {
             Ok(x) => x,
@@ -464,13 +478,14 @@ impl Task for Service {
             }
         };
         let init = Process_::new(fifos.clone());
-        *lock(&init.copies) = Some(Arc::new(copies));
+        *lock(&init.copies) = copies.map(Arc::new);
         let c = Arc::new(Ctr {
             id: req.id.clone(),
             bundle,
             gid,
             pid,
             mounted,
+            pause,
             guest,
             init,
             execs: Mutex::new(HashMap::new()),
@@ -526,11 +541,15 @@ impl Task for Service {
                 format!("{} was started already", c.id),
             ));
         }
-        c.guest.start(&c.gid).await.map_err(guest_err)?;
+        if !c.pause {
+            c.guest.start(&c.gid).await.map_err(guest_err)?;
+        }
         c.init
             .state
             .send_modify(|p| p.status = api::Status::RUNNING);
-        self.follow(c.clone());
+        if !c.pause {
+            self.follow(c.clone());
+        }
         self.publish(
             topics::TASK_START_EVENT_TOPIC,
             Box::new(TaskStart {
@@ -570,7 +589,9 @@ impl Task for Service {
             lock(&c.execs).remove(&req.exec_id);
             return Ok(resp);
         }
-        if let Err(e) = c.guest.remove(&c.gid, true).await {
+        if c.pause {
+            // Nothing runs in the guest for it.
+        } else if let Err(e) = c.guest.remove(&c.gid, true).await {
             log::warn!("{}: removing it in the VM: {}", c.id, e.message);
         }
         lock(&c.init.copies).take();
@@ -631,6 +652,12 @@ impl Task for Service {
                 c.init.exited(128 + req.signal.min(127));
                 return Ok(api::Empty::new());
             }
+            _ if c.pause => {
+                // The pause process "ends" at the signal; the VM stays for the pod's
+                // containers until the sandbox's shim shuts down.
+                self.init_exited(&c, 128 + req.signal.min(127)).await;
+                return Ok(api::Empty::new());
+            }
             _ => {}
         }
         c.guest
@@ -646,6 +673,12 @@ impl Task for Service {
         req: api::ExecProcessRequest,
     ) -> TtrpcResult<api::Empty> {
         let c = self.get(&req.id)?;
+        if c.pause {
+            return Err(rpc(
+                Code::FAILED_PRECONDITION,
+                format!("{} is a pod's sandbox: it runs no process to exec in", c.id),
+            ));
+        }
         if c.init.get().status != api::Status::RUNNING {
             return Err(rpc(
                 Code::FAILED_PRECONDITION,
@@ -709,6 +742,9 @@ impl Task for Service {
             req.height.min(u16::MAX as u32) as u16,
             req.width.min(u16::MAX as u32) as u16,
         );
+        if c.pause {
+            return Ok(api::Empty::new());
+        }
         if req.exec_id.is_empty() {
             c.guest.resize(&c.gid, h, w).await.map_err(guest_err)?;
         } else {
