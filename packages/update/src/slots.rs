@@ -4,8 +4,9 @@
 //! Order of writes, so that a power-off at any point leaves the running slot bootable:
 //! 1. the grubenv stops naming the inactive slot (`axion_next` removed, `axion_try=0`), so
 //!    GRUB never boots it while it is half written;
-//! 2. the slot's old files are removed and the new ones written under temporary names,
-//!    each fsynced, then renamed into place, and the folder fsynced;
+//! 2. the slot's folder is created if missing (and its parent fsynced), its old files are
+//!    removed and the new ones written under temporary names, each fsynced, then renamed
+//!    into place, and the folder fsynced;
 //! 3. only then the grubenv names it (`axion_next`, `axion_try=1`), rewritten in place and
 //!    fsynced.
 //!
@@ -134,6 +135,12 @@ impl Esp {
         let dir = self.slot_dir(slot);
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
+        // A new slot folder's entry lives in its parent's clusters, which fsyncing the files
+        // or the folder itself does not write on vfat: without this a power-off could keep
+        // a grubenv that names a slot whose folder the disk never got.
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
         for e in std::fs::read_dir(&dir)? {
             let e = e?;
             std::fs::remove_file(e.path())
