@@ -403,8 +403,9 @@ fn chain(registry: &Registry) -> Result<()> {
         std::thread::sleep(Duration::from_secs(3));
     }
     eprintln!(
-        "apply to v2 confirmed healthy: {:.0} s (TCG, including the reboot)",
-        t.elapsed().as_secs_f64()
+        "apply to v2 confirmed healthy: {:.0} s ({}, including the reboot)",
+        t.elapsed().as_secs_f64(),
+        axion_tests::accel().0.name()
     );
     let (_, out) = sh(
         &ssh_key,
