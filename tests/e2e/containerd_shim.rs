@@ -277,36 +277,50 @@ fn check() -> Result<()> {
         String::from_utf8_lossy(&o.stderr)
     );
 
-    // The container sees its own VM's kernel, not the host's.
+    // The container sees its own VM's kernel, not the host's; the spec's capability set
+    // (ctr's default less CAP_CHOWN) and its noNewPrivileges (ctr's default) hold in it.
     let host = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
-    let guest = c.ok(
+    let out = c.ok(
         &[
             "run",
             "--rm",
             "--runtime",
             RUNTIME,
+            "--cap-drop",
+            "CAP_CHOWN",
             &img,
             "uname",
-            "busybox",
-            "uname",
-            "-r",
+            "sh",
+            "-c",
+            PROC_STATUS,
         ],
         run,
     )?;
+    let guest = out.lines().next().unwrap_or_default();
     assert_ne!(
         guest.trim(),
         host.trim(),
         "the container saw the host's kernel"
     );
     assert!(!guest.trim().is_empty());
+    let (caps, nnp) = caps_and_nnp(&out)?;
+    assert_eq!(caps & CAP_CHOWN, 0, "CAP_CHOWN was dropped: {out}");
+    assert_ne!(caps & CAP_KILL, 0, "CAP_KILL is ctr's default: {out}");
+    assert!(nnp, "ctr's spec asks for no_new_privs: {out}");
 
-    // A running task: exec into it, then kill and delete it.
+    // A running task with limits (its VM's QEMU in a cgroup of the shim's), the default
+    // capabilities and new privileges allowed: exec into it, then kill and delete it.
     c.ok(
         &[
             "run",
             "-d",
             "--runtime",
             RUNTIME,
+            "--memory-limit",
+            &(1u64 << 30).to_string(),
+            "--cpus",
+            "0.5",
+            "--allow-new-privs",
             &img,
             "long",
             "sleep",
@@ -314,6 +328,45 @@ fn check() -> Result<()> {
         ],
         run,
     )?;
+    let qemu = qemus_under(&state);
+    assert_eq!(qemu.len(), 1, "one VM for the task");
+    let limits = axion_tests::cgroup_limits(qemu[0])?;
+    assert!(limits.memory_path.contains("/axion-shim/"), "{limits:?}");
+    assert_eq!(limits.memory, Some(1 << 30), "{limits:?}");
+    assert_eq!(limits.cpu, Some((50_000, 100_000)), "{limits:?}");
+    let o = c.ok(
+        &[
+            "task",
+            "exec",
+            "--exec-id",
+            "s1",
+            "long",
+            "sh",
+            "-c",
+            PROC_STATUS,
+        ],
+        run,
+    )?;
+    let (caps, nnp) = caps_and_nnp(&o)?;
+    assert_ne!(caps & CAP_CHOWN, 0, "default capabilities: {o}");
+    assert!(!nnp, "--allow-new-privs: {o}");
+    // Stats: the QEMU's host figures and the container's in the guest.
+    let m = c.ok(
+        &["task", "metrics", "--format", "json", "long"],
+        Duration::from_secs(60),
+    )?;
+    let mj: serde_json::Value =
+        serde_json::from_str(&m).with_context(|| format!("ctr task metrics: {m}"))?;
+    let n = |p: &str| mj.pointer(p).and_then(|v| v.as_u64()).unwrap_or(0);
+    assert_eq!(n("/memory/usage/limit"), 1 << 30, "{m}");
+    assert!(n("/memory/usage/usage") > 16 << 20, "QEMU's memory: {m}");
+    assert!(n("/cpu/usage/total") > 0, "QEMU's CPU time: {m}");
+    assert!(
+        n("/memory/rss") > 0,
+        "the container's memory in its VM: {m}"
+    );
+    assert!(n("/pids/current") >= 1, "the container's processes: {m}");
+    eprintln!("ctr task metrics: {}", m.replace('\n', " "));
     let out = c.ok(
         &["task", "exec", "--exec-id", "e1", "long", "echo", "inside"],
         run,
@@ -370,8 +423,46 @@ fn check() -> Result<()> {
     c.ok(&["task", "delete", "long"], run)?;
     c.ok(&["container", "delete", "long"], run)?;
     nothing_left(&state, "axion-test")?;
+    no_cgroup(&limits)?;
 
     cri_pod(&c, dir.path(), &state, &bb)
+}
+
+/// A busybox shell line printing the kernel release and the process's effective
+/// capabilities and no_new_privs flag.
+const PROC_STATUS: &str =
+    "busybox uname -r; busybox grep -E '^(CapEff|NoNewPrivs):' /proc/self/status";
+const CAP_CHOWN: u64 = 1 << 0;
+const CAP_KILL: u64 = 1 << 5;
+
+/// CapEff and NoNewPrivs of PROC_STATUS's output.
+fn caps_and_nnp(out: &str) -> Result<(u64, bool)> {
+    let field = |k: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(str::trim)
+            .with_context(|| format!("no {k} in {out:?}"))
+    };
+    let caps = u64::from_str_radix(field("CapEff:")?, 16)?;
+    Ok((caps, field("NoNewPrivs:")? == "1"))
+}
+
+/// The cgroups of a VM that is gone were removed too.
+fn no_cgroup(l: &axion_tests::CgroupLimits) -> Result<()> {
+    let root = Path::new("/sys/fs/cgroup");
+    let dirs = if root.join("cgroup.controllers").exists() {
+        vec![root.join(l.memory_path.trim_start_matches('/'))]
+    } else {
+        vec![
+            root.join("memory")
+                .join(l.memory_path.trim_start_matches('/')),
+            root.join("cpu").join(l.cpu_path.trim_start_matches('/')),
+        ]
+    };
+    for d in dirs {
+        assert!(!d.exists(), "cgroup {} left", d.display());
+    }
+    Ok(())
 }
 
 /// Nothing is left: no QEMU, no sandbox directory, no shim of `namespace`.
@@ -453,7 +544,14 @@ fn cri_pod(c: &Containerd, dir: &Path, state: &Path, bb: &[u8]) -> Result<()> {
     let client = cri.create_container(&pod, "client", PAUSE, &["sleep", "1000000"])?;
     cri.start_container(&client)?;
     assert!(cri.running(&server)? && cri.running(&client)?);
-    assert_eq!(qemus_under(state).len(), 1, "one VM for the pod");
+    let qemu = qemus_under(state);
+    assert_eq!(qemu.len(), 1, "one VM for the pod");
+    // kubelet's resize: the pod's limits are its VM's QEMU's, changed at once.
+    cri.update_resources(&server, 768 << 20, (30_000, 100_000))?;
+    let limits = axion_tests::cgroup_limits(qemu[0])?;
+    assert!(limits.cpu_path.contains("/axion-shim/"), "{limits:?}");
+    assert_eq!(limits.memory, Some(768 << 20), "{limits:?}");
+    assert_eq!(limits.cpu, Some((30_000, 100_000)), "{limits:?}");
 
     let exec = Duration::from_secs(60);
     let out = |id: &str, cmd: &[&str]| -> Result<String> {
@@ -505,5 +603,6 @@ fn cri_pod(c: &Containerd, dir: &Path, state: &Path, bb: &[u8]) -> Result<()> {
         "StopPodSandbox + RemovePodSandbox: {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    nothing_left(state, CRI_NS)
+    nothing_left(state, CRI_NS)?;
+    no_cgroup(&limits)
 }

@@ -34,6 +34,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use vm_clone::client::GuestClient;
 
+mod resources;
+
 /// How long a finished process's output may take to reach its FIFOs before its exit is
 /// reported anyway.
 const DRAIN: Duration = Duration::from_secs(5);
@@ -132,6 +134,8 @@ struct Ctr {
     mounted: bool,
     /// A pod's sandbox container: no process in the guest, the VM stands for it.
     pause: bool,
+    /// The sandbox's directory (its VM, share and cgroup name).
+    sandbox_dir: PathBuf,
     guest: GuestClient,
     init: Process_,
     execs: Mutex<HashMap<String, Arc<Exec>>>,
@@ -144,6 +148,7 @@ struct Inner {
     config: Mutex<Option<Config>>,
     vm: tokio::sync::Mutex<Option<sandbox::Vm>>,
     containers: Mutex<HashMap<String, Arc<Ctr>>>,
+    limits: Mutex<resources::SandboxLimits>,
 }
 
 #[derive(Clone)]
@@ -190,6 +195,7 @@ impl ShimApi for Shim {
             sandbox::unpublish(&dir, &self.id);
             if sb == self.id {
                 sandbox::kill_leftover(&dir);
+                resources::remove_leftover(&dir);
             }
         }
         sandbox::unmount(&bundle.join("rootfs"));
@@ -211,6 +217,7 @@ impl ShimApi for Shim {
             config: Mutex::new(None),
             vm: tokio::sync::Mutex::new(None),
             containers: Mutex::new(HashMap::new()),
+            limits: Mutex::new(Default::default()),
         }))
     }
 }
@@ -486,10 +493,20 @@ impl Task for Service {
             pid,
             mounted,
             pause,
+            sandbox_dir: dir.clone(),
             guest,
             init,
             execs: Mutex::new(HashMap::new()),
         });
+        // The sandbox's VM now also carries this container's limits.
+        if let Err(e) = self.set_limits(
+            &c.id,
+            spec.linux.resources.limits(),
+            &self.cgroup_name(&c),
+            pid,
+        ) {
+            log::warn!("{}: cgroup limits not applied: {e}", c.id);
+        }
         lock(&self.0.containers).insert(req.id.clone(), c);
         self.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
@@ -601,6 +618,9 @@ impl Task for Service {
             self.release(&dir, &c.id, &c.bundle, c.mounted);
         }
         lock(&self.0.containers).remove(&req.id);
+        if let Err(e) = self.set_limits(&c.id, Default::default(), &self.cgroup_name(&c), c.pid) {
+            log::warn!("{}: the sandbox's cgroup limits: {e}", c.id);
+        }
         self.publish(
             topics::TASK_DELETE_EVENT_TOPIC,
             Box::new(TaskDelete {
@@ -810,6 +830,24 @@ impl Task for Service {
         })
     }
 
+    /// New `linux.resources` for a task: its share of the sandbox VM's cgroup limits.
+    async fn update(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::UpdateTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
+        self.update_task(&req).await?;
+        Ok(api::Empty::new())
+    }
+
+    async fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        self.stats_of(&req.id).await
+    }
+
     async fn connect(
         &self,
         _ctx: &TtrpcContext,
@@ -840,6 +878,7 @@ impl Task for Service {
                 .await
                 .map_err(|e| rpc(Code::INTERNAL, format!("VM task: {e}")))?;
         }
+        self.remove_cgroups();
         self.0.exit.signal();
         Ok(api::Empty::new())
     }
