@@ -1,241 +1,37 @@
 //! The containerd shim (host/containerd-shim, runtime `io.containerd.axion.v1`) driven by
 //! the real `ctr` against Debian's containerd, started here with its own root, state,
 //! socket and config under a temporary directory (never the host's own containerd), the
-//! shim built from the workspace on its PATH. Every `ctr run` is a sandbox of one: its own
-//! VM cloned from the template (built once, in this test's state directory).
+//! shim built from the workspace on its PATH ([`axion_tests::containerd`], the node the
+//! bench uses too). Every `ctr run` is a sandbox of one: its own VM cloned from the
+//! template (built once, in this test's state directory).
 //!
 //! The same containerd then serves kubelet's way in, its CRI plugin, driven by a small gRPC
 //! client (test_support::cri) with the runtime handler `axion` (a RuntimeClass's handler):
 //! a pod's sandbox and two containers in one VM, then stopped and removed. The pod uses the
 //! node's network (Debian has no CNI plugins; the VM is the pod's network anyway).
 
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use axion_tests::{image, qemus_under, require};
+use anyhow::{Context, Result};
+use axion_tests::containerd::{self, Containerd, Node, CRI_NS, PAUSE, RUNTIME};
+use axion_tests::{qemus_under, require};
 use test_support::cri::Cri;
-use test_support::docker::run_with_timeout;
-use xtask::image::Bootable;
-use xtask::profile::Format;
-
-const RUNTIME: &str = "io.containerd.axion.v1";
-/// containerd's CRI plugin keeps its containers and images in this namespace.
-const CRI_NS: &str = "k8s.io";
-/// The pods' sandbox image (CRI's `sandbox_image`, a pause image elsewhere): busybox whose
-/// command keeps running, imported by the test, so nothing is pulled.
-const PAUSE: &str = "localhost/axion-pause:1";
 
 #[test]
 fn ctr_runs_containers_in_axion_vms() {
-    require!(
-        axion_tests::have_qemu(),
-        "qemu-system-x86_64 is not installed"
-    );
-    require!(
-        Path::new("/usr/bin/containerd").exists() && Path::new("/usr/bin/ctr").exists(),
-        "containerd is not installed (Debian: apt-get install containerd)"
-    );
-    require!(
-        Command::new("qemu-img")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success()),
-        "qemu-img (qemu-utils) is not installed"
-    );
-    // /proc/self belongs to the process's effective user.
-    require!(
-        std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0),
-        "containerd and the shim's mounts need root"
-    );
+    let missing = containerd::missing();
+    require!(missing.is_none(), "{}", missing.unwrap_or_default());
     check().unwrap();
 }
 
-/// Builds the shim binary; its directory (for containerd's PATH).
-fn shim_bin() -> Result<PathBuf> {
-    let root = axion_tests::layout().root;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(&root)
-        .args(["build", "-p", "containerd-shim-axion"])
-        .output()
-        .context("running cargo build")?;
-    if !out.status.success() {
-        bail!(
-            "cargo build -p containerd-shim-axion: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let dir = target.join("debug");
-    anyhow::ensure!(dir.join("containerd-shim-axion-v1").is_file());
-    Ok(dir)
-}
-
-struct Containerd {
-    child: Child,
-    sock: PathBuf,
-    log: PathBuf,
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Containerd {
-    fn ctr(&self, namespace: &str, args: &[&str]) -> Command {
-        let mut c = Command::new("ctr");
-        c.arg("--address").arg(&self.sock).args(["-n", namespace]);
-        c.args(args);
-        c
-    }
-
-    fn run(&self, args: &[&str], timeout: Duration) -> Result<Output> {
-        run_with_timeout(self.ctr("axion-test", args), timeout)
-            .with_context(|| format!("ctr {args:?}"))
-    }
-
-    fn ok(&self, args: &[&str], timeout: Duration) -> Result<String> {
-        self.ok_in("axion-test", args, timeout)
-    }
-
-    fn ok_in(&self, namespace: &str, args: &[&str], timeout: Duration) -> Result<String> {
-        let o = run_with_timeout(self.ctr(namespace, args), timeout)
-            .with_context(|| format!("ctr -n {namespace} {args:?}"))?;
-        if !o.status.success() {
-            bail!(
-                "ctr {args:?}: {}\nstdout: {}\nstderr: {}\ncontainerd log: {}",
-                o.status,
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr),
-                axion_tests::tail(&self.log, 30)
-            );
-        }
-        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
-    }
-}
-
-fn start_containerd(dir: &Path, bin: &Path, shim_config: &Path) -> Result<Containerd> {
-    let sock = dir.join("c.sock");
-    let config = dir.join("config.toml");
-    // A runtimes table of its own replaces containerd's built-in `runc` entry, and the CRI
-    // plugin does not load when its default runtime is missing: axion is the default here.
-    std::fs::write(
-        &config,
-        format!(
-            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
-             [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
-             [debug]\n  level = \"info\"\n\
-             [plugins.\"io.containerd.grpc.v1.cri\"]\n\
-               sandbox_image = \"{PAUSE}\"\n\
-               disable_apparmor = true\n\
-               stream_server_address = \"127.0.0.1\"\n\
-               stream_server_port = \"0\"\n\
-             [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
-               bin_dir = \"{cni}/bin\"\n\
-               conf_dir = \"{cni}/conf\"\n\
-             [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n\
-               default_runtime_name = \"axion\"\n\
-             [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.axion]\n\
-               runtime_type = \"{RUNTIME}\"\n",
-            cni = dir.join("cni").display(),
-            root = dir.join("root").display(),
-            state = dir.join("state").display(),
-            sock = sock.display(),
-        ),
-    )?;
-    let log = dir.join("containerd.log");
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let child = Command::new("/usr/bin/containerd")
-        .arg("--config")
-        .arg(&config)
-        .env("PATH", path)
-        .env("AXION_SHIM_CONFIG", shim_config)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log)?)
-        .stderr(std::fs::File::options().append(true).open(&log)?)
-        .spawn()
-        .context("starting containerd")?;
-    let c = Containerd { child, sock, log };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !c
-        .run(&["version"], Duration::from_secs(10))
-        .is_ok_and(|o| o.status.success())
-    {
-        if Instant::now() > deadline {
-            bail!(
-                "containerd did not answer within 30 s: {}",
-                axion_tests::tail(&c.log, 20)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    Ok(c)
-}
-
 fn check() -> Result<()> {
-    let Bootable::Kernel { kernel, initrd } = image("qemu", Format::Initramfs)? else {
-        bail!("the initramfs format is not a kernel and an initramfs");
-    };
-    let Bootable::Disk { path: disk, .. } = image("qemu", Format::Qcow2)? else {
-        bail!("the qcow2 format is not a disk");
-    };
-    let bin = shim_bin()?;
-    // Short: the shim's QEMU sockets live under the state directory.
-    let dir = tempfile::Builder::new()
-        .prefix("ctrd-")
-        .tempdir_in("/tmp")?;
-    let state = dir.path().join("axion");
-    let shim_config = dir.path().join("shim.toml");
-    std::fs::write(
-        &shim_config,
-        format!(
-            "state_dir = \"{}\"\nkernel = \"{}\"\ninitrd = \"{}\"\ndisk = \"{}\"\n\
-             memory_mib = 512\ncpus = 1\naccel = \"tcg\"\n",
-            state.display(),
-            kernel.display(),
-            initrd.display(),
-            disk.display()
-        ),
-    )?;
-    // The template first (what a node does once, `prepare`), so that no `ctr run` below
-    // waits for a boot.
-    let t = Instant::now();
-    let mut prep = Command::new(bin.join("containerd-shim-axion-v1"));
-    prep.arg("prepare").env("AXION_SHIM_CONFIG", &shim_config);
-    let o = run_with_timeout(prep, Duration::from_secs(600))?;
-    assert!(
-        o.status.success(),
-        "prepare: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    eprintln!("template ready in {:.1} s", t.elapsed().as_secs_f64());
-
-    let c = start_containerd(dir.path(), &bin, &shim_config)?;
-    let bb = std::fs::read(axion_tests::busybox())?;
-    let tar = dir.path().join("busybox.tar");
-    std::fs::write(&tar, axion_tests::busybox_images::image_tar(&bb)?)?;
-    c.ok(
-        &["image", "import", &tar.display().to_string()],
-        Duration::from_secs(120),
-    )?;
-    let images = c.ok(&["image", "ls", "-q"], Duration::from_secs(30))?;
-    let img = images
-        .lines()
-        .find(|l| l.ends_with("busybox:latest"))
-        .with_context(|| format!("no busybox:latest after the import: {images}"))?
-        .to_string();
+    let node = Node::prepare()?;
+    eprintln!("template ready in {:.1} s", node.template_secs);
+    let state = node.state.clone();
+    let c = Containerd::start(&node)?;
+    let img = c.import_busybox(node.dir.path())?;
 
     let run = Duration::from_secs(180);
     let t = Instant::now();
@@ -425,7 +221,7 @@ fn check() -> Result<()> {
     nothing_left(&state, "axion-test")?;
     no_cgroup(&limits)?;
 
-    cri_pod(&c, dir.path(), &state, &bb)
+    cri_pod(&c, node.dir.path(), &state)
 }
 
 /// A busybox shell line printing the kernel release and the process's effective
@@ -500,32 +296,11 @@ fn nothing_left(state: &Path, namespace: &str) -> Result<()> {
 /// The CRI path kubelet uses: RunPodSandbox with the `axion` runtime handler, two
 /// containers of the pod in its one VM (one hostname, one localhost), then
 /// StopPodSandbox and RemovePodSandbox leave nothing behind.
-fn cri_pod(c: &Containerd, dir: &Path, state: &Path, bb: &[u8]) -> Result<()> {
-    let tar = dir.join("pause.tar");
-    std::fs::write(
-        &tar,
-        axion_tests::busybox_images::image_tar_as(bb, PAUSE, &["sleep", "1000000"])?,
-    )?;
-    c.ok_in(
-        CRI_NS,
-        &["image", "import", &tar.display().to_string()],
-        Duration::from_secs(120),
-    )?;
+fn cri_pod(c: &Containerd, dir: &Path, state: &Path) -> Result<()> {
+    c.import_pause(dir)?;
     let cri = Cri::connect(&c.sock)?;
     eprintln!("CRI: {}", cri.version()?);
-    // The CRI plugin learns of the import from containerd's events.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let images = cri.image_refs()?;
-        if images.iter().any(|i| i == PAUSE) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the CRI does not see {PAUSE}: {images:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    containerd::wait_for_pause(&cri)?;
 
     let t = Instant::now();
     let pod = cri.run_pod("web", "axion-pod", "axion")?;
@@ -537,7 +312,10 @@ fn cri_pod(c: &Containerd, dir: &Path, state: &Path, bb: &[u8]) -> Result<()> {
         &[
             "sh",
             "-c",
-            "busybox mkdir -p /www && echo pod-hello > /www/index.html && exec busybox httpd -f -p 8080 -h /www",
+            concat!(
+                "busybox mkdir -p /www && echo pod-hello > /www/index.html && ",
+                "exec busybox httpd -f -p 8080 -h /www"
+            ),
         ],
     )?;
     cri.start_container(&server)?;

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+pub mod containerd;
 pub mod guest;
 
 pub use qemu;

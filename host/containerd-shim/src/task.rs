@@ -16,25 +16,28 @@ use crate::stdio::{Copies, Fifos};
 use async_trait::async_trait;
 use containerd_shim::api;
 use containerd_shim::asynchronous::publisher::RemotePublisher;
-use containerd_shim::asynchronous::{spawn, ExitSignal, Shim as ShimApi};
+use containerd_shim::asynchronous::ExitSignal;
 use containerd_shim::protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
 };
-use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
 use containerd_shim::protos::topics;
 use containerd_shim::protos::ttrpc::{self, Code};
-use containerd_shim::{Config as ShimConfig, DeleteResponse, Flags, StartOpts, TtrpcResult};
+use containerd_shim::TtrpcResult;
 use containerd_shim::{Task, TtrpcContext};
 use docker_api::{ApiError, AttachOptions};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tokio::sync::watch;
 use vm_clone::client::GuestClient;
 
+mod process;
 mod resources;
+mod shim_api;
+
+use process::Process_;
+pub use shim_api::Shim;
 
 /// How long a finished process's output may take to reach its FIFOs before its exit is
 /// reported anyway.
@@ -61,61 +64,6 @@ fn guest_err(e: ApiError) -> ttrpc::Error {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// A process's state as containerd sees it.
-#[derive(Debug, Clone)]
-struct Proc {
-    status: api::Status,
-    exit_code: u32,
-    exited_at: Option<Timestamp>,
-}
-
-impl Proc {
-    fn created() -> Proc {
-        Proc {
-            status: api::Status::CREATED,
-            exit_code: 0,
-            exited_at: None,
-        }
-    }
-    fn exited_at(&self) -> MessageField<Timestamp> {
-        MessageField::from_option(self.exited_at.clone())
-    }
-}
-
-/// A container's init process or one of its execs.
-struct Process_ {
-    fifos: Fifos,
-    state: watch::Sender<Proc>,
-    copies: Mutex<Option<Arc<Copies>>>,
-}
-
-impl Process_ {
-    fn new(fifos: Fifos) -> Process_ {
-        Process_ {
-            fifos,
-            state: watch::channel(Proc::created()).0,
-            copies: Mutex::new(None),
-        }
-    }
-    fn get(&self) -> Proc {
-        self.state.borrow().clone()
-    }
-    async fn wait(&self) -> Proc {
-        let mut rx = self.state.subscribe();
-        // The sender lives in `self`, so the wait ends only with an exit.
-        let _ = rx.wait_for(|p| p.status == api::Status::STOPPED).await;
-        let p = rx.borrow().clone();
-        p
-    }
-    fn exited(&self, code: u32) {
-        self.state.send_modify(|p| {
-            p.status = api::Status::STOPPED;
-            p.exit_code = code;
-            p.exited_at = Some(Timestamp::now());
-        });
-    }
 }
 
 struct Exec {
@@ -153,74 +101,6 @@ struct Inner {
 
 #[derive(Clone)]
 pub struct Service(Arc<Inner>);
-
-/// The shim binary's side of containerd's runtime v2 protocol (`start`, `delete`, serve).
-pub struct Shim {
-    exit: Arc<ExitSignal>,
-    id: String,
-    namespace: String,
-}
-
-#[async_trait]
-impl ShimApi for Shim {
-    type T = Service;
-
-    async fn new(_runtime_id: &str, args: &Flags, _config: &mut ShimConfig) -> Self {
-        Shim {
-            exit: Arc::new(ExitSignal::default()),
-            id: args.id.clone(),
-            namespace: args.namespace.clone(),
-        }
-    }
-
-    /// One shim (and so one VM) per sandbox: the containers of a pod name their sandbox in
-    /// CRI's annotation, and containerd reuses the running shim whose socket that names.
-    async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
-        let grouping = Spec::read(Path::new("."))
-            .map(|s| s.sandbox_id(&opts.id).to_string())
-            .unwrap_or_else(|_| opts.id.clone());
-        let address = spawn(opts, &grouping, Vec::new()).await?;
-        // The server removes its socket at exit by this file (the crate's convention).
-        containerd_shim::asynchronous::util::write_str_to_file("address", &address).await?;
-        Ok(address)
-    }
-
-    /// After a shim died: what it left of this container (its share entry and rootfs
-    /// mounts; the VM when this was its sandbox's own container).
-    async fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
-        let bundle = std::env::current_dir().unwrap_or_default();
-        if let (Ok(spec), Ok(cfg)) = (Spec::read(&bundle), Config::load()) {
-            let sb = spec.sandbox_id(&self.id).to_string();
-            let dir = sandbox::dir(&cfg.state_dir, &self.namespace, &sb);
-            sandbox::unpublish(&dir, &self.id);
-            if sb == self.id {
-                sandbox::kill_leftover(&dir);
-                resources::remove_leftover(&dir);
-            }
-        }
-        sandbox::unmount(&bundle.join("rootfs"));
-        let mut r = DeleteResponse::new();
-        r.set_exit_status(128 + libc::SIGKILL as u32);
-        r.exited_at = MessageField::some(Timestamp::now());
-        Ok(r)
-    }
-
-    async fn wait(&mut self) {
-        self.exit.wait().await;
-    }
-
-    async fn create_task_service(&self, publisher: RemotePublisher) -> Service {
-        Service(Arc::new(Inner {
-            namespace: self.namespace.clone(),
-            exit: self.exit.clone(),
-            publisher,
-            config: Mutex::new(None),
-            vm: tokio::sync::Mutex::new(None),
-            containers: Mutex::new(HashMap::new()),
-            limits: Mutex::new(Default::default()),
-        }))
-    }
-}
 
 impl Service {
     fn get(&self, id: &str) -> TtrpcResult<Arc<Ctr>> {
