@@ -8,6 +8,10 @@
 //! task and exec reports its VM's QEMU process (what a signal from the host would have to
 //! reach, and what its resources are counted on). Exit codes are the guest engine's wait
 //! status, which is the process's exit code or 128 + its signal, as runc's shim reports.
+//!
+//! Beside this file: the binary's side of the protocol (`shim_api`: start, delete), the
+//! processes' states (`process`), and the sandbox's limits and figures (`resources`:
+//! update, stats).
 
 use crate::config::Config;
 use crate::sandbox;
