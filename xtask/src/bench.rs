@@ -45,6 +45,8 @@
 //!   host's cores, at most 4) and 512 MiB.
 //! - In-place update ([`update`], `--update-only`): bytes `axion-update apply` downloads and
 //!   the time from `apply` to the new version's engine answering `/_ping`, one run.
+//! - The containerd shim ([`containerd`], `--containerd-only`): `ctr run` to the first
+//!   output and a pod's sandbox start through the CRI, beside vmd's `docker run`.
 //! - Builds with a shared cache ([`builds`], `--builds`): each vsphere package from an empty
 //!   cache, pushed, and pulled into another empty cache; `image --profile vsphere` end to end.
 //! - The VMs: the qemu profile's virtual hardware for all three (2 vCPU, 1 GiB, `run`'s firmware
@@ -52,6 +54,7 @@
 
 pub mod analyze;
 pub mod builds;
+pub mod containerd;
 pub mod docker_build;
 pub mod floor;
 pub mod peer;
@@ -92,6 +95,11 @@ pub struct Args {
     /// docs/benchmarks.md.
     #[arg(long)]
     pub vmd_only: bool,
+    /// Only the containerd shim's figures ([`containerd`]) beside axion-vmd's `docker run`,
+    /// printed and written to their section of docs/benchmarks.md. Needs root and
+    /// Debian's containerd.
+    #[arg(long)]
+    pub containerd_only: bool,
     /// Only the build figures ([`builds`]): each package of the vsphere profile from an empty
     /// cache and from a warm registry, and `image --profile vsphere` end to end; with --quick
     /// the kernel's clean build is its cached log's figure.
@@ -166,8 +174,8 @@ pub fn bench(layout: &Layout, opts: &Args) -> Result<()> {
         crate::doctor::Need::Bench,
     ])?;
     let runs = Runs::for_opts(opts);
-    if opts.vmd_only {
-        return vmd_only(layout, runs.docker_run);
+    if opts.vmd_only || opts.containerd_only {
+        return vmd_only(layout, runs.docker_run, opts.containerd_only);
     }
     if opts.update_only {
         return update::update_only(layout);
@@ -657,7 +665,8 @@ fn write_waterfall(
 
 /// `--vmd-only`: the qemu profile's image (built if missing or stale), both vmd modes, the
 /// figures and their ratio on stdout. For iterating on clone speed without the full bench.
-fn vmd_only(layout: &Layout, runs: usize) -> Result<()> {
+/// `--containerd-only` (`containerd`): the shim's figures beside vmd's, in their section.
+fn vmd_only(layout: &Layout, runs: usize, containerd: bool) -> Result<()> {
     let recipes = RecipeSet::load(&layout.recipes())?;
     let p = profile::load_profile(&layout.root, "qemu", &recipes)?;
     ensure_images(layout, &recipes, &p, false)?;
@@ -680,18 +689,26 @@ fn vmd_only(layout: &Layout, runs: usize) -> Result<()> {
         accel.name(),
         load.split_whitespace().next().unwrap_or("?")
     );
-    let f = vmd::measure(
-        layout,
-        &vmd::Guest {
-            kernel,
-            initrd,
-            disk,
-            accel,
-        },
-        &out,
-        runs,
-    )?;
+    let guest = vmd::Guest {
+        kernel,
+        initrd,
+        disk,
+        accel,
+    };
     let date = command_line("date", &["-u", "+%Y-%m-%d %H:%M"]).unwrap_or_default();
+    if containerd {
+        let header = format!(
+            "{} UTC · `cargo xtask bench --containerd-only --runs {runs}` · shim VMs TCG, \
+             1 vCPU, 512 MiB; vmd's {} · load {} at start",
+            date.trim(),
+            accel.name().to_uppercase(),
+            load.split_whitespace().next().unwrap_or("?")
+        );
+        let text = containerd::containerd_only(layout, &guest, &out, runs, &header)?;
+        print!("{text}");
+        return write_docs_section(layout, "containerd-only", &text);
+    }
+    let f = vmd::measure(layout, &guest, &out, runs)?;
     let mut text = format!(
         "{} UTC · `cargo xtask bench --vmd-only --runs {runs}` · {} · load {} at start · \
          the two modes' runs alternate\n\n",

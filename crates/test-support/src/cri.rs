@@ -11,10 +11,11 @@ use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest,
-    CreateContainerRequest, ExecSyncRequest, ImageSpec, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, ListImagesRequest, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopPodSandboxRequest, VersionRequest,
+    CreateContainerRequest, ExecSyncRequest, ImageSpec, LinuxContainerResources,
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListImagesRequest, NamespaceMode,
+    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
+    UpdateContainerResourcesRequest, VersionRequest,
 };
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -186,6 +187,26 @@ impl Cri {
             "StartContainer",
             async move { c.start_container(req).await },
         )?;
+        Ok(())
+    }
+
+    /// UpdateContainerResources: a running container's memory limit (bytes) and CPU quota
+    /// (CFS quota and period, microseconds), as kubelet resizes a pod.
+    pub fn update_resources(&self, id: &str, memory: i64, cpu: (i64, i64)) -> Result<()> {
+        let mut c = self.runtime.clone();
+        let req = UpdateContainerResourcesRequest {
+            container_id: id.into(),
+            linux: Some(LinuxContainerResources {
+                memory_limit_in_bytes: memory,
+                cpu_quota: cpu.0,
+                cpu_period: cpu.1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.call("UpdateContainerResources", async move {
+            c.update_container_resources(req).await
+        })?;
         Ok(())
     }
 

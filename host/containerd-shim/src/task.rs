@@ -8,6 +8,10 @@
 //! task and exec reports its VM's QEMU process (what a signal from the host would have to
 //! reach, and what its resources are counted on). Exit codes are the guest engine's wait
 //! status, which is the process's exit code or 128 + its signal, as runc's shim reports.
+//!
+//! Beside this file: the binary's side of the protocol (`shim_api`: start, delete), the
+//! processes' states (`process`), and the sandbox's limits and figures (`resources`:
+//! update, stats).
 
 use crate::config::Config;
 use crate::sandbox;
@@ -16,23 +20,28 @@ use crate::stdio::{Copies, Fifos};
 use async_trait::async_trait;
 use containerd_shim::api;
 use containerd_shim::asynchronous::publisher::RemotePublisher;
-use containerd_shim::asynchronous::{spawn, ExitSignal, Shim as ShimApi};
+use containerd_shim::asynchronous::ExitSignal;
 use containerd_shim::protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
 };
-use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
 use containerd_shim::protos::topics;
 use containerd_shim::protos::ttrpc::{self, Code};
-use containerd_shim::{Config as ShimConfig, DeleteResponse, Flags, StartOpts, TtrpcResult};
+use containerd_shim::TtrpcResult;
 use containerd_shim::{Task, TtrpcContext};
 use docker_api::{ApiError, AttachOptions};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tokio::sync::watch;
 use vm_clone::client::GuestClient;
+
+mod process;
+mod resources;
+mod shim_api;
+
+use process::Process_;
+pub use shim_api::Shim;
 
 /// How long a finished process's output may take to reach its FIFOs before its exit is
 /// reported anyway.
@@ -61,61 +70,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A process's state as containerd sees it.
-#[derive(Debug, Clone)]
-struct Proc {
-    status: api::Status,
-    exit_code: u32,
-    exited_at: Option<Timestamp>,
-}
-
-impl Proc {
-    fn created() -> Proc {
-        Proc {
-            status: api::Status::CREATED,
-            exit_code: 0,
-            exited_at: None,
-        }
-    }
-    fn exited_at(&self) -> MessageField<Timestamp> {
-        MessageField::from_option(self.exited_at.clone())
-    }
-}
-
-/// A container's init process or one of its execs.
-struct Process_ {
-    fifos: Fifos,
-    state: watch::Sender<Proc>,
-    copies: Mutex<Option<Arc<Copies>>>,
-}
-
-impl Process_ {
-    fn new(fifos: Fifos) -> Process_ {
-        Process_ {
-            fifos,
-            state: watch::channel(Proc::created()).0,
-            copies: Mutex::new(None),
-        }
-    }
-    fn get(&self) -> Proc {
-        self.state.borrow().clone()
-    }
-    async fn wait(&self) -> Proc {
-        let mut rx = self.state.subscribe();
-        // The sender lives in `self`, so the wait ends only with an exit.
-        let _ = rx.wait_for(|p| p.status == api::Status::STOPPED).await;
-        let p = rx.borrow().clone();
-        p
-    }
-    fn exited(&self, code: u32) {
-        self.state.send_modify(|p| {
-            p.status = api::Status::STOPPED;
-            p.exit_code = code;
-            p.exited_at = Some(Timestamp::now());
-        });
-    }
-}
-
 struct Exec {
     spec: Process,
     proc_: Process_,
@@ -132,6 +86,8 @@ struct Ctr {
     mounted: bool,
     /// A pod's sandbox container: no process in the guest, the VM stands for it.
     pause: bool,
+    /// The sandbox's directory (its VM, share and cgroup name).
+    sandbox_dir: PathBuf,
     guest: GuestClient,
     init: Process_,
     execs: Mutex<HashMap<String, Arc<Exec>>>,
@@ -144,76 +100,11 @@ struct Inner {
     config: Mutex<Option<Config>>,
     vm: tokio::sync::Mutex<Option<sandbox::Vm>>,
     containers: Mutex<HashMap<String, Arc<Ctr>>>,
+    limits: Mutex<resources::SandboxLimits>,
 }
 
 #[derive(Clone)]
 pub struct Service(Arc<Inner>);
-
-/// The shim binary's side of containerd's runtime v2 protocol (`start`, `delete`, serve).
-pub struct Shim {
-    exit: Arc<ExitSignal>,
-    id: String,
-    namespace: String,
-}
-
-#[async_trait]
-impl ShimApi for Shim {
-    type T = Service;
-
-    async fn new(_runtime_id: &str, args: &Flags, _config: &mut ShimConfig) -> Self {
-        Shim {
-            exit: Arc::new(ExitSignal::default()),
-            id: args.id.clone(),
-            namespace: args.namespace.clone(),
-        }
-    }
-
-    /// One shim (and so one VM) per sandbox: the containers of a pod name their sandbox in
-    /// CRI's annotation, and containerd reuses the running shim whose socket that names.
-    async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
-        let grouping = Spec::read(Path::new("."))
-            .map(|s| s.sandbox_id(&opts.id).to_string())
-            .unwrap_or_else(|_| opts.id.clone());
-        let address = spawn(opts, &grouping, Vec::new()).await?;
-        // The server removes its socket at exit by this file (the crate's convention).
-        containerd_shim::asynchronous::util::write_str_to_file("address", &address).await?;
-        Ok(address)
-    }
-
-    /// After a shim died: what it left of this container (its share entry and rootfs
-    /// mounts; the VM when this was its sandbox's own container).
-    async fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
-        let bundle = std::env::current_dir().unwrap_or_default();
-        if let (Ok(spec), Ok(cfg)) = (Spec::read(&bundle), Config::load()) {
-            let sb = spec.sandbox_id(&self.id).to_string();
-            let dir = sandbox::dir(&cfg.state_dir, &self.namespace, &sb);
-            sandbox::unpublish(&dir, &self.id);
-            if sb == self.id {
-                sandbox::kill_leftover(&dir);
-            }
-        }
-        sandbox::unmount(&bundle.join("rootfs"));
-        let mut r = DeleteResponse::new();
-        r.set_exit_status(128 + libc::SIGKILL as u32);
-        r.exited_at = MessageField::some(Timestamp::now());
-        Ok(r)
-    }
-
-    async fn wait(&mut self) {
-        self.exit.wait().await;
-    }
-
-    async fn create_task_service(&self, publisher: RemotePublisher) -> Service {
-        Service(Arc::new(Inner {
-            namespace: self.namespace.clone(),
-            exit: self.exit.clone(),
-            publisher,
-            config: Mutex::new(None),
-            vm: tokio::sync::Mutex::new(None),
-            containers: Mutex::new(HashMap::new()),
-        }))
-    }
-}
 
 impl Service {
     fn get(&self, id: &str) -> TtrpcResult<Arc<Ctr>> {
@@ -486,10 +377,20 @@ impl Task for Service {
             pid,
             mounted,
             pause,
+            sandbox_dir: dir.clone(),
             guest,
             init,
             execs: Mutex::new(HashMap::new()),
         });
+        // The sandbox's VM now also carries this container's limits.
+        if let Err(e) = self.set_limits(
+            &c.id,
+            spec.linux.resources.limits(),
+            &self.cgroup_name(&c),
+            pid,
+        ) {
+            log::warn!("{}: cgroup limits not applied: {e}", c.id);
+        }
         lock(&self.0.containers).insert(req.id.clone(), c);
         self.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
@@ -601,6 +502,9 @@ impl Task for Service {
             self.release(&dir, &c.id, &c.bundle, c.mounted);
         }
         lock(&self.0.containers).remove(&req.id);
+        if let Err(e) = self.set_limits(&c.id, Default::default(), &self.cgroup_name(&c), c.pid) {
+            log::warn!("{}: the sandbox's cgroup limits: {e}", c.id);
+        }
         self.publish(
             topics::TASK_DELETE_EVENT_TOPIC,
             Box::new(TaskDelete {
@@ -810,6 +714,24 @@ impl Task for Service {
         })
     }
 
+    /// New `linux.resources` for a task: its share of the sandbox VM's cgroup limits.
+    async fn update(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::UpdateTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
+        self.update_task(&req).await?;
+        Ok(api::Empty::new())
+    }
+
+    async fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        self.stats_of(&req.id).await
+    }
+
     async fn connect(
         &self,
         _ctx: &TtrpcContext,
@@ -840,6 +762,7 @@ impl Task for Service {
                 .await
                 .map_err(|e| rpc(Code::INTERNAL, format!("VM task: {e}")))?;
         }
+        self.remove_cgroups();
         self.0.exit.signal();
         Ok(api::Empty::new())
     }
