@@ -79,14 +79,6 @@ fn config(
     cfg
 }
 
-/// `[    3.326386] Run /init as init process` -> 3.326386.
-fn handover(line: &str) -> Option<f64> {
-    let (stamp, rest) = line.trim_start().strip_prefix('[')?.split_once(']')?;
-    rest.contains("Run /init as init process")
-        .then(|| stamp.trim().parse().ok())
-        .flatten()
-}
-
 fn boot_floor(
     profile: &xtask::profile::Profile,
     kernel: &std::path::Path,
@@ -104,7 +96,7 @@ fn boot_floor(
     vm.wait_exit(TIMEOUT).expect("the floor powers off");
     let log = vm.serial_log().expect("a serial log").to_path_buf();
     let serial = std::fs::read_to_string(&log).unwrap_or_default();
-    let guest = serial.lines().find_map(handover).unwrap_or_else(|| {
+    let guest = serial.lines().find_map(floor::handover).unwrap_or_else(|| {
         panic!(
             "no timed `Run /init as init process` line from the floor's kernel:\n{}",
             axion_tests::tail(&log, 40)
@@ -229,16 +221,6 @@ fn image_boots_to_the_engine_within_its_budget_of_the_kernel_floor() {
          {ratio:.2}× the kernel floor's {f:.3} s (budget {RATIO}×)\n--- floor:\n{f_trace}\n\
          --- image:\n{i_trace}"
     );
-}
-
-#[test]
-fn handover_lines_parse() {
-    assert_eq!(
-        handover("[    3.326386] Run /init as init process\r"),
-        Some(3.326386)
-    );
-    assert_eq!(handover("[    3.3] Freeing unused kernel image"), None);
-    assert_eq!(handover("init: Run /init as init process"), None);
 }
 
 #[test]

@@ -1,212 +1,37 @@
 //! The containerd shim (host/containerd-shim, runtime `io.containerd.axion.v1`) driven by
 //! the real `ctr` against Debian's containerd, started here with its own root, state,
 //! socket and config under a temporary directory (never the host's own containerd), the
-//! shim built from the workspace on its PATH. Every `ctr run` is a sandbox of one: its own
-//! VM cloned from the template (built once, in this test's state directory).
+//! shim built from the workspace on its PATH ([`axion_tests::containerd`], the node the
+//! bench uses too). Every `ctr run` is a sandbox of one: its own VM cloned from the
+//! template (built once, in this test's state directory).
+//!
+//! The same containerd then serves kubelet's way in, its CRI plugin, driven by a small gRPC
+//! client (test_support::cri) with the runtime handler `axion` (a RuntimeClass's handler):
+//! a pod's sandbox and two containers in one VM, then stopped and removed. The pod uses the
+//! node's network (Debian has no CNI plugins; the VM is the pod's network anyway).
 
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use axion_tests::{image, qemus_under, require};
-use test_support::docker::run_with_timeout;
-use xtask::image::Bootable;
-use xtask::profile::Format;
-
-const RUNTIME: &str = "io.containerd.axion.v1";
+use anyhow::{Context, Result};
+use axion_tests::containerd::{self, Containerd, Node, CRI_NS, PAUSE, RUNTIME};
+use axion_tests::{qemus_under, require};
+use test_support::cri::Cri;
 
 #[test]
 fn ctr_runs_containers_in_axion_vms() {
-    require!(
-        axion_tests::have_qemu(),
-        "qemu-system-x86_64 is not installed"
-    );
-    require!(
-        Path::new("/usr/bin/containerd").exists() && Path::new("/usr/bin/ctr").exists(),
-        "containerd is not installed (Debian: apt-get install containerd)"
-    );
-    require!(
-        Command::new("qemu-img")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success()),
-        "qemu-img (qemu-utils) is not installed"
-    );
-    // /proc/self belongs to the process's effective user.
-    require!(
-        std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0),
-        "containerd and the shim's mounts need root"
-    );
+    let missing = containerd::missing();
+    require!(missing.is_none(), "{}", missing.unwrap_or_default());
     check().unwrap();
 }
 
-/// Builds the shim binary; its directory (for containerd's PATH).
-fn shim_bin() -> Result<PathBuf> {
-    let root = axion_tests::layout().root;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(&root)
-        .args(["build", "-p", "containerd-shim-axion"])
-        .output()
-        .context("running cargo build")?;
-    if !out.status.success() {
-        bail!(
-            "cargo build -p containerd-shim-axion: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let dir = target.join("debug");
-    anyhow::ensure!(dir.join("containerd-shim-axion-v1").is_file());
-    Ok(dir)
-}
-
-struct Containerd {
-    child: Child,
-    sock: PathBuf,
-    log: PathBuf,
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Containerd {
-    fn ctr(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("ctr");
-        c.arg("--address")
-            .arg(&self.sock)
-            .args(["-n", "axion-test"]);
-        c.args(args);
-        c
-    }
-
-    fn run(&self, args: &[&str], timeout: Duration) -> Result<Output> {
-        run_with_timeout(self.ctr(args), timeout).with_context(|| format!("ctr {args:?}"))
-    }
-
-    fn ok(&self, args: &[&str], timeout: Duration) -> Result<String> {
-        let o = self.run(args, timeout)?;
-        if !o.status.success() {
-            bail!(
-                "ctr {args:?}: {}\nstdout: {}\nstderr: {}\ncontainerd log: {}",
-                o.status,
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr),
-                axion_tests::tail(&self.log, 30)
-            );
-        }
-        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
-    }
-}
-
-fn start_containerd(dir: &Path, bin: &Path, shim_config: &Path) -> Result<Containerd> {
-    let sock = dir.join("c.sock");
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-             [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
-             [debug]\n  level = \"info\"\n",
-            root = dir.join("root").display(),
-            state = dir.join("state").display(),
-            sock = sock.display(),
-        ),
-    )?;
-    let log = dir.join("containerd.log");
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let child = Command::new("/usr/bin/containerd")
-        .arg("--config")
-        .arg(&config)
-        .env("PATH", path)
-        .env("AXION_SHIM_CONFIG", shim_config)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log)?)
-        .stderr(std::fs::File::options().append(true).open(&log)?)
-        .spawn()
-        .context("starting containerd")?;
-    let c = Containerd { child, sock, log };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !c
-        .run(&["version"], Duration::from_secs(10))
-        .is_ok_and(|o| o.status.success())
-    {
-        if Instant::now() > deadline {
-            bail!(
-                "containerd did not answer within 30 s: {}",
-                axion_tests::tail(&c.log, 20)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    Ok(c)
-}
-
 fn check() -> Result<()> {
-    let Bootable::Kernel { kernel, initrd } = image("qemu", Format::Initramfs)? else {
-        bail!("the initramfs format is not a kernel and an initramfs");
-    };
-    let Bootable::Disk { path: disk, .. } = image("qemu", Format::Qcow2)? else {
-        bail!("the qcow2 format is not a disk");
-    };
-    let bin = shim_bin()?;
-    // Short: the shim's QEMU sockets live under the state directory.
-    let dir = tempfile::Builder::new()
-        .prefix("ctrd-")
-        .tempdir_in("/tmp")?;
-    let state = dir.path().join("axion");
-    let shim_config = dir.path().join("shim.toml");
-    std::fs::write(
-        &shim_config,
-        format!(
-            "state_dir = \"{}\"\nkernel = \"{}\"\ninitrd = \"{}\"\ndisk = \"{}\"\n\
-             memory_mib = 512\ncpus = 1\naccel = \"tcg\"\n",
-            state.display(),
-            kernel.display(),
-            initrd.display(),
-            disk.display()
-        ),
-    )?;
-    // The template first (what a node does once, `prepare`), so that no `ctr run` below
-    // waits for a boot.
-    let t = Instant::now();
-    let mut prep = Command::new(bin.join("containerd-shim-axion-v1"));
-    prep.arg("prepare").env("AXION_SHIM_CONFIG", &shim_config);
-    let o = run_with_timeout(prep, Duration::from_secs(600))?;
-    assert!(
-        o.status.success(),
-        "prepare: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    eprintln!("template ready in {:.1} s", t.elapsed().as_secs_f64());
-
-    let c = start_containerd(dir.path(), &bin, &shim_config)?;
-    let bb = std::fs::read(axion_tests::busybox())?;
-    let tar = dir.path().join("busybox.tar");
-    std::fs::write(&tar, axion_tests::busybox_images::image_tar(&bb)?)?;
-    c.ok(
-        &["image", "import", &tar.display().to_string()],
-        Duration::from_secs(120),
-    )?;
-    let images = c.ok(&["image", "ls", "-q"], Duration::from_secs(30))?;
-    let img = images
-        .lines()
-        .find(|l| l.ends_with("busybox:latest"))
-        .with_context(|| format!("no busybox:latest after the import: {images}"))?
-        .to_string();
+    let node = Node::prepare()?;
+    eprintln!("template ready in {:.1} s", node.template_secs);
+    let state = node.state.clone();
+    let c = Containerd::start(&node)?;
+    let img = c.import_busybox(node.dir.path())?;
 
     let run = Duration::from_secs(180);
     let t = Instant::now();
@@ -248,36 +73,50 @@ fn check() -> Result<()> {
         String::from_utf8_lossy(&o.stderr)
     );
 
-    // The container sees its own VM's kernel, not the host's.
+    // The container sees its own VM's kernel, not the host's; the spec's capability set
+    // (ctr's default less CAP_CHOWN) and its noNewPrivileges (ctr's default) hold in it.
     let host = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
-    let guest = c.ok(
+    let out = c.ok(
         &[
             "run",
             "--rm",
             "--runtime",
             RUNTIME,
+            "--cap-drop",
+            "CAP_CHOWN",
             &img,
             "uname",
-            "busybox",
-            "uname",
-            "-r",
+            "sh",
+            "-c",
+            PROC_STATUS,
         ],
         run,
     )?;
+    let guest = out.lines().next().unwrap_or_default();
     assert_ne!(
         guest.trim(),
         host.trim(),
         "the container saw the host's kernel"
     );
     assert!(!guest.trim().is_empty());
+    let (caps, nnp) = caps_and_nnp(&out)?;
+    assert_eq!(caps & CAP_CHOWN, 0, "CAP_CHOWN was dropped: {out}");
+    assert_ne!(caps & CAP_KILL, 0, "CAP_KILL is ctr's default: {out}");
+    assert!(nnp, "ctr's spec asks for no_new_privs: {out}");
 
-    // A running task: exec into it, then kill and delete it.
+    // A running task with limits (its VM's QEMU in a cgroup of the shim's), the default
+    // capabilities and new privileges allowed: exec into it, then kill and delete it.
     c.ok(
         &[
             "run",
             "-d",
             "--runtime",
             RUNTIME,
+            "--memory-limit",
+            &(1u64 << 30).to_string(),
+            "--cpus",
+            "0.5",
+            "--allow-new-privs",
             &img,
             "long",
             "sleep",
@@ -285,6 +124,45 @@ fn check() -> Result<()> {
         ],
         run,
     )?;
+    let qemu = qemus_under(&state);
+    assert_eq!(qemu.len(), 1, "one VM for the task");
+    let limits = axion_tests::cgroup_limits(qemu[0])?;
+    assert!(limits.memory_path.contains("/axion-shim/"), "{limits:?}");
+    assert_eq!(limits.memory, Some(1 << 30), "{limits:?}");
+    assert_eq!(limits.cpu, Some((50_000, 100_000)), "{limits:?}");
+    let o = c.ok(
+        &[
+            "task",
+            "exec",
+            "--exec-id",
+            "s1",
+            "long",
+            "sh",
+            "-c",
+            PROC_STATUS,
+        ],
+        run,
+    )?;
+    let (caps, nnp) = caps_and_nnp(&o)?;
+    assert_ne!(caps & CAP_CHOWN, 0, "default capabilities: {o}");
+    assert!(!nnp, "--allow-new-privs: {o}");
+    // Stats: the QEMU's host figures and the container's in the guest.
+    let m = c.ok(
+        &["task", "metrics", "--format", "json", "long"],
+        Duration::from_secs(60),
+    )?;
+    let mj: serde_json::Value =
+        serde_json::from_str(&m).with_context(|| format!("ctr task metrics: {m}"))?;
+    let n = |p: &str| mj.pointer(p).and_then(|v| v.as_u64()).unwrap_or(0);
+    assert_eq!(n("/memory/usage/limit"), 1 << 30, "{m}");
+    assert!(n("/memory/usage/usage") > 16 << 20, "QEMU's memory: {m}");
+    assert!(n("/cpu/usage/total") > 0, "QEMU's CPU time: {m}");
+    assert!(
+        n("/memory/rss") > 0,
+        "the container's memory in its VM: {m}"
+    );
+    assert!(n("/pids/current") >= 1, "the container's processes: {m}");
+    eprintln!("ctr task metrics: {}", m.replace('\n', " "));
     let out = c.ok(
         &["task", "exec", "--exec-id", "e1", "long", "echo", "inside"],
         run,
@@ -340,14 +218,57 @@ fn check() -> Result<()> {
     }
     c.ok(&["task", "delete", "long"], run)?;
     c.ok(&["container", "delete", "long"], run)?;
+    nothing_left(&state, "axion-test")?;
+    no_cgroup(&limits)?;
 
-    // Nothing is left: no QEMU, no sandbox directory, no shim.
+    cri_pod(&c, node.dir.path(), &state)
+}
+
+/// A busybox shell line printing the kernel release and the process's effective
+/// capabilities and no_new_privs flag.
+const PROC_STATUS: &str =
+    "busybox uname -r; busybox grep -E '^(CapEff|NoNewPrivs):' /proc/self/status";
+const CAP_CHOWN: u64 = 1 << 0;
+const CAP_KILL: u64 = 1 << 5;
+
+/// CapEff and NoNewPrivs of PROC_STATUS's output.
+fn caps_and_nnp(out: &str) -> Result<(u64, bool)> {
+    let field = |k: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(str::trim)
+            .with_context(|| format!("no {k} in {out:?}"))
+    };
+    let caps = u64::from_str_radix(field("CapEff:")?, 16)?;
+    Ok((caps, field("NoNewPrivs:")? == "1"))
+}
+
+/// The cgroups of a VM that is gone were removed too.
+fn no_cgroup(l: &axion_tests::CgroupLimits) -> Result<()> {
+    let root = Path::new("/sys/fs/cgroup");
+    let dirs = if root.join("cgroup.controllers").exists() {
+        vec![root.join(l.memory_path.trim_start_matches('/'))]
+    } else {
+        vec![
+            root.join("memory")
+                .join(l.memory_path.trim_start_matches('/')),
+            root.join("cpu").join(l.cpu_path.trim_start_matches('/')),
+        ]
+    };
+    for d in dirs {
+        assert!(!d.exists(), "cgroup {} left", d.display());
+    }
+    Ok(())
+}
+
+/// Nothing is left: no QEMU, no sandbox directory, no shim of `namespace`.
+fn nothing_left(state: &Path, namespace: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !qemus_under(&state).is_empty() {
+    while !qemus_under(state).is_empty() {
         assert!(
             Instant::now() < deadline,
             "QEMU left running: {:?}",
-            qemus_under(&state)
+            qemus_under(state)
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -359,7 +280,10 @@ fn check() -> Result<()> {
         .collect();
     assert!(left.is_empty(), "sandbox directories left: {left:?}");
     let shims = Command::new("pgrep")
-        .args(["-f", "containerd-shim-axion-v1 -namespace axion-test"])
+        .args([
+            "-f",
+            &format!("containerd-shim-axion-v1 -namespace {namespace} "),
+        ])
         .output()?;
     assert!(
         String::from_utf8_lossy(&shims.stdout).trim().is_empty(),
@@ -367,4 +291,96 @@ fn check() -> Result<()> {
         String::from_utf8_lossy(&shims.stdout)
     );
     Ok(())
+}
+
+/// The CRI path kubelet uses: RunPodSandbox with the `axion` runtime handler, two
+/// containers of the pod in its one VM (one hostname, one localhost), then
+/// StopPodSandbox and RemovePodSandbox leave nothing behind.
+fn cri_pod(c: &Containerd, dir: &Path, state: &Path) -> Result<()> {
+    c.import_pause(dir)?;
+    let cri = Cri::connect(&c.sock)?;
+    eprintln!("CRI: {}", cri.version()?);
+    containerd::wait_for_pause(&cri)?;
+
+    let t = Instant::now();
+    let pod = cri.run_pod("web", "axion-pod", "axion")?;
+    eprintln!("RunPodSandbox: {:.1} s", t.elapsed().as_secs_f64());
+    let server = cri.create_container(
+        &pod,
+        "server",
+        PAUSE,
+        &[
+            "sh",
+            "-c",
+            concat!(
+                "busybox mkdir -p /www && echo pod-hello > /www/index.html && ",
+                "exec busybox httpd -f -p 8080 -h /www"
+            ),
+        ],
+    )?;
+    cri.start_container(&server)?;
+    let client = cri.create_container(&pod, "client", PAUSE, &["sleep", "1000000"])?;
+    cri.start_container(&client)?;
+    assert!(cri.running(&server)? && cri.running(&client)?);
+    let qemu = qemus_under(state);
+    assert_eq!(qemu.len(), 1, "one VM for the pod");
+    // kubelet's resize: the pod's limits are its VM's QEMU's, changed at once.
+    cri.update_resources(&server, 768 << 20, (30_000, 100_000))?;
+    let limits = axion_tests::cgroup_limits(qemu[0])?;
+    assert!(limits.cpu_path.contains("/axion-shim/"), "{limits:?}");
+    assert_eq!(limits.memory, Some(768 << 20), "{limits:?}");
+    assert_eq!(limits.cpu, Some((30_000, 100_000)), "{limits:?}");
+
+    let exec = Duration::from_secs(60);
+    let out = |id: &str, cmd: &[&str]| -> Result<String> {
+        let o = cri.exec_sync(id, cmd, exec)?;
+        anyhow::ensure!(o.exit_code == 0, "exec {cmd:?} in {id}: {o:?}");
+        Ok(o.stdout)
+    };
+    let boot_id = ["busybox", "cat", "/proc/sys/kernel/random/boot_id"];
+    assert_eq!(
+        out(&server, &boot_id)?,
+        out(&client, &boot_id)?,
+        "the pod's containers ran in two VMs"
+    );
+    let name = out(&server, &["busybox", "hostname"])?;
+    assert!(!name.trim().is_empty());
+    assert_eq!(
+        name,
+        out(&client, &["busybox", "hostname"])?,
+        "one hostname in the pod"
+    );
+    assert_eq!(name.trim(), "axion-pod", "the pod's hostname");
+    // The server container's httpd, reached from the client container on localhost.
+    let get = [
+        "busybox",
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        "http://127.0.0.1:8080/index.html",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = cri.exec_sync(&client, &get, exec)?;
+        if o.exit_code == 0 {
+            assert_eq!(o.stdout, "pod-hello\n");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the client never reached the server on localhost: {o:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    let t = Instant::now();
+    cri.stop_pod(&pod.id)?;
+    cri.remove_pod(&pod.id)?;
+    eprintln!(
+        "StopPodSandbox + RemovePodSandbox: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    nothing_left(state, CRI_NS)?;
+    no_cgroup(&limits)
 }

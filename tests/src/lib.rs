@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+pub mod containerd;
 pub mod guest;
 
 pub use qemu;
@@ -307,4 +308,64 @@ pub fn ssh_keygen(dir: &Path, name: &str) -> Result<(PathBuf, String)> {
         .trim()
         .to_owned();
     Ok((key, public))
+}
+
+/// The host cgroup limits a process (a VM's QEMU) runs under: its memory and cpu cgroups'
+/// paths (from `/proc/PID/cgroup`) and their memory limit and CFS quota (None: none).
+#[derive(Debug)]
+pub struct CgroupLimits {
+    pub memory_path: String,
+    pub cpu_path: String,
+    pub memory: Option<i64>,
+    pub cpu: Option<(i64, i64)>,
+}
+
+/// Reads [`CgroupLimits`] of `pid`, on a cgroup v2 or v1 host.
+pub fn cgroup_limits(pid: u32) -> Result<CgroupLimits> {
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    let root = Path::new("/sys/fs/cgroup");
+    let path_of = |controller: &str| -> Result<String> {
+        let line = own
+            .lines()
+            .find(|l| {
+                l.split(':')
+                    .nth(1)
+                    .is_some_and(|c| c.split(',').any(|c| c == controller))
+            })
+            .with_context(|| format!("no {controller:?} line in /proc/{pid}/cgroup: {own}"))?;
+        Ok(line.splitn(3, ':').nth(2).unwrap_or_default().to_string())
+    };
+    let read = |p: PathBuf| -> Result<String> {
+        Ok(std::fs::read_to_string(&p)
+            .with_context(|| format!("reading {}", p.display()))?
+            .trim()
+            .to_string())
+    };
+    let num = |s: &str| s.parse::<i64>().ok();
+    if root.join("cgroup.controllers").exists() {
+        let p = path_of("")?;
+        let d = root.join(p.trim_start_matches('/'));
+        let cpu = read(d.join("cpu.max"))?;
+        let (q, per) = cpu.split_once(' ').unwrap_or((&cpu, "100000"));
+        Ok(CgroupLimits {
+            memory_path: p.clone(),
+            cpu_path: p,
+            memory: num(&read(d.join("memory.max"))?),
+            cpu: num(q).zip(num(per)),
+        })
+    } else {
+        let (mp, cp) = (path_of("memory")?, path_of("cpu")?);
+        let m = root.join("memory").join(mp.trim_start_matches('/'));
+        let c = root.join("cpu").join(cp.trim_start_matches('/'));
+        // v1 reads "no limit" as a huge number and a quota of -1.
+        let memory = num(&read(m.join("memory.limit_in_bytes"))?).filter(|&l| l < 1 << 62);
+        let quota = num(&read(c.join("cpu.cfs_quota_us"))?).filter(|&q| q > 0);
+        let period = num(&read(c.join("cpu.cfs_period_us"))?);
+        Ok(CgroupLimits {
+            memory_path: mp,
+            cpu_path: cp,
+            memory,
+            cpu: quota.zip(period),
+        })
+    }
 }

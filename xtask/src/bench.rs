@@ -4,8 +4,8 @@
 //!
 //! Each figure is the median of several runs with min and max (`--quick`: fewer runs, no
 //! clean builds, and the peer only if it is cached already). Outputs: a Markdown table on
-//! stdout and in its dated section of docs/benchmarks.md (`--vmd-only`, `--build-only`: their
-//! own sections),
+//! stdout and in its dated section of docs/benchmarks.md (`--vmd-only`, `--build-only`,
+//! `--update-only`: their own sections),
 //! JSON (`--json FILE`, default `out/bench/bench.json`) and an SVG bar chart of the boot times
 //! (`out/bench/bench.svg`). Nothing is invented: a figure that cannot be taken is
 //! `n/a (why)`.
@@ -43,6 +43,10 @@
 //!   image from a docker-registry on 127.0.0.1; the two modes' runs alternate. Also the
 //!   daemon's start (template boot + save). The VMs have the daemon's default vCPUs (the
 //!   host's cores, at most 4) and 512 MiB.
+//! - In-place update ([`update`], `--update-only`): bytes `axion-update apply` downloads and
+//!   the time from `apply` to the new version's engine answering `/_ping`, one run.
+//! - The containerd shim ([`containerd`], `--containerd-only`): `ctr run` to the first
+//!   output and a pod's sandbox start through the CRI, beside vmd's `docker run`.
 //! - Builds with a shared cache ([`builds`], `--builds`): each vsphere package from an empty
 //!   cache, pushed, and pulled into another empty cache; `image --profile vsphere` end to end.
 //! - The VMs: the qemu profile's virtual hardware for all three (2 vCPU, 1 GiB, `run`'s firmware
@@ -50,11 +54,13 @@
 
 pub mod analyze;
 pub mod builds;
+pub mod containerd;
 pub mod docker_build;
 pub mod floor;
 pub mod peer;
 pub mod report;
 pub mod stats;
+pub mod update;
 pub mod vmd;
 pub mod waterfall;
 
@@ -89,6 +95,11 @@ pub struct Args {
     /// docs/benchmarks.md.
     #[arg(long)]
     pub vmd_only: bool,
+    /// Only the containerd shim's figures ([`containerd`]) beside axion-vmd's `docker run`,
+    /// printed and written to their section of docs/benchmarks.md. Needs root and
+    /// Debian's containerd.
+    #[arg(long)]
+    pub containerd_only: bool,
     /// Only the build figures ([`builds`]): each package of the vsphere profile from an empty
     /// cache and from a warm registry, and `image --profile vsphere` end to end; with --quick
     /// the kernel's clean build is its cached log's figure.
@@ -98,6 +109,11 @@ pub struct Args {
     /// printed and written to their section of docs/benchmarks.md.
     #[arg(long)]
     pub build_only: bool,
+    /// Only the in-place update figures ([`update`]): bytes `axion-update apply` downloads
+    /// and the time from `apply` to the new version answering `/_ping`; one run, written to
+    /// their section of docs/benchmarks.md.
+    #[arg(long)]
+    pub update_only: bool,
     /// Timed `docker run`s per mode (default 5, or 2 with --quick), and timed rebuilds of
     /// each kind.
     #[arg(long, value_name = "N")]
@@ -158,8 +174,11 @@ pub fn bench(layout: &Layout, opts: &Args) -> Result<()> {
         crate::doctor::Need::Bench,
     ])?;
     let runs = Runs::for_opts(opts);
-    if opts.vmd_only {
-        return vmd_only(layout, runs.docker_run);
+    if opts.vmd_only || opts.containerd_only {
+        return vmd_only(layout, runs.docker_run, opts.containerd_only);
+    }
+    if opts.update_only {
+        return update::update_only(layout);
     }
     if opts.build_only {
         let out = layout.root.join("out").join("bench");
@@ -344,8 +363,9 @@ pub fn bench(layout: &Layout, opts: &Args) -> Result<()> {
         docker_cli,
     };
 
-    let floor = bench.floor(runs.boot)?;
+    let (floor, floor_guest) = bench.floor(runs.boot)?;
     let floor_median = floor.median();
+    let floor_guest_median = floor_guest.median();
     rows.push(
         Row::new(
             "boot",
@@ -419,6 +439,13 @@ pub fn bench(layout: &Layout, opts: &Args) -> Result<()> {
         Unit::Seconds,
         ax.ready_guest.clone(),
         peer_or(&|p| p.multi_user_guest.clone()),
+    ));
+    rows.push(Row::new(
+        "boot",
+        "kernel floor, guest's own clock (the kernel's `Run /init`)",
+        Unit::Seconds,
+        floor_guest,
+        Value::None,
     ));
     rows.push(
         Row::new(
@@ -546,6 +573,24 @@ pub fn bench(layout: &Layout, opts: &Args) -> Result<()> {
         ));
     }
 
+    if let (Some(ready), Some(handover)) = (ax.ready_guest.median(), floor_guest_median) {
+        notes.push(format!(
+            "guest clock: axion is ready (its engine answering) {:.2} s after the kernel floor \
+             hands over to its init (goal: at most 0.5 s)",
+            ready - handover
+        ));
+    }
+    if let Some(api) = ax.api.median() {
+        let peer = pe.as_ref().and_then(|p| p.api.median());
+        notes.push(format!(
+            "QEMU start to /_ping answering: {} (goal: at most 3 s){}",
+            Unit::Seconds.format(api),
+            peer.map_or(String::new(), |p| format!(
+                "; the Debian peer {:.1}× slower (goal: at least 15×)",
+                p / api
+            ))
+        ));
+    }
     notes.push(format!(
         "boot figures are wall time from starting QEMU; \"= N× floor\" divides by the kernel floor \
          ({}); the peer boots its own Debian kernel and initrd by direct kernel boot",
@@ -647,7 +692,8 @@ fn write_waterfall(
 
 /// `--vmd-only`: the qemu profile's image (built if missing or stale), the three vmd modes, the
 /// figures and their ratio on stdout. For iterating on clone speed without the full bench.
-fn vmd_only(layout: &Layout, runs: usize) -> Result<()> {
+/// `--containerd-only` (`containerd`): the shim's figures beside vmd's, in their section.
+fn vmd_only(layout: &Layout, runs: usize, containerd: bool) -> Result<()> {
     let recipes = RecipeSet::load(&layout.recipes())?;
     let p = profile::load_profile(&layout.root, "qemu", &recipes)?;
     ensure_images(layout, &recipes, &p, false)?;
@@ -670,18 +716,26 @@ fn vmd_only(layout: &Layout, runs: usize) -> Result<()> {
         accel.name(),
         load.split_whitespace().next().unwrap_or("?")
     );
-    let f = vmd::measure(
-        layout,
-        &vmd::Guest {
-            kernel,
-            initrd,
-            disk,
-            accel,
-        },
-        &out,
-        runs,
-    )?;
+    let guest = vmd::Guest {
+        kernel,
+        initrd,
+        disk,
+        accel,
+    };
     let date = command_line("date", &["-u", "+%Y-%m-%d %H:%M"]).unwrap_or_default();
+    if containerd {
+        let header = format!(
+            "{} UTC · `cargo xtask bench --containerd-only --runs {runs}` · shim VMs TCG, \
+             1 vCPU, 512 MiB; vmd's {} · load {} at start",
+            date.trim(),
+            accel.name().to_uppercase(),
+            load.split_whitespace().next().unwrap_or("?")
+        );
+        let text = containerd::containerd_only(layout, &guest, &out, runs, &header)?;
+        print!("{text}");
+        return write_docs_section(layout, "containerd-only", &text);
+    }
+    let f = vmd::measure(layout, &guest, &out, runs)?;
     let mut text = format!(
         "{} UTC · `cargo xtask bench --vmd-only --runs {runs}` · {} · load {} at start · \
          the three modes' runs alternate; the pooled runs each find the pool full\n\n",
@@ -1156,13 +1210,15 @@ impl Bench<'_> {
         ))
     }
 
-    fn floor(&self, n: usize) -> Result<Value> {
+    /// The floor's wall time (QEMU start to exit) and its guest-clock handover to init.
+    fn floor(&self, n: usize) -> Result<(Value, Value)> {
         let Bootable::Kernel { kernel, .. } = &self.bootable else {
             unreachable!("checked by the caller")
         };
         let initrd = self.out.join("floor-initramfs.cpio");
         floor::write_initramfs(&initrd)?;
         let mut samples = Vec::new();
+        let mut guest = Vec::new();
         for i in 0..n {
             let (mut cfg, _) = self.config(
                 &Bootable::Kernel {
@@ -1187,10 +1243,23 @@ impl Bench<'_> {
                     "the kernel floor's \
                      QEMU exited without the kernel's power-off line (see the serial log)",
                 )?;
-            eprintln!("bench: floor run {}: {secs:.2} s", i + 1);
+            let serial = vm
+                .serial_log()
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .unwrap_or_default();
+            let handover = serial.lines().find_map(floor::handover);
+            eprintln!(
+                "bench: floor run {}: {secs:.2} s (guest handover {})",
+                i + 1,
+                handover.map_or("?".into(), |h| format!("{h:.2} s"))
+            );
             samples.push(secs);
+            guest.extend(handover);
         }
-        Ok(Value::from_samples(&samples, "no runs"))
+        Ok((
+            Value::from_samples(&samples, "no runs"),
+            Value::from_samples(&guest, "no timed `Run /init` line from the floor's kernel"),
+        ))
     }
 
     fn axion_direct(&self, n: usize, docker_runs: usize, engine: bool) -> Result<AxionFigures> {

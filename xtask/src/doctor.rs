@@ -252,6 +252,14 @@ const R: &[(Need, Requirement)] = &[
     (
         Need::Test,
         Requirement {
+            probe: "protoc",
+            package: "protobuf-compiler",
+            why: "the e2e tests' CRI client (k8s-cri) compiles kubelet's protos",
+        },
+    ),
+    (
+        Need::Test,
+        Requirement {
             probe: "ssh",
             package: "openssh-client",
             why: "log into test VMs",

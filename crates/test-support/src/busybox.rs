@@ -69,6 +69,12 @@ pub fn layer(bb: &Path, marker: &str) -> Result<Vec<u8>> {
 /// A one-layer `docker save` archive of busybox:latest from a static busybox, so a daemon
 /// can `docker load` it without a registry (the bench's guests; the engine's load test).
 pub fn image_tar(busybox: &[u8]) -> Result<Vec<u8>> {
+    image_tar_as(busybox, "busybox:latest", &["sh"])
+}
+
+/// [`image_tar`] tagged `tag`, with `cmd` as the image's command (e.g. a pod's sandbox
+/// image, whose command must keep running).
+pub fn image_tar_as(busybox: &[u8], tag: &str, cmd: &[&str]) -> Result<Vec<u8>> {
     let mut layer = tar::Builder::new(Vec::new());
     let mut dir = tar::Header::new_ustar();
     dir.set_entry_type(tar::EntryType::Directory);
@@ -95,7 +101,7 @@ pub fn image_tar(busybox: &[u8]) -> Result<Vec<u8>> {
         "architecture": "amd64",
         "os": "linux",
         "created": "1970-01-01T00:00:00Z",
-        "config": { "Cmd": ["sh"], "Env": ["PATH=/bin"] },
+        "config": { "Cmd": cmd, "Env": ["PATH=/bin"] },
         "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{layer_id}")] },
         "history": [{ "created": "1970-01-01T00:00:00Z", "created_by": "axion bench: the host's \
             static busybox" }]
@@ -104,7 +110,7 @@ pub fn image_tar(busybox: &[u8]) -> Result<Vec<u8>> {
     let config_id = hex::encode(Sha256::digest(config.as_bytes()));
     let manifest = serde_json::json!([{
         "Config": format!("{config_id}.json"),
-        "RepoTags": ["busybox:latest"],
+        "RepoTags": [tag],
         "Layers": [format!("{layer_id}/layer.tar")],
     }])
     .to_string();

@@ -1,11 +1,13 @@
 //! VM-per-container mode's machinery, shared by its two host programs (axion-vmd, host/vmd,
 //! and the containerd shim, host/containerd-shim): the template VM booted once and saved,
 //! its clones restored from the saved state ([`template`]), what the mode appends to the
-//! image's initramfs ([`guest`]), and the Docker API client of the engine inside each VM
-//! over its virtio-serial port ([`client`]). The design and its measured decisions are in
+//! image's initramfs ([`guest`]), the Docker API client of the engine inside each VM
+//! over its virtio-serial port ([`client`]), and the host cgroups that bound each VM's
+//! QEMU ([`cgroup`]). The design and its measured decisions are in
 //! host/vmd/src/lib.rs; both programs use one template directory (its name is the hash of
 //! everything a saved state depends on), so they run side by side on one host.
 
+pub mod cgroup;
 pub mod client;
 pub mod guest;
 pub mod slots;

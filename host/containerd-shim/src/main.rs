@@ -8,8 +8,9 @@
 //! shim server, or name the running one), the server itself (the task service, [`task`]),
 //! and `delete` (clean up after a shim that died). One more, `containerd-shim-axion-v1
 //! prepare`, builds the template now rather than at the first container. Settings:
-//! [`config`]; how a container's rootfs reaches its VM: [`sandbox`]; docs/containerd.md is
-//! the user guide.
+//! [`config`]; how a container's rootfs reaches its VM: [`sandbox`]; what of the OCI spec
+//! is honoured: [`spec`]; the sandbox's cgroup limits, `update` and `stats`:
+//! `task::resources`; docs/containerd.md is the user guide.
 
 mod config;
 mod sandbox;

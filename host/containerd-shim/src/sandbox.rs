@@ -24,6 +24,8 @@ use vm_clone::template::{self, Template};
 pub struct Vm {
     pub dir: PathBuf,
     pub guest: GuestClient,
+    /// The VM's host name: every container of the sandbox has it (a pod's one UTS).
+    pub hostname: String,
     vm: Option<qemu::Vm>,
     /// The clone agent's channel, held for the VM's life (see `template::identify`).
     _agent: UnixStream,
@@ -55,6 +57,7 @@ impl Vm {
         Ok(Vm {
             dir: dir.to_path_buf(),
             guest,
+            hostname: hostname.to_string(),
             vm: Some(vm),
             _agent: agent,
         })

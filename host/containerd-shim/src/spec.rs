@@ -1,17 +1,23 @@
 //! The parts of the bundle's OCI runtime spec (`config.json`) the shim honours, and the
 //! guest engine's create request made of them.
 //!
-//! The process (args, env, cwd, user, terminal) and the host name go to the guest engine,
-//! which runs the process as it runs a `docker run` (its default capabilities, seccomp
-//! profile, /dev, /proc, /sys). What the spec says beyond that (its own capability set,
-//! seccomp profile, mounts, rlimits, namespaces) is not applied yet: docs/containerd.md
-//! lists it.
+//! The process (args, env, cwd, user, terminal, its capability set and `noNewPrivileges`)
+//! and the host name go to the guest engine, which runs the process as it runs a `docker
+//! run` with `--cap-drop ALL --cap-add <the spec's bounding set>` and `--security-opt
+//! no-new-privileges` (its seccomp profile, compiled for those capabilities, its /dev,
+//! /proc, /sys). `linux.resources` (memory limit, CPU quota) bounds the VM's QEMU on the
+//! host instead (crate::task::resources). What the spec says beyond that (its seccomp
+//! profile, mounts, rlimits, namespaces) is not applied: the guest engine refuses rlimits
+//! (`Ulimits`) and has no call for the rest; docs/containerd.md lists it.
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use vm_clone::cgroup::Limits;
 
 /// The annotation CRI puts on every container of a pod: the sandbox's id.
 pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+/// CRI's annotation saying what a container is: `sandbox` for a pod's pause container.
+pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -19,6 +25,53 @@ pub struct Spec {
     pub process: Process,
     pub hostname: String,
     pub annotations: BTreeMap<String, String>,
+    pub linux: Linux,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Linux {
+    pub resources: Resources,
+}
+
+/// `linux.resources`, and the body of a task update (containerd sends the OCI
+/// `LinuxResources` as JSON): the parts that bound a VM's QEMU.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Resources {
+    pub memory: Option<MemoryResources>,
+    pub cpu: Option<CpuResources>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct MemoryResources {
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct CpuResources {
+    pub quota: Option<i64>,
+    pub period: Option<u64>,
+}
+
+impl Resources {
+    /// The limits in the host cgroup's terms: a memory limit and a CFS quota only when
+    /// positive (-1 and 0 mean none), the period 100 ms when the spec names none.
+    pub fn limits(&self) -> Limits {
+        let memory = self
+            .memory
+            .as_ref()
+            .and_then(|m| m.limit)
+            .filter(|&m| m > 0);
+        let cpu = self.cpu.as_ref().and_then(|c| {
+            let q = c.quota.filter(|&q| q > 0)?;
+            let p = c.period.filter(|&p| p > 0).unwrap_or(100_000);
+            Some((q, i64::try_from(p).unwrap_or(100_000)))
+        });
+        Limits { memory, cpu }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -29,6 +82,17 @@ pub struct Process {
     pub args: Vec<String>,
     pub env: Vec<String>,
     pub cwd: String,
+    /// None: the spec names no set (the guest engine's default, Docker's, applies).
+    pub capabilities: Option<Capabilities>,
+    pub no_new_privileges: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Capabilities {
+    /// The set the process may ever have; the guest engine keeps one set (bounding =
+    /// effective = permitted) for a container, so this is the one passed on.
+    pub bounding: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -81,6 +145,14 @@ impl Spec {
     }
 }
 
+impl Spec {
+    /// A pod's sandbox (pause) container: with a VM per pod the VM is the sandbox, so the
+    /// shim runs no process for it (the VM stands for it until it is killed).
+    pub fn is_pod_sandbox(&self) -> bool {
+        self.annotations.get(CONTAINER_TYPE).map(String::as_str) == Some("sandbox")
+    }
+}
+
 impl Process {
     /// The Docker API's `User`: numeric, as the spec gives it (containerd resolved names).
     pub fn docker_user(&self) -> String {
@@ -104,6 +176,16 @@ impl Process {
             .iter()
             .map(u32::to_string)
             .collect();
+        // The spec's capability set exactly: everything dropped, its set added back.
+        let (cap_drop, cap_add) = match &self.capabilities {
+            Some(c) => (vec!["ALL".to_string()], c.bounding.clone()),
+            None => (Vec::new(), Vec::new()),
+        };
+        let security_opt: Vec<&str> = if self.no_new_privileges {
+            vec!["no-new-privileges"]
+        } else {
+            Vec::new()
+        };
         let v = serde_json::json!({
             "Image": image,
             // The spec's args are the whole command line: no entrypoint of the image's.
@@ -123,6 +205,9 @@ impl Process {
                 // The VM is the sandbox: its containers share its network (the pod's).
                 "NetworkMode": "host",
                 "GroupAdd": groups,
+                "CapDrop": cap_drop,
+                "CapAdd": cap_add,
+                "SecurityOpt": security_opt,
             },
         });
         // The fields above are all the type has; a failure here is a bug, not input.
@@ -186,6 +271,44 @@ mod tests {
         assert_eq!(j["OpenStdin"], false);
         assert_eq!(j["HostConfig"]["NetworkMode"], "host");
         assert_eq!(j["HostConfig"]["GroupAdd"], serde_json::json!(["10"]));
+        assert_eq!(j["HostConfig"]["CapDrop"], serde_json::json!(["ALL"]));
+        assert_eq!(j["HostConfig"]["CapAdd"], serde_json::json!(["CAP_CHOWN"]));
+        assert_eq!(
+            j["HostConfig"]["SecurityOpt"],
+            serde_json::json!(["no-new-privileges"])
+        );
+        assert!(s.linux.resources.limits().is_empty());
+    }
+
+    #[test]
+    fn no_capability_set_keeps_the_engines_default() {
+        let s = Spec::parse(br#"{"process": {"args": ["true"]}}"#).unwrap();
+        let r = s.process.create_request("i", "h", false).unwrap();
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(j["HostConfig"]["CapDrop"], serde_json::json!([]));
+        assert_eq!(j["HostConfig"]["SecurityOpt"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn resources_become_cgroup_limits() {
+        let s = Spec::parse(
+            br#"{"linux": {"resources": {"memory": {"limit": 1073741824},
+                "cpu": {"quota": 50000, "period": 100000, "shares": 1024}}}}"#,
+        )
+        .unwrap();
+        let l = s.linux.resources.limits();
+        assert_eq!(l.memory, Some(1 << 30));
+        assert_eq!(l.cpu, Some((50_000, 100_000)));
+        // What CRI writes for a container without limits, and an update's JSON.
+        let none: Resources = serde_json::from_str(
+            r#"{"memory": {"limit": 0}, "cpu": {"quota": 0, "period": 0, "shares": 2}}"#,
+        )
+        .unwrap();
+        assert!(none.limits().is_empty());
+        let u: Resources =
+            serde_json::from_str(r#"{"memory": {"limit": -1}, "cpu": {"quota": 20000}}"#).unwrap();
+        assert_eq!(u.limits().memory, None);
+        assert_eq!(u.limits().cpu, Some((20_000, 100_000)));
     }
 
     #[test]
@@ -193,6 +316,13 @@ mod tests {
         let s =
             Spec::parse(br#"{"annotations": {"io.kubernetes.cri.sandbox-id": "pod1"}}"#).unwrap();
         assert_eq!(s.sandbox_id("c2"), "pod1");
+        assert!(!s.is_pod_sandbox());
+        let pause = Spec::parse(
+            br#"{"annotations": {"io.kubernetes.cri.container-type": "sandbox",
+                "io.kubernetes.cri.sandbox-id": "pod1"}}"#,
+        )
+        .unwrap();
+        assert!(pause.is_pod_sandbox());
         assert!(s.process.create_request("i", "h", false).is_err());
     }
 

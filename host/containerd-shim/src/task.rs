@@ -8,6 +8,10 @@
 //! task and exec reports its VM's QEMU process (what a signal from the host would have to
 //! reach, and what its resources are counted on). Exit codes are the guest engine's wait
 //! status, which is the process's exit code or 128 + its signal, as runc's shim reports.
+//!
+//! Beside this file: the binary's side of the protocol (`shim_api`: start, delete), the
+//! processes' states (`process`), and the sandbox's limits and figures (`resources`:
+//! update, stats).
 
 use crate::config::Config;
 use crate::sandbox;
@@ -16,23 +20,28 @@ use crate::stdio::{Copies, Fifos};
 use async_trait::async_trait;
 use containerd_shim::api;
 use containerd_shim::asynchronous::publisher::RemotePublisher;
-use containerd_shim::asynchronous::{spawn, ExitSignal, Shim as ShimApi};
+use containerd_shim::asynchronous::ExitSignal;
 use containerd_shim::protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
 };
-use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
 use containerd_shim::protos::topics;
 use containerd_shim::protos::ttrpc::{self, Code};
-use containerd_shim::{Config as ShimConfig, DeleteResponse, Flags, StartOpts, TtrpcResult};
+use containerd_shim::TtrpcResult;
 use containerd_shim::{Task, TtrpcContext};
 use docker_api::{ApiError, AttachOptions};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tokio::sync::watch;
 use vm_clone::client::GuestClient;
+
+mod process;
+mod resources;
+mod shim_api;
+
+use process::Process_;
+pub use shim_api::Shim;
 
 /// How long a finished process's output may take to reach its FIFOs before its exit is
 /// reported anyway.
@@ -61,61 +70,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A process's state as containerd sees it.
-#[derive(Debug, Clone)]
-struct Proc {
-    status: api::Status,
-    exit_code: u32,
-    exited_at: Option<Timestamp>,
-}
-
-impl Proc {
-    fn created() -> Proc {
-        Proc {
-            status: api::Status::CREATED,
-            exit_code: 0,
-            exited_at: None,
-        }
-    }
-    fn exited_at(&self) -> MessageField<Timestamp> {
-        MessageField::from_option(self.exited_at.clone())
-    }
-}
-
-/// A container's init process or one of its execs.
-struct Process_ {
-    fifos: Fifos,
-    state: watch::Sender<Proc>,
-    copies: Mutex<Option<Arc<Copies>>>,
-}
-
-impl Process_ {
-    fn new(fifos: Fifos) -> Process_ {
-        Process_ {
-            fifos,
-            state: watch::channel(Proc::created()).0,
-            copies: Mutex::new(None),
-        }
-    }
-    fn get(&self) -> Proc {
-        self.state.borrow().clone()
-    }
-    async fn wait(&self) -> Proc {
-        let mut rx = self.state.subscribe();
-        // The sender lives in `self`, so the wait ends only with an exit.
-        let _ = rx.wait_for(|p| p.status == api::Status::STOPPED).await;
-        let p = rx.borrow().clone();
-        p
-    }
-    fn exited(&self, code: u32) {
-        self.state.send_modify(|p| {
-            p.status = api::Status::STOPPED;
-            p.exit_code = code;
-            p.exited_at = Some(Timestamp::now());
-        });
-    }
-}
-
 struct Exec {
     spec: Process,
     proc_: Process_,
@@ -130,6 +84,10 @@ struct Ctr {
     pid: u32,
     /// The rootfs mounts were the shim's to make (and so to undo).
     mounted: bool,
+    /// A pod's sandbox container: no process in the guest, the VM stands for it.
+    pause: bool,
+    /// The sandbox's directory (its VM, share and cgroup name).
+    sandbox_dir: PathBuf,
     guest: GuestClient,
     init: Process_,
     execs: Mutex<HashMap<String, Arc<Exec>>>,
@@ -142,76 +100,11 @@ struct Inner {
     config: Mutex<Option<Config>>,
     vm: tokio::sync::Mutex<Option<sandbox::Vm>>,
     containers: Mutex<HashMap<String, Arc<Ctr>>>,
+    limits: Mutex<resources::SandboxLimits>,
 }
 
 #[derive(Clone)]
 pub struct Service(Arc<Inner>);
-
-/// The shim binary's side of containerd's runtime v2 protocol (`start`, `delete`, serve).
-pub struct Shim {
-    exit: Arc<ExitSignal>,
-    id: String,
-    namespace: String,
-}
-
-#[async_trait]
-impl ShimApi for Shim {
-    type T = Service;
-
-    async fn new(_runtime_id: &str, args: &Flags, _config: &mut ShimConfig) -> Self {
-        Shim {
-            exit: Arc::new(ExitSignal::default()),
-            id: args.id.clone(),
-            namespace: args.namespace.clone(),
-        }
-    }
-
-    /// One shim (and so one VM) per sandbox: the containers of a pod name their sandbox in
-    /// CRI's annotation, and containerd reuses the running shim whose socket that names.
-    async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
-        let grouping = Spec::read(Path::new("."))
-            .map(|s| s.sandbox_id(&opts.id).to_string())
-            .unwrap_or_else(|_| opts.id.clone());
-        let address = spawn(opts, &grouping, Vec::new()).await?;
-        // The server removes its socket at exit by this file (the crate's convention).
-        containerd_shim::asynchronous::util::write_str_to_file("address", &address).await?;
-        Ok(address)
-    }
-
-    /// After a shim died: what it left of this container (its share entry and rootfs
-    /// mounts; the VM when this was its sandbox's own container).
-    async fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
-        let bundle = std::env::current_dir().unwrap_or_default();
-        if let (Ok(spec), Ok(cfg)) = (Spec::read(&bundle), Config::load()) {
-            let sb = spec.sandbox_id(&self.id).to_string();
-            let dir = sandbox::dir(&cfg.state_dir, &self.namespace, &sb);
-            sandbox::unpublish(&dir, &self.id);
-            if sb == self.id {
-                sandbox::kill_leftover(&dir);
-            }
-        }
-        sandbox::unmount(&bundle.join("rootfs"));
-        let mut r = DeleteResponse::new();
-        r.set_exit_status(128 + libc::SIGKILL as u32);
-        r.exited_at = MessageField::some(Timestamp::now());
-        Ok(r)
-    }
-
-    async fn wait(&mut self) {
-        self.exit.wait().await;
-    }
-
-    async fn create_task_service(&self, publisher: RemotePublisher) -> Service {
-        Service(Arc::new(Inner {
-            namespace: self.namespace.clone(),
-            exit: self.exit.clone(),
-            publisher,
-            config: Mutex::new(None),
-            vm: tokio::sync::Mutex::new(None),
-            containers: Mutex::new(HashMap::new()),
-        }))
-    }
-}
 
 impl Service {
     fn get(&self, id: &str) -> TtrpcResult<Arc<Ctr>> {
@@ -252,10 +145,10 @@ impl Service {
 
     /// The sandbox's VM, cloned on the first container (and the template built first if
     /// there is none yet).
-    async fn vm(&self, dir: &Path, hostname: &str) -> TtrpcResult<(GuestClient, u32)> {
+    async fn vm(&self, dir: &Path, hostname: &str) -> TtrpcResult<(GuestClient, u32, String)> {
         let mut g = self.0.vm.lock().await;
         if let Some(vm) = g.as_ref() {
-            return Ok((vm.guest.clone(), vm.pid()));
+            return Ok((vm.guest.clone(), vm.pid(), vm.hostname.clone()));
         }
         let cfg = self.config()?;
         let (dir, hostname) = (dir.to_path_buf(), hostname.to_string());
@@ -269,7 +162,7 @@ impl Service {
         vm.ready()
             .await
             .map_err(internal("starting the sandbox's VM"))?;
-        let r = (vm.guest.clone(), vm.pid());
+        let r = (vm.guest.clone(), vm.pid(), vm.hostname.clone());
         *g = Some(vm);
         Ok(r)
     }
@@ -289,21 +182,26 @@ impl Service {
             if let Some(cp) = copies {
                 cp.drained(DRAIN).await;
             }
-            c.init.exited(code);
-            let p = c.init.get();
-            s.publish(
-                topics::TASK_EXIT_EVENT_TOPIC,
-                Box::new(TaskExit {
-                    container_id: c.id.clone(),
-                    id: c.id.clone(),
-                    pid: c.pid,
-                    exit_status: code,
-                    exited_at: p.exited_at(),
-                    ..Default::default()
-                }),
-            )
-            .await;
+            s.init_exited(&c, code).await;
         });
+    }
+
+    /// The init process ended with `code`: its state, and the exit event for containerd.
+    async fn init_exited(&self, c: &Ctr, code: u32) {
+        c.init.exited(code);
+        let p = c.init.get();
+        self.publish(
+            topics::TASK_EXIT_EVENT_TOPIC,
+            Box::new(TaskExit {
+                container_id: c.id.clone(),
+                id: c.id.clone(),
+                pid: c.pid,
+                exit_status: code,
+                exited_at: p.exited_at(),
+                ..Default::default()
+            }),
+        )
+        .await;
     }
 
     async fn start_exec(&self, c: Arc<Ctr>, exec_id: &str) -> TtrpcResult<api::StartResponse> {
@@ -401,7 +299,9 @@ impl Task for Service {
         let spec = Spec::read(&bundle).map_err(|e| rpc(Code::INVALID_ARGUMENT, e))?;
         let cfg = self.config()?;
         let rootfs = bundle.join("rootfs");
-        for m in &req.rootfs {
+        let pause = spec.is_pod_sandbox();
+        // A pause container's rootfs is never used: not mounted, not shared.
+        for m in req.rootfs.iter().filter(|_| !pause) {
             let (ty, src) = (m.type_.clone(), m.source.clone());
             let (opts, target) = (m.options.clone(), rootfs.clone());
             tokio::task::spawn_blocking(move || {
@@ -416,7 +316,7 @@ impl Task for Service {
             .map_err(|e| rpc(Code::INTERNAL, format!("mount task: {e}")))?
             .map_err(|e| rpc(Code::INTERNAL, format!("mounting the rootfs: {e}")))?;
         }
-        let mounted = !req.rootfs.is_empty();
+        let mounted = !pause && !req.rootfs.is_empty();
         let sb = spec.sandbox_id(&req.id).to_string();
         let dir = sandbox::dir(&cfg.state_dir, &self.0.namespace, &sb);
         let hostname = if spec.hostname.is_empty() {
@@ -431,9 +331,14 @@ impl Task for Service {
             terminal: req.terminal,
         };
         let made = async {
+            if pause {
+                let (guest, pid, _) = self.vm(&dir, &hostname).await?;
+                return Ok((guest, pid, String::new(), None));
+            }
             let image = sandbox::publish(&dir, &req.id, &rootfs)
                 .map_err(internal("sharing the rootfs with the VM"))?;
-            let (guest, pid) = self.vm(&dir, &hostname).await?;
+            // The sandbox's first container named the VM; the rest share its host name.
+            let (guest, pid, hostname) = self.vm(&dir, &hostname).await?;
             let stdin = !fifos.stdin.is_empty();
             let creq = spec
                 .process
@@ -454,7 +359,7 @@ impl Task for Service {
                 .map_err(guest_err)?;
             let copies = Copies::start(io, &fifos)
                 .map_err(|e| rpc(Code::INTERNAL, format!("stdio: {e}")))?;
-            Ok::<_, ttrpc::Error>((guest, pid, gid, copies))
+            Ok::<_, ttrpc::Error>((guest, pid, gid, Some(copies)))
         };
         let (guest, pid, gid, copies) = match made.await {
             Ok(x) => x,
@@ -464,17 +369,28 @@ impl Task for Service {
             }
         };
         let init = Process_::new(fifos.clone());
-        *lock(&init.copies) = Some(Arc::new(copies));
+        *lock(&init.copies) = copies.map(Arc::new);
         let c = Arc::new(Ctr {
             id: req.id.clone(),
             bundle,
             gid,
             pid,
             mounted,
+            pause,
+            sandbox_dir: dir.clone(),
             guest,
             init,
             execs: Mutex::new(HashMap::new()),
         });
+        // The sandbox's VM now also carries this container's limits.
+        if let Err(e) = self.set_limits(
+            &c.id,
+            spec.linux.resources.limits(),
+            &self.cgroup_name(&c),
+            pid,
+        ) {
+            log::warn!("{}: cgroup limits not applied: {e}", c.id);
+        }
         lock(&self.0.containers).insert(req.id.clone(), c);
         self.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
@@ -526,11 +442,15 @@ impl Task for Service {
                 format!("{} was started already", c.id),
             ));
         }
-        c.guest.start(&c.gid).await.map_err(guest_err)?;
+        if !c.pause {
+            c.guest.start(&c.gid).await.map_err(guest_err)?;
+        }
         c.init
             .state
             .send_modify(|p| p.status = api::Status::RUNNING);
-        self.follow(c.clone());
+        if !c.pause {
+            self.follow(c.clone());
+        }
         self.publish(
             topics::TASK_START_EVENT_TOPIC,
             Box::new(TaskStart {
@@ -570,7 +490,9 @@ impl Task for Service {
             lock(&c.execs).remove(&req.exec_id);
             return Ok(resp);
         }
-        if let Err(e) = c.guest.remove(&c.gid, true).await {
+        if c.pause {
+            // Nothing runs in the guest for it.
+        } else if let Err(e) = c.guest.remove(&c.gid, true).await {
             log::warn!("{}: removing it in the VM: {}", c.id, e.message);
         }
         lock(&c.init.copies).take();
@@ -580,6 +502,9 @@ impl Task for Service {
             self.release(&dir, &c.id, &c.bundle, c.mounted);
         }
         lock(&self.0.containers).remove(&req.id);
+        if let Err(e) = self.set_limits(&c.id, Default::default(), &self.cgroup_name(&c), c.pid) {
+            log::warn!("{}: the sandbox's cgroup limits: {e}", c.id);
+        }
         self.publish(
             topics::TASK_DELETE_EVENT_TOPIC,
             Box::new(TaskDelete {
@@ -631,6 +556,12 @@ impl Task for Service {
                 c.init.exited(128 + req.signal.min(127));
                 return Ok(api::Empty::new());
             }
+            _ if c.pause => {
+                // The pause process "ends" at the signal; the VM stays for the pod's
+                // containers until the sandbox's shim shuts down.
+                self.init_exited(&c, 128 + req.signal.min(127)).await;
+                return Ok(api::Empty::new());
+            }
             _ => {}
         }
         c.guest
@@ -646,6 +577,12 @@ impl Task for Service {
         req: api::ExecProcessRequest,
     ) -> TtrpcResult<api::Empty> {
         let c = self.get(&req.id)?;
+        if c.pause {
+            return Err(rpc(
+                Code::FAILED_PRECONDITION,
+                format!("{} is a pod's sandbox: it runs no process to exec in", c.id),
+            ));
+        }
         if c.init.get().status != api::Status::RUNNING {
             return Err(rpc(
                 Code::FAILED_PRECONDITION,
@@ -709,6 +646,9 @@ impl Task for Service {
             req.height.min(u16::MAX as u32) as u16,
             req.width.min(u16::MAX as u32) as u16,
         );
+        if c.pause {
+            return Ok(api::Empty::new());
+        }
         if req.exec_id.is_empty() {
             c.guest.resize(&c.gid, h, w).await.map_err(guest_err)?;
         } else {
@@ -774,6 +714,24 @@ impl Task for Service {
         })
     }
 
+    /// New `linux.resources` for a task: its share of the sandbox VM's cgroup limits.
+    async fn update(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::UpdateTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
+        self.update_task(&req).await?;
+        Ok(api::Empty::new())
+    }
+
+    async fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        self.stats_of(&req.id).await
+    }
+
     async fn connect(
         &self,
         _ctx: &TtrpcContext,
@@ -804,6 +762,7 @@ impl Task for Service {
                 .await
                 .map_err(|e| rpc(Code::INTERNAL, format!("VM task: {e}")))?;
         }
+        self.remove_cgroups();
         self.0.exit.signal();
         Ok(api::Empty::new())
     }

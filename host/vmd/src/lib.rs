@@ -182,7 +182,7 @@
 //!   per memory size would make `-m` the VM's RAM.
 
 mod boot;
-pub mod cgroup;
+pub use vm_clone::cgroup;
 pub mod changes;
 mod ending;
 pub mod events;
@@ -447,7 +447,7 @@ impl Daemon {
         );
         let volumes = volumes::Volumes::open(&opts.state_dir.join("volumes"))?;
         let mut warnings = Vec::new();
-        let cgroups = match cgroup::Cgroups::setup() {
+        let cgroups = match cgroup::Cgroups::setup("axion-vmd") {
             Ok(c) => Some(c),
             Err(why) => {
                 let w = format!(

@@ -20,7 +20,7 @@ pub enum ScheduleError {
     Policy(String),
     #[error("axion.update.window={0:?}: HH:MM-HH:MM (UTC)")]
     Window(String),
-    #[error("axion.update.interval={0:?}: a number of seconds, or N followed by s, m or h (1 min to 7 days)")]
+    #[error("axion.update.interval={0:?}: seconds, or N followed by s, m or h (1 min to 7 days)")]
     Interval(String),
 }
 

@@ -1,18 +1,22 @@
-//! Host cgroups for the VMs: each container's QEMU process gets its own cgroup with the
-//! `docker run` limits (`-m` → memory, `--cpus`/`--cpu-quota` → CPU bandwidth).
+//! Host cgroups for the VMs, shared by axion-vmd and the containerd shim: each VM's QEMU
+//! process gets its own cgroup with its container's limits (vmd: `docker run -m`,
+//! `--cpus`/`--cpu-quota`; the shim: the OCI spec's `linux.resources`), memory and CPU
+//! bandwidth.
 //!
-//! Two layouts, chosen by what the host has:
+//! Two layouts, chosen by what the host has (`PARENT` is the program's own directory,
+//! `axion-vmd` or `axion-shim`):
 //! - cgroup v2 (unified hierarchy at /sys/fs/cgroup with `cgroup.controllers`):
-//!   `/sys/fs/cgroup/axion-vmd/<id>/{memory.max,cpu.max}` (the controllers are enabled in
-//!   the root's and `axion-vmd`'s `cgroup.subtree_control`; v2 allows no processes in an
+//!   `/sys/fs/cgroup/PARENT/<id>/{memory.max,cpu.max}` (the controllers are enabled in
+//!   the root's and PARENT's `cgroup.subtree_control`; v2 allows no processes in an
 //!   inner cgroup that delegates controllers, so this lives at the root);
 //! - cgroup v1 (`memory` and `cpu` controllers mounted at /sys/fs/cgroup/memory and
-//!   /sys/fs/cgroup/cpu, as on this build host): `<mount>/<daemon's cgroup>/axion-vmd/<id>/`
+//!   /sys/fs/cgroup/cpu, as on this build host): `<mount>/<program's cgroup>/PARENT/<id>/`
 //!   with `memory.limit_in_bytes` and `cpu.cfs_quota_us`/`cpu.cfs_period_us`. The cgroups
-//!   nest under the daemon's own cgroup of each hierarchy (`/` when it runs at the top), so
-//!   limits put on the daemon still bound its VMs (v1 memory has `use_hierarchy` on).
+//!   nest under the program's own cgroup of each hierarchy (`/` when it runs at the top),
+//!   so limits put on the program still bound its VMs (v1 memory has `use_hierarchy` on).
 //!
-//! A container's cgroups are removed when its VM is gone (exit, `rm`, daemon stop).
+//! A VM's cgroups are removed when it is gone ([`remove`]). [`usage`] reads what they
+//! counted (the shim's `stats`).
 
 use std::path::{Path, PathBuf};
 
@@ -58,18 +62,19 @@ pub enum Cgroups {
 }
 
 impl Cgroups {
-    /// Picks and prepares the layout this host has, under `/sys/fs/cgroup`. Err says why
-    /// no limits can be applied.
-    pub fn setup() -> Result<Cgroups, String> {
+    /// Picks and prepares the layout this host has, under `/sys/fs/cgroup`, with the VMs'
+    /// cgroups in a directory named `parent`. Err says why no limits can be applied.
+    pub fn setup(parent: &str) -> Result<Cgroups, String> {
         Self::setup_in(
             Path::new("/sys/fs/cgroup"),
             &std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default(),
+            parent,
         )
     }
 
-    fn setup_in(root: &Path, self_cgroup: &str) -> Result<Cgroups, String> {
+    fn setup_in(root: &Path, self_cgroup: &str, parent: &str) -> Result<Cgroups, String> {
         if root.join("cgroup.controllers").exists() {
-            let dir = root.join("axion-vmd");
+            let dir = root.join(parent);
             let r = std::fs::create_dir_all(&dir)
                 .and_then(|()| std::fs::write(root.join("cgroup.subtree_control"), "+memory +cpu"))
                 .and_then(|()| std::fs::write(dir.join("cgroup.subtree_control"), "+memory +cpu"));
@@ -80,8 +85,8 @@ impl Cgroups {
         }
         let (mem, cpu) = (root.join("memory"), root.join("cpu"));
         if mem.join("memory.limit_in_bytes").exists() && cpu.join("cpu.cfs_quota_us").exists() {
-            let memory = mem.join(own_path(self_cgroup, "memory")).join("axion-vmd");
-            let cpu = cpu.join(own_path(self_cgroup, "cpu")).join("axion-vmd");
+            let memory = mem.join(own_path(self_cgroup, "memory")).join(parent);
+            let cpu = cpu.join(own_path(self_cgroup, "cpu")).join(parent);
             for d in [&memory, &cpu] {
                 std::fs::create_dir_all(d)
                     .map_err(|e| format!("cannot create cgroup v1 {} ({e})", d.display()))?;
@@ -95,6 +100,15 @@ impl Cgroups {
         ))
     }
 
+    /// The directories `name`'s cgroups have in this layout (made or not): what a
+    /// program that died left behind, for [`remove`].
+    pub fn dirs_of(&self, name: &str) -> Vec<PathBuf> {
+        match self {
+            Cgroups::V2 { parent } => vec![parent.join(name)],
+            Cgroups::V1 { memory, cpu } => vec![memory.join(name), cpu.join(name)],
+        }
+    }
+
     pub fn version(&self) -> &'static str {
         match self {
             Cgroups::V2 { .. } => "2",
@@ -103,7 +117,9 @@ impl Cgroups {
     }
 
     /// Creates `name`'s cgroups with `limits` and moves `pid` in; returns the directories
-    /// made (to pass to [`remove`]). On error, what was made is removed again.
+    /// made (to pass to [`remove`]). On error, what was made is removed again. Called again
+    /// for the same `name`, it changes the limits in place (`docker update`, the shim's
+    /// `update`).
     pub fn apply(&self, name: &str, pid: u32, limits: &Limits) -> std::io::Result<Vec<PathBuf>> {
         let mut made = Vec::new();
         let r = self.apply_into(name, pid, limits, &mut made);
@@ -179,17 +195,81 @@ pub fn remove(dirs: &[PathBuf]) {
     for d in dirs {
         for _ in 0..50 {
             match std::fs::remove_dir(d) {
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                Err(e) if e.kind() == std::io::ErrorKind::ResourceBusy => {
                     std::thread::sleep(std::time::Duration::from_millis(20))
                 }
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    eprintln!("vmd: cannot remove cgroup {}: {e}", d.display());
+                    eprintln!("cannot remove cgroup {}: {e}", d.display());
                     break;
                 }
                 _ => break,
             }
         }
     }
+}
+
+/// Lifts the limits of `dirs` (made by [`Cgroups::apply`]), keeping their processes in:
+/// before a lower set of limits is applied (the shim's sandbox lost a limited container).
+pub fn unlimit(dirs: &[PathBuf]) {
+    const OFF: &[(&str, &str)] = &[
+        ("memory.limit_in_bytes", "-1"),
+        ("cpu.cfs_quota_us", "-1"),
+        ("memory.max", "max"),
+        ("cpu.max", "max"),
+    ];
+    for d in dirs {
+        for (file, value) in OFF {
+            let p = d.join(file);
+            if p.exists() {
+                if let Err(e) = std::fs::write(&p, value) {
+                    eprintln!("cannot lift the limit {}: {e}", p.display());
+                }
+            }
+        }
+    }
+}
+
+/// What a VM's cgroups (the directories [`Cgroups::apply`] made) have counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes charged to the memory cgroup, and its limit (None: no memory cgroup).
+    pub memory: Option<(u64, Option<u64>)>,
+    /// CFS bandwidth periods, throttled periods and throttled time (ns) of the cpu cgroup.
+    pub throttling: Option<(u64, u64, u64)>,
+}
+
+/// Reads the counters of `dirs` (v1: `memory.usage_in_bytes`, `memory.limit_in_bytes`,
+/// `cpu.stat`; v2: `memory.current`, `memory.max`, `cpu.stat`).
+pub fn usage(dirs: &[PathBuf]) -> Usage {
+    let read = |d: &Path, f: &str| std::fs::read_to_string(d.join(f)).ok();
+    let num = |s: Option<String>| s.and_then(|s| s.trim().parse::<u64>().ok());
+    let mut u = Usage::default();
+    for d in dirs {
+        if let Some(m) = num(read(d, "memory.usage_in_bytes")) {
+            // No limit reads as a huge number (PAGE_COUNTER_MAX pages).
+            let limit = num(read(d, "memory.limit_in_bytes")).filter(|&l| l < 1 << 62);
+            u.memory = Some((m, limit));
+        } else if let Some(m) = num(read(d, "memory.current")) {
+            // `max` (no limit) parses as None.
+            u.memory = Some((m, num(read(d, "memory.max"))));
+        }
+        if let Some(stat) = read(d, "cpu.stat") {
+            let field = |k: &str| {
+                stat.lines()
+                    .filter_map(|l| l.split_once(' '))
+                    .find(|(n, _)| *n == k)
+                    .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+            };
+            let (Some(p), Some(t)) = (field("nr_periods"), field("nr_throttled")) else {
+                continue;
+            };
+            let time = field("throttled_time")
+                .or_else(|| field("throttled_usec").map(|us| us * 1000))
+                .unwrap_or(0);
+            u.throttling = Some((p, t, time));
+        }
+    }
+    u
 }
 
 /// The process's own cgroup path in the v1 hierarchy holding `controller` (relative, no
@@ -252,7 +332,7 @@ mod tests {
         std::fs::create_dir_all(t.path().join("cpu")).unwrap();
         std::fs::write(t.path().join("memory/memory.limit_in_bytes"), "").unwrap();
         std::fs::write(t.path().join("cpu/cpu.cfs_quota_us"), "").unwrap();
-        let cg = Cgroups::setup_in(t.path(), "4:memory:/p\n1:cpu:/\n").unwrap();
+        let cg = Cgroups::setup_in(t.path(), "4:memory:/p\n1:cpu:/\n", "axion-vmd").unwrap();
         assert_eq!(
             cg,
             Cgroups::V1 {
@@ -297,7 +377,46 @@ mod tests {
         remove(&made);
         assert!(made.iter().all(|d| !d.exists()));
         // Neither layout: a clear reason.
-        let e = Cgroups::setup_in(&t.path().join("nothing"), "").unwrap_err();
+        let e = Cgroups::setup_in(&t.path().join("nothing"), "", "axion-vmd").unwrap_err();
         assert!(e.contains("neither"), "{e}");
+    }
+
+    #[test]
+    fn usage_of_v1_and_v2_files() {
+        let t = tempfile::tempdir().unwrap();
+        let (m, c) = (t.path().join("m"), t.path().join("c"));
+        std::fs::create_dir_all(&m).unwrap();
+        std::fs::create_dir_all(&c).unwrap();
+        std::fs::write(m.join("memory.usage_in_bytes"), "1000\n").unwrap();
+        std::fs::write(m.join("memory.limit_in_bytes"), "4096\n").unwrap();
+        std::fs::write(
+            c.join("cpu.stat"),
+            "nr_periods 10\nnr_throttled 3\nthrottled_time 500\n",
+        )
+        .unwrap();
+        let u = usage(&[m.clone(), c.clone()]);
+        assert_eq!(u.memory, Some((1000, Some(4096))));
+        assert_eq!(u.throttling, Some((10, 3, 500)));
+        // v2: one directory, `max` is no limit, the time in microseconds.
+        let v2 = t.path().join("v2");
+        std::fs::create_dir_all(&v2).unwrap();
+        std::fs::write(v2.join("memory.current"), "77\n").unwrap();
+        std::fs::write(v2.join("memory.max"), "max\n").unwrap();
+        std::fs::write(
+            v2.join("cpu.stat"),
+            "usage_usec 9\nnr_periods 2\nnr_throttled 1\nthrottled_usec 4\n",
+        )
+        .unwrap();
+        let u = usage(std::slice::from_ref(&v2));
+        assert_eq!(u.memory, Some((77, None)));
+        std::fs::write(v2.join("cpu.max"), "50000 100000").unwrap();
+        unlimit(&[v2.clone(), m.clone()]);
+        assert_eq!(std::fs::read_to_string(v2.join("cpu.max")).unwrap(), "max");
+        assert_eq!(
+            std::fs::read_to_string(m.join("memory.limit_in_bytes")).unwrap(),
+            "-1"
+        );
+        assert_eq!(u.throttling, Some((2, 1, 4000)));
+        assert_eq!(usage(&[]), Usage::default());
     }
 }
