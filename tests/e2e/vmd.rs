@@ -738,7 +738,8 @@ fn check() -> Result<()> {
 /// The warm pool (host/vmd/src/pool.rs), on this daemon: two clones restored and waiting
 /// (stopped, no container record, so no container); two runs from it get a fresh identity
 /// each (host name, MAC, boot id, random bytes, container id); `docker run --rm busybox true`
-/// works from it; a pooled QEMU that dies is replaced; turned off, nothing of it is left.
+/// and `-p` work from it; a pooled QEMU that dies is replaced; turned off, nothing of it is
+/// left.
 fn warm_pool(
     server: &axion_tests::vmd::Server,
     cli: &DockerCli,
@@ -828,6 +829,45 @@ fn warm_pool(
         status.contains("3 of 3 eligible creates took one"),
         "{status}"
     );
+
+    // `-p` from the pool: the forward is added to the waiting VM's user network.
+    full("before -p")?;
+    let port = qemu::free_port()?;
+    cli.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "pool-web",
+        "-p",
+        &format!("{port}:8080"),
+        img,
+        "sh",
+        "-c",
+        "while true; do echo hello-from-the-pool | nc -l -p 8080; done",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
+            use std::io::Read;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut buf = String::new();
+            s.read_to_string(&mut buf)?;
+            Ok(buf)
+        });
+        match r {
+            Ok(s) if s.contains("hello-from-the-pool") => break,
+            _ if Instant::now() > deadline => {
+                bail!("127.0.0.1:{port} did not reach the pooled container: {r:?}")
+            }
+            _ => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+    let status = cli.ok(&["info", "--format", "{{json .DriverStatus}}"]);
+    assert!(
+        status.contains("4 of 4 eligible creates took one"),
+        "{status}"
+    );
+    cli.ok(&["rm", "-f", "pool-web"]);
 
     // A pooled QEMU that dies is discarded (its directory too) and replaced.
     full("before a pooled QEMU is killed")?;

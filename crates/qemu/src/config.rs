@@ -189,6 +189,21 @@ pub struct PortForward {
     pub guest: u16,
 }
 
+/// The id of the user-network netdev ([`VmConfig::user_net`]), which HMP's `hostfwd_add`
+/// names ([`crate::Vm::add_forward`]).
+pub const USER_NETDEV: &str = "net0";
+
+impl PortForward {
+    /// The rule as `hostfwd=` and `hostfwd_add` spell it: `tcp:127.0.0.1:HOST-:GUEST`.
+    pub fn rule(&self) -> String {
+        let proto = match self.protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        };
+        format!("{proto}:127.0.0.1:{}-:{}", self.host, self.guest)
+    }
+}
+
 impl PortForward {
     pub fn tcp(host: u16, guest: u16) -> PortForward {
         PortForward {
@@ -705,20 +720,13 @@ impl VmConfig {
         }
 
         if let Some(net) = &self.net {
-            let mut netdev = "user,id=net0".to_string();
+            let mut netdev = format!("user,id={USER_NETDEV}");
             for f in &net.forwards {
-                let proto = match f.protocol {
-                    Protocol::Tcp => "tcp",
-                    Protocol::Udp => "udp",
-                };
-                netdev.push_str(&format!(
-                    ",hostfwd={proto}:127.0.0.1:{}-:{}",
-                    f.host, f.guest
-                ));
+                netdev.push_str(&format!(",hostfwd={}", f.rule()));
             }
             a.push(["-netdev", &netdev]);
             // romfile= : no PXE option ROM; a failed disk boot should fail, not netboot.
-            let mut dev = format!("{},netdev=net0,romfile=", net.nic.device());
+            let mut dev = format!("{},netdev={USER_NETDEV},romfile=", net.nic.device());
             if let Some(mac) = &net.mac {
                 dev.push_str(&format!(",mac={mac}"));
             }

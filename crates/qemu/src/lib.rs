@@ -27,7 +27,7 @@ use std::time::Duration;
 pub use config::{
     restore_uri, shell_quote, Accel, Device, DirectKernel, DiskFormat, DiskInterface, Drive,
     Firmware, FwCfg, FwCfgValue, Machine, Media, NicModel, PortForward, Protocol, Security9p,
-    Serial, UserNet, VmConfig, OVMF_CODE, OVMF_VARS, QBOOT,
+    Serial, UserNet, VmConfig, OVMF_CODE, OVMF_VARS, QBOOT, USER_NETDEV,
 };
 pub use error::{Error, QmpError, Result};
 pub use kvm::{

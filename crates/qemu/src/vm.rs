@@ -187,6 +187,21 @@ impl Vm {
             .ok_or_else(|| Error::Config("this VM was started without a QMP socket".into()))
     }
 
+    /// Adds a port forward to the running VM's user network (HMP `hostfwd_add`, through QMP):
+    /// what `-netdev user,hostfwd=` sets at the start, for a VM already running.
+    pub fn add_forward(&mut self, f: &crate::PortForward) -> Result<()> {
+        let line = format!("hostfwd_add {} {}", crate::USER_NETDEV, f.rule());
+        let out = self.qmp()?.execute(
+            "human-monitor-command",
+            Some(serde_json::json!({ "command-line": line })),
+        )?;
+        // HMP answers with text: nothing on success, the reason otherwise.
+        match out.as_str().map(str::trim) {
+            Some("") | None => Ok(()),
+            Some(why) => Err(Error::Config(format!("{line}: {why}"))),
+        }
+    }
+
     /// The last lines the serial console printed (up to 30).
     pub fn serial_tail(&mut self) -> Vec<String> {
         if let Some(s) = &mut self.serial {

@@ -113,10 +113,15 @@ impl Daemon {
         let pooled = s.warm.is_some();
         let (mut vm, agent, guest) = match s.warm {
             Some(w) => {
-                // Continued (it waits stopped); its channels are open, its engine answered.
+                // Its published ports added to its user network (`-p`), then continued (it
+                // waits stopped); its channels are open, its engine answered.
                 let mut vm = w.vm;
+                let forwards = s.forwards;
                 let cont = tokio::task::spawn_blocking(move || {
-                    let r = vm.qmp().and_then(|q| Ok(q.cont()?));
+                    let r = forwards
+                        .iter()
+                        .try_for_each(|f| vm.add_forward(f))
+                        .and_then(|()| vm.qmp().and_then(|q| Ok(q.cont()?)));
                     (vm, r)
                 })
                 .await
@@ -124,7 +129,7 @@ impl Daemon {
                 vm = cont.0;
                 if let Err(e) = cont.1 {
                     let _ = tokio::task::spawn_blocking(move || vm.kill()).await;
-                    return Err(internal("continuing the pooled clone")(e.into()));
+                    return Err(internal("handing over the pooled clone")(e.into()));
                 }
                 (vm, Some(w.agent), w.guest)
             }

@@ -16,10 +16,11 @@
 //!   at); that id is a fresh random one and is not given to the guest. At the hand-over
 //!   ([`Pool::take`]) the VM is continued and the daemon sends the identity as for any
 //!   clone (`boot.rs`).
-//! - Who gets one: a create with no published port (`-p`: QEMU's forwards are set at its
-//!   start) and no volume or bind mount (the 9p slots' directories likewise), not a cold
-//!   boot (`--cold-boot`), and not the new VM of an exited container (it has its own
-//!   directory). Everything else clones as before; so does a create that finds the pool empty.
+//! - Who gets one: a create with no volume or bind mount (a 9p slot's directory is set at
+//!   QEMU's start), not a cold boot (`--cold-boot`), and not the new VM of an exited
+//!   container (it has its own directory). Published ports (`-p`) are added to the pooled
+//!   VM's user network at the hand-over (HMP `hostfwd_add`, [`qemu::Vm::add_forward`]).
+//!   Everything else clones as before; so does a create that finds the pool empty.
 //! - Refill: one task ([`Daemon::start_pool`]) makes one clone at a time, whenever the pool
 //!   is short, but not within [`REFILL_AFTER`] of a hand-over (the taken clone's container
 //!   starts first), its QEMU at nice 19 until handed over. It makes none while the host's

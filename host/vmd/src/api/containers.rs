@@ -151,8 +151,9 @@ impl ContainerBackend for Api {
         )?;
         let slots = self.slots_of(&plan)?;
         // A clone from the warm pool when one waits and the VM needs nothing set at QEMU's
-        // start (forwards, 9p slots): its directory is named after the id it was made for.
-        let warm = if forwards.is_empty() && slots.is_empty() && self.pool.target() > 0 {
+        // start (9p slots; `-p` forwards are added to a running VM): its directory is named
+        // after the id it was made for.
+        let warm = if slots.is_empty() && self.pool.target() > 0 {
             let w = self.pool.take(pool::Stamp::of(&self.template));
             let counter = if w.is_some() {
                 &self.pool.hits
