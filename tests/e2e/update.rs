@@ -6,14 +6,20 @@
 //! 2. two forged artifacts beside them: v2's files re-pushed as another manifest carrying
 //!    v2's (valid, replayed) signature, and one signed by a key the image does not trust;
 //! 3. boot v1's disk (SeaBIOS): slot A; write a file under /var/lib; both forgeries are
-//!    refused and slot B stays empty; `axion-update apply --reboot` writes v2 to slot B;
+//!    refused and slot B stays empty; `axion-update apply` of v2 is started and QEMU killed
+//!    (SIGKILL) with slot B half written (the test-only setting
+//!    `axion.update.test-pause-write` holds the write there: it takes well under a second);
+//!    the next boot runs v1 from slot A with nothing tried and /var/lib intact, and a second
+//!    `apply` writes v2 to slot B;
 //! 4. boot the same disk again (OVMF this time, so both firmwares run GRUB's slot choice
 //!    and `save_env`): v2 runs from slot B, the boot check makes B active once the engine
 //!    answers, and the file under /var/lib is still there;
 //! 5. a broken v3 (v2's kernel with an initramfs that is not one: the kernel panics), signed
 //!    with the trusted key, is applied to slot A; its one trial boot panics, and the boot after
 //!    it is v2 on slot B again by itself, with v3 recorded as failed and refused from then on,
-//!    and `docker info` shows it all as Labels (axion.version, axion.update.last-failed, ...).
+//!    and `docker info` shows it all as Labels (axion.version, axion.update.last-failed, ...);
+//! 6. a fresh copy of v1's disk booted with `axion.update.policy=auto` and a window around
+//!    now updates itself to v2 and reboots into it.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -221,6 +227,50 @@ fn sh(key: &Path, port: u16, command: &str) -> Result<(bool, String)> {
     }
 }
 
+/// Starts `axion-update apply` over ssh, waits for its "writing" line and then for the pause
+/// halfway through the new initramfs (`axion.update.test-pause-write`), and kills QEMU
+/// (SIGKILL) there: a power cut in the middle of the write. Returns what `apply` printed.
+fn kill_mid_apply(vm: &mut qemu::Vm, key: &Path, port: u16) -> Result<String> {
+    use std::io::BufRead;
+    let mut child = axion_tests::ssh(key, port, &[], "axion-update apply")
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().context("ssh's stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut seen = String::new();
+    let outcome = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                seen.push_str(&line);
+                seen.push('\n');
+                if line.contains("paused") {
+                    break Ok(());
+                }
+            }
+            Err(_) => break Err(anyhow::anyhow!("apply never paused mid-write: {seen}")),
+        }
+    };
+    if outcome.is_ok() {
+        vm.kill()?;
+        eprintln!("killed QEMU in the middle of apply:\n{seen}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    outcome.map(|()| seen)
+}
+
 /// A clean reboot through init (SIGTERM, what `apply --reboot` sends); the ssh session ends
 /// with the machine, so its status says nothing.
 fn reboot(key: &Path, port: u16) {
@@ -257,8 +307,9 @@ fn chain(registry: &Registry) -> Result<()> {
     };
     let port = ports.ssh;
 
-    // Boot 1: v1 from slot A.
-    let (mut vm1, _) = axion_tests::boot_ready(vm(d, "boot1", &disk, ports, &cmdline))?;
+    // Boot 1: v1 from slot A; `apply` pauses halfway through the slot (see kill_mid_apply).
+    let paused = format!("{cmdline} axion.update.test-pause-write=600");
+    let (mut vm1, _) = axion_tests::boot_ready(vm(d, "boot1", &disk, ports, &paused))?;
     let (_, status) = sh(&ssh_key, port, "axion-update status")?;
     assert!(
         status.contains(&format!("version: {V1}"))
@@ -291,18 +342,45 @@ fn chain(registry: &Registry) -> Result<()> {
         status.contains("slot B: empty") && !status.contains("pending"),
         "a refused artifact touched slot B: {status}"
     );
+    // A power cut in the middle of `apply`: QEMU killed while the inactive slot is half
+    // written (this boot's `axion.update.test-pause-write` holds the write there).
+    let seen = kill_mid_apply(&mut vm1, &ssh_key, port)?;
+    assert!(seen.contains(&format!("writing {V2} to slot B")), "{seen}");
+
+    // Boot 1b: the old slot runs, nothing was tried, /var/lib is intact.
+    let (mut vm1, _) = axion_tests::boot_ready(vm(d, "boot1b", &disk, ports, &cmdline))?;
+    let (_, out) = sh(
+        &ssh_key,
+        port,
+        "axion-update status; cat /run/axion-update/state /var/lib/e2e/marker; \
+         ls /run/axion-update/esp/axion/B",
+    )?;
+    assert!(
+        out.contains(&format!("version: {V1}"))
+            && out.contains("booted slot: A")
+            && out.contains("active slot: A")
+            && out.contains("slot B: empty")
+            && !out.contains("pending")
+            && !out.contains("failed update")
+            && out.contains("update.state=idle")
+            && out.contains("kept"),
+        "after a kill in the middle of apply: {out}"
+    );
+    // Where the kill landed: the initramfs half written (fsynced before the pause).
+    assert!(out.contains("initrd.zst.new"), "{out}");
     let (ok, out) = sh(&ssh_key, port, "axion-update check")?;
     assert!(
         ok && out.contains(&format!("update available: {V1} -> {V2}")),
         "{out}"
     );
+    // The second apply succeeds.
     let t = Instant::now();
     let (ok, out) = sh(&ssh_key, port, "axion-update apply")?;
     eprintln!("apply: {out}");
     assert!(ok && out.contains("written to slot B"), "{out}");
     reboot(&ssh_key, port);
     vm1.wait_exit(Duration::from_secs(180))
-        .context("v1 did not reboot after apply --reboot")?;
+        .context("v1 did not reboot after apply")?;
 
     // Boot 2: GRUB tries slot B once; under OVMF this time.
     let cfg = vm(d, "boot2", &disk, ports, &cmdline).firmware(Firmware::ovmf());
@@ -325,8 +403,9 @@ fn chain(registry: &Registry) -> Result<()> {
         std::thread::sleep(Duration::from_secs(3));
     }
     eprintln!(
-        "apply to v2 confirmed healthy: {:.0} s (TCG, including the reboot)",
-        t.elapsed().as_secs_f64()
+        "apply to v2 confirmed healthy: {:.0} s ({}, including the reboot)",
+        t.elapsed().as_secs_f64(),
+        axion_tests::accel().0.name()
     );
     let (_, out) = sh(
         &ssh_key,
@@ -406,24 +485,93 @@ fn chain(registry: &Registry) -> Result<()> {
     )?;
     assert!(!ok && out.contains("failed its health check"), "{out}");
     // The same through the Docker API: `docker info` shows the update agent's state.
-    if !axion_tests::docker_installed() {
+    if axion_tests::docker_installed() {
+        let labels = docker_labels(d, &ssh_key, ports)?;
+        for want in [
+            format!("axion.version={V2}"),
+            "axion.profile=qemu".into(),
+            "axion.slot=B".into(),
+            "axion.update.state=idle".into(),
+            format!("axion.update.last-failed={V3}"),
+        ] {
+            assert!(
+                labels.contains(&want),
+                "{want} not in docker info's Labels: {labels}"
+            );
+        }
+    } else {
         axion_tests::skip("docker info's Labels: the docker CLI is not installed");
-        return Ok(());
-    }
-    let labels = docker_labels(d, &ssh_key, ports)?;
-    for want in [
-        format!("axion.version={V2}"),
-        "axion.profile=qemu".into(),
-        "axion.slot=B".into(),
-        "axion.update.state=idle".into(),
-        format!("axion.update.last-failed={V3}"),
-    ] {
-        assert!(
-            labels.contains(&want),
-            "{want} not in docker info's Labels: {labels}"
-        );
     }
     drop(vm4);
+    auto_policy(d, &v1_dir, &ssh_key, &ssh_pub, &reg)
+}
+
+/// `HH:MM-HH:MM` (UTC) from five minutes ago to an hour from now.
+fn window_around_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let minute = (secs / 60) % 1440;
+    let hhmm = |m: u64| format!("{:02}:{:02}", m / 60, m % 60);
+    format!(
+        "{}-{}",
+        hhmm((minute + 1440 - 5) % 1440),
+        hhmm((minute + 60) % 1440)
+    )
+}
+
+/// `axion.update.policy=auto` with a window around now: a fresh v1 disk updates itself to
+/// v2 and reboots into it, nobody running a command. One QEMU: without `-no-reboot` the
+/// guest's reboot restarts it in place, and its console shows both boots.
+fn auto_policy(d: &Path, v1_dir: &Path, ssh_key: &Path, ssh_pub: &str, reg: &str) -> Result<()> {
+    let disk = d.join("auto.qcow2");
+    std::fs::copy(
+        v1_dir.join(format!("axion-qemu-{}.qcow2", xtask::image::VERSION)),
+        &disk,
+    )?;
+    let cmdline = format!(
+        "axion.ssh_key=\"{ssh_pub}\" axion.update.ref={reg}/axion/qemu:v2 \
+         axion.update.insecure=1 axion.update.policy=auto axion.update.window={} \
+         axion.update.interval=1m",
+        window_around_now()
+    );
+    let ports = Ports {
+        ssh: qemu::free_port()?,
+        docker: qemu::free_port()?,
+    };
+    let cfg = vm(d, "auto", &disk, ports, &cmdline).no_reboot(false);
+    // Its first boot's lines are not awaited one by one: the agent may apply before init's
+    // ready line.
+    let t = Instant::now();
+    let mut vm = qemu::Vm::spawn(cfg)?;
+    let written = vm
+        .wait_for_line(&format!("{V2} written to slot B"), Duration::from_secs(300))
+        .context("policy auto did not apply v2")?;
+    eprintln!("policy auto: {}", written.line);
+    let ready = vm.wait_ready(axion_tests::ready_timeout())?;
+    eprintln!("policy auto: rebooted by itself: {}", ready.line);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let status = loop {
+        let (_, status) = sh(
+            ssh_key,
+            ports.ssh,
+            "axion-update status; cat /etc/axion/release",
+        )?;
+        if status.contains("active slot: B") || Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    };
+    assert!(
+        status.contains("booted slot: B")
+            && status.contains("active slot: B")
+            && status.contains(&format!("version={V2}")),
+        "policy auto did not end on a confirmed v2: {status}"
+    );
+    eprintln!(
+        "policy auto: from starting QEMU on v1 to v2 confirmed: {:.0} s",
+        t.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

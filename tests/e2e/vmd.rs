@@ -112,6 +112,8 @@ fn check() -> Result<()> {
         accel: qemu::Accel::Tcg,
         cold_boot: false,
         insecure_registries: vec!["10.9.0.0/16".into(), "myreg:5000".into()],
+        // Off for the checks that count QEMUs and directories; turned on near the end.
+        pool: 0,
     };
     let t = Instant::now();
     let server = axion_tests::vmd::Server::start(opts, &dir.path().join("vmd.sock"))
@@ -683,6 +685,8 @@ fn check() -> Result<()> {
         "still-here\n"
     );
 
+    warm_pool(&server, &cli, &img, &state)?;
+
     // A changed file in an unpacked layer (the registry is gone, so it cannot be fetched
     // again): refused with a clear error, never handed to a VM.
     let tool = layers[0].join("bin/busybox");
@@ -728,6 +732,131 @@ fn check() -> Result<()> {
 
     drop(server);
     assert!(qemus_under(&state).is_empty());
+    Ok(())
+}
+
+/// The warm pool (host/vmd/src/pool.rs), on this daemon: two clones restored and waiting
+/// (stopped, no container record, so no container); two runs from it get a fresh identity
+/// each (host name, MAC, boot id, random bytes, container id); `docker run --rm busybox true`
+/// works from it; a pooled QEMU that dies is replaced; turned off, nothing of it is left.
+fn warm_pool(
+    server: &axion_tests::vmd::Server,
+    cli: &DockerCli,
+    img: &str,
+    state: &Path,
+) -> Result<()> {
+    let d = server.daemon();
+    let full = |what: &str| -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while d.pool().ready() < 2 {
+            if Instant::now() > deadline {
+                bail!("the warm pool did not fill within 300 s ({what})");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    };
+    let t = Instant::now();
+    d.set_pool(2);
+    full("at first")?;
+    eprintln!("warm pool filled in {:.1} s", t.elapsed().as_secs_f64());
+    let pooled = qemus_under(&state.join("c"));
+    assert_eq!(pooled.len(), 2, "two pooled QEMUs: {pooled:?}");
+    assert_eq!(
+        cli.ok(&["ps", "-aq"]).trim(),
+        "",
+        "a pooled clone shows as a container"
+    );
+    let info = cli.ok(&["info", "--format", "{{json .DriverStatus}}"]);
+    assert!(
+        info.contains("Warm pool") && info.contains("2 ready of 2"),
+        "{info}"
+    );
+
+    // Two runs from the pool: each takes a waiting clone and gets its own identity.
+    let probe = "hostname; cat /sys/class/net/eth0/address; \
+                 cat /proc/sys/kernel/random/boot_id; head -c 16 /dev/urandom | od -An -tx1";
+    let mut seen = Vec::new();
+    for name in ["pool-a", "pool-b"] {
+        full(name)?;
+        let t = Instant::now();
+        let out = cli.ok(&["run", "--name", name, img, "sh", "-c", probe]);
+        eprintln!(
+            "docker run from the warm pool: {:.2} s",
+            t.elapsed().as_secs_f64()
+        );
+        let id = cli
+            .ok(&["inspect", "-f", "{{.Id}}", name])
+            .trim()
+            .to_string();
+        let lines: Vec<String> = out.lines().map(|l| l.trim().to_string()).collect();
+        assert_eq!(lines.len(), 4, "{out:?}");
+        assert_eq!(
+            lines[0],
+            id[..12],
+            "the host name is the container's short id"
+        );
+        assert_ne!(
+            lines[1], "52:54:00:12:34:56",
+            "the VM kept QEMU's default MAC (the template's)"
+        );
+        cli.ok(&["rm", name]);
+        seen.push((id, lines));
+    }
+    let (a, b) = (&seen[0], &seen[1]);
+    assert_ne!(a.0, b.0, "container ids");
+    for (i, what) in ["host name", "MAC", "boot id", "random bytes"]
+        .iter()
+        .enumerate()
+    {
+        assert_ne!(a.1[i], b.1[i], "two pooled clones share their {what}");
+    }
+    let status = cli.ok(&["info", "--format", "{{json .DriverStatus}}"]);
+    assert!(
+        status.contains("2 of 2 eligible creates took one"),
+        "{status}"
+    );
+    full("after two runs")?;
+    let t = Instant::now();
+    cli.ok(&["run", "--rm", img, "true"]);
+    eprintln!(
+        "docker run --rm busybox true from the warm pool: {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    let status = cli.ok(&["info", "--format", "{{json .DriverStatus}}"]);
+    assert!(
+        status.contains("3 of 3 eligible creates took one"),
+        "{status}"
+    );
+
+    // A pooled QEMU that dies is discarded (its directory too) and replaced.
+    full("before a pooled QEMU is killed")?;
+    let before = qemus_under(&state.join("c"));
+    let victim = before[0];
+    Command::new("kill")
+        .args(["-KILL", &victim.to_string()])
+        .status()?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let now = qemus_under(&state.join("c"));
+        let dirs = std::fs::read_dir(state.join("c"))?.count();
+        if now.len() == 2 && !now.contains(&victim) && dirs == 2 && d.pool().ready() == 2 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the killed pooled clone was not replaced: QEMUs {now:?}, {dirs} directories");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Off: every pooled QEMU and directory goes.
+    d.set_pool(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !qemus_under(state).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(qemus_under(state).is_empty(), "pooled QEMUs left");
+    assert_eq!(std::fs::read_dir(state.join("c"))?.count(), 0);
     Ok(())
 }
 

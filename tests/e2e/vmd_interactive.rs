@@ -269,6 +269,7 @@ fn check() -> Result<()> {
         accel: qemu::Accel::Tcg,
         cold_boot: false,
         insecure_registries: Vec::new(),
+        pool: 0,
     };
     let t = Instant::now();
     let socket = dir.path().join("vmd.sock");

@@ -3,8 +3,10 @@
 //! (and exits 7 on SIGTERM); the daemon is killed (`kill -9`: QEMU must outlive it) and
 //! started again the same way; the container is still Up, its log has the lines written
 //! while no daemon ran, `exec` works, `stop` ends it with its own exit code; `--stop` then
-//! leaves no QEMU behind. Restart policies at the daemon's start: a stopped `always`
-//! container runs again, a stopped `unless-stopped` one does not.
+//! leaves no QEMU and no VM directory behind. Restart policies at the daemon's start: a
+//! stopped `always` container runs again, a stopped `unless-stopped` one does not. The warm
+//! pool's clones (`--pool 2`) outlive the killed daemon too, but the next one stops them and
+//! never adopts them as containers.
 
 use std::path::Path;
 use std::process::Command;
@@ -30,8 +32,10 @@ impl Drop for StopOnDrop {
 }
 
 fn start(state: &str) -> DockerCli {
+    // The warm pool (its default size, said here): pooled clones are no containers and are
+    // never adopted.
     let out = xtask_ok(
-        &["vmd", "--detach", "--state-dir", state],
+        &["vmd", "--detach", "--pool", "2", "--state-dir", state],
         Duration::from_secs(1800),
     )
     .unwrap();
@@ -101,8 +105,24 @@ fn a_daemon_restart_re_adopts_the_running_vms() {
         ]);
         cli.ok(&["stop", "-t", "0", name]);
     }
+    // Two pooled clones wait beside the container's VM.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !pool_full(&cli) {
+        assert!(
+            Instant::now() < deadline,
+            "the warm pool did not fill in 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let qemus = qemus_under(&state);
-    assert_eq!(qemus.len(), 1, "one container VM: {qemus:?}");
+    let ticker_pid: u32 = cli
+        .ok(&["inspect", "-f", "{{.State.Pid}}", "ticker"])
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(qemus.len(), 3, "one container VM and two pooled: {qemus:?}");
+    assert!(qemus.contains(&ticker_pid), "{qemus:?} {ticker_pid}");
+    let pooled: Vec<u32> = qemus.iter().copied().filter(|p| *p != ticker_pid).collect();
 
     // --- The daemon dies; its VM does not --------------------------------------------------
     let pid = std::fs::read_to_string(state.join("vmd.pid")).unwrap();
@@ -135,6 +155,25 @@ fn a_daemon_restart_re_adopts_the_running_vms() {
         ps.lines().any(|l| l.starts_with("ticker Up")),
         "ticker after the daemon's restart: {ps:?}\ndaemon log:\n{log}"
     );
+    // The earlier daemon's pooled clones were not adopted: stopped, and no container.
+    let mut names: Vec<String> = cli
+        .ok(&["ps", "-a", "--format", "{{.Names}}"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["alw", "ticker", "uls"],
+        "containers after the restart"
+    );
+    let now = qemus_under(&state);
+    for p in &pooled {
+        assert!(
+            !now.contains(p),
+            "the earlier daemon's pooled QEMU {p} still runs: {now:?}"
+        );
+    }
     let lines = counter(&cli, "ticker");
     let want: Vec<u32> = (0..lines.len() as u32).collect();
     assert_eq!(lines, want, "the counter's log has a gap");
@@ -188,4 +227,18 @@ fn a_daemon_restart_re_adopts_the_running_vms() {
         "QEMU left after --stop: {:?}",
         qemus_under(&state)
     );
+    // Nor a VM directory (overlay, sockets), pooled clones' included.
+    let left: Vec<_> = std::fs::read_dir(state.join("c"))
+        .map(|r| r.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "VM directories left after --stop: {left:?}"
+    );
+}
+
+/// `docker info` says the warm pool is full (its line in the storage driver's status).
+fn pool_full(cli: &DockerCli) -> bool {
+    cli.ok(&["info", "--format", "{{json .DriverStatus}}"])
+        .contains("2 ready of 2")
 }

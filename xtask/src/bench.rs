@@ -4,8 +4,8 @@
 //!
 //! Each figure is the median of several runs with min and max (`--quick`: fewer runs, no
 //! clean builds, and the peer only if it is cached already). Outputs: a Markdown table on
-//! stdout and in its dated section of docs/benchmarks.md (`--vmd-only`, `--build-only`: their
-//! own sections),
+//! stdout and in its dated section of docs/benchmarks.md (`--vmd-only`, `--build-only`,
+//! `--update-only`: their own sections),
 //! JSON (`--json FILE`, default `out/bench/bench.json`) and an SVG bar chart of the boot times
 //! (`out/bench/bench.svg`). Nothing is invented: a figure that cannot be taken is
 //! `n/a (why)`.
@@ -43,6 +43,8 @@
 //!   image from a docker-registry on 127.0.0.1; the two modes' runs alternate. Also the
 //!   daemon's start (template boot + save). The VMs have the daemon's default vCPUs (the
 //!   host's cores, at most 4) and 512 MiB.
+//! - In-place update ([`update`], `--update-only`): bytes `axion-update apply` downloads and
+//!   the time from `apply` to the new version's engine answering `/_ping`, one run.
 //! - The containerd shim ([`containerd`], `--containerd-only`): `ctr run` to the first
 //!   output and a pod's sandbox start through the CRI, beside vmd's `docker run`.
 //! - Builds with a shared cache ([`builds`], `--builds`): each vsphere package from an empty
@@ -58,6 +60,7 @@ pub mod floor;
 pub mod peer;
 pub mod report;
 pub mod stats;
+pub mod update;
 pub mod vmd;
 pub mod waterfall;
 
@@ -106,6 +109,11 @@ pub struct Args {
     /// printed and written to their section of docs/benchmarks.md.
     #[arg(long)]
     pub build_only: bool,
+    /// Only the in-place update figures ([`update`]): bytes `axion-update apply` downloads
+    /// and the time from `apply` to the new version answering `/_ping`; one run, written to
+    /// their section of docs/benchmarks.md.
+    #[arg(long)]
+    pub update_only: bool,
     /// Timed `docker run`s per mode (default 5, or 2 with --quick), and timed rebuilds of
     /// each kind.
     #[arg(long, value_name = "N")]
@@ -168,6 +176,9 @@ pub fn bench(layout: &Layout, opts: &Args) -> Result<()> {
     let runs = Runs::for_opts(opts);
     if opts.vmd_only || opts.containerd_only {
         return vmd_only(layout, runs.docker_run, opts.containerd_only);
+    }
+    if opts.update_only {
+        return update::update_only(layout);
     }
     if opts.build_only {
         let out = layout.root.join("out").join("bench");

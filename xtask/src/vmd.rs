@@ -1,7 +1,8 @@
 //! `cargo xtask vmd [--detach] [--stop] [--tcp ADDR] [--state-dir DIR]
-//! [--insecure-registry HOST[:PORT]|CIDR]...`: the VM-per-container Docker endpoint
+//! [--insecure-registry HOST[:PORT]|CIDR]... [--pool N]`: the VM-per-container Docker endpoint
 //! (host/vmd). `--insecure-registry` is passed on to the daemon (plain HTTP for that
-//! registry, as dockerd's flag; localhost and 127.0.0.0/8 always are).
+//! registry, as dockerd's flag; localhost and 127.0.0.0/8 always are), and so is `--pool`
+//! (the warm pool's size).
 //!
 //! Builds the qemu profile's initramfs and qcow2 when missing or stale, builds the
 //! `axion-vmd` binary, and runs it with its state under `$AXION_CACHE/vmd` or `--state-dir`
@@ -44,6 +45,10 @@ pub struct Args {
     /// Pull from this registry over plain HTTP (repeatable; passed on to axion-vmd).
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]|CIDR")]
     pub insecure_registries: Vec<String>,
+    /// Clones kept restored and waiting for the next create (passed on to axion-vmd, whose
+    /// default is 2; 0 turns the warm pool off).
+    #[arg(long, value_name = "N")]
+    pub pool: Option<usize>,
 }
 
 fn state_dir(layout: &Layout, opts: &Args) -> PathBuf {
@@ -177,6 +182,9 @@ pub fn vmd(layout: &Layout, opts: &Args) -> Result<()> {
     }
     for r in &opts.insecure_registries {
         cmd.arg("--insecure-registry").arg(r);
+    }
+    if let Some(n) = opts.pool {
+        cmd.arg("--pool").arg(n.to_string());
     }
     let certs_dir = state.join("docker");
     if let Some(addr) = &tcp {

@@ -374,13 +374,60 @@ impl Template {
 /// end is connected, the agent's read blocks; with it closed, the read returns EOF at once
 /// and the agent polls every 5 ms, taking TCG time from the container's start.
 pub fn identify(run_dir: &Path, hostname: &str) -> Result<UnixStream> {
+    let agent = connect_agent(run_dir, Duration::from_secs(60))?;
+    identify_over(agent, run_dir, hostname)
+}
+
+/// Connects to the clone agent's channel of the VM in `run_dir` without sending anything:
+/// while the host end is connected the agent's read blocks, so a clone kept waiting (axion-vmd's
+/// warm pool) does not poll. Its identity goes later over the same stream ([`identify_over`]).
+pub fn connect_agent(run_dir: &Path, timeout: Duration) -> Result<UnixStream> {
+    let sock = run_dir.join(AGENT_SOCKET);
+    let deadline = Instant::now() + timeout;
+    loop {
+        match UnixStream::connect(&sock) {
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() > deadline => {
+                bail!("cannot connect to {}: {e}", sock.display())
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Asks the agent on `agent` (connected with [`connect_agent`]) to mount the layer store now,
+/// before the clone has its identity (the store is the same for every clone), and waits
+/// for its answer: a clone's identity then skips the mount. False when the agent did not
+/// answer within `timeout` (a guest from before `mount`: the identity mounts the store).
+pub fn mount_store_ahead(agent: &UnixStream, timeout: Duration) -> Result<bool> {
+    let mut w = agent;
+    w.write_all(Request::Mount.to_line()?.as_bytes())?;
+    agent.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let mut r = BufReader::new(agent);
+    let mut got = String::new();
+    let deadline = Instant::now() + timeout;
+    loop {
+        match r.read_line(&mut got) {
+            Ok(0) => bail!("the clone agent closed the channel"),
+            Ok(_) if Reply::parse(&got) == Ok(Reply::Mounted) => return Ok(true),
+            Ok(_) => got.clear(),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if Instant::now() > deadline {
+            return Ok(false);
+        }
+    }
+}
+
+/// [`identify`] over a channel already connected with [`connect_agent`].
+pub fn identify_over(agent: UnixStream, run_dir: &Path, hostname: &str) -> Result<UnixStream> {
     let t0 = Instant::now();
-    let agent = agent_exchange(
-        &run_dir.join(AGENT_SOCKET),
-        hostname,
-        Duration::from_secs(60),
-    )
-    .with_context(|| {
+    let agent = agent_exchange(agent, hostname, Duration::from_secs(60)).with_context(|| {
         format!(
             "handing the clone its identity (serial log {})",
             run_dir.join("serial.log").display()
@@ -424,10 +471,10 @@ pub fn random_mac() -> [u8; 6] {
     b
 }
 
-/// Sends `clone HOSTNAME EPOCH MAC SEED` to the agent and waits for `ok HOSTNAME`; returns
-/// the connected channel.
-fn agent_exchange(sock: &Path, hostname: &str, timeout: Duration) -> Result<UnixStream> {
-    // Before connecting: a host name the line cannot carry fails here, not as a time-out.
+/// Sends `clone HOSTNAME EPOCH MAC SEED` to the agent on `stream` and waits for `ok
+/// HOSTNAME`; returns the channel, still connected.
+fn agent_exchange(stream: UnixStream, hostname: &str, timeout: Duration) -> Result<UnixStream> {
+    // A host name the line cannot carry fails here, not as a time-out.
     let line = Request::Clone(Identity {
         hostname: hostname.to_string(),
         epoch: std::time::SystemTime::now()
@@ -439,15 +486,6 @@ fn agent_exchange(sock: &Path, hostname: &str, timeout: Duration) -> Result<Unix
     })
     .to_line()?;
     let deadline = Instant::now() + timeout;
-    let stream = loop {
-        match UnixStream::connect(sock) {
-            Ok(s) => break s,
-            Err(e) if Instant::now() > deadline => {
-                bail!("cannot connect to {}: {e}", sock.display())
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    };
     (&stream).write_all(line.as_bytes())?;
     stream.set_read_timeout(Some(Duration::from_millis(500)))?;
     let mut r = BufReader::new(&stream);

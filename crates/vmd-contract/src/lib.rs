@@ -11,6 +11,11 @@
 //!   a random seed in hex); the guest answers `ok HOSTNAME` ([`Reply::Ok`]) once the clock,
 //!   the RNG and the layer store are done.
 //! - host → guest `ping` ([`Request::Ping`]), answered `pong` ([`Reply::Pong`]).
+//! - host → guest `mount` ([`Request::Mount`]): mount the layer store now, before the clone
+//!   has its identity (axion-vmd's warm pool: the mount is then off a container's critical
+//!   path; the store is the same for every clone, so this tells the guest nothing of its
+//!   own). Answered `mounted` ([`Reply::Mounted`]) once tried; a `clone` after a failed try
+//!   mounts it again.
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -64,6 +69,7 @@ pub struct Identity {
 pub enum Request {
     Clone(Identity),
     Ping,
+    Mount,
 }
 
 /// A line from the agent to the host.
@@ -74,6 +80,8 @@ pub enum Reply {
         hostname: String,
     },
     Pong,
+    /// The layer store's mount was tried (`mount`).
+    Mounted,
 }
 
 fn check_hostname(h: &str) -> Result<(), Error> {
@@ -105,6 +113,7 @@ impl Request {
                 ))
             }
             Request::Ping => Ok("ping\n".into()),
+            Request::Mount => Ok("mount\n".into()),
         }
     }
 
@@ -118,6 +127,7 @@ impl Request {
         match f.as_slice() {
             [] => Ok(None),
             ["ping", ..] => Ok(Some(Request::Ping)),
+            ["mount", ..] => Ok(Some(Request::Mount)),
             ["clone", hostname, epoch, mac, seed] => Ok(Some(Request::Clone(Identity {
                 hostname: hostname.to_string(),
                 epoch: epoch.parse().map_err(|_| bad("bad time"))?,
@@ -139,6 +149,7 @@ impl Reply {
                 Ok(format!("ok {hostname}\n"))
             }
             Reply::Pong => Ok("pong\n".into()),
+            Reply::Mounted => Ok("mounted\n".into()),
         }
     }
 
@@ -150,6 +161,7 @@ impl Reply {
                 hostname: hostname.to_string(),
             }),
             ["pong"] => Ok(Reply::Pong),
+            ["mounted"] => Ok(Reply::Mounted),
             [cmd, ..] => Err(Error::Unknown(cmd.to_string())),
             [] => Err(Error::Malformed {
                 what: "empty reply",
@@ -240,6 +252,9 @@ mod tests {
             Reply::parse(&Reply::Pong.to_line().unwrap()),
             Ok(Reply::Pong)
         );
+        assert_eq!(Request::Mount.to_line().unwrap(), "mount\n");
+        assert_eq!(Request::parse("mount\n"), Ok(Some(Request::Mount)));
+        assert_eq!(Reply::parse("mounted\n"), Ok(Reply::Mounted));
     }
 
     #[test]

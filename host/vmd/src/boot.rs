@@ -14,6 +14,9 @@ pub(crate) struct VmSpec<'a> {
     pub forwards: Vec<qemu::PortForward>,
     pub slots: Vec<volumes::Slot>,
     pub plan: &'a volumes::Plan,
+    /// A clone from the warm pool, restored and waiting in `dir` ([`pool`]): used instead
+    /// of cloning.
+    pub warm: Option<pool::HandedOver>,
 }
 
 /// A VM with the container created in its engine.
@@ -105,38 +108,77 @@ impl Daemon {
             tokio::task::spawn_blocking(move || st.check(&rec.id, &rec.layers, &rec.diff_ids))
         });
         let hostname = hostname_of(id, req);
-        let t = self.template.clone();
-        let (dir2, host2) = (dir.to_path_buf(), hostname.clone());
         let cold = self.opts.cold_boot;
         let t0 = std::time::Instant::now();
-        let (forwards, slots) = (s.forwards, s.slots);
-        let cloned =
-            tokio::task::spawn_blocking(move || t.clone_vm(&dir2, &host2, &forwards, &slots, cold))
+        let pooled = s.warm.is_some();
+        let (mut vm, agent, guest) = match s.warm {
+            Some(w) => {
+                // Continued (it waits stopped); its channels are open, its engine answered.
+                let mut vm = w.vm;
+                let cont = tokio::task::spawn_blocking(move || {
+                    let r = vm.qmp().and_then(|q| Ok(q.cont()?));
+                    (vm, r)
+                })
+                .await
+                .map_err(|e| ApiError::internal(format!("continue task: {e}")))?;
+                vm = cont.0;
+                if let Err(e) = cont.1 {
+                    let _ = tokio::task::spawn_blocking(move || vm.kill()).await;
+                    return Err(internal("continuing the pooled clone")(e.into()));
+                }
+                (vm, Some(w.agent), w.guest)
+            }
+            None => {
+                let t = self.template.clone();
+                let (dir2, host2) = (dir.to_path_buf(), hostname.clone());
+                let (forwards, slots) = (s.forwards, s.slots);
+                let cloned = tokio::task::spawn_blocking(move || {
+                    t.clone_vm(&dir2, &host2, &forwards, &slots, cold)
+                })
                 .await
                 .map_err(|e| ApiError::internal(format!("clone task: {e}")))?;
-        let mut vm = cloned.map_err(internal("cloning the template VM"))?;
+                let vm = cloned.map_err(internal("cloning the template VM"))?;
+                (
+                    vm,
+                    None,
+                    GuestClient::new(&dir.join(template::ENGINE_SOCKET)),
+                )
+            }
+        };
         let pid = vm.pid();
         debug(&format!(
             "{}: VM {} in {:.2} s",
             &id[..12],
-            if cold { "booted" } else { "cloned" },
+            match (pooled, cold) {
+                (true, _) => "from the pool",
+                (false, true) => "booted",
+                (false, false) => "cloned",
+            },
             t0.elapsed().as_secs_f64()
         ));
         let cgroup = self.limit(id, pid, &req.host_config);
         // The identity goes to the clone agent while the engine's session starts: the two
         // are independent, and each waits on the guest's polling.
         let (dir3, host3) = (dir.to_path_buf(), hostname.clone());
-        let identity = tokio::task::spawn_blocking(move || template::identify(&dir3, &host3));
-        let guest = GuestClient::new(&dir.join(template::ENGINE_SOCKET));
+        let identity = tokio::task::spawn_blocking(move || match agent {
+            Some(a) => template::identify_over(a, &dir3, &host3),
+            None => template::identify(&dir3, &host3),
+        });
         let setup = async {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-            while let Err(e) = guest.try_ping().await {
-                if tokio::time::Instant::now() > deadline {
-                    return Err(ApiError::internal(format!(
-                        "the engine in the cloned VM did not answer within 60 s: {e}"
-                    )));
+            // A pooled clone's engine has answered already.
+            if !pooled {
+                loop {
+                    match guest.try_ping().await {
+                        Ok(()) => break,
+                        Err(e) if tokio::time::Instant::now() > deadline => {
+                            return Err(ApiError::internal(format!(
+                                "the engine in the cloned VM did not answer within 60 s: {e}"
+                            )));
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
             }
             debug(&format!(
                 "{}: engine answers after {:.2} s",
@@ -308,6 +350,7 @@ impl Daemon {
                 forwards: forwards_of(&c.ports),
                 slots,
                 plan: &plan,
+                warm: None,
             })
             .await?;
         *c.guest.lock().unwrap_or_else(PoisonError::into_inner) = b.guest;

@@ -156,6 +156,8 @@
 //!   skip the log copy, and every finished VM is killed rather than shut down.
 //! - VMs get the host's cores as vCPUs (at most 4, as a container sees all the host's CPUs
 //!   in Docker): a second TCG thread runs the agent beside the engine.
+//! - The warm pool ([`pool`], `--pool N`): clones restored, their engine's first `/_ping`
+//!   answered, then stopped, waiting for a create (identity handed over only then).
 //! - Not worth it: an overlay pool (qemu-img is not the cost) or tearing the VM down as soon
 //!   as `wait` returns.
 //! - What is left, largest first: the guest engine's start (the container's mounts and
@@ -187,6 +189,7 @@ pub mod events;
 mod exec;
 pub mod images;
 pub mod live;
+pub mod pool;
 pub mod restart;
 pub mod store;
 // The template, its clones and the guest engine's client are shared with the containerd shim.
@@ -226,6 +229,8 @@ pub struct Options {
     /// Registries pulled from over plain HTTP besides localhost and loopback
     /// (`--insecure-registry HOST[:PORT]` or `CIDR`, as dockerd's).
     pub insecure_registries: Vec<String>,
+    /// Clones kept restored and waiting for the next create ([`pool`]; 0: none).
+    pub pool: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -411,6 +416,8 @@ pub struct Daemon {
     pending: Mutex<Vec<live::Pending>>,
     events: events::Bus,
     volumes: volumes::Volumes,
+    /// Clones restored and waiting for a container ([`pool`]).
+    pool: pool::Pool,
 }
 
 fn internal(what: &str) -> impl FnOnce(anyhow::Error) -> ApiError + '_ {
@@ -453,6 +460,7 @@ impl Daemon {
             }
         };
         let d = Daemon {
+            pool: pool::Pool::new(if opts.cold_boot { 0 } else { opts.pool }),
             opts,
             template,
             images,
@@ -508,8 +516,10 @@ impl Daemon {
         }
     }
 
-    /// Kills every VM (daemon shutdown) and removes the containers' directories.
+    /// Kills every VM (daemon shutdown), pooled clones included, and removes the containers'
+    /// directories.
     pub fn shutdown(&self) {
+        self.pool.close(&self.opts.state_dir.join("c"));
         let all: Vec<_> = self
             .containers
             .lock()

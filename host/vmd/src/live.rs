@@ -375,9 +375,11 @@ impl Daemon {
     /// Re-adopts the VMs found at start: reconnects to each one's engine and agent, then
     /// follows it as if this daemon had started it. Call once, before serving.
     /// Then starts again the exited containers whose restart policy says so (restart.rs).
+    /// Then the warm pool starts filling ([`pool`]).
     pub async fn resume(self: &Arc<Self>) {
         self.resume_vms().await;
         self.start_by_policy();
+        self.start_pool();
     }
 
     async fn resume_vms(self: &Arc<Self>) {
@@ -441,8 +443,9 @@ impl Daemon {
         }
     }
 
-    /// For `--live-restore`: leaves every VM running for the next daemon (records saved,
-    /// handles detached so that nothing kills QEMU on the way out).
+    /// For `--live-restore`: leaves every container VM running for the next daemon (records
+    /// saved, handles detached so that nothing kills QEMU on the way out). Pooled clones are
+    /// no containers: they go.
     pub fn detach_all(&self) {
         let all: Vec<_> = self
             .containers
@@ -458,6 +461,7 @@ impl Daemon {
                 vm.detach();
             }
         }
+        self.pool.close(&self.opts.state_dir.join("c"));
     }
 }
 

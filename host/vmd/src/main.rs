@@ -77,6 +77,16 @@ struct Args {
     /// dies (SIGKILL, a crash) always leaves them, whatever the flag.
     #[arg(long)]
     live_restore: bool,
+    /// Clones kept restored from the template and waiting for the next `docker create`/`run`
+    /// (their identity not yet given), refilled in the background; 0 turns the pool off. Each
+    /// costs its QEMU's own memory (docs/vmd.md); at most 8.
+    #[arg(
+        long,
+        default_value_t = vmd::pool::DEFAULT,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new()
+            .range(0..=vmd::pool::MAX as u64)
+    )]
+    pool: usize,
 }
 
 fn main() -> Result<()> {
@@ -102,6 +112,7 @@ fn main() -> Result<()> {
         accel,
         cold_boot: args.cold_boot,
         insecure_registries: args.insecure_registries.clone(),
+        pool: args.pool,
     };
     let daemon = Arc::new(vmd::Daemon::open(opts).context("starting the daemon")?);
     let socket = args
@@ -206,5 +217,22 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("without a scheme"), "{e}");
+    }
+
+    #[test]
+    fn pool_flag() {
+        let base = [
+            "axion-vmd",
+            "--state-dir",
+            "s",
+            "--kernel",
+            "k",
+            "--initrd",
+            "i",
+        ];
+        assert_eq!(Args::try_parse_from(base).unwrap().pool, vmd::pool::DEFAULT);
+        let a = Args::try_parse_from(base.iter().copied().chain(["--pool", "0"])).unwrap();
+        assert_eq!(a.pool, 0);
+        assert!(Args::try_parse_from(base.iter().copied().chain(["--pool", "9"])).is_err());
     }
 }

@@ -12,7 +12,8 @@
 //! export blocks saving the
 //! template). It answers `ok HOSTNAME` once the clock, the RNG and the store are done (what
 //! the container's create needs), and sets the host name and the MAC after the answer,
-//! while the daemon goes on. `ping` answers `pong`.
+//! while the daemon goes on. `ping` answers `pong`; `mount` mounts the store ahead of the
+//! identity (axion-vmd's warm pool) and answers `mounted`.
 //!
 //! It was a busybox shell loop; under TCG every fork + exec of `date`, `ip`, `arping`,
 //! `mkdir` and `mount` cost tens of milliseconds of the clone's single vCPU, so the same
@@ -126,6 +127,11 @@ fn command(line: &str, store: &mut bool) -> (Option<String>, Option<AfterAnswer>
             )
         }
         Ok(Some(Request::Ping)) => (Reply::Pong.to_line().ok(), None),
+        // A pooled clone, before its identity: the store is the same for every clone.
+        Ok(Some(Request::Mount)) => {
+            mount_store(store);
+            (Reply::Mounted.to_line().ok(), None)
+        }
         Ok(None) => (None, None),
         Err(e) => {
             println!("vmd-agent: {e}");
@@ -162,23 +168,30 @@ fn clone(epoch: u64, seed: &[u8], store: &mut bool) {
         println!("vmd-agent: cannot seed the kernel's RNG: {e}");
     }
     mark("seed");
-    if !*store {
-        let _ = std::fs::create_dir(STORE_DIR);
-        let r = nix::mount::mount(
-            Some(STORE_TAG),
-            STORE_DIR,
-            Some("9p"),
-            nix::mount::MsFlags::MS_RDONLY,
-            Some(STORE_OPTS),
-        );
-        match r {
-            Ok(()) => *store = true,
-            Err(e) => println!("vmd-agent: cannot mount the layer store: {e}"),
-        }
-    }
+    mount_store(store);
     mark("store mounted");
     if !steps.is_empty() {
         println!("vmd-agent: trace {}", steps.join(", "));
+    }
+}
+
+/// Mounts the host's layer store read-only unless `store` says it is (a failure is logged;
+/// the next `clone` or `mount` tries again).
+fn mount_store(store: &mut bool) {
+    if *store {
+        return;
+    }
+    let _ = std::fs::create_dir(STORE_DIR);
+    let r = nix::mount::mount(
+        Some(STORE_TAG),
+        STORE_DIR,
+        Some("9p"),
+        nix::mount::MsFlags::MS_RDONLY,
+        Some(STORE_OPTS),
+    );
+    match r {
+        Ok(()) => *store = true,
+        Err(e) => println!("vmd-agent: cannot mount the layer store: {e}"),
     }
 }
 

@@ -2,10 +2,9 @@
 //!
 //! # What it does, in boot order
 //!
-//! 0. When `/` is the initramfs (rootfs), copies it to a tmpfs, moves that onto `/`, frees
-//!    the old files and re-executes itself there (`rootswitch`, as busybox's switch_root
-//!    does), so that the container engine can `pivot_root`. A failure is logged and boot
-//!    goes on, on rootfs.
+//! 0. When `/` is the initramfs's initial mount (rootfs), binds it onto `/` and chroots into
+//!    the bind (`rootswitch`), so that the container engine can `pivot_root`: nothing is
+//!    copied. A failure is logged and boot goes on, on rootfs.
 //! 1. Blocks every signal and opens one signalfd: all signals are handled in one place, the
 //!    event loop. Ctrl-Alt-Del is turned into SIGINT.
 //! 2. Mounts /proc, /sys, /dev (devtmpfs), /dev/pts, /dev/shm, /run, /tmp and cgroup2 at
@@ -166,8 +165,8 @@ fn main() {
         );
         std::process::exit(2);
     }
-    // Before anything else: leave the initramfs (rootfs) for a tmpfs root, so that
-    // pivot_root works for containers. Re-executes init when it switched.
+    // Before anything else: leave the initial mount (rootfs) for a bind of it, so that
+    // pivot_root works for containers.
     trace::begin();
     let root_note = rootswitch::switch_if_initramfs();
     trace::end_handover();

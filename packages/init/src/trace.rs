@@ -18,7 +18,7 @@
 //! ```
 //!
 //! Step names: `kernel` (init's first instruction: the kernel's clock at the handover),
-//! `rootswitch` (running on the tmpfs root, re-executed), `mounts`, `settings`, `hostname`,
+//! `rootswitch` (on the bind of the initramfs), `mounts`, `settings`, `hostname`,
 //! `cgroups`, `fsck`, `data`, `identity`, `write-files`, `network link`, `dhcp lease`,
 //! `service NAME start`, `service NAME CHECK` (each of several `ready` checks as it first
 //! answers, e.g. `service docker tcp:2376`), `service NAME ready`, `service NAME not ready`

@@ -208,7 +208,18 @@ fn lock() -> Result<Lock> {
 }
 
 fn esp() -> Result<Esp> {
-    slots::mount_esp(&Path::new(RUN).join("esp"))
+    let mut esp = slots::mount_esp(&Path::new(RUN).join("esp"))?;
+    esp.mid_write_pause = test_pause_write();
+    Ok(esp)
+}
+
+/// `axion.update.test-pause-write=SECONDS` (tests only, at most an hour): `apply` pauses with
+/// half of the new `initrd.zst` written, so that a test can kill the machine there (see
+/// [`slots::Esp::mid_write_pause`]).
+fn test_pause_write() -> Option<Duration> {
+    setting("test-pause-write")
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(|s| Duration::from_secs(s.min(3600)))
 }
 
 fn active(env: &grubenv::Env) -> Slot {
@@ -386,6 +397,7 @@ fn apply(f: &Flags) -> Result<()> {
         ("initrd.zst", initrd),
         ("release", rel),
     ];
+    println!("axion-update: writing {version} to slot {}", target.name());
     esp.write_slot(target, &files, &version)?;
     let _ = std::fs::remove_dir_all(&staging);
     let _ = std::fs::remove_file(Path::new(RUN).join("available"));

@@ -4,15 +4,21 @@
 //! Order of writes, so that a power-off at any point leaves the running slot bootable:
 //! 1. the grubenv stops naming the inactive slot (`axion_next` removed, `axion_try=0`), so
 //!    GRUB never boots it while it is half written;
-//! 2. the slot's old files are removed and the new ones written under temporary names,
-//!    each fsynced, then renamed into place, and the folder fsynced;
+//! 2. the slot's folder is created if missing (and its parent fsynced), its old files are
+//!    removed and the new ones written under temporary names, each fsynced, then renamed
+//!    into place, and the folder fsynced;
 //! 3. only then the grubenv names it (`axion_next`, `axion_try=1`), rewritten in place and
 //!    fsynced.
+//!
+//! For tests only, [`Esp::mid_write_pause`] stops the write halfway through `initrd.zst`
+//! (half of it on disk, fsynced) so that a test can cut the power at a known point: the
+//! whole write takes well under a second under KVM, too short to kill QEMU into reliably.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
@@ -67,6 +73,9 @@ pub fn booted_slot(cmdline: &str) -> Option<Slot> {
 /// The mounted ESP.
 pub struct Esp {
     pub root: PathBuf,
+    /// Tests only (`axion.update.test-pause-write=SECONDS`): how long [`Esp::write_slot`]
+    /// pauses with half of `initrd.zst` written.
+    pub mid_write_pause: Option<Duration>,
 }
 
 impl Esp {
@@ -126,6 +135,12 @@ impl Esp {
         let dir = self.slot_dir(slot);
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
+        // A new slot folder's entry lives in its parent's clusters, which fsyncing the files
+        // or the folder itself does not write on vfat: without this a power-off could keep
+        // a grubenv that names a slot whose folder the disk never got.
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
         for e in std::fs::read_dir(&dir)? {
             let e = e?;
             std::fs::remove_file(e.path())
@@ -134,7 +149,8 @@ impl Esp {
         sync_dir(&dir)?;
         for (name, src) in files {
             let tmp = dir.join(format!("{name}.new"));
-            copy_synced(src, &tmp)?;
+            let pause = self.mid_write_pause.filter(|_| *name == "initrd.zst");
+            copy_synced(src, &tmp, pause)?;
             std::fs::rename(&tmp, dir.join(name))
                 .with_context(|| format!("cannot rename {}", tmp.display()))?;
         }
@@ -150,9 +166,25 @@ impl Esp {
     }
 }
 
-fn copy_synced(src: &Path, dest: &Path) -> Result<()> {
+/// Copies `src` to `dest` and fsyncs it; with `pause`, first half of it (fsynced), then a
+/// pause (see [`Esp::mid_write_pause`]), then the rest.
+fn copy_synced(src: &Path, dest: &Path, pause: Option<Duration>) -> Result<()> {
     let mut from = File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
     let mut to = File::create(dest).with_context(|| format!("cannot create {}", dest.display()))?;
+    if let Some(pause) = pause {
+        let half = from.metadata()?.len() / 2;
+        std::io::copy(&mut (&mut from).take(half), &mut to)
+            .with_context(|| format!("cannot write {}", dest.display()))?;
+        to.sync_all()
+            .with_context(|| format!("cannot sync {}", dest.display()))?;
+        println!(
+            "axion-update: paused {} s with {half} bytes of {} written \
+             (axion.update.test-pause-write)",
+            pause.as_secs(),
+            dest.display()
+        );
+        std::thread::sleep(pause);
+    }
     std::io::copy(&mut from, &mut to)
         .with_context(|| format!("cannot write {}", dest.display()))?;
     to.flush()?;
@@ -217,6 +249,7 @@ pub fn mount_esp(at: &Path) -> Result<Esp> {
     }
     Ok(Esp {
         root: at.to_owned(),
+        mid_write_pause: None,
     })
 }
 
@@ -238,6 +271,7 @@ mod tests {
         }
         let esp = Esp {
             root: d.path().to_owned(),
+            mid_write_pause: None,
         };
         (d, esp)
     }
@@ -276,6 +310,26 @@ mod tests {
                 .len(),
             1024
         );
+    }
+
+    #[test]
+    fn a_write_paused_halfway_still_writes_every_byte() {
+        let (d, mut esp) = fresh();
+        esp.mid_write_pause = Some(Duration::ZERO);
+        let initrd: Vec<u8> = (0..10_001u32).map(|i| (i % 251) as u8).collect();
+        let src = d.path().join("initrd");
+        std::fs::write(&src, &initrd).unwrap();
+        let files = [
+            ("vmlinuz", src.clone()),
+            ("initrd.zst", src.clone()),
+            ("release", src),
+        ];
+        esp.write_slot(Slot::B, &files, "0.2.0").unwrap();
+        assert_eq!(
+            std::fs::read(esp.slot_dir(Slot::B).join("initrd.zst")).unwrap(),
+            initrd
+        );
+        assert_eq!(esp.env().unwrap().get("axion_try"), Some("1"));
     }
 
     #[test]

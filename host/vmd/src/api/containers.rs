@@ -84,12 +84,8 @@ impl ContainerBackend for Api {
         name: Option<String>,
         req: ContainerCreateRequest,
     ) -> ApiResult<ContainerCreateResponse> {
-        let id = random_hex(64);
-        // Pinned: an rmi meanwhile keeps its files until this container's VM is gone.
-        let (image, pin) = self
-            .images
-            .find_and_pin(&req.config.image, &id)
-            .ok_or_else(|| ApiError::not_found(format!("No such image: {}", req.config.image)))?;
+        let no_image = || ApiError::not_found(format!("No such image: {}", req.config.image));
+        self.images.find(&req.config.image).ok_or_else(no_image)?;
         let name = match name {
             Some(n) => {
                 let n = n.trim_start_matches('/').to_string();
@@ -109,9 +105,9 @@ impl ContainerBackend for Api {
                         "Conflict. The container name \"/{n}\" is already in use"
                     )));
                 }
-                n
+                Some(n)
             }
-            None => format!("vm-{}", &id[..8]),
+            None => None,
         };
         // Published ports: 127.0.0.1:HOST → QEMU's user network → the container's port in
         // its VM. The container has its VM's network (see `guest_network`), so nothing in
@@ -154,7 +150,35 @@ impl ContainerBackend for Api {
             req.host_config.mounts.as_deref(),
         )?;
         let slots = self.slots_of(&plan)?;
+        // A clone from the warm pool when one waits and the VM needs nothing set at QEMU's
+        // start (forwards, 9p slots): its directory is named after the id it was made for.
+        let warm = if forwards.is_empty() && slots.is_empty() && self.pool.target() > 0 {
+            let w = self.pool.take(pool::Stamp::of(&self.template));
+            let counter = if w.is_some() {
+                &self.pool.hits
+            } else {
+                &self.pool.misses
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            w
+        } else {
+            None
+        };
+        let (id, warm) = match warm {
+            Some((id, w)) => (id, Some(w)),
+            None => (random_hex(64), None),
+        };
         let dir = self.opts.state_dir.join("c").join(&id[..12]);
+        // Pinned: an rmi meanwhile keeps its files until this container's VM is gone.
+        let Some((image, pin)) = self.images.find_and_pin(&req.config.image, &id) else {
+            if let Some(w) = warm {
+                let mut vm = w.vm;
+                let _ = tokio::task::spawn_blocking(move || vm.kill()).await;
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(no_image());
+        };
+        let name = name.unwrap_or_else(|| format!("vm-{}", &id[..8]));
         let booted = self
             .boot(boot::VmSpec {
                 id: &id,
@@ -164,6 +188,7 @@ impl ContainerBackend for Api {
                 forwards,
                 slots,
                 plan: &plan,
+                warm,
             })
             .await;
         let b = match booted {

@@ -149,6 +149,10 @@ impl SystemBackend for Api {
             default_runtime: "qemu".into(),
             warnings,
             registry_config: Some(self.images.registry_config()),
+            details: docker_api::images::InfoDetails {
+                driver_status: vec![["Warm pool".into(), self.pool.status()]],
+                ..Default::default()
+            },
             ..Default::default()
         })
     }

@@ -789,9 +789,9 @@ fn container_init(spec: &RunSpec) -> Result<std::convert::Infallible, Fail> {
     std::env::set_current_dir(root).map_err(err("chdir to root"))?;
     // pivot_root and nothing else: a chroot is no security boundary, and runc's --no-pivot
     // (move over `/`, chroot) keeps the host's root files under the container's root. The
-    // host root must be a real mount: axion's init moves itself off the initramfs (rootfs,
-    // which pivot_root cannot leave) onto a tmpfs at boot; if that failed, containers do
-    // not start (packages/engine/README.md, "pivot_root only").
+    // host root must be a mount with a parent: axion's init moves itself off the initramfs's
+    // initial mount (rootfs, which pivot_root cannot leave) onto a bind of it at boot; if
+    // that failed, containers do not start (packages/engine/README.md, "pivot_root only").
     match nix::unistd::pivot_root(".", ".") {
         Ok(()) => umount2(".", MntFlags::MNT_DETACH).map_err(err("detaching old root"))?,
         Err(nix::errno::Errno::EINVAL) => {
