@@ -103,6 +103,8 @@ fn check() -> Result<()> {
     assert_eq!(caps & CAP_CHOWN, 0, "CAP_CHOWN was dropped: {out}");
     assert_ne!(caps & CAP_KILL, 0, "CAP_KILL is ctr's default: {out}");
     assert!(nnp, "ctr's spec asks for no_new_privs: {out}");
+    // ctr's spec has RLIMIT_NOFILE 1024/1024 (the kernel's default hard limit is 4096).
+    assert_eq!(open_files(&out)?, (1024, 1024), "the spec's rlimit: {out}");
 
     // A running task with limits (its VM's QEMU in a cgroup of the shim's), the default
     // capabilities and new privileges allowed: exec into it, then kill and delete it.
@@ -224,10 +226,11 @@ fn check() -> Result<()> {
     cri_pod(&c, node.dir.path(), &state)
 }
 
-/// A busybox shell line printing the kernel release and the process's effective
-/// capabilities and no_new_privs flag.
-const PROC_STATUS: &str =
-    "busybox uname -r; busybox grep -E '^(CapEff|NoNewPrivs):' /proc/self/status";
+/// A busybox shell line printing the kernel release, the process's effective
+/// capabilities and no_new_privs flag, and its open-files limit.
+const PROC_STATUS: &str = "busybox uname -r; \
+     busybox grep -E '^(CapEff|NoNewPrivs):' /proc/self/status; \
+     busybox grep 'Max open files' /proc/self/limits";
 const CAP_CHOWN: u64 = 1 << 0;
 const CAP_KILL: u64 = 1 << 5;
 
@@ -241,6 +244,19 @@ fn caps_and_nnp(out: &str) -> Result<(u64, bool)> {
     };
     let caps = u64::from_str_radix(field("CapEff:")?, 16)?;
     Ok((caps, field("NoNewPrivs:")? == "1"))
+}
+
+/// The soft and hard open-files limits in PROC_STATUS's output.
+fn open_files(out: &str) -> Result<(u64, u64)> {
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .with_context(|| format!("no open-files limit in {out:?}"))?;
+    let mut f = line.split_whitespace().map(str::parse::<u64>);
+    match (f.next(), f.next()) {
+        (Some(Ok(soft)), Some(Ok(hard))) => Ok((soft, hard)),
+        _ => anyhow::bail!("an open-files limit of {line:?}"),
+    }
 }
 
 /// The cgroups of a VM that is gone were removed too.

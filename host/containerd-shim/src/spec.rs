@@ -1,14 +1,14 @@
 //! The parts of the bundle's OCI runtime spec (`config.json`) the shim honours, and the
 //! guest engine's create request made of them.
 //!
-//! The process (args, env, cwd, user, terminal, its capability set and `noNewPrivileges`)
-//! and the host name go to the guest engine, which runs the process as it runs a `docker
-//! run` with `--cap-drop ALL --cap-add <the spec's bounding set>` and `--security-opt
-//! no-new-privileges` (its seccomp profile, compiled for those capabilities, its /dev,
-//! /proc, /sys). `linux.resources` (memory limit, CPU quota) bounds the VM's QEMU on the
-//! host instead (crate::task::resources). What the spec says beyond that (its seccomp
-//! profile, mounts, rlimits, namespaces) is not applied: the guest engine refuses rlimits
-//! (`Ulimits`) and has no call for the rest; docs/containerd.md lists it.
+//! The process (args, env, cwd, user, terminal, its capability set, `noNewPrivileges` and
+//! rlimits) and the host name go to the guest engine, which runs the process as it runs a
+//! `docker run` with `--cap-drop ALL --cap-add <the spec's bounding set>`, `--security-opt
+//! no-new-privileges` and `--ulimit` (its seccomp profile, compiled for those
+//! capabilities, its /dev, /proc, /sys). `linux.resources` (memory limit, CPU quota)
+//! bounds the VM's QEMU on the host instead (crate::task::resources). What the spec says
+//! beyond that (its seccomp profile, mounts, namespaces) is not applied: the guest engine
+//! has no call for it; docs/containerd.md lists it.
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -85,6 +85,31 @@ pub struct Process {
     /// None: the spec names no set (the guest engine's default, Docker's, applies).
     pub capabilities: Option<Capabilities>,
     pub no_new_privileges: bool,
+    pub rlimits: Vec<Rlimit>,
+}
+
+/// `{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Rlimit {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub hard: u64,
+    pub soft: u64,
+}
+
+impl Rlimit {
+    /// Docker's `Ulimits` entry: the name without `RLIMIT_`, lower case, and -1 for
+    /// unlimited (the OCI spec's all-ones).
+    fn docker(&self) -> serde_json::Value {
+        let n = self.kind.strip_prefix("RLIMIT_").unwrap_or(&self.kind);
+        let v = |x: u64| i64::try_from(x).unwrap_or(-1);
+        serde_json::json!({
+            "Name": n.to_ascii_lowercase(),
+            "Soft": v(self.soft),
+            "Hard": v(self.hard),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -208,6 +233,7 @@ impl Process {
                 "CapDrop": cap_drop,
                 "CapAdd": cap_add,
                 "SecurityOpt": security_opt,
+                "Ulimits": self.rlimits.iter().map(Rlimit::docker).collect::<Vec<_>>(),
             },
         });
         // The fields above are all the type has; a failure here is a bug, not input.
@@ -278,6 +304,19 @@ mod tests {
             serde_json::json!(["no-new-privileges"])
         );
         assert!(s.linux.resources.limits().is_empty());
+        assert_eq!(
+            j["HostConfig"]["Ulimits"],
+            serde_json::json!([{"Name": "nofile", "Soft": 1024, "Hard": 1024}])
+        );
+        let inf = Rlimit {
+            kind: "RLIMIT_CORE".into(),
+            hard: u64::MAX,
+            soft: 0,
+        };
+        assert_eq!(
+            inf.docker(),
+            serde_json::json!({"Name": "core", "Soft": 0, "Hard": -1})
+        );
     }
 
     #[test]

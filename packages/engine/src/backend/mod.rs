@@ -130,15 +130,18 @@ fn stdin_thread(
     });
 }
 
-/// Capabilities, seccomp and no_new_privs for a container (runtime::confine).
+/// Capabilities, seccomp, no_new_privs and ulimits for a container (runtime::confine,
+/// runtime::rlimits).
 fn confinement(hc: &HostConfig) -> Result<runtime::confine::Confinement, String> {
     let v = |o: &Option<Vec<String>>| o.clone().unwrap_or_default();
-    runtime::confine::for_container(
+    let mut c = runtime::confine::for_container(
         hc.privileged,
         &v(&hc.cap_add),
         &v(&hc.cap_drop),
         &v(&hc.security_opt),
-    )
+    )?;
+    c.rlimits = runtime::rlimits::from_host_config(hc.extra.get("Ulimits"))?;
+    Ok(c)
 }
 
 /// Start-up and exit timing of one container on stderr (the service log) when the engine runs

@@ -450,7 +450,6 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     ("KernelMemory", "kernel memory limits"),
     ("KernelMemoryTCP", "kernel memory limits"),
     ("OomKillDisable", "--oom-kill-disable"),
-    ("Ulimits", "ulimits"),
     ("Sysctls", "sysctls"),
     ("ReadonlyRootfs", "a read-only root file system"),
     ("UsernsMode", "user namespaces"),

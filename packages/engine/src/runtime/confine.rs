@@ -21,6 +21,9 @@ pub struct Confinement {
     /// The seccomp program (classic BPF, packed by seccomp::pack); None: unconfined.
     pub seccomp: Option<Vec<u64>>,
     pub no_new_privs: bool,
+    /// `--ulimit`s (runtime::rlimits), set before the capabilities are dropped.
+    #[serde(default)]
+    pub rlimits: Vec<super::rlimits::Rlimit>,
 }
 
 /// Docker's default capabilities.
@@ -135,6 +138,7 @@ pub fn for_container(
             capabilities: None,
             seccomp: None,
             no_new_privs,
+            rlimits: Vec::new(),
         });
     }
     let all = || (0..CAP_NAMES.len() as u32).collect::<Vec<_>>();
@@ -166,6 +170,7 @@ pub fn for_container(
         capabilities: Some(caps),
         seccomp,
         no_new_privs,
+        rlimits: Vec::new(),
     })
 }
 
@@ -214,6 +219,7 @@ fn os_err(what: &str) -> String {
 
 /// Applies `c` to the calling process (the shim's child, just before it drops to the user).
 pub fn apply(c: &Confinement) -> Result<(), String> {
+    super::rlimits::apply(&c.rlimits)?;
     // SAFETY: prctl and capget/capset on our own process, with integers and structs we own.
     unsafe {
         if c.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {

@@ -17,6 +17,7 @@
 pub mod confine;
 pub mod host;
 pub mod monitor;
+pub mod rlimits;
 pub mod seccomp;
 pub mod shim;
 
