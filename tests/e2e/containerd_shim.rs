@@ -74,7 +74,8 @@ fn check() -> Result<()> {
     );
 
     // The container sees its own VM's kernel, not the host's; the spec's capability set
-    // (ctr's default less CAP_CHOWN) and its noNewPrivileges (ctr's default) hold in it.
+    // (ctr's default less CAP_CHOWN), its noNewPrivileges (ctr's default) and its seccomp
+    // profile (containerd's default, asked for with --seccomp) hold in it.
     let host = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
     let out = c.ok(
         &[
@@ -84,6 +85,7 @@ fn check() -> Result<()> {
             RUNTIME,
             "--cap-drop",
             "CAP_CHOWN",
+            "--seccomp",
             &img,
             "uname",
             "sh",
@@ -103,6 +105,7 @@ fn check() -> Result<()> {
     assert_eq!(caps & CAP_CHOWN, 0, "CAP_CHOWN was dropped: {out}");
     assert_ne!(caps & CAP_KILL, 0, "CAP_KILL is ctr's default: {out}");
     assert!(nnp, "ctr's spec asks for no_new_privs: {out}");
+    assert_eq!(seccomp_mode(&out)?, 2, "--seccomp: a filter: {out}");
     // ctr's spec has RLIMIT_NOFILE 1024/1024 (the kernel's default hard limit is 4096).
     assert_eq!(open_files(&out)?, (1024, 1024), "the spec's rlimit: {out}");
 
@@ -148,6 +151,7 @@ fn check() -> Result<()> {
     let (caps, nnp) = caps_and_nnp(&o)?;
     assert_ne!(caps & CAP_CHOWN, 0, "default capabilities: {o}");
     assert!(!nnp, "--allow-new-privs: {o}");
+    assert_eq!(seccomp_mode(&o)?, 0, "a spec without seccomp runs unconfined: {o}");
     // Stats: the QEMU's host figures and the container's in the guest.
     let m = c.ok(
         &["task", "metrics", "--format", "json", "long"],
@@ -229,7 +233,7 @@ fn check() -> Result<()> {
 /// A busybox shell line printing the kernel release, the process's effective
 /// capabilities and no_new_privs flag, and its open-files limit.
 const PROC_STATUS: &str = "busybox uname -r; \
-     busybox grep -E '^(CapEff|NoNewPrivs):' /proc/self/status; \
+     busybox grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status; \
      busybox grep 'Max open files' /proc/self/limits";
 const CAP_CHOWN: u64 = 1 << 0;
 const CAP_KILL: u64 = 1 << 5;
@@ -244,6 +248,16 @@ fn caps_and_nnp(out: &str) -> Result<(u64, bool)> {
     };
     let caps = u64::from_str_radix(field("CapEff:")?, 16)?;
     Ok((caps, field("NoNewPrivs:")? == "1"))
+}
+
+/// The `Seccomp:` mode in PROC_STATUS's output: 0 none, 2 a filter.
+fn seccomp_mode(out: &str) -> Result<u32> {
+    out.lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .map(str::trim)
+        .with_context(|| format!("no Seccomp: in {out:?}"))?
+        .parse()
+        .with_context(|| format!("Seccomp: in {out:?}"))
 }
 
 /// The soft and hard open-files limits in PROC_STATUS's output.

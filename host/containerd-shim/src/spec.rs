@@ -2,13 +2,15 @@
 //! guest engine's create request made of them.
 //!
 //! The process (args, env, cwd, user, terminal, its capability set, `noNewPrivileges` and
-//! rlimits) and the host name go to the guest engine, which runs the process as it runs a
-//! `docker run` with `--cap-drop ALL --cap-add <the spec's bounding set>`, `--security-opt
-//! no-new-privileges` and `--ulimit` (its seccomp profile, compiled for those
-//! capabilities, its /dev, /proc, /sys). `linux.resources` (memory limit, CPU quota)
-//! bounds the VM's QEMU on the host instead (crate::task::resources). What the spec says
-//! beyond that (its seccomp profile, mounts, namespaces) is not applied: the guest engine
-//! has no call for it; docs/containerd.md lists it.
+//! rlimits), the host name and `linux.seccomp` go to the guest engine, which runs the
+//! process as it runs a `docker run` with `--cap-drop ALL --cap-add <the spec's bounding
+//! set>`, `--security-opt no-new-privileges`, `--ulimit` and `--security-opt
+//! seccomp=<the spec's profile>` (the OCI profile is a subset of Docker's format: default
+//! action, syscalls by name with action, errno and argument conditions; the engine compiles
+//! it for those capabilities), or `seccomp=unconfined` when the spec has none, as runc runs
+//! it. `linux.resources` (memory limit, CPU quota) bounds the VM's QEMU on the host instead
+//! (crate::task::resources). What the spec says beyond that (mounts, namespaces) is not
+//! applied: the guest engine has no call for it; docs/containerd.md lists it.
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -32,6 +34,8 @@ pub struct Spec {
 #[serde(default)]
 pub struct Linux {
     pub resources: Resources,
+    /// The OCI seccomp profile as the spec has it; passed on whole (see the module doc).
+    pub seccomp: Option<serde_json::Value>,
 }
 
 /// `linux.resources`, and the body of a task update (containerd sends the OCI
@@ -185,12 +189,14 @@ impl Process {
     }
 
     /// The guest engine's create request for this process in the image `image` (an id in
-    /// the sandbox's share), with stdin open when containerd handed over a stdin FIFO.
+    /// the sandbox's share), with stdin open when containerd handed over a stdin FIFO, and
+    /// the spec's `linux.seccomp` profile (None: unconfined, as runc runs such a spec).
     pub fn create_request(
         &self,
         image: &str,
         hostname: &str,
         stdin: bool,
+        seccomp: Option<&serde_json::Value>,
     ) -> Result<docker_api::types::ContainerCreateRequest, SpecError> {
         if self.args.is_empty() {
             return Err(SpecError::NoArgs("config.json".into()));
@@ -206,11 +212,14 @@ impl Process {
             Some(c) => (vec!["ALL".to_string()], c.bounding.clone()),
             None => (Vec::new(), Vec::new()),
         };
-        let security_opt: Vec<&str> = if self.no_new_privileges {
-            vec!["no-new-privileges"]
-        } else {
-            Vec::new()
-        };
+        let mut security_opt = Vec::new();
+        if self.no_new_privileges {
+            security_opt.push("no-new-privileges".to_string());
+        }
+        security_opt.push(match seccomp {
+            Some(profile) => format!("seccomp={profile}"),
+            None => "seccomp=unconfined".to_string(),
+        });
         let v = serde_json::json!({
             "Image": image,
             // The spec's args are the whole command line: no entrypoint of the image's.
@@ -285,7 +294,10 @@ mod tests {
     fn ctr_spec_becomes_a_create_request() {
         let s = Spec::parse(CTR_SPEC.as_bytes()).unwrap();
         assert_eq!(s.sandbox_id("c1"), "c1");
-        let r = s.process.create_request("sha256:abc", "c1", false).unwrap();
+        let r = s
+            .process
+            .create_request("sha256:abc", "c1", false, None)
+            .unwrap();
         let j = serde_json::to_value(&r).unwrap();
         assert_eq!(j["Image"], "sha256:abc");
         assert_eq!(j["Cmd"], serde_json::json!(["sh", "-c", "exit 3"]));
@@ -301,7 +313,7 @@ mod tests {
         assert_eq!(j["HostConfig"]["CapAdd"], serde_json::json!(["CAP_CHOWN"]));
         assert_eq!(
             j["HostConfig"]["SecurityOpt"],
-            serde_json::json!(["no-new-privileges"])
+            serde_json::json!(["no-new-privileges", "seccomp=unconfined"])
         );
         assert!(s.linux.resources.limits().is_empty());
         assert_eq!(
@@ -322,10 +334,33 @@ mod tests {
     #[test]
     fn no_capability_set_keeps_the_engines_default() {
         let s = Spec::parse(br#"{"process": {"args": ["true"]}}"#).unwrap();
-        let r = s.process.create_request("i", "h", false).unwrap();
+        let r = s.process.create_request("i", "h", false, None).unwrap();
         let j = serde_json::to_value(&r).unwrap();
         assert_eq!(j["HostConfig"]["CapDrop"], serde_json::json!([]));
-        assert_eq!(j["HostConfig"]["SecurityOpt"], serde_json::json!([]));
+        assert_eq!(
+            j["HostConfig"]["SecurityOpt"],
+            serde_json::json!(["seccomp=unconfined"])
+        );
+    }
+
+    #[test]
+    fn the_specs_seccomp_profile_goes_to_the_engine_whole() {
+        let s = Spec::parse(
+            br#"{"process": {"args": ["true"]}, "linux": {"seccomp": {
+                "defaultAction": "SCMP_ACT_ERRNO", "architectures": ["SCMP_ARCH_X86_64"],
+                "syscalls": [{"names": ["read", "write"], "action": "SCMP_ACT_ALLOW"}]}}}"#,
+        )
+        .unwrap();
+        let r = s
+            .process
+            .create_request("i", "h", false, s.linux.seccomp.as_ref())
+            .unwrap();
+        let j = serde_json::to_value(&r).unwrap();
+        let opts = j["HostConfig"]["SecurityOpt"].as_array().unwrap();
+        assert_eq!(opts.len(), 1);
+        let profile = opts[0].as_str().unwrap().strip_prefix("seccomp=").unwrap();
+        let back: serde_json::Value = serde_json::from_str(profile).unwrap();
+        assert_eq!(back, s.linux.seccomp.unwrap());
     }
 
     #[test]
@@ -362,7 +397,7 @@ mod tests {
         )
         .unwrap();
         assert!(pause.is_pod_sandbox());
-        assert!(s.process.create_request("i", "h", false).is_err());
+        assert!(s.process.create_request("i", "h", false, None).is_err());
     }
 
     #[test]

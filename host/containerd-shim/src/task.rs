@@ -342,7 +342,7 @@ impl Task for Service {
             let stdin = !fifos.stdin.is_empty();
             let creq = spec
                 .process
-                .create_request(&image, &hostname, stdin)
+                .create_request(&image, &hostname, stdin, spec.linux.seccomp.as_ref())
                 .map_err(|e| rpc(Code::INVALID_ARGUMENT, e))?;
             let gid = guest.create(&creq).await.map_err(guest_err)?;
             // Attached before the start, so no output is lost.
