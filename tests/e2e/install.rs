@@ -7,13 +7,17 @@
 //!    partition) unless `--force`;
 //! 3. shut down cleanly, boot the disk alone (SeaBIOS): slot A booted and active, slot B
 //!    empty, the update machinery managed (`update.state=idle`, not `unmanaged`), and the
-//!    engine answers: `docker info` over its TLS port shows it all as Labels.
+//!    engine answers: `docker info` over its TLS port shows it all as Labels;
+//! 4. when Debian's docker-registry runs here: the ISO is the one `cargo xtask publish` made
+//!    of a signed v1 (as tests/e2e/update.rs does), and the installed disk updates once to
+//!    the published v2: `apply`, reboot, slot B tried and made active.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use axion_tests::{qemu, require};
+use axion_tests::registry::Registry;
+use axion_tests::{qemu, require, xtask_ok};
 use qemu::{DiskFormat, Drive, VmConfig};
 
 #[test]
@@ -76,13 +80,63 @@ fn sh(key: &Path, port: u16, command: &str) -> Result<(bool, String)> {
     }
 }
 
+const V1: &str = "0.1.0-install.1";
+const V2: &str = "0.1.0-install.2";
+
+fn publish(dir: &Path, version: &str, key: &Path, public: &Path, reference: &str) -> Result<()> {
+    // The xtask child inherits these (the e2e tests run single-threaded).
+    std::env::set_var("AXION_VERSION", version);
+    std::env::set_var("AXION_TRUSTED_KEYS", public);
+    let out = xtask_ok(
+        &[
+            "publish",
+            "--profile",
+            "qemu",
+            "--out",
+            dir.to_str().context("path")?,
+            "--push",
+            reference,
+            "--sign-key",
+            key.to_str().context("path")?,
+        ],
+        Duration::from_secs(3600),
+    );
+    std::env::remove_var("AXION_VERSION");
+    std::env::remove_var("AXION_TRUSTED_KEYS");
+    out.map(|_| ())
+}
+
 fn run() -> Result<()> {
-    let iso = match axion_tests::image("qemu", xtask::profile::Format::Iso)? {
-        xtask::image::Bootable::Iso(p) => p,
-        other => bail!("not an ISO: {other:?}"),
-    };
     let dir = tempfile::tempdir()?;
     let d = dir.path();
+    // With a registry: v1 and v2 published and signed, v1's ISO installed. Without: the
+    // checkout's ISO, and no update.
+    let registry = Registry::start()
+        .map_err(|e| {
+            axion_tests::skip(format!(
+                "the update after the install: no local registry: {e}"
+            ))
+        })
+        .ok();
+    let (iso, update_ref) = match &registry {
+        Some(r) => {
+            let (key, public) = xtask::publish::sign::keygen_files(&d.join("release"))?;
+            let t = Instant::now();
+            for (v, tag) in [(V1, "v1"), (V2, "v2")] {
+                let reference = format!("{}/axion/qemu:{tag}", r.host());
+                publish(&d.join(tag), v, &key, &public, &reference)?;
+            }
+            eprintln!("published v1 and v2 in {:.0} s", t.elapsed().as_secs_f64());
+            let iso = d
+                .join("v1")
+                .join(format!("axion-qemu-{}.iso", xtask::image::VERSION));
+            (iso, Some(format!("10.0.2.2:{}/axion/qemu:v2", r.port)))
+        }
+        None => match axion_tests::image("qemu", xtask::profile::Format::Iso)? {
+            xtask::image::Bootable::Iso(p) => (p, None),
+            other => bail!("not an ISO: {other:?}"),
+        },
+    };
     let disk = d.join("disk.qcow2");
     let out = std::process::Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])
@@ -93,7 +147,10 @@ fn run() -> Result<()> {
         bail!("qemu-img create: {}", String::from_utf8_lossy(&out.stderr));
     }
     let (ssh_key, ssh_pub) = axion_tests::ssh_keygen(d, "ssh")?;
-    let cmdline = format!("axion.ssh_key=\"{ssh_pub}\"");
+    let mut cmdline = format!("axion.ssh_key=\"{ssh_pub}\"");
+    if let Some(r) = &update_ref {
+        cmdline.push_str(&format!(" axion.update.ref={r} axion.update.insecure=1"));
+    }
     let ports = Ports {
         ssh: qemu::free_port()?,
         docker: qemu::free_port()?,
@@ -167,7 +224,40 @@ fn run() -> Result<()> {
     } else {
         axion_tests::skip("docker info on the installed disk: the docker CLI is not installed");
     }
-    drop(vm2);
+    let Some(_) = update_ref else {
+        return Ok(());
+    };
+    // The installed v1 updates in place to the published v2.
+    let (ok, out) = sh(&ssh_key, port, "axion-update apply")?;
+    assert!(
+        ok && out.contains(&format!("{V2} written to slot B")),
+        "apply on the installed disk: {out}"
+    );
+    let _ = axion_tests::ssh(&ssh_key, port, &[], "kill -TERM 1").output();
+    let mut vm2 = vm2;
+    vm2.wait_exit(Duration::from_secs(180))
+        .context("the installed disk did not reboot after apply")?;
+    let updated = vm(d, "updated", ports, &cmdline).drive(Drive::disk(&disk, DiskFormat::Qcow2));
+    let (_vm3, _) = axion_tests::boot_ready(updated)?;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let status = loop {
+        let (_, status) = sh(
+            &ssh_key,
+            port,
+            "axion-update status; cat /etc/axion/release",
+        )?;
+        if status.contains("active slot: B") || Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    };
+    assert!(
+        status.contains("booted slot: B")
+            && status.contains("active slot: B")
+            && status.contains(&format!("slot A: {V1}"))
+            && status.contains(&format!("version={V2}")),
+        "the installed disk did not end on a confirmed v2: {status}"
+    );
     Ok(())
 }
 
