@@ -35,6 +35,7 @@ pub const TARGETS: &[&str] = &[
     "device_rules",
     "host_labels",
     "watchdog",
+    "disk_manifest",
 ];
 
 /// Seconds per target in `cargo xtask test`: 11 targets take about 5 minutes, plus the

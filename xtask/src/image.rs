@@ -9,7 +9,7 @@
 //! | `qcow2`     | `axion-P-V.qcow2`: the same disk                            |
 //! | `vmdk`      | `axion-P-V.vmdk`: the same disk, streamOptimized            |
 //! | `ova`       | `axion-P-V.ova`: OVF + that VMDK + SHA-256 manifest         |
-//! | `iso`       | `axion-P-V.iso`: hybrid ISO (CD or USB stick, BIOS + UEFI)  |
+//! | `iso`       | `axion-P-V.iso`: hybrid ISO (CD or USB stick, BIOS + UEFI), with the raw disk for `axion-update install` |
 //!
 //! (P = profile, V = the workspace version.) Every file is written under a temporary name in
 //! the output folder and renamed into place, so a final path never holds half a file, and
@@ -230,7 +230,14 @@ pub fn assemble_with(
         None
     };
 
-    if want(Format::Raw) || want(Format::Qcow2) || want(Format::Vmdk) || want(Format::Ova) {
+    // The ISO carries the raw disk too (compressed), for `axion-update install`.
+    let mut iso_disk: Option<(PathBuf, disk_manifest::Manifest)> = None;
+    if want(Format::Raw)
+        || want(Format::Qcow2)
+        || want(Format::Vmdk)
+        || want(Format::Ova)
+        || want(Format::Iso)
+    {
         let efi = efi.as_deref().expect("made above");
         let core = grub::mkimage(grub::Target::BiosDisk)?;
         // Slot A holds this build; B is empty until the first update (see grub.rs).
@@ -279,6 +286,11 @@ pub fn assemble_with(
         )?;
         std::fs::remove_file(&data_img)?;
         let raw_file = File::open(&raw)?;
+        if want(Format::Iso) {
+            let z = w.join("disk.raw.zst");
+            let manifest = iso::compress_disk(&raw, &z, name, &release_version())?;
+            iso_disk = Some((z, manifest));
+        }
         if want(Format::Qcow2) {
             let q = w.join("disk.qcow2");
             let f =
@@ -361,6 +373,7 @@ pub fn assemble_with(
                 initrd: &initrd,
                 eltorito: &eltorito,
                 efi_img: &efi_img,
+                disk: iso_disk.as_ref().map(|(p, m)| (p.as_path(), m)),
             },
             epoch,
         )?;

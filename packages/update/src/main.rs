@@ -6,6 +6,8 @@
 //! axion-update apply [REF] [--allow-downgrade] [--retry-failed] [--reboot]
 //! axion-update rollback [--reboot]       make the other (previously good) slot active
 //! axion-update boot-check                run once per boot by init (the axion-update service)
+//! axion-update install DEVICE [--force] [--from DIR]
+//!                                        write the ISO's disk image to DEVICE (see [`install`])
 //! ```
 //!
 //! REF (`registry:5000/axion/qemu:stable`) is, in order: the argument, the first-boot
@@ -31,8 +33,10 @@
 //! the previous slot (GRUB has already spent the one try). Back on the active slot after a
 //! trial that never confirmed (panic, hang, reset), it records that version as failed.
 
+mod blockdev;
 mod fetch;
 mod grubenv;
+mod install;
 mod policy;
 mod schedule;
 mod slots;
@@ -79,6 +83,10 @@ fn run(args: &[String]) -> Result<()> {
         .split_first()
         .map(|(c, r)| (c.as_str(), r))
         .unwrap_or(("", &[]));
+    if cmd == "install" {
+        let _lock = lock()?;
+        return install::main(rest);
+    }
     let mut f = Flags {
         allow_downgrade: false,
         retry_failed: false,
@@ -103,7 +111,8 @@ fn run(args: &[String]) -> Result<()> {
         "boot-check" => boot_check(),
         _ => bail!(
             "usage: axion-update status | check [REF] | apply [REF] [--allow-downgrade] \
-                    [--retry-failed] [--reboot] | rollback [--reboot] | boot-check"
+                    [--retry-failed] [--reboot] | rollback [--reboot] | boot-check | \
+                    install DEVICE [--force] [--from DIR]"
         ),
     }
 }

@@ -3,7 +3,10 @@
 //! (a small FAT image holding `EFI/BOOT/BOOTX64.EFI`, also exposed as a partition), GRUB's
 //! `boot_hybrid.img` in the MBR, so the same file boots from a CD and written to a USB stick.
 //! The ISO 9660 tree holds `/grub/grub.cfg`, `/axion/vmlinuz`, `/axion/initrd.zst` and the
-//! marker `/axion/medium` the core image searches for.
+//! marker `/axion/medium` the core image searches for, and the profile's own raw disk for
+//! `axion-update install`: `/axion/disk.raw.zst` (zstd) and `/axion/disk.manifest` (its size
+//! and sha256, see the `disk-manifest` crate), so an install gives exactly the disk of the
+//! raw and qcow2 images (GPT, BIOS boot, ESP with slot A and grubenv, an empty axion-data).
 //!
 //! Reproducible: every staged file's mtime is `SOURCE_DATE_EPOCH`, and xorriso gets it in its
 //! environment, which fixes the volume dates, the volume UUID and the GPT GUIDs.
@@ -24,6 +27,45 @@ pub struct Contents<'a> {
     pub eltorito: &'a [u8],
     /// FAT image with EFI/BOOT/BOOTX64.EFI.
     pub efi_img: &'a [u8],
+    /// The compressed raw disk and its manifest, for `axion-update install`.
+    pub disk: Option<(&'a Path, &'a disk_manifest::Manifest)>,
+}
+
+/// zstd level of the carried disk: the kernel and initramfs in it are compressed already,
+/// so higher levels gain little; the rest is zeros and an empty ext4.
+const DISK_ZSTD_LEVEL: i32 = 3;
+
+/// Compresses the raw disk `raw` to `out` (single-threaded zstd, so the same input gives
+/// the same bytes) and returns its manifest.
+pub fn compress_disk(
+    raw: &Path,
+    out: &Path,
+    profile: &str,
+    version: &str,
+) -> Result<disk_manifest::Manifest> {
+    let size = std::fs::metadata(raw)
+        .with_context(|| format!("cannot read {}", raw.display()))?
+        .len();
+    let sha256 = super::sha256_file(raw)?;
+    let input =
+        std::fs::File::open(raw).with_context(|| format!("cannot read {}", raw.display()))?;
+    let output = std::fs::File::create_new(out)
+        .with_context(|| format!("cannot create {}", out.display()))?;
+    let mut w = std::io::BufWriter::new(output);
+    zstd::stream::copy_encode(std::io::BufReader::new(input), &mut w, DISK_ZSTD_LEVEL)
+        .with_context(|| format!("cannot compress {} to {}", raw.display(), out.display()))?;
+    std::io::Write::flush(&mut w)?;
+    let file = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(disk_manifest::Manifest {
+        profile: profile.to_owned(),
+        version: version.to_owned(),
+        file,
+        size,
+        sha256,
+    })
 }
 
 fn put(root: &Path, rel: &str, bytes: &[u8], t: SystemTime) -> Result<()> {
@@ -48,6 +90,21 @@ pub fn write(out: &Path, c: &Contents, epoch: u64) -> Result<()> {
     put(&root, "axion/initrd.zst", c.initrd, t)?;
     put(&root, "boot/eltorito.img", c.eltorito, t)?;
     put(&root, "boot/efi.img", c.efi_img, t)?;
+    if let Some((image, manifest)) = c.disk {
+        let dest = root.join("axion").join(&manifest.file);
+        std::fs::copy(image, &dest)
+            .with_context(|| format!("cannot copy {} to {}", image.display(), dest.display()))?;
+        std::fs::File::options()
+            .write(true)
+            .open(&dest)?
+            .set_modified(t)?;
+        put(
+            &root,
+            "axion/disk.manifest",
+            manifest.render().as_bytes(),
+            t,
+        )?;
+    }
     for d in ["grub", "axion", "boot", ""] {
         std::fs::File::open(root.join(d))?.set_modified(t)?;
     }

@@ -435,6 +435,28 @@ fn every_format_passes_its_checker_and_is_reproducible() {
         "{report}"
     );
 
+    // ISO: the raw disk for `axion-update install`, and a manifest naming its sha256.
+    let from_iso = tempfile::tempdir().unwrap();
+    for f in ["disk.manifest", "disk.raw.zst"] {
+        run(Command::new("xorriso")
+            .args(["-osirrox", "on", "-indev"])
+            .arg(a("iso"))
+            .args(["-extract", &format!("/axion/{f}")])
+            .arg(from_iso.path().join(f)));
+    }
+    let text = std::fs::read(from_iso.path().join("disk.manifest")).unwrap();
+    let m = disk_manifest::Manifest::parse(&text).unwrap();
+    assert_eq!(
+        (m.profile.as_str(), m.file.as_str()),
+        ("unit", "disk.raw.zst")
+    );
+    assert_eq!(m.size, std::fs::metadata(&raw).unwrap().len());
+    assert_eq!(m.sha256, sha256_file(&raw).unwrap());
+    let z = File::open(from_iso.path().join("disk.raw.zst")).unwrap();
+    let unpacked = zstd::stream::decode_all(z).unwrap();
+    assert_eq!(unpacked.len() as u64, m.size);
+    assert_eq!(hex::encode(Sha256::digest(&unpacked)), m.sha256);
+
     // Reproducible: a second assembly, later, elsewhere, gives the same bytes.
     std::thread::sleep(std::time::Duration::from_millis(1100));
     assemble_with(
