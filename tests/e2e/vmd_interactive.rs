@@ -269,7 +269,9 @@ fn check() -> Result<()> {
         accel: qemu::Accel::Tcg,
         cold_boot: false,
         insecure_registries: Vec::new(),
-        pool: 0,
+        // The warm pool at its default size: every create here without a volume takes a
+        // pooled clone when one waits (interactive runs, create + start + exec, commit...).
+        pool: vmd::pool::DEFAULT,
     };
     let t = Instant::now();
     let socket = dir.path().join("vmd.sock");

@@ -23,7 +23,7 @@
 //!   Everything else clones as before; so does a create that finds the pool empty.
 //! - Refill: one task ([`Daemon::start_pool`]) makes one clone at a time, whenever the pool
 //!   is short, but not within [`REFILL_AFTER`] of a hand-over (the taken clone's container
-//!   starts first), its QEMU at nice 19 until handed over. It makes none while the host's
+//!   starts first), its QEMU at nice 10 until handed over. It makes none while the host's
 //!   available memory is below twice a VM's RAM.
 //! - Bounded memory: at most [`MAX`] clones; each costs its QEMU's memory of its own (the
 //!   template's RAM is a shared copy-on-write file; figures in docs/benchmarks.md).
@@ -122,7 +122,7 @@ struct Inner {
 
 /// How long the refill waits after a hand-over: the container's create and start come
 /// first (on this 2-core host the refill's restore otherwise ran beside the taken clone's
-/// start, even at nice 19, and a pooled run took 1-2 s instead of 0.6-0.9 s).
+/// start, even niced, and a pooled run took 1-2 s instead of 0.6-0.9 s).
 const REFILL_AFTER: Duration = Duration::from_millis(1500);
 
 /// The pool's state; its refill task is [`Daemon::start_pool`].
@@ -314,10 +314,12 @@ impl Drop for Making<'_> {
 }
 
 /// The nice value of a pooled clone while it is made and waits: it yields to the VMs of
-/// running containers (a refill starts as a container takes its clone, and on a small host
-/// the two otherwise share the cores: measured under TCG, a pooled run took 0.9-1.2 s with
-/// the refill at the same priority).
-const POOL_NICE: i32 = 19;
+/// running containers (on a small host a refill otherwise shares the cores with them:
+/// measured under TCG, a pooled run took 0.9-1.2 s with the refill at the same priority).
+/// Not 19: beside busy container VMs a clone at 19 got so little CPU that its restore, the
+/// store's mount and its engine's first answer timed out (seen in the interactive e2e test
+/// under a load average of 12), and the pool stayed empty.
+const POOL_NICE: i32 = 10;
 
 /// The daemon's own nice value (what a handed-over VM gets back).
 fn daemon_nice() -> i32 {
