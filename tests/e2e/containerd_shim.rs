@@ -151,7 +151,11 @@ fn check() -> Result<()> {
     let (caps, nnp) = caps_and_nnp(&o)?;
     assert_ne!(caps & CAP_CHOWN, 0, "default capabilities: {o}");
     assert!(!nnp, "--allow-new-privs: {o}");
-    assert_eq!(seccomp_mode(&o)?, 0, "a spec without seccomp runs unconfined: {o}");
+    assert_eq!(
+        seccomp_mode(&o)?,
+        0,
+        "a spec without seccomp runs unconfined: {o}"
+    );
     // Stats: the QEMU's host figures and the container's in the guest.
     let m = c.ok(
         &["task", "metrics", "--format", "json", "long"],
