@@ -1621,25 +1621,7 @@ fn ssh_memory(key: &Path, port: u16) -> Result<GuestMemory> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = String::new();
     while Instant::now() < deadline {
-        let out = std::process::Command::new("ssh")
-            .arg("-i")
-            .arg(key)
-            .args(["-p", &port.to_string()])
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "ConnectTimeout=10",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "LogLevel=ERROR",
-            ])
-            .arg("root@127.0.0.1")
+        let out = ssh_command(key, port)
             .arg(SCRIPT)
             .output()
             .context("cannot run ssh")?;
@@ -1702,6 +1684,25 @@ pub(crate) fn temp_cache(layout: &Layout, prefix: &str) -> Result<tempfile::Temp
                 layout.cache.display()
             )
         })
+}
+
+/// `ssh` as root to the guest's forwarded port on 127.0.0.1 with the bench's key: batch
+/// mode, no host-key bookkeeping (every boot has new host keys); the caller adds the command.
+pub(crate) fn ssh_command(key: &Path, port: u16) -> std::process::Command {
+    let mut c = std::process::Command::new("ssh");
+    c.arg("-i").arg(key).args(["-p", &port.to_string()]);
+    for o in [
+        "StrictHostKeyChecking=no",
+        "UserKnownHostsFile=/dev/null",
+        "BatchMode=yes",
+        "ConnectTimeout=10",
+        "IdentitiesOnly=yes",
+        "LogLevel=ERROR",
+    ] {
+        c.args(["-o", o]);
+    }
+    c.arg("root@127.0.0.1");
+    c
 }
 
 #[cfg(test)]

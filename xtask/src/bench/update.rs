@@ -246,25 +246,7 @@ fn parse_apply(out: &str) -> Option<(u64, f64)> {
 fn ssh(key: &Path, port: u16, command: &str) -> Result<String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let out = std::process::Command::new("ssh")
-            .arg("-i")
-            .arg(key)
-            .args(["-p", &port.to_string()])
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "ConnectTimeout=10",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "LogLevel=ERROR",
-            ])
-            .arg("root@127.0.0.1")
+        let out = super::ssh_command(key, port)
             .arg(command)
             .output()
             .context("cannot run ssh")?;
