@@ -13,6 +13,7 @@
 //! mutual TLS, plain TCP). Endpoints we do not serve answer 404/501 with a message.
 
 pub mod backend;
+pub mod body;
 pub mod build;
 pub mod devices;
 pub mod error;

@@ -7,20 +7,7 @@ use super::Api;
 use crate::*;
 use std::io::Write;
 
-/// Bytes written go to the response body's channel.
-struct ChannelWriter(mpsc::Sender<Bytes>);
-
-impl Write for ChannelWriter {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .blocking_send(Bytes::copy_from_slice(b))
-            .map_err(|_| std::io::Error::other("client gone"))?;
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use docker_api::body::ChannelWriter;
 
 fn blob_name(d: &str) -> String {
     format!("blobs/sha256/{}", d.trim_start_matches("sha256:"))

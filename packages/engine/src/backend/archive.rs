@@ -130,19 +130,7 @@ impl ArchiveBackend for Engine {
         let name = stat.name.clone();
         std::thread::spawn(move || {
             let _m = m;
-            struct W(mpsc::Sender<Bytes>);
-            impl Write for W {
-                fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                    self.0
-                        .blocking_send(Bytes::copy_from_slice(b))
-                        .map_err(|_| std::io::Error::other("client gone"))?;
-                    Ok(b.len())
-                }
-                fn flush(&mut self) -> std::io::Result<()> {
-                    Ok(())
-                }
-            }
-            let mut b = tar::Builder::new(W(tx));
+            let mut b = tar::Builder::new(docker_api::body::ChannelWriter(tx));
             b.follow_symlinks(false);
             let r = if p.is_dir() {
                 b.append_dir_all(&name, &p)

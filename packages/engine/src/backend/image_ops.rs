@@ -147,7 +147,8 @@ impl Engine {
         }
         let (tx, rx) = mpsc::channel::<Bytes>(8);
         tokio::task::spawn_blocking(move || {
-            let w = std::io::BufWriter::with_capacity(256 << 10, ChannelWriter { tx });
+            let w =
+                std::io::BufWriter::with_capacity(256 << 10, docker_api::body::ChannelWriter(tx));
             let r = me.images.save_archive(&images, w).and_then(|mut w| {
                 std::io::Write::flush(&mut w).map_err(|e| crate::images::ImageError::Io {
                     path: "the client".into(),
@@ -624,23 +625,6 @@ pub(super) fn history(
         top.tags = Some(tags);
     }
     out
-}
-
-/// A blocking writer that hands its bytes to an async body channel.
-struct ChannelWriter {
-    tx: mpsc::Sender<Bytes>,
-}
-
-impl std::io::Write for ChannelWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.tx
-            .blocking_send(Bytes::copy_from_slice(buf))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))?;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[cfg(test)]

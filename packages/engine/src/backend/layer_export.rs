@@ -6,6 +6,7 @@
 
 use super::*;
 use crate::images::diff_tar;
+use docker_api::body::ChannelWriter;
 
 impl Engine {
     pub(super) async fn changes_layer_of(&self, id: &str) -> ApiResult<mpsc::Receiver<Bytes>> {
@@ -29,20 +30,5 @@ impl Engine {
             }
         });
         Ok(rx)
-    }
-}
-
-/// Bytes written go to the response body's channel.
-struct ChannelWriter(mpsc::Sender<Bytes>);
-
-impl Write for ChannelWriter {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .blocking_send(Bytes::copy_from_slice(b))
-            .map_err(|_| std::io::Error::other("client gone"))?;
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }

@@ -730,19 +730,10 @@ impl Engine {
         let m = self.ro_root(&c)?;
         let (tx, rx) = mpsc::channel(16);
         std::thread::spawn(move || {
-            struct W(mpsc::Sender<Bytes>);
-            impl Write for W {
-                fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                    self.0
-                        .blocking_send(Bytes::copy_from_slice(b))
-                        .map_err(|_| std::io::Error::other("client gone"))?;
-                    Ok(b.len())
-                }
-                fn flush(&mut self) -> std::io::Result<()> {
-                    Ok(())
-                }
-            }
-            if let Err(e) = tar_tree(m.path(), std::io::BufWriter::with_capacity(64 << 10, W(tx))) {
+            if let Err(e) = tar_tree(
+                m.path(),
+                std::io::BufWriter::with_capacity(64 << 10, docker_api::body::ChannelWriter(tx)),
+            ) {
                 eprintln!("engine: export: {e}");
             }
             drop(m);
